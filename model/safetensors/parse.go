@@ -1,0 +1,271 @@
+package safetensors
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"unicode/utf8"
+)
+
+// MaxHeaderSize caps the JSON header, as the reference implementation does (100 MB): a corrupt
+// or hostile length must not make us parse, or fault in, gigabytes of "JSON".
+const MaxHeaderSize = 100_000_000
+
+// metadataKey is the reserved header entry holding free-form string metadata.
+const metadataKey = "__metadata__"
+
+// Tensor is one tensor of a file. DType is the safetensors dtype string as written ("BF16",
+// "F8_E4M3", ...). Data aliases the file's read-only mapping (or the bytes given to Parse): do
+// not write to it and do not keep it past Close.
+type Tensor struct {
+	Name  string
+	DType string
+	Shape []int
+	Data  []byte
+}
+
+// File is one parsed safetensors file.
+type File struct {
+	path     string
+	tensors  map[string]Tensor
+	names    []string // sorted
+	metadata map[string]string
+	unmap    func() error // releases the mapping; nil for Parse
+}
+
+// rawInfo is a header entry as written. Numbers stay json.Number so that non-integers, negative
+// values and values beyond int64 are reported instead of silently truncated.
+type rawInfo struct {
+	DType   *string        `json:"dtype"`
+	Shape   *[]json.Number `json:"shape"`
+	Offsets *[]json.Number `json:"data_offsets"`
+}
+
+// span is a validated tensor's byte range within the data buffer, for the coverage check.
+type span struct {
+	name       string
+	begin, end uint64
+}
+
+// Parse validates a safetensors file held in memory. The returned File's tensors alias data.
+// path is used only in error messages and Path.
+func Parse(path string, data []byte) (*File, error) {
+	if len(data) < 8 {
+		return nil, formatErr(path, "", "file is %d bytes, shorter than the 8-byte header length", len(data))
+	}
+	n := binary.LittleEndian.Uint64(data[:8])
+	if n > MaxHeaderSize {
+		return nil, formatErr(path, "", "header length %d exceeds the %d-byte limit", n, MaxHeaderSize)
+	}
+	if n > uint64(len(data)-8) {
+		return nil, formatErr(path, "", "header length %d runs past the end of the %d-byte file", n, len(data))
+	}
+	header, buf := data[8:8+n], data[8+n:]
+	if !utf8.Valid(header) {
+		return nil, formatErr(path, "", "header is not valid UTF-8")
+	}
+	if !json.Valid(header) {
+		return nil, formatErr(path, "", "header is not valid JSON")
+	}
+	f := &File{path: path, tensors: map[string]Tensor{}}
+	infos, err := decodeHeader(path, header, f)
+	if err != nil {
+		return nil, err
+	}
+	spans := make([]span, 0, len(infos))
+	for _, e := range infos {
+		t, sp, err := validateTensor(path, e.name, e.info, uint64(len(buf)))
+		if err != nil {
+			return nil, err
+		}
+		t.Data = buf[sp.begin:sp.end:sp.end]
+		f.tensors[e.name] = t
+		f.names = append(f.names, e.name)
+		spans = append(spans, sp)
+	}
+	if err := checkCoverage(path, spans, uint64(len(buf))); err != nil {
+		return nil, err
+	}
+	slices.Sort(f.names)
+	return f, nil
+}
+
+type namedInfo struct {
+	name string
+	info rawInfo
+}
+
+// decodeHeader walks the top-level object token by token so that duplicate names, which a
+// map-based decode would silently collapse, are reported.
+func decodeHeader(path string, header []byte, f *File) ([]namedInfo, error) {
+	dec := json.NewDecoder(bytes.NewReader(header))
+	tok, err := dec.Token()
+	if err != nil || tok != json.Delim('{') {
+		return nil, formatErr(path, "", "header is not a JSON object")
+	}
+	seen := map[string]bool{}
+	var out []namedInfo
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, formatErr(path, "", "header: %v", err)
+		}
+		name := tok.(string) // object keys are always strings
+		if seen[name] {
+			return nil, formatErr(path, name, "listed twice in the header")
+		}
+		seen[name] = true
+		if name == metadataKey {
+			var md map[string]string
+			if err := dec.Decode(&md); err != nil {
+				return nil, formatErr(path, "", "__metadata__ must map strings to strings: %v", err)
+			}
+			f.metadata = md
+			continue
+		}
+		var info rawInfo
+		if err := dec.Decode(&info); err != nil {
+			return nil, formatErr(path, name, "bad header entry: %v", err)
+		}
+		out = append(out, namedInfo{name, info})
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, formatErr(path, "", "header: %v", err)
+	}
+	// Anything after the object other than whitespace padding is an error.
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, formatErr(path, "", "trailing data after the header object")
+	}
+	return out, nil
+}
+
+// validateTensor checks one entry's dtype, shape and offsets against the buffer size.
+func validateTensor(path, name string, info rawInfo, bufLen uint64) (Tensor, span, error) {
+	fail := func(format string, args ...any) (Tensor, span, error) {
+		return Tensor{}, span{}, formatErr(path, name, format, args...)
+	}
+	if info.DType == nil || info.Shape == nil || info.Offsets == nil {
+		return fail("header entry needs dtype, shape and data_offsets")
+	}
+	bits, ok := dtypeBits[*info.DType]
+	if !ok {
+		return fail("unknown dtype %q", *info.DType)
+	}
+	shape := make([]int, len(*info.Shape))
+	hasZero := false
+	for i, d := range *info.Shape {
+		v, err := strconv.ParseInt(d.String(), 10, 64)
+		if err != nil || v < 0 || v > math.MaxInt {
+			return fail("shape %v: dimension %d must be a non-negative integer", *info.Shape, i)
+		}
+		shape[i] = int(v)
+		hasZero = hasZero || v == 0
+	}
+	// The element count must not wrap: a wrapped product could match a small byte range. The
+	// limit leaves room for the multiplication by the dtype's bit size below. A zero dimension
+	// anywhere makes the tensor empty whatever the others are.
+	var elems uint64
+	if !hasZero {
+		elems = 1
+		for _, d := range shape {
+			if elems > (math.MaxUint64/64)/uint64(d) {
+				return fail("shape %v: element count overflows", shape)
+			}
+			elems *= uint64(d)
+		}
+	}
+	if len(*info.Offsets) != 2 {
+		return fail("data_offsets must be [begin, end], got %d numbers", len(*info.Offsets))
+	}
+	var off [2]uint64
+	for i, o := range *info.Offsets {
+		v, err := strconv.ParseUint(o.String(), 10, 64)
+		if err != nil {
+			return fail("data_offsets %v: not non-negative integers", *info.Offsets)
+		}
+		off[i] = v
+	}
+	begin, end := off[0], off[1]
+	if end < begin {
+		return fail("data_offsets [%d, %d]: end before begin", begin, end)
+	}
+	if end > bufLen {
+		return fail("data_offsets [%d, %d] run past the %d-byte data buffer", begin, end, bufLen)
+	}
+	totalBits := elems * uint64(bits)
+	if totalBits%8 != 0 {
+		return fail("%d elements of %s do not fill whole bytes", elems, *info.DType)
+	}
+	if totalBits/8 != end-begin {
+		return fail("shape %v of %s needs %d bytes, data_offsets give %d", shape, *info.DType, totalBits/8, end-begin)
+	}
+	return Tensor{Name: name, DType: *info.DType, Shape: shape}, span{name, begin, end}, nil
+}
+
+// checkCoverage requires the tensors, sorted by offset, to tile the data buffer exactly: no
+// gaps (hidden data), no overlaps (aliased tensors), nothing after the last tensor. This is the
+// reference implementation's check.
+func checkCoverage(path string, spans []span, bufLen uint64) error {
+	slices.SortFunc(spans, func(a, b span) int {
+		if a.begin != b.begin {
+			if a.begin < b.begin {
+				return -1
+			}
+			return 1
+		}
+		if a.end != b.end {
+			if a.end < b.end {
+				return -1
+			}
+			return 1
+		}
+		return 0
+	})
+	var at uint64
+	for _, s := range spans {
+		switch {
+		case s.begin < at:
+			return formatErr(path, s.name, "data_offsets [%d, %d] overlap the previous tensor, which ends at %d", s.begin, s.end, at)
+		case s.begin > at:
+			return formatErr(path, s.name, "data_offsets [%d, %d] leave a gap: the previous tensor ends at %d", s.begin, s.end, at)
+		}
+		at = s.end
+	}
+	if at != bufLen {
+		return formatErr(path, "", "tensors cover %d bytes but the data buffer has %d", at, bufLen)
+	}
+	return nil
+}
+
+// Path is the file's path as given to Open or Parse.
+func (f *File) Path() string { return f.path }
+
+// Names returns the tensor names in sorted order. The slice must not be modified.
+func (f *File) Names() []string { return f.names }
+
+// Tensor returns the named tensor. Its Data aliases the file (read-only).
+func (f *File) Tensor(name string) (Tensor, bool) {
+	t, ok := f.tensors[name]
+	if ok {
+		t.Shape = slices.Clone(t.Shape)
+	}
+	return t, ok
+}
+
+// Metadata returns the __metadata__ entry (nil when absent). The map must not be modified.
+func (f *File) Metadata() map[string]string { return f.metadata }
+
+// Close releases the mapping; tensors obtained from f must not be used afterwards. Closing
+// twice, or closing a File from Parse, is harmless.
+func (f *File) Close() error {
+	if f.unmap == nil {
+		return nil
+	}
+	err := f.unmap()
+	f.unmap = nil
+	return err
+}
