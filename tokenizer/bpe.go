@@ -1,0 +1,276 @@
+package tokenizer
+
+import (
+	"container/heap"
+	"fmt"
+	"sync"
+	"unicode/utf8"
+)
+
+// bpeModel is HF's BPE model (models/bpe/model.rs) without dropout.
+type bpeModel struct {
+	vocab    map[string]int
+	vocabR   []string // id -> token; "" for holes
+	merges   map[uint64]mergeInfo
+	unkID    int // -1 when there is no unk token
+	unkToken string
+
+	continuingPrefix string
+	endOfWordSuffix  string
+	fuseUnk          bool
+	byteFallback     bool
+	ignoreMerges     bool
+	// byteIDs[b] is the id of "<0xNN>" for byte fallback, -1 if absent.
+	byteIDs [256]int
+
+	cache wordCache
+}
+
+type mergeInfo struct {
+	rank  int32
+	newID int32
+}
+
+func pairKey(a, b int) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b)) }
+
+// tokenize appends the ids for one pre-token to dst.
+func (m *bpeModel) tokenize(dst []int, word string) []int {
+	if word == "" {
+		return dst
+	}
+	// ignore_merges: a pre-token that is itself a vocab entry is emitted whole,
+	// even when the merge rules would split it differently.
+	if m.ignoreMerges {
+		if id, ok := m.vocab[word]; ok {
+			return append(dst, id)
+		}
+	}
+	if ids, ok := m.cache.get(word); ok {
+		return append(dst, ids...)
+	}
+	start := len(dst)
+	dst = m.mergeWord(dst, word)
+	if len(word) < maxCachedWordLen {
+		m.cache.put(word, dst[start:])
+	}
+	return dst
+}
+
+// symbol is one node of the doubly linked list the merge loop works on.
+type symbol struct {
+	id         int
+	prev, next int // indices into the symbol slice, -1 at the ends
+	alive      bool
+}
+
+type mergeCand struct {
+	rank int32
+	pos  int // index of the left symbol
+	id   int32
+}
+
+type candHeap []mergeCand
+
+func (h candHeap) Len() int { return len(h) }
+func (h candHeap) Less(i, j int) bool {
+	// Lowest rank first; on equal rank (the same pair at several places) the
+	// leftmost, exactly as HF's BinaryHeap ordering of Merge.
+	if h[i].rank != h[j].rank {
+		return h[i].rank < h[j].rank
+	}
+	return h[i].pos < h[j].pos
+}
+func (h candHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *candHeap) Push(x any)   { *h = append(*h, x.(mergeCand)) }
+func (h *candHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+type mergeScratch struct {
+	syms []symbol
+	heap candHeap
+}
+
+var scratchPool = sync.Pool{New: func() any { return &mergeScratch{} }}
+
+// mergeWord splits word into initial symbols (chars, byte-fallback bytes or
+// unk) and applies merges lowest rank first.
+func (m *bpeModel) mergeWord(dst []int, word string) []int {
+	sc := scratchPool.Get().(*mergeScratch)
+	defer scratchPool.Put(sc)
+	syms := sc.syms[:0]
+	add := func(id int) {
+		syms = append(syms, symbol{id: id, prev: len(syms) - 1, next: len(syms) + 1, alive: true})
+	}
+	// pending unk, flushed when a known char arrives (byte-fallback bytes do
+	// not flush it: that is HF's order of operations).
+	unkPending := false
+	var key []byte
+	for i := 0; i < len(word); {
+		_, size := utf8.DecodeRuneInString(word[i:])
+		ch := word[i : i+size]
+		first, last := i == 0, i+size == len(word)
+		i += size
+		s := ch
+		if (!first && m.continuingPrefix != "") || (last && m.endOfWordSuffix != "") {
+			key = key[:0]
+			if !first {
+				key = append(key, m.continuingPrefix...)
+			}
+			key = append(key, ch...)
+			if last {
+				key = append(key, m.endOfWordSuffix...)
+			}
+			s = string(key)
+		}
+		if id, ok := m.vocab[s]; ok {
+			if unkPending {
+				add(m.unkID)
+				unkPending = false
+			}
+			add(id)
+			continue
+		}
+		if m.byteFallback {
+			okAll := true
+			for j := 0; j < len(s); j++ {
+				if m.byteIDs[s[j]] < 0 {
+					okAll = false
+					break
+				}
+			}
+			if okAll {
+				for j := 0; j < len(s); j++ {
+					add(m.byteIDs[s[j]])
+				}
+				continue
+			}
+		}
+		if m.unkID >= 0 {
+			if unkPending && !m.fuseUnk {
+				add(m.unkID)
+			}
+			unkPending = true
+		}
+		// Without an unk token HF drops the character silently.
+	}
+	if unkPending {
+		add(m.unkID)
+	}
+	if len(syms) == 0 {
+		sc.syms = syms
+		return dst
+	}
+	syms[len(syms)-1].next = -1
+
+	h := sc.heap[:0]
+	for i := 0; i+1 < len(syms); i++ {
+		if mi, ok := m.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
+			h = append(h, mergeCand{rank: mi.rank, pos: i, id: mi.newID})
+		}
+	}
+	heap.Init(&h)
+	for h.Len() > 0 {
+		c := heap.Pop(&h).(mergeCand)
+		left := &syms[c.pos]
+		if !left.alive || left.next < 0 {
+			continue
+		}
+		right := &syms[left.next]
+		// Stale candidate: one side has been merged since it was queued.
+		if mi, ok := m.merges[pairKey(left.id, right.id)]; !ok || mi.newID != c.id {
+			continue
+		}
+		left.id = int(c.id)
+		right.alive = false
+		left.next = right.next
+		if right.next >= 0 {
+			syms[right.next].prev = c.pos
+		}
+		if left.prev >= 0 {
+			p := &syms[left.prev]
+			if mi, ok := m.merges[pairKey(p.id, left.id)]; ok {
+				heap.Push(&h, mergeCand{rank: mi.rank, pos: left.prev, id: mi.newID})
+			}
+		}
+		if left.next >= 0 {
+			if mi, ok := m.merges[pairKey(left.id, syms[left.next].id)]; ok {
+				heap.Push(&h, mergeCand{rank: mi.rank, pos: c.pos, id: mi.newID})
+			}
+		}
+	}
+	for i := 0; i >= 0; i = syms[i].next {
+		dst = append(dst, syms[i].id)
+	}
+	sc.syms, sc.heap = syms, h
+	return dst
+}
+
+// buildMerges turns the merges list into the pair map, checking every token
+// exists, as HF's BpeBuilder does.
+func (m *bpeModel) buildMerges(merges [][2]string) error {
+	m.merges = make(map[uint64]mergeInfo, len(merges))
+	for rank, p := range merges {
+		a, ok := m.vocab[p[0]]
+		if !ok {
+			return malformed("model.merges", "merge %d: token %q not in vocab", rank, p[0])
+		}
+		b, ok := m.vocab[p[1]]
+		if !ok {
+			return malformed("model.merges", "merge %d: token %q not in vocab", rank, p[1])
+		}
+		right := p[1]
+		if len(m.continuingPrefix) > 0 && len(right) >= len(m.continuingPrefix) && right[:len(m.continuingPrefix)] == m.continuingPrefix {
+			right = right[len(m.continuingPrefix):]
+		}
+		n, ok := m.vocab[p[0]+right]
+		if !ok {
+			return malformed("model.merges", "merge %d: result %q not in vocab", rank, p[0]+right)
+		}
+		m.merges[pairKey(a, b)] = mergeInfo{rank: int32(rank), newID: int32(n)}
+	}
+	return nil
+}
+
+func (m *bpeModel) initByteFallback() {
+	for b := 0; b < 256; b++ {
+		m.byteIDs[b] = -1
+		if id, ok := m.vocab[fmt.Sprintf("<0x%02X>", b)]; ok {
+			m.byteIDs[b] = id
+		}
+	}
+}
+
+// maxCachedWordLen bounds cached keys (HF uses 256 too): long words are rare
+// and would bloat the cache.
+const maxCachedWordLen = 256
+
+// wordCacheCap bounds the number of cached words; when full it is simply
+// reset, which keeps memory bounded without LRU bookkeeping on the hot path.
+const wordCacheCap = 50000
+
+// wordCache is a bounded, concurrency-safe pre-token -> ids cache.
+type wordCache struct {
+	mu sync.RWMutex
+	m  map[string][]int
+}
+
+func (c *wordCache) get(w string) ([]int, bool) {
+	c.mu.RLock()
+	ids, ok := c.m[w]
+	c.mu.RUnlock()
+	return ids, ok
+}
+
+func (c *wordCache) put(w string, ids []int) {
+	cp := append([]int(nil), ids...)
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= wordCacheCap {
+		c.m = make(map[string][]int, 1024)
+	}
+	c.m[w] = cp
+	c.mu.Unlock()
+}

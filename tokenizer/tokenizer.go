@@ -1,0 +1,143 @@
+package tokenizer
+
+import (
+	"fmt"
+	"maps"
+	"unicode/utf8"
+)
+
+// Tokenizer encodes text to ids and back exactly like HF tokenizers does for
+// the same tokenizer.json. It is safe for concurrent use.
+type Tokenizer struct {
+	model      *bpeModel
+	normalizer normalizer   // nil: none
+	pre        preTokenizer // nil: the whole segment is one word
+	post       postProcessor
+	decoder    decoderChain
+
+	added          []addedToken
+	addedByID      map[int]int    // id -> index in added
+	addedByContent map[string]int // content -> index in added
+	special        map[string]bool
+	rawTrie        *trie // tokens with normalized=false, matched in raw text
+	normTrie       *trie // tokens with normalized=true, matched after normalization
+	vocabSize      int
+
+	config map[string]any
+	bos    int
+	hasBOS bool
+	eos    []int
+
+	raw []byte // tokenizer.json
+}
+
+// Encode tokenizes text. With addSpecialTokens the post-processor runs (e.g.
+// Llama 2's TemplateProcessing adds <s>); added tokens written in the text
+// are always recognised.
+func (t *Tokenizer) Encode(text string, addSpecialTokens bool) ([]int, error) {
+	if !utf8.ValidString(text) {
+		return nil, ErrInvalidUTF8
+	}
+	ids := make([]int, 0, len(text)/3+2)
+	var words []string
+	for _, seg := range t.splitAdded(nil, text, t.rawTrie) {
+		if seg.tok >= 0 {
+			ids = append(ids, t.added[seg.tok].ID)
+			continue
+		}
+		// Each stretch between added tokens is normalized on its own; this
+		// is why Prepend("▁") applies after every added token.
+		s := seg.text
+		if t.normalizer != nil {
+			s = t.normalizer.normalize(s)
+		}
+		for _, sub := range t.splitAdded(nil, s, t.normTrie) {
+			if sub.tok >= 0 {
+				ids = append(ids, t.added[sub.tok].ID)
+				continue
+			}
+			words = words[:0]
+			if t.pre != nil {
+				words = t.pre.preTokenize(words, sub.text)
+			} else {
+				words = append(words, sub.text)
+			}
+			for _, w := range words {
+				ids = t.model.tokenize(ids, w)
+			}
+		}
+	}
+	if addSpecialTokens && t.post != nil {
+		ids = t.post.process(ids)
+	}
+	return ids, nil
+}
+
+// tokenFor returns the string HF decodes for id: added tokens first, then the model vocab.
+func (t *Tokenizer) tokenFor(id int) (string, bool) {
+	if i, ok := t.addedByID[id]; ok {
+		return t.added[i].Content, true
+	}
+	if id >= 0 && id < len(t.model.vocabR) {
+		if s := t.model.vocabR[id]; s != "" {
+			return s, true
+		}
+		// An id hole in the vocab: only valid if some token really is "".
+		if tid, ok := t.model.vocab[""]; ok && tid == id {
+			return "", true
+		}
+	}
+	return "", false
+}
+
+// Decode turns ids back into text. Unlike HF, which silently drops unknown
+// ids, an id outside the vocabulary is an error.
+func (t *Tokenizer) Decode(ids []int, skipSpecialTokens bool) (string, error) {
+	st := t.decoder.newState()
+	var out []byte
+	for _, id := range ids {
+		tok, ok := t.tokenFor(id)
+		if !ok {
+			return "", fmt.Errorf("%w: %d (vocab size %d)", ErrUnknownID, id, t.vocabSize)
+		}
+		if skipSpecialTokens && t.special[tok] {
+			continue
+		}
+		out = append(out, st.push(tok)...)
+	}
+	out = append(out, st.flush()...)
+	return string(out), nil
+}
+
+// VocabSize is the number of ids: model vocab plus added tokens (max id + 1).
+func (t *Tokenizer) VocabSize() int { return t.vocabSize }
+
+// TokenID looks up a token string, added tokens first.
+func (t *Tokenizer) TokenID(token string) (int, bool) {
+	if i, ok := t.addedByContent[token]; ok {
+		return t.added[i].ID, true
+	}
+	id, ok := t.model.vocab[token]
+	return id, ok
+}
+
+// TokenString returns the raw vocabulary string of id (byte-level tokens in
+// their GPT-2 character form, e.g. "Ġhello").
+func (t *Tokenizer) TokenString(id int) (string, bool) { return t.tokenFor(id) }
+
+// IsSpecial reports whether id is a special added token (skipped by Decode
+// with skipSpecialTokens).
+func (t *Tokenizer) IsSpecial(id int) bool {
+	tok, ok := t.tokenFor(id)
+	return ok && t.special[tok]
+}
+
+// BOS is tokenizer_config.json's bos_token, if set and known.
+func (t *Tokenizer) BOS() (int, bool) { return t.bos, t.hasBOS }
+
+// EOS lists tokenizer_config.json's eos_token id(s); empty if absent.
+func (t *Tokenizer) EOS() []int { return append([]int(nil), t.eos...) }
+
+// Config returns a copy of the parsed tokenizer_config.json (empty if none).
+// The copy is shallow: nested values are shared and must not be modified.
+func (t *Tokenizer) Config() map[string]any { return maps.Clone(t.config) }
