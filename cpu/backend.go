@@ -1,0 +1,187 @@
+// Package cpu is the pure-Go model.Backend: float32 activations, F32 or BF16 weights read in
+// place from the memory-mapped checkpoint, goroutine-parallel kernels. It runs everywhere, so
+// it is both the fallback device and the oracle the CUDA backend is tested against.
+package cpu
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"unsafe"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// Backend implements model.Backend on the host.
+type Backend struct {
+	workers int
+	pool    *pool
+	step    *model.Step
+	kv      model.KVSpec
+	kcache  [][]float32 // per layer: [Pages*PageSize, KVHeads*HeadDim]
+	vcache  [][]float32
+	scratch [][]float32 // per worker: attention scores
+	loraBuf []float32
+}
+
+// New makes a CPU backend using up to threads goroutines (0 = GOMAXPROCS).
+func New(threads int) *Backend {
+	if threads <= 0 {
+		threads = runtime.GOMAXPROCS(0)
+	}
+	return &Backend{workers: threads, pool: newPool(threads), scratch: make([][]float32, threads)}
+}
+
+// Close stops the worker goroutines.
+func (b *Backend) Close() { b.pool.close() }
+
+func (b *Backend) Name() string { return fmt.Sprintf("cpu(%d threads)", b.workers) }
+
+// Upload keeps F32 and BF16 matrices where they are (usually the mmapped file) and converts
+// F16, and every vector (norm weights, biases), to F32.
+func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, error) {
+	n := rows * cols
+	if len(h.Data) != n*h.DType.Size() {
+		return model.Tensor{}, fmt.Errorf("cpu: %s holds %d bytes, want %d for %dx%d %s", h.Name, len(h.Data), n*h.DType.Size(), rows, cols, h.DType)
+	}
+	t := model.Tensor{Rows: rows, Cols: cols, DType: model.F32}
+	if n == 0 {
+		t.Buf = []float32{}
+		return t, nil
+	}
+	p := unsafe.Pointer(&h.Data[0])
+	switch {
+	case h.DType == model.F32:
+		if uintptr(p)%4 == 0 {
+			t.Buf = unsafe.Slice((*float32)(p), n)
+		} else {
+			f := make([]float32, n)
+			for i := range f {
+				f[i] = math.Float32frombits(le32(h.Data[4*i:]))
+			}
+			t.Buf = f
+		}
+	case h.DType == model.BF16 && rows > 1:
+		t.DType = model.BF16
+		if uintptr(p)%2 == 0 {
+			t.Buf = unsafe.Slice((*uint16)(p), n)
+		} else {
+			u := make([]uint16, n)
+			for i := range u {
+				u[i] = uint16(h.Data[2*i]) | uint16(h.Data[2*i+1])<<8
+			}
+			t.Buf = u
+		}
+	case h.DType == model.BF16:
+		f := make([]float32, n)
+		for i := range f {
+			f[i] = bf16ToF32(uint16(h.Data[2*i]) | uint16(h.Data[2*i+1])<<8)
+		}
+		t.Buf = f
+	case h.DType == model.F16:
+		f := make([]float32, n)
+		for i := range f {
+			f[i] = f16ToF32(uint16(h.Data[2*i]) | uint16(h.Data[2*i+1])<<8)
+		}
+		t.Buf = f
+	default:
+		return model.Tensor{}, fmt.Errorf("cpu: %s: dtype %s not supported", h.Name, h.DType)
+	}
+	return t, nil
+}
+
+// Free drops the reference; the garbage collector (or the file's unmap) reclaims the memory.
+func (b *Backend) Free(t model.Tensor) {}
+
+func (b *Backend) Alloc(rows, cols int) model.Tensor {
+	return model.Tensor{Rows: rows, Cols: cols, DType: model.F32, Buf: make([]float32, rows*cols)}
+}
+
+func (b *Backend) AllocKV(spec model.KVSpec) error {
+	slots, width := spec.Pages*spec.PageSize, spec.KVHeads*spec.HeadDim
+	if slots <= 0 || width <= 0 || spec.Layers <= 0 {
+		return fmt.Errorf("cpu: bad KV spec %+v", spec)
+	}
+	b.kv = spec
+	b.kcache, b.vcache = make([][]float32, spec.Layers), make([][]float32, spec.Layers)
+	for l := range b.kcache {
+		b.kcache[l] = make([]float32, slots*width)
+		b.vcache[l] = make([]float32, slots*width)
+	}
+	return nil
+}
+
+func (b *Backend) Prepare(s *model.Step) error {
+	n := len(s.Tokens)
+	if len(s.Positions) != n || len(s.Slots) != n {
+		return fmt.Errorf("cpu: step has %d tokens, %d positions, %d slots", n, len(s.Positions), len(s.Slots))
+	}
+	limit := int32(b.kv.Pages * b.kv.PageSize)
+	for i, sl := range s.Slots {
+		if sl < 0 || sl >= limit {
+			return fmt.Errorf("cpu: row %d writes KV slot %d outside [0, %d)", i, sl, limit)
+		}
+	}
+	for _, sq := range s.Seqs {
+		if sq.Start < 0 || sq.N < 0 || sq.Start+sq.N > n || sq.Len > len(sq.Pages)*b.kv.PageSize {
+			return fmt.Errorf("cpu: sequence rows [%d,+%d) len %d with %d pages do not fit the step", sq.Start, sq.N, sq.Len, len(sq.Pages))
+		}
+	}
+	for _, r := range s.LogitRows {
+		if r < 0 || int(r) >= n {
+			return fmt.Errorf("cpu: logit row %d outside the step's %d rows", r, n)
+		}
+	}
+	b.step = s
+	return nil
+}
+
+func (b *Backend) Read(t model.Tensor, dst []float32) error {
+	if len(dst) != t.Rows*t.Cols {
+		return fmt.Errorf("cpu: Read of %s into %d floats", t.Shape(), len(dst))
+	}
+	copy(dst, f32(t))
+	return nil
+}
+
+// f32 returns the tensor's elements; it panics if the tensor is not F32.
+func f32(t model.Tensor) []float32 {
+	return t.Buf.([]float32)[t.Off : t.Off+t.Rows*t.Cols]
+}
+
+func bf16(t model.Tensor) []uint16 {
+	return t.Buf.([]uint16)[t.Off : t.Off+t.Rows*t.Cols]
+}
+
+func le32(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+func bf16ToF32(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }
+
+// f16ToF32 converts IEEE half precision exactly (subnormals, infinities and NaN included).
+func f16ToF32(h uint16) float32 {
+	sign := uint32(h>>15) << 31
+	exp := uint32(h>>10) & 0x1f
+	mant := uint32(h) & 0x3ff
+	switch {
+	case exp == 0 && mant == 0:
+		return math.Float32frombits(sign)
+	case exp == 0: // subnormal: normalise
+		e := uint32(127 - 15 + 1)
+		for mant&0x400 == 0 {
+			mant <<= 1
+			e--
+		}
+		return math.Float32frombits(sign | e<<23 | (mant&0x3ff)<<13)
+	case exp == 0x1f:
+		return math.Float32frombits(sign | 0xff<<23 | mant<<13)
+	}
+	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
+}
+
+func checkRows(op string, a, b model.Tensor) {
+	if a.Rows != b.Rows {
+		panic(fmt.Sprintf("cpu: %s: %s vs %s", op, a.Shape(), b.Shape()))
+	}
+}

@@ -1,0 +1,126 @@
+package model
+
+import "fmt"
+
+// Tensor is a row-major matrix owned by a Backend. Everything the forward pass touches is 2-D:
+// weights are [out, in], activations [tokens, features]; a [tokens, heads*headDim] activation is
+// reshaped to [tokens*heads, headDim] for per-head work. Tensor is a small value: slicing rows or
+// reshaping makes a new view without touching the storage or allocating.
+type Tensor struct {
+	Rows, Cols int
+	DType      DType
+	Buf        any // the backend's storage (CPU: []float32 or []uint16; CUDA: a device allocation)
+	Off        int // element offset of row 0 inside Buf
+}
+
+// Slice returns rows [row, row+n) as a view.
+func (t Tensor) Slice(row, n int) Tensor {
+	if row < 0 || n < 0 || row+n > t.Rows {
+		panic(fmt.Sprintf("model: Slice(%d, %d) of a %dx%d tensor", row, n, t.Rows, t.Cols))
+	}
+	t.Off += row * t.Cols
+	t.Rows = n
+	return t
+}
+
+// Reshape views the same elements as rows x cols.
+func (t Tensor) Reshape(rows, cols int) Tensor {
+	if rows*cols != t.Rows*t.Cols {
+		panic(fmt.Sprintf("model: Reshape %dx%d to %dx%d", t.Rows, t.Cols, rows, cols))
+	}
+	t.Rows, t.Cols = rows, cols
+	return t
+}
+
+// Shape is "RxC", for error messages.
+func (t Tensor) Shape() string { return fmt.Sprintf("%dx%d", t.Rows, t.Cols) }
+
+// KVSpec sizes the paged KV cache: Pages pages of PageSize token slots, per layer, each slot
+// holding KVHeads*HeadDim keys and as many values.
+type KVSpec struct {
+	Layers, Pages, PageSize, KVHeads, HeadDim int
+}
+
+// Step is the batch of one forward pass: N token rows drawn from several sequences. Rows of one
+// sequence are contiguous and in position order. The backend receives it once per step (Prepare)
+// so a GPU backend can upload the metadata in one copy.
+type Step struct {
+	Tokens    []int32 // [N] token ids
+	Positions []int32 // [N] position of each row within its sequence
+	Slots     []int32 // [N] KV-cache slot each row's key/value is written to (page*PageSize+offset)
+	Seqs      []SeqRows
+	// LogitRows lists the rows whose logits the caller wants (the last prompt row of a prefill,
+	// every decode row), in output order.
+	LogitRows []int32
+}
+
+// SeqRows says which rows of a Step belong to one sequence and where its KV history lives.
+type SeqRows struct {
+	Start, N int     // rows [Start, Start+N) of the step
+	Len      int     // tokens in the cache once this step is written (last position + 1)
+	Pages    []int32 // block table: page i holds positions [i*PageSize, (i+1)*PageSize)
+}
+
+// AttnParams describe one attention call.
+type AttnParams struct {
+	Heads, KVHeads, HeadDim int
+	Scale                   float32 // usually 1/sqrt(HeadDim)
+	Window                  int     // > 0: attend only to the last Window positions (sliding window)
+}
+
+// LoRASeg applies one adapter to a run of rows: out[rows] += Scale * (x[rows] Aᵀ) Bᵀ. A is
+// [rank, in], B is [out, rank]. Rows needing different adapters (or router experts, whose gate
+// weight is folded into Scale) become different segments; rows with no adapter get none. Each
+// segment is read at its adapter's own rank: nothing is padded to a maximum rank.
+type LoRASeg struct {
+	Start, N int
+	A, B     Tensor
+	Scale    float32
+}
+
+// Backend is everything the forward pass needs from a device. The forward pass (forward.go) is
+// written once against it; cpu/ and cuda/ implement it. Methods check shapes and panic on a
+// mismatch: shapes are the forward pass's responsibility, and a mismatch is a bug, not input.
+type Backend interface {
+	Name() string
+
+	// Upload turns host data into a weight tensor of the given shape. The backend may keep
+	// referencing h.Data (the CPU backend uses memory-mapped F32/BF16 data in place).
+	Upload(h HostTensor, rows, cols int) (Tensor, error)
+	// Free releases a tensor made by Upload or Alloc (adapters come and go).
+	Free(t Tensor)
+	// Alloc makes a zeroed F32 activation tensor.
+	Alloc(rows, cols int) Tensor
+	// AllocKV makes the paged KV cache; called once.
+	AllocKV(spec KVSpec) error
+
+	// Prepare hands the backend the step's metadata before the ops that use it.
+	Prepare(s *Step) error
+
+	// Embed writes table rows for s.Tokens into out.
+	Embed(out, table Tensor)
+	// MatMul computes out = x · wᵀ (w is [out.Cols, x.Cols]).
+	MatMul(out, x, w Tensor)
+	// AddBias adds the 1 x Cols bias to every row of x.
+	AddBias(x, bias Tensor)
+	// RMSNorm computes out = x / rms(x) * w per row (x and out may alias).
+	RMSNorm(out, x, w Tensor, eps float32)
+	// AddRMSNorm fuses the residual add with the next norm: x += delta; out = RMSNorm(x) * w.
+	AddRMSNorm(x, delta, out, w Tensor, eps float32)
+	// RoPE rotates each head of x ([N*heads, HeadDim]) by its row's position, rotate-half style;
+	// table is [maxPositions, HeadDim] holding cos in the first half of a row and sin in the second.
+	RoPE(x Tensor, heads int, table Tensor)
+	// StoreKV writes k and v ([N, KVHeads*HeadDim]) into layer's cache at the step's slots.
+	StoreKV(layer int, k, v Tensor)
+	// Attention computes causal attention of q ([N, Heads*HeadDim]) over each sequence's cached
+	// keys and values (which include this step's) into out ([N, Heads*HeadDim]).
+	Attention(out, q Tensor, layer int, p AttnParams)
+	// SiluMul computes out = silu(gate) * up.
+	SiluMul(out, gate, up Tensor)
+	// LoRA adds each segment's low-rank delta into out.
+	LoRA(out, x Tensor, segs []LoRASeg)
+	// GatherRows copies x's rows listed in s.LogitRows into out.
+	GatherRows(out, x Tensor)
+	// Read copies a tensor to host memory (len(dst) == Rows*Cols).
+	Read(t Tensor, dst []float32) error
+}

@@ -1,0 +1,175 @@
+package model
+
+import (
+	"fmt"
+	"math"
+)
+
+// RunnerOptions size the runner's preallocated workspaces.
+type RunnerOptions struct {
+	MaxTokens    int // rows per step (prefill chunk + decode rows)
+	MaxLogitRows int // sequences that want logits in one step
+	MaxContext   int // longest sequence (positions) the rotary table covers
+	KV           KVSpec
+}
+
+// Runner executes forward passes of one model on one backend. It owns every buffer a step
+// needs, allocated once: a step allocates nothing.
+type Runner struct {
+	Cfg *Config
+	B   Backend
+	W   *Weights
+	Opt RunnerOptions
+
+	rope                                      Tensor
+	x, h, q, k, v, attn, delta, gate, up, act Tensor
+	sel, logits                               Tensor
+	segs                                      [NumProj][]LoRASeg
+	attnParams                                AttnParams
+	eps                                       float32
+}
+
+// NewRunner allocates workspaces and the KV cache on w's backend.
+func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, error) {
+	if opt.MaxTokens <= 0 || opt.MaxLogitRows <= 0 || opt.MaxContext <= 0 {
+		return nil, fmt.Errorf("runner: MaxTokens, MaxLogitRows and MaxContext must be positive")
+	}
+	opt.KV.Layers, opt.KV.KVHeads, opt.KV.HeadDim = cfg.NumLayers, cfg.NumKVHeads, cfg.HeadDim
+	if err := b.AllocKV(opt.KV); err != nil {
+		return nil, err
+	}
+	r := &Runner{Cfg: cfg, B: b, W: w, Opt: opt, eps: float32(cfg.RMSNormEps)}
+	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
+	qd, kvd := cfg.NumHeads*D, cfg.NumKVHeads*D
+	r.x, r.h, r.delta = b.Alloc(n, H), b.Alloc(n, H), b.Alloc(n, max(H, qd))
+	r.q, r.k, r.v, r.attn = b.Alloc(n, qd), b.Alloc(n, kvd), b.Alloc(n, kvd), b.Alloc(n, qd)
+	r.gate, r.up, r.act = b.Alloc(n, cfg.IntermediateSize), b.Alloc(n, cfg.IntermediateSize), b.Alloc(n, cfg.IntermediateSize)
+	r.sel, r.logits = b.Alloc(opt.MaxLogitRows, H), b.Alloc(opt.MaxLogitRows, cfg.VocabSize)
+	r.attnParams = AttnParams{Heads: cfg.NumHeads, KVHeads: cfg.NumKVHeads, HeadDim: D,
+		Scale: float32(1 / math.Sqrt(float64(D))), Window: cfg.SlidingWindow}
+
+	// The rotary table is computed once in float64 and stored as float32 cos|sin rows.
+	inv, scale := cfg.InvFreq()
+	half := D / 2
+	table := make([]float32, opt.MaxContext*D)
+	for p := 0; p < opt.MaxContext; p++ {
+		for i := 0; i < half; i++ {
+			ang := float64(p) * float64(float32(inv[i]))
+			table[p*D+i] = float32(math.Cos(ang) * scale)
+			table[p*D+half+i] = float32(math.Sin(ang) * scale)
+		}
+	}
+	rope, err := b.Upload(HostTensor{Name: "rope", DType: F32, Shape: []int{opt.MaxContext, D}, Data: f32Bytes(table)}, opt.MaxContext, D)
+	if err != nil {
+		return nil, err
+	}
+	r.rope = rope
+	for p := range r.segs {
+		r.segs[p] = make([]LoRASeg, 0, 64)
+	}
+	return r, nil
+}
+
+// Forward runs one step. adapters[i] is the adapter of s.Seqs[i] (nil for the base model).
+// Logits of s.LogitRows are written to logits, row after row (len = len(LogitRows)*VocabSize).
+func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
+	n, m := len(s.Tokens), len(s.LogitRows)
+	switch {
+	case n == 0 || n > r.Opt.MaxTokens:
+		return fmt.Errorf("runner: step has %d tokens, want 1..%d", n, r.Opt.MaxTokens)
+	case m > r.Opt.MaxLogitRows:
+		return fmt.Errorf("runner: step wants %d logit rows, max %d", m, r.Opt.MaxLogitRows)
+	case len(adapters) != len(s.Seqs):
+		return fmt.Errorf("runner: %d adapters for %d sequences", len(adapters), len(s.Seqs))
+	case len(logits) != m*r.Cfg.VocabSize:
+		return fmt.Errorf("runner: logits buffer has %d floats, want %d", len(logits), m*r.Cfg.VocabSize)
+	}
+	for i, p := range s.Positions {
+		if int(p) >= r.Opt.MaxContext || p < 0 {
+			return fmt.Errorf("runner: row %d at position %d is outside the context of %d", i, p, r.Opt.MaxContext)
+		}
+	}
+	if err := r.B.Prepare(s); err != nil {
+		return err
+	}
+	b, cfg, w := r.B, r.Cfg, r.W
+	x, h := r.x.Slice(0, n), r.h.Slice(0, n)
+	var delta Tensor
+	q, k, v, attn := r.q.Slice(0, n), r.k.Slice(0, n), r.v.Slice(0, n), r.attn.Slice(0, n)
+	gate, up, act := r.gate.Slice(0, n), r.up.Slice(0, n), r.act.Slice(0, n)
+	H, KV, D := cfg.NumHeads, cfg.NumKVHeads, cfg.HeadDim
+
+	b.Embed(x, w.Embed)
+	for l := range w.Layers {
+		L := &w.Layers[l]
+		r.buildSegs(l, s, adapters)
+		if l == 0 {
+			b.RMSNorm(h, x, L.AttnNorm, r.eps)
+		} else {
+			b.AddRMSNorm(x, delta, h, L.AttnNorm, r.eps)
+		}
+		r.proj(q, h, L, ProjQ)
+		r.proj(k, h, L, ProjK)
+		r.proj(v, h, L, ProjV)
+		qh, kh := q.Reshape(n*H, D), k.Reshape(n*KV, D)
+		if cfg.QKNorm {
+			b.RMSNorm(qh, qh, L.QNorm, r.eps)
+			b.RMSNorm(kh, kh, L.KNorm, r.eps)
+		}
+		b.RoPE(qh, H, r.rope)
+		b.RoPE(kh, KV, r.rope)
+		b.StoreKV(l, k, v)
+		b.Attention(attn, q, l, r.attnParams)
+		o := r.deltaFor(n, cfg.HiddenSize)
+		r.proj(o, attn, L, ProjO)
+		b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
+		r.proj(gate, h, L, ProjGate)
+		r.proj(up, h, L, ProjUp)
+		b.SiluMul(act, gate, up)
+		r.proj(o, act, L, ProjDown)
+		delta = o
+	}
+	b.AddRMSNorm(x, delta, h, w.Norm, r.eps)
+	if m == 0 {
+		return nil
+	}
+	sel, out := r.sel.Slice(0, m), r.logits.Slice(0, m)
+	b.GatherRows(sel, h)
+	b.MatMul(out, sel, w.LMHead)
+	return b.Read(out, logits)
+}
+
+// deltaFor views the shared delta buffer as [n, cols].
+func (r *Runner) deltaFor(n, cols int) Tensor {
+	d := r.delta
+	d.Rows, d.Cols = n, cols
+	return d
+}
+
+func (r *Runner) proj(out, in Tensor, L *Layer, p Proj) {
+	r.B.MatMul(out, in, L.W[p])
+	if L.Bias[p].Rows > 0 {
+		r.B.AddBias(out, L.Bias[p])
+	}
+	if len(r.segs[p]) > 0 {
+		r.B.LoRA(out, in, r.segs[p])
+	}
+}
+
+// buildSegs lists, per projection, the row runs of layer l that an adapter touches.
+func (r *Runner) buildSegs(l int, s *Step, adapters []*Adapter) {
+	for p := range r.segs {
+		r.segs[p] = r.segs[p][:0]
+	}
+	for i, a := range adapters {
+		if a == nil {
+			continue
+		}
+		sq := s.Seqs[i]
+		for p, lw := range a.Modules[l] {
+			if lw != nil {
+				r.segs[p] = append(r.segs[p], LoRASeg{Start: sq.Start, N: sq.N, A: lw.A, B: lw.B, Scale: lw.Scale})
+			}
+		}
+	}
+}
