@@ -1,0 +1,8 @@
+// Package adaptercache owns LoRA adapters: loading them from disk in Hugging Face PEFT format and
+// (later) caching them in tiers (disk -> host RAM -> device slots).
+//
+// The PEFT loader (LoadPEFT) reproduces how peft decides which modules an adapter touches and with
+// what rank and scale (target_modules, layers_to_transform, rank_pattern, alpha_pattern,
+// use_rslora), and rejects every option that would change the math in a way loraplex does not
+// implement, so that an adapter that loads computes what it computes under HF PEFT.
+package adaptercache
