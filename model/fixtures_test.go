@@ -3,12 +3,12 @@ package model_test
 import (
 	"compress/gzip"
 	"encoding/json"
-	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/model"
 )
@@ -165,9 +165,13 @@ func runCases(t *testing.T, h *harness, cases []fixtureCase, adapters map[string
 	}
 	steps := len(cases[0].Steps)
 	for st := 0; st < steps; st++ {
-		var got [][]float32
+		got := make([][]float32, len(seqs))
 		for {
-			got = h.step(t, seqs, chunk)
+			for i, l := range h.step(t, seqs, chunk) {
+				if l != nil {
+					got[i] = l
+				}
+			}
 			done := true
 			for _, sq := range seqs {
 				if sq.cached < len(sq.tokens) {
@@ -213,4 +217,34 @@ func TestFixturesBaseModel(t *testing.T) {
 	}
 }
 
-var _ = fmt.Sprint
+// TestFixturesMixedAdapters runs every case of a model (base and four adapters of different
+// ranks, targets and scales) in one batch, with prefill chunked to 3 tokens so chunks of
+// different sequences interleave with decode rows.
+func TestFixturesMixedAdapters(t *testing.T) {
+	for _, name := range fixtureModels {
+		t.Run(name, func(t *testing.T) {
+			fx := loadFixture(t, name)
+			h, cfg, b, _ := newHarness(t, fixtureDir(name))
+			adapters := map[string]*model.Adapter{}
+			for _, c := range fx.Cases {
+				if c.Adapter == "" || adapters[c.Adapter] != nil {
+					continue
+				}
+				host, closer, err := adaptercache.LoadPEFT(filepath.Join(fixtureDir(name), "adapters", c.Adapter), c.Adapter, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { closer.Close() })
+				a, err := model.UploadAdapter(b, cfg, host)
+				if err != nil {
+					t.Fatal(err)
+				}
+				adapters[c.Adapter] = a
+			}
+			for _, chunk := range []int{1 << 20, 3} {
+				worst := runCases(t, h, fx.Cases, adapters, chunk)
+				t.Logf("%s chunk %d: %d cases, worst logit diff %.2e", name, chunk, len(fx.Cases), worst)
+			}
+		})
+	}
+}

@@ -1,0 +1,71 @@
+package serve
+
+// SamplingParams are the knobs of one request, with vLLM's semantics. The zero value is greedy
+// decoding of up to the context length.
+type SamplingParams struct {
+	MaxTokens   int     // 0: up to the context length
+	MinTokens   int     // EOS and stop token ids are suppressed until this many tokens exist
+	Temperature float64 // 0: greedy
+	TopP        float64 // 0 or 1: off
+	TopK        int     // 0 or -1: off
+	MinP        float64 // 0: off
+	Seed        *uint64 // nil: random
+
+	RepetitionPenalty float64 // 0 or 1: off; > 1 discourages tokens already in prompt or output
+	PresencePenalty   float64 // subtracted once from tokens already generated
+	FrequencyPenalty  float64 // subtracted per occurrence in the generated text
+
+	Stop         []string // generation ends before the first occurrence; the stop string is not returned
+	StopTokenIDs []int    // generation ends after one of these tokens (not returned as text)
+	IgnoreEOS    bool
+
+	Logprobs int // > 0: return the chosen token's logprob and this many top alternatives; 0 none; -1: chosen only
+	// SkipSpecialTokens drops special tokens from the returned text (default true in the gateways).
+	SkipSpecialTokens bool
+}
+
+// Request is one generation. Model is "" or the base model's name for the base model, or an
+// adapter's name.
+type Request struct {
+	Model  string
+	Prompt []int
+	Params SamplingParams
+}
+
+// TokenLogprob is one alternative in a logprobs list.
+type TokenLogprob struct {
+	Token   int
+	Logprob float32
+}
+
+// Event is one step of a generation stream. Every event carries the tokens generated in that
+// step (zero or one today) and the UTF-8-complete text they completed. The last event of a
+// stream has Finish set ("stop", "length", "abort" or "error", with Err) and Usage.
+type Event struct {
+	Tokens   []int
+	Text     string
+	Logprobs []TokenLogprob   // the chosen tokens' logprobs, parallel to Tokens (when asked for)
+	Top      [][]TokenLogprob // top alternatives per token (when asked for)
+
+	Finish string
+	// StopReason is the stop string or token id that ended the request, when Finish is "stop"
+	// for that reason (nil for EOS).
+	StopReason any
+	Err        error
+	Usage      *Usage
+}
+
+// Usage counts tokens of a finished request.
+type Usage struct {
+	PromptTokens     int
+	CompletionTokens int
+}
+
+// ModelInfo describes something a request can name.
+type ModelInfo struct {
+	ID      string
+	Parent  string // the base model, for adapters
+	Kind    string // "base" or "adapter"
+	Created int64
+	MaxLen  int
+}

@@ -1,0 +1,303 @@
+// Package serve is the engine: a request queue, a continuous-batching scheduler over a paged KV
+// cache, sampling, and the adapter registry. The HTTP and gRPC gateways call its API.
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/tokenizer"
+)
+
+// Options configure an Engine. Zero values get defaults in NewEngine.
+type Options struct {
+	ModelName        string // the base model's name in APIs
+	MaxNumSeqs       int    // sequences in one batch (default 16)
+	MaxBatchedTokens int    // token rows in one step; long prompts are prefilled in chunks (default 512)
+	MaxModelLen      int    // prompt + output limit (default min(max_position_embeddings, 4096))
+	PageSize         int    // KV-cache tokens per page (default 16)
+	KVCacheTokens    int    // KV-cache capacity in tokens (default MaxNumSeqs * MaxModelLen, at least MaxModelLen)
+	MaxQueued        int    // waiting requests beyond which Generate answers KindOverloaded (default 1024)
+	Logger           *slog.Logger
+}
+
+// Engine serves one base model and its adapters.
+type Engine struct {
+	cfg    *model.Config
+	runner *model.Runner
+	tok    *tokenizer.Tokenizer // nil: token ids only
+	opt    Options
+	log    *slog.Logger
+	eos    map[int]bool
+
+	adapters registry
+	submit   chan *sequence
+	queued   atomic.Int64
+	draining atomic.Bool
+	closed   chan struct{} // closed when the loop has stopped
+	stop     chan struct{}
+	stopOnce sync.Once
+	nextID   atomic.Uint64
+
+	// Loop-owned state.
+	pages   *pageAllocator
+	running []*sequence
+	waiting []*sequence
+	step    model.Step
+	stepAd  []*model.Adapter
+	stepSeq []*sequence
+	logits  []float32
+	lpBuf   []int
+	lpRow   []float32
+	created int64
+
+	stats Stats
+}
+
+// Stats are counters the metrics package reads.
+type Stats struct {
+	Running, Waiting     atomic.Int64
+	KVPagesUsed, KVPages atomic.Int64
+	PromptTokens         atomic.Int64
+	GenerationTokens     atomic.Int64
+	Preemptions          atomic.Int64
+	Steps                atomic.Int64
+	Finished             sync.Map // finish reason -> *atomic.Int64
+}
+
+// NewEngine builds the runner (workspaces and KV cache) and starts the scheduler loop.
+func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokenizer.Tokenizer, opt Options) (*Engine, error) {
+	if opt.ModelName == "" {
+		opt.ModelName = "base"
+	}
+	if opt.MaxNumSeqs <= 0 {
+		opt.MaxNumSeqs = 16
+	}
+	if opt.MaxBatchedTokens <= 0 {
+		opt.MaxBatchedTokens = 512
+	}
+	if opt.MaxBatchedTokens < opt.MaxNumSeqs {
+		return nil, fmt.Errorf("engine: max batched tokens %d below max sequences %d", opt.MaxBatchedTokens, opt.MaxNumSeqs)
+	}
+	if opt.MaxModelLen <= 0 {
+		opt.MaxModelLen = 4096
+		if cfg.MaxPositions > 0 {
+			opt.MaxModelLen = min(cfg.MaxPositions, 4096)
+		}
+	}
+	if opt.PageSize <= 0 {
+		opt.PageSize = 16
+	}
+	if opt.KVCacheTokens <= 0 {
+		opt.KVCacheTokens = opt.MaxNumSeqs * opt.MaxModelLen
+	}
+	if opt.KVCacheTokens < opt.MaxModelLen {
+		return nil, fmt.Errorf("engine: KV cache of %d tokens cannot hold one sequence of max model length %d", opt.KVCacheTokens, opt.MaxModelLen)
+	}
+	if opt.MaxQueued <= 0 {
+		opt.MaxQueued = 1024
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	pages := (opt.KVCacheTokens + opt.PageSize - 1) / opt.PageSize
+	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{
+		MaxTokens: opt.MaxBatchedTokens, MaxLogitRows: opt.MaxNumSeqs, MaxContext: opt.MaxModelLen,
+		KV: model.KVSpec{Pages: pages, PageSize: opt.PageSize},
+	})
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		cfg: cfg, runner: r, tok: tok, opt: opt, log: opt.Logger, eos: map[int]bool{},
+		adapters: registry{m: map[string]*residentAdapter{}},
+		submit:   make(chan *sequence, opt.MaxQueued),
+		closed:   make(chan struct{}), stop: make(chan struct{}),
+		pages:   newPageAllocator(pages, opt.PageSize),
+		logits:  make([]float32, opt.MaxNumSeqs*cfg.VocabSize),
+		created: time.Now().Unix(),
+	}
+	for _, id := range cfg.EOSTokenIDs {
+		e.eos[id] = true
+	}
+	if tok != nil {
+		for _, id := range tok.EOS() {
+			e.eos[id] = true
+		}
+	}
+	e.stats.KVPages.Store(int64(pages))
+	go e.loop()
+	return e, nil
+}
+
+// Config returns the base model's architecture.
+func (e *Engine) Config() *model.Config { return e.cfg }
+
+// Tokenizer returns the tokenizer, or nil when the engine serves token ids only.
+func (e *Engine) Tokenizer() *tokenizer.Tokenizer { return e.tok }
+
+// Options returns the effective options.
+func (e *Engine) Options() Options { return e.opt }
+
+// Stats exposes live counters.
+func (e *Engine) Stats() *Stats { return &e.stats }
+
+// Ready reports whether the engine accepts requests.
+func (e *Engine) Ready() bool {
+	select {
+	case <-e.closed:
+		return false
+	default:
+	}
+	return !e.draining.Load()
+}
+
+// Models lists the base model and every adapter.
+func (e *Engine) Models() []ModelInfo {
+	out := []ModelInfo{{ID: e.opt.ModelName, Kind: "base", Created: e.created, MaxLen: e.opt.MaxModelLen}}
+	for _, a := range e.adapters.list() {
+		out = append(out, ModelInfo{ID: a.name, Parent: e.opt.ModelName, Kind: "adapter", Created: a.created, MaxLen: e.opt.MaxModelLen})
+	}
+	return out
+}
+
+// Generate validates req and queues it. Errors are *Error: KindNotFound for an unknown model,
+// KindInvalid for bad parameters, KindOverloaded when the queue is full, KindUnavailable while
+// draining. Cancelling ctx aborts the request and frees its KV pages at the next step.
+func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
+	if !e.Ready() {
+		return nil, errorf(KindUnavailable, "", "the server is shutting down")
+	}
+	p := req.Params
+	if err := e.validate(&req, &p); err != nil {
+		return nil, err
+	}
+	var ad *residentAdapter
+	if req.Model != "" && req.Model != e.opt.ModelName {
+		if ad = e.adapters.get(req.Model); ad == nil {
+			return nil, errorf(KindNotFound, "model", "the model `%s` does not exist", req.Model)
+		}
+	}
+	if e.queued.Add(1) > int64(e.opt.MaxQueued) {
+		e.queued.Add(-1)
+		if ad != nil {
+			ad.release()
+		}
+		return nil, errorf(KindOverloaded, "", "too many requests are waiting (%d); retry later", e.opt.MaxQueued)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	sq := &sequence{
+		id: e.nextID.Add(1), ctx: sctx, params: p, adapter: ad,
+		tokens: append(make([]int, 0, len(req.Prompt)+min(p.MaxTokens, 256)), req.Prompt...), promptLen: len(req.Prompt),
+		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(),
+	}
+	sq.sampler.p = &sq.params
+	for _, s := range p.Stop {
+		sq.maxStop = max(sq.maxStop, len(s))
+	}
+	if e.tok != nil {
+		sq.dec = e.tok.NewStreamDecoder(p.SkipSpecialTokens)
+	}
+	select {
+	case e.submit <- sq:
+	default: // cannot happen while queued <= MaxQueued, but never block a caller
+		e.queued.Add(-1)
+		cancel()
+		if ad != nil {
+			ad.release()
+		}
+		return nil, errorf(KindOverloaded, "", "too many requests are waiting; retry later")
+	}
+	return sq.stream, nil
+}
+
+func (e *Engine) validate(req *Request, p *SamplingParams) error {
+	V := e.cfg.VocabSize
+	if len(req.Prompt) == 0 {
+		return errorf(KindInvalid, "prompt", "the prompt is empty")
+	}
+	for _, t := range req.Prompt {
+		if t < 0 || t >= V {
+			return errorf(KindInvalid, "prompt", "token id %d is out of vocabulary (0..%d)", t, V-1)
+		}
+	}
+	L := e.opt.MaxModelLen
+	if len(req.Prompt) >= L {
+		return errorf(KindInvalid, "prompt", "this model's maximum context length is %d tokens, but the prompt has %d tokens", L, len(req.Prompt))
+	}
+	switch {
+	case p.MaxTokens < 0:
+		return errorf(KindInvalid, "max_tokens", "max_tokens must be at least 1, got %d", p.MaxTokens)
+	case p.MaxTokens == 0:
+		p.MaxTokens = L - len(req.Prompt)
+	case len(req.Prompt)+p.MaxTokens > L:
+		return errorf(KindInvalid, "max_tokens", "this model's maximum context length is %d tokens; you requested %d tokens (%d in the prompt, %d in the completion)", L, len(req.Prompt)+p.MaxTokens, len(req.Prompt), p.MaxTokens)
+	}
+	switch {
+	case p.MinTokens < 0 || p.MinTokens > p.MaxTokens:
+		return errorf(KindInvalid, "min_tokens", "min_tokens must be between 0 and max_tokens (%d), got %d", p.MaxTokens, p.MinTokens)
+	case !(p.Temperature >= 0) || p.Temperature > 100:
+		return errorf(KindInvalid, "temperature", "temperature must be between 0 and 100, got %v", p.Temperature)
+	case !(p.TopP >= 0 && p.TopP <= 1):
+		return errorf(KindInvalid, "top_p", "top_p must be in (0, 1], got %v", p.TopP)
+	case p.TopK < -1:
+		return errorf(KindInvalid, "top_k", "top_k must be -1 (off) or positive, got %d", p.TopK)
+	case !(p.MinP >= 0 && p.MinP <= 1):
+		return errorf(KindInvalid, "min_p", "min_p must be in [0, 1], got %v", p.MinP)
+	case !(p.RepetitionPenalty >= 0) || p.RepetitionPenalty > 100:
+		return errorf(KindInvalid, "repetition_penalty", "repetition_penalty must be positive, got %v", p.RepetitionPenalty)
+	case !(p.PresencePenalty >= -2 && p.PresencePenalty <= 2):
+		return errorf(KindInvalid, "presence_penalty", "presence_penalty must be in [-2, 2], got %v", p.PresencePenalty)
+	case !(p.FrequencyPenalty >= -2 && p.FrequencyPenalty <= 2):
+		return errorf(KindInvalid, "frequency_penalty", "frequency_penalty must be in [-2, 2], got %v", p.FrequencyPenalty)
+	case p.Logprobs < -1 || p.Logprobs > 20:
+		return errorf(KindInvalid, "logprobs", "logprobs must be between 0 and 20, got %d", p.Logprobs)
+	}
+	for _, s := range p.Stop {
+		if s == "" {
+			return errorf(KindInvalid, "stop", "stop strings must not be empty")
+		}
+	}
+	if len(p.Stop) > 0 && e.tok == nil {
+		return errorf(KindInvalid, "stop", "stop strings need a tokenizer, and this model has none")
+	}
+	for _, t := range p.StopTokenIDs {
+		if t < 0 || t >= V {
+			return errorf(KindInvalid, "stop_token_ids", "stop token id %d is out of vocabulary", t)
+		}
+	}
+	return nil
+}
+
+// Drain stops admitting requests, lets running and queued ones finish until ctx ends, then
+// aborts what is left and stops the loop.
+func (e *Engine) Drain(ctx context.Context) error {
+	e.draining.Store(true)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for e.stats.Running.Load()+e.queued.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			e.Close()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	e.Close()
+	return nil
+}
+
+// Close aborts everything and stops the loop.
+func (e *Engine) Close() {
+	e.draining.Store(true)
+	e.stopOnce.Do(func() { close(e.stop) })
+	<-e.closed
+}
+
+var errEngineClosed = errors.New("engine closed")

@@ -1,0 +1,335 @@
+package serve
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/tokenizer"
+)
+
+// sequence is one request inside the engine loop.
+type sequence struct {
+	id        uint64
+	ctx       context.Context
+	params    SamplingParams
+	adapter   *residentAdapter // nil: base model
+	tokens    []int            // prompt, then generated tokens
+	promptLen int
+	computed  int // tokens whose keys and values are in the cache
+	pages     []int32
+	sampler   *sampler
+	dec       *tokenizer.StreamDecoder
+	text      string // generated text so far (stop strings are searched here)
+	sent      int    // bytes of text already streamed
+	maxStop   int
+	stream    *Stream
+	arrival   time.Time
+	firstTok  time.Time
+}
+
+func (s *sequence) generated() int { return len(s.tokens) - s.promptLen }
+
+// loop is the scheduler: one goroutine owns the batch, the KV pages and every sequence.
+// Each iteration admits new requests, builds a step (decode rows first, then prefill chunks
+// within the token budget), runs the forward pass and samples.
+func (e *Engine) loop() {
+	defer close(e.closed)
+	for {
+		idle := len(e.running) == 0 && len(e.waiting) == 0
+		if !e.receive(idle) {
+			e.abortAll(&Error{Kind: KindUnavailable, Msg: "the server is shutting down"})
+			return
+		}
+		e.dropCancelled()
+		if !e.schedule() {
+			continue
+		}
+		e.stats.Steps.Add(1)
+		V := e.cfg.VocabSize
+		logits := e.logits[:len(e.step.LogitRows)*V]
+		if err := e.runner.Forward(&e.step, e.stepAd, logits); err != nil {
+			e.log.Error("forward pass failed", "err", err)
+			for _, sq := range slices.Clone(e.running) {
+				e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err})
+			}
+			continue
+		}
+		for k, sq := range e.stepSeq {
+			e.sampleNext(sq, logits[k*V:(k+1)*V])
+		}
+		e.publish()
+	}
+}
+
+// receive moves submitted requests to the waiting list, blocking when idle. It returns false
+// when the engine is stopping.
+func (e *Engine) receive(block bool) bool {
+	if block {
+		select {
+		case sq := <-e.submit:
+			e.waiting = append(e.waiting, sq)
+		case <-e.stop:
+			return false
+		}
+	}
+	for {
+		select {
+		case sq := <-e.submit:
+			e.waiting = append(e.waiting, sq)
+		case <-e.stop:
+			return false
+		default:
+			return true
+		}
+	}
+}
+
+func (e *Engine) dropCancelled() {
+	for _, list := range [][]*sequence{slices.Clone(e.running), slices.Clone(e.waiting)} {
+		for _, sq := range list {
+			if err := sq.ctx.Err(); err != nil {
+				kind := KindCanceled
+				if err == context.DeadlineExceeded {
+					kind = KindDeadline
+				}
+				e.finish(sq, "abort", nil, &Error{Kind: kind, Msg: "request cancelled", Err: err})
+			}
+		}
+	}
+}
+
+// schedule fills e.step; false when there is nothing to run.
+func (e *Engine) schedule() bool {
+	s := &e.step
+	s.Tokens, s.Positions, s.Slots, s.Seqs, s.LogitRows = s.Tokens[:0], s.Positions[:0], s.Slots[:0], s.Seqs[:0], s.LogitRows[:0]
+	e.stepAd, e.stepSeq = e.stepAd[:0], e.stepSeq[:0]
+	budget := e.opt.MaxBatchedTokens
+
+	// Running sequences first, in admission order: decodes take one row each, sequences still
+	// in prefill take a chunk of what budget is left.
+	for i := 0; i < len(e.running) && budget > 0; i++ {
+		sq := e.running[i]
+		n := min(len(sq.tokens)-sq.computed, budget)
+		if !e.reservePages(sq, sq.computed+n) {
+			break // sq itself was preempted
+		}
+		e.addRows(sq, n)
+		budget -= n
+	}
+	// Admit waiting requests in arrival order while there is room; never skip the head, so a
+	// long prompt cannot be starved by short ones behind it.
+	for len(e.waiting) > 0 && budget > 0 && len(e.running) < e.opt.MaxNumSeqs {
+		sq := e.waiting[0]
+		if e.pages.available() < e.pages.pagesFor(len(sq.tokens)+1) {
+			break
+		}
+		e.waiting = e.waiting[1:]
+		e.queued.Add(-1)
+		e.running = append(e.running, sq)
+		n := min(len(sq.tokens)-sq.computed, budget)
+		e.reservePages(sq, sq.computed+n)
+		e.addRows(sq, n)
+		budget -= n
+	}
+	e.stats.Running.Store(int64(len(e.running)))
+	e.stats.Waiting.Store(int64(len(e.waiting)))
+	e.stats.KVPagesUsed.Store(e.stats.KVPages.Load() - int64(e.pages.available()))
+	return len(s.Tokens) > 0
+}
+
+// reservePages makes sq own enough pages for n tokens, preempting the most recently admitted
+// other sequences (they will recompute later) when the cache is full. It returns false if sq
+// itself had to be preempted.
+func (e *Engine) reservePages(sq *sequence, n int) bool {
+	for len(sq.pages) < e.pages.pagesFor(n) {
+		if p, ok := e.pages.alloc(); ok {
+			sq.pages = append(sq.pages, p)
+			continue
+		}
+		victim := e.running[len(e.running)-1]
+		e.preempt(victim)
+		if victim == sq {
+			return false
+		}
+	}
+	return true
+}
+
+// preempt frees a running sequence's pages and puts it back at the head of the queue; it keeps
+// its tokens, so it resumes by recomputing its cache.
+func (e *Engine) preempt(sq *sequence) {
+	e.stats.Preemptions.Add(1)
+	e.pages.release(sq.pages)
+	sq.pages, sq.computed = sq.pages[:0], 0
+	e.running = slices.DeleteFunc(e.running, func(x *sequence) bool { return x == sq })
+	e.waiting = append([]*sequence{sq}, e.waiting...)
+	e.queued.Add(1)
+}
+
+func (e *Engine) addRows(sq *sequence, n int) {
+	s := &e.step
+	start := len(s.Tokens)
+	ps := int32(e.opt.PageSize)
+	for j := 0; j < n; j++ {
+		p := sq.computed + j
+		s.Tokens = append(s.Tokens, int32(sq.tokens[p]))
+		s.Positions = append(s.Positions, int32(p))
+		s.Slots = append(s.Slots, sq.pages[p/e.opt.PageSize]*ps+int32(p)%ps)
+	}
+	sq.computed += n
+	s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: sq.computed, Pages: sq.pages})
+	var ad *model.Adapter
+	if sq.adapter != nil {
+		ad = sq.adapter.w
+	}
+	e.stepAd = append(e.stepAd, ad)
+	if sq.computed == len(sq.tokens) {
+		s.LogitRows = append(s.LogitRows, int32(len(s.Tokens)-1))
+		e.stepSeq = append(e.stepSeq, sq)
+	}
+}
+
+// sampleNext picks sq's next token from its logits and streams the result.
+func (e *Engine) sampleNext(sq *sequence, logits []float32) {
+	p := &sq.params
+	var ev Event
+	if sq.generated() == 0 {
+		sq.firstTok = time.Now()
+		e.stats.PromptTokens.Add(int64(sq.promptLen))
+	}
+	var banned []int
+	if sq.generated() < p.MinTokens {
+		for id := range e.eos {
+			banned = append(banned, id)
+		}
+		banned = append(banned, p.StopTokenIDs...)
+	}
+	if p.Logprobs != 0 {
+		// Logprobs come from the raw distribution; sample() rewrites the logits in place.
+		e.lpRow = append(e.lpRow[:0], logits...)
+	}
+	tok := sq.sampler.sample(logits, banned)
+	if p.Logprobs != 0 {
+		var chosen TokenLogprob
+		var top []TokenLogprob
+		chosen, top, e.lpBuf = logprobs(e.lpRow, tok, max(p.Logprobs, 0), e.lpBuf)
+		ev.Logprobs = []TokenLogprob{chosen}
+		if p.Logprobs > 0 {
+			ev.Top = [][]TokenLogprob{top}
+		}
+	}
+	sq.tokens = append(sq.tokens, tok)
+	sq.sampler.observe(tok)
+	e.stats.GenerationTokens.Add(1)
+	ev.Tokens = []int{tok}
+
+	// Like vLLM, no stop condition but the length limit applies before min_tokens.
+	finish, reason := "", any(nil)
+	canStop := sq.generated() >= p.MinTokens
+	if canStop && slices.Contains(p.StopTokenIDs, tok) {
+		finish, reason = "stop", tok
+	} else if canStop && !p.IgnoreEOS && e.eos[tok] {
+		finish = "stop"
+	}
+	if finish == "" && sq.dec != nil {
+		delta, err := sq.dec.Push(tok)
+		if err != nil {
+			e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "detokenizing", Err: err})
+			return
+		}
+		sq.text += delta
+		if canStop && sq.maxStop > 0 && delta != "" {
+			from := max(0, len(sq.text)-len(delta)-sq.maxStop+1)
+			best, which := -1, ""
+			for _, s := range p.Stop {
+				if i := indexFrom(sq.text, s, from); i >= 0 && (best < 0 || i < best) {
+					best, which = i, s
+				}
+			}
+			if best >= 0 {
+				sq.text = sq.text[:best]
+				finish, reason = "stop", which
+			}
+		}
+	}
+	if finish == "" && (sq.generated() >= p.MaxTokens || len(sq.tokens) >= e.opt.MaxModelLen) {
+		finish = "length"
+	}
+	if _, byString := reason.(string); finish != "" && !byString && sq.dec != nil {
+		sq.text += sq.dec.Flush() // bytes held back for an incomplete character
+	}
+	// Stream what can no longer become part of a stop string.
+	safe := len(sq.text)
+	if finish == "" && sq.maxStop > 1 {
+		safe = max(sq.sent, len(sq.text)-(sq.maxStop-1))
+		for safe > sq.sent && safe < len(sq.text) && !utf8.RuneStart(sq.text[safe]) {
+			safe--
+		}
+	}
+	ev.Text = sq.text[sq.sent:safe]
+	sq.sent = safe
+	sq.stream.push(ev)
+	if finish != "" {
+		e.finish(sq, finish, reason, nil)
+	}
+}
+
+func indexFrom(s, sub string, from int) int {
+	for i := from; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
+
+// finish ends a sequence (running or waiting) and frees everything it holds.
+func (e *Engine) finish(sq *sequence, reason string, stopReason any, err error) {
+	if i := slices.Index(e.running, sq); i >= 0 {
+		e.running = slices.Delete(e.running, i, i+1)
+	} else if i := slices.Index(e.waiting, sq); i >= 0 {
+		e.waiting = slices.Delete(e.waiting, i, i+1)
+		e.queued.Add(-1)
+	}
+	e.pages.release(sq.pages)
+	sq.pages = nil
+	if sq.adapter != nil {
+		sq.adapter.release()
+		sq.adapter = nil
+	}
+	counter, _ := e.stats.Finished.LoadOrStore(reason, new(atomic.Int64))
+	counter.(*atomic.Int64).Add(1)
+	sq.stream.push(Event{Finish: reason, StopReason: stopReason, Err: err,
+		Usage: &Usage{PromptTokens: sq.promptLen, CompletionTokens: sq.generated()}})
+	sq.stream.cancel()
+}
+
+func (e *Engine) abortAll(err error) {
+	for _, sq := range slices.Clone(e.running) {
+		e.finish(sq, "abort", nil, err)
+	}
+	for _, sq := range slices.Clone(e.waiting) {
+		e.finish(sq, "abort", nil, err)
+	}
+	for {
+		select {
+		case sq := <-e.submit:
+			e.queued.Add(-1)
+			e.waiting = append(e.waiting, sq)
+			e.queued.Add(1)
+			e.finish(sq, "abort", nil, err)
+		default:
+			return
+		}
+	}
+}
+
+func (e *Engine) publish() {
+	e.stats.Running.Store(int64(len(e.running)))
+	e.stats.Waiting.Store(int64(len(e.waiting)))
+	e.stats.KVPagesUsed.Store(e.stats.KVPages.Load() - int64(e.pages.available()))
+}
