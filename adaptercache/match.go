@@ -189,11 +189,11 @@ func parsePatterns[T any](raw json.RawMessage, conv func(json.Number) (T, error)
 			return nil, err
 		}
 		key := tok.(string)
-		var n json.Number
+		var n json.RawMessage
 		if err := dec.Decode(&n); err != nil {
 			return nil, fmt.Errorf("%q: want a number", key)
 		}
-		v, err := conv(n)
+		v, err := number(n, conv)
 		if err != nil {
 			return nil, fmt.Errorf("%q: %w", key, err)
 		}

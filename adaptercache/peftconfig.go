@@ -34,8 +34,8 @@ type PEFTConfig struct {
 // change the math are listed in unsupportedIfSet.
 type rawPEFTConfig struct {
 	PeftType          *string         `json:"peft_type"`
-	R                 *json.Number    `json:"r"`
-	LoraAlpha         *json.Number    `json:"lora_alpha"`
+	R                 json.RawMessage `json:"r"`
+	LoraAlpha         json.RawMessage `json:"lora_alpha"`
 	UseRSLoRA         *bool           `json:"use_rslora"`
 	TargetModules     json.RawMessage `json:"target_modules"`
 	ExcludeModules    json.RawMessage `json:"exclude_modules"`
@@ -117,17 +117,17 @@ func ParsePEFTConfig(data []byte) (*PEFTConfig, error) {
 	if r.BaseModel != nil {
 		c.BaseModel = *r.BaseModel
 	}
-	if r.R == nil {
+	if isNull(r.R) {
 		return nil, errors.New("r is missing")
 	}
-	rank, err := positiveInt(*r.R)
+	rank, err := number(r.R, positiveInt)
 	if err != nil {
 		return nil, fmt.Errorf("r: %w", err)
 	}
 	c.R = rank
 	c.Alpha = 8 // peft's default when lora_alpha is absent
-	if r.LoraAlpha != nil {
-		if c.Alpha, err = finite(*r.LoraAlpha); err != nil {
+	if !isNull(r.LoraAlpha) {
+		if c.Alpha, err = number(r.LoraAlpha, finite); err != nil {
 			return nil, fmt.Errorf("lora_alpha: %w", err)
 		}
 	}
@@ -144,7 +144,7 @@ func ParsePEFTConfig(data []byte) (*PEFTConfig, error) {
 			return nil, fmt.Errorf("exclude_modules: %w", err)
 		}
 	}
-	if isSet(r.LayersToTransform) || isEmptyList(r.LayersToTransform) {
+	if !isNull(r.LayersToTransform) {
 		if c.layers, err = intOrInts(r.LayersToTransform); err != nil {
 			return nil, fmt.Errorf("layers_to_transform: %w", err)
 		}
@@ -207,6 +207,24 @@ func isSet(raw json.RawMessage) bool {
 	return !isEmptyList(raw) && !isEmptyObject(raw)
 }
 
+// isNull reports an absent or null value.
+func isNull(raw json.RawMessage) bool {
+	t := string(bytes.TrimSpace(raw))
+	return t == "" || t == "null"
+}
+
+// number converts a JSON number literal; unlike decoding into json.Number it refuses a quoted
+// number ("8"), which peft would not accept either.
+func number[T any](raw json.RawMessage, conv func(json.Number) (T, error)) (T, error) {
+	var zero T
+	t := bytes.TrimSpace(raw)
+	var n json.Number
+	if len(t) == 0 || t[0] == '"' || json.Unmarshal(t, &n) != nil {
+		return zero, fmt.Errorf("want a number, got %s", compact(raw))
+	}
+	return conv(n)
+}
+
 func isEmptyList(raw json.RawMessage) bool {
 	var l []json.RawMessage
 	return json.Unmarshal(raw, &l) == nil && l != nil && len(l) == 0
@@ -243,18 +261,18 @@ func finite(n json.Number) (float64, error) {
 }
 
 func intOrInts(raw json.RawMessage) ([]int, error) {
-	var one json.Number
-	if json.Unmarshal(raw, &one) == nil {
-		v, err := nonNegativeInt(one)
-		return []int{v}, err
+	if v, err := number(raw, nonNegativeInt); err == nil {
+		return []int{v}, nil
+	} else if t := bytes.TrimSpace(raw); len(t) > 0 && t[0] != '[' {
+		return nil, fmt.Errorf("want an integer or a list of integers: %w", err)
 	}
-	var many []json.Number
+	var many []json.RawMessage
 	if err := json.Unmarshal(raw, &many); err != nil {
 		return nil, fmt.Errorf("want an integer or a list of integers, got %s", compact(raw))
 	}
 	out := make([]int, len(many))
 	for i, n := range many {
-		v, err := nonNegativeInt(n)
+		v, err := number(n, nonNegativeInt)
 		if err != nil {
 			return nil, err
 		}
