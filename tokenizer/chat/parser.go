@@ -967,6 +967,10 @@ func (p *parser) parseFilter(arg expr) (*filterExpr, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Like Jinja2, unknown filters and tests fail at compile time.
+	if _, ok := filters[name]; !ok {
+		return nil, p.errAt(t, "no filter named '%s'", name)
+	}
 	f := &filterExpr{arg: arg, name: name, line: t.line}
 	if p.isOp("(") {
 		p.next()
@@ -986,6 +990,9 @@ func (p *parser) parseTest(arg expr) (expr, error) {
 	name, t, err := p.dottedName()
 	if err != nil {
 		return nil, err
+	}
+	if _, ok := tests[name]; !ok {
+		return nil, p.errAt(t, "no test named '%s'", name)
 	}
 	te := &testExpr{arg: arg, name: name, negate: negate, line: t.line}
 	nt := p.peek()

@@ -1,0 +1,213 @@
+package chat
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// engineVars is the context of the engine table tests.
+const engineVars = `{"xs":[1,2,3], "d":{"b":1,"a":[1,2.5,null,true]}, "s":"  Hello World  ", "n":null, "t":true,
+ "f":1.5, "u":"café 中文 😀", "msgs":[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"}],
+ "e":[], "big": 12345678901234567}`
+
+// engineCases: template source, expected output, or (when want is empty) a
+// substring of the expected error. Expected outputs were produced by Jinja2
+// 3.1.6 configured as transformers configures it (trim_blocks,
+// lstrip_blocks, loopcontrols, json.dumps tojson, strftime_now frozen at
+// 2026-07-04 13:05:09), and copied here verbatim.
+var engineCases = []struct{ src, want, wantErr string }{
+	{`{% if t %}
+  yes
+{% endif %}
+done`,
+		`  yes
+done`, ""},
+	{`  {% if t %}
+    a
+  {% endif %}
+b`,
+		`    a
+b`, ""},
+	{`x  {% if t %}y{% endif %}  z`,
+		`x  y  z`, ""},
+	{`{{- s -}}|{{ s }}|
+  {{- 'a' }}   {{ 'b' -}}   c`,
+		`  Hello World  |  Hello World  |a   bc`, ""},
+	{`  {%+ if t %}keep{% endif +%}
+next`,
+		`  keep
+next`, ""},
+	{`{# comment #}
+a {#- c -#} b
+  {# indented comment #}
+c`,
+		`ab
+c`, ""},
+	{`{% raw %}{{ not evaluated }}{% endraw %}
+  {% raw -%}   x  {%- endraw %}`,
+		`{{ not evaluated }}x`, ""},
+	{`trailing newline removed`,
+		`trailing newline removed`, ""},
+	{`two trailing newlines kept one
+
+`,
+		`two trailing newlines kept one
+`, ""},
+	{`{% for x in xs %}
+  {{ loop.index }}/{{ loop.index0 }}/{{ loop.revindex }}/{{ loop.revindex0 }}/{{ loop.first }}/{{ loop.last }}/{{ loop.length }}
+{% endfor %}`,
+		`  1/0/3/2/True/False/3
+  2/1/2/1/False/False/3
+  3/2/1/0/False/True/3
+`, ""},
+	{`{% for x in xs %}{{ loop.previtem }}-{{ loop.nextitem }}-{{ loop.cycle('a','b') }},{% endfor %}`,
+		`-2-a,1-3-b,2--a,`, ""},
+	{`{% for x in xs if x != 2 %}{{ x }}:{{ loop.index }} {% else %}none{% endfor %}|{% for x in e %}x{% else %}empty{% endfor %}`,
+		`1:1 3:2 |empty`, ""},
+	{`{% for x in xs %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 3 %}{% break %}{% endif %}{{ x }}{% endfor %}`,
+		`1`, ""},
+	{`{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}{% for k in d %}{{ k }}{% endfor %}`,
+		`b=1;a=[1, 2.5, None, True];ba`, ""},
+	{`{% set ns = namespace(c=0, found=false) %}{% for x in xs %}{% set ns.c = ns.c + x %}{% if x == 2 %}{% set ns.found = true %}{% endif %}{% endfor %}{{ ns.c }} {{ ns.found }}`,
+		`6 True`, ""},
+	{`{% set y = 1 %}{% for x in xs %}{% set y = x %}{% endfor %}{{ y }}`,
+		`1`, ""},
+	{`{{ xs[::-1] }}{{ xs[1:] }}{{ xs[:-1] }}{{ xs[::2] }}{{ 'abcdef'[1:4] }}{{ 'abcdef'[-2:] }}{{ u[::-1] }}{{ u[5] }}{{ xs[-1] }}{{ xs[10] }}`,
+		`[3, 2, 1][2, 3][1, 2][1, 3]bcdef😀 文中 éfac中3`, ""},
+	{`{{ '  x  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ '\n\nhi\n'.lstrip('\n') }}|{{ 'hi\n\n'.rstrip() }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}|{{ 'a b c'.split(' ', 1) }}|{{ 'a b c'.rsplit(' ', 1) }}`,
+		`x|hi|hi
+|hi|['a', 'b', '', 'c']|['a', 'b']|['a', 'b c']|['a b', 'c']`, ""},
+	{`{{ 'hello'.startswith('he') }}{{ 'hello'.endswith('lo') }}{{ 'hello'.startswith(('x','h')) }}{{ 'Hello World'.upper() }}{{ 'Hello World'.lower() }}{{ 'hello wORLD'.title() }}{{ 'hello'.capitalize() }}{{ 'aaa'.replace('a','b',2) }}{{ 'hello'.find('l') }}{{ 'hello'.rfind('l') }}{{ 'hello'.count('l') }}{{ '-'.join(['a','b']) }}`,
+		`TrueTrueTrueHELLO WORLDhello worldHello WorldHellobba232a-b`, ""},
+	{`{{ '{} and {}'.format('a', 1) }}|{{ '{0}{1}{0}'.format('x','y') }}|{{ '{name}!'.format(name='bob') }}|{{ '%s-%d-%.2f' % ('a', 3, 1.5) }}|{{ '%s' % xs }}|{{ "%05d|%-4s|%x" | format(42, 'ab', 255) }}`,
+		`a and 1|xyx|bob!|a-3-1.50|[1, 2, 3]|00042|ab  |ff`, ""},
+	{`{{ s|trim }}|{{ s|length }}|{{ u|length }}|{{ xs|length }}|{{ d|length }}|{{ xs|first }}|{{ xs|last }}|{{ xs|join(', ') }}|{{ xs|sum }}|{{ xs|reverse|list }}|{{ 'abc'|reverse }}`,
+		`Hello World|15|9|3|2|1|3|1, 2, 3|6|[3, 2, 1]|cba`, ""},
+	{`{{ xs|tojson }}|{{ d|tojson }}|{{ d|tojson(indent=2) }}|{{ u|tojson }}|{{ u|tojson(ensure_ascii=true) }}|{{ d|tojson(separators=(',',':')) }}|{{ d|tojson(sort_keys=true) }}|{{ "a\"b\\c\n\t\u0001"|tojson }}|{{ 1.0|tojson }}|{{ [1e20, 0.1, -0.0]|tojson }}`,
+		`[1, 2, 3]|{"b": 1, "a": [1, 2.5, null, true]}|{
+  "b": 1,
+  "a": [
+    1,
+    2.5,
+    null,
+    true
+  ]
+}|"café 中文 😀"|"caf\u00e9 \u4e2d\u6587 \ud83d\ude00"|{"b":1,"a":[1,2.5,null,true]}|{"a": [1, 2.5, null, true], "b": 1}|"a\"b\\c\n\t\u0001"|1.0|[1e+20, 0.1, -0.0]`, ""},
+	{`{{ n|default('dflt') }}|{{ missing|default('dflt') }}|{{ ''|default('dflt', true) }}|{{ missing|d('x') }}|{{ missing }}|{{ n }}|{{ t }}|{{ f }}|{{ big }}|{{ 1e16 }}|{{ 0.00001 }}|{{ 1/3 }}|{{ 2.0*3 }}`,
+		`None|dflt|dflt|x||None|True|1.5|12345678901234567|1e+16|1e-05|0.3333333333333333|6.0`, ""},
+	{`{{ missing is defined }}{{ xs is defined }}{{ n is none }}{{ n is not none }}{{ s is string }}{{ xs is string }}{{ 1 is number }}{{ 1 is integer }}{{ 1.5 is float }}{{ d is mapping }}{{ xs is iterable }}{{ xs is sequence }}{{ t is true }}{{ t is false }}{{ 3 is odd }}{{ 4 is even }}{{ 9 is divisibleby 3 }}{{ 2 is in xs }}{{ t is boolean }}{{ 'ab' is lower }}{{ xs is mapping }}`,
+		`FalseTrueTrueFalseTrueFalseTrueTrueTrueTrueTrueTrueTrueFalseTrueTrueTrueTrueTrueTrueFalse`, ""},
+	{`{{ 1 + 2 * 3 }}|{{ (1 + 2) * 3 }}|{{ 7 // 2 }}|{{ -7 // 2 }}|{{ -7 % 3 }}|{{ 7 / 2 }}|{{ 2 ** 10 }}|{{ 2 ** 3 ** 2 }}|{{ 'a' ~ 1 ~ n }}|{{ 'ab' * 3 }}|{{ xs + [4] }}|{{ not t }}|{{ 1 < 2 < 3 }}|{{ 3 > 2 > 2 }}`,
+		`7|9|3|-4|2|3.5|1024|64|a1None|ababab|[1, 2, 3, 4]|False|True|False`, ""},
+	{`{{ 'b' in 'abc' }}{{ 'z' not in 'abc' }}{{ 2 in xs }}{{ 'a' in d }}{{ 1 == 1.0 }}{{ t == 1 }}{{ xs == [1,2,3] }}{{ 'a' if t else 'b' }}{{ 'a' if not t else 'b' }}|{{ 'a' if false }}|{{ n or 'x' }}{{ 0 and 'y' }}{{ t and 'z' }}`,
+		`TrueTrueTrueTrueTrueTrueTrueab||x0z`, ""},
+	{`{{ d }}|{{ msgs }}|{{ (1,) }}|{{ (1, 'a') }}|{{ [] }}|{{ {} }}|{{ "it's" }}|{{ ["it's", 'say "hi"', 'both \' "'] }}|{{ {'k': none, 2: false} }}`,
+		`{'b': 1, 'a': [1, 2.5, None, True]}|[{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'yo'}]|(1,)|(1, 'a')|[]|{}|it's|["it's", 'say "hi"', 'both \' "']|{'k': None, 2: False}`, ""},
+	{`{{ xs|map('string')|join('-') }}|{{ msgs|map(attribute='role')|list }}|{{ msgs|selectattr('role', 'equalto', 'user')|list|length }}|{{ msgs|rejectattr('role', 'equalto', 'user')|map(attribute='content')|first }}|{{ xs|select('odd')|list }}|{{ xs|reject('odd')|list }}|{{ [3,1,2]|sort }}|{{ ['b','A','c']|sort }}|{{ ['b','A','c']|sort(reverse=true) }}|{{ [1,2,1,3]|unique|list }}|{{ xs|max }}|{{ xs|min }}`,
+		`1-2-3|['user', 'assistant']|1|yo|[1, 3]|[2]|[1, 2, 3]|['A', 'b', 'c']|['c', 'b', 'A']|[1, 2, 3]|3|1`, ""},
+	{`{{ 'hello world'|title }}|{{ 'hello'|capitalize }}|{{ 'Hi'|upper }}{{ 'Hi'|lower }}|{{ 'a\nb\n\nc'|indent(2) }}|{{ 'a\nb'|indent(2, true) }}|{{ '3'|int + 1 }}|{{ '2.5'|float }}|{{ 'x'|int }}|{{ 2.567|round(2) }}|{{ 2.5|round }}|{{ 3|string ~ 'x' }}|{{ 'a b c'|wordcount }}|{{ 'aXbX'|replace('X', '-') }}|{{ -3|abs }}|{{ d|dictsort }}|{{ d|items|list }}`,
+		`Hello World|Hello|HIhi|a
+  b
+
+  c|  a
+  b|4|2.5|0|2.57|2.0|3x|3|a-b-|3|[('a', [1, 2.5, None, True]), ('b', 1)]|[('b', 1), ('a', [1, 2.5, None, True])]`, ""},
+	{`{{ d.a }}|{{ d['b'] }}|{{ d.get('b') }}|{{ d.get('zz', 'def') }}|{{ d.keys()|list }}|{{ d.values()|list|length }}|{{ msgs[0].role }}|{{ msgs[0]['content'] }}|{{ msgs[1].missing is defined }}|{{ xs.0 }}`,
+		`[1, 2.5, None, True]|1|1|def|['b', 'a']|2|user|hi|False|1`, ""},
+	{`{% macro greet(name, greeting='Hello') %}{{ greeting }}, {{ name }}!{% endmacro %}{{ greet('Bob') }} {{ greet('Ann', greeting='Hi') }} {{ greet(name='Z') }}`,
+		`Hello, Bob! Hi, Ann! Hello, Z!`, ""},
+	{`{% macro rec(n) %}{% if n > 0 %}{{ n }}{{ rec(n - 1) }}{% endif %}{% endmacro %}{{ rec(5) }}`,
+		`54321`, ""},
+	{`{% set block %}
+  inner {{ 1 + 1 }}
+{% endset %}[{{ block }}]{% set a, b = 1, 2 %}{{ a }}{{ b }}{% set x = xs|length %}{{ x }}`,
+		`[  inner 2
+]123`, ""},
+	{`{% filter upper %}shout {{ 'me' }}{% endfilter %}|{% with q = 5 %}{{ q }}{% endwith %}{{ q }}`,
+		`SHOUT ME|5`, ""},
+	{`{{ range(3)|list }}{{ range(1, 7, 2)|list }}{% for i in range(3) %}{{ i }}{% endfor %}{{ dict(a=1, b=2) }}{{ strftime_now('%d %b %Y') }}|{{ strftime_now('%Y-%m-%d %H:%M:%S %A %B %j %p %I') }}`,
+		`[0, 1, 2][1, 3, 5]012{'a': 1, 'b': 2}04 Jul 2026|2026-07-04 13:05:09 Saturday July 185 PM 01`, ""},
+	{`{{ raise_exception('Only user and assistant roles are supported!') }}`,
+		"", "Only user and assistant roles are supported!"}, // Jinja2: TemplateError: Only user and assistant roles are supported!
+	{`{{ 'a' + 1 }}`,
+		"", "line 1: can only concatenate str (not \"int\") to str"}, // Jinja2: TypeError: can only concatenate str (not "int") to str
+	{`{{ missing.attr }}`,
+		"", "line 1: 'missing' is undefined"}, // Jinja2: UndefinedError: 'missing' is undefined
+	{`{% for x in xs %}{{ x }}`,
+		"", "line 1: unexpected end of template, expected 'else' or 'endfor'"}, // Jinja2: TemplateSyntaxError: Unexpected end of template. Jinja was looking for the following tags:
+	{`{% if t %}x{% else %}y{% elif f %}z{% endif %}`,
+		"", "line 1: unknown or unsupported tag 'elif'"}, // Jinja2: TemplateSyntaxError: Encountered unknown tag 'elif'. Jinja was looking for the following t
+	{`line1
+line2 {{ 1 + }}`,
+		"", "line 2: unexpected '}}'"}, // Jinja2: TemplateSyntaxError: unexpected 'end of print statement'
+	{`{% set xs2 = xs %}{{ xs2.append(4) }}`,
+		"", "access to attribute 'append' of 'list' object is unsafe"}, // Jinja2: SecurityError: access to attribute 'append' of 'list' object is unsafe.
+	{`{{ messages_undefined|length }}|{% for m in nothing %}x{% endfor %}|{{ nothing|tojson if nothing is defined else 'undef' }}`,
+		`0||undef`, ""},
+	{`{%- set date_string = date_string | default(strftime_now("%d %b %Y")) %}{{ date_string }}`,
+		`04 Jul 2026`, ""},
+	{`{{ "a" "b" 'c' }}|{{ 'tab\there' }}|{{ '\x41\u00e9\U0001F600\q' }}|{{ 1_000 }}|{{ 0.5e1 }}`,
+		`abc|tab	here|Aé😀\q|1000|5.0`, ""},
+	{`{% if t -%}
+    stripped
+{%- endif %}`,
+		`stripped`, ""},
+	{`{%- for m in msgs -%}
+  <{{ m.role }}>
+  {%- if m.content %} {{ m.content }}{% endif %}
+
+{% endfor -%}
+END`,
+		`<user> hi
+<assistant> yo
+END`, ""},
+	{`{{ 10 / 4 }}|{{ 10 // 4.0 }}|{{ -1.5 % 1 }}|{{ 1e300 * 1e10 }}|{{ 0.1 + 0.2 }}|{{ 100000000000000000000.0 }}|{{ 123456789.123 }}|{{ 1.5e-7 }}`,
+		`2.5|2.0|0.5|inf|0.30000000000000004|1e+20|123456789.123|1.5e-07`, ""},
+	{`{{ xs|batchx }}`,
+		"", "line 1: no filter named 'batchx'"}, // Jinja2: TemplateAssertionError: No filter named 'batchx'.
+	{`{{ -xs|length }}`, "", "bad operand type for unary -: 'list'"}, // (-xs)|length in Jinja2 too
+}
+
+func engineContext(t testing.TB) map[string]any {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(engineVars), &raw); err != nil {
+		t.Fatal(err)
+	}
+	extra := map[string]any{}
+	for k, v := range raw {
+		extra[k] = v
+	}
+	return extra
+}
+
+func renderSrc(t testing.TB, src string, extra map[string]any) (string, error) {
+	tmpl, err := Parse(src)
+	if err != nil {
+		return "", err
+	}
+	tmpl.now = func() time.Time { return time.Date(2026, 7, 4, 13, 5, 9, 0, time.UTC) }
+	return tmpl.Render(nil, Options{Extra: extra})
+}
+
+func TestEngine(t *testing.T) {
+	extra := engineContext(t)
+	for i, c := range engineCases {
+		got, err := renderSrc(t, c.src, extra)
+		if c.wantErr != "" {
+			if err == nil {
+				t.Errorf("case %d %q: want error containing %q, got output %q", i, c.src, c.wantErr, got)
+			} else if !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("case %d %q: want error containing %q, got %v", i, c.src, c.wantErr, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("case %d %q: %v", i, c.src, err)
+			continue
+		}
+		if got != c.want {
+			t.Errorf("case %d %q:\n%s", i, c.src, firstDiff(got, c.want))
+		}
+	}
+}
