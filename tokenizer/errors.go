@@ -34,7 +34,7 @@ type ComponentError struct {
 }
 
 func (e *ComponentError) Error() string {
-	if errors.Is(e.Err, ErrUnsupported) {
+	if e.Err == ErrUnsupported {
 		return fmt.Sprintf("tokenizer: unsupported %s type %q", e.Component, e.Type)
 	}
 	if e.Type != "" {

@@ -117,6 +117,9 @@ func parseModel(raw json.RawMessage) (*bpeModel, error) {
 	if err := json.Unmarshal(raw, &head); err != nil {
 		return nil, malformed("model", "%v", err)
 	}
+	if head.Type != "" && head.Type != "BPE" {
+		return nil, unsupported("model", head.Type)
+	}
 	var v rawBPE
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return nil, malformed("model", "%v", err)
