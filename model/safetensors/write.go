@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -45,6 +46,9 @@ func Write(w io.Writer, tensors []Tensor, metadata map[string]string) error {
 		for _, d := range t.Shape {
 			if d < 0 {
 				return fmt.Errorf("safetensors: tensor %q: negative dimension in %v", t.Name, t.Shape)
+			}
+			if d > 0 && elems > (math.MaxUint64/64)/uint64(d) {
+				return fmt.Errorf("safetensors: tensor %q: element count of %v overflows", t.Name, t.Shape)
 			}
 			elems *= uint64(d)
 		}
