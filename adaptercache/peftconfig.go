@@ -117,15 +117,15 @@ func ParsePEFTConfig(data []byte) (*PEFTConfig, error) {
 	if r.BaseModel != nil {
 		c.BaseModel = *r.BaseModel
 	}
-	if isNull(r.R) {
-		return nil, errors.New("r is missing")
+	// peft always writes r and lora_alpha; a hand-written config without them gets peft's
+	// defaults (8 and 8), and the lora_A row count check still catches a wrong r.
+	c.R, c.Alpha = 8, 8
+	var err error
+	if !isNull(r.R) {
+		if c.R, err = number(r.R, positiveInt); err != nil {
+			return nil, fmt.Errorf("r: %w", err)
+		}
 	}
-	rank, err := number(r.R, positiveInt)
-	if err != nil {
-		return nil, fmt.Errorf("r: %w", err)
-	}
-	c.R = rank
-	c.Alpha = 8 // peft's default when lora_alpha is absent
 	if !isNull(r.LoraAlpha) {
 		if c.Alpha, err = number(r.LoraAlpha, finite); err != nil {
 			return nil, fmt.Errorf("lora_alpha: %w", err)
@@ -134,12 +134,12 @@ func ParsePEFTConfig(data []byte) (*PEFTConfig, error) {
 	c.UseRSLoRA = r.UseRSLoRA != nil && *r.UseRSLoRA
 
 	targetIsRegex := false
-	if isSet(r.TargetModules) || isEmptyList(r.TargetModules) {
+	if !isNull(r.TargetModules) {
 		if c.targets, targetIsRegex, err = parseSelector(r.TargetModules, true); err != nil {
 			return nil, fmt.Errorf("target_modules: %w", err)
 		}
 	}
-	if isSet(r.ExcludeModules) {
+	if !isNull(r.ExcludeModules) {
 		if c.exclude, _, err = parseSelector(r.ExcludeModules, false); err != nil {
 			return nil, fmt.Errorf("exclude_modules: %w", err)
 		}
