@@ -1,12 +1,16 @@
 package serve
 
 import (
+	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -84,4 +88,39 @@ func (r *registry) list() []*residentAdapter {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out
+}
+
+// LoadAdapter reads a PEFT adapter folder, checks it against the base model, puts it on the
+// backend and lists it under name (replacing an adapter of that name: requests already running
+// keep the old weights). Errors are KindInvalid for a bad name, KindUnprocessable for an adapter
+// that does not fit the model or uses unsupported options, KindNotFound for a missing folder.
+func (e *Engine) LoadAdapter(name, path string) error {
+	if name == "" || name == e.opt.ModelName {
+		return errorf(KindInvalid, "lora_name", "adapter name %q is empty or the base model's", name)
+	}
+	start := time.Now()
+	host, closer, err := adaptercache.LoadPEFT(path, name, e.cfg)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return &Error{Kind: KindNotFound, Param: "lora_path", Msg: fmt.Sprintf("adapter %q", name), Err: err}
+		}
+		return &Error{Kind: KindUnprocessable, Param: "lora_path", Msg: fmt.Sprintf("adapter %q cannot be loaded", name), Err: err}
+	}
+	w, err := model.UploadAdapter(e.runner.B, e.cfg, host)
+	if err != nil {
+		closer.Close()
+		return &Error{Kind: KindUnprocessable, Param: "lora_path", Msg: fmt.Sprintf("adapter %q cannot be loaded", name), Err: err}
+	}
+	b := e.runner.B
+	e.adapters.put(&residentAdapter{name: name, path: path, w: w, closer: closer, free: func(a *model.Adapter) { a.Free(b) }})
+	e.log.Info("adapter loaded", "name", name, "path", path, "bytes", host.Bytes, "max_rank", w.MaxRank, "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// UnloadAdapter removes an adapter from the listing; running requests finish with it.
+func (e *Engine) UnloadAdapter(name string) error {
+	if !e.adapters.remove(name) {
+		return errorf(KindNotFound, "lora_name", "the adapter `%s` is not loaded", name)
+	}
+	return nil
 }

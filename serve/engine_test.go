@@ -1,0 +1,444 @@
+package serve
+
+import (
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/tokenizer"
+)
+
+type fixtureCase struct {
+	Adapter string `json:"adapter"`
+	Prompt  []int  `json:"prompt"`
+	Steps   []struct {
+		Logits []float32 `json:"logits"`
+		Token  int       `json:"token"`
+	} `json:"steps"`
+}
+
+func fixtureDir(name string) string { return filepath.Join("..", "testdata", "models", name) }
+
+func loadCases(t testing.TB, name string) []fixtureCase {
+	t.Helper()
+	f, err := os.Open(filepath.Join(fixtureDir(name), "expected.json.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fx struct{ Cases []fixtureCase }
+	if err := json.NewDecoder(zr).Decode(&fx); err != nil {
+		t.Fatal(err)
+	}
+	return fx.Cases
+}
+
+// newTestEngine serves a fixture model with its four adapters on the CPU backend.
+func newTestEngine(t testing.TB, name string, tok *tokenizer.Tokenizer, opt Options) *Engine {
+	t.Helper()
+	dir := fixtureDir(name)
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cpu.New(2)
+	w, err := model.LoadWeights(dir, cfg, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.ModelName = name
+	e, err := NewEngine(cfg, b, w, tok, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"} {
+		if err := e.LoadAdapter(a, filepath.Join(dir, "adapters", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	return e
+}
+
+func greedyParams(n int) SamplingParams {
+	return SamplingParams{MaxTokens: n, IgnoreEOS: true}
+}
+
+// TestConcurrentRequestsMatchReference submits every fixture case at once, so base and adapter
+// requests share batches, and checks each gets exactly the tokens transformers + peft produced.
+// Small budgets force chunked prefill, and a tiny KV cache forces preemption and recompute.
+func TestConcurrentRequestsMatchReference(t *testing.T) {
+	cases := loadCases(t, "llama")
+	for _, opt := range []Options{
+		{},
+		{MaxNumSeqs: 4, MaxBatchedTokens: 5},
+		{MaxNumSeqs: 8, MaxBatchedTokens: 16, PageSize: 2, MaxModelLen: 32, KVCacheTokens: 40},
+	} {
+		t.Run(fmt.Sprintf("seqs=%d,tokens=%d,kv=%d", opt.MaxNumSeqs, opt.MaxBatchedTokens, opt.KVCacheTokens), func(t *testing.T) {
+			e := newTestEngine(t, "llama", nil, opt)
+			var wg sync.WaitGroup
+			errs := make(chan error, len(cases)*2)
+			for rep := 0; rep < 2; rep++ {
+				for _, c := range cases {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						s, err := e.Generate(context.Background(), Request{Model: c.Adapter, Prompt: c.Prompt, Params: greedyParams(len(c.Steps))})
+						if err != nil {
+							errs <- err
+							return
+						}
+						ev, err := s.Collect(context.Background())
+						if err != nil {
+							errs <- err
+							return
+						}
+						for i, st := range c.Steps {
+							if i >= len(ev.Tokens) || ev.Tokens[i] != st.Token {
+								errs <- fmt.Errorf("adapter %q prompt %v: tokens %v, want step %d = %d", c.Adapter, c.Prompt, ev.Tokens, i, st.Token)
+								return
+							}
+						}
+						if ev.Finish != "length" || ev.Usage.CompletionTokens != len(c.Steps) || ev.Usage.PromptTokens != len(c.Prompt) {
+							errs <- fmt.Errorf("finish %q usage %+v", ev.Finish, ev.Usage)
+						}
+					}()
+				}
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			waitIdle(t, e)
+			if used := e.Stats().KVPagesUsed.Load(); used != 0 {
+				t.Errorf("%d KV pages still used after all requests finished", used)
+			}
+			if opt.KVCacheTokens > 0 && e.Stats().Preemptions.Load() == 0 {
+				t.Errorf("expected the tiny KV cache to force preemptions")
+			}
+		})
+	}
+}
+
+func waitIdle(t testing.TB, e *Engine) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.Stats().Running.Load()+e.Stats().Waiting.Load() > 0 || e.Stats().KVPagesUsed.Load() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("engine not idle: running %d waiting %d pages %d", e.Stats().Running.Load(), e.Stats().Waiting.Load(), e.Stats().KVPagesUsed.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func generate(t *testing.T, e *Engine, req Request) Event {
+	t.Helper()
+	s, err := e.Generate(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := s.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func TestSeededSamplingIsReproducible(t *testing.T) {
+	e := newTestEngine(t, "llama", nil, Options{})
+	seed := func(v uint64) *uint64 { return &v }
+	p := SamplingParams{MaxTokens: 12, Temperature: 1.5, TopP: 0.95, TopK: 50, MinP: 0.01, IgnoreEOS: true, Seed: seed(7)}
+	a := generate(t, e, Request{Prompt: []int{5, 6, 7}, Params: p})
+	b := generate(t, e, Request{Prompt: []int{5, 6, 7}, Params: p})
+	if fmt.Sprint(a.Tokens) != fmt.Sprint(b.Tokens) {
+		t.Fatalf("same seed gave %v and %v", a.Tokens, b.Tokens)
+	}
+	differ := false
+	for s := uint64(8); s < 14 && !differ; s++ {
+		p.Seed = seed(s)
+		c := generate(t, e, Request{Prompt: []int{5, 6, 7}, Params: p})
+		differ = fmt.Sprint(c.Tokens) != fmt.Sprint(a.Tokens)
+	}
+	if !differ {
+		t.Fatal("six other seeds all reproduced the same 12 sampled tokens: sampling ignores the seed")
+	}
+}
+
+func TestSamplerFilters(t *testing.T) {
+	logits := func() []float32 { return []float32{0, 5, 4, 3, -1, 2} }
+	seed := uint64(1)
+	for _, tc := range []struct {
+		name    string
+		p       SamplingParams
+		allowed map[int]bool
+	}{
+		{"top_k=2", SamplingParams{Temperature: 1, TopK: 2}, map[int]bool{1: true, 2: true}},
+		{"top_p small", SamplingParams{Temperature: 1, TopP: 0.5}, map[int]bool{1: true}},
+		{"min_p", SamplingParams{Temperature: 1, MinP: 0.3}, map[int]bool{1: true, 2: true}},
+		{"greedy", SamplingParams{}, map[int]bool{1: true}},
+		{"repetition penalty moves argmax", SamplingParams{RepetitionPenalty: 2}, map[int]bool{2: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.p.Seed = &seed
+			s := newSampler(&tc.p, []int{1})
+			seen := map[int]bool{}
+			for i := 0; i < 300; i++ {
+				tok := s.sample(logits(), nil)
+				if !tc.allowed[tok] {
+					t.Fatalf("sampled %d, allowed %v", tok, tc.allowed)
+				}
+				seen[tok] = true
+			}
+			if len(seen) != len(tc.allowed) {
+				t.Fatalf("sampled only %v of %v", seen, tc.allowed)
+			}
+		})
+	}
+	// Frequency and presence penalties push a generated token below the next one.
+	p := SamplingParams{FrequencyPenalty: 0.6, PresencePenalty: 0.5}
+	s := newSampler(&p, nil)
+	s.observe(1)
+	if tok := s.sample(logits(), nil); tok != 2 {
+		t.Fatalf("after penalties got %d, want 2", tok)
+	}
+	if tok := s.sample(logits(), []int{1, 2}); tok != 3 {
+		t.Fatalf("banned tokens sampled: %d", tok)
+	}
+}
+
+func TestStopTokensMinTokensAndLogprobs(t *testing.T) {
+	cases := loadCases(t, "qwen3")
+	c := cases[1] // base model, 5-token prompt
+	e := newTestEngine(t, "qwen3", nil, Options{})
+	stopAt := c.Steps[2].Token
+	ev := generate(t, e, Request{Prompt: c.Prompt, Params: SamplingParams{MaxTokens: 6, StopTokenIDs: []int{stopAt}, Logprobs: 3}})
+	first := 0
+	for i, st := range c.Steps {
+		if st.Token == stopAt {
+			first = i
+			break
+		}
+	}
+	if ev.Finish != "stop" || ev.StopReason != stopAt || len(ev.Tokens) != first+1 {
+		t.Fatalf("stop token %d: finish %q reason %v tokens %v", stopAt, ev.Finish, ev.StopReason, ev.Tokens)
+	}
+	for i, lp := range ev.Logprobs {
+		want := logSoftmax(c.Steps[i].Logits, c.Steps[i].Token)
+		if math.Abs(float64(lp.Logprob-want)) > 1e-3 || lp.Token != c.Steps[i].Token {
+			t.Fatalf("step %d logprob %+v, want token %d logprob %v", i, lp, c.Steps[i].Token, want)
+		}
+		if len(ev.Top[i]) != 3 || ev.Top[i][0].Token != c.Steps[i].Token || ev.Top[i][0].Logprob < ev.Top[i][1].Logprob {
+			t.Fatalf("step %d top logprobs %+v", i, ev.Top[i])
+		}
+	}
+	// min_tokens keeps the stop token from ending the request early.
+	ev = generate(t, e, Request{Prompt: c.Prompt, Params: SamplingParams{MaxTokens: 6, MinTokens: 6, StopTokenIDs: []int{stopAt}}})
+	if ev.Finish != "length" || len(ev.Tokens) != 6 {
+		t.Fatalf("min_tokens: finish %q tokens %v", ev.Finish, ev.Tokens)
+	}
+	for _, tok := range ev.Tokens {
+		if tok == stopAt {
+			t.Fatalf("banned stop token %d sampled before min_tokens: %v", stopAt, ev.Tokens)
+		}
+	}
+}
+
+func logSoftmax(l []float32, tok int) float32 {
+	m := l[0]
+	for _, v := range l {
+		m = max(m, v)
+	}
+	var s float64
+	for _, v := range l {
+		s += math.Exp(float64(v - m))
+	}
+	return float32(float64(l[tok]-m) - math.Log(s))
+}
+
+// TestStopStrings uses a byte-level tokenizer over the fixture vocabulary so generated ids
+// become text, then stops on a string taken from the greedy output.
+func TestStopStrings(t *testing.T) {
+	var specials []string
+	for i := 256; i < 320; i++ {
+		specials = append(specials, fmt.Sprintf("<|extra_%d|>", i))
+	}
+	tok := tokenizer.NewByteLevelDemo(specials)
+	e := newTestEngine(t, "llama", tok, Options{})
+	free := generate(t, e, Request{Prompt: []int{40, 41, 42}, Params: SamplingParams{MaxTokens: 24, IgnoreEOS: true, SkipSpecialTokens: true}})
+	full, err := tok.Decode(free.Tokens, true)
+	if err != nil || full != free.Text {
+		t.Fatalf("streamed text %q, decode %q (%v)", free.Text, full, err)
+	}
+	if len(full) < 6 {
+		t.Skipf("greedy output %q too short to pick a stop string", full)
+	}
+	stop := full[3:5]
+	ev := generate(t, e, Request{Prompt: []int{40, 41, 42}, Params: SamplingParams{MaxTokens: 24, IgnoreEOS: true, SkipSpecialTokens: true, Stop: []string{"never-there", stop}}})
+	idx := indexFrom(full, stop, 0)
+	if ev.Finish != "stop" || ev.StopReason != stop || ev.Text != full[:idx] {
+		t.Fatalf("stop %q: finish %q reason %v text %q, want %q", stop, ev.Finish, ev.StopReason, ev.Text, full[:idx])
+	}
+}
+
+func TestCancelFreesPages(t *testing.T) {
+	e := newTestEngine(t, "llama", nil, Options{MaxModelLen: 128})
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := e.Generate(ctx, Request{Prompt: []int{1, 2, 3}, Params: SamplingParams{MaxTokens: 120, IgnoreEOS: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Next(context.Background()); !ok {
+		t.Fatal("no first event")
+	}
+	cancel()
+	for {
+		ev, ok := s.Next(context.Background())
+		if !ok {
+			t.Fatal("stream ended without a final event")
+		}
+		if ev.Finish != "" {
+			if ev.Finish != "abort" || KindOf(ev.Err) != KindCanceled {
+				t.Fatalf("finish %q err %v", ev.Finish, ev.Err)
+			}
+			break
+		}
+	}
+	waitIdle(t, e)
+}
+
+func TestOverloadAndValidation(t *testing.T) {
+	e := newTestEngine(t, "llama", nil, Options{MaxNumSeqs: 1, MaxQueued: 2, MaxModelLen: 64})
+	var streams []*Stream
+	overloaded := 0
+	for i := 0; i < 10; i++ {
+		s, err := e.Generate(context.Background(), Request{Prompt: []int{1, 2}, Params: SamplingParams{MaxTokens: 60, IgnoreEOS: true}})
+		if KindOf(err) == KindOverloaded {
+			overloaded++
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	if overloaded == 0 {
+		t.Fatal("10 requests into a queue of 2 behind one running: none was refused")
+	}
+	for _, s := range streams {
+		s.Cancel()
+	}
+	waitIdle(t, e)
+
+	for _, tc := range []struct {
+		req   Request
+		kind  Kind
+		param string
+	}{
+		{Request{Model: "nope", Prompt: []int{1}}, KindNotFound, "model"},
+		{Request{Prompt: nil}, KindInvalid, "prompt"},
+		{Request{Prompt: []int{320}}, KindInvalid, "prompt"},
+		{Request{Prompt: []int{-1}}, KindInvalid, "prompt"},
+		{Request{Prompt: make([]int, 64)}, KindInvalid, "prompt"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{MaxTokens: 64}}, KindInvalid, "max_tokens"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{Temperature: -1}}, KindInvalid, "temperature"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{Temperature: math.NaN()}}, KindInvalid, "temperature"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{TopP: 1.5}}, KindInvalid, "top_p"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{TopK: -2}}, KindInvalid, "top_k"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{MinTokens: 5, MaxTokens: 2}}, KindInvalid, "min_tokens"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{Logprobs: 21}}, KindInvalid, "logprobs"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{Stop: []string{"x"}}}, KindInvalid, "stop"},
+		{Request{Prompt: []int{1}, Params: SamplingParams{StopTokenIDs: []int{9999}}}, KindInvalid, "stop_token_ids"},
+	} {
+		_, err := e.Generate(context.Background(), tc.req)
+		if KindOf(err) != tc.kind || ParamOf(err) != tc.param {
+			t.Errorf("%+v: got %v (kind %d param %q), want kind %d param %q", tc.req.Params, err, KindOf(err), ParamOf(err), tc.kind, tc.param)
+		}
+	}
+}
+
+// TestUnloadWhileRunning: a request keeps the adapter weights it started with; new requests
+// for the removed name get NotFound; reloading under the same name works.
+func TestUnloadWhileRunning(t *testing.T) {
+	cases := loadCases(t, "llama")
+	var c fixtureCase
+	for _, x := range cases {
+		if x.Adapter == "b_all_rslora" {
+			c = x
+			break
+		}
+	}
+	e := newTestEngine(t, "llama", nil, Options{MaxBatchedTokens: 16})
+	s, err := e.Generate(context.Background(), Request{Model: c.Adapter, Prompt: c.Prompt, Params: greedyParams(len(c.Steps))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.UnloadAdapter(c.Adapter); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := s.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range c.Steps {
+		if ev.Tokens[i] != st.Token {
+			t.Fatalf("tokens %v diverge from reference at %d", ev.Tokens, i)
+		}
+	}
+	if _, err := e.Generate(context.Background(), Request{Model: c.Adapter, Prompt: c.Prompt}); KindOf(err) != KindNotFound {
+		t.Fatalf("after unload: %v", err)
+	}
+	if err := e.UnloadAdapter(c.Adapter); KindOf(err) != KindNotFound {
+		t.Fatalf("double unload: %v", err)
+	}
+	if err := e.LoadAdapter(c.Adapter, filepath.Join(fixtureDir("llama"), "adapters", c.Adapter)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadAdapter("broken", filepath.Join(fixtureDir("qwen3"), "adapters", "a_qv")); KindOf(err) != KindUnprocessable {
+		t.Fatalf("qwen3 adapter on llama (different shapes): %v", err)
+	}
+	if err := e.LoadAdapter("missing", filepath.Join(t.TempDir(), "nothing")); KindOf(err) != KindNotFound {
+		t.Fatalf("missing folder: %v", err)
+	}
+	var se *Error
+	if err := e.LoadAdapter("", "x"); !errors.As(err, &se) || se.Kind != KindInvalid {
+		t.Fatalf("empty name: %v", err)
+	}
+}
+
+func TestDrainFinishesInFlight(t *testing.T) {
+	e := newTestEngine(t, "llama", nil, Options{})
+	s, err := e.Generate(context.Background(), Request{Prompt: []int{1, 2, 3}, Params: greedyParams(20)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := s.Collect(context.Background())
+	if err != nil || ev.Finish != "length" || len(ev.Tokens) != 20 {
+		t.Fatalf("in-flight request during drain: %v %q %d tokens", err, ev.Finish, len(ev.Tokens))
+	}
+	if e.Ready() {
+		t.Fatal("engine ready after drain")
+	}
+	if _, err := e.Generate(context.Background(), Request{Prompt: []int{1}}); KindOf(err) != KindUnavailable {
+		t.Fatalf("after drain: %v", err)
+	}
+}

@@ -1,0 +1,97 @@
+package openai
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// decode reads a JSON object body into dst. Unknown fields are ignored, as OpenAI does; a
+// value of the wrong type is a 400 naming the field; an oversized body is a 413.
+func (h *Handler) decode(r *http.Request, dst any) error {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return &apiError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error", code: "request_too_large",
+				msg: fmt.Sprintf("the request body is larger than %d bytes", mb.Limit)}
+		}
+		return invalid("", "reading the request body: %v", err)
+	}
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		return invalid("", "the request body is empty; send a JSON object")
+	}
+	if body[0] != '{' {
+		return invalid("", "the request body must be a JSON object")
+	}
+	return jsonError(json.Unmarshal(body, dst))
+}
+
+// jsonError turns encoding/json's errors into 400s a client can act on.
+func jsonError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return invalid("", "malformed JSON at byte %d: %v", se.Offset, se)
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			return invalid("", "the request body must be a JSON object")
+		}
+		return invalid(field, "field %q must be %s, got %s", field, typeName(te.Type.Kind().String()), te.Value)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return invalid("", "truncated JSON")
+	case errors.As(err, new(*apiError)):
+		return err
+	}
+	return invalid("", "invalid JSON: %v", err)
+}
+
+func typeName(kind string) string {
+	switch {
+	case strings.HasPrefix(kind, "int"), strings.HasPrefix(kind, "uint"):
+		return "an integer in range"
+	case strings.HasPrefix(kind, "float"):
+		return "a number in range"
+	case kind == "bool":
+		return "a boolean"
+	case kind == "string":
+		return "a string"
+	case kind == "slice":
+		return "an array"
+	case kind == "struct", kind == "map":
+		return "an object"
+	}
+	return "of another type"
+}
+
+// isNull reports an absent or null raw value.
+func isNull(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) == 0 || string(raw) == "null"
+}
+
+// stringOrList decodes OpenAI's `stop`: a string, a list of strings, or null.
+func stringOrList(raw json.RawMessage, param string) ([]string, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		return []string{one}, nil
+	}
+	var many []string
+	if err := json.Unmarshal(raw, &many); err != nil {
+		return nil, invalid(param, "field %q must be a string or an array of strings", param)
+	}
+	return many, nil
+}

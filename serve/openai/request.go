@@ -1,0 +1,117 @@
+package openai
+
+import (
+	"encoding/json"
+
+	"github.com/loraplex/loraplex/serve"
+)
+
+// samplingFields are the request fields completions and chat share. Pointers tell "absent"
+// from zero where the default is not zero.
+type samplingFields struct {
+	Model             string          `json:"model"`
+	MaxTokens         *int            `json:"max_tokens"`
+	Temperature       *float64        `json:"temperature"`
+	TopP              *float64        `json:"top_p"`
+	TopK              *int            `json:"top_k"`
+	MinP              *float64        `json:"min_p"`
+	Seed              *int64          `json:"seed"`
+	Stop              json.RawMessage `json:"stop"`
+	StopTokenIDs      []int           `json:"stop_token_ids"`
+	IgnoreEOS         bool            `json:"ignore_eos"`
+	MinTokens         int             `json:"min_tokens"`
+	RepetitionPenalty *float64        `json:"repetition_penalty"`
+	PresencePenalty   float64         `json:"presence_penalty"`
+	FrequencyPenalty  float64         `json:"frequency_penalty"`
+	LogitBias         map[string]any  `json:"logit_bias"`
+	N                 *int            `json:"n"`
+	Stream            bool            `json:"stream"`
+	StreamOptions     *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+	SkipSpecialTokens      *bool `json:"skip_special_tokens"`
+	AddSpecialTokens       *bool `json:"add_special_tokens"`
+	ReturnTokenIDs         bool  `json:"return_token_ids"`
+	ReturnTokensAsTokenIDs bool  `json:"return_tokens_as_token_ids"`
+}
+
+// params converts the shared fields to engine parameters. maxTokensDefault applies when
+// max_tokens is absent (16 for completions as in OpenAI, 0 = the rest of the context for chat).
+// Range checks that the engine makes are left to it, so there is one source of truth; the
+// checks here are for values the engine reads as "off" but OpenAI clients mean otherwise.
+func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, error) {
+	p := serve.SamplingParams{
+		MaxTokens:         maxTokensDefault,
+		Temperature:       1,
+		MinTokens:         f.MinTokens,
+		StopTokenIDs:      f.StopTokenIDs,
+		IgnoreEOS:         f.IgnoreEOS,
+		PresencePenalty:   f.PresencePenalty,
+		FrequencyPenalty:  f.FrequencyPenalty,
+		SkipSpecialTokens: true,
+	}
+	if f.MaxTokens != nil {
+		if *f.MaxTokens < 1 {
+			return p, invalid("max_tokens", "max_tokens must be at least 1, got %d", *f.MaxTokens)
+		}
+		p.MaxTokens = *f.MaxTokens
+	}
+	if f.Temperature != nil {
+		p.Temperature = *f.Temperature
+	}
+	if f.TopP != nil {
+		if !(*f.TopP > 0) {
+			return p, invalid("top_p", "top_p must be in (0, 1], got %v", *f.TopP)
+		}
+		p.TopP = *f.TopP
+	}
+	if f.TopK != nil {
+		p.TopK = *f.TopK
+	}
+	if f.MinP != nil {
+		p.MinP = *f.MinP
+	}
+	if f.Seed != nil {
+		s := uint64(*f.Seed)
+		p.Seed = &s
+	}
+	if f.RepetitionPenalty != nil {
+		if !(*f.RepetitionPenalty > 0) {
+			return p, invalid("repetition_penalty", "repetition_penalty must be positive, got %v", *f.RepetitionPenalty)
+		}
+		p.RepetitionPenalty = *f.RepetitionPenalty
+	}
+	if f.SkipSpecialTokens != nil {
+		p.SkipSpecialTokens = *f.SkipSpecialTokens
+	}
+	if len(f.LogitBias) > 0 {
+		return p, invalid("logit_bias", "logit_bias is not supported")
+	}
+	stop, err := stringOrList(f.Stop, "stop")
+	if err != nil {
+		return p, err
+	}
+	p.Stop = stop
+	return p, nil
+}
+
+// choices validates n.
+func (f *samplingFields) choices(maxN int) (int, error) {
+	if f.N == nil {
+		return 1, nil
+	}
+	if *f.N < 1 || *f.N > maxN {
+		return 0, invalid("n", "n must be between 1 and %d, got %d", maxN, *f.N)
+	}
+	return *f.N, nil
+}
+
+func (f *samplingFields) includeUsage() bool { return f.StreamOptions != nil && f.StreamOptions.IncludeUsage }
+
+// modelName is what responses report: the requested name, or the base model's.
+func (h *Handler) modelName(requested string) string {
+	if requested == "" {
+		return h.e.Options().ModelName
+	}
+	return requested
+}
