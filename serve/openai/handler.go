@@ -144,4 +144,3 @@ func (h *Handler) health(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusOK)
 	return nil
 }
-

@@ -70,9 +70,9 @@ func (h *Handler) appendCompletion(lp *completionLogprobs, ev *serve.Event, asID
 
 // chatLogprob is one entry of the chat API's logprobs.content.
 type chatLogprob struct {
-	Token       string          `json:"token"`
-	Logprob     float64         `json:"logprob"`
-	Bytes       []int           `json:"bytes"`
+	Token       string           `json:"token"`
+	Logprob     float64          `json:"logprob"`
+	Bytes       []int            `json:"bytes"`
 	TopLogprobs []chatTopLogprob `json:"top_logprobs"`
 }
 

@@ -106,7 +106,9 @@ func (f *samplingFields) choices(maxN int) (int, error) {
 	return *f.N, nil
 }
 
-func (f *samplingFields) includeUsage() bool { return f.StreamOptions != nil && f.StreamOptions.IncludeUsage }
+func (f *samplingFields) includeUsage() bool {
+	return f.StreamOptions != nil && f.StreamOptions.IncludeUsage
+}
 
 // modelName is what responses report: the requested name, or the base model's.
 func (h *Handler) modelName(requested string) string {

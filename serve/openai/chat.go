@@ -1,0 +1,320 @@
+package openai
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/tokenizer/chat"
+)
+
+// chatMessage is an OpenAI chat message as it arrives.
+type chatMessage struct {
+	Role             string            `json:"role"`
+	Content          json.RawMessage   `json:"content"`
+	Name             string            `json:"name"`
+	ToolCallID       string            `json:"tool_call_id"`
+	ReasoningContent string            `json:"reasoning_content"`
+	ToolCalls        []json.RawMessage `json:"tool_calls"`
+}
+
+// chatFields are what chat rendering needs; /tokenize shares them.
+type chatFields struct {
+	Messages             []chatMessage     `json:"messages"`
+	AddGenerationPrompt  *bool             `json:"add_generation_prompt"`
+	ContinueFinalMessage bool              `json:"continue_final_message"`
+	ChatTemplateKwargs   map[string]any    `json:"chat_template_kwargs"`
+	Tools                []json.RawMessage `json:"tools"`
+}
+
+type chatRequest struct {
+	samplingFields
+	chatFields
+	MaxCompletionTokens *int `json:"max_completion_tokens"`
+	Logprobs            bool `json:"logprobs"`
+	TopLogprobs         *int `json:"top_logprobs"`
+}
+
+type chatResponseMessage struct {
+	Role    string  `json:"role,omitempty"`
+	Content *string `json:"content,omitempty"`
+}
+
+type chatChoice struct {
+	Index        int                  `json:"index"`
+	Message      *chatResponseMessage `json:"message,omitempty"`
+	Delta        *chatResponseMessage `json:"delta,omitempty"`
+	Logprobs     *chatLogprobs        `json:"logprobs"`
+	FinishReason *string              `json:"finish_reason"`
+	StopReason   any                  `json:"stop_reason"`
+	TokenIDs     any                  `json:"token_ids,omitempty"`
+}
+
+type chatResponse struct {
+	ID             string       `json:"id"`
+	Object         string       `json:"object"`
+	Created        int64        `json:"created"`
+	Model          string       `json:"model"`
+	Choices        []chatChoice `json:"choices"`
+	Usage          *usage       `json:"usage,omitempty"`
+	PromptTokenIDs []int        `json:"prompt_token_ids,omitempty"`
+}
+
+// render turns messages into prompt text with the chat template.
+func (h *Handler) render(f *chatFields) (string, error) {
+	if h.opt.ChatTemplate == nil {
+		return "", invalid("messages", "this model has no chat template; use /v1/completions")
+	}
+	if len(f.Messages) == 0 {
+		return "", invalid("messages", "messages must not be empty")
+	}
+	msgs := make([]chat.Message, len(f.Messages))
+	for i, m := range f.Messages {
+		if m.Role == "" {
+			return "", invalid("messages", "messages[%d].role is required", i)
+		}
+		content, err := messageContent(m.Content, i)
+		if err != nil {
+			return "", err
+		}
+		msgs[i] = chat.Message{Role: m.Role, Content: content, Name: m.Name, ToolCallID: m.ToolCallID, ReasoningContent: m.ReasoningContent}
+		for _, tc := range m.ToolCalls {
+			var call struct {
+				ID       string `json:"id"`
+				Type     string `json:"type"`
+				Function struct {
+					Name      string          `json:"name"`
+					Arguments json.RawMessage `json:"arguments"`
+				} `json:"function"`
+			}
+			if err := json.Unmarshal(tc, &call); err != nil {
+				return "", invalid("messages", "messages[%d].tool_calls: %v", i, err)
+			}
+			c := chat.ToolCall{ID: call.ID, Type: call.Type}
+			c.Function.Name = call.Function.Name
+			var s string
+			if json.Unmarshal(call.Function.Arguments, &s) == nil {
+				c.Function.Arguments = s
+			} else {
+				c.Function.Arguments = call.Function.Arguments
+			}
+			msgs[i].ToolCalls = append(msgs[i].ToolCalls, c)
+		}
+	}
+	addGen := f.AddGenerationPrompt == nil || *f.AddGenerationPrompt
+	if f.ContinueFinalMessage {
+		addGen = false
+	}
+	opts := chat.Options{AddGenerationPrompt: addGen, Tokens: h.opt.ChatTokens, Extra: f.ChatTemplateKwargs}
+	if len(f.Tools) > 0 {
+		opts.RawTools = f.Tools
+	}
+	text, err := h.opt.ChatTemplate.Render(msgs, opts)
+	if err != nil {
+		return "", invalid("messages", "rendering the chat template: %v", err)
+	}
+	if f.ContinueFinalMessage {
+		// Cut the rendering right after the last message's content, as vLLM does, so the model
+		// continues that message instead of closing it.
+		last := msgs[len(msgs)-1].Content
+		if i := strings.LastIndex(text, last); i >= 0 && last != "" {
+			text = text[:i+len(last)]
+		}
+	}
+	return text, nil
+}
+
+// messageContent accepts a string, null, or an array of text parts.
+func messageContent(raw json.RawMessage, i int) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if isNull(raw) {
+		return "", nil
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, nil
+	}
+	var parts []struct {
+		Type string `json:"type"`
+		Text string `json:"text"`
+	}
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return "", invalid("messages", "messages[%d].content must be a string or an array of content parts", i)
+	}
+	texts := make([]string, 0, len(parts))
+	for _, p := range parts {
+		if p.Type != "text" {
+			return "", invalid("messages", "messages[%d].content: part type %q is not supported (text only)", i, p.Type)
+		}
+		texts = append(texts, p.Text)
+	}
+	return strings.Join(texts, "\n"), nil
+}
+
+func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error {
+	var req chatRequest
+	if err := h.decode(r, &req); err != nil {
+		return err
+	}
+	if req.MaxTokens == nil {
+		req.MaxTokens = req.MaxCompletionTokens
+	}
+	p, err := req.params(0)
+	if err != nil {
+		return err
+	}
+	if req.Logprobs {
+		p.Logprobs = -1
+		if req.TopLogprobs != nil && *req.TopLogprobs > 0 {
+			p.Logprobs = *req.TopLogprobs
+		}
+	}
+	if req.TopLogprobs != nil && (*req.TopLogprobs < 0 || *req.TopLogprobs > 20) {
+		return invalid("top_logprobs", "top_logprobs must be between 0 and 20, got %d", *req.TopLogprobs)
+	}
+	n, err := req.choices(h.opt.MaxN)
+	if err != nil {
+		return err
+	}
+	text, err := h.render(&req.chatFields)
+	if err != nil {
+		return err
+	}
+	// Templates write the BOS token themselves; adding it again would double it (vLLM's default).
+	addSpecial := req.AddSpecialTokens != nil && *req.AddSpecialTokens
+	prompt, err := h.encode(text, addSpecial, "messages")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	events, err := h.run(ctx, req.Model, [][]int{prompt}, n, p)
+	if err != nil {
+		return err
+	}
+	c := &chatState{h: h, req: &req, prompt: prompt, id: newID("chatcmpl-"), created: time.Now().Unix(),
+		model: h.modelName(req.Model), choices: make([]choiceState, n)}
+	if req.Stream {
+		return c.stream(w, r.Context(), events)
+	}
+	return c.collect(w, r.Context(), events)
+}
+
+type chatState struct {
+	h       *Handler
+	req     *chatRequest
+	prompt  []int
+	id      string
+	created int64
+	model   string
+	choices []choiceState
+}
+
+func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
+	completion := 0
+	for ev := range events {
+		if err := failure(&ev.Event); err != nil {
+			return err
+		}
+		st := &c.choices[ev.Index]
+		st.text = append(st.text, ev.Text...)
+		st.tokens = append(st.tokens, ev.Tokens...)
+		if c.req.Logprobs {
+			if st.chatLP == nil {
+				st.chatLP = &chatLogprobs{Content: []chatLogprob{}}
+			}
+			c.h.appendChat(st.chatLP, &ev.Event, c.req.ReturnTokensAsTokenIDs)
+		}
+		if ev.Finish != "" {
+			st.finished, st.final = true, ev.Event
+			if ev.Usage != nil {
+				completion += ev.Usage.CompletionTokens
+			}
+		}
+	}
+	resp := chatResponse{ID: c.id, Object: "chat.completion", Created: c.created, Model: c.model, Choices: make([]chatChoice, len(c.choices))}
+	for i := range c.choices {
+		st := &c.choices[i]
+		if !st.finished {
+			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
+		}
+		text := string(st.text)
+		ch := chatChoice{Index: i, Message: &chatResponseMessage{Role: "assistant", Content: &text}, Logprobs: st.chatLP,
+			FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
+		if c.req.ReturnTokenIDs {
+			ch.TokenIDs = nonNil(st.tokens)
+		}
+		resp.Choices[i] = ch
+	}
+	if c.req.ReturnTokenIDs {
+		resp.PromptTokenIDs = c.prompt
+	}
+	resp.Usage = newUsage(len(c.prompt), completion)
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (c *chatState) chunk(choices ...chatChoice) chatResponse {
+	return chatResponse{ID: c.id, Object: "chat.completion.chunk", Created: c.created, Model: c.model, Choices: choices}
+}
+
+func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
+	s := startSSE(w)
+	// OpenAI sends the role first, in a chunk of its own, for every choice.
+	empty := ""
+	for i := range c.choices {
+		first := c.chunk(chatChoice{Index: i, Delta: &chatResponseMessage{Role: "assistant", Content: &empty}})
+		if c.req.ReturnTokenIDs && i == 0 {
+			first.PromptTokenIDs = c.prompt
+		}
+		if err := s.send(first); err != nil {
+			return err
+		}
+	}
+	completion := 0
+	for ev := range events {
+		if err := failure(&ev.Event); err != nil {
+			return s.fail(err)
+		}
+		st := &c.choices[ev.Index]
+		if len(ev.Tokens) == 0 && ev.Text == "" && ev.Finish == "" {
+			continue
+		}
+		text := ev.Text
+		ch := chatChoice{Index: ev.Index, Delta: &chatResponseMessage{Content: &text}, FinishReason: finishReason(&ev.Event), StopReason: ev.StopReason}
+		if c.req.Logprobs {
+			ch.Logprobs = &chatLogprobs{Content: []chatLogprob{}}
+			c.h.appendChat(ch.Logprobs, &ev.Event, c.req.ReturnTokensAsTokenIDs)
+		}
+		if c.req.ReturnTokenIDs {
+			ch.TokenIDs = nonNil(ev.Tokens)
+		}
+		if ev.Finish != "" {
+			st.finished = true
+			if ev.Usage != nil {
+				completion += ev.Usage.CompletionTokens
+			}
+		}
+		if err := s.send(c.chunk(ch)); err != nil {
+			return err
+		}
+	}
+	for i := range c.choices {
+		if !c.choices[i].finished {
+			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
+		}
+	}
+	if c.req.includeUsage() {
+		u := c.chunk()
+		u.Choices = []chatChoice{}
+		u.Usage = newUsage(len(c.prompt), completion)
+		if err := s.send(u); err != nil {
+			return err
+		}
+	}
+	return s.done()
+}

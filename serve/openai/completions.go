@@ -1,0 +1,270 @@
+package openai
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/loraplex/loraplex/serve"
+)
+
+type completionRequest struct {
+	samplingFields
+	Prompt   json.RawMessage `json:"prompt"`
+	Logprobs *int            `json:"logprobs"`
+	Echo     bool            `json:"echo"`
+	Suffix   *string         `json:"suffix"`
+	BestOf   *int            `json:"best_of"`
+}
+
+type completionChoice struct {
+	Index          int                 `json:"index"`
+	Text           string              `json:"text"`
+	Logprobs       *completionLogprobs `json:"logprobs"`
+	FinishReason   *string             `json:"finish_reason"`
+	StopReason     any                 `json:"stop_reason"`
+	TokenIDs       any                 `json:"token_ids,omitempty"`
+	PromptTokenIDs any                 `json:"prompt_token_ids,omitempty"`
+}
+
+type completionResponse struct {
+	ID      string             `json:"id"`
+	Object  string             `json:"object"`
+	Created int64              `json:"created"`
+	Model   string             `json:"model"`
+	Choices []completionChoice `json:"choices"`
+	Usage   *usage             `json:"usage,omitempty"`
+}
+
+func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
+	var req completionRequest
+	if err := h.decode(r, &req); err != nil {
+		return err
+	}
+	switch {
+	case req.Echo:
+		return invalid("echo", "echo is not supported yet")
+	case req.Suffix != nil && *req.Suffix != "":
+		return invalid("suffix", "suffix is not supported")
+	case req.BestOf != nil && *req.BestOf > 1:
+		return invalid("best_of", "best_of is not supported")
+	}
+	p, err := req.params(16)
+	if err != nil {
+		return err
+	}
+	if req.Logprobs != nil {
+		// OpenAI's logprobs=0 still returns the chosen token's logprob; the engine says -1 for that.
+		switch lp := *req.Logprobs; {
+		case lp < 0 || lp > 20:
+			return invalid("logprobs", "logprobs must be between 0 and 20, got %d", lp)
+		case lp == 0:
+			p.Logprobs = -1
+		default:
+			p.Logprobs = lp
+		}
+	}
+	n, err := req.choices(h.opt.MaxN)
+	if err != nil {
+		return err
+	}
+	addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
+	prompts, err := h.prompts(req.Prompt, addSpecial)
+	if err != nil {
+		return err
+	}
+	if len(prompts)*n > h.opt.MaxN {
+		return invalid("n", "n times the number of prompts must be at most %d, got %d", h.opt.MaxN, len(prompts)*n)
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel() // aborts whatever is still running if we stop early (client gone, write error)
+	events, err := h.run(ctx, req.Model, prompts, n, p)
+	if err != nil {
+		return err
+	}
+	c := &completionState{h: h, req: &req, n: n, prompts: prompts, id: newID("cmpl-"), created: time.Now().Unix(),
+		model: h.modelName(req.Model), choices: make([]choiceState, len(prompts)*n)}
+	if req.Stream {
+		return c.stream(w, r.Context(), events)
+	}
+	return c.collect(w, r.Context(), events)
+}
+
+// prompts decodes `prompt`: a string, an array of token ids, or an array of either (a batch).
+func (h *Handler) prompts(raw json.RawMessage, addSpecial bool) ([][]int, error) {
+	raw = bytes.TrimSpace(raw)
+	if isNull(raw) {
+		return nil, invalid("prompt", "prompt is required")
+	}
+	var text string
+	if json.Unmarshal(raw, &text) == nil {
+		ids, err := h.encode(text, addSpecial, "prompt")
+		return [][]int{ids}, err
+	}
+	var ids []int
+	if json.Unmarshal(raw, &ids) == nil {
+		if len(ids) == 0 {
+			return nil, invalid("prompt", "prompt is empty")
+		}
+		return [][]int{ids}, nil
+	}
+	var texts []string
+	if json.Unmarshal(raw, &texts) == nil && len(texts) > 0 {
+		out := make([][]int, len(texts))
+		for i, t := range texts {
+			var err error
+			if out[i], err = h.encode(t, addSpecial, "prompt"); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	}
+	var batch [][]int
+	if json.Unmarshal(raw, &batch) == nil && len(batch) > 0 {
+		for _, b := range batch {
+			if len(b) == 0 {
+				return nil, invalid("prompt", "prompt is empty")
+			}
+		}
+		return batch, nil
+	}
+	return nil, invalid("prompt", "prompt must be a string, an array of token ids (non-negative integers), or an array of those")
+}
+
+// encode tokenizes text for a request field.
+func (h *Handler) encode(text string, addSpecial bool, param string) ([]int, error) {
+	tok := h.e.Tokenizer()
+	if tok == nil {
+		return nil, invalid(param, "this model has no tokenizer; send the prompt as token ids")
+	}
+	ids, err := tok.Encode(text, addSpecial)
+	if err != nil {
+		return nil, invalid(param, "cannot tokenize %s: %v", param, err)
+	}
+	if len(ids) == 0 {
+		return nil, invalid(param, "%s is empty", param)
+	}
+	return ids, nil
+}
+
+// choiceState accumulates one choice.
+type choiceState struct {
+	text     []byte
+	tokens   []int
+	lp       *completionLogprobs
+	chatLP   *chatLogprobs
+	offset   int
+	started  bool
+	finished bool
+	final    serve.Event
+}
+
+type completionState struct {
+	h       *Handler
+	req     *completionRequest
+	n       int
+	prompts [][]int
+	id      string
+	created int64
+	model   string
+	choices []choiceState
+}
+
+func (c *completionState) promptOf(i int) []int { return c.prompts[i/c.n] }
+
+func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
+	completion := 0
+	for ev := range events {
+		st := &c.choices[ev.Index]
+		if err := failure(&ev.Event); err != nil {
+			return err
+		}
+		st.text = append(st.text, ev.Text...)
+		st.tokens = append(st.tokens, ev.Tokens...)
+		if c.req.Logprobs != nil {
+			if st.lp == nil {
+				st.lp = &completionLogprobs{}
+			}
+			c.h.appendCompletion(st.lp, &ev.Event, c.req.ReturnTokensAsTokenIDs, &st.offset)
+		}
+		if ev.Finish != "" {
+			st.finished, st.final = true, ev.Event
+			if ev.Usage != nil {
+				completion += ev.Usage.CompletionTokens
+			}
+		}
+	}
+	resp := completionResponse{ID: c.id, Object: "text_completion", Created: c.created, Model: c.model,
+		Choices: make([]completionChoice, len(c.choices))}
+	for i := range c.choices {
+		st := &c.choices[i]
+		if !st.finished {
+			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
+		}
+		ch := completionChoice{Index: i, Text: string(st.text), Logprobs: st.lp, FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
+		if c.req.ReturnTokenIDs {
+			ch.TokenIDs, ch.PromptTokenIDs = nonNil(st.tokens), c.promptOf(i)
+		}
+		resp.Choices[i] = ch
+	}
+	resp.Usage = newUsage(promptUsage(c.prompts), completion)
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
+	s := startSSE(w)
+	completion := 0
+	for ev := range events {
+		if err := failure(&ev.Event); err != nil {
+			return s.fail(err)
+		}
+		st := &c.choices[ev.Index]
+		if len(ev.Tokens) == 0 && ev.Text == "" && ev.Finish == "" {
+			continue
+		}
+		ch := completionChoice{Index: ev.Index, Text: ev.Text, FinishReason: finishReason(&ev.Event), StopReason: ev.StopReason}
+		if c.req.Logprobs != nil {
+			ch.Logprobs = &completionLogprobs{}
+			c.h.appendCompletion(ch.Logprobs, &ev.Event, c.req.ReturnTokensAsTokenIDs, &st.offset)
+		}
+		if c.req.ReturnTokenIDs {
+			ch.TokenIDs = nonNil(ev.Tokens)
+			if !st.started {
+				ch.PromptTokenIDs = c.promptOf(ev.Index)
+			}
+		}
+		st.started = true
+		if ev.Finish != "" {
+			st.finished = true
+			if ev.Usage != nil {
+				completion += ev.Usage.CompletionTokens
+			}
+		}
+		if err := s.send(completionResponse{ID: c.id, Object: "text_completion", Created: c.created, Model: c.model, Choices: []completionChoice{ch}}); err != nil {
+			return err // the client is gone; the deferred cancel aborts the requests
+		}
+	}
+	for i := range c.choices {
+		if !c.choices[i].finished {
+			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
+		}
+	}
+	if c.req.includeUsage() {
+		if err := s.send(completionResponse{ID: c.id, Object: "text_completion", Created: c.created, Model: c.model,
+			Choices: []completionChoice{}, Usage: newUsage(promptUsage(c.prompts), completion)}); err != nil {
+			return err
+		}
+	}
+	return s.done()
+}
+
+// nonNil keeps an empty token list as [] rather than null in JSON.
+func nonNil(v []int) []int {
+	if v == nil {
+		return []int{}
+	}
+	return v
+}

@@ -1,0 +1,180 @@
+package openai_test
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/openai"
+	"github.com/loraplex/loraplex/tokenizer/chat"
+)
+
+var adapterNames = []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"}
+
+type fixtureCase struct {
+	Adapter string `json:"adapter"`
+	Prompt  []int  `json:"prompt"`
+	Steps   []struct {
+		Token int `json:"token"`
+	} `json:"steps"`
+}
+
+func (c fixtureCase) tokens() []int {
+	out := make([]int, len(c.Steps))
+	for i, s := range c.Steps {
+		out[i] = s.Token
+	}
+	return out
+}
+
+func fixtureDir(name string) string { return filepath.Join("..", "..", "testdata", "models", name) }
+
+func loadCases(t testing.TB, name string) []fixtureCase {
+	t.Helper()
+	f, err := os.Open(filepath.Join(fixtureDir(name), "expected.json.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fx struct{ Cases []fixtureCase }
+	if err := json.NewDecoder(zr).Decode(&fx); err != nil {
+		t.Fatal(err)
+	}
+	return fx.Cases
+}
+
+// fixtureEngine serves a fixture model (no tokenizer) with its four adapters on the CPU backend.
+func fixtureEngine(t testing.TB, name string) *serve.Engine {
+	t.Helper()
+	dir := fixtureDir(name)
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cpu.New(2)
+	w, err := model.LoadWeights(dir, cfg, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := serve.NewEngine(cfg, b, w, nil, serve.Options{ModelName: name, MaxNumSeqs: 8, MaxBatchedTokens: 128, MaxModelLen: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range adapterNames {
+		if err := e.LoadAdapter(a, filepath.Join(dir, "adapters", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	return e
+}
+
+// demoEngine serves the built-in demo model, which has a tokenizer and a chat template.
+func demoEngine(t testing.TB) (*serve.Engine, *chat.Template) {
+	t.Helper()
+	b := cpu.New(2)
+	cfg, w, tok, tmpl, err := demo.Build(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	ct, err := chat.Parse(tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, ct
+}
+
+func newServer(t testing.TB, e *serve.Engine, opt openai.Options) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(openai.New(e, opt))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// post sends a raw body and returns the status and body.
+func post(t testing.TB, url, path, body string, header ...string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url+path, bytes.NewBufferString(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+func get(t testing.TB, url string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// errorShape checks the OpenAI error envelope and returns it.
+type errorEnvelope struct {
+	Error struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   *string `json:"param"`
+		Code    *string `json:"code"`
+	} `json:"error"`
+}
+
+func checkError(t testing.TB, status int, body []byte, wantStatus int, wantParam string) errorEnvelope {
+	t.Helper()
+	if status != wantStatus {
+		t.Errorf("status %d, want %d (body %s)", status, wantStatus, body)
+	}
+	var raw map[string]map[string]json.RawMessage
+	if err := json.Unmarshal(body, &raw); err != nil {
+		t.Fatalf("error body is not JSON: %v: %s", err, body)
+	}
+	for _, k := range []string{"message", "type", "param", "code"} {
+		if _, ok := raw["error"][k]; !ok {
+			t.Errorf("error body lacks %q: %s", k, body)
+		}
+	}
+	var env errorEnvelope
+	json.Unmarshal(body, &env)
+	if env.Error.Message == "" || env.Error.Type == "" {
+		t.Errorf("error body has empty message or type: %s", body)
+	}
+	if wantParam != "" && (env.Error.Param == nil || *env.Error.Param != wantParam) {
+		t.Errorf("param %v, want %q (body %s)", env.Error.Param, wantParam, body)
+	}
+	return env
+}

@@ -1,0 +1,97 @@
+package openai
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/loraplex/loraplex/serve"
+)
+
+type modelCard struct {
+	ID          string  `json:"id"`
+	Object      string  `json:"object"`
+	Created     int64   `json:"created"`
+	OwnedBy     string  `json:"owned_by"`
+	Root        string  `json:"root"`
+	Parent      *string `json:"parent"`
+	MaxModelLen int     `json:"max_model_len"`
+}
+
+type modelList struct {
+	Object string      `json:"object"`
+	Data   []modelCard `json:"data"`
+}
+
+// models lists the base model and its adapters the way vLLM does: an adapter's parent (and
+// root, the model it ultimately runs on) is the base model.
+func (h *Handler) models(w http.ResponseWriter, r *http.Request) error {
+	list := modelList{Object: "list", Data: []modelCard{}}
+	for _, m := range h.e.Models() {
+		c := modelCard{ID: m.ID, Object: "model", Created: m.Created, OwnedBy: "loraplex", Root: m.ID, MaxModelLen: m.MaxLen}
+		if m.Parent != "" {
+			parent := m.Parent
+			c.Parent, c.Root = &parent, parent
+		}
+		list.Data = append(list.Data, c)
+	}
+	writeJSON(w, http.StatusOK, list)
+	return nil
+}
+
+type loadAdapterRequest struct {
+	LoraName string `json:"lora_name"`
+	LoraPath string `json:"lora_path"`
+}
+
+// loadAdapter is vLLM's /v1/load_lora_adapter. Like vLLM it answers with plain text.
+func (h *Handler) loadAdapter(w http.ResponseWriter, r *http.Request) error {
+	if err := h.runtimeUpdates(); err != nil {
+		return err
+	}
+	var req loadAdapterRequest
+	if err := h.decode(r, &req); err != nil {
+		return err
+	}
+	if req.LoraName == "" || req.LoraPath == "" {
+		return invalid("lora_name", "both lora_name and lora_path must be given")
+	}
+	if err := h.e.LoadAdapter(req.LoraName, req.LoraPath); err != nil {
+		return err
+	}
+	h.log.Info("adapter loaded over HTTP", "name", req.LoraName, "path", req.LoraPath)
+	writeText(w, fmt.Sprintf("Success: LoRA adapter '%s' added successfully.", req.LoraName))
+	return nil
+}
+
+func (h *Handler) unloadAdapter(w http.ResponseWriter, r *http.Request) error {
+	if err := h.runtimeUpdates(); err != nil {
+		return err
+	}
+	var req loadAdapterRequest
+	if err := h.decode(r, &req); err != nil {
+		return err
+	}
+	if req.LoraName == "" {
+		return invalid("lora_name", "lora_name must be given")
+	}
+	if err := h.e.UnloadAdapter(req.LoraName); err != nil {
+		return err
+	}
+	h.log.Info("adapter unloaded over HTTP", "name", req.LoraName)
+	writeText(w, fmt.Sprintf("Success: LoRA adapter '%s' removed successfully.", req.LoraName))
+	return nil
+}
+
+func (h *Handler) runtimeUpdates() error {
+	if !h.opt.AllowRuntimeAdapterUpdates {
+		return fromEngine(&serve.Error{Kind: serve.KindForbidden,
+			Msg: "runtime adapter updates are disabled; start the server with --allow-runtime-adapter-updates"})
+	}
+	return nil
+}
+
+func writeText(w http.ResponseWriter, s string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	w.Write([]byte(s))
+}
