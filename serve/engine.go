@@ -57,7 +57,11 @@ type Engine struct {
 	lpRow   []float32
 	created int64
 
-	stats Stats
+	stats    Stats
+	observer atomic.Pointer[Observer]
+	loraInfo atomic.Pointer[LoRAInfo]
+	namesA   []string
+	namesB   []string
 }
 
 // Stats are counters the metrics package reads.
@@ -179,7 +183,10 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 		return nil, err
 	}
 	var ad *residentAdapter
-	if req.Model != "" && req.Model != e.opt.ModelName {
+	if req.Model == e.opt.ModelName {
+		req.Model = ""
+	}
+	if req.Model != "" {
 		if ad = e.adapters.get(req.Model); ad == nil {
 			return nil, errorf(KindNotFound, "model", "the model `%s` does not exist", req.Model)
 		}
@@ -193,7 +200,7 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	sq := &sequence{
-		id: e.nextID.Add(1), ctx: sctx, params: p, adapter: ad,
+		id: e.nextID.Add(1), ctx: sctx, params: p, adapter: ad, adapterName: req.Model,
 		tokens: append(make([]int, 0, len(req.Prompt)+min(p.MaxTokens, 256)), req.Prompt...), promptLen: len(req.Prompt),
 		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(),
 	}

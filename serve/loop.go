@@ -13,22 +13,25 @@ import (
 
 // sequence is one request inside the engine loop.
 type sequence struct {
-	id        uint64
-	ctx       context.Context
-	params    SamplingParams
-	adapter   *residentAdapter // nil: base model
-	tokens    []int            // prompt, then generated tokens
-	promptLen int
-	computed  int // tokens whose keys and values are in the cache
-	pages     []int32
-	sampler   *sampler
-	dec       *tokenizer.StreamDecoder
-	text      string // generated text so far (stop strings are searched here)
-	sent      int    // bytes of text already streamed
-	maxStop   int
-	stream    *Stream
-	arrival   time.Time
-	firstTok  time.Time
+	id          uint64
+	ctx         context.Context
+	params      SamplingParams
+	adapter     *residentAdapter // nil: base model
+	adapterName string
+	tokens      []int // prompt, then generated tokens
+	promptLen   int
+	computed    int // tokens whose keys and values are in the cache
+	pages       []int32
+	sampler     *sampler
+	dec         *tokenizer.StreamDecoder
+	text        string // generated text so far (stop strings are searched here)
+	sent        int    // bytes of text already streamed
+	maxStop     int
+	stream      *Stream
+	arrival     time.Time
+	firstTok    time.Time
+	lastTok     time.Time
+	scheduled   time.Time
 }
 
 func (s *sequence) generated() int { return len(s.tokens) - s.promptLen }
@@ -46,9 +49,11 @@ func (e *Engine) loop() {
 		}
 		e.dropCancelled()
 		if !e.schedule() {
+			e.publish()
 			continue
 		}
 		e.stats.Steps.Add(1)
+		stepStart := time.Now()
 		V := e.cfg.VocabSize
 		logits := e.logits[:len(e.step.LogitRows)*V]
 		if err := e.runner.Forward(&e.step, e.stepAd, logits); err != nil {
@@ -58,8 +63,12 @@ func (e *Engine) loop() {
 			}
 			continue
 		}
+		now := time.Now()
+		if o := e.obs(); o != nil {
+			o.Step(len(e.step.Tokens), len(e.step.Seqs), now.Sub(stepStart))
+		}
 		for k, sq := range e.stepSeq {
-			e.sampleNext(sq, logits[k*V:(k+1)*V])
+			e.sampleNext(sq, logits[k*V:(k+1)*V], now)
 		}
 		e.publish()
 	}
@@ -130,6 +139,9 @@ func (e *Engine) schedule() bool {
 		e.waiting = e.waiting[1:]
 		e.queued.Add(-1)
 		e.running = append(e.running, sq)
+		if sq.scheduled.IsZero() {
+			sq.scheduled = time.Now()
+		}
 		n := min(len(sq.tokens)-sq.computed, budget)
 		e.reservePages(sq, sq.computed+n)
 		e.addRows(sq, n)
@@ -194,13 +206,20 @@ func (e *Engine) addRows(sq *sequence, n int) {
 }
 
 // sampleNext picks sq's next token from its logits and streams the result.
-func (e *Engine) sampleNext(sq *sequence, logits []float32) {
+func (e *Engine) sampleNext(sq *sequence, logits []float32, now time.Time) {
 	p := &sq.params
 	var ev Event
-	if sq.generated() == 0 {
-		sq.firstTok = time.Now()
+	o := e.obs()
+	if sq.generated() == 0 && sq.firstTok.IsZero() {
+		sq.firstTok = now
 		e.stats.PromptTokens.Add(int64(sq.promptLen))
+		if o != nil {
+			o.FirstToken(e.modelName(sq), now.Sub(sq.arrival))
+		}
+	} else if o != nil && !sq.lastTok.IsZero() {
+		o.NextToken(e.modelName(sq), now.Sub(sq.lastTok))
 	}
+	sq.lastTok = now
 	var banned []int
 	if sq.generated() < p.MinTokens {
 		for id := range e.eos {
@@ -301,6 +320,15 @@ func (e *Engine) finish(sq *sequence, reason string, stopReason any, err error) 
 		sq.adapter.release()
 		sq.adapter = nil
 	}
+	if o := e.obs(); o != nil {
+		now := time.Now()
+		queue := now.Sub(sq.arrival)
+		if !sq.scheduled.IsZero() {
+			queue = sq.scheduled.Sub(sq.arrival)
+		}
+		o.Finished(FinishedRequest{Model: e.modelName(sq), Reason: reason, PromptTokens: sq.promptLen,
+			CompletionTokens: sq.generated(), Queue: queue, E2E: now.Sub(sq.arrival)})
+	}
 	counter, _ := e.stats.Finished.LoadOrStore(reason, new(atomic.Int64))
 	counter.(*atomic.Int64).Add(1)
 	sq.stream.push(Event{Finish: reason, StopReason: stopReason, Err: err,
@@ -329,6 +357,7 @@ func (e *Engine) abortAll(err error) {
 }
 
 func (e *Engine) publish() {
+	e.publishLoRAInfo()
 	e.stats.Running.Store(int64(len(e.running)))
 	e.stats.Waiting.Store(int64(len(e.waiting)))
 	e.stats.KVPagesUsed.Store(e.stats.KVPages.Load() - int64(e.pages.available()))

@@ -1,0 +1,84 @@
+package serve
+
+import (
+	"slices"
+	"time"
+)
+
+// Observer receives the engine's timing events, from the scheduler goroutine: implementations
+// must be cheap and must not block (a Prometheus histogram observation is).
+type Observer interface {
+	// FirstToken: time from arrival to the first generated token.
+	FirstToken(model string, ttft time.Duration)
+	// NextToken: time between two generated tokens of one request.
+	NextToken(model string, itl time.Duration)
+	// Finished: a request ended (reason "stop", "length", "abort" or "error").
+	Finished(r FinishedRequest)
+	// Step: one forward pass over rows token rows from seqs sequences.
+	Step(rows, seqs int, d time.Duration)
+}
+
+// FinishedRequest summarises one request for metrics.
+type FinishedRequest struct {
+	Model            string // the base model's or the adapter's name
+	Reason           string
+	PromptTokens     int
+	CompletionTokens int
+	Queue            time.Duration // arrival to first scheduling
+	E2E              time.Duration // arrival to finish
+}
+
+// LoRAInfo is the adapter activity vLLM's vllm:lora_requests_info gauge reports.
+type LoRAInfo struct {
+	MaxLoRAs int
+	Running  []string // adapters of running requests, sorted, unique
+	Waiting  []string // adapters of waiting requests, sorted, unique
+	At       time.Time
+}
+
+// SetObserver installs o (nil: none). Call before serving requests.
+func (e *Engine) SetObserver(o Observer) { e.observer.Store(&o) }
+
+func (e *Engine) obs() Observer {
+	if p := e.observer.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// LoRAInfo returns the latest adapter activity snapshot.
+func (e *Engine) LoRAInfo() LoRAInfo {
+	if p := e.loraInfo.Load(); p != nil {
+		return *p
+	}
+	return LoRAInfo{MaxLoRAs: e.opt.MaxNumSeqs}
+}
+
+// publishLoRAInfo refreshes the snapshot when the sets of running or waiting adapters changed.
+func (e *Engine) publishLoRAInfo() {
+	running := adapterNames(e.running, e.namesA[:0])
+	waiting := adapterNames(e.waiting, e.namesB[:0])
+	e.namesA, e.namesB = running, waiting
+	if old := e.loraInfo.Load(); old != nil && slices.Equal(old.Running, running) && slices.Equal(old.Waiting, waiting) {
+		return
+	}
+	e.loraInfo.Store(&LoRAInfo{MaxLoRAs: e.opt.MaxNumSeqs, Running: slices.Clone(running), Waiting: slices.Clone(waiting), At: time.Now()})
+}
+
+func adapterNames(seqs []*sequence, dst []string) []string {
+	for _, sq := range seqs {
+		if sq.adapter != nil {
+			dst = append(dst, sq.adapter.name)
+		}
+	}
+	slices.Sort(dst)
+	return slices.Compact(dst)
+}
+
+// modelName is how metrics label a sequence.
+func (e *Engine) modelName(sq *sequence) string {
+	if sq.adapterName != "" {
+		return sq.adapterName
+	}
+	return e.opt.ModelName
+}
