@@ -47,3 +47,19 @@ func dotBF16Generic(x []float32, w []uint16) float32 {
 	}
 	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 }
+
+// dotBF16x4Generic and dotF32x4Generic compute four dot products of consecutive rows of x
+// (row r at x[r*k:]) with one weight row w of length n <= k.
+func dotBF16x4Generic(x []float32, k int, w []uint16, out *[4]float32) {
+	n := len(w)
+	for r := range out {
+		out[r] = dotBF16Generic(x[r*k:r*k+n], w)
+	}
+}
+
+func dotF32x4Generic(x []float32, k int, w []float32, out *[4]float32) {
+	n := len(w)
+	for r := range out {
+		out[r] = dotF32Generic(x[r*k:r*k+n], w)
+	}
+}

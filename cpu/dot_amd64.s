@@ -138,3 +138,135 @@ bfdone:
 	VZEROUPPER
 	MOVSS X0, ret+48(FP)
 	RET
+
+// func dotBF16x4AVX2(x *float32, stride int, w *uint16, n int, out *[4]float32)
+// out[r] = sum_i x[r*stride+i] * w[i] for r < 4, i < n; n must be a multiple of 8. One widened
+// weight vector feeds four rows of x (batch > 1): the weight row is loaded and converted once.
+TEXT ·dotBF16x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ   x+0(FP), R8
+	MOVQ   stride+8(FP), AX
+	MOVQ   w+16(FP), DI
+	MOVQ   n+24(FP), CX
+	SHLQ   $2, AX
+	LEAQ   (R8)(AX*1), R9
+	LEAQ   (R9)(AX*1), R10
+	LEAQ   (R10)(AX*1), R11
+	XORQ   BX, BX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	CMPQ   CX, $16
+	JLT    bf4tail8
+
+bf4loop16:
+	VPMOVZXWD   0(DI), Y8
+	VPMOVZXWD   16(DI), Y9
+	VPSLLD      $16, Y8, Y8
+	VPSLLD      $16, Y9, Y9
+	VFMADD231PS (R8)(BX*1), Y8, Y0
+	VFMADD231PS (R9)(BX*1), Y8, Y1
+	VFMADD231PS (R10)(BX*1), Y8, Y2
+	VFMADD231PS (R11)(BX*1), Y8, Y3
+	VFMADD231PS 32(R8)(BX*1), Y9, Y4
+	VFMADD231PS 32(R9)(BX*1), Y9, Y5
+	VFMADD231PS 32(R10)(BX*1), Y9, Y6
+	VFMADD231PS 32(R11)(BX*1), Y9, Y7
+	ADDQ        $64, BX
+	ADDQ        $32, DI
+	SUBQ        $16, CX
+	CMPQ        CX, $16
+	JGE         bf4loop16
+
+bf4tail8:
+	CMPQ        CX, $8
+	JLT         bf4reduce
+	VPMOVZXWD   0(DI), Y8
+	VPSLLD      $16, Y8, Y8
+	VFMADD231PS (R8)(BX*1), Y8, Y0
+	VFMADD231PS (R9)(BX*1), Y8, Y1
+	VFMADD231PS (R10)(BX*1), Y8, Y2
+	VFMADD231PS (R11)(BX*1), Y8, Y3
+
+bf4reduce:
+	MOVQ         out+32(FP), DX
+	VADDPS       Y4, Y0, Y0
+	VADDPS       Y5, Y1, Y1
+	VADDPS       Y6, Y2, Y2
+	VADDPS       Y7, Y3, Y3
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (DX)
+	VZEROUPPER
+	RET
+
+// func dotF32x4AVX2(x *float32, stride int, w *float32, n int, out *[4]float32)
+// As dotBF16x4AVX2 with float32 weights.
+TEXT ·dotF32x4AVX2(SB), NOSPLIT, $0-40
+	MOVQ   x+0(FP), R8
+	MOVQ   stride+8(FP), AX
+	MOVQ   w+16(FP), DI
+	MOVQ   n+24(FP), CX
+	SHLQ   $2, AX
+	LEAQ   (R8)(AX*1), R9
+	LEAQ   (R9)(AX*1), R10
+	LEAQ   (R10)(AX*1), R11
+	XORQ   BX, BX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	CMPQ   CX, $16
+	JLT    f4tail8
+
+f4loop16:
+	VMOVUPS     0(DI), Y8
+	VMOVUPS     32(DI), Y9
+	VFMADD231PS (R8)(BX*1), Y8, Y0
+	VFMADD231PS (R9)(BX*1), Y8, Y1
+	VFMADD231PS (R10)(BX*1), Y8, Y2
+	VFMADD231PS (R11)(BX*1), Y8, Y3
+	VFMADD231PS 32(R8)(BX*1), Y9, Y4
+	VFMADD231PS 32(R9)(BX*1), Y9, Y5
+	VFMADD231PS 32(R10)(BX*1), Y9, Y6
+	VFMADD231PS 32(R11)(BX*1), Y9, Y7
+	ADDQ        $64, BX
+	ADDQ        $64, DI
+	SUBQ        $16, CX
+	CMPQ        CX, $16
+	JGE         f4loop16
+
+f4tail8:
+	CMPQ        CX, $8
+	JLT         f4reduce
+	VMOVUPS     0(DI), Y8
+	VFMADD231PS (R8)(BX*1), Y8, Y0
+	VFMADD231PS (R9)(BX*1), Y8, Y1
+	VFMADD231PS (R10)(BX*1), Y8, Y2
+	VFMADD231PS (R11)(BX*1), Y8, Y3
+
+f4reduce:
+	MOVQ         out+32(FP), DX
+	VADDPS       Y4, Y0, Y0
+	VADDPS       Y5, Y1, Y1
+	VADDPS       Y6, Y2, Y2
+	VADDPS       Y7, Y3, Y3
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (DX)
+	VZEROUPPER
+	RET

@@ -99,3 +99,34 @@ func TestDotSpecial(t *testing.T) {
 		}
 	}
 }
+
+func TestDotX4(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, n := range dotLengths() {
+		for _, pad := range []int{0, 3} { // row stride k = n + pad
+			k := n + pad
+			x := randF32(r, 4*k+1)[1:]
+			wf := randF32(r, n)
+			wb := randBF16(r, n)
+			var got [4]float32
+			dotF32x4(x, k, wf, &got)
+			for row := 0; row < 4; row++ {
+				xr := x[row*k : row*k+n]
+				var mag float64
+				for i := range xr {
+					mag += math.Abs(float64(xr[i]) * float64(wf[i]))
+				}
+				checkClose(t, "dotF32x4", n, row, got[row], dotF32Generic(xr, wf), mag)
+			}
+			dotBF16x4(x, k, wb, &got)
+			for row := 0; row < 4; row++ {
+				xr := x[row*k : row*k+n]
+				var mag float64
+				for i := range xr {
+					mag += math.Abs(float64(xr[i]) * float64(bf16ToF32(wb[i])))
+				}
+				checkClose(t, "dotBF16x4", n, row, got[row], dotBF16Generic(xr, wb), mag)
+			}
+		}
+	}
+}

@@ -1,0 +1,323 @@
+package cpu
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/model/safetensors"
+)
+
+// The benchmark model is Llama-shaped with about 100M parameters: hidden 768, 12 layers, 12 heads
+// of 64, 4 KV heads, intermediate 2048, vocabulary 32000, embeddings TIED (the lm_head is the
+// embedding table). Matrices are BF16 (random, |w| < 0.03), norm weights F32 ones.
+// Parameters: 12 x 6,291,456 (layers) + 24,576,000 (embedding = lm_head) = 100,073,472.
+const benchConfig = `{
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+  "vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048,
+  "num_hidden_layers": 12, "num_attention_heads": 12, "num_key_value_heads": 4,
+  "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+  "tie_word_embeddings": true, "hidden_act": "silu", "torch_dtype": "bfloat16"
+}`
+
+const (
+	benchPageSize = 16
+	benchPages    = 320 // 5120 KV slots: 8 decode sequences of 256 + a 512-token prompt
+	benchCtx      = 256 // decode steps attend over this many positions
+	benchPrompt   = 512
+)
+
+// memSource is an in-memory model.TensorSource.
+type memSource map[string]safetensors.Tensor
+
+func (m memSource) Names() []string {
+	var ns []string
+	for n := range m {
+		ns = append(ns, n)
+	}
+	return ns
+}
+func (m memSource) Tensor(name string) (safetensors.Tensor, bool) { t, ok := m[name]; return t, ok }
+func (m memSource) Where(name string) string                      { return "memory" }
+
+type benchModel struct {
+	cfg       *model.Config
+	b         *Backend
+	r         *model.Runner
+	wBytes    int64 // bytes of weight matrices one step streams: every layer matrix + lm_head
+	flopsPerT float64
+}
+
+var (
+	benchOnce sync.Once
+	benchM    *benchModel
+	benchErr  error
+)
+
+func getBenchModel(b *testing.B) *benchModel {
+	benchOnce.Do(func() { benchM, benchErr = buildBenchModel() })
+	if benchErr != nil {
+		b.Fatal(benchErr)
+	}
+	return benchM
+}
+
+func buildBenchModel() (*benchModel, error) {
+	cfg, err := model.ParseConfig([]byte(benchConfig))
+	if err != nil {
+		return nil, err
+	}
+	rng := uint64(0x9e3779b97f4a7c15)
+	bf16Mat := func(name string, rows, cols int) safetensors.Tensor {
+		data := make([]byte, 2*rows*cols)
+		for i := 0; i < len(data); i += 8 {
+			rng ^= rng << 13
+			rng ^= rng >> 7
+			rng ^= rng << 17
+			for j := 0; j < 4; j++ {
+				u := uint32(rng >> (16 * j) & 0xffff)
+				f := (float32(u)/65536 - 0.5) * 0.06
+				binary.LittleEndian.PutUint16(data[i+2*j:], uint16(math.Float32bits(f)>>16))
+			}
+		}
+		return safetensors.Tensor{Name: name, DType: "BF16", Shape: []int{rows, cols}, Data: data}
+	}
+	ones := func(name string, n int) safetensors.Tensor {
+		data := make([]byte, 4*n)
+		for i := 0; i < n; i++ {
+			binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(1))
+		}
+		return safetensors.Tensor{Name: name, DType: "F32", Shape: []int{n}, Data: data}
+	}
+	src := memSource{}
+	add := func(t safetensors.Tensor) { src[t.Name] = t }
+	add(bf16Mat("model.embed_tokens.weight", cfg.VocabSize, cfg.HiddenSize))
+	add(ones("model.norm.weight", cfg.HiddenSize))
+	var wBytes int64 = int64(2 * cfg.VocabSize * cfg.HiddenSize) // lm_head (tied)
+	for l := 0; l < cfg.NumLayers; l++ {
+		pre := fmt.Sprintf("model.layers.%d.", l)
+		add(ones(pre+"input_layernorm.weight", cfg.HiddenSize))
+		add(ones(pre+"post_attention_layernorm.weight", cfg.HiddenSize))
+		for p := model.Proj(0); p < model.NumProj; p++ {
+			out, in := cfg.ProjShape(p)
+			add(bf16Mat(pre+p.Block()+"."+p.String()+".weight", out, in))
+			wBytes += int64(2 * out * in)
+		}
+	}
+	be := New(0)
+	w, err := model.UploadWeights(src, cfg, be)
+	if err != nil {
+		return nil, err
+	}
+	r, err := model.NewRunner(cfg, be, w, model.RunnerOptions{MaxTokens: benchPrompt, MaxLogitRows: 8,
+		MaxContext: 1024, KV: model.KVSpec{Pages: benchPages, PageSize: benchPageSize}})
+	if err != nil {
+		return nil, err
+	}
+	return &benchModel{cfg: cfg, b: be, r: r, wBytes: wBytes, flopsPerT: float64(wBytes)}, nil // 2 flops per bf16 weight = bytes
+}
+
+// decodeStep builds a step of batch single-token sequences, each at position benchCtx-1 of its
+// own pages, so attention covers benchCtx positions. The KV cache contents do not matter for
+// speed; the step rewrites the same slots every time.
+func decodeStep(batch int) *model.Step {
+	s := &model.Step{}
+	per := benchCtx / benchPageSize
+	for i := 0; i < batch; i++ {
+		pages := make([]int32, per)
+		for p := range pages {
+			pages[p] = int32(i*per + p)
+		}
+		pos := benchCtx - 1
+		s.Tokens = append(s.Tokens, int32(1000+37*i))
+		s.Positions = append(s.Positions, int32(pos))
+		s.Slots = append(s.Slots, pages[pos/benchPageSize]*benchPageSize+int32(pos%benchPageSize))
+		s.Seqs = append(s.Seqs, model.SeqRows{Start: i, N: 1, Len: benchCtx, Pages: pages})
+		s.LogitRows = append(s.LogitRows, int32(i))
+	}
+	return s
+}
+
+// prefillStep is one sequence's whole prompt in one step, logits for its last row only.
+func prefillStep(n int) *model.Step {
+	s := &model.Step{}
+	first := 8 * benchCtx / benchPageSize // pages after the decode sequences'
+	pages := make([]int32, (n+benchPageSize-1)/benchPageSize)
+	for p := range pages {
+		pages[p] = int32(first + p)
+	}
+	for i := 0; i < n; i++ {
+		s.Tokens = append(s.Tokens, int32((i*7919)%32000))
+		s.Positions = append(s.Positions, int32(i))
+		s.Slots = append(s.Slots, pages[i/benchPageSize]*benchPageSize+int32(i%benchPageSize))
+	}
+	s.Seqs = []model.SeqRows{{Start: 0, N: n, Len: n, Pages: pages}}
+	s.LogitRows = []int32{int32(n - 1)}
+	return s
+}
+
+// Copy bandwidth, measured right before each benchmark (the machine may be shared, so the
+// roofline is taken under the same conditions as the number it divides): GOMAXPROCS goroutines
+// copy disjoint parts of a 256 MiB buffer into another with copy(); bandwidth = (bytes read +
+// bytes written) / time, i.e. 2 x 256 MiB per pass, best of 5 passes. Go's memmove uses
+// non-temporal stores for copies this large, so that count is the real DRAM traffic (no
+// write-allocate reads). readBW is the read-only stream rate (the AVX2 dot kernel over the same
+// 256 MiB), which is what a decode step actually does; it is reported, not used as roofline.
+var (
+	bwSrc, bwDst   []byte
+	copyBW, readBW float64 // bytes/s
+	bwBytes        = 256 << 20
+	bwSink         float32
+	bwMu           sync.Mutex
+)
+
+func measureBandwidth() {
+	workers := runtime.GOMAXPROCS(0)
+	if bwSrc == nil {
+		bwSrc, bwDst = make([]byte, bwBytes), make([]byte, bwBytes)
+		for i := 0; i < 4096; i += 4 {
+			binary.LittleEndian.PutUint32(bwSrc[i:], math.Float32bits(1+float32(i)/4096))
+		}
+		for n := 4096; n < bwBytes; n *= 2 { // fill (and fault in) by doubling
+			copy(bwSrc[n:], bwSrc[:n])
+		}
+		copy(bwDst, bwSrc)
+	}
+	src, dst := bwSrc, bwDst
+	best := time.Duration(math.MaxInt64)
+	for rep := 0; rep < 5; rep++ {
+		t0 := time.Now()
+		parallel(workers, bwBytes, func(lo, hi int) { copy(dst[lo:hi], src[lo:hi]) })
+		best = min(best, time.Since(t0))
+	}
+	copyBW = 2 * float64(bwBytes) / best.Seconds()
+
+	f := unsafe.Slice((*float32)(unsafe.Pointer(&src[0])), bwBytes/4)
+	x := make([]float32, 4096)
+	best = time.Duration(math.MaxInt64)
+	for rep := 0; rep < 5; rep++ {
+		t0 := time.Now()
+		parallel(workers, len(f)/4096, func(lo, hi int) {
+			var s float32
+			for j := lo; j < hi; j++ {
+				s += dotF32(x, f[j*4096:(j+1)*4096])
+			}
+			bwMu.Lock()
+			bwSink += s
+			bwMu.Unlock()
+		})
+		best = min(best, time.Since(t0))
+	}
+	readBW = float64(bwBytes) / best.Seconds()
+}
+
+func parallel(workers, total int, fn func(lo, hi int)) {
+	var wg sync.WaitGroup
+	per := (total + workers - 1) / workers
+	for w := 0; w < workers; w++ {
+		lo, hi := min(total, w*per), min(total, (w+1)*per)
+		wg.Add(1)
+		go func() { defer wg.Done(); fn(lo, hi) }()
+	}
+	wg.Wait()
+}
+
+// BenchmarkBandwidth reports the two memory bandwidths the roofline uses (copy) or could use
+// (read-only streaming, which is what a decode step does).
+func BenchmarkBandwidth(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		measureBandwidth()
+	}
+	b.ReportMetric(copyBW/1e9, "copyGB/s")
+	b.ReportMetric(readBW/1e9, "readGB/s")
+}
+
+// BenchmarkDecode runs decode steps of batch sequences (one token each) through Runner.Forward.
+// roofline_ratio = (weight bytes per step / step time) / copy bandwidth: the fraction of the
+// memory roofline reached if each step had to stream every weight matrix once.
+func BenchmarkDecode(b *testing.B) {
+	for _, batch := range []int{1, 8} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			m := getBenchModel(b)
+			measureBandwidth()
+			s := decodeStep(batch)
+			adapters := make([]*model.Adapter, batch)
+			logits := make([]float32, batch*m.cfg.VocabSize)
+			if err := m.r.Forward(s, adapters, logits); err != nil { // warm up
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := m.r.Forward(s, adapters, logits); err != nil {
+					b.Fatal(err)
+				}
+			}
+			sec := b.Elapsed().Seconds() / float64(b.N)
+			b.ReportMetric(float64(batch)/sec, "tokens/s")
+			b.ReportMetric(float64(m.wBytes)/sec/1e9, "weightGB/s")
+			b.ReportMetric(float64(m.wBytes)/sec/copyBW, "roofline_ratio")
+			b.ReportMetric(float64(m.wBytes)/sec/readBW, "read_roofline_ratio")
+		})
+	}
+}
+
+// BenchmarkPrefill runs one 512-token prompt as a single step. It is compute-bound, so besides
+// the memory roofline ratio (small by nature) it reports achieved GFLOP/s in the matrices.
+func BenchmarkPrefill(b *testing.B) {
+	m := getBenchModel(b)
+	measureBandwidth()
+	s := prefillStep(benchPrompt)
+	adapters := make([]*model.Adapter, 1)
+	logits := make([]float32, m.cfg.VocabSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := m.r.Forward(s, adapters, logits); err != nil {
+			b.Fatal(err)
+		}
+	}
+	sec := b.Elapsed().Seconds() / float64(b.N)
+	// Layer matrices run on all rows, the lm_head on the one logit row.
+	lm := float64(2 * m.cfg.VocabSize * m.cfg.HiddenSize)
+	flops := (m.flopsPerT-lm)*benchPrompt + lm
+	b.ReportMetric(benchPrompt/sec, "tokens/s")
+	b.ReportMetric(flops/sec/1e9, "matGFLOP/s")
+	b.ReportMetric(float64(m.wBytes)/sec/copyBW, "roofline_ratio")
+}
+
+// BenchmarkDot times one kernel call on L1-resident rows of the model's widths.
+func BenchmarkDot(b *testing.B) {
+	for _, k := range []int{768, 2048} {
+		x := make([]float32, k)
+		wf := make([]float32, k)
+		wb := make([]uint16, k)
+		for i := range x {
+			x[i], wf[i], wb[i] = float32(i%7)*0.1, float32(i%5)*0.1, 0x3f80
+		}
+		var sink float32
+		for _, c := range []struct {
+			name string
+			fn   func()
+		}{
+			{"bf16/generic", func() { sink += dotBF16Generic(x, wb) }},
+			{"bf16/dispatch", func() { sink += dotBF16(x, wb) }},
+			{"f32/generic", func() { sink += dotF32Generic(x, wf) }},
+			{"f32/dispatch", func() { sink += dotF32(x, wf) }},
+		} {
+			b.Run(fmt.Sprintf("k=%d/%s", k, c.name), func(b *testing.B) {
+				b.SetBytes(int64(k * 2))
+				for i := 0; i < b.N; i++ {
+					c.fn()
+				}
+			})
+		}
+		_ = sink
+	}
+}
