@@ -274,3 +274,9 @@ func (c *wordCache) put(w string, ids []int) {
 	c.m[w] = cp
 	c.mu.Unlock()
 }
+
+func (c *wordCache) reset() {
+	c.mu.Lock()
+	c.m = nil
+	c.mu.Unlock()
+}

@@ -15,6 +15,7 @@ import (
 type pattern struct {
 	literal string
 	re      *regexp2.Regexp
+	fast    func(string) []span // hand-written equivalent of re, if any
 }
 
 func parsePattern(raw json.RawMessage, field string) (*pattern, error) {
@@ -33,7 +34,7 @@ func parsePattern(raw json.RawMessage, field string) (*pattern, error) {
 		if err != nil {
 			return nil, malformed(field, "regex %q: %v", *v.Regex, err)
 		}
-		return &pattern{re: re}, nil
+		return &pattern{re: re, fast: fastMatcher(*v.Regex)}, nil
 	}
 	return nil, malformed(field, "want {\"String\":...} or {\"Regex\":...}")
 }
@@ -61,6 +62,14 @@ func (p *pattern) matches(s string) []span {
 			off += i + len(p.literal)
 		}
 	}
+	if p.fast != nil {
+		return p.fast(s)
+	}
+	return p.regexMatches(s)
+}
+
+// regexMatches runs the regex engine itself.
+func (p *pattern) regexMatches(s string) []span {
 	// regexp2 reports rune indices (it matches over []rune); convert them to
 	// byte offsets through a prefix table so astral characters (emoji), which
 	// are one rune but four bytes, map back correctly.

@@ -1,0 +1,195 @@
+package tokenizer
+
+import (
+	"unicode"
+	"unicode/utf8"
+)
+
+// The Llama 3 and Qwen 2/3 split regexes are by far the most common
+// pre-tokenizer patterns, and a backtracking regex engine spends most of the
+// encode time on them. For exactly these patterns we use a hand-written
+// scanner that reproduces the regex's leftmost-first alternation and
+// backtracking; TestFastSplitMatchesRegex and FuzzFastSplit check it against
+// regexp2 on every test text.
+const (
+	llama3Pattern = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	qwenPattern   = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+)
+
+// fastMatcher returns a scanner for a known regex, or nil.
+func fastMatcher(re string) func(string) []span {
+	switch re {
+	case llama3Pattern:
+		return func(s string) []span { return scanLlamaLike(s, 3) }
+	case qwenPattern:
+		return func(s string) []span { return scanLlamaLike(s, 1) }
+	}
+	return nil
+}
+
+func isL(r rune) bool {
+	if r < utf8.RuneSelf {
+		return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z'
+	}
+	return unicode.IsLetter(r)
+}
+
+func isN(r rune) bool {
+	if r < utf8.RuneSelf {
+		return '0' <= r && r <= '9'
+	}
+	return unicode.IsNumber(r)
+}
+
+// isS is the regex \s: Unicode White_Space.
+func isS(r rune) bool {
+	if r < utf8.RuneSelf {
+		return r == ' ' || '\t' <= r && r <= '\r'
+	}
+	return unicode.IsSpace(r)
+}
+
+func isCRLF(r rune) bool { return r == '\r' || r == '\n' }
+
+func runeAt(s string, i int) (rune, int) {
+	if i >= len(s) {
+		return -1, 0
+	}
+	if c := s[i]; c < utf8.RuneSelf {
+		return rune(c), 1
+	}
+	return utf8.DecodeRuneInString(s[i:])
+}
+
+// contractionLen matches (?i:'s|'t|'re|'ve|'m|'ll|'d) at i (s[i] == '\'').
+func contractionLen(s string, i int) int {
+	lower := func(j int) byte {
+		if j >= len(s) {
+			return 0
+		}
+		c := s[j]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		return c
+	}
+	switch c1 := lower(i + 1); c1 {
+	case 's', 't', 'm', 'd':
+		return 2
+	case 'r':
+		if lower(i+2) == 'e' {
+			return 3
+		}
+	case 'v':
+		if lower(i+2) == 'e' {
+			return 3
+		}
+	case 'l':
+		if lower(i+2) == 'l' {
+			return 3
+		}
+	}
+	return 0
+}
+
+// scanLlamaLike finds all matches of llama3Pattern (maxDigits 3) or
+// qwenPattern (maxDigits 1) in s, as byte spans.
+func scanLlamaLike(s string, maxDigits int) []span {
+	out := make([]span, 0, len(s)/4+1)
+	for i := 0; i < len(s); {
+		end := matchLlamaLikeAt(s, i, maxDigits)
+		out = append(out, span{i, end})
+		i = end
+	}
+	return out
+}
+
+// matchLlamaLikeAt returns the end of the match starting at i. Every
+// character starts some alternative, so there is always a match at i.
+func matchLlamaLikeAt(s string, i, maxDigits int) int {
+	r, n := runeAt(s, i)
+	// 1. contractions
+	if r == '\'' {
+		if l := contractionLen(s, i); l > 0 {
+			return i + l
+		}
+	}
+	// 2. [^\r\n\p{L}\p{N}]?\p{L}+
+	{
+		j := i
+		if !isCRLF(r) && !isL(r) && !isN(r) {
+			j += n
+		}
+		k := j
+		for {
+			c, m := runeAt(s, k)
+			if m == 0 || !isL(c) {
+				break
+			}
+			k += m
+		}
+		if k > j {
+			return k
+		}
+	}
+	// 3. \p{N}{1,maxDigits}
+	if isN(r) {
+		k := i
+		for d := 0; d < maxDigits; d++ {
+			c, m := runeAt(s, k)
+			if m == 0 || !isN(c) {
+				break
+			}
+			k += m
+		}
+		return k
+	}
+	// 4. ' '?[^\s\p{L}\p{N}]+[\r\n]*
+	{
+		j := i
+		if r == ' ' {
+			j++
+		}
+		k := j
+		for {
+			c, m := runeAt(s, k)
+			if m == 0 || isS(c) || isL(c) || isN(c) {
+				break
+			}
+			k += m
+		}
+		if k > j {
+			for k < len(s) && (s[k] == '\r' || s[k] == '\n') {
+				k++
+			}
+			return k
+		}
+	}
+	// Only whitespace is left: r is \s (anything else matched above).
+	// Find the whitespace run [i, j) and its last CR/LF.
+	j, lastNL, prev := i, -1, i
+	for {
+		c, m := runeAt(s, j)
+		if m == 0 || !isS(c) {
+			break
+		}
+		if isCRLF(c) {
+			lastNL = j
+		}
+		prev = j
+		j += m
+	}
+	// 5. \s*[\r\n]+ : backtracking leaves \s* just before the last CR/LF.
+	if lastNL >= 0 {
+		return lastNL + 1
+	}
+	// 6. \s+(?!\S): whole run at the end of input, else all but its last char.
+	if j == len(s) {
+		return j
+	}
+	if prev > i {
+		return prev
+	}
+	// 7. \s+
+	return j
+}

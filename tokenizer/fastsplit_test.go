@@ -1,0 +1,64 @@
+package tokenizer
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/dlclark/regexp2"
+)
+
+func regexSpans(t testing.TB, re, s string) []span {
+	p := &pattern{re: regexp2.MustCompile(re, regexp2.None)}
+	return p.regexMatches(s)
+}
+
+func checkFastSplit(t testing.TB, s string) {
+	for _, c := range []struct {
+		re        string
+		maxDigits int
+	}{{llama3Pattern, 3}, {qwenPattern, 1}} {
+		want := regexSpans(t, c.re, s)
+		got := scanLlamaLike(s, c.maxDigits)
+		if len(s) == 0 {
+			got = nil
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("maxDigits=%d %q:\n got %v\nwant %v", c.maxDigits, s, got, want)
+		}
+	}
+}
+
+// TestFastSplitMatchesRegex compares the hand-written scanner with regexp2 on
+// every golden and extra text.
+func TestFastSplitMatchesRegex(t *testing.T) {
+	texts := append([]string{}, fuzzSeeds...)
+	texts = append(texts, "'s'S'll'LL're'Ve'd'M'x 'sup", " \n \n  x", "  \t x", "a  ", "1234567 ½²", "\r\n\r\n  \r", " !!\n\n", "x  \u00a0y")
+	for _, name := range testNames {
+		if g := loadGoldenIfPresent(name); g != nil {
+			for _, c := range g.Cases {
+				texts = append(texts, c.Text)
+			}
+		}
+		for _, c := range loadExtra(t, name).Encode {
+			texts = append(texts, c.Text)
+		}
+	}
+	for _, s := range texts {
+		if validUTF8(s) { // Encode rejects the rest before splitting
+			checkFastSplit(t, s)
+		}
+	}
+}
+
+func FuzzFastSplit(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add(s)
+	}
+	f.Add("'s'S'll'LL're'Ve'd'M'x 'sup \n \n  x\r\n 123456")
+	f.Fuzz(func(t *testing.T, s string) {
+		if !validUTF8(s) {
+			return
+		}
+		checkFastSplit(t, s)
+	})
+}
