@@ -61,7 +61,7 @@ func runeAt(s string, i int) (rune, int) {
 	return utf8.DecodeRuneInString(s[i:])
 }
 
-// contractionLen matches (?i:'s|'t|'re|'ve|'m|'ll|'d) at i (s[i] == '\'').
+// contractionLen matches (?i:'s|'t|'re|'ve|'m|'ll|'d) at i (s[i] == '\”).
 func contractionLen(s string, i int) int {
 	lower := func(j int) byte {
 		if j >= len(s) {
