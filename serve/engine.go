@@ -24,7 +24,12 @@ type Options struct {
 	PageSize         int    // KV-cache tokens per page (default 16)
 	KVCacheTokens    int    // KV-cache capacity in tokens (default MaxNumSeqs * MaxModelLen, at least MaxModelLen)
 	MaxQueued        int    // waiting requests beyond which Generate answers KindOverloaded (default 1024)
-	Logger           *slog.Logger
+	// AdapterDirs are searched for DIR/NAME when a request names an adapter that is not loaded.
+	AdapterDirs []string
+	// AdapterRoots bound the paths the runtime load API may read (CheckAdapterPath); the
+	// adapter dirs are always roots.
+	AdapterRoots []string
+	Logger       *slog.Logger
 }
 
 // Engine serves one base model and its adapters.
@@ -37,6 +42,7 @@ type Engine struct {
 	eos    map[int]bool
 
 	adapters registry
+	loads    inflightLoads
 	submit   chan *sequence
 	queued   atomic.Int64
 	draining atomic.Bool
@@ -107,6 +113,7 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if opt.MaxQueued <= 0 {
 		opt.MaxQueued = 1024
 	}
+	opt.AdapterRoots = append(append([]string(nil), opt.AdapterRoots...), opt.AdapterDirs...)
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
@@ -187,8 +194,9 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 		req.Model = ""
 	}
 	if req.Model != "" {
-		if ad = e.adapters.get(req.Model); ad == nil {
-			return nil, errorf(KindNotFound, "model", "the model `%s` does not exist", req.Model)
+		var err error
+		if ad, err = e.resolveAdapter(req.Model); err != nil {
+			return nil, err
 		}
 	}
 	if e.queued.Add(1) > int64(e.opt.MaxQueued) {

@@ -1,0 +1,106 @@
+package serve
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/model"
+)
+
+func newBareEngine(t *testing.T, name string, opt Options) *Engine {
+	t.Helper()
+	dir := fixtureDir(name)
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cpu.New(2)
+	w, err := model.LoadWeights(dir, cfg, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.ModelName = name
+	e, err := NewEngine(cfg, b, w, nil, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	return e
+}
+
+// TestAdapterDirLoadsOnDemand: eight concurrent first requests for an adapter that is only on
+// disk share one load and all get the reference tokens.
+func TestAdapterDirLoadsOnDemand(t *testing.T) {
+	e := newBareEngine(t, "llama", Options{AdapterDirs: []string{filepath.Join(fixtureDir("llama"), "adapters")}})
+	var c fixtureCase
+	for _, x := range loadCases(t, "llama") {
+		if x.Adapter == "c_patterns" {
+			c = x
+		}
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := e.Generate(context.Background(), Request{Model: "c_patterns", Prompt: c.Prompt, Params: greedyParams(len(c.Steps))})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ev, err := s.Collect(context.Background())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for i, st := range c.Steps {
+				if ev.Tokens[i] != st.Token {
+					t.Errorf("tokens %v, want %d at %d", ev.Tokens, st.Token, i)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := len(e.Models()); n != 2 {
+		t.Fatalf("models after on-demand load: %+v", e.Models())
+	}
+	for _, bad := range []string{"../adapters/a_qv", "..", ".hidden", "a/b", "missing"} {
+		if _, err := e.Generate(context.Background(), Request{Model: bad, Prompt: []int{1}}); KindOf(err) != KindNotFound {
+			t.Errorf("model %q: %v, want NotFound", bad, err)
+		}
+	}
+}
+
+func TestCheckAdapterPath(t *testing.T) {
+	root := t.TempDir()
+	outside := t.TempDir()
+	os.Mkdir(filepath.Join(root, "good"), 0o755)
+	os.Mkdir(filepath.Join(outside, "secret"), 0o755)
+	if err := os.Symlink(filepath.Join(outside, "secret"), filepath.Join(root, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	e := newBareEngine(t, "llama", Options{AdapterRoots: []string{root}})
+	if _, err := e.CheckAdapterPath(filepath.Join(root, "good")); err != nil {
+		t.Fatal(err)
+	}
+	for path, kind := range map[string]Kind{
+		filepath.Join(root, "escape"):                               KindForbidden,
+		filepath.Join(root, "..", filepath.Base(outside), "secret"): KindForbidden,
+		filepath.Join(root, "good", "..", ".."):                     KindForbidden,
+		root:                                                        KindForbidden,
+		filepath.Join(root, "nothing"):                              KindNotFound,
+	} {
+		if _, err := e.CheckAdapterPath(path); KindOf(err) != kind {
+			t.Errorf("%s: %v, want kind %d", path, err, kind)
+		}
+	}
+	noRoots := newBareEngine(t, "llama", Options{})
+	if _, err := noRoots.CheckAdapterPath(filepath.Join(root, "good")); KindOf(err) != KindForbidden {
+		t.Errorf("without roots: %v", err)
+	}
+}
