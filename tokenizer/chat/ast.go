@@ -35,6 +35,8 @@ type (
 		params   []string
 		defaults []expr // aligned to the tail of params
 		body     []node
+		varargs  bool // body uses varargs: extra positional arguments allowed
+		kwargs   bool // body uses kwargs: extra keyword arguments allowed
 	}
 	filterBlockNode struct {
 		filters []*filterExpr

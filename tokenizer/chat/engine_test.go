@@ -166,6 +166,162 @@ END`, ""},
 		`2.5|2.0|0.5|inf|0.30000000000000004|1e+20|123456789.123|1.5e-07`, ""},
 	{`{{ xs|batchx }}`,
 		"", "line 1: no filter named 'batchx'"}, // Jinja2: TemplateAssertionError: No filter named 'batchx'.
+	// Second batch: idioms seen in Llama 3.x, Mistral, Command R, DeepSeek and
+	// Gemma templates, plus error behaviour.
+	{`{%- set s = "line one\
+ continued" %}{{ s }}|{{ "a\
+b" }}`,
+		`line one continued|ab`, ""},
+	{`{% for k, v in d.items() if k != 'b' %}{{ k }}:{{ v|tojson }}{% endfor %}|{{ msgs[0].get('role') }}{{ msgs[0].get('nope') }}|{{ 'abcdefghijk'[-9:] }}|{{ (xs|tojson)[:-1] }}|{{ 5|string + 'x' }}`,
+		`a:[1, 2.5, null, true]|userNone|cdefghijk|[1, 2, 3|5x`, ""},
+	{`{% set outer = namespace(v=[]) %}{% for m in msgs %}{% set outer.v = outer.v + [m.role] %}{% endfor %}{{ outer.v }}|{{ 'user' not in outer.v }}|{{ not 'x' is defined }}|{{ not missing is defined }}`,
+		`['user', 'assistant']|False|False|True`, ""},
+	{`{% for m in msgs %}{% for x in msgs[loop.index0 + 1:] %}{{ x.role }}{% else %}-{% endfor %}{% endfor %}`,
+		`assistant-`, ""},
+	{`{% macro f(m) -%}
+  [{{ m.role }}]
+{%- endmacro %}
+{% for m in msgs %}
+  {{ f(m) }}
+{% endfor %}`,
+		`  [user]
+  [assistant]
+`, ""},
+	{`{%- macro counter(items) %}
+{%- set c = namespace(value=0) %}
+{%- for i in items %}{% if i > 1 %}{{ c.value }}{% endif %}{% set c.value = c.value + 1 %}{% endfor %}
+{%- endmacro %}
+"{{ counter(xs) }}"`,
+		`"12"`, ""},
+	{`{% for m in msgs %}{% set outer_loop = loop %}{% for c in m.content %}{{ outer_loop.index }}{{ loop.index }}{{ c }} {% endfor %}{% endfor %}`,
+		`11h 12i 21y 22o `, ""},
+	{`{{ msgs|map(attribute='content')|map('upper')|join(',') }}|{{ msgs|selectattr('role', 'in', ['user', 'x'])|list|length }}|{{ xs|select('>', 1)|list }}|{{ xs|select('equalto', 2)|first }}|{{ [none, 1, '']|select|list }}|{{ msgs|map(attribute='nope', default='dflt')|list }}`,
+		`HI,YO|1|[2, 3]|2|[1]|['dflt', 'dflt']`, ""},
+	{`{{ xs|map('abs')|sum }}|{{ [1.5, 2]|sum }}|{{ msgs|sum(attribute='content', start='') if false else 'skip' }}|{{ [[1],[2]]|sum(start=[]) }}|{{ ['b', 'a']|max }}|{{ [{'n': 2}, {'n': 1}]|sort(attribute='n')|map(attribute='n')|list }}|{{ [{'n': 2}, {'n': 1}]|min(attribute='n') }}`,
+		`6|3.5|skip|[1, 2]|b|[1, 2]|{'n': 1}`, ""},
+	{`{{ 'The Quick-brown (fox) [x] <y>'|title }}|{{ "they're bill's"|title }}|{{ "they're bill's".title() }}|{{ 'aBC DeF'|capitalize }}|{{ 'x'|center(7) }}|{{ 'xy'|center(7) }}|{{ 'xy'|center(8) }}`,
+		`The Quick-Brown (Fox) [X] <Y>|They're Bill's|They'Re Bill'S|Abc def|   x   |   xy  |   xy   `, ""},
+	{`{{ 3.0|int }}|{{ '0x1A'|int(0, 16) }}|{{ '12'|int(base=8) }}|{{ ' 7 '|int }}|{{ 3|float }}|{{ 'nan'|float }}|{{ 1.23456|round(3) }}|{{ 1.5|round(0, 'floor') }}|{{ 1.2|round(0, 'ceil') }}|{{ 0.125|round(2) }}|{{ 5|round }}|{{ -2.5|round }}`,
+		`3|26|10|7|3.0|nan|1.235|1.0|2.0|0.12|5|-2.0`, ""},
+	{`{{ {'b': 2, 'a': 1}|dictsort }}|{{ {'b': 2, 'a': 1}|dictsort(by='value', reverse=true) }}|{{ {'B': 1, 'a': 2}|dictsort }}|{{ {'B': 1, 'a': 2}|dictsort(case_sensitive=true) }}`,
+		`[('a', 1), ('b', 2)]|[('b', 2), ('a', 1)]|[('a', 2), ('B', 1)]|[('B', 1), ('a', 2)]`, ""},
+	{`{{ 'a\r\nb\rc\nd'|indent(3, first=true, blank=true) }}|{{ ''|indent }}|{{ 'x\n'|indent(1) }}`,
+		`   a
+   b
+   c
+   d||x
+`, ""},
+	{`{{ '%(a)s-%(b)05.1f' % {'a': 'x', 'b': 2.25} }}|{{ '%r %s' % ('q', none) }}|{{ '%c%c' % (72, 'i') if false else '%c' % 72 }}|{{ '100%%' % () }}|{{ '%+d %e %g %G' % (5, 12345.678, 0.00001234, 1e20) }}|{{ '%8.3f|%-8d|' % (3.14159, 42) }}`,
+		`x-002.2|'q' None|H|100%|+5 1.234568e+04 1.234e-05 1E+20|   3.142|42      |`, ""},
+	{`{{ '{:>5}|{:<5}|{:^5}|{:05d}|{:.2f}'.format('a', 'b', 'c', 42, 3.14159) if false else '{:.2f} {!r}'.format(3.14159, 'x') }}|{{ '{{}} {0}'.format(1) }}`,
+		`3.14 'x'|{} 1`, ""},
+	{`{{ [1, 'a', none, true, 1.5, [2], {'k': 'v'}]|tojson(separators=(',', ':')) }}|{{ {1: 'a', none: 'b', true: 'c', 2.5: 'd'}|tojson }}|{{ {'z': 1, 'a': {'y': 1, 'b': 2}}|tojson(sort_keys=true, indent='\t') }}|{{ "é😀\u2028"|tojson(true) }}|{{ []|tojson(indent=2) }}|{{ {}|tojson(indent=2) }}|{{ [[]]|tojson(indent=0) }}`,
+		`[1,"a",null,true,1.5,[2],{"k":"v"}]|{"1": "c", "null": "b", "2.5": "d"}|{
+	"a": {
+		"b": 2,
+		"y": 1
+	},
+	"z": 1
+}|"\u00e9\ud83d\ude00\u2028"|[]|{}|[
+[]
+]`, ""},
+	{`{{ 'ab'.split('') if false else 'a b'.split(none) }}|{{ 'a,b,c'.split(',', 1) }}|{{ 'a,b,c'.rsplit(',', 1) }}|{{ '  a  b  '.rsplit(none, 1) }}|{{ 'a\nb\r\nc'.splitlines() }}|{{ 'a\nb'.splitlines(true) }}|{{ 'abc'.index('c') }}|{{ 'aXbXc'.replace('X', '') }}|{{ 'abc'.replace('', '-') }}`,
+		`['a', 'b']|['a', 'b,c']|['a,b', 'c']|['  a', 'b']|['a', 'b', 'c']|['a\n', 'b']|2|abc|-a-b-c-`, ""},
+	{`{{ 'Hello'.isalpha() }}{{ '123'.isdigit() }}{{ '  '.isspace() }}{{ 'ABC'.isupper() }}{{ 'abc'.islower() }}{{ 'a1'.isalnum() }}{{ ''.isdigit() }}|{{ 'prefix-x'.removeprefix('prefix-') }}|{{ 'x.py'.removesuffix('.py') }}|{{ 'hello'.startswith('l', 2) }}|{{ 'hello'.endswith('ell', 0, 4) }}|{{ 'AbC'.swapcase() }}`,
+		`TrueTrueTrueTrueTrueTrueFalse|x|x|True|True|aBc`, ""},
+	{`{{ xs[0:10:1] }}|{{ xs[-10:] }}|{{ xs[5:] }}|{{ xs[::-2] }}|{{ xs[2:0:-1] }}|{{ 'hello'[1:-1] }}|{{ 'hello'[-1:0:-1] }}|{{ (1, 2, 3)[1:] }}|{{ xs[none:none] }}|{{ 'abc'[10:] }}`,
+		`[1, 2, 3]|[1, 2, 3]|[]|[3, 1]|[3, 2]|ell|olle|(2, 3)|[1, 2, 3]|`, ""},
+	{`{% if xs %}T{% endif %}{% if e %}T{% else %}F{% endif %}{% if d %}T{% endif %}{% if '' %}T{% else %}F{% endif %}{% if 0.0 %}T{% else %}F{% endif %}{% if none %}T{% else %}F{% endif %}{% if missing %}T{% else %}F{% endif %}{% if {} %}T{% else %}F{% endif %}`,
+		`TFTFFFFF`, ""},
+	{`{% for x in 'ab' %}{{ x }}{% endfor %}{% for a, b in ['xy', 'zw'] %}{{ b }}{{ a }}{% endfor %}{% for a, b in [[1, 2]] %}{{ a + b }}{% endfor %}{% for x in none if false %}{% endfor %}`,
+		"", "'NoneType' object is not iterable"}, // Jinja2: TypeError: 'NoneType' object is not iterable
+	{`{% set a = 'x' %}{% set a = a ~ 'y' %}{{ a }}{% if true %}{% set a = 'in-if' %}{% endif %}{{ a }}{% for i in xs %}{% set a = 'in-for' %}{% endfor %}{{ a }}`,
+		`xyin-ifin-if`, ""},
+	{`{%- for m in msgs -%}
+{{ loop.index }}{% if not loop.last %},{% endif %}
+{%- endfor %}
+{% for x in xs -%}
+  <{{ x }}>
+{%- endfor %}`,
+		`1,2<1><2><3>`, ""},
+	{`  {%- if true %}A{% endif -%}  
+  {%- if true -%}  B  {%- endif %}  
+  C {%+ if true %}D{% endif %}
+{%- if true %}
+    E
+{% endif %}`,
+		`AB  
+  C D    E
+`, ""},
+	{`{% if true %}  {{ 'x' }}  {% endif %}
+    {{ 'y' }}
+{% if true %}
+{% endif %}
+end`,
+		`  x      y
+end`, ""},
+	{`{{ 1 }}{# inline #}{{ 2 }}
+{#- multi
+   line
+   comment -#}
+{{ 3 }}
+  {#+ keep +#}
+z`,
+		`123
+  
+z`, ""},
+	{`{{ 'a' is sameas 'a' }}{{ none is sameas none }}{{ 1 is eq 1 }}{{ 1 is ne 2 }}{{ 1 is lt 2 }}{{ 2 is ge 2 }}{{ 3 is gt 2 }}{{ 'A' is upper }}{{ xs is callable }}{{ range is callable }}{{ 2.0 is integer }}{{ true is integer }}{{ true is number }}{{ none is string }}`,
+		`TrueTrueTrueTrueTrueTrueTrueTrueFalseTrueFalseFalseTrueFalse`, ""},
+	{`{{ (1, 2) == (1, 2) }}{{ [1, 2] == (1, 2) }}{{ {'a': 1} == {'a': 1} }}{{ [1, [2, 3]] < [1, [2, 4]] }}{{ 'a' < 'b' }}{{ 'B' < 'a' }}{{ 1 != 1.0 }}{{ 'é' > 'z' }}`,
+		`TrueFalseTrueTrueTrueTrueFalseTrue`, ""},
+	{`{{ 2 ** -1 }}|{{ 10 % 3.5 }}|{{ -0.0 }}|{{ 1e-5 * 10 }}|{{ 3 * 1.1 }}|{{ 9007199254740993 }}|{{ 0.1 * 3 }}|{{ 1.0e15 }}|{{ 123456789012345678.0 }}|{{ 5e-324 }}|{{ 1.7976931348623157e308 }}`,
+		`0.5|3.0|-0.0|0.0001|3.3000000000000003|9007199254740993|0.30000000000000004|1000000000000000.0|1.2345678901234568e+17|5e-324|1.7976931348623157e+308`, ""},
+	{`{% set x %}{% for i in xs %}{{ i }}{% endfor %}{% endset %}{{ x|length }}|{% set y | upper %}abc{% endset %}{{ y }}|{% filter trim %}   padded   {% endfilter %}|`,
+		`3|ABC|padded|`, ""},
+	{`{{ namespace(a=1).a }}{% set n = namespace({'k': 'v'}, z=2) %}{{ n.k }}{{ n.z }}{{ n.missing is defined }}|{{ dict(x=1, y=[2]) }}|{{ dict({'a': 1}, b=2) }}`,
+		`1v2False|{'x': 1, 'y': [2]}|{'a': 1, 'b': 2}`, ""},
+	{`{{ raise_exception('roles must alternate: ' ~ msgs|length) }}`,
+		"", "roles must alternate: 2"}, // Jinja2: TemplateError: roles must alternate: 2
+	{`{% for x in xs %}{% if x > 1 %}{{ raise_exception('bad ' ~ x) }}{% endif %}{% endfor %}`,
+		"", "bad 2"}, // Jinja2: TemplateError: bad 2
+	{`{{ xs.pop() }}`,
+		"", "line 1: access to attribute 'pop' of 'list' object is unsafe"}, // Jinja2: SecurityError: access to attribute 'pop' of 'list' object is unsafe.
+	{`{{ d.update({'a': 1}) }}`,
+		"", "line 1: access to attribute 'update' of 'dict' object is unsafe"}, // Jinja2: SecurityError: access to attribute 'update' of 'dict' object is unsafe.
+	{`{{ xs[1:2:0] }}`,
+		"", "slice step cannot be zero"}, // Jinja2: ValueError: slice step cannot be zero
+	{`{{ 1 // 0 }}`,
+		"", "integer division or modulo by zero"}, // Jinja2: ZeroDivisionError: integer division or modulo by zero
+	{`{{ xs|tojson(indent=2, bogus=1) }}`,
+		"", "tojson() got an unexpected keyword argument 'bogus'"}, // Jinja2: TypeError: tojson() got an unexpected keyword argument 'bogus'
+	{`{{ missing|tojson }}`,
+		"", "Object of type Undefined is not JSON serializable"}, // Jinja2: TypeError: Object of type Undefined is not JSON serializable
+	{`{{ 'a' < 1 }}`,
+		"", "'<' not supported between instances of 'str' and 'int'"}, // Jinja2: TypeError: '<' not supported between instances of 'str' and 'int'
+	{`{{ 'abc'.index('z') }}`,
+		"", "substring not found"}, // Jinja2: ValueError: substring not found
+	{`{% set a, b = [1] %}`,
+		"", "not enough values to unpack (expected 2, got 1)"}, // Jinja2: ValueError: not enough values to unpack (expected 2, got 1)
+	{`{% break %}`,
+		"", "line 1: 'break' outside of a loop"}, // Jinja2: SyntaxError: 'break' outside loop (<template>, line 11)
+	{`{% macro m() %}{% endmacro %}{{ m() }}{{ m(1) }}|{{ m }}`,
+		"", "macro 'm' takes not more than 0 argument(s)"}, // Jinja2: TypeError: macro 'm' takes not more than 0 argument(s)
+	{`{% for x in xs recursive %}{% endfor %}`,
+		``, ""},
+	{`{{ x is unknown_test }}`,
+		"", "line 1: no test named 'unknown_test'"}, // Jinja2: TemplateAssertionError: No test named 'unknown_test'.
+	{`{% include 'other.html' %}
+`,
+		"", "line 1: unknown or unsupported tag 'include'"}, // Jinja2: TypeError: no loader for this environment specified
+	{`{% for x in [1, [2, [3, 4]], 5] recursive %}{% if x is iterable %}({{ loop(x) }}){% else %}{{ x }}@{{ loop.depth }}/{{ loop.depth0 }}/{{ loop.index }}{% endif %}{% endfor %}`,
+		`1@1/0/1(2@2/1/1(3@3/2/14@3/2/2))5@1/0/3`, ""},
+	{`{% macro v() %}{{ varargs }}{{ kwargs }}{% endmacro %}{{ v(1, 2, k=3) }}|{% macro w(a) %}{{ a }}{{ kwargs|tojson }}{% endmacro %}{{ w(1, z='q') }}`,
+		`(1, 2){'k': 3}|1{"z": "q"}`, ""},
+	{`{% macro m(a) %}{{ a }}{% endmacro %}{{ m(1, b=2) }}`,
+		"", "line 1: macro 'm' takes no keyword argument 'b'"},
+	{`{% for x in xs %}{{ loop.changed(x > 1) }}{% endfor %}|{{ xs|join }}|{{ msgs|join(',', attribute='role') }}|{{ 'a-b'|replace('-', '+') }}|{{ [3, 2, 1]|sort|first }}|{{ 'abc'|list }}|{{ d|list }}|{{ 1|default(2) }}
+`,
+		`TrueTrueFalse|123|user,assistant|a+b|1|['a', 'b', 'c']|['b', 'a']|1`, ""},
 	{`{{ -xs|length }}`, "", "bad operand type for unary -: 'list'"}, // (-xs)|length in Jinja2 too
 }
 

@@ -324,6 +324,11 @@ func (ev *evaluator) call(fn value, args []value, kw *dictVal) (value, error) {
 		return f.fn(ev, args, kw)
 	case undefined:
 		return nil, errors.New(f.errMsg())
+	case *loopInfo:
+		if f.recurse != nil && len(args) == 1 {
+			return f.recurse(ev, args[0])
+		}
+		return nil, errors.New("loop() can only be called in recursive loops, with one argument")
 	}
 	return nil, fmt.Errorf("'%s' object is not callable", typeName(fn))
 }

@@ -3,6 +3,7 @@ package chat
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 func (ev *evaluator) execBody(body []node, sc *scope) error {
@@ -72,6 +73,11 @@ func (ev *evaluator) execFor(n *forNode, sc *scope) error {
 	if err != nil {
 		return err
 	}
+	return ev.runLoop(n, sc, it, 0)
+}
+
+// runLoop runs a for body over it; depth counts recursive loop(...) calls.
+func (ev *evaluator) runLoop(n *forNode, sc *scope, it value, depth int) error {
 	items, err := iterate(it)
 	if err != nil {
 		return withLine(err, n.line)
@@ -98,7 +104,22 @@ func (ev *evaluator) execFor(n *forNode, sc *scope) error {
 	if len(items) == 0 {
 		return ev.execBody(n.orelse, newScope(sc))
 	}
-	loop := &loopInfo{items: items}
+	loop := &loopInfo{items: items, depth: depth}
+	if n.recursive {
+		loop.recurse = func(ev *evaluator, v value) (value, error) {
+			if ev.depth >= maxCallDepth {
+				return nil, errors.New("maximum loop recursion depth exceeded")
+			}
+			ev.depth++
+			defer func() { ev.depth-- }()
+			saved := ev.out
+			var b strings.Builder
+			ev.out = &b
+			err := ev.runLoop(n, sc, v, depth+1)
+			ev.out = saved
+			return b.String(), err
+		}
+	}
 	for i, item := range items {
 		// Each iteration gets a fresh scope: Jinja2 does not carry
 		// variables set in one iteration over to the next.
@@ -193,6 +214,9 @@ func (ev *evaluator) makeMacro(n *macroNode, def *scope) *callable {
 		sc := newScope(def)
 		firstDefault := len(n.params) - len(n.defaults)
 		var varargs []value
+		if len(args) > len(n.params) && !n.varargs {
+			return nil, fmt.Errorf("macro '%s' takes not more than %d argument(s)", n.name, len(n.params))
+		}
 		for i, a := range args {
 			if i < len(n.params) {
 				sc.vars[n.params[i]] = a
@@ -214,6 +238,9 @@ func (ev *evaluator) makeMacro(n *macroNode, def *scope) *callable {
 				}
 			}
 			if !found {
+				if !n.kwargs {
+					return nil, fmt.Errorf("macro '%s' takes no keyword argument '%s'", n.name, name)
+				}
 				extra.setStr(name, kw.vals[i])
 			}
 		}
@@ -231,7 +258,7 @@ func (ev *evaluator) makeMacro(n *macroNode, def *scope) *callable {
 				sc.vars[p] = undefined{hint: fmt.Sprintf("parameter '%s' was not provided", p)}
 			}
 		}
-		sc.vars["varargs"] = newList(varargs)
+		sc.vars["varargs"] = &listVal{items: varargs, tuple: true}
 		sc.vars["kwargs"] = extra
 		return ev.capture(n.body, sc)
 	}}
@@ -261,8 +288,12 @@ func iterate(v value) ([]value, error) {
 type loopInfo struct {
 	items   []value
 	index0  int
+	depth   int
 	last    value
 	hasLast bool
+	// recurse renders the loop body over another iterable, for
+	// {% for ... recursive %} loops; nil otherwise.
+	recurse func(ev *evaluator, v value) (value, error)
 }
 
 func (l *loopInfo) attr(name string) (value, bool) {
@@ -284,9 +315,9 @@ func (l *loopInfo) attr(name string) (value, bool) {
 	case "length":
 		return int64(n), true
 	case "depth":
-		return int64(1), true
+		return int64(l.depth + 1), true
 	case "depth0":
-		return int64(0), true
+		return int64(l.depth), true
 	case "previtem":
 		if i == 0 {
 			return undefined{hint: "there is no previous item"}, true

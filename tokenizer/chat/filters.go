@@ -249,7 +249,7 @@ func fInt(_ *evaluator, v value, args []value, kw *dictVal) (value, error) {
 		return int64(x), nil
 	case string:
 		s := strings.TrimFunc(x, isPySpace)
-		if i, err := strconv.ParseInt(strings.ReplaceAll(s, "_", ""), int(base), 64); err == nil {
+		if i, ok := pyParseInt(s, base); ok {
 			return i, nil
 		}
 		if base == 10 {
@@ -763,4 +763,34 @@ func jinjaTitle(s string) string {
 	}
 	emit(s[last:])
 	return b.String()
+}
+
+// pyParseInt is Python's int(s, base): an optional sign, a 0x/0o/0b prefix
+// matching the base (any of them for base 0), and "_" between digits.
+func pyParseInt(s string, base int64) (int64, bool) {
+	neg := false
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		neg = s[0] == '-'
+		s = s[1:]
+	}
+	if len(s) > 2 && s[0] == '0' {
+		prefixes := map[byte]int64{'x': 16, 'X': 16, 'o': 8, 'O': 8, 'b': 2, 'B': 2}
+		if b, ok := prefixes[s[1]]; ok && (base == b || base == 0) {
+			s, base = s[2:], b
+		}
+	}
+	if base == 0 {
+		base = 10
+	}
+	if base < 2 || base > 36 || strings.HasPrefix(s, "_") || strings.HasSuffix(s, "_") || strings.Contains(s, "__") {
+		return 0, false
+	}
+	i, err := strconv.ParseInt(strings.ReplaceAll(s, "_", ""), int(base), 64)
+	if err != nil {
+		return 0, false
+	}
+	if neg {
+		i = -i
+	}
+	return i, true
 }

@@ -13,6 +13,7 @@ import (
 // all, so `'a' + x | trim` trims only x.
 
 type parser struct {
+	names     map[string]int // name references parsed so far, for macros
 	toks      []token
 	pos       int
 	depth     int
@@ -90,7 +91,7 @@ func parseTemplate(src string) ([]node, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &parser{toks: toks}
+	p := &parser{toks: toks, names: map[string]int{}}
 	body, end, err := p.parseBody()
 	if err != nil {
 		return nil, err
@@ -247,7 +248,8 @@ func (p *parser) parseFor(kw token) (node, error) {
 		}
 	}
 	if p.isName("recursive") {
-		return nil, p.errAt(p.peek(), "recursive loops are not supported")
+		p.next()
+		n.recursive = true
 	}
 	if err := p.expectBlockEnd(); err != nil {
 		return nil, err
@@ -395,8 +397,12 @@ func (p *parser) parseMacro() (node, error) {
 	}
 	saved := p.loopDepth
 	p.loopDepth = 0
+	va, kw := p.names["varargs"], p.names["kwargs"]
 	n.body, _, err = p.parseBody("endmacro")
 	p.loopDepth = saved
+	// Like Jinja2, a macro accepts extra arguments only if its body
+	// refers to varargs / kwargs.
+	n.varargs, n.kwargs = p.names["varargs"] > va, p.names["kwargs"] > kw
 	if err != nil {
 		return nil, err
 	}
@@ -686,6 +692,7 @@ func (p *parser) parsePrimary() (expr, error) {
 		case "none", "None":
 			return &constExpr{val: nil}, nil
 		}
+		p.names[t.val]++
 		return &nameExpr{name: t.val, line: t.line}, nil
 	case tString:
 		s := t.val
