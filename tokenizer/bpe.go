@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"container/heap"
 	"fmt"
 	"sync"
 	"unicode/utf8"
@@ -69,24 +68,67 @@ type mergeCand struct {
 	id   int32
 }
 
+// candHeap is a binary min-heap of merge candidates, typed to avoid the
+// interface boxing of container/heap on this hot path.
 type candHeap []mergeCand
 
-func (h candHeap) Len() int { return len(h) }
-func (h candHeap) Less(i, j int) bool {
-	// Lowest rank first; on equal rank (the same pair at several places) the
-	// leftmost, exactly as HF's BinaryHeap ordering of Merge.
+// less orders by lowest rank, then leftmost position: on equal rank (the
+// same pair at several places) HF's BinaryHeap of Merge pops the leftmost.
+func (h candHeap) less(i, j int) bool {
 	if h[i].rank != h[j].rank {
 		return h[i].rank < h[j].rank
 	}
 	return h[i].pos < h[j].pos
 }
-func (h candHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *candHeap) Push(x any)   { *h = append(*h, x.(mergeCand)) }
-func (h *candHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+
+func (h candHeap) down(i int) {
+	n := len(h)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		m := l
+		if r := l + 1; r < n && h.less(r, l) {
+			m = r
+		}
+		if !h.less(m, i) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+}
+
+func (h candHeap) init() {
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
+}
+
+func (h *candHeap) push(c mergeCand) {
+	*h = append(*h, c)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !q.less(i, p) {
+			break
+		}
+		q[i], q[p] = q[p], q[i]
+		i = p
+	}
+}
+
+func (h *candHeap) pop() mergeCand {
+	q := *h
+	top := q[0]
+	last := len(q) - 1
+	q[0] = q[last]
+	*h = q[:last]
+	if last > 0 {
+		(*h).down(0)
+	}
+	return top
 }
 
 type mergeScratch struct {
@@ -172,9 +214,9 @@ func (m *bpeModel) mergeWord(dst []int, word string) []int {
 			h = append(h, mergeCand{rank: mi.rank, pos: i, id: mi.newID})
 		}
 	}
-	heap.Init(&h)
-	for h.Len() > 0 {
-		c := heap.Pop(&h).(mergeCand)
+	h.init()
+	for len(h) > 0 {
+		c := h.pop()
 		left := &syms[c.pos]
 		if !left.alive || left.next < 0 {
 			continue
@@ -193,12 +235,12 @@ func (m *bpeModel) mergeWord(dst []int, word string) []int {
 		if left.prev >= 0 {
 			p := &syms[left.prev]
 			if mi, ok := m.merges[pairKey(p.id, left.id)]; ok {
-				heap.Push(&h, mergeCand{rank: mi.rank, pos: left.prev, id: mi.newID})
+				h.push(mergeCand{rank: mi.rank, pos: left.prev, id: mi.newID})
 			}
 		}
 		if left.next >= 0 {
 			if mi, ok := m.merges[pairKey(left.id, syms[left.next].id)]; ok {
-				heap.Push(&h, mergeCand{rank: mi.rank, pos: c.pos, id: mi.newID})
+				h.push(mergeCand{rank: mi.rank, pos: c.pos, id: mi.newID})
 			}
 		}
 	}
