@@ -97,6 +97,14 @@ func (b *Backend) Alloc(rows, cols int) model.Tensor {
 	return model.Tensor{Rows: rows, Cols: cols, DType: model.F32, Buf: make([]float32, rows*cols)}
 }
 
+func (b *Backend) Write(t model.Tensor, src []float32) error {
+	if len(src) != t.Rows*t.Cols {
+		return fmt.Errorf("cpu: Write of %d floats into %s", len(src), t.Shape())
+	}
+	copy(f32(t), src)
+	return nil
+}
+
 func (b *Backend) AllocKV(spec model.KVSpec) error {
 	slots, width := spec.Pages*spec.PageSize, spec.KVHeads*spec.HeadDim
 	if slots <= 0 || width <= 0 || spec.Layers <= 0 {

@@ -8,6 +8,9 @@ import "golang.org/x/sys/cpu"
 // tag) the portable kernels in dot.go run. x/sys/cpu also checks that the OS saves YMM state.
 var useAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 
+// useAVX512 selects the 16-lane 4-row kernel (x/sys/cpu checks the OS saves ZMM state too).
+var useAVX512 = useAVX2 && cpu.X86.HasAVX512F
+
 //go:noescape
 func dotF32AVX2(x, w []float32) float32
 
@@ -16,6 +19,9 @@ func dotBF16AVX2(x []float32, w []uint16) float32
 
 //go:noescape
 func dotBF16x4AVX2(x *float32, stride int, w *uint16, n int, out *[4]float32)
+
+//go:noescape
+func dotBF16x4AVX512(x *float32, stride int, w *uint16, n int, out *[4]float32)
 
 //go:noescape
 func dotF32x4AVX2(x *float32, stride int, w *float32, n int, out *[4]float32)
@@ -43,7 +49,11 @@ func dotBF16x4(x []float32, k int, w []uint16, out *[4]float32) {
 	}
 	_ = x[3*k+n-1] // bounds for all four rows
 	n8 := n &^ 7
-	dotBF16x4AVX2(&x[0], k, &w[0], n8, out)
+	if useAVX512 {
+		dotBF16x4AVX512(&x[0], k, &w[0], n8, out)
+	} else {
+		dotBF16x4AVX2(&x[0], k, &w[0], n8, out)
+	}
 	if n8 < n {
 		for r := range out {
 			out[r] += dotBF16Generic(x[r*k+n8:r*k+n], w[n8:])

@@ -270,3 +270,90 @@ f4reduce:
 	VMOVUPS      X0, (DX)
 	VZEROUPPER
 	RET
+
+// func dotBF16x4AVX512(x *float32, stride int, w *uint16, n int, out *[4]float32)
+// dotBF16x4AVX2 with 16-lane vectors: 32 weights per iteration, then the 8-wide tail and the
+// reduction of the AVX2 version after folding each 16-lane accumulator to 8 lanes. n must be a
+// multiple of 8.
+TEXT ·dotBF16x4AVX512(SB), NOSPLIT, $0-40
+	MOVQ    x+0(FP), R8
+	MOVQ    stride+8(FP), AX
+	MOVQ    w+16(FP), DI
+	MOVQ    n+24(FP), CX
+	SHLQ    $2, AX
+	LEAQ    (R8)(AX*1), R9
+	LEAQ    (R9)(AX*1), R10
+	LEAQ    (R10)(AX*1), R11
+	XORQ    BX, BX
+	VPXORD  Z0, Z0, Z0
+	VPXORD  Z1, Z1, Z1
+	VPXORD  Z2, Z2, Z2
+	VPXORD  Z3, Z3, Z3
+	VPXORD  Z4, Z4, Z4
+	VPXORD  Z5, Z5, Z5
+	VPXORD  Z6, Z6, Z6
+	VPXORD  Z7, Z7, Z7
+	CMPQ    CX, $32
+	JLT     z4fold
+
+z4loop32:
+	VPMOVZXWD   0(DI), Z8
+	VPMOVZXWD   32(DI), Z9
+	VPSLLD      $16, Z8, Z8
+	VPSLLD      $16, Z9, Z9
+	VFMADD231PS (R8)(BX*1), Z8, Z0
+	VFMADD231PS (R9)(BX*1), Z8, Z1
+	VFMADD231PS (R10)(BX*1), Z8, Z2
+	VFMADD231PS (R11)(BX*1), Z8, Z3
+	VFMADD231PS 64(R8)(BX*1), Z9, Z4
+	VFMADD231PS 64(R9)(BX*1), Z9, Z5
+	VFMADD231PS 64(R10)(BX*1), Z9, Z6
+	VFMADD231PS 64(R11)(BX*1), Z9, Z7
+	ADDQ        $128, BX
+	ADDQ        $64, DI
+	SUBQ        $32, CX
+	CMPQ        CX, $32
+	JGE         z4loop32
+
+z4fold:
+	VADDPS        Z4, Z0, Z0
+	VADDPS        Z5, Z1, Z1
+	VADDPS        Z6, Z2, Z2
+	VADDPS        Z7, Z3, Z3
+	VEXTRACTF64X4 $1, Z0, Y4
+	VEXTRACTF64X4 $1, Z1, Y5
+	VEXTRACTF64X4 $1, Z2, Y6
+	VEXTRACTF64X4 $1, Z3, Y7
+	VADDPS        Y4, Y0, Y0
+	VADDPS        Y5, Y1, Y1
+	VADDPS        Y6, Y2, Y2
+	VADDPS        Y7, Y3, Y3
+	VXORPS        Y4, Y4, Y4
+	VXORPS        Y5, Y5, Y5
+	VXORPS        Y6, Y6, Y6
+	VXORPS        Y7, Y7, Y7
+
+z4tail8:
+	CMPQ        CX, $8
+	JLT         z4reduce
+	VPMOVZXWD   0(DI), Y8
+	VPSLLD      $16, Y8, Y8
+	VFMADD231PS (R8)(BX*1), Y8, Y0
+	VFMADD231PS (R9)(BX*1), Y8, Y1
+	VFMADD231PS (R10)(BX*1), Y8, Y2
+	VFMADD231PS (R11)(BX*1), Y8, Y3
+	ADDQ        $32, BX
+	ADDQ        $16, DI
+	SUBQ        $8, CX
+	JMP         z4tail8
+
+z4reduce:
+	MOVQ         out+32(FP), DX
+	VHADDPS      Y1, Y0, Y0
+	VHADDPS      Y3, Y2, Y2
+	VHADDPS      Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS       X1, X0, X0
+	VMOVUPS      X0, (DX)
+	VZEROUPPER
+	RET
