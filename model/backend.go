@@ -91,6 +91,8 @@ type Backend interface {
 	Free(t Tensor)
 	// Alloc makes a zeroed F32 activation tensor.
 	Alloc(rows, cols int) Tensor
+	// Write copies host values into an F32 tensor made by Alloc (tables such as RoPE's).
+	Write(t Tensor, src []float32) error
 	// AllocKV makes the paged KV cache; called once.
 	AllocKV(spec KVSpec) error
 

@@ -59,11 +59,10 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 			table[p*D+half+i] = float32(math.Sin(ang) * scale)
 		}
 	}
-	rope, err := b.Upload(HostTensor{Name: "rope", DType: F32, Shape: []int{opt.MaxContext, D}, Data: f32Bytes(table)}, opt.MaxContext, D)
-	if err != nil {
+	r.rope = b.Alloc(opt.MaxContext, D)
+	if err := b.Write(r.rope, table); err != nil {
 		return nil, err
 	}
-	r.rope = rope
 	for p := range r.segs {
 		r.segs[p] = make([]LoRASeg, 0, 64)
 	}
