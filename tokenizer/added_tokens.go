@@ -74,6 +74,7 @@ func (t *trie) longestAt(s string, i int) (token, end int) {
 type segment struct {
 	text string
 	tok  int // index into Tokenizer.added, -1 for plain text
+	off  int // byte offset of text in the string that was split
 }
 
 // splitAdded splits s around added-token matches, applying the single_word,
@@ -81,7 +82,7 @@ type segment struct {
 func (t *Tokenizer) splitAdded(dst []segment, s string, tr *trie) []segment {
 	if tr == nil || s == "" {
 		if s != "" {
-			dst = append(dst, segment{s, -1})
+			dst = append(dst, segment{s, -1, 0})
 		}
 		return dst
 	}
@@ -129,13 +130,13 @@ func (t *Tokenizer) splitAdded(dst []segment, s string, tr *trie) []segment {
 			}
 		}
 		if startOffset < start {
-			dst = append(dst, segment{s[startOffset:start], -1})
+			dst = append(dst, segment{s[startOffset:start], -1, startOffset})
 		}
-		dst = append(dst, segment{s[start:stop], tk})
+		dst = append(dst, segment{s[start:stop], tk, start})
 		startOffset = stop
 	}
 	if startOffset < len(s) {
-		dst = append(dst, segment{s[startOffset:], -1})
+		dst = append(dst, segment{s[startOffset:], -1, startOffset})
 	}
 	return dst
 }

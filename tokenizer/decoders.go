@@ -267,6 +267,42 @@ func (s *stripStage) push(p piece, emit emitFn) {
 
 func (s *stripStage) flush(emit emitFn) { s.endToken(emit) }
 
+// ---- Metaspace ----
+
+// decMetaspace turns the replacement char back into spaces; in the very
+// first token HF drops every replacement char instead (unless the prepend
+// scheme is "never"), undoing the prefix the pre-tokenizer added.
+type decMetaspace struct {
+	replacement rune
+	scheme      prependScheme
+}
+
+func (d decMetaspace) newStage() decStage { return &metaspaceStage{d: d} }
+func (decMetaspace) wholeTokens() bool    { return true }
+func (decMetaspace) emitsCont(bool) bool  { return false }
+
+type metaspaceStage struct {
+	d    decMetaspace
+	seen bool
+}
+
+func (s *metaspaceStage) push(p piece, emit emitFn) {
+	first := !s.seen
+	s.seen = true
+	var b strings.Builder
+	for _, r := range p.text {
+		switch {
+		case r != s.d.replacement:
+			b.WriteRune(r)
+		case first && s.d.scheme != prependNever:
+		default:
+			b.WriteByte(' ')
+		}
+	}
+	emit(piece{b.String(), false})
+}
+func (metaspaceStage) flush(emitFn) {}
+
 // ---- no decoder: HF joins tokens with spaces ----
 
 type decJoin struct{}
@@ -426,6 +462,17 @@ func appendDecoder(chain *decoderChain, raw json.RawMessage) error {
 		}
 		r, _ := utf8.DecodeRuneInString(*v.Content)
 		*chain = append(*chain, decStrip{content: r, start: v.Start, stop: v.Stop})
+		return nil
+	case "Metaspace":
+		r, err := parseReplacement(raw)
+		if err != nil {
+			return malformed("decoder.replacement", "%v", err)
+		}
+		scheme, _, err := parsePrependScheme(raw)
+		if err != nil {
+			return malformed("decoder.prepend_scheme", "%v", err)
+		}
+		*chain = append(*chain, decMetaspace{replacement: r, scheme: scheme})
 		return nil
 	}
 	return unsupported("decoder", head.Type)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
 )
@@ -49,9 +50,84 @@ func (n normReplace) normalize(s string) string { return n.pat.replaceAll(s, n.c
 
 type normLowercase struct{}
 
-// Rust's str::to_lowercase is full Unicode lowercasing, which strings.ToLower
-// approximates except for final sigma; acceptable for the lowercase normalizer.
-func (normLowercase) normalize(s string) string { return strings.ToLower(s) }
+// normalize is Rust's str::to_lowercase: Go's simple case mapping plus the
+// two things it lacks, İ -> "i̇" and the word-final sigma rule.
+func (normLowercase) normalize(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	for i, r := range s {
+		switch {
+		case r < utf8.RuneSelf:
+			if 'A' <= r && r <= 'Z' {
+				r += 'a' - 'A'
+			}
+			b.WriteByte(byte(r))
+		case r == 'İ':
+			b.WriteString("i\u0307")
+		case r == 'Σ':
+			if casedBefore(s[:i]) && !casedAfter(s[i+len("Σ"):]) {
+				b.WriteRune('ς')
+			} else {
+				b.WriteRune('σ')
+			}
+		default:
+			b.WriteRune(toLower16(r))
+		}
+	}
+	return b.String()
+}
+
+// toLower16 is unicode.ToLower (Unicode 15 in Go) plus the case pairs that
+// Unicode 16, which Rust already uses, added.
+func toLower16(r rune) rune {
+	switch {
+	case r >= 0x10D50 && r <= 0x10D65: // Garay capitals
+		return r + 0x20
+	case r == 0xA7CB:
+		return 0x0264
+	case r == 0xA7CC, r == 0xA7DA:
+		return r + 1
+	case r == 0xA7DC:
+		return 0x019B
+	case r == 0x1C89:
+		return 0x1C8A
+	}
+	return unicode.ToLower(r)
+}
+
+func isCased(r rune) bool {
+	return unicode.In(r, unicode.Lu, unicode.Ll, unicode.Lt, unicode.Other_Lowercase, unicode.Other_Uppercase)
+}
+
+// isCaseIgnorable approximates Unicode's Case_Ignorable property.
+func isCaseIgnorable(r rune) bool {
+	switch r {
+	case '\'', '.', ':', '·', '\u0387', '\u055f', '\u05f4', '\u2018', '\u2019', '\u2024', '\u2027',
+		'\ufe13', '\ufe52', '\ufe55', '\uff07', '\uff0e', '\uff1a':
+		return true
+	}
+	return unicode.In(r, unicode.Mn, unicode.Me, unicode.Cf, unicode.Lm, unicode.Sk)
+}
+
+func casedBefore(s string) bool {
+	for s != "" {
+		r, n := utf8.DecodeLastRuneInString(s)
+		if !isCaseIgnorable(r) {
+			return isCased(r)
+		}
+		s = s[:len(s)-n]
+	}
+	return false
+}
+
+func casedAfter(s string) bool {
+	for _, r := range s {
+		if !isCaseIgnorable(r) {
+			return isCased(r)
+		}
+	}
+	return false
+}
 
 type normStrip struct{ left, right bool }
 

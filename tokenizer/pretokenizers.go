@@ -2,8 +2,10 @@ package tokenizer
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/dlclark/regexp2"
 )
@@ -11,16 +13,24 @@ import (
 // preTokenizer splits each piece of normalized text further; the BPE model
 // then runs on every resulting piece independently.
 type preTokenizer interface {
-	// preTokenize appends the pieces of s to dst. Empty pieces are never
+	// preTokenize appends the pieces of w to dst. Empty pieces are never
 	// produced (HF drops them in PreTokenizedString::split).
-	preTokenize(dst []string, s string) []string
+	preTokenize(dst []word, w word) []word
+}
+
+// word is a piece of text being pre-tokenized. first records whether it
+// starts at offset 0 of the original input, which Metaspace's "first"
+// prepend scheme depends on.
+type word struct {
+	s     string
+	first bool
 }
 
 type preSequence []preTokenizer
 
-func (q preSequence) preTokenize(dst []string, s string) []string {
-	cur := []string{s}
-	var next []string
+func (q preSequence) preTokenize(dst []word, w word) []word {
+	cur := []word{w}
+	var next []word
 	for _, p := range q {
 		next = next[:0]
 		for _, piece := range cur {
@@ -61,7 +71,8 @@ type flagged struct {
 	match bool
 }
 
-func (p *preSplit) preTokenize(dst []string, s string) []string {
+func (p *preSplit) preTokenize(dst []word, w word) []word {
+	s := w.s
 	if s == "" {
 		return dst
 	}
@@ -125,7 +136,7 @@ func (p *preSplit) preTokenize(dst []string, s string) []string {
 	}
 	for _, f := range out {
 		if f.end > f.start {
-			dst = append(dst, s[f.start:f.end])
+			dst = append(dst, word{s[f.start:f.end], w.first && f.start == 0})
 		}
 	}
 	return dst
@@ -145,20 +156,106 @@ type preByteLevel struct {
 	useRegex       bool
 }
 
-func (p preByteLevel) preTokenize(dst []string, s string) []string {
-	if p.addPrefixSpace && !strings.HasPrefix(s, " ") {
-		s = " " + s
+func (p preByteLevel) preTokenize(dst []word, w word) []word {
+	if p.addPrefixSpace && !strings.HasPrefix(w.s, " ") {
+		w.s = " " + w.s
 	}
 	start := len(dst)
 	if p.useRegex {
-		dst = gpt2Split().preTokenize(dst, s)
-	} else if s != "" {
-		dst = append(dst, s)
+		dst = gpt2Split().preTokenize(dst, w)
+	} else if w.s != "" {
+		dst = append(dst, w)
 	}
 	for i := start; i < len(dst); i++ {
-		dst[i] = byteLevelEncode(dst[i])
+		dst[i].s = byteLevelEncode(dst[i].s)
 	}
 	return dst
+}
+
+type prependScheme int
+
+const (
+	prependAlways prependScheme = iota
+	prependFirst
+	prependNever
+)
+
+// preMetaspace replaces spaces with the replacement char (usually "▁"),
+// prepends one per the prepend scheme and optionally splits before each.
+type preMetaspace struct {
+	replacement rune
+	scheme      prependScheme
+	split       bool
+}
+
+func (p preMetaspace) preTokenize(dst []word, w word) []word {
+	rep := string(p.replacement)
+	s := strings.ReplaceAll(w.s, " ", rep)
+	if !strings.HasPrefix(s, rep) && (p.scheme == prependAlways || p.scheme == prependFirst && w.first) {
+		s = rep + s
+	}
+	if s == "" {
+		return dst
+	}
+	if !p.split {
+		return append(dst, word{s, w.first})
+	}
+	// Split before every replacement char (MergedWithNext).
+	start := 0
+	for i, r := range s {
+		if r == p.replacement && i > start {
+			dst = append(dst, word{s[start:i], w.first && start == 0})
+			start = i
+		}
+	}
+	return append(dst, word{s[start:], w.first && start == 0})
+}
+
+func parsePrependScheme(raw json.RawMessage) (prependScheme, bool, error) {
+	var v struct {
+		Replacement    string  `json:"replacement"`
+		AddPrefixSpace *bool   `json:"add_prefix_space"`
+		PrependScheme  *string `json:"prepend_scheme"`
+		Split          *bool   `json:"split"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return 0, false, err
+	}
+	scheme := prependAlways // HF's default
+	if v.PrependScheme != nil {
+		switch *v.PrependScheme {
+		case "always":
+			scheme = prependAlways
+		case "first":
+			scheme = prependFirst
+		case "never":
+			scheme = prependNever
+		default:
+			return 0, false, fmt.Errorf("unknown prepend_scheme %q", *v.PrependScheme)
+		}
+	}
+	if v.AddPrefixSpace != nil && !*v.AddPrefixSpace {
+		if v.PrependScheme != nil && scheme != prependNever {
+			return 0, false, fmt.Errorf("add_prefix_space does not match declared prepend_scheme")
+		}
+		scheme = prependNever
+	}
+	return scheme, v.Split == nil || *v.Split, nil
+}
+
+// parseReplacement reads Metaspace's one-character "replacement".
+func parseReplacement(raw json.RawMessage) (rune, error) {
+	var v struct {
+		Replacement *string `json:"replacement"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return 0, err
+	}
+	if v.Replacement == nil || utf8.RuneCountInString(*v.Replacement) != 1 {
+		return 0, fmt.Errorf("replacement must be one character")
+	}
+	r, _ := utf8.DecodeRuneInString(*v.Replacement)
+	return r, nil
 }
 
 func parsePreTokenizer(raw json.RawMessage) (preTokenizer, error) {
@@ -215,6 +312,16 @@ func parsePreTokenizer(raw json.RawMessage) (preTokenizer, error) {
 			return nil, malformed("pre_tokenizer.add_prefix_space", "%v", err)
 		}
 		return preByteLevel{v.AddPrefixSpace, v.UseRegex}, nil
+	case "Metaspace":
+		r, err := parseReplacement(raw)
+		if err != nil {
+			return nil, malformed("pre_tokenizer.replacement", "%v", err)
+		}
+		scheme, split, err := parsePrependScheme(raw)
+		if err != nil {
+			return nil, malformed("pre_tokenizer.prepend_scheme", "%v", err)
+		}
+		return preMetaspace{replacement: r, scheme: scheme, split: split}, nil
 	}
 	return nil, unsupported("pre_tokenizer", head.Type)
 }

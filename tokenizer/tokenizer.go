@@ -39,7 +39,7 @@ func (t *Tokenizer) Encode(text string, addSpecialTokens bool) ([]int, error) {
 		return nil, ErrInvalidUTF8
 	}
 	ids := make([]int, 0, len(text)/3+2)
-	var words []string
+	var words []word
 	for _, seg := range t.splitAdded(nil, text, t.rawTrie) {
 		if seg.tok >= 0 {
 			ids = append(ids, t.added[seg.tok].ID)
@@ -56,14 +56,17 @@ func (t *Tokenizer) Encode(text string, addSpecialTokens bool) ([]int, error) {
 				ids = append(ids, t.added[sub.tok].ID)
 				continue
 			}
+			// Only text at offset 0 of the input counts as "first" (for
+			// Metaspace's prepend_scheme "first").
+			w := word{sub.text, seg.off == 0 && sub.off == 0}
 			words = words[:0]
 			if t.pre != nil {
-				words = t.pre.preTokenize(words, sub.text)
+				words = t.pre.preTokenize(words, w)
 			} else {
-				words = append(words, sub.text)
+				words = append(words, w)
 			}
 			for _, w := range words {
-				ids = t.model.tokenize(ids, w)
+				ids = t.model.tokenize(ids, w.s)
 			}
 		}
 	}
