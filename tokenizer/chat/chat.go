@@ -95,14 +95,14 @@ func (t *Template) Render(messages []Message, opts Options) (out string, err err
 	}()
 	root := newScope(nil)
 	for k, v := range opts.Tokens {
-		root.vars[k] = v
+		root.set(k, v)
 	}
 	for k, v := range opts.Extra {
 		x, err := fromGo(v, 0)
 		if err != nil {
 			return "", fmt.Errorf("chat template: extra %q: %w", k, err)
 		}
-		root.vars[k] = x
+		root.set(k, x)
 	}
 	msgs := make([]value, len(messages))
 	for i, m := range messages {
@@ -110,10 +110,10 @@ func (t *Template) Render(messages []Message, opts Options) (out string, err err
 			return "", fmt.Errorf("chat template: message %d: %w", i, err)
 		}
 	}
-	root.vars["messages"] = newList(msgs)
-	root.vars["add_generation_prompt"] = opts.AddGenerationPrompt
-	root.vars["documents"] = nil
-	root.vars["tools"] = nil
+	root.set("messages", newList(msgs))
+	root.set("add_generation_prompt", opts.AddGenerationPrompt)
+	root.set("documents", nil)
+	root.set("tools", nil)
 	switch {
 	case opts.RawTools != nil:
 		tools := make([]value, len(opts.RawTools))
@@ -122,7 +122,7 @@ func (t *Template) Render(messages []Message, opts Options) (out string, err err
 				return "", fmt.Errorf("chat template: tool %d: %w", i, err)
 			}
 		}
-		root.vars["tools"] = newList(tools)
+		root.set("tools", newList(tools))
 	case opts.Tools != nil:
 		tools := make([]value, len(opts.Tools))
 		for i, tl := range opts.Tools {
@@ -130,7 +130,7 @@ func (t *Template) Render(messages []Message, opts Options) (out string, err err
 				return "", fmt.Errorf("chat template: tool %d: %w", i, err)
 			}
 		}
-		root.vars["tools"] = newList(tools)
+		root.set("tools", newList(tools))
 	}
 	var b strings.Builder
 	ev := &evaluator{out: &b, now: t.now}
@@ -255,7 +255,7 @@ func SpecialTokens(dir string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, k := range []string{"bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"} {
 		v, ok := cfg[k]
-		if !ok {
+		if !ok || string(v) == "null" {
 			continue
 		}
 		var s string

@@ -12,9 +12,14 @@ import (
 const (
 	maxDepth     = 200      // parser nesting, value nesting, repr depth
 	maxCallDepth = 100      // macro recursion
-	maxSteps     = 5000000  // evaluation steps (statements + expressions)
-	maxOutput    = 32 << 20 // bytes of rendered output and of any one string
+	maxSteps     = 3000000  // evaluation steps; a 2000-message Qwen3 chat takes ~165k
+	maxOutput    = 16 << 20 // bytes of rendered output and of any one string (~4M tokens)
 	maxRange     = 100000   // like Jinja2's sandbox MAX_RANGE
+	maxListLen   = 1 << 20  // items in any one list built by a template
+	// Building values costs steps in proportion to their size, so a loop
+	// that copies a huge string each iteration runs out of steps quickly.
+	bytesPerStep = 64
+	itemsPerStep = 16
 )
 
 // TemplateError is what a template raises through raise_exception(msg);
@@ -38,20 +43,69 @@ func (e *RenderError) Error() string {
 }
 
 var (
+	// Python ints are unbounded; int64 results that would wrap are refused
+	// rather than silently wrong.
+	errOverflow = errors.New("integer overflow (beyond 64-bit range)")
 	errBreak    = errors.New("break")
 	errContinue = errors.New("continue")
 )
 
+// scope holds the variables of one level: the template, a for-loop
+// iteration, a macro call. Most hold a handful of names, so they live in a
+// small slice; this keeps per-iteration scopes cheap.
 type scope struct {
-	vars   map[string]value
+	inline [4]binding
+	n      int       // used entries of inline
+	more   []binding // beyond the first four
 	parent *scope
 }
 
-func newScope(parent *scope) *scope { return &scope{vars: map[string]value{}, parent: parent} }
+type binding struct {
+	name string
+	val  value
+}
+
+func newScope(parent *scope) *scope { return &scope{parent: parent} }
+
+func (s *scope) set(name string, v value) {
+	for i := 0; i < s.n; i++ {
+		if s.inline[i].name == name {
+			s.inline[i].val = v
+			return
+		}
+	}
+	for i := range s.more {
+		if s.more[i].name == name {
+			s.more[i].val = v
+			return
+		}
+	}
+	if s.n < len(s.inline) {
+		s.inline[s.n] = binding{name, v}
+		s.n++
+		return
+	}
+	s.more = append(s.more, binding{name, v})
+}
+
+// local reports a variable of this level only.
+func (s *scope) local(name string) (value, bool) {
+	for i := 0; i < s.n; i++ {
+		if s.inline[i].name == name {
+			return s.inline[i].val, true
+		}
+	}
+	for i := range s.more {
+		if s.more[i].name == name {
+			return s.more[i].val, true
+		}
+	}
+	return nil, false
+}
 
 func (s *scope) lookup(name string) (value, bool) {
 	for ; s != nil; s = s.parent {
-		if v, ok := s.vars[name]; ok {
+		if v, ok := s.local(name); ok {
 			return v, true
 		}
 	}
@@ -123,6 +177,25 @@ func (ev *evaluator) eval(e expr, sc *scope) (value, error) {
 	if err := ev.step(); err != nil {
 		return nil, err
 	}
+	switch e.(type) {
+	case *constExpr, *nameExpr, *attrExpr, *testExpr, *compareExpr, *condExpr, *unaryExpr:
+		return ev.evalExpr(e, sc)
+	}
+	// Everything else may build a new string or list: charge for its size.
+	v, err := ev.evalExpr(e, sc)
+	if err != nil {
+		return nil, err
+	}
+	switch x := v.(type) {
+	case string:
+		ev.steps += len(x) / bytesPerStep
+	case *listVal:
+		ev.steps += len(x.items) / itemsPerStep
+	}
+	return v, ev.step()
+}
+
+func (ev *evaluator) evalExpr(e expr, sc *scope) (value, error) {
 	switch e := e.(type) {
 	case *constExpr:
 		return e.val, nil
@@ -377,8 +450,8 @@ func binaryOp(op string, l, r value) (value, error) {
 			return nil, fmt.Errorf("can only concatenate str (not \"%s\") to str", typeName(r))
 		case *listVal:
 			if b, ok := r.(*listVal); ok && a.tuple == b.tuple {
-				if err := checkLen(len(a.items) + len(b.items)); err != nil {
-					return nil, err
+				if len(a.items)+len(b.items) > maxListLen {
+					return nil, errors.New("list too long")
 				}
 				items := append(append([]value{}, a.items...), b.items...)
 				return &listVal{items: items, tuple: a.tuple}, nil
@@ -426,7 +499,7 @@ func repeat(seq, n value) (value, bool, error) {
 		}
 		return strings.Repeat(s, int(cnt)), true, nil
 	case *listVal:
-		if len(s.items) > 0 && cnt > int64(maxOutput/len(s.items)) {
+		if len(s.items) > 0 && cnt > int64(maxListLen/len(s.items)) {
 			return nil, true, errors.New("value too large")
 		}
 		var items []value
@@ -443,11 +516,26 @@ func arith(op string, a, b number) (value, error) {
 		x, y := a.i, b.i
 		switch op {
 		case "+":
-			return x + y, nil
+			r := x + y
+			if (r > x) != (y > 0) {
+				return nil, errOverflow
+			}
+			return r, nil
 		case "-":
-			return x - y, nil
+			r := x - y
+			if (r < x) != (y > 0) {
+				return nil, errOverflow
+			}
+			return r, nil
 		case "*":
-			return x * y, nil
+			if x != 0 && y != 0 {
+				r := x * y
+				if r/y != x || (x == -1 && y == math.MinInt64) || (y == -1 && x == math.MinInt64) {
+					return nil, errOverflow
+				}
+				return r, nil
+			}
+			return int64(0), nil
 		case "/":
 			if y == 0 {
 				return nil, errors.New("division by zero")
@@ -475,14 +563,24 @@ func arith(op string, a, b number) (value, error) {
 			if y < 0 {
 				return math.Pow(float64(x), float64(y)), nil
 			}
-			if y > 1024 && x != 0 && x != 1 && x != -1 {
-				return nil, errors.New("exponent too large")
+			switch {
+			case x == 1 || y == 0:
+				return int64(1), nil
+			case x == 0:
+				return int64(0), nil
+			case x == -1:
+				return map[bool]int64{true: 1, false: -1}[y%2 == 0], nil
 			}
-			r := int64(1)
+			// |x| >= 2, so this overflows within 64 iterations.
+			r := number{i: 1, isInt: true}
 			for i := int64(0); i < y; i++ {
-				r *= x
+				v, err := arith("*", r, a)
+				if err != nil {
+					return nil, err
+				}
+				r.i = v.(int64)
 			}
-			return r, nil
+			return r.i, nil
 		}
 	}
 	x, y := a.float(), b.float()

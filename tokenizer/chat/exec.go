@@ -44,7 +44,7 @@ func (ev *evaluator) exec(n node, sc *scope) error {
 	case *setNode:
 		return ev.execSet(n, sc)
 	case *macroNode:
-		sc.vars[n.name] = ev.makeMacro(n, sc)
+		sc.set(n.name, ev.makeMacro(n, sc))
 		return nil
 	case *filterBlockNode:
 		text, err := ev.capture(n.body, newScope(sc))
@@ -128,7 +128,7 @@ func (ev *evaluator) runLoop(n *forNode, sc *scope, it value, depth int) error {
 			return withLine(err, n.line)
 		}
 		loop.index0 = i
-		isc.vars["loop"] = loop
+		isc.set("loop", loop)
 		err := ev.execBody(n.body, isc)
 		if err == errBreak {
 			break
@@ -144,7 +144,7 @@ func (ev *evaluator) runLoop(n *forNode, sc *scope, it value, depth int) error {
 func assign(sc *scope, target expr, v value) error {
 	switch t := target.(type) {
 	case *nameExpr:
-		sc.vars[t.name] = v
+		sc.set(t.name, v)
 		return nil
 	case *listExpr:
 		items, err := iterate(v)
@@ -219,7 +219,7 @@ func (ev *evaluator) makeMacro(n *macroNode, def *scope) *callable {
 		}
 		for i, a := range args {
 			if i < len(n.params) {
-				sc.vars[n.params[i]] = a
+				sc.set(n.params[i], a)
 			} else {
 				varargs = append(varargs, a)
 			}
@@ -233,7 +233,7 @@ func (ev *evaluator) makeMacro(n *macroNode, def *scope) *callable {
 					if j < len(args) {
 						return nil, fmt.Errorf("macro '%s' got multiple values for argument '%s'", n.name, name)
 					}
-					sc.vars[p] = kw.vals[i]
+					sc.set(p, kw.vals[i])
 					found = true
 				}
 			}
@@ -245,7 +245,7 @@ func (ev *evaluator) makeMacro(n *macroNode, def *scope) *callable {
 			}
 		}
 		for j, p := range n.params {
-			if _, ok := sc.vars[p]; ok {
+			if _, ok := sc.local(p); ok {
 				continue
 			}
 			if j >= firstDefault {
@@ -253,13 +253,13 @@ func (ev *evaluator) makeMacro(n *macroNode, def *scope) *callable {
 				if err != nil {
 					return nil, err
 				}
-				sc.vars[p] = d
+				sc.set(p, d)
 			} else {
-				sc.vars[p] = undefined{hint: fmt.Sprintf("parameter '%s' was not provided", p)}
+				sc.set(p, undefined{hint: fmt.Sprintf("parameter '%s' was not provided", p)})
 			}
 		}
-		sc.vars["varargs"] = &listVal{items: varargs, tuple: true}
-		sc.vars["kwargs"] = extra
+		sc.set("varargs", &listVal{items: varargs, tuple: true})
+		sc.set("kwargs", extra)
 		return ev.capture(n.body, sc)
 	}}
 }

@@ -57,7 +57,12 @@ type dictVal struct {
 
 func newDict() *dictVal { return &dictVal{idx: map[string]int{}} }
 
-func hashKey(k value) (string, error) {
+func hashKey(k value) (string, error) { return hashKeyDepth(k, 0) }
+
+func hashKeyDepth(k value, depth int) (string, error) {
+	if depth > maxDepth {
+		return "", fmt.Errorf("key nested too deeply")
+	}
 	switch k := k.(type) {
 	case nil:
 		return "N", nil
@@ -80,12 +85,14 @@ func hashKey(k value) (string, error) {
 			var b strings.Builder
 			b.WriteString("t(")
 			for _, it := range k.items {
-				h, err := hashKey(it)
+				h, err := hashKeyDepth(it, depth+1)
 				if err != nil {
 					return "", err
 				}
-				b.WriteString(strconv.Quote(h))
-				b.WriteByte(',')
+				// Length-prefixed, so nesting grows keys linearly.
+				b.WriteString(strconv.Itoa(len(h)))
+				b.WriteByte(':')
+				b.WriteString(h)
 			}
 			return b.String(), nil
 		}
