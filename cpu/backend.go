@@ -38,7 +38,7 @@ func (b *Backend) Close() { b.pool.close() }
 func (b *Backend) Name() string { return fmt.Sprintf("cpu(%d threads)", b.workers) }
 
 // Upload keeps F32 and BF16 matrices where they are (usually the mmapped file) and converts
-// F16, and every vector (norm weights, biases), to F32.
+// F16, and every 1-D tensor (norm weights, biases), to F32.
 func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, error) {
 	n := rows * cols
 	if len(h.Data) != n*h.DType.Size() {
@@ -61,7 +61,7 @@ func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, erro
 			}
 			t.Buf = f
 		}
-	case h.DType == model.BF16 && rows > 1:
+	case h.DType == model.BF16 && len(h.Shape) != 1:
 		t.DType = model.BF16
 		if uintptr(p)%2 == 0 {
 			t.Buf = unsafe.Slice((*uint16)(p), n)

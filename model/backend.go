@@ -86,6 +86,8 @@ type Backend interface {
 
 	// Upload turns host data into a weight tensor of the given shape. The backend may keep
 	// referencing h.Data (the CPU backend uses memory-mapped F32/BF16 data in place).
+	// Tensors whose h.Shape is 1-D (norm weights, biases) are vectors and always kept in F32;
+	// matrices may be stored in a narrower type (the CUDA backend keeps them in BF16).
 	Upload(h HostTensor, rows, cols int) (Tensor, error)
 	// Free releases a tensor made by Upload or Alloc (adapters come and go).
 	Free(t Tensor)

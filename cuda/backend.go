@@ -1,0 +1,368 @@
+//go:build cuda
+
+package cuda
+
+// #include "shims.h"
+import "C"
+
+import (
+	"fmt"
+	"math"
+	"sync"
+	"unsafe"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// dev is a device allocation; Tensor.Buf holds one.
+type dev struct{ ptr uintptr }
+
+// Backend implements model.Backend on one GPU. Ops are queued on one stream; the engine loop
+// calls them from one goroutine, Upload/Free may come from others (adapter loads), so the few
+// shared pieces are guarded.
+type Backend struct {
+	device int
+	name   string
+	stream C.uintptr_t
+	blas   C.uintptr_t
+
+	mu  sync.Mutex // guards err and uploads from other goroutines
+	err error
+
+	// Step metadata: one pinned host buffer and one device buffer of int32, in sections.
+	metaHost              unsafe.Pointer // pinned host memory (cudaMallocHost), not Go memory
+	metaDev               uintptr
+	metaCap               int
+	offTokens, offPos     int
+	offSlots, offRowSeq   int
+	offSeqPages, offPages int
+	offLogit              int
+	step                  *model.Step
+
+	kv     model.KVSpec
+	kcache []uintptr
+	vcache []uintptr
+
+	// Grown on demand (in practice during the first steps), never per step.
+	xbf     uintptr // bf16 copy of a GEMM input
+	xbfCap  int
+	segHost unsafe.Pointer // pinned lp_lora_seg ring (cudaMallocHost), not Go memory
+	segDev  uintptr
+	segCap  int
+	segUsed int
+	loraTmp uintptr
+	loraCap int
+	segSize int
+}
+
+// New opens GPU number device.
+func New(device int) (*Backend, error) {
+	n, err := DeviceCount()
+	if err != nil {
+		return nil, err
+	}
+	if device < 0 || device >= n {
+		return nil, fmt.Errorf("cuda: device %d requested, %d present", device, n)
+	}
+	b := &Backend{device: device, segSize: int(C.seg_size())}
+	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
+		return nil, err
+	}
+	if err := cudaError("stream", C.s_stream_create(&b.stream)); err != nil {
+		return nil, err
+	}
+	if err := cudaError("cublas", C.s_cublas_create(&b.blas, b.stream)); err != nil {
+		return nil, err
+	}
+	b.name = fmt.Sprintf("cuda:%d %s", device, deviceName(device))
+	return b, nil
+}
+
+func (b *Backend) Name() string { return b.name }
+
+// Err returns the sticky error, if any: once a CUDA call failed the backend refuses all work.
+func (b *Backend) Err() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// ok records a failed call and reports whether work may continue.
+func (b *Backend) ok(op string, code C.int) bool {
+	if code == 0 {
+		return true
+	}
+	b.mu.Lock()
+	if b.err == nil {
+		b.err = cudaError(op, code)
+	}
+	b.mu.Unlock()
+	return false
+}
+
+func (b *Backend) failed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err != nil
+}
+
+func (b *Backend) malloc(bytes int) (uintptr, error) {
+	var p C.uintptr_t
+	if err := cudaError("malloc", C.s_malloc(&p, C.size_t(max(bytes, 1)))); err != nil {
+		return 0, err
+	}
+	return uintptr(p), nil
+}
+
+func ptr(t model.Tensor) C.uintptr_t {
+	d := t.Buf.(dev)
+	size := 4
+	if t.DType == model.BF16 {
+		size = 2
+	}
+	return C.uintptr_t(d.ptr + uintptr(t.Off*size))
+}
+
+// Upload converts on the host (matrices to bf16, vectors to fp32) and copies synchronously.
+func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, error) {
+	n := rows * cols
+	if len(h.Data) != n*h.DType.Size() {
+		return model.Tensor{}, fmt.Errorf("cuda: %s holds %d bytes, want %d for %dx%d %s", h.Name, len(h.Data), n*h.DType.Size(), rows, cols, h.DType)
+	}
+	var host []byte
+	t := model.Tensor{Rows: rows, Cols: cols}
+	if len(h.Shape) == 1 { // norm weights and biases stay fp32
+		t.DType = model.F32
+		f := make([]float32, n)
+		for i := range f {
+			f[i] = hostToF32(h, i)
+		}
+		host = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*n)
+	} else {
+		t.DType = model.BF16
+		if h.DType == model.BF16 {
+			host = h.Data
+		} else {
+			u := make([]uint16, n)
+			for i := range u {
+				u[i] = f32ToBF16(hostToF32(h, i))
+			}
+			host = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(u))), 2*n)
+		}
+	}
+	p, err := b.malloc(len(host))
+	if err != nil {
+		return model.Tensor{}, fmt.Errorf("%s: %w", h.Name, err)
+	}
+	if len(host) > 0 {
+		// Synchronous on the legacy stream: pageable memory, and the caller may reuse it.
+		if err := cudaError("upload", C.s_htod(C.uintptr_t(p), unsafe.Pointer(&host[0]), C.size_t(len(host)), 0)); err != nil {
+			C.s_free(C.uintptr_t(p))
+			return model.Tensor{}, err
+		}
+		if err := cudaError("upload sync", C.s_stream_sync(0)); err != nil {
+			return model.Tensor{}, err
+		}
+	}
+	t.Buf = dev{p}
+	return t, nil
+}
+
+func hostToF32(h model.HostTensor, i int) float32 {
+	switch h.DType {
+	case model.F32:
+		return math.Float32frombits(uint32(h.Data[4*i]) | uint32(h.Data[4*i+1])<<8 | uint32(h.Data[4*i+2])<<16 | uint32(h.Data[4*i+3])<<24)
+	case model.BF16:
+		return math.Float32frombits(uint32(uint16(h.Data[2*i])|uint16(h.Data[2*i+1])<<8) << 16)
+	default:
+		return f16ToF32(uint16(h.Data[2*i]) | uint16(h.Data[2*i+1])<<8)
+	}
+}
+
+// f32ToBF16 rounds to nearest even, as torch's .to(torch.bfloat16) does.
+func f32ToBF16(f float32) uint16 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 { // NaN stays NaN
+		return uint16(u>>16) | 0x40
+	}
+	return uint16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+func f16ToF32(h uint16) float32 {
+	sign := uint32(h>>15) << 31
+	exp := uint32(h>>10) & 0x1f
+	mant := uint32(h) & 0x3ff
+	switch {
+	case exp == 0 && mant == 0:
+		return math.Float32frombits(sign)
+	case exp == 0:
+		e := uint32(127 - 15 + 1)
+		for mant&0x400 == 0 {
+			mant <<= 1
+			e--
+		}
+		return math.Float32frombits(sign | e<<23 | (mant&0x3ff)<<13)
+	case exp == 0x1f:
+		return math.Float32frombits(sign | 0xff<<23 | mant<<13)
+	}
+	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
+}
+
+func (b *Backend) Free(t model.Tensor) {
+	if d, ok := t.Buf.(dev); ok && d.ptr != 0 && t.Off == 0 {
+		C.s_free(C.uintptr_t(d.ptr))
+	}
+}
+
+func (b *Backend) Alloc(rows, cols int) model.Tensor {
+	p, err := b.malloc(rows * cols * 4)
+	if err != nil {
+		b.ok("alloc", C.int(2)) // cudaErrorMemoryAllocation
+		return model.Tensor{Rows: rows, Cols: cols, DType: model.F32, Buf: dev{0}}
+	}
+	b.ok("memset", C.s_memset(C.uintptr_t(p), C.size_t(rows*cols*4), b.stream))
+	return model.Tensor{Rows: rows, Cols: cols, DType: model.F32, Buf: dev{p}}
+}
+
+func (b *Backend) Write(t model.Tensor, src []float32) error {
+	if len(src) != t.Rows*t.Cols || t.DType != model.F32 {
+		return fmt.Errorf("cuda: Write of %d floats into %s %s", len(src), t.Shape(), t.DType)
+	}
+	if len(src) == 0 {
+		return nil
+	}
+	if err := cudaError("write", C.s_htod(ptr(t), unsafe.Pointer(&src[0]), C.size_t(4*len(src)), b.stream)); err != nil {
+		return err
+	}
+	return cudaError("write sync", C.s_stream_sync(b.stream))
+}
+
+func (b *Backend) AllocKV(spec model.KVSpec) error {
+	slots, width := spec.Pages*spec.PageSize, spec.KVHeads*spec.HeadDim
+	if slots <= 0 || width <= 0 || spec.Layers <= 0 {
+		return fmt.Errorf("cuda: bad KV spec %+v", spec)
+	}
+	if spec.HeadDim%2 != 0 || spec.HeadDim > maxHeadDim {
+		return fmt.Errorf("cuda: head_dim %d not supported (even, at most %d)", spec.HeadDim, maxHeadDim)
+	}
+	b.kv = spec
+	for l := 0; l < spec.Layers; l++ {
+		k, err := b.malloc(slots * width * 2)
+		if err != nil {
+			return fmt.Errorf("KV cache layer %d: %w", l, err)
+		}
+		v, err := b.malloc(slots * width * 2)
+		if err != nil {
+			return fmt.Errorf("KV cache layer %d: %w", l, err)
+		}
+		b.kcache, b.vcache = append(b.kcache, k), append(b.vcache, v)
+	}
+	return nil
+}
+
+// Limits the kernels support (kernels/shapes.h).
+const (
+	maxHeadDim  = 256
+	maxLoRARank = 256
+)
+
+// Prepare validates the step and copies its metadata to the device in one transfer.
+func (b *Backend) Prepare(s *model.Step) error {
+	if err := b.Err(); err != nil {
+		return err
+	}
+	n := len(s.Tokens)
+	if len(s.Positions) != n || len(s.Slots) != n {
+		return fmt.Errorf("cuda: step has %d tokens, %d positions, %d slots", n, len(s.Positions), len(s.Slots))
+	}
+	limit := int32(b.kv.Pages * b.kv.PageSize)
+	for i, sl := range s.Slots {
+		if sl < 0 || sl >= limit {
+			return fmt.Errorf("cuda: row %d writes KV slot %d outside [0, %d)", i, sl, limit)
+		}
+	}
+	pages := 0
+	for _, sq := range s.Seqs {
+		if sq.Start < 0 || sq.N < 0 || sq.Start+sq.N > n || sq.Len > len(sq.Pages)*b.kv.PageSize {
+			return fmt.Errorf("cuda: sequence rows [%d,+%d) len %d with %d pages do not fit the step", sq.Start, sq.N, sq.Len, len(sq.Pages))
+		}
+		for _, p := range sq.Pages {
+			if p < 0 || int(p) >= b.kv.Pages {
+				return fmt.Errorf("cuda: page %d outside the cache", p)
+			}
+		}
+		pages += len(sq.Pages)
+	}
+	for _, r := range s.LogitRows {
+		if r < 0 || int(r) >= n {
+			return fmt.Errorf("cuda: logit row %d outside the step's %d rows", r, n)
+		}
+	}
+	// The previous step's copies out of the pinned buffers must be done before we overwrite them.
+	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+		return b.Err()
+	}
+	need := 4*n + len(s.Seqs) + pages + len(s.LogitRows)
+	if need > b.metaCap {
+		if err := b.growMeta(need); err != nil {
+			return err
+		}
+	}
+	b.offTokens, b.offPos, b.offSlots, b.offRowSeq = 0, n, 2*n, 3*n
+	b.offSeqPages = 4 * n
+	b.offPages = b.offSeqPages + len(s.Seqs)
+	b.offLogit = b.offPages + pages
+	h := unsafe.Slice((*int32)(b.metaHost), b.metaCap)
+	copy(h[b.offTokens:], s.Tokens)
+	copy(h[b.offPos:], s.Positions)
+	copy(h[b.offSlots:], s.Slots)
+	o := b.offPages
+	for i, sq := range s.Seqs {
+		for r := sq.Start; r < sq.Start+sq.N; r++ {
+			h[b.offRowSeq+r] = int32(i)
+		}
+		h[b.offSeqPages+i] = int32(o - b.offPages)
+		o += copy(h[o:], sq.Pages)
+	}
+	copy(h[b.offLogit:], s.LogitRows)
+	if !b.ok("metadata copy", C.s_htod(C.uintptr_t(b.metaDev), b.metaHost, C.size_t(4*need), b.stream)) {
+		return b.Err()
+	}
+	b.step = s
+	b.segUsed = 0
+	return nil
+}
+
+func (b *Backend) growMeta(need int) error {
+	need = max(need*2, 4096)
+	if b.metaHost != nil {
+		C.lp_free_host(b.metaHost)
+		C.s_free(C.uintptr_t(b.metaDev))
+	}
+	var hp unsafe.Pointer
+	if err := cudaError("pinned alloc", C.lp_malloc_host(&hp, C.size_t(4*need))); err != nil {
+		return err
+	}
+	d, err := b.malloc(4 * need)
+	if err != nil {
+		return err
+	}
+	b.metaHost, b.metaDev, b.metaCap = hp, d, need
+	return nil
+}
+
+func (b *Backend) meta(off int) C.uintptr_t { return C.uintptr_t(b.metaDev + uintptr(4*off)) }
+
+func (b *Backend) Read(t model.Tensor, dst []float32) error {
+	if len(dst) != t.Rows*t.Cols {
+		return fmt.Errorf("cuda: Read of %s into %d floats", t.Shape(), len(dst))
+	}
+	if err := b.Err(); err != nil {
+		return err
+	}
+	if len(dst) > 0 && !b.ok("read", C.s_dtoh(unsafe.Pointer(&dst[0]), ptr(t), C.size_t(4*len(dst)), b.stream)) {
+		return b.Err()
+	}
+	b.ok("read sync", C.s_stream_sync(b.stream))
+	return b.Err()
+}

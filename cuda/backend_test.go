@@ -1,0 +1,279 @@
+//go:build cuda
+
+package cuda_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/loraplex/loraplex/adaptercache"
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/cuda"
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/model"
+)
+
+func newGPU(t testing.TB) *cuda.Backend {
+	t.Helper()
+	n, err := cuda.DeviceCount()
+	if err != nil || n == 0 {
+		t.Skipf("no CUDA device: %v", err)
+	}
+	b, err := cuda.New(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// bf16Tolerance: the GPU rounds weights (given in f32 by most fixtures) and GEMM inputs to
+// bf16 and keeps the KV cache in bf16, so logits drift by about 1% of their size from the
+// float32 reference; greedy tokens must match wherever the reference's top-2 margin is larger
+// than that drift.
+var bf16Tolerance = fixture.Tolerance{Abs: 0.08, Rel: 0.03, MinMargin: 0.15}
+
+// TestFixturesCUDA runs the engine-core fixture suite (every family, base + 4 adapters in one
+// mixed batch, prefill whole and chunked) on the GPU against the transformers/peft reference.
+func TestFixturesCUDA(t *testing.T) {
+	b := newGPU(t)
+	for _, name := range fixture.Models {
+		t.Run(name, func(t *testing.T) {
+			fx, err := fixture.Load(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := model.LoadConfig(fixture.Dir(name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			h, err := fixture.NewHarness(cfg, b, w, 4, 256)
+			if err != nil {
+				t.Fatal(err)
+			}
+			adapters := map[string]*model.Adapter{}
+			for _, a := range fixture.Adapters {
+				host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer closer.Close()
+				if adapters[a], err = model.UploadAdapter(b, cfg, host); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, chunk := range []int{1 << 20, 3} {
+				res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
+				if err != nil {
+					t.Fatalf("chunk %d: %v", chunk, err)
+				}
+				t.Logf("%s chunk %d: %d steps, worst logit diff %.3g, %d token checks skipped for small margins", name, chunk, res.Steps, res.WorstDiff, res.TokenSkips)
+			}
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// hostBF16 makes a bf16 host tensor of random values scaled by s.
+func hostBF16(r *rand.Rand, rows, cols int, s float64) model.HostTensor {
+	data := make([]byte, 2*rows*cols)
+	for i := 0; i < rows*cols; i++ {
+		f := float32(r.NormFloat64() * s)
+		binary.LittleEndian.PutUint16(data[2*i:], uint16(math.Float32bits(f)>>16))
+	}
+	return model.HostTensor{Name: "rand", DType: model.BF16, Shape: []int{rows, cols}, Data: data}
+}
+
+func randFloats(r *rand.Rand, n int) []float32 {
+	f := make([]float32, n)
+	for i := range f {
+		f[i] = float32(r.NormFloat64())
+	}
+	return f
+}
+
+// pair runs the same ops on the CPU backend and the GPU backend.
+type pair struct {
+	c *cpu.Backend
+	g *cuda.Backend
+}
+
+func (p pair) upload(t *testing.T, h model.HostTensor) (model.Tensor, model.Tensor) {
+	t.Helper()
+	a, err := p.c.Upload(h, h.Shape[0], h.Shape[len(h.Shape)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.g.Upload(h, h.Shape[0], h.Shape[len(h.Shape)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+func (p pair) tensor(t *testing.T, rows, cols int, vals []float32) (model.Tensor, model.Tensor) {
+	t.Helper()
+	a, b := p.c.Alloc(rows, cols), p.g.Alloc(rows, cols)
+	if vals != nil {
+		if err := p.c.Write(a, vals); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.g.Write(b, vals); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a, b
+}
+
+// compare reads both tensors and checks max|gpu - cpu| <= tol * max|cpu|.
+func (p pair) compare(t *testing.T, what string, a, b model.Tensor, tol float64) {
+	t.Helper()
+	x, y := make([]float32, a.Rows*a.Cols), make([]float32, b.Rows*b.Cols)
+	if err := p.c.Read(a, x); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.g.Read(b, y); err != nil {
+		t.Fatal(err)
+	}
+	var worst, scale float64
+	for i := range x {
+		worst = max(worst, math.Abs(float64(x[i]-y[i])))
+		scale = max(scale, math.Abs(float64(x[i])))
+		if math.IsNaN(float64(y[i])) {
+			t.Fatalf("%s: NaN at %d", what, i)
+		}
+	}
+	if worst > tol*scale {
+		t.Fatalf("%s: max diff %.3g exceeds %.3g x max %.3g", what, worst, tol, scale)
+	}
+}
+
+// TestLoRASweep compares the SGMV/BGMV kernels with the CPU over adapter-popularity patterns
+// and mixed ranks, for decode (one row per segment) and prefill (long segments).
+func TestLoRASweep(t *testing.T) {
+	p := pair{cpu.New(0), newGPU(t)}
+	defer p.c.Close()
+	r := rand.New(rand.NewPCG(1, 2))
+	const in, out, nAdapters = 512, 384, 16
+	ranks := []int{1, 4, 8, 16, 32, 64, 128, 7}
+	type ad struct{ ac, ag, bc, bg model.Tensor }
+	ads := make([]ad, nAdapters)
+	for i := range ads {
+		rk := ranks[i%len(ranks)]
+		ads[i].ac, ads[i].ag = p.upload(t, hostBF16(r, rk, in, 1/math.Sqrt(in)))
+		ads[i].bc, ads[i].bg = p.upload(t, hostBF16(r, out, rk, 1/math.Sqrt(float64(rk))))
+	}
+	zipf := rand.NewZipf(rand.New(rand.NewPCG(3, 4)), 1.2, 1, nAdapters-1)
+	patterns := map[string]func(i int) int{
+		"distinct":  func(i int) int { return i % nAdapters },
+		"uniform":   func(int) int { return r.IntN(nAdapters) },
+		"zipf":      func(int) int { return int(zipf.Uint64()) },
+		"identical": func(int) int { return 3 },
+		"skewed":    func(i int) int { return map[bool]int{true: 0, false: 1 + i%5}[i%4 != 0] },
+	}
+	for name, pick := range patterns {
+		for _, segLen := range []int{1, 37} {
+			t.Run(fmt.Sprintf("%s/rows=%d", name, segLen), func(t *testing.T) {
+				nseg := 64 // decode: 64 rows, one per request
+				if segLen > 1 {
+					nseg = 5 // prefill: a few long segments
+				}
+				rows := nseg * segLen
+				xc, xg := p.tensor(t, rows, in, randFloats(r, rows*in))
+				base := randFloats(r, rows*out)
+				oc, og := p.tensor(t, rows, out, base)
+				var sc, sg []model.LoRASeg
+				for s := 0; s < nseg; s++ {
+					a := ads[pick(s)]
+					scale := float32(0.5 + r.Float64())
+					sc = append(sc, model.LoRASeg{Start: s * segLen, N: segLen, A: a.ac, B: a.bc, Scale: scale})
+					sg = append(sg, model.LoRASeg{Start: s * segLen, N: segLen, A: a.ag, B: a.bg, Scale: scale})
+				}
+				p.c.LoRA(oc, xc, sc)
+				p.g.LoRA(og, xg, sg)
+				p.compare(t, "lora", oc, og, 2e-3)
+			})
+		}
+	}
+}
+
+// TestMatMulSweep: cuBLAS bf16 (inputs rounded to bf16) against the CPU's fp32 x bf16.
+func TestMatMulSweep(t *testing.T) {
+	p := pair{cpu.New(0), newGPU(t)}
+	defer p.c.Close()
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, sh := range [][3]int{{1, 64, 64}, {3, 96, 160}, {8, 512, 4096}, {64, 1024, 768}, {257, 320, 64}} {
+		n, m, k := sh[0], sh[1], sh[2]
+		wc, wg := p.upload(t, hostBF16(r, m, k, 1/math.Sqrt(float64(k))))
+		xc, xg := p.tensor(t, n, k, randFloats(r, n*k))
+		oc, og := p.tensor(t, n, m, nil)
+		p.c.MatMul(oc, xc, wc)
+		p.g.MatMul(og, xg, wg)
+		p.compare(t, fmt.Sprintf("matmul %v", sh), oc, og, 2e-2)
+	}
+}
+
+// TestAttentionSweep fills a paged cache for several sequences through a real Step (scrambled
+// pages, prefill rows) and compares attention outputs, for MHA/GQA/MQA, head sizes and windows.
+func TestAttentionSweep(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, sh := range []struct{ heads, kv, dim, window int }{{4, 4, 16, 0}, {8, 2, 64, 0}, {8, 1, 128, 0}, {4, 2, 256, 0}, {4, 2, 32, 5}, {32, 8, 128, 0}} {
+		t.Run(fmt.Sprintf("h%d_kv%d_d%d_w%d", sh.heads, sh.kv, sh.dim, sh.window), func(t *testing.T) {
+			p := pair{cpu.New(0), newGPU(t)}
+			defer p.c.Close()
+			const pageSize, pages = 8, 128
+			spec := model.KVSpec{Layers: 1, Pages: pages, PageSize: pageSize, KVHeads: sh.kv, HeadDim: sh.dim}
+			if err := p.c.AllocKV(spec); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.g.AllocKV(spec); err != nil {
+				t.Fatal(err)
+			}
+			perm := r.Perm(pages)
+			var s model.Step
+			next := 0
+			for _, n := range []int{1, 9, 70, 300} {
+				np := (n + pageSize - 1) / pageSize
+				pg := make([]int32, np)
+				for i := range pg {
+					pg[i] = int32(perm[next])
+					next++
+				}
+				start := len(s.Tokens)
+				for j := 0; j < n; j++ {
+					s.Tokens = append(s.Tokens, 0)
+					s.Positions = append(s.Positions, int32(j))
+					s.Slots = append(s.Slots, pg[j/pageSize]*pageSize+int32(j%pageSize))
+				}
+				s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: n, Pages: pg})
+			}
+			n := len(s.Tokens)
+			if err := p.c.Prepare(&s); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.g.Prepare(&s); err != nil {
+				t.Fatal(err)
+			}
+			width := sh.kv * sh.dim
+			kc, kg := p.tensor(t, n, width, randFloats(r, n*width))
+			vc, vg := p.tensor(t, n, width, randFloats(r, n*width))
+			p.c.StoreKV(0, kc, vc)
+			p.g.StoreKV(0, kg, vg)
+			qc, qg := p.tensor(t, n, sh.heads*sh.dim, randFloats(r, n*sh.heads*sh.dim))
+			oc, og := p.tensor(t, n, sh.heads*sh.dim, nil)
+			ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim))), Window: sh.window}
+			p.c.Attention(oc, qc, 0, ap)
+			p.g.Attention(og, qg, 0, ap)
+			p.compare(t, "attention", oc, og, 2e-2)
+		})
+	}
+}

@@ -1,0 +1,14 @@
+// Package cuda is the NVIDIA GPU model.Backend. It is the only package that uses cgo, and it is
+// built only with the `cuda` build tag: every other package builds and tests without a GPU or
+// the CUDA toolkit.
+//
+// The kernels live in ../kernels as CUDA C with C launchers (no Go knowledge); `make cuda`
+// compiles them with nvcc into kernels/build/libloraplex_kernels.a, which this package links
+// together with cudart and cuBLAS. Shapes are checked here, in Go, before any call crosses
+// into C; errors come back only as CUDA status codes. The first failure is sticky: every later
+// op is skipped, Read returns it, and Err reports it so health can say NOT_SERVING.
+//
+// Storage: activations fp32; weight matrices, the paged KV cache and LoRA matrices bf16
+// (weights given as F32 or F16 are rounded to bf16 on upload); norm weights and biases fp32.
+// GEMMs run on tensor cores in bf16 with fp32 accumulation through cuBLAS.
+package cuda

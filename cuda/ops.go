@@ -1,0 +1,238 @@
+//go:build cuda
+
+package cuda
+
+// #include "shims.h"
+import "C"
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// Every op checks shapes in Go (a mismatch is a bug in the forward pass: panic, like the CPU
+// backend) and skips its launch once the backend has failed.
+
+func (b *Backend) Embed(out, table model.Tensor) {
+	ids := b.step.Tokens
+	if out.Rows != len(ids) || out.Cols != table.Cols || table.DType != model.BF16 {
+		panic(fmt.Sprintf("cuda: Embed %d ids into %s from %s %s", len(ids), out.Shape(), table.Shape(), table.DType))
+	}
+	for _, id := range ids {
+		if id < 0 || int(id) >= table.Rows {
+			panic(fmt.Sprintf("cuda: Embed token id %d outside the vocabulary of %d", id, table.Rows))
+		}
+	}
+	if b.failed() {
+		return
+	}
+	b.ok("embed", C.s_embed(ptr(out), ptr(table), b.meta(b.offTokens), C.int(len(ids)), C.int(table.Cols), C.int(table.Rows), b.stream))
+}
+
+// MatMul converts x to bf16 (tensor-core input) and runs cuBLAS with fp32 output.
+func (b *Backend) MatMul(out, x, w model.Tensor) { b.gemm(out, x, w, 1, 0) }
+
+func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
+	if x.Cols != w.Cols || out.Rows != x.Rows || out.Cols != w.Rows || w.DType != model.BF16 || x.DType != model.F32 || out.DType != model.F32 {
+		panic(fmt.Sprintf("cuda: MatMul out %s = x %s · wᵀ %s (%s)", out.Shape(), x.Shape(), w.Shape(), w.DType))
+	}
+	if b.failed() || x.Rows == 0 {
+		return
+	}
+	n := x.Rows * x.Cols
+	if n > b.xbfCap && !b.growX(n) {
+		return
+	}
+	if !b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.xbf), ptr(x), C.size_t(n), b.stream)) {
+		return
+	}
+	b.ok("gemm", C.s_gemm(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
+}
+
+func (b *Backend) growX(n int) bool {
+	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+		return false
+	}
+	if b.xbf != 0 {
+		C.s_free(C.uintptr_t(b.xbf))
+	}
+	p, err := b.malloc(2 * n)
+	if err != nil {
+		b.ok("malloc", 2)
+		return false
+	}
+	b.xbf, b.xbfCap = p, n
+	return true
+}
+
+func (b *Backend) AddBias(x, bias model.Tensor) {
+	if bias.Cols != x.Cols || bias.DType != model.F32 {
+		panic(fmt.Sprintf("cuda: AddBias %s + %s", x.Shape(), bias.Shape()))
+	}
+	if b.failed() || x.Rows == 0 {
+		return
+	}
+	b.ok("bias", C.s_add_bias(ptr(x), ptr(bias), C.int(x.Rows), C.int(x.Cols), b.stream))
+}
+
+func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
+	if out.Rows != x.Rows || out.Cols != x.Cols || w.Cols != x.Cols {
+		panic(fmt.Sprintf("cuda: RMSNorm %s -> %s with %s", x.Shape(), out.Shape(), w.Shape()))
+	}
+	if b.failed() || x.Rows == 0 {
+		return
+	}
+	b.ok("rmsnorm", C.s_rmsnorm(ptr(out), ptr(x), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.stream))
+}
+
+func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
+	if delta.Rows != x.Rows || out.Rows != x.Rows || delta.Cols != x.Cols || out.Cols != x.Cols || w.Cols != x.Cols {
+		panic(fmt.Sprintf("cuda: AddRMSNorm %s + %s -> %s with %s", x.Shape(), delta.Shape(), out.Shape(), w.Shape()))
+	}
+	if b.failed() || x.Rows == 0 {
+		return
+	}
+	b.ok("add_rmsnorm", C.s_add_rmsnorm(ptr(x), ptr(delta), ptr(out), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.stream))
+}
+
+func (b *Backend) RoPE(x model.Tensor, heads int, table model.Tensor) {
+	if x.Rows != len(b.step.Positions)*heads || table.Cols != x.Cols || x.Cols%2 != 0 || x.Cols > maxHeadDim {
+		panic(fmt.Sprintf("cuda: RoPE %s with %d heads, %d positions, table %s", x.Shape(), heads, len(b.step.Positions), table.Shape()))
+	}
+	for _, p := range b.step.Positions {
+		if int(p) >= table.Rows {
+			panic(fmt.Sprintf("cuda: RoPE position %d beyond the table's %d", p, table.Rows))
+		}
+	}
+	if b.failed() || x.Rows == 0 {
+		return
+	}
+	b.ok("rope", C.s_rope(ptr(x), b.meta(b.offPos), ptr(table), C.int(x.Rows), C.int(heads), C.int(x.Cols), b.stream))
+}
+
+func (b *Backend) StoreKV(layer int, k, v model.Tensor) {
+	width := b.kv.KVHeads * b.kv.HeadDim
+	n := len(b.step.Slots)
+	if k.Cols != width || v.Cols != width || k.Rows != n || v.Rows != n || layer < 0 || layer >= len(b.kcache) {
+		panic(fmt.Sprintf("cuda: StoreKV layer %d k %s v %s into width %d for %d slots", layer, k.Shape(), v.Shape(), width, n))
+	}
+	if b.failed() || n == 0 {
+		return
+	}
+	b.ok("store_kv", C.s_store_kv(C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]), ptr(k), ptr(v), b.meta(b.offSlots), C.int(n), C.int(width), b.stream))
+}
+
+func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) {
+	n := len(b.step.Tokens)
+	if q.Cols != p.Heads*p.HeadDim || out.Cols != q.Cols || q.Rows != n || out.Rows != n || p.HeadDim != b.kv.HeadDim ||
+		p.KVHeads != b.kv.KVHeads || p.Heads%p.KVHeads != 0 || layer < 0 || layer >= len(b.kcache) {
+		panic(fmt.Sprintf("cuda: Attention q %s out %s heads %d/%d dim %d", q.Shape(), out.Shape(), p.Heads, p.KVHeads, p.HeadDim))
+	}
+	if b.failed() || n == 0 {
+		return
+	}
+	b.ok("attention", C.s_attention(ptr(out), ptr(q), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
+		b.meta(b.offPos), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
+		C.int(n), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), b.stream))
+}
+
+func (b *Backend) SiluMul(out, gate, up model.Tensor) {
+	if out.Rows != gate.Rows || out.Rows != up.Rows || out.Cols != gate.Cols || out.Cols != up.Cols {
+		panic(fmt.Sprintf("cuda: SiluMul %s %s %s", out.Shape(), gate.Shape(), up.Shape()))
+	}
+	if b.failed() || out.Rows == 0 {
+		return
+	}
+	b.ok("silu_mul", C.s_silu_mul(ptr(out), ptr(gate), ptr(up), C.size_t(out.Rows*out.Cols), b.stream))
+}
+
+func (b *Backend) GatherRows(out, x model.Tensor) {
+	rows := b.step.LogitRows
+	if out.Rows != len(rows) || out.Cols != x.Cols {
+		panic(fmt.Sprintf("cuda: GatherRows %d rows of %s into %s", len(rows), x.Shape(), out.Shape()))
+	}
+	if b.failed() || len(rows) == 0 {
+		return
+	}
+	b.ok("gather", C.s_gather(ptr(out), ptr(x), b.meta(b.offLogit), C.int(len(rows)), C.int(x.Cols), b.stream))
+}
+
+// LoRA writes the segment table into a pinned ring (reset every step; the stream is idle at
+// Prepare), copies it to the device in one transfer and launches shrink + expand for all
+// segments together.
+func (b *Backend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
+	if len(segs) == 0 {
+		return
+	}
+	maxRows, maxRank, tmp := 0, 0, 0
+	for _, sg := range segs {
+		if sg.A.Cols != x.Cols || sg.B.Rows != out.Cols || sg.A.Rows != sg.B.Cols || sg.Start < 0 || sg.Start+sg.N > x.Rows ||
+			sg.A.DType != model.BF16 || sg.B.DType != model.BF16 || sg.A.Rows > maxLoRARank {
+			panic(fmt.Sprintf("cuda: LoRA x %s out %s A %s B %s rows [%d,+%d)", x.Shape(), out.Shape(), sg.A.Shape(), sg.B.Shape(), sg.Start, sg.N))
+		}
+		maxRows, maxRank = max(maxRows, sg.N), max(maxRank, sg.A.Rows)
+		tmp += sg.N * sg.A.Rows
+	}
+	if b.failed() {
+		return
+	}
+	if b.segUsed+len(segs) > b.segCap && !b.growSegs(b.segUsed+len(segs)) {
+		return
+	}
+	if tmp > b.loraCap && !b.growLoRATmp(tmp) {
+		return
+	}
+	off := 0
+	for i, sg := range segs {
+		C.s_set_seg(b.segHost, C.int(b.segUsed+i), ptr(sg.A), ptr(sg.B), C.int(sg.Start), C.int(sg.N), C.int(sg.A.Rows), C.int(off), C.float(sg.Scale))
+		off += sg.N * sg.A.Rows
+	}
+	byteOff := uintptr(b.segUsed * b.segSize)
+	if !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(len(segs)*b.segSize), b.stream)) {
+		return
+	}
+	b.ok("lora", C.s_lora(ptr(out), ptr(x), C.uintptr_t(b.segDev+byteOff), C.int(len(segs)), C.int(maxRows), C.int(maxRank),
+		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))
+	b.segUsed += len(segs)
+}
+
+func (b *Backend) growSegs(need int) bool {
+	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+		return false
+	}
+	need = max(need*2, 1024)
+	if b.segHost != nil {
+		C.lp_free_host(b.segHost)
+		C.s_free(C.uintptr_t(b.segDev))
+	}
+	var hp unsafe.Pointer
+	if !b.ok("pinned alloc", C.lp_malloc_host(&hp, C.size_t(need*b.segSize))) {
+		return false
+	}
+	d, err := b.malloc(need * b.segSize)
+	if err != nil {
+		b.ok("malloc", 2)
+		return false
+	}
+	b.segHost, b.segDev, b.segCap = hp, d, need
+	b.segUsed = 0 // earlier segments of this step were already consumed (we synchronised)
+	return true
+}
+
+func (b *Backend) growLoRATmp(n int) bool {
+	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+		return false
+	}
+	if b.loraTmp != 0 {
+		C.s_free(C.uintptr_t(b.loraTmp))
+	}
+	p, err := b.malloc(4 * n)
+	if err != nil {
+		b.ok("malloc", 2)
+		return false
+	}
+	b.loraTmp, b.loraCap = p, n
+	return true
+}

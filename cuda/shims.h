@@ -1,0 +1,60 @@
+// C shims between Go and the kernel launchers: device pointers cross as uintptr_t (they are
+// not Go memory, so Go never holds them as unsafe.Pointer) and are cast back here.
+#ifndef LORAPLEX_CUDA_SHIMS_H
+#define LORAPLEX_CUDA_SHIMS_H
+#include <stdint.h>
+#include "loraplex_kernels.h"
+
+#define P(t, v) ((t)(uintptr_t)(v))
+static inline int s_malloc(uintptr_t* p, size_t n) { void* q = 0; int e = lp_malloc(&q, n); *p = (uintptr_t)q; return e; }
+static inline int s_free(uintptr_t p) { return lp_free(P(void*, p)); }
+static inline int s_malloc_host(uintptr_t* p, size_t n) { void* q = 0; int e = lp_malloc_host(&q, n); *p = (uintptr_t)q; return e; }
+static inline int s_free_host(uintptr_t p) { return lp_free_host(P(void*, p)); }
+static inline int s_memset(uintptr_t p, size_t n, uintptr_t s) { return lp_memset(P(void*, p), 0, n, P(lp_stream, s)); }
+static inline int s_htod(uintptr_t dst, const void* src, size_t n, uintptr_t s) { return lp_memcpy_htod(P(void*, dst), src, n, P(lp_stream, s)); }
+static inline int s_htod_pinned(uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) { return lp_memcpy_htod(P(void*, dst), P(const void*, src), n, P(lp_stream, s)); }
+static inline int s_dtoh(void* dst, uintptr_t src, size_t n, uintptr_t s) { return lp_memcpy_dtoh(dst, P(const void*, src), n, P(lp_stream, s)); }
+static inline int s_stream_create(uintptr_t* s) { lp_stream q = 0; int e = lp_stream_create(&q); *s = (uintptr_t)q; return e; }
+static inline int s_stream_sync(uintptr_t s) { return lp_stream_sync(P(lp_stream, s)); }
+static inline int s_cublas_create(uintptr_t* h, uintptr_t s) { void* q = 0; int e = lp_cublas_create(&q, P(lp_stream, s)); *h = (uintptr_t)q; return e; }
+static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t c, float alpha, float beta) {
+	return lp_gemm_bf16(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), P(float*, c), alpha, beta);
+}
+static inline int s_f32_to_bf16(uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) { return lp_f32_to_bf16(P(uint16_t*, dst), P(const float*, src), n, P(lp_stream, s)); }
+static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, int dim, int vocab, uintptr_t s) {
+	return lp_embed(P(float*, out), P(const uint16_t*, table), P(const int32_t*, ids), n, dim, vocab, P(lp_stream, s));
+}
+static inline int s_gather(uintptr_t out, uintptr_t x, uintptr_t rows, int n, int dim, uintptr_t s) {
+	return lp_gather_rows(P(float*, out), P(const float*, x), P(const int32_t*, rows), n, dim, P(lp_stream, s));
+}
+static inline int s_rmsnorm(uintptr_t out, uintptr_t x, uintptr_t w, int rows, int dim, float eps, uintptr_t s) {
+	return lp_rmsnorm(P(float*, out), P(const float*, x), P(const float*, w), rows, dim, eps, P(lp_stream, s));
+}
+static inline int s_add_rmsnorm(uintptr_t x, uintptr_t d, uintptr_t out, uintptr_t w, int rows, int dim, float eps, uintptr_t s) {
+	return lp_add_rmsnorm(P(float*, x), P(const float*, d), P(float*, out), P(const float*, w), rows, dim, eps, P(lp_stream, s));
+}
+static inline int s_add_bias(uintptr_t x, uintptr_t b, int rows, int dim, uintptr_t s) { return lp_add_bias(P(float*, x), P(const float*, b), rows, dim, P(lp_stream, s)); }
+static inline int s_silu_mul(uintptr_t out, uintptr_t g, uintptr_t u, size_t n, uintptr_t s) { return lp_silu_mul(P(float*, out), P(const float*, g), P(const float*, u), n, P(lp_stream, s)); }
+static inline int s_rope(uintptr_t x, uintptr_t pos, uintptr_t table, int rows, int heads, int dim, uintptr_t s) {
+	return lp_rope(P(float*, x), P(const int32_t*, pos), P(const float*, table), rows, heads, dim, P(lp_stream, s));
+}
+static inline int s_store_kv(uintptr_t kc, uintptr_t vc, uintptr_t k, uintptr_t v, uintptr_t slots, int n, int width, uintptr_t s) {
+	return lp_store_kv(P(uint16_t*, kc), P(uint16_t*, vc), P(const float*, k), P(const float*, v), P(const int32_t*, slots), n, width, P(lp_stream, s));
+}
+static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
+                       int n, int heads, int kvh, int dim, int page, int window, float scale, uintptr_t s) {
+	return lp_attention(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos),
+	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, P(lp_stream, s));
+}
+static inline int s_lora(uintptr_t out, uintptr_t x, uintptr_t segs, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
+	return lp_lora(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));
+}
+static inline void s_set_seg(void* base, int i, uintptr_t a, uintptr_t b, int start, int n, int rank, int toff, float scale) {
+	lp_lora_seg* sg = (lp_lora_seg*)base + i;
+	sg->a = P(const uint16_t*, a); sg->b = P(const uint16_t*, b);
+	sg->start = start; sg->n = n; sg->rank = rank; sg->t_off = toff; sg->scale = scale;
+}
+static inline int seg_size(void) { return (int)sizeof(lp_lora_seg); }
+static inline void s_put_i32(uintptr_t base, int i, int32_t v) { P(int32_t*, base)[i] = v; }
+
+#endif

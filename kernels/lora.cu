@@ -1,0 +1,55 @@
+// LoRA over a batch whose rows use different adapters: y[rows of s] += scale_s · B_s (A_s x).
+//
+// Punica's SGMV idea in two launches for all segments at once. Each segment names its own A
+// and B (pointers into wherever the adapter lives) and its own rank, so nothing is padded to a
+// maximum rank and adapters need not be stacked in one tensor. A decode segment is a single
+// row (BGMV); a prefill segment is many rows of one sequence (SGMV).
+//   shrink: grid (row, segment, rank group): each warp owns one rank index j and computes
+//           t[row, j] = x[row] · A[j] with lanes striding the input dimension.
+//   expand: grid (row, segment): the row's t (rank floats) goes to shared memory, threads
+//           stride the output dimension and add scale · (t · B[c]).
+// Segments must cover disjoint rows (expand adds without atomics).
+#include "common.cuh"
+
+#define SHRINK_WARPS 4
+
+__global__ void lora_shrink_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim) {
+    const lp_lora_seg sg = segs[blockIdx.y];
+    const int r = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int j = blockIdx.z * SHRINK_WARPS + warp;
+    if (r >= sg.n || j >= sg.rank) return;
+    const float* xr = x + (size_t)(sg.start + r) * in_dim;
+    const uint16_t* a = sg.a + (size_t)j * in_dim;
+    float s = 0.f;
+    for (int c = lane; c < in_dim; c += 32) s += xr[c] * bf16_to_f32(a[c]);
+    s = warp_sum(s);
+    if (lane == 0) scratch[sg.t_off + r * sg.rank + j] = s;
+}
+
+__global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int out_dim) {
+    const lp_lora_seg sg = segs[blockIdx.y];
+    const int r = blockIdx.x;
+    if (r >= sg.n) return;  // uniform over the block: no thread reaches the barrier
+    __shared__ float t[LP_MAX_LORA_RANK];
+    for (int j = threadIdx.x; j < sg.rank; j += blockDim.x) t[j] = scratch[sg.t_off + r * sg.rank + j];
+    __syncthreads();
+    float* orow = out + (size_t)(sg.start + r) * out_dim;
+    for (int c = threadIdx.x; c < out_dim; c += blockDim.x) {
+        const uint16_t* b = sg.b + (size_t)c * sg.rank;
+        float acc = 0.f;
+        for (int j = 0; j < sg.rank; j++) acc += t[j] * bf16_to_f32(b[j]);
+        orow[c] += sg.scale * acc;
+    }
+}
+
+extern "C" int lp_lora(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
+                       float* scratch, int in_dim, int out_dim, lp_stream s) {
+    if (num_segs <= 0) return 0;
+    if (max_rows <= 0 || max_rank <= 0 || max_rank > LP_MAX_LORA_RANK || num_segs > 65535) return (int)cudaErrorInvalidValue;
+    dim3 g1(max_rows, num_segs, (max_rank + SHRINK_WARPS - 1) / SHRINK_WARPS);
+    lora_shrink_kernel<<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+    dim3 g2(max_rows, num_segs);
+    lora_expand_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim);
+    LP_CHECK_LAUNCH();
+}

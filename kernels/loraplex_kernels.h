@@ -1,0 +1,83 @@
+// loraplex CUDA kernels: the C interface the Go cuda package calls through cgo.
+//
+// Every function returns a cudaError_t value as int (0 = success) and knows nothing about Go.
+// Tensors are row-major. Activations are float32; weight matrices, the KV cache and LoRA
+// A/B matrices are bfloat16 (uint16_t bits here); norm weights and biases are float32.
+// Launchers check the shapes they support (declared in shapes.h) and return
+// cudaErrorInvalidValue for anything else; the Go side checks shapes before calling too.
+#ifndef LORAPLEX_KERNELS_H
+#define LORAPLEX_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void* lp_stream;
+
+// runtime.cu: devices, memory, streams (thin wrappers so Go links no CUDA headers' inlines).
+int lp_device_count(int* n);
+int lp_set_device(int dev);
+int lp_device_name(int dev, char* buf, int len);
+int lp_mem_info(size_t* free_bytes, size_t* total_bytes);
+int lp_malloc(void** p, size_t bytes);
+int lp_free(void* p);
+int lp_malloc_host(void** p, size_t bytes);
+int lp_free_host(void* p);
+int lp_memset(void* p, int value, size_t bytes, lp_stream s);
+int lp_memcpy_htod(void* dst, const void* src, size_t bytes, lp_stream s);
+int lp_memcpy_dtoh(void* dst, const void* src, size_t bytes, lp_stream s);
+int lp_memcpy_dtod(void* dst, const void* src, size_t bytes, lp_stream s);
+int lp_stream_create(lp_stream* s);
+int lp_stream_destroy(lp_stream s);
+int lp_stream_sync(lp_stream s);
+int lp_last_error(void);
+const char* lp_error_string(int code);
+
+// gemm.cu: C[n, m] (+)= alpha * X[n, k] · W[m, k]ᵀ with bf16 X and W, fp32 accumulate and C.
+int lp_cublas_create(void** handle, lp_stream s);
+int lp_cublas_destroy(void* handle);
+int lp_gemm_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* c, float alpha, float beta);
+
+// convert.cu
+int lp_f32_to_bf16(uint16_t* dst, const float* src, size_t n, lp_stream s);
+int lp_bf16_to_f32(float* dst, const uint16_t* src, size_t n, lp_stream s);
+
+// embed.cu: out[i, :] = table[ids[i], :]
+int lp_embed(float* out, const uint16_t* table, const int32_t* ids, int n, int dim, int vocab, lp_stream s);
+// gather.cu: out[i, :] = x[rows[i], :]
+int lp_gather_rows(float* out, const float* x, const int32_t* rows, int n, int dim, lp_stream s);
+// rmsnorm.cu: out = x * rsqrt(mean(x²) + eps) * w per row; the fused form adds delta to x first.
+int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, float eps, lp_stream s);
+int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, lp_stream s);
+// bias.cu: x[i, :] += b
+int lp_add_bias(float* x, const float* b, int rows, int dim, lp_stream s);
+// swiglu.cu: out = silu(gate) * up
+int lp_silu_mul(float* out, const float* gate, const float* up, size_t n, lp_stream s);
+// rope.cu: rotate-half RoPE on x [n*heads, dim]; table [max_pos, dim] = cos | sin.
+int lp_rope(float* x, const int32_t* positions, const float* table, int rows, int heads, int dim, lp_stream s);
+// kvcache.cu: write k, v [n, width] (fp32) into bf16 caches at slots.
+int lp_store_kv(uint16_t* kcache, uint16_t* vcache, const float* k, const float* v, const int32_t* slots, int n, int width, lp_stream s);
+// attention.cu: causal attention over the paged cache. Row i belongs to sequence row_seq[i];
+// that sequence's block table starts at page_table[seq_pages[row_seq[i]]].
+int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
+                 const int32_t* positions, const int32_t* row_seq, const int32_t* seq_pages, const int32_t* page_table,
+                 int n, int heads, int kv_heads, int head_dim, int page_size, int window, float scale, lp_stream s);
+
+// lora.cu: segment-wise LoRA at each adapter's own rank (SGMV; a decode segment is one row, BGMV).
+typedef struct {
+    const uint16_t* a; // [rank, in] bf16
+    const uint16_t* b; // [out, rank] bf16
+    int start, n, rank;
+    int t_off;        // offset of this segment's [n, rank] intermediate in the scratch buffer
+    float scale;
+} lp_lora_seg;
+int lp_lora(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
+            float* scratch, int in_dim, int out_dim, lp_stream s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,12 @@
+// The shapes the kernels support, in one place. Launchers reject anything else with
+// cudaErrorInvalidValue; the Go backend checks the same limits before a model is loaded.
+#ifndef LORAPLEX_SHAPES_H
+#define LORAPLEX_SHAPES_H
+
+#define LP_MAX_HEAD_DIM 256   // attention keeps a head's slice in registers: 8 floats per lane
+#define LP_MAX_LORA_RANK 256  // shrink writes one scratch row of at most this many values
+#define LP_ATTN_WARPS 4       // warps that split a (row, head)'s positions before merging
+
+static inline int lp_head_dim_ok(int d) { return d > 0 && d % 2 == 0 && d <= LP_MAX_HEAD_DIM; }
+
+#endif
