@@ -152,13 +152,11 @@ func TestCompletionsLogprobsAndN(t *testing.T) {
 				t.Errorf("logprob %v > 0", lp.TokenLogprobs[k])
 			}
 			// Greedy: the chosen token is the best alternative.
-			top := lp.TopLogprobs[k].JSON.ExtraFields
+			top := lp.TopLogprobs[k]
 			if len(top) < 3 {
 				t.Errorf("step %d: %d alternatives, want >= 3", k, len(top))
 			}
-			for tok, f := range top {
-				var v float64
-				json.Unmarshal([]byte(f.Raw()), &v)
+			for tok, v := range top {
 				if v > lp.TokenLogprobs[k]+1e-6 {
 					t.Errorf("step %d: alternative %s (%v) beats the greedy choice (%v)", k, tok, v, lp.TokenLogprobs[k])
 				}
@@ -173,7 +171,8 @@ func TestCompletionsLogprobsAndN(t *testing.T) {
 func TestModelsList(t *testing.T) {
 	e := fixtureEngine(t, "llama")
 	srv := newServer(t, e, openai.Options{APIKey: testKey})
-	page, err := newClient(srv.URL).Models.List(context.Background())
+	client := newClient(srv.URL)
+	page, err := client.Models.List(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,12 +203,13 @@ func TestClientErrors(t *testing.T) {
 	c := loadCases(t, "llama")[0]
 	p := greedy(c)
 	p.Model = "no-such-adapter"
-	_, err := newClient(srv.URL).Completions.New(ctx, p)
+	client, bad := newClient(srv.URL), newClient(srv.URL, option.WithAPIKey("wrong"))
+	_, err := client.Completions.New(ctx, p)
 	var apiErr *oai.Error
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 404 || apiErr.Type != "NotFoundError" || apiErr.Param != "model" {
 		t.Errorf("unknown model: %v", err)
 	}
-	_, err = newClient(srv.URL, option.WithAPIKey("wrong")).Completions.New(ctx, greedy(c))
+	_, err = bad.Completions.New(ctx, greedy(c))
 	if !errors.As(err, &apiErr) || apiErr.StatusCode != 401 || apiErr.Code != "invalid_api_key" {
 		t.Errorf("bad key: %v", err)
 	}
@@ -255,7 +255,7 @@ func TestChatDemo(t *testing.T) {
 		t.Errorf("tokenize says %d tokens (%d %s); chat used %d", tk.Count, st, body, resp.Usage.PromptTokens)
 	}
 
-	params.Logprobs, params.TopLogprobs = oai.Opt[bool]{}, oai.Opt[int64]{}
+	params.Logprobs, params.TopLogprobs = oai.Bool(false), oai.Int(0)
 	params.StreamOptions = oai.ChatCompletionStreamOptionsParam{IncludeUsage: oai.Bool(true)}
 	stream := client.Chat.Completions.NewStreaming(ctx, params, option.WithJSONSet("ignore_eos", true))
 	defer stream.Close()
