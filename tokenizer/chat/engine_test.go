@@ -322,6 +322,16 @@ z`, ""},
 	{`{% for x in xs %}{{ loop.changed(x > 1) }}{% endfor %}|{{ xs|join }}|{{ msgs|join(',', attribute='role') }}|{{ 'a-b'|replace('-', '+') }}|{{ [3, 2, 1]|sort|first }}|{{ 'abc'|list }}|{{ d|list }}|{{ 1|default(2) }}
 `,
 		`TrueTrueFalse|123|user,assistant|a+b|1|['a', 'b', 'c']|['b', 'a']|1`, ""},
+	// Full Unicode case mappings and str.format specs.
+	{`{{ u.upper() }}|{{ 'ǅ'.lower() }}|{{ 'ß'.upper() }}|{{ 'İ'.lower()|length }}|{{ 'ΟΔΟΣ ΣΑΣ.'.lower() }}|{{ 'ﬁx ßtraße ǆemal'.title() }}|{{ 'ßa'.capitalize() }}|{{ 'straße'|upper }}|{{ 'ΣΑΣ'|lower }}|{{ 'ǅ'.isupper() }}{{ '123'.islower() }}{{ 'a1'.islower() }}{{ 'A1'.isupper() }}{{ 123 is lower }}{{ 'abc' is lower }}{{ 'ABC' is upper }}{{ 'Ab' is upper }}`,
+		`CAFÉ 中文 😀|ǆ|SS|2|οδος σας.|Fix Sstraße ǅemal|Ssa|STRASSE|σας|FalseFalseTrueTrueFalseTrueTrueFalse`, ""},
+	{`{{ '{:>5}|{:<5}|{:^5}|{:05d}|{:.2f}|{:*^9}|{:+d}|{:x}|{:,}|{:.1%}|{:e}|{:g}|{}|{:08.3f}|{:5}|{:<5d}|{!s:>4}'.format('a', 'b', 'c', 42, 3.14159, 'mid', 7, 255, 1234567, 0.256, 12345.678, 0.00001234, none, -3.14159, 42, 42, 'z') }}`,
+		`    a|b    |  c  |00042|3.14|***mid***|+7|ff|1,234,567|25.6%|1.234568e+04|1.234e-05|None|-003.142|   42|42   |   z`, ""},
+	{`{{ '{:.3}|{:.3}|{:10.2e}|{:<8.1f}|{:=+8d}|{:#x}|{:_}|{:,.2f}|{:.0f}|{:%}'.format(3.0, 3.14159, 1234.5, 2.25, 42, 255, 1000000, 1234567.891, 2.5, 0.5) }}`,
+		`3.0|3.14|  1.23e+03|2.2     |+     42|0xff|1_000_000|1,234,567.89|2|50.000000%`, ""},
+	{`{{ '{:d}'.format('x') }}
+`,
+		"", "line 1: Unknown format code 'd' for object of type 'str'"},
 	{`{{ -xs|length }}`, "", "bad operand type for unary -: 'list'"}, // (-xs)|length in Jinja2 too
 }
 

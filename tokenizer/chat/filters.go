@@ -40,7 +40,7 @@ func init() {
 		"last":       fLast,
 		"length":     fLength,
 		"list":       fList,
-		"lower":      strFilter(strings.ToLower),
+		"lower":      strFilter(pyLower),
 		"map":        fMap,
 		"max":        fMinMax(1),
 		"min":        fMinMax(-1),
@@ -59,7 +59,7 @@ func init() {
 		"tojson":     fTojson,
 		"trim":       fTrim,
 		"unique":     fUnique,
-		"upper":      strFilter(strings.ToUpper),
+		"upper":      strFilter(pyUpper),
 		"wordcount":  fWordcount,
 	}
 }
@@ -604,7 +604,7 @@ func fSelect(keep, byAttr bool) filterFunc {
 // sortKey lowercases strings for Jinja2's case-insensitive comparisons.
 func sortKey(v value, caseSensitive bool) value {
 	if s, ok := v.(string); ok && !caseSensitive {
-		return strings.ToLower(s)
+		return pyLower(s)
 	}
 	return v
 }
@@ -753,8 +753,8 @@ func jinjaTitle(s string) string {
 			return
 		}
 		r, sz := utf8.DecodeRuneInString(word)
-		b.WriteString(strings.ToUpper(string(r)))
-		b.WriteString(strings.ToLower(word[sz:]))
+		b.WriteString(pyUpper(string(r)))
+		b.WriteString(pyLower(word[sz:]))
 	}
 	for _, m := range titleSplitRe.FindAllStringIndex(s, -1) {
 		emit(s[last:m[0]])

@@ -233,9 +233,9 @@ func strMethod(s, name string) func([]value, *dictVal) (value, error) {
 			return newList(strsToValues(pySplitlines(s, truthy(orDefault(a[0], false))))), nil
 		}
 	case "upper":
-		return noArgs(func() value { return strings.ToUpper(s) })
+		return noArgs(func() value { return pyUpper(s) })
 	case "lower":
-		return noArgs(func() value { return strings.ToLower(s) })
+		return noArgs(func() value { return pyLower(s) })
 	case "title":
 		return noArgs(func() value { return pyTitle(s) })
 	case "capitalize":
@@ -348,24 +348,10 @@ func strMethod(s, name string) func([]value, *dictVal) (value, error) {
 		})
 	case "isspace":
 		return noArgs(func() value { return s != "" && strings.IndexFunc(s, func(r rune) bool { return !isPySpace(r) }) < 0 })
-	case "isupper", "islower":
-		return noArgs(func() value {
-			cased := false
-			for _, r := range s {
-				if unicode.IsUpper(r) || unicode.IsTitle(r) {
-					if name == "islower" {
-						return false
-					}
-					cased = true
-				} else if unicode.IsLower(r) {
-					if name == "isupper" {
-						return false
-					}
-					cased = true
-				}
-			}
-			return cased
-		})
+	case "isupper":
+		return noArgs(func() value { return pyIsCase(s, unicode.IsLower) })
+	case "islower":
+		return noArgs(func() value { return pyIsCase(s, unicode.IsUpper) })
 	case "removeprefix", "removesuffix":
 		return func(args []value, _ *dictVal) (value, error) {
 			if len(args) != 1 {
@@ -503,17 +489,17 @@ func pySplitlines(s string, keepends bool) []string {
 }
 
 // pyTitle is str.title: a cased letter following an uncased character is
-// uppercased, other cased letters are lowercased.
+// titlecased, other cased letters are lowercased.
 func pyTitle(s string) string {
 	var b strings.Builder
 	prevCased := false
 	for _, r := range s {
 		switch {
-		case unicode.IsUpper(r) || unicode.IsTitle(r) || unicode.IsLower(r):
+		case isCased(r):
 			if prevCased {
-				b.WriteRune(unicode.ToLower(r))
+				b.WriteString(pyLower(string(r)))
 			} else {
-				b.WriteRune(unicode.ToTitle(r))
+				pyTitleRune(&b, r)
 			}
 			prevCased = true
 		default:
@@ -524,10 +510,30 @@ func pyTitle(s string) string {
 	return b.String()
 }
 
+// pyCapitalize is str.capitalize (Python 3.8+): titlecase the first
+// character, lowercase the rest.
 func pyCapitalize(s string) string {
 	if s == "" {
 		return s
 	}
 	r, sz := utf8.DecodeRuneInString(s)
-	return string(unicode.ToTitle(r)) + strings.ToLower(s[sz:])
+	var b strings.Builder
+	pyTitleRune(&b, r)
+	b.WriteString(pyLower(s[sz:]))
+	return b.String()
+}
+
+// pyIsCase is str.isupper / str.islower: at least one cased character,
+// none of the opposite case (bad) and no titlecase letters.
+func pyIsCase(s string, bad func(rune) bool) bool {
+	cased := false
+	for _, r := range s {
+		if bad(r) || unicode.IsTitle(r) {
+			return false
+		}
+		if isCased(r) {
+			cased = true
+		}
+	}
+	return cased
 }

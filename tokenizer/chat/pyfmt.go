@@ -125,8 +125,8 @@ func formatOne(spec string, conv byte, v value) (string, error) {
 }
 
 // strFormat is str.format with automatic ("{}"), numbered ("{0}") and named
-// ("{name}") fields, attribute/item access inside fields is not supported;
-// format specs are limited to those percentFormat understands.
+// ("{name}") fields, !s/!r conversions and format specs; attribute and item
+// access inside fields ("{0.name}", "{0[1]}") is not supported.
 func strFormat(f string, args []value, kw *dictVal) (value, error) {
 	var b strings.Builder
 	auto := 0
@@ -185,12 +185,12 @@ func strFormat(f string, args []value, kw *dictVal) (value, error) {
 			s = repr(v)
 		}
 		if spec != "" {
-			conv := spec[len(spec)-1]
-			if strings.IndexByte("sdfeEgGxXo", conv) < 0 {
-				return nil, fmt.Errorf("unsupported format spec %q", spec)
+			var x value = v
+			if conv != "" {
+				x = s // !s / !r convert before formatting
 			}
 			var err error
-			if s, err = formatOne(spec[:len(spec)-1], conv, v); err != nil {
+			if s, err = pyFormat(x, spec); err != nil {
 				return nil, err
 			}
 		}

@@ -3,7 +3,7 @@ package chat
 import (
 	"errors"
 	"fmt"
-	"strings"
+	"unicode"
 )
 
 type testFunc func(v value, args []value) (bool, error)
@@ -62,14 +62,9 @@ func init() {
 			}
 			return equal(r, int64(0)), nil
 		},
-		"lower": is(func(v value) bool {
-			s, ok := v.(string)
-			return ok && strings.ToLower(s) == s
-		}),
-		"upper": is(func(v value) bool {
-			s, ok := v.(string)
-			return ok && strings.ToUpper(s) == s
-		}),
+		// Jinja2 tests str(value).islower() / .isupper().
+		"lower": is(func(v value) bool { return pyIsCase(toStr(v), unicode.IsUpper) }),
+		"upper": is(func(v value) bool { return pyIsCase(toStr(v), unicode.IsLower) }),
 		"in": func(v value, args []value) (bool, error) {
 			if len(args) != 1 {
 				return false, errors.New("in test needs one argument")
