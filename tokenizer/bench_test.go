@@ -20,6 +20,7 @@ func benchEncode(b *testing.B, name string, cached bool) {
 	for i := 0; i < b.N; i++ {
 		if !cached {
 			tok.model.cache.reset()
+			tok.rawCache.reset()
 		}
 		if _, err := tok.Encode(benchText, false); err != nil {
 			b.Fatal(err)

@@ -55,6 +55,20 @@ func (m *bpeModel) tokenize(dst []int, word string) []int {
 	return dst
 }
 
+// tokenizeUncached is tokenize without the word cache, for callers that
+// cache at their own level.
+func (m *bpeModel) tokenizeUncached(dst []int, word string) []int {
+	if word == "" {
+		return dst
+	}
+	if m.ignoreMerges {
+		if id, ok := m.vocab[word]; ok {
+			return append(dst, id)
+		}
+	}
+	return m.mergeWord(dst, word)
+}
+
 // symbol is one node of the doubly linked list the merge loop works on.
 type symbol struct {
 	id         int

@@ -16,13 +16,14 @@ const (
 	qwenPattern   = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
 )
 
-// fastMatcher returns a scanner for a known regex, or nil.
-func fastMatcher(re string) func(string) []span {
+// fastMatcher returns, for a known regex, a function giving the end of the
+// match that starts at i (these patterns match at every position), or nil.
+func fastMatcher(re string) func(s string, i int) int {
 	switch re {
 	case llama3Pattern:
-		return func(s string) []span { return scanLlamaLike(s, 3) }
+		return func(s string, i int) int { return matchLlamaLikeAt(s, i, 3) }
 	case qwenPattern:
-		return func(s string) []span { return scanLlamaLike(s, 1) }
+		return func(s string, i int) int { return matchLlamaLikeAt(s, i, 1) }
 	}
 	return nil
 }
@@ -90,18 +91,6 @@ func contractionLen(s string, i int) int {
 		}
 	}
 	return 0
-}
-
-// scanLlamaLike finds all matches of llama3Pattern (maxDigits 3) or
-// qwenPattern (maxDigits 1) in s, as byte spans.
-func scanLlamaLike(s string, maxDigits int) []span {
-	out := make([]span, 0, len(s)/4+1)
-	for i := 0; i < len(s); {
-		end := matchLlamaLikeAt(s, i, maxDigits)
-		out = append(out, span{i, end})
-		i = end
-	}
-	return out
 }
 
 // matchLlamaLikeAt returns the end of the match starting at i. Every

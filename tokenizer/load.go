@@ -109,6 +109,7 @@ func FromJSON(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
 		t.config = map[string]any{}
 	}
 	t.initBOSEOS()
+	t.initFastPath()
 	return t, nil
 }
 
@@ -142,7 +143,7 @@ func parseModel(raw json.RawMessage) (*bpeModel, error) {
 	m := &bpeModel{vocab: v.Vocab, unkID: -1, fuseUnk: v.FuseUnk, byteFallback: v.ByteFallback, ignoreMerges: v.IgnoreMerges}
 	maxID := -1
 	for tok, id := range v.Vocab {
-		if id < 0 || id > 1<<24 {
+		if id < 0 || id >= maxVocabID {
 			return nil, malformed("model.vocab", "token %q has id %d out of range", tok, id)
 		}
 		maxID = max(maxID, id)
@@ -214,7 +215,7 @@ func (t *Tokenizer) initAdded(added []addedToken) error {
 	t.special = map[string]bool{}
 	t.vocabSize = len(t.model.vocabR)
 	for i, a := range added {
-		if a.ID < 0 || a.ID > 1<<24 {
+		if a.ID < 0 || a.ID >= maxVocabID {
 			return malformed("added_tokens", "token %q has id %d out of range", a.Content, a.ID)
 		}
 		if a.Content == "" {
@@ -290,3 +291,7 @@ func (t *Tokenizer) MarshalJSON() ([]byte, error) {
 	}
 	return t.JSON(), nil
 }
+
+// maxVocabID bounds ids so a corrupt file cannot make us allocate an
+// enormous id table (real vocabularies are well under a million).
+const maxVocabID = 1 << 22

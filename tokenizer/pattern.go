@@ -15,7 +15,7 @@ import (
 type pattern struct {
 	literal string
 	re      *regexp2.Regexp
-	fast    func(string) []span // hand-written equivalent of re, if any
+	fastAt  func(s string, i int) int // hand-written equivalent of re, if any
 }
 
 func parsePattern(raw json.RawMessage, field string) (*pattern, error) {
@@ -34,7 +34,7 @@ func parsePattern(raw json.RawMessage, field string) (*pattern, error) {
 		if err != nil {
 			return nil, malformed(field, "regex %q: %v", *v.Regex, err)
 		}
-		return &pattern{re: re, fast: fastMatcher(*v.Regex)}, nil
+		return &pattern{re: re, fastAt: fastMatcher(*v.Regex)}, nil
 	}
 	return nil, malformed(field, "want {\"String\":...} or {\"Regex\":...}")
 }
@@ -47,6 +47,15 @@ type span struct{ start, end int }
 func (p *pattern) matches(s string) []span {
 	if s == "" {
 		return nil
+	}
+	if p.fastAt != nil {
+		out := make([]span, 0, len(s)/4+1)
+		for i := 0; i < len(s); {
+			end := p.fastAt(s, i)
+			out = append(out, span{i, end})
+			i = end
+		}
+		return out
 	}
 	if p.re == nil {
 		if p.literal == "" {
@@ -61,9 +70,6 @@ func (p *pattern) matches(s string) []span {
 			out = append(out, span{off + i, off + i + len(p.literal)})
 			off += i + len(p.literal)
 		}
-	}
-	if p.fast != nil {
-		return p.fast(s)
 	}
 	return p.regexMatches(s)
 }

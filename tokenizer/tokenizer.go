@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"fmt"
 	"maps"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -29,6 +30,47 @@ type Tokenizer struct {
 	eos    []int
 
 	raw []byte // tokenizer.json
+
+	// byteSplit is set when the pre-tokenizer is exactly Split(known regex,
+	// Isolated) + ByteLevel without prefix space or regex (Llama 3, Qwen):
+	// Encode then scans pre-tokens in place and caches ids by raw pre-token,
+	// skipping the intermediate strings.
+	byteSplit func(s string, i int) int
+	rawCache  wordCache
+}
+
+// initFastPath recognises the byte-level layout that encodeByteLevel handles.
+func (t *Tokenizer) initFastPath() {
+	seq, ok := t.pre.(preSequence)
+	if !ok || len(seq) != 2 {
+		return
+	}
+	sp, ok1 := seq[0].(*preSplit)
+	bl, ok2 := seq[1].(preByteLevel)
+	if ok1 && ok2 && sp.pat.fastAt != nil && sp.behavior == splitIsolated && !sp.invert && !bl.addPrefixSpace && !bl.useRegex {
+		t.byteSplit = sp.pat.fastAt
+	}
+}
+
+// encodeByteLevel is the fast path of Encode for one normalized segment; it
+// gives the same ids as pre-tokenizing and running the model word by word.
+func (t *Tokenizer) encodeByteLevel(ids []int, s string) []int {
+	for i := 0; i < len(s); {
+		end := t.byteSplit(s, i)
+		raw := s[i:end]
+		i = end
+		if cached, ok := t.rawCache.get(raw); ok {
+			ids = append(ids, cached...)
+			continue
+		}
+		start := len(ids)
+		ids = t.model.tokenizeUncached(ids, byteLevelEncode(raw))
+		if len(raw) < maxCachedWordLen {
+			// Clone: raw points into the caller's text.
+			t.rawCache.put(strings.Clone(raw), ids[start:])
+		}
+	}
+	return ids
 }
 
 // Encode tokenizes text. With addSpecialTokens the post-processor runs (e.g.
@@ -54,6 +96,10 @@ func (t *Tokenizer) Encode(text string, addSpecialTokens bool) ([]int, error) {
 		for _, sub := range t.splitAdded(nil, s, t.normTrie) {
 			if sub.tok >= 0 {
 				ids = append(ids, t.added[sub.tok].ID)
+				continue
+			}
+			if t.byteSplit != nil {
+				ids = t.encodeByteLevel(ids, sub.text)
 				continue
 			}
 			// Only text at offset 0 of the input counts as "first" (for
