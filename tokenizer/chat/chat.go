@@ -67,8 +67,9 @@ type Options struct {
 
 // Template is a parsed chat template; it is safe for concurrent use.
 type Template struct {
-	body []node
-	now  func() time.Time // for tests of strftime_now
+	body     []node
+	now      func() time.Time // for tests of strftime_now
+	maxSteps int              // tests lower it to hit the limit cheaply
 }
 
 // Parse parses Jinja2 template source.
@@ -133,7 +134,10 @@ func (t *Template) Render(messages []Message, opts Options) (out string, err err
 		root.set("tools", newList(tools))
 	}
 	var b strings.Builder
-	ev := &evaluator{out: &b, now: t.now}
+	ev := &evaluator{out: &b, now: t.now, maxSteps: maxSteps}
+	if t.maxSteps > 0 {
+		ev.maxSteps = t.maxSteps
+	}
 	err = ev.execBody(t.body, newScope(root))
 	if err != nil {
 		return "", err

@@ -113,11 +113,12 @@ func (s *scope) lookup(name string) (value, bool) {
 }
 
 type evaluator struct {
-	out     *strings.Builder
-	written int
-	steps   int
-	depth   int
-	now     func() time.Time
+	maxSteps int
+	out      *strings.Builder
+	written  int
+	steps    int
+	depth    int
+	now      func() time.Time
 }
 
 // errorf builds a RenderError; an error that already is one keeps its line.
@@ -139,7 +140,7 @@ func withLine(err error, line int) error {
 
 func (ev *evaluator) step() error {
 	ev.steps++
-	if ev.steps > maxSteps {
+	if ev.steps > ev.maxSteps {
 		return &RenderError{Msg: "template exceeded the evaluation step limit"}
 	}
 	return nil
