@@ -1,0 +1,155 @@
+package metrics
+
+import (
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/serve"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	prommodel "github.com/prometheus/common/model"
+)
+
+// newTestEngine serves the llama fixture with its four adapters on the CPU backend (the same
+// setup as serve's engine tests).
+func newTestEngine(t testing.TB, opt serve.Options) *serve.Engine {
+	t.Helper()
+	dir := filepath.Join("..", "..", "testdata", "models", "llama")
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cpu.New(2)
+	w, err := model.LoadWeights(dir, cfg, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.ModelName = "llama"
+	opt.Logger = slog.New(slog.DiscardHandler)
+	e, err := serve.NewEngine(cfg, b, w, nil, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"} {
+		if err := e.LoadAdapter(a, filepath.Join(dir, "adapters", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	return e
+}
+
+// scrape GETs url and parses the text exposition with the legacy name rules, the strictest
+// ones a scraper may apply (colons are legal there).
+func scrape(t testing.TB, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	p := expfmt.NewTextParser(prommodel.LegacyValidation)
+	mfs, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mfs
+}
+
+// series returns the one series of family name whose labels include want.
+func series(t testing.TB, mfs map[string]*dto.MetricFamily, name string, want map[string]string) *dto.Metric {
+	t.Helper()
+	mf := mfs[name]
+	if mf == nil {
+		t.Fatalf("%s missing", name)
+	}
+	var found *dto.Metric
+	for _, m := range mf.GetMetric() {
+		if hasLabels(m, want) {
+			if found != nil {
+				t.Fatalf("%s%v: more than one series", name, want)
+			}
+			found = m
+		}
+	}
+	if found == nil {
+		t.Fatalf("%s%v: no such series", name, want)
+	}
+	return found
+}
+
+func hasLabels(m *dto.Metric, want map[string]string) bool {
+	n := 0
+	for _, lp := range m.GetLabel() {
+		if v, ok := want[lp.GetName()]; ok {
+			if v != lp.GetValue() {
+				return false
+			}
+			n++
+		}
+	}
+	return n == len(want)
+}
+
+func labelsOf(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, lp := range m.GetLabel() {
+		out[lp.GetName()] = lp.GetValue()
+	}
+	return out
+}
+
+// gate wraps the metrics observer and, while armed, stops the engine loop inside every Step
+// until the test lets it go: the test then knows exactly which iterations have published
+// their state.
+type gate struct {
+	serve.Observer
+	armed   chan struct{} // closed: pass through
+	at, run chan struct{}
+}
+
+func newGate(inner serve.Observer) *gate {
+	return &gate{Observer: inner, armed: make(chan struct{}), at: make(chan struct{}), run: make(chan struct{})}
+}
+
+func (g *gate) Step(rows, seqs int, d time.Duration) {
+	g.Observer.Step(rows, seqs, d)
+	select {
+	case <-g.armed:
+		return
+	default:
+	}
+	g.at <- struct{}{}
+	<-g.run
+}
+
+// next lets the blocked step finish and waits for the next one to block.
+func (g *gate) next(t testing.TB) {
+	t.Helper()
+	g.run <- struct{}{}
+	g.wait(t)
+}
+
+func (g *gate) wait(t testing.TB) {
+	t.Helper()
+	select {
+	case <-g.at:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the engine never reached the next step")
+	}
+}
+
+// open disarms the gate and releases the step blocked in it.
+func (g *gate) open() {
+	close(g.armed)
+	g.run <- struct{}{}
+}

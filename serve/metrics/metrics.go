@@ -1,0 +1,113 @@
+// Package metrics exports an engine's state and timings to Prometheus under the names vLLM v1
+// uses (vllm:*), so routers that balance vLLM pods by queue length, KV-cache use and LoRA
+// affinity work unchanged, plus loraplex_* metrics for what vLLM does not report.
+//
+// Two sources feed it. Gauges and counters that mirror engine state (running and waiting
+// requests, KV pages, token and finish counters, the LoRA activity snapshot, resident adapters)
+// are read at scrape time from the engine's atomics, so a scrape never waits on the scheduler
+// loop and the loop never pays for a scrape. Latency histograms and per-adapter counters are fed
+// by the engine's Observer hooks on the scheduler goroutine; those calls do not allocate.
+//
+// Label cardinality: vllm:* series carry only the base model's name. The loraplex_adapter_*
+// series carry one adapter label per loaded adapter (plus the base model); series of an
+// unloaded adapter are dropped at the first scrape at which it is neither loaded nor in use, so
+// the number of series is bounded by the adapters loaded at a time, not by those ever loaded.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/loraplex/loraplex/serve"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is the set of collectors for one engine.
+type Metrics struct {
+	e        *serve.Engine
+	base     string
+	created  time.Time
+	gatherer prometheus.Gatherer
+
+	// Fed by the Observer hooks.
+	ttft, itl, e2e, queue   prometheus.Histogram
+	rows, seqs, stepSeconds prometheus.Histogram
+	adapters                adapterCache
+	obs                     observer
+	histograms              []prometheus.Histogram
+	state                   *stateCollector
+	adapterVecs             []*prometheus.CounterVec
+}
+
+// New registers the collectors on reg and installs itself as e's Observer (replacing any
+// other). reg nil means a fresh registry. Handler serves reg when reg is also a Gatherer (a
+// *prometheus.Registry, or prometheus.DefaultRegisterer); otherwise it serves these metrics only.
+// It panics if reg already holds metrics with these names, like prometheus.MustRegister.
+func New(e *serve.Engine, reg prometheus.Registerer) *Metrics {
+	base := e.Options().ModelName
+	m := &Metrics{e: e, base: base, created: time.Now()}
+	vllm := prometheus.Labels{labelModel: base, labelEngine: engineIndex}
+	own := prometheus.Labels{labelModel: base}
+	hist := func(name, help string, buckets []float64, l prometheus.Labels) prometheus.Histogram {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets, ConstLabels: l})
+		m.histograms = append(m.histograms, h)
+		return h
+	}
+	m.ttft = hist(nameTTFT, "Histogram of time to first token in seconds.", bucketsTTFT, vllm)
+	m.itl = hist(nameITL, "Histogram of inter-token latency in seconds.", bucketsITL, vllm)
+	m.e2e = hist(nameE2E, "Histogram of e2e request latency in seconds.", bucketsRequest, vllm)
+	m.queue = hist(nameQueue, "Histogram of time spent in WAITING phase for request.", bucketsRequest, vllm)
+	m.rows = hist(nameBatchRows, "Token rows (prefill chunk tokens plus decode tokens) in one engine step.", bucketsRows, own)
+	m.seqs = hist(nameBatchSeqs, "Sequences in one engine step.", bucketsSeqs(e.Options().MaxNumSeqs), own)
+	m.stepSeconds = hist(nameStepSeconds, "Duration of one forward pass in seconds.", bucketsStep, own)
+	m.adapters.init(own)
+	m.adapterVecs = []*prometheus.CounterVec{m.adapters.requests, m.adapters.prompt, m.adapters.generation}
+	m.state = newStateCollector(m)
+	m.obs.m = m
+
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	reg.MustRegister(m)
+	if g, ok := reg.(prometheus.Gatherer); ok {
+		m.gatherer = g
+	} else {
+		r := prometheus.NewRegistry()
+		r.MustRegister(m)
+		m.gatherer = r
+	}
+	e.SetObserver(&m.obs)
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format (the gateway mounts it at GET
+// /metrics).
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.gatherer, promhttp.HandlerOpts{})
+}
+
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, h := range m.histograms {
+		h.Describe(ch)
+	}
+	for _, v := range m.adapterVecs {
+		v.Describe(ch)
+	}
+	m.state.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, h := range m.histograms {
+		h.Collect(ch)
+	}
+	models, info := m.e.Models(), m.e.LoRAInfo()
+	// Sweep before collecting, so a dropped adapter's series vanish in this very scrape.
+	m.adapters.sweep(models, info)
+	for _, v := range m.adapterVecs {
+		v.Collect(ch)
+	}
+	m.state.collect(ch, models, info)
+}

@@ -1,0 +1,105 @@
+package metrics
+
+import (
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/loraplex/loraplex/serve"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// stateCollector turns the engine's atomics into metrics at scrape time. Reading them costs
+// the scheduler loop nothing: the loop stores them once per iteration whether or not anyone
+// scrapes, and a scrape takes no lock the loop takes (Models takes the adapter registry's
+// mutex, which the loop never does).
+type stateCollector struct {
+	m *Metrics
+
+	running, waiting, kvUsage   *prometheus.Desc
+	preemptions, prompt, gen    *prometheus.Desc
+	success, loraInfo, resident *prometheus.Desc
+}
+
+func newStateCollector(m *Metrics) *stateCollector {
+	vllm := prometheus.Labels{labelModel: m.base, labelEngine: engineIndex}
+	d := func(name, help string, variable []string, l prometheus.Labels) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, variable, l)
+	}
+	return &stateCollector{
+		m:           m,
+		running:     d(nameRunning, "Number of requests in model execution batches.", nil, vllm),
+		waiting:     d(nameWaiting, "Number of requests waiting to be processed.", nil, vllm),
+		kvUsage:     d(nameKVUsage, "KV-cache usage. 1 means 100 percent usage.", nil, vllm),
+		preemptions: d(namePreemptions, "Cumulative number of preemption from the engine.", nil, vllm),
+		prompt:      d(namePromptToks, "Number of prefill tokens processed.", nil, vllm),
+		gen:         d(nameGenToks, "Number of generation tokens processed.", nil, vllm),
+		success:     d(nameSuccess, "Count of successfully processed requests.", []string{labelReason}, vllm),
+		// vLLM gives this gauge no model_name or engine label; routers match it by name alone.
+		loraInfo: d(nameLoRAInfo, "Running stats on lora requests.", []string{labelMaxLoRA, labelWaiting, labelRunning}, nil),
+		resident: d(nameResident, "Adapters resident per cache tier.", []string{labelTier}, prometheus.Labels{labelModel: m.base}),
+	}
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) collect(ch chan<- prometheus.Metric, models []serve.ModelInfo, info serve.LoRAInfo) {
+	st := c.m.e.Stats()
+	gauge := func(d *prometheus.Desc, v float64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
+	}
+	counter := func(d *prometheus.Desc, v float64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, lv...)
+	}
+	gauge(c.running, float64(st.Running.Load()))
+	gauge(c.waiting, float64(st.Waiting.Load()))
+	gauge(c.kvUsage, kvUsage(st.KVPagesUsed.Load(), st.KVPages.Load()))
+	counter(c.preemptions, float64(st.Preemptions.Load()))
+	counter(c.prompt, float64(st.PromptTokens.Load()))
+	counter(c.gen, float64(st.GenerationTokens.Load()))
+
+	var finished [len(reasons)]int64
+	st.Finished.Range(func(k, v any) bool {
+		r, _ := k.(string)
+		if n, ok := v.(*atomic.Int64); ok {
+			finished[reasonIndex(r)] += n.Load()
+		}
+		return true
+	})
+	for i, r := range reasons {
+		counter(c.success, float64(finished[i]), r)
+	}
+
+	// One series only: the label set is computed from the current snapshot at each scrape, so
+	// a change of adapters replaces the old series instead of leaving it behind (vLLM keeps
+	// stale label sets, and routers have to pick the one with the newest timestamp value).
+	at := info.At
+	if at.IsZero() {
+		at = c.m.created // no request yet: the snapshot is as old as the exporter
+	}
+	gauge(c.loraInfo, float64(at.UnixNano())/1e9,
+		strconv.Itoa(info.MaxLoRAs), strings.Join(info.Waiting, ","), strings.Join(info.Running, ","))
+
+	// Every adapter the engine serves today is in device memory; the host and disk tiers come
+	// with the adapter cache.
+	adapters := 0
+	for _, mi := range models {
+		if mi.Kind == "adapter" {
+			adapters++
+		}
+	}
+	gauge(c.resident, float64(adapters), "device")
+}
+
+// kvUsage is used pages over pages, clamped to [0, 1]: the two atomics are read separately, so
+// a scrape must not report a transient ratio outside the range routers expect.
+func kvUsage(used, pages int64) float64 {
+	if pages <= 0 || used <= 0 {
+		return 0
+	}
+	return min(float64(used)/float64(pages), 1)
+}
