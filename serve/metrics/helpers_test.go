@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -113,12 +114,19 @@ func labelsOf(m *dto.Metric) map[string]string {
 // their state.
 type gate struct {
 	serve.Observer
-	armed   chan struct{} // closed: pass through
-	at, run chan struct{}
+	armed chan struct{} // closed: pass through
+	once  sync.Once
+	at    chan struct{} // unbuffered: the loop is inside Step
+	run   chan struct{} // buffered, so releasing never blocks the test
 }
 
-func newGate(inner serve.Observer) *gate {
-	return &gate{Observer: inner, armed: make(chan struct{}), at: make(chan struct{}), run: make(chan struct{})}
+// newGate installs an armed gate in front of inner; the test's cleanup opens it before the
+// engine is closed, so a failing test cannot leave the loop blocked.
+func newGate(t testing.TB, e *serve.Engine, inner serve.Observer) *gate {
+	g := &gate{Observer: inner, armed: make(chan struct{}), at: make(chan struct{}), run: make(chan struct{}, 1)}
+	e.SetObserver(g)
+	t.Cleanup(g.open)
+	return g
 }
 
 func (g *gate) Step(rows, seqs int, d time.Duration) {
@@ -126,9 +134,8 @@ func (g *gate) Step(rows, seqs int, d time.Duration) {
 	select {
 	case <-g.armed:
 		return
-	default:
+	case g.at <- struct{}{}:
 	}
-	g.at <- struct{}{}
 	<-g.run
 }
 
@@ -148,8 +155,29 @@ func (g *gate) wait(t testing.TB) {
 	}
 }
 
-// open disarms the gate and releases the step blocked in it.
+// open disarms the gate and releases a step blocked in it, if any.
 func (g *gate) open() {
-	close(g.armed)
-	g.run <- struct{}{}
+	g.once.Do(func() { close(g.armed) })
+	select {
+	case g.run <- struct{}{}:
+	default:
+	}
+}
+
+// waitIdle waits for the loop to publish its state after the last request finished: a stream
+// ends inside a step, and the loop stores its counts and LoRA snapshot after that step.
+func waitIdle(t testing.TB, e *serve.Engine) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, info := e.Stats(), e.LoRAInfo()
+		if st.Running.Load() == 0 && st.Waiting.Load() == 0 && st.KVPagesUsed.Load() == 0 &&
+			len(info.Running) == 0 && len(info.Waiting) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the engine did not become idle")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

@@ -9,9 +9,11 @@
 // by the engine's Observer hooks on the scheduler goroutine; those calls do not allocate.
 //
 // Label cardinality: vllm:* series carry only the base model's name. The loraplex_adapter_*
-// series carry one adapter label per loaded adapter (plus the base model); series of an
-// unloaded adapter are dropped at the first scrape at which it is neither loaded nor in use, so
-// the number of series is bounded by the adapters loaded at a time, not by those ever loaded.
+// series carry one adapter label per loaded adapter (plus the base model), six series each;
+// an unloaded adapter's series are dropped once a scrape finds it neither loaded, nor running
+// or waiting, nor finishing a request since the previous scrape. So the number of series is
+// bounded by the adapters loaded at a time, not by those ever loaded (a counter that comes back
+// after a reload starts from zero, which Prometheus treats as a reset).
 package metrics
 
 import (

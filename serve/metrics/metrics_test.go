@@ -121,6 +121,7 @@ func TestScrapeAfterRequests(t *testing.T) {
 		req("a_qv", 7, 5), req("a_qv", 3, 8),
 		req("b_all_rslora", 12, 7),
 	})
+	waitIdle(t, e)
 	mfs := scrape(t, srv.URL)
 	for name, typ := range wantTypes {
 		if mf := mfs[name]; mf == nil || mf.GetType() != typ {
@@ -225,8 +226,7 @@ func TestLoRARequestsInfoWhileRunning(t *testing.T) {
 	m := New(e, prometheus.NewRegistry())
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
-	g := newGate(&m.obs)
-	e.SetObserver(g)
+	g := newGate(t, e, &m.obs)
 	start := time.Now()
 
 	ctx := context.Background()
@@ -237,7 +237,6 @@ func TestLoRARequestsInfoWhileRunning(t *testing.T) {
 	g.wait(t) // step 1: c_patterns prefills
 	b, err := e.Generate(ctx, req("d_regex", 4, 3))
 	if err != nil {
-		g.open()
 		t.Fatal(err)
 	}
 	g.next(t) // step 2: the loop has taken d_regex into its waiting list
@@ -271,17 +270,10 @@ func TestLoRARequestsInfoWhileRunning(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The loop publishes after the step that finished the last request: poll briefly.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		l := labelsOf(scrape(t, srv.URL)[nameLoRAInfo].GetMetric()[0])
-		if l[labelRunning] == "" && l[labelWaiting] == "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still %v after the requests finished", nameLoRAInfo, l)
-		}
-		time.Sleep(10 * time.Millisecond)
+	waitIdle(t, e)
+	l := labelsOf(scrape(t, srv.URL)[nameLoRAInfo].GetMetric()[0])
+	if l[labelRunning] != "" || l[labelWaiting] != "" {
+		t.Errorf("%s still %v after the requests finished", nameLoRAInfo, l)
 	}
 }
 
@@ -292,6 +284,7 @@ func TestUnloadedAdapterSeriesDropped(t *testing.T) {
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
 	run(t, e, []serve.Request{req("d_regex", 4, 2)})
+	waitIdle(t, e)
 	has := func(mfs map[string]*dto.MetricFamily) bool {
 		for _, s := range mfs[nameAdapterGen].GetMetric() {
 			if labelsOf(s)[labelAdapter] == "d_regex" {
