@@ -185,6 +185,25 @@ func TestGolden(t *testing.T) {
 	}
 }
 
+// TestToolGolden compares against transformers' renderings of conversations
+// with tool calls, tool results, reasoning_content, tool schemas and
+// enable_thinking (testdata/tool_golden.py made testdata/tool_golden.json).
+func TestToolGolden(t *testing.T) {
+	f, ok := loadGolden(t, filepath.Join("testdata", "tool_golden.json"))
+	if !ok {
+		t.Fatal("testdata/tool_golden.json missing")
+	}
+	cache := map[string][2]any{}
+	runGoldenCases(t, func(name string) (*Template, map[string]string) {
+		if c, ok := cache[name]; ok {
+			return c[0].(*Template), c[1].(map[string]string)
+		}
+		tmpl, toks := loadTokenizer(t, name)
+		cache[name] = [2]any{tmpl, toks}
+		return tmpl, toks
+	}, f, "tool_golden (transformers "+f.TransformersVersion+")")
+}
+
 // TestOracleFile checks a case file from a development oracle (for example
 // jinja2 configured like transformers) named by CHAT_ORACLE; each case names
 // the testdata tokenizer whose template it uses.
