@@ -38,3 +38,23 @@ func TestDotX4Kernels(t *testing.T) {
 		}
 	}
 }
+
+// TestDotBF16Kernels runs the single-row BF16 assembly kernel directly.
+func TestDotBF16Kernels(t *testing.T) {
+	kernels := map[string]func(x []float32, w []uint16) float32{}
+	if useAVX2 {
+		kernels["avx2"] = dotBF16AVX2
+	}
+	r := rand.New(rand.NewPCG(11, 12))
+	for name, kern := range kernels {
+		for _, n := range dotLengths() {
+			x := randF32(r, n+1)[1:]
+			w := randBF16(r, n)
+			var mag float64
+			for i := range x {
+				mag += math.Abs(float64(x[i]) * float64(bf16ToF32(w[i])))
+			}
+			checkClose(t, "dotBF16 "+name, n, 0, kern(x, w), dotBF16Generic(x, w), mag)
+		}
+	}
+}
