@@ -7,7 +7,9 @@ import "unicode/utf8"
 // others to U+0100 upward, so every byte is a visible, non-space character.
 var (
 	byteToRune [256]rune
-	runeToByte = map[rune]byte{}
+	// runeToByte inverts byteToRune; -1 for runes outside the mapping. All
+	// mapped runes are below 0x144.
+	runeToByte [0x144]int16
 	// gpt2ByteOrder lists bytes in the order GPT-2's vocab assigns ids 0..255.
 	gpt2ByteOrder [256]byte
 )
@@ -35,8 +37,11 @@ func init() {
 			n++
 		}
 	}
+	for i := range runeToByte {
+		runeToByte[i] = -1
+	}
 	for b := 0; b < 256; b++ {
-		runeToByte[byteToRune[b]] = byte(b)
+		runeToByte[byteToRune[b]] = int16(b)
 	}
 }
 

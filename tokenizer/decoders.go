@@ -56,12 +56,11 @@ func (s *byteLevelStage) push(p piece, emit emitFn) {
 	// other token (e.g. an added token with a space) contributes its raw UTF-8.
 	mark := len(s.pending)
 	for _, r := range p.text {
-		b, ok := runeToByte[r]
-		if !ok {
+		if r >= rune(len(runeToByte)) || runeToByte[r] < 0 {
 			s.pending = append(s.pending[:mark], p.text...)
 			break
 		}
-		s.pending = append(s.pending, b)
+		s.pending = append(s.pending, byte(runeToByte[r]))
 	}
 	// All tokens are lossily decoded as one byte string; emit what can no
 	// longer change and keep a trailing incomplete UTF-8 sequence.
@@ -339,11 +338,16 @@ func (c decoderChain) newState() *chainState {
 		st.stages = append(st.stages, stage)
 		cont = sp.emitsCont(cont)
 	}
+	st.emits = make([]emitFn, len(st.stages))
+	for i := range st.emits {
+		st.emits[i] = func(q piece) { st.run(i+1, q) }
+	}
 	return st
 }
 
 type chainState struct {
 	stages []decStage
+	emits  []emitFn // emits[i] feeds stage i+1 (or the output); built once
 	out    strings.Builder
 }
 
@@ -352,7 +356,7 @@ func (st *chainState) run(i int, p piece) {
 		st.out.WriteString(p.text)
 		return
 	}
-	st.stages[i].push(p, func(q piece) { st.run(i+1, q) })
+	st.stages[i].push(p, st.emits[i])
 }
 
 // push feeds one vocabulary token and returns the newly final text.
@@ -365,10 +369,17 @@ func (st *chainState) push(token string) string {
 // flush ends the input and returns the remaining text.
 func (st *chainState) flush() string {
 	st.out.Reset()
-	for i := range st.stages {
-		st.stages[i].flush(func(q piece) { st.run(i+1, q) })
-	}
+	st.flushInto()
 	return st.out.String()
+}
+
+// pushInto and flushInto accumulate into st.out (whole-sequence Decode).
+func (st *chainState) pushInto(token string) { st.run(0, piece{token, false}) }
+
+func (st *chainState) flushInto() {
+	for i := range st.stages {
+		st.stages[i].flush(st.emits[i])
+	}
 }
 
 // assembler collects continuation chunks into whole tokens for stages that

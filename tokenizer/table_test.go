@@ -249,6 +249,11 @@ func TestDemo(t *testing.T) {
 	if got, _ := demo.Decode(ids, true); got != "Hi 😀\n" {
 		t.Errorf("skip special = %q", got)
 	}
+	// HF tokenizers 0.23.2 loading demo.JSON() gives these ids.
+	hf, _ := demo.Encode("<|begin_of_text|>Hi 😀 there\n", true)
+	if want := []int{256, 39, 72, 220, 172, 253, 246, 222, 220, 83, 71, 68, 81, 68, 198}; !slices.Equal(hf, want) {
+		t.Errorf("demo ids = %v, HF gives %v", hf, want)
+	}
 	// JSON round trip gives the same tokenizer.
 	back, err := FromJSON(demo.JSON(), nil)
 	if err != nil {

@@ -143,7 +143,7 @@ func (t *Tokenizer) tokenFor(id int) (string, bool) {
 // ids, an id outside the vocabulary is an error.
 func (t *Tokenizer) Decode(ids []int, skipSpecialTokens bool) (string, error) {
 	st := t.decoder.newState()
-	var out []byte
+	st.out.Grow(len(ids) * 4)
 	for _, id := range ids {
 		tok, ok := t.tokenFor(id)
 		if !ok {
@@ -152,10 +152,10 @@ func (t *Tokenizer) Decode(ids []int, skipSpecialTokens bool) (string, error) {
 		if skipSpecialTokens && t.special[tok] {
 			continue
 		}
-		out = append(out, st.push(tok)...)
+		st.pushInto(tok)
 	}
-	out = append(out, st.flush()...)
-	return string(out), nil
+	st.flushInto()
+	return st.out.String(), nil
 }
 
 // VocabSize is the number of ids: model vocab plus added tokens (max id + 1).
