@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -28,6 +29,13 @@ func FuzzEncodeDecode(f *testing.F) {
 	for _, name := range testNames {
 		toks[name] = loadTest(f, name)
 	}
+	// The same tokenizer without the byte-level fast path, as the reference
+	// for encodeByteLevel.
+	slow, err := FromJSON(toks["llama3"].JSON(), nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	slow.byteSplit = nil
 	f.Fuzz(func(t *testing.T, s string) {
 		for name, tok := range toks {
 			ids, err := tok.Encode(s, true)
@@ -55,6 +63,12 @@ func FuzzEncodeDecode(f *testing.F) {
 			}
 			checkStream(t, tok, ids, false, name)
 			checkStream(t, tok, ids, true, name)
+			if name == "llama3" {
+				ref, _ := slow.Encode(s, true)
+				if !slices.Equal(ids, ref) {
+					t.Fatalf("fast path %v != generic path %v for %q", ids, ref, s)
+				}
+			}
 		}
 	})
 }
