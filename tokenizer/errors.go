@@ -1,7 +1,3 @@
-// Package tokenizer reproduces Hugging Face `tokenizers` encoding and decoding
-// for tokenizer.json files (BPE models: byte-level like Llama 3 / Qwen, and
-// SentencePiece-style like Llama 2). Results are meant to be identical, id for
-// id and byte for byte, to the Rust library; see golden_test.go.
 package tokenizer
 
 import (
