@@ -3,12 +3,34 @@
 //
 // transformers renders with a Jinja2 ImmutableSandboxedEnvironment
 // (trim_blocks, lstrip_blocks, loop controls), a json.dumps-based tojson
-// filter, and raise_exception / strftime_now globals. This package contains
-// its own interpreter for the Jinja2 subset chat templates use (lexer.go,
-// parser.go, eval.go, exec.go), with Python semantics for the values
-// templates touch (str methods, slicing, repr, json.dumps), because
-// byte-exact output depends on those details. Rendering untrusted templates
-// and messages is bounded (steps, recursion, output size) and never panics.
+// filter, and raise_exception / strftime_now globals. This package has its
+// own interpreter for the Jinja2 subset chat templates use, because
+// byte-exact output depends on Python details a generic engine gets wrong:
+// str methods, slicing, str()/repr() of values, json.dumps spacing, Jinja2's
+// whitespace control and scoping. Files by concern: lexer.go (tags and
+// whitespace control), parser.go and parse_expr.go (Jinja2's grammar),
+// exec.go and eval.go (statements, expressions), ops.go, access.go,
+// methods.go, filters*.go, tests.go, globals.go (Python and Jinja2
+// semantics), repr.go, pyjson.go, pyfmt.go, pyformatspec.go, casing.go
+// (Python formatting and Unicode casing).
+//
+// Supported: {{ }}, {% if/elif/else %}, {% for %} (else, "if" filter,
+// recursive, tuple unpacking, loop.*), break/continue, {% set %} (also
+// namespace attributes, tuples and block set), {% macro %} (defaults,
+// varargs/kwargs), {% filter %}, {% with %}, {% raw %}, {% generation %},
+// comments; all Jinja2 operators and literals; the tests and filters chat
+// templates use (unknown ones fail at Parse, as in Jinja2); str, dict and
+// list methods; range, namespace, dict, raise_exception, strftime_now.
+//
+// Not supported: {% call %} blocks, {% include/import/extends/block %},
+// *args/**kwargs in calls, the filters batch, slice, groupby, truncate,
+// wordwrap, striptags, urlize, pprint, xmlattr, filesizeformat, random,
+// and the globals cycler, joiner, lipsum. Ints are 64-bit (overflow is an
+// error, not a big int). dict.items() and range() print as lists.
+//
+// Rendering untrusted templates and messages is bounded (evaluation steps,
+// recursion depth, output and value sizes) and never panics: a panic would
+// be recovered and returned as an error.
 package chat
 
 import (

@@ -402,32 +402,85 @@ func matchOp(s string) string {
 	return ""
 }
 
+// number lexes a numeric literal with Jinja2's rules: floats first
+// ("1.5", "1e3", "1_000.5", not directly after a "."), then integers
+// "0b101", "0o17", "0x1f", "[1-9](_?[0-9])*" or zeros; so "010" is the
+// integer 0 followed by 10, a syntax error as in Jinja2.
 func (lx *lexer) number() {
 	rest := lx.src[lx.pos:]
-	digits := func(n int) int {
-		start := n
-		for n < len(rest) && (rest[n] >= '0' && rest[n] <= '9' || rest[n] == '_' && n > start && n+1 < len(rest) && rest[n+1] >= '0' && rest[n+1] <= '9') {
+	// digitRun matches (\d+_)*\d+ at i and returns its end, or -1.
+	digitRun := func(i int) int {
+		n := i
+		for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
 			n++
+			if n+1 < len(rest) && rest[n] == '_' && rest[n+1] >= '0' && rest[n+1] <= '9' {
+				n++
+			}
+		}
+		if n == i {
+			return -1
 		}
 		return n
 	}
-	n := digits(0)
-	kind := tInt
-	if n+1 < len(rest) && rest[n] == '.' && rest[n+1] >= '0' && rest[n+1] <= '9' {
-		n = digits(n + 1)
-		kind = tFloat
-	}
-	if n < len(rest) && (rest[n] == 'e' || rest[n] == 'E') {
-		m := n + 1
-		if m < len(rest) && (rest[m] == '+' || rest[m] == '-') {
-			m++
+	exponent := func(i int) int {
+		if i < len(rest) && (rest[i] == 'e' || rest[i] == 'E') {
+			j := i + 1
+			if j < len(rest) && (rest[j] == '+' || rest[j] == '-') {
+				j++
+			}
+			return digitRun(j)
 		}
-		if m < len(rest) && rest[m] >= '0' && rest[m] <= '9' {
-			n = digits(m)
-			kind = tFloat
+		return -1
+	}
+	if lx.pos == 0 || lx.src[lx.pos-1] != '.' {
+		if n := digitRun(0); n > 0 {
+			end := -1
+			if n < len(rest) && rest[n] == '.' {
+				if m := digitRun(n + 1); m > 0 {
+					end = m
+					if e := exponent(m); e > 0 {
+						end = e
+					}
+				}
+			} else if e := exponent(n); e > 0 {
+				end = e
+			}
+			if end > 0 {
+				lx.emit(tFloat, strings.ReplaceAll(rest[:end], "_", ""))
+				lx.advance(end)
+				return
+			}
 		}
 	}
-	lx.emit(kind, strings.ReplaceAll(rest[:n], "_", ""))
+	n := 1
+	isDigit := func(c byte) bool { return c >= '0' && c <= '9' }
+	digitsOf := map[byte]func(byte) bool{
+		'b': func(c byte) bool { return c == '0' || c == '1' },
+		'o': func(c byte) bool { return c >= '0' && c <= '7' },
+		'x': isHexDigit,
+	}
+	// run consumes (_?d)+ style digits from n.
+	run := func(ok func(byte) bool) {
+		for n < len(rest) {
+			if ok(rest[n]) {
+				n++
+			} else if rest[n] == '_' && n+1 < len(rest) && ok(rest[n+1]) {
+				n += 2
+			} else {
+				break
+			}
+		}
+	}
+	switch {
+	case rest[0] == '0' && len(rest) > 2 && digitsOf[rest[1]|0x20] != nil && digitsOf[rest[1]|0x20](rest[2]):
+		n = 2
+		run(digitsOf[rest[1]|0x20])
+	case rest[0] == '0':
+		run(func(c byte) bool { return c == '0' })
+	default:
+		run(isDigit)
+	}
+	lx.emit(tInt, strings.ReplaceAll(rest[:n], "_", ""))
 	lx.advance(n)
 }
 
@@ -510,4 +563,8 @@ func unescape(b *strings.Builder, s string) int {
 	}
 	b.WriteByte('\\')
 	return 0
+}
+
+func isHexDigit(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }

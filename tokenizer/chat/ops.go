@@ -107,7 +107,7 @@ func repeat(seq, n value) (value, bool, error) {
 			return nil, true, errors.New("value too large")
 		}
 		var items []value
-		for i := int64(0); i < cnt; i++ {
+		for i := int64(0); i < cnt && len(s.items) > 0; i++ {
 			items = append(items, s.items...)
 		}
 		return &listVal{items: items, tuple: s.tuple}, true, nil

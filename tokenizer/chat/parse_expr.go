@@ -237,7 +237,11 @@ func (p *parser) parsePrimary() (expr, error) {
 		}
 		return &constExpr{val: s}, nil
 	case tInt:
-		i, err := strconv.ParseInt(t.val, 10, 64)
+		base := 10
+		if len(t.val) > 1 && t.val[0] == '0' && (t.val[1] < '0' || t.val[1] > '9') {
+			base = 0 // 0x, 0o, 0b prefixes
+		}
+		i, err := strconv.ParseInt(t.val, base, 64)
 		if err != nil {
 			return nil, p.errAt(t, "integer literal %s out of range", t.val)
 		}
