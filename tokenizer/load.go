@@ -19,6 +19,9 @@ func Load(dir string) (*Tokenizer, error) {
 	tj, err := os.ReadFile(filepath.Join(dir, "tokenizer.json"))
 	if errors.Is(err, fs.ErrNotExist) {
 		tj, err = readGzip(filepath.Join(dir, "tokenizer.json.gz"))
+		if errors.Is(err, fs.ErrNotExist) {
+			err = fmt.Errorf("no tokenizer.json or tokenizer.json.gz: %w", fs.ErrNotExist)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("tokenizer: load %s: %w", dir, err)

@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -215,8 +216,13 @@ func TestLoadDir(t *testing.T) {
 	if tok.VocabSize() != 258 {
 		t.Errorf("VocabSize = %d", tok.VocabSize())
 	}
-	if _, err := Load(t.TempDir()); err == nil {
-		t.Error("Load of an empty dir succeeded")
+	if _, err := Load(t.TempDir()); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "no tokenizer.json") {
+		t.Errorf("Load of an empty dir: err = %v", err)
+	}
+	bad := t.TempDir()
+	os.WriteFile(filepath.Join(bad, "tokenizer.json.gz"), []byte("not gzip"), 0o644)
+	if _, err := Load(bad); err == nil {
+		t.Error("Load of a corrupt tokenizer.json.gz succeeded")
 	}
 }
 
