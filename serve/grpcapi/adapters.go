@@ -1,0 +1,80 @@
+package grpcapi
+
+import (
+	"context"
+
+	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
+	"github.com/loraplex/loraplex/serve"
+)
+
+// ListModels lists the base model and every adapter, as GET /v1/models does.
+func (s *Service) ListModels(ctx context.Context, _ *loraplexv1.ListModelsRequest) (*loraplexv1.ListModelsResponse, error) {
+	ms := s.e.Models()
+	out := &loraplexv1.ListModelsResponse{Models: make([]*loraplexv1.Model, len(ms))}
+	for i, m := range ms {
+		out.Models[i] = &loraplexv1.Model{Id: m.ID, Kind: m.Kind, Parent: m.Parent, Created: m.Created, MaxModelLen: int32(m.MaxLen)}
+	}
+	return out, nil
+}
+
+// ListAdapters lists the resident adapters. Every one of them is loaded in host memory today
+// (the CPU backend; the tiered device cache will report "device").
+func (s *Service) ListAdapters(ctx context.Context, _ *loraplexv1.ListAdaptersRequest) (*loraplexv1.ListAdaptersResponse, error) {
+	out := &loraplexv1.ListAdaptersResponse{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.e.Models() {
+		if m.Kind != "adapter" {
+			continue
+		}
+		out.Adapters = append(out.Adapters, &loraplexv1.Adapter{Name: m.ID, State: "loaded", Tier: "host", Path: s.paths[m.ID]})
+	}
+	return out, nil
+}
+
+// LoadAdapter loads a PEFT folder under a name (PermissionDenied unless runtime updates are
+// allowed and the path lies inside an adapter root).
+func (s *Service) LoadAdapter(ctx context.Context, req *loraplexv1.LoadAdapterRequest) (*loraplexv1.LoadAdapterResponse, error) {
+	const method = "/loraplex.v1.Loraplex/LoadAdapter"
+	if err := s.updatesAllowed(); err != nil {
+		return nil, s.toStatus(ctx, method, err)
+	}
+	if req.GetPath() == "" {
+		return nil, s.toStatus(ctx, method, invalid("path", "path is required"))
+	}
+	// A client must not make the server read arbitrary files: the path has to resolve inside
+	// one of the engine's adapter roots (PermissionDenied otherwise, NotFound if missing).
+	path, err := s.e.CheckAdapterPath(req.GetPath())
+	if err != nil {
+		return nil, s.toStatus(ctx, method, err)
+	}
+	if err := s.e.LoadAdapter(req.GetName(), path); err != nil {
+		return nil, s.toStatus(ctx, method, err)
+	}
+	s.mu.Lock()
+	s.paths[req.GetName()] = req.GetPath()
+	s.mu.Unlock()
+	return &loraplexv1.LoadAdapterResponse{}, nil
+}
+
+// UnloadAdapter removes an adapter; requests already running finish with it.
+func (s *Service) UnloadAdapter(ctx context.Context, req *loraplexv1.UnloadAdapterRequest) (*loraplexv1.UnloadAdapterResponse, error) {
+	const method = "/loraplex.v1.Loraplex/UnloadAdapter"
+	if err := s.updatesAllowed(); err != nil {
+		return nil, s.toStatus(ctx, method, err)
+	}
+	if err := s.e.UnloadAdapter(req.GetName()); err != nil {
+		return nil, s.toStatus(ctx, method, err)
+	}
+	s.mu.Lock()
+	delete(s.paths, req.GetName())
+	s.mu.Unlock()
+	return &loraplexv1.UnloadAdapterResponse{}, nil
+}
+
+func (s *Service) updatesAllowed() error {
+	if !s.opt.AllowRuntimeAdapterUpdates {
+		return &serve.Error{Kind: serve.KindForbidden, Msg: "runtime adapter updates are disabled on this server"}
+	}
+	return nil
+}

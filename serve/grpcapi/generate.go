@@ -1,0 +1,112 @@
+package grpcapi
+
+import (
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
+	"github.com/loraplex/loraplex/serve"
+)
+
+const generateMethod = "/loraplex.v1.Loraplex/Generate"
+
+// Generate streams one request's events. The stream's context is the engine request's
+// context, so a client that cancels (or whose deadline passes) aborts the request and the
+// engine frees its batch slot and KV pages at its next step.
+func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerStreamingServer[loraplexv1.GenerateResponse]) error {
+	ctx := stream.Context()
+	prompt, err := s.prompt(req)
+	if err != nil {
+		return s.toStatus(ctx, generateMethod, err)
+	}
+	st, err := s.e.Generate(ctx, serve.Request{Model: req.GetModel(), Prompt: prompt, Params: params(req.GetParams())})
+	if err != nil {
+		return s.toStatus(ctx, generateMethod, err)
+	}
+	defer st.Cancel() // no-op after the final event; frees the request if Send fails
+	for {
+		ev, ok := st.Next(ctx)
+		if !ok {
+			// ctx ended before the final event: the client went away or its deadline passed.
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		if ev.Err != nil {
+			// An aborted or failed request: deliver what was generated, then the error's code
+			// (Unavailable when the server shuts down, Internal for a failed step).
+			if len(ev.Tokens) > 0 || ev.Text != "" {
+				ev.Finish, ev.StopReason, ev.Usage = "", nil, nil
+				if err := stream.Send(response(ev)); err != nil {
+					return err
+				}
+			}
+			return s.toStatus(ctx, generateMethod, ev.Err)
+		}
+		if err := stream.Send(response(ev)); err != nil {
+			return err
+		}
+		if ev.Finish != "" {
+			return nil
+		}
+	}
+}
+
+// params maps the proto's sampling parameters onto the engine's, which has the same zero-value
+// meanings; the engine validates them.
+func params(p *loraplexv1.SamplingParams) serve.SamplingParams {
+	if p == nil {
+		p = &loraplexv1.SamplingParams{}
+	}
+	return serve.SamplingParams{
+		MaxTokens:         int(p.GetMaxTokens()),
+		MinTokens:         int(p.GetMinTokens()),
+		Temperature:       p.GetTemperature(),
+		TopP:              p.GetTopP(),
+		TopK:              int(p.GetTopK()),
+		MinP:              p.GetMinP(),
+		Seed:              p.Seed,
+		RepetitionPenalty: p.GetRepetitionPenalty(),
+		PresencePenalty:   p.GetPresencePenalty(),
+		FrequencyPenalty:  p.GetFrequencyPenalty(),
+		Stop:              p.GetStop(),
+		StopTokenIDs:      ints(p.GetStopTokenIds()),
+		IgnoreEOS:         p.GetIgnoreEos(),
+		Logprobs:          int(p.GetLogprobs()),
+		SkipSpecialTokens: p.SkipSpecialTokens == nil || *p.SkipSpecialTokens,
+	}
+}
+
+func response(ev serve.Event) *loraplexv1.GenerateResponse {
+	r := &loraplexv1.GenerateResponse{
+		TokenIds: int32s(ev.Tokens),
+		// The engine only emits whole characters; this guards the wire against a decoder bug,
+		// since proto3 refuses to marshal a string that is not UTF-8.
+		Text:         strings.ToValidUTF8(ev.Text, "\uFFFD"),
+		FinishReason: ev.Finish,
+	}
+	for i, lp := range ev.Logprobs {
+		tl := &loraplexv1.TokenLogprobs{Chosen: &loraplexv1.Logprob{TokenId: int32(lp.Token), Logprob: lp.Logprob}}
+		if i < len(ev.Top) {
+			for _, t := range ev.Top[i] {
+				tl.Top = append(tl.Top, &loraplexv1.Logprob{TokenId: int32(t.Token), Logprob: t.Logprob})
+			}
+		}
+		r.Logprobs = append(r.Logprobs, tl)
+	}
+	switch v := ev.StopReason.(type) {
+	case string:
+		r.StopReason = &loraplexv1.GenerateResponse_StopString{StopString: v}
+	case int:
+		r.StopReason = &loraplexv1.GenerateResponse_StopTokenId{StopTokenId: int32(v)}
+	case nil:
+	default:
+		// A new kind of stop reason in the engine; say so rather than drop it silently.
+		r.StopReason = &loraplexv1.GenerateResponse_StopString{StopString: fmt.Sprint(v)}
+	}
+	if ev.Usage != nil {
+		r.Usage = &loraplexv1.Usage{PromptTokens: int32(ev.Usage.PromptTokens), CompletionTokens: int32(ev.Usage.CompletionTokens)}
+	}
+	return r
+}

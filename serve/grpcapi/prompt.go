@@ -1,0 +1,100 @@
+package grpcapi
+
+import (
+	"fmt"
+
+	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
+	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/tokenizer/chat"
+)
+
+// encode tokenizes text. addSpecial defaults to def when the client left it unset: true for
+// plain text, false for rendered chat (the template already wrote the special tokens it wants,
+// and a second BOS would change the model's output).
+func (s *Service) encode(text string, addSpecial *bool, def bool, param string) ([]int, error) {
+	tok := s.e.Tokenizer()
+	if tok == nil {
+		return nil, invalid(param, "this model has no tokenizer; send token_ids")
+	}
+	add := def
+	if addSpecial != nil {
+		add = *addSpecial
+	}
+	ids, err := tok.Encode(text, add)
+	if err != nil {
+		return nil, invalid(param, fmt.Sprintf("cannot tokenize: %v", err))
+	}
+	return ids, nil
+}
+
+// render turns chat messages into prompt text with the configured template.
+func (s *Service) render(p *loraplexv1.ChatPrompt) (string, error) {
+	if s.opt.ChatTemplate == nil {
+		return "", invalid("messages", "this model has no chat template; send text or token_ids")
+	}
+	if len(p.GetMessages()) == 0 {
+		return "", invalid("messages", "messages must not be empty")
+	}
+	msgs := make([]chat.Message, len(p.GetMessages()))
+	for i, m := range p.GetMessages() {
+		if m.GetRole() == "" {
+			return "", invalid("messages", fmt.Sprintf("messages[%d].role is required", i))
+		}
+		msgs[i] = chat.Message{Role: m.GetRole(), Content: m.GetContent()}
+	}
+	addGen := p.AddGenerationPrompt == nil || *p.AddGenerationPrompt
+	text, err := s.opt.ChatTemplate.Render(msgs, chat.Options{AddGenerationPrompt: addGen, Tokens: s.opt.ChatTokens})
+	if err != nil {
+		return "", invalid("messages", fmt.Sprintf("rendering the chat template: %v", err))
+	}
+	return text, nil
+}
+
+// prompt resolves GenerateRequest's oneof into token ids.
+func (s *Service) prompt(req *loraplexv1.GenerateRequest) ([]int, error) {
+	switch p := req.GetPrompt().(type) {
+	case *loraplexv1.GenerateRequest_Text:
+		return s.encode(p.Text, req.AddSpecialTokens, true, "text")
+	case *loraplexv1.GenerateRequest_TokenIds:
+		// Range checks are the engine's (InvalidArgument for out-of-vocabulary ids).
+		return ints(p.TokenIds.GetIds()), nil
+	case *loraplexv1.GenerateRequest_Messages:
+		text, err := s.render(p.Messages)
+		if err != nil {
+			return nil, err
+		}
+		return s.encode(text, req.AddSpecialTokens, false, "messages")
+	default:
+		return nil, invalid("prompt", "one of text, token_ids or messages is required")
+	}
+}
+
+// checkModel rejects a model name the engine does not serve, for the calls that do not go
+// through Generate (which checks it itself).
+func (s *Service) checkModel(name string) error {
+	if name == "" {
+		return nil
+	}
+	for _, m := range s.e.Models() {
+		if m.ID == name {
+			return nil
+		}
+	}
+	return &serve.Error{Kind: serve.KindNotFound, Param: "model", Msg: fmt.Sprintf("the model `%s` does not exist", name)}
+}
+
+func ints(v []int32) []int {
+	out := make([]int, len(v))
+	for i, x := range v {
+		out[i] = int(x)
+	}
+	return out
+}
+
+func int32s(v []int) []int32 {
+	out := make([]int32, len(v))
+	for i, x := range v {
+		out[i] = int32(x)
+	}
+	return out
+}

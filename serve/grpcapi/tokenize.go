@@ -1,0 +1,52 @@
+package grpcapi
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
+)
+
+// Tokenize encodes text, or chat messages rendered with the chat template, as Generate would.
+func (s *Service) Tokenize(ctx context.Context, req *loraplexv1.TokenizeRequest) (*loraplexv1.TokenizeResponse, error) {
+	const method = "/loraplex.v1.Loraplex/Tokenize"
+	if err := s.checkModel(req.GetModel()); err != nil {
+		return nil, s.toStatus(ctx, method, err)
+	}
+	var ids []int
+	var err error
+	switch in := req.GetInput().(type) {
+	case *loraplexv1.TokenizeRequest_Text:
+		ids, err = s.encode(in.Text, req.AddSpecialTokens, true, "text")
+	case *loraplexv1.TokenizeRequest_Messages:
+		var text string
+		if text, err = s.render(in.Messages); err == nil {
+			ids, err = s.encode(text, req.AddSpecialTokens, false, "messages")
+		}
+	default:
+		err = invalid("input", "one of text or messages is required")
+	}
+	if err != nil {
+		return nil, s.toStatus(ctx, method, err)
+	}
+	return &loraplexv1.TokenizeResponse{TokenIds: int32s(ids), MaxModelLen: int32(s.e.Options().MaxModelLen)}, nil
+}
+
+// Detokenize decodes token ids; unknown ids are InvalidArgument.
+func (s *Service) Detokenize(ctx context.Context, req *loraplexv1.DetokenizeRequest) (*loraplexv1.DetokenizeResponse, error) {
+	const method = "/loraplex.v1.Loraplex/Detokenize"
+	if err := s.checkModel(req.GetModel()); err != nil {
+		return nil, s.toStatus(ctx, method, err)
+	}
+	tok := s.e.Tokenizer()
+	if tok == nil {
+		return nil, s.toStatus(ctx, method, invalid("token_ids", "this model has no tokenizer"))
+	}
+	text, err := tok.Decode(ints(req.GetTokenIds()), req.GetSkipSpecialTokens())
+	if err != nil {
+		return nil, s.toStatus(ctx, method, invalid("token_ids", fmt.Sprint(err)))
+	}
+	// Arbitrary ids can end inside a multi-byte character; proto3 strings must be UTF-8.
+	return &loraplexv1.DetokenizeResponse{Text: strings.ToValidUTF8(text, "\uFFFD")}, nil
+}
