@@ -46,7 +46,11 @@ import (
 // ErrNoTemplate reports a tokenizer folder without a chat template.
 var ErrNoTemplate = errors.New("chat template not found")
 
-// Message is one chat message, as in the OpenAI chat API.
+// Message is one chat message, as in the OpenAI chat API. Templates see it
+// as the dict json.loads would give for the OpenAI JSON form: keys role,
+// content (always), reasoning_content, tool_calls, tool_call_id and name,
+// in that order, each left out when empty; tool calls likewise have id,
+// type and function {name, arguments}.
 type Message struct {
 	Role             string
 	Content          string
@@ -64,7 +68,7 @@ type ToolCall struct {
 		Name string
 		// Arguments is either a JSON object (map, json.RawMessage, struct)
 		// or a string holding JSON text; templates tell them apart with
-		// "is string".
+		// "is string". nil renders as an empty object.
 		Arguments any
 	}
 }
@@ -183,11 +187,9 @@ func messageValue(m Message) (value, error) {
 			if tc.ID != "" {
 				c.setStr("id", tc.ID)
 			}
-			typ := tc.Type
-			if typ == "" {
-				typ = "function"
+			if tc.Type != "" {
+				c.setStr("type", tc.Type)
 			}
-			c.setStr("type", typ)
 			fn := newDict()
 			fn.setStr("name", tc.Function.Name)
 			args, err := fromGo(tc.Function.Arguments, 0)

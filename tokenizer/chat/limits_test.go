@@ -152,7 +152,7 @@ func TestMessageDicts(t *testing.T) {
 	}
 	call := func(args any) ToolCall {
 		var c ToolCall
-		c.ID, c.Function.Name, c.Function.Arguments = "call_1", "f", args
+		c.ID, c.Type, c.Function.Name, c.Function.Arguments = "call_1", "function", "f", args
 		return c
 	}
 	msgs := []Message{
@@ -161,6 +161,7 @@ func TestMessageDicts(t *testing.T) {
 			call(map[string]any{"z": 1.0, "a": []any{2.5, "s", nil, true}}),
 			call(json.RawMessage(`{"z": 1, "a": {"y": 1.0, "b": null}}`)),
 			call(`{"raw": "string"}`),
+			{}, // empty fields are left out; nil arguments are an empty object
 		}},
 		{Role: "tool", Content: "42", ToolCallID: "call_1", Name: "f"},
 	}
@@ -177,7 +178,8 @@ func TestMessageDicts(t *testing.T) {
 {"role": "assistant", "content": "x", "reasoning_content": "why", "tool_calls": [` +
 		`{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"a": [2.5, "s", null, true], "z": 1}}}, ` +
 		`{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"z": 1, "a": {"y": 1.0, "b": null}}}}, ` +
-		`{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"raw\": \"string\"}"}}]}
+		`{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"raw\": \"string\"}"}}, ` +
+		`{"function": {"name": "", "arguments": {}}}]}
 {"role": "tool", "content": "42", "tool_call_id": "call_1", "name": "f"}
 [{"function": {"name": "f"}, "type": "function"}]|None|True|<s>|False`
 	if got != want {
