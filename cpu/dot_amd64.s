@@ -357,3 +357,59 @@ z4reduce:
 	VMOVUPS      X0, (DX)
 	VZEROUPPER
 	RET
+
+// func axpyF32AVX2(a float32, x, y []float32)
+// y[i] += a * x[i] for i < len(x); requires len(y) >= len(x). Fused multiply-adds, so each
+// element is rounded once (the generic version rounds the product and the sum).
+TEXT ·axpyF32AVX2(SB), NOSPLIT, $0-56
+	VBROADCASTSS a+0(FP), Y0
+	MOVQ         x_base+8(FP), SI
+	MOVQ         x_len+16(FP), CX
+	MOVQ         y_base+32(FP), DI
+	CMPQ         CX, $32
+	JLT          axtail8
+
+axloop32:
+	VMOVUPS     0(DI), Y1
+	VMOVUPS     32(DI), Y2
+	VMOVUPS     64(DI), Y3
+	VMOVUPS     96(DI), Y4
+	VFMADD231PS 0(SI), Y0, Y1
+	VFMADD231PS 32(SI), Y0, Y2
+	VFMADD231PS 64(SI), Y0, Y3
+	VFMADD231PS 96(SI), Y0, Y4
+	VMOVUPS     Y1, 0(DI)
+	VMOVUPS     Y2, 32(DI)
+	VMOVUPS     Y3, 64(DI)
+	VMOVUPS     Y4, 96(DI)
+	ADDQ        $128, SI
+	ADDQ        $128, DI
+	SUBQ        $32, CX
+	CMPQ        CX, $32
+	JGE         axloop32
+
+axtail8:
+	CMPQ        CX, $8
+	JLT         axtail1
+	VMOVUPS     (DI), Y1
+	VFMADD231PS (SI), Y0, Y1
+	VMOVUPS     Y1, (DI)
+	ADDQ        $32, SI
+	ADDQ        $32, DI
+	SUBQ        $8, CX
+	JMP         axtail8
+
+axtail1:
+	TESTQ       CX, CX
+	JEQ         axdone
+	VMOVSS      (DI), X1
+	VFMADD231SS (SI), X0, X1
+	VMOVSS      X1, (DI)
+	ADDQ        $4, SI
+	ADDQ        $4, DI
+	DECQ        CX
+	JMP         axtail1
+
+axdone:
+	VZEROUPPER
+	RET
