@@ -31,7 +31,9 @@
 // Unicode tables (15.0); HF may classify characters added in later Unicode
 // versions differently.
 //
-// Two deliberate differences from HF: Decode returns an error for unknown
-// ids (HF drops them), and Encode rejects invalid UTF-8 (HF only ever gets
-// valid strings).
+// Deliberate differences from HF: Decode returns an error for unknown ids
+// (HF drops them); Encode rejects invalid UTF-8 (HF only ever gets valid
+// strings); the "truncation" and "padding" settings of tokenizer.json are
+// ignored, as transformers does (it resets them on every call) - the server
+// enforces its own length limits.
 package tokenizer
