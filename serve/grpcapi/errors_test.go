@@ -52,7 +52,7 @@ func wantCode(t *testing.T, what string, err error, code codes.Code) {
 
 // TestErrorCodes reaches the table's codes through real calls.
 func TestErrorCodes(t *testing.T) {
-	e := fixtureEngine(t, "llama", serve.Options{})
+	e := fixtureEngine(t, "llama", serve.Options{MaxModelLen: longLen})
 	ts := startServer(t, e, grpcapi.Options{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	c := ts.client
@@ -80,7 +80,7 @@ func TestErrorCodes(t *testing.T) {
 		"top_p":     {TopP: 2},
 		"top_k":     {TopK: -2},
 		"min_p":     {MinP: -0.5},
-		"max_tokns": {MaxTokens: 1000},
+		"max_tokns": {MaxTokens: longLen},
 		"min_tokns": {MaxTokens: 2, MinTokens: 3},
 		"logprobs":  {Logprobs: 21},
 		"stop ids":  {StopTokenIds: []int32{9999}},
@@ -112,8 +112,18 @@ func TestErrorCodes(t *testing.T) {
 		t.Errorf("after a panic: %v", err)
 	}
 
-	// Shutdown: Unavailable.
+	// Shutdown: Unavailable, for a request in flight (after the tokens it already has) and for
+	// a new one.
+	st, err := c.Generate(ctx, &loraplexv1.GenerateRequest{Prompt: tokenPrompt(1), Params: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
 	e.Close()
+	_, _, _, err = collect(t, st)
+	wantCode(t, "in flight at shutdown", err, codes.Unavailable)
 	wantCode(t, "closed engine", generateErr(ctx, c, &loraplexv1.GenerateRequest{Prompt: tokenPrompt(1)}), codes.Unavailable)
 }
 

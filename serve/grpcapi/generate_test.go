@@ -95,9 +95,8 @@ func TestGenerateCancelFreesEngine(t *testing.T) {
 	if _, err := st.Recv(); err != nil {
 		t.Fatal(err)
 	}
-	if e.Stats().Running.Load() != 1 {
-		t.Fatalf("running = %d after the first token, want 1", e.Stats().Running.Load())
-	}
+	// Stats are published after the step that streamed the token, so wait rather than read.
+	waitFor(t, "the request to show as running", func() bool { return e.Stats().Running.Load() == 1 })
 	cancel()
 	if _, _, _, err := collect(t, st); status.Code(err) != codes.Canceled {
 		t.Fatalf("client after cancel: %v", err)
@@ -187,6 +186,8 @@ func TestGenerateTextChatAndTokenize(t *testing.T) {
 	if err != nil || dt.GetText() != text {
 		t.Fatalf("detokenize %q (%v), streamed text %q", dt.GetText(), err, text)
 	}
+	_, err = ts.client.Detokenize(ctx, &loraplexv1.DetokenizeRequest{TokenIds: []int32{1 << 30}})
+	wantCode(t, "detokenize out of vocabulary", err, codes.InvalidArgument)
 
 	// Logprobs: one entry per token, each with the two best alternatives.
 	st, err := ts.client.Generate(ctx, &loraplexv1.GenerateRequest{Prompt: &loraplexv1.GenerateRequest_Text{Text: "Hello there"}, Params: params})

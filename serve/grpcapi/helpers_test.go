@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -80,6 +81,7 @@ func fixtureEngine(t testing.TB, name string, opt serve.Options) *serve.Engine {
 		opt.MaxModelLen = 64
 	}
 	opt.AdapterRoots = append(opt.AdapterRoots, dir)
+	opt.Logger = testLogger(t)
 	e, err := serve.NewEngine(cfg, b, w, nil, opt)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +103,7 @@ func demoEngine(t testing.TB) (*serve.Engine, *chat.Template) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256})
+	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +114,9 @@ func demoEngine(t testing.TB) (*serve.Engine, *chat.Template) {
 	}
 	return e, ct
 }
+
+// testLogger writes to the test's output, which is shown only when the test fails or with -v.
+func testLogger(t testing.TB) *slog.Logger { return slog.New(slog.NewTextHandler(t.Output(), nil)) }
 
 // testServer is a real gRPC server on a loopback port with a real client connection.
 type testServer struct {
@@ -157,6 +162,9 @@ func startServer(t testing.TB, e *serve.Engine, opt grpcapi.Options) *testServer
 			return err
 		}),
 	)
+	if opt.Logger == nil {
+		opt.Logger = testLogger(t)
+	}
 	ts.svc = grpcapi.Register(s, e, opt)
 	served := make(chan struct{})
 	go func() { defer close(served); s.Serve(lis) }()
