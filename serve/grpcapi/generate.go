@@ -1,6 +1,7 @@
 package grpcapi
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -31,7 +32,10 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 		ev, ok := st.Next(ctx)
 		if !ok {
 			// ctx ended before the final event: the client went away or its deadline passed.
-			return status.FromContextError(ctx.Err()).Err()
+			if err := ctx.Err(); err != nil {
+				return status.FromContextError(err).Err()
+			}
+			return s.toStatus(ctx, generateMethod, errors.New("engine stream ended without a final event"))
 		}
 		if ev.Err != nil {
 			// An aborted or failed request: deliver what was generated, then the error's code

@@ -49,8 +49,18 @@ type Service struct {
 // Register adds the loraplex.v1 service, grpc.health.v1 and server reflection to s. The API-key
 // check and panic recovery are wrapped around every method of the three services here rather
 // than passed as server options, so a caller cannot forget them; interceptors given to
-// grpc.NewServer still run, outside ours. The health status starts as e.Ready() says; keep it
-// current with WatchReady or SetServing.
+// grpc.NewServer still run as well. The health status starts as e.Ready() says; keep it
+// current with WatchReady or SetServing. Typical wiring:
+//
+//	s := grpc.NewServer()
+//	svc := grpcapi.Register(s, e, grpcapi.Options{APIKey: key, ChatTemplate: tmpl})
+//	go svc.WatchReady(ctx, time.Second)
+//	go s.Serve(lis)
+//	...
+//	svc.SetServing(false) // draining: probes fail first
+//	e.Drain(drainCtx)
+//	svc.Shutdown()
+//	s.GracefulStop()
 func Register(s *grpc.Server, e *serve.Engine, opt Options) *Service {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
