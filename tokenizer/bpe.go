@@ -76,24 +76,25 @@ type symbol struct {
 	alive      bool
 }
 
+// mergeCand orders by key = rank<<32 | pos: lowest rank first and, on equal
+// rank (the same pair at several places), the leftmost, exactly as HF's
+// BinaryHeap of Merge pops them. One integer compare keeps the heap cheap.
 type mergeCand struct {
-	rank int32
-	pos  int // index of the left symbol
-	id   int32
+	key uint64
+	id  int32 // the merged token, to recognise stale entries as HF does
 }
+
+func newCand(rank int32, pos int, id int32) mergeCand {
+	return mergeCand{key: uint64(uint32(rank))<<32 | uint64(uint32(pos)), id: id}
+}
+
+func (c mergeCand) pos() int { return int(uint32(c.key)) }
 
 // candHeap is a binary min-heap of merge candidates, typed to avoid the
 // interface boxing of container/heap on this hot path.
 type candHeap []mergeCand
 
-// less orders by lowest rank, then leftmost position: on equal rank (the
-// same pair at several places) HF's BinaryHeap of Merge pops the leftmost.
-func (h candHeap) less(i, j int) bool {
-	if h[i].rank != h[j].rank {
-		return h[i].rank < h[j].rank
-	}
-	return h[i].pos < h[j].pos
-}
+func (h candHeap) less(i, j int) bool { return h[i].key < h[j].key }
 
 func (h candHeap) down(i int) {
 	n := len(h)
@@ -225,13 +226,14 @@ func (m *bpeModel) mergeWord(dst []int, word string) []int {
 	h := sc.heap[:0]
 	for i := 0; i+1 < len(syms); i++ {
 		if mi, ok := m.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
-			h = append(h, mergeCand{rank: mi.rank, pos: i, id: mi.newID})
+			h = append(h, newCand(mi.rank, i, mi.newID))
 		}
 	}
 	h.init()
 	for len(h) > 0 {
 		c := h.pop()
-		left := &syms[c.pos]
+		pos := c.pos()
+		left := &syms[pos]
 		if !left.alive || left.next < 0 {
 			continue
 		}
@@ -244,17 +246,17 @@ func (m *bpeModel) mergeWord(dst []int, word string) []int {
 		right.alive = false
 		left.next = right.next
 		if right.next >= 0 {
-			syms[right.next].prev = c.pos
+			syms[right.next].prev = pos
 		}
 		if left.prev >= 0 {
 			p := &syms[left.prev]
 			if mi, ok := m.merges[pairKey(p.id, left.id)]; ok {
-				h.push(mergeCand{rank: mi.rank, pos: left.prev, id: mi.newID})
+				h.push(newCand(mi.rank, left.prev, mi.newID))
 			}
 		}
 		if left.next >= 0 {
 			if mi, ok := m.merges[pairKey(left.id, syms[left.next].id)]; ok {
-				h.push(mergeCand{rank: mi.rank, pos: c.pos, id: mi.newID})
+				h.push(newCand(mi.rank, pos, mi.newID))
 			}
 		}
 	}
