@@ -37,6 +37,8 @@ type Backend struct {
 	offSlots, offRowSeq   int
 	offSeqPages, offPages int
 	offLogit              int
+	offTiles, offRows     int // prefill tiles {first row, rows, sequence} and the decode row list
+	numTiles, numRows     int
 	step                  *model.Step
 
 	kv     model.KVSpec
@@ -260,11 +262,21 @@ func (b *Backend) AllocKV(spec model.KVSpec) error {
 	return nil
 }
 
-// Limits the kernels support (kernels/shapes.h).
+// Limits the kernels support (kernels/shapes.h, loraplex_kernels.h).
 const (
 	maxHeadDim  = 256
 	maxLoRARank = 256
+	prefillTile = 32
 )
+
+func consecutive(pos []int32) bool {
+	for i := 1; i < len(pos); i++ {
+		if pos[i] != pos[i-1]+1 {
+			return false
+		}
+	}
+	return true
+}
 
 // Prepare validates the step and copies its metadata to the device in one transfer.
 func (b *Backend) Prepare(s *model.Step) error {
@@ -302,7 +314,17 @@ func (b *Backend) Prepare(s *model.Step) error {
 	if !b.ok("sync", C.s_stream_sync(b.stream)) {
 		return b.Err()
 	}
-	need := 4*n + len(s.Seqs) + pages + len(s.LogitRows)
+	// Prefill chunks (several consecutive positions of one sequence) go to the tiled attention
+	// kernel in tiles of LP_PREFILL_TILE rows; single rows (decode) to the per-row kernel.
+	tiles, rows := 0, 0
+	for _, sq := range s.Seqs {
+		if sq.N > 1 && consecutive(s.Positions[sq.Start:sq.Start+sq.N]) {
+			tiles += (sq.N + prefillTile - 1) / prefillTile
+		} else {
+			rows += sq.N
+		}
+	}
+	need := 4*n + len(s.Seqs) + pages + len(s.LogitRows) + 3*tiles + rows
 	if need > b.metaCap {
 		if err := b.growMeta(need); err != nil {
 			return err
@@ -325,6 +347,23 @@ func (b *Backend) Prepare(s *model.Step) error {
 		o += copy(h[o:], sq.Pages)
 	}
 	copy(h[b.offLogit:], s.LogitRows)
+	b.offTiles = b.offLogit + len(s.LogitRows)
+	b.offRows = b.offTiles + 3*tiles
+	b.numTiles, b.numRows = tiles, rows
+	ti, ri := b.offTiles, b.offRows
+	for i, sq := range s.Seqs {
+		if sq.N > 1 && consecutive(s.Positions[sq.Start:sq.Start+sq.N]) {
+			for r := 0; r < sq.N; r += prefillTile {
+				h[ti], h[ti+1], h[ti+2] = int32(sq.Start+r), int32(min(prefillTile, sq.N-r)), int32(i)
+				ti += 3
+			}
+			continue
+		}
+		for r := sq.Start; r < sq.Start+sq.N; r++ {
+			h[ri] = int32(r)
+			ri++
+		}
+	}
 	if !b.ok("metadata copy", C.s_htod(C.uintptr_t(b.metaDev), b.metaHost, C.size_t(4*need), b.stream)) {
 		return b.Err()
 	}

@@ -29,11 +29,12 @@ func newGPU(t testing.TB) *cuda.Backend {
 	return b
 }
 
-// bf16Tolerance: the GPU rounds weights (given in f32 by most fixtures) and GEMM inputs to
-// bf16 and keeps the KV cache in bf16, so logits drift by about 1% of their size from the
-// float32 reference; greedy tokens must match wherever the reference's top-2 margin is larger
-// than that drift.
-var bf16Tolerance = fixture.Tolerance{Abs: 0.08, Rel: 0.03, MinMargin: 0.15}
+// bf16Tolerance: the GPU rounds weights (given in f32 by most fixtures), GEMM inputs and the
+// KV cache to bf16 (8 significant bits), so logits drift from the float32 reference by a few
+// percent of the row's largest logit in these tiny random models (measured worst: see the
+// test log and bench/results/cuda-fixtures.txt). Tokens are compared where the reference
+// margin exceeds twice the bound.
+var bf16Tolerance = fixture.Tolerance{Abs: 0.02, RowRel: 0.04}
 
 // TestFixturesCUDA runs the engine-core fixture suite (every family, base + 4 adapters in one
 // mixed batch, prefill whole and chunked) on the GPU against the transformers/peft reference.
@@ -74,7 +75,7 @@ func TestFixturesCUDA(t *testing.T) {
 				if err != nil {
 					t.Fatalf("chunk %d: %v", chunk, err)
 				}
-				t.Logf("%s chunk %d: %d steps, worst logit diff %.3g, %d token checks skipped for small margins", name, chunk, res.Steps, res.WorstDiff, res.TokenSkips)
+				t.Logf("%s chunk %d: %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped for margins within tolerance", name, chunk, res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips)
 			}
 			if err := b.Err(); err != nil {
 				t.Fatal(err)

@@ -133,9 +133,15 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 	if b.failed() || n == 0 {
 		return
 	}
-	b.ok("attention", C.s_attention(ptr(out), ptr(q), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
-		b.meta(b.offPos), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
-		C.int(n), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), b.stream))
+	kc, vc := C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer])
+	if b.numTiles > 0 && !b.ok("attention (prefill)", C.s_attention_prefill(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offTiles), C.int(b.numTiles),
+		b.meta(b.offSeqPages), b.meta(b.offPages), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), b.stream)) {
+		return
+	}
+	if b.numRows > 0 {
+		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
+			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), b.stream))
+	}
 }
 
 func (b *Backend) SiluMul(out, gate, up model.Tensor) {

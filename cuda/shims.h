@@ -6,6 +6,8 @@
 #include "loraplex_kernels.h"
 
 #define P(t, v) ((t)(uintptr_t)(v))
+static inline void* P_void(uintptr_t v) { return (void*)v; }
+static inline lp_stream P_stream(uintptr_t v) { return (lp_stream)v; }
 static inline int s_malloc(uintptr_t* p, size_t n) { void* q = 0; int e = lp_malloc(&q, n); *p = (uintptr_t)q; return e; }
 static inline int s_free(uintptr_t p) { return lp_free(P(void*, p)); }
 static inline int s_malloc_host(uintptr_t* p, size_t n) { void* q = 0; int e = lp_malloc_host(&q, n); *p = (uintptr_t)q; return e; }
@@ -41,10 +43,15 @@ static inline int s_rope(uintptr_t x, uintptr_t pos, uintptr_t table, int rows, 
 static inline int s_store_kv(uintptr_t kc, uintptr_t vc, uintptr_t k, uintptr_t v, uintptr_t slots, int n, int width, uintptr_t s) {
 	return lp_store_kv(P(uint16_t*, kc), P(uint16_t*, vc), P(const float*, k), P(const float*, v), P(const int32_t*, slots), n, width, P(lp_stream, s));
 }
-static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
+static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
                        int n, int heads, int kvh, int dim, int page, int window, float scale, uintptr_t s) {
-	return lp_attention(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos),
+	return lp_attention(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, rows),
 	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, P(lp_stream, s));
+}
+static inline int s_attention_prefill(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t tiles, int ntiles, uintptr_t seqpages, uintptr_t pt,
+                       int heads, int kvh, int dim, int page, int window, float scale, uintptr_t s) {
+	return lp_attention_prefill(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, tiles), ntiles,
+	                    P(const int32_t*, seqpages), P(const int32_t*, pt), heads, kvh, dim, page, window, scale, P(lp_stream, s));
 }
 static inline int s_lora(uintptr_t out, uintptr_t x, uintptr_t segs, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
 	return lp_lora(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));

@@ -1,4 +1,5 @@
-// Causal attention over the paged KV cache, for prefill and decode rows alike.
+// Causal attention over the paged KV cache for decode rows (prefill chunks use the tiled
+// kernel in attention_prefill.cu; this one is also the fallback for any row).
 //
 // One block per (row, head). Its LP_ATTN_WARPS warps take interleaved positions of the
 // sequence and each keeps an online softmax (running max m, normaliser l, weighted value sum
@@ -15,10 +16,10 @@
 #define PER_LANE (LP_MAX_HEAD_DIM / 32)
 
 __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc, const uint16_t* vc,
-                                 const int32_t* positions, const int32_t* row_seq, const int32_t* seq_pages,
-                                 const int32_t* page_table, int heads, int kv_heads, int D, int page_size,
-                                 int window, float scale) {
-    const int row = blockIdx.x, h = blockIdx.y;
+                                 const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
+                                 const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads, int D,
+                                 int page_size, int window, float scale) {
+    const int row = rows[blockIdx.x], h = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (heads / kv_heads);
     const int width = kv_heads * D;
@@ -83,13 +84,14 @@ __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc,
 }
 
 extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
-                            const int32_t* positions, const int32_t* row_seq, const int32_t* seq_pages,
-                            const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size,
-                            int window, float scale, lp_stream s) {
-    if (n <= 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0)
+                            const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
+                            const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
+                            int head_dim, int page_size, int window, float scale, lp_stream s) {
+    if (n == 0) return 0;
+    if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0)
         return (int)cudaErrorInvalidValue;
     dim3 grid(n, heads);
-    attention_kernel<<<grid, 32 * LP_ATTN_WARPS, 0, as_stream(s)>>>(out, q, kcache, vcache, positions, row_seq,
+    attention_kernel<<<grid, 32 * LP_ATTN_WARPS, 0, as_stream(s)>>>(out, q, kcache, vcache, positions, rows, row_seq,
                                                                      seq_pages, page_table, heads, kv_heads,
                                                                      head_dim, page_size, window, scale);
     LP_CHECK_LAUNCH();

@@ -6,8 +6,9 @@
 // row (BGMV); a prefill segment is many rows of one sequence (SGMV).
 //   shrink: grid (row, segment, rank group): each warp owns one rank index j and computes
 //           t[row, j] = x[row] · A[j] with lanes striding the input dimension.
-//   expand: grid (row, segment): the row's t (rank floats) goes to shared memory, threads
-//           stride the output dimension and add scale · (t · B[c]).
+//   expand: grid (row, segment, column chunk): the row's t (rank floats) goes to shared
+//           memory, threads take output columns of their chunk and add scale · (t · B[c]).
+//           Chunking the columns keeps all SMs busy when a decode batch has few segments.
 // Segments must cover disjoint rows (expand adds without atomics).
 #include "common.cuh"
 
@@ -27,6 +28,8 @@ __global__ void lora_shrink_kernel(const float* x, const lp_lora_seg* segs, floa
     if (lane == 0) scratch[sg.t_off + r * sg.rank + j] = s;
 }
 
+#define EXPAND_COLS 512
+
 __global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int out_dim) {
     const lp_lora_seg sg = segs[blockIdx.y];
     const int r = blockIdx.x;
@@ -35,7 +38,8 @@ __global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const fl
     for (int j = threadIdx.x; j < sg.rank; j += blockDim.x) t[j] = scratch[sg.t_off + r * sg.rank + j];
     __syncthreads();
     float* orow = out + (size_t)(sg.start + r) * out_dim;
-    for (int c = threadIdx.x; c < out_dim; c += blockDim.x) {
+    const int c_end = min(out_dim, (int)(blockIdx.z + 1) * EXPAND_COLS);
+    for (int c = blockIdx.z * EXPAND_COLS + threadIdx.x; c < c_end; c += blockDim.x) {
         const uint16_t* b = sg.b + (size_t)c * sg.rank;
         float acc = 0.f;
         for (int j = 0; j < sg.rank; j++) acc += t[j] * bf16_to_f32(b[j]);
@@ -49,7 +53,7 @@ extern "C" int lp_lora(float* out, const float* x, const lp_lora_seg* segs_devic
     if (max_rows <= 0 || max_rank <= 0 || max_rank > LP_MAX_LORA_RANK || num_segs > 65535) return (int)cudaErrorInvalidValue;
     dim3 g1(max_rows, num_segs, (max_rank + SHRINK_WARPS - 1) / SHRINK_WARPS);
     lora_shrink_kernel<<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
-    dim3 g2(max_rows, num_segs);
+    dim3 g2(max_rows, num_segs, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
     lora_expand_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim);
     LP_CHECK_LAUNCH();
 }

@@ -60,11 +60,21 @@ int lp_silu_mul(float* out, const float* gate, const float* up, size_t n, lp_str
 int lp_rope(float* x, const int32_t* positions, const float* table, int rows, int heads, int dim, lp_stream s);
 // kvcache.cu: write k, v [n, width] (fp32) into bf16 caches at slots.
 int lp_store_kv(uint16_t* kcache, uint16_t* vcache, const float* k, const float* v, const int32_t* slots, int n, int width, lp_stream s);
-// attention.cu: causal attention over the paged cache. Row i belongs to sequence row_seq[i];
-// that sequence's block table starts at page_table[seq_pages[row_seq[i]]].
+// attention.cu: causal attention over the paged cache for the rows listed in rows[0..n) (decode
+// rows). Row r belongs to sequence row_seq[r]; that sequence's block table starts at
+// page_table[seq_pages[row_seq[r]]].
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
-                 const int32_t* positions, const int32_t* row_seq, const int32_t* seq_pages, const int32_t* page_table,
-                 int n, int heads, int kv_heads, int head_dim, int page_size, int window, float scale, lp_stream s);
+                 const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
+                 const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
+                 float scale, lp_stream s);
+
+// attention_prefill.cu: the same for prefill chunks, one block per tile of up to 32
+// consecutive rows of one sequence; tiles[3*i..] = {first row, rows, sequence}.
+int lp_attention_prefill(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
+                         const int32_t* positions, const int32_t* tiles, int num_tiles,
+                         const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads,
+                         int head_dim, int page_size, int window, float scale, lp_stream s);
+#define LP_PREFILL_TILE 32
 
 // lora.cu: segment-wise LoRA at each adapter's own rank (SGMV; a decode segment is one row, BGMV).
 typedef struct {
