@@ -43,7 +43,7 @@ func jsonError(err error) error {
 	case errors.As(err, &se):
 		return invalid("", "malformed JSON at byte %d: %v", se.Offset, se)
 	case errors.As(err, &te):
-		field := te.Field
+		field := jsonField(te.Field)
 		if field == "" {
 			return invalid("", "the request body must be a JSON object")
 		}
@@ -54,6 +54,21 @@ func jsonError(err error) error {
 		return err
 	}
 	return invalid("", "invalid JSON: %v", err)
+}
+
+// embedded lists the Go names of embedded request structs, which encoding/json puts into field
+// paths but clients never wrote.
+var embedded = map[string]bool{"samplingFields": true, "chatFields": true}
+
+func jsonField(path string) string {
+	parts := strings.Split(path, ".")
+	out := parts[:0]
+	for _, p := range parts {
+		if !embedded[p] {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ".")
 }
 
 func typeName(kind string) string {

@@ -1,0 +1,64 @@
+package openai_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/openai"
+)
+
+// FuzzCompletionRequest throws request bodies at /v1/completions on the demo model (which has
+// a tokenizer, so text prompts and stop strings are reachable). No body may cause a panic or a
+// 5xx; every non-200 answer must be an OpenAI error envelope.
+func FuzzCompletionRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"prompt":"hi","max_tokens":3}`,
+		`{"prompt":[1,2,3],"max_tokens":2,"temperature":0,"logprobs":2,"return_token_ids":true}`,
+		`{"prompt":["a","b"],"n":2,"max_tokens":2,"seed":5,"stop":["x","y"]}`,
+		`{"prompt":[[1],[2,3]],"max_tokens":2,"stream":true,"stream_options":{"include_usage":true}}`,
+		`{"prompt":"<|im_start|>","max_tokens":4,"top_k":5,"top_p":0.5,"min_p":0.1,"repetition_penalty":1.3,"presence_penalty":1,"frequency_penalty":-1}`,
+		`{"prompt":"x","max_tokens":4,"min_tokens":2,"stop_token_ids":[257],"skip_special_tokens":false,"add_special_tokens":false}`,
+		`{"prompt":"x","max_tokens":1e400}`, `{"prompt":null}`, `{"prompt":[-5]}`, `{"prompt":"\ud800"}`,
+		`{"model":"nope","prompt":"x"}`, `{`, `[]`, `""`, `{"prompt":"x","stop":""}`, `{"prompt":"x","seed":-1,"max_tokens":1}`,
+		`{"prompt":"x","logprobs":0,"max_tokens":1,"return_tokens_as_token_ids":true}`,
+	} {
+		f.Add([]byte(s))
+	}
+	b := cpu.New(1)
+	defer b.Close()
+	cfg, w, tok, _, err := demo.Build(b)
+	if err != nil {
+		f.Fatal(err)
+	}
+	// A short context keeps every accepted request cheap.
+	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxModelLen: 48, MaxNumSeqs: 4, MaxBatchedTokens: 64})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer e.Close()
+	h := openai.New(e, openai.Options{MaxBodyBytes: 1 << 16})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodPost, "/v1/completions", bytes.NewReader(body))
+		h.ServeHTTP(rec, req)
+		switch {
+		case rec.Code == http.StatusOK:
+			if rec.Header().Get("Content-Type") == "application/json" && !json.Valid(rec.Body.Bytes()) {
+				t.Fatalf("200 with invalid JSON: %s", rec.Body)
+			}
+		case rec.Code >= 400 && rec.Code < 500:
+			var env errorEnvelope
+			if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env.Error.Message == "" || env.Error.Type == "" {
+				t.Fatalf("%d without an error envelope: %s", rec.Code, rec.Body)
+			}
+		default:
+			t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body)
+		}
+	})
+}
