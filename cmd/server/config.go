@@ -1,0 +1,83 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// config is everything the command line sets.
+type config struct {
+	modelDir, tokenizerDir string
+	adapters               []adapterSpec
+	device                 string
+	httpAddr, grpcAddr     string
+	servedName             string
+	maxNumSeqs             int
+	maxBatchedTokens       int
+	maxModelLen            int
+	kvCacheTokens          int
+	maxQueued              int
+	threads                int
+	apiKey                 string
+	allowRuntimeAdapters   bool
+	logLevel               slog.Level
+	shutdownTimeout        time.Duration
+}
+
+type adapterSpec struct{ name, path string }
+
+func parseFlags(args []string, out io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.modelDir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer.json); empty: the built-in untrained demo model")
+	fs.StringVar(&c.tokenizerDir, "tokenizer", "", "folder with tokenizer.json and tokenizer_config.json (default: the model folder)")
+	fs.Func("adapter", "LoRA adapter to serve, as NAME=PATH (PEFT folder); repeatable", func(s string) error {
+		name, path, ok := strings.Cut(s, "=")
+		if !ok || name == "" || path == "" {
+			return fmt.Errorf("want NAME=PATH, got %q", s)
+		}
+		c.adapters = append(c.adapters, adapterSpec{name, path})
+		return nil
+	})
+	fs.StringVar(&c.device, "device", "auto", "auto, cpu or cuda[:N]")
+	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8000", "address of the HTTP API")
+	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "address of the gRPC API (not served yet)")
+	fs.StringVar(&c.servedName, "served-model-name", "", "the base model's name in the API (default: the model folder's name)")
+	fs.IntVar(&c.maxNumSeqs, "max-num-seqs", 0, "sequences in one batch (0: engine default)")
+	fs.IntVar(&c.maxBatchedTokens, "max-num-batched-tokens", 0, "token rows in one forward pass (0: engine default)")
+	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: from the model, at most 4096)")
+	fs.IntVar(&c.kvCacheTokens, "kv-cache-tokens", 0, "KV-cache capacity in tokens (0: max-num-seqs x max-model-len)")
+	fs.IntVar(&c.maxQueued, "max-queued-requests", 0, "waiting requests beyond which the server answers 429 (0: engine default)")
+	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
+	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health)")
+	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter and /v1/unload_lora_adapter")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := c.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
+	}
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{"max-num-seqs", c.maxNumSeqs}, {"max-num-batched-tokens", c.maxBatchedTokens}, {"max-model-len", c.maxModelLen},
+		{"kv-cache-tokens", c.kvCacheTokens}, {"max-queued-requests", c.maxQueued}, {"threads", c.threads}} {
+		if v.n < 0 {
+			return nil, fmt.Errorf("--%s must not be negative, got %d", v.name, v.n)
+		}
+	}
+	if c.shutdownTimeout < 0 {
+		return nil, fmt.Errorf("--shutdown-timeout must not be negative")
+	}
+	return c, nil
+}

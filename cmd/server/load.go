@@ -1,0 +1,107 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/tokenizer"
+	"github.com/loraplex/loraplex/tokenizer/chat"
+)
+
+// loaded is a base model ready for the engine.
+type loaded struct {
+	name       string
+	cfg        *model.Config
+	weights    *model.Weights
+	tok        *tokenizer.Tokenizer // nil: token ids only
+	template   *chat.Template       // nil: no chat
+	chatTokens map[string]string
+}
+
+func loadModel(c *config, b model.Backend, log *slog.Logger) (*loaded, error) {
+	if c.modelDir == "" {
+		return loadDemo(c, b, log)
+	}
+	m := &loaded{name: c.servedName}
+	if m.name == "" {
+		m.name = filepath.Base(filepath.Clean(c.modelDir))
+	}
+	var err error
+	if m.cfg, err = model.LoadConfig(c.modelDir); err != nil {
+		return nil, err
+	}
+	if m.weights, err = model.LoadWeights(c.modelDir, m.cfg, b); err != nil {
+		return nil, err
+	}
+	tokDir := c.tokenizerDir
+	if tokDir == "" {
+		tokDir = c.modelDir
+	}
+	if !hasTokenizer(tokDir) {
+		if c.tokenizerDir != "" {
+			m.weights.Close()
+			return nil, fmt.Errorf("--tokenizer %s: no tokenizer.json there", tokDir)
+		}
+		log.Warn("no tokenizer.json in the model folder: serving token ids only (text prompts, chat and /tokenize are refused)", "dir", tokDir)
+	} else {
+		if m.tok, err = tokenizer.Load(tokDir); err != nil {
+			m.weights.Close()
+			return nil, err
+		}
+		if m.tok.VocabSize() > m.cfg.VocabSize {
+			log.Warn("the tokenizer knows more ids than the model embeds; prompts using them will be refused",
+				"tokenizer_vocab", m.tok.VocabSize(), "model_vocab", m.cfg.VocabSize)
+		}
+		m.template, err = chat.FromTokenizerConfig(tokDir)
+		switch {
+		case errors.Is(err, chat.ErrNoTemplate):
+			log.Info("no chat template: /v1/chat/completions is disabled", "dir", tokDir)
+		case err != nil:
+			m.weights.Close()
+			return nil, err
+		}
+		if m.chatTokens, err = chat.SpecialTokens(tokDir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			m.weights.Close()
+			return nil, err
+		}
+	}
+	log.Info("model loaded", "name", m.name, "dir", c.modelDir, "architecture", m.cfg.Architecture,
+		"layers", m.cfg.NumLayers, "hidden", m.cfg.HiddenSize, "vocab", m.cfg.VocabSize, "tokenizer", m.tok != nil, "chat", m.template != nil)
+	return m, nil
+}
+
+func hasTokenizer(dir string) bool {
+	for _, f := range []string{"tokenizer.json", "tokenizer.json.gz"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+func loadDemo(c *config, b model.Backend, log *slog.Logger) (*loaded, error) {
+	if c.tokenizerDir != "" {
+		return nil, errors.New("--tokenizer needs --model; the demo model has its own tokenizer")
+	}
+	cfg, w, tok, src, err := demo.Build(b)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := chat.Parse(src)
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("demo chat template: %w", err)
+	}
+	m := &loaded{name: c.servedName, cfg: cfg, weights: w, tok: tok, template: tmpl}
+	if m.name == "" {
+		m.name = demo.Name
+	}
+	log.Warn("serving the built-in demo model: it is UNTRAINED and answers with random text; pass --model DIR for a real model", "name", m.name)
+	return m, nil
+}

@@ -1,0 +1,25 @@
+// Command server runs loraplex: one base model, its LoRA adapters, and the OpenAI-style HTTP
+// API. Without --model it serves the built-in (untrained) demo model.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "loraplex:", err)
+		os.Exit(1)
+	}
+}

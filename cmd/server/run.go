@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/openai"
+)
+
+// run is the whole server: parse flags, load, serve until ctx ends, then shut down gracefully.
+// It returns nil after a clean shutdown.
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	c, err := parseFlags(args, stdout)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stdout, &slog.HandlerOptions{Level: c.logLevel}))
+	b, closeBackend, err := openBackend(c.device, c.threads, log)
+	if err != nil {
+		return err
+	}
+	defer closeBackend()
+	m, err := loadModel(c, b, log)
+	if err != nil {
+		return err
+	}
+	defer m.weights.Close()
+	e, err := serve.NewEngine(m.cfg, b, m.weights, m.tok, serve.Options{
+		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: c.maxModelLen,
+		KVCacheTokens: c.kvCacheTokens, MaxQueued: c.maxQueued, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	for _, a := range c.adapters {
+		if err := e.LoadAdapter(a.name, a.path); err != nil {
+			return err
+		}
+	}
+	o := e.Options()
+	log.Info("engine ready", "max_num_seqs", o.MaxNumSeqs, "max_num_batched_tokens", o.MaxBatchedTokens,
+		"max_model_len", o.MaxModelLen, "kv_cache_tokens", o.KVCacheTokens, "adapters", len(c.adapters))
+
+	h := openai.New(e, openai.Options{
+		APIKey: c.apiKey, AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters,
+		ChatTemplate: m.template, ChatTokens: m.chatTokens, Logger: log,
+	})
+	ln, err := net.Listen("tcp", c.httpAddr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("HTTP server listening", "addr", ln.Addr().String())
+	if c.grpcAddr != "" {
+		log.Warn("gRPC arrives in a later version; --grpc-addr is ignored", "grpc_addr", c.grpcAddr)
+	}
+
+	select {
+	case err := <-served:
+		return err // the listener failed; nothing to drain
+	case <-ctx.Done():
+	}
+	return shutdown(e, srv, served, c.shutdownTimeout, log)
+}
+
+// shutdown drains: the engine stops admitting (so /health turns 503 and new requests get 503)
+// while running requests finish until the timeout, then the HTTP server closes its listener and
+// waits for handlers, which end once their engine streams have.
+func shutdown(e *serve.Engine, srv *http.Server, served <-chan error, timeout time.Duration, log *slog.Logger) error {
+	log.Info("shutting down: draining requests", "timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := e.Drain(ctx); err != nil {
+		log.Warn("drain timed out; remaining requests were aborted", "err", err)
+	}
+	// Handlers finish quickly once the engine is closed; give them a moment even if the drain
+	// used the whole budget.
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("HTTP shutdown incomplete", "err", err)
+		srv.Close()
+	}
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

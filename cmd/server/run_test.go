@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// logBuffer collects the server's log lines safely across goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+var addrRE = regexp.MustCompile(`msg="HTTP server listening" addr=(\S+)`)
+
+// start runs the server in the background and returns its base URL, its log and a stop
+// function that cancels the context and returns run's error.
+func start(t *testing.T, args ...string) (string, *logBuffer, func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &logBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, append([]string{"--http-addr", "127.0.0.1:0"}, args...), logs) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if m := addrRE.FindStringSubmatch(logs.String()); m != nil {
+			var once sync.Once
+			var runErr error
+			stop := func() error { // idempotent, so tests can both defer it and check it
+				once.Do(func() {
+					cancel()
+					select {
+					case runErr = <-done:
+					case <-time.After(15 * time.Second):
+						t.Error("run did not return after cancel")
+					}
+				})
+				return runErr
+			}
+			return "http://" + m[1], logs, stop
+		}
+		select {
+		case err := <-done:
+			cancel()
+			t.Fatalf("run exited early: %v\n%s", err, logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("server did not start:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func getJSON(t *testing.T, url string, v any) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if v != nil && resp.StatusCode == 200 {
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("%s: %v: %s", url, err, b)
+		}
+	}
+	return resp.StatusCode
+}
+
+type modelList struct {
+	Data []struct {
+		ID     string  `json:"id"`
+		Parent *string `json:"parent"`
+	} `json:"data"`
+}
+
+func TestRunDemo(t *testing.T) {
+	url, logs, stop := start(t, "--max-model-len", "128", "--grpc-addr", "127.0.0.1:0", "--threads", "1")
+	if st := getJSON(t, url+"/health", nil); st != 200 {
+		t.Errorf("health %d", st)
+	}
+	var ml modelList
+	if st := getJSON(t, url+"/v1/models", &ml); st != 200 || len(ml.Data) != 1 || ml.Data[0].ID != "loraplex-demo" {
+		t.Errorf("models %d %+v", st, ml)
+	}
+	resp, err := http.Post(url+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("chat %d", resp.StatusCode)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+	out := logs.String()
+	for _, want := range []string{"UNTRAINED", "gRPC arrives", "device auto", "stopped"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestRunFixtureWithAdapters(t *testing.T) {
+	dir := filepath.Join("..", "..", "testdata", "models", "llama")
+	url, _, stop := start(t, "--model", dir, "--served-model-name", "tiny", "--device", "cpu", "--api-key", "k",
+		"--adapter", "a_qv="+filepath.Join(dir, "adapters", "a_qv"), "--adapter", "d_regex="+filepath.Join(dir, "adapters", "d_regex"))
+	defer stop()
+	if st := getJSON(t, url+"/health", nil); st != 200 {
+		t.Errorf("health %d", st)
+	}
+	if st := getJSON(t, url+"/v1/models", nil); st != 401 {
+		t.Errorf("models without key: %d", st)
+	}
+	req, _ := http.NewRequest(http.MethodGet, url+"/v1/models", nil)
+	req.Header.Set("Authorization", "Bearer k")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ml modelList
+	json.NewDecoder(resp.Body).Decode(&ml)
+	resp.Body.Close()
+	var ids []string
+	for _, m := range ml.Data {
+		ids = append(ids, m.ID)
+	}
+	if strings.Join(ids, ",") != "tiny,a_qv,d_regex" || ml.Data[1].Parent == nil || *ml.Data[1].Parent != "tiny" {
+		t.Errorf("models %v", ids)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunRejectsBadConfig(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--device", "cuda"}, "without CUDA support"},
+		{[]string{"--device", "cuda:1"}, "without CUDA support"},
+		{[]string{"--device", "tpu"}, "want auto, cpu"},
+		{[]string{"--adapter", "noequals"}, "NAME=PATH"},
+		{[]string{"--log-level", "loud"}, "log-level"},
+		{[]string{"--max-num-seqs", "-1"}, "negative"},
+		{[]string{"--model", "/nonexistent"}, "config.json"},
+		{[]string{"--tokenizer", "x"}, "needs --model"},
+		{[]string{"--adapter", "x=/nonexistent", "--max-model-len", "64"}, "x"},
+		{[]string{"--http-addr", "256.0.0.1:99999"}, ""},
+		{[]string{"stray"}, "unexpected"},
+	} {
+		err := run(context.Background(), c.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: error %v, want one mentioning %q", c.args, err, c.want)
+		}
+	}
+	if err := run(context.Background(), []string{"--help"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("--help: %v", err)
+	}
+}
+
+// TestGracefulShutdown cancels the server while a stream is running: health turns 503, the
+// stream still completes normally, and run returns nil.
+func TestGracefulShutdown(t *testing.T) {
+	url, _, stop := start(t, "--max-model-len", "512", "--shutdown-timeout", "20s")
+	resp, err := http.Post(url+"/v1/completions", "application/json",
+		strings.NewReader(`{"prompt":"hi","max_tokens":400,"ignore_eos":true,"stream":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	first := make([]byte, 6)
+	if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "data: " {
+		t.Fatalf("stream start %q: %v", first, err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	saw503 := false
+	for i := 0; i < 200 && !saw503; i++ {
+		r, err := http.Get(url + "/health")
+		if err != nil {
+			break // already closed
+		}
+		r.Body.Close()
+		saw503 = r.StatusCode == 503
+		time.Sleep(2 * time.Millisecond)
+	}
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(rest), `"finish_reason":"length"`) || !strings.HasSuffix(string(rest), "data: [DONE]\n\n") {
+		t.Errorf("stream did not finish normally; tail: %q", tail(string(rest)))
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("run returned %v", err)
+	}
+	if !saw503 {
+		t.Log("health never answered 503 during the drain (the stream finished first)")
+	}
+}
+
+func tail(s string) string {
+	if len(s) > 300 {
+		return s[len(s)-300:]
+	}
+	return s
+}
