@@ -55,6 +55,16 @@ type Backend struct {
 	loraTmp uintptr
 	loraCap int
 	segSize int
+
+	// CUDA graphs (graph.go).
+	mode      execMode
+	broken    bool
+	noGraphs  bool
+	capKey    string
+	graphs    map[string]*graphEntry
+	replaying *graphEntry
+	useCount  uint64
+	workspace uintptr
 }
 
 // New opens GPU number device.
@@ -76,6 +86,16 @@ func New(device int) (*Backend, error) {
 	if err := cudaError("cublas", C.s_cublas_create(&b.blas, b.stream)); err != nil {
 		return nil, err
 	}
+	// cuBLAS gets a fixed workspace so that GEMMs can be recorded into graphs.
+	const workspaceBytes = 32 << 20
+	ws, err := b.malloc(workspaceBytes)
+	if err != nil {
+		return nil, err
+	}
+	if err := cudaError("cublas workspace", C.lp_cublas_set_workspace(C.P_void(b.blas), C.P_void(C.uintptr_t(ws)), workspaceBytes)); err != nil {
+		return nil, err
+	}
+	b.workspace = ws
 	b.name = fmt.Sprintf("cuda:%d %s", device, deviceName(device))
 	return b, nil
 }
@@ -93,6 +113,13 @@ func (b *Backend) Err() error {
 func (b *Backend) ok(op string, code C.int) bool {
 	if code == 0 {
 		return true
+	}
+	if b.mode == modeCapture {
+		// Something refused to be recorded: abandon the recording, stop recording from now on,
+		// and let the step run directly (where a real failure does become sticky).
+		b.broken, b.noGraphs = true, true
+		C.lp_last_error()
+		return false
 	}
 	b.mu.Lock()
 	if b.err == nil {
@@ -373,6 +400,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 }
 
 func (b *Backend) growMeta(need int) error {
+	b.dropGraphs()
 	need = max(need*2, 4096)
 	if b.metaHost != nil {
 		C.lp_free_host(b.metaHost)

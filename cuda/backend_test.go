@@ -82,6 +82,48 @@ func TestFixturesCUDA(t *testing.T) {
 			}
 		})
 	}
+	// Decode steps of the same shape replayed recorded graphs (each model's first decode step
+	// recorded one; the rest of the suite above compared the replays against the reference).
+	if b.GraphCount() == 0 {
+		t.Fatal("no decode step was recorded as a CUDA graph")
+	}
+	t.Logf("%d step graphs recorded", b.GraphCount())
+}
+
+// TestGraphsMatchDirect runs the same decode steps with and without CUDA graphs: the
+// recording must replay exactly what direct launches compute.
+func TestGraphsMatchDirect(t *testing.T) {
+	name := "qwen2"
+	fx, err := fixture.Load(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var results [2][]float64
+	for i, graphs := range []bool{false, true} {
+		b := newGPU(t)
+		b.SetGraphs(graphs)
+		cfg, _ := model.LoadConfig(fixture.Dir(name))
+		w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := fixture.NewHarness(cfg, b, w, 4, 256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := h.Run(fx.Cases[:3], nil, 1<<20, bf16Tolerance)
+		if err != nil {
+			t.Fatal(err)
+		}
+		results[i] = []float64{res.WorstDiff}
+		if graphs != (b.GraphCount() > 0) {
+			t.Fatalf("graphs=%v but %d recorded", graphs, b.GraphCount())
+		}
+		w.Close()
+	}
+	if results[0][0] != results[1][0] {
+		t.Fatalf("worst logit diff without graphs %g, with graphs %g: replays differ from direct launches", results[0][0], results[1][0])
+	}
 }
 
 // hostBF16 makes a bf16 host tensor of random values scaled by s.

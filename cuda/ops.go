@@ -25,7 +25,7 @@ func (b *Backend) Embed(out, table model.Tensor) {
 			panic(fmt.Sprintf("cuda: Embed token id %d outside the vocabulary of %d", id, table.Rows))
 		}
 	}
-	if b.failed() {
+	if !b.launch() {
 		return
 	}
 	b.ok("embed", C.s_embed(ptr(out), ptr(table), b.meta(b.offTokens), C.int(len(ids)), C.int(table.Cols), C.int(table.Rows), b.stream))
@@ -38,11 +38,11 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	if x.Cols != w.Cols || out.Rows != x.Rows || out.Cols != w.Rows || w.DType != model.BF16 || x.DType != model.F32 || out.DType != model.F32 {
 		panic(fmt.Sprintf("cuda: MatMul out %s = x %s · wᵀ %s (%s)", out.Shape(), x.Shape(), w.Shape(), w.DType))
 	}
-	if b.failed() || x.Rows == 0 {
+	if !b.launch() || x.Rows == 0 {
 		return
 	}
 	n := x.Rows * x.Cols
-	if n > b.xbfCap && !b.growX(n) {
+	if n > b.xbfCap && (!b.canGrow() || !b.growX(n)) {
 		return
 	}
 	if !b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.xbf), ptr(x), C.size_t(n), b.stream)) {
@@ -52,6 +52,7 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 }
 
 func (b *Backend) growX(n int) bool {
+	b.dropGraphs()
 	if !b.ok("sync", C.s_stream_sync(b.stream)) {
 		return false
 	}
@@ -71,7 +72,7 @@ func (b *Backend) AddBias(x, bias model.Tensor) {
 	if bias.Cols != x.Cols || bias.DType != model.F32 {
 		panic(fmt.Sprintf("cuda: AddBias %s + %s", x.Shape(), bias.Shape()))
 	}
-	if b.failed() || x.Rows == 0 {
+	if !b.launch() || x.Rows == 0 {
 		return
 	}
 	b.ok("bias", C.s_add_bias(ptr(x), ptr(bias), C.int(x.Rows), C.int(x.Cols), b.stream))
@@ -81,7 +82,7 @@ func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
 	if out.Rows != x.Rows || out.Cols != x.Cols || w.Cols != x.Cols {
 		panic(fmt.Sprintf("cuda: RMSNorm %s -> %s with %s", x.Shape(), out.Shape(), w.Shape()))
 	}
-	if b.failed() || x.Rows == 0 {
+	if !b.launch() || x.Rows == 0 {
 		return
 	}
 	b.ok("rmsnorm", C.s_rmsnorm(ptr(out), ptr(x), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.stream))
@@ -91,7 +92,7 @@ func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
 	if delta.Rows != x.Rows || out.Rows != x.Rows || delta.Cols != x.Cols || out.Cols != x.Cols || w.Cols != x.Cols {
 		panic(fmt.Sprintf("cuda: AddRMSNorm %s + %s -> %s with %s", x.Shape(), delta.Shape(), out.Shape(), w.Shape()))
 	}
-	if b.failed() || x.Rows == 0 {
+	if !b.launch() || x.Rows == 0 {
 		return
 	}
 	b.ok("add_rmsnorm", C.s_add_rmsnorm(ptr(x), ptr(delta), ptr(out), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.stream))
@@ -106,7 +107,7 @@ func (b *Backend) RoPE(x model.Tensor, heads int, table model.Tensor) {
 			panic(fmt.Sprintf("cuda: RoPE position %d beyond the table's %d", p, table.Rows))
 		}
 	}
-	if b.failed() || x.Rows == 0 {
+	if !b.launch() || x.Rows == 0 {
 		return
 	}
 	b.ok("rope", C.s_rope(ptr(x), b.meta(b.offPos), ptr(table), C.int(x.Rows), C.int(heads), C.int(x.Cols), b.stream))
@@ -118,7 +119,7 @@ func (b *Backend) StoreKV(layer int, k, v model.Tensor) {
 	if k.Cols != width || v.Cols != width || k.Rows != n || v.Rows != n || layer < 0 || layer >= len(b.kcache) {
 		panic(fmt.Sprintf("cuda: StoreKV layer %d k %s v %s into width %d for %d slots", layer, k.Shape(), v.Shape(), width, n))
 	}
-	if b.failed() || n == 0 {
+	if !b.launch() || n == 0 {
 		return
 	}
 	b.ok("store_kv", C.s_store_kv(C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]), ptr(k), ptr(v), b.meta(b.offSlots), C.int(n), C.int(width), b.stream))
@@ -130,7 +131,7 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		p.KVHeads != b.kv.KVHeads || p.Heads%p.KVHeads != 0 || layer < 0 || layer >= len(b.kcache) {
 		panic(fmt.Sprintf("cuda: Attention q %s out %s heads %d/%d dim %d", q.Shape(), out.Shape(), p.Heads, p.KVHeads, p.HeadDim))
 	}
-	if b.failed() || n == 0 {
+	if !b.launch() || n == 0 {
 		return
 	}
 	kc, vc := C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer])
@@ -148,7 +149,7 @@ func (b *Backend) SiluMul(out, gate, up model.Tensor) {
 	if out.Rows != gate.Rows || out.Rows != up.Rows || out.Cols != gate.Cols || out.Cols != up.Cols {
 		panic(fmt.Sprintf("cuda: SiluMul %s %s %s", out.Shape(), gate.Shape(), up.Shape()))
 	}
-	if b.failed() || out.Rows == 0 {
+	if !b.launch() || out.Rows == 0 {
 		return
 	}
 	b.ok("silu_mul", C.s_silu_mul(ptr(out), ptr(gate), ptr(up), C.size_t(out.Rows*out.Cols), b.stream))
@@ -159,7 +160,7 @@ func (b *Backend) GatherRows(out, x model.Tensor) {
 	if out.Rows != len(rows) || out.Cols != x.Cols {
 		panic(fmt.Sprintf("cuda: GatherRows %d rows of %s into %s", len(rows), x.Shape(), out.Shape()))
 	}
-	if b.failed() || len(rows) == 0 {
+	if !b.launch() || len(rows) == 0 {
 		return
 	}
 	b.ok("gather", C.s_gather(ptr(out), ptr(x), b.meta(b.offLogit), C.int(len(rows)), C.int(x.Cols), b.stream))
@@ -184,10 +185,11 @@ func (b *Backend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
 	if b.failed() {
 		return
 	}
-	if b.segUsed+len(segs) > b.segCap && !b.growSegs(b.segUsed+len(segs)) {
+	// While replaying, the segment table is still written: the graph copies it from here.
+	if b.segUsed+len(segs) > b.segCap && (!b.canGrow() || !b.growSegs(b.segUsed+len(segs))) {
 		return
 	}
-	if tmp > b.loraCap && !b.growLoRATmp(tmp) {
+	if tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
 		return
 	}
 	off := 0
@@ -196,6 +198,10 @@ func (b *Backend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
 		off += sg.N * sg.A.Rows
 	}
 	byteOff := uintptr(b.segUsed * b.segSize)
+	if b.mode == modeReplay {
+		b.segUsed += len(segs)
+		return
+	}
 	if !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(len(segs)*b.segSize), b.stream)) {
 		return
 	}
@@ -205,6 +211,7 @@ func (b *Backend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
 }
 
 func (b *Backend) growSegs(need int) bool {
+	b.dropGraphs()
 	if !b.ok("sync", C.s_stream_sync(b.stream)) {
 		return false
 	}
@@ -228,6 +235,7 @@ func (b *Backend) growSegs(need int) bool {
 }
 
 func (b *Backend) growLoRATmp(n int) bool {
+	b.dropGraphs()
 	if !b.ok("sync", C.s_stream_sync(b.stream)) {
 		return false
 	}

@@ -41,6 +41,13 @@ int lp_cublas_create(void** handle, lp_stream s);
 int lp_cublas_destroy(void* handle);
 int lp_gemm_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* c, float alpha, float beta);
 
+// graph.cu: record a stream's launches into a CUDA graph and replay it.
+int lp_capture_begin(lp_stream s);
+int lp_capture_end(lp_stream s, int keep, void** exec);
+int lp_graph_launch(void* exec, lp_stream s);
+int lp_graph_destroy(void* exec);
+int lp_cublas_set_workspace(void* handle, void* ws, size_t bytes);
+
 // convert.cu
 int lp_f32_to_bf16(uint16_t* dst, const float* src, size_t n, lp_stream s);
 int lp_bf16_to_f32(float* dst, const uint16_t* src, size_t n, lp_stream s);

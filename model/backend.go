@@ -1,6 +1,9 @@
 package model
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Tensor is a row-major matrix owned by a Backend. Everything the forward pass touches is 2-D:
 // weights are [out, in], activations [tokens, features]; a [tokens, heads*headDim] activation is
@@ -77,6 +80,22 @@ type LoRASeg struct {
 	A, B     Tensor
 	Scale    float32
 }
+
+// StepRecorder is implemented by backends that can record the launches of a step once and
+// replay them (CUDA graphs), which removes per-launch host cost from decode steps.
+type StepRecorder interface {
+	// BeginStep is called after Prepare with a key that determines every launch of the step
+	// (row counts, logit rows, the LoRA segment layout); nil asks for plain execution. It
+	// returns true when a recording of key will be replayed: the ops of the step then only
+	// stage their per-step data.
+	BeginStep(key []byte) (replay bool)
+	// EndStep completes the step's launches. ErrRerun asks the caller to run the step's ops
+	// again, unrecorded (a recording could not be made).
+	EndStep() error
+}
+
+// ErrRerun is returned by StepRecorder.EndStep when the step must be run again unrecorded.
+var ErrRerun = errors.New("model: run the step again without recording")
 
 // Backend is everything the forward pass needs from a device. The forward pass (forward.go) is
 // written once against it; cpu/ and cuda/ implement it. Methods check shapes and panic on a

@@ -63,7 +63,7 @@ func TestParseConfigFamilies(t *testing.T) {
 func TestParseConfigErrors(t *testing.T) {
 	base := `"vocab_size":10,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4`
 	for _, tc := range []struct {
-		json, want string
+		json, want  string
 		unsupported bool
 	}{
 		{`{`, "config.json", false},

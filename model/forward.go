@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 )
@@ -26,6 +27,7 @@ type Runner struct {
 	sel, logits                               Tensor
 	segs                                      [NumProj][]LoRASeg
 	attnParams                                AttnParams
+	keyBuf                                    []byte
 	eps                                       float32
 }
 
@@ -91,6 +93,67 @@ func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
 	if err := r.B.Prepare(s); err != nil {
 		return err
 	}
+	rec, _ := r.B.(StepRecorder)
+	if rec == nil {
+		r.layers(s, adapters)
+	} else {
+		key := r.stepKey(s, adapters)
+		for attempt := 0; ; attempt++ {
+			if attempt > 0 {
+				key = nil
+			}
+			rec.BeginStep(key)
+			r.layers(s, adapters)
+			err := rec.EndStep()
+			if err == ErrRerun && attempt == 0 {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			break
+		}
+	}
+	if m == 0 {
+		return nil
+	}
+	return r.B.Read(r.logits.Slice(0, m), logits)
+}
+
+// stepKey encodes what shapes the step's launches: rows per sequence, logit rows, and per layer
+// and projection the number of LoRA segments and their largest rows and rank. Steps with equal
+// keys launch the same kernels with the same grids, so a recording of one replays for another.
+func (r *Runner) stepKey(s *Step, adapters []*Adapter) []byte {
+	k := r.keyBuf[:0]
+	k = binary.AppendUvarint(k, uint64(len(s.Tokens)))
+	k = binary.AppendUvarint(k, uint64(len(s.LogitRows)))
+	for _, sq := range s.Seqs {
+		k = binary.AppendUvarint(k, uint64(sq.N))
+	}
+	for l := range r.W.Layers {
+		for p := Proj(0); p < NumProj; p++ {
+			segs, rows, rank := 0, 0, 0
+			for i, a := range adapters {
+				if a == nil || a.Modules[l][p] == nil {
+					continue
+				}
+				segs++
+				rows, rank = max(rows, s.Seqs[i].N), max(rank, a.Modules[l][p].Rank)
+			}
+			k = binary.AppendUvarint(k, uint64(segs))
+			if segs > 0 {
+				k = binary.AppendUvarint(k, uint64(rows))
+				k = binary.AppendUvarint(k, uint64(rank))
+			}
+		}
+	}
+	r.keyBuf = k
+	return k
+}
+
+// layers runs everything between Prepare and the read of the logits.
+func (r *Runner) layers(s *Step, adapters []*Adapter) {
+	n, m := len(s.Tokens), len(s.LogitRows)
 	b, cfg, w := r.B, r.Cfg, r.W
 	x, h := r.x.Slice(0, n), r.h.Slice(0, n)
 	var delta Tensor
@@ -130,12 +193,11 @@ func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
 	}
 	b.AddRMSNorm(x, delta, h, w.Norm, r.eps)
 	if m == 0 {
-		return nil
+		return
 	}
 	sel, out := r.sel.Slice(0, m), r.logits.Slice(0, m)
 	b.GatherRows(sel, h)
 	b.MatMul(out, sel, w.LMHead)
-	return b.Read(out, logits)
 }
 
 // deltaFor views the shared delta buffer as [n, cols].

@@ -159,14 +159,26 @@ func (e *Engine) Options() Options { return e.opt }
 // Stats exposes live counters.
 func (e *Engine) Stats() *Stats { return &e.stats }
 
-// Ready reports whether the engine accepts requests.
+// Ready reports whether the engine accepts requests: not after Close or Drain, and not once the
+// backend has failed for good (a sticky CUDA error), so health checks report NOT_SERVING.
 func (e *Engine) Ready() bool {
 	select {
 	case <-e.closed:
 		return false
 	default:
 	}
+	if e.BackendErr() != nil {
+		return false
+	}
 	return !e.draining.Load()
+}
+
+// BackendErr returns the backend's permanent failure, if it has one.
+func (e *Engine) BackendErr() error {
+	if h, ok := e.runner.B.(interface{ Err() error }); ok {
+		return h.Err()
+	}
+	return nil
 }
 
 // Models lists the base model and every adapter.

@@ -194,14 +194,20 @@ func run(shape, out string, steps, ctx int) error {
 		return float64(batch*steps) / time.Since(start).Seconds(), nil
 	}
 
+	b.SetGraphs(false)
+	direct, err := decode(1, nil)
+	if err != nil {
+		return err
+	}
+	b.SetGraphs(true)
 	tps, err := decode(1, nil)
 	if err != nil {
 		return err
 	}
 	roof := res.CopyBandwidth / (weightBytes + kvBytes)
-	res.Batch1 = map[string]float64{"tokens_per_s": tps, "roofline_tokens_per_s": roof, "ratio": tps / roof,
+	res.Batch1 = map[string]float64{"tokens_per_s": tps, "tokens_per_s_without_graphs": direct, "roofline_tokens_per_s": roof, "ratio": tps / roof,
 		"weight_bytes": weightBytes, "kv_bytes": kvBytes, "context": float64(ctx)}
-	fmt.Printf("batch 1 decode: %.1f tok/s, roofline %.1f tok/s (%.3g B per token), ratio %.2f\n", tps, roof, weightBytes+kvBytes, tps/roof)
+	fmt.Printf("batch 1 decode: %.1f tok/s with CUDA graphs (%.1f without), roofline %.1f tok/s (%.3g B per token), ratio %.2f\n", tps, direct, roof, weightBytes+kvBytes, tps/roof)
 	for _, bs := range []int{1, 2, 4, 8, 16, 32, 64, 128, 256} {
 		tps, err := decode(bs, nil)
 		if err != nil {

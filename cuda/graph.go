@@ -1,0 +1,136 @@
+//go:build cuda
+
+package cuda
+
+// #include "shims.h"
+import "C"
+
+import (
+	"unsafe"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// CUDA graphs for decode steps (model.StepRecorder). The first step with a given key runs
+// under stream capture; later steps with the same key only copy their metadata (Prepare) and
+// LoRA segment tables into the same pinned buffers and replay the graph, which reads them from
+// the same addresses. Prefill steps (tiled attention, many rows) always run directly.
+
+const (
+	maxGraphRows = 256 // steps with more rows than this are not recorded
+	maxGraphs    = 128 // recordings kept, least recently used dropped first
+)
+
+type execMode int
+
+const (
+	modeDirect execMode = iota
+	modeCapture
+	modeReplay
+)
+
+type graphEntry struct {
+	exec    unsafe.Pointer
+	lastUse uint64
+}
+
+// BeginStep chooses how this step's ops run; see model.StepRecorder.
+func (b *Backend) BeginStep(key []byte) bool {
+	b.mode, b.broken, b.segUsed = modeDirect, false, 0
+	if key == nil || b.numTiles > 0 || len(b.step.Tokens) > maxGraphRows || b.failed() || b.noGraphs {
+		return false
+	}
+	b.useCount++
+	if g, ok := b.graphs[string(key)]; ok {
+		g.lastUse = b.useCount
+		b.replaying = g
+		b.mode = modeReplay
+		return true
+	}
+	if !b.ok("capture begin", C.lp_capture_begin(C.P_stream(b.stream))) {
+		return false
+	}
+	b.mode, b.capKey = modeCapture, string(key)
+	return false
+}
+
+// EndStep ends a capture (instantiating and launching it) or launches the replayed graph.
+func (b *Backend) EndStep() error {
+	mode := b.mode
+	b.mode = modeDirect
+	switch mode {
+	case modeReplay:
+		if b.broken {
+			return model.ErrRerun
+		}
+		b.ok("graph launch", C.lp_graph_launch(b.replaying.exec, C.P_stream(b.stream)))
+		return b.Err()
+	case modeCapture:
+		var exec unsafe.Pointer
+		keep := C.int(1)
+		if b.broken {
+			keep = 0
+		}
+		code := C.lp_capture_end(C.P_stream(b.stream), keep, &exec)
+		if b.broken || code != 0 {
+			if code != 0 {
+				// A capture the driver refused: stop recording rather than fail every step.
+				b.noGraphs = true
+				C.lp_last_error() // clear the non-sticky error
+			}
+			return model.ErrRerun
+		}
+		if b.graphs == nil {
+			b.graphs = map[string]*graphEntry{}
+		}
+		if len(b.graphs) >= maxGraphs {
+			b.evictGraph()
+		}
+		g := &graphEntry{exec: exec, lastUse: b.useCount}
+		b.graphs[b.capKey] = g
+		b.ok("graph launch", C.lp_graph_launch(exec, C.P_stream(b.stream)))
+		return b.Err()
+	}
+	return b.Err()
+}
+
+func (b *Backend) evictGraph() {
+	var oldest string
+	var at uint64 = ^uint64(0)
+	for k, g := range b.graphs {
+		if g.lastUse < at {
+			oldest, at = k, g.lastUse
+		}
+	}
+	C.lp_graph_destroy(b.graphs[oldest].exec)
+	delete(b.graphs, oldest)
+}
+
+// launch reports whether an op should enqueue its kernels: not while replaying (the graph
+// holds them) and not once the backend has failed.
+func (b *Backend) launch() bool { return b.mode != modeReplay && !b.failed() }
+
+// canGrow reports whether a buffer may be reallocated now: never while capturing or replaying
+// (graphs hold buffer addresses). The step is then abandoned and rerun directly, and the growth
+// drops every recorded graph.
+func (b *Backend) canGrow() bool {
+	if b.mode != modeDirect {
+		b.broken = true
+		return false
+	}
+	return true
+}
+
+// dropGraphs forgets every recording; called when a buffer they reference moves.
+func (b *Backend) dropGraphs() {
+	for k, g := range b.graphs {
+		C.lp_graph_destroy(g.exec)
+		delete(b.graphs, k)
+	}
+}
+
+// GraphCount is the number of recorded step graphs (for tests and benchmarks).
+func (b *Backend) GraphCount() int { return len(b.graphs) }
+
+// SetGraphs turns recording on or off (on by default).
+func (b *Backend) SetGraphs(on bool) { b.noGraphs = !on }
