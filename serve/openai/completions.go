@@ -44,8 +44,9 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	switch {
-	case req.Echo:
-		return invalid("echo", "echo is not supported yet")
+	case req.Echo && req.Logprobs != nil:
+		// Echo with logprobs needs prompt logprobs, which the engine does not compute.
+		return invalid("echo", "echo together with logprobs is not supported")
 	case req.Suffix != nil && *req.Suffix != "":
 		return invalid("suffix", "suffix is not supported")
 	case req.BestOf != nil && *req.BestOf > 1:
@@ -86,6 +87,11 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 	}
 	c := &completionState{h: h, req: &req, n: n, prompts: prompts, id: newID("cmpl-"), created: time.Now().Unix(),
 		model: h.modelName(req.Model), choices: make([]choiceState, len(prompts)*n)}
+	if req.Echo {
+		if c.echo, err = h.echoTexts(prompts, p.SkipSpecialTokens); err != nil {
+			return err
+		}
+	}
 	if req.Stream {
 		return c.stream(w, r.Context(), events)
 	}
@@ -170,6 +176,33 @@ type completionState struct {
 	created int64
 	model   string
 	choices []choiceState
+	echo    []string // per prompt, when echo is on
+}
+
+// echoTexts decodes the prompts for echo (empty without a tokenizer: token-id models return
+// no text at all).
+func (h *Handler) echoTexts(prompts [][]int, skipSpecial bool) ([]string, error) {
+	out := make([]string, len(prompts))
+	tok := h.e.Tokenizer()
+	if tok == nil {
+		return out, nil
+	}
+	for i, p := range prompts {
+		s, err := tok.Decode(p, skipSpecial)
+		if err != nil {
+			return nil, invalid("prompt", "%v", err)
+		}
+		out[i] = s
+	}
+	return out, nil
+}
+
+// echoed is the prompt text choice i starts with, if echo is on.
+func (c *completionState) echoed(i int) string {
+	if c.echo == nil {
+		return ""
+	}
+	return c.echo[i/c.n]
 }
 
 func (c *completionState) promptOf(i int) []int { return c.prompts[i/c.n] }
@@ -203,7 +236,7 @@ func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, ev
 		if !st.finished {
 			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
 		}
-		ch := completionChoice{Index: i, Text: string(st.text), Logprobs: st.lp, FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
+		ch := completionChoice{Index: i, Text: c.echoed(i) + string(st.text), Logprobs: st.lp, FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
 		if c.req.ReturnTokenIDs {
 			ch.TokenIDs, ch.PromptTokenIDs = nonNil(st.tokens), c.promptOf(i)
 		}
@@ -225,7 +258,11 @@ func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, eve
 		if len(ev.Tokens) == 0 && ev.Text == "" && ev.Finish == "" {
 			continue
 		}
-		ch := completionChoice{Index: ev.Index, Text: ev.Text, FinishReason: finishReason(&ev.Event), StopReason: ev.StopReason}
+		text := ev.Text
+		if !st.started {
+			text = c.echoed(ev.Index) + text
+		}
+		ch := completionChoice{Index: ev.Index, Text: text, FinishReason: finishReason(&ev.Event), StopReason: ev.StopReason}
 		if c.req.Logprobs != nil {
 			ch.Logprobs = &completionLogprobs{}
 			c.h.appendCompletion(ch.Logprobs, &ev.Event, c.req.ReturnTokensAsTokenIDs, &st.offset)

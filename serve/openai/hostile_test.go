@@ -60,7 +60,7 @@ func TestHostileInput(t *testing.T) {
 		{"min_tokens > max", "/v1/completions", `{` + ok + `,"min_tokens":5}`, 400, "min_tokens", auth},
 		{"n 0", "/v1/completions", `{` + ok + `,"n":0}`, 400, "n", auth},
 		{"n 1000", "/v1/completions", `{` + ok + `,"n":1000}`, 400, "n", auth},
-		{"echo", "/v1/completions", `{` + ok + `,"echo":true}`, 400, "echo", auth},
+		{"echo with logprobs", "/v1/completions", `{` + ok + `,"echo":true,"logprobs":1}`, 400, "echo", auth},
 		{"logit_bias", "/v1/completions", `{` + ok + `,"logit_bias":{"5":10}}`, 400, "logit_bias", auth},
 		{"out of vocab", "/v1/completions", `{"prompt":[320]}`, 400, "prompt", auth},
 		{"negative id", "/v1/completions", `{"prompt":[-1]}`, 400, "prompt", auth},

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -199,3 +201,63 @@ func TestBatchedPromptsAndN(t *testing.T) {
 	}
 }
 
+func TestEcho(t *testing.T) {
+	e, _ := demoEngine(t)
+	srv := newServer(t, e, openai.Options{})
+	for _, stream := range []bool{false, true} {
+		body, _ := json.Marshal(map[string]any{"prompt": "Echo me", "max_tokens": 3, "seed": 1, "echo": true, "stream": stream})
+		st, b := post(t, srv.URL, "/v1/completions", string(body))
+		if st != 200 {
+			t.Fatalf("stream=%v: %d %s", stream, st, b)
+		}
+		text := string(b)
+		if stream {
+			// The first data chunk carries the prompt.
+			first := strings.SplitN(strings.TrimPrefix(text, "data: "), "\n\n", 2)[0]
+			text = first
+		}
+		if !strings.Contains(text, `"text":"Echo me`) {
+			t.Errorf("stream=%v: prompt not echoed: %s", stream, b)
+		}
+	}
+}
+
+// TestPanicBecomes500 uses a handler without an engine, so every engine call panics; the client
+// must still get a JSON 500, and the server must keep serving.
+func TestPanicBecomes500(t *testing.T) {
+	srv := newServer(t, nil, openai.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	for i := 0; i < 2; i++ {
+		st, b := get(t, srv.URL+"/v1/models")
+		env := checkError(t, st, b, 500, "")
+		if env.Error.Type != "InternalServerError" {
+			t.Errorf("type %q", env.Error.Type)
+		}
+	}
+}
+
+func TestChatHostile(t *testing.T) {
+	e, ct := demoEngine(t)
+	srv := newServer(t, e, openai.Options{ChatTemplate: ct})
+	for _, c := range []struct {
+		body   string
+		status int
+		param  string
+	}{
+		{`{"messages":[]}`, 400, "messages"},
+		{`{"messages":[{"content":"x"}]}`, 400, "messages"},
+		{`{"messages":[{"role":"user","content":5}]}`, 400, "messages"},
+		{`{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}`, 400, "messages"},
+		{`{"messages":[{"role":"user","content":"x"}],"top_logprobs":50,"logprobs":true}`, 400, "top_logprobs"},
+		{`{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":"a"}`, 400, "max_completion_tokens"},
+		{`{"messages":[{"role":"user","content":"x"}],"model":"nope"}`, 404, "model"},
+		{`{"messages":[{"role":"user","content":"` + strings.Repeat("x", 300) + `"}]}`, 400, "prompt"},
+	} {
+		st, b := post(t, srv.URL, "/v1/chat/completions", c.body)
+		checkError(t, st, b, c.status, c.param)
+	}
+	// Content parts and max_completion_tokens are accepted.
+	st, b := post(t, srv.URL, "/v1/chat/completions", `{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_completion_tokens":2}`)
+	if st != 200 || !strings.Contains(string(b), `"completion_tokens":2`) {
+		t.Errorf("%d %s", st, b)
+	}
+}
