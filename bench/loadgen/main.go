@@ -1,0 +1,221 @@
+// Command loadgen is an open-loop load generator for loraplex's OpenAI-style completions API.
+// It sends streaming completions at Poisson-distributed times, each naming the base model or one
+// of N LoRA adapters chosen by a popularity model, and reports throughput and TTFT / inter-token
+// / end-to-end latency percentiles.
+//
+// With -url it drives a running server. Without it, it starts the engine and the HTTP gateway
+// in-process on 127.0.0.1 (the demo model unless -model), writes -adapters random PEFT adapters
+// of rank -rank, and drives that over real HTTP. -compare-base (default on in-process) replays
+// the same arrivals, prompts and lengths against the base model first, then the adapter mix,
+// and prints the ratio: what serving many adapters costs over serving none.
+//
+//	go run ./bench/loadgen -adapters 16 -rank 8 -popularity zipf -rate 4 -duration 30s
+//	go run ./bench/loadgen -url http://127.0.0.1:8000 -rate 2 -requests 100
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+)
+
+type options struct {
+	url, modelDir, adapterNames, base string
+	adapters, rank, threads, maxSeqs  int
+	targets                           string
+	preload                           bool
+	rate                              float64
+	duration                          time.Duration
+	requests                          int
+	popularity                        string
+	zipfS                             float64
+	promptLen, outputLen              string
+	textPrompt                        bool
+	tokenMax                          int
+	temperature                       float64
+	compareBase                       bool
+	seed                              uint64
+	timeout                           time.Duration
+	warmup                            int
+	jsonPath                          string
+	verbose                           bool
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.url, "url", "", "drive a running server at this base URL (default: start one in-process on 127.0.0.1)")
+	flag.StringVar(&o.modelDir, "model", "", "in-process: Hugging Face model folder (default: the demo model)")
+	flag.IntVar(&o.adapters, "adapters", 16, "number of adapters (in-process: generated; -url: the first N the server lists, 0 = all)")
+	flag.StringVar(&o.adapterNames, "adapter-names", "", "-url: comma-separated adapter names instead of asking /v1/models")
+	flag.StringVar(&o.base, "base", "", "-url: the base model's name instead of asking /v1/models")
+	flag.IntVar(&o.rank, "rank", 8, "in-process: LoRA rank of the generated adapters")
+	flag.StringVar(&o.targets, "targets", "all", "in-process: target modules of the generated adapters (comma-separated, or all)")
+	flag.BoolVar(&o.preload, "preload", true, "in-process: load adapters before the run (false: on-demand loading, paid by the first request of each)")
+	flag.IntVar(&o.threads, "threads", 0, "in-process: CPU backend threads (0 = GOMAXPROCS)")
+	flag.IntVar(&o.maxSeqs, "max-num-seqs", 16, "in-process: engine batch size")
+	flag.Float64Var(&o.rate, "rate", 4, "mean arrival rate, requests per second (Poisson)")
+	flag.DurationVar(&o.duration, "duration", 30*time.Second, "arrival window (0 = until -requests)")
+	flag.IntVar(&o.requests, "requests", 0, "stop after this many requests (0 = until -duration)")
+	flag.StringVar(&o.popularity, "popularity", "zipf", "adapter popularity: identical, uniform or zipf")
+	flag.Float64Var(&o.zipfS, "zipf-s", 1.0, "zipf exponent")
+	flag.StringVar(&o.promptLen, "prompt-len", "32", "prompt length, N or A:B (uniform)")
+	flag.StringVar(&o.outputLen, "output-len", "64", "output tokens (max_tokens with ignore_eos), N or A:B")
+	flag.BoolVar(&o.textPrompt, "text", false, "send random-word text prompts instead of token ids")
+	flag.IntVar(&o.tokenMax, "token-max", 256, "token-id prompts draw ids from [0, token-max)")
+	flag.Float64Var(&o.temperature, "temperature", 0, "sampling temperature")
+	flag.BoolVar(&o.compareBase, "compare-base", true, "run the same load on the base model first and print adapter/base ratios (default off with -url)")
+	flag.Uint64Var(&o.seed, "seed", 1, "seed for arrivals, adapters, prompts and lengths")
+	flag.DurationVar(&o.timeout, "timeout", 120*time.Second, "per-request timeout")
+	flag.IntVar(&o.warmup, "warmup", 2, "unmeasured sequential requests to the base model before the runs")
+	flag.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
+	flag.BoolVar(&o.verbose, "v", false, "in-process: log the server's messages to stderr")
+	flag.Parse()
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.url != "" && !set["compare-base"] {
+		o.compareBase = false // a remote server may serve real traffic; doubling the load is opt-in
+	}
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	if o.duration <= 0 && o.requests <= 0 {
+		return fmt.Errorf("set -duration or -requests: the run must end by itself")
+	}
+	if !(o.rate > 0) {
+		return fmt.Errorf("-rate must be positive")
+	}
+	promptLen, err := ParseRange(o.promptLen)
+	if err != nil {
+		return fmt.Errorf("-prompt-len: %w", err)
+	}
+	outputLen, err := ParseRange(o.outputLen)
+	if err != nil {
+		return fmt.Errorf("-output-len: %w", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	server := map[string]any{}
+	var base string
+	var adapters []string
+	url := o.url
+	if url == "" {
+		targets, err := ParseTargets(o.targets)
+		if err != nil {
+			return err
+		}
+		l, err := StartLocal(LocalConfig{ModelDir: o.modelDir, Threads: o.threads, MaxNumSeqs: o.maxSeqs, Adapters: o.adapters,
+			Rank: o.rank, Targets: targets, Preload: o.preload, Seed: o.seed, Verbose: o.verbose})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		url, base, adapters = l.URL, l.Base, l.Adapters
+		server["mode"] = "in-process"
+		server["backend"] = l.Backend
+		server["max_num_seqs"] = o.maxSeqs
+		server["adapter_rank"] = o.rank
+		server["adapter_targets"] = o.targets
+		server["preload"] = o.preload
+		if o.tokenMax > l.Model.VocabSize {
+			o.tokenMax = l.Model.VocabSize
+		}
+	} else {
+		server["mode"] = "remote"
+	}
+	c := NewClient(url, o.timeout, o.temperature)
+	defer c.Close()
+	if o.url != "" {
+		base, adapters = o.base, splitList(o.adapterNames)
+		if base == "" || adapters == nil {
+			b, a, err := discover(ctx, c)
+			if err != nil {
+				return err
+			}
+			if base == "" {
+				base = b
+			}
+			if adapters == nil {
+				adapters = a
+				if o.adapters > 0 && len(adapters) > o.adapters {
+					adapters = adapters[:o.adapters]
+				}
+			}
+		}
+	}
+	server["url"], server["base"], server["adapters"] = url, base, len(adapters)
+
+	var picker Picker = identical{}
+	if len(adapters) > 0 {
+		if picker, err = NewPicker(o.popularity, len(adapters), o.zipfS); err != nil {
+			return err
+		}
+	}
+	wl := Workload{Rate: o.rate, Window: o.duration, Count: o.requests, Picker: picker, PromptLen: promptLen,
+		OutputLen: outputLen, TextPrompt: o.textPrompt, TokenMax: o.tokenMax, Seed: o.seed}
+	plan := wl.Plan()
+	if len(plan) == 0 {
+		return fmt.Errorf("the plan is empty: raise -rate or -duration")
+	}
+
+	// Warm-up pays one-time costs (first connection, lazily built buffers, page faults of
+	// the weights) outside the measured runs.
+	for i := range o.warmup {
+		p := plan[i%len(plan)]
+		if r := c.Complete(ctx, base, &p); r.Status != "" {
+			return fmt.Errorf("warm-up request to %s failed: %s", base, r.Status)
+		}
+	}
+
+	mix := fmt.Sprintf("%d adapters, popularity %s", len(adapters), o.popularity)
+	if o.popularity == "zipf" {
+		mix += fmt.Sprintf(" s=%g", o.zipfS)
+	}
+	load := fmt.Sprintf("rate %g req/s, %d requests, prompt %s %s, output %s tokens", o.rate, len(plan), promptLen,
+		map[bool]string{true: "words", false: "token ids"}[o.textPrompt], outputLen)
+	fmt.Printf("loadgen: %s, base %s, %s\nload: %s\n", url, base, mix, load)
+
+	type phase struct {
+		name, desc string
+		model      func(*Planned) string
+	}
+	var phases []phase
+	if o.compareBase || len(adapters) == 0 {
+		phases = append(phases, phase{"base", "all requests on " + base, func(*Planned) string { return base }})
+	}
+	if len(adapters) > 0 {
+		phases = append(phases, phase{"adapters", mix, func(p *Planned) string { return adapters[p.Adapter] }})
+	}
+	rep := Report{Started: time.Now().UTC().Format(time.RFC3339), Command: strings.Join(os.Args, " "), Server: server,
+		Load: map[string]string{"rate": fmt.Sprint(o.rate), "duration": o.duration.String(), "requests": fmt.Sprint(len(plan)),
+			"popularity": o.popularity, "zipf_s": fmt.Sprint(o.zipfS), "prompt_len": promptLen.String(),
+			"output_len": outputLen.String(), "text_prompt": fmt.Sprint(o.textPrompt), "seed": fmt.Sprint(o.seed)}}
+	for _, ph := range phases {
+		fmt.Fprintf(os.Stderr, "loadgen: running %s (%d requests)...\n", ph.name, len(plan))
+		rs, window, wall := Run(ctx, c, plan, ph.model)
+		s := summarize(ph.name, rs, window, wall)
+		printSummary(os.Stdout, s, ph.desc)
+		rep.Runs = append(rep.Runs, s)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(rep.Runs) == 2 {
+		rep.Ratios = ratios(rep.Runs[0], rep.Runs[1])
+		printRatios(os.Stdout, rep.Ratios)
+	}
+	if o.jsonPath != "" {
+		if err := writeJSON(o.jsonPath, rep); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
