@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,6 +19,9 @@ import (
 	"github.com/loraplex/loraplex/serve/openai"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
+
+// quiet keeps the engine's info logs (adapter loads) out of test output.
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 var adapterNames = []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"}
 
@@ -70,7 +74,7 @@ func fixtureEngine(t testing.TB, name string) *serve.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := serve.NewEngine(cfg, b, w, nil, serve.Options{ModelName: name, MaxNumSeqs: 8, MaxBatchedTokens: 128, MaxModelLen: 128})
+	e, err := serve.NewEngine(cfg, b, w, nil, serve.Options{ModelName: name, MaxNumSeqs: 8, MaxBatchedTokens: 128, MaxModelLen: 128, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +95,7 @@ func demoEngine(t testing.TB) (*serve.Engine, *chat.Template) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256})
+	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,8 +3,10 @@ package openai
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/loraplex/loraplex/serve"
@@ -17,19 +19,82 @@ func newID(prefix string) string {
 }
 
 // tokenString is how logprobs name a token: its decoded text, or "token_id:<id>" when asked
-// for (vLLM's return_tokens_as_token_ids) or when there is no tokenizer. Text that is not valid
-// UTF-8 on its own (a piece of a multi-byte character) is reported as vLLM does.
+// for (vLLM's return_tokens_as_token_ids) or when there is no tokenizer. A token that is only
+// part of a UTF-8 character is named "bytes:\\xNN..." as vLLM does. The second result is
+// the token's bytes (the chat API's `bytes`).
 func (h *Handler) tokenString(id int, asIDs bool) string {
-	tok := h.e.Tokenizer()
-	if asIDs || tok == nil {
-		return "token_id:" + strconv.Itoa(id)
-	}
-	s, err := tok.Decode([]int{id}, false)
-	if err != nil {
-		return "token_id:" + strconv.Itoa(id)
-	}
+	s, _ := h.tokenText(id, asIDs)
 	return s
 }
+
+func (h *Handler) tokenText(id int, asIDs bool) (string, []byte) {
+	tok := h.e.Tokenizer()
+	if tok == nil {
+		s := "token_id:" + strconv.Itoa(id)
+		return s, []byte(s)
+	}
+	b := h.rawBytes(id)
+	if asIDs {
+		return "token_id:" + strconv.Itoa(id), b
+	}
+	if utf8.Valid(b) {
+		return string(b), b
+	}
+	var sb strings.Builder
+	sb.WriteString("bytes:")
+	for _, c := range b {
+		fmt.Fprintf(&sb, "\\x%02x", c)
+	}
+	return sb.String(), b
+}
+
+// rawBytes recovers the bytes a token stands for. Decoding one token alone replaces a partial
+// UTF-8 character with U+FFFD, so such tokens are mapped back through their vocabulary string:
+// GPT-2 byte-level characters, or SentencePiece byte-fallback "<0xNN>".
+func (h *Handler) rawBytes(id int) []byte {
+	tok := h.e.Tokenizer()
+	text, err := tok.Decode([]int{id}, false)
+	if err != nil {
+		return nil
+	}
+	if !strings.ContainsRune(text, utf8.RuneError) {
+		return []byte(text)
+	}
+	raw, ok := tok.TokenString(id)
+	if !ok {
+		return []byte(text)
+	}
+	if len(raw) == 6 && strings.HasPrefix(raw, "<0x") && raw[5] == '>' {
+		if v, err := strconv.ParseUint(raw[3:5], 16, 8); err == nil {
+			return []byte{byte(v)}
+		}
+	}
+	out := make([]byte, 0, len(raw))
+	for _, r := range raw {
+		c, ok := gpt2Byte[r]
+		if !ok {
+			return []byte(text)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// gpt2Byte inverts GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the
+// other 68 bytes for U+0100 onwards, in byte order.
+var gpt2Byte = func() map[rune]byte {
+	m := make(map[rune]byte, 256)
+	n := 0
+	for b := 0; b < 256; b++ {
+		if b >= '!' && b <= '~' || b >= 0xA1 && b <= 0xAC || b >= 0xAE && b <= 0xFF {
+			m[rune(b)] = byte(b)
+		} else {
+			m[rune(256+n)] = byte(b)
+			n++
+		}
+	}
+	return m
+}()
 
 // finite clamps -Inf (a masked token) to vLLM's -9999, since JSON has no infinities.
 func finite(lp float32) float64 {
@@ -86,22 +151,22 @@ type chatLogprobs struct {
 	Content []chatLogprob `json:"content"`
 }
 
-func tokenBytes(s string) []int {
+func byteList(s []byte) []int {
 	b := make([]int, len(s))
-	for i := 0; i < len(s); i++ {
-		b[i] = int(s[i])
+	for i, c := range s {
+		b[i] = int(c)
 	}
 	return b
 }
 
 func (h *Handler) appendChat(lp *chatLogprobs, ev *serve.Event, asIDs bool) {
 	for i, c := range ev.Logprobs {
-		s := h.tokenString(c.Token, asIDs)
-		e := chatLogprob{Token: s, Logprob: finite(c.Logprob), Bytes: tokenBytes(s), TopLogprobs: []chatTopLogprob{}}
+		s, b := h.tokenText(c.Token, asIDs)
+		e := chatLogprob{Token: s, Logprob: finite(c.Logprob), Bytes: byteList(b), TopLogprobs: []chatTopLogprob{}}
 		if i < len(ev.Top) {
 			for _, t := range ev.Top[i] {
-				ts := h.tokenString(t.Token, asIDs)
-				e.TopLogprobs = append(e.TopLogprobs, chatTopLogprob{Token: ts, Logprob: finite(t.Logprob), Bytes: tokenBytes(ts)})
+				ts, tb := h.tokenText(t.Token, asIDs)
+				e.TopLogprobs = append(e.TopLogprobs, chatTopLogprob{Token: ts, Logprob: finite(t.Logprob), Bytes: byteList(tb)})
 			}
 		}
 		lp.Content = append(lp.Content, e)
