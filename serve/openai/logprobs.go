@@ -20,7 +20,7 @@ func newID(prefix string) string {
 
 // tokenString is how logprobs name a token: its decoded text, or "token_id:<id>" when asked
 // for (vLLM's return_tokens_as_token_ids) or when there is no tokenizer. A token that is only
-// part of a UTF-8 character is named "bytes:\\xNN..." as vLLM does. The second result is
+// part of a UTF-8 character is named "bytes:\xNN..." as vLLM does. The second result is
 // the token's bytes (the chat API's `bytes`).
 func (h *Handler) tokenString(id int, asIDs bool) string {
 	s, _ := h.tokenText(id, asIDs)
