@@ -294,6 +294,7 @@ const (
 	maxHeadDim  = 256
 	maxLoRARank = 256
 	prefillTile = 32
+	gemvMaxRows = 8 // LP_GEMV_MAX_ROWS
 )
 
 func consecutive(pos []int32) bool {
@@ -357,28 +358,27 @@ func (b *Backend) Prepare(s *model.Step) error {
 			return err
 		}
 	}
+	// Sections whose sizes the step key fixes come first and the page table (which grows as
+	// sequences grow) last: recorded graphs bake these offsets into their kernel arguments.
 	b.offTokens, b.offPos, b.offSlots, b.offRowSeq = 0, n, 2*n, 3*n
 	b.offSeqPages = 4 * n
-	b.offPages = b.offSeqPages + len(s.Seqs)
-	b.offLogit = b.offPages + pages
+	b.offLogit = b.offSeqPages + len(s.Seqs)
+	b.offTiles = b.offLogit + len(s.LogitRows)
+	b.offRows = b.offTiles + 3*tiles
+	b.offPages = b.offRows + rows
+	b.numTiles, b.numRows = tiles, rows
 	h := unsafe.Slice((*int32)(b.metaHost), b.metaCap)
 	copy(h[b.offTokens:], s.Tokens)
 	copy(h[b.offPos:], s.Positions)
 	copy(h[b.offSlots:], s.Slots)
-	o := b.offPages
+	copy(h[b.offLogit:], s.LogitRows)
+	o, ti, ri := b.offPages, b.offTiles, b.offRows
 	for i, sq := range s.Seqs {
 		for r := sq.Start; r < sq.Start+sq.N; r++ {
 			h[b.offRowSeq+r] = int32(i)
 		}
 		h[b.offSeqPages+i] = int32(o - b.offPages)
 		o += copy(h[o:], sq.Pages)
-	}
-	copy(h[b.offLogit:], s.LogitRows)
-	b.offTiles = b.offLogit + len(s.LogitRows)
-	b.offRows = b.offTiles + 3*tiles
-	b.numTiles, b.numRows = tiles, rows
-	ti, ri := b.offTiles, b.offRows
-	for i, sq := range s.Seqs {
 		if sq.N > 1 && consecutive(s.Positions[sq.Start:sq.Start+sq.N]) {
 			for r := 0; r < sq.N; r += prefillTile {
 				h[ti], h[ti+1], h[ti+2] = int32(sq.Start+r), int32(min(prefillTile, sq.N-r)), int32(i)

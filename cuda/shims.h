@@ -22,6 +22,9 @@ static inline int s_cublas_create(uintptr_t* h, uintptr_t s) { void* q = 0; int 
 static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t c, float alpha, float beta) {
 	return lp_gemm_bf16(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), P(float*, c), alpha, beta);
 }
+static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
+	return lp_gemv_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
+}
 static inline int s_f32_to_bf16(uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) { return lp_f32_to_bf16(P(uint16_t*, dst), P(const float*, src), n, P(lp_stream, s)); }
 static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, int dim, int vocab, uintptr_t s) {
 	return lp_embed(P(float*, out), P(const uint16_t*, table), P(const int32_t*, ids), n, dim, vocab, P(lp_stream, s));

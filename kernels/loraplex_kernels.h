@@ -48,6 +48,11 @@ int lp_graph_launch(void* exec, lp_stream s);
 int lp_graph_destroy(void* exec);
 int lp_cublas_set_workspace(void* handle, void* ws, size_t bytes);
 
+// gemv.cu: the same product for n <= LP_GEMV_MAX_ROWS rows with fp32 x (decode), streaming
+// W at memory bandwidth. Needs k % 8 == 0 and 16-byte aligned x and W.
+#define LP_GEMV_MAX_ROWS 8
+int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, lp_stream s);
+
 // convert.cu
 int lp_f32_to_bf16(uint16_t* dst, const float* src, size_t n, lp_stream s);
 int lp_bf16_to_f32(float* dst, const uint16_t* src, size_t n, lp_stream s);
