@@ -77,7 +77,16 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if len(prompts)*n > h.opt.MaxN {
+		if n == 1 {
+			return invalid("prompt", "at most %d prompts per request, got %d", h.opt.MaxN, len(prompts))
+		}
 		return invalid("n", "n times the number of prompts must be at most %d, got %d", h.opt.MaxN, len(prompts)*n)
+	}
+	var echo []string
+	if req.Echo {
+		if echo, err = h.echoTexts(prompts, p.SkipSpecialTokens); err != nil {
+			return err
+		}
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel() // aborts whatever is still running if we stop early (client gone, write error)
@@ -86,12 +95,7 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	c := &completionState{h: h, req: &req, n: n, prompts: prompts, id: newID("cmpl-"), created: time.Now().Unix(),
-		model: h.modelName(req.Model), choices: make([]choiceState, len(prompts)*n)}
-	if req.Echo {
-		if c.echo, err = h.echoTexts(prompts, p.SkipSpecialTokens); err != nil {
-			return err
-		}
-	}
+		model: h.modelName(req.Model), choices: make([]choiceState, len(prompts)*n), echo: echo}
 	if req.Stream {
 		return c.stream(w, r.Context(), events)
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 )
@@ -260,4 +262,42 @@ func TestChatHostile(t *testing.T) {
 	if st != 200 || !strings.Contains(string(b), `"completion_tokens":2`) {
 		t.Errorf("%d %s", st, b)
 	}
+}
+
+// TestOverloaded fills a one-sequence engine with a one-slot queue: the third request gets 429.
+func TestOverloaded(t *testing.T) {
+	b := cpu.New(1)
+	cfg, w, tok, _, err := demo.Build(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 1, MaxBatchedTokens: 64, MaxModelLen: 512, MaxQueued: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	srv := newServer(t, e, openai.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func() *http.Response {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/completions",
+			strings.NewReader(`{"prompt":"hi","max_tokens":500,"ignore_eos":true,"stream":true}`))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		return resp
+	}
+	running := open()
+	defer running.Body.Close()
+	if _, err := bufio.NewReader(running.Body).ReadString('\n'); err != nil { // admitted and generating
+		t.Fatal(err)
+	}
+	queued := open() // headers come once the engine has accepted it into the queue
+	defer queued.Body.Close()
+	st, body := post(t, srv.URL, "/v1/completions", `{"prompt":"hi","max_tokens":2}`)
+	checkError(t, st, body, 429, "")
 }
