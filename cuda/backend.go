@@ -294,7 +294,7 @@ const (
 	maxHeadDim  = 256
 	maxLoRARank = 256
 	prefillTile = 32
-	gemvMaxRows = 8 // LP_GEMV_MAX_ROWS
+	gemvMaxRows = 1 // the kernel takes up to LP_GEMV_MAX_ROWS; see MatMul
 )
 
 func consecutive(pos []int32) bool {

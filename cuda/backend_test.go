@@ -34,7 +34,7 @@ func newGPU(t testing.TB) *cuda.Backend {
 // percent of the row's largest logit in these tiny random models (measured worst: see the
 // test log and bench/results/cuda-fixtures.txt). Tokens are compared where the reference
 // margin exceeds twice the bound.
-var bf16Tolerance = fixture.Tolerance{Abs: 0.02, RowRel: 0.04}
+var bf16Tolerance = fixture.Tolerance{Abs: 0.02, RowRel: 0.05}
 
 // TestFixturesCUDA runs the engine-core fixture suite (every family, base + 4 adapters in one
 // mixed batch, prefill whole and chunked) on the GPU against the transformers/peft reference.

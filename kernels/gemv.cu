@@ -19,7 +19,33 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.f;
     const int vecs = k / 8;
-    for (int i = lane; i < vecs; i += 32) {
+    // Four independent 16-byte loads per lane in flight per iteration: a warp streaming one
+    // row needs that much memory-level parallelism to approach HBM bandwidth.
+    int i = lane;
+    for (; i + 96 < vecs; i += 128) {
+        uint4 v4[4] = {wr[i], wr[i + 32], wr[i + 64], wr[i + 96]};
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const uint4 v = v4[u];
+            const int iv = i + 32 * u;
+            float wf[8];
+            wf[0] = __uint_as_float(v.x << 16);
+            wf[1] = __uint_as_float(v.x & 0xffff0000u);
+            wf[2] = __uint_as_float(v.y << 16);
+            wf[3] = __uint_as_float(v.y & 0xffff0000u);
+            wf[4] = __uint_as_float(v.z << 16);
+            wf[5] = __uint_as_float(v.z & 0xffff0000u);
+            wf[6] = __uint_as_float(v.w << 16);
+            wf[7] = __uint_as_float(v.w & 0xffff0000u);
+#pragma unroll
+            for (int r = 0; r < N; r++) {
+                const float4* xr = reinterpret_cast<const float4*>(x + (size_t)r * k) + 2 * iv;
+                const float4 a = xr[0], b = xr[1];
+                acc[r] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
+            }
+        }
+    }
+    for (; i < vecs; i += 32) {
         const uint4 v = wr[i];
         float wf[8];
         wf[0] = __uint_as_float(v.x << 16);

@@ -14,6 +14,16 @@
 
 #define SHRINK_WARPS 4
 
+__device__ __forceinline__ float dot8(const uint4 v, const float4 a, const float4 b) {
+    return a.x * __uint_as_float(v.x << 16) + a.y * __uint_as_float(v.x & 0xffff0000u) +
+           a.z * __uint_as_float(v.y << 16) + a.w * __uint_as_float(v.y & 0xffff0000u) +
+           b.x * __uint_as_float(v.z << 16) + b.y * __uint_as_float(v.z & 0xffff0000u) +
+           b.z * __uint_as_float(v.w << 16) + b.w * __uint_as_float(v.w & 0xffff0000u);
+}
+
+// VEC: in_dim % 8 == 0 and 16-byte aligned rows, so lanes read 8 weights per load. Decode is
+// latency-bound here (one skinny row per segment), and wide loads cut the load count 8x.
+template <bool VEC>
 __global__ void lora_shrink_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim) {
     const lp_lora_seg sg = segs[blockIdx.y];
     const int r = blockIdx.x;
@@ -23,7 +33,13 @@ __global__ void lora_shrink_kernel(const float* x, const lp_lora_seg* segs, floa
     const float* xr = x + (size_t)(sg.start + r) * in_dim;
     const uint16_t* a = sg.a + (size_t)j * in_dim;
     float s = 0.f;
-    for (int c = lane; c < in_dim; c += 32) s += xr[c] * bf16_to_f32(a[c]);
+    if (VEC) {
+        const uint4* av = reinterpret_cast<const uint4*>(a);
+        const float4* xv = reinterpret_cast<const float4*>(xr);
+        for (int c = lane; c < in_dim / 8; c += 32) s += dot8(av[c], xv[2 * c], xv[2 * c + 1]);
+    } else {
+        for (int c = lane; c < in_dim; c += 32) s += xr[c] * bf16_to_f32(a[c]);
+    }
     s = warp_sum(s);
     if (lane == 0) scratch[sg.t_off + r * sg.rank + j] = s;
 }
@@ -39,10 +55,19 @@ __global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const fl
     __syncthreads();
     float* orow = out + (size_t)(sg.start + r) * out_dim;
     const int c_end = min(out_dim, (int)(blockIdx.z + 1) * EXPAND_COLS);
+    // A column's B row is rank contiguous bf16: with rank % 8 == 0 it is read 8 at a time.
+    const bool vec = (sg.rank % 8) == 0 && ((uintptr_t)sg.b % 16) == 0;
     for (int c = blockIdx.z * EXPAND_COLS + threadIdx.x; c < c_end; c += blockDim.x) {
         const uint16_t* b = sg.b + (size_t)c * sg.rank;
         float acc = 0.f;
-        for (int j = 0; j < sg.rank; j++) acc += t[j] * bf16_to_f32(b[j]);
+        if (vec) {
+            const uint4* bv = reinterpret_cast<const uint4*>(b);
+            for (int j = 0; j < sg.rank / 8; j++)
+                acc += dot8(bv[j], make_float4(t[8 * j], t[8 * j + 1], t[8 * j + 2], t[8 * j + 3]),
+                            make_float4(t[8 * j + 4], t[8 * j + 5], t[8 * j + 6], t[8 * j + 7]));
+        } else {
+            for (int j = 0; j < sg.rank; j++) acc += t[j] * bf16_to_f32(b[j]);
+        }
         orow[c] += sg.scale * acc;
     }
 }
@@ -52,7 +77,11 @@ extern "C" int lp_lora(float* out, const float* x, const lp_lora_seg* segs_devic
     if (num_segs <= 0) return 0;
     if (max_rows <= 0 || max_rank <= 0 || max_rank > LP_MAX_LORA_RANK || num_segs > 65535) return (int)cudaErrorInvalidValue;
     dim3 g1(max_rows, num_segs, (max_rank + SHRINK_WARPS - 1) / SHRINK_WARPS);
-    lora_shrink_kernel<<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+    // Vector loads need 16-byte aligned A rows: in_dim % 8 == 0 (cudaMalloc'd A is aligned) and x.
+    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+        lora_shrink_kernel<true><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+    else
+        lora_shrink_kernel<false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
     dim3 g2(max_rows, num_segs, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
     lora_expand_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim);
     LP_CHECK_LAUNCH();

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"sync/atomic"
 )
 
 // RunnerOptions size the runner's preallocated workspaces.
@@ -28,8 +29,11 @@ type Runner struct {
 	segs                                      [NumProj][]LoRASeg
 	attnParams                                AttnParams
 	keyBuf                                    []byte
+	id                                        uint64
 	eps                                       float32
 }
+
+var runnerIDs atomic.Uint64
 
 // NewRunner allocates workspaces and the KV cache on w's backend.
 func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, error) {
@@ -40,7 +44,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	if err := b.AllocKV(opt.KV); err != nil {
 		return nil, err
 	}
-	r := &Runner{Cfg: cfg, B: b, W: w, Opt: opt, eps: float32(cfg.RMSNormEps)}
+	r := &Runner{Cfg: cfg, B: b, W: w, Opt: opt, eps: float32(cfg.RMSNormEps), id: runnerIDs.Add(1)}
 	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
 	qd, kvd := cfg.NumHeads*D, cfg.NumKVHeads*D
 	r.x, r.h, r.delta = b.Alloc(n, H), b.Alloc(n, H), b.Alloc(n, max(H, qd))
@@ -125,6 +129,9 @@ func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
 // keys launch the same kernels with the same grids, so a recording of one replays for another.
 func (r *Runner) stepKey(s *Step, adapters []*Adapter) []byte {
 	k := r.keyBuf[:0]
+	// Recordings bake in this runner's weights and workspaces: keys of different runners on
+	// one backend must differ.
+	k = binary.AppendUvarint(k, r.id)
 	k = binary.AppendUvarint(k, uint64(len(s.Tokens)))
 	k = binary.AppendUvarint(k, uint64(len(s.LogitRows)))
 	for _, sq := range s.Seqs {
