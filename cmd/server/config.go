@@ -13,6 +13,8 @@ import (
 type config struct {
 	modelDir, tokenizerDir string
 	adapters               []adapterSpec
+	adapterDirs            []string
+	adapterRoots           []string
 	device                 string
 	httpAddr, grpcAddr     string
 	servedName             string
@@ -44,9 +46,17 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		c.adapters = append(c.adapters, adapterSpec{name, path})
 		return nil
 	})
+	fs.Func("adapter-dir", "folder of adapters loaded by name on first use (DIR/NAME); repeatable", func(s string) error {
+		c.adapterDirs = append(c.adapterDirs, s)
+		return nil
+	})
+	fs.Func("adapter-root", "folder the runtime load API may load adapters from (adapter dirs are roots too); repeatable", func(s string) error {
+		c.adapterRoots = append(c.adapterRoots, s)
+		return nil
+	})
 	fs.StringVar(&c.device, "device", "auto", "auto, cpu or cuda[:N]")
 	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8000", "address of the HTTP API")
-	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "address of the gRPC API (not served yet)")
+	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "address of the gRPC API (loraplex.v1, health, reflection); empty: off")
 	fs.StringVar(&c.servedName, "served-model-name", "", "the base model's name in the API (default: the model folder's name)")
 	fs.IntVar(&c.maxNumSeqs, "max-num-seqs", 0, "sequences in one batch (0: engine default)")
 	fs.IntVar(&c.maxBatchedTokens, "max-num-batched-tokens", 0, "token rows in one forward pass (0: engine default)")

@@ -3,27 +3,34 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/model"
 )
 
-// cudaBuilt says whether this binary contains the CUDA backend. The cuda package needs cgo and
-// the CUDA toolkit, so it is linked only under the `cuda` build tag; this build has none.
-const cudaBuilt = false
-
-// openBackend picks the device. auto falls back to the CPU, saying why; asking for CUDA in a
-// build without it is an error rather than a silent CPU run that would be 100x slower.
+// openBackend picks the device. auto takes CUDA when this binary has it and a GPU is present,
+// otherwise the CPU, and logs why; asking for CUDA in a build without it is an error rather than
+// a silent CPU run that would be a hundred times slower.
 func openBackend(device string, threads int, log *slog.Logger) (model.Backend, func(), error) {
 	switch {
 	case device == "cpu":
 	case device == "auto":
-		log.Info("device auto: using the CPU", "reason", "this binary was built without CUDA support (build with -tags cuda)")
-	case device == "cuda" || strings.HasPrefix(device, "cuda:"):
-		if !cudaBuilt {
-			return nil, nil, fmt.Errorf("--device %s: this binary was built without CUDA support; rebuild with -tags cuda on a machine with the CUDA toolkit, or use --device cpu", device)
+		b, closeFn, reason := autoCUDA(log)
+		if b != nil {
+			return b, closeFn, nil
 		}
+		log.Info("device auto: using the CPU", "reason", reason)
+	case device == "cuda" || strings.HasPrefix(device, "cuda:"):
+		n := 0
+		if device != "cuda" {
+			var err error
+			if n, err = strconv.Atoi(strings.TrimPrefix(device, "cuda:")); err != nil || n < 0 {
+				return nil, nil, fmt.Errorf("--device %q: want cuda:N with N a GPU index", device)
+			}
+		}
+		return openCUDA(n, log)
 	default:
 		return nil, nil, fmt.Errorf("--device %q: want auto, cpu, cuda or cuda:N", device)
 	}

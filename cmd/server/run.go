@@ -9,7 +9,13 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+
 	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/grpcapi"
+	"github.com/loraplex/loraplex/serve/metrics"
 	"github.com/loraplex/loraplex/serve/openai"
 )
 
@@ -34,6 +40,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	e, err := serve.NewEngine(m.cfg, b, m.weights, m.tok, serve.Options{
 		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: c.maxModelLen,
 		KVCacheTokens: c.kvCacheTokens, MaxQueued: c.maxQueued, Logger: log,
+		AdapterDirs: c.adapterDirs, AdapterRoots: c.adapterRoots,
 	})
 	if err != nil {
 		return err
@@ -48,28 +55,60 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	log.Info("engine ready", "max_num_seqs", o.MaxNumSeqs, "max_num_batched_tokens", o.MaxBatchedTokens,
 		"max_model_len", o.MaxModelLen, "kv_cache_tokens", o.KVCacheTokens, "adapters", len(c.adapters))
 
-	h := openai.New(e, openai.Options{
+	api := openai.New(e, openai.Options{
 		APIKey: c.apiKey, AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters,
 		ChatTemplate: m.template, ChatTokens: m.chatTokens, Logger: log,
 	})
+	// Prometheus scrapes /metrics without credentials, like /health.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics.New(e, reg).Handler())
+	mux.Handle("/", api)
 	ln, err := net.Listen("tcp", c.httpAddr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	served := make(chan error, 1)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("HTTP server listening", "addr", ln.Addr().String())
+
+	var gs *grpc.Server
+	var gsvc *grpcapi.Service
 	if c.grpcAddr != "" {
-		log.Warn("gRPC arrives in a later version; --grpc-addr is ignored", "grpc_addr", c.grpcAddr)
+		gln, err := net.Listen("tcp", c.grpcAddr)
+		if err != nil {
+			srv.Close()
+			return err
+		}
+		gs = grpc.NewServer(grpc.MaxRecvMsgSize(16 << 20))
+		gsvc = grpcapi.Register(gs, e, grpcapi.Options{APIKey: c.apiKey, ChatTemplate: m.template, ChatTokens: m.chatTokens,
+			AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters, Logger: log})
+		wctx, wcancel := context.WithCancel(ctx)
+		defer wcancel()
+		go gsvc.WatchReady(wctx, time.Second)
+		go func() { served <- gs.Serve(gln) }()
+		log.Info("gRPC server listening", "addr", gln.Addr().String())
 	}
 
 	select {
 	case err := <-served:
-		return err // the listener failed; nothing to drain
+		srv.Close()
+		if gs != nil {
+			gs.Stop()
+		}
+		return err // a listener failed; nothing to drain
 	case <-ctx.Done():
 	}
-	return shutdown(e, srv, served, c.shutdownTimeout, log)
+	if gsvc != nil {
+		gsvc.SetServing(false)
+	}
+	err = shutdown(e, srv, served, c.shutdownTimeout, log)
+	if gs != nil {
+		gs.GracefulStop()
+	}
+	return err
 }
 
 // shutdown drains: the engine stops admitting (so /health turns 503 and new requests get 503)

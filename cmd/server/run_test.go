@@ -14,6 +14,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // logBuffer collects the server's log lines safely across goroutines.
@@ -108,6 +112,33 @@ func TestRunDemo(t *testing.T) {
 	if st := getJSON(t, url+"/v1/models", &ml); st != 200 || len(ml.Data) != 1 || ml.Data[0].ID != "loraplex-demo" {
 		t.Errorf("models %d %+v", st, ml)
 	}
+	// The gRPC API on its own port reports SERVING through the standard health service.
+	addr := regexp.MustCompile(`gRPC server listening" addr=(\S+)|msg="gRPC server listening" addr=(\S+)`).FindStringSubmatch(logs.String())
+	if addr == nil {
+		t.Fatalf("no gRPC address in the log:\n%s", logs)
+	}
+	target := addr[1] + addr[2]
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hr, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || hr.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("gRPC health: %v %v", hr, err)
+	}
+	// Prometheus metrics are served beside the API.
+	mresp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mbody, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	if mresp.StatusCode != 200 || !strings.Contains(string(mbody), "vllm:num_requests_running") || !strings.Contains(string(mbody), "vllm:lora_requests_info") {
+		t.Errorf("metrics %d: %.300s", mresp.StatusCode, mbody)
+	}
 	resp, err := http.Post(url+"/v1/chat/completions", "application/json",
 		strings.NewReader(`{"messages":[{"role":"user","content":"hi"}],"max_tokens":4}`))
 	if err != nil {
@@ -122,7 +153,7 @@ func TestRunDemo(t *testing.T) {
 		t.Fatalf("run returned %v", err)
 	}
 	out := logs.String()
-	for _, want := range []string{"UNTRAINED", "gRPC arrives", "device auto", "stopped"} {
+	for _, want := range []string{"UNTRAINED", "gRPC server listening", "device auto", "stopped"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}

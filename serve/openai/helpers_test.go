@@ -74,7 +74,8 @@ func fixtureEngine(t testing.TB, name string) *serve.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := serve.NewEngine(cfg, b, w, nil, serve.Options{ModelName: name, MaxNumSeqs: 8, MaxBatchedTokens: 128, MaxModelLen: 128, Logger: quiet})
+	e, err := serve.NewEngine(cfg, b, w, nil, serve.Options{ModelName: name, MaxNumSeqs: 8, MaxBatchedTokens: 128, MaxModelLen: 128, Logger: quiet,
+		AdapterRoots: []string{filepath.Join(dir, "adapters")}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -114,6 +114,10 @@ func TestRuntimeAdapters(t *testing.T) {
 	checkError(t, st, b, 404, "lora_path")
 	st, b = post(t, srv.URL, "/v1/load_lora_adapter", `{"lora_name":"x"}`)
 	checkError(t, st, b, 400, "")
+	// A real adapter folder outside the adapter roots is refused.
+	outside, _ := json.Marshal(filepath.Join(fixtureDir("qwen3"), "adapters", "a_qv"))
+	st, b = post(t, srv.URL, "/v1/load_lora_adapter", `{"lora_name":"x","lora_path":`+string(outside)+`}`)
+	checkError(t, st, b, 403, "lora_path")
 }
 
 func TestHealthAndDrain(t *testing.T) {

@@ -55,7 +55,12 @@ func (h *Handler) loadAdapter(w http.ResponseWriter, r *http.Request) error {
 	if req.LoraName == "" || req.LoraPath == "" {
 		return invalid("lora_name", "both lora_name and lora_path must be given")
 	}
-	if err := h.e.LoadAdapter(req.LoraName, req.LoraPath); err != nil {
+	// The path must resolve inside an adapter root: the API must not read arbitrary files.
+	path, err := h.e.CheckAdapterPath(req.LoraPath)
+	if err != nil {
+		return err
+	}
+	if err := h.e.LoadAdapter(req.LoraName, path); err != nil {
 		return err
 	}
 	h.log.Info("adapter loaded over HTTP", "name", req.LoraName, "path", req.LoraPath)
