@@ -102,6 +102,8 @@ func (s *randomSource) Tensor(name string) (safetensors.Tensor, bool) {
 	return safetensors.Tensor{Name: name, DType: "BF16", Shape: shape, Data: s.buf[:2*shape[0]*shape[1]]}, true
 }
 
+var onlyDecode1 bool
+
 // Result is what the run writes.
 type Result struct {
 	Device        string             `json:"device"`
@@ -119,7 +121,9 @@ func main() {
 	out := flag.String("out", "", "write JSON results here")
 	steps := flag.Int("steps", 20, "timed decode steps per point")
 	ctx := flag.Int("ctx", 128, "context length of decode sequences")
+	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers)")
 	flag.Parse()
+	onlyDecode1 = *only == "decode1"
 	if err := run(*shape, *out, *steps, *ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -208,6 +212,9 @@ func run(shape, out string, steps, ctx int) error {
 	res.Batch1 = map[string]float64{"tokens_per_s": tps, "tokens_per_s_without_graphs": direct, "roofline_tokens_per_s": roof, "ratio": tps / roof,
 		"weight_bytes": weightBytes, "kv_bytes": kvBytes, "context": float64(ctx)}
 	fmt.Printf("batch 1 decode: %.1f tok/s with CUDA graphs (%.1f without), roofline %.1f tok/s (%.3g B per token), ratio %.2f\n", tps, direct, roof, weightBytes+kvBytes, tps/roof)
+	if onlyDecode1 {
+		return b.Err()
+	}
 	for _, bs := range []int{1, 2, 4, 8, 16, 32, 64, 128, 256} {
 		tps, err := decode(bs, nil)
 		if err != nil {
