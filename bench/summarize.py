@@ -38,8 +38,9 @@ def main():
         best = max(r["best_tokens/s"] for r in rs)
         step = batch / best
         med = statistics.median(r.get("tokens/s", float("nan")) for r in rs)
+        meds = "-" if med != med else f"{med:.1f}"
         cpu = statistics.median(r["cpu_util"] * r["ns/op"] / 1e6 for r in rs)
         allocs = statistics.median(r.get("allocs/op", 0) for r in rs)
-        print(f"| {name} | {len(rs)} | {med:.1f} | {best:.1f} | {step*1e3:.1f} | {WBYTES/step/bw:.2f} | {cpu:.1f} | {allocs:.0f} |")
+        print(f"| {name} | {len(rs)} | {meds} | {best:.1f} | {step*1e3:.1f} | {WBYTES/step/bw:.2f} | {cpu:.1f} | {allocs:.0f} |")
 
 main()
