@@ -42,6 +42,7 @@ type Local struct {
 	Backend  string
 	Model    *model.Config
 
+	obs     *engineObserver
 	engine  *serve.Engine
 	backend *cpu.Backend
 	srv     *http.Server
@@ -103,6 +104,8 @@ func StartLocal(c LocalConfig) (_ *Local, err error) {
 	if err != nil {
 		return nil, err
 	}
+	l.obs = &engineObserver{stats: l.engine.Stats()}
+	l.engine.SetObserver(l.obs)
 	if c.Preload {
 		for _, name := range l.Adapters {
 			if err := l.engine.LoadAdapter(name, filepath.Join(l.tmp, name)); err != nil {

@@ -104,6 +104,7 @@ func run(o options) error {
 	defer stop()
 
 	server := map[string]any{}
+	var obs *engineObserver
 	var base string
 	var adapters []string
 	url := o.url
@@ -118,7 +119,7 @@ func run(o options) error {
 			return err
 		}
 		defer l.Close()
-		url, base, adapters = l.URL, l.Base, l.Adapters
+		url, base, adapters, obs = l.URL, l.Base, l.Adapters, l.obs
 		server["mode"] = "in-process"
 		server["backend"] = l.Backend
 		server["max_num_seqs"] = o.maxSeqs
@@ -200,8 +201,14 @@ func run(o options) error {
 			"output_len": outputLen.String(), "text_prompt": fmt.Sprint(o.textPrompt), "seed": fmt.Sprint(o.seed)}}
 	for _, ph := range phases {
 		fmt.Fprintf(os.Stderr, "loadgen: running %s (%d requests)...\n", ph.name, len(plan))
+		if obs != nil {
+			obs.reset()
+		}
 		rs, window, wall := Run(ctx, c, plan, ph.model)
 		s := summarize(ph.name, rs, window, wall)
+		if obs != nil {
+			s.Engine = obs.summary(wall)
+		}
 		printSummary(os.Stdout, s, ph.desc)
 		rep.Runs = append(rep.Runs, s)
 		if ctx.Err() != nil {

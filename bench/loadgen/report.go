@@ -68,6 +68,18 @@ func printSummary(w io.Writer, s Summary, desc string) {
 		}
 		fmt.Fprintf(w, "%-10s %8d %9.2f %9.2f %9.2f %9.2f %9.2f\n", d.name, d.d.N, d.d.Mean, d.d.P50, d.d.P90, d.d.P99, d.d.Max)
 	}
+	if e := s.Engine; e != nil {
+		fmt.Fprintf(w, "engine: %d steps, %.1f seqs / %.1f rows per step, busy %.0f%%, %d preemptions\n",
+			e.Steps, e.MeanSeqs, e.MeanRows, 100*e.Busy, e.Preemptions)
+		for _, d := range []struct {
+			name string
+			d    Dist
+		}{{"eng step", e.Step}, {"eng queue", e.Queue}, {"eng TTFT", e.TTFT}, {"eng ITL", e.ITL}} {
+			if d.d.N > 0 {
+				fmt.Fprintf(w, "%-10s %8d %9.2f %9.2f %9.2f %9.2f %9.2f\n", d.name, d.d.N, d.d.Mean, d.d.P50, d.d.P90, d.d.P99, d.d.Max)
+			}
+		}
+	}
 }
 
 func printRatios(w io.Writer, rs []Ratio) {

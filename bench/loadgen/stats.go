@@ -91,6 +91,7 @@ type Summary struct {
 	TTFT           Dist           `json:"ttft"`
 	ITL            Dist           `json:"itl"`
 	E2E            Dist           `json:"e2e"`
+	Engine         *EngineSummary `json:"engine,omitempty"` // in-process only: the engine's own view
 }
 
 // Summarize folds results into a Summary. wall is from the first send to the last completion
