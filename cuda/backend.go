@@ -65,6 +65,8 @@ type Backend struct {
 	replaying *graphEntry
 	useCount  uint64
 	workspace uintptr
+	// gemvRows: products with at most this many rows use the GEMV kernel (<= 8); see MatMul.
+	gemvRows int
 }
 
 // New opens GPU number device.
@@ -76,7 +78,7 @@ func New(device int) (*Backend, error) {
 	if device < 0 || device >= n {
 		return nil, fmt.Errorf("cuda: device %d requested, %d present", device, n)
 	}
-	b := &Backend{device: device, segSize: int(C.seg_size())}
+	b := &Backend{device: device, segSize: int(C.seg_size()), gemvRows: 1}
 	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
 		return nil, err
 	}
@@ -294,7 +296,6 @@ const (
 	maxHeadDim  = 256
 	maxLoRARank = 256
 	prefillTile = 32
-	gemvMaxRows = 1 // the kernel takes up to LP_GEMV_MAX_ROWS; see MatMul
 )
 
 func consecutive(pos []int32) bool {

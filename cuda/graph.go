@@ -63,6 +63,7 @@ func (b *Backend) EndStep() error {
 		if b.broken {
 			return model.ErrRerun
 		}
+		b.copySegs()
 		b.ok("graph launch", C.lp_graph_launch(b.replaying.exec, C.P_stream(b.stream)))
 		return b.Err()
 	case modeCapture:
@@ -88,6 +89,7 @@ func (b *Backend) EndStep() error {
 		}
 		g := &graphEntry{exec: exec, lastUse: b.useCount}
 		b.graphs[b.capKey] = g
+		b.copySegs()
 		b.ok("graph launch", C.lp_graph_launch(exec, C.P_stream(b.stream)))
 		return b.Err()
 	}
@@ -134,3 +136,11 @@ func (b *Backend) GraphCount() int { return len(b.graphs) }
 
 // SetGraphs turns recording on or off (on by default).
 func (b *Backend) SetGraphs(on bool) { b.noGraphs = !on }
+
+// copySegs moves the LoRA segment tables staged during a recorded step to the device in one
+// transfer, ahead of the graph that reads them.
+func (b *Backend) copySegs() {
+	if b.segUsed > 0 {
+		b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev), b.segHost, C.size_t(b.segUsed*b.segSize), b.stream))
+	}
+}

@@ -43,7 +43,7 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	}
 	// Single-row products (batch-1 decode, one logits row) stream the weights with the GEMV
 	// kernel (fp32 x, no conversion); from two rows up cuBLAS measured faster (bench/results).
-	if x.Rows <= gemvMaxRows && x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 && uintptr(ptr(x))%16 == 0 {
+	if x.Rows <= b.gemvRows && x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 && uintptr(ptr(x))%16 == 0 {
 		b.ok("gemv", C.s_gemv(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
 		return
 	}
@@ -204,16 +204,17 @@ func (b *Backend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
 		off += sg.N * sg.A.Rows
 	}
 	byteOff := uintptr(b.segUsed * b.segSize)
+	b.segUsed += len(segs)
 	if b.mode == modeReplay {
-		b.segUsed += len(segs)
-		return
+		return // the graph holds the launches; EndStep copies the staged tables
 	}
-	if !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(len(segs)*b.segSize), b.stream)) {
+	// Direct steps copy each table before its launch; recorded steps copy the whole ring once
+	// in EndStep, before the graph runs, instead of carrying one copy node per call.
+	if b.mode == modeDirect && !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(len(segs)*b.segSize), b.stream)) {
 		return
 	}
 	b.ok("lora", C.s_lora(ptr(out), ptr(x), C.uintptr_t(b.segDev+byteOff), C.int(len(segs)), C.int(maxRows), C.int(maxRank),
 		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))
-	b.segUsed += len(segs)
 }
 
 func (b *Backend) growSegs(need int) bool {
@@ -256,3 +257,7 @@ func (b *Backend) growLoRATmp(n int) bool {
 	b.loraTmp, b.loraCap = p, n
 	return true
 }
+
+// SetGEMVRows sets how many rows a product may have to use the GEMV kernel instead of cuBLAS
+// (1..8; for benchmarks that choose the crossover).
+func (b *Backend) SetGEMVRows(n int) { b.gemvRows = min(max(n, 0), 8) }

@@ -14,6 +14,9 @@
 #include "common.cuh"
 
 #define PER_LANE (LP_MAX_HEAD_DIM / 32)
+// Decode rows have no query tile to share work over, so each (row, head) gets more warps: at
+// short contexts the walk over positions is latency-bound, and more warps shorten it.
+#define DECODE_WARPS 8
 
 __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc, const uint16_t* vc,
                                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
@@ -36,7 +39,7 @@ __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc,
         acc[i] = 0.f;
     }
     float m = -INFINITY, l = 0.f;
-    for (int t = first + warp; t <= pos; t += LP_ATTN_WARPS) {
+    for (int t = first + warp; t <= pos; t += DECODE_WARPS) {
         size_t base = ((size_t)pages[t / page_size] * page_size + t % page_size) * width + (size_t)kvh * D;
         float s = 0.f;
 #pragma unroll
@@ -56,8 +59,8 @@ __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc,
         m = mn;
     }
 
-    __shared__ float sm[LP_ATTN_WARPS], sl[LP_ATTN_WARPS];
-    __shared__ float sacc[LP_ATTN_WARPS][LP_MAX_HEAD_DIM];
+    __shared__ float sm[DECODE_WARPS], sl[DECODE_WARPS];
+    __shared__ float sacc[DECODE_WARPS][LP_MAX_HEAD_DIM];
     if (lane == 0) {
         sm[warp] = m;
         sl[warp] = l;
@@ -69,15 +72,15 @@ __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc,
     }
     __syncthreads();
     float M = -INFINITY;
-    for (int w = 0; w < LP_ATTN_WARPS; w++)
+    for (int w = 0; w < DECODE_WARPS; w++)
         if (sl[w] > 0.f) M = fmaxf(M, sm[w]);
     float L = 0.f;
-    for (int w = 0; w < LP_ATTN_WARPS; w++)
+    for (int w = 0; w < DECODE_WARPS; w++)
         if (sl[w] > 0.f) L += sl[w] * __expf(sm[w] - M);
     float* orow = out + ((size_t)row * heads + h) * D;
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
         float o = 0.f;
-        for (int w = 0; w < LP_ATTN_WARPS; w++)
+        for (int w = 0; w < DECODE_WARPS; w++)
             if (sl[w] > 0.f) o += sacc[w][j] * __expf(sm[w] - M);
         orow[j] = o / L;
     }
@@ -91,7 +94,7 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
     if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0)
         return (int)cudaErrorInvalidValue;
     dim3 grid(n, heads);
-    attention_kernel<<<grid, 32 * LP_ATTN_WARPS, 0, as_stream(s)>>>(out, q, kcache, vcache, positions, rows, row_seq,
+    attention_kernel<<<grid, 32 * DECODE_WARPS, 0, as_stream(s)>>>(out, q, kcache, vcache, positions, rows, row_seq,
                                                                      seq_pages, page_table, heads, kv_heads,
                                                                      head_dim, page_size, window, scale);
     LP_CHECK_LAUNCH();

@@ -121,9 +121,21 @@ func main() {
 	out := flag.String("out", "", "write JSON results here")
 	steps := flag.Int("steps", 20, "timed decode steps per point")
 	ctx := flag.Int("ctx", 128, "context length of decode sequences")
-	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers)")
+	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings")
 	flag.Parse()
 	onlyDecode1 = *only == "decode1"
+	if *only == "breakdown" {
+		cfg, _ := model.ParseConfig([]byte(shapes[*shape]))
+		b, err := cuda.New(0)
+		if err == nil {
+			err = breakdown(b, cfg)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*shape, *out, *steps, *ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

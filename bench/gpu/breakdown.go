@@ -1,0 +1,100 @@
+//go:build cuda
+
+package main
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/loraplex/loraplex/cuda"
+	"github.com/loraplex/loraplex/model"
+)
+
+// breakdown times the ops of one batch-1 decode step one kind at a time (each op repeated and
+// synchronised once at the end), so the step time can be attributed. Launch overhead is
+// included: these are upper bounds on what the same op costs inside a CUDA graph.
+func breakdown(b *cuda.Backend, cfg *model.Config) error {
+	const reps = 200
+	timeIt := func(name string, bytes float64, f func()) error {
+		f()
+		if err := b.Sync(); err != nil {
+			return err
+		}
+		start := time.Now()
+		for i := 0; i < reps; i++ {
+			f()
+		}
+		if err := b.Sync(); err != nil {
+			return err
+		}
+		us := time.Since(start).Seconds() / reps * 1e6
+		if bytes > 0 {
+			fmt.Printf("  %-28s %8.1f us  %6.0f GB/s\n", name, us, bytes/us/1e3)
+		} else {
+			fmt.Printf("  %-28s %8.1f us\n", name, us)
+		}
+		return nil
+	}
+	buf := randomBF16(cfg.IntermediateSize*cfg.HiddenSize, 0.02)
+	for p := model.Proj(0); p < model.NumProj; p++ {
+		o, i := cfg.ProjShape(p)
+		w, err := b.Upload(model.HostTensor{Name: "w", DType: model.BF16, Shape: []int{o, i}, Data: buf[:2*o*i]}, o, i)
+		if err != nil {
+			return err
+		}
+		x, y := b.Alloc(1, i), b.Alloc(1, o)
+		if err := timeIt("gemv "+p.String(), float64(2*o*i), func() { b.MatMul(y, x, w) }); err != nil {
+			return err
+		}
+		for _, rows := range []int{2, 4, 8} {
+			xr, yr := b.Alloc(rows, i), b.Alloc(rows, o)
+			b.SetGEMVRows(1)
+			if err := timeIt(fmt.Sprintf("cublas%d %s", rows, p), float64(2*o*i), func() { b.MatMul(yr, xr, w) }); err != nil {
+				return err
+			}
+			b.SetGEMVRows(8)
+			if err := timeIt(fmt.Sprintf("gemv%d %s", rows, p), float64(2*o*i), func() { b.MatMul(yr, xr, w) }); err != nil {
+				return err
+			}
+			b.SetGEMVRows(1)
+		}
+		b.Free(w)
+	}
+	H := cfg.HiddenSize
+	x, out, nw := b.Alloc(1, H), b.Alloc(1, H), b.Alloc(1, H)
+	if err := timeIt("rmsnorm", 0, func() { b.RMSNorm(out, x, nw, 1e-5) }); err != nil {
+		return err
+	}
+	if err := timeIt("add_rmsnorm", 0, func() { b.AddRMSNorm(x, out, out, nw, 1e-5) }); err != nil {
+		return err
+	}
+	g, u, a := b.Alloc(1, cfg.IntermediateSize), b.Alloc(1, cfg.IntermediateSize), b.Alloc(1, cfg.IntermediateSize)
+	if err := timeIt("silu_mul", 0, func() { b.SiluMul(a, g, u) }); err != nil {
+		return err
+	}
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 64, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
+		return err
+	}
+	s := decodeStep(1, 128, 16)
+	if err := b.Prepare(s); err != nil {
+		return err
+	}
+	q, att := b.Alloc(1, cfg.NumHeads*cfg.HeadDim), b.Alloc(1, cfg.NumHeads*cfg.HeadDim)
+	k, v := b.Alloc(1, cfg.NumKVHeads*cfg.HeadDim), b.Alloc(1, cfg.NumKVHeads*cfg.HeadDim)
+	table := b.Alloc(4096, cfg.HeadDim)
+	ap := model.AttnParams{Heads: cfg.NumHeads, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim, Scale: float32(1 / math.Sqrt(float64(cfg.HeadDim)))}
+	for _, op := range []struct {
+		name string
+		f    func()
+	}{
+		{"rope q", func() { b.RoPE(q.Reshape(cfg.NumHeads, cfg.HeadDim), cfg.NumHeads, table) }},
+		{"store_kv", func() { b.StoreKV(0, k, v) }},
+		{"attention ctx 128", func() { b.Attention(att, q, 0, ap) }},
+	} {
+		if err := timeIt(op.name, 0, op.f); err != nil {
+			return err
+		}
+	}
+	return b.Err()
+}
