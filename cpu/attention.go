@@ -65,10 +65,7 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 				for t := first; t <= pos; t++ {
 					slot := int(sq.Pages[t/ps])*ps + t%ps
 					wt := scores[t] * inv
-					vr := vc[slot*width+koff : slot*width+koff+D]
-					for j := range oh {
-						oh[j] += wt * vr[j]
-					}
+					axpyF32(wt, vc[slot*width+koff:slot*width+koff+D], oh)
 				}
 			}
 		})

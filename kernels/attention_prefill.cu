@@ -60,6 +60,20 @@ __global__ void attention_prefill_kernel(float* out, const float* q, const uint1
             vs[k * pitch + d] = vv;
         }
         __syncthreads();
+        // Scores of the warp's rows against the lane's key: each key element is loaded once and
+        // used for all rows, which also gives ROWS_PER_WARP independent FMA chains.
+        float sc[ROWS_PER_WARP];
+#pragma unroll
+        for (int i = 0; i < ROWS_PER_WARP; i++) sc[i] = 0.f;
+        {
+            const uint16_t* kr = ks + lane * pitch;
+            const float* qw = qs + warp * ROWS_PER_WARP * D;
+            for (int d = 0; d < D; d++) {
+                const float kd = bf16_to_f32(kr[d]);
+#pragma unroll
+                for (int i = 0; i < ROWS_PER_WARP; i++) sc[i] += qw[i * D + d] * kd;
+            }
+        }
 #pragma unroll
         for (int i = 0; i < ROWS_PER_WARP; i++) {
             const int r = warp * ROWS_PER_WARP + i;
@@ -68,13 +82,7 @@ __global__ void attention_prefill_kernel(float* out, const float* q, const uint1
             const int rlo = window > 0 ? pos - window + 1 : 0;
             const int t = t0 + lane;
             const bool valid = r < n && t <= pos && t >= rlo;
-            float s = -INFINITY;
-            if (valid) {
-                s = 0.f;
-                const float* qr = qs + r * D;
-                const uint16_t* kr = ks + lane * pitch;
-                for (int d = 0; d < D; d++) s += qr[d] * bf16_to_f32(kr[d]);
-            }
+            const float s = valid ? sc[i] : -INFINITY;
             float mt = s;
             for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
             if (mt != -INFINITY) {  // uniform across the warp: some key of this tile is visible
