@@ -94,11 +94,16 @@ func (r *registry) list() []*residentAdapter {
 // backend and lists it under name (replacing an adapter of that name: requests already running
 // keep the old weights). Errors are KindInvalid for a bad name, KindUnprocessable for an adapter
 // that does not fit the model or uses unsupported options, KindNotFound for a missing folder.
-func (e *Engine) LoadAdapter(name, path string) error {
+func (e *Engine) LoadAdapter(name, path string) (err error) {
 	if name == "" || name == e.opt.ModelName {
 		return errorf(KindInvalid, "lora_name", "adapter name %q is empty or the base model's", name)
 	}
 	start := time.Now()
+	defer func() {
+		if o, ok := e.obs().(AdapterLoadObserver); ok {
+			o.AdapterLoaded(name, time.Since(start), err)
+		}
+	}()
 	host, closer, err := adaptercache.LoadPEFT(path, name, e.cfg)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {

@@ -18,6 +18,13 @@ type Observer interface {
 	Step(rows, seqs int, d time.Duration)
 }
 
+// AdapterLoadObserver is an optional extension of Observer: adapter loads (startup, runtime API
+// and on-demand from adapter dirs), with how long reading, checking and uploading took. It is
+// called from the loading goroutine, not the scheduler.
+type AdapterLoadObserver interface {
+	AdapterLoaded(name string, d time.Duration, err error)
+}
+
 // FinishedRequest summarises one request for metrics.
 type FinishedRequest struct {
 	Model            string // the base model's or the adapter's name

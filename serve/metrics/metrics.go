@@ -40,6 +40,8 @@ type Metrics struct {
 	histograms              []prometheus.Histogram
 	state                   *stateCollector
 	adapterVecs             []*prometheus.CounterVec
+	loadSeconds             prometheus.Histogram
+	loads                   *prometheus.CounterVec
 }
 
 // New registers the collectors on reg and installs itself as e's Observer (replacing any
@@ -63,8 +65,14 @@ func New(e *serve.Engine, reg prometheus.Registerer) *Metrics {
 	m.rows = hist(nameBatchRows, "Token rows (prefill chunk tokens plus decode tokens) in one engine step.", bucketsRows, own)
 	m.seqs = hist(nameBatchSeqs, "Sequences in one engine step.", bucketsSeqs(e.Options().MaxNumSeqs), own)
 	m.stepSeconds = hist(nameStepSeconds, "Duration of one forward pass in seconds.", bucketsStep, own)
+	m.loadSeconds = hist(nameLoadSeconds, "Seconds to load an adapter (read, check against the model, upload to the device).", bucketsLoad, own)
+	m.loads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: nameLoads, Help: "Adapter loads by result (ok, error).", ConstLabels: own}, []string{"result"})
+	m.loads.WithLabelValues("ok")
+	m.loads.WithLabelValues("error")
 	m.adapters.init(own)
 	m.adapterVecs = []*prometheus.CounterVec{m.adapters.requests, m.adapters.prompt, m.adapters.generation}
+	// Load counters are not swept with the per-adapter series: they have no adapter label.
+	m.adapterVecs = append(m.adapterVecs, m.loads)
 	m.state = newStateCollector(m)
 	m.obs.m = m
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/http/httptest"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -306,6 +307,30 @@ func TestUnloadedAdapterSeriesDropped(t *testing.T) {
 	}
 	if v := series(t, mfs, nameResident, map[string]string{labelTier: "device"}).GetGauge().GetValue(); v != 3 {
 		t.Errorf("%s = %v after unloading one of 4", nameResident, v)
+	}
+}
+
+// TestAdapterLoads: loads after the exporter is installed are timed and counted by result.
+func TestAdapterLoads(t *testing.T) {
+	e := newTestEngine(t, serve.Options{MaxNumSeqs: 2})
+	m := New(e, prometheus.NewRegistry())
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	dir := filepath.Join("..", "..", "testdata", "models")
+	if err := e.LoadAdapter("again", filepath.Join(dir, "llama", "adapters", "a_qv")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadAdapter("wrong_model", filepath.Join(dir, "qwen3", "adapters", "a_qv")); err == nil {
+		t.Fatal("a qwen3 adapter loaded onto llama")
+	}
+	mfs := scrape(t, srv.URL)
+	for result, want := range map[string]float64{"ok": 1, "error": 1} {
+		if v := series(t, mfs, "loraplex_adapter_loads_total", map[string]string{"result": result}).GetCounter().GetValue(); v != want {
+			t.Errorf("loads{result=%s} = %v, want %v", result, v, want)
+		}
+	}
+	if n := series(t, mfs, "loraplex_adapter_load_seconds", nil).GetHistogram().GetSampleCount(); n != 2 {
+		t.Errorf("load_seconds count %d, want 2", n)
 	}
 }
 

@@ -25,6 +25,8 @@ const (
 	nameAdapterPrompt   = "loraplex_adapter_prompt_tokens_total"
 	nameAdapterGen      = "loraplex_adapter_generation_tokens_total"
 	nameResident        = "loraplex_adapters_resident"
+	nameLoadSeconds     = "loraplex_adapter_load_seconds"
+	nameLoads           = "loraplex_adapter_loads_total"
 	nameBatchRows       = "loraplex_batch_rows"
 	nameBatchSeqs       = "loraplex_batch_sequences"
 	nameStepSeconds     = "loraplex_step_seconds"
@@ -99,3 +101,7 @@ func bucketsSeqs(maxSeqs int) []float64 {
 	}
 	return append(b, float64(max(maxSeqs, 1)))
 }
+
+// bucketsLoad spans a compressed adapter from page cache (about a millisecond) to a large
+// adapter from a cold disk (seconds).
+var bucketsLoad = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}

@@ -46,3 +46,13 @@ func (o *observer) Step(rows, seqs int, d time.Duration) {
 	m.seqs.Observe(float64(seqs))
 	m.stepSeconds.Observe(d.Seconds())
 }
+
+// AdapterLoaded feeds loraplex_adapter_load_seconds and loraplex_adapter_loads_total.
+func (o *observer) AdapterLoaded(_ string, d time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	o.m.loadSeconds.Observe(d.Seconds())
+	o.m.loads.WithLabelValues(result).Inc()
+}
