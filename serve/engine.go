@@ -272,13 +272,13 @@ func (e *Engine) validate(req *Request, p *SamplingParams) error {
 	case !(p.Temperature >= 0) || p.Temperature > 100:
 		return errorf(KindInvalid, "temperature", "temperature must be between 0 and 100, got %v", p.Temperature)
 	case !(p.TopP >= 0 && p.TopP <= 1):
-		return errorf(KindInvalid, "top_p", "top_p must be in (0, 1], got %v", p.TopP)
+		return errorf(KindInvalid, "top_p", "top_p must be in (0, 1] (0 means off), got %v", p.TopP)
 	case p.TopK < -1:
 		return errorf(KindInvalid, "top_k", "top_k must be -1 (off) or positive, got %d", p.TopK)
 	case !(p.MinP >= 0 && p.MinP <= 1):
 		return errorf(KindInvalid, "min_p", "min_p must be in [0, 1], got %v", p.MinP)
 	case !(p.RepetitionPenalty >= 0) || p.RepetitionPenalty > 100:
-		return errorf(KindInvalid, "repetition_penalty", "repetition_penalty must be positive, got %v", p.RepetitionPenalty)
+		return errorf(KindInvalid, "repetition_penalty", "repetition_penalty must be positive (0 means off), got %v", p.RepetitionPenalty)
 	case !(p.PresencePenalty >= -2 && p.PresencePenalty <= 2):
 		return errorf(KindInvalid, "presence_penalty", "presence_penalty must be in [-2, 2], got %v", p.PresencePenalty)
 	case !(p.FrequencyPenalty >= -2 && p.FrequencyPenalty <= 2):

@@ -295,6 +295,26 @@ func TestStopStrings(t *testing.T) {
 	}
 }
 
+// TestPaddedVocabulary: a model whose vocabulary is larger than its tokenizer's may sample a
+// padding id; it streams no text instead of failing the request.
+func TestPaddedVocabulary(t *testing.T) {
+	tok := tokenizer.NewByteLevelDemo(nil) // 256 tokens against the model's 320
+	e := newTestEngine(t, "llama", tok, Options{})
+	for seed := uint64(0); seed < 20; seed++ {
+		s := seed
+		ev := generate(t, e, Request{Prompt: []int{1, 2, 3}, Params: SamplingParams{MaxTokens: 16, IgnoreEOS: true, Temperature: 1, Seed: &s}})
+		if ev.Finish != "length" || ev.Err != nil {
+			t.Fatalf("seed %d: finish %q err %v", seed, ev.Finish, ev.Err)
+		}
+		for _, id := range ev.Tokens {
+			if id >= 256 {
+				return // a padding id was sampled and the request still finished normally
+			}
+		}
+	}
+	t.Skip("no padding id sampled in 20 seeds")
+}
+
 func TestCancelFreesPages(t *testing.T) {
 	e := newTestEngine(t, "llama", nil, Options{MaxModelLen: 128})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -254,7 +254,9 @@ func (e *Engine) sampleNext(sq *sequence, logits []float32, now time.Time) {
 	} else if canStop && !p.IgnoreEOS && e.eos[tok] {
 		finish = "stop"
 	}
-	if finish == "" && sq.dec != nil {
+	// Models often pad their vocabulary past the tokenizer's (Qwen: 151,936 rows for 151,669
+	// tokens); a sampled padding id has no text, as in vLLM.
+	if finish == "" && sq.dec != nil && tok < e.tok.VocabSize() {
 		delta, err := sq.dec.Push(tok)
 		if err != nil {
 			e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "detokenizing", Err: err})
