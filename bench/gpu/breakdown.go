@@ -96,5 +96,35 @@ func breakdown(b *cuda.Backend, cfg *model.Config) error {
 			return err
 		}
 	}
+	// Prefill of 2,048 tokens: attention over the tiled kernel, and the largest GEMM.
+	const n = 2048
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: n / 16, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
+		return err
+	}
+	if err := b.Prepare(prefillStep(n, 16)); err != nil {
+		return err
+	}
+	qp, ap2 := b.Alloc(n, cfg.NumHeads*cfg.HeadDim), b.Alloc(n, cfg.NumHeads*cfg.HeadDim)
+	attnFlops := 4 * float64(cfg.NumHeads*cfg.HeadDim) * n * (n + 1) / 2
+	if err := timeIt("prefill attention 2048", 0, func() { b.Attention(ap2, qp, 0, ap) }); err != nil {
+		return err
+	}
+	fmt.Printf("    (%.1f GFLOP per layer)\n", attnFlops/1e9)
+	o, i := cfg.ProjShape(model.ProjGate)
+	w, err := b.Upload(model.HostTensor{Name: "w", DType: model.BF16, Shape: []int{o, i}, Data: buf[:2*o*i]}, o, i)
+	if err != nil {
+		return err
+	}
+	xp, yp := b.Alloc(n, i), b.Alloc(n, o)
+	if err := timeIt("prefill gate_proj 2048", 0, func() { b.MatMul(yp, xp, w) }); err != nil {
+		return err
+	}
+	hp, op := b.Alloc(n, H), b.Alloc(n, H)
+	if err := timeIt("prefill rmsnorm 2048", 0, func() { b.RMSNorm(op, hp, nw, 1e-5) }); err != nil {
+		return err
+	}
+	if err := timeIt("prefill rope q 2048", 0, func() { b.RoPE(qp.Reshape(n*cfg.NumHeads, cfg.HeadDim), cfg.NumHeads, table) }); err != nil {
+		return err
+	}
 	return b.Err()
 }
