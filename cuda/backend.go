@@ -276,6 +276,13 @@ func (b *Backend) AllocKV(spec model.KVSpec) error {
 	if spec.HeadDim%2 != 0 || spec.HeadDim > maxHeadDim {
 		return fmt.Errorf("cuda: head_dim %d not supported (even, at most %d)", spec.HeadDim, maxHeadDim)
 	}
+	// A new cache replaces the old one (recorded graphs pointed into it).
+	b.dropGraphs()
+	for i := range b.kcache {
+		C.s_free(C.uintptr_t(b.kcache[i]))
+		C.s_free(C.uintptr_t(b.vcache[i]))
+	}
+	b.kcache, b.vcache = nil, nil
 	b.kv = spec
 	for l := 0; l < spec.Layers; l++ {
 		k, err := b.malloc(slots * width * 2)
