@@ -63,8 +63,19 @@ func TestInProcess(t *testing.T) {
 			}
 		}
 	}
-	// Every adapter the plan named was loaded on demand through the adapter dir.
-	if got := len(l.engine.Models()) - 1; got == 0 {
-		t.Error("no adapter was loaded")
+	// Every adapter the plan named was loaded on demand through the adapter dir, and -url
+	// mode's discovery sees them as adapters of the base model.
+	named := map[string]bool{}
+	for _, p := range plan {
+		named[l.Adapters[p.Adapter]] = true
+	}
+	base, listed, err := discover(context.Background(), c)
+	if err != nil || base != l.Base || len(listed) != len(named) {
+		t.Errorf("discover: base %q adapters %v, %v; want %q and the %d adapters used", base, listed, err, l.Base, len(named))
+	}
+	for _, a := range listed {
+		if !named[a] {
+			t.Errorf("discover listed %q, which no request named", a)
+		}
 	}
 }

@@ -204,8 +204,11 @@ func run(o options) error {
 		if obs != nil {
 			obs.reset()
 		}
+		before := takeCPU()
 		rs, window, wall := Run(ctx, c, plan, ph.model)
+		after := takeCPU()
 		s := summarize(ph.name, rs, window, wall)
+		s.ProcessCores, s.Preempted, s.LoadAvg = (after.cpu-before.cpu).Seconds()/wall.Seconds(), after.nivcsw-before.nivcsw, loadAvg()
 		if obs != nil {
 			s.Engine = obs.summary(wall)
 		}

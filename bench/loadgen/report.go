@@ -55,6 +55,7 @@ func printSummary(w io.Writer, s Summary, desc string) {
 	}
 	fmt.Fprintf(w, "%-22s %d / %d   errors: %s   short outputs: %d\n", "completed", s.Completed, s.Requests, errs, s.ShortOutputs)
 	fmt.Fprintf(w, "%-22s %.1f s\n", "wall (incl. drain)", s.WallSeconds)
+	fmt.Fprintf(w, "%-22s %.2f cores, %d involuntary context switches, loadavg after %s\n", "this process", s.ProcessCores, s.Preempted, s.LoadAvg)
 	fmt.Fprintf(w, "%-22s %.2f req/s\n", "request throughput", s.RequestRate)
 	fmt.Fprintf(w, "%-22s %.1f tok/s (%d tokens, %.2f per SSE chunk)\n", "output throughput", s.OutputTokRate, s.OutputTokens, s.TokensPerChunk)
 	fmt.Fprintf(w, "%-10s %8s %9s %9s %9s %9s %9s\n", "ms", "n", "mean", "p50", "p90", "p99", "max")

@@ -87,6 +87,9 @@ type Summary struct {
 	RequestRate    float64        `json:"request_throughput"`
 	OutputTokens   int            `json:"output_tokens"`
 	OutputTokRate  float64        `json:"output_tokens_per_s"`
+	ProcessCores   float64        `json:"process_cores"` // CPU time of this process (generator, and in-process the server) / wall
+	Preempted      int64          `json:"involuntary_ctx_switches"`
+	LoadAvg        string         `json:"loadavg_after"`
 	TokensPerChunk float64        `json:"tokens_per_chunk"` // > 1: the stream merged tokens a slow reader had not taken
 	TTFT           Dist           `json:"ttft"`
 	ITL            Dist           `json:"itl"`

@@ -1,0 +1,13 @@
+//go:build !unix
+
+package main
+
+import "time"
+
+type cpuSnapshot struct {
+	cpu    time.Duration
+	nivcsw int64
+}
+
+func takeCPU() cpuSnapshot { return cpuSnapshot{} }
+func loadAvg() string      { return "" }
