@@ -353,8 +353,11 @@ func (b *Backend) Prepare(s *model.Step) error {
 	// Prefill chunks (several consecutive positions of one sequence) go to the tiled attention
 	// kernel in tiles of LP_PREFILL_TILE rows; single rows (decode) to the per-row kernel.
 	tiles, rows := 0, 0
+	tiled := func(sq model.SeqRows) bool {
+		return sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
+	}
 	for _, sq := range s.Seqs {
-		if sq.N > 1 && consecutive(s.Positions[sq.Start:sq.Start+sq.N]) {
+		if tiled(sq) {
 			tiles += (sq.N + prefillTile - 1) / prefillTile
 		} else {
 			rows += sq.N
@@ -387,7 +390,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 		}
 		h[b.offSeqPages+i] = int32(o - b.offPages)
 		o += copy(h[o:], sq.Pages)
-		if sq.N > 1 && consecutive(s.Positions[sq.Start:sq.Start+sq.N]) {
+		if tiled(sq) {
 			for r := 0; r < sq.N; r += prefillTile {
 				h[ti], h[ti+1], h[ti+2] = int32(sq.Start+r), int32(min(prefillTile, sq.N-r)), int32(i)
 				ti += 3
