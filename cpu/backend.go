@@ -5,7 +5,6 @@ package cpu
 
 import (
 	"fmt"
-	"math"
 	"runtime"
 	"unsafe"
 
@@ -57,7 +56,7 @@ func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, erro
 		} else {
 			f := make([]float32, n)
 			for i := range f {
-				f[i] = math.Float32frombits(le32(h.Data[4*i:]))
+				f[i] = h.At(i)
 			}
 			t.Buf = f
 		}
@@ -75,13 +74,13 @@ func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, erro
 	case h.DType == model.BF16:
 		f := make([]float32, n)
 		for i := range f {
-			f[i] = bf16ToF32(uint16(h.Data[2*i]) | uint16(h.Data[2*i+1])<<8)
+			f[i] = h.At(i)
 		}
 		t.Buf = f
 	case h.DType == model.F16:
 		f := make([]float32, n)
 		for i := range f {
-			f[i] = f16ToF32(uint16(h.Data[2*i]) | uint16(h.Data[2*i+1])<<8)
+			f[i] = h.At(i)
 		}
 		t.Buf = f
 	default:
@@ -120,25 +119,8 @@ func (b *Backend) AllocKV(spec model.KVSpec) error {
 }
 
 func (b *Backend) Prepare(s *model.Step) error {
-	n := len(s.Tokens)
-	if len(s.Positions) != n || len(s.Slots) != n {
-		return fmt.Errorf("cpu: step has %d tokens, %d positions, %d slots", n, len(s.Positions), len(s.Slots))
-	}
-	limit := int32(b.kv.Pages * b.kv.PageSize)
-	for i, sl := range s.Slots {
-		if sl < 0 || sl >= limit {
-			return fmt.Errorf("cpu: row %d writes KV slot %d outside [0, %d)", i, sl, limit)
-		}
-	}
-	for _, sq := range s.Seqs {
-		if sq.Start < 0 || sq.N < 0 || sq.Start+sq.N > n || sq.Len > len(sq.Pages)*b.kv.PageSize {
-			return fmt.Errorf("cpu: sequence rows [%d,+%d) len %d with %d pages do not fit the step", sq.Start, sq.N, sq.Len, len(sq.Pages))
-		}
-	}
-	for _, r := range s.LogitRows {
-		if r < 0 || int(r) >= n {
-			return fmt.Errorf("cpu: logit row %d outside the step's %d rows", r, n)
-		}
+	if err := model.CheckStep(s, b.kv); err != nil {
+		return fmt.Errorf("cpu: %w", err)
 	}
 	b.step = s
 	return nil
@@ -159,33 +141,6 @@ func f32(t model.Tensor) []float32 {
 
 func bf16(t model.Tensor) []uint16 {
 	return t.Buf.([]uint16)[t.Off : t.Off+t.Rows*t.Cols]
-}
-
-func le32(b []byte) uint32 {
-	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
-}
-
-func bf16ToF32(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }
-
-// f16ToF32 converts IEEE half precision exactly (subnormals, infinities and NaN included).
-func f16ToF32(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := uint32(h>>10) & 0x1f
-	mant := uint32(h) & 0x3ff
-	switch {
-	case exp == 0 && mant == 0:
-		return math.Float32frombits(sign)
-	case exp == 0: // subnormal: normalise
-		e := uint32(127 - 15 + 1)
-		for mant&0x400 == 0 {
-			mant <<= 1
-			e--
-		}
-		return math.Float32frombits(sign | e<<23 | (mant&0x3ff)<<13)
-	case exp == 0x1f:
-		return math.Float32frombits(sign | 0xff<<23 | mant<<13)
-	}
-	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
 }
 
 func checkRows(op string, a, b model.Tensor) {

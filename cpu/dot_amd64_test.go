@@ -6,6 +6,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/loraplex/loraplex/model"
 )
 
 // TestDotX4Kernels runs each 4-row BF16 kernel the machine supports directly (the dispatching
@@ -31,7 +33,7 @@ func TestDotX4Kernels(t *testing.T) {
 				xr := x[row*k : row*k+n]
 				var mag float64
 				for i := range xr {
-					mag += math.Abs(float64(xr[i]) * float64(bf16ToF32(w[i])))
+					mag += math.Abs(float64(xr[i]) * float64(model.BF16ToF32(w[i])))
 				}
 				checkClose(t, "dotBF16x4 "+name, n, row, got[row], dotBF16Generic(xr, w), mag)
 			}
@@ -52,7 +54,7 @@ func TestDotBF16Kernels(t *testing.T) {
 			w := randBF16(r, n)
 			var mag float64
 			for i := range x {
-				mag += math.Abs(float64(x[i]) * float64(bf16ToF32(w[i])))
+				mag += math.Abs(float64(x[i]) * float64(model.BF16ToF32(w[i])))
 			}
 			checkClose(t, "dotBF16 "+name, n, 0, kern(x, w), dotBF16Generic(x, w), mag)
 		}

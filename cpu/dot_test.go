@@ -4,6 +4,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/loraplex/loraplex/model"
 )
 
 // dotLengths covers every tail length around the 8- and 32-wide blocks plus long rows.
@@ -64,7 +66,7 @@ func TestDotBF16(t *testing.T) {
 			w := randBF16(r, n+off+5)[off+1:]
 			var mag float64
 			for i := range x {
-				mag += math.Abs(float64(x[i]) * float64(bf16ToF32(w[i])))
+				mag += math.Abs(float64(x[i]) * float64(model.BF16ToF32(w[i])))
 			}
 			checkClose(t, "dotBF16", n, off, dotBF16(x, w), dotBF16Generic(x, w), mag)
 		}
@@ -86,7 +88,7 @@ func TestDotSpecial(t *testing.T) {
 		// of the terms, as the other tests do.
 		var mag float64
 		for i := range x {
-			mag += math.Abs(float64(bf16ToF32(w[i])))
+			mag += math.Abs(float64(model.BF16ToF32(w[i])))
 		}
 		checkClose(t, "dotBF16 special", n, 0, dotBF16(x, w), dotBF16Generic(x, w), mag)
 		w[n-1] = 0x7f80 // +Inf
@@ -123,7 +125,7 @@ func TestDotX4(t *testing.T) {
 				xr := x[row*k : row*k+n]
 				var mag float64
 				for i := range xr {
-					mag += math.Abs(float64(xr[i]) * float64(bf16ToF32(wb[i])))
+					mag += math.Abs(float64(xr[i]) * float64(model.BF16ToF32(wb[i])))
 				}
 				checkClose(t, "dotBF16x4", n, row, got[row], dotBF16Generic(xr, wb), mag)
 			}

@@ -30,7 +30,7 @@ func TestGemm(t *testing.T) {
 					} else {
 						u := randBF16(r, m*k)
 						for i, v := range u {
-							wv[i] = float64(bf16ToF32(v))
+							wv[i] = float64(model.BF16ToF32(v))
 						}
 						w.Buf = u
 					}

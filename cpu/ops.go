@@ -24,7 +24,7 @@ func (b *Backend) Embed(out, table model.Tensor) {
 		case model.BF16:
 			src := bf16(table)[int(id)*d : int(id)*d+d]
 			for j, u := range src {
-				dst[j] = bf16ToF32(u)
+				dst[j] = model.BF16ToF32(u)
 			}
 		}
 	}

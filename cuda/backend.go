@@ -7,7 +7,6 @@ import "C"
 
 import (
 	"fmt"
-	"math"
 	"sync"
 	"unsafe"
 
@@ -166,7 +165,7 @@ func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, erro
 		t.DType = model.F32
 		f := make([]float32, n)
 		for i := range f {
-			f[i] = hostToF32(h, i)
+			f[i] = h.At(i)
 		}
 		host = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*n)
 	} else {
@@ -176,7 +175,7 @@ func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, erro
 		} else {
 			u := make([]uint16, n)
 			for i := range u {
-				u[i] = f32ToBF16(hostToF32(h, i))
+				u[i] = model.F32ToBF16(h.At(i))
 			}
 			host = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(u))), 2*n)
 		}
@@ -197,46 +196,6 @@ func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, erro
 	}
 	t.Buf = dev{p}
 	return t, nil
-}
-
-func hostToF32(h model.HostTensor, i int) float32 {
-	switch h.DType {
-	case model.F32:
-		return math.Float32frombits(uint32(h.Data[4*i]) | uint32(h.Data[4*i+1])<<8 | uint32(h.Data[4*i+2])<<16 | uint32(h.Data[4*i+3])<<24)
-	case model.BF16:
-		return math.Float32frombits(uint32(uint16(h.Data[2*i])|uint16(h.Data[2*i+1])<<8) << 16)
-	default:
-		return f16ToF32(uint16(h.Data[2*i]) | uint16(h.Data[2*i+1])<<8)
-	}
-}
-
-// f32ToBF16 rounds to nearest even, as torch's .to(torch.bfloat16) does.
-func f32ToBF16(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 { // NaN stays NaN
-		return uint16(u>>16) | 0x40
-	}
-	return uint16((u + 0x7fff + (u>>16)&1) >> 16)
-}
-
-func f16ToF32(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := uint32(h>>10) & 0x1f
-	mant := uint32(h) & 0x3ff
-	switch {
-	case exp == 0 && mant == 0:
-		return math.Float32frombits(sign)
-	case exp == 0:
-		e := uint32(127 - 15 + 1)
-		for mant&0x400 == 0 {
-			mant <<= 1
-			e--
-		}
-		return math.Float32frombits(sign | e<<23 | (mant&0x3ff)<<13)
-	case exp == 0x1f:
-		return math.Float32frombits(sign | 0xff<<23 | mant<<13)
-	}
-	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
 }
 
 func (b *Backend) Free(t model.Tensor) {
@@ -319,32 +278,13 @@ func (b *Backend) Prepare(s *model.Step) error {
 	if err := b.Err(); err != nil {
 		return err
 	}
+	if err := model.CheckStep(s, b.kv); err != nil {
+		return fmt.Errorf("cuda: %w", err)
+	}
 	n := len(s.Tokens)
-	if len(s.Positions) != n || len(s.Slots) != n {
-		return fmt.Errorf("cuda: step has %d tokens, %d positions, %d slots", n, len(s.Positions), len(s.Slots))
-	}
-	limit := int32(b.kv.Pages * b.kv.PageSize)
-	for i, sl := range s.Slots {
-		if sl < 0 || sl >= limit {
-			return fmt.Errorf("cuda: row %d writes KV slot %d outside [0, %d)", i, sl, limit)
-		}
-	}
 	pages := 0
 	for _, sq := range s.Seqs {
-		if sq.Start < 0 || sq.N < 0 || sq.Start+sq.N > n || sq.Len > len(sq.Pages)*b.kv.PageSize {
-			return fmt.Errorf("cuda: sequence rows [%d,+%d) len %d with %d pages do not fit the step", sq.Start, sq.N, sq.Len, len(sq.Pages))
-		}
-		for _, p := range sq.Pages {
-			if p < 0 || int(p) >= b.kv.Pages {
-				return fmt.Errorf("cuda: page %d outside the cache", p)
-			}
-		}
 		pages += len(sq.Pages)
-	}
-	for _, r := range s.LogitRows {
-		if r < 0 || int(r) >= n {
-			return fmt.Errorf("cuda: logit row %d outside the step's %d rows", r, n)
-		}
 	}
 	// The previous step's copies out of the pinned buffers must be done before we overwrite them.
 	if !b.ok("sync", C.s_stream_sync(b.stream)) {

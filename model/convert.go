@@ -1,0 +1,51 @@
+package model
+
+import (
+	"encoding/binary"
+	"math"
+)
+
+// BF16ToF32 widens a bfloat16 (the top 16 bits of a float32) exactly.
+func BF16ToF32(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }
+
+// F32ToBF16 rounds to the nearest bfloat16, ties to even, as torch's .to(torch.bfloat16) does.
+func F32ToBF16(f float32) uint16 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 { // NaN stays a (quiet) NaN
+		return uint16(u>>16) | 0x40
+	}
+	return uint16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+// F16ToF32 converts IEEE half precision exactly (subnormals, infinities and NaN included).
+func F16ToF32(h uint16) float32 {
+	sign := uint32(h>>15) << 31
+	exp := uint32(h>>10) & 0x1f
+	mant := uint32(h) & 0x3ff
+	switch {
+	case exp == 0 && mant == 0:
+		return math.Float32frombits(sign)
+	case exp == 0: // subnormal: normalise
+		e := uint32(127 - 15 + 1)
+		for mant&0x400 == 0 {
+			mant <<= 1
+			e--
+		}
+		return math.Float32frombits(sign | e<<23 | (mant&0x3ff)<<13)
+	case exp == 0x1f:
+		return math.Float32frombits(sign | 0xff<<23 | mant<<13)
+	}
+	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
+}
+
+// At returns element i of a host tensor as float32, whatever its dtype (little-endian data).
+func (h HostTensor) At(i int) float32 {
+	switch h.DType {
+	case F32:
+		return math.Float32frombits(binary.LittleEndian.Uint32(h.Data[4*i:]))
+	case BF16:
+		return BF16ToF32(binary.LittleEndian.Uint16(h.Data[2*i:]))
+	default:
+		return F16ToF32(binary.LittleEndian.Uint16(h.Data[2*i:]))
+	}
+}
