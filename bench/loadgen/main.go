@@ -41,7 +41,7 @@ type options struct {
 	seed                              uint64
 	timeout                           time.Duration
 	warmup                            int
-	jsonPath                          string
+	jsonPath, writeAdapters           string
 	verbose                           bool
 }
 
@@ -50,7 +50,8 @@ func main() {
 	flag.StringVar(&o.url, "url", "", "drive a running server at this base URL (default: start one in-process on 127.0.0.1)")
 	flag.StringVar(&o.modelDir, "model", "", "in-process: Hugging Face model folder (default: the demo model)")
 	flag.IntVar(&o.adapters, "adapters", 16, "number of adapters (in-process: generated; -url: the first N the server lists, 0 = all)")
-	flag.StringVar(&o.adapterNames, "adapter-names", "", "-url: comma-separated adapter names instead of asking /v1/models")
+	flag.StringVar(&o.adapterNames, "adapter-names", "", "-url: comma-separated adapter names, or @DIR for the folders in DIR, instead of asking /v1/models (which lists only loaded adapters)")
+	flag.StringVar(&o.writeAdapters, "write-adapters", "", "write -adapters random adapters of -rank for the model (-model or the demo) into this folder and exit; serve it with cmd/server --adapter-dir")
 	flag.StringVar(&o.base, "base", "", "-url: the base model's name instead of asking /v1/models")
 	flag.IntVar(&o.rank, "rank", 8, "in-process: LoRA rank of the generated adapters")
 	flag.StringVar(&o.targets, "targets", "all", "in-process: target modules of the generated adapters (comma-separated, or all)")
@@ -78,6 +79,10 @@ func main() {
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if o.url != "" && !set["compare-base"] {
 		o.compareBase = false // a remote server may serve real traffic; doubling the load is opt-in
+	}
+	run := run
+	if o.writeAdapters != "" {
+		run = writeOnly
 	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -135,7 +140,10 @@ func run(o options) error {
 	c := NewClient(url, o.timeout, o.temperature)
 	defer c.Close()
 	if o.url != "" {
-		base, adapters = o.base, splitList(o.adapterNames)
+		base = o.base
+		if adapters, err = adapterNames(o.adapterNames); err != nil {
+			return err
+		}
 		if base == "" || adapters == nil {
 			b, a, err := discover(ctx, c)
 			if err != nil {
@@ -146,11 +154,14 @@ func run(o options) error {
 			}
 			if adapters == nil {
 				adapters = a
-				if o.adapters > 0 && len(adapters) > o.adapters {
-					adapters = adapters[:o.adapters]
-				}
 			}
 		}
+		if o.adapters > 0 && len(adapters) > o.adapters {
+			adapters = adapters[:o.adapters]
+		}
+	}
+	if len(adapters) == 0 && o.adapters > 0 && o.url != "" {
+		fmt.Fprintln(os.Stderr, "loadgen: the server lists no adapters; running on the base model only (see -adapter-names)")
 	}
 	server["url"], server["base"], server["adapters"] = url, base, len(adapters)
 
