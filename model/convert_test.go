@@ -1,0 +1,73 @@
+package model
+
+import (
+	"math"
+	"strings"
+	"testing"
+)
+
+func TestConversions(t *testing.T) {
+	for _, tc := range []struct {
+		h    uint16
+		want float32
+	}{
+		{0x0000, 0}, {0x3c00, 1}, {0xc000, -2}, {0x7bff, 65504}, {0x0001, float32(math.Ldexp(1, -24))},
+		{0x03ff, float32(math.Ldexp(1023, -24))}, {0x7c00, float32(math.Inf(1))}, {0xfc00, float32(math.Inf(-1))},
+	} {
+		if got := F16ToF32(tc.h); got != tc.want {
+			t.Errorf("F16ToF32(%#04x) = %g, want %g", tc.h, got, tc.want)
+		}
+	}
+	if v := F16ToF32(0x7e00); !math.IsNaN(float64(v)) {
+		t.Errorf("F16 NaN -> %g", v)
+	}
+	for _, tc := range []struct {
+		f    float32
+		want uint16
+	}{
+		{1, 0x3f80}, {-2, 0xc000},
+		{math.Float32frombits(0x3f808000), 0x3f80}, // tie, even stays
+		{math.Float32frombits(0x3f818000), 0x3f82}, // tie, odd rounds up
+		{math.Float32frombits(0x3f808001), 0x3f81}, // above the tie
+		{float32(math.Inf(1)), 0x7f80},
+	} {
+		if got := F32ToBF16(tc.f); got != tc.want {
+			t.Errorf("F32ToBF16(%#08x) = %#04x, want %#04x", math.Float32bits(tc.f), got, tc.want)
+		}
+	}
+	if got := F32ToBF16(float32(math.NaN())); BF16ToF32(got) == BF16ToF32(got) {
+		t.Errorf("NaN rounded to a number: %#04x", got)
+	}
+	h := HostTensor{DType: BF16, Data: []byte{0x80, 0x3f, 0x00, 0xc0}}
+	if h.At(0) != 1 || h.At(1) != -2 {
+		t.Errorf("At: %g %g", h.At(0), h.At(1))
+	}
+}
+
+func TestCheckStep(t *testing.T) {
+	kv := KVSpec{Pages: 4, PageSize: 2}
+	ok := func() *Step {
+		return &Step{Tokens: []int32{1, 2}, Positions: []int32{0, 1}, Slots: []int32{6, 7},
+			Seqs: []SeqRows{{Start: 0, N: 2, Len: 2, Pages: []int32{3}}}, LogitRows: []int32{1}}
+	}
+	if err := CheckStep(ok(), kv); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		edit func(*Step)
+		want string
+	}{
+		"lengths":   {func(s *Step) { s.Slots = s.Slots[:1] }, "slots"},
+		"slot":      {func(s *Step) { s.Slots[1] = 8 }, "slot 8"},
+		"page":      {func(s *Step) { s.Seqs[0].Pages[0] = 4 }, "page 4"},
+		"rows":      {func(s *Step) { s.Seqs[0].N = 3 }, "do not fit"},
+		"len":       {func(s *Step) { s.Seqs[0].Len = 3 }, "do not fit"},
+		"logit row": {func(s *Step) { s.LogitRows[0] = 2 }, "logit row 2"},
+	} {
+		s := ok()
+		tc.edit(s)
+		if err := CheckStep(s, kv); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want mention of %q", name, err, tc.want)
+		}
+	}
+}
