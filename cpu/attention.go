@@ -21,9 +21,11 @@ func (b *Backend) StoreKV(layer int, k, v model.Tensor) {
 	}
 }
 
-// Attention is exact softmax attention over the paged cache, one (row, head) at a time: scores
-// for every visible position, a max-subtracted softmax, then the weighted sum of values.
-// Work is spread over rows x heads; each worker has its own score buffer.
+// Attention is exact softmax attention over the paged cache: scores for every visible
+// position, a max-subtracted softmax, then the weighted sum of values. Work items are
+// (row, KV head) pairs over the whole step, so one pool run covers every sequence, and each
+// item serves all query heads of its KV group: a key or value row is read once for the group
+// (three or four heads under GQA) instead of once per head. Each worker has its own scores.
 func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) {
 	s := b.step
 	D := p.HeadDim
@@ -33,43 +35,58 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 	qs, os := f32(q), f32(out)
 	kc, vc := b.kcache[layer], b.vcache[layer]
 	width, group, ps := p.KVHeads*D, p.Heads/p.KVHeads, b.kv.PageSize
+	maxLen := 0
 	for _, sq := range s.Seqs {
-		sq := sq
-		b.pool.run(sq.N*p.Heads, 4, func(w, lo, hi int) {
-			scores := b.scratchFor(w, sq.Len)
-			for item := lo; item < hi; item++ {
-				row, h := sq.Start+item/p.Heads, item%p.Heads
-				pos := int(s.Positions[row])
-				first := 0
-				if p.Window > 0 {
-					first = max(0, pos-p.Window+1)
+		maxLen = max(maxLen, sq.Len)
+	}
+	b.pool.run(len(s.Tokens)*p.KVHeads, 1, func(w, lo, hi int) {
+		buf := b.scratchFor(w, group*maxLen+2*group)
+		maxScore, inv, all := buf[:group], buf[group:2*group], buf[2*group:]
+		for item := lo; item < hi; item++ {
+			row, kvh := item/p.KVHeads, item%p.KVHeads
+			sq := &s.Seqs[b.rowSeq[row]]
+			pos := int(s.Positions[row])
+			first := 0
+			if p.Window > 0 {
+				first = max(0, pos-p.Window+1)
+			}
+			n := pos + 1
+			koff := kvh * D
+			for g := 0; g < group; g++ {
+				maxScore[g] = float32(math.Inf(-1))
+			}
+			for t := first; t <= pos; t++ {
+				slot := int(sq.Pages[t/ps])*ps + t%ps
+				kr := kc[slot*width+koff : slot*width+koff+D]
+				for g := 0; g < group; g++ {
+					h := kvh*group + g
+					sc := dotF32(qs[row*q.Cols+h*D:row*q.Cols+h*D+D], kr) * p.Scale
+					all[g*n+t] = sc
+					maxScore[g] = max(maxScore[g], sc)
 				}
-				qh := qs[row*q.Cols+h*D : row*q.Cols+h*D+D]
-				koff := (h / group) * D
-				maxScore := float32(math.Inf(-1))
-				for t := first; t <= pos; t++ {
-					slot := int(sq.Pages[t/ps])*ps + t%ps
-					sc := dotF32(qh, kc[slot*width+koff:slot*width+koff+D]) * p.Scale
-					scores[t] = sc
-					maxScore = max(maxScore, sc)
-				}
+			}
+			for g := 0; g < group; g++ {
+				scores := all[g*n : g*n+n]
 				var sum float32
 				for t := first; t <= pos; t++ {
-					e := float32(math.Exp(float64(scores[t] - maxScore)))
+					e := float32(math.Exp(float64(scores[t] - maxScore[g])))
 					scores[t] = e
 					sum += e
 				}
-				oh := os[row*out.Cols+h*D : row*out.Cols+h*D+D]
-				clear(oh)
-				inv := 1 / sum
-				for t := first; t <= pos; t++ {
-					slot := int(sq.Pages[t/ps])*ps + t%ps
-					wt := scores[t] * inv
-					axpyF32(wt, vc[slot*width+koff:slot*width+koff+D], oh)
+				inv[g] = 1 / sum
+				h := kvh*group + g
+				clear(os[row*out.Cols+h*D : row*out.Cols+h*D+D])
+			}
+			for t := first; t <= pos; t++ {
+				slot := int(sq.Pages[t/ps])*ps + t%ps
+				vr := vc[slot*width+koff : slot*width+koff+D]
+				for g := 0; g < group; g++ {
+					h := kvh*group + g
+					axpyF32(all[g*n+t]*inv[g], vr, os[row*out.Cols+h*D:row*out.Cols+h*D+D])
 				}
 			}
-		})
-	}
+		}
+	})
 }
 
 // scratchFor returns worker w's buffer with room for n floats, growing it only when a longer

@@ -6,6 +6,7 @@ package cpu
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"github.com/loraplex/loraplex/model"
@@ -21,6 +22,7 @@ type Backend struct {
 	vcache  [][]float32
 	scratch [][]float32 // per worker: attention scores
 	loraBuf []float32
+	rowSeq  []int32 // per step: the sequence of each row
 }
 
 // New makes a CPU backend using up to threads goroutines (0 = GOMAXPROCS).
@@ -121,6 +123,14 @@ func (b *Backend) AllocKV(spec model.KVSpec) error {
 func (b *Backend) Prepare(s *model.Step) error {
 	if err := model.CheckStep(s, b.kv); err != nil {
 		return fmt.Errorf("cpu: %w", err)
+	}
+	// rowSeq maps each row to its sequence for the attention kernel (rows of a sequence are
+	// contiguous, and CheckStep verified they lie inside the step).
+	b.rowSeq = slices.Grow(b.rowSeq[:0], len(s.Tokens))[:len(s.Tokens)]
+	for i, sq := range s.Seqs {
+		for r := sq.Start; r < sq.Start+sq.N; r++ {
+			b.rowSeq[r] = int32(i)
+		}
 	}
 	b.step = s
 	return nil
