@@ -1,51 +1,27 @@
 package serve
 
 import (
-	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/loraplex/loraplex/internal/fixture"
 
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/tokenizer"
 )
 
-type fixtureCase struct {
-	Adapter string `json:"adapter"`
-	Prompt  []int  `json:"prompt"`
-	Steps   []struct {
-		Logits []float32 `json:"logits"`
-		Token  int       `json:"token"`
-	} `json:"steps"`
-}
+type fixtureCase = fixture.Case
 
-func fixtureDir(name string) string { return filepath.Join("..", "testdata", "models", name) }
+func fixtureDir(name string) string { return fixture.Dir(name) }
 
-func loadCases(t testing.TB, name string) []fixtureCase {
-	t.Helper()
-	f, err := os.Open(filepath.Join(fixtureDir(name), "expected.json.gz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fx struct{ Cases []fixtureCase }
-	if err := json.NewDecoder(zr).Decode(&fx); err != nil {
-		t.Fatal(err)
-	}
-	return fx.Cases
-}
+func loadCases(t testing.TB, name string) []fixtureCase { return fixture.Cases(t, name) }
 
 // newTestEngine serves a fixture model with its four adapters on the CPU backend.
 func newTestEngine(t testing.TB, name string, tok *tokenizer.Tokenizer, opt Options) *Engine {

@@ -1,18 +1,17 @@
 package grpcapi_test
 
 import (
-	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/testengine"
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -22,7 +21,6 @@ import (
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
-	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/grpcapi"
 	"github.com/loraplex/loraplex/tokenizer/chat"
@@ -34,65 +32,23 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var adapterNames = []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"}
 
-type fixtureCase struct {
-	Adapter string `json:"adapter"`
-	Prompt  []int  `json:"prompt"`
-	Steps   []struct {
-		Token int `json:"token"`
-	} `json:"steps"`
-}
+// fixtureCase is one reference generation (internal/fixture).
+type fixtureCase = fixture.Case
 
-func fixtureDir(name string) string { return filepath.Join("..", "..", "testdata", "models", name) }
+func fixtureDir(name string) string { return fixture.Dir(name) }
 
-func loadCases(t testing.TB, name string) []fixtureCase {
-	t.Helper()
-	f, err := os.Open(filepath.Join(fixtureDir(name), "expected.json.gz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fx struct{ Cases []fixtureCase }
-	if err := json.NewDecoder(zr).Decode(&fx); err != nil {
-		t.Fatal(err)
-	}
-	return fx.Cases
-}
+func loadCases(t testing.TB, name string) []fixtureCase { return fixture.Cases(t, name) }
 
 // fixtureEngine serves a fixture model (token ids only) with its four adapters on the CPU
 // backend; the model's folder is an adapter root, so runtime loads of its adapters pass.
 func fixtureEngine(t testing.TB, name string, opt serve.Options) *serve.Engine {
 	t.Helper()
-	dir := fixtureDir(name)
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := cpu.New(2)
-	w, err := model.LoadWeights(dir, cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.ModelName = name
 	if opt.MaxModelLen == 0 {
 		opt.MaxModelLen = 64
 	}
-	opt.AdapterRoots = append(opt.AdapterRoots, dir)
+	opt.AdapterRoots = append(opt.AdapterRoots, fixtureDir(name))
 	opt.Logger = testLogger(t)
-	e, err := serve.NewEngine(cfg, b, w, nil, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range adapterNames {
-		if err := e.LoadAdapter(a, filepath.Join(dir, "adapters", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
-	return e
+	return testengine.New(t, name, opt)
 }
 
 // demoEngine serves the built-in demo model, which has a tokenizer and a chat template.

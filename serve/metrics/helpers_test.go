@@ -1,15 +1,13 @@
 package metrics
 
 import (
-	"log/slog"
 	"net/http"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/loraplex/loraplex/cpu"
-	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/internal/testengine"
+
 	"github.com/loraplex/loraplex/serve"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -20,29 +18,7 @@ import (
 // setup as serve's engine tests).
 func newTestEngine(t testing.TB, opt serve.Options) *serve.Engine {
 	t.Helper()
-	dir := filepath.Join("..", "..", "testdata", "models", "llama")
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := cpu.New(2)
-	w, err := model.LoadWeights(dir, cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.ModelName = "llama"
-	opt.Logger = slog.New(slog.DiscardHandler)
-	e, err := serve.NewEngine(cfg, b, w, nil, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"} {
-		if err := e.LoadAdapter(a, filepath.Join(dir, "adapters", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
-	return e
+	return testengine.New(t, "llama", opt)
 }
 
 // scrape GETs url and parses the text exposition with the legacy name rules, the strictest

@@ -68,7 +68,7 @@ func TestCompletionsMatchHF(t *testing.T) {
 				if c.Adapter == "" {
 					c.Adapter = name
 				}
-				want := c.tokens()
+				want := c.Tokens()
 				extra := []option.RequestOption{option.WithJSONSet("return_token_ids", true), option.WithJSONSet("ignore_eos", true)}
 				resp, err := client.Completions.New(ctx, greedy(c), extra...)
 				if err != nil {

@@ -2,19 +2,19 @@ package openai_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/testengine"
+
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
-	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 	"github.com/loraplex/loraplex/tokenizer/chat"
@@ -25,67 +25,18 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 var adapterNames = []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"}
 
-type fixtureCase struct {
-	Adapter string `json:"adapter"`
-	Prompt  []int  `json:"prompt"`
-	Steps   []struct {
-		Token int `json:"token"`
-	} `json:"steps"`
-}
+// fixtureCase is one reference generation (internal/fixture).
+type fixtureCase = fixture.Case
 
-func (c fixtureCase) tokens() []int {
-	out := make([]int, len(c.Steps))
-	for i, s := range c.Steps {
-		out[i] = s.Token
-	}
-	return out
-}
+func fixtureDir(name string) string { return fixture.Dir(name) }
 
-func fixtureDir(name string) string { return filepath.Join("..", "..", "testdata", "models", name) }
-
-func loadCases(t testing.TB, name string) []fixtureCase {
-	t.Helper()
-	f, err := os.Open(filepath.Join(fixtureDir(name), "expected.json.gz"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fx struct{ Cases []fixtureCase }
-	if err := json.NewDecoder(zr).Decode(&fx); err != nil {
-		t.Fatal(err)
-	}
-	return fx.Cases
-}
+func loadCases(t testing.TB, name string) []fixtureCase { return fixture.Cases(t, name) }
 
 // fixtureEngine serves a fixture model (no tokenizer) with its four adapters on the CPU backend.
 func fixtureEngine(t testing.TB, name string) *serve.Engine {
 	t.Helper()
-	dir := fixtureDir(name)
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := cpu.New(2)
-	w, err := model.LoadWeights(dir, cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := serve.NewEngine(cfg, b, w, nil, serve.Options{ModelName: name, MaxNumSeqs: 8, MaxBatchedTokens: 128, MaxModelLen: 128, Logger: quiet,
-		AdapterRoots: []string{filepath.Join(dir, "adapters")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range adapterNames {
-		if err := e.LoadAdapter(a, filepath.Join(dir, "adapters", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
-	return e
+	return testengine.New(t, name, serve.Options{MaxNumSeqs: 8, MaxBatchedTokens: 128, MaxModelLen: 128, Logger: quiet,
+		AdapterRoots: []string{filepath.Join(fixtureDir(name), "adapters")}})
 }
 
 // demoEngine serves the built-in demo model, which has a tokenizer and a chat template.

@@ -198,8 +198,8 @@ func TestBatchedPromptsAndN(t *testing.T) {
 		t.Fatalf("%d %s", st, b)
 	}
 	for i, ch := range resp.Choices {
-		if ch.Index != i || !slices.Equal(ch.TokenIDs, cases[i/2].tokens()) {
-			t.Errorf("choice %d: index %d tokens %v, want %v", i, ch.Index, ch.TokenIDs, cases[i/2].tokens())
+		if ch.Index != i || !slices.Equal(ch.TokenIDs, cases[i/2].Tokens()) {
+			t.Errorf("choice %d: index %d tokens %v, want %v", i, ch.Index, ch.TokenIDs, cases[i/2].Tokens())
 		}
 	}
 	if resp.Usage.PromptTokens != len(cases[0].Prompt)+len(cases[1].Prompt) || resp.Usage.CompletionTokens != 24 {

@@ -1,0 +1,51 @@
+// Package testengine builds a serve.Engine over a reference fixture model on the CPU backend,
+// with the fixture's four PEFT adapters loaded, for the tests of packages above serve (the HTTP
+// and gRPC gateways, metrics, the load generator). serve's own tests cannot import it (cycle).
+package testengine
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/serve"
+)
+
+// New serves fixture model name (token ids only). Zero options get the name as the model name
+// and a silent logger; the engine, backend and weights are closed when the test ends.
+func New(t testing.TB, name string, opt serve.Options) *serve.Engine {
+	t.Helper()
+	dir := fixture.Dir(name)
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cpu.New(2)
+	w, err := model.LoadWeights(dir, cfg, b)
+	if err != nil {
+		b.Close()
+		t.Fatal(err)
+	}
+	if opt.ModelName == "" {
+		opt.ModelName = name
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	e, err := serve.NewEngine(cfg, b, w, nil, opt)
+	if err != nil {
+		b.Close()
+		w.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	for _, a := range fixture.Adapters {
+		if err := e.LoadAdapter(a, fixture.AdapterDir(name, a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
