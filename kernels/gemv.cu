@@ -9,6 +9,27 @@
 
 #define GEMV_WARPS 8
 
+// gemv_accumulate multiplies one 16-byte vector of 8 bf16 weights (vector index iv of the
+// row) with the matching 8 values of each of the N rows of x.
+template <int N>
+__device__ __forceinline__ void gemv_accumulate(float (&acc)[N], const uint4 v, const float* x, int k, int iv) {
+    float wf[8];
+    wf[0] = __uint_as_float(v.x << 16);
+    wf[1] = __uint_as_float(v.x & 0xffff0000u);
+    wf[2] = __uint_as_float(v.y << 16);
+    wf[3] = __uint_as_float(v.y & 0xffff0000u);
+    wf[4] = __uint_as_float(v.z << 16);
+    wf[5] = __uint_as_float(v.z & 0xffff0000u);
+    wf[6] = __uint_as_float(v.w << 16);
+    wf[7] = __uint_as_float(v.w & 0xffff0000u);
+#pragma unroll
+    for (int r = 0; r < N; r++) {
+        const float4* xr = reinterpret_cast<const float4*>(x + (size_t)r * k) + 2 * iv;
+        const float4 a = xr[0], b = xr[1];
+        acc[r] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
+    }
+}
+
 template <int N>
 __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta) {
     const int lane = threadIdx.x & 31;
@@ -23,46 +44,13 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
     // row needs that much memory-level parallelism to approach HBM bandwidth.
     int i = lane;
     for (; i + 96 < vecs; i += 128) {
-        uint4 v4[4] = {wr[i], wr[i + 32], wr[i + 64], wr[i + 96]};
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const uint4 v = v4[u];
-            const int iv = i + 32 * u;
-            float wf[8];
-            wf[0] = __uint_as_float(v.x << 16);
-            wf[1] = __uint_as_float(v.x & 0xffff0000u);
-            wf[2] = __uint_as_float(v.y << 16);
-            wf[3] = __uint_as_float(v.y & 0xffff0000u);
-            wf[4] = __uint_as_float(v.z << 16);
-            wf[5] = __uint_as_float(v.z & 0xffff0000u);
-            wf[6] = __uint_as_float(v.w << 16);
-            wf[7] = __uint_as_float(v.w & 0xffff0000u);
-#pragma unroll
-            for (int r = 0; r < N; r++) {
-                const float4* xr = reinterpret_cast<const float4*>(x + (size_t)r * k) + 2 * iv;
-                const float4 a = xr[0], b = xr[1];
-                acc[r] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
-            }
-        }
+        const uint4 v0 = wr[i], v1 = wr[i + 32], v2 = wr[i + 64], v3 = wr[i + 96];
+        gemv_accumulate<N>(acc, v0, x, k, i);
+        gemv_accumulate<N>(acc, v1, x, k, i + 32);
+        gemv_accumulate<N>(acc, v2, x, k, i + 64);
+        gemv_accumulate<N>(acc, v3, x, k, i + 96);
     }
-    for (; i < vecs; i += 32) {
-        const uint4 v = wr[i];
-        float wf[8];
-        wf[0] = __uint_as_float(v.x << 16);
-        wf[1] = __uint_as_float(v.x & 0xffff0000u);
-        wf[2] = __uint_as_float(v.y << 16);
-        wf[3] = __uint_as_float(v.y & 0xffff0000u);
-        wf[4] = __uint_as_float(v.z << 16);
-        wf[5] = __uint_as_float(v.z & 0xffff0000u);
-        wf[6] = __uint_as_float(v.w << 16);
-        wf[7] = __uint_as_float(v.w & 0xffff0000u);
-#pragma unroll
-        for (int r = 0; r < N; r++) {
-            const float4* xr = reinterpret_cast<const float4*>(x + (size_t)r * k) + 2 * i;
-            const float4 a = xr[0], b = xr[1];
-            acc[r] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
-        }
-    }
+    for (; i < vecs; i += 32) gemv_accumulate<N>(acc, wr[i], x, k, i);
 #pragma unroll
     for (int r = 0; r < N; r++) {
         float s = warp_sum(acc[r]);
