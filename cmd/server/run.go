@@ -69,7 +69,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	// Slow clients get a minute to send headers and body; there is no write timeout, because a
+	// streamed completion may legitimately run for minutes (client disconnects cancel it).
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("HTTP server listening", "addr", ln.Addr().String())
