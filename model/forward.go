@@ -78,6 +78,22 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 // Forward runs one step. adapters[i] is the adapter of s.Seqs[i] (nil for the base model).
 // Logits of s.LogitRows are written to logits, row after row (len = len(LogitRows)*VocabSize).
 func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
+	m := len(s.LogitRows)
+	if len(logits) != m*r.Cfg.VocabSize {
+		return fmt.Errorf("runner: logits buffer has %d floats, want %d", len(logits), m*r.Cfg.VocabSize)
+	}
+	if err := r.run(s, adapters); err != nil {
+		return err
+	}
+	if m == 0 {
+		return nil
+	}
+	return r.B.Read(r.logits.Slice(0, m), logits)
+}
+
+// run checks the step and runs everything up to the logits (r.logits rows 0..len(LogitRows)),
+// recorded when the backend records steps. Forward and ForwardSample share it.
+func (r *Runner) run(s *Step, adapters []*Adapter) error {
 	n, m := len(s.Tokens), len(s.LogitRows)
 	switch {
 	case n == 0 || n > r.Opt.MaxTokens:
@@ -86,8 +102,6 @@ func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
 		return fmt.Errorf("runner: step wants %d logit rows, max %d", m, r.Opt.MaxLogitRows)
 	case len(adapters) != len(s.Seqs):
 		return fmt.Errorf("runner: %d adapters for %d sequences", len(adapters), len(s.Seqs))
-	case len(logits) != m*r.Cfg.VocabSize:
-		return fmt.Errorf("runner: logits buffer has %d floats, want %d", len(logits), m*r.Cfg.VocabSize)
 	}
 	for i, p := range s.Positions {
 		if int(p) >= r.Opt.MaxContext || p < 0 {
@@ -118,10 +132,7 @@ func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
 			break
 		}
 	}
-	if m == 0 {
-		return nil
-	}
-	return r.B.Read(r.logits.Slice(0, m), logits)
+	return nil
 }
 
 // stepKey encodes what shapes the step's launches: rows per sequence, logit rows, and per layer

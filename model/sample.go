@@ -1,0 +1,317 @@
+package model
+
+import (
+	"fmt"
+	"math"
+)
+
+// Sampling on the device. A backend that implements DeviceSampler chooses the next token of
+// every logits row itself, so only the chosen tokens (and requested logprobs) come back to the
+// host instead of rows x vocab floats. SampleReference is the exact definition of what it
+// computes, in Go; tests compare the device against it.
+
+// MaxSampleLogprobs is the most top logprobs a row may ask for.
+const MaxSampleLogprobs = 20
+
+// TokenCount is one token of a sequence's history: Count is how often it was generated
+// (0: it occurs in the prompt only).
+type TokenCount struct {
+	Token, Count int32
+}
+
+// TokenLogprob is a token with its log-probability under the raw logits.
+type TokenLogprob struct {
+	Token   int32
+	Logprob float32
+}
+
+// SampleRow holds one logits row's sampling parameters, with vLLM's semantics and order:
+// banned ids -> repetition penalty (Hist tokens: positive logits divided, negative multiplied;
+// 0 or 1 disables) -> frequency and presence penalties (Hist tokens with Count > 0) -> greedy
+// if Temperature < 1e-5, else temperature, top-k (0 disables), top-p (over the top-k
+// survivors; 0 or >= 1 disables), min-p (keep p >= MinP * p_max; 0 disables), and a draw with
+// U in [0, 1).
+type SampleRow struct {
+	Temperature, TopP, MinP                              float32
+	RepetitionPenalty, PresencePenalty, FrequencyPenalty float32
+	TopK                                                 int
+	// Hist lists each distinct token of prompt + output once. Rows without penalties may leave
+	// it empty.
+	Hist []TokenCount
+	// Banned tokens get -inf before everything else (EOS and stop ids before min_tokens).
+	// Ids outside the vocabulary are ignored.
+	Banned []int32
+	// Logprobs: -1 none, 0 the chosen token's, N (<= MaxSampleLogprobs) also the N most
+	// likely tokens. All are log-softmax values of the raw logits (before penalties).
+	Logprobs int
+	U        float32
+}
+
+// SampleResult is what the device returns for one row.
+type SampleResult struct {
+	Token   int32
+	Logprob float32        // of Token under the raw logits; 0 when Logprobs < 0
+	Top     []TokenLogprob // Logprobs > 0: most likely first, ties by lower id
+}
+
+// DeviceSampler is implemented by backends that sample on the device. Sample runs after the
+// forward pass; logits ([len(rows), vocab], F32) may be overwritten. out[i].Top is reused
+// when its capacity suffices.
+type DeviceSampler interface {
+	Sample(logits Tensor, rows []SampleRow, out []SampleResult) error
+}
+
+// CheckSampleRows validates rows against the vocabulary size (backends call it first).
+func CheckSampleRows(rows []SampleRow, vocab int) error {
+	for i := range rows {
+		r := &rows[i]
+		if r.Logprobs > MaxSampleLogprobs {
+			return fmt.Errorf("sample row %d: %d logprobs, at most %d", i, r.Logprobs, MaxSampleLogprobs)
+		}
+		if r.U < 0 || r.U >= 1 || r.U != r.U {
+			return fmt.Errorf("sample row %d: U %v outside [0, 1)", i, r.U)
+		}
+		for _, h := range r.Hist {
+			if h.Token < 0 || int(h.Token) >= vocab || h.Count < 0 {
+				return fmt.Errorf("sample row %d: history token %d (count %d) outside the vocabulary of %d", i, h.Token, h.Count, vocab)
+			}
+		}
+	}
+	return nil
+}
+
+// ForwardSample runs the step like Forward and samples every logits row on the device:
+// rows[k] and out[k] belong to s.LogitRows[k]. The backend must implement DeviceSampler.
+func (r *Runner) ForwardSample(s *Step, adapters []*Adapter, rows []SampleRow, out []SampleResult) error {
+	ds, ok := r.B.(DeviceSampler)
+	if !ok {
+		return fmt.Errorf("runner: backend %s does not sample on the device", r.B.Name())
+	}
+	m := len(s.LogitRows)
+	if len(rows) != m || len(out) != m {
+		return fmt.Errorf("runner: %d sample rows and %d results for %d logit rows", len(rows), len(out), m)
+	}
+	if err := CheckSampleRows(rows, r.Cfg.VocabSize); err != nil {
+		return fmt.Errorf("runner: %w", err)
+	}
+	if err := r.run(s, adapters); err != nil {
+		return err
+	}
+	if m == 0 {
+		return nil
+	}
+	return ds.Sample(r.logits.Slice(0, m), rows, out)
+}
+
+// orderKey maps a float32 to a uint32 whose unsigned order is the float order (-inf lowest).
+func orderKey(f float32) uint32 {
+	u := math.Float32bits(f)
+	if u&0x80000000 != 0 {
+		return ^u
+	}
+	return u | 0x80000000
+}
+
+// SampleReference is the device sampler's definition (kernels/sampling.cu follows it step by
+// step); logits is one raw row and is modified in place.
+//
+// Stochastic rows: p_i = exp((l_i - max) / T) in float32 for every finite penalised logit.
+// Tokens are ranked by (logit desc, id asc). Top-k keeps the first k, top-p the shortest
+// prefix of those whose mass reaches TopP times theirs, min-p those with p_i >= MinP (p_max
+// is 1). The draw walks the kept tokens in id order and returns the first whose running sum
+// exceeds U * sum(kept) (the last kept one if rounding leaves none). The kept set is the CPU
+// sampler's, but the CPU walks it in rank order: the same U (seed) can pick a different token
+// on the two backends; the distribution is the same.
+func SampleReference(logits []float32, row *SampleRow, out *SampleResult) {
+	V := len(logits)
+	ninf := float32(math.Inf(-1))
+	// Raw logprobs.
+	mx := ninf
+	for _, v := range logits {
+		mx = max(mx, v)
+	}
+	var se float64
+	for _, v := range logits {
+		se += math.Exp(float64(v - mx))
+	}
+	lse := float64(mx) + math.Log(se)
+	out.Top = out.Top[:0]
+	for n := 0; n < row.Logprobs; n++ {
+		best := -1
+		for i, v := range logits {
+			if n > 0 {
+				prev := out.Top[n-1].Token
+				pv := logits[prev]
+				if !(v < pv || (v == pv && int32(i) > prev)) {
+					continue
+				}
+			}
+			if best < 0 || v > logits[best] {
+				best = i
+			}
+		}
+		if best < 0 {
+			break
+		}
+		out.Top = append(out.Top, TokenLogprob{Token: int32(best), Logprob: float32(float64(logits[best]) - lse)})
+	}
+	// Raw values of the tokens about to change, for the chosen token's logprob.
+	raw := map[int32]float32{}
+	for _, t := range row.Banned {
+		if t >= 0 && int(t) < V {
+			raw[t] = logits[t]
+		}
+	}
+	for _, h := range row.Hist {
+		raw[h.Token] = logits[h.Token]
+	}
+	for _, t := range row.Banned {
+		if t >= 0 && int(t) < V {
+			logits[t] = ninf
+		}
+	}
+	rp := row.RepetitionPenalty
+	for _, h := range row.Hist {
+		l := logits[h.Token]
+		if rp != 0 && rp != 1 {
+			if l > 0 {
+				l /= rp
+			} else {
+				l *= rp
+			}
+		}
+		if h.Count > 0 {
+			// float32(...) keeps the product rounded on its own (no fused multiply-add), as
+			// on the device.
+			l -= float32(row.FrequencyPenalty*float32(h.Count)) + row.PresencePenalty
+		}
+		logits[h.Token] = l
+	}
+	tok := referenceChoose(logits, row)
+	out.Token = int32(tok)
+	out.Logprob = 0
+	if row.Logprobs >= 0 {
+		v, ok := raw[int32(tok)]
+		if !ok {
+			v = logits[tok]
+		}
+		out.Logprob = float32(float64(v) - lse)
+	}
+}
+
+func argmaxF32(v []float32) int {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// referenceChoose picks from penalised logits; see SampleReference.
+func referenceChoose(l []float32, row *SampleRow) int {
+	ninf := float32(math.Inf(-1))
+	if row.Temperature < 1e-5 {
+		return argmaxF32(l)
+	}
+	mx, cand := ninf, 0
+	for _, v := range l {
+		if v != ninf {
+			mx = max(mx, v)
+			cand++
+		}
+	}
+	if cand == 0 {
+		return argmaxF32(l)
+	}
+	invT := 1 / row.Temperature
+	p := func(i int) float32 { return float32(math.Exp(float64((l[i] - mx) * invT))) }
+	// in(i, t): token i ranks at or before the threshold t = (value key, id).
+	type thr struct {
+		key uint32
+		idx int
+	}
+	in := func(i int, t thr) bool {
+		k := orderKey(l[i])
+		return k > t.key || (k == t.key && i <= t.idx)
+	}
+	all := thr{0, len(l)}
+	// cut finds the highest-ranked threshold t with pred(tokens ranked at or before t) true,
+	// searching the value key first, then ids among ties (what the kernel does).
+	cut := func(pred func(t thr) bool) thr {
+		lo, hi := uint64(0), uint64(math.MaxUint32) // the largest key with pred({k >= key}) true
+		for lo < hi {
+			mid := lo + (hi-lo+1)/2
+			if pred(thr{uint32(mid), len(l)}) {
+				lo = mid
+			} else {
+				hi = mid - 1
+			}
+		}
+		ilo, ihi := 0, len(l) // smallest idx with pred true
+		for ilo < ihi {
+			mid := (ilo + ihi) / 2
+			if pred(thr{uint32(lo), mid}) {
+				ihi = mid
+			} else {
+				ilo = mid + 1
+			}
+		}
+		return thr{uint32(lo), ilo}
+	}
+	finite := func(i int) bool { return l[i] != ninf }
+	kt := all
+	if row.TopK > 0 && row.TopK < cand {
+		kt = cut(func(t thr) bool {
+			n := 0
+			for i := range l {
+				if finite(i) && in(i, t) {
+					n++
+				}
+			}
+			return n >= row.TopK
+		})
+	}
+	pt := all
+	if row.TopP > 0 && row.TopP < 1 {
+		var total float64
+		for i := range l {
+			if finite(i) && in(i, kt) {
+				total += float64(p(i))
+			}
+		}
+		target := float64(row.TopP) * total
+		pt = cut(func(t thr) bool {
+			var s float64
+			for i := range l {
+				if finite(i) && in(i, kt) && in(i, t) {
+					s += float64(p(i))
+				}
+			}
+			return s >= target
+		})
+	}
+	kept := func(i int) bool {
+		return finite(i) && in(i, kt) && in(i, pt) && (row.MinP <= 0 || p(i) >= row.MinP)
+	}
+	var sum float64
+	last := -1
+	for i := range l {
+		if kept(i) && p(i) > 0 { // a probability that underflowed to 0 is never drawn
+			sum += float64(p(i))
+			last = i
+		}
+	}
+	target := float64(row.U) * sum
+	var cum float64
+	for i := range l {
+		if kept(i) {
+			cum += float64(p(i))
+			if cum > target {
+				return i
+			}
+		}
+	}
+	return last
+}
