@@ -99,6 +99,30 @@ typedef struct {
 int lp_lora(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
             float* scratch, int in_dim, int out_dim, lp_stream s);
 
+// sampling.cu: one block per logits row [rows, vocab] (overwritten) chooses the row's token
+// with params[row]; model.SampleReference (Go) defines the semantics. words holds every row's
+// history entries {token, output count, raw logit (written)} at words[hist] and banned entries
+// {token, raw logit (written)} at words[banned]. Logprobs are of the raw logits.
+#define LP_SAMPLE_MAX_TOP 20
+typedef struct {
+    float temperature, top_p, min_p, repetition, presence, frequency, u;
+    int top_k;
+    int logprobs; // -1 none, 0 chosen token, N <= LP_SAMPLE_MAX_TOP also the top N
+    int hist, num_hist, banned, num_banned;
+} lp_sample_row;
+typedef struct {
+    int32_t token;
+    float logprob;
+} lp_token_logprob;
+typedef struct {
+    int32_t token;
+    float logprob;
+    int32_t num_top, pad;
+    lp_token_logprob top[LP_SAMPLE_MAX_TOP];
+} lp_sample_result;
+int lp_sample(float* logits, int rows, int vocab, const lp_sample_row* params, int32_t* words,
+              lp_sample_result* results, lp_stream s);
+
 #ifdef __cplusplus
 }
 #endif
