@@ -4,7 +4,6 @@ package serve
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -326,5 +325,3 @@ func (e *Engine) Close() {
 	e.stopOnce.Do(func() { close(e.stop) })
 	<-e.closed
 }
-
-var errEngineClosed = errors.New("engine closed")

@@ -30,8 +30,6 @@ import (
 // workers, gRPC transports, health watchers and WatchReady must all stop with their owners.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var adapterNames = []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"}
-
 // fixtureCase is one reference generation (internal/fixture).
 type fixtureCase = fixture.Case
 
