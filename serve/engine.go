@@ -60,7 +60,12 @@ type Engine struct {
 	logits  []float32
 	lpBuf   []int
 	lpRow   []float32
-	created int64
+	// devSample: the backend samples on the device (model.DeviceSampler); rows and results
+	// are reused every step.
+	devSample  bool
+	sampleRows []model.SampleRow
+	sampleOut  []model.SampleResult
+	created    int64
 
 	stats    Stats
 	observer atomic.Pointer[Observer]
@@ -136,6 +141,7 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	for _, id := range cfg.EOSTokenIDs {
 		e.eos[id] = true
 	}
+	_, e.devSample = b.(model.DeviceSampler)
 	if tok != nil {
 		for _, id := range tok.EOS() {
 			e.eos[id] = true

@@ -56,7 +56,14 @@ func (e *Engine) loop() {
 		stepStart := time.Now()
 		V := e.cfg.VocabSize
 		logits := e.logits[:len(e.step.LogitRows)*V]
-		if err := e.runner.Forward(&e.step, e.stepAd, logits); err != nil {
+		var err error
+		if e.devSample {
+			rows := e.deviceRows()
+			err = e.runner.ForwardSample(&e.step, e.stepAd, rows, e.sampleOut[:len(rows)])
+		} else {
+			err = e.runner.Forward(&e.step, e.stepAd, logits)
+		}
+		if err != nil {
 			e.log.Error("forward pass failed", "err", err)
 			for _, sq := range slices.Clone(e.running) {
 				e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err})
@@ -68,7 +75,14 @@ func (e *Engine) loop() {
 			o.Step(len(e.step.Tokens), len(e.step.Seqs), now.Sub(stepStart))
 		}
 		for k, sq := range e.stepSeq {
-			e.sampleNext(sq, logits[k*V:(k+1)*V], now)
+			var tok int
+			var ev Event
+			if e.devSample {
+				tok, ev = e.fromDevice(sq, &e.sampleOut[k])
+			} else {
+				tok, ev = e.choose(sq, logits[k*V:(k+1)*V])
+			}
+			e.emit(sq, tok, ev, now)
 		}
 		e.publish()
 	}
@@ -205,10 +219,73 @@ func (e *Engine) addRows(sq *sequence, n int) {
 	}
 }
 
-// sampleNext picks sq's next token from its logits and streams the result.
-func (e *Engine) sampleNext(sq *sequence, logits []float32, now time.Time) {
+// banned lists the ids sq may not produce yet: EOS and stop ids before min_tokens.
+func (e *Engine) banned(sq *sequence) []int {
+	p := &sq.params
+	if sq.generated() >= p.MinTokens {
+		return nil
+	}
+	var banned []int
+	for id := range e.eos {
+		banned = append(banned, id)
+	}
+	return append(banned, p.StopTokenIDs...)
+}
+
+// choose samples sq's next token on the host from its logits row (modified in place).
+func (e *Engine) choose(sq *sequence, logits []float32) (int, Event) {
 	p := &sq.params
 	var ev Event
+	if p.Logprobs != 0 {
+		// Logprobs come from the raw distribution; sample() rewrites the logits in place.
+		e.lpRow = append(e.lpRow[:0], logits...)
+	}
+	tok := sq.sampler.sample(logits, e.banned(sq))
+	if p.Logprobs != 0 {
+		var chosen TokenLogprob
+		var top []TokenLogprob
+		chosen, top, e.lpBuf = logprobs(e.lpRow, tok, max(p.Logprobs, 0), e.lpBuf)
+		ev.Logprobs = []TokenLogprob{chosen}
+		if p.Logprobs > 0 {
+			ev.Top = [][]TokenLogprob{top}
+		}
+	}
+	return tok, ev
+}
+
+// deviceRows builds the step's sampling rows for a device sampler, one per e.stepSeq entry.
+func (e *Engine) deviceRows() []model.SampleRow {
+	n := len(e.stepSeq)
+	for len(e.sampleRows) < n {
+		e.sampleRows = append(e.sampleRows, model.SampleRow{})
+		e.sampleOut = append(e.sampleOut, model.SampleResult{})
+	}
+	for k, sq := range e.stepSeq {
+		sq.sampler.deviceRow(e.banned(sq), sq.params.Logprobs, &e.sampleRows[k])
+	}
+	return e.sampleRows[:n]
+}
+
+// fromDevice turns a device sampler's result into the token and its logprobs.
+func (e *Engine) fromDevice(sq *sequence, r *model.SampleResult) (int, Event) {
+	var ev Event
+	if n := sq.params.Logprobs; n != 0 {
+		ev.Logprobs = []TokenLogprob{{Token: int(r.Token), Logprob: r.Logprob}}
+		if n > 0 {
+			top := make([]TokenLogprob, len(r.Top))
+			for i, t := range r.Top {
+				top[i] = TokenLogprob{Token: int(t.Token), Logprob: t.Logprob}
+			}
+			ev.Top = [][]TokenLogprob{top}
+		}
+	}
+	return int(r.Token), ev
+}
+
+// emit appends the chosen token to sq and streams it: timing, stop conditions,
+// detokenisation and the event. Host and device sampling share it.
+func (e *Engine) emit(sq *sequence, tok int, ev Event, now time.Time) {
+	p := &sq.params
 	o := e.obs()
 	if sq.generated() == 0 && sq.firstTok.IsZero() {
 		sq.firstTok = now
@@ -220,27 +297,6 @@ func (e *Engine) sampleNext(sq *sequence, logits []float32, now time.Time) {
 		o.NextToken(e.modelName(sq), now.Sub(sq.lastTok))
 	}
 	sq.lastTok = now
-	var banned []int
-	if sq.generated() < p.MinTokens {
-		for id := range e.eos {
-			banned = append(banned, id)
-		}
-		banned = append(banned, p.StopTokenIDs...)
-	}
-	if p.Logprobs != 0 {
-		// Logprobs come from the raw distribution; sample() rewrites the logits in place.
-		e.lpRow = append(e.lpRow[:0], logits...)
-	}
-	tok := sq.sampler.sample(logits, banned)
-	if p.Logprobs != 0 {
-		var chosen TokenLogprob
-		var top []TokenLogprob
-		chosen, top, e.lpBuf = logprobs(e.lpRow, tok, max(p.Logprobs, 0), e.lpBuf)
-		ev.Logprobs = []TokenLogprob{chosen}
-		if p.Logprobs > 0 {
-			ev.Top = [][]TokenLogprob{top}
-		}
-	}
 	sq.tokens = append(sq.tokens, tok)
 	sq.sampler.observe(tok)
 	e.stats.GenerationTokens.Add(1)

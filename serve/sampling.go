@@ -4,6 +4,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+
+	"github.com/loraplex/loraplex/model"
 )
 
 // sampler holds one sequence's sampling state: its RNG and the token counts penalties need.
@@ -39,6 +41,46 @@ func (s *sampler) observe(tok int) {
 	s.outCount[tok]++
 	if s.seen != nil {
 		s.seen[tok] = true
+	}
+}
+
+// deviceRow fills row for a backend that samples on the device (model.DeviceSampler): the
+// same parameters, the history its penalties need, banned ids, and U drawn from the same RNG
+// stream. The device walks the kept tokens in id order rather than rank order, so a seed picks
+// the same distribution's tokens but not always the same tokens as the host; unlike sample(),
+// a stochastic row draws U even when every token is banned.
+func (s *sampler) deviceRow(banned []int, logprobs int, row *model.SampleRow) {
+	p := s.p
+	hist, ban := row.Hist[:0], row.Banned[:0]
+	*row = model.SampleRow{Temperature: float32(p.Temperature), TopP: float32(p.TopP), MinP: float32(p.MinP),
+		RepetitionPenalty: float32(p.RepetitionPenalty), PresencePenalty: float32(p.PresencePenalty),
+		FrequencyPenalty: float32(p.FrequencyPenalty), TopK: max(p.TopK, 0)}
+	switch {
+	case s.seen != nil:
+		for t := range s.seen {
+			hist = append(hist, model.TokenCount{Token: int32(t), Count: int32(s.outCount[t])})
+		}
+	case p.FrequencyPenalty != 0 || p.PresencePenalty != 0:
+		for t, c := range s.outCount {
+			hist = append(hist, model.TokenCount{Token: int32(t), Count: int32(c)})
+		}
+	}
+	for _, t := range banned {
+		ban = append(ban, int32(t))
+	}
+	row.Hist, row.Banned = hist, ban
+	// The API's logprobs (0 none, -1 chosen only, N chosen and top N) in the row's terms.
+	switch {
+	case logprobs == 0:
+		row.Logprobs = -1
+	case logprobs < 0:
+		row.Logprobs = 0
+	default:
+		row.Logprobs = logprobs
+	}
+	if p.Temperature >= 1e-5 {
+		// float32 rounding must not reach 1.
+		row.U = min(float32(s.rng.Float64()), math.Nextafter32(1, 0))
 	}
 }
 
