@@ -1,0 +1,293 @@
+package codec
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/loraplex/loraplex/model/safetensors"
+)
+
+// A lorapack file is a safetensors file: one U8 tensor per LoRA factor, named with its PEFT key
+// and holding its encoded stream, and a JSON Manifest in __metadata__. Tensors are stored layer
+// by layer (layer 0's first, and within a layer in projection order, A before B), so a reader
+// streaming the file can start decoding before the whole file has arrived; safetensors itself
+// does not care about the order, so any safetensors tool can still list and extract the file.
+
+// Format is the manifest's format string.
+const Format = "loraplex.lorapack/v1"
+
+// Metadata keys: "format" is duplicated outside the manifest so that IsCompressed-style checks
+// need not parse the manifest.
+const (
+	MetaFormat   = "format"
+	MetaManifest = "lorapack"
+)
+
+// Manifest describes a lorapack file.
+type Manifest struct {
+	Format    string `json:"format"`
+	BaseModel string `json:"base_model"`
+	// TargetModules, UseRSLoRA and Modules restate the adapter config for inspection; PEFTConfig
+	// is that config verbatim, which is what loaders parse, so nothing peft decides about ranks
+	// and scales (rank_pattern, alpha_pattern, ...) can be lost.
+	TargetModules json.RawMessage       `json:"target_modules"`
+	UseRSLoRA     bool                  `json:"use_rslora"`
+	Modules       map[string]ModuleInfo `json:"modules"`
+	Tensors       map[string]TensorInfo `json:"tensors"`
+	// Global is set when the file was made in exact ComPEFT mode.
+	Global     *Global         `json:"global,omitempty"`
+	PEFTConfig json.RawMessage `json:"peft_config"`
+}
+
+// ModuleInfo is one adapted module's rank, lora_alpha and resulting scale.
+type ModuleInfo struct {
+	Rank  int     `json:"rank"`
+	Alpha float64 `json:"alpha"`
+	Scale float32 `json:"scale"`
+}
+
+// TensorInfo is one factor's encoding.
+type TensorInfo struct {
+	Codec string `json:"codec"`
+	// Density is the requested fraction kept (1 for dense); Kept the non-zeros actually stored.
+	Density float64 `json:"density"`
+	Kept    int     `json:"kept"`
+	Shape   [2]int  `json:"shape"`
+	// DType is the factor's dtype in the PEFT file; loaders decode F32 factors to F32 and the
+	// others to BF16.
+	DType string `json:"dtype"`
+	Bytes int    `json:"bytes"`
+}
+
+// OutDType is the dtype a factor decodes to.
+func (t TensorInfo) OutDType() string {
+	if t.DType == "F32" {
+		return "F32"
+	}
+	return "BF16"
+}
+
+// Stream is one encoded tensor to write.
+type Stream struct {
+	Name string
+	Data []byte
+}
+
+// WriteContainer writes the streams in the order given, with the manifest.
+func WriteContainer(w io.Writer, m *Manifest, streams []Stream) error {
+	mj, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	meta := map[string]string{MetaFormat: Format, MetaManifest: string(mj)}
+	entries := make([]safetensors.Tensor, len(streams))
+	for i, s := range streams {
+		entries[i] = safetensors.Tensor{Name: s.Name, DType: "U8", Shape: []int{len(s.Data)}, Data: s.Data}
+	}
+	return writeOrdered(w, entries, meta)
+}
+
+// writeOrdered writes a safetensors file keeping the tensors in the given order
+// (safetensors.Write sorts them by name, which puts layer 10 before layer 2).
+func writeOrdered(w io.Writer, tensors []safetensors.Tensor, meta map[string]string) error {
+	hdr, err := header(entries(tensors), meta)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(hdr); err != nil {
+		return err
+	}
+	for _, t := range tensors {
+		if _, err := w.Write(t.Data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// entry is a tensor's header line: name, dtype, shape and byte size.
+type entry struct {
+	Name, DType string
+	Shape       []int
+	Size        int
+}
+
+func entries(ts []safetensors.Tensor) []entry {
+	out := make([]entry, len(ts))
+	for i, t := range ts {
+		out[i] = entry{t.Name, t.DType, t.Shape, len(t.Data)}
+	}
+	return out
+}
+
+// header is the length prefix and JSON header of a safetensors file holding the tensors in order,
+// padded so the data start 8-byte aligned.
+func header(tensors []entry, meta map[string]string) ([]byte, error) {
+	var hdr bytes.Buffer
+	md, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	hdr.Write(make([]byte, 8))
+	hdr.WriteString(`{"__metadata__":`)
+	hdr.Write(md)
+	var off uint64
+	seen := map[string]bool{}
+	for _, t := range tensors {
+		if seen[t.Name] || t.Name == "__metadata__" {
+			return nil, fmt.Errorf("tensor name %q given twice or reserved", t.Name)
+		}
+		seen[t.Name] = true
+		name, _ := json.Marshal(t.Name)
+		entry, _ := json.Marshal(struct {
+			DType   string    `json:"dtype"`
+			Shape   []int     `json:"shape"`
+			Offsets [2]uint64 `json:"data_offsets"`
+		}{t.DType, t.Shape, [2]uint64{off, off + uint64(t.Size)}})
+		hdr.WriteByte(',')
+		hdr.Write(name)
+		hdr.WriteByte(':')
+		hdr.Write(entry)
+		off += uint64(t.Size)
+	}
+	hdr.WriteByte('}')
+	for hdr.Len()%8 != 0 {
+		hdr.WriteByte(' ')
+	}
+	b := hdr.Bytes()
+	binary.LittleEndian.PutUint64(b, uint64(len(b)-8))
+	return b, nil
+}
+
+// Container is an open lorapack file.
+type Container struct {
+	File     *safetensors.File
+	Manifest *Manifest
+}
+
+// Open maps a lorapack file and checks its manifest against its tensors. Errors are
+// *safetensors.FormatError for a broken safetensors layer, wrapped ErrCorrupt for a broken
+// manifest, or I/O errors.
+func Open(path string) (*Container, error) {
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	m, err := checkManifest(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Container{File: f, Manifest: m}, nil
+}
+
+// Close unmaps the file.
+func (c *Container) Close() error { return c.File.Close() }
+
+func checkManifest(f *safetensors.File) (*Manifest, error) {
+	md := f.Metadata()
+	if md[MetaFormat] != Format {
+		return nil, fmt.Errorf("%w: %s is not a lorapack file (metadata format %q, want %q)", ErrCorrupt, f.Path(), md[MetaFormat], Format)
+	}
+	var m Manifest
+	if err := json.Unmarshal([]byte(md[MetaManifest]), &m); err != nil {
+		return nil, corrupt("manifest: %v", err)
+	}
+	if m.Format != Format {
+		return nil, corrupt("manifest format %q", m.Format)
+	}
+	if len(m.Tensors) != len(f.Names()) {
+		return nil, corrupt("manifest lists %d tensors, the file holds %d", len(m.Tensors), len(f.Names()))
+	}
+	for _, name := range f.Names() {
+		t, _ := f.Tensor(name)
+		info, ok := m.Tensors[name]
+		if !ok {
+			return nil, corrupt("tensor %q is not in the manifest", name)
+		}
+		if t.DType != "U8" {
+			return nil, corrupt("tensor %q has dtype %s, want U8", name, t.DType)
+		}
+		h, _, err := ParseHeader(t.Data)
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", name, err)
+		}
+		if h.Rows != info.Shape[0] || h.Cols != info.Shape[1] || h.Codec.String() != info.Codec {
+			return nil, corrupt("tensor %q: stream is %v [%d, %d], manifest says %s %v", name, h.Codec, h.Rows, h.Cols, info.Codec, info.Shape)
+		}
+	}
+	return &m, nil
+}
+
+// DecodeFile decodes every tensor into one in-memory safetensors file (F32 or BF16 tensors,
+// metadata {"format": "pt"} as peft writes). Loaders parse it with safetensors.Parse so that
+// a decoded adapter goes through exactly the checks of a PEFT one, and decompress writes it out
+// as is. Decoding runs on all CPUs, one tensor at a time per worker, straight into the output.
+// maxElems bounds the total element count, which is the only allocation the file's contents
+// size.
+func (c *Container) DecodeFile(maxElems int) ([]byte, error) {
+	names := slices.Clone(c.File.Names())
+	// F32 tensors first keeps every tensor aligned to its element size.
+	slices.SortStableFunc(names, func(a, b string) int {
+		return strings.Compare(c.Manifest.Tensors[b].OutDType(), c.Manifest.Tensors[a].OutDType())
+	})
+	tensors := make([]safetensors.Tensor, len(names))
+	ents := make([]entry, len(names))
+	total, size := 0, 0
+	for i, name := range names {
+		info := c.Manifest.Tensors[name]
+		n := info.Shape[0] * info.Shape[1]
+		if total += n; total > maxElems {
+			return nil, corrupt("more than %d values in all", maxElems)
+		}
+		es := 2
+		if info.OutDType() == "F32" {
+			es = 4
+		}
+		tensors[i] = safetensors.Tensor{Name: name, DType: info.OutDType(), Shape: info.Shape[:]}
+		ents[i] = entry{name, info.OutDType(), info.Shape[:], n * es}
+		size += n * es
+	}
+	hdr, err := header(ents, map[string]string{"format": "pt"})
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, len(hdr)+size)
+	copy(buf, hdr)
+	off := len(hdr)
+	for i := range tensors {
+		n := ents[i].Size
+		tensors[i].Data = buf[off : off+n : off+n]
+		off += n
+	}
+
+	errs := make([]error, len(tensors))
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() {
+			for i := range work {
+				t, _ := c.File.Tensor(tensors[i].Name)
+				errs[i] = decodeInto(t.Data, tensors[i])
+			}
+		})
+	}
+	for i := range tensors {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", tensors[i].Name, err)
+		}
+	}
+	return buf, nil
+}

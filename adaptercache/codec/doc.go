@@ -1,0 +1,29 @@
+// Package codec encodes LoRA factor tensors (lora_A, lora_B) into small byte streams and decodes
+// them back on the adapter load path, and defines the lorapack container that holds them.
+//
+// A stream is a 20-byte header (see Header) followed by a codec-specific payload:
+//
+//   - dense-bf16: every value rounded to bfloat16 (2 bytes each). Lossless for BF16 adapters.
+//   - ternary2:   2 bits per value, {0, +1, -1} x scale, 4 values a byte.
+//   - bitmap:     1 bit per value (kept or not), then 1 sign bit per kept value, x scale.
+//   - rice:       the gaps between kept indices, Rice-coded with a parameter chosen from the
+//     density, then 1 sign bit per kept value, x scale.
+//
+// The three sparse codecs hold the same information (which entries are kept, their signs, one
+// scale per tensor), so they decode to identical values and differ only in size and decode
+// work. Rice is the smallest at every density below ~90% (with k = 0 it degenerates to the bitmap
+// minus its trailing zeros); bitmap and ternary2 are kept for their simpler, branch-light decode,
+// which matters for a future GPU decode kernel. Smallest picks the smallest.
+//
+// Sparsification follows ComPEFT (Yadav et al., 2023; see shared/design/PAPERS.md): keep the
+// entries whose |value| reaches the top-K threshold and replace each by sign x scale.
+//   - Per tensor (our default): threshold and scale per tensor. The scale is the mean |value| of
+//     the kept entries, the least-squares optimum for a fixed sign pattern (the reference's
+//     "STC" variant, replace_factor -2), so no alpha_c has to be tuned; A and B have very
+//     different magnitudes, which one global scale cannot fit.
+//   - Global (exact ComPEFT): threshold and sigma over the concatenation of every A and B of the
+//     adapter, scale alpha_c x sigma for all tensors. See Global.
+//
+// Decoders never panic and never allocate from header fields: they write into a caller-sized
+// destination after checking every length, and reject non-canonical streams.
+package codec

@@ -1,0 +1,22 @@
+package codec
+
+import (
+	"unsafe"
+
+	"github.com/loraplex/loraplex/model/safetensors"
+)
+
+// decodeInto decodes a stream straight into a tensor's little-endian bytes. Viewing the bytes as
+// []uint16 / []float32 avoids a second pass (and a second buffer) on the load path; it relies on
+// a little-endian host (amd64, arm64: every platform loraplex builds for) and on the data being
+// aligned to the element size, which DecodeFile's layout guarantees.
+func decodeInto(stream []byte, t safetensors.Tensor) error {
+	if len(t.Data) == 0 {
+		return corrupt("empty tensor")
+	}
+	p := unsafe.Pointer(unsafe.SliceData(t.Data))
+	if t.DType == "F32" {
+		return DecodeF32(stream, unsafe.Slice((*float32)(p), len(t.Data)/4))
+	}
+	return DecodeBF16(stream, unsafe.Slice((*uint16)(p), len(t.Data)/2))
+}
