@@ -1,0 +1,121 @@
+package adaptercache
+
+import (
+	"time"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// eviction is a device copy taken out of its slot, to be freed by whoever takes the slot over.
+type eviction struct {
+	dev  *model.Adapter
+	host *hostCopy // pinned by dev (aliasing backends), unpinned once dev is freed
+}
+
+// evictionVictim is the least recently used device copy that no lease references and no
+// request waits for (a copy just uploaded for a waiter must reach it before it can go), or nil.
+// Called with mu held.
+func (c *Cache) evictionVictim() *entry {
+	for _, e := range c.devIdle.Keys() { // oldest first
+		if e.waiting == 0 {
+			return e
+		}
+	}
+	return nil
+}
+
+// evictDevice takes v's unreferenced device copy out of its slot and returns it for freeing; the
+// slot stays counted, handed to the caller. v falls back to its host copy, or to disk. Called
+// with mu held.
+func (c *Cache) evictDevice(v *entry) *eviction {
+	ev := &eviction{dev: v.dev, host: v.devHost}
+	c.devIdle.Remove(v)
+	c.devBytes -= v.dev.Bytes
+	v.dev, v.devHost = nil, nil
+	v.state = StateDisk
+	if v.host != nil {
+		v.state = StateHost
+	}
+	return ev
+}
+
+// freeDevice frees e's unreferenced device copy and then gives back its slot. The backend call
+// runs after mu is released. Called with mu held.
+func (c *Cache) freeDevice(e *entry) {
+	ev := c.evictDevice(e)
+	c.pending = append(c.pending, func() {
+		c.freeEvicted(ev)
+		c.mu.Lock()
+		c.devUsed--
+		c.changed()
+		c.unlock()
+	})
+}
+
+// freeEvicted frees an evicted device copy and then unpins the host copy it aliased. Called
+// without mu.
+func (c *Cache) freeEvicted(ev *eviction) {
+	ev.dev.Free(c.opt.Backend)
+	if ev.host != nil {
+		c.mu.Lock()
+		c.unpin(ev.host)
+		c.unlock()
+	}
+}
+
+// startUpload copies e's host copy to the device on a new goroutine, into a slot the caller has
+// reserved (freeing ev there first when the slot was taken by eviction). Called with mu held.
+func (c *Cache) startUpload(e *entry, ev *eviction) {
+	e.state = StateUploading
+	h := e.host
+	h.pins++
+	c.changed()
+	c.wg.Add(1)
+	go c.upload(e, h, ev)
+}
+
+func (c *Cache) upload(e *entry, h *hostCopy, ev *eviction) {
+	defer c.wg.Done()
+	if ev != nil {
+		c.freeEvicted(ev)
+	}
+	start := time.Now()
+	dev, err := model.UploadAdapter(c.opt.Backend, c.opt.Config, h.ha)
+	took := time.Since(start)
+	c.mu.Lock()
+	defer c.unlock()
+	c.stats.UploadSeconds += took.Seconds()
+	c.changed()
+	if err != nil {
+		// UploadAdapter has freed what it uploaded. Out of device memory is reported the same
+		// way as a bad tensor: the request fails, and a later one retries after the backoff.
+		c.stats.UploadFailures++
+		c.devUsed--
+		c.unpin(h)
+		if !e.removed {
+			c.dropHost(e)
+			e.state, e.err, e.failedAt = StateFailed, err, time.Now()
+		}
+		return
+	}
+	c.stats.Uploads++
+	if e.removed || c.closed {
+		c.unpin(h)
+		c.pending = append(c.pending, func() {
+			dev.Free(c.opt.Backend)
+			c.mu.Lock()
+			c.devUsed--
+			c.changed()
+			c.unlock()
+		})
+		return
+	}
+	e.dev, e.state = dev, StateDevice
+	c.devBytes += dev.Bytes
+	if c.opt.UploadCopies {
+		c.unpin(h)
+	} else {
+		e.devHost = h // the device copy reads h's memory: h stays open while it lives
+	}
+	c.devIdle.Add(e, struct{}{})
+}

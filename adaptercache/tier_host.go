@@ -1,0 +1,110 @@
+package adaptercache
+
+import (
+	"io"
+	"time"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// hostCopy is an adapter in host memory. Its tensors usually alias a read-only file mapping
+// that closer unmaps, so it must stay open while anything reads them: an upload in progress, or
+// a device copy on a backend that uploads by aliasing (pins counts those).
+type hostCopy struct {
+	ha      *model.HostAdapter
+	closer  io.Closer
+	pins    int
+	dropped bool // no longer in the host tier: close when the last pin goes
+}
+
+// unpin drops one pin and closes the copy if it was the last one of a dropped copy. Called with
+// mu held; the close runs after unlock.
+func (c *Cache) unpin(h *hostCopy) {
+	h.pins--
+	c.closeIfUnused(h)
+}
+
+func (c *Cache) closeIfUnused(h *hostCopy) {
+	if h.dropped && h.pins == 0 && h.closer != nil {
+		cl := h.closer
+		h.closer = nil
+		c.pending = append(c.pending, func() { cl.Close() })
+	}
+}
+
+// startLoad reads e from disk on a new goroutine. Called with mu held, e on disk.
+func (c *Cache) startLoad(e *entry) {
+	e.state = StateLoading
+	c.changed()
+	c.wg.Add(1)
+	go c.load(e)
+}
+
+func (c *Cache) load(e *entry) {
+	defer c.wg.Done()
+	start := time.Now()
+	ha, closer, err := c.loader(e.path, e.name, c.opt.Config)
+	took := time.Since(start)
+	c.mu.Lock()
+	defer c.unlock()
+	c.stats.LoadSeconds += took.Seconds()
+	c.changed()
+	if err != nil {
+		c.stats.LoadFailures++
+		e.state, e.err, e.failedAt = StateFailed, err, time.Now()
+		return
+	}
+	c.stats.Loads++
+	h := &hostCopy{ha: ha, closer: closer}
+	if e.removed || c.closed {
+		h.dropped = true
+		c.closeIfUnused(h)
+		return
+	}
+	e.host, e.bytes, e.state = h, ha.Bytes, StateHost
+	c.hostLRU.Add(e, struct{}{})
+	c.hostN++
+	c.hostB += ha.Bytes
+	c.enforceHostBudget(e)
+}
+
+// enforceHostBudget evicts the least recently used host copies until the tier fits its limits,
+// skipping keep (just loaded: it is not evicted to make room for itself) and copies in use:
+// pinned by an upload or an aliasing device copy, or awaited by a request. Called with mu held.
+func (c *Cache) enforceHostBudget(keep *entry) {
+	over := func() bool {
+		return (c.opt.MaxHostAdapters > 0 && c.hostN > c.opt.MaxHostAdapters) ||
+			(c.opt.MaxHostBytes > 0 && c.hostB > c.opt.MaxHostBytes)
+	}
+	if !over() {
+		return
+	}
+	for _, e := range c.hostLRU.Keys() { // oldest first
+		if !over() {
+			return
+		}
+		if e == keep || e.host.pins > 0 || e.waiting > 0 || e.state == StateUploading {
+			continue
+		}
+		c.stats.HostEvictions++
+		c.dropHost(e)
+		if e.state == StateHost {
+			e.state = StateDisk
+		}
+	}
+}
+
+// dropHost takes e's host copy out of the host tier, closing it now or when its last pin goes.
+// Called with mu held.
+func (c *Cache) dropHost(e *entry) {
+	h := e.host
+	if h == nil {
+		return
+	}
+	e.host = nil
+	c.hostLRU.Remove(e)
+	c.hostN--
+	c.hostB -= h.ha.Bytes
+	h.dropped = true
+	c.closeIfUnused(h)
+}
