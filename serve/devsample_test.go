@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -165,5 +166,35 @@ func TestDeviceSamplingPenaltiesAndStops(t *testing.T) {
 		if tok == stopAt {
 			t.Fatalf("banned stop token %d sampled before min_tokens: %v", stopAt, x.Tokens)
 		}
+	}
+}
+
+// BenchmarkHostSample is the host sampler's cost per 128k-vocabulary row (what the device
+// sampler replaces, on top of copying the row to the host).
+func BenchmarkHostSample(b *testing.B) {
+	const vocab = 128256
+	r := rand.New(rand.NewPCG(1, 2))
+	raw := make([]float32, vocab)
+	for i := range raw {
+		raw[i] = float32(r.NormFloat64() * 3)
+	}
+	seed := uint64(1)
+	for _, c := range []struct {
+		name string
+		p    SamplingParams
+	}{
+		{"greedy", SamplingParams{}},
+		{"top-k=50,top-p=0.9", SamplingParams{Temperature: 0.7, TopK: 50, TopP: 0.9}},
+		{"top-p=0.95", SamplingParams{Temperature: 1, TopP: 0.95}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			c.p.Seed = &seed
+			s := newSampler(&c.p, nil)
+			l := make([]float32, vocab)
+			for b.Loop() {
+				copy(l, raw)
+				s.sample(l, nil)
+			}
+		})
 	}
 }
