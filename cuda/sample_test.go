@@ -73,6 +73,9 @@ func sampleCases(r *rand.Rand, vocab int) []sampleCase {
 		add("everything", testLogits(r, vocab, 2, false), model.SampleRow{Temperature: 0.7, TopK: 40, TopP: 0.8, MinP: 0.02,
 			RepetitionPenalty: 1.2, FrequencyPenalty: 0.4, PresencePenalty: 0.3, Hist: histFor(r, vocab, 100),
 			Banned: []int32{0, 1, 2}, Logprobs: 20, U: u})
+		add("top-k 1024 top-p 0.95 (compacted)", testLogits(r, vocab, 1, true), model.SampleRow{Temperature: 1, TopK: 1024, TopP: 0.95, Logprobs: -1, U: u})
+		add("top-k 300 min-p ties", testLogits(r, vocab, 1, true), model.SampleRow{Temperature: 0.9, TopK: 300, MinP: 0.2, Logprobs: -1, U: u})
+		add("top-k 2000 top-p 0.5 (not compacted)", testLogits(r, vocab, 1, true), model.SampleRow{Temperature: 1, TopK: 2000, TopP: 0.5, Logprobs: -1, U: u})
 		l := testLogits(r, vocab, 2, false)
 		var banned []int32
 		for t := 3; t < vocab; t++ {
@@ -358,6 +361,8 @@ func TestSampleTiming(t *testing.T) {
 			{"greedy", model.SampleRow{Logprobs: -1}},
 			{"greedy+logprobs5", model.SampleRow{Logprobs: 5}},
 			{"T=0.7 top-k 50 top-p 0.9", model.SampleRow{Temperature: 0.7, TopK: 50, TopP: 0.9, Logprobs: -1, U: 0.3}},
+			{"T=1 top-k 1000", model.SampleRow{Temperature: 1, TopK: 1000, Logprobs: -1, U: 0.3}},
+			{"T=1 top-k 5000 top-p 0.9", model.SampleRow{Temperature: 1, TopK: 5000, TopP: 0.9, Logprobs: -1, U: 0.3}},
 			{"T=1 top-p 0.95", model.SampleRow{Temperature: 1, TopP: 0.95, Logprobs: 0, U: 0.3}},
 			{"T=1 min-p 0.05 rep 1.1 (hist 512)", model.SampleRow{Temperature: 1, MinP: 0.05, RepetitionPenalty: 1.1, Hist: histFor(r, vocab, 512), Logprobs: -1, U: 0.3}},
 		}

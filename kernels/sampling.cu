@@ -9,9 +9,11 @@
 //      (in place: the logits buffer is scratch once the forward pass is done);
 //   3. greedy rows: block argmax (first index on ties, like the host);
 //      other rows: p = exp((l - max) / T) evaluated on the fly; the top-k and top-p cut-offs are
-//      thresholds in the same rank order, found by binary search over the logit's ordered bits
-//      and then, among tied logits, over the index, each probe one block reduction (count for
-//      top-k, probability mass of the top-k survivors for top-p); min-p keeps p >= min_p;
+//      thresholds in the same rank order: top-k's key by radix select (exact counts), top-p's
+//      by binary search over the logit's ordered bits (each probe a block sum of the top-k
+//      survivors' mass), then, among tied logits, the index by binary search; when top-k
+//      leaves at most 1024 tokens they are compacted into shared memory (in index order) and
+//      top-p, min-p and the draw run there; min-p keeps p >= min_p;
 //   4. the token: a walk over the kept tokens in index order, with a block-wide prefix sum per
 //      1024 indices, stopping where the running sum exceeds u * sum(kept).
 // The walk goes in index order, the CPU sampler's in rank order: both draw from the same
@@ -171,21 +173,32 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
         }
         tok = rank_index(block_reduce(best, sh.k, 0ull, OpMax()));
     } else {
+        __shared__ int c_idx[SAMPLE_THREADS];
+        __shared__ float c_val[SAMPLE_THREADS];
+        __shared__ int s_hist[256];
+        __shared__ int s_pick[2];
         const float invT = __fdiv_rn(1.f, P.temperature);
         auto prob = [&](float v) { return expf(__fmul_rn(__fsub_rn(v, m2), invT)); };
-        // cut: the highest-ranked threshold whose set satisfies pred; eval(t) is a block
-        // reduction every thread calls with the same t.
-        auto cut = [&](auto eval) {
-            unsigned long long lo = 0, hi = 0xFFFFFFFFull;
-            while (lo < hi) {
-                unsigned long long mid = lo + (hi - lo + 1) / 2;
-                if (eval(Thr{(uint32_t)mid, vocab})) lo = mid;
-                else hi = mid - 1;
+        // The tokens the cut-offs look at: the whole row, or, once top-k has left at most
+        // SAMPLE_THREADS of them, those compacted in index order into shared memory.
+        int n = vocab;
+        bool compact = false;
+        auto elem = [&](int j, int& i) -> float {
+            if (compact) {
+                i = c_idx[j];
+                return c_val[j];
             }
-            // Tied logits at the cut: search the index between the first and last of them.
+            i = j;
+            return l[j];
+        };
+        // ties: among the tokens whose key is key, the lowest index idx for which eval({key,
+        // idx}) holds (eval is a block reduction every thread calls with the same argument).
+        auto ties = [&](uint32_t key, auto eval) {
             int first = vocab, last = -1;
-            for (int i = tid; i < vocab; i += nt) {
-                if (l[i] != ninf && order_key(l[i]) == (uint32_t)lo) {
+            for (int j = tid; j < n; j += nt) {
+                int i;
+                float v = elem(j, i);
+                if (v != ninf && order_key(v) == key) {
                     first = min(first, i);
                     last = max(last, i);
                 }
@@ -195,44 +208,110 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
             int ilo = first, ihi = last;
             while (ilo < ihi) {
                 int mid = (ilo + ihi) / 2;
-                if (eval(Thr{(uint32_t)lo, mid})) ihi = mid;
+                if (eval(Thr{key, mid})) ihi = mid;
                 else ilo = mid + 1;
             }
-            return Thr{(uint32_t)lo, ilo};
+            return Thr{key, ilo};
+        };
+        // cut: the highest-ranked threshold whose set satisfies eval, by bisection over the key.
+        auto cut = [&](auto eval) {
+            unsigned long long lo = 0, hi = 0xFFFFFFFFull;
+            while (lo < hi) {
+                unsigned long long mid = lo + (hi - lo + 1) / 2;
+                if (eval(Thr{(uint32_t)mid, vocab})) lo = mid;
+                else hi = mid - 1;
+            }
+            return ties((uint32_t)lo, eval);
         };
         const Thr all{0u, vocab};
         Thr kt = all, pt = all;
         if (P.top_k > 0 && P.top_k < cand) {
-            kt = cut([&](Thr t) {
-                int n = 0;
+            // The k-th largest key by radix select (four 8-bit digits, exact integer counts),
+            // then the index among tied logits.
+            uint32_t prefix = 0, mask = 0;
+            int need = P.top_k;
+            for (int shift = 24; shift >= 0; shift -= 8) {
+                for (int d = tid; d < 256; d += nt) s_hist[d] = 0;
+                __syncthreads();
                 for (int i = tid; i < vocab; i += nt) {
                     float v = l[i];
-                    n += (v != ninf && inside(order_key(v), i, t)) ? 1 : 0;
+                    if (v != ninf) {
+                        uint32_t k = order_key(v);
+                        if ((k & mask) == prefix) atomicAdd(&s_hist[(k >> shift) & 255u], 1);
+                    }
                 }
-                return block_reduce(n, sh.i, 0, OpSum()) >= P.top_k;
+                __syncthreads();
+                if (tid == 0) {
+                    int acc = 0, d = 255;
+                    for (; d > 0; d--) {
+                        if (acc + s_hist[d] >= need) break;
+                        acc += s_hist[d];
+                    }
+                    s_pick[0] = d;
+                    s_pick[1] = need - acc;
+                }
+                __syncthreads();
+                prefix |= (uint32_t)s_pick[0] << shift;
+                mask |= 255u << shift;
+                need = s_pick[1];
+                __syncthreads();
+            }
+            kt = ties(prefix, [&](Thr t) {
+                int c = 0;
+                for (int i = tid; i < vocab; i += nt) {
+                    float v = l[i];
+                    c += (v != ninf && inside(order_key(v), i, t)) ? 1 : 0;
+                }
+                return block_reduce(c, sh.i, 0, OpSum()) >= P.top_k;
             });
+            if (P.top_k <= SAMPLE_THREADS && nt == SAMPLE_THREADS) {
+                int count = 0;
+                for (int base = 0; base < vocab && count < P.top_k; base += nt) {
+                    int i = base + tid;
+                    bool f = false;
+                    float v = 0.f;
+                    if (i < vocab) {
+                        v = l[i];
+                        f = v != ninf && inside(order_key(v), i, kt);
+                    }
+                    float total;
+                    int pos = count + (int)block_scan(f ? 1.f : 0.f, sh.f, &total) - 1;
+                    if (f && pos < SAMPLE_THREADS) {
+                        c_idx[pos] = i;
+                        c_val[pos] = v;
+                    }
+                    count += (int)total;
+                }
+                __syncthreads();
+                n = min(count, SAMPLE_THREADS);
+                compact = true;
+            }
         }
         if (P.top_p > 0.f && P.top_p < 1.f) {
             float total = 0.f;
-            for (int i = tid; i < vocab; i += nt) {
-                float v = l[i];
+            for (int j = tid; j < n; j += nt) {
+                int i;
+                float v = elem(j, i);
                 if (v != ninf && inside(order_key(v), i, kt)) total += prob(v);
             }
             total = block_reduce(total, sh.f, 0.f, OpSum());
             const float target = P.top_p * total;
             pt = cut([&](Thr t) {
                 float s = 0.f;
-                for (int i = tid; i < vocab; i += nt) {
-                    float v = l[i];
+                for (int j = tid; j < n; j += nt) {
+                    int i;
+                    float v = elem(j, i);
                     uint32_t k = order_key(v);
                     if (v != ninf && inside(k, i, kt) && inside(k, i, t)) s += prob(v);
                 }
                 return block_reduce(s, sh.f, 0.f, OpSum()) >= target;
             });
         }
-        auto kept_prob = [&](int i) {
-            if (i >= vocab) return 0.f;
-            float v = l[i];
+        // kept_prob: position j's probability if the token is kept (0 otherwise); i its index.
+        auto kept_prob = [&](int j, int& i) {
+            i = vocab;
+            if (j >= n) return 0.f;
+            float v = elem(j, i);
             uint32_t k = order_key(v);
             if (v == ninf || !inside(k, i, kt) || !inside(k, i, pt)) return 0.f;
             float p = prob(v);
@@ -240,20 +319,21 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
         };
         float sum = 0.f;
         int lastKept = -1;
-        for (int i = tid; i < vocab; i += nt) {
-            float p = kept_prob(i);
+        for (int j = tid; j < n; j += nt) {
+            int i;
+            float p = kept_prob(j, i);
             if (p > 0.f) {
                 sum += p;
-                lastKept = i;
+                lastKept = max(lastKept, i);
             }
         }
         sum = block_reduce(sum, sh.f, 0.f, OpSum());
         lastKept = block_reduce(lastKept, sh.i, -1, OpMax());
         const float target = P.u * sum;
         float running = 0.f;
-        for (int base = 0; base < vocab && tok < 0; base += nt) {
-            int i = base + tid;
-            float p = kept_prob(i);
+        for (int base = 0; base < n && tok < 0; base += nt) {
+            int i;
+            float p = kept_prob(base + tid, i);
             float total;
             float incl = block_scan(p, sh.f, &total);
             int hit = (p > 0.f && running + incl > target) ? i : vocab;
