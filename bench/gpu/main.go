@@ -102,7 +102,7 @@ func (s *randomSource) Tensor(name string) (safetensors.Tensor, bool) {
 	return safetensors.Tensor{Name: name, DType: "BF16", Shape: shape, Data: s.buf[:2*shape[0]*shape[1]]}, true
 }
 
-var onlyDecode1 bool
+var onlyDecode1, hostLogits bool
 
 // Result is what the run writes.
 type Result struct {
@@ -121,6 +121,7 @@ func main() {
 	out := flag.String("out", "", "write JSON results here")
 	steps := flag.Int("steps", 20, "timed decode steps per point")
 	ctx := flag.Int("ctx", 128, "context length of decode sequences")
+	flag.BoolVar(&hostLogits, "host-logits", false, "decode copies every logits row to the host (the CPU-sampling path) instead of sampling greedily on the device")
 	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings")
 	flag.Parse()
 	onlyDecode1 = *only == "decode1"
@@ -195,15 +196,27 @@ func run(shape, out string, steps, ctx int) error {
 				ads[i] = adapters[i%len(adapters)]
 			}
 		}
+		// The engine's path on this backend: greedy rows sampled on the device, only the
+		// chosen tokens come back (with -host-logits, all logits are copied to the host instead).
 		logits := make([]float32, batch*cfg.VocabSize)
+		rows, results := make([]model.SampleRow, batch), make([]model.SampleResult, batch)
+		for i := range rows {
+			rows[i].Logprobs = -1
+		}
+		step := func() error {
+			if hostLogits {
+				return r.Forward(s, ads, logits)
+			}
+			return r.ForwardSample(s, ads, rows, results)
+		}
 		for i := 0; i < 3; i++ {
-			if err := r.Forward(s, ads, logits); err != nil {
+			if err := step(); err != nil {
 				return 0, err
 			}
 		}
 		start := time.Now()
 		for i := 0; i < steps; i++ {
-			if err := r.Forward(s, ads, logits); err != nil {
+			if err := step(); err != nil {
 				return 0, err
 			}
 		}
