@@ -35,7 +35,7 @@ type Manifest struct {
 	Format    string `json:"format"`
 	BaseModel string `json:"base_model"`
 	// TargetModules, UseRSLoRA and Modules restate the adapter config for inspection; PEFTConfig
-	// is that config verbatim, which is what loaders parse, so nothing peft decides about ranks
+	// is that config verbatim (JSON-compacted), which is what loaders parse, so nothing peft decides about ranks
 	// and scales (rank_pattern, alpha_pattern, ...) can be lost.
 	TargetModules json.RawMessage       `json:"target_modules"`
 	UseRSLoRA     bool                  `json:"use_rslora"`

@@ -1,0 +1,334 @@
+package adaptercache
+
+import (
+	"cmp"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/model/safetensors"
+)
+
+// This file is the lorapack side of the cache: compressing a PEFT folder into one lorapack file
+// (adaptercache/codec holds the format), and loading such a file into the same HostAdapter
+// LoadPEFT gives for the decoded PEFT folder.
+
+// IsCompressed reports whether path is a lorapack file (a regular file whose safetensors
+// metadata names the lorapack format), so callers can accept a file wherever they accept a PEFT
+// folder. It reads only the header.
+func IsCompressed(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return false
+	}
+	var n [8]byte
+	if _, err := io.ReadFull(f, n[:]); err != nil {
+		return false
+	}
+	size := binary.LittleEndian.Uint64(n[:])
+	if size > safetensors.MaxHeaderSize || size > uint64(st.Size()-8) {
+		return false
+	}
+	hdr := make([]byte, size)
+	if _, err := io.ReadFull(f, hdr); err != nil {
+		return false
+	}
+	var h struct {
+		Meta map[string]json.RawMessage `json:"__metadata__"`
+	}
+	if json.Unmarshal(hdr, &h) != nil {
+		return false
+	}
+	var format string
+	return json.Unmarshal(h.Meta[codec.MetaFormat], &format) == nil && format == codec.Format
+}
+
+// LoadCompressed loads a lorapack file and validates it against the base model. The result is
+// what LoadPEFT returns for the folder `lorapack decompress` writes: the factors are decoded
+// into fresh host buffers (F32 for adapters stored in F32, BF16 otherwise) laid out as an
+// in-memory safetensors file, which then goes through LoadPEFT's own checks, so both loaders
+// accept and reject the same adapters with the same errors. The io.Closer holds nothing (the
+// file is closed before returning) and is returned for symmetry with LoadPEFT.
+func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
+	buf, _, cfg, err := decodeCompressed(path, name, maxAdapterElems(base))
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := safetensors.Parse(path, buf)
+	if err != nil {
+		return nil, nil, &AdapterError{Adapter: name, File: path, Err: err}
+	}
+	a, err := buildAdapter(f, cfg, name, path, base)
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, f, nil
+}
+
+// maxAdapterElems bounds what a hostile file may make us allocate: a LoRA of full rank on every
+// projection of every layer has at most 2*out*in values per projection.
+func maxAdapterElems(base *model.Config) int {
+	n := 0
+	for p := model.Proj(0); p < model.NumProj; p++ {
+		out, in := base.ProjShape(p)
+		n += 2 * out * in
+	}
+	return n * base.NumLayers
+}
+
+// decodeCompressed opens, checks and decodes a lorapack file into safetensors bytes, and returns
+// the adapter config it carries, raw and parsed.
+func decodeCompressed(path, name string, maxElems int) ([]byte, []byte, *PEFTConfig, error) {
+	c, err := codec.Open(path)
+	if err != nil {
+		return nil, nil, nil, compressedErr(name, path, err)
+	}
+	defer c.Close()
+	raw := c.Manifest.PEFTConfig
+	cfg, err := ParsePEFTConfig(raw)
+	if err != nil {
+		return nil, nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
+	}
+	buf, err := c.DecodeFile(maxElems)
+	if err != nil {
+		return nil, nil, nil, compressedErr(name, path, err)
+	}
+	return buf, raw, cfg, nil
+}
+
+// compressedErr classifies an error the way LoadPEFT does: a broken file is an *AdapterError,
+// anything else (I/O) is wrapped with the adapter's name.
+func compressedErr(name, path string, err error) error {
+	var fe *safetensors.FormatError
+	if errors.As(err, &fe) {
+		return &AdapterError{Adapter: name, File: path, Tensor: fe.Tensor, Err: err}
+	}
+	if errors.Is(err, codec.ErrCorrupt) {
+		return &AdapterError{Adapter: name, File: path, Err: err}
+	}
+	return fmt.Errorf("adapter %q: %w", name, err)
+}
+
+// DecompressFile writes a lorapack file back out as a PEFT folder (adapter_config.json, the
+// original config verbatim, and adapter_model.safetensors with the decoded factors).
+func DecompressFile(path, outDir string) error {
+	// Without a base model to bound it, allow 2^31 values (8 GiB as F32): far above any LoRA.
+	buf, cfg, _, err := decodeCompressed(path, filepath.Base(path), 1<<31)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(outDir, PEFTConfigFile), cfg, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(outDir, PEFTWeightsFile), buf, 0o644)
+}
+
+// CompressOptions choose how CompressPEFT encodes the factors.
+type CompressOptions struct {
+	// Codec is "dense", "ternary", "bitmap", "rice" or "auto" (the smallest sparse stream per
+	// tensor).
+	Codec string
+	// Density is the fraction of values kept (ignored by dense).
+	Density float64
+	// Global selects exact ComPEFT: threshold and scale alpha_c*sigma over the whole adapter.
+	Global bool
+	AlphaC float64
+	// Progress, if set, is called after each tensor.
+	Progress func(done, total int)
+}
+
+// DefaultCompressOptions keep 10% of each factor's values, rice-coded (auto): about 27x smaller
+// than the adapter in bf16 (bench/results/compression.md).
+func DefaultCompressOptions() CompressOptions {
+	return CompressOptions{Codec: "auto", Density: 0.1, AlphaC: 1}
+}
+
+// factor is one PEFT tensor read for compression.
+type factor struct {
+	name  string
+	key   loraKey
+	dtype string
+	shape [2]int
+	vals  []float32
+}
+
+// CompressPEFT encodes the PEFT adapter in dir as a lorapack file written to w.
+func CompressPEFT(dir string, w io.Writer, opt CompressOptions) (*codec.Manifest, error) {
+	name := filepath.Base(dir)
+	raw, err := os.ReadFile(filepath.Join(dir, PEFTConfigFile))
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ParsePEFTConfig(raw)
+	if err != nil {
+		return nil, &AdapterError{Adapter: name, File: filepath.Join(dir, PEFTConfigFile), Err: err}
+	}
+	factors, err := readFactors(filepath.Join(dir, PEFTWeightsFile), name)
+	if err != nil {
+		return nil, err
+	}
+	var rawCfg struct {
+		Targets json.RawMessage `json:"target_modules"`
+	}
+	_ = json.Unmarshal(raw, &rawCfg) // ParsePEFTConfig accepted it
+	m := &codec.Manifest{
+		Format: codec.Format, BaseModel: cfg.BaseModel, TargetModules: rawCfg.Targets, UseRSLoRA: cfg.UseRSLoRA,
+		Modules: map[string]codec.ModuleInfo{}, Tensors: map[string]codec.TensorInfo{}, PEFTConfig: raw,
+	}
+	for _, f := range factors {
+		r, a := cfg.RankAlpha(f.key.module)
+		m.Modules[f.key.module] = codec.ModuleInfo{Rank: r, Alpha: a, Scale: cfg.Scale(f.key.module)}
+	}
+	enc, err := newEncoder(opt, factors)
+	if err != nil {
+		return nil, err
+	}
+	m.Global = enc.global
+	streams := make([]codec.Stream, len(factors))
+	for i, f := range factors {
+		s, info, err := enc.encode(f)
+		if err != nil {
+			return nil, &AdapterError{Adapter: name, File: filepath.Join(dir, PEFTWeightsFile), Tensor: f.name, Err: err}
+		}
+		streams[i] = codec.Stream{Name: f.name, Data: s}
+		m.Tensors[f.name] = info
+		if opt.Progress != nil {
+			opt.Progress(i+1, len(factors))
+		}
+	}
+	return m, codec.WriteContainer(w, m, streams)
+}
+
+// readFactors reads every factor as float32, layer-major (then projection, A before B): the
+// order the container stores them in.
+func readFactors(path, name string) ([]factor, error) {
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, compressedErr(name, path, err)
+	}
+	defer f.Close()
+	var out []factor
+	for _, n := range f.Names() {
+		k, err := parseKey(n)
+		if err != nil {
+			return nil, &AdapterError{Adapter: name, File: path, Tensor: n, Err: err}
+		}
+		t, _ := f.Tensor(n)
+		ht, err := hostTensor(t)
+		if err == nil && len(t.Shape) != 2 {
+			err = fmt.Errorf("shape %v: want a matrix", t.Shape)
+		}
+		if err != nil {
+			return nil, &AdapterError{Adapter: name, File: path, Tensor: n, Err: err}
+		}
+		vals := make([]float32, t.Shape[0]*t.Shape[1])
+		for i := range vals {
+			vals[i] = ht.At(i)
+		}
+		out = append(out, factor{name: n, key: k, dtype: t.DType, shape: [2]int{t.Shape[0], t.Shape[1]}, vals: vals})
+	}
+	if len(out) == 0 {
+		return nil, &AdapterError{Adapter: name, File: path, Err: errNoTensors}
+	}
+	slices.SortFunc(out, func(a, b factor) int {
+		return cmp.Or(cmp.Compare(a.key.layer, b.key.layer), cmp.Compare(a.key.proj, b.key.proj),
+			cmp.Compare(a.key.module, b.key.module), compareBool(a.key.isB, b.key.isB), cmp.Compare(a.name, b.name))
+	})
+	return out, nil
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// encoder applies CompressOptions to one factor at a time.
+type encoder struct {
+	opt    CompressOptions
+	codec  codec.Codec // 0: auto
+	global *codec.Global
+}
+
+func newEncoder(opt CompressOptions, factors []factor) (*encoder, error) {
+	e := &encoder{opt: opt}
+	if opt.Codec != "auto" {
+		c, ok := codec.ParseCodec(opt.Codec)
+		if !ok {
+			return nil, fmt.Errorf("codec %q: want dense, ternary, bitmap, rice or auto", opt.Codec)
+		}
+		e.codec = c
+	}
+	if e.codec == codec.Dense {
+		if opt.Global {
+			return nil, errors.New("--global sparsifies; it cannot be combined with the dense codec")
+		}
+		return e, nil
+	}
+	if !(opt.Density > 0 && opt.Density <= 1) {
+		return nil, fmt.Errorf("density %v: want 0 < density <= 1", opt.Density)
+	}
+	if opt.Global {
+		all := make([][]float32, len(factors))
+		for i, f := range factors {
+			all[i] = f.vals
+		}
+		g, err := codec.NewGlobal(all, opt.Density, opt.AlphaC)
+		if err != nil {
+			return nil, err
+		}
+		e.global = g
+	}
+	return e, nil
+}
+
+func (e *encoder) encode(f factor) ([]byte, codec.TensorInfo, error) {
+	info := codec.TensorInfo{Density: 1, Shape: f.shape, DType: f.dtype}
+	var s []byte
+	var err error
+	if e.codec == codec.Dense {
+		s, err = codec.EncodeDense(f.vals, f.shape[0], f.shape[1])
+		info.Kept = len(f.vals)
+	} else {
+		var sp *codec.Sparse
+		if e.global != nil {
+			sp, err = e.global.Sparsify(f.vals, f.shape[0], f.shape[1])
+		} else {
+			sp, err = codec.PerTensor(f.vals, f.shape[0], f.shape[1], e.opt.Density)
+		}
+		if err != nil {
+			return nil, info, err
+		}
+		c := e.codec
+		if c == 0 {
+			c = codec.Smallest(sp)
+		}
+		s, err = codec.EncodeSparse(c, sp)
+		info.Density, info.Kept = e.opt.Density, len(sp.Idx)
+	}
+	if err != nil {
+		return nil, info, err
+	}
+	h, _, _ := codec.ParseHeader(s)
+	info.Codec, info.Bytes = h.Codec.String(), len(s)
+	return s, info, nil
+}

@@ -1,0 +1,325 @@
+package adaptercache
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/model/safetensors"
+)
+
+// compressTo writes dir as a lorapack file under t.TempDir.
+func compressTo(t *testing.T, dir string, opt CompressOptions) string {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := CompressPEFT(dir, &buf, opt); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), filepath.Base(dir)+".lorapack")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var compressModes = map[string]CompressOptions{
+	"dense":       {Codec: "dense"},
+	"auto-10pct":  DefaultCompressOptions(),
+	"ternary-50":  {Codec: "ternary", Density: 0.5},
+	"bitmap-25":   {Codec: "bitmap", Density: 0.25},
+	"rice-5":      {Codec: "rice", Density: 0.05},
+	"global-10-2": {Codec: "auto", Density: 0.1, Global: true, AlphaC: 2},
+}
+
+func sameHostAdapter(t *testing.T, got, want *model.HostAdapter) {
+	t.Helper()
+	if len(got.Modules) != len(want.Modules) || got.Bytes != want.Bytes {
+		t.Fatalf("%d layers %d bytes, want %d %d", len(got.Modules), got.Bytes, len(want.Modules), want.Bytes)
+	}
+	for l := range want.Modules {
+		for p, w := range want.Modules[l] {
+			g := got.Modules[l][p]
+			if (g == nil) != (w == nil) {
+				t.Fatalf("layer %d %v: present %v, want %v", l, model.Proj(p), g != nil, w != nil)
+			}
+			if w == nil {
+				continue
+			}
+			if g.Rank != w.Rank || g.Scale != w.Scale {
+				t.Fatalf("layer %d %v: rank %d scale %v, want %d %v", l, model.Proj(p), g.Rank, g.Scale, w.Rank, w.Scale)
+			}
+			for _, x := range [][2]model.HostTensor{{g.A, w.A}, {g.B, w.B}} {
+				if x[0].Name != x[1].Name || x[0].DType != x[1].DType || !slices.Equal(x[0].Shape, x[1].Shape) || !bytes.Equal(x[0].Data, x[1].Data) {
+					t.Fatalf("tensor %s: %v %v differs from %s %v %v", x[0].Name, x[0].DType, x[0].Shape, x[1].Name, x[1].DType, x[1].Shape)
+				}
+			}
+		}
+	}
+}
+
+// compress -> LoadCompressed equals compress -> decompress -> LoadPEFT, for all 20 fixture
+// adapters and every codec; dense decodes to the original rounded to bf16 and sparse codecs to
+// sign x scale on the kept set.
+func TestCompressedFixtures(t *testing.T) {
+	dirs, _ := filepath.Glob("../testdata/models/*/adapters/*")
+	if len(dirs) != 20 {
+		t.Fatalf("%d fixture adapters, want 20", len(dirs))
+	}
+	for _, dir := range dirs {
+		modelDir := filepath.Dir(filepath.Dir(dir))
+		base, err := model.LoadConfig(modelDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		orig, closer, err := LoadPEFT(dir, "x", base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { closer.Close() })
+		for mode, opt := range compressModes {
+			t.Run(filepath.Base(modelDir)+"/"+filepath.Base(dir)+"/"+mode, func(t *testing.T) {
+				path := compressTo(t, dir, opt)
+				if !IsCompressed(path) {
+					t.Fatal("IsCompressed is false for a lorapack file")
+				}
+				got, _, err := LoadCompressed(path, "x", base)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out := filepath.Join(t.TempDir(), "peft")
+				if err := DecompressFile(path, out); err != nil {
+					t.Fatal(err)
+				}
+				want, c2, err := LoadPEFT(out, "x", base)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c2.Close()
+				want.Path = path
+				sameHostAdapter(t, got, want)
+				checkDecodedValues(t, got, orig, opt)
+			})
+		}
+	}
+}
+
+// checkDecodedValues compares decoded factors with the originals: bf16 rounding for dense, and for
+// per-tensor sparse codecs, every non-zero is +-scale with the original's sign, at least
+// KeepCount of them minus the original's zeros.
+func checkDecodedValues(t *testing.T, got, orig *model.HostAdapter, opt CompressOptions) {
+	t.Helper()
+	for l := range orig.Modules {
+		for p, o := range orig.Modules[l] {
+			if o == nil {
+				continue
+			}
+			g := got.Modules[l][p]
+			for _, x := range [][2]model.HostTensor{{g.A, o.A}, {g.B, o.B}} {
+				n := x[1].Shape[0] * x[1].Shape[1]
+				var scale float32
+				kept := 0
+				for i := range n {
+					gv, ov := x[0].At(i), x[1].At(i)
+					if opt.Codec == "dense" {
+						if gv != model.BF16ToF32(model.F32ToBF16(ov)) {
+							t.Fatalf("%s[%d] = %v, want bf16(%v)", x[0].Name, i, gv, ov)
+						}
+						continue
+					}
+					if gv == 0 {
+						continue
+					}
+					kept++
+					if scale == 0 {
+						scale = max(gv, -gv)
+					}
+					if (gv < 0) != (ov < 0) || ov == 0 || max(gv, -gv) != scale {
+						t.Fatalf("%s[%d] = %v from %v (scale %v)", x[0].Name, i, gv, ov, scale)
+					}
+				}
+				if opt.Codec != "dense" && !opt.Global && kept != min(codec.KeepCount(n, opt.Density), nonZeros(x[1])) {
+					t.Fatalf("%s: %d kept, want %d", x[0].Name, kept, codec.KeepCount(n, opt.Density))
+				}
+			}
+		}
+	}
+}
+
+func nonZeros(h model.HostTensor) int {
+	n := 0
+	for i := range h.Shape[0] * h.Shape[1] {
+		if h.At(i) != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// The fixture model gives the reference's logits with dense-compressed adapters (to the bf16
+// rounding of the factors: within 2.5% of each row's largest logit; the fixture adapters are
+// random and strongly scaled, so even rounding moves logits by up to 0.07), and with sparse
+// ones a finite change. The sparse change is large here (about 1.6x the row's largest logit at
+// every density from 10% to 50%): these random adapters dominate the tiny model's logits, and
+// random factors are the worst case for top-K sparsification. Whether a trained adapter keeps
+// its quality must be measured on trained adapters, which the fixtures are not.
+func TestCompressedFixtureLogits(t *testing.T) {
+	const name = "llama"
+	cfg, err := model.LoadConfig(fixture.Dir(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cpu.New(0)
+	t.Cleanup(b.Close)
+	w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	cases := fixture.Cases(t, name)
+	run := func(t *testing.T, opt CompressOptions, tol fixture.Tolerance) fixture.Result {
+		h, err := fixture.NewHarness(cfg, b, w, 4, 256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		adapters := map[string]*model.Adapter{}
+		for _, a := range fixture.Adapters {
+			host, _, err := LoadCompressed(compressTo(t, fixture.AdapterDir(name, a), opt), a, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if adapters[a], err = model.UploadAdapter(b, cfg, host); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { adapters[a].Free(b) })
+		}
+		res, err := h.Run(cases, adapters, 1<<20, tol)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	dense := run(t, CompressOptions{Codec: "dense"}, fixture.Tolerance{RowRel: 2.5e-2})
+	t.Logf("dense-bf16: %d steps, worst logit diff %.3g (%.3g of the row's max)", dense.Steps, dense.WorstDiff, dense.WorstRowRel)
+	for _, d := range []float64{0.5, 0.25, 0.1} {
+		for _, global := range []bool{false, true} {
+			res := run(t, CompressOptions{Codec: "auto", Density: d, Global: global, AlphaC: 1}, fixture.Tolerance{Abs: 1e9})
+			t.Logf("density %v global %v: worst logit diff %.3g (%.3g of the row's max)", d, global, res.WorstDiff, res.WorstRowRel)
+			if !(res.WorstRowRel < 10) {
+				t.Errorf("density %v: worst logit change %v of the row's max", d, res.WorstRowRel)
+			}
+		}
+	}
+}
+
+func TestCompressedErrors(t *testing.T) {
+	dir := fixture.AdapterDir("llama", "b_all_rslora")
+	base, err := model.LoadConfig(fixture.Dir("llama"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := compressTo(t, dir, DefaultCompressOptions())
+	good, _ := os.ReadFile(path)
+	write := func(b []byte) string {
+		p := filepath.Join(t.TempDir(), "bad.lorapack")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	isAdapterErr := func(err error) bool {
+		var ae *AdapterError
+		return errors.As(err, &ae)
+	}
+	// Truncated: the safetensors layer notices.
+	for _, n := range []int{0, 5, 100, len(good) / 2, len(good) - 1} {
+		_, _, err := LoadCompressed(write(good[:n]), "x", base)
+		var fe *safetensors.FormatError
+		if !isAdapterErr(err) || !errors.As(err, &fe) {
+			t.Errorf("truncated to %d bytes: %v", n, err)
+		}
+	}
+	// A flipped byte in the last stream's payload: the codec notices (a trailing-bits or length
+	// check), never a panic, and reports it as a corrupt stream.
+	bad := slices.Clone(good)
+	bad[len(bad)-1] ^= 0xff
+	if _, _, err := LoadCompressed(write(bad), "x", base); !isAdapterErr(err) || !errors.Is(err, codec.ErrCorrupt) {
+		t.Errorf("corrupt stream: %v", err)
+	}
+	// Every single-byte corruption of the data section errors or loads; none panics.
+	hdrLen := 8 + int(uint64(good[0])|uint64(good[1])<<8|uint64(good[2])<<16)
+	for i := hdrLen; i < len(good); i += 7 {
+		b := slices.Clone(good)
+		b[i] ^= 0x5a
+		if a, _, err := LoadCompressed(write(b), "x", base); err == nil && a == nil {
+			t.Fatal("nil adapter without error")
+		}
+	}
+	// A PEFT weights file is a safetensors file but not a lorapack one.
+	if _, _, err := LoadCompressed(filepath.Join(dir, PEFTWeightsFile), "x", base); !isAdapterErr(err) || !errors.Is(err, codec.ErrCorrupt) {
+		t.Errorf("PEFT file: %v", err)
+	}
+	if _, _, err := LoadCompressed(filepath.Join(t.TempDir(), "missing"), "x", base); !errors.Is(err, fs.ErrNotExist) || isAdapterErr(err) {
+		t.Errorf("missing file: %v", err)
+	}
+	for _, p := range []string{dir, filepath.Join(dir, PEFTWeightsFile), filepath.Join(dir, "nope"), write(good[:50])} {
+		if IsCompressed(p) {
+			t.Errorf("IsCompressed(%s) = true", p)
+		}
+	}
+}
+
+// A lorapack file that does not fit the base model fails exactly as its PEFT folder does.
+func TestCompressedSameValidationAsPEFT(t *testing.T) {
+	other, err := model.LoadConfig(fixture.Dir("qwen3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := testBase(t)
+	for _, a := range fixture.Adapters {
+		path := compressTo(t, fixture.AdapterDir("llama", a), CompressOptions{Codec: "dense"})
+		out := filepath.Join(t.TempDir(), "peft")
+		if err := DecompressFile(path, out); err != nil {
+			t.Fatal(err)
+		}
+		for _, base := range []*model.Config{other, small} {
+			_, _, errC := LoadCompressed(path, a, base)
+			_, _, errP := LoadPEFT(out, a, base)
+			var ec, ep *AdapterError
+			if (errP == nil) != (errC == nil) {
+				t.Fatalf("%s: compressed %v, PEFT %v", a, errC, errP)
+			}
+			if errP == nil {
+				continue
+			}
+			if !errors.As(errC, &ec) || !errors.As(errP, &ep) || ec.Tensor != ep.Tensor || ec.Err.Error() != ep.Err.Error() {
+				t.Errorf("%s: compressed %v, PEFT %v", a, errC, errP)
+			}
+		}
+	}
+}
+
+func TestCompressOptionErrors(t *testing.T) {
+	dir := fixture.AdapterDir("llama", "a_qv")
+	for _, opt := range []CompressOptions{
+		{Codec: "zip", Density: 0.1},
+		{Codec: "rice", Density: 0},
+		{Codec: "rice", Density: 1.5},
+		{Codec: "dense", Global: true},
+		{Codec: "auto", Density: 0.1, Global: true, AlphaC: 0},
+	} {
+		if _, err := CompressPEFT(dir, &bytes.Buffer{}, opt); err == nil {
+			t.Errorf("%+v: no error", opt)
+		}
+	}
+	if _, err := CompressPEFT(t.TempDir(), &bytes.Buffer{}, DefaultCompressOptions()); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("empty folder: %v", err)
+	}
+}
