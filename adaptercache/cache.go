@@ -258,7 +258,9 @@ func (c *Cache) Acquire(ctx context.Context, name string) (*Lease, error) {
 		case <-wake:
 		}
 		c.mu.Lock()
-		e.waiting--
+		if e.waiting--; e.waiting == 0 && e.host != nil {
+			c.enforceHostBudget(e) // a copy kept for this waiter may now go, but not e's own
+		}
 		if err := ctx.Err(); err != nil {
 			c.unlock()
 			return nil, err

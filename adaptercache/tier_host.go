@@ -22,6 +22,9 @@ type hostCopy struct {
 func (c *Cache) unpin(h *hostCopy) {
 	h.pins--
 	c.closeIfUnused(h)
+	if h.pins == 0 && !h.dropped {
+		c.enforceHostBudget(nil) // the tier may have gone over its budget while h was pinned
+	}
 }
 
 func (c *Cache) closeIfUnused(h *hostCopy) {
