@@ -2,6 +2,7 @@ package codec
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"math/bits"
 )
@@ -85,49 +86,76 @@ func peek(buf []byte, pos uint64) uint64 {
 	return binary.LittleEndian.Uint64(tmp[:]) >> (pos % 8)
 }
 
-// decodeRice scatters pos / neg at the kept indices of a zeroed dst.
+// decodeRice scatters pos / neg at the kept indices of a zeroed dst. The common case, a gap
+// whose unary part, stop bit and k low bits fit in one 64-bit load, takes one load and no loop;
+// longer gaps and the last bytes of the stream go through riceSlow.
 func decodeRice[T any](h Header, p []byte, dst []T, pos, neg T) error {
 	kept := h.Kept
 	signs := p[:(kept+7)/8]
 	gaps := p[len(signs):]
 	totalBits := uint64(len(gaps)) * 8
 	n := uint64(len(dst))
-	k := uint(h.Param)
+	k := uint64(h.Param)
 	mask := uint64(1)<<k - 1
-	var bp uint64
-	next := uint64(0) // smallest index the next kept entry may have
+	var bp, next uint64    // bit position; smallest index the next kept entry may have
+	var sw uint64          // current 64 signs
+	vals := [2]T{pos, neg} // indexed by sign: a branch on random signs mispredicts half the time
 	for j := 0; j < kept; j++ {
-		var q uint64
-		for {
-			w := peek(gaps, bp)
-			if tz := uint(bits.TrailingZeros64(w)); w != 0 && tz < 57 {
-				q += uint64(tz)
-				bp += uint64(tz) + 1
-				break
-			}
-			q += 56
-			bp += 56
-			if q > n || bp > totalBits {
-				return corrupt("rice gap %d runs past the stream", j)
+		if j%64 == 0 {
+			sw = peek(signs, uint64(j))
+		}
+		var g uint64
+		if bi := bp >> 3; bi+8 <= uint64(len(gaps)) {
+			w := binary.LittleEndian.Uint64(gaps[bi:]) >> (bp & 7)
+			if tz := uint64(bits.TrailingZeros64(w)); tz+1+k <= 57 {
+				g = tz<<k | (w>>(tz+1))&mask
+				bp += tz + 1 + k
+				goto place
 			}
 		}
-		g := q<<k | peek(gaps, bp)&mask
-		bp += uint64(k)
-		if bp > totalBits || q > n || next+g >= n {
-			return corrupt("rice gap %d puts index %d past %d values (or past the stream)", j, next+q<<k, n)
+		{
+			var err error
+			if g, bp, err = riceSlow(gaps, bp, k, n, totalBits); err != nil {
+				return fmt.Errorf("gap %d: %w", j, err)
+			}
+		}
+	place:
+		if next+g >= n {
+			return corrupt("rice gap %d puts an index past %d values", j, n)
 		}
 		i := next + g
-		if signs[j/8]>>(j%8)&1 != 0 {
-			dst[i] = neg
-		} else {
-			dst[i] = pos
-		}
+		dst[i] = vals[sw&1]
+		sw >>= 1
 		next = i + 1
 	}
-	if (bp+7)/8 != uint64(len(gaps)) || (bp%8 != 0 && gaps[len(gaps)-1]>>(bp%8) != 0) {
-		return corrupt("rice stream has %d bytes after its last gap", len(gaps)-int(bp/8))
+	if bp > totalBits || (bp+7)/8 != uint64(len(gaps)) || (bp%8 != 0 && gaps[len(gaps)-1]>>(bp%8) != 0) {
+		return corrupt("rice stream ends at bit %d of %d", bp, totalBits)
 	}
 	return checkSignPad(signs, kept)
+}
+
+// riceSlow decodes one gap at any position: unary runs longer than a load, and the stream's end.
+func riceSlow(gaps []byte, bp, k, n, totalBits uint64) (g, newBP uint64, err error) {
+	var q uint64
+	for {
+		w := peek(gaps, bp)
+		if tz := uint64(bits.TrailingZeros64(w)); w != 0 && tz < 57 {
+			q += tz
+			bp += tz + 1
+			break
+		}
+		q += 56
+		bp += 56
+		if q > n || bp > totalBits {
+			return 0, 0, corrupt("rice gap runs past the stream")
+		}
+	}
+	g = q<<k | peek(gaps, bp)&(1<<k-1)
+	bp += k
+	if bp > totalBits || q > n {
+		return 0, 0, corrupt("rice gap runs past the stream")
+	}
+	return g, bp, nil
 }
 
 // checkSignPad rejects set bits after the last sign, so that every stream has one encoding.
