@@ -1,7 +1,7 @@
 package adaptercache
 
 import (
-	"context"
+	"container/list"
 	"errors"
 	"fmt"
 	"io"
@@ -63,13 +63,18 @@ type Cache struct {
 
 	mu      sync.Mutex
 	entries map[string]*entry
-	// wake is closed (and replaced) on every state change; waiters select on it.
-	wake chan struct{}
+	// wake is closed (and replaced) after every state change; waiters select on it.
+	wake  chan struct{}
+	dirty bool
 	// hostLRU holds the entries that have a host copy, in recency order.
 	hostLRU *simplelru.LRU[*entry, struct{}]
 	// devIdle holds the entries whose device copy no lease references, in recency order: the
 	// eviction candidates of the device tier.
 	devIdle *simplelru.LRU[*entry, struct{}]
+	// queue holds the open tickets in arrival order: device slots go to them first come, first
+	// served.
+	queue   *list.List
+	claimed map[*entry]bool // kick's scratch: entries wanted by tickets already passed
 	// devUsed counts device slots taken: resident copies (including those of unregistered
 	// adapters still leased), uploads in progress and frees not yet done.
 	devUsed  int
@@ -94,7 +99,7 @@ type entry struct {
 	dev        *model.Adapter
 	devHost    *hostCopy // the host copy dev aliases (pinned), nil with UploadCopies
 	refs       int       // leases
-	waiting    int       // Acquire calls waiting for this entry: it is not evicted under them
+	waiting    int       // open tickets: the entry is not evicted under them
 	removed    bool
 	err        error
 	failedAt   time.Time
@@ -116,7 +121,8 @@ func New(opt Options) (*Cache, error) {
 	if opt.RetryAfter <= 0 {
 		opt.RetryAfter = 30 * time.Second
 	}
-	c := &Cache{opt: opt, loader: opt.Loader, entries: map[string]*entry{}, wake: make(chan struct{})}
+	c := &Cache{opt: opt, loader: opt.Loader, entries: map[string]*entry{}, wake: make(chan struct{}),
+		queue: list.New(), claimed: map[*entry]bool{}}
 	if c.loader == nil {
 		c.loader = DefaultLoader
 	}
@@ -127,8 +133,17 @@ func New(opt Options) (*Cache, error) {
 	return c, nil
 }
 
-// unlock releases mu and then runs the actions collected while holding it.
+// unlock releases mu and then runs the actions collected while holding it. If anything changed,
+// it first lets queued tickets move (which may change more) and wakes every waiter once.
 func (c *Cache) unlock() {
+	if c.dirty {
+		for c.dirty {
+			c.dirty = false
+			c.kick()
+		}
+		close(c.wake)
+		c.wake = make(chan struct{})
+	}
 	p := c.pending
 	c.pending = nil
 	c.mu.Unlock()
@@ -137,14 +152,11 @@ func (c *Cache) unlock() {
 	}
 }
 
-// changed wakes every waiter. Called with mu held.
-func (c *Cache) changed() {
-	close(c.wake)
-	c.wake = make(chan struct{})
-}
+// changed records a state change, acted on by unlock. Called with mu held.
+func (c *Cache) changed() { c.dirty = true }
 
 // Changed returns a channel closed at the next state change of any adapter, for a scheduler
-// that polls with TryAcquire instead of blocking in Acquire.
+// that polls tickets (Ticket.TryLease) instead of blocking in Acquire.
 func (c *Cache) Changed() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -200,7 +212,8 @@ func (c *Cache) drop(e *entry) {
 		c.devIdle.Remove(e)
 		c.freeDevice(e)
 	}
-	// An entry that is loading or uploading is cleaned up by its goroutine, which sees removed.
+	// An entry that is loading or uploading is cleaned up by its goroutine, which sees removed;
+	// its tickets move to the name's next registration, if any, when next looked at.
 }
 
 // Prefetch starts reading name from disk into host memory if it is in neither tier, without
@@ -223,117 +236,6 @@ func (c *Cache) Prefetch(name string) error {
 		c.hostLRU.Get(e) // asked for again: keep it
 	}
 	return nil
-}
-
-// Acquire returns a lease on name's device copy, loading it from disk and uploading it as
-// needed. When every device slot is leased it waits for a Release; it returns ctx.Err() if ctx
-// ends first, and the load error if the adapter cannot be loaded.
-func (c *Cache) Acquire(ctx context.Context, name string) (*Lease, error) {
-	first := true
-	c.mu.Lock()
-	for {
-		if c.closed {
-			c.unlock()
-			return nil, ErrClosed
-		}
-		e, err := c.lookup(name)
-		if err != nil {
-			c.unlock()
-			return nil, err
-		}
-		if first {
-			c.countLookup(e)
-			first = false
-		}
-		l, err := c.advance(e)
-		if l != nil || err != nil {
-			c.unlock()
-			return l, err
-		}
-		wake := c.wake
-		e.waiting++
-		c.unlock()
-		select {
-		case <-ctx.Done():
-		case <-wake:
-		}
-		c.mu.Lock()
-		if e.waiting--; e.waiting == 0 && e.host != nil {
-			c.enforceHostBudget(e) // a copy kept for this waiter may now go, but not e's own
-		}
-		if err := ctx.Err(); err != nil {
-			c.unlock()
-			return nil, err
-		}
-	}
-}
-
-// TryAcquire is Acquire for a caller that must not block (the engine's loop): it returns a
-// lease if name is on the device, the load error if it failed, and otherwise starts or
-// continues the load and returns (nil, nil); Changed tells when to ask again. A (nil, nil)
-// answer does not protect the adapter from eviction, so a scheduler should retry soon.
-func (c *Cache) TryAcquire(name string) (*Lease, error) {
-	c.mu.Lock()
-	defer c.unlock()
-	if c.closed {
-		return nil, ErrClosed
-	}
-	e, err := c.lookup(name)
-	if err != nil {
-		return nil, err
-	}
-	c.countLookup(e)
-	return c.advance(e)
-}
-
-// advance moves e one tier towards the device and returns a lease once it is there. Called
-// with mu held; (nil, nil) means wait for the next state change.
-func (c *Cache) advance(e *entry) (*Lease, error) {
-	c.retryIfDue(e)
-	switch e.state {
-	case StateDevice:
-		e.refs++
-		c.leases++
-		e.lastUsed = time.Now()
-		c.devIdle.Remove(e)
-		if e.host != nil {
-			c.hostLRU.Get(e)
-		}
-		return &Lease{c: c, e: e}, nil
-	case StateFailed:
-		return nil, e.err
-	case StateDisk:
-		c.startLoad(e)
-	case StateHost:
-		c.hostLRU.Get(e)
-		if c.devUsed < c.opt.MaxDeviceSlots {
-			c.devUsed++
-			c.startUpload(e, nil)
-		} else if v := c.evictionVictim(); v != nil {
-			c.stats.DeviceEvictions++
-			c.startUpload(e, c.evictDevice(v))
-		}
-	}
-	return nil, nil
-}
-
-// retryIfDue turns a failed entry whose backoff has passed back into one on disk.
-func (c *Cache) retryIfDue(e *entry) {
-	if e.state == StateFailed && time.Since(e.failedAt) >= c.opt.RetryAfter {
-		e.state, e.err = StateDisk, nil
-	}
-}
-
-// countLookup records where a request found its adapter.
-func (c *Cache) countLookup(e *entry) {
-	switch e.state {
-	case StateDevice:
-		c.stats.DeviceHits++
-	case StateHost, StateUploading:
-		c.stats.HostHits++
-	default:
-		c.stats.Misses++
-	}
 }
 
 // Close drops every adapter that no lease holds and waits for loads in progress to end. Leased

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ import (
 )
 
 // TestCacheConcurrentChurn runs 200 goroutines doing random Acquire / Release / Prefetch /
-// TryAcquire / Unregister / Register over 12 adapters (one of them corrupt, half of them also
+// tickets (Want, TryLease, Cancel) / Unregister / Register over 12 adapters (one of them corrupt, half of them also
 // found through Options.Dirs) with 2 device slots
 // and a 4-adapter host tier, checking the slot bound throughout and, at the end, that no slot
 // or tensor is leaked, no goroutine is left and no file on disk changed.
@@ -53,6 +54,7 @@ func TestCacheConcurrentChurn(t *testing.T) {
 	for n := range paths {
 		names = append(names, n)
 	}
+	slices.Sort(names) // ad11, the corrupt one, last
 
 	stop := make(chan struct{})
 	var checker sync.WaitGroup
@@ -104,12 +106,30 @@ func TestCacheConcurrentChurn(t *testing.T) {
 						t.Errorf("Acquire(%s): %v", name, err)
 					}
 				case op < 14:
-					if l, err := c.TryAcquire(name); l != nil {
-						checkLease(t, l, name)
-						l.Release()
-					} else if err != nil && name != "ad11" && !errors.Is(err, ErrUnknownAdapter) {
-						t.Errorf("TryAcquire(%s): %v", name, err)
+					// A scheduler's way: open a ticket, poll it a few times, give up.
+					tk, err := c.Want(name)
+					if err != nil {
+						if !errors.Is(err, ErrUnknownAdapter) {
+							t.Errorf("Want(%s): %v", name, err)
+						}
+						break
 					}
+					for range r.IntN(5) {
+						l, err := tk.TryLease()
+						if l != nil {
+							checkLease(t, l, name)
+							l.Release()
+							break
+						}
+						if err != nil {
+							if name != "ad11" && !errors.Is(err, ErrUnknownAdapter) {
+								t.Errorf("TryLease(%s): %v", name, err)
+							}
+							break
+						}
+						time.Sleep(time.Millisecond)
+					}
+					tk.Cancel()
 				case op < 17:
 					c.Prefetch(name)
 				case op < 18:
@@ -119,6 +139,27 @@ func TestCacheConcurrentChurn(t *testing.T) {
 					c.Register(name, paths[name])
 				}
 			}
+		})
+	}
+	wg.Wait()
+	// Then with deadlines generous enough, every request must get its lease: no starvation, no
+	// lost wakeup.
+	for _, n := range names {
+		c.Register(n, paths[n])
+	}
+	for g := range 50 {
+		wg.Go(func() {
+			name := names[g%(len(names)-1)] // not the corrupt ad11
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			l, err := c.Acquire(ctx, name)
+			if err != nil {
+				t.Errorf("Acquire(%s) after the churn: %v", name, err)
+				return
+			}
+			checkLease(t, l, name)
+			time.Sleep(time.Millisecond)
+			l.Release()
 		})
 	}
 	wg.Wait()

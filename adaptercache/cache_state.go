@@ -33,7 +33,7 @@ type Info struct {
 	InHost     bool  // has a host copy (also true for most device-resident adapters)
 	Bytes      int64 // tensor bytes, 0 until first loaded
 	Leases     int   // requests using the device copy now
-	Waiting    int   // Acquire calls waiting for it
+	Waiting    int   // open tickets (queued requests and Acquire calls) for it
 	LastUsed   time.Time
 	Err        error // why the last load failed (StateFailed)
 }

@@ -213,22 +213,68 @@ func TestCacheAcquireWaitsForSlot(t *testing.T) {
 	mustAcquire(t, c, "a_qv").Release()
 }
 
-func TestCacheTryAcquire(t *testing.T) {
-	c, _ := newTestCache(t, Options{})
+// Tickets let a scheduler wait without blocking: the adapter loads in the background, a copy
+// some ticket wants is not evicted for another ticket, and slots go to tickets in order.
+func TestCacheTickets(t *testing.T) {
+	c, _ := newTestCache(t, Options{MaxDeviceSlots: 1})
 	registerFixtures(t, c)
-	var l *Lease
-	waitFor(t, c, "TryAcquire", func() bool {
-		var err error
-		l, err = c.TryAcquire("c_patterns")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l != nil
-	})
-	if l.Adapter().MaxRank != 16 {
-		t.Fatalf("max rank %d", l.Adapter().MaxRank)
+	lease := func(tk *Ticket) *Lease {
+		t.Helper()
+		var l *Lease
+		waitFor(t, c, "lease", func() bool {
+			var err error
+			if l, err = tk.TryLease(); err != nil {
+				t.Fatal(err)
+			}
+			return l != nil
+		})
+		return l
 	}
-	l.Release()
+	ta, err := c.Want("c_patterns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	la := lease(ta)
+	if la.Adapter().MaxRank != 16 {
+		t.Fatalf("max rank %d", la.Adapter().MaxRank)
+	}
+	if _, err := ta.TryLease(); err == nil {
+		t.Fatal("a used ticket gave a second answer")
+	}
+	la.Release() // c_patterns is idle on the device now
+
+	ta, _ = c.Want("c_patterns")
+	tb, _ := c.Want("a_qv")
+	waitState(t, c, "a_qv", StateHost)
+	time.Sleep(10 * time.Millisecond)
+	if s := stateOf(c, "a_qv"); s != StateHost || stateOf(c, "c_patterns") != StateDevice {
+		t.Fatalf("a_qv %v evicted c_patterns (%v), which a ticket wants", s, stateOf(c, "c_patterns"))
+	}
+	lease(ta).Release()
+	lb := lease(tb) // c_patterns is idle and unwanted now: a_qv takes its slot
+	if stateOf(c, "c_patterns") != StateHost {
+		t.Fatalf("c_patterns %v", stateOf(c, "c_patterns"))
+	}
+	lb.Release()
+
+	// An older ticket may take the slot of a copy only younger tickets want: no starvation.
+	tc, _ := c.Want("c_patterns") // on the host, needs the slot a_qv has
+	tb, _ = c.Want("a_qv")        // resident, but wanted later
+	lc := lease(tc)
+	if stateOf(c, "a_qv") != StateHost {
+		t.Fatalf("a_qv %v", stateOf(c, "a_qv"))
+	}
+	lc.Release()
+	lease(tb).Release()
+
+	// A cancelled ticket stops protecting its adapter.
+	td, _ := c.Want("a_qv")
+	td.Cancel()
+	td.Cancel()
+	if i, _ := c.State("a_qv"); i.Waiting != 0 {
+		t.Fatalf("%+v", i)
+	}
+	mustAcquire(t, c, "d_regex").Release()
 }
 
 // Broken adapters fail alone, with an error naming them, and are retried on Register.
@@ -341,8 +387,8 @@ func TestCacheUnregisterWhileLeased(t *testing.T) {
 	registerFixtures(t, c)
 	l := mustAcquire(t, c, "a_qv")
 	c.Unregister("a_qv")
-	if _, err := c.TryAcquire("a_qv"); !errors.Is(err, ErrUnknownAdapter) {
-		t.Fatalf("TryAcquire after Unregister: %v", err)
+	if _, err := c.Want("a_qv"); !errors.Is(err, ErrUnknownAdapter) {
+		t.Fatalf("Want after Unregister: %v", err)
 	}
 	a := l.Adapter()
 	if a.Modules[0][model.ProjQ] == nil || b.frees.Load() != 0 {

@@ -13,11 +13,10 @@ type eviction struct {
 }
 
 // evictionVictim is the least recently used device copy that no lease references and no
-// request waits for (a copy just uploaded for a waiter must reach it before it can go), or nil.
-// Called with mu held.
-func (c *Cache) evictionVictim() *entry {
+// ticket in keep wants, or nil. Called with mu held.
+func (c *Cache) evictionVictim(keep map[*entry]bool) *entry {
 	for _, e := range c.devIdle.Keys() { // oldest first
-		if e.waiting == 0 {
+		if !keep[e] {
 			return e
 		}
 	}
