@@ -52,8 +52,11 @@ type Backend struct {
 	segCap  int
 	segUsed int
 	loraTmp uintptr
-	loraCap int
-	segSize int
+	// attnScratch holds decode attention's split-K partials.
+	attnScratch uintptr
+	attnCap     int
+	loraCap     int
+	segSize     int
 
 	// CUDA graphs (graph.go).
 	mode      execMode

@@ -284,8 +284,9 @@ func TestAttentionSweep(t *testing.T) {
 			perm := r.Perm(pages)
 			var s model.Step
 			next := 0
+			var seqPages [][]int32
 			for _, n := range []int{1, 9, 70, 300} {
-				np := (n + pageSize - 1) / pageSize
+				np := (n + 1 + pageSize - 1) / pageSize // room for one decode token after the prompt
 				pg := make([]int32, np)
 				for i := range pg {
 					pg[i] = int32(perm[next])
@@ -298,6 +299,7 @@ func TestAttentionSweep(t *testing.T) {
 					s.Slots = append(s.Slots, pg[j/pageSize]*pageSize+int32(j%pageSize))
 				}
 				s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: n, Pages: pg})
+				seqPages = append(seqPages, pg)
 			}
 			n := len(s.Tokens)
 			if err := p.c.Prepare(&s); err != nil {
@@ -317,6 +319,33 @@ func TestAttentionSweep(t *testing.T) {
 			p.c.Attention(oc, qc, 0, ap)
 			p.g.Attention(og, qg, 0, ap)
 			p.compare(t, "attention", oc, og, 2e-2)
+
+			// Then one decode row per sequence at the next position: the split-K decode kernel
+			// over contexts of 2 to 301 positions.
+			var d model.Step
+			for i, sq := range s.Seqs {
+				pos := sq.Len
+				d.Tokens = append(d.Tokens, 0)
+				d.Positions = append(d.Positions, int32(pos))
+				d.Slots = append(d.Slots, seqPages[i][pos/pageSize]*pageSize+int32(pos%pageSize))
+				d.Seqs = append(d.Seqs, model.SeqRows{Start: i, N: 1, Len: pos + 1, Pages: seqPages[i]})
+			}
+			m := len(d.Tokens)
+			if err := p.c.Prepare(&d); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.g.Prepare(&d); err != nil {
+				t.Fatal(err)
+			}
+			kc2, kg2 := p.tensor(t, m, width, randFloats(r, m*width))
+			vc2, vg2 := p.tensor(t, m, width, randFloats(r, m*width))
+			p.c.StoreKV(0, kc2, vc2)
+			p.g.StoreKV(0, kg2, vg2)
+			qc2, qg2 := p.tensor(t, m, sh.heads*sh.dim, randFloats(r, m*sh.heads*sh.dim))
+			oc2, og2 := p.tensor(t, m, sh.heads*sh.dim, nil)
+			p.c.Attention(oc2, qc2, 0, ap)
+			p.g.Attention(og2, qg2, 0, ap)
+			p.compare(t, "decode attention", oc2, og2, 2e-2)
 		})
 	}
 }

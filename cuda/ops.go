@@ -146,8 +146,12 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		return
 	}
 	if b.numRows > 0 {
+		need := int(C.lp_attention_scratch_floats(C.int(b.numRows), C.int(p.Heads), C.int(p.HeadDim)))
+		if need > b.attnCap && (!b.canGrow() || !b.growAttnScratch(need)) {
+			return
+		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
-			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), b.stream))
+			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), C.uintptr_t(b.attnScratch), b.stream))
 	}
 }
 
@@ -261,3 +265,21 @@ func (b *Backend) growLoRATmp(n int) bool {
 // SetGEMVRows sets how many rows a product may have to use the GEMV kernel instead of cuBLAS
 // (1..8; for benchmarks that choose the crossover).
 func (b *Backend) SetGEMVRows(n int) { b.gemvRows = min(max(n, 0), 8) }
+
+// growAttnScratch makes room for the split-K partial states of decode attention.
+func (b *Backend) growAttnScratch(n int) bool {
+	b.dropGraphs()
+	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+		return false
+	}
+	if b.attnScratch != 0 {
+		C.s_free(C.uintptr_t(b.attnScratch))
+	}
+	p, err := b.malloc(4 * n)
+	if err != nil {
+		b.ok("malloc", 2)
+		return false
+	}
+	b.attnScratch, b.attnCap = p, n
+	return true
+}

@@ -1,8 +1,13 @@
 // Causal attention over the paged KV cache for decode rows (prefill chunks use the tiled
 // kernel in attention_prefill.cu; this one is also the fallback for any row).
 //
-// One block per (row, head). Its LP_ATTN_WARPS warps take interleaved positions of the
-// sequence and each keeps an online softmax (running max m, normaliser l, weighted value sum
+// Split-K (flash-decoding): one block per (row, head, split). The visible positions of a row are
+// cut into LP_DECODE_SPLITS contiguous chunks so that even a single long sequence spreads over
+// heads x splits blocks instead of heads blocks; a second small kernel merges the splits'
+// partial softmax states. The split count is fixed (not derived from the context length) so a
+// decode step's launch shape never depends on how long its sequences are, which keeps recorded
+// CUDA graphs valid; splits that get no positions exit at once.
+// Inside a block, DECODE_WARPS warps take interleaved positions of the chunk and each keeps an online softmax (running max m, normaliser l, weighted value sum
 // acc): the flash-attention recurrence, so scores are never stored. Lanes split the head
 // dimension (up to 8 values each), a warp reduction gives each score. At the end the warps'
 // partial results are merged through shared memory with the usual rescaling by exp(m_w - M).
@@ -18,16 +23,19 @@
 // short contexts the walk over positions is latency-bound, and more warps shorten it.
 #define DECODE_WARPS 8
 
-__global__ void attention_kernel(float* out, const float* q, const uint16_t* kc, const uint16_t* vc,
-                                 const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
-                                 const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads, int D,
-                                 int page_size, int window, float scale) {
-    const int row = rows[blockIdx.x], h = blockIdx.y;
+__global__ void attention_kernel(float* part_o, float* part_ml, const float* q, const uint16_t* kc,
+                                 const uint16_t* vc, const int32_t* positions, const int32_t* rows,
+                                 const int32_t* row_seq, const int32_t* seq_pages, const int32_t* page_table,
+                                 int heads, int kv_heads, int D, int page_size, int window, float scale) {
+    const int row = rows[blockIdx.x], h = blockIdx.y, split = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (heads / kv_heads);
     const int width = kv_heads * D;
     const int pos = positions[row];
     const int first = window > 0 ? max(0, pos - window + 1) : 0;
+    const int chunk = (pos - first + LP_DECODE_SPLITS) / LP_DECODE_SPLITS;  // ceil(visible / splits)
+    const int begin = first + split * chunk, end = min(pos, begin + chunk - 1);
+    const size_t slot = ((size_t)blockIdx.x * heads + h) * LP_DECODE_SPLITS + split;
     const int32_t* pages = page_table + seq_pages[row_seq[row]];
     const float* qr = q + ((size_t)row * heads + h) * D;
 
@@ -39,7 +47,7 @@ __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc,
         acc[i] = 0.f;
     }
     float m = -INFINITY, l = 0.f;
-    for (int t = first + warp; t <= pos; t += DECODE_WARPS) {
+    for (int t = begin + warp; t <= end; t += DECODE_WARPS) {
         size_t base = ((size_t)pages[t / page_size] * page_size + t % page_size) * width + (size_t)kvh * D;
         float s = 0.f;
 #pragma unroll
@@ -77,11 +85,39 @@ __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc,
     float L = 0.f;
     for (int w = 0; w < DECODE_WARPS; w++)
         if (sl[w] > 0.f) L += sl[w] * __expf(sm[w] - M);
-    float* orow = out + ((size_t)row * heads + h) * D;
+    // The split's state: its max, its normaliser and its unnormalised output (L = 0: empty).
+    if (threadIdx.x == 0) {
+        part_ml[2 * slot] = M;
+        part_ml[2 * slot + 1] = L;
+    }
+    float* po = part_o + slot * D;
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
         float o = 0.f;
         for (int w = 0; w < DECODE_WARPS; w++)
             if (sl[w] > 0.f) o += sacc[w][j] * __expf(sm[w] - M);
+        po[j] = o;
+    }
+}
+
+// attention_merge_kernel combines a (row, head)'s split states: out = sum_z O_z e^(M_z - M) /
+// sum_z L_z e^(M_z - M), M the largest split max.
+__global__ void attention_merge_kernel(float* out, const float* part_o, const float* part_ml, const int32_t* rows,
+                                       int heads, int D) {
+    const int row = rows[blockIdx.x], h = blockIdx.y;
+    const size_t slot0 = ((size_t)blockIdx.x * heads + h) * LP_DECODE_SPLITS;
+    float M = -INFINITY;
+    for (int z = 0; z < LP_DECODE_SPLITS; z++)
+        if (part_ml[2 * (slot0 + z) + 1] > 0.f) M = fmaxf(M, part_ml[2 * (slot0 + z)]);
+    float L = 0.f;
+    for (int z = 0; z < LP_DECODE_SPLITS; z++) {
+        const float lz = part_ml[2 * (slot0 + z) + 1];
+        if (lz > 0.f) L += lz * __expf(part_ml[2 * (slot0 + z)] - M);
+    }
+    float* orow = out + ((size_t)row * heads + h) * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        float o = 0.f;
+        for (int z = 0; z < LP_DECODE_SPLITS; z++)
+            if (part_ml[2 * (slot0 + z) + 1] > 0.f) o += part_o[(slot0 + z) * D + j] * __expf(part_ml[2 * (slot0 + z)] - M);
         orow[j] = o / L;
     }
 }
@@ -89,13 +125,22 @@ __global__ void attention_kernel(float* out, const float* q, const uint16_t* kc,
 extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                             const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                             const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
-                            int head_dim, int page_size, int window, float scale, lp_stream s) {
+                            int head_dim, int page_size, int window, float scale, float* scratch, lp_stream s) {
     if (n == 0) return 0;
-    if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0)
+    if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
+        scratch == nullptr)
         return (int)cudaErrorInvalidValue;
-    dim3 grid(n, heads);
-    attention_kernel<<<grid, 32 * DECODE_WARPS, 0, as_stream(s)>>>(out, q, kcache, vcache, positions, rows, row_seq,
-                                                                     seq_pages, page_table, heads, kv_heads,
-                                                                     head_dim, page_size, window, scale);
+    // scratch: [n][heads][splits][head_dim] outputs, then [n][heads][splits][2] (max, sum).
+    float* part_o = scratch;
+    float* part_ml = scratch + (size_t)n * heads * LP_DECODE_SPLITS * head_dim;
+    dim3 grid(n, heads, LP_DECODE_SPLITS);
+    attention_kernel<<<grid, 32 * DECODE_WARPS, 0, as_stream(s)>>>(part_o, part_ml, q, kcache, vcache, positions, rows,
+                                                                   row_seq, seq_pages, page_table, heads, kv_heads,
+                                                                   head_dim, page_size, window, scale);
+    attention_merge_kernel<<<dim3(n, heads), 128, 0, as_stream(s)>>>(out, part_o, part_ml, rows, heads, head_dim);
     LP_CHECK_LAUNCH();
+}
+
+extern "C" size_t lp_attention_scratch_floats(int n, int heads, int head_dim) {
+    return (size_t)n * heads * LP_DECODE_SPLITS * (head_dim + 2);
 }

@@ -78,7 +78,9 @@ int lp_store_kv(uint16_t* kcache, uint16_t* vcache, const float* k, const float*
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
-                 float scale, lp_stream s);
+                 float scale, float* scratch, lp_stream s);
+// Scratch floats lp_attention needs for n rows: split-K partial outputs and softmax states.
+size_t lp_attention_scratch_floats(int n, int heads, int head_dim);
 
 // attention_prefill.cu: the same for prefill chunks, one block per tile of up to 32
 // consecutive rows of one sequence; tiles[3*i..] = {first row, rows, sequence}.

@@ -5,7 +5,8 @@
 
 #define LP_MAX_HEAD_DIM 256   // attention keeps a head's slice in registers: 8 floats per lane
 #define LP_MAX_LORA_RANK 256  // shrink writes one scratch row of at most this many values
-#define LP_ATTN_WARPS 4       // warps that split a (row, head)'s positions before merging
+#define LP_ATTN_WARPS 4       // warps of a prefill attention block (query rows per warp = 32 / this)
+#define LP_DECODE_SPLITS 8    // split-K chunks per decode (row, head); fixed so graphs stay valid
 
 static inline int lp_head_dim_ok(int d) { return d > 0 && d % 2 == 0 && d <= LP_MAX_HEAD_DIM; }
 
