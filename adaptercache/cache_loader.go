@@ -10,18 +10,21 @@ import (
 	"github.com/loraplex/loraplex/model"
 )
 
-// DefaultLoader loads a PEFT adapter folder with LoadPEFT. A path that is a file is refused with
-// a clear error: compressed single-file adapters are not wired into the cache yet.
+// DefaultLoader loads a PEFT adapter folder with LoadPEFT, or a lorapack file with
+// LoadCompressed. Any other file is refused with an error naming the adapter.
 func DefaultLoader(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("adapter %q: %w", name, err)
 	}
-	if !st.IsDir() {
-		return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf(
-			"%w: not a PEFT adapter folder (single-file adapters are not supported by the cache yet)", model.ErrUnsupported)}
+	if st.IsDir() {
+		return LoadPEFT(path, name, cfg)
 	}
-	return LoadPEFT(path, name, cfg)
+	if IsCompressed(path) {
+		return LoadCompressed(path, name, cfg)
+	}
+	return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf(
+		"%w: neither a PEFT adapter folder nor a lorapack file", model.ErrUnsupported)}
 }
 
 // ValidName accepts names that are safe as a single path element: a request's model name

@@ -437,6 +437,28 @@ func TestCacheUnregisterWhileLoading(t *testing.T) {
 	}
 }
 
+// A lorapack file loads through the default loader like a PEFT folder.
+func TestCacheCompressedAdapter(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "a_qv.lorapack")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CompressPEFT(fixturePath("a_qv"), f, DefaultCompressOptions()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := newTestCache(t, Options{})
+	c.Register("packed", p)
+	l := mustAcquire(t, c, "packed")
+	defer l.Release()
+	if a := l.Adapter(); a.MaxRank != 8 || a.Modules[1][model.ProjV] == nil {
+		t.Fatalf("compressed a_qv: max rank %d", a.MaxRank)
+	}
+}
+
 func TestCacheDirs(t *testing.T) {
 	c, _ := newTestCache(t, Options{Dirs: []string{t.TempDir(), filepath.Join(llamaDir, "adapters")}})
 	l := mustAcquire(t, c, "c_patterns")
