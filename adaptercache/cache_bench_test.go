@@ -20,7 +20,8 @@ import (
 // page cache warm. ms/load is the whole round; load-ms and upload-ms split it into disk -> host
 // (LoadPEFT: config, header, validation, mmap) and host -> device (UploadAdapter). The CPU
 // backend aliases F32 and BF16 tensors in the mapping, so no tensor byte is read here: the
-// first forward pass faults the pages in.
+// first forward pass faults the pages in. A lorapack load decodes into fresh memory and takes
+// long enough that the default benchtime gives one iteration: run it with -benchtime 20x.
 func BenchmarkCacheColdLoad(b *testing.B) {
 	for _, n := range fixtureNames {
 		b.Run("fixture/"+n, func(b *testing.B) { benchColdLoad(b, llamaConfig(b), fixturePath(n)) })
@@ -35,6 +36,22 @@ func BenchmarkCacheColdLoad(b *testing.B) {
 			benchColdLoad(b, cfg, dir)
 		})
 	}
+	// The same F32 adapter as a lorapack file (default options): decoding replaces the mmap.
+	b.Run("llama3-8b-r16-all-linear-lorapack", func(b *testing.B) {
+		dir := writeLlamaAdapter(b, cfg, 16, "F32")
+		p := filepath.Join(b.TempDir(), "adapter.lorapack")
+		f, err := os.Create(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := CompressPEFT(dir, f, DefaultCompressOptions()); err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+		benchColdLoad(b, cfg, p)
+	})
 }
 
 func benchColdLoad(b *testing.B, cfg *model.Config, dir string) {
