@@ -81,6 +81,7 @@ type Cache struct {
 	devBytes int64
 	hostN    int
 	hostB    int64
+	loading  int // loads in progress
 	leases   int
 	stats    Stats
 	closed   bool
@@ -217,7 +218,9 @@ func (c *Cache) drop(e *entry) {
 }
 
 // Prefetch starts reading name from disk into host memory if it is in neither tier, without
-// waiting, so a queued request finds it there. It reports unknown names and closed caches only.
+// waiting, so a later request finds it there. It is a hint: nothing happens when the host tier
+// is full of adapters in use. It reports unknown names and closed caches only. (Queued
+// requests need no Prefetch: a ticket loads its adapter.)
 func (c *Cache) Prefetch(name string) error {
 	c.mu.Lock()
 	defer c.unlock()
@@ -231,7 +234,9 @@ func (c *Cache) Prefetch(name string) error {
 	c.retryIfDue(e)
 	switch e.state {
 	case StateDisk:
-		c.startLoad(e)
+		if c.hostRoom(e) {
+			c.startLoad(e)
+		}
 	case StateHost:
 		c.hostLRU.Get(e) // asked for again: keep it
 	}

@@ -277,6 +277,42 @@ func TestCacheTickets(t *testing.T) {
 	mustAcquire(t, c, "d_regex").Release()
 }
 
+// A queue of distinct adapters loads only what the host tier can hold, the adapters next for
+// the device first.
+func TestCacheQueueLoadsWithinHostBudget(t *testing.T) {
+	c, _ := newTestCache(t, Options{MaxDeviceSlots: 1, MaxHostAdapters: 2})
+	registerFixtures(t, c)
+	lx := mustAcquire(t, c, "a_qv") // holds the slot and, pinned, one host place
+	var tks []*Ticket
+	for _, n := range fixtureNames[1:] {
+		tk, err := c.Want(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tks = append(tks, tk)
+	}
+	waitState(t, c, "b_all_rslora", StateHost)
+	time.Sleep(10 * time.Millisecond)
+	if s1, s2 := stateOf(c, "c_patterns"), stateOf(c, "d_regex"); s1 != StateDisk || s2 != StateDisk {
+		t.Fatalf("c_patterns %v, d_regex %v: loaded past the host budget", s1, s2)
+	}
+	lx.Release()
+	for _, tk := range tks {
+		var l *Lease
+		waitFor(t, c, "lease", func() bool {
+			var err error
+			if l, err = tk.TryLease(); err != nil {
+				t.Fatal(err)
+			}
+			return l != nil
+		})
+		l.Release()
+		if s := c.Stats(); s.HostAdapters > 2 {
+			t.Fatalf("host tier %d adapters, budget 2", s.HostAdapters)
+		}
+	}
+}
+
 // Broken adapters fail alone, with an error naming them, and are retried on Register.
 func TestCacheBrokenAdapters(t *testing.T) {
 	root := t.TempDir()

@@ -124,16 +124,20 @@ func (t *Ticket) follow() error {
 	return nil
 }
 
-// kick moves the queued tickets' adapters along, in ticket order: loads for those on disk, and
+// kick moves the queued tickets' adapters along, in ticket order: for those on disk a load, and
 // for those in host memory a free device slot or else the slot of the least recently used
 // unleased copy that no older ticket wants. A copy only younger tickets want can be evicted, so
 // the oldest ticket always gets the next unleased slot and no request starves behind a stream
-// of requests for resident adapters. Called by unlock after any state change.
+// of requests for resident adapters. Loads start while the host tier has room for them, and
+// always for the first MaxDeviceSlots adapters in the queue, which are next for the device:
+// a long queue of distinct adapters does not pull them all into memory at once.
+// Called by unlock after any state change.
 func (c *Cache) kick() {
 	if c.closed || c.queue.Len() == 0 {
 		return
 	}
 	clear(c.claimed)
+	hostN, hostB, counted := 0, int64(0), false
 	for el := c.queue.Front(); el != nil; el = el.Next() {
 		t := el.Value.(*Ticket)
 		if t.e.removed {
@@ -145,7 +149,14 @@ func (c *Cache) kick() {
 		c.retryIfDue(e)
 		switch e.state {
 		case StateDisk:
-			c.startLoad(e)
+			if !counted {
+				hostN, hostB = c.hostCommitted()
+				counted = true
+			}
+			if len(c.claimed) < c.opt.MaxDeviceSlots || c.hostFits(hostN, hostB, e) {
+				c.startLoad(e)
+				hostN, hostB = hostN+1, hostB+e.bytes
+			}
 		case StateHost:
 			if c.devUsed < c.opt.MaxDeviceSlots {
 				c.devUsed++

@@ -38,6 +38,7 @@ func (c *Cache) closeIfUnused(h *hostCopy) {
 // startLoad reads e from disk on a new goroutine. Called with mu held, e on disk.
 func (c *Cache) startLoad(e *entry) {
 	e.state = StateLoading
+	c.loading++
 	c.changed()
 	c.wg.Add(1)
 	go c.load(e)
@@ -50,6 +51,7 @@ func (c *Cache) load(e *entry) {
 	took := time.Since(start)
 	c.mu.Lock()
 	defer c.unlock()
+	c.loading--
 	c.stats.LoadSeconds += took.Seconds()
 	c.changed()
 	if err != nil {
@@ -95,6 +97,37 @@ func (c *Cache) enforceHostBudget(keep *entry) {
 			e.state = StateDisk
 		}
 	}
+}
+
+// hostRoom reports whether the host tier can take e besides what it cannot give up (see
+// hostCommitted). Called with mu held.
+func (c *Cache) hostRoom(e *entry) bool {
+	n, b := c.hostCommitted()
+	return c.hostFits(n, b, e)
+}
+
+// hostCommitted counts the host copies the tier cannot give up (pinned, uploading or wanted by
+// a ticket) and the loads in progress. Evictable copies do not count: a load evicts them when it
+// lands. Called with mu held.
+func (c *Cache) hostCommitted() (n int, b int64) {
+	n = c.loading
+	if c.opt.MaxHostAdapters == 0 && c.opt.MaxHostBytes == 0 {
+		return n, 0
+	}
+	for _, h := range c.hostLRU.Keys() {
+		if h.host.pins > 0 || h.waiting > 0 || h.state == StateUploading {
+			n++
+			b += h.host.ha.Bytes
+		}
+	}
+	return n, b
+}
+
+// hostFits reports whether e fits beside n committed copies of b bytes (e.bytes is 0 until e
+// has been loaded once).
+func (c *Cache) hostFits(n int, b int64, e *entry) bool {
+	return (c.opt.MaxHostAdapters == 0 || n < c.opt.MaxHostAdapters) &&
+		(c.opt.MaxHostBytes == 0 || b+e.bytes <= c.opt.MaxHostBytes)
 }
 
 // dropHost takes e's host copy out of the host tier, closing it now or when its last pin goes.
