@@ -35,8 +35,8 @@ type Options struct {
 	// MaxDeviceSlots is how many adapters may be on the device at once (--max-loras).
 	MaxDeviceSlots int
 	// MaxHostAdapters and MaxHostBytes bound the host tier (--max-cpu-loras, a byte budget).
-	// Host copies that back a device copy or an upload in progress cannot be evicted, so the
-	// tier may exceed its budget by those.
+	// Host copies that back a device copy (aliasing backends) or an upload in progress, or that
+	// an open ticket wants, cannot be evicted, so the tier may exceed its budget by those.
 	MaxHostAdapters int
 	MaxHostBytes    int64
 	// UploadCopies says the backend copies tensors on Upload (CUDA), so the host copy may be
@@ -52,8 +52,9 @@ type Options struct {
 
 // Cache is a registry of adapters by name and their copies in two tiers: host memory (a
 // validated HostAdapter, usually aliasing a read-only file mapping) and device slots (a
-// model.Adapter uploaded through the Backend). Requests take a Lease on a device copy; a leased
-// copy is never evicted or freed, so the forward pass can read it until Release.
+// model.Adapter uploaded through the Backend). A request opens a Ticket (Want) or calls Acquire
+// and ends up with a Lease on a device copy; a leased copy is never evicted or freed, so the
+// forward pass can read it until Release.
 //
 // All methods are safe for concurrent use. Loads and uploads run on their own goroutines and
 // call only Backend.Upload and Backend.Free, so the engine's loop never waits on a load.
@@ -86,7 +87,7 @@ type Cache struct {
 	stats    Stats
 	closed   bool
 	// pending are actions (closing files, freeing device copies) collected under mu and run
-	// after it is released, so no I/O or backend call happens while holding the lock.
+	// after it is released, so no unmap or backend call happens while holding the lock.
 	pending []func()
 	wg      sync.WaitGroup
 }
