@@ -2,11 +2,12 @@
 // kernel in attention_prefill.cu; this one is also the fallback for any row).
 //
 // Split-K (flash-decoding): one block per (row, head, split). The visible positions of a row are
-// cut into LP_DECODE_SPLITS contiguous chunks so that even a single long sequence spreads over
+// cut into up to LP_DECODE_SPLITS contiguous chunks so that even a single long sequence spreads over
 // heads x splits blocks instead of heads blocks; a second small kernel merges the splits'
-// partial softmax states. The split count is fixed (not derived from the context length) so a
+// partial softmax states. The split count is never derived from the context length, so a
 // decode step's launch shape never depends on how long its sequences are, which keeps recorded
-// CUDA graphs valid; splits that get no positions exit at once.
+// CUDA graphs valid; splits that get no positions exit at once. Big decode batches, which
+// already fill the GPU with (row, head) blocks, use fewer splits (down to one).
 // Inside a block, DECODE_WARPS warps take interleaved positions of the chunk and each keeps an online softmax (running max m, normaliser l, weighted value sum
 // acc): the flash-attention recurrence, so scores are never stored. Lanes split the head
 // dimension (up to 8 values each), a warp reduction gives each score. At the end the warps'
@@ -27,15 +28,15 @@ __global__ void attention_kernel(float* part_o, float* part_ml, const float* q, 
                                  const uint16_t* vc, const int32_t* positions, const int32_t* rows,
                                  const int32_t* row_seq, const int32_t* seq_pages, const int32_t* page_table,
                                  int heads, int kv_heads, int D, int page_size, int window, float scale) {
-    const int row = rows[blockIdx.x], h = blockIdx.y, split = blockIdx.z;
+    const int row = rows[blockIdx.x], h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (heads / kv_heads);
     const int width = kv_heads * D;
     const int pos = positions[row];
     const int first = window > 0 ? max(0, pos - window + 1) : 0;
-    const int chunk = (pos - first + LP_DECODE_SPLITS) / LP_DECODE_SPLITS;  // ceil(visible / splits)
+    const int chunk = (pos - first + splits) / splits;  // ceil(visible / splits)
     const int begin = first + split * chunk, end = min(pos, begin + chunk - 1);
-    const size_t slot = ((size_t)blockIdx.x * heads + h) * LP_DECODE_SPLITS + split;
+    const size_t slot = ((size_t)blockIdx.x * heads + h) * splits + split;
     const int32_t* pages = page_table + seq_pages[row_seq[row]];
     const float* qr = q + ((size_t)row * heads + h) * D;
 
@@ -102,21 +103,21 @@ __global__ void attention_kernel(float* part_o, float* part_ml, const float* q, 
 // attention_merge_kernel combines a (row, head)'s split states: out = sum_z O_z e^(M_z - M) /
 // sum_z L_z e^(M_z - M), M the largest split max.
 __global__ void attention_merge_kernel(float* out, const float* part_o, const float* part_ml, const int32_t* rows,
-                                       int heads, int D) {
+                                       int heads, int D, int splits) {
     const int row = rows[blockIdx.x], h = blockIdx.y;
-    const size_t slot0 = ((size_t)blockIdx.x * heads + h) * LP_DECODE_SPLITS;
+    const size_t slot0 = ((size_t)blockIdx.x * heads + h) * splits;
     float M = -INFINITY;
-    for (int z = 0; z < LP_DECODE_SPLITS; z++)
+    for (int z = 0; z < splits; z++)
         if (part_ml[2 * (slot0 + z) + 1] > 0.f) M = fmaxf(M, part_ml[2 * (slot0 + z)]);
     float L = 0.f;
-    for (int z = 0; z < LP_DECODE_SPLITS; z++) {
+    for (int z = 0; z < splits; z++) {
         const float lz = part_ml[2 * (slot0 + z) + 1];
         if (lz > 0.f) L += lz * __expf(part_ml[2 * (slot0 + z)] - M);
     }
     float* orow = out + ((size_t)row * heads + h) * D;
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
         float o = 0.f;
-        for (int z = 0; z < LP_DECODE_SPLITS; z++)
+        for (int z = 0; z < splits; z++)
             if (part_ml[2 * (slot0 + z) + 1] > 0.f) o += part_o[(slot0 + z) * D + j] * __expf(part_ml[2 * (slot0 + z)] - M);
         orow[j] = o / L;
     }
@@ -130,14 +131,25 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
     if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
         scratch == nullptr)
         return (int)cudaErrorInvalidValue;
+    // Split only as far as it takes to fill the GPU: a big decode batch already has enough
+    // (row, head) blocks, and splitting it would only add merge work. The count depends on the
+    // step's row count alone, which is part of a recorded graph's key.
+    static int sms = 0;  // multiprocessors of the (one) device this process uses
+    if (sms == 0) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            sms = 132;
+    }
+    int splits = LP_DECODE_SPLITS;
+    while (splits > 1 && (long)n * heads * splits > 4L * sms) splits /= 2;
     // scratch: [n][heads][splits][head_dim] outputs, then [n][heads][splits][2] (max, sum).
     float* part_o = scratch;
-    float* part_ml = scratch + (size_t)n * heads * LP_DECODE_SPLITS * head_dim;
-    dim3 grid(n, heads, LP_DECODE_SPLITS);
+    float* part_ml = scratch + (size_t)n * heads * splits * head_dim;
+    dim3 grid(n, heads, splits);
     attention_kernel<<<grid, 32 * DECODE_WARPS, 0, as_stream(s)>>>(part_o, part_ml, q, kcache, vcache, positions, rows,
                                                                    row_seq, seq_pages, page_table, heads, kv_heads,
                                                                    head_dim, page_size, window, scale);
-    attention_merge_kernel<<<dim3(n, heads), 128, 0, as_stream(s)>>>(out, part_o, part_ml, rows, heads, head_dim);
+    attention_merge_kernel<<<dim3(n, heads), 128, 0, as_stream(s)>>>(out, part_o, part_ml, rows, heads, head_dim, splits);
     LP_CHECK_LAUNCH();
 }
 
