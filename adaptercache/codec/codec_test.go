@@ -221,3 +221,34 @@ func TestDecodeRejects(t *testing.T) {
 		}
 	}
 }
+
+// Clustered kept sets: long gaps whose unary part does not fit the rice decoder's 64-bit
+// buffer, between runs of adjacent indices, and a gap right before the stream's last bytes.
+func TestRiceLongGaps(t *testing.T) {
+	const n = 200000
+	var idx []uint32
+	for i := range 1000 {
+		idx = append(idx, uint32(i))
+	}
+	for i := range 1000 {
+		idx = append(idx, uint32(90000+i))
+	}
+	idx = append(idx, 150000, n-1)
+	sp := &Sparse{Rows: 1, Cols: n, Idx: idx, Neg: make([]uint64, (len(idx)+63)/64), Scale: 0.5}
+	for j := range idx {
+		if j%3 == 0 {
+			sp.Neg[j/64] |= 1 << (j % 64)
+		}
+	}
+	st, err := EncodeSparse(Rice, sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, n)
+	if err := DecodeF32(st, got); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, sp.Values()) {
+		t.Fatal("decoded values differ")
+	}
+}
