@@ -104,7 +104,8 @@ func (e *Engine) LoadAdapter(name, path string) (err error) {
 			o.AdapterLoaded(name, time.Since(start), err)
 		}
 	}()
-	host, closer, err := adaptercache.LoadPEFT(path, name, e.cfg)
+	// A PEFT folder or a compressed lorapack file.
+	host, closer, err := adaptercache.DefaultLoader(path, name, e.cfg)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return &Error{Kind: KindNotFound, Param: "lora_path", Msg: fmt.Sprintf("adapter %q", name), Err: err}
