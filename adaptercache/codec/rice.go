@@ -86,10 +86,9 @@ func peek(buf []byte, pos uint64) uint64 {
 	return binary.LittleEndian.Uint64(tmp[:]) >> (pos % 8)
 }
 
-// decodeRice scatters pos / neg at the kept indices of a zeroed dst. Bits are read through a
-// 64-bit buffer refilled a whole word at a time, so the per-gap dependency chain is only
-// count-trailing-zeros, add and shift (the refill's load is off that chain). A gap too long for
-// the buffer, and the stream's last 8 bytes, go through riceSlow.
+// decodeRice scatters pos / neg at the kept indices of a zeroed dst. The common case, a gap
+// whose unary part, stop bit and k low bits fit in one 64-bit load, takes one load and no loop;
+// longer gaps and the last bytes of the stream go through riceSlow.
 func decodeRice[T any](h Header, p []byte, dst []T, pos, neg T) error {
 	kept := h.Kept
 	signs := p[:(kept+7)/8]
@@ -98,42 +97,29 @@ func decodeRice[T any](h Header, p []byte, dst []T, pos, neg T) error {
 	n := uint64(len(dst))
 	k := uint64(h.Param)
 	mask := uint64(1)<<k - 1
+	var bp, next uint64    // bit position; smallest index the next kept entry may have
+	var sw uint64          // current 64 signs
 	vals := [2]T{pos, neg} // indexed by sign: a branch on random signs mispredicts half the time
-	var (
-		buf   uint64 // the next avail bits of the stream, least significant first
-		avail uint64
-		bi    uint64 // next byte to load into buf
-		next  uint64 // smallest index the next kept entry may have
-		sw    uint64 // the next signs
-	)
 	for j := 0; j < kept; j++ {
 		if j%64 == 0 {
 			sw = peek(signs, uint64(j))
 		}
-		if avail < 57 && bi+8 <= uint64(len(gaps)) {
-			buf |= binary.LittleEndian.Uint64(gaps[bi:]) << avail
-			adv := (63 - avail) >> 3
-			bi += adv
-			avail += adv * 8
-		}
 		var g uint64
-		if tz := uint64(bits.TrailingZeros64(buf)); tz+1+k <= avail {
-			g = tz<<k | (buf>>(tz+1))&mask
-			c := tz + 1 + k
-			buf >>= c
-			avail -= c
-		} else {
-			// Resynchronise on the bit position, decode one gap the slow way, and refill.
-			bp := bi*8 - avail
+		if bi := bp >> 3; bi+8 <= uint64(len(gaps)) {
+			w := binary.LittleEndian.Uint64(gaps[bi:]) >> (bp & 7)
+			if tz := uint64(bits.TrailingZeros64(w)); tz+1+k <= 57 {
+				g = tz<<k | (w>>(tz+1))&mask
+				bp += tz + 1 + k
+				goto place
+			}
+		}
+		{
 			var err error
 			if g, bp, err = riceSlow(gaps, bp, k, n, totalBits); err != nil {
 				return fmt.Errorf("gap %d: %w", j, err)
 			}
-			bi, buf, avail = bp>>3, 0, 0
-			if skip := bp & 7; skip != 0 {
-				buf, avail, bi = uint64(gaps[bi])>>skip, 8-skip, bi+1
-			}
 		}
+	place:
 		if next+g >= n {
 			return corrupt("rice gap %d puts an index past %d values", j, n)
 		}
@@ -142,7 +128,6 @@ func decodeRice[T any](h Header, p []byte, dst []T, pos, neg T) error {
 		sw >>= 1
 		next = i + 1
 	}
-	bp := bi*8 - avail
 	if bp > totalBits || (bp+7)/8 != uint64(len(gaps)) || (bp%8 != 0 && gaps[len(gaps)-1]>>(bp%8) != 0) {
 		return corrupt("rice stream ends at bit %d of %d", bp, totalBits)
 	}
