@@ -62,7 +62,7 @@ func IsCompressed(path string) bool {
 // accept and reject the same adapters with the same errors. The io.Closer holds nothing (the
 // file is closed before returning) and is returned for symmetry with LoadPEFT.
 func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
-	buf, _, cfg, err := decodeCompressed(path, name, maxAdapterElems(base))
+	buf, _, cfg, err := decodeCompressed(path, name, func(cfg *PEFTConfig, _ *codec.Manifest) int { return maxAdapterElems(base, cfg) })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -77,20 +77,31 @@ func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, 
 	return a, f, nil
 }
 
-// maxAdapterElems bounds what a hostile file may make us allocate: a LoRA of full rank on every
-// projection of every layer has at most 2*out*in values per projection.
-func maxAdapterElems(base *model.Config) int {
+// maxAdapterElems bounds what a file may make us allocate before its tensors are validated: the
+// size of an adapter on every projection of every layer at the largest rank its config allows.
+// Every adapter that passes validation fits; a hostile manifest claiming more is refused before
+// the allocation.
+func maxAdapterElems(base *model.Config, cfg *PEFTConfig) int {
 	n := 0
 	for p := model.Proj(0); p < model.NumProj; p++ {
 		out, in := base.ProjShape(p)
-		n += 2 * out * in
+		n += out + in
 	}
-	return n * base.NumLayers
+	return n * base.NumLayers * maxRank(cfg)
+}
+
+// maxRank is the largest rank r and rank_pattern allow.
+func maxRank(cfg *PEFTConfig) int {
+	r := cfg.R
+	for _, p := range cfg.rankPat {
+		r = max(r, p.value)
+	}
+	return r
 }
 
 // decodeCompressed opens, checks and decodes a lorapack file into safetensors bytes, and returns
 // the adapter config it carries, raw and parsed.
-func decodeCompressed(path, name string, maxElems int) ([]byte, []byte, *PEFTConfig, error) {
+func decodeCompressed(path, name string, limit func(*PEFTConfig, *codec.Manifest) int) ([]byte, []byte, *PEFTConfig, error) {
 	c, err := codec.Open(path)
 	if err != nil {
 		return nil, nil, nil, compressedErr(name, path, err)
@@ -101,7 +112,7 @@ func decodeCompressed(path, name string, maxElems int) ([]byte, []byte, *PEFTCon
 	if err != nil {
 		return nil, nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
 	}
-	buf, err := c.DecodeFile(maxElems)
+	buf, err := c.DecodeFile(limit(cfg, c.Manifest))
 	if err != nil {
 		return nil, nil, nil, compressedErr(name, path, err)
 	}
@@ -124,8 +135,12 @@ func compressedErr(name, path string, err error) error {
 // DecompressFile writes a lorapack file back out as a PEFT folder (adapter_config.json, the
 // original config verbatim, and adapter_model.safetensors with the decoded factors).
 func DecompressFile(path, outDir string) error {
-	// Without a base model to bound it, allow 2^31 values (8 GiB as F32): far above any LoRA.
-	buf, cfg, _, err := decodeCompressed(path, filepath.Base(path), 1<<31)
+	// Without a base model, bound by the config's rank: every factor has one side of at most that
+	// rank, and the other side at most 2^20 (over 50x Llama-3-70B's widest projection); never
+	// more than 2^31 values (8 GiB as F32) in all.
+	buf, cfg, _, err := decodeCompressed(path, filepath.Base(path), func(cfg *PEFTConfig, m *codec.Manifest) int {
+		return min(1<<31, len(m.Tensors)*maxRank(cfg)<<20)
+	})
 	if err != nil {
 		return err
 	}

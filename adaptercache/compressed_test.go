@@ -391,3 +391,31 @@ func BenchmarkLoadCompressed(b *testing.B) {
 		}
 	})
 }
+
+// A manifest that claims huge tensors is refused before anything that size is allocated.
+func TestCompressedHugeClaim(t *testing.T) {
+	base, err := model.LoadConfig(fixture.Dir("llama"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 20-byte rice stream with nothing kept can claim any shape; 65535 x 65535 is 4G values.
+	st := make([]byte, codec.HeaderSize)
+	copy(st, "LX\x04\x00\xff\xff\x00\x00\xff\xff\x00\x00")
+	name := "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+	m := &codec.Manifest{Format: codec.Format, PEFTConfig: []byte(`{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj"]}`),
+		Tensors: map[string]codec.TensorInfo{name: {Codec: "rice", Shape: [2]int{65535, 65535}, DType: "BF16", Bytes: len(st)}}}
+	var buf bytes.Buffer
+	if err := codec.WriteContainer(&buf, m, []codec.Stream{{Name: name, Data: st}}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "huge.lorapack")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := LoadCompressed(path, "x", base); !errors.Is(err, codec.ErrCorrupt) {
+		t.Errorf("LoadCompressed: %v", err)
+	}
+	if err := DecompressFile(path, t.TempDir()); !errors.Is(err, codec.ErrCorrupt) {
+		t.Errorf("DecompressFile: %v", err)
+	}
+}
