@@ -2,12 +2,15 @@ package serve
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 
+	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/internal/fixture"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -102,5 +105,41 @@ func TestCheckAdapterPath(t *testing.T) {
 	noRoots := newBareEngine(t, "llama", Options{})
 	if _, err := noRoots.CheckAdapterPath(filepath.Join(root, "good")); KindOf(err) != KindForbidden {
 		t.Errorf("without roots: %v", err)
+	}
+}
+
+// TestCompressedAdapterServed: a lorapack file is served like a PEFT folder, and gives exactly
+// what the PEFT folder it decompresses to gives.
+func TestCompressedAdapterServed(t *testing.T) {
+	dir := t.TempDir()
+	packed := filepath.Join(dir, "b.lorapack")
+	f, err := os.Create(packed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adaptercache.CompressPEFT(fixture.AdapterDir("llama", "b_all_rslora"), f, adaptercache.CompressOptions{Codec: "rice", Density: 0.5}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	unpacked := filepath.Join(dir, "unpacked")
+	if err := adaptercache.DecompressFile(packed, unpacked); err != nil {
+		t.Fatal(err)
+	}
+	e := newBareEngine(t, "llama", Options{})
+	if err := e.LoadAdapter("packed", packed); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.LoadAdapter("unpacked", unpacked); err != nil {
+		t.Fatal(err)
+	}
+	prompt := []int{11, 200, 3, 45, 99}
+	a := generate(t, e, Request{Model: "packed", Prompt: prompt, Params: greedyParams(8)})
+	b := generate(t, e, Request{Model: "unpacked", Prompt: prompt, Params: greedyParams(8)})
+	base := generate(t, e, Request{Prompt: prompt, Params: greedyParams(8)})
+	if fmt.Sprint(a.Tokens) != fmt.Sprint(b.Tokens) {
+		t.Fatalf("lorapack %v, its PEFT folder %v", a.Tokens, b.Tokens)
+	}
+	if fmt.Sprint(a.Tokens) == fmt.Sprint(base.Tokens) {
+		t.Fatalf("the compressed adapter changed nothing: %v", a.Tokens)
 	}
 }
