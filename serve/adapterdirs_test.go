@@ -11,28 +11,13 @@ import (
 	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
-	"github.com/loraplex/loraplex/model"
 )
 
 func newBareEngine(t *testing.T, name string, opt Options) *Engine {
 	t.Helper()
-	dir := fixtureDir(name)
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := cpu.New(2)
-	w, err := model.LoadWeights(dir, cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.ModelName = name
-	e, err := NewEngine(cfg, b, w, nil, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
-	return e
+	t.Cleanup(b.Close)
+	return fixtureEngine(t, name, b, nil, opt, nil)
 }
 
 // TestAdapterDirLoadsOnDemand: eight concurrent first requests for an adapter that is only on

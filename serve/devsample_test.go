@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/internal/fixture"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -37,27 +37,7 @@ func (r *refSampler) Sample(logits model.Tensor, rows []model.SampleRow, out []m
 // newEngineOn serves a fixture model with its adapters on b (a CPU backend or a wrapper).
 func newEngineOn(t *testing.T, name string, b model.Backend, opt Options) *Engine {
 	t.Helper()
-	dir := fixtureDir(name)
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := model.LoadWeights(dir, cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opt.ModelName = name
-	e, err := NewEngine(cfg, b, w, nil, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"} {
-		if err := e.LoadAdapter(a, filepath.Join(dir, "adapters", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() { e.Close(); w.Close() })
-	return e
+	return fixtureEngine(t, name, b, nil, opt, fixture.Adapters)
 }
 
 func newRefEngine(t *testing.T, name string, opt Options) (*Engine, *refSampler) {

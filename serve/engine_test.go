@@ -26,12 +26,19 @@ func loadCases(t testing.TB, name string) []fixtureCase { return fixture.Cases(t
 // newTestEngine serves a fixture model with its four adapters on the CPU backend.
 func newTestEngine(t testing.TB, name string, tok *tokenizer.Tokenizer, opt Options) *Engine {
 	t.Helper()
+	b := cpu.New(2)
+	t.Cleanup(b.Close)
+	return fixtureEngine(t, name, b, tok, opt, fixture.Adapters)
+}
+
+// fixtureEngine serves a fixture model on b with the named fixture adapters loaded.
+func fixtureEngine(t testing.TB, name string, b model.Backend, tok *tokenizer.Tokenizer, opt Options, adapters []string) *Engine {
+	t.Helper()
 	dir := fixtureDir(name)
 	cfg, err := model.LoadConfig(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := cpu.New(2)
 	w, err := model.LoadWeights(dir, cfg, b)
 	if err != nil {
 		t.Fatal(err)
@@ -41,12 +48,12 @@ func newTestEngine(t testing.TB, name string, tok *tokenizer.Tokenizer, opt Opti
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range []string{"a_qv", "b_all_rslora", "c_patterns", "d_regex"} {
-		if err := e.LoadAdapter(a, filepath.Join(dir, "adapters", a)); err != nil {
+	t.Cleanup(func() { e.Close(); w.Close() })
+	for _, a := range adapters {
+		if err := e.LoadAdapter(a, fixture.AdapterDir(name, a)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
 	return e
 }
 
