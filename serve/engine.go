@@ -82,7 +82,8 @@ type Stats struct {
 	GenerationTokens     atomic.Int64
 	Preemptions          atomic.Int64
 	Steps                atomic.Int64
-	Finished             sync.Map // finish reason -> *atomic.Int64
+	Panics               atomic.Int64 // steps that panicked (bugs); their requests failed
+	Finished             sync.Map     // finish reason -> *atomic.Int64
 }
 
 // NewEngine builds the runner (workspaces and KV cache) and starts the scheduler loop.

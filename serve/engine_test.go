@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -444,4 +446,44 @@ func TestDrainFinishesInFlight(t *testing.T) {
 	if _, err := e.Generate(context.Background(), Request{Prompt: []int{1}}); KindOf(err) != KindUnavailable {
 		t.Fatalf("after drain: %v", err)
 	}
+}
+
+// panicky is the CPU backend with a fuse: while armed, Embed panics (standing in for a bug).
+type panicky struct {
+	*cpu.Backend
+	armed atomic.Bool
+}
+
+func (p *panicky) Embed(out, table model.Tensor) {
+	if p.armed.Load() {
+		panic("injected fault")
+	}
+	p.Backend.Embed(out, table)
+}
+
+// TestStepPanicFailsOnlyItsRequests: a panic inside a step fails that step's requests with an
+// internal error; the engine keeps serving and later requests get the reference tokens.
+func TestStepPanicFailsOnlyItsRequests(t *testing.T) {
+	b := &panicky{Backend: cpu.New(2)}
+	t.Cleanup(b.Close)
+	e := fixtureEngine(t, "llama", b, nil, Options{}, nil)
+	c := loadCases(t, "llama")[1]
+	b.armed.Store(true)
+	s, err := e.Generate(context.Background(), Request{Prompt: c.Prompt, Params: greedyParams(4)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := s.Collect(context.Background())
+	if ev.Finish != "error" || KindOf(ev.Err) != KindInternal || !strings.Contains(ev.Err.Error(), "injected fault") {
+		t.Fatalf("finish %q err %v", ev.Finish, ev.Err)
+	}
+	if e.Stats().Panics.Load() != 1 {
+		t.Fatalf("panics counted: %d", e.Stats().Panics.Load())
+	}
+	b.armed.Store(false)
+	ev = generate(t, e, Request{Prompt: c.Prompt, Params: greedyParams(len(c.Steps))})
+	if fmt.Sprint(ev.Tokens) != fmt.Sprint(c.Tokens()) {
+		t.Fatalf("after the panic: tokens %v, want %v", ev.Tokens, c.Tokens())
+	}
+	waitIdle(t, e)
 }

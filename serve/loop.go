@@ -2,6 +2,8 @@ package serve
 
 import (
 	"context"
+	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -52,39 +54,55 @@ func (e *Engine) loop() {
 			e.publish()
 			continue
 		}
-		e.stats.Steps.Add(1)
-		stepStart := time.Now()
-		V := e.cfg.VocabSize
-		logits := e.logits[:len(e.step.LogitRows)*V]
-		var err error
-		if e.devSample {
-			rows := e.deviceRows()
-			err = e.runner.ForwardSample(&e.step, e.stepAd, rows, e.sampleOut[:len(rows)])
-		} else {
-			err = e.runner.Forward(&e.step, e.stepAd, logits)
-		}
-		if err != nil {
-			e.log.Error("forward pass failed", "err", err)
-			for _, sq := range slices.Clone(e.running) {
-				e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err})
-			}
-			continue
-		}
-		now := time.Now()
-		if o := e.obs(); o != nil {
-			o.Step(len(e.step.Tokens), len(e.step.Seqs), now.Sub(stepStart))
-		}
-		for k, sq := range e.stepSeq {
-			var tok int
-			var ev Event
-			if e.devSample {
-				tok, ev = e.fromDevice(sq, &e.sampleOut[k])
-			} else {
-				tok, ev = e.choose(sq, logits[k*V:(k+1)*V])
-			}
-			e.emit(sq, tok, ev, now)
-		}
+		e.safeStep()
 		e.publish()
+	}
+}
+
+// safeStep runs one step. A panic inside it (a bug: shapes are checked before any kernel runs)
+// must not take the process and every other request down with it: the requests of the step fail
+// with an internal error, the stack is logged, and the loop goes on with the next step.
+func (e *Engine) safeStep() {
+	defer func() {
+		if r := recover(); r != nil {
+			e.stats.Panics.Add(1)
+			e.log.Error("engine step panicked", "panic", r, "stack", string(debug.Stack()))
+			for _, sq := range slices.Clone(e.running) {
+				e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: fmt.Sprintf("internal error: %v", r)})
+			}
+		}
+	}()
+	e.stats.Steps.Add(1)
+	stepStart := time.Now()
+	V := e.cfg.VocabSize
+	logits := e.logits[:len(e.step.LogitRows)*V]
+	var err error
+	if e.devSample {
+		rows := e.deviceRows()
+		err = e.runner.ForwardSample(&e.step, e.stepAd, rows, e.sampleOut[:len(rows)])
+	} else {
+		err = e.runner.Forward(&e.step, e.stepAd, logits)
+	}
+	if err != nil {
+		e.log.Error("forward pass failed", "err", err)
+		for _, sq := range slices.Clone(e.running) {
+			e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err})
+		}
+		return
+	}
+	now := time.Now()
+	if o := e.obs(); o != nil {
+		o.Step(len(e.step.Tokens), len(e.step.Seqs), now.Sub(stepStart))
+	}
+	for k, sq := range e.stepSeq {
+		var tok int
+		var ev Event
+		if e.devSample {
+			tok, ev = e.fromDevice(sq, &e.sampleOut[k])
+		} else {
+			tok, ev = e.choose(sq, logits[k*V:(k+1)*V])
+		}
+		e.emit(sq, tok, ev, now)
 	}
 }
 
