@@ -158,3 +158,8 @@ func checkRows(op string, a, b model.Tensor) {
 		panic(fmt.Sprintf("cpu: %s: %s vs %s", op, a.Shape(), b.Shape()))
 	}
 }
+
+// AliasesUploads says Upload may keep pointing into the caller's host data (the memory-mapped
+// file) instead of copying it, so the adapter cache must keep a host copy alive while its
+// device copy is in use.
+func (b *Backend) AliasesUploads() bool { return true }

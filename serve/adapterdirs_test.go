@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -126,5 +127,89 @@ func TestCompressedAdapterServed(t *testing.T) {
 	}
 	if fmt.Sprint(a.Tokens) == fmt.Sprint(base.Tokens) {
 		t.Fatalf("the compressed adapter changed nothing: %v", a.Tokens)
+	}
+}
+
+// TestFewDeviceSlots: 2 device slots for 4 adapters (plus base requests and a corrupt adapter
+// among them). Every request for a good adapter waits its turn for a slot and gets exactly the
+// reference tokens; requests for the corrupt adapter fail alone with a clear error; no lease
+// or slot is left behind.
+func TestFewDeviceSlots(t *testing.T) {
+	dir := t.TempDir()
+	for _, a := range fixture.Adapters {
+		copyTree(t, fixture.AdapterDir("llama", a), filepath.Join(dir, a))
+	}
+	copyTree(t, fixture.AdapterDir("llama", "a_qv"), filepath.Join(dir, "corrupt"))
+	st := filepath.Join(dir, "corrupt", "adapter_model.safetensors")
+	data, err := os.ReadFile(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(st, data[:len(data)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newBareEngine(t, "llama", Options{MaxLoRAs: 2, MaxNumSeqs: 6, AdapterDirs: []string{dir}})
+	cases := loadCases(t, "llama")
+	var wg sync.WaitGroup
+	errs := make(chan error, 3*len(cases)+8)
+	for rep := 0; rep < 3; rep++ {
+		for _, c := range cases {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s, err := e.Generate(context.Background(), Request{Model: c.Adapter, Prompt: c.Prompt, Params: greedyParams(len(c.Steps))})
+				if err != nil {
+					errs <- err
+					return
+				}
+				ev, err := s.Collect(context.Background())
+				if err != nil || fmt.Sprint(ev.Tokens) != fmt.Sprint(c.Tokens()) {
+					errs <- fmt.Errorf("adapter %q: tokens %v (%v), want %v", c.Adapter, ev.Tokens, err, c.Tokens())
+				}
+			}()
+		}
+	}
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := e.Generate(context.Background(), Request{Model: "corrupt", Prompt: []int{1, 2}, Params: greedyParams(2)})
+			if err == nil {
+				ev, _ := s.Collect(context.Background())
+				err = ev.Err
+			}
+			if KindOf(err) != KindUnprocessable || !strings.Contains(err.Error(), "corrupt") {
+				errs <- fmt.Errorf("corrupt adapter: %v (kind %d)", err, KindOf(err))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	waitIdle(t, e)
+	if st := e.AdapterCache().Stats(); st.Leases != 0 || st.DeviceSlots > 2 {
+		t.Fatalf("after all requests: %d leases, %d device slots", st.Leases, st.DeviceSlots)
+	}
+}
+
+func copyTree(t *testing.T, from, to string) {
+	t.Helper()
+	if err := os.MkdirAll(to, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range entries {
+		data, err := os.ReadFile(filepath.Join(from, en.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, en.Name()), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/tokenizer"
 )
@@ -23,6 +24,12 @@ type Options struct {
 	PageSize         int    // KV-cache tokens per page (default 16)
 	KVCacheTokens    int    // KV-cache capacity in tokens (default MaxNumSeqs * MaxModelLen, at least MaxModelLen)
 	MaxQueued        int    // waiting requests beyond which Generate answers KindOverloaded (default 1024)
+	// MaxLoRAs is the number of adapters on the device at once (default 32); requests for other
+	// adapters wait while one loads into a free or least recently used slot.
+	MaxLoRAs int
+	// MaxCPULoRAs and MaxCPULoRABytes bound the host-memory tier (0: no limit).
+	MaxCPULoRAs     int
+	MaxCPULoRABytes int64
 	// AdapterDirs are searched for DIR/NAME when a request names an adapter that is not loaded.
 	AdapterDirs []string
 	// AdapterRoots bound the paths the runtime load API may read (CheckAdapterPath); the
@@ -40,8 +47,7 @@ type Engine struct {
 	log    *slog.Logger
 	eos    map[int]bool
 
-	adapters registry
-	loads    inflightLoads
+	cache    *adaptercache.Cache
 	submit   chan *sequence
 	queued   atomic.Int64
 	draining atomic.Bool
@@ -122,6 +128,9 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
+	if opt.MaxLoRAs <= 0 {
+		opt.MaxLoRAs = 32
+	}
 	pages := (opt.KVCacheTokens + opt.PageSize - 1) / opt.PageSize
 	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{
 		MaxTokens: opt.MaxBatchedTokens, MaxLogitRows: opt.MaxNumSeqs, MaxContext: opt.MaxModelLen,
@@ -130,11 +139,23 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if err != nil {
 		return nil, err
 	}
+	// Backends whose uploads alias host memory (the CPU reads the file mapping in place) need
+	// the host copy kept while the device copy lives; copying backends (CUDA) do not.
+	aliases := false
+	if a, ok := b.(interface{ AliasesUploads() bool }); ok {
+		aliases = a.AliasesUploads()
+	}
+	cache, err := adaptercache.New(adaptercache.Options{Config: cfg, Backend: b, Dirs: opt.AdapterDirs,
+		MaxDeviceSlots: opt.MaxLoRAs, MaxHostAdapters: opt.MaxCPULoRAs, MaxHostBytes: opt.MaxCPULoRABytes,
+		UploadCopies: !aliases})
+	if err != nil {
+		return nil, err
+	}
 	e := &Engine{
 		cfg: cfg, runner: r, tok: tok, opt: opt, log: opt.Logger, eos: map[int]bool{},
-		adapters: registry{m: map[string]*residentAdapter{}},
-		submit:   make(chan *sequence, opt.MaxQueued),
-		closed:   make(chan struct{}), stop: make(chan struct{}),
+		cache:  cache,
+		submit: make(chan *sequence, opt.MaxQueued),
+		closed: make(chan struct{}), stop: make(chan struct{}),
 		pages:   newPageAllocator(pages, opt.PageSize),
 		logits:  make([]float32, opt.MaxNumSeqs*cfg.VocabSize),
 		created: time.Now().Unix(),
@@ -190,8 +211,11 @@ func (e *Engine) BackendErr() error {
 // Models lists the base model and every adapter.
 func (e *Engine) Models() []ModelInfo {
 	out := []ModelInfo{{ID: e.opt.ModelName, Kind: "base", Created: e.created, MaxLen: e.opt.MaxModelLen}}
-	for _, a := range e.adapters.list() {
-		out = append(out, ModelInfo{ID: a.name, Parent: e.opt.ModelName, Kind: "adapter", Created: a.created, MaxLen: e.opt.MaxModelLen})
+	for _, a := range e.cache.List() {
+		if a.State == adaptercache.StateFailed {
+			continue
+		}
+		out = append(out, ModelInfo{ID: a.Name, Parent: e.opt.ModelName, Kind: "adapter", Created: e.created, MaxLen: e.opt.MaxModelLen})
 	}
 	return out
 }
@@ -207,30 +231,49 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if err := e.validate(&req, &p); err != nil {
 		return nil, err
 	}
-	var ad *residentAdapter
+	var ticket *adaptercache.Ticket
+	var lease *adaptercache.Lease
 	if req.Model == e.opt.ModelName {
 		req.Model = ""
 	}
 	if req.Model != "" {
+		// The ticket starts loading the adapter now and the request waits for it in the queue.
+		// When the adapter is already on the device the request leases it at once: it then keeps
+		// these weights even if the adapter is unloaded or replaced before it runs.
 		var err error
-		if ad, err = e.resolveAdapter(req.Model); err != nil {
-			return nil, err
+		if ticket, err = e.cache.Want(req.Model); err != nil {
+			return nil, adapterError(req.Model, err)
+		}
+		if lease, err = ticket.TryLease(); err != nil {
+			return nil, adapterError(req.Model, err)
+		}
+		if lease != nil {
+			ticket = nil
+		}
+	}
+	release := func() {
+		if ticket != nil {
+			ticket.Cancel()
+		}
+		if lease != nil {
+			lease.Release()
 		}
 	}
 	if e.queued.Add(1) > int64(e.opt.MaxQueued) {
 		e.queued.Add(-1)
-		if ad != nil {
-			ad.release()
-		}
+		release()
 		return nil, errorf(KindOverloaded, "", "too many requests are waiting (%d); retry later", e.opt.MaxQueued)
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	sq := &sequence{
-		id: e.nextID.Add(1), ctx: sctx, params: p, adapter: ad, adapterName: req.Model,
+		id: e.nextID.Add(1), ctx: sctx, params: p, ticket: ticket, lease: lease, adapterName: req.Model,
 		tokens: append(make([]int, 0, len(req.Prompt)+min(p.MaxTokens, 256)), req.Prompt...), promptLen: len(req.Prompt),
 		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(),
 	}
 	sq.sampler.p = &sq.params
+	if lease != nil {
+		sq.adapterW = lease.Adapter()
+	}
 	for _, s := range p.Stop {
 		sq.maxStop = max(sq.maxStop, len(s))
 	}
@@ -242,9 +285,7 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	default: // cannot happen while queued <= MaxQueued, but never block a caller
 		e.queued.Add(-1)
 		cancel()
-		if ad != nil {
-			ad.release()
-		}
+		release()
 		return nil, errorf(KindOverloaded, "", "too many requests are waiting; retry later")
 	}
 	return sq.stream, nil
@@ -331,4 +372,5 @@ func (e *Engine) Close() {
 	e.draining.Store(true)
 	e.stopOnce.Do(func() { close(e.stop) })
 	<-e.closed
+	e.cache.Close()
 }

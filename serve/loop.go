@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/tokenizer"
 )
@@ -18,7 +19,9 @@ type sequence struct {
 	id          uint64
 	ctx         context.Context
 	params      SamplingParams
-	adapter     *residentAdapter // nil: base model
+	ticket      *adaptercache.Ticket // the adapter this request waits for (until leased)
+	lease       *adaptercache.Lease  // the adapter on the device, held while the request lives
+	adapterW    *model.Adapter       // lease.Adapter(); nil for the base model
 	adapterName string
 	tokens      []int // prompt, then generated tokens
 	promptLen   int
@@ -52,6 +55,10 @@ func (e *Engine) loop() {
 		e.dropCancelled()
 		if !e.schedule() {
 			e.publish()
+			if len(e.waiting) > 0 && !e.waitForChange() {
+				e.abortAll(&Error{Kind: KindUnavailable, Msg: "the server is shutting down"})
+				return
+			}
 			continue
 		}
 		e.safeStep()
@@ -129,6 +136,23 @@ func (e *Engine) receive(block bool) bool {
 	}
 }
 
+// waitForChange blocks while nothing can run but requests wait (for adapter loads or pages):
+// until a request arrives, an adapter changes state, or a short tick passes (to notice
+// cancellations). It returns false when the engine is stopping.
+func (e *Engine) waitForChange() bool {
+	tick := time.NewTimer(20 * time.Millisecond)
+	defer tick.Stop()
+	select {
+	case sq := <-e.submit:
+		e.waiting = append(e.waiting, sq)
+	case <-e.cache.Changed():
+	case <-tick.C:
+	case <-e.stop:
+		return false
+	}
+	return true
+}
+
 func (e *Engine) dropCancelled() {
 	for _, list := range [][]*sequence{slices.Clone(e.running), slices.Clone(e.waiting)} {
 		for _, sq := range list {
@@ -161,14 +185,29 @@ func (e *Engine) schedule() bool {
 		e.addRows(sq, n)
 		budget -= n
 	}
-	// Admit waiting requests in arrival order while there is room; never skip the head, so a
-	// long prompt cannot be starved by short ones behind it.
-	for len(e.waiting) > 0 && budget > 0 && len(e.running) < e.opt.MaxNumSeqs {
-		sq := e.waiting[0]
+	// Admit waiting requests in arrival order while there is room. A request whose adapter is
+	// still loading is passed over (it waits in its own queue while others run); among ready
+	// requests the first is never skipped for lack of KV pages, so a long prompt cannot be
+	// starved by short ones behind it.
+	for i := 0; i < len(e.waiting) && budget > 0 && len(e.running) < e.opt.MaxNumSeqs; {
+		sq := e.waiting[i]
+		if sq.ticket != nil {
+			l, err := sq.ticket.TryLease()
+			if err != nil {
+				sq.ticket = nil
+				e.finish(sq, "error", nil, adapterError(sq.adapterName, err))
+				continue
+			}
+			if l == nil {
+				i++
+				continue
+			}
+			sq.ticket, sq.lease, sq.adapterW = nil, l, l.Adapter()
+		}
 		if e.pages.available() < e.pages.pagesFor(len(sq.tokens)+1) {
 			break
 		}
-		e.waiting = e.waiting[1:]
+		e.waiting = slices.Delete(e.waiting, i, i+1)
 		e.queued.Add(-1)
 		e.running = append(e.running, sq)
 		if sq.scheduled.IsZero() {
@@ -227,8 +266,8 @@ func (e *Engine) addRows(sq *sequence, n int) {
 	sq.computed += n
 	s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: sq.computed, Pages: sq.pages})
 	var ad *model.Adapter
-	if sq.adapter != nil {
-		ad = sq.adapter.w
+	if sq.adapterW != nil {
+		ad = sq.adapterW
 	}
 	e.stepAd = append(e.stepAd, ad)
 	if sq.computed == len(sq.tokens) {
@@ -392,9 +431,15 @@ func (e *Engine) finish(sq *sequence, reason string, stopReason any, err error) 
 	}
 	e.pages.release(sq.pages)
 	sq.pages = nil
-	if sq.adapter != nil {
-		sq.adapter.release()
-		sq.adapter = nil
+	// The step that last read the adapter has completed (steps end with a synchronising read),
+	// so the device copy may be evicted once no one else holds it.
+	if sq.lease != nil {
+		sq.lease.Release()
+		sq.lease, sq.adapterW = nil, nil
+	}
+	if sq.ticket != nil {
+		sq.ticket.Cancel()
+		sq.ticket = nil
 	}
 	if o := e.obs(); o != nil {
 		now := time.Now()

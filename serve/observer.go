@@ -58,7 +58,7 @@ func (e *Engine) LoRAInfo() LoRAInfo {
 	if p := e.loraInfo.Load(); p != nil {
 		return *p
 	}
-	return LoRAInfo{MaxLoRAs: e.opt.MaxNumSeqs}
+	return LoRAInfo{MaxLoRAs: e.opt.MaxLoRAs}
 }
 
 // publishLoRAInfo refreshes the snapshot when the sets of running or waiting adapters changed.
@@ -69,13 +69,13 @@ func (e *Engine) publishLoRAInfo() {
 	if old := e.loraInfo.Load(); old != nil && slices.Equal(old.Running, running) && slices.Equal(old.Waiting, waiting) {
 		return
 	}
-	e.loraInfo.Store(&LoRAInfo{MaxLoRAs: e.opt.MaxNumSeqs, Running: slices.Clone(running), Waiting: slices.Clone(waiting), At: time.Now()})
+	e.loraInfo.Store(&LoRAInfo{MaxLoRAs: e.opt.MaxLoRAs, Running: slices.Clone(running), Waiting: slices.Clone(waiting), At: time.Now()})
 }
 
 func adapterNames(seqs []*sequence, dst []string) []string {
 	for _, sq := range seqs {
-		if sq.adapter != nil {
-			dst = append(dst, sq.adapter.name)
+		if sq.adapterName != "" {
+			dst = append(dst, sq.adapterName)
 		}
 	}
 	slices.Sort(dst)

@@ -23,6 +23,7 @@ type config struct {
 	maxModelLen            int
 	kvCacheTokens          int
 	maxQueued              int
+	maxLoRAs, maxCPULoRAs  int
 	threads                int
 	apiKey                 string
 	allowRuntimeAdapters   bool
@@ -62,6 +63,8 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.maxBatchedTokens, "max-num-batched-tokens", 0, "token rows in one forward pass (0: engine default)")
 	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: from the model, at most 4096)")
 	fs.IntVar(&c.kvCacheTokens, "kv-cache-tokens", 0, "KV-cache capacity in tokens (0: max-num-seqs x max-model-len)")
+	fs.IntVar(&c.maxLoRAs, "max-loras", 0, "adapters on the device at once (0: 32); others wait while one loads into a free or least recently used slot")
+	fs.IntVar(&c.maxCPULoRAs, "max-cpu-loras", 0, "adapters kept in host memory (0: no limit)")
 	fs.IntVar(&c.maxQueued, "max-queued-requests", 0, "waiting requests beyond which the server answers 429 (0: engine default)")
 	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
 	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health)")
@@ -81,7 +84,8 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		name string
 		n    int
 	}{{"max-num-seqs", c.maxNumSeqs}, {"max-num-batched-tokens", c.maxBatchedTokens}, {"max-model-len", c.maxModelLen},
-		{"kv-cache-tokens", c.kvCacheTokens}, {"max-queued-requests", c.maxQueued}, {"threads", c.threads}} {
+		{"kv-cache-tokens", c.kvCacheTokens}, {"max-queued-requests", c.maxQueued}, {"threads", c.threads},
+		{"max-loras", c.maxLoRAs}, {"max-cpu-loras", c.maxCPULoRAs}} {
 		if v.n < 0 {
 			return nil, fmt.Errorf("--%s must not be negative, got %d", v.name, v.n)
 		}

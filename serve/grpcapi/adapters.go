@@ -3,6 +3,7 @@ package grpcapi
 import (
 	"context"
 
+	"github.com/loraplex/loraplex/adaptercache"
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/serve"
 )
@@ -17,17 +18,19 @@ func (s *Service) ListModels(ctx context.Context, _ *loraplexv1.ListModelsReques
 	return out, nil
 }
 
-// ListAdapters lists the resident adapters. Every one of them is loaded in host memory today
-// (the CPU backend; the tiered device cache will report "device").
+// ListAdapters lists every adapter the engine's cache knows, with its state (disk, loading,
+// host, uploading, device, failed) and the fastest tier holding a copy.
 func (s *Service) ListAdapters(ctx context.Context, _ *loraplexv1.ListAdaptersRequest) (*loraplexv1.ListAdaptersResponse, error) {
 	out := &loraplexv1.ListAdaptersResponse{}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, m := range s.e.Models() {
-		if m.Kind != "adapter" {
-			continue
+	for _, a := range s.e.AdapterCache().List() {
+		tier := "disk"
+		switch {
+		case a.State == adaptercache.StateDevice:
+			tier = "device"
+		case a.InHost:
+			tier = "host"
 		}
-		out.Adapters = append(out.Adapters, &loraplexv1.Adapter{Name: m.ID, State: "loaded", Tier: "host", Path: s.paths[m.ID]})
+		out.Adapters = append(out.Adapters, &loraplexv1.Adapter{Name: a.Name, State: a.State.String(), Tier: tier, Path: a.Path})
 	}
 	return out, nil
 }
@@ -51,9 +54,6 @@ func (s *Service) LoadAdapter(ctx context.Context, req *loraplexv1.LoadAdapterRe
 	if err := s.e.LoadAdapter(req.GetName(), path); err != nil {
 		return nil, s.toStatus(ctx, method, err)
 	}
-	s.mu.Lock()
-	s.paths[req.GetName()] = req.GetPath()
-	s.mu.Unlock()
 	return &loraplexv1.LoadAdapterResponse{}, nil
 }
 
@@ -66,9 +66,6 @@ func (s *Service) UnloadAdapter(ctx context.Context, req *loraplexv1.UnloadAdapt
 	if err := s.e.UnloadAdapter(req.GetName()); err != nil {
 		return nil, s.toStatus(ctx, method, err)
 	}
-	s.mu.Lock()
-	delete(s.paths, req.GetName())
-	s.mu.Unlock()
 	return &loraplexv1.UnloadAdapterResponse{}, nil
 }
 

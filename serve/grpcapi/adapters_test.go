@@ -3,6 +3,7 @@ package grpcapi_test
 import (
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,7 +49,7 @@ func TestAdapterRoundTrip(t *testing.T) {
 	if got := models(); !slices.Equal(got, want) {
 		t.Fatalf("models %v, want %v", got, want)
 	}
-	if got := adapters(); len(got) != 4 || got[0].GetName() != "a_qv" || got[0].GetState() != "loaded" || got[0].GetTier() != "host" {
+	if got := adapters(); len(got) != 4 || got[0].GetName() != "a_qv" || got[0].GetState() != "device" || got[0].GetTier() != "device" || !strings.HasSuffix(got[0].GetPath(), "a_qv") {
 		t.Fatalf("adapters %v", got)
 	}
 

@@ -5,7 +5,6 @@ package grpcapi
 
 import (
 	"log/slog"
-	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -39,11 +38,6 @@ type Service struct {
 	opt    Options
 	log    *slog.Logger
 	health *health.Server
-
-	// paths remembers where adapters loaded through this API came from: the engine does not
-	// expose adapter paths yet, and ListAdapters reports them.
-	mu    sync.Mutex
-	paths map[string]string
 }
 
 // Register adds the loraplex.v1 service, grpc.health.v1 and server reflection to s. The API-key
@@ -65,7 +59,7 @@ func Register(s *grpc.Server, e *serve.Engine, opt Options) *Service {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	svc := &Service{e: e, opt: opt, log: opt.Logger, health: health.NewServer(), paths: map[string]string{}}
+	svc := &Service{e: e, opt: opt, log: opt.Logger, health: health.NewServer()}
 	svc.SetServing(e.Ready())
 	s.RegisterService(svc.guard(&loraplexv1.Loraplex_ServiceDesc, true), svc)
 	s.RegisterService(svc.guard(&healthpb.Health_ServiceDesc, false), svc.health)

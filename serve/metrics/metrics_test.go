@@ -98,7 +98,7 @@ func req(model string, prompt, maxTokens int) serve.Request {
 }
 
 func TestScrapeAfterRequests(t *testing.T) {
-	e := newTestEngine(t, serve.Options{MaxNumSeqs: 4})
+	e := newTestEngine(t, serve.Options{MaxNumSeqs: 4, MaxLoRAs: 4})
 	reg := prometheus.NewPedanticRegistry()
 	m := New(e, reg)
 	srv := httptest.NewServer(m.Handler())
@@ -223,7 +223,7 @@ func TestScrapeAfterRequests(t *testing.T) {
 // TestLoRARequestsInfoWhileRunning holds the engine inside a step while one adapter's request
 // runs and another's waits (one sequence per batch), and scrapes in between.
 func TestLoRARequestsInfoWhileRunning(t *testing.T) {
-	e := newTestEngine(t, serve.Options{MaxNumSeqs: 1})
+	e := newTestEngine(t, serve.Options{MaxNumSeqs: 1, MaxLoRAs: 1})
 	m := New(e, prometheus.NewRegistry())
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()

@@ -27,6 +27,7 @@ const (
 	nameResident        = "loraplex_adapters_resident"
 	nameLoadSeconds     = "loraplex_adapter_load_seconds"
 	nameLoads           = "loraplex_adapter_loads_total"
+	nameCacheEvents     = "loraplex_adapter_cache_events_total"
 	nameBatchRows       = "loraplex_batch_rows"
 	nameBatchSeqs       = "loraplex_batch_sequences"
 	nameStepSeconds     = "loraplex_step_seconds"

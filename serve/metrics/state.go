@@ -19,6 +19,7 @@ type stateCollector struct {
 	running, waiting, kvUsage   *prometheus.Desc
 	preemptions, prompt, gen    *prometheus.Desc
 	success, loraInfo, resident *prometheus.Desc
+	cacheEvents                 *prometheus.Desc
 }
 
 func newStateCollector(m *Metrics) *stateCollector {
@@ -38,11 +39,13 @@ func newStateCollector(m *Metrics) *stateCollector {
 		// vLLM gives this gauge no model_name or engine label; routers match it by name alone.
 		loraInfo: d(nameLoRAInfo, "Running stats on lora requests.", []string{labelMaxLoRA, labelWaiting, labelRunning}, nil),
 		resident: d(nameResident, "Adapters resident per cache tier.", []string{labelTier}, prometheus.Labels{labelModel: m.base}),
+		cacheEvents: d(nameCacheEvents, "Adapter cache lookups by where the adapter was found (device_hit, host_hit, miss) and evictions per tier.",
+			[]string{"event"}, prometheus.Labels{labelModel: m.base}),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident} {
+	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident, c.cacheEvents} {
 		ch <- d
 	}
 }
@@ -84,15 +87,17 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, models []serve.Mod
 	gauge(c.loraInfo, float64(at.UnixNano())/1e9,
 		strconv.Itoa(info.MaxLoRAs), strings.Join(info.Waiting, ","), strings.Join(info.Running, ","))
 
-	// Every adapter the engine serves today is in device memory; the host and disk tiers come
-	// with the adapter cache.
-	adapters := 0
-	for _, mi := range models {
-		if mi.Kind == "adapter" {
-			adapters++
-		}
+	// Residency per tier and cache events come from the engine's adapter cache.
+	cs := c.m.e.AdapterCache().Stats()
+	gauge(c.resident, float64(cs.DeviceSlots), "device")
+	gauge(c.resident, float64(cs.HostAdapters), "host")
+	for _, ev := range []struct {
+		name string
+		n    uint64
+	}{{"device_hit", cs.DeviceHits}, {"host_hit", cs.HostHits}, {"miss", cs.Misses},
+		{"device_eviction", cs.DeviceEvictions}, {"host_eviction", cs.HostEvictions}} {
+		ch <- prometheus.MustNewConstMetric(c.cacheEvents, prometheus.CounterValue, float64(ev.n), ev.name)
 	}
-	gauge(c.resident, float64(adapters), "device")
 }
 
 // kvUsage is used pages over pages, clamped to [0, 1]: the two atomics are read separately, so
