@@ -25,6 +25,7 @@ type LocalConfig struct {
 	ModelDir   string // "" = the demo model
 	Threads    int
 	MaxNumSeqs int
+	MaxLoRAs   int // device slots (0: the engine's default)
 	Adapters   int
 	Rank       int
 	Targets    []model.Proj
@@ -99,7 +100,7 @@ func StartLocal(c LocalConfig) (_ *Local, err error) {
 	// MaxNumSeqs full-length sequences, far more than the short benchmark prompts need, so
 	// preemption never distorts the numbers.
 	l.engine, err = serve.NewEngine(cfg, l.backend, w, tok, serve.Options{
-		ModelName: l.Base, MaxNumSeqs: c.MaxNumSeqs, AdapterDirs: []string{l.tmp}, Logger: log,
+		ModelName: l.Base, MaxNumSeqs: c.MaxNumSeqs, MaxLoRAs: c.MaxLoRAs, AdapterDirs: []string{l.tmp}, Logger: log,
 	})
 	if err != nil {
 		return nil, err

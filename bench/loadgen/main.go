@@ -26,6 +26,7 @@ import (
 type options struct {
 	url, modelDir, adapterNames, base string
 	adapters, rank, threads, maxSeqs  int
+	maxLoRAs, compareSlots            int
 	targets                           string
 	preload                           bool
 	rate                              float64
@@ -58,6 +59,8 @@ func main() {
 	flag.BoolVar(&o.preload, "preload", true, "in-process: load adapters before the run (false: on-demand loading, paid by the first request of each)")
 	flag.IntVar(&o.threads, "threads", 0, "in-process: CPU backend threads (0 = GOMAXPROCS)")
 	flag.IntVar(&o.maxSeqs, "max-num-seqs", 16, "in-process: engine batch size")
+	flag.IntVar(&o.maxLoRAs, "max-loras", 0, "in-process: adapter device slots (0: all adapters fit)")
+	flag.IntVar(&o.compareSlots, "compare-slots", 0, "in-process: run the adapter mix twice in this invocation, with every adapter resident (-max-loras = -adapters) and with this many device slots, and print slots/all-resident ratios (replaces -compare-base)")
 	flag.Float64Var(&o.rate, "rate", 4, "mean arrival rate, requests per second (Poisson)")
 	flag.DurationVar(&o.duration, "duration", 30*time.Second, "arrival window (0 = until -requests)")
 	flag.IntVar(&o.requests, "requests", 0, "stop after this many requests (0 = until -duration)")
@@ -118,7 +121,14 @@ func run(o options) error {
 		if err != nil {
 			return err
 		}
-		l, err := StartLocal(LocalConfig{ModelDir: o.modelDir, Threads: o.threads, MaxNumSeqs: o.maxSeqs, Adapters: o.adapters,
+		if o.compareSlots > 0 {
+			return runSlots(ctx, o, promptLen, outputLen)
+		}
+		slots := o.maxLoRAs
+		if slots == 0 {
+			slots = max(o.adapters, 1)
+		}
+		l, err := StartLocal(LocalConfig{ModelDir: o.modelDir, Threads: o.threads, MaxNumSeqs: o.maxSeqs, MaxLoRAs: slots, Adapters: o.adapters,
 			Rank: o.rank, Targets: targets, Preload: o.preload, Seed: o.seed, Verbose: o.verbose})
 		if err != nil {
 			return err

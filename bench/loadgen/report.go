@@ -84,8 +84,13 @@ func printSummary(w io.Writer, s Summary, desc string) {
 }
 
 func printRatios(w io.Writer, rs []Ratio) {
-	fmt.Fprintf(w, "\n== multi-adapter / base-only ==\n")
-	fmt.Fprintf(w, "%-28s %12s %12s %8s\n", "metric", "base", "adapters", "ratio")
+	printRatiosTitled(w, rs, "multi-adapter / base-only", "base", "adapters")
+}
+
+// printRatiosTitled prints the second run over the first under the given names.
+func printRatiosTitled(w io.Writer, rs []Ratio, title, first, second string) {
+	fmt.Fprintf(w, "\n== %s ==\n", title)
+	fmt.Fprintf(w, "%-28s %12s %12s %8s\n", "metric", first, second, "ratio")
 	for _, r := range rs {
 		ratio := "-"
 		if r.Ratio != nil {
