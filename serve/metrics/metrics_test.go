@@ -324,6 +324,13 @@ func TestAdapterLoads(t *testing.T) {
 		t.Fatal("a qwen3 adapter loaded onto llama")
 	}
 	mfs := scrape(t, srv.URL)
+	// The cache saw the good load reach the device and the bad one fail on its way to the host.
+	if v := series(t, mfs, "loraplex_adapter_cache_transfers_total", map[string]string{"stage": "disk_to_host", "result": "error"}).GetCounter().GetValue(); v != 1 {
+		t.Errorf("disk_to_host errors = %v, want 1", v)
+	}
+	if v := series(t, mfs, "loraplex_adapter_cache_bytes", map[string]string{labelTier: "device"}).GetGauge().GetValue(); v <= 0 {
+		t.Errorf("device bytes %v", v)
+	}
 	for result, want := range map[string]float64{"ok": 1, "error": 1} {
 		if v := series(t, mfs, "loraplex_adapter_loads_total", map[string]string{"result": result}).GetCounter().GetValue(); v != want {
 			t.Errorf("loads{result=%s} = %v, want %v", result, v, want)

@@ -19,7 +19,8 @@ type stateCollector struct {
 	running, waiting, kvUsage   *prometheus.Desc
 	preemptions, prompt, gen    *prometheus.Desc
 	success, loraInfo, resident *prometheus.Desc
-	cacheEvents                 *prometheus.Desc
+	cacheEvents, cacheBytes     *prometheus.Desc
+	transfers, transferSeconds  *prometheus.Desc
 }
 
 func newStateCollector(m *Metrics) *stateCollector {
@@ -41,11 +42,15 @@ func newStateCollector(m *Metrics) *stateCollector {
 		resident: d(nameResident, "Adapters resident per cache tier.", []string{labelTier}, prometheus.Labels{labelModel: m.base}),
 		cacheEvents: d(nameCacheEvents, "Adapter cache lookups by where the adapter was found (device_hit, host_hit, miss) and evictions per tier.",
 			[]string{"event"}, prometheus.Labels{labelModel: m.base}),
+		cacheBytes: d(nameCacheBytes, "Adapter tensor bytes per cache tier.", []string{labelTier}, prometheus.Labels{labelModel: m.base}),
+		transfers: d(nameTransfers, "Adapter moves between tiers by stage (disk_to_host, host_to_device) and result (ok, error).",
+			[]string{"stage", "result"}, prometheus.Labels{labelModel: m.base}),
+		transferSeconds: d(nameTransferSeconds, "Seconds spent moving adapters between tiers, by stage.", []string{"stage"}, prometheus.Labels{labelModel: m.base}),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident, c.cacheEvents} {
+	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident, c.cacheEvents, c.cacheBytes, c.transfers, c.transferSeconds} {
 		ch <- d
 	}
 }
@@ -98,6 +103,17 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, models []serve.Mod
 		{"device_eviction", cs.DeviceEvictions}, {"host_eviction", cs.HostEvictions}} {
 		ch <- prometheus.MustNewConstMetric(c.cacheEvents, prometheus.CounterValue, float64(ev.n), ev.name)
 	}
+	gauge(c.cacheBytes, float64(cs.DeviceBytes), "device")
+	gauge(c.cacheBytes, float64(cs.HostBytes), "host")
+	for _, t := range []struct {
+		stage, result string
+		n             uint64
+	}{{"disk_to_host", "ok", cs.Loads}, {"disk_to_host", "error", cs.LoadFailures},
+		{"host_to_device", "ok", cs.Uploads}, {"host_to_device", "error", cs.UploadFailures}} {
+		ch <- prometheus.MustNewConstMetric(c.transfers, prometheus.CounterValue, float64(t.n), t.stage, t.result)
+	}
+	ch <- prometheus.MustNewConstMetric(c.transferSeconds, prometheus.CounterValue, cs.LoadSeconds, "disk_to_host")
+	ch <- prometheus.MustNewConstMetric(c.transferSeconds, prometheus.CounterValue, cs.UploadSeconds, "host_to_device")
 }
 
 // kvUsage is used pages over pages, clamped to [0, 1]: the two atomics are read separately, so
