@@ -1,7 +1,7 @@
 // Package adaptercache owns LoRA adapters: loading them from disk (Hugging Face PEFT folders, or
 // lorapack files in the compressed format of adaptercache/codec) and caching them in tiers
-// (disk -> host RAM -> device slots; Cache). The engine does not use the Cache yet: serve keeps
-// its own simple registry until the scheduler learns to wait on Cache tickets.
+// (disk -> host RAM -> device slots; Cache, which the engine's scheduler uses through tickets
+// and leases).
 //
 // The PEFT loader (LoadPEFT) reproduces how peft decides which modules an adapter touches and with
 // what rank and scale (target_modules, layers_to_transform, rank_pattern, alpha_pattern,
