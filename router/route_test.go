@@ -1,0 +1,124 @@
+package router
+
+import (
+	"math"
+	"testing"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+func sm(v ...float64) []float64 {
+	m := math.Inf(-1)
+	for _, x := range v {
+		m = max(m, x)
+	}
+	var s float64
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = math.Exp(x - m)
+		s += out[i]
+	}
+	for i := range out {
+		out[i] /= s
+	}
+	return out
+}
+
+func TestRoute(t *testing.T) {
+	e := sm(3, 2)          // top-2 of [1 3 2 0] at T = 1
+	eT := sm(3/0.5, 2/0.5) // same at T = 0.5
+	eN := sm(5, 3)         // [null?] see "null experts"
+	e3 := sm(4, 3, 2.5)    // top-3 with a null in the middle
+	r3 := e3[0] + e3[2]    // renormalisation over the real ones
+	tests := []struct {
+		name   string
+		logits []float32
+		k      int
+		T      float32
+		nulls  int
+		want   []Choice
+	}{
+		{"top-2", []float32{1, 3, 2, 0}, 2, 1, 0, []Choice{{1, float32(e[0])}, {2, float32(e[1])}}},
+		{"top-1 weight 1", []float32{1, 3, 2, 0}, 1, 1, 0, []Choice{{1, 1}}},
+		{"top-1 ignores temperature", []float32{1, 3, 2, 0}, 1, 0.01, 0, []Choice{{1, 1}}},
+		{"temperature", []float32{1, 3, 2, 0}, 2, 0.5, 0, []Choice{{1, float32(eT[0])}, {2, float32(eT[1])}}},
+		{"high temperature flattens", []float32{1, 3, 2, 0}, 2, 1e6, 0, []Choice{{1, 0.5}, {2, 0.5}}},
+		{"ties go to the lower index", []float32{2, 5, 2, 5}, 2, 1, 0, []Choice{{1, 0.5}, {3, 0.5}}},
+		{"tie for the last slot", []float32{0, 7, 1, 1}, 2, 1, 0, []Choice{{1, float32(sm(7, 1)[0])}, {2, float32(sm(7, 1)[1])}}},
+		{"all equal", []float32{1, 1, 1}, 1, 1, 0, []Choice{{0, 1}}},
+		// rows 0..1 real, 2..3 null: top-2 = {3 (null), 1}: the real one gets weight 1.
+		{"null experts renormalise", []float32{0, 3, 1, 5}, 2, 1, 2, []Choice{{1, 1}}},
+		// top-3 = {0, 2 (null), 1}: weights e3[0], e3[2] renormalised.
+		{"null in the middle", []float32{4, 2.5, 3}, 3, 1, 1, []Choice{{0, float32(e3[0] / r3)}, {1, float32(e3[2] / r3)}}},
+		{"all null: no delta", []float32{0, 1, 5, 3}, 2, 1, 2, []Choice{}},
+		{"k = 1 picks a null: no delta", []float32{0, 1, 5}, 1, 1, 1, []Choice{}},
+		{"k clamped", []float32{1, 2}, 5, 1, 0, []Choice{{1, float32(sm(2, 1)[0])}, {0, float32(sm(2, 1)[1])}}},
+		{"NaN ranks last", []float32{float32(math.NaN()), 1, 0}, 2, 1, 0, []Choice{{1, float32(sm(1, 0)[0])}, {2, float32(sm(1, 0)[1])}}},
+		{"top-2 with nulls not chosen", []float32{5, 3, 0, 1}, 2, 1, 2, []Choice{{0, float32(eN[0])}, {1, float32(eN[1])}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Route(tc.logits, tc.k, tc.T, tc.nulls, nil)
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			var sum float32
+			for i := range got {
+				sum += got[i].Weight
+				if got[i].Expert != tc.want[i].Expert || math.Abs(float64(got[i].Weight-tc.want[i].Weight)) > 1e-6 {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+			if len(got) > 0 && math.Abs(float64(sum-1)) > 1e-6 {
+				t.Fatalf("weights sum to %v", sum)
+			}
+		})
+	}
+}
+
+func TestRouteReusesOut(t *testing.T) {
+	buf := make([]Choice, 0, 4)
+	got := Route([]float32{1, 2, 3}, 2, 1, 0, buf)
+	if &got[0] != &buf[:1][0] {
+		t.Fatal("Route did not reuse out")
+	}
+	if n := testing.AllocsPerRun(100, func() { got = Route([]float32{1, 2, 3, 4, 5}, 2, 1, 1, got) }); n != 0 {
+		t.Fatalf("Route allocates %v times", n)
+	}
+}
+
+func TestSegmentsAndPasses(t *testing.T) {
+	mk := func(r int) *model.LoRAWeights {
+		return &model.LoRAWeights{A: model.Tensor{Rows: r, Cols: 4}, B: model.Tensor{Rows: 4, Cols: r}, Rank: r, Scale: 2}
+	}
+	mods := []*model.LoRAWeights{mk(1), nil, mk(3)}
+	choices := [][]Choice{{{0, 0.75}, {1, 0.25}}, {{2, 0.5}, {0, 0.5}}, {}, {{2, 1}}}
+	segs := Segments(nil, 10, choices, mods)
+	want := []model.LoRASeg{
+		{Start: 10, N: 1, A: mods[0].A, B: mods[0].B, Scale: 1.5}, // expert 1 has no LoRA: nothing, no redistribution
+		{Start: 11, N: 1, A: mods[2].A, B: mods[2].B, Scale: 1},
+		{Start: 11, N: 1, A: mods[0].A, B: mods[0].B, Scale: 1},
+		{Start: 13, N: 1, A: mods[2].A, B: mods[2].B, Scale: 2},
+	}
+	if len(segs) != len(want) {
+		t.Fatalf("got %d segments, want %d: %+v", len(segs), len(want), segs)
+	}
+	for i := range want {
+		if segs[i] != want[i] {
+			t.Fatalf("segment %d: got %+v, want %+v", i, segs[i], want[i])
+		}
+	}
+	passes := Passes(segs, nil)
+	if len(passes) != 2 || len(passes[0]) != 3 || len(passes[1]) != 1 || passes[1][0] != want[2] {
+		t.Fatalf("passes %+v", passes)
+	}
+	for _, p := range passes {
+		rows := map[int]bool{}
+		for _, s := range p {
+			if rows[s.Start] {
+				t.Fatalf("row %d twice in one pass", s.Start)
+			}
+			rows[s.Start] = true
+		}
+	}
+}
