@@ -337,3 +337,82 @@ func TestDashboardJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestDockerfiles(t *testing.T) {
+	for _, f := range []string{"docker/Dockerfile.cpu", "docker/Dockerfile.cuda"} {
+		src := read(t, f)
+		var froms, users []string
+		for _, line := range strings.Split(src, "\n") {
+			if strings.HasPrefix(line, "FROM ") {
+				froms = append(froms, line)
+			}
+			if strings.HasPrefix(line, "USER ") {
+				users = append(users, strings.TrimPrefix(line, "USER "))
+			}
+			if strings.Contains(line, "\t") {
+				t.Errorf("%s: tab in %q", f, line)
+			}
+		}
+		if len(froms) < 2 {
+			t.Errorf("%s: not multi-stage: %q", f, froms)
+		}
+		if len(users) == 0 || strings.HasPrefix(users[len(users)-1], "root") || strings.HasPrefix(users[len(users)-1], "0") {
+			t.Errorf("%s: the runtime stage must end as a non-root USER, got %q", f, users)
+		}
+		for _, want := range []string{"EXPOSE 8000 9000", `"--http-addr", "0.0.0.0:8000"`, `"--grpc-addr", "0.0.0.0:9000"`, `"--adapter-dir", "/adapters"`, "./cmd/server"} {
+			if want == "./cmd/server" && strings.HasSuffix(f, "cuda") {
+				want = "make cuda"
+			}
+			if !strings.Contains(src, want) {
+				t.Errorf("%s: missing %q", f, want)
+			}
+		}
+		if _, err := os.Stat(f + ".dockerignore"); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	cpuSrc := read(t, "docker/Dockerfile.cpu")
+	if !strings.Contains(cpuSrc, "CGO_ENABLED=0") || !strings.Contains(cpuSrc, "FROM gcr.io/distroless/static") {
+		t.Error("Dockerfile.cpu: want a CGO_ENABLED=0 build on distroless/static")
+	}
+	cudaSrc := read(t, "docker/Dockerfile.cuda")
+	if !strings.Contains(cudaSrc, "FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build") ||
+		!strings.Contains(cudaSrc, "FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU}\n") {
+		t.Error("Dockerfile.cuda: build and runtime stages must use the same CUDA_VERSION devel/runtime pair")
+	}
+	// The Makefile target the CUDA image runs must exist.
+	if !strings.Contains(read(t, "../Makefile"), "\ncuda:") {
+		t.Error("Makefile has no cuda target")
+	}
+}
+
+// TestComposeMounts checks that every host path compose.yaml mounts or builds from exists.
+func TestComposeMounts(t *testing.T) {
+	src := read(t, "docker/compose.yaml")
+	mountRE := regexp.MustCompile(`(?m)^\s*-\s*(\.\.?/[^:\s]+):`)
+	n := 0
+	for _, m := range mountRE.FindAllStringSubmatch(src, -1) {
+		n++
+		if _, err := os.Stat("docker/" + m[1]); err != nil {
+			t.Errorf("compose.yaml mounts %s: %v", m[1], err)
+		}
+	}
+	if n < 5 {
+		t.Errorf("compose.yaml: only %d host mounts found", n)
+	}
+	for _, want := range []string{"dockerfile: deploy/docker/Dockerfile.cpu", "context: ../..", "prometheus:", "grafana:"} {
+		if !strings.Contains(src, want) {
+			t.Errorf("compose.yaml: missing %q", want)
+		}
+	}
+	if _, err := os.Stat("../deploy/docker/Dockerfile.cpu"); err != nil {
+		t.Error(err)
+	}
+	// Prometheus scrapes the compose service by name; Grafana reads Prometheus by name.
+	if !strings.Contains(read(t, "prometheus/prometheus.yml"), "- loraplex:8000") {
+		t.Error("prometheus.yml does not scrape loraplex:8000")
+	}
+	if !strings.Contains(read(t, "grafana/provisioning/datasources/prometheus.yml"), "url: http://prometheus:9090") {
+		t.Error("grafana datasource does not point at the compose prometheus")
+	}
+}
