@@ -122,3 +122,36 @@ func TestSegmentsAndPasses(t *testing.T) {
 		}
 	}
 }
+
+func TestPassesMultiRow(t *testing.T) {
+	segs := []model.LoRASeg{{Start: 0, N: 4}, {Start: 2, N: 1}, {Start: 5, N: 1}, {Start: 1, N: 2}, {Start: 3, N: 1}}
+	passes := Passes(segs, nil)
+	// [0,4) in pass 0; row 2 in pass 1; row 5 in pass 0; [1,3) overlaps rows 1 (1 used) and 2 (2 used): pass 2;
+	// row 3 (1 used): pass 1.
+	want := [][]int{{0, 5}, {2, 3}, {1}}
+	if len(passes) != len(want) {
+		t.Fatalf("passes %+v", passes)
+	}
+	for i := range want {
+		if len(passes[i]) != len(want[i]) {
+			t.Fatalf("pass %d: %+v", i, passes[i])
+		}
+		for j, st := range want[i] {
+			if passes[i][j].Start != st {
+				t.Fatalf("pass %d: %+v", i, passes[i])
+			}
+		}
+	}
+	// Reuse keeps no stale segments.
+	passes = Passes(segs[:1], passes)
+	if len(passes) != 1 || len(passes[0]) != 1 {
+		t.Fatalf("reused passes %+v", passes)
+	}
+}
+
+func TestRouteRowsNeedsUpload(t *testing.T) {
+	ly := &Layer{Experts: []string{"a"}, TopK: 1, Temperature: 1}
+	if _, _, err := ly.RouteRows(nil, &Gate{Name: "g", Rows: 1, Cols: 2}, model.Tensor{}, model.Tensor{}, nil, nil); err == nil {
+		t.Fatal("routed through a gate that is not uploaded")
+	}
+}
