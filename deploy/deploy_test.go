@@ -12,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -414,5 +415,272 @@ func TestComposeMounts(t *testing.T) {
 	}
 	if !strings.Contains(read(t, "grafana/provisioning/datasources/prometheus.yml"), "url: http://prometheus:9090") {
 		t.Error("grafana datasource does not point at the compose prometheus")
+	}
+}
+
+// yamlKeys is a small indentation-based reader for the block-style YAML in values.yaml: it
+// returns every mapping key path ("server.httpPort") and the scalar text after each key. List
+// items are leaves (their contents are not keyed). It is no YAML parser; it only supports what
+// the chart's values.yaml uses, and fails the test on anything it cannot read.
+func yamlKeys(t *testing.T, name, src string) map[string]string {
+	t.Helper()
+	keyRE := regexp.MustCompile(`^("[^"]+"|[A-Za-z0-9_.\-/]+):(?:\s+(.*))?$`)
+	type frame struct {
+		indent int
+		path   string
+	}
+	var stack []frame
+	keys := map[string]string{}
+	listIndent := -1
+	for i, line := range strings.Split(src, "\n") {
+		if strings.Contains(line, "\t") {
+			t.Errorf("%s:%d: tab", name, i+1)
+		}
+		trimmed := strings.TrimLeft(line, " ")
+		if trimmed == "" || strings.HasPrefix(trimmed, "#") {
+			continue
+		}
+		indent := len(line) - len(trimmed)
+		if listIndent >= 0 && (indent > listIndent || (indent == listIndent && strings.HasPrefix(trimmed, "- "))) {
+			continue
+		}
+		listIndent = -1
+		if strings.HasPrefix(trimmed, "- ") {
+			listIndent = indent
+			continue
+		}
+		m := keyRE.FindStringSubmatch(strings.TrimRight(trimmed, " "))
+		if m == nil {
+			t.Errorf("%s:%d: cannot read %q", name, i+1, line)
+			continue
+		}
+		for len(stack) > 0 && stack[len(stack)-1].indent >= indent {
+			stack = stack[:len(stack)-1]
+		}
+		path := strings.Trim(m[1], `"`)
+		if len(stack) > 0 {
+			path = stack[len(stack)-1].path + "." + path
+		}
+		if _, dup := keys[path]; dup {
+			t.Errorf("%s:%d: key %s twice", name, i+1, path)
+		}
+		val := m[2]
+		if j := strings.Index(val, " #"); j >= 0 {
+			val = strings.TrimSpace(val[:j])
+		}
+		keys[path] = val
+		if val == "" {
+			stack = append(stack, frame{indent, path})
+		}
+	}
+	return keys
+}
+
+const chart = "helm/loraplex"
+
+func templates(t *testing.T) map[string]string {
+	t.Helper()
+	entries, err := os.ReadDir(chart + "/templates")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range entries {
+		out[e.Name()] = read(t, chart+"/templates/"+e.Name())
+	}
+	return out
+}
+
+// TestYAMLFiles: every YAML file under deploy/ is non-empty, indented with spaces, and has no
+// trailing whitespace on key lines. (A real parse is `helm lint` / `promtool check`, not run here.)
+func TestYAMLFiles(t *testing.T) {
+	var files []string
+	for _, dir := range []string{"docker", "prometheus", "grafana/provisioning/datasources", "grafana/provisioning/dashboards", chart, chart + "/templates"} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if n := e.Name(); strings.HasSuffix(n, ".yaml") || strings.HasSuffix(n, ".yml") || strings.HasSuffix(n, ".tpl") || strings.HasSuffix(n, ".txt") {
+				files = append(files, dir+"/"+n)
+			}
+		}
+	}
+	if len(files) < 16 {
+		t.Errorf("only %d YAML/template files: %v", len(files), files)
+	}
+	for _, f := range files {
+		src := read(t, f)
+		if strings.TrimSpace(src) == "" {
+			t.Errorf("%s is empty", f)
+		}
+		if !strings.HasSuffix(src, "\n") {
+			t.Errorf("%s: no final newline", f)
+		}
+		for i, line := range strings.Split(src, "\n") {
+			if strings.Contains(line, "\t") {
+				t.Errorf("%s:%d: tab", f, i+1)
+			}
+			if strings.TrimRight(line, " ") != line {
+				t.Errorf("%s:%d: trailing space", f, i+1)
+			}
+		}
+		// Templates: every {{ has its }}, and {{ if/with/range/define }} blocks are closed.
+		if strings.Contains(src, "{{") {
+			if strings.Count(src, "{{") != strings.Count(src, "}}") {
+				t.Errorf("%s: unbalanced {{ }}", f)
+			}
+			open := len(regexp.MustCompile(`\{\{-?\s*(if|with|range|define)\b`).FindAllString(src, -1))
+			end := len(regexp.MustCompile(`\{\{-?\s*end\s*-?\}\}`).FindAllString(src, -1))
+			if open != end {
+				t.Errorf("%s: %d blocks opened, %d ended", f, open, end)
+			}
+		}
+	}
+	// Plain YAML keys the tools require.
+	for f, want := range map[string][]string{
+		"prometheus/prometheus.yml":                       {"global", "scrape_configs", "rule_files"},
+		"prometheus/rules.yml":                            {"groups"},
+		"docker/compose.yaml":                             {"services", "services.loraplex", "services.prometheus", "services.grafana"},
+		"grafana/provisioning/datasources/prometheus.yml": {"apiVersion", "datasources"},
+		"grafana/provisioning/dashboards/loraplex.yml":    {"apiVersion", "providers"},
+	} {
+		keys := yamlKeys(t, f, read(t, f))
+		for _, k := range want {
+			if _, ok := keys[k]; !ok {
+				t.Errorf("%s: no key %s", f, k)
+			}
+		}
+	}
+}
+
+func TestChartMetadata(t *testing.T) {
+	keys := yamlKeys(t, "Chart.yaml", read(t, chart+"/Chart.yaml"))
+	for k, want := range map[string]string{"apiVersion": "v2", "name": "loraplex", "type": "application"} {
+		if keys[k] != want {
+			t.Errorf("Chart.yaml %s = %q, want %q", k, keys[k], want)
+		}
+	}
+	semver := regexp.MustCompile(`^"?\d+\.\d+\.\d+"?$`)
+	for _, k := range []string{"version", "appVersion"} {
+		if !semver.MatchString(keys[k]) {
+			t.Errorf("Chart.yaml %s = %q, want a semantic version", k, keys[k])
+		}
+	}
+	if keys["description"] == "" {
+		t.Error("Chart.yaml: no description")
+	}
+}
+
+// TestValuesReferences: every .Values.a.b in the templates, and every $p.x (the selected
+// profile), names a key that values.yaml defines (in both profiles).
+func TestValuesReferences(t *testing.T) {
+	values := yamlKeys(t, "values.yaml", read(t, chart+"/values.yaml"))
+	refRE := regexp.MustCompile(`\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)`)
+	profRE := regexp.MustCompile(`\$p((?:\.[A-Za-z_][A-Za-z0-9_]*)+)`)
+	profiles := []string{"cpu", "gpu"}
+	n := 0
+	for name, src := range templates(t) {
+		for _, m := range refRE.FindAllStringSubmatch(src, -1) {
+			n++
+			if _, ok := values[strings.TrimPrefix(m[1], ".")]; !ok {
+				t.Errorf("%s: .Values%s is not in values.yaml", name, m[1])
+			}
+		}
+		for _, m := range profRE.FindAllStringSubmatch(src, -1) {
+			n++
+			for _, p := range profiles {
+				if _, ok := values["profiles."+p+m[1]]; !ok {
+					t.Errorf("%s: $p%s is not in profiles.%s", name, m[1], p)
+				}
+			}
+		}
+	}
+	if n < 50 {
+		t.Errorf("only %d values references found", n)
+	}
+	// Both profiles have the same keys, the default one exists, and the GPU one asks for a GPU.
+	for k := range values {
+		for _, p := range profiles {
+			if rest, ok := strings.CutPrefix(k, "profiles."+p+"."); ok && !strings.HasPrefix(rest, "resources.") {
+				for _, q := range profiles {
+					if _, ok := values["profiles."+q+"."+rest]; !ok {
+						t.Errorf("values.yaml: profiles.%s.%s has no profiles.%s.%s", p, rest, q, rest)
+					}
+				}
+			}
+		}
+	}
+	if _, ok := values["profiles."+values["profile"]]; !ok {
+		t.Errorf("values.yaml: default profile %q is not in profiles", values["profile"])
+	}
+	if values["profiles.gpu.resources.limits.nvidia.com/gpu"] == "" || values["profiles.gpu.device"] != "cuda" {
+		t.Error("values.yaml: the gpu profile must limit nvidia.com/gpu and use --device cuda")
+	}
+	if _, ok := values["profiles.cpu.resources.limits.nvidia.com/gpu"]; ok {
+		t.Error("values.yaml: the cpu profile asks for a GPU")
+	}
+	// Draining: grace covers preStop + --shutdown-timeout; the liveness window outlasts the drain.
+	num := func(k string) int {
+		v, err := strconv.Atoi(values[k])
+		if err != nil {
+			t.Errorf("values.yaml %s = %q: %v", k, values[k], err)
+		}
+		return v
+	}
+	shutdown := num("server.shutdownTimeoutSeconds")
+	if grace := num("lifecycle.preStopSleepSeconds") + shutdown + num("lifecycle.extraGraceSeconds"); grace <= shutdown+num("lifecycle.preStopSleepSeconds") {
+		t.Errorf("terminationGracePeriodSeconds %d does not exceed preStop + shutdown timeout", grace)
+	}
+	if num("probes.liveness.periodSeconds")*num("probes.liveness.failureThreshold") <= shutdown {
+		t.Error("liveness window does not exceed the shutdown timeout")
+	}
+}
+
+// TestChartObjects checks what issue 8 requires of the rendered objects, on the template text.
+func TestChartObjects(t *testing.T) {
+	tpl := templates(t)
+	defined := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\{\{-?\s*define\s+"([^"]+)"`).FindAllStringSubmatch(tpl["_helpers.tpl"], -1) {
+		defined[m[1]] = true
+	}
+	for name, src := range tpl {
+		for _, m := range regexp.MustCompile(`include\s+"([^"]+)"`).FindAllStringSubmatch(src, -1) {
+			if !defined[m[1]] {
+				t.Errorf("%s: include %q is not defined in _helpers.tpl", name, m[1])
+			}
+		}
+	}
+	for file, wants := range map[string][]string{
+		"deployment.yaml": {"kind: Deployment", "inference.networking.k8s.io/engine-type: vllm", "startupProbe:", "readinessProbe:",
+			"livenessProbe:", "path: /health", "grpc:\n              port: {{ .Values.server.grpcPort }}", "preStop:",
+			"terminationGracePeriodSeconds: {{ add .Values.lifecycle.preStopSleepSeconds .Values.server.shutdownTimeoutSeconds",
+			"--shutdown-timeout={{ .Values.server.shutdownTimeoutSeconds }}s", "--adapter-dir={{ .Values.adapters.mountPath }}",
+			"persistentVolumeClaim:", "emptyDir:", "initContainers:", "resources:"},
+		"service.yaml":        {"kind: Service", "name: http", "name: grpc"},
+		"hpa.yaml":            {"apiVersion: autoscaling/v2", "kind: HorizontalPodAutoscaler", "type: Pods"},
+		"servicemonitor.yaml": {"apiVersion: monitoring.coreos.com/v1", "kind: ServiceMonitor", "path: /metrics"},
+		"inferencepool.yaml": {"apiVersion: inference.networking.k8s.io/v1\n", "kind: InferencePool", "selector:\n    matchLabels:",
+			"targetPorts:\n    - number:", "endpointPickerRef:", "failureMode:"},
+		"httproute.yaml": {"apiVersion: gateway.networking.k8s.io/v1\n", "kind: HTTPRoute", "kind: Gateway", "parentRefs:",
+			"group: inference.networking.k8s.io\n          kind: InferencePool"},
+		"pvc.yaml": {"kind: PersistentVolumeClaim"},
+	} {
+		src, ok := tpl[file]
+		if !ok {
+			t.Errorf("templates/%s missing", file)
+			continue
+		}
+		for _, w := range wants {
+			if !strings.Contains(src, w) {
+				t.Errorf("templates/%s: missing %q", file, w)
+			}
+		}
+	}
+	// The pod selector, the Service selector and the pool selector are the same labels.
+	for _, f := range []string{"deployment.yaml", "service.yaml", "inferencepool.yaml", "servicemonitor.yaml"} {
+		if !strings.Contains(tpl[f], `include "loraplex.selectorLabels"`) {
+			t.Errorf("templates/%s does not use loraplex.selectorLabels", f)
+		}
 	}
 }
