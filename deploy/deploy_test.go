@@ -6,6 +6,7 @@ package deploy_test
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -48,40 +49,74 @@ func serverMetrics(t *testing.T) exposed {
 	return exposedSet
 }
 
-func scrapeServer() (exposed, string) {
+// server is the same stack as cmd/server (demo model on the CPU backend, engine, metrics on
+// their own registry, OpenAI handler) on a loopback listener.
+type server struct {
+	URL   string
+	close []func()
+}
+
+func (s *server) Close() {
+	for i := len(s.close) - 1; i >= 0; i-- {
+		s.close[i]()
+	}
+}
+
+func startServer() (*server, error) {
+	s := &server{}
 	b := cpu.New(1)
-	defer b.Close()
+	s.close = append(s.close, b.Close)
 	cfg, w, tok, src, err := demo.Build(b)
 	if err != nil {
-		return nil, "demo.Build: " + err.Error()
+		s.Close()
+		return nil, fmt.Errorf("demo.Build: %w", err)
 	}
-	defer w.Close()
+	s.close = append(s.close, func() { w.Close() })
 	tmpl, err := chat.Parse(src)
 	if err != nil {
-		return nil, "chat.Parse: " + err.Error()
+		s.Close()
+		return nil, fmt.Errorf("chat.Parse: %w", err)
 	}
 	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxModelLen: 128})
 	if err != nil {
-		return nil, "serve.NewEngine: " + err.Error()
+		s.Close()
+		return nil, fmt.Errorf("serve.NewEngine: %w", err)
 	}
-	defer e.Close()
+	s.close = append(s.close, func() { e.Close() })
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.New(e, prometheus.NewRegistry()).Handler())
 	mux.Handle("/", openai.New(e, openai.Options{ChatTemplate: tmpl}))
 	srv := httptest.NewServer(mux)
-	defer srv.Close()
+	s.close = append(s.close, srv.Close)
+	s.URL = srv.URL
+	return s, nil
+}
 
-	resp, err := http.Post(srv.URL+"/v1/completions", "application/json",
+// complete makes one completion request.
+func (s *server) complete() error {
+	resp, err := http.Post(s.URL+"/v1/completions", "application/json",
 		strings.NewReader(`{"model":"`+demo.Name+`","prompt":"hi","max_tokens":4,"temperature":0}`))
 	if err != nil {
-		return nil, "completion: " + err.Error()
+		return err
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
-		return nil, "completion: " + resp.Status + ": " + string(body)
+		return fmt.Errorf("completion: %s: %s", resp.Status, body)
 	}
-	resp, err = http.Get(srv.URL + "/metrics")
+	return nil
+}
+
+func scrapeServer() (exposed, string) {
+	srv, err := startServer()
+	if err != nil {
+		return nil, err.Error()
+	}
+	defer srv.Close()
+	if err := srv.complete(); err != nil {
+		return nil, err.Error()
+	}
+	resp, err := http.Get(srv.URL + "/metrics")
 	if err != nil {
 		return nil, "metrics: " + err.Error()
 	}
