@@ -42,23 +42,7 @@ func TestFixturesCUDA(t *testing.T) {
 	b := newGPU(t)
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
-			fx, err := fixture.Load(name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg, err := model.LoadConfig(fixture.Dir(name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer w.Close()
-			h, err := fixture.NewHarness(cfg, b, w, 4, 256)
-			if err != nil {
-				t.Fatal(err)
-			}
+			fx, cfg, h := fixture.Open(t, name, b)
 			adapters := map[string]*model.Adapter{}
 			for _, a := range fixture.Adapters {
 				host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)

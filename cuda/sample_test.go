@@ -236,23 +236,7 @@ func TestForwardSampleGreedyFixtures(t *testing.T) {
 	var _ model.DeviceSampler = b
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
-			fx, err := fixture.Load(name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg, err := model.LoadConfig(fixture.Dir(name))
-			if err != nil {
-				t.Fatal(err)
-			}
-			w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer w.Close()
-			h, err := fixture.NewHarness(cfg, b, w, 4, 256)
-			if err != nil {
-				t.Fatal(err)
-			}
+			fx, _, h := fixture.Open(t, name, b)
 			checkGreedySteps(t, b, h.R, fx.Cases[:min(4, len(fx.Cases))])
 		})
 	}

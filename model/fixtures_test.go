@@ -15,34 +15,18 @@ var cpuTolerance = fixture.Tolerance{Abs: 1e-3, AllTokens: true}
 
 func fixtureDir(name string) string { return fixture.Dir(name) }
 
-func loadModel(t *testing.T, name string) (*fixture.Harness, *model.Config, model.Backend) {
+func loadModel(t *testing.T, name string) (*fixture.Fixture, *fixture.Harness, *model.Config, model.Backend) {
 	t.Helper()
-	cfg, err := model.LoadConfig(fixture.Dir(name))
-	if err != nil {
-		t.Fatal(err)
-	}
 	b := cpu.New(0)
 	t.Cleanup(b.Close)
-	w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
-	h, err := fixture.NewHarness(cfg, b, w, 4, 256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h, cfg, b
+	fx, cfg, h := fixture.Open(t, name, b)
+	return fx, h, cfg, b
 }
 
 func TestFixturesBaseModel(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
-			fx, err := fixture.Load(name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			h, _, _ := loadModel(t, name)
+			fx, h, _, _ := loadModel(t, name)
 			var base []fixture.Case
 			for _, c := range fx.Cases {
 				if c.Adapter == "" {
@@ -64,11 +48,7 @@ func TestFixturesBaseModel(t *testing.T) {
 func TestFixturesMixedAdapters(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
-			fx, err := fixture.Load(name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			h, cfg, b := loadModel(t, name)
+			fx, h, cfg, b := loadModel(t, name)
 			adapters := map[string]*model.Adapter{}
 			for _, a := range fixture.Adapters {
 				host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)

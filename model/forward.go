@@ -69,6 +69,11 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	if err := b.Write(r.rope, table); err != nil {
 		return nil, err
 	}
+	// Alloc has no error result; a backend that failed (device memory exhausted) says so here,
+	// at start-up, instead of at the first request.
+	if f, ok := b.(interface{ Err() error }); ok && f.Err() != nil {
+		return nil, fmt.Errorf("runner: allocating workspaces: %w", f.Err())
+	}
 	for p := range r.segs {
 		r.segs[p] = make([]LoRASeg, 0, 64)
 	}

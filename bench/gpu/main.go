@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -73,10 +74,7 @@ func randomBF16(n int, scale float64) []byte {
 			r := rand.New(rand.NewPCG(uint64(w), 7))
 			for i := w * n / workers; i < (w+1)*n/workers; i++ {
 				v := float32((r.Float64()*2 - 1) * scale)
-				bits := uint32(0)
-				if v != 0 {
-					bits = mathBits(v)
-				}
+				bits := math.Float32bits(v)
 				buf[2*i], buf[2*i+1] = byte(bits>>16), byte(bits>>24)
 			}
 		}(w)
