@@ -11,8 +11,12 @@ type LoRAWeights struct {
 
 // Adapter is a LoRA adapter resident on a backend, ready for the forward pass.
 // Modules[layer][proj] is nil where the adapter leaves that projection alone.
+//
+// A sequence that runs through a router passes an Adapter with Routing set (and no Modules):
+// its rows get the router's per-token mixture of expert adapters instead (see Routing).
 type Adapter struct {
 	Name    string
+	Routing *Routing
 	Modules [][NumProj]*LoRAWeights
 	MaxRank int
 	Bytes   int64

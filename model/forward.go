@@ -27,6 +27,7 @@ type Runner struct {
 	x, h, q, k, v, attn, delta, gate, up, act Tensor
 	sel, logits                               Tensor
 	segs                                      [NumProj][]LoRASeg
+	routing                                   routeState
 	attnParams                                AttnParams
 	keyBuf                                    []byte
 	id                                        uint64
@@ -113,6 +114,9 @@ func (r *Runner) run(s *Step, adapters []*Adapter) error {
 			return fmt.Errorf("runner: row %d at position %d is outside the context of %d", i, p, r.Opt.MaxContext)
 		}
 	}
+	if err := r.beginRouting(s, adapters); err != nil {
+		return err
+	}
 	if err := r.B.Prepare(s); err != nil {
 		return err
 	}
@@ -137,13 +141,18 @@ func (r *Runner) run(s *Step, adapters []*Adapter) error {
 			break
 		}
 	}
-	return nil
+	return r.routing.err
 }
 
 // stepKey encodes what shapes the step's launches: rows per sequence, logit rows, and per layer
 // and projection the number of LoRA segments and their largest rows and rank. Steps with equal
 // keys launch the same kernels with the same grids, so a recording of one replays for another.
 func (r *Runner) stepKey(s *Step, adapters []*Adapter) []byte {
+	if r.routing.seqs > 0 {
+		// Routed rows pick their experts from gate logits computed inside the step, so the
+		// LoRA launches are not known when the step starts: such steps run unrecorded.
+		return nil
+	}
 	k := r.keyBuf[:0]
 	// Recordings bake in this runner's weights and workspaces: keys of different runners on
 	// one backend must differ.
@@ -157,7 +166,7 @@ func (r *Runner) stepKey(s *Step, adapters []*Adapter) []byte {
 		for p := Proj(0); p < NumProj; p++ {
 			segs, rows, rank := 0, 0, 0
 			for i, a := range adapters {
-				if a == nil || a.Modules[l][p] == nil {
+				if a == nil || a.Routing != nil || a.Modules[l][p] == nil {
 					continue
 				}
 				segs++
@@ -193,9 +202,9 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		} else {
 			b.AddRMSNorm(x, delta, h, L.AttnNorm, r.eps)
 		}
-		r.proj(q, h, L, ProjQ)
-		r.proj(k, h, L, ProjK)
-		r.proj(v, h, L, ProjV)
+		r.proj(q, h, l, ProjQ)
+		r.proj(k, h, l, ProjK)
+		r.proj(v, h, l, ProjV)
 		qh, kh := q.Reshape(n*H, D), k.Reshape(n*KV, D)
 		if cfg.QKNorm {
 			b.RMSNorm(qh, qh, L.QNorm, r.eps)
@@ -206,12 +215,12 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		b.StoreKV(l, k, v)
 		b.Attention(attn, q, l, r.attnParams)
 		o := r.deltaFor(n, cfg.HiddenSize)
-		r.proj(o, attn, L, ProjO)
+		r.proj(o, attn, l, ProjO)
 		b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
-		r.proj(gate, h, L, ProjGate)
-		r.proj(up, h, L, ProjUp)
+		r.proj(gate, h, l, ProjGate)
+		r.proj(up, h, l, ProjUp)
 		b.SiluMul(act, gate, up)
-		r.proj(o, act, L, ProjDown)
+		r.proj(o, act, l, ProjDown)
 		delta = o
 	}
 	b.AddRMSNorm(x, delta, h, w.Norm, r.eps)
@@ -230,13 +239,23 @@ func (r *Runner) deltaFor(n, cols int) Tensor {
 	return d
 }
 
-func (r *Runner) proj(out, in Tensor, L *Layer, p Proj) {
+func (r *Runner) proj(out, in Tensor, l int, p Proj) {
+	L := &r.W.Layers[l]
 	r.B.MatMul(out, in, L.W[p])
 	if L.Bias[p].Rows > 0 {
 		r.B.AddBias(out, L.Bias[p])
 	}
-	if len(r.segs[p]) > 0 {
-		r.B.LoRA(out, in, r.segs[p])
+	segs, extra := r.segs[p], [][]LoRASeg(nil)
+	if r.routing.seqs > 0 {
+		segs, extra = r.routeProj(l, p, in, segs)
+	}
+	if len(segs) > 0 {
+		r.B.LoRA(out, in, segs)
+	}
+	for _, pass := range extra {
+		if len(pass) > 0 {
+			r.B.LoRA(out, in, pass)
+		}
 	}
 }
 
@@ -246,7 +265,7 @@ func (r *Runner) buildSegs(l int, s *Step, adapters []*Adapter) {
 		r.segs[p] = r.segs[p][:0]
 	}
 	for i, a := range adapters {
-		if a == nil {
+		if a == nil || a.Routing != nil {
 			continue
 		}
 		sq := s.Seqs[i]

@@ -2,126 +2,20 @@ package router
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/loraplex/loraplex/model"
 )
 
-// Choice is one selected expert of one token: Expert indexes the layer's expert list
-// (Layer.Experts; never a null expert) and Weight is its mixing weight (the gate's, without the
-// adapter's own PEFT scale).
-type Choice struct {
-	Expert int
-	Weight float32
-}
+// Choice is one selected expert of one token (model.Choice): Expert indexes the layer's expert
+// list (Layer.Experts; never a null expert) and Weight is its mixing weight (the gate's, without
+// the adapter's own PEFT scale).
+type Choice = model.Choice
 
-// Route is the gate math for one token, the CPU reference of ARCHITECTURE.md "Router".
-// logits are the gate's rows (l = W_g x): the layer's experts first, its nulls null experts last.
-//
-//	I = the k largest logits (ties go to the lower index; NaN ranks below every number)
-//	w = softmax(l[I] / T)
-//	null experts in I are dropped and the remaining weights renormalised to sum to 1
-//
-// It appends the real experts of I to out[:0] in descending logit order and returns it; the
-// result is empty when every selected row is a null expert (no delta). k = 1 gives weight 1.
-// k is clamped to len(logits).
+// Route is the gate math for one token; it is model.Route, which the forward pass runs (see
+// there for the exact rules: top-k with ties to the lower index, softmax(l[I]/T), nulls dropped
+// and the rest renormalised).
 func Route(logits []float32, k int, T float32, nulls int, out []Choice) []Choice {
-	out = out[:0]
-	n := len(logits)
-	if nulls < 0 || nulls > n || !(T > 0) {
-		panic(fmt.Sprintf("router: Route over %d logits with %d nulls, T %v", n, nulls, T))
-	}
-	k = min(k, n)
-	if k <= 0 {
-		return out
-	}
-	real := n - nulls
-	// Selection by repeated arg-max: k is small (2 for MeteoRA/MoLA). idx holds the chosen rows
-	// on the stack for k <= 8.
-	var idxBuf [8]int
-	idx := idxBuf[:0]
-	if k > len(idxBuf) {
-		idx = make([]int, 0, k)
-	}
-	for len(idx) < k {
-		best := -1
-		for i, v := range logits {
-			if taken(idx, i) {
-				continue
-			}
-			if best < 0 || better(v, logits[best]) {
-				best = i
-			}
-		}
-		idx = append(idx, best)
-	}
-	// softmax(l[I]/T) over all of I (nulls included), then renormalise over the real ones;
-	// computed in float64. l[idx[0]] is the maximum.
-	m := float64(logits[idx[0]])
-	var sumAll, sumReal float64
-	var eBuf [8]float64
-	e := eBuf[:0]
-	if k > len(eBuf) {
-		e = make([]float64, 0, k)
-	}
-	for _, i := range idx {
-		v := math.Exp((float64(logits[i]) - m) / float64(T))
-		if math.IsNaN(v) {
-			v = 0
-		}
-		e = append(e, v)
-		sumAll += v
-	}
-	for j, i := range idx {
-		if i < real {
-			sumReal += e[j] / sumAll
-		}
-	}
-	if sumReal == 0 {
-		// Every selected row is null (or the real ones underflowed to 0 weight): no delta from
-		// nulls; underflowed real experts keep weight 0, which adds nothing either.
-		nReal := 0
-		for _, i := range idx {
-			if i < real {
-				nReal++
-			}
-		}
-		if nReal == 0 {
-			return out
-		}
-	}
-	for j, i := range idx {
-		if i >= real {
-			continue
-		}
-		w := 0.0
-		if sumReal > 0 {
-			w = (e[j] / sumAll) / sumReal
-		}
-		out = append(out, Choice{Expert: i, Weight: float32(w)})
-	}
-	if len(out) == 1 && sumReal > 0 {
-		out[0].Weight = 1 // exactly 1 (k = 1, or one real expert among nulls)
-	}
-	return out
-}
-
-func taken(idx []int, i int) bool {
-	for _, j := range idx {
-		if j == i {
-			return true
-		}
-	}
-	return false
-}
-
-// better reports whether logit a ranks above b (the caller scans in index order, so equal
-// values keep the lower index). NaN ranks below everything.
-func better(a, b float32) bool {
-	if math.IsNaN(float64(b)) {
-		return !math.IsNaN(float64(a))
-	}
-	return a > b
+	return model.Route(logits, k, T, nulls, out)
 }
 
 // RouteLayer routes one token through layer ly's gate logits with the layer's k, T and nulls.

@@ -38,23 +38,23 @@ func TestRoute(t *testing.T) {
 		nulls  int
 		want   []Choice
 	}{
-		{"top-2", []float32{1, 3, 2, 0}, 2, 1, 0, []Choice{{1, float32(e[0])}, {2, float32(e[1])}}},
-		{"top-1 weight 1", []float32{1, 3, 2, 0}, 1, 1, 0, []Choice{{1, 1}}},
-		{"top-1 ignores temperature", []float32{1, 3, 2, 0}, 1, 0.01, 0, []Choice{{1, 1}}},
-		{"temperature", []float32{1, 3, 2, 0}, 2, 0.5, 0, []Choice{{1, float32(eT[0])}, {2, float32(eT[1])}}},
-		{"high temperature flattens", []float32{1, 3, 2, 0}, 2, 1e6, 0, []Choice{{1, 0.5}, {2, 0.5}}},
-		{"ties go to the lower index", []float32{2, 5, 2, 5}, 2, 1, 0, []Choice{{1, 0.5}, {3, 0.5}}},
-		{"tie for the last slot", []float32{0, 7, 1, 1}, 2, 1, 0, []Choice{{1, float32(sm(7, 1)[0])}, {2, float32(sm(7, 1)[1])}}},
-		{"all equal", []float32{1, 1, 1}, 1, 1, 0, []Choice{{0, 1}}},
+		{"top-2", []float32{1, 3, 2, 0}, 2, 1, 0, []Choice{{Expert: 1, Weight: float32(e[0])}, {Expert: 2, Weight: float32(e[1])}}},
+		{"top-1 weight 1", []float32{1, 3, 2, 0}, 1, 1, 0, []Choice{{Expert: 1, Weight: 1}}},
+		{"top-1 ignores temperature", []float32{1, 3, 2, 0}, 1, 0.01, 0, []Choice{{Expert: 1, Weight: 1}}},
+		{"temperature", []float32{1, 3, 2, 0}, 2, 0.5, 0, []Choice{{Expert: 1, Weight: float32(eT[0])}, {Expert: 2, Weight: float32(eT[1])}}},
+		{"high temperature flattens", []float32{1, 3, 2, 0}, 2, 1e6, 0, []Choice{{Expert: 1, Weight: 0.5}, {Expert: 2, Weight: 0.5}}},
+		{"ties go to the lower index", []float32{2, 5, 2, 5}, 2, 1, 0, []Choice{{Expert: 1, Weight: 0.5}, {Expert: 3, Weight: 0.5}}},
+		{"tie for the last slot", []float32{0, 7, 1, 1}, 2, 1, 0, []Choice{{Expert: 1, Weight: float32(sm(7, 1)[0])}, {Expert: 2, Weight: float32(sm(7, 1)[1])}}},
+		{"all equal", []float32{1, 1, 1}, 1, 1, 0, []Choice{{Expert: 0, Weight: 1}}},
 		// rows 0..1 real, 2..3 null: top-2 = {3 (null), 1}: the real one gets weight 1.
-		{"null experts renormalise", []float32{0, 3, 1, 5}, 2, 1, 2, []Choice{{1, 1}}},
+		{"null experts renormalise", []float32{0, 3, 1, 5}, 2, 1, 2, []Choice{{Expert: 1, Weight: 1}}},
 		// top-3 = {0, 2 (null), 1}: weights e3[0], e3[2] renormalised.
-		{"null in the middle", []float32{4, 2.5, 3}, 3, 1, 1, []Choice{{0, float32(e3[0] / r3)}, {1, float32(e3[2] / r3)}}},
+		{"null in the middle", []float32{4, 2.5, 3}, 3, 1, 1, []Choice{{Expert: 0, Weight: float32(e3[0] / r3)}, {Expert: 1, Weight: float32(e3[2] / r3)}}},
 		{"all null: no delta", []float32{0, 1, 5, 3}, 2, 1, 2, []Choice{}},
 		{"k = 1 picks a null: no delta", []float32{0, 1, 5}, 1, 1, 1, []Choice{}},
-		{"k clamped", []float32{1, 2}, 5, 1, 0, []Choice{{1, float32(sm(2, 1)[0])}, {0, float32(sm(2, 1)[1])}}},
-		{"NaN ranks last", []float32{float32(math.NaN()), 1, 0}, 2, 1, 0, []Choice{{1, float32(sm(1, 0)[0])}, {2, float32(sm(1, 0)[1])}}},
-		{"top-2 with nulls not chosen", []float32{5, 3, 0, 1}, 2, 1, 2, []Choice{{0, float32(eN[0])}, {1, float32(eN[1])}}},
+		{"k clamped", []float32{1, 2}, 5, 1, 0, []Choice{{Expert: 1, Weight: float32(sm(2, 1)[0])}, {Expert: 0, Weight: float32(sm(2, 1)[1])}}},
+		{"NaN ranks last", []float32{float32(math.NaN()), 1, 0}, 2, 1, 0, []Choice{{Expert: 1, Weight: float32(sm(1, 0)[0])}, {Expert: 2, Weight: float32(sm(1, 0)[1])}}},
+		{"top-2 with nulls not chosen", []float32{5, 3, 0, 1}, 2, 1, 2, []Choice{{Expert: 0, Weight: float32(eN[0])}, {Expert: 1, Weight: float32(eN[1])}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -92,7 +92,7 @@ func TestSegmentsAndPasses(t *testing.T) {
 		return &model.LoRAWeights{A: model.Tensor{Rows: r, Cols: 4}, B: model.Tensor{Rows: 4, Cols: r}, Rank: r, Scale: 2}
 	}
 	mods := []*model.LoRAWeights{mk(1), nil, mk(3)}
-	choices := [][]Choice{{{0, 0.75}, {1, 0.25}}, {{2, 0.5}, {0, 0.5}}, {}, {{2, 1}}}
+	choices := [][]Choice{{{Expert: 0, Weight: 0.75}, {Expert: 1, Weight: 0.25}}, {{Expert: 2, Weight: 0.5}, {Expert: 0, Weight: 0.5}}, {}, {{Expert: 2, Weight: 1}}}
 	segs := Segments(nil, 10, choices, mods)
 	want := []model.LoRASeg{
 		{Start: 10, N: 1, A: mods[0].A, B: mods[0].B, Scale: 1.5}, // expert 1 has no LoRA: nothing, no redistribution

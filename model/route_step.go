@@ -1,0 +1,139 @@
+package model
+
+import "fmt"
+
+// routeState is the runner's per-step bookkeeping for routed sequences, and the buffers routing
+// reuses from step to step (grown when a router with bigger gates or k first runs, never per step).
+type routeState struct {
+	s        *Step
+	adapters []*Adapter
+	seqs     int // routed sequences in this step
+
+	gateOut  Tensor // [MaxTokens, gateCols] gate logits on the backend
+	gateCols int
+	host     []float32 // the same logits on the host
+	choices  []Choice
+	// passes[j] holds every routed row's (j+1)-th choice. Each LoRA call sees a row at most
+	// once, so backends whose LoRA needs disjoint rows (CUDA's expand kernel) sum correctly.
+	passes [][]LoRASeg
+	trace  []int32 // [MaxTokens*NumLayers]: each row's top-1 expert per layer, -1 for none
+	err    error
+}
+
+// beginRouting prepares a step's routed sequences: checks their routers against the model and
+// grows the scratch buffers if this is the biggest router seen so far.
+func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
+	rs := &r.routing
+	rs.s, rs.adapters, rs.seqs, rs.err = s, adapters, 0, nil
+	rows, k := 0, 0
+	for _, a := range adapters {
+		if a == nil || a.Routing == nil {
+			continue
+		}
+		rt := a.Routing
+		if len(rt.Layers) != r.Cfg.NumLayers || len(rt.TraceProj) != r.Cfg.NumLayers {
+			return fmt.Errorf("runner: router %q has %d layers, the model %d", rt.Name, len(rt.Layers), r.Cfg.NumLayers)
+		}
+		rs.seqs++
+		rows, k = max(rows, rt.MaxGateRows()), max(k, rt.MaxTopK())
+	}
+	if rs.seqs == 0 {
+		return nil
+	}
+	if rows > rs.gateCols {
+		if rs.gateCols > 0 {
+			r.B.Free(rs.gateOut)
+		}
+		rs.gateOut, rs.gateCols = r.B.Alloc(r.Opt.MaxTokens, rows), rows
+		if f, ok := r.B.(interface{ Err() error }); ok && f.Err() != nil {
+			rs.gateCols = 0
+			return fmt.Errorf("runner: allocating gate logits: %w", f.Err())
+		}
+		rs.host = make([]float32, r.Opt.MaxTokens*rows)
+	}
+	for len(rs.passes) < k-1 {
+		rs.passes = append(rs.passes, make([]LoRASeg, 0, r.Opt.MaxTokens))
+	}
+	if rs.trace == nil {
+		rs.trace = make([]int32, r.Opt.MaxTokens*r.Cfg.NumLayers)
+	}
+	tr := rs.trace[:len(s.Tokens)*r.Cfg.NumLayers]
+	for i := range tr {
+		tr[i] = -1
+	}
+	return nil
+}
+
+// routeProj routes the rows of every routed sequence through the gate of (layer l, projection p)
+// and returns the LoRA segments to apply: segs (the plain adapters' segments) with each routed
+// row's first choice appended, and the further passes. in is the projection's input.
+//
+// Gate logits come back to the host, where Route picks the experts: the reference semantics,
+// at the price of one device-to-host read per routed projection.
+func (r *Runner) routeProj(l int, p Proj, in Tensor, segs []LoRASeg) ([]LoRASeg, [][]LoRASeg) {
+	rs := &r.routing
+	for j := range rs.passes {
+		rs.passes[j] = rs.passes[j][:0]
+	}
+	npass := 0
+	nl := r.Cfg.NumLayers
+	for i, a := range rs.adapters {
+		if a == nil || a.Routing == nil {
+			continue
+		}
+		rp, sq := a.Routing.Layers[l][p], rs.s.Seqs[i]
+		if rp == nil || sq.N == 0 {
+			continue
+		}
+		rows := rp.Gate.Rows
+		lg := rs.gateOut
+		lg.Rows, lg.Cols = sq.N, rows
+		r.B.MatMul(lg, in.Slice(sq.Start, sq.N), rp.Gate)
+		host := rs.host[:sq.N*rows]
+		if err := r.B.Read(lg, host); err != nil {
+			if rs.err == nil {
+				rs.err = fmt.Errorf("runner: reading gate logits of router %q: %w", a.Routing.Name, err)
+			}
+			continue
+		}
+		traced := a.Routing.TraceProj[l] == p
+		for row := 0; row < sq.N; row++ {
+			cs := Route(host[row*rows:(row+1)*rows], rp.TopK, rp.Temperature, rp.Nulls, rs.choices)
+			rs.choices = cs[:0]
+			if traced {
+				id := int32(-1)
+				if len(cs) > 0 {
+					id = rp.IDs[cs[0].Expert]
+				}
+				rs.trace[(sq.Start+row)*nl+l] = id
+			}
+			for j, c := range cs {
+				m := rp.Experts[c.Expert]
+				if m == nil || c.Weight == 0 {
+					continue // no LoRA on this projection: adds nothing, weight not redistributed
+				}
+				seg := LoRASeg{Start: sq.Start + row, N: 1, A: m.A, B: m.B, Scale: c.Weight * m.Scale}
+				if j == 0 {
+					segs = append(segs, seg)
+				} else {
+					rs.passes[j-1] = append(rs.passes[j-1], seg)
+					npass = max(npass, j)
+				}
+			}
+		}
+	}
+	r.segs[p] = segs // keep any capacity append grew
+	return segs, rs.passes[:npass]
+}
+
+// RouteTrace returns, for row of the last step, the top-1 expert each layer's router chose
+// (an index into Routing.Experts; -1 where the layer has no gate or chose only null experts),
+// traced at the first routed projection of each layer. Only rows of routed sequences carry
+// choices. The slice is valid until the next step.
+func (r *Runner) RouteTrace(row int) []int32 {
+	nl := r.Cfg.NumLayers
+	if r.routing.trace == nil || row < 0 || (row+1)*nl > len(r.routing.trace) {
+		return nil
+	}
+	return r.routing.trace[row*nl : (row+1)*nl]
+}
