@@ -141,7 +141,10 @@ func (r *Runner) run(s *Step, adapters []*Adapter) error {
 			break
 		}
 	}
-	return r.routing.err
+	if r.routing.err != nil {
+		return r.routing.err
+	}
+	return r.endRouting(n)
 }
 
 // stepKey encodes what shapes the step's launches: rows per sequence, logit rows, and per layer
@@ -247,7 +250,7 @@ func (r *Runner) proj(out, in Tensor, l int, p Proj) {
 	}
 	segs, extra := r.segs[p], [][]LoRASeg(nil)
 	if r.routing.seqs > 0 {
-		segs, extra = r.routeProj(l, p, in, segs)
+		segs, extra = r.routeProj(l, p, in, out, segs)
 	}
 	if len(segs) > 0 {
 		r.B.LoRA(out, in, segs)

@@ -32,6 +32,22 @@ type RoutedProj struct {
 	Experts []*LoRAWeights
 	// IDs[j] is gate row j's index in Routing.Experts.
 	IDs []int32
+	// Dev is the backend's own data for this projection (a DeviceRouter's table of expert
+	// weights), made on first use and released by DeviceRouter.ReleaseRouting.
+	Dev any
+}
+
+// DeviceRouter is implemented by backends that route on the device, without reading gate logits
+// back to the host: gate GEMM (MatMul), then RouteLoRA's top-k kernel feeding the LoRA kernels.
+type DeviceRouter interface {
+	// RouteLoRA adds the routed deltas of rows [start, start+n) of x to out: logits ([n, gate
+	// rows], F32, from MatMul of those rows by rp.Gate) are routed per row exactly as Route does,
+	// then out[r] += Σ_j w_j s_j B_j (A_j x[r]) over the chosen experts that adapt this
+	// projection. When trace has rows (F32 [MaxTokens, NumLayers]), column layer of rows
+	// [start, start+n) receives each row's top-1 expert id (rp.IDs; -1 when none).
+	RouteLoRA(out, x, logits Tensor, start, n int, rp *RoutedProj, trace Tensor, layer int)
+	// ReleaseRouting frees whatever RouteLoRA cached for rt's projections.
+	ReleaseRouting(rt *Routing)
 }
 
 // Check validates the routing against cfg: shapes of gates and expert lists, k and T in range.

@@ -18,6 +18,10 @@ type routeState struct {
 	passes [][]LoRASeg
 	trace  []int32 // [MaxTokens*NumLayers]: each row's top-1 expert per layer, -1 for none
 	err    error
+
+	dev      DeviceRouter // the backend, when it routes on the device
+	devTrace Tensor       // [MaxTokens, NumLayers] F32 trace the device writes
+	traceF   []float32
 }
 
 // beginRouting prepares a step's routed sequences: checks their routers against the model and
@@ -56,10 +60,22 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 	}
 	if rs.trace == nil {
 		rs.trace = make([]int32, r.Opt.MaxTokens*r.Cfg.NumLayers)
+		if dr, ok := r.B.(DeviceRouter); ok {
+			rs.dev = dr
+			rs.devTrace = r.B.Alloc(r.Opt.MaxTokens, r.Cfg.NumLayers)
+			rs.traceF = make([]float32, r.Opt.MaxTokens*r.Cfg.NumLayers)
+		}
 	}
-	tr := rs.trace[:len(s.Tokens)*r.Cfg.NumLayers]
+	n := len(s.Tokens) * r.Cfg.NumLayers
+	tr := rs.trace[:n]
 	for i := range tr {
 		tr[i] = -1
+	}
+	if rs.dev != nil {
+		for i := range rs.traceF[:n] {
+			rs.traceF[i] = -1
+		}
+		return r.B.Write(rs.devTrace.Slice(0, len(s.Tokens)), rs.traceF[:n])
 	}
 	return nil
 }
@@ -70,7 +86,7 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 //
 // Gate logits come back to the host, where Route picks the experts: the reference semantics,
 // at the price of one device-to-host read per routed projection.
-func (r *Runner) routeProj(l int, p Proj, in Tensor, segs []LoRASeg) ([]LoRASeg, [][]LoRASeg) {
+func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoRASeg, [][]LoRASeg) {
 	rs := &r.routing
 	for j := range rs.passes {
 		rs.passes[j] = rs.passes[j][:0]
@@ -89,6 +105,15 @@ func (r *Runner) routeProj(l int, p Proj, in Tensor, segs []LoRASeg) ([]LoRASeg,
 		lg := rs.gateOut
 		lg.Rows, lg.Cols = sq.N, rows
 		r.B.MatMul(lg, in.Slice(sq.Start, sq.N), rp.Gate)
+		traced := a.Routing.TraceProj[l] == p
+		if rs.dev != nil {
+			tr := Tensor{}
+			if traced {
+				tr = rs.devTrace
+			}
+			rs.dev.RouteLoRA(out, in, lg, sq.Start, sq.N, rp, tr, l)
+			continue
+		}
 		host := rs.host[:sq.N*rows]
 		if err := r.B.Read(lg, host); err != nil {
 			if rs.err == nil {
@@ -96,7 +121,6 @@ func (r *Runner) routeProj(l int, p Proj, in Tensor, segs []LoRASeg) ([]LoRASeg,
 			}
 			continue
 		}
-		traced := a.Routing.TraceProj[l] == p
 		for row := 0; row < sq.N; row++ {
 			cs := Route(host[row*rows:(row+1)*rows], rp.TopK, rp.Temperature, rp.Nulls, rs.choices)
 			rs.choices = cs[:0]
@@ -124,6 +148,22 @@ func (r *Runner) routeProj(l int, p Proj, in Tensor, segs []LoRASeg) ([]LoRASeg,
 	}
 	r.segs[p] = segs // keep any capacity append grew
 	return segs, rs.passes[:npass]
+}
+
+// endRouting brings a device-routed step's trace to the host.
+func (r *Runner) endRouting(n int) error {
+	rs := &r.routing
+	if rs.seqs == 0 || rs.dev == nil {
+		return nil
+	}
+	nl := r.Cfg.NumLayers
+	if err := r.B.Read(rs.devTrace.Slice(0, n), rs.traceF[:n*nl]); err != nil {
+		return err
+	}
+	for i, v := range rs.traceF[:n*nl] {
+		rs.trace[i] = int32(v)
+	}
+	return nil
 }
 
 // RouteTrace returns, for row of the last step, the top-1 expert each layer's router chose

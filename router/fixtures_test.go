@@ -6,7 +6,6 @@ import (
 
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
-	"github.com/loraplex/loraplex/model"
 )
 
 // TestRouterFixturesCPU runs the PyTorch reference's router cases (bench/reference/
@@ -59,5 +58,3 @@ func TestRouterFixturesCPU(t *testing.T) {
 		})
 	}
 }
-
-var _ = model.NumProj
