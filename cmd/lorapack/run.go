@@ -19,6 +19,18 @@ const usage = `usage:
       writes a PEFT folder (adapter_config.json, adapter_model.safetensors) with the decoded factors
   lorapack inspect FILE
       prints the manifest, each tensor's codec, density and size, and the compression ratio
+  lorapack import-meteora CHECKPOINT OUT_DIR [--tasks a,b,c|FILE] [--config adapter_config.json] [--alpha A]
+                          [--top-k 2] [--temperature T] [--base NAME]
+      a MeteoRA checkpoint (.safetensors, or a folder with one) -> OUT_DIR/adapters/<task>/ (one PEFT
+      adapter per stacked task LoRA) and OUT_DIR/router/ (loraplex.router/v1 bundle of the moe_gates);
+      tasks default to tasks.txt / tasks.json next to the checkpoint, else MeteoRA's 28-task order;
+      r, lora_alpha and use_rslora come from --config or the adapter_config.json next to the checkpoint
+  lorapack import-mola CHECKPOINT OUT_DIR --experts N[,N...] --top-k K[,K...] [--rank r] [--alpha A]
+                       [--config adapter_config.json] [--prefix expert] [--base NAME]
+      a MoLA checkpoint (lora_A_{i} / lora_B_{i} / router.router.weight) -> OUT_DIR/adapters/PREFIX-<i>/
+      and OUT_DIR/router/; --experts and --top-k take one value, one per layer, or one per equal
+      group of layers (MoLA's 2,4,6,8); expert i has no modules in layers with fewer experts
+      serve the result with --adapter-dir OUT_DIR/adapters --router NAME=OUT_DIR/router
 `
 
 // Exit codes: 0 success, 1 failure (missing or corrupt input, I/O), 2 bad usage.
@@ -43,6 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = decompress(args[1:], stdout)
 	case "inspect":
 		err = inspect(args[1:], stdout)
+	case "import-meteora":
+		err = importMeteoRA(args[1:], stdout)
+	case "import-mola":
+		err = importMoLA(args[1:], stdout)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -84,20 +84,22 @@ func openCheckpoint(path string) (source, string, string, error) {
 		return fileSource{f}, path, filepath.Dir(path), nil
 	}
 	has := func(n string) bool { _, err := os.Stat(filepath.Join(path, n)); return err == nil }
-	if has(safetensors.IndexFile) || has(safetensors.SingleFile) {
+	if has(safetensors.IndexFile) {
 		s, err := safetensors.OpenDir(path)
 		if err != nil {
 			return nil, "", "", err
 		}
-		return s, path, path, nil
+		return s, filepath.Join(path, safetensors.IndexFile), path, nil
 	}
-	if has(adaptercache.PEFTWeightsFile) {
-		p := filepath.Join(path, adaptercache.PEFTWeightsFile)
-		f, err := safetensors.Open(p)
-		if err != nil {
-			return nil, "", "", err
+	for _, single := range []string{safetensors.SingleFile, adaptercache.PEFTWeightsFile} {
+		if has(single) {
+			p := filepath.Join(path, single)
+			f, err := safetensors.Open(p)
+			if err != nil {
+				return nil, "", "", err
+			}
+			return fileSource{f}, p, path, nil
 		}
-		return fileSource{f}, p, path, nil
 	}
 	matches, _ := filepath.Glob(filepath.Join(path, "*.safetensors"))
 	if len(matches) == 1 {
@@ -188,16 +190,15 @@ type factors struct {
 
 // plan is the converted checkpoint, ready to write.
 type plan struct {
-	experts []string               // adapter names
-	layers  map[int][]int          // layer -> expert indices in gate-row order
-	topK    map[int]int            // layer -> k
-	temp    float64                // 0: default
-	gates   []safetensors.Tensor   // renamed, bit-exact
-	loras   []map[modKey]*factors  // per expert
+	experts []string              // adapter names
+	layers  map[int][]int         // layer -> expert indices in gate-row order
+	topK    map[int]int           // layer -> k
+	temp    float64               // 0: default
+	gates   []safetensors.Tensor  // renamed, bit-exact
+	loras   []map[modKey]*factors // per expert
 	alpha   float64
 	rslora  bool
 	base    string
-	nLayers int
 }
 
 // rowSlice returns rows [r0, r1) of a row-major matrix (aliasing its data).
@@ -300,10 +301,10 @@ func (p *plan) peftConfig(mods map[modKey]*factors) ([]byte, error) {
 
 // routerJSON is router.json as written (the router package reads it).
 type routerJSON struct {
-	Format      string                    `json:"format"`
-	Experts     []string                  `json:"experts"`
-	TopK        int                       `json:"top_k"`
-	Temperature *float64                  `json:"temperature,omitempty"`
+	Format      string                     `json:"format"`
+	Experts     []string                   `json:"experts"`
+	TopK        int                        `json:"top_k"`
+	Temperature *float64                   `json:"temperature,omitempty"`
 	Layers      map[string]routerLayerJSON `json:"layers,omitempty"`
 }
 

@@ -109,7 +109,11 @@ func ImportMeteoRA(src, outDir string, opt MeteoRAOptions) (*Result, []string, e
 		case "moe_gate.weight":
 			m.gate = name
 		default:
-			return nil, nil, malformed(file, name, "unknown tensor %q on module %s (want lora_A.weight, lora_B.weight or moe_gate.weight)", rest, k.name())
+			hint := ""
+			if rest == molaGate || molaFactorRe.MatchString(rest) {
+				hint = "; this looks like a MoLA checkpoint (lorapack import-mola)"
+			}
+			return nil, nil, malformed(file, name, "unknown tensor %q on module %s (want lora_A.weight, lora_B.weight or moe_gate.weight)%s", rest, k.name(), hint)
 		}
 	}
 	if len(mods) == 0 {

@@ -95,7 +95,11 @@ func ImportMoLA(src, outDir string, opt MoLAOptions) (*Result, error) {
 		}
 		f := molaFactorRe.FindStringSubmatch(rest)
 		if f == nil {
-			return nil, malformed(file, name, "unknown tensor %q on module %s (want %s, lora_A_{i}.weight or lora_B_{i}.weight)", rest, k.name(), molaGate)
+			hint := ""
+			if rest == "lora_A.weight" || rest == "lora_B.weight" || rest == "moe_gate.weight" {
+				hint = "; this looks like a MeteoRA checkpoint (lorapack import-meteora)"
+			}
+			return nil, malformed(file, name, "unknown tensor %q on module %s (want %s, lora_A_{i}.weight or lora_B_{i}.weight)%s", rest, k.name(), molaGate, hint)
 		}
 		i, err := strconv.Atoi(f[2])
 		if err != nil || strconv.Itoa(i) != f[2] {
