@@ -30,6 +30,9 @@ type Request struct {
 	Model  string
 	Prompt []int
 	Params SamplingParams
+	// TraceExperts asks, when Model is a router, for the experts chosen for each generated
+	// token (Event.Experts).
+	TraceExperts bool
 }
 
 // TokenLogprob is one alternative in a logprobs list.
@@ -46,6 +49,9 @@ type Event struct {
 	Text     string
 	Logprobs []TokenLogprob   // the chosen tokens' logprobs, parallel to Tokens (when asked for)
 	Top      [][]TokenLogprob // top alternatives per token (when asked for)
+	// Experts, for a routed request that asked for a trace, holds per token the top-1 expert
+	// adapter of every layer ("" where the layer chose only null experts).
+	Experts [][]string
 
 	Finish string
 	// StopReason is the stop string or token id that ended the request, when Finish is "stop"
@@ -65,7 +71,8 @@ type Usage struct {
 type ModelInfo struct {
 	ID      string
 	Parent  string // the base model, for adapters
-	Kind    string // "base" or "adapter"
+	Kind    string // "base", "adapter" or "router"
 	Created int64
 	MaxLen  int
+	Experts []string // a router's expert adapters
 }

@@ -48,6 +48,7 @@ type Engine struct {
 	eos    map[int]bool
 
 	cache    *adaptercache.Cache
+	routers  routerRegistry
 	submit   chan *sequence
 	queued   atomic.Int64
 	draining atomic.Bool
@@ -153,7 +154,8 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	}
 	e := &Engine{
 		cfg: cfg, runner: r, tok: tok, opt: opt, log: opt.Logger, eos: map[int]bool{},
-		cache:  cache,
+		cache:   cache,
+		routers: routerRegistry{m: map[string]*routerEntry{}},
 		submit: make(chan *sequence, opt.MaxQueued),
 		closed: make(chan struct{}), stop: make(chan struct{}),
 		pages:   newPageAllocator(pages, opt.PageSize),
@@ -217,6 +219,9 @@ func (e *Engine) Models() []ModelInfo {
 		}
 		out = append(out, ModelInfo{ID: a.Name, Parent: e.opt.ModelName, Kind: "adapter", Created: e.created, MaxLen: e.opt.MaxModelLen})
 	}
+	for _, r := range e.Routers() {
+		out = append(out, ModelInfo{ID: r.Name, Parent: e.opt.ModelName, Kind: "router", Created: r.Created, MaxLen: e.opt.MaxModelLen, Experts: r.Experts})
+	}
 	return out
 }
 
@@ -233,10 +238,17 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	}
 	var ticket *adaptercache.Ticket
 	var lease *adaptercache.Lease
+	var route *routerSeq
 	if req.Model == e.opt.ModelName {
 		req.Model = ""
 	}
-	if req.Model != "" {
+	if ent := e.holdRouter(req.Model); req.Model != "" && ent != nil {
+		var err error
+		if route, err = e.openRouter(ent, req.TraceExperts); err != nil {
+			e.dropRouter(ent)
+			return nil, err
+		}
+	} else if req.Model != "" {
 		// The ticket starts loading the adapter now and the request waits for it in the queue.
 		// When the adapter is already on the device the request leases it at once: it then keeps
 		// these weights even if the adapter is unloaded or replaced before it runs.
@@ -258,6 +270,9 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 		if lease != nil {
 			lease.Release()
 		}
+		if route != nil {
+			e.endRoute(route, nil)
+		}
 	}
 	if e.queued.Add(1) > int64(e.opt.MaxQueued) {
 		e.queued.Add(-1)
@@ -266,7 +281,7 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	sq := &sequence{
-		id: e.nextID.Add(1), ctx: sctx, params: p, ticket: ticket, lease: lease, adapterName: req.Model,
+		id: e.nextID.Add(1), ctx: sctx, params: p, ticket: ticket, lease: lease, route: route, adapterName: req.Model,
 		tokens: append(make([]int, 0, len(req.Prompt)+min(p.MaxTokens, 256)), req.Prompt...), promptLen: len(req.Prompt),
 		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(),
 	}

@@ -21,7 +21,8 @@ type sequence struct {
 	params      SamplingParams
 	ticket      *adaptercache.Ticket // the adapter this request waits for (until leased)
 	lease       *adaptercache.Lease  // the adapter on the device, held while the request lives
-	adapterW    *model.Adapter       // lease.Adapter(); nil for the base model
+	adapterW    *model.Adapter       // lease.Adapter() (or the routing over route's leases); nil for the base model
+	route       *routerSeq           // the router this request runs through, if any
 	adapterName string
 	tokens      []int // prompt, then generated tokens
 	promptLen   int
@@ -108,6 +109,11 @@ func (e *Engine) safeStep() {
 			tok, ev = e.fromDevice(sq, &e.sampleOut[k])
 		} else {
 			tok, ev = e.choose(sq, logits[k*V:(k+1)*V])
+		}
+		if sq.route != nil {
+			if names := e.countRoute(sq.route, e.runner.RouteTrace(int(e.step.LogitRows[k]))); names != nil {
+				ev.Experts = [][]string{names}
+			}
 		}
 		e.emit(sq, tok, ev, now)
 	}
@@ -203,6 +209,20 @@ func (e *Engine) schedule() bool {
 				continue
 			}
 			sq.ticket, sq.lease, sq.adapterW = nil, l, l.Adapter()
+		}
+		if sq.route != nil && sq.adapterW == nil {
+			ready, err := sq.route.tryLease()
+			if err == nil && ready {
+				sq.adapterW, err = sq.route.routing(e.cfg)
+			}
+			if err != nil {
+				e.finish(sq, "error", nil, &Error{Kind: KindUnprocessable, Msg: fmt.Sprintf("router %q", sq.adapterName), Err: err})
+				continue
+			}
+			if !ready {
+				i++
+				continue
+			}
 		}
 		if e.pages.available() < e.pages.pagesFor(len(sq.tokens)+1) {
 			break
@@ -440,6 +460,10 @@ func (e *Engine) finish(sq *sequence, reason string, stopReason any, err error) 
 	if sq.ticket != nil {
 		sq.ticket.Cancel()
 		sq.ticket = nil
+	}
+	if sq.route != nil {
+		e.endRoute(sq.route, sq.adapterW)
+		sq.route, sq.adapterW = nil, nil
 	}
 	if o := e.obs(); o != nil {
 		now := time.Now()

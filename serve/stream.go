@@ -30,6 +30,7 @@ func (s *Stream) push(ev Event) {
 	p.Text += ev.Text
 	p.Logprobs = append(p.Logprobs, ev.Logprobs...)
 	p.Top = append(p.Top, ev.Top...)
+	p.Experts = append(p.Experts, ev.Experts...)
 	if ev.Finish != "" {
 		p.Finish, p.StopReason, p.Err, p.Usage = ev.Finish, ev.StopReason, ev.Err, ev.Usage
 		s.done = true
@@ -85,6 +86,7 @@ func (s *Stream) Collect(ctx context.Context) (Event, error) {
 		all.Text += ev.Text
 		all.Logprobs = append(all.Logprobs, ev.Logprobs...)
 		all.Top = append(all.Top, ev.Top...)
+		all.Experts = append(all.Experts, ev.Experts...)
 		if ev.Finish != "" {
 			all.Finish, all.StopReason, all.Err, all.Usage = ev.Finish, ev.StopReason, ev.Err, ev.Usage
 		}

@@ -1,0 +1,275 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loraplex/loraplex/adaptercache"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/router"
+)
+
+// Routers (learned mixtures of LoRA experts, router/) are served under their own names. A request
+// naming a router opens a ticket for every expert adapter: the experts are ordinary adapters of
+// the cache, loaded, shared with direct use and evicted like any other. The request waits in
+// the queue until all of them are on the device, then runs with a model.Routing built over its
+// leases, so unloading or replacing an expert never disturbs it.
+
+// routerEntry is one loaded router bundle with its gates on the device.
+type routerEntry struct {
+	name    string
+	dir     string
+	bundle  *router.Bundle
+	created int64
+	refs    int  // sequences holding it (under routerRegistry.mu)
+	gone    bool // unlisted: the last sequence to let go frees the gates
+	// selections counts, per layer and expert, the top-1 choice of every generated token
+	// ([layer*experts+expert]); metrics read it at scrape time.
+	selections []atomic.Int64
+}
+
+// routerSeq is a sequence's hold on a router: its expert tickets until they lease, then leases.
+type routerSeq struct {
+	entry   *routerEntry
+	tickets []*adaptercache.Ticket // indexed like bundle.Experts(); nil once leased
+	leases  []*adaptercache.Lease
+	trace   bool // the request asked for the experts of each generated token
+}
+
+type routerRegistry struct {
+	mu sync.Mutex
+	m  map[string]*routerEntry
+}
+
+// RouterInfo describes a loaded router.
+type RouterInfo struct {
+	Name    string
+	Dir     string
+	Experts []string
+	Layers  int
+	Created int64
+	// Selections[l][j] counts generated tokens whose top-1 expert in layer l was Experts[j].
+	Selections [][]int64
+}
+
+// LoadRouter loads the bundle in dir under name, checks that every expert adapter loads, and
+// puts the gates on the device. Errors: KindInvalid for a bad name or one taken by the base
+// model or an adapter, KindNotFound for a missing folder or expert, KindUnprocessable for an
+// invalid bundle, too many experts for the device slots, or an expert that does not load.
+func (e *Engine) LoadRouter(name, dir string) error {
+	if name == e.opt.ModelName || !adaptercache.ValidName(name) {
+		return errorf(KindInvalid, "router", "router name %q is empty, not a single path element, or the base model's", name)
+	}
+	if _, ok := e.cache.State(name); ok {
+		return errorf(KindInvalid, "router", "the name %q is an adapter's", name)
+	}
+	b, err := router.Load(dir, e.cfg)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return &Error{Kind: KindNotFound, Param: "router", Msg: fmt.Sprintf("router %q", name), Err: err}
+	case err != nil:
+		return &Error{Kind: KindUnprocessable, Param: "router", Msg: fmt.Sprintf("router %q", name), Err: err}
+	}
+	if n := len(b.Experts()); n > e.opt.MaxLoRAs {
+		return errorf(KindUnprocessable, "router", "router %q has %d experts but only %d adapters fit on the device (--max-loras)", name, n, e.opt.MaxLoRAs)
+	}
+	// Every expert must load now, so a broken bundle fails here rather than on requests.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	for _, x := range b.Experts() {
+		l, err := e.cache.Acquire(ctx, x)
+		if err != nil {
+			return &Error{Kind: adapterError(x, err).(*Error).Kind, Param: "router",
+				Msg: fmt.Sprintf("router %q: expert adapter %q", name, x), Err: err}
+		}
+		l.Release()
+	}
+	if err := b.Upload(e.runner.B); err != nil {
+		return &Error{Kind: KindInternal, Msg: fmt.Sprintf("router %q: uploading gates", name), Err: err}
+	}
+	ent := &routerEntry{name: name, dir: dir, bundle: b, created: time.Now().Unix(),
+		selections: make([]atomic.Int64, b.NumLayers()*len(b.Experts()))}
+	e.routers.mu.Lock()
+	old := e.routers.m[name]
+	e.routers.m[name] = ent
+	e.routers.mu.Unlock()
+	if old != nil {
+		e.retireRouter(old)
+	}
+	e.log.Info("router loaded", "name", name, "dir", dir, "experts", len(b.Experts()))
+	return nil
+}
+
+// UnloadRouter removes a router from the listing; running requests finish with it.
+func (e *Engine) UnloadRouter(name string) error {
+	e.routers.mu.Lock()
+	ent := e.routers.m[name]
+	delete(e.routers.m, name)
+	e.routers.mu.Unlock()
+	if ent == nil {
+		return errorf(KindNotFound, "router", "the router `%s` is not loaded", name)
+	}
+	e.retireRouter(ent)
+	return nil
+}
+
+// retireRouter frees an unlisted router's gates now, or when the last sequence using it ends.
+func (e *Engine) retireRouter(ent *routerEntry) {
+	e.routers.mu.Lock()
+	ent.gone = true
+	free := ent.refs == 0
+	e.routers.mu.Unlock()
+	if free {
+		ent.bundle.Free(e.runner.B)
+	}
+}
+
+// holdRouter returns the router called name with a reference taken, or nil.
+func (e *Engine) holdRouter(name string) *routerEntry {
+	e.routers.mu.Lock()
+	defer e.routers.mu.Unlock()
+	ent := e.routers.m[name]
+	if ent != nil {
+		ent.refs++
+	}
+	return ent
+}
+
+// dropRouter gives back a reference taken by holdRouter.
+func (e *Engine) dropRouter(ent *routerEntry) {
+	e.routers.mu.Lock()
+	ent.refs--
+	free := ent.gone && ent.refs == 0
+	e.routers.mu.Unlock()
+	if free {
+		ent.bundle.Free(e.runner.B)
+	}
+}
+
+// endRoute releases everything a routed sequence holds. Called from the loop (finish) or from
+// Generate before the sequence was queued.
+func (e *Engine) endRoute(rs *routerSeq, ad *model.Adapter) {
+	if ad != nil && ad.Routing != nil {
+		if dr, ok := e.runner.B.(model.DeviceRouter); ok {
+			dr.ReleaseRouting(ad.Routing)
+		}
+	}
+	rs.release()
+	e.dropRouter(rs.entry)
+}
+
+// Routers lists the loaded routers with their selection counts, sorted by name.
+func (e *Engine) Routers() []RouterInfo {
+	e.routers.mu.Lock()
+	ents := make([]*routerEntry, 0, len(e.routers.m))
+	for _, r := range e.routers.m {
+		ents = append(ents, r)
+	}
+	e.routers.mu.Unlock()
+	sort.Slice(ents, func(i, j int) bool { return ents[i].name < ents[j].name })
+	out := make([]RouterInfo, len(ents))
+	for i, r := range ents {
+		ex := r.bundle.Experts()
+		sel := make([][]int64, r.bundle.NumLayers())
+		for l := range sel {
+			sel[l] = make([]int64, len(ex))
+			for j := range ex {
+				sel[l][j] = r.selections[l*len(ex)+j].Load()
+			}
+		}
+		out[i] = RouterInfo{Name: r.name, Dir: r.dir, Experts: slices.Clone(ex), Layers: r.bundle.NumLayers(), Created: r.created, Selections: sel}
+	}
+	return out
+}
+
+// openRouter starts a request's hold on a router: a ticket per expert. Called from Generate.
+func (e *Engine) openRouter(ent *routerEntry, trace bool) (*routerSeq, error) {
+	rs := &routerSeq{entry: ent, trace: trace}
+	for _, x := range ent.bundle.Experts() {
+		t, err := e.cache.Want(x)
+		if err != nil {
+			rs.release()
+			return nil, &Error{Kind: adapterError(x, err).(*Error).Kind, Msg: fmt.Sprintf("router %q: expert adapter %q", ent.name, x), Err: err}
+		}
+		rs.tickets = append(rs.tickets, t)
+	}
+	rs.leases = make([]*adaptercache.Lease, len(rs.tickets))
+	return rs, nil
+}
+
+// tryLease turns ready tickets into leases; it reports whether every expert is leased.
+func (rs *routerSeq) tryLease() (bool, error) {
+	ready := true
+	for i, t := range rs.tickets {
+		if t == nil {
+			continue
+		}
+		l, err := t.TryLease()
+		if err != nil {
+			rs.tickets[i] = nil
+			return false, fmt.Errorf("expert adapter %q: %w", rs.entry.bundle.Experts()[i], err)
+		}
+		if l == nil {
+			ready = false
+			continue
+		}
+		rs.tickets[i], rs.leases[i] = nil, l
+	}
+	return ready, nil
+}
+
+// routing builds the forward pass's view of the router over the leased experts.
+func (rs *routerSeq) routing(cfg *model.Config) (*model.Adapter, error) {
+	experts := make([]*model.Adapter, len(rs.leases))
+	for i, l := range rs.leases {
+		experts[i] = l.Adapter()
+	}
+	rt, err := rs.entry.bundle.Routing(rs.entry.name, cfg, experts)
+	if err != nil {
+		return nil, err
+	}
+	return &model.Adapter{Name: rs.entry.name, Routing: rt}, nil
+}
+
+// release gives back tickets and leases (not the entry reference).
+func (rs *routerSeq) release() {
+	for i, t := range rs.tickets {
+		if t != nil {
+			t.Cancel()
+			rs.tickets[i] = nil
+		}
+	}
+	for i, l := range rs.leases {
+		if l != nil {
+			l.Release()
+			rs.leases[i] = nil
+		}
+	}
+}
+
+// countRoute adds a generated token's per-layer top-1 experts to the router's counters and, when
+// the request asked for it, returns their names ("" where a layer chose none).
+func (e *Engine) countRoute(rs *routerSeq, trace []int32) []string {
+	ex := rs.entry.bundle.Experts()
+	var names []string
+	if rs.trace {
+		names = make([]string, len(trace))
+	}
+	for l, id := range trace {
+		if id < 0 || int(id) >= len(ex) {
+			continue
+		}
+		rs.entry.selections[l*len(ex)+int(id)].Add(1)
+		if names != nil {
+			names[l] = ex[id]
+		}
+	}
+	return names
+}
