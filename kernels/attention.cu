@@ -24,7 +24,7 @@
 // short contexts the walk over positions is latency-bound, and more warps shorten it.
 #define DECODE_WARPS 8
 
-__global__ void attention_kernel(float* part_o, float* part_ml, const float* q, const uint16_t* kc,
+__global__ void attention_kernel(float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc,
                                  const uint16_t* vc, const int32_t* positions, const int32_t* rows,
                                  const int32_t* row_seq, const int32_t* seq_pages, const int32_t* page_table,
                                  int heads, int kv_heads, int D, int page_size, int window, float scale) {
@@ -86,6 +86,18 @@ __global__ void attention_kernel(float* part_o, float* part_ml, const float* q, 
     float L = 0.f;
     for (int w = 0; w < DECODE_WARPS; w++)
         if (sl[w] > 0.f) L += sl[w] * __expf(sm[w] - M);
+    if (splits == 1) {
+        // Unsplit (big batches): the block has the whole softmax, so it writes the final row
+        // itself; a round trip through the partials and a merge launch would only add traffic.
+        float* orow = out + ((size_t)row * heads + h) * D;
+        for (int j = threadIdx.x; j < D; j += blockDim.x) {
+            float o = 0.f;
+            for (int w = 0; w < DECODE_WARPS; w++)
+                if (sl[w] > 0.f) o += sacc[w][j] * __expf(sm[w] - M);
+            orow[j] = o / L;
+        }
+        return;
+    }
     // The split's state: its max, its normaliser and its unnormalised output (L = 0: empty).
     if (threadIdx.x == 0) {
         part_ml[2 * slot] = M;
@@ -146,10 +158,11 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
     float* part_o = scratch;
     float* part_ml = scratch + (size_t)n * heads * splits * head_dim;
     dim3 grid(n, heads, splits);
-    attention_kernel<<<grid, 32 * DECODE_WARPS, 0, as_stream(s)>>>(part_o, part_ml, q, kcache, vcache, positions, rows,
+    attention_kernel<<<grid, 32 * DECODE_WARPS, 0, as_stream(s)>>>(out, part_o, part_ml, q, kcache, vcache, positions, rows,
                                                                    row_seq, seq_pages, page_table, heads, kv_heads,
                                                                    head_dim, page_size, window, scale);
-    attention_merge_kernel<<<dim3(n, heads), 128, 0, as_stream(s)>>>(out, part_o, part_ml, rows, heads, head_dim, splits);
+    if (splits > 1)
+        attention_merge_kernel<<<dim3(n, heads), 128, 0, as_stream(s)>>>(out, part_o, part_ml, rows, heads, head_dim, splits);
     LP_CHECK_LAUNCH();
 }
 

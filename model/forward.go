@@ -13,6 +13,8 @@ type RunnerOptions struct {
 	MaxLogitRows int // sequences that want logits in one step
 	MaxContext   int // longest sequence (positions) the rotary table covers
 	KV           KVSpec
+	// HostRouting routes on the host even when the backend is a DeviceRouter (for comparisons).
+	HostRouting bool
 }
 
 // Runner executes forward passes of one model on one backend. It owns every buffer a step

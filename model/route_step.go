@@ -60,7 +60,7 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 	}
 	if rs.trace == nil {
 		rs.trace = make([]int32, r.Opt.MaxTokens*r.Cfg.NumLayers)
-		if dr, ok := r.B.(DeviceRouter); ok {
+		if dr, ok := r.B.(DeviceRouter); ok && !r.Opt.HostRouting {
 			rs.dev = dr
 			rs.devTrace = r.B.Alloc(r.Opt.MaxTokens, r.Cfg.NumLayers)
 			rs.traceF = make([]float32, r.Opt.MaxTokens*r.Cfg.NumLayers)

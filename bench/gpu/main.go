@@ -120,13 +120,15 @@ func main() {
 	steps := flag.Int("steps", 20, "timed decode steps per point")
 	ctx := flag.Int("ctx", 128, "context length of decode sequences")
 	flag.BoolVar(&hostLogits, "host-logits", false, "decode copies every logits row to the host (the CPU-sampling path) instead of sampling greedily on the device")
-	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings")
+	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2)")
 	flag.Parse()
 	onlyDecode1 = *only == "decode1"
-	if *only == "breakdown" {
+	if *only == "breakdown" || *only == "router" {
 		cfg, _ := model.ParseConfig([]byte(shapes[*shape]))
 		b, err := cuda.New(0)
-		if err == nil {
+		if err == nil && *only == "router" {
+			err = routerBench(b, cfg, *steps, *ctx)
+		} else if err == nil {
 			err = breakdown(b, cfg)
 		}
 		if err != nil {
