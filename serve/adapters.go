@@ -24,6 +24,9 @@ func (e *Engine) LoadAdapter(name, path string) (err error) {
 	if name == e.opt.ModelName || !adaptercache.ValidName(name) {
 		return errorf(KindInvalid, "lora_name", "adapter name %q is empty, not a single path element, or the base model's", name)
 	}
+	if e.lookupRouter(name) {
+		return errorf(KindInvalid, "lora_name", "the name %q is a router's", name)
+	}
 	start := time.Now()
 	defer func() {
 		if o, ok := e.obs().(AdapterLoadObserver); ok {

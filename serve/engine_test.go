@@ -307,9 +307,8 @@ func TestCancelFreesPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := s.Next(context.Background()); !ok {
-		t.Fatal("no first event")
-	}
+	// Cancel at once: waiting for a first event would race a fast machine generating all
+	// 120 tokens into that (merged) event.
 	cancel()
 	for {
 		ev, ok := s.Next(context.Background())

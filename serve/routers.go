@@ -142,6 +142,13 @@ func (e *Engine) holdRouter(name string) *routerEntry {
 	return ent
 }
 
+// lookupRouter reports whether a router called name is loaded.
+func (e *Engine) lookupRouter(name string) bool {
+	e.routers.mu.Lock()
+	defer e.routers.mu.Unlock()
+	return e.routers.m[name] != nil
+}
+
 // dropRouter gives back a reference taken by holdRouter.
 func (e *Engine) dropRouter(ent *routerEntry) {
 	e.routers.mu.Lock()
