@@ -101,6 +101,22 @@ typedef struct {
 int lp_lora(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
             float* scratch, int in_dim, int out_dim, lp_stream s);
 
+// route.cu: router top-k on the device (model.Route's semantics). Row i of logits [n, rows]
+// picks its experts and writes its p-th real choice as a one-row segment (row start + i, N = 0
+// when absent, scratch offset i * t_stride) to segs[p * n + i] for p < passes; a launch of
+// lp_lora per pass then adds the deltas. experts [rows - nulls] is the projection's table
+// (rank 0: no LoRA there). trace (may be NULL) gets the top-1 id at [(start + i), layer].
+typedef struct {
+    const uint16_t* a; // [rank, in] bf16
+    const uint16_t* b; // [out, rank] bf16
+    int rank;          // 0: this expert does not adapt the projection
+    int id;            // the expert's index in the router's expert list (for the trace)
+    float scale;       // the expert's PEFT scale; the gate weight multiplies it
+} lp_route_expert;
+int lp_route_segs(const float* logits, int n, int rows, int k, float temperature, int nulls,
+                  const lp_route_expert* experts, lp_lora_seg* segs, int passes, int start, int t_stride,
+                  float* trace, int trace_cols, int layer, lp_stream s);
+
 // sampling.cu: one block per logits row [rows, vocab] (overwritten) chooses the row's token
 // with params[row]; model.SampleReference (Go) defines the semantics. words holds every row's
 // history entries {token, output count, raw logit (written)} at words[hist] and banned entries

@@ -1,0 +1,304 @@
+//go:build cuda
+
+package cuda
+
+/*
+#include "shims.h"
+#include "shapes.h"
+
+static inline int route_expert_size(void) { return (int)sizeof(lp_route_expert); }
+static inline void s_set_route_expert(void* base, int i, uintptr_t a, uintptr_t b, int rank, int id, float scale) {
+	lp_route_expert* e = (lp_route_expert*)base + i;
+	e->a = P(const uint16_t*, a); e->b = P(const uint16_t*, b);
+	e->rank = rank; e->id = id; e->scale = scale;
+}
+static inline int s_route_segs(uintptr_t logits, int n, int rows, int k, float t, int nulls, uintptr_t experts, uintptr_t segs,
+                               int passes, int start, int t_stride, uintptr_t trace, int trace_cols, int layer, uintptr_t s) {
+	return lp_route_segs(P(const float*, logits), n, rows, k, t, nulls, P(const lp_route_expert*, experts), P(lp_lora_seg*, segs),
+	                     passes, start, t_stride, P(float*, trace), trace_cols, layer, P(lp_stream, s));
+}
+*/
+import "C"
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"sync"
+	"unsafe"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// Router limits of the top-k kernel (kernels/shapes.h); larger gates are routed on the host.
+const (
+	maxRouteRows = int(C.LP_ROUTE_MAX_ROWS)
+	maxRouteK    = int(C.LP_ROUTE_MAX_K)
+)
+
+var _ model.DeviceRouter = (*Backend)(nil)
+
+// routeTable is a RoutedProj's experts on the device (lp_route_expert per real gate row).
+//
+// The engine resolves a fresh Routing for every routed sequence and releases it when the
+// sequence ends, so allocating a table per RoutedProj would cost 7 x layers cudaMalloc and
+// synchronous copies at a sequence's first step and as many cudaFree (each a device-wide
+// wait) at its end. Tables are therefore shared by content instead: sequences of the same
+// router over the same resident adapters make byte-identical tables (same A/B addresses,
+// ranks, ids, scales) and reference one copy. A table nobody references stays cached (up to
+// maxIdleRouteTables) for the next sequence; that is safe even after its adapters are freed,
+// because a table is only ever found again by a RoutedProj whose experts have exactly its
+// content, i.e. live at those addresses now.
+type routeTable struct {
+	b       *Backend
+	key     string // the host bytes of the table
+	ptr     uintptr
+	maxRank int // largest expert rank on this projection (0: no expert adapts it)
+	refs    int
+	idleAt  uint64 // when refs last dropped to 0 (eviction order)
+}
+
+// routeCache holds one backend's tables (a package-level registry keeps Backend's fields as
+// they are). The engine loop builds and releases tables; Generate may release unused ones.
+type routeCache struct {
+	mu     sync.Mutex
+	tables map[string]*routeTable
+	idle   int
+	clock  uint64
+}
+
+const maxIdleRouteTables = 1024
+
+var (
+	routeCachesMu sync.Mutex
+	routeCaches   = map[*Backend]*routeCache{}
+)
+
+func (b *Backend) routes() *routeCache {
+	routeCachesMu.Lock()
+	defer routeCachesMu.Unlock()
+	c := routeCaches[b]
+	if c == nil {
+		c = &routeCache{tables: map[string]*routeTable{}}
+		routeCaches[b] = c
+	}
+	return c
+}
+
+// RouteLoRA routes rows [start, start+n) on the device (model.DeviceRouter): kernels/route.cu
+// turns each row's gate logits into one single-row LoRA segment per chosen expert, written
+// straight into the device segment ring, and lp_lora runs once per pass (a row's p-th choice is
+// in pass p, so no launch adds to a row twice). Nothing comes back to the host.
+//
+// Routed steps run directly. Recording one would bake this router's expert table and the
+// step's routing into the graph, so a capture or replay that reaches a routed projection is
+// abandoned (the step reruns directly), like one that needs a buffer to grow.
+func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model.RoutedProj, trace model.Tensor, layer int) {
+	rows := rp.Gate.Rows
+	real := rows - rp.Nulls
+	if logits.Rows != n || logits.Cols != rows || logits.DType != model.F32 || x.DType != model.F32 || out.DType != model.F32 ||
+		x.Cols != rp.Gate.Cols || start < 0 || n < 0 || start+n > x.Rows || start+n > out.Rows || n > 65535 {
+		panic(fmt.Sprintf("cuda: RouteLoRA rows [%d,+%d) of x %s out %s, logits %s %s, gate %s", start, n, x.Shape(), out.Shape(), logits.Shape(), logits.DType, rp.Gate.Shape()))
+	}
+	if rows < 1 || rp.TopK < 1 || rp.TopK > rows || !(rp.Temperature > 0) || rp.Nulls < 0 || real < 0 || len(rp.Experts) != real || len(rp.IDs) != real {
+		panic(fmt.Sprintf("cuda: RouteLoRA gate of %d rows, top_k %d, T %v, %d nulls, %d experts, %d ids",
+			rows, rp.TopK, rp.Temperature, rp.Nulls, len(rp.Experts), len(rp.IDs)))
+	}
+	if trace.Rows > 0 && (trace.DType != model.F32 || start+n > trace.Rows || layer < 0 || layer >= trace.Cols) {
+		panic(fmt.Sprintf("cuda: RouteLoRA trace %s %s for rows [%d,+%d) layer %d", trace.Shape(), trace.DType, start, n, layer))
+	}
+	for j, m := range rp.Experts {
+		if m != nil && (m.A.DType != model.BF16 || m.B.DType != model.BF16 || m.A.Cols != x.Cols || m.B.Rows != out.Cols ||
+			m.A.Rows != m.B.Cols || m.A.Rows < 1 || m.A.Rows > maxLoRARank) {
+			panic(fmt.Sprintf("cuda: RouteLoRA expert %d: A %s %s, B %s %s for x %s out %s", j, m.A.Shape(), m.A.DType, m.B.Shape(), m.B.DType, x.Shape(), out.Shape()))
+		}
+	}
+	if n == 0 || b.failed() {
+		return
+	}
+	if b.mode != modeDirect {
+		b.broken = true // EndStep answers ErrRerun; the runner repeats the step unrecorded
+		return
+	}
+	if rows > maxRouteRows || rp.TopK > maxRouteK {
+		b.routeOnHost(out, x, logits, start, n, rp, trace, layer)
+		return
+	}
+	tab := b.routeTable(rp)
+	if tab == nil {
+		return
+	}
+	// A row has at most min(k, real experts) real choices: that many passes.
+	passes := min(rp.TopK, real)
+	if need := b.segUsed + passes*n; need > b.segCap && !b.growSegs(need) {
+		return
+	}
+	if tmp := n * tab.maxRank; tmp > b.loraCap && !b.growLoRATmp(tmp) {
+		return
+	}
+	segs := b.segDev + uintptr(b.segUsed*b.segSize)
+	b.segUsed += passes * n
+	var tr C.uintptr_t
+	if trace.Rows > 0 {
+		tr = ptr(trace)
+	}
+	if !b.ok("route", C.s_route_segs(ptr(logits), C.int(n), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
+		C.uintptr_t(tab.ptr), C.uintptr_t(segs), C.int(passes), C.int(start), C.int(tab.maxRank), tr, C.int(trace.Cols), C.int(layer), b.stream)) {
+		return
+	}
+	if tab.maxRank == 0 {
+		return // no expert adapts this projection: only the trace was wanted
+	}
+	for p := 0; p < passes; p++ {
+		if !b.ok("lora (routed)", C.s_lora(ptr(out), ptr(x), C.uintptr_t(segs+uintptr(p*n*b.segSize)), C.int(n), 1, C.int(tab.maxRank),
+			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream)) {
+			return
+		}
+	}
+}
+
+// routeTable returns rp's device expert table, finding or building it on first use.
+func (b *Backend) routeTable(rp *model.RoutedProj) *routeTable {
+	if t, ok := rp.Dev.(*routeTable); ok && t.b == b {
+		return t
+	}
+	if rp.Dev != nil {
+		panic(fmt.Sprintf("cuda: RoutedProj.Dev holds %T from another backend", rp.Dev))
+	}
+	size := int(C.route_expert_size())
+	host := make([]byte, max(len(rp.Experts), 1)*size)
+	maxRank := 0
+	for j, m := range rp.Experts {
+		var a, bb C.uintptr_t
+		rank, scale := 0, float32(0)
+		if m != nil {
+			a, bb, rank, scale = ptr(m.A), ptr(m.B), m.A.Rows, m.Scale
+			maxRank = max(maxRank, rank)
+		}
+		C.s_set_route_expert(unsafe.Pointer(&host[0]), C.int(j), a, bb, C.int(rank), C.int(rp.IDs[j]), C.float(scale))
+	}
+	c := b.routes()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := string(host)
+	if t := c.tables[key]; t != nil {
+		if t.refs == 0 {
+			c.idle--
+		}
+		t.refs++
+		rp.Dev = t
+		return t
+	}
+	p, err := b.malloc(len(host))
+	if err != nil {
+		b.ok("route table", 2) // cudaErrorMemoryAllocation
+		return nil
+	}
+	// Synchronous, like Upload: host is Go memory.
+	if !b.ok("route table copy", C.s_htod(C.uintptr_t(p), unsafe.Pointer(&host[0]), C.size_t(len(host)), 0)) ||
+		!b.ok("route table sync", C.s_stream_sync(0)) {
+		C.s_free(C.uintptr_t(p))
+		return nil
+	}
+	t := &routeTable{b: b, key: key, ptr: p, maxRank: maxRank, refs: 1}
+	c.tables[key] = t
+	rp.Dev = t
+	return t
+}
+
+// ReleaseRouting drops rt's references to the tables RouteLoRA found or built for it
+// (model.DeviceRouter). Unreferenced tables stay cached; past maxIdleRouteTables the oldest
+// half are freed (cudaFree waits for work in flight that may still read them).
+func (b *Backend) ReleaseRouting(rt *model.Routing) {
+	c := b.routes()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for l := range rt.Layers {
+		for _, rp := range rt.Layers[l] {
+			if rp == nil {
+				continue
+			}
+			if t, ok := rp.Dev.(*routeTable); ok && t.b == b {
+				rp.Dev = nil
+				if t.refs--; t.refs == 0 {
+					c.clock++
+					t.idleAt = c.clock
+					c.idle++
+				}
+			}
+		}
+	}
+	if c.idle <= maxIdleRouteTables {
+		return
+	}
+	var idle []*routeTable
+	for _, t := range c.tables {
+		if t.refs == 0 {
+			idle = append(idle, t)
+		}
+	}
+	slices.SortFunc(idle, func(x, y *routeTable) int { return cmp.Compare(x.idleAt, y.idleAt) })
+	for _, t := range idle[:len(idle)-maxIdleRouteTables/2] {
+		C.s_free(C.uintptr_t(t.ptr))
+		delete(c.tables, t.key)
+		c.idle--
+	}
+}
+
+// RouteTables reports how many expert tables the backend holds and how many of them no
+// routing references (for tests).
+func (b *Backend) RouteTables() (total, idle int) {
+	c := b.routes()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.tables), c.idle
+}
+
+// routeOnHost routes a gate beyond the kernel's limits (more than LP_ROUTE_MAX_ROWS rows or
+// LP_ROUTE_MAX_K choices) the way the runner's host path does: logits back to the host,
+// model.Route per row, one LoRA call per pass. Slow (two synchronous copies) but exact.
+func (b *Backend) routeOnHost(out, x, logits model.Tensor, start, n int, rp *model.RoutedProj, trace model.Tensor, layer int) {
+	rows := rp.Gate.Rows
+	host := make([]float32, n*rows)
+	if b.Read(logits, host) != nil {
+		return
+	}
+	var tr []float32
+	if trace.Rows > 0 {
+		tr = make([]float32, n*trace.Cols)
+		if b.Read(trace.Slice(start, n), tr) != nil {
+			return
+		}
+	}
+	var passes [][]model.LoRASeg
+	var cs []model.Choice
+	for i := 0; i < n; i++ {
+		cs = model.Route(host[i*rows:(i+1)*rows], rp.TopK, rp.Temperature, rp.Nulls, cs)
+		if tr != nil {
+			id := int32(-1)
+			if len(cs) > 0 {
+				id = rp.IDs[cs[0].Expert]
+			}
+			tr[i*trace.Cols+layer] = float32(id)
+		}
+		for j, c := range cs {
+			m := rp.Experts[c.Expert]
+			if m == nil || c.Weight == 0 {
+				continue
+			}
+			for len(passes) <= j {
+				passes = append(passes, nil)
+			}
+			passes[j] = append(passes[j], model.LoRASeg{Start: start + i, N: 1, A: m.A, B: m.B, Scale: c.Weight * m.Scale})
+		}
+	}
+	if tr != nil && (!b.ok("route trace", C.s_htod(ptr(trace.Slice(start, n)), unsafe.Pointer(&tr[0]), C.size_t(4*len(tr)), b.stream)) ||
+		!b.ok("route trace sync", C.s_stream_sync(b.stream))) {
+		return
+	}
+	for _, pass := range passes {
+		if len(pass) > 0 {
+			b.LoRA(out, x, pass)
+		}
+	}
+}

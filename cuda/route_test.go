@@ -1,0 +1,538 @@
+//go:build cuda
+
+package cuda_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/loraplex/loraplex/adaptercache"
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/cuda"
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/router"
+)
+
+// routeCase is one RouteLoRA configuration: gate rows = experts + nulls; nilAt lists experts
+// that have no LoRA on the projection.
+type routeCase struct {
+	experts, nulls, k int
+	T                 float32
+	nilAt             []int
+}
+
+// TestRouteLoRAMatchesHost compares the device router (kernels/route.cu + one lp_lora per pass)
+// with the host path it replaces: model.Route per row on the same logits, then the CPU LoRA
+// over passes built the way the runner builds them. Logits are written directly (no gate GEMM),
+// so the choices must agree exactly, and they are made to be hard: ties (equal logits must go
+// to the lower index), NaN (ranks last), -Inf, rows where null experts win (dropped, the rest
+// renormalised, or no delta at all), k = 1..8, and experts missing on the projection. Outputs
+// start at zero, so every row compares its routed delta alone, and rows outside the routed
+// ranges must stay exactly zero. The trace column must hold the top-1 expert id.
+func TestRouteLoRAMatchesHost(t *testing.T) {
+	p := pair{cpu.New(0), newGPU(t)}
+	defer p.c.Close()
+	r := rand.New(rand.NewPCG(11, 12))
+	const in, out, layers, layer = 256, 192, 4, 2
+	cases := []routeCase{
+		{experts: 4, nulls: 0, k: 1, T: 1},
+		{experts: 4, nulls: 2, k: 2, T: 0.7},
+		{experts: 5, nulls: 1, k: 3, T: 2, nilAt: []int{2}},
+		{experts: 3, nulls: 0, k: 3, T: 1},
+		{experts: 2, nulls: 3, k: 2, T: 1.3, nilAt: []int{1}},
+		{experts: 60, nulls: 4, k: 8, T: 0.9, nilAt: []int{0, 17, 59}}, // the kernel's limits
+		{experts: 3, nulls: 1, k: 2, T: 1, nilAt: []int{0, 1, 2}},      // no LoRA on this projection: trace only
+		// A small T: a real expert beside a dominant null has exp((l - max) / T) = 0 in float
+		// but not in double (Route's precision), and must still be renormalised to weight 1.
+		{experts: 4, nulls: 2, k: 3, T: 0.01},
+		// Beyond the kernel's limits (64 rows, k = 8): routed on the host, the same result.
+		{experts: 70, nulls: 2, k: 10, T: 1, nilAt: []int{3}},
+	}
+	ranks := []int{4, 16, 8, 1, 32, 7}
+	var stats struct{ multi, renorm, allNull, ties, nan int }
+	for ci, rc := range cases {
+		t.Run(fmt.Sprintf("e%d_n%d_k%d", rc.experts, rc.nulls, rc.k), func(t *testing.T) {
+			rows := rc.experts + rc.nulls
+			// Experts: the same bf16 A and B on both backends, different ranks and scales.
+			var ec, eg []*model.LoRAWeights
+			ids := make([]int32, rc.experts)
+			for j := 0; j < rc.experts; j++ {
+				ids[j] = int32(100*ci + 3*j + 1) // any ids: the trace must carry these, not gate rows
+				missing := false
+				for _, m := range rc.nilAt {
+					missing = missing || m == j
+				}
+				if missing {
+					ec, eg = append(ec, nil), append(eg, nil)
+					continue
+				}
+				rk := ranks[j%len(ranks)]
+				ac, ag := p.upload(t, hostBF16(r, rk, in, 1/math.Sqrt(in)))
+				bc, bg := p.upload(t, hostBF16(r, out, rk, 1/math.Sqrt(float64(rk))))
+				scale := float32(0.5 + r.Float64())
+				ec = append(ec, &model.LoRAWeights{A: ac, B: bc, Rank: rk, Scale: scale})
+				eg = append(eg, &model.LoRAWeights{A: ag, B: bg, Rank: rk, Scale: scale})
+			}
+			rpG := &model.RoutedProj{Gate: p.g.Alloc(rows, in), TopK: rc.k, Temperature: rc.T, Nulls: rc.nulls, Experts: eg, IDs: ids}
+
+			const total = 60
+			xc, xg := p.tensor(t, total, in, randFloats(r, total*in))
+			oc, og := p.tensor(t, total, out, nil)
+			sentinel := make([]float32, total*layers)
+			for i := range sentinel {
+				sentinel[i] = 99
+			}
+			_, trG := p.tensor(t, total, layers, sentinel)
+			wantTrace := append([]float32(nil), sentinel...)
+
+			// Two routed sequences at different row offsets, the second reusing the cached table.
+			for _, seg := range [][2]int{{3, 21}, {31, 26}} {
+				start, n := seg[0], seg[1]
+				logits := routeLogits(r, n, rows, rc.nulls, rc.k)
+				lg := p.g.Alloc(n, rows)
+				if err := p.g.Write(lg, logits); err != nil {
+					t.Fatal(err)
+				}
+				var passes [][]model.LoRASeg
+				for i := 0; i < n; i++ {
+					row := logits[i*rows : (i+1)*rows]
+					cs := model.Route(row, rc.k, rc.T, rc.nulls, nil)
+					countRow(&stats, row, cs, rc)
+					if len(cs) > 0 {
+						wantTrace[(start+i)*layers+layer] = float32(ids[cs[0].Expert])
+					} else {
+						wantTrace[(start+i)*layers+layer] = -1
+					}
+					for j, c := range cs {
+						m := ec[c.Expert]
+						if m == nil || c.Weight == 0 {
+							continue
+						}
+						for len(passes) <= j {
+							passes = append(passes, nil)
+						}
+						passes[j] = append(passes[j], model.LoRASeg{Start: start + i, N: 1, A: m.A, B: m.B, Scale: c.Weight * m.Scale})
+					}
+				}
+				for _, pass := range passes {
+					p.c.LoRA(oc, xc, pass)
+				}
+				p.g.RouteLoRA(og, xg, lg, start, n, rpG, trG, layer)
+			}
+			if err := p.g.Err(); err != nil {
+				t.Fatal(err)
+			}
+			if device := rows <= 64 && rc.k <= 8; device != (rpG.Dev != nil) {
+				t.Fatalf("routed on the device: %v, but RoutedProj.Dev = %v", device, rpG.Dev)
+			}
+
+			want, got := make([]float32, total*out), make([]float32, total*out)
+			if err := p.c.Read(oc, want); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.g.Read(og, got); err != nil {
+				t.Fatal(err)
+			}
+			for row := 0; row < total; row++ {
+				w, g := want[row*out:(row+1)*out], got[row*out:(row+1)*out]
+				var scale, worst float64
+				for c := range w {
+					scale = max(scale, math.Abs(float64(w[c])))
+					worst = max(worst, math.Abs(float64(g[c]-w[c])))
+					if math.IsNaN(float64(g[c])) {
+						t.Fatalf("row %d: NaN at column %d", row, c)
+					}
+				}
+				if scale == 0 && worst != 0 {
+					t.Fatalf("row %d: the host adds nothing, the device changed it by up to %.3g", row, worst)
+				}
+				if worst > 2e-3*scale {
+					t.Fatalf("row %d: routed delta differs by %.3g (row max %.3g)", row, worst, scale)
+				}
+			}
+			tr := make([]float32, total*layers)
+			if err := p.g.Read(trG, tr); err != nil {
+				t.Fatal(err)
+			}
+			for i := range tr {
+				if tr[i] != wantTrace[i] {
+					t.Fatalf("trace[row %d, layer %d] = %v, want %v", i/layers, i%layers, tr[i], wantTrace[i])
+				}
+			}
+			p.g.ReleaseRouting(&model.Routing{Layers: [][model.NumProj]*model.RoutedProj{{rpG}}})
+			if rpG.Dev != nil {
+				t.Fatal("ReleaseRouting left the expert table")
+			}
+		})
+	}
+	// The cases must exercise what they are meant to.
+	t.Logf("rows with several real choices %d, renormalised after a null %d, all-null %d, ties at the k-th logit %d, NaN %d",
+		stats.multi, stats.renorm, stats.allNull, stats.ties, stats.nan)
+	if stats.multi == 0 || stats.renorm == 0 || stats.allNull == 0 || stats.ties == 0 || stats.nan == 0 {
+		t.Fatalf("a routing situation was never exercised: %+v", stats)
+	}
+}
+
+// routeLogits makes n rows of gate logits, cycling through patterns that stress the selection.
+func routeLogits(r *rand.Rand, n, rows, nulls, k int) []float32 {
+	l := make([]float32, n*rows)
+	for i := 0; i < n; i++ {
+		row := l[i*rows : (i+1)*rows]
+		switch i % 7 {
+		case 0, 1: // plain random
+			for j := range row {
+				row[j] = float32(r.NormFloat64() * 2)
+			}
+		case 2: // ties everywhere: three values only
+			for j := range row {
+				row[j] = float32(r.IntN(3))
+			}
+		case 3: // all equal: the lowest k indices win
+			for j := range row {
+				row[j] = 0.25
+			}
+		case 4: // null experts win
+			for j := range row {
+				row[j] = float32(r.NormFloat64())
+				if j >= rows-nulls {
+					row[j] += 10
+				}
+			}
+		case 5: // NaN and -Inf rank last, +Inf first
+			for j := range row {
+				row[j] = float32(r.NormFloat64())
+			}
+			row[r.IntN(rows)] = float32(math.NaN())
+			row[r.IntN(rows)] = float32(math.Inf(-1))
+			if i%2 == 1 {
+				row[0] = float32(math.NaN())
+			}
+			if i%3 == 0 { // +Inf wins; exp(inf - inf) is NaN, so every weight is 0 (Route's rule)
+				row[rows-1] = float32(math.Inf(1))
+			}
+		case 6: // one null among the winners: dropped, the others renormalised
+			for j := range row {
+				row[j] = float32(r.NormFloat64())
+			}
+			if nulls > 0 {
+				row[rows-nulls] = 5
+			}
+		}
+	}
+	return l
+}
+
+func countRow(st *struct{ multi, renorm, allNull, ties, nan int }, row []float32, cs []model.Choice, rc routeCase) {
+	if len(cs) > 1 {
+		st.multi++
+	}
+	k := min(rc.k, len(row))
+	if len(cs) == 0 {
+		st.allNull++
+	} else if len(cs) < k && rc.experts > len(cs) {
+		st.renorm++
+	}
+	for _, v := range row {
+		if math.IsNaN(float64(v)) {
+			st.nan++
+			break
+		}
+	}
+	// A tie at the selection boundary: the k-th chosen value also appears unchosen.
+	if k < len(row) {
+		cs2 := model.Route(row, k, 1, 0, nil)
+		kth := row[cs2[len(cs2)-1].Expert]
+		n := 0
+		for _, v := range row {
+			if v == kth {
+				n++
+			}
+		}
+		chosen := 0
+		for _, c := range cs2 {
+			if row[c.Expert] == kth {
+				chosen++
+			}
+		}
+		if n > chosen {
+			st.ties++
+		}
+	}
+}
+
+// hostF32 is a random f32 matrix (a router gate; Upload stores it as bf16 on the GPU).
+func hostF32(r *rand.Rand, name string, rows, cols int, s float64) model.HostTensor {
+	data := make([]byte, 4*rows*cols)
+	for i := 0; i < rows*cols; i++ {
+		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(float32(r.NormFloat64()*s)))
+	}
+	return model.HostTensor{Name: name, DType: model.F32, Shape: []int{rows, cols}, Data: data}
+}
+
+// gpuFixtureAdapters uploads the fixture model's four PEFT adapters to b.
+func gpuFixtureAdapters(t *testing.T, name string, cfg *model.Config, b *cuda.Backend) map[string]*model.Adapter {
+	t.Helper()
+	out := map[string]*model.Adapter{}
+	for _, a := range fixture.Adapters {
+		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { closer.Close() })
+		if out[a], err = model.UploadAdapter(b, cfg, host); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// copiesRouting routes every projection of every layer over `copies` copies of adapter a plus
+// nulls null experts (random gates), top-k with temperature T. Whatever the gates choose, the
+// weights of the chosen copies sum to 1 after null experts are dropped, so the routed sequence
+// must reproduce a exactly: a check of the device router inside the runner (multi-pass LoRA,
+// renormalisation, scales, experts missing on a projection) that no near-tie can flip.
+func copiesRouting(t *testing.T, b *cuda.Backend, cfg *model.Config, a *model.Adapter, copies, nulls, k int, T float32, r *rand.Rand) *model.Routing {
+	t.Helper()
+	rows := copies + nulls
+	rt := &model.Routing{Name: fmt.Sprintf("%s-x%d-n%d-k%d", a.Name, copies, nulls, k), Layers: make([][model.NumProj]*model.RoutedProj, cfg.NumLayers),
+		TraceProj: make([]model.Proj, cfg.NumLayers)}
+	ids := make([]int32, copies)
+	for j := range ids {
+		rt.Experts = append(rt.Experts, fmt.Sprintf("%s#%d", a.Name, j))
+		ids[j] = int32(j)
+	}
+	for l := 0; l < cfg.NumLayers; l++ {
+		rt.TraceProj[l] = 0
+		for p := model.Proj(0); p < model.NumProj; p++ {
+			_, in := cfg.ProjShape(p)
+			g, err := b.Upload(hostF32(r, "gate", rows, in, 1/math.Sqrt(float64(in))), rows, in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Free(g) })
+			experts := make([]*model.LoRAWeights, copies)
+			for j := range experts {
+				experts[j] = a.Modules[l][p]
+			}
+			rt.Layers[l][p] = &model.RoutedProj{Gate: g, TopK: k, Temperature: T, Nulls: nulls, Experts: experts, IDs: ids}
+		}
+	}
+	if err := rt.Check(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.ReleaseRouting(rt) })
+	return rt
+}
+
+// TestRoutedCopiesAreTheAdapterCUDA runs the fixture suite on the GPU with, beside every adapter
+// case, routed copies of it (k = 1; k = 2 of 2 copies + 1 null; k = 3 of 3 copies + 2 nulls,
+// T = 0.5) in the same batch as base and plain-adapter rows, prefill whole and chunked: the
+// routed cases must match the reference of their adapter like the plain ones do.
+func TestRoutedCopiesAreTheAdapterCUDA(t *testing.T) {
+	b := newGPU(t)
+	r := rand.New(rand.NewPCG(21, 22))
+	for _, name := range []string{"llama", "qwen3"} {
+		t.Run(name, func(t *testing.T) {
+			fx, cfg, h := fixture.Open(t, name, b)
+			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			var cases []fixture.Case
+			routed := 0
+			for _, c := range fx.Cases {
+				cases = append(cases, c)
+				if c.Adapter == "" {
+					continue
+				}
+				for _, v := range [][3]int{{1, 0, 1}, {2, 1, 2}, {3, 2, 3}} {
+					T := float32(1)
+					if v[2] == 3 {
+						T = 0.5
+					}
+					rt := copiesRouting(t, b, cfg, adapters[c.Adapter], v[0], v[1], v[2], T, r)
+					adapters[rt.Name] = &model.Adapter{Name: rt.Name, Routing: rt}
+					rc := c
+					rc.Adapter = rt.Name
+					cases = append(cases, rc)
+					routed++
+				}
+			}
+			if routed == 0 {
+				t.Fatal("no adapter case to route")
+			}
+			for _, chunk := range []int{1 << 20, 3} {
+				res, err := h.Run(cases, adapters, chunk, bf16Tolerance)
+				if err != nil {
+					t.Fatalf("chunk %d: %v", chunk, err)
+				}
+				t.Logf("%s chunk %d: %d cases (%d routed), %d steps, worst logit diff %.3g (%.3g of the row's max)", name, chunk, len(cases), routed, res.Steps, res.WorstDiff, res.WorstRowRel)
+			}
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+			checkTrace(t, h, len(cases), cfg.NumLayers, 3)
+		})
+	}
+}
+
+// checkTrace: in the last (decode) step every sequence has one row; some rows must be routed
+// and carry expert ids in [0, experts) on every layer, the rest -1 everywhere.
+func checkTrace(t *testing.T, h *fixture.Harness, rows, layers, experts int) {
+	t.Helper()
+	traced := 0
+	for row := 0; row < rows; row++ {
+		tr := h.R.RouteTrace(row)
+		if len(tr) != layers {
+			t.Fatalf("trace of row %d has %d layers, want %d", row, len(tr), layers)
+		}
+		if tr[0] < 0 {
+			continue
+		}
+		traced++
+		for l, id := range tr {
+			if id < 0 || int(id) >= experts {
+				t.Fatalf("row %d layer %d: traced expert %d, want one of %d", row, l, id, experts)
+			}
+		}
+	}
+	if traced == 0 {
+		t.Fatal("no row of the last step carries a route trace")
+	}
+}
+
+// TestRouterFixturesCUDA runs the PyTorch reference's router cases (testdata/routers, from
+// bench/reference/router_reference.py) on the GPU, in one batch with the model's base and
+// plain-adapter cases, prefill whole and chunked to 3, with the GPU tolerance of the other
+// fixture tests (gates are bf16 on the GPU; the reference's smallest route margin is logged).
+func TestRouterFixturesCUDA(t *testing.T) {
+	b := newGPU(t)
+	for _, name := range fixture.Models {
+		t.Run(name, func(t *testing.T) {
+			fx, cfg, h := fixture.Open(t, name, b)
+			rfx, err := fixture.LoadRouters(name)
+			if err != nil {
+				t.Fatalf("router fixtures of %s (testdata/routers/%s/expected.json.gz, written by bench/reference/router_reference.py) are missing: %v", name, name, err)
+			}
+			if len(rfx.Cases) < 5 {
+				t.Fatalf("%d router cases, want at least 5", len(rfx.Cases))
+			}
+			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			cases := append([]fixture.Case(nil), fx.Cases...)
+			minMargin := math.Inf(1)
+			for _, c := range rfx.Cases {
+				if adapters[c.Adapter] == nil {
+					adapters[c.Adapter] = gpuRoutedAdapter(t, filepath.Join(fixture.RoutersRoot(), c.Router), c.Adapter, cfg, b, adapters)
+				}
+				if c.RouteMargin != nil {
+					minMargin = min(minMargin, *c.RouteMargin)
+				}
+				cases = append(cases, c)
+			}
+			for _, chunk := range []int{1 << 20, 3} {
+				res, err := h.Run(cases, adapters, chunk, bf16Tolerance)
+				if err != nil {
+					t.Fatalf("chunk %d (smallest route margin in the reference %.2g): %v", chunk, minMargin, err)
+				}
+				t.Logf("%s chunk %d: %d cases (%d routed), %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped; smallest route margin %.2g",
+					name, chunk, len(cases), len(rfx.Cases), res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips, minMargin)
+			}
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// gpuRoutedAdapter loads the bundle in dir, uploads its gates and resolves it against the
+// uploaded adapters (as the engine does); the device tables and gates are freed at cleanup.
+func gpuRoutedAdapter(t *testing.T, dir, name string, cfg *model.Config, b *cuda.Backend, adapters map[string]*model.Adapter) *model.Adapter {
+	t.Helper()
+	bd, err := router.Load(dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bd.Upload(b); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bd.Free(b) })
+	experts := make([]*model.Adapter, len(bd.Experts()))
+	for i, e := range bd.Experts() {
+		if experts[i] = adapters[e]; experts[i] == nil {
+			t.Fatalf("expert %q is not a fixture adapter", e)
+		}
+	}
+	rt, err := bd.Routing(name, cfg, experts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.ReleaseRouting(rt) })
+	return &model.Adapter{Name: name, Routing: rt}
+}
+
+// TestRouteTablesShared: routings whose projections have the same experts share one device
+// table; a released table is reused by the next such routing, and different content (another
+// scale) gets its own.
+func TestRouteTablesShared(t *testing.T) {
+	b := newGPU(t)
+	r := rand.New(rand.NewPCG(31, 32))
+	const in, out = 64, 32
+	up := func(h model.HostTensor) model.Tensor {
+		x, err := b.Upload(h, h.Shape[0], h.Shape[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	experts := []*model.LoRAWeights{
+		{A: up(hostBF16(r, 4, in, 0.1)), B: up(hostBF16(r, out, 4, 0.1)), Rank: 4, Scale: 2},
+		nil,
+		{A: up(hostBF16(r, 8, in, 0.1)), B: up(hostBF16(r, out, 8, 0.1)), Rank: 8, Scale: 0.5},
+	}
+	x, o, lg := b.Alloc(4, in), b.Alloc(4, out), b.Alloc(4, 4)
+	if err := b.Write(lg, randFloats(r, 16)); err != nil {
+		t.Fatal(err)
+	}
+	routing := func(scale float32) *model.Routing {
+		es := append([]*model.LoRAWeights(nil), experts...)
+		if scale != 0 {
+			e := *es[0]
+			e.Scale = scale
+			es[0] = &e
+		}
+		rp := &model.RoutedProj{Gate: b.Alloc(4, in), TopK: 2, Temperature: 1, Nulls: 1, Experts: es, IDs: []int32{0, 1, 2}}
+		b.RouteLoRA(o, x, lg, 0, 4, rp, model.Tensor{}, 0)
+		if err := b.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return &model.Routing{Layers: [][model.NumProj]*model.RoutedProj{{rp}}}
+	}
+	total0, idle0 := b.RouteTables()
+	r1, r2 := routing(0), routing(0)
+	if r1.Layers[0][0].Dev != r2.Layers[0][0].Dev {
+		t.Fatal("equal routings got different tables")
+	}
+	if total, idle := b.RouteTables(); total != total0+1 || idle != idle0 {
+		t.Fatalf("%d tables (%d idle), want %d (%d idle)", total, idle, total0+1, idle0)
+	}
+	b.ReleaseRouting(r1)
+	if _, idle := b.RouteTables(); idle != idle0 {
+		t.Fatal("a table still referenced counts as idle")
+	}
+	b.ReleaseRouting(r2)
+	if _, idle := b.RouteTables(); idle != idle0+1 {
+		t.Fatal("the released table is not idle")
+	}
+	r3 := routing(0)
+	if total, idle := b.RouteTables(); total != total0+1 || idle != idle0 {
+		t.Fatalf("the idle table was not reused: %d tables (%d idle)", total, idle)
+	}
+	r4 := routing(3)
+	if total, _ := b.RouteTables(); total != total0+2 || r4.Layers[0][0].Dev == r3.Layers[0][0].Dev {
+		t.Fatal("a different expert scale shares a table")
+	}
+	b.ReleaseRouting(r3)
+	b.ReleaseRouting(r4)
+}
