@@ -536,3 +536,132 @@ func TestRouteTablesShared(t *testing.T) {
 	b.ReleaseRouting(r3)
 	b.ReleaseRouting(r4)
 }
+
+// TestDeviceRoutingMatchesHostCUDA runs the router fixtures' cases (with the model's base and
+// plain-adapter cases, one batch) through two runners on the same GPU: one routing on the
+// device (RouteLoRA), one with RunnerOptions.HostRouting (gate logits read back, model.Route,
+// CPU-built passes). Both see the same gate logits from the same GEMMs, so every choice must be
+// the same: the route traces must be identical and the logits agree to float rounding, for a
+// prefill of prompt + reference tokens and one decode step. Unlike the comparison with the
+// PyTorch reference, no bf16 near-tie can excuse a difference here.
+func TestDeviceRoutingMatchesHostCUDA(t *testing.T) {
+	b := newGPU(t)
+	for _, name := range fixture.Models {
+		t.Run(name, func(t *testing.T) {
+			fx, cfg, h := fixture.Open(t, name, b)
+			rfx, err := fixture.LoadRouters(name)
+			if err != nil {
+				t.Fatalf("router fixtures of %s are missing: %v", name, err)
+			}
+			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			cases := append([]fixture.Case(nil), fx.Cases...)
+			for _, c := range rfx.Cases {
+				if adapters[c.Adapter] == nil {
+					adapters[c.Adapter] = gpuRoutedAdapter(t, filepath.Join(fixture.RoutersRoot(), c.Router), c.Adapter, cfg, b, adapters)
+				}
+				cases = append(cases, c)
+			}
+			var runs [2]routedRun
+			for i, host := range []bool{false, true} {
+				r, err := model.NewRunner(cfg, b, h.R.W, model.RunnerOptions{MaxTokens: 512, MaxLogitRows: 64, MaxContext: 128,
+					KV: model.KVSpec{Pages: 512, PageSize: 4}, HostRouting: host})
+				if err != nil {
+					t.Fatal(err)
+				}
+				runs[i] = runRouted(t, r, cases, adapters)
+			}
+			dev, host := runs[0], runs[1]
+			routedRows := 0
+			for row := range dev.trace {
+				for l := range dev.trace[row] {
+					if dev.trace[row][l] != host.trace[row][l] {
+						t.Fatalf("step row %d layer %d: device routing traced expert %d, host routing %d", row, l, dev.trace[row][l], host.trace[row][l])
+					}
+				}
+				if dev.trace[row][0] >= 0 {
+					routedRows++
+				}
+			}
+			if routedRows == 0 {
+				t.Fatal("no routed row was traced")
+			}
+			var worst float64
+			for i := range dev.logits {
+				w, g := host.logits[i], dev.logits[i]
+				var scale, d float64
+				for j := range w {
+					scale = max(scale, math.Abs(float64(w[j])))
+					d = max(d, math.Abs(float64(g[j]-w[j])))
+				}
+				worst = max(worst, d/scale)
+				if !(d <= 1e-4*scale) {
+					t.Fatalf("logits row %d (case %d of %d): device routing differs from host routing by %.3g (row max %.3g)", i, i%len(cases), len(cases), d, scale)
+				}
+			}
+			t.Logf("%s: %d cases (%d routed), %d traced rows identical, worst logit diff %.3g of the row's max", name, len(cases), len(rfx.Cases), routedRows, worst)
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// routedRun is what runRouted saw: the logits of each case's last row after the prefill and
+// after the decode step, and the route trace of every row of both steps.
+type routedRun struct {
+	logits [][]float32
+	trace  [][]int32
+}
+
+// runRouted prefills every case's prompt plus its reference tokens but the last (one step,
+// one sequence per case) and then decodes the last reference token.
+func runRouted(t *testing.T, r *model.Runner, cases []fixture.Case, adapters map[string]*model.Adapter) routedRun {
+	t.Helper()
+	const pagesPerSeq, pageSize = 16, 4
+	var run routedRun
+	ads := make([]*model.Adapter, len(cases))
+	var pre, dec model.Step
+	for i, c := range cases {
+		ads[i] = adapters[c.Adapter]
+		toks := append(append([]int(nil), c.Prompt...), c.Tokens()[:len(c.Steps)-1]...)
+		if len(toks)+1 > pagesPerSeq*pageSize {
+			t.Fatalf("case %d has %d tokens", i, len(toks))
+		}
+		pages := make([]int32, pagesPerSeq)
+		for j := range pages {
+			pages[j] = int32(i*pagesPerSeq + j)
+		}
+		slot := func(p int) int32 { return pages[p/pageSize]*pageSize + int32(p%pageSize) }
+		start := len(pre.Tokens)
+		for p, tok := range toks {
+			pre.Tokens = append(pre.Tokens, int32(tok))
+			pre.Positions = append(pre.Positions, int32(p))
+			pre.Slots = append(pre.Slots, slot(p))
+		}
+		pre.Seqs = append(pre.Seqs, model.SeqRows{Start: start, N: len(toks), Len: len(toks), Pages: pages})
+		pre.LogitRows = append(pre.LogitRows, int32(len(pre.Tokens)-1))
+		n := len(toks)
+		dec.Tokens = append(dec.Tokens, int32(c.Steps[len(c.Steps)-1].Token))
+		dec.Positions = append(dec.Positions, int32(n))
+		dec.Slots = append(dec.Slots, slot(n))
+		dec.Seqs = append(dec.Seqs, model.SeqRows{Start: i, N: 1, Len: n + 1, Pages: pages})
+		dec.LogitRows = append(dec.LogitRows, int32(i))
+	}
+	if len(pre.Tokens) > r.Opt.MaxTokens || len(cases) > r.Opt.MaxLogitRows || len(cases)*pagesPerSeq > r.Opt.KV.Pages {
+		t.Fatalf("%d cases, %d prefill rows: more than the runner holds", len(cases), len(pre.Tokens))
+	}
+	V := r.Cfg.VocabSize
+	for _, s := range []*model.Step{&pre, &dec} {
+		logits := make([]float32, len(s.LogitRows)*V)
+		if err := r.Forward(s, ads, logits); err != nil {
+			t.Fatal(err)
+		}
+		for i := range s.LogitRows {
+			run.logits = append(run.logits, logits[i*V:(i+1)*V])
+		}
+		for row := range s.Tokens {
+			run.trace = append(run.trace, append([]int32(nil), r.RouteTrace(row)...))
+		}
+	}
+	return run
+}
