@@ -32,6 +32,9 @@ type RoutedProj struct {
 	Experts []*LoRAWeights
 	// IDs[j] is gate row j's index in Routing.Experts.
 	IDs []int32
+	// Source identifies the gate across Routings built from one bundle (router.Gate): adjacent
+	// sequences whose projections share it and the expert weights are routed as one group.
+	Source any
 	// Dev is the backend's own data for this projection (a DeviceRouter's table of expert
 	// weights), made on first use and released by DeviceRouter.ReleaseRouting.
 	Dev any

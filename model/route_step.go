@@ -92,7 +92,9 @@ func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoR
 		rs.passes[j] = rs.passes[j][:0]
 	}
 	npass := 0
-	nl := r.Cfg.NumLayers
+	// Adjacent routed sequences through the same gate and experts (requests for one router)
+	// form one group: one gate GEMM and one routing call for all their rows.
+	var g routeGroup
 	for i, a := range rs.adapters {
 		if a == nil || a.Routing == nil {
 			continue
@@ -101,53 +103,99 @@ func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoR
 		if rp == nil || sq.N == 0 {
 			continue
 		}
-		rows := rp.Gate.Rows
-		lg := rs.gateOut
-		lg.Rows, lg.Cols = sq.N, rows
-		r.B.MatMul(lg, in.Slice(sq.Start, sq.N), rp.Gate)
 		traced := a.Routing.TraceProj[l] == p
-		if rs.dev != nil {
-			tr := Tensor{}
-			if traced {
-				tr = rs.devTrace
-			}
-			rs.dev.RouteLoRA(out, in, lg, sq.Start, sq.N, rp, tr, l)
+		if g.rp != nil && g.start+g.n == sq.Start && g.traced == traced && sameRoute(g.rp, rp) {
+			g.n += sq.N
 			continue
 		}
-		host := rs.host[:sq.N*rows]
-		if err := r.B.Read(lg, host); err != nil {
-			if rs.err == nil {
-				rs.err = fmt.Errorf("runner: reading gate logits of router %q: %w", a.Routing.Name, err)
-			}
-			continue
+		if g.rp != nil {
+			segs, npass = r.routeGroup(l, g, in, out, segs, npass)
 		}
-		for row := 0; row < sq.N; row++ {
-			cs := Route(host[row*rows:(row+1)*rows], rp.TopK, rp.Temperature, rp.Nulls, rs.choices)
-			rs.choices = cs[:0]
-			if traced {
-				id := int32(-1)
-				if len(cs) > 0 {
-					id = rp.IDs[cs[0].Expert]
-				}
-				rs.trace[(sq.Start+row)*nl+l] = id
-			}
-			for j, c := range cs {
-				m := rp.Experts[c.Expert]
-				if m == nil || c.Weight == 0 {
-					continue // no LoRA on this projection: adds nothing, weight not redistributed
-				}
-				seg := LoRASeg{Start: sq.Start + row, N: 1, A: m.A, B: m.B, Scale: c.Weight * m.Scale}
-				if j == 0 {
-					segs = append(segs, seg)
-				} else {
-					rs.passes[j-1] = append(rs.passes[j-1], seg)
-					npass = max(npass, j)
-				}
-			}
-		}
+		g = routeGroup{rp: rp, name: a.Routing.Name, traced: traced, start: sq.Start, n: sq.N}
+	}
+	if g.rp != nil {
+		segs, npass = r.routeGroup(l, g, in, out, segs, npass)
 	}
 	r.segs[p] = segs // keep any capacity append grew
 	return segs, rs.passes[:npass]
+}
+
+// routeGroup is a run of rows routed through one gate.
+type routeGroup struct {
+	rp       *RoutedProj
+	name     string
+	traced   bool
+	start, n int
+}
+
+// sameRoute reports whether two routed projections route identically: the same object, or the
+// same bundle gate (Source) with the same settings over the same expert weights.
+func sameRoute(a, b *RoutedProj) bool {
+	if a == b {
+		return true
+	}
+	if a.Source == nil || a.Source != b.Source || a.TopK != b.TopK || a.Temperature != b.Temperature || a.Nulls != b.Nulls ||
+		len(a.Experts) != len(b.Experts) {
+		return false
+	}
+	for j := range a.Experts {
+		if a.Experts[j] != b.Experts[j] || a.IDs[j] != b.IDs[j] {
+			return false
+		}
+	}
+	return true
+}
+
+// routeGroup computes a group's gate logits and routes its rows: on the device when the backend
+// can, else on the host, appending the first choices to segs and the others to the passes.
+func (r *Runner) routeGroup(l int, g routeGroup, in, out Tensor, segs []LoRASeg, npass int) ([]LoRASeg, int) {
+	rs := &r.routing
+	rp := g.rp
+	rows := rp.Gate.Rows
+	lg := rs.gateOut
+	lg.Rows, lg.Cols = g.n, rows
+	r.B.MatMul(lg, in.Slice(g.start, g.n), rp.Gate)
+	if rs.dev != nil {
+		tr := Tensor{}
+		if g.traced {
+			tr = rs.devTrace
+		}
+		rs.dev.RouteLoRA(out, in, lg, g.start, g.n, rp, tr, l)
+		return segs, npass
+	}
+	host := rs.host[:g.n*rows]
+	if err := r.B.Read(lg, host); err != nil {
+		if rs.err == nil {
+			rs.err = fmt.Errorf("runner: reading gate logits of router %q: %w", g.name, err)
+		}
+		return segs, npass
+	}
+	nl := r.Cfg.NumLayers
+	for row := 0; row < g.n; row++ {
+		cs := Route(host[row*rows:(row+1)*rows], rp.TopK, rp.Temperature, rp.Nulls, rs.choices)
+		rs.choices = cs[:0]
+		if g.traced {
+			id := int32(-1)
+			if len(cs) > 0 {
+				id = rp.IDs[cs[0].Expert]
+			}
+			rs.trace[(g.start+row)*nl+l] = id
+		}
+		for j, c := range cs {
+			m := rp.Experts[c.Expert]
+			if m == nil || c.Weight == 0 {
+				continue // no LoRA on this projection: adds nothing, weight not redistributed
+			}
+			seg := LoRASeg{Start: g.start + row, N: 1, A: m.A, B: m.B, Scale: c.Weight * m.Scale}
+			if j == 0 {
+				segs = append(segs, seg)
+			} else {
+				rs.passes[j-1] = append(rs.passes[j-1], seg)
+				npass = max(npass, j)
+			}
+		}
+	}
+	return segs, npass
 }
 
 // endRouting brings a device-routed step's trace to the host.

@@ -42,7 +42,7 @@ func (b *Bundle) Routing(name string, cfg *model.Config, experts []*model.Adapte
 			if rt.TraceProj[l] < 0 {
 				rt.TraceProj[l] = p
 			}
-			rt.Layers[l][p] = &model.RoutedProj{Gate: g.T, TopK: ly.TopK, Temperature: ly.Temperature, Nulls: ly.Nulls,
+			rt.Layers[l][p] = &model.RoutedProj{Gate: g.T, Source: g, TopK: ly.TopK, Temperature: ly.Temperature, Nulls: ly.Nulls,
 				Experts: ly.Modules(l, p, experts, nil), IDs: ids}
 		}
 	}

@@ -229,7 +229,7 @@ func (e *Engine) schedule() bool {
 		}
 		e.waiting = slices.Delete(e.waiting, i, i+1)
 		e.queued.Add(-1)
-		e.running = append(e.running, sq)
+		e.admit(sq)
 		if sq.scheduled.IsZero() {
 			sq.scheduled = time.Now()
 		}
@@ -242,6 +242,22 @@ func (e *Engine) schedule() bool {
 	e.stats.Waiting.Store(int64(len(e.waiting)))
 	e.stats.KVPagesUsed.Store(e.stats.KVPages.Load() - int64(e.pages.available()))
 	return len(s.Tokens) > 0
+}
+
+// admit adds sq to the running list. Requests for the same router are kept next to each other
+// so their rows are adjacent in every step, where the forward pass routes them as one group
+// (one gate GEMM and one routing launch per projection instead of one per request).
+func (e *Engine) admit(sq *sequence) {
+	at := len(e.running)
+	if sq.route != nil {
+		for j := len(e.running) - 1; j >= 0; j-- {
+			if r := e.running[j].route; r != nil && r.entry == sq.route.entry {
+				at = j + 1
+				break
+			}
+		}
+	}
+	e.running = slices.Insert(e.running, at, sq)
 }
 
 // reservePages makes sq own enough pages for n tokens, preempting the most recently admitted
