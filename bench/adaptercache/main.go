@@ -42,6 +42,7 @@ type options struct {
 	maxSeqs, maxModelLen        int
 	threads, warmup             int
 	seed                        uint64
+	slotsFirst                  bool
 }
 
 func main() {
@@ -63,6 +64,7 @@ func main() {
 	flag.IntVar(&o.warmup, "warmup", 8, "unmeasured requests before each run (on the most popular adapters)")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the plan and the adapters")
 	flag.StringVar(&o.dir, "dir", "", "where to write the adapters (default a temp dir)")
+	flag.BoolVar(&o.slotsFirst, "slots-first", false, "run the few-slots configuration first (to check for an order effect)")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "adaptercache:", err)
@@ -170,13 +172,17 @@ func run(o options) error {
 		o.shape, cfg.NumLayers, cfg.HiddenSize, tWeights.Seconds(), o.adapters, o.rank, o.targets, comma(spec.Bytes(cfg)),
 		float64(spec.Bytes(cfg))*float64(o.adapters)/1e9, o.dir, tWrite.Seconds(), o.zipfS, len(pl), o.rate, o.duration, o.promptLen, o.outputLen,
 		o.maxSeqs, o.maxModelLen, o.warmup)
-	var sums []summary
-	for _, slots := range []int{o.adapters, o.slots} {
-		s, err := runOnce(o, cfg, be, w, names, pl, slots)
+	order := []int{0, 1}
+	if o.slotsFirst {
+		order = []int{1, 0}
+	}
+	sums := make([]summary, 2)
+	for _, i := range order {
+		s, err := runOnce(o, cfg, be, w, names, pl, []int{o.adapters, o.slots}[i])
 		if err != nil {
 			return err
 		}
-		sums = append(sums, s)
+		sums[i] = s
 		runtime.GC()
 	}
 	report(os.Stdout, sums)
