@@ -13,6 +13,7 @@ import (
 type config struct {
 	modelDir, tokenizerDir string
 	adapters               []adapterSpec
+	routers                []adapterSpec // NAME=DIR router bundles
 	adapterDirs            []string
 	adapterRoots           []string
 	device                 string
@@ -47,6 +48,14 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		c.adapters = append(c.adapters, adapterSpec{name, path})
 		return nil
 	})
+	fs.Func("router", "router (mixture of LoRA experts) to serve, as NAME=DIR (a loraplex.router/v1 bundle whose experts are served adapters); repeatable", func(s string) error {
+		name, dir, ok := strings.Cut(s, "=")
+		if !ok || name == "" || dir == "" {
+			return fmt.Errorf("want NAME=DIR, got %q", s)
+		}
+		c.routers = append(c.routers, adapterSpec{name, dir})
+		return nil
+	})
 	fs.Func("adapter-dir", "folder of adapters loaded by name on first use (DIR/NAME); repeatable", func(s string) error {
 		c.adapterDirs = append(c.adapterDirs, s)
 		return nil
@@ -68,7 +77,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.maxQueued, "max-queued-requests", 0, "waiting requests beyond which the server answers 429 (0: engine default)")
 	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
 	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health)")
-	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter and /v1/unload_lora_adapter")
+	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/load_router and /v1/unload_router (and the gRPC equivalents)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {

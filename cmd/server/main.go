@@ -1,5 +1,6 @@
-// Command server runs loraplex: one base model, its LoRA adapters, and the OpenAI-style HTTP
-// API. Without --model it serves the built-in (untrained) demo model.
+// Command server runs loraplex: one base model, its LoRA adapters and routers (mixtures of LoRA
+// experts), and the OpenAI-style HTTP API. Without --model it serves the built-in (untrained)
+// demo model.
 package main
 
 import (

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -51,9 +52,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
+	// Routers after adapters: their experts are adapters (from --adapter or --adapter-dir).
+	for _, r := range c.routers {
+		if err := e.LoadRouter(r.name, r.path); err != nil {
+			return fmt.Errorf("--router %s=%s: %w", r.name, r.path, err)
+		}
+	}
 	o := e.Options()
 	log.Info("engine ready", "max_num_seqs", o.MaxNumSeqs, "max_num_batched_tokens", o.MaxBatchedTokens,
-		"max_model_len", o.MaxModelLen, "kv_cache_tokens", o.KVCacheTokens, "adapters", len(c.adapters))
+		"max_model_len", o.MaxModelLen, "kv_cache_tokens", o.KVCacheTokens, "adapters", len(c.adapters), "routers", len(c.routers))
 
 	api := openai.New(e, openai.Options{
 		APIKey: c.apiKey, AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters,

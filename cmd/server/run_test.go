@@ -206,6 +206,8 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{[]string{"--model", "/nonexistent"}, "config.json"},
 		{[]string{"--tokenizer", "x"}, "needs --model"},
 		{[]string{"--adapter", "x=/nonexistent", "--max-model-len", "64"}, "x"},
+		{[]string{"--router", "noequals"}, "NAME=DIR"},
+		{[]string{"--router", "r=/nonexistent", "--max-model-len", "64"}, "--router r=/nonexistent"},
 		{[]string{"--http-addr", "256.0.0.1:99999"}, ""},
 		{[]string{"stray"}, "unexpected"},
 	} {

@@ -1,11 +1,13 @@
 // Package testengine builds a serve.Engine over a reference fixture model on the CPU backend,
-// with the fixture's four PEFT adapters loaded, for the tests of packages above serve (the HTTP
-// and gRPC gateways, metrics, the load generator). serve's own tests cannot import it (cycle).
+// with the fixture's four PEFT adapters loaded (and, on request, its router bundles), for the
+// tests of packages above serve (the HTTP and gRPC gateways, metrics, the load generator).
+// serve's own tests cannot import it (cycle).
 package testengine
 
 import (
 	"io"
 	"log/slog"
+	"path/filepath"
 	"testing"
 
 	"github.com/loraplex/loraplex/cpu"
@@ -48,4 +50,27 @@ func New(t testing.TB, name string, opt serve.Options) *serve.Engine {
 		}
 	}
 	return e
+}
+
+// LoadRouters loads every router bundle of fixture model name's router cases
+// (testdata/routers/<name>) into e, each under its case's Adapter name, and returns the cases:
+// requests naming c.Adapter must produce exactly c.Tokens(). The bundles' experts are the
+// fixture's four adapters, which New has loaded; e needs at least four device slots.
+func LoadRouters(t testing.TB, e *serve.Engine, name string) []fixture.Case {
+	t.Helper()
+	fx, err := fixture.LoadRouters(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded := map[string]bool{}
+	for _, c := range fx.Cases {
+		if loaded[c.Adapter] {
+			continue
+		}
+		loaded[c.Adapter] = true
+		if err := e.LoadRouter(c.Adapter, filepath.Join(fixture.RoutersRoot(), c.Router)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fx.Cases
 }

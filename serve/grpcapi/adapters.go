@@ -8,12 +8,13 @@ import (
 	"github.com/loraplex/loraplex/serve"
 )
 
-// ListModels lists the base model and every adapter, as GET /v1/models does.
+// ListModels lists the base model, every adapter and every router (with its experts), as GET
+// /v1/models does.
 func (s *Service) ListModels(ctx context.Context, _ *loraplexv1.ListModelsRequest) (*loraplexv1.ListModelsResponse, error) {
 	ms := s.e.Models()
 	out := &loraplexv1.ListModelsResponse{Models: make([]*loraplexv1.Model, len(ms))}
 	for i, m := range ms {
-		out.Models[i] = &loraplexv1.Model{Id: m.ID, Kind: m.Kind, Parent: m.Parent, Created: m.Created, MaxModelLen: int32(m.MaxLen)}
+		out.Models[i] = &loraplexv1.Model{Id: m.ID, Kind: m.Kind, Parent: m.Parent, Created: m.Created, MaxModelLen: int32(m.MaxLen), Experts: m.Experts}
 	}
 	return out, nil
 }

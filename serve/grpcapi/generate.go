@@ -23,7 +23,10 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}
-	st, err := s.e.Generate(ctx, serve.Request{Model: req.GetModel(), Prompt: prompt, Params: params(req.GetParams())})
+	if err := s.checkTrace(req); err != nil {
+		return s.toStatus(ctx, generateMethod, err)
+	}
+	st, err := s.e.Generate(ctx, serve.Request{Model: req.GetModel(), Prompt: prompt, Params: params(req.GetParams()), TraceExperts: req.GetExpertTrace()})
 	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}
@@ -89,6 +92,7 @@ func response(ev serve.Event) *loraplexv1.GenerateResponse {
 		// since proto3 refuses to marshal a string that is not UTF-8.
 		Text:         strings.ToValidUTF8(ev.Text, "\uFFFD"),
 		FinishReason: ev.Finish,
+		ExpertTrace:  experts(ev.Experts),
 	}
 	for i, lp := range ev.Logprobs {
 		tl := &loraplexv1.TokenLogprobs{Chosen: &loraplexv1.Logprob{TokenId: int32(lp.Token), Logprob: lp.Logprob}}

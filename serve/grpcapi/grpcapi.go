@@ -25,8 +25,8 @@ type Options struct {
 	ChatTemplate *chat.Template
 	// ChatTokens are the special tokens templates see (bos_token, eos_token, ...).
 	ChatTokens map[string]string
-	// AllowRuntimeAdapterUpdates enables LoadAdapter and UnloadAdapter (PermissionDenied
-	// otherwise), like vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING.
+	// AllowRuntimeAdapterUpdates enables LoadAdapter, UnloadAdapter, LoadRouter and
+	// UnloadRouter (PermissionDenied otherwise), like vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING.
 	AllowRuntimeAdapterUpdates bool
 	Logger                     *slog.Logger
 }

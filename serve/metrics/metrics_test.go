@@ -39,6 +39,7 @@ var wantTypes = map[string]dto.MetricType{
 	nameBatchRows:       dto.MetricType_HISTOGRAM,
 	nameBatchSeqs:       dto.MetricType_HISTOGRAM,
 	nameStepSeconds:     dto.MetricType_HISTOGRAM,
+	nameRouters:         dto.MetricType_GAUGE,
 }
 
 var vllmLabels = map[string]string{labelModel: "llama", labelEngine: "0"}

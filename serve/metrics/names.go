@@ -34,6 +34,8 @@ const (
 	nameBatchRows       = "loraplex_batch_rows"
 	nameBatchSeqs       = "loraplex_batch_sequences"
 	nameStepSeconds     = "loraplex_step_seconds"
+	nameRouters         = "loraplex_routers"
+	nameRouterSelect    = "loraplex_router_expert_selections_total"
 )
 
 // Label names. vLLM labels every engine metric with the served model name and the engine
@@ -45,6 +47,9 @@ const (
 	labelReason  = "finished_reason"
 	labelAdapter = "adapter"
 	labelTier    = "tier"
+	labelRouter  = "router"
+	labelExpert  = "expert"
+	labelLayer   = "layer"
 
 	labelMaxLoRA = "max_lora"
 	labelRunning = "running_lora_adapters"

@@ -11,8 +11,10 @@ import (
 
 // stateCollector turns the engine's atomics into metrics at scrape time. Reading them costs
 // the scheduler loop nothing: the loop stores them once per iteration whether or not anyone
-// scrapes, and a scrape takes no lock the loop takes (Models takes the adapter registry's
-// mutex, which the loop never does).
+// scrapes, and a scrape holds no lock the loop waits on for long (Models takes the adapter
+// registry's mutex, which the loop never does; Models and Routers take the router registry's
+// mutex just to copy its entries, which the loop takes only when a routed request ends; the
+// router selection counters are atomics).
 type stateCollector struct {
 	m *Metrics
 
@@ -21,6 +23,7 @@ type stateCollector struct {
 	success, loraInfo, resident *prometheus.Desc
 	cacheEvents, cacheBytes     *prometheus.Desc
 	transfers, transferSeconds  *prometheus.Desc
+	routers, routerSelections   *prometheus.Desc
 }
 
 func newStateCollector(m *Metrics) *stateCollector {
@@ -46,11 +49,14 @@ func newStateCollector(m *Metrics) *stateCollector {
 		transfers: d(nameTransfers, "Adapter moves between tiers by stage (disk_to_host, host_to_device) and result (ok, error).",
 			[]string{"stage", "result"}, prometheus.Labels{labelModel: m.base}),
 		transferSeconds: d(nameTransferSeconds, "Seconds spent moving adapters between tiers, by stage.", []string{"stage"}, prometheus.Labels{labelModel: m.base}),
+		routers:         d(nameRouters, "Routers (mixtures of LoRA experts) loaded.", nil, prometheus.Labels{labelModel: m.base}),
+		routerSelections: d(nameRouterSelect, "Generated tokens of requests naming a router whose top-1 expert in that layer was that expert (layer is the decoder layer index).",
+			[]string{labelRouter, labelExpert, labelLayer}, prometheus.Labels{labelModel: m.base}),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident, c.cacheEvents, c.cacheBytes, c.transfers, c.transferSeconds} {
+	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident, c.cacheEvents, c.cacheBytes, c.transfers, c.transferSeconds, c.routers, c.routerSelections} {
 		ch <- d
 	}
 }
@@ -114,6 +120,19 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, models []serve.Mod
 	}
 	ch <- prometheus.MustNewConstMetric(c.transferSeconds, prometheus.CounterValue, cs.LoadSeconds, "disk_to_host")
 	ch <- prometheus.MustNewConstMetric(c.transferSeconds, prometheus.CounterValue, cs.UploadSeconds, "host_to_device")
+
+	// Router selections: one series per loaded router, expert and layer (an unloaded router's
+	// series vanish with it; a reloaded one starts from zero, which Prometheus reads as a reset).
+	rs := c.m.e.Routers()
+	gauge(c.routers, float64(len(rs)))
+	for _, r := range rs {
+		for l, counts := range r.Selections {
+			layer := strconv.Itoa(l)
+			for j, n := range counts {
+				counter(c.routerSelections, float64(n), r.Name, r.Experts[j], layer)
+			}
+		}
+	}
 }
 
 // kvUsage is used pages over pages, clamped to [0, 1]: the two atomics are read separately, so

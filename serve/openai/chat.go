@@ -52,6 +52,9 @@ type chatChoice struct {
 	FinishReason *string              `json:"finish_reason"`
 	StopReason   any                  `json:"stop_reason"`
 	TokenIDs     any                  `json:"token_ids,omitempty"`
+	// Extensions for routers (request field expert_trace).
+	ExpertTrace   any `json:"expert_trace,omitempty"`
+	ExpertSummary any `json:"expert_summary,omitempty"`
 }
 
 type chatResponse struct {
@@ -180,6 +183,9 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	if err := h.checkTrace(req.Model, req.ExpertTrace); err != nil {
+		return err
+	}
 	text, err := h.render(&req.chatFields)
 	if err != nil {
 		return err
@@ -192,7 +198,7 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	events, err := h.run(ctx, req.Model, [][]int{prompt}, n, p)
+	events, err := h.run(ctx, req.Model, [][]int{prompt}, n, p, req.ExpertTrace)
 	if err != nil {
 		return err
 	}
@@ -223,6 +229,7 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 		st := &c.choices[ev.Index]
 		st.text = append(st.text, ev.Text...)
 		st.tokens = append(st.tokens, ev.Tokens...)
+		st.experts = append(st.experts, ev.Experts...)
 		if c.req.Logprobs {
 			if st.chatLP == nil {
 				st.chatLP = &chatLogprobs{Content: []chatLogprob{}}
@@ -247,6 +254,10 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 			FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
 		if c.req.ReturnTokenIDs {
 			ch.TokenIDs = nonNil(st.tokens)
+		}
+		if c.req.ExpertTrace {
+			st.counts.add(st.experts)
+			ch.ExpertTrace, ch.ExpertSummary = traceOf(st.experts), st.counts.summary()
 		}
 		resp.Choices[i] = ch
 	}
@@ -292,6 +303,13 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 		}
 		if c.req.ReturnTokenIDs {
 			ch.TokenIDs = nonNil(ev.Tokens)
+		}
+		if c.req.ExpertTrace {
+			st.counts.add(ev.Experts)
+			ch.ExpertTrace = traceOf(ev.Experts)
+			if ev.Finish != "" {
+				ch.ExpertSummary = st.counts.summary()
+			}
 		}
 		if ev.Finish != "" {
 			st.finished = true

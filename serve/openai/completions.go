@@ -27,6 +27,8 @@ type completionChoice struct {
 	StopReason     any                 `json:"stop_reason"`
 	TokenIDs       any                 `json:"token_ids,omitempty"`
 	PromptTokenIDs any                 `json:"prompt_token_ids,omitempty"`
+	ExpertTrace    any                 `json:"expert_trace,omitempty"`
+	ExpertSummary  any                 `json:"expert_summary,omitempty"`
 }
 
 type completionResponse struct {
@@ -71,6 +73,9 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := h.checkTrace(req.Model, req.ExpertTrace); err != nil {
+		return err
+	}
 	addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
 	prompts, err := h.prompts(req.Prompt, addSpecial)
 	if err != nil {
@@ -90,7 +95,7 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel() // aborts whatever is still running if we stop early (client gone, write error)
-	events, err := h.run(ctx, req.Model, prompts, n, p)
+	events, err := h.run(ctx, req.Model, prompts, n, p, req.ExpertTrace)
 	if err != nil {
 		return err
 	}
@@ -169,6 +174,8 @@ type choiceState struct {
 	started  bool
 	finished bool
 	final    serve.Event
+	experts  [][]string // the expert trace, when asked for
+	counts   expertCounts
 }
 
 type completionState struct {
@@ -220,6 +227,7 @@ func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, ev
 		}
 		st.text = append(st.text, ev.Text...)
 		st.tokens = append(st.tokens, ev.Tokens...)
+		st.experts = append(st.experts, ev.Experts...)
 		if c.req.Logprobs != nil {
 			if st.lp == nil {
 				st.lp = &completionLogprobs{}
@@ -243,6 +251,10 @@ func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, ev
 		ch := completionChoice{Index: i, Text: c.echoed(i) + string(st.text), Logprobs: st.lp, FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
 		if c.req.ReturnTokenIDs {
 			ch.TokenIDs, ch.PromptTokenIDs = nonNil(st.tokens), c.promptOf(i)
+		}
+		if c.req.ExpertTrace {
+			st.counts.add(st.experts)
+			ch.ExpertTrace, ch.ExpertSummary = traceOf(st.experts), st.counts.summary()
 		}
 		resp.Choices[i] = ch
 	}
@@ -275,6 +287,13 @@ func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, eve
 			ch.TokenIDs = nonNil(ev.Tokens)
 			if !st.started {
 				ch.PromptTokenIDs = c.promptOf(ev.Index)
+			}
+		}
+		if c.req.ExpertTrace {
+			st.counts.add(ev.Experts)
+			ch.ExpertTrace = traceOf(ev.Experts)
+			if ev.Finish != "" {
+				ch.ExpertSummary = st.counts.summary()
 			}
 		}
 		st.started = true

@@ -20,7 +20,7 @@ type choiceEvent struct {
 //
 // The channel closes when every stream has ended or ctx is done; the caller must cancel ctx
 // when it stops reading, which aborts the engine requests and ends the goroutines.
-func (h *Handler) run(ctx context.Context, model string, prompts [][]int, n int, p serve.SamplingParams) (<-chan choiceEvent, error) {
+func (h *Handler) run(ctx context.Context, model string, prompts [][]int, n int, p serve.SamplingParams, trace bool) (<-chan choiceEvent, error) {
 	streams := make([]*serve.Stream, 0, len(prompts)*n)
 	for _, prompt := range prompts {
 		for j := 0; j < n; j++ {
@@ -29,7 +29,7 @@ func (h *Handler) run(ctx context.Context, model string, prompts [][]int, n int,
 				s := *p.Seed + uint64(j)
 				pj.Seed = &s
 			}
-			s, err := h.e.Generate(ctx, serve.Request{Model: model, Prompt: prompt, Params: pj})
+			s, err := h.e.Generate(ctx, serve.Request{Model: model, Prompt: prompt, Params: pj, TraceExperts: trace})
 			if err != nil {
 				for _, s := range streams {
 					s.Cancel()

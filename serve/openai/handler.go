@@ -1,5 +1,6 @@
 // Package openai is the OpenAI-style HTTP gateway with vLLM's extensions: completions, chat
-// completions, models, tokenize/detokenize and runtime adapter loading, all on serve.Engine.
+// completions, models, tokenize/detokenize and runtime adapter and router loading, all on
+// serve.Engine.
 package openai
 
 import (
@@ -21,7 +22,8 @@ type Options struct {
 	// MaxBodyBytes bounds request bodies (default 16 MiB); larger ones get 413.
 	MaxBodyBytes int64
 	// AllowRuntimeAdapterUpdates enables /v1/load_lora_adapter and /v1/unload_lora_adapter
-	// (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING); without it they answer 403.
+	// (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING), and /v1/load_router and /v1/unload_router;
+	// without it they answer 403.
 	AllowRuntimeAdapterUpdates bool
 	// ChatTemplate renders /v1/chat/completions and /tokenize messages; nil: chat is refused.
 	ChatTemplate *chat.Template
@@ -67,6 +69,8 @@ func New(e *serve.Engine, opt Options) *Handler {
 		"/detokenize":             {method: http.MethodPost, h: h.detokenize},
 		"/v1/load_lora_adapter":   {method: http.MethodPost, h: h.loadAdapter},
 		"/v1/unload_lora_adapter": {method: http.MethodPost, h: h.unloadAdapter},
+		"/v1/load_router":         {method: http.MethodPost, h: h.loadRouter},
+		"/v1/unload_router":       {method: http.MethodPost, h: h.unloadRouter},
 	}
 	return h
 }

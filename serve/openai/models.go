@@ -15,6 +15,9 @@ type modelCard struct {
 	Root        string  `json:"root"`
 	Parent      *string `json:"parent"`
 	MaxModelLen int     `json:"max_model_len"`
+	// Extensions: what the model is ("base", "adapter" or "router") and a router's experts.
+	Kind    string   `json:"loraplex_kind,omitempty"`
+	Experts []string `json:"experts,omitempty"`
 }
 
 type modelList struct {
@@ -22,12 +25,13 @@ type modelList struct {
 	Data   []modelCard `json:"data"`
 }
 
-// models lists the base model and its adapters the way vLLM does: an adapter's parent (and
-// root, the model it ultimately runs on) is the base model.
+// models lists the base model, its adapters and its routers the way vLLM lists adapters: an
+// adapter's or router's parent (and root, the model it ultimately runs on) is the base model.
 func (h *Handler) models(w http.ResponseWriter, r *http.Request) error {
 	list := modelList{Object: "list", Data: []modelCard{}}
 	for _, m := range h.e.Models() {
-		c := modelCard{ID: m.ID, Object: "model", Created: m.Created, OwnedBy: "loraplex", Root: m.ID, MaxModelLen: m.MaxLen}
+		c := modelCard{ID: m.ID, Object: "model", Created: m.Created, OwnedBy: "loraplex", Root: m.ID, MaxModelLen: m.MaxLen,
+			Kind: m.Kind, Experts: m.Experts}
 		if m.Parent != "" {
 			parent := m.Parent
 			c.Parent, c.Root = &parent, parent

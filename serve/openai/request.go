@@ -33,6 +33,9 @@ type samplingFields struct {
 	AddSpecialTokens       *bool `json:"add_special_tokens"`
 	ReturnTokenIDs         bool  `json:"return_token_ids"`
 	ReturnTokensAsTokenIDs bool  `json:"return_tokens_as_token_ids"`
+	// ExpertTrace (an extension, for routers) returns each choice's top-1 experts per token
+	// and layer, and their summary.
+	ExpertTrace bool `json:"expert_trace"`
 }
 
 // params converts the shared fields to engine parameters. maxTokensDefault applies when

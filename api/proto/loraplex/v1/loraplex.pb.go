@@ -358,8 +358,11 @@ type GenerateRequest struct {
 	// token_ids.
 	AddSpecialTokens *bool           `protobuf:"varint,5,opt,name=add_special_tokens,json=addSpecialTokens,proto3,oneof" json:"add_special_tokens,omitempty"`
 	Params           *SamplingParams `protobuf:"bytes,6,opt,name=params,proto3" json:"params,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// When model is a router: return, for every generated token, the top-1 expert adapter each
+	// layer chose (GenerateResponse.expert_trace). InvalidArgument for any other model.
+	ExpertTrace   bool `protobuf:"varint,7,opt,name=expert_trace,json=expertTrace,proto3" json:"expert_trace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
@@ -445,6 +448,13 @@ func (x *GenerateRequest) GetParams() *SamplingParams {
 		return x.Params
 	}
 	return nil
+}
+
+func (x *GenerateRequest) GetExpertTrace() bool {
+	if x != nil {
+		return x.ExpertTrace
+	}
+	return false
 }
 
 type isGenerateRequest_Prompt interface {
@@ -626,6 +636,52 @@ func (x *Usage) GetCompletionTokens() int32 {
 	return 0
 }
 
+// TokenExperts is one generated token's routing: the top-1 expert adapter of every layer, in
+// layer order ("" where a layer chose only null experts).
+type TokenExperts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Layers        []string               `protobuf:"bytes,1,rep,name=layers,proto3" json:"layers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenExperts) Reset() {
+	*x = TokenExperts{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenExperts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenExperts) ProtoMessage() {}
+
+func (x *TokenExperts) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenExperts.ProtoReflect.Descriptor instead.
+func (*TokenExperts) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *TokenExperts) GetLayers() []string {
+	if x != nil {
+		return x.Layers
+	}
+	return nil
+}
+
 type GenerateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Tokens generated since the previous response (a slow reader gets several at once).
@@ -645,14 +701,16 @@ type GenerateResponse struct {
 	//	*GenerateResponse_StopTokenId
 	StopReason isGenerateResponse_StopReason `protobuf_oneof:"stop_reason"`
 	// Set on the last response only.
-	Usage         *Usage `protobuf:"bytes,7,opt,name=usage,proto3" json:"usage,omitempty"`
+	Usage *Usage `protobuf:"bytes,7,opt,name=usage,proto3" json:"usage,omitempty"`
+	// Parallel to token_ids, when GenerateRequest.expert_trace is set.
+	ExpertTrace   []*TokenExperts `protobuf:"bytes,8,rep,name=expert_trace,json=expertTrace,proto3" json:"expert_trace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +722,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +735,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{8}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GenerateResponse) GetTokenIds() []int32 {
@@ -740,6 +798,13 @@ func (x *GenerateResponse) GetUsage() *Usage {
 	return nil
 }
 
+func (x *GenerateResponse) GetExpertTrace() []*TokenExperts {
+	if x != nil {
+		return x.ExpertTrace
+	}
+	return nil
+}
+
 type isGenerateResponse_StopReason interface {
 	isGenerateResponse_StopReason()
 }
@@ -772,7 +837,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +849,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +862,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{9}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TokenizeRequest) GetModel() string {
@@ -865,7 +930,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +942,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +955,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{10}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -919,7 +984,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +996,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1009,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{11}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DetokenizeRequest) GetModel() string {
@@ -977,7 +1042,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1054,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1067,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{12}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -1020,7 +1085,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1097,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,26 +1110,28 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{13}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{14}
 }
 
 type Model struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// "base" or "adapter".
+	// "base", "adapter" or "router".
 	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	// The base model, for adapters.
+	// The base model, for adapters and routers.
 	Parent string `protobuf:"bytes,3,opt,name=parent,proto3" json:"parent,omitempty"`
 	// Unix seconds.
-	Created       int64 `protobuf:"varint,4,opt,name=created,proto3" json:"created,omitempty"`
-	MaxModelLen   int32 `protobuf:"varint,5,opt,name=max_model_len,json=maxModelLen,proto3" json:"max_model_len,omitempty"`
+	Created     int64 `protobuf:"varint,4,opt,name=created,proto3" json:"created,omitempty"`
+	MaxModelLen int32 `protobuf:"varint,5,opt,name=max_model_len,json=maxModelLen,proto3" json:"max_model_len,omitempty"`
+	// A router's expert adapters.
+	Experts       []string `protobuf:"bytes,6,rep,name=experts,proto3" json:"experts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1143,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1156,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{14}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Model) GetId() string {
@@ -1127,6 +1194,13 @@ func (x *Model) GetMaxModelLen() int32 {
 	return 0
 }
 
+func (x *Model) GetExperts() []string {
+	if x != nil {
+		return x.Experts
+	}
+	return nil
+}
+
 type ListModelsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Models        []*Model               `protobuf:"bytes,1,rep,name=models,proto3" json:"models,omitempty"`
@@ -1136,7 +1210,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1222,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1235,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{15}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListModelsResponse) GetModels() []*Model {
@@ -1179,7 +1253,7 @@ type ListAdaptersRequest struct {
 
 func (x *ListAdaptersRequest) Reset() {
 	*x = ListAdaptersRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1265,7 @@ func (x *ListAdaptersRequest) String() string {
 func (*ListAdaptersRequest) ProtoMessage() {}
 
 func (x *ListAdaptersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1278,7 @@ func (x *ListAdaptersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdaptersRequest.ProtoReflect.Descriptor instead.
 func (*ListAdaptersRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{16}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{17}
 }
 
 type Adapter struct {
@@ -1222,7 +1296,7 @@ type Adapter struct {
 
 func (x *Adapter) Reset() {
 	*x = Adapter{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1308,7 @@ func (x *Adapter) String() string {
 func (*Adapter) ProtoMessage() {}
 
 func (x *Adapter) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1321,7 @@ func (x *Adapter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adapter.ProtoReflect.Descriptor instead.
 func (*Adapter) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{17}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Adapter) GetName() string {
@@ -1287,7 +1361,7 @@ type ListAdaptersResponse struct {
 
 func (x *ListAdaptersResponse) Reset() {
 	*x = ListAdaptersResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1299,7 +1373,7 @@ func (x *ListAdaptersResponse) String() string {
 func (*ListAdaptersResponse) ProtoMessage() {}
 
 func (x *ListAdaptersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1312,7 +1386,7 @@ func (x *ListAdaptersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdaptersResponse.ProtoReflect.Descriptor instead.
 func (*ListAdaptersResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{18}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListAdaptersResponse) GetAdapters() []*Adapter {
@@ -1332,7 +1406,7 @@ type LoadAdapterRequest struct {
 
 func (x *LoadAdapterRequest) Reset() {
 	*x = LoadAdapterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1418,7 @@ func (x *LoadAdapterRequest) String() string {
 func (*LoadAdapterRequest) ProtoMessage() {}
 
 func (x *LoadAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1431,7 @@ func (x *LoadAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadAdapterRequest.ProtoReflect.Descriptor instead.
 func (*LoadAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{19}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LoadAdapterRequest) GetName() string {
@@ -1382,7 +1456,7 @@ type LoadAdapterResponse struct {
 
 func (x *LoadAdapterResponse) Reset() {
 	*x = LoadAdapterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1468,7 @@ func (x *LoadAdapterResponse) String() string {
 func (*LoadAdapterResponse) ProtoMessage() {}
 
 func (x *LoadAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1481,7 @@ func (x *LoadAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadAdapterResponse.ProtoReflect.Descriptor instead.
 func (*LoadAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{20}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{21}
 }
 
 type UnloadAdapterRequest struct {
@@ -1419,7 +1493,7 @@ type UnloadAdapterRequest struct {
 
 func (x *UnloadAdapterRequest) Reset() {
 	*x = UnloadAdapterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1505,7 @@ func (x *UnloadAdapterRequest) String() string {
 func (*UnloadAdapterRequest) ProtoMessage() {}
 
 func (x *UnloadAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1518,7 @@ func (x *UnloadAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadAdapterRequest.ProtoReflect.Descriptor instead.
 func (*UnloadAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{21}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UnloadAdapterRequest) GetName() string {
@@ -1462,7 +1536,7 @@ type UnloadAdapterResponse struct {
 
 func (x *UnloadAdapterResponse) Reset() {
 	*x = UnloadAdapterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1548,7 @@ func (x *UnloadAdapterResponse) String() string {
 func (*UnloadAdapterResponse) ProtoMessage() {}
 
 func (x *UnloadAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1561,380 @@ func (x *UnloadAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadAdapterResponse.ProtoReflect.Descriptor instead.
 func (*UnloadAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{22}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{23}
+}
+
+type ListRoutersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRoutersRequest) Reset() {
+	*x = ListRoutersRequest{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRoutersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRoutersRequest) ProtoMessage() {}
+
+func (x *ListRoutersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRoutersRequest.ProtoReflect.Descriptor instead.
+func (*ListRoutersRequest) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{24}
+}
+
+// LayerSelections counts, for one layer, the generated tokens whose top-1 expert was each
+// expert (parallel to Router.experts).
+type LayerSelections struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Counts        []int64                `protobuf:"varint,1,rep,packed,name=counts,proto3" json:"counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LayerSelections) Reset() {
+	*x = LayerSelections{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LayerSelections) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LayerSelections) ProtoMessage() {}
+
+func (x *LayerSelections) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LayerSelections.ProtoReflect.Descriptor instead.
+func (*LayerSelections) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *LayerSelections) GetCounts() []int64 {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+type Router struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The bundle folder it was loaded from.
+	Path    string   `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Experts []string `protobuf:"bytes,3,rep,name=experts,proto3" json:"experts,omitempty"`
+	// Unix seconds.
+	Created int64 `protobuf:"varint,4,opt,name=created,proto3" json:"created,omitempty"`
+	// One entry per layer.
+	Selections    []*LayerSelections `protobuf:"bytes,5,rep,name=selections,proto3" json:"selections,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Router) Reset() {
+	*x = Router{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Router) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Router) ProtoMessage() {}
+
+func (x *Router) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Router.ProtoReflect.Descriptor instead.
+func (*Router) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *Router) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Router) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Router) GetExperts() []string {
+	if x != nil {
+		return x.Experts
+	}
+	return nil
+}
+
+func (x *Router) GetCreated() int64 {
+	if x != nil {
+		return x.Created
+	}
+	return 0
+}
+
+func (x *Router) GetSelections() []*LayerSelections {
+	if x != nil {
+		return x.Selections
+	}
+	return nil
+}
+
+type ListRoutersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Routers       []*Router              `protobuf:"bytes,1,rep,name=routers,proto3" json:"routers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRoutersResponse) Reset() {
+	*x = ListRoutersResponse{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRoutersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRoutersResponse) ProtoMessage() {}
+
+func (x *ListRoutersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRoutersResponse.ProtoReflect.Descriptor instead.
+func (*ListRoutersResponse) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListRoutersResponse) GetRouters() []*Router {
+	if x != nil {
+		return x.Routers
+	}
+	return nil
+}
+
+type LoadRouterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadRouterRequest) Reset() {
+	*x = LoadRouterRequest{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadRouterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadRouterRequest) ProtoMessage() {}
+
+func (x *LoadRouterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadRouterRequest.ProtoReflect.Descriptor instead.
+func (*LoadRouterRequest) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LoadRouterRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LoadRouterRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type LoadRouterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadRouterResponse) Reset() {
+	*x = LoadRouterResponse{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadRouterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadRouterResponse) ProtoMessage() {}
+
+func (x *LoadRouterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadRouterResponse.ProtoReflect.Descriptor instead.
+func (*LoadRouterResponse) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{29}
+}
+
+type UnloadRouterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnloadRouterRequest) Reset() {
+	*x = UnloadRouterRequest{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnloadRouterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnloadRouterRequest) ProtoMessage() {}
+
+func (x *UnloadRouterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnloadRouterRequest.ProtoReflect.Descriptor instead.
+func (*UnloadRouterRequest) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UnloadRouterRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type UnloadRouterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnloadRouterResponse) Reset() {
+	*x = UnloadRouterResponse{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnloadRouterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnloadRouterResponse) ProtoMessage() {}
+
+func (x *UnloadRouterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnloadRouterResponse.ProtoReflect.Descriptor instead.
+func (*UnloadRouterResponse) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{31}
 }
 
 var File_loraplex_v1_loraplex_proto protoreflect.FileDescriptor
@@ -1526,14 +1973,15 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\blogprobs\x18\x0e \x01(\x05R\blogprobs\x123\n" +
 	"\x13skip_special_tokens\x18\x0f \x01(\bH\x01R\x11skipSpecialTokens\x88\x01\x01B\a\n" +
 	"\x05_seedB\x16\n" +
-	"\x14_skip_special_tokens\"\xb3\x02\n" +
+	"\x14_skip_special_tokens\"\xd6\x02\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x124\n" +
 	"\ttoken_ids\x18\x03 \x01(\v2\x15.loraplex.v1.TokenIdsH\x00R\btokenIds\x125\n" +
 	"\bmessages\x18\x04 \x01(\v2\x17.loraplex.v1.ChatPromptH\x00R\bmessages\x121\n" +
 	"\x12add_special_tokens\x18\x05 \x01(\bH\x01R\x10addSpecialTokens\x88\x01\x01\x123\n" +
-	"\x06params\x18\x06 \x01(\v2\x1b.loraplex.v1.SamplingParamsR\x06paramsB\b\n" +
+	"\x06params\x18\x06 \x01(\v2\x1b.loraplex.v1.SamplingParamsR\x06params\x12!\n" +
+	"\fexpert_trace\x18\a \x01(\bR\vexpertTraceB\b\n" +
 	"\x06promptB\x15\n" +
 	"\x13_add_special_tokens\">\n" +
 	"\aLogprob\x12\x19\n" +
@@ -1544,7 +1992,9 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\x03top\x18\x02 \x03(\v2\x14.loraplex.v1.LogprobR\x03top\"Y\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x05R\fpromptTokens\x12+\n" +
-	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\"\xa2\x02\n" +
+	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\"&\n" +
+	"\fTokenExperts\x12\x16\n" +
+	"\x06layers\x18\x01 \x03(\tR\x06layers\"\xe0\x02\n" +
 	"\x10GenerateResponse\x12\x1b\n" +
 	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x126\n" +
@@ -1553,7 +2003,8 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\vstop_string\x18\x05 \x01(\tH\x00R\n" +
 	"stopString\x12$\n" +
 	"\rstop_token_id\x18\x06 \x01(\x05H\x00R\vstopTokenId\x12(\n" +
-	"\x05usage\x18\a \x01(\v2\x12.loraplex.v1.UsageR\x05usageB\r\n" +
+	"\x05usage\x18\a \x01(\v2\x12.loraplex.v1.UsageR\x05usage\x12<\n" +
+	"\fexpert_trace\x18\b \x03(\v2\x19.loraplex.v1.TokenExpertsR\vexpertTraceB\r\n" +
 	"\vstop_reason\"\xc7\x01\n" +
 	"\x0fTokenizeRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
@@ -1571,13 +2022,14 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\x13skip_special_tokens\x18\x03 \x01(\bR\x11skipSpecialTokens\"(\n" +
 	"\x12DetokenizeResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\tR\x04text\"\x13\n" +
-	"\x11ListModelsRequest\"\x81\x01\n" +
+	"\x11ListModelsRequest\"\x9b\x01\n" +
 	"\x05Model\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
 	"\x06parent\x18\x03 \x01(\tR\x06parent\x12\x18\n" +
 	"\acreated\x18\x04 \x01(\x03R\acreated\x12\"\n" +
-	"\rmax_model_len\x18\x05 \x01(\x05R\vmaxModelLen\"@\n" +
+	"\rmax_model_len\x18\x05 \x01(\x05R\vmaxModelLen\x12\x18\n" +
+	"\aexperts\x18\x06 \x03(\tR\aexperts\"@\n" +
 	"\x12ListModelsResponse\x12*\n" +
 	"\x06models\x18\x01 \x03(\v2\x12.loraplex.v1.ModelR\x06models\"\x15\n" +
 	"\x13ListAdaptersRequest\"[\n" +
@@ -1594,7 +2046,27 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\x13LoadAdapterResponse\"*\n" +
 	"\x14UnloadAdapterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
-	"\x15UnloadAdapterResponse2\xbb\x04\n" +
+	"\x15UnloadAdapterResponse\"\x14\n" +
+	"\x12ListRoutersRequest\")\n" +
+	"\x0fLayerSelections\x12\x16\n" +
+	"\x06counts\x18\x01 \x03(\x03R\x06counts\"\xa2\x01\n" +
+	"\x06Router\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
+	"\aexperts\x18\x03 \x03(\tR\aexperts\x12\x18\n" +
+	"\acreated\x18\x04 \x01(\x03R\acreated\x12<\n" +
+	"\n" +
+	"selections\x18\x05 \x03(\v2\x1c.loraplex.v1.LayerSelectionsR\n" +
+	"selections\"D\n" +
+	"\x13ListRoutersResponse\x12-\n" +
+	"\arouters\x18\x01 \x03(\v2\x13.loraplex.v1.RouterR\arouters\";\n" +
+	"\x11LoadRouterRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"\x14\n" +
+	"\x12LoadRouterResponse\")\n" +
+	"\x13UnloadRouterRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
+	"\x14UnloadRouterResponse2\xb1\x06\n" +
 	"\bLoraplex\x12I\n" +
 	"\bGenerate\x12\x1c.loraplex.v1.GenerateRequest\x1a\x1d.loraplex.v1.GenerateResponse0\x01\x12G\n" +
 	"\bTokenize\x12\x1c.loraplex.v1.TokenizeRequest\x1a\x1d.loraplex.v1.TokenizeResponse\x12M\n" +
@@ -1604,7 +2076,11 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"ListModels\x12\x1e.loraplex.v1.ListModelsRequest\x1a\x1f.loraplex.v1.ListModelsResponse\x12S\n" +
 	"\fListAdapters\x12 .loraplex.v1.ListAdaptersRequest\x1a!.loraplex.v1.ListAdaptersResponse\x12P\n" +
 	"\vLoadAdapter\x12\x1f.loraplex.v1.LoadAdapterRequest\x1a .loraplex.v1.LoadAdapterResponse\x12V\n" +
-	"\rUnloadAdapter\x12!.loraplex.v1.UnloadAdapterRequest\x1a\".loraplex.v1.UnloadAdapterResponseB?Z=github.com/loraplex/loraplex/api/proto/loraplex/v1;loraplexv1b\x06proto3"
+	"\rUnloadAdapter\x12!.loraplex.v1.UnloadAdapterRequest\x1a\".loraplex.v1.UnloadAdapterResponse\x12P\n" +
+	"\vListRouters\x12\x1f.loraplex.v1.ListRoutersRequest\x1a .loraplex.v1.ListRoutersResponse\x12M\n" +
+	"\n" +
+	"LoadRouter\x12\x1e.loraplex.v1.LoadRouterRequest\x1a\x1f.loraplex.v1.LoadRouterResponse\x12S\n" +
+	"\fUnloadRouter\x12 .loraplex.v1.UnloadRouterRequest\x1a!.loraplex.v1.UnloadRouterResponseB?Z=github.com/loraplex/loraplex/api/proto/loraplex/v1;loraplexv1b\x06proto3"
 
 var (
 	file_loraplex_v1_loraplex_proto_rawDescOnce sync.Once
@@ -1618,7 +2094,7 @@ func file_loraplex_v1_loraplex_proto_rawDescGZIP() []byte {
 	return file_loraplex_v1_loraplex_proto_rawDescData
 }
 
-var file_loraplex_v1_loraplex_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_loraplex_v1_loraplex_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_loraplex_v1_loraplex_proto_goTypes = []any{
 	(*ChatMessage)(nil),           // 0: loraplex.v1.ChatMessage
 	(*ChatPrompt)(nil),            // 1: loraplex.v1.ChatPrompt
@@ -1628,21 +2104,30 @@ var file_loraplex_v1_loraplex_proto_goTypes = []any{
 	(*Logprob)(nil),               // 5: loraplex.v1.Logprob
 	(*TokenLogprobs)(nil),         // 6: loraplex.v1.TokenLogprobs
 	(*Usage)(nil),                 // 7: loraplex.v1.Usage
-	(*GenerateResponse)(nil),      // 8: loraplex.v1.GenerateResponse
-	(*TokenizeRequest)(nil),       // 9: loraplex.v1.TokenizeRequest
-	(*TokenizeResponse)(nil),      // 10: loraplex.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),     // 11: loraplex.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),    // 12: loraplex.v1.DetokenizeResponse
-	(*ListModelsRequest)(nil),     // 13: loraplex.v1.ListModelsRequest
-	(*Model)(nil),                 // 14: loraplex.v1.Model
-	(*ListModelsResponse)(nil),    // 15: loraplex.v1.ListModelsResponse
-	(*ListAdaptersRequest)(nil),   // 16: loraplex.v1.ListAdaptersRequest
-	(*Adapter)(nil),               // 17: loraplex.v1.Adapter
-	(*ListAdaptersResponse)(nil),  // 18: loraplex.v1.ListAdaptersResponse
-	(*LoadAdapterRequest)(nil),    // 19: loraplex.v1.LoadAdapterRequest
-	(*LoadAdapterResponse)(nil),   // 20: loraplex.v1.LoadAdapterResponse
-	(*UnloadAdapterRequest)(nil),  // 21: loraplex.v1.UnloadAdapterRequest
-	(*UnloadAdapterResponse)(nil), // 22: loraplex.v1.UnloadAdapterResponse
+	(*TokenExperts)(nil),          // 8: loraplex.v1.TokenExperts
+	(*GenerateResponse)(nil),      // 9: loraplex.v1.GenerateResponse
+	(*TokenizeRequest)(nil),       // 10: loraplex.v1.TokenizeRequest
+	(*TokenizeResponse)(nil),      // 11: loraplex.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),     // 12: loraplex.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),    // 13: loraplex.v1.DetokenizeResponse
+	(*ListModelsRequest)(nil),     // 14: loraplex.v1.ListModelsRequest
+	(*Model)(nil),                 // 15: loraplex.v1.Model
+	(*ListModelsResponse)(nil),    // 16: loraplex.v1.ListModelsResponse
+	(*ListAdaptersRequest)(nil),   // 17: loraplex.v1.ListAdaptersRequest
+	(*Adapter)(nil),               // 18: loraplex.v1.Adapter
+	(*ListAdaptersResponse)(nil),  // 19: loraplex.v1.ListAdaptersResponse
+	(*LoadAdapterRequest)(nil),    // 20: loraplex.v1.LoadAdapterRequest
+	(*LoadAdapterResponse)(nil),   // 21: loraplex.v1.LoadAdapterResponse
+	(*UnloadAdapterRequest)(nil),  // 22: loraplex.v1.UnloadAdapterRequest
+	(*UnloadAdapterResponse)(nil), // 23: loraplex.v1.UnloadAdapterResponse
+	(*ListRoutersRequest)(nil),    // 24: loraplex.v1.ListRoutersRequest
+	(*LayerSelections)(nil),       // 25: loraplex.v1.LayerSelections
+	(*Router)(nil),                // 26: loraplex.v1.Router
+	(*ListRoutersResponse)(nil),   // 27: loraplex.v1.ListRoutersResponse
+	(*LoadRouterRequest)(nil),     // 28: loraplex.v1.LoadRouterRequest
+	(*LoadRouterResponse)(nil),    // 29: loraplex.v1.LoadRouterResponse
+	(*UnloadRouterRequest)(nil),   // 30: loraplex.v1.UnloadRouterRequest
+	(*UnloadRouterResponse)(nil),  // 31: loraplex.v1.UnloadRouterResponse
 }
 var file_loraplex_v1_loraplex_proto_depIdxs = []int32{
 	0,  // 0: loraplex.v1.ChatPrompt.messages:type_name -> loraplex.v1.ChatMessage
@@ -1653,28 +2138,37 @@ var file_loraplex_v1_loraplex_proto_depIdxs = []int32{
 	5,  // 5: loraplex.v1.TokenLogprobs.top:type_name -> loraplex.v1.Logprob
 	6,  // 6: loraplex.v1.GenerateResponse.logprobs:type_name -> loraplex.v1.TokenLogprobs
 	7,  // 7: loraplex.v1.GenerateResponse.usage:type_name -> loraplex.v1.Usage
-	1,  // 8: loraplex.v1.TokenizeRequest.messages:type_name -> loraplex.v1.ChatPrompt
-	14, // 9: loraplex.v1.ListModelsResponse.models:type_name -> loraplex.v1.Model
-	17, // 10: loraplex.v1.ListAdaptersResponse.adapters:type_name -> loraplex.v1.Adapter
-	4,  // 11: loraplex.v1.Loraplex.Generate:input_type -> loraplex.v1.GenerateRequest
-	9,  // 12: loraplex.v1.Loraplex.Tokenize:input_type -> loraplex.v1.TokenizeRequest
-	11, // 13: loraplex.v1.Loraplex.Detokenize:input_type -> loraplex.v1.DetokenizeRequest
-	13, // 14: loraplex.v1.Loraplex.ListModels:input_type -> loraplex.v1.ListModelsRequest
-	16, // 15: loraplex.v1.Loraplex.ListAdapters:input_type -> loraplex.v1.ListAdaptersRequest
-	19, // 16: loraplex.v1.Loraplex.LoadAdapter:input_type -> loraplex.v1.LoadAdapterRequest
-	21, // 17: loraplex.v1.Loraplex.UnloadAdapter:input_type -> loraplex.v1.UnloadAdapterRequest
-	8,  // 18: loraplex.v1.Loraplex.Generate:output_type -> loraplex.v1.GenerateResponse
-	10, // 19: loraplex.v1.Loraplex.Tokenize:output_type -> loraplex.v1.TokenizeResponse
-	12, // 20: loraplex.v1.Loraplex.Detokenize:output_type -> loraplex.v1.DetokenizeResponse
-	15, // 21: loraplex.v1.Loraplex.ListModels:output_type -> loraplex.v1.ListModelsResponse
-	18, // 22: loraplex.v1.Loraplex.ListAdapters:output_type -> loraplex.v1.ListAdaptersResponse
-	20, // 23: loraplex.v1.Loraplex.LoadAdapter:output_type -> loraplex.v1.LoadAdapterResponse
-	22, // 24: loraplex.v1.Loraplex.UnloadAdapter:output_type -> loraplex.v1.UnloadAdapterResponse
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	8,  // 8: loraplex.v1.GenerateResponse.expert_trace:type_name -> loraplex.v1.TokenExperts
+	1,  // 9: loraplex.v1.TokenizeRequest.messages:type_name -> loraplex.v1.ChatPrompt
+	15, // 10: loraplex.v1.ListModelsResponse.models:type_name -> loraplex.v1.Model
+	18, // 11: loraplex.v1.ListAdaptersResponse.adapters:type_name -> loraplex.v1.Adapter
+	25, // 12: loraplex.v1.Router.selections:type_name -> loraplex.v1.LayerSelections
+	26, // 13: loraplex.v1.ListRoutersResponse.routers:type_name -> loraplex.v1.Router
+	4,  // 14: loraplex.v1.Loraplex.Generate:input_type -> loraplex.v1.GenerateRequest
+	10, // 15: loraplex.v1.Loraplex.Tokenize:input_type -> loraplex.v1.TokenizeRequest
+	12, // 16: loraplex.v1.Loraplex.Detokenize:input_type -> loraplex.v1.DetokenizeRequest
+	14, // 17: loraplex.v1.Loraplex.ListModels:input_type -> loraplex.v1.ListModelsRequest
+	17, // 18: loraplex.v1.Loraplex.ListAdapters:input_type -> loraplex.v1.ListAdaptersRequest
+	20, // 19: loraplex.v1.Loraplex.LoadAdapter:input_type -> loraplex.v1.LoadAdapterRequest
+	22, // 20: loraplex.v1.Loraplex.UnloadAdapter:input_type -> loraplex.v1.UnloadAdapterRequest
+	24, // 21: loraplex.v1.Loraplex.ListRouters:input_type -> loraplex.v1.ListRoutersRequest
+	28, // 22: loraplex.v1.Loraplex.LoadRouter:input_type -> loraplex.v1.LoadRouterRequest
+	30, // 23: loraplex.v1.Loraplex.UnloadRouter:input_type -> loraplex.v1.UnloadRouterRequest
+	9,  // 24: loraplex.v1.Loraplex.Generate:output_type -> loraplex.v1.GenerateResponse
+	11, // 25: loraplex.v1.Loraplex.Tokenize:output_type -> loraplex.v1.TokenizeResponse
+	13, // 26: loraplex.v1.Loraplex.Detokenize:output_type -> loraplex.v1.DetokenizeResponse
+	16, // 27: loraplex.v1.Loraplex.ListModels:output_type -> loraplex.v1.ListModelsResponse
+	19, // 28: loraplex.v1.Loraplex.ListAdapters:output_type -> loraplex.v1.ListAdaptersResponse
+	21, // 29: loraplex.v1.Loraplex.LoadAdapter:output_type -> loraplex.v1.LoadAdapterResponse
+	23, // 30: loraplex.v1.Loraplex.UnloadAdapter:output_type -> loraplex.v1.UnloadAdapterResponse
+	27, // 31: loraplex.v1.Loraplex.ListRouters:output_type -> loraplex.v1.ListRoutersResponse
+	29, // 32: loraplex.v1.Loraplex.LoadRouter:output_type -> loraplex.v1.LoadRouterResponse
+	31, // 33: loraplex.v1.Loraplex.UnloadRouter:output_type -> loraplex.v1.UnloadRouterResponse
+	24, // [24:34] is the sub-list for method output_type
+	14, // [14:24] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_loraplex_v1_loraplex_proto_init() }
@@ -1689,11 +2183,11 @@ func file_loraplex_v1_loraplex_proto_init() {
 		(*GenerateRequest_TokenIds)(nil),
 		(*GenerateRequest_Messages)(nil),
 	}
-	file_loraplex_v1_loraplex_proto_msgTypes[8].OneofWrappers = []any{
+	file_loraplex_v1_loraplex_proto_msgTypes[9].OneofWrappers = []any{
 		(*GenerateResponse_StopString)(nil),
 		(*GenerateResponse_StopTokenId)(nil),
 	}
-	file_loraplex_v1_loraplex_proto_msgTypes[9].OneofWrappers = []any{
+	file_loraplex_v1_loraplex_proto_msgTypes[10].OneofWrappers = []any{
 		(*TokenizeRequest_Text)(nil),
 		(*TokenizeRequest_Messages)(nil),
 	}
@@ -1703,7 +2197,7 @@ func file_loraplex_v1_loraplex_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loraplex_v1_loraplex_proto_rawDesc), len(file_loraplex_v1_loraplex_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

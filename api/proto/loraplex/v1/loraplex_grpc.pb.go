@@ -30,6 +30,9 @@ const (
 	Loraplex_ListAdapters_FullMethodName  = "/loraplex.v1.Loraplex/ListAdapters"
 	Loraplex_LoadAdapter_FullMethodName   = "/loraplex.v1.Loraplex/LoadAdapter"
 	Loraplex_UnloadAdapter_FullMethodName = "/loraplex.v1.Loraplex/UnloadAdapter"
+	Loraplex_ListRouters_FullMethodName   = "/loraplex.v1.Loraplex/ListRouters"
+	Loraplex_LoadRouter_FullMethodName    = "/loraplex.v1.Loraplex/LoadRouter"
+	Loraplex_UnloadRouter_FullMethodName  = "/loraplex.v1.Loraplex/UnloadRouter"
 )
 
 // LoraplexClient is the client API for Loraplex service.
@@ -44,7 +47,8 @@ type LoraplexClient interface {
 	Tokenize(ctx context.Context, in *TokenizeRequest, opts ...grpc.CallOption) (*TokenizeResponse, error)
 	// Detokenize decodes token ids.
 	Detokenize(ctx context.Context, in *DetokenizeRequest, opts ...grpc.CallOption) (*DetokenizeResponse, error)
-	// ListModels lists everything a request can name: the base model and its adapters.
+	// ListModels lists everything a request can name: the base model, its adapters and its
+	// routers (with their expert adapters).
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// ListAdapters lists the adapters with where their weights are.
 	ListAdapters(ctx context.Context, in *ListAdaptersRequest, opts ...grpc.CallOption) (*ListAdaptersResponse, error)
@@ -54,6 +58,14 @@ type LoraplexClient interface {
 	LoadAdapter(ctx context.Context, in *LoadAdapterRequest, opts ...grpc.CallOption) (*LoadAdapterResponse, error)
 	// UnloadAdapter removes an adapter; running requests finish with it.
 	UnloadAdapter(ctx context.Context, in *UnloadAdapterRequest, opts ...grpc.CallOption) (*UnloadAdapterResponse, error)
+	// ListRouters lists the loaded routers (mixtures of LoRA experts) with their experts and how
+	// often each expert was the top-1 choice of each layer.
+	ListRouters(ctx context.Context, in *ListRoutersRequest, opts ...grpc.CallOption) (*ListRoutersResponse, error)
+	// LoadRouter reads a router bundle folder (router.json + gates.safetensors) and lists it under
+	// name; every expert adapter must load. Same permission and path rules as LoadAdapter.
+	LoadRouter(ctx context.Context, in *LoadRouterRequest, opts ...grpc.CallOption) (*LoadRouterResponse, error)
+	// UnloadRouter removes a router; running requests finish with it.
+	UnloadRouter(ctx context.Context, in *UnloadRouterRequest, opts ...grpc.CallOption) (*UnloadRouterResponse, error)
 }
 
 type loraplexClient struct {
@@ -143,6 +155,36 @@ func (c *loraplexClient) UnloadAdapter(ctx context.Context, in *UnloadAdapterReq
 	return out, nil
 }
 
+func (c *loraplexClient) ListRouters(ctx context.Context, in *ListRoutersRequest, opts ...grpc.CallOption) (*ListRoutersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRoutersResponse)
+	err := c.cc.Invoke(ctx, Loraplex_ListRouters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *loraplexClient) LoadRouter(ctx context.Context, in *LoadRouterRequest, opts ...grpc.CallOption) (*LoadRouterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LoadRouterResponse)
+	err := c.cc.Invoke(ctx, Loraplex_LoadRouter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *loraplexClient) UnloadRouter(ctx context.Context, in *UnloadRouterRequest, opts ...grpc.CallOption) (*UnloadRouterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnloadRouterResponse)
+	err := c.cc.Invoke(ctx, Loraplex_UnloadRouter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LoraplexServer is the server API for Loraplex service.
 // All implementations must embed UnimplementedLoraplexServer
 // for forward compatibility.
@@ -155,7 +197,8 @@ type LoraplexServer interface {
 	Tokenize(context.Context, *TokenizeRequest) (*TokenizeResponse, error)
 	// Detokenize decodes token ids.
 	Detokenize(context.Context, *DetokenizeRequest) (*DetokenizeResponse, error)
-	// ListModels lists everything a request can name: the base model and its adapters.
+	// ListModels lists everything a request can name: the base model, its adapters and its
+	// routers (with their expert adapters).
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// ListAdapters lists the adapters with where their weights are.
 	ListAdapters(context.Context, *ListAdaptersRequest) (*ListAdaptersResponse, error)
@@ -165,6 +208,14 @@ type LoraplexServer interface {
 	LoadAdapter(context.Context, *LoadAdapterRequest) (*LoadAdapterResponse, error)
 	// UnloadAdapter removes an adapter; running requests finish with it.
 	UnloadAdapter(context.Context, *UnloadAdapterRequest) (*UnloadAdapterResponse, error)
+	// ListRouters lists the loaded routers (mixtures of LoRA experts) with their experts and how
+	// often each expert was the top-1 choice of each layer.
+	ListRouters(context.Context, *ListRoutersRequest) (*ListRoutersResponse, error)
+	// LoadRouter reads a router bundle folder (router.json + gates.safetensors) and lists it under
+	// name; every expert adapter must load. Same permission and path rules as LoadAdapter.
+	LoadRouter(context.Context, *LoadRouterRequest) (*LoadRouterResponse, error)
+	// UnloadRouter removes a router; running requests finish with it.
+	UnloadRouter(context.Context, *UnloadRouterRequest) (*UnloadRouterResponse, error)
 	mustEmbedUnimplementedLoraplexServer()
 }
 
@@ -195,6 +246,15 @@ func (UnimplementedLoraplexServer) LoadAdapter(context.Context, *LoadAdapterRequ
 }
 func (UnimplementedLoraplexServer) UnloadAdapter(context.Context, *UnloadAdapterRequest) (*UnloadAdapterResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UnloadAdapter not implemented")
+}
+func (UnimplementedLoraplexServer) ListRouters(context.Context, *ListRoutersRequest) (*ListRoutersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRouters not implemented")
+}
+func (UnimplementedLoraplexServer) LoadRouter(context.Context, *LoadRouterRequest) (*LoadRouterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LoadRouter not implemented")
+}
+func (UnimplementedLoraplexServer) UnloadRouter(context.Context, *UnloadRouterRequest) (*UnloadRouterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnloadRouter not implemented")
 }
 func (UnimplementedLoraplexServer) mustEmbedUnimplementedLoraplexServer() {}
 func (UnimplementedLoraplexServer) testEmbeddedByValue()                  {}
@@ -336,6 +396,60 @@ func _Loraplex_UnloadAdapter_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Loraplex_ListRouters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRoutersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LoraplexServer).ListRouters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Loraplex_ListRouters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LoraplexServer).ListRouters(ctx, req.(*ListRoutersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Loraplex_LoadRouter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LoadRouterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LoraplexServer).LoadRouter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Loraplex_LoadRouter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LoraplexServer).LoadRouter(ctx, req.(*LoadRouterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Loraplex_UnloadRouter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnloadRouterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LoraplexServer).UnloadRouter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Loraplex_UnloadRouter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LoraplexServer).UnloadRouter(ctx, req.(*UnloadRouterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Loraplex_ServiceDesc is the grpc.ServiceDesc for Loraplex service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -366,6 +480,18 @@ var Loraplex_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UnloadAdapter",
 			Handler:    _Loraplex_UnloadAdapter_Handler,
+		},
+		{
+			MethodName: "ListRouters",
+			Handler:    _Loraplex_ListRouters_Handler,
+		},
+		{
+			MethodName: "LoadRouter",
+			Handler:    _Loraplex_LoadRouter_Handler,
+		},
+		{
+			MethodName: "UnloadRouter",
+			Handler:    _Loraplex_UnloadRouter_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
