@@ -37,8 +37,13 @@ def select(files, root, frac, train_cap, eval_cap, max_file):
     """files: sorted absolute paths. Returns (train_docs, eval_docs, manifest)."""
     tr, ev, man = [], [], []
     ntr = nev = 0
+    # visit files in the order of a hash of their path, so a capped selection samples the
+    # whole tree instead of its alphabetically first directories
+    files = sorted(files, key=lambda p: hashlib.sha256(os.path.relpath(p, root).encode()).hexdigest())
     for p in files:
         rel = os.path.relpath(p, root)
+        if rel.startswith(".."):
+            rel = p
         t = read_text(p)
         if t is None or len(t) < 200:
             continue
@@ -70,14 +75,15 @@ def walk(root, exts, skip_dirs=(), skip_suffix=()):
 
 def go_files():
     root = subprocess.check_output(["go", "env", "GOROOT"], text=True).strip() + "/src"
-    # skip testdata, vendor and cmd (the compiler's internals are less "typical" Go)
+    # skip testdata and vendor trees and tests
     files = walk(root, (".go",), skip_dirs=("testdata", "vendor"), skip_suffix=("_test.go",))
     return root, files
 
 
 def python_files():
     root = sysconfig.get_paths()["stdlib"]
-    files = walk(root, (".py",), skip_dirs=("test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3"))
+    files = walk(root, (".py",), skip_dirs=("test", "tests", "idle_test", "site-packages", "__pycache__", "lib2to3",
+                                          "encodings"))
     return root, files
 
 
@@ -126,7 +132,8 @@ def man_pages():
         d = f"/usr/share/man/man{s}"
         if os.path.isdir(d):
             files += [os.path.join(d, f) for f in os.listdir(d) if f.endswith(f".{s}.gz") or f.endswith(f".{s}")]
-    return sorted(files)
+    # hash order: sample every section instead of the alphabetically first pages of man1
+    return sorted(files, key=lambda p: hashlib.sha256(os.path.relpath(p, "/usr/share/man").encode()).hexdigest())
 
 
 def render_man(p):
@@ -210,8 +217,6 @@ def main():
     doms["python"] = select(f, r, args.eval_frac, cap, ecap, 40000) + (r,)
     fetch_c_sources(args.src)
     r, f = c_files(args.src)
-    # interleave packages fairly: sort by (hash of path) so one package does not fill the cap
-    f = sorted(f, key=lambda p: hashlib.sha256(p.encode()).hexdigest())
     doms["c"] = select(f, args.src, args.eval_frac, cap, ecap, 40000) + (args.src,)
     doms["english"] = english_docs(os.path.join(os.path.dirname(args.out.rstrip("/")) or ".", "mancache"),
                                    args.eval_frac, cap, ecap) + ("/usr/share/man",)
