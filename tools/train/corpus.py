@@ -202,7 +202,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".train/corpus")
     ap.add_argument("--src", default=".train/src", help="where C source packages are unpacked")
-    ap.add_argument("--train-mb", type=float, default=4.0, help="train text per domain (MB)")
+    ap.add_argument("--train-mb", type=float, default=6.0, help="train text per domain (MB)")
     ap.add_argument("--eval-kb", type=float, default=120.0, help="held-out text per domain (KB) before eval.txt is cut")
     ap.add_argument("--eval-frac", type=float, default=0.08)
     args = ap.parse_args()

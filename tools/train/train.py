@@ -862,8 +862,11 @@ def main():
     load_router_into(model, os.path.join(out, "router"), device)
     del opt
 
-    # ---- eval (fp32 compute, bf16-rounded saved weights, F32 gates)
+    # ---- eval (fp32 compute, bf16-rounded saved weights, F32 gates; no TF32)
     t = time.time()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     model.eval()
     ppl = {"base": {}, "router": {}}
     for dom in DOMAINS:
