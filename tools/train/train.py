@@ -205,7 +205,8 @@ class Lin(nn.Module):
         if self.gate is None:
             return y
         E = self.gate.shape[0]
-        l = F.linear(x.float(), self.gate.float())  # [..., E]
+        with torch.autocast(x.device.type, enabled=False):  # gate logits and top-k in fp32
+            l = F.linear(x.float(), self.gate.float())  # [..., E]
         Routing.gate_logits.append(l)
         k = min(Routing.top_k, E)
         v, idx = torch.topk(l, k, dim=-1)
@@ -398,7 +399,8 @@ def make_opt(params, lr, wd, device):
 def autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=False)
+    # LORAPLEX_CPU_AUTOCAST=1 exercises the bf16 autocast code paths in CPU smoke tests
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=os.environ.get("LORAPLEX_CPU_AUTOCAST") == "1")
 
 
 def sync(device):
@@ -900,8 +902,14 @@ def main():
     # ---- HF / peft verification
     t = time.time()
     Routing.mode = None
+    verify_failed = None
     try:
         verify_hf(model, out, os.path.join(out, "adapters"), device, alpha, report)
+    except Exception as ex:  # noqa: record, write the report, then fail
+        import traceback
+        verify_failed = repr(ex)
+        log("VERIFICATION FAILED:", traceback.format_exc())
+        report["hf_verification_error"] = verify_failed
     finally:
         Routing.mode = None
     timings["verify"] = time.time() - t
@@ -922,6 +930,8 @@ def main():
     shutil.rmtree(os.path.join(out, "tmp"), ignore_errors=True)
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
+    if verify_failed:
+        sys.exit(f"transformers/peft verification failed: {verify_failed}")
     if not args.smoke:
         assert bundle <= 20 * 1024 * 1024, f"bundle {bundle} bytes exceeds 20 MiB"
 
