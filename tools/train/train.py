@@ -100,6 +100,9 @@ class ByteTok:
     def encode_batch(self, texts):
         return [self.encode(t) for t in texts]
 
+    def decode(self, ids):
+        return bytes(i - len(SPECIALS) for i in ids if i >= len(SPECIALS)).decode("utf-8", "replace")
+
     def to_json(self):
         vocab = {s: i for i, s in enumerate(SPECIALS)}
         for b in range(256):
@@ -132,6 +135,9 @@ class HFTok:
 
     def encode_batch(self, texts):
         return [e.ids for e in self.tk.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids):
+        return self.tk.decode(ids, skip_special_tokens=False)
 
 
 def train_tokenizer(files, vocab_size, smoke):
@@ -578,6 +584,23 @@ def gate_accuracy(model, ids, label, seq, device, bs=32):
     return hit / max(1, cnt)
 
 
+PROMPTS = {"go": "package main\n\nimport (\n", "python": "import os\n\n\ndef ",
+           "c": "#include <stdio.h>\n\nint main(", "english": "The system administrator "}
+
+
+@torch.no_grad()
+def sample(model, tok, prompt, n, device, seed):
+    g = torch.Generator(device="cpu"); g.manual_seed(seed)
+    ids = tok.encode(prompt)
+    for _ in range(n):
+        Routing.gate_logits = []
+        lg = model(torch.tensor([ids[-255:]], device=device))[0, -1].float().cpu()
+        v, i = torch.topk(lg, 20)
+        ids.append(int(i[torch.multinomial(torch.softmax(v / 0.8, -1), 1, generator=g)]))
+    Routing.gate_logits = []
+    return tok.decode(ids)
+
+
 # ---------------------------------------------------------------- HF / peft verification
 def verify_hf(model, out, adapters_dir, device, alpha, report):
     try:
@@ -898,6 +921,17 @@ def main():
     for k in ["base"] + [f"adapter_{d}" for d in DOMAINS] + ["router"]:
         log("%-16s" % k + "".join("%10.3f" % ppl[k][d] for d in DOMAINS))
     log("router gate top-1 accuracy:", json.dumps({d: round(a, 4) for d, a in acc.items()}))
+
+    # ---- samples (top-20, T 0.8, fixed seed): base, matching adapter, router
+    samples = {}
+    for e, dom in enumerate(DOMAINS):
+        for name, mode in [("base", None), ("adapter", ("adapter", e)), ("router", ("router",))]:
+            Routing.mode = mode
+            samples.setdefault(dom, {})[name] = sample(model, tok, PROMPTS[dom], 80 if not args.smoke else 10,
+                                                       device, args.seed)
+            log(f"sample {dom}/{name}: {samples[dom][name]!r}")
+    report["samples"] = samples
+    Routing.mode = None
 
     # ---- HF / peft verification
     t = time.time()
