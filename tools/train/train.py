@@ -352,9 +352,10 @@ class Data:
         self.seq, self.dev = seq, device
         self.g = torch.Generator(device="cpu"); self.g.manual_seed(seed)
 
-    def _win(self, d, n):
+    def _win(self, d, n, frac=1.0):
         s = self.s[d]
-        off = torch.randint(0, s.numel() - self.seq - 1, (n,), generator=self.g)
+        hi = max(self.seq + 2, int(s.numel() * frac))  # frac < 1: only the stream's first part
+        off = torch.randint(0, min(s.numel(), hi) - self.seq - 1, (n,), generator=self.g)
         idx = off.to(self.dev).unsqueeze(1) + torch.arange(self.seq, device=self.dev)
         return s[idx]
 
@@ -367,6 +368,15 @@ class Data:
         ids = torch.cat([self._win(d, k) for d, k in zip(DOMAINS, per)], 0)
         lab = torch.cat([torch.full((k, self.seq), i, dtype=torch.long, device=self.dev) for i, k in enumerate(per)], 0)
         return ids, lab
+
+    def batch_base(self, n, mix, frac):
+        """The base model's diet: domain shares from mix (name -> weight), and for each domain
+        only the first frac[d] of its stream, so the base knows prose well and code a little,
+        leaving the adapters something to teach."""
+        tot = sum(mix.values())
+        per = [int(round(n * mix.get(d, 0) / tot)) for d in DOMAINS]
+        per[DOMAINS.index(max(mix, key=mix.get))] += n - sum(per)
+        return torch.cat([self._win(d, k, frac.get(d, 1.0)) for d, k in zip(DOMAINS, per) if k > 0], 0)
 
     def batch_router(self, n, frac_switch=0.5):
         """Single-domain windows plus sequences that switch domain at a random point."""
@@ -675,7 +685,11 @@ def main():
     ap.add_argument("--base-steps", type=int, default=0, help="0: as many as fit --base-seconds")
     ap.add_argument("--base-seconds", type=float, default=90)
     ap.add_argument("--base-lr", type=float, default=2e-3)
-    ap.add_argument("--lora-steps", type=int, default=400)
+    ap.add_argument("--base-mix", default="english=0.55,go=0.15,python=0.15,c=0.15",
+                    help="domain shares of the base model's training batches")
+    ap.add_argument("--base-code-frac", type=float, default=0.1,
+                    help="fraction of each code domain's stream the base model may see (the adapters see all)")
+    ap.add_argument("--lora-steps", type=int, default=600)
     ap.add_argument("--lora-batch", type=int, default=64)
     ap.add_argument("--lora-lr", type=float, default=2e-3)
     ap.add_argument("--rank", type=int, default=8)
@@ -769,6 +783,9 @@ def main():
     report["params"] = {"base": nparam}
     log(f"base model: {nparam/1e6:.2f} M params, config {json.dumps(hf_config(cfg))}")
     data = Data(streams, args.seq, device, args.seed)
+    base_mix = {kv.split("=")[0]: float(kv.split("=")[1]) for kv in args.base_mix.split(",")}
+    base_frac = {d: (1.0 if d == "english" else args.base_code_frac) for d in DOMAINS}
+    report["base_diet"] = {"mix": base_mix, "stream_fraction": base_frac}
     fwd = model
     if args.compile and hasattr(torch, "compile") and device.type == "cuda":
         fwd = torch.compile(model)
@@ -781,7 +798,7 @@ def main():
         lr = cosine(s, total if not est else 10 ** 9, 100 if not args.smoke else 5, args.base_lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, _ = data.batch_mixed(args.batch)
+        ids = data.batch_base(args.batch, base_mix, base_frac)
         with autocast(device):
             loss = lm_loss(fwd(ids), ids)
         opt.zero_grad(set_to_none=True)
