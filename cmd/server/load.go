@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/model"
@@ -85,23 +86,26 @@ func hasTokenizer(dir string) bool {
 	return false
 }
 
+// loadDemo serves the trained demo (demo/, issue 7) when no --model is given: the model, its
+// four domain adapters and the router over them, extracted once from the binary to a cache
+// folder and then loaded like any other model folder.
 func loadDemo(c *config, b model.Backend, log *slog.Logger) (*loaded, error) {
 	if c.tokenizerDir != "" {
 		return nil, errors.New("--tokenizer needs --model; the demo model has its own tokenizer")
 	}
-	cfg, w, tok, src, err := demo.Build(b)
+	root, err := demo.Extract()
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := chat.Parse(src)
-	if err != nil {
-		w.Close()
-		return nil, fmt.Errorf("demo chat template: %w", err)
+	c.modelDir = filepath.Join(root, "model")
+	if c.servedName == "" {
+		c.servedName = demo.Name
 	}
-	m := &loaded{name: c.servedName, cfg: cfg, weights: w, tok: tok, template: tmpl}
-	if m.name == "" {
-		m.name = demo.Name
+	for _, d := range demo.Domains {
+		c.adapters = append(c.adapters, adapterSpec{d, filepath.Join(root, "adapters", d)})
 	}
-	log.Warn("serving the built-in demo model: it is UNTRAINED and answers with random text; pass --model DIR for a real model", "name", m.name)
-	return m, nil
+	c.routers = append(c.routers, adapterSpec{demo.RouterName, filepath.Join(root, "router")})
+	log.Info("serving the built-in demo: a small trained model with adapters "+strings.Join(demo.Domains, ", ")+
+		" and the router "+demo.RouterName+"; pass --model DIR for a real model", "folder", root)
+	return loadModel(c, b, log)
 }

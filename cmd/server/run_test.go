@@ -109,8 +109,35 @@ func TestRunDemo(t *testing.T) {
 		t.Errorf("health %d", st)
 	}
 	var ml modelList
-	if st := getJSON(t, url+"/v1/models", &ml); st != 200 || len(ml.Data) != 1 || ml.Data[0].ID != "loraplex-demo" {
+	// The trained demo: base, four domain adapters and the router over them.
+	if st := getJSON(t, url+"/v1/models", &ml); st != 200 || len(ml.Data) != 6 || ml.Data[0].ID != "loraplex-demo" || ml.Data[5].ID != "auto" {
 		t.Errorf("models %d %+v", st, ml)
+	}
+	// What the README shows: on Python code the router's trace names the Python adapter.
+	tresp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(
+		`{"model":"auto","prompt":"import os\nimport sys\n\n\ndef main(argv):\n    for name in argv:\n","max_tokens":16,"temperature":0,"expert_trace":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var traced struct {
+		Choices []struct {
+			Text    string             `json:"text"`
+			Summary map[string]float64 `json:"expert_summary"`
+		} `json:"choices"`
+	}
+	tbody, _ := io.ReadAll(tresp.Body)
+	tresp.Body.Close()
+	if err := json.Unmarshal(tbody, &traced); err != nil || tresp.StatusCode != 200 || len(traced.Choices) != 1 {
+		t.Fatalf("routed completion %d: %v %s", tresp.StatusCode, err, tbody)
+	}
+	best, share := "", 0.0
+	for e, v := range traced.Choices[0].Summary {
+		if v > share {
+			best, share = e, v
+		}
+	}
+	if best != "python" {
+		t.Errorf("router on Python code chose %v most (text %q), want python", traced.Choices[0].Summary, traced.Choices[0].Text)
 	}
 	// The gRPC API on its own port reports SERVING through the standard health service.
 	addr := regexp.MustCompile(`gRPC server listening" addr=(\S+)|msg="gRPC server listening" addr=(\S+)`).FindStringSubmatch(logs.String())
@@ -153,7 +180,7 @@ func TestRunDemo(t *testing.T) {
 		t.Fatalf("run returned %v", err)
 	}
 	out := logs.String()
-	for _, want := range []string{"UNTRAINED", "gRPC server listening", "device auto", "stopped"} {
+	for _, want := range []string{"serving the built-in demo", "gRPC server listening", "device auto", "stopped"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
