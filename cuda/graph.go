@@ -15,6 +15,8 @@ import (
 // under stream capture; later steps with the same key only copy their metadata (Prepare) and
 // LoRA segment tables into the same pinned buffers and replay the graph, which reads them from
 // the same addresses. Prefill steps (tiled attention, many rows) always run directly.
+// Device-routed steps are recorded too (route.go): the route kernels inside the graph fill
+// their segment tables on the device; a freed expert table drops every recording (graphCheck).
 
 const (
 	maxGraphRows = 256 // steps with more rows than this are not recorded
@@ -37,7 +39,7 @@ type graphEntry struct {
 // BeginStep chooses how this step's ops run; see model.StepRecorder.
 func (b *Backend) BeginStep(key []byte) bool {
 	b.mode, b.broken, b.segUsed = modeDirect, false, 0
-	if key == nil || b.numTiles > 0 || len(b.step.Tokens) > maxGraphRows || b.failed() || b.noGraphs {
+	if key == nil || b.numTiles > 0 || len(b.step.Tokens) > maxGraphRows || b.failed() || b.noGraphs || !b.graphCheck(key) {
 		return false
 	}
 	b.useCount++

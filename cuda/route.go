@@ -60,11 +60,19 @@ type routeTable struct {
 
 // routeCache holds one backend's tables (a package-level registry keeps Backend's fields as
 // they are). The engine loop builds and releases tables; Generate may release unused ones.
+//
+// It also keeps the bookkeeping of routed steps under CUDA graphs: a recording bakes in the
+// addresses of the tables its routed projections used, so freeing any table (freed counts
+// them) makes BeginStep drop every recording (dropped is the count it last acted on).
 type routeCache struct {
 	mu     sync.Mutex
 	tables map[string]*routeTable
 	idle   int
 	clock  uint64
+
+	freed, dropped uint64
+	replays        int             // RouteLoRA calls served by a replayed recording
+	noRecord       map[string]bool // step keys whose capture met a gate routed on the host
 }
 
 const maxIdleRouteTables = 1024
@@ -90,9 +98,14 @@ func (b *Backend) routes() *routeCache {
 // straight into the device segment ring, and lp_lora runs once per pass (a row's p-th choice is
 // in pass p, so no launch adds to a row twice). Nothing comes back to the host.
 //
-// Routed steps run directly. Recording one would bake this router's expert table and the
-// step's routing into the graph, so a capture or replay that reaches a routed projection is
-// abandoned (the step reruns directly), like one that needs a buffer to grow.
+// Under CUDA graphs (the runner keys routed steps by Routing.Key) the route kernel and the LoRA
+// passes are captured like any launch: the gate GEMM before them writes the logits, the kernel
+// writes its entries into this call's region of the device segment ring, and the LoRA kernels
+// read them there. A replay only advances the ring as the recording did, so that later staged
+// tables land at the recorded offsets; EndStep copies the staged tables before launching the
+// graph, and the route kernel inside the graph then overwrites its regions. A step whose
+// expert table does not exist yet, whose buffers must grow, or whose gate exceeds the kernel's
+// limits is abandoned (EndStep answers ErrRerun and the runner repeats it directly).
 func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model.RoutedProj, trace model.Tensor, layer int) {
 	rows := rp.Gate.Rows
 	real := rows - rp.Nulls
@@ -116,28 +129,52 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	if n == 0 || b.failed() {
 		return
 	}
-	if b.mode != modeDirect {
-		b.broken = true // EndStep answers ErrRerun; the runner repeats the step unrecorded
-		return
-	}
 	if rows > maxRouteRows || rp.TopK > maxRouteK {
+		if b.mode != modeDirect {
+			// The host path reads logits mid-step: never recordable. Remember the key so that
+			// later steps with it do not try again.
+			if b.mode == modeCapture {
+				c := b.routes()
+				c.mu.Lock()
+				if c.noRecord == nil || len(c.noRecord) >= maxGraphs {
+					c.noRecord = map[string]bool{}
+				}
+				c.noRecord[b.capKey] = true
+				c.mu.Unlock()
+			}
+			b.broken = true
+			return
+		}
 		b.routeOnHost(out, x, logits, start, n, rp, trace, layer)
 		return
 	}
-	tab := b.routeTable(rp)
+	// Building a table allocates and copies synchronously, which a capture cannot contain and a
+	// replay has no recording of: a recorded step only finds tables (the rerun builds them).
+	tab := b.routeTable(rp, b.mode == modeDirect)
 	if tab == nil {
+		if b.mode != modeDirect {
+			b.broken = true
+		}
 		return
 	}
 	// A row has at most min(k, real experts) real choices: that many passes.
 	passes := min(rp.TopK, real)
-	if need := b.segUsed + passes*n; need > b.segCap && !b.growSegs(need) {
+	if need := b.segUsed + passes*n; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return
 	}
-	if tmp := n * tab.maxRank; tmp > b.loraCap && !b.growLoRATmp(tmp) {
+	if tmp := n * tab.maxRank; tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
 		return
 	}
 	segs := b.segDev + uintptr(b.segUsed*b.segSize)
 	b.segUsed += passes * n
+	if b.mode == modeReplay {
+		// The graph holds the launches; the ring advanced exactly as when it was recorded.
+		c := b.routes()
+		c.mu.Lock()
+		c.replays++
+		c.mu.Unlock()
+		return
+	}
 	var tr C.uintptr_t
 	if trace.Rows > 0 {
 		tr = ptr(trace)
@@ -157,8 +194,9 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	}
 }
 
-// routeTable returns rp's device expert table, finding or building it on first use.
-func (b *Backend) routeTable(rp *model.RoutedProj) *routeTable {
+// routeTable returns rp's device expert table, finding it by content or, when build is set,
+// building it on first use (nil when not found and not built).
+func (b *Backend) routeTable(rp *model.RoutedProj, build bool) *routeTable {
 	if t, ok := rp.Dev.(*routeTable); ok && t.b == b {
 		return t
 	}
@@ -188,6 +226,9 @@ func (b *Backend) routeTable(rp *model.RoutedProj) *routeTable {
 		t.refs++
 		rp.Dev = t
 		return t
+	}
+	if !build {
+		return nil
 	}
 	p, err := b.malloc(len(host))
 	if err != nil {
@@ -242,7 +283,31 @@ func (b *Backend) ReleaseRouting(rt *model.Routing) {
 		C.s_free(C.uintptr_t(t.ptr))
 		delete(c.tables, t.key)
 		c.idle--
+		c.freed++ // recordings may hold t.ptr: the next BeginStep drops them
 	}
+}
+
+// graphCheck runs at BeginStep: it drops every recording once a route table they may hold has
+// been freed, and reports whether key is one that must not be recorded.
+func (b *Backend) graphCheck(key []byte) (record bool) {
+	c := b.routes()
+	c.mu.Lock()
+	drop := c.freed != c.dropped
+	c.dropped = c.freed
+	record = !c.noRecord[string(key)]
+	c.mu.Unlock()
+	if drop {
+		b.dropGraphs()
+	}
+	return record
+}
+
+// RoutedReplays is the number of RouteLoRA calls served by replayed recordings (for tests).
+func (b *Backend) RoutedReplays() int {
+	c := b.routes()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.replays
 }
 
 // RouteTables reports how many expert tables the backend holds and how many of them no

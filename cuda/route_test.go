@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/loraplex/loraplex/adaptercache"
@@ -325,6 +326,7 @@ func copiesRouting(t *testing.T, b *cuda.Backend, cfg *model.Config, a *model.Ad
 	if err := rt.Check(cfg); err != nil {
 		t.Fatal(err)
 	}
+	rt.Key = model.NewRoutingKey() // its own gates and experts: steps with it may be recorded
 	t.Cleanup(func() { b.ReleaseRouting(rt) })
 	return rt
 }
@@ -363,6 +365,7 @@ func TestRoutedCopiesAreTheAdapterCUDA(t *testing.T) {
 			if routed == 0 {
 				t.Fatal("no adapter case to route")
 			}
+			replays := b.RoutedReplays()
 			for _, chunk := range []int{1 << 20, 3} {
 				res, err := h.Run(cases, adapters, chunk, bf16Tolerance)
 				if err != nil {
@@ -373,6 +376,12 @@ func TestRoutedCopiesAreTheAdapterCUDA(t *testing.T) {
 			if err := b.Err(); err != nil {
 				t.Fatal(err)
 			}
+			// Decode steps of the whole batch repeat one shape: after the first was recorded,
+			// the rest replayed it, routed projections included.
+			if b.RoutedReplays() == replays {
+				t.Fatal("no routed decode step replayed a CUDA graph")
+			}
+			t.Logf("%d routed projections served by graph replays", b.RoutedReplays()-replays)
 			checkTrace(t, h, len(cases), cfg.NumLayers, 3)
 		})
 	}
@@ -416,6 +425,12 @@ func checkTrace(t *testing.T, h *fixture.Harness, rows, layers, experts int) {
 // uploaded adapters (as the engine does); the device tables and gates are freed at cleanup.
 func gpuRoutedAdapter(t *testing.T, dir, name string, cfg *model.Config, b *cuda.Backend, adapters map[string]*model.Adapter) *model.Adapter {
 	t.Helper()
+	return gpuResolve(t, gpuBundle(t, dir, cfg, b), name, cfg, b, adapters)
+}
+
+// gpuBundle loads the bundle in dir and uploads its gates (freed at cleanup).
+func gpuBundle(t *testing.T, dir string, cfg *model.Config, b *cuda.Backend) *router.Bundle {
+	t.Helper()
 	bd, err := router.Load(dir, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -424,6 +439,13 @@ func gpuRoutedAdapter(t *testing.T, dir, name string, cfg *model.Config, b *cuda
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { bd.Free(b) })
+	return bd
+}
+
+// gpuResolve resolves bd against the uploaded adapters (as the engine does); its device tables
+// are released at cleanup.
+func gpuResolve(t *testing.T, bd *router.Bundle, name string, cfg *model.Config, b *cuda.Backend, adapters map[string]*model.Adapter) *model.Adapter {
+	t.Helper()
 	experts := make([]*model.Adapter, len(bd.Experts()))
 	for i, e := range bd.Experts() {
 		if experts[i] = adapters[e]; experts[i] == nil {
@@ -528,6 +550,7 @@ func TestDeviceRoutingMatchesHostCUDA(t *testing.T) {
 				cases = append(cases, c)
 			}
 			var runs [2]routedRun
+			replays := b.RoutedReplays()
 			for i, host := range []bool{false, true} {
 				r, err := model.NewRunner(cfg, b, h.R.W, model.RunnerOptions{MaxTokens: 512, MaxLogitRows: 64, MaxContext: 128,
 					KV: model.KVSpec{Pages: 512, PageSize: 4}, HostRouting: host})
@@ -565,6 +588,11 @@ func TestDeviceRoutingMatchesHostCUDA(t *testing.T) {
 				}
 			}
 			t.Logf("%s: %d cases (%d routed), %d traced rows identical, worst logit diff %.3g of the row's max", name, len(cases), len(rfx.Cases), routedRows, worst)
+			// runRouted decodes twice: with graphs on, the device runner's second decode step
+			// replays the recording of the first (host routing is never recorded).
+			if b.RoutedReplays() == replays {
+				t.Fatal("the device-routed decode step did not replay a CUDA graph")
+			}
 			if err := b.Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -580,7 +608,9 @@ type routedRun struct {
 }
 
 // runRouted prefills every case's prompt plus its reference tokens but the last (one step,
-// one sequence per case) and then decodes the last reference token.
+// one sequence per case) and then decodes the last reference token, then twice more: a repeat
+// rewrites the same KV entries, so it must give the same logits and trace (under CUDA graphs
+// the decode is recorded and a repeat replays it).
 func runRouted(t *testing.T, r *model.Runner, cases []fixture.Case, adapters map[string]*model.Adapter) routedRun {
 	t.Helper()
 	const pagesPerSeq, pageSize = 16, 4
@@ -622,6 +652,30 @@ func runRouted(t *testing.T, r *model.Runner, cases []fixture.Case, adapters map
 		if err := r.Forward(s, ads, logits); err != nil {
 			t.Fatal(err)
 		}
+		if s == &dec {
+			again := make([]float32, len(logits))
+			var trace [][]int32
+			for row := range s.Tokens {
+				trace = append(trace, append([]int32(nil), r.RouteTrace(row)...))
+			}
+			// Twice: a first capture abandoned for a buffer that had to grow leaves the
+			// recording to the next step, and the one after it replays.
+			for range 2 {
+				if err := r.Forward(s, ads, again); err != nil {
+					t.Fatal(err)
+				}
+				for row := range s.Tokens {
+					if !slices.Equal(trace[row], r.RouteTrace(row)) {
+						t.Fatalf("repeated decode step: row %d traced %v, first %v", row, r.RouteTrace(row), trace[row])
+					}
+				}
+				for i := range s.LogitRows {
+					if d, scale := maxDiff(logits[i*V:(i+1)*V], again[i*V:(i+1)*V]); !(d <= 1e-4*scale) {
+						t.Fatalf("repeated decode step: logits row %d differ by %.3g (row max %.3g)", i, d, scale)
+					}
+				}
+			}
+		}
 		for i := range s.LogitRows {
 			run.logits = append(run.logits, logits[i*V:(i+1)*V])
 		}
@@ -630,4 +684,248 @@ func runRouted(t *testing.T, r *model.Runner, cases []fixture.Case, adapters map
 		}
 	}
 	return run
+}
+
+// maxDiff returns the largest |a-b| and the largest |a|.
+func maxDiff(a, b []float32) (d, scale float64) {
+	for j := range a {
+		scale = max(scale, math.Abs(float64(a[j])))
+		d = max(d, math.Abs(float64(b[j]-a[j])))
+	}
+	return d, scale
+}
+
+// routedBatch is a decode batch of every plain fixture case and every router case of one model.
+type routedBatch struct {
+	cfg      *model.Config
+	w        *model.Weights
+	cases    []fixture.Case
+	hosts    map[string]*model.HostAdapter // the fixture adapters on the host, for re-uploads
+	adapters map[string]*model.Adapter     // plain adapters and routed ones, by case name
+	bundles  map[string]*router.Bundle     // by routed case name
+}
+
+func newRoutedBatch(t *testing.T, b *cuda.Backend, name string) *routedBatch {
+	t.Helper()
+	fx, cfg, h := fixture.Open(t, name, b)
+	rfx, err := fixture.LoadRouters(name)
+	if err != nil {
+		t.Fatalf("router fixtures of %s are missing: %v", name, err)
+	}
+	rb := &routedBatch{cfg: cfg, w: h.R.W, hosts: map[string]*model.HostAdapter{}, adapters: map[string]*model.Adapter{}, bundles: map[string]*router.Bundle{}}
+	for _, a := range fixture.Adapters {
+		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { closer.Close() })
+		rb.hosts[a] = host
+		rb.upload(t, b, a)
+	}
+	rb.cases = append(rb.cases, fx.Cases...)
+	for _, c := range rfx.Cases {
+		if rb.bundles[c.Adapter] == nil {
+			rb.bundles[c.Adapter] = gpuBundle(t, filepath.Join(fixture.RoutersRoot(), c.Router), cfg, b)
+			rb.adapters[c.Adapter] = gpuResolve(t, rb.bundles[c.Adapter], c.Adapter, cfg, b, rb.adapters)
+		}
+		rb.cases = append(rb.cases, c)
+	}
+	return rb
+}
+
+// upload (re-)uploads fixture adapter a, freeing the copy it replaces.
+func (rb *routedBatch) upload(t *testing.T, b *cuda.Backend, a string) {
+	t.Helper()
+	if old := rb.adapters[a]; old != nil {
+		old.Free(b)
+	}
+	up, err := model.UploadAdapter(b, rb.cfg, rb.hosts[a])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb.adapters[a] = up
+	t.Cleanup(func() {
+		if rb.adapters[a] == up {
+			up.Free(b)
+			rb.adapters[a] = nil
+		}
+	})
+}
+
+// reupload frees and re-uploads fixture adapter a and resolves every router again over the
+// adapters as they are now (the old routings are released first, as the engine does). It fails
+// the test if a router with a among its experts keeps its Routing.Key.
+func (rb *routedBatch) reupload(t *testing.T, b *cuda.Backend, a string) {
+	t.Helper()
+	oldKeys := map[string]uint64{}
+	for name := range rb.bundles {
+		oldKeys[name] = rb.adapters[name].Routing.Key
+		b.ReleaseRouting(rb.adapters[name].Routing)
+	}
+	rb.upload(t, b, a)
+	for name, bd := range rb.bundles {
+		rb.adapters[name] = gpuResolve(t, bd, name, rb.cfg, b, rb.adapters)
+		if k := rb.adapters[name].Routing.Key; slices.Contains(bd.Experts(), a) && k == oldKeys[name] {
+			t.Fatalf("router %q over the re-uploaded %q kept key %d", name, a, k)
+		}
+	}
+}
+
+// decode prefills every case's prompt in one step and then runs `steps` decode steps of one row
+// per case with fixed tokens (the same in every run); before decode step swapAt it calls swap.
+// It returns every decode step's logits and route trace.
+func (rb *routedBatch) decode(t *testing.T, b *cuda.Backend, steps, swapAt int, swap func()) (logits [][]float32, trace [][]int32) {
+	t.Helper()
+	const pagesPerSeq, pageSize = 16, 4
+	r, err := model.NewRunner(rb.cfg, b, rb.w, model.RunnerOptions{MaxTokens: 512, MaxLogitRows: 64, MaxContext: 128,
+		KV: model.KVSpec{Pages: len(rb.cases) * pagesPerSeq, PageSize: pageSize}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	V := rb.cfg.VocabSize
+	ads := func() []*model.Adapter {
+		out := make([]*model.Adapter, len(rb.cases))
+		for i, c := range rb.cases {
+			if c.Adapter != "" {
+				out[i] = rb.adapters[c.Adapter]
+			}
+		}
+		return out
+	}
+	var pre model.Step
+	slot := func(i, p int) int32 { return int32(i*pagesPerSeq*pageSize + p) }
+	pages := make([][]int32, len(rb.cases))
+	for i, c := range rb.cases {
+		if len(c.Prompt)+steps > pagesPerSeq*pageSize {
+			t.Fatalf("case %d: %d prompt tokens + %d steps", i, len(c.Prompt), steps)
+		}
+		for j := 0; j < pagesPerSeq; j++ {
+			pages[i] = append(pages[i], int32(i*pagesPerSeq+j))
+		}
+		start := len(pre.Tokens)
+		for p, tok := range c.Prompt {
+			pre.Tokens = append(pre.Tokens, int32(tok))
+			pre.Positions = append(pre.Positions, int32(p))
+			pre.Slots = append(pre.Slots, slot(i, p))
+		}
+		pre.Seqs = append(pre.Seqs, model.SeqRows{Start: start, N: len(c.Prompt), Len: len(c.Prompt), Pages: pages[i]})
+		pre.LogitRows = append(pre.LogitRows, int32(len(pre.Tokens)-1))
+	}
+	out := make([]float32, len(rb.cases)*V)
+	if err := r.Forward(&pre, ads(), out); err != nil {
+		t.Fatal(err)
+	}
+	for step := 0; step < steps; step++ {
+		if step == swapAt && swap != nil {
+			swap()
+		}
+		var dec model.Step
+		for i, c := range rb.cases {
+			n := len(c.Prompt) + step
+			dec.Tokens = append(dec.Tokens, int32((c.Prompt[0]*7+13*step+i)%V))
+			dec.Positions = append(dec.Positions, int32(n))
+			dec.Slots = append(dec.Slots, slot(i, n))
+			dec.Seqs = append(dec.Seqs, model.SeqRows{Start: i, N: 1, Len: n + 1, Pages: pages[i]})
+			dec.LogitRows = append(dec.LogitRows, int32(i))
+		}
+		if err := r.Forward(&dec, ads(), out); err != nil {
+			t.Fatal(err)
+		}
+		logits = append(logits, append([]float32(nil), out...))
+		var tr []int32
+		for row := range dec.Tokens {
+			tr = append(tr, r.RouteTrace(row)...)
+		}
+		trace = append(trace, tr)
+	}
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return logits, trace
+}
+
+// compareDecodes: graphs must not change a routed decode: identical traces, logits equal to
+// float rounding.
+func compareDecodes(t *testing.T, rb *routedBatch, direct, graphed [][]float32, dt, gt [][]int32) {
+	t.Helper()
+	V := rb.cfg.VocabSize
+	for step := range direct {
+		if !slices.Equal(dt[step], gt[step]) {
+			t.Fatalf("decode step %d: route traces differ with graphs", step)
+		}
+		for i := range rb.cases {
+			if d, scale := maxDiff(direct[step][i*V:(i+1)*V], graphed[step][i*V:(i+1)*V]); !(d <= 1e-4*scale) {
+				t.Fatalf("decode step %d case %d (%q): logits with graphs differ by %.3g (row max %.3g)", step, i, rb.cases[i].Adapter, d, scale)
+			}
+		}
+	}
+}
+
+// TestRoutedDecodeReplaysCUDA decodes a batch of plain, base and device-routed sequences for
+// many steps with CUDA graphs off and on: with graphs the first decode step is recorded and
+// every later one replays it, and each step must equal the unrecorded run.
+func TestRoutedDecodeReplaysCUDA(t *testing.T) {
+	b := newGPU(t)
+	defer b.SetGraphs(true)
+	const steps = 24
+	for _, name := range []string{"llama", "qwen3"} {
+		t.Run(name, func(t *testing.T) {
+			rb := newRoutedBatch(t, b, name)
+			b.SetGraphs(false)
+			direct, dt := rb.decode(t, b, steps, -1, nil)
+			b.SetGraphs(true)
+			replays := b.RoutedReplays()
+			graphed, gt := rb.decode(t, b, steps, -1, nil)
+			compareDecodes(t, rb, direct, graphed, dt, gt)
+			got := b.RoutedReplays() - replays
+			if got == 0 || b.GraphCount() == 0 {
+				t.Fatalf("%d routed projections replayed, %d graphs: routed decode steps were not recorded", got, b.GraphCount())
+			}
+			// Every decode step but the first (recorded) replays; each routes every routed
+			// projection of each group at least once.
+			if got < steps-1 {
+				t.Fatalf("only %d routed projections replayed over %d decode steps", got, steps)
+			}
+			t.Logf("%s: %d cases, %d decode steps equal with graphs; %d routed projections replayed, %d graphs", name, len(rb.cases), steps, got, b.GraphCount())
+		})
+	}
+}
+
+// TestRoutedReuploadCUDA frees and re-uploads an expert adapter in the middle of a recorded
+// routed decode (routings released and resolved again, as the engine does for new requests):
+// the new routings must get new keys, so no recording replays the freed weights' addresses,
+// the new key is recorded and replayed in turn, and every step equals an unrecorded run.
+func TestRoutedReuploadCUDA(t *testing.T) {
+	b := newGPU(t)
+	defer b.SetGraphs(true)
+	const steps, swapAt = 16, 6
+	rb := newRoutedBatch(t, b, "llama")
+	expert := ""
+	for name, bd := range rb.bundles {
+		expert = bd.Experts()[0]
+		// Requests for one router over the same resident adapters share a key (and so the
+		// recordings of their steps).
+		if k := gpuResolve(t, bd, name, rb.cfg, b, rb.adapters).Routing.Key; k != rb.adapters[name].Routing.Key {
+			t.Fatalf("router %q resolved twice over the same adapters: keys %d and %d", name, rb.adapters[name].Routing.Key, k)
+		}
+		break
+	}
+	var results [2][][]float32
+	var traces [2][][]int32
+	var after int
+	for i, graphs := range []bool{false, true} {
+		b.SetGraphs(graphs)
+		var atSwap int
+		swap := func() {
+			rb.reupload(t, b, expert)
+			atSwap = b.RoutedReplays()
+		}
+		results[i], traces[i] = rb.decode(t, b, steps, swapAt, swap)
+		after = b.RoutedReplays() - atSwap
+	}
+	compareDecodes(t, rb, results[0], results[1], traces[0], traces[1])
+	if after == 0 {
+		t.Fatal("no routed decode step replayed after the re-upload")
+	}
+	t.Logf("re-uploaded expert %q at decode step %d: %d routed projections replayed after it, %d graphs", expert, swapAt, after, b.GraphCount())
 }

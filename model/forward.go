@@ -152,10 +152,15 @@ func (r *Runner) run(s *Step, adapters []*Adapter) error {
 // stepKey encodes what shapes the step's launches: rows per sequence, logit rows, and per layer
 // and projection the number of LoRA segments and their largest rows and rank. Steps with equal
 // keys launch the same kernels with the same grids, so a recording of one replays for another.
+//
+// Device-routed sequences add what their launches bake in: each one's rows and Routing.Key
+// (gates, expert weights and the backend's expert tables, which decide how adjacent sequences
+// group) and the gate-logit scratch they write to. The experts a row picks are decided on the
+// device inside the step, so a recording replays for any tokens. Steps routed on the host read
+// gate logits mid-step, and routings without a key promise nothing: those run unrecorded (nil).
 func (r *Runner) stepKey(s *Step, adapters []*Adapter) []byte {
-	if r.routing.seqs > 0 {
-		// Routed rows pick their experts from gate logits computed inside the step, so the
-		// LoRA launches are not known when the step starts: such steps run unrecorded.
+	rs := &r.routing
+	if rs.seqs > 0 && rs.dev == nil {
 		return nil
 	}
 	k := r.keyBuf[:0]
@@ -166,6 +171,22 @@ func (r *Runner) stepKey(s *Step, adapters []*Adapter) []byte {
 	k = binary.AppendUvarint(k, uint64(len(s.LogitRows)))
 	for _, sq := range s.Seqs {
 		k = binary.AppendUvarint(k, uint64(sq.N))
+	}
+	if rs.seqs > 0 {
+		k = binary.AppendUvarint(k, uint64(rs.gateCols))
+		k = binary.AppendUvarint(k, uint64(len(s.Seqs)))
+		for i, a := range adapters {
+			if a == nil || a.Routing == nil {
+				k = append(k, 0)
+				continue
+			}
+			if a.Routing.Key == 0 {
+				r.keyBuf = k
+				return nil
+			}
+			k = binary.AppendUvarint(k, a.Routing.Key)
+			k = binary.AppendUvarint(k, uint64(s.Seqs[i].Start))
+		}
 	}
 	for l := range r.W.Layers {
 		for p := Proj(0); p < NumProj; p++ {

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"math"
+	"sync/atomic"
 )
 
 // Routing is a router (a learned mixture of LoRA experts, ARCHITECTURE.md "Router") resident on a
@@ -19,7 +20,19 @@ type Routing struct {
 	// TraceProj[l] is the projection whose choices the trace records for layer l: the first
 	// routed one in forward order, -1 where the layer has none.
 	TraceProj []Proj
+	// Key identifies what a recorded step (StepRecorder) bakes in from this routing: its gate
+	// tensors, settings and expert weights. Routings with equal non-zero keys must route through
+	// the same gates (same device addresses) over the same expert weights with the same
+	// settings; routers built by router.Bundle.Routing share a key per bundle and expert set.
+	// 0: no such promise, and steps with this routing run unrecorded. Take new keys from
+	// NewRoutingKey.
+	Key uint64
 }
+
+var routingKeys atomic.Uint64
+
+// NewRoutingKey returns a Routing.Key no earlier call returned.
+func NewRoutingKey() uint64 { return routingKeys.Add(1) }
 
 // RoutedProj is one routed projection of one layer.
 type RoutedProj struct {

@@ -1,10 +1,74 @@
 package router
 
 import (
+	"encoding/binary"
 	"fmt"
+	"reflect"
+	"sync"
+	"unsafe"
 
 	"github.com/loraplex/loraplex/model"
 )
+
+// routingKeys interns Routing.Key: routings of one bundle over the same expert adapters (the
+// same *model.Adapter objects, whose weights stay where they were uploaded) and the same
+// uploaded gates get one key, so a backend's recording of a routed step replays for the next
+// request of that router. An entry holds the bundle and adapters it was made for, so their
+// addresses in the map key cannot be reused by other objects while it exists; a re-uploaded
+// adapter is a new object and gets a new key. Past maxRoutingKeys the map starts over (later
+// routings get fresh keys; recordings of the old ones simply stop being used).
+var routingKeys struct {
+	mu sync.Mutex
+	m  map[string]*routingKey
+}
+
+type routingKey struct {
+	key     uint64
+	bundle  *Bundle
+	experts []*model.Adapter
+	gates   []any // each gate's Tensor.Buf at interning (device addresses of the uploaded gates)
+}
+
+const maxRoutingKeys = 4096
+
+// routingKeyFor returns the interned key of (b, experts) over b's gates as uploaded now.
+func (b *Bundle) routingKeyFor(experts []*model.Adapter) uint64 {
+	id := make([]byte, 0, 8*(len(experts)+1))
+	id = binary.LittleEndian.AppendUint64(id, uint64(uintptr(unsafe.Pointer(b))))
+	for _, a := range experts {
+		id = binary.LittleEndian.AppendUint64(id, uint64(uintptr(unsafe.Pointer(a))))
+	}
+	gs := b.Gates()
+	gates := make([]any, len(gs))
+	for i, g := range gs {
+		gates[i] = g.T.Buf
+	}
+	routingKeys.mu.Lock()
+	defer routingKeys.mu.Unlock()
+	if e := routingKeys.m[string(id)]; e != nil && sameBufs(e.gates, gates) {
+		return e.key
+	}
+	if routingKeys.m == nil || len(routingKeys.m) >= maxRoutingKeys {
+		routingKeys.m = map[string]*routingKey{}
+	}
+	e := &routingKey{key: model.NewRoutingKey(), bundle: b, experts: append([]*model.Adapter(nil), experts...), gates: gates}
+	routingKeys.m[string(id)] = e
+	return e.key
+}
+
+// sameBufs reports whether two lists of tensor storages are equal. Storages that are not
+// comparable (a CPU backend's slices; CPU steps are never recorded) never are.
+func sameBufs(a, b []any) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] == nil || reflect.TypeOf(a[i]) != reflect.TypeOf(b[i]) || !reflect.TypeOf(a[i]).Comparable() || a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
 
 // Routing resolves the bundle for the forward pass: uploaded gates (Upload must have run on the
 // backend the adapters live on) plus the expert adapters, indexed like Experts() (every expert
@@ -49,5 +113,6 @@ func (b *Bundle) Routing(name string, cfg *model.Config, experts []*model.Adapte
 	if err := rt.Check(cfg); err != nil {
 		return nil, err
 	}
+	rt.Key = b.routingKeyFor(experts)
 	return rt, nil
 }
