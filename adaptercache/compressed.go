@@ -160,6 +160,13 @@ type CompressOptions struct {
 	Codec string
 	// Density is the fraction of values kept (ignored by dense).
 	Density float64
+	// DenseA stores every lora_A factor dense (bf16) and compresses only the B factors. ComPEFT
+	// compresses task vectors (trained minus initial values). B starts at zero, so B is its own
+	// task vector; A starts as a random projection (kaiming-uniform) that training barely moves,
+	// so sparsifying A throws away the projection itself. On the trained demo adapters this is
+	// the difference between +1-5% and +2,800% perplexity at density 10%
+	// (bench/results/demo-quality.md).
+	DenseA bool
 	// Global selects exact ComPEFT: threshold and scale alpha_c*sigma over the whole adapter.
 	Global bool
 	AlphaC float64
@@ -303,9 +310,11 @@ func newEncoder(opt CompressOptions, factors []factor) (*encoder, error) {
 		return nil, fmt.Errorf("density %v: want 0 < density <= 1", opt.Density)
 	}
 	if opt.Global {
-		all := make([][]float32, len(factors))
-		for i, f := range factors {
-			all[i] = f.vals
+		var all [][]float32
+		for _, f := range factors {
+			if !opt.DenseA || f.key.isB {
+				all = append(all, f.vals) // the threshold and scale come from the sparsified factors only
+			}
 		}
 		g, err := codec.NewGlobal(all, opt.Density, opt.AlphaC)
 		if err != nil {
@@ -320,7 +329,7 @@ func (e *encoder) encode(f factor) ([]byte, codec.TensorInfo, error) {
 	info := codec.TensorInfo{Density: 1, Shape: f.shape, DType: f.dtype}
 	var s []byte
 	var err error
-	if e.codec == codec.Dense {
+	if e.codec == codec.Dense || (e.opt.DenseA && !f.key.isB) {
 		s, err = codec.EncodeDense(f.vals, f.shape[0], f.shape[1])
 		info.Kept = len(f.vals)
 	} else {

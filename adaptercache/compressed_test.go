@@ -41,6 +41,7 @@ var compressModes = map[string]CompressOptions{
 	"bitmap-25":   {Codec: "bitmap", Density: 0.25},
 	"rice-5":      {Codec: "rice", Density: 0.05},
 	"global-10-2": {Codec: "auto", Density: 0.1, Global: true, AlphaC: 2},
+	"dense-a-10":  {Codec: "auto", Density: 0.1, AlphaC: 1, DenseA: true},
 }
 
 func sameHostAdapter(t *testing.T, got, want *model.HostAdapter) {
@@ -126,13 +127,14 @@ func checkDecodedValues(t *testing.T, got, orig *model.HostAdapter, opt Compress
 				continue
 			}
 			g := got.Modules[l][p]
-			for _, x := range [][2]model.HostTensor{{g.A, o.A}, {g.B, o.B}} {
+			for xi, x := range [][2]model.HostTensor{{g.A, o.A}, {g.B, o.B}} {
 				n := x[1].Shape[0] * x[1].Shape[1]
 				var scale float32
 				kept := 0
+				dense := opt.Codec == "dense" || (opt.DenseA && xi == 0)
 				for i := range n {
 					gv, ov := x[0].At(i), x[1].At(i)
-					if opt.Codec == "dense" {
+					if dense {
 						if gv != model.BF16ToF32(model.F32ToBF16(ov)) {
 							t.Fatalf("%s[%d] = %v, want bf16(%v)", x[0].Name, i, gv, ov)
 						}
@@ -149,7 +151,7 @@ func checkDecodedValues(t *testing.T, got, orig *model.HostAdapter, opt Compress
 						t.Fatalf("%s[%d] = %v from %v (scale %v)", x[0].Name, i, gv, ov, scale)
 					}
 				}
-				if opt.Codec != "dense" && !opt.Global && kept != min(codec.KeepCount(n, opt.Density), nonZeros(x[1])) {
+				if !dense && !opt.Global && kept != min(codec.KeepCount(n, opt.Density), nonZeros(x[1])) {
 					t.Fatalf("%s: %d kept, want %d", x[0].Name, kept, codec.KeepCount(n, opt.Density))
 				}
 			}

@@ -219,6 +219,10 @@ func run(dir string, maxTokens int) error {
 		{"per-tensor 1%", adaptercache.CompressOptions{Codec: "auto", Density: 0.01, AlphaC: 1}},
 		{"global (ComPEFT) 10%, alpha_c 1", adaptercache.CompressOptions{Codec: "auto", Density: 0.1, Global: true, AlphaC: 1}},
 		{"ternary2 10%", adaptercache.CompressOptions{Codec: "ternary2", Density: 0.1, AlphaC: 1}},
+		{"dense A, B per-tensor 50%", adaptercache.CompressOptions{Codec: "auto", Density: 0.5, AlphaC: 1, DenseA: true}},
+		{"dense A, B per-tensor 25%", adaptercache.CompressOptions{Codec: "auto", Density: 0.25, AlphaC: 1, DenseA: true}},
+		{"dense A, B per-tensor 10%", adaptercache.CompressOptions{Codec: "auto", Density: 0.1, AlphaC: 1, DenseA: true}},
+		{"dense A, B global 10%", adaptercache.CompressOptions{Codec: "auto", Density: 0.1, Global: true, AlphaC: 1, DenseA: true}},
 	}
 	fmt.Fprintf(&out, "\n## Compressed adapters (lorapack), each on its own domain\n\nSize: the .lorapack file against the PEFT adapter_model.safetensors. Perplexity change against the uncompressed adapter; the base model's is the floor of what an adapter adds.\n\n")
 	fmt.Fprintf(&out, "| setting | %s |\n|---|%s\n", strings.Join(domains, " | "), strings.Repeat("---|", len(domains)))

@@ -103,6 +103,7 @@ func compress(args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&opt.Density, "density", opt.Density, "fraction of each factor's values kept, 0 < K <= 1")
 	fs.StringVar(&opt.Codec, "codec", opt.Codec, "dense, ternary, bitmap, rice or auto")
 	fs.BoolVar(&opt.Global, "global", false, "exact ComPEFT: global top-K and alpha*sigma")
+	fs.BoolVar(&opt.DenseA, "dense-a", opt.DenseA, "keep lora_A dense and compress only lora_B (much better quality on trained adapters; about 2x smaller instead of 26x)")
 	fs.Float64Var(&opt.AlphaC, "alpha", opt.AlphaC, "ComPEFT's alpha_c (with --global)")
 	pos, err := parse(fs, args, 2)
 	if err != nil {
