@@ -163,9 +163,9 @@ type CompressOptions struct {
 	// DenseA stores every lora_A factor dense (bf16) and compresses only the B factors. ComPEFT
 	// compresses task vectors (trained minus initial values). B starts at zero, so B is its own
 	// task vector; A starts as a random projection (kaiming-uniform) that training barely moves,
-	// so sparsifying A throws away the projection itself. On the trained demo adapters this is
-	// the difference between +1-5% and +2,800% perplexity at density 10%
-	// (bench/results/demo-quality.md).
+	// so sparsifying A throws away the projection itself. On the trained demo adapters it cuts
+	// the perplexity cost at density 10% from +2,650-5,000% to +550-1,600% (still large: the
+	// sparse codecs keep signs, not magnitudes; bench/results/demo-quality.md).
 	DenseA bool
 	// Global selects exact ComPEFT: threshold and scale alpha_c*sigma over the whole adapter.
 	Global bool
