@@ -69,6 +69,9 @@ type Backend struct {
 	workspace uintptr
 	// gemvRows: products with at most this many rows use the GEMV kernel (<= 8); see MatMul.
 	gemvRows int
+
+	// up uploads and frees whole adapters (upload.go): slab pool, pinned staging, upload streams.
+	up uploader
 }
 
 // New opens GPU number device.
@@ -81,6 +84,7 @@ func New(device int) (*Backend, error) {
 		return nil, fmt.Errorf("cuda: device %d requested, %d present", device, n)
 	}
 	b := &Backend{device: device, segSize: int(C.seg_size()), gemvRows: 1}
+	b.up.capBytes = DefaultAdapterPoolCap
 	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
 		return nil, err
 	}
@@ -201,6 +205,8 @@ func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, erro
 	return t, nil
 }
 
+// Free releases a tensor made by Upload or Alloc. Views (Off != 0) are left alone, which
+// includes the tensors of adapters made by UploadAdapter (freed with their slab, FreeAdapter).
 func (b *Backend) Free(t model.Tensor) {
 	if d, ok := t.Buf.(dev); ok && d.ptr != 0 && t.Off == 0 {
 		C.s_free(C.uintptr_t(d.ptr))

@@ -1,6 +1,9 @@
 package model
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // LoRAWeights is one adapted projection resident on a backend.
 type LoRAWeights struct {
@@ -20,13 +23,45 @@ type Adapter struct {
 	Modules [][NumProj]*LoRAWeights
 	MaxRank int
 	Bytes   int64
+
+	// Mem and Owner are set by an AdapterUploader: Mem is its one allocation holding all of the
+	// adapter's tensors (each Modules tensor a view into it), and Free hands the adapter back to
+	// Owner instead of freeing tensors one by one. Both are nil for per-tensor uploads.
+	Mem   any
+	Owner AdapterUploader
 }
 
-// UploadAdapter moves a validated host adapter onto the backend.
+// AdapterUploader is implemented by backends that upload a whole adapter at once (the CUDA
+// backend: one pooled device allocation, one staged copy on an upload stream of its own) rather
+// than one Backend.Upload per tensor. UploadAdapter and Adapter.Free use it when present.
+//
+// UploadAdapter may be called from several goroutines, concurrently with the steps the engine
+// runs; the adapter it returns must be readable by the next step. It returns an error wrapping
+// ErrUnsupported for an adapter it cannot take, and the per-tensor path is used instead.
+// FreeAdapter releases what UploadAdapter made; it is only called once no step that is still
+// running can read the adapter.
+type AdapterUploader interface {
+	UploadAdapter(cfg *Config, h *HostAdapter) (*Adapter, error)
+	FreeAdapter(a *Adapter)
+}
+
+// UploadAdapter moves a validated host adapter onto the backend: through the backend's
+// AdapterUploader when it has one, else tensor by tensor.
 func UploadAdapter(b Backend, cfg *Config, h *HostAdapter) (*Adapter, error) {
 	if len(h.Modules) != cfg.NumLayers {
 		return nil, fmt.Errorf("adapter %q: has %d layers, the model %d", h.Name, len(h.Modules), cfg.NumLayers)
 	}
+	if u, ok := b.(AdapterUploader); ok {
+		a, err := u.UploadAdapter(cfg, h)
+		if err == nil || !errors.Is(err, ErrUnsupported) {
+			return a, err
+		}
+	}
+	return uploadTensors(b, cfg, h)
+}
+
+// uploadTensors uploads the adapter with one Backend.Upload per A and B tensor.
+func uploadTensors(b Backend, cfg *Config, h *HostAdapter) (*Adapter, error) {
 	a := &Adapter{Name: h.Name, Modules: make([][NumProj]*LoRAWeights, cfg.NumLayers), Bytes: h.Bytes}
 	for l := range h.Modules {
 		for p := Proj(0); p < NumProj; p++ {
@@ -53,8 +88,15 @@ func UploadAdapter(b Backend, cfg *Config, h *HostAdapter) (*Adapter, error) {
 	return a, nil
 }
 
-// Free releases the adapter's backend tensors.
+// Free releases the adapter's backend tensors (through its Owner when an AdapterUploader made
+// it, whatever b is). Freeing twice is harmless.
 func (a *Adapter) Free(b Backend) {
+	if o := a.Owner; o != nil {
+		o.FreeAdapter(a)
+		a.Owner, a.Mem = nil, nil
+		clear(a.Modules)
+		return
+	}
 	for l := range a.Modules {
 		for p := range a.Modules[l] {
 			if m := a.Modules[l][p]; m != nil {

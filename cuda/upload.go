@@ -1,0 +1,565 @@
+//go:build cuda
+
+package cuda
+
+/*
+#include "shims.h"
+int lp_mem_pools_supported(int dev, int* yes);
+int lp_malloc_async(void** p, size_t bytes, lp_stream s);
+int lp_free_async(void* p, lp_stream s);
+static inline int s_malloc_async(uintptr_t* p, size_t n, uintptr_t s) { void* q = 0; int e = lp_malloc_async(&q, n, P(lp_stream, s)); *p = (uintptr_t)q; return e; }
+static inline int s_free_async(uintptr_t p, uintptr_t s) { return lp_free_async(P(void*, p), P(lp_stream, s)); }
+*/
+import "C"
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"math/bits"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// Adapter uploads (model.AdapterUploader).
+//
+// Backend.Upload, once per tensor, costs a cudaMalloc, a pageable copy on the legacy stream and a
+// sync per tensor, and Free a cudaFree per tensor, which waits for the whole device, i.e. for the
+// step the engine is running. Here an adapter is one device allocation (a slab) holding all of
+// its A and B tensors as bf16 views at aligned offsets; slabs come from a pool and go back to it
+// instead of being freed. The host data is converted into a pinned staging buffer and copied with
+// cudaMemcpyAsync on an upload stream of its own (non-blocking: it does not serialise with the
+// compute stream), in chunks issued as the conversion goes so that the copy overlaps the
+// conversion, and only that stream is synchronised. Slabs are allocated and (when the pool is
+// over its cap) released stream-ordered on the upload streams (cudaMallocAsync/cudaFreeAsync),
+// so nothing here waits for the compute stream.
+
+const (
+	// slabAlign aligns every tensor inside a slab (and the first one is placed at slabAlign, not 0,
+	// so that no view has Off 0: Backend.Free ignores views, and must never cudaFree a slab).
+	slabAlign = 256
+	// numStagers bounds concurrent uploads: each has its own pinned buffer and stream.
+	numStagers = 2
+	// issueChunk: converted bytes are handed to the copy engine in pieces of at least this much.
+	issueChunk = 4 << 20
+	// parallelConvert: tensors with at least this many elements to convert are split over CPUs.
+	parallelConvert = 1 << 18
+	// DefaultAdapterPoolCap is how many bytes of idle slabs the pool keeps by default.
+	DefaultAdapterPoolCap     = 1 << 30
+	cudaErrorMemoryAllocation = 2
+)
+
+// AdapterPoolStats counts the adapter slab pool's work (for tests and metrics).
+type AdapterPoolStats struct {
+	Allocs               int // slabs allocated from the device
+	Reuses               int // uploads that took an idle slab instead
+	Releases             int // idle slabs given back to the device (over the cap, or TrimAdapterPool)
+	Live                 int // slabs holding an adapter
+	Idle                 int // slabs waiting in the pool
+	LiveBytes, IdleBytes int64
+	CapBytes             int64
+	StreamOrdered        bool // cudaMallocAsync/cudaFreeAsync in use (else cudaMalloc, and cudaFree only in TrimAdapterPool)
+}
+
+// part is one tensor of an upload: its host data and where it goes in the slab.
+type part struct {
+	src    model.HostTensor
+	off, n int // byte offset in the slab (and in the staging buffer), elements
+}
+
+// slab is one adapter's device allocation; Adapter.Mem holds it.
+type slab struct {
+	ptr  uintptr
+	size int // its size class
+}
+
+// stager is a pinned staging buffer with its upload stream; one upload holds it at a time.
+type stager struct {
+	host   unsafe.Pointer // pinned host memory (cudaMallocHost), not Go memory
+	cap    int
+	stream C.uintptr_t
+}
+
+// uploader is the Backend's adapter upload state. Set up on the first upload (initOnce).
+type uploader struct {
+	initOnce sync.Once
+	initErr  error
+	async    bool // the device supports stream-ordered allocation
+	stagers  chan *stager
+	stream   C.uintptr_t // releases trimmed slabs
+
+	mu        sync.Mutex
+	idle      map[int][]uintptr // idle slabs by size class
+	idleBytes int64
+	capBytes  int64
+	stats     AdapterPoolStats
+}
+
+// onDevice locks the goroutine to its thread and makes b's device current there: the CUDA
+// runtime's current device is per thread, and uploads come from goroutines of their own.
+func (b *Backend) onDevice() (unlock func()) {
+	runtime.LockOSThread()
+	C.lp_set_device(C.int(b.device))
+	return runtime.UnlockOSThread
+}
+
+// uploads sets up the upload streams and the pool once. Called on a thread made by onDevice.
+func (b *Backend) uploads() (*uploader, error) {
+	u := &b.up
+	u.initOnce.Do(func() {
+		var yes C.int
+		if C.lp_mem_pools_supported(C.int(b.device), &yes) == 0 && yes != 0 {
+			u.async = true
+		}
+		C.lp_last_error()
+		u.mu.Lock()
+		u.idle = map[int][]uintptr{}
+		u.mu.Unlock()
+		if err := cudaError("upload stream", C.s_stream_create(&u.stream)); err != nil {
+			u.initErr = err
+			return
+		}
+		u.stagers = make(chan *stager, numStagers)
+		for i := 0; i < numStagers; i++ {
+			s := &stager{}
+			if err := cudaError("upload stream", C.s_stream_create(&s.stream)); err != nil {
+				u.initErr = err
+				return
+			}
+			u.stagers <- s
+		}
+	})
+	return u, u.initErr
+}
+
+// fail records a failed CUDA call as the backend's sticky error (as ok does, for callers off the
+// engine loop: no recording can be in progress on their side) and returns it.
+func (b *Backend) fail(op string, code C.int) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil {
+		b.err = cudaError(op, code)
+	}
+	return b.err
+}
+
+// sizeClass rounds n up to a slab size: a multiple of 64 KiB below 512 KiB, above that to one
+// eighth of its power of two (at most 12.5% waste). Adapters of one shape share a class.
+func sizeClass(n int) int {
+	const small = 64 << 10
+	if n <= 8*small {
+		return max(small, (n+small-1)/small*small)
+	}
+	step := 1 << (bits.Len(uint(n-1)) - 4)
+	return (n + step - 1) / step * step
+}
+
+func alignUp(n int) int { return (n + slabAlign - 1) / slabAlign * slabAlign }
+
+// UploadAdapter implements model.AdapterUploader: one slab, one staged asynchronous copy on an
+// upload stream, a sync of that stream only. Safe from several goroutines and while steps run;
+// the adapter is on the device (visible to the compute stream's next step) when it returns.
+func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model.Adapter, error) {
+	if len(h.Modules) != cfg.NumLayers {
+		return nil, fmt.Errorf("adapter %q: has %d layers, the model %d", h.Name, len(h.Modules), cfg.NumLayers)
+	}
+	// Lay the tensors out, checking every shape and dtype before any C call.
+	var parts []part
+	size := slabAlign
+	place := func(t model.HostTensor, rows, cols int) (model.Tensor, error) {
+		if rows < 0 || cols < 0 {
+			return model.Tensor{}, fmt.Errorf("cuda: %s: bad shape %dx%d", t.Name, rows, cols)
+		}
+		switch {
+		case len(t.Shape) == 1: // Backend.Upload keeps vectors in F32: leave them to it
+			return model.Tensor{}, fmt.Errorf("cuda: %s: a vector in an adapter: %w", t.Name, model.ErrUnsupported)
+		case t.DType != model.F32 && t.DType != model.BF16 && t.DType != model.F16:
+			return model.Tensor{}, fmt.Errorf("cuda: %s: dtype %s: %w", t.Name, t.DType, model.ErrUnsupported)
+		}
+		n := rows * cols
+		if len(t.Data) != n*t.DType.Size() {
+			return model.Tensor{}, fmt.Errorf("cuda: %s holds %d bytes, want %d for %dx%d %s", t.Name, len(t.Data), n*t.DType.Size(), rows, cols, t.DType)
+		}
+		parts = append(parts, part{src: t, off: size, n: n})
+		v := model.Tensor{Rows: rows, Cols: cols, DType: model.BF16, Off: size / 2}
+		size += alignUp(2 * n)
+		return v, nil
+	}
+	a := &model.Adapter{Name: h.Name, Modules: make([][model.NumProj]*model.LoRAWeights, cfg.NumLayers), Bytes: h.Bytes}
+	for l := range h.Modules {
+		for p := model.Proj(0); p < model.NumProj; p++ {
+			m := h.Modules[l][p]
+			if m == nil {
+				continue
+			}
+			out, in := cfg.ProjShape(p)
+			ta, err := place(m.A, m.Rank, in)
+			if err != nil {
+				return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
+			}
+			tb, err := place(m.B, out, m.Rank)
+			if err != nil {
+				return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
+			}
+			a.Modules[l][p] = &model.LoRAWeights{A: ta, B: tb, Rank: m.Rank, Scale: m.Scale}
+			a.MaxRank = max(a.MaxRank, m.Rank)
+		}
+	}
+	if err := b.Err(); err != nil {
+		return nil, err
+	}
+
+	unlock := b.onDevice()
+	defer unlock()
+	u, err := b.uploads()
+	if err != nil {
+		return nil, err
+	}
+	st := <-u.stagers
+	defer func() { u.stagers <- st }()
+	if err := st.grow(size); err != nil {
+		return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
+	}
+	s, err := u.take(size, st.stream)
+	if err != nil {
+		return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
+	}
+
+	// Convert into the pinned buffer in batches of about issueChunk bytes (parts in parallel),
+	// handing each batch to the copy engine before converting the next: the copies overlap the
+	// conversion.
+	buf := unsafe.Slice((*byte)(st.host), st.cap)
+	issued := 0
+	issue := func(end int) error {
+		if end <= issued {
+			return nil
+		}
+		code := C.s_htod_pinned(C.uintptr_t(s.ptr+uintptr(issued)), C.uintptr_t(uintptr(st.host)+uintptr(issued)), C.size_t(end-issued), st.stream)
+		if code != 0 {
+			return b.fail("adapter upload", code)
+		}
+		issued = end
+		return nil
+	}
+	for first := 0; first < len(parts); {
+		last := first + 1
+		for last < len(parts) && parts[last-1].off+2*parts[last-1].n-parts[first].off < issueChunk {
+			last++
+		}
+		convertParts(buf, parts[first:last])
+		if err := issue(parts[last-1].off + 2*parts[last-1].n); err != nil {
+			return nil, err // the slab is not reused: a copy may be under way, and the backend is unusable anyway
+		}
+		first = last
+	}
+	if code := C.s_stream_sync(st.stream); code != 0 {
+		return nil, b.fail("adapter upload sync", code)
+	}
+	for l := range a.Modules {
+		for _, m := range a.Modules[l] {
+			if m != nil {
+				m.A.Buf, m.B.Buf = dev{s.ptr}, dev{s.ptr}
+			}
+		}
+	}
+	a.Mem, a.Owner = &s, b
+	return a, nil
+}
+
+// FreeAdapter implements model.AdapterUploader: the adapter's slab goes back to the pool, for
+// the next upload to overwrite. That is safe without waiting for the device because the engine
+// frees only adapters that no running sequence references, and every step ends with a
+// synchronising read of its logits (serve/loop.go, finish): by the time an adapter is freed,
+// the last step that read it has completed on the compute stream. The next upload into the slab
+// runs on an upload stream after this call, so it cannot overtake any read of the old contents.
+// Callers outside the engine (tests, tools) must likewise free only after their steps' reads.
+func (b *Backend) FreeAdapter(a *model.Adapter) {
+	s, ok := a.Mem.(*slab)
+	if !ok || s == nil {
+		return
+	}
+	a.Mem = nil
+	u := &b.up
+	u.mu.Lock()
+	u.stats.Live--
+	u.stats.LiveBytes -= int64(s.size)
+	u.idle[s.size] = append(u.idle[s.size], s.ptr)
+	u.idleBytes += int64(s.size)
+	over := u.async && u.idleBytes > u.capBytes
+	u.mu.Unlock()
+	if over {
+		unlock := b.onDevice()
+		defer unlock()
+		b.trim(u.capBytes, false)
+	}
+}
+
+// take returns an idle slab of size's class, or allocates one on stream (stream-ordered where
+// supported). Out of device memory, it releases the idle slabs and tries once more; still out
+// of memory is an error for this adapter, not a sticky one.
+func (u *uploader) take(size int, stream C.uintptr_t) (slab, error) {
+	class := sizeClass(size)
+	u.mu.Lock()
+	if l := u.idle[class]; len(l) > 0 {
+		p := l[len(l)-1]
+		u.idle[class] = l[:len(l)-1]
+		u.idleBytes -= int64(class)
+		u.stats.Reuses++
+		u.stats.Live++
+		u.stats.LiveBytes += int64(class)
+		u.mu.Unlock()
+		return slab{ptr: p, size: class}, nil
+	}
+	u.mu.Unlock()
+	alloc := func() (uintptr, C.int) {
+		var p C.uintptr_t
+		var code C.int
+		if u.async {
+			code = C.s_malloc_async(&p, C.size_t(class), stream)
+		} else {
+			code = C.s_malloc(&p, C.size_t(class))
+		}
+		if code != 0 {
+			C.lp_last_error() // allocation failures are not sticky: clear it
+		}
+		return uintptr(p), code
+	}
+	p, code := alloc()
+	if code == cudaErrorMemoryAllocation && u.async {
+		u.release(u.trimList(0))
+		C.s_stream_sync(u.stream) // the released memory goes back to the device's pool
+		p, code = alloc()
+	}
+	if code != 0 {
+		return slab{}, fmt.Errorf("slab of %d bytes: %w", class, cudaError("adapter malloc", code))
+	}
+	if p%slabAlign != 0 { // cudaMalloc and the stream-ordered allocator align to 256; never seen
+		u.release([]slab{{ptr: p, size: class}})
+		return slab{}, fmt.Errorf("slab at %#x is not %d-byte aligned: %w", p, slabAlign, model.ErrUnsupported)
+	}
+	u.mu.Lock()
+	u.stats.Allocs++
+	u.stats.Live++
+	u.stats.LiveBytes += int64(class)
+	u.mu.Unlock()
+	return slab{ptr: p, size: class}, nil
+}
+
+// trimList takes idle slabs out of the pool, largest classes first, until at most limit bytes
+// stay idle, and returns them for release.
+func (u *uploader) trimList(limit int64) []slab {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []slab
+	for u.idleBytes > limit {
+		class := 0
+		for c, l := range u.idle {
+			if len(l) > 0 && c > class {
+				class = c
+			}
+		}
+		if class == 0 {
+			break
+		}
+		l := u.idle[class]
+		out = append(out, slab{ptr: l[len(l)-1], size: class})
+		u.idle[class] = l[:len(l)-1]
+		u.idleBytes -= int64(class)
+		u.stats.Releases++
+	}
+	return out
+}
+
+// release gives slabs back to the device: stream-ordered on the upload stream where supported
+// (nothing waits for the compute stream), else with cudaFree (which waits for the device).
+func (u *uploader) release(slabs []slab) {
+	for _, s := range slabs {
+		var code C.int
+		if u.async {
+			code = C.s_free_async(C.uintptr_t(s.ptr), u.stream)
+		} else {
+			code = C.s_free(C.uintptr_t(s.ptr))
+		}
+		if code != 0 {
+			C.lp_last_error()
+		}
+	}
+}
+
+// trim releases idle slabs beyond limit bytes. Without stream-ordered allocation that takes
+// cudaFree, which waits for the device: only done when force (TrimAdapterPool). Called on a
+// thread made by onDevice.
+func (b *Backend) trim(limit int64, force bool) {
+	u := &b.up
+	if u.idle == nil || (!u.async && !force) {
+		return
+	}
+	u.release(u.trimList(limit))
+	if u.async && force {
+		C.s_stream_sync(u.stream) // the memory is back with the device when TrimAdapterPool returns
+	}
+}
+
+// TrimAdapterPool gives every idle adapter slab back to the device. With stream-ordered
+// allocation it never waits for running steps; without (old drivers) it uses cudaFree, which
+// does: call it then only while no steps run.
+func (b *Backend) TrimAdapterPool() {
+	if _, err := b.uploadsReady(); err != nil {
+		return
+	}
+	unlock := b.onDevice()
+	defer unlock()
+	b.trim(0, true)
+}
+
+// SetAdapterPoolCap sets how many bytes of idle slabs the pool keeps (DefaultAdapterPoolCap
+// unless set); slabs freed beyond it are released (stream-ordered; without stream-ordered
+// allocation, only TrimAdapterPool releases slabs).
+func (b *Backend) SetAdapterPoolCap(bytes int64) {
+	u := &b.up
+	u.mu.Lock()
+	u.capBytes = max(bytes, 0)
+	u.mu.Unlock()
+	if _, err := b.uploadsReady(); err == nil && u.async {
+		unlock := b.onDevice()
+		defer unlock()
+		b.trim(u.capBytes, false)
+	}
+}
+
+// uploadsReady sets the upload state up if needed (on a device thread).
+func (b *Backend) uploadsReady() (*uploader, error) {
+	unlock := b.onDevice()
+	defer unlock()
+	return b.uploads()
+}
+
+// AdapterPoolStats reports the slab pool's counters.
+func (b *Backend) AdapterPoolStats() AdapterPoolStats {
+	u := &b.up
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := u.stats
+	for _, l := range u.idle {
+		s.Idle += len(l)
+	}
+	s.IdleBytes, s.CapBytes, s.StreamOrdered = u.idleBytes, u.capBytes, u.async
+	return s
+}
+
+// grow makes the pinned buffer hold at least n bytes (rare: it keeps the largest size seen).
+func (s *stager) grow(n int) error {
+	if n <= s.cap {
+		return nil
+	}
+	c := max(4<<20, 1<<bits.Len(uint(n-1)))
+	if s.host != nil {
+		// Our copies from it are done (each upload syncs its stream before giving it back).
+		C.lp_free_host(s.host)
+		s.host, s.cap = nil, 0
+	}
+	var hp unsafe.Pointer
+	if code := C.lp_malloc_host(&hp, C.size_t(c)); code != 0 {
+		C.lp_last_error()
+		return cudaError("pinned staging buffer", code)
+	}
+	s.host, s.cap = hp, c
+	return nil
+}
+
+// convertParts converts parts into buf (at their offsets), spread over the CPUs when there is
+// enough work.
+func convertParts(buf []byte, parts []part) {
+	total := 0
+	for _, pt := range parts {
+		total += pt.n
+	}
+	workers := min(runtime.GOMAXPROCS(0), total/(parallelConvert/4))
+	if len(parts) == 1 || workers < 2 {
+		for _, pt := range parts {
+			toBF16(buf[pt.off:pt.off+2*pt.n], pt.src, true)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(parts) {
+					return
+				}
+				pt := parts[i]
+				toBF16(buf[pt.off:pt.off+2*pt.n], pt.src, false)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// toBF16 writes h's elements as bf16 into dst (2 bytes each), exactly as Backend.Upload
+// converts matrices: BF16 copied as is, F32 and F16 rounded to nearest even. With parallel, a
+// large tensor is split over the CPUs.
+func toBF16(dst []byte, h model.HostTensor, parallel bool) {
+	n := len(dst) / 2
+	conv := func(lo, hi int) {
+		switch h.DType {
+		case model.BF16:
+			copy(dst[2*lo:2*hi], h.Data[2*lo:2*hi])
+		case model.F32:
+			for i := lo; i < hi; i++ {
+				f := math.Float32frombits(binary.LittleEndian.Uint32(h.Data[4*i:]))
+				binary.LittleEndian.PutUint16(dst[2*i:], model.F32ToBF16(f))
+			}
+		default: // F16
+			for i := lo; i < hi; i++ {
+				f := model.F16ToF32(binary.LittleEndian.Uint16(h.Data[2*i:]))
+				binary.LittleEndian.PutUint16(dst[2*i:], model.F32ToBF16(f))
+			}
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), n/(parallelConvert/4))
+	if !parallel || n < parallelConvert || workers < 2 {
+		conv(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	per := (n + workers - 1) / workers
+	for lo := 0; lo < n; lo += per {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			conv(lo, hi)
+		}(lo, min(lo+per, n))
+	}
+	wg.Wait()
+}
+
+// ReadBytes copies a tensor's raw elements back to the host (bf16 tensors as 2 bytes each, F32
+// as 4), on the legacy stream: for tests and tools, which may call it from any goroutine.
+func (b *Backend) ReadBytes(t model.Tensor) ([]byte, error) {
+	size := 4
+	if t.DType == model.BF16 {
+		size = 2
+	}
+	out := make([]byte, size*t.Rows*t.Cols)
+	if err := b.Err(); err != nil || len(out) == 0 {
+		return out, err
+	}
+	unlock := b.onDevice()
+	defer unlock()
+	if code := C.s_dtoh(unsafe.Pointer(&out[0]), ptr(t), C.size_t(len(out)), 0); code != 0 {
+		return nil, b.fail("read bytes", code)
+	}
+	if code := C.s_stream_sync(0); code != 0 {
+		return nil, b.fail("read bytes sync", code)
+	}
+	return out, nil
+}
