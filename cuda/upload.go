@@ -289,12 +289,13 @@ func (b *Backend) FreeAdapter(a *model.Adapter) {
 	u.stats.LiveBytes -= int64(s.size)
 	u.idle[s.size] = append(u.idle[s.size], s.ptr)
 	u.idleBytes += int64(s.size)
-	over := u.async && u.idleBytes > u.capBytes
+	limit := u.capBytes
+	over := u.async && u.idleBytes > limit
 	u.mu.Unlock()
 	if over {
 		unlock := b.onDevice()
 		defer unlock()
-		b.trim(u.capBytes, false)
+		b.trim(limit, false)
 	}
 }
 
@@ -421,13 +422,14 @@ func (b *Backend) TrimAdapterPool() {
 // allocation, only TrimAdapterPool releases slabs).
 func (b *Backend) SetAdapterPoolCap(bytes int64) {
 	u := &b.up
+	limit := max(bytes, 0)
 	u.mu.Lock()
-	u.capBytes = max(bytes, 0)
+	u.capBytes = limit
 	u.mu.Unlock()
 	if _, err := b.uploadsReady(); err == nil && u.async {
 		unlock := b.onDevice()
 		defer unlock()
-		b.trim(u.capBytes, false)
+		b.trim(limit, false)
 	}
 }
 
