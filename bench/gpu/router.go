@@ -117,7 +117,9 @@ func routerBench(b *cuda.Backend, cfg *model.Config, steps, ctx int) error {
 // benchRouting builds a Routing over experts with random gates on every projection. With
 // noLoRA the experts carry no LoRA, so only the gates and top-k run.
 func benchRouting(b *cuda.Backend, cfg *model.Config, name string, experts []*model.Adapter, k int, rng *rand.Rand, noLoRA bool) (*model.Adapter, error) {
-	rt := &model.Routing{Name: name, Layers: make([][model.NumProj]*model.RoutedProj, cfg.NumLayers), TraceProj: make([]model.Proj, cfg.NumLayers)}
+	// A key lets the runner record routed steps as CUDA graphs (router.Bundle.Routing sets one
+	// the same way for served routers).
+	rt := &model.Routing{Name: name, Key: model.NewRoutingKey(), Layers: make([][model.NumProj]*model.RoutedProj, cfg.NumLayers), TraceProj: make([]model.Proj, cfg.NumLayers)}
 	ids := make([]int32, len(experts))
 	for i, e := range experts {
 		rt.Experts = append(rt.Experts, e.Name)
