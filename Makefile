@@ -13,7 +13,7 @@ KERNEL_LIB := kernels/build/libloraplex_kernels.a
 
 export CGO_LDFLAGS := -L$(CUDA_HOME)/lib64 $(CGO_LDFLAGS)
 
-.PHONY: cuda kernels test test-cuda clean
+.PHONY: cuda kernels test test-tools test-deploy-check test-cuda clean
 
 kernels: $(KERNEL_LIB)
 
@@ -27,8 +27,36 @@ $(KERNEL_LIB): $(KERNEL_OBJ)
 cuda: $(KERNEL_LIB)
 	go build -tags cuda -o bin/loraplex ./cmd/server
 
-test:
+# The whole CPU test suite, what CI runs (.ci/run): installs the tools the deploy checks need,
+# then vet, build and race-enabled tests of this module, then the deploy/check module (Helm chart
+# rendering and strict Kubernetes/Gateway API decoding, Dockerfile lint), which is a module of its
+# own so that its Kubernetes, Helm and BuildKit dependencies stay out of go.mod.
+test: test-tools
+	go vet ./...
+	CGO_ENABLED=0 go build ./...
 	go test -race ./...
+	$(MAKE) test-deploy-check
+
+test-deploy-check:
+	cd deploy/check && go vet ./... && go test ./...
+
+# promtool and prometheus (Debian's prometheus package) for deploy/'s TestPromtool and
+# TestLivePrometheus. Installed when missing and apt-get can run (as root); otherwise those
+# tests skip and say so. An install that is possible but fails stops the run.
+test-tools:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
+		echo "test-tools: promtool and prometheus are on PATH"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "test-tools: installing Debian's prometheus package (promtool, prometheus)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
+			{ apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; } || exit 1; \
+		command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+			{ echo "test-tools: prometheus installed but promtool/prometheus not on PATH"; exit 1; }; \
+	else \
+		echo "test-tools: SKIP: promtool/prometheus are not on PATH and apt-get cannot run here (not root)," \
+			"so deploy's TestPromtool and TestLivePrometheus will skip; install Debian's prometheus package to run them"; \
+	fi
 
 test-cuda: $(KERNEL_LIB)
 	go test -tags cuda -count=1 ./cuda/... ./model/... ./serve/...

@@ -1,0 +1,346 @@
+package check
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/engine"
+	"helm.sh/helm/v3/pkg/lint"
+	"helm.sh/helm/v3/pkg/lint/support"
+	"helm.sh/helm/v3/pkg/releaseutil"
+	"helm.sh/helm/v3/pkg/strvals"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	infv1 "sigs.k8s.io/gateway-api-inference-extension/api/v1"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	chartDir    = "../helm/loraplex"
+	kubeVersion = "v1.31.0" // the oldest Kubernetes the chart supports (preStop sleep action, native gRPC probe)
+)
+
+// The optional objects and settings, all on.
+const allOn = "inferencePool.enabled=true,httpRoute.enabled=true,autoscaling.enabled=true,serviceMonitor.enabled=true," +
+	"adapters.persistence.enabled=true,server.apiKeySecret.name=loraplex-key"
+
+// renders are the values the chart is rendered with: each profile with its defaults, with every
+// optional object on, and with the init-container adapter source instead of a PVC.
+var renders = []struct{ name, set string }{
+	{"cpu", "profile=cpu"},
+	{"gpu", "profile=gpu"},
+	{"cpu-all", "profile=cpu," + allOn},
+	{"gpu-all", "profile=gpu," + allOn},
+	{"cpu-init", "profile=cpu,adapters.init.enabled=true,inferencePool.enabled=true,httpRoute.enabled=true"},
+	{"gpu-init", "profile=gpu,adapters.init.enabled=true,httpRoute.enabled=true,httpRoute.gateway.namespace=gw," +
+		"httpRoute.gateway.sectionName=http,httpRoute.hostnames[0]=llm.example.com"},
+}
+
+func values(t *testing.T, set string) map[string]any {
+	t.Helper()
+	v := map[string]any{}
+	if err := strvals.ParseInto(set, v); err != nil {
+		t.Fatalf("--set %s: %v", set, err)
+	}
+	return v
+}
+
+// helmTemplate renders the chart as `helm template lpx deploy/helm/loraplex --kube-version 1.31
+// --set SET` does, with Helm's own packages and none of its cluster client: the chart's
+// kubeVersion constraint, values merged and checked against the chart, Capabilities for that
+// Kubernetes version, the template engine, then the manifests split, parsed and sorted in install
+// order (releaseutil.SortManifests, which fails on a document that is not YAML).
+func helmTemplate(t *testing.T, set string) (string, error) {
+	t.Helper()
+	chrt, err := loader.Load(chartDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := chartutil.ParseKubeVersion(kubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caps := chartutil.DefaultCapabilities.Copy()
+	caps.KubeVersion = *kv
+	if c := chrt.Metadata.KubeVersion; c != "" && !chartutil.IsCompatibleRange(c, kv.String()) {
+		return "", fmt.Errorf("chart requires kubeVersion %s, not %s", c, kv)
+	}
+	if err := chartutil.ProcessDependenciesWithMerge(chrt, values(t, set)); err != nil {
+		return "", err
+	}
+	vals, err := chartutil.ToRenderValues(chrt, values(t, set),
+		chartutil.ReleaseOptions{Name: "lpx", Namespace: "default", Revision: 1, IsInstall: true}, caps)
+	if err != nil {
+		return "", err
+	}
+	files, err := engine.Render(chrt, vals)
+	if err != nil {
+		return "", err
+	}
+	for name := range files {
+		if strings.HasSuffix(name, "NOTES.txt") {
+			delete(files, name)
+		}
+	}
+	hooks, manifests, err := releaseutil.SortManifests(files, caps.APIVersions, releaseutil.InstallOrder)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, m := range manifests {
+		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", m.Name, m.Content)
+	}
+	for _, h := range hooks {
+		fmt.Fprintf(&b, "---\n# Source: %s\n%s\n", h.Path, h.Manifest)
+	}
+	return b.String(), nil
+}
+
+// TestHelmLint is `helm lint --strict` for each render: a warning fails as an error does.
+func TestHelmLint(t *testing.T) {
+	kv, _ := chartutil.ParseKubeVersion(kubeVersion)
+	for _, r := range renders {
+		l := lint.AllWithKubeVersion(chartDir, values(t, r.set), "default", kv)
+		for _, m := range l.Messages {
+			if m.Severity > support.InfoSev {
+				t.Errorf("%s: helm lint: %s", r.name, m)
+			} else {
+				t.Logf("%s: helm lint: %s", r.name, m)
+			}
+		}
+	}
+}
+
+// decoders maps apiVersion/kind to the published Go type each rendered object must decode into.
+var decoders = map[string]func() any{
+	"apps/v1/Deployment":                           func() any { return new(appsv1.Deployment) },
+	"v1/Service":                                   func() any { return new(corev1.Service) },
+	"v1/PersistentVolumeClaim":                     func() any { return new(corev1.PersistentVolumeClaim) },
+	"autoscaling/v2/HorizontalPodAutoscaler":       func() any { return new(autoscalingv2.HorizontalPodAutoscaler) },
+	"monitoring.coreos.com/v1/ServiceMonitor":      func() any { return new(monitoringv1.ServiceMonitor) },
+	"inference.networking.k8s.io/v1/InferencePool": func() any { return new(infv1.InferencePool) },
+	"gateway.networking.k8s.io/v1/HTTPRoute":       func() any { return new(gwv1.HTTPRoute) },
+}
+
+// crds names the published CRD (module, file) whose openAPIV3Schema validates a kind.
+var crds = map[string][2]string{
+	"inference.networking.k8s.io/v1/InferencePool": {"sigs.k8s.io/gateway-api-inference-extension", "config/crd/bases/inference.networking.k8s.io_inferencepools.yaml"},
+	"gateway.networking.k8s.io/v1/HTTPRoute":       {"sigs.k8s.io/gateway-api", "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml"},
+}
+
+type object struct {
+	source, apiKind string
+	raw             []byte
+}
+
+// split returns the rendered documents with their apiVersion/kind.
+func split(t *testing.T, manifest string) []object {
+	t.Helper()
+	var out []object
+	for _, doc := range releaseutil.SplitManifests(manifest) {
+		src := ""
+		if i := strings.Index(doc, "# Source: "); i >= 0 {
+			src, _, _ = strings.Cut(doc[i+len("# Source: "):], "\n")
+		}
+		var head struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			t.Errorf("%s: not YAML: %v\n%s", src, err, doc)
+			continue
+		}
+		if head.Kind == "" {
+			continue // a template that rendered to nothing but comments
+		}
+		out = append(out, object{src, head.APIVersion + "/" + head.Kind, []byte(doc)})
+	}
+	return out
+}
+
+// TestHelmTemplate renders the chart for each set of values, decodes every object strictly into
+// its Go type (unknown or duplicate fields fail), validates the inference-extension objects
+// against their CRD schemas, and checks what issue 8 asks the objects to carry.
+func TestHelmTemplate(t *testing.T) {
+	schemas := map[string]*jsonschema.Schema{}
+	for k, c := range crds {
+		schemas[k] = crdSchema(t, c[0], c[1], k)
+	}
+	kinds := map[string]bool{}
+	for _, r := range renders {
+		out, err := helmTemplate(t, r.set)
+		if err != nil {
+			t.Errorf("%s: helm template: %v", r.name, err)
+			continue
+		}
+		objs := split(t, out)
+		for _, o := range objs {
+			kinds[o.apiKind] = true
+			dec := decoders[o.apiKind]
+			if dec == nil {
+				t.Errorf("%s: %s: %s has no known Go type to check it against", r.name, o.source, o.apiKind)
+				continue
+			}
+			if err := yaml.UnmarshalStrict(o.raw, dec()); err != nil {
+				t.Errorf("%s: %s: %s does not decode strictly: %v", r.name, o.source, o.apiKind, err)
+			}
+			if s := schemas[o.apiKind]; s != nil {
+				j, err := yaml.YAMLToJSON(o.raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				v, err := jsonschema.UnmarshalJSON(bytes.NewReader(j))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Validate(v); err != nil {
+					t.Errorf("%s: %s: %s fails its CRD schema: %v", r.name, o.source, o.apiKind, err)
+				}
+			}
+		}
+		checkRender(t, r.name, r.set, out, objs)
+	}
+	for k := range decoders {
+		if !kinds[k] {
+			t.Errorf("no render produced a %s", k)
+		}
+	}
+	// A liveness window shorter than the drain is refused.
+	if _, err := helmTemplate(t, "server.shutdownTimeoutSeconds=120"); err == nil || !strings.Contains(err.Error(), "must exceed server.shutdownTimeoutSeconds") {
+		t.Errorf("a shutdown timeout longer than the liveness window rendered: %v", err)
+	}
+	if _, err := helmTemplate(t, "profile=tpu"); err == nil || !strings.Contains(err.Error(), "is not in profiles") {
+		t.Errorf("an unknown profile rendered: %v", err)
+	}
+}
+
+func checkRender(t *testing.T, name, set, out string, objs []object) {
+	t.Helper()
+	var dep *appsv1.Deployment
+	for _, o := range objs {
+		if o.apiKind == "apps/v1/Deployment" {
+			dep = new(appsv1.Deployment)
+			if err := yaml.Unmarshal(o.raw, dep); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if dep == nil {
+		t.Errorf("%s: no Deployment", name)
+		return
+	}
+	pod := dep.Spec.Template
+	if pod.Labels["inference.networking.k8s.io/engine-type"] != "vllm" {
+		t.Errorf("%s: pod lacks inference.networking.k8s.io/engine-type: vllm: %v", name, pod.Labels)
+	}
+	c := pod.Spec.Containers[0]
+	args := strings.Join(c.Args, " ")
+	for _, a := range []string{"--adapter-dir=/adapters", "--shutdown-timeout=30s"} {
+		if !strings.Contains(args, a) {
+			t.Errorf("%s: args lack %s: %s", name, a, args)
+		}
+	}
+	if g := pod.Spec.TerminationGracePeriodSeconds; g == nil || *g != 55 {
+		t.Errorf("%s: terminationGracePeriodSeconds = %v, want 55 (preStop 20 + drain 30 + 5)", name, g)
+	}
+	if c.LivenessProbe == nil || c.LivenessProbe.GRPC == nil || c.LivenessProbe.GRPC.Port != 9000 {
+		t.Errorf("%s: liveness is not the gRPC probe on 9000: %+v", name, c.LivenessProbe)
+	}
+	for what, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/health" {
+			t.Errorf("%s: %s probe is not httpGet /health: %+v", name, what, p)
+		}
+	}
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
+		t.Errorf("%s: no preStop sleep", name)
+	}
+	gpu := c.Resources.Limits["nvidia.com/gpu"]
+	if want := strings.Contains(set, "profile=gpu"); (gpu.Value() == 1) != want {
+		t.Errorf("%s: nvidia.com/gpu limit = %s, want it only in the gpu profile", name, gpu.String())
+	}
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		mounted = mounted || (m.MountPath == "/adapters" && m.ReadOnly)
+	}
+	if !mounted {
+		t.Errorf("%s: no read-only adapters mount at /adapters: %+v", name, c.VolumeMounts)
+	}
+	if strings.Contains(set, "adapters.init.enabled=true") != (len(pod.Spec.InitContainers) == 1 && pod.Spec.InitContainers[0].Name == "fetch-adapters") {
+		t.Errorf("%s: init containers %+v", name, pod.Spec.InitContainers)
+	}
+	if strings.Contains(set, "apiKeySecret") && !strings.Contains(args, "--api-key=$(LORAPLEX_API_KEY)") {
+		t.Errorf("%s: api key secret set but no --api-key: %s", name, args)
+	}
+}
+
+// crdSchema compiles version v1 of the CRD file in module mod (the version go.mod pins).
+func crdSchema(t *testing.T, mod, file, apiKind string) *jsonschema.Schema {
+	t.Helper()
+	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", mod).Output()
+	if err != nil {
+		t.Fatalf("go list -m %s: %v", mod, err)
+	}
+	if strings.TrimSpace(string(dir)) == "" {
+		t.Fatalf("module %s is not in the module cache (go mod download %s)", mod, mod)
+	}
+	path := filepath.Join(strings.TrimSpace(string(dir)), file)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd struct {
+		Spec struct {
+			Versions []struct {
+				Name   string `json:"name"`
+				Schema struct {
+					OpenAPIV3Schema map[string]any `json:"openAPIV3Schema"`
+				} `json:"schema"`
+			} `json:"versions"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(b, &crd); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	for _, v := range crd.Spec.Versions {
+		if v.Name != "v1" {
+			continue
+		}
+		// Round-trip through JSON so numbers are what the compiler expects.
+		j, err := yaml.Marshal(v.Schema.OpenAPIV3Schema)
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err = yaml.YAMLToJSON(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(j))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := jsonschema.NewCompiler()
+		c.DefaultDraft(jsonschema.Draft4) // OpenAPI 3.0 schemas are draft-4-like
+		url := "file:///" + apiKind + ".json"
+		if err := c.AddResource(url, doc); err != nil {
+			t.Fatal(err)
+		}
+		s, err := c.Compile(url)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		return s
+	}
+	t.Fatalf("%s: no version v1", path)
+	return nil
+}
