@@ -156,10 +156,15 @@ func DecompressFile(path, outDir string) error {
 // CompressOptions choose how CompressPEFT encodes the factors.
 type CompressOptions struct {
 	// Codec is "dense", "ternary", "bitmap", "rice" or "auto" (the smallest sparse stream per
-	// tensor).
+	// tensor): these keep a sign per kept value and one magnitude per tensor. "q8" and "q4" are
+	// dense group-wise int8 / int4 quantization (8.5 / 4.5 bits a value at group size 32);
+	// "rice-q8" is rice plus an 8-bit magnitude per kept value. On the trained demo adapters the
+	// sign-only codecs cost +28-74% perplexity even at density 50%; see adaptercache/codec/doc.go.
 	Codec string
-	// Density is the fraction of values kept (ignored by dense).
+	// Density is the fraction of values kept (ignored by dense, q8 and q4).
 	Density float64
+	// Group is q8's and q4's group size (0: codec.DefaultGroup, 32).
+	Group int
 	// DenseA stores every lora_A factor dense (bf16) and compresses only the B factors. ComPEFT
 	// compresses task vectors (trained minus initial values). B starts at zero, so B is its own
 	// task vector; A starts as a random projection (kaiming-uniform) that training barely moves,
@@ -288,6 +293,7 @@ func compareBool(a, b bool) int {
 type encoder struct {
 	opt    CompressOptions
 	codec  codec.Codec // 0: auto
+	group  int         // q8, q4
 	global *codec.Global
 }
 
@@ -296,15 +302,26 @@ func newEncoder(opt CompressOptions, factors []factor) (*encoder, error) {
 	if opt.Codec != "auto" {
 		c, ok := codec.ParseCodec(opt.Codec)
 		if !ok {
-			return nil, fmt.Errorf("codec %q: want dense, ternary, bitmap, rice or auto", opt.Codec)
+			return nil, fmt.Errorf("codec %q: want dense, ternary, bitmap, rice, auto, q8, q4 or rice-q8", opt.Codec)
 		}
 		e.codec = c
 	}
-	if e.codec == codec.Dense {
+	switch e.codec {
+	case codec.Dense, codec.Q8, codec.Q4:
 		if opt.Global {
-			return nil, errors.New("--global sparsifies; it cannot be combined with the dense codec")
+			return nil, fmt.Errorf("--global sparsifies; it cannot be combined with the %v codec", e.codec)
+		}
+		if e.codec != codec.Dense {
+			e.group = cmp.Or(opt.Group, codec.DefaultGroup)
+			if e.group < 16 || e.group > codec.MaxGroup || e.group&(e.group-1) != 0 {
+				return nil, fmt.Errorf("group size %d: want 16, 32, 64 or 128", e.group)
+			}
 		}
 		return e, nil
+	case codec.RiceQ8:
+		if opt.Global {
+			return nil, errors.New("--global sets every kept value to alpha*sigma; it cannot be combined with rice-q8")
+		}
 	}
 	if !(opt.Density > 0 && opt.Density <= 1) {
 		return nil, fmt.Errorf("density %v: want 0 < density <= 1", opt.Density)
@@ -332,6 +349,9 @@ func (e *encoder) encode(f factor) ([]byte, codec.TensorInfo, error) {
 	if e.codec == codec.Dense || (e.opt.DenseA && !f.key.isB) {
 		s, err = codec.EncodeDense(f.vals, f.shape[0], f.shape[1])
 		info.Kept = len(f.vals)
+	} else if e.codec == codec.Q8 || e.codec == codec.Q4 {
+		s, err = codec.EncodeQuant(e.codec, f.vals, f.shape[0], f.shape[1], e.group)
+		info.Kept, info.Group = len(f.vals), e.group
 	} else {
 		var sp *codec.Sparse
 		if e.global != nil {
@@ -342,11 +362,14 @@ func (e *encoder) encode(f factor) ([]byte, codec.TensorInfo, error) {
 		if err != nil {
 			return nil, info, err
 		}
-		c := e.codec
-		if c == 0 {
-			c = codec.Smallest(sp)
+		switch c := e.codec; c {
+		case codec.RiceQ8:
+			s, err = codec.EncodeRiceQ8(sp, f.vals)
+		case 0:
+			s, err = codec.EncodeSparse(codec.Smallest(sp), sp)
+		default:
+			s, err = codec.EncodeSparse(c, sp)
 		}
-		s, err = codec.EncodeSparse(c, sp)
 		info.Density, info.Kept = e.opt.Density, len(sp.Idx)
 	}
 	if err != nil {

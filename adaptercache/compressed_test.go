@@ -2,6 +2,7 @@ package adaptercache
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -42,6 +43,11 @@ var compressModes = map[string]CompressOptions{
 	"rice-5":      {Codec: "rice", Density: 0.05},
 	"global-10-2": {Codec: "auto", Density: 0.1, Global: true, AlphaC: 2},
 	"dense-a-10":  {Codec: "auto", Density: 0.1, AlphaC: 1, DenseA: true},
+	"q8-g32":      {Codec: "q8"},
+	"q4-g32":      {Codec: "q4", Density: 0.1}, // density is ignored
+	"q4-g64":      {Codec: "q4", Group: 64},
+	"q4-g16-a":    {Codec: "q4", Group: 16, DenseA: true},
+	"rice-q8-25":  {Codec: "rice-q8", Density: 0.25},
 }
 
 func sameHostAdapter(t *testing.T, got, want *model.HostAdapter) {
@@ -116,9 +122,12 @@ func TestCompressedFixtures(t *testing.T) {
 	}
 }
 
-// checkDecodedValues compares decoded factors with the originals: bf16 rounding for dense, and for
-// per-tensor sparse codecs, every non-zero is +-scale with the original's sign, at least
-// KeepCount of them minus the original's zeros.
+// checkDecodedValues compares decoded factors with the originals: bf16 rounding for dense; for
+// q8 / q4, every value within half a quantization step of its group's (bf16-rounded-up)
+// maximum, plus the rounding of the decoded value to its dtype, and the group maximum exact; for
+// rice-q8, the per-tensor kept set with each magnitude within Scale/510 (Scale the largest
+// |value|, exact); and for the other per-tensor sparse codecs, every non-zero is +-scale with the
+// original's sign, at least KeepCount of them minus the original's zeros.
 func checkDecodedValues(t *testing.T, got, orig *model.HostAdapter, opt CompressOptions) {
 	t.Helper()
 	for l := range orig.Modules {
@@ -132,6 +141,14 @@ func checkDecodedValues(t *testing.T, got, orig *model.HostAdapter, opt Compress
 				var scale float32
 				kept := 0
 				dense := opt.Codec == "dense" || (opt.DenseA && xi == 0)
+				if !dense && (opt.Codec == "q8" || opt.Codec == "q4") {
+					checkQuantValues(t, x[0], x[1], opt)
+					continue
+				}
+				if !dense && opt.Codec == "rice-q8" {
+					checkRiceQ8Values(t, x[0], x[1], opt.Density)
+					continue
+				}
 				for i := range n {
 					gv, ov := x[0].At(i), x[1].At(i)
 					if dense {
@@ -156,6 +173,75 @@ func checkDecodedValues(t *testing.T, got, orig *model.HostAdapter, opt Compress
 				}
 			}
 		}
+	}
+}
+
+// roundTol is the error the decoded value's own rounding to its dtype may add.
+func roundTol(h model.HostTensor, v float32) float64 {
+	if h.DType == model.F32 {
+		return math.Abs(float64(v)) * 0x1p-23
+	}
+	return math.Abs(float64(v)) * 0x1p-8
+}
+
+func checkQuantValues(t *testing.T, got, orig model.HostTensor, opt CompressOptions) {
+	t.Helper()
+	n := orig.Shape[0] * orig.Shape[1]
+	group := cmp.Or(opt.Group, codec.DefaultGroup)
+	q := 127.0
+	if opt.Codec == "q4" {
+		q = 7
+	}
+	for lo := 0; lo < n; lo += group {
+		hi := min(n, lo+group)
+		var m float32
+		for i := lo; i < hi; i++ {
+			m = max(m, float32(math.Abs(float64(orig.At(i)))))
+		}
+		mb := model.F32ToBF16(m)
+		if model.BF16ToF32(mb) < m {
+			mb++
+		}
+		M := float64(model.BF16ToF32(mb))
+		for i := lo; i < hi; i++ {
+			gv, ov := got.At(i), orig.At(i)
+			if e := math.Abs(float64(gv) - float64(ov)); e > M/(2*q)*(1+1e-6)+roundTol(got, gv) {
+				t.Fatalf("%s[%d] = %v from %v: error %g > half step %g", got.Name, i, gv, ov, e, M/(2*q))
+			}
+			if math.Abs(float64(ov)) == M && gv != ov {
+				t.Fatalf("%s[%d]: group maximum %v decodes to %v", got.Name, i, ov, gv)
+			}
+		}
+	}
+}
+
+func checkRiceQ8Values(t *testing.T, got, orig model.HostTensor, density float64) {
+	t.Helper()
+	n := orig.Shape[0] * orig.Shape[1]
+	var scale float64
+	for i := range n {
+		scale = max(scale, math.Abs(float64(orig.At(i))))
+	}
+	kept := 0
+	for i := range n {
+		gv, ov := got.At(i), orig.At(i)
+		if gv == 0 {
+			continue
+		}
+		kept++
+		tol := scale / 510 * (1 + 1e-6)
+		if math.Abs(float64(ov)) < scale/510 {
+			tol = scale / 255
+		}
+		if (gv < 0) != (ov < 0) || ov == 0 || math.Abs(float64(gv)-float64(ov)) > tol+roundTol(got, gv) {
+			t.Fatalf("%s[%d] = %v from %v (scale %v)", got.Name, i, gv, ov, scale)
+		}
+		if math.Abs(float64(ov)) == scale && float64(gv) != float64(ov) {
+			t.Fatalf("%s[%d]: largest %v decodes to %v", got.Name, i, ov, gv)
+		}
+	}
+	if want := min(codec.KeepCount(n, density), nonZeros(orig)); kept != want {
+		t.Fatalf("%s: %d kept, want %d", got.Name, kept, want)
 	}
 }
 
@@ -319,6 +405,11 @@ func TestCompressOptionErrors(t *testing.T) {
 		{Codec: "rice", Density: 0},
 		{Codec: "rice", Density: 1.5},
 		{Codec: "dense", Global: true},
+		{Codec: "q4", Global: true},
+		{Codec: "rice-q8", Density: 0.1, Global: true, AlphaC: 1},
+		{Codec: "rice-q8", Density: 0},
+		{Codec: "q8", Group: 24},
+		{Codec: "q4", Group: 256},
 		{Codec: "auto", Density: 0.1, Global: true, AlphaC: 0},
 	} {
 		if _, err := CompressPEFT(dir, &bytes.Buffer{}, opt); err == nil {

@@ -70,6 +70,8 @@ func encodeAll(tb testing.TB, ts []benchTensor, c Codec, density float64, global
 		var err error
 		if c == Dense {
 			out[i], err = EncodeDense(t.vals, t.rows, t.cols)
+		} else if c == Q8 || c == Q4 {
+			out[i], err = EncodeQuant(c, t.vals, t.rows, t.cols, DefaultGroup)
 		} else {
 			var sp *Sparse
 			if g != nil {
@@ -81,10 +83,14 @@ func encodeAll(tb testing.TB, ts []benchTensor, c Codec, density float64, global
 				tb.Fatal(err)
 			}
 			cc := c
-			if cc == 0 {
-				cc = Smallest(sp)
+			switch {
+			case cc == RiceQ8:
+				out[i], err = EncodeRiceQ8(sp, t.vals)
+			case cc == 0:
+				out[i], err = EncodeSparse(Smallest(sp), sp)
+			default:
+				out[i], err = EncodeSparse(cc, sp)
 			}
-			out[i], err = EncodeSparse(cc, sp)
 		}
 		if err != nil {
 			tb.Fatal(err)
@@ -131,7 +137,7 @@ func BenchmarkDecode(b *testing.B) {
 		c Codec
 		d float64
 	}
-	cases := []cfg{{Dense, 1}}
+	cases := []cfg{{Dense, 1}, {Q8, 1}, {Q4, 1}, {RiceQ8, 0.1}, {RiceQ8, 0.25}, {RiceQ8, 0.5}}
 	for _, d := range []float64{0.01, 0.05, 0.1, 0.25, 0.5} {
 		for _, c := range []Codec{Ternary, Bitmap, Rice} {
 			cases = append(cases, cfg{c, d})

@@ -64,6 +64,8 @@ type TensorInfo struct {
 	// others to BF16.
 	DType string `json:"dtype"`
 	Bytes int    `json:"bytes"`
+	// Group is q8's and q4's group size (absent for the other codecs).
+	Group int `json:"group,omitempty"`
 }
 
 // OutDType is the dtype a factor decodes to.
@@ -221,6 +223,9 @@ func checkManifest(f *safetensors.File) (*Manifest, error) {
 		}
 		if h.Rows != info.Shape[0] || h.Cols != info.Shape[1] || h.Codec.String() != info.Codec {
 			return nil, corrupt("tensor %q: stream is %v [%d, %d], manifest says %s %v", name, h.Codec, h.Rows, h.Cols, info.Codec, info.Shape)
+		}
+		if (h.Codec == Q8 || h.Codec == Q4) != (info.Group != 0) || (info.Group != 0 && info.Group != int(h.Param)) {
+			return nil, corrupt("tensor %q: stream has group size %d, manifest says %d", name, h.Param, info.Group)
 		}
 	}
 	return &m, nil

@@ -26,7 +26,12 @@ func decodeF32(stream []byte, dst []float32, zeroed bool) error {
 	if len(dst) != h.N() {
 		return corrupt("[%d, %d] stream into %d values", h.Rows, h.Cols, len(dst))
 	}
-	if h.Codec == Dense {
+	switch h.Codec {
+	case Q8, Q4:
+		return decodeQuant(h, p, dst, nil)
+	case RiceQ8:
+		return decodeRiceQ8(h, p, dst, zeroed)
+	case Dense:
 		p = p[:2*len(dst)]
 		for i := range dst {
 			dst[i] = math.Float32frombits(uint32(p[2*i])<<16 | uint32(p[2*i+1])<<24)
@@ -44,7 +49,12 @@ func decodeBF16(stream []byte, dst []uint16, zeroed bool) error {
 	if len(dst) != h.N() {
 		return corrupt("[%d, %d] stream into %d values", h.Rows, h.Cols, len(dst))
 	}
-	if h.Codec == Dense {
+	switch h.Codec {
+	case Q8, Q4:
+		return decodeQuant(h, p, nil, dst)
+	case RiceQ8:
+		return decodeRiceQ8(h, p, dst, zeroed)
+	case Dense:
 		copy(asBytes(dst), p) // the payload is little-endian bf16 already
 		return nil
 	}

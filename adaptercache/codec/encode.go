@@ -24,15 +24,10 @@ func EncodeDense(vals []float32, rows, cols int) ([]byte, error) {
 
 // EncodeSparse writes a sparsified tensor with one of the sparse codecs.
 func EncodeSparse(c Codec, s *Sparse) ([]byte, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
 	n := s.Rows * s.Cols
-	if s.Rows <= 0 || s.Cols <= 0 || uint64(s.Rows)*uint64(s.Cols) > MaxElems || len(s.Idx) > n || len(s.Neg) < (len(s.Idx)+63)/64 {
-		return nil, fmt.Errorf("sparse tensor [%d, %d] with %d kept values is inconsistent", s.Rows, s.Cols, len(s.Idx))
-	}
-	for j, i := range s.Idx {
-		if int(i) >= n || (j > 0 && i <= s.Idx[j-1]) {
-			return nil, fmt.Errorf("kept indices must be ascending and below %d", n)
-		}
-	}
 	if f := float64(s.Scale); math.IsNaN(f) || math.IsInf(f, 0) {
 		return nil, fmt.Errorf("scale %v", s.Scale)
 	}
@@ -76,7 +71,7 @@ func putSigns(dst []byte, s *Sparse) {
 	}
 }
 
-// SparseSize is the stream size a sparse codec gives, without encoding.
+// SparseSize is the stream size a sparse codec (or rice-q8) gives, without encoding.
 func SparseSize(c Codec, s *Sparse) int {
 	n, kept := s.Rows*s.Cols, len(s.Idx)
 	switch c {
@@ -86,6 +81,8 @@ func SparseSize(c Codec, s *Sparse) int {
 		return HeaderSize + (n+7)/8 + (kept+7)/8
 	case Rice:
 		return HeaderSize + (kept+7)/8 + int((riceBits(s.Idx, riceParam(kept, n))+7)/8)
+	case RiceQ8:
+		return SparseSize(Rice, s) + kept
 	}
 	return -1
 }

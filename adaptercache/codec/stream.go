@@ -15,9 +15,12 @@ const (
 	Ternary Codec = 2 // ternary2
 	Bitmap  Codec = 3
 	Rice    Codec = 4
+	Q8      Codec = 5 // group-wise int8, one bf16 group maximum per Param values
+	Q4      Codec = 6 // group-wise int4 (two a byte), one bf16 group maximum per Param values
+	RiceQ8  Codec = 7 // rice positions and signs plus an 8-bit magnitude per kept value
 )
 
-var codecNames = map[Codec]string{Dense: "dense-bf16", Ternary: "ternary2", Bitmap: "bitmap", Rice: "rice"}
+var codecNames = map[Codec]string{Dense: "dense-bf16", Ternary: "ternary2", Bitmap: "bitmap", Rice: "rice", Q8: "q8", Q4: "q4", RiceQ8: "rice-q8"}
 
 func (c Codec) String() string {
 	if n, ok := codecNames[c]; ok {
@@ -37,6 +40,12 @@ func ParseCodec(s string) (Codec, bool) {
 		return Bitmap, true
 	case "rice":
 		return Rice, true
+	case "q8":
+		return Q8, true
+	case "q4":
+		return Q4, true
+	case "rice-q8":
+		return RiceQ8, true
 	}
 	return 0, false
 }
@@ -53,11 +62,11 @@ var magic = [2]byte{'L', 'X'}
 //
 //	0  "LX"
 //	2  codec
-//	3  codec parameter (rice: k; 0 otherwise)
+//	3  codec parameter (rice, rice-q8: k; q8, q4: the group size G; 0 otherwise)
 //	4  rows    uint32
 //	8  cols    uint32
-//	12 kept    uint32 (sparse codecs: number of non-zero entries; dense: 0)
-//	16 scale   float32 (sparse codecs; dense: 0)
+//	12 kept    uint32 (sparse codecs: number of non-zero entries; dense, q8, q4: 0)
+//	16 scale   float32 (sparse codecs; rice-q8: the largest kept |value|; dense, q8, q4: 0)
 type Header struct {
 	Codec      Codec
 	Param      uint8
@@ -114,15 +123,26 @@ func ParseHeader(s []byte) (Header, []byte, error) {
 	if f := float64(h.Scale); math.IsNaN(f) || math.IsInf(f, 0) {
 		return Header{}, nil, corrupt("scale %v", h.Scale)
 	}
-	if h.Codec == Rice {
+	switch h.Codec {
+	case Rice, RiceQ8:
 		if h.Param > maxRiceK {
 			return Header{}, nil, corrupt("rice parameter %d > %d", h.Param, maxRiceK)
 		}
-	} else if h.Param != 0 {
-		return Header{}, nil, corrupt("%v with parameter %d", h.Codec, h.Param)
+	case Q8, Q4:
+		if !validGroup(int(h.Param)) {
+			return Header{}, nil, corrupt("%v group size %d", h.Codec, h.Param)
+		}
+	default:
+		if h.Param != 0 {
+			return Header{}, nil, corrupt("%v with parameter %d", h.Codec, h.Param)
+		}
 	}
-	if h.Codec == Dense && (h.Kept != 0 || h.Scale != 0) {
-		return Header{}, nil, corrupt("dense stream with kept %d scale %v", h.Kept, h.Scale)
+	if (h.Codec == Dense || h.Codec == Q8 || h.Codec == Q4) && (h.Kept != 0 || h.Scale != 0) {
+		return Header{}, nil, corrupt("%v stream with kept %d scale %v", h.Codec, h.Kept, h.Scale)
+	}
+	// rice-q8's scale is the largest kept magnitude: positive when anything is kept, else 0.
+	if h.Codec == RiceQ8 && ((h.Kept > 0) != (h.Scale > 0) || math.Signbit(float64(h.Scale))) {
+		return Header{}, nil, corrupt("rice-q8 stream with kept %d scale %v", h.Kept, h.Scale)
 	}
 	p := s[HeaderSize:]
 	want, exact := payloadSize(h)
@@ -132,7 +152,8 @@ func ParseHeader(s []byte) (Header, []byte, error) {
 	return h, p, nil
 }
 
-// payloadSize is the payload length a header implies (for rice, the minimum: the sign bytes).
+// payloadSize is the payload length a header implies (for rice, the minimum: the sign bytes; for
+// rice-q8, the sign and magnitude bytes).
 func payloadSize(h Header) (size int, exact bool) {
 	n := h.N()
 	switch h.Codec {
@@ -142,6 +163,10 @@ func payloadSize(h Header) (size int, exact bool) {
 		return (n + 3) / 4, true
 	case Bitmap:
 		return (n+7)/8 + (h.Kept+7)/8, true
+	case Q8, Q4:
+		return quantPayload(h.Codec, n, int(h.Param)), true
+	case RiceQ8:
+		return (h.Kept+7)/8 + h.Kept, false
 	}
 	return (h.Kept + 7) / 8, false
 }

@@ -223,6 +223,12 @@ func run(dir string, maxTokens int) error {
 		{"dense A, B per-tensor 25%", adaptercache.CompressOptions{Codec: "auto", Density: 0.25, AlphaC: 1, DenseA: true}},
 		{"dense A, B per-tensor 10%", adaptercache.CompressOptions{Codec: "auto", Density: 0.1, AlphaC: 1, DenseA: true}},
 		{"dense A, B global 10%", adaptercache.CompressOptions{Codec: "auto", Density: 0.1, Global: true, AlphaC: 1, DenseA: true}},
+		{"q8 (g32, 8.5 bits/value)", adaptercache.CompressOptions{Codec: "q8", Group: 32}},
+		{"q4 (g32, 4.5 bits/value)", adaptercache.CompressOptions{Codec: "q4", Group: 32}},
+		{"q4 (g64, 4.25 bits/value)", adaptercache.CompressOptions{Codec: "q4", Group: 64}},
+		{"rice-q8 50%", adaptercache.CompressOptions{Codec: "rice-q8", Density: 0.5}},
+		{"rice-q8 25%", adaptercache.CompressOptions{Codec: "rice-q8", Density: 0.25}},
+		{"rice-q8 10%", adaptercache.CompressOptions{Codec: "rice-q8", Density: 0.1}},
 	}
 	fmt.Fprintf(&out, "\n## Compressed adapters (lorapack), each on its own domain\n\nSize: the .lorapack file against the PEFT adapter_model.safetensors. Perplexity change against the uncompressed adapter; the base model's is the floor of what an adapter adds.\n\n")
 	fmt.Fprintf(&out, "| setting | %s |\n|---|%s\n", strings.Join(domains, " | "), strings.Repeat("---|", len(domains)))

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -73,13 +74,31 @@ func inspect(args []string, stdout io.Writer) error {
 	} else {
 		fmt.Fprintf(stdout, "mode:           per tensor\n")
 	}
+	codecs := map[string]int{}
+	for _, t := range m.Tensors {
+		cd := t.Codec
+		if t.Group != 0 {
+			cd = fmt.Sprintf("%s/g%d", t.Codec, t.Group)
+		}
+		codecs[cd]++
+	}
+	var cs []string
+	for _, cd := range slices.Sorted(maps.Keys(codecs)) {
+		cs = append(cs, fmt.Sprintf("%s x%d", cd, codecs[cd]))
+	}
+	fmt.Fprintf(stdout, "codecs:         %s\n", strings.Join(cs, ", "))
 	fmt.Fprintf(stdout, "modules:        %d\n\n", len(m.Modules))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tensor\tcodec\tshape\tdtype\tdensity\tkept\tbytes\tvs bf16\t")
+	fmt.Fprintln(tw, "tensor\tcodec\tshape\tdtype\tdensity\tkept\tbytes\tbits/value\tvs bf16\t")
 	for _, name := range naturalSorted(c.File.Names()) {
 		t := m.Tensors[name]
-		fmt.Fprintf(tw, "%s\t%s\t%dx%d\t%s\t%g\t%d\t%d\t%.1fx\t\n", name, t.Codec, t.Shape[0], t.Shape[1], t.DType,
-			t.Density, t.Kept, t.Bytes, float64(2*t.Shape[0]*t.Shape[1])/float64(t.Bytes))
+		cd := t.Codec
+		if t.Group != 0 {
+			cd = fmt.Sprintf("%s/g%d", t.Codec, t.Group)
+		}
+		n := t.Shape[0] * t.Shape[1]
+		fmt.Fprintf(tw, "%s\t%s\t%dx%d\t%s\t%g\t%d\t%d\t%.2f\t%.1fx\t\n", name, cd, t.Shape[0], t.Shape[1], t.DType,
+			t.Density, t.Kept, t.Bytes, float64(8*t.Bytes)/float64(n), float64(2*n)/float64(t.Bytes))
 	}
 	tw.Flush()
 	s := summarize(m, st.Size())

@@ -9,11 +9,16 @@ import (
 	"path/filepath"
 
 	"github.com/loraplex/loraplex/adaptercache"
+	"github.com/loraplex/loraplex/adaptercache/codec"
 )
 
 const usage = `usage:
-  lorapack compress PEFT_DIR OUT_FILE [--density K] [--codec dense|ternary|bitmap|rice|auto] [--global [--alpha A]]
+  lorapack compress PEFT_DIR OUT_FILE [--density K] [--codec dense|ternary|bitmap|rice|auto|q8|q4|rice-q8]
+                    [--group G] [--dense-a] [--global [--alpha A]]
       default: --density 0.1 --codec auto (10% of each factor kept, rice-coded: ~27x smaller than bf16)
+      the sparse codecs keep sign x one scale per tensor: on trained adapters that costs a lot of
+      quality; q8 / q4 (group-wise int8 / int4, G values per bf16 group maximum, --group 32:
+      8.5 / 4.5 bits a value) and rice-q8 (top-K at --density plus an 8-bit magnitude each) keep magnitudes
       --global: exact ComPEFT (top-K and sigma over the whole adapter, values alpha*sigma*sign)
   lorapack decompress FILE OUT_DIR
       writes a PEFT folder (adapter_config.json, adapter_model.safetensors) with the decoded factors
@@ -101,7 +106,8 @@ func compress(args []string, stdout, stderr io.Writer) error {
 	opt := adaptercache.DefaultCompressOptions()
 	fs := flag.NewFlagSet("compress", flag.ContinueOnError)
 	fs.Float64Var(&opt.Density, "density", opt.Density, "fraction of each factor's values kept, 0 < K <= 1")
-	fs.StringVar(&opt.Codec, "codec", opt.Codec, "dense, ternary, bitmap, rice or auto")
+	fs.StringVar(&opt.Codec, "codec", opt.Codec, "dense, ternary, bitmap, rice, auto, q8, q4 or rice-q8")
+	fs.IntVar(&opt.Group, "group", 0, "q8 / q4 group size: 16, 32 (default), 64 or 128")
 	fs.BoolVar(&opt.Global, "global", false, "exact ComPEFT: global top-K and alpha*sigma")
 	fs.BoolVar(&opt.DenseA, "dense-a", opt.DenseA, "keep lora_A dense and compress only lora_B (much better quality on trained adapters; about 2x smaller instead of 26x)")
 	fs.Float64Var(&opt.AlphaC, "alpha", opt.AlphaC, "ComPEFT's alpha_c (with --global)")
@@ -109,7 +115,7 @@ func compress(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if opt.Codec != "dense" && !(opt.Density > 0 && opt.Density <= 1) {
+	if c, _ := codec.ParseCodec(opt.Codec); c != codec.Dense && c != codec.Q8 && c != codec.Q4 && !(opt.Density > 0 && opt.Density <= 1) {
 		return fmt.Errorf("%w: --density %v: want 0 < K <= 1", errUsage, opt.Density)
 	}
 	dir, out := pos[0], pos[1]

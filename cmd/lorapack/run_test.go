@@ -28,7 +28,8 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	tmp := t.TempDir()
-	for _, flags := range [][]string{nil, {"--codec", "dense"}, {"--density", "0.25", "--codec", "bitmap"}, {"--global", "--alpha", "2"}} {
+	for _, flags := range [][]string{nil, {"--codec", "dense"}, {"--density", "0.25", "--codec", "bitmap"}, {"--global", "--alpha", "2"},
+		{"--codec", "q4"}, {"--codec", "q8", "--group", "64", "--density", "0"}, {"--codec", "rice-q8", "--density", "0.25"}, {"--codec", "q4", "--dense-a"}} {
 		file := filepath.Join(tmp, "a.lorapack")
 		code, out, errOut := lorapack(t, append([]string{"compress", dir, file}, flags...)...)
 		if code != 0 || !strings.Contains(out, "smaller than bf16") || !strings.Contains(errOut, "28/28 tensors") {
@@ -37,6 +38,15 @@ func TestEndToEnd(t *testing.T) {
 		code, out, _ = lorapack(t, "inspect", file)
 		if code != 0 || !strings.Contains(out, "loraplex.lorapack/v1") || !strings.Contains(out, "layers.1.mlp.down_proj.lora_B.weight") || !strings.Contains(out, "total: 28 tensors") {
 			t.Fatalf("inspect: exit %d\n%s", code, out)
+		}
+		if len(flags) > 1 && (flags[1] == "q4" || flags[1] == "q8") {
+			g := "32"
+			if len(flags) > 3 && flags[2] == "--group" {
+				g = flags[3]
+			}
+			if !strings.Contains(out, flags[1]+"/g"+g) {
+				t.Fatalf("inspect does not show %s/g%s:\n%s", flags[1], g, out)
+			}
 		}
 		peft := filepath.Join(tmp, "peft")
 		if code, out, errOut = lorapack(t, "decompress", file, peft); code != 0 {
@@ -80,6 +90,8 @@ func TestErrors(t *testing.T) {
 		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--density", "0"}, 2, "--density"},
 		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--bogus"}, 2, "bogus"},
 		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--codec", "zip"}, 1, "codec"},
+		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--codec", "q4", "--group", "24"}, 1, "group size"},
+		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--codec", "rice-q8", "--density", "0"}, 2, "--density"},
 		{[]string{"compress", filepath.Join(tmp, "missing"), filepath.Join(tmp, "x")}, 1, "no such file"},
 		{[]string{"compress", tmp, filepath.Join(tmp, "x")}, 1, "adapter_config.json"},
 		{[]string{"inspect", filepath.Join(tmp, "missing")}, 1, "no such file"},
