@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// TestLimits checks that hostile templates stop with an error, quickly.
+// TestLimits checks that hostile templates stop with the right error.
 func TestLimits(t *testing.T) {
 	cases := []struct {
 		src, wantErr string
@@ -46,9 +46,9 @@ func TestLimits(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.wantErr) {
 			t.Errorf("%.60q: want error containing %q, got %v", c.src, c.wantErr, err)
 		}
-		if d := time.Since(start); d > 10*time.Second { // generous: CI machines are shared
-			t.Errorf("%.60q: took %v", c.src, d)
-		}
+		// No time limit is asserted (speed belongs in benchmarks, and CI machines are shared):
+		// the step, size and depth limits above are what bound the work.
+		t.Logf("%.40q: %v in %v", c.src, c.wantErr, time.Since(start))
 	}
 }
 
