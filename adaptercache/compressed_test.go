@@ -354,6 +354,22 @@ func TestCompressedErrors(t *testing.T) {
 			t.Fatal("nil adapter without error")
 		}
 	}
+	// The same for the codecs that keep magnitudes, and whatever fails is a corrupt stream.
+	for _, opt := range []CompressOptions{{Codec: "q8"}, {Codec: "q4", Group: 64}, {Codec: "rice-q8", Density: 0.3}} {
+		good, _ := os.ReadFile(compressTo(t, dir, opt))
+		hdrLen := 8 + int(uint64(good[0])|uint64(good[1])<<8|uint64(good[2])<<16)
+		for i := hdrLen; i < len(good); i += 5 {
+			b := slices.Clone(good)
+			b[i] ^= 0xa5
+			a, _, err := LoadCompressed(write(b), "x", base)
+			if err == nil && a == nil {
+				t.Fatal("nil adapter without error")
+			}
+			if err != nil && !errors.Is(err, codec.ErrCorrupt) {
+				t.Fatalf("%s: byte %d: %v", opt.Codec, i, err)
+			}
+		}
+	}
 	// A PEFT weights file is a safetensors file but not a lorapack one.
 	if _, _, err := LoadCompressed(filepath.Join(dir, PEFTWeightsFile), "x", base); !isAdapterErr(err) || !errors.Is(err, codec.ErrCorrupt) {
 		t.Errorf("PEFT file: %v", err)
