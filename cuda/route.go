@@ -17,6 +17,9 @@ static inline int s_route_segs(uintptr_t logits, int n, int rows, int k, float t
 	return lp_route_segs(P(const float*, logits), n, rows, k, t, nulls, P(const lp_route_expert*, experts), P(lp_lora_seg*, segs),
 	                     passes, start, t_stride, P(float*, trace), trace_cols, layer, P(lp_stream, s));
 }
+static inline int s_lora_routed(uintptr_t out, uintptr_t x, uintptr_t segs, int rows, int k, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
+	return lp_lora_routed(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), rows, k, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));
+}
 */
 import "C"
 
@@ -34,6 +37,8 @@ import (
 const (
 	maxRouteRows = int(C.LP_ROUTE_MAX_ROWS)
 	maxRouteK    = int(C.LP_ROUTE_MAX_K)
+	// Rows of one routed call (lp_lora_routed's limit, kernels/shapes.h).
+	maxRoutedRows = int(C.LP_LORA_ROUTED_MAX_ROWS)
 )
 
 var _ model.DeviceRouter = (*Backend)(nil)
@@ -95,11 +100,13 @@ func (b *Backend) routes() *routeCache {
 
 // RouteLoRA routes rows [start, start+n) on the device (model.DeviceRouter): kernels/route.cu
 // turns each row's gate logits into one single-row LoRA segment per chosen expert, written
-// straight into the device segment ring, and lp_lora runs once per pass (a row's p-th choice is
-// in pass p, so no launch adds to a row twice). Nothing comes back to the host.
+// straight into the device segment ring (row-major: row i's p-th choice at i*passes + p), and
+// one lp_lora_routed launch pair (shrink, expand) adds them all, each row's choices summed in
+// choice order by one block, deterministically (kernels/lora.cu says why not atomics). Nothing
+// comes back to the host.
 //
-// Under CUDA graphs (the runner keys routed steps by Routing.Key) the route kernel and the LoRA
-// passes are captured like any launch: the gate GEMM before them writes the logits, the kernel
+// Under CUDA graphs (the runner keys routed steps by Routing.Key) the route kernel and the routed
+// LoRA launches are captured like any launch: the gate GEMM before them writes the logits, the kernel
 // writes its entries into this call's region of the device segment ring, and the LoRA kernels
 // read them there. A replay only advances the ring as the recording did, so that later staged
 // tables land at the recorded offsets; EndStep copies the staged tables before launching the
@@ -110,7 +117,7 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	rows := rp.Gate.Rows
 	real := rows - rp.Nulls
 	if logits.Rows != n || logits.Cols != rows || logits.DType != model.F32 || x.DType != model.F32 || out.DType != model.F32 ||
-		x.Cols != rp.Gate.Cols || start < 0 || n < 0 || start+n > x.Rows || start+n > out.Rows || n > 65535 {
+		x.Cols != rp.Gate.Cols || start < 0 || n < 0 || start+n > x.Rows || start+n > out.Rows || n > maxRoutedRows {
 		panic(fmt.Sprintf("cuda: RouteLoRA rows [%d,+%d) of x %s out %s, logits %s %s, gate %s", start, n, x.Shape(), out.Shape(), logits.Shape(), logits.DType, rp.Gate.Shape()))
 	}
 	if rows < 1 || rp.TopK < 1 || rp.TopK > rows || !(rp.Temperature > 0) || rp.Nulls < 0 || real < 0 || len(rp.Experts) != real || len(rp.IDs) != real {
@@ -157,12 +164,14 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 		}
 		return
 	}
-	// A row has at most min(k, real experts) real choices: that many passes.
+	// A row has at most min(k, real experts) real choices: that many segments a row ("passes",
+	// the name of the k launches this once took), n*passes in the ring as before, so recording
+	// and replay advance it identically. Each choice has its own scratch slice of maxRank floats.
 	passes := min(rp.TopK, real)
 	if need := b.segUsed + passes*n; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return
 	}
-	if tmp := n * tab.maxRank; tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
+	if tmp := n * passes * tab.maxRank; tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
 		return
 	}
 	segs := b.segDev + uintptr(b.segUsed*b.segSize)
@@ -186,12 +195,8 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	if tab.maxRank == 0 {
 		return // no expert adapts this projection: only the trace was wanted
 	}
-	for p := 0; p < passes; p++ {
-		if !b.ok("lora (routed)", C.s_lora(ptr(out), ptr(x), C.uintptr_t(segs+uintptr(p*n*b.segSize)), C.int(n), 1, C.int(tab.maxRank),
-			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream)) {
-			return
-		}
-	}
+	b.ok("lora (routed)", C.s_lora_routed(ptr(out), ptr(x), C.uintptr_t(segs), C.int(n), C.int(passes), C.int(tab.maxRank),
+		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))
 }
 
 // routeTable returns rp's device expert table, finding it by content or, when build is set,

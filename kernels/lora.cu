@@ -10,6 +10,23 @@
 //           memory, threads take output columns of their chunk and add scale · (t · B[c]).
 //           Chunking the columns keeps all SMs busy when a decode batch has few segments.
 // Segments must cover disjoint rows (expand adds without atomics).
+//
+// lp_lora_routed is the router's variant (route.cu): every row has k single-row segments, one
+// per chosen expert, stored row-major (segs[i*k + p] is row i's p-th choice, each with its own
+// scratch offset). Its rows overlap k-fold, so the plain expand would race on them. Two ways
+// out, and why this file takes the second:
+//   - atomicAdd in the expand: one launch, but float addition is not associative and the
+//     order the k blocks of a row land in varies run to run, so a routed row's result could
+//     differ in its last bits between two identical steps (and between a CUDA graph replay and
+//     the direct run it recorded). Tests would have to loosen, and reproducibility is lost.
+//   - a row-major expand (chosen): one block per (row, column chunk) takes that row's k
+//     segments itself, in pass order, and adds them into a register before a single store. No
+//     two blocks touch the same output element, so no atomics, and the sum order is fixed:
+//     out + s0*d0 + s1*d1 + ..., exactly the order of the k separate launches it replaces and
+//     of the host path. It is as much one launch as the atomic version, reads the output once
+//     instead of k times, and its block count (rows x chunks) is what one pass had before.
+// The shrink needs no change of idea: segments write disjoint scratch, so it runs over all
+// rows x k segments in one launch (segment index in grid x, which is not capped at 65535).
 #include "common.cuh"
 
 #define SHRINK_WARPS 4
@@ -23,10 +40,11 @@ __device__ __forceinline__ float dot8(const uint4 v, const float4 a, const float
 
 // VEC: in_dim % 8 == 0 and 16-byte aligned rows, so lanes read 8 weights per load. Decode is
 // latency-bound here (one skinny row per segment), and wide loads cut the load count 8x.
-template <bool VEC>
+// ROUTED: one-row segments, the segment in grid x (rows x k can pass 65535), row 0 of it.
+template <bool VEC, bool ROUTED>
 __global__ void lora_shrink_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim) {
-    const lp_lora_seg sg = segs[blockIdx.y];
-    const int r = blockIdx.x;
+    const lp_lora_seg sg = segs[ROUTED ? blockIdx.x : blockIdx.y];
+    const int r = ROUTED ? 0 : blockIdx.x;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int j = blockIdx.z * SHRINK_WARPS + warp;
     if (r >= sg.n || j >= sg.rank) return;
@@ -46,6 +64,27 @@ __global__ void lora_shrink_kernel(const float* x, const lp_lora_seg* segs, floa
 
 #define EXPAND_COLS 512
 
+// acc = t · B[c] for one segment: a column's B row is rank contiguous bf16, read 8 at a time
+// when rank % 8 == 0 and B is 16-byte aligned. Shared by both expands so that a routed row
+// computes each choice's delta with exactly the arithmetic of a plain one-segment launch.
+__device__ __forceinline__ float expand_dot(const uint16_t* bseg, int rank, bool vec, const float* t, int c) {
+    const uint16_t* b = bseg + (size_t)c * rank;
+    float acc = 0.f;
+    if (vec) {
+        const uint4* bv = reinterpret_cast<const uint4*>(b);
+        for (int j = 0; j < rank / 8; j++)
+            acc += dot8(bv[j], make_float4(t[8 * j], t[8 * j + 1], t[8 * j + 2], t[8 * j + 3]),
+                        make_float4(t[8 * j + 4], t[8 * j + 5], t[8 * j + 6], t[8 * j + 7]));
+    } else {
+        for (int j = 0; j < rank; j++) acc += t[j] * bf16_to_f32(b[j]);
+    }
+    return acc;
+}
+
+__device__ __forceinline__ bool expand_vec(const lp_lora_seg& sg) {
+    return (sg.rank % 8) == 0 && ((uintptr_t)sg.b % 16) == 0;
+}
+
 __global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int out_dim) {
     const lp_lora_seg sg = segs[blockIdx.y];
     const int r = blockIdx.x;
@@ -55,20 +94,34 @@ __global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const fl
     __syncthreads();
     float* orow = out + (size_t)(sg.start + r) * out_dim;
     const int c_end = min(out_dim, (int)(blockIdx.z + 1) * EXPAND_COLS);
-    // A column's B row is rank contiguous bf16: with rank % 8 == 0 it is read 8 at a time.
-    const bool vec = (sg.rank % 8) == 0 && ((uintptr_t)sg.b % 16) == 0;
-    for (int c = blockIdx.z * EXPAND_COLS + threadIdx.x; c < c_end; c += blockDim.x) {
-        const uint16_t* b = sg.b + (size_t)c * sg.rank;
-        float acc = 0.f;
-        if (vec) {
-            const uint4* bv = reinterpret_cast<const uint4*>(b);
-            for (int j = 0; j < sg.rank / 8; j++)
-                acc += dot8(bv[j], make_float4(t[8 * j], t[8 * j + 1], t[8 * j + 2], t[8 * j + 3]),
-                            make_float4(t[8 * j + 4], t[8 * j + 5], t[8 * j + 6], t[8 * j + 7]));
-        } else {
-            for (int j = 0; j < sg.rank; j++) acc += t[j] * bf16_to_f32(b[j]);
-        }
-        orow[c] += sg.scale * acc;
+    const bool vec = expand_vec(sg);
+    for (int c = blockIdx.z * EXPAND_COLS + threadIdx.x; c < c_end; c += blockDim.x)
+        orow[c] += sg.scale * expand_dot(sg.b, sg.rank, vec, t, c);
+}
+
+// Row-major routed expand: grid (row, column chunk); the block adds row i's k segments
+// segs[i*k .. i*k+k-1] in that order (see the top of the file for why not atomics). Every
+// segment of a row names the same output row (segs[i*k].start); N = 0 marks an absent choice.
+__global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim) {
+    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
+    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+    const lp_lora_seg* row_segs = segs + (size_t)blockIdx.x * k;
+    if (threadIdx.x < k) sg[threadIdx.x] = row_segs[threadIdx.x];
+    __syncthreads();
+    bool any = false;
+    for (int p = 0; p < k; p++) any |= sg[p].n > 0;
+    if (!any) return;  // uniform over the block (shared values): no thread reaches the barrier
+    for (int p = 0; p < k; p++)
+        if (sg[p].n > 0)
+            for (int j = threadIdx.x; j < sg[p].rank; j += blockDim.x) t[p][j] = scratch[sg[p].t_off + j];
+    __syncthreads();
+    float* orow = out + (size_t)sg[0].start * out_dim;
+    const int c_end = min(out_dim, (int)(blockIdx.y + 1) * EXPAND_COLS);
+    for (int c = blockIdx.y * EXPAND_COLS + threadIdx.x; c < c_end; c += blockDim.x) {
+        float v = orow[c];
+        for (int p = 0; p < k; p++)
+            if (sg[p].n > 0) v += sg[p].scale * expand_dot(sg[p].b, sg[p].rank, expand_vec(sg[p]), t[p], c);
+        orow[c] = v;
     }
 }
 
@@ -79,10 +132,26 @@ extern "C" int lp_lora(float* out, const float* x, const lp_lora_seg* segs_devic
     dim3 g1(max_rows, num_segs, (max_rank + SHRINK_WARPS - 1) / SHRINK_WARPS);
     // Vector loads need 16-byte aligned A rows: in_dim % 8 == 0 (cudaMalloc'd A is aligned) and x.
     if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
-        lora_shrink_kernel<true><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+        lora_shrink_kernel<true, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
     else
-        lora_shrink_kernel<false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+        lora_shrink_kernel<false, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
     dim3 g2(max_rows, num_segs, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
     lora_expand_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim);
+    LP_CHECK_LAUNCH();
+}
+
+extern "C" int lp_lora_routed(float* out, const float* x, const lp_lora_seg* segs_device, int rows, int k, int max_rank,
+                              float* scratch, int in_dim, int out_dim, lp_stream s) {
+    if (rows <= 0) return 0;
+    if (k < 1 || k > LP_ROUTE_MAX_K || rows > LP_LORA_ROUTED_MAX_ROWS || max_rank <= 0 || max_rank > LP_MAX_LORA_RANK ||
+        in_dim <= 0 || out_dim <= 0 || (out_dim + EXPAND_COLS - 1) / EXPAND_COLS > 65535)
+        return (int)cudaErrorInvalidValue;
+    dim3 g1(rows * k, 1, (max_rank + SHRINK_WARPS - 1) / SHRINK_WARPS);
+    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+        lora_shrink_kernel<true, true><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+    else
+        lora_shrink_kernel<false, true><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+    dim3 g2(rows, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
+    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim);
     LP_CHECK_LAUNCH();
 }

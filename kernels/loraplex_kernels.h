@@ -101,11 +101,18 @@ typedef struct {
 int lp_lora(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
             float* scratch, int in_dim, int out_dim, lp_stream s);
 
+// lora.cu, routed: rows row-major groups of k one-row segments (segs[i*k + p]: row i's p-th
+// choice, all k naming the same output row, N = 0 when absent, disjoint scratch offsets).
+// One launch adds each row's k deltas in order p = 0..k-1, deterministically (no atomics).
+int lp_lora_routed(float* out, const float* x, const lp_lora_seg* segs_device, int rows, int k, int max_rank,
+                   float* scratch, int in_dim, int out_dim, lp_stream s);
+
 // route.cu: router top-k on the device (model.Route's semantics). Row i of logits [n, rows]
 // picks its experts and writes its p-th real choice as a one-row segment (row start + i, N = 0
-// when absent, scratch offset i * t_stride) to segs[p * n + i] for p < passes; a launch of
-// lp_lora per pass then adds the deltas. experts [rows - nulls] is the projection's table
-// (rank 0: no LoRA there). trace (may be NULL) gets the top-1 id at [(start + i), layer].
+// when absent, scratch offset (i * passes + p) * t_stride) to segs[i * passes + p] for
+// p < passes; one lp_lora_routed(k = passes) then adds the deltas. experts [rows - nulls] is
+// the projection's table (rank 0: no LoRA there). trace (may be NULL) gets the top-1 id at
+// [(start + i), layer].
 typedef struct {
     const uint16_t* a; // [rank, in] bf16
     const uint16_t* b; // [out, rank] bf16

@@ -8,12 +8,19 @@
 // logits into lp_lora_seg entries, and the unchanged SGMV/BGMV kernel (lora.cu) then runs
 // them, reading its segment table from device memory that no host ever wrote.
 //
-// Why k passes: a row mixes up to k experts, y[r] += sum_j w_j s_j B_j (A_j x[r]). lora.cu's
-// expand adds into its output rows without atomics, so within one lp_lora call every row may
-// appear in at most one segment. Pass j therefore holds every row's j-th real choice (one
-// single-row segment per row, N = 0 where a row has fewer choices), and the launcher runs
-// lp_lora once per pass: k launches of n disjoint one-row segments, summed in pass order like
-// the host path does.
+// Why one table of k choices per row, and one LoRA launch: a row mixes up to k experts,
+// y[r] += sum_j w_j s_j B_j (A_j x[r]). lora.cu's plain expand adds into its output rows
+// without atomics, so within one lp_lora call a row may appear in one segment only; this used
+// to mean k "passes" (pass p held every row's p-th choice) and k lp_lora calls, i.e. 2k
+// launches per routed projection, which at batch-1 decode is pure launch latency (224 routed
+// projections in an 8B model). Now the kernel writes row i's p-th real choice to
+// segs[i * passes + p] (row-major, N = 0 where a row has fewer real choices), with its own
+// scratch slice (i * passes + p) * t_stride, and lp_lora_routed runs them all in one shrink and
+// one expand launch. Its expand gives each (row, column chunk) to one block that adds the row's
+// choices in p order, so the sum is the same deterministic out + d0 + d1 + ... the k launches
+// (and the host path, model.Route then one LoRA per pass) computed; lora.cu says why that beats
+// atomicAdd. The segment count per call is still n * passes, so the segment ring advances
+// exactly as before (record and replay bookkeeping unchanged).
 //
 // Why one thread per row: the work is tiny (k arg-max scans over at most LP_ROUTE_MAX_ROWS
 // logits, k <= LP_ROUTE_MAX_K) and the launch is latency-bound whatever we do. A sequential
@@ -35,7 +42,8 @@ __host__ __device__ __forceinline__ bool route_better(float a, float b) {
 }
 
 // route_row routes row i (of n): l is its gate logits [rows], experts [rows - nulls], segs
-// [passes][n]. Host and device both compile it so that a host test can check it against Route.
+// [n][passes] (row-major: a row's choices are adjacent). Host and device both compile it so
+// that a host test can check it against Route.
 __host__ __device__ inline void route_row(const float* l, int i, int n, int rows, int k, float temperature, int nulls,
                                           const lp_route_expert* experts, lp_lora_seg* segs, int passes, int start,
                                           int t_stride, float* trace, int trace_cols, int layer) {
@@ -92,15 +100,15 @@ __host__ __device__ inline void route_row(const float* l, int i, int n, int rows
         // not given to the others; neither is a zero weight's row.
         sg.n = (ex.rank > 0 && w != 0.f) ? 1 : 0;
         sg.rank = ex.rank;
-        sg.t_off = i * t_stride;
+        sg.t_off = (i * passes + p) * t_stride;
         sg.scale = w * ex.scale;
-        segs[(size_t)p * n + i] = sg;
+        segs[(size_t)i * passes + p] = sg;
         p++;
     }
     for (; p < passes; p++) {  // fewer real choices than passes: empty segments
         lp_lora_seg sg = {};
-        sg.start = start + i;
-        segs[(size_t)p * n + i] = sg;
+        sg.start = start + i;  // lp_lora_routed takes a row's output row from its first segment
+        segs[(size_t)i * passes + p] = sg;
     }
 
     if (trace) {
@@ -130,6 +138,7 @@ extern "C" int lp_route_segs(const float* logits, int n, int rows, int k, float 
     if (n <= 0) return 0;
     if (rows <= 0 || rows > LP_ROUTE_MAX_ROWS || k < 1 || k > LP_ROUTE_MAX_K || k > rows || nulls < 0 || nulls > rows ||
         !(temperature > 0.f) || passes < 0 || passes > k || start < 0 || t_stride < 0 ||
+        (long long)n * passes * t_stride > 0x7fffffffLL ||
         (trace && (layer < 0 || layer >= trace_cols)))
         return (int)cudaErrorInvalidValue;
     const int threads = 128;
