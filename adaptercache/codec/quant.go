@@ -128,15 +128,23 @@ func EncodeQuant(c Codec, vals []float32, rows, cols, group int) ([]byte, error)
 	return out, nil
 }
 
-// badNibble[b] is 1 when byte b holds the q4 code -8 in either nibble.
-var badNibble = func() (t [256]byte) {
-	for b := range t {
+// hasNibble8 reports whether any nibble of p is 8 (the q4 code -8), 16 nibbles at a time: x has a
+// zero nibble exactly when (x - 0x11..1) & ^x & 0x88..8 is non-zero.
+func hasNibble8(p []byte) bool {
+	const ones, highs = 0x1111111111111111, 0x8888888888888888
+	var acc uint64
+	i := 0
+	for ; i+8 <= len(p); i += 8 {
+		x := binary.LittleEndian.Uint64(p[i:]) ^ highs
+		acc |= (x - ones) &^ x & highs
+	}
+	for _, b := range p[i:] {
 		if b&15 == 8 || b>>4 == 8 {
-			t[b] = 1
+			return true
 		}
 	}
-	return t
-}()
+	return acc != 0
+}
 
 // decodeQuant decodes a q8 / q4 payload into f32 (if not nil) or bf16. Values are computed in
 // float32 and, for bf16, rounded once more, so both outputs agree.
@@ -145,11 +153,14 @@ func decodeQuant(h Header, p []byte, f32 []float32, bf []uint16) error {
 	ng := (n + g - 1) / g
 	scales, q := p[:2*ng], p[2*ng:]
 	qmax := quantMax(h.Codec)
-	if h.Codec == Q4 && n%2 == 1 && q[n/2]>>4 != 0 {
-		return corrupt("q4 padding nibble is set")
+	if h.Codec == Q4 {
+		if n%2 == 1 && q[n/2]>>4 != 0 {
+			return corrupt("q4 padding nibble is set")
+		}
+		if hasNibble8(q) {
+			return corrupt("q4 stream holds the code -8")
+		}
 	}
-	var lutf [16]float32
-	var lutb [16]uint16
 	for gi := range ng {
 		mb := binary.LittleEndian.Uint16(scales[2*gi:])
 		if mb&0x8000 != 0 || mb&0x7f80 == 0x7f80 {
@@ -180,33 +191,26 @@ func decodeQuant(h Header, p []byte, f32 []float32, bf []uint16) error {
 		} else {
 			// g is even, so every group starts on a byte; only the last may end mid-byte.
 			codes = q[lo/2 : (hi+1)/2]
-			var bad byte
-			for _, b := range codes {
-				bad |= badNibble[b]
-			}
-			if bad != 0 {
-				return corrupt("q4 group %d holds the code -8", gi)
-			}
-			for k := range 16 {
-				lutf[k] = float32(step * float64(int8(k<<4)>>4))
-				lutb[k] = model.F32ToBF16(lutf[k])
-			}
 			pairs := (hi - lo) / 2
 			if f32 != nil {
 				d := f32[lo:hi:hi]
 				for j, b := range codes[:pairs] {
-					d[2*j], d[2*j+1] = lutf[b&15], lutf[b>>4]
+					d2 := d[2*j : 2*j+2 : 2*j+2]
+					d2[0] = float32(step * float64(int8(b<<4)>>4))
+					d2[1] = float32(step * float64(int8(b)>>4))
 				}
 				if (hi-lo)%2 == 1 {
-					d[hi-lo-1] = lutf[codes[pairs]&15]
+					d[hi-lo-1] = float32(step * float64(int8(codes[pairs]<<4)>>4))
 				}
 			} else {
 				d := bf[lo:hi:hi]
 				for j, b := range codes[:pairs] {
-					d[2*j], d[2*j+1] = lutb[b&15], lutb[b>>4]
+					d2 := d[2*j : 2*j+2 : 2*j+2]
+					d2[0] = model.F32ToBF16(float32(step * float64(int8(b<<4)>>4)))
+					d2[1] = model.F32ToBF16(float32(step * float64(int8(b)>>4)))
 				}
 				if (hi-lo)%2 == 1 {
-					d[hi-lo-1] = lutb[codes[pairs]&15]
+					d[hi-lo-1] = model.F32ToBF16(float32(step * float64(int8(codes[pairs]<<4)>>4)))
 				}
 			}
 		}

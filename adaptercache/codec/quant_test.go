@@ -308,3 +308,51 @@ func TestOldCodecIDs(t *testing.T) {
 		t.Error(Codec(8).String())
 	}
 }
+
+// hasNibble8 against a nibble-by-nibble check: every position of the word loop and the tail,
+// every nibble value, and a second non-8 nibble set alongside.
+func TestHasNibble8(t *testing.T) {
+	for n := range 20 {
+		for pos := range 2 * n {
+			for v := range byte(16) {
+				p := make([]byte, n)
+				for i := range p {
+					p[i] = 0x77 // 7, 7: no borrow into a neighbour
+				}
+				if pos > 0 {
+					p[0] ^= 0x0f // a 0 nibble
+				}
+				p[pos/2] = p[pos/2]&^(15<<(4*(pos%2))) | v<<(4*(pos%2))
+				want := false
+				for i := range 2 * n {
+					if p[i/2]>>(4*(i%2))&15 == 8 {
+						want = true
+					}
+				}
+				if got := hasNibble8(p); got != want {
+					t.Fatalf("%x: %v, want %v", p, got, want)
+				}
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(27, 28))
+	for range 20000 {
+		p := make([]byte, r.IntN(40))
+		want := false
+		for i := range p {
+			for p[i] = byte(r.Uint32()); p[i]&15 == 8 || p[i]>>4 == 8; p[i] = byte(r.Uint32()) {
+			}
+		}
+		if len(p) > 0 && r.IntN(2) == 0 {
+			i := r.IntN(len(p))
+			p[i] = p[i]&0xf0 | 8
+			if r.IntN(2) == 0 {
+				p[i] = p[i]<<4 | p[i]>>4
+			}
+			want = true
+		}
+		if got := hasNibble8(p); got != want {
+			t.Fatalf("%x: %v, want %v", p, got, want)
+		}
+	}
+}
