@@ -214,7 +214,7 @@ func run(dir string, maxTokens int) error {
 		{"dense-bf16", adaptercache.CompressOptions{Codec: "dense-bf16", AlphaC: 1}},
 		{"per-tensor 50%", adaptercache.CompressOptions{Codec: "auto", Density: 0.5, AlphaC: 1}},
 		{"per-tensor 25%", adaptercache.CompressOptions{Codec: "auto", Density: 0.25, AlphaC: 1}},
-		{"per-tensor 10% (default)", adaptercache.DefaultCompressOptions()},
+		{"per-tensor 10% (auto codec; the default before q4)", adaptercache.CompressOptions{Codec: "auto", Density: 0.1, AlphaC: 1}},
 		{"per-tensor 5%", adaptercache.CompressOptions{Codec: "auto", Density: 0.05, AlphaC: 1}},
 		{"per-tensor 1%", adaptercache.CompressOptions{Codec: "auto", Density: 0.01, AlphaC: 1}},
 		{"global (ComPEFT) 10%, alpha_c 1", adaptercache.CompressOptions{Codec: "auto", Density: 0.1, Global: true, AlphaC: 1}},

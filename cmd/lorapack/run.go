@@ -15,7 +15,8 @@ import (
 const usage = `usage:
   lorapack compress PEFT_DIR OUT_FILE [--density K] [--codec dense|ternary|bitmap|rice|auto|q8|q4|rice-q8]
                     [--group G] [--dense-a] [--global [--alpha A]]
-      default: --density 0.1 --codec auto (10% of each factor kept, rice-coded: ~27x smaller than bf16)
+      default: --codec q4 (group-wise int4, 4.5 bits a value: 3.6x smaller than bf16, about +1%
+      held-out perplexity on trained adapters); --codec auto alone keeps 10% (~26x smaller, lossy)
       the sparse codecs keep sign x one scale per tensor: on trained adapters that costs a lot of
       quality; q8 / q4 (group-wise int8 / int4, G values per bf16 group maximum, --group 32:
       8.5 / 4.5 bits a value) and rice-q8 (top-K at --density plus an 8-bit magnitude each) keep magnitudes

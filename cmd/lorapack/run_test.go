@@ -28,7 +28,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	tmp := t.TempDir()
-	for _, flags := range [][]string{nil, {"--codec", "dense"}, {"--density", "0.25", "--codec", "bitmap"}, {"--global", "--alpha", "2"},
+	for _, flags := range [][]string{nil, {"--codec", "dense"}, {"--density", "0.25", "--codec", "bitmap"}, {"--codec", "auto", "--global", "--alpha", "2"},
 		{"--codec", "q4"}, {"--codec", "q8", "--group", "64", "--density", "0"}, {"--codec", "rice-q8", "--density", "0.25"}, {"--codec", "q4", "--dense-a"}} {
 		file := filepath.Join(tmp, "a.lorapack")
 		code, out, errOut := lorapack(t, append([]string{"compress", dir, file}, flags...)...)
@@ -87,7 +87,7 @@ func TestErrors(t *testing.T) {
 		{nil, 2, "usage"},
 		{[]string{"frobnicate"}, 2, "unknown command"},
 		{[]string{"compress", dir}, 2, "takes 2 arguments"},
-		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--density", "0"}, 2, "--density"},
+		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--codec", "auto", "--density", "0"}, 2, "--density"},
 		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--bogus"}, 2, "bogus"},
 		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--codec", "zip"}, 1, "codec"},
 		{[]string{"compress", dir, filepath.Join(tmp, "x"), "--codec", "q4", "--group", "24"}, 1, "group size"},
