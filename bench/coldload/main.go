@@ -114,9 +114,9 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 
 	fmt.Printf("# Cold load of one adapter, disk -> ready on the device — %s\n\n", time.Now().UTC().Format("2006-01-02 15:04Z"))
 	fmt.Printf("Backend `%s`, shape %s (%d layers, hidden %d), adapter rank %d on %s, bf16: %s bytes of tensors (%s safetensors file); "+
-		"lorapack default (per-tensor 10%%, auto codec): %s bytes (%.1fx smaller). Written in %.1fs, compressed in %.1fs, into %s (filesystem %s). "+
+		"lorapack default (%s): %s bytes (%.1fx smaller). Written in %.1fs, compressed in %.1fs, into %s (filesystem %s). "+
 		"%d timed trials per row after one untimed one; a fresh adaptercache.Cache (1 device slot) per trial; time = Register+Acquire returning the lease.\n\n",
-		be.Name(), shape, cfg.NumLayers, cfg.HiddenSize, rank, targetList, comma(spec.Bytes(cfg)), comma(peftBytes), comma(packBytes),
+		be.Name(), shape, cfg.NumLayers, cfg.HiddenSize, rank, targetList, comma(spec.Bytes(cfg)), comma(peftBytes), defaultCodec(), comma(packBytes),
 		float64(peftBytes)/float64(packBytes), tWrite.Seconds(), tCompress.Seconds(), dir, fs, trials)
 
 	// The roofline of the device stage: the same bytes in one upload.
@@ -379,4 +379,14 @@ func comma(n int64) string {
 		b.WriteRune(c)
 	}
 	return b.String()
+}
+
+// defaultCodec names lorapack's default settings for the report.
+func defaultCodec() string {
+	o := adaptercache.DefaultCompressOptions()
+	switch o.Codec {
+	case "q4", "q8", "dense":
+		return "codec " + o.Codec
+	}
+	return fmt.Sprintf("codec %s, density %g", o.Codec, o.Density)
 }
