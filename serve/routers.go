@@ -86,7 +86,7 @@ func (e *Engine) LoadRouter(name, dir string) error {
 	for _, x := range b.Experts() {
 		l, err := e.cache.Acquire(ctx, x)
 		if err != nil {
-			return &Error{Kind: adapterError(x, err).(*Error).Kind, Param: "router",
+			return &Error{Kind: KindOf(adapterError(x, err)), Param: "router",
 				Msg: fmt.Sprintf("router %q: expert adapter %q", name, x), Err: err}
 		}
 		l.Release()
@@ -203,7 +203,7 @@ func (e *Engine) openRouter(ent *routerEntry, trace bool) (*routerSeq, error) {
 		t, err := e.cache.Want(x)
 		if err != nil {
 			rs.release()
-			return nil, &Error{Kind: adapterError(x, err).(*Error).Kind, Msg: fmt.Sprintf("router %q: expert adapter %q", ent.name, x), Err: err}
+			return nil, &Error{Kind: KindOf(adapterError(x, err)), Msg: fmt.Sprintf("router %q: expert adapter %q", ent.name, x), Err: err}
 		}
 		rs.tickets = append(rs.tickets, t)
 	}
