@@ -28,7 +28,7 @@ import (
 	"time"
 
 	"github.com/loraplex/loraplex/adaptercache"
-	"github.com/loraplex/loraplex/bench/adaptercache/benchenv"
+	"github.com/loraplex/loraplex/bench/internal/benchenv"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/serve"
 )

@@ -29,7 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/loraplex/loraplex/adaptercache"
-	"github.com/loraplex/loraplex/bench/adaptercache/benchenv"
+	"github.com/loraplex/loraplex/bench/internal/benchenv"
 	"github.com/loraplex/loraplex/model"
 )
 

@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/loraplex/loraplex/bench/internal/benchenv"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/model"
 )
@@ -36,7 +37,7 @@ func breakdown(b *cuda.Backend, cfg *model.Config) error {
 		}
 		return nil
 	}
-	buf := randomBF16(cfg.IntermediateSize*cfg.HiddenSize, 0.02)
+	buf := benchenv.RandomBF16(cfg.IntermediateSize*cfg.HiddenSize, 0.02, 7)
 	for p := model.Proj(0); p < model.NumProj; p++ {
 		o, i := cfg.ProjShape(p)
 		w, err := b.Upload(model.HostTensor{Name: "w", DType: model.BF16, Shape: []int{o, i}, Data: buf[:2*o*i]}, o, i)

@@ -13,91 +13,17 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"math"
-	"math/rand/v2"
 	"os"
-	"runtime"
-	"sync"
 	"time"
 
+	"github.com/loraplex/loraplex/bench/internal/benchenv"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/model"
-	"github.com/loraplex/loraplex/model/safetensors"
 )
 
 var shapes = map[string]string{
 	"8b": `{"architectures":["LlamaForCausalLM"],"vocab_size":128256,"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"max_position_embeddings":8192,"rope_theta":500000,"rms_norm_eps":1e-5,"tie_word_embeddings":false}`,
 	"1b": `{"architectures":["LlamaForCausalLM"],"vocab_size":128256,"hidden_size":2048,"intermediate_size":8192,"num_hidden_layers":16,"num_attention_heads":32,"num_key_value_heads":8,"max_position_embeddings":8192,"rope_theta":500000,"rms_norm_eps":1e-5,"tie_word_embeddings":true}`,
-}
-
-// randomSource serves every tensor a model needs from one shared buffer of random bf16 values:
-// the values do not matter for timing, only the bytes each step reads.
-type randomSource struct {
-	cfg   *model.Config
-	buf   []byte
-	names []string
-	shape map[string][]int
-}
-
-func newRandomSource(cfg *model.Config) *randomSource {
-	s := &randomSource{cfg: cfg, shape: map[string][]int{}}
-	add := func(name string, shape ...int) {
-		s.names = append(s.names, name)
-		s.shape[name] = shape
-	}
-	add("model.embed_tokens.weight", cfg.VocabSize, cfg.HiddenSize)
-	add("model.norm.weight", cfg.HiddenSize)
-	if !cfg.TieEmbeddings {
-		add("lm_head.weight", cfg.VocabSize, cfg.HiddenSize)
-	}
-	for l := 0; l < cfg.NumLayers; l++ {
-		pre := fmt.Sprintf("model.layers.%d.", l)
-		add(pre+"input_layernorm.weight", cfg.HiddenSize)
-		add(pre+"post_attention_layernorm.weight", cfg.HiddenSize)
-		for p := model.Proj(0); p < model.NumProj; p++ {
-			out, in := cfg.ProjShape(p)
-			add(pre+p.Block()+"."+p.String()+".weight", out, in)
-		}
-	}
-	s.buf = randomBF16(cfg.VocabSize*cfg.HiddenSize, 0.02)
-	return s
-}
-
-func randomBF16(n int, scale float64) []byte {
-	buf := make([]byte, 2*n)
-	workers := runtime.NumCPU()
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			r := rand.New(rand.NewPCG(uint64(w), 7))
-			for i := w * n / workers; i < (w+1)*n/workers; i++ {
-				v := float32((r.Float64()*2 - 1) * scale)
-				bits := math.Float32bits(v)
-				buf[2*i], buf[2*i+1] = byte(bits>>16), byte(bits>>24)
-			}
-		}(w)
-	}
-	wg.Wait()
-	return buf
-}
-
-func (s *randomSource) Names() []string          { return s.names }
-func (s *randomSource) Where(name string) string { return "random" }
-func (s *randomSource) Tensor(name string) (safetensors.Tensor, bool) {
-	shape, ok := s.shape[name]
-	if !ok {
-		return safetensors.Tensor{}, false
-	}
-	if len(shape) == 1 { // norm weights: ones, as float32
-		data := make([]byte, 4*shape[0])
-		for i := 0; i < shape[0]; i++ {
-			data[4*i+2], data[4*i+3] = 0x80, 0x3f
-		}
-		return safetensors.Tensor{Name: name, DType: "F32", Shape: shape, Data: data}, true
-	}
-	return safetensors.Tensor{Name: name, DType: "BF16", Shape: shape, Data: s.buf[:2*shape[0]*shape[1]]}, true
 }
 
 var onlyDecode1, hostLogits bool
@@ -162,12 +88,12 @@ func run(shape, out string, steps, ctx int) error {
 	fmt.Printf("device %s: copy %.0f GB/s (read+write), cuBLAS bf16 GEMM %.0f TFLOP/s\n", res.Device, res.CopyBandwidth/1e9, res.GEMMFlops/1e12)
 
 	t0 := time.Now()
-	src := newRandomSource(cfg)
+	src := benchenv.NewRandomSource(cfg)
 	w, err := model.UploadWeights(src, cfg, b)
 	if err != nil {
 		return err
 	}
-	src.buf = nil
+	src.Release()
 	fmt.Printf("weights uploaded in %.1fs\n", time.Since(t0).Seconds())
 	const maxBatch = 256
 	pageSize := 16
@@ -341,7 +267,7 @@ func prefillStep(n, pageSize int) *model.Step {
 // randomAdapters makes n adapters of the given rank on all seven projections of every layer.
 func randomAdapters(b model.Backend, cfg *model.Config, n, rank int) ([]*model.Adapter, error) {
 	maxIn := max(cfg.HiddenSize, cfg.IntermediateSize)
-	buf := randomBF16(rank*maxIn*2, 0.02)
+	buf := benchenv.RandomBF16(rank*maxIn*2, 0.02, 7)
 	var out []*model.Adapter
 	for a := 0; a < n; a++ {
 		h := &model.HostAdapter{Name: fmt.Sprintf("adapter%d", a), Modules: make([][model.NumProj]*model.HostLoRA, cfg.NumLayers)}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/loraplex/loraplex/bench/internal/benchenv"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/model"
 )
@@ -20,12 +21,12 @@ import (
 // "host top-k" reads the gate logits back and routes on the host (the reference path) instead
 // of on the device.
 func routerBench(b *cuda.Backend, cfg *model.Config, steps, ctx int) error {
-	src := newRandomSource(cfg)
+	src := benchenv.NewRandomSource(cfg)
 	w, err := model.UploadWeights(src, cfg, b)
 	if err != nil {
 		return err
 	}
-	src.buf = nil
+	src.Release()
 	const maxBatch, pageSize = 64, 16
 	newRunner := func(host bool) (*model.Runner, error) {
 		return model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: maxBatch, MaxLogitRows: maxBatch, MaxContext: ctx + steps + 64,

@@ -70,7 +70,7 @@ func RandomBF16(n int, scale float64, seed uint64) []byte {
 }
 
 // RandomSource serves every base-model tensor from one shared buffer of random bf16 values
-// (bench/gpu does the same): the values do not matter for timing, only the bytes read.
+// (bench/gpu uses it too): the values do not matter for timing, only the bytes read.
 type RandomSource struct {
 	names []string
 	shape map[string][]int
@@ -120,6 +120,9 @@ func (s *RandomSource) Tensor(name string) (safetensors.Tensor, bool) {
 	}
 	return safetensors.Tensor{Name: name, DType: "BF16", Shape: shape, Data: s.buf[:2*shape[0]*shape[1]]}, true
 }
+
+// Release drops the shared buffer once the weights are uploaded to a backend that copies them.
+func (s *RandomSource) Release() { s.buf = nil }
 
 // RandomWeights uploads a random-weight model of cfg's shape to b.
 func RandomWeights(cfg *model.Config, b model.Backend) (*model.Weights, error) {
