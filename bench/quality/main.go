@@ -15,72 +15,18 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
-	"io"
-	"math"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/model"
-	"github.com/loraplex/loraplex/router"
-	"github.com/loraplex/loraplex/tokenizer"
 )
 
 const window = 256
-
-type evaluator struct {
-	cfg   *model.Config
-	b     model.Backend
-	r     *model.Runner
-	evals map[string][]int // domain -> tokens
-	logit []float32
-}
-
-// perplexity runs non-overlapping windows of the domain's tokens through the model with ad
-// (nil: base) and returns exp(mean NLL) over every predicted position.
-func (e *evaluator) perplexity(domain string, ad *model.Adapter) (float64, error) {
-	toks := e.evals[domain]
-	var nll float64
-	var n int
-	V := e.cfg.VocabSize
-	for start := 0; start+2 <= len(toks); start += window {
-		w := toks[start:min(start+window, len(toks))]
-		s := &model.Step{}
-		for i, t := range w {
-			s.Tokens = append(s.Tokens, int32(t))
-			s.Positions = append(s.Positions, int32(i))
-			s.Slots = append(s.Slots, int32(i))
-			s.LogitRows = append(s.LogitRows, int32(i))
-		}
-		pages := make([]int32, (len(w)+15)/16)
-		for i := range pages {
-			pages[i] = int32(i)
-		}
-		s.Seqs = []model.SeqRows{{Start: 0, N: len(w), Len: len(w), Pages: pages}}
-		logits := e.logit[:len(w)*V]
-		if err := e.r.Forward(s, []*model.Adapter{ad}, logits); err != nil {
-			return 0, err
-		}
-		for i := 0; i+1 < len(w); i++ {
-			row := logits[i*V : (i+1)*V]
-			m := math.Inf(-1)
-			for _, v := range row {
-				m = math.Max(m, float64(v))
-			}
-			var z float64
-			for _, v := range row {
-				z += math.Exp(float64(v) - m)
-			}
-			nll += m + math.Log(z) - float64(row[w[i+1]])
-			n++
-		}
-	}
-	return math.Exp(nll / float64(n)), nil
-}
 
 func main() {
 	dir := flag.String("dir", "demo/assets", "trained demo folder (model/, adapters/, router/, eval/)")
@@ -94,73 +40,30 @@ func main() {
 
 func run(dir string, maxTokens int) error {
 	t0 := time.Now()
-	mdir := filepath.Join(dir, "model")
-	cfg, err := model.LoadConfig(mdir)
-	if err != nil {
-		return err
-	}
-	tok, err := tokenizer.Load(mdir)
-	if err != nil {
-		return err
-	}
 	b := cpu.New(0)
 	defer b.Close()
-	w, err := model.LoadWeights(mdir, cfg, b)
+	l, err := demo.LoadDir(dir, b)
 	if err != nil {
 		return err
 	}
-	defer w.Close()
-	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: window, MaxLogitRows: window, MaxContext: window,
-		KV: model.KVSpec{Pages: window / 16, PageSize: 16}})
+	defer l.Close()
+	cfg := l.Cfg
+	r, err := l.NewRunner(window)
 	if err != nil {
 		return err
 	}
-	e := &evaluator{cfg: cfg, b: b, r: r, evals: map[string][]int{}, logit: make([]float32, window*cfg.VocabSize)}
-	files, _ := filepath.Glob(filepath.Join(dir, "eval", "*.txt"))
-	var domains []string
-	for _, f := range files {
-		d := strings.TrimSuffix(filepath.Base(f), ".txt")
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			return err
-		}
-		ids, err := tok.Encode(string(raw), false)
-		if err != nil {
-			return fmt.Errorf("%s: %w", f, err)
-		}
-		e.evals[d] = ids[:min(len(ids), maxTokens)]
-		domains = append(domains, d)
-	}
-	sort.Strings(domains)
+	domains := l.EvalDomains()
 	if len(domains) == 0 {
 		return fmt.Errorf("no eval/*.txt in %s", dir)
 	}
-	adapters := map[string]*model.Adapter{}
+	evals := map[string][]int{}
 	for _, d := range domains {
-		a, err := loadAdapter(filepath.Join(dir, "adapters", d), d, cfg, b, nil)
-		if err != nil {
+		if evals[d], err = l.EvalTokens(d, maxTokens); err != nil {
 			return err
 		}
-		adapters[d] = a
 	}
-	bundle, err := router.Load(filepath.Join(dir, "router"), cfg)
-	if err != nil {
-		return err
-	}
-	if err := bundle.Upload(b); err != nil {
-		return err
-	}
-	experts := make([]*model.Adapter, len(bundle.Experts()))
-	for i, x := range bundle.Experts() {
-		if experts[i] = adapters[x]; experts[i] == nil {
-			return fmt.Errorf("router expert %q has no adapter folder", x)
-		}
-	}
-	rt, err := bundle.Routing("router", cfg, experts)
-	if err != nil {
-		return err
-	}
-	routed := &model.Adapter{Name: "router", Routing: rt}
+	adapters, routed := l.Adapters, l.Router
+	perplexity := func(d string, ad *model.Adapter) (float64, error) { return demo.Perplexity(r, evals[d], ad) }
 
 	var out bytes.Buffer
 	fmt.Fprintf(&out, "## Held-out perplexity per domain (loraplex CPU engine)\n\n")
@@ -171,7 +74,7 @@ func run(dir string, maxTokens int) error {
 		res := map[string]float64{}
 		cells := []string{}
 		for _, d := range domains {
-			p, err := e.perplexity(d, ad)
+			p, err := perplexity(d, ad)
 			if err != nil {
 				return nil, err
 			}
@@ -253,11 +156,11 @@ func run(dir string, maxTokens int) error {
 			if err != nil {
 				return err
 			}
-			a, err := loadAdapter(path, d, cfg, b, adaptercache.LoadCompressed)
+			a, err := loadCompressed(path, d, cfg, b)
 			if err != nil {
 				return err
 			}
-			p, err := e.perplexity(d, a)
+			p, err := perplexity(d, a)
 			a.Free(b)
 			if err != nil {
 				return err
@@ -271,19 +174,12 @@ func run(dir string, maxTokens int) error {
 	return err
 }
 
-func loadAdapter(path, name string, cfg *model.Config, b model.Backend, compressed func(string, string, *model.Config) (*model.HostAdapter, io.Closer, error)) (*model.Adapter, error) {
-	var h *model.HostAdapter
-	var c io.Closer
-	var err error
-	if compressed != nil {
-		h, c, err = compressed(path, name, cfg)
-	} else {
-		h, c, err = adaptercache.LoadPEFT(path, name, cfg)
-	}
+// loadCompressed loads a lorapack file onto b. The decoded host copy stays referenced by the
+// adapter on the CPU backend, which reads it in place, so its closer is not closed.
+func loadCompressed(path, name string, cfg *model.Config, b model.Backend) (*model.Adapter, error) {
+	h, _, err := adaptercache.LoadCompressed(path, name, cfg)
 	if err != nil {
 		return nil, err
 	}
-	// The CPU backend may keep referencing host data, so the closer is kept open for the run.
-	_ = c
 	return model.UploadAdapter(b, cfg, h)
 }
