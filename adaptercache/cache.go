@@ -43,7 +43,8 @@ type Options struct {
 	// dropped while the device copy lives. False (the CPU backend, which aliases the file
 	// mapping) keeps the host copy pinned as long as its device copy exists.
 	UploadCopies bool
-	// Loader defaults to DefaultLoader.
+	// Loader defaults to DefaultLoader, or DeviceDecodeLoader when Backend implements
+	// model.EncodedUploader (CUDA: q4 / q8 tensors are decoded on the device).
 	Loader LoaderFunc
 	// RetryAfter is how long a failed adapter answers with its error before the next request
 	// tries to load it again (default 30s); Register retries at once.
@@ -127,6 +128,9 @@ func New(opt Options) (*Cache, error) {
 		queue: list.New(), claimed: map[*entry]bool{}}
 	if c.loader == nil {
 		c.loader = DefaultLoader
+		if u, ok := opt.Backend.(model.EncodedUploader); ok {
+			c.loader = DeviceDecodeLoader(u)
+		}
 	}
 	// The LRUs are used as recency lists only: their size is never reached, because eviction
 	// must skip pinned and leased entries, which simplelru's own eviction cannot do.

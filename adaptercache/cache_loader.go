@@ -13,6 +13,22 @@ import (
 // DefaultLoader loads a PEFT adapter folder with LoadPEFT, or a lorapack file with
 // LoadCompressed. Any other file is refused with an error naming the adapter.
 func DefaultLoader(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error) {
+	return loadPath(path, name, cfg, LoadCompressed)
+}
+
+// DeviceDecodeLoader is DefaultLoader for a backend that decodes some codecs itself: lorapack
+// files go through LoadCompressedEncoded, so their q4 / q8 tensors reach the backend still
+// encoded. The cache uses it when its Backend implements model.EncodedUploader and no Loader
+// is set.
+func DeviceDecodeLoader(u model.EncodedUploader) LoaderFunc {
+	return func(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error) {
+		return loadPath(path, name, cfg, func(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error) {
+			return LoadCompressedEncoded(path, name, cfg, u.DecodesOnDevice)
+		})
+	}
+}
+
+func loadPath(path, name string, cfg *model.Config, compressed LoaderFunc) (*model.HostAdapter, io.Closer, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("adapter %q: %w", name, err)
@@ -21,7 +37,7 @@ func DefaultLoader(path, name string, cfg *model.Config) (*model.HostAdapter, io
 		return LoadPEFT(path, name, cfg)
 	}
 	if IsCompressed(path) {
-		return LoadCompressed(path, name, cfg)
+		return compressed(path, name, cfg)
 	}
 	return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf(
 		"%w: neither a PEFT adapter folder nor a lorapack file", model.ErrUnsupported)}

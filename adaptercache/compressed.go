@@ -77,6 +77,90 @@ func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, 
 	return a, f, nil
 }
 
+// LoadCompressedEncoded is LoadCompressed for a backend that decodes some codecs on the device:
+// q4 and q8 tensors whose codec onDevice accepts are not decoded; their HostTensors keep the
+// shape, dtype and place LoadCompressed gives them (Data zeros, so the adapter is validated the
+// same way) and carry the codec stream in Encoded. The streams alias the file's mapping, and the
+// tensors an anonymous mapping of zero pages (never written where left encoded, so they cost no
+// memory), both released by the returned io.Closer. The others are decoded as LoadCompressed does.
+func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(codec string) bool) (*model.HostAdapter, io.Closer, error) {
+	c, err := codec.Open(path)
+	if err != nil {
+		return nil, nil, compressedErr(name, path, err)
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			c.Close()
+		}
+	}()
+	cfg, err := ParsePEFTConfig(c.Manifest.PEFTConfig)
+	if err != nil {
+		return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
+	}
+	skip := func(_ string, info codec.TensorInfo) bool {
+		return (info.Codec == "q4" || info.Codec == "q8") && onDevice(info.Codec)
+	}
+	var release func() error
+	defer func() {
+		if !keep && release != nil {
+			release()
+		}
+	}()
+	buf, err := c.DecodeFileExcept(maxAdapterElems(base, cfg), skip, func(n int) ([]byte, error) {
+		b, rel, err := zeroPages(n)
+		release = rel
+		return b, err
+	})
+	if err != nil {
+		return nil, nil, compressedErr(name, path, err)
+	}
+	f, err := safetensors.Parse(path, buf)
+	if err != nil {
+		return nil, nil, &AdapterError{Adapter: name, File: path, Err: err}
+	}
+	a, err := buildAdapter(f, cfg, name, path, base)
+	if err != nil {
+		return nil, nil, err
+	}
+	attach := func(t *model.HostTensor) {
+		info, ok := c.Manifest.Tensors[t.Name]
+		if !ok || !skip(t.Name, info) {
+			return
+		}
+		st, _ := c.File.Tensor(t.Name)
+		t.Encoded = &model.EncodedTensor{Codec: info.Codec, Group: info.Group, Stream: st.Data}
+	}
+	for l := range a.Modules {
+		for _, m := range a.Modules[l] {
+			if m != nil {
+				attach(&m.A)
+				attach(&m.B)
+			}
+		}
+	}
+	keep = true
+	return a, closers{f, c, closeFunc(release)}, nil
+}
+
+// closeFunc is a func as an io.Closer.
+type closeFunc func() error
+
+func (f closeFunc) Close() error { return f() }
+
+// closers closes each in turn and returns the first error.
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var first error
+	for _, c := range cs {
+		if err := c.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
 // maxAdapterElems bounds what a file may make us allocate before its tensors are validated: the
 // size of an adapter on every projection of every layer at the largest rank its config allows.
 // Every adapter that passes validation fits; a hostile manifest claiming more is refused before

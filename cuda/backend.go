@@ -162,6 +162,9 @@ func ptr(t model.Tensor) C.uintptr_t {
 
 // Upload converts on the host (matrices to bf16, vectors to fp32) and copies synchronously.
 func (b *Backend) Upload(h model.HostTensor, rows, cols int) (model.Tensor, error) {
+	if h.Encoded != nil { // its Data is not its values: only UploadAdapter decodes it
+		return model.Tensor{}, fmt.Errorf("cuda: %s is %s-encoded: only UploadAdapter decodes on the device", h.Name, h.Encoded.Codec)
+	}
 	n := rows * cols
 	if len(h.Data) != n*h.DType.Size() {
 		return model.Tensor{}, fmt.Errorf("cuda: %s holds %d bytes, want %d for %dx%d %s", h.Name, len(h.Data), n*h.DType.Size(), rows, cols, h.DType)

@@ -9,6 +9,8 @@ int lp_malloc_async(void** p, size_t bytes, lp_stream s);
 int lp_free_async(void* p, lp_stream s);
 static inline int s_malloc_async(uintptr_t* p, size_t n, uintptr_t s) { void* q = 0; int e = lp_malloc_async(&q, n, P(lp_stream, s)); *p = (uintptr_t)q; return e; }
 static inline int s_free_async(uintptr_t p, uintptr_t s) { return lp_free_async(P(void*, p), P(lp_stream, s)); }
+int lp_dequant(const void* descs, int ntensors, unsigned int maxn, lp_stream s);
+static inline int s_dequant(uintptr_t descs, int n, unsigned int maxn, uintptr_t s) { return lp_dequant(P(const void*, descs), n, maxn, P(lp_stream, s)); }
 */
 import "C"
 
@@ -22,6 +24,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/loraplex/loraplex/adaptercache/codec"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -69,6 +72,45 @@ type AdapterPoolStats struct {
 type part struct {
 	src    model.HostTensor
 	off, n int // byte offset in the slab (and in the staging buffer), elements
+	view   *model.Tensor
+	// Device-decoded tensors (src.Encoded): the stream's header and payload, and where the
+	// payload goes in the stager's device scratch.
+	hdr     codec.Header
+	payload []byte
+	scr     int
+}
+
+// Device decoding (model.EncodedUploader): q8 / q4 tensors reach UploadAdapter as their codec
+// streams. Their payloads (4.5 bits a value for q4 at group 32, not 16) go through the pinned
+// staging buffer into a device scratch buffer of the stager's in one copy, and one kernel
+// launch (kernels/dequant.cu) decodes all of them into their views in the slab, on the upload
+// stream, while the host converts the other tensors. Headers, shapes and lengths are checked
+// here before anything is copied; the kernel checks the codes and maxima as the CPU decoder
+// does and sets a per-tensor error word, read back with the stream sync: a corrupt stream fails
+// that adapter (its slab goes back to the pool), never the device.
+//
+// The scratch layout: an int32 error word per encoded tensor, the descriptors (dequantDesc
+// bytes each, as kernels/dequant.cu reads them), then the payloads, each at an aligned offset.
+const dequantDesc = 40
+
+// DecodesOnDevice implements model.EncodedUploader: q8 and q4 streams are decoded on the GPU.
+func (b *Backend) DecodesOnDevice(c string) bool { return c == "q4" || c == "q8" }
+
+// encodedLayout checks an encoded tensor against the shape the model wants and returns its
+// header and payload.
+func encodedLayout(t model.HostTensor, rows, cols int) (codec.Header, []byte, error) {
+	e := t.Encoded
+	h, p, err := codec.ParseHeader(e.Stream)
+	if err != nil {
+		return h, nil, fmt.Errorf("cuda: %s: %w", t.Name, err)
+	}
+	if (h.Codec != codec.Q4 && h.Codec != codec.Q8) || h.Codec.String() != e.Codec || int(h.Param) != e.Group {
+		return h, nil, fmt.Errorf("cuda: %s: %w: stream is %v group %d, the tensor says %s group %d", t.Name, codec.ErrCorrupt, h.Codec, h.Param, e.Codec, e.Group)
+	}
+	if h.Rows != rows || h.Cols != cols || uint64(rows)*uint64(cols) > math.MaxUint32 {
+		return h, nil, fmt.Errorf("cuda: %s: %w: stream is [%d, %d], want [%d, %d]", t.Name, codec.ErrCorrupt, h.Rows, h.Cols, rows, cols)
+	}
+	return h, p, nil
 }
 
 // slab is one adapter's device allocation; Adapter.Mem holds it.
@@ -82,6 +124,8 @@ type stager struct {
 	host   unsafe.Pointer // pinned host memory (cudaMallocHost), not Go memory
 	cap    int
 	stream C.uintptr_t
+	dev    uintptr // device scratch for encoded payloads (growScratch)
+	devCap int
 }
 
 // uploader is the Backend's adapter upload state. Set up on the first upload (initOnce).
@@ -168,26 +212,36 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 		return nil, fmt.Errorf("adapter %q: has %d layers, the model %d", h.Name, len(h.Modules), cfg.NumLayers)
 	}
 	// Lay the tensors out, checking every shape and dtype before any C call.
-	var parts []part
-	size := slabAlign
-	place := func(t model.HostTensor, rows, cols int) (model.Tensor, error) {
+	var parts, encs []part
+	// place checks t and records it as a part whose view is *v (its offset set once all are placed).
+	place := func(t model.HostTensor, rows, cols int, v *model.Tensor) error {
 		if rows < 0 || cols < 0 {
-			return model.Tensor{}, fmt.Errorf("cuda: %s: bad shape %dx%d", t.Name, rows, cols)
+			return fmt.Errorf("cuda: %s: bad shape %dx%d", t.Name, rows, cols)
+		}
+		*v = model.Tensor{Rows: rows, Cols: cols, DType: model.BF16}
+		if t.Encoded != nil {
+			if !b.DecodesOnDevice(t.Encoded.Codec) {
+				return fmt.Errorf("cuda: %s: codec %q is not decoded on the device", t.Name, t.Encoded.Codec)
+			}
+			h, p, err := encodedLayout(t, rows, cols)
+			if err != nil {
+				return err
+			}
+			encs = append(encs, part{src: t, n: rows * cols, hdr: h, payload: p, view: v})
+			return nil
 		}
 		switch {
 		case len(t.Shape) == 1: // Backend.Upload keeps vectors in F32: leave them to it
-			return model.Tensor{}, fmt.Errorf("cuda: %s: a vector in an adapter: %w", t.Name, model.ErrUnsupported)
+			return fmt.Errorf("cuda: %s: a vector in an adapter: %w", t.Name, model.ErrUnsupported)
 		case t.DType != model.F32 && t.DType != model.BF16 && t.DType != model.F16:
-			return model.Tensor{}, fmt.Errorf("cuda: %s: dtype %s: %w", t.Name, t.DType, model.ErrUnsupported)
+			return fmt.Errorf("cuda: %s: dtype %s: %w", t.Name, t.DType, model.ErrUnsupported)
 		}
 		n := rows * cols
 		if len(t.Data) != n*t.DType.Size() {
-			return model.Tensor{}, fmt.Errorf("cuda: %s holds %d bytes, want %d for %dx%d %s", t.Name, len(t.Data), n*t.DType.Size(), rows, cols, t.DType)
+			return fmt.Errorf("cuda: %s holds %d bytes, want %d for %dx%d %s", t.Name, len(t.Data), n*t.DType.Size(), rows, cols, t.DType)
 		}
-		parts = append(parts, part{src: t, off: size, n: n})
-		v := model.Tensor{Rows: rows, Cols: cols, DType: model.BF16, Off: size / 2}
-		size += alignUp(2 * n)
-		return v, nil
+		parts = append(parts, part{src: t, n: n, view: v})
+		return nil
 	}
 	a := &model.Adapter{Name: h.Name, Modules: make([][model.NumProj]*model.LoRAWeights, cfg.NumLayers), Bytes: h.Bytes}
 	for l := range h.Modules {
@@ -197,18 +251,41 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 				continue
 			}
 			out, in := cfg.ProjShape(p)
-			ta, err := place(m.A, m.Rank, in)
-			if err != nil {
+			w := &model.LoRAWeights{Rank: m.Rank, Scale: m.Scale}
+			if err := place(m.A, m.Rank, in, &w.A); err != nil {
 				return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
 			}
-			tb, err := place(m.B, out, m.Rank)
-			if err != nil {
+			if err := place(m.B, out, m.Rank, &w.B); err != nil {
 				return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
 			}
-			a.Modules[l][p] = &model.LoRAWeights{A: ta, B: tb, Rank: m.Rank, Scale: m.Scale}
+			a.Modules[l][p] = w
 			a.MaxRank = max(a.MaxRank, m.Rank)
 		}
 	}
+	// The host-converted tensors first (one contiguous range to copy), then the device-decoded ones.
+	size := slabAlign
+	for _, list := range [][]part{parts, encs} {
+		for i := range list {
+			list[i].off = size
+			list[i].view.Off = size / 2
+			size += alignUp(2 * list[i].n)
+		}
+	}
+	hostEnd := slabAlign
+	if len(parts) > 0 {
+		hostEnd = parts[len(parts)-1].off + 2*parts[len(parts)-1].n
+	}
+	// The encoded payloads' place in the device scratch, and in the staging buffer after the slab's range.
+	scrSize, maxN := 0, 0
+	if len(encs) > 0 {
+		scrSize = alignUp(4*len(encs)) + alignUp(dequantDesc*len(encs))
+		for i := range encs {
+			encs[i].scr = scrSize
+			scrSize += alignUp(len(encs[i].payload))
+			maxN = max(maxN, encs[i].n)
+		}
+	}
+	stageScr := alignUp(hostEnd)
 	if err := b.Err(); err != nil {
 		return nil, err
 	}
@@ -221,7 +298,10 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 	}
 	st := <-u.stagers
 	defer func() { u.stagers <- st }()
-	if err := st.grow(size); err != nil {
+	if err := st.grow(stageScr + scrSize); err != nil {
+		return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
+	}
+	if err := st.growScratch(u, scrSize); err != nil {
 		return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
 	}
 	s, err := u.take(size, st.stream)
@@ -229,10 +309,43 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 		return nil, fmt.Errorf("adapter %q: %w", h.Name, err)
 	}
 
+	buf := unsafe.Slice((*byte)(st.host), st.cap)
+	// Device-decoded tensors first: stage their payloads and descriptors, copy them to the
+	// scratch, and launch the decoder, which runs while the host converts the rest.
+	if len(encs) > 0 {
+		scr := buf[stageScr : stageScr+scrSize]
+		clear(scr[:4*len(encs)])
+		for i, e := range encs {
+			d := scr[alignUp(4*len(encs))+dequantDesc*i:]
+			binary.LittleEndian.PutUint64(d[0:], uint64(st.dev)+uint64(e.scr))
+			binary.LittleEndian.PutUint64(d[8:], uint64(s.ptr)+uint64(e.off))
+			binary.LittleEndian.PutUint64(d[16:], uint64(st.dev)+uint64(4*i))
+			binary.LittleEndian.PutUint32(d[24:], uint32(e.n))
+			binary.LittleEndian.PutUint32(d[28:], uint32(e.hdr.Param))
+			q4 := uint32(0)
+			if e.hdr.Codec == codec.Q4 {
+				q4 = 1
+			}
+			binary.LittleEndian.PutUint32(d[32:], q4)
+			binary.LittleEndian.PutUint32(d[36:], 0)
+		}
+		copyPayloads(scr, encs)
+		if code := C.s_htod_pinned(C.uintptr_t(st.dev), C.uintptr_t(uintptr(st.host)+uintptr(stageScr)), C.size_t(scrSize), st.stream); code != 0 {
+			return nil, b.fail("adapter upload", code)
+		}
+		if code := C.s_dequant(C.uintptr_t(st.dev+uintptr(alignUp(4*len(encs)))), C.int(len(encs)), C.uint(maxN), st.stream); code != 0 {
+			return nil, b.fail("adapter dequant", code)
+		}
+		// The error words come back into the staging buffer (its payloads have been copied by now:
+		// stream order).
+		if code := C.s_dtoh(unsafe.Pointer(&scr[0]), C.uintptr_t(st.dev), C.size_t(4*len(encs)), st.stream); code != 0 {
+			return nil, b.fail("adapter dequant", code)
+		}
+	}
+
 	// Convert into the pinned buffer in batches of about issueChunk bytes (parts in parallel),
 	// handing each batch to the copy engine before converting the next: the copies overlap the
 	// conversion.
-	buf := unsafe.Slice((*byte)(st.host), st.cap)
 	issued := 0
 	issue := func(end int) error {
 		if end <= issued {
@@ -258,6 +371,18 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 	}
 	if code := C.s_stream_sync(st.stream); code != 0 {
 		return nil, b.fail("adapter upload sync", code)
+	}
+	for i, e := range encs {
+		if binary.LittleEndian.Uint32(buf[stageScr+4*i:]) == 0 {
+			continue
+		}
+		b.FreeAdapter(&model.Adapter{Mem: &s}) // nothing reads it: back to the pool
+		// The CPU decoder names what is wrong.
+		err := codec.DecodeBF16(e.src.Encoded.Stream, make([]uint16, e.n))
+		if err == nil {
+			err = fmt.Errorf("%w: %v stream rejected by the device decoder", codec.ErrCorrupt, e.hdr.Codec)
+		}
+		return nil, fmt.Errorf("adapter %q: cuda: %s: %w", h.Name, e.src.Name, err)
 	}
 	for l := range a.Modules {
 		for _, m := range a.Modules[l] {
@@ -471,6 +596,55 @@ func (s *stager) grow(n int) error {
 	}
 	s.host, s.cap = hp, c
 	return nil
+}
+
+// growScratch makes the stager's device scratch hold at least n bytes (it keeps the largest size
+// seen). The old one is released stream-ordered where supported; without, cudaFree waits for the
+// device, once per growth.
+func (s *stager) growScratch(u *uploader, n int) error {
+	if n <= s.devCap {
+		return nil
+	}
+	c := max(4<<20, 1<<bits.Len(uint(n-1)))
+	if s.dev != 0 {
+		// The last upload that used it synced this stream.
+		u.release([]slab{{ptr: s.dev, size: s.devCap}})
+		s.dev, s.devCap = 0, 0
+	}
+	var p C.uintptr_t
+	var code C.int
+	if u.async {
+		code = C.s_malloc_async(&p, C.size_t(c), s.stream)
+	} else {
+		code = C.s_malloc(&p, C.size_t(c))
+	}
+	if code != 0 {
+		C.lp_last_error()
+		return cudaError("device decode scratch", code)
+	}
+	s.dev, s.devCap = uintptr(p), c
+	return nil
+}
+
+// copyPayloads copies the encoded tensors' payloads to their scratch offsets in dst, spread over
+// the CPUs (the streams are usually a file mapping: the copy is also the read).
+func copyPayloads(dst []byte, encs []part) {
+	workers := min(runtime.GOMAXPROCS(0), len(encs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(encs) {
+					return
+				}
+				e := encs[i]
+				copy(dst[e.scr:e.scr+len(e.payload)], e.payload)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // convertParts converts parts into buf (at their offsets), spread over the CPUs when there is

@@ -7,6 +7,24 @@ type HostTensor struct {
 	DType DType
 	Shape []int
 	Data  []byte
+	// Encoded, when set, is the tensor still in its codec stream: a backend that implements
+	// EncodedUploader and DecodesOnDevice(Encoded.Codec) decodes it itself and ignores Data (which
+	// then holds zeros, not the values). Only loaders that asked the backend set it, so backends
+	// without EncodedUploader never see it.
+	Encoded *EncodedTensor
+}
+
+// EncodedTensor is a tensor's lorapack codec stream (adaptercache/codec), as stored.
+type EncodedTensor struct {
+	Codec  string // "q4" or "q8"
+	Group  int    // the codec's group size
+	Stream []byte // the whole stream, header included
+}
+
+// EncodedUploader is implemented by backends that decode some codec streams on the device
+// (HostTensor.Encoded), so the host skips decoding them.
+type EncodedUploader interface {
+	DecodesOnDevice(codec string) bool
 }
 
 // HostLoRA is one adapted projection of one layer: y += Scale * B (A x).

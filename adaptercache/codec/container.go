@@ -238,6 +238,15 @@ func checkManifest(f *safetensors.File) (*Manifest, error) {
 // maxElems bounds the total element count, which is the only allocation the file's contents
 // size.
 func (c *Container) DecodeFile(maxElems int) ([]byte, error) {
+	return c.DecodeFileExcept(maxElems, nil, nil)
+}
+
+// DecodeFileExcept is DecodeFile leaving out the tensors skip accepts: they get their place
+// (zeros: a fresh allocation) in the safetensors file, so it parses and validates the same, but
+// their streams are not decoded (nor checked beyond Open's header checks), for a backend that
+// decodes them itself. alloc, if not nil, makes the output buffer (it must return n zero bytes);
+// a buffer of untouched zero pages makes the skipped tensors cost no memory writes.
+func (c *Container) DecodeFileExcept(maxElems int, skip func(name string, info TensorInfo) bool, alloc func(n int) ([]byte, error)) ([]byte, error) {
 	names := slices.Clone(c.File.Names())
 	// F32 tensors first keeps every tensor aligned to its element size.
 	slices.SortStableFunc(names, func(a, b string) int {
@@ -264,7 +273,12 @@ func (c *Container) DecodeFile(maxElems int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, len(hdr)+size)
+	var buf []byte
+	if alloc == nil {
+		buf = make([]byte, len(hdr)+size)
+	} else if buf, err = alloc(len(hdr) + size); err != nil {
+		return nil, err
+	}
 	copy(buf, hdr)
 	off := len(hdr)
 	for i := range tensors {
@@ -279,6 +293,9 @@ func (c *Container) DecodeFile(maxElems int) ([]byte, error) {
 	for range runtime.GOMAXPROCS(0) {
 		wg.Go(func() {
 			for i := range work {
+				if skip != nil && skip(tensors[i].Name, c.Manifest.Tensors[tensors[i].Name]) {
+					continue
+				}
 				t, _ := c.File.Tensor(tensors[i].Name)
 				errs[i] = decodeInto(t.Data, tensors[i])
 			}
