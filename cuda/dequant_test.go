@@ -272,7 +272,7 @@ func TestDeviceDecodeCorrupt(t *testing.T) {
 	}{
 		{"q4 code -8", "q4", func(ht *model.HostTensor) {
 			s := ht.Encoded.Stream
-			s[len(s)-1] = s[len(s)-1]&0x0f | 0x80
+			s[len(s)-1] = s[len(s)-1]&0xf0 | 0x08 // the last value (the high nibble is padding)
 		}},
 		{"q8 code -128", "q8", func(ht *model.HostTensor) { s := ht.Encoded.Stream; s[len(s)-1] = 0x80 }},
 		{"negative maximum", "q4", func(ht *model.HostTensor) { ht.Encoded.Stream[codec.HeaderSize+1] |= 0x80 }},
