@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -109,6 +108,3 @@ func extract() (string, error) {
 	}
 	return dir, nil
 }
-
-// AssetPath joins parts under the embedded tree (for tests that read it in place).
-func AssetPath(parts ...string) string { return path.Join(append([]string{AssetsDir}, parts...)...) }
