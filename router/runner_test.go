@@ -96,10 +96,25 @@ func TestRunnerOneExpertRouterIsTheAdapter(t *testing.T) {
 				}
 				t.Logf("chunk %d: %d cases, worst logit diff %.2e", chunk, len(cases), res.WorstDiff)
 			}
-			// The trace names the only expert (index 0) on every layer of a routed row.
-			tr := h.R.RouteTrace(0)
-			if len(tr) != cfg.NumLayers {
-				t.Fatalf("trace of %d layers, want %d", len(tr), cfg.NumLayers)
+			// The trace: one step with a base row, then a one-expert router's rows. Routed rows name
+			// the only expert (0) on every layer; the base row has no choices (-1).
+			ad := adapters["router-"+fixture.Adapters[0]+"-1"]
+			s := &model.Step{Tokens: []int32{1, 2, 3}, Positions: []int32{0, 0, 1}, Slots: []int32{0, 4, 5},
+				Seqs: []model.SeqRows{{Start: 0, N: 1, Len: 1, Pages: []int32{0}}, {Start: 1, N: 2, Len: 2, Pages: []int32{1}}},
+				LogitRows: []int32{0, 2}}
+			if err := h.R.Forward(s, []*model.Adapter{nil, ad}, make([]float32, 2*cfg.VocabSize)); err != nil {
+				t.Fatal(err)
+			}
+			for row, want := range []int32{-1, 0, 0} {
+				tr := h.R.RouteTrace(row)
+				if len(tr) != cfg.NumLayers {
+					t.Fatalf("row %d: trace of %d layers, want %d", row, len(tr), cfg.NumLayers)
+				}
+				for l, id := range tr {
+					if id != want {
+						t.Errorf("row %d layer %d: traced expert %d, want %d", row, l, id, want)
+					}
+				}
 			}
 		})
 	}
