@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 
+	"github.com/loraplex/loraplex/internal/confine"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -44,8 +45,16 @@ type Options struct {
 	// mapping) keeps the host copy pinned as long as its device copy exists.
 	UploadCopies bool
 	// Loader defaults to DefaultLoader, or DeviceDecodeLoader when Backend implements
-	// model.EncodedUploader (CUDA: q4 / q8 tensors are decoded on the device).
+	// model.EncodedUploader (CUDA: q4 / q8 tensors are decoded on the device), opening files
+	// beneath Roots (LoaderIn).
 	Loader LoaderFunc
+	// Roots confine every file the default loader opens, and the DIR/NAME lookups in Dirs
+	// (nil: no confinement).
+	Roots *confine.Roots
+	// LoadTimeout bounds one read of an adapter from disk (0: no bound). A load that overruns
+	// it fails with context.DeadlineExceeded; the loader's goroutine is abandoned and whatever
+	// it returns later is closed.
+	LoadTimeout time.Duration
 	// RetryAfter is how long a failed adapter answers with its error before the next request
 	// tries to load it again (default 30s); Register retries at once.
 	RetryAfter time.Duration
@@ -91,6 +100,9 @@ type Cache struct {
 	// after it is released, so no unmap or backend call happens while holding the lock.
 	pending []func()
 	wg      sync.WaitGroup
+	// closing is closed by Close: loads still reading the disk are abandoned, so Close (and a
+	// server's shutdown) never waits on a stuck file system.
+	closing chan struct{}
 }
 
 // entry is one registration of a name. Re-registering a name makes a new entry; the old one
@@ -125,12 +137,10 @@ func New(opt Options) (*Cache, error) {
 		opt.RetryAfter = 30 * time.Second
 	}
 	c := &Cache{opt: opt, loader: opt.Loader, entries: map[string]*entry{}, wake: make(chan struct{}),
-		queue: list.New(), claimed: map[*entry]bool{}}
+		queue: list.New(), claimed: map[*entry]bool{}, closing: make(chan struct{})}
 	if c.loader == nil {
-		c.loader = DefaultLoader
-		if u, ok := opt.Backend.(model.EncodedUploader); ok {
-			c.loader = DeviceDecodeLoader(u)
-		}
+		u, _ := opt.Backend.(model.EncodedUploader)
+		c.loader = LoaderIn(opt.Roots, u)
 	}
 	// The LRUs are used as recency lists only: their size is never reached, because eviction
 	// must skip pinned and leased entries, which simplelru's own eviction cannot do.
@@ -248,7 +258,8 @@ func (c *Cache) Prefetch(name string) error {
 	return nil
 }
 
-// Close drops every adapter that no lease holds and waits for loads in progress to end. Leased
+// Close drops every adapter that no lease holds and waits for uploads in progress to end; loads
+// still reading the disk are abandoned (their results are closed when they return). Leased
 // device copies are freed when released. Later calls fail with ErrClosed.
 func (c *Cache) Close() error {
 	c.mu.Lock()
@@ -257,6 +268,7 @@ func (c *Cache) Close() error {
 		return nil
 	}
 	c.closed = true
+	close(c.closing)
 	for _, e := range c.entries {
 		c.drop(e)
 	}

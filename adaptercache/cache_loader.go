@@ -1,43 +1,54 @@
 package adaptercache
 
 import (
+	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/loraplex/loraplex/internal/confine"
 	"github.com/loraplex/loraplex/model"
 )
 
 // DefaultLoader loads a PEFT adapter folder with LoadPEFT, or a lorapack file with
 // LoadCompressed. Any other file is refused with an error naming the adapter.
 func DefaultLoader(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error) {
-	return loadPath(path, name, cfg, LoadCompressed)
+	return loadPath(nil, path, name, cfg, nil)
 }
 
 // DeviceDecodeLoader is DefaultLoader for a backend that decodes some codecs itself: lorapack
 // files go through LoadCompressedEncoded, so their q4 / q8 tensors reach the backend still
 // encoded. The cache uses it when its Backend implements model.EncodedUploader and no Loader
 // is set.
-func DeviceDecodeLoader(u model.EncodedUploader) LoaderFunc {
+func DeviceDecodeLoader(u model.EncodedUploader) LoaderFunc { return LoaderIn(nil, u) }
+
+// LoaderIn is DefaultLoader, or DeviceDecodeLoader when u is not nil, opening every file it
+// reads beneath roots (internal/confine; nil: anywhere): the adapter's folder or lorapack file
+// and each file inside the folder, links followed only while they stay inside the roots. The
+// cache uses it with Options.Roots when no Loader is set.
+func LoaderIn(roots *confine.Roots, u model.EncodedUploader) LoaderFunc {
 	return func(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error) {
-		return loadPath(path, name, cfg, func(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error) {
-			return LoadCompressedEncoded(path, name, cfg, u.DecodesOnDevice)
-		})
+		return loadPath(roots, path, name, cfg, u)
 	}
 }
 
-func loadPath(path, name string, cfg *model.Config, compressed LoaderFunc) (*model.HostAdapter, io.Closer, error) {
-	st, err := os.Stat(path)
+func loadPath(roots *confine.Roots, path, name string, cfg *model.Config, u model.EncodedUploader) (*model.HostAdapter, io.Closer, error) {
+	st, err := roots.Stat(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("adapter %q: %w", name, err)
 	}
 	if st.IsDir() {
-		return LoadPEFT(path, name, cfg)
+		return loadPEFT(roots, path, name, cfg)
 	}
-	if IsCompressed(path) {
-		return compressed(path, name, cfg)
+	if !st.Mode().IsRegular() {
+		return nil, nil, &AdapterError{Adapter: name, File: path, Err: confine.ErrNotRegular}
+	}
+	if isCompressed(roots, path) {
+		if u != nil {
+			return loadCompressedEncoded(roots, path, name, cfg, u.DecodesOnDevice)
+		}
+		return loadCompressed(roots, path, name, cfg)
 	}
 	return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf(
 		"%w: neither a PEFT adapter folder nor a lorapack file", model.ErrUnsupported)}
@@ -61,7 +72,13 @@ func (c *Cache) lookup(name string) (*entry, error) {
 	if ValidName(name) {
 		for _, dir := range c.opt.Dirs {
 			p := filepath.Join(dir, name)
-			if _, err := os.Stat(p); err == nil {
+			_, err := c.opt.Roots.Stat(p)
+			if errors.Is(err, confine.ErrOutside) {
+				// DIR/NAME links out of every root: refused, not skipped, so the operator
+				// sees why the adapter is not served.
+				return nil, fmt.Errorf("adapter %q: %w", name, err)
+			}
+			if err == nil {
 				e := &entry{name: name, path: p, state: StateDisk}
 				c.entries[name] = e
 				return e, nil

@@ -12,6 +12,7 @@ import (
 	"slices"
 
 	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/internal/confine"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/model/safetensors"
 )
@@ -23,14 +24,17 @@ import (
 // IsCompressed reports whether path is a lorapack file (a regular file whose safetensors
 // metadata names the lorapack format), so callers can accept a file wherever they accept a PEFT
 // folder. It reads only the header.
-func IsCompressed(path string) bool {
-	f, err := os.Open(path)
+func IsCompressed(path string) bool { return isCompressed(nil, path) }
+
+// isCompressed is IsCompressed of a file opened beneath roots (nil: anywhere).
+func isCompressed(roots *confine.Roots, path string) bool {
+	f, err := roots.Open(path)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
 	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() {
+	if err != nil {
 		return false
 	}
 	var n [8]byte
@@ -62,7 +66,12 @@ func IsCompressed(path string) bool {
 // accept and reject the same adapters with the same errors. The io.Closer holds nothing (the
 // file is closed before returning) and is returned for symmetry with LoadPEFT.
 func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
-	buf, _, cfg, err := decodeCompressed(path, name, func(cfg *PEFTConfig, _ *codec.Manifest) int { return maxAdapterElems(base, cfg) })
+	return loadCompressed(nil, path, name, base)
+}
+
+// loadCompressed is LoadCompressed of a file opened beneath roots (nil: anywhere).
+func loadCompressed(roots *confine.Roots, path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
+	buf, _, cfg, err := decodeCompressed(roots, path, name, func(cfg *PEFTConfig, _ *codec.Manifest) int { return maxAdapterElems(base, cfg) })
 	if err != nil {
 		return nil, nil, err
 	}
@@ -84,7 +93,12 @@ func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, 
 // tensors an anonymous mapping of zero pages (never written where left encoded, so they cost no
 // memory), both released by the returned io.Closer. The others are decoded as LoadCompressed does.
 func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(codec string) bool) (*model.HostAdapter, io.Closer, error) {
-	c, err := codec.Open(path)
+	return loadCompressedEncoded(nil, path, name, base, onDevice)
+}
+
+// loadCompressedEncoded is LoadCompressedEncoded of a file opened beneath roots (nil: anywhere).
+func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.Config, onDevice func(codec string) bool) (*model.HostAdapter, io.Closer, error) {
+	c, err := openContainer(roots, path)
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}
@@ -183,10 +197,20 @@ func maxRank(cfg *PEFTConfig) int {
 	return r
 }
 
+// openContainer opens a lorapack file beneath roots (nil: anywhere).
+func openContainer(roots *confine.Roots, path string) (*codec.Container, error) {
+	fd, err := roots.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fd.Close() // the mapping does not need the descriptor
+	return codec.OpenFile(path, fd)
+}
+
 // decodeCompressed opens, checks and decodes a lorapack file into safetensors bytes, and returns
 // the adapter config it carries, raw and parsed.
-func decodeCompressed(path, name string, limit func(*PEFTConfig, *codec.Manifest) int) ([]byte, []byte, *PEFTConfig, error) {
-	c, err := codec.Open(path)
+func decodeCompressed(roots *confine.Roots, path, name string, limit func(*PEFTConfig, *codec.Manifest) int) ([]byte, []byte, *PEFTConfig, error) {
+	c, err := openContainer(roots, path)
 	if err != nil {
 		return nil, nil, nil, compressedErr(name, path, err)
 	}
@@ -222,7 +246,7 @@ func DecompressFile(path, outDir string) error {
 	// Without a base model, bound by the config's rank: every factor has one side of at most that
 	// rank, and the other side at most 2^20 (over 50x Llama-3-70B's widest projection); never
 	// more than 2^31 values (8 GiB as F32) in all.
-	buf, cfg, _, err := decodeCompressed(path, filepath.Base(path), func(cfg *PEFTConfig, m *codec.Manifest) int {
+	buf, cfg, _, err := decodeCompressed(nil, path, filepath.Base(path), func(cfg *PEFTConfig, m *codec.Manifest) int {
 		return min(1<<31, len(m.Tensors)*maxRank(cfg)<<20)
 	})
 	if err != nil {

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 
+	"github.com/loraplex/loraplex/internal/confine"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/model/safetensors"
 )
@@ -31,8 +31,14 @@ const (
 // does not fit the base model, matching errors.Is(err, model.ErrUnsupported) when it uses an
 // option loraplex does not implement; otherwise an I/O error (such as fs.ErrNotExist).
 func LoadPEFT(dir, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
+	return loadPEFT(nil, dir, name, base)
+}
+
+// loadPEFT is LoadPEFT reading every file beneath roots (nil: anywhere), the config through
+// confine.MaxConfigBytes.
+func loadPEFT(roots *confine.Roots, dir, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
 	cfgPath := filepath.Join(dir, PEFTConfigFile)
-	raw, err := os.ReadFile(cfgPath)
+	raw, err := roots.ReadFile(cfgPath, confine.MaxConfigBytes)
 	if err != nil {
 		return nil, nil, fmt.Errorf("adapter %q: %w", name, err)
 	}
@@ -41,9 +47,9 @@ func LoadPEFT(dir, name string, base *model.Config) (*model.HostAdapter, io.Clos
 		return nil, nil, &AdapterError{Adapter: name, File: cfgPath, Err: err}
 	}
 	stPath := filepath.Join(dir, PEFTWeightsFile)
-	f, err := safetensors.Open(stPath)
+	f, err := openSafetensors(roots, stPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		if _, perr := os.Stat(filepath.Join(dir, peftPickleFile)); perr == nil {
+		if _, perr := roots.Stat(filepath.Join(dir, peftPickleFile)); perr == nil {
 			return nil, nil, &AdapterError{Adapter: name, File: filepath.Join(dir, peftPickleFile), Err: fmt.Errorf(
 				"%w: torch pickle adapters are not supported (loading one can run arbitrary code); convert it to %s, e.g. in Python: "+
 					"safetensors.torch.save_file(torch.load(%q, weights_only=True), %q, metadata={\"format\": \"pt\"})",
@@ -63,6 +69,16 @@ func LoadPEFT(dir, name string, base *model.Config) (*model.HostAdapter, io.Clos
 		return nil, nil, err
 	}
 	return a, f, nil
+}
+
+// openSafetensors maps a safetensors file opened beneath roots (nil: anywhere).
+func openSafetensors(roots *confine.Roots, path string) (*safetensors.File, error) {
+	fd, err := roots.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fd.Close() // the mapping does not need the descriptor
+	return safetensors.OpenFile(path, fd)
 }
 
 // factors gathers the tensor names of one module while scanning the file.

@@ -1,6 +1,8 @@
 package adaptercache
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"time"
 
@@ -47,7 +49,7 @@ func (c *Cache) startLoad(e *entry) {
 func (c *Cache) load(e *entry) {
 	defer c.wg.Done()
 	start := time.Now()
-	ha, closer, err := c.loader(e.path, e.name, c.opt.Config)
+	ha, closer, err := c.readDisk(e)
 	took := time.Since(start)
 	c.mu.Lock()
 	defer c.unlock()
@@ -71,6 +73,44 @@ func (c *Cache) load(e *entry) {
 	c.hostN++
 	c.hostB += ha.Bytes
 	c.enforceHostBudget(e)
+}
+
+// readDisk runs the loader for e within Options.LoadTimeout and until Close. A read that
+// overruns either is abandoned on its own goroutine, which closes what it returns.
+func (c *Cache) readDisk(e *entry) (*model.HostAdapter, io.Closer, error) {
+	type result struct {
+		ha     *model.HostAdapter
+		closer io.Closer
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ha, closer, err := c.loader(e.path, e.name, c.opt.Config)
+		done <- result{ha, closer, err}
+	}()
+	var timeout <-chan time.Time
+	if c.opt.LoadTimeout > 0 {
+		t := time.NewTimer(c.opt.LoadTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	abandon := func() {
+		go func() {
+			if r := <-done; r.closer != nil {
+				r.closer.Close()
+			}
+		}()
+	}
+	select {
+	case r := <-done:
+		return r.ha, r.closer, r.err
+	case <-timeout:
+		abandon()
+		return nil, nil, fmt.Errorf("adapter %q: reading it took longer than %v: %w", e.name, c.opt.LoadTimeout, context.DeadlineExceeded)
+	case <-c.closing:
+		abandon()
+		return nil, nil, ErrClosed
+	}
 }
 
 // enforceHostBudget evicts the least recently used host copies until the tier fits its limits,

@@ -15,12 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/loraplex/loraplex/internal/confine"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/model/safetensors"
 )
@@ -179,8 +179,16 @@ func invalid(dir, format string, args ...any) error {
 // every layer index, every gate's name, dtype and shape ([experts+nulls of its layer, d_in of
 // its projection]); unknown tensors are errors. Errors wrap ErrInvalid (or the file error) and
 // name the file, the field or layer, and the tensor.
-func Load(dir string, cfg *model.Config) (*Bundle, error) {
-	raw, err := os.ReadFile(filepath.Join(dir, ConfigFile))
+func Load(dir string, cfg *model.Config) (*Bundle, error) { return LoadIn(nil, dir, cfg) }
+
+// LoadIn is Load reading the bundle's files beneath roots (internal/confine; nil: anywhere),
+// router.json through confine.MaxConfigBytes: a bundle whose files link out of the roots, or
+// that are not regular files, is refused.
+func LoadIn(roots *confine.Roots, dir string, cfg *model.Config) (*Bundle, error) {
+	if _, err := roots.Resolve(dir); err != nil {
+		return nil, fmt.Errorf("router %s: %w", dir, err)
+	}
+	raw, err := roots.ReadFile(filepath.Join(dir, ConfigFile), confine.MaxConfigBytes)
 	if err != nil {
 		return nil, fmt.Errorf("router %s: %w", dir, err)
 	}
@@ -189,7 +197,12 @@ func Load(dir string, cfg *model.Config) (*Bundle, error) {
 		return nil, err
 	}
 	gpath := filepath.Join(dir, GatesFile)
-	f, err := safetensors.Open(gpath)
+	fd, err := roots.Open(gpath)
+	if err != nil {
+		return nil, fmt.Errorf("router %s: %w", dir, err)
+	}
+	f, err := safetensors.OpenFile(gpath, fd)
+	fd.Close() // the mapping does not need the descriptor
 	if err != nil {
 		return nil, fmt.Errorf("router %s: %w", dir, err)
 	}

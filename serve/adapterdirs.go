@@ -4,36 +4,45 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path/filepath"
-	"strings"
+
+	"github.com/loraplex/loraplex/internal/confine"
 )
 
-// CheckAdapterPath resolves path (following symlinks) and requires it to lie inside one of the
-// configured adapter roots, so the runtime load API cannot read arbitrary files.
+// CheckAdapterPath is the runtime load API's gate: it refuses every path when no adapter root
+// is configured, and otherwise returns path's real location once it resolves inside the roots
+// (Options.AdapterRoots). The loaders check every file again as they open it, so a path that
+// passes here and changes afterwards is still confined.
 func (e *Engine) CheckAdapterPath(path string) (string, error) {
-	if len(e.opt.AdapterRoots) == 0 {
+	if e.roots == nil {
 		return "", errorf(KindForbidden, "lora_path", "loading adapters by path is disabled: no adapter root is configured")
 	}
-	real, err := filepath.EvalSymlinks(path)
+	real, err := e.roots.Resolve(path)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", errorf(KindNotFound, "lora_path", "adapter path %q does not exist", path)
-		}
-		return "", &Error{Kind: KindInvalid, Param: "lora_path", Msg: fmt.Sprintf("adapter path %q", path), Err: err}
+		return "", fileError("lora_path", fmt.Sprintf("adapter path %q", path), err)
 	}
-	real, err = filepath.Abs(real)
-	if err != nil {
-		return "", &Error{Kind: KindInvalid, Param: "lora_path", Msg: "adapter path", Err: err}
-	}
-	for _, root := range e.opt.AdapterRoots {
-		r, err := filepath.EvalSymlinks(root)
-		if err != nil {
-			continue
+	return real, nil
+}
+
+// fileError maps an error of opening a file beneath the roots (internal/confine) to a kind, or
+// returns nil for other errors: outside the roots is KindForbidden (the same answer whether the
+// path exists or not), missing KindNotFound, not a regular file or a config over its size limit
+// KindUnprocessable. Messages name the path as given, never a file's bytes.
+func fileError(param, msg string, err error) error {
+	var kind Kind
+	switch {
+	case errors.Is(err, confine.ErrOutside):
+		kind = KindForbidden
+		msg += " (allowed roots: --adapter-root, --adapter-dir, and the command line's --adapter and --router paths)"
+	case errors.Is(err, fs.ErrNotExist):
+		kind = KindNotFound
+	case errors.Is(err, confine.ErrNotRegular), errors.Is(err, confine.ErrTooLarge):
+		kind = KindUnprocessable
+	default:
+		var pe *fs.PathError
+		if !errors.As(err, &pe) {
+			return nil
 		}
-		r, _ = filepath.Abs(r)
-		if rel, err := filepath.Rel(r, real); err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator)) && rel != "." {
-			return real, nil
-		}
+		kind = KindUnprocessable
 	}
-	return "", errorf(KindForbidden, "lora_path", "adapter path %q is outside the adapter roots", path)
+	return &Error{Kind: kind, Param: param, Msg: msg, Err: err}
 }

@@ -74,14 +74,17 @@ func TestCheckAdapterPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newBareEngine(t, "llama", Options{AdapterRoots: []string{root}})
-	if _, err := e.CheckAdapterPath(filepath.Join(root, "good")); err != nil {
-		t.Fatal(err)
+	for _, ok := range []string{filepath.Join(root, "good"), root} {
+		if _, err := e.CheckAdapterPath(ok); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for path, kind := range map[string]Kind{
 		filepath.Join(root, "escape"):                               KindForbidden,
 		filepath.Join(root, "..", filepath.Base(outside), "secret"): KindForbidden,
 		filepath.Join(root, "good", "..", ".."):                     KindForbidden,
-		root:                                                        KindForbidden,
+		filepath.Join(outside, "nothing"):                           KindForbidden,
+		filepath.Join(root, "escape", "nothing"):                    KindForbidden,
 		filepath.Join(root, "nothing"):                              KindNotFound,
 	} {
 		if _, err := e.CheckAdapterPath(path); KindOf(err) != kind {

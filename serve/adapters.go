@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"time"
 
 	"github.com/loraplex/loraplex/adaptercache"
@@ -36,7 +35,7 @@ func (e *Engine) LoadAdapter(name, path string) (err error) {
 	if err := e.cache.Register(name, path); err != nil {
 		return &Error{Kind: KindUnavailable, Msg: fmt.Sprintf("adapter %q", name), Err: err}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), e.opt.LoadTimeout)
 	defer cancel()
 	l, err := e.cache.Acquire(ctx, name)
 	if err != nil {
@@ -62,12 +61,13 @@ func adapterError(name string, err error) error {
 	switch {
 	case errors.Is(err, adaptercache.ErrUnknownAdapter):
 		return errorf(KindNotFound, "model", "the model `%s` does not exist", name)
-	case errors.Is(err, fs.ErrNotExist):
-		return &Error{Kind: KindNotFound, Param: "lora_path", Msg: fmt.Sprintf("adapter %q", name), Err: err}
 	case errors.Is(err, adaptercache.ErrClosed):
 		return &Error{Kind: KindUnavailable, Msg: "the server is shutting down", Err: err}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return &Error{Kind: KindDeadline, Msg: fmt.Sprintf("adapter %q did not load in time", name), Err: err}
+	}
+	if ferr := fileError("lora_path", fmt.Sprintf("adapter %q", name), err); ferr != nil {
+		return ferr
 	}
 	return &Error{Kind: KindUnprocessable, Param: "lora_path", Msg: fmt.Sprintf("adapter %q cannot be loaded", name), Err: err}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/loraplex/loraplex/adaptercache"
+	"github.com/loraplex/loraplex/internal/confine"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/tokenizer"
 )
@@ -32,11 +33,22 @@ type Options struct {
 	MaxCPULoRABytes int64
 	// AdapterDirs are searched for DIR/NAME when a request names an adapter that is not loaded.
 	AdapterDirs []string
-	// AdapterRoots bound the paths the runtime load API may read (CheckAdapterPath); the
-	// adapter dirs are always roots.
+	// AdapterRoots are the folders (or single files) that every adapter and router file must
+	// resolve inside (internal/confine), links followed only while they stay inside: files of
+	// adapters found in AdapterDirs, loaded by LoadAdapter or LoadRouter, or named by the
+	// runtime load API (CheckAdapterPath). The adapter dirs are always roots; a server adds its
+	// command-line adapter and router paths. With no roots at all nothing is confined (trusted
+	// embedding code and tests) and the runtime load API refuses every path.
 	AdapterRoots []string
-	Logger       *slog.Logger
+	// LoadTimeout bounds one adapter or router load: reading it from disk, and for LoadAdapter
+	// and LoadRouter also getting it onto the device (default DefaultLoadTimeout).
+	LoadTimeout time.Duration
+	Logger      *slog.Logger
 }
+
+// DefaultLoadTimeout is Options.LoadTimeout's default: minutes for a large adapter on slow
+// storage, and still a bound on a load stuck on a dead file system.
+const DefaultLoadTimeout = 2 * time.Minute
 
 // Engine serves one base model and its adapters.
 type Engine struct {
@@ -48,6 +60,7 @@ type Engine struct {
 	eos    map[int]bool
 
 	cache    *adaptercache.Cache
+	roots    *confine.Roots // nil: nothing confined (no AdapterRoots, no AdapterDirs)
 	routers  routerRegistry
 	submit   chan *sequence
 	queued   atomic.Int64
@@ -126,6 +139,10 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 		opt.MaxQueued = 1024
 	}
 	opt.AdapterRoots = append(append([]string(nil), opt.AdapterRoots...), opt.AdapterDirs...)
+	if opt.LoadTimeout <= 0 {
+		opt.LoadTimeout = DefaultLoadTimeout
+	}
+	roots := confine.New(opt.AdapterRoots...)
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
@@ -148,13 +165,14 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	}
 	cache, err := adaptercache.New(adaptercache.Options{Config: cfg, Backend: b, Dirs: opt.AdapterDirs,
 		MaxDeviceSlots: opt.MaxLoRAs, MaxHostAdapters: opt.MaxCPULoRAs, MaxHostBytes: opt.MaxCPULoRABytes,
-		UploadCopies: !aliases})
+		UploadCopies: !aliases, Roots: roots, LoadTimeout: opt.LoadTimeout})
 	if err != nil {
 		return nil, err
 	}
 	e := &Engine{
 		cfg: cfg, runner: r, tok: tok, opt: opt, log: opt.Logger, eos: map[int]bool{},
 		cache:   cache,
+		roots:   roots,
 		routers: routerRegistry{m: map[string]*routerEntry{}},
 		submit:  make(chan *sequence, opt.MaxQueued),
 		closed:  make(chan struct{}), stop: make(chan struct{}),

@@ -2,9 +2,7 @@ package serve
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"slices"
 	"sort"
 	"sync"
@@ -70,19 +68,22 @@ func (e *Engine) LoadRouter(name, dir string) error {
 	if _, ok := e.cache.State(name); ok {
 		return errorf(KindInvalid, "router", "the name %q is an adapter's", name)
 	}
-	b, err := router.Load(dir, e.cfg)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return &Error{Kind: KindNotFound, Param: "router", Msg: fmt.Sprintf("router %q", name), Err: err}
-	case err != nil:
+	ctx, cancel := context.WithTimeout(context.Background(), e.opt.LoadTimeout)
+	defer cancel()
+	b, err := e.readRouter(ctx, dir)
+	if err != nil {
+		if ferr := fileError("router", fmt.Sprintf("router %q", name), err); ferr != nil {
+			return ferr
+		}
+		if KindOf(err) != KindInternal {
+			return err
+		}
 		return &Error{Kind: KindUnprocessable, Param: "router", Msg: fmt.Sprintf("router %q", name), Err: err}
 	}
 	if n := len(b.Experts()); n > e.opt.MaxLoRAs {
 		return errorf(KindUnprocessable, "router", "router %q has %d experts but only %d adapters fit on the device (--max-loras)", name, n, e.opt.MaxLoRAs)
 	}
 	// Every expert must load now, so a broken bundle fails here rather than on requests.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
 	for _, x := range b.Experts() {
 		l, err := e.cache.Acquire(ctx, x)
 		if err != nil {
@@ -105,6 +106,29 @@ func (e *Engine) LoadRouter(name, dir string) error {
 	}
 	e.log.Info("router loaded", "name", name, "dir", dir, "experts", len(b.Experts()))
 	return nil
+}
+
+// readRouter reads the bundle in dir beneath the roots until ctx ends or the engine closes; a
+// read stuck on the file system is abandoned on its own goroutine (a bundle holds no device
+// memory before Upload, so nothing leaks but the goroutine while it is stuck).
+func (e *Engine) readRouter(ctx context.Context, dir string) (*router.Bundle, error) {
+	type result struct {
+		b   *router.Bundle
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		b, err := router.LoadIn(e.roots, dir, e.cfg)
+		done <- result{b, err}
+	}()
+	select {
+	case r := <-done:
+		return r.b, r.err
+	case <-ctx.Done():
+		return nil, &Error{Kind: KindDeadline, Param: "router", Msg: fmt.Sprintf("router bundle %q did not load within %v", dir, e.opt.LoadTimeout), Err: ctx.Err()}
+	case <-e.stop:
+		return nil, &Error{Kind: KindUnavailable, Msg: "the server is shutting down"}
+	}
 }
 
 // UnloadRouter removes a router from the listing; running requests finish with it.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -182,6 +183,19 @@ func Open(path string) (*Container, error) {
 	if err != nil {
 		return nil, err
 	}
+	return open(f)
+}
+
+// OpenFile is Open of a file already open for reading (see safetensors.OpenFile).
+func OpenFile(path string, fd *os.File) (*Container, error) {
+	f, err := safetensors.OpenFile(path, fd)
+	if err != nil {
+		return nil, err
+	}
+	return open(f)
+}
+
+func open(f *safetensors.File) (*Container, error) {
 	m, err := checkManifest(f)
 	if err != nil {
 		f.Close()

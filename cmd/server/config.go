@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/loraplex/loraplex/serve"
 )
 
 // config is everything the command line sets.
@@ -30,9 +32,26 @@ type config struct {
 	allowRuntimeAdapters   bool
 	logLevel               slog.Level
 	shutdownTimeout        time.Duration
+	loadTimeout            time.Duration
 }
 
 type adapterSpec struct{ name, path string }
+
+// roots are the folders and files that adapter and router files may resolve inside
+// (serve.Options.AdapterRoots; the engine adds the --adapter-dir folders): the --adapter-root
+// folders, and each --adapter and --router path given on the command line, which the operator
+// named and so trusts, together with what its links reach inside it. A link out of all of them
+// (say into a Hugging Face cache) needs that folder as an --adapter-root.
+func (c *config) roots() []string {
+	roots := append([]string(nil), c.adapterRoots...)
+	for _, a := range c.adapters {
+		roots = append(roots, a.path)
+	}
+	for _, r := range c.routers {
+		roots = append(roots, r.path)
+	}
+	return roots
+}
 
 func parseFlags(args []string, out io.Writer) (*config, error) {
 	c := &config{}
@@ -60,7 +79,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		c.adapterDirs = append(c.adapterDirs, s)
 		return nil
 	})
-	fs.Func("adapter-root", "folder the runtime load API may load adapters from (adapter dirs are roots too); repeatable", func(s string) error {
+	fs.Func("adapter-root", "folder that adapter and router files may resolve inside, for the runtime load API (the --adapter-dir folders and the --adapter and --router paths are roots too); repeatable", func(s string) error {
 		c.adapterRoots = append(c.adapterRoots, s)
 		return nil
 	})
@@ -80,6 +99,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/load_router and /v1/unload_router (and the gRPC equivalents)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
+	fs.DurationVar(&c.loadTimeout, "load-timeout", serve.DefaultLoadTimeout, "how long one adapter or router load (from disk onto the device) may take")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -101,6 +121,9 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	}
 	if c.shutdownTimeout < 0 {
 		return nil, fmt.Errorf("--shutdown-timeout must not be negative")
+	}
+	if c.loadTimeout <= 0 {
+		return nil, fmt.Errorf("--load-timeout must be positive")
 	}
 	return c, nil
 }

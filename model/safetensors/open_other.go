@@ -2,11 +2,14 @@
 
 package safetensors
 
-import "os"
+import (
+	"io"
+	"os"
+)
 
 // mapFile falls back to reading the whole file where mmap is not available.
-func mapFile(path string) ([]byte, func() error, error) {
-	data, err := os.ReadFile(path)
+func mapFile(path string, fd *os.File) ([]byte, func() error, error) {
+	data, err := io.ReadAll(fd)
 	if err != nil {
 		return nil, nil, err
 	}

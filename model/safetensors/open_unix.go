@@ -8,15 +8,9 @@ import (
 	"syscall"
 )
 
-// mapFile maps path read-only. MAP_SHARED of a read-only descriptor costs no copy; the file's
+// mapFile maps fd read-only. MAP_SHARED of a read-only descriptor costs no copy; the file's
 // pages are shared with the page cache and with other processes serving the same weights.
-func mapFile(path string) ([]byte, func() error, error) {
-	fd, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	// The mapping outlives the descriptor, so it can be closed right away.
-	defer fd.Close()
+func mapFile(path string, fd *os.File) ([]byte, func() error, error) {
 	st, err := fd.Stat()
 	if err != nil {
 		return nil, nil, err

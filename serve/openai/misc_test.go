@@ -110,8 +110,9 @@ func TestRuntimeAdapters(t *testing.T) {
 	if st, b := post(t, srv.URL, "/v1/completions", req); st != 200 {
 		t.Errorf("after reload: %d %s", st, b)
 	}
+	// Outside the roots is one answer, whether the path exists or not.
 	st, b = post(t, srv.URL, "/v1/load_lora_adapter", `{"lora_name":"x","lora_path":"/nonexistent/adapter"}`)
-	checkError(t, st, b, 404, "lora_path")
+	checkError(t, st, b, 403, "lora_path")
 	st, b = post(t, srv.URL, "/v1/load_lora_adapter", `{"lora_name":"x"}`)
 	checkError(t, st, b, 400, "")
 	// A real adapter folder outside the adapter roots is refused.
