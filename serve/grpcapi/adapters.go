@@ -47,7 +47,8 @@ func (s *Service) LoadAdapter(ctx context.Context, req *loraplexv1.LoadAdapterRe
 		return nil, s.toStatus(ctx, method, invalid("path", "path is required"))
 	}
 	// A client must not make the server read arbitrary files: the path has to resolve inside
-	// one of the engine's adapter roots (PermissionDenied otherwise, NotFound if missing).
+	// one of the engine's adapter roots (PermissionDenied otherwise, whether it exists or not;
+	// NotFound if missing inside a root), and so does every file the loader opens in it.
 	path, err := s.e.CheckAdapterPath(req.GetPath())
 	if err != nil {
 		return nil, s.toStatus(ctx, method, err)

@@ -59,7 +59,8 @@ func (h *Handler) loadAdapter(w http.ResponseWriter, r *http.Request) error {
 	if req.LoraName == "" || req.LoraPath == "" {
 		return invalid("lora_name", "both lora_name and lora_path must be given")
 	}
-	// The path must resolve inside an adapter root: the API must not read arbitrary files.
+	// The path must resolve inside an adapter root, and so must every file the loader opens
+	// in it: the API must not read arbitrary files.
 	path, err := h.e.CheckAdapterPath(req.LoraPath)
 	if err != nil {
 		return err
