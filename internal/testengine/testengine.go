@@ -37,6 +37,12 @@ func New(t testing.TB, name string, opt serve.Options) *serve.Engine {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	// The fixture's adapters and router bundles are what a server's command line would name, so
+	// they are allowed roots as the server's --adapter and --router paths are (serve.Options).
+	opt.AdapterRoots = append(opt.AdapterRoots, filepath.Join(fixture.RoutersRoot(), name))
+	for _, a := range fixture.Adapters {
+		opt.AdapterRoots = append(opt.AdapterRoots, fixture.AdapterDir(name, a))
+	}
 	e, err := serve.NewEngine(cfg, b, w, nil, opt)
 	if err != nil {
 		b.Close()
