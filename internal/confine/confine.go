@@ -80,11 +80,13 @@ func (r *Roots) Paths() []string {
 // error of a link that cannot be read. A nil Roots resolves without confining.
 func (r *Roots) Resolve(path string) (string, error) {
 	real, exists, err := resolve(path)
+	// Outside comes first, even over an error on the way (a folder we may not search), so
+	// paths outside the roots all get one answer.
+	if r != nil && (real == "" || !r.contains(real)) {
+		return "", &fs.PathError{Op: "open", Path: path, Err: ErrOutside}
+	}
 	if err != nil {
 		return "", &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	if r != nil && !r.contains(real) {
-		return "", &fs.PathError{Op: "open", Path: path, Err: ErrOutside}
 	}
 	if !exists {
 		return "", &fs.PathError{Op: "open", Path: path, Err: fs.ErrNotExist}
@@ -206,7 +208,8 @@ func unwrapPath(err error) error {
 // and whether it exists. It walks one component at a time, as the kernel does: ".." applies to
 // the folder reached so far (after links), and a link's target is walked in place of the link.
 // A missing component (or a non-folder in the middle) ends the walk: the rest is joined
-// lexically, since components that do not exist cannot be links.
+// lexically, since components that do not exist cannot be links. On an error the path reached
+// so far is returned with it.
 func resolve(path string) (string, bool, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -233,7 +236,7 @@ func resolve(path string) (string, bool, error) {
 			if errors.Is(err, fs.ErrNotExist) || isNotDir(err) {
 				return filepath.Join(append([]string{next}, rest...)...), false, nil
 			}
-			return "", false, unwrapPath(err)
+			return next, false, unwrapPath(err)
 		}
 		if fi.Mode()&fs.ModeSymlink == 0 {
 			if len(rest) > 0 && !fi.IsDir() {
@@ -244,11 +247,11 @@ func resolve(path string) (string, bool, error) {
 			continue
 		}
 		if links++; links > maxLinks {
-			return "", false, errLoop
+			return next, false, errLoop
 		}
 		target, err := os.Readlink(next)
 		if err != nil {
-			return "", false, unwrapPath(err)
+			return next, false, unwrapPath(err)
 		}
 		if tv := filepath.VolumeName(target); filepath.IsAbs(target) || tv != "" {
 			if tv != "" {

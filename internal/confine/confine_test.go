@@ -249,3 +249,22 @@ func FuzzResolve(f *testing.F) {
 		}
 	})
 }
+
+// A path outside the roots through a folder the server may not search is still "outside", not a
+// permission error: the answer must not tell which folders outside exist.
+func TestOutsideThroughUnsearchableFolder(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root searches every folder")
+	}
+	root, _, outside := tree(t)
+	locked := filepath.Join(outside, "locked")
+	must(t, os.Mkdir(filepath.Join(locked), 0o755))
+	must(t, os.Chmod(locked, 0))
+	t.Cleanup(func() { os.Chmod(locked, 0o755) })
+	r := New(root)
+	for _, p := range []string{filepath.Join(locked, "x", "y"), filepath.Join(outside, "missing")} {
+		if _, err := r.Open(p); !errors.Is(err, ErrOutside) || err.Error() != "open "+p+": outside the allowed roots" {
+			t.Errorf("Open(%s) = %v, want ErrOutside only", p, err)
+		}
+	}
+}
