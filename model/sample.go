@@ -81,7 +81,8 @@ func CheckSampleRows(rows []SampleRow, vocab int) error {
 }
 
 // ForwardSample runs the step like Forward and samples every logits row on the device:
-// rows[k] and out[k] belong to s.LogitRows[k]. The backend must implement DeviceSampler.
+// rows[k] and out[k] belong to s.LogitRows[k]. The backend must implement DeviceSampler. It
+// returns once the step is complete (see StepSynchronizer).
 func (r *Runner) ForwardSample(s *Step, adapters []*Adapter, rows []SampleRow, out []SampleResult) error {
 	ds, ok := r.B.(DeviceSampler)
 	if !ok {
@@ -94,13 +95,13 @@ func (r *Runner) ForwardSample(s *Step, adapters []*Adapter, rows []SampleRow, o
 	if err := CheckSampleRows(rows, r.Cfg.VocabSize); err != nil {
 		return fmt.Errorf("runner: %w", err)
 	}
-	if err := r.run(s, adapters); err != nil {
-		return err
-	}
-	if m == 0 {
-		return nil
-	}
-	return ds.Sample(r.logits.Slice(0, m), rows, out)
+	return r.step(s, adapters, nil, ds, rows, out)
+}
+
+// CanSample reports whether the backend samples (DeviceSampler), which ForwardSample needs.
+func (r *Runner) CanSample() bool {
+	_, ok := r.B.(DeviceSampler)
+	return ok
 }
 
 // orderKey maps a float32 to a uint32 whose unsigned order is the float order (-inf lowest).
