@@ -16,8 +16,9 @@
 //      top-p, min-p and the draw run there; min-p keeps p >= min_p;
 //   4. the token: a walk over the kept tokens in index order, with a block-wide prefix sum per
 //      1024 indices, stopping where the running sum exceeds u * sum(kept).
-// The walk goes in index order, the CPU sampler's in rank order: both draw from the same
-// distribution, but the same u (seed) may pick different tokens on the two backends.
+// The CPU backend computes the same definition (model.Sampler), so with the same logits and u a
+// row picks the same token on both backends (the kernel sums in float32 where the reference sums
+// in float64: only a u within rounding of a boundary can differ).
 #include <math_constants.h>
 #include "common.cuh"
 

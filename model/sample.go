@@ -5,10 +5,12 @@ import (
 	"math"
 )
 
-// Sampling on the device. A backend that implements DeviceSampler chooses the next token of
-// every logits row itself, so only the chosen tokens (and requested logprobs) come back to the
-// host instead of rows x vocab floats. SampleReference is the exact definition of what it
-// computes, in Go; tests compare the device against it.
+// Sampling is the backend's. Every backend implements DeviceSampler and chooses the next token
+// of every logits row itself (on a GPU only the chosen tokens and requested logprobs come back
+// to the host instead of rows x vocab floats). SampleReference is the one definition of what
+// they compute, in Go: the CUDA kernel follows it step by step, the CPU backend runs it through
+// Sampler (the same arithmetic, faster), and the engine draws each row's U from the request's
+// RNG, so a seeded request picks the same tokens on every backend.
 
 // MaxSampleLogprobs is the most top logprobs a row may ask for.
 const MaxSampleLogprobs = 20
@@ -54,9 +56,9 @@ type SampleResult struct {
 	Top     []TokenLogprob // Logprobs > 0: most likely first, ties by lower id
 }
 
-// DeviceSampler is implemented by backends that sample on the device. Sample runs after the
-// forward pass; logits ([len(rows), vocab], F32) may be overwritten. out[i].Top is reused
-// when its capacity suffices.
+// DeviceSampler is the backend's sampler (the engine's only one): Sample computes
+// SampleReference for every row. It runs after the forward pass; logits ([len(rows), vocab],
+// F32) may be overwritten. out[i].Top is reused when its capacity suffices.
 type DeviceSampler interface {
 	Sample(logits Tensor, rows []SampleRow, out []SampleResult) error
 }
@@ -120,9 +122,8 @@ func orderKey(f float32) uint32 {
 // Tokens are ranked by (logit desc, id asc). Top-k keeps the first k, top-p the shortest
 // prefix of those whose mass reaches TopP times theirs, min-p those with p_i >= MinP (p_max
 // is 1). The draw walks the kept tokens in id order and returns the first whose running sum
-// exceeds U * sum(kept) (the last kept one if rounding leaves none). The kept set is the CPU
-// sampler's, but the CPU walks it in rank order: the same U (seed) can pick a different token
-// on the two backends; the distribution is the same.
+// exceeds U * sum(kept) (the last kept one if rounding leaves none). Sums are float64, in id
+// order. The kept set and its probabilities are vLLM's.
 func SampleReference(logits []float32, row *SampleRow, out *SampleResult) {
 	V := len(logits)
 	ninf := float32(math.Inf(-1))
