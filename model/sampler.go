@@ -4,27 +4,26 @@ import (
 	"math"
 )
 
-// Sampler computes SampleReference at a host's speed: the same floating-point operations on
-// the same values in the same order, so it picks the same token and logprobs bit for bit, but
-// each probability is evaluated once, top-k is a selection instead of a bisection over the
-// whole row, and top-p narrows its cut-off over the survivors only. Backends that sample on the
+// Sampler computes SampleReference at a host's speed: the same operations on the same values,
+// so it picks the same token and logprobs bit for bit, but each probability is evaluated once,
+// top-k is a selection instead of a bisection over the whole row, and top-p narrows its cut-off
+// over the survivors only. Backends that sample on the
 // host (the CPU backend) use it; the CUDA kernel follows SampleReference step by step. A
 // Sampler keeps its scratch between rows: once grown to the vocabulary it allocates nothing.
 // It is not safe for concurrent use.
 type Sampler struct {
 	keys      []uint64     // rank keys of the finite logits (top-k selection)
 	cands     []sampleCand // candidates in id order: the finite logits, then top-k's survivors
-	undecided []sampleCand // top-p's narrowing: tokens not yet known to be in or out, id order
-	decided   []sampleCand // top-p's narrowing: tokens known to be in, id order
-	merged    []sampleCand
-	rawHist   []float32 // raw logits of the history and banned tokens, for the chosen logprob
+	undecided []sampleCand // top-p's narrowing: tokens not yet known to be in or out
+	rawHist   []float32    // raw logits of the history and banned tokens, for the chosen logprob
 	rawBan    []float32
 }
 
-// sampleCand is a candidate token: its rank key (rankKey) and probability.
+// sampleCand is a candidate token: its rank key (rankKey), probability and mass.
 type sampleCand struct {
-	rk uint64
-	p  float32
+	rk   uint64
+	mass uint64
+	p    float32
 }
 
 // rankKey orders tokens by (logit desc, id asc): a larger key ranks earlier. "Token i is in
@@ -184,33 +183,34 @@ func (s *Sampler) choose(l []float32, row *SampleRow) int {
 			continue
 		}
 		if rk := rankKey(v, i); rk >= minKey {
-			c = append(c, sampleCand{rk: rk, p: float32(math.Exp(float64((v - mx) * invT)))})
+			p := SampleExp(float32((v - mx) * invT))
+			c = append(c, sampleCand{rk: rk, p: p, mass: SampleMass(p)})
 		}
 	}
 	s.cands = c
 
-	// Top-p keeps the shortest rank prefix of the survivors whose mass, summed in id order,
-	// reaches TopP times theirs.
+	// Top-p keeps the shortest rank prefix of the survivors whose mass reaches TopP times
+	// theirs.
 	if row.TopP > 0 && row.TopP < 1 {
-		var total float64
+		var total uint64
 		for _, x := range c {
-			total += float64(x.p)
+			total += x.mass
 		}
-		minKey = s.topPKey(float64(row.TopP) * total)
+		minKey = s.topPKey(scaleMass(row.TopP, total))
 	}
-	var sum float64
+	var sum uint64
 	last := -1
 	for _, x := range c {
-		if x.rk >= minKey && (row.MinP <= 0 || x.p >= row.MinP) && x.p > 0 {
-			sum += float64(x.p)
+		if x.rk >= minKey && (row.MinP <= 0 || x.p >= row.MinP) && x.mass > 0 {
+			sum += x.mass
 			last = x.id()
 		}
 	}
-	target := float64(row.U) * sum
-	var cum float64
+	target := scaleMass(row.U, sum)
+	var cum uint64
 	for _, x := range c {
 		if x.rk >= minKey && (row.MinP <= 0 || x.p >= row.MinP) {
-			cum += float64(x.p)
+			cum += x.mass
 			if cum > target {
 				return x.id()
 			}
@@ -220,54 +220,30 @@ func (s *Sampler) choose(l []float32, row *SampleRow) int {
 }
 
 // topPKey returns the rank key of the last token of the shortest rank prefix of s.cands whose
-// probabilities, summed in id order, reach target. Sums of growing prefixes never decrease
-// (adding a non-negative term never lowers a rounded sum), so the prefix is found by narrowing:
-// a pivot's prefix either reaches target (the answer ends at the pivot or before it) or not
-// (everything up to the pivot is in). Each probe sums the tokens known to be in plus the
-// undecided ones, in id order, exactly as SampleReference sums the prefix.
-func (s *Sampler) topPKey(target float64) uint64 {
-	in := s.decided[:0]
+// mass reaches target, by narrowing: a pivot's prefix either reaches target (the answer ends at
+// the pivot or before it) or not (everything up to the pivot is in). Masses are integers, so
+// the sum of the tokens known to be in is kept as they are decided.
+func (s *Sampler) topPKey(target uint64) uint64 {
 	und := append(s.undecided[:0], s.cands...)
+	var in uint64 // mass of the tokens known to be in
 	best := uint64(0)
 	for len(und) > 0 {
 		piv := medianKey(und[0].rk, und[len(und)/2].rk, und[len(und)-1].rk)
-		// The prefix ending at piv: in ∪ {undecided ranked at or before piv}, merged by id.
-		var sum float64
-		i, j := 0, 0
-		for i < len(in) || j < len(und) {
-			if j == len(und) || (i < len(in) && in[i].id() < und[j].id()) {
-				sum += float64(in[i].p)
-				i++
-				continue
+		sum := in
+		for _, x := range und {
+			if x.rk >= piv {
+				sum += x.mass
 			}
-			if und[j].rk >= piv {
-				sum += float64(und[j].p)
-			}
-			j++
 		}
 		if sum >= target {
 			best = piv
 			und = keepAbove(und, piv)
-			continue
+		} else {
+			in = sum
+			und = keepBelow(und, piv)
 		}
-		// Everything ranked at or before piv is in; merge it into in (id order).
-		m := s.merged[:0]
-		i, j = 0, 0
-		for i < len(in) || j < len(und) {
-			if j == len(und) || (i < len(in) && in[i].id() < und[j].id()) {
-				m = append(m, in[i])
-				i++
-				continue
-			}
-			if und[j].rk >= piv {
-				m = append(m, und[j])
-			}
-			j++
-		}
-		s.merged, in = in, m
-		und = keepBelow(und, piv)
 	}
-	s.decided, s.undecided = in, und
+	s.undecided = und
 	return best
 }
 
