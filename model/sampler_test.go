@@ -148,11 +148,11 @@ func TestSamplerEqualsReference(t *testing.T) {
 }
 
 // At T=1 and top-p 0.9 (the measurement of issue 13), Sampler and SampleReference pick the same
-// token for the same U in every one of 2,000 draws on a 1,024-token row.
+// token for the same U in every one of 2,000 draws on a 512-token row.
 func TestSamplerTopPDrawForDraw(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 9))
 	var s model.Sampler
-	raw := make([]float32, 1024)
+	raw := make([]float32, 512)
 	for i := range raw {
 		raw[i] = float32(r.NormFloat64() * 2)
 	}
@@ -169,6 +169,9 @@ func TestSamplerTopPDrawForDraw(t *testing.T) {
 
 // Once its scratch has grown, Sampler allocates nothing per row.
 func TestSamplerAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates (and sync.Pool drops entries)")
+	}
 	r := rand.New(rand.NewPCG(1, 1))
 	raw := randomLogits(r, 32000)
 	l := make([]float32, len(raw))
