@@ -110,7 +110,19 @@ func New(device int) (*Backend, error) {
 
 func (b *Backend) Name() string { return b.name }
 
-// Err returns the sticky error, if any: once a CUDA call failed the backend refuses all work.
+// The optional backend capabilities this backend implements (model/doc.go lists them all).
+var (
+	_ model.StepRecorder     = (*Backend)(nil)
+	_ model.StepSynchronizer = (*Backend)(nil)
+	_ model.FailureReporter  = (*Backend)(nil)
+	_ model.DeviceSampler    = (*Backend)(nil)
+	_ model.DeviceRouter     = (*Backend)(nil)
+	_ model.AdapterUploader  = (*Backend)(nil)
+	_ model.EncodedUploader  = (*Backend)(nil)
+)
+
+// Err implements model.FailureReporter: the sticky error, if any. Once a CUDA call failed the
+// backend refuses all work.
 func (b *Backend) Err() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -7,8 +7,15 @@ import "C"
 
 import "time"
 
-// Sync waits for all queued work.
+// Sync implements model.StepSynchronizer: it waits for all work queued on the compute stream
+// and returns the sticky error, if any. The runner calls it at the end of every step, so
+// FreeAdapter may hand a slab back without waiting.
 func (b *Backend) Sync() error {
+	// Outside direct mode a step was abandoned between BeginStep and EndStep (a panic): its ops
+	// were being recorded or staged, not run, and a capturing stream must not be synchronised.
+	if b.failed() || b.mode != modeDirect {
+		return b.Err()
+	}
 	b.ok("sync", C.s_stream_sync(b.stream))
 	return b.Err()
 }

@@ -397,11 +397,12 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 
 // FreeAdapter implements model.AdapterUploader: the adapter's slab goes back to the pool, for
 // the next upload to overwrite. That is safe without waiting for the device because the engine
-// frees only adapters that no running sequence references, and every step ends with a
-// synchronising read of its logits (serve/loop.go, finish): by the time an adapter is freed,
-// the last step that read it has completed on the compute stream. The next upload into the slab
-// runs on an upload stream after this call, so it cannot overtake any read of the old contents.
-// Callers outside the engine (tests, tools) must likewise free only after their steps' reads.
+// frees only adapters that no running sequence references, and every step ends complete (the
+// runner calls Sync at the end of every step, prefill-only steps included: the step contract of
+// model.StepSynchronizer): by the time an adapter is freed, the last step that read it has
+// completed on the compute stream. The next upload into the slab runs on an upload stream after
+// this call, so it cannot overtake any read of the old contents. Callers outside the runner
+// (tests, tools) must likewise free only after a Sync or a synchronising read.
 func (b *Backend) FreeAdapter(a *model.Adapter) {
 	s, ok := a.Mem.(*slab)
 	if !ok || s == nil {

@@ -1,23 +1,25 @@
 // Logits processing and sampling on the device: one block per logits row chooses the row's next
 // token (and its raw logprobs), so only a few bytes per row go back to the host instead of the
 // whole row. model.SampleReference (model/sample.go) defines what this computes; the steps
-// below follow it one for one:
+// below follow it one for one, with the same arithmetic (sample_exp is model.SampleExp, masses
+// are model.SampleMass integers, so parallel sums equal the reference's loop exactly):
 //   1. log-sum-exp of the raw logits; the top-N raw logprobs by N block argmax passes, each
 //      taking the best token ranked after the previous pick in (value desc, index asc) order;
 //   2. raw values of the history and banned tokens are saved (for the chosen token's logprob),
 //      then banned ids get -inf, history tokens the repetition and frequency/presence penalties
 //      (in place: the logits buffer is scratch once the forward pass is done);
 //   3. greedy rows: block argmax (first index on ties, like the host);
-//      other rows: p = exp((l - max) / T) evaluated on the fly; the top-k and top-p cut-offs are
+//      other rows: p = sample_exp((l - max) / T) evaluated on the fly, its mass an integer;
+//      the top-k and top-p cut-offs are
 //      thresholds in the same rank order: top-k's key by radix select (exact counts), top-p's
 //      by binary search over the logit's ordered bits (each probe a block sum of the top-k
 //      survivors' mass), then, among tied logits, the index by binary search; when top-k
 //      leaves at most 1024 tokens they are compacted into shared memory (in index order) and
 //      top-p, min-p and the draw run there; min-p keeps p >= min_p;
 //   4. the token: a walk over the kept tokens in index order, with a block-wide prefix sum per
-//      1024 indices, stopping where the running sum exceeds u * sum(kept).
-// The walk goes in index order, the CPU sampler's in rank order: both draw from the same
-// distribution, but the same u (seed) may pick different tokens on the two backends.
+//      1024 indices, stopping where the running mass exceeds u * mass(kept).
+// The CPU backend computes the same definition (model.Sampler), so with the same logits and u a
+// row picks the same token on both backends.
 #include <math_constants.h>
 #include "common.cuh"
 
@@ -56,27 +58,55 @@ struct OpMax { template <typename T> __device__ T operator()(T a, T b) const { r
 struct OpMin { template <typename T> __device__ T operator()(T a, T b) const { return a < b ? a : b; } };
 
 // Inclusive prefix sum over the block; *total gets the block's sum.
-__device__ float block_scan(float x, float* sh, float* total) {
+template <typename T>
+__device__ T block_scan(T x, T* sh, T* total) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
     for (int o = 1; o < 32; o <<= 1) {
-        float y = __shfl_up_sync(0xffffffffu, x, o);
+        T y = __shfl_up_sync(0xffffffffu, x, o);
         if (lane >= o) x += y;
     }
     if (lane == 31) sh[warp] = x;
     __syncthreads();
     if (warp == 0) {
-        float w = lane < warps ? sh[lane] : 0.f;
+        T w = lane < warps ? sh[lane] : (T)0;
         for (int o = 1; o < 32; o <<= 1) {
-            float y = __shfl_up_sync(0xffffffffu, w, o);
+            T y = __shfl_up_sync(0xffffffffu, w, o);
             if (lane >= o) w += y;
         }
         sh[lane] = w;
     }
     __syncthreads();
-    float off = warp > 0 ? sh[warp - 1] : 0.f;
+    T off = warp > 0 ? sh[warp - 1] : (T)0;
     *total = sh[warps - 1];
     __syncthreads();
     return x + off;
+}
+
+// model.SampleExp: e^x for x <= 0, every step a float32 operation rounded on its own (the _rn
+// intrinsics are never fused), constants as the same bit patterns, so the bits equal Go's.
+__device__ __forceinline__ float sample_exp(float x) {
+    if (!(x >= -86.f)) return 0.f;
+    const float k = floorf(__fadd_rn(__fmul_rn(x, __int_as_float(0x3fb8aa3b)), 0.5f));
+    float r = __fsub_rn(x, __fmul_rn(k, __int_as_float(0x3f317200)));
+    r = __fsub_rn(r, __fmul_rn(k, __int_as_float(0x35bfbe8e)));
+    float q = __int_as_float(0x3ab60b61);                   // 1/720
+    q = __fadd_rn(__int_as_float(0x3c088889), __fmul_rn(r, q)); // 1/120
+    q = __fadd_rn(__int_as_float(0x3d2aaaab), __fmul_rn(r, q)); // 1/24
+    q = __fadd_rn(__int_as_float(0x3e2aaaab), __fmul_rn(r, q)); // 1/6
+    q = __fadd_rn(0.5f, __fmul_rn(r, q));
+    q = __fadd_rn(1.f, __fmul_rn(r, q));
+    q = __fadd_rn(1.f, __fmul_rn(r, q));
+    return __fmul_rn(q, __int_as_float(((int)k + 127) << 23));
+}
+
+// model.SampleMass: p in units of 2^-40, truncated (exact: p * 2^40 is exact in double).
+__device__ __forceinline__ unsigned long long sample_mass(float p) {
+    return (unsigned long long)((double)p * 1099511627776.0);
+}
+
+// floor(f * m) in double, as model's scaleMass.
+__device__ __forceinline__ unsigned long long scale_mass(float f, unsigned long long m) {
+    return (unsigned long long)((double)f * (double)m);
 }
 
 // A cut-off in rank order: token i is inside when its key is above key, or equal with i <= idx.
@@ -178,7 +208,7 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
         __shared__ int s_hist[256];
         __shared__ int s_pick[2];
         const float invT = __fdiv_rn(1.f, P.temperature);
-        auto prob = [&](float v) { return expf(__fmul_rn(__fsub_rn(v, m2), invT)); };
+        auto prob = [&](float v) { return sample_exp(__fmul_rn(__fsub_rn(v, m2), invT)); };
         // The tokens the cut-offs look at: the whole row, or, once top-k has left at most
         // SAMPLE_THREADS of them, those compacted in index order into shared memory.
         int n = vocab;
@@ -288,55 +318,55 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
             }
         }
         if (P.top_p > 0.f && P.top_p < 1.f) {
-            float total = 0.f;
+            unsigned long long total = 0;
             for (int j = tid; j < n; j += nt) {
                 int i;
                 float v = elem(j, i);
-                if (v != ninf && inside(order_key(v), i, kt)) total += prob(v);
+                if (v != ninf && inside(order_key(v), i, kt)) total += sample_mass(prob(v));
             }
-            total = block_reduce(total, sh.f, 0.f, OpSum());
-            const float target = P.top_p * total;
+            total = block_reduce(total, sh.k, 0ull, OpSum());
+            const unsigned long long target = scale_mass(P.top_p, total);
             pt = cut([&](Thr t) {
-                float s = 0.f;
+                unsigned long long s = 0;
                 for (int j = tid; j < n; j += nt) {
                     int i;
                     float v = elem(j, i);
                     uint32_t k = order_key(v);
-                    if (v != ninf && inside(k, i, kt) && inside(k, i, t)) s += prob(v);
+                    if (v != ninf && inside(k, i, kt) && inside(k, i, t)) s += sample_mass(prob(v));
                 }
-                return block_reduce(s, sh.f, 0.f, OpSum()) >= target;
+                return block_reduce(s, sh.k, 0ull, OpSum()) >= target;
             });
         }
-        // kept_prob: position j's probability if the token is kept (0 otherwise); i its index.
-        auto kept_prob = [&](int j, int& i) {
+        // kept_mass: position j's mass if the token is kept (0 otherwise); i its index.
+        auto kept_mass = [&](int j, int& i) -> unsigned long long {
             i = vocab;
-            if (j >= n) return 0.f;
+            if (j >= n) return 0ull;
             float v = elem(j, i);
             uint32_t k = order_key(v);
-            if (v == ninf || !inside(k, i, kt) || !inside(k, i, pt)) return 0.f;
+            if (v == ninf || !inside(k, i, kt) || !inside(k, i, pt)) return 0ull;
             float p = prob(v);
-            return (P.min_p > 0.f && !(p >= P.min_p)) ? 0.f : p;
+            return (P.min_p > 0.f && !(p >= P.min_p)) ? 0ull : sample_mass(p);
         };
-        float sum = 0.f;
+        unsigned long long sum = 0;
         int lastKept = -1;
         for (int j = tid; j < n; j += nt) {
             int i;
-            float p = kept_prob(j, i);
-            if (p > 0.f) {
-                sum += p;
+            unsigned long long m = kept_mass(j, i);
+            if (m > 0) {
+                sum += m;
                 lastKept = max(lastKept, i);
             }
         }
-        sum = block_reduce(sum, sh.f, 0.f, OpSum());
+        sum = block_reduce(sum, sh.k, 0ull, OpSum());
         lastKept = block_reduce(lastKept, sh.i, -1, OpMax());
-        const float target = P.u * sum;
-        float running = 0.f;
+        const unsigned long long target = scale_mass(P.u, sum);
+        unsigned long long running = 0;
         for (int base = 0; base < n && tok < 0; base += nt) {
             int i;
-            float p = kept_prob(base + tid, i);
-            float total;
-            float incl = block_scan(p, sh.f, &total);
-            int hit = (p > 0.f && running + incl > target) ? i : vocab;
+            unsigned long long m = kept_mass(base + tid, i);
+            unsigned long long total;
+            unsigned long long incl = block_scan(m, sh.k, &total);
+            int hit = (m > 0 && running + incl > target) ? i : vocab;
             hit = block_reduce(hit, sh.i, vocab, OpMin());
             if (hit < vocab) tok = hit;
             running += total;

@@ -97,6 +97,49 @@ type StepRecorder interface {
 // ErrRerun is returned by StepRecorder.EndStep when the step must be run again unrecorded.
 var ErrRerun = errors.New("model: run the step again without recording")
 
+// StepSynchronizer is implemented by backends whose ops return before the device has run them
+// (CUDA queues launches on a stream). Sync returns once every op queued so far has completed,
+// with the backend's sticky error if one has failed.
+//
+// The step contract: Runner.Forward and Runner.ForwardSample return only once the step is
+// complete on the device, including steps made only of prefill chunks, which read nothing back.
+// The runner calls Sync at the end of every step (runner.step, the one place), so a caller may
+// release what the step read (an adapter's weights, KV pages) as soon as the call returns: the
+// engine hands a cancelled request's adapter back right after the step, and the CUDA backend
+// reuses a freed adapter's slab without waiting for the device (cuda.Backend.FreeAdapter).
+type StepSynchronizer interface {
+	Sync() error
+}
+
+// FailureReporter is implemented by backends that can fail for good (a sticky CUDA error):
+// Err returns that failure, nil while the backend works. Ops without an error result (Alloc)
+// are checked through it, and health checks report NOT_SERVING once it is set.
+type FailureReporter interface {
+	Err() error
+}
+
+// UploadAliaser is implemented by backends whose Upload may keep pointing into the caller's
+// host data (the CPU backend reads the memory-mapped file in place): AliasesUploads reports
+// whether it does, and the adapter cache then keeps the host copy alive while the device copy
+// is in use. Backends without it copy.
+type UploadAliaser interface {
+	AliasesUploads() bool
+}
+
+// backendErr returns b's sticky failure (FailureReporter), nil when it has none.
+func backendErr(b Backend) error {
+	if f, ok := b.(FailureReporter); ok {
+		return f.Err()
+	}
+	return nil
+}
+
+// AliasesUploads reports whether b's uploads alias host memory (UploadAliaser).
+func AliasesUploads(b Backend) bool {
+	a, ok := b.(UploadAliaser)
+	return ok && a.AliasesUploads()
+}
+
 // Backend is everything the forward pass needs from a device. The forward pass (forward.go) is
 // written once against it; cpu/ and cuda/ implement it. Methods check shapes and panic on a
 // mismatch: shapes are the forward pass's responsibility, and a mismatch is a bug, not input.

@@ -74,8 +74,8 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	}
 	// Alloc has no error result; a backend that failed (device memory exhausted) says so here,
 	// at start-up, instead of at the first request.
-	if f, ok := b.(interface{ Err() error }); ok && f.Err() != nil {
-		return nil, fmt.Errorf("runner: allocating workspaces: %w", f.Err())
+	if err := backendErr(b); err != nil {
+		return nil, fmt.Errorf("runner: allocating workspaces: %w", err)
 	}
 	for p := range r.segs {
 		r.segs[p] = make([]LoRASeg, 0, 64)
@@ -85,22 +85,53 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 
 // Forward runs one step. adapters[i] is the adapter of s.Seqs[i] (nil for the base model).
 // Logits of s.LogitRows are written to logits, row after row (len = len(LogitRows)*VocabSize).
+// It returns once the step is complete (see StepSynchronizer).
 func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
 	m := len(s.LogitRows)
 	if len(logits) != m*r.Cfg.VocabSize {
 		return fmt.Errorf("runner: logits buffer has %d floats, want %d", len(logits), m*r.Cfg.VocabSize)
 	}
+	return r.step(s, adapters, logits, nil, nil, nil)
+}
+
+// Err returns the backend's permanent failure (FailureReporter), nil while it works.
+func (r *Runner) Err() error { return backendErr(r.B) }
+
+// step runs one step, then hands the logits to the host (ds nil: Read into logits) or to the
+// backend's sampler (ds). It is the one place the step contract (StepSynchronizer) is kept:
+// however the step ends (logits read, only prefill chunks, an error, a panic), the backend has
+// finished every op of it before step returns.
+func (r *Runner) step(s *Step, adapters []*Adapter, logits []float32, ds DeviceSampler, rows []SampleRow, out []SampleResult) (err error) {
+	defer func() {
+		if serr := r.sync(); err == nil {
+			err = serr
+		}
+	}()
 	if err := r.run(s, adapters); err != nil {
 		return err
 	}
-	if m == 0 {
+	m := len(s.LogitRows)
+	switch {
+	case m == 0:
 		return nil
+	case ds != nil:
+		return ds.Sample(r.logits.Slice(0, m), rows, out)
+	default:
+		return r.B.Read(r.logits.Slice(0, m), logits)
 	}
-	return r.B.Read(r.logits.Slice(0, m), logits)
+}
+
+// sync waits for the backend to finish the step's ops (a no-op for backends whose ops are
+// synchronous, which do not implement StepSynchronizer).
+func (r *Runner) sync() error {
+	if ss, ok := r.B.(StepSynchronizer); ok {
+		return ss.Sync()
+	}
+	return nil
 }
 
 // run checks the step and runs everything up to the logits (r.logits rows 0..len(LogitRows)),
-// recorded when the backend records steps. Forward and ForwardSample share it.
+// recorded when the backend records steps. Only step calls it.
 func (r *Runner) run(s *Step, adapters []*Adapter) error {
 	n, m := len(s.Tokens), len(s.LogitRows)
 	switch {

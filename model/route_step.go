@@ -49,9 +49,9 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 			r.B.Free(rs.gateOut)
 		}
 		rs.gateOut, rs.gateCols = r.B.Alloc(r.Opt.MaxTokens, rows), rows
-		if f, ok := r.B.(interface{ Err() error }); ok && f.Err() != nil {
+		if err := backendErr(r.B); err != nil {
 			rs.gateCols = 0
-			return fmt.Errorf("runner: allocating gate logits: %w", f.Err())
+			return fmt.Errorf("runner: allocating gate logits: %w", err)
 		}
 		rs.host = make([]float32, r.Opt.MaxTokens*rows)
 	}
@@ -224,4 +224,12 @@ func (r *Runner) RouteTrace(row int) []int32 {
 		return nil
 	}
 	return r.routing.trace[row*nl : (row+1)*nl]
+}
+
+// ReleaseRouting frees what a device router cached for rt (DeviceRouter.ReleaseRouting); a
+// no-op on backends that route on the host. Call it once no step will run rt again.
+func (r *Runner) ReleaseRouting(rt *Routing) {
+	if dr, ok := r.B.(DeviceRouter); ok {
+		dr.ReleaseRouting(rt)
+	}
 }

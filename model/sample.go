@@ -5,10 +5,12 @@ import (
 	"math"
 )
 
-// Sampling on the device. A backend that implements DeviceSampler chooses the next token of
-// every logits row itself, so only the chosen tokens (and requested logprobs) come back to the
-// host instead of rows x vocab floats. SampleReference is the exact definition of what it
-// computes, in Go; tests compare the device against it.
+// Sampling is the backend's. Every backend implements DeviceSampler and chooses the next token
+// of every logits row itself (on a GPU only the chosen tokens and requested logprobs come back
+// to the host instead of rows x vocab floats). SampleReference is the one definition of what
+// they compute, in Go: the CUDA kernel follows it step by step, the CPU backend runs it through
+// Sampler (the same arithmetic, faster), and the engine draws each row's U from the request's
+// RNG, so a seeded request picks the same tokens on every backend.
 
 // MaxSampleLogprobs is the most top logprobs a row may ask for.
 const MaxSampleLogprobs = 20
@@ -54,15 +56,18 @@ type SampleResult struct {
 	Top     []TokenLogprob // Logprobs > 0: most likely first, ties by lower id
 }
 
-// DeviceSampler is implemented by backends that sample on the device. Sample runs after the
-// forward pass; logits ([len(rows), vocab], F32) may be overwritten. out[i].Top is reused
-// when its capacity suffices.
+// DeviceSampler is the backend's sampler (the engine's only one): Sample computes
+// SampleReference for every row. It runs after the forward pass; logits ([len(rows), vocab],
+// F32) may be overwritten. out[i].Top is reused when its capacity suffices.
 type DeviceSampler interface {
 	Sample(logits Tensor, rows []SampleRow, out []SampleResult) error
 }
 
 // CheckSampleRows validates rows against the vocabulary size (backends call it first).
 func CheckSampleRows(rows []SampleRow, vocab int) error {
+	if vocab > MaxSampleVocab {
+		return fmt.Errorf("sample rows: a vocabulary of %d tokens, at most %d", vocab, MaxSampleVocab)
+	}
 	for i := range rows {
 		r := &rows[i]
 		if r.Logprobs > MaxSampleLogprobs {
@@ -81,7 +86,8 @@ func CheckSampleRows(rows []SampleRow, vocab int) error {
 }
 
 // ForwardSample runs the step like Forward and samples every logits row on the device:
-// rows[k] and out[k] belong to s.LogitRows[k]. The backend must implement DeviceSampler.
+// rows[k] and out[k] belong to s.LogitRows[k]. The backend must implement DeviceSampler. It
+// returns once the step is complete (see StepSynchronizer).
 func (r *Runner) ForwardSample(s *Step, adapters []*Adapter, rows []SampleRow, out []SampleResult) error {
 	ds, ok := r.B.(DeviceSampler)
 	if !ok {
@@ -94,13 +100,13 @@ func (r *Runner) ForwardSample(s *Step, adapters []*Adapter, rows []SampleRow, o
 	if err := CheckSampleRows(rows, r.Cfg.VocabSize); err != nil {
 		return fmt.Errorf("runner: %w", err)
 	}
-	if err := r.run(s, adapters); err != nil {
-		return err
-	}
-	if m == 0 {
-		return nil
-	}
-	return ds.Sample(r.logits.Slice(0, m), rows, out)
+	return r.step(s, adapters, nil, ds, rows, out)
+}
+
+// CanSample reports whether the backend samples (DeviceSampler), which ForwardSample needs.
+func (r *Runner) CanSample() bool {
+	_, ok := r.B.(DeviceSampler)
+	return ok
 }
 
 // orderKey maps a float32 to a uint32 whose unsigned order is the float order (-inf lowest).
@@ -115,13 +121,16 @@ func orderKey(f float32) uint32 {
 // SampleReference is the device sampler's definition (kernels/sampling.cu follows it step by
 // step); logits is one raw row and is modified in place.
 //
-// Stochastic rows: p_i = exp((l_i - max) / T) in float32 for every finite penalised logit.
-// Tokens are ranked by (logit desc, id asc). Top-k keeps the first k, top-p the shortest
-// prefix of those whose mass reaches TopP times theirs, min-p those with p_i >= MinP (p_max
-// is 1). The draw walks the kept tokens in id order and returns the first whose running sum
-// exceeds U * sum(kept) (the last kept one if rounding leaves none). The kept set is the CPU
-// sampler's, but the CPU walks it in rank order: the same U (seed) can pick a different token
-// on the two backends; the distribution is the same.
+// Stochastic rows: p_i = SampleExp((l_i - max) / T) in float32 for every finite penalised
+// logit, and its mass m_i = SampleMass(p_i), an integer. Tokens are ranked by (logit desc,
+// id asc). Top-k keeps the first k, top-p the shortest prefix of those whose mass reaches
+// TopP times theirs, min-p those with p_i >= MinP (p_max is 1). The draw walks the kept
+// tokens in id order and returns the first whose running mass exceeds U * mass(kept) (the
+// last kept one if rounding leaves none). The kept set and its probabilities are vLLM's.
+//
+// Every step is exact and independent of the order of summation (float32 operations rounded
+// one by one, integer sums), so a backend that sums in parallel (the CUDA kernel) and one that
+// sums in a loop (Sampler) pick the same token for the same U, bit for bit.
 func SampleReference(logits []float32, row *SampleRow, out *SampleResult) {
 	V := len(logits)
 	ninf := float32(math.Inf(-1))
@@ -209,6 +218,45 @@ func argmaxF32(v []float32) int {
 	return best
 }
 
+// Constants of SampleExp, as bit patterns so that Go and CUDA use the very same values.
+var (
+	expLog2E = math.Float32frombits(0x3fb8aa3b) // log2(e)
+	expLn2Hi = math.Float32frombits(0x3f317200) // ln 2, high part (15 significant bits)
+	expLn2Lo = math.Float32frombits(0x35bfbe8e) // ln 2 - expLn2Hi
+	expC     = [...]float32{1, 1, 0.5, math.Float32frombits(0x3e2aaaab), math.Float32frombits(0x3d2aaaab),
+		math.Float32frombits(0x3c088889), math.Float32frombits(0x3ab60b61)} // 1/n!
+)
+
+// SampleExp is e^x for x <= 0 (x = (logit - max) / T), to 3e-7 relative, 0 below -86.
+// It is part of the sampling definition: every step is a float32 operation rounded on its own
+// (the explicit conversions forbid fused multiply-adds), so the CUDA kernel's sample_exp,
+// written with the same operations in the same order, gives the same bits.
+func SampleExp(x float32) float32 {
+	if !(x >= -86) {
+		return 0 // also -inf and NaN; e^-86 is below any mass (SampleMass)
+	}
+	// e^x = 2^k e^r with k = round(x log2 e) in [-125, 0] and |r| <= ln2/2 (Cody-Waite).
+	k := float32(math.Floor(float64(float32(float32(x*expLog2E) + 0.5))))
+	r := float32(x - float32(k*expLn2Hi))
+	r = float32(r - float32(k*expLn2Lo))
+	q := expC[6]
+	for n := 5; n >= 0; n-- {
+		q = float32(expC[n] + float32(r*q))
+	}
+	return float32(q * math.Float32frombits(uint32(int32(k)+127)<<23))
+}
+
+// SampleMass is a probability's mass: p (in [0, 1]) in units of 2^-40, truncated. Sums of
+// masses are integers, exact in any order; a vocabulary of up to MaxSampleVocab tokens cannot
+// overflow them.
+func SampleMass(p float32) uint64 { return uint64(float64(p) * (1 << 40)) }
+
+// MaxSampleVocab is the largest vocabulary sampling takes (mass sums stay at most 2^63).
+const MaxSampleVocab = 1 << 23
+
+// scaleMass returns floor(f * m) computed in float64 (f in [0, 1)), as the kernel does.
+func scaleMass(f float32, m uint64) uint64 { return uint64(float64(f) * float64(m)) }
+
 // referenceChoose picks from penalised logits; see SampleReference.
 func referenceChoose(l []float32, row *SampleRow) int {
 	ninf := float32(math.Inf(-1))
@@ -226,7 +274,7 @@ func referenceChoose(l []float32, row *SampleRow) int {
 		return argmaxF32(l)
 	}
 	invT := 1 / row.Temperature
-	p := func(i int) float32 { return float32(math.Exp(float64((l[i] - mx) * invT))) }
+	p := func(i int) float32 { return SampleExp(float32((l[i] - mx) * invT)) }
 	// in(i, t): token i ranks at or before the threshold t = (value key, id).
 	type thr struct {
 		key uint32
@@ -275,18 +323,18 @@ func referenceChoose(l []float32, row *SampleRow) int {
 	}
 	pt := all
 	if row.TopP > 0 && row.TopP < 1 {
-		var total float64
+		var total uint64
 		for i := range l {
 			if finite(i) && in(i, kt) {
-				total += float64(p(i))
+				total += SampleMass(p(i))
 			}
 		}
-		target := float64(row.TopP) * total
+		target := scaleMass(row.TopP, total)
 		pt = cut(func(t thr) bool {
-			var s float64
+			var s uint64
 			for i := range l {
 				if finite(i) && in(i, kt) && in(i, t) {
-					s += float64(p(i))
+					s += SampleMass(p(i))
 				}
 			}
 			return s >= target
@@ -295,19 +343,19 @@ func referenceChoose(l []float32, row *SampleRow) int {
 	kept := func(i int) bool {
 		return finite(i) && in(i, kt) && in(i, pt) && (row.MinP <= 0 || p(i) >= row.MinP)
 	}
-	var sum float64
+	var sum uint64
 	last := -1
 	for i := range l {
-		if kept(i) && p(i) > 0 { // a probability that underflowed to 0 is never drawn
-			sum += float64(p(i))
+		if kept(i) && SampleMass(p(i)) > 0 { // a mass below 2^-40 is never drawn
+			sum += SampleMass(p(i))
 			last = i
 		}
 	}
-	target := float64(row.U) * sum
-	var cum float64
+	target := scaleMass(row.U, sum)
+	var cum uint64
 	for i := range l {
 		if kept(i) {
-			cum += float64(p(i))
+			cum += SampleMass(p(i))
 			if cum > target {
 				return i
 			}

@@ -9,7 +9,7 @@ import (
 	"github.com/loraplex/loraplex/model"
 )
 
-// hostKept is the CPU sampler's candidate set (serve/sampling.go): sort by (logit desc, id asc),
+// hostKept is vLLM's candidate set, computed the plain way: sort by (logit desc, id asc),
 // top-k prefix, top-p prefix, min-p; probabilities in float64, normalised.
 func hostKept(l []float32, row *model.SampleRow) map[int]float64 {
 	ninf := float32(math.Inf(-1))
@@ -88,8 +88,8 @@ func penalised(l []float32, row *model.SampleRow) []float32 {
 	return l
 }
 
-// TestSampleReferenceDistribution: sweeping U over a fine grid, the reference draws exactly the
-// CPU sampler's candidate set with its probabilities (to the grid's resolution), greedy rows
+// TestSampleReferenceDistribution: sweeping U over a fine grid, the reference draws exactly
+// vLLM's candidate set with its probabilities (to the grid's resolution), greedy rows
 // pick the penalised argmax, and logprobs are the raw log-softmax.
 func TestSampleReferenceDistribution(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))

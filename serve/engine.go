@@ -54,10 +54,13 @@ const DefaultLoadTimeout = 2 * time.Minute
 type Engine struct {
 	cfg    *model.Config
 	runner *model.Runner
-	tok    *tokenizer.Tokenizer // nil: token ids only
-	opt    Options
-	log    *slog.Logger
-	eos    map[int]bool
+	// backend is the runner's, for what lives beside the model on the device (adapters, router
+	// gates); the engine reaches backend capabilities only through the runner's methods.
+	backend model.Backend
+	tok     *tokenizer.Tokenizer // nil: token ids only
+	opt     Options
+	log     *slog.Logger
+	eos     map[int]bool
 
 	cache    *adaptercache.Cache
 	roots    *confine.Roots // nil: nothing confined (no AdapterRoots, no AdapterDirs)
@@ -77,15 +80,12 @@ type Engine struct {
 	step    model.Step
 	stepAd  []*model.Adapter
 	stepSeq []*sequence
-	logits  []float32
-	lpBuf   []int
-	lpRow   []float32
-	// devSample: the backend samples on the device (model.DeviceSampler); rows and results
-	// are reused every step.
-	devSample  bool
-	sampleRows []model.SampleRow
-	sampleOut  []model.SampleResult
-	created    int64
+	// The step's sampling rows and the backend's results (model.DeviceSampler), and the
+	// banned ids of one row, reused every step.
+	rows      []model.SampleRow
+	sampleOut []model.SampleResult
+	banBuf    []int
+	created   int64
 
 	stats    Stats
 	observer atomic.Pointer[Observer]
@@ -157,33 +157,31 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if err != nil {
 		return nil, err
 	}
+	// Sampling is the backend's (one sampler for every backend: model.SampleReference).
+	if !r.CanSample() {
+		return nil, fmt.Errorf("engine: backend %s does not sample (model.DeviceSampler)", b.Name())
+	}
 	// Backends whose uploads alias host memory (the CPU reads the file mapping in place) need
 	// the host copy kept while the device copy lives; copying backends (CUDA) do not.
-	aliases := false
-	if a, ok := b.(interface{ AliasesUploads() bool }); ok {
-		aliases = a.AliasesUploads()
-	}
 	cache, err := adaptercache.New(adaptercache.Options{Config: cfg, Backend: b, Dirs: opt.AdapterDirs,
 		MaxDeviceSlots: opt.MaxLoRAs, MaxHostAdapters: opt.MaxCPULoRAs, MaxHostBytes: opt.MaxCPULoRABytes,
-		UploadCopies: !aliases, Roots: roots, LoadTimeout: opt.LoadTimeout})
+		UploadCopies: !model.AliasesUploads(b), Roots: roots, LoadTimeout: opt.LoadTimeout})
 	if err != nil {
 		return nil, err
 	}
 	e := &Engine{
-		cfg: cfg, runner: r, tok: tok, opt: opt, log: opt.Logger, eos: map[int]bool{},
+		cfg: cfg, runner: r, backend: b, tok: tok, opt: opt, log: opt.Logger, eos: map[int]bool{},
 		cache:   cache,
 		roots:   roots,
 		routers: routerRegistry{m: map[string]*routerEntry{}},
 		submit:  make(chan *sequence, opt.MaxQueued),
 		closed:  make(chan struct{}), stop: make(chan struct{}),
 		pages:   newPageAllocator(pages, opt.PageSize),
-		logits:  make([]float32, opt.MaxNumSeqs*cfg.VocabSize),
 		created: time.Now().Unix(),
 	}
 	for _, id := range cfg.EOSTokenIDs {
 		e.eos[id] = true
 	}
-	_, e.devSample = b.(model.DeviceSampler)
 	if tok != nil {
 		for _, id := range tok.EOS() {
 			e.eos[id] = true
@@ -222,10 +220,7 @@ func (e *Engine) Ready() bool {
 
 // BackendErr returns the backend's permanent failure, if it has one.
 func (e *Engine) BackendErr() error {
-	if h, ok := e.runner.B.(interface{ Err() error }); ok {
-		return h.Err()
-	}
-	return nil
+	return e.runner.Err()
 }
 
 // Models lists the base model and every adapter.

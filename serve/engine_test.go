@@ -164,9 +164,21 @@ func TestSeededSamplingIsReproducible(t *testing.T) {
 	}
 }
 
+// A request's parameters become the sampling row vLLM's filters describe: top-k, top-p, min-p,
+// greedy and the repetition penalty (prompt tokens count) keep exactly the allowed tokens and
+// each of them is drawn; frequency and presence penalties count generated tokens; banned ids
+// are never drawn.
 func TestSamplerFilters(t *testing.T) {
 	logits := func() []float32 { return []float32{0, 5, 4, 3, -1, 2} }
 	seed := uint64(1)
+	var ms model.Sampler
+	var row model.SampleRow
+	var out model.SampleResult
+	sample := func(s *sampler, banned []int) int {
+		s.row(banned, 0, &row)
+		ms.Sample(logits(), &row, &out)
+		return int(out.Token)
+	}
 	for _, tc := range []struct {
 		name    string
 		p       SamplingParams
@@ -183,7 +195,7 @@ func TestSamplerFilters(t *testing.T) {
 			s := newSampler(&tc.p, []int{1})
 			seen := map[int]bool{}
 			for i := 0; i < 300; i++ {
-				tok := s.sample(logits(), nil)
+				tok := sample(s, nil)
 				if !tc.allowed[tok] {
 					t.Fatalf("sampled %d, allowed %v", tok, tc.allowed)
 				}
@@ -198,10 +210,10 @@ func TestSamplerFilters(t *testing.T) {
 	p := SamplingParams{FrequencyPenalty: 0.6, PresencePenalty: 0.5}
 	s := newSampler(&p, nil)
 	s.observe(1)
-	if tok := s.sample(logits(), nil); tok != 2 {
+	if tok := sample(s, nil); tok != 2 {
 		t.Fatalf("after penalties got %d, want 2", tok)
 	}
-	if tok := s.sample(logits(), []int{1, 2}); tok != 3 {
+	if tok := sample(s, []int{1, 2}); tok != 3 {
 		t.Fatalf("banned tokens sampled: %d", tok)
 	}
 }

@@ -82,16 +82,10 @@ func (e *Engine) safeStep() {
 	}()
 	e.stats.Steps.Add(1)
 	stepStart := time.Now()
-	V := e.cfg.VocabSize
-	logits := e.logits[:len(e.step.LogitRows)*V]
-	var err error
-	if e.devSample {
-		rows := e.deviceRows()
-		err = e.runner.ForwardSample(&e.step, e.stepAd, rows, e.sampleOut[:len(rows)])
-	} else {
-		err = e.runner.Forward(&e.step, e.stepAd, logits)
-	}
-	if err != nil {
+	rows := e.sampleRows()
+	// ForwardSample returns once the step is complete on the device (model.StepSynchronizer),
+	// prefill-only steps included: only then may finish release what the step read.
+	if err := e.runner.ForwardSample(&e.step, e.stepAd, rows, e.sampleOut[:len(rows)]); err != nil {
 		e.log.Error("forward pass failed", "err", err)
 		for _, sq := range slices.Clone(e.running) {
 			e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err})
@@ -103,13 +97,7 @@ func (e *Engine) safeStep() {
 		o.Step(len(e.step.Tokens), len(e.step.Seqs), now.Sub(stepStart))
 	}
 	for k, sq := range e.stepSeq {
-		var tok int
-		var ev Event
-		if e.devSample {
-			tok, ev = e.fromDevice(sq, &e.sampleOut[k])
-		} else {
-			tok, ev = e.choose(sq, logits[k*V:(k+1)*V])
-		}
+		tok, ev := e.sampled(sq, &e.sampleOut[k])
 		if sq.route != nil {
 			if names := e.countRoute(sq.route, e.runner.RouteTrace(int(e.step.LogitRows[k]))); names != nil {
 				ev.Experts = [][]string{names}
@@ -312,55 +300,35 @@ func (e *Engine) addRows(sq *sequence, n int) {
 	}
 }
 
-// banned lists the ids sq may not produce yet: EOS and stop ids before min_tokens.
-func (e *Engine) banned(sq *sequence) []int {
+// banned appends to dst the ids sq may not produce yet: EOS and stop ids before min_tokens.
+func (e *Engine) banned(sq *sequence, dst []int) []int {
 	p := &sq.params
 	if sq.generated() >= p.MinTokens {
-		return nil
+		return dst
 	}
-	var banned []int
 	for id := range e.eos {
-		banned = append(banned, id)
+		dst = append(dst, id)
 	}
-	return append(banned, p.StopTokenIDs...)
+	return append(dst, p.StopTokenIDs...)
 }
 
-// choose samples sq's next token on the host from its logits row (modified in place).
-func (e *Engine) choose(sq *sequence, logits []float32) (int, Event) {
-	p := &sq.params
-	var ev Event
-	if p.Logprobs != 0 {
-		// Logprobs come from the raw distribution; sample() rewrites the logits in place.
-		e.lpRow = append(e.lpRow[:0], logits...)
-	}
-	tok := sq.sampler.sample(logits, e.banned(sq))
-	if p.Logprobs != 0 {
-		var chosen TokenLogprob
-		var top []TokenLogprob
-		chosen, top, e.lpBuf = logprobs(e.lpRow, tok, max(p.Logprobs, 0), e.lpBuf)
-		ev.Logprobs = []TokenLogprob{chosen}
-		if p.Logprobs > 0 {
-			ev.Top = [][]TokenLogprob{top}
-		}
-	}
-	return tok, ev
-}
-
-// deviceRows builds the step's sampling rows for a device sampler, one per e.stepSeq entry.
-func (e *Engine) deviceRows() []model.SampleRow {
+// sampleRows builds the step's sampling rows, one per e.stepSeq entry, reusing the rows,
+// results and their slices from step to step (the sampling path allocates nothing).
+func (e *Engine) sampleRows() []model.SampleRow {
 	n := len(e.stepSeq)
-	for len(e.sampleRows) < n {
-		e.sampleRows = append(e.sampleRows, model.SampleRow{})
+	for len(e.rows) < n {
+		e.rows = append(e.rows, model.SampleRow{})
 		e.sampleOut = append(e.sampleOut, model.SampleResult{})
 	}
 	for k, sq := range e.stepSeq {
-		sq.sampler.deviceRow(e.banned(sq), sq.params.Logprobs, &e.sampleRows[k])
+		e.banBuf = e.banned(sq, e.banBuf[:0])
+		sq.sampler.row(e.banBuf, sq.params.Logprobs, &e.rows[k])
 	}
-	return e.sampleRows[:n]
+	return e.rows[:n]
 }
 
-// fromDevice turns a device sampler's result into the token and its logprobs.
-func (e *Engine) fromDevice(sq *sequence, r *model.SampleResult) (int, Event) {
+// sampled turns the backend's result for sq into the token and its logprobs event.
+func (e *Engine) sampled(sq *sequence, r *model.SampleResult) (int, Event) {
 	var ev Event
 	if n := sq.params.Logprobs; n != 0 {
 		ev.Logprobs = []TokenLogprob{{Token: int(r.Token), Logprob: r.Logprob}}
@@ -376,7 +344,7 @@ func (e *Engine) fromDevice(sq *sequence, r *model.SampleResult) (int, Event) {
 }
 
 // emit appends the chosen token to sq and streams it: timing, stop conditions,
-// detokenisation and the event. Host and device sampling share it.
+// detokenisation and the event.
 func (e *Engine) emit(sq *sequence, tok int, ev Event, now time.Time) {
 	p := &sq.params
 	o := e.obs()
@@ -467,8 +435,8 @@ func (e *Engine) finish(sq *sequence, reason string, stopReason any, err error) 
 	}
 	e.pages.release(sq.pages)
 	sq.pages = nil
-	// The step that last read the adapter has completed (steps end with a synchronising read),
-	// so the device copy may be evicted once no one else holds it.
+	// The step that last read the adapter has completed (the runner ends every step complete:
+	// model.StepSynchronizer), so the device copy may be evicted once no one else holds it.
 	if sq.lease != nil {
 		sq.lease.Release()
 		sq.lease, sq.adapterW = nil, nil

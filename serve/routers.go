@@ -92,7 +92,7 @@ func (e *Engine) LoadRouter(name, dir string) error {
 		}
 		l.Release()
 	}
-	if err := b.Upload(e.runner.B); err != nil {
+	if err := b.Upload(e.backend); err != nil {
 		return &Error{Kind: KindInternal, Msg: fmt.Sprintf("router %q: uploading gates", name), Err: err}
 	}
 	ent := &routerEntry{name: name, dir: dir, bundle: b, created: time.Now().Unix(),
@@ -151,7 +151,7 @@ func (e *Engine) retireRouter(ent *routerEntry) {
 	free := ent.refs == 0
 	e.routers.mu.Unlock()
 	if free {
-		ent.bundle.Free(e.runner.B)
+		ent.bundle.Free(e.backend)
 	}
 }
 
@@ -180,7 +180,7 @@ func (e *Engine) dropRouter(ent *routerEntry) {
 	free := ent.gone && ent.refs == 0
 	e.routers.mu.Unlock()
 	if free {
-		ent.bundle.Free(e.runner.B)
+		ent.bundle.Free(e.backend)
 	}
 }
 
@@ -188,9 +188,7 @@ func (e *Engine) dropRouter(ent *routerEntry) {
 // Generate before the sequence was queued.
 func (e *Engine) endRoute(rs *routerSeq, ad *model.Adapter) {
 	if ad != nil && ad.Routing != nil {
-		if dr, ok := e.runner.B.(model.DeviceRouter); ok {
-			dr.ReleaseRouting(ad.Routing)
-		}
+		e.runner.ReleaseRouting(ad.Routing)
 	}
 	rs.release()
 	e.dropRouter(rs.entry)

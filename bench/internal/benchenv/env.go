@@ -42,12 +42,7 @@ type Backend interface {
 
 // Copies reports whether the backend copies tensors on Upload (CUDA) rather than aliasing the
 // host memory (CPU), the way serve.NewEngine decides adaptercache.Options.UploadCopies.
-func Copies(b model.Backend) bool {
-	if a, ok := b.(interface{ AliasesUploads() bool }); ok {
-		return !a.AliasesUploads()
-	}
-	return true
-}
+func Copies(b model.Backend) bool { return !model.AliasesUploads(b) }
 
 // RandomBF16 returns n random bf16 values uniform in ±scale, generated on all cores.
 func RandomBF16(n int, scale float64, seed uint64) []byte {

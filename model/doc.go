@@ -1,0 +1,38 @@
+// Package model is the model itself, written once for every device: the architecture (Config:
+// Llama, Mistral, Qwen2 and Qwen3 in one struct), the weights (Weights, loaded from safetensors
+// onto a Backend), LoRA adapters (HostAdapter, Adapter) and learned routers over them (Routing),
+// the forward pass (Runner) and the definition of sampling (SampleReference).
+//
+// # Backends
+//
+// Backend is everything the forward pass needs from a device; cpu/ (pure Go, also the oracle
+// of the others) and cuda/ implement it. Everything beyond it is an optional capability: a
+// named interface declared here (no anonymous interface assertions anywhere), asserted mostly
+// inside this package (Runner, UploadAdapter, AliasesUploads); the engine reaches them through
+// the Runner's methods (CanSample, Err, ReleaseRouting), never by asserting on Runner.B. The
+// capabilities and who implements them:
+//
+//	Capability        What it gives                                       cpu  cuda
+//	DeviceSampler     samples every logits row (SampleReference)          yes  yes
+//	StepSynchronizer  Sync: the step's queued ops have completed          -    yes
+//	StepRecorder      records a step's launches once, replays them        -    yes
+//	FailureReporter   Err: the backend's sticky failure (health)          -    yes
+//	DeviceRouter      routes router rows on the device (RouteLoRA)        -    yes
+//	AdapterUploader   uploads and frees a whole adapter at once (a slab)  -    yes
+//	EncodedUploader   decodes lorapack q4/q8 streams on the device        -    yes
+//	UploadAliaser     Upload may alias host memory (the mmapped file)     yes  -
+//
+// DeviceSampler is required by the engine (serve), which has no sampler of its own: every
+// backend samples the same definition, the CUDA kernel step by step and the CPU through
+// Sampler (the same arithmetic, faster), so with identical logits and the request's U a seeded
+// request picks identical tokens on both.
+//
+// # The step contract
+//
+// Runner.Forward and Runner.ForwardSample return only once the step is complete on the
+// device, whatever it was made of: the runner's step function calls StepSynchronizer.Sync at
+// the end of every step, including steps made only of prefill chunks, which read nothing back.
+// Callers may therefore release whatever the step read (adapter weights, router gates, KV
+// pages) as soon as the call returns; the engine does, and the CUDA backend reuses a freed
+// adapter's slab without waiting for the device.
+package model
