@@ -48,7 +48,7 @@ type Engine struct {
 	eos    map[int]bool
 
 	cache    *adaptercache.Cache
-	routers  routerRegistry
+	names    *nameRegistry // every served name: base, adapters, routers
 	submit   chan *sequence
 	queued   atomic.Int64
 	draining atomic.Bool
@@ -154,10 +154,10 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	}
 	e := &Engine{
 		cfg: cfg, runner: r, tok: tok, opt: opt, log: opt.Logger, eos: map[int]bool{},
-		cache:   cache,
-		routers: routerRegistry{m: map[string]*routerEntry{}},
-		submit:  make(chan *sequence, opt.MaxQueued),
-		closed:  make(chan struct{}), stop: make(chan struct{}),
+		cache:  cache,
+		names:  newNameRegistry(opt.ModelName, opt.AdapterDirs),
+		submit: make(chan *sequence, opt.MaxQueued),
+		closed: make(chan struct{}), stop: make(chan struct{}),
 		pages:   newPageAllocator(pages, opt.PageSize),
 		logits:  make([]float32, opt.MaxNumSeqs*cfg.VocabSize),
 		created: time.Now().Unix(),
@@ -242,17 +242,21 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if req.Model == e.opt.ModelName {
 		req.Model = ""
 	}
-	if ent := e.holdRouter(req.Model); req.Model != "" && ent != nil {
-		var err error
+	// The name registry says what the model names; the adapter cache then finds an adapter.
+	kind, ent, err := e.names.resolve(req.Model)
+	if err != nil {
+		return nil, err
+	}
+	switch kind {
+	case nameRouter:
 		if route, err = e.openRouter(ent, req.TraceExperts); err != nil {
 			e.dropRouter(ent)
 			return nil, err
 		}
-	} else if req.Model != "" {
+	case nameAdapter:
 		// The ticket starts loading the adapter now and the request waits for it in the queue.
 		// When the adapter is already on the device the request leases it at once: it then keeps
 		// these weights even if the adapter is unloaded or replaced before it runs.
-		var err error
 		if ticket, err = e.cache.Want(req.Model); err != nil {
 			return nil, adapterError(req.Model, err)
 		}
