@@ -40,8 +40,12 @@ func (s *Service) LoadRouter(ctx context.Context, req *loraplexv1.LoadRouterRequ
 	if err != nil {
 		return nil, s.toStatus(ctx, method, withParam(err, "path"))
 	}
-	if err := s.e.LoadRouter(req.GetName(), path); err != nil {
-		if serve.KindOf(err) == serve.KindInvalid {
+	load := s.e.LoadRouter
+	if req.GetLoadInplace() {
+		load = s.e.ReplaceRouter
+	}
+	if err := load(req.GetName(), path); err != nil {
+		if k := serve.KindOf(err); k == serve.KindInvalid || k == serve.KindConflict {
 			return nil, s.toStatus(ctx, method, withParam(err, "name"))
 		}
 		return nil, s.toStatus(ctx, method, withParam(err, "path"))
