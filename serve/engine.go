@@ -225,6 +225,20 @@ func (e *Engine) Models() []ModelInfo {
 	return out
 }
 
+// Serves says what a request naming model would run on: "base", "adapter" or "router", resolved
+// through the name registry exactly as Generate resolves it (an adapter directory's adapter
+// counts before its first load), or a KindNotFound error naming the model.
+func (e *Engine) Serves(model string) (string, error) {
+	kind, _, err := e.names.resolve(model, false)
+	if err != nil {
+		return "", err
+	}
+	if kind == nameNone {
+		return "base", nil
+	}
+	return kind.String(), nil
+}
+
 // Generate validates req and queues it. Errors are *Error: KindNotFound for an unknown model,
 // KindInvalid for bad parameters, KindOverloaded when the queue is full, KindUnavailable while
 // draining. Cancelling ctx aborts the request and frees its KV pages at the next step.
@@ -243,7 +257,7 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 		req.Model = ""
 	}
 	// The name registry says what the model names; the adapter cache then finds an adapter.
-	kind, ent, err := e.names.resolve(req.Model)
+	kind, ent, err := e.names.resolve(req.Model, true)
 	if err != nil {
 		return nil, err
 	}

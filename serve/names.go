@@ -237,11 +237,12 @@ func (r *nameRegistry) expertLocked(router, x string) error {
 	return fmt.Errorf("expert adapter %q is not loaded and in no adapter directory", x)
 }
 
-// resolve says what a request's model name serves: nameNone for the base model, a router with
-// a reference taken (give it back with dropRouter), or an adapter, which the adapter cache then
-// finds (an adapter directory's name is recorded as an adapter's on first use). A name that
-// serves nothing, or whose first load as a router is in progress, is not found.
-func (r *nameRegistry) resolve(name string) (nameKind, *routerEntry, error) {
+// resolve says what a request's model name serves: nameNone for the base model, a router
+// (with a reference taken when hold is set: give it back with dropRouter), or an adapter, which
+// the adapter cache then finds (an adapter directory's name is recorded as an adapter's on
+// first use). A name that serves nothing, or whose first load as a router is in progress, is
+// not found.
+func (r *nameRegistry) resolve(name string, hold bool) (nameKind, *routerEntry, error) {
 	if name == "" || name == r.base {
 		return nameNone, nil, nil
 	}
@@ -250,7 +251,9 @@ func (r *nameRegistry) resolve(name string) (nameKind, *routerEntry, error) {
 	if s := r.names[name]; s != nil {
 		switch {
 		case s.kind == nameRouter:
-			s.router.refs++
+			if hold {
+				s.router.refs++
+			}
 			return nameRouter, s.router, nil
 		case s.kind == nameAdapter, s.pending == nameAdapter:
 			return nameAdapter, nil, nil
@@ -260,14 +263,6 @@ func (r *nameRegistry) resolve(name string) (nameKind, *routerEntry, error) {
 		return nameAdapter, nil, nil
 	}
 	return nameNone, nil, errorf(KindNotFound, "model", "the model `%s` does not exist", name)
-}
-
-// isRouter reports whether name is a loaded router.
-func (r *nameRegistry) isRouter(name string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s := r.names[name]
-	return s != nil && s.kind == nameRouter
 }
 
 // unlistAdapter removes an adapter's name, refusing while a loaded router uses it as an

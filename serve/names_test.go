@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/loraplex/loraplex/internal/fixture"
 )
@@ -214,21 +216,23 @@ func TestCheckName(t *testing.T) {
 	}
 }
 
-// The name rule never panics, and what it accepts is printable UTF-8 within the length bound
-// with no path separator.
+// The name rule never panics, and what it accepts is valid UTF-8 within the length bound, with
+// no white space at either end, no path separator or leading dot, and no control, format (bidi
+// included) or non-ASCII space character.
 func FuzzCheckName(f *testing.F) {
-	for _, s := range []string{"a", " a", "a\u202eb", "..", "a/b", "名前", "\xff", strings.Repeat("x", 300)} {
+	for _, s := range []string{"a", " a", "a\u202eb", "..", "a/b", "名前", "\xff", "a\u00a0b", strings.Repeat("x", 300)} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		if CheckName(s) != "" {
 			return
 		}
-		if len(s) == 0 || len(s) > MaxNameBytes || strings.ContainsAny(s, "/\\\x00") || strings.TrimSpace(s) != s || s[0] == '.' {
+		if len(s) == 0 || len(s) > MaxNameBytes || !utf8.ValidString(s) || strings.ContainsAny(s, "/\\") ||
+			strings.TrimSpace(s) != s || s[0] == '.' {
 			t.Fatalf("CheckName accepted %q", s)
 		}
 		for _, r := range s {
-			if r < 0x20 || r == 0x7f || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) || r == 0xfffd && !strings.Contains(s, "\ufffd") {
+			if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || (unicode.IsSpace(r) && r != ' ') {
 				t.Fatalf("CheckName accepted %q with %U", s, r)
 			}
 		}

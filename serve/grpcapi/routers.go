@@ -3,7 +3,6 @@ package grpcapi
 import (
 	"context"
 	"errors"
-	"slices"
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/serve"
@@ -71,7 +70,7 @@ func (s *Service) checkTrace(req *loraplexv1.GenerateRequest) error {
 		return nil
 	}
 	m := req.GetModel()
-	if m != "" && slices.ContainsFunc(s.e.Routers(), func(r serve.RouterInfo) bool { return r.Name == m }) {
+	if kind, _ := s.e.Serves(m); kind == "router" {
 		return nil
 	}
 	return invalid("expert_trace", "expert_trace needs a router as the model; "+quote(m)+" is not a loaded router")

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 
 	"github.com/loraplex/loraplex/serve"
 )
@@ -23,7 +22,7 @@ func (h *Handler) checkTrace(model string, trace bool) error {
 	if !trace {
 		return nil
 	}
-	if model != "" && slices.ContainsFunc(h.e.Routers(), func(r serve.RouterInfo) bool { return r.Name == model }) {
+	if kind, _ := h.e.Serves(model); kind == "router" {
 		return nil
 	}
 	return invalid("expert_trace", "expert_trace needs a router as the model; %q is not a loaded router", h.modelName(model))
