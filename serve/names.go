@@ -115,10 +115,9 @@ func alreadyServed(kind nameKind, name string) *Error {
 
 // reservation is a load's hold on a name, from reserve to commit or abort.
 type reservation struct {
-	name    string
-	kind    nameKind
-	fresh   bool // the name served nothing before: abort removes it
-	prevDir string
+	name  string
+	kind  nameKind
+	fresh bool // the name served nothing before: abort removes it
 }
 
 // reserve holds name for a load of kind. A load under a name that serves something is refused
