@@ -192,7 +192,7 @@ func (r *nameRegistry) commitRouter(res *reservation, ent *routerEntry) (*router
 	defer r.mu.Unlock()
 	s := r.names[res.name]
 	for _, x := range ent.bundle.Experts() {
-		if err := r.expertLocked(res.name, x); err != nil {
+		if err := r.expertLocked(x); err != nil {
 			if res.fresh {
 				delete(r.names, res.name)
 			} else {
@@ -207,33 +207,34 @@ func (r *nameRegistry) commitRouter(res *reservation, ent *routerEntry) (*router
 }
 
 // expert checks that a router's expert x names an adapter (loaded, being loaded, or in an
-// adapter directory) and records a directory's adapter as served.
-func (r *nameRegistry) expert(router, x string) error {
+// adapter directory) and records a directory's adapter as served. Errors are KindNotFound for
+// a name that serves nothing and KindUnprocessable for one that is not an adapter's.
+func (r *nameRegistry) expert(x string) *Error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.expertLocked(router, x)
+	return r.expertLocked(x)
 }
 
-func (r *nameRegistry) expertLocked(router, x string) error {
+func (r *nameRegistry) expertLocked(x string) *Error {
 	if msg := CheckName(x); msg != "" {
-		return fmt.Errorf("expert name %q %s", x, msg)
+		return errorf(KindUnprocessable, "", "expert name %q %s", x, msg)
 	}
 	if x == r.base {
-		return fmt.Errorf("expert %q is the base model, not an adapter", x)
+		return errorf(KindUnprocessable, "", "expert %q is the base model, not an adapter", x)
 	}
 	if s := r.names[x]; s != nil {
 		if s.kind == nameAdapter || s.pending == nameAdapter {
 			return nil
 		}
 		if s.kind == nameRouter || s.pending == nameRouter {
-			return fmt.Errorf("expert %q is a router, not an adapter", x)
+			return errorf(KindUnprocessable, "", "expert %q is a router, not an adapter", x)
 		}
 	}
 	if r.inDirs(x) != "" {
 		r.names[x] = &servedName{kind: nameAdapter}
 		return nil
 	}
-	return fmt.Errorf("expert adapter %q is not loaded and in no adapter directory", x)
+	return errorf(KindNotFound, "", "expert adapter %q is not loaded and in no adapter directory", x)
 }
 
 // resolve says what a request's model name serves: nameNone for the base model, a router

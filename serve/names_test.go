@@ -3,7 +3,9 @@ package serve
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -237,4 +239,33 @@ func FuzzCheckName(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A router's experts are adapters: a bundle whose expert names a loaded router or the base
+// model is refused, and one whose expert serves nothing is not found.
+func TestRouterExpertsMustBeAdapters(t *testing.T) {
+	e := newTestEngine(t, "llama", nil, Options{})
+	if err := e.LoadRouter("mix", topTwoRouter()); err != nil {
+		t.Fatal(err)
+	}
+	gates, err := os.ReadFile(filepath.Join(topTwoRouter(), "gates.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for expert, want := range map[string]Kind{"mix": KindUnprocessable, "llama": KindUnprocessable, "nothing": KindNotFound} {
+		dir := t.TempDir()
+		cfg := `{"format":"loraplex.router/v1","experts":["a_qv","b_all_rslora","c_patterns",` + strconv.Quote(expert) + `],"top_k":2}`
+		if err := os.WriteFile(filepath.Join(dir, "router.json"), []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "gates.safetensors"), gates, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.LoadRouter("r", dir); KindOf(err) != want {
+			t.Errorf("expert %q: %v, want kind %d", expert, err, want)
+		}
+	}
+	if n := len(e.Routers()); n != 1 {
+		t.Errorf("%d routers after refused loads", n)
+	}
 }

@@ -92,8 +92,8 @@ func (e *Engine) loadRouter(name, dir string, replace bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	for _, x := range b.Experts() {
-		if err := e.names.expert(name, x); err != nil {
-			return &Error{Kind: KindNotFound, Param: "router", Msg: fmt.Sprintf("router %q", name), Err: err}
+		if err := e.names.expert(x); err != nil {
+			return &Error{Kind: err.Kind, Param: "router", Msg: fmt.Sprintf("router %q", name), Err: err}
 		}
 		l, err := e.cache.Acquire(ctx, x)
 		if err != nil {
