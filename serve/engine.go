@@ -1,5 +1,7 @@
 // Package serve is the engine: a request queue, a continuous-batching scheduler over a paged KV
-// cache, sampling, and the adapter registry. The HTTP and gRPC gateways call its API.
+// cache, sampling, the adapters and routers, and the one registry of served names (names.go).
+// The HTTP and gRPC gateways call its API; errors leave it as *Error, whose Kind the gateways
+// answer from one table (errors.go).
 package serve
 
 import (

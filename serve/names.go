@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode"
@@ -54,6 +55,15 @@ func CheckName(name string) string {
 	return ""
 }
 
+// shown is name as messages quote it: as given when it follows the rule, else Go-quoted, so
+// that a refused name cannot carry control or bidi characters into a response or a log.
+func shown(name string) string {
+	if CheckName(name) == "" {
+		return "'" + name + "'"
+	}
+	return strconv.Quote(name)
+}
+
 // nameKind is what a served name stands for.
 type nameKind uint8
 
@@ -98,7 +108,7 @@ func newNameRegistry(base string, dirs []string) *nameRegistry {
 func (r *nameRegistry) inDirs(name string) string {
 	for _, dir := range r.dirs {
 		p := filepath.Join(dir, name)
-		if _, err := os.Lstat(p); err == nil {
+		if _, err := os.Stat(p); err == nil { // as the adapter cache looks it up
 			return p
 		}
 	}
@@ -262,6 +272,9 @@ func (r *nameRegistry) resolve(name string, hold bool) (nameKind, *routerEntry, 
 		r.names[name] = &servedName{kind: nameAdapter}
 		return nameAdapter, nil, nil
 	}
+	if CheckName(name) != "" {
+		return nameNone, nil, errorf(KindNotFound, "model", "the model %s does not exist", strconv.Quote(name))
+	}
 	return nameNone, nil, errorf(KindNotFound, "model", "the model `%s` does not exist", name)
 }
 
@@ -276,7 +289,7 @@ func (r *nameRegistry) unlistAdapter(name string, unregister func() bool) error 
 		if s != nil && s.pending == nameAdapter {
 			return errorf(KindConflict, "lora_name", "a load of '%s' is in progress; try again when it has finished", name)
 		}
-		return errorf(KindNotFound, "lora_name", "The lora adapter '%s' cannot be found.", name)
+		return errorf(KindNotFound, "lora_name", "The lora adapter %s cannot be found.", shown(name))
 	}
 	if s.pending != nameNone {
 		return errorf(KindConflict, "lora_name", "a load of '%s' is in progress; try again when it has finished", name)
@@ -305,7 +318,7 @@ func (r *nameRegistry) unlistRouter(name string) (*routerEntry, error) {
 		if s != nil && s.pending == nameRouter {
 			return nil, errorf(KindConflict, "router", "a load of '%s' is in progress; try again when it has finished", name)
 		}
-		return nil, errorf(KindNotFound, "router", "the router `%s` is not loaded", name)
+		return nil, errorf(KindNotFound, "router", "the router %s is not loaded", shown(name))
 	}
 	if s.pending != nameNone {
 		return nil, errorf(KindConflict, "router", "a load of '%s' is in progress; try again when it has finished", name)

@@ -212,8 +212,19 @@ func TestCheckName(t *testing.T) {
 		if err := e.LoadRouter(n, topTwoRouter()); KindOf(err) != KindInvalid {
 			t.Errorf("LoadRouter(%q): %v, want KindInvalid", n, err)
 		}
-		if _, err := e.Generate(context.Background(), Request{Model: n, Prompt: []int{1}}); n != "" && KindOf(err) != KindNotFound {
-			t.Errorf("request for %q: %v, want KindNotFound", n, err)
+		_, gerr := e.Generate(context.Background(), Request{Model: n, Prompt: []int{1}})
+		if n != "" && KindOf(gerr) != KindNotFound {
+			t.Errorf("request for %q: %v, want KindNotFound", n, gerr)
+		}
+		// Refusals quote a refused name, so its control or bidi characters never reach a
+		// response or a log as they are.
+		for _, err := range []error{gerr, e.UnloadAdapter(n), e.UnloadRouter(n)} {
+			if err == nil {
+				continue // "" is the base model for requests
+			}
+			if msg := err.Error(); strings.ContainsFunc(msg, func(r rune) bool { return !unicode.IsPrint(r) }) {
+				t.Errorf("error for %q carries a non-printable character: %q", n, msg)
+			}
 		}
 	}
 }
