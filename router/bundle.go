@@ -5,8 +5,8 @@
 // A bundle is a folder with router.json (experts, top_k, temperature, null_experts, per-layer
 // overrides) and gates.safetensors (one [experts+nulls, d_in] gate per routed projection). The
 // experts are adapter names the engine resolves like a request's model name. This package holds
-// the format, the gate math (Route, a pure CPU reference) and the translation of per-row choices
-// into the model.LoRASeg form that Backend.LoRA already applies (Segments).
+// the format (Config, GateName), its validation (Load) and the view the forward pass runs
+// (Bundle.Routing, a model.Routing); the gate math itself is model.Route.
 package router
 
 import (
@@ -40,22 +40,24 @@ const (
 // ErrInvalid is wrapped by every validation error of Load.
 var ErrInvalid = errors.New("invalid router bundle")
 
-// layerJSON is a per-layer override; nil fields inherit the top-level value.
-type layerJSON struct {
+// LayerConfig is a per-layer override of router.json; nil fields inherit the top-level value.
+type LayerConfig struct {
 	Experts     []string `json:"experts,omitempty"`
 	TopK        *int     `json:"top_k,omitempty"`
 	Temperature *float64 `json:"temperature,omitempty"`
 	NullExperts *int     `json:"null_experts,omitempty"`
 }
 
-// fileJSON is router.json.
-type fileJSON struct {
-	Format      string               `json:"format"`
-	Experts     []string             `json:"experts"`
-	TopK        *int                 `json:"top_k,omitempty"`
-	Temperature *float64             `json:"temperature,omitempty"`
-	NullExperts *int                 `json:"null_experts,omitempty"`
-	Layers      map[string]layerJSON `json:"layers,omitempty"`
+// Config is router.json's schema, the one struct that Load reads and the importers
+// (router/importer) write. Nil fields take the defaults (DefaultTopK, DefaultTemperature, no
+// null experts); Layers overrides them per decoder layer, keyed by the layer index.
+type Config struct {
+	Format      string                 `json:"format"`
+	Experts     []string               `json:"experts"`
+	TopK        *int                   `json:"top_k,omitempty"`
+	Temperature *float64               `json:"temperature,omitempty"`
+	NullExperts *int                   `json:"null_experts,omitempty"`
+	Layers      map[string]LayerConfig `json:"layers,omitempty"`
 }
 
 // Layer is the resolved routing configuration of one decoder layer.
@@ -217,7 +219,7 @@ func parseConfig(dir string, raw []byte, cfg *model.Config) (*Bundle, error) {
 	where := filepath.Join(dir, ConfigFile)
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
-	var fj fileJSON
+	var fj Config
 	if err := dec.Decode(&fj); err != nil {
 		return nil, invalid(where, "%v", err)
 	}
@@ -229,7 +231,7 @@ func parseConfig(dir string, raw []byte, cfg *model.Config) (*Bundle, error) {
 		return nil, invalid(where, "\"experts\": %v", err)
 	}
 	top.Experts = fj.Experts
-	if err := apply(&top, layerJSON{TopK: fj.TopK, Temperature: fj.Temperature, NullExperts: fj.NullExperts}); err != nil {
+	if err := apply(&top, LayerConfig{TopK: fj.TopK, Temperature: fj.Temperature, NullExperts: fj.NullExperts}); err != nil {
 		return nil, invalid(where, "%v", err)
 	}
 	b := &Bundle{Dir: dir, layers: make([]Layer, cfg.NumLayers)}
@@ -245,7 +247,7 @@ func parseConfig(dir string, raw []byte, cfg *model.Config) (*Bundle, error) {
 	for _, e := range top.Experts {
 		addExpert(e)
 	}
-	over := map[int]layerJSON{}
+	over := map[int]LayerConfig{}
 	keys := make([]string, 0, len(fj.Layers))
 	for k := range fj.Layers {
 		keys = append(keys, k)
@@ -305,7 +307,7 @@ func checkExperts(names []string) error {
 }
 
 // apply validates and applies the non-nil scalar fields of o.
-func apply(l *Layer, o layerJSON) error {
+func apply(l *Layer, o LayerConfig) error {
 	if o.TopK != nil {
 		if *o.TopK < 1 {
 			return fmt.Errorf("\"top_k\" is %d, want >= 1", *o.TopK)
@@ -328,8 +330,9 @@ func apply(l *Layer, o layerJSON) error {
 	return nil
 }
 
-// gateName is the tensor name of (layer, p)'s gate.
-func gateName(l int, p model.Proj) string {
+// GateName is the tensor name of (layer, p)'s gate in gates.safetensors (MeteoRA's: the
+// projection's module name + ".moe_gate.weight"); parseGateName is its inverse.
+func GateName(l int, p model.Proj) string {
 	return fmt.Sprintf("model.layers.%d.%s.%s.moe_gate.weight", l, p.Block(), p)
 }
 

@@ -68,7 +68,7 @@ func allGates(cfg *model.Config, rng *rand.Rand, rowsOf func(l int) int) []safet
 	for l := 0; l < cfg.NumLayers; l++ {
 		for p := model.Proj(0); p < model.NumProj; p++ {
 			_, in := cfg.ProjShape(p)
-			ts = append(ts, randGate(rng, gateName(l, p), rowsOf(l), in))
+			ts = append(ts, randGate(rng, GateName(l, p), rowsOf(l), in))
 		}
 	}
 	return ts
@@ -111,7 +111,7 @@ func TestLoadDefaultsAndPartialGates(t *testing.T) {
 	cfg := fixtureConfig(t)
 	rng := rand.New(rand.NewPCG(3, 4))
 	_, in := cfg.ProjShape(model.ProjQ)
-	bf := randGate(rng, gateName(0, model.ProjQ), 2, in)
+	bf := randGate(rng, GateName(0, model.ProjQ), 2, in)
 	// The same gate stored as BF16 must load (converted to F32).
 	vals := make([]byte, 2*2*in)
 	for i := 0; i < 2*in; i++ {
@@ -140,7 +140,7 @@ func TestLoadErrors(t *testing.T) {
 	_, hid := cfg.ProjShape(model.ProjQ)
 	rng := rand.New(rand.NewPCG(5, 6))
 	ok := func() []safetensors.Tensor {
-		return []safetensors.Tensor{randGate(rng, gateName(0, model.ProjQ), 2, hid)}
+		return []safetensors.Tensor{randGate(rng, GateName(0, model.ProjQ), 2, hid)}
 	}
 	const head = `{"format":"loraplex.router/v1","experts":["x","y"]`
 	tests := []struct {
@@ -174,14 +174,14 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown tensor", head + `}`, []safetensors.Tensor{randGate(rng, "model.layers.0.self_attn.q_proj.weight", 2, hid)}, `unknown tensor "model.layers.0.self_attn.q_proj.weight"`},
 		{"wrong block", head + `}`, []safetensors.Tensor{randGate(rng, "model.layers.0.mlp.q_proj.moe_gate.weight", 2, hid)}, "unknown tensor"},
 		{"unknown projection", head + `}`, []safetensors.Tensor{randGate(rng, "model.layers.0.self_attn.qkv_proj.moe_gate.weight", 2, hid)}, "unknown tensor"},
-		{"gate layer out of range", head + `}`, []safetensors.Tensor{randGate(rng, gateName(2, model.ProjQ), 2, hid)}, "layer 2 out of range"},
-		{"gate rows", head + `}`, []safetensors.Tensor{randGate(rng, gateName(0, model.ProjQ), 3, hid)}, "has shape [3 64], want [2, 64]"},
+		{"gate layer out of range", head + `}`, []safetensors.Tensor{randGate(rng, GateName(2, model.ProjQ), 2, hid)}, "layer 2 out of range"},
+		{"gate rows", head + `}`, []safetensors.Tensor{randGate(rng, GateName(0, model.ProjQ), 3, hid)}, "has shape [3 64], want [2, 64]"},
 		{"gate rows with nulls", head + `,"null_experts":1}`, ok(), "has shape [2 64], want [3, 64] (layer 0: 2 experts + 1 null experts"},
-		{"gate rows of a layer override", head + `,"layers":{"1":{"experts":["a","b","c"]}}}`, []safetensors.Tensor{randGate(rng, gateName(1, model.ProjK), 2, hid)}, "want [3, 64]"},
-		{"gate cols", head + `}`, []safetensors.Tensor{randGate(rng, gateName(0, model.ProjDown), 2, hid)}, "has shape [2 64], want [2, 96]"},
-		{"gate dtype", head + `}`, []safetensors.Tensor{{Name: gateName(0, model.ProjQ), DType: "I32", Shape: []int{2, hid}, Data: make([]byte, 8*hid)}}, `unsupported dtype "I32"`},
-		{"gate 1-D", head + `}`, []safetensors.Tensor{{Name: gateName(0, model.ProjQ), DType: "F32", Shape: []int{2 * hid}, Data: make([]byte, 8*hid)}}, "has shape [128]"},
-		{"gate NaN", head + `}`, []safetensors.Tensor{{Name: gateName(0, model.ProjQ), DType: "F32", Shape: []int{2, hid}, Data: f32Bytes(append(make([]float32, 2*hid-1), float32(math.NaN())))}}, "is NaN"},
+		{"gate rows of a layer override", head + `,"layers":{"1":{"experts":["a","b","c"]}}}`, []safetensors.Tensor{randGate(rng, GateName(1, model.ProjK), 2, hid)}, "want [3, 64]"},
+		{"gate cols", head + `}`, []safetensors.Tensor{randGate(rng, GateName(0, model.ProjDown), 2, hid)}, "has shape [2 64], want [2, 96]"},
+		{"gate dtype", head + `}`, []safetensors.Tensor{{Name: GateName(0, model.ProjQ), DType: "I32", Shape: []int{2, hid}, Data: make([]byte, 8*hid)}}, `unsupported dtype "I32"`},
+		{"gate 1-D", head + `}`, []safetensors.Tensor{{Name: GateName(0, model.ProjQ), DType: "F32", Shape: []int{2 * hid}, Data: make([]byte, 8*hid)}}, "has shape [128]"},
+		{"gate NaN", head + `}`, []safetensors.Tensor{{Name: GateName(0, model.ProjQ), DType: "F32", Shape: []int{2, hid}, Data: f32Bytes(append(make([]float32, 2*hid-1), float32(math.NaN())))}}, "is NaN"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

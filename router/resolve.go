@@ -116,3 +116,19 @@ func (b *Bundle) Routing(name string, cfg *model.Config, experts []*model.Adapte
 	rt.Key = b.routingKeyFor(experts)
 	return rt, nil
 }
+
+// Modules collects, for projection p of layer ly, each expert's LoRA in the layer's expert order:
+// dst[j] is the module of Experts[j] (nil where that adapter does not adapt p in this layer).
+// adapters is indexed like Bundle.Experts() (the engine resolves those names to adapters);
+// layer is the decoder layer index of ly.
+func (ly *Layer) Modules(layer int, p model.Proj, adapters []*model.Adapter, dst []*model.LoRAWeights) []*model.LoRAWeights {
+	dst = dst[:0]
+	for _, gi := range ly.Index {
+		var m *model.LoRAWeights
+		if a := adapters[gi]; a != nil && layer < len(a.Modules) {
+			m = a.Modules[layer][p]
+		}
+		dst = append(dst, m)
+	}
+	return dst
+}

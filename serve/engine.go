@@ -1,5 +1,7 @@
 // Package serve is the engine: a request queue, a continuous-batching scheduler over a paged KV
-// cache, sampling, and the adapter registry. The HTTP and gRPC gateways call its API.
+// cache, sampling, the adapters and routers, and the one registry of served names (names.go).
+// The HTTP and gRPC gateways call its API; errors leave it as *Error, whose Kind the gateways
+// answer from one table (errors.go).
 package serve
 
 import (
@@ -64,7 +66,7 @@ type Engine struct {
 
 	cache    *adaptercache.Cache
 	roots    *confine.Roots // nil: nothing confined (no AdapterRoots, no AdapterDirs)
-	routers  routerRegistry
+	names    *nameRegistry  // every served name: base, adapters, routers
 	submit   chan *sequence
 	queued   atomic.Int64
 	draining atomic.Bool
@@ -171,11 +173,11 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	}
 	e := &Engine{
 		cfg: cfg, runner: r, backend: b, tok: tok, opt: opt, log: opt.Logger, eos: map[int]bool{},
-		cache:   cache,
-		roots:   roots,
-		routers: routerRegistry{m: map[string]*routerEntry{}},
-		submit:  make(chan *sequence, opt.MaxQueued),
-		closed:  make(chan struct{}), stop: make(chan struct{}),
+		cache:  cache,
+		roots:  roots,
+		names:  newNameRegistry(opt.ModelName, opt.AdapterDirs),
+		submit: make(chan *sequence, opt.MaxQueued),
+		closed: make(chan struct{}), stop: make(chan struct{}),
 		pages:   newPageAllocator(pages, opt.PageSize),
 		created: time.Now().Unix(),
 	}
@@ -238,6 +240,20 @@ func (e *Engine) Models() []ModelInfo {
 	return out
 }
 
+// Serves says what a request naming model would run on: "base", "adapter" or "router", resolved
+// through the name registry exactly as Generate resolves it (an adapter directory's adapter
+// counts before its first load), or a KindNotFound error naming the model.
+func (e *Engine) Serves(model string) (string, error) {
+	kind, _, err := e.names.resolve(model, false)
+	if err != nil {
+		return "", err
+	}
+	if kind == nameNone {
+		return "base", nil
+	}
+	return kind.String(), nil
+}
+
 // Generate validates req and queues it. Errors are *Error: KindNotFound for an unknown model,
 // KindInvalid for bad parameters, KindOverloaded when the queue is full, KindUnavailable while
 // draining. Cancelling ctx aborts the request and frees its KV pages at the next step.
@@ -255,17 +271,21 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if req.Model == e.opt.ModelName {
 		req.Model = ""
 	}
-	if ent := e.holdRouter(req.Model); req.Model != "" && ent != nil {
-		var err error
+	// The name registry says what the model names; the adapter cache then finds an adapter.
+	kind, ent, err := e.names.resolve(req.Model, true)
+	if err != nil {
+		return nil, err
+	}
+	switch kind {
+	case nameRouter:
 		if route, err = e.openRouter(ent, req.TraceExperts); err != nil {
 			e.dropRouter(ent)
 			return nil, err
 		}
-	} else if req.Model != "" {
+	case nameAdapter:
 		// The ticket starts loading the adapter now and the request waits for it in the queue.
 		// When the adapter is already on the device the request leases it at once: it then keeps
 		// these weights even if the adapter is unloaded or replaced before it runs.
-		var err error
 		if ticket, err = e.cache.Want(req.Model); err != nil {
 			return nil, adapterError(req.Model, err)
 		}

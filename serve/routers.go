@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,7 +24,7 @@ type routerEntry struct {
 	dir     string
 	bundle  *router.Bundle
 	created int64
-	refs    int  // sequences holding it (under routerRegistry.mu)
+	refs    int  // sequences holding it (under nameRegistry.mu)
 	gone    bool // unlisted: the last sequence to let go frees the gates
 	// selections counts, per layer and expert, the top-1 choice of every generated token
 	// ([layer*experts+expert]); metrics read it at scrape time.
@@ -41,11 +39,6 @@ type routerSeq struct {
 	trace   bool // the request asked for the experts of each generated token
 }
 
-type routerRegistry struct {
-	mu sync.Mutex
-	m  map[string]*routerEntry
-}
-
 // RouterInfo describes a loaded router.
 type RouterInfo struct {
 	Name    string
@@ -58,16 +51,30 @@ type RouterInfo struct {
 }
 
 // LoadRouter loads the bundle in dir under name, checks that every expert adapter loads, and
-// puts the gates on the device. Errors: KindInvalid for a bad name or one taken by the base
-// model or an adapter, KindNotFound for a missing folder or expert, KindUnprocessable for an
-// invalid bundle, too many experts for the device slots, or an expert that does not load.
-func (e *Engine) LoadRouter(name, dir string) error {
-	if name == e.opt.ModelName || !adaptercache.ValidName(name) {
-		return errorf(KindInvalid, "router", "router name %q is empty, not a single path element, or the base model's", name)
+// puts the gates on the device. Errors: KindInvalid for a bad name or one already served (the
+// base model's, an adapter's, an adapter directory's, or a loaded router's: ReplaceRouter
+// replaces one), KindConflict while another load of the name is in progress, KindNotFound for
+// a missing folder or expert, KindUnprocessable for an invalid bundle, too many experts for the
+// device slots, or an expert that does not load.
+func (e *Engine) LoadRouter(name, dir string) error { return e.loadRouter(name, dir, false) }
+
+// ReplaceRouter is LoadRouter that may replace a loaded router of that name (vLLM's
+// load_inplace): requests already running finish with the old one, later ones get the new one,
+// and if the new one fails to load the old one stays.
+func (e *Engine) ReplaceRouter(name, dir string) error { return e.loadRouter(name, dir, true) }
+
+func (e *Engine) loadRouter(name, dir string, replace bool) error {
+	res, err := e.names.reserve(name, nameRouter, dir, replace)
+	if err != nil {
+		err.(*Error).Param = "router"
+		return err
 	}
-	if _, ok := e.cache.State(name); ok {
-		return errorf(KindInvalid, "router", "the name %q is an adapter's", name)
-	}
+	committed := false
+	defer func() {
+		if !committed {
+			e.names.abort(res)
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), e.opt.LoadTimeout)
 	defer cancel()
 	b, err := e.readRouter(ctx, dir)
@@ -83,8 +90,12 @@ func (e *Engine) LoadRouter(name, dir string) error {
 	if n := len(b.Experts()); n > e.opt.MaxLoRAs {
 		return errorf(KindUnprocessable, "router", "router %q has %d experts but only %d adapters fit on the device (--max-loras)", name, n, e.opt.MaxLoRAs)
 	}
-	// Every expert must load now, so a broken bundle fails here rather than on requests.
+	// Every expert must be an adapter's name and load now, so a broken bundle fails here
+	// rather than on requests.
 	for _, x := range b.Experts() {
+		if err := e.names.expert(x); err != nil {
+			return &Error{Kind: err.Kind, Param: "router", Msg: fmt.Sprintf("router %q", name), Err: err}
+		}
 		l, err := e.cache.Acquire(ctx, x)
 		if err != nil {
 			return &Error{Kind: KindOf(adapterError(x, err)), Param: "router",
@@ -97,14 +108,18 @@ func (e *Engine) LoadRouter(name, dir string) error {
 	}
 	ent := &routerEntry{name: name, dir: dir, bundle: b, created: time.Now().Unix(),
 		selections: make([]atomic.Int64, b.NumLayers()*len(b.Experts()))}
-	e.routers.mu.Lock()
-	old := e.routers.m[name]
-	e.routers.m[name] = ent
-	e.routers.mu.Unlock()
+	old, err := e.names.commitRouter(res, ent)
+	committed = true // commitRouter gives the name back itself when it fails
+	if err != nil {
+		ent.gone = true
+		b.Free(e.runner.B)
+		err.(*Error).Param = "router"
+		return err
+	}
 	if old != nil {
 		e.retireRouter(old)
 	}
-	e.log.Info("router loaded", "name", name, "dir", dir, "experts", len(b.Experts()))
+	e.log.Info("router loaded", "name", name, "dir", dir, "experts", len(b.Experts()), "replaced", old != nil)
 	return nil
 }
 
@@ -133,12 +148,9 @@ func (e *Engine) readRouter(ctx context.Context, dir string) (*router.Bundle, er
 
 // UnloadRouter removes a router from the listing; running requests finish with it.
 func (e *Engine) UnloadRouter(name string) error {
-	e.routers.mu.Lock()
-	ent := e.routers.m[name]
-	delete(e.routers.m, name)
-	e.routers.mu.Unlock()
-	if ent == nil {
-		return errorf(KindNotFound, "router", "the router `%s` is not loaded", name)
+	ent, err := e.names.unlistRouter(name)
+	if err != nil {
+		return err
 	}
 	e.retireRouter(ent)
 	return nil
@@ -146,39 +158,21 @@ func (e *Engine) UnloadRouter(name string) error {
 
 // retireRouter frees an unlisted router's gates now, or when the last sequence using it ends.
 func (e *Engine) retireRouter(ent *routerEntry) {
-	e.routers.mu.Lock()
+	e.names.mu.Lock()
 	ent.gone = true
 	free := ent.refs == 0
-	e.routers.mu.Unlock()
+	e.names.mu.Unlock()
 	if free {
 		ent.bundle.Free(e.backend)
 	}
 }
 
-// holdRouter returns the router called name with a reference taken, or nil.
-func (e *Engine) holdRouter(name string) *routerEntry {
-	e.routers.mu.Lock()
-	defer e.routers.mu.Unlock()
-	ent := e.routers.m[name]
-	if ent != nil {
-		ent.refs++
-	}
-	return ent
-}
-
-// lookupRouter reports whether a router called name is loaded.
-func (e *Engine) lookupRouter(name string) bool {
-	e.routers.mu.Lock()
-	defer e.routers.mu.Unlock()
-	return e.routers.m[name] != nil
-}
-
-// dropRouter gives back a reference taken by holdRouter.
+// dropRouter gives back a reference taken by nameRegistry.resolve.
 func (e *Engine) dropRouter(ent *routerEntry) {
-	e.routers.mu.Lock()
+	e.names.mu.Lock()
 	ent.refs--
 	free := ent.gone && ent.refs == 0
-	e.routers.mu.Unlock()
+	e.names.mu.Unlock()
 	if free {
 		ent.bundle.Free(e.backend)
 	}
@@ -196,13 +190,7 @@ func (e *Engine) endRoute(rs *routerSeq, ad *model.Adapter) {
 
 // Routers lists the loaded routers with their selection counts, sorted by name.
 func (e *Engine) Routers() []RouterInfo {
-	e.routers.mu.Lock()
-	ents := make([]*routerEntry, 0, len(e.routers.m))
-	for _, r := range e.routers.m {
-		ents = append(ents, r)
-	}
-	e.routers.mu.Unlock()
-	sort.Slice(ents, func(i, j int) bool { return ents[i].name < ents[j].name })
+	ents := e.names.routers()
 	out := make([]RouterInfo, len(ents))
 	for i, r := range ents {
 		ex := r.bundle.Experts()

@@ -299,20 +299,6 @@ func (p *plan) peftConfig(mods map[modKey]*factors) ([]byte, error) {
 	return json.MarshalIndent(cfg, "", "  ")
 }
 
-// routerJSON is router.json as written (the router package reads it).
-type routerJSON struct {
-	Format      string                     `json:"format"`
-	Experts     []string                   `json:"experts"`
-	TopK        int                        `json:"top_k"`
-	Temperature *float64                   `json:"temperature,omitempty"`
-	Layers      map[string]routerLayerJSON `json:"layers,omitempty"`
-}
-
-type routerLayerJSON struct {
-	Experts []string `json:"experts,omitempty"`
-	TopK    *int     `json:"top_k,omitempty"`
-}
-
 // routerConfig makes the top level the widest layer's list and k, and overrides the layers
 // that differ.
 func (p *plan) routerConfig() ([]byte, error) {
@@ -334,22 +320,24 @@ func (p *plan) routerConfig() ([]byte, error) {
 		}
 		return out
 	}
-	rj := routerJSON{Format: router.Format, Experts: names(p.layers[top]), TopK: p.topK[top]}
+	// router.json in the router package's own schema, which Load reads back.
+	topK := p.topK[top]
+	rj := router.Config{Format: router.Format, Experts: names(p.layers[top]), TopK: &topK}
 	if p.temp != 0 {
 		t := p.temp
 		rj.Temperature = &t
 	}
 	for _, l := range layers {
-		var o routerLayerJSON
+		var o router.LayerConfig
 		if !slices.Equal(p.layers[l], p.layers[top]) {
 			o.Experts = names(p.layers[l])
 		}
-		if k := p.topK[l]; k != rj.TopK {
+		if k := p.topK[l]; k != topK {
 			o.TopK = &k
 		}
 		if o.Experts != nil || o.TopK != nil {
 			if rj.Layers == nil {
-				rj.Layers = map[string]routerLayerJSON{}
+				rj.Layers = map[string]router.LayerConfig{}
 			}
 			rj.Layers[strconv.Itoa(l)] = o
 		}

@@ -210,7 +210,7 @@ func ImportMeteoRA(src, outDir string, opt MeteoRAOptions) (*Result, []string, e
 				rank: r,
 			}
 		}
-		p.gates = append(p.gates, tensorRef{Name: key.name() + ".moe_gate.weight", DType: g.DType, Shape: g.Shape, Data: g.Data})
+		p.gates = append(p.gates, tensorRef{Name: router.GateName(key.layer, key.proj), DType: g.DType, Shape: g.Shape, Data: g.Data})
 		if _, ok := p.layers[key.layer]; !ok {
 			idx := make([]int, n)
 			for i := range idx {

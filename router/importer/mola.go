@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/loraplex/loraplex/adaptercache"
+	"github.com/loraplex/loraplex/router"
 )
 
 // MoLAOptions configures ImportMoLA.
@@ -223,7 +224,7 @@ func ImportMoLA(src, outDir string, opt MoLAOptions) (*Result, error) {
 				rank: r,
 			}
 		}
-		p.gates = append(p.gates, tensorRef{Name: key.name() + ".moe_gate.weight", DType: g.DType, Shape: g.Shape, Data: g.Data})
+		p.gates = append(p.gates, tensorRef{Name: router.GateName(key.layer, key.proj), DType: g.DType, Shape: g.Shape, Data: g.Data})
 		if _, ok := p.layers[key.layer]; !ok {
 			idx := make([]int, n)
 			for i := range idx {

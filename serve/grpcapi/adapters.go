@@ -37,7 +37,8 @@ func (s *Service) ListAdapters(ctx context.Context, _ *loraplexv1.ListAdaptersRe
 }
 
 // LoadAdapter loads a PEFT folder under a name (PermissionDenied unless runtime updates are
-// allowed and the path lies inside an adapter root).
+// allowed and the path lies inside an adapter root). A name already served is InvalidArgument
+// unless load_inplace asks to replace it; a load of the name in progress is FailedPrecondition.
 func (s *Service) LoadAdapter(ctx context.Context, req *loraplexv1.LoadAdapterRequest) (*loraplexv1.LoadAdapterResponse, error) {
 	const method = "/loraplex.v1.Loraplex/LoadAdapter"
 	if err := s.updatesAllowed(); err != nil {
@@ -53,20 +54,25 @@ func (s *Service) LoadAdapter(ctx context.Context, req *loraplexv1.LoadAdapterRe
 	if err != nil {
 		return nil, s.toStatus(ctx, method, err)
 	}
-	if err := s.e.LoadAdapter(req.GetName(), path); err != nil {
-		return nil, s.toStatus(ctx, method, err)
+	load := s.e.LoadAdapter
+	if req.GetLoadInplace() {
+		load = s.e.ReplaceAdapter
+	}
+	if err := load(req.GetName(), path); err != nil {
+		return nil, s.toStatus(ctx, method, nameParam(err))
 	}
 	return &loraplexv1.LoadAdapterResponse{}, nil
 }
 
-// UnloadAdapter removes an adapter; requests already running finish with it.
+// UnloadAdapter removes an adapter; requests already running finish with it. An adapter that a
+// loaded router uses is FailedPrecondition (serve.KindConflict), naming the router.
 func (s *Service) UnloadAdapter(ctx context.Context, req *loraplexv1.UnloadAdapterRequest) (*loraplexv1.UnloadAdapterResponse, error) {
 	const method = "/loraplex.v1.Loraplex/UnloadAdapter"
 	if err := s.updatesAllowed(); err != nil {
 		return nil, s.toStatus(ctx, method, err)
 	}
 	if err := s.e.UnloadAdapter(req.GetName()); err != nil {
-		return nil, s.toStatus(ctx, method, err)
+		return nil, s.toStatus(ctx, method, nameParam(err))
 	}
 	return &loraplexv1.UnloadAdapterResponse{}, nil
 }
@@ -76,4 +82,13 @@ func (s *Service) updatesAllowed() error {
 		return &serve.Error{Kind: serve.KindForbidden, Msg: "runtime adapter updates are disabled on this server"}
 	}
 	return nil
+}
+
+// nameParam names this API's field for an engine error about the adapter's name (the engine
+// names the HTTP field, lora_name).
+func nameParam(err error) error {
+	if serve.ParamOf(err) == "lora_name" {
+		return withParam(err, "name")
+	}
+	return err
 }

@@ -11,29 +11,12 @@ import (
 	"github.com/loraplex/loraplex/serve"
 )
 
-// kindCodes is the one table from engine error kinds to gRPC codes; serve/openai has the
-// matching HTTP table, so both APIs agree on what every failure means.
-var kindCodes = map[serve.Kind]codes.Code{
-	serve.KindInvalid:       codes.InvalidArgument,
-	serve.KindNotFound:      codes.NotFound,
-	serve.KindOverloaded:    codes.ResourceExhausted,
-	serve.KindUnavailable:   codes.Unavailable,
-	serve.KindCanceled:      codes.Canceled,
-	serve.KindDeadline:      codes.DeadlineExceeded,
-	serve.KindForbidden:     codes.PermissionDenied,
-	serve.KindUnprocessable: codes.FailedPrecondition,
-	serve.KindInternal:      codes.Internal,
-}
+// CodeOf returns the gRPC code for an engine error kind, from the engine's one kind table
+// (serve.Kind.Info), which also holds the HTTP status: both APIs agree on what every failure
+// means. Kinds outside the table answer Internal.
+func CodeOf(k serve.Kind) codes.Code { return k.Info().GRPCCode }
 
-// CodeOf returns the gRPC code for an engine error kind (Internal for kinds it does not know).
-func CodeOf(k serve.Kind) codes.Code {
-	if c, ok := kindCodes[k]; ok {
-		return c
-	}
-	return codes.Internal
-}
-
-// toStatus converts any error into a gRPC status error through kindCodes. Errors that already
+// toStatus converts any error into a gRPC status error through the kind table (CodeOf). Errors that already
 // are statuses pass through; context errors become Canceled / DeadlineExceeded. For
 // InvalidArgument, the request field at fault travels as a google.rpc.BadRequest detail.
 func (s *Service) toStatus(ctx context.Context, method string, err error) error {

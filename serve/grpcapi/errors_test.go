@@ -18,18 +18,42 @@ import (
 	"github.com/loraplex/loraplex/serve/grpcapi"
 )
 
-func TestCodeOfCoversEveryKind(t *testing.T) {
-	want := map[serve.Kind]codes.Code{
-		serve.KindInvalid: codes.InvalidArgument, serve.KindNotFound: codes.NotFound,
-		serve.KindOverloaded: codes.ResourceExhausted, serve.KindUnavailable: codes.Unavailable,
-		serve.KindCanceled: codes.Canceled, serve.KindDeadline: codes.DeadlineExceeded,
-		serve.KindForbidden: codes.PermissionDenied, serve.KindUnprocessable: codes.FailedPrecondition,
-		serve.KindInternal: codes.Internal, serve.Kind(99): codes.Internal,
+// Every engine kind maps to its gRPC code and HTTP status side by side, from the one table;
+// kinds outside the table are Internal. A kind added without a line here fails the test.
+func TestEveryKindMapsOnBothEdges(t *testing.T) {
+	want := map[serve.Kind]struct {
+		http int
+		code codes.Code
+	}{
+		serve.KindInternal:        {500, codes.Internal},
+		serve.KindInvalid:         {400, codes.InvalidArgument},
+		serve.KindNotFound:        {404, codes.NotFound},
+		serve.KindOverloaded:      {429, codes.ResourceExhausted},
+		serve.KindUnavailable:     {503, codes.Unavailable},
+		serve.KindCanceled:        {499, codes.Canceled},
+		serve.KindDeadline:        {504, codes.DeadlineExceeded},
+		serve.KindForbidden:       {403, codes.PermissionDenied},
+		serve.KindUnprocessable:   {422, codes.FailedPrecondition},
+		serve.KindConflict:        {409, codes.FailedPrecondition},
+		serve.KindUnauthenticated: {401, codes.Unauthenticated},
+		serve.KindTooLarge:        {413, codes.ResourceExhausted},
+		serve.KindBadMethod:       {405, codes.Unimplemented},
 	}
-	for k, c := range want {
-		if got := grpcapi.CodeOf(k); got != c {
-			t.Errorf("CodeOf(%d) = %v, want %v", k, got, c)
+	for _, k := range serve.Kinds() {
+		w, ok := want[k]
+		if !ok {
+			t.Errorf("kind %d has no expected mapping in this test", k)
+			continue
 		}
+		if got := grpcapi.CodeOf(k); got != w.code {
+			t.Errorf("CodeOf(%d) = %v, want %v", k, got, w.code)
+		}
+		if got := k.Info().HTTPStatus; got != w.http {
+			t.Errorf("kind %d: HTTP %d, want %d", k, got, w.http)
+		}
+	}
+	if got := grpcapi.CodeOf(serve.Kind(99)); got != codes.Internal {
+		t.Errorf("CodeOf(99) = %v, want Internal", got)
 	}
 }
 

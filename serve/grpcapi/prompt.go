@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
-	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
@@ -75,12 +74,8 @@ func (s *Service) checkModel(name string) error {
 	if name == "" {
 		return nil
 	}
-	for _, m := range s.e.Models() {
-		if m.ID == name {
-			return nil
-		}
-	}
-	return &serve.Error{Kind: serve.KindNotFound, Param: "model", Msg: fmt.Sprintf("the model `%s` does not exist", name)}
+	_, err := s.e.Serves(name)
+	return err
 }
 
 func ints(v []int32) []int {

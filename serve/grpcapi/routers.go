@@ -3,7 +3,6 @@ package grpcapi
 import (
 	"context"
 	"errors"
-	"slices"
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/serve"
@@ -40,8 +39,12 @@ func (s *Service) LoadRouter(ctx context.Context, req *loraplexv1.LoadRouterRequ
 	if err != nil {
 		return nil, s.toStatus(ctx, method, withParam(err, "path"))
 	}
-	if err := s.e.LoadRouter(req.GetName(), path); err != nil {
-		if serve.KindOf(err) == serve.KindInvalid {
+	load := s.e.LoadRouter
+	if req.GetLoadInplace() {
+		load = s.e.ReplaceRouter
+	}
+	if err := load(req.GetName(), path); err != nil {
+		if k := serve.KindOf(err); k == serve.KindInvalid || k == serve.KindConflict {
 			return nil, s.toStatus(ctx, method, withParam(err, "name"))
 		}
 		return nil, s.toStatus(ctx, method, withParam(err, "path"))
@@ -67,7 +70,7 @@ func (s *Service) checkTrace(req *loraplexv1.GenerateRequest) error {
 		return nil
 	}
 	m := req.GetModel()
-	if m != "" && slices.ContainsFunc(s.e.Routers(), func(r serve.RouterInfo) bool { return r.Name == m }) {
+	if kind, _ := s.e.Serves(m); kind == "router" {
 		return nil
 	}
 	return invalid("expert_trace", "expert_trace needs a router as the model; "+quote(m)+" is not a loaded router")

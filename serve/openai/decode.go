@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/loraplex/loraplex/serve"
 )
 
 // decode reads a JSON object body into dst. Unknown fields are ignored, as OpenAI does; a
@@ -17,8 +19,9 @@ func (h *Handler) decode(r *http.Request, dst any) error {
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			return &apiError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error", code: "request_too_large",
-				msg: fmt.Sprintf("the request body is larger than %d bytes", mb.Limit)}
+			ae := kindError(serve.KindTooLarge, "", fmt.Sprintf("the request body is larger than %d bytes", mb.Limit))
+			ae.code = "request_too_large"
+			return ae
 		}
 		return invalid("", "reading the request body: %v", err)
 	}

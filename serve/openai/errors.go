@@ -9,24 +9,6 @@ import (
 	"github.com/loraplex/loraplex/serve"
 )
 
-// kindStatus is the one table from engine error kinds to HTTP statuses and OpenAI error types.
-// Types follow OpenAI where it has one and vLLM's exception names otherwise, so clients that
-// switch on either keep working.
-var kindStatus = map[serve.Kind]struct {
-	status int
-	typ    string
-}{
-	serve.KindInvalid:       {http.StatusBadRequest, "invalid_request_error"},
-	serve.KindNotFound:      {http.StatusNotFound, "NotFoundError"},
-	serve.KindOverloaded:    {http.StatusTooManyRequests, "rate_limit_error"},
-	serve.KindUnavailable:   {http.StatusServiceUnavailable, "ServiceUnavailableError"},
-	serve.KindCanceled:      {499, "CanceledError"}, // nginx's "client closed request"
-	serve.KindDeadline:      {http.StatusGatewayTimeout, "TimeoutError"},
-	serve.KindForbidden:     {http.StatusForbidden, "permission_error"},
-	serve.KindUnprocessable: {http.StatusUnprocessableEntity, "UnprocessableEntityError"},
-	serve.KindInternal:      {http.StatusInternalServerError, "InternalServerError"},
-}
-
 // apiError is an error on its way to a client.
 type apiError struct {
 	status int
@@ -38,33 +20,38 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.msg }
 
-// fromEngine converts any error into an apiError through kindStatus.
+// fromEngine converts any error into an apiError through the engine's kind table
+// (serve.Kind.Info), the one place statuses and types come from.
 func fromEngine(err error) *apiError {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae
 	}
 	k := serve.KindOf(err)
-	s, ok := kindStatus[k]
-	if !ok {
-		s = kindStatus[serve.KindInternal]
-	}
 	msg := err.Error()
 	if k == serve.KindInternal {
 		// Internal details stay in the log; the client learns only that it was our fault.
 		msg = "internal server error"
 	}
-	return &apiError{status: s.status, typ: s.typ, msg: msg, param: serve.ParamOf(err)}
+	return kindError(k, serve.ParamOf(err), msg)
 }
+
+// kindError is the answer for kind k, with its status and type from the kind table.
+func kindError(k serve.Kind, param, msg string) *apiError {
+	info := k.Info()
+	return &apiError{status: info.HTTPStatus, typ: info.OpenAIType, msg: msg, param: param}
+}
+
+// internalError is what a client learns of a failure of ours: details stay in the log.
+func internalError() *apiError { return kindError(serve.KindInternal, "", "internal server error") }
 
 // invalid is a 400 about one request field.
 func invalid(param, format string, args ...any) *apiError {
-	return &apiError{status: http.StatusBadRequest, typ: "invalid_request_error", param: param, msg: fmt.Sprintf(format, args...)}
+	return kindError(serve.KindInvalid, param, fmt.Sprintf(format, args...))
 }
 
 func notFound(param, format string, args ...any) *apiError {
-	e := fromEngine(&serve.Error{Kind: serve.KindNotFound, Param: param, Msg: fmt.Sprintf(format, args...)})
-	return e
+	return kindError(serve.KindNotFound, param, fmt.Sprintf(format, args...))
 }
 
 // errorBody is OpenAI's error envelope.
@@ -104,8 +91,9 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		status = http.StatusInternalServerError
-		b = []byte(`{"error":{"message":"internal server error","type":"InternalServerError","param":null,"code":null}}`)
+		ie := internalError()
+		status = ie.status
+		b, _ = json.Marshal(ie.body()) // strings and nil pointers only: cannot fail
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)

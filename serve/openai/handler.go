@@ -87,22 +87,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			h.log.Error("panic in handler", "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
 			if !sw.wrote {
-				writeJSON(sw, http.StatusInternalServerError, (&apiError{typ: "InternalServerError", msg: "internal server error"}).body())
+				// Through the kind table like every other error (this path once wrote a body of
+				// its own, with a type but no status of the table's).
+				ie := internalError()
+				writeJSON(sw, ie.status, ie.body())
 			}
 		}
 	}()
 	rt, ok := h.routes[r.URL.Path]
 	if !ok {
-		h.writeError(sw, r, &apiError{status: http.StatusNotFound, typ: "NotFoundError", msg: fmt.Sprintf("no route %s", r.URL.Path)})
+		h.writeError(sw, r, notFound("", "no route %s", r.URL.Path))
 		return
 	}
 	if r.Method != rt.method && !(rt.method == http.MethodGet && r.Method == http.MethodHead) {
 		sw.Header().Set("Allow", rt.method)
-		h.writeError(sw, r, &apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error", msg: fmt.Sprintf("%s %s is not allowed; use %s", r.Method, r.URL.Path, rt.method)})
+		h.writeError(sw, r, kindError(serve.KindBadMethod, "", fmt.Sprintf("%s %s is not allowed; use %s", r.Method, r.URL.Path, rt.method)))
 		return
 	}
 	if !rt.open && h.opt.APIKey != "" && !h.authorized(r) {
-		h.writeError(sw, r, &apiError{status: http.StatusUnauthorized, typ: "authentication_error", code: "invalid_api_key", msg: "missing or incorrect API key"})
+		ae := kindError(serve.KindUnauthenticated, "", "missing or incorrect API key")
+		ae.code = "invalid_api_key"
+		h.writeError(sw, r, ae)
 		return
 	}
 	r.Body = http.MaxBytesReader(sw, r.Body, h.opt.MaxBodyBytes)
@@ -143,7 +148,7 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (h *Handler) health(w http.ResponseWriter, r *http.Request) error {
 	if !h.e.Ready() {
-		return &apiError{status: http.StatusServiceUnavailable, typ: "ServiceUnavailableError", msg: "the server is not ready"}
+		return kindError(serve.KindUnavailable, "", "the server is not ready")
 	}
 	w.WriteHeader(http.StatusOK)
 	return nil

@@ -45,9 +45,13 @@ func (h *Handler) models(w http.ResponseWriter, r *http.Request) error {
 type loadAdapterRequest struct {
 	LoraName string `json:"lora_name"`
 	LoraPath string `json:"lora_path"`
+	// LoadInplace (vLLM's field) replaces an adapter already served under the name; without
+	// it such a load is a 400, as in vLLM.
+	LoadInplace bool `json:"load_inplace"`
 }
 
-// loadAdapter is vLLM's /v1/load_lora_adapter. Like vLLM it answers with plain text.
+// loadAdapter is vLLM's /v1/load_lora_adapter. Like vLLM it answers with plain text. Names
+// follow serve.CheckName; a name already served is refused unless load_inplace is set.
 func (h *Handler) loadAdapter(w http.ResponseWriter, r *http.Request) error {
 	if err := h.runtimeUpdates(); err != nil {
 		return err
@@ -65,7 +69,11 @@ func (h *Handler) loadAdapter(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := h.e.LoadAdapter(req.LoraName, path); err != nil {
+	load := h.e.LoadAdapter
+	if req.LoadInplace {
+		load = h.e.ReplaceAdapter
+	}
+	if err := load(req.LoraName, path); err != nil {
 		return err
 	}
 	h.log.Info("adapter loaded over HTTP", "name", req.LoraName, "path", req.LoraPath)
@@ -73,6 +81,8 @@ func (h *Handler) loadAdapter(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// unloadAdapter is vLLM's /v1/unload_lora_adapter. An adapter that a loaded router uses is not
+// unloaded: 409, naming the router.
 func (h *Handler) unloadAdapter(w http.ResponseWriter, r *http.Request) error {
 	if err := h.runtimeUpdates(); err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 
 	"github.com/loraplex/loraplex/serve"
 )
@@ -23,7 +22,7 @@ func (h *Handler) checkTrace(model string, trace bool) error {
 	if !trace {
 		return nil
 	}
-	if model != "" && slices.ContainsFunc(h.e.Routers(), func(r serve.RouterInfo) bool { return r.Name == model }) {
+	if kind, _ := h.e.Serves(model); kind == "router" {
 		return nil
 	}
 	return invalid("expert_trace", "expert_trace needs a router as the model; %q is not a loaded router", h.modelName(model))
@@ -65,12 +64,14 @@ func traceOf(v [][]string) [][]string {
 }
 
 type loadRouterRequest struct {
-	RouterName string `json:"router_name"`
-	RouterPath string `json:"router_path"`
+	RouterName  string `json:"router_name"`
+	RouterPath  string `json:"router_path"`
+	LoadInplace bool   `json:"load_inplace"` // replace a router already loaded under the name
 }
 
-// loadRouter is /v1/load_router: {"router_name", "router_path"}, gated and path-checked exactly
-// like /v1/load_lora_adapter; the router's experts must be adapters the server can load.
+// loadRouter is /v1/load_router: {"router_name", "router_path", "load_inplace"}, gated,
+// path-checked and name-checked exactly like /v1/load_lora_adapter; the router's experts must
+// be adapters the server can load.
 func (h *Handler) loadRouter(w http.ResponseWriter, r *http.Request) error {
 	if err := h.runtimeUpdates(); err != nil {
 		return err
@@ -89,8 +90,12 @@ func (h *Handler) loadRouter(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return routerParam(err, "router_path")
 	}
-	if err := h.e.LoadRouter(req.RouterName, path); err != nil {
-		if serve.KindOf(err) == serve.KindInvalid {
+	load := h.e.LoadRouter
+	if req.LoadInplace {
+		load = h.e.ReplaceRouter
+	}
+	if err := load(req.RouterName, path); err != nil {
+		if k := serve.KindOf(err); k == serve.KindInvalid || k == serve.KindConflict {
 			return routerParam(err, "router_name")
 		}
 		return routerParam(err, "router_path")

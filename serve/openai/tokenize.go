@@ -94,10 +94,6 @@ func (h *Handler) checkModel(name string) error {
 	if name == "" {
 		return nil
 	}
-	for _, m := range h.e.Models() {
-		if m.ID == name {
-			return nil
-		}
-	}
-	return notFound("model", "the model `%s` does not exist", name)
+	_, err := h.e.Serves(name)
+	return err
 }

@@ -1397,9 +1397,14 @@ func (x *ListAdaptersResponse) GetAdapters() []*Adapter {
 }
 
 type LoadAdapterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A servable name (printable UTF-8, at most 255 bytes, no surrounding white space, no
+	// control or bidi characters, no '/' or '\\', not starting with '.').
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Replace the adapter already served under name (vLLM's load_inplace): requests already
+	// running keep the old weights. Without it, a name already served is InvalidArgument.
+	LoadInplace   bool `protobuf:"varint,3,opt,name=load_inplace,json=loadInplace,proto3" json:"load_inplace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1448,6 +1453,13 @@ func (x *LoadAdapterRequest) GetPath() string {
 	return ""
 }
 
+func (x *LoadAdapterRequest) GetLoadInplace() bool {
+	if x != nil {
+		return x.LoadInplace
+	}
+	return false
+}
+
 type LoadAdapterResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1484,6 +1496,8 @@ func (*LoadAdapterResponse) Descriptor() ([]byte, []int) {
 	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{21}
 }
 
+// Unloading an adapter that a loaded router uses as an expert is FailedPrecondition (the
+// message names the router): unload the router first.
 type UnloadAdapterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1770,9 +1784,14 @@ func (x *ListRoutersResponse) GetRouters() []*Router {
 }
 
 type LoadRouterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A servable name, as for LoadAdapterRequest.name, that no adapter (loaded or in an adapter
+	// directory) serves.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// Replace the router already loaded under name; without it, a name already served is
+	// InvalidArgument.
+	LoadInplace   bool `protobuf:"varint,3,opt,name=load_inplace,json=loadInplace,proto3" json:"load_inplace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1819,6 +1838,13 @@ func (x *LoadRouterRequest) GetPath() string {
 		return x.Path
 	}
 	return ""
+}
+
+func (x *LoadRouterRequest) GetLoadInplace() bool {
+	if x != nil {
+		return x.LoadInplace
+	}
+	return false
 }
 
 type LoadRouterResponse struct {
@@ -2039,10 +2065,11 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\x04tier\x18\x03 \x01(\tR\x04tier\x12\x12\n" +
 	"\x04path\x18\x04 \x01(\tR\x04path\"H\n" +
 	"\x14ListAdaptersResponse\x120\n" +
-	"\badapters\x18\x01 \x03(\v2\x14.loraplex.v1.AdapterR\badapters\"<\n" +
+	"\badapters\x18\x01 \x03(\v2\x14.loraplex.v1.AdapterR\badapters\"_\n" +
 	"\x12LoadAdapterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\x15\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12!\n" +
+	"\fload_inplace\x18\x03 \x01(\bR\vloadInplace\"\x15\n" +
 	"\x13LoadAdapterResponse\"*\n" +
 	"\x14UnloadAdapterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
@@ -2059,10 +2086,11 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"selections\x18\x05 \x03(\v2\x1c.loraplex.v1.LayerSelectionsR\n" +
 	"selections\"D\n" +
 	"\x13ListRoutersResponse\x12-\n" +
-	"\arouters\x18\x01 \x03(\v2\x13.loraplex.v1.RouterR\arouters\";\n" +
+	"\arouters\x18\x01 \x03(\v2\x13.loraplex.v1.RouterR\arouters\"^\n" +
 	"\x11LoadRouterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\x14\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12!\n" +
+	"\fload_inplace\x18\x03 \x01(\bR\vloadInplace\"\x14\n" +
 	"\x12LoadRouterResponse\")\n" +
 	"\x13UnloadRouterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +

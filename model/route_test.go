@@ -1,10 +1,8 @@
-package router
+package model
 
 import (
 	"math"
 	"testing"
-
-	"github.com/loraplex/loraplex/model"
 )
 
 func sm(v ...float64) []float64 {
@@ -24,6 +22,8 @@ func sm(v ...float64) []float64 {
 	return out
 }
 
+// Route is the gate math of the routers (router/), which the forward pass runs: top-k with
+// ties to the lower index, softmax(l[I]/T), null experts dropped and the rest renormalised.
 func TestRoute(t *testing.T) {
 	e := sm(3, 2)          // top-2 of [1 3 2 0] at T = 1
 	eT := sm(3/0.5, 2/0.5) // same at T = 0.5
@@ -76,6 +76,7 @@ func TestRoute(t *testing.T) {
 	}
 }
 
+// Route reuses its output slice and allocates nothing per token.
 func TestRouteReusesOut(t *testing.T) {
 	buf := make([]Choice, 0, 4)
 	got := Route([]float32{1, 2, 3}, 2, 1, 0, buf)
@@ -84,74 +85,5 @@ func TestRouteReusesOut(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { got = Route([]float32{1, 2, 3, 4, 5}, 2, 1, 1, got) }); n != 0 {
 		t.Fatalf("Route allocates %v times", n)
-	}
-}
-
-func TestSegmentsAndPasses(t *testing.T) {
-	mk := func(r int) *model.LoRAWeights {
-		return &model.LoRAWeights{A: model.Tensor{Rows: r, Cols: 4}, B: model.Tensor{Rows: 4, Cols: r}, Rank: r, Scale: 2}
-	}
-	mods := []*model.LoRAWeights{mk(1), nil, mk(3)}
-	choices := [][]Choice{{{Expert: 0, Weight: 0.75}, {Expert: 1, Weight: 0.25}}, {{Expert: 2, Weight: 0.5}, {Expert: 0, Weight: 0.5}}, {}, {{Expert: 2, Weight: 1}}}
-	segs := Segments(nil, 10, choices, mods)
-	want := []model.LoRASeg{
-		{Start: 10, N: 1, A: mods[0].A, B: mods[0].B, Scale: 1.5}, // expert 1 has no LoRA: nothing, no redistribution
-		{Start: 11, N: 1, A: mods[2].A, B: mods[2].B, Scale: 1},
-		{Start: 11, N: 1, A: mods[0].A, B: mods[0].B, Scale: 1},
-		{Start: 13, N: 1, A: mods[2].A, B: mods[2].B, Scale: 2},
-	}
-	if len(segs) != len(want) {
-		t.Fatalf("got %d segments, want %d: %+v", len(segs), len(want), segs)
-	}
-	for i := range want {
-		if segs[i] != want[i] {
-			t.Fatalf("segment %d: got %+v, want %+v", i, segs[i], want[i])
-		}
-	}
-	passes := Passes(segs, nil)
-	if len(passes) != 2 || len(passes[0]) != 3 || len(passes[1]) != 1 || passes[1][0] != want[2] {
-		t.Fatalf("passes %+v", passes)
-	}
-	for _, p := range passes {
-		rows := map[int]bool{}
-		for _, s := range p {
-			if rows[s.Start] {
-				t.Fatalf("row %d twice in one pass", s.Start)
-			}
-			rows[s.Start] = true
-		}
-	}
-}
-
-func TestPassesMultiRow(t *testing.T) {
-	segs := []model.LoRASeg{{Start: 0, N: 4}, {Start: 2, N: 1}, {Start: 5, N: 1}, {Start: 1, N: 2}, {Start: 3, N: 1}}
-	passes := Passes(segs, nil)
-	// [0,4) in pass 0; row 2 in pass 1; row 5 in pass 0; [1,3) overlaps rows 1 (1 used) and 2 (2 used): pass 2;
-	// row 3 (1 used): pass 1.
-	want := [][]int{{0, 5}, {2, 3}, {1}}
-	if len(passes) != len(want) {
-		t.Fatalf("passes %+v", passes)
-	}
-	for i := range want {
-		if len(passes[i]) != len(want[i]) {
-			t.Fatalf("pass %d: %+v", i, passes[i])
-		}
-		for j, st := range want[i] {
-			if passes[i][j].Start != st {
-				t.Fatalf("pass %d: %+v", i, passes[i])
-			}
-		}
-	}
-	// Reuse keeps no stale segments.
-	passes = Passes(segs[:1], passes)
-	if len(passes) != 1 || len(passes[0]) != 1 {
-		t.Fatalf("reused passes %+v", passes)
-	}
-}
-
-func TestRouteRowsNeedsUpload(t *testing.T) {
-	ly := &Layer{Experts: []string{"a"}, TopK: 1, Temperature: 1}
-	if _, _, err := ly.RouteRows(nil, &Gate{Name: "g", Rows: 1, Cols: 2}, model.Tensor{}, model.Tensor{}, nil, nil); err == nil {
-		t.Fatal("routed through a gate that is not uploaded")
 	}
 }
