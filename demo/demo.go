@@ -1,10 +1,12 @@
-// Package demo builds the model `go run ./cmd/server` serves when no --model is given: a small
-// Llama-architecture network whose weights are generated in code, with the byte-level demo
-// tokenizer and a ChatML chat template.
+// Package demo holds the models that need no download. trained.go embeds the trained demo that
+// `go run ./cmd/server` serves when no --model is given (a 6.8M-parameter Llama-architecture
+// model, four LoRA adapters and a router over them); load.go loads such a folder on a backend
+// for tests and benchmarks (Load, LoadDir, Perplexity).
 //
-// The model is UNTRAINED: its weights are deterministic pseudo-random numbers, so it produces
-// random bytes, not language. It exists so the server, its APIs and clients can be exercised on
-// any machine without downloading anything.
+// This file builds a second, untrained model in code (Build): deterministic pseudo-random
+// weights over a byte-level tokenizer with a ChatML template. It produces random bytes, not
+// language, and exists for gateway tests and load benchmarks that need a model of a fixed
+// shape in well under a second, on any machine.
 package demo
 
 import (

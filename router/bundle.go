@@ -1,6 +1,6 @@
 // Package router implements learned mixtures of LoRA experts (MeteoRA, MoLA, AdaMoE): a bundle
 // of per-projection gates that, for every token, pick the top-k of a list of ordinary adapters
-// and mix their deltas. See shared/design/ARCHITECTURE.md ("Router").
+// and mix their deltas. See docs/ARCHITECTURE.md ("Router").
 //
 // A bundle is a folder with router.json (experts, top_k, temperature, null_experts, per-layer
 // overrides) and gates.safetensors (one [experts+nulls, d_in] gate per routed projection). The

@@ -100,7 +100,7 @@ func TestRunnerOneExpertRouterIsTheAdapter(t *testing.T) {
 			// the only expert (0) on every layer; the base row has no choices (-1).
 			ad := adapters["router-"+fixture.Adapters[0]+"-1"]
 			s := &model.Step{Tokens: []int32{1, 2, 3}, Positions: []int32{0, 0, 1}, Slots: []int32{0, 4, 5},
-				Seqs: []model.SeqRows{{Start: 0, N: 1, Len: 1, Pages: []int32{0}}, {Start: 1, N: 2, Len: 2, Pages: []int32{1}}},
+				Seqs:      []model.SeqRows{{Start: 0, N: 1, Len: 1, Pages: []int32{0}}, {Start: 1, N: 2, Len: 2, Pages: []int32{1}}},
 				LogitRows: []int32{0, 2}}
 			if err := h.R.Forward(s, []*model.Adapter{nil, ad}, make([]float32, 2*cfg.VocabSize)); err != nil {
 				t.Fatal(err)

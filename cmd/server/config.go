@@ -57,7 +57,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVar(&c.modelDir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer.json); empty: the built-in untrained demo model")
+	fs.StringVar(&c.modelDir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer.json); empty: the built-in trained demo (model, four adapters, router)")
 	fs.StringVar(&c.tokenizerDir, "tokenizer", "", "folder with tokenizer.json and tokenizer_config.json (default: the model folder)")
 	fs.Func("adapter", "LoRA adapter to serve, as NAME=PATH (PEFT folder); repeatable", func(s string) error {
 		name, path, ok := strings.Cut(s, "=")
@@ -95,7 +95,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.maxCPULoRAs, "max-cpu-loras", 0, "adapters kept in host memory (0: no limit)")
 	fs.IntVar(&c.maxQueued, "max-queued-requests", 0, "waiting requests beyond which the server answers 429 (0: engine default)")
 	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
-	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health)")
+	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health and /metrics, which stay open for probes and Prometheus: restrict them at the network)")
 	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/load_router and /v1/unload_router (and the gRPC equivalents)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")

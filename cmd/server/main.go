@@ -1,6 +1,6 @@
 // Command server runs loraplex: one base model, its LoRA adapters and routers (mixtures of LoRA
-// experts), and the OpenAI-style HTTP API. Without --model it serves the built-in (untrained)
-// demo model.
+// experts), and the OpenAI-style HTTP API. Without --model it serves the built-in trained
+// demo (a small model, four adapters and a router; see package demo).
 package main
 
 import (
