@@ -115,9 +115,31 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	err = shutdown(e, srv, served, c.shutdownTimeout, log)
 	if gs != nil {
-		gs.GracefulStop()
+		stopGRPC(gs, handlerGrace, log)
 	}
 	return err
+}
+
+// handlerGrace is how long handlers get to finish once the engine is closed: their engine
+// streams have ended, so only a client that stopped reading (or a stream that never ends,
+// such as a health Watch) can hold one longer.
+const handlerGrace = 5 * time.Second
+
+// stopGRPC stops gs gracefully, but for no longer than grace: GracefulStop waits for every RPC,
+// and a health Watch or a stream whose client stopped reading would hold shutdown for ever.
+func stopGRPC(gs *grpc.Server, grace time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		log.Warn("gRPC graceful stop timed out; closing the remaining streams", "grace", grace)
+		gs.Stop()
+		<-done
+	}
 }
 
 // shutdown drains: the engine stops admitting (so /health turns 503 and new requests get 503)
@@ -132,7 +154,7 @@ func shutdown(e *serve.Engine, srv *http.Server, served <-chan error, timeout ti
 	}
 	// Handlers finish quickly once the engine is closed; give them a moment even if the drain
 	// used the whole budget.
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, scancel := context.WithTimeout(context.Background(), handlerGrace)
 	defer scancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("HTTP shutdown incomplete", "err", err)
