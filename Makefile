@@ -1,6 +1,7 @@
 # loraplex build helpers. The CPU build needs nothing but Go: `go build ./...`.
 # `make cuda` compiles the CUDA kernels with nvcc and builds everything with the `cuda` tag.
 
+SHELL := /bin/bash
 CUDA_HOME ?= /usr/local/cuda
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 # sm_80 (A100), sm_90 (H100/H200) and PTX for newer GPUs.
@@ -13,7 +14,7 @@ KERNEL_LIB := kernels/build/libloraplex_kernels.a
 
 export CGO_LDFLAGS := -L$(CUDA_HOME)/lib64 $(CGO_LDFLAGS)
 
-.PHONY: cuda kernels test test-tools test-deploy-check test-cuda clean
+.PHONY: cuda kernels test lint test-tools test-deploy-check test-cuda clean
 
 kernels: $(KERNEL_LIB)
 
@@ -31,11 +32,27 @@ cuda: $(KERNEL_LIB)
 # then vet, build and race-enabled tests of this module, then the deploy/check module (Helm chart
 # rendering and strict Kubernetes/Gateway API decoding, Dockerfile lint), which is a module of its
 # own so that its Kubernetes, Helm and BuildKit dependencies stay out of go.mod.
-test: test-tools
-	go vet ./...
+test: test-tools lint
 	CGO_ENABLED=0 go build ./...
 	go test -race ./...
 	$(MAKE) test-deploy-check
+
+# Hygiene that fails the build: gofmt, go vet, staticcheck, and deadcode (functions no program
+# reaches). deadcode sees the untagged build only, so what only tests or the cuda build call is
+# listed, with the reason, in .deadcode-allow; anything else it reports is an error.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+DEADCODE := golang.org/x/tools/cmd/deadcode@v0.52.0
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt -l: these files are not formatted:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	go run $(STATICCHECK) ./...
+	@go run $(DEADCODE) ./... > .deadcode.out; \
+		unexpected=$$(awk '{split($$1, a, ":"); d = a[1]; sub(/\/[^\/]*$$/, "", d); print d "." $$NF}' .deadcode.out | \
+			grep -vxE -f <(grep -v '^#' .deadcode-allow | awk 'NF{print $$1}') || true); \
+		rm -f .deadcode.out; \
+		if [ -n "$$unexpected" ]; then echo "deadcode: unreachable functions (remove them, or list them in .deadcode-allow with the reason):"; echo "$$unexpected"; exit 1; fi
+	@echo "lint: gofmt, vet, staticcheck, deadcode clean"
 
 test-deploy-check:
 	cd deploy/check && go vet ./... && go test ./...
