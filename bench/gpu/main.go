@@ -398,7 +398,9 @@ func prefillBench(shape, lengths string) error {
 			if tc {
 				kernel = "tensor-cores"
 			}
-			rows = append(rows, row{n, kernel, sec, flops, time.Since(t0).Seconds() / reps * 1e3})
+			x := row{n, kernel, sec, flops, time.Since(t0).Seconds() / reps * 1e3}
+			fmt.Printf("prefill %d tokens, %s attention: %.1f ms, %.3f of cuBLAS GEMM, attention %.3f ms/layer\n", n, kernel, sec*1e3, flops/sec/gemm, x.attnLayerMS)
+			rows = append(rows, x)
 		}
 	}
 	fmt.Printf("\n| prompt | attention kernel | prefill ms | tok/s | TFLOP/s | ÷ cuBLAS GEMM | attention ms/layer | attention TFLOP/s |\n|---|---|---|---|---|---|---|---|\n")
