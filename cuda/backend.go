@@ -7,6 +7,7 @@ import "C"
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"unsafe"
 
@@ -38,6 +39,8 @@ type Backend struct {
 	offLogit              int
 	offTiles, offRows     int // prefill tiles {first row, rows, sequence} and the decode row list
 	numTiles, numRows     int
+	tileRows              int  // rows per prefill tile of this step: prefillTile, or prefillMMATile on the tensor-core path
+	simtPrefill           bool // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
 	step                  *model.Step
 
 	kv     model.KVSpec
@@ -84,6 +87,13 @@ func New(device int) (*Backend, error) {
 		return nil, fmt.Errorf("cuda: device %d requested, %d present", device, n)
 	}
 	b := &Backend{device: device, segSize: int(C.seg_size()), gemvRows: 1}
+	switch os.Getenv("LORAPLEX_PREFILL_ATTENTION") {
+	case "tensor-cores":
+	case "cuda-cores":
+		b.simtPrefill = true
+	default:
+		b.simtPrefill = !tensorCorePrefillDefault
+	}
 	b.up.capBytes = DefaultAdapterPoolCap
 	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
 		return nil, err
@@ -285,8 +295,27 @@ func (b *Backend) AllocKV(spec model.KVSpec) error {
 const (
 	maxHeadDim  = 256
 	maxLoRARank = 256
-	prefillTile = 32
+	prefillTile = C.LP_PREFILL_TILE
+	// prefillMMATile: rows per tile of the tensor-core prefill kernel (head dims C.lp_prefill_mma_ok).
+	prefillMMATile = C.LP_PREFILL_MMA_TILE
 )
+
+// tensorCorePrefillDefault: whether prefill attention runs on the tensor-core kernel unless
+// LORAPLEX_PREFILL_ATTENTION (tensor-cores or cuda-cores) or SetPrefillAttention says otherwise.
+// Off until the kernel's GPU tests (TestPrefillAttentionSweep) have passed on a GPU machine.
+const tensorCorePrefillDefault = false
+
+// prefillMMA reports whether prefill attention runs on the tensor-core kernel: head dims 64, 80,
+// 128 and 256 (kernels/attention_prefill_mma.cu) unless SetPrefillAttention(false) chose the
+// CUDA-core kernel.
+func (b *Backend) prefillMMA() bool {
+	return !b.simtPrefill && C.lp_prefill_mma_ok(C.int(b.kv.HeadDim)) != 0
+}
+
+// SetPrefillAttention chooses the prefill attention kernel for the following steps: true the
+// tensor-core kernel where the head dim has one, false the CUDA-core kernel (for benchmarks
+// that compare the two and tests that check both against the CPU).
+func (b *Backend) SetPrefillAttention(tensorCores bool) { b.simtPrefill = !tensorCores }
 
 func consecutive(pos []int32) bool {
 	for i := 1; i < len(pos); i++ {
@@ -315,14 +344,19 @@ func (b *Backend) Prepare(s *model.Step) error {
 		return b.Err()
 	}
 	// Prefill chunks (several consecutive positions of one sequence) go to the tiled attention
-	// kernel in tiles of LP_PREFILL_TILE rows; single rows (decode) to the per-row kernel.
+	// kernel in tiles of LP_PREFILL_TILE rows (LP_PREFILL_MMA_TILE on the tensor-core kernel);
+	// single rows (decode) to the per-row kernel.
+	tile := prefillTile
+	if b.prefillMMA() {
+		tile = prefillMMATile
+	}
 	tiles, rows := 0, 0
 	tiled := func(sq model.SeqRows) bool {
 		return sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
 	}
 	for _, sq := range s.Seqs {
 		if tiled(sq) {
-			tiles += (sq.N + prefillTile - 1) / prefillTile
+			tiles += (sq.N + tile - 1) / tile
 		} else {
 			rows += sq.N
 		}
@@ -341,7 +375,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 	b.offTiles = b.offLogit + len(s.LogitRows)
 	b.offRows = b.offTiles + 3*tiles
 	b.offPages = b.offRows + rows
-	b.numTiles, b.numRows = tiles, rows
+	b.numTiles, b.numRows, b.tileRows = tiles, rows, tile
 	h := unsafe.Slice((*int32)(b.metaHost), b.metaCap)
 	copy(h[b.offTokens:], s.Tokens)
 	copy(h[b.offPos:], s.Positions)
@@ -355,8 +389,8 @@ func (b *Backend) Prepare(s *model.Step) error {
 		h[b.offSeqPages+i] = int32(o - b.offPages)
 		o += copy(h[o:], sq.Pages)
 		if tiled(sq) {
-			for r := 0; r < sq.N; r += prefillTile {
-				h[ti], h[ti+1], h[ti+2] = int32(sq.Start+r), int32(min(prefillTile, sq.N-r)), int32(i)
+			for r := 0; r < sq.N; r += tile {
+				h[ti], h[ti+1], h[ti+2] = int32(sq.Start+r), int32(min(tile, sq.N-r)), int32(i)
 				ti += 3
 			}
 			continue

@@ -141,9 +141,19 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		return
 	}
 	kc, vc := C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer])
-	if b.numTiles > 0 && !b.ok("attention (prefill)", C.s_attention_prefill(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offTiles), C.int(b.numTiles),
-		b.meta(b.offSeqPages), b.meta(b.offPages), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), b.stream)) {
-		return
+	if b.numTiles > 0 {
+		// Prepare cut the prefill tiles for the kernel that runs them (tileRows).
+		pos, tiles, nt, sp, pt := b.meta(b.offPos), b.meta(b.offTiles), C.int(b.numTiles), b.meta(b.offSeqPages), b.meta(b.offPages)
+		h, kvh, d, ps, w, sc := C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale)
+		var code C.int
+		if b.tileRows == prefillMMATile {
+			code = C.s_attention_prefill_mma(ptr(out), ptr(q), kc, vc, pos, tiles, nt, sp, pt, h, kvh, d, ps, w, sc, b.stream)
+		} else {
+			code = C.s_attention_prefill(ptr(out), ptr(q), kc, vc, pos, tiles, nt, sp, pt, h, kvh, d, ps, w, sc, b.stream)
+		}
+		if !b.ok("attention (prefill)", code) {
+			return
+		}
 	}
 	if b.numRows > 0 {
 		need := int(C.lp_attention_scratch_floats(C.int(b.numRows), C.int(p.Heads), C.int(p.HeadDim)))

@@ -13,7 +13,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/loraplex/loraplex/bench/internal/benchenv"
@@ -46,8 +50,16 @@ func main() {
 	steps := flag.Int("steps", 20, "timed decode steps per point")
 	ctx := flag.Int("ctx", 128, "context length of decode sequences")
 	flag.BoolVar(&hostLogits, "host-logits", false, "decode copies every logits row to the host (the CPU-sampling path) instead of sampling greedily on the device")
-	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2)")
+	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2); prefill: prefill at -prefill-tokens on both attention kernels")
+	prefillTokens := flag.String("prefill-tokens", "2048,8192", "with -only prefill: prompt lengths, each one step")
 	flag.Parse()
+	if *only == "prefill" {
+		if err := prefillBench(*shape, *prefillTokens); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	onlyDecode1 = *only == "decode1"
 	if *only == "breakdown" || *only == "router" {
 		cfg, _ := model.ParseConfig([]byte(shapes[*shape]))
@@ -194,30 +206,10 @@ func run(shape, out string, steps, ctx int) error {
 
 	// Prefill: one 2,048-token sequence in one step.
 	const n = 2048
-	s := prefillStep(n, pageSize)
-	logits := make([]float32, cfg.VocabSize)
-	ads := []*model.Adapter{nil}
-	for i := 0; i < 2; i++ {
-		if err := r.Forward(s, ads, logits); err != nil {
-			return err
-		}
+	sec, flops, err := measurePrefill(r, cfg, n, pageSize)
+	if err != nil {
+		return err
 	}
-	const iters = 5
-	start := time.Now()
-	for i := 0; i < iters; i++ {
-		if err := r.Forward(s, ads, logits); err != nil {
-			return err
-		}
-	}
-	sec := time.Since(start).Seconds() / iters
-	var matFlops float64
-	for p := model.Proj(0); p < model.NumProj; p++ {
-		o, i := cfg.ProjShape(p)
-		matFlops += float64(2 * o * i * cfg.NumLayers * n)
-	}
-	matFlops += float64(2 * cfg.VocabSize * cfg.HiddenSize) // one row of logits
-	attnFlops := float64(cfg.NumLayers) * 4 * float64(cfg.NumHeads*cfg.HeadDim) * float64(n) * float64(n+1) / 2
-	flops := matFlops + attnFlops
 	res.Prefill = map[string]float64{"seconds": sec, "tokens_per_s": n / sec, "flop_per_s": flops / sec, "ratio_to_gemm": flops / sec / res.GEMMFlops}
 	fmt.Printf("prefill %d tokens: %.1f ms, %.0f tok/s, %.0f TFLOP/s = %.2f of cuBLAS GEMM\n", n, sec*1e3, n/sec, flops/sec/1e12, flops/sec/res.GEMMFlops)
 	if err := b.Err(); err != nil {
@@ -288,4 +280,134 @@ func randomAdapters(b model.Backend, cfg *model.Config, n, rank int) ([]*model.A
 		out = append(out, ad)
 	}
 	return out, nil
+}
+
+// measurePrefill times one n-token prompt as one step (two warm-up passes, the mean of five)
+// and returns seconds per prefill and the FLOPs it does: every projection over n rows, one
+// row of logits, and causal attention (QKᵀ and PV over n(n+1)/2 visible pairs per head).
+func measurePrefill(r *model.Runner, cfg *model.Config, n, pageSize int) (sec, flops float64, err error) {
+	s := prefillStep(n, pageSize)
+	logits := make([]float32, cfg.VocabSize)
+	ads := []*model.Adapter{nil}
+	for i := 0; i < 2; i++ {
+		if err := r.Forward(s, ads, logits); err != nil {
+			return 0, 0, err
+		}
+	}
+	const iters = 5
+	start := time.Now()
+	for i := 0; i < iters; i++ {
+		if err := r.Forward(s, ads, logits); err != nil {
+			return 0, 0, err
+		}
+	}
+	sec = time.Since(start).Seconds() / iters
+	var matFlops float64
+	for p := model.Proj(0); p < model.NumProj; p++ {
+		o, i := cfg.ProjShape(p)
+		matFlops += float64(2 * o * i * cfg.NumLayers * n)
+	}
+	matFlops += float64(2 * cfg.VocabSize * cfg.HiddenSize) // one row of logits
+	attnFlops := float64(cfg.NumLayers) * 4 * float64(cfg.NumHeads*cfg.HeadDim) * float64(n) * float64(n+1) / 2
+	return sec, matFlops + attnFlops, nil
+}
+
+// prefillBench measures prefill at each prompt length on both prefill attention kernels (CUDA
+// cores, then tensor cores) in one process, against the cuBLAS GEMM ceiling measured first.
+// The runner and KV cache are sized for the longest prompt alone (item 7 of issue 15: no
+// decode batch shares the cache here). Each point also times one layer's attention launch.
+func prefillBench(shape, lengths string) error {
+	cfg, err := model.ParseConfig([]byte(shapes[shape]))
+	if err != nil {
+		return err
+	}
+	var ns []int
+	longest := 0
+	for _, f := range strings.Split(lengths, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 2 {
+			return fmt.Errorf("-prefill-tokens: %q is not a prompt length of at least 2", f)
+		}
+		ns, longest = append(ns, n), max(longest, n)
+	}
+	b, err := cuda.New(0)
+	if err != nil {
+		return err
+	}
+	gemm, err := b.MeasureGEMM(2048, cfg.IntermediateSize, cfg.HiddenSize, 20)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("device %s: cuBLAS bf16 GEMM %.0f TFLOP/s\n", b.Name(), gemm/1e12)
+	src := benchenv.NewRandomSource(cfg)
+	w, err := model.UploadWeights(src, cfg, b)
+	if err != nil {
+		return err
+	}
+	src.Release()
+	const pageSize = 16
+	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: longest, MaxLogitRows: 1, MaxContext: longest,
+		KV: model.KVSpec{Pages: (longest + pageSize - 1) / pageSize, PageSize: pageSize}})
+	if err != nil {
+		return err
+	}
+	qd := cfg.NumHeads * cfg.HeadDim
+	q, out := b.Alloc(longest, qd), b.Alloc(longest, qd)
+	rng := rand.New(rand.NewPCG(9, 10))
+	vals := make([]float32, longest*qd)
+	for i := range vals {
+		vals[i] = float32(rng.NormFloat64())
+	}
+	if err := b.Write(q, vals); err != nil {
+		return err
+	}
+	ap := model.AttnParams{Heads: cfg.NumHeads, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim, Scale: float32(1 / math.Sqrt(float64(cfg.HeadDim)))}
+	type row struct {
+		n           int
+		kernel      string
+		sec, flops  float64
+		attnLayerMS float64
+	}
+	var rows []row
+	for _, n := range ns {
+		for _, tc := range []bool{false, true} {
+			b.SetPrefillAttention(tc)
+			sec, flops, err := measurePrefill(r, cfg, n, pageSize)
+			if err != nil {
+				return err
+			}
+			// One layer's attention alone over the cache the prefill just wrote.
+			s := prefillStep(n, pageSize)
+			if err := b.Prepare(s); err != nil {
+				return err
+			}
+			qn, on := q.Slice(0, n), out.Slice(0, n)
+			b.Attention(on, qn, 0, ap)
+			if err := b.Sync(); err != nil {
+				return err
+			}
+			const reps = 20
+			t0 := time.Now()
+			for i := 0; i < reps; i++ {
+				b.Attention(on, qn, 0, ap)
+			}
+			if err := b.Sync(); err != nil {
+				return err
+			}
+			kernel := "cuda-cores"
+			if tc {
+				kernel = "tensor-cores"
+			}
+			x := row{n, kernel, sec, flops, time.Since(t0).Seconds() / reps * 1e3}
+			fmt.Printf("prefill %d tokens, %s attention: %.1f ms, %.3f of cuBLAS GEMM, attention %.3f ms/layer\n", n, kernel, sec*1e3, flops/sec/gemm, x.attnLayerMS)
+			rows = append(rows, x)
+		}
+	}
+	fmt.Printf("\n| prompt | attention kernel | prefill ms | tok/s | TFLOP/s | ÷ cuBLAS GEMM | attention ms/layer | attention TFLOP/s |\n|---|---|---|---|---|---|---|---|\n")
+	for _, x := range rows {
+		attn := 4 * float64(qd) * float64(x.n) * float64(x.n+1) / 2
+		fmt.Printf("| %d | %s | %.1f | %.0f | %.0f | %.3f | %.3f | %.0f |\n", x.n, x.kernel, x.sec*1e3, float64(x.n)/x.sec, x.flops/x.sec/1e12,
+			x.flops/x.sec/gemm, x.attnLayerMS, attn/(x.attnLayerMS/1e3)/1e12)
+	}
+	return b.Err()
 }

@@ -1,0 +1,281 @@
+// Prefill attention on the tensor cores (FlashAttention-2 style, mma.sync m16n8k16 bf16, sm_80+),
+// over the paged KV cache, for head dims 64, 80, 128 and 256 (lp_prefill_mma_ok); other head dims
+// keep the CUDA-core kernel in attention_prefill.cu.
+//
+// One block of 4 warps per (query tile, head); a tile is up to LP_PREFILL_MMA_TILE (64)
+// consecutive rows of one sequence, each warp owns 16 of them. Q is converted from fp32 to bf16
+// once into shared memory (kept in registers as mma fragments where D <= 128). The block walks
+// the visible key range [max(0, first pos - window + 1), last pos] in tiles of BK keys; key and
+// value rows are gathered through the block table with 16-byte cp.async copies, double-buffered
+// so the next tile's copies overlap this tile's math. Per tile each warp computes S = Q Kᵀ
+// (fp32 accumulators), masks (causal at each row's own position, so a chunk that continues a
+// cached prefix attends to the earlier pages; sliding window per row), runs the online softmax
+// in fp32 (base-2 exponent, scale folded in), rounds P to bf16 straight from the accumulator
+// layout into A fragments (no shuffles) and adds P V. Rows are padded with 16-byte pitch per row
+// so ldmatrix reads are free of bank conflicts. Tiles are launched latest first: under the
+// causal mask they have the most keys, so the tail of the grid is the short work.
+//
+// Determinism: no atomics, every reduction has a fixed order (keys in tile order; the row sum
+// is kept per lane and reduced over the quad once at the end in a fixed xor pattern), so
+// repeated runs and CUDA graph replays are bitwise identical. The kernel reads only its
+// arguments and the step metadata, so a recorded launch replays correctly with new metadata.
+//
+// Tolerance: the inputs K and V are already bf16 in the cache; the only roundings beyond fp32
+// are Q (fp32 -> bf16, relative 2^-9 per element) and P (the probabilities, rounded to bf16
+// before P V, relative 2^-9; the row sum adds the rounded values so the weights still sum to
+// 1). Scores move by at most 2^-9·|q|·|k|·scale and each output by at most ~2^-8 of the largest
+// |v| it averages; the tests hold the output to 1e-2 of the largest reference value
+// (cuda/backend_test.go, TestPrefillAttentionSweep, which logs the worst it sees).
+#include <math.h>
+#include "common.cuh"
+
+#define MMA_WARPS 4
+#define BQ LP_PREFILL_MMA_TILE
+
+template <int D>
+struct MmaCfg {
+    static constexpr int BK = D > 128 ? 32 : 64;  // keys per tile: D = 256 keeps S and O in registers
+    static constexpr int PITCH = D + 8;          // bf16 per shared row: 16-byte pad, conflict-free ldmatrix
+    static constexpr int SMEM = (BQ + 4 * BK) * PITCH * 2;  // Q + two stages of K and V
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// d += a · b for one 16x8 fp32 tile (a: 16x16 bf16 row-major fragment, b: 16x8 column fragment).
+__device__ __forceinline__ void mma_bf16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global -> shared without staging in registers; size 0 writes zeros (rows past the end).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Two floats to a bf16 pair (round to nearest even), lo in the low half as mma expects.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    return (uint32_t)f32_to_bf16(lo) | ((uint32_t)f32_to_bf16(hi) << 16);
+}
+
+template <int D>
+__global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
+    float* out, const float* q, const uint16_t* kc, const uint16_t* vc, const int32_t* positions, const int32_t* tiles,
+    int num_tiles, const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads, int page_size,
+    int window, float scale_log2) {
+    using Cfg = MmaCfg<D>;
+    constexpr int BK = Cfg::BK, PITCH = Cfg::PITCH, KSTEPS = D / 16, NT_D = D / 8, NT_K = BK / 8;
+    constexpr bool QREG = D <= 128;
+    extern __shared__ __align__(16) uint16_t sm[];
+    uint16_t* qs = sm;                 // [BQ][PITCH]
+    uint16_t* ks = qs + BQ * PITCH;    // [2][BK][PITCH]
+    uint16_t* vs = ks + 2 * BK * PITCH;  // [2][BK][PITCH]
+
+    const int tile = num_tiles - 1 - blockIdx.x;  // latest tiles (most keys) first
+    const int start = tiles[3 * tile], n = tiles[3 * tile + 1], seq = tiles[3 * tile + 2];
+    const int h = blockIdx.y, kvh = h / (heads / kv_heads), width = kv_heads * D;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
+    const int32_t* pages = page_table + seq_pages[seq];
+    const int pos0 = positions[start];
+    const int hi = pos0 + n - 1;
+    const int lo = window > 0 ? max(0, pos0 - window + 1) : 0;
+    const int key_tiles = (hi - lo + BK) / BK;
+
+    auto load_kv = [&](int it) {
+        const int t0 = lo + it * BK, stage = it & 1;
+        uint16_t* kd = ks + stage * BK * PITCH;
+        uint16_t* vd = vs + stage * BK * PITCH;
+        constexpr int VECS = D / 8;  // 16-byte vectors per key row
+        for (int v = tid; v < BK * VECS; v += 32 * MMA_WARPS) {
+            const int k = v / VECS, cc = v - k * VECS, t = t0 + k;
+            const bool ok = t <= hi;
+            size_t off = 0;
+            if (ok) off = ((size_t)pages[t / page_size] * page_size + t % page_size) * width + (size_t)kvh * D + 8 * cc;
+            cp_async16(smem_u32(kd + k * PITCH + 8 * cc), kc + off, ok);
+            cp_async16(smem_u32(vd + k * PITCH + 8 * cc), vc + off, ok);
+        }
+    };
+    load_kv(0);
+    cp_async_commit();
+
+    for (int i = tid; i < BQ * (D / 4); i += 32 * MMA_WARPS) {
+        const int r = i / (D / 4), c4 = i - r * (D / 4);
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (r < n) v = *reinterpret_cast<const float4*>(q + ((size_t)(start + r) * heads + h) * D + 4 * c4);
+        *reinterpret_cast<uint2*>(qs + r * PITCH + 4 * c4) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+    }
+    __syncthreads();
+    // ldmatrix addresses: Q rows of this warp (A operand), K rows (B, not transposed), V rows
+    // (B, transposed); see the PTX ISA's m16n8k16 fragment layouts.
+    const uint32_t q_addr = smem_u32(qs + (warp * 16 + (lane & 15)) * PITCH + (lane >> 4) * 8);
+    uint32_t qa[QREG ? KSTEPS : 1][4];
+    if constexpr (QREG) {
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) ldsm_x4(qa[kk], q_addr + kk * 32);
+    }
+
+    float o[NT_D][4];
+#pragma unroll
+    for (int d = 0; d < NT_D; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    const int wrow = pos0 + warp * 16;  // position of the warp's first row
+    const int prow[2] = {wrow + g, wrow + g + 8};
+
+    for (int it = 0; it < key_tiles; it++) {
+        if (it + 1 < key_tiles) load_kv(it + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const int t0 = lo + it * BK;
+        // Warp-uniform: skip a tile no row of this warp sees (past its last row, or before the
+        // window of its first); mma and ldmatrix need the whole warp, so the test is per warp.
+        const bool visible = t0 <= wrow + 15 && !(window > 0 && t0 + BK - 1 < wrow - window + 1);
+        if (visible) {
+            const uint16_t* kt = ks + (it & 1) * BK * PITCH;
+            const uint16_t* vt = vs + (it & 1) * BK * PITCH;
+            float s[NT_K][4];
+#pragma unroll
+            for (int j = 0; j < NT_K; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            const uint32_t k_addr = smem_u32(kt + ((lane & 7) + ((lane >> 4) << 3)) * PITCH + ((lane >> 3) & 1) * 8);
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++) {
+                uint32_t a[4];
+                if constexpr (QREG) {
+                    a[0] = qa[kk][0], a[1] = qa[kk][1], a[2] = qa[kk][2], a[3] = qa[kk][3];
+                } else {
+                    ldsm_x4(a, q_addr + kk * 32);
+                }
+#pragma unroll
+                for (int j = 0; j < NT_K; j += 2) {
+                    uint32_t b[4];
+                    ldsm_x4(b, k_addr + (j * 8 * PITCH + kk * 16) * 2);
+                    mma_bf16(s[j], a, b[0], b[1]);
+                    mma_bf16(s[j + 1], a, b[2], b[3]);
+                }
+            }
+            // Mask only tiles that cross a row's causal edge or window edge.
+            const bool edge = t0 + BK - 1 > wrow || (window > 0 && t0 < wrow + 15 - window + 1);
+#pragma unroll
+            for (int j = 0; j < NT_K; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int t = t0 + j * 8 + 2 * c + (e & 1), pr = prow[e >> 1];
+                    const bool ok = !edge || (t <= pr && (window <= 0 || t > pr - window));
+                    s[j][e] = ok ? s[j][e] * scale_log2 : -INFINITY;
+                }
+            }
+            float mx[2] = {m[0], m[1]};
+#pragma unroll
+            for (int j = 0; j < NT_K; j++) {
+                mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
+                mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
+            }
+            float base[2], corr[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                base[i] = mx[i] == -INFINITY ? 0.f : mx[i];  // a row with nothing visible yet stays at 0
+                corr[i] = exp2f(m[i] - base[i]);
+                m[i] = mx[i];
+                l[i] *= corr[i];
+            }
+#pragma unroll
+            for (int d = 0; d < NT_D; d++) o[d][0] *= corr[0], o[d][1] *= corr[0], o[d][2] *= corr[1], o[d][3] *= corr[1];
+            // P in bf16, laid out as the A fragments of P V: key tiles 2kk and 2kk+1 of S form
+            // k-step kk. The row sums add the rounded values, the ones P V multiplies.
+            uint32_t pa[NT_K / 2][4];
+#pragma unroll
+            for (int j = 0; j < NT_K; j++) {
+                const uint32_t p01 = pack_bf16(exp2f(s[j][0] - base[0]), exp2f(s[j][1] - base[0]));
+                const uint32_t p23 = pack_bf16(exp2f(s[j][2] - base[1]), exp2f(s[j][3] - base[1]));
+                l[0] += __uint_as_float(p01 << 16) + __uint_as_float(p01 & 0xffff0000u);
+                l[1] += __uint_as_float(p23 << 16) + __uint_as_float(p23 & 0xffff0000u);
+                pa[j / 2][(j & 1) * 2] = p01;
+                pa[j / 2][(j & 1) * 2 + 1] = p23;
+            }
+            const uint32_t v_addr = smem_u32(vt + ((lane & 7) + ((lane >> 3) & 1) * 8) * PITCH + (lane >> 4) * 8);
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; kk++) {
+#pragma unroll
+                for (int d = 0; d < NT_D; d += 2) {
+                    uint32_t b[4];
+                    ldsm_x4_trans(b, v_addr + (kk * 16 * PITCH + d * 8) * 2);
+                    mma_bf16(o[d], pa[kk], b[0], b[1]);
+                    mma_bf16(o[d + 1], pa[kk], b[2], b[3]);
+                }
+            }
+        }
+        __syncthreads();  // the next iteration's copies overwrite this stage
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        const int r = warp * 16 + g + 8 * i;
+        if (r >= n) continue;
+        const float inv = 1.f / l[i];
+        float* orow = out + ((size_t)(start + r) * heads + h) * D + 2 * c;
+#pragma unroll
+        for (int d = 0; d < NT_D; d++)
+            *reinterpret_cast<float2*>(orow + d * 8) = make_float2(o[d][2 * i] * inv, o[d][2 * i + 1] * inv);
+    }
+}
+
+template <int D>
+static int launch_prefill_mma(float* out, const float* q, const uint16_t* kc, const uint16_t* vc,
+                              const int32_t* positions, const int32_t* tiles, int num_tiles, const int32_t* seq_pages,
+                              const int32_t* page_table, int heads, int kv_heads, int page_size, int window,
+                              float scale, cudaStream_t s) {
+    constexpr int smem = MmaCfg<D>::SMEM;
+    static bool configured = false;
+    if (smem > 48 * 1024 && !configured) {
+        cudaError_t e = cudaFuncSetAttribute(attention_prefill_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        if (e != cudaSuccess) return (int)e;
+        configured = true;
+    }
+    dim3 grid(num_tiles, heads);
+    attention_prefill_mma_kernel<D><<<grid, 32 * MMA_WARPS, smem, s>>>(out, q, kc, vc, positions, tiles, num_tiles,
+                                                                     seq_pages, page_table, heads, kv_heads, page_size,
+                                                                     window, scale * 1.4426950408889634f);
+    LP_CHECK_LAUNCH();
+}
+
+extern "C" int lp_attention_prefill_mma(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
+                                        const int32_t* positions, const int32_t* tiles, int num_tiles,
+                                        const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads,
+                                        int head_dim, int page_size, int window, float scale, lp_stream s) {
+    if (num_tiles <= 0) return 0;
+    // float4 loads of q and 16-byte copies of cache rows need 16-byte aligned q and caches.
+    if (heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_prefill_mma_ok(head_dim) || page_size <= 0 ||
+        (uintptr_t)q % 16 != 0 || (uintptr_t)kcache % 16 != 0 || (uintptr_t)vcache % 16 != 0)
+        return (int)cudaErrorInvalidValue;
+    cudaStream_t st = as_stream(s);
+    switch (head_dim) {
+        case 64:
+            return launch_prefill_mma<64>(out, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, st);
+        case 80:
+            return launch_prefill_mma<80>(out, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, st);
+        case 128:
+            return launch_prefill_mma<128>(out, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, st);
+        default:
+            return launch_prefill_mma<256>(out, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, st);
+    }
+}
