@@ -67,7 +67,7 @@ type Backend struct {
 	replaying *graphEntry
 	useCount  uint64
 	workspace uintptr
-	// gemvRows: products with at most this many rows use the GEMV kernel (<= 8); see MatMul.
+	// gemvRows: products with at most this many rows use the GEMV kernel (<= LP_GEMV_MAX_ROWS); see MatMul.
 	gemvRows int
 
 	// up uploads and frees whole adapters (upload.go): slab pool, pinned staging, upload streams.
@@ -281,11 +281,11 @@ func (b *Backend) AllocKV(spec model.KVSpec) error {
 	return nil
 }
 
-// Limits the kernels support (kernels/shapes.h, loraplex_kernels.h).
+// Limits the kernels support, read from the C ABI (kernels/shapes.h, loraplex_kernels.h).
 const (
-	maxHeadDim  = 256
-	maxLoRARank = 256
-	prefillTile = 32
+	maxHeadDim  = int(C.LP_MAX_HEAD_DIM)
+	maxLoRARank = int(C.LP_MAX_LORA_RANK)
+	prefillTile = int(C.LP_PREFILL_TILE)
 )
 
 func consecutive(pos []int32) bool {

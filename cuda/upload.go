@@ -2,16 +2,7 @@
 
 package cuda
 
-/*
-#include "shims.h"
-int lp_mem_pools_supported(int dev, int* yes);
-int lp_malloc_async(void** p, size_t bytes, lp_stream s);
-int lp_free_async(void* p, lp_stream s);
-static inline int s_malloc_async(uintptr_t* p, size_t n, uintptr_t s) { void* q = 0; int e = lp_malloc_async(&q, n, P(lp_stream, s)); *p = (uintptr_t)q; return e; }
-static inline int s_free_async(uintptr_t p, uintptr_t s) { return lp_free_async(P(void*, p), P(lp_stream, s)); }
-int lp_dequant(const void* descs, int ntensors, unsigned int maxn, lp_stream s);
-static inline int s_dequant(uintptr_t descs, int n, unsigned int maxn, uintptr_t s) { return lp_dequant(P(const void*, descs), n, maxn, P(lp_stream, s)); }
-*/
+// #include "shims.h"
 import "C"
 
 import (
@@ -91,7 +82,7 @@ type part struct {
 //
 // The scratch layout: an int32 error word per encoded tensor, the descriptors (dequantDesc
 // bytes each, as kernels/dequant.cu reads them), then the payloads, each at an aligned offset.
-const dequantDesc = 40
+const dequantDesc = int(C.sizeof_lp_dequant_desc)
 
 // DecodesOnDevice implements model.EncodedUploader: q8 and q4 streams are decoded on the GPU.
 func (b *Backend) DecodesOnDevice(c string) bool { return c == "q4" || c == "q8" }

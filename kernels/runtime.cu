@@ -15,6 +15,17 @@ int lp_device_name(int dev, char* buf, int len) {
     return 0;
 }
 
+int lp_device_props(int dev, int* major, int* minor, int* sms, size_t* total_bytes) {
+    cudaDeviceProp p;
+    cudaError_t e = cudaGetDeviceProperties(&p, dev);
+    if (e != cudaSuccess) return (int)e;
+    *major = p.major;
+    *minor = p.minor;
+    *sms = p.multiProcessorCount;
+    *total_bytes = p.totalGlobalMem;
+    return 0;
+}
+
 int lp_mem_info(size_t* free_bytes, size_t* total_bytes) { return (int)cudaMemGetInfo(free_bytes, total_bytes); }
 int lp_malloc(void** p, size_t bytes) { return (int)cudaMalloc(p, bytes); }
 int lp_free(void* p) { return (int)cudaFree(p); }
