@@ -70,7 +70,7 @@ type Backend struct {
 	// gemvRows: products with at most this many rows use the GEMV kernel (<= LP_GEMV_MAX_ROWS); see MatMul.
 	gemvRows int
 
-	// up uploads and frees whole adapters (upload.go): slab pool, pinned staging, upload streams.
+	// up uploads and frees whole adapters (upload.go, slabpool.go, devicedecode.go): slab pool, pinned staging, upload streams.
 	up uploader
 }
 
