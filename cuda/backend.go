@@ -76,12 +76,9 @@ type Backend struct {
 
 // New opens GPU number device.
 func New(device int) (*Backend, error) {
-	n, err := DeviceCount()
+	info, err := DeviceProps(device) // also checks device against the device count
 	if err != nil {
 		return nil, err
-	}
-	if device < 0 || device >= n {
-		return nil, fmt.Errorf("cuda: device %d requested, %d present", device, n)
 	}
 	b := &Backend{device: device, segSize: int(C.seg_size()), gemvRows: 1}
 	b.up.capBytes = DefaultAdapterPoolCap
@@ -104,7 +101,7 @@ func New(device int) (*Backend, error) {
 		return nil, err
 	}
 	b.workspace = ws
-	b.name = fmt.Sprintf("cuda:%d %s", device, deviceName(device))
+	b.name = fmt.Sprintf("cuda:%d %s", device, info)
 	return b, nil
 }
 

@@ -23,9 +23,11 @@ extern "C" {
 typedef void* lp_stream;
 
 // runtime.cu: devices, memory, streams (thin wrappers so Go links no CUDA headers' inlines).
+// (Go discovers devices and reads their properties and free memory through the driver API,
+// gorgonia.org/cu; lp_device_count, lp_device_props and lp_mem_info are what cudart reports, for
+// the tests that check the two agree.)
 int lp_device_count(int* n);
 int lp_set_device(int dev);
-int lp_device_name(int dev, char* buf, int len);
 int lp_mem_info(size_t* free_bytes, size_t* total_bytes);
 int lp_malloc(void** p, size_t bytes);
 int lp_free(void* p);
@@ -40,8 +42,9 @@ int lp_stream_destroy(lp_stream s);
 int lp_stream_sync(lp_stream s);
 int lp_last_error(void);
 const char* lp_error_string(int code);
-// What cudart reports about a device (cudaGetDeviceProperties), for checks against the driver API.
-int lp_device_props(int dev, int* major, int* minor, int* sms, size_t* total_bytes);
+// What cudart reports about a device (cudaGetDeviceProperties): its name (NUL-terminated,
+// truncated to name_len), compute capability, SM count and memory.
+int lp_device_props(int dev, char* name, int name_len, int* major, int* minor, int* sms, size_t* total_bytes);
 
 // upload.cu: stream-ordered allocation for adapter slabs (cudaMallocAsync / cudaFreeAsync), where
 // the device supports memory pools (*yes = 1).
