@@ -71,8 +71,6 @@ static inline void s_put_i32(uintptr_t base, int i, int32_t v) { P(int32_t*, bas
 static inline int s_sample(uintptr_t logits, int rows, int vocab, uintptr_t params, uintptr_t words, uintptr_t results, uintptr_t s) {
 	return lp_sample(P(float*, logits), rows, vocab, P(const lp_sample_row*, params), P(int32_t*, words), P(lp_sample_result*, results), P(lp_stream, s));
 }
-static inline int sample_row_size(void) { return (int)sizeof(lp_sample_row); }
-static inline int sample_result_size(void) { return (int)sizeof(lp_sample_result); }
 
 
 // route.go
