@@ -5,7 +5,7 @@
 // the uploader reads back and turns into an error for that adapter.
 #include "common.cuh"
 
-// lp_dequant_desc (loraplex_kernels.h) is one tensor to decode, written by cuda/decode.go.
+// lp_dequant_desc (loraplex_kernels.h) is one tensor to decode, written by cuda/devicedecode.go.
 static_assert(sizeof(lp_dequant_desc) == 40, "lp_dequant_desc is 40 bytes");
 
 __global__ void dequant_kernel(const lp_dequant_desc* __restrict__ descs) {
