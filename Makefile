@@ -14,7 +14,19 @@ KERNEL_LIB := kernels/build/libloraplex_kernels.a
 
 export CGO_LDFLAGS := -L$(CUDA_HOME)/lib64 $(CGO_LDFLAGS)
 
-.PHONY: cuda kernels test lint test-tools test-deploy-check test-cuda clean
+# The cgo flags of a CUDA build. gorgonia.org/cu (device discovery, properties and free memory:
+# cuda/device.go) compiles against the toolkit's cuda.h with cuda/cu13compat.h force-included
+# (CUDA 13 changed five driver functions cu calls; cgo offers no other way into another module's
+# C), and links the driver API, libcuda (the toolkit's link stub where the driver's libcuda.so is
+# not on the linker's path; the driver's libcuda.so.1 is loaded at run time). Only the CUDA
+# targets set them: the CPU build needs no CUDA headers. For go test/run/build -tags cuda by
+# hand: eval "$$(make -s cuda-env)".
+CUDA_CGO_CFLAGS := -g -O2 -I$(CUDA_HOME)/include -include $(CURDIR)/cuda/cu13compat.h
+CUDA_CGO_LDFLAGS := -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs -lcuda
+cuda test-cuda: export CGO_CFLAGS := $(CUDA_CGO_CFLAGS) $(CGO_CFLAGS)
+cuda test-cuda: export CGO_LDFLAGS := $(CUDA_CGO_LDFLAGS) $(CGO_LDFLAGS)
+
+.PHONY: cuda cuda-env kernels test lint test-tools test-deploy-check test-cuda clean
 
 kernels: $(KERNEL_LIB)
 
@@ -27,6 +39,10 @@ $(KERNEL_LIB): $(KERNEL_OBJ)
 
 cuda: $(KERNEL_LIB)
 	go build -tags cuda -o bin/loraplex ./cmd/server
+
+cuda-env:
+	@echo "export CGO_CFLAGS='$(CUDA_CGO_CFLAGS) $(CGO_CFLAGS)'"
+	@echo "export CGO_LDFLAGS='$(CUDA_CGO_LDFLAGS) $(CGO_LDFLAGS)'"
 
 # The whole CPU test suite, what CI runs (.ci/run): installs the tools the deploy checks need,
 # then vet, build and race-enabled tests of this module, then the deploy/check module (Helm chart
@@ -77,6 +93,7 @@ test-tools:
 
 test-cuda: $(KERNEL_LIB)
 	go test -tags cuda -count=1 ./cuda/... ./model/... ./serve/...
+	go test -tags cuda -count=1 -run 'TestDeviceCUDA' ./cmd/server/
 
 clean:
 	rm -rf kernels/build bin

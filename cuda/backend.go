@@ -70,21 +70,18 @@ type Backend struct {
 	replaying *graphEntry
 	useCount  uint64
 	workspace uintptr
-	// gemvRows: products with at most this many rows use the GEMV kernel (<= 8); see MatMul.
+	// gemvRows: products with at most this many rows use the GEMV kernel (<= LP_GEMV_MAX_ROWS); see MatMul.
 	gemvRows int
 
-	// up uploads and frees whole adapters (upload.go): slab pool, pinned staging, upload streams.
+	// up uploads and frees whole adapters (upload.go, slabpool.go, devicedecode.go): slab pool, pinned staging, upload streams.
 	up uploader
 }
 
 // New opens GPU number device.
 func New(device int) (*Backend, error) {
-	n, err := DeviceCount()
+	info, err := DeviceProps(device) // also checks device against the device count
 	if err != nil {
 		return nil, err
-	}
-	if device < 0 || device >= n {
-		return nil, fmt.Errorf("cuda: device %d requested, %d present", device, n)
 	}
 	b := &Backend{device: device, segSize: int(C.seg_size()), gemvRows: 1}
 	switch os.Getenv("LORAPLEX_PREFILL_ATTENTION") {
@@ -114,7 +111,7 @@ func New(device int) (*Backend, error) {
 		return nil, err
 	}
 	b.workspace = ws
-	b.name = fmt.Sprintf("cuda:%d %s", device, deviceName(device))
+	b.name = fmt.Sprintf("cuda:%d %s", device, info)
 	return b, nil
 }
 
@@ -291,13 +288,13 @@ func (b *Backend) AllocKV(spec model.KVSpec) error {
 	return nil
 }
 
-// Limits the kernels support (kernels/shapes.h, loraplex_kernels.h).
+// Limits the kernels support, read from the C ABI (kernels/shapes.h, loraplex_kernels.h).
 const (
-	maxHeadDim  = 256
-	maxLoRARank = 256
-	prefillTile = C.LP_PREFILL_TILE
+	maxHeadDim  = int(C.LP_MAX_HEAD_DIM)
+	maxLoRARank = int(C.LP_MAX_LORA_RANK)
+	prefillTile = int(C.LP_PREFILL_TILE)
 	// prefillMMATile: rows per tile of the tensor-core prefill kernel (head dims C.lp_prefill_mma_ok).
-	prefillMMATile = C.LP_PREFILL_MMA_TILE
+	prefillMMATile = int(C.LP_PREFILL_MMA_TILE)
 )
 
 // tensorCorePrefillDefault: whether prefill attention runs on the tensor-core kernel unless

@@ -4,8 +4,11 @@
 //
 // The kernels live in ../kernels as CUDA C with C launchers (no Go knowledge); `make cuda`
 // compiles them with nvcc into kernels/build/libloraplex_kernels.a, which this package links
-// together with cudart and cuBLAS. Shapes are checked here, in Go, before any call crosses
-// into C; errors come back only as CUDA status codes. The first failure is sticky: every later
+// together with cudart and cuBLAS. kernels/loraplex_kernels.h is the whole C interface (every
+// function, struct and limit; shims.h holds only the Go-side casts over it). Devices, their
+// properties and free memory come from the driver API through gorgonia.org/cu (device.go),
+// built with the Makefile's CUDA cgo flags (cu13compat.h). Shapes are checked here, in Go,
+// before any call crosses into C; errors come back only as CUDA status codes. The first failure is sticky: every later
 // op is skipped, Read returns it, and Err reports it so health can say NOT_SERVING.
 //
 // Storage: activations fp32; weight matrices, the paged KV cache and LoRA matrices bf16

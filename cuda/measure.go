@@ -98,12 +98,3 @@ func (b *Backend) MeasureGEMM(n, m, k, iters int) (float64, error) {
 	}
 	return 2 * float64(n) * float64(m) * float64(k) * float64(iters) / time.Since(start).Seconds(), nil
 }
-
-// MemInfo reports free and total device memory.
-func MemInfo() (free, total uint64, err error) {
-	var f, t C.size_t
-	if err := cudaError("mem info", C.lp_mem_info(&f, &t)); err != nil {
-		return 0, 0, err
-	}
-	return uint64(f), uint64(t), nil
-}

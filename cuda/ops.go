@@ -274,7 +274,7 @@ func (b *Backend) growLoRATmp(n int) bool {
 
 // SetGEMVRows sets how many rows a product may have to use the GEMV kernel instead of cuBLAS
 // (1..8; for benchmarks that choose the crossover).
-func (b *Backend) SetGEMVRows(n int) { b.gemvRows = min(max(n, 0), 8) }
+func (b *Backend) SetGEMVRows(n int) { b.gemvRows = min(max(n, 0), int(C.LP_GEMV_MAX_ROWS)) }
 
 // growAttnScratch makes room for the split-K partial states of decode attention.
 func (b *Backend) growAttnScratch(n int) bool {

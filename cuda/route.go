@@ -2,25 +2,7 @@
 
 package cuda
 
-/*
-#include "shims.h"
-#include "shapes.h"
-
-static inline int route_expert_size(void) { return (int)sizeof(lp_route_expert); }
-static inline void s_set_route_expert(void* base, int i, uintptr_t a, uintptr_t b, int rank, int id, float scale) {
-	lp_route_expert* e = (lp_route_expert*)base + i;
-	e->a = P(const uint16_t*, a); e->b = P(const uint16_t*, b);
-	e->rank = rank; e->id = id; e->scale = scale;
-}
-static inline int s_route_segs(uintptr_t logits, int n, int rows, int k, float t, int nulls, uintptr_t experts, uintptr_t segs,
-                               int passes, int start, int t_stride, uintptr_t trace, int trace_cols, int layer, uintptr_t s) {
-	return lp_route_segs(P(const float*, logits), n, rows, k, t, nulls, P(const lp_route_expert*, experts), P(lp_lora_seg*, segs),
-	                     passes, start, t_stride, P(float*, trace), trace_cols, layer, P(lp_stream, s));
-}
-static inline int s_lora_routed(uintptr_t out, uintptr_t x, uintptr_t segs, int rows, int k, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
-	return lp_lora_routed(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), rows, k, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));
-}
-*/
+// #include "shims.h"
 import "C"
 
 import (

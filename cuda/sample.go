@@ -47,20 +47,20 @@ func (b *Backend) Sample(logits model.Tensor, rows []model.SampleRow, out []mode
 			return err
 		}
 	}
-	params := unsafe.Slice((*sampleRowC)(sb.host), n)
+	params := unsafe.Slice((*C.lp_sample_row)(sb.host), n)
 	w := unsafe.Slice((*int32)(unsafe.Add(sb.host, wordsOff)), words)
 	k := 0
 	for i := range rows {
 		r := &rows[i]
 		p := &params[i]
-		*p = sampleRowC{Temperature: r.Temperature, TopP: r.TopP, MinP: r.MinP, Repetition: r.RepetitionPenalty,
-			Presence: r.PresencePenalty, Frequency: r.FrequencyPenalty, U: r.U, TopK: int32(max(r.TopK, 0)),
-			Logprobs: int32(max(r.Logprobs, -1)), Hist: int32(k), NumHist: int32(len(r.Hist))}
+		*p = C.lp_sample_row{temperature: C.float(r.Temperature), top_p: C.float(r.TopP), min_p: C.float(r.MinP),
+			repetition: C.float(r.RepetitionPenalty), presence: C.float(r.PresencePenalty), frequency: C.float(r.FrequencyPenalty),
+			u: C.float(r.U), top_k: C.int(max(r.TopK, 0)), logprobs: C.int(max(r.Logprobs, -1)), hist: C.int(k), num_hist: C.int(len(r.Hist))}
 		for _, h := range r.Hist {
 			w[k], w[k+1], w[k+2] = h.Token, h.Count, 0
 			k += 3
 		}
-		p.Banned, p.NumBanned = int32(k), int32(len(r.Banned))
+		p.banned, p.num_banned = C.int(k), C.int(len(r.Banned))
 		for _, t := range r.Banned {
 			w[k], w[k+1] = t, 0
 			k += 2
@@ -79,42 +79,29 @@ func (b *Backend) Sample(logits model.Tensor, rows []model.SampleRow, out []mode
 	if !b.ok("sample sync", C.s_stream_sync(b.stream)) {
 		return b.Err()
 	}
-	res := unsafe.Slice((*sampleResultC)(unsafe.Add(sb.host, resOff)), n)
+	res := unsafe.Slice((*C.lp_sample_result)(unsafe.Add(sb.host, resOff)), n)
 	for i := range res {
 		r := &res[i]
 		o := &out[i]
-		o.Token, o.Logprob, o.Top = r.Token, r.Logprob, o.Top[:0]
-		for j := 0; j < int(r.NumTop) && j < len(r.Top); j++ {
-			o.Top = append(o.Top, model.TokenLogprob{Token: r.Top[j].Token, Logprob: r.Top[j].Logprob})
+		o.Token, o.Logprob, o.Top = int32(r.token), float32(r.logprob), o.Top[:0]
+		for j := 0; j < int(r.num_top) && j < len(r.top); j++ {
+			o.Top = append(o.Top, model.TokenLogprob{Token: int32(r.top[j].token), Logprob: float32(r.top[j].logprob)})
 		}
 	}
 	return nil
 }
 
-// sampleRowC and sampleResultC mirror lp_sample_row and lp_sample_result (checked in init).
-type sampleRowC struct {
-	Temperature, TopP, MinP, Repetition, Presence, Frequency, U float32
-	TopK, Logprobs, Hist, NumHist, Banned, NumBanned            int32
-}
-
-type sampleResultC struct {
-	Token       int32
-	Logprob     float32
-	NumTop, pad int32
-	Top         [model.MaxSampleLogprobs]struct {
-		Token   int32
-		Logprob float32
-	}
-}
-
-var (
-	sampleRowBytes    = int(unsafe.Sizeof(sampleRowC{}))
-	sampleResultBytes = int(unsafe.Sizeof(sampleResultC{}))
+// The rows' parameters and results are C's lp_sample_row and lp_sample_result
+// (kernels/loraplex_kernels.h), written and read in place in the pinned buffer.
+const (
+	sampleRowBytes    = int(C.sizeof_lp_sample_row)
+	sampleResultBytes = int(C.sizeof_lp_sample_result)
 )
 
 func init() {
-	if sampleRowBytes != int(C.sample_row_size()) || sampleResultBytes != int(C.sample_result_size()) || model.MaxSampleLogprobs != C.LP_SAMPLE_MAX_TOP {
-		panic("cuda: lp_sample_row / lp_sample_result layouts differ between Go and C")
+	// model (pure Go) bounds logprobs requests; the kernel's result holds LP_SAMPLE_MAX_TOP.
+	if model.MaxSampleLogprobs != C.LP_SAMPLE_MAX_TOP {
+		panic("cuda: model.MaxSampleLogprobs differs from the kernel's LP_SAMPLE_MAX_TOP")
 	}
 }
 

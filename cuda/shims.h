@@ -1,5 +1,7 @@
-// C shims between Go and the kernel launchers: device pointers cross as uintptr_t (they are
-// not Go memory, so Go never holds them as unsafe.Pointer) and are cast back here.
+// Go-side inline helpers over the kernels' C ABI: device pointers cross as uintptr_t (they are
+// not Go memory, so Go never holds them as unsafe.Pointer) and are cast back here, and C structs
+// are filled or sized for Go. Every function, struct and limit these call or use is declared in
+// kernels/loraplex_kernels.h (the one C ABI header); nothing is declared here or in a preamble.
 #ifndef LORAPLEX_CUDA_SHIMS_H
 #define LORAPLEX_CUDA_SHIMS_H
 #include <stdint.h>
@@ -74,7 +76,27 @@ static inline void s_put_i32(uintptr_t base, int i, int32_t v) { P(int32_t*, bas
 static inline int s_sample(uintptr_t logits, int rows, int vocab, uintptr_t params, uintptr_t words, uintptr_t results, uintptr_t s) {
 	return lp_sample(P(float*, logits), rows, vocab, P(const lp_sample_row*, params), P(int32_t*, words), P(lp_sample_result*, results), P(lp_stream, s));
 }
-static inline int sample_row_size(void) { return (int)sizeof(lp_sample_row); }
-static inline int sample_result_size(void) { return (int)sizeof(lp_sample_result); }
+
+
+// route.go
+static inline int route_expert_size(void) { return (int)sizeof(lp_route_expert); }
+static inline void s_set_route_expert(void* base, int i, uintptr_t a, uintptr_t b, int rank, int id, float scale) {
+	lp_route_expert* e = (lp_route_expert*)base + i;
+	e->a = P(const uint16_t*, a); e->b = P(const uint16_t*, b);
+	e->rank = rank; e->id = id; e->scale = scale;
+}
+static inline int s_route_segs(uintptr_t logits, int n, int rows, int k, float t, int nulls, uintptr_t experts, uintptr_t segs,
+                               int passes, int start, int t_stride, uintptr_t trace, int trace_cols, int layer, uintptr_t s) {
+	return lp_route_segs(P(const float*, logits), n, rows, k, t, nulls, P(const lp_route_expert*, experts), P(lp_lora_seg*, segs),
+	                     passes, start, t_stride, P(float*, trace), trace_cols, layer, P(lp_stream, s));
+}
+static inline int s_lora_routed(uintptr_t out, uintptr_t x, uintptr_t segs, int rows, int k, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
+	return lp_lora_routed(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), rows, k, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));
+}
+
+// upload.go, slabpool.go, devicedecode.go
+static inline int s_malloc_async(uintptr_t* p, size_t n, uintptr_t s) { void* q = 0; int e = lp_malloc_async(&q, n, P(lp_stream, s)); *p = (uintptr_t)q; return e; }
+static inline int s_free_async(uintptr_t p, uintptr_t s) { return lp_free_async(P(void*, p), P(lp_stream, s)); }
+static inline int s_dequant(uintptr_t descs, int n, unsigned int maxn, uintptr_t s) { return lp_dequant(P(const lp_dequant_desc*, descs), n, maxn, P(lp_stream, s)); }
 
 #endif

@@ -2,16 +2,7 @@
 
 package cuda
 
-/*
-#include "shims.h"
-int lp_mem_pools_supported(int dev, int* yes);
-int lp_malloc_async(void** p, size_t bytes, lp_stream s);
-int lp_free_async(void* p, lp_stream s);
-static inline int s_malloc_async(uintptr_t* p, size_t n, uintptr_t s) { void* q = 0; int e = lp_malloc_async(&q, n, P(lp_stream, s)); *p = (uintptr_t)q; return e; }
-static inline int s_free_async(uintptr_t p, uintptr_t s) { return lp_free_async(P(void*, p), P(lp_stream, s)); }
-int lp_dequant(const void* descs, int ntensors, unsigned int maxn, lp_stream s);
-static inline int s_dequant(uintptr_t descs, int n, unsigned int maxn, uintptr_t s) { return lp_dequant(P(const void*, descs), n, maxn, P(lp_stream, s)); }
-*/
+// #include "shims.h"
 import "C"
 
 import (
@@ -42,31 +33,13 @@ import (
 // so nothing here waits for the compute stream.
 
 const (
-	// slabAlign aligns every tensor inside a slab (and the first one is placed at slabAlign, not 0,
-	// so that no view has Off 0: Backend.Free ignores views, and must never cudaFree a slab).
-	slabAlign = 256
 	// numStagers bounds concurrent uploads: each has its own pinned buffer and stream.
 	numStagers = 2
 	// issueChunk: converted bytes are handed to the copy engine in pieces of at least this much.
 	issueChunk = 4 << 20
 	// parallelConvert: tensors with at least this many elements to convert are split over CPUs.
 	parallelConvert = 1 << 18
-	// DefaultAdapterPoolCap is how many bytes of idle slabs the pool keeps by default.
-	DefaultAdapterPoolCap     = 1 << 30
-	cudaErrorMemoryAllocation = 2
 )
-
-// AdapterPoolStats counts the adapter slab pool's work (for tests and metrics).
-type AdapterPoolStats struct {
-	Allocs               int // slabs allocated from the device
-	Reuses               int // uploads that took an idle slab instead
-	Releases             int // idle slabs given back to the device (over the cap, or TrimAdapterPool)
-	Live                 int // slabs holding an adapter
-	Idle                 int // slabs waiting in the pool
-	LiveBytes, IdleBytes int64
-	CapBytes             int64
-	StreamOrdered        bool // cudaMallocAsync/cudaFreeAsync in use (else cudaMalloc, and cudaFree only in TrimAdapterPool)
-}
 
 // part is one tensor of an upload: its host data and where it goes in the slab.
 type part struct {
@@ -78,45 +51,6 @@ type part struct {
 	hdr     codec.Header
 	payload []byte
 	scr     int
-}
-
-// Device decoding (model.EncodedUploader): q8 / q4 tensors reach UploadAdapter as their codec
-// streams. Their payloads (4.5 bits a value for q4 at group 32, not 16) go through the pinned
-// staging buffer into a device scratch buffer of the stager's in one copy, and one kernel
-// launch (kernels/dequant.cu) decodes all of them into their views in the slab, on the upload
-// stream, while the host converts the other tensors. Headers, shapes and lengths are checked
-// here before anything is copied; the kernel checks the codes and maxima as the CPU decoder
-// does and sets a per-tensor error word, read back with the stream sync: a corrupt stream fails
-// that adapter (its slab goes back to the pool), never the device.
-//
-// The scratch layout: an int32 error word per encoded tensor, the descriptors (dequantDesc
-// bytes each, as kernels/dequant.cu reads them), then the payloads, each at an aligned offset.
-const dequantDesc = 40
-
-// DecodesOnDevice implements model.EncodedUploader: q8 and q4 streams are decoded on the GPU.
-func (b *Backend) DecodesOnDevice(c string) bool { return c == "q4" || c == "q8" }
-
-// encodedLayout checks an encoded tensor against the shape the model wants and returns its
-// header and payload.
-func encodedLayout(t model.HostTensor, rows, cols int) (codec.Header, []byte, error) {
-	e := t.Encoded
-	h, p, err := codec.ParseHeader(e.Stream)
-	if err != nil {
-		return h, nil, fmt.Errorf("cuda: %s: %w", t.Name, err)
-	}
-	if (h.Codec != codec.Q4 && h.Codec != codec.Q8) || h.Codec.String() != e.Codec || int(h.Param) != e.Group {
-		return h, nil, fmt.Errorf("cuda: %s: %w: stream is %v group %d, the tensor says %s group %d", t.Name, codec.ErrCorrupt, h.Codec, h.Param, e.Codec, e.Group)
-	}
-	if h.Rows != rows || h.Cols != cols || uint64(rows)*uint64(cols) > math.MaxUint32 {
-		return h, nil, fmt.Errorf("cuda: %s: %w: stream is [%d, %d], want [%d, %d]", t.Name, codec.ErrCorrupt, h.Rows, h.Cols, rows, cols)
-	}
-	return h, p, nil
-}
-
-// slab is one adapter's device allocation; Adapter.Mem holds it.
-type slab struct {
-	ptr  uintptr
-	size int // its size class
 }
 
 // stager is a pinned staging buffer with its upload stream; one upload holds it at a time.
@@ -189,17 +123,6 @@ func (b *Backend) fail(op string, code C.int) error {
 		b.err = cudaError(op, code)
 	}
 	return b.err
-}
-
-// sizeClass rounds n up to a slab size: a multiple of 64 KiB below 512 KiB, above that to one
-// eighth of its power of two (at most 12.5% waste). Adapters of one shape share a class.
-func sizeClass(n int) int {
-	const small = 64 << 10
-	if n <= 8*small {
-		return max(small, (n+small-1)/small*small)
-	}
-	step := 1 << (bits.Len(uint(n-1)) - 4)
-	return (n + step - 1) / step * step
 }
 
 func alignUp(n int) int { return (n + slabAlign - 1) / slabAlign * slabAlign }
@@ -315,20 +238,7 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 	if len(encs) > 0 {
 		scr := buf[stageScr : stageScr+scrSize]
 		clear(scr[:4*len(encs)])
-		for i, e := range encs {
-			d := scr[alignUp(4*len(encs))+dequantDesc*i:]
-			binary.LittleEndian.PutUint64(d[0:], uint64(st.dev)+uint64(e.scr))
-			binary.LittleEndian.PutUint64(d[8:], uint64(s.ptr)+uint64(e.off))
-			binary.LittleEndian.PutUint64(d[16:], uint64(st.dev)+uint64(4*i))
-			binary.LittleEndian.PutUint32(d[24:], uint32(e.n))
-			binary.LittleEndian.PutUint32(d[28:], uint32(e.hdr.Param))
-			q4 := uint32(0)
-			if e.hdr.Codec == codec.Q4 {
-				q4 = 1
-			}
-			binary.LittleEndian.PutUint32(d[32:], q4)
-			binary.LittleEndian.PutUint32(d[36:], 0)
-		}
+		putDequantDescs(scr[alignUp(4*len(encs)):], encs, st.dev, s.ptr)
 		copyPayloads(scr, encs)
 		if code := C.s_htod_pinned(C.uintptr_t(st.dev), C.uintptr_t(uintptr(st.host)+uintptr(stageScr)), C.size_t(scrSize), st.stream); code != 0 {
 			return nil, b.fail("adapter upload", code)
@@ -395,188 +305,11 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 	return a, nil
 }
 
-// FreeAdapter implements model.AdapterUploader: the adapter's slab goes back to the pool, for
-// the next upload to overwrite. That is safe without waiting for the device because the engine
-// frees only adapters that no running sequence references, and every step ends complete (the
-// runner calls Sync at the end of every step, prefill-only steps included: the step contract of
-// model.StepSynchronizer): by the time an adapter is freed, the last step that read it has
-// completed on the compute stream. The next upload into the slab runs on an upload stream after
-// this call, so it cannot overtake any read of the old contents. Callers outside the runner
-// (tests, tools) must likewise free only after a Sync or a synchronising read.
-func (b *Backend) FreeAdapter(a *model.Adapter) {
-	s, ok := a.Mem.(*slab)
-	if !ok || s == nil {
-		return
-	}
-	a.Mem = nil
-	u := &b.up
-	u.mu.Lock()
-	u.stats.Live--
-	u.stats.LiveBytes -= int64(s.size)
-	u.idle[s.size] = append(u.idle[s.size], s.ptr)
-	u.idleBytes += int64(s.size)
-	limit := u.capBytes
-	over := u.async && u.idleBytes > limit
-	u.mu.Unlock()
-	if over {
-		unlock := b.onDevice()
-		defer unlock()
-		b.trim(limit, false)
-	}
-}
-
-// take returns an idle slab of size's class, or allocates one on stream (stream-ordered where
-// supported). Out of device memory, it releases the idle slabs and tries once more; still out
-// of memory is an error for this adapter, not a sticky one.
-func (u *uploader) take(size int, stream C.uintptr_t) (slab, error) {
-	class := sizeClass(size)
-	u.mu.Lock()
-	if l := u.idle[class]; len(l) > 0 {
-		p := l[len(l)-1]
-		u.idle[class] = l[:len(l)-1]
-		u.idleBytes -= int64(class)
-		u.stats.Reuses++
-		u.stats.Live++
-		u.stats.LiveBytes += int64(class)
-		u.mu.Unlock()
-		return slab{ptr: p, size: class}, nil
-	}
-	u.mu.Unlock()
-	alloc := func() (uintptr, C.int) {
-		var p C.uintptr_t
-		var code C.int
-		if u.async {
-			code = C.s_malloc_async(&p, C.size_t(class), stream)
-		} else {
-			code = C.s_malloc(&p, C.size_t(class))
-		}
-		if code != 0 {
-			C.lp_last_error() // allocation failures are not sticky: clear it
-		}
-		return uintptr(p), code
-	}
-	p, code := alloc()
-	if code == cudaErrorMemoryAllocation && u.async {
-		u.release(u.trimList(0))
-		C.s_stream_sync(u.stream) // the released memory goes back to the device's pool
-		p, code = alloc()
-	}
-	if code != 0 {
-		return slab{}, fmt.Errorf("slab of %d bytes: %w", class, cudaError("adapter malloc", code))
-	}
-	if p%slabAlign != 0 { // cudaMalloc and the stream-ordered allocator align to 256; never seen
-		u.release([]slab{{ptr: p, size: class}})
-		return slab{}, fmt.Errorf("slab at %#x is not %d-byte aligned: %w", p, slabAlign, model.ErrUnsupported)
-	}
-	u.mu.Lock()
-	u.stats.Allocs++
-	u.stats.Live++
-	u.stats.LiveBytes += int64(class)
-	u.mu.Unlock()
-	return slab{ptr: p, size: class}, nil
-}
-
-// trimList takes idle slabs out of the pool, largest classes first, until at most limit bytes
-// stay idle, and returns them for release.
-func (u *uploader) trimList(limit int64) []slab {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	var out []slab
-	for u.idleBytes > limit {
-		class := 0
-		for c, l := range u.idle {
-			if len(l) > 0 && c > class {
-				class = c
-			}
-		}
-		if class == 0 {
-			break
-		}
-		l := u.idle[class]
-		out = append(out, slab{ptr: l[len(l)-1], size: class})
-		u.idle[class] = l[:len(l)-1]
-		u.idleBytes -= int64(class)
-		u.stats.Releases++
-	}
-	return out
-}
-
-// release gives slabs back to the device: stream-ordered on the upload stream where supported
-// (nothing waits for the compute stream), else with cudaFree (which waits for the device).
-func (u *uploader) release(slabs []slab) {
-	for _, s := range slabs {
-		var code C.int
-		if u.async {
-			code = C.s_free_async(C.uintptr_t(s.ptr), u.stream)
-		} else {
-			code = C.s_free(C.uintptr_t(s.ptr))
-		}
-		if code != 0 {
-			C.lp_last_error()
-		}
-	}
-}
-
-// trim releases idle slabs beyond limit bytes. Without stream-ordered allocation that takes
-// cudaFree, which waits for the device: only done when force (TrimAdapterPool). Called on a
-// thread made by onDevice.
-func (b *Backend) trim(limit int64, force bool) {
-	u := &b.up
-	if u.idle == nil || (!u.async && !force) {
-		return
-	}
-	u.release(u.trimList(limit))
-	if u.async && force {
-		C.s_stream_sync(u.stream) // the memory is back with the device when TrimAdapterPool returns
-	}
-}
-
-// TrimAdapterPool gives every idle adapter slab back to the device. With stream-ordered
-// allocation it never waits for running steps; without (old drivers) it uses cudaFree, which
-// does: call it then only while no steps run.
-func (b *Backend) TrimAdapterPool() {
-	if _, err := b.uploadsReady(); err != nil {
-		return
-	}
-	unlock := b.onDevice()
-	defer unlock()
-	b.trim(0, true)
-}
-
-// SetAdapterPoolCap sets how many bytes of idle slabs the pool keeps (DefaultAdapterPoolCap
-// unless set); slabs freed beyond it are released (stream-ordered; without stream-ordered
-// allocation, only TrimAdapterPool releases slabs).
-func (b *Backend) SetAdapterPoolCap(bytes int64) {
-	u := &b.up
-	limit := max(bytes, 0)
-	u.mu.Lock()
-	u.capBytes = limit
-	u.mu.Unlock()
-	if _, err := b.uploadsReady(); err == nil && u.async {
-		unlock := b.onDevice()
-		defer unlock()
-		b.trim(limit, false)
-	}
-}
-
 // uploadsReady sets the upload state up if needed (on a device thread).
 func (b *Backend) uploadsReady() (*uploader, error) {
 	unlock := b.onDevice()
 	defer unlock()
 	return b.uploads()
-}
-
-// AdapterPoolStats reports the slab pool's counters.
-func (b *Backend) AdapterPoolStats() AdapterPoolStats {
-	u := &b.up
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	s := u.stats
-	for _, l := range u.idle {
-		s.Idle += len(l)
-	}
-	s.IdleBytes, s.CapBytes, s.StreamOrdered = u.idleBytes, u.capBytes, u.async
-	return s
 }
 
 // grow makes the pinned buffer hold at least n bytes (rare: it keeps the largest size seen).
@@ -597,55 +330,6 @@ func (s *stager) grow(n int) error {
 	}
 	s.host, s.cap = hp, c
 	return nil
-}
-
-// growScratch makes the stager's device scratch hold at least n bytes (it keeps the largest size
-// seen). The old one is released stream-ordered where supported; without, cudaFree waits for the
-// device, once per growth.
-func (s *stager) growScratch(u *uploader, n int) error {
-	if n <= s.devCap {
-		return nil
-	}
-	c := max(4<<20, 1<<bits.Len(uint(n-1)))
-	if s.dev != 0 {
-		// The last upload that used it synced this stream.
-		u.release([]slab{{ptr: s.dev, size: s.devCap}})
-		s.dev, s.devCap = 0, 0
-	}
-	var p C.uintptr_t
-	var code C.int
-	if u.async {
-		code = C.s_malloc_async(&p, C.size_t(c), s.stream)
-	} else {
-		code = C.s_malloc(&p, C.size_t(c))
-	}
-	if code != 0 {
-		C.lp_last_error()
-		return cudaError("device decode scratch", code)
-	}
-	s.dev, s.devCap = uintptr(p), c
-	return nil
-}
-
-// copyPayloads copies the encoded tensors' payloads to their scratch offsets in dst, spread over
-// the CPUs (the streams are usually a file mapping: the copy is also the read).
-func copyPayloads(dst []byte, encs []part) {
-	workers := min(runtime.GOMAXPROCS(0), len(encs))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(encs) {
-					return
-				}
-				e := encs[i]
-				copy(dst[e.scr:e.scr+len(e.payload)], e.payload)
-			}
-		})
-	}
-	wg.Wait()
 }
 
 // convertParts converts parts into buf (at their offsets), spread over the CPUs when there is

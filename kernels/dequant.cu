@@ -1,20 +1,12 @@
 // Device decoding of lorapack's q8 / q4 streams (adaptercache/codec/quant.go) straight into an
-// adapter's slab (cuda/upload.go). Each value decodes exactly as the CPU decoder does: the
+// adapter's slab (cuda/devicedecode.go). Each value decodes exactly as the CPU decoder does: the
 // group's maximum M (bf16), step = M / Q in double, value = float32(step * k), rounded to bf16
 // (nearest even). Corrupt codes or maxima never fault: they set the tensor's error word, which
 // the uploader reads back and turns into an error for that adapter.
 #include "common.cuh"
 
-// lp_dequant_desc is one tensor to decode (40 bytes, written by cuda/upload.go).
-struct lp_dequant_desc {
-    uint64_t src;  // payload: ceil(n/group) bf16 maxima, then the codes
-    uint64_t dst;  // n bf16 values
-    uint64_t err;  // an int32 set to 1 when the payload is corrupt
-    uint32_t n;
-    uint32_t group;  // a power of two, 16..128
-    uint32_t q4;     // 1: q4 (Q = 7, nibbles), 0: q8 (Q = 127, bytes)
-    uint32_t pad;
-};
+// lp_dequant_desc (loraplex_kernels.h) is one tensor to decode, written by cuda/devicedecode.go.
+static_assert(sizeof(lp_dequant_desc) == 40, "lp_dequant_desc is 40 bytes");
 
 __global__ void dequant_kernel(const lp_dequant_desc* __restrict__ descs) {
     const lp_dequant_desc d = descs[blockIdx.y];
@@ -51,12 +43,12 @@ __global__ void dequant_kernel(const lp_dequant_desc* __restrict__ descs) {
 extern "C" {
 
 // lp_dequant decodes ntensors tensors described by descs (device memory); maxn is the largest n.
-int lp_dequant(const void* descs, int ntensors, unsigned int maxn, lp_stream s) {
+int lp_dequant(const lp_dequant_desc* descs, int ntensors, unsigned int maxn, lp_stream s) {
     if (ntensors <= 0 || maxn == 0) return 0;
     const int threads = 256;
     unsigned int bx = (maxn + threads - 1) / threads;
     if (bx > 4096) bx = 4096;
-    const lp_dequant_desc* d = (const lp_dequant_desc*)descs;
+    const lp_dequant_desc* d = descs;
     for (int first = 0; first < ntensors; first += 65535) {
         int cnt = ntensors - first < 65535 ? ntensors - first : 65535;
         dequant_kernel<<<dim3(bx, cnt), threads, 0, as_stream(s)>>>(d + first);

@@ -5,11 +5,16 @@
 // A/B matrices are bfloat16 (uint16_t bits here); norm weights and biases are float32.
 // Launchers check the shapes they support (declared in shapes.h) and return
 // cudaErrorInvalidValue for anything else; the Go side checks shapes before calling too.
+//
+// This header (with the limits of shapes.h, which it includes) is the whole C ABI between Go and
+// the kernels: every function, struct and limit the Go side uses is declared here, none in a cgo
+// preamble, and Go reads the limits as C.LP_* rather than copying the numbers.
 #ifndef LORAPLEX_KERNELS_H
 #define LORAPLEX_KERNELS_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include "shapes.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -18,9 +23,11 @@ extern "C" {
 typedef void* lp_stream;
 
 // runtime.cu: devices, memory, streams (thin wrappers so Go links no CUDA headers' inlines).
+// (Go discovers devices and reads their properties and free memory through the driver API,
+// gorgonia.org/cu; lp_device_count, lp_device_props and lp_mem_info are what cudart reports, for
+// the tests that check the two agree.)
 int lp_device_count(int* n);
 int lp_set_device(int dev);
-int lp_device_name(int dev, char* buf, int len);
 int lp_mem_info(size_t* free_bytes, size_t* total_bytes);
 int lp_malloc(void** p, size_t bytes);
 int lp_free(void* p);
@@ -35,6 +42,28 @@ int lp_stream_destroy(lp_stream s);
 int lp_stream_sync(lp_stream s);
 int lp_last_error(void);
 const char* lp_error_string(int code);
+// What cudart reports about a device (cudaGetDeviceProperties): its name (NUL-terminated,
+// truncated to name_len), compute capability, SM count and memory.
+int lp_device_props(int dev, char* name, int name_len, int* major, int* minor, int* sms, size_t* total_bytes);
+
+// upload.cu: stream-ordered allocation for adapter slabs (cudaMallocAsync / cudaFreeAsync), where
+// the device supports memory pools (*yes = 1).
+int lp_mem_pools_supported(int dev, int* yes);
+int lp_malloc_async(void** p, size_t bytes, lp_stream s);
+int lp_free_async(void* p, lp_stream s);
+
+// dequant.cu: decode lorapack q8 / q4 streams into bf16 on the device. lp_dequant decodes
+// ntensors tensors described by descs (device memory); maxn is the largest n.
+typedef struct lp_dequant_desc {
+    uint64_t src;    // payload: ceil(n/group) bf16 maxima, then the codes
+    uint64_t dst;    // n bf16 values
+    uint64_t err;    // an int32 set to 1 when the payload is corrupt
+    uint32_t n;
+    uint32_t group;  // a power of two, 16..128
+    uint32_t q4;     // 1: q4 (Q = 7, nibbles), 0: q8 (Q = 127, bytes)
+    uint32_t pad;
+} lp_dequant_desc;
+int lp_dequant(const lp_dequant_desc* descs, int ntensors, unsigned int maxn, lp_stream s);
 
 // gemm.cu: C[n, m] (+)= alpha * X[n, k] · W[m, k]ᵀ with bf16 X and W, fp32 accumulate and C.
 int lp_cublas_create(void** handle, lp_stream s);

@@ -7,11 +7,15 @@ extern "C" {
 int lp_device_count(int* n) { return (int)cudaGetDeviceCount(n); }
 int lp_set_device(int dev) { return (int)cudaSetDevice(dev); }
 
-int lp_device_name(int dev, char* buf, int len) {
+int lp_device_props(int dev, char* name, int name_len, int* major, int* minor, int* sms, size_t* total_bytes) {
     cudaDeviceProp p;
     cudaError_t e = cudaGetDeviceProperties(&p, dev);
     if (e != cudaSuccess) return (int)e;
-    snprintf(buf, len, "%s (sm_%d%d)", p.name, p.major, p.minor);
+    snprintf(name, name_len, "%s", p.name);
+    *major = p.major;
+    *minor = p.minor;
+    *sms = p.multiProcessorCount;
+    *total_bytes = p.totalGlobalMem;
     return 0;
 }
 

@@ -1,4 +1,4 @@
-// Runtime helpers for adapter uploads (cuda/upload.go): stream-ordered allocation, so that
+// Runtime helpers for adapter uploads (cuda/slabpool.go): stream-ordered allocation, so that
 // taking and releasing adapter slabs never waits for the steps running on the compute stream
 // (cudaFree does: it synchronises the whole device).
 #include "common.cuh"

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../.."
 out=${1:-bench/results/gpu-run}
 mkdir -p "$out"
 make kernels >/dev/null
+eval "$(make -s cuda-env)" # cgo flags of a CUDA build (gorgonia.org/cu, cuda/cu13compat.h)
 {
   echo "# loraplex CUDA benchmarks — $(date -u +%Y-%m-%dT%H:%MZ)"
   echo

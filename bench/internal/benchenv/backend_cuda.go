@@ -3,17 +3,13 @@
 package benchenv
 
 /*
-#cgo CFLAGS: -I/usr/local/cuda/include
-#cgo LDFLAGS: -L/usr/local/cuda/lib64 -lcudart
+#cgo CFLAGS: -I${SRCDIR}/../../../kernels
+#cgo LDFLAGS: -L${SRCDIR}/../../../kernels/build -lloraplex_kernels -L/usr/local/cuda/lib64 -lcudart -lstdc++
 #include <stdlib.h>
 #include <string.h>
-#include <cuda_runtime_api.h>
-static int h2d(void* dst, const void* src, size_t n) { return (int)cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice); }
-static int dmalloc(void** p, size_t n) { return (int)cudaMalloc(p, n); }
-static int dfree(void* p) { return (int)cudaFree(p); }
-static int hmalloc(void** p, size_t n) { return (int)cudaMallocHost(p, n); }
-static int hfree(void* p) { return (int)cudaFreeHost(p); }
-static int setdev(int d) { return (int)cudaSetDevice(d); }
+#include "loraplex_kernels.h"
+// A synchronous copy: cudaMemcpyAsync on the legacy default stream, then its sync.
+static inline int h2d(void* dst, const void* src, size_t n) { int e = lp_memcpy_htod(dst, src, n, 0); return e ? e : lp_stream_sync(0); }
 */
 import "C"
 
@@ -51,18 +47,18 @@ type H2D struct{ PinnedBytesPerS, PageableBytesPerS float64 }
 func MeasureH2D(bytes, iters int) (H2D, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if e := C.setdev(0); e != 0 {
+	if e := C.lp_set_device(0); e != 0 {
 		return H2D{}, fmt.Errorf("cudaSetDevice: error %d", int(e))
 	}
 	var dst, pinned unsafe.Pointer
-	if e := C.dmalloc(&dst, C.size_t(bytes)); e != 0 {
+	if e := C.lp_malloc(&dst, C.size_t(bytes)); e != 0 {
 		return H2D{}, fmt.Errorf("cudaMalloc: error %d", int(e))
 	}
-	defer C.dfree(dst)
-	if e := C.hmalloc(&pinned, C.size_t(bytes)); e != 0 {
+	defer C.lp_free(dst)
+	if e := C.lp_malloc_host(&pinned, C.size_t(bytes)); e != 0 {
 		return H2D{}, fmt.Errorf("cudaMallocHost: error %d", int(e))
 	}
-	defer C.hfree(pinned)
+	defer C.lp_free_host(pinned)
 	pageable := C.malloc(C.size_t(bytes)) // ordinary (pageable) memory
 	defer C.free(pageable)
 	C.memset(pageable, 1, C.size_t(bytes))
