@@ -16,7 +16,7 @@ func checkFastSplit(t testing.TB, s string) {
 	for _, c := range []struct {
 		re        string
 		maxDigits int
-	}{{llama3Pattern, 3}, {qwenPattern, 1}} {
+	}{{llama3Pattern, 3}, {qwenPattern, 1}, {gpt2Pattern, 0}} {
 		want := regexSpans(t, c.re, s)
 		got := (&pattern{fastAt: fastMatcher(c.re)}).matches(s)
 		if !slices.Equal(got, want) {
@@ -29,7 +29,7 @@ func checkFastSplit(t testing.TB, s string) {
 // every golden and extra text.
 func TestFastSplitMatchesRegex(t *testing.T) {
 	texts := append([]string{}, fuzzSeeds...)
-	texts = append(texts, "'s'S'll'LL're'Ve'd'M'x 'sup", " \n \n  x", "  \t x", "a  ", "1234567 ½²", "\r\n\r\n  \r", " !!\n\n", "x  \u00a0y")
+	texts = append(texts, "'s'S'll'LL're'Ve'd'M'x 'sup", " \n \n  x", "  \t x", "'re're 'll'l 've'v 'Re", " 'x ''s", "a  ", "1234567 ½²", "\r\n\r\n  \r", " !!\n\n", "x  \u00a0y")
 	for _, name := range testNames {
 		if g := loadGoldenIfPresent(name); g != nil {
 			for _, c := range g.Cases {

@@ -32,7 +32,8 @@ type Tokenizer struct {
 	raw []byte // tokenizer.json
 
 	// byteSplit is set when the pre-tokenizer is exactly Split(known regex,
-	// Isolated) + ByteLevel without prefix space or regex (Llama 3, Qwen):
+	// Isolated) + ByteLevel without prefix space or regex (Llama 3, Qwen), or
+	// ByteLevel alone with its GPT-2 regex and no prefix space (the demo):
 	// Encode then scans pre-tokens in place and caches ids by raw pre-token,
 	// skipping the intermediate strings.
 	byteSplit func(s string, i int) int
@@ -41,6 +42,12 @@ type Tokenizer struct {
 
 // initFastPath recognises the byte-level layout that encodeByteLevel handles.
 func (t *Tokenizer) initFastPath() {
+	// ByteLevel alone with use_regex (GPT-2, the demo) is the same layout
+	// with GPT-2's split regex.
+	if bl, ok := t.pre.(preByteLevel); ok && bl.useRegex && !bl.addPrefixSpace {
+		t.byteSplit = gpt2Split().pat.fastAt
+		return
+	}
 	seq, ok := t.pre.(preSequence)
 	if !ok || len(seq) != 2 {
 		return
