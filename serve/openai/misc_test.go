@@ -145,6 +145,7 @@ func TestClientDisconnectCancels(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/completions",
 		strings.NewReader(`{"prompt":"hi","max_tokens":240,"ignore_eos":true,"stream":true}`))
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -286,6 +287,7 @@ func TestOverloaded(t *testing.T) {
 	open := func() *http.Response {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/completions",
 			strings.NewReader(`{"prompt":"hi","max_tokens":500,"ignore_eos":true,"stream":true}`))
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
