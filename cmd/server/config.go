@@ -30,9 +30,22 @@ type config struct {
 	allowRuntimeAdapters   bool
 	logLevel               slog.Level
 	shutdownTimeout        time.Duration
+	allowedOrigins         []string
+	allowedHosts           []string
 }
 
 type adapterSpec struct{ name, path string }
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
 
 func parseFlags(args []string, out io.Writer) (*config, error) {
 	c := &config{}
@@ -78,6 +91,14 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
 	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health)")
 	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/load_router and /v1/unload_router (and the gRPC equivalents)")
+	fs.Func("allowed-origins", "without --api-key, browser origins (scheme://host[:port]) allowed to call the API, comma-separated or repeated; * allows any (default: none)", func(s string) error {
+		c.allowedOrigins = append(c.allowedOrigins, splitList(s)...)
+		return nil
+	})
+	fs.Func("allowed-hosts", "without --api-key, host names the API answers to besides IP addresses, localhost and the --http-addr host, comma-separated or repeated; * allows any (refusing other names defeats DNS rebinding)", func(s string) error {
+		c.allowedHosts = append(c.allowedHosts, splitList(s)...)
+		return nil
+	})
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
