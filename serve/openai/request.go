@@ -87,7 +87,7 @@ func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, err
 	if f.SkipSpecialTokens != nil {
 		p.SkipSpecialTokens = *f.SkipSpecialTokens
 	}
-	stop, err := stringOrList(f.Stop, "stop")
+	stop, err := stringOrList(f.Stop, "stop", serve.MaxStopStrings)
 	if err != nil {
 		return p, err
 	}
