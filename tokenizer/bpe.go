@@ -246,12 +246,20 @@ func (m *bpeModel) mergeWord(dst []int, word string) []int {
 	syms[len(syms)-1].next = -1
 
 	// Each merge pops one candidate and pushes at most two, so the queue
-	// never holds more than twice the symbols: sized once, it never regrows.
-	if cap(sc.heap) < 2*len(syms) {
-		sc.heap = make(candHeap, 0, 2*len(syms))
+	// never holds more than its first candidates plus one per merge, and
+	// there are fewer merges than symbols: sized once, it never regrows
+	// (and a word with no candidates needs none).
+	first := 0
+	for i := 0; i+1 < len(syms); i++ {
+		if _, ok := m.merges[pairKey(int(syms[i].id), int(syms[i+1].id))]; ok {
+			first++
+		}
+	}
+	if first > 0 && cap(sc.heap) < first+len(syms) {
+		sc.heap = make(candHeap, 0, first+len(syms))
 	}
 	h := sc.heap[:0]
-	for i := 0; i+1 < len(syms); i++ {
+	for i := 0; i+1 < len(syms) && len(h) < first; i++ {
 		if mi, ok := m.merges[pairKey(int(syms[i].id), int(syms[i+1].id))]; ok {
 			h = append(h, newCand(mi.rank, i))
 		}
