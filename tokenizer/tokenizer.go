@@ -54,9 +54,9 @@ const normalizerShrink = 4
 // overstates), times normalizerShrink when there is a normalizer. A text of
 // more than MaxBytesPerToken() * n bytes therefore encodes to more than n
 // tokens, so a server can refuse it before tokenizing. The only exception
-// is text the tokenizer discards outright (characters a normalizer deletes,
-// whitespace an lstrip/rstrip added token swallows), which no ordinary
-// prompt is made of.
+// is text the tokenizer discards or fuses (characters a normalizer deletes,
+// whitespace an lstrip/rstrip added token swallows, runs of unknown
+// characters under fuse_unk), which no ordinary prompt is made of.
 func (t *Tokenizer) MaxBytesPerToken() int { return t.maxBytesPerToken }
 
 func (t *Tokenizer) initMaxBytesPerToken() {
