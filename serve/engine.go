@@ -381,6 +381,12 @@ func (e *Engine) validate(req *Request, p *SamplingParams) error {
 	case p.Logprobs < -1 || p.Logprobs > 20:
 		return errorf(KindInvalid, "logprobs", "logprobs must be between 0 and 20, got %d", p.Logprobs)
 	}
+	if err := checkStop(p.Stop); err != nil {
+		return err
+	}
+	if len(p.StopTokenIDs) > MaxStopTokenIDs {
+		return errorf(KindInvalid, "stop_token_ids", "at most %d stop_token_ids, got %d", MaxStopTokenIDs, len(p.StopTokenIDs))
+	}
 	for _, s := range p.Stop {
 		if s == "" {
 			return errorf(KindInvalid, "stop", "stop strings must not be empty")

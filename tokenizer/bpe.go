@@ -2,17 +2,20 @@ package tokenizer
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"unicode/utf8"
 )
 
 // bpeModel is HF's BPE model (models/bpe/model.rs) without dropout.
 type bpeModel struct {
-	vocab    map[string]int
-	vocabR   []string // id -> token; "" for holes
-	merges   map[uint64]mergeInfo
-	unkID    int // -1 when there is no unk token
-	unkToken string
+	vocab  map[string]int
+	vocabR []string // id -> token; "" for holes
+	merges map[uint64]mergeInfo
+	// newIDByRank[r] is the token merge r produces.
+	newIDByRank []int32
+	unkID       int // -1 when there is no unk token
+	unkToken    string
 
 	continuingPrefix string
 	endOfWordSuffix  string
@@ -70,31 +73,33 @@ func (m *bpeModel) tokenizeUncached(dst []int, word string) []int {
 }
 
 // symbol is one node of the doubly linked list the merge loop works on.
+// int32 fields keep it at 16 bytes: a pre-token can be a whole prompt
+// (Llama 2 has no pre-tokenizer), so this is paid per input character.
 type symbol struct {
-	id         int
-	prev, next int // indices into the symbol slice, -1 at the ends
+	id         int32
+	prev, next int32 // indices into the symbol slice, -1 at the ends
 	alive      bool
 }
 
-// mergeCand orders by key = rank<<32 | pos: lowest rank first and, on equal
-// rank (the same pair at several places), the leftmost, exactly as HF's
-// BinaryHeap of Merge pops them. One integer compare keeps the heap cheap.
-type mergeCand struct {
-	key uint64
-	id  int32 // the merged token, to recognise stale entries as HF does
+// mergeCand is rank<<32 | pos: lowest rank first and, on equal rank (the
+// same pair at several places), the leftmost, exactly as HF's BinaryHeap of
+// Merge pops them. One integer compare keeps the heap cheap, and 8 bytes
+// keep it small; the merged token, which HF keeps in the entry to
+// recognise stale ones, is newIDByRank[rank].
+type mergeCand uint64
+
+func newCand(rank int32, pos int) mergeCand {
+	return mergeCand(uint64(uint32(rank))<<32 | uint64(uint32(pos)))
 }
 
-func newCand(rank int32, pos int, id int32) mergeCand {
-	return mergeCand{key: uint64(uint32(rank))<<32 | uint64(uint32(pos)), id: id}
-}
-
-func (c mergeCand) pos() int { return int(uint32(c.key)) }
+func (c mergeCand) pos() int    { return int(uint32(c)) }
+func (c mergeCand) rank() int32 { return int32(c >> 32) }
 
 // candHeap is a binary min-heap of merge candidates, typed to avoid the
 // interface boxing of container/heap on this hot path.
 type candHeap []mergeCand
 
-func (h candHeap) less(i, j int) bool { return h[i].key < h[j].key }
+func (h candHeap) less(i, j int) bool { return h[i] < h[j] }
 
 func (h candHeap) down(i int) {
 	n := len(h)
@@ -151,16 +156,33 @@ type mergeScratch struct {
 	heap candHeap
 }
 
+// maxPooledSymbols bounds the scratch kept for reuse: one huge pre-token
+// must not pin its buffers after the request is gone.
+const maxPooledSymbols = 1 << 16
+
 var scratchPool = sync.Pool{New: func() any { return &mergeScratch{} }}
 
 // mergeWord splits word into initial symbols (chars, byte-fallback bytes or
 // unk) and applies merges lowest rank first.
 func (m *bpeModel) mergeWord(dst []int, word string) []int {
 	sc := scratchPool.Get().(*mergeScratch)
-	defer scratchPool.Put(sc)
+	defer func() {
+		if cap(sc.syms) > maxPooledSymbols {
+			sc.syms, sc.heap = nil, nil
+		}
+		scratchPool.Put(sc)
+	}()
+	// Every symbol comes from at least one byte of word, so len(word) bounds
+	// their number: sized once, the list never regrows (append's 1.25x
+	// growth on big slices allocated ~5x the final size, 2.8 GB for a 15 MB
+	// prompt).
+	if cap(sc.syms) < len(word) {
+		sc.syms = make([]symbol, 0, len(word))
+	}
 	syms := sc.syms[:0]
 	add := func(id int) {
-		syms = append(syms, symbol{id: id, prev: len(syms) - 1, next: len(syms) + 1, alive: true})
+		n := int32(len(syms))
+		syms = append(syms, symbol{id: int32(id), prev: n - 1, next: n + 1, alive: true})
 	}
 	// pending unk, flushed when a known char arrives (byte-fallback bytes do
 	// not flush it: that is HF's order of operations).
@@ -223,13 +245,27 @@ func (m *bpeModel) mergeWord(dst []int, word string) []int {
 	}
 	syms[len(syms)-1].next = -1
 
-	h := sc.heap[:0]
+	// Each merge pops one candidate and pushes at most two, so the queue
+	// never holds more than its first candidates plus one per merge, and
+	// there are fewer merges than symbols: sized once, it never regrows
+	// (and a word with no candidates needs none).
+	first := 0
 	for i := 0; i+1 < len(syms); i++ {
-		if mi, ok := m.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
-			h = append(h, newCand(mi.rank, i, mi.newID))
+		if _, ok := m.merges[pairKey(int(syms[i].id), int(syms[i+1].id))]; ok {
+			first++
+		}
+	}
+	if first > 0 && cap(sc.heap) < first+len(syms) {
+		sc.heap = make(candHeap, 0, first+len(syms))
+	}
+	h := sc.heap[:0]
+	for i := 0; i+1 < len(syms) && len(h) < first; i++ {
+		if mi, ok := m.merges[pairKey(int(syms[i].id), int(syms[i+1].id))]; ok {
+			h = append(h, newCand(mi.rank, i))
 		}
 	}
 	h.init()
+	merged := 0
 	for len(h) > 0 {
 		c := h.pop()
 		pos := c.pos()
@@ -239,29 +275,32 @@ func (m *bpeModel) mergeWord(dst []int, word string) []int {
 		}
 		right := &syms[left.next]
 		// Stale candidate: one side has been merged since it was queued.
-		if mi, ok := m.merges[pairKey(left.id, right.id)]; !ok || mi.newID != c.id {
+		if mi, ok := m.merges[pairKey(int(left.id), int(right.id))]; !ok || mi.newID != m.newIDByRank[c.rank()] {
 			continue
 		}
-		left.id = int(c.id)
+		left.id = m.newIDByRank[c.rank()]
 		right.alive = false
+		merged++
 		left.next = right.next
 		if right.next >= 0 {
-			syms[right.next].prev = pos
+			syms[right.next].prev = int32(pos)
 		}
 		if left.prev >= 0 {
 			p := &syms[left.prev]
-			if mi, ok := m.merges[pairKey(p.id, left.id)]; ok {
-				h.push(newCand(mi.rank, left.prev, mi.newID))
+			if mi, ok := m.merges[pairKey(int(p.id), int(left.id))]; ok {
+				h.push(newCand(mi.rank, int(left.prev)))
 			}
 		}
 		if left.next >= 0 {
-			if mi, ok := m.merges[pairKey(left.id, syms[left.next].id)]; ok {
-				h.push(newCand(mi.rank, pos, mi.newID))
+			if mi, ok := m.merges[pairKey(int(left.id), int(syms[left.next].id))]; ok {
+				h.push(newCand(mi.rank, pos))
 			}
 		}
 	}
-	for i := 0; i >= 0; i = syms[i].next {
-		dst = append(dst, syms[i].id)
+	// One exact growth for a long word instead of append's 1.25x steps.
+	dst = slices.Grow(dst, len(syms)-merged)
+	for i := int32(0); i >= 0; i = syms[i].next {
+		dst = append(dst, int(syms[i].id))
 	}
 	sc.syms, sc.heap = syms, h
 	return dst
@@ -271,6 +310,7 @@ func (m *bpeModel) mergeWord(dst []int, word string) []int {
 // exists, as HF's BpeBuilder does.
 func (m *bpeModel) buildMerges(merges [][2]string) error {
 	m.merges = make(map[uint64]mergeInfo, len(merges))
+	m.newIDByRank = make([]int32, len(merges))
 	for rank, p := range merges {
 		a, ok := m.vocab[p[0]]
 		if !ok {
@@ -289,6 +329,7 @@ func (m *bpeModel) buildMerges(merges [][2]string) error {
 			return malformed("model.merges", "merge %d: result %q not in vocab", rank, p[0]+right)
 		}
 		m.merges[pairKey(a, b)] = mergeInfo{rank: int32(rank), newID: int32(n)}
+		m.newIDByRank[rank] = int32(n)
 	}
 	return nil
 }

@@ -5,7 +5,8 @@ import (
 	"unicode/utf8"
 )
 
-// The Llama 3 and Qwen 2/3 split regexes are by far the most common
+// The Llama 3 and Qwen 2/3 split regexes (and GPT-2's, which ByteLevel
+// with use_regex applies) are by far the most common
 // pre-tokenizer patterns, and a backtracking regex engine spends most of the
 // encode time on them. For exactly these patterns we use a hand-written
 // scanner that reproduces the regex's leftmost-first alternation and
@@ -24,6 +25,8 @@ func fastMatcher(re string) func(s string, i int) int {
 		return func(s string, i int) int { return matchLlamaLikeAt(s, i, 3) }
 	case qwenPattern:
 		return func(s string, i int) int { return matchLlamaLikeAt(s, i, 1) }
+	case gpt2Pattern:
+		return matchGPT2At
 	}
 	return nil
 }
@@ -181,4 +184,68 @@ func matchLlamaLikeAt(s string, i, maxDigits int) int {
 	}
 	// 7. \s+
 	return j
+}
+
+// matchGPT2At returns the end of gpt2Pattern's match starting at i:
+// 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+// (contractions are case-sensitive here, unlike Llama 3's).
+func matchGPT2At(s string, i int) int {
+	r, n := runeAt(s, i)
+	if r == '\'' && i+1 < len(s) {
+		switch s[i+1] {
+		case 's', 't', 'm', 'd':
+			return i + 2
+		case 'r', 'v':
+			if i+2 < len(s) && s[i+2] == 'e' {
+				return i + 3
+			}
+		case 'l':
+			if i+2 < len(s) && s[i+2] == 'l' {
+				return i + 3
+			}
+		}
+	}
+	j := i
+	if r == ' ' {
+		j += n
+	}
+	// ' ?' then one class run: letters, digits, or neither-nor-space. The
+	// first character after the optional space picks the only alternative
+	// that can match.
+	if c, m := runeAt(s, j); m > 0 {
+		var in func(rune) bool
+		switch {
+		case isL(c):
+			in = isL
+		case isN(c):
+			in = isN
+		case !isS(c):
+			in = func(r rune) bool { return !isS(r) && !isL(r) && !isN(r) }
+		}
+		if in != nil {
+			k := j + m
+			for {
+				c, m := runeAt(s, k)
+				if m == 0 || !in(c) {
+					return k
+				}
+				k += m
+			}
+		}
+	}
+	// Only whitespace is left: the run [i, end) and the start of its last char.
+	end, prev := i, i
+	for {
+		c, m := runeAt(s, end)
+		if m == 0 || !isS(c) {
+			break
+		}
+		prev = end
+		end += m
+	}
+	// \s+(?!\S): the whole run at the end of input, else all but its last char.
+	if end == len(s) || prev == i {
+		return end // the second case is the plain \s+ of one char
+	}
+	return prev
 }

@@ -113,6 +113,7 @@ func FromJSON(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
 	}
 	t.initBOSEOS()
 	t.initFastPath()
+	t.initMaxBytesPerToken()
 	return t, nil
 }
 

@@ -146,7 +146,8 @@ func (p *preSplit) preTokenize(dst []word, w word) []word {
 const gpt2Pattern = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
 
 var gpt2Split = sync.OnceValue(func() *preSplit {
-	return &preSplit{pat: &pattern{re: regexp2.MustCompile(gpt2Pattern, regexp2.None)}, behavior: splitIsolated}
+	re := regexp2.MustCompile(gpt2Pattern, regexp2.None)
+	return &preSplit{pat: &pattern{re: re, fastAt: fastMatcher(gpt2Pattern)}, behavior: splitIsolated}
 })
 
 // preByteLevel maps bytes to GPT-2 characters, optionally after a prefix

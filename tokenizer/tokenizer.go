@@ -32,15 +32,75 @@ type Tokenizer struct {
 	raw []byte // tokenizer.json
 
 	// byteSplit is set when the pre-tokenizer is exactly Split(known regex,
-	// Isolated) + ByteLevel without prefix space or regex (Llama 3, Qwen):
+	// Isolated) + ByteLevel without prefix space or regex (Llama 3, Qwen), or
+	// ByteLevel alone with its GPT-2 regex and no prefix space (the demo):
 	// Encode then scans pre-tokens in place and caches ids by raw pre-token,
 	// skipping the intermediate strings.
 	byteSplit func(s string, i int) int
 	rawCache  wordCache
+
+	maxBytesPerToken int // see MaxBytesPerToken
+}
+
+// normalizerShrink bounds how much a normalizer can shrink text it keeps:
+// Unicode normalization and case mapping turn a character of at most 4 bytes
+// into at least one of at least 1 byte.
+const normalizerShrink = 4
+
+// MaxBytesPerToken bounds the input text one token can stand for, in bytes:
+// the longest vocabulary entry or added token (vocabulary entries of a
+// byte-level vocab counted in characters, one per input byte; others in
+// their own bytes, which a SentencePiece "▁" for a 1-byte space only
+// overstates), times normalizerShrink when there is a normalizer. A text of
+// more than MaxBytesPerToken() * n bytes therefore encodes to more than n
+// tokens, so a server can refuse it before tokenizing. The only exception
+// is text the tokenizer discards or fuses (characters a normalizer deletes,
+// whitespace an lstrip/rstrip added token swallows, runs of unknown
+// characters under fuse_unk), which no ordinary prompt is made of.
+func (t *Tokenizer) MaxBytesPerToken() int { return t.maxBytesPerToken }
+
+func (t *Tokenizer) initMaxBytesPerToken() {
+	byteLevel := t.byteSplit != nil || hasByteLevel(t.pre)
+	longest := 1
+	for tok := range t.model.vocab {
+		n := len(tok)
+		if byteLevel {
+			n = utf8.RuneCountInString(tok)
+		}
+		longest = max(longest, n)
+	}
+	for _, a := range t.added {
+		longest = max(longest, len(a.Content))
+	}
+	if t.normalizer != nil {
+		longest *= normalizerShrink
+	}
+	t.maxBytesPerToken = longest
+}
+
+// hasByteLevel reports whether p maps bytes to GPT-2 characters.
+func hasByteLevel(p preTokenizer) bool {
+	switch p := p.(type) {
+	case preByteLevel:
+		return true
+	case preSequence:
+		for _, q := range p {
+			if hasByteLevel(q) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // initFastPath recognises the byte-level layout that encodeByteLevel handles.
 func (t *Tokenizer) initFastPath() {
+	// ByteLevel alone with use_regex (GPT-2, the demo) is the same layout
+	// with GPT-2's split regex.
+	if bl, ok := t.pre.(preByteLevel); ok && bl.useRegex && !bl.addPrefixSpace {
+		t.byteSplit = gpt2Split().pat.fastAt
+		return
+	}
 	seq, ok := t.pre.(preSequence)
 	if !ok || len(seq) != 2 {
 		return

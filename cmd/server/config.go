@@ -33,6 +33,8 @@ type config struct {
 	logLevel               slog.Level
 	shutdownTimeout        time.Duration
 	loadTimeout            time.Duration
+	allowedOrigins         []string
+	allowedHosts           []string
 }
 
 type adapterSpec struct{ name, path string }
@@ -51,6 +53,17 @@ func (c *config) roots() []string {
 		roots = append(roots, r.path)
 	}
 	return roots
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func parseFlags(args []string, out io.Writer) (*config, error) {
@@ -89,14 +102,22 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&c.servedName, "served-model-name", "", "the base model's name in the API (default: the model folder's name)")
 	fs.IntVar(&c.maxNumSeqs, "max-num-seqs", 0, "sequences in one batch (0: engine default)")
 	fs.IntVar(&c.maxBatchedTokens, "max-num-batched-tokens", 0, "token rows in one forward pass (0: engine default)")
-	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: from the model, at most 4096)")
+	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: from the model, at most 4096); a prompt text longer than this times the tokenizer's longest token in bytes is refused before tokenizing")
 	fs.IntVar(&c.kvCacheTokens, "kv-cache-tokens", 0, "KV-cache capacity in tokens (0: max-num-seqs x max-model-len)")
 	fs.IntVar(&c.maxLoRAs, "max-loras", 0, "adapters on the device at once (0: 32); others wait while one loads into a free or least recently used slot")
 	fs.IntVar(&c.maxCPULoRAs, "max-cpu-loras", 0, "adapters kept in host memory (0: no limit)")
-	fs.IntVar(&c.maxQueued, "max-queued-requests", 0, "waiting requests beyond which the server answers 429 (0: engine default)")
+	fs.IntVar(&c.maxQueued, "max-queued-requests", 0, "waiting requests beyond which the server answers 429 with Retry-After (0: engine default 1024); a request needing more generations (prompts x n) than this is a 400")
 	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
 	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health and /metrics, which stay open for probes and Prometheus: restrict them at the network)")
 	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/load_router and /v1/unload_router (and the gRPC equivalents)")
+	fs.Func("allowed-origins", "without --api-key, browser origins (scheme://host[:port]) allowed to call the API, comma-separated or repeated; * allows any (default: none)", func(s string) error {
+		c.allowedOrigins = append(c.allowedOrigins, splitList(s)...)
+		return nil
+	})
+	fs.Func("allowed-hosts", "without --api-key, host names the API answers to besides IP addresses, localhost and the --http-addr host, comma-separated or repeated; * allows any (refusing other names defeats DNS rebinding)", func(s string) error {
+		c.allowedHosts = append(c.allowedHosts, splitList(s)...)
+		return nil
+	})
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
 	fs.DurationVar(&c.loadTimeout, "load-timeout", serve.DefaultLoadTimeout, "how long one adapter or router load (from disk onto the device) may take")

@@ -65,6 +65,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	api := openai.New(e, openai.Options{
 		APIKey: c.apiKey, AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters,
 		ChatTemplate: m.template, ChatTokens: m.chatTokens, Logger: log,
+		// The name the server was told to listen on is one it answers to.
+		AllowedOrigins: c.allowedOrigins, AllowedHosts: append(c.allowedHosts, listenHost(c.httpAddr)),
 	})
 	// Prometheus scrapes /metrics without credentials, like /health.
 	reg := prometheus.NewRegistry()
@@ -165,4 +167,13 @@ func shutdown(e *serve.Engine, srv *http.Server, served <-chan error, timeout ti
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// listenHost is the host part of a listen address ("" for ":8000").
+func listenHost(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return host
 }

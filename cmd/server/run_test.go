@@ -295,3 +295,46 @@ func tail(s string) string {
 	}
 	return s
 }
+
+// hostGet sends GET path with the given Host header and returns the status.
+func hostGet(t *testing.T, url, path, host string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode
+}
+
+// Without an API key the server answers only to IP addresses, loopback names, its listen host
+// and --allowed-hosts, so a DNS-rebinding page cannot read it, while Kubernetes probes and
+// Prometheus (Host: <pod IP>:<port>) reach /health and /metrics, and --allowed-hosts widens it.
+func TestHostCheckKeepsProbesAndScrapes(t *testing.T) {
+	url, _, stop := start(t, "--max-model-len", "64", "--threads", "1", "--allowed-hosts", "loraplex.ns.svc,api.example")
+	defer stop()
+	for _, c := range []struct {
+		path, host string
+		want       int
+	}{
+		{"/health", "10.244.1.7:8000", 200},
+		{"/metrics", "10.244.1.7:8000", 200},
+		{"/metrics", "loraplex-metrics.monitoring:8000", 200},
+		{"/v1/models", "10.244.1.7:8000", 200},
+		{"/v1/models", "127.0.0.1:8000", 200},
+		{"/v1/models", "loraplex.ns.svc:8000", 200},
+		{"/v1/models", "api.example", 200},
+		{"/v1/models", "rebind.evil.example:8000", 403},
+		{"/health", "rebind.evil.example:8000", 200},
+	} {
+		if got := hostGet(t, url, c.path, c.host); got != c.want {
+			t.Errorf("GET %s with Host %s: %d, want %d", c.path, c.host, got, c.want)
+		}
+	}
+}

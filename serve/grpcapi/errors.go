@@ -3,9 +3,12 @@ package grpcapi
 import (
 	"context"
 	"errors"
+	"strconv"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/loraplex/loraplex/serve"
@@ -37,6 +40,9 @@ func (s *Service) toStatus(ctx context.Context, method string, err error) error 
 		// Details stay in the log; the client learns only that it was our fault.
 		s.log.ErrorContext(ctx, "grpc request failed", "method", method, "err", err)
 		return status.Error(codes.Internal, "internal server error")
+	}
+	if code == codes.ResourceExhausted {
+		grpc.SetTrailer(ctx, metadata.Pairs("retry-after", strconv.Itoa(serve.RetryAfterSeconds)))
 	}
 	st := status.New(code, err.Error())
 	if p := serve.ParamOf(err); p != "" && code == codes.InvalidArgument {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -227,7 +228,7 @@ func TestAuth(t *testing.T) {
 }
 
 // TestOverload fills an engine that runs one sequence and queues one: the next request is
-// ResourceExhausted.
+// ResourceExhausted, with a retry-after trailer.
 func TestOverload(t *testing.T) {
 	e := fixtureEngine(t, "llama", serve.Options{MaxNumSeqs: 1, MaxQueued: 1, MaxModelLen: longLen})
 	ts := startServer(t, e, grpcapi.Options{})
@@ -246,7 +247,15 @@ func TestOverload(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the second request to queue", func() bool { return e.Stats().Waiting.Load() == 1 })
-	wantCode(t, "third request", generateErr(ctx, ts.client, long), codes.ResourceExhausted)
+	var trailer metadata.MD
+	third, err := ts.client.Generate(ctx, long, grpc.Trailer(&trailer))
+	if err == nil {
+		_, err = third.Recv()
+	}
+	wantCode(t, "third request", err, codes.ResourceExhausted)
+	if ra := trailer.Get("retry-after"); len(ra) != 1 || ra[0] == "" {
+		t.Errorf("ResourceExhausted without a retry-after trailer: %v", trailer)
+	}
 	cancel()
 	_, _, _, err = collect(t, queued)
 	wantCode(t, "queued request after cancel", err, codes.Canceled)

@@ -19,6 +19,11 @@ const generateMethod = "/loraplex.v1.Loraplex/Generate"
 // engine frees its batch slot and KV pages at its next step.
 func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerStreamingServer[loraplexv1.GenerateResponse]) error {
 	ctx := stream.Context()
+	p := params(req.GetParams())
+	// Bounded before any work (templating, tokenizing, queueing), as on HTTP.
+	if err := s.e.CheckCounts(serve.Counts{Prompts: 1, N: 1, Stop: p.Stop, StopTokenIDs: len(p.StopTokenIDs)}); err != nil {
+		return s.toStatus(ctx, generateMethod, err)
+	}
 	prompt, err := s.prompt(req)
 	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
@@ -26,7 +31,7 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 	if err := s.checkTrace(req); err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}
-	st, err := s.e.Generate(ctx, serve.Request{Model: req.GetModel(), Prompt: prompt, Params: params(req.GetParams()), TraceExperts: req.GetExpertTrace()})
+	st, err := s.e.Generate(ctx, serve.Request{Model: req.GetModel(), Prompt: prompt, Params: p, TraceExperts: req.GetExpertTrace()})
 	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}

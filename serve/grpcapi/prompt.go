@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
+	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
@@ -19,6 +20,9 @@ func (s *Service) encode(text string, addSpecial *bool, def bool, param string) 
 	if addSpecial != nil {
 		add = *addSpecial
 	}
+	if err := s.e.CheckPromptText(param, text); err != nil {
+		return nil, err
+	}
 	ids, err := tok.Encode(text, add)
 	if err != nil {
 		return nil, invalid(param, fmt.Sprintf("cannot tokenize: %v", err))
@@ -33,6 +37,9 @@ func (s *Service) render(p *loraplexv1.ChatPrompt) (string, error) {
 	}
 	if len(p.GetMessages()) == 0 {
 		return "", invalid("messages", "messages must not be empty")
+	}
+	if err := s.e.CheckCounts(serve.Counts{Messages: len(p.GetMessages())}); err != nil {
+		return "", err
 	}
 	msgs := make([]chat.Message, len(p.GetMessages()))
 	for i, m := range p.GetMessages() {

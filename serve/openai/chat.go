@@ -183,6 +183,9 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	if err := h.check(&req.samplingFields, &p, 1, n, len(req.Messages), len(req.Tools)); err != nil {
+		return err
+	}
 	if err := h.checkTrace(req.Model, req.ExpertTrace); err != nil {
 		return err
 	}

@@ -76,16 +76,18 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 	if err := h.checkTrace(req.Model, req.ExpertTrace); err != nil {
 		return err
 	}
-	addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
-	prompts, err := h.prompts(req.Prompt, addSpecial)
+	texts, prompts, err := parsePrompt(req.Prompt)
 	if err != nil {
 		return err
 	}
-	if len(prompts)*n > h.opt.MaxN {
-		if n == 1 {
-			return invalid("prompt", "at most %d prompts per request, got %d", h.opt.MaxN, len(prompts))
+	if err := h.check(&req.samplingFields, &p, len(texts)+len(prompts), n, 0, 0); err != nil {
+		return err
+	}
+	if texts != nil {
+		addSpecial := req.AddSpecialTokens == nil || *req.AddSpecialTokens
+		if prompts, err = h.encodeAll(texts, addSpecial); err != nil {
+			return err
 		}
-		return invalid("n", "n times the number of prompts must be at most %d, got %d", h.opt.MaxN, len(prompts)*n)
 	}
 	var echo []string
 	if req.Echo {
@@ -107,45 +109,55 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 	return c.collect(w, r.Context(), events)
 }
 
-// prompts decodes `prompt`: a string, an array of token ids, or an array of either (a batch).
-func (h *Handler) prompts(raw json.RawMessage, addSpecial bool) ([][]int, error) {
+// parsePrompt decodes `prompt`: a string, an array of token ids, or an array of either (a
+// batch). Texts come back untokenized, so that the request's counts are checked first.
+func parsePrompt(raw json.RawMessage) (texts []string, ids [][]int, err error) {
 	raw = bytes.TrimSpace(raw)
 	if isNull(raw) {
-		return nil, invalid("prompt", "prompt is required")
+		return nil, nil, invalid("prompt", "prompt is required")
 	}
 	var text string
 	if json.Unmarshal(raw, &text) == nil {
-		ids, err := h.encode(text, addSpecial, "prompt")
-		return [][]int{ids}, err
+		return []string{text}, nil, nil
 	}
-	var ids []int
-	if json.Unmarshal(raw, &ids) == nil {
-		if len(ids) == 0 {
-			return nil, invalid("prompt", "prompt is empty")
+	var one []int
+	if json.Unmarshal(raw, &one) == nil {
+		if len(one) == 0 {
+			return nil, nil, invalid("prompt", "prompt is empty")
 		}
-		return [][]int{ids}, nil
+		return nil, [][]int{one}, nil
 	}
-	var texts []string
 	if json.Unmarshal(raw, &texts) == nil && len(texts) > 0 {
-		out := make([][]int, len(texts))
-		for i, t := range texts {
-			var err error
-			if out[i], err = h.encode(t, addSpecial, "prompt"); err != nil {
-				return nil, err
-			}
-		}
-		return out, nil
+		return texts, nil, nil
 	}
 	var batch [][]int
 	if json.Unmarshal(raw, &batch) == nil && len(batch) > 0 {
 		for _, b := range batch {
 			if len(b) == 0 {
-				return nil, invalid("prompt", "prompt is empty")
+				return nil, nil, invalid("prompt", "prompt is empty")
 			}
 		}
-		return batch, nil
+		return nil, batch, nil
 	}
-	return nil, invalid("prompt", "prompt must be a string, an array of token ids (non-negative integers), or an array of those")
+	return nil, nil, invalid("prompt", "prompt must be a string, an array of token ids (non-negative integers), or an array of those")
+}
+
+// encodeAll tokenizes a batch of prompt texts, refusing any too long to fit before
+// tokenizing the first.
+func (h *Handler) encodeAll(texts []string, addSpecial bool) ([][]int, error) {
+	for _, t := range texts {
+		if err := h.e.CheckPromptText("prompt", t); err != nil {
+			return nil, err
+		}
+	}
+	out := make([][]int, len(texts))
+	for i, t := range texts {
+		var err error
+		if out[i], err = h.encode(t, addSpecial, "prompt"); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // encode tokenizes text for a request field.
@@ -153,6 +165,9 @@ func (h *Handler) encode(text string, addSpecial bool, param string) ([]int, err
 	tok := h.e.Tokenizer()
 	if tok == nil {
 		return nil, invalid(param, "this model has no tokenizer; send the prompt as token ids")
+	}
+	if err := h.e.CheckPromptText(param, text); err != nil {
+		return nil, err
 	}
 	ids, err := tok.Encode(text, addSpecial)
 	if err != nil {

@@ -98,8 +98,10 @@ func isNull(raw json.RawMessage) bool {
 	return len(raw) == 0 || string(raw) == "null"
 }
 
-// stringOrList decodes OpenAI's `stop`: a string, a list of strings, or null.
-func stringOrList(raw json.RawMessage, param string) ([]string, error) {
+// stringOrList decodes OpenAI's `stop`: a string, a list of strings, or null. A list of more
+// than maxItems strings is refused at item maxItems+1, so a huge list is not decoded (a
+// million stop strings took ~0.6 s of decoding alone).
+func stringOrList(raw json.RawMessage, param string, maxItems int) ([]string, error) {
 	if isNull(raw) {
 		return nil, nil
 	}
@@ -107,9 +109,24 @@ func stringOrList(raw json.RawMessage, param string) ([]string, error) {
 	if err := json.Unmarshal(raw, &one); err == nil {
 		return []string{one}, nil
 	}
-	var many []string
-	if err := json.Unmarshal(raw, &many); err != nil {
-		return nil, invalid(param, "field %q must be a string or an array of strings", param)
+	notList := invalid(param, "field %q must be a string or an array of strings", param)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return nil, notList
+	}
+	many := []string{}
+	for dec.More() {
+		if len(many) == maxItems {
+			return nil, invalid(param, "at most %d %s strings, got more", maxItems, param)
+		}
+		var s string
+		if err := dec.Decode(&s); err != nil {
+			return nil, notList
+		}
+		many = append(many, s)
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim(']') {
+		return nil, notList
 	}
 	return many, nil
 }

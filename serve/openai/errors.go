@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 
 	"github.com/loraplex/loraplex/serve"
 )
@@ -84,6 +85,9 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 		h.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", ae.status, "err", err)
 	} else {
 		h.log.Debug("request rejected", "method", r.Method, "path", r.URL.Path, "status", ae.status, "err", err)
+	}
+	if ae.status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", strconv.Itoa(serve.RetryAfterSeconds))
 	}
 	writeJSON(w, ae.status, ae.body())
 }

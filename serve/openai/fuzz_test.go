@@ -46,6 +46,8 @@ func FuzzCompletionRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest(http.MethodPost, "/v1/completions", bytes.NewReader(body))
+		req.Host = "127.0.0.1:8000" // httptest's example.com is a name this server does not answer to
+		req.Header.Set("Content-Type", "application/json")
 		h.ServeHTTP(rec, req)
 		switch {
 		case rec.Code == http.StatusOK:

@@ -30,8 +30,13 @@ type Options struct {
 	// ChatTokens are the special tokens templates see (bos_token, eos_token, ...).
 	ChatTokens map[string]string
 	// MaxN bounds a request's n (default 16): each choice is one engine request.
-	MaxN   int
-	Logger *slog.Logger
+	MaxN int
+	// AllowedOrigins and AllowedHosts widen what browsers may reach when APIKey is empty (see
+	// browser.go): origins as "scheme://host[:port]", host names without port; "*" allows
+	// any. Loopback names, IP literals and the server's own origin are always allowed.
+	AllowedOrigins []string
+	AllowedHosts   []string
+	Logger         *slog.Logger
 }
 
 // Handler serves the HTTP API of one engine.
@@ -40,6 +45,7 @@ type Handler struct {
 	opt    Options
 	log    *slog.Logger
 	routes map[string]route
+	guard  *browserGuard
 }
 
 type route struct {
@@ -59,7 +65,7 @@ func New(e *serve.Engine, opt Options) *Handler {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	h := &Handler{e: e, opt: opt, log: opt.Logger}
+	h := &Handler{e: e, opt: opt, log: opt.Logger, guard: newBrowserGuard(opt.AllowedOrigins, opt.AllowedHosts)}
 	h.routes = map[string]route{
 		"/health":                 {method: http.MethodGet, h: h.health, open: true},
 		"/v1/models":              {method: http.MethodGet, h: h.models},
@@ -104,11 +110,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeError(sw, r, kindError(serve.KindBadMethod, "", fmt.Sprintf("%s %s is not allowed; use %s", r.Method, r.URL.Path, rt.method)))
 		return
 	}
+	if !rt.open && h.opt.APIKey == "" {
+		if err := h.guard.check(r); err != nil {
+			h.writeError(sw, r, err)
+			return
+		}
+	}
 	if !rt.open && h.opt.APIKey != "" && !h.authorized(r) {
 		ae := kindError(serve.KindUnauthenticated, "", "missing or incorrect API key")
 		ae.code = "invalid_api_key"
 		h.writeError(sw, r, ae)
 		return
+	}
+	if r.Method == http.MethodPost {
+		if err := jsonBody(r); err != nil {
+			h.writeError(sw, r, err)
+			return
+		}
 	}
 	r.Body = http.MaxBytesReader(sw, r.Body, h.opt.MaxBodyBytes)
 	if err := rt.h(sw, r); err != nil {
@@ -122,8 +140,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) authorized(r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(h.opt.APIKey)) == 1
+	// The scheme is case-insensitive (RFC 9110 11.1), as on gRPC.
+	scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	return ok && strings.EqualFold(scheme, "Bearer") && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(h.opt.APIKey)) == 1
 }
 
 // statusWriter remembers whether the response has started, so errors after that point are not

@@ -1,9 +1,13 @@
 package openai_test
 
 import (
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 
+	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 )
 
@@ -97,4 +101,150 @@ func TestHostileInput(t *testing.T) {
 	if st, body := post(t, srv.URL, "/v1/completions", `{`+ok+`}`, auth...); st != 200 {
 		t.Errorf("valid request: %d %s", st, body)
 	}
+}
+
+// send makes a request with header pairs (a "Host" pair sets the Host header) and returns
+// the status, the response headers and the body.
+func send(t testing.TB, method, url, path, body string, header ...string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		if header[i] == "Host" {
+			req.Host = header[i+1]
+		} else {
+			req.Header.Add(header[i], header[i+1])
+		}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// jsonList is a JSON array of n copies of item.
+func jsonList(item string, n int) string {
+	return "[" + strings.TrimSuffix(strings.Repeat(item+",", n), ",") + "]"
+}
+
+// Every list a client sends is bounded before any work, and a prompt text too long to fit
+// max-model-len tokens is refused before it is tokenized: each is a 400 that names the field
+// and the limit, and the server serves the next request as before.
+func TestRequestLimits(t *testing.T) {
+	e, tmpl := demoEngine(t)
+	srv := newServer(t, e, openai.Options{ChatTemplate: tmpl})
+	tooLong := strings.Repeat("a", e.MaxPromptBytes()+1)
+	msg := `{"role":"user","content":"hi"}`
+	tool := `{"type":"function","function":{"name":"f","parameters":{}}}`
+	bias := make([]string, serve.MaxLogitBias+1)
+	for i := range bias {
+		bias[i] = fmt.Sprintf(`"%d":1`, i)
+	}
+	cases := []struct {
+		name, path, body, param, says string
+	}{
+		{"prompt text beyond the byte bound", "/v1/completions", `{"prompt":"` + tooLong + `","max_tokens":1}`, "prompt", "bytes"},
+		{"one prompt of a batch beyond it", "/v1/completions", `{"prompt":["hi","` + tooLong + `"],"max_tokens":1}`, "prompt", "bytes"},
+		{"chat beyond it", "/v1/chat/completions", `{"messages":[{"role":"user","content":"` + tooLong + `"}]}`, "messages", "bytes"},
+		{"tokenize beyond it", "/tokenize", `{"prompt":"` + tooLong + `"}`, "prompt", "bytes"},
+		{"too many stop strings", "/v1/completions", `{"prompt":"hi","max_tokens":1,"stop":` + jsonList(`"x"`, serve.MaxStopStrings+1) + `}`, "stop", "at most"},
+		{"a million stop strings", "/v1/completions", `{"prompt":"hi","max_tokens":1,"stop":` + jsonList(`"x"`, 1_000_000) + `}`, "stop", "at most"},
+		{"a too long stop string", "/v1/completions", `{"prompt":"hi","max_tokens":1,"stop":"` + strings.Repeat("x", serve.MaxStopStringBytes+1) + `"}`, "stop", "at most"},
+		{"too many stop_token_ids", "/v1/completions", `{"prompt":"hi","max_tokens":1,"stop_token_ids":` + jsonList("1", serve.MaxStopTokenIDs+1) + `}`, "stop_token_ids", "at most"},
+		{"too many logit_bias entries", "/v1/completions", `{"prompt":"hi","max_tokens":1,"logit_bias":{` + strings.Join(bias, ",") + `}}`, "logit_bias", "at most"},
+		{"too many messages", "/v1/chat/completions", `{"max_tokens":1,"messages":` + jsonList(msg, serve.MaxMessages+1) + `}`, "messages", "at most"},
+		{"too many messages to tokenize", "/tokenize", `{"messages":` + jsonList(msg, serve.MaxMessages+1) + `}`, "messages", "at most"},
+		{"too many tools", "/v1/chat/completions", `{"max_tokens":1,"messages":[` + msg + `],"tools":` + jsonList(tool, serve.MaxTools+1) + `}`, "tools", "at most"},
+		{"too many prompts", "/v1/completions", `{"max_tokens":1,"prompt":` + jsonList(`"hi"`, 17) + `}`, "prompt", "at most"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st, body := post(t, srv.URL, c.path, c.body)
+			env := checkError(t, st, body, 400, c.param)
+			if !strings.Contains(env.Error.Message, c.says) {
+				t.Errorf("message %q does not name the limit (%q)", env.Error.Message, c.says)
+			}
+		})
+	}
+	if st, body := post(t, srv.URL, "/v1/completions", `{"prompt":"hi","max_tokens":2,"stop":["x","y"]}`); st != 200 {
+		t.Errorf("valid request after the limits: %d %s", st, body)
+	}
+}
+
+// Without an API key a browser cannot drive the API: a foreign Origin, or a Host that is a DNS
+// name the server does not answer to (a DNS-rebinding page's own), is a 403, and a POST body
+// not declared application/json a 415. Direct clients, Kubernetes probes and Prometheus (Host:
+// <pod IP>), loopback names and the allowed origins and hosts get through.
+func TestBrowsersCannotDriveTheAPI(t *testing.T) {
+	e := fixtureEngine(t, "llama")
+	srv := newServer(t, e, openai.Options{AllowedOrigins: []string{"https://app.example"}, AllowedHosts: []string{"api.internal"}})
+	own := strings.TrimPrefix(srv.URL, "http://")
+	port := own[strings.LastIndex(own, ":"):]
+	body := `{"model":"a_qv","prompt":[7],"max_tokens":2}`
+	js := []string{"Content-Type", "application/json"}
+	cases := []struct {
+		name, method, path string
+		header             []string
+		status             int
+	}{
+		{"plain client", "POST", "/v1/completions", nil, 200},
+		{"JSON with charset", "POST", "/v1/completions", []string{"Content-Type", "application/json; charset=utf-8"}, 200},
+		{"JSON in capitals", "POST", "/v1/completions", []string{"Content-Type", "Application/JSON"}, 200},
+		{"text/plain body", "POST", "/v1/completions", []string{"Content-Type", "text/plain"}, 415},
+		{"form body", "POST", "/v1/completions", []string{"Content-Type", "application/x-www-form-urlencoded"}, 415},
+		{"no content type", "POST", "/v1/completions", []string{"X-None", "1"}, 415},
+		{"foreign host", "POST", "/v1/completions", []string{"Host", "evil.example" + port}, 403},
+		{"foreign host, fully qualified", "POST", "/v1/completions", []string{"Host", "EVIL.example." + port}, 403},
+		{"foreign host reading models", "GET", "/v1/models", []string{"Host", "evil.example" + port}, 403},
+		{"foreign host without port", "POST", "/v1/completions", []string{"Host", "evil.example"}, 403},
+		{"localhost", "POST", "/v1/completions", []string{"Host", "localhost" + port}, 200},
+		{"a .localhost name", "POST", "/v1/completions", []string{"Host", "app.localhost" + port}, 200},
+		{"allowed host", "POST", "/v1/completions", []string{"Host", "API.internal:443"}, 200},
+		{"pod IP (probe, scrape)", "POST", "/v1/completions", []string{"Host", "10.1.2.3:8000"}, 200},
+		{"IPv6 literal", "POST", "/v1/completions", []string{"Host", "[::1]" + port}, 200},
+		{"health with a foreign host", "GET", "/health", []string{"Host", "evil.example" + port}, 200},
+		{"foreign origin", "POST", "/v1/completions", []string{"Origin", "http://evil.example"}, 403},
+		{"null origin", "POST", "/v1/completions", []string{"Origin", "null"}, 403},
+		{"loopback page origin", "POST", "/v1/completions", []string{"Origin", "http://localhost:3000"}, 403},
+		{"two origins", "POST", "/v1/completions", []string{"Origin", "https://app.example", "Origin", "http://evil.example"}, 403},
+		{"allowed origin", "POST", "/v1/completions", []string{"Origin", "https://app.example"}, 200},
+		{"own origin", "POST", "/v1/completions", []string{"Origin", srv.URL}, 200},
+		{"foreign origin reading models", "GET", "/v1/models", []string{"Origin", "http://evil.example"}, 403},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := c.header
+			if c.method == "POST" && (len(h) == 0 || h[0] != "Content-Type") && c.status != 415 {
+				h = append(append([]string{}, js...), h...)
+			}
+			st, _, b := send(t, c.method, srv.URL, c.path, body, h...)
+			if c.status == 200 {
+				if st != 200 {
+					t.Errorf("status %d, want 200: %s", st, b)
+				}
+				return
+			}
+			checkError(t, st, b, c.status, "")
+		})
+	}
+
+	// With a key the key is the guard, whatever the Host; the Bearer scheme is case-insensitive.
+	keyed := newServer(t, e, openai.Options{APIKey: testKey})
+	for _, scheme := range []string{"Bearer", "bearer", "BEARER"} {
+		st, _, b := send(t, "POST", keyed.URL, "/v1/completions", body, "Content-Type", "application/json",
+			"Authorization", scheme+" "+testKey, "Host", "api.example.com")
+		if st != 200 {
+			t.Errorf("%s key via a DNS name: %d %s", scheme, st, b)
+		}
+	}
+	st, _, b := send(t, "POST", keyed.URL, "/v1/completions", body, "Content-Type", "text/plain", "Authorization", "Bearer "+testKey)
+	checkError(t, st, b, 415, "")
 }

@@ -146,6 +146,7 @@ func TestClientDisconnectCancels(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/completions",
 		strings.NewReader(`{"prompt":"hi","max_tokens":240,"ignore_eos":true,"stream":true}`))
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -287,6 +288,7 @@ func TestOverloaded(t *testing.T) {
 	open := func() *http.Response {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/completions",
 			strings.NewReader(`{"prompt":"hi","max_tokens":500,"ignore_eos":true,"stream":true}`))
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -303,6 +305,34 @@ func TestOverloaded(t *testing.T) {
 	}
 	queued := open() // headers come once the engine has accepted it into the queue
 	defer queued.Body.Close()
-	st, body := post(t, srv.URL, "/v1/completions", `{"prompt":"hi","max_tokens":2}`)
+	st, header, body := send(t, "POST", srv.URL, "/v1/completions", `{"prompt":"hi","max_tokens":2}`, "Content-Type", "application/json")
 	checkError(t, st, body, 429, "")
+	if ra := header.Get("Retry-After"); ra == "" {
+		t.Errorf("429 without Retry-After")
+	}
+}
+
+// A request that can never fit is a 400, not a 429 a client would retry: here n above what
+// the queue can ever hold, and prompt + max_tokens above max-model-len, on an idle engine.
+func TestNeverFitsIsNotOverload(t *testing.T) {
+	b := cpu.New(1)
+	cfg, w, tok, _, err := demo.Build(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 1, MaxBatchedTokens: 64, MaxModelLen: 64, MaxQueued: 1, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	srv := newServer(t, e, openai.Options{})
+	st, body := post(t, srv.URL, "/v1/completions", `{"prompt":"hi","max_tokens":2,"n":2}`)
+	checkError(t, st, body, 400, "n")
+	st, body = post(t, srv.URL, "/v1/completions", `{"prompt":["hi","ho"],"max_tokens":2}`)
+	checkError(t, st, body, 400, "n")
+	st, body = post(t, srv.URL, "/v1/completions", `{"prompt":"hi","max_tokens":64}`)
+	checkError(t, st, body, 400, "max_tokens")
+	if st, body := post(t, srv.URL, "/v1/completions", `{"prompt":"hi","max_tokens":2}`); st != 200 {
+		t.Errorf("a request that fits: %d %s", st, body)
+	}
 }

@@ -87,15 +87,26 @@ func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, err
 	if f.SkipSpecialTokens != nil {
 		p.SkipSpecialTokens = *f.SkipSpecialTokens
 	}
-	if len(f.LogitBias) > 0 {
-		return p, invalid("logit_bias", "logit_bias is not supported")
-	}
-	stop, err := stringOrList(f.Stop, "stop")
+	stop, err := stringOrList(f.Stop, "stop", serve.MaxStopStrings)
 	if err != nil {
 		return p, err
 	}
 	p.Stop = stop
 	return p, nil
+}
+
+// check bounds the request's lists (serve.CheckCounts, before any work) and refuses what the
+// engine does not support. prompts is the number of prompts; messages and tools are the chat
+// request's counts (0 for completions).
+func (h *Handler) check(f *samplingFields, p *serve.SamplingParams, prompts, n, messages, tools int) error {
+	if err := h.e.CheckCounts(serve.Counts{Prompts: prompts, N: n, MaxN: h.opt.MaxN, Messages: messages, Tools: tools,
+		LogitBias: len(f.LogitBias), Stop: p.Stop, StopTokenIDs: len(p.StopTokenIDs)}); err != nil {
+		return err
+	}
+	if len(f.LogitBias) > 0 {
+		return invalid("logit_bias", "logit_bias is not supported")
+	}
+	return nil
 }
 
 // choices validates n.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net/http"
 	"unicode/utf8"
+
+	"github.com/loraplex/loraplex/serve"
 )
 
 // tokenizeRequest is either of vLLM's two /tokenize bodies: a prompt, or chat messages.
@@ -40,6 +42,9 @@ func (h *Handler) tokenize(w http.ResponseWriter, r *http.Request) error {
 	case req.Prompt != nil:
 		text, addSpecial = *req.Prompt, req.AddSpecialTokens == nil || *req.AddSpecialTokens
 	case req.Messages != nil:
+		if err := h.e.CheckCounts(serve.Counts{Messages: len(req.Messages), Tools: len(req.Tools)}); err != nil {
+			return err
+		}
 		var err error
 		if text, err = h.render(&req.chatFields); err != nil {
 			return err
@@ -48,6 +53,9 @@ func (h *Handler) tokenize(w http.ResponseWriter, r *http.Request) error {
 		addSpecial = req.AddSpecialTokens != nil && *req.AddSpecialTokens
 	default:
 		return invalid("prompt", "prompt or messages is required")
+	}
+	if err := h.e.CheckPromptText("prompt", text); err != nil {
+		return err
 	}
 	ids, err := tok.Encode(text, addSpecial)
 	if err != nil {
