@@ -33,6 +33,7 @@ const (
 	KindUnauthenticated // missing or wrong API key: 401 / Unauthenticated
 	KindTooLarge        // a request body over the size limit: 413 / ResourceExhausted
 	KindBadMethod       // a route called with the wrong HTTP method: 405 / Unimplemented
+	KindBadMediaType    // a body not declared application/json: 415 / InvalidArgument
 
 	numKinds // not a kind: the number of kinds, which sizes kindTable
 )
@@ -61,6 +62,7 @@ var kindTable = [...]KindInfo{
 	KindUnauthenticated: {http.StatusUnauthorized, "authentication_error", codes.Unauthenticated},
 	KindTooLarge:        {http.StatusRequestEntityTooLarge, "invalid_request_error", codes.ResourceExhausted},
 	KindBadMethod:       {http.StatusMethodNotAllowed, "invalid_request_error", codes.Unimplemented},
+	KindBadMediaType:    {http.StatusUnsupportedMediaType, "invalid_request_error", codes.InvalidArgument},
 }
 
 // A kind added without a row does not build: the table must have exactly numKinds rows (the

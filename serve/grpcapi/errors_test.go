@@ -39,6 +39,7 @@ func TestEveryKindMapsOnBothEdges(t *testing.T) {
 		serve.KindUnauthenticated: {401, codes.Unauthenticated},
 		serve.KindTooLarge:        {413, codes.ResourceExhausted},
 		serve.KindBadMethod:       {405, codes.Unimplemented},
+		serve.KindBadMediaType:    {415, codes.InvalidArgument},
 	}
 	for _, k := range serve.Kinds() {
 		w, ok := want[k]

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/loraplex/loraplex/serve"
 )
 
 // Browsers cannot drive the API. A web page can make a visitor's browser send requests to any
@@ -104,13 +106,13 @@ func (g *browserGuard) originAllowed(origin, host string) bool {
 // check returns the error for a request a browser must not be able to make, or nil.
 func (g *browserGuard) check(r *http.Request) *apiError {
 	if !g.hostAllowed(r.Host) {
-		return &apiError{status: http.StatusForbidden, typ: "permission_error", code: "host_not_allowed",
-			msg: "this server does not answer to host " + quoteHeader(r.Host) + " (see --allowed-hosts)"}
+		return codedError(serve.KindForbidden, "host_not_allowed",
+			"this server does not answer to host "+quoteHeader(r.Host)+" (see --allowed-hosts)")
 	}
 	if origins := r.Header.Values("Origin"); len(origins) > 0 {
 		if len(origins) > 1 || !g.originAllowed(origins[0], r.Host) {
-			return &apiError{status: http.StatusForbidden, typ: "permission_error", code: "origin_not_allowed",
-				msg: "requests from origin " + quoteHeader(origins[0]) + " are not allowed (see --allowed-origins)"}
+			return codedError(serve.KindForbidden, "origin_not_allowed",
+				"requests from origin "+quoteHeader(origins[0])+" are not allowed (see --allowed-origins)")
 		}
 	}
 	return nil
@@ -136,6 +138,6 @@ func jsonBody(r *http.Request) *apiError {
 	if err == nil && mt == "application/json" {
 		return nil
 	}
-	return &apiError{status: http.StatusUnsupportedMediaType, typ: "invalid_request_error", code: "unsupported_media_type",
-		msg: "the request body must be JSON sent with Content-Type: application/json"}
+	return codedError(serve.KindBadMediaType, "unsupported_media_type",
+		"the request body must be JSON sent with Content-Type: application/json")
 }

@@ -43,6 +43,13 @@ func kindError(k serve.Kind, param, msg string) *apiError {
 	return &apiError{status: info.HTTPStatus, typ: info.OpenAIType, msg: msg, param: param}
 }
 
+// codedError is kindError with OpenAI's machine-readable error.code set.
+func codedError(k serve.Kind, code, msg string) *apiError {
+	e := kindError(k, "", msg)
+	e.code = code
+	return e
+}
+
 // internalError is what a client learns of a failure of ours: details stay in the log.
 func internalError() *apiError { return kindError(serve.KindInternal, "", "internal server error") }
 
