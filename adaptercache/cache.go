@@ -91,6 +91,8 @@ type Cache struct {
 	// after it is released, so no unmap or backend call happens while holding the lock.
 	pending []func()
 	wg      sync.WaitGroup
+	// onLoad, when set, hears of every disk -> host load (SetLoadObserver).
+	onLoad func(name string, d time.Duration, err error)
 }
 
 // entry is one registration of a name. Re-registering a name makes a new entry; the old one
@@ -108,6 +110,7 @@ type entry struct {
 	failedAt   time.Time
 	lastUsed   time.Time
 	bytes      int64 // adapter bytes once known
+	rank       int   // the largest rank of its modules, once known
 }
 
 // New makes a cache. Config and Backend are required, and MaxDeviceSlots must be positive.

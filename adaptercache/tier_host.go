@@ -54,6 +54,9 @@ func (c *Cache) load(e *entry) {
 	c.loading--
 	c.stats.LoadSeconds += took.Seconds()
 	c.changed()
+	if f := c.onLoad; f != nil {
+		c.pending = append(c.pending, func() { f(e.name, took, err) })
+	}
 	if err != nil {
 		c.stats.LoadFailures++
 		e.state, e.err, e.failedAt = StateFailed, err, time.Now()
@@ -66,7 +69,7 @@ func (c *Cache) load(e *entry) {
 		c.closeIfUnused(h)
 		return
 	}
-	e.host, e.bytes, e.state = h, ha.Bytes, StateHost
+	e.host, e.bytes, e.rank, e.state = h, ha.Bytes, adapterRank(ha), StateHost
 	c.hostLRU.Add(e, struct{}{})
 	c.hostN++
 	c.hostB += ha.Bytes

@@ -42,6 +42,7 @@ type Metrics struct {
 	adapterVecs             []*prometheus.CounterVec
 	loadSeconds             prometheus.Histogram
 	loads                   *prometheus.CounterVec
+	diskLoadSeconds         prometheus.Histogram // vllm:lora_adapter_load_seconds
 }
 
 // New registers the collectors on reg and installs itself as e's Observer (replacing any
@@ -65,6 +66,7 @@ func New(e *serve.Engine, reg prometheus.Registerer) *Metrics {
 	m.rows = hist(nameBatchRows, "Token rows (prefill chunk tokens plus decode tokens) in one engine step.", bucketsRows, own)
 	m.seqs = hist(nameBatchSeqs, "Sequences in one engine step.", bucketsSeqs(e.Options().MaxNumSeqs), own)
 	m.stepSeconds = hist(nameStepSeconds, "Duration of one forward pass in seconds.", bucketsStep, own)
+	m.diskLoadSeconds = hist(nameLoRALoadSeconds, "Seconds to load a LoRA adapter from disk into host memory (read and check against the model), on demand or by the load API; one observation per successful load.", bucketsLoad, vllm)
 	m.loadSeconds = hist(nameLoadSeconds, "Seconds to load an adapter (read, check against the model, upload to the device).", bucketsLoad, own)
 	m.loads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: nameLoads, Help: "Adapter loads by result (ok, error).", ConstLabels: own}, []string{"result"})
 	m.loads.WithLabelValues("ok")
@@ -88,6 +90,7 @@ func New(e *serve.Engine, reg prometheus.Registerer) *Metrics {
 		m.gatherer = r
 	}
 	e.SetObserver(&m.obs)
+	e.AdapterCache().SetLoadObserver(m.obs.diskLoad)
 	return m
 }
 
