@@ -343,6 +343,8 @@ func TestMetricNamesExist(t *testing.T) {
 		"loraplex_adapter_load_seconds", "loraplex_adapter_cache_transfer_seconds_total",
 		"loraplex_adapter_cache_events_total", "loraplex_adapter_cache_transfers_total", "loraplex_adapter_loads_total",
 		"loraplex_router_expert_selections_total",
+		"vllm:lora_adapter_loaded", "vllm:num_gpu_loaded_lora_adapters", "vllm:max_gpu_lora_adapters",
+		"vllm:lora_adapter_load_seconds",
 	} {
 		if !used[want] {
 			t.Errorf("neither rules.yml nor dashboard.json uses %s", want)
