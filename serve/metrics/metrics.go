@@ -8,7 +8,13 @@
 // loop and the loop never pays for a scrape. Latency histograms and per-adapter counters are fed
 // by the engine's Observer hooks on the scheduler goroutine; those calls do not allocate.
 //
-// Label cardinality: vllm:* series carry only the base model's name. The loraplex_adapter_*
+// Adapter residency (vllm:lora_adapter_loaded and its counts, the names of vLLM's pending LoRA
+// load-event metrics that llm-d-router's residency scorer reads) is read from the adapter cache's
+// listing at scrape time; vllm:lora_adapter_load_seconds is fed by the cache's loading goroutines.
+//
+// Label cardinality: vllm:* series carry only the base model's name, except
+// vllm:lora_adapter_loaded, one series per resident adapter (bounded by the host tier and the
+// device slots; an evicted or unloaded adapter's series goes at once). The loraplex_adapter_*
 // series carry one adapter label per loaded adapter (plus the base model), six series each;
 // an unloaded adapter's series are dropped once a scrape finds it neither loaded, nor running
 // or waiting, nor finishing a request since the previous scrape. So the number of series is
