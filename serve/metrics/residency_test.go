@@ -94,7 +94,11 @@ func gaugeOf(t testing.TB, mfs map[string]*dto.MetricFamily, name string) float6
 func TestAdapterResidency(t *testing.T) {
 	// Two device slots for four adapters: the startup loads leave the last two on the device
 	// and all four in host memory.
-	e := newTestEngine(t, serve.Options{MaxNumSeqs: 2, MaxLoRAs: 2})
+	// The adapter dir holds one more adapter, ondemand (a copy of a_qv), loaded by name on the
+	// first request for it.
+	adapterDir := t.TempDir()
+	copyAdapter(t, fixture.AdapterDir("llama", "a_qv"), filepath.Join(adapterDir, "ondemand"))
+	e := newTestEngine(t, serve.Options{MaxNumSeqs: 2, MaxLoRAs: 2, AdapterDirs: []string{adapterDir}})
 	reg := prometheus.NewPedanticRegistry()
 	m := New(e, reg)
 	srv := httptest.NewServer(m.Handler())
@@ -159,6 +163,38 @@ func TestAdapterResidency(t *testing.T) {
 	h := series(t, mfs, nameLoRALoadSeconds, vllmLabels).GetHistogram()
 	if h.GetSampleCount() != 1 || h.GetSampleSum() <= 0 {
 		t.Errorf("%s: count %d sum %v, want one positive load", nameLoRALoadSeconds, h.GetSampleCount(), h.GetSampleSum())
+	}
+
+	// A request naming an adapter that is only on the adapter dir's disk loads it: one more load.
+	run(t, e, []serve.Request{req("ondemand", 4, 2)})
+	waitIdle(t, e)
+	mfs = scrape(t, srv.URL)
+	if l := loaded(t, mfs)["ondemand"]; l == nil || l[labelLevel] != "gpu" || l[labelRank] != strconv.Itoa(configRank(t, "a_qv")) {
+		t.Errorf("ondemand after its request: %v, want on the gpu with a_qv's rank", l)
+	}
+	if n := series(t, mfs, nameLoRALoadSeconds, vllmLabels).GetHistogram().GetSampleCount(); n != 2 {
+		t.Errorf("%s count %d after an on-demand load, want 2", nameLoRALoadSeconds, n)
+	}
+}
+
+// copyAdapter copies an adapter folder's files to dst.
+func copyAdapter(t testing.TB, src, dst string) {
+	t.Helper()
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range ents {
+		raw, err := os.ReadFile(filepath.Join(src, en.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, en.Name()), raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
