@@ -84,8 +84,9 @@ func adapterRank(h *model.HostAdapter) int {
 
 // SetLoadObserver installs f (nil: none) to be called after every disk -> host load, with the
 // adapter's name, how long reading and checking it took, and the load's error. It runs on the
-// loading goroutine without the cache's lock held, so it may call back into the cache; it must
-// not block for long (a Prometheus observation does not).
+// loading goroutine with the cache's lock held, before anyone waiting for the load is woken (so
+// a request or Acquire that sees the adapter loaded also sees the load observed): it must be
+// quick, like a Prometheus observation, and must not call into the cache.
 func (c *Cache) SetLoadObserver(f func(name string, d time.Duration, err error)) {
 	c.mu.Lock()
 	c.onLoad = f

@@ -54,8 +54,8 @@ func (c *Cache) load(e *entry) {
 	c.loading--
 	c.stats.LoadSeconds += took.Seconds()
 	c.changed()
-	if f := c.onLoad; f != nil {
-		c.pending = append(c.pending, func() { f(e.name, took, err) })
+	if c.onLoad != nil {
+		c.onLoad(e.name, took, err) // before any waiter wakes: whoever sees the load sees it counted
 	}
 	if err != nil {
 		c.stats.LoadFailures++

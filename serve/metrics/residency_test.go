@@ -222,7 +222,10 @@ type heldUploads struct {
 	once    atomic.Bool
 }
 
-func (b *heldUploads) AliasesUploads() bool { return true } // the CPU backend's answer
+// AliasesUploads forwards the CPU backend's answer (the engine keeps host copies by it).
+func (b *heldUploads) AliasesUploads() bool {
+	return b.Backend.(interface{ AliasesUploads() bool }).AliasesUploads()
+}
 
 func (b *heldUploads) Upload(h model.HostTensor, rows, cols int) (model.Tensor, error) {
 	if b.held.Load() {
