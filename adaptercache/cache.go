@@ -103,6 +103,8 @@ type Cache struct {
 	// closing is closed by Close: loads still reading the disk are abandoned, so Close (and a
 	// server's shutdown) never waits on a stuck file system.
 	closing chan struct{}
+	// onLoad, when set, hears of every disk -> host load (SetLoadObserver).
+	onLoad func(name string, d time.Duration, err error)
 }
 
 // entry is one registration of a name. Re-registering a name makes a new entry; the old one
@@ -120,6 +122,7 @@ type entry struct {
 	failedAt   time.Time
 	lastUsed   time.Time
 	bytes      int64 // adapter bytes once known
+	rank       int   // the largest rank of its modules, once known
 }
 
 // New makes a cache. Config and Backend are required, and MaxDeviceSlots must be positive.

@@ -3,6 +3,8 @@ package adaptercache
 import (
 	"sort"
 	"time"
+
+	"github.com/loraplex/loraplex/model"
 )
 
 // State is where an adapter is.
@@ -32,6 +34,7 @@ type Info struct {
 	State      State
 	InHost     bool  // has a host copy (also true for most device-resident adapters)
 	Bytes      int64 // tensor bytes, 0 until first loaded
+	Rank       int   // the largest rank of its modules (PEFT r, or rank_pattern's largest), 0 until first loaded
 	Leases     int   // requests using the device copy now
 	Waiting    int   // open tickets (queued requests and Acquire calls) for it
 	LastUsed   time.Time
@@ -39,7 +42,7 @@ type Info struct {
 }
 
 func (e *entry) info() Info {
-	return Info{Name: e.name, Path: e.path, State: e.state, InHost: e.host != nil, Bytes: e.bytes,
+	return Info{Name: e.name, Path: e.path, State: e.state, InHost: e.host != nil, Bytes: e.bytes, Rank: e.rank,
 		Leases: e.refs, Waiting: e.waiting, LastUsed: e.lastUsed, Err: e.err}
 }
 
@@ -64,6 +67,30 @@ func (c *Cache) List() []Info {
 	c.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// adapterRank is the largest rank among h's modules.
+func adapterRank(h *model.HostAdapter) int {
+	r := 0
+	for _, layer := range h.Modules {
+		for _, m := range layer {
+			if m != nil {
+				r = max(r, m.Rank)
+			}
+		}
+	}
+	return r
+}
+
+// SetLoadObserver installs f (nil: none) to be called after every disk -> host load, with the
+// adapter's name, how long reading and checking it took, and the load's error. It runs on the
+// loading goroutine with the cache's lock held, before anyone waiting for the load is woken (so
+// a request or Acquire that sees the adapter loaded also sees the load observed): it must be
+// quick, like a Prometheus observation, and must not call into the cache.
+func (c *Cache) SetLoadObserver(f func(name string, d time.Duration, err error)) {
+	c.mu.Lock()
+	c.onLoad = f
+	c.mu.Unlock()
 }
 
 // Stats are cumulative counters and current tier sizes, for metrics.

@@ -56,6 +56,9 @@ func (c *Cache) load(e *entry) {
 	c.loading--
 	c.stats.LoadSeconds += took.Seconds()
 	c.changed()
+	if c.onLoad != nil {
+		c.onLoad(e.name, took, err) // before any waiter wakes: whoever sees the load sees it counted
+	}
 	if err != nil {
 		c.stats.LoadFailures++
 		e.state, e.err, e.failedAt = StateFailed, err, time.Now()
@@ -68,7 +71,7 @@ func (c *Cache) load(e *entry) {
 		c.closeIfUnused(h)
 		return
 	}
-	e.host, e.bytes, e.state = h, ha.Bytes, StateHost
+	e.host, e.bytes, e.rank, e.state = h, ha.Bytes, adapterRank(ha), StateHost
 	c.hostLRU.Add(e, struct{}{})
 	c.hostN++
 	c.hostB += ha.Bytes

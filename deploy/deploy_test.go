@@ -343,6 +343,8 @@ func TestMetricNamesExist(t *testing.T) {
 		"loraplex_adapter_load_seconds", "loraplex_adapter_cache_transfer_seconds_total",
 		"loraplex_adapter_cache_events_total", "loraplex_adapter_cache_transfers_total", "loraplex_adapter_loads_total",
 		"loraplex_router_expert_selections_total",
+		"vllm:lora_adapter_loaded", "vllm:num_gpu_loaded_lora_adapters", "vllm:max_gpu_lora_adapters",
+		"vllm:lora_adapter_load_seconds",
 	} {
 		if !used[want] {
 			t.Errorf("neither rules.yml nor dashboard.json uses %s", want)
@@ -733,7 +735,7 @@ func TestChartObjects(t *testing.T) {
 		}
 	}
 	for file, wants := range map[string][]string{
-		"deployment.yaml": {"kind: Deployment", "inference.networking.k8s.io/engine-type: vllm", "startupProbe:", "readinessProbe:",
+		"deployment.yaml": {"kind: Deployment", "llm-d.ai/engine-type: vllm", "inference.networking.k8s.io/engine-type: vllm", "startupProbe:", "readinessProbe:",
 			"livenessProbe:", "path: /health", "grpc:\n              port: {{ .Values.server.grpcPort }}", "preStop:",
 			"terminationGracePeriodSeconds: {{ add .Values.lifecycle.preStopSleepSeconds .Values.server.shutdownTimeoutSeconds",
 			"--shutdown-timeout={{ .Values.server.shutdownTimeoutSeconds }}s", "--adapter-dir={{ .Values.adapters.mountPath }}",
@@ -745,7 +747,8 @@ func TestChartObjects(t *testing.T) {
 			"targetPorts:\n    - number:", "endpointPickerRef:", "failureMode:"},
 		"httproute.yaml": {"apiVersion: gateway.networking.k8s.io/v1\n", "kind: HTTPRoute", "kind: Gateway", "parentRefs:",
 			"group: inference.networking.k8s.io\n          kind: InferencePool"},
-		"pvc.yaml": {"kind: PersistentVolumeClaim"},
+		"pvc.yaml":           {"kind: PersistentVolumeClaim"},
+		"bbr-configmap.yaml": {"kind: ConfigMap", "inference.networking.k8s.io/bbr-managed: \"true\"", "baseModel:", "adapters: |"},
 	} {
 		src, ok := tpl[file]
 		if !ok {
@@ -763,5 +766,27 @@ func TestChartObjects(t *testing.T) {
 		if !strings.Contains(tpl[f], `include "loraplex.selectorLabels"`) {
 			t.Errorf("templates/%s does not use loraplex.selectorLabels", f)
 		}
+	}
+}
+
+// The chart's defaults for the built-in demo (its served name, and the adapters and router body-based
+// routing maps to it) are the demo package's: a renamed demo adapter must not leave the gateway
+// routing a name the pods no longer serve.
+func TestChartDemoNames(t *testing.T) {
+	helpers := templates(t)["_helpers.tpl"]
+	if !strings.Contains(helpers, `{{- "`+demo.Name+`" }}`) {
+		t.Errorf("_helpers.tpl: loraplex.servedModelName does not default to the demo's name %q", demo.Name)
+	}
+	m := regexp.MustCompile(`\$names = list((?: "[^"]+")+)`).FindStringSubmatch(helpers)
+	if m == nil {
+		t.Fatal("_helpers.tpl: no demo name list in loraplex.servedAdapters")
+	}
+	var got []string
+	for _, q := range regexp.MustCompile(`"([^"]+)"`).FindAllStringSubmatch(m[1], -1) {
+		got = append(got, q[1])
+	}
+	want := append(append([]string(nil), demo.Domains...), demo.RouterName)
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("_helpers.tpl lists the demo's names as %v, the demo serves %v", got, want)
 	}
 }

@@ -35,9 +35,15 @@ type FinishedRequest struct {
 	E2E              time.Duration // arrival to finish
 }
 
-// LoRAInfo is the adapter activity vLLM's vllm:lora_requests_info gauge reports.
+// LoRAInfo is the adapter activity vLLM's vllm:lora_requests_info gauge reports. Unlike vLLM,
+// which fills both sets with every adapter that has a request in flight (llm-d-router #2605),
+// the sets are distinct views of the scheduler's two lists: an adapter whose requests all wait
+// (for its load, a batch place or KV pages) is only in Waiting, and one with a request in the
+// batch is in Running (and also in Waiting if another of its requests waits). A request naming
+// a router counts as its expert adapters, the adapters it leases: the router itself takes no
+// device slot.
 type LoRAInfo struct {
-	MaxLoRAs int
+	MaxLoRAs int      // device slots (--max-loras)
 	Running  []string // adapters of running requests, sorted, unique
 	Waiting  []string // adapters of waiting requests, sorted, unique
 	At       time.Time
@@ -74,7 +80,10 @@ func (e *Engine) publishLoRAInfo() {
 
 func adapterNames(seqs []*sequence, dst []string) []string {
 	for _, sq := range seqs {
-		if sq.adapterName != "" {
+		switch {
+		case sq.route != nil:
+			dst = append(dst, sq.route.entry.bundle.Experts()...)
+		case sq.adapterName != "":
 			dst = append(dst, sq.adapterName)
 		}
 	}

@@ -33,7 +33,7 @@ const (
 
 // The optional objects and settings, all on.
 const allOn = "inferencePool.enabled=true,httpRoute.enabled=true,autoscaling.enabled=true,serviceMonitor.enabled=true," +
-	"adapters.persistence.enabled=true,server.apiKeySecret.name=loraplex-key"
+	"adapters.persistence.enabled=true,server.apiKeySecret.name=loraplex-key,bodyBasedRouting.enabled=true"
 
 // renders are the values the chart is rendered with: each profile with its defaults, with every
 // optional object on, and with the init-container adapter source instead of a PVC.
@@ -45,6 +45,19 @@ var renders = []struct{ name, set string }{
 	{"cpu-init", "profile=cpu,adapters.init.enabled=true,inferencePool.enabled=true,httpRoute.enabled=true"},
 	{"gpu-init", "profile=gpu,adapters.init.enabled=true,httpRoute.enabled=true,httpRoute.gateway.namespace=gw," +
 		"httpRoute.gateway.sectionName=http,httpRoute.hostnames[0]=llm.example.com"},
+	{"gpu-bbr", "profile=gpu,model.path=/models/Llama-3.2-1B-Instruct,bodyBasedRouting.enabled=true," +
+		"bodyBasedRouting.adapters={sql-lora,support,yes},inferencePool.enabled=true,httpRoute.enabled=true"},
+}
+
+// bbrWant is what each render's body-based routing ConfigMap must map: the base model's name and
+// the adapter names, or nil where the render has none.
+var bbrWant = map[string]*struct {
+	base     string
+	adapters []string
+}{
+	"cpu-all": {"loraplex-demo", []string{"c", "english", "go", "python", "auto"}},
+	"gpu-all": {"loraplex-demo", []string{"c", "english", "go", "python", "auto"}},
+	"gpu-bbr": {"Llama-3.2-1B-Instruct", []string{"sql-lora", "support", "yes"}},
 }
 
 func values(t *testing.T, set string) map[string]any {
@@ -131,6 +144,7 @@ var decoders = map[string]func() any{
 	"monitoring.coreos.com/v1/ServiceMonitor":      func() any { return new(monitoringv1.ServiceMonitor) },
 	"inference.networking.k8s.io/v1/InferencePool": func() any { return new(infv1.InferencePool) },
 	"gateway.networking.k8s.io/v1/HTTPRoute":       func() any { return new(gwv1.HTTPRoute) },
+	"v1/ConfigMap":                                 func() any { return new(corev1.ConfigMap) },
 }
 
 // crds names the published CRD (module, file) whose openAPIV3Schema validates a kind.
@@ -210,6 +224,7 @@ func TestHelmTemplate(t *testing.T) {
 			}
 		}
 		checkRender(t, r.name, r.set, out, objs)
+		checkBodyBasedRouting(t, r.name, objs)
 	}
 	for k := range decoders {
 		if !kinds[k] {
@@ -222,6 +237,73 @@ func TestHelmTemplate(t *testing.T) {
 	}
 	if _, err := helmTemplate(t, "profile=tpu"); err == nil || !strings.Contains(err.Error(), "is not in profiles") {
 		t.Errorf("an unknown profile rendered: %v", err)
+	}
+	// Body-based routing refuses names the server could not serve, or could not tell apart.
+	for _, bad := range []string{"={../etc}", "={a/b}", "={.hidden}", "={sql,sql}", "={loraplex-demo}", "={c}", "[0]=", "={123}"} {
+		if _, err := helmTemplate(t, "bodyBasedRouting.enabled=true,bodyBasedRouting.adapters"+bad); err == nil || !strings.Contains(err.Error(), "bodyBasedRouting.adapters") {
+			t.Errorf("bodyBasedRouting.adapters=%s rendered: %v", bad, err)
+		}
+	}
+}
+
+// checkBodyBasedRouting: the model-map ConfigMap carries the label body-based routing watches, the
+// base model's name and the adapter list as YAML, and the HTTPRoute matches the base model's
+// header; renders without body-based routing have neither.
+func checkBodyBasedRouting(t *testing.T, name string, objs []object) {
+	t.Helper()
+	want := bbrWant[name]
+	var cm *corev1.ConfigMap
+	var route *gwv1.HTTPRoute
+	for _, o := range objs {
+		switch o.apiKind {
+		case "v1/ConfigMap":
+			cm = new(corev1.ConfigMap)
+			if err := yaml.UnmarshalStrict(o.raw, cm); err != nil {
+				t.Fatal(err)
+			}
+		case "gateway.networking.k8s.io/v1/HTTPRoute":
+			route = new(gwv1.HTTPRoute)
+			if err := yaml.UnmarshalStrict(o.raw, route); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if want == nil {
+		if cm != nil {
+			t.Errorf("%s: a ConfigMap without body-based routing", name)
+		}
+		return
+	}
+	if cm == nil {
+		t.Errorf("%s: no body-based routing ConfigMap", name)
+		return
+	}
+	if cm.Labels["inference.networking.k8s.io/bbr-managed"] != "true" {
+		t.Errorf("%s: ConfigMap labels %v lack inference.networking.k8s.io/bbr-managed: \"true\"", name, cm.Labels)
+	}
+	if cm.Data["baseModel"] != want.base {
+		t.Errorf("%s: baseModel %q, want %q", name, cm.Data["baseModel"], want.base)
+	}
+	var adapters []string
+	if err := yaml.UnmarshalStrict([]byte(cm.Data["adapters"]), &adapters); err != nil {
+		t.Errorf("%s: adapters is not a YAML list of names: %v\n%s", name, err, cm.Data["adapters"])
+	}
+	if strings.Join(adapters, ",") != strings.Join(want.adapters, ",") {
+		t.Errorf("%s: adapters %q, want %q", name, adapters, want.adapters)
+	}
+	if route == nil {
+		return
+	}
+	found := false
+	for _, r := range route.Spec.Rules {
+		for _, m := range r.Matches {
+			for _, h := range m.Headers {
+				found = found || (h.Name == "X-Gateway-Base-Model-Name" && h.Value == want.base)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("%s: the HTTPRoute does not match X-Gateway-Base-Model-Name: %s", name, want.base)
 	}
 }
 
@@ -241,8 +323,10 @@ func checkRender(t *testing.T, name, set, out string, objs []object) {
 		return
 	}
 	pod := dep.Spec.Template
-	if pod.Labels["inference.networking.k8s.io/engine-type"] != "vllm" {
-		t.Errorf("%s: pod lacks inference.networking.k8s.io/engine-type: vllm: %v", name, pod.Labels)
+	for _, l := range []string{"llm-d.ai/engine-type", "inference.networking.k8s.io/engine-type"} {
+		if pod.Labels[l] != "vllm" {
+			t.Errorf("%s: pod lacks %s: vllm: %v", name, l, pod.Labels)
+		}
 	}
 	c := pod.Spec.Containers[0]
 	args := strings.Join(c.Args, " ")

@@ -8,7 +8,13 @@
 // loop and the loop never pays for a scrape. Latency histograms and per-adapter counters are fed
 // by the engine's Observer hooks on the scheduler goroutine; those calls do not allocate.
 //
-// Label cardinality: vllm:* series carry only the base model's name. The loraplex_adapter_*
+// Adapter residency (vllm:lora_adapter_loaded and its counts, the names of vLLM's pending LoRA
+// load-event metrics that llm-d-router's residency scorer reads) is read from the adapter cache's
+// listing at scrape time; vllm:lora_adapter_load_seconds is fed by the cache's loading goroutines.
+//
+// Label cardinality: vllm:* series carry only the base model's name, except
+// vllm:lora_adapter_loaded, one series per resident adapter (bounded by the host tier and the
+// device slots; an evicted or unloaded adapter's series goes at once). The loraplex_adapter_*
 // series carry one adapter label per loaded adapter (plus the base model), six series each;
 // an unloaded adapter's series are dropped once a scrape finds it neither loaded, nor running
 // or waiting, nor finishing a request since the previous scrape. So the number of series is
@@ -42,6 +48,7 @@ type Metrics struct {
 	adapterVecs             []*prometheus.CounterVec
 	loadSeconds             prometheus.Histogram
 	loads                   *prometheus.CounterVec
+	diskLoadSeconds         prometheus.Histogram // vllm:lora_adapter_load_seconds
 }
 
 // New registers the collectors on reg and installs itself as e's Observer (replacing any
@@ -65,6 +72,7 @@ func New(e *serve.Engine, reg prometheus.Registerer) *Metrics {
 	m.rows = hist(nameBatchRows, "Token rows (prefill chunk tokens plus decode tokens) in one engine step.", bucketsRows, own)
 	m.seqs = hist(nameBatchSeqs, "Sequences in one engine step.", bucketsSeqs(e.Options().MaxNumSeqs), own)
 	m.stepSeconds = hist(nameStepSeconds, "Duration of one forward pass in seconds.", bucketsStep, own)
+	m.diskLoadSeconds = hist(nameLoRALoadSeconds, "Seconds to load a LoRA adapter from disk into host memory (read and check against the model), on demand or by the load API; one observation per successful load.", bucketsLoad, vllm)
 	m.loadSeconds = hist(nameLoadSeconds, "Seconds to load an adapter (read, check against the model, upload to the device).", bucketsLoad, own)
 	m.loads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: nameLoads, Help: "Adapter loads by result (ok, error).", ConstLabels: own}, []string{"result"})
 	m.loads.WithLabelValues("ok")
@@ -88,6 +96,7 @@ func New(e *serve.Engine, reg prometheus.Registerer) *Metrics {
 		m.gatherer = r
 	}
 	e.SetObserver(&m.obs)
+	e.AdapterCache().SetLoadObserver(m.obs.diskLoad)
 	return m
 }
 

@@ -40,6 +40,11 @@ var wantTypes = map[string]dto.MetricType{
 	nameBatchSeqs:       dto.MetricType_HISTOGRAM,
 	nameStepSeconds:     dto.MetricType_HISTOGRAM,
 	nameRouters:         dto.MetricType_GAUGE,
+	nameLoRALoaded:      dto.MetricType_GAUGE,
+	nameGPULoaded:       dto.MetricType_GAUGE,
+	nameCPULoaded:       dto.MetricType_GAUGE,
+	nameMaxGPU:          dto.MetricType_GAUGE,
+	nameLoRALoadSeconds: dto.MetricType_HISTOGRAM,
 }
 
 var vllmLabels = map[string]string{labelModel: "llama", labelEngine: "0"}

@@ -21,6 +21,14 @@ const (
 	nameE2E         = "vllm:e2e_request_latency_seconds"
 	nameQueue       = "vllm:request_queue_time_seconds"
 
+	// Adapter residency, as vLLM's pending LoRA load-event metrics (vllm-project/vllm #54830 on
+	// #51433) name them and llm-d-router's lora-load-state scorer (#2792) reads them.
+	nameLoRALoaded      = "vllm:lora_adapter_loaded"
+	nameGPULoaded       = "vllm:num_gpu_loaded_lora_adapters"
+	nameCPULoaded       = "vllm:num_cpu_loaded_lora_adapters"
+	nameMaxGPU          = "vllm:max_gpu_lora_adapters"
+	nameLoRALoadSeconds = "vllm:lora_adapter_load_seconds"
+
 	nameAdapterRequests = "loraplex_adapter_requests_total"
 	nameAdapterPrompt   = "loraplex_adapter_prompt_tokens_total"
 	nameAdapterGen      = "loraplex_adapter_generation_tokens_total"
@@ -50,6 +58,11 @@ const (
 	labelRouter  = "router"
 	labelExpert  = "expert"
 	labelLayer   = "layer"
+
+	labelAdapterName = "adapter_name"
+	labelLevel       = "level" // "gpu": in a device slot (whatever the backend); "cpu": in host memory only
+	labelPinned      = "pinned"
+	labelRank        = "rank"
 
 	labelMaxLoRA = "max_lora"
 	labelRunning = "running_lora_adapters"

@@ -56,3 +56,12 @@ func (o *observer) AdapterLoaded(_ string, d time.Duration, err error) {
 	o.m.loadSeconds.Observe(d.Seconds())
 	o.m.loads.WithLabelValues(result).Inc()
 }
+
+// diskLoad feeds vllm:lora_adapter_load_seconds from the adapter cache's loading goroutines:
+// every load from disk into host memory, including those a request for an evicted or not yet
+// loaded adapter starts. Failed loads are counted by the cache's transfer counters instead.
+func (o *observer) diskLoad(_ string, d time.Duration, err error) {
+	if err == nil {
+		o.m.diskLoadSeconds.Observe(d.Seconds())
+	}
+}

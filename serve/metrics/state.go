@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -24,6 +25,8 @@ type stateCollector struct {
 	cacheEvents, cacheBytes     *prometheus.Desc
 	transfers, transferSeconds  *prometheus.Desc
 	routers, routerSelections   *prometheus.Desc
+	loraLoaded, gpuLoaded       *prometheus.Desc
+	cpuLoaded, maxGPU           *prometheus.Desc
 }
 
 func newStateCollector(m *Metrics) *stateCollector {
@@ -49,14 +52,19 @@ func newStateCollector(m *Metrics) *stateCollector {
 		transfers: d(nameTransfers, "Adapter moves between tiers by stage (disk_to_host, host_to_device) and result (ok, error).",
 			[]string{"stage", "result"}, prometheus.Labels{labelModel: m.base}),
 		transferSeconds: d(nameTransferSeconds, "Seconds spent moving adapters between tiers, by stage.", []string{"stage"}, prometheus.Labels{labelModel: m.base}),
-		routers:         d(nameRouters, "Routers (mixtures of LoRA experts) loaded.", nil, prometheus.Labels{labelModel: m.base}),
+		loraLoaded: d(nameLoRALoaded, "1 for each resident LoRA adapter, at its best tier: level=gpu in a device slot (no load before use), level=cpu in host memory only (an upload before use). Absent: on disk only, loading, or failed.",
+			[]string{labelAdapterName, labelLevel, labelPinned, labelRank}, vllm),
+		gpuLoaded: d(nameGPULoaded, "LoRA adapters resident in device slots.", nil, vllm),
+		cpuLoaded: d(nameCPULoaded, "LoRA adapters resident in host memory or on the device (like vLLM's CPU cache, it includes the device-resident ones).", nil, vllm),
+		maxGPU:    d(nameMaxGPU, "Device slots for LoRA adapters (--max-loras).", nil, vllm),
+		routers:   d(nameRouters, "Routers (mixtures of LoRA experts) loaded.", nil, prometheus.Labels{labelModel: m.base}),
 		routerSelections: d(nameRouterSelect, "Generated tokens of requests naming a router whose top-1 expert in that layer was that expert (layer is the decoder layer index).",
 			[]string{labelRouter, labelExpert, labelLayer}, prometheus.Labels{labelModel: m.base}),
 	}
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident, c.cacheEvents, c.cacheBytes, c.transfers, c.transferSeconds, c.routers, c.routerSelections} {
+	for _, d := range []*prometheus.Desc{c.running, c.waiting, c.kvUsage, c.preemptions, c.prompt, c.gen, c.success, c.loraInfo, c.resident, c.cacheEvents, c.cacheBytes, c.transfers, c.transferSeconds, c.routers, c.routerSelections, c.loraLoaded, c.gpuLoaded, c.cpuLoaded, c.maxGPU} {
 		ch <- d
 	}
 }
@@ -99,6 +107,7 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, models []serve.Mod
 		strconv.Itoa(info.MaxLoRAs), strings.Join(info.Waiting, ","), strings.Join(info.Running, ","))
 
 	// Residency per tier and cache events come from the engine's adapter cache.
+	c.residency(ch)
 	cs := c.m.e.AdapterCache().Stats()
 	gauge(c.resident, float64(cs.DeviceSlots), "device")
 	gauge(c.resident, float64(cs.HostAdapters), "host")
@@ -133,6 +142,33 @@ func (c *stateCollector) collect(ch chan<- prometheus.Metric, models []serve.Mod
 			}
 		}
 	}
+}
+
+// residency exports each listed adapter's best tier. An adapter being uploaded still counts as
+// host-resident: its device copy is not usable yet. loraplex never pins an adapter (every
+// unleased copy is an eviction candidate), so pinned is always "false".
+func (c *stateCollector) residency(ch chan<- prometheus.Metric) {
+	gauge := func(d *prometheus.Desc, v float64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
+	}
+	gpu, cpu := 0, 0
+	for _, a := range c.m.e.AdapterCache().List() {
+		level := ""
+		switch {
+		case a.State == adaptercache.StateDevice:
+			level = "gpu"
+			gpu++
+		case a.InHost:
+			level = "cpu"
+		default:
+			continue
+		}
+		cpu++
+		gauge(c.loraLoaded, 1, a.Name, level, "false", strconv.Itoa(a.Rank))
+	}
+	gauge(c.gpuLoaded, float64(gpu))
+	gauge(c.cpuLoaded, float64(cpu))
+	gauge(c.maxGPU, float64(c.m.e.Options().MaxLoRAs))
 }
 
 // kvUsage is used pages over pages, clamped to [0, 1]: the two atomics are read separately, so

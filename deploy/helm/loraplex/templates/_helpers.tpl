@@ -46,3 +46,40 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "loraplex.adaptersClaim" -}}
 {{- default (printf "%s-adapters" (include "loraplex.fullname" .)) .Values.adapters.persistence.existingClaim }}
 {{- end }}
+
+{{/* The base model's name in the API: --served-model-name, else the model folder's name, else the
+built-in demo's (demo.Name). */}}
+{{- define "loraplex.servedModelName" -}}
+{{- if .Values.model.servedModelName }}
+{{- .Values.model.servedModelName }}
+{{- else if .Values.model.path }}
+{{- base .Values.model.path }}
+{{- else }}
+{{- "loraplex-demo" }}
+{{- end }}
+{{- end }}
+
+{{/* The model names other than the base model that the pods serve, as a YAML list: the built-in
+demo's adapters and router (demo.Domains, demo.RouterName) when no model is set, then
+bodyBasedRouting.adapters. Each must be a valid adapter name (a single path element not starting
+with a dot, as --adapter-dir requires), appear once, and differ from the base model's name. */}}
+{{- define "loraplex.servedAdapters" -}}
+{{- $names := list }}
+{{- if not .Values.model.path }}
+{{- $names = list "c" "english" "go" "python" "auto" }}
+{{- end }}
+{{- $names = concat $names .Values.bodyBasedRouting.adapters }}
+{{- $base := include "loraplex.servedModelName" . }}
+{{- range $names }}
+{{- if not (kindIs "string" .) }}
+{{- fail (printf "bodyBasedRouting.adapters: %v is not a string" .) }}
+{{- end }}
+{{- if or (eq . "") (hasPrefix "." .) (contains "/" .) (contains "\\" .) (gt (len .) 255) (eq . $base) }}
+{{- fail (printf "bodyBasedRouting.adapters: %q is not an adapter name (a single path element, not starting with a dot, other than the base model %q)" . $base) }}
+{{- end }}
+{{- end }}
+{{- if ne (len $names) (len (uniq $names)) }}
+{{- fail (printf "bodyBasedRouting.adapters: a name appears twice in %v" $names) }}
+{{- end }}
+{{- toYaml $names }}
+{{- end }}
