@@ -215,16 +215,11 @@ func maps(got, want map[string]string) bool {
 // go: an adapter's move into a device slot takes as long as the test wants, as a slow PCIe copy
 // would, while everything else runs on the real backend.
 type heldUploads struct {
-	model.Backend
+	*cpu.Backend // every capability of the real backend (sampling, aliasing uploads) promoted
 	held    atomic.Bool
 	entered chan struct{} // an upload is waiting
 	release chan struct{} // closed: uploads go on
 	once    atomic.Bool
-}
-
-// AliasesUploads forwards the CPU backend's answer (the engine keeps host copies by it).
-func (b *heldUploads) AliasesUploads() bool {
-	return b.Backend.(interface{ AliasesUploads() bool }).AliasesUploads()
 }
 
 func (b *heldUploads) Upload(h model.HostTensor, rows, cols int) (model.Tensor, error) {
