@@ -43,7 +43,10 @@ type Options struct {
 	// LoadTimeout bounds one adapter or router load: reading it from disk, and for LoadAdapter
 	// and LoadRouter also getting it onto the device (default DefaultLoadTimeout).
 	LoadTimeout time.Duration
-	Logger      *slog.Logger
+	// DisablePrefixCaching turns automatic prefix caching off: every prompt is computed in
+	// full (prefixcache.go; on by default, as in vLLM).
+	DisablePrefixCaching bool
+	Logger               *slog.Logger
 }
 
 // DefaultLoadTimeout is Options.LoadTimeout's default: minutes for a large adapter on slow
@@ -85,6 +88,7 @@ type Engine struct {
 	rows      []model.SampleRow
 	sampleOut []model.SampleResult
 	banBuf    []int
+	keyBuf    []byte // a page key's hash input, reused
 	created   int64
 
 	stats    Stats
@@ -101,9 +105,12 @@ type Stats struct {
 	PromptTokens         atomic.Int64
 	GenerationTokens     atomic.Int64
 	Preemptions          atomic.Int64
-	Steps                atomic.Int64
-	Panics               atomic.Int64 // steps that panicked (bugs); their requests failed
-	Finished             sync.Map     // finish reason -> *atomic.Int64
+	// PrefixCacheQueries and PrefixCacheHits count prompt tokens looked up in the prefix cache
+	// and found there, once per request (vLLM's vllm:prefix_cache_queries/hits).
+	PrefixCacheQueries, PrefixCacheHits atomic.Int64
+	Steps                               atomic.Int64
+	Panics                              atomic.Int64 // steps that panicked (bugs); their requests failed
+	Finished                            sync.Map     // finish reason -> *atomic.Int64
 }
 
 // NewEngine builds the runner (workspaces and KV cache) and starts the scheduler loop.
@@ -176,7 +183,7 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 		routers: routerRegistry{m: map[string]*routerEntry{}},
 		submit:  make(chan *sequence, opt.MaxQueued),
 		closed:  make(chan struct{}), stop: make(chan struct{}),
-		pages:   newPageAllocator(pages, opt.PageSize),
+		pages:   newPageAllocator(pages, opt.PageSize, !opt.DisablePrefixCaching),
 		created: time.Now().Unix(),
 	}
 	for _, id := range cfg.EOSTokenIDs {
