@@ -30,6 +30,7 @@ type config struct {
 	threads                int
 	apiKey                 string
 	allowRuntimeAdapters   bool
+	prefixCaching          bool
 	logLevel               slog.Level
 	shutdownTimeout        time.Duration
 	loadTimeout            time.Duration
@@ -97,6 +98,13 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
 	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health)")
 	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/load_router and /v1/unload_router (and the gRPC equivalents)")
+	// vLLM's pair: --enable-prefix-caching (the default) and --no-enable-prefix-caching; the
+	// last one given wins.
+	fs.BoolVar(&c.prefixCaching, "enable-prefix-caching", true, "reuse the KV cache of prompt prefixes computed before by the same model, adapter or router (by content)")
+	fs.BoolFunc("no-enable-prefix-caching", "turn prefix caching off: compute every prompt in full", func(string) error {
+		c.prefixCaching = false
+		return nil
+	})
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "how long running requests may finish after SIGINT/SIGTERM")
 	fs.DurationVar(&c.loadTimeout, "load-timeout", serve.DefaultLoadTimeout, "how long one adapter or router load (from disk onto the device) may take")
