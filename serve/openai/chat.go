@@ -221,7 +221,7 @@ type chatState struct {
 }
 
 func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
-	completion := 0
+	completion, cached := 0, 0
 	for ev := range events {
 		if err := failure(&ev.Event); err != nil {
 			return err
@@ -240,6 +240,7 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 			st.finished, st.final = true, ev.Event
 			if ev.Usage != nil {
 				completion += ev.Usage.CompletionTokens
+				cached += cachedOf(&ev, len(c.choices))
 			}
 		}
 	}
@@ -264,7 +265,7 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 	if c.req.ReturnTokenIDs {
 		resp.PromptTokenIDs = c.prompt
 	}
-	resp.Usage = newUsage(len(c.prompt), completion)
+	resp.Usage = newUsage(len(c.prompt), completion, cached)
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
@@ -286,7 +287,7 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 			return err
 		}
 	}
-	completion := 0
+	completion, cached := 0, 0
 	for ev := range events {
 		if err := failure(&ev.Event); err != nil {
 			return s.fail(err)
@@ -315,6 +316,7 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 			st.finished = true
 			if ev.Usage != nil {
 				completion += ev.Usage.CompletionTokens
+				cached += cachedOf(&ev, len(c.choices))
 			}
 		}
 		if err := s.send(c.chunk(ch)); err != nil {
@@ -329,7 +331,7 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 	if c.req.includeUsage() {
 		u := c.chunk()
 		u.Choices = []chatChoice{}
-		u.Usage = newUsage(len(c.prompt), completion)
+		u.Usage = newUsage(len(c.prompt), completion, cached)
 		if err := s.send(u); err != nil {
 			return err
 		}
