@@ -42,6 +42,7 @@ type Metrics struct {
 	adapterVecs             []*prometheus.CounterVec
 	loadSeconds             prometheus.Histogram
 	loads                   *prometheus.CounterVec
+	prefix                  *prefixCacheCollector
 }
 
 // New registers the collectors on reg and installs itself as e's Observer (replacing any
@@ -70,10 +71,12 @@ func New(e *serve.Engine, reg prometheus.Registerer) *Metrics {
 	m.loads.WithLabelValues("ok")
 	m.loads.WithLabelValues("error")
 	m.adapters.init(own)
-	m.adapterVecs = []*prometheus.CounterVec{m.adapters.requests, m.adapters.prompt, m.adapters.generation}
+	m.adapterVecs = []*prometheus.CounterVec{m.adapters.requests, m.adapters.prompt, m.adapters.generation,
+		m.adapters.cacheQueries, m.adapters.cacheHits}
 	// Load counters are not swept with the per-adapter series: they have no adapter label.
 	m.adapterVecs = append(m.adapterVecs, m.loads)
 	m.state = newStateCollector(m)
+	m.prefix = newPrefixCacheCollector(m)
 	m.obs.m = m
 
 	if reg == nil {
@@ -106,6 +109,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		v.Describe(ch)
 	}
 	m.state.Describe(ch)
+	m.prefix.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -120,4 +124,5 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		v.Collect(ch)
 	}
 	m.state.collect(ch, models, info)
+	m.prefix.collect(ch)
 }

@@ -40,6 +40,10 @@ var wantTypes = map[string]dto.MetricType{
 	nameBatchSeqs:       dto.MetricType_HISTOGRAM,
 	nameStepSeconds:     dto.MetricType_HISTOGRAM,
 	nameRouters:         dto.MetricType_GAUGE,
+	namePrefixQueries:   dto.MetricType_COUNTER,
+	namePrefixHits:      dto.MetricType_COUNTER,
+	nameAdapterQueries:  dto.MetricType_COUNTER,
+	nameAdapterHits:     dto.MetricType_COUNTER,
 }
 
 var vllmLabels = map[string]string{labelModel: "llama", labelEngine: "0"}
