@@ -343,6 +343,9 @@ func TestMetricNamesExist(t *testing.T) {
 		"loraplex_adapter_load_seconds", "loraplex_adapter_cache_transfer_seconds_total",
 		"loraplex_adapter_cache_events_total", "loraplex_adapter_cache_transfers_total", "loraplex_adapter_loads_total",
 		"loraplex_router_expert_selections_total",
+		// Issue 14: the prefix cache's hit rate, overall and per adapter.
+		"vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total",
+		"loraplex_adapter_prefix_cache_hits_total", "loraplex_adapter_prefix_cache_queries_total",
 	} {
 		if !used[want] {
 			t.Errorf("neither rules.yml nor dashboard.json uses %s", want)
