@@ -43,10 +43,11 @@ type Options struct {
 	// LoadTimeout bounds one adapter or router load: reading it from disk, and for LoadAdapter
 	// and LoadRouter also getting it onto the device (default DefaultLoadTimeout).
 	LoadTimeout time.Duration
+	Logger      *slog.Logger
+
 	// DisablePrefixCaching turns automatic prefix caching off: every prompt is computed in
 	// full (prefixcache.go; on by default, as in vLLM).
 	DisablePrefixCaching bool
-	Logger               *slog.Logger
 }
 
 // DefaultLoadTimeout is Options.LoadTimeout's default: minutes for a large adapter on slow
@@ -105,12 +106,13 @@ type Stats struct {
 	PromptTokens         atomic.Int64
 	GenerationTokens     atomic.Int64
 	Preemptions          atomic.Int64
+	Steps                atomic.Int64
+	Panics               atomic.Int64 // steps that panicked (bugs); their requests failed
+	Finished             sync.Map     // finish reason -> *atomic.Int64
+
 	// PrefixCacheQueries and PrefixCacheHits count prompt tokens looked up in the prefix cache
 	// and found there, once per request (vLLM's vllm:prefix_cache_queries/hits).
 	PrefixCacheQueries, PrefixCacheHits atomic.Int64
-	Steps                               atomic.Int64
-	Panics                              atomic.Int64 // steps that panicked (bugs); their requests failed
-	Finished                            sync.Map     // finish reason -> *atomic.Int64
 }
 
 // NewEngine builds the runner (workspaces and KV cache) and starts the scheduler loop.

@@ -28,6 +28,17 @@ type sequence struct {
 	promptLen   int
 	computed    int // tokens whose keys and values are in the cache
 	pages       []int32
+	sampler     *sampler
+	dec         *tokenizer.StreamDecoder
+	text        string // generated text so far (stop strings are searched here)
+	sent        int    // bytes of text already streamed
+	maxStop     int
+	stream      *Stream
+	arrival     time.Time
+	firstTok    time.Time
+	lastTok     time.Time
+	scheduled   time.Time
+
 	// Prefix caching (prefixcache.go): what computes this sequence's pages, whether they may be
 	// shared, the keys of its full pages so far, how many of its pages are indexed, and the
 	// prompt tokens its first admission found cached (Usage.CachedTokens).
@@ -37,16 +48,6 @@ type sequence struct {
 	registered   int
 	cachedTokens int
 	admitted     bool
-	sampler      *sampler
-	dec          *tokenizer.StreamDecoder
-	text         string // generated text so far (stop strings are searched here)
-	sent         int    // bytes of text already streamed
-	maxStop      int
-	stream       *Stream
-	arrival      time.Time
-	firstTok     time.Time
-	lastTok      time.Time
-	scheduled    time.Time
 }
 
 func (s *sequence) generated() int { return len(s.tokens) - s.promptLen }
