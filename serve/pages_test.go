@@ -118,3 +118,42 @@ func TestPageAllocatorWithoutCaching(t *testing.T) {
 		t.Fatalf("lookup hit %v, %d available", ok, a.available())
 	}
 }
+
+// Filling, indexing, reusing and evicting pages allocates nothing once warm: a decode step that
+// fills a page pays a hash and a map insert into an index sized for every page.
+func TestPageCycleAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's instrumentation allocates")
+	}
+	const pages = 64
+	a := newPageAllocator(pages, 16, true)
+	e := &Engine{opt: Options{PageSize: 16}, pages: a}
+	sq := &sequence{identity: baseIdentity, cacheable: true, tokens: make([]int, 16*pages*4), keys: make([]pageKey, 0, pages*4)}
+	held := make([]int32, 0, pages)
+	i := 0
+	cycle := func() {
+		if i == pages*4 {
+			i, sq.keys = 0, sq.keys[:0]
+			a.release(held)
+			held = held[:0]
+		}
+		p, ok := a.alloc()
+		if !ok {
+			a.release(held)
+			held = held[:0]
+			p, _ = a.alloc()
+		}
+		a.register(p, e.pageKeyAt(sq, i))
+		if q, ok := a.lookup(sq.keys[i]); ok {
+			a.release([]int32{q})
+		}
+		held = append(held, p)
+		i++
+	}
+	for range pages * 8 {
+		cycle()
+	}
+	if n := testing.AllocsPerRun(500, cycle); n != 0 {
+		t.Fatalf("%v allocations per page cycle", n)
+	}
+}
