@@ -113,6 +113,8 @@ type Stats struct {
 	// PrefixCacheQueries and PrefixCacheHits count prompt tokens looked up in the prefix cache
 	// and found there, once per request (vLLM's vllm:prefix_cache_queries/hits).
 	PrefixCacheQueries, PrefixCacheHits atomic.Int64
+	// PrefixCacheEvictions counts cached pages taken for other contents (least recently used).
+	PrefixCacheEvictions atomic.Int64
 }
 
 // NewEngine builds the runner (workspaces and KV cache) and starts the scheduler loop.

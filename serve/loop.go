@@ -519,6 +519,7 @@ func (e *Engine) abortAll(err error) {
 
 func (e *Engine) publish() {
 	e.publishLoRAInfo()
+	e.stats.PrefixCacheEvictions.Store(e.pages.evictions)
 	e.stats.Running.Store(int64(len(e.running)))
 	e.stats.Waiting.Store(int64(len(e.waiting)))
 	e.stats.KVPagesUsed.Store(e.stats.KVPages.Load() - int64(e.pages.available()))

@@ -27,6 +27,7 @@ type pageAllocator struct {
 	prev, next []int32
 	head, tail int32
 	lruLen     int
+	evictions  int64 // cached pages reused for other contents (the engine publishes it)
 }
 
 func newPageAllocator(pages, size int, caching bool) *pageAllocator {
@@ -65,6 +66,7 @@ func (a *pageAllocator) alloc() (int32, bool) {
 	a.unlink(p)
 	a.unindex(p)
 	a.refs[p] = 1
+	a.evictions++
 	return p, true
 }
 

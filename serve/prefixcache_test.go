@@ -236,11 +236,12 @@ func TestPrefixCacheRandomizedInterleaving(t *testing.T) {
 	}
 	waitIdle(t, e)
 	st := e.Stats()
-	if st.PrefixCacheHits.Load() == 0 || st.Preemptions.Load() == 0 {
-		t.Errorf("hits %d of %d queried tokens, %d preemptions: the test did not exercise the cache under pressure",
-			st.PrefixCacheHits.Load(), st.PrefixCacheQueries.Load(), st.Preemptions.Load())
+	if st.PrefixCacheHits.Load() == 0 || st.Preemptions.Load() == 0 || st.PrefixCacheEvictions.Load() == 0 {
+		t.Errorf("hits %d of %d queried tokens, %d preemptions, %d evictions: the test did not exercise the cache under pressure",
+			st.PrefixCacheHits.Load(), st.PrefixCacheQueries.Load(), st.Preemptions.Load(), st.PrefixCacheEvictions.Load())
 	}
-	t.Logf("hits %d of %d queried tokens, %d preemptions", st.PrefixCacheHits.Load(), st.PrefixCacheQueries.Load(), st.Preemptions.Load())
+	t.Logf("hits %d of %d queried tokens, %d preemptions, %d evictions",
+		st.PrefixCacheHits.Load(), st.PrefixCacheQueries.Load(), st.Preemptions.Load(), st.PrefixCacheEvictions.Load())
 }
 
 // A step that fails leaves nothing in the cache: pages indexed while building it were never
