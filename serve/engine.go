@@ -1,5 +1,6 @@
 // Package serve is the engine: a request queue, a continuous-batching scheduler over a paged KV
-// cache, sampling, and the adapter registry. The HTTP and gRPC gateways call its API.
+// cache with automatic prefix caching (prefixcache.go, pages.go), sampling, and the adapter
+// registry. The HTTP and gRPC gateways call its API.
 package serve
 
 import (

@@ -269,3 +269,51 @@ func TestPrefixCacheForgetsAFailedStep(t *testing.T) {
 	}
 	waitIdle(t, e)
 }
+
+// Siblings (n > 1: the same prompt submitted together) share the prompt's pages: queued behind
+// a long prefill, they are admitted together, the first computes the prompt and the others find
+// its full pages (indexed as the step is built: every layer stores the step's keys and values
+// before its attention reads them), and all of them give the reference tokens.
+func TestPrefixCacheSiblingsShareThePrompt(t *testing.T) {
+	var c fixtureCase
+	for _, k := range loadCases(t, "llama") {
+		if k.Adapter == "c_patterns" && len(k.Prompt) == 13 {
+			c = k
+		}
+	}
+	e := newTestEngine(t, "llama", nil, Options{PageSize: 2, MaxNumSeqs: 8, MaxBatchedTokens: 48, MaxModelLen: 256})
+	long := make([]int, 200)
+	for i := range long {
+		long[i] = 1 + (7*i)%250
+	}
+	first, err := e.Generate(context.Background(), Request{Prompt: long, Params: greedyParams(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var streams []*Stream
+	for range 3 {
+		s, err := e.Generate(context.Background(), Request{Model: c.Adapter, Prompt: c.Prompt, Params: greedyLogprobs(len(c.Steps))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	if _, err := first.Collect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cached := 0
+	for _, s := range streams {
+		ev, err := s.Collect(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkCase(c, ev); err != nil {
+			t.Fatal(err)
+		}
+		cached += ev.Usage.CachedTokens
+	}
+	if cached != 2*12 {
+		t.Fatalf("siblings found %d tokens cached in all, want 24 (two of three finding 12)", cached)
+	}
+	waitIdle(t, e)
+}
