@@ -89,6 +89,11 @@ func (c *Cache) readDisk(e *entry) (*model.HostAdapter, io.Closer, error) {
 	done := make(chan result, 1)
 	go func() {
 		ha, closer, err := c.loader(e.path, e.name, c.opt.Config)
+		if err == nil {
+			// Hashed here, once per load and inside the load's time bound: the engine's prefix
+			// cache tells adapters apart by content, never by name.
+			ha.Digest = Digest(ha)
+		}
 		done <- result{ha, closer, err}
 	}()
 	var timeout <-chan time.Time

@@ -345,6 +345,9 @@ func TestMetricNamesExist(t *testing.T) {
 		"loraplex_router_expert_selections_total",
 		"vllm:lora_adapter_loaded", "vllm:num_gpu_loaded_lora_adapters", "vllm:max_gpu_lora_adapters",
 		"vllm:lora_adapter_load_seconds",
+		// Issue 14: the prefix cache's hit rate, overall and per adapter.
+		"vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total",
+		"loraplex_adapter_prefix_cache_hits_total", "loraplex_adapter_prefix_cache_queries_total",
 	} {
 		if !used[want] {
 			t.Errorf("neither rules.yml nor dashboard.json uses %s", want)

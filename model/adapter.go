@@ -23,6 +23,9 @@ type Adapter struct {
 	Modules [][NumProj]*LoRAWeights
 	MaxRank int
 	Bytes   int64
+	// Digest is HostAdapter.Digest (for a router's view, the bundle's and its experts' digests
+	// combined): what computed a KV page, for the engine's prefix cache. Zero: unknown.
+	Digest [32]byte
 
 	// Mem and Owner are set by an AdapterUploader: Mem is its one allocation holding all of the
 	// adapter's tensors (each Modules tensor a view into it), and Free hands the adapter back to
@@ -53,11 +56,18 @@ func UploadAdapter(b Backend, cfg *Config, h *HostAdapter) (*Adapter, error) {
 	}
 	if u, ok := b.(AdapterUploader); ok {
 		a, err := u.UploadAdapter(cfg, h)
+		if err == nil {
+			a.Digest = h.Digest
+		}
 		if err == nil || !errors.Is(err, ErrUnsupported) {
 			return a, err
 		}
 	}
-	return uploadTensors(b, cfg, h)
+	a, err := uploadTensors(b, cfg, h)
+	if err == nil {
+		a.Digest = h.Digest
+	}
+	return a, err
 }
 
 // uploadTensors uploads the adapter with one Backend.Upload per A and B tensor.

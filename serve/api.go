@@ -65,6 +65,9 @@ type Event struct {
 type Usage struct {
 	PromptTokens     int
 	CompletionTokens int
+	// CachedTokens are the prompt tokens whose keys and values came from the prefix cache
+	// (OpenAI's usage.prompt_tokens_details.cached_tokens).
+	CachedTokens int
 }
 
 // ModelInfo describes something a request can name.

@@ -1,7 +1,7 @@
 // Package serve is the engine: a request queue, a continuous-batching scheduler over a paged KV
-// cache, sampling, the adapters and routers, and the one registry of served names (names.go).
-// The HTTP and gRPC gateways call its API; errors leave it as *Error, whose Kind the gateways
-// answer from one table (errors.go).
+// cache with automatic prefix caching (prefixcache.go, pages.go), sampling, the adapters and
+// routers, and the one registry of served names (names.go). The HTTP and gRPC gateways call its
+// API; errors leave it as *Error, whose Kind the gateways answer from one table (errors.go).
 package serve
 
 import (
@@ -46,6 +46,10 @@ type Options struct {
 	// and LoadRouter also getting it onto the device (default DefaultLoadTimeout).
 	LoadTimeout time.Duration
 	Logger      *slog.Logger
+
+	// DisablePrefixCaching turns automatic prefix caching off: every prompt is computed in
+	// full (prefixcache.go; on by default, as in vLLM).
+	DisablePrefixCaching bool
 }
 
 // DefaultLoadTimeout is Options.LoadTimeout's default: minutes for a large adapter on slow
@@ -87,6 +91,7 @@ type Engine struct {
 	rows      []model.SampleRow
 	sampleOut []model.SampleResult
 	banBuf    []int
+	keyBuf    []byte // a page key's hash input, reused
 	created   int64
 
 	stats    Stats
@@ -106,6 +111,12 @@ type Stats struct {
 	Steps                atomic.Int64
 	Panics               atomic.Int64 // steps that panicked (bugs); their requests failed
 	Finished             sync.Map     // finish reason -> *atomic.Int64
+
+	// PrefixCacheQueries and PrefixCacheHits count prompt tokens looked up in the prefix cache
+	// and found there, once per request (vLLM's vllm:prefix_cache_queries/hits).
+	PrefixCacheQueries, PrefixCacheHits atomic.Int64
+	// PrefixCacheEvictions counts cached pages taken for other contents (least recently used).
+	PrefixCacheEvictions atomic.Int64
 }
 
 // NewEngine builds the runner (workspaces and KV cache) and starts the scheduler loop.
@@ -178,7 +189,7 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 		names:  newNameRegistry(opt.ModelName, opt.AdapterDirs),
 		submit: make(chan *sequence, opt.MaxQueued),
 		closed: make(chan struct{}), stop: make(chan struct{}),
-		pages:   newPageAllocator(pages, opt.PageSize),
+		pages:   newPageAllocator(pages, opt.PageSize, !opt.DisablePrefixCaching),
 		created: time.Now().Unix(),
 	}
 	for _, id := range cfg.EOSTokenIDs {

@@ -65,15 +65,17 @@ func greedyParams(n int) SamplingParams {
 
 // TestConcurrentRequestsMatchReference submits every fixture case at once, so base and adapter
 // requests share batches, and checks each gets exactly the tokens transformers + peft produced.
-// Small budgets force chunked prefill, and a tiny KV cache forces preemption and recompute.
+// Small budgets force chunked prefill, and a tiny KV cache forces preemption and recompute,
+// with prefix caching on (the default: the second round of every case finds pages cached) and off.
 func TestConcurrentRequestsMatchReference(t *testing.T) {
 	cases := loadCases(t, "llama")
 	for _, opt := range []Options{
 		{},
 		{MaxNumSeqs: 4, MaxBatchedTokens: 5},
 		{MaxNumSeqs: 8, MaxBatchedTokens: 16, PageSize: 2, MaxModelLen: 32, KVCacheTokens: 40},
+		{MaxNumSeqs: 8, MaxBatchedTokens: 16, PageSize: 2, MaxModelLen: 32, KVCacheTokens: 40, DisablePrefixCaching: true},
 	} {
-		t.Run(fmt.Sprintf("seqs=%d,tokens=%d,kv=%d", opt.MaxNumSeqs, opt.MaxBatchedTokens, opt.KVCacheTokens), func(t *testing.T) {
+		t.Run(fmt.Sprintf("seqs=%d,tokens=%d,kv=%d,nocache=%v", opt.MaxNumSeqs, opt.MaxBatchedTokens, opt.KVCacheTokens, opt.DisablePrefixCaching), func(t *testing.T) {
 			e := newTestEngine(t, "llama", nil, opt)
 			var wg sync.WaitGroup
 			errs := make(chan error, len(cases)*2)

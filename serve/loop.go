@@ -38,6 +38,16 @@ type sequence struct {
 	firstTok    time.Time
 	lastTok     time.Time
 	scheduled   time.Time
+
+	// Prefix caching (prefixcache.go): what computes this sequence's pages, whether they may be
+	// shared, the keys of its full pages so far, how many of its pages are indexed, and the
+	// prompt tokens its first admission found cached (Usage.CachedTokens).
+	identity     pageKey
+	cacheable    bool
+	keys         []pageKey
+	registered   int
+	cachedTokens int
+	admitted     bool
 }
 
 func (s *sequence) generated() int { return len(s.tokens) - s.promptLen }
@@ -78,6 +88,7 @@ func (e *Engine) safeStep() {
 			for _, sq := range slices.Clone(e.running) {
 				e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: fmt.Sprintf("internal error: %v", r)})
 			}
+			e.pages.forget()
 		}
 	}()
 	e.stats.Steps.Add(1)
@@ -90,6 +101,8 @@ func (e *Engine) safeStep() {
 		for _, sq := range slices.Clone(e.running) {
 			e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err})
 		}
+		// Pages indexed while building the step were never written: no one may reuse them.
+		e.pages.forget()
 		return
 	}
 	now := time.Now()
@@ -212,8 +225,26 @@ func (e *Engine) schedule() bool {
 				continue
 			}
 		}
-		if e.pages.available() < e.pages.pagesFor(len(sq.tokens)+1) {
+		// Reuse the longest cached prefix, then check that the rest of the prompt (and the first
+		// generated token) fits; if not, hand the cached pages back and wait.
+		if !sq.admitted {
+			sq.identity, sq.cacheable = identityOf(sq)
+		}
+		cached := e.lookupPrefix(sq)
+		if e.pages.available() < e.pages.pagesFor(len(sq.tokens)+1)-len(sq.pages) {
+			e.pages.release(sq.pages)
+			sq.pages, sq.computed, sq.registered = sq.pages[:0], 0, 0
 			break
+		}
+		if !sq.admitted {
+			// Counted once per request, in prompt tokens, as vLLM counts (a preempted request
+			// coming back is not a new query).
+			sq.admitted, sq.cachedTokens = true, cached
+			e.stats.PrefixCacheQueries.Add(int64(sq.promptLen))
+			e.stats.PrefixCacheHits.Add(int64(cached))
+			if o, ok := e.obs().(PrefixCacheObserver); ok {
+				o.PrefixCacheLookup(e.modelName(sq), sq.promptLen, cached)
+			}
 		}
 		e.waiting = slices.Delete(e.waiting, i, i+1)
 		e.queued.Add(-1)
@@ -271,7 +302,7 @@ func (e *Engine) reservePages(sq *sequence, n int) bool {
 func (e *Engine) preempt(sq *sequence) {
 	e.stats.Preemptions.Add(1)
 	e.pages.release(sq.pages)
-	sq.pages, sq.computed = sq.pages[:0], 0
+	sq.pages, sq.computed, sq.registered = sq.pages[:0], 0, 0
 	e.running = slices.DeleteFunc(e.running, func(x *sequence) bool { return x == sq })
 	e.waiting = append([]*sequence{sq}, e.waiting...)
 	e.queued.Add(1)
@@ -288,6 +319,7 @@ func (e *Engine) addRows(sq *sequence, n int) {
 		s.Slots = append(s.Slots, sq.pages[p/e.opt.PageSize]*ps+int32(p)%ps)
 	}
 	sq.computed += n
+	e.registerPages(sq)
 	s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: sq.computed, Pages: sq.pages})
 	var ad *model.Adapter
 	if sq.adapterW != nil {
@@ -455,13 +487,13 @@ func (e *Engine) finish(sq *sequence, reason string, stopReason any, err error) 
 		if !sq.scheduled.IsZero() {
 			queue = sq.scheduled.Sub(sq.arrival)
 		}
-		o.Finished(FinishedRequest{Model: e.modelName(sq), Reason: reason, PromptTokens: sq.promptLen,
+		o.Finished(FinishedRequest{Model: e.modelName(sq), Reason: reason, PromptTokens: sq.promptLen, CachedTokens: sq.cachedTokens,
 			CompletionTokens: sq.generated(), Queue: queue, E2E: now.Sub(sq.arrival)})
 	}
 	counter, _ := e.stats.Finished.LoadOrStore(reason, new(atomic.Int64))
 	counter.(*atomic.Int64).Add(1)
 	sq.stream.push(Event{Finish: reason, StopReason: stopReason, Err: err,
-		Usage: &Usage{PromptTokens: sq.promptLen, CompletionTokens: sq.generated()}})
+		Usage: &Usage{PromptTokens: sq.promptLen, CompletionTokens: sq.generated(), CachedTokens: sq.cachedTokens}})
 	sq.stream.cancel()
 }
 
@@ -487,6 +519,7 @@ func (e *Engine) abortAll(err error) {
 
 func (e *Engine) publish() {
 	e.publishLoRAInfo()
+	e.stats.PrefixCacheEvictions.Store(e.pages.evictions)
 	e.stats.Running.Store(int64(len(e.running)))
 	e.stats.Waiting.Store(int64(len(e.waiting)))
 	e.stats.KVPagesUsed.Store(e.stats.KVPages.Load() - int64(e.pages.available()))

@@ -25,12 +25,20 @@ type AdapterLoadObserver interface {
 	AdapterLoaded(name string, d time.Duration, err error)
 }
 
+// PrefixCacheObserver is an optional extension of Observer: each request's prefix-cache lookup
+// at its first admission, in prompt tokens (queried) and tokens found cached (hit). Called from
+// the scheduler goroutine.
+type PrefixCacheObserver interface {
+	PrefixCacheLookup(model string, queried, hit int)
+}
+
 // FinishedRequest summarises one request for metrics.
 type FinishedRequest struct {
 	Model            string // the base model's or the adapter's name
 	Reason           string
 	PromptTokens     int
 	CompletionTokens int
+	CachedTokens     int           // prompt tokens reused from the prefix cache
 	Queue            time.Duration // arrival to first scheduling
 	E2E              time.Duration // arrival to finish
 }

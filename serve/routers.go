@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -23,6 +24,7 @@ type routerEntry struct {
 	name    string
 	dir     string
 	bundle  *router.Bundle
+	digest  [32]byte // bundle.Digest(), for the prefix cache
 	created int64
 	refs    int  // sequences holding it (under nameRegistry.mu)
 	gone    bool // unlisted: the last sequence to let go frees the gates
@@ -106,7 +108,7 @@ func (e *Engine) loadRouter(name, dir string, replace bool) error {
 	if err := b.Upload(e.backend); err != nil {
 		return &Error{Kind: KindInternal, Msg: fmt.Sprintf("router %q: uploading gates", name), Err: err}
 	}
-	ent := &routerEntry{name: name, dir: dir, bundle: b, created: time.Now().Unix(),
+	ent := &routerEntry{name: name, dir: dir, bundle: b, digest: b.Digest(), created: time.Now().Unix(),
 		selections: make([]atomic.Int64, b.NumLayers()*len(b.Experts()))}
 	old, err := e.names.commitRouter(res, ent)
 	committed = true // commitRouter gives the name back itself when it fails
@@ -252,7 +254,20 @@ func (rs *routerSeq) routing(cfg *model.Config) (*model.Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &model.Adapter{Name: rs.entry.name, Routing: rt}, nil
+	return &model.Adapter{Name: rs.entry.name, Routing: rt, Digest: routedDigest(rs.entry.digest, experts)}, nil
+}
+
+// routedDigest identifies what computes a routed request's KV pages: the bundle's content and
+// its experts' contents, in the bundle's order. Zero (never shared) when an expert's is unknown.
+func routedDigest(bundle [32]byte, experts []*model.Adapter) [32]byte {
+	buf := append([]byte("loraplex routed v1\x00"), bundle[:]...)
+	for _, x := range experts {
+		if x.Digest == ([32]byte{}) {
+			return [32]byte{}
+		}
+		buf = append(buf, x.Digest[:]...)
+	}
+	return sha256.Sum256(buf)
 }
 
 // release gives back tickets and leases (not the entry reference).

@@ -30,6 +30,7 @@ type config struct {
 	threads                int
 	apiKey                 string
 	allowRuntimeAdapters   bool
+	prefixCaching          bool
 	logLevel               slog.Level
 	shutdownTimeout        time.Duration
 	loadTimeout            time.Duration
@@ -116,6 +117,13 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	})
 	fs.Func("allowed-hosts", "without --api-key, host names the API answers to besides IP addresses, localhost and the --http-addr host, comma-separated or repeated; * allows any (refusing other names defeats DNS rebinding)", func(s string) error {
 		c.allowedHosts = append(c.allowedHosts, splitList(s)...)
+		return nil
+	})
+	// vLLM's pair: --enable-prefix-caching (the default) and --no-enable-prefix-caching; the
+	// last one given wins.
+	fs.BoolVar(&c.prefixCaching, "enable-prefix-caching", true, "reuse the KV cache of prompt prefixes computed before by the same model, adapter or router (by content)")
+	fs.BoolFunc("no-enable-prefix-caching", "turn prefix caching off: compute every prompt in full", func(string) error {
+		c.prefixCaching = false
 		return nil
 	})
 	level := fs.String("log-level", "info", "debug, info, warn or error")

@@ -40,7 +40,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	defer m.weights.Close()
 	e, err := serve.NewEngine(m.cfg, b, m.weights, m.tok, serve.Options{
 		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: c.maxModelLen,
-		KVCacheTokens: c.kvCacheTokens, MaxQueued: c.maxQueued, Logger: log,
+		KVCacheTokens: c.kvCacheTokens, MaxQueued: c.maxQueued, Logger: log, DisablePrefixCaching: !c.prefixCaching,
 		AdapterDirs: c.adapterDirs, AdapterRoots: c.roots(), LoadTimeout: c.loadTimeout, MaxLoRAs: c.maxLoRAs, MaxCPULoRAs: c.maxCPULoRAs,
 	})
 	if err != nil {
@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	o := e.Options()
 	log.Info("engine ready", "max_num_seqs", o.MaxNumSeqs, "max_num_batched_tokens", o.MaxBatchedTokens,
-		"max_model_len", o.MaxModelLen, "kv_cache_tokens", o.KVCacheTokens, "adapters", len(c.adapters), "routers", len(c.routers))
+		"max_model_len", o.MaxModelLen, "kv_cache_tokens", o.KVCacheTokens, "prefix_caching", !o.DisablePrefixCaching, "adapters", len(c.adapters), "routers", len(c.routers))
 
 	api := openai.New(e, openai.Options{
 		APIKey: c.apiKey, AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters,

@@ -119,7 +119,8 @@ func response(ev serve.Event) *loraplexv1.GenerateResponse {
 		r.StopReason = &loraplexv1.GenerateResponse_StopString{StopString: fmt.Sprint(v)}
 	}
 	if ev.Usage != nil {
-		r.Usage = &loraplexv1.Usage{PromptTokens: int32(ev.Usage.PromptTokens), CompletionTokens: int32(ev.Usage.CompletionTokens)}
+		r.Usage = &loraplexv1.Usage{PromptTokens: int32(ev.Usage.PromptTokens), CompletionTokens: int32(ev.Usage.CompletionTokens),
+			CachedTokens: int32(ev.Usage.CachedTokens)}
 	}
 	return r
 }

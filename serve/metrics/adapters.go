@@ -14,7 +14,9 @@ type adapterSeries struct {
 	requests   [len(reasons)]prometheus.Counter
 	prompt     prometheus.Counter
 	generation prometheus.Counter
-	touched    atomic.Bool // a request finished since the last sweep
+	// Prompt tokens looked up in the prefix cache and found there (prefixcache.go).
+	cacheQueries, cacheHits prometheus.Counter
+	touched                 atomic.Bool // a request finished since the last sweep
 }
 
 // adapterCache maps a model name to its curried series. Reads are a plain map lookup on an
@@ -24,6 +26,7 @@ type adapterSeries struct {
 // at most the loaded adapters plus the base model, so copying it on a change is cheap.
 type adapterCache struct {
 	requests, prompt, generation *prometheus.CounterVec
+	cacheQueries, cacheHits      *prometheus.CounterVec
 
 	mu sync.Mutex
 	m  atomic.Pointer[map[string]*adapterSeries]
@@ -41,6 +44,14 @@ func (c *adapterCache) init(l prometheus.Labels) {
 	c.generation = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: nameAdapterGen, ConstLabels: l,
 		Help: "Generated tokens of finished requests per adapter.",
+	}, []string{labelAdapter})
+	c.cacheQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: nameAdapterQueries, ConstLabels: l,
+		Help: "Prompt tokens looked up in the prefix cache per adapter (vllm:prefix_cache_queries_total by adapter).",
+	}, []string{labelAdapter})
+	c.cacheHits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: nameAdapterHits, ConstLabels: l,
+		Help: "Prompt tokens found in the prefix cache per adapter (vllm:prefix_cache_hits_total by adapter).",
 	}, []string{labelAdapter})
 	c.m.Store(&map[string]*adapterSeries{})
 }
@@ -60,7 +71,8 @@ func (c *adapterCache) addLocked(name string) *adapterSeries {
 	if s := old[name]; s != nil {
 		return s
 	}
-	s := &adapterSeries{prompt: c.prompt.WithLabelValues(name), generation: c.generation.WithLabelValues(name)}
+	s := &adapterSeries{prompt: c.prompt.WithLabelValues(name), generation: c.generation.WithLabelValues(name),
+		cacheQueries: c.cacheQueries.WithLabelValues(name), cacheHits: c.cacheHits.WithLabelValues(name)}
 	for i, r := range reasons {
 		s.requests[i] = c.requests.WithLabelValues(name, r)
 	}
@@ -111,6 +123,8 @@ func (c *adapterCache) sweep(models []serve.ModelInfo, info serve.LoRAInfo) {
 		delete(next, name)
 		c.prompt.DeleteLabelValues(name)
 		c.generation.DeleteLabelValues(name)
+		c.cacheQueries.DeleteLabelValues(name)
+		c.cacheHits.DeleteLabelValues(name)
 		for _, r := range reasons {
 			c.requests.DeleteLabelValues(name, r)
 		}

@@ -12,6 +12,7 @@ import (
 // observeAll is one step's worth of observer calls, for an adapter request that finishes.
 func observeAll(o serve.Observer, fr serve.FinishedRequest) {
 	o.Step(24, 8, 3*time.Millisecond)
+	o.(serve.PrefixCacheObserver).PrefixCacheLookup(fr.Model, fr.PromptTokens, 16)
 	o.FirstToken(fr.Model, 40*time.Millisecond)
 	o.NextToken(fr.Model, 9*time.Millisecond)
 	o.Finished(fr)

@@ -49,6 +49,7 @@ type Metrics struct {
 	loadSeconds             prometheus.Histogram
 	loads                   *prometheus.CounterVec
 	diskLoadSeconds         prometheus.Histogram // vllm:lora_adapter_load_seconds
+	prefix                  *prefixCacheCollector
 }
 
 // New registers the collectors on reg and installs itself as e's Observer (replacing any
@@ -78,10 +79,12 @@ func New(e *serve.Engine, reg prometheus.Registerer) *Metrics {
 	m.loads.WithLabelValues("ok")
 	m.loads.WithLabelValues("error")
 	m.adapters.init(own)
-	m.adapterVecs = []*prometheus.CounterVec{m.adapters.requests, m.adapters.prompt, m.adapters.generation}
+	m.adapterVecs = []*prometheus.CounterVec{m.adapters.requests, m.adapters.prompt, m.adapters.generation,
+		m.adapters.cacheQueries, m.adapters.cacheHits}
 	// Load counters are not swept with the per-adapter series: they have no adapter label.
 	m.adapterVecs = append(m.adapterVecs, m.loads)
 	m.state = newStateCollector(m)
+	m.prefix = newPrefixCacheCollector(m)
 	m.obs.m = m
 
 	if reg == nil {
@@ -115,6 +118,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		v.Describe(ch)
 	}
 	m.state.Describe(ch)
+	m.prefix.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -129,4 +133,5 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		v.Collect(ch)
 	}
 	m.state.collect(ch, models, info)
+	m.prefix.collect(ch)
 }

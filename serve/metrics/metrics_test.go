@@ -45,6 +45,10 @@ var wantTypes = map[string]dto.MetricType{
 	nameCPULoaded:       dto.MetricType_GAUGE,
 	nameMaxGPU:          dto.MetricType_GAUGE,
 	nameLoRALoadSeconds: dto.MetricType_HISTOGRAM,
+	namePrefixQueries:   dto.MetricType_COUNTER,
+	namePrefixHits:      dto.MetricType_COUNTER,
+	nameAdapterQueries:  dto.MetricType_COUNTER,
+	nameAdapterHits:     dto.MetricType_COUNTER,
 }
 
 var vllmLabels = map[string]string{labelModel: "llama", labelEngine: "0"}

@@ -20,6 +20,9 @@ const (
 	nameITL         = "vllm:inter_token_latency_seconds"
 	nameE2E         = "vllm:e2e_request_latency_seconds"
 	nameQueue       = "vllm:request_queue_time_seconds"
+	// Counted in prompt tokens, as vLLM v1 counts them (queried and found cached).
+	namePrefixQueries = "vllm:prefix_cache_queries_total"
+	namePrefixHits    = "vllm:prefix_cache_hits_total"
 
 	// Adapter residency, as vLLM's pending LoRA load-event metrics (vllm-project/vllm #54830 on
 	// #51433) name them and llm-d-router's lora-load-state scorer (#2792) reads them.
@@ -32,6 +35,8 @@ const (
 	nameAdapterRequests = "loraplex_adapter_requests_total"
 	nameAdapterPrompt   = "loraplex_adapter_prompt_tokens_total"
 	nameAdapterGen      = "loraplex_adapter_generation_tokens_total"
+	nameAdapterQueries  = "loraplex_adapter_prefix_cache_queries_total"
+	nameAdapterHits     = "loraplex_adapter_prefix_cache_hits_total"
 	nameResident        = "loraplex_adapters_resident"
 	nameLoadSeconds     = "loraplex_adapter_load_seconds"
 	nameLoads           = "loraplex_adapter_loads_total"

@@ -216,10 +216,10 @@ func maps(got, want map[string]string) bool {
 // would, while everything else runs on the real backend.
 type heldUploads struct {
 	*cpu.Backend // every capability of the real backend (sampling, aliasing uploads) promoted
-	held    atomic.Bool
-	entered chan struct{} // an upload is waiting
-	release chan struct{} // closed: uploads go on
-	once    atomic.Bool
+	held         atomic.Bool
+	entered      chan struct{} // an upload is waiting
+	release      chan struct{} // closed: uploads go on
+	once         atomic.Bool
 }
 
 func (b *heldUploads) Upload(h model.HostTensor, rows, cols int) (model.Tensor, error) {

@@ -224,7 +224,7 @@ type chatState struct {
 }
 
 func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
-	completion := 0
+	completion, cached := 0, 0
 	for ev := range events {
 		if err := failure(&ev.Event); err != nil {
 			return err
@@ -243,6 +243,7 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 			st.finished, st.final = true, ev.Event
 			if ev.Usage != nil {
 				completion += ev.Usage.CompletionTokens
+				cached += cachedOf(&ev, len(c.choices))
 			}
 		}
 	}
@@ -267,7 +268,7 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 	if c.req.ReturnTokenIDs {
 		resp.PromptTokenIDs = c.prompt
 	}
-	resp.Usage = newUsage(len(c.prompt), completion)
+	resp.Usage = newUsage(len(c.prompt), completion, cached)
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
@@ -289,7 +290,7 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 			return err
 		}
 	}
-	completion := 0
+	completion, cached := 0, 0
 	for ev := range events {
 		if err := failure(&ev.Event); err != nil {
 			return s.fail(err)
@@ -318,6 +319,7 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 			st.finished = true
 			if ev.Usage != nil {
 				completion += ev.Usage.CompletionTokens
+				cached += cachedOf(&ev, len(c.choices))
 			}
 		}
 		if err := s.send(c.chunk(ch)); err != nil {
@@ -332,7 +334,7 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 	if c.req.includeUsage() {
 		u := c.chunk()
 		u.Choices = []chatChoice{}
-		u.Usage = newUsage(len(c.prompt), completion)
+		u.Usage = newUsage(len(c.prompt), completion, cached)
 		if err := s.send(u); err != nil {
 			return err
 		}

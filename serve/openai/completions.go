@@ -234,7 +234,7 @@ func (c *completionState) echoed(i int) string {
 func (c *completionState) promptOf(i int) []int { return c.prompts[i/c.n] }
 
 func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
-	completion := 0
+	completion, cached := 0, 0
 	for ev := range events {
 		st := &c.choices[ev.Index]
 		if err := failure(&ev.Event); err != nil {
@@ -253,6 +253,7 @@ func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, ev
 			st.finished, st.final = true, ev.Event
 			if ev.Usage != nil {
 				completion += ev.Usage.CompletionTokens
+				cached += cachedOf(&ev, c.n)
 			}
 		}
 	}
@@ -273,14 +274,14 @@ func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, ev
 		}
 		resp.Choices[i] = ch
 	}
-	resp.Usage = newUsage(promptUsage(c.prompts), completion)
+	resp.Usage = newUsage(promptUsage(c.prompts), completion, cached)
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
 
 func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
 	s := startSSE(w)
-	completion := 0
+	completion, cached := 0, 0
 	for ev := range events {
 		if err := failure(&ev.Event); err != nil {
 			return s.fail(err)
@@ -316,6 +317,7 @@ func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, eve
 			st.finished = true
 			if ev.Usage != nil {
 				completion += ev.Usage.CompletionTokens
+				cached += cachedOf(&ev, c.n)
 			}
 		}
 		if err := s.send(completionResponse{ID: c.id, Object: "text_completion", Created: c.created, Model: c.model, Choices: []completionChoice{ch}}); err != nil {
@@ -329,7 +331,7 @@ func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, eve
 	}
 	if c.req.includeUsage() {
 		if err := s.send(completionResponse{ID: c.id, Object: "text_completion", Created: c.created, Model: c.model,
-			Choices: []completionChoice{}, Usage: newUsage(promptUsage(c.prompts), completion)}); err != nil {
+			Choices: []completionChoice{}, Usage: newUsage(promptUsage(c.prompts), completion, cached)}); err != nil {
 			return err
 		}
 	}

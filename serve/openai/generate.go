@@ -76,13 +76,30 @@ func promptUsage(prompts [][]int) int {
 }
 
 type usage struct {
-	PromptTokens     int `json:"prompt_tokens"`
-	CompletionTokens int `json:"completion_tokens"`
-	TotalTokens      int `json:"total_tokens"`
+	PromptTokens        int                  `json:"prompt_tokens"`
+	CompletionTokens    int                  `json:"completion_tokens"`
+	TotalTokens         int                  `json:"total_tokens"`
+	PromptTokensDetails *promptTokensDetails `json:"prompt_tokens_details"`
 }
 
-func newUsage(prompt, completion int) *usage {
-	return &usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}
+// promptTokensDetails is OpenAI's usage.prompt_tokens_details: CachedTokens are the prompt
+// tokens whose keys and values came from the prefix cache.
+type promptTokensDetails struct {
+	CachedTokens int `json:"cached_tokens"`
+}
+
+func newUsage(prompt, completion, cached int) *usage {
+	return &usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion,
+		PromptTokensDetails: &promptTokensDetails{CachedTokens: cached}}
+}
+
+// cachedOf is the cached prompt tokens a finished choice adds to its response's usage: prompt
+// tokens are counted once per prompt, so only its first sample's (choice prompt*n) count.
+func cachedOf(ev *choiceEvent, n int) int {
+	if ev.Usage == nil || ev.Index%n != 0 {
+		return 0
+	}
+	return ev.Usage.CachedTokens
 }
 
 // finishReason maps the engine's reasons to OpenAI's; "abort" and "error" never reach a client

@@ -588,8 +588,11 @@ type Usage struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	PromptTokens     int32                  `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
 	CompletionTokens int32                  `protobuf:"varint,2,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Prompt tokens whose keys and values came from the prefix cache (OpenAI's
+	// usage.prompt_tokens_details.cached_tokens).
+	CachedTokens  int32 `protobuf:"varint,3,opt,name=cached_tokens,json=cachedTokens,proto3" json:"cached_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
@@ -632,6 +635,13 @@ func (x *Usage) GetPromptTokens() int32 {
 func (x *Usage) GetCompletionTokens() int32 {
 	if x != nil {
 		return x.CompletionTokens
+	}
+	return 0
+}
+
+func (x *Usage) GetCachedTokens() int32 {
+	if x != nil {
+		return x.CachedTokens
 	}
 	return 0
 }
@@ -2015,10 +2025,11 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\alogprob\x18\x02 \x01(\x02R\alogprob\"e\n" +
 	"\rTokenLogprobs\x12,\n" +
 	"\x06chosen\x18\x01 \x01(\v2\x14.loraplex.v1.LogprobR\x06chosen\x12&\n" +
-	"\x03top\x18\x02 \x03(\v2\x14.loraplex.v1.LogprobR\x03top\"Y\n" +
+	"\x03top\x18\x02 \x03(\v2\x14.loraplex.v1.LogprobR\x03top\"~\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x05R\fpromptTokens\x12+\n" +
-	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\"&\n" +
+	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\x12#\n" +
+	"\rcached_tokens\x18\x03 \x01(\x05R\fcachedTokens\"&\n" +
 	"\fTokenExperts\x12\x16\n" +
 	"\x06layers\x18\x01 \x03(\tR\x06layers\"\xe0\x02\n" +
 	"\x10GenerateResponse\x12\x1b\n" +
