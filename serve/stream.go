@@ -25,14 +25,7 @@ func newStream(cancel context.CancelFunc) *Stream {
 // push merges ev into the pending event; called by the engine loop only.
 func (s *Stream) push(ev Event) {
 	s.mu.Lock()
-	p := &s.pending
-	p.Tokens = append(p.Tokens, ev.Tokens...)
-	p.Text += ev.Text
-	p.Logprobs = append(p.Logprobs, ev.Logprobs...)
-	p.Top = append(p.Top, ev.Top...)
-	p.Experts = append(p.Experts, ev.Experts...)
-	if ev.Finish != "" {
-		p.Finish, p.StopReason, p.Err, p.Usage = ev.Finish, ev.StopReason, ev.Err, ev.Usage
+	if s.pending.merge(&ev) {
 		s.done = true
 	}
 	s.has = true
@@ -82,13 +75,22 @@ func (s *Stream) Collect(ctx context.Context) (Event, error) {
 			}
 			return all, nil
 		}
-		all.Tokens = append(all.Tokens, ev.Tokens...)
-		all.Text += ev.Text
-		all.Logprobs = append(all.Logprobs, ev.Logprobs...)
-		all.Top = append(all.Top, ev.Top...)
-		all.Experts = append(all.Experts, ev.Experts...)
-		if ev.Finish != "" {
-			all.Finish, all.StopReason, all.Err, all.Usage = ev.Finish, ev.StopReason, ev.Err, ev.Usage
-		}
+		all.merge(&ev)
 	}
+}
+
+// merge appends ev to e, the one way events are joined (a slow reader's pending event, a
+// collected response): tokens, text, logprobs and the expert trace append, and the final
+// event's finish, reason, error and usage are taken. It reports whether ev was the final one.
+func (e *Event) merge(ev *Event) (final bool) {
+	e.Tokens = append(e.Tokens, ev.Tokens...)
+	e.Text += ev.Text
+	e.Logprobs = append(e.Logprobs, ev.Logprobs...)
+	e.Top = append(e.Top, ev.Top...)
+	e.Experts = append(e.Experts, ev.Experts...)
+	if ev.Finish == "" {
+		return false
+	}
+	e.Finish, e.StopReason, e.Err, e.Usage = ev.Finish, ev.StopReason, ev.Err, ev.Usage
+	return true
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
@@ -206,7 +205,7 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	c := &chatState{h: h, req: &req, prompt: prompt, id: newID("chatcmpl-"), created: time.Now().Unix(),
-		model: h.modelName(req.Model), choices: make([]choiceState, n)}
+		model: h.modelName(req.Model), choices: newChoiceSet(n, n)}
 	if req.Stream {
 		return c.stream(w, r.Context(), events)
 	}
@@ -220,39 +219,28 @@ type chatState struct {
 	id      string
 	created int64
 	model   string
-	choices []choiceState
+	choices choiceSet
 }
 
 func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
-	completion, cached := 0, 0
 	for ev := range events {
-		if err := failure(&ev.Event); err != nil {
+		st, _, err := c.choices.take(&ev, true)
+		if err != nil {
 			return err
 		}
-		st := &c.choices[ev.Index]
-		st.text = append(st.text, ev.Text...)
-		st.tokens = append(st.tokens, ev.Tokens...)
-		st.experts = append(st.experts, ev.Experts...)
 		if c.req.Logprobs {
 			if st.chatLP == nil {
 				st.chatLP = &chatLogprobs{Content: []chatLogprob{}}
 			}
 			c.h.appendChat(st.chatLP, &ev.Event, c.req.ReturnTokensAsTokenIDs)
 		}
-		if ev.Finish != "" {
-			st.finished, st.final = true, ev.Event
-			if ev.Usage != nil {
-				completion += ev.Usage.CompletionTokens
-				cached += cachedOf(&ev, len(c.choices))
-			}
-		}
 	}
-	resp := chatResponse{ID: c.id, Object: "chat.completion", Created: c.created, Model: c.model, Choices: make([]chatChoice, len(c.choices))}
-	for i := range c.choices {
-		st := &c.choices[i]
-		if !st.finished {
-			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
-		}
+	if err := c.choices.complete(ctx); err != nil {
+		return err
+	}
+	resp := chatResponse{ID: c.id, Object: "chat.completion", Created: c.created, Model: c.model, Choices: make([]chatChoice, len(c.choices.st))}
+	for i := range c.choices.st {
+		st := &c.choices.st[i]
 		text := string(st.text)
 		ch := chatChoice{Index: i, Message: &chatResponseMessage{Role: "assistant", Content: &text}, Logprobs: st.chatLP,
 			FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
@@ -268,7 +256,7 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 	if c.req.ReturnTokenIDs {
 		resp.PromptTokenIDs = c.prompt
 	}
-	resp.Usage = newUsage(len(c.prompt), completion, cached)
+	resp.Usage = c.choices.usage(len(c.prompt))
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
@@ -281,7 +269,7 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 	s := startSSE(w)
 	// OpenAI sends the role first, in a chunk of its own, for every choice.
 	empty := ""
-	for i := range c.choices {
+	for i := range c.choices.st {
 		first := c.chunk(chatChoice{Index: i, Delta: &chatResponseMessage{Role: "assistant", Content: &empty}})
 		if c.req.ReturnTokenIDs && i == 0 {
 			first.PromptTokenIDs = c.prompt
@@ -290,13 +278,12 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 			return err
 		}
 	}
-	completion, cached := 0, 0
 	for ev := range events {
-		if err := failure(&ev.Event); err != nil {
+		st, send, err := c.choices.take(&ev, false)
+		if err != nil {
 			return s.fail(err)
 		}
-		st := &c.choices[ev.Index]
-		if len(ev.Tokens) == 0 && ev.Text == "" && ev.Finish == "" {
+		if !send {
 			continue
 		}
 		text := ev.Text
@@ -315,26 +302,17 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 				ch.ExpertSummary = st.counts.summary()
 			}
 		}
-		if ev.Finish != "" {
-			st.finished = true
-			if ev.Usage != nil {
-				completion += ev.Usage.CompletionTokens
-				cached += cachedOf(&ev, len(c.choices))
-			}
-		}
 		if err := s.send(c.chunk(ch)); err != nil {
 			return err
 		}
 	}
-	for i := range c.choices {
-		if !c.choices[i].finished {
-			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
-		}
+	if err := c.choices.complete(ctx); err != nil {
+		return err
 	}
 	if c.req.includeUsage() {
 		u := c.chunk()
 		u.Choices = []chatChoice{}
-		u.Usage = newUsage(len(c.prompt), completion, cached)
+		u.Usage = c.choices.usage(len(c.prompt))
 		if err := s.send(u); err != nil {
 			return err
 		}

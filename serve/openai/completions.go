@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"time"
-
-	"github.com/loraplex/loraplex/serve"
 )
 
 type completionRequest struct {
@@ -102,7 +100,7 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	c := &completionState{h: h, req: &req, n: n, prompts: prompts, id: newID("cmpl-"), created: time.Now().Unix(),
-		model: h.modelName(req.Model), choices: make([]choiceState, len(prompts)*n), echo: echo}
+		model: h.modelName(req.Model), choices: newChoiceSet(len(prompts)*n, n), echo: echo}
 	if req.Stream {
 		return c.stream(w, r.Context(), events)
 	}
@@ -179,20 +177,6 @@ func (h *Handler) encode(text string, addSpecial bool, param string) ([]int, err
 	return ids, nil
 }
 
-// choiceState accumulates one choice.
-type choiceState struct {
-	text     []byte
-	tokens   []int
-	lp       *completionLogprobs
-	chatLP   *chatLogprobs
-	offset   int
-	started  bool
-	finished bool
-	final    serve.Event
-	experts  [][]string // the expert trace, when asked for
-	counts   expertCounts
-}
-
 type completionState struct {
 	h       *Handler
 	req     *completionRequest
@@ -201,7 +185,7 @@ type completionState struct {
 	id      string
 	created int64
 	model   string
-	choices []choiceState
+	choices choiceSet
 	echo    []string // per prompt, when echo is on
 }
 
@@ -234,36 +218,25 @@ func (c *completionState) echoed(i int) string {
 func (c *completionState) promptOf(i int) []int { return c.prompts[i/c.n] }
 
 func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
-	completion, cached := 0, 0
 	for ev := range events {
-		st := &c.choices[ev.Index]
-		if err := failure(&ev.Event); err != nil {
+		st, _, err := c.choices.take(&ev, true)
+		if err != nil {
 			return err
 		}
-		st.text = append(st.text, ev.Text...)
-		st.tokens = append(st.tokens, ev.Tokens...)
-		st.experts = append(st.experts, ev.Experts...)
 		if c.req.Logprobs != nil {
 			if st.lp == nil {
 				st.lp = &completionLogprobs{}
 			}
 			c.h.appendCompletion(st.lp, &ev.Event, c.req.ReturnTokensAsTokenIDs, &st.offset)
 		}
-		if ev.Finish != "" {
-			st.finished, st.final = true, ev.Event
-			if ev.Usage != nil {
-				completion += ev.Usage.CompletionTokens
-				cached += cachedOf(&ev, c.n)
-			}
-		}
+	}
+	if err := c.choices.complete(ctx); err != nil {
+		return err
 	}
 	resp := completionResponse{ID: c.id, Object: "text_completion", Created: c.created, Model: c.model,
-		Choices: make([]completionChoice, len(c.choices))}
-	for i := range c.choices {
-		st := &c.choices[i]
-		if !st.finished {
-			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
-		}
+		Choices: make([]completionChoice, len(c.choices.st))}
+	for i := range c.choices.st {
+		st := &c.choices.st[i]
 		ch := completionChoice{Index: i, Text: c.echoed(i) + string(st.text), Logprobs: st.lp, FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
 		if c.req.ReturnTokenIDs {
 			ch.TokenIDs, ch.PromptTokenIDs = nonNil(st.tokens), c.promptOf(i)
@@ -274,20 +247,19 @@ func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, ev
 		}
 		resp.Choices[i] = ch
 	}
-	resp.Usage = newUsage(promptUsage(c.prompts), completion, cached)
+	resp.Usage = c.choices.usage(promptUsage(c.prompts))
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
 
 func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
 	s := startSSE(w)
-	completion, cached := 0, 0
 	for ev := range events {
-		if err := failure(&ev.Event); err != nil {
+		st, send, err := c.choices.take(&ev, false)
+		if err != nil {
 			return s.fail(err)
 		}
-		st := &c.choices[ev.Index]
-		if len(ev.Tokens) == 0 && ev.Text == "" && ev.Finish == "" {
+		if !send {
 			continue
 		}
 		text := ev.Text
@@ -313,25 +285,16 @@ func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, eve
 			}
 		}
 		st.started = true
-		if ev.Finish != "" {
-			st.finished = true
-			if ev.Usage != nil {
-				completion += ev.Usage.CompletionTokens
-				cached += cachedOf(&ev, c.n)
-			}
-		}
 		if err := s.send(completionResponse{ID: c.id, Object: "text_completion", Created: c.created, Model: c.model, Choices: []completionChoice{ch}}); err != nil {
 			return err // the client is gone; the deferred cancel aborts the requests
 		}
 	}
-	for i := range c.choices {
-		if !c.choices[i].finished {
-			return &serve.Error{Kind: serve.KindCanceled, Msg: "request cancelled", Err: ctx.Err()}
-		}
+	if err := c.choices.complete(ctx); err != nil {
+		return err
 	}
 	if c.req.includeUsage() {
 		if err := s.send(completionResponse{ID: c.id, Object: "text_completion", Created: c.created, Model: c.model,
-			Choices: []completionChoice{}, Usage: newUsage(promptUsage(c.prompts), completion, cached)}); err != nil {
+			Choices: []completionChoice{}, Usage: c.choices.usage(promptUsage(c.prompts))}); err != nil {
 			return err
 		}
 	}
