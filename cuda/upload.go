@@ -24,7 +24,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
-	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -75,7 +75,7 @@ type part struct {
 	view   *model.Tensor
 	// Device-decoded tensors (src.Encoded): the stream's header and payload, and where the
 	// payload goes in the stager's device scratch.
-	hdr     codec.Header
+	hdr     lorapack.Header
 	payload []byte
 	scr     int
 }
@@ -98,17 +98,17 @@ func (b *Backend) DecodesOnDevice(c string) bool { return c == "q4" || c == "q8"
 
 // encodedLayout checks an encoded tensor against the shape the model wants and returns its
 // header and payload.
-func encodedLayout(t model.HostTensor, rows, cols int) (codec.Header, []byte, error) {
+func encodedLayout(t model.HostTensor, rows, cols int) (lorapack.Header, []byte, error) {
 	e := t.Encoded
-	h, p, err := codec.ParseHeader(e.Stream)
+	h, p, err := lorapack.ParseHeader(e.Stream)
 	if err != nil {
 		return h, nil, fmt.Errorf("cuda: %s: %w", t.Name, err)
 	}
-	if (h.Codec != codec.Q4 && h.Codec != codec.Q8) || h.Codec.String() != e.Codec || int(h.Param) != e.Group {
-		return h, nil, fmt.Errorf("cuda: %s: %w: stream is %v group %d, the tensor says %s group %d", t.Name, codec.ErrCorrupt, h.Codec, h.Param, e.Codec, e.Group)
+	if (h.Codec != lorapack.Q4 && h.Codec != lorapack.Q8) || h.Codec.String() != e.Codec || int(h.Param) != e.Group {
+		return h, nil, fmt.Errorf("cuda: %s: %w: stream is %v group %d, the tensor says %s group %d", t.Name, lorapack.ErrCorrupt, h.Codec, h.Param, e.Codec, e.Group)
 	}
 	if h.Rows != rows || h.Cols != cols || uint64(rows)*uint64(cols) > math.MaxUint32 {
-		return h, nil, fmt.Errorf("cuda: %s: %w: stream is [%d, %d], want [%d, %d]", t.Name, codec.ErrCorrupt, h.Rows, h.Cols, rows, cols)
+		return h, nil, fmt.Errorf("cuda: %s: %w: stream is [%d, %d], want [%d, %d]", t.Name, lorapack.ErrCorrupt, h.Rows, h.Cols, rows, cols)
 	}
 	return h, p, nil
 }
@@ -323,7 +323,7 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 			binary.LittleEndian.PutUint32(d[24:], uint32(e.n))
 			binary.LittleEndian.PutUint32(d[28:], uint32(e.hdr.Param))
 			q4 := uint32(0)
-			if e.hdr.Codec == codec.Q4 {
+			if e.hdr.Codec == lorapack.Q4 {
 				q4 = 1
 			}
 			binary.LittleEndian.PutUint32(d[32:], q4)
@@ -378,9 +378,9 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 		}
 		b.FreeAdapter(&model.Adapter{Mem: &s}) // nothing reads it: back to the pool
 		// The CPU decoder names what is wrong.
-		err := codec.DecodeBF16(e.src.Encoded.Stream, make([]uint16, e.n))
+		err := lorapack.DecodeBF16(e.src.Encoded.Stream, make([]uint16, e.n))
 		if err == nil {
-			err = fmt.Errorf("%w: %v stream rejected by the device decoder", codec.ErrCorrupt, e.hdr.Codec)
+			err = fmt.Errorf("%w: %v stream rejected by the device decoder", lorapack.ErrCorrupt, e.hdr.Codec)
 		}
 		return nil, fmt.Errorf("adapter %q: cuda: %s: %w", h.Name, e.src.Name, err)
 	}
