@@ -210,6 +210,16 @@ func (e *Engine) BackendErr() error {
 	return nil
 }
 
+// backendFailed is the error for requests that the backend's permanent failure ends, or nil:
+// Unavailable (the server cannot serve until it is restarted, as its health says), with the
+// backend's reason.
+func (e *Engine) backendFailed() *Error {
+	if err := e.BackendErr(); err != nil {
+		return &Error{Kind: KindUnavailable, Msg: "the model backend has failed", Err: err}
+	}
+	return nil
+}
+
 // Models lists the base model and every adapter.
 func (e *Engine) Models() []ModelInfo {
 	out := []ModelInfo{{ID: e.opt.ModelName, Kind: "base", Created: e.created, MaxLen: e.opt.MaxModelLen}}
@@ -230,6 +240,9 @@ func (e *Engine) Models() []ModelInfo {
 // draining. Cancelling ctx aborts the request and frees its KV pages at the next step.
 func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if !e.Ready() {
+		if err := e.backendFailed(); err != nil {
+			return nil, err
+		}
 		return nil, errorf(KindUnavailable, "", "the server is shutting down")
 	}
 	p := req.Params

@@ -93,8 +93,12 @@ func (e *Engine) safeStep() {
 	}
 	if err != nil {
 		e.log.Error("forward pass failed", "err", err)
+		fail := &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err}
+		if berr := e.backendFailed(); berr != nil {
+			fail = berr
+		}
 		for _, sq := range slices.Clone(e.running) {
-			e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err})
+			e.finish(sq, "error", nil, fail)
 		}
 		return
 	}
