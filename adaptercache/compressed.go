@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
@@ -51,8 +52,9 @@ func IsCompressed(path string) bool {
 	if json.Unmarshal(hdr, &h) != nil {
 		return false
 	}
+	// Any version: an older one then reaches lorapack.Open, which says how to rebuild it.
 	var format string
-	return json.Unmarshal(h.Meta[lorapack.MetaFormat], &format) == nil && format == lorapack.Format
+	return json.Unmarshal(h.Meta[lorapack.MetaFormat], &format) == nil && strings.HasPrefix(format, lorapack.FormatPrefix)
 }
 
 // LoadCompressed loads a lorapack file and validates it against the base model. The result is
@@ -74,26 +76,26 @@ func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, 
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkFinite(a); err != nil {
+		return nil, nil, err
+	}
 	return a, f, nil
 }
 
 // LoadCompressedEncoded is LoadCompressed for a backend that decodes some codecs on the device:
 // q4 and q8 tensors whose codec onDevice accepts are not decoded; their HostTensors keep the
 // shape, dtype and place LoadCompressed gives them (Data zeros, so the adapter is validated the
-// same way) and carry the codec stream in Encoded. The streams alias the file's mapping, and the
-// tensors an anonymous mapping of zero pages (never written where left encoded, so they cost no
-// memory), both released by the returned io.Closer. The others are decoded as LoadCompressed does.
+// same way) and carry the codec stream in Encoded: a private copy of the stream, checked against
+// its checksum. The tensors are an anonymous mapping of zero pages (never written where left
+// encoded, so they cost no memory), released by the returned io.Closer. The others are decoded
+// as LoadCompressed does.
 func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(codec string) bool) (*model.HostAdapter, io.Closer, error) {
 	c, err := lorapack.Open(path)
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}
+	defer c.Close()
 	keep := false
-	defer func() {
-		if !keep {
-			c.Close()
-		}
-	}()
 	cfg, err := ParsePEFTConfig(c.Manifest.PEFTConfig)
 	if err != nil {
 		return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
@@ -123,24 +125,39 @@ func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(
 	if err != nil {
 		return nil, nil, err
 	}
-	attach := func(t *model.HostTensor) {
-		info, ok := c.Manifest.Tensors[t.Name]
-		if !ok || !skip(t.Name, info) {
-			return
-		}
-		st, _ := c.File.Tensor(t.Name)
-		t.Encoded = &model.EncodedTensor{Codec: info.Codec, Group: info.Group, Stream: st.Data}
-	}
+	// The streams left for the device are copied out of the file into one private buffer and
+	// checked against their checksums there, so what the device decodes is what was verified
+	// and the file may change afterwards (see ownTensors).
+	var left []*model.HostTensor
+	size := 0
 	for l := range a.Modules {
 		for _, m := range a.Modules[l] {
-			if m != nil {
-				attach(&m.A)
-				attach(&m.B)
+			if m == nil {
+				continue
+			}
+			for _, t := range []*model.HostTensor{&m.A, &m.B} {
+				if info, ok := c.Manifest.Tensors[t.Name]; ok && skip(t.Name, info) {
+					left = append(left, t)
+					size += align8(info.Bytes)
+				}
 			}
 		}
 	}
+	streams := make([]byte, size)
+	for _, t := range left {
+		info := c.Manifest.Tensors[t.Name]
+		st := streams[:info.Bytes:info.Bytes]
+		streams = streams[align8(info.Bytes):]
+		if err := c.ReadStream(t.Name, st); err != nil {
+			return nil, nil, compressedErr(name, path, fmt.Errorf("tensor %q: %w", t.Name, err))
+		}
+		t.Encoded = &model.EncodedTensor{Codec: info.Codec, Group: info.Group, Stream: st}
+	}
+	if err := checkFinite(a); err != nil {
+		return nil, nil, err
+	}
 	keep = true
-	return a, closers{f, c, closeFunc(release)}, nil
+	return a, closers{f, closeFunc(release)}, nil
 }
 
 // closeFunc is a func as an io.Closer.

@@ -36,7 +36,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("compress %v: exit %d\n%s%s", flags, code, out, errOut)
 		}
 		code, out, _ = runLorapack(t, "inspect", file)
-		if code != 0 || !strings.Contains(out, "loraplex.lorapack/v1") || !strings.Contains(out, "layers.1.mlp.down_proj.lora_B.weight") || !strings.Contains(out, "total: 28 tensors") {
+		if code != 0 || !strings.Contains(out, "loraplex.lorapack/v2") || !strings.Contains(out, "layers.1.mlp.down_proj.lora_B.weight") || !strings.Contains(out, "total: 28 tensors") {
 			t.Fatalf("inspect: exit %d\n%s", code, out)
 		}
 		if len(flags) > 1 && (flags[1] == "q4" || flags[1] == "q8") {
