@@ -46,6 +46,9 @@ type Options struct {
 	// Loader defaults to DefaultLoader, or DeviceDecodeLoader when Backend implements
 	// model.EncodedUploader (CUDA: q4 / q8 tensors are decoded on the device).
 	Loader LoaderFunc
+	// MaxRank refuses, at load, adapters with a module of higher rank (--max-lora-rank; 0:
+	// DefaultMaxRank, the kernels' limit).
+	MaxRank int
 	// RetryAfter is how long a failed adapter answers with its error before the next request
 	// tries to load it again (default 30s); Register retries at once.
 	RetryAfter time.Duration
@@ -126,6 +129,9 @@ func New(opt Options) (*Cache, error) {
 	}
 	c := &Cache{opt: opt, loader: opt.Loader, entries: map[string]*entry{}, wake: make(chan struct{}),
 		queue: list.New(), claimed: map[*entry]bool{}}
+	if c.opt.MaxRank <= 0 {
+		c.opt.MaxRank = DefaultMaxRank
+	}
 	if c.loader == nil {
 		c.loader = DefaultLoader
 		if u, ok := opt.Backend.(model.EncodedUploader); ok {

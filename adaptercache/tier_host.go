@@ -48,6 +48,11 @@ func (c *Cache) load(e *entry) {
 	defer c.wg.Done()
 	start := time.Now()
 	ha, closer, err := c.loader(e.path, e.name, c.opt.Config)
+	if err == nil {
+		if err = checkRank(ha, c.opt.MaxRank); err != nil {
+			closer.Close()
+		}
+	}
 	took := time.Since(start)
 	c.mu.Lock()
 	defer c.unlock()

@@ -2,6 +2,7 @@ package adaptercache
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"math"
@@ -240,5 +241,37 @@ func putValue(t *safetensors.Tensor, i int, v float64) {
 		binary.LittleEndian.PutUint16(t.Data[2*i:], model.F32ToBF16(float32(v)))
 	default:
 		binary.LittleEndian.PutUint16(t.Data[2*i:], f16(float32(v)))
+	}
+}
+
+// Ranks above the cache's MaxRank (--max-lora-rank) are refused at load, naming a tensor of
+// the module and the limit; the default limit is the kernels' (256), which every fixture fits
+// and rank 257 does not.
+func TestMaxRankRefused(t *testing.T) {
+	c, _ := newTestCache(t, Options{MaxRank: 8})
+	for _, a := range []string{"a_qv", "c_patterns"} { // rank 8; rank 16 with patterns
+		if err := c.Register(a, fixturePath(a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustAcquire(t, c, "a_qv").Release()
+	_, err := c.Acquire(context.Background(), "c_patterns")
+	var ae *AdapterError
+	if !errors.As(err, &ae) || !strings.HasSuffix(ae.Tensor, "lora_A.weight") || !errors.Is(err, model.ErrUnsupported) ||
+		!strings.Contains(err.Error(), "limit of 8 (--max-lora-rank)") {
+		t.Errorf("rank 16 under MaxRank 8: %v", err)
+	}
+
+	base := testBase(t)
+	c, _ = newTestCache(t, Options{Config: base})
+	for name, rank := range map[string]int{"r256": 256, "r257": 257} {
+		dir := writeAdapter(t, with(map[string]any{"r": rank, "target_modules": []string{"q_proj"}}), pair(base, 0, model.ProjQ, rank), pair(base, 1, model.ProjQ, rank))
+		if err := c.Register(name, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustAcquire(t, c, "r256").Release()
+	if _, err := c.Acquire(context.Background(), "r257"); !errors.Is(err, model.ErrUnsupported) || !strings.Contains(err.Error(), "rank 257") {
+		t.Errorf("rank 257 under the default limit: %v", err)
 	}
 }

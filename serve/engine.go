@@ -27,6 +27,9 @@ type Options struct {
 	// MaxLoRAs is the number of adapters on the device at once (default 32); requests for other
 	// adapters wait while one loads into a free or least recently used slot.
 	MaxLoRAs int
+	// MaxLoRARank refuses adapters with a module of higher rank at load (default
+	// adaptercache.DefaultMaxRank, 256: the largest the CUDA kernels implement).
+	MaxLoRARank int
 	// MaxCPULoRAs and MaxCPULoRABytes bound the host-memory tier (0: no limit).
 	MaxCPULoRAs     int
 	MaxCPULoRABytes int64
@@ -148,7 +151,7 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	}
 	cache, err := adaptercache.New(adaptercache.Options{Config: cfg, Backend: b, Dirs: opt.AdapterDirs,
 		MaxDeviceSlots: opt.MaxLoRAs, MaxHostAdapters: opt.MaxCPULoRAs, MaxHostBytes: opt.MaxCPULoRABytes,
-		UploadCopies: !aliases})
+		UploadCopies: !aliases, MaxRank: opt.MaxLoRARank})
 	if err != nil {
 		return nil, err
 	}

@@ -175,3 +175,22 @@ func TestWeightsTruncatedUnderServer(t *testing.T) {
 		t.Fatal("no backend error")
 	}
 }
+
+// An adapter whose rank is above --max-lora-rank is refused when it is loaded, naming the
+// limit; one within it loads.
+func TestMaxLoRARankRefused(t *testing.T) {
+	e, _ := copiedEngine(t, "llama", serve.Options{MaxLoRARank: 8, AdapterRoots: []string{fixtureDir("llama")}})
+	ts := startServer(t, e, grpcapi.Options{AllowRuntimeAdapterUpdates: true})
+	ctx := ctxTimeout(t, 10*time.Second)
+	load := func(name, dir string) error {
+		_, err := ts.client.LoadAdapter(ctx, &loraplexv1.LoadAdapterRequest{Name: name, Path: filepath.Join(fixtureDir("llama"), "adapters", dir)})
+		return err
+	}
+	if err := load("r8", "a_qv"); err != nil {
+		t.Fatal(err)
+	}
+	err := load("r16", "c_patterns")
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--max-lora-rank") {
+		t.Fatalf("rank 16 under --max-lora-rank 8: %v", err)
+	}
+}
