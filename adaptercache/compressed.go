@@ -64,7 +64,16 @@ func IsCompressed(path string) bool {
 // accept and reject the same adapters with the same errors. The io.Closer holds nothing (the
 // file is closed before returning) and is returned for symmetry with LoadPEFT.
 func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
-	buf, _, cfg, err := decodeCompressed(path, name, func(cfg *PEFTConfig, _ *lorapack.Manifest) int { return maxAdapterElems(base, cfg) })
+	var rankErr error
+	buf, _, cfg, err := decodeCompressed(path, name, func(cfg *PEFTConfig, _ *lorapack.Manifest) int {
+		if rankErr = checkFileRank(name, path, cfg); rankErr != nil {
+			return 0
+		}
+		return maxAdapterElems(base, cfg)
+	})
+	if rankErr != nil {
+		return nil, nil, rankErr
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -109,6 +118,9 @@ func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(
 			release()
 		}
 	}()
+	if err := checkFileRank(name, path, cfg); err != nil {
+		return nil, nil, err
+	}
 	buf, err := c.DecodeFileExcept(maxAdapterElems(base, cfg), skip, func(n int) ([]byte, error) {
 		b, rel, err := zeroPages(n)
 		release = rel
@@ -181,7 +193,7 @@ func (cs closers) Close() error {
 // maxAdapterElems bounds what a file may make us allocate before its tensors are validated: the
 // size of an adapter on every projection of every layer at the largest rank its config allows.
 // Every adapter that passes validation fits; a hostile manifest claiming more is refused before
-// the allocation.
+// the allocation. The loaders first hold the config's rank to DefaultMaxRank (checkFileRank).
 func maxAdapterElems(base *model.Config, cfg *PEFTConfig) int {
 	n := 0
 	for p := model.Proj(0); p < model.NumProj; p++ {
@@ -189,6 +201,19 @@ func maxAdapterElems(base *model.Config, cfg *PEFTConfig) int {
 		n += out + in
 	}
 	return n * base.NumLayers * maxRank(cfg)
+}
+
+// checkFileRank refuses a lorapack file whose config allows a rank above DefaultMaxRank. The
+// rank is the one size the file chooses that bounds what its decoding allocates (a 20-byte
+// sparse stream can claim any shape), so it is held to the kernels' limit before anything is
+// allocated; PEFT folders of a higher rank still load where the server allows it
+// (--max-lora-rank on the CPU backend), their size being the file's own.
+func checkFileRank(name, path string, cfg *PEFTConfig) error {
+	if r := maxRank(cfg); r > DefaultMaxRank {
+		return &AdapterError{Adapter: name, File: path, Err: fmt.Errorf(
+			"%w: rank %d: lorapack files hold ranks up to %d (the kernels' limit)", model.ErrUnsupported, r, DefaultMaxRank)}
+	}
+	return nil
 }
 
 // maxRank is the largest rank r and rank_pattern allow.

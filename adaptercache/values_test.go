@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -273,5 +275,43 @@ func TestMaxRankRefused(t *testing.T) {
 	mustAcquire(t, c, "r256").Release()
 	if _, err := c.Acquire(context.Background(), "r257"); !errors.Is(err, model.ErrUnsupported) || !strings.Contains(err.Error(), "rank 257") {
 		t.Errorf("rank 257 under the default limit: %v", err)
+	}
+}
+
+// A lorapack file is held to rank DefaultMaxRank before anything is decoded: its config's rank
+// is the one size it chooses, and a tiny sparse stream can claim a huge shape under it. (Before,
+// a config of rank 65535 let a 20-byte stream make the loader allocate 128 MiB on this small
+// model, and gigabytes on a large one.)
+func TestCompressedHugeRankRefused(t *testing.T) {
+	base, err := model.LoadConfig(fixture.Dir("llama"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := make([]byte, lorapack.HeaderSize) // rice, nothing kept, [65535, 1024]
+	copy(st, "LX\x04\x00\xff\xff\x00\x00\x00\x04\x00\x00")
+	name := "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+	m := &lorapack.Manifest{Format: lorapack.Format, PEFTConfig: []byte(`{"peft_type":"LORA","r":65535,"lora_alpha":16,"target_modules":["q_proj"]}`),
+		Tensors: map[string]lorapack.TensorInfo{name: {Codec: "rice", Shape: [2]int{65535, 1024}, DType: "BF16", Bytes: len(st)}}}
+	var buf bytes.Buffer
+	if err := lorapack.WriteContainer(&buf, m, []lorapack.Stream{{Name: name, Data: st}}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "huge-rank.lorapack")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for what, load := range map[string]LoaderFunc{"LoadCompressed": LoadCompressed, "LoadCompressedEncoded": func(p, n string, c *model.Config) (*model.HostAdapter, io.Closer, error) {
+		return LoadCompressedEncoded(p, n, c, func(string) bool { return true })
+	}} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, _, err := load(path, "x", base)
+		runtime.ReadMemStats(&after)
+		if !errors.Is(err, model.ErrUnsupported) || !strings.Contains(err.Error(), "rank 65535") {
+			t.Errorf("%s: %v", what, err)
+		}
+		if n := after.TotalAlloc - before.TotalAlloc; n > 16<<20 {
+			t.Errorf("%s allocated %d MiB", what, n>>20)
+		}
 	}
 }
