@@ -23,7 +23,8 @@ var (
 )
 
 // LoaderFunc reads one adapter from path into host memory, validated against cfg. The closer
-// releases what the HostAdapter's tensors point into (a file mapping); nil means nothing to close.
+// releases what the HostAdapter's tensors point into (the built-in loaders copy tensors into
+// private memory, so theirs holds at most zero pages); nil means nothing to close.
 type LoaderFunc func(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error)
 
 // Options configure a Cache. Zero host limits mean no limit.
@@ -40,8 +41,8 @@ type Options struct {
 	MaxHostAdapters int
 	MaxHostBytes    int64
 	// UploadCopies says the backend copies tensors on Upload (CUDA), so the host copy may be
-	// dropped while the device copy lives. False (the CPU backend, which aliases the file
-	// mapping) keeps the host copy pinned as long as its device copy exists.
+	// dropped while the device copy lives. False (the CPU backend, which computes from the host
+	// copy in place) keeps the host copy pinned as long as its device copy exists.
 	UploadCopies bool
 	// Loader defaults to DefaultLoader, or DeviceDecodeLoader when Backend implements
 	// model.EncodedUploader (CUDA: q4 / q8 tensors are decoded on the device).
@@ -55,7 +56,7 @@ type Options struct {
 }
 
 // Cache is a registry of adapters by name and their copies in two tiers: host memory (a
-// validated HostAdapter, usually aliasing a read-only file mapping) and device slots (a
+// validated HostAdapter in private memory) and device slots (a
 // model.Adapter uploaded through the Backend). A request opens a Ticket (Want) or calls Acquire
 // and ends up with a Lease on a device copy; a leased copy is never evicted or freed, so the
 // forward pass can read it until Release.

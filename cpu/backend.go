@@ -164,7 +164,7 @@ func checkRows(op string, a, b model.Tensor) {
 	}
 }
 
-// AliasesUploads says Upload may keep pointing into the caller's host data (the memory-mapped
-// file) instead of copying it, so the adapter cache must keep a host copy alive while its
+// AliasesUploads says Upload may keep pointing into the caller's host data (the base model's
+// file mapping, an adapter's private host copy) instead of copying it, so the adapter cache must keep a host copy alive while its
 // device copy is in use.
 func (b *Backend) AliasesUploads() bool { return true }

@@ -143,7 +143,7 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if err != nil {
 		return nil, err
 	}
-	// Backends whose uploads alias host memory (the CPU reads the file mapping in place) need
+	// Backends whose uploads alias host memory (the CPU computes from the host copy in place) need
 	// the host copy kept while the device copy lives; copying backends (CUDA) do not.
 	aliases := false
 	if a, ok := b.(interface{ AliasesUploads() bool }); ok {
