@@ -76,6 +76,15 @@ func (h HostTensor) FirstNonFinite() int {
 	}
 	d := h.Data
 	i := 0
+	for ; i+32 <= len(d); i += 32 { // four words a round, one branch
+		a := binary.LittleEndian.Uint64(d[i:])&exp ^ exp
+		b := binary.LittleEndian.Uint64(d[i+8:])&exp ^ exp
+		c := binary.LittleEndian.Uint64(d[i+16:])&exp ^ exp
+		e := binary.LittleEndian.Uint64(d[i+24:])&exp ^ exp
+		if ((a-lo)&^a|(b-lo)&^b|(c-lo)&^c|(e-lo)&^e)&hi != 0 {
+			break // the word is found below
+		}
+	}
 	for ; i+8 <= len(d); i += 8 {
 		z := binary.LittleEndian.Uint64(d[i:])&exp ^ exp
 		if (z-lo)&^z&hi != 0 {

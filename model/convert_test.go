@@ -87,7 +87,7 @@ func TestFirstNonFinite(t *testing.T) {
 		{F16, 0x7e00}, {F16, 0x7c00}, {F16, 0xfc00}, {F16, 0x7c01},
 	} {
 		size := b.dt.Size()
-		for n := 1; n <= 11; n++ {
+		for n := 1; n <= 40; n++ { // the four-word rounds, the word loop and the tail
 			finite := make([]byte, n*size)
 			for i := 0; i < n; i++ { // the largest finite magnitude, alternating signs
 				switch b.dt {
@@ -113,6 +113,17 @@ func TestFirstNonFinite(t *testing.T) {
 					t.Fatalf("%v %#x at %d of %d: got %d", b.dt, b.bits, at, n, got)
 				}
 			}
+		}
+	}
+}
+
+// BenchmarkFirstNonFinite scans a Llama-3-8B rank-16 adapter's worth of BF16 values (84 MB).
+func BenchmarkFirstNonFinite(b *testing.B) {
+	h := HostTensor{DType: BF16, Data: make([]byte, 83886080)}
+	b.SetBytes(int64(len(h.Data)))
+	for b.Loop() {
+		if h.FirstNonFinite() != -1 {
+			b.Fatal("found one")
 		}
 	}
 }
