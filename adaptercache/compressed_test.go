@@ -442,7 +442,7 @@ func TestCompressOptionErrors(t *testing.T) {
 
 // BenchmarkLoadCompressed loads a random rank-16 Llama-3-8B-shaped adapter (bf16, all seven
 // projections, 32 layers: 41,943,040 values) compressed with the defaults, against LoadPEFT of
-// the same folder (which only maps the file). Each load allocates its 84 MB output afresh, so
+// the same folder (which copies the file into private memory and checks its values). Each load allocates its 84 MB output afresh, so
 // page faults and zeroing are part of the cost, as on the real load path.
 func BenchmarkLoadCompressed(b *testing.B) {
 	base, err := model.ParseConfig([]byte(`{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":128256,

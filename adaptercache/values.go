@@ -3,6 +3,9 @@ package adaptercache
 import (
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/model/safetensors"
@@ -59,19 +62,34 @@ var errNonFinite = errors.New("holds a value that is not finite")
 // group maximum that is not finite as a corrupt stream, which is the only way such a stream
 // can hold one.
 func checkFinite(a *model.HostAdapter) error {
+	var ts []*model.HostTensor
 	for l := range a.Modules {
 		for _, m := range a.Modules[l] {
 			if m == nil {
 				continue
 			}
 			for _, t := range []*model.HostTensor{&m.A, &m.B} {
-				if t.Encoded != nil {
-					continue
-				}
-				if err := checkTensorFinite(a, t); err != nil {
-					return err
+				if t.Encoded == nil {
+					ts = append(ts, t)
 				}
 			}
+		}
+	}
+	// On all CPUs: a decoded adapter is out of cache by now (84 MB for Llama-3-8B at rank 16).
+	errs := make([]error, len(ts))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(ts)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(ts); i = int(next.Add(1) - 1) {
+				errs[i] = checkTensorFinite(a, ts[i])
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err // the first in module order
 		}
 	}
 	return nil
