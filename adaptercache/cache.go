@@ -24,7 +24,8 @@ var (
 )
 
 // LoaderFunc reads one adapter from path into host memory, validated against cfg. The closer
-// releases what the HostAdapter's tensors point into (a file mapping); nil means nothing to close.
+// releases what the HostAdapter's tensors point into (the built-in loaders copy tensors into
+// private memory, so theirs holds at most zero pages); nil means nothing to close.
 type LoaderFunc func(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error)
 
 // Options configure a Cache. Zero host limits mean no limit.
@@ -41,8 +42,8 @@ type Options struct {
 	MaxHostAdapters int
 	MaxHostBytes    int64
 	// UploadCopies says the backend copies tensors on Upload (CUDA), so the host copy may be
-	// dropped while the device copy lives. False (the CPU backend, which aliases the file
-	// mapping) keeps the host copy pinned as long as its device copy exists.
+	// dropped while the device copy lives. False (the CPU backend, which computes from the host
+	// copy in place) keeps the host copy pinned as long as its device copy exists.
 	UploadCopies bool
 	// Loader defaults to DefaultLoader, or DeviceDecodeLoader when Backend implements
 	// model.EncodedUploader (CUDA: q4 / q8 tensors are decoded on the device), opening files
@@ -55,13 +56,16 @@ type Options struct {
 	// it fails with context.DeadlineExceeded; the loader's goroutine is abandoned and whatever
 	// it returns later is closed.
 	LoadTimeout time.Duration
+	// MaxRank refuses, at load, adapters with a module of higher rank (--max-lora-rank; 0:
+	// DefaultMaxRank, the kernels' limit).
+	MaxRank int
 	// RetryAfter is how long a failed adapter answers with its error before the next request
 	// tries to load it again (default 30s); Register retries at once.
 	RetryAfter time.Duration
 }
 
 // Cache is a registry of adapters by name and their copies in two tiers: host memory (a
-// validated HostAdapter, usually aliasing a read-only file mapping) and device slots (a
+// validated HostAdapter in private memory) and device slots (a
 // model.Adapter uploaded through the Backend). A request opens a Ticket (Want) or calls Acquire
 // and ends up with a Lease on a device copy; a leased copy is never evicted or freed, so the
 // forward pass can read it until Release.
@@ -141,6 +145,9 @@ func New(opt Options) (*Cache, error) {
 	}
 	c := &Cache{opt: opt, loader: opt.Loader, entries: map[string]*entry{}, wake: make(chan struct{}),
 		queue: list.New(), claimed: map[*entry]bool{}, closing: make(chan struct{})}
+	if c.opt.MaxRank <= 0 {
+		c.opt.MaxRank = DefaultMaxRank
+	}
 	if c.loader == nil {
 		u, _ := opt.Backend.(model.EncodedUploader)
 		c.loader = LoaderIn(opt.Roots, u)

@@ -10,15 +10,16 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
-	"github.com/loraplex/loraplex/adaptercache/codec"
 	"github.com/loraplex/loraplex/internal/confine"
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/model/safetensors"
 )
 
 // This file is the lorapack side of the cache: compressing a PEFT folder into one lorapack file
-// (adaptercache/codec holds the format), and loading such a file into the same HostAdapter
+// (package lorapack holds the format), and loading such a file into the same HostAdapter
 // LoadPEFT gives for the decoded PEFT folder.
 
 // IsCompressed reports whether path is a lorapack file (a regular file whose safetensors
@@ -55,8 +56,9 @@ func isCompressed(roots *confine.Roots, path string) bool {
 	if json.Unmarshal(hdr, &h) != nil {
 		return false
 	}
+	// Any version: an older one then reaches lorapack.Open, which says how to rebuild it.
 	var format string
-	return json.Unmarshal(h.Meta[codec.MetaFormat], &format) == nil && format == codec.Format
+	return json.Unmarshal(h.Meta[lorapack.MetaFormat], &format) == nil && strings.HasPrefix(format, lorapack.FormatPrefix)
 }
 
 // LoadCompressed loads a lorapack file and validates it against the base model. The result is
@@ -71,7 +73,16 @@ func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, 
 
 // loadCompressed is LoadCompressed of a file opened beneath roots (nil: anywhere).
 func loadCompressed(roots *confine.Roots, path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
-	buf, _, cfg, err := decodeCompressed(roots, path, name, func(cfg *PEFTConfig, _ *codec.Manifest) int { return maxAdapterElems(base, cfg) })
+	var rankErr error
+	buf, _, cfg, err := decodeCompressed(roots, path, name, func(cfg *PEFTConfig, _ *lorapack.Manifest) int {
+		if rankErr = checkFileRank(name, path, cfg); rankErr != nil {
+			return 0
+		}
+		return maxAdapterElems(base, cfg)
+	})
+	if rankErr != nil {
+		return nil, nil, rankErr
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -83,15 +94,19 @@ func loadCompressed(roots *confine.Roots, path, name string, base *model.Config)
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkFinite(a); err != nil {
+		return nil, nil, err
+	}
 	return a, f, nil
 }
 
 // LoadCompressedEncoded is LoadCompressed for a backend that decodes some codecs on the device:
 // q4 and q8 tensors whose codec onDevice accepts are not decoded; their HostTensors keep the
 // shape, dtype and place LoadCompressed gives them (Data zeros, so the adapter is validated the
-// same way) and carry the codec stream in Encoded. The streams alias the file's mapping, and the
-// tensors an anonymous mapping of zero pages (never written where left encoded, so they cost no
-// memory), both released by the returned io.Closer. The others are decoded as LoadCompressed does.
+// same way) and carry the codec stream in Encoded: a private copy of the stream, checked against
+// its checksum. The tensors are an anonymous mapping of zero pages (never written where left
+// encoded, so they cost no memory), released by the returned io.Closer. The others are decoded
+// as LoadCompressed does.
 func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(codec string) bool) (*model.HostAdapter, io.Closer, error) {
 	return loadCompressedEncoded(nil, path, name, base, onDevice)
 }
@@ -102,17 +117,13 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}
+	defer c.Close()
 	keep := false
-	defer func() {
-		if !keep {
-			c.Close()
-		}
-	}()
 	cfg, err := ParsePEFTConfig(c.Manifest.PEFTConfig)
 	if err != nil {
 		return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
 	}
-	skip := func(_ string, info codec.TensorInfo) bool {
+	skip := func(_ string, info lorapack.TensorInfo) bool {
 		return (info.Codec == "q4" || info.Codec == "q8") && onDevice(info.Codec)
 	}
 	var release func() error
@@ -121,6 +132,9 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 			release()
 		}
 	}()
+	if err := checkFileRank(name, path, cfg); err != nil {
+		return nil, nil, err
+	}
 	buf, err := c.DecodeFileExcept(maxAdapterElems(base, cfg), skip, func(n int) ([]byte, error) {
 		b, rel, err := zeroPages(n)
 		release = rel
@@ -137,24 +151,39 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 	if err != nil {
 		return nil, nil, err
 	}
-	attach := func(t *model.HostTensor) {
-		info, ok := c.Manifest.Tensors[t.Name]
-		if !ok || !skip(t.Name, info) {
-			return
-		}
-		st, _ := c.File.Tensor(t.Name)
-		t.Encoded = &model.EncodedTensor{Codec: info.Codec, Group: info.Group, Stream: st.Data}
-	}
+	// The streams left for the device are copied out of the file into one private buffer and
+	// checked against their checksums there, so what the device decodes is what was verified
+	// and the file may change afterwards (see ownTensors).
+	var left []*model.HostTensor
+	size := 0
 	for l := range a.Modules {
 		for _, m := range a.Modules[l] {
-			if m != nil {
-				attach(&m.A)
-				attach(&m.B)
+			if m == nil {
+				continue
+			}
+			for _, t := range []*model.HostTensor{&m.A, &m.B} {
+				if info, ok := c.Manifest.Tensors[t.Name]; ok && skip(t.Name, info) {
+					left = append(left, t)
+					size += align8(info.Bytes)
+				}
 			}
 		}
 	}
+	streams := make([]byte, size)
+	for _, t := range left {
+		info := c.Manifest.Tensors[t.Name]
+		st := streams[:info.Bytes:info.Bytes]
+		streams = streams[align8(info.Bytes):]
+		if err := c.ReadStream(t.Name, st); err != nil {
+			return nil, nil, compressedErr(name, path, fmt.Errorf("tensor %q: %w", t.Name, err))
+		}
+		t.Encoded = &model.EncodedTensor{Codec: info.Codec, Group: info.Group, Stream: st}
+	}
+	if err := checkFinite(a); err != nil {
+		return nil, nil, err
+	}
 	keep = true
-	return a, closers{f, c, closeFunc(release)}, nil
+	return a, closers{f, closeFunc(release)}, nil
 }
 
 // closeFunc is a func as an io.Closer.
@@ -178,7 +207,7 @@ func (cs closers) Close() error {
 // maxAdapterElems bounds what a file may make us allocate before its tensors are validated: the
 // size of an adapter on every projection of every layer at the largest rank its config allows.
 // Every adapter that passes validation fits; a hostile manifest claiming more is refused before
-// the allocation.
+// the allocation. The loaders first hold the config's rank to DefaultMaxRank (checkFileRank).
 func maxAdapterElems(base *model.Config, cfg *PEFTConfig) int {
 	n := 0
 	for p := model.Proj(0); p < model.NumProj; p++ {
@@ -186,6 +215,19 @@ func maxAdapterElems(base *model.Config, cfg *PEFTConfig) int {
 		n += out + in
 	}
 	return n * base.NumLayers * maxRank(cfg)
+}
+
+// checkFileRank refuses a lorapack file whose config allows a rank above DefaultMaxRank. The
+// rank is the one size the file chooses that bounds what its decoding allocates (a 20-byte
+// sparse stream can claim any shape), so it is held to the kernels' limit before anything is
+// allocated; PEFT folders of a higher rank still load where the server allows it
+// (--max-lora-rank on the CPU backend), their size being the file's own.
+func checkFileRank(name, path string, cfg *PEFTConfig) error {
+	if r := maxRank(cfg); r > DefaultMaxRank {
+		return &AdapterError{Adapter: name, File: path, Err: fmt.Errorf(
+			"%w: rank %d: lorapack files hold ranks up to %d (the kernels' limit)", model.ErrUnsupported, r, DefaultMaxRank)}
+	}
+	return nil
 }
 
 // maxRank is the largest rank r and rank_pattern allow.
@@ -198,18 +240,18 @@ func maxRank(cfg *PEFTConfig) int {
 }
 
 // openContainer opens a lorapack file beneath roots (nil: anywhere).
-func openContainer(roots *confine.Roots, path string) (*codec.Container, error) {
+func openContainer(roots *confine.Roots, path string) (*lorapack.Container, error) {
 	fd, err := roots.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer fd.Close() // the mapping does not need the descriptor
-	return codec.OpenFile(path, fd)
+	return lorapack.OpenFile(path, fd)
 }
 
 // decodeCompressed opens, checks and decodes a lorapack file into safetensors bytes, and returns
 // the adapter config it carries, raw and parsed.
-func decodeCompressed(roots *confine.Roots, path, name string, limit func(*PEFTConfig, *codec.Manifest) int) ([]byte, []byte, *PEFTConfig, error) {
+func decodeCompressed(roots *confine.Roots, path, name string, limit func(*PEFTConfig, *lorapack.Manifest) int) ([]byte, []byte, *PEFTConfig, error) {
 	c, err := openContainer(roots, path)
 	if err != nil {
 		return nil, nil, nil, compressedErr(name, path, err)
@@ -234,7 +276,7 @@ func compressedErr(name, path string, err error) error {
 	if errors.As(err, &fe) {
 		return &AdapterError{Adapter: name, File: path, Tensor: fe.Tensor, Err: err}
 	}
-	if errors.Is(err, codec.ErrCorrupt) {
+	if errors.Is(err, lorapack.ErrCorrupt) {
 		return &AdapterError{Adapter: name, File: path, Err: err}
 	}
 	return fmt.Errorf("adapter %q: %w", name, err)
@@ -246,7 +288,7 @@ func DecompressFile(path, outDir string) error {
 	// Without a base model, bound by the config's rank: every factor has one side of at most that
 	// rank, and the other side at most 2^20 (over 50x Llama-3-70B's widest projection); never
 	// more than 2^31 values (8 GiB as F32) in all.
-	buf, cfg, _, err := decodeCompressed(nil, path, filepath.Base(path), func(cfg *PEFTConfig, m *codec.Manifest) int {
+	buf, cfg, _, err := decodeCompressed(nil, path, filepath.Base(path), func(cfg *PEFTConfig, m *lorapack.Manifest) int {
 		return min(1<<31, len(m.Tensors)*maxRank(cfg)<<20)
 	})
 	if err != nil {
@@ -267,11 +309,11 @@ type CompressOptions struct {
 	// tensor): these keep a sign per kept value and one magnitude per tensor. "q8" and "q4" are
 	// dense group-wise int8 / int4 quantization (8.5 / 4.5 bits a value at group size 32);
 	// "rice-q8" is rice plus an 8-bit magnitude per kept value. On the trained demo adapters the
-	// sign-only codecs cost +28-74% perplexity even at density 50%; see adaptercache/codec/doc.go.
+	// sign-only codecs cost +28-74% perplexity even at density 50%; see lorapack/doc.go.
 	Codec string
 	// Density is the fraction of values kept (ignored by dense, q8 and q4).
 	Density float64
-	// Group is q8's and q4's group size (0: codec.DefaultGroup, 32).
+	// Group is q8's and q4's group size (0: lorapack.DefaultGroup, 32).
 	Group int
 	// DenseA stores every lora_A factor dense (bf16) and compresses only the B factors. ComPEFT
 	// compresses task vectors (trained minus initial values). B starts at zero, so B is its own
@@ -306,7 +348,7 @@ type factor struct {
 }
 
 // CompressPEFT encodes the PEFT adapter in dir as a lorapack file written to w.
-func CompressPEFT(dir string, w io.Writer, opt CompressOptions) (*codec.Manifest, error) {
+func CompressPEFT(dir string, w io.Writer, opt CompressOptions) (*lorapack.Manifest, error) {
 	name := filepath.Base(dir)
 	raw, err := os.ReadFile(filepath.Join(dir, PEFTConfigFile))
 	if err != nil {
@@ -324,32 +366,32 @@ func CompressPEFT(dir string, w io.Writer, opt CompressOptions) (*codec.Manifest
 		Targets json.RawMessage `json:"target_modules"`
 	}
 	_ = json.Unmarshal(raw, &rawCfg) // ParsePEFTConfig accepted it
-	m := &codec.Manifest{
-		Format: codec.Format, BaseModel: cfg.BaseModel, TargetModules: rawCfg.Targets, UseRSLoRA: cfg.UseRSLoRA,
-		Modules: map[string]codec.ModuleInfo{}, Tensors: map[string]codec.TensorInfo{}, PEFTConfig: raw,
+	m := &lorapack.Manifest{
+		Format: lorapack.Format, BaseModel: cfg.BaseModel, TargetModules: rawCfg.Targets, UseRSLoRA: cfg.UseRSLoRA,
+		Modules: map[string]lorapack.ModuleInfo{}, Tensors: map[string]lorapack.TensorInfo{}, PEFTConfig: raw,
 	}
 	for _, f := range factors {
 		r, a := cfg.RankAlpha(f.key.module)
-		m.Modules[f.key.module] = codec.ModuleInfo{Rank: r, Alpha: a, Scale: cfg.Scale(f.key.module)}
+		m.Modules[f.key.module] = lorapack.ModuleInfo{Rank: r, Alpha: a, Scale: cfg.Scale(f.key.module)}
 	}
 	enc, err := newEncoder(opt, factors)
 	if err != nil {
 		return nil, err
 	}
 	m.Global = enc.global
-	streams := make([]codec.Stream, len(factors))
+	streams := make([]lorapack.Stream, len(factors))
 	for i, f := range factors {
 		s, info, err := enc.encode(f)
 		if err != nil {
 			return nil, &AdapterError{Adapter: name, File: filepath.Join(dir, PEFTWeightsFile), Tensor: f.name, Err: err}
 		}
-		streams[i] = codec.Stream{Name: f.name, Data: s}
+		streams[i] = lorapack.Stream{Name: f.name, Data: s}
 		m.Tensors[f.name] = info
 		if opt.Progress != nil {
 			opt.Progress(i+1, len(factors))
 		}
 	}
-	return m, codec.WriteContainer(w, m, streams)
+	return m, lorapack.WriteContainer(w, m, streams)
 }
 
 // readFactors reads every factor as float32, layer-major (then projection, A before B): the
@@ -403,33 +445,33 @@ func compareBool(a, b bool) int {
 // encoder applies CompressOptions to one factor at a time.
 type encoder struct {
 	opt    CompressOptions
-	codec  codec.Codec // 0: auto
-	group  int         // q8, q4
-	global *codec.Global
+	codec  lorapack.Codec // 0: auto
+	group  int            // q8, q4
+	global *lorapack.Global
 }
 
 func newEncoder(opt CompressOptions, factors []factor) (*encoder, error) {
 	e := &encoder{opt: opt}
 	if opt.Codec != "auto" {
-		c, ok := codec.ParseCodec(opt.Codec)
+		c, ok := lorapack.ParseCodec(opt.Codec)
 		if !ok {
 			return nil, fmt.Errorf("codec %q: want dense, ternary, bitmap, rice, auto, q8, q4 or rice-q8", opt.Codec)
 		}
 		e.codec = c
 	}
 	switch e.codec {
-	case codec.Dense, codec.Q8, codec.Q4:
+	case lorapack.Dense, lorapack.Q8, lorapack.Q4:
 		if opt.Global {
 			return nil, fmt.Errorf("--global sparsifies; it cannot be combined with the %v codec", e.codec)
 		}
-		if e.codec != codec.Dense {
-			e.group = cmp.Or(opt.Group, codec.DefaultGroup)
-			if e.group < 16 || e.group > codec.MaxGroup || e.group&(e.group-1) != 0 {
+		if e.codec != lorapack.Dense {
+			e.group = cmp.Or(opt.Group, lorapack.DefaultGroup)
+			if e.group < 16 || e.group > lorapack.MaxGroup || e.group&(e.group-1) != 0 {
 				return nil, fmt.Errorf("group size %d: want 16, 32, 64 or 128", e.group)
 			}
 		}
 		return e, nil
-	case codec.RiceQ8:
+	case lorapack.RiceQ8:
 		if opt.Global {
 			return nil, errors.New("--global sets every kept value to alpha*sigma; it cannot be combined with rice-q8")
 		}
@@ -444,7 +486,7 @@ func newEncoder(opt CompressOptions, factors []factor) (*encoder, error) {
 				all = append(all, f.vals) // the threshold and scale come from the sparsified factors only
 			}
 		}
-		g, err := codec.NewGlobal(all, opt.Density, opt.AlphaC)
+		g, err := lorapack.NewGlobal(all, opt.Density, opt.AlphaC)
 		if err != nil {
 			return nil, err
 		}
@@ -453,40 +495,40 @@ func newEncoder(opt CompressOptions, factors []factor) (*encoder, error) {
 	return e, nil
 }
 
-func (e *encoder) encode(f factor) ([]byte, codec.TensorInfo, error) {
-	info := codec.TensorInfo{Density: 1, Shape: f.shape, DType: f.dtype}
+func (e *encoder) encode(f factor) ([]byte, lorapack.TensorInfo, error) {
+	info := lorapack.TensorInfo{Density: 1, Shape: f.shape, DType: f.dtype}
 	var s []byte
 	var err error
-	if e.codec == codec.Dense || (e.opt.DenseA && !f.key.isB) {
-		s, err = codec.EncodeDense(f.vals, f.shape[0], f.shape[1])
+	if e.codec == lorapack.Dense || (e.opt.DenseA && !f.key.isB) {
+		s, err = lorapack.EncodeDense(f.vals, f.shape[0], f.shape[1])
 		info.Kept = len(f.vals)
-	} else if e.codec == codec.Q8 || e.codec == codec.Q4 {
-		s, err = codec.EncodeQuant(e.codec, f.vals, f.shape[0], f.shape[1], e.group)
+	} else if e.codec == lorapack.Q8 || e.codec == lorapack.Q4 {
+		s, err = lorapack.EncodeQuant(e.codec, f.vals, f.shape[0], f.shape[1], e.group)
 		info.Kept, info.Group = len(f.vals), e.group
 	} else {
-		var sp *codec.Sparse
+		var sp *lorapack.Sparse
 		if e.global != nil {
 			sp, err = e.global.Sparsify(f.vals, f.shape[0], f.shape[1])
 		} else {
-			sp, err = codec.PerTensor(f.vals, f.shape[0], f.shape[1], e.opt.Density)
+			sp, err = lorapack.PerTensor(f.vals, f.shape[0], f.shape[1], e.opt.Density)
 		}
 		if err != nil {
 			return nil, info, err
 		}
 		switch c := e.codec; c {
-		case codec.RiceQ8:
-			s, err = codec.EncodeRiceQ8(sp, f.vals)
+		case lorapack.RiceQ8:
+			s, err = lorapack.EncodeRiceQ8(sp, f.vals)
 		case 0:
-			s, err = codec.EncodeSparse(codec.Smallest(sp), sp)
+			s, err = lorapack.EncodeSparse(lorapack.Smallest(sp), sp)
 		default:
-			s, err = codec.EncodeSparse(c, sp)
+			s, err = lorapack.EncodeSparse(c, sp)
 		}
 		info.Density, info.Kept = e.opt.Density, len(sp.Idx)
 	}
 	if err != nil {
 		return nil, info, err
 	}
-	h, _, _ := codec.ParseHeader(s)
+	h, _, _ := lorapack.ParseHeader(s)
 	info.Codec, info.Bytes = h.Codec.String(), len(s)
 	return s, info, nil
 }

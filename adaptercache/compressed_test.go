@@ -14,9 +14,9 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache/codec"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/model/safetensors"
 )
@@ -169,8 +169,8 @@ func checkDecodedValues(t *testing.T, got, orig *model.HostAdapter, opt Compress
 						t.Fatalf("%s[%d] = %v from %v (scale %v)", x[0].Name, i, gv, ov, scale)
 					}
 				}
-				if !dense && !opt.Global && kept != min(codec.KeepCount(n, opt.Density), nonZeros(x[1])) {
-					t.Fatalf("%s: %d kept, want %d", x[0].Name, kept, codec.KeepCount(n, opt.Density))
+				if !dense && !opt.Global && kept != min(lorapack.KeepCount(n, opt.Density), nonZeros(x[1])) {
+					t.Fatalf("%s: %d kept, want %d", x[0].Name, kept, lorapack.KeepCount(n, opt.Density))
 				}
 			}
 		}
@@ -188,7 +188,7 @@ func roundTol(h model.HostTensor, v float32) float64 {
 func checkQuantValues(t *testing.T, got, orig model.HostTensor, opt CompressOptions) {
 	t.Helper()
 	n := orig.Shape[0] * orig.Shape[1]
-	group := cmp.Or(opt.Group, codec.DefaultGroup)
+	group := cmp.Or(opt.Group, lorapack.DefaultGroup)
 	q := 127.0
 	if opt.Codec == "q4" {
 		q = 7
@@ -241,7 +241,7 @@ func checkRiceQ8Values(t *testing.T, got, orig model.HostTensor, density float64
 			t.Fatalf("%s[%d]: largest %v decodes to %v", got.Name, i, ov, gv)
 		}
 	}
-	if want := min(codec.KeepCount(n, density), nonZeros(orig)); kept != want {
+	if want := min(lorapack.KeepCount(n, density), nonZeros(orig)); kept != want {
 		t.Fatalf("%s: %d kept, want %d", got.Name, kept, want)
 	}
 }
@@ -345,7 +345,7 @@ func TestCompressedErrors(t *testing.T) {
 	// check), never a panic, and reports it as a corrupt stream.
 	bad := slices.Clone(good)
 	bad[len(bad)-1] ^= 0xff
-	if _, _, err := LoadCompressed(write(bad), "x", base); !isAdapterErr(err) || !errors.Is(err, codec.ErrCorrupt) {
+	if _, _, err := LoadCompressed(write(bad), "x", base); !isAdapterErr(err) || !errors.Is(err, lorapack.ErrCorrupt) {
 		t.Errorf("corrupt stream: %v", err)
 	}
 	// Every single-byte corruption of the data section errors or loads; none panics.
@@ -368,13 +368,13 @@ func TestCompressedErrors(t *testing.T) {
 			if err == nil && a == nil {
 				t.Fatal("nil adapter without error")
 			}
-			if err != nil && !errors.Is(err, codec.ErrCorrupt) {
+			if err != nil && !errors.Is(err, lorapack.ErrCorrupt) {
 				t.Fatalf("%s: byte %d: %v", opt.Codec, i, err)
 			}
 		}
 	}
 	// A PEFT weights file is a safetensors file but not a lorapack one.
-	if _, _, err := LoadCompressed(filepath.Join(dir, PEFTWeightsFile), "x", base); !isAdapterErr(err) || !errors.Is(err, codec.ErrCorrupt) {
+	if _, _, err := LoadCompressed(filepath.Join(dir, PEFTWeightsFile), "x", base); !isAdapterErr(err) || !errors.Is(err, lorapack.ErrCorrupt) {
 		t.Errorf("PEFT file: %v", err)
 	}
 	if _, _, err := LoadCompressed(filepath.Join(t.TempDir(), "missing"), "x", base); !errors.Is(err, fs.ErrNotExist) || isAdapterErr(err) {
@@ -442,7 +442,7 @@ func TestCompressOptionErrors(t *testing.T) {
 
 // BenchmarkLoadCompressed loads a random rank-16 Llama-3-8B-shaped adapter (bf16, all seven
 // projections, 32 layers: 41,943,040 values) compressed with the defaults, against LoadPEFT of
-// the same folder (which only maps the file). Each load allocates its 84 MB output afresh, so
+// the same folder (which copies the file into private memory and checks its values). Each load allocates its 84 MB output afresh, so
 // page faults and zeroing are part of the cost, as on the real load path.
 func BenchmarkLoadCompressed(b *testing.B) {
 	base, err := model.ParseConfig([]byte(`{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":128256,
@@ -511,23 +511,23 @@ func TestCompressedHugeClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A 20-byte rice stream with nothing kept can claim any shape; 65535 x 65535 is 4G values.
-	st := make([]byte, codec.HeaderSize)
+	st := make([]byte, lorapack.HeaderSize)
 	copy(st, "LX\x04\x00\xff\xff\x00\x00\xff\xff\x00\x00")
 	name := "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
-	m := &codec.Manifest{Format: codec.Format, PEFTConfig: []byte(`{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj"]}`),
-		Tensors: map[string]codec.TensorInfo{name: {Codec: "rice", Shape: [2]int{65535, 65535}, DType: "BF16", Bytes: len(st)}}}
+	m := &lorapack.Manifest{Format: lorapack.Format, PEFTConfig: []byte(`{"peft_type":"LORA","r":8,"lora_alpha":16,"target_modules":["q_proj"]}`),
+		Tensors: map[string]lorapack.TensorInfo{name: {Codec: "rice", Shape: [2]int{65535, 65535}, DType: "BF16", Bytes: len(st)}}}
 	var buf bytes.Buffer
-	if err := codec.WriteContainer(&buf, m, []codec.Stream{{Name: name, Data: st}}); err != nil {
+	if err := lorapack.WriteContainer(&buf, m, []lorapack.Stream{{Name: name, Data: st}}); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "huge.lorapack")
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := LoadCompressed(path, "x", base); !errors.Is(err, codec.ErrCorrupt) {
+	if _, _, err := LoadCompressed(path, "x", base); !errors.Is(err, lorapack.ErrCorrupt) {
 		t.Errorf("LoadCompressed: %v", err)
 	}
-	if err := DecompressFile(path, t.TempDir()); !errors.Is(err, codec.ErrCorrupt) {
+	if err := DecompressFile(path, t.TempDir()); !errors.Is(err, lorapack.ErrCorrupt) {
 		t.Errorf("DecompressFile: %v", err)
 	}
 }

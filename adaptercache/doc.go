@@ -1,5 +1,5 @@
 // Package adaptercache owns LoRA adapters: loading them from disk (Hugging Face PEFT folders, or
-// lorapack files in the compressed format of adaptercache/codec) and caching them in tiers
+// lorapack files in the compressed format of package lorapack) and caching them in tiers
 // (disk -> host RAM -> device slots; Cache, which the engine's scheduler uses through tickets
 // and leases).
 //

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -56,7 +56,7 @@ func TestLoadCompressedEncoded(t *testing.T) {
 
 func sameEncoded(t *testing.T, mode string, got, want *model.HostAdapter, path string, ok func(string) bool) {
 	t.Helper()
-	c, err := codec.Open(path)
+	c, err := lorapack.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func sameEncoded(t *testing.T, mode string, got, want *model.HostAdapter, path s
 				}
 				n := wt.Shape[0] * wt.Shape[1]
 				bf := make([]uint16, n)
-				if err := codec.DecodeBF16(e.Stream, bf); err != nil {
+				if err := lorapack.DecodeBF16(e.Stream, bf); err != nil {
 					t.Fatal(err)
 				}
 				if wt.DType == model.BF16 {
@@ -133,7 +133,7 @@ func (b *decodingBackend) Upload(h model.HostTensor, rows, cols int) (model.Tens
 	if e := h.Encoded; e != nil {
 		b.encoded.Add(1)
 		bf := make([]uint16, rows*cols)
-		if err := codec.DecodeBF16(e.Stream, bf); err != nil {
+		if err := lorapack.DecodeBF16(e.Stream, bf); err != nil {
 			return model.Tensor{}, err
 		}
 		h.DType, h.Data, h.Encoded = model.BF16, unsafe.Slice((*byte)(unsafe.Pointer(&bf[0])), 2*len(bf)), nil

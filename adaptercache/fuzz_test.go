@@ -1,13 +1,17 @@
 package adaptercache
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/model/safetensors"
 )
 
 // FuzzLoadPEFTConfig feeds arbitrary adapter_config.json bytes to the parser and, when it accepts
@@ -54,4 +58,69 @@ func FuzzLoadPEFTConfig(f *testing.F) {
 			c.Scale(m)
 		}
 	})
+}
+
+// FuzzLoadCompressed feeds arbitrary bytes to the lorapack loaders as a file on disk, with
+// and without resealing: a resealed input gets valid checksums for whatever streams and
+// manifest it holds, so the fuzzer reaches the manifest checks and the codecs behind the
+// checksums. Nothing may panic, and an adapter that loads has only finite values.
+func FuzzLoadCompressed(f *testing.F) {
+	base, err := model.LoadConfig(filepath.Join("..", "testdata", "models", "llama"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for i, opt := range []CompressOptions{DefaultCompressOptions(), {Codec: "q8"}, {Codec: "dense"}, {Codec: "rice", Density: 0.25},
+		{Codec: "ternary", Density: 0.5}, {Codec: "bitmap", Density: 0.25}, {Codec: "rice-q8", Density: 0.3}, {Codec: "auto", Density: 0.1, Global: true, AlphaC: 1}} {
+		var buf bytes.Buffer
+		if _, err := CompressPEFT(filepath.Join("..", "testdata", "models", "llama", "adapters", "a_qv"), &buf, opt); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(buf.Bytes(), i%2 == 0)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, reseal bool) {
+		if reseal {
+			if b, ok := resealed(data); ok {
+				data = b
+			}
+		}
+		path := filepath.Join(t.TempDir(), "a.lorapack")
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		onDevice := func(c string) bool { return c == "q4" }
+		for _, load := range []LoaderFunc{LoadCompressed, func(p, n string, c *model.Config) (*model.HostAdapter, io.Closer, error) {
+			return LoadCompressedEncoded(p, n, c, onDevice)
+		}} {
+			a, closer, err := load(path, "x", base)
+			if err != nil {
+				continue
+			}
+			if err := checkFinite(a); err != nil {
+				t.Fatalf("loaded with %v", err)
+			}
+			closer.Close()
+		}
+	})
+}
+
+// resealed rewrites a lorapack file with the checksums of what it holds, if it parses that far.
+func resealed(data []byte) ([]byte, bool) {
+	f, err := safetensors.Parse("fuzz", data)
+	if err != nil {
+		return nil, false
+	}
+	var m lorapack.Manifest
+	if json.Unmarshal([]byte(f.Metadata()[lorapack.MetaManifest]), &m) != nil {
+		return nil, false
+	}
+	var streams []lorapack.Stream
+	for _, n := range f.Names() {
+		t, _ := f.Tensor(n)
+		streams = append(streams, lorapack.Stream{Name: n, Data: t.Data})
+	}
+	var buf bytes.Buffer
+	if lorapack.WriteContainer(&buf, &m, streams) != nil {
+		return nil, false
+	}
+	return buf.Bytes(), true
 }

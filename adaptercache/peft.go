@@ -22,10 +22,10 @@ const (
 
 // LoadPEFT loads the PEFT LoRA adapter in dir and validates it against the base model.
 //
-// The adapter's tensors are not copied: they alias a read-only memory mapping of
-// adapter_model.safetensors, which stays open until the returned io.Closer is closed. After Close
-// the HostAdapter's tensor data must not be touched; whoever owns the adapter (the cache) closes it
-// when it drops the adapter (or after copying the tensors to a device).
+// The adapter's tensors are copied out of the file into private memory (see ownTensors), so the
+// file may change or go away afterwards without touching the loaded adapter, and every value is
+// checked to be finite. The returned io.Closer holds nothing; it is returned for symmetry with
+// loaders whose tensors alias a mapping.
 //
 // Errors: an *AdapterError (naming adapter, file and tensor) when the adapter is malformed or
 // does not fit the base model, matching errors.Is(err, model.ErrUnsupported) when it uses an
@@ -63,12 +63,15 @@ func loadPEFT(roots *confine.Roots, dir, name string, base *model.Config) (*mode
 		}
 		return nil, nil, fmt.Errorf("adapter %q: %w", name, err)
 	}
+	defer f.Close()
 	a, err := buildAdapter(f, cfg, name, dir, base)
 	if err != nil {
-		f.Close()
 		return nil, nil, err
 	}
-	return a, f, nil
+	if err := ownTensors(a); err != nil { // and checks every value
+		return nil, nil, err
+	}
+	return a, closeFunc(func() error { return nil }), nil
 }
 
 // openSafetensors maps a safetensors file opened beneath roots (nil: anywhere).

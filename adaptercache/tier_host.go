@@ -9,9 +9,9 @@ import (
 	"github.com/loraplex/loraplex/model"
 )
 
-// hostCopy is an adapter in host memory. Its tensors usually alias a read-only file mapping
-// that closer unmaps, so it must stay open while anything reads them: an upload in progress, or
-// a device copy on a backend that uploads by aliasing (pins counts those).
+// hostCopy is an adapter in host memory. Its tensors may point into memory that closer
+// releases, so it must stay open while anything reads them: an upload in progress, or a device
+// copy on a backend that uploads by aliasing (pins counts those).
 type hostCopy struct {
 	ha      *model.HostAdapter
 	closer  io.Closer
@@ -50,6 +50,11 @@ func (c *Cache) load(e *entry) {
 	defer c.wg.Done()
 	start := time.Now()
 	ha, closer, err := c.readDisk(e)
+	if err == nil {
+		if err = checkRank(ha, c.opt.MaxRank); err != nil && closer != nil {
+			closer.Close()
+		}
+	}
 	took := time.Since(start)
 	c.mu.Lock()
 	defer c.unlock()

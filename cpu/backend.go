@@ -23,6 +23,7 @@ type Backend struct {
 	scratch [][]float32 // per worker: attention scores
 	loraBuf []float32
 	rowSeq  []int32 // per step: the sequence of each row
+	faults  *faultLatch
 }
 
 // New makes a CPU backend using up to threads goroutines (0 = GOMAXPROCS).
@@ -30,7 +31,8 @@ func New(threads int) *Backend {
 	if threads <= 0 {
 		threads = runtime.GOMAXPROCS(0)
 	}
-	return &Backend{workers: threads, pool: newPool(threads), scratch: make([][]float32, threads)}
+	faults := new(faultLatch)
+	return &Backend{workers: threads, pool: newPool(threads, faults), scratch: make([][]float32, threads), faults: faults}
 }
 
 // Close stops the worker goroutines.
@@ -137,6 +139,9 @@ func (b *Backend) Prepare(s *model.Step) error {
 }
 
 func (b *Backend) Read(t model.Tensor, dst []float32) error {
+	if err := b.Err(); err != nil {
+		return err
+	}
 	if len(dst) != t.Rows*t.Cols {
 		return fmt.Errorf("cpu: Read of %s into %d floats", t.Shape(), len(dst))
 	}
@@ -159,7 +164,7 @@ func checkRows(op string, a, b model.Tensor) {
 	}
 }
 
-// AliasesUploads says Upload may keep pointing into the caller's host data (the memory-mapped
-// file) instead of copying it, so the adapter cache must keep a host copy alive while its
+// AliasesUploads says Upload may keep pointing into the caller's host data (the base model's
+// file mapping, an adapter's private host copy) instead of copying it, so the adapter cache must keep a host copy alive while its
 // device copy is in use.
 func (b *Backend) AliasesUploads() bool { return true }

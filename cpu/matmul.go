@@ -16,6 +16,9 @@ func (b *Backend) MatMul(out, x, w model.Tensor) { b.gemm(out, x, w, 1, false) }
 // four x rows runs over the tile (one weight load feeding four rows, dotBF16x4) while it is in
 // L1/L2, so a batch or a prompt does not re-read the weights from memory per row.
 func (b *Backend) gemm(out, x, w model.Tensor, alpha float32, accumulate bool) {
+	if b.Err() != nil {
+		return // the weights' mapping faulted: not touched again (fault.go)
+	}
 	if x.Cols != w.Cols || out.Rows != x.Rows || out.Cols != w.Rows {
 		panic(fmt.Sprintf("cpu: MatMul out %s = x %s · wᵀ %s", out.Shape(), x.Shape(), w.Shape()))
 	}

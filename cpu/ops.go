@@ -3,11 +3,16 @@ package cpu
 import (
 	"fmt"
 	"math"
+	"runtime/debug"
 
 	"github.com/loraplex/loraplex/model"
 )
 
 func (b *Backend) Embed(out, table model.Tensor) {
+	if b.Err() != nil {
+		return
+	}
+	defer b.guard(debug.SetPanicOnFault(true))
 	ids := b.step.Tokens
 	if out.Rows != len(ids) || out.Cols != table.Cols {
 		panic(fmt.Sprintf("cpu: Embed %d ids into %s from %s", len(ids), out.Shape(), table.Shape()))
@@ -31,6 +36,10 @@ func (b *Backend) Embed(out, table model.Tensor) {
 }
 
 func (b *Backend) AddBias(x, bias model.Tensor) {
+	if b.Err() != nil {
+		return
+	}
+	defer b.guard(debug.SetPanicOnFault(true))
 	if bias.Cols != x.Cols {
 		panic(fmt.Sprintf("cpu: AddBias %s + %s", x.Shape(), bias.Shape()))
 	}
@@ -45,6 +54,10 @@ func (b *Backend) AddBias(x, bias model.Tensor) {
 
 // RMSNorm follows HF exactly: the mean of squares in float32, then x * rsqrt(ms + eps) * w.
 func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
+	if b.Err() != nil {
+		return
+	}
+	defer b.guard(debug.SetPanicOnFault(true))
 	checkRows("RMSNorm", out, x)
 	if w.Cols != x.Cols || out.Cols != x.Cols {
 		panic(fmt.Sprintf("cpu: RMSNorm %s with weight %s", x.Shape(), w.Shape()))
@@ -56,6 +69,10 @@ func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
 }
 
 func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
+	if b.Err() != nil {
+		return
+	}
+	defer b.guard(debug.SetPanicOnFault(true))
 	checkRows("AddRMSNorm", x, delta)
 	checkRows("AddRMSNorm", x, out)
 	if delta.Cols != x.Cols || out.Cols != x.Cols || w.Cols != x.Cols {

@@ -1,14 +1,18 @@
 package cpu
 
-import "sync"
+import (
+	"runtime/debug"
+	"sync"
+)
 
 // pool runs a function over index ranges on a fixed set of goroutines. Kernels call run once
 // per op; the workers are started once, so an op costs a few channel operations, not goroutine
 // creation.
 type pool struct {
-	n     int
-	tasks []chan task
-	wg    sync.WaitGroup
+	n      int
+	tasks  []chan task
+	wg     sync.WaitGroup
+	faults *faultLatch // a chunk that faults on a changed file mapping ends here (see fault.go)
 }
 
 type task struct {
@@ -17,18 +21,33 @@ type task struct {
 	worker int
 }
 
-func newPool(n int) *pool {
-	p := &pool{n: n, tasks: make([]chan task, n)}
+func newPool(n int, faults *faultLatch) *pool {
+	p := &pool{n: n, tasks: make([]chan task, n), faults: faults}
 	for i := 1; i < n; i++ {
 		p.tasks[i] = make(chan task, 1)
 		go func(ch chan task) {
+			debug.SetPanicOnFault(true)
 			for t := range ch {
-				t.fn(t.worker, t.lo, t.hi)
-				p.wg.Done()
+				p.do(t)
 			}
 		}(p.tasks[i])
 	}
 	return p
+}
+
+// do runs a worker's chunk; a fault ends the chunk, not the process.
+func (p *pool) do(t task) {
+	defer p.wg.Done()
+	defer p.faults.catch()
+	t.fn(t.worker, t.lo, t.hi)
+}
+
+// callerChunk runs the calling goroutine's chunk the same way, so that run always gets to wait
+// for its workers.
+func (p *pool) callerChunk(fn func(worker, lo, hi int), lo, hi int) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer p.faults.catch()
+	fn(0, lo, hi)
 }
 
 func (p *pool) close() {
@@ -45,7 +64,7 @@ func (p *pool) run(total, grain int, fn func(worker, lo, hi int)) {
 	}
 	chunks := min(p.n, max(1, total/max(grain, 1)))
 	if chunks == 1 {
-		fn(0, 0, total)
+		p.callerChunk(fn, 0, total)
 		return
 	}
 	per := (total + chunks - 1) / chunks
@@ -55,6 +74,6 @@ func (p *pool) run(total, grain int, fn func(worker, lo, hi int)) {
 		hi := min(total, lo+per)
 		p.tasks[w] <- task{fn: fn, lo: lo, hi: hi, worker: w}
 	}
-	fn(0, 0, min(total, per))
+	p.callerChunk(fn, 0, min(total, per))
 	p.wg.Wait()
 }

@@ -14,9 +14,9 @@ import (
 	"unsafe"
 
 	"github.com/loraplex/loraplex/adaptercache"
-	"github.com/loraplex/loraplex/adaptercache/codec"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -165,9 +165,9 @@ func encodedAdapter(t testing.TB, r *rand.Rand, name string, cfg *model.Config, 
 	i := 0
 	tensor := func(tn string, rows, cols int) (model.HostTensor, model.HostTensor) {
 		i++
-		c := codec.Q4
+		c := lorapack.Q4
 		if i%2 == 0 {
-			c = codec.Q8
+			c = lorapack.Q8
 		}
 		vals := make([]float32, rows*cols)
 		scale := math.Ldexp(1, -r.IntN(20))
@@ -179,12 +179,12 @@ func encodedAdapter(t testing.TB, r *rand.Rand, name string, cfg *model.Config, 
 				vals[j] = float32(r.NormFloat64() * scale)
 			}
 		}
-		s, err := codec.EncodeQuant(c, vals, rows, cols, group)
+		s, err := lorapack.EncodeQuant(c, vals, rows, cols, group)
 		if err != nil {
 			t.Fatal(err)
 		}
 		bf := make([]uint16, rows*cols)
-		if err := codec.DecodeBF16(s, bf); err != nil {
+		if err := lorapack.DecodeBF16(s, bf); err != nil {
 			t.Fatal(err)
 		}
 		shape := []int{rows, cols}
@@ -245,7 +245,7 @@ func TestDeviceDecodeOddShapes(t *testing.T) {
 
 // TestDeviceDecodeCorrupt: a corrupt q4 / q8 stream (a code the encoder never writes, a bad
 // group maximum, a set padding nibble, non-zero codes under a zero maximum) or one that does
-// not match its tensor fails that adapter with codec.ErrCorrupt, leaves the backend healthy and
+// not match its tensor fails that adapter with lorapack.ErrCorrupt, leaves the backend healthy and
 // the slab in the pool, and the next adapter uploads fine.
 func TestDeviceDecodeCorrupt(t *testing.T) {
 	b := newGPU(t)
@@ -275,15 +275,15 @@ func TestDeviceDecodeCorrupt(t *testing.T) {
 			s[len(s)-1] = s[len(s)-1]&0xf0 | 0x08 // the last value (the high nibble is padding)
 		}},
 		{"q8 code -128", "q8", func(ht *model.HostTensor) { s := ht.Encoded.Stream; s[len(s)-1] = 0x80 }},
-		{"negative maximum", "q4", func(ht *model.HostTensor) { ht.Encoded.Stream[codec.HeaderSize+1] |= 0x80 }},
+		{"negative maximum", "q4", func(ht *model.HostTensor) { ht.Encoded.Stream[lorapack.HeaderSize+1] |= 0x80 }},
 		{"infinite maximum", "q8", func(ht *model.HostTensor) {
-			ht.Encoded.Stream[codec.HeaderSize], ht.Encoded.Stream[codec.HeaderSize+1] = 0x80, 0x7f
+			ht.Encoded.Stream[lorapack.HeaderSize], ht.Encoded.Stream[lorapack.HeaderSize+1] = 0x80, 0x7f
 		}},
 		{"codes under a zero maximum", "q4", func(ht *model.HostTensor) {
 			s := ht.Encoded.Stream
-			s[codec.HeaderSize], s[codec.HeaderSize+1] = 0, 0
+			s[lorapack.HeaderSize], s[lorapack.HeaderSize+1] = 0, 0
 			ng := (ht.Shape[0]*ht.Shape[1] + ht.Encoded.Group - 1) / ht.Encoded.Group
-			s[codec.HeaderSize+2*ng] = 0x11
+			s[lorapack.HeaderSize+2*ng] = 0x11
 		}},
 		{"q4 padding nibble", "q4", func(ht *model.HostTensor) {
 			s := ht.Encoded.Stream
@@ -307,8 +307,8 @@ func TestDeviceDecodeCorrupt(t *testing.T) {
 			a.Free(b)
 			t.Fatalf("%s: uploaded", c.name)
 		}
-		if !errors.Is(err, codec.ErrCorrupt) {
-			t.Errorf("%s: %v does not wrap codec.ErrCorrupt", c.name, err)
+		if !errors.Is(err, lorapack.ErrCorrupt) {
+			t.Errorf("%s: %v does not wrap lorapack.ErrCorrupt", c.name, err)
 		}
 		t.Logf("%s: %v", c.name, err)
 		if err := b.Err(); err != nil {

@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
-	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -38,7 +38,7 @@ func putDequantDescs(d []byte, encs []part, scratch, slab uintptr) {
 	descs := unsafe.Slice((*C.lp_dequant_desc)(unsafe.Pointer(&d[0])), len(encs))
 	for i, e := range encs {
 		q4 := 0
-		if e.hdr.Codec == codec.Q4 {
+		if e.hdr.Codec == lorapack.Q4 {
 			q4 = 1
 		}
 		descs[i] = C.lp_dequant_desc{
@@ -57,17 +57,17 @@ func (b *Backend) DecodesOnDevice(c string) bool { return c == "q4" || c == "q8"
 
 // encodedLayout checks an encoded tensor against the shape the model wants and returns its
 // header and payload.
-func encodedLayout(t model.HostTensor, rows, cols int) (codec.Header, []byte, error) {
+func encodedLayout(t model.HostTensor, rows, cols int) (lorapack.Header, []byte, error) {
 	e := t.Encoded
-	h, p, err := codec.ParseHeader(e.Stream)
+	h, p, err := lorapack.ParseHeader(e.Stream)
 	if err != nil {
 		return h, nil, fmt.Errorf("cuda: %s: %w", t.Name, err)
 	}
-	if (h.Codec != codec.Q4 && h.Codec != codec.Q8) || h.Codec.String() != e.Codec || int(h.Param) != e.Group {
-		return h, nil, fmt.Errorf("cuda: %s: %w: stream is %v group %d, the tensor says %s group %d", t.Name, codec.ErrCorrupt, h.Codec, h.Param, e.Codec, e.Group)
+	if (h.Codec != lorapack.Q4 && h.Codec != lorapack.Q8) || h.Codec.String() != e.Codec || int(h.Param) != e.Group {
+		return h, nil, fmt.Errorf("cuda: %s: %w: stream is %v group %d, the tensor says %s group %d", t.Name, lorapack.ErrCorrupt, h.Codec, h.Param, e.Codec, e.Group)
 	}
 	if h.Rows != rows || h.Cols != cols || uint64(rows)*uint64(cols) > math.MaxUint32 {
-		return h, nil, fmt.Errorf("cuda: %s: %w: stream is [%d, %d], want [%d, %d]", t.Name, codec.ErrCorrupt, h.Rows, h.Cols, rows, cols)
+		return h, nil, fmt.Errorf("cuda: %s: %w: stream is [%d, %d], want [%d, %d]", t.Name, lorapack.ErrCorrupt, h.Rows, h.Cols, rows, cols)
 	}
 	return h, p, nil
 }

@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
-	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -48,7 +48,7 @@ type part struct {
 	view   *model.Tensor
 	// Device-decoded tensors (src.Encoded): the stream's header and payload, and where the
 	// payload goes in the stager's device scratch.
-	hdr     codec.Header
+	hdr     lorapack.Header
 	payload []byte
 	scr     int
 }
@@ -288,9 +288,9 @@ func (b *Backend) UploadAdapter(cfg *model.Config, h *model.HostAdapter) (*model
 		}
 		b.FreeAdapter(&model.Adapter{Mem: &s}) // nothing reads it: back to the pool
 		// The CPU decoder names what is wrong.
-		err := codec.DecodeBF16(e.src.Encoded.Stream, make([]uint16, e.n))
+		err := lorapack.DecodeBF16(e.src.Encoded.Stream, make([]uint16, e.n))
 		if err == nil {
-			err = fmt.Errorf("%w: %v stream rejected by the device decoder", codec.ErrCorrupt, e.hdr.Codec)
+			err = fmt.Errorf("%w: %v stream rejected by the device decoder", lorapack.ErrCorrupt, e.hdr.Codec)
 		}
 		return nil, fmt.Errorf("adapter %q: cuda: %s: %w", h.Name, e.src.Name, err)
 	}

@@ -1,4 +1,4 @@
-// Device decoding of lorapack's q8 / q4 streams (adaptercache/codec/quant.go) straight into an
+// Device decoding of lorapack's q8 / q4 streams (lorapack/quant.go) straight into an
 // adapter's slab (cuda/devicedecode.go). Each value decodes exactly as the CPU decoder does: the
 // group's maximum M (bf16), step = M / Q in double, value = float32(step * k), rounded to bf16
 // (nearest even). Corrupt codes or maxima never fault: they set the tensor's error word, which

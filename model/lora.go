@@ -14,7 +14,7 @@ type HostTensor struct {
 	Encoded *EncodedTensor
 }
 
-// EncodedTensor is a tensor's lorapack codec stream (adaptercache/codec), as stored.
+// EncodedTensor is a tensor's lorapack codec stream (package lorapack), as stored.
 type EncodedTensor struct {
 	Codec  string // "q4" or "q8"
 	Group  int    // the codec's group size

@@ -209,7 +209,12 @@ func LoadIn(roots *confine.Roots, dir string, cfg *model.Config) (*Bundle, error
 		return nil, fmt.Errorf("router %s: %w", dir, err)
 	}
 	defer f.Close()
-	if err := b.readGates(gpath, f, cfg); err != nil {
+	// The gates are read out of the mapping into private memory here; the file may shrink
+	// while that happens (a cp over it), which is an error, not a crash.
+	if err := safetensors.ReadMapped(func() error { return b.readGates(gpath, f, cfg) }); err != nil {
+		if errors.Is(err, safetensors.ErrFileChanged) {
+			return nil, fmt.Errorf("router %s: %s: %w", dir, GatesFile, err)
+		}
 		return nil, err
 	}
 	return b, nil
@@ -383,12 +388,12 @@ func (b *Bundle) readGates(where string, f *safetensors.File, cfg *model.Config)
 				name, st.Shape, ly.Rows(), in, l, len(ly.Experts), ly.Nulls, p, in)
 		}
 		h := model.HostTensor{Name: name, DType: dt, Shape: st.Shape, Data: st.Data}
+		if i := h.FirstNonFinite(); i >= 0 {
+			return invalid(where, "tensor %q: element %d is %v", name, i, h.At(i))
+		}
 		w := make([]float32, ly.Rows()*in)
 		for i := range w {
 			w[i] = h.At(i)
-			if math.IsNaN(float64(w[i])) || math.IsInf(float64(w[i]), 0) {
-				return invalid(where, "tensor %q: element %d is %v", name, i, w[i])
-			}
 		}
 		ly.Gates[p] = &Gate{Name: name, Layer: l, Proj: p, Rows: ly.Rows(), Cols: in, W: w}
 	}

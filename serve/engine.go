@@ -30,6 +30,9 @@ type Options struct {
 	// MaxLoRAs is the number of adapters on the device at once (default 32); requests for other
 	// adapters wait while one loads into a free or least recently used slot.
 	MaxLoRAs int
+	// MaxLoRARank refuses adapters with a module of higher rank at load (default
+	// adaptercache.DefaultMaxRank, 256: the largest the CUDA kernels implement).
+	MaxLoRARank int
 	// MaxCPULoRAs and MaxCPULoRABytes bound the host-memory tier (0: no limit).
 	MaxCPULoRAs     int
 	MaxCPULoRABytes int64
@@ -174,11 +177,11 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if !r.CanSample() {
 		return nil, fmt.Errorf("engine: backend %s does not sample (model.DeviceSampler)", b.Name())
 	}
-	// Backends whose uploads alias host memory (the CPU reads the file mapping in place) need
+	// Backends whose uploads alias host memory (the CPU computes from the host copy in place) need
 	// the host copy kept while the device copy lives; copying backends (CUDA) do not.
 	cache, err := adaptercache.New(adaptercache.Options{Config: cfg, Backend: b, Dirs: opt.AdapterDirs,
 		MaxDeviceSlots: opt.MaxLoRAs, MaxHostAdapters: opt.MaxCPULoRAs, MaxHostBytes: opt.MaxCPULoRABytes,
-		UploadCopies: !model.AliasesUploads(b), Roots: roots, LoadTimeout: opt.LoadTimeout})
+		UploadCopies: !model.AliasesUploads(b), Roots: roots, LoadTimeout: opt.LoadTimeout, MaxRank: opt.MaxLoRARank})
 	if err != nil {
 		return nil, err
 	}
@@ -236,6 +239,16 @@ func (e *Engine) BackendErr() error {
 	return e.runner.Err()
 }
 
+// backendFailed is the error for requests that the backend's permanent failure ends, or nil:
+// Unavailable (the server cannot serve until it is restarted, as its health says), with the
+// backend's reason.
+func (e *Engine) backendFailed() *Error {
+	if err := e.BackendErr(); err != nil {
+		return &Error{Kind: KindUnavailable, Msg: "the model backend has failed", Err: err}
+	}
+	return nil
+}
+
 // Models lists the base model and every adapter.
 func (e *Engine) Models() []ModelInfo {
 	out := []ModelInfo{{ID: e.opt.ModelName, Kind: "base", Created: e.created, MaxLen: e.opt.MaxModelLen}}
@@ -270,6 +283,9 @@ func (e *Engine) Serves(model string) (string, error) {
 // draining. Cancelling ctx aborts the request and frees its KV pages at the next step.
 func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if !e.Ready() {
+		if err := e.backendFailed(); err != nil {
+			return nil, err
+		}
 		return nil, errorf(KindUnavailable, "", "the server is shutting down")
 	}
 	p := req.Params

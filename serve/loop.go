@@ -98,8 +98,12 @@ func (e *Engine) safeStep() {
 	// prefill-only steps included: only then may finish release what the step read.
 	if err := e.runner.ForwardSample(&e.step, e.stepAd, rows, e.sampleOut[:len(rows)]); err != nil {
 		e.log.Error("forward pass failed", "err", err)
+		fail := &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err}
+		if berr := e.backendFailed(); berr != nil {
+			fail = berr
+		}
 		for _, sq := range slices.Clone(e.running) {
-			e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err})
+			e.finish(sq, "error", nil, fail)
 		}
 		// Pages indexed while building the step were never written: no one may reuse them.
 		e.pages.forget()

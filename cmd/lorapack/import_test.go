@@ -69,18 +69,18 @@ func TestImportCommands(t *testing.T) {
 		}
 	}
 	out := filepath.Join(tmp, "met")
-	code, stdout, stderr := lorapack(t, "import-meteora", metFile, out, "--tasks", "sql,poetry", "--alpha", "8", "--top-k", "1")
+	code, stdout, stderr := runLorapack(t, "import-meteora", metFile, out, "--tasks", "sql,poetry", "--alpha", "8", "--top-k", "1")
 	if code != 0 || !strings.Contains(stdout, "wrote 2 adapters") || !strings.Contains(stdout, "--router met=") {
 		t.Fatalf("import-meteora: exit %d\n%s%s", code, stdout, stderr)
 	}
 	check(out, "sql", "poetry")
 	out = filepath.Join(tmp, "met2")
-	if code, stdout, stderr = lorapack(t, "import-meteora", "--tasks", taskFile, "--alpha=8", metFile, out); code != 0 {
+	if code, stdout, stderr = runLorapack(t, "import-meteora", "--tasks", taskFile, "--alpha=8", metFile, out); code != 0 {
 		t.Fatalf("import-meteora --tasks FILE: exit %d\n%s%s", code, stdout, stderr)
 	}
 	check(out, "sql", "poetry")
 	out = filepath.Join(tmp, "mola")
-	code, stdout, stderr = lorapack(t, "import-mola", molaFile, out, "--experts", "2,3", "--top-k", "2", "--alpha", "16", "--rank", "4")
+	code, stdout, stderr = runLorapack(t, "import-mola", molaFile, out, "--experts", "2,3", "--top-k", "2", "--alpha", "16", "--rank", "4")
 	if code != 0 || !strings.Contains(stdout, "wrote 3 adapters") {
 		t.Fatalf("import-mola: exit %d\n%s%s", code, stdout, stderr)
 	}
@@ -99,7 +99,7 @@ func TestImportCommands(t *testing.T) {
 		{[]string{"import-mola", metFile, filepath.Join(tmp, "x"), "--experts", "2", "--top-k", "2", "--alpha", "1"}, exitFail, "looks like a MeteoRA checkpoint"},
 		{[]string{"import-meteora", molaFile, filepath.Join(tmp, "x"), "--tasks", "a,b", "--alpha", "1"}, exitFail, "looks like a MoLA checkpoint"},
 	} {
-		code, _, stderr := lorapack(t, c.args...)
+		code, _, stderr := runLorapack(t, c.args...)
 		if code != c.code || !strings.Contains(stderr, c.msg) {
 			t.Errorf("%v: exit %d, stderr %q; want %d and %q", c.args, code, stderr, c.code, c.msg)
 		}

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -20,7 +20,7 @@ type sizes struct {
 	origDTypes                string
 }
 
-func summarize(m *codec.Manifest, fileSize int64) sizes {
+func summarize(m *lorapack.Manifest, fileSize int64) sizes {
 	s := sizes{file: fileSize}
 	dts := map[string]bool{}
 	for _, t := range m.Tensors {
@@ -55,7 +55,7 @@ func inspect(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := codec.Open(pos[0])
+	c, err := lorapack.Open(pos[0])
 	if err != nil {
 		return err
 	}

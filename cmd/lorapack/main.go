@@ -1,5 +1,5 @@
 // Command lorapack compresses PEFT LoRA adapters into lorapack files (sparsified, entropy-coded
-// factors; see adaptercache/codec), expands them back into PEFT folders, and inspects them. It
+// factors; see package lorapack), expands them back into PEFT folders, and inspects them. It
 // also imports MeteoRA and MoLA mixture-of-LoRA-experts checkpoints as one PEFT adapter per expert
 // plus a loraplex.router/v1 bundle (see router/importer).
 //

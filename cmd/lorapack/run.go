@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/loraplex/loraplex/adaptercache"
-	"github.com/loraplex/loraplex/adaptercache/codec"
+	"github.com/loraplex/loraplex/lorapack"
 )
 
 const usage = `usage:
@@ -116,7 +116,7 @@ func compress(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if c, _ := codec.ParseCodec(opt.Codec); c != codec.Dense && c != codec.Q8 && c != codec.Q4 && !(opt.Density > 0 && opt.Density <= 1) {
+	if c, _ := lorapack.ParseCodec(opt.Codec); c != lorapack.Dense && c != lorapack.Q8 && c != lorapack.Q4 && !(opt.Density > 0 && opt.Density <= 1) {
 		return fmt.Errorf("%w: --density %v: want 0 < K <= 1", errUsage, opt.Density)
 	}
 	dir, out := pos[0], pos[1]

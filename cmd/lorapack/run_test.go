@@ -12,7 +12,7 @@ import (
 	"github.com/loraplex/loraplex/model"
 )
 
-func lorapack(t *testing.T, args ...string) (code int, stdout, stderr string) {
+func runLorapack(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var o, e bytes.Buffer
 	code = run(args, &o, &e)
@@ -31,12 +31,12 @@ func TestEndToEnd(t *testing.T) {
 	for _, flags := range [][]string{nil, {"--codec", "dense"}, {"--density", "0.25", "--codec", "bitmap"}, {"--codec", "auto", "--global", "--alpha", "2"},
 		{"--codec", "q4"}, {"--codec", "q8", "--group", "64", "--density", "0"}, {"--codec", "rice-q8", "--density", "0.25"}, {"--codec", "q4", "--dense-a"}} {
 		file := filepath.Join(tmp, "a.lorapack")
-		code, out, errOut := lorapack(t, append([]string{"compress", dir, file}, flags...)...)
+		code, out, errOut := runLorapack(t, append([]string{"compress", dir, file}, flags...)...)
 		if code != 0 || !strings.Contains(out, "smaller than bf16") || !strings.Contains(errOut, "28/28 tensors") {
 			t.Fatalf("compress %v: exit %d\n%s%s", flags, code, out, errOut)
 		}
-		code, out, _ = lorapack(t, "inspect", file)
-		if code != 0 || !strings.Contains(out, "loraplex.lorapack/v1") || !strings.Contains(out, "layers.1.mlp.down_proj.lora_B.weight") || !strings.Contains(out, "total: 28 tensors") {
+		code, out, _ = runLorapack(t, "inspect", file)
+		if code != 0 || !strings.Contains(out, "loraplex.lorapack/v2") || !strings.Contains(out, "layers.1.mlp.down_proj.lora_B.weight") || !strings.Contains(out, "total: 28 tensors") {
 			t.Fatalf("inspect: exit %d\n%s", code, out)
 		}
 		if len(flags) > 1 && (flags[1] == "q4" || flags[1] == "q8") {
@@ -49,7 +49,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		peft := filepath.Join(tmp, "peft")
-		if code, out, errOut = lorapack(t, "decompress", file, peft); code != 0 {
+		if code, out, errOut = runLorapack(t, "decompress", file, peft); code != 0 {
 			t.Fatalf("decompress: exit %d\n%s%s", code, out, errOut)
 		}
 		want, _, err := adaptercache.LoadCompressed(file, "x", base)
@@ -99,7 +99,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"inspect", filepath.Join(dir, "adapter_model.safetensors")}, 1, "not a lorapack file"},
 		{[]string{"decompress", corrupt, filepath.Join(tmp, "out")}, 1, "safetensors"},
 	} {
-		code, _, errOut := lorapack(t, c.args...)
+		code, _, errOut := runLorapack(t, c.args...)
 		if code != c.code || !strings.Contains(errOut, c.msg) {
 			t.Errorf("%v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, errOut, c.code, c.msg)
 		}

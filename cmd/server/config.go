@@ -27,6 +27,7 @@ type config struct {
 	kvCacheTokens          int
 	maxQueued              int
 	maxLoRAs, maxCPULoRAs  int
+	maxLoRARank            int
 	threads                int
 	apiKey                 string
 	allowRuntimeAdapters   bool
@@ -106,6 +107,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: from the model, at most 4096); a prompt text longer than this times the tokenizer's longest token in bytes is refused before tokenizing")
 	fs.IntVar(&c.kvCacheTokens, "kv-cache-tokens", 0, "KV-cache capacity in tokens (0: max-num-seqs x max-model-len)")
 	fs.IntVar(&c.maxLoRAs, "max-loras", 0, "adapters on the device at once (0: 32); others wait while one loads into a free or least recently used slot")
+	fs.IntVar(&c.maxLoRARank, "max-lora-rank", 0, "adapters with a higher LoRA rank are refused at load (0: 256, the largest the CUDA kernels implement)")
 	fs.IntVar(&c.maxCPULoRAs, "max-cpu-loras", 0, "adapters kept in host memory (0: no limit)")
 	fs.IntVar(&c.maxQueued, "max-queued-requests", 0, "waiting requests beyond which the server answers 429 with Retry-After (0: engine default 1024); a request needing more generations (prompts x n) than this is a 400")
 	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
@@ -143,7 +145,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		n    int
 	}{{"max-num-seqs", c.maxNumSeqs}, {"max-num-batched-tokens", c.maxBatchedTokens}, {"max-model-len", c.maxModelLen},
 		{"kv-cache-tokens", c.kvCacheTokens}, {"max-queued-requests", c.maxQueued}, {"threads", c.threads},
-		{"max-loras", c.maxLoRAs}, {"max-cpu-loras", c.maxCPULoRAs}} {
+		{"max-loras", c.maxLoRAs}, {"max-cpu-loras", c.maxCPULoRAs}, {"max-lora-rank", c.maxLoRARank}} {
 		if v.n < 0 {
 			return nil, fmt.Errorf("--%s must not be negative, got %d", v.name, v.n)
 		}

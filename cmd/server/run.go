@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	e, err := serve.NewEngine(m.cfg, b, m.weights, m.tok, serve.Options{
 		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: c.maxModelLen,
 		KVCacheTokens: c.kvCacheTokens, MaxQueued: c.maxQueued, Logger: log, DisablePrefixCaching: !c.prefixCaching,
-		AdapterDirs: c.adapterDirs, AdapterRoots: c.roots(), LoadTimeout: c.loadTimeout, MaxLoRAs: c.maxLoRAs, MaxCPULoRAs: c.maxCPULoRAs,
+		AdapterDirs: c.adapterDirs, AdapterRoots: c.roots(), LoadTimeout: c.loadTimeout, MaxLoRAs: c.maxLoRAs, MaxLoRARank: c.maxLoRARank, MaxCPULoRAs: c.maxCPULoRAs,
 	})
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package codec
+package lorapack
 
 import (
 	"fmt"
@@ -266,7 +266,7 @@ func relError(x, y []float32) (err2, norm2 float64) {
 // TestCompressionTable prints the table of bench/results/compression.md. It takes a minute and
 // 1 GB, so it runs only with LORAPACK_TABLE=1:
 //
-//	LORAPACK_TABLE=1 go test ./adaptercache/codec -run TestCompressionTable -v -timeout 30m
+//	LORAPACK_TABLE=1 go test ./lorapack -run TestCompressionTable -v -timeout 30m
 func TestCompressionTable(t *testing.T) {
 	if os.Getenv("LORAPACK_TABLE") == "" {
 		t.Skip("set LORAPACK_TABLE=1 to print the compression table")

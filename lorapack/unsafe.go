@@ -1,4 +1,4 @@
-package codec
+package lorapack
 
 import (
 	"unsafe"

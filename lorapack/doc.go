@@ -42,4 +42,4 @@
 //
 // Decoders never panic and never allocate from header fields: they write into a caller-sized
 // destination after checking every length, and reject non-canonical streams.
-package codec
+package lorapack
