@@ -45,9 +45,8 @@ type Options struct {
 	// dropped while the device copy lives. False (the CPU backend, which computes from the host
 	// copy in place) keeps the host copy pinned as long as its device copy exists.
 	UploadCopies bool
-	// Loader defaults to DefaultLoader, or DeviceDecodeLoader when Backend implements
-	// model.EncodedUploader (CUDA: q4 / q8 tensors are decoded on the device), opening files
-	// beneath Roots (LoaderIn).
+	// Loader defaults to LoaderIn(Roots, Backend as a model.EncodedUploader if it is one: CUDA
+	// decodes q4 / q8 tensors on the device).
 	Loader LoaderFunc
 	// Roots confine every file the default loader opens, and the DIR/NAME lookups in Dirs
 	// (nil: no confinement).

@@ -17,16 +17,12 @@ func DefaultLoader(path, name string, cfg *model.Config) (*model.HostAdapter, io
 	return loadPath(nil, path, name, cfg, nil)
 }
 
-// DeviceDecodeLoader is DefaultLoader for a backend that decodes some codecs itself: lorapack
-// files go through LoadCompressedEncoded, so their q4 / q8 tensors reach the backend still
-// encoded. The cache uses it when its Backend implements model.EncodedUploader and no Loader
-// is set.
-func DeviceDecodeLoader(u model.EncodedUploader) LoaderFunc { return LoaderIn(nil, u) }
-
-// LoaderIn is DefaultLoader, or DeviceDecodeLoader when u is not nil, opening every file it
+// LoaderIn is DefaultLoader, opening every file it
 // reads beneath roots (internal/confine; nil: anywhere): the adapter's folder or lorapack file
-// and each file inside the folder, links followed only while they stay inside the roots. The
-// cache uses it with Options.Roots when no Loader is set.
+// and each file inside the folder, links followed only while they stay inside the roots. With
+// u (a backend that decodes some codecs itself), lorapack files go through
+// LoadCompressedEncoded, so their q4 / q8 tensors reach the backend still encoded. The cache
+// uses it with Options.Roots and its backend when no Loader is set.
 func LoaderIn(roots *confine.Roots, u model.EncodedUploader) LoaderFunc {
 	return func(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error) {
 		return loadPath(roots, path, name, cfg, u)

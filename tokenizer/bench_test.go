@@ -45,3 +45,10 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// reset empties the cache, so a benchmark measures encoding rather than cache hits.
+func (c *wordCache) reset() {
+	c.mu.Lock()
+	c.m = nil
+	c.mu.Unlock()
+}

@@ -373,9 +373,3 @@ func (c *wordCache) put(w string, ids []int) {
 	c.m[w] = cp
 	c.mu.Unlock()
 }
-
-func (c *wordCache) reset() {
-	c.mu.Lock()
-	c.m = nil
-	c.mu.Unlock()
-}

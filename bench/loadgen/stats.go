@@ -6,19 +6,10 @@ import (
 	"time"
 )
 
-// Percentile returns the p-th percentile (0..100) of xs by linear interpolation between the two
-// nearest ranks, numpy's default, so the numbers line up with vLLM's benchmark_serving. xs need
-// not be sorted and is not modified. An empty sample gives NaN rather than 0 so that a missing
+// percentileSorted returns the p-th percentile (0..100) of the sorted s by linear
+// interpolation between the two nearest ranks, numpy's default, so the numbers line up with
+// vLLM's benchmark_serving. An empty sample gives NaN rather than 0 so that a missing
 // measurement can never pass for a fast one.
-func Percentile(xs []float64, p float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return percentileSorted(s, p)
-}
-
 func percentileSorted(s []float64, p float64) float64 {
 	if len(s) == 0 {
 		return math.NaN()
