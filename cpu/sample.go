@@ -19,6 +19,11 @@ var samplers = sync.Pool{New: func() any { return new(model.Sampler) }}
 // U, so a seeded request picks the same tokens on both backends and the CPU is the oracle for
 // sampling as it is for the forward pass. logits' rows are modified in place.
 func (b *Backend) Sample(logits model.Tensor, rows []model.SampleRow, out []model.SampleResult) error {
+	// The step's only read-back: a fault reading the weights during it (fault.go) fails the
+	// step here, as Read does, rather than sampling logits the fault left half computed.
+	if err := b.Err(); err != nil {
+		return err
+	}
 	if logits.DType != model.F32 || logits.Rows != len(rows) || len(out) != len(rows) {
 		return fmt.Errorf("cpu: Sample of %s %s logits for %d rows into %d results", logits.Shape(), logits.DType, len(rows), len(out))
 	}

@@ -114,7 +114,7 @@ func (e *Engine) loadRouter(name, dir string, replace bool) error {
 	committed = true // commitRouter gives the name back itself when it fails
 	if err != nil {
 		ent.gone = true
-		b.Free(e.runner.B)
+		b.Free(e.backend)
 		err.(*Error).Param = "router"
 		return err
 	}

@@ -35,6 +35,9 @@ func CopyMapped(dst, src []byte) error {
 // IsFault reports whether a recovered panic value is a memory fault that
 // debug.SetPanicOnFault turned into a panic (the runtime's error then carries the address).
 func IsFault(r any) bool {
-	_, ok := r.(interface{ Addr() uintptr })
+	_, ok := r.(faultAddr)
 	return ok
 }
+
+// faultAddr is the method runtime errors of memory faults have (runtime/debug.SetPanicOnFault).
+type faultAddr interface{ Addr() uintptr }
