@@ -174,28 +174,7 @@ func SampleReference(logits []float32, row *SampleRow, out *SampleResult) {
 	for _, h := range row.Hist {
 		raw[h.Token] = logits[h.Token]
 	}
-	for _, t := range row.Banned {
-		if t >= 0 && int(t) < V {
-			logits[t] = ninf
-		}
-	}
-	rp := row.RepetitionPenalty
-	for _, h := range row.Hist {
-		l := logits[h.Token]
-		if rp != 0 && rp != 1 {
-			if l > 0 {
-				l /= rp
-			} else {
-				l *= rp
-			}
-		}
-		if h.Count > 0 {
-			// float32(...) keeps the product rounded on its own (no fused multiply-add), as
-			// on the device.
-			l -= float32(row.FrequencyPenalty*float32(h.Count)) + row.PresencePenalty
-		}
-		logits[h.Token] = l
-	}
+	banAndPenalize(logits, row)
 	tok := referenceChoose(logits, row)
 	out.Token = int32(tok)
 	out.Logprob = 0
@@ -362,4 +341,33 @@ func referenceChoose(l []float32, row *SampleRow) int {
 		}
 	}
 	return last
+}
+
+// banAndPenalize masks row's banned tokens and applies its penalties to logits in place, in
+// the device's order: bans, then per history token the repetition penalty, then frequency and
+// presence. The one copy of this step for SampleReference and Sampler.
+func banAndPenalize(logits []float32, row *SampleRow) {
+	V := len(logits)
+	for _, t := range row.Banned {
+		if t >= 0 && int(t) < V {
+			logits[t] = float32(math.Inf(-1))
+		}
+	}
+	rp := row.RepetitionPenalty
+	for _, h := range row.Hist {
+		l := logits[h.Token]
+		if rp != 0 && rp != 1 {
+			if l > 0 {
+				l /= rp
+			} else {
+				l *= rp
+			}
+		}
+		if h.Count > 0 {
+			// float32(...) keeps the product rounded on its own (no fused multiply-add), as
+			// on the device.
+			l -= float32(row.FrequencyPenalty*float32(h.Count)) + row.PresencePenalty
+		}
+		logits[h.Token] = l
+	}
 }

@@ -66,26 +66,7 @@ func (s *Sampler) Sample(logits []float32, row *SampleRow, out *SampleResult) {
 	for _, h := range row.Hist {
 		s.rawHist = append(s.rawHist, logits[h.Token])
 	}
-	for _, t := range row.Banned {
-		if t >= 0 && int(t) < V {
-			logits[t] = ninf
-		}
-	}
-	rp := row.RepetitionPenalty
-	for _, h := range row.Hist {
-		l := logits[h.Token]
-		if rp != 0 && rp != 1 {
-			if l > 0 {
-				l /= rp
-			} else {
-				l *= rp
-			}
-		}
-		if h.Count > 0 {
-			l -= float32(row.FrequencyPenalty*float32(h.Count)) + row.PresencePenalty
-		}
-		logits[h.Token] = l
-	}
+	banAndPenalize(logits, row)
 	tok := s.choose(logits, row)
 	out.Token = int32(tok)
 	out.Logprob = 0
