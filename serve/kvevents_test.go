@@ -1,0 +1,457 @@
+package serve
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/go-zeromq/zmq4"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/model"
+)
+
+// llmdHashes recomputes llm-d's block hashes for tokens independently of kvevents.go, the way
+// its kv-cache indexer does (pkg/kvcache/kvblock/token_processor.go): FNV-64a over the
+// canonical CBOR encoding of [parent, chunk, nil], chained from [FNV-64a(seed), nil, model].
+func llmdHashes(t *testing.T, seed, model string, tokens []int, blockSize int) []uint64 {
+	t.Helper()
+	enc, err := cbor.CanonicalEncOptions().EncMode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := func(parent uint64, chunk []uint32, extra any) uint64 {
+		b, err := enc.Marshal([]any{parent, chunk, extra})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := fnv.New64a()
+		h.Write(b)
+		return h.Sum64()
+	}
+	s := fnv.New64a()
+	s.Write([]byte(seed))
+	parent := hash(s.Sum64(), nil, model)
+	var out []uint64
+	for i := 0; i+blockSize <= len(tokens); i += blockSize {
+		chunk := make([]uint32, blockSize)
+		for j := range chunk {
+			chunk[j] = uint32(tokens[i+j])
+		}
+		parent = hash(parent, chunk, nil)
+		out = append(out, parent)
+	}
+	return out
+}
+
+// decodedEvent is one event as llm-d's vLLM adapter reads it: a msgpack array, tag first.
+type decodedEvent struct {
+	tag      string
+	hashes   []uint64
+	parent   any
+	tokens   []int
+	size     int
+	loraID   any
+	medium   any
+	loraName any
+	fields   int
+}
+
+// kvSubscriber is a real ZMQ SUB socket on loopback, subscribed to an engine's publisher.
+type kvSubscriber struct {
+	t     *testing.T
+	sock  zmq4.Socket
+	topic string
+	seq   uint64
+}
+
+func subscribe(t *testing.T, e *Engine, topic string) *kvSubscriber {
+	t.Helper()
+	port := e.KVEventsAddr().(*net.TCPAddr).Port
+	sock := zmq4.NewSub(context.Background())
+	t.Cleanup(func() { sock.Close() })
+	if err := sock.Dial(fmt.Sprintf("tcp://127.0.0.1:%d", port)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sock.SetOption(zmq4.OptionSubscribe, topic); err != nil {
+		t.Fatal(err)
+	}
+	// A PUB socket drops what it sends before a subscription reaches it: wait until it has.
+	pub := e.kvPub.sock.(interface{ Topics() []string })
+	for deadline := time.Now().Add(5 * time.Second); !slices.Contains(pub.Topics(), topic); {
+		if time.Now().After(deadline) {
+			t.Fatal("the subscription never reached the publisher")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return &kvSubscriber{t: t, sock: sock, topic: topic}
+}
+
+// next receives one batch, checks its frames (topic, the next sequence number, 8 bytes
+// big-endian) and its shape ([ts, events, data_parallel_rank]), and decodes its events.
+func (s *kvSubscriber) next() []decodedEvent {
+	s.t.Helper()
+	got := make(chan zmq4.Msg, 1)
+	errc := make(chan error, 1)
+	go func() {
+		m, err := s.sock.Recv()
+		if err != nil {
+			errc <- err
+			return
+		}
+		got <- m
+	}()
+	var m zmq4.Msg
+	select {
+	case m = <-got:
+	case err := <-errc:
+		s.t.Fatal(err)
+	case <-time.After(10 * time.Second):
+		s.t.Fatal("no KV event batch within 10s")
+	}
+	if len(m.Frames) != 3 || string(m.Frames[0]) != s.topic || len(m.Frames[1]) != 8 {
+		s.t.Fatalf("frames %q: want [topic, 8-byte sequence number, payload]", m.Frames)
+	}
+	if seq := binary.BigEndian.Uint64(m.Frames[1]); seq != s.seq {
+		s.t.Fatalf("sequence number %d, want %d", seq, s.seq)
+	}
+	s.seq++
+	var batch []msgpack.RawMessage
+	if err := msgpack.Unmarshal(m.Frames[2], &batch); err != nil {
+		s.t.Fatal(err)
+	}
+	var ts float64
+	var raw []msgpack.RawMessage
+	var rank int
+	if len(batch) != 3 || msgpack.Unmarshal(batch[0], &ts) != nil || msgpack.Unmarshal(batch[1], &raw) != nil ||
+		msgpack.Unmarshal(batch[2], &rank) != nil || rank != 0 || time.Since(time.Unix(int64(ts), 0)) > time.Minute {
+		s.t.Fatalf("batch %x: want [ts, events, 0]", m.Frames[2])
+	}
+	var out []decodedEvent
+	for _, r := range raw {
+		var f []any
+		if err := msgpack.Unmarshal(r, &f); err != nil {
+			s.t.Fatal(err)
+		}
+		ev := decodedEvent{tag: f[0].(string), fields: len(f)}
+		switch ev.tag {
+		case "BlockStored":
+			if len(f) != 8 {
+				s.t.Fatalf("BlockStored has %d fields, want 8: %v", len(f), f)
+			}
+			ev.hashes, ev.parent, ev.tokens = uints(s.t, f[1]), f[2], ints(s.t, f[3])
+			ev.size = ints(s.t, []any{f[4]})[0]
+			ev.loraID, ev.medium, ev.loraName = f[5], f[6], f[7]
+		case "BlockRemoved":
+			if len(f) != 3 {
+				s.t.Fatalf("BlockRemoved has %d fields, want 3: %v", len(f), f)
+			}
+			ev.hashes, ev.medium = uints(s.t, f[1]), f[2]
+		case "AllBlocksCleared":
+			if len(f) != 1 {
+				s.t.Fatalf("AllBlocksCleared has %d fields, want 1: %v", len(f), f)
+			}
+		default:
+			s.t.Fatalf("unknown event tag %q", ev.tag)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func uints(t *testing.T, v any) []uint64 {
+	t.Helper()
+	var out []uint64
+	for _, x := range v.([]any) {
+		switch n := x.(type) {
+		case uint64:
+			out = append(out, n)
+		case int64:
+			out = append(out, uint64(n))
+		case uint8:
+			out = append(out, uint64(n))
+		case uint16:
+			out = append(out, uint64(n))
+		case uint32:
+			out = append(out, uint64(n))
+		case int8:
+			out = append(out, uint64(n))
+		default:
+			t.Fatalf("hash %v is a %T", x, x)
+		}
+	}
+	return out
+}
+
+func ints(t *testing.T, v any) []int {
+	t.Helper()
+	var out []int
+	for _, h := range uints(t, v) {
+		out = append(out, int(h))
+	}
+	return out
+}
+
+func kvEventsConfig(t *testing.T, topic string) *KVEventsConfig {
+	t.Helper()
+	c, err := ParseKVEventsConfig(fmt.Sprintf(`{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://127.0.0.1:*", "topic": %q}`, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.HashSeed = "42"
+	return c
+}
+
+func promptOf(n, salt int) []int {
+	p := make([]int, n)
+	for i := range p {
+		p[i] = 1 + (i*7+salt*13)%250
+	}
+	return p
+}
+
+// A prompt's full pages are published as stored, as vLLM publishes them: block hashes equal to
+// llm-d's own recomputation from the tokens (seed, block size, and the topic's model name for the
+// base model, lora_name for an adapter), chained through parent_block_hash, with the pages'
+// token ids, block_size, medium "GPU" and lora_name naming the adapter; a second run of the same
+// prompt reuses the pages and publishes nothing new.
+func TestKVEventsPublishStoredPages(t *testing.T) {
+	const topic = "kv@pod-a@llama-base"
+	e := newTestEngine(t, "llama", nil, Options{PageSize: 4, KVEvents: kvEventsConfig(t, topic)})
+	sub := subscribe(t, e, topic)
+	for _, c := range []struct {
+		adapter, hashedAs string
+		loraName          any
+	}{{"", "llama-base", nil}, {"a_qv", "a_qv", "a_qv"}} {
+		prompt := promptOf(13, len(c.adapter))
+		ev := generate(t, e, Request{Model: c.adapter, Prompt: prompt, Params: greedyParams(4)})
+		seq := append(slices.Clone(prompt), ev.Tokens...) // the 16 tokens computed: 4 full pages
+		var stored []decodedEvent
+		for n := 0; n < 16; {
+			for _, d := range sub.next() {
+				if d.tag != "BlockStored" {
+					t.Fatalf("%q: unexpected %s event", c.adapter, d.tag)
+				}
+				stored, n = append(stored, d), n+len(d.tokens)
+			}
+		}
+		want := llmdHashes(t, "42", c.hashedAs, seq[:16], 4)
+		var hashes []uint64
+		var tokens []int
+		for i, d := range stored {
+			var parent any
+			if len(hashes) > 0 {
+				parent = hashes[len(hashes)-1]
+			}
+			if fmt.Sprint(d.parent) != fmt.Sprint(parent) {
+				t.Fatalf("%q event %d: parent %v, want %v", c.adapter, i, d.parent, parent)
+			}
+			if d.size != 4 || d.loraID != nil || d.medium != "GPU" || d.loraName != c.loraName {
+				t.Fatalf("%q event %d: block_size %d lora_id %v medium %v lora_name %v", c.adapter, i, d.size, d.loraID, d.medium, d.loraName)
+			}
+			hashes, tokens = append(hashes, d.hashes...), append(tokens, d.tokens...)
+		}
+		if fmt.Sprint(hashes) != fmt.Sprint(want) {
+			t.Fatalf("%q: block hashes %v, want llm-d's %v", c.adapter, hashes, want)
+		}
+		if fmt.Sprint(tokens) != fmt.Sprint(seq[:16]) {
+			t.Fatalf("%q: token ids %v, want %v", c.adapter, tokens, seq[:16])
+		}
+	}
+	// The same prompt again: its pages are cached, nothing is stored; the next batch seen is
+	// the one for a new prompt.
+	generate(t, e, Request{Prompt: promptOf(13, 0), Params: greedyParams(1)})
+	generate(t, e, Request{Prompt: promptOf(5, 9), Params: greedyParams(1)})
+	d := sub.next()
+	if len(d) != 1 || d[0].tag != "BlockStored" || fmt.Sprint(d[0].tokens) != fmt.Sprint(promptOf(5, 9)[:4]) {
+		t.Fatalf("after a cached prompt, events %+v: want only the new prompt's page", d)
+	}
+	waitIdle(t, e)
+}
+
+// Pages the allocator takes back for other contents are published as removed, by the llm-d
+// hashes they were stored under.
+func TestKVEventsPublishRemovedPages(t *testing.T) {
+	const topic = "kv@pod-a@llama"
+	e := newTestEngine(t, "llama", nil, Options{PageSize: 4, MaxModelLen: 32, KVCacheTokens: 32, KVEvents: kvEventsConfig(t, topic)})
+	sub := subscribe(t, e, topic)
+	first := promptOf(13, 1)
+	generate(t, e, Request{Prompt: first, Params: greedyParams(2)}) // 3 full pages indexed
+	var stored []uint64
+	for len(stored) < 3 {
+		for _, d := range sub.next() {
+			stored = append(stored, d.hashes...)
+		}
+	}
+	if want := llmdHashes(t, "42", "llama", first, 4); fmt.Sprint(stored) != fmt.Sprint(want) {
+		t.Fatalf("stored %v, want %v", stored, want)
+	}
+	// 29 prompt tokens and a generated one need all 8 pages: the cached three are evicted.
+	generate(t, e, Request{Prompt: promptOf(29, 2), Params: greedyParams(2)})
+	var removed []uint64
+	for deadline := time.Now().Add(10 * time.Second); len(removed) < 3 && time.Now().Before(deadline); {
+		for _, d := range sub.next() {
+			if d.tag == "BlockRemoved" {
+				if d.medium != "GPU" {
+					t.Fatalf("removed medium %v", d.medium)
+				}
+				removed = append(removed, d.hashes...)
+			}
+		}
+	}
+	slices.Sort(removed)
+	slices.Sort(stored)
+	if fmt.Sprint(removed) != fmt.Sprint(stored) {
+		t.Fatalf("removed %v, want the evicted pages %v", removed, stored)
+	}
+	if got := e.Stats().PrefixCacheEvictions.Load(); got != 3 {
+		t.Fatalf("%d evictions, want 3", got)
+	}
+	waitIdle(t, e)
+}
+
+// A failed step empties the prefix cache's index, and the events say so: AllBlocksCleared,
+// with nothing stored for the failed step's pages; the prompt run again is stored anew.
+func TestKVEventsPublishAllClearedOnAFailedStep(t *testing.T) {
+	const topic = "kv@pod-a@llama"
+	b := &panicky{Backend: cpu.New(2)}
+	t.Cleanup(b.Close)
+	e := fixtureEngine(t, "llama", b, nil, Options{PageSize: 4, KVEvents: kvEventsConfig(t, topic)}, nil)
+	sub := subscribe(t, e, topic)
+	prompt := promptOf(13, 3)
+	b.armed.Store(true)
+	s, err := e.Generate(context.Background(), Request{Prompt: prompt, Params: greedyParams(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, _ := s.Collect(context.Background()); ev.Finish != "error" {
+		t.Fatalf("finish %q with the fault armed", ev.Finish)
+	}
+	b.armed.Store(false)
+	if d := sub.next(); len(d) != 1 || d[0].tag != "AllBlocksCleared" {
+		t.Fatalf("after a failed step, events %+v: want AllBlocksCleared alone", d)
+	}
+	generate(t, e, Request{Prompt: prompt, Params: greedyParams(2)})
+	var stored []uint64
+	for len(stored) < 3 {
+		for _, d := range sub.next() {
+			stored = append(stored, d.hashes...)
+		}
+	}
+	if want := llmdHashes(t, "42", "llama", prompt, 4); fmt.Sprint(stored) != fmt.Sprint(want) {
+		t.Fatalf("stored %v, want %v", stored, want)
+	}
+	waitIdle(t, e)
+}
+
+// Two pages with one llm-d hash (an adapter name reloaded with other weights) are announced
+// once, and removed only when the last of them leaves the index.
+func TestKVEventLogCountsSharedHashes(t *testing.T) {
+	l := &kvEventLog{refs: map[uint64]int32{}}
+	l.stored([]uint64{1, 2}, 0, false, []int{1, 2, 3, 4}, 2, "")
+	l.stored([]uint64{1, 3}, 0, false, []int{1, 2, 5, 6}, 2, "x")
+	l.removed(1)
+	l.removed(2)
+	l.removed(1)
+	var got []string
+	for _, ev := range l.events {
+		got = append(got, fmt.Sprintf("%d%v%v/%d%v", ev.kind, ev.hashes, ev.tokens, ev.parent, ev.hasParent))
+	}
+	want := []string{"0[1 2][1 2 3 4]/0false", "0[3][5 6]/1true", "1[2 1][]/0false"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("events %v, want %v", got, want)
+	}
+}
+
+// A full queue never blocks the engine loop: the batch is dropped and its events counted.
+func TestKVEventLogDropsWhenTheQueueIsFull(t *testing.T) {
+	var dropped int
+	l := &kvEventLog{refs: map[uint64]int32{}, queue: make(chan kvBatch, 1), dropped: func(n int) { dropped += n }}
+	l.stored([]uint64{1}, 0, false, []int{1, 2}, 2, "")
+	l.flush()
+	l.stored([]uint64{2}, 0, false, []int{3, 4}, 2, "")
+	l.removed(1)
+	l.flush()
+	if dropped != 2 || len(l.queue) != 1 || len(l.events) != 0 {
+		t.Fatalf("dropped %d, queued %d, left %d: want 2 dropped, the first batch queued, none left", dropped, len(l.queue), len(l.events))
+	}
+}
+
+// --kv-events-config is read as vLLM reads it, strictly: vLLM's defaults, off unless enabled
+// with a publisher, and every bad field named in the error.
+func TestParseKVEventsConfig(t *testing.T) {
+	c, err := ParseKVEventsConfig(`{"enable_kv_cache_events": true, "topic": "kv@p@m"}`)
+	if err != nil || c == nil || c.Publisher != "zmq" || c.Endpoint != "tcp://*:5557" || c.MaxQueueSize != 100000 || c.Topic != "kv@p@m" {
+		t.Fatalf("defaults: %+v, %v", c, err)
+	}
+	if c.modelName("served") != "m" {
+		t.Fatalf("model name from topic kv@p@m: %q", c.modelName("served"))
+	}
+	for _, off := range []string{`{}`, `{"enable_kv_cache_events": false, "publisher": "zmq"}`, `{"enable_kv_cache_events": true, "publisher": "null"}`} {
+		if c, err := ParseKVEventsConfig(off); c != nil || err != nil {
+			t.Fatalf("%s: %+v, %v: want off", off, c, err)
+		}
+	}
+	for in, want := range map[string]string{
+		`{"enable_kv_cache_events": true, "publisher": "kafka"}`:               `publisher "kafka"`,
+		`{"enable_kv_cache_events": true, "endpoint": "http://x:1"}`:           `endpoint "http://x:1"`,
+		`{"enable_kv_cache_events": true, "replay_endpoint": "tcp://*:5558"}`:  `replay_endpoint`,
+		`{"enable_kv_cache_events": true, "max_queue_size": 0}`:                `max_queue_size`,
+		`{"enable_kv_cache_events": true, "hwm": -1}`:                          `hwm must not be negative`,
+		`{"enable_kv_cache_events": true, "topics": "x"}`:                      `unknown field "topics"`,
+		`{"enable_kv_cache_events": true} {}`:                                  `trailing data`,
+		`{"enable_kv_cache_events": "yes"}`:                                    `enable_kv_cache_events`,
+		`[1]`:                                                                  `kv events config`,
+		`{"enable_kv_cache_events": true, "max_queue_size": 1000000000000000}`: `max_queue_size`,
+	} {
+		if _, err := ParseKVEventsConfig(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want one naming %q", in, err, want)
+		}
+	}
+}
+
+// The parser never panics, and what it accepts is usable: a tcp or ipc endpoint and a bounded
+// queue.
+func FuzzParseKVEventsConfig(f *testing.F) {
+	for _, s := range []string{`{}`, `{"enable_kv_cache_events": true}`, `{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv@a@b", "buffer_steps": 1, "hwm": 2, "max_queue_size": 3}`,
+		`{"enable_kv_cache_events": true, "replay_endpoint": null}`, `{"endpoint": 1}`, `nul`, ``} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseKVEventsConfig(s)
+		if err != nil || c == nil {
+			return
+		}
+		if !c.EnableKVCacheEvents || c.Publisher != "zmq" || c.MaxQueueSize < 1 || c.MaxQueueSize > maxKVEventsQueue ||
+			!strings.HasPrefix(c.Endpoint, "tcp://") && !strings.HasPrefix(c.Endpoint, "ipc://") {
+			t.Fatalf("%q accepted as %+v", s, c)
+		}
+	})
+}
+
+// Events need the prefix cache they describe: asking for both off is an error, not silence.
+func TestKVEventsNeedPrefixCaching(t *testing.T) {
+	b := cpu.New(2)
+	t.Cleanup(b.Close)
+	dir := fixtureDir("llama")
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := model.LoadWeights(dir, cfg, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	if _, err := NewEngine(cfg, b, w, nil, Options{DisablePrefixCaching: true, KVEvents: kvEventsConfig(t, "x")}); err == nil || !strings.Contains(err.Error(), "prefix caching") {
+		t.Fatalf("error %v, want one saying events need prefix caching", err)
+	}
+}
