@@ -53,7 +53,7 @@ type KVEventsConfig struct {
 	Endpoint            string  `json:"endpoint"`        // tcp:// or ipc://; bound when it holds * or :: or is ipc, dialled otherwise
 	ReplayEndpoint      *string `json:"replay_endpoint"` // not supported: must be null
 	BufferSteps         int     `json:"buffer_steps"`    // accepted for compatibility (replay is not supported)
-	HWM                 int     `json:"hwm"`             // accepted for compatibility (the queue bounds memory)
+	HWM                 int     `json:"hwm"`             // messages the socket holds for its subscribers; more are dropped, as libzmq's PUB does (0: no limit)
 	MaxQueueSize        int     `json:"max_queue_size"`  // batches waiting to be sent; more are dropped and counted
 	Topic               string  `json:"topic"`           // first frame of every message; llm-d reads "kv@<pod>@<model>"
 	// HashSeed seeds the llm-d block hashes' root, as llm-d's tokenProcessorConfig.hashSeed
@@ -299,6 +299,13 @@ type kvPublisher struct {
 func newKVPublisher(c *KVEventsConfig, logErr func(string, ...any)) (*kvPublisher, error) {
 	sock := zmq4.NewPub(context.Background(), zmq4.WithTimeout(5*time.Second))
 	var err error
+	if c.HWM > 0 {
+		// A stuck subscriber holds the socket's queue, not the engine: past hwm, messages drop.
+		if err := sock.SetOption(zmq4.OptionHWM, c.HWM); err != nil {
+			sock.Close()
+			return nil, fmt.Errorf("kv events: hwm: %w", err)
+		}
+	}
 	if strings.Contains(c.Endpoint, "*") || strings.Contains(c.Endpoint, "::") || strings.HasPrefix(c.Endpoint, "ipc://") {
 		err = sock.Listen(c.Endpoint)
 	} else {

@@ -2,88 +2,41 @@ package serve
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
-	"github.com/go-zeromq/zmq4"
-	"github.com/vmihailenco/msgpack/v5"
-
 	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/internal/kvevtest"
 	"github.com/loraplex/loraplex/model"
 )
 
-// llmdHashes recomputes llm-d's block hashes for tokens independently of kvevents.go, the way
-// its kv-cache indexer does (pkg/kvcache/kvblock/token_processor.go): FNV-64a over the
-// canonical CBOR encoding of [parent, chunk, nil], chained from [FNV-64a(seed), nil, model].
+// llmdHashes is llm-d's recomputation of the block hashes (kvevtest.LLMDHashes).
 func llmdHashes(t *testing.T, seed, model string, tokens []int, blockSize int) []uint64 {
 	t.Helper()
-	enc, err := cbor.CanonicalEncOptions().EncMode()
+	h, err := kvevtest.LLMDHashes(seed, model, tokens, blockSize)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hash := func(parent uint64, chunk []uint32, extra any) uint64 {
-		b, err := enc.Marshal([]any{parent, chunk, extra})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := fnv.New64a()
-		h.Write(b)
-		return h.Sum64()
-	}
-	s := fnv.New64a()
-	s.Write([]byte(seed))
-	parent := hash(s.Sum64(), nil, model)
-	var out []uint64
-	for i := 0; i+blockSize <= len(tokens); i += blockSize {
-		chunk := make([]uint32, blockSize)
-		for j := range chunk {
-			chunk[j] = uint32(tokens[i+j])
-		}
-		parent = hash(parent, chunk, nil)
-		out = append(out, parent)
-	}
-	return out
-}
-
-// decodedEvent is one event as llm-d's vLLM adapter reads it: a msgpack array, tag first.
-type decodedEvent struct {
-	tag      string
-	hashes   []uint64
-	parent   any
-	tokens   []int
-	size     int
-	loraID   any
-	medium   any
-	loraName any
-	fields   int
+	return h
 }
 
 // kvSubscriber is a real ZMQ SUB socket on loopback, subscribed to an engine's publisher.
 type kvSubscriber struct {
-	t     *testing.T
-	sock  zmq4.Socket
-	topic string
-	seq   uint64
+	t   *testing.T
+	sub *kvevtest.Subscriber
 }
 
 func subscribe(t *testing.T, e *Engine, topic string) *kvSubscriber {
 	t.Helper()
-	port := e.KVEventsAddr().(*net.TCPAddr).Port
-	sock := zmq4.NewSub(context.Background())
-	t.Cleanup(func() { sock.Close() })
-	if err := sock.Dial(fmt.Sprintf("tcp://127.0.0.1:%d", port)); err != nil {
+	sub, err := kvevtest.Dial(fmt.Sprintf("tcp://127.0.0.1:%d", e.KVEventsAddr().(*net.TCPAddr).Port), topic)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := sock.SetOption(zmq4.OptionSubscribe, topic); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(func() { sub.Close() })
 	// A PUB socket drops what it sends before a subscription reaches it: wait until it has.
 	pub := e.kvPub.sock.(interface{ Topics() []string })
 	for deadline := time.Now().Add(5 * time.Second); !slices.Contains(pub.Topics(), topic); {
@@ -92,112 +45,17 @@ func subscribe(t *testing.T, e *Engine, topic string) *kvSubscriber {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return &kvSubscriber{t: t, sock: sock, topic: topic}
+	return &kvSubscriber{t: t, sub: sub}
 }
 
-// next receives one batch, checks its frames (topic, the next sequence number, 8 bytes
-// big-endian) and its shape ([ts, events, data_parallel_rank]), and decodes its events.
-func (s *kvSubscriber) next() []decodedEvent {
+// next receives and decodes one batch (kvevtest.Subscriber.Next checks its frames and shape).
+func (s *kvSubscriber) next() []kvevtest.Event {
 	s.t.Helper()
-	got := make(chan zmq4.Msg, 1)
-	errc := make(chan error, 1)
-	go func() {
-		m, err := s.sock.Recv()
-		if err != nil {
-			errc <- err
-			return
-		}
-		got <- m
-	}()
-	var m zmq4.Msg
-	select {
-	case m = <-got:
-	case err := <-errc:
-		s.t.Fatal(err)
-	case <-time.After(10 * time.Second):
-		s.t.Fatal("no KV event batch within 10s")
-	}
-	if len(m.Frames) != 3 || string(m.Frames[0]) != s.topic || len(m.Frames[1]) != 8 {
-		s.t.Fatalf("frames %q: want [topic, 8-byte sequence number, payload]", m.Frames)
-	}
-	if seq := binary.BigEndian.Uint64(m.Frames[1]); seq != s.seq {
-		s.t.Fatalf("sequence number %d, want %d", seq, s.seq)
-	}
-	s.seq++
-	var batch []msgpack.RawMessage
-	if err := msgpack.Unmarshal(m.Frames[2], &batch); err != nil {
+	evs, err := s.sub.Next(10 * time.Second)
+	if err != nil {
 		s.t.Fatal(err)
 	}
-	var ts float64
-	var raw []msgpack.RawMessage
-	var rank int
-	if len(batch) != 3 || msgpack.Unmarshal(batch[0], &ts) != nil || msgpack.Unmarshal(batch[1], &raw) != nil ||
-		msgpack.Unmarshal(batch[2], &rank) != nil || rank != 0 || time.Since(time.Unix(int64(ts), 0)) > time.Minute {
-		s.t.Fatalf("batch %x: want [ts, events, 0]", m.Frames[2])
-	}
-	var out []decodedEvent
-	for _, r := range raw {
-		var f []any
-		if err := msgpack.Unmarshal(r, &f); err != nil {
-			s.t.Fatal(err)
-		}
-		ev := decodedEvent{tag: f[0].(string), fields: len(f)}
-		switch ev.tag {
-		case "BlockStored":
-			if len(f) != 8 {
-				s.t.Fatalf("BlockStored has %d fields, want 8: %v", len(f), f)
-			}
-			ev.hashes, ev.parent, ev.tokens = uints(s.t, f[1]), f[2], ints(s.t, f[3])
-			ev.size = ints(s.t, []any{f[4]})[0]
-			ev.loraID, ev.medium, ev.loraName = f[5], f[6], f[7]
-		case "BlockRemoved":
-			if len(f) != 3 {
-				s.t.Fatalf("BlockRemoved has %d fields, want 3: %v", len(f), f)
-			}
-			ev.hashes, ev.medium = uints(s.t, f[1]), f[2]
-		case "AllBlocksCleared":
-			if len(f) != 1 {
-				s.t.Fatalf("AllBlocksCleared has %d fields, want 1: %v", len(f), f)
-			}
-		default:
-			s.t.Fatalf("unknown event tag %q", ev.tag)
-		}
-		out = append(out, ev)
-	}
-	return out
-}
-
-func uints(t *testing.T, v any) []uint64 {
-	t.Helper()
-	var out []uint64
-	for _, x := range v.([]any) {
-		switch n := x.(type) {
-		case uint64:
-			out = append(out, n)
-		case int64:
-			out = append(out, uint64(n))
-		case uint8:
-			out = append(out, uint64(n))
-		case uint16:
-			out = append(out, uint64(n))
-		case uint32:
-			out = append(out, uint64(n))
-		case int8:
-			out = append(out, uint64(n))
-		default:
-			t.Fatalf("hash %v is a %T", x, x)
-		}
-	}
-	return out
-}
-
-func ints(t *testing.T, v any) []int {
-	t.Helper()
-	var out []int
-	for _, h := range uints(t, v) {
-		out = append(out, int(h))
-	}
-	return out
+	return evs
 }
 
 func kvEventsConfig(t *testing.T, topic string) *KVEventsConfig {
@@ -234,13 +92,13 @@ func TestKVEventsPublishStoredPages(t *testing.T) {
 		prompt := promptOf(13, len(c.adapter))
 		ev := generate(t, e, Request{Model: c.adapter, Prompt: prompt, Params: greedyParams(4)})
 		seq := append(slices.Clone(prompt), ev.Tokens...) // the 16 tokens computed: 4 full pages
-		var stored []decodedEvent
+		var stored []kvevtest.Event
 		for n := 0; n < 16; {
 			for _, d := range sub.next() {
-				if d.tag != "BlockStored" {
-					t.Fatalf("%q: unexpected %s event", c.adapter, d.tag)
+				if d.Tag != "BlockStored" {
+					t.Fatalf("%q: unexpected %s event", c.adapter, d.Tag)
 				}
-				stored, n = append(stored, d), n+len(d.tokens)
+				stored, n = append(stored, d), n+len(d.TokenIDs)
 			}
 		}
 		want := llmdHashes(t, "42", c.hashedAs, seq[:16], 4)
@@ -251,13 +109,13 @@ func TestKVEventsPublishStoredPages(t *testing.T) {
 			if len(hashes) > 0 {
 				parent = hashes[len(hashes)-1]
 			}
-			if fmt.Sprint(d.parent) != fmt.Sprint(parent) {
-				t.Fatalf("%q event %d: parent %v, want %v", c.adapter, i, d.parent, parent)
+			if fmt.Sprint(d.Parent) != fmt.Sprint(parent) {
+				t.Fatalf("%q event %d: parent %v, want %v", c.adapter, i, d.Parent, parent)
 			}
-			if d.size != 4 || d.loraID != nil || d.medium != "GPU" || d.loraName != c.loraName {
-				t.Fatalf("%q event %d: block_size %d lora_id %v medium %v lora_name %v", c.adapter, i, d.size, d.loraID, d.medium, d.loraName)
+			if d.BlockSize != 4 || d.LoRAID != nil || d.Medium != "GPU" || d.LoRAName != c.loraName {
+				t.Fatalf("%q event %d: block_size %d lora_id %v medium %v lora_name %v", c.adapter, i, d.BlockSize, d.LoRAID, d.Medium, d.LoRAName)
 			}
-			hashes, tokens = append(hashes, d.hashes...), append(tokens, d.tokens...)
+			hashes, tokens = append(hashes, d.Hashes...), append(tokens, d.TokenIDs...)
 		}
 		if fmt.Sprint(hashes) != fmt.Sprint(want) {
 			t.Fatalf("%q: block hashes %v, want llm-d's %v", c.adapter, hashes, want)
@@ -271,7 +129,7 @@ func TestKVEventsPublishStoredPages(t *testing.T) {
 	generate(t, e, Request{Prompt: promptOf(13, 0), Params: greedyParams(1)})
 	generate(t, e, Request{Prompt: promptOf(5, 9), Params: greedyParams(1)})
 	d := sub.next()
-	if len(d) != 1 || d[0].tag != "BlockStored" || fmt.Sprint(d[0].tokens) != fmt.Sprint(promptOf(5, 9)[:4]) {
+	if len(d) != 1 || d[0].Tag != "BlockStored" || fmt.Sprint(d[0].TokenIDs) != fmt.Sprint(promptOf(5, 9)[:4]) {
 		t.Fatalf("after a cached prompt, events %+v: want only the new prompt's page", d)
 	}
 	waitIdle(t, e)
@@ -288,7 +146,7 @@ func TestKVEventsPublishRemovedPages(t *testing.T) {
 	var stored []uint64
 	for len(stored) < 3 {
 		for _, d := range sub.next() {
-			stored = append(stored, d.hashes...)
+			stored = append(stored, d.Hashes...)
 		}
 	}
 	if want := llmdHashes(t, "42", "llama", first, 4); fmt.Sprint(stored) != fmt.Sprint(want) {
@@ -299,11 +157,11 @@ func TestKVEventsPublishRemovedPages(t *testing.T) {
 	var removed []uint64
 	for deadline := time.Now().Add(10 * time.Second); len(removed) < 3 && time.Now().Before(deadline); {
 		for _, d := range sub.next() {
-			if d.tag == "BlockRemoved" {
-				if d.medium != "GPU" {
-					t.Fatalf("removed medium %v", d.medium)
+			if d.Tag == "BlockRemoved" {
+				if d.Medium != "GPU" {
+					t.Fatalf("removed medium %v", d.Medium)
 				}
-				removed = append(removed, d.hashes...)
+				removed = append(removed, d.Hashes...)
 			}
 		}
 	}
@@ -336,14 +194,14 @@ func TestKVEventsPublishAllClearedOnAFailedStep(t *testing.T) {
 		t.Fatalf("finish %q with the fault armed", ev.Finish)
 	}
 	b.armed.Store(false)
-	if d := sub.next(); len(d) != 1 || d[0].tag != "AllBlocksCleared" {
+	if d := sub.next(); len(d) != 1 || d[0].Tag != "AllBlocksCleared" {
 		t.Fatalf("after a failed step, events %+v: want AllBlocksCleared alone", d)
 	}
 	generate(t, e, Request{Prompt: prompt, Params: greedyParams(2)})
 	var stored []uint64
 	for len(stored) < 3 {
 		for _, d := range sub.next() {
-			stored = append(stored, d.hashes...)
+			stored = append(stored, d.Hashes...)
 		}
 	}
 	if want := llmdHashes(t, "42", "llama", prompt, 4); fmt.Sprint(stored) != fmt.Sprint(want) {
