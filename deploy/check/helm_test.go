@@ -371,8 +371,8 @@ func checkRender(t *testing.T, name, set, out string, objs []object) {
 }
 
 // checkKVEvents: with server.kvEvents on, the server gets vLLM's --kv-events-config as one JSON
-// argument (a ZMQ PUB bound on the kv-events port, llm-d's topic kv@<pod IP>@<served model>, the
-// pod IP from the downward API) and PYTHONHASHSEED; off, none of it.
+// argument (a ZMQ PUB bound on the kv-events port, llm-d's topic kv@<pod IP>:<HTTP port>@<served
+// model>, the pod IP from the downward API) and PYTHONHASHSEED; off, none of it.
 func checkKVEvents(t *testing.T, name string, on bool, c corev1.Container) {
 	t.Helper()
 	var cfg string
@@ -399,7 +399,7 @@ func checkKVEvents(t *testing.T, name string, on bool, c corev1.Container) {
 	if err := json.Unmarshal([]byte(cfg), &kv); err != nil {
 		t.Fatalf("%s: --kv-events-config %q: %v", name, cfg, err)
 	}
-	want := map[string]any{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv@$(POD_IP)@loraplex-demo"}
+	want := map[string]any{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv@$(POD_IP):8000@loraplex-demo"}
 	if fmt.Sprint(kv) != fmt.Sprint(want) {
 		t.Errorf("%s: --kv-events-config %v, want %v", name, kv, want)
 	}
