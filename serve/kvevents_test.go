@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strings"
@@ -311,5 +312,42 @@ func TestKVEventsNeedPrefixCaching(t *testing.T) {
 	t.Cleanup(func() { w.Close() })
 	if _, err := NewEngine(cfg, b, w, nil, Options{DisablePrefixCaching: true, KVEvents: kvEventsConfig(t, "x")}); err == nil || !strings.Contains(err.Error(), "prefix caching") {
 		t.Fatalf("error %v, want one saying events need prefix caching", err)
+	}
+}
+
+// The hand-written CBOR of llmdHasher is llm-d's canonical encoding for every token id and
+// parent a model can have: ids across the whole uint32 range (heads of 1, 2, 3 and 5 bytes, as
+// in 150k-token vocabularies), any block size, empty and long model names.
+func TestLLMDHasherMatchesLLMD(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 200; i++ {
+		size := 1 + rng.IntN(40)
+		tokens := make([]int, size*(1+rng.IntN(4)))
+		for j := range tokens {
+			switch rng.IntN(5) {
+			case 0:
+				tokens[j] = rng.IntN(24)
+			case 1:
+				tokens[j] = rng.IntN(256)
+			case 2:
+				tokens[j] = rng.IntN(1 << 16)
+			case 3:
+				tokens[j] = rng.IntN(200000)
+			default:
+				tokens[j] = int(rng.Uint32())
+			}
+		}
+		model := strings.Repeat("m", rng.IntN(300))
+		seed := fmt.Sprint(rng.IntN(1000))
+		h := newLLMDHasher(seed)
+		parent := h.root(model)
+		var got []uint64
+		for j := 0; j < len(tokens); j += size {
+			parent = h.block(parent, tokens[j:j+size])
+			got = append(got, parent)
+		}
+		if want := llmdHashes(t, seed, model, tokens, size); !slices.Equal(got, want) {
+			t.Fatalf("seed %q model of %d bytes, block size %d: %v, want llm-d's %v", seed, len(model), size, got, want)
+		}
 	}
 }
