@@ -38,7 +38,14 @@ func subscribe(t *testing.T, e *Engine, topic string) *kvSubscriber {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sub.Close() })
-	// A PUB socket drops what it sends before a subscription reaches it: wait until it has.
+	waitSubscribed(t, e, topic)
+	return &kvSubscriber{t: t, sub: sub}
+}
+
+// waitSubscribed waits until e's publisher has a subscriber to topic: a PUB socket drops what it
+// sends before a subscription reaches it.
+func waitSubscribed(t *testing.T, e *Engine, topic string) {
+	t.Helper()
 	pub := e.kvPub.sock.(interface{ Topics() []string })
 	for deadline := time.Now().Add(5 * time.Second); !slices.Contains(pub.Topics(), topic); {
 		if time.Now().After(deadline) {
@@ -46,7 +53,6 @@ func subscribe(t *testing.T, e *Engine, topic string) *kvSubscriber {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return &kvSubscriber{t: t, sub: sub}
 }
 
 // next receives and decodes one batch (kvevtest.Subscriber.Next checks its frames and shape).
@@ -132,6 +138,33 @@ func TestKVEventsPublishStoredPages(t *testing.T) {
 	d := sub.next()
 	if len(d) != 1 || d[0].Tag != "BlockStored" || fmt.Sprint(d[0].TokenIDs) != fmt.Sprint(promptOf(5, 9)[:4]) {
 		t.Fatalf("after a cached prompt, events %+v: want only the new prompt's page", d)
+	}
+	waitIdle(t, e)
+}
+
+// An endpoint without a wildcard is dialled, as vLLM does (a central indexer binds, the model
+// servers connect): a subscriber bound on loopback receives the stored pages.
+func TestKVEventsDialOut(t *testing.T) {
+	sub, err := kvevtest.Listen("tcp://127.0.0.1:0", "kv@pod-b@llama")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	c := kvEventsConfig(t, "kv@pod-b@llama")
+	c.Endpoint = "tcp://" + sub.Addr().String()
+	e := newTestEngine(t, "llama", nil, Options{PageSize: 4, KVEvents: c})
+	if e.KVEventsAddr() != nil {
+		t.Fatalf("a dialling publisher reports a listening address %v", e.KVEventsAddr())
+	}
+	waitSubscribed(t, e, "kv@pod-b@llama")
+	prompt := promptOf(9, 4)
+	generate(t, e, Request{Prompt: prompt, Params: greedyParams(1)})
+	evs, err := sub.Next(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Tag != "BlockStored" || !slices.Equal(evs[0].Hashes, llmdHashes(t, "42", "llama", prompt[:8], 4)) {
+		t.Fatalf("events %+v: want the prompt's two pages stored", evs)
 	}
 	waitIdle(t, e)
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
@@ -77,8 +78,25 @@ type Subscriber struct {
 
 // Dial connects a SUB socket to endpoint (tcp://HOST:PORT) and subscribes to topic.
 func Dial(endpoint, topic string) (*Subscriber, error) {
+	return open(endpoint, topic, false)
+}
+
+// Listen binds a SUB socket on endpoint, for publishers that dial out (vLLM's endpoints without
+// a wildcard), and subscribes to topic; Addr gives the bound address.
+func Listen(endpoint, topic string) (*Subscriber, error) {
+	return open(endpoint, topic, true)
+}
+
+// Addr is the address a Listen subscriber is bound to.
+func (s *Subscriber) Addr() net.Addr { return s.sock.Addr() }
+
+func open(endpoint, topic string, listen bool) (*Subscriber, error) {
 	sock := zmq4.NewSub(context.Background())
-	if err := sock.Dial(endpoint); err != nil {
+	connect := sock.Dial
+	if listen {
+		connect = sock.Listen
+	}
+	if err := connect(endpoint); err != nil {
 		sock.Close()
 		return nil, err
 	}
