@@ -1,7 +1,8 @@
 // Package serve is the engine: a request queue, a continuous-batching scheduler over a paged KV
-// cache with automatic prefix caching (prefixcache.go, pages.go), sampling, the adapters and
-// routers, and the one registry of served names (names.go). The HTTP and gRPC gateways call its
-// API; errors leave it as *Error, whose Kind the gateways answer from one table (errors.go).
+// cache with automatic prefix caching (prefixcache.go, pages.go) and its KV events for llm-d
+// (kvevents.go), sampling, the adapters and routers, and the one registry of served names
+// (names.go). The HTTP and gRPC gateways call its API; errors leave it as *Error, whose Kind the
+// gateways answer from one table (errors.go).
 package serve
 
 import (
