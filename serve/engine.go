@@ -1,13 +1,15 @@
 // Package serve is the engine: a request queue, a continuous-batching scheduler over a paged KV
-// cache with automatic prefix caching (prefixcache.go, pages.go), sampling, the adapters and
-// routers, and the one registry of served names (names.go). The HTTP and gRPC gateways call its
-// API; errors leave it as *Error, whose Kind the gateways answer from one table (errors.go).
+// cache with automatic prefix caching (prefixcache.go, pages.go) and its KV events for llm-d
+// (kvevents.go), sampling, the adapters and routers, and the one registry of served names
+// (names.go). The HTTP and gRPC gateways call its API; errors leave it as *Error, whose Kind the
+// gateways answer from one table (errors.go).
 package serve
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +55,10 @@ type Options struct {
 	// DisablePrefixCaching turns automatic prefix caching off: every prompt is computed in
 	// full (prefixcache.go; on by default, as in vLLM).
 	DisablePrefixCaching bool
+
+	// KVEvents publishes the prefix cache's page stored / removed / cleared events as vLLM does
+	// (kvevents.go; ParseKVEventsConfig); nil: off. It needs prefix caching.
+	KVEvents *KVEventsConfig
 }
 
 // DefaultLoadTimeout is Options.LoadTimeout's default: minutes for a large adapter on slow
@@ -96,6 +102,8 @@ type Engine struct {
 	banBuf    []int
 	keyBuf    []byte // a page key's hash input, reused
 	created   int64
+	kvLog     *kvEventLog  // nil: KV-cache events off
+	kvPub     *kvPublisher // sends kvLog's batches
 
 	stats    Stats
 	observer atomic.Pointer[Observer]
@@ -120,6 +128,8 @@ type Stats struct {
 	PrefixCacheQueries, PrefixCacheHits atomic.Int64
 	// PrefixCacheEvictions counts cached pages taken for other contents (least recently used).
 	PrefixCacheEvictions atomic.Int64
+	// KVEventsDropped counts KV-cache events dropped because the publisher's queue was full.
+	KVEventsDropped atomic.Int64
 }
 
 // NewEngine builds the runner (workspaces and KV cache) and starts the scheduler loop.
@@ -165,6 +175,9 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if opt.MaxLoRAs <= 0 {
 		opt.MaxLoRAs = 32
 	}
+	if opt.KVEvents != nil && opt.DisablePrefixCaching {
+		return nil, fmt.Errorf("engine: KV-cache events need prefix caching (the events name the cache's pages)")
+	}
 	pages := (opt.KVCacheTokens + opt.PageSize - 1) / opt.PageSize
 	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{
 		MaxTokens: opt.MaxBatchedTokens, MaxLogitRows: opt.MaxNumSeqs, MaxContext: opt.MaxModelLen,
@@ -204,8 +217,28 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 		}
 	}
 	e.stats.KVPages.Store(int64(pages))
+	if opt.KVEvents != nil {
+		pub, err := newKVPublisher(opt.KVEvents, e.log.Error)
+		if err != nil {
+			cache.Close()
+			return nil, err
+		}
+		e.kvPub = pub
+		e.kvLog = &kvEventLog{hasher: newLLMDHasher(opt.KVEvents.HashSeed), model: opt.KVEvents.modelName(opt.ModelName),
+			refs: map[uint64]int32{}, queue: pub.queue, dropped: func(n int) { e.stats.KVEventsDropped.Add(int64(n)) }}
+		e.pages.publishEvents(e.kvLog)
+	}
 	go e.loop()
 	return e, nil
+}
+
+// KVEventsAddr is the address the KV-cache events' socket listens on, or nil when events are
+// off or the socket dials out.
+func (e *Engine) KVEventsAddr() net.Addr {
+	if e.kvPub == nil {
+		return nil
+	}
+	return e.kvPub.sock.Addr()
 }
 
 // Config returns the base model's architecture.
@@ -453,5 +486,8 @@ func (e *Engine) Close() {
 	e.draining.Store(true)
 	e.stopOnce.Do(func() { close(e.stop) })
 	<-e.closed
+	if e.kvPub != nil {
+		e.kvPub.close()
+	}
 	e.cache.Close()
 }

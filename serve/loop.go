@@ -45,6 +45,7 @@ type sequence struct {
 	identity     pageKey
 	cacheable    bool
 	keys         []pageKey
+	llmdKeys     []uint64 // the full pages' llm-d block hashes, with KV-cache events on (kvevents.go)
 	registered   int
 	cachedTokens int
 	admitted     bool
@@ -522,6 +523,9 @@ func (e *Engine) abortAll(err error) {
 }
 
 func (e *Engine) publish() {
+	if e.kvLog != nil {
+		e.kvLog.flush()
+	}
 	e.publishLoRAInfo()
 	e.stats.PrefixCacheEvictions.Store(e.pages.evictions)
 	e.stats.Running.Store(int64(len(e.running)))

@@ -28,6 +28,11 @@ type pageAllocator struct {
 	head, tail int32
 	lruLen     int
 	evictions  int64 // cached pages reused for other contents (the engine publishes it)
+
+	// KV-cache events (kvevents.go), nil when off: each indexed page's llm-d block hash, and
+	// the log that hears of pages leaving the index.
+	ext    []uint64
+	events *kvEventLog
 }
 
 func newPageAllocator(pages, size int, caching bool) *pageAllocator {
@@ -103,17 +108,31 @@ func (a *pageAllocator) lookup(key pageKey) (int32, bool) {
 
 // register indexes page p, which its holder has filled (or will have filled by the end of the
 // step being built, before any other row of that step reads it: every layer stores the step's
-// keys and values before its attention reads them), under key. A key already indexed keeps its
-// page: p then stays private to its holder and is freed with it.
-func (a *pageAllocator) register(p int32, key pageKey) {
+// keys and values before its attention reads them), under key, with ext its llm-d block hash
+// when events are on. A key already indexed keeps its page: p then stays private to its holder
+// and is freed with it. It reports whether p entered the index.
+func (a *pageAllocator) register(p int32, key pageKey, ext uint64) bool {
 	if !a.caching() || a.indexed[p] {
-		return
+		return false
 	}
 	if _, dup := a.index[key]; dup {
-		return
+		return false
 	}
 	a.index[key] = p
 	a.indexed[p], a.keys[p] = true, key
+	if a.events != nil {
+		a.ext[p] = ext
+	}
+	return true
+}
+
+// publishEvents makes the allocator keep each indexed page's llm-d hash and tell log when
+// pages leave the index.
+func (a *pageAllocator) publishEvents(log *kvEventLog) {
+	if a.caching() {
+		a.ext = make([]uint64, len(a.refs))
+		a.events = log
+	}
 }
 
 // forget empties the index: after a failed step, pages indexed while building it may hold
@@ -129,12 +148,18 @@ func (a *pageAllocator) forget() {
 	}
 	clear(a.index)
 	clear(a.indexed)
+	if a.events != nil {
+		a.events.cleared()
+	}
 }
 
 func (a *pageAllocator) unindex(p int32) {
 	if a.indexed[p] {
 		delete(a.index, a.keys[p])
 		a.indexed[p] = false
+		if a.events != nil {
+			a.events.removed(a.ext[p])
+		}
 	}
 }
 

@@ -64,7 +64,7 @@ func TestPageAllocatorKeepsItsInvariants(t *testing.T) {
 			for p, n := range held {
 				if n == 1 && !isIndexed(p) {
 					k := key(rng.IntN(30))
-					a.register(p, k)
+					a.register(p, k, 0)
 					if _, dup := indexed[k]; !dup {
 						indexed[k] = p
 					}
@@ -112,7 +112,7 @@ func TestPageAllocatorKeepsItsInvariants(t *testing.T) {
 func TestPageAllocatorWithoutCaching(t *testing.T) {
 	a := newPageAllocator(2, 4, false)
 	p, _ := a.alloc()
-	a.register(p, pageKey{1})
+	a.register(p, pageKey{1}, 0)
 	a.release([]int32{p})
 	if _, ok := a.lookup(pageKey{1}); ok || a.available() != 2 {
 		t.Fatalf("lookup hit %v, %d available", ok, a.available())
@@ -143,7 +143,7 @@ func TestPageCycleAllocatesNothing(t *testing.T) {
 			held = held[:0]
 			p, _ = a.alloc()
 		}
-		a.register(p, e.pageKeyAt(sq, i))
+		a.register(p, e.pageKeyAt(sq, i), 0)
 		if q, ok := a.lookup(sq.keys[i]); ok {
 			a.release([]int32{q})
 		}

@@ -73,12 +73,60 @@ func (e *Engine) lookupPrefix(sq *sequence) int {
 	return sq.computed
 }
 
-// registerPages indexes sq's pages that are full once the step being built has run.
+// registerPages indexes sq's pages that are full once the step being built has run, and with
+// KV-cache events on records each run of pages that entered the index as stored.
 func (e *Engine) registerPages(sq *sequence) {
 	if !sq.cacheable || !e.pages.caching() {
 		return
 	}
+	run := -1 // first page of the run of pages entering the index, if any
 	for full := sq.computed / e.opt.PageSize; sq.registered < full; sq.registered++ {
-		e.pages.register(sq.pages[sq.registered], e.pageKeyAt(sq, sq.registered))
+		i := sq.registered
+		var ext uint64
+		if e.kvLog != nil {
+			ext = e.llmdKeyAt(sq, i)
+		}
+		switch indexed := e.pages.register(sq.pages[i], e.pageKeyAt(sq, i), ext); {
+		case e.kvLog == nil:
+		case indexed && run < 0:
+			run = i
+		case !indexed && run >= 0:
+			e.recordStored(sq, run, i)
+			run = -1
+		}
 	}
+	if run >= 0 {
+		e.recordStored(sq, run, sq.registered)
+	}
+}
+
+// llmdKeyAt returns the llm-d block hash of sq's i-th page (kvevents.go), computing the hashes
+// of its pages up to i once, as pageKeyAt does.
+func (e *Engine) llmdKeyAt(sq *sequence, i int) uint64 {
+	ps := e.opt.PageSize
+	for len(sq.llmdKeys) <= i {
+		j := len(sq.llmdKeys)
+		var parent uint64
+		if j > 0 {
+			parent = sq.llmdKeys[j-1]
+		} else {
+			name := sq.adapterName
+			if name == "" {
+				name = e.kvLog.model
+			}
+			parent = e.kvLog.hasher.root(name)
+		}
+		sq.llmdKeys = append(sq.llmdKeys, e.kvLog.hasher.block(parent, sq.tokens[j*ps:(j+1)*ps]))
+	}
+	return sq.llmdKeys[i]
+}
+
+// recordStored records sq's pages from..to-1, which just entered the index, as stored.
+func (e *Engine) recordStored(sq *sequence, from, to int) {
+	var parent uint64
+	if from > 0 {
+		parent = sq.llmdKeys[from-1]
+	}
+	ps := e.opt.PageSize
+	e.kvLog.stored(sq.llmdKeys[from:to], parent, from > 0, sq.tokens[from*ps:to*ps], ps, sq.adapterName)
 }

@@ -32,6 +32,7 @@ type config struct {
 	apiKey                 string
 	allowRuntimeAdapters   bool
 	prefixCaching          bool
+	kvEvents               *serve.KVEventsConfig // nil: off
 	logLevel               slog.Level
 	shutdownTimeout        time.Duration
 	loadTimeout            time.Duration
@@ -126,6 +127,14 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.BoolVar(&c.prefixCaching, "enable-prefix-caching", true, "reuse the KV cache of prompt prefixes computed before by the same model, adapter or router (by content)")
 	fs.BoolFunc("no-enable-prefix-caching", "turn prefix caching off: compute every prompt in full", func(string) error {
 		c.prefixCaching = false
+		return nil
+	})
+	fs.Func("kv-events-config", `vLLM's KV-cache events for llm-d's precise prefix-cache scorer, as JSON: {"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv@POD@MODEL"} (default: off; block hashes are seeded from PYTHONHASHSEED, as llm-d's hashSeed)`, func(s string) error {
+		kc, err := serve.ParseKVEventsConfig(s)
+		if err != nil {
+			return err
+		}
+		c.kvEvents = kc
 		return nil
 	})
 	level := fs.String("log-level", "info", "debug, info, warn or error")

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,10 +39,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer m.weights.Close()
+	if c.kvEvents != nil {
+		// llm-d's indexer seeds its block hashes with hashSeed, which deployments align with
+		// vLLM's PYTHONHASHSEED: the same variable seeds ours.
+		c.kvEvents.HashSeed = os.Getenv("PYTHONHASHSEED")
+	}
 	e, err := serve.NewEngine(m.cfg, b, m.weights, m.tok, serve.Options{
 		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: c.maxModelLen,
 		KVCacheTokens: c.kvCacheTokens, MaxQueued: c.maxQueued, Logger: log, DisablePrefixCaching: !c.prefixCaching,
 		AdapterDirs: c.adapterDirs, AdapterRoots: c.roots(), LoadTimeout: c.loadTimeout, MaxLoRAs: c.maxLoRAs, MaxLoRARank: c.maxLoRARank, MaxCPULoRAs: c.maxCPULoRAs,
+		KVEvents: c.kvEvents,
 	})
 	if err != nil {
 		return err
@@ -57,6 +64,13 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		if err := e.LoadRouter(r.name, r.path); err != nil {
 			return fmt.Errorf("--router %s=%s: %w", r.name, r.path, err)
 		}
+	}
+	if c.kvEvents != nil {
+		var addr string
+		if a := e.KVEventsAddr(); a != nil {
+			addr = a.String()
+		}
+		log.Info("KV events publishing", "endpoint", c.kvEvents.Endpoint, "addr", addr, "topic", c.kvEvents.Topic)
 	}
 	o := e.Options()
 	log.Info("engine ready", "max_num_seqs", o.MaxNumSeqs, "max_num_batched_tokens", o.MaxBatchedTokens,

@@ -2,6 +2,7 @@ package check
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -33,7 +34,7 @@ const (
 
 // The optional objects and settings, all on.
 const allOn = "inferencePool.enabled=true,httpRoute.enabled=true,autoscaling.enabled=true,serviceMonitor.enabled=true," +
-	"adapters.persistence.enabled=true,server.apiKeySecret.name=loraplex-key,bodyBasedRouting.enabled=true"
+	"adapters.persistence.enabled=true,server.apiKeySecret.name=loraplex-key,bodyBasedRouting.enabled=true,server.kvEvents.enabled=true"
 
 // renders are the values the chart is rendered with: each profile with its defaults, with every
 // optional object on, and with the init-container adapter source instead of a PVC.
@@ -365,6 +366,48 @@ func checkRender(t *testing.T, name, set, out string, objs []object) {
 	}
 	if strings.Contains(set, "apiKeySecret") && !strings.Contains(args, "--api-key=$(LORAPLEX_API_KEY)") {
 		t.Errorf("%s: api key secret set but no --api-key: %s", name, args)
+	}
+	checkKVEvents(t, name, strings.Contains(set, "kvEvents.enabled=true"), c)
+}
+
+// checkKVEvents: with server.kvEvents on, the server gets vLLM's --kv-events-config as one JSON
+// argument (a ZMQ PUB bound on the kv-events port, llm-d's topic kv@<pod IP>:<HTTP port>@<served
+// model>, the pod IP from the downward API) and PYTHONHASHSEED; off, none of it.
+func checkKVEvents(t *testing.T, name string, on bool, c corev1.Container) {
+	t.Helper()
+	var cfg string
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--kv-events-config="); ok {
+			cfg = v
+		}
+	}
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	port := false
+	for _, p := range c.Ports {
+		port = port || (p.Name == "kv-events" && p.ContainerPort == 5557)
+	}
+	if !on {
+		if cfg != "" || port || env["POD_IP"].Name != "" {
+			t.Errorf("%s: KV events off but rendered: %q, port %v, env %v", name, cfg, port, env)
+		}
+		return
+	}
+	var kv map[string]any
+	if err := json.Unmarshal([]byte(cfg), &kv); err != nil {
+		t.Fatalf("%s: --kv-events-config %q: %v", name, cfg, err)
+	}
+	want := map[string]any{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv@$(POD_IP):8000@loraplex-demo"}
+	if fmt.Sprint(kv) != fmt.Sprint(want) {
+		t.Errorf("%s: --kv-events-config %v, want %v", name, kv, want)
+	}
+	if ip := env["POD_IP"]; ip.ValueFrom == nil || ip.ValueFrom.FieldRef == nil || ip.ValueFrom.FieldRef.FieldPath != "status.podIP" || !port {
+		t.Errorf("%s: POD_IP %+v, kv-events port %v", name, ip, port)
+	}
+	if s, ok := env["PYTHONHASHSEED"]; !ok || s.Value != "" {
+		t.Errorf("%s: PYTHONHASHSEED %+v, want the default seed \"\"", name, s)
 	}
 }
 

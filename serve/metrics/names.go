@@ -49,6 +49,8 @@ const (
 	nameStepSeconds     = "loraplex_step_seconds"
 	nameRouters         = "loraplex_routers"
 	nameRouterSelect    = "loraplex_router_expert_selections_total"
+	// KV-cache events (serve/kvevents.go) dropped because the publisher's queue was full.
+	nameKVEventsDropped = "loraplex_kv_events_dropped_total"
 )
 
 // Label names. vLLM labels every engine metric with the served model name and the engine

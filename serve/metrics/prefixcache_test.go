@@ -41,3 +41,19 @@ func TestPrefixCacheCounters(t *testing.T) {
 		}
 	}
 }
+
+// loraplex_kv_events_dropped_total shows the engine's count of KV-cache events a full publisher
+// queue dropped (serve's TestKVEventLogDropsWhenTheQueueIsFull fills the queue itself).
+func TestKVEventsDroppedCounter(t *testing.T) {
+	e := newTestEngine(t, serve.Options{})
+	m := New(e, prometheus.NewPedanticRegistry())
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	if got := series(t, scrape(t, srv.URL), nameKVEventsDropped, vllmLabels).GetCounter().GetValue(); got != 0 {
+		t.Fatalf("%s = %v before any drop", nameKVEventsDropped, got)
+	}
+	e.Stats().KVEventsDropped.Add(3)
+	if got := series(t, scrape(t, srv.URL), nameKVEventsDropped, vllmLabels).GetCounter().GetValue(); got != 3 {
+		t.Fatalf("%s = %v, want 3", nameKVEventsDropped, got)
+	}
+}
