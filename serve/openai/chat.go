@@ -64,6 +64,8 @@ type chatResponse struct {
 	Choices        []chatChoice `json:"choices"`
 	Usage          *usage       `json:"usage,omitempty"`
 	PromptTokenIDs []int        `json:"prompt_token_ids,omitempty"`
+	// PromptLogprobs is vLLM's (request field prompt_logprobs): the rendered prompt's.
+	PromptLogprobs any `json:"prompt_logprobs,omitempty"`
 }
 
 // render turns messages into prompt text with the chat template.
@@ -255,6 +257,9 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 	}
 	if c.req.ReturnTokenIDs {
 		resp.PromptTokenIDs = c.prompt
+	}
+	if c.req.PromptLogprobs != nil {
+		resp.PromptLogprobs = c.h.promptLogprobs(c.choices.st[0].prompt, *c.req.PromptLogprobs, c.req.ReturnTokensAsTokenIDs)
 	}
 	resp.Usage = c.choices.usage(len(c.prompt))
 	writeJSON(w, http.StatusOK, resp)
