@@ -33,6 +33,7 @@ type chatFields struct {
 type chatRequest struct {
 	samplingFields
 	chatFields
+	refusedChatFields
 	MaxCompletionTokens *int `json:"max_completion_tokens"`
 	Logprobs            bool `json:"logprobs"`
 	TopLogprobs         *int `json:"top_logprobs"`
@@ -166,6 +167,9 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 	}
 	if req.MaxTokens == nil {
 		req.MaxTokens = req.MaxCompletionTokens
+	}
+	if err := req.refusedChatFields.check(); err != nil {
+		return err
 	}
 	p, err := req.params(0)
 	if err != nil {

@@ -3,6 +3,7 @@ package openai_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -353,5 +354,51 @@ func TestLogitBias(t *testing.T) {
 	// A bias smaller than the margin changes nothing.
 	if got := tokenOf(gen(map[string]int64{strconv.Itoa(second): 0})); got != first.Token {
 		t.Errorf("a zero bias changed the greedy token to %d", got)
+	}
+}
+
+// GET /v1/models/{id} answers the card /v1/models lists under that id (base, adapter or
+// router), through the official client; an unknown id is OpenAI's 404 (model_not_found).
+func TestRetrieveModel(t *testing.T) {
+	e := fixtureEngine(t, "llama")
+	srv := newServer(t, e, openai.Options{APIKey: testKey})
+	client := newClient(srv.URL)
+	ctx := context.Background()
+	if _, err := client.Completions.New(ctx, greedy(loadCases(t, "llama")[3])); err != nil { // loads an adapter
+		t.Fatal(err)
+	}
+	list, err := client.Models.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Data) < 2 {
+		t.Fatalf("%d models listed", len(list.Data))
+	}
+	for _, want := range list.Data {
+		got, err := client.Models.Get(ctx, want.ID)
+		if err != nil {
+			t.Fatalf("%s: %v", want.ID, err)
+		}
+		if got.RawJSON() != want.RawJSON() {
+			t.Errorf("%s: %s, listed as %s", want.ID, got.RawJSON(), want.RawJSON())
+		}
+	}
+	_, err = client.Models.Get(ctx, "no-such-model")
+	var apiErr *oai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != 404 || apiErr.Code != "model_not_found" || apiErr.Param != "model" {
+		t.Fatalf("unknown model: %v", err)
+	}
+}
+
+// GET /version answers vLLM's {"version": ...}, without the API key as vLLM does.
+func TestVersion(t *testing.T) {
+	e := fixtureEngine(t, "llama")
+	srv := newServer(t, e, openai.Options{APIKey: testKey})
+	st, body := get(t, srv.URL+"/version")
+	var v struct {
+		Version *string `json:"version"`
+	}
+	if st != 200 || json.Unmarshal(body, &v) != nil || v.Version == nil || *v.Version == "" {
+		t.Fatalf("%d %s", st, body)
 	}
 }

@@ -39,6 +39,7 @@ type samplingFields struct {
 	// ExpertTrace (an extension, for routers) returns each choice's top-1 experts per token
 	// and layer, and their summary.
 	ExpertTrace bool `json:"expert_trace"`
+	refusedFields
 }
 
 // params converts the shared fields to engine parameters. maxTokensDefault applies when
@@ -46,6 +47,9 @@ type samplingFields struct {
 // Range checks that the engine makes are left to it, so there is one source of truth; the
 // checks here are for values the engine reads as "off" but OpenAI clients mean otherwise.
 func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, error) {
+	if err := f.refusedFields.check(); err != nil {
+		return serve.SamplingParams{}, err
+	}
 	p := serve.SamplingParams{
 		MaxTokens:         maxTokensDefault,
 		Temperature:       1,
