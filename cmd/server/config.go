@@ -72,6 +72,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(out)
+	setUsage(fs)
 	fs.StringVar(&c.modelDir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer.json); empty: the built-in trained demo (model, four adapters, router)")
 	fs.StringVar(&c.tokenizerDir, "tokenizer", "", "folder with tokenizer.json and tokenizer_config.json (default: the model folder)")
 	fs.Func("adapter", "LoRA adapter to serve, as NAME=PATH (PEFT folder); repeatable", func(s string) error {

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -63,3 +67,45 @@ func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
 }
+
+// --help describes each feature with an example that runs: every curl line of it, sent to the
+// demo server, answers 200.
+func TestHelpExamplesRun(t *testing.T) {
+	var help strings.Builder
+	if err := run(context.Background(), []string{"--help"}, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"/v1/models/", "/version", "logit_bias", "echo", "max_tokens\":0", "prompt_logprobs", ".lorapack", "--served-model-name", "-adapter-dir"} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("--help does not mention %s", want)
+		}
+	}
+	url, _, stop := start(t, "--device", "cpu")
+	defer stop()
+	examples := curlRE.FindAllStringSubmatch(help.String(), -1)
+	if len(examples) < 8 {
+		t.Fatalf("%d examples in --help", len(examples))
+	}
+	for _, ex := range examples {
+		path, body := ex[1], ex[2]
+		var resp *http.Response
+		var err error
+		if body == "" {
+			resp, err = http.Get(url + path)
+		} else {
+			// The shell would turn the body's \n into a JSON escape as written: send it as is.
+			resp, err = http.Post(url+path, "application/json", strings.NewReader(body))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s %s: %d %s", path, body, resp.StatusCode, b)
+		}
+	}
+}
+
+// curlRE finds --help's examples: the path, and the body of a POST (on the next line).
+var curlRE = regexp.MustCompile(`curl -s localhost:8000(\S+)(?: -H 'content-type: application/json' \\\n\s+-d '([^']*)')?`)
