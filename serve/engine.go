@@ -356,7 +356,6 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(),
 	}
 	sq.sampler.p = &sq.params
-	sq.sampler.bias = biasList(p.LogitBias)
 	if lease != nil {
 		sq.adapterW = lease.Adapter()
 	}

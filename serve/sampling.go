@@ -43,7 +43,7 @@ func newSampler(p *SamplingParams, prompt []int) *sampler {
 	} else {
 		seed = rand.Uint64()
 	}
-	s := &sampler{p: p, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), outCount: map[int]int{}}
+	s := &sampler{p: p, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), outCount: map[int]int{}, bias: biasList(p.LogitBias)}
 	if p.RepetitionPenalty != 0 && p.RepetitionPenalty != 1 {
 		s.seen = map[int]bool{}
 		for _, t := range prompt {
