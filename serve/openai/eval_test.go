@@ -14,6 +14,8 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
+	"github.com/loraplex/loraplex/internal/testengine"
+	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 )
 
@@ -400,5 +402,65 @@ func TestVersion(t *testing.T) {
 	}
 	if st != 200 || json.Unmarshal(body, &v) != nil || v.Version == nil || *v.Version == "" {
 		t.Fatalf("%d %s", st, body)
+	}
+}
+
+// Prompt logprobs survive preemption: with a KV cache too small for the requests at once,
+// sequences are preempted and recomputed, and each still gets every prompt token's logprob
+// exactly once, equal to what it gets alone.
+func TestPromptLogprobsWithPreemption(t *testing.T) {
+	e := testengine.New(t, "llama", serve.Options{MaxNumSeqs: 4, MaxBatchedTokens: 32, MaxModelLen: 128, KVCacheTokens: 128, Logger: quiet})
+	srv := newServer(t, e, openai.Options{})
+	prompt := func(i int) string {
+		ids := make([]string, 60)
+		for j := range ids {
+			ids[j] = strconv.Itoa((i*61 + j*7) % 300)
+		}
+		return "[" + strings.Join(ids, ",") + "]"
+	}
+	score := func(i int) []map[string]vllmLogprob {
+		st, body := post(t, srv.URL, "/v1/completions", `{"prompt":`+prompt(i)+`,"max_tokens":40,"ignore_eos":true,"prompt_logprobs":1,"temperature":0}`)
+		if st != 200 {
+			t.Errorf("status %d: %s", st, body)
+			return nil
+		}
+		var r struct {
+			Choices []struct {
+				PromptLogprobs []map[string]vllmLogprob `json:"prompt_logprobs"`
+			} `json:"choices"`
+		}
+		json.Unmarshal(body, &r)
+		return r.Choices[0].PromptLogprobs
+	}
+	alone := make([][]map[string]vllmLogprob, 4)
+	for i := range alone {
+		alone[i] = score(i)
+	}
+	before := e.Stats().Preemptions.Load()
+	together := make([][]map[string]vllmLogprob, 4)
+	var wg sync.WaitGroup
+	for i := range together {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			together[i] = score(i)
+		}()
+	}
+	wg.Wait()
+	if e.Stats().Preemptions.Load() == before {
+		t.Fatalf("no preemption: the test does not test what it says")
+	}
+	for i := range together {
+		if len(together[i]) != 60 || len(alone[i]) != 60 {
+			t.Fatalf("request %d: %d prompt logprobs together, %d alone; want 60", i, len(together[i]), len(alone[i]))
+		}
+		for k := 1; k < 60; k++ {
+			for id, w := range alone[i][k] {
+				g, ok := together[i][k][id]
+				if !ok || math.Abs(g.Logprob-w.Logprob) > 1e-4 || g.Rank != w.Rank {
+					t.Errorf("request %d token %d: %v together, %v alone", i, k, together[i][k], alone[i][k])
+				}
+			}
+		}
 	}
 }
