@@ -464,3 +464,27 @@ func TestPromptLogprobsWithPreemption(t *testing.T) {
 		}
 	}
 }
+
+// A one-token prompt has nothing to score: echo with logprobs gives its token with null
+// logprobs, prompt_logprobs [null], and max_tokens 0 still ends cleanly.
+func TestEchoOneTokenPrompt(t *testing.T) {
+	e := fixtureEngine(t, "llama")
+	srv := newServer(t, e, openai.Options{})
+	st, body := post(t, srv.URL, "/v1/completions", `{"prompt":[[7],[8,9]],"echo":true,"logprobs":2,"max_tokens":0,"prompt_logprobs":2}`)
+	var r struct {
+		Choices []struct {
+			echoChoice
+			PromptLogprobs []map[string]vllmLogprob `json:"prompt_logprobs"`
+		} `json:"choices"`
+	}
+	if st != 200 || json.Unmarshal(body, &r) != nil || len(r.Choices) != 2 {
+		t.Fatalf("%d %s", st, body)
+	}
+	one, two := r.Choices[0], r.Choices[1]
+	if len(one.Logprobs.TokenLogprobs) != 1 || one.Logprobs.TokenLogprobs[0] != nil || len(one.PromptLogprobs) != 1 || one.PromptLogprobs[0] != nil {
+		t.Errorf("one-token prompt: %s", body)
+	}
+	if len(two.Logprobs.TokenLogprobs) != 2 || two.Logprobs.TokenLogprobs[1] == nil || len(two.PromptLogprobs) != 2 || len(two.PromptLogprobs[1]) < 2 {
+		t.Errorf("two-token prompt: %s", body)
+	}
+}
