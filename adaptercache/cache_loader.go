@@ -59,7 +59,20 @@ func ValidName(name string) bool {
 	return !strings.ContainsAny(name, "/\\\x00")
 }
 
-// lookup returns name's entry, registering DIR/NAME from the first of Options.Dirs that has it.
+// LorapackExt is the extension of lorapack files. In an adapter directory a file NAME.lorapack
+// answers to NAME (as a folder NAME does), so compressing an adapter keeps its name.
+const LorapackExt = ".lorapack"
+
+// DirPaths are where adapter name may be in the adapter directory dir, in the order they are
+// tried: DIR/NAME (a PEFT folder or any lorapack file), then DIR/NAME.lorapack. The one rule for
+// the cache and the server's name registry.
+func DirPaths(dir, name string) [2]string {
+	p := filepath.Join(dir, name)
+	return [2]string{p, p + LorapackExt}
+}
+
+// lookup returns name's entry, registering the first of DirPaths that exists in the first of
+// Options.Dirs that has one.
 // Called with mu held (the Stat happens only for names not yet registered).
 func (c *Cache) lookup(name string) (*entry, error) {
 	if e := c.entries[name]; e != nil {
@@ -67,17 +80,18 @@ func (c *Cache) lookup(name string) (*entry, error) {
 	}
 	if ValidName(name) {
 		for _, dir := range c.opt.Dirs {
-			p := filepath.Join(dir, name)
-			_, err := c.opt.Roots.Stat(p)
-			if errors.Is(err, confine.ErrOutside) {
-				// DIR/NAME links out of every root: refused, not skipped, so the operator
-				// sees why the adapter is not served.
-				return nil, fmt.Errorf("adapter %q: %w", name, err)
-			}
-			if err == nil {
-				e := &entry{name: name, path: p, state: StateDisk}
-				c.entries[name] = e
-				return e, nil
+			for _, p := range DirPaths(dir, name) {
+				_, err := c.opt.Roots.Stat(p)
+				if errors.Is(err, confine.ErrOutside) {
+					// DIR/NAME links out of every root: refused, not skipped, so the operator
+					// sees why the adapter is not served.
+					return nil, fmt.Errorf("adapter %q: %w", name, err)
+				}
+				if err == nil {
+					e := &entry{name: name, path: p, state: StateDisk}
+					c.entries[name] = e
+					return e, nil
+				}
 			}
 		}
 	}

@@ -41,3 +41,8 @@ func (b *Backend) Sample(logits model.Tensor, rows []model.SampleRow, out []mode
 	}
 	return nil
 }
+
+var _ model.LogitBiaser = (*Backend)(nil)
+
+// AppliesLogitBias implements model.LogitBiaser: model.Sampler applies SampleRow.Bias.
+func (b *Backend) AppliesLogitBias() bool { return true }

@@ -28,6 +28,7 @@ type Runner struct {
 	rope                                      Tensor
 	x, h, q, k, v, attn, delta, gate, up, act Tensor
 	sel, logits                               Tensor
+	scoreBuf                                  []float32 // host copies of logits rows being scored (score.go)
 	segs                                      [NumProj][]LoRASeg
 	routing                                   routeState
 	attnParams                                AttnParams
@@ -91,7 +92,7 @@ func (r *Runner) Forward(s *Step, adapters []*Adapter, logits []float32) error {
 	if len(logits) != m*r.Cfg.VocabSize {
 		return fmt.Errorf("runner: logits buffer has %d floats, want %d", len(logits), m*r.Cfg.VocabSize)
 	}
-	return r.step(s, adapters, logits, nil, nil, nil)
+	return r.step(s, adapters, logits, nil, nil, nil, nil, nil)
 }
 
 // Err returns the backend's permanent failure (FailureReporter), nil while it works.
@@ -101,7 +102,8 @@ func (r *Runner) Err() error { return backendErr(r.B) }
 // backend's sampler (ds). It is the one place the step contract (StepSynchronizer) is kept:
 // however the step ends (logits read, only prefill chunks, an error, a panic), the backend has
 // finished every op of it before step returns.
-func (r *Runner) step(s *Step, adapters []*Adapter, logits []float32, ds DeviceSampler, rows []SampleRow, out []SampleResult) (err error) {
+func (r *Runner) step(s *Step, adapters []*Adapter, logits []float32, ds DeviceSampler, rows []SampleRow, out []SampleResult,
+	score []ScoreRow, scoreOut []ScoreResult) (err error) {
 	defer func() {
 		if serr := r.sync(); err == nil {
 			err = serr
@@ -115,7 +117,10 @@ func (r *Runner) step(s *Step, adapters []*Adapter, logits []float32, ds DeviceS
 	case m == 0:
 		return nil
 	case ds != nil:
-		return ds.Sample(r.logits.Slice(0, m), rows, out)
+		if err := ds.Sample(r.logits.Slice(0, len(rows)), rows, out); err != nil {
+			return err
+		}
+		return r.score(len(rows), score, scoreOut)
 	default:
 		return r.B.Read(r.logits.Slice(0, m), logits)
 	}

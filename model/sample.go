@@ -43,10 +43,32 @@ type SampleRow struct {
 	// Banned tokens get -inf before everything else (EOS and stop ids before min_tokens).
 	// Ids outside the vocabulary are ignored.
 	Banned []int32
+	// Bias is added to its tokens' logits after the bans and before the penalties (OpenAI's
+	// and vLLM's logit_bias). Only backends that implement LogitBiaser apply it; the runner
+	// refuses rows with a bias on the others.
+	Bias []TokenBias
 	// Logprobs: -1 none, 0 the chosen token's, N (<= MaxSampleLogprobs) also the N most
 	// likely tokens. All are log-softmax values of the raw logits (before penalties).
 	Logprobs int
 	U        float32
+}
+
+// TokenBias is one logit_bias entry: Bias is added to Token's logit.
+type TokenBias struct {
+	Token int32
+	Bias  float32
+}
+
+// LogitBiaser is implemented by backends whose sampler applies SampleRow.Bias. The CUDA kernel
+// does not yet (its row struct has no bias list), so a server on it refuses logit_bias.
+type LogitBiaser interface {
+	AppliesLogitBias() bool
+}
+
+// AppliesLogitBias reports whether the runner's backend applies SampleRow.Bias (LogitBiaser).
+func (r *Runner) AppliesLogitBias() bool {
+	lb, ok := r.B.(LogitBiaser)
+	return ok && lb.AppliesLogitBias()
 }
 
 // SampleResult is what the device returns for one row.
@@ -81,6 +103,11 @@ func CheckSampleRows(rows []SampleRow, vocab int) error {
 				return fmt.Errorf("sample row %d: history token %d (count %d) outside the vocabulary of %d", i, h.Token, h.Count, vocab)
 			}
 		}
+		for _, b := range r.Bias {
+			if b.Token < 0 || int(b.Token) >= vocab || b.Bias != b.Bias || math.IsInf(float64(b.Bias), 0) {
+				return fmt.Errorf("sample row %d: bias %v of token %d (vocabulary of %d)", i, b.Bias, b.Token, vocab)
+			}
+		}
 	}
 	return nil
 }
@@ -89,18 +116,36 @@ func CheckSampleRows(rows []SampleRow, vocab int) error {
 // rows[k] and out[k] belong to s.LogitRows[k]. The backend must implement DeviceSampler. It
 // returns once the step is complete (see StepSynchronizer).
 func (r *Runner) ForwardSample(s *Step, adapters []*Adapter, rows []SampleRow, out []SampleResult) error {
+	return r.ForwardSampleScore(s, adapters, rows, out, nil, nil)
+}
+
+// ForwardSampleScore is ForwardSample for steps that also score rows: s.LogitRows lists the
+// rows to sample first (rows[k], out[k]), then the rows to score (score[k], scoreOut[k]; see
+// ScoreRow).
+func (r *Runner) ForwardSampleScore(s *Step, adapters []*Adapter, rows []SampleRow, out []SampleResult, score []ScoreRow, scoreOut []ScoreResult) error {
 	ds, ok := r.B.(DeviceSampler)
 	if !ok {
 		return fmt.Errorf("runner: backend %s does not sample on the device", r.B.Name())
 	}
 	m := len(s.LogitRows)
-	if len(rows) != m || len(out) != m {
-		return fmt.Errorf("runner: %d sample rows and %d results for %d logit rows", len(rows), len(out), m)
+	if len(rows)+len(score) != m || len(out) != len(rows) || len(scoreOut) != len(score) {
+		return fmt.Errorf("runner: %d sample rows, %d results, %d score rows and %d results for %d logit rows",
+			len(rows), len(out), len(score), len(scoreOut), m)
 	}
 	if err := CheckSampleRows(rows, r.Cfg.VocabSize); err != nil {
 		return fmt.Errorf("runner: %w", err)
 	}
-	return r.step(s, adapters, nil, ds, rows, out)
+	if !r.AppliesLogitBias() {
+		for i := range rows {
+			if len(rows[i].Bias) > 0 {
+				return fmt.Errorf("runner: backend %s does not apply a logit bias", r.B.Name())
+			}
+		}
+	}
+	if err := CheckScoreRows(score, r.Cfg.VocabSize); err != nil {
+		return fmt.Errorf("runner: %w", err)
+	}
+	return r.step(s, adapters, nil, ds, rows, out, score, scoreOut)
 }
 
 // CanSample reports whether the backend samples (DeviceSampler), which ForwardSample needs.
@@ -173,6 +218,9 @@ func SampleReference(logits []float32, row *SampleRow, out *SampleResult) {
 	}
 	for _, h := range row.Hist {
 		raw[h.Token] = logits[h.Token]
+	}
+	for _, b := range row.Bias {
+		raw[b.Token] = logits[b.Token]
 	}
 	banAndPenalize(logits, row)
 	tok := referenceChoose(logits, row)
@@ -343,15 +391,19 @@ func referenceChoose(l []float32, row *SampleRow) int {
 	return last
 }
 
-// banAndPenalize masks row's banned tokens and applies its penalties to logits in place, in
-// the device's order: bans, then per history token the repetition penalty, then frequency and
-// presence. The one copy of this step for SampleReference and Sampler.
+// banAndPenalize masks row's banned tokens, adds its logit bias and applies its penalties to
+// logits in place, in vLLM's order: bans, the bias, then per history token the repetition
+// penalty, then frequency and presence. The one copy of this step for SampleReference and
+// Sampler.
 func banAndPenalize(logits []float32, row *SampleRow) {
 	V := len(logits)
 	for _, t := range row.Banned {
 		if t >= 0 && int(t) < V {
 			logits[t] = float32(math.Inf(-1))
 		}
+	}
+	for _, b := range row.Bias {
+		logits[b.Token] += b.Bias
 	}
 	rp := row.RepetitionPenalty
 	for _, h := range row.Hist {

@@ -71,6 +71,9 @@ func penalised(l []float32, row *model.SampleRow) []float32 {
 			l[t] = float32(math.Inf(-1))
 		}
 	}
+	for _, b := range row.Bias {
+		l[b.Token] += b.Bias
+	}
 	for _, h := range row.Hist {
 		v := l[h.Token]
 		if rp := row.RepetitionPenalty; rp != 0 && rp != 1 {

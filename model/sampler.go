@@ -15,8 +15,9 @@ type Sampler struct {
 	keys      []uint64     // rank keys of the finite logits (top-k selection)
 	cands     []sampleCand // candidates in id order: the finite logits, then top-k's survivors
 	undecided []sampleCand // top-p's narrowing: tokens not yet known to be in or out
-	rawHist   []float32    // raw logits of the history and banned tokens, for the chosen logprob
+	rawHist   []float32    // raw logits of the history, banned and biased tokens, for the chosen logprob
 	rawBan    []float32
+	rawBias   []float32
 }
 
 // sampleCand is a candidate token: its rank key (rankKey), probability and mass.
@@ -66,6 +67,10 @@ func (s *Sampler) Sample(logits []float32, row *SampleRow, out *SampleResult) {
 	for _, h := range row.Hist {
 		s.rawHist = append(s.rawHist, logits[h.Token])
 	}
+	s.rawBias = s.rawBias[:0]
+	for _, b := range row.Bias {
+		s.rawBias = append(s.rawBias, logits[b.Token])
+	}
 	banAndPenalize(logits, row)
 	tok := s.choose(logits, row)
 	out.Token = int32(tok)
@@ -76,6 +81,8 @@ func (s *Sampler) Sample(logits []float32, row *SampleRow, out *SampleResult) {
 			v = s.rawBan[j]
 		} else if j := indexHist(row.Hist, int32(tok)); j >= 0 {
 			v = s.rawHist[j]
+		} else if j := indexBias(row.Bias, int32(tok)); j >= 0 {
+			v = s.rawBias[j]
 		}
 		out.Logprob = float32(float64(v) - lse)
 	}
@@ -93,6 +100,15 @@ func indexToken(ts []int32, t int32) int {
 func indexHist(hs []TokenCount, t int32) int {
 	for j, h := range hs {
 		if h.Token == t {
+			return j
+		}
+	}
+	return -1
+}
+
+func indexBias(bs []TokenBias, t int32) int {
+	for j, b := range bs {
+		if b.Token == t {
 			return j
 		}
 	}

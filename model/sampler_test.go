@@ -58,6 +58,16 @@ func randomSampleRow(r *rand.Rand, vocab int) model.SampleRow {
 			}
 		}
 	}
+	if r.IntN(3) == 0 { // a logit_bias, some of its tokens also banned or in the history
+		seen := map[int32]bool{}
+		for n := r.IntN(6) + 1; n > 0; n-- {
+			t := int32(r.IntN(vocab))
+			if !seen[t] {
+				seen[t] = true
+				row.Bias = append(row.Bias, model.TokenBias{Token: t, Bias: float32(r.Float64()*200 - 100)})
+			}
+		}
+	}
 	switch r.IntN(6) {
 	case 0:
 		for n := r.IntN(8); n > 0; n-- {

@@ -20,6 +20,17 @@ type SamplingParams struct {
 	IgnoreEOS    bool
 
 	Logprobs int // > 0: return the chosen token's logprob and this many top alternatives; 0 none; -1: chosen only
+	// PromptLogprobs asks for every prompt token's logprob given the tokens before it (all but
+	// the first; vLLM's prompt_logprobs, OpenAI's echo with logprobs), as Logprobs counts:
+	// 0 none, -1 the token's only, N also the N most likely. Such a request's prompt is always
+	// computed in full (the prefix cache has no logits).
+	PromptLogprobs int
+	// PromptOnly computes the prompt and generates nothing (max_tokens 0 with echo): the
+	// request finishes with "length" once its prompt logprobs are out.
+	PromptOnly bool
+	// LogitBias adds a bias in [-100, 100] to a token's logit before sampling (OpenAI's
+	// logit_bias; at most MaxLogitBias entries). Logprobs stay those of the raw logits.
+	LogitBias map[int]float64
 	// SkipSpecialTokens drops special tokens from the returned text (default true in the gateways).
 	SkipSpecialTokens bool
 }
@@ -41,6 +52,14 @@ type TokenLogprob struct {
 	Logprob float32
 }
 
+// PromptLogprob is the logprob of prompt token Token given the tokens before it.
+type PromptLogprob struct {
+	Token   int
+	Logprob float32
+	Rank    int            // vLLM's rank: tokens at least as likely, Token included
+	Top     []TokenLogprob // the most likely tokens, when asked for
+}
+
 // Event is one step of a generation stream. Every event carries the tokens generated in that
 // step (zero or one today) and the UTF-8-complete text they completed. The last event of a
 // stream has Finish set ("stop", "length", "abort" or "error", with Err) and Usage.
@@ -52,6 +71,9 @@ type Event struct {
 	// Experts, for a routed request that asked for a trace, holds per token the top-1 expert
 	// adapter of every layer ("" where the layer chose only null experts).
 	Experts [][]string
+	// PromptLogprobs continue the request's prompt logprobs (PromptTokens[1:] in order), each
+	// event the next ones, all of them before the first generated token.
+	PromptLogprobs []PromptLogprob
 
 	Finish string
 	// StopReason is the stop string or token id that ended the request, when Finish is "stop"

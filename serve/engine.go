@@ -100,6 +100,16 @@ type Engine struct {
 	rows      []model.SampleRow
 	sampleOut []model.SampleResult
 	banBuf    []int
+	// The step's scored rows (prompt logprobs): what each asks, its result, its sequence and
+	// the prompt position it scores, reused every step; stepDone are the prompt-only
+	// sequences whose prompt this step completes.
+	scoreRows []model.ScoreRow
+	scoreOut  []model.ScoreResult
+	scoreSeq  []*sequence
+	scorePos  []int
+	scoreIdx  []int32
+	scoreRoom int
+	stepDone  []*sequence
 	keyBuf    []byte // a page key's hash input, reused
 	created   int64
 	kvLog     *kvEventLog  // nil: KV-cache events off
@@ -180,7 +190,7 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	}
 	pages := (opt.KVCacheTokens + opt.PageSize - 1) / opt.PageSize
 	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{
-		MaxTokens: opt.MaxBatchedTokens, MaxLogitRows: opt.MaxNumSeqs, MaxContext: opt.MaxModelLen,
+		MaxTokens: opt.MaxBatchedTokens, MaxLogitRows: opt.MaxNumSeqs + maxScoreRows(opt), MaxContext: opt.MaxModelLen,
 		KV: model.KVSpec{Pages: pages, PageSize: opt.PageSize},
 	})
 	if err != nil {
@@ -440,6 +450,11 @@ func (e *Engine) validate(req *Request, p *SamplingParams) error {
 		return errorf(KindInvalid, "frequency_penalty", "frequency_penalty must be in [-2, 2], got %v", p.FrequencyPenalty)
 	case p.Logprobs < -1 || p.Logprobs > 20:
 		return errorf(KindInvalid, "logprobs", "logprobs must be between 0 and 20, got %d", p.Logprobs)
+	case p.PromptLogprobs < -1 || p.PromptLogprobs > 20:
+		return errorf(KindInvalid, "prompt_logprobs", "prompt_logprobs must be between 0 and 20, got %d", p.PromptLogprobs)
+	}
+	if err := e.checkLogitBias(p.LogitBias); err != nil {
+		return err
 	}
 	if err := checkStop(p.Stop); err != nil {
 		return err
@@ -458,6 +473,29 @@ func (e *Engine) validate(req *Request, p *SamplingParams) error {
 	for _, t := range p.StopTokenIDs {
 		if t < 0 || t >= V {
 			return errorf(KindInvalid, "stop_token_ids", "stop token id %d is out of vocabulary", t)
+		}
+	}
+	return nil
+}
+
+// checkLogitBias validates a logit_bias: at most MaxLogitBias entries, token ids inside the
+// vocabulary, biases in [-100, 100], and a backend that applies them (model.LogitBiaser).
+func (e *Engine) checkLogitBias(bias map[int]float64) error {
+	if len(bias) == 0 {
+		return nil
+	}
+	if len(bias) > MaxLogitBias {
+		return errorf(KindInvalid, "logit_bias", "at most %d logit_bias entries, got %d", MaxLogitBias, len(bias))
+	}
+	if !e.runner.AppliesLogitBias() {
+		return errorf(KindInvalid, "logit_bias", "logit_bias is not supported on the %s backend", e.backend.Name())
+	}
+	for t, b := range bias {
+		if t < 0 || t >= e.cfg.VocabSize {
+			return errorf(KindInvalid, "logit_bias", "logit_bias token id %d is out of vocabulary (0..%d)", t, e.cfg.VocabSize-1)
+		}
+		if !(b >= -100 && b <= 100) {
+			return errorf(KindInvalid, "logit_bias", "logit_bias of token %d must be in [-100, 100], got %v", t, b)
 		}
 	}
 	return nil

@@ -27,6 +27,7 @@ type sequence struct {
 	tokens      []int // prompt, then generated tokens
 	promptLen   int
 	computed    int // tokens whose keys and values are in the cache
+	scored      int // prompt rows whose logprobs of the next prompt token are out (PromptLogprobs)
 	pages       []int32
 	sampler     *sampler
 	dec         *tokenizer.StreamDecoder
@@ -95,9 +96,12 @@ func (e *Engine) safeStep() {
 	e.stats.Steps.Add(1)
 	stepStart := time.Now()
 	rows := e.sampleRows()
-	// ForwardSample returns once the step is complete on the device (model.StepSynchronizer),
+	for len(e.scoreOut) < len(e.scoreRows) {
+		e.scoreOut = append(e.scoreOut, model.ScoreResult{})
+	}
+	// ForwardSampleScore returns once the step is complete on the device (model.StepSynchronizer),
 	// prefill-only steps included: only then may finish release what the step read.
-	if err := e.runner.ForwardSample(&e.step, e.stepAd, rows, e.sampleOut[:len(rows)]); err != nil {
+	if err := e.runner.ForwardSampleScore(&e.step, e.stepAd, rows, e.sampleOut[:len(rows)], e.scoreRows, e.scoreOut[:len(e.scoreRows)]); err != nil {
 		e.log.Error("forward pass failed", "err", err)
 		fail := &Error{Kind: KindInternal, Msg: "forward pass failed", Err: err}
 		if berr := e.backendFailed(); berr != nil {
@@ -113,6 +117,11 @@ func (e *Engine) safeStep() {
 	now := time.Now()
 	if o := e.obs(); o != nil {
 		o.Step(len(e.step.Tokens), len(e.step.Seqs), now.Sub(stepStart))
+	}
+	e.emitScores()
+	for _, sq := range e.stepDone {
+		e.stats.PromptTokens.Add(int64(sq.promptLen))
+		e.finish(sq, "length", nil, nil)
 	}
 	for k, sq := range e.stepSeq {
 		tok, ev := e.sampled(sq, &e.sampleOut[k])
@@ -184,13 +193,18 @@ func (e *Engine) schedule() bool {
 	s := &e.step
 	s.Tokens, s.Positions, s.Slots, s.Seqs, s.LogitRows = s.Tokens[:0], s.Positions[:0], s.Slots[:0], s.Seqs[:0], s.LogitRows[:0]
 	e.stepAd, e.stepSeq = e.stepAd[:0], e.stepSeq[:0]
+	e.scoreRows, e.scoreSeq, e.scorePos, e.scoreIdx, e.stepDone = e.scoreRows[:0], e.scoreSeq[:0], e.scorePos[:0], e.scoreIdx[:0], e.stepDone[:0]
+	e.scoreRoom = maxScoreRows(e.opt)
 	budget := e.opt.MaxBatchedTokens
 
 	// Running sequences first, in admission order: decodes take one row each, sequences still
 	// in prefill take a chunk of what budget is left.
 	for i := 0; i < len(e.running) && budget > 0; i++ {
 		sq := e.running[i]
-		n := min(len(sq.tokens)-sq.computed, budget)
+		n := e.scoreLimit(sq, min(len(sq.tokens)-sq.computed, budget))
+		if n == 0 {
+			continue // its next rows are scored, and this step has no room left to score
+		}
 		if !e.reservePages(sq, sq.computed+n) {
 			break // sq itself was preempted
 		}
@@ -230,6 +244,9 @@ func (e *Engine) schedule() bool {
 				continue
 			}
 		}
+		if e.scoreLimit(sq, budget) == 0 {
+			break // it would score its first rows, and this step has no room left to score
+		}
 		// Reuse the longest cached prefix, then check that the rest of the prompt (and the first
 		// generated token) fits; if not, hand the cached pages back and wait.
 		if !sq.admitted {
@@ -257,11 +274,13 @@ func (e *Engine) schedule() bool {
 		if sq.scheduled.IsZero() {
 			sq.scheduled = time.Now()
 		}
-		n := min(len(sq.tokens)-sq.computed, budget)
+		n := e.scoreLimit(sq, min(len(sq.tokens)-sq.computed, budget))
 		e.reservePages(sq, sq.computed+n)
 		e.addRows(sq, n)
 		budget -= n
 	}
+	// Scored rows follow the sampled ones (model.Runner.ForwardSampleScore).
+	s.LogitRows = append(s.LogitRows, e.scoreIdx...)
 	e.stats.Running.Store(int64(len(e.running)))
 	e.stats.Waiting.Store(int64(len(e.waiting)))
 	e.stats.KVPagesUsed.Store(e.stats.KVPages.Load() - int64(e.pages.available()))
@@ -322,6 +341,12 @@ func (e *Engine) addRows(sq *sequence, n int) {
 		s.Tokens = append(s.Tokens, int32(sq.tokens[p]))
 		s.Positions = append(s.Positions, int32(p))
 		s.Slots = append(s.Slots, sq.pages[p/e.opt.PageSize]*ps+int32(p)%ps)
+		if sq.params.PromptLogprobs != 0 && p >= sq.scored && p < sq.promptLen-1 {
+			e.scoreRows = append(e.scoreRows, model.ScoreRow{Token: int32(sq.tokens[p+1]), Logprobs: max(sq.params.PromptLogprobs, 0)})
+			e.scoreSeq, e.scorePos = append(e.scoreSeq, sq), append(e.scorePos, p)
+			e.scoreIdx = append(e.scoreIdx, int32(start+j))
+			e.scoreRoom--
+		}
 	}
 	sq.computed += n
 	e.registerPages(sq)
@@ -331,9 +356,52 @@ func (e *Engine) addRows(sq *sequence, n int) {
 		ad = sq.adapterW
 	}
 	e.stepAd = append(e.stepAd, ad)
-	if sq.computed == len(sq.tokens) {
+	switch {
+	case sq.computed < len(sq.tokens):
+	case sq.params.PromptOnly:
+		e.stepDone = append(e.stepDone, sq) // nothing to sample: it ends with this step
+	default:
 		s.LogitRows = append(s.LogitRows, int32(len(s.Tokens)-1))
 		e.stepSeq = append(e.stepSeq, sq)
+	}
+}
+
+// maxScoreRowsPerStep bounds the prompt rows scored in one step (prompt logprobs): the
+// runner's logits workspace holds this many rows beyond one per sequence.
+const maxScoreRowsPerStep = 64
+
+func maxScoreRows(o Options) int { return min(maxScoreRowsPerStep, o.MaxBatchedTokens) }
+
+// scoreLimit cuts n, the rows sq would compute next, to what the step's room for scored rows
+// allows: rows of sq's prompt not yet scored each take one (PromptLogprobs); rows already
+// scored (recomputed after a preemption) and the last prompt row take none. 0: sq must wait.
+func (e *Engine) scoreLimit(sq *sequence, n int) int {
+	last := sq.promptLen - 1 // rows before it score the next prompt token
+	from := max(sq.computed, sq.scored)
+	if sq.params.PromptLogprobs == 0 || from >= last || from+e.scoreRoom >= last {
+		return n
+	}
+	return min(n, from+e.scoreRoom-sq.computed)
+}
+
+// emitScores streams the step's scored rows, in prompt order, one event per sequence.
+func (e *Engine) emitScores() {
+	for k := 0; k < len(e.scoreRows); {
+		sq := e.scoreSeq[k]
+		var ev Event
+		for ; k < len(e.scoreRows) && e.scoreSeq[k] == sq; k++ {
+			r := &e.scoreOut[k]
+			lp := PromptLogprob{Token: int(e.scoreRows[k].Token), Logprob: r.Logprob, Rank: r.Rank}
+			if sq.params.PromptLogprobs > 0 {
+				lp.Top = make([]TokenLogprob, len(r.Top))
+				for i, t := range r.Top {
+					lp.Top[i] = TokenLogprob{Token: int(t.Token), Logprob: t.Logprob}
+				}
+			}
+			ev.PromptLogprobs = append(ev.PromptLogprobs, lp)
+			sq.scored = e.scorePos[k] + 1
+		}
+		sq.stream.push(ev)
 	}
 }
 

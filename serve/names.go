@@ -11,6 +11,8 @@ import (
 	"sync"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/loraplex/loraplex/adaptercache"
 )
 
 // Served names. A request's model, an adapter's and a router's name share one namespace: the
@@ -103,13 +105,15 @@ func newNameRegistry(base string, dirs []string) *nameRegistry {
 	return &nameRegistry{base: base, dirs: dirs, names: map[string]*servedName{}}
 }
 
-// inDirs returns DIR/name for the first adapter directory that has name, or "". Called with
+// inDirs returns where the first adapter directory that has name keeps it
+// (adaptercache.DirPaths), or "". Called with
 // mu held, for names not in the registry.
 func (r *nameRegistry) inDirs(name string) string {
 	for _, dir := range r.dirs {
-		p := filepath.Join(dir, name)
-		if _, err := os.Stat(p); err == nil { // as the adapter cache looks it up
-			return p
+		for _, p := range adaptercache.DirPaths(dir, name) {
+			if _, err := os.Stat(p); err == nil { // as the adapter cache looks it up
+				return p
+			}
 		}
 	}
 	return ""

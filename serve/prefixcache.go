@@ -57,7 +57,8 @@ func (e *Engine) pageKeyAt(sq *sequence, i int) pageKey {
 // to, leaving at least its last token to compute; sq resumes after them. It returns the number
 // of tokens reused.
 func (e *Engine) lookupPrefix(sq *sequence) int {
-	if !sq.cacheable || !e.pages.caching() {
+	// Cached pages have no logits: a request that wants its prompt's logprobs computes it all.
+	if !sq.cacheable || !e.pages.caching() || sq.params.PromptLogprobs != 0 {
 		return 0
 	}
 	full := (len(sq.tokens) - 1) / e.opt.PageSize

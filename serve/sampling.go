@@ -1,8 +1,10 @@
 package serve
 
 import (
+	"cmp"
 	"math"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/loraplex/loraplex/model"
 )
@@ -17,6 +19,21 @@ type sampler struct {
 	rng      *rand.Rand
 	outCount map[int]int  // generated tokens
 	seen     map[int]bool // prompt and generated tokens (repetition penalty)
+	bias     []model.TokenBias
+}
+
+// biasList is a logit_bias as the sampling row takes it, in token order (so that the row does
+// not depend on map order).
+func biasList(bias map[int]float64) []model.TokenBias {
+	if len(bias) == 0 {
+		return nil
+	}
+	out := make([]model.TokenBias, 0, len(bias))
+	for t, b := range bias {
+		out = append(out, model.TokenBias{Token: int32(t), Bias: float32(b)})
+	}
+	slices.SortFunc(out, func(a, b model.TokenBias) int { return cmp.Compare(a.Token, b.Token) })
+	return out
 }
 
 func newSampler(p *SamplingParams, prompt []int) *sampler {
@@ -26,7 +43,7 @@ func newSampler(p *SamplingParams, prompt []int) *sampler {
 	} else {
 		seed = rand.Uint64()
 	}
-	s := &sampler{p: p, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), outCount: map[int]int{}}
+	s := &sampler{p: p, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), outCount: map[int]int{}, bias: biasList(p.LogitBias)}
 	if p.RepetitionPenalty != 0 && p.RepetitionPenalty != 1 {
 		s.seen = map[int]bool{}
 		for _, t := range prompt {
@@ -66,7 +83,7 @@ func (s *sampler) row(banned []int, logprobs int, row *model.SampleRow) {
 	for _, t := range banned {
 		ban = append(ban, int32(t))
 	}
-	row.Hist, row.Banned = hist, ban
+	row.Hist, row.Banned, row.Bias = hist, ban, s.bias
 	// The API's logprobs (0 none, -1 chosen only, N chosen and top N) in the row's terms.
 	switch {
 	case logprobs == 0:

@@ -174,7 +174,7 @@ func TestGreedyMatchesTransformers(t *testing.T) {
 }
 
 // stepSequences makes n sequences mid-generation with varied parameters (penalties with a
-// history, min_tokens with banned ids, logprobs), as the loop holds them.
+// history, min_tokens with banned ids, logprobs, a logit_bias), as the loop holds them.
 func stepSequences(n, vocab int) []*sequence {
 	r := rand.New(rand.NewPCG(3, 4))
 	var out []*sequence
@@ -183,6 +183,9 @@ func stepSequences(n, vocab int) []*sequence {
 		p := SamplingParams{Temperature: float64(i % 3), TopP: 0.9, TopK: 40 * (i % 2), RepetitionPenalty: 1.2,
 			FrequencyPenalty: 0.5, MinTokens: 8 * (i % 2), StopTokenIDs: []int{3, 4}, Logprobs: i%4 - 1, Seed: &seed}
 		prompt := []int{1, 2, 3, 4, 5}
+		if i%3 == 1 {
+			p.LogitBias = map[int]float64{5: 3, 9: -100, int(r.IntN(vocab)): 1.5}
+		}
 		sq := &sequence{params: p, tokens: prompt, promptLen: len(prompt)}
 		sq.sampler = newSampler(&sq.params, prompt)
 		for j := 0; j < 4; j++ {

@@ -88,6 +88,7 @@ func (e *Event) merge(ev *Event) (final bool) {
 	e.Logprobs = append(e.Logprobs, ev.Logprobs...)
 	e.Top = append(e.Top, ev.Top...)
 	e.Experts = append(e.Experts, ev.Experts...)
+	e.PromptLogprobs = append(e.PromptLogprobs, ev.PromptLogprobs...)
 	if ev.Finish == "" {
 		return false
 	}

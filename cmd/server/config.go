@@ -73,6 +73,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
 	fs.SetOutput(out)
+	setUsage(fs)
 	fs.StringVar(&c.modelDir, "model", "", "Hugging Face model folder (config.json, *.safetensors, tokenizer.json); empty: the built-in trained demo (model, four adapters, router)")
 	fs.StringVar(&c.tokenizerDir, "tokenizer", "", "folder with tokenizer.json and tokenizer_config.json (default: the model folder)")
 	fs.Func("adapter", "LoRA adapter to serve, as NAME=PATH (PEFT folder); repeatable", func(s string) error {
@@ -91,7 +92,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		c.routers = append(c.routers, adapterSpec{name, dir})
 		return nil
 	})
-	fs.Func("adapter-dir", "folder of adapters loaded by name on first use (DIR/NAME); repeatable", func(s string) error {
+	fs.Func("adapter-dir", "folder of adapters loaded by name on first use: a PEFT folder DIR/NAME, or a lorapack file DIR/NAME or DIR/NAME.lorapack; repeatable", func(s string) error {
 		c.adapterDirs = append(c.adapterDirs, s)
 		return nil
 	})
@@ -102,7 +103,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&c.device, "device", "auto", "auto, cpu or cuda[:N]")
 	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8000", "address of the HTTP API")
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "address of the gRPC API (loraplex.v1, health, reflection); empty: off")
-	fs.StringVar(&c.servedName, "served-model-name", "", "the base model's name in the API (default: the model folder's name)")
+	fs.StringVar(&c.servedName, "served-model-name", "", "the base model's name in the API (default: the --model argument exactly as given, as in vLLM)")
 	fs.IntVar(&c.maxNumSeqs, "max-num-seqs", 0, "sequences in one batch (0: engine default)")
 	fs.IntVar(&c.maxBatchedTokens, "max-num-batched-tokens", 0, "token rows in one forward pass (0: engine default)")
 	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: from the model, at most 4096); a prompt text longer than this times the tokenizer's longest token in bytes is refused before tokenizing")

@@ -31,7 +31,7 @@ func loadModel(c *config, b model.Backend, log *slog.Logger) (*loaded, error) {
 	}
 	m := &loaded{name: c.servedName}
 	if m.name == "" {
-		m.name = filepath.Base(filepath.Clean(c.modelDir))
+		m.name = c.modelDir // vLLM's rule: the --model argument as given
 	}
 	var err error
 	if m.cfg, err = model.LoadConfig(c.modelDir); err != nil {

@@ -86,7 +86,7 @@ func TestRunFixtureWithRouters(t *testing.T) {
 	}
 	mbody, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
-	for _, want := range []string{`loraplex_router_expert_selections_total{`, `router="top2"`, `loraplex_routers{model_name="llama"} 2`} {
+	for _, want := range []string{`loraplex_router_expert_selections_total{`, `router="top2"`, `loraplex_routers{model_name="` + dir + `"} 2`} {
 		if !strings.Contains(string(mbody), want) {
 			t.Errorf("metrics lack %q", want)
 		}

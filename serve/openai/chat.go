@@ -33,6 +33,7 @@ type chatFields struct {
 type chatRequest struct {
 	samplingFields
 	chatFields
+	refusedChatFields
 	MaxCompletionTokens *int `json:"max_completion_tokens"`
 	Logprobs            bool `json:"logprobs"`
 	TopLogprobs         *int `json:"top_logprobs"`
@@ -64,6 +65,8 @@ type chatResponse struct {
 	Choices        []chatChoice `json:"choices"`
 	Usage          *usage       `json:"usage,omitempty"`
 	PromptTokenIDs []int        `json:"prompt_token_ids,omitempty"`
+	// PromptLogprobs is vLLM's (request field prompt_logprobs): the rendered prompt's.
+	PromptLogprobs any `json:"prompt_logprobs,omitempty"`
 }
 
 // render turns messages into prompt text with the chat template.
@@ -165,6 +168,9 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 	if req.MaxTokens == nil {
 		req.MaxTokens = req.MaxCompletionTokens
 	}
+	if err := req.refusedChatFields.check(); err != nil {
+		return err
+	}
 	p, err := req.params(0)
 	if err != nil {
 		return err
@@ -255,6 +261,9 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 	}
 	if c.req.ReturnTokenIDs {
 		resp.PromptTokenIDs = c.prompt
+	}
+	if c.req.PromptLogprobs != nil {
+		resp.PromptLogprobs = c.h.promptLogprobs(c.choices.st[0].prompt, *c.req.PromptLogprobs, c.req.ReturnTokensAsTokenIDs)
 	}
 	resp.Usage = c.choices.usage(len(c.prompt))
 	writeJSON(w, http.StatusOK, resp)

@@ -18,6 +18,9 @@ type choiceState struct {
 	final    serve.Event
 	experts  [][]string // the expert trace, when asked for
 	counts   expertCounts
+	// prompt are the prompt logprobs (kept collected or streamed: a stream sends them with the
+	// choice's first chunk).
+	prompt []serve.PromptLogprob
 }
 
 // choiceSet is the one accumulator of a response's choices for both endpoints, collected or
@@ -42,6 +45,7 @@ func (c *choiceSet) take(ev *choiceEvent, keep bool) (st *choiceState, send bool
 		return nil, false, err
 	}
 	st = &c.st[ev.Index]
+	st.prompt = append(st.prompt, ev.PromptLogprobs...)
 	if keep {
 		st.text = append(st.text, ev.Text...)
 		st.tokens = append(st.tokens, ev.Tokens...)

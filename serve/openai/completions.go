@@ -27,6 +27,7 @@ type completionChoice struct {
 	PromptTokenIDs any                 `json:"prompt_token_ids,omitempty"`
 	ExpertTrace    any                 `json:"expert_trace,omitempty"`
 	ExpertSummary  any                 `json:"expert_summary,omitempty"`
+	PromptLogprobs any                 `json:"prompt_logprobs,omitempty"`
 }
 
 type completionResponse struct {
@@ -44,27 +45,34 @@ func (h *Handler) completions(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	switch {
-	case req.Echo && req.Logprobs != nil:
-		// Echo with logprobs needs prompt logprobs, which the engine does not compute.
-		return invalid("echo", "echo together with logprobs is not supported")
 	case req.Suffix != nil && *req.Suffix != "":
 		return invalid("suffix", "suffix is not supported")
 	case req.BestOf != nil && *req.BestOf > 1:
 		return invalid("best_of", "best_of is not supported")
 	}
+	// max_tokens 0 with echo scores the prompt and generates nothing (OpenAI's and vLLM's
+	// loglikelihood request); without echo there would be nothing to return.
+	promptOnly := req.MaxTokens != nil && *req.MaxTokens == 0
+	if promptOnly {
+		if !req.Echo {
+			return invalid("max_tokens", "max_tokens must be at least 1 (0 only with echo), got 0")
+		}
+		req.MaxTokens = nil
+	}
 	p, err := req.params(16)
 	if err != nil {
 		return err
 	}
+	p.PromptOnly = promptOnly
 	if req.Logprobs != nil {
 		// OpenAI's logprobs=0 still returns the chosen token's logprob; the engine says -1 for that.
-		switch lp := *req.Logprobs; {
-		case lp < 0 || lp > 20:
+		if lp := *req.Logprobs; lp < 0 || lp > 20 {
 			return invalid("logprobs", "logprobs must be between 0 and 20, got %d", lp)
-		case lp == 0:
-			p.Logprobs = -1
-		default:
-			p.Logprobs = lp
+		}
+		p.Logprobs = engineLogprobs(*req.Logprobs)
+		if req.Echo {
+			// The echoed prompt's tokens carry logprobs too: the prompt's own.
+			p.PromptLogprobs = wantPrompt(p.PromptLogprobs, p.Logprobs)
 		}
 	}
 	n, err := req.choices(h.opt.MaxN)
@@ -223,9 +231,15 @@ func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, ev
 		if err != nil {
 			return err
 		}
+		// The first event with a token or the end comes after every prompt logprob.
+		first := !st.started && (len(ev.Tokens) > 0 || ev.Finish != "")
+		st.started = st.started || first
 		if c.req.Logprobs != nil {
 			if st.lp == nil {
 				st.lp = &completionLogprobs{}
+			}
+			if first {
+				c.echoLogprobs(st.lp, ev.Index, st)
 			}
 			c.h.appendCompletion(st.lp, &ev.Event, c.req.ReturnTokensAsTokenIDs, &st.offset)
 		}
@@ -244,6 +258,9 @@ func (c *completionState) collect(w http.ResponseWriter, ctx context.Context, ev
 		if c.req.ExpertTrace {
 			st.counts.add(st.experts)
 			ch.ExpertTrace, ch.ExpertSummary = traceOf(st.experts), st.counts.summary()
+		}
+		if c.req.PromptLogprobs != nil {
+			ch.PromptLogprobs = c.h.promptLogprobs(st.prompt, *c.req.PromptLogprobs, c.req.ReturnTokensAsTokenIDs)
 		}
 		resp.Choices[i] = ch
 	}
@@ -269,6 +286,9 @@ func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, eve
 		ch := completionChoice{Index: ev.Index, Text: text, FinishReason: finishReason(&ev.Event), StopReason: ev.StopReason}
 		if c.req.Logprobs != nil {
 			ch.Logprobs = &completionLogprobs{}
+			if !st.started {
+				c.echoLogprobs(ch.Logprobs, ev.Index, st)
+			}
 			c.h.appendCompletion(ch.Logprobs, &ev.Event, c.req.ReturnTokensAsTokenIDs, &st.offset)
 		}
 		if c.req.ReturnTokenIDs {
@@ -299,6 +319,14 @@ func (c *completionState) stream(w http.ResponseWriter, ctx context.Context, eve
 		}
 	}
 	return s.done()
+}
+
+// echoLogprobs starts choice i's logprobs with its echoed prompt's, once every prompt logprob
+// has arrived (they all precede the first token and the final event).
+func (c *completionState) echoLogprobs(lp *completionLogprobs, i int, st *choiceState) {
+	if c.req.Echo {
+		c.h.appendEcho(lp, c.promptOf(i), st.prompt, *c.req.Logprobs, c.req.ReturnTokensAsTokenIDs, &st.offset)
+	}
 }
 
 // nonNil keeps an empty token list as [] rather than null in JSON.

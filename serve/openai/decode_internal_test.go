@@ -3,6 +3,7 @@ package openai
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"testing"
 )
 
@@ -42,6 +43,41 @@ func FuzzStringOrList(f *testing.F) {
 		default:
 			if err != nil || !slices.Equal(got, many) {
 				t.Fatalf("%s: %q %v, want %q", raw, got, err, many)
+			}
+		}
+	})
+}
+
+// parseLogitBias accepts exactly the objects whose keys are token ids written as canonical
+// decimal integers and whose values are numbers, and keeps every entry; anything else is an
+// error naming logit_bias, never a panic.
+func FuzzParseLogitBias(f *testing.F) {
+	for _, s := range []string{`{"5":10}`, `{"0":-100,"4095":100}`, `{"05":1}`, `{"-1":1}`, `{"x":1}`, `{"5":"1"}`,
+		`{"5":null}`, `{"5":[1]}`, `{}`, `{"99999999999999999999":1}`, `{"+5":1}`, `{" 5":1}`, `{"5":1e308}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		var m map[string]any
+		if json.Unmarshal([]byte(raw), &m) != nil {
+			return // the request body decodes first
+		}
+		got, err := parseLogitBias(m)
+		if err != nil {
+			if e, ok := err.(*apiError); !ok || e.param != "logit_bias" || e.status != 400 {
+				t.Fatalf("%s: error %#v, want a 400 on logit_bias", raw, err)
+			}
+			return
+		}
+		if len(got) != len(m) {
+			t.Fatalf("%s: %d entries of %d", raw, len(got), len(m))
+		}
+		for k, v := range m {
+			id, convErr := strconv.Atoi(k)
+			if convErr != nil || strconv.Itoa(id) != k {
+				t.Fatalf("%s: key %q accepted", raw, k)
+			}
+			if got[id] != v.(float64) {
+				t.Fatalf("%s: %d -> %v, want %v", raw, id, got[id], v)
 			}
 		}
 	})

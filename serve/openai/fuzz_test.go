@@ -27,6 +27,9 @@ func FuzzCompletionRequest(f *testing.F) {
 		`{"prompt":"x","max_tokens":1e400}`, `{"prompt":null}`, `{"prompt":[-5]}`, `{"prompt":"\ud800"}`,
 		`{"model":"nope","prompt":"x"}`, `{`, `[]`, `""`, `{"prompt":"x","stop":""}`, `{"prompt":"x","seed":-1,"max_tokens":1}`,
 		`{"prompt":"x","logprobs":0,"max_tokens":1,"return_tokens_as_token_ids":true}`,
+		`{"prompt":"hello","echo":true,"logprobs":3,"max_tokens":0}`, `{"prompt":[1,2,3],"echo":true,"logprobs":1,"max_tokens":2,"stream":true}`,
+		`{"prompt":"x","max_tokens":0}`, `{"prompt":"ab","prompt_logprobs":2,"max_tokens":1,"n":2}`,
+		`{"prompt":"x","max_tokens":2,"logit_bias":{"5":100,"6":-100}}`, `{"prompt":"x","logit_bias":{"70000":1}}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -69,6 +69,8 @@ func New(e *serve.Engine, opt Options) *Handler {
 	h.routes = map[string]route{
 		"/health":                 {method: http.MethodGet, h: h.health, open: true},
 		"/v1/models":              {method: http.MethodGet, h: h.models},
+		modelsPrefix:              {method: http.MethodGet, h: h.model},               // any /v1/models/{id}
+		"/version":                {method: http.MethodGet, h: h.version, open: true}, // as vLLM, outside /v1
 		"/v1/completions":         {method: http.MethodPost, h: h.completions},
 		"/v1/chat/completions":    {method: http.MethodPost, h: h.chatCompletions},
 		"/tokenize":               {method: http.MethodPost, h: h.tokenize},
@@ -101,6 +103,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	rt, ok := h.routes[r.URL.Path]
+	if !ok && strings.HasPrefix(r.URL.Path, modelsPrefix) {
+		rt, ok = h.routes[modelsPrefix]
+	}
 	if !ok {
 		h.writeError(sw, r, notFound("", "no route %s", r.URL.Path))
 		return

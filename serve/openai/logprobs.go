@@ -104,12 +104,61 @@ func finite(lp float32) float64 {
 	return float64(lp)
 }
 
-// completionLogprobs is the completions API's logprobs object.
+// completionLogprobs is the completions API's logprobs object. With echo it starts with the
+// prompt's tokens, the first of which has null token and top logprobs (nothing predicts it).
 type completionLogprobs struct {
 	Tokens        []string             `json:"tokens"`
-	TokenLogprobs []float64            `json:"token_logprobs"`
+	TokenLogprobs []*float64           `json:"token_logprobs"`
 	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
 	TextOffset    []int                `json:"text_offset"`
+}
+
+// appendEcho adds the echoed prompt's tokens to lp: prompt[0] with null logprobs, then
+// prompt[i] with its prompt logprob and top alternatives (lps[i-1], top cut to n). offset is
+// advanced as by appendCompletion.
+func (h *Handler) appendEcho(lp *completionLogprobs, prompt []int, lps []serve.PromptLogprob, n int, asIDs bool, offset *int) {
+	for i, id := range prompt {
+		s := h.tokenString(id, asIDs)
+		lp.Tokens = append(lp.Tokens, s)
+		lp.TextOffset = append(lp.TextOffset, *offset)
+		*offset += utf8.RuneCountInString(s)
+		if i == 0 || i-1 >= len(lps) {
+			lp.TokenLogprobs = append(lp.TokenLogprobs, nil)
+			lp.TopLogprobs = append(lp.TopLogprobs, nil)
+			continue
+		}
+		p := &lps[i-1]
+		v := finite(p.Logprob)
+		top := map[string]float64{}
+		for _, t := range p.Top[:min(n, len(p.Top))] {
+			top[h.tokenString(t.Token, asIDs)] = finite(t.Logprob)
+		}
+		top[s] = v
+		lp.TokenLogprobs = append(lp.TokenLogprobs, &v)
+		lp.TopLogprobs = append(lp.TopLogprobs, top)
+	}
+}
+
+// vllmLogprob is one entry of vLLM's prompt_logprobs, keyed by token id.
+type vllmLogprob struct {
+	Logprob      float64 `json:"logprob"`
+	Rank         int     `json:"rank"`
+	DecodedToken string  `json:"decoded_token"`
+}
+
+// promptLogprobs is vLLM's prompt_logprobs: null for the first prompt token, then per token a
+// map from token id to its logprob, rank and text, holding the prompt token and the top n.
+func (h *Handler) promptLogprobs(lps []serve.PromptLogprob, n int, asIDs bool) []map[string]vllmLogprob {
+	out := make([]map[string]vllmLogprob, 1, len(lps)+1)
+	for i := range lps {
+		p := &lps[i]
+		m := map[string]vllmLogprob{strconv.Itoa(p.Token): {Logprob: finite(p.Logprob), Rank: p.Rank, DecodedToken: h.tokenString(p.Token, asIDs)}}
+		for r, t := range p.Top[:min(n, len(p.Top))] {
+			m[strconv.Itoa(t.Token)] = vllmLogprob{Logprob: finite(t.Logprob), Rank: r + 1, DecodedToken: h.tokenString(t.Token, asIDs)}
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // appendCompletion adds ev's tokens to lp; offset is the running text offset of the choice
@@ -118,7 +167,8 @@ func (h *Handler) appendCompletion(lp *completionLogprobs, ev *serve.Event, asID
 	for i, c := range ev.Logprobs {
 		s := h.tokenString(c.Token, asIDs)
 		lp.Tokens = append(lp.Tokens, s)
-		lp.TokenLogprobs = append(lp.TokenLogprobs, finite(c.Logprob))
+		v := finite(c.Logprob)
+		lp.TokenLogprobs = append(lp.TokenLogprobs, &v)
 		top := map[string]float64{}
 		if i < len(ev.Top) {
 			for _, t := range ev.Top[i] {

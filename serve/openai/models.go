@@ -3,6 +3,8 @@ package openai
 import (
 	"fmt"
 	"net/http"
+	"runtime/debug"
+	"strings"
 
 	"github.com/loraplex/loraplex/serve"
 )
@@ -30,15 +32,48 @@ type modelList struct {
 func (h *Handler) models(w http.ResponseWriter, r *http.Request) error {
 	list := modelList{Object: "list", Data: []modelCard{}}
 	for _, m := range h.e.Models() {
-		c := modelCard{ID: m.ID, Object: "model", Created: m.Created, OwnedBy: "loraplex", Root: m.ID, MaxModelLen: m.MaxLen,
-			Kind: m.Kind, Experts: m.Experts}
-		if m.Parent != "" {
-			parent := m.Parent
-			c.Parent, c.Root = &parent, parent
-		}
-		list.Data = append(list.Data, c)
+		list.Data = append(list.Data, cardOf(m))
 	}
 	writeJSON(w, http.StatusOK, list)
+	return nil
+}
+
+func cardOf(m serve.ModelInfo) modelCard {
+	c := modelCard{ID: m.ID, Object: "model", Created: m.Created, OwnedBy: "loraplex", Root: m.ID, MaxModelLen: m.MaxLen,
+		Kind: m.Kind, Experts: m.Experts}
+	if m.Parent != "" {
+		parent := m.Parent
+		c.Parent, c.Root = &parent, parent
+	}
+	return c
+}
+
+// modelsPrefix is the path of OpenAI's model retrieval, GET /v1/models/{model}.
+const modelsPrefix = "/v1/models/"
+
+// model is OpenAI's GET /v1/models/{model}: the card /v1/models lists under that id, or a 404
+// with OpenAI's code model_not_found.
+func (h *Handler) model(w http.ResponseWriter, r *http.Request) error {
+	id := strings.TrimPrefix(r.URL.Path, modelsPrefix)
+	for _, m := range h.e.Models() {
+		if m.ID == id {
+			writeJSON(w, http.StatusOK, cardOf(m))
+			return nil
+		}
+	}
+	ae := notFound("model", "The model '%s' does not exist", id)
+	ae.code = "model_not_found"
+	return ae
+}
+
+// version is vLLM's GET /version: {"version": ...}, the server's module version from its build
+// information ("(devel)" when built from a source tree).
+func (h *Handler) version(w http.ResponseWriter, r *http.Request) error {
+	v := "(devel)"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		v = bi.Main.Version
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"version": v})
 	return nil
 }
 

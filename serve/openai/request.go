@@ -2,6 +2,7 @@ package openai
 
 import (
 	"encoding/json"
+	"strconv"
 
 	"github.com/loraplex/loraplex/serve"
 )
@@ -24,9 +25,11 @@ type samplingFields struct {
 	PresencePenalty   float64         `json:"presence_penalty"`
 	FrequencyPenalty  float64         `json:"frequency_penalty"`
 	LogitBias         map[string]any  `json:"logit_bias"`
-	N                 *int            `json:"n"`
-	Stream            bool            `json:"stream"`
-	StreamOptions     *struct {
+	// PromptLogprobs is vLLM's: each prompt token's logprob (and this many alternatives).
+	PromptLogprobs *int `json:"prompt_logprobs"`
+	N              *int `json:"n"`
+	Stream         bool `json:"stream"`
+	StreamOptions  *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
 	SkipSpecialTokens      *bool `json:"skip_special_tokens"`
@@ -36,6 +39,7 @@ type samplingFields struct {
 	// ExpertTrace (an extension, for routers) returns each choice's top-1 experts per token
 	// and layer, and their summary.
 	ExpertTrace bool `json:"expert_trace"`
+	refusedFields
 }
 
 // params converts the shared fields to engine parameters. maxTokensDefault applies when
@@ -43,6 +47,9 @@ type samplingFields struct {
 // Range checks that the engine makes are left to it, so there is one source of truth; the
 // checks here are for values the engine reads as "off" but OpenAI clients mean otherwise.
 func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, error) {
+	if err := f.refusedFields.check(); err != nil {
+		return serve.SamplingParams{}, err
+	}
 	p := serve.SamplingParams{
 		MaxTokens:         maxTokensDefault,
 		Temperature:       1,
@@ -87,6 +94,17 @@ func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, err
 	if f.SkipSpecialTokens != nil {
 		p.SkipSpecialTokens = *f.SkipSpecialTokens
 	}
+	if f.PromptLogprobs != nil {
+		switch lp := *f.PromptLogprobs; {
+		case lp < 0 || lp > 20:
+			return p, invalid("prompt_logprobs", "prompt_logprobs must be between 0 and 20, got %d", lp)
+		case f.Stream:
+			// As vLLM: prompt logprobs are a whole-prompt answer, not a stream.
+			return p, invalid("prompt_logprobs", "prompt_logprobs are not available when stream is true")
+		default:
+			p.PromptLogprobs = engineLogprobs(lp)
+		}
+	}
 	stop, err := stringOrList(f.Stop, "stop", serve.MaxStopStrings)
 	if err != nil {
 		return p, err
@@ -95,18 +113,56 @@ func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, err
 	return p, nil
 }
 
-// check bounds the request's lists (serve.CheckCounts, before any work) and refuses what the
-// engine does not support. prompts is the number of prompts; messages and tools are the chat
+// engineLogprobs turns an API logprobs count (0: the token's own logprob only, N: also N
+// alternatives) into the engine's (-1, N).
+func engineLogprobs(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}
+
+// wantPrompt merges two wishes for prompt logprobs in the engine's terms (0 none, -1 the
+// token's only, N also N alternatives).
+func wantPrompt(a, b int) int {
+	if a > 0 || b > 0 {
+		return max(a, b)
+	}
+	return min(a, b)
+}
+
+// parseLogitBias reads OpenAI's logit_bias: token ids as decimal strings, biases as numbers.
+// Ranges (the vocabulary, [-100, 100]) are the engine's to check.
+func parseLogitBias(m map[string]any) (map[int]float64, error) {
+	if len(m) == 0 {
+		return nil, nil
+	}
+	out := make(map[int]float64, len(m))
+	for k, v := range m {
+		id, err := strconv.Atoi(k)
+		if err != nil || k != strconv.Itoa(id) {
+			return nil, invalid("logit_bias", "logit_bias keys must be token ids, got %q", k)
+		}
+		b, ok := v.(float64)
+		if !ok {
+			return nil, invalid("logit_bias", "logit_bias of token %d must be a number", id)
+		}
+		out[id] = b
+	}
+	return out, nil
+}
+
+// check bounds the request's lists (serve.CheckCounts, before any work) and reads the
+// logit_bias into p. prompts is the number of prompts; messages and tools are the chat
 // request's counts (0 for completions).
 func (h *Handler) check(f *samplingFields, p *serve.SamplingParams, prompts, n, messages, tools int) error {
 	if err := h.e.CheckCounts(serve.Counts{Prompts: prompts, N: n, MaxN: h.opt.MaxN, Messages: messages, Tools: tools,
 		LogitBias: len(f.LogitBias), Stop: p.Stop, StopTokenIDs: len(p.StopTokenIDs)}); err != nil {
 		return err
 	}
-	if len(f.LogitBias) > 0 {
-		return invalid("logit_bias", "logit_bias is not supported")
-	}
-	return nil
+	bias, err := parseLogitBias(f.LogitBias)
+	p.LogitBias = bias
+	return err
 }
 
 // choices validates n.

@@ -48,7 +48,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/* The base model's name in the API: --served-model-name, else the model folder's name, else the
-built-in demo's (demo.Name). */}}
+built-in demo's (demo.Name). The deployment passes it as --served-model-name whenever a model
+path is set, since the server's own default is the --model path as given (vLLM's rule). */}}
 {{- define "loraplex.servedModelName" -}}
 {{- if .Values.model.servedModelName }}
 {{- .Values.model.servedModelName }}
