@@ -40,7 +40,7 @@ func complete(t *testing.T, url, model string, prompt []int) {
 func TestRunPublishesKVEvents(t *testing.T) {
 	t.Setenv("PYTHONHASHSEED", "7")
 	dir := filepath.Join("..", "..", "testdata", "models", "llama")
-	url, logs, stop := start(t, "--model", dir, "--device", "cpu", "--max-model-len", "64",
+	url, logs, stop := start(t, "--model", dir, "--served-model-name", "llama", "--device", "cpu", "--max-model-len", "64",
 		"--adapter-dir", filepath.Join(dir, "adapters"),
 		"--kv-events-config", `{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://127.0.0.1:*", "topic": "kv@pod-1@llama"}`)
 	defer stop()
