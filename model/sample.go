@@ -43,6 +43,11 @@ type SampleRow struct {
 	// Banned tokens get -inf before everything else (EOS and stop ids before min_tokens).
 	// Ids outside the vocabulary are ignored.
 	Banned []int32
+	// Allowed, when not nil, is constrained decoding's mask: a bitmap over the vocabulary (bit
+	// i%64 of word i/64, (vocab+63)/64 words) of the only tokens the row may produce; the others
+	// get -inf with the banned ones. Backends honour it only if they implement TokenMasker;
+	// the engine gives masks to no other. It is shared between rows and never modified.
+	Allowed []uint64
 	// Logprobs: -1 none, 0 the chosen token's, N (<= MaxSampleLogprobs) also the N most
 	// likely tokens. All are log-softmax values of the raw logits (before penalties).
 	Logprobs int
@@ -75,6 +80,9 @@ func CheckSampleRows(rows []SampleRow, vocab int) error {
 		}
 		if r.U < 0 || r.U >= 1 || r.U != r.U {
 			return fmt.Errorf("sample row %d: U %v outside [0, 1)", i, r.U)
+		}
+		if r.Allowed != nil && len(r.Allowed) != (vocab+63)/64 {
+			return fmt.Errorf("sample row %d: an allowed-token mask of %d words for a vocabulary of %d", i, len(r.Allowed), vocab)
 		}
 		for _, h := range r.Hist {
 			if h.Token < 0 || int(h.Token) >= vocab || h.Count < 0 {
@@ -343,11 +351,25 @@ func referenceChoose(l []float32, row *SampleRow) int {
 	return last
 }
 
-// banAndPenalize masks row's banned tokens and applies its penalties to logits in place, in
+// banAndPenalize masks the tokens row does not allow and its banned tokens, and applies its penalties to logits in place, in
 // the device's order: bans, then per history token the repetition penalty, then frequency and
 // presence. The one copy of this step for SampleReference and Sampler.
 func banAndPenalize(logits []float32, row *SampleRow) {
 	V := len(logits)
+	if row.Allowed != nil {
+		ninf := float32(math.Inf(-1))
+		for w, bits := range row.Allowed {
+			if bits == ^uint64(0) {
+				continue
+			}
+			base := w * 64
+			for i := base; i < min(base+64, V); i++ {
+				if bits>>(i-base)&1 == 0 {
+					logits[i] = ninf
+				}
+			}
+		}
+	}
 	for _, t := range row.Banned {
 		if t >= 0 && int(t) < V {
 			logits[t] = float32(math.Inf(-1))
