@@ -20,6 +20,8 @@ type SamplingParams struct {
 	IgnoreEOS    bool
 
 	Logprobs int // > 0: return the chosen token's logprob and this many top alternatives; 0 none; -1: chosen only
+	// Constraint, when set, holds the output to a structure (constrained decoding).
+	Constraint *Constraint
 	// SkipSpecialTokens drops special tokens from the returned text (default true in the gateways).
 	SkipSpecialTokens bool
 }

@@ -94,8 +94,10 @@ type Engine struct {
 	rows      []model.SampleRow
 	sampleOut []model.SampleResult
 	banBuf    []int
-	keyBuf    []byte // a page key's hash input, reused
-	created   int64
+	// constraints compiles structured-output grammars (constrained.go).
+	constraints constraints
+	keyBuf      []byte // a page key's hash input, reused
+	created     int64
 
 	stats    Stats
 	observer atomic.Pointer[Observer]
@@ -292,6 +294,10 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if err := e.validate(&req, &p); err != nil {
 		return nil, err
 	}
+	grammar, err := e.grammar(&p)
+	if err != nil {
+		return nil, err
+	}
 	var ticket *adaptercache.Ticket
 	var lease *adaptercache.Lease
 	var route *routerSeq
@@ -343,7 +349,7 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	sq := &sequence{
 		id: e.nextID.Add(1), ctx: sctx, params: p, ticket: ticket, lease: lease, route: route, adapterName: req.Model,
 		tokens: append(make([]int, 0, len(req.Prompt)+min(p.MaxTokens, 256)), req.Prompt...), promptLen: len(req.Prompt),
-		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(),
+		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(), grammar: grammar,
 	}
 	sq.sampler.p = &sq.params
 	if lease != nil {

@@ -36,6 +36,7 @@ type samplingFields struct {
 	// ExpertTrace (an extension, for routers) returns each choice's top-1 experts per token
 	// and layer, and their summary.
 	ExpertTrace bool `json:"expert_trace"`
+	structuredFields
 }
 
 // params converts the shared fields to engine parameters. maxTokensDefault applies when
@@ -92,6 +93,9 @@ func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, err
 		return p, err
 	}
 	p.Stop = stop
+	if p.Constraint, err = f.constraint(); err != nil {
+		return p, err
+	}
 	return p, nil
 }
 
