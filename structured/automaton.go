@@ -84,7 +84,7 @@ func compileRegex(expr string) (*nfa, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("invalid regular expression: %w", err)
 	}
-	re = re.Simplify()
+	re = stripAnchors(re.Simplify(), true, true)
 	n := &nfa{}
 	match, _ := n.add(nstate{match: true})
 	start, err := n.build(re, match)
@@ -97,9 +97,7 @@ func compileRegex(expr string) (*nfa, int, error) {
 // build compiles re so that it continues to state next, returning its start state.
 func (n *nfa) build(re *syntax.Regexp, next int) (int, error) {
 	switch re.Op {
-	case syntax.OpEmptyMatch, syntax.OpBeginText, syntax.OpEndText:
-		// The whole output is matched, so ^ and \A at the start and $ and \z at the end are
-		// no-ops (the parser's OneLine-free Perl flags make $ end-of-text).
+	case syntax.OpEmptyMatch:
 		return n.add(nstate{eps: []int{next}})
 	case syntax.OpNoMatch:
 		return n.add(nstate{})
@@ -171,6 +169,34 @@ func (n *nfa) build(re *syntax.Regexp, next int) (int, error) {
 		}
 	}
 	return 0, &UnsupportedError{What: re.Op.String(), Msg: fmt.Sprintf("regular expression operator %q is not supported in constraints", re.String())}
+}
+
+// stripAnchors removes the ^ (\A) that start and the $ (\z) that end the expression, in
+// every branch: the whole output is matched, so they are no-ops there. Anchors left elsewhere
+// are refused by build.
+func stripAnchors(re *syntax.Regexp, atStart, atEnd bool) *syntax.Regexp {
+	switch re.Op {
+	case syntax.OpBeginText:
+		if atStart {
+			return &syntax.Regexp{Op: syntax.OpEmptyMatch}
+		}
+	case syntax.OpEndText:
+		if atEnd {
+			return &syntax.Regexp{Op: syntax.OpEmptyMatch}
+		}
+	case syntax.OpCapture:
+		re.Sub[0] = stripAnchors(re.Sub[0], atStart, atEnd)
+	case syntax.OpAlternate:
+		for i := range re.Sub {
+			re.Sub[i] = stripAnchors(re.Sub[i], atStart, atEnd)
+		}
+	case syntax.OpConcat:
+		last := len(re.Sub) - 1
+		for i := range re.Sub {
+			re.Sub[i] = stripAnchors(re.Sub[i], atStart && i == 0, atEnd && i == last)
+		}
+	}
+	return re
 }
 
 // foldRanges is the case-folding orbit of r as rune ranges.
@@ -384,19 +410,28 @@ func determinise(n *nfa, start int) (*dfa, error) {
 // trim sends every transition into a state that cannot reach an accepting state to dead, so
 // that a live state always has a way to finish. It reports whether the start state is live.
 func (d *dfa) trim() bool {
+	// Backwards from the accepting states over reversed transitions: linear in the DFA.
 	n := d.states()
+	rev := make([][]int32, n)
+	for i, t := range d.next {
+		if t != dead {
+			rev[t] = append(rev[t], int32(i/256))
+		}
+	}
 	live := slices.Clone(d.accept)
-	for changed := true; changed; {
-		changed = false
-		for s := range n {
-			if live[s] {
-				continue
-			}
-			for b := range 256 {
-				if t := d.next[s*256+b]; t != dead && live[t] {
-					live[s], changed = true, true
-					break
-				}
+	var queue []int32
+	for s, acc := range d.accept {
+		if acc {
+			queue = append(queue, int32(s))
+		}
+	}
+	for len(queue) > 0 {
+		t := queue[len(queue)-1]
+		queue = queue[:len(queue)-1]
+		for _, s := range rev[t] {
+			if !live[s] {
+				live[s] = true
+				queue = append(queue, s)
 			}
 		}
 	}

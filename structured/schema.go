@@ -186,6 +186,9 @@ func (g *schemaGen) genObject(s *object, depth int) (string, error) {
 	default:
 		return "", fmt.Errorf("invalid JSON schema: type must be a string or an array of strings")
 	}
+	if len(types) == 0 {
+		return "", fmt.Errorf("invalid JSON schema: type must not be an empty array")
+	}
 	var alts []string
 	for _, t := range types {
 		var r string

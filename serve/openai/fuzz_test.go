@@ -27,6 +27,12 @@ func FuzzCompletionRequest(f *testing.F) {
 		`{"prompt":"x","max_tokens":1e400}`, `{"prompt":null}`, `{"prompt":[-5]}`, `{"prompt":"\ud800"}`,
 		`{"model":"nope","prompt":"x"}`, `{`, `[]`, `""`, `{"prompt":"x","stop":""}`, `{"prompt":"x","seed":-1,"max_tokens":1}`,
 		`{"prompt":"x","logprobs":0,"max_tokens":1,"return_tokens_as_token_ids":true}`,
+		`{"prompt":"x","max_tokens":8,"response_format":{"type":"json_object"}}`,
+		`{"prompt":"x","max_tokens":8,"response_format":{"type":"json_schema","json_schema":{"name":"p","schema":{"type":"object","properties":{"a":{"enum":[1,"b"]}},"required":["a"]}}}}`,
+		`{"prompt":"x","max_tokens":4,"guided_regex":"[ab]{2}c?"}`, `{"prompt":"x","max_tokens":4,"guided_choice":["yes","no"]}`,
+		`{"prompt":"x","max_tokens":4,"guided_json":"{\"type\":\"boolean\"}"}`,
+		`{"prompt":"x","max_tokens":4,"structured_outputs":{"json":{"type":"array","items":{"type":"null"},"maxItems":2}}}`,
+		`{"prompt":"x","max_tokens":4,"structured_outputs":{"choice":["a"],"regex":"b"}}`, `{"prompt":"x","guided_grammar":"r"}`,
 	} {
 		f.Add([]byte(s))
 	}
