@@ -15,6 +15,7 @@
 package structured
 
 import (
+	"errors"
 	"fmt"
 	"regexp/syntax"
 	"slices"
@@ -81,6 +82,10 @@ func compileRegex(expr string) (*nfa, int, error) {
 		return nil, 0, &LimitError{Limit: "MaxRegexBytes", Msg: fmt.Sprintf("the constraint's regular expression has %d bytes, more than %d", len(expr), MaxRegexBytes)}
 	}
 	re, err := syntax.Parse(expr, syntax.Perl)
+	var se *syntax.Error
+	if errors.As(err, &se) && (se.Code == syntax.ErrInvalidRepeatSize || se.Code == syntax.ErrLarge || se.Code == syntax.ErrNestingDepth) {
+		return nil, 0, &LimitError{Limit: "RE2's", Msg: fmt.Sprintf("the constraint's repeats or nesting exceed RE2's limits (counts multiplying past 1000): %v", err)}
+	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("invalid regular expression: %w", err)
 	}

@@ -19,21 +19,25 @@ const (
 	// schema without a type): an object or array AnyJSONDepth levels down holds scalars only.
 	AnyJSONDepth = 3
 	// MaxRepeat bounds maxLength, minLength, maxItems and minItems (each is unrolled).
-	MaxRepeat = 256
+	MaxRepeat = 1000
 	// MaxNumberDigits bounds the digits of the integer part and the fraction of a number a
 	// schema types (integer, number), so that a model cannot write one forever and it fits a
 	// float64; exponents have at most 2 digits.
 	MaxNumberDigits = 16
 )
 
-const (
-	reString  = `"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"`
-	reChar    = `(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})`
-	reInteger = `-?(?:0|[1-9][0-9]{0,15})`
-	reNumber  = reInteger + `(?:\.[0-9]{1,16})?(?:[eE][+-]?[0-9]{1,2})?`
+// Bounded digit runs are written out ([0-9]? repeated) rather than as {m,n}: RE2 refuses
+// nested repeats whose counts multiply past 1000, and a number inside an array with maxItems
+// would otherwise count against it.
+var (
+	hex4      = `[0-9a-fA-F][0-9a-fA-F][0-9a-fA-F][0-9a-fA-F]`
+	reChar    = `(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u` + hex4 + `)`
+	reString  = `"` + reChar + `*"`
+	reInteger = `-?(?:0|[1-9]` + strings.Repeat(`[0-9]?`, MaxNumberDigits-1) + `)`
+	reNumber  = reInteger + `(?:\.[0-9]` + strings.Repeat(`[0-9]?`, MaxNumberDigits-1) + `)?(?:[eE][+-]?[0-9][0-9]?)?`
 	// reAnyNumber is a number where a schema leaves values free: unbounded digits keep the
 	// DFA of nested free values small (bounded digits multiply its states).
-	reAnyNumber = `-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,2})?`
+	reAnyNumber = `-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9][0-9]?)?`
 )
 
 // AnyJSONObjectRegex is the regular expression of json_object: any JSON object, values nested
