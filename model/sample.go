@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"math"
+	mbits "math/bits"
 )
 
 // Sampling is the backend's. Every backend implements DeviceSampler and chooses the next token
@@ -358,13 +359,10 @@ func banAndPenalize(logits []float32, row *SampleRow) {
 	V := len(logits)
 	if row.Allowed != nil {
 		ninf := float32(math.Inf(-1))
+		// Visit only the disallowed tokens (the zero bits), a word at a time.
 		for w, bits := range row.Allowed {
-			if bits == ^uint64(0) {
-				continue
-			}
-			base := w * 64
-			for i := base; i < min(base+64, V); i++ {
-				if bits>>(i-base)&1 == 0 {
+			for off := ^bits; off != 0; off &= off - 1 {
+				if i := w*64 + mbits.TrailingZeros64(off); i < V {
 					logits[i] = ninf
 				}
 			}
