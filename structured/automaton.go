@@ -84,7 +84,7 @@ func compileRegex(expr string) (*nfa, int, error) {
 	re, err := syntax.Parse(expr, syntax.Perl)
 	var se *syntax.Error
 	if errors.As(err, &se) && (se.Code == syntax.ErrInvalidRepeatSize || se.Code == syntax.ErrLarge || se.Code == syntax.ErrNestingDepth) {
-		return nil, 0, &LimitError{Limit: "RE2's", Msg: fmt.Sprintf("the constraint's repeats or nesting exceed RE2's limits (counts multiplying past 1000): %v", err)}
+		return nil, 0, &LimitError{Limit: "MaxRepeat", Msg: fmt.Sprintf("the constraint's repeats or nesting exceed RE2's limits (nested repeat counts multiply to at most 1000): %v", err)}
 	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("invalid regular expression: %w", err)

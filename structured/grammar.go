@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // Kind is what a Spec constrains the output to.
@@ -128,11 +129,13 @@ func (v *Vocab) bytes(id int) []byte {
 
 // Grammar is a compiled constraint over one vocabulary. It is safe for concurrent use.
 type Grammar struct {
-	v     *Vocab
-	d     *dfa
-	mu    sync.Mutex
-	masks [][]uint64 // per DFA state, computed on first use
-	stack []int32    // mask walk scratch
+	v         *Vocab
+	d         *dfa
+	c         *Compiler // whose mask budget the cached masks count against
+	mu        sync.Mutex
+	masks     [][]uint64 // per DFA state, computed on first use
+	maskBytes int64      // bytes of masks cached
+	stack     []int32    // mask walk scratch
 }
 
 // State is a position in a Grammar: the DFA state after the output so far. Start is the empty
@@ -168,11 +171,11 @@ func (g *Grammar) Advance(s State, id int) State {
 // bitmap is shared and must not be modified. Done allows nothing.
 func (g *Grammar) Mask(s State) []uint64 {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if s < 0 {
 		s = State(len(g.masks) - 1) // the all-zero mask kept past the DFA's states
 	}
 	if m := g.masks[s]; m != nil {
+		g.mu.Unlock()
 		return m
 	}
 	m := make([]uint64, (g.v.size+63)/64)
@@ -180,7 +183,28 @@ func (g *Grammar) Mask(s State) []uint64 {
 		g.walk(int32(s), m)
 	}
 	g.masks[s] = m
+	n := int64(8 * len(m))
+	g.maskBytes += n
+	c := g.c
+	g.mu.Unlock()
+	if c != nil && c.maskBytes.Add(n) > MaxMaskBytes {
+		c.dropMasks()
+	}
 	return m
+}
+
+// dropMasks forgets every cached mask of g (rows still holding one keep it alive until they
+// are done with it) and returns their bytes to the compiler's budget.
+func (g *Grammar) dropMasks() {
+	g.mu.Lock()
+	clear(g.masks)
+	n := g.maskBytes
+	g.maskBytes = 0
+	c := g.c
+	g.mu.Unlock()
+	if c != nil {
+		c.maskBytes.Add(-n)
+	}
 }
 
 // walk sets the bits of the tokens allowed from state s. Tokens are visited in byte order, so
@@ -213,14 +237,33 @@ func (g *Grammar) walk(s int32, m []uint64) {
 // Compiler compiles specs over one vocabulary and caches the grammars by spec (at most
 // MaxCachedGrammars, the oldest dropped first). It is safe for concurrent use.
 type Compiler struct {
-	v     *Vocab
-	mu    sync.Mutex
-	cache map[string]*Grammar
-	order []string
+	v         *Vocab
+	mu        sync.Mutex
+	cache     map[string]*Grammar
+	order     []string
+	maskBytes atomic.Int64 // masks cached by its grammars
 }
 
-// MaxCachedGrammars bounds a Compiler's cache.
-const MaxCachedGrammars = 64
+const (
+	// MaxCachedGrammars bounds a Compiler's cache.
+	MaxCachedGrammars = 64
+	// MaxMaskBytes bounds the masks a Compiler's grammars cache together (16 KiB a state on a
+	// 128k vocabulary): past it every cached mask is dropped and recomputed on its next use.
+	MaxMaskBytes = 256 << 20
+)
+
+// dropMasks empties every grammar's mask cache (the budget is spent).
+func (c *Compiler) dropMasks() {
+	c.mu.Lock()
+	grammars := make([]*Grammar, 0, len(c.cache))
+	for _, g := range c.cache {
+		grammars = append(grammars, g)
+	}
+	c.mu.Unlock()
+	for _, g := range grammars {
+		g.dropMasks()
+	}
+}
 
 // NewCompiler returns a compiler over v.
 func NewCompiler(v *Vocab) *Compiler { return &Compiler{v: v, cache: map[string]*Grammar{}} }
@@ -247,15 +290,25 @@ func (c *Compiler) Compile(spec Spec) (*Grammar, error) {
 	if err != nil {
 		return nil, err
 	}
-	g = &Grammar{v: c.v, d: d, masks: make([][]uint64, d.states()+1), stack: make([]int32, c.v.maxLen+1)}
+	g = &Grammar{v: c.v, d: d, c: c, masks: make([][]uint64, d.states()+1), stack: make([]int32, c.v.maxLen+1)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old := c.cache[k]; old != nil {
 		return old, nil
 	}
 	if len(c.order) >= MaxCachedGrammars {
+		old := c.cache[c.order[0]]
 		delete(c.cache, c.order[0])
 		c.order = c.order[1:]
+		// Its masks are dropped and no longer count: requests still using it cache the
+		// masks of the states they visit (at most one per token they generate) until they
+		// end and it is collected.
+		old.mu.Lock()
+		clear(old.masks)
+		c.maskBytes.Add(-old.maskBytes)
+		old.maskBytes = 0
+		old.c = nil
+		old.mu.Unlock()
 	}
 	c.cache[k] = g
 	c.order = append(c.order, k)

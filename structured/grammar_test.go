@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -234,5 +235,31 @@ func TestRefusals(t *testing.T) {
 				t.Errorf("%.80s: %v, want %q", tc.spec.Text, err, tc.plain)
 			}
 		}
+	}
+}
+
+// The masks a compiler's grammars cache stay within MaxMaskBytes: past it they are dropped,
+// and a dropped mask is recomputed identical.
+func TestMaskBudget(t *testing.T) {
+	const size = 1 << 20 // 128 KiB masks: the budget holds 2,048
+	var toks [][]byte
+	for b := range 256 {
+		toks = append(toks, []byte{byte(b)})
+	}
+	v := NewVocab(size, len(toks), func(id int) ([]byte, bool) { return toks[id], true }, []int{size - 1})
+	c := NewCompiler(v)
+	g, err := c.Compile(Spec{Kind: Regex, Text: `[a-z]{1000}[a-z]{1000}[a-z]{1000}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := slices.Clone(g.Mask(Start))
+	for s := range State(3000) {
+		g.Mask(s)
+		if n := c.maskBytes.Load(); n > MaxMaskBytes {
+			t.Fatalf("state %d: %d bytes of masks cached", s, n)
+		}
+	}
+	if !slices.Equal(g.Mask(Start), first) {
+		t.Error("a recomputed mask differs")
 	}
 }
