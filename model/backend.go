@@ -125,9 +125,9 @@ type TokenMasker interface {
 	MasksTokens() bool
 }
 
-// MasksTokens reports whether b's sampler honours SampleRow.Allowed (TokenMasker).
-func MasksTokens(b Backend) bool {
-	m, ok := b.(TokenMasker)
+// MasksTokens reports whether the backend's sampler honours SampleRow.Allowed (TokenMasker).
+func (r *Runner) MasksTokens() bool {
+	m, ok := r.B.(TokenMasker)
 	return ok && m.MasksTokens()
 }
 

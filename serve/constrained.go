@@ -35,7 +35,7 @@ func (e *Engine) grammar(p *SamplingParams) (*structured.Grammar, error) {
 	switch {
 	case e.tok == nil:
 		return nil, errorf(KindInvalid, c.Param, "structured outputs need a tokenizer, and this model has none")
-	case !model.MasksTokens(e.backend):
+	case !e.runner.MasksTokens():
 		return nil, errorf(KindInvalid, c.Param, "structured outputs are not supported on the %s backend (it does not mask tokens)", e.backend.Name())
 	case p.MinTokens > 0:
 		// min_tokens bans EOS where the structure may require it.
