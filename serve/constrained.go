@@ -35,6 +35,9 @@ func (e *Engine) grammar(p *SamplingParams) (*structured.Grammar, error) {
 	switch {
 	case e.tok == nil:
 		return nil, errorf(KindInvalid, c.Param, "structured outputs need a tokenizer, and this model has none")
+	case len(e.eos) == 0:
+		// EOS is how a complete structure ends the output.
+		return nil, errorf(KindInvalid, c.Param, "structured outputs need an end-of-sequence token, and this model has none")
 	case !e.runner.MasksTokens():
 		return nil, errorf(KindInvalid, c.Param, "structured outputs are not supported on the %s backend (it does not mask tokens)", e.backend.Name())
 	case p.MinTokens > 0:

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"math/rand/v2"
+
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/model"
@@ -59,5 +61,50 @@ func TestConstraintNeedsTokenMasker(t *testing.T) {
 			}
 		}
 		e.Close()
+	}
+}
+
+// Constrained rows keep the sampling path allocation-free once their state's mask is cached,
+// and every row samples a token its mask allows.
+func TestConstrainedSamplingPathAllocatesNothing(t *testing.T) {
+	b := cpu.New(1)
+	defer b.Close()
+	const vocab, n = 4096, 8
+	v := structured.NewVocab(vocab, 256, func(id int) ([]byte, bool) { return []byte{byte(id)}, true }, []int{0})
+	g, err := structured.NewCompiler(v).Compile(structured.Spec{Kind: structured.Regex, Text: `[a-f]+x`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Engine{eos: map[int]bool{0: true, 7: true}}
+	e.stepSeq = stepSequences(n, vocab)
+	for _, sq := range e.stepSeq {
+		sq.params.MinTokens = 0
+		sq.grammar, sq.gstate = g, g.Advance(structured.Start, 'a')
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	flat := make([]float32, n*vocab)
+	for i := range flat {
+		flat[i] = float32(r.NormFloat64() * 2)
+	}
+	lt := b.Alloc(n, vocab)
+	step := func() {
+		if err := b.Write(lt, flat); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Sample(lt, e.sampleRows(), e.sampleOut[:n]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step()
+	for i, o := range e.sampleOut[:n] {
+		if c := o.Token; !(c >= 'a' && c <= 'f' || c == 'x') {
+			t.Errorf("row %d sampled %d, outside [a-fx]", i, c)
+		}
+	}
+	if raceEnabled {
+		return // the race detector's instrumentation allocates
+	}
+	if a := testing.AllocsPerRun(50, step); a > 0 {
+		t.Fatalf("%v allocations per step", a)
 	}
 }
