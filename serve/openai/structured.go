@@ -51,7 +51,7 @@ func (f *structuredFields) constraint() (*serve.Constraint, error) {
 		param string
 	}{{f.GuidedJSON, "guided_json"}, {f.GuidedRegex, "guided_regex"}, {f.GuidedChoice, "guided_choice"}, {f.GuidedGrammar, "guided_grammar"}}
 	for _, g := range guided {
-		if err := add(guidedField(g.param, g.raw)); err != nil {
+		if err := add(guidedField(g.param, g.param, g.raw)); err != nil {
 			return nil, err
 		}
 	}
@@ -131,15 +131,9 @@ func structuredOutputs(raw json.RawMessage) (*serve.Constraint, error) {
 		var err error
 		switch k {
 		case "json":
-			c, err = guidedField(param, v)
-			if c != nil {
-				c.Param = param
-			}
+			c, err = guidedField(param, "guided_json", v)
 		case "regex", "choice":
-			c, err = guidedField("guided_"+k, v)
-			if c != nil {
-				c.Param = param
-			}
+			c, err = guidedField(param, "guided_"+k, v)
 		case "json_object":
 			var on bool
 			if json.Unmarshal(v, &on) != nil {
@@ -171,13 +165,18 @@ func structuredOutputs(raw json.RawMessage) (*serve.Constraint, error) {
 	return found[0], nil
 }
 
-// guidedField reads one of vLLM's guided_* fields (param names it).
-func guidedField(param string, raw json.RawMessage) (*serve.Constraint, error) {
+// guidedField reads the value of one of vLLM's guided_* fields (field), given as the request
+// field param (the field itself, or structured_outputs holding its equivalent).
+func guidedField(param, field string, raw json.RawMessage) (*serve.Constraint, error) {
 	if isNull(raw) {
 		return nil, nil
 	}
-	switch param {
-	case "guided_json", "structured_outputs":
+	name := param // what messages call the value
+	if param != field {
+		name = param + "." + strings.TrimPrefix(field, "guided_")
+	}
+	switch field {
+	case "guided_json":
 		// A schema object, or a schema as a JSON string.
 		var text string
 		if json.Unmarshal(raw, &text) == nil {
@@ -187,22 +186,22 @@ func guidedField(param string, raw json.RawMessage) (*serve.Constraint, error) {
 	case "guided_regex":
 		var text string
 		if json.Unmarshal(raw, &text) != nil {
-			return nil, invalid(param, "%s must be a string", param)
+			return nil, invalid(param, "%s must be a string", name)
 		}
 		return &serve.Constraint{Spec: structured.Spec{Kind: structured.Regex, Text: text}, Param: param}, nil
 	case "guided_choice":
 		var choices []string
 		if json.Unmarshal(raw, &choices) != nil {
-			return nil, invalid(param, "%s must be an array of strings", param)
+			return nil, invalid(param, "%s must be an array of strings", name)
 		}
 		if len(choices) == 0 {
-			return nil, invalid(param, "%s must not be empty", param)
+			return nil, invalid(param, "%s must not be empty", name)
 		}
 		return &serve.Constraint{Spec: structured.Spec{Kind: structured.Choice, Choices: choices}, Param: param}, nil
 	case "guided_grammar":
 		return nil, invalid(param, "guided_grammar is not supported (use guided_json, guided_regex or guided_choice)")
 	}
-	return nil, fmt.Errorf("openai: unknown guided field %s", param)
+	return nil, fmt.Errorf("openai: unknown guided field %s", field)
 }
 
 // schemaConstraint is a JSON schema constraint; the schema must be a JSON object or boolean.

@@ -196,6 +196,8 @@ func TestUnenforceableConstraintsAre400(t *testing.T) {
 		{"/v1/completions", `"guided_regex":"(?:a|b)*a(?:a|b){24}"`, "guided_regex", "MaxDFAStates"},
 		{"/v1/completions", `"guided_regex":"a\\bb"`, "guided_regex", "not supported"},
 		{"/v1/completions", `"guided_choice":[]`, "guided_choice", "empty"},
+		{"/v1/completions", `"structured_outputs":{"regex":5}`, "structured_outputs", "structured_outputs.regex must be a string"},
+		{"/v1/completions", `"structured_outputs":{"json":"{\"type\":\"string\",\"format\":\"uri\"}"}`, "structured_outputs", `"format"`},
 		{"/v1/completions", `"guided_regex":"a","guided_choice":["b"]`, "guided_choice", "only one"},
 		{"/v1/completions", `"guided_json":{"type":"object"},"min_tokens":3`, "min_tokens", "structured outputs"},
 		{"/v1/completions", `"guided_whitespace_pattern":" *","guided_json":{}`, "guided_whitespace_pattern", "not supported"},
