@@ -12,6 +12,9 @@ import (
 // several backends at once, and the scratch is only needed while it runs.
 var _ model.DeviceSampler = (*Backend)(nil)
 
+// MasksTokens says Sample honours SampleRow.Allowed (model.Sampler applies it).
+func (b *Backend) MasksTokens() bool { return true }
+
 var samplers = sync.Pool{New: func() any { return new(model.Sampler) }}
 
 // Sample implements model.DeviceSampler: the CPU samples what the CUDA kernel samples

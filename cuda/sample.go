@@ -35,6 +35,11 @@ func (b *Backend) Sample(logits model.Tensor, rows []model.SampleRow, out []mode
 	}
 	words := 0
 	for i := range rows {
+		if rows[i].Allowed != nil {
+			// The kernel has no allowed-token mask yet; the backend does not implement
+			// model.TokenMasker, so the engine never sends one.
+			return fmt.Errorf("cuda: Sample of row %d with an allowed-token mask (constrained decoding is CPU-only)", i)
+		}
 		words += 3*len(rows[i].Hist) + 2*len(rows[i].Banned)
 	}
 	n := len(rows)

@@ -118,6 +118,19 @@ type FailureReporter interface {
 	Err() error
 }
 
+// TokenMasker is implemented by backends whose DeviceSampler honours SampleRow.Allowed
+// (constrained decoding); MasksTokens reports whether it does. The engine refuses constrained
+// requests on other backends rather than ignore the constraint.
+type TokenMasker interface {
+	MasksTokens() bool
+}
+
+// MasksTokens reports whether the backend's sampler honours SampleRow.Allowed (TokenMasker).
+func (r *Runner) MasksTokens() bool {
+	m, ok := r.B.(TokenMasker)
+	return ok && m.MasksTokens()
+}
+
 // UploadAliaser is implemented by backends whose Upload may keep pointing into the caller's
 // host data (the CPU backend reads the memory-mapped file in place): AliasesUploads reports
 // whether it does, and the adapter cache then keeps the host copy alive while the device copy

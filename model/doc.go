@@ -9,7 +9,7 @@
 // of the others) and cuda/ implement it. Everything beyond it is an optional capability: a
 // named interface declared here (no anonymous interface assertions anywhere), asserted mostly
 // inside this package (Runner, UploadAdapter, AliasesUploads); the engine reaches them through
-// the Runner's methods (CanSample, Err, ReleaseRouting), never by asserting on Runner.B. The
+// the Runner's methods (CanSample, MasksTokens, Err, ReleaseRouting), never by asserting on Runner.B. The
 // capabilities and who implements them:
 //
 //	Capability        What it gives                                       cpu  cuda
@@ -21,6 +21,7 @@
 //	AdapterUploader   uploads and frees a whole adapter at once (a slab)  -    yes
 //	EncodedUploader   decodes lorapack q4/q8 streams on the device        -    yes
 //	UploadAliaser     Upload may alias host memory (the mmapped file)     yes  -
+//	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  -
 //
 // DeviceSampler is required by the engine (serve), which has no sampler of its own: every
 // backend samples the same definition, the CUDA kernel step by step and the CPU through

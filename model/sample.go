@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"math"
+	mbits "math/bits"
 )
 
 // Sampling is the backend's. Every backend implements DeviceSampler and chooses the next token
@@ -47,6 +48,11 @@ type SampleRow struct {
 	// and vLLM's logit_bias). Only backends that implement LogitBiaser apply it; the runner
 	// refuses rows with a bias on the others.
 	Bias []TokenBias
+	// Allowed, when not nil, is constrained decoding's mask: a bitmap over the vocabulary (bit
+	// i%64 of word i/64, (vocab+63)/64 words) of the only tokens the row may produce; the others
+	// get -inf with the banned ones. Backends honour it only if they implement TokenMasker;
+	// the engine gives masks to no other. It is shared between rows and never modified.
+	Allowed []uint64
 	// Logprobs: -1 none, 0 the chosen token's, N (<= MaxSampleLogprobs) also the N most
 	// likely tokens. All are log-softmax values of the raw logits (before penalties).
 	Logprobs int
@@ -97,6 +103,9 @@ func CheckSampleRows(rows []SampleRow, vocab int) error {
 		}
 		if r.U < 0 || r.U >= 1 || r.U != r.U {
 			return fmt.Errorf("sample row %d: U %v outside [0, 1)", i, r.U)
+		}
+		if r.Allowed != nil && len(r.Allowed) != (vocab+63)/64 {
+			return fmt.Errorf("sample row %d: an allowed-token mask of %d words for a vocabulary of %d", i, len(r.Allowed), vocab)
 		}
 		for _, h := range r.Hist {
 			if h.Token < 0 || int(h.Token) >= vocab || h.Count < 0 {
@@ -391,12 +400,23 @@ func referenceChoose(l []float32, row *SampleRow) int {
 	return last
 }
 
-// banAndPenalize masks row's banned tokens, adds its logit bias and applies its penalties to
-// logits in place, in vLLM's order: bans, the bias, then per history token the repetition
-// penalty, then frequency and presence. The one copy of this step for SampleReference and
-// Sampler.
+// banAndPenalize masks the tokens row does not allow and its banned tokens, adds its logit
+// bias and applies its penalties to logits in place, in vLLM's order: the mask and the bans,
+// the bias, then per history token the repetition penalty, then frequency and presence. The
+// one copy of this step for SampleReference and Sampler.
 func banAndPenalize(logits []float32, row *SampleRow) {
 	V := len(logits)
+	if row.Allowed != nil {
+		ninf := float32(math.Inf(-1))
+		// Visit only the disallowed tokens (the zero bits), a word at a time.
+		for w, bits := range row.Allowed {
+			for off := ^bits; off != 0; off &= off - 1 {
+				if i := w*64 + mbits.TrailingZeros64(off); i < V {
+					logits[i] = ninf
+				}
+			}
+		}
+	}
 	for _, t := range row.Banned {
 		if t >= 0 && int(t) < V {
 			logits[t] = float32(math.Inf(-1))

@@ -31,6 +31,8 @@ type SamplingParams struct {
 	// LogitBias adds a bias in [-100, 100] to a token's logit before sampling (OpenAI's
 	// logit_bias; at most MaxLogitBias entries). Logprobs stay those of the raw logits.
 	LogitBias map[int]float64
+	// Constraint, when set, holds the output to a structure (constrained decoding).
+	Constraint *Constraint
 	// SkipSpecialTokens drops special tokens from the returned text (default true in the gateways).
 	SkipSpecialTokens bool
 }

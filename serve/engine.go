@@ -110,10 +110,12 @@ type Engine struct {
 	scoreIdx  []int32
 	scoreRoom int
 	stepDone  []*sequence
-	keyBuf    []byte // a page key's hash input, reused
-	created   int64
-	kvLog     *kvEventLog  // nil: KV-cache events off
-	kvPub     *kvPublisher // sends kvLog's batches
+	// constraints compiles structured-output grammars (constrained.go).
+	constraints constraints
+	keyBuf      []byte // a page key's hash input, reused
+	created     int64
+	kvLog       *kvEventLog  // nil: KV-cache events off
+	kvPub       *kvPublisher // sends kvLog's batches
 
 	stats    Stats
 	observer atomic.Pointer[Observer]
@@ -335,6 +337,10 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if err := e.validate(&req, &p); err != nil {
 		return nil, err
 	}
+	grammar, err := e.grammar(&p)
+	if err != nil {
+		return nil, err
+	}
 	var ticket *adaptercache.Ticket
 	var lease *adaptercache.Lease
 	var route *routerSeq
@@ -386,7 +392,7 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	sq := &sequence{
 		id: e.nextID.Add(1), ctx: sctx, params: p, ticket: ticket, lease: lease, route: route, adapterName: req.Model,
 		tokens: append(make([]int, 0, len(req.Prompt)+min(p.MaxTokens, 256)), req.Prompt...), promptLen: len(req.Prompt),
-		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(),
+		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(), grammar: grammar,
 	}
 	sq.sampler.p = &sq.params
 	if lease != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/structured"
 	"github.com/loraplex/loraplex/tokenizer"
 )
 
@@ -30,6 +31,8 @@ type sequence struct {
 	scored      int // prompt rows whose logprobs of the next prompt token are out (PromptLogprobs)
 	pages       []int32
 	sampler     *sampler
+	grammar     *structured.Grammar // the constraint's, nil when unconstrained
+	gstate      structured.State    // the grammar's state after the generated tokens
 	dec         *tokenizer.StreamDecoder
 	text        string // generated text so far (stop strings are searched here)
 	sent        int    // bytes of text already streamed
@@ -428,6 +431,7 @@ func (e *Engine) sampleRows() []model.SampleRow {
 	for k, sq := range e.stepSeq {
 		e.banBuf = e.banned(sq, e.banBuf[:0])
 		sq.sampler.row(e.banBuf, sq.params.Logprobs, &e.rows[k])
+		sq.constrain(&e.rows[k])
 	}
 	return e.rows[:n]
 }
@@ -465,6 +469,10 @@ func (e *Engine) emit(sq *sequence, tok int, ev Event, now time.Time) {
 	sq.lastTok = now
 	sq.tokens = append(sq.tokens, tok)
 	sq.sampler.observe(tok)
+	if err := sq.advanceGrammar(tok, e.eos[tok]); err != nil {
+		e.finish(sq, "error", nil, &Error{Kind: KindInternal, Msg: "constrained decoding", Err: err})
+		return
+	}
 	e.stats.GenerationTokens.Add(1)
 	ev.Tokens = []int{tok}
 

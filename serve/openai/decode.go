@@ -61,7 +61,7 @@ func jsonError(err error) error {
 
 // embedded lists the Go names of embedded request structs, which encoding/json puts into field
 // paths but clients never wrote.
-var embedded = map[string]bool{"samplingFields": true, "chatFields": true, "refusedFields": true, "refusedChatFields": true}
+var embedded = map[string]bool{"samplingFields": true, "chatFields": true, "refusedFields": true, "refusedChatFields": true, "structuredFields": true}
 
 func jsonField(path string) string {
 	parts := strings.Split(path, ".")

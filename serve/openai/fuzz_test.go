@@ -30,6 +30,12 @@ func FuzzCompletionRequest(f *testing.F) {
 		`{"prompt":"hello","echo":true,"logprobs":3,"max_tokens":0}`, `{"prompt":[1,2,3],"echo":true,"logprobs":1,"max_tokens":2,"stream":true}`,
 		`{"prompt":"x","max_tokens":0}`, `{"prompt":"ab","prompt_logprobs":2,"max_tokens":1,"n":2}`,
 		`{"prompt":"x","max_tokens":2,"logit_bias":{"5":100,"6":-100}}`, `{"prompt":"x","logit_bias":{"70000":1}}`,
+		`{"prompt":"x","max_tokens":8,"response_format":{"type":"json_object"}}`,
+		`{"prompt":"x","max_tokens":8,"response_format":{"type":"json_schema","json_schema":{"name":"p","schema":{"type":"object","properties":{"a":{"enum":[1,"b"]}},"required":["a"]}}}}`,
+		`{"prompt":"x","max_tokens":4,"guided_regex":"[ab]{2}c?"}`, `{"prompt":"x","max_tokens":4,"guided_choice":["yes","no"]}`,
+		`{"prompt":"x","max_tokens":4,"guided_json":"{\"type\":\"boolean\"}"}`,
+		`{"prompt":"x","max_tokens":4,"structured_outputs":{"json":{"type":"array","items":{"type":"null"},"maxItems":2}}}`,
+		`{"prompt":"x","max_tokens":4,"structured_outputs":{"choice":["a"],"regex":"b"}}`, `{"prompt":"x","guided_grammar":"r"}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -40,6 +40,7 @@ type samplingFields struct {
 	// and layer, and their summary.
 	ExpertTrace bool `json:"expert_trace"`
 	refusedFields
+	structuredFields
 }
 
 // params converts the shared fields to engine parameters. maxTokensDefault applies when
@@ -110,6 +111,9 @@ func (f *samplingFields) params(maxTokensDefault int) (serve.SamplingParams, err
 		return p, err
 	}
 	p.Stop = stop
+	if p.Constraint, err = f.constraint(); err != nil {
+		return p, err
+	}
 	return p, nil
 }
 

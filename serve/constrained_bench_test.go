@@ -1,0 +1,160 @@
+package serve
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/structured"
+	"github.com/loraplex/loraplex/tokenizer"
+)
+
+// benchSchema's outputs can hardly end within benchMaxTokens tokens (the string needs 200
+// characters), so constrained and free requests generate about the same number of tokens
+// (tok/s counts the tokens generated either way).
+const (
+	benchSchema    = `{"type":"object","properties":{"text":{"type":"string","minLength":200,"maxLength":200},"n":{"type":"integer"}},"required":["text","n"]}`
+	benchMaxTokens = 16
+)
+
+// BenchmarkConstrainedDecode is end-to-end decode throughput on the demo model (CPU backend):
+// batch requests of benchMaxTokens tokens at once, free or held to benchSchema. tok/s is the
+// figure to compare (constrained ÷ free at the same batch).
+func BenchmarkConstrainedDecode(b *testing.B) {
+	be := cpu.New(2)
+	defer be.Close()
+	cfg, w, tok, _, err := demo.Build(be)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	e, err := NewEngine(cfg, be, w, tok, Options{ModelName: demo.Name, MaxNumSeqs: 64, MaxBatchedTokens: 2048, MaxModelLen: 256})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	prompt, err := tok.Encode("func main() {", false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, batch := range []int{1, 64} {
+		for _, constrained := range []bool{false, true} {
+			name := fmt.Sprintf("free/batch=%d", batch)
+			if constrained {
+				name = fmt.Sprintf("json_schema/batch=%d", batch)
+			}
+			b.Run(name, func(b *testing.B) {
+				var tokens int
+				var elapsed time.Duration
+				seed := uint64(0)
+				// The first round (not timed) compiles the schema and computes the masks of
+				// the states it visits: BenchmarkCompile measures that cost; this measures
+				// the steady state.
+				for round := 0; b.Loop(); round++ {
+					start := time.Now()
+					var wg sync.WaitGroup
+					var mu sync.Mutex
+					for range batch {
+						seed++
+						s := seed
+						p := SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s}
+						if constrained {
+							p.Constraint = &Constraint{Spec: structured.Spec{Kind: structured.JSONSchema, Text: benchSchema}, Param: "bench"}
+						}
+						st, err := e.Generate(context.Background(), Request{Model: demo.Name, Prompt: prompt, Params: p})
+						if err != nil {
+							b.Fatal(err)
+						}
+						wg.Go(func() {
+							ev, err := st.Collect(context.Background())
+							if err != nil || ev.Finish == "error" {
+								b.Errorf("finish %q, %v", ev.Finish, err)
+							}
+							mu.Lock()
+							tokens += len(ev.Tokens)
+							mu.Unlock()
+						})
+					}
+					wg.Wait()
+					if round == 0 {
+						tokens = 0
+						continue
+					}
+					elapsed += time.Since(start)
+				}
+				b.ReportMetric(float64(tokens)/elapsed.Seconds(), "tok/s")
+			})
+		}
+	}
+}
+
+// BenchmarkConstrainedSamplingPath is the sampling cost of a decode step on Llama 3's
+// 128,256-token vocabulary: building the rows (a cached mask lookup per constrained row) and
+// the CPU backend's Sample with the masks applied, free or constrained, at batch 1 and 64.
+func BenchmarkConstrainedSamplingPath(b *testing.B) {
+	tok, err := tokenizer.Load(filepath.Join("..", "testdata", "tokenizers", "llama3"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const vocab = 128256
+	eos := tok.EOS()
+	v := structured.NewVocab(vocab, min(tok.VocabSize(), vocab), tok.TokenBytes, eos)
+	g, err := structured.NewCompiler(v).Compile(structured.Spec{Kind: structured.JSONSchema, Text: benchSchema})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// A state inside the string: the widest mask (almost every token allowed).
+	state := structured.Start
+	for _, t := range []string{`{"`, `text`, `":"`, `hello`} {
+		ids, _ := tok.Encode(t, false)
+		for _, id := range ids {
+			state = g.Advance(state, id)
+		}
+	}
+	if state == structured.Done {
+		b.Fatal("prefix left the grammar")
+	}
+	g.Mask(state) // computed once per state and cached: the steady state is a lookup
+
+	be := cpu.New(1)
+	defer be.Close()
+	for _, n := range []int{1, 64} {
+		for _, constrained := range []bool{false, true} {
+			name := fmt.Sprintf("free/batch=%d", n)
+			if constrained {
+				name = fmt.Sprintf("json_schema/batch=%d", n)
+			}
+			b.Run(name, func(b *testing.B) {
+				e := &Engine{eos: map[int]bool{eos[0]: true}}
+				e.stepSeq = stepSequences(n, vocab)
+				for _, sq := range e.stepSeq {
+					sq.params.MinTokens = 0
+					if constrained {
+						sq.grammar, sq.gstate = g, state
+					}
+				}
+				r := rand.New(rand.NewPCG(1, 2))
+				flat := make([]float32, n*vocab)
+				for i := range flat {
+					flat[i] = float32(r.NormFloat64() * 3)
+				}
+				lt := be.Alloc(n, vocab)
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := be.Write(lt, flat); err != nil {
+						b.Fatal(err)
+					}
+					if err := be.Sample(lt, e.sampleRows(), e.sampleOut[:n]); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,231 @@
+package openai_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	oai "github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/shared"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/serve/openai"
+)
+
+// person is what the structured-output test parses the model's answer into.
+type person struct {
+	Name  string   `json:"name"`
+	Age   int      `json:"age"`
+	Admin bool     `json:"admin"`
+	Role  string   `json:"role"`
+	Tags  []string `json:"tags,omitempty"`
+}
+
+const personSchema = `{"type":"object","properties":{
+	"name":{"type":"string","minLength":1,"maxLength":12},
+	"age":{"type":"integer"},
+	"admin":{"type":"boolean"},
+	"role":{"enum":["reader","writer","owner"]},
+	"tags":{"type":"array","items":{"type":"string","maxLength":6},"maxItems":3}},
+	"required":["name","age","admin","role"],"additionalProperties":false}`
+
+func validator(t *testing.T, schema string) *jsonschema.Schema {
+	t.Helper()
+	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := jsonschema.NewCompiler()
+	if err := c.AddResource("s.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Compile("s.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// A chat request with a json_schema response_format, sent by the official client to the demo
+// model sampling hot (near-random text), always ends with JSON that the schema validates and
+// that parses into the Go struct, on every seed: the mask, not the model, makes it valid.
+func TestStructuredOutputParsesIntoStruct(t *testing.T) {
+	e, ct := demoEngine(t)
+	srv := newServer(t, e, openai.Options{APIKey: testKey, ChatTemplate: ct})
+	client := newClient(srv.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	var schema map[string]any
+	if err := json.Unmarshal([]byte(personSchema), &schema); err != nil {
+		t.Fatal(err)
+	}
+	val := validator(t, personSchema)
+	for seed := range int64(6) {
+		resp, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{
+			Model:       demo.Name,
+			Messages:    []oai.ChatCompletionMessageParamUnion{oai.UserMessage("Describe a user as JSON.")},
+			Temperature: oai.Float(1.5),
+			Seed:        oai.Int(seed),
+			MaxTokens:   oai.Int(200),
+			ResponseFormat: oai.ChatCompletionNewParamsResponseFormatUnion{OfJSONSchema: &shared.ResponseFormatJSONSchemaParam{
+				JSONSchema: shared.ResponseFormatJSONSchemaJSONSchemaParam{Name: "person", Schema: schema, Strict: oai.Bool(true)}}},
+		})
+		if err != nil {
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		ch := resp.Choices[0]
+		text := ch.Message.Content
+		if ch.FinishReason != "stop" {
+			t.Fatalf("seed %d: finish %q after %q", seed, ch.FinishReason, text)
+		}
+		t.Logf("seed %d: %s", seed, text)
+		var p person
+		if err := json.Unmarshal([]byte(text), &p); err != nil {
+			t.Fatalf("seed %d: %q does not parse: %v", seed, text, err)
+		}
+		inst, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := val.Validate(inst); err != nil {
+			t.Fatalf("seed %d: %q does not validate: %v", seed, text, err)
+		}
+	}
+}
+
+// vLLM's constraint fields (structured_outputs, guided_regex, guided_choice, guided_json) and
+// response_format json_object hold completions to their structure on a near-random model.
+func TestGuidedFieldsConstrainCompletions(t *testing.T) {
+	e, _ := demoEngine(t)
+	srv := newServer(t, e, openai.Options{APIKey: testKey})
+	client := newClient(srv.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	complete := func(seed int64, field string, value any) oai.CompletionChoice {
+		t.Helper()
+		resp, err := client.Completions.New(ctx, oai.CompletionNewParams{
+			Model: demo.Name, Prompt: oai.CompletionNewParamsPromptUnion{OfString: oai.String("func main() {")},
+			MaxTokens: oai.Int(120), Temperature: oai.Float(1.5), Seed: oai.Int(seed),
+		}, option.WithJSONSet(field, value))
+		if err != nil {
+			t.Fatalf("%s: %v", field, err)
+		}
+		return resp.Choices[0]
+	}
+	date := regexp.MustCompile(`^(?:20[0-9]{2}-(?:0[1-9]|1[0-2])-[0-3][0-9])$`)
+	choices := []string{"approve", "reject", "escalate"}
+	for seed := range int64(4) {
+		for _, tc := range []struct {
+			field string
+			value any
+			check func(string) bool
+		}{
+			{"guided_regex", `20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]`, date.MatchString},
+			{"structured_outputs", map[string]any{"regex": `20[0-9]{2}-(0[1-9]|1[0-2])-[0-3][0-9]`}, date.MatchString},
+			{"guided_choice", choices, func(s string) bool { return slices.Contains(choices, s) }},
+			{"structured_outputs", map[string]any{"choice": choices}, func(s string) bool { return slices.Contains(choices, s) }},
+			{"guided_json", `{"type":"object","properties":{"ok":{"type":"boolean"},"n":{"type":"integer"}},"required":["ok","n"]}`, func(s string) bool {
+				var v struct {
+					OK *bool `json:"ok"`
+					N  *int  `json:"n"`
+				}
+				return json.Unmarshal([]byte(s), &v) == nil && v.OK != nil && v.N != nil
+			}},
+			{"structured_outputs", map[string]any{"json": map[string]any{"type": "array", "items": map[string]any{"type": "boolean"}, "minItems": 2, "maxItems": 2}}, func(s string) bool {
+				var v [2]bool
+				return json.Unmarshal([]byte(s), &v) == nil && strings.Count(s, ",") == 1
+			}},
+		} {
+			ch := complete(seed, tc.field, tc.value)
+			if ch.FinishReason != "stop" || !tc.check(ch.Text) {
+				t.Errorf("seed %d %s %v: %q (finish %s)", seed, tc.field, tc.value, ch.Text, ch.FinishReason)
+			}
+		}
+		// json_object: any JSON object; a free structure may run out of tokens, but what
+		// ends is an object.
+		ch := complete(seed, "response_format", map[string]any{"type": "json_object"})
+		if ch.FinishReason == "stop" {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(ch.Text), &m); err != nil {
+				t.Errorf("seed %d json_object: %q: %v", seed, ch.Text, err)
+			}
+		} else if !strings.HasPrefix(ch.Text, "{") {
+			t.Errorf("seed %d json_object: %q does not start an object", seed, ch.Text)
+		}
+	}
+}
+
+// A constraint that cannot be enforced is a 400 naming the field and the keyword or limit,
+// fast, and never a silently unconstrained answer; hostile schemas (huge, deeply nested,
+// recursive, conflicting) are refused before any generation.
+func TestUnenforceableConstraintsAre400(t *testing.T) {
+	e, ct := demoEngine(t)
+	srv := newServer(t, e, openai.Options{ChatTemplate: ct})
+	deep := strings.Repeat(`{"type":"array","items":`, 30) + `{"type":"null"}` + strings.Repeat(`}`, 30)
+	huge := `{"enum":[` + strings.Repeat(`"aaaaaaaaaaaaaaaa",`, 5000) + `"b"]}`
+	recursive := `{"$defs":{"node":{"type":"object","properties":{"kids":{"type":"array","items":{"$ref":"#/$defs/node"}}}}},"$ref":"#/$defs/node"}`
+	blowup := `{"type":"object","properties":{` + strings.TrimSuffix(strings.Repeat(`"k":{"type":"array","items":{"type":"array","items":{"type":"object"}}},`, 1), ",") + `,` +
+		`"x":{"type":"string","pattern":"a"}}}`
+	rf := func(schema string) string {
+		return `"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":` + schema + `}}`
+	}
+	cases := []struct {
+		path, body, param, want string
+	}{
+		{"/v1/chat/completions", rf(`{"type":"string","format":"email"}`), "response_format", `"format"`},
+		{"/v1/chat/completions", rf(`{"type":"integer","minimum":1}`), "response_format", `"minimum"`},
+		{"/v1/chat/completions", rf(recursive), "response_format", "recursive"},
+		{"/v1/chat/completions", rf(deep), "response_format", "MaxSchemaDepth"},
+		{"/v1/chat/completions", rf(huge), "response_format", "MaxSpecBytes"},
+		{"/v1/chat/completions", rf(blowup), "response_format", `"pattern"`},
+		{"/v1/chat/completions", rf(`{"type":"array","minItems":4,"maxItems":1}`), "response_format", "conflicting"},
+		{"/v1/chat/completions", rf(`{"type":"boolean","const":"yes"}`), "response_format", "conflicting"},
+		{"/v1/chat/completions", `"response_format":{"type":"yaml"}`, "response_format", "yaml"},
+		{"/v1/chat/completions", `"response_format":{"type":"json_schema"}`, "response_format", "json_schema"},
+		{"/v1/chat/completions", `"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{},"stric":true}}`, "response_format.json_schema", "stric"},
+		{"/v1/completions", `"guided_grammar":"root ::= \"a\""`, "guided_grammar", "not supported"},
+		{"/v1/completions", `"structured_outputs":{"grammar":"root ::= \"a\""}`, "structured_outputs", "not supported"},
+		{"/v1/completions", `"structured_outputs":{"regexp":"a"}`, "structured_outputs", "regexp"},
+		{"/v1/completions", `"guided_regex":"(?:a|b)*a(?:a|b){24}"`, "guided_regex", "MaxDFAStates"},
+		{"/v1/completions", `"guided_regex":"a\\bb"`, "guided_regex", "not supported"},
+		{"/v1/completions", `"guided_choice":[]`, "guided_choice", "empty"},
+		{"/v1/completions", `"structured_outputs":{"regex":5}`, "structured_outputs", "structured_outputs.regex must be a string"},
+		{"/v1/completions", `"structured_outputs":{"json":"{\"type\":\"string\",\"format\":\"uri\"}"}`, "structured_outputs", `"format"`},
+		{"/v1/completions", `"guided_regex":"a","guided_choice":["b"]`, "guided_choice", "only one"},
+		{"/v1/completions", `"guided_json":{"type":"object"},"min_tokens":3`, "min_tokens", "structured outputs"},
+		{"/v1/completions", `"guided_whitespace_pattern":" *","guided_json":{}`, "guided_whitespace_pattern", "not supported"},
+	}
+	for _, tc := range cases {
+		body := `{"model":"` + demo.Name + `","max_tokens":4,`
+		if tc.path == "/v1/completions" {
+			body += `"prompt":"x",`
+		} else {
+			body += `"messages":[{"role":"user","content":"x"}],`
+		}
+		body += tc.body + `}`
+		start := time.Now()
+		status, resp := post(t, srv.URL, tc.path, body)
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("%.60s: refused after %v", tc.body, took)
+		}
+		env := checkError(t, status, resp, 400, tc.param)
+		if !strings.Contains(env.Error.Message, tc.want) {
+			t.Errorf("%.60s: message %q lacks %q", tc.body, env.Error.Message, tc.want)
+		}
+	}
+	// A model without a tokenizer (token ids only) cannot match text: refused, not ignored.
+	fx := newServer(t, fixtureEngine(t, "llama"), openai.Options{})
+	status, resp := post(t, fx.URL, "/v1/completions", `{"model":"llama","prompt":[1,2],"max_tokens":2,"response_format":{"type":"json_object"}}`)
+	env := checkError(t, status, resp, 400, "response_format")
+	if !strings.Contains(env.Error.Message, "tokenizer") {
+		t.Errorf("fixture model: %q", env.Error.Message)
+	}
+	_ = fmt.Sprint
+}

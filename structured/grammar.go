@@ -1,0 +1,316 @@
+package structured
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Kind is what a Spec constrains the output to.
+type Kind uint8
+
+const (
+	JSONSchema Kind = iota + 1 // Text is a JSON schema
+	JSONObject                 // any JSON object
+	Regex                      // Text is a regular expression (RE2 syntax) the whole output matches
+	Choice                     // the output is exactly one of Choices
+)
+
+// Spec is one constraint as a request states it.
+type Spec struct {
+	Kind    Kind
+	Text    string
+	Choices []string
+}
+
+// regex is the spec's regular expression.
+func (s *Spec) regex() (string, error) {
+	switch s.Kind {
+	case JSONSchema:
+		return SchemaRegex([]byte(s.Text))
+	case JSONObject:
+		return AnyJSONObjectRegex(), nil
+	case Regex:
+		if len(s.Text) > MaxSpecBytes {
+			return "", &LimitError{Limit: "MaxSpecBytes", Msg: fmt.Sprintf("the regular expression has %d bytes, more than %d", len(s.Text), MaxSpecBytes)}
+		}
+		return s.Text, nil
+	case Choice:
+		if len(s.Choices) == 0 {
+			return "", fmt.Errorf("the choice list is empty")
+		}
+		if len(s.Choices) > MaxChoices {
+			return "", &LimitError{Limit: "MaxChoices", Msg: fmt.Sprintf("%d choices, more than %d", len(s.Choices), MaxChoices)}
+		}
+		n := 0
+		alts := make([]string, len(s.Choices))
+		for i, c := range s.Choices {
+			n += len(c)
+			alts[i] = regexp.QuoteMeta(c)
+		}
+		if n > MaxSpecBytes {
+			return "", &LimitError{Limit: "MaxSpecBytes", Msg: fmt.Sprintf("the choices have %d bytes, more than %d", n, MaxSpecBytes)}
+		}
+		return `(?:` + strings.Join(alts, `|`) + `)`, nil
+	}
+	return "", fmt.Errorf("unknown constraint kind %d", s.Kind)
+}
+
+// key is the spec's cache key: schemas compacted, so that whitespace does not matter.
+func (s *Spec) key() string {
+	text := s.Text
+	if s.Kind == JSONSchema {
+		var b bytes.Buffer
+		if json.Compact(&b, []byte(s.Text)) == nil {
+			text = b.String()
+		}
+	}
+	if s.Kind == Choice {
+		k, _ := json.Marshal(s.Choices)
+		text = string(k)
+	}
+	return fmt.Sprintf("%d:%s", s.Kind, text)
+}
+
+// Vocab is a tokenizer's vocabulary as bytes: each token's bytes as they appear in the output
+// (the tokens sorted, so that a mask walk shares the work of common prefixes), and the EOS ids.
+type Vocab struct {
+	size   int      // ids in a logits row (the model's vocabulary, maybe padded)
+	offs   []int32  // bytes of id i: data[offs[i]:offs[i+1]]; empty for tokens without text
+	data   []byte   //
+	sorted []int32  // ids with text, by their bytes
+	lcp    []uint16 // common prefix length of sorted[i] and sorted[i-1]
+	maxLen int
+	eos    []int32
+}
+
+// NewVocab indexes the vocabulary: size is the logits row's length, tokenBytes(id) the bytes
+// id stands for in the output for ids below tokens (false for special tokens, which a
+// constraint never allows), eos the ids that end a sequence.
+func NewVocab(size, tokens int, tokenBytes func(id int) ([]byte, bool), eos []int) *Vocab {
+	v := &Vocab{size: size, offs: make([]int32, tokens+1)}
+	for id := range tokens {
+		if b, ok := tokenBytes(id); ok && len(b) > 0 && len(b) < 1<<16 {
+			v.data = append(v.data, b...)
+			v.sorted = append(v.sorted, int32(id))
+			v.maxLen = max(v.maxLen, len(b))
+		}
+		v.offs[id+1] = int32(len(v.data))
+	}
+	slices.SortFunc(v.sorted, func(a, b int32) int { return bytes.Compare(v.bytes(int(a)), v.bytes(int(b))) })
+	v.lcp = make([]uint16, len(v.sorted))
+	for i := 1; i < len(v.sorted); i++ {
+		a, b := v.bytes(int(v.sorted[i-1])), v.bytes(int(v.sorted[i]))
+		n := 0
+		for n < len(a) && n < len(b) && a[n] == b[n] {
+			n++
+		}
+		v.lcp[i] = uint16(n)
+	}
+	for _, id := range eos {
+		if id >= 0 && id < size {
+			v.eos = append(v.eos, int32(id))
+		}
+	}
+	return v
+}
+
+func (v *Vocab) bytes(id int) []byte {
+	if id < 0 || id+1 >= len(v.offs) {
+		return nil
+	}
+	return v.data[v.offs[id]:v.offs[id+1]]
+}
+
+// Grammar is a compiled constraint over one vocabulary. It is safe for concurrent use.
+type Grammar struct {
+	v         *Vocab
+	d         *dfa
+	c         *Compiler // whose mask budget the cached masks count against
+	mu        sync.Mutex
+	masks     [][]uint64 // per DFA state, computed on first use
+	maskBytes int64      // bytes of masks cached
+	stack     []int32    // mask walk scratch
+}
+
+// State is a position in a Grammar: the DFA state after the output so far. Start is the empty
+// output.
+type State int32
+
+// Start is the state of an empty output.
+const Start State = 0
+
+// Done is the state after EOS (and after a token the grammar does not allow).
+const Done State = dead
+
+// States is the number of DFA states (a measure of the grammar's size).
+func (g *Grammar) States() int { return g.d.states() }
+
+// Accepting reports whether the output so far is complete (EOS is allowed).
+func (g *Grammar) Accepting(s State) bool { return s >= 0 && g.d.accept[s] }
+
+// Advance returns the state after token id, Done for EOS or a token s does not allow.
+func (g *Grammar) Advance(s State, id int) State {
+	if s < 0 || slices.Contains(g.v.eos, int32(id)) {
+		return Done
+	}
+	b := g.v.bytes(id)
+	if len(b) == 0 {
+		return Done
+	}
+	return State(g.d.step(int32(s), b))
+}
+
+// Mask returns the allowed tokens in state s as a bitmap over the row (bit id%64 of word
+// id/64): the tokens whose bytes keep the automaton live, and the EOS ids when s accepts. The
+// bitmap is shared and must not be modified. Done allows nothing.
+func (g *Grammar) Mask(s State) []uint64 {
+	g.mu.Lock()
+	if s < 0 {
+		s = State(len(g.masks) - 1) // the all-zero mask kept past the DFA's states
+	}
+	if m := g.masks[s]; m != nil {
+		g.mu.Unlock()
+		return m
+	}
+	m := make([]uint64, (g.v.size+63)/64)
+	if int(s) < g.d.states() {
+		g.walk(int32(s), m)
+	}
+	g.masks[s] = m
+	n := int64(8 * len(m))
+	g.maskBytes += n
+	c := g.c
+	g.mu.Unlock()
+	if c != nil && c.maskBytes.Add(n) > MaxMaskBytes {
+		c.dropMasks()
+	}
+	return m
+}
+
+// dropMasks forgets every cached mask of g (rows still holding one keep it alive until they
+// are done with it) and returns their bytes to the compiler's budget.
+func (g *Grammar) dropMasks() {
+	g.mu.Lock()
+	clear(g.masks)
+	n := g.maskBytes
+	g.maskBytes = 0
+	c := g.c
+	g.mu.Unlock()
+	if c != nil {
+		c.maskBytes.Add(-n)
+	}
+}
+
+// walk sets the bits of the tokens allowed from state s. Tokens are visited in byte order, so
+// stack[k] (the state after the token's first k bytes) is shared with the previous token up to
+// their common prefix: the walk costs one step per node of the vocabulary's trie.
+func (g *Grammar) walk(s int32, m []uint64) {
+	v := g.v
+	st := g.stack[:v.maxLen+1]
+	st[0] = s
+	for i, id := range v.sorted {
+		b := v.bytes(int(id))
+		for k := int(v.lcp[i]); k < len(b); k++ {
+			if st[k] == dead {
+				st[k+1] = dead
+			} else {
+				st[k+1] = g.d.next[int(st[k])*256+int(b[k])]
+			}
+		}
+		if st[len(b)] != dead {
+			m[id/64] |= 1 << (id % 64)
+		}
+	}
+	if g.d.accept[s] {
+		for _, id := range v.eos {
+			m[id/64] |= 1 << (id % 64)
+		}
+	}
+}
+
+// Compiler compiles specs over one vocabulary and caches the grammars by spec (at most
+// MaxCachedGrammars, the oldest dropped first). It is safe for concurrent use.
+type Compiler struct {
+	v         *Vocab
+	mu        sync.Mutex
+	cache     map[string]*Grammar
+	order     []string
+	maskBytes atomic.Int64 // masks cached by its grammars
+}
+
+const (
+	// MaxCachedGrammars bounds a Compiler's cache.
+	MaxCachedGrammars = 64
+	// MaxMaskBytes bounds the masks a Compiler's grammars cache together (16 KiB a state on a
+	// 128k vocabulary): past it every cached mask is dropped and recomputed on its next use.
+	MaxMaskBytes = 256 << 20
+)
+
+// dropMasks empties every grammar's mask cache (the budget is spent).
+func (c *Compiler) dropMasks() {
+	c.mu.Lock()
+	grammars := make([]*Grammar, 0, len(c.cache))
+	for _, g := range c.cache {
+		grammars = append(grammars, g)
+	}
+	c.mu.Unlock()
+	for _, g := range grammars {
+		g.dropMasks()
+	}
+}
+
+// NewCompiler returns a compiler over v.
+func NewCompiler(v *Vocab) *Compiler { return &Compiler{v: v, cache: map[string]*Grammar{}} }
+
+// Compile returns the grammar of spec, compiled once per distinct spec. Errors are
+// *LimitError, *UnsupportedError or a plain error for an invalid or unsatisfiable spec.
+func (c *Compiler) Compile(spec Spec) (*Grammar, error) {
+	k := spec.key()
+	c.mu.Lock()
+	g := c.cache[k]
+	c.mu.Unlock()
+	if g != nil {
+		return g, nil
+	}
+	expr, err := spec.regex()
+	if err != nil {
+		return nil, err
+	}
+	n, start, err := compileRegex(expr)
+	if err != nil {
+		return nil, err
+	}
+	d, err := determinise(n, start)
+	if err != nil {
+		return nil, err
+	}
+	g = &Grammar{v: c.v, d: d, c: c, masks: make([][]uint64, d.states()+1), stack: make([]int32, c.v.maxLen+1)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.cache[k]; old != nil {
+		return old, nil
+	}
+	if len(c.order) >= MaxCachedGrammars {
+		old := c.cache[c.order[0]]
+		delete(c.cache, c.order[0])
+		c.order = c.order[1:]
+		// Its masks are dropped and no longer count: requests still using it cache the
+		// masks of the states they visit (at most one per token they generate) until they
+		// end and it is collected.
+		old.mu.Lock()
+		clear(old.masks)
+		c.maskBytes.Add(-old.maskBytes)
+		old.maskBytes = 0
+		old.c = nil
+		old.mu.Unlock()
+	}
+	c.cache[k] = g
+	c.order = append(c.order, k)
+	return g, nil
+}
