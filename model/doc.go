@@ -9,18 +9,19 @@
 // of the others) and cuda/ implement it. Everything beyond it is an optional capability: a
 // named interface declared here (no anonymous interface assertions anywhere), asserted mostly
 // inside this package (Runner, UploadAdapter, AliasesUploads); the engine reaches them through
-// the Runner's methods (CanSample, MasksTokens, Err, ReleaseRouting), never by asserting on Runner.B. The
-// capabilities and who implements them:
+// the Runner's methods (CanSample, MasksTokens, Err, ReleaseRouting, ...), never by asserting on
+// Runner.B. The capabilities and who implements them:
 //
 //	Capability        What it gives                                       cpu  cuda
 //	DeviceSampler     samples every logits row (SampleReference)          yes  yes
 //	StepSynchronizer  Sync: the step's queued ops have completed          -    yes
 //	StepRecorder      records a step's launches once, replays them        -    yes
-//	FailureReporter   Err: the backend's sticky failure (health)          -    yes
+//	FailureReporter   Err: the backend's sticky failure (health)          yes  yes
 //	DeviceRouter      routes router rows on the device (RouteLoRA)        -    yes
 //	AdapterUploader   uploads and frees a whole adapter at once (a slab)  -    yes
 //	EncodedUploader   decodes lorapack q4/q8 streams on the device        -    yes
-//	UploadAliaser     Upload may alias host memory (the mmapped file)     yes  -
+//	UploadAliaser     Upload may alias the adapter's host copy            yes  -
+//	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  -
 //	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  -
 //
 // DeviceSampler is required by the engine (serve), which has no sampler of its own: every
