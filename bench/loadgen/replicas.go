@@ -192,7 +192,7 @@ func (r *RoundRobin) Done(int) {}
 // request goes to the replica in the best affinity tier for its adapter (as the last scrape
 // saw it: running or on the device, then waiting, then in host memory), the least loaded of
 // those; with no replica holding the adapter, or for the base model, to the least loaded
-// replica. Load is the requests this generator has in flight there, which is exact, where a
+// replica (among equals, the one holding fewest adapters). Load is the requests this generator has in flight there, which is exact, where a
 // scrape of vllm:num_requests_* would lag. Slack bounds the imbalance affinity may cause: a
 // replica more than Slack requests busier than the least loaded one is passed over (the EPP's
 // queue filters do the same), so a hot adapter cannot pile up on one replica. Slack 0 means
@@ -203,6 +203,7 @@ type Affine struct {
 	inFlight []int
 	Slack    int
 	base     string
+	turn     int
 }
 
 // NewAffine routes over n replicas; base is the base model's name (never affine).
@@ -220,9 +221,16 @@ func (a *Affine) Observe(i int, s ReplicaState) {
 func (a *Affine) Pick(model string) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	least := 0
-	for i, n := range a.inFlight {
-		if n < a.inFlight[least] {
+	// The least loaded replica; among equals the one holding fewest adapters (so adapters no
+	// replica holds spread out and each replica's slots keep a share of them, rather than the
+	// first replica collecting every new adapter while the load is light), then the next in
+	// turn (the EPP breaks ties at random).
+	a.turn++
+	least := -1
+	for k := range a.inFlight {
+		i := (a.turn + k) % len(a.inFlight)
+		if least < 0 || a.inFlight[i] < a.inFlight[least] ||
+			a.inFlight[i] == a.inFlight[least] && len(a.states[i].Loaded) < len(a.states[least].Loaded) {
 			least = i
 		}
 	}

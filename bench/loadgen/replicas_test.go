@@ -92,6 +92,28 @@ func TestAffineSlackBoundsImbalance(t *testing.T) {
 	}
 }
 
+// Among equally loaded replicas a new adapter goes to the one holding fewest adapters, and
+// with nothing to tell them apart the picks take turns rather than piling on one replica.
+func TestAffineSpreadsNewAdapters(t *testing.T) {
+	a := NewAffine(3, 0, "base")
+	a.Observe(0, state("", "", map[string]string{"x": "gpu", "y": "cpu"}))
+	a.Observe(1, state("", "", map[string]string{"z": "gpu"}))
+	a.Observe(2, state("", "", map[string]string{"v": "cpu", "w": "cpu"}))
+	if got := a.Pick("new"); got != 1 {
+		t.Errorf("picked %d, want 1 (fewest adapters)", got)
+	}
+	b := NewAffine(2, 0, "base")
+	seen := map[int]bool{}
+	for range 2 {
+		i := b.Pick("new")
+		seen[i] = true
+		b.Done(i)
+	}
+	if len(seen) != 2 {
+		t.Errorf("two picks on idle, empty replicas went to %v", seen)
+	}
+}
+
 // Round robin cycles through the replicas whatever the request names.
 func TestRoundRobinCycles(t *testing.T) {
 	r := NewRoundRobin(3)
