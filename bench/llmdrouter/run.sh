@@ -8,7 +8,7 @@
 # The EPP runs as its own binary (cmd/epp) with file discovery (an endpoints file instead of
 # Kubernetes), the metrics data source and core metrics extractor with the built-in vLLM
 # mapping, the lora-affinity scorer and the max-score picker, and --emit-endpoint-scores. Two
-# loraplex replicas (cmd/server, demo model: adapters c, english, go, python; --max-loras 1)
+# loraplex replicas (cmd/server, the demo's model and adapters c, english, go, python; --max-loras 1)
 # serve on loopback. harness.go (ours, no llm-d code) is copied into the checkout and run
 # there: it asks the EPP where requests go over Envoy's ext_proc stream while it holds
 # requests open on the replicas, and prints the picks and scores as Markdown.
@@ -28,7 +28,7 @@ SNAPREV=$(git --git-dir="$SNAP" rev-parse HEAD)
 (cd "$WORK/src" && go build -o "$WORK/bin/epp" ./cmd/epp)
 mkdir -p "$WORK/src/hack/loraplexharness"
 cp "$HERE/harness.go" "$WORK/src/hack/loraplexharness/main.go"
-(cd "$WORK/src" && go build -o "$WORK/bin/harness" ./hack/loraplexharness)
+(cd "$WORK/src" && go build -o "$WORK/bin/harness" ./hack/loraplexharness/main.go) # named: its ignore tag keeps loraplex's builds off it
 (cd "$REPO" && go build -o "$WORK/bin/server" ./cmd/server)
 
 cat >"$WORK/endpoints.yaml" <<EOT
@@ -71,8 +71,20 @@ EOT
 PIDS=""
 stop() { for p in $PIDS; do kill "$p" 2>/dev/null || true; done; for p in $PIDS; do wait "$p" 2>/dev/null || true; done; }
 trap stop EXIT INT TERM
+# The demo's files, as cmd/server extracts them (its log names the folder): served with
+# --model and --adapter rather than as the demo, because the demo's router needs a device slot
+# per expert and a replica with one slot is what makes an adapter wait.
+"$WORK/bin/server" --http-addr 127.0.0.1:0 >"$WORK/extract.log" 2>&1 &
+XPID=$!
+n=0
+until DEMO=$(sed -n 's/.*serving the built-in demo.* folder=\([^ ]*\).*/\1/p' "$WORK/extract.log") && [ -n "$DEMO" ]; do
+	n=$((n + 1)); [ $n -lt 300 ] || { echo "cmd/server did not extract the demo" >&2; kill $XPID; exit 1; }; sleep 0.1
+done
+kill $XPID; wait $XPID 2>/dev/null || true
 for port in "$P0" "$P1"; do
-	"$WORK/bin/server" --http-addr "127.0.0.1:$port" --max-loras 1 --threads 1 --log-level warn >"$WORK/server-$port.log" 2>&1 &
+	"$WORK/bin/server" --http-addr "127.0.0.1:$port" --model "$DEMO/model" --served-model-name loraplex-demo \
+		--adapter c="$DEMO/adapters/c" --adapter english="$DEMO/adapters/english" --adapter go="$DEMO/adapters/go" \
+		--adapter python="$DEMO/adapters/python" --max-loras 1 --threads 1 --log-level warn >"$WORK/server-$port.log" 2>&1 &
 	PIDS="$PIDS $!"
 done
 "$WORK/bin/epp" --config-file "$WORK/epp.yaml" --grpc-port "$GRPC" --grpc-health-port $((GRPC + 1)) \
@@ -86,7 +98,7 @@ for port in "$P0" "$P1"; do
 	done
 done
 n=0
-until (exec 3<>"/dev/tcp/127.0.0.1/$GRPC") 2>/dev/null; do
+until grep -q '"gRPC server listening","name":"ext-proc"' "$WORK/epp.log"; do
 	n=$((n + 1)); [ $n -lt 300 ] || { echo "EPP did not start; see $WORK/epp.log" >&2; tail -20 "$WORK/epp.log" >&2; exit 1; }; sleep 0.1
 done
 echo "# $(date -u +%FT%TZ) loraplex $(cd "$REPO" && git rev-parse --short HEAD), llm-d-router $SNAPREV, $(go version)"
