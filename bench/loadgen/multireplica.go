@@ -28,9 +28,9 @@ type ReplicaSummary struct {
 	DiskLoads   float64 `json:"disk_loads"`
 }
 
-// runRouted replays plan over several replicas, each request sent where r picks. With an
-// Affine router it scrapes every replica each interval while the run lasts (and once before it
-// starts, so the first picks see the replicas as they are).
+// runRouted replays plan over several replicas, each request sent where r picks. It scrapes
+// every replica each interval while the run lasts (and once before it starts, so an Affine
+// router's first picks see the replicas as they are).
 func runRouted(ctx context.Context, clients []*Client, route string, r Router, interval time.Duration, plan []Planned,
 	modelOf func(*Planned) string) (rs []Result, window, wall time.Duration, rep *ReplicaReport, err error) {
 	before := make([]ReplicaState, len(clients))
@@ -39,14 +39,19 @@ func runRouted(ctx context.Context, clients []*Client, route string, r Router, i
 			return nil, 0, 0, nil, err
 		}
 	}
+	// Every route scrapes at the same interval, so on a shared machine the scrapes' cost (in
+	// this process and in the replicas) is the same whichever route is measured; only Affine
+	// reads them.
+	observe := func(int, ReplicaState) {}
 	if a, ok := r.(*Affine); ok {
-		for i, s := range before {
-			a.Observe(i, s)
-		}
-		wctx, stop := context.WithCancel(ctx)
-		defer stop()
-		go watch(wctx, clients, a, interval)
+		observe = a.Observe
 	}
+	for i, s := range before {
+		observe(i, s)
+	}
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go watch(wctx, clients, observe, interval)
 	rs, window, wall = replay(ctx, plan, modelOf, func(ctx context.Context, model string, p *Planned) Result {
 		i := r.Pick(model)
 		defer r.Done(i)

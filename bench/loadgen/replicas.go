@@ -256,16 +256,16 @@ func (a *Affine) Done(i int) {
 	a.mu.Unlock()
 }
 
-// watch scrapes every replica each interval and feeds the router until ctx ends. A failed
-// scrape keeps the previous state (a router keeps its last view of an endpoint it cannot
-// reach for a moment).
-func watch(ctx context.Context, clients []*Client, a *Affine, interval time.Duration) {
+// watch scrapes every replica each interval and hands each state to observe until ctx ends.
+// A failed scrape is skipped, so a router keeps its last view of an endpoint it cannot reach
+// for a moment.
+func watch(ctx context.Context, clients []*Client, observe func(int, ReplicaState), interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		for i, c := range clients {
 			if s, err := c.Scrape(ctx); err == nil {
-				a.Observe(i, s)
+				observe(i, s)
 			}
 		}
 		select {
