@@ -16,6 +16,7 @@ import (
 	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/metrics"
 	"github.com/loraplex/loraplex/serve/openai"
 	"github.com/loraplex/loraplex/tokenizer"
 )
@@ -32,6 +33,9 @@ type LocalConfig struct {
 	Preload    bool // load every adapter before the run; false leaves it to on-demand loading
 	Seed       uint64
 	Verbose    bool
+	// Metrics serves /metrics as cmd/server does. Its collectors replace the engine observer,
+	// so such a server reports no engine view (Local.obs is nil).
+	Metrics bool
 }
 
 // Local is an engine and its OpenAI gateway on 127.0.0.1, reached over real HTTP so that the
@@ -119,7 +123,14 @@ func StartLocal(c LocalConfig) (_ *Local, err error) {
 		return nil, err
 	}
 	l.URL = "http://" + ln.Addr().String()
-	l.srv = &http.Server{Handler: openai.New(l.engine, openai.Options{Logger: log}), ReadHeaderTimeout: 10 * time.Second}
+	var h http.Handler = openai.New(l.engine, openai.Options{Logger: log})
+	if c.Metrics {
+		mux := http.NewServeMux()
+		mux.Handle("/", h)
+		mux.Handle("GET /metrics", metrics.New(l.engine, nil).Handler())
+		h, l.obs = mux, nil
+	}
+	l.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := l.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			fmt.Fprintln(os.Stderr, "loadgen: server:", err)

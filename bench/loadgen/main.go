@@ -9,8 +9,15 @@
 // the same arrivals, prompts and lengths against the base model first, then the adapter mix,
 // and prints the ratio: what serving many adapters costs over serving none.
 //
+// With -replicas it drives several running servers and sends each request to one of them:
+// -route round-robin cycles; -route affine applies llm-d's adapter-affinity rule to what each
+// replica's /metrics says (vllm:lora_requests_info's running and waiting sets,
+// vllm:lora_adapter_loaded), else the least loaded, and the report adds each replica's share
+// and the adapter loads the run caused (bench/multireplica/run.sh compares the two).
+//
 //	go run ./bench/loadgen -adapters 16 -rank 8 -popularity zipf -rate 4 -duration 30s
 //	go run ./bench/loadgen -url http://127.0.0.1:8000 -rate 2 -requests 100
+//	go run ./bench/loadgen -replicas http://127.0.0.1:8001,http://127.0.0.1:8002 -route affine -adapter-names @DIR
 package main
 
 import (
@@ -44,6 +51,9 @@ type options struct {
 	warmup                            int
 	jsonPath, writeAdapters           string
 	verbose                           bool
+	replicas, route                   string
+	affinitySlack                     int
+	scrapeInterval                    time.Duration
 }
 
 func main() {
@@ -77,9 +87,20 @@ func main() {
 	flag.IntVar(&o.warmup, "warmup", 2, "unmeasured sequential requests to the base model before the runs")
 	flag.StringVar(&o.jsonPath, "json", "", "also write the report as JSON to this file")
 	flag.BoolVar(&o.verbose, "v", false, "in-process: log the server's messages to stderr")
+	flag.StringVar(&o.replicas, "replicas", "", "drive several running servers (comma-separated base URLs) instead of -url, each request sent where -route picks")
+	flag.StringVar(&o.route, "route", "affine", "-replicas: affine (llm-d's adapter-affinity rule on the replicas' vllm:lora_requests_info and vllm:lora_adapter_loaded, else least loaded) or round-robin")
+	flag.IntVar(&o.affinitySlack, "affinity-slack", 16, "-replicas affine: pass over a replica with this many more requests in flight than the least loaded (0: no bound)")
+	flag.DurationVar(&o.scrapeInterval, "scrape-interval", 100*time.Millisecond, "-replicas affine: how often each replica's /metrics is read")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.replicas != "" {
+		if o.url != "" {
+			fmt.Fprintln(os.Stderr, "loadgen: -url and -replicas exclude each other")
+			os.Exit(2)
+		}
+		o.url = splitList(o.replicas)[0] // discovery and warm-up start there
+	}
 	if o.url != "" && !set["compare-base"] {
 		o.compareBase = false // a remote server may serve real traffic; doubling the load is opt-in
 	}
@@ -149,6 +170,21 @@ func run(o options) error {
 	}
 	c := NewClient(url, o.timeout, o.temperature)
 	defer c.Close()
+	clients := []*Client{c}
+	if o.replicas != "" {
+		if o.route != "affine" && o.route != "round-robin" {
+			return fmt.Errorf("-route %q: want affine or round-robin", o.route)
+		}
+		if !(o.scrapeInterval > 0) {
+			return fmt.Errorf("-scrape-interval must be positive")
+		}
+		for _, u := range splitList(o.replicas)[1:] {
+			rc := NewClient(u, o.timeout, o.temperature)
+			defer rc.Close()
+			clients = append(clients, rc)
+		}
+		server["mode"], server["replicas"], server["route"] = "replicas", len(clients), o.route
+	}
 	if o.url != "" {
 		base = o.base
 		if adapters, err = adapterNames(o.adapterNames); err != nil {
@@ -190,10 +226,12 @@ func run(o options) error {
 
 	// Warm-up pays one-time costs (first connection, lazily built buffers, page faults of
 	// the weights) outside the measured runs.
-	for i := range o.warmup {
-		p := plan[i%len(plan)]
-		if r := c.Complete(ctx, base, &p); r.Status != "" {
-			return fmt.Errorf("warm-up request to %s failed: %s", base, r.Status)
+	for _, rc := range clients {
+		for i := range o.warmup {
+			p := plan[i%len(plan)]
+			if r := rc.Complete(ctx, base, &p); r.Status != "" {
+				return fmt.Errorf("warm-up request to %s at %s failed: %s", base, rc.base, r.Status)
+			}
 		}
 	}
 
@@ -226,14 +264,31 @@ func run(o options) error {
 			obs.reset()
 		}
 		before := takeCPU()
-		rs, window, wall := Run(ctx, c, plan, ph.model)
+		var rs []Result
+		var window, wall time.Duration
+		var routed *ReplicaReport
+		if o.replicas != "" {
+			var r Router = NewRoundRobin(len(clients))
+			if o.route == "affine" {
+				r = NewAffine(len(clients), o.affinitySlack, base)
+			}
+			if rs, window, wall, routed, err = runRouted(ctx, clients, o.route, r, o.scrapeInterval, plan, ph.model); err != nil {
+				return err
+			}
+		} else {
+			rs, window, wall = Run(ctx, c, plan, ph.model)
+		}
 		after := takeCPU()
 		s := summarize(ph.name, rs, window, wall)
+		s.Replicas = routed
 		s.ProcessCores, s.Preempted, s.LoadAvg = (after.cpu-before.cpu).Seconds()/wall.Seconds(), after.nivcsw-before.nivcsw, loadAvg()
 		if obs != nil {
 			s.Engine = obs.summary(wall)
 		}
 		printSummary(os.Stdout, s, ph.desc)
+		if routed != nil {
+			printReplicas(os.Stdout, routed)
+		}
 		rep.Runs = append(rep.Runs, s)
 		if ctx.Err() != nil {
 			break

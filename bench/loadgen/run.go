@@ -12,6 +12,12 @@ import (
 // for each request. It returns when every request has finished or timed out, so it is bounded by
 // the plan's last offset plus the client's per-request timeout.
 func Run(ctx context.Context, c *Client, plan []Planned, modelOf func(*Planned) string) (rs []Result, window, wall time.Duration) {
+	return replay(ctx, plan, modelOf, c.Complete)
+}
+
+// replay is Run with the sending left to send, which may pick a server per request.
+func replay(ctx context.Context, plan []Planned, modelOf func(*Planned) string,
+	send func(context.Context, string, *Planned) Result) (rs []Result, window, wall time.Duration) {
 	rs = make([]Result, len(plan))
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -34,7 +40,7 @@ func Run(ctx context.Context, c *Client, plan []Planned, modelOf func(*Planned) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rs[i] = c.Complete(ctx, modelOf(p), p)
+			rs[i] = send(ctx, modelOf(p), p)
 		}()
 	}
 	window = time.Since(start) // the arrival phase: how long sending took, lateness included

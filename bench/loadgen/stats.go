@@ -63,6 +63,7 @@ type Result struct {
 	Chunks    int             // SSE chunks that carried tokens; < Tokens when the server coalesced
 	Expected  int             // max_tokens asked for; with ignore_eos the output must be this long
 	PromptLen int
+	Replica   int // multi-replica runs: the index of the replica it was sent to
 }
 
 // Summary is one run's report.
@@ -85,7 +86,8 @@ type Summary struct {
 	TTFT           Dist           `json:"ttft"`
 	ITL            Dist           `json:"itl"`
 	E2E            Dist           `json:"e2e"`
-	Engine         *EngineSummary `json:"engine,omitempty"` // in-process only: the engine's own view
+	Engine         *EngineSummary `json:"engine,omitempty"`   // in-process only: the engine's own view
+	Replicas       *ReplicaReport `json:"replicas,omitempty"` // multi-replica runs: routing and adapter loads
 }
 
 // Summarize folds results into a Summary. wall is from the first send to the last completion

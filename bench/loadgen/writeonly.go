@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/model"
 )
@@ -19,17 +18,19 @@ func writeOnly(o options) error {
 	if err != nil {
 		return err
 	}
-	var cfg *model.Config
-	if o.modelDir != "" {
-		if cfg, err = model.LoadConfig(o.modelDir); err != nil {
+	dir := o.modelDir
+	if dir == "" {
+		// cmd/server without --model serves the trained demo, not the in-process one that
+		// demo.Build makes (other shapes): write adapters that fit what the server loads.
+		root, err := demo.Extract()
+		if err != nil {
 			return err
 		}
-	} else {
-		b := cpu.New(1)
-		defer b.Close()
-		if cfg, _, _, _, err = demo.Build(b); err != nil {
-			return err
-		}
+		dir = filepath.Join(root, "model")
+	}
+	cfg, err := model.LoadConfig(dir)
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(o.writeAdapters, 0o755); err != nil {
 		return err
