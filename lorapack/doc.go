@@ -21,7 +21,7 @@
 // minus its trailing zeros); bitmap and ternary2 are kept for their simpler, branch-light decode,
 // which matters for a future GPU decode kernel. Smallest picks the smallest.
 //
-// Sparsification follows ComPEFT (Yadav et al., 2023; see shared/design/PAPERS.md): keep the
+// Sparsification follows ComPEFT (Yadav et al., 2023; see docs/PAPERS.md): keep the
 // entries whose |value| reaches the top-K threshold and replace each by sign x scale.
 //   - Per tensor (our default): threshold and scale per tensor. The scale is the mean |value| of
 //     the kept entries, the least-squares optimum for a fixed sign pattern (the reference's
