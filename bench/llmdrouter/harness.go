@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"sort"
@@ -32,6 +33,9 @@ var (
 	replicas = flag.String("replicas", "127.0.0.1:8201,127.0.0.1:8202", "the loraplex replicas, host:port, as the EPP's endpoints file names them")
 	picks    = flag.Int("picks", 5, "requests the EPP is asked to route per case")
 	settle   = flag.Duration("settle", 500*time.Millisecond, "wait after changing the replicas' state, so the EPP's metric refresh sees it")
+	mode     = flag.String("mode", "lora", "lora: adapter affinity (lora-affinity-scorer); prefix: the precise prefix-cache scorer fed by the replicas' KV events")
+	render   = flag.String("render", "127.0.0.1:9100", "prefix mode: where the harness serves vLLM's /v1/completions/render for the EPP's token-producer, answered with the first replica's /tokenize")
+	model    = flag.String("model", "loraplex-demo", "prefix mode: the served base model name")
 )
 
 // pick asks the EPP where one completion request should go and returns the endpoint and the
@@ -117,6 +121,9 @@ func loraInfo(replica string) string {
 func main() {
 	flag.Parse()
 	reps := strings.Split(*replicas, ",")
+	if *mode == "prefix" {
+		os.Exit(prefixMain(reps))
+	}
 	cc, err := grpc.NewClient(*eppAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -197,4 +204,161 @@ func compact(s []string) []string {
 		}
 	}
 	return out
+}
+
+// serveRender answers vLLM's POST /v1/completions/render, which the EPP's token-producer calls
+// to turn a request's prompt into token ids, with loraplex's /tokenize on replica: loraplex has
+// no render endpoint, and the replicas share one tokenizer, so their token ids are the ones they
+// cache and announce in their KV events.
+func serveRender(addr, replica string) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/completions/render", func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			Model  string `json:"model"`
+			Prompt string `json:"prompt"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&in); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		body, _ := json.Marshal(map[string]any{"model": in.Model, "prompt": in.Prompt})
+		resp, err := http.Post("http://"+replica+"/tokenize", "application/json", bytes.NewReader(body))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		var tok struct {
+			Tokens []uint32 `json:"tokens"`
+		}
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(resp.Body)
+			http.Error(w, string(b), resp.StatusCode)
+			return
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&tok); err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode([]map[string]any{{"token_ids": tok.Tokens}})
+	})
+	srv := &http.Server{Addr: addr, Handler: mux}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	go srv.Serve(ln)
+	return nil
+}
+
+// complete sends one completion straight to a replica (not through the EPP) and waits for it:
+// the replica prefills prompt, caches its pages and announces them in KV events.
+func complete(replica, model, prompt string) error {
+	body, _ := json.Marshal(map[string]any{"model": model, "prompt": prompt, "max_tokens": 1})
+	resp, err := http.Post("http://"+replica+"/v1/completions", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return nil
+}
+
+// longPrompt is a deterministic prompt of several hundred tokens, distinct per seed word.
+func longPrompt(seed string) string {
+	var b strings.Builder
+	for i := range 60 {
+		fmt.Fprintf(&b, "%s line %d: the quick brown fox jumps over the lazy dog.\n", seed, i)
+	}
+	return b.String()
+}
+
+// prefixMain checks the precise prefix-cache scorer: the EPP is asked where a long prompt
+// goes while both replicas are cold (and, since it only answers and forwards nothing, routing
+// the prompt must not change its scores), then the prompt is sent straight to the second
+// replica, whose KV events tell the EPP's indexer which pages it now holds, and the EPP is
+// asked again. A second long prompt that no replica has seen is the control.
+func prefixMain(reps []string) int {
+	if err := serveRender(*render, reps[0]); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cc, err := grpc.NewClient(*eppAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer cc.Close()
+	c := extproc.NewExternalProcessorClient(cc)
+	ctx := context.Background()
+	warm, control := longPrompt("alpha"), longPrompt("omega")
+	failed := false
+	table := func(title, want string) {
+		fmt.Printf("\n### %s\n\n| prompt | picks per replica | scores (%s) | expected |\n|---|---|---|---|\n", title, strings.Join(reps, " / "))
+		for _, row := range []struct{ name, prompt, want string }{{"warmed (alpha)", warm, want}, {"control (omega)", control, ""}} {
+			count := map[string]int{}
+			var scoreRows []string
+			for range *picks {
+				dest, scores, err := pick(ctx, c, *model, row.prompt)
+				if err != nil {
+					fmt.Printf("| %s | error: %v | | |\n", row.name, err)
+					failed = true
+					return
+				}
+				count[dest]++
+				var s []string
+				for _, r := range reps {
+					s = append(s, fmt.Sprintf("%.2f", scores[r]))
+				}
+				scoreRows = append(scoreRows, strings.Join(s, " / "))
+			}
+			var per []string
+			for _, r := range reps {
+				per = append(per, fmt.Sprintf("%s: %d", r, count[r]))
+			}
+			sort.Strings(scoreRows)
+			exp := "any"
+			if row.want != "" {
+				exp = "all to " + row.want
+				if count[row.want] != *picks {
+					exp += " **NOT MET**"
+					failed = true
+				}
+			}
+			fmt.Printf("| %s | %s | %s | %s |\n", row.name, strings.Join(per, ", "), strings.Join(compact(scoreRows), "; "), exp)
+		}
+	}
+	if n, err := tokenCount(reps[0], warm); err == nil {
+		fmt.Printf("\nPrompts: two of %d tokens each (alpha, omega), %q...\n", n, warm[:40])
+	}
+	time.Sleep(*settle)
+	table("Both replicas cold (the EPP is asked, nothing is forwarded)", "")
+	if err := complete(reps[1], *model, warm); err != nil {
+		fmt.Fprintln(os.Stderr, "warming", reps[1], err)
+		return 1
+	}
+	time.Sleep(*settle)
+	table(fmt.Sprintf("After alpha was sent straight to %s (not through the EPP)", reps[1]), reps[1])
+	if failed {
+		return 1
+	}
+	return 0
+}
+
+func tokenCount(replica, prompt string) (int, error) {
+	body, _ := json.Marshal(map[string]any{"model": *model, "prompt": prompt})
+	resp, err := http.Post("http://"+replica+"/tokenize", "application/json", bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var tok struct {
+		Count int `json:"count"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&tok)
+	return tok.Count, err
 }
