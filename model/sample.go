@@ -299,13 +299,7 @@ func referenceChoose(l []float32, row *SampleRow) int {
 	if row.Temperature < 1e-5 {
 		return argmaxF32(l)
 	}
-	mx, cand := ninf, 0
-	for _, v := range l {
-		if v != ninf {
-			mx = max(mx, v)
-			cand++
-		}
-	}
+	mx, cand := finiteMax(l)
 	if cand == 0 {
 		return argmaxF32(l)
 	}
@@ -442,4 +436,18 @@ func banAndPenalize(logits []float32, row *SampleRow) {
 		}
 		logits[h.Token] = l
 	}
+}
+
+// finiteMax returns the largest finite logit and how many logits are finite (the tokens a
+// stochastic draw may pick); both samplers start from it.
+func finiteMax(l []float32) (mx float32, n int) {
+	ninf := float32(math.Inf(-1))
+	mx = ninf
+	for _, v := range l {
+		if v != ninf {
+			mx = max(mx, v)
+			n++
+		}
+	}
+	return mx, n
 }

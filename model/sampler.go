@@ -151,13 +151,7 @@ func (s *Sampler) choose(l []float32, row *SampleRow) int {
 	if row.Temperature < 1e-5 {
 		return argmaxF32(l)
 	}
-	mx, cand := ninf, 0
-	for _, v := range l {
-		if v != ninf {
-			mx = max(mx, v)
-			cand++
-		}
-	}
+	mx, cand := finiteMax(l)
 	if cand == 0 {
 		return argmaxF32(l)
 	}

@@ -3,7 +3,6 @@ package serve
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -139,21 +138,7 @@ func BenchmarkConstrainedSamplingPath(b *testing.B) {
 						sq.grammar, sq.gstate = g, state
 					}
 				}
-				r := rand.New(rand.NewPCG(1, 2))
-				flat := make([]float32, n*vocab)
-				for i := range flat {
-					flat[i] = float32(r.NormFloat64() * 3)
-				}
-				lt := be.Alloc(n, vocab)
-				b.ReportAllocs()
-				for b.Loop() {
-					if err := be.Write(lt, flat); err != nil {
-						b.Fatal(err)
-					}
-					if err := be.Sample(lt, e.sampleRows(), e.sampleOut[:n]); err != nil {
-						b.Fatal(err)
-					}
-				}
+				benchSampleStep(b, be, e, n, vocab)
 			})
 		}
 	}

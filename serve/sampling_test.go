@@ -238,6 +238,12 @@ func BenchmarkSamplingPath(b *testing.B) {
 	const vocab, n = 128256, 16
 	e := &Engine{eos: map[int]bool{0: true}}
 	e.stepSeq = stepSequences(n, vocab)
+	benchSampleStep(b, be, e, n, vocab)
+}
+
+// benchSampleStep times one step's sampling of e.stepSeq's n rows on be: rows built by the
+// engine, logits drawn once (normal, sd 3) and written back before every draw.
+func benchSampleStep(b *testing.B, be *cpu.Backend, e *Engine, n, vocab int) {
 	r := rand.New(rand.NewPCG(1, 2))
 	flat := make([]float32, n*vocab)
 	for i := range flat {
