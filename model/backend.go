@@ -139,6 +139,31 @@ type UploadAliaser interface {
 	AliasesUploads() bool
 }
 
+// DecodeFuser is implemented by backends with fused kernels for a decoder layer's small ops
+// (cuda: few-row decode steps, where each launch costs about as much as the work it does). Each
+// method does the whole of the unfused ops it names, with their result, and returns true, or does
+// nothing and returns false (fusion off, or a shape its kernels do not take); the forward pass
+// then runs the unfused ops itself. The answer may depend only on what the StepRecorder key
+// fixes (row counts, the backend's own switches), so a recorded step replays the same calls.
+type DecodeFuser interface {
+	// RoPEStoreKV is RoPE(q as [N*heads, HeadDim]), RoPE(k as [N*kvHeads, HeadDim]) with table,
+	// then StoreKV(layer, k, v): q and k are left rotated, as the three ops leave them.
+	RoPEStoreKV(layer int, q, k, v Tensor, heads, kvHeads int, table Tensor) bool
+	// GateUpSiLU writes act = silu(x · wGateᵀ) * (x · wUpᵀ): MatMul into gate, MatMul into up
+	// and SiluMul, without gate and up ever being stored. The caller uses it only where neither
+	// projection has a bias or a LoRA delta to add between the products and the activation.
+	GateUpSiLU(act, x, wGate, wUp Tensor) bool
+}
+
+// LoRAGrouper is implemented by backends that apply the LoRA segments of several projections
+// reading the same input (q/k/v, gate/up) in one go: LoRAGroup(outs, x, segs) is
+// LoRA(outs[i], x, segs[i]) for every i (segs[i] may be empty), or returns false having done
+// nothing. It is called after every base product of the group, so each output receives exactly
+// the additions of the unfused ops.
+type LoRAGrouper interface {
+	LoRAGroup(outs []Tensor, x Tensor, segs [][]LoRASeg) bool
+}
+
 // backendErr returns b's sticky failure (FailureReporter), nil when it has none.
 func backendErr(b Backend) error {
 	if f, ok := b.(FailureReporter); ok {

@@ -32,6 +32,10 @@ type Runner struct {
 	segs                                      [NumProj][]LoRASeg
 	routing                                   routeState
 	attnParams                                AttnParams
+	fuser                                     DecodeFuser // nil: the backend fuses nothing
+	grouper                                   LoRAGrouper // nil: one LoRA call per projection
+	groupOuts                                 [3]Tensor   // outputs of a projection group (projShared), kept here so steps allocate nothing
+	groupSegs                                 [3][]LoRASeg
 	keyBuf                                    []byte
 	id                                        uint64
 	eps                                       float32
@@ -49,6 +53,8 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 		return nil, err
 	}
 	r := &Runner{Cfg: cfg, B: b, W: w, Opt: opt, eps: float32(cfg.RMSNormEps), id: runnerIDs.Add(1)}
+	r.fuser, _ = b.(DecodeFuser)
+	r.grouper, _ = b.(LoRAGrouper)
 	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
 	qd, kvd := cfg.NumHeads*D, cfg.NumKVHeads*D
 	r.x, r.h, r.delta = b.Alloc(n, H), b.Alloc(n, H), b.Alloc(n, max(H, qd))
@@ -264,24 +270,27 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		} else {
 			b.AddRMSNorm(x, delta, h, L.AttnNorm, r.eps)
 		}
-		r.proj(q, h, l, ProjQ)
-		r.proj(k, h, l, ProjK)
-		r.proj(v, h, l, ProjV)
+		r.groupOuts = [3]Tensor{q, k, v}
+		r.projShared(h, l, qkvProjs, r.groupOuts[:3])
 		qh, kh := q.Reshape(n*H, D), k.Reshape(n*KV, D)
 		if cfg.QKNorm {
 			b.RMSNorm(qh, qh, L.QNorm, r.eps)
 			b.RMSNorm(kh, kh, L.KNorm, r.eps)
 		}
-		b.RoPE(qh, H, r.rope)
-		b.RoPE(kh, KV, r.rope)
-		b.StoreKV(l, k, v)
+		if r.fuser == nil || !r.fuser.RoPEStoreKV(l, q, k, v, H, KV, r.rope) {
+			b.RoPE(qh, H, r.rope)
+			b.RoPE(kh, KV, r.rope)
+			b.StoreKV(l, k, v)
+		}
 		b.Attention(attn, q, l, r.attnParams)
 		o := r.deltaFor(n, cfg.HiddenSize)
 		r.proj(o, attn, l, ProjO)
 		b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
-		r.proj(gate, h, l, ProjGate)
-		r.proj(up, h, l, ProjUp)
-		b.SiluMul(act, gate, up)
+		if !r.gateUpFused(act, h, l) {
+			r.groupOuts = [3]Tensor{gate, up}
+			r.projShared(h, l, gateUpProjs, r.groupOuts[:2])
+			b.SiluMul(act, gate, up)
+		}
 		r.proj(o, act, l, ProjDown)
 		delta = o
 	}
@@ -319,6 +328,56 @@ func (r *Runner) proj(out, in Tensor, l int, p Proj) {
 			r.B.LoRA(out, in, pass)
 		}
 	}
+}
+
+// The projections that read the same input (the normed hidden state) as groups, in the order
+// their products are computed.
+var (
+	qkvProjs    = []Proj{ProjQ, ProjK, ProjV}
+	gateUpProjs = []Proj{ProjGate, ProjUp}
+)
+
+// projShared computes the projections ps of one input into outs: every base product (and bias)
+// first, then the group's LoRA deltas in one LoRAGrouper call where the backend has one. Each
+// output receives the same additions in the same order as proj gives it. Routed steps take
+// proj's path (their deltas are routed per projection).
+func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
+	if r.grouper == nil || r.routing.seqs > 0 {
+		for i, p := range ps {
+			r.proj(outs[i], in, l, p)
+		}
+		return
+	}
+	L := &r.W.Layers[l]
+	segs, adapted := r.groupSegs[:len(ps)], false
+	for i, p := range ps {
+		r.B.MatMul(outs[i], in, L.W[p])
+		if L.Bias[p].Rows > 0 {
+			r.B.AddBias(outs[i], L.Bias[p])
+		}
+		segs[i] = r.segs[p]
+		adapted = adapted || len(segs[i]) > 0
+	}
+	if !adapted || r.grouper.LoRAGroup(outs, in, segs) {
+		return
+	}
+	for i := range ps {
+		if len(segs[i]) > 0 {
+			r.B.LoRA(outs[i], in, segs[i])
+		}
+	}
+}
+
+// gateUpFused computes act = silu(gate(h)) * up(h) in one backend call where that gives the
+// same result: the backend fuses it (DecodeFuser) and nothing is added between the products
+// and the activation (no bias, no LoRA segment, no routed sequence in the step).
+func (r *Runner) gateUpFused(act, h Tensor, l int) bool {
+	L := &r.W.Layers[l]
+	if r.fuser == nil || r.routing.seqs > 0 || len(r.segs[ProjGate]) > 0 || len(r.segs[ProjUp]) > 0 ||
+		L.Bias[ProjGate].Rows > 0 || L.Bias[ProjUp].Rows > 0 {
+		return false
+	}
+	return r.fuser.GateUpSiLU(act, h, L.W[ProjGate], L.W[ProjUp])
 }
 
 // buildSegs lists, per projection, the row runs of layer l that an adapter touches.
