@@ -39,8 +39,13 @@ type Backend struct {
 	offLogit              int
 	offTiles, offRows     int // prefill tiles {first row, rows, sequence} and the decode row list
 	numTiles, numRows     int
-	tileRows              int  // rows per prefill tile of this step: prefillTile, or prefillMMATile on the tensor-core path
-	simtPrefill           bool // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
+	tileRows              int         // rows per prefill tile of this step: prefillTile, or prefillMMATile on the tensor-core path
+	simtPrefill           bool        // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
+	fusedDecode           bool        // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
+	loraGroup             bool        // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
+	decodeSplit           DecodeSplit // decode attention's split rule (attention.go)
+	ctxSplits             int         // the context rule's grid depth for this step: its decode rows' largest split count
+	keyBuf                []byte      // the step key with what the backend adds to it (BeginStep)
 	step                  *model.Step
 
 	kv     model.KVSpec
@@ -91,6 +96,9 @@ func New(device int) (*Backend, error) {
 	default:
 		b.simtPrefill = !tensorCorePrefillDefault
 	}
+	b.fusedDecode = envSwitch("LORAPLEX_FUSED_DECODE", fusedDecodeDefault)
+	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
+	b.decodeSplit = decodeSplitFromEnv()
 	b.up.capBytes = DefaultAdapterPoolCap
 	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
 		return nil, err
@@ -295,6 +303,8 @@ const (
 	prefillTile = int(C.LP_PREFILL_TILE)
 	// prefillMMATile: rows per tile of the tensor-core prefill kernel (head dims C.lp_prefill_mma_ok).
 	prefillMMATile = int(C.LP_PREFILL_MMA_TILE)
+	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
+	loraGroupMax = int(C.LP_LORA_GROUP)
 )
 
 // tensorCorePrefillDefault: whether prefill attention runs on the tensor-core kernel unless
@@ -348,6 +358,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 		tile = prefillMMATile
 	}
 	tiles, rows := 0, 0
+	b.ctxSplits = 1
 	tiled := func(sq model.SeqRows) bool {
 		return sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
 	}
@@ -395,6 +406,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 		for r := sq.Start; r < sq.Start+sq.N; r++ {
 			h[ri] = int32(r)
 			ri++
+			b.ctxSplits = max(b.ctxSplits, contextSplits(s.Positions[r]))
 		}
 	}
 	if !b.ok("metadata copy", C.s_htod(C.uintptr_t(b.metaDev), b.metaHost, C.size_t(4*need), b.stream)) {

@@ -156,12 +156,14 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		}
 	}
 	if b.numRows > 0 {
-		need := int(C.lp_attention_scratch_floats(C.int(b.numRows), C.int(p.Heads), C.int(p.HeadDim)))
+		splits, chunk := b.decodeSplits(b.numRows, p.Heads)
+		need := int(C.lp_attention_scratch_floats(C.int(b.numRows), C.int(p.Heads), C.int(p.HeadDim), C.int(splits)))
 		if need > b.attnCap && (!b.canGrow() || !b.growAttnScratch(need)) {
 			return
 		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
-			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), C.uintptr_t(b.attnScratch), b.stream))
+			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale),
+			C.int(splits), C.int(chunk), C.uintptr_t(b.attnScratch), b.stream))
 	}
 }
 
@@ -193,42 +195,69 @@ func (b *Backend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
 	if len(segs) == 0 {
 		return
 	}
-	maxRows, maxRank, tmp := 0, 0, 0
+	maxRows, maxRank, tmp := checkSegs(out, x, segs)
+	if b.failed() || !b.reserveSegs(len(segs), tmp) {
+		return
+	}
+	b.putSegs(b.segUsed, segs, 0)
+	table, ok := b.commitSegs(len(segs))
+	if !ok {
+		return
+	}
+	b.ok("lora", C.s_lora(ptr(out), ptr(x), table, C.int(len(segs)), C.int(maxRows), C.int(maxRank),
+		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))
+}
+
+// checkSegs panics on a segment that does not fit x and out (a bug in the forward pass) and
+// returns the segments' largest row count and rank and the scratch floats their
+// intermediates take.
+func checkSegs(out, x model.Tensor, segs []model.LoRASeg) (maxRows, maxRank, tmp int) {
 	for _, sg := range segs {
 		if sg.A.Cols != x.Cols || sg.B.Rows != out.Cols || sg.A.Rows != sg.B.Cols || sg.Start < 0 || sg.Start+sg.N > x.Rows ||
-			sg.A.DType != model.BF16 || sg.B.DType != model.BF16 || sg.A.Rows > maxLoRARank {
+			sg.A.DType != model.BF16 || sg.B.DType != model.BF16 || sg.A.Rows > maxLoRARank || sg.Start+sg.N > out.Rows {
 			panic(fmt.Sprintf("cuda: LoRA x %s out %s A %s B %s rows [%d,+%d)", x.Shape(), out.Shape(), sg.A.Shape(), sg.B.Shape(), sg.Start, sg.N))
 		}
 		maxRows, maxRank = max(maxRows, sg.N), max(maxRank, sg.A.Rows)
 		tmp += sg.N * sg.A.Rows
 	}
-	if b.failed() {
-		return
-	}
+	return maxRows, maxRank, tmp
+}
+
+// reserveSegs makes room for n more segments in the ring and tmp scratch floats; false when
+// the step cannot go on (a failure, or growth refused while recording: the step reruns).
+func (b *Backend) reserveSegs(n, tmp int) bool {
 	// While replaying, the segment table is still written: the graph copies it from here.
-	if b.segUsed+len(segs) > b.segCap && (!b.canGrow() || !b.growSegs(b.segUsed+len(segs))) {
-		return
+	if b.segUsed+n > b.segCap && (!b.canGrow() || !b.growSegs(b.segUsed+n)) {
+		return false
 	}
-	if tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
-		return
-	}
-	off := 0
+	return tmp <= b.loraCap || (b.canGrow() && b.growLoRATmp(tmp))
+}
+
+// putSegs writes segs into the pinned ring from index at, their intermediates at scratch
+// offsets from toff on, and returns the offset after the last.
+func (b *Backend) putSegs(at int, segs []model.LoRASeg, toff int) int {
 	for i, sg := range segs {
-		C.s_set_seg(b.segHost, C.int(b.segUsed+i), ptr(sg.A), ptr(sg.B), C.int(sg.Start), C.int(sg.N), C.int(sg.A.Rows), C.int(off), C.float(sg.Scale))
-		off += sg.N * sg.A.Rows
+		C.s_set_seg(b.segHost, C.int(at+i), ptr(sg.A), ptr(sg.B), C.int(sg.Start), C.int(sg.N), C.int(sg.A.Rows), C.int(toff), C.float(sg.Scale))
+		toff += sg.N * sg.A.Rows
 	}
+	return toff
+}
+
+// commitSegs takes the n segments put at segUsed and returns the table's device address, and
+// whether to launch: not while replaying (the graph holds the launches; EndStep copies the
+// staged tables).
+func (b *Backend) commitSegs(n int) (C.uintptr_t, bool) {
 	byteOff := uintptr(b.segUsed * b.segSize)
-	b.segUsed += len(segs)
+	b.segUsed += n
 	if b.mode == modeReplay {
-		return // the graph holds the launches; EndStep copies the staged tables
+		return 0, false
 	}
 	// Direct steps copy each table before its launch; recorded steps copy the whole ring once
 	// in EndStep, before the graph runs, instead of carrying one copy node per call.
-	if b.mode == modeDirect && !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(len(segs)*b.segSize), b.stream)) {
-		return
+	if b.mode == modeDirect && !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(n*b.segSize), b.stream)) {
+		return 0, false
 	}
-	b.ok("lora", C.s_lora(ptr(out), ptr(x), C.uintptr_t(b.segDev+byteOff), C.int(len(segs)), C.int(maxRows), C.int(maxRank),
-		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))
+	return C.uintptr_t(b.segDev + byteOff), true
 }
 
 func (b *Backend) growSegs(need int) bool {

@@ -48,10 +48,19 @@ static inline int s_rope(uintptr_t x, uintptr_t pos, uintptr_t table, int rows, 
 static inline int s_store_kv(uintptr_t kc, uintptr_t vc, uintptr_t k, uintptr_t v, uintptr_t slots, int n, int width, uintptr_t s) {
 	return lp_store_kv(P(uint16_t*, kc), P(uint16_t*, vc), P(const float*, k), P(const float*, v), P(const int32_t*, slots), n, width, P(lp_stream, s));
 }
+static inline int s_rope_store_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t slots, uintptr_t table,
+                                  int n, int heads, int kvh, int dim, uintptr_t s) {
+	return lp_rope_store_kv(P(float*, q), P(float*, k), P(const float*, v), P(uint16_t*, kc), P(uint16_t*, vc), P(const int32_t*, pos),
+	                        P(const int32_t*, slots), P(const float*, table), n, heads, kvh, dim, P(lp_stream, s));
+}
+static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, uintptr_t wu, uintptr_t act, uintptr_t s) {
+	return lp_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), P(lp_stream, s));
+}
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
-                       int n, int heads, int kvh, int dim, int page, int window, float scale, uintptr_t scratch, uintptr_t s) {
+                       int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, uintptr_t scratch, uintptr_t s) {
 	return lp_attention(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, rows),
-	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, P(float*, scratch), P(lp_stream, s));
+	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, splits, chunk,
+	                    P(float*, scratch), P(lp_stream, s));
 }
 static inline int s_attention_prefill(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t tiles, int ntiles, uintptr_t seqpages, uintptr_t pt,
                        int heads, int kvh, int dim, int page, int window, float scale, uintptr_t s) {
@@ -65,6 +74,18 @@ static inline int s_attention_prefill_mma(uintptr_t out, uintptr_t q, uintptr_t 
 }
 static inline int s_lora(uintptr_t out, uintptr_t x, uintptr_t segs, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
 	return lp_lora(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));
+}
+// outs, dims and ends are Go arrays of LP_LORA_GROUP entries (groups used).
+static inline int s_lora_group(const uintptr_t* outs, const uintptr_t* dims, const uintptr_t* ends, int groups, uintptr_t x, uintptr_t segs, int nsegs,
+                               int maxrows, int maxrank, uintptr_t scratch, int in, uintptr_t s) {
+	lp_lora_outs o = {0};
+	for (int g = 0; g < groups && g < LP_LORA_GROUP; g++) {
+		o.out[g] = P(float*, outs[g]);
+		o.out_dim[g] = (int)dims[g];
+		o.end[g] = (int)ends[g];
+	}
+	o.groups = groups;
+	return lp_lora_group(o, P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank, P(float*, scratch), in, P(lp_stream, s));
 }
 static inline void s_set_seg(void* base, int i, uintptr_t a, uintptr_t b, int start, int n, int rank, int toff, float scale) {
 	lp_lora_seg* sg = (lp_lora_seg*)base + i;

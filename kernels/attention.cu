@@ -2,12 +2,30 @@
 // kernel in attention_prefill.cu; this one is also the fallback for any row).
 //
 // Split-K (flash-decoding): one block per (row, head, split). The visible positions of a row are
-// cut into up to LP_DECODE_SPLITS contiguous chunks so that even a single long sequence spreads over
+// cut into up to gridDim.z contiguous chunks so that even a single long sequence spreads over
 // heads x splits blocks instead of heads blocks; a second small kernel merges the splits'
-// partial softmax states. The split count is never derived from the context length, so a
-// decode step's launch shape never depends on how long its sequences are, which keeps recorded
-// CUDA graphs valid; splits that get no positions exit at once. Big decode batches, which
-// already fill the GPU with (row, head) blocks, use fewer splits (down to one).
+// partial softmax states. A row's own split count is
+//     splits(row) = min(gridDim.z, ceil(visible / split_chunk)),  visible = positions it attends to,
+// and its chunks are ceil(visible / splits(row)) positions each. Blocks of splits beyond the
+// row's own exit at once; a row with one split writes its output directly (no merge: a round
+// trip through the partials only adds traffic). The host chooses the grid depth and the chunk
+// floor by one of two fixed rules (cuda/attention.go, LORAPLEX_DECODE_SPLIT):
+//   fill (default): depth LP_DECODE_SPLITS, halved while rows x heads x depth > 4 x SMs, chunk
+//     floor 1: split only as far as it takes to fill the GPU; big decode batches, which fill it
+//     with (row, head) blocks already, run unsplit. The depth depends on the step's row count,
+//     so a row's result may change with the batch it is in (in its last bits: a different
+//     summation order).
+//   context: chunk floor LP_DECODE_SPLIT_CHUNK, depth the largest split count of the step's
+//     rows (at most LP_DECODE_MAX_SPLITS): a row's split count depends on its own context length
+//     only, not on the other rows or its place among them, so its result is bitwise the same
+//     alone or in any batch (the deterministic mode's requirement). Rows of up to 128 positions
+//     run unsplit, so big batches of short contexts pay nothing; 4k and longer contexts get 32
+//     splits (chunks of 128 to 1,024 positions), which fills the GPU from batch 1. The merge
+//     adds (head_dim + 2) fp32 per split, written and read once: under 1% of the chunk's K/V
+//     bytes at chunk 128.
+// Graph replay: the grid depth is part of the launch, so the context rule's depth (which
+// follows the step's longest context) is added to the step's graph key (graph.go); the fill
+// rule's depends on the row count alone, which the key already holds.
 // Inside a block, DECODE_WARPS warps take interleaved positions of the chunk and each keeps an online softmax (running max m, normaliser l, weighted value sum
 // acc): the flash-attention recurrence, so scores are never stored. Lanes split the head
 // dimension (up to 8 values each), a warp reduction gives each score. At the end the warps'
@@ -24,19 +42,28 @@
 // short contexts the walk over positions is latency-bound, and more warps shorten it.
 #define DECODE_WARPS 8
 
+// row_splits is a row's own split count (see the top of the file): it depends on the row's
+// visible positions, the grid depth and the chunk floor, never on the other rows.
+__device__ __forceinline__ int row_splits(int visible, int depth, int split_chunk) {
+    const int s = (visible + split_chunk - 1) / split_chunk;
+    return s < depth ? s : depth;
+}
+
 __global__ void attention_kernel(float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc,
                                  const uint16_t* vc, const int32_t* positions, const int32_t* rows,
                                  const int32_t* row_seq, const int32_t* seq_pages, const int32_t* page_table,
-                                 int heads, int kv_heads, int D, int page_size, int window, float scale) {
-    const int row = rows[blockIdx.x], h = blockIdx.y, split = blockIdx.z, splits = gridDim.z;
+                                 int heads, int kv_heads, int D, int page_size, int window, float scale, int split_chunk) {
+    const int row = rows[blockIdx.x], h = blockIdx.y, split = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (heads / kv_heads);
     const int width = kv_heads * D;
     const int pos = positions[row];
     const int first = window > 0 ? max(0, pos - window + 1) : 0;
+    const int splits = row_splits(pos - first + 1, gridDim.z, split_chunk);
+    if (split >= splits) return;  // uniform over the block: no thread reaches the barrier
     const int chunk = (pos - first + splits) / splits;  // ceil(visible / splits)
     const int begin = first + split * chunk, end = min(pos, begin + chunk - 1);
-    const size_t slot = ((size_t)blockIdx.x * heads + h) * splits + split;
+    const size_t slot = ((size_t)blockIdx.x * heads + h) * gridDim.z + split;
     const int32_t* pages = page_table + seq_pages[row_seq[row]];
     const float* qr = q + ((size_t)row * heads + h) * D;
 
@@ -114,10 +141,16 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
 
 // attention_merge_kernel combines a (row, head)'s split states: out = sum_z O_z e^(M_z - M) /
 // sum_z L_z e^(M_z - M), M the largest split max.
+// depth is the attention launch's grid depth (the partials' stride); rows with one split were
+// written by the attention kernel.
 __global__ void attention_merge_kernel(float* out, const float* part_o, const float* part_ml, const int32_t* rows,
-                                       int heads, int D, int splits) {
+                                       const int32_t* positions, int heads, int D, int depth, int window, int split_chunk) {
     const int row = rows[blockIdx.x], h = blockIdx.y;
-    const size_t slot0 = ((size_t)blockIdx.x * heads + h) * splits;
+    const int pos = positions[row];
+    const int first = window > 0 ? max(0, pos - window + 1) : 0;
+    const int splits = row_splits(pos - first + 1, depth, split_chunk);
+    if (splits == 1) return;
+    const size_t slot0 = ((size_t)blockIdx.x * heads + h) * depth;
     float M = -INFINITY;
     for (int z = 0; z < splits; z++)
         if (part_ml[2 * (slot0 + z) + 1] > 0.f) M = fmaxf(M, part_ml[2 * (slot0 + z)]);
@@ -135,17 +168,7 @@ __global__ void attention_merge_kernel(float* out, const float* part_o, const fl
     }
 }
 
-extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
-                            const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
-                            const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
-                            int head_dim, int page_size, int window, float scale, float* scratch, lp_stream s) {
-    if (n == 0) return 0;
-    if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
-        scratch == nullptr)
-        return (int)cudaErrorInvalidValue;
-    // Split only as far as it takes to fill the GPU: a big decode batch already has enough
-    // (row, head) blocks, and splitting it would only add merge work. The count depends on the
-    // step's row count alone, which is part of a recorded graph's key.
+extern "C" int lp_decode_fill_splits(int n, int heads) {
     static int sms = 0;  // multiprocessors of the (one) device this process uses
     if (sms == 0) {
         int dev = 0;
@@ -154,18 +177,31 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
     }
     int splits = LP_DECODE_SPLITS;
     while (splits > 1 && (long)n * heads * splits > 4L * sms) splits /= 2;
+    return splits;
+}
+
+extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
+                            const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
+                            const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
+                            int head_dim, int page_size, int window, float scale, int splits, int split_chunk,
+                            float* scratch, lp_stream s) {
+    if (n == 0) return 0;
+    if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
+        scratch == nullptr || splits < 1 || splits > LP_DECODE_MAX_SPLITS || split_chunk < 1)
+        return (int)cudaErrorInvalidValue;
     // scratch: [n][heads][splits][head_dim] outputs, then [n][heads][splits][2] (max, sum).
     float* part_o = scratch;
     float* part_ml = scratch + (size_t)n * heads * splits * head_dim;
     dim3 grid(n, heads, splits);
     attention_kernel<<<grid, 32 * DECODE_WARPS, 0, as_stream(s)>>>(out, part_o, part_ml, q, kcache, vcache, positions, rows,
                                                                    row_seq, seq_pages, page_table, heads, kv_heads,
-                                                                   head_dim, page_size, window, scale);
+                                                                   head_dim, page_size, window, scale, split_chunk);
     if (splits > 1)
-        attention_merge_kernel<<<dim3(n, heads), 128, 0, as_stream(s)>>>(out, part_o, part_ml, rows, heads, head_dim, splits);
+        attention_merge_kernel<<<dim3(n, heads), 128, 0, as_stream(s)>>>(out, part_o, part_ml, rows, positions, heads,
+                                                                         head_dim, splits, window, split_chunk);
     LP_CHECK_LAUNCH();
 }
 
-extern "C" size_t lp_attention_scratch_floats(int n, int heads, int head_dim) {
-    return (size_t)n * heads * LP_DECODE_SPLITS * (head_dim + 2);
+extern "C" size_t lp_attention_scratch_floats(int n, int heads, int head_dim, int splits) {
+    return (size_t)n * heads * splits * (head_dim + 2);
 }

@@ -61,6 +61,65 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
     }
 }
 
+// SwiGLU into the down projection's input (decode_fused.cu has the launch count it saves): one
+// warp owns output column j of both the gate and the up product, streams both weight rows (two
+// 16-byte loads of each in flight per lane, four in all, as above) and writes
+// silu(gate) * up, so neither product is stored and no activation kernel runs. Each product is
+// summed in exactly the order gemv_kernel sums it (per lane: vectors lane, lane + 32, ... in
+// increasing order, then warp_sum) and the activation is silu_mul_kernel's expression, so the
+// result matches lp_gemv_bf16 twice + lp_silu_mul bit for bit (up to nvcc's FMA contraction
+// choices, the same in both); no atomics, one writer per element, launch shape from n and m only.
+template <int N>
+__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k) {
+    const int lane = threadIdx.x & 31;
+    const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (j >= m) return;
+    const uint4* gr = reinterpret_cast<const uint4*>(wg + (size_t)j * k);
+    const uint4* ur = reinterpret_cast<const uint4*>(wu + (size_t)j * k);
+    float g[N], u[N];
+#pragma unroll
+    for (int r = 0; r < N; r++) g[r] = u[r] = 0.f;
+    const int vecs = k / 8;
+    int i = lane;
+    for (; i + 32 < vecs; i += 64) {
+        const uint4 g0 = gr[i], g1 = gr[i + 32], u0 = ur[i], u1 = ur[i + 32];
+        gemv_accumulate<N>(g, g0, x, k, i);
+        gemv_accumulate<N>(g, g1, x, k, i + 32);
+        gemv_accumulate<N>(u, u0, x, k, i);
+        gemv_accumulate<N>(u, u1, x, k, i + 32);
+    }
+    for (; i < vecs; i += 32) {
+        gemv_accumulate<N>(g, gr[i], x, k, i);
+        gemv_accumulate<N>(u, ur[i], x, k, i);
+    }
+#pragma unroll
+    for (int r = 0; r < N; r++) {
+        const float gs = warp_sum(g[r]), us = warp_sum(u[r]);
+        if (lane == 0) act[(size_t)r * m + j] = gs / (1.f + __expf(-gs)) * us;
+    }
+}
+
+extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act,
+                                   lp_stream s) {
+    if (n < 1 || n > LP_GEMV_MAX_ROWS || m <= 0 || k <= 0 || k % 8 != 0 || ((uintptr_t)wg % 16) != 0 ||
+        ((uintptr_t)wu % 16) != 0 || ((uintptr_t)x % 16) != 0)
+        return (int)cudaErrorInvalidValue;
+    dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
+    dim3 block(32 * GEMV_WARPS);
+    cudaStream_t st = as_stream(s);
+    switch (n) {
+        case 1: gemv_swiglu_kernel<1><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+        case 2: gemv_swiglu_kernel<2><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+        case 3: gemv_swiglu_kernel<3><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+        case 4: gemv_swiglu_kernel<4><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+        case 5: gemv_swiglu_kernel<5><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+        case 6: gemv_swiglu_kernel<6><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+        case 7: gemv_swiglu_kernel<7><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+        default: gemv_swiglu_kernel<8><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+    }
+    LP_CHECK_LAUNCH();
+}
+
 extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, lp_stream s) {
     // 16-byte vector loads need k % 8 == 0 and aligned rows; x rows need k % 4 == 0.
     if (n < 1 || n > LP_GEMV_MAX_ROWS || m <= 0 || k <= 0 || k % 8 != 0 || ((uintptr_t)w % 16) != 0 || ((uintptr_t)x % 16) != 0)

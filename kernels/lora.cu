@@ -27,6 +27,29 @@
 //     instead of k times, and its block count (rows x chunks) is what one pass had before.
 // The shrink needs no change of idea: segments write disjoint scratch, so it runs over all
 // rows x k segments in one launch (segment index in grid x, which is not capped at 65535).
+//
+// lp_lora_group (issue 15, item 3) serves projections that read one input: q/k/v read the normed
+// hidden state, and so do gate/up. Their segments go into one table, group after group, and
+// one shrink launch computes every t = A x of all of them (x read once into L1/L2 for all three,
+// each adapter's A factors read once per step, as before) and one expand launch adds every
+// delta, each group into its own output: 2 launches for q/k/v instead of 6, 2 for gate/up
+// instead of 4, so a decode layer with adapters on all seven projections makes 8 LoRA launches
+// instead of 14. Decode's shrink grid (rows x segments x rank/4 blocks) is three times larger,
+// which is what a 64-row, rank-16 step needs to keep enough loads in flight. Per output element
+// the arithmetic is the plain launch's (expand_block is shared), so results are bitwise those
+// of the separate launches; no atomics, and the launch shape depends on the segment layout
+// only (part of the step key), so recorded graphs stay valid.
+// Expanding into the base product's output: the expand already adds into the output the GEMM
+// wrote (orow[c] += ...), so there is no separate delta buffer and no extra pass beyond that
+// read-modify-write, n x out x 8 bytes per projection (a quarter of a rank-16 segment's B
+// bytes at out = 4096). Folding it into the GEMM's epilogue needs our own GEMM for batch 64
+// (cuBLAS takes none); not done here.
+// The byte-bound ceiling of adapters ÷ no adapters at batch 64 is W / (W + A): a step must read
+// the weights W once and every row's adapter factors A once. Llama-3-8B shape, rank 16 on all
+// seven projections: r·(in + out)·2 bytes per projection = 2.62 MB per layer per adapter,
+// 84 MB over 32 layers, 5.37 GB for 64 distinct adapters beside W = 16.1 GB: 0.75. Rank-8 q/v
+// only (S-LoRA's setting): 0.21 MB per layer per adapter, 0.44 GB for 64: 16.1 / 16.54 = 0.97.
+// Switch: LORAPLEX_LORA_GROUP=on|off (cuda.New), Backend.SetLoRAGroup.
 #include "common.cuh"
 
 #define SHRINK_WARPS 4
@@ -85,8 +108,10 @@ __device__ __forceinline__ bool expand_vec(const lp_lora_seg& sg) {
     return (sg.rank % 8) == 0 && ((uintptr_t)sg.b % 16) == 0;
 }
 
-__global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int out_dim) {
-    const lp_lora_seg sg = segs[blockIdx.y];
+// expand_block is one expand block's work: row blockIdx.x of segment sg, columns of chunk
+// blockIdx.z of out [rows, out_dim]. Shared by the plain and the grouped expand, so a grouped
+// projection gets exactly the arithmetic of its own launch.
+__device__ __forceinline__ void expand_block(float* out, int out_dim, const lp_lora_seg& sg, const float* scratch) {
     const int r = blockIdx.x;
     if (r >= sg.n) return;  // uniform over the block: no thread reaches the barrier
     __shared__ float t[LP_MAX_LORA_RANK];
@@ -97,6 +122,22 @@ __global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const fl
     const bool vec = expand_vec(sg);
     for (int c = blockIdx.z * EXPAND_COLS + threadIdx.x; c < c_end; c += blockDim.x)
         orow[c] += sg.scale * expand_dot(sg.b, sg.rank, vec, t, c);
+}
+
+__global__ void lora_expand_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int out_dim) {
+    const lp_lora_seg sg = segs[blockIdx.y];
+    expand_block(out, out_dim, sg, scratch);
+}
+
+// Grouped expand: segment blockIdx.y belongs to the first group whose end is past it; column
+// chunks beyond that group's width (grid z covers the widest) exit at once.
+__global__ void lora_expand_group_kernel(lp_lora_outs outs, const lp_lora_seg* segs, const float* scratch) {
+    int g = 0;
+    while (g + 1 < outs.groups && (int)blockIdx.y >= outs.end[g]) g++;
+    const int out_dim = outs.out_dim[g];
+    if ((int)blockIdx.z * EXPAND_COLS >= out_dim) return;  // uniform over the block
+    const lp_lora_seg sg = segs[blockIdx.y];
+    expand_block(outs.out[g], out_dim, sg, scratch);
 }
 
 // Row-major routed expand: grid (row, column chunk); the block adds row i's k segments
@@ -137,6 +178,28 @@ extern "C" int lp_lora(float* out, const float* x, const lp_lora_seg* segs_devic
         lora_shrink_kernel<false, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
     dim3 g2(max_rows, num_segs, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
     lora_expand_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim);
+    LP_CHECK_LAUNCH();
+}
+
+extern "C" int lp_lora_group(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
+                             int max_rank, float* scratch, int in_dim, lp_stream s) {
+    if (num_segs <= 0) return 0;
+    if (outs.groups < 1 || outs.groups > LP_LORA_GROUP || outs.end[outs.groups - 1] != num_segs || max_rows <= 0 ||
+        max_rank <= 0 || max_rank > LP_MAX_LORA_RANK || num_segs > 65535 || in_dim <= 0)
+        return (int)cudaErrorInvalidValue;
+    int chunks = 0;
+    for (int g = 0; g < outs.groups; g++) {
+        if (outs.out_dim[g] <= 0 || (g > 0 && outs.end[g] < outs.end[g - 1])) return (int)cudaErrorInvalidValue;
+        const int c = (outs.out_dim[g] + EXPAND_COLS - 1) / EXPAND_COLS;
+        if (c > chunks) chunks = c;
+    }
+    dim3 g1(max_rows, num_segs, (max_rank + SHRINK_WARPS - 1) / SHRINK_WARPS);
+    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+        lora_shrink_kernel<true, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+    else
+        lora_shrink_kernel<false, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+    dim3 g2(max_rows, num_segs, chunks);
+    lora_expand_group_kernel<<<g2, 256, 0, as_stream(s)>>>(outs, segs_device, scratch);
     LP_CHECK_LAUNCH();
 }
 

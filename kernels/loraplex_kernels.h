@@ -81,6 +81,9 @@ int lp_cublas_set_workspace(void* handle, void* ws, size_t bytes);
 // W at memory bandwidth. Needs k % 8 == 0 and 16-byte aligned x and W.
 #define LP_GEMV_MAX_ROWS 8
 int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, lp_stream s);
+// The gate and up products and SwiGLU in one launch for the same rows: act[n, m] =
+// silu(x · Wgᵀ) * (x · Wuᵀ), Wg and Wu [m, k]; the same alignment rules.
+int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act, lp_stream s);
 
 // convert.cu
 int lp_f32_to_bf16(uint16_t* dst, const float* src, size_t n, lp_stream s);
@@ -101,15 +104,25 @@ int lp_silu_mul(float* out, const float* gate, const float* up, size_t n, lp_str
 int lp_rope(float* x, const int32_t* positions, const float* table, int rows, int heads, int dim, lp_stream s);
 // kvcache.cu: write k, v [n, width] (fp32) into bf16 caches at slots.
 int lp_store_kv(uint16_t* kcache, uint16_t* vcache, const float* k, const float* v, const int32_t* slots, int n, int width, lp_stream s);
+// decode_fused.cu: lp_rope(q [n, heads*head_dim]), lp_rope(k [n, kv_heads*head_dim]) and
+// lp_store_kv(k, v) in one launch, leaving q, k and the caches as those three leave them.
+int lp_rope_store_kv(float* q, float* k, const float* v, uint16_t* kcache, uint16_t* vcache,
+                     const int32_t* positions, const int32_t* slots, const float* table, int n, int heads,
+                     int kv_heads, int head_dim, lp_stream s);
 // attention.cu: causal attention over the paged cache for the rows listed in rows[0..n) (decode
 // rows). Row r belongs to sequence row_seq[r]; that sequence's block table starts at
-// page_table[seq_pages[row_seq[r]]].
+// page_table[seq_pages[row_seq[r]]]. Split-K: a row attending to V positions splits them into
+// min(splits, ceil(V / split_chunk)) chunks (1 <= splits <= LP_DECODE_MAX_SPLITS).
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
-                 float scale, float* scratch, lp_stream s);
-// Scratch floats lp_attention needs for n rows: split-K partial outputs and softmax states.
-size_t lp_attention_scratch_floats(int n, int heads, int head_dim);
+                 float scale, int splits, int split_chunk, float* scratch, lp_stream s);
+// The fill rule's split count for n decode rows (LP_DECODE_SPLITS halved until the blocks just
+// fill the device's SMs), used with split_chunk 1.
+int lp_decode_fill_splits(int n, int heads);
+// Scratch floats lp_attention needs for n rows split up to splits ways: partial outputs and
+// softmax states.
+size_t lp_attention_scratch_floats(int n, int heads, int head_dim, int splits);
 
 // attention_prefill.cu: the same for prefill chunks, one block per tile of up to 32
 // consecutive rows of one sequence; tiles[3*i..] = {first row, rows, sequence}.
@@ -140,6 +153,21 @@ typedef struct {
 } lp_lora_seg;
 int lp_lora(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
             float* scratch, int in_dim, int out_dim, lp_stream s);
+
+// lora.cu, grouped: the segments of up to LP_LORA_GROUP projections that read the same x
+// (q/k/v, gate/up) in one shrink and one expand launch. segs_device holds group 0's segments,
+// then group 1's, ... (group g's end at index end[g], exclusive), their scratch offsets
+// disjoint; group g adds into out[g] [rows, out_dim[g]]. Per output element the same arithmetic
+// as lp_lora of that group alone. groups > LP_LORA_GROUP is cudaErrorInvalidValue.
+#define LP_LORA_GROUP 3
+typedef struct {
+    float* out[LP_LORA_GROUP];
+    int out_dim[LP_LORA_GROUP];
+    int end[LP_LORA_GROUP];
+    int groups;
+} lp_lora_outs;
+int lp_lora_group(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
+                  int max_rank, float* scratch, int in_dim, lp_stream s);
 
 // lora.cu, routed: rows row-major groups of k one-row segments (segs[i*k + p]: row i's p-th
 // choice, all k naming the same output row, N = 0 when absent, disjoint scratch offsets).

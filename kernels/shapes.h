@@ -6,7 +6,9 @@
 #define LP_MAX_HEAD_DIM 256   // attention keeps a head's slice in registers: 8 floats per lane
 #define LP_MAX_LORA_RANK 256  // shrink writes one scratch row of at most this many values
 #define LP_ATTN_WARPS 4       // warps of a prefill attention block (query rows per warp = 32 / this)
-#define LP_DECODE_SPLITS 8    // split-K chunks per decode (row, head); fixed so graphs stay valid
+#define LP_DECODE_SPLITS 8    // decode split-K, fill rule: most chunks per (row, head) (attention.cu)
+#define LP_DECODE_MAX_SPLITS 32     // decode split-K, context rule: most chunks per (row, head)
+#define LP_DECODE_SPLIT_CHUNK 128   // decode split-K, context rule: fewest positions per chunk
 #define LP_ROUTE_MAX_ROWS 64  // router gate rows (experts + nulls): a 64-bit mask marks the chosen
 #define LP_ROUTE_MAX_K 8      // router top-k: a thread keeps the selection and its weights in arrays this long;
                               // the routed expand keeps a row's k segments and intermediates in shared memory

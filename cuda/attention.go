@@ -1,0 +1,83 @@
+//go:build cuda
+
+package cuda
+
+// #include "shims.h"
+import "C"
+
+import (
+	"fmt"
+	"os"
+)
+
+// DecodeSplit chooses how decode attention splits a row's context over blocks (split-K,
+// kernels/attention.cu has the design): LORAPLEX_DECODE_SPLIT=fill|context|off, or
+// Backend.SetDecodeSplit.
+type DecodeSplit int
+
+const (
+	// DecodeSplitFill splits only as far as it takes to fill the GPU (by the step's row count):
+	// the fastest at short contexts, but a row's last bits may depend on its batch.
+	DecodeSplitFill DecodeSplit = iota
+	// DecodeSplitContext splits each row by its own context length (LP_DECODE_SPLIT_CHUNK
+	// positions a chunk at least, up to LP_DECODE_MAX_SPLITS chunks): batch-invariant, and
+	// long contexts spread over the GPU at any batch size.
+	DecodeSplitContext
+	// DecodeSplitOff runs every (row, head) in one block.
+	DecodeSplitOff
+)
+
+func (d DecodeSplit) String() string {
+	switch d {
+	case DecodeSplitFill:
+		return "fill"
+	case DecodeSplitContext:
+		return "context"
+	case DecodeSplitOff:
+		return "off"
+	}
+	return fmt.Sprintf("DecodeSplit(%d)", int(d))
+}
+
+// decodeSplitFromEnv reads LORAPLEX_DECODE_SPLIT (fill, the default, when unset or unknown).
+func decodeSplitFromEnv() DecodeSplit {
+	for _, d := range []DecodeSplit{DecodeSplitFill, DecodeSplitContext, DecodeSplitOff} {
+		if os.Getenv("LORAPLEX_DECODE_SPLIT") == d.String() {
+			return d
+		}
+	}
+	return DecodeSplitFill
+}
+
+// SetDecodeSplit chooses the split rule for the following steps (recorded graphs hold the
+// other rule's launches, so they are dropped).
+func (b *Backend) SetDecodeSplit(d DecodeSplit) {
+	if d < DecodeSplitFill || d > DecodeSplitOff {
+		panic(fmt.Sprintf("cuda: SetDecodeSplit(%d)", int(d)))
+	}
+	if b.decodeSplit != d {
+		b.dropGraphs()
+	}
+	b.decodeSplit = d
+}
+
+// contextSplits is the context rule's split count for a row at position pos: what the kernel
+// gives a row that sees every position up to pos (a sliding window can only lower it, so this
+// bounds the grid depth the step needs).
+func contextSplits(pos int32) int {
+	chunk := int(C.LP_DECODE_SPLIT_CHUNK)
+	return min(int(C.LP_DECODE_MAX_SPLITS), (int(pos)+chunk)/chunk)
+}
+
+// decodeSplits returns the grid depth and chunk floor of this step's decode attention over n
+// rows: the fill rule's depth follows n (part of the step key), the context rule's the step's
+// longest context (Prepare, added to the key by BeginStep).
+func (b *Backend) decodeSplits(n, heads int) (splits, chunk int) {
+	switch b.decodeSplit {
+	case DecodeSplitContext:
+		return b.ctxSplits, int(C.LP_DECODE_SPLIT_CHUNK)
+	case DecodeSplitOff:
+		return 1, 1
+	}
+	return int(C.lp_decode_fill_splits(C.int(n), C.int(heads))), 1
+}

@@ -1,0 +1,142 @@
+//go:build cuda
+
+package cuda
+
+// #include "shims.h"
+import "C"
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// Fused decode kernels (kernels/decode_fused.cu, kernels/gemv.cu) and the switches that turn the
+// fused paths of issue 15 on and off, so one benchmark run can compare both sides:
+//
+//	LORAPLEX_FUSED_DECODE=on|off   RoPE + KV store and gate/up + SiLU in one launch each (DecodeFuser)
+//	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
+//	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
+//
+// Unset (or any other value) keeps the default below. The defaults stay on the paths measured
+// before until the kernels' GPU tests (TestFusedDecodeOps, TestLoRAGroupSweep,
+// TestDecodeSplitRules, TestFusedFixturesCUDA) have passed on a GPU machine.
+const (
+	fusedDecodeDefault = false
+	loraGroupDefault   = false
+)
+
+// envSwitch reads an on/off switch from the environment.
+func envSwitch(name string, def bool) bool {
+	switch os.Getenv(name) {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	return def
+}
+
+var _ model.DecodeFuser = (*Backend)(nil)
+
+// SetFusedDecode turns the fused decode kernels on or off for the following steps (for tests
+// and benchmarks that compare both paths). Recorded graphs hold the other path's launches, so
+// they are dropped.
+func (b *Backend) SetFusedDecode(on bool) {
+	if b.fusedDecode != on {
+		b.dropGraphs()
+	}
+	b.fusedDecode = on
+}
+
+// RoPEStoreKV implements model.DecodeFuser: RoPE of q and k and the KV store in one launch, for
+// steps of any size (prefill chunks gain less, but lose nothing).
+func (b *Backend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads int, table model.Tensor) bool {
+	if !b.fusedDecode {
+		return false
+	}
+	d := b.kv.HeadDim
+	n, width := len(b.step.Positions), b.kv.KVHeads*d
+	if kvHeads != b.kv.KVHeads || heads <= 0 || heads%kvHeads != 0 || q.Rows != n || q.Cols != heads*d || k.Rows != n ||
+		v.Rows != n || k.Cols != width || v.Cols != width || len(b.step.Slots) != n || table.Cols != d ||
+		layer < 0 || layer >= len(b.kcache) || q.DType != model.F32 || k.DType != model.F32 || v.DType != model.F32 {
+		panic(fmt.Sprintf("cuda: RoPEStoreKV layer %d q %s k %s v %s heads %d/%d dim %d table %s for %d rows",
+			layer, q.Shape(), k.Shape(), v.Shape(), heads, kvHeads, d, table.Shape(), n))
+	}
+	for _, p := range b.step.Positions {
+		if int(p) >= table.Rows {
+			panic(fmt.Sprintf("cuda: RoPEStoreKV position %d beyond the table's %d", p, table.Rows))
+		}
+	}
+	if !b.launch() || n == 0 {
+		return true
+	}
+	b.ok("rope_store_kv", C.s_rope_store_kv(ptr(q), ptr(k), ptr(v), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
+		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.stream))
+	return true
+}
+
+// GateUpSiLU implements model.DecodeFuser for the products MatMul sends to the GEMV kernel (at
+// most gemvRows rows, aligned): both products and SwiGLU in one launch. Bigger steps go to
+// cuBLAS unfused (false), where the products dominate and one launch more is noise.
+func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
+	if x.Cols != wGate.Cols || x.Cols != wUp.Cols || wGate.Rows != wUp.Rows || act.Rows != x.Rows || act.Cols != wGate.Rows ||
+		wGate.DType != model.BF16 || wUp.DType != model.BF16 || x.DType != model.F32 || act.DType != model.F32 {
+		panic(fmt.Sprintf("cuda: GateUpSiLU act %s = x %s · gate %s, up %s", act.Shape(), x.Shape(), wGate.Shape(), wUp.Shape()))
+	}
+	if !b.fusedDecode || x.Rows == 0 || x.Rows > b.gemvRows || x.Cols%8 != 0 ||
+		uintptr(ptr(x))%16 != 0 || uintptr(ptr(wGate))%16 != 0 || uintptr(ptr(wUp))%16 != 0 {
+		return false
+	}
+	if !b.launch() {
+		return true
+	}
+	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.stream))
+	return true
+}
+
+var _ model.LoRAGrouper = (*Backend)(nil)
+
+// SetLoRAGroup turns the grouped LoRA launches on or off for the following steps (recorded
+// graphs hold the other path's launches, so they are dropped).
+func (b *Backend) SetLoRAGroup(on bool) {
+	if b.loraGroup != on {
+		b.dropGraphs()
+	}
+	b.loraGroup = on
+}
+
+// LoRAGroup implements model.LoRAGrouper: the segments of up to LP_LORA_GROUP projections that
+// read x go into the ring one group after the other, with disjoint scratch, and one shrink
+// and one expand launch cover them all (kernels/lora.cu).
+func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.LoRASeg) bool {
+	if len(outs) != len(segs) {
+		panic(fmt.Sprintf("cuda: LoRAGroup of %d outputs with %d segment lists", len(outs), len(segs)))
+	}
+	if !b.loraGroup || len(outs) > loraGroupMax {
+		return false
+	}
+	maxRows, maxRank, tmp, total := 0, 0, 0, 0
+	for g, out := range outs {
+		r, k, n := checkSegs(out, x, segs[g])
+		maxRows, maxRank, tmp, total = max(maxRows, r), max(maxRank, k), tmp+n, total+len(segs[g])
+	}
+	if total == 0 || b.failed() || !b.reserveSegs(total, tmp) {
+		return true
+	}
+	var ptrs, dims, ends [loraGroupMax]C.uintptr_t
+	at, toff := b.segUsed, 0
+	for g, out := range outs {
+		toff = b.putSegs(at, segs[g], toff)
+		at += len(segs[g])
+		ptrs[g], dims[g], ends[g] = ptr(out), C.uintptr_t(out.Cols), C.uintptr_t(at-b.segUsed)
+	}
+	table, ok := b.commitSegs(total)
+	if !ok {
+		return true
+	}
+	b.ok("lora group", C.s_lora_group(&ptrs[0], &dims[0], &ends[0], C.int(len(outs)), ptr(x), table, C.int(total), C.int(maxRows), C.int(maxRank),
+		C.uintptr_t(b.loraTmp), C.int(x.Cols), b.stream))
+	return true
+}
