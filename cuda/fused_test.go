@@ -480,3 +480,70 @@ func TestFusedFixturesCUDA(t *testing.T) {
 		t.Fatal("no decode step was recorded as a CUDA graph")
 	}
 }
+
+// Under the context split rule a recorded decode step replays only for steps of the same grid
+// depth: one sequence decoding across 128 and 256 positions (1, 2, then 3 splits) gives bitwise
+// the logits of direct launches with graphs on, and the depths get recordings of their own.
+func TestContextSplitGraphsMatchDirect(t *testing.T) {
+	const name, pageSize, steps = "llama", 16, 300
+	var logits [2][][]float32
+	graphs := 0
+	for i, on := range []bool{false, true} {
+		b := newGPU(t)
+		b.SetGraphs(on)
+		b.SetDecodeSplit(cuda.DecodeSplitContext)
+		b.SetFusedDecode(true)
+		cfg, err := model.LoadConfig(fixture.Dir(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages := (steps + pageSize - 1) / pageSize
+		r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: 8, MaxLogitRows: 1, MaxContext: steps,
+			KV: model.KVSpec{Pages: pages, PageSize: pageSize}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		table := make([]int32, pages)
+		for p := range table {
+			table[p] = int32(pages - 1 - p)
+		}
+		decode := func(pos int) []float32 {
+			s := model.Step{Tokens: []int32{int32(pos * 7 % cfg.VocabSize)}, Positions: []int32{int32(pos)},
+				Slots:     []int32{table[pos/pageSize]*pageSize + int32(pos%pageSize)},
+				Seqs:      []model.SeqRows{{Start: 0, N: 1, Len: pos + 1, Pages: table}},
+				LogitRows: []int32{0}}
+			out := make([]float32, cfg.VocabSize)
+			if err := r.Forward(&s, []*model.Adapter{nil}, out); err != nil {
+				t.Fatal(err)
+			}
+			return out
+		}
+		// One unrecorded step at the longest context first sizes the split scratch for every
+		// depth, so that no growth drops the recordings below (which would hide a replay of the
+		// wrong depth). Its logits read unwritten cache positions and are not compared.
+		b.SetGraphs(false)
+		decode(steps - 1)
+		b.SetGraphs(on)
+		for pos := 0; pos < steps; pos++ {
+			logits[i] = append(logits[i], decode(pos))
+		}
+		if on {
+			graphs = b.GraphCount()
+		}
+		w.Close()
+	}
+	for pos := range logits[0] {
+		for j, v := range logits[0][pos] {
+			if math.Float32bits(v) != math.Float32bits(logits[1][pos][j]) {
+				t.Fatalf("position %d: logit %d is %v direct, %v replayed", pos, j, v, logits[1][pos][j])
+			}
+		}
+	}
+	if graphs != 3 {
+		t.Fatalf("%d recordings for decode steps of 1, 2 and 3 splits, want one each", graphs)
+	}
+}
