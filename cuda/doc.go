@@ -14,4 +14,8 @@
 // Storage: activations fp32; weight matrices, the paged KV cache and LoRA matrices bf16
 // (weights given as F32 or F16 are rounded to bf16 on upload); norm weights and biases fp32.
 // GEMMs run on tensor cores in bf16 with fp32 accumulation through cuBLAS.
+//
+// Alternative kernel paths are chosen per backend, by environment variables read in New and by
+// setters for tests and benchmarks: LORAPLEX_PREFILL_ATTENTION (backend.go), LORAPLEX_FUSED_DECODE
+// and LORAPLEX_LORA_GROUP (fused.go), LORAPLEX_DECODE_SPLIT (attention.go).
 package cuda

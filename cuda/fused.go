@@ -19,9 +19,10 @@ import (
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //
-// Unset (or any other value) keeps the default below. The defaults stay on the paths measured
-// before until the kernels' GPU tests (TestFusedDecodeOps, TestLoRAGroupSweep,
-// TestDecodeSplitRules, TestFusedFixturesCUDA) have passed on a GPU machine.
+// Unset (or any other value) keeps the default: off, off and fill, the paths measured before,
+// until the kernels' GPU tests (TestFusedRoPEStoreKV, TestFusedGateUpSiLU, TestLoRAGroupSweep,
+// TestDecodeSplitRules, TestContextSplitGraphsMatchDirect, TestFusedFixturesCUDA) have passed on
+// a GPU machine and a benchmark run has compared both sides.
 const (
 	fusedDecodeDefault = false
 	loraGroupDefault   = false
