@@ -39,13 +39,14 @@ type Backend struct {
 	offLogit              int
 	offTiles, offRows     int // prefill tiles {first row, rows, sequence} and the decode row list
 	numTiles, numRows     int
-	tileRows              int         // rows per prefill tile of this step: prefillTile, or prefillMMATile on the tensor-core path
-	simtPrefill           bool        // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
-	fusedDecode           bool        // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
-	loraGroup             bool        // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
-	decodeSplit           DecodeSplit // decode attention's split rule (attention.go)
-	ctxSplits             int         // the context rule's grid depth for this step: its decode rows' largest split count
-	keyBuf                []byte      // the step key with what the backend adds to it (BeginStep)
+	tileRows              int           // rows per prefill tile of this step: prefillTile, or prefillMMATile on the tensor-core path
+	simtPrefill           bool          // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
+	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
+	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
+	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
+	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
+	keyBuf                []byte        // the step key with what the backend adds to it (BeginStep)
+	groupArgs             loraGroupArgs // LoRAGroup's launch arguments (fused.go)
 	step                  *model.Step
 
 	kv     model.KVSpec

@@ -99,6 +99,12 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 
 var _ model.LoRAGrouper = (*Backend)(nil)
 
+// loraGroupArgs are lp_lora_group's outputs, their widths and the groups' ends in the segment
+// table, for the shim that fills lp_lora_outs.
+type loraGroupArgs struct {
+	outs, dims, ends [loraGroupMax]C.uintptr_t
+}
+
 // SetLoRAGroup turns the grouped LoRA launches on or off for the following steps (recorded
 // graphs hold the other path's launches, so they are dropped).
 func (b *Backend) SetLoRAGroup(on bool) {
@@ -126,18 +132,18 @@ func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.
 	if total == 0 || b.failed() || !b.reserveSegs(total, tmp) {
 		return true
 	}
-	var ptrs, dims, ends [loraGroupMax]C.uintptr_t
+	a := &b.groupArgs // in the backend, not on the stack: the cgo call would move them to the heap every call
 	at, toff := b.segUsed, 0
 	for g, out := range outs {
 		toff = b.putSegs(at, segs[g], toff)
 		at += len(segs[g])
-		ptrs[g], dims[g], ends[g] = ptr(out), C.uintptr_t(out.Cols), C.uintptr_t(at-b.segUsed)
+		a.outs[g], a.dims[g], a.ends[g] = ptr(out), C.uintptr_t(out.Cols), C.uintptr_t(at-b.segUsed)
 	}
 	table, ok := b.commitSegs(total)
 	if !ok {
 		return true
 	}
-	b.ok("lora group", C.s_lora_group(&ptrs[0], &dims[0], &ends[0], C.int(len(outs)), ptr(x), table, C.int(total), C.int(maxRows), C.int(maxRank),
+	b.ok("lora group", C.s_lora_group(&a.outs[0], &a.dims[0], &a.ends[0], C.int(len(outs)), ptr(x), table, C.int(total), C.int(maxRows), C.int(maxRank),
 		C.uintptr_t(b.loraTmp), C.int(x.Cols), b.stream))
 	return true
 }
