@@ -47,6 +47,7 @@ type Backend struct {
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
 	keyBuf                []byte        // the step key with what the backend adds to it (BeginStep)
 	groupArgs             loraGroupArgs // LoRAGroup's launch arguments (fused.go)
+	gemvArgs              gemvPartsArgs // MatMulShared's launch arguments (fused.go)
 	step                  *model.Step
 
 	kv     model.KVSpec
@@ -306,6 +307,8 @@ const (
 	prefillMMATile = int(C.LP_PREFILL_MMA_TILE)
 	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
 	loraGroupMax = int(C.LP_LORA_GROUP)
+	// gemvPartsMax: products one MatMulShared launch takes (q/k/v).
+	gemvPartsMax = int(C.LP_GEMV_PARTS)
 )
 
 // tensorCorePrefillDefault: whether prefill attention runs on the tensor-core kernel unless

@@ -15,12 +15,12 @@ import (
 // Fused decode kernels (kernels/decode_fused.cu, kernels/gemv.cu) and the switches that turn the
 // fused paths of issue 15 on and off, so one benchmark run can compare both sides:
 //
-//	LORAPLEX_FUSED_DECODE=on|off   RoPE + KV store and gate/up + SiLU in one launch each (DecodeFuser)
+//	LORAPLEX_FUSED_DECODE=on|off   q/k/v products, RoPE + KV store, gate/up + SiLU in one launch each (DecodeFuser)
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //
 // Unset (or any other value) keeps the default: off, off and fill, the paths measured before,
-// until the kernels' GPU tests (TestFusedRoPEStoreKV, TestFusedGateUpSiLU, TestLoRAGroupSweep,
+// until the kernels' GPU tests (TestFusedMatMulShared, TestFusedRoPEStoreKV, TestFusedGateUpSiLU, TestLoRAGroupSweep,
 // TestDecodeSplitRules, TestContextSplitGraphsMatchDirect, TestFusedFixturesCUDA) have passed on
 // a GPU machine and a benchmark run has compared both sides.
 const (
@@ -49,6 +49,43 @@ func (b *Backend) SetFusedDecode(on bool) {
 		b.dropGraphs()
 	}
 	b.fusedDecode = on
+}
+
+// gemvPartsArgs are lp_gemv_parts_bf16's weights, outputs and the parts' column ends, for the
+// shim that fills lp_gemv_parts (kept in the backend: a cgo call would move stack arrays to the
+// heap every call).
+type gemvPartsArgs struct {
+	ws, ys, ends [gemvPartsMax]C.uintptr_t
+}
+
+// MatMulShared implements model.DecodeFuser for the products MatMul sends to the GEMV kernel (at
+// most gemvRows rows, aligned): the products of one input (q/k/v, gate/up) in one launch, each
+// part bitwise what its own GEMV gives. Bigger steps go to cuBLAS one product at a time (false).
+func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
+	if len(outs) != len(ws) {
+		panic(fmt.Sprintf("cuda: MatMulShared of %d outputs with %d weights", len(outs), len(ws)))
+	}
+	aligned := x.Cols%8 == 0 && uintptr(ptr(x))%16 == 0
+	for i, w := range ws {
+		out := outs[i]
+		if x.Cols != w.Cols || out.Rows != x.Rows || out.Cols != w.Rows || w.DType != model.BF16 || x.DType != model.F32 || out.DType != model.F32 {
+			panic(fmt.Sprintf("cuda: MatMulShared out %s = x %s · wᵀ %s (%s)", out.Shape(), x.Shape(), w.Shape(), w.DType))
+		}
+		aligned = aligned && uintptr(ptr(w))%16 == 0 && w.Rows > 0
+	}
+	if !b.fusedDecode || !aligned || len(ws) > gemvPartsMax || x.Rows == 0 || x.Rows > b.gemvRows {
+		return false
+	}
+	if !b.launch() {
+		return true
+	}
+	a, end := &b.gemvArgs, 0
+	for i, w := range ws {
+		end += w.Rows
+		a.ws[i], a.ys[i], a.ends[i] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
+	}
+	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+	return true
 }
 
 // RoPEStoreKV implements model.DecodeFuser: RoPE of q and k and the KV store in one launch, for

@@ -5,10 +5,14 @@
 // Launches per decoder layer in a batch-1 step (Llama, no bias, no adapters, split-K attention):
 //   before: add+RMSNorm 1, q/k/v GEMV 3, RoPE 2, KV store 1, attention 2 (split + merge),
 //           o GEMV 1, add+RMSNorm 1, gate/up GEMV 2, SiLU·up 1, down GEMV 1            = 15
-//   after:  add+RMSNorm 1, q/k/v GEMV 3, RoPE+KV store 1, attention 2, o GEMV 1,
-//           add+RMSNorm 1, gate/up GEMV + SiLU·up 1 (gemv.cu), down GEMV 1             = 11
+//   after:  add+RMSNorm 1, q/k/v GEMV 1 (gemv.cu, parts), RoPE+KV store 1, attention 2,
+//           o GEMV 1, add+RMSNorm 1, gate/up GEMV + SiLU·up 1 (gemv.cu), down GEMV 1     = 9
 // The residual add and the RMSNorm that follows were already one kernel (lp_add_rmsnorm writes
-// both the new residual and the normed input). Q/K norms (Qwen3) stay separate launches.
+// both the new residual and the normed input). Q/K norms (Qwen3) and biases (Qwen2) stay
+// separate launches. With adapters on gate/up the products go through the parts GEMV (one
+// launch) and the SiLU stays separate, since the deltas come between them. A norm fused into the
+// next GEMV's prologue is not done: each GEMV warp would recompute the row's norm (or a grid-wide
+// barrier would be needed), and the add+RMSNorm launch is one of 9.
 //
 // lp_rope_store_kv: one block per (row, head slot): slots 0..heads-1 rotate a query head in place;
 // slots heads.. rotate a key head in place and write it and the matching value head to the bf16
@@ -25,7 +29,8 @@
 // shape depends only on the row count and the head counts (both fixed by a step's key); positions
 // and slots are read from the step's metadata, which replays re-upload.
 //
-// Off switch: LORAPLEX_FUSED_DECODE=off (or on), read by cuda.New; Backend.SetFusedDecode.
+// Off switch: LORAPLEX_FUSED_DECODE=off (or on), read by cuda.New; Backend.SetFusedDecode. It
+// turns all three fusions (q/k/v parts GEMV, RoPE + KV store, gate/up + SwiGLU) on or off together.
 #include "common.cuh"
 
 __global__ void rope_store_kv_kernel(float* q, float* k, const float* v, uint16_t* kc, uint16_t* vc,

@@ -30,11 +30,11 @@ __device__ __forceinline__ void gemv_accumulate(float (&acc)[N], const uint4 v, 
     }
 }
 
+// gemv_column is one warp's work: output column j of y [n, m] (row stride m).
 template <int N>
-__global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta) {
+__device__ __forceinline__ void gemv_column(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta,
+                                            int j) {
     const int lane = threadIdx.x & 31;
-    const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (j >= m) return;
     const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
     float acc[N];
 #pragma unroll
@@ -59,6 +59,52 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
             *out = beta != 0.f ? alpha * s + beta * *out : alpha * s;
         }
     }
+}
+
+template <int N>
+__global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta) {
+    const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (j >= m) return;
+    gemv_column<N>(y, x, w, m, k, alpha, beta, j);
+}
+
+// The products of one input by up to LP_GEMV_PARTS matrices (q/k/v) in one launch: the launch's
+// columns are the parts' columns one part after the other, and warp c computes column
+// c - end[g-1] of the part g it falls in, with gemv_column, so each part's result is bitwise what
+// its own lp_gemv_bf16 gives. One launch over q/k/v (6,144 columns in the Llama-3-8B shape)
+// instead of three: k and v alone (1,024 columns, 128 blocks) do not fill 132 SMs and streamed
+// at 1.4 TB/s in bench/results/gpu-h200.md; inside q's launch they ride its waves.
+template <int N>
+__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k) {
+    const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (c >= p.end[p.parts - 1]) return;
+    int g = 0;
+    while (c >= p.end[g]) g++;
+    const int first = g > 0 ? p.end[g - 1] : 0;
+    gemv_column<N>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first);
+}
+
+extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, lp_stream s) {
+    if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || ((uintptr_t)x % 16) != 0 || parts.parts < 1 ||
+        parts.parts > LP_GEMV_PARTS)
+        return (int)cudaErrorInvalidValue;
+    for (int g = 0; g < parts.parts; g++)
+        if (((uintptr_t)parts.w[g] % 16) != 0 || parts.end[g] <= (g > 0 ? parts.end[g - 1] : 0))
+            return (int)cudaErrorInvalidValue;
+    dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
+    dim3 block(32 * GEMV_WARPS);
+    cudaStream_t st = as_stream(s);
+    switch (n) {
+        case 1: gemv_parts_kernel<1><<<grid, block, 0, st>>>(parts, x, k); break;
+        case 2: gemv_parts_kernel<2><<<grid, block, 0, st>>>(parts, x, k); break;
+        case 3: gemv_parts_kernel<3><<<grid, block, 0, st>>>(parts, x, k); break;
+        case 4: gemv_parts_kernel<4><<<grid, block, 0, st>>>(parts, x, k); break;
+        case 5: gemv_parts_kernel<5><<<grid, block, 0, st>>>(parts, x, k); break;
+        case 6: gemv_parts_kernel<6><<<grid, block, 0, st>>>(parts, x, k); break;
+        case 7: gemv_parts_kernel<7><<<grid, block, 0, st>>>(parts, x, k); break;
+        default: gemv_parts_kernel<8><<<grid, block, 0, st>>>(parts, x, k); break;
+    }
+    LP_CHECK_LAUNCH();
 }
 
 // SwiGLU into the down projection's input (decode_fused.cu has the launch count it saves): one

@@ -146,6 +146,9 @@ type UploadAliaser interface {
 // then runs the unfused ops itself. The answer may depend only on what the StepRecorder key
 // fixes (row counts, the backend's own switches), so a recorded step replays the same calls.
 type DecodeFuser interface {
+	// MatMulShared is MatMul(outs[i], x, ws[i]) for every i: the products of one input (q/k/v,
+	// gate/up) in one launch.
+	MatMulShared(outs []Tensor, x Tensor, ws []Tensor) bool
 	// RoPEStoreKV is RoPE(q as [N*heads, HeadDim]), RoPE(k as [N*kvHeads, HeadDim]) with table,
 	// then StoreKV(layer, k, v): q and k are left rotated, as the three ops leave them.
 	RoPEStoreKV(layer int, q, k, v Tensor, heads, kvHeads int, table Tensor) bool

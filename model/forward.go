@@ -34,7 +34,7 @@ type Runner struct {
 	attnParams                                AttnParams
 	fuser                                     DecodeFuser // nil: the backend fuses nothing
 	grouper                                   LoRAGrouper // nil: one LoRA call per projection
-	groupOuts                                 [3]Tensor   // outputs of a projection group (projShared), kept here so steps allocate nothing
+	groupOuts, groupWs                        [3]Tensor   // outputs and weights of a projection group (projShared), kept here so steps allocate nothing
 	groupSegs                                 [3][]LoRASeg
 	keyBuf                                    []byte
 	id                                        uint64
@@ -337,28 +337,35 @@ var (
 	gateUpProjs = []Proj{ProjGate, ProjUp}
 )
 
-// projShared computes the projections ps of one input into outs: every base product (and bias)
-// first, then the group's LoRA deltas in one LoRAGrouper call where the backend has one. Each
-// output receives the same additions in the same order as proj gives it. Routed steps take
-// proj's path (their deltas are routed per projection).
+// projShared computes the projections ps of one input into outs: the base products (in one
+// MatMulShared call where the backend fuses them), then the biases, then the group's LoRA deltas
+// (in one LoRAGrouper call where the backend has one). Each output receives the same additions
+// in the same order as proj gives it. Routed steps take proj's path (their deltas are routed per
+// projection).
 func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
-	if r.grouper == nil || r.routing.seqs > 0 {
+	if (r.fuser == nil && r.grouper == nil) || r.routing.seqs > 0 {
 		for i, p := range ps {
 			r.proj(outs[i], in, l, p)
 		}
 		return
 	}
 	L := &r.W.Layers[l]
-	segs, adapted := r.groupSegs[:len(ps)], false
+	ws, segs, adapted := r.groupWs[:len(ps)], r.groupSegs[:len(ps)], false
 	for i, p := range ps {
-		r.B.MatMul(outs[i], in, L.W[p])
+		ws[i], segs[i] = L.W[p], r.segs[p]
+		adapted = adapted || len(segs[i]) > 0
+	}
+	if r.fuser == nil || !r.fuser.MatMulShared(outs, in, ws) {
+		for i := range ps {
+			r.B.MatMul(outs[i], in, ws[i])
+		}
+	}
+	for i, p := range ps {
 		if L.Bias[p].Rows > 0 {
 			r.B.AddBias(outs[i], L.Bias[p])
 		}
-		segs[i] = r.segs[p]
-		adapted = adapted || len(segs[i]) > 0
 	}
-	if !adapted || r.grouper.LoRAGroup(outs, in, segs) {
+	if !adapted || (r.grouper != nil && r.grouper.LoRAGroup(outs, in, segs)) {
 		return
 	}
 	for i := range ps {

@@ -14,8 +14,19 @@ import (
 // counted; with decline set it refuses every call.
 type composingBackend struct {
 	*cpu.Backend
-	decline                bool
-	ropeKV, gateUp, groups int
+	decline                          bool
+	products, ropeKV, gateUp, groups int
+}
+
+func (c *composingBackend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
+	if c.decline {
+		return false
+	}
+	c.products++
+	for i := range outs {
+		c.MatMul(outs[i], x, ws[i])
+	}
+	return true
 }
 
 func (c *composingBackend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads int, table model.Tensor) bool {
@@ -59,8 +70,8 @@ func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [
 // replace: with a backend that fuses by running its own unfused ops, or one that declines every
 // call, every logit equals the plain backend's (Qwen2's q/k/v biases, Qwen3's Q/K norms, base
 // and adapted rows in one batch, prefill chunked, each case alone), and the capabilities are
-// used: RoPE + KV store in every layer, gate/up for steps with nothing to add to them, one
-// group call for adapted q/k/v and gate/up.
+// used: shared-input products and RoPE + KV store in every layer, gate/up + SiLU for steps with
+// nothing to add to gate and up, one group call for adapted q/k/v and gate/up.
 func TestForwardUsesFusionCapabilities(t *testing.T) {
 	for _, name := range []string{"llama", "qwen2", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
@@ -106,8 +117,9 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					}
 				}
 			}
-			if fusing.ropeKV == 0 || fusing.gateUp == 0 || fusing.groups == 0 {
-				t.Fatalf("fusion capabilities unused: %d RoPE + KV store, %d gate/up, %d LoRA group calls", fusing.ropeKV, fusing.gateUp, fusing.groups)
+			if fusing.products == 0 || fusing.ropeKV == 0 || fusing.gateUp == 0 || fusing.groups == 0 {
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d gate/up, %d LoRA group calls",
+					fusing.products, fusing.ropeKV, fusing.gateUp, fusing.groups)
 			}
 		})
 	}
