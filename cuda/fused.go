@@ -20,9 +20,9 @@ import (
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //
 // Unset (or any other value) keeps the default: off, off and fill, the paths measured before,
-// until the kernels' GPU tests (TestFusedMatMulShared, TestFusedRoPEStoreKV, TestFusedGateUpSiLU, TestLoRAGroupSweep,
-// TestDecodeSplitRules, TestContextSplitGraphsMatchDirect, TestFusedFixturesCUDA) have passed on
-// a GPU machine and a benchmark run has compared both sides.
+// until the kernels' GPU tests (TestFusedMatMulShared, TestFusedRoPEStoreKV, TestFusedGateUpSiLU,
+// TestLoRAGroupSweep, TestDecodeSplitRules, TestContextSplitGraphsMatchDirect,
+// TestFusedFixturesCUDA) have passed on a GPU machine and a benchmark run has compared both sides.
 const (
 	fusedDecodeDefault = false
 	loraGroupDefault   = false
