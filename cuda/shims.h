@@ -73,8 +73,9 @@ static inline void s_set_seg(void* base, int i, uintptr_t a, uintptr_t b, int st
 }
 static inline int seg_size(void) { return (int)sizeof(lp_lora_seg); }
 static inline void s_put_i32(uintptr_t base, int i, int32_t v) { P(int32_t*, base)[i] = v; }
-static inline int s_sample(uintptr_t logits, int rows, int vocab, uintptr_t params, uintptr_t words, uintptr_t results, uintptr_t s) {
-	return lp_sample(P(float*, logits), rows, vocab, P(const lp_sample_row*, params), P(int32_t*, words), P(lp_sample_result*, results), P(lp_stream, s));
+static inline int s_sample(uintptr_t logits, int rows, int vocab, uintptr_t params, uintptr_t words, uintptr_t allowed, uintptr_t results, uintptr_t s) {
+	return lp_sample(P(float*, logits), rows, vocab, P(const lp_sample_row*, params), P(int32_t*, words), P(const uint32_t*, allowed),
+	                 P(lp_sample_result*, results), P(lp_stream, s));
 }
 
 

@@ -21,8 +21,9 @@
 //	AdapterUploader   uploads and frees a whole adapter at once (a slab)  -    yes
 //	EncodedUploader   decodes lorapack q4/q8 streams on the device        -    yes
 //	UploadAliaser     Upload may alias the adapter's host copy            yes  -
-//	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  -
-//	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  -
+//	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes
+//	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  yes
+//	SampleReserver    sizes the sampler's buffers once (NewRunner)        -    yes
 //
 // DeviceSampler is required by the engine (serve), which has no sampler of its own: every
 // backend samples the same definition, the CUDA kernel step by step and the CPU through

@@ -17,7 +17,8 @@ import (
 const MaxSampleLogprobs = 20
 
 // MaxSampleBias is the most SampleRow.Bias entries a row may carry (the bound on a request's
-// logit_bias, serve.MaxLogitBias): the CUDA kernel gives each entry one thread.
+// logit_bias, serve.MaxLogitBias): it bounds the sampler's work on the list (the CUDA kernel
+// checks every entry against the others for repeated tokens).
 const MaxSampleBias = 1024
 
 // TokenCount is one token of a sequence's history: Count is how often it was generated
@@ -80,6 +81,14 @@ type LogitBiaser interface {
 func (r *Runner) AppliesLogitBias() bool {
 	lb, ok := r.B.(LogitBiaser)
 	return ok && lb.AppliesLogitBias()
+}
+
+// SampleReserver is implemented by backends that size their sampler's buffers up front:
+// NewRunner calls ReserveSampling with the most rows a step samples and the vocabulary, so
+// that no step allocates (the CUDA backend's pinned and device buffers for the rows'
+// parameters, results and allowed-token masks).
+type SampleReserver interface {
+	ReserveSampling(rows, vocab int) error
 }
 
 // SampleResult is what the device returns for one row.

@@ -14,8 +14,8 @@ import (
 	"github.com/loraplex/loraplex/structured"
 )
 
-// samplerOnly is a backend that samples but does not declare model.TokenMasker (as CUDA
-// today): the CPU backend seen through the two interfaces alone.
+// samplerOnly is a backend that samples but does not declare model.TokenMasker: the CPU
+// backend seen through the two interfaces alone.
 type samplerOnly struct {
 	model.Backend
 	model.DeviceSampler
