@@ -41,6 +41,10 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
+	if b.batchInvariant {
+		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		return
+	}
 	// Single-row products (batch-1 decode, one logits row) stream the weights with the GEMV
 	// kernel (fp32 x, no conversion); from two rows up cuBLAS measured faster (bench/results).
 	if x.Rows <= b.gemvRows && x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 && uintptr(ptr(x))%16 == 0 {
@@ -160,8 +164,13 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		if need > b.attnCap && (!b.canGrow() || !b.growAttnScratch(need)) {
 			return
 		}
+		splits := C.int(0) // the launcher's choice, by the row count
+		if b.batchInvariant {
+			splits = C.LP_DECODE_SPLITS
+		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
-			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), C.uintptr_t(b.attnScratch), b.stream))
+			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale), splits,
+			C.uintptr_t(b.attnScratch), b.stream))
 	}
 }
 

@@ -27,6 +27,9 @@ static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_
 static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
 	return lp_gemv_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
 }
+static inline int s_gemv_rows(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
+	return lp_gemv_rows_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
+}
 static inline int s_f32_to_bf16(uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) { return lp_f32_to_bf16(P(uint16_t*, dst), P(const float*, src), n, P(lp_stream, s)); }
 static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, int dim, int vocab, uintptr_t s) {
 	return lp_embed(P(float*, out), P(const uint16_t*, table), P(const int32_t*, ids), n, dim, vocab, P(lp_stream, s));
@@ -49,9 +52,10 @@ static inline int s_store_kv(uintptr_t kc, uintptr_t vc, uintptr_t k, uintptr_t 
 	return lp_store_kv(P(uint16_t*, kc), P(uint16_t*, vc), P(const float*, k), P(const float*, v), P(const int32_t*, slots), n, width, P(lp_stream, s));
 }
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
-                       int n, int heads, int kvh, int dim, int page, int window, float scale, uintptr_t scratch, uintptr_t s) {
+                       int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, uintptr_t scratch, uintptr_t s) {
 	return lp_attention(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, rows),
-	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, P(float*, scratch), P(lp_stream, s));
+	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, splits,
+	                    P(float*, scratch), P(lp_stream, s));
 }
 static inline int s_attention_prefill(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t tiles, int ntiles, uintptr_t seqpages, uintptr_t pt,
                        int heads, int kvh, int dim, int page, int window, float scale, uintptr_t s) {

@@ -138,10 +138,11 @@ __global__ void attention_merge_kernel(float* out, const float* part_o, const fl
 extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                             const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                             const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
-                            int head_dim, int page_size, int window, float scale, float* scratch, lp_stream s) {
+                            int head_dim, int page_size, int window, float scale, int fixed_splits, float* scratch,
+                            lp_stream s) {
     if (n == 0) return 0;
     if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
-        scratch == nullptr)
+        scratch == nullptr || fixed_splits < 0 || fixed_splits > LP_DECODE_SPLITS)
         return (int)cudaErrorInvalidValue;
     // Split only as far as it takes to fill the GPU: a big decode batch already has enough
     // (row, head) blocks, and splitting it would only add merge work. The count depends on the
@@ -154,6 +155,9 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
     }
     int splits = LP_DECODE_SPLITS;
     while (splits > 1 && (long)n * heads * splits > 4L * sms) splits /= 2;
+    // A fixed count (deterministic mode): the chunk boundaries, each split's order over its
+    // positions and the merge then depend on the row's position alone, whatever the batch.
+    if (fixed_splits > 0) splits = fixed_splits;
     // scratch: [n][heads][splits][head_dim] outputs, then [n][heads][splits][2] (max, sum).
     float* part_o = scratch;
     float* part_ml = scratch + (size_t)n * heads * splits * head_dim;

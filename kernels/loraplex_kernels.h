@@ -81,6 +81,10 @@ int lp_cublas_set_workspace(void* handle, void* ws, size_t bytes);
 // W at memory bandwidth. Needs k % 8 == 0 and 16-byte aligned x and W.
 #define LP_GEMV_MAX_ROWS 8
 int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, lp_stream s);
+// The same product for any number of rows, batch-invariant (deterministic mode): tiles of
+// LP_GEMV_MAX_ROWS rows, every row computed with the same instructions whatever the batch;
+// any k (16-byte vector loads when k % 8 == 0 and x, W are aligned).
+int lp_gemv_rows_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, lp_stream s);
 
 // convert.cu
 int lp_f32_to_bf16(uint16_t* dst, const float* src, size_t n, lp_stream s);
@@ -103,11 +107,13 @@ int lp_rope(float* x, const int32_t* positions, const float* table, int rows, in
 int lp_store_kv(uint16_t* kcache, uint16_t* vcache, const float* k, const float* v, const int32_t* slots, int n, int width, lp_stream s);
 // attention.cu: causal attention over the paged cache for the rows listed in rows[0..n) (decode
 // rows). Row r belongs to sequence row_seq[r]; that sequence's block table starts at
-// page_table[seq_pages[row_seq[r]]].
+// page_table[seq_pages[row_seq[r]]]. splits: 0 lets the launcher choose the split-K count from
+// n (fewer splits for big batches); 1..LP_DECODE_SPLITS fixes it, so that a row's result
+// depends on its position and its cache alone, not on its batch (deterministic mode).
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
-                 float scale, float* scratch, lp_stream s);
+                 float scale, int splits, float* scratch, lp_stream s);
 // Scratch floats lp_attention needs for n rows: split-K partial outputs and softmax states.
 size_t lp_attention_scratch_floats(int n, int heads, int head_dim);
 
