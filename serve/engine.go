@@ -205,7 +205,7 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 		return nil, err
 	}
 	if err := r.SetBatchInvariant(opt.Deterministic); err != nil {
-		return nil, fmt.Errorf("engine: --deterministic: %w", err)
+		return nil, fmt.Errorf("engine: deterministic mode: %w", err)
 	}
 	// Sampling is the backend's (one sampler for every backend: model.SampleReference).
 	if !r.CanSample() {
