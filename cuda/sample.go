@@ -37,6 +37,9 @@ func (b *Backend) ReserveSampling(rows, vocab int) error {
 		return fmt.Errorf("cuda: ReserveSampling(%d rows, vocabulary %d)", rows, vocab)
 	}
 	sb := samplerBufs(b)
+	if cap(sb.sent) < rows {
+		sb.sent = make([]*uint64, 0, rows)
+	}
 	if need := stagingBytes(rows, rows*reservedWordsPerRow); need > sb.cap {
 		if err := sb.grow(b, need); err != nil {
 			return err
