@@ -21,7 +21,10 @@ import "github.com/loraplex/loraplex/model"
 //     same lane split and warp reduction whatever the tile, the batch or the row's place.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
-//     boundaries and the merge depend on the row's position alone.
+//     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
+//     split *size* because its kernels split the key range a whole prefill chunk shares, whose
+//     length depends on the chunk; this kernel splits each row's own visible positions, a
+//     function of the row's position, so a fixed count is already invariant.)
 //   - Prefill attention computes rows in tiles of a chunk (attention_prefill*.cu), and how a
 //     prompt is chunked depends on the token budget the other requests leave, and a one-row
 //     chunk goes to the decode kernel instead. In the mode every row, prefill or decode, takes
