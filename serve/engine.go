@@ -204,8 +204,10 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if err != nil {
 		return nil, err
 	}
-	if err := r.SetBatchInvariant(opt.Deterministic); err != nil {
-		return nil, fmt.Errorf("engine: deterministic mode: %w", err)
+	if opt.Deterministic {
+		if err := r.SetBatchInvariant(true); err != nil {
+			return nil, fmt.Errorf("engine: deterministic mode: %w", err)
+		}
 	}
 	// Sampling is the backend's (one sampler for every backend: model.SampleReference).
 	if !r.CanSample() {
