@@ -174,7 +174,8 @@ const (
 // decodeTokensPerSecond generates batch requests of benchMaxTokens tokens at once through e
 // (prompt prompt, T=1, seeds from *seed) round after round while b.Loop runs, and returns the
 // tokens per second of every round but the first (which compiles the schema, computes the
-// masks of the states it visits and records the step graphs).
+// masks of the states it visits and records the step graphs), so -benchtime must allow at
+// least two rounds (-benchtime=10x).
 func decodeTokensPerSecond(b *testing.B, e *serve.Engine, prompt []int, batch int, constraint *serve.Constraint, seed *uint64) float64 {
 	var tokens int
 	var elapsed time.Duration
@@ -208,7 +209,7 @@ func decodeTokensPerSecond(b *testing.B, e *serve.Engine, prompt []int, batch in
 		}
 	}
 	if elapsed == 0 {
-		return 0
+		b.Fatal("only the untimed first round ran: run with -benchtime=10x (or more)")
 	}
 	return float64(tokens) / elapsed.Seconds()
 }
