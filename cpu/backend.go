@@ -24,6 +24,8 @@ type Backend struct {
 	loraBuf []float32
 	rowSeq  []int32 // per step: the sequence of each row
 	faults  *faultLatch
+	// batchInvariant: deterministic mode (SetBatchInvariant).
+	batchInvariant bool
 }
 
 // New makes a CPU backend using up to threads goroutines (0 = GOMAXPROCS).
@@ -168,3 +170,15 @@ func checkRows(op string, a, b model.Tensor) {
 // file mapping, an adapter's private host copy) instead of copying it, so the adapter cache must keep a host copy alive while its
 // device copy is in use.
 func (b *Backend) AliasesUploads() bool { return true }
+
+var _ model.BatchInvariant = (*Backend)(nil)
+
+// SetBatchInvariant implements model.BatchInvariant. Attention, norms, RoPE and sampling
+// already compute each row on its own; only products are batch-dependent: gemm runs rows in
+// groups of four through a kernel that shares each weight load among them (dotBF16x4, its
+// AVX-512 form summing in 16 lanes) and the rest alone (dotBF16), whose sums round
+// differently, so a row's result depended on the batch's size and the row's place in it (and
+// LoRA's shrink and expand on its segment's). With the mode on every row takes the one-row
+// kernel: the weight tiles still stay in cache across rows, but each row reloads them from
+// there. Call it before the step it should govern, never during one.
+func (b *Backend) SetBatchInvariant(on bool) { b.batchInvariant = on }

@@ -26,6 +26,7 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha float32, accumulate bool) {
 	g.xs, g.os = f32(x), f32(out)
 	g.n, g.k, g.m = x.Rows, x.Cols, w.Rows
 	g.alpha, g.accumulate = alpha, accumulate
+	g.perRow = b.batchInvariant
 	switch w.DType {
 	case model.F32:
 		g.wf = f32(w)
@@ -51,6 +52,7 @@ type gemmJob struct {
 	n, k, m    int
 	alpha      float32
 	accumulate bool
+	perRow     bool // batch-invariant: every row on the one-row kernel (see SetBatchInvariant)
 	fn         func(worker, lo, hi int)
 }
 
@@ -67,7 +69,7 @@ func (g *gemmJob) run(_, lo, hi int) {
 	for t0 := lo; t0 < hi; t0 += tile {
 		t1 := min(hi, t0+tile)
 		i := 0
-		for ; i+4 <= n; i += 4 {
+		for ; i+4 <= n && !g.perRow; i += 4 {
 			xs := g.xs[i*k : (i+4)*k]
 			for j := t0; j < t1; j++ {
 				if g.wb != nil {

@@ -72,7 +72,13 @@ func contextSplits(pos int32) int {
 // decodeSplits returns the grid depth and chunk floor of this step's decode attention over n
 // rows: the fill rule's depth follows n (part of the step key), the context rule's the step's
 // longest context (Prepare, added to the key by BeginStep).
+// In deterministic mode (deterministic.go) the depth is LP_DECODE_SPLITS whatever the step:
+// with a chunk floor of 1 a row then splits min(LP_DECODE_SPLITS, V) ways, a function of its
+// own visible positions alone, and the graph key needs nothing more.
 func (b *Backend) decodeSplits(n, heads int) (splits, chunk int) {
+	if b.batchInvariant {
+		return int(C.LP_DECODE_SPLITS), 1
+	}
 	switch b.decodeSplit {
 	case DecodeSplitContext:
 		return b.ctxSplits, int(C.LP_DECODE_SPLIT_CHUNK)

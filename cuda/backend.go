@@ -79,6 +79,8 @@ type Backend struct {
 	workspace uintptr
 	// gemvRows: products with at most this many rows use the GEMV kernel (<= LP_GEMV_MAX_ROWS); see MatMul.
 	gemvRows int
+	// batchInvariant: deterministic mode (deterministic.go).
+	batchInvariant bool
 
 	// up uploads and frees whole adapters (upload.go, slabpool.go, devicedecode.go): slab pool, pinned staging, upload streams.
 	up uploader
@@ -363,8 +365,9 @@ func (b *Backend) Prepare(s *model.Step) error {
 	}
 	tiles, rows := 0, 0
 	b.ctxSplits = 1
+	// In deterministic mode every row takes the per-row kernel (deterministic.go).
 	tiled := func(sq model.SeqRows) bool {
-		return sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
+		return !b.batchInvariant && sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
 	}
 	for _, sq := range s.Seqs {
 		if tiled(sq) {

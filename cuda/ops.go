@@ -41,6 +41,10 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
+	if b.batchInvariant {
+		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		return
+	}
 	// Single-row products (batch-1 decode, one logits row) stream the weights with the GEMV
 	// kernel (fp32 x, no conversion); from two rows up cuBLAS measured faster (bench/results).
 	if x.Rows <= b.gemvRows && x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 && uintptr(ptr(x))%16 == 0 {

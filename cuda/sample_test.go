@@ -91,6 +91,18 @@ func sampleCases(r *rand.Rand, vocab int) []sampleCase {
 	add("all banned", testLogits(r, vocab, 2, false), everything)
 	add("u near 1", testLogits(r, vocab, 2, false), model.SampleRow{Temperature: 1, TopK: 10, U: math.Nextafter32(1, 0), Logprobs: -1})
 	add("u 0", testLogits(r, vocab, 2, false), model.SampleRow{Temperature: 1, TopP: 0.5, U: 0, Logprobs: -1})
+	add("top-p 1e-30 (keeps the best token)", testLogits(r, vocab, 2, false), model.SampleRow{Temperature: 1, TopP: 1e-30, U: 0.7, Logprobs: 0})
+	// Constrained rows and logit_bias: the mask leaves the raw logprobs alone, a biased
+	// token's logprob is its raw one.
+	add("mask allows nothing", testLogits(r, vocab, 2, false), model.SampleRow{Temperature: 1, Allowed: onlyMask(vocab), Logprobs: 2, U: 0.5})
+	add("greedy mask of two tokens", testLogits(r, vocab, 2, false), model.SampleRow{Allowed: onlyMask(vocab, 7, vocab-1), Logprobs: 20})
+	l := testLogits(r, vocab, 2, false)
+	add("mask, bias, bans and penalties", l, model.SampleRow{Temperature: 0.9, TopK: 30, TopP: 0.9, RepetitionPenalty: 1.3,
+		FrequencyPenalty: 0.2, Hist: histFor(r, vocab, 30), Banned: []int32{int32(argmax(l))}, Bias: randomBias(r, vocab, 40),
+		Allowed: randomMask(r, vocab, 0.2), Logprobs: 4, U: 0.4})
+	l = testLogits(r, vocab, 2, false)
+	add("greedy bias forces a masked-out token (stays out)", l, model.SampleRow{Allowed: allButMask(vocab, 3),
+		Bias: []model.TokenBias{{Token: 3, Bias: 100}, {Token: 3, Bias: 100}}, Logprobs: 0})
 	return cs
 }
 
@@ -137,6 +149,9 @@ func TestSampleMatchesReference(t *testing.T) {
 				mism++
 				t.Errorf("vocab %d row %d (%s): token %d, reference %d", vocab, i, c.name, got.Token, want.Token)
 			}
+			if !allowed(c.row.Allowed, got.Token) && want.Token != 0 {
+				t.Errorf("vocab %d row %d (%s): token %d outside the mask", vocab, i, c.name, got.Token)
+			}
 			for _, bt := range c.row.Banned {
 				if bt == got.Token && len(c.row.Banned) < vocab {
 					t.Errorf("vocab %d row %d (%s): banned token %d chosen", vocab, i, c.name, bt)
@@ -174,26 +189,119 @@ func TestSampleMatchesReference(t *testing.T) {
 	}
 }
 
+// randomMask allows each token with probability density (at least one token).
+func randomMask(r *rand.Rand, vocab int, density float64) []uint64 {
+	m := make([]uint64, (vocab+63)/64)
+	for t := 0; t < vocab; t++ {
+		if r.Float64() < density {
+			m[t/64] |= 1 << (t % 64)
+		}
+	}
+	t := r.IntN(vocab)
+	m[t/64] |= 1 << (t % 64)
+	return m
+}
+
+// onlyMask allows the listed tokens; allButMask every token except the listed ones.
+func onlyMask(vocab int, tokens ...int) []uint64 {
+	m := make([]uint64, (vocab+63)/64)
+	for _, t := range tokens {
+		m[t/64] |= 1 << (t % 64)
+	}
+	return m
+}
+
+func allButMask(vocab int, tokens ...int) []uint64 {
+	m := onlyMask(vocab, tokens...)
+	for i := range m {
+		m[i] = ^m[i]
+	}
+	return m
+}
+
+// allowed reports whether mask (nil: none) allows token t.
+func allowed(mask []uint64, t int32) bool { return mask == nil || mask[t/64]>>(t%64)&1 != 0 }
+
+// randomBias draws n logit_bias entries in [-100, 100], a few tokens listed twice.
+func randomBias(r *rand.Rand, vocab, n int) []model.TokenBias {
+	b := make([]model.TokenBias, n)
+	for i := range b {
+		b[i] = model.TokenBias{Token: int32(r.IntN(vocab)), Bias: float32(r.Float64()*200 - 100)}
+		if i > 0 && r.IntN(8) == 0 {
+			b[i].Token = b[r.IntN(i)].Token
+		}
+	}
+	return b
+}
+
 // TestSampleEqualsCPU: the CPU is the oracle for sampling. With identical logits and the same
 // U, a row picks the identical token on the GPU and on the CPU backend, draw for draw: 2,000
 // draws of each parameter set (T=1 top-p 0.9, top-k, min-p, everything with penalties and
-// banned ids) at a 4,096-token vocabulary and 256 at 128,256, rows of different parameters
-// sharing launches. Logprobs agree within 1e-4 (the GPU's log-sum-exp is float32).
+// banned ids; constrained rows' allowed-token masks: random, a single allowed token, all but
+// the best token allowed, masks on some rows of a launch only, one mask shared by many rows;
+// logit_bias lists up to model.MaxSampleBias entries with repeated tokens) at a 4,096-token
+// vocabulary and 256 at 128,256, rows of different parameters sharing launches. Logprobs agree
+// within 1e-4 (the GPU's log-sum-exp is float32), and no row picks a token its mask bans.
 func TestSampleEqualsCPU(t *testing.T) {
 	g := newGPU(t)
 	c := cpu.New(0)
 	defer c.Close()
+	var shared []uint64 // one mask for every row of a launch, as rows in one grammar state share it
 	params := []struct {
 		name string
 		row  model.SampleRow
+		// fill, when set, gives row i of a launch its mask or bias (logits l, already drawn).
+		fill func(r *rand.Rand, vocab, i int, l []float32, row *model.SampleRow)
 	}{
-		{"T=1 top-p 0.9", model.SampleRow{Temperature: 1, TopP: 0.9, Logprobs: -1}},
-		{"T=1 top-k 50", model.SampleRow{Temperature: 1, TopK: 50, Logprobs: -1}},
-		{"T=0.8 top-k 2000", model.SampleRow{Temperature: 0.8, TopK: 2000, Logprobs: 0}},
-		{"T=1 min-p 0.05", model.SampleRow{Temperature: 1, MinP: 0.05, Logprobs: 3}},
+		{"T=1 top-p 0.9", model.SampleRow{Temperature: 1, TopP: 0.9, Logprobs: -1}, nil},
+		{"T=1 top-k 50", model.SampleRow{Temperature: 1, TopK: 50, Logprobs: -1}, nil},
+		{"T=0.8 top-k 2000", model.SampleRow{Temperature: 0.8, TopK: 2000, Logprobs: 0}, nil},
+		{"T=1 min-p 0.05", model.SampleRow{Temperature: 1, MinP: 0.05, Logprobs: 3}, nil},
 		{"T=0.7 top-k 40 top-p 0.95 min-p 0.02 penalties", model.SampleRow{Temperature: 0.7, TopK: 40, TopP: 0.95, MinP: 0.02,
-			RepetitionPenalty: 1.2, FrequencyPenalty: 0.4, PresencePenalty: 0.3, Banned: []int32{0, 1, 2}, Logprobs: 0}},
-		{"T=1.3 top-p 0.5 ties", model.SampleRow{Temperature: 1.3, TopP: 0.5, Logprobs: -1}},
+			RepetitionPenalty: 1.2, FrequencyPenalty: 0.4, PresencePenalty: 0.3, Banned: []int32{0, 1, 2}, Logprobs: 0}, nil},
+		{"T=1.3 top-p 0.5 ties", model.SampleRow{Temperature: 1.3, TopP: 0.5, Logprobs: -1}, nil},
+		{"T=1 top-p 0.9 random masks on half the rows", model.SampleRow{Temperature: 1, TopP: 0.9, Logprobs: 2},
+			func(r *rand.Rand, vocab, i int, _ []float32, row *model.SampleRow) {
+				if i%2 == 0 {
+					row.Allowed = randomMask(r, vocab, []float64{0.001, 0.05, 0.5, 0.95}[r.IntN(4)])
+				}
+			}},
+		{"T=0.8 top-k 50 a single allowed token", model.SampleRow{Temperature: 0.8, TopK: 50, Logprobs: 0},
+			func(r *rand.Rand, vocab, _ int, _ []float32, row *model.SampleRow) {
+				row.Allowed = onlyMask(vocab, r.IntN(vocab))
+			}},
+		{"greedy all but the best token allowed", model.SampleRow{Logprobs: 3},
+			func(_ *rand.Rand, vocab, _ int, l []float32, row *model.SampleRow) {
+				row.Allowed = allButMask(vocab, argmax(l))
+			}},
+		{"T=1 min-p 0.05 all but the best token allowed", model.SampleRow{Temperature: 1, MinP: 0.05, Logprobs: -1},
+			func(_ *rand.Rand, vocab, _ int, l []float32, row *model.SampleRow) {
+				row.Allowed = allButMask(vocab, argmax(l))
+			}},
+		{"T=1 top-k 1000 top-p 0.95 one mask shared by every row", model.SampleRow{Temperature: 1, TopK: 1000, TopP: 0.95, Logprobs: -1},
+			func(r *rand.Rand, vocab, i int, _ []float32, row *model.SampleRow) {
+				if i == 0 {
+					shared = randomMask(r, vocab, 0.3)
+				}
+				row.Allowed = shared
+			}},
+		{"T=0.7 top-k 40 top-p 0.95 bias, masks, penalties and bans", model.SampleRow{Temperature: 0.7, TopK: 40, TopP: 0.95,
+			RepetitionPenalty: 1.2, FrequencyPenalty: 0.4, PresencePenalty: 0.3, Banned: []int32{0, 1, 2}, Logprobs: 5},
+			func(r *rand.Rand, vocab, i int, _ []float32, row *model.SampleRow) {
+				row.Bias = randomBias(r, vocab, 1+r.IntN(64))
+				row.Hist = histFor(r, vocab, 64)
+				if i%3 != 0 {
+					row.Allowed = randomMask(r, vocab, 0.5)
+				}
+			}},
+		{"greedy bias +-100 (forced and banned tokens)", model.SampleRow{Logprobs: 0},
+			func(r *rand.Rand, vocab, _ int, l []float32, row *model.SampleRow) {
+				row.Bias = []model.TokenBias{{Token: int32(argmax(l)), Bias: -100}, {Token: int32(r.IntN(vocab)), Bias: 100}}
+			}},
+		{"T=1 top-p 0.9 the most bias entries", model.SampleRow{Temperature: 1, TopP: 0.9, Logprobs: 0},
+			func(r *rand.Rand, vocab, _ int, _ []float32, row *model.SampleRow) {
+				row.Bias = randomBias(r, vocab, model.MaxSampleBias)
+			}},
 	}
 	for _, vocab := range []int{4096, 128256} {
 		draws, batch := 2000, 250
@@ -208,11 +316,15 @@ func TestSampleEqualsCPU(t *testing.T) {
 				flat := make([]float32, 0, n*vocab)
 				rows := make([]model.SampleRow, n)
 				for i := range rows {
-					flat = append(flat, testLogits(r, vocab, 2, p.name == "T=1.3 top-p 0.5 ties")...)
+					l := testLogits(r, vocab, 2, p.name == "T=1.3 top-p 0.5 ties")
+					flat = append(flat, l...)
 					rows[i] = p.row
 					rows[i].U = min(float32(r.Float64()), math.Nextafter32(1, 0))
 					if p.row.RepetitionPenalty != 0 {
 						rows[i].Hist = histFor(r, vocab, 64)
+					}
+					if p.fill != nil {
+						p.fill(r, vocab, i, l, &rows[i])
 					}
 				}
 				gl, cl := g.Alloc(n, vocab), c.Alloc(n, vocab)
@@ -240,6 +352,9 @@ func TestSampleEqualsCPU(t *testing.T) {
 					}
 					if math.Abs(float64(gr.Logprob-cr.Logprob)) > 1e-4 || len(gr.Top) != len(cr.Top) {
 						t.Errorf("vocab %d %s draw %d: GPU logprobs %v %v, CPU %v %v", vocab, p.name, d+i, gr.Logprob, gr.Top, cr.Logprob, cr.Top)
+					}
+					if !allowed(rows[i].Allowed, gr.Token) {
+						t.Errorf("vocab %d %s draw %d: GPU token %d is outside the row's mask", vocab, p.name, d+i, gr.Token)
 					}
 				}
 			}

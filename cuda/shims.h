@@ -27,6 +27,9 @@ static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_
 static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
 	return lp_gemv_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
 }
+static inline int s_gemv_rows(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
+	return lp_gemv_rows_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
+}
 static inline int s_f32_to_bf16(uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) { return lp_f32_to_bf16(P(uint16_t*, dst), P(const float*, src), n, P(lp_stream, s)); }
 static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, int dim, int vocab, uintptr_t s) {
 	return lp_embed(P(float*, out), P(const uint16_t*, table), P(const int32_t*, ids), n, dim, vocab, P(lp_stream, s));
@@ -105,8 +108,9 @@ static inline void s_set_seg(void* base, int i, uintptr_t a, uintptr_t b, int st
 }
 static inline int seg_size(void) { return (int)sizeof(lp_lora_seg); }
 static inline void s_put_i32(uintptr_t base, int i, int32_t v) { P(int32_t*, base)[i] = v; }
-static inline int s_sample(uintptr_t logits, int rows, int vocab, uintptr_t params, uintptr_t words, uintptr_t results, uintptr_t s) {
-	return lp_sample(P(float*, logits), rows, vocab, P(const lp_sample_row*, params), P(int32_t*, words), P(lp_sample_result*, results), P(lp_stream, s));
+static inline int s_sample(uintptr_t logits, int rows, int vocab, uintptr_t params, uintptr_t words, uintptr_t allowed, uintptr_t results, uintptr_t s) {
+	return lp_sample(P(float*, logits), rows, vocab, P(const lp_sample_row*, params), P(int32_t*, words), P(const uint32_t*, allowed),
+	                 P(lp_sample_result*, results), P(lp_stream, s));
 }
 
 

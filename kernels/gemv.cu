@@ -185,3 +185,81 @@ extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t*
     }
     LP_CHECK_LAUNCH();
 }
+
+// Batch-invariant products (deterministic mode, lp_gemv_rows_bf16): y = alpha · x · Wᵀ
+// (+ beta · y) for any number of rows, in tiles of LP_GEMV_MAX_ROWS rows (grid y) with
+// gemv_kernel's arithmetic: one warp per output column, each lane's partial sum over its
+// 16-byte weight vectors in index order, then the same warp reduction. Nothing a row computes
+// depends on how many rows the product has or where the row sits in it: the tile only decides
+// which rows share a weight load, and a row's instructions are the same in every tile (rows
+// past the end are skipped, not computed differently). cuBLAS, by contrast, picks its kernel
+// (tile shape, split-K) per shape, and the default path converts x to bf16 from two rows up
+// while single rows take gemv_kernel in fp32, so a row's last bits change with the batch it
+// is in. The price is bandwidth: the weights are read once per tile of 8 rows instead of
+// once. k % 8 != 0 (or unaligned pointers) takes lanes over single elements, a choice fixed
+// by the shape alone.
+template <bool VEC>
+__global__ void gemv_rows_kernel(float* y, const float* x, const uint16_t* w, int n, int m, int k, float alpha, float beta) {
+    const int lane = threadIdx.x & 31;
+    const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    const int r0 = blockIdx.y * LP_GEMV_MAX_ROWS;
+    const int nr = min(LP_GEMV_MAX_ROWS, n - r0);
+    if (j >= m) return;  // whole warps: the shuffles below see every lane
+    const float* xt = x + (size_t)r0 * k;
+    float acc[LP_GEMV_MAX_ROWS];
+#pragma unroll
+    for (int r = 0; r < LP_GEMV_MAX_ROWS; r++) acc[r] = 0.f;
+    if (VEC) {
+        const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
+#pragma unroll 4
+        for (int i = lane; i < k / 8; i += 32) {
+            const uint4 v = wr[i];
+            float wf[8];
+            wf[0] = __uint_as_float(v.x << 16);
+            wf[1] = __uint_as_float(v.x & 0xffff0000u);
+            wf[2] = __uint_as_float(v.y << 16);
+            wf[3] = __uint_as_float(v.y & 0xffff0000u);
+            wf[4] = __uint_as_float(v.z << 16);
+            wf[5] = __uint_as_float(v.z & 0xffff0000u);
+            wf[6] = __uint_as_float(v.w << 16);
+            wf[7] = __uint_as_float(v.w & 0xffff0000u);
+#pragma unroll
+            for (int r = 0; r < LP_GEMV_MAX_ROWS; r++) {
+                if (r < nr) {
+                    const float4* xr = reinterpret_cast<const float4*>(xt + (size_t)r * k) + 2 * i;
+                    const float4 a = xr[0], b = xr[1];
+                    acc[r] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
+                }
+            }
+        }
+    } else {
+        const uint16_t* wr = w + (size_t)j * k;
+        for (int c = lane; c < k; c += 32) {
+            const float wv = bf16_to_f32(wr[c]);
+#pragma unroll
+            for (int r = 0; r < LP_GEMV_MAX_ROWS; r++)
+                if (r < nr) acc[r] += xt[(size_t)r * k + c] * wv;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < LP_GEMV_MAX_ROWS; r++) {
+        const float s = warp_sum(acc[r]);
+        if (r < nr && lane == 0) {
+            float* out = y + (size_t)(r0 + r) * m + j;
+            *out = beta != 0.f ? alpha * s + beta * *out : alpha * s;
+        }
+    }
+}
+
+extern "C" int lp_gemv_rows_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta,
+                                 lp_stream s) {
+    const int tiles = (n + LP_GEMV_MAX_ROWS - 1) / LP_GEMV_MAX_ROWS;
+    if (n < 1 || m <= 0 || k <= 0 || tiles > 65535 || !x || !w || !y) return (int)cudaErrorInvalidValue;
+    dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS, tiles);
+    dim3 block(32 * GEMV_WARPS);
+    if (k % 8 == 0 && ((uintptr_t)w % 16) == 0 && ((uintptr_t)x % 16) == 0)
+        gemv_rows_kernel<true><<<grid, block, 0, as_stream(s)>>>(y, x, w, n, m, k, alpha, beta);
+    else
+        gemv_rows_kernel<false><<<grid, block, 0, as_stream(s)>>>(y, x, w, n, m, k, alpha, beta);
+    LP_CHECK_LAUNCH();
+}

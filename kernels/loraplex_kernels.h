@@ -95,6 +95,10 @@ typedef struct {
     int parts;
 } lp_gemv_parts;
 int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, lp_stream s);
+// The same product for any number of rows, batch-invariant (deterministic mode): tiles of
+// LP_GEMV_MAX_ROWS rows, every row computed with the same instructions whatever the batch;
+// any k (16-byte vector loads when k % 8 == 0 and x, W are aligned).
+int lp_gemv_rows_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, lp_stream s);
 
 // convert.cu
 int lp_f32_to_bf16(uint16_t* dst, const float* src, size_t n, lp_stream s);
@@ -205,14 +209,19 @@ int lp_route_segs(const float* logits, int n, int rows, int k, float temperature
 
 // sampling.cu: one block per logits row [rows, vocab] (overwritten) chooses the row's token
 // with params[row]; model.SampleReference (Go) defines the semantics. words holds every row's
-// history entries {token, output count, raw logit (written)} at words[hist] and banned entries
-// {token, raw logit (written)} at words[banned]. Logprobs are of the raw logits.
+// history entries {token, output count, raw logit (written)} at words[hist], banned entries
+// {token, raw logit (written)} at words[banned] and logit_bias entries {token, bias (float
+// bits), raw logit (written)} at words[bias]. allowed holds the allowed-token bitmaps of the
+// constrained rows (bit i%32 of word i/32 set: token i may be produced; (vocab+31)/32 words
+// each): a row's starts at allowed[row.allowed], -1 for an unconstrained row (allowed may then
+// be NULL). Logprobs are of the raw logits.
 #define LP_SAMPLE_MAX_TOP 20
 typedef struct {
     float temperature, top_p, min_p, repetition, presence, frequency, u;
     int top_k;
     int logprobs; // -1 none, 0 chosen token, N <= LP_SAMPLE_MAX_TOP also the top N
-    int hist, num_hist, banned, num_banned;
+    int hist, num_hist, banned, num_banned, bias, num_bias;
+    int allowed;  // offset of the row's bitmap in allowed (32-bit words), -1 none
 } lp_sample_row;
 typedef struct {
     int32_t token;
@@ -225,7 +234,7 @@ typedef struct {
     lp_token_logprob top[LP_SAMPLE_MAX_TOP];
 } lp_sample_result;
 int lp_sample(float* logits, int rows, int vocab, const lp_sample_row* params, int32_t* words,
-              lp_sample_result* results, lp_stream s);
+              const uint32_t* allowed, lp_sample_result* results, lp_stream s);
 
 #ifdef __cplusplus
 }

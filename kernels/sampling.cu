@@ -5,9 +5,11 @@
 // are model.SampleMass integers, so parallel sums equal the reference's loop exactly):
 //   1. log-sum-exp of the raw logits; the top-N raw logprobs by N block argmax passes, each
 //      taking the best token ranked after the previous pick in (value desc, index asc) order;
-//   2. raw values of the history and banned tokens are saved (for the chosen token's logprob),
-//      then banned ids get -inf, history tokens the repetition and frequency/presence penalties
-//      (in place: the logits buffer is scratch once the forward pass is done);
+//   2. raw values of the history, banned and biased tokens are saved (for the chosen token's
+//      logprob), then the tokens outside a constrained row's allowed bitmap and the banned ids
+//      get -inf, the logit_bias entries are added, and history tokens get the repetition and
+//      frequency/presence penalties (in place: the logits buffer is scratch once the forward
+//      pass is done);
 //   3. greedy rows: block argmax (first index on ties, like the host);
 //      other rows: p = sample_exp((l - max) / T) evaluated on the fly, its mass an integer;
 //      the top-k and top-p cut-offs are
@@ -20,6 +22,24 @@
 //      1024 indices, stopping where the running mass exceeds u * mass(kept).
 // The CPU backend computes the same definition (model.Sampler), so with the same logits and u a
 // row picks the same token on both backends.
+//
+// Constrained decoding and logit_bias live here, in the one sampler, rather than in a kernel
+// of their own before it:
+//   - The mask is a bitmap, 1 bit per token (16 KB for a 128k vocabulary against 512 KB as
+//     floats), uploaded only for the rows that have one (a row's offset is -1 otherwise) and
+//     only once per distinct mask (rows in the same grammar state share it). A warp's 32
+//     consecutive tokens read one 32-bit word, so applying it is one coalesced pass over a
+//     constrained row with a broadcast load per warp; unconstrained rows skip it.
+//   - Applied in this kernel, between the raw logprobs (which, as in vLLM, ignore it) and the
+//     max, top-k, top-p, min-p and the draw, it is the same step as the bans, in the same order
+//     as model.banAndPenalize: a separate launch would read and write every constrained row
+//     once more and need its own ordering with the raw-logit bookkeeping.
+//   - logit_bias is sparse (at most model.MaxSampleBias entries per row), so it travels as
+//     {token, bias, raw} entries in the rows' words like the history and the bans.
+// All of it sits in buffers at fixed device addresses, grown only when a step needs more than
+// ever before and never per step (cuda/sample.go): the launch's arguments are the same from
+// step to step and only their contents change, as a recorded graph's replay requires (Sample
+// runs after the step's graph today; the layout keeps that door open).
 #include <math_constants.h>
 #include "common.cuh"
 
@@ -117,7 +137,8 @@ struct Thr {
 __device__ __forceinline__ bool inside(uint32_t k, int i, Thr t) { return k > t.key || (k == t.key && i <= t.idx); }
 
 __global__ void __launch_bounds__(SAMPLE_THREADS)
-sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* words, lp_sample_result* results) {
+sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* words, const uint32_t* allowed,
+              lp_sample_result* results) {
     __shared__ Shared sh;
     __shared__ float s_raw;
     const lp_sample_row P = params[blockIdx.x];
@@ -152,9 +173,10 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
         prev = best;
     }
 
-    // 2. Save raw values, then ban and penalise.
+    // 2. Save raw values, then mask, ban, bias and penalise (model.banAndPenalize's order).
     int32_t* hist = words + P.hist;
     int32_t* ban = words + P.banned;
+    int32_t* bias = words + P.bias;
     for (int j = tid; j < P.num_hist; j += nt) {
         int t = hist[3 * j];
         if (t >= 0 && t < vocab) hist[3 * j + 2] = __float_as_int(l[t]);
@@ -163,10 +185,33 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
         int t = ban[2 * j];
         if (t >= 0 && t < vocab) ban[2 * j + 1] = __float_as_int(l[t]);
     }
+    for (int j = tid; j < P.num_bias; j += nt) {
+        int t = bias[3 * j];
+        if (t >= 0 && t < vocab) bias[3 * j + 2] = __float_as_int(l[t]);
+    }
     __syncthreads();
+    if (P.allowed >= 0) {
+        const uint32_t* mask = allowed + P.allowed;
+        for (int i = tid; i < vocab; i += nt)
+            if (!((mask[i >> 5] >> (i & 31)) & 1u)) l[i] = ninf;
+    }
     for (int j = tid; j < P.num_banned; j += nt) {
         int t = ban[2 * j];
         if (t >= 0 && t < vocab) l[t] = ninf;
+    }
+    __syncthreads();
+    // A token's entries are added in list order (rounded one by one, as the host adds them) by
+    // the thread of its first entry, so a repeated token is neither raced on nor reordered.
+    for (int j = tid; j < P.num_bias; j += nt) {
+        const int t = bias[3 * j];
+        if (t < 0 || t >= vocab) continue;
+        bool first = true;
+        for (int k = 0; k < j && first; k++) first = bias[3 * k] != t;
+        if (!first) continue;
+        float v = l[t];
+        for (int k = j; k < P.num_bias; k++)
+            if (bias[3 * k] == t) v = __fadd_rn(v, __int_as_float(bias[3 * k + 1]));
+        l[t] = v;
     }
     __syncthreads();
     const float rp = P.repetition;
@@ -325,7 +370,10 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
                 if (v != ninf && inside(order_key(v), i, kt)) total += sample_mass(prob(v));
             }
             total = block_reduce(total, sh.k, 0ull, OpSum());
-            const unsigned long long target = scale_mass(P.top_p, total);
+            // At least 1: a top_p too small for the integer masses keeps the best token
+            // (model.topPTarget).
+            const unsigned long long share = scale_mass(P.top_p, total);
+            const unsigned long long target = share > 0ull ? share : 1ull;
             pt = cut([&](Thr t) {
                 unsigned long long s = 0;
                 for (int j = tid; j < n; j += nt) {
@@ -381,6 +429,8 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
         if (hist[3 * j] == tok) s_raw = __int_as_float(hist[3 * j + 2]);
     for (int j = tid; j < P.num_banned; j += nt)
         if (ban[2 * j] == tok) s_raw = __int_as_float(ban[2 * j + 1]);
+    for (int j = tid; j < P.num_bias; j += nt)
+        if (bias[3 * j] == tok) s_raw = __int_as_float(bias[3 * j + 2]);
     __syncthreads();
     if (tid == 0) {
         res->token = tok;
@@ -390,8 +440,8 @@ sample_kernel(float* logits, int vocab, const lp_sample_row* params, int32_t* wo
 }
 
 extern "C" int lp_sample(float* logits, int rows, int vocab, const lp_sample_row* params, int32_t* words,
-                         lp_sample_result* results, lp_stream s) {
+                         const uint32_t* allowed, lp_sample_result* results, lp_stream s) {
     if (rows <= 0 || vocab <= 0 || !logits || !params || !words || !results) return (int)cudaErrorInvalidValue;
-    sample_kernel<<<rows, SAMPLE_THREADS, 0, as_stream(s)>>>(logits, vocab, params, words, results);
+    sample_kernel<<<rows, SAMPLE_THREADS, 0, as_stream(s)>>>(logits, vocab, params, words, allowed, results);
     LP_CHECK_LAUNCH();
 }

@@ -131,6 +131,30 @@ func (r *Runner) MasksTokens() bool {
 	return ok && m.MasksTokens()
 }
 
+// BatchInvariant is implemented by backends that can compute every row of a step the same
+// way whatever else the step holds (deterministic mode, serve.Options.Deterministic): with it
+// on, a row's logits, and so its tokens and logprobs, are bitwise those it gets alone, in any
+// batch (other requests, other adapters, other lengths, any place in the batch, its prompt
+// prefilled in any chunks), at some cost in throughput. Without it a backend may pick a
+// product's kernel or its reduction split by the batch's shape, which moves a row's last bits.
+type BatchInvariant interface {
+	SetBatchInvariant(on bool)
+}
+
+// SetBatchInvariant turns deterministic mode on or off (BatchInvariant). A backend without the
+// capability cannot promise it: asking it to is an error, never ignored.
+func (r *Runner) SetBatchInvariant(on bool) error {
+	bi, ok := r.B.(BatchInvariant)
+	if !ok {
+		if on {
+			return fmt.Errorf("runner: backend %s cannot compute batch-invariantly (deterministic mode)", r.B.Name())
+		}
+		return nil
+	}
+	bi.SetBatchInvariant(on)
+	return nil
+}
+
 // UploadAliaser is implemented by backends whose Upload may keep pointing into the caller's
 // host data (the CPU backend reads the memory-mapped file in place): AliasesUploads reports
 // whether it does, and the adapter cache then keeps the host copy alive while the device copy

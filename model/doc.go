@@ -9,7 +9,7 @@
 // of the others) and cuda/ implement it. Everything beyond it is an optional capability: a
 // named interface declared here (no anonymous interface assertions anywhere), asserted mostly
 // inside this package (Runner, UploadAdapter, AliasesUploads); the engine reaches them through
-// the Runner's methods (CanSample, MasksTokens, Err, ReleaseRouting, ...), never by asserting on
+// the Runner's methods (CanSample, MasksTokens, SetBatchInvariant, Err, ReleaseRouting, ...), never by asserting on
 // Runner.B. The capabilities and who implements them:
 //
 //	Capability        What it gives                                       cpu  cuda
@@ -23,8 +23,10 @@
 //	UploadAliaser     Upload may alias the adapter's host copy            yes  -
 //	DecodeFuser       q/k/v products, RoPE + KV store, gate/up + SiLU     -    yes
 //	LoRAGrouper       one LoRA launch pair for q/k/v, one for gate/up     -    yes
-//	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  -
-//	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  -
+//	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes
+//	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  yes
+//	SampleReserver    sizes the sampler's buffers once (NewRunner)        -    yes
+//	BatchInvariant    rows computed alike in any batch (deterministic)    yes  yes
 //
 // DeviceSampler is required by the engine (serve), which has no sampler of its own: every
 // backend samples the same definition, the CUDA kernel step by step and the CPU through

@@ -84,6 +84,11 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	if err := backendErr(b); err != nil {
 		return nil, fmt.Errorf("runner: allocating workspaces: %w", err)
 	}
+	if sr, ok := b.(SampleReserver); ok {
+		if err := sr.ReserveSampling(opt.MaxLogitRows, cfg.VocabSize); err != nil {
+			return nil, fmt.Errorf("runner: reserving the sampler's buffers: %w", err)
+		}
+	}
 	for p := range r.segs {
 		r.segs[p] = make([]LoRASeg, 0, 64)
 	}

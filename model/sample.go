@@ -16,6 +16,11 @@ import (
 // MaxSampleLogprobs is the most top logprobs a row may ask for.
 const MaxSampleLogprobs = 20
 
+// MaxSampleBias is the most SampleRow.Bias entries a row may carry (the bound on a request's
+// logit_bias, serve.MaxLogitBias): it bounds the sampler's work on the list (the CUDA kernel
+// checks every entry against the others for repeated tokens).
+const MaxSampleBias = 1024
+
 // TokenCount is one token of a sequence's history: Count is how often it was generated
 // (0: it occurs in the prompt only).
 type TokenCount struct {
@@ -45,8 +50,9 @@ type SampleRow struct {
 	// Ids outside the vocabulary are ignored.
 	Banned []int32
 	// Bias is added to its tokens' logits after the bans and before the penalties (OpenAI's
-	// and vLLM's logit_bias). Only backends that implement LogitBiaser apply it; the runner
-	// refuses rows with a bias on the others.
+	// and vLLM's logit_bias), at most MaxSampleBias entries (a token listed twice gets both, in
+	// order). Only backends that implement LogitBiaser apply it; the runner refuses rows with
+	// a bias on the others.
 	Bias []TokenBias
 	// Allowed, when not nil, is constrained decoding's mask: a bitmap over the vocabulary (bit
 	// i%64 of word i/64, (vocab+63)/64 words) of the only tokens the row may produce; the others
@@ -65,8 +71,8 @@ type TokenBias struct {
 	Bias  float32
 }
 
-// LogitBiaser is implemented by backends whose sampler applies SampleRow.Bias. The CUDA kernel
-// does not yet (its row struct has no bias list), so a server on it refuses logit_bias.
+// LogitBiaser is implemented by backends whose sampler applies SampleRow.Bias (the CPU and
+// CUDA backends); the engine refuses logit_bias on the others.
 type LogitBiaser interface {
 	AppliesLogitBias() bool
 }
@@ -75,6 +81,14 @@ type LogitBiaser interface {
 func (r *Runner) AppliesLogitBias() bool {
 	lb, ok := r.B.(LogitBiaser)
 	return ok && lb.AppliesLogitBias()
+}
+
+// SampleReserver is implemented by backends that size their sampler's buffers up front:
+// NewRunner calls ReserveSampling with the most rows a step samples and the vocabulary, so
+// that no step allocates (the CUDA backend's pinned and device buffers for the rows'
+// parameters, results and allowed-token masks).
+type SampleReserver interface {
+	ReserveSampling(rows, vocab int) error
 }
 
 // SampleResult is what the device returns for one row.
@@ -111,6 +125,9 @@ func CheckSampleRows(rows []SampleRow, vocab int) error {
 			if h.Token < 0 || int(h.Token) >= vocab || h.Count < 0 {
 				return fmt.Errorf("sample row %d: history token %d (count %d) outside the vocabulary of %d", i, h.Token, h.Count, vocab)
 			}
+		}
+		if len(r.Bias) > MaxSampleBias {
+			return fmt.Errorf("sample row %d: %d bias entries, at most %d", i, len(r.Bias), MaxSampleBias)
 		}
 		for _, b := range r.Bias {
 			if b.Token < 0 || int(b.Token) >= vocab || b.Bias != b.Bias || math.IsInf(float64(b.Bias), 0) {
@@ -178,7 +195,7 @@ func orderKey(f float32) uint32 {
 // Stochastic rows: p_i = SampleExp((l_i - max) / T) in float32 for every finite penalised
 // logit, and its mass m_i = SampleMass(p_i), an integer. Tokens are ranked by (logit desc,
 // id asc). Top-k keeps the first k, top-p the shortest prefix of those whose mass reaches
-// TopP times theirs, min-p those with p_i >= MinP (p_max is 1). The draw walks the kept
+// TopP times theirs (at least the first), min-p those with p_i >= MinP (p_max is 1). The draw walks the kept
 // tokens in id order and returns the first whose running mass exceeds U * mass(kept) (the
 // last kept one if rounding leaves none). The kept set and its probabilities are vLLM's.
 //
@@ -293,6 +310,11 @@ const MaxSampleVocab = 1 << 23
 // scaleMass returns floor(f * m) computed in float64 (f in [0, 1)), as the kernel does.
 func scaleMass(f float32, m uint64) uint64 { return uint64(float64(f) * float64(m)) }
 
+// topPTarget is the mass top-p's prefix must reach: floor(TopP * total), but at least 1 so
+// that a TopP too small for the integer masses still keeps the best token (as vLLM does)
+// rather than none.
+func topPTarget(topP float32, total uint64) uint64 { return max(scaleMass(topP, total), 1) }
+
 // referenceChoose picks from penalised logits; see SampleReference.
 func referenceChoose(l []float32, row *SampleRow) int {
 	ninf := float32(math.Inf(-1))
@@ -359,7 +381,7 @@ func referenceChoose(l []float32, row *SampleRow) int {
 				total += SampleMass(p(i))
 			}
 		}
-		target := scaleMass(row.TopP, total)
+		target := topPTarget(row.TopP, total)
 		pt = cut(func(t thr) bool {
 			var s uint64
 			for i := range l {

@@ -187,7 +187,7 @@ func (s *Sampler) choose(l []float32, row *SampleRow) int {
 		for _, x := range c {
 			total += x.mass
 		}
-		minKey = s.topPKey(scaleMass(row.TopP, total))
+		minKey = s.topPKey(topPTarget(row.TopP, total))
 	}
 	var sum uint64
 	last := -1

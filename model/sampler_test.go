@@ -273,3 +273,46 @@ func TestSampleExp(t *testing.T) {
 		t.Fatal("a full vocabulary's mass overflows")
 	}
 }
+
+// A top-p so small that its share of the survivors' mass rounds to nothing still keeps the best
+// token (vLLM keeps at least one): SampleReference and Sampler both pick it at every U, never
+// an empty set (which left the reference with no token at all).
+func TestTinyTopPKeepsTheBestToken(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 5))
+	var s model.Sampler
+	for _, topP := range []float32{1e-30, 1e-15, math.SmallestNonzeroFloat32} {
+		for i := 0; i < 200; i++ {
+			raw := randomLogits(r, 320)
+			best := int32(0)
+			for j, v := range raw {
+				if v > raw[best] {
+					best = int32(j)
+				}
+			}
+			row := model.SampleRow{Temperature: 1, TopP: topP, Logprobs: 0, U: float32(r.Float64())}
+			var want, got model.SampleResult
+			model.SampleReference(slices.Clone(raw), &row, &want)
+			s.Sample(slices.Clone(raw), &row, &got)
+			if want.Token != best || !sameResult(&want, &got) {
+				t.Fatalf("top-p %g draw %d: reference %+v, sampler %+v, best token %d", topP, i, want, got, best)
+			}
+		}
+	}
+}
+
+// A row's bias list is bounded (MaxSampleBias) before any backend runs it: one entry more is
+// an error, the bound itself passes.
+func TestCheckSampleRowsBoundsBias(t *testing.T) {
+	const vocab = 4096
+	row := model.SampleRow{Bias: make([]model.TokenBias, model.MaxSampleBias)}
+	for i := range row.Bias {
+		row.Bias[i] = model.TokenBias{Token: int32(i), Bias: 1}
+	}
+	if err := model.CheckSampleRows([]model.SampleRow{row}, vocab); err != nil {
+		t.Fatalf("%d entries: %v", len(row.Bias), err)
+	}
+	row.Bias = append(row.Bias, model.TokenBias{Token: 5, Bias: 1})
+	if err := model.CheckSampleRows([]model.SampleRow{row}, vocab); err == nil {
+		t.Fatalf("%d entries passed", len(row.Bias))
+	}
+}

@@ -26,71 +26,91 @@ const (
 // batch requests of benchMaxTokens tokens at once, free or held to benchSchema. tok/s is the
 // figure to compare (constrained ÷ free at the same batch).
 func BenchmarkConstrainedDecode(b *testing.B) {
+	e, prompt := benchDemoEngine(b, false)
+	for _, batch := range []int{1, 64} {
+		for _, constrained := range []bool{false, true} {
+			name := fmt.Sprintf("free/batch=%d", batch)
+			var c *Constraint
+			if constrained {
+				name = fmt.Sprintf("json_schema/batch=%d", batch)
+				c = &Constraint{Spec: structured.Spec{Kind: structured.JSONSchema, Text: benchSchema}, Param: "bench"}
+			}
+			b.Run(name, func(b *testing.B) { benchDecode(b, e, prompt, batch, c) })
+		}
+	}
+}
+
+// BenchmarkDeterministicDecode is the same decode throughput (free requests) with and without
+// deterministic mode (Options.Deterministic): the CPU's price for batch invariance, its 1-row
+// product kernel for every row.
+func BenchmarkDeterministicDecode(b *testing.B) {
+	for _, deterministic := range []bool{false, true} {
+		e, prompt := benchDemoEngine(b, deterministic)
+		for _, batch := range []int{1, 64} {
+			b.Run(fmt.Sprintf("deterministic=%v/batch=%d", deterministic, batch), func(b *testing.B) { benchDecode(b, e, prompt, batch, nil) })
+		}
+	}
+}
+
+// benchDemoEngine serves the demo model on the CPU backend for the decode benchmarks.
+func benchDemoEngine(b *testing.B, deterministic bool) (*Engine, []int) {
 	be := cpu.New(2)
-	defer be.Close()
+	b.Cleanup(be.Close)
 	cfg, w, tok, _, err := demo.Build(be)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer w.Close()
-	e, err := NewEngine(cfg, be, w, tok, Options{ModelName: demo.Name, MaxNumSeqs: 64, MaxBatchedTokens: 2048, MaxModelLen: 256})
+	b.Cleanup(func() { w.Close() })
+	e, err := NewEngine(cfg, be, w, tok, Options{ModelName: demo.Name, MaxNumSeqs: 64, MaxBatchedTokens: 2048, MaxModelLen: 256, Deterministic: deterministic})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer e.Close()
+	b.Cleanup(e.Close)
 	prompt, err := tok.Encode("func main() {", false)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, batch := range []int{1, 64} {
-		for _, constrained := range []bool{false, true} {
-			name := fmt.Sprintf("free/batch=%d", batch)
-			if constrained {
-				name = fmt.Sprintf("json_schema/batch=%d", batch)
+	return e, prompt
+}
+
+// benchDecode generates batch requests of benchMaxTokens tokens at once (held to c when not
+// nil) round after round and reports tok/s. The first round (not timed) compiles the schema
+// and computes the masks of the states it visits: BenchmarkCompile measures that cost; this
+// measures the steady state.
+func benchDecode(b *testing.B, e *Engine, prompt []int, batch int, c *Constraint) {
+	var tokens int
+	var elapsed time.Duration
+	seed := uint64(0)
+	for round := 0; b.Loop(); round++ {
+		start := time.Now()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for range batch {
+			seed++
+			s := seed
+			p := SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: c}
+			st, err := e.Generate(context.Background(), Request{Model: demo.Name, Prompt: prompt, Params: p})
+			if err != nil {
+				b.Fatal(err)
 			}
-			b.Run(name, func(b *testing.B) {
-				var tokens int
-				var elapsed time.Duration
-				seed := uint64(0)
-				// The first round (not timed) compiles the schema and computes the masks of
-				// the states it visits: BenchmarkCompile measures that cost; this measures
-				// the steady state.
-				for round := 0; b.Loop(); round++ {
-					start := time.Now()
-					var wg sync.WaitGroup
-					var mu sync.Mutex
-					for range batch {
-						seed++
-						s := seed
-						p := SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s}
-						if constrained {
-							p.Constraint = &Constraint{Spec: structured.Spec{Kind: structured.JSONSchema, Text: benchSchema}, Param: "bench"}
-						}
-						st, err := e.Generate(context.Background(), Request{Model: demo.Name, Prompt: prompt, Params: p})
-						if err != nil {
-							b.Fatal(err)
-						}
-						wg.Go(func() {
-							ev, err := st.Collect(context.Background())
-							if err != nil || ev.Finish == "error" {
-								b.Errorf("finish %q, %v", ev.Finish, err)
-							}
-							mu.Lock()
-							tokens += len(ev.Tokens)
-							mu.Unlock()
-						})
-					}
-					wg.Wait()
-					if round == 0 {
-						tokens = 0
-						continue
-					}
-					elapsed += time.Since(start)
+			wg.Go(func() {
+				ev, err := st.Collect(context.Background())
+				if err != nil || ev.Finish == "error" {
+					b.Errorf("finish %q, %v", ev.Finish, err)
 				}
-				b.ReportMetric(float64(tokens)/elapsed.Seconds(), "tok/s")
+				mu.Lock()
+				tokens += len(ev.Tokens)
+				mu.Unlock()
 			})
 		}
+		wg.Wait()
+		if round == 0 {
+			tokens = 0
+			continue
+		}
+		elapsed += time.Since(start)
 	}
+	b.ReportMetric(float64(tokens)/elapsed.Seconds(), "tok/s")
 }
 
 // BenchmarkConstrainedSamplingPath is the sampling cost of a decode step on Llama 3's

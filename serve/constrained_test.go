@@ -14,8 +14,8 @@ import (
 	"github.com/loraplex/loraplex/structured"
 )
 
-// samplerOnly is a backend that samples but does not declare model.TokenMasker (as CUDA
-// today): the CPU backend seen through the two interfaces alone.
+// samplerOnly is a backend that samples but does not declare model.TokenMasker: the CPU
+// backend seen through the two interfaces alone.
 type samplerOnly struct {
 	model.Backend
 	model.DeviceSampler
@@ -107,4 +107,26 @@ func TestConstrainedSamplingPathAllocatesNothing(t *testing.T) {
 	if a := testing.AllocsPerRun(50, step); a > 0 {
 		t.Fatalf("%v allocations per step", a)
 	}
+}
+
+// Deterministic mode on a backend that cannot promise batch invariance (no
+// model.BatchInvariant) fails NewEngine with an error naming the mode, never runs without it;
+// the same options start an engine on the CPU backend.
+func TestDeterministicNeedsBatchInvariantBackend(t *testing.T) {
+	be := cpu.New(1)
+	defer be.Close()
+	cfg, w, tok, _, err := demo.Build(be)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	opt := Options{ModelName: demo.Name, MaxNumSeqs: 2, MaxBatchedTokens: 64, MaxModelLen: 64, Deterministic: true}
+	if _, err := NewEngine(cfg, samplerOnly{be, be}, w, tok, opt); err == nil || !strings.Contains(err.Error(), "deterministic") {
+		t.Errorf("a backend without BatchInvariant: %v", err)
+	}
+	e, err := NewEngine(cfg, be, w, tok, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
 }

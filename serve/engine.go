@@ -59,6 +59,12 @@ type Options struct {
 	// KVEvents publishes the prefix cache's page stored / removed / cleared events as vLLM does
 	// (kvevents.go; ParseKVEventsConfig); nil: off. It needs prefix caching.
 	KVEvents *KVEventsConfig
+
+	// Deterministic makes every request's tokens and logprobs independent of what it is
+	// batched with (vLLM's batch-invariant mode): a seeded or greedy request gets bitwise the
+	// same output alone or in any busy batch. It costs throughput on the GPU (model.
+	// BatchInvariant); a backend that cannot promise it fails NewEngine.
+	Deterministic bool
 }
 
 // DefaultLoadTimeout is Options.LoadTimeout's default: minutes for a large adapter on slow
@@ -197,6 +203,11 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	})
 	if err != nil {
 		return nil, err
+	}
+	if opt.Deterministic {
+		if err := r.SetBatchInvariant(true); err != nil {
+			return nil, fmt.Errorf("engine: deterministic mode: %w", err)
+		}
 	}
 	// Sampling is the backend's (one sampler for every backend: model.SampleReference).
 	if !r.CanSample() {

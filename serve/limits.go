@@ -1,6 +1,10 @@
 package serve
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/loraplex/loraplex/model"
+)
 
 // Request limits. Every cost a client can cause is bounded before the work starts: the
 // gateways (HTTP and gRPC) check a request's counts with CheckCounts and each prompt text with
@@ -15,8 +19,9 @@ const (
 	MaxStopStringBytes = 1024
 	// MaxStopTokenIDs bounds stop_token_ids (banned from sampling until min_tokens).
 	MaxStopTokenIDs = 1024
-	// MaxLogitBias bounds logit_bias entries (OpenAI clients send at most a vocabulary's worth).
-	MaxLogitBias = 1024
+	// MaxLogitBias bounds logit_bias entries (OpenAI clients send at most a vocabulary's worth);
+	// it is the sampler's own bound on a row's bias list.
+	MaxLogitBias = model.MaxSampleBias
 	// MaxMessages bounds the messages of one chat request.
 	MaxMessages = 4096
 	// MaxTools bounds the tools of one chat request (OpenAI's own limit is 128).

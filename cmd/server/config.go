@@ -32,6 +32,7 @@ type config struct {
 	apiKey                 string
 	allowRuntimeAdapters   bool
 	prefixCaching          bool
+	deterministic          bool
 	kvEvents               *serve.KVEventsConfig // nil: off
 	logLevel               slog.Level
 	shutdownTimeout        time.Duration
@@ -130,6 +131,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		c.prefixCaching = false
 		return nil
 	})
+	fs.BoolVar(&c.deterministic, "deterministic", false, "batch-invariant mode (vLLM's VLLM_BATCH_INVARIANT): a request's tokens and logprobs are bitwise the same alone or in any batch, at a cost in GPU throughput")
 	fs.Func("kv-events-config", `vLLM's KV-cache events for llm-d's precise prefix-cache scorer, as JSON: {"enable_kv_cache_events": true, "publisher": "zmq", "endpoint": "tcp://*:5557", "topic": "kv@POD@MODEL"} (default: off; block hashes are seeded from PYTHONHASHSEED, as llm-d's hashSeed)`, func(s string) error {
 		kc, err := serve.ParseKVEventsConfig(s)
 		if err != nil {

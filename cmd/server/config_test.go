@@ -28,3 +28,23 @@ func TestPrefixCachingFlags(t *testing.T) {
 		}
 	}
 }
+
+// --deterministic is off by default and turns the engine's batch-invariant mode on.
+func TestDeterministicFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--deterministic"}, true},
+		{[]string{"--deterministic=false"}, false},
+	} {
+		cfg, err := parseFlags(c.args, io.Discard)
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if cfg.deterministic != c.want {
+			t.Errorf("%v: deterministic %v, want %v", c.args, cfg.deterministic, c.want)
+		}
+	}
+}

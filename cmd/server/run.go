@@ -48,7 +48,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: c.maxModelLen,
 		KVCacheTokens: c.kvCacheTokens, MaxQueued: c.maxQueued, Logger: log, DisablePrefixCaching: !c.prefixCaching,
 		AdapterDirs: c.adapterDirs, AdapterRoots: c.roots(), LoadTimeout: c.loadTimeout, MaxLoRAs: c.maxLoRAs, MaxLoRARank: c.maxLoRARank, MaxCPULoRAs: c.maxCPULoRAs,
-		KVEvents: c.kvEvents,
+		KVEvents: c.kvEvents, Deterministic: c.deterministic,
 	})
 	if err != nil {
 		return err
