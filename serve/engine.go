@@ -25,7 +25,7 @@ type Options struct {
 	ModelName        string // the base model's name in APIs
 	MaxNumSeqs       int    // sequences in one batch (default DefaultMaxNumSeqs)
 	MaxBatchedTokens int    // token rows in one step; long prompts are prefilled in chunks (default DefaultMaxBatchedTokens)
-	MaxModelLen      int    // prompt + output limit (default: the model's, ResolveMaxModelLen)
+	MaxModelLen      int    // prompt + output limit (default: the model's, ResolveMaxModelLen, which servers use to refuse longer)
 	PageSize         int    // KV-cache tokens per page (default 16)
 	// KVCacheTokens is the KV cache's capacity in tokens; when 0 it is KVCacheMemory over the
 	// model's per-token footprint on the backend (model.Config.KVBytesPerToken), and with
@@ -172,11 +172,9 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if opt.MaxBatchedTokens < opt.MaxNumSeqs {
 		return nil, fmt.Errorf("engine: max batched tokens %d below max sequences %d", opt.MaxBatchedTokens, opt.MaxNumSeqs)
 	}
-	maxLen, err := ResolveMaxModelLen(cfg, opt.MaxModelLen)
-	if err != nil {
-		return nil, err
+	if opt.MaxModelLen <= 0 {
+		opt.MaxModelLen, _ = ResolveMaxModelLen(cfg, 0)
 	}
-	opt.MaxModelLen = maxLen
 	if opt.PageSize <= 0 {
 		opt.PageSize = 16
 	}
