@@ -332,8 +332,12 @@ func (c *Config) InvFreq() (inv []float64, attnScale float64) {
 	rc, dim := c.Rope, c.HeadDim
 	half := dim / 2
 	inv = make([]float64, half)
+	// transformers and vLLM compute 1 / theta^(2i/dim) in float32, each operation rounded; so
+	// do we, so that tens of thousands of positions out the angles are still the reference's.
+	theta32, dim32 := float32(rc.Theta), float32(dim)
 	for i := range inv {
-		inv[i] = 1 / math.Pow(rc.Theta, float64(2*i)/float64(dim))
+		exp := float32(2*i) / dim32
+		inv[i] = float64(1 / float32(math.Pow(float64(theta32), float64(exp))))
 	}
 	attnScale = 1
 	switch rc.Type {

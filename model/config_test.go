@@ -96,7 +96,8 @@ func TestInvFreqLlama3(t *testing.T) {
 	smooth := (64/(2*math.Pi/0.1) - 1) / (4 - 1)
 	want[1] = (1-smooth)*0.1/8 + smooth*0.1
 	for i := range want {
-		if math.Abs(inv[i]-want[i]) > 1e-12 {
+		// The base frequencies are float32 values, as transformers computes them.
+		if math.Abs(inv[i]-want[i]) > 2e-7*want[i] {
 			t.Fatalf("inv[%d] = %g, want %g", i, inv[i], want[i])
 		}
 	}
