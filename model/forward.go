@@ -32,6 +32,7 @@ type Runner struct {
 	segs                                      [NumProj][]LoRASeg
 	routing                                   routeState
 	attnParams                                AttnParams
+	windows                                   []int // per layer: the sliding window (Config.LayerWindow)
 	keyBuf                                    []byte
 	id                                        uint64
 	eps                                       float32
@@ -56,7 +57,11 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r.gate, r.up, r.act = b.Alloc(n, cfg.IntermediateSize), b.Alloc(n, cfg.IntermediateSize), b.Alloc(n, cfg.IntermediateSize)
 	r.sel, r.logits = b.Alloc(opt.MaxLogitRows, H), b.Alloc(opt.MaxLogitRows, cfg.VocabSize)
 	r.attnParams = AttnParams{Heads: cfg.NumHeads, KVHeads: cfg.NumKVHeads, HeadDim: D,
-		Scale: float32(1 / math.Sqrt(float64(D))), Window: cfg.SlidingWindow}
+		Scale: float32(1 / math.Sqrt(float64(D)))}
+	r.windows = make([]int, cfg.NumLayers)
+	for l := range r.windows {
+		r.windows[l] = cfg.LayerWindow(l)
+	}
 
 	// The rotary table is computed once and stored as float32 cos|sin rows. The angle
 	// position x inv_freq is rounded to float32 as transformers and vLLM compute it: 32k
@@ -278,7 +283,9 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		b.RoPE(qh, H, r.rope)
 		b.RoPE(kh, KV, r.rope)
 		b.StoreKV(l, k, v)
-		b.Attention(attn, q, l, r.attnParams)
+		ap := r.attnParams
+		ap.Window = r.windows[l]
+		b.Attention(attn, q, l, ap)
 		o := r.deltaFor(n, cfg.HiddenSize)
 		r.proj(o, attn, l, ProjO)
 		b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
