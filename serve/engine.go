@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -33,7 +34,8 @@ type Options struct {
 	// (ErrKVCacheTooSmall). NewEngine leaves the capacity it chose here (Options).
 	KVCacheTokens int
 	// KVCacheMemory is the KV cache's budget in bytes (the server's --kv-cache-memory, or what
-	// --gpu-memory-utilization leaves); NewEngine leaves the bytes the capacity takes here.
+	// --gpu-memory-utilization leaves), used up to 4M tokens (or MaxNumSeqs * MaxModelLen if
+	// more); NewEngine leaves the bytes the capacity takes here.
 	KVCacheMemory int64
 	MaxQueued     int // waiting requests beyond which Generate answers KindOverloaded (default 1024)
 	// MaxLoRAs is the number of adapters on the device at once (default 32); requests for other
@@ -67,6 +69,10 @@ type Options struct {
 	// (kvevents.go; ParseKVEventsConfig); nil: off. It needs prefix caching.
 	KVEvents *KVEventsConfig
 }
+
+// maxMemoryKVTokens bounds a KV cache sized from memory (Options.KVCacheMemory): 4M tokens,
+// more than any real model's KV fits in a GPU (an 8B Llama's would take 512 GiB).
+const maxMemoryKVTokens = 1 << 22
 
 // Defaults of Options.MaxNumSeqs, Options.MaxBatchedTokens and Options.MaxLoRAs.
 const (
@@ -182,10 +188,17 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	switch {
 	case opt.KVCacheTokens > 0:
 	case opt.KVCacheMemory > 0:
-		// Whole pages only: a page is the unit the allocator hands out.
-		opt.KVCacheTokens = int(opt.KVCacheMemory/(perToken*int64(opt.PageSize))) * opt.PageSize
+		// Whole pages only: a page is the unit the allocator hands out. A tiny model on a large
+		// device would get hundreds of millions of tokens, whose page tables (host memory, about
+		// 7 bytes a token with prefix caching) would outweigh the cache: no more than
+		// maxMemoryKVTokens, or every sequence at full length if that is more.
+		limit := max(maxMemoryKVTokens, int64(opt.MaxNumSeqs)*int64(opt.MaxModelLen))
+		opt.KVCacheTokens = int(min(opt.KVCacheMemory/perToken, limit)) / opt.PageSize * opt.PageSize
 	default:
 		opt.KVCacheTokens = opt.MaxNumSeqs * opt.MaxModelLen
+	}
+	if opt.KVCacheTokens > math.MaxInt32-opt.PageSize {
+		return nil, fmt.Errorf("engine: a KV cache of %d tokens is more than KV slot ids (int32) can address", opt.KVCacheTokens)
 	}
 	if opt.KVCacheTokens < opt.MaxModelLen {
 		return nil, fmt.Errorf("engine: %w: it holds %d tokens (%d bytes at %d bytes per token), one sequence of max model length %d needs %d bytes",
