@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/serve"
 )
@@ -34,7 +33,8 @@ type kvPlan struct {
 // taken as given. On a GPU (model.MemoryReporter) the cache gets --gpu-memory-utilization of the
 // device's total memory minus what is in use once the weights are loaded (the CUDA context, the
 // weights, other processes) and minus what the engine will still allocate: the runner's
-// workspaces and --max-loras adapter slots at --max-lora-rank. On the host it gets cpuKVShare of
+// workspaces and --max-loras adapter slots at --max-lora-rank when given, else at
+// reservedLoRARank. On the host it gets cpuKVShare of
 // MemAvailable, but no more than every sequence at full length can use (max-num-seqs x
 // max-model-len): a larger cache would only keep more prefixes, and the host's RAM is shared.
 func planKVCache(c *config, cfg *model.Config, b model.Backend, maxModelLen int) (kvPlan, error) {
@@ -50,9 +50,14 @@ func planKVCache(c *config, cfg *model.Config, b model.Backend, maxModelLen int)
 		if err != nil {
 			return kvPlan{}, fmt.Errorf("sizing the KV cache from device memory: %w (set --kv-cache-memory or --kv-cache-tokens)", err)
 		}
-		rank := c.maxLoRARank
-		if rank <= 0 {
-			rank = adaptercache.DefaultMaxRank
+		// --max-lora-rank's default (256) is a ceiling for refusing adapters, not the rank
+		// people serve: reserving 32 slots at 256 would take ~43 GB of an 8B model's GPU. So
+		// the slots are reserved at reservedLoRARank unless the flag is given; adapters of a
+		// higher rank still load into the headroom --gpu-memory-utilization leaves, and an
+		// upload that finds no memory fails that adapter alone.
+		rank := reservedLoRARank
+		if c.maxLoRARank > 0 {
+			rank = c.maxLoRARank
 		}
 		loras := c.maxLoRAs
 		if loras <= 0 {
@@ -152,3 +157,7 @@ func parseBytes(s string) (int64, error) {
 	}
 	return int64(v * mult), nil
 }
+
+// reservedLoRARank is the rank adapter slots are reserved at when --max-lora-rank is not given
+// (vLLM's default max_lora_rank).
+const reservedLoRARank = 16
