@@ -270,6 +270,13 @@ func (b *Backend) Write(t model.Tensor, src []float32) error {
 	return cudaError("write sync", C.s_stream_sync(b.stream))
 }
 
+// KVElementBytes is 2: the KV cache holds 16-bit keys and values (model.KVElementSizer).
+func (b *Backend) KVElementBytes() int { return 2 }
+
+// MemInfo reports this backend's GPU's free and total memory now (model.MemoryReporter), what
+// the server sizes the KV cache from once the weights are loaded.
+func (b *Backend) MemInfo() (free, total uint64, err error) { return MemInfo(b.device) }
+
 func (b *Backend) AllocKV(spec model.KVSpec) error {
 	slots, width := spec.Pages*spec.PageSize, spec.KVHeads*spec.HeadDim
 	if slots <= 0 || width <= 0 || spec.Layers <= 0 {

@@ -31,8 +31,12 @@ type Config struct {
 	MLPBias bool // bias on gate/up/down (Llama mlp_bias)
 	QKNorm  bool // per-head RMSNorm of q and k before RoPE (Qwen3)
 
-	// SlidingWindow > 0 limits attention to the last SlidingWindow positions (Mistral).
+	// SlidingWindow > 0 limits attention to the last SlidingWindow positions: in every layer
+	// (Mistral), or in the layers WindowLayers marks (Qwen2 and Qwen3 with use_sliding_window:
+	// transformers' layer_types, by default the layers from max_window_layers on). LayerWindow
+	// gives a layer's.
 	SlidingWindow int
+	WindowLayers  []bool // nil: every layer
 
 	Rope RopeConfig
 
@@ -80,6 +84,8 @@ type rawConfig struct {
 	HiddenAct             string           `json:"hidden_act"`
 	SlidingWindow         *int             `json:"sliding_window"`
 	UseSlidingWindow      bool             `json:"use_sliding_window"`
+	MaxWindowLayers       *int             `json:"max_window_layers"`
+	LayerTypes            []string         `json:"layer_types"`
 	RopeTheta             *float64         `json:"rope_theta"`
 	RopeScaling           map[string]any   `json:"rope_scaling"`
 	RopeParameters        map[string]any   `json:"rope_parameters"`
@@ -198,7 +204,9 @@ func ParseConfig(data []byte) (*Config, error) {
 		}
 	case "qwen2", "qwen3":
 		if r.UseSlidingWindow {
-			return nil, fmt.Errorf("use_sliding_window: %w for %s", ErrUnsupported, c.Architecture)
+			if err := parseLayerWindows(&r, c); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := parseRope(&r, c); err != nil {
@@ -220,6 +228,48 @@ func ParseConfig(data []byte) (*Config, error) {
 		c.TorchDType = r.DType
 	}
 	return c, nil
+}
+
+// parseLayerWindows reads Qwen2/Qwen3's sliding window as transformers does: sliding_window
+// applies to the layers layer_types calls "sliding_attention", or without layer_types to layers
+// max_window_layers (default 28) and up.
+func parseLayerWindows(r *rawConfig, c *Config) error {
+	if r.SlidingWindow == nil || *r.SlidingWindow <= 0 {
+		return fmt.Errorf("config.json: use_sliding_window needs a positive sliding_window")
+	}
+	c.SlidingWindow = *r.SlidingWindow
+	c.WindowLayers = make([]bool, c.NumLayers)
+	if r.LayerTypes != nil {
+		if len(r.LayerTypes) != c.NumLayers {
+			return fmt.Errorf("config.json: layer_types has %d entries for %d layers", len(r.LayerTypes), c.NumLayers)
+		}
+		for i, t := range r.LayerTypes {
+			switch t {
+			case "sliding_attention":
+				c.WindowLayers[i] = true
+			case "full_attention":
+			default:
+				return fmt.Errorf("config.json: layer_types[%d] %q: %w (full_attention or sliding_attention)", i, t, ErrUnsupported)
+			}
+		}
+		return nil
+	}
+	first := 28
+	if r.MaxWindowLayers != nil {
+		first = *r.MaxWindowLayers
+	}
+	for i := range c.WindowLayers {
+		c.WindowLayers[i] = i >= first
+	}
+	return nil
+}
+
+// LayerWindow is layer l's sliding window (0: full attention).
+func (c *Config) LayerWindow(l int) int {
+	if c.WindowLayers != nil && !c.WindowLayers[l] {
+		return 0
+	}
+	return c.SlidingWindow
 }
 
 func intOrList(raw json.RawMessage) ([]int, error) {
@@ -332,8 +382,12 @@ func (c *Config) InvFreq() (inv []float64, attnScale float64) {
 	rc, dim := c.Rope, c.HeadDim
 	half := dim / 2
 	inv = make([]float64, half)
+	// transformers and vLLM compute 1 / theta^(2i/dim) in float32, each operation rounded; so
+	// do we, so that tens of thousands of positions out the angles are still the reference's.
+	theta32, dim32 := float32(rc.Theta), float32(dim)
 	for i := range inv {
-		inv[i] = 1 / math.Pow(rc.Theta, float64(2*i)/float64(dim))
+		exp := float32(2*i) / dim32
+		inv[i] = float64(1 / float32(math.Pow(float64(theta32), float64(exp))))
 	}
 	attnScale = 1
 	switch rc.Type {

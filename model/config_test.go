@@ -75,7 +75,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{`{"architectures":["LlamaForCausalLM"],` + base + `,"rope_scaling":{"type":"dynamic","factor":2}}`, "dynamic", true},
 		{`{"architectures":["LlamaForCausalLM"],` + base + `,"rope_scaling":{"rope_type":"llama3","factor":8}}`, "llama3", false},
 		{`{"architectures":["LlamaForCausalLM"],` + base + `,"quantization_config":{"quant_method":"awq"}}`, "quantization", true},
-		{`{"architectures":["Qwen2ForCausalLM"],` + base + `,"use_sliding_window":true}`, "use_sliding_window", true},
+		{`{"architectures":["Qwen2ForCausalLM"],` + base + `,"use_sliding_window":true}`, "sliding_window", false},
+		{`{"architectures":["Qwen2ForCausalLM"],` + base + `,"use_sliding_window":true,"sliding_window":8,"layer_types":["full_attention"]}`, "layer_types", false},
+		{`{"architectures":["Qwen3ForCausalLM"],` + base + `,"use_sliding_window":true,"sliding_window":8,"layer_types":["full_attention","chunked_attention"]}`, "chunked_attention", true},
 		{`{"architectures":["LlamaForCausalLM"],` + base + `,"eos_token_id":"x"}`, "eos_token_id", false},
 	} {
 		_, err := ParseConfig([]byte(tc.json))
@@ -96,11 +98,39 @@ func TestInvFreqLlama3(t *testing.T) {
 	smooth := (64/(2*math.Pi/0.1) - 1) / (4 - 1)
 	want[1] = (1-smooth)*0.1/8 + smooth*0.1
 	for i := range want {
-		if math.Abs(inv[i]-want[i]) > 1e-12 {
+		// The base frequencies are float32 values, as transformers computes them.
+		if math.Abs(inv[i]-want[i]) > 2e-7*want[i] {
 			t.Fatalf("inv[%d] = %g, want %g", i, inv[i], want[i])
 		}
 	}
 	if scale != 1 {
 		t.Fatalf("scale %g", scale)
+	}
+}
+
+// Qwen2 and Qwen3 slide their window only in some layers, as transformers decides: the layers
+// layer_types calls sliding_attention, else those from max_window_layers (default 28) on;
+// Mistral's window covers every layer, and without use_sliding_window there is none.
+func TestLayerWindows(t *testing.T) {
+	base := `"vocab_size":10,"hidden_size":64,"intermediate_size":96,"num_hidden_layers":3,"num_attention_heads":4`
+	for _, c := range []struct {
+		json string
+		want []int
+	}{
+		{`{"architectures":["MistralForCausalLM"],` + base + `,"sliding_window":5}`, []int{5, 5, 5}},
+		{`{"architectures":["Qwen2ForCausalLM"],` + base + `,"sliding_window":5}`, []int{0, 0, 0}},
+		{`{"architectures":["Qwen2ForCausalLM"],` + base + `,"use_sliding_window":true,"sliding_window":5,"max_window_layers":1}`, []int{0, 5, 5}},
+		{`{"architectures":["Qwen2ForCausalLM"],` + base + `,"use_sliding_window":true,"sliding_window":5}`, []int{0, 0, 0}},
+		{`{"architectures":["Qwen3ForCausalLM"],` + base + `,"use_sliding_window":true,"sliding_window":5,"max_window_layers":0,"layer_types":["sliding_attention","full_attention","sliding_attention"]}`, []int{5, 0, 5}},
+	} {
+		cfg, err := ParseConfig([]byte(c.json))
+		if err != nil {
+			t.Fatalf("%s: %v", c.json, err)
+		}
+		for l, want := range c.want {
+			if got := cfg.LayerWindow(l); got != want {
+				t.Errorf("%s: layer %d window %d, want %d", c.json, l, got, want)
+			}
+		}
 	}
 }

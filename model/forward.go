@@ -36,6 +36,7 @@ type Runner struct {
 	grouper                                   LoRAGrouper // nil: one LoRA call per projection
 	groupOuts, groupWs                        [3]Tensor   // outputs and weights of a projection group (projShared), kept here so steps allocate nothing
 	groupSegs                                 [3][]LoRASeg
+	windows                                   []int // per layer: the sliding window (Config.LayerWindow)
 	keyBuf                                    []byte
 	id                                        uint64
 	eps                                       float32
@@ -62,15 +63,22 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r.gate, r.up, r.act = b.Alloc(n, cfg.IntermediateSize), b.Alloc(n, cfg.IntermediateSize), b.Alloc(n, cfg.IntermediateSize)
 	r.sel, r.logits = b.Alloc(opt.MaxLogitRows, H), b.Alloc(opt.MaxLogitRows, cfg.VocabSize)
 	r.attnParams = AttnParams{Heads: cfg.NumHeads, KVHeads: cfg.NumKVHeads, HeadDim: D,
-		Scale: float32(1 / math.Sqrt(float64(D))), Window: cfg.SlidingWindow}
+		Scale: float32(1 / math.Sqrt(float64(D)))}
+	r.windows = make([]int, cfg.NumLayers)
+	for l := range r.windows {
+		r.windows[l] = cfg.LayerWindow(l)
+	}
 
-	// The rotary table is computed once in float64 and stored as float32 cos|sin rows.
+	// The rotary table is computed once and stored as float32 cos|sin rows. The angle
+	// position x inv_freq is rounded to float32 as transformers and vLLM compute it: 32k
+	// positions out a float32 angle is 0.002 rad from the exact one, which moves peaked
+	// attention scores by more than the fixtures' tolerance. cos and sin are then exact.
 	inv, scale := cfg.InvFreq()
 	half := D / 2
 	table := make([]float32, opt.MaxContext*D)
 	for p := 0; p < opt.MaxContext; p++ {
 		for i := 0; i < half; i++ {
-			ang := float64(p) * float64(float32(inv[i]))
+			ang := float64(float32(float32(p) * float32(inv[i])))
 			table[p*D+i] = float32(math.Cos(ang) * scale)
 			table[p*D+half+i] = float32(math.Sin(ang) * scale)
 		}
@@ -287,7 +295,9 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 			b.RoPE(kh, KV, r.rope)
 			b.StoreKV(l, k, v)
 		}
-		b.Attention(attn, q, l, r.attnParams)
+		ap := r.attnParams
+		ap.Window = r.windows[l]
+		b.Attention(attn, q, l, ap)
 		o := r.deltaFor(n, cfg.HiddenSize)
 		r.proj(o, attn, l, ProjO)
 		b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)

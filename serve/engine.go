@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -23,12 +24,20 @@ import (
 // Options configure an Engine. Zero values get defaults in NewEngine.
 type Options struct {
 	ModelName        string // the base model's name in APIs
-	MaxNumSeqs       int    // sequences in one batch (default 16)
-	MaxBatchedTokens int    // token rows in one step; long prompts are prefilled in chunks (default 512)
-	MaxModelLen      int    // prompt + output limit (default min(max_position_embeddings, 4096))
+	MaxNumSeqs       int    // sequences in one batch (default DefaultMaxNumSeqs)
+	MaxBatchedTokens int    // token rows in one step; long prompts are prefilled in chunks (default DefaultMaxBatchedTokens)
+	MaxModelLen      int    // prompt + output limit (default: the model's, ResolveMaxModelLen, which servers use to refuse longer)
 	PageSize         int    // KV-cache tokens per page (default 16)
-	KVCacheTokens    int    // KV-cache capacity in tokens (default MaxNumSeqs * MaxModelLen, at least MaxModelLen)
-	MaxQueued        int    // waiting requests beyond which Generate answers KindOverloaded (default 1024)
+	// KVCacheTokens is the KV cache's capacity in tokens; when 0 it is KVCacheMemory over the
+	// model's per-token footprint on the backend (model.Config.KVBytesPerToken), and with
+	// neither MaxNumSeqs * MaxModelLen. It must hold one sequence of MaxModelLen
+	// (ErrKVCacheTooSmall). NewEngine leaves the capacity it chose here (Options).
+	KVCacheTokens int
+	// KVCacheMemory is the KV cache's budget in bytes (the server's --kv-cache-memory, or what
+	// --gpu-memory-utilization leaves), used up to 4M tokens (or MaxNumSeqs * MaxModelLen if
+	// more); NewEngine leaves the bytes the capacity takes here.
+	KVCacheMemory int64
+	MaxQueued     int // waiting requests beyond which Generate answers KindOverloaded (default 1024)
 	// MaxLoRAs is the number of adapters on the device at once (default 32); requests for other
 	// adapters wait while one loads into a free or least recently used slot.
 	MaxLoRAs int
@@ -66,6 +75,17 @@ type Options struct {
 	// BatchInvariant); a backend that cannot promise it fails NewEngine.
 	Deterministic bool
 }
+
+// maxMemoryKVTokens bounds a KV cache sized from memory (Options.KVCacheMemory): 4M tokens,
+// more than any real model's KV fits in a GPU (an 8B Llama's would take 512 GiB).
+const maxMemoryKVTokens = 1 << 22
+
+// Defaults of Options.MaxNumSeqs, Options.MaxBatchedTokens and Options.MaxLoRAs.
+const (
+	DefaultMaxNumSeqs       = 16
+	DefaultMaxBatchedTokens = 512
+	DefaultMaxLoRAs         = 32
+)
 
 // DefaultLoadTimeout is Options.LoadTimeout's default: minutes for a large adapter on slow
 // storage, and still a bound on a load stuck on a dead file system.
@@ -156,28 +176,39 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 		opt.ModelName = "base"
 	}
 	if opt.MaxNumSeqs <= 0 {
-		opt.MaxNumSeqs = 16
+		opt.MaxNumSeqs = DefaultMaxNumSeqs
 	}
 	if opt.MaxBatchedTokens <= 0 {
-		opt.MaxBatchedTokens = 512
+		opt.MaxBatchedTokens = DefaultMaxBatchedTokens
 	}
 	if opt.MaxBatchedTokens < opt.MaxNumSeqs {
 		return nil, fmt.Errorf("engine: max batched tokens %d below max sequences %d", opt.MaxBatchedTokens, opt.MaxNumSeqs)
 	}
 	if opt.MaxModelLen <= 0 {
-		opt.MaxModelLen = 4096
-		if cfg.MaxPositions > 0 {
-			opt.MaxModelLen = min(cfg.MaxPositions, 4096)
-		}
+		opt.MaxModelLen, _ = ResolveMaxModelLen(cfg, 0)
 	}
 	if opt.PageSize <= 0 {
 		opt.PageSize = 16
 	}
-	if opt.KVCacheTokens <= 0 {
+	perToken := cfg.KVBytesPerToken(model.KVElementBytes(b))
+	switch {
+	case opt.KVCacheTokens > 0:
+	case opt.KVCacheMemory > 0:
+		// Whole pages only: a page is the unit the allocator hands out. A tiny model on a large
+		// device would get hundreds of millions of tokens, whose page tables (host memory, about
+		// 7 bytes a token with prefix caching) would outweigh the cache: no more than
+		// maxMemoryKVTokens, or every sequence at full length if that is more.
+		limit := max(maxMemoryKVTokens, int64(opt.MaxNumSeqs)*int64(opt.MaxModelLen))
+		opt.KVCacheTokens = int(min(opt.KVCacheMemory/perToken, limit)) / opt.PageSize * opt.PageSize
+	default:
 		opt.KVCacheTokens = opt.MaxNumSeqs * opt.MaxModelLen
 	}
+	if opt.KVCacheTokens > math.MaxInt32-opt.PageSize {
+		return nil, fmt.Errorf("engine: a KV cache of %d tokens is more than KV slot ids (int32) can address", opt.KVCacheTokens)
+	}
 	if opt.KVCacheTokens < opt.MaxModelLen {
-		return nil, fmt.Errorf("engine: KV cache of %d tokens cannot hold one sequence of max model length %d", opt.KVCacheTokens, opt.MaxModelLen)
+		return nil, fmt.Errorf("engine: %w: it holds %d tokens (%d bytes at %d bytes per token), one sequence of max model length %d needs %d bytes",
+			ErrKVCacheTooSmall, opt.KVCacheTokens, int64(opt.KVCacheTokens)*perToken, perToken, opt.MaxModelLen, int64(opt.MaxModelLen)*perToken)
 	}
 	if opt.MaxQueued <= 0 {
 		opt.MaxQueued = 1024
@@ -191,16 +222,16 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 		opt.Logger = slog.Default()
 	}
 	if opt.MaxLoRAs <= 0 {
-		opt.MaxLoRAs = 32
+		opt.MaxLoRAs = DefaultMaxLoRAs
 	}
 	if opt.KVEvents != nil && opt.DisablePrefixCaching {
 		return nil, fmt.Errorf("engine: KV-cache events need prefix caching (the events name the cache's pages)")
 	}
 	pages := (opt.KVCacheTokens + opt.PageSize - 1) / opt.PageSize
-	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{
-		MaxTokens: opt.MaxBatchedTokens, MaxLogitRows: opt.MaxNumSeqs + maxScoreRows(opt), MaxContext: opt.MaxModelLen,
-		KV: model.KVSpec{Pages: pages, PageSize: opt.PageSize},
-	})
+	opt.KVCacheMemory = int64(pages*opt.PageSize) * perToken
+	ro := RunnerOptions(opt)
+	ro.KV = model.KVSpec{Pages: pages, PageSize: opt.PageSize}
+	r, err := model.NewRunner(cfg, b, w, ro)
 	if err != nil {
 		return nil, err
 	}

@@ -57,7 +57,10 @@ type chunk struct {
 		FinishReason *string `json:"finish_reason"`
 	} `json:"choices"`
 	Usage *struct {
-		CompletionTokens int `json:"completion_tokens"`
+		CompletionTokens    int `json:"completion_tokens"`
+		PromptTokensDetails *struct {
+			CachedTokens int `json:"cached_tokens"`
+		} `json:"prompt_tokens_details"`
 	} `json:"usage"`
 	Error *struct {
 		Type    string `json:"type"`
@@ -101,7 +104,7 @@ func (c *Client) Complete(ctx context.Context, model string, p *Planned) Result 
 		r.Status = fmt.Sprintf("HTTP %d", resp.StatusCode)
 		return r
 	}
-	r.Status = c.readStream(ctx, resp.Body, &r)
+	r.Status = c.readStream(ctx, resp.Body, &r, p.KeepOutput)
 	r.E2E = time.Since(r.Sent)
 	return r
 }
@@ -111,7 +114,7 @@ func (c *Client) Complete(ctx context.Context, model string, p *Planned) Result 
 // slow reader has not taken yet into one event, and counting such a chunk as one gap would make
 // the server look k times slower per token. Extra tokens in the first chunk add no gap (they
 // arrived with the first token).
-func (c *Client) readStream(ctx context.Context, body io.Reader, r *Result) string {
+func (c *Client) readStream(ctx context.Context, body io.Reader, r *Result, keep bool) string {
 	br := bufio.NewReaderSize(body, 64<<10)
 	var last time.Time
 	counted, usage, finished := 0, -1, false
@@ -144,12 +147,18 @@ func (c *Client) readStream(ctx context.Context, body io.Reader, r *Result) stri
 		}
 		if ch.Usage != nil {
 			usage = ch.Usage.CompletionTokens
+			if d := ch.Usage.PromptTokensDetails; d != nil {
+				r.CachedTokens = d.CachedTokens
+			}
 		}
 		k := 0
 		for _, choice := range ch.Choices {
 			switch {
 			case choice.TokenIDs != nil:
 				k += len(choice.TokenIDs)
+				if keep {
+					r.Output = append(r.Output, choice.TokenIDs...)
+				}
 			case choice.Text != "":
 				k++ // a server without return_token_ids: one token per text chunk
 			}

@@ -33,6 +33,9 @@ type LocalConfig struct {
 	Preload    bool // load every adapter before the run; false leaves it to on-demand loading
 	Seed       uint64
 	Verbose    bool
+	// NoPrefixCaching turns the engine's prefix cache off (the multi-turn workload's
+	// comparison run).
+	NoPrefixCaching bool
 	// Metrics serves /metrics as cmd/server does. Its collectors replace the engine observer,
 	// so such a server reports no engine view (Local.obs is nil).
 	Metrics bool
@@ -100,11 +103,12 @@ func StartLocal(c LocalConfig) (_ *Local, err error) {
 			return nil, err
 		}
 	}
-	// MaxModelLen is left to the engine (min(max positions, 4096)); the KV cache then holds
+	// MaxModelLen is left to the engine (the model's max positions); the KV cache then holds
 	// MaxNumSeqs full-length sequences, far more than the short benchmark prompts need, so
 	// preemption never distorts the numbers.
 	l.engine, err = serve.NewEngine(cfg, l.backend, w, tok, serve.Options{
 		ModelName: l.Base, MaxNumSeqs: c.MaxNumSeqs, MaxLoRAs: c.MaxLoRAs, AdapterDirs: []string{l.tmp}, Logger: log,
+		DisablePrefixCaching: c.NoPrefixCaching,
 	})
 	if err != nil {
 		return nil, err

@@ -18,6 +18,14 @@
 //	go run ./bench/loadgen -adapters 16 -rank 8 -popularity zipf -rate 4 -duration 30s
 //	go run ./bench/loadgen -url http://127.0.0.1:8000 -rate 2 -requests 100
 //	go run ./bench/loadgen -replicas http://127.0.0.1:8001,http://127.0.0.1:8002 -route affine -adapter-names @DIR
+//
+// With -workload multiturn it plays chats instead (multiturn.go): -users conversations of -turns
+// turns, each on an adapter picked by -popularity with that adapter's -system-len-token system
+// prompt, every turn resending the conversation so far. In process it runs twice, prefix caching
+// on then off; with -url and -url-nocache it drives the two servers; either way it prints
+// throughput and TTFT with caching on / off.
+//
+//	go run ./bench/loadgen -workload multiturn -adapters 64 -users 32 -turns 4 -system-len 2000 -rate 2
 package main
 
 import (
@@ -54,6 +62,10 @@ type options struct {
 	replicas, route                   string
 	affinitySlack                     int
 	scrapeInterval                    time.Duration
+	// -workload multiturn
+	workload, userLen, urlNoCache string
+	users, turns, systemLen       int
+	compareCaching                bool
 }
 
 func main() {
@@ -91,6 +103,13 @@ func main() {
 	flag.StringVar(&o.route, "route", "affine", "-replicas: affine (llm-d's adapter-affinity rule on the replicas' vllm:lora_requests_info and vllm:lora_adapter_loaded, else least loaded) or round-robin")
 	flag.IntVar(&o.affinitySlack, "affinity-slack", 16, "-replicas affine: pass over a replica with this many more requests in flight than the least loaded (0: no bound)")
 	flag.DurationVar(&o.scrapeInterval, "scrape-interval", 100*time.Millisecond, "-replicas affine: how often each replica's /metrics is read")
+	flag.StringVar(&o.workload, "workload", "single", "single (independent requests) or multiturn (chats whose turns resend the conversation; see -users, -turns, -system-len)")
+	flag.IntVar(&o.users, "users", 16, "multiturn: conversations")
+	flag.IntVar(&o.turns, "turns", 4, "multiturn: turns per conversation")
+	flag.IntVar(&o.systemLen, "system-len", 2000, "multiturn: tokens of each adapter's system prompt (shared by its conversations)")
+	flag.StringVar(&o.userLen, "user-len", "64", "multiturn: tokens of each user message, N or A:B")
+	flag.StringVar(&o.urlNoCache, "url-nocache", "", "multiturn with -url: a second server with prefix caching off, run after -url for the on/off ratios")
+	flag.BoolVar(&o.compareCaching, "compare-caching", true, "multiturn in-process: run twice, prefix caching on then off, and print the ratios")
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -131,6 +150,20 @@ func run(o options) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	switch o.workload {
+	case "single":
+	case "multiturn":
+		userLen, err := ParseRange(o.userLen)
+		if err != nil {
+			return fmt.Errorf("-user-len: %w", err)
+		}
+		if o.users <= 0 || o.turns <= 0 || o.systemLen < 0 {
+			return fmt.Errorf("multiturn: -users and -turns must be positive and -system-len not negative")
+		}
+		return runMultiTurn(ctx, o, userLen, outputLen)
+	default:
+		return fmt.Errorf("-workload %q: want single or multiturn", o.workload)
+	}
 
 	server := map[string]any{}
 	var obs *engineObserver

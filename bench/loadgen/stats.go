@@ -64,6 +64,10 @@ type Result struct {
 	Expected  int             // max_tokens asked for; with ignore_eos the output must be this long
 	PromptLen int
 	Replica   int // multi-replica runs: the index of the replica it was sent to
+	// CachedTokens is the usage's prompt_tokens_details.cached_tokens: prompt tokens the
+	// server's prefix cache supplied.
+	CachedTokens int
+	Output       []int // the output token ids, when the request asked to keep them (Planned.KeepOutput)
 }
 
 // Summary is one run's report.
@@ -86,8 +90,10 @@ type Summary struct {
 	TTFT           Dist           `json:"ttft"`
 	ITL            Dist           `json:"itl"`
 	E2E            Dist           `json:"e2e"`
-	Engine         *EngineSummary `json:"engine,omitempty"`   // in-process only: the engine's own view
-	Replicas       *ReplicaReport `json:"replicas,omitempty"` // multi-replica runs: routing and adapter loads
+	PromptTokens   int            `json:"prompt_tokens,omitempty"` // multi-turn runs: prompt tokens of completed turns
+	CachedTokens   int            `json:"cached_tokens,omitempty"` // and how many of them the prefix cache supplied
+	Engine         *EngineSummary `json:"engine,omitempty"`        // in-process only: the engine's own view
+	Replicas       *ReplicaReport `json:"replicas,omitempty"`      // multi-replica runs: routing and adapter loads
 }
 
 // Summarize folds results into a Summary. wall is from the first send to the last completion

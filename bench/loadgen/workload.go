@@ -47,6 +47,8 @@ type Planned struct {
 	PromptTxt string        // a text prompt
 	PromptLen int           // tokens (ids) or words (text) asked for
 	MaxTokens int
+	// KeepOutput keeps the output token ids in the Result (multi-turn chats resend them).
+	KeepOutput bool
 }
 
 // Workload is everything that shapes the plan.

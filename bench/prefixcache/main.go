@@ -2,8 +2,8 @@
 // (a system prompt, a document, a conversation so far) the server computed before: its time to
 // first token with the prefix cached, divided by the same request's with nothing cached.
 //
-// It serves the trained demo model (demo.Extract) in process on the CPU backend through the
-// real engine (serve.NewEngine, default scheduling: 512-token prefill chunks, 16-token pages),
+// It serves the trained demo model (demo.Extract) in process on the CPU backend (-device cuda:
+// the GPU, in a binary built with -tags cuda) through the real engine (serve.NewEngine, default scheduling: 512-token prefill chunks, 16-token pages),
 // and for each run makes a fresh random prefix (so the uncached request really finds nothing),
 // then times two greedy one-token requests one after the other:
 //
@@ -14,6 +14,7 @@
 // ratio of the medians against the goal (issue 14: <= 0.15).
 //
 //	go run ./bench/prefixcache -runs 5 -prefix 2000 -suffix 40
+//	go run -tags cuda ./bench/prefixcache -device cuda -runs 10   # after make cuda
 package main
 
 import (
@@ -29,7 +30,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/bench/internal/benchenv"
 	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/serve"
@@ -40,18 +41,22 @@ func main() {
 	prefix := flag.Int("prefix", 2000, "tokens of the shared prefix")
 	suffix := flag.Int("suffix", 40, "tokens after the prefix, different in the two requests")
 	threads := flag.Int("threads", 0, "CPU backend threads (0: GOMAXPROCS)")
+	device := flag.String("device", "cpu", "cpu, or cuda (GPU 0; build with -tags cuda)")
 	adapter := flag.String("adapter", "", "run the requests on this demo adapter (go, python, c, english; empty: the base model)")
 	goal := flag.Float64("goal", 0.15, "goal for cached TTFT / uncached TTFT")
 	flag.Parse()
-	if err := run(*runs, *prefix, *suffix, *threads, *adapter, *goal); err != nil {
+	if err := run(*device, *runs, *prefix, *suffix, *threads, *adapter, *goal); err != nil {
 		fmt.Fprintln(os.Stderr, "prefixcache:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs, prefix, suffix, threads int, adapter string, goal float64) error {
-	b := cpu.New(threads)
-	defer b.Close()
+func run(device string, runs, prefix, suffix, threads int, adapter string, goal float64) error {
+	b, closeBackend, err := benchenv.NewBackend(device, threads)
+	if err != nil {
+		return err
+	}
+	defer closeBackend()
 	root, err := demo.Extract()
 	if err != nil {
 		return err
@@ -82,8 +87,8 @@ func run(runs, prefix, suffix, threads int, adapter string, goal float64) error 
 	}
 	o := e.Options()
 	fmt.Printf("# prefix caching: TTFT of a %d-token prompt whose first %d tokens are cached / the same uncached\n", prefix+suffix, prefix)
-	fmt.Printf("# demo model (%d layers, hidden %d), CPU backend, %d threads, GOMAXPROCS %d, %s/%s, %s\n",
-		cfg.NumLayers, cfg.HiddenSize, threadsOf(threads), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
+	fmt.Printf("# demo model (%d layers, hidden %d), backend %s, GOMAXPROCS %d, %s/%s, %s\n",
+		cfg.NumLayers, cfg.HiddenSize, b.Name(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
 	fmt.Printf("# engine: max_num_batched_tokens %d, page size %d, model %q\n", o.MaxBatchedTokens, o.PageSize, cmpOr(adapter, demo.Name))
 	fmt.Println("run  uncached_ms  cached_ms  cached_tokens  ratio")
 	rng := rand.New(rand.NewPCG(14, 2000))
@@ -162,13 +167,6 @@ func median(v []float64) float64 {
 	} else {
 		return (s[n/2-1] + s[n/2]) / 2
 	}
-}
-
-func threadsOf(n int) int {
-	if n > 0 {
-		return n
-	}
-	return runtime.GOMAXPROCS(0)
 }
 
 func cmpOr(a, b string) string {

@@ -25,6 +25,8 @@ type config struct {
 	maxBatchedTokens       int
 	maxModelLen            int
 	kvCacheTokens          int
+	kvCacheMemory          int64   // bytes; 0: from the device's memory (kvmemory.go)
+	gpuMemoryUtilization   float64 // share of a GPU's memory the engine may use
 	maxQueued              int
 	maxLoRAs, maxCPULoRAs  int
 	maxLoRARank            int
@@ -107,8 +109,20 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&c.servedName, "served-model-name", "", "the base model's name in the API (default: the --model argument exactly as given, as in vLLM)")
 	fs.IntVar(&c.maxNumSeqs, "max-num-seqs", 0, "sequences in one batch (0: engine default)")
 	fs.IntVar(&c.maxBatchedTokens, "max-num-batched-tokens", 0, "token rows in one forward pass (0: engine default)")
-	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: from the model, at most 4096); a prompt text longer than this times the tokenizer's longest token in bytes is refused before tokenizing")
-	fs.IntVar(&c.kvCacheTokens, "kv-cache-tokens", 0, "KV-cache capacity in tokens (0: max-num-seqs x max-model-len)")
+	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: the model's max_position_embeddings, stretched by linear or yarn RoPE scaling; more is refused); a prompt text longer than this times the tokenizer's longest token in bytes is refused before tokenizing")
+	fs.IntVar(&c.kvCacheTokens, "kv-cache-tokens", 0, "KV-cache capacity in tokens, overriding the sizing from memory (0: from --kv-cache-memory or the device's memory)")
+	fs.Func("kv-cache-memory", "KV-cache budget in bytes, e.g. 4GiB, 512MiB, 8G (default: on a GPU what --gpu-memory-utilization leaves; on the CPU a quarter of MemAvailable, at most max-num-seqs x max-model-len tokens)", func(s string) error {
+		n, err := parseBytes(s)
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return fmt.Errorf("%q: must be positive", s)
+		}
+		c.kvCacheMemory = n
+		return nil
+	})
+	fs.Float64Var(&c.gpuMemoryUtilization, "gpu-memory-utilization", 0.9, "share of the GPU's total memory the server may use: weights, workspaces and adapter slots first, the KV cache gets the rest (ignored on the CPU)")
 	fs.IntVar(&c.maxLoRAs, "max-loras", 0, "adapters on the device at once (0: 32); others wait while one loads into a free or least recently used slot")
 	fs.IntVar(&c.maxLoRARank, "max-lora-rank", 0, "adapters with a higher LoRA rank are refused at load (0: 256, the largest the CUDA kernels implement)")
 	fs.IntVar(&c.maxCPULoRAs, "max-cpu-loras", 0, "adapters kept in host memory (0: no limit)")
@@ -161,6 +175,9 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		if v.n < 0 {
 			return nil, fmt.Errorf("--%s must not be negative, got %d", v.name, v.n)
 		}
+	}
+	if !(c.gpuMemoryUtilization > 0 && c.gpuMemoryUtilization <= 1) {
+		return nil, fmt.Errorf("--gpu-memory-utilization must be in (0, 1], got %v", c.gpuMemoryUtilization)
 	}
 	if c.shutdownTimeout < 0 {
 		return nil, fmt.Errorf("--shutdown-timeout must not be negative")

@@ -21,6 +21,14 @@ import (
 	"github.com/loraplex/loraplex/serve/openai"
 )
 
+// maxModelLenSource says where the engine's max model length came from, for the startup log.
+func maxModelLenSource(flagValue int) string {
+	if flagValue > 0 {
+		return "--max-model-len"
+	}
+	return "model config"
+}
+
 // run is the whole server: parse flags, load, serve until ctx ends, then shut down gracefully.
 // It returns nil after a clean shutdown.
 func run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -44,12 +52,23 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		// vLLM's PYTHONHASHSEED: the same variable seeds ours.
 		c.kvEvents.HashSeed = os.Getenv("PYTHONHASHSEED")
 	}
+	maxModelLen, err := serve.ResolveMaxModelLen(m.cfg, c.maxModelLen)
+	if err != nil {
+		return err
+	}
+	kv, err := planKVCache(c, m.cfg, b, maxModelLen)
+	if err != nil {
+		return err
+	}
 	e, err := serve.NewEngine(m.cfg, b, m.weights, m.tok, serve.Options{
-		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: c.maxModelLen,
-		KVCacheTokens: c.kvCacheTokens, MaxQueued: c.maxQueued, Logger: log, DisablePrefixCaching: !c.prefixCaching,
+		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: maxModelLen,
+		KVCacheTokens: kv.tokens, KVCacheMemory: kv.bytes, MaxQueued: c.maxQueued, Logger: log, DisablePrefixCaching: !c.prefixCaching,
 		AdapterDirs: c.adapterDirs, AdapterRoots: c.roots(), LoadTimeout: c.loadTimeout, MaxLoRAs: c.maxLoRAs, MaxLoRARank: c.maxLoRARank, MaxCPULoRAs: c.maxCPULoRAs,
 		KVEvents: c.kvEvents, Deterministic: c.deterministic,
 	})
+	if errors.Is(err, serve.ErrKVCacheTooSmall) {
+		return fmt.Errorf("%w; the KV cache was sized from %s: lower --max-model-len (now %d) or raise %s", err, kv.source, maxModelLen, kv.raise)
+	}
 	if err != nil {
 		return err
 	}
@@ -74,7 +93,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	o := e.Options()
 	log.Info("engine ready", "max_num_seqs", o.MaxNumSeqs, "max_num_batched_tokens", o.MaxBatchedTokens,
-		"max_model_len", o.MaxModelLen, "kv_cache_tokens", o.KVCacheTokens, "prefix_caching", !o.DisablePrefixCaching, "adapters", len(c.adapters), "routers", len(c.routers))
+		"max_model_len", o.MaxModelLen, "max_model_len_from", maxModelLenSource(c.maxModelLen), "kv_cache_tokens", o.KVCacheTokens,
+		"kv_cache_bytes", o.KVCacheMemory, "kv_cache_from", kv.source, "prefix_caching", !o.DisablePrefixCaching, "adapters", len(c.adapters), "routers", len(c.routers))
 
 	api := openai.New(e, openai.Options{
 		APIKey: c.apiKey, AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters,
