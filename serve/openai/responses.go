@@ -1,0 +1,713 @@
+package openai
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/structured"
+)
+
+// OpenAI's Responses API (POST /v1/responses) on the chat path: a request is converted once
+// into the chat request it means (instructions and input items become messages, text.format
+// becomes the constraint, max_output_tokens the token limit) and runs through chat's own
+// parameter checks, limits, template and engine call; only the output's shape is this file's.
+// No state is kept: the fields that need stored responses or conversations, background runs
+// and built-in tools are a 400 naming the field, never ignored.
+
+// responsesRequest is a Responses API request as it arrives. samplingFields carries model,
+// temperature, top_p and stream (the same names as chat) and vLLM's sampling extensions
+// (seed, top_k, stop, logit_bias, ...), which mean what they mean on chat.
+type responsesRequest struct {
+	samplingFields
+	Input           json.RawMessage   `json:"input"`
+	Instructions    *string           `json:"instructions"`
+	MaxOutputTokens *int              `json:"max_output_tokens"`
+	Text            *responsesText    `json:"text"`
+	TopLogprobs     *int              `json:"top_logprobs"`
+	Include         []string          `json:"include"`
+	Metadata        map[string]string `json:"metadata"`
+	Tools           []json.RawMessage `json:"tools"`
+	ToolChoice      json.RawMessage   `json:"tool_choice"`
+	// Stateful and server-side features this server does not have.
+	Store              json.RawMessage `json:"store"`
+	PreviousResponseID json.RawMessage `json:"previous_response_id"`
+	Background         json.RawMessage `json:"background"`
+	Conversation       json.RawMessage `json:"conversation"`
+	Prompt             json.RawMessage `json:"prompt"`
+	Reasoning          json.RawMessage `json:"reasoning"`
+	Truncation         json.RawMessage `json:"truncation"`
+	// Chat's names for what the Responses API names otherwise: refused with the right name,
+	// since a client that sends them means something this endpoint would otherwise ignore.
+	Messages            json.RawMessage `json:"messages"`
+	MaxCompletionTokens json.RawMessage `json:"max_completion_tokens"`
+}
+
+// responsesText is the request's and the response's `text`: the output format.
+type responsesText struct {
+	Format    json.RawMessage `json:"format"`
+	Verbosity json.RawMessage `json:"verbosity,omitempty"`
+}
+
+// responsesParams map the chat request's field names, which the shared checks put in errors,
+// to the Responses API's.
+var responsesParams = map[string]string{"max_tokens": "max_output_tokens", "messages": "input", "response_format": "text.format"}
+
+// responsesError names the Responses API's field in an error raised on the chat path.
+func responsesError(err error) error {
+	if err == nil {
+		return nil
+	}
+	ae := fromEngine(err)
+	to, ok := responsesParams[ae.param]
+	if !ok {
+		return ae
+	}
+	renamed := *ae
+	renamed.param = to
+	return &renamed
+}
+
+// refused checks the fields this endpoint does not implement: stateful ones, then chat's names
+// for Responses fields and the vLLM extensions whose output has no place in a response.
+func (r *responsesRequest) refused() error {
+	stateless := "this server keeps no responses or conversations; send the whole input"
+	checks := []struct {
+		name, why string
+		raw       json.RawMessage
+	}{
+		{"store", stateless + " (store must be false or absent)", r.Store},
+		{"previous_response_id", stateless, r.PreviousResponseID},
+		{"conversation", stateless, r.Conversation},
+		{"background", "background responses are not supported (there is no stored response to poll)", r.Background},
+		{"prompt", "stored prompt templates are not supported; send instructions and input", r.Prompt},
+		{"messages", "the Responses API takes input, not messages", r.Messages},
+		{"max_completion_tokens", "the Responses API takes max_output_tokens", r.MaxCompletionTokens},
+		{"max_tokens", "the Responses API takes max_output_tokens", rawOf(r.MaxTokens)},
+		{"response_format", "the Responses API takes text.format", r.ResponseFormat},
+		{"n", "the Responses API returns one output; n is not supported", rawOf(r.N)},
+		{"prompt_logprobs", "prompt_logprobs have no place in a response; use /v1/completions", rawOf(r.PromptLogprobs)},
+		{"expert_trace", "expert_trace is available on /v1/completions and /v1/chat/completions only", rawOf(r.ExpertTrace)},
+		{"return_token_ids", "return_token_ids is available on /v1/completions and /v1/chat/completions only", rawOf(r.ReturnTokenIDs)},
+	}
+	for _, c := range checks {
+		if firstSet([]namedRaw{{c.name, c.raw}}) != nil {
+			if c.name == "n" && string(c.raw) == "1" {
+				continue
+			}
+			return invalid(c.name, "%s: %s", c.name, c.why)
+		}
+	}
+	if t := string(bytes.TrimSpace(r.Truncation)); t != "" && t != "null" && t != `"disabled"` {
+		return invalid("truncation", `truncation: only "disabled" is supported (a prompt longer than the context is a 400, never cut)`)
+	}
+	if r.Text != nil {
+		if v := string(bytes.TrimSpace(r.Text.Verbosity)); v != "" && v != "null" && v != `"medium"` {
+			return invalid("text.verbosity", `text.verbosity: only "medium" (the default) is supported, got %s`, v)
+		}
+	}
+	if !neutralReasoning(r.Reasoning) {
+		return invalid("reasoning", "reasoning: the served models do not reason; reasoning options are not supported")
+	}
+	return nil
+}
+
+// rawOf is v as JSON (null when nil or zero), for the neutral-value check of firstSet.
+func rawOf[T comparable](v T) json.RawMessage {
+	var zero T
+	if v == zero {
+		return nil
+	}
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// neutralReasoning accepts a reasoning object that asks for nothing (absent, null, {} or only
+// null members), which clients send by default.
+func neutralReasoning(raw json.RawMessage) bool {
+	if isNull(raw) {
+		return true
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return false
+	}
+	for _, v := range m {
+		if !isNull(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// responsesTools is the seam for tool calling on /v1/responses: it maps the Responses API's
+// function tools ({"type":"function","name","description","parameters","strict"}) and
+// tool_choice ("auto", "none", "required" or {"type":"function","name"}) to chat's forms
+// ({"type":"function","function":{...}}, {"type":"function","function":{"name"}}), so that
+// once chat implements tools they can be handed to it as chatFields.Tools and its tool_choice.
+// Built-in tools (web_search, file_search, ...) run on OpenAI's servers and are refused here.
+// The chat tools are not wired yet: the caller refuses any function tool or forcing
+// tool_choice (errToolsNotYet).
+func responsesTools(tools []json.RawMessage, choice json.RawMessage) (chatTools []json.RawMessage, chatChoice json.RawMessage, err error) {
+	for i, raw := range tools {
+		var tool struct {
+			Type        string          `json:"type"`
+			Name        string          `json:"name"`
+			Description string          `json:"description"`
+			Parameters  json.RawMessage `json:"parameters"`
+			Strict      *bool           `json:"strict"`
+		}
+		if err := json.Unmarshal(raw, &tool); err != nil {
+			return nil, nil, invalid("tools", "tools[%d] must be an object with a type", i)
+		}
+		if tool.Type != "function" {
+			return nil, nil, invalid("tools", "tools[%d]: the built-in tool %q is not supported by this server (only function tools are)", i, tool.Type)
+		}
+		if tool.Name == "" {
+			return nil, nil, invalid("tools", "tools[%d].name is required", i)
+		}
+		fn := map[string]any{"name": tool.Name}
+		if tool.Description != "" {
+			fn["description"] = tool.Description
+		}
+		if !isNull(tool.Parameters) {
+			fn["parameters"] = tool.Parameters
+		}
+		if tool.Strict != nil {
+			fn["strict"] = *tool.Strict
+		}
+		b, _ := json.Marshal(map[string]any{"type": "function", "function": fn}) // strings, a bool and valid JSON
+		chatTools = append(chatTools, b)
+	}
+	if isNull(choice) {
+		return chatTools, nil, nil
+	}
+	var mode string
+	if json.Unmarshal(choice, &mode) == nil {
+		if mode != "auto" && mode != "none" && mode != "required" {
+			return nil, nil, invalid("tool_choice", `tool_choice must be "auto", "none", "required" or a function, got %q`, mode)
+		}
+		return chatTools, choice, nil
+	}
+	var named struct {
+		Type string `json:"type"`
+		Name string `json:"name"`
+	}
+	if json.Unmarshal(choice, &named) != nil || named.Type != "function" || named.Name == "" {
+		return nil, nil, invalid("tool_choice", `tool_choice must be "auto", "none", "required" or {"type":"function","name":...}`)
+	}
+	b, _ := json.Marshal(map[string]any{"type": "function", "function": map[string]string{"name": named.Name}})
+	return chatTools, b, nil
+}
+
+// errToolsNotYet refuses function tools until chat's tool calling is wired through
+// responsesTools.
+func errToolsNotYet(param string) error {
+	return invalid(param, "%s: function tools are not yet supported on /v1/responses", param)
+}
+
+// inputMessages converts instructions and input into chat messages: instructions first as a
+// system message, then input (a string: one user message; a list: message items, with
+// developer read as system, which chat templates know).
+func (r *responsesRequest) inputMessages() ([]chatMessage, error) {
+	var msgs []chatMessage
+	text := func(s string) json.RawMessage { b, _ := json.Marshal(s); return b }
+	if r.Instructions != nil && *r.Instructions != "" {
+		msgs = append(msgs, chatMessage{Role: "system", Content: text(*r.Instructions)})
+	}
+	raw := bytes.TrimSpace(r.Input)
+	if isNull(raw) {
+		return nil, invalid("input", "input is required")
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return append(msgs, chatMessage{Role: "user", Content: text(s)}), nil
+	}
+	var items []json.RawMessage
+	if json.Unmarshal(raw, &items) != nil {
+		return nil, invalid("input", "input must be a string or an array of input items")
+	}
+	if len(items) == 0 {
+		return nil, invalid("input", "input must not be empty")
+	}
+	// Bounded before any item is decoded (the limit is chat's messages limit).
+	if len(msgs)+len(items) > serve.MaxMessages {
+		return nil, invalid("input", "at most %d input items per request, got %d", serve.MaxMessages, len(items))
+	}
+	for i, raw := range items {
+		m, err := inputItem(raw, i)
+		if err != nil {
+			return nil, err
+		}
+		msgs = append(msgs, m)
+	}
+	return msgs, nil
+}
+
+// inputItem converts one input item: a message ({"role","content"} with an optional
+// "type":"message"), its content a string or a list of input_text / output_text parts.
+func inputItem(raw json.RawMessage, i int) (chatMessage, error) {
+	var item struct {
+		Type    string          `json:"type"`
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	}
+	if err := json.Unmarshal(raw, &item); err != nil {
+		return chatMessage{}, invalid("input", "input[%d] must be an object", i)
+	}
+	switch item.Type {
+	case "", "message":
+	case "function_call", "function_call_output":
+		return chatMessage{}, errToolsNotYet("input")
+	default:
+		return chatMessage{}, invalid("input", "input[%d]: item type %q is not supported (messages only)", i, item.Type)
+	}
+	role := item.Role
+	switch role {
+	case "user", "assistant", "system":
+	case "developer":
+		role = "system"
+	case "":
+		return chatMessage{}, invalid("input", "input[%d].role is required", i)
+	default:
+		return chatMessage{}, invalid("input", "input[%d].role must be user, assistant, system or developer, got %q", i, role)
+	}
+	content := bytes.TrimSpace(item.Content)
+	var s string
+	if json.Unmarshal(content, &s) == nil {
+		return chatMessage{Role: role, Content: content}, nil
+	}
+	var parts []struct {
+		Type string  `json:"type"`
+		Text *string `json:"text"`
+	}
+	if json.Unmarshal(content, &parts) != nil {
+		return chatMessage{}, invalid("input", "input[%d].content must be a string or an array of content parts", i)
+	}
+	texts := make([]string, 0, len(parts))
+	for j, p := range parts {
+		switch {
+		case p.Type != "input_text" && p.Type != "output_text":
+			return chatMessage{}, invalid("input", "input[%d].content[%d]: part type %q is not supported (input_text and output_text only)", i, j, p.Type)
+		case p.Text == nil:
+			return chatMessage{}, invalid("input", "input[%d].content[%d].text is required", i, j)
+		}
+		texts = append(texts, *p.Text)
+	}
+	joined, _ := json.Marshal(strings.Join(texts, "\n"))
+	return chatMessage{Role: role, Content: joined}, nil
+}
+
+// textFormat reads text.format ({"type":"text"}, {"type":"json_object"} or {"type":
+// "json_schema","name","schema","strict","description"}) into the engine's constraint.
+func textFormat(t *responsesText) (*serve.Constraint, error) {
+	const param = "text.format"
+	if t == nil || isNull(t.Format) {
+		return nil, nil
+	}
+	var f struct {
+		Type   string          `json:"type"`
+		Schema json.RawMessage `json:"schema"`
+	}
+	if err := strictObject(t.Format, param, &f, "type", "name", "schema", "strict", "description"); err != nil {
+		return nil, err
+	}
+	switch f.Type {
+	case "text":
+		return nil, nil
+	case "json_object":
+		return &serve.Constraint{Spec: structured.Spec{Kind: structured.JSONObject}, Param: param}, nil
+	case "json_schema":
+		if isNull(f.Schema) {
+			return nil, invalid(param, "text.format of type json_schema needs a schema")
+		}
+		return schemaConstraint(f.Schema, param)
+	}
+	return nil, invalid(param, "text.format type must be text, json_object or json_schema, got %q", f.Type)
+}
+
+// toChat is the one conversion of a Responses request into the chat request it means, and its
+// output constraint (text.format) and whether logprobs were asked for.
+func (r *responsesRequest) toChat() (*chatRequest, *serve.Constraint, error) {
+	chatTools, chatChoice, err := responsesTools(r.Tools, r.ToolChoice)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The seam: when chat implements tools, hand chatTools and chatChoice to it here.
+	if len(chatTools) > 0 {
+		return nil, nil, errToolsNotYet("tools")
+	}
+	if c := string(bytes.TrimSpace(chatChoice)); c != "" && c != `"auto"` && c != `"none"` {
+		return nil, nil, errToolsNotYet("tool_choice")
+	}
+	if r.MaxOutputTokens != nil && *r.MaxOutputTokens < 1 {
+		return nil, nil, invalid("max_output_tokens", "max_output_tokens must be at least 1, got %d", *r.MaxOutputTokens)
+	}
+	for _, inc := range r.Include {
+		if inc != "message.output_text.logprobs" && inc != "reasoning.encrypted_content" {
+			return nil, nil, invalid("include", "include: %q is not supported (message.output_text.logprobs is)", inc)
+		}
+	}
+	constraint, err := textFormat(r.Text)
+	if err != nil {
+		return nil, nil, err
+	}
+	msgs, err := r.inputMessages()
+	if err != nil {
+		return nil, nil, err
+	}
+	c := &chatRequest{samplingFields: r.samplingFields, chatFields: chatFields{Messages: msgs}}
+	c.MaxTokens = r.MaxOutputTokens
+	c.Logprobs = slices.Contains(r.Include, "message.output_text.logprobs") || (r.TopLogprobs != nil && *r.TopLogprobs > 0)
+	c.TopLogprobs = r.TopLogprobs
+	return c, constraint, nil
+}
+
+func (h *Handler) responses(w http.ResponseWriter, r *http.Request) error {
+	var req responsesRequest
+	if err := h.decode(r, &req); err != nil {
+		return err
+	}
+	// Refusals name the field as sent (chat's names included), so they skip responsesError.
+	if err := req.refused(); err != nil {
+		return err
+	}
+	res, err := h.startResponse(r.Context(), &req)
+	if err != nil {
+		return responsesError(err)
+	}
+	defer res.cancel()
+	if req.Stream {
+		return res.stream(w, r.Context())
+	}
+	return res.collect(w, r.Context())
+}
+
+// startResponse runs the chat path for req: the shared parameter checks and limits, the
+// template, the tokenizer and the engine, in chat's order (everything bounded before work).
+func (h *Handler) startResponse(ctx context.Context, req *responsesRequest) (*responseState, error) {
+	// Tools are bounded before any is read (input items are, in inputMessages).
+	if err := h.e.CheckCounts(serve.Counts{Tools: len(req.Tools)}); err != nil {
+		return nil, err
+	}
+	c, format, err := req.toChat()
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.params(0)
+	if err != nil {
+		return nil, err
+	}
+	if format != nil {
+		if p.Constraint != nil {
+			return nil, invalid(p.Constraint.Param, "only one structured output constraint may be given, got text.format and %s", p.Constraint.Param)
+		}
+		p.Constraint = format
+	}
+	if c.TopLogprobs != nil && (*c.TopLogprobs < 0 || *c.TopLogprobs > 20) {
+		return nil, invalid("top_logprobs", "top_logprobs must be between 0 and 20, got %d", *c.TopLogprobs)
+	}
+	if c.Logprobs {
+		p.Logprobs = -1
+		if c.TopLogprobs != nil && *c.TopLogprobs > 0 {
+			p.Logprobs = *c.TopLogprobs
+		}
+	}
+	if err := h.check(&c.samplingFields, &p, 1, 1, len(c.Messages), 0); err != nil {
+		return nil, err
+	}
+	text, err := h.render(&c.chatFields)
+	if err != nil {
+		return nil, err
+	}
+	// Templates write the BOS token themselves (as on chat).
+	addSpecial := c.AddSpecialTokens != nil && *c.AddSpecialTokens
+	prompt, err := h.encode(text, addSpecial, "input")
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	events, err := h.run(runCtx, c.Model, [][]int{prompt}, 1, p, false)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	res := &responseState{h: h, req: req, chat: c, prompt: prompt, events: events, cancel: cancel, choices: newChoiceSet(1, 1),
+		id: newID("resp_"), itemID: newID("msg_"), created: time.Now().Unix(), model: h.modelName(c.Model)}
+	res.temperature, res.topP = 1, 1
+	if c.Temperature != nil {
+		res.temperature = *c.Temperature
+	}
+	if c.TopP != nil {
+		res.topP = *c.TopP
+	}
+	return res, nil
+}
+
+// responseState is one response in progress.
+type responseState struct {
+	h       *Handler
+	req     *responsesRequest
+	chat    *chatRequest
+	prompt  []int
+	events  <-chan choiceEvent
+	cancel  context.CancelFunc
+	choices choiceSet
+	id      string
+	itemID  string
+	created int64
+	model   string
+
+	temperature, topP float64
+}
+
+// The response object and its parts, as OpenAI's Responses API writes them.
+type (
+	responseObject struct {
+		ID                 string             `json:"id"`
+		Object             string             `json:"object"`
+		CreatedAt          int64              `json:"created_at"`
+		Status             string             `json:"status"`
+		Background         bool               `json:"background"`
+		Error              *responseError     `json:"error"`
+		IncompleteDetails  *incompleteDetails `json:"incomplete_details"`
+		Instructions       *string            `json:"instructions"`
+		MaxOutputTokens    *int               `json:"max_output_tokens"`
+		Model              string             `json:"model"`
+		Output             []responseItem     `json:"output"`
+		ParallelToolCalls  bool               `json:"parallel_tool_calls"`
+		PreviousResponseID *string            `json:"previous_response_id"`
+		Reasoning          map[string]any     `json:"reasoning"`
+		Store              bool               `json:"store"`
+		Temperature        float64            `json:"temperature"`
+		Text               responsesText      `json:"text"`
+		ToolChoice         string             `json:"tool_choice"`
+		Tools              []json.RawMessage  `json:"tools"`
+		TopLogprobs        int                `json:"top_logprobs"`
+		TopP               float64            `json:"top_p"`
+		Truncation         string             `json:"truncation"`
+		Usage              *responseUsage     `json:"usage"`
+		Metadata           map[string]string  `json:"metadata"`
+		User               *string            `json:"user"`
+	}
+	responseError struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	incompleteDetails struct {
+		Reason string `json:"reason"`
+	}
+	responseItem struct {
+		ID      string         `json:"id"`
+		Type    string         `json:"type"`
+		Status  string         `json:"status"`
+		Role    string         `json:"role"`
+		Content []responsePart `json:"content"`
+	}
+	responsePart struct {
+		Type        string        `json:"type"`
+		Text        string        `json:"text"`
+		Annotations []any         `json:"annotations"`
+		Logprobs    []chatLogprob `json:"logprobs"`
+	}
+	responseUsage struct {
+		InputTokens        int `json:"input_tokens"`
+		InputTokensDetails struct {
+			CachedTokens int `json:"cached_tokens"`
+		} `json:"input_tokens_details"`
+		OutputTokens        int `json:"output_tokens"`
+		OutputTokensDetails struct {
+			ReasoningTokens int `json:"reasoning_tokens"`
+		} `json:"output_tokens_details"`
+		TotalTokens int `json:"total_tokens"`
+	}
+)
+
+// object is the response as it stands: status "in_progress" until the output item is done,
+// then "completed", or "incomplete" when the token limit (max_output_tokens or the context)
+// cut the output short.
+func (res *responseState) object(status string, output []responseItem, usage *responseUsage) responseObject {
+	o := responseObject{ID: res.id, Object: "response", CreatedAt: res.created, Status: status, Instructions: res.req.Instructions,
+		MaxOutputTokens: res.req.MaxOutputTokens, Model: res.model, Output: output, ParallelToolCalls: true,
+		Reasoning: map[string]any{"effort": nil, "summary": nil}, Temperature: res.temperature, ToolChoice: "auto",
+		Tools: []json.RawMessage{}, TopP: res.topP, Truncation: "disabled", Usage: usage, Metadata: res.req.Metadata}
+	o.Text.Format = json.RawMessage(`{"type":"text"}`)
+	if res.req.Text != nil && !isNull(res.req.Text.Format) {
+		o.Text.Format = res.req.Text.Format
+	}
+	if res.req.TopLogprobs != nil {
+		o.TopLogprobs = *res.req.TopLogprobs
+	}
+	if o.Metadata == nil {
+		o.Metadata = map[string]string{}
+	}
+	if status == "incomplete" {
+		o.IncompleteDetails = &incompleteDetails{Reason: "max_output_tokens"}
+	}
+	return o
+}
+
+// finalStatus is the response's status once its choice has finished.
+func (res *responseState) finalStatus() string {
+	if res.choices.st[0].final.Finish == "length" {
+		return "incomplete"
+	}
+	return "completed"
+}
+
+func (res *responseState) usage() *responseUsage {
+	u := res.choices.usage(len(res.prompt))
+	var ru responseUsage
+	ru.InputTokens, ru.OutputTokens, ru.TotalTokens = u.PromptTokens, u.CompletionTokens, u.TotalTokens
+	ru.InputTokensDetails.CachedTokens = u.PromptTokensDetails.CachedTokens
+	return &ru
+}
+
+// item is the output message with text and logprobs (nil when not asked for).
+func (res *responseState) item(status, text string, lp *chatLogprobs) responseItem {
+	part := responsePart{Type: "output_text", Text: text, Annotations: []any{}, Logprobs: []chatLogprob{}}
+	if lp != nil {
+		part.Logprobs = lp.Content
+	}
+	return responseItem{ID: res.itemID, Type: "message", Status: status, Role: "assistant", Content: []responsePart{part}}
+}
+
+func (res *responseState) collect(w http.ResponseWriter, ctx context.Context) error {
+	for ev := range res.events {
+		st, _, err := res.choices.take(&ev, true)
+		if err != nil {
+			return err
+		}
+		if res.chat.Logprobs {
+			if st.chatLP == nil {
+				st.chatLP = &chatLogprobs{Content: []chatLogprob{}}
+			}
+			res.h.appendChat(st.chatLP, &ev.Event, res.chat.ReturnTokensAsTokenIDs)
+		}
+	}
+	if err := res.choices.complete(ctx); err != nil {
+		return err
+	}
+	st := &res.choices.st[0]
+	status := res.finalStatus()
+	writeJSON(w, http.StatusOK, res.object(status, []responseItem{res.item(status, string(st.text), st.chatLP)}, res.usage()))
+	return nil
+}
+
+// responseEvents writes the Responses API's server-sent events: each an `event:` line with
+// its type and the JSON with type and sequence_number (from 0, one per event).
+type responseEvents struct {
+	s   *sse
+	seq int
+}
+
+func (e *responseEvents) send(typ string, fields map[string]any) error {
+	fields["type"], fields["sequence_number"] = typ, e.seq
+	e.seq++
+	b, err := json.Marshal(fields)
+	if err != nil {
+		return err
+	}
+	return e.s.event(typ, b)
+}
+
+// fail reports an error after the stream started, as OpenAI does (an "error" event), and ends
+// the stream.
+func (e *responseEvents) fail(err error) error {
+	ae := fromEngine(responsesError(err))
+	code := ae.code
+	if code == "" {
+		code = ae.typ
+	}
+	e.send("error", map[string]any{"code": code, "message": ae.msg, "param": nilIfEmpty(ae.param)})
+	return err
+}
+
+func nilIfEmpty(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// stream sends the response as OpenAI streams one: created, in_progress, the message item and
+// its text part opened, a delta per engine event, then both closed with the whole text and the
+// final response (response.completed, or response.incomplete at the token limit).
+func (res *responseState) stream(w http.ResponseWriter, ctx context.Context) error {
+	e := &responseEvents{s: startSSE(w)}
+	at := map[string]any{"item_id": res.itemID, "output_index": 0, "content_index": 0}
+	with := func(kv ...any) map[string]any {
+		m := make(map[string]any, len(at)+len(kv)/2)
+		for k, v := range at {
+			m[k] = v
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		return m
+	}
+	empty := responsePart{Type: "output_text", Text: "", Annotations: []any{}, Logprobs: []chatLogprob{}}
+	for _, step := range []struct {
+		typ    string
+		fields map[string]any
+	}{
+		{"response.created", map[string]any{"response": res.object("in_progress", []responseItem{}, nil)}},
+		{"response.in_progress", map[string]any{"response": res.object("in_progress", []responseItem{}, nil)}},
+		{"response.output_item.added", map[string]any{"output_index": 0,
+			"item": responseItem{ID: res.itemID, Type: "message", Status: "in_progress", Role: "assistant", Content: []responsePart{}}}},
+		{"response.content_part.added", with("part", empty)},
+	} {
+		if err := e.send(step.typ, step.fields); err != nil {
+			return err
+		}
+	}
+	var all chatLogprobs
+	for ev := range res.events {
+		st, send, err := res.choices.take(&ev, true)
+		if err != nil {
+			return e.fail(err)
+		}
+		lp := chatLogprobs{Content: []chatLogprob{}}
+		if res.chat.Logprobs {
+			res.h.appendChat(&lp, &ev.Event, res.chat.ReturnTokensAsTokenIDs)
+			all.Content = append(all.Content, lp.Content...)
+			st.chatLP = &all
+		}
+		// A token that ends inside a UTF-8 character has no text yet: it comes with the next.
+		if !send || (ev.Text == "" && len(lp.Content) == 0) {
+			continue
+		}
+		if err := e.send("response.output_text.delta", with("delta", ev.Text, "logprobs", lp.Content)); err != nil {
+			return err
+		}
+	}
+	if err := res.choices.complete(ctx); err != nil {
+		return e.fail(err)
+	}
+	st := &res.choices.st[0]
+	status := res.finalStatus()
+	item := res.item(status, string(st.text), st.chatLP)
+	final := "response.completed"
+	if status == "incomplete" {
+		final = "response.incomplete"
+	}
+	for _, step := range []struct {
+		typ    string
+		fields map[string]any
+	}{
+		{"response.output_text.done", with("text", item.Content[0].Text, "logprobs", item.Content[0].Logprobs)},
+		{"response.content_part.done", with("part", item.Content[0])},
+		{"response.output_item.done", map[string]any{"output_index": 0, "item": item}},
+		{final, map[string]any{"response": res.object(status, []responseItem{item}, res.usage())}},
+	} {
+		if err := e.send(step.typ, step.fields); err != nil {
+			return err
+		}
+	}
+	return nil
+}
