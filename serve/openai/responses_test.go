@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -68,17 +69,104 @@ func checkSameAsChat(t *testing.T, got *responses.Response, want *oai.ChatComple
 }
 
 // A string input is one user message: the response's text, usage and end equal the chat
-// completion's for that message, through the official client's responses package.
+// completion's for that message, through the official client's responses package, for the
+// base model and for an adapter named in model (which changes the answer).
 func TestResponsesTextInput(t *testing.T) {
-	client, _, ctx := responsesServer(t)
-	got, err := client.Responses.New(ctx, responses.ResponseNewParams{Model: demo.Name, MaxOutputTokens: oai.Int(24), Temperature: oai.Float(0),
-		Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("Write a Go function.")}})
+	// The trained demo (what the server serves), with its go adapter.
+	b := cpu.New(2)
+	l, err := demo.Load(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkSameAsChat(t, got, greedyChat(t, ctx, client, 24, oai.UserMessage("Write a Go function.")))
-	if got.OutputText() == "" {
-		t.Error("empty output")
+	e, err := serve.NewEngine(l.Cfg, b, l.Weights, l.Tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(); l.Close(); b.Close() })
+	if err := e.LoadAdapter("go", filepath.Join(l.Dir, "adapters", "go")); err != nil {
+		t.Fatal(err)
+	}
+	ct, err := chat.Parse(demo.ChatTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newServer(t, e, openai.Options{APIKey: testKey, ChatTemplate: ct})
+	client := newClient(srv.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	texts := map[string]string{}
+	for _, model := range []string{demo.Name, "go"} {
+		got, err := client.Responses.New(ctx, responses.ResponseNewParams{Model: model, MaxOutputTokens: oai.Int(24), Temperature: oai.Float(0),
+			Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("Write a Go function.")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{Model: model, MaxTokens: oai.Int(24), Temperature: oai.Float(0),
+			Messages: []oai.ChatCompletionMessageParamUnion{oai.UserMessage("Write a Go function.")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want.Model = demo.Name // checkSameAsChat checks the model against the base's name
+		if got.Model == model {
+			got.Model = demo.Name
+		}
+		checkSameAsChat(t, got, want)
+		texts[model] = got.OutputText()
+	}
+	if texts[demo.Name] == "" || texts[demo.Name] == texts["go"] {
+		t.Errorf("base %q, adapter %q: want a non-empty answer that the adapter changes", texts[demo.Name], texts["go"])
+	}
+}
+
+// include message.output_text.logprobs with top_logprobs gives the output part chat's
+// logprobs for the same conversation (token, logprob, bytes and alternatives, one per output
+// token), and the streamed deltas carry the same ones in order.
+func TestResponsesLogprobsMatchChat(t *testing.T) {
+	client, _, ctx := responsesServer(t)
+	params := responses.ResponseNewParams{Model: demo.Name, MaxOutputTokens: oai.Int(6), Temperature: oai.Float(0), TopLogprobs: oai.Int(2),
+		Include: []responses.ResponseIncludable{responses.ResponseIncludableMessageOutputTextLogprobs},
+		Input:   responses.ResponseNewParamsInputUnion{OfString: oai.String("hello")}}
+	got, err := client.Responses.New(ctx, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{Model: demo.Name, MaxTokens: oai.Int(6), Temperature: oai.Float(0),
+		Logprobs: oai.Bool(true), TopLogprobs: oai.Int(2), Messages: []oai.ChatCompletionMessageParamUnion{oai.UserMessage("hello")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logprobsOf := func(raw string) string {
+		var v []map[string]any
+		if err := json.Unmarshal([]byte(raw), &v); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(v)
+		return string(b)
+	}
+	part := got.Output[0].Content[0]
+	if len(part.Logprobs) != 6 || len(part.Logprobs[0].TopLogprobs) != 2 {
+		t.Fatalf("logprobs %s, want 6 tokens with 2 alternatives each", part.JSON.Logprobs.Raw())
+	}
+	if g, w := logprobsOf(part.JSON.Logprobs.Raw()), logprobsOf(want.Choices[0].Logprobs.JSON.Content.Raw()); g != w {
+		t.Errorf("responses logprobs %s\nchat logprobs %s", g, w)
+	}
+	stream := client.Responses.NewStreaming(ctx, params)
+	var streamed []json.RawMessage
+	for stream.Next() {
+		if ev := stream.Current(); ev.Type == "response.output_text.delta" {
+			var lps []json.RawMessage
+			if err := json.Unmarshal([]byte(ev.JSON.Logprobs.Raw()), &lps); err != nil {
+				t.Fatal(err)
+			}
+			streamed = append(streamed, lps...)
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	all, _ := json.Marshal(streamed)
+	if logprobsOf(string(all)) != logprobsOf(part.JSON.Logprobs.Raw()) {
+		t.Errorf("streamed logprobs %s, collected %s", all, part.JSON.Logprobs.Raw())
 	}
 }
 
