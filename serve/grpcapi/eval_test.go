@@ -274,6 +274,8 @@ func TestGRPCRefusesWhatHTTPRefuses(t *testing.T) {
 			`"structured_outputs":{"regex":"(?:a|b)*a(?:a|b){24}"}`, "structured_output", "structured_outputs", true},
 		{"empty choice", &loraplexv1.SamplingParams{StructuredOutput: &loraplexv1.StructuredOutput{Kind: &loraplexv1.StructuredOutput_Choice{Choice: &loraplexv1.Choices{}}}},
 			"", "structured_output", "", true},
+		{"schema not JSON", &loraplexv1.SamplingParams{StructuredOutput: jsonSchema(`{"type":`)}, "", "structured_output", "", true},
+		{"json_object false", &loraplexv1.SamplingParams{StructuredOutput: &loraplexv1.StructuredOutput{Kind: &loraplexv1.StructuredOutput_JsonObject{}}}, "", "structured_output", "", true},
 		{"min_tokens with a structure", &loraplexv1.SamplingParams{MinTokens: 3, StructuredOutput: jsonSchema(`{"type":"object"}`)}, `"min_tokens":3,"guided_json":{"type":"object"}`, "min_tokens", "min_tokens", false},
 	}
 	for _, tc := range cases {
@@ -298,7 +300,7 @@ func TestGRPCRefusesWhatHTTPRefuses(t *testing.T) {
 			t.Errorf("%s: BadRequest field %q, want %q", tc.name, field, tc.grpcField)
 		}
 		if tc.http == "" {
-			continue // HTTP refuses an empty choice list while decoding it, with its own message
+			continue // gRPC's own cases (HTTP decodes these fields as JSON, with its own messages)
 		}
 		resp, err := http.Post(srv.URL+"/v1/completions", "application/json",
 			strings.NewReader(`{"model":"`+demo.Name+`","prompt":"x","max_tokens":4,`+tc.http+`}`))

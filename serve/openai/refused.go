@@ -3,6 +3,7 @@ package openai
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 )
 
 // Unknown request fields are ignored, as OpenAI does, but a field that would change what is
@@ -51,14 +52,14 @@ var neutralValues = []string{"", "null", "false", "[]", "{}", `""`, `["text"]`}
 
 func firstSet(fields []namedRaw) error {
 	for _, f := range fields {
-		v := string(bytes.Join(bytes.Fields(f.raw), nil)) // white space aside
-		neutral := false
-		for _, n := range neutralValues {
-			neutral = neutral || v == n
-		}
-		if !neutral {
+		if !neutral(f.raw) {
 			return invalid(f.name, "%s is not supported by this server", f.name)
 		}
 	}
 	return nil
+}
+
+// neutral reports a value that changes nothing (one of neutralValues, white space aside).
+func neutral(raw json.RawMessage) bool {
+	return slices.Contains(neutralValues, string(bytes.Join(bytes.Fields(raw), nil)))
 }

@@ -66,7 +66,7 @@ func responsesError(err error) error {
 	ae := fromEngine(err)
 	to, ok := responsesParams[ae.param]
 	if !ok {
-		return ae
+		return err // as it was, so that the log keeps an internal error's details
 	}
 	renamed := *ae
 	renamed.param = to
@@ -96,10 +96,7 @@ func (r *responsesRequest) refused() error {
 		{"return_token_ids", "return_token_ids is available on /v1/completions and /v1/chat/completions only", rawOf(r.ReturnTokenIDs)},
 	}
 	for _, c := range checks {
-		if firstSet([]namedRaw{{c.name, c.raw}}) != nil {
-			if c.name == "n" && string(c.raw) == "1" {
-				continue
-			}
+		if !neutral(c.raw) && !(c.name == "n" && string(c.raw) == "1") {
 			return invalid(c.name, "%s: %s", c.name, c.why)
 		}
 	}
@@ -117,7 +114,7 @@ func (r *responsesRequest) refused() error {
 	return nil
 }
 
-// rawOf is v as JSON (null when nil or zero), for the neutral-value check of firstSet.
+// rawOf is v as JSON (absent when nil or zero), for the neutral-value check.
 func rawOf[T comparable](v T) json.RawMessage {
 	var zero T
 	if v == zero {
