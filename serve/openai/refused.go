@@ -11,7 +11,8 @@ import (
 // effect. The fields below are OpenAI's and vLLM's that change the output and that this server
 // does not implement; a request that sets one to anything but null or its neutral value (false,
 // an empty list, ...) is a 400 naming it. This is the one list of them. (Constrained decoding
-// and tool fields are their own feature's.)
+// and tool fields are their own feature's, and the Responses API's own fields, which only it
+// has, are refused in responses.go.)
 
 // refusedFields are refused on completions and chat alike.
 type refusedFields struct {
