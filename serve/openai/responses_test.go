@@ -523,3 +523,39 @@ func FuzzResponsesRequest(f *testing.F) {
 		}
 	})
 }
+
+// An error after the stream has started (here the engine shutting down mid-answer) is an
+// "error" event with the code, message and next sequence_number, and the stream ends there:
+// no response.completed follows.
+func TestResponsesStreamErrorEvent(t *testing.T) {
+	e, ct := demoEngine(t)
+	srv := newServer(t, e, openai.Options{APIKey: testKey, ChatTemplate: ct})
+	client := newClient(srv.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	stream := client.Responses.NewStreaming(ctx, responses.ResponseNewParams{Model: demo.Name, MaxOutputTokens: oai.Int(200),
+		Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("Go on and on.")}}, option.WithJSONSet("ignore_eos", true))
+	var types []string
+	var last responses.ResponseStreamEventUnion
+	for stream.Next() {
+		last = stream.Current()
+		if last.SequenceNumber != int64(len(types)) {
+			t.Errorf("event %d (%s) has sequence_number %d", len(types), last.Type, last.SequenceNumber)
+		}
+		types = append(types, last.Type)
+		if last.Type == "response.output_text.delta" && len(types) == 5 {
+			e.Close() // aborts every running request: the server is shutting down
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if last.Type != "error" || !strings.Contains(last.Message, "shutting down") || last.Code == "" {
+		t.Fatalf("events %v, last %s: want an error event at the end", types, last.RawJSON())
+	}
+	for _, typ := range types {
+		if typ == "response.completed" || typ == "response.incomplete" {
+			t.Errorf("events %v: a final response after the error", types)
+		}
+	}
+}
