@@ -10,6 +10,7 @@ import (
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/structured"
 )
 
 const generateMethod = "/loraplex.v1.Loraplex/Generate"
@@ -19,9 +20,13 @@ const generateMethod = "/loraplex.v1.Loraplex/Generate"
 // engine frees its batch slot and KV pages at its next step.
 func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerStreamingServer[loraplexv1.GenerateResponse]) error {
 	ctx := stream.Context()
-	p := params(req.GetParams())
 	// Bounded before any work (templating, tokenizing, queueing), as on HTTP.
-	if err := s.e.CheckCounts(serve.Counts{Prompts: 1, N: 1, Stop: p.Stop, StopTokenIDs: len(p.StopTokenIDs)}); err != nil {
+	if err := s.e.CheckCounts(serve.Counts{Prompts: 1, N: 1, Stop: req.GetParams().GetStop(),
+		StopTokenIDs: len(req.GetParams().GetStopTokenIds()), LogitBias: len(req.GetParams().GetLogitBias())}); err != nil {
+		return s.toStatus(ctx, generateMethod, err)
+	}
+	p, err := params(req.GetParams())
+	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}
 	prompt, err := s.prompt(req)
@@ -66,10 +71,25 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 }
 
 // params maps the proto's sampling parameters onto the engine's, which has the same zero-value
-// meanings; the engine validates them.
-func params(p *loraplexv1.SamplingParams) serve.SamplingParams {
+// meanings; the engine validates them (ranges, logit_bias, the structure's compilation), so
+// both APIs answer a bad value with the same message. Only what the proto adds is checked here.
+func params(p *loraplexv1.SamplingParams) (serve.SamplingParams, error) {
 	if p == nil {
 		p = &loraplexv1.SamplingParams{}
+	}
+	if p.GetPromptOnly() && p.GetMaxTokens() != 0 {
+		return serve.SamplingParams{}, invalid("max_tokens", fmt.Sprintf("max_tokens must be 0 with prompt_only (nothing is generated), got %d", p.GetMaxTokens()))
+	}
+	constraint, err := structuredOutput(p.GetStructuredOutput())
+	if err != nil {
+		return serve.SamplingParams{}, err
+	}
+	var bias map[int]float64
+	if len(p.GetLogitBias()) > 0 {
+		bias = make(map[int]float64, len(p.GetLogitBias()))
+		for t, b := range p.GetLogitBias() {
+			bias[int(t)] = b
+		}
 	}
 	return serve.SamplingParams{
 		MaxTokens:         int(p.GetMaxTokens()),
@@ -87,7 +107,39 @@ func params(p *loraplexv1.SamplingParams) serve.SamplingParams {
 		IgnoreEOS:         p.GetIgnoreEos(),
 		Logprobs:          int(p.GetLogprobs()),
 		SkipSpecialTokens: p.SkipSpecialTokens == nil || *p.SkipSpecialTokens,
+		LogitBias:         bias,
+		PromptLogprobs:    int(p.GetPromptLogprobs()),
+		PromptOnly:        p.GetPromptOnly(),
+		Constraint:        constraint,
+	}, nil
+}
+
+// structuredParam is the field that errors about a structured output name.
+const structuredParam = "structured_output"
+
+// structuredOutput maps the proto's StructuredOutput onto the engine's constraint (nil: none).
+// The engine compiles it, so an unsupported keyword or an invalid regex is the same
+// InvalidArgument as on HTTP.
+func structuredOutput(so *loraplexv1.StructuredOutput) (*serve.Constraint, error) {
+	var spec structured.Spec
+	switch k := so.GetKind().(type) {
+	case nil:
+		return nil, nil
+	case *loraplexv1.StructuredOutput_JsonSchema:
+		spec = structured.Spec{Kind: structured.JSONSchema, Text: k.JsonSchema}
+	case *loraplexv1.StructuredOutput_JsonObject:
+		if !k.JsonObject {
+			return nil, invalid(structuredParam, "structured_output.json_object must be true when set")
+		}
+		spec = structured.Spec{Kind: structured.JSONObject}
+	case *loraplexv1.StructuredOutput_Regex:
+		spec = structured.Spec{Kind: structured.Regex, Text: k.Regex}
+	case *loraplexv1.StructuredOutput_Choice:
+		spec = structured.Spec{Kind: structured.Choice, Choices: k.Choice.GetChoices()}
+	default:
+		return nil, invalid(structuredParam, fmt.Sprintf("structured_output: unknown kind %T", k))
 	}
+	return &serve.Constraint{Spec: spec, Param: structuredParam}, nil
 }
 
 func response(ev serve.Event) *loraplexv1.GenerateResponse {
@@ -117,6 +169,13 @@ func response(ev serve.Event) *loraplexv1.GenerateResponse {
 	default:
 		// A new kind of stop reason in the engine; say so rather than drop it silently.
 		r.StopReason = &loraplexv1.GenerateResponse_StopString{StopString: fmt.Sprint(v)}
+	}
+	for _, lp := range ev.PromptLogprobs {
+		pl := &loraplexv1.PromptLogprob{TokenId: int32(lp.Token), Logprob: lp.Logprob, Rank: int32(lp.Rank)}
+		for _, t := range lp.Top {
+			pl.Top = append(pl.Top, &loraplexv1.Logprob{TokenId: int32(t.Token), Logprob: t.Logprob})
+		}
+		r.PromptLogprobs = append(r.PromptLogprobs, pl)
 	}
 	if ev.Usage != nil {
 		r.Usage = &loraplexv1.Usage{PromptTokens: int32(ev.Usage.PromptTokens), CompletionTokens: int32(ev.Usage.CompletionTokens),

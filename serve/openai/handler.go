@@ -1,6 +1,6 @@
 // Package openai is the OpenAI-style HTTP gateway with vLLM's extensions: completions, chat
-// completions, models, tokenize/detokenize and runtime adapter and router loading, all on
-// serve.Engine.
+// completions, responses (OpenAI's Responses API, on the chat path), models,
+// tokenize/detokenize and runtime adapter and router loading, all on serve.Engine.
 package openai
 
 import (
@@ -73,6 +73,7 @@ func New(e *serve.Engine, opt Options) *Handler {
 		"/version":                {method: http.MethodGet, h: h.version, open: true}, // as vLLM, outside /v1
 		"/v1/completions":         {method: http.MethodPost, h: h.completions},
 		"/v1/chat/completions":    {method: http.MethodPost, h: h.chatCompletions},
+		"/v1/responses":           {method: http.MethodPost, h: h.responses},
 		"/tokenize":               {method: http.MethodPost, h: h.tokenize},
 		"/detokenize":             {method: http.MethodPost, h: h.detokenize},
 		"/v1/load_lora_adapter":   {method: http.MethodPost, h: h.loadAdapter},

@@ -3,6 +3,7 @@ package openai
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 )
 
 // Unknown request fields are ignored, as OpenAI does, but a field that would change what is
@@ -10,7 +11,8 @@ import (
 // effect. The fields below are OpenAI's and vLLM's that change the output and that this server
 // does not implement; a request that sets one to anything but null or its neutral value (false,
 // an empty list, ...) is a 400 naming it. This is the one list of them. (Constrained decoding
-// and tool fields are their own feature's.)
+// and tool fields are their own feature's, and the Responses API's own fields, which only it
+// has, are refused in responses.go.)
 
 // refusedFields are refused on completions and chat alike.
 type refusedFields struct {
@@ -51,14 +53,14 @@ var neutralValues = []string{"", "null", "false", "[]", "{}", `""`, `["text"]`}
 
 func firstSet(fields []namedRaw) error {
 	for _, f := range fields {
-		v := string(bytes.Join(bytes.Fields(f.raw), nil)) // white space aside
-		neutral := false
-		for _, n := range neutralValues {
-			neutral = neutral || v == n
-		}
-		if !neutral {
+		if !neutral(f.raw) {
 			return invalid(f.name, "%s is not supported by this server", f.name)
 		}
 	}
 	return nil
+}
+
+// neutral reports a value that changes nothing (one of neutralValues, white space aside).
+func neutral(raw json.RawMessage) bool {
+	return slices.Contains(neutralValues, string(bytes.Join(bytes.Fields(raw), nil)))
 }

@@ -31,8 +31,17 @@ func (s *sse) send(v any) error {
 	return s.raw(b)
 }
 
-func (s *sse) raw(b []byte) error {
-	buf := make([]byte, 0, len(b)+8)
+func (s *sse) raw(b []byte) error { return s.event("", b) }
+
+// event writes one event with data b, named by an `event:` line when name is set (the
+// Responses API names every event; chat and completions name none).
+func (s *sse) event(name string, b []byte) error {
+	buf := make([]byte, 0, len(name)+len(b)+16)
+	if name != "" {
+		buf = append(buf, "event: "...)
+		buf = append(buf, name...)
+		buf = append(buf, '\n')
+	}
 	buf = append(buf, "data: "...)
 	buf = append(buf, b...)
 	buf = append(buf, "\n\n"...)

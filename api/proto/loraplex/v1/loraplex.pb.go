@@ -204,8 +204,23 @@ type SamplingParams struct {
 	Logprobs int32 `protobuf:"varint,14,opt,name=logprobs,proto3" json:"logprobs,omitempty"`
 	// Defaults to true: special tokens are left out of the returned text.
 	SkipSpecialTokens *bool `protobuf:"varint,15,opt,name=skip_special_tokens,json=skipSpecialTokens,proto3,oneof" json:"skip_special_tokens,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// OpenAI's logit_bias: added to a token's logit before sampling. Token ids must be in the
+	// vocabulary, biases in [-100, 100], at most 1024 entries (InvalidArgument otherwise, with the
+	// HTTP API's messages). Logprobs stay those of the raw logits.
+	LogitBias map[int32]float64 `protobuf:"bytes,16,rep,name=logit_bias,json=logitBias,proto3" json:"logit_bias,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	// vLLM's prompt_logprobs, counted as logprobs is: 0 none, -1 each prompt token's own logprob
+	// given the tokens before it, N > 0 also the N most likely tokens at that position (at most
+	// 20). They arrive in GenerateResponse.prompt_logprobs, all before the first generated token.
+	// Such a prompt is always computed in full (the prefix cache keeps no logits).
+	PromptLogprobs int32 `protobuf:"varint,17,opt,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
+	// Score the prompt and generate nothing (the HTTP API's max_tokens 0 with echo, the
+	// loglikelihood request of evaluation harnesses): one response with the prompt logprobs,
+	// finish_reason "length" and usage. max_tokens must be 0 with it.
+	PromptOnly bool `protobuf:"varint,18,opt,name=prompt_only,json=promptOnly,proto3" json:"prompt_only,omitempty"`
+	// Holds the output to a structure (constrained decoding); unset: free text.
+	StructuredOutput *StructuredOutput `protobuf:"bytes,19,opt,name=structured_output,json=structuredOutput,proto3" json:"structured_output,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SamplingParams) Reset() {
@@ -343,6 +358,201 @@ func (x *SamplingParams) GetSkipSpecialTokens() bool {
 	return false
 }
 
+func (x *SamplingParams) GetLogitBias() map[int32]float64 {
+	if x != nil {
+		return x.LogitBias
+	}
+	return nil
+}
+
+func (x *SamplingParams) GetPromptLogprobs() int32 {
+	if x != nil {
+		return x.PromptLogprobs
+	}
+	return 0
+}
+
+func (x *SamplingParams) GetPromptOnly() bool {
+	if x != nil {
+		return x.PromptOnly
+	}
+	return false
+}
+
+func (x *SamplingParams) GetStructuredOutput() *StructuredOutput {
+	if x != nil {
+		return x.StructuredOutput
+	}
+	return nil
+}
+
+// StructuredOutput is the HTTP API's response_format / structured_outputs: every step masks the
+// tokens that would break the structure, and EOS is allowed exactly when it is complete. A
+// structure that cannot be enforced (an unsupported schema keyword, a limit, an invalid regex)
+// is InvalidArgument naming it, never ignored; it cannot be combined with min_tokens or
+// ignore_eos.
+type StructuredOutput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*StructuredOutput_JsonSchema
+	//	*StructuredOutput_JsonObject
+	//	*StructuredOutput_Regex
+	//	*StructuredOutput_Choice
+	Kind          isStructuredOutput_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StructuredOutput) Reset() {
+	*x = StructuredOutput{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StructuredOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StructuredOutput) ProtoMessage() {}
+
+func (x *StructuredOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StructuredOutput.ProtoReflect.Descriptor instead.
+func (*StructuredOutput) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *StructuredOutput) GetKind() isStructuredOutput_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *StructuredOutput) GetJsonSchema() string {
+	if x != nil {
+		if x, ok := x.Kind.(*StructuredOutput_JsonSchema); ok {
+			return x.JsonSchema
+		}
+	}
+	return ""
+}
+
+func (x *StructuredOutput) GetJsonObject() bool {
+	if x != nil {
+		if x, ok := x.Kind.(*StructuredOutput_JsonObject); ok {
+			return x.JsonObject
+		}
+	}
+	return false
+}
+
+func (x *StructuredOutput) GetRegex() string {
+	if x != nil {
+		if x, ok := x.Kind.(*StructuredOutput_Regex); ok {
+			return x.Regex
+		}
+	}
+	return ""
+}
+
+func (x *StructuredOutput) GetChoice() *Choices {
+	if x != nil {
+		if x, ok := x.Kind.(*StructuredOutput_Choice); ok {
+			return x.Choice
+		}
+	}
+	return nil
+}
+
+type isStructuredOutput_Kind interface {
+	isStructuredOutput_Kind()
+}
+
+type StructuredOutput_JsonSchema struct {
+	// A JSON schema, as JSON text (OpenAI's json_schema; vLLM's guided_json).
+	JsonSchema string `protobuf:"bytes,1,opt,name=json_schema,json=jsonSchema,proto3,oneof"`
+}
+
+type StructuredOutput_JsonObject struct {
+	// Any JSON object (OpenAI's json_object). Must be true when set.
+	JsonObject bool `protobuf:"varint,2,opt,name=json_object,json=jsonObject,proto3,oneof"`
+}
+
+type StructuredOutput_Regex struct {
+	// A regular expression the whole output matches (vLLM's guided_regex).
+	Regex string `protobuf:"bytes,3,opt,name=regex,proto3,oneof"`
+}
+
+type StructuredOutput_Choice struct {
+	// Exactly one of these strings (vLLM's guided_choice).
+	Choice *Choices `protobuf:"bytes,4,opt,name=choice,proto3,oneof"`
+}
+
+func (*StructuredOutput_JsonSchema) isStructuredOutput_Kind() {}
+
+func (*StructuredOutput_JsonObject) isStructuredOutput_Kind() {}
+
+func (*StructuredOutput_Regex) isStructuredOutput_Kind() {}
+
+func (*StructuredOutput_Choice) isStructuredOutput_Kind() {}
+
+type Choices struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Choices       []string               `protobuf:"bytes,1,rep,name=choices,proto3" json:"choices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Choices) Reset() {
+	*x = Choices{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Choices) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Choices) ProtoMessage() {}
+
+func (x *Choices) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Choices.ProtoReflect.Descriptor instead.
+func (*Choices) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Choices) GetChoices() []string {
+	if x != nil {
+		return x.Choices
+	}
+	return nil
+}
+
 type GenerateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The base model, an adapter or a router; empty means the base model.
@@ -367,7 +577,7 @@ type GenerateRequest struct {
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[4]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +589,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[4]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +602,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{4}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GenerateRequest) GetModel() string {
@@ -489,7 +699,7 @@ type Logprob struct {
 
 func (x *Logprob) Reset() {
 	*x = Logprob{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[5]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +711,7 @@ func (x *Logprob) String() string {
 func (*Logprob) ProtoMessage() {}
 
 func (x *Logprob) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[5]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +724,7 @@ func (x *Logprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Logprob.ProtoReflect.Descriptor instead.
 func (*Logprob) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{5}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Logprob) GetTokenId() int32 {
@@ -542,7 +752,7 @@ type TokenLogprobs struct {
 
 func (x *TokenLogprobs) Reset() {
 	*x = TokenLogprobs{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[6]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -554,7 +764,7 @@ func (x *TokenLogprobs) String() string {
 func (*TokenLogprobs) ProtoMessage() {}
 
 func (x *TokenLogprobs) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[6]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -567,7 +777,7 @@ func (x *TokenLogprobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprobs.ProtoReflect.Descriptor instead.
 func (*TokenLogprobs) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{6}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TokenLogprobs) GetChosen() *Logprob {
@@ -597,7 +807,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[7]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +819,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[7]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +832,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{7}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -657,7 +867,7 @@ type TokenExperts struct {
 
 func (x *TokenExperts) Reset() {
 	*x = TokenExperts{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +879,7 @@ func (x *TokenExperts) String() string {
 func (*TokenExperts) ProtoMessage() {}
 
 func (x *TokenExperts) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +892,7 @@ func (x *TokenExperts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenExperts.ProtoReflect.Descriptor instead.
 func (*TokenExperts) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{8}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TokenExperts) GetLayers() []string {
@@ -713,14 +923,19 @@ type GenerateResponse struct {
 	// Set on the last response only.
 	Usage *Usage `protobuf:"bytes,7,opt,name=usage,proto3" json:"usage,omitempty"`
 	// Parallel to token_ids, when GenerateRequest.expert_trace is set.
-	ExpertTrace   []*TokenExperts `protobuf:"bytes,8,rep,name=expert_trace,json=expertTrace,proto3" json:"expert_trace,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ExpertTrace []*TokenExperts `protobuf:"bytes,8,rep,name=expert_trace,json=expertTrace,proto3" json:"expert_trace,omitempty"`
+	// When SamplingParams.prompt_logprobs != 0: the prompt's logprobs, one entry per prompt token
+	// after the first (the first has no context to be scored in), in prompt order, continued
+	// from response to response and complete before the first generated token. A -Inf logprob
+	// (a token the model cannot produce) is sent as is.
+	PromptLogprobs []*PromptLogprob `protobuf:"bytes,9,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +947,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +960,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{9}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GenerateResponse) GetTokenIds() []int32 {
@@ -815,6 +1030,13 @@ func (x *GenerateResponse) GetExpertTrace() []*TokenExperts {
 	return nil
 }
 
+func (x *GenerateResponse) GetPromptLogprobs() []*PromptLogprob {
+	if x != nil {
+		return x.PromptLogprobs
+	}
+	return nil
+}
+
 type isGenerateResponse_StopReason interface {
 	isGenerateResponse_StopReason()
 }
@@ -830,6 +1052,77 @@ type GenerateResponse_StopTokenId struct {
 func (*GenerateResponse_StopString) isGenerateResponse_StopReason() {}
 
 func (*GenerateResponse_StopTokenId) isGenerateResponse_StopReason() {}
+
+// PromptLogprob is a prompt token's logprob given the tokens before it.
+type PromptLogprob struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	TokenId int32                  `protobuf:"varint,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	Logprob float32                `protobuf:"fixed32,2,opt,name=logprob,proto3" json:"logprob,omitempty"`
+	// vLLM's rank: how many tokens are at least as likely, this one included (1 = the most likely).
+	Rank int32 `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	// Best first; empty unless SamplingParams.prompt_logprobs > 0.
+	Top           []*Logprob `protobuf:"bytes,4,rep,name=top,proto3" json:"top,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromptLogprob) Reset() {
+	*x = PromptLogprob{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromptLogprob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromptLogprob) ProtoMessage() {}
+
+func (x *PromptLogprob) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromptLogprob.ProtoReflect.Descriptor instead.
+func (*PromptLogprob) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PromptLogprob) GetTokenId() int32 {
+	if x != nil {
+		return x.TokenId
+	}
+	return 0
+}
+
+func (x *PromptLogprob) GetLogprob() float32 {
+	if x != nil {
+		return x.Logprob
+	}
+	return 0
+}
+
+func (x *PromptLogprob) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *PromptLogprob) GetTop() []*Logprob {
+	if x != nil {
+		return x.Top
+	}
+	return nil
+}
 
 type TokenizeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -847,7 +1140,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +1152,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1165,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{10}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TokenizeRequest) GetModel() string {
@@ -940,7 +1233,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1245,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1258,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{11}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -994,7 +1287,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1299,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1312,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{12}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DetokenizeRequest) GetModel() string {
@@ -1052,7 +1345,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1357,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1370,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{13}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -1095,7 +1388,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1400,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1413,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{14}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{17}
 }
 
 type Model struct {
@@ -1141,7 +1434,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1446,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1459,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{15}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Model) GetId() string {
@@ -1220,7 +1513,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1525,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1538,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{16}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListModelsResponse) GetModels() []*Model {
@@ -1263,7 +1556,7 @@ type ListAdaptersRequest struct {
 
 func (x *ListAdaptersRequest) Reset() {
 	*x = ListAdaptersRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1568,7 @@ func (x *ListAdaptersRequest) String() string {
 func (*ListAdaptersRequest) ProtoMessage() {}
 
 func (x *ListAdaptersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1581,7 @@ func (x *ListAdaptersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdaptersRequest.ProtoReflect.Descriptor instead.
 func (*ListAdaptersRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{17}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{20}
 }
 
 type Adapter struct {
@@ -1306,7 +1599,7 @@ type Adapter struct {
 
 func (x *Adapter) Reset() {
 	*x = Adapter{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1611,7 @@ func (x *Adapter) String() string {
 func (*Adapter) ProtoMessage() {}
 
 func (x *Adapter) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1624,7 @@ func (x *Adapter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adapter.ProtoReflect.Descriptor instead.
 func (*Adapter) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{18}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Adapter) GetName() string {
@@ -1371,7 +1664,7 @@ type ListAdaptersResponse struct {
 
 func (x *ListAdaptersResponse) Reset() {
 	*x = ListAdaptersResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1676,7 @@ func (x *ListAdaptersResponse) String() string {
 func (*ListAdaptersResponse) ProtoMessage() {}
 
 func (x *ListAdaptersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1689,7 @@ func (x *ListAdaptersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdaptersResponse.ProtoReflect.Descriptor instead.
 func (*ListAdaptersResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{19}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListAdaptersResponse) GetAdapters() []*Adapter {
@@ -1421,7 +1714,7 @@ type LoadAdapterRequest struct {
 
 func (x *LoadAdapterRequest) Reset() {
 	*x = LoadAdapterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1726,7 @@ func (x *LoadAdapterRequest) String() string {
 func (*LoadAdapterRequest) ProtoMessage() {}
 
 func (x *LoadAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1739,7 @@ func (x *LoadAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadAdapterRequest.ProtoReflect.Descriptor instead.
 func (*LoadAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{20}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LoadAdapterRequest) GetName() string {
@@ -1478,7 +1771,7 @@ type LoadAdapterResponse struct {
 
 func (x *LoadAdapterResponse) Reset() {
 	*x = LoadAdapterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1783,7 @@ func (x *LoadAdapterResponse) String() string {
 func (*LoadAdapterResponse) ProtoMessage() {}
 
 func (x *LoadAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1796,7 @@ func (x *LoadAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadAdapterResponse.ProtoReflect.Descriptor instead.
 func (*LoadAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{21}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{24}
 }
 
 // Unloading an adapter that a loaded router uses as an expert is FailedPrecondition (the
@@ -1517,7 +1810,7 @@ type UnloadAdapterRequest struct {
 
 func (x *UnloadAdapterRequest) Reset() {
 	*x = UnloadAdapterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1822,7 @@ func (x *UnloadAdapterRequest) String() string {
 func (*UnloadAdapterRequest) ProtoMessage() {}
 
 func (x *UnloadAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1835,7 @@ func (x *UnloadAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadAdapterRequest.ProtoReflect.Descriptor instead.
 func (*UnloadAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{22}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UnloadAdapterRequest) GetName() string {
@@ -1560,7 +1853,7 @@ type UnloadAdapterResponse struct {
 
 func (x *UnloadAdapterResponse) Reset() {
 	*x = UnloadAdapterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1572,7 +1865,7 @@ func (x *UnloadAdapterResponse) String() string {
 func (*UnloadAdapterResponse) ProtoMessage() {}
 
 func (x *UnloadAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1585,7 +1878,7 @@ func (x *UnloadAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadAdapterResponse.ProtoReflect.Descriptor instead.
 func (*UnloadAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{23}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{26}
 }
 
 type ListRoutersRequest struct {
@@ -1596,7 +1889,7 @@ type ListRoutersRequest struct {
 
 func (x *ListRoutersRequest) Reset() {
 	*x = ListRoutersRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1901,7 @@ func (x *ListRoutersRequest) String() string {
 func (*ListRoutersRequest) ProtoMessage() {}
 
 func (x *ListRoutersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1914,7 @@ func (x *ListRoutersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoutersRequest.ProtoReflect.Descriptor instead.
 func (*ListRoutersRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{24}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{27}
 }
 
 // LayerSelections counts, for one layer, the generated tokens whose top-1 expert was each
@@ -1635,7 +1928,7 @@ type LayerSelections struct {
 
 func (x *LayerSelections) Reset() {
 	*x = LayerSelections{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1940,7 @@ func (x *LayerSelections) String() string {
 func (*LayerSelections) ProtoMessage() {}
 
 func (x *LayerSelections) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1953,7 @@ func (x *LayerSelections) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerSelections.ProtoReflect.Descriptor instead.
 func (*LayerSelections) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{25}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LayerSelections) GetCounts() []int64 {
@@ -1686,7 +1979,7 @@ type Router struct {
 
 func (x *Router) Reset() {
 	*x = Router{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1991,7 @@ func (x *Router) String() string {
 func (*Router) ProtoMessage() {}
 
 func (x *Router) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +2004,7 @@ func (x *Router) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Router.ProtoReflect.Descriptor instead.
 func (*Router) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{26}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Router) GetName() string {
@@ -1758,7 +2051,7 @@ type ListRoutersResponse struct {
 
 func (x *ListRoutersResponse) Reset() {
 	*x = ListRoutersResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +2063,7 @@ func (x *ListRoutersResponse) String() string {
 func (*ListRoutersResponse) ProtoMessage() {}
 
 func (x *ListRoutersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +2076,7 @@ func (x *ListRoutersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoutersResponse.ProtoReflect.Descriptor instead.
 func (*ListRoutersResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{27}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListRoutersResponse) GetRouters() []*Router {
@@ -1808,7 +2101,7 @@ type LoadRouterRequest struct {
 
 func (x *LoadRouterRequest) Reset() {
 	*x = LoadRouterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1820,7 +2113,7 @@ func (x *LoadRouterRequest) String() string {
 func (*LoadRouterRequest) ProtoMessage() {}
 
 func (x *LoadRouterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1833,7 +2126,7 @@ func (x *LoadRouterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadRouterRequest.ProtoReflect.Descriptor instead.
 func (*LoadRouterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{28}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LoadRouterRequest) GetName() string {
@@ -1865,7 +2158,7 @@ type LoadRouterResponse struct {
 
 func (x *LoadRouterResponse) Reset() {
 	*x = LoadRouterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +2170,7 @@ func (x *LoadRouterResponse) String() string {
 func (*LoadRouterResponse) ProtoMessage() {}
 
 func (x *LoadRouterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2183,7 @@ func (x *LoadRouterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadRouterResponse.ProtoReflect.Descriptor instead.
 func (*LoadRouterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{29}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{32}
 }
 
 type UnloadRouterRequest struct {
@@ -1902,7 +2195,7 @@ type UnloadRouterRequest struct {
 
 func (x *UnloadRouterRequest) Reset() {
 	*x = UnloadRouterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2207,7 @@ func (x *UnloadRouterRequest) String() string {
 func (*UnloadRouterRequest) ProtoMessage() {}
 
 func (x *UnloadRouterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2220,7 @@ func (x *UnloadRouterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadRouterRequest.ProtoReflect.Descriptor instead.
 func (*UnloadRouterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{30}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UnloadRouterRequest) GetName() string {
@@ -1945,7 +2238,7 @@ type UnloadRouterResponse struct {
 
 func (x *UnloadRouterResponse) Reset() {
 	*x = UnloadRouterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2250,7 @@ func (x *UnloadRouterResponse) String() string {
 func (*UnloadRouterResponse) ProtoMessage() {}
 
 func (x *UnloadRouterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2263,7 @@ func (x *UnloadRouterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadRouterResponse.ProtoReflect.Descriptor instead.
 func (*UnloadRouterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{31}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{34}
 }
 
 var File_loraplex_v1_loraplex_proto protoreflect.FileDescriptor
@@ -1987,7 +2280,7 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01B\x18\n" +
 	"\x16_add_generation_prompt\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\x9a\x04\n" +
+	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xb9\x06\n" +
 	"\x0eSamplingParams\x12\x1d\n" +
 	"\n" +
 	"max_tokens\x18\x01 \x01(\x05R\tmaxTokens\x12\x1d\n" +
@@ -2007,9 +2300,28 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\n" +
 	"ignore_eos\x18\r \x01(\bR\tignoreEos\x12\x1a\n" +
 	"\blogprobs\x18\x0e \x01(\x05R\blogprobs\x123\n" +
-	"\x13skip_special_tokens\x18\x0f \x01(\bH\x01R\x11skipSpecialTokens\x88\x01\x01B\a\n" +
+	"\x13skip_special_tokens\x18\x0f \x01(\bH\x01R\x11skipSpecialTokens\x88\x01\x01\x12I\n" +
+	"\n" +
+	"logit_bias\x18\x10 \x03(\v2*.loraplex.v1.SamplingParams.LogitBiasEntryR\tlogitBias\x12'\n" +
+	"\x0fprompt_logprobs\x18\x11 \x01(\x05R\x0epromptLogprobs\x12\x1f\n" +
+	"\vprompt_only\x18\x12 \x01(\bR\n" +
+	"promptOnly\x12J\n" +
+	"\x11structured_output\x18\x13 \x01(\v2\x1d.loraplex.v1.StructuredOutputR\x10structuredOutput\x1a<\n" +
+	"\x0eLogitBiasEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01B\a\n" +
 	"\x05_seedB\x16\n" +
-	"\x14_skip_special_tokens\"\xd6\x02\n" +
+	"\x14_skip_special_tokens\"\xa8\x01\n" +
+	"\x10StructuredOutput\x12!\n" +
+	"\vjson_schema\x18\x01 \x01(\tH\x00R\n" +
+	"jsonSchema\x12!\n" +
+	"\vjson_object\x18\x02 \x01(\bH\x00R\n" +
+	"jsonObject\x12\x16\n" +
+	"\x05regex\x18\x03 \x01(\tH\x00R\x05regex\x12.\n" +
+	"\x06choice\x18\x04 \x01(\v2\x14.loraplex.v1.ChoicesH\x00R\x06choiceB\x06\n" +
+	"\x04kind\"#\n" +
+	"\aChoices\x12\x18\n" +
+	"\achoices\x18\x01 \x03(\tR\achoices\"\xd6\x02\n" +
 	"\x0fGenerateRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x124\n" +
@@ -2031,7 +2343,7 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\x12#\n" +
 	"\rcached_tokens\x18\x03 \x01(\x05R\fcachedTokens\"&\n" +
 	"\fTokenExperts\x12\x16\n" +
-	"\x06layers\x18\x01 \x03(\tR\x06layers\"\xe0\x02\n" +
+	"\x06layers\x18\x01 \x03(\tR\x06layers\"\xa5\x03\n" +
 	"\x10GenerateResponse\x12\x1b\n" +
 	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x126\n" +
@@ -2041,8 +2353,14 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"stopString\x12$\n" +
 	"\rstop_token_id\x18\x06 \x01(\x05H\x00R\vstopTokenId\x12(\n" +
 	"\x05usage\x18\a \x01(\v2\x12.loraplex.v1.UsageR\x05usage\x12<\n" +
-	"\fexpert_trace\x18\b \x03(\v2\x19.loraplex.v1.TokenExpertsR\vexpertTraceB\r\n" +
-	"\vstop_reason\"\xc7\x01\n" +
+	"\fexpert_trace\x18\b \x03(\v2\x19.loraplex.v1.TokenExpertsR\vexpertTrace\x12C\n" +
+	"\x0fprompt_logprobs\x18\t \x03(\v2\x1a.loraplex.v1.PromptLogprobR\x0epromptLogprobsB\r\n" +
+	"\vstop_reason\"\x80\x01\n" +
+	"\rPromptLogprob\x12\x19\n" +
+	"\btoken_id\x18\x01 \x01(\x05R\atokenId\x12\x18\n" +
+	"\alogprob\x18\x02 \x01(\x02R\alogprob\x12\x12\n" +
+	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12&\n" +
+	"\x03top\x18\x04 \x03(\v2\x14.loraplex.v1.LogprobR\x03top\"\xc7\x01\n" +
 	"\x0fTokenizeRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x14\n" +
 	"\x04text\x18\x02 \x01(\tH\x00R\x04text\x125\n" +
@@ -2133,81 +2451,90 @@ func file_loraplex_v1_loraplex_proto_rawDescGZIP() []byte {
 	return file_loraplex_v1_loraplex_proto_rawDescData
 }
 
-var file_loraplex_v1_loraplex_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_loraplex_v1_loraplex_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_loraplex_v1_loraplex_proto_goTypes = []any{
 	(*ChatMessage)(nil),           // 0: loraplex.v1.ChatMessage
 	(*ChatPrompt)(nil),            // 1: loraplex.v1.ChatPrompt
 	(*TokenIds)(nil),              // 2: loraplex.v1.TokenIds
 	(*SamplingParams)(nil),        // 3: loraplex.v1.SamplingParams
-	(*GenerateRequest)(nil),       // 4: loraplex.v1.GenerateRequest
-	(*Logprob)(nil),               // 5: loraplex.v1.Logprob
-	(*TokenLogprobs)(nil),         // 6: loraplex.v1.TokenLogprobs
-	(*Usage)(nil),                 // 7: loraplex.v1.Usage
-	(*TokenExperts)(nil),          // 8: loraplex.v1.TokenExperts
-	(*GenerateResponse)(nil),      // 9: loraplex.v1.GenerateResponse
-	(*TokenizeRequest)(nil),       // 10: loraplex.v1.TokenizeRequest
-	(*TokenizeResponse)(nil),      // 11: loraplex.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),     // 12: loraplex.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),    // 13: loraplex.v1.DetokenizeResponse
-	(*ListModelsRequest)(nil),     // 14: loraplex.v1.ListModelsRequest
-	(*Model)(nil),                 // 15: loraplex.v1.Model
-	(*ListModelsResponse)(nil),    // 16: loraplex.v1.ListModelsResponse
-	(*ListAdaptersRequest)(nil),   // 17: loraplex.v1.ListAdaptersRequest
-	(*Adapter)(nil),               // 18: loraplex.v1.Adapter
-	(*ListAdaptersResponse)(nil),  // 19: loraplex.v1.ListAdaptersResponse
-	(*LoadAdapterRequest)(nil),    // 20: loraplex.v1.LoadAdapterRequest
-	(*LoadAdapterResponse)(nil),   // 21: loraplex.v1.LoadAdapterResponse
-	(*UnloadAdapterRequest)(nil),  // 22: loraplex.v1.UnloadAdapterRequest
-	(*UnloadAdapterResponse)(nil), // 23: loraplex.v1.UnloadAdapterResponse
-	(*ListRoutersRequest)(nil),    // 24: loraplex.v1.ListRoutersRequest
-	(*LayerSelections)(nil),       // 25: loraplex.v1.LayerSelections
-	(*Router)(nil),                // 26: loraplex.v1.Router
-	(*ListRoutersResponse)(nil),   // 27: loraplex.v1.ListRoutersResponse
-	(*LoadRouterRequest)(nil),     // 28: loraplex.v1.LoadRouterRequest
-	(*LoadRouterResponse)(nil),    // 29: loraplex.v1.LoadRouterResponse
-	(*UnloadRouterRequest)(nil),   // 30: loraplex.v1.UnloadRouterRequest
-	(*UnloadRouterResponse)(nil),  // 31: loraplex.v1.UnloadRouterResponse
+	(*StructuredOutput)(nil),      // 4: loraplex.v1.StructuredOutput
+	(*Choices)(nil),               // 5: loraplex.v1.Choices
+	(*GenerateRequest)(nil),       // 6: loraplex.v1.GenerateRequest
+	(*Logprob)(nil),               // 7: loraplex.v1.Logprob
+	(*TokenLogprobs)(nil),         // 8: loraplex.v1.TokenLogprobs
+	(*Usage)(nil),                 // 9: loraplex.v1.Usage
+	(*TokenExperts)(nil),          // 10: loraplex.v1.TokenExperts
+	(*GenerateResponse)(nil),      // 11: loraplex.v1.GenerateResponse
+	(*PromptLogprob)(nil),         // 12: loraplex.v1.PromptLogprob
+	(*TokenizeRequest)(nil),       // 13: loraplex.v1.TokenizeRequest
+	(*TokenizeResponse)(nil),      // 14: loraplex.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),     // 15: loraplex.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),    // 16: loraplex.v1.DetokenizeResponse
+	(*ListModelsRequest)(nil),     // 17: loraplex.v1.ListModelsRequest
+	(*Model)(nil),                 // 18: loraplex.v1.Model
+	(*ListModelsResponse)(nil),    // 19: loraplex.v1.ListModelsResponse
+	(*ListAdaptersRequest)(nil),   // 20: loraplex.v1.ListAdaptersRequest
+	(*Adapter)(nil),               // 21: loraplex.v1.Adapter
+	(*ListAdaptersResponse)(nil),  // 22: loraplex.v1.ListAdaptersResponse
+	(*LoadAdapterRequest)(nil),    // 23: loraplex.v1.LoadAdapterRequest
+	(*LoadAdapterResponse)(nil),   // 24: loraplex.v1.LoadAdapterResponse
+	(*UnloadAdapterRequest)(nil),  // 25: loraplex.v1.UnloadAdapterRequest
+	(*UnloadAdapterResponse)(nil), // 26: loraplex.v1.UnloadAdapterResponse
+	(*ListRoutersRequest)(nil),    // 27: loraplex.v1.ListRoutersRequest
+	(*LayerSelections)(nil),       // 28: loraplex.v1.LayerSelections
+	(*Router)(nil),                // 29: loraplex.v1.Router
+	(*ListRoutersResponse)(nil),   // 30: loraplex.v1.ListRoutersResponse
+	(*LoadRouterRequest)(nil),     // 31: loraplex.v1.LoadRouterRequest
+	(*LoadRouterResponse)(nil),    // 32: loraplex.v1.LoadRouterResponse
+	(*UnloadRouterRequest)(nil),   // 33: loraplex.v1.UnloadRouterRequest
+	(*UnloadRouterResponse)(nil),  // 34: loraplex.v1.UnloadRouterResponse
+	nil,                           // 35: loraplex.v1.SamplingParams.LogitBiasEntry
 }
 var file_loraplex_v1_loraplex_proto_depIdxs = []int32{
 	0,  // 0: loraplex.v1.ChatPrompt.messages:type_name -> loraplex.v1.ChatMessage
-	2,  // 1: loraplex.v1.GenerateRequest.token_ids:type_name -> loraplex.v1.TokenIds
-	1,  // 2: loraplex.v1.GenerateRequest.messages:type_name -> loraplex.v1.ChatPrompt
-	3,  // 3: loraplex.v1.GenerateRequest.params:type_name -> loraplex.v1.SamplingParams
-	5,  // 4: loraplex.v1.TokenLogprobs.chosen:type_name -> loraplex.v1.Logprob
-	5,  // 5: loraplex.v1.TokenLogprobs.top:type_name -> loraplex.v1.Logprob
-	6,  // 6: loraplex.v1.GenerateResponse.logprobs:type_name -> loraplex.v1.TokenLogprobs
-	7,  // 7: loraplex.v1.GenerateResponse.usage:type_name -> loraplex.v1.Usage
-	8,  // 8: loraplex.v1.GenerateResponse.expert_trace:type_name -> loraplex.v1.TokenExperts
-	1,  // 9: loraplex.v1.TokenizeRequest.messages:type_name -> loraplex.v1.ChatPrompt
-	15, // 10: loraplex.v1.ListModelsResponse.models:type_name -> loraplex.v1.Model
-	18, // 11: loraplex.v1.ListAdaptersResponse.adapters:type_name -> loraplex.v1.Adapter
-	25, // 12: loraplex.v1.Router.selections:type_name -> loraplex.v1.LayerSelections
-	26, // 13: loraplex.v1.ListRoutersResponse.routers:type_name -> loraplex.v1.Router
-	4,  // 14: loraplex.v1.Loraplex.Generate:input_type -> loraplex.v1.GenerateRequest
-	10, // 15: loraplex.v1.Loraplex.Tokenize:input_type -> loraplex.v1.TokenizeRequest
-	12, // 16: loraplex.v1.Loraplex.Detokenize:input_type -> loraplex.v1.DetokenizeRequest
-	14, // 17: loraplex.v1.Loraplex.ListModels:input_type -> loraplex.v1.ListModelsRequest
-	17, // 18: loraplex.v1.Loraplex.ListAdapters:input_type -> loraplex.v1.ListAdaptersRequest
-	20, // 19: loraplex.v1.Loraplex.LoadAdapter:input_type -> loraplex.v1.LoadAdapterRequest
-	22, // 20: loraplex.v1.Loraplex.UnloadAdapter:input_type -> loraplex.v1.UnloadAdapterRequest
-	24, // 21: loraplex.v1.Loraplex.ListRouters:input_type -> loraplex.v1.ListRoutersRequest
-	28, // 22: loraplex.v1.Loraplex.LoadRouter:input_type -> loraplex.v1.LoadRouterRequest
-	30, // 23: loraplex.v1.Loraplex.UnloadRouter:input_type -> loraplex.v1.UnloadRouterRequest
-	9,  // 24: loraplex.v1.Loraplex.Generate:output_type -> loraplex.v1.GenerateResponse
-	11, // 25: loraplex.v1.Loraplex.Tokenize:output_type -> loraplex.v1.TokenizeResponse
-	13, // 26: loraplex.v1.Loraplex.Detokenize:output_type -> loraplex.v1.DetokenizeResponse
-	16, // 27: loraplex.v1.Loraplex.ListModels:output_type -> loraplex.v1.ListModelsResponse
-	19, // 28: loraplex.v1.Loraplex.ListAdapters:output_type -> loraplex.v1.ListAdaptersResponse
-	21, // 29: loraplex.v1.Loraplex.LoadAdapter:output_type -> loraplex.v1.LoadAdapterResponse
-	23, // 30: loraplex.v1.Loraplex.UnloadAdapter:output_type -> loraplex.v1.UnloadAdapterResponse
-	27, // 31: loraplex.v1.Loraplex.ListRouters:output_type -> loraplex.v1.ListRoutersResponse
-	29, // 32: loraplex.v1.Loraplex.LoadRouter:output_type -> loraplex.v1.LoadRouterResponse
-	31, // 33: loraplex.v1.Loraplex.UnloadRouter:output_type -> loraplex.v1.UnloadRouterResponse
-	24, // [24:34] is the sub-list for method output_type
-	14, // [14:24] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	35, // 1: loraplex.v1.SamplingParams.logit_bias:type_name -> loraplex.v1.SamplingParams.LogitBiasEntry
+	4,  // 2: loraplex.v1.SamplingParams.structured_output:type_name -> loraplex.v1.StructuredOutput
+	5,  // 3: loraplex.v1.StructuredOutput.choice:type_name -> loraplex.v1.Choices
+	2,  // 4: loraplex.v1.GenerateRequest.token_ids:type_name -> loraplex.v1.TokenIds
+	1,  // 5: loraplex.v1.GenerateRequest.messages:type_name -> loraplex.v1.ChatPrompt
+	3,  // 6: loraplex.v1.GenerateRequest.params:type_name -> loraplex.v1.SamplingParams
+	7,  // 7: loraplex.v1.TokenLogprobs.chosen:type_name -> loraplex.v1.Logprob
+	7,  // 8: loraplex.v1.TokenLogprobs.top:type_name -> loraplex.v1.Logprob
+	8,  // 9: loraplex.v1.GenerateResponse.logprobs:type_name -> loraplex.v1.TokenLogprobs
+	9,  // 10: loraplex.v1.GenerateResponse.usage:type_name -> loraplex.v1.Usage
+	10, // 11: loraplex.v1.GenerateResponse.expert_trace:type_name -> loraplex.v1.TokenExperts
+	12, // 12: loraplex.v1.GenerateResponse.prompt_logprobs:type_name -> loraplex.v1.PromptLogprob
+	7,  // 13: loraplex.v1.PromptLogprob.top:type_name -> loraplex.v1.Logprob
+	1,  // 14: loraplex.v1.TokenizeRequest.messages:type_name -> loraplex.v1.ChatPrompt
+	18, // 15: loraplex.v1.ListModelsResponse.models:type_name -> loraplex.v1.Model
+	21, // 16: loraplex.v1.ListAdaptersResponse.adapters:type_name -> loraplex.v1.Adapter
+	28, // 17: loraplex.v1.Router.selections:type_name -> loraplex.v1.LayerSelections
+	29, // 18: loraplex.v1.ListRoutersResponse.routers:type_name -> loraplex.v1.Router
+	6,  // 19: loraplex.v1.Loraplex.Generate:input_type -> loraplex.v1.GenerateRequest
+	13, // 20: loraplex.v1.Loraplex.Tokenize:input_type -> loraplex.v1.TokenizeRequest
+	15, // 21: loraplex.v1.Loraplex.Detokenize:input_type -> loraplex.v1.DetokenizeRequest
+	17, // 22: loraplex.v1.Loraplex.ListModels:input_type -> loraplex.v1.ListModelsRequest
+	20, // 23: loraplex.v1.Loraplex.ListAdapters:input_type -> loraplex.v1.ListAdaptersRequest
+	23, // 24: loraplex.v1.Loraplex.LoadAdapter:input_type -> loraplex.v1.LoadAdapterRequest
+	25, // 25: loraplex.v1.Loraplex.UnloadAdapter:input_type -> loraplex.v1.UnloadAdapterRequest
+	27, // 26: loraplex.v1.Loraplex.ListRouters:input_type -> loraplex.v1.ListRoutersRequest
+	31, // 27: loraplex.v1.Loraplex.LoadRouter:input_type -> loraplex.v1.LoadRouterRequest
+	33, // 28: loraplex.v1.Loraplex.UnloadRouter:input_type -> loraplex.v1.UnloadRouterRequest
+	11, // 29: loraplex.v1.Loraplex.Generate:output_type -> loraplex.v1.GenerateResponse
+	14, // 30: loraplex.v1.Loraplex.Tokenize:output_type -> loraplex.v1.TokenizeResponse
+	16, // 31: loraplex.v1.Loraplex.Detokenize:output_type -> loraplex.v1.DetokenizeResponse
+	19, // 32: loraplex.v1.Loraplex.ListModels:output_type -> loraplex.v1.ListModelsResponse
+	22, // 33: loraplex.v1.Loraplex.ListAdapters:output_type -> loraplex.v1.ListAdaptersResponse
+	24, // 34: loraplex.v1.Loraplex.LoadAdapter:output_type -> loraplex.v1.LoadAdapterResponse
+	26, // 35: loraplex.v1.Loraplex.UnloadAdapter:output_type -> loraplex.v1.UnloadAdapterResponse
+	30, // 36: loraplex.v1.Loraplex.ListRouters:output_type -> loraplex.v1.ListRoutersResponse
+	32, // 37: loraplex.v1.Loraplex.LoadRouter:output_type -> loraplex.v1.LoadRouterResponse
+	34, // 38: loraplex.v1.Loraplex.UnloadRouter:output_type -> loraplex.v1.UnloadRouterResponse
+	29, // [29:39] is the sub-list for method output_type
+	19, // [19:29] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_loraplex_v1_loraplex_proto_init() }
@@ -2218,15 +2545,21 @@ func file_loraplex_v1_loraplex_proto_init() {
 	file_loraplex_v1_loraplex_proto_msgTypes[1].OneofWrappers = []any{}
 	file_loraplex_v1_loraplex_proto_msgTypes[3].OneofWrappers = []any{}
 	file_loraplex_v1_loraplex_proto_msgTypes[4].OneofWrappers = []any{
+		(*StructuredOutput_JsonSchema)(nil),
+		(*StructuredOutput_JsonObject)(nil),
+		(*StructuredOutput_Regex)(nil),
+		(*StructuredOutput_Choice)(nil),
+	}
+	file_loraplex_v1_loraplex_proto_msgTypes[6].OneofWrappers = []any{
 		(*GenerateRequest_Text)(nil),
 		(*GenerateRequest_TokenIds)(nil),
 		(*GenerateRequest_Messages)(nil),
 	}
-	file_loraplex_v1_loraplex_proto_msgTypes[9].OneofWrappers = []any{
+	file_loraplex_v1_loraplex_proto_msgTypes[11].OneofWrappers = []any{
 		(*GenerateResponse_StopString)(nil),
 		(*GenerateResponse_StopTokenId)(nil),
 	}
-	file_loraplex_v1_loraplex_proto_msgTypes[10].OneofWrappers = []any{
+	file_loraplex_v1_loraplex_proto_msgTypes[13].OneofWrappers = []any{
 		(*TokenizeRequest_Text)(nil),
 		(*TokenizeRequest_Messages)(nil),
 	}
@@ -2236,7 +2569,7 @@ func file_loraplex_v1_loraplex_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loraplex_v1_loraplex_proto_rawDesc), len(file_loraplex_v1_loraplex_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
