@@ -164,11 +164,11 @@ func TestMaxCalls(t *testing.T) {
 // several get none.
 func TestDetect(t *testing.T) {
 	for src, want := range map[string]string{
-		"{%- if tools %}<tools>{{ tools }}</tools> <tool_call>\n{\"name\": <function-name>}</tool_call>{% endif %}": "hermes",
+		"{%- if tools %}<tools>{{ tools }}</tools> <tool_call>\n{\"name\": <function-name>}</tool_call>{% endif %}":        "hermes",
 		"<|start_header_id|>ipython<|end_header_id|> {\"name\": function name, \"parameters\": dictionary} <|python_tag|>": "llama3_json",
-		"{{ '[AVAILABLE_TOOLS]' }}{{ '[TOOL_CALLS]' }}":                                                                  "mistral",
-		"{% for m in messages %}{{ m.content }}{% endfor %}":                                                             "",
-		"<tool_call> [TOOL_CALLS]":                                                                                       "",
+		"{{ '[AVAILABLE_TOOLS]' }}{{ '[TOOL_CALLS]' }}":                                                                    "mistral",
+		"{% for m in messages %}{{ m.content }}{% endfor %}":                                                               "",
+		"<tool_call> [TOOL_CALLS]": "",
 	} {
 		got := ""
 		if f := Detect(src); f != nil {
