@@ -334,18 +334,23 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 		text := ev.Text
 		ch := chatChoice{Index: ev.Index, Delta: &chatDelta{Content: &text}, FinishReason: finishReason(&ev.Event), StopReason: ev.StopReason}
 		if parsers != nil {
-			// The parsed pieces go first, each a chunk of its own; this event's other fields
-			// (finish, logprobs, token ids) ride on an empty delta after them.
+			// Each parsed piece is a chunk of its own; this event's other fields (logprobs,
+			// token ids, expert trace) ride on the last one, and the finish reason, as OpenAI
+			// sends it, on a chunk with an empty delta after them.
 			p := parsers[ev.Index]
 			deltas := p.feed(ev.Text, ev.Finish != "")
-			for _, d := range deltas[:max(len(deltas)-1, 0)] {
+			last := len(deltas) - 1
+			if ev.Finish != "" {
+				last = len(deltas)
+			}
+			for _, d := range deltas[:max(last, 0)] {
 				if err := s.send(c.chunk(chatChoice{Index: ev.Index, Delta: d})); err != nil {
 					return err
 				}
 			}
 			ch.Delta = &chatDelta{}
-			if len(deltas) > 0 {
-				ch.Delta = deltas[len(deltas)-1]
+			if last >= 0 && last < len(deltas) {
+				ch.Delta = deltas[last]
 			}
 			ch.FinishReason = c.tools.finishWithCalls(ch.FinishReason, p.calls)
 			if len(deltas) == 0 && ch.FinishReason == nil && !c.req.Logprobs && !c.req.ReturnTokenIDs && !c.req.ExpertTrace {

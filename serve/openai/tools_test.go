@@ -208,7 +208,8 @@ func TestAutoParsesNoneDoesNot(t *testing.T) {
 }
 
 // Streamed, tool calls arrive as OpenAI streams them (a call's first delta has its index, id,
-// type, name and empty arguments; then argument fragments; no markup in content deltas), and
+// type, name and empty arguments; then argument fragments; no markup in content deltas; the
+// finish reason on an empty delta), and
 // the official client's accumulator rebuilds exactly the non-streamed message.
 func TestStreamedToolCalls(t *testing.T) {
 	url := toolServer(t)
@@ -238,6 +239,9 @@ func TestStreamedToolCalls(t *testing.T) {
 			chunk := stream.Current()
 			acc.AddChunk(chunk)
 			for _, c := range chunk.Choices {
+				if c.FinishReason != "" && (c.Delta.Content != "" || len(c.Delta.ToolCalls) > 0) {
+					t.Errorf("%s: the finish reason comes with a delta: %s", v.name, c.RawJSON())
+				}
 				if strings.Contains(c.Delta.Content, "<tool_call") || strings.Contains(c.Delta.Content, "</tool_call") {
 					t.Errorf("%s: markup in a content delta: %q", v.name, c.Delta.Content)
 				}
