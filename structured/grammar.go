@@ -40,8 +40,9 @@ type Sequence struct {
 }
 
 // Item is one alternative of a Sequence: the literal Before, a compact JSON instance of the
-// schema Schema, the literal After.
+// schema Schema, the literal After. Name names it in errors (a tool's name).
 type Item struct {
+	Name                  string
 	Before, Schema, After string
 }
 
@@ -59,7 +60,7 @@ func (q *Sequence) regex() (string, error) {
 	for i, it := range q.Items {
 		body, err := SchemaRegex([]byte(it.Schema))
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("%s: %w", it.Name, err)
 		}
 		alts[i] = regexp.QuoteMeta(it.Before) + `(?:` + body + `)` + regexp.QuoteMeta(it.After)
 		if n += len(alts[i]); n > MaxRegexBytes {

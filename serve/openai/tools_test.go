@@ -352,7 +352,7 @@ func TestBadToolsAre400(t *testing.T) {
 		{`[` + fn("f", huge) + `]`, ``, "tools", "bytes"},
 		{`[` + fn("f", obj) + `]`, `,"tool_choice":{"type":"function","function":{"name":"g"}}`, "tool_choice", `"g"`},
 		{`[` + fn("f", obj) + `]`, `,"tool_choice":"sometimes"`, "tool_choice", "sometimes"},
-		{`[` + fn("f", `{"type":"object","properties":{"e":{"type":"string","format":"email"}}}`) + `]`, `,"tool_choice":{"type":"function","function":{"name":"f"}}`, "tools", `"format"`},
+		{`[` + fn("f", `{"type":"object","properties":{"e":{"type":"string","format":"email"}}}`) + `]`, `,"tool_choice":{"type":"function","function":{"name":"f"}}`, "tools", `function f: schema keyword "format"`},
 		{`[` + fn("f", obj) + `]`, `,"tool_choice":"required","response_format":{"type":"json_object"}`, "tool_choice", "response_format"},
 		{`[]`, `,"tool_choice":"required"`, "tool_choice", "needs tools"},
 	}

@@ -214,7 +214,7 @@ func (f *Format) Force(tools []Tool, single bool) structured.Spec {
 	q := &structured.Sequence{Open: f.open, Sep: f.sep, Close: f.close, Single: single}
 	for i := range tools {
 		name, _ := json.Marshal(tools[i].Name)
-		q.Items = append(q.Items, structured.Item{Before: fmt.Sprintf(f.before, name), Schema: tools[i].schema(), After: f.after})
+		q.Items = append(q.Items, structured.Item{Name: "function " + tools[i].Name, Before: fmt.Sprintf(f.before, name), Schema: tools[i].schema(), After: f.after})
 	}
 	return structured.Spec{Kind: structured.JSONSequence, Sequence: q}
 }
