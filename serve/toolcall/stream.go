@@ -26,7 +26,8 @@ type Stream struct {
 	raw      strings.Builder // the current call's consumed text until it is committed
 	dropped  string          // white space before the current call's markup
 	heldWS   string          // trailing white space of content: dropped if markup follows
-	skipWS   bool            // drop leading white space (it follows a call)
+	skipWS   bool            // leading white space follows a call: dropped unless content came before
+	emitted  bool            // content was sent
 	array    bool            // mistral: the calls are a JSON array
 	obj      objScan
 	calls    int  // calls committed, kept or not
@@ -91,10 +92,10 @@ func (s *Stream) Finish() []Delta {
 	}
 	s.buf = ""
 	s.drain()
-	if s.heldWS != "" {
+	if s.heldWS != "" && s.calls == 0 {
 		s.out = append(s.out, Delta{Content: s.heldWS})
-		s.heldWS = ""
 	}
+	s.heldWS = ""
 	return s.take()
 }
 
@@ -104,19 +105,21 @@ func (s *Stream) take() []Delta {
 	return out
 }
 
-// content passes text on as content, holding back trailing white space (markup may follow)
-// and dropping leading white space after a call.
+// content passes text on as content, holding back trailing white space (markup may follow; in
+// a response with calls it is dropped at the end) and dropping white space after a call when
+// no content came before it: white space that only separates markup is not content.
 func (s *Stream) content(text string) {
-	if s.skipWS {
+	if s.skipWS && !s.emitted {
 		text = strings.TrimLeft(text, space)
 		if text == "" {
 			return
 		}
-		s.skipWS = false
 	}
+	s.skipWS = false
 	all := s.heldWS + text
 	kept := strings.TrimRight(all, space)
 	if kept != "" {
+		s.emitted = true
 		if n := len(s.out); n > 0 && !s.out[n-1].Call {
 			s.out[n-1].Content += kept
 		} else {

@@ -23,8 +23,9 @@
 // Parsing is one state machine (Stream) for both answers: a whole response is its stream fed
 // at once, so streamed deltas reassemble to exactly the non-streamed calls. The machine holds
 // back only what could still be markup: the tail of the text that is a prefix of a marker, a
-// call object until its name is known, and white space that touches a call (dropped, as it
-// belongs to the markup). Arguments are passed on as the model wrote them (a JSON text; an
+// call object until its name is known, and trailing white space. White space that only frames
+// calls is dropped (before a call; after one, unless content came before it; at the end of a
+// response with calls); an output without calls is its content unchanged. Arguments are passed on as the model wrote them (a JSON text; an
 // arguments value written as a JSON string is unquoted), so a stream's fragments concatenate to
 // the same string.
 package toolcall

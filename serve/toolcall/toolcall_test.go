@@ -29,6 +29,8 @@ var parseCases = []parseCase{
 		"<think>\nThe user wants the time.\n</think>", []Call{{"now", `{}`}}},
 	{"hermes", "arguments before name, as a JSON string", "<tool_call>{\"arguments\": \"{\\\"q\\\": \\\"go\\\"}\", \"name\": \"search\"}</tool_call>",
 		"", []Call{{"search", `{"q": "go"}`}}},
+	{"hermes", "text on both sides", "Looking.\n<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>\nDone.\n",
+		"Looking.\nDone.", []Call{{"ping", `{}`}}},
 	{"hermes", "no arguments key", "<tool_call>\n{\"name\": \"ping\"}\n</tool_call>", "", []Call{{"ping", `{}`}}},
 	{"hermes", "plain answer", "The capital of France is Paris. Use <b>bold</b> < and > freely.\n",
 		"The capital of France is Paris. Use <b>bold</b> < and > freely.\n", nil},
