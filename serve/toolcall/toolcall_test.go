@@ -3,9 +3,12 @@ package toolcall
 import (
 	"encoding/json"
 	"math/rand/v2"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
 // parseCase is a model-style output and what it parses to.
@@ -201,5 +204,51 @@ func TestToolCheck(t *testing.T) {
 		if err := tool.Check(); err != nil {
 			t.Errorf("tool %q: %v", tool.Name, err)
 		}
+	}
+}
+
+// Real templates: Qwen3's teaches hermes; Llama 3.0's teaches no tool format.
+func TestDetectRealTemplates(t *testing.T) {
+	for name, want := range map[string]string{"qwen3": "hermes", "llama3": ""} {
+		ct, err := chat.FromTokenizerConfig(filepath.Join("..", "..", "testdata", "tokenizers", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		if f := Detect(ct.Source()); f != nil {
+			got = f.Name()
+		}
+		if got != want {
+			t.Errorf("%s: detected %q, want %q", name, got, want)
+		}
+	}
+}
+
+// What Qwen3's own template writes for an assistant's calls is what the hermes parser reads
+// back: the same names and arguments.
+func TestHermesReadsQwen3Template(t *testing.T) {
+	ct, err := chat.FromTokenizerConfig(filepath.Join("..", "..", "testdata", "tokenizers", "qwen3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Call{{"get_weather", `{"city": "Paris", "unit": "celsius"}`}, {"get_time", `{"tz": "CET"}`}}
+	msg := chat.Message{Role: "assistant", Content: "Checking."}
+	for i, c := range want {
+		tc := chat.ToolCall{ID: "call_" + string(rune('a'+i)), Type: "function"}
+		tc.Function.Name, tc.Function.Arguments = c.Name, json.RawMessage(c.Arguments)
+		msg.ToolCalls = append(msg.ToolCalls, tc)
+	}
+	text, err := ct.Render([]chat.Message{{Role: "user", Content: "Weather and time in Paris?"}, msg}, chat.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.LastIndex(text, "<|im_start|>assistant\n")
+	j := strings.LastIndex(text, "<|im_end|>")
+	if i < 0 || j < i {
+		t.Fatalf("no assistant turn in %q", text)
+	}
+	content, calls := lookup(t, "hermes").Parse(text[i+len("<|im_start|>assistant\n"):j], 0)
+	if !reflect.DeepEqual(calls, want) || !strings.HasSuffix(content, "Checking.") {
+		t.Errorf("parsed %q %q from %q", content, calls, text[i:j])
 	}
 }
