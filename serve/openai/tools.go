@@ -77,8 +77,8 @@ func (h *Handler) planTools(req *chatRequest, p *serve.SamplingParams) (toolPlan
 	if err != nil {
 		return toolPlan{}, err
 	}
-	if choice == choiceNone {
-		return toolPlan{choice: choice}, nil
+	if choice == choiceNone || choice == choiceAuto && len(tools) == 0 {
+		return toolPlan{choice: choiceNone}, nil // auto without tools can only answer in text
 	}
 	if len(tools) == 0 {
 		return toolPlan{}, invalid("tool_choice", "tool_choice %q needs tools", choice)

@@ -329,8 +329,8 @@ func TestToolRoundTrip(t *testing.T) {
 
 // Bad and hostile tools fail fast with a 400 naming the field: bad names, non-function
 // tools, parameters that are not a schema object, huge or deeply nested parameters, a named
-// function not offered, schema keywords a forced call cannot enforce (named), tool_choice
-// without tools or beside another constraint, and tool calls on a model whose tool-call format
+// function not offered, schema keywords a forced call cannot enforce (named), a forcing
+// tool_choice without tools or beside another constraint, and tool calls on a model whose tool-call format
 // is unknown (the message names --tool-call-parser).
 func TestBadToolsAre400(t *testing.T) {
 	url := toolServer(t)
@@ -367,6 +367,12 @@ func TestBadToolsAre400(t *testing.T) {
 		if !strings.Contains(env.Error.Message, tc.want) {
 			t.Errorf("%.80s: message %q lacks %q", tc.tools+tc.extra, env.Error.Message, tc.want)
 		}
+	}
+
+	// tool_choice auto without tools asks for nothing a text answer cannot give.
+	status, resp := post(t, url, "/v1/chat/completions", `{"max_tokens":1,"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}`, "Authorization", "Bearer "+testKey)
+	if status != 200 {
+		t.Errorf("tool_choice auto without tools: %d %s", status, resp)
 	}
 
 	// A template that teaches no tool-call format: tools are still rendered with tool_choice
