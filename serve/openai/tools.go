@@ -22,7 +22,8 @@ type toolFields struct {
 }
 
 // functionTools checks the request's tools (OpenAI's {"type":"function","function":{name,
-// description, parameters, strict}}) and returns them; the count was bounded before.
+// description, parameters, strict}}) and returns them; the count was bounded before. strict
+// is accepted: forced calls always follow the schema, and auto calls are the model's (as vLLM).
 func functionTools(raw []json.RawMessage) ([]toolcall.Tool, error) {
 	tools := make([]toolcall.Tool, len(raw))
 	for i, r := range raw {
@@ -30,11 +31,14 @@ func functionTools(raw []json.RawMessage) ([]toolcall.Tool, error) {
 			Type     string          `json:"type"`
 			Function json.RawMessage `json:"function"`
 		}
-		if err := strictObject(r, "tools", &t, "type", "function"); err != nil {
+		if err := json.Unmarshal(r, &t); err != nil {
 			return nil, invalid("tools", "tools[%d] must be an object with type and function", i)
 		}
 		if t.Type != "function" {
 			return nil, invalid("tools", "tools[%d]: only function tools are supported, got type %q", i, t.Type)
+		}
+		if err := strictObject(r, "tools", nil, "type", "function"); err != nil {
+			return nil, invalid("tools", "tools[%d] must be an object with type and function only", i)
 		}
 		var f struct {
 			Name       string          `json:"name"`
