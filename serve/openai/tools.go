@@ -24,30 +24,34 @@ type toolFields struct {
 // functionTools checks the request's tools (OpenAI's {"type":"function","function":{name,
 // description, parameters, strict}}) and returns them; the count was bounded before. strict
 // is accepted: forced calls always follow the schema, and auto calls are the model's (as vLLM).
+// A good tool's JSON is decoded once (a request may carry megabytes of schemas).
 func functionTools(raw []json.RawMessage) ([]toolcall.Tool, error) {
 	tools := make([]toolcall.Tool, len(raw))
 	for i, r := range raw {
 		var t struct {
-			Type     string          `json:"type"`
-			Function json.RawMessage `json:"function"`
+			Type     string `json:"type"`
+			Function *struct {
+				Name        string          `json:"name"`
+				Description json.RawMessage `json:"description"`
+				Parameters  json.RawMessage `json:"parameters"`
+				Strict      json.RawMessage `json:"strict"`
+			} `json:"function"`
 		}
-		if err := json.Unmarshal(r, &t); err != nil {
-			return nil, invalid("tools", "tools[%d] must be an object with type and function", i)
+		dec := json.NewDecoder(bytes.NewReader(r))
+		dec.DisallowUnknownFields()
+		err := dec.Decode(&t)
+		if err != nil || t.Type != "function" {
+			var typ struct {
+				Type string `json:"type"`
+			}
+			if json.Unmarshal(r, &typ) == nil && typ.Type != "function" {
+				return nil, invalid("tools", "tools[%d]: only function tools are supported (type \"function\"), got type %q", i, typ.Type)
+			}
 		}
-		if t.Type != "function" {
-			return nil, invalid("tools", "tools[%d]: only function tools are supported, got type %q", i, t.Type)
+		if err != nil || t.Function == nil {
+			return nil, invalid("tools", "tools[%d] must be {\"type\": \"function\", \"function\": {name, and optionally description, parameters and strict}}", i)
 		}
-		if err := strictObject(r, "tools", nil, "type", "function"); err != nil {
-			return nil, invalid("tools", "tools[%d] must be an object with type and function only", i)
-		}
-		var f struct {
-			Name       string          `json:"name"`
-			Parameters json.RawMessage `json:"parameters"`
-		}
-		if isNull(t.Function) || strictObject(t.Function, "tools", &f, "name", "description", "parameters", "strict") != nil {
-			return nil, invalid("tools", "tools[%d].function must be an object with name, and optionally description, parameters and strict", i)
-		}
-		tools[i] = toolcall.Tool{Name: f.Name, Parameters: bytes.TrimSpace(f.Parameters)}
+		tools[i] = toolcall.Tool{Name: t.Function.Name, Parameters: t.Function.Parameters}
 		if err := tools[i].Check(); err != nil {
 			return nil, invalid("tools", "tools[%d]: %v", i, err)
 		}

@@ -31,6 +31,7 @@
 package toolcall
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -60,13 +61,14 @@ type Tool struct {
 	Parameters json.RawMessage
 }
 
-// Check validates a tool as a request states it: a name OpenAI accepts and parameters that
-// are a JSON object of bounded size and depth. The error says what is wrong, not where; the
-// caller names the field.
+// Check validates a tool as a request states it (and trims white space around its
+// parameters): a name OpenAI accepts and parameters that are a JSON object of bounded size and
+// depth. The error says what is wrong, not where; the caller names the field.
 func (t *Tool) Check() error {
 	if !namePattern.MatchString(t.Name) {
 		return fmt.Errorf("function name %q must match %s", t.Name, namePattern)
 	}
+	t.Parameters = bytes.TrimSpace(t.Parameters)
 	if len(t.Parameters) == 0 || string(t.Parameters) == "null" {
 		return nil
 	}
@@ -98,8 +100,7 @@ func (t *Tool) Check() error {
 			return fmt.Errorf("function %s: parameters nest deeper than %d levels", t.Name, MaxParametersDepth)
 		}
 	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(t.Parameters, &obj); err != nil {
+	if t.Parameters[0] != '{' || !json.Valid(t.Parameters) {
 		return fmt.Errorf("function %s: parameters must be a JSON schema object", t.Name)
 	}
 	return nil
