@@ -26,9 +26,29 @@ const Name = "loraplex-demo"
 // SpecialTokens are the demo tokenizer's added tokens, ids 256.. in this order.
 var SpecialTokens = []string{"<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>"}
 
-// ChatTemplate is ChatML, the format of the <|im_start|>/<|im_end|> tokens.
-const ChatTemplate = "{% for message in messages %}" +
-	"{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}" +
+// ChatTemplate is ChatML, the format of the <|im_start|>/<|im_end|> tokens, with tools in the
+// Hermes format that Qwen2.5 uses (vLLM's --tool-call-parser hermes, detected from the
+// <tool_call> tag): the tools listed in a system message, an assistant's calls as
+// <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool results as <tool_response> in a
+// user turn. Without tools, tool calls or tool messages it renders plain ChatML. The trained
+// demo's tokenizer_config.json holds the same template (TestTrainedDemoTemplate).
+const ChatTemplate = `{% if tools %}{{ '<|im_start|>system\n' }}` +
+	`{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}` +
+	`{{ '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n' }}` +
+	`{{ 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}` +
+	`{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}` +
+	`{{ '\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n' }}` +
+	`{{ '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' }}{% endif %}` +
+	"{% for message in messages %}" +
+	"{% if tools and loop.first and message['role'] == 'system' %}" +
+	"{% elif message['role'] == 'assistant' and message['tool_calls'] %}" +
+	"{{ '<|im_start|>assistant' }}{% if message['content'] %}{{ '\\n' + message['content'] }}{% endif %}" +
+	"{% for call in message['tool_calls'] %}" +
+	`{{ '\n<tool_call>\n{"name": "' + call['function']['name'] + '", "arguments": ' }}` +
+	"{% if call['function']['arguments'] is string %}{{ call['function']['arguments'] }}{% else %}{{ call['function']['arguments'] | tojson }}{% endif %}" +
+	`{{ '}\n</tool_call>' }}{% endfor %}{{ '<|im_end|>\n' }}` +
+	`{% elif message['role'] == 'tool' %}{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}` +
+	"{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endif %}" +
 	"{% endfor %}" +
 	"{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 

@@ -15,17 +15,64 @@ import (
 type Kind uint8
 
 const (
-	JSONSchema Kind = iota + 1 // Text is a JSON schema
-	JSONObject                 // any JSON object
-	Regex                      // Text is a regular expression (RE2 syntax) the whole output matches
-	Choice                     // the output is exactly one of Choices
+	JSONSchema   Kind = iota + 1 // Text is a JSON schema
+	JSONObject                   // any JSON object
+	Regex                        // Text is a regular expression (RE2 syntax) the whole output matches
+	Choice                       // the output is exactly one of Choices
+	JSONSequence                 // JSON instances in literal markup (Sequence: tool calls)
 )
 
 // Spec is one constraint as a request states it.
 type Spec struct {
-	Kind    Kind
-	Text    string
-	Choices []string
+	Kind     Kind
+	Text     string
+	Choices  []string
+	Sequence *Sequence
+}
+
+// Sequence is output in a fixed wire format around JSON values, such as a model's tool calls
+// (<tool_call>{"name": "f", "arguments": {...}}</tool_call>): Open, then one or more items
+// separated by Sep (exactly one when Single), then Close. Each item is one of Items.
+type Sequence struct {
+	Open, Sep, Close string
+	Single           bool
+	Items            []Item
+}
+
+// Item is one alternative of a Sequence: the literal Before, a compact JSON instance of the
+// schema Schema, the literal After. Name names it in errors (a tool's name).
+type Item struct {
+	Name                  string
+	Before, Schema, After string
+}
+
+// regex is the sequence's regular expression; the items' schemas together expand to at most
+// MaxRegexBytes, checked as each is expanded.
+func (q *Sequence) regex() (string, error) {
+	if len(q.Items) == 0 {
+		return "", fmt.Errorf("the sequence has no items")
+	}
+	if len(q.Items) > MaxChoices {
+		return "", &LimitError{Limit: "MaxChoices", Msg: fmt.Sprintf("%d sequence items, more than %d", len(q.Items), MaxChoices)}
+	}
+	alts := make([]string, len(q.Items))
+	n := 0
+	for i, it := range q.Items {
+		body, err := SchemaRegex([]byte(it.Schema))
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", it.Name, err)
+		}
+		alts[i] = regexp.QuoteMeta(it.Before) + `(?:` + body + `)` + regexp.QuoteMeta(it.After)
+		if n += len(alts[i]); n > MaxRegexBytes {
+			return "", &LimitError{Limit: "MaxRegexBytes", Msg: fmt.Sprintf("the sequence's schemas expand to more than %d bytes of regular expression", MaxRegexBytes)}
+		}
+	}
+	item := `(?:` + strings.Join(alts, `|`) + `)`
+	more := ""
+	if !q.Single {
+		more = `(?:` + regexp.QuoteMeta(q.Sep) + item + `)*`
+	}
+	return regexp.QuoteMeta(q.Open) + item + more + regexp.QuoteMeta(q.Close), nil
 }
 
 // regex is the spec's regular expression.
@@ -57,6 +104,11 @@ func (s *Spec) regex() (string, error) {
 			return "", &LimitError{Limit: "MaxSpecBytes", Msg: fmt.Sprintf("the choices have %d bytes, more than %d", n, MaxSpecBytes)}
 		}
 		return `(?:` + strings.Join(alts, `|`) + `)`, nil
+	case JSONSequence:
+		if s.Sequence == nil {
+			return "", fmt.Errorf("the sequence is missing")
+		}
+		return s.Sequence.regex()
 	}
 	return "", fmt.Errorf("unknown constraint kind %d", s.Kind)
 }
@@ -72,6 +124,18 @@ func (s *Spec) key() string {
 	}
 	if s.Kind == Choice {
 		k, _ := json.Marshal(s.Choices)
+		text = string(k)
+	}
+	if s.Kind == JSONSequence && s.Sequence != nil {
+		q := *s.Sequence
+		q.Items = slices.Clone(q.Items)
+		for i := range q.Items {
+			var b bytes.Buffer
+			if json.Compact(&b, []byte(q.Items[i].Schema)) == nil {
+				q.Items[i].Schema = b.String()
+			}
+		}
+		k, _ := json.Marshal(q)
 		text = string(k)
 	}
 	return fmt.Sprintf("%d:%s", s.Kind, text)

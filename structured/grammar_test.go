@@ -263,3 +263,64 @@ func TestMaskBudget(t *testing.T) {
 		t.Error("a recomputed mask differs")
 	}
 }
+
+// A sequence's outputs are its markup around instances of its items' schemas: each item
+// between its literals validates against its own schema, items are separated as stated, and a
+// Single sequence holds exactly one item.
+func TestSequenceOutputs(t *testing.T) {
+	v, eos := testVocab()
+	c := NewCompiler(v)
+	rng := rand.New(rand.NewPCG(5, 6))
+	schemas := []string{`{"type":"object","properties":{"city":{"type":"string","maxLength":5}},"required":["city"],"additionalProperties":false}`,
+		`{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"],"additionalProperties":false}`}
+	items := make([]Item, len(schemas))
+	for i, s := range schemas {
+		items[i] = Item{Before: "<call>\n{\"name\": \"f" + string(rune('0'+i)) + "\", \"arguments\": ", Schema: s, After: "}\n</call>"}
+	}
+	call := regexp.MustCompile(`<call>\n\{"name": "f([01])", "arguments": (\{.*?\})\}\n</call>`)
+	for _, single := range []bool{false, true} {
+		g, err := c.Compile(Spec{Kind: JSONSequence, Sequence: &Sequence{Open: "[", Sep: "\n", Close: "]", Single: single, Items: items}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		many := false
+		for range 100 {
+			out, ok := generate(t, g, v, eos, rng, 400)
+			if !ok {
+				continue
+			}
+			if !strings.HasPrefix(out, "[<call>") || !strings.HasSuffix(out, "</call>]") {
+				t.Fatalf("output %q is not in its markup", out)
+			}
+			found := call.FindAllStringSubmatch(out, -1)
+			if single && len(found) != 1 || len(found) == 0 {
+				t.Fatalf("single %v: output %q has %d items", single, out, len(found))
+			}
+			many = many || len(found) > 1
+			var rebuilt []string
+			for _, m := range found {
+				val := compileSchema(t, schemas[m[1][0]-'0'])
+				var inst any
+				if err := json.Unmarshal([]byte(m[2]), &inst); err != nil {
+					t.Fatalf("item %q: %v", m[2], err)
+				}
+				if err := val.Validate(inst); err != nil {
+					t.Fatalf("item %q: %v", m[2], err)
+				}
+				rebuilt = append(rebuilt, m[0])
+			}
+			if want := "[" + strings.Join(rebuilt, "\n") + "]"; out != want {
+				t.Fatalf("output %q, want items separated by the separator: %q", out, want)
+			}
+		}
+		if !single && !many {
+			t.Error("no output of an unbounded sequence held more than one item")
+		}
+	}
+	// An item's unsupported keyword is refused naming it.
+	_, err := c.Compile(Spec{Kind: JSONSequence, Sequence: &Sequence{Items: []Item{{Schema: `{"type":"string","pattern":"a+"}`}}}})
+	var ue *UnsupportedError
+	if !errors.As(err, &ue) || ue.What != "pattern" {
+		t.Errorf("unsupported keyword in an item: %v", err)
+	}
+}

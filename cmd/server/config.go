@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/toolcall"
 )
 
 // config is everything the command line sets.
@@ -41,6 +42,7 @@ type config struct {
 	loadTimeout            time.Duration
 	allowedOrigins         []string
 	allowedHosts           []string
+	toolCallParser         *toolcall.Format // nil: the one the chat template teaches
 }
 
 type adapterSpec struct{ name, path string }
@@ -106,6 +108,12 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&c.device, "device", "auto", "auto, cpu or cuda[:N]")
 	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:8000", "address of the HTTP API")
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "address of the gRPC API (loraplex.v1, health, reflection); empty: off")
+	fs.Func("tool-call-parser", "how the model writes tool calls, by vLLM's names: "+strings.Join(toolcall.Names(), ", ")+
+		" (default: the format the chat template teaches, when it teaches exactly one; without one, chat requests that want tool calls are refused)", func(s string) error {
+		f, err := toolcall.Lookup(s)
+		c.toolCallParser = f
+		return err
+	})
 	fs.StringVar(&c.servedName, "served-model-name", "", "the base model's name in the API (default: the --model argument exactly as given, as in vLLM)")
 	fs.IntVar(&c.maxNumSeqs, "max-num-seqs", 0, "sequences in one batch (0: engine default)")
 	fs.IntVar(&c.maxBatchedTokens, "max-num-batched-tokens", 0, "token rows in one forward pass (0: engine default)")

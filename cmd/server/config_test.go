@@ -1,7 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
+	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -45,6 +48,43 @@ func TestDeterministicFlag(t *testing.T) {
 		}
 		if cfg.deterministic != c.want {
 			t.Errorf("%v: deterministic %v, want %v", c.args, cfg.deterministic, c.want)
+		}
+	}
+}
+
+// --tool-call-parser takes vLLM's parser names and refuses others, naming the known ones; the
+// format it names replaces the one the chat template teaches (the demo's is hermes).
+func TestToolCallParserFlag(t *testing.T) {
+	if _, err := parseFlags([]string{"--tool-call-parser", "pythonic"}, io.Discard); err == nil || !strings.Contains(err.Error(), "llama3_json") {
+		t.Errorf("unknown parser: %v", err)
+	}
+	// The demo writes Mistral's markup (forced by a regex); parsed as mistral, it is a call.
+	body := `{"messages":[{"role":"user","content":"x"}],"max_tokens":80,"tools":[{"type":"function","function":{"name":"f"}}],` +
+		`"guided_regex":"\\[TOOL_CALLS\\]\\[\\{\"name\": \"f\", \"arguments\": \\{\\}\\}\\]"}`
+	for _, c := range []struct {
+		args  []string
+		calls int
+	}{{nil, 0}, {[]string{"--tool-call-parser", "mistral"}, 1}} {
+		url, _, stop := start(t, append([]string{"--device", "cpu"}, c.args...)...)
+		resp, err := http.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct {
+			Choices []struct {
+				Message struct {
+					Content   *string           `json:"content"`
+					ToolCalls []json.RawMessage `json:"tool_calls"`
+				} `json:"message"`
+			} `json:"choices"`
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err := json.Unmarshal(b, &out); err != nil || resp.StatusCode != 200 || len(out.Choices[0].Message.ToolCalls) != c.calls {
+			t.Errorf("%v: %d %s", c.args, resp.StatusCode, b)
+		}
+		if err := stop(); err != nil {
+			t.Error(err)
 		}
 	}
 }

@@ -75,7 +75,7 @@ func TestHelpExamplesRun(t *testing.T) {
 	if err := run(context.Background(), []string{"--help"}, &help); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, want := range []string{"/v1/models/", "/version", "logit_bias", "echo", "max_tokens\":0", "prompt_logprobs", ".lorapack", "--served-model-name", "-adapter-dir"} {
+	for _, want := range []string{"/v1/models/", "/version", "logit_bias", "echo", "max_tokens\":0", "prompt_logprobs", ".lorapack", "--served-model-name", "-adapter-dir", "tool_choice", "-tool-call-parser"} {
 		if !strings.Contains(help.String(), want) {
 			t.Errorf("--help does not mention %s", want)
 		}

@@ -98,7 +98,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 	api := openai.New(e, openai.Options{
 		APIKey: c.apiKey, AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters,
-		ChatTemplate: m.template, ChatTokens: m.chatTokens, Logger: log,
+		ChatTemplate: m.template, ChatTokens: m.chatTokens, ToolCallParser: c.toolCallParser, Logger: log,
 		// The name the server was told to listen on is one it answers to.
 		AllowedOrigins: c.allowedOrigins, AllowedHosts: append(c.allowedHosts, listenHost(c.httpAddr)),
 	})

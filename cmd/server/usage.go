@@ -37,6 +37,13 @@ values in vLLM's shape, on completions and chat:
   curl -s localhost:8000/v1/completions -H 'content-type: application/json' \
     -d '{"model":"python","prompt":"def f(x):","max_tokens":1,"prompt_logprobs":2}'
 
+Tool calls (tools, tool_choice auto/none/required/a named function, parallel_tool_calls): the
+model's output is parsed into tool_calls in its chat template's format (--tool-call-parser: hermes,
+llama3_json, mistral); required and a named function force a call by constrained decoding. The
+demo writes hermes calls; forced, the call is valid for the schema whatever the tiny model knows:
+  curl -s localhost:8000/v1/chat/completions -H 'content-type: application/json' \
+    -d '{"messages":[{"role":"user","content":"Weather in Paris?"}],"max_tokens":100,"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":12}},"required":["city"]}}}],"tool_choice":{"type":"function","function":{"name":"get_weather"}}}'
+
 Fields that would change the output but are not implemented (use_beam_search, bad_words,
 allowed_token_ids, ...) are a 400 naming the field; unknown harmless fields are ignored.
 

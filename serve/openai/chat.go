@@ -34,20 +34,31 @@ type chatRequest struct {
 	samplingFields
 	chatFields
 	refusedChatFields
+	toolFields
 	MaxCompletionTokens *int `json:"max_completion_tokens"`
 	Logprobs            bool `json:"logprobs"`
 	TopLogprobs         *int `json:"top_logprobs"`
 }
 
+// chatResponseMessage is a choice's message; its content is null when the model only called
+// tools, as OpenAI's.
 type chatResponseMessage struct {
-	Role    string  `json:"role,omitempty"`
-	Content *string `json:"content,omitempty"`
+	Role      string         `json:"role"`
+	Content   *string        `json:"content"`
+	ToolCalls []chatToolCall `json:"tool_calls,omitempty"`
+}
+
+// chatDelta is a streamed choice's delta: only what this chunk adds.
+type chatDelta struct {
+	Role      string         `json:"role,omitempty"`
+	Content   *string        `json:"content,omitempty"`
+	ToolCalls []chatToolCall `json:"tool_calls,omitempty"`
 }
 
 type chatChoice struct {
 	Index        int                  `json:"index"`
 	Message      *chatResponseMessage `json:"message,omitempty"`
-	Delta        *chatResponseMessage `json:"delta,omitempty"`
+	Delta        *chatDelta           `json:"delta,omitempty"`
 	Logprobs     *chatLogprobs        `json:"logprobs"`
 	FinishReason *string              `json:"finish_reason"`
 	StopReason   any                  `json:"stop_reason"`
@@ -194,6 +205,10 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 	if err := h.checkTrace(req.Model, req.ExpertTrace); err != nil {
 		return err
 	}
+	plan, err := h.planTools(&req, &p)
+	if err != nil {
+		return err
+	}
 	text, err := h.render(&req.chatFields)
 	if err != nil {
 		return err
@@ -211,7 +226,7 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	c := &chatState{h: h, req: &req, prompt: prompt, id: newID("chatcmpl-"), created: time.Now().Unix(),
-		model: h.modelName(req.Model), choices: newChoiceSet(n, n)}
+		model: h.modelName(req.Model), choices: newChoiceSet(n, n), tools: plan}
 	if req.Stream {
 		return c.stream(w, r.Context(), events)
 	}
@@ -226,6 +241,7 @@ type chatState struct {
 	created int64
 	model   string
 	choices choiceSet
+	tools   toolPlan
 }
 
 func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
@@ -248,8 +264,21 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 	for i := range c.choices.st {
 		st := &c.choices.st[i]
 		text := string(st.text)
-		ch := chatChoice{Index: i, Message: &chatResponseMessage{Role: "assistant", Content: &text}, Logprobs: st.chatLP,
-			FinishReason: finishReason(&st.final), StopReason: st.final.StopReason}
+		msg := &chatResponseMessage{Role: "assistant", Content: &text}
+		finish := finishReason(&st.final)
+		if f := c.tools.format; f != nil {
+			content, calls := f.Parse(text, c.tools.maxCalls)
+			msg.Content = nil
+			if content != "" {
+				msg.Content = &content
+			}
+			for _, call := range calls {
+				msg.ToolCalls = append(msg.ToolCalls, chatToolCall{ID: newID("call_"), Type: "function",
+					Function: chatFunctionCall{Name: call.Name, Arguments: call.Arguments}})
+			}
+			finish = c.tools.finishWithCalls(finish, len(calls))
+		}
+		ch := chatChoice{Index: i, Message: msg, Logprobs: st.chatLP, FinishReason: finish, StopReason: st.final.StopReason}
 		if c.req.ReturnTokenIDs {
 			ch.TokenIDs = nonNil(st.tokens)
 		}
@@ -279,12 +308,19 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 	// OpenAI sends the role first, in a chunk of its own, for every choice.
 	empty := ""
 	for i := range c.choices.st {
-		first := c.chunk(chatChoice{Index: i, Delta: &chatResponseMessage{Role: "assistant", Content: &empty}})
+		first := c.chunk(chatChoice{Index: i, Delta: &chatDelta{Role: "assistant", Content: &empty}})
 		if c.req.ReturnTokenIDs && i == 0 {
 			first.PromptTokenIDs = c.prompt
 		}
 		if err := s.send(first); err != nil {
 			return err
+		}
+	}
+	var parsers []*toolStream
+	if c.tools.format != nil {
+		parsers = make([]*toolStream, len(c.choices.st))
+		for i := range parsers {
+			parsers[i] = &toolStream{s: c.tools.format.NewStream(c.tools.maxCalls)}
 		}
 	}
 	for ev := range events {
@@ -296,7 +332,31 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 			continue
 		}
 		text := ev.Text
-		ch := chatChoice{Index: ev.Index, Delta: &chatResponseMessage{Content: &text}, FinishReason: finishReason(&ev.Event), StopReason: ev.StopReason}
+		ch := chatChoice{Index: ev.Index, Delta: &chatDelta{Content: &text}, FinishReason: finishReason(&ev.Event), StopReason: ev.StopReason}
+		if parsers != nil {
+			// Each parsed piece is a chunk of its own; this event's other fields (logprobs,
+			// token ids, expert trace) ride on the last one, and the finish reason, as OpenAI
+			// sends it, on a chunk with an empty delta after them.
+			p := parsers[ev.Index]
+			deltas := p.feed(ev.Text, ev.Finish != "")
+			last := len(deltas) - 1
+			if ev.Finish != "" {
+				last = len(deltas)
+			}
+			for _, d := range deltas[:max(last, 0)] {
+				if err := s.send(c.chunk(chatChoice{Index: ev.Index, Delta: d})); err != nil {
+					return err
+				}
+			}
+			ch.Delta = &chatDelta{}
+			if last >= 0 && last < len(deltas) {
+				ch.Delta = deltas[last]
+			}
+			ch.FinishReason = c.tools.finishWithCalls(ch.FinishReason, p.calls)
+			if len(deltas) == 0 && ch.FinishReason == nil && !c.req.Logprobs && !c.req.ReturnTokenIDs && !c.req.ExpertTrace {
+				continue // held back: nothing to say yet
+			}
+		}
 		if c.req.Logprobs {
 			ch.Logprobs = &chatLogprobs{Content: []chatLogprob{}}
 			c.h.appendChat(ch.Logprobs, &ev.Event, c.req.ReturnTokensAsTokenIDs)

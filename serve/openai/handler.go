@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/toolcall"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
@@ -29,6 +30,10 @@ type Options struct {
 	ChatTemplate *chat.Template
 	// ChatTokens are the special tokens templates see (bos_token, eos_token, ...).
 	ChatTokens map[string]string
+	// ToolCallParser is the model's tool-call format (--tool-call-parser); nil: the one the
+	// chat template teaches, if it teaches exactly one (toolcall.Detect). Without a format,
+	// requests that want tool calls are refused.
+	ToolCallParser *toolcall.Format
 	// MaxN bounds a request's n (default 16): each choice is one engine request.
 	MaxN int
 	// AllowedOrigins and AllowedHosts widen what browsers may reach when APIKey is empty (see
@@ -46,6 +51,8 @@ type Handler struct {
 	log    *slog.Logger
 	routes map[string]route
 	guard  *browserGuard
+	// toolFormat is how the model writes tool calls (nil: unknown).
+	toolFormat *toolcall.Format
 }
 
 type route struct {
@@ -65,7 +72,10 @@ func New(e *serve.Engine, opt Options) *Handler {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	h := &Handler{e: e, opt: opt, log: opt.Logger, guard: newBrowserGuard(opt.AllowedOrigins, opt.AllowedHosts)}
+	h := &Handler{e: e, opt: opt, log: opt.Logger, guard: newBrowserGuard(opt.AllowedOrigins, opt.AllowedHosts), toolFormat: opt.ToolCallParser}
+	if h.toolFormat == nil && opt.ChatTemplate != nil {
+		h.toolFormat = toolcall.Detect(opt.ChatTemplate.Source())
+	}
 	h.routes = map[string]route{
 		"/health":                 {method: http.MethodGet, h: h.health, open: true},
 		"/v1/models":              {method: http.MethodGet, h: h.models},

@@ -93,6 +93,7 @@ type Options struct {
 
 // Template is a parsed chat template; it is safe for concurrent use.
 type Template struct {
+	src      string
 	body     []node
 	now      func() time.Time // for tests of strftime_now
 	maxSteps int              // tests lower it to hit the limit cheaply
@@ -109,8 +110,12 @@ func Parse(src string) (t *Template, err error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Template{body: body}, nil
+	return &Template{src: src, body: body}, nil
 }
+
+// Source is the template's Jinja2 text (what a server reads a model's conventions from, such
+// as its tool-call format).
+func (t *Template) Source() string { return t.src }
 
 // Render renders messages the way apply_chat_template(..., tokenize=False)
 // does. A template's raise_exception surfaces as a *TemplateError.
