@@ -245,11 +245,12 @@ static int launch_prefill_mma(float* out, const float* q, const uint16_t* kc, co
                               const int32_t* page_table, int heads, int kv_heads, int page_size, int window,
                               float scale, cudaStream_t s) {
     constexpr int smem = MmaCfg<D>::SMEM;
-    static bool configured = false;
-    if (smem > 48 * 1024 && !configured) {
+    // Set on every launch, not once per process: the attribute belongs to the current device (a
+    // second backend on another GPU would otherwise launch over 48 KiB unconfigured and fail), and a
+    // static flag would be a data race between engines. It is a host-side call, no sync.
+    if (smem > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(attention_prefill_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (e != cudaSuccess) return (int)e;
-        configured = true;
     }
     dim3 grid(num_tiles, heads);
     attention_prefill_mma_kernel<D><<<grid, 32 * MMA_WARPS, smem, s>>>(out, q, kc, vc, positions, tiles, num_tiles,
