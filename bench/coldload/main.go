@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -42,8 +43,10 @@ func main() {
 	dir := flag.String("dir", "", "where to write the adapter (default a temp dir; use a real disk, not tmpfs, for the cold numbers)")
 	threads := flag.Int("threads", 0, "CPU backend threads (0 = GOMAXPROCS)")
 	goalMS := flag.Float64("goal-ms", 10, "goal for the compressed adapter, ms")
+	jsonOut := flag.String("json", "", "also write the medians here as JSON (bench/gpu/run.sh's results file reads it)")
+	forms := flag.String("forms", "peft,lorapack", "forms to time: peft, lorapack or both")
 	flag.Parse()
-	if err := run(*device, *shape, *rank, *targets, *trials, *dir, *threads, *goalMS); err != nil {
+	if err := run(*device, *shape, *rank, *targets, *trials, *dir, *threads, *goalMS, *jsonOut, *forms); err != nil {
 		fmt.Fprintln(os.Stderr, "coldload:", err)
 		os.Exit(1)
 	}
@@ -54,7 +57,29 @@ type trial struct {
 	free                time.Duration // Release + Close: the device copy freed
 }
 
-func run(device, shape string, rank int, targetList string, trials int, dir string, threads int, goalMS float64) error {
+// summary is what -json writes.
+type summary struct {
+	Device     string       `json:"device"`
+	Shape      string       `json:"shape"`
+	Rank       int          `json:"rank"`
+	Codec      string       `json:"codec"`
+	FileBytes  int64        `json:"lorapack_bytes"`
+	GoalMS     float64      `json:"goal_ms"`
+	RooflineMS float64      `json:"roofline_ms"`
+	Trials     int          `json:"trials"`
+	Rows       []summaryRow `json:"rows"`
+}
+
+type summaryRow struct {
+	Form     string  `json:"form"`
+	Cache    string  `json:"cache"`
+	TotalMS  float64 `json:"total_ms_median"`
+	TotalP90 float64 `json:"total_ms_p90"`
+	LoadMS   float64 `json:"disk_to_host_ms_median"`
+	UploadMS float64 `json:"host_to_device_ms_median"`
+}
+
+func run(device, shape string, rank int, targetList string, trials int, dir string, threads int, goalMS float64, jsonOut, forms string) error {
 	cfg, err := benchenv.Config(shape)
 	if err != nil {
 		return err
@@ -158,12 +183,18 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 		path        string
 		files       []string
 	}
-	rows := []row{
-		{"PEFT folder", "warm", peft, peftFiles},
-		{"PEFT folder", "cold", peft, peftFiles},
-		{"lorapack", "warm", packed, []string{packed}},
-		{"lorapack", "cold", packed, []string{packed}},
+	var rows []row
+	for _, f := range strings.Split(forms, ",") {
+		switch strings.TrimSpace(f) {
+		case "peft":
+			rows = append(rows, row{"PEFT folder", "warm", peft, peftFiles}, row{"PEFT folder", "cold", peft, peftFiles})
+		case "lorapack":
+			rows = append(rows, row{"lorapack", "warm", packed, []string{packed}}, row{"lorapack", "cold", packed, []string{packed}})
+		default:
+			return fmt.Errorf("-forms: %q is not peft or lorapack", f)
+		}
 	}
+	sum := summary{Device: be.Name(), Shape: shape, Rank: rank, Codec: defaultCodec(), FileBytes: packBytes, GoalMS: goalMS, RooflineMS: rooflineMS, Trials: trials}
 	fmt.Printf("## Disk -> ready on the device (ms; median / p90 of %d trials)\n\n", trials)
 	fmt.Printf("| form | page cache | total median | total p90 | disk->host median | host->device median | other (cache, goroutines) | first, untimed trial | vs goal %.0f ms (median) | free median (Release+Close) |\n|---|---|---|---|---|---|---|---|---|---|\n", goalMS)
 	for _, r := range rows {
@@ -202,11 +233,20 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 		fmt.Printf("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.2f |\n", r.form, r.cache, benchenv.Percentile(tot, 50), benchenv.Percentile(tot, 90),
 			benchenv.Percentile(ld, 50), benchenv.Percentile(upl, 50), benchenv.Percentile(oth, 50), ms(first.total), goal,
 			benchenv.Percentile(stage(ts, func(t trial) time.Duration { return t.free }), 50))
+		sum.Rows = append(sum.Rows, summaryRow{Form: map[bool]string{true: "lorapack", false: "peft"}[r.form == "lorapack"], Cache: r.cache,
+			TotalMS: benchenv.Percentile(tot, 50), TotalP90: benchenv.Percentile(tot, 90), LoadMS: benchenv.Percentile(ld, 50), UploadMS: benchenv.Percentile(upl, 50)})
 	}
 	fmt.Printf("\nRoofline of the device stage for these %s bytes: %.2f ms (%s). ", comma(int64(adBytes)), rooflineMS,
 		map[bool]string{true: "pinned cudaMemcpy", false: "one backend Upload"}[device == "cuda"])
 	fmt.Printf("A PEFT folder's disk->host stage only maps the file; its bytes are read (page faults) during the host->device stage, so with a cold page cache the disk read shows there. A lorapack file is read and decoded into fresh host memory in the disk->host stage.\n")
-	return nil
+	if jsonOut == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(sum, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(jsonOut, append(data, '\n'), 0o644)
 }
 
 func stage(ts []trial, f func(trial) time.Duration) []float64 {
