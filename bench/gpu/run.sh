@@ -81,6 +81,7 @@ if [ -n "${LLAMACPP_KIT:-}" ] && ! skipped llamacpp; then
   elif [ -f "$LLAMACPP_KIT/gpu_peer.sh" ]; then kit=$(cd "$LLAMACPP_KIT" && pwd)
   elif [ -f "$LLAMACPP_KIT/llamacpp/gpu_peer.sh" ]; then kit=$(cd "$LLAMACPP_KIT/llamacpp" && pwd)
   fi
+  export WORK=${WORK:-/tmp/llamacpp-peer} # the kit's build folder, HF folder and GGUF (~33 GB)
   if [ -n "$kit" ] && [ -f "$kit/gpu_peer.sh" ]; then
     echo "[$(elapsed)s] llama.cpp: building on CPUs $BUILD_CPUS (-j$BUILD_JOBS), model + GGUF on $CONVERT_CPUS, in the background"
     # Each job leaves its exit status in a file when it ends (polled below); setsid makes it a
@@ -132,12 +133,14 @@ if [ -n "$llama_build_pid" ]; then
   why=
   if [ ! -f "$L/.build.rc" ]; then
     why="its CUDA build (release b10573, sm_$ARCH, -j$BUILD_JOBS on CPUs $BUILD_CPUS) had not finished after $(elapsed) s, the most this ${BUDGET_S}-s run could give it; last build line: $(tail -1 "$L/cmake-build.log" 2>/dev/null | tr -d '\r' | cut -c1-160)"
-  elif [ "$(cat "$L/.build.rc")" != 0 ]; then
-    why="its CUDA build failed: $(grep -m1 -i 'error' "$out/logs/llamacpp-build.txt" | cut -c1-200)"
+  # The kit's phases can exit 0 after a failed command (its timing wrapper), so success is
+  # what they leave: the two binaries, and a GGUF whose conversion said it finished.
+  elif [ "$(cat "$L/.build.rc")" != 0 ] || [ ! -x "$WORK/build/bin/llama-bench" ] || [ ! -x "$WORK/build/bin/llama-batched-bench" ]; then
+    why="its CUDA build failed: $(grep -h -A1 -E 'CMake Error|error:|\*\*\*' "$L/cmake-configure.log" "$L/cmake-build.log" 2>/dev/null | head -2 | tr -s ' \n' ' ' | cut -c1-240) (logs/llamacpp-build.txt)"
   elif [ ! -f "$L/.model.rc" ]; then
     why="the bf16 GGUF conversion of the random 8B model had not finished after $(elapsed) s"
-  elif [ "$(cat "$L/.model.rc")" != 0 ]; then
-    why="writing or converting the random 8B model failed: $(tail -1 "$out/logs/llamacpp-model.txt" | cut -c1-200)"
+  elif [ "$(cat "$L/.model.rc")" != 0 ] || ! grep -q 'Model successfully exported' "$L/convert.log" 2>/dev/null; then
+    why="writing or converting the random 8B model failed: $(grep -hm1 -E 'Error|error' "$out/logs/llamacpp-model.txt" "$L/convert.log" 2>/dev/null | cut -c1-200)"
   fi
   for p in $llama_build_pid $llama_model_pid; do kill -- -"$p" 2>/dev/null; done
   if [ -n "$why" ]; then

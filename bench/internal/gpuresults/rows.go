@@ -179,7 +179,11 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 		tps(s64), "HF "+tps(hf.Batch64), noteIf(!hasHF, "bench/reference/hf_bench.py did not run")))
 
 	// Issue 14: prefix caching and long prompts.
-	add(row(14, "prefix_ttft_cached_vs_uncached", fmt.Sprintf("TTFT with a %s-token cached prefix ÷ uncached", commas(float64(pc.Prefix), 0)), goal{"<=", 0.15}, pc.Ratio,
+	prefix := pc.Prefix
+	if !hasPC {
+		prefix = 2000 // what run.sh asks for
+	}
+	add(row(14, "prefix_ttft_cached_vs_uncached", fmt.Sprintf("TTFT with a %s-token cached prefix ÷ uncached", commas(float64(prefix), 0)), goal{"<=", 0.15}, pc.Ratio,
 		hasPC && pc.UncachedMS > 0, fmt.Sprintf("%.1f ms", pc.CachedMS), fmt.Sprintf("%.1f ms uncached", pc.UncachedMS), noteIf(!hasPC, "bench/prefixcache did not run")))
 	for _, n := range []int{2048, 8192, 32768} {
 		p, ok := lp.bestPrefill(n)
