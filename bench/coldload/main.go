@@ -11,8 +11,15 @@
 // the roofline of the device stage: one backend Upload of the same bytes, and on CUDA one raw
 // cudaMemcpy from pinned and from pageable memory.
 //
+// With the lorapack form it also times the host stage a device-decoding backend (CUDA) pays,
+// adaptercache.LoadCompressedEncoded, on whatever backend runs (host.go), and three ways of
+// reading the file into private memory with its checksum: through a mapping (the loader's way),
+// read(2) with kernel readahead, and O_DIRECT, warm and cold. -json writes the medians for
+// bench/gpu/run.sh's results file.
+//
 //	go run ./bench/coldload -shape small                       # CPU, small model
-//	make kernels && go run -tags cuda ./bench/coldload -device cuda -shape 8b
+//	go run ./bench/coldload -shape 8b -forms lorapack          # the host stage on the CPU machine
+//	make kernels && go run -tags cuda ./bench/coldload -device cuda -shape 8b -json coldload.json
 package main
 
 import (
@@ -23,6 +30,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -45,8 +54,9 @@ func main() {
 	goalMS := flag.Float64("goal-ms", 10, "goal for the compressed adapter, ms")
 	jsonOut := flag.String("json", "", "also write the medians here as JSON (bench/gpu/run.sh's results file reads it)")
 	forms := flag.String("forms", "peft,lorapack", "forms to time: peft, lorapack or both")
+	hostLoads := flag.Int("host-loads", 20, "with lorapack: loads timed for the host stage of a device-decoding backend (0: skip it and the read modes)")
 	flag.Parse()
-	if err := run(*device, *shape, *rank, *targets, *trials, *dir, *threads, *goalMS, *jsonOut, *forms); err != nil {
+	if err := run(*device, *shape, *rank, *targets, *trials, *dir, *threads, *goalMS, *jsonOut, *forms, *hostLoads); err != nil {
 		fmt.Fprintln(os.Stderr, "coldload:", err)
 		os.Exit(1)
 	}
@@ -68,6 +78,8 @@ type summary struct {
 	RooflineMS float64      `json:"roofline_ms"`
 	Trials     int          `json:"trials"`
 	Rows       []summaryRow `json:"rows"`
+	HostStage  *hostStage   `json:"host_stage_device_decode,omitempty"`
+	ReadModes  []readMode   `json:"read_modes,omitempty"`
 }
 
 type summaryRow struct {
@@ -79,7 +91,7 @@ type summaryRow struct {
 	UploadMS float64 `json:"host_to_device_ms_median"`
 }
 
-func run(device, shape string, rank int, targetList string, trials int, dir string, threads int, goalMS float64, jsonOut, forms string) error {
+func run(device, shape string, rank int, targetList string, trials int, dir string, threads int, goalMS float64, jsonOut, forms string, hostLoads int) error {
 	cfg, err := benchenv.Config(shape)
 	if err != nil {
 		return err
@@ -235,6 +247,22 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 			benchenv.Percentile(stage(ts, func(t trial) time.Duration { return t.free }), 50))
 		sum.Rows = append(sum.Rows, summaryRow{Form: map[bool]string{true: "lorapack", false: "peft"}[r.form == "lorapack"], Cache: r.cache,
 			TotalMS: benchenv.Percentile(tot, 50), TotalP90: benchenv.Percentile(tot, 90), LoadMS: benchenv.Percentile(ld, 50), UploadMS: benchenv.Percentile(upl, 50)})
+	}
+	if slices.ContainsFunc(rows, func(r row) bool { return r.form == "lorapack" }) && hostLoads > 0 {
+		fmt.Printf("\n## Host stage of a device-decoding backend (adaptercache.LoadCompressedEncoded: read, checked, q4/q8 left encoded), warm page cache\n\n")
+		h, err := measureHostStage(cfg, packed, hostLoads)
+		if err != nil {
+			return err
+		}
+		sum.HostStage = &h
+		fmt.Printf("%d loads after one: median %.2f ms, min %.2f ms; CPU time (all threads) median %.2f ms; GOMAXPROCS %d\n", h.Loads, h.MedianMS, h.MinMS, h.CPUMSMedian, runtime.GOMAXPROCS(0))
+		fmt.Printf("\n## Reading the lorapack file into private memory and checking it (median of 5)\n\n| mode | warm ms | cold ms |\n|---|---|---|\n")
+		if sum.ReadModes, err = readModes(packed, 5); err != nil {
+			return err
+		}
+		for _, m := range sum.ReadModes {
+			fmt.Printf("| %s | %.2f | %.2f |\n", m.Mode, m.WarmMS, m.ColdMS)
+		}
 	}
 	fmt.Printf("\nRoofline of the device stage for these %s bytes: %.2f ms (%s). ", comma(int64(adBytes)), rooflineMS,
 		map[bool]string{true: "pinned cudaMemcpy", false: "one backend Upload"}[device == "cuda"])
