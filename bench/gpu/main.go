@@ -240,9 +240,14 @@ func (x *bench) write() {
 	if x.o.out == "" {
 		return
 	}
+	// Written aside and renamed, so that a run killed mid-write (run.sh's stage timeout) leaves
+	// the previous stage's whole file, never half of this one.
 	data, err := json.MarshalIndent(x.res, "", "  ")
 	if err == nil {
-		err = os.WriteFile(x.o.out, data, 0o644)
+		err = os.WriteFile(x.o.out+".tmp", data, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(x.o.out+".tmp", x.o.out)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench: writing results:", err)

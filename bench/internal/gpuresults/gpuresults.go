@@ -45,6 +45,8 @@ type File struct {
 	Rows    []Row   `json:"rows"`
 	// Parts are the stage outputs as they were, for figures the rows do not show.
 	Parts map[string]json.RawMessage `json:"parts"`
+	// Problems: outputs that could not be read (their rows then say the stage did not run).
+	Problems []string `json:"problems,omitempty"`
 }
 
 // Stage is one step of run.sh with its wall time.
@@ -196,8 +198,10 @@ func readPart(f *File, dir, name string, v any) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return false, fmt.Errorf("%s: %w", name, err)
+	if err := json.Unmarshal(data, v); err != nil || !json.Valid(data) {
+		// A stage cut off mid-write is the stage not having run, not a run with no results.
+		f.Problems = append(f.Problems, fmt.Sprintf("%s: %v", name, err))
+		return false, nil
 	}
 	f.Parts[strings.TrimSuffix(name, ".json")] = json.RawMessage(data)
 	return true, nil

@@ -263,3 +263,31 @@ func deref(v *float64) any {
 	}
 	return *v
 }
+
+// An output cut off mid-write (a stage killed at its time limit) counts as that stage not having
+// run: the file is still written, its rows say so, and the problem is listed.
+func TestCutOffOutputIsAStageNotRun(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"loraplex.json", "coldload.json"} {
+		data, err := os.ReadFile(filepath.Join("testdata/run", n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == "coldload.json" {
+			data = data[:len(data)/2]
+		}
+		if err := os.WriteFile(filepath.Join(dir, n), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := Build(dir, "2026-12-07T02:00:00Z", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := byID(t, f)["coldload_lorapack_warm_ms"]; r.Value != nil || r.Status != NA || !strings.Contains(r.Note, "did not run") {
+		t.Errorf("cold load row %+v", r)
+	}
+	if len(f.Problems) != 1 || !strings.HasPrefix(f.Problems[0], "coldload.json:") || !strings.Contains(Markdown(f), "Not read: coldload.json") {
+		t.Errorf("problems %q", f.Problems)
+	}
+}

@@ -81,6 +81,9 @@ func Markdown(f *File) string {
 			fmt.Fprintf(&b, "\nTotal %.0f s.\n", total)
 		}
 	}
+	for _, p := range f.Problems {
+		fmt.Fprintf(&b, "\nNot read: %s\n", p)
+	}
 	b.WriteString("\nThe JSON beside this file holds every stage's output (`parts`) as it was written.\n")
 	return b.String()
 }
