@@ -73,13 +73,14 @@ type readMode struct {
 func readModes(path string, n int) ([]readMode, error) {
 	modes := []struct {
 		name string
-		read func(string) error
+		read func(string) (uint32, error)
 	}{
 		{"mmap + copy + CRC-32C", readMapped},
 		{"read(2), fadvise SEQUENTIAL, + CRC-32C", readSequential},
 		{"O_DIRECT read + CRC-32C", readDirect},
 	}
 	var out []readMode
+	var sum *uint32
 	for _, m := range modes {
 		var warm, cold []float64
 		for i := 0; i < n; i++ {
@@ -94,8 +95,15 @@ func readModes(path string, n int) ([]readMode, error) {
 					return nil, err
 				}
 				t0 := time.Now()
-				if err := m.read(path); err != nil {
+				got, err := m.read(path)
+				if err != nil {
 					return nil, fmt.Errorf("%s: %w", m.name, err)
+				}
+				// Every mode must read the same bytes, or its time means nothing.
+				if sum == nil {
+					sum = &got
+				} else if got != *sum {
+					return nil, fmt.Errorf("%s read other bytes (CRC-32C %08x, want %08x)", m.name, got, *sum)
 				}
 				if c {
 					cold = append(cold, ms(time.Since(t0)))
@@ -109,79 +117,74 @@ func readModes(path string, n int) ([]readMode, error) {
 	return out, nil
 }
 
-var sink uint32
-
-func readMapped(path string) error {
+func readMapped(path string) (uint32, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer unix.Munmap(m)
 	buf := make([]byte, len(m))
 	copy(buf, m)
-	sink += lorapack.Checksum(buf)
-	return nil
+	return lorapack.Checksum(buf), nil
 }
 
-func readSequential(path string) error {
+func readSequential(path string) (uint32, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL); err != nil {
-		return err
+		return 0, err
 	}
 	buf := make([]byte, st.Size())
 	if _, err := io.ReadFull(f, buf); err != nil {
-		return err
+		return 0, err
 	}
-	sink += lorapack.Checksum(buf)
-	return nil
+	return lorapack.Checksum(buf), nil
 }
 
 // readDirect reads with O_DIRECT into page-aligned memory (an anonymous mapping), 4 MiB a
 // call; the file's tail past the last whole block comes in one last aligned read.
-func readDirect(path string) error {
+func readDirect(path string) (uint32, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT, 0)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return err
+		return 0, err
 	}
 	const block = 4096
 	size := int(st.Size)
 	buf, err := unix.Mmap(-1, 0, (size+block-1)/block*block, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer unix.Munmap(buf)
 	for off := 0; off < size; {
 		n, err := unix.Pread(fd, buf[off:min(off+4<<20, len(buf))], int64(off))
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if n == 0 {
 			break
 		}
 		off += n
 	}
-	sink += lorapack.Checksum(buf[:size])
-	return nil
+	return lorapack.Checksum(buf[:size]), nil
 }
