@@ -81,7 +81,10 @@ if [ -n "${LLAMACPP_KIT:-}" ] && ! skipped llamacpp; then
   elif [ -f "$LLAMACPP_KIT/gpu_peer.sh" ]; then kit=$(cd "$LLAMACPP_KIT" && pwd)
   elif [ -f "$LLAMACPP_KIT/llamacpp/gpu_peer.sh" ]; then kit=$(cd "$LLAMACPP_KIT/llamacpp" && pwd)
   fi
-  export WORK=${WORK:-/tmp/llamacpp-peer} # the kit's build folder, HF folder and GGUF (~33 GB)
+  # The kit's build folder, HF folder and GGUF (~33 GB): an ignored folder of the checkout, which
+  # the device machine keeps between calls while it stays warm, so a build the budget cut short
+  # resumes where it stopped (make is incremental) and a finished one is reused.
+  export WORK=${WORK:-$root/.llamacpp-work}
   if [ -n "$kit" ] && [ -f "$kit/gpu_peer.sh" ]; then
     echo "[$(elapsed)s] llama.cpp: building on CPUs $BUILD_CPUS (-j$BUILD_JOBS), model + GGUF on $CONVERT_CPUS, in the background"
     # Each job leaves its exit status in a file when it ends (polled below); setsid makes it a
@@ -125,21 +128,21 @@ fi
 stage hf 150 taskset -c "$LP_CPUS" python3 bench/reference/hf_bench.py --shape 8b --out "$out/hf.json"
 
 # llama.cpp: wait for its build while the budget leaves room for its benchmarks, cold load and the report.
-COLDLOAD_S=45; LLAMA_BENCH_S=110
+COLDLOAD_S=45; LLAMA_BENCH_S=90
 if [ -n "$llama_build_pid" ]; then
   deadline=$(( BUDGET_S - RESERVE_S - COLDLOAD_S - LLAMA_BENCH_S ))
   L=$out/llamacpp
   while { [ ! -f "$L/.build.rc" ] || [ ! -f "$L/.model.rc" ]; } && [ "$(elapsed)" -lt "$deadline" ]; do sleep 2; done
   why=
   if [ ! -f "$L/.build.rc" ]; then
-    why="its CUDA build (release b10573, sm_$ARCH, -j$BUILD_JOBS on CPUs $BUILD_CPUS) had not finished after $(elapsed) s, the most this ${BUDGET_S}-s run could give it; last build line: $(tail -1 "$L/cmake-build.log" 2>/dev/null | tr -d '\r' | cut -c1-160)"
+    why="its CUDA build (release b10573, sm_$ARCH, -j$BUILD_JOBS on CPUs $BUILD_CPUS) had not finished after $(elapsed) s, the most this ${BUDGET_S}-s run could give it (a second call on the warm machine resumes it from $WORK); last build line: $(tail -1 "$L/cmake-build.log" 2>/dev/null | tr -d '\r' | cut -c1-160)"
   # The kit's phases can exit 0 after a failed command (its timing wrapper), so success is
   # what they leave: the two binaries, and a GGUF whose conversion said it finished.
   elif [ "$(cat "$L/.build.rc")" != 0 ] || [ ! -x "$WORK/build/bin/llama-bench" ] || [ ! -x "$WORK/build/bin/llama-batched-bench" ]; then
     why="its CUDA build failed: $(grep -h -A1 -E 'CMake Error|error:|\*\*\*' "$L/cmake-configure.log" "$L/cmake-build.log" 2>/dev/null | head -2 | tr -s ' \n' ' ' | cut -c1-240) (logs/llamacpp-build.txt)"
   elif [ ! -f "$L/.model.rc" ]; then
     why="the bf16 GGUF conversion of the random 8B model had not finished after $(elapsed) s"
-  elif [ "$(cat "$L/.model.rc")" != 0 ] || ! grep -q 'Model successfully exported' "$L/convert.log" 2>/dev/null; then
+  elif [ "$(cat "$L/.model.rc")" != 0 ] || ! grep -qE 'Model successfully exported|convert: .* exists, skipping' "$L/convert.log" "$out/logs/llamacpp-model.txt" 2>/dev/null; then
     why="writing or converting the random 8B model failed: $(grep -hm1 -E 'Error|error' "$out/logs/llamacpp-model.txt" "$L/convert.log" 2>/dev/null | cut -c1-200)"
   fi
   for p in $llama_build_pid $llama_model_pid; do kill -- -"$p" 2>/dev/null; done
