@@ -117,9 +117,8 @@ stage build 240 taskset -c "$LP_CPUS" bash -c build || ok_build=0
 
 if [ $ok_build = 1 ]; then
   stage loraplex 200 taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/loraplex.json"
-  i=0
   for assign in $AB; do
-    i=$((i + 1)); label=$(echo "${assign%%=*}" | tr 'A-Z_' 'a-z-' | sed 's/^loraplex-//')
+    label=$(printf '%s' "$assign" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
     stage "ab-$label" 60 env "$assign" taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
       -stages decode,adapters16,deterministic,prefill -sweep 1,64 -prefill-tokens 2048 -prefill-cuda-cores ''
   done
