@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for every GPU ratio of issue 15's goal table (and issue 14's GPU rows), on one
 # machine, in one invocation, inside one bounded device call (BUDGET_S, default 530 s: the device
-# tool kills a call at 600 s). It writes OUT/gpu-CARD.json and OUT/gpu-CARD.md (bench/gpu/report;
+# tool kills a call at 600 s). It writes OUT/gpu-goals-CARD.json and OUT/gpu-goals-CARD.md (bench/gpu/report;
 # copy them into bench/results/ and run `go run ./bench/readme`), with every stage's log in OUT/logs.
 #
 #   bench/gpu/run.sh [OUT]                    (default bench/results/gpu-run)
@@ -158,7 +158,7 @@ fi
 record total "$(elapsed)" "budget ${BUDGET_S} s"
 if [ -x "$bin/report" ]; then
   "$bin/report" -dir "$out" -command "bench/gpu/run.sh $*" > "$out/logs/report.txt" 2>&1 || { cat "$out/logs/report.txt"; exit 1; }
-  cat "$out"/gpu-*.md
+  cat "$out"/gpu-goals-*.md
 else
   echo "no report binary (the build stage failed): raw outputs are in $out"; exit 1
 fi

@@ -1,7 +1,7 @@
 // Command readme writes README.md's GPU table from the results of one bench/gpu/run.sh
 // invocation, so the README never carries numbers retyped by hand or taken from different runs.
 // The source is the newest results file bench/gpu/report wrote and that was copied into
-// bench/results (gpu-CARD.json: every goal row of issue 15 from one run); while there is none,
+// bench/results (gpu-goals-CARD.json: every goal row of issue 15 from one run); while there is none,
 // the files of the run before it (bench/results/gpu-h200/gpu-8b.json and hf-8b.json). The table
 // sits between the markers <!-- gpu-table:begin --> and <!-- gpu-table:end -->;
 // TestREADMEIsCurrent fails when it differs.
@@ -120,9 +120,9 @@ func gpuTable(root string) (string, error) {
 }
 
 // newestResults is the results file (gpuresults.Format) in dir with the latest date, nil if
-// there is none. Files named gpu-*.json of another format are not results files and are skipped.
+// there is none. Files of that name in another format are not results files and are skipped.
 func newestResults(dir string) (*gpuresults.File, string, error) {
-	names, err := filepath.Glob(filepath.Join(dir, "gpu-*.json"))
+	names, err := filepath.Glob(filepath.Join(dir, "gpu-goals-*.json"))
 	if err != nil {
 		return nil, "", err
 	}

@@ -58,9 +58,9 @@ func TestTableFromNewestResultsFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("gpu-h200.json", "2026-12-01T00:00:00Z")
-	write("gpu-h100.json", "2026-12-07T02:00:00Z")
-	if err := os.WriteFile(filepath.Join(results, "gpu-8b.json"), []byte(`{"device":"x"}`), 0o644); err != nil {
+	write("gpu-goals-h200.json", "2026-12-01T00:00:00Z")
+	write("gpu-goals-h100.json", "2026-12-07T02:00:00Z")
+	if err := os.WriteFile(filepath.Join(results, "gpu-goals-8b.json"), []byte(`{"device":"x"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	readme := "# x\n\n" + begin + "\nold\n" + end + "\ntail\n"
@@ -74,13 +74,13 @@ func TestTableFromNewestResultsFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"from bench/results/gpu-h100.json", "2026-12-07T02:00:00Z", "| prefill 8,192 tokens, achieved FLOP/s ÷ cuBLAS bf16 GEMM |",
+	for _, s := range []string{"from bench/results/gpu-goals-h100.json", "2026-12-07T02:00:00Z", "| prefill 8,192 tokens, achieved FLOP/s ÷ cuBLAS bf16 GEMM |",
 		"| decode batch 64 ÷ llama.cpp batched |", "\ntail\n"} {
 		if !strings.Contains(string(got), s) {
 			t.Errorf("README lacks %q:\n%s", s, got)
 		}
 	}
-	if strings.Contains(string(got), "old") || strings.Contains(string(got), "gpu-h200.json") {
+	if strings.Contains(string(got), "old") || strings.Contains(string(got), "gpu-goals-h200.json") {
 		t.Errorf("README kept the old table or took the older file:\n%s", got)
 	}
 }

@@ -1,5 +1,5 @@
 // Command report writes the results file of one bench/gpu/run.sh invocation: it reads the run
-// directory (package gpuresults describes it) and writes gpu-CARD.json and gpu-CARD.md beside
+// directory (package gpuresults describes it) and writes gpu-goals-CARD.json and gpu-goals-CARD.md beside
 // it, CARD being the GPU's short name (h100, h200). Copy both into bench/results/ and run
 // `go run ./bench/readme` to put the table into README.md.
 //
@@ -39,7 +39,7 @@ func run(dir, command string) error {
 	if err != nil {
 		return err
 	}
-	base := filepath.Join(dir, "gpu-"+gpuresults.CardSlug(f.Card))
+	base := filepath.Join(dir, "gpu-goals-"+gpuresults.CardSlug(f.Card))
 	if err := os.WriteFile(base+".json", append(data, '\n'), 0o644); err != nil {
 		return err
 	}
