@@ -84,10 +84,15 @@ type goal struct {
 }
 
 func (g goal) String() string {
-	if g.op == "" {
+	sym := map[string]string{">=": "≥", "<=": "≤", "<": "<"}[g.op]
+	switch {
+	case g.op == "":
 		return ""
+	case g.v < 5:
+		return fmt.Sprintf("%s %.2f", sym, g.v)
+	default:
+		return sym + " " + strconv.FormatFloat(g.v, 'f', -1, 64)
 	}
-	return g.op + " " + strconv.FormatFloat(g.v, 'f', -1, 64)
 }
 
 func (g goal) met(v float64) bool {
