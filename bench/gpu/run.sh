@@ -104,8 +104,8 @@ build() {
   local nv="-O3 -std=c++17 -Xcompiler -fPIC -gencode arch=compute_${ARCH},code=sm_${ARCH}"
   ( go build -o "$bin/report" ./bench/gpu/report && go build ./bench/prefixcache ./bench/coldload ) > "$out/logs/go-warm.txt" 2>&1 &
   local warm=$!
-  make -j"$LP_JOBS" kernels NVCC_FLAGS="$nv" || return 1
-  eval "$(make -s cuda-env)" || return 1
+  if ! make -j"$LP_JOBS" kernels NVCC_FLAGS="$nv"; then wait $warm; return 1; fi
+  eval "$(make -s cuda-env)" || { wait $warm; return 1; }
   wait $warm || { cat "$out/logs/go-warm.txt"; return 1; }
   go build -tags cuda -o "$bin/gpubench" ./bench/gpu && go build -tags cuda -o "$bin/prefixcache" ./bench/prefixcache &&
     go build -tags cuda -o "$bin/coldload" ./bench/coldload
@@ -156,6 +156,7 @@ fi
 [ $ok_build = 1 ] && stage coldload "$COLDLOAD_S" "$bin/coldload" -device cuda -shape 8b -trials "$COLDLOAD_TRIALS" -dir /var/tmp -json "$out/coldload.json"
 
 record total "$(elapsed)" "budget ${BUDGET_S} s"
+[ -x "$bin/report" ] || go build -o "$bin/report" ./bench/gpu/report # the build stage failed before it
 if [ -x "$bin/report" ]; then
   "$bin/report" -dir "$out" -command "bench/gpu/run.sh $*" > "$out/logs/report.txt" 2>&1 || { cat "$out/logs/report.txt"; exit 1; }
   cat "$out"/gpu-goals-*.md
