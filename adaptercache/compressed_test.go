@@ -493,6 +493,17 @@ func BenchmarkLoadCompressed(b *testing.B) {
 			}
 		}
 	})
+	// The host stage of a backend that decodes q4/q8 on the device (CUDA): the streams are
+	// read, checked and left encoded; the decoded tensors are untouched zero pages.
+	b.Run("LoadCompressedEncoded", func(b *testing.B) {
+		for b.Loop() {
+			_, c, err := LoadCompressedEncoded(path, "x", base, func(string) bool { return true })
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Close()
+		}
+	})
 	b.Run("LoadPEFT", func(b *testing.B) {
 		for b.Loop() {
 			_, c, err := LoadPEFT(dir, "x", base)

@@ -11,17 +11,27 @@
 // the roofline of the device stage: one backend Upload of the same bytes, and on CUDA one raw
 // cudaMemcpy from pinned and from pageable memory.
 //
+// With the lorapack form it also times the host stage a device-decoding backend (CUDA) pays,
+// adaptercache.LoadCompressedEncoded, on whatever backend runs (host.go), and three ways of
+// reading the file into private memory with its checksum: through a mapping (the loader's way),
+// read(2) with kernel readahead, and O_DIRECT, warm and cold. -json writes the medians for
+// bench/gpu/run.sh's results file.
+//
 //	go run ./bench/coldload -shape small                       # CPU, small model
-//	make kernels && go run -tags cuda ./bench/coldload -device cuda -shape 8b
+//	go run ./bench/coldload -shape 8b -forms lorapack          # the host stage on the CPU machine
+//	make kernels && go run -tags cuda ./bench/coldload -device cuda -shape 8b -json coldload.json
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -42,8 +52,11 @@ func main() {
 	dir := flag.String("dir", "", "where to write the adapter (default a temp dir; use a real disk, not tmpfs, for the cold numbers)")
 	threads := flag.Int("threads", 0, "CPU backend threads (0 = GOMAXPROCS)")
 	goalMS := flag.Float64("goal-ms", 10, "goal for the compressed adapter, ms")
+	jsonOut := flag.String("json", "", "also write the medians here as JSON (bench/gpu/run.sh's results file reads it)")
+	forms := flag.String("forms", "peft,lorapack", "forms to time: peft, lorapack or both")
+	hostLoads := flag.Int("host-loads", 20, "with lorapack: loads timed for the host stage of a device-decoding backend (0: skip it and the read modes)")
 	flag.Parse()
-	if err := run(*device, *shape, *rank, *targets, *trials, *dir, *threads, *goalMS); err != nil {
+	if err := run(*device, *shape, *rank, *targets, *trials, *dir, *threads, *goalMS, *jsonOut, *forms, *hostLoads); err != nil {
 		fmt.Fprintln(os.Stderr, "coldload:", err)
 		os.Exit(1)
 	}
@@ -54,7 +67,31 @@ type trial struct {
 	free                time.Duration // Release + Close: the device copy freed
 }
 
-func run(device, shape string, rank int, targetList string, trials int, dir string, threads int, goalMS float64) error {
+// summary is what -json writes.
+type summary struct {
+	Device     string       `json:"device"`
+	Shape      string       `json:"shape"`
+	Rank       int          `json:"rank"`
+	Codec      string       `json:"codec"`
+	FileBytes  int64        `json:"lorapack_bytes"`
+	GoalMS     float64      `json:"goal_ms"`
+	RooflineMS float64      `json:"roofline_ms"`
+	Trials     int          `json:"trials"`
+	Rows       []summaryRow `json:"rows"`
+	HostStage  *hostStage   `json:"host_stage_device_decode,omitempty"`
+	ReadModes  []readMode   `json:"read_modes,omitempty"`
+}
+
+type summaryRow struct {
+	Form     string  `json:"form"`
+	Cache    string  `json:"cache"`
+	TotalMS  float64 `json:"total_ms_median"`
+	TotalP90 float64 `json:"total_ms_p90"`
+	LoadMS   float64 `json:"disk_to_host_ms_median"`
+	UploadMS float64 `json:"host_to_device_ms_median"`
+}
+
+func run(device, shape string, rank int, targetList string, trials int, dir string, threads int, goalMS float64, jsonOut, forms string, hostLoads int) error {
 	cfg, err := benchenv.Config(shape)
 	if err != nil {
 		return err
@@ -158,12 +195,18 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 		path        string
 		files       []string
 	}
-	rows := []row{
-		{"PEFT folder", "warm", peft, peftFiles},
-		{"PEFT folder", "cold", peft, peftFiles},
-		{"lorapack", "warm", packed, []string{packed}},
-		{"lorapack", "cold", packed, []string{packed}},
+	var rows []row
+	for _, f := range strings.Split(forms, ",") {
+		switch strings.TrimSpace(f) {
+		case "peft":
+			rows = append(rows, row{"PEFT folder", "warm", peft, peftFiles}, row{"PEFT folder", "cold", peft, peftFiles})
+		case "lorapack":
+			rows = append(rows, row{"lorapack", "warm", packed, []string{packed}}, row{"lorapack", "cold", packed, []string{packed}})
+		default:
+			return fmt.Errorf("-forms: %q is not peft or lorapack", f)
+		}
 	}
+	sum := summary{Device: be.Name(), Shape: shape, Rank: rank, Codec: defaultCodec(), FileBytes: packBytes, GoalMS: goalMS, RooflineMS: rooflineMS, Trials: trials}
 	fmt.Printf("## Disk -> ready on the device (ms; median / p90 of %d trials)\n\n", trials)
 	fmt.Printf("| form | page cache | total median | total p90 | disk->host median | host->device median | other (cache, goroutines) | first, untimed trial | vs goal %.0f ms (median) | free median (Release+Close) |\n|---|---|---|---|---|---|---|---|---|---|\n", goalMS)
 	for _, r := range rows {
@@ -202,11 +245,36 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 		fmt.Printf("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.2f |\n", r.form, r.cache, benchenv.Percentile(tot, 50), benchenv.Percentile(tot, 90),
 			benchenv.Percentile(ld, 50), benchenv.Percentile(upl, 50), benchenv.Percentile(oth, 50), ms(first.total), goal,
 			benchenv.Percentile(stage(ts, func(t trial) time.Duration { return t.free }), 50))
+		sum.Rows = append(sum.Rows, summaryRow{Form: map[bool]string{true: "lorapack", false: "peft"}[r.form == "lorapack"], Cache: r.cache,
+			TotalMS: benchenv.Percentile(tot, 50), TotalP90: benchenv.Percentile(tot, 90), LoadMS: benchenv.Percentile(ld, 50), UploadMS: benchenv.Percentile(upl, 50)})
+	}
+	if slices.ContainsFunc(rows, func(r row) bool { return r.form == "lorapack" }) && hostLoads > 0 {
+		fmt.Printf("\n## Host stage of a device-decoding backend (adaptercache.LoadCompressedEncoded: read, checked, q4/q8 left encoded), warm page cache\n\n")
+		h, err := measureHostStage(cfg, packed, hostLoads)
+		if err != nil {
+			return err
+		}
+		sum.HostStage = &h
+		fmt.Printf("%d loads after one: median %.2f ms, min %.2f ms; CPU time (all threads) median %.2f ms; GOMAXPROCS %d\n", h.Loads, h.MedianMS, h.MinMS, h.CPUMSMedian, runtime.GOMAXPROCS(0))
+		fmt.Printf("\n## Reading the lorapack file into private memory and checking it (median of 5)\n\n| mode | warm ms | cold ms |\n|---|---|---|\n")
+		if sum.ReadModes, err = readModes(packed, 5); err != nil {
+			return err
+		}
+		for _, m := range sum.ReadModes {
+			fmt.Printf("| %s | %.2f | %.2f |\n", m.Mode, m.WarmMS, m.ColdMS)
+		}
 	}
 	fmt.Printf("\nRoofline of the device stage for these %s bytes: %.2f ms (%s). ", comma(int64(adBytes)), rooflineMS,
 		map[bool]string{true: "pinned cudaMemcpy", false: "one backend Upload"}[device == "cuda"])
 	fmt.Printf("A PEFT folder's disk->host stage only maps the file; its bytes are read (page faults) during the host->device stage, so with a cold page cache the disk read shows there. A lorapack file is read and decoded into fresh host memory in the disk->host stage.\n")
-	return nil
+	if jsonOut == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(sum, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(jsonOut, append(data, '\n'), 0o644)
 }
 
 func stage(ts []trial, f func(trial) time.Duration) []float64 {

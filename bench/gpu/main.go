@@ -1,12 +1,20 @@
 //go:build cuda
 
-// Command gpu measures the CUDA backend where the issue asks, every ratio against a baseline
-// measured in the same run: batch-1 decode against the HBM roofline (device copy bandwidth),
-// decode throughput over batch sizes, 64 requests on 64 distinct rank-16 adapters against the
-// same batch without adapters, and a 2,048-token prefill against a bare cuBLAS GEMM. Weights
-// are random bf16 in Llama-3-8B (or ~1B) shape. Run on the GPU machine:
+// Command gpu measures the CUDA backend where issue 15 asks, every ratio against a baseline
+// measured in the same run: batch-1 decode against the HBM roofline (device copy bandwidth) at
+// a context of 128 and at long contexts (roofline with the context's K/V bytes), decode
+// throughput over batch sizes, 64 requests on 64 distinct adapters (rank 16 on all seven
+// projections; rank 8 on q/v) against the same batch without adapters with the byte-bound
+// ceiling beside each, routed decode (28 experts, top-2) against one adapter, the deterministic
+// mode against the default, and prefill of 2,048 to 32,768 tokens against a bare cuBLAS GEMM.
+// Weights are random bf16 in Llama-3-8B (or ~1B) shape. Each measured point gets a runner and
+// KV cache sized for what it needs (a 32k context is one sequence, not 256 rows at full length).
 //
-//	make kernels && go run -tags cuda ./bench/gpu -shape 8b -out bench/results/gpu.json
+// Stages run in order and each prints its elapsed time; -stages picks some. The JSON (-out) is
+// rewritten after every stage, so a run cut short keeps what it measured. bench/gpu/run.sh runs
+// this beside the other benchmarks and bench/gpu/report turns the outputs into one results file.
+//
+//	make kernels && go run -tags cuda ./bench/gpu -shape 8b -out gpu-8b.json
 package main
 
 import (
@@ -16,11 +24,15 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"reflect"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/loraplex/loraplex/bench/internal/benchenv"
+	"github.com/loraplex/loraplex/bench/internal/gpuresults"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/model"
 )
@@ -30,38 +42,30 @@ var shapes = map[string]string{
 	"1b": `{"architectures":["LlamaForCausalLM"],"vocab_size":128256,"hidden_size":2048,"intermediate_size":8192,"num_hidden_layers":16,"num_attention_heads":32,"num_key_value_heads":8,"max_position_embeddings":8192,"rope_theta":500000,"rms_norm_eps":1e-5,"tie_word_embeddings":true}`,
 }
 
-var onlyDecode1, hostLogits bool
+// allStages is the order a full run takes. Prefill comes last: it needs the largest workspaces
+// and runs the newest kernel (tensor-core attention), so a fault there costs nothing measured before.
+var allStages = []string{"decode", "longctx", "adapters16", "adapters8qv", "router", "deterministic", "prefill"}
 
-// Result is what the run writes.
-type Result struct {
-	Device        string             `json:"device"`
-	Shape         string             `json:"shape"`
-	CopyBandwidth float64            `json:"copy_bandwidth_bytes_per_s"`
-	GEMMFlops     float64            `json:"cublas_gemm_flop_per_s"`
-	Batch1        map[string]float64 `json:"batch1_decode"`
-	Sweep         map[int]float64    `json:"decode_tokens_per_s_by_batch"`
-	Adapters      map[string]float64 `json:"adapters_64_distinct_rank16"`
-	Prefill       map[string]float64 `json:"prefill_2048"`
-}
+// Result is what the run writes: gpuresults holds the schema, which bench/gpu/report reads.
+type Result = gpuresults.Loraplex
 
 func main() {
 	shape := flag.String("shape", "8b", "8b or 1b")
-	out := flag.String("out", "", "write JSON results here")
+	out := flag.String("out", "", "write JSON results here (rewritten after every stage)")
 	steps := flag.Int("steps", 20, "timed decode steps per point")
 	ctx := flag.Int("ctx", 128, "context length of decode sequences")
+	stages := flag.String("stages", "all", "comma-separated stages to run, in this order: "+strings.Join(allStages, ","))
+	sweep := flag.String("sweep", "1,2,4,8,16,32,64,128,256", "decode stage: batch sizes")
+	contexts := flag.String("contexts", "4096,32768", "longctx stage: batch-1 decode contexts")
+	prefillTokens := flag.String("prefill-tokens", "2048,8192,32768", "prefill stage: prompt lengths, each one step, on the tensor-core kernel")
+	prefillSIMT := flag.String("prefill-cuda-cores", "2048", "prefill stage: lengths also measured on the CUDA-core kernel (slow: 8,192 takes seconds a pass, 32,768 about a minute)")
 	flag.BoolVar(&hostLogits, "host-logits", false, "decode copies every logits row to the host (the CPU-sampling path) instead of sampling greedily on the device")
-	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2); prefill: prefill at -prefill-tokens on both attention kernels")
-	prefillTokens := flag.String("prefill-tokens", "2048,8192", "with -only prefill: prompt lengths, each one step")
+	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2, the variants); prefill: the prefill stage alone")
 	flag.Parse()
-	if *only == "prefill" {
-		if err := prefillBench(*shape, *prefillTokens); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	onlyDecode1 = *only == "decode1"
-	if *only == "breakdown" || *only == "router" {
+
+	var err error
+	switch *only {
+	case "breakdown", "router":
 		cfg, _ := model.ParseConfig([]byte(shapes[*shape]))
 		b, err := cuda.New(0)
 		if err == nil && *only == "router" {
@@ -69,20 +73,97 @@ func main() {
 		} else if err == nil {
 			err = breakdown(b, cfg)
 		}
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
+		exitOn(err)
 		return
+	case "decode1":
+		onlyDecode1 = true
+		*stages = "decode"
+	case "prefill":
+		*stages = "prefill"
+	case "":
+	default:
+		exitOn(fmt.Errorf("-only %q: want decode1, breakdown, router or prefill", *only))
 	}
-	if err := run(*shape, *out, *steps, *ctx); err != nil {
+	o := options{shape: *shape, out: *out, steps: *steps, ctx: *ctx}
+	if o.stages, err = parseStages(*stages); err == nil {
+		if o.sweep, err = parseInts("-sweep", *sweep, 1); err == nil {
+			if o.contexts, err = parseInts("-contexts", *contexts, 2); err == nil {
+				if o.prefill, err = parseInts("-prefill-tokens", *prefillTokens, 2); err == nil {
+					o.prefillSIMT, err = parseInts("-prefill-cuda-cores", *prefillSIMT, 2)
+				}
+			}
+		}
+	}
+	exitOn(err)
+	exitOn(run(o))
+}
+
+var onlyDecode1, hostLogits bool
+
+func exitOn(err error) {
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(shape, out string, steps, ctx int) error {
-	cfg, err := model.ParseConfig([]byte(shapes[shape]))
+type options struct {
+	shape, out           string
+	steps, ctx           int
+	stages               map[string]bool
+	sweep, contexts      []int
+	prefill, prefillSIMT []int
+}
+
+func parseStages(s string) (map[string]bool, error) {
+	m := map[string]bool{}
+	if s == "all" {
+		for _, st := range allStages {
+			m[st] = true
+		}
+		return m, nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(allStages, f) {
+			return nil, fmt.Errorf("-stages: %q is not one of %s", f, strings.Join(allStages, ","))
+		}
+		m[f] = true
+	}
+	return m, nil
+}
+
+func parseInts(flagName, s string, least int) ([]int, error) {
+	var out []int
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < least {
+			return nil, fmt.Errorf("%s: %q is not a whole number of at least %d", flagName, f, least)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// bench holds what every stage shares: one backend, one upload of the weights.
+type bench struct {
+	o        options
+	cfg      *model.Config
+	b        *cuda.Backend
+	w        *model.Weights
+	res      Result
+	start    time.Time
+	pageSize int
+	// weightBytes: what one decode step reads of the weights at any batch (every matrix once,
+	// the lm_head included, the embedding only a row per token).
+	weightBytes float64
+}
+
+func run(o options) error {
+	cfg, err := model.ParseConfig([]byte(shapes[o.shape]))
 	if err != nil {
 		return err
 	}
@@ -90,134 +171,365 @@ func run(shape, out string, steps, ctx int) error {
 	if err != nil {
 		return err
 	}
-	res := Result{Device: b.Name(), Shape: shape, Batch1: map[string]float64{}, Sweep: map[int]float64{}, Adapters: map[string]float64{}, Prefill: map[string]float64{}}
-	if res.CopyBandwidth, err = b.MeasureCopyBandwidth(1<<30, 20); err != nil {
-		return err
+	x := &bench{o: o, cfg: cfg, b: b, start: time.Now(), pageSize: 16,
+		res: Result{Device: b.Name(), Shape: o.shape, StageSeconds: map[string]float64{}, GEMMFlopsByRows: map[int]float64{}, Env: map[string]string{}}}
+	for _, kv := range os.Environ() {
+		if k, v, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "LORAPLEX_") {
+			x.res.Env[k] = v
+		}
 	}
-	if res.GEMMFlops, err = b.MeasureGEMM(2048, cfg.IntermediateSize, cfg.HiddenSize, 20); err != nil {
-		return err
-	}
-	fmt.Printf("device %s: copy %.0f GB/s (read+write), cuBLAS bf16 GEMM %.0f TFLOP/s\n", res.Device, res.CopyBandwidth/1e9, res.GEMMFlops/1e12)
-
-	t0 := time.Now()
-	src := benchenv.NewRandomSource(cfg)
-	w, err := model.UploadWeights(src, cfg, b)
-	if err != nil {
-		return err
-	}
-	src.Release()
-	fmt.Printf("weights uploaded in %.1fs\n", time.Since(t0).Seconds())
-	const maxBatch = 256
-	pageSize := 16
-	pagesPerSeq := (max(ctx+steps+8, 2048+8) + pageSize - 1) / pageSize
-	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: 2048, MaxLogitRows: maxBatch, MaxContext: 4096,
-		KV: model.KVSpec{Pages: max(maxBatch*((ctx+steps+pageSize)/pageSize+1), pagesPerSeq), PageSize: pageSize}})
-	if err != nil {
-		return err
-	}
-
-	// Bytes one decode step must read at batch 1: every weight matrix once (the embedding only
-	// one row) plus the keys and values of the context.
-	var weightBytes float64
 	for p := model.Proj(0); p < model.NumProj; p++ {
 		o, i := cfg.ProjShape(p)
-		weightBytes += float64(2 * o * i * cfg.NumLayers)
+		x.weightBytes += float64(2 * o * i * cfg.NumLayers)
 	}
-	weightBytes += float64(2 * cfg.VocabSize * cfg.HiddenSize) // lm_head
-	kvBytes := float64(2 * 2 * cfg.NumLayers * ctx * cfg.NumKVHeads * cfg.HeadDim)
+	x.weightBytes += float64(2 * cfg.VocabSize * cfg.HiddenSize) // lm_head
 
-	decode := func(batch int, adapters []*model.Adapter) (float64, error) {
-		s := decodeStep(batch, ctx, pageSize)
-		ads := make([]*model.Adapter, batch)
-		if adapters != nil {
-			for i := range ads {
-				ads[i] = adapters[i%len(adapters)]
-			}
-		}
-		// The engine's path on this backend: greedy rows sampled on the device, only the
-		// chosen tokens come back (with -host-logits, all logits are copied to the host instead).
-		logits := make([]float32, batch*cfg.VocabSize)
-		rows, results := make([]model.SampleRow, batch), make([]model.SampleResult, batch)
-		for i := range rows {
-			rows[i].Logprobs = -1
-		}
-		step := func() error {
-			if hostLogits {
-				return r.Forward(s, ads, logits)
-			}
-			return r.ForwardSample(s, ads, rows, results)
-		}
-		for i := 0; i < 3; i++ {
-			if err := step(); err != nil {
-				return 0, err
-			}
-		}
-		start := time.Now()
-		for i := 0; i < steps; i++ {
-			if err := step(); err != nil {
-				return 0, err
-			}
-		}
-		return float64(batch*steps) / time.Since(start).Seconds(), nil
+	if err := x.stage("ceilings", x.ceilings); err != nil {
+		return err
 	}
+	if err := x.stage("weights", x.uploadWeights); err != nil {
+		return err
+	}
+	stages := []struct {
+		name string
+		f    func() error
+	}{
+		{"decode", x.decodeStage}, {"longctx", x.longContextStage}, {"adapters16", x.adapters16Stage},
+		{"adapters8qv", x.adaptersQVStage}, {"router", x.routerStage}, {"deterministic", x.deterministicStage},
+		{"prefill", x.prefillStage},
+	}
+	for _, s := range stages {
+		if !o.stages[s.name] {
+			continue
+		}
+		if err := x.stage(s.name, s.f); err != nil {
+			// A stage that fails is recorded and the run goes on, unless the backend itself
+			// has failed (a kernel fault is sticky: nothing after it would measure anything).
+			fmt.Printf("stage %s FAILED: %v\n", s.name, err)
+			if x.res.Errors == nil {
+				x.res.Errors = map[string]string{}
+			}
+			x.res.Errors[s.name] = err.Error()
+			x.write()
+			if b.Err() != nil {
+				return err
+			}
+		}
+		if onlyDecode1 {
+			break
+		}
+	}
+	x.write()
+	return b.Err()
+}
 
-	b.SetGraphs(false)
-	direct, err := decode(1, nil)
+// stage runs f, prints and records its wall time, and rewrites the JSON.
+func (x *bench) stage(name string, f func() error) error {
+	t0 := time.Now()
+	err := f()
+	if err == nil {
+		err = x.b.Err()
+	}
+	x.res.StageSeconds[name] = time.Since(t0).Seconds()
+	fmt.Printf("== stage %s: %.1f s (total %.1f s)\n", name, time.Since(t0).Seconds(), time.Since(x.start).Seconds())
+	x.write()
+	return err
+}
+
+func (x *bench) write() {
+	if x.o.out == "" {
+		return
+	}
+	// Written aside and renamed, so that a run killed mid-write (run.sh's stage timeout) leaves
+	// the previous stage's whole file, never half of this one.
+	data, err := json.MarshalIndent(x.res, "", "  ")
+	if err == nil {
+		err = os.WriteFile(x.o.out+".tmp", data, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(x.o.out+".tmp", x.o.out)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench: writing results:", err)
+	}
+}
+
+func (x *bench) ceilings() (err error) {
+	if x.res.CopyBandwidth, err = x.b.MeasureCopyBandwidth(1<<30, 20); err != nil {
+		return err
+	}
+	rows := []int{2048}
+	if x.o.stages["prefill"] {
+		for _, n := range x.o.prefill {
+			rows = append(rows, min(n, 8192))
+		}
+	}
+	for _, m := range rows {
+		if _, done := x.res.GEMMFlopsByRows[m]; done {
+			continue
+		}
+		if x.res.GEMMFlopsByRows[m], err = x.b.MeasureGEMM(m, x.cfg.IntermediateSize, x.cfg.HiddenSize, 20); err != nil {
+			return err
+		}
+	}
+	x.res.GEMMFlops = x.res.GEMMFlopsByRows[2048]
+	fmt.Printf("device %s: copy %.0f GB/s (read+write), cuBLAS bf16 GEMM %.0f TFLOP/s (2,048 x %d x %d)\n", x.res.Device,
+		x.res.CopyBandwidth/1e9, x.res.GEMMFlops/1e12, x.cfg.IntermediateSize, x.cfg.HiddenSize)
+	return nil
+}
+
+func (x *bench) uploadWeights() (err error) {
+	src := benchenv.NewRandomSource(x.cfg)
+	defer src.Release()
+	x.w, err = model.UploadWeights(src, x.cfg, x.b)
+	return err
+}
+
+// decodeRunner makes a runner and KV cache sized for batch rows decoding at context ctx (each
+// row its own pages; every step rewrites position ctx-1, so the context stays ctx). It replaces
+// the backend's KV cache: runners made before it must not run again.
+func (x *bench) decodeRunner(batch, ctx int) (*model.Runner, error) {
+	per := (ctx + x.pageSize) / x.pageSize
+	return model.NewRunner(x.cfg, x.b, x.w, model.RunnerOptions{MaxTokens: batch, MaxLogitRows: batch, MaxContext: ctx + x.pageSize,
+		KV: model.KVSpec{Pages: batch * per, PageSize: x.pageSize}})
+}
+
+// kvBytes is what one row at context ctx reads of the KV cache in a decode step.
+func (x *bench) kvBytes(ctx int) float64 {
+	return float64(2 * 2 * x.cfg.NumLayers * ctx * x.cfg.NumKVHeads * x.cfg.HeadDim)
+}
+
+// decode times steps of batch rows at context ctx (rows i uses adapters[i % len], none if
+// nil) after three warm-up steps, and returns tokens per second. Greedy rows are sampled on
+// the device, only the chosen tokens come back (the engine's path on this backend); with
+// -host-logits every logits row is copied to the host instead.
+func (x *bench) decode(r *model.Runner, batch, ctx int, adapters []*model.Adapter) (float64, error) {
+	s := decodeStep(batch, ctx, x.pageSize)
+	ads := make([]*model.Adapter, batch)
+	if adapters != nil {
+		for i := range ads {
+			ads[i] = adapters[i%len(adapters)]
+		}
+	}
+	logits := make([]float32, 0)
+	if hostLogits {
+		logits = make([]float32, batch*x.cfg.VocabSize)
+	}
+	rows, results := make([]model.SampleRow, batch), make([]model.SampleResult, batch)
+	for i := range rows {
+		rows[i].Logprobs = -1
+	}
+	step := func() error {
+		if hostLogits {
+			return r.Forward(s, ads, logits)
+		}
+		return r.ForwardSample(s, ads, rows, results)
+	}
+	for i := 0; i < 3; i++ {
+		if err := step(); err != nil {
+			return 0, err
+		}
+	}
+	start := time.Now()
+	for i := 0; i < x.o.steps; i++ {
+		if err := step(); err != nil {
+			return 0, err
+		}
+	}
+	return float64(batch*x.o.steps) / time.Since(start).Seconds(), nil
+}
+
+func (x *bench) decodeStage() error {
+	maxBatch := 1
+	if !onlyDecode1 {
+		maxBatch = slices.Max(append(slices.Clone(x.o.sweep), 1))
+	}
+	r, err := x.decodeRunner(maxBatch, x.o.ctx)
 	if err != nil {
 		return err
 	}
-	b.SetGraphs(true)
-	tps, err := decode(1, nil)
+	x.b.SetGraphs(false)
+	direct, err := x.decode(r, 1, x.o.ctx, nil)
+	x.b.SetGraphs(true)
 	if err != nil {
 		return err
 	}
-	roof := res.CopyBandwidth / (weightBytes + kvBytes)
-	res.Batch1 = map[string]float64{"tokens_per_s": tps, "tokens_per_s_without_graphs": direct, "roofline_tokens_per_s": roof, "ratio": tps / roof,
-		"weight_bytes": weightBytes, "kv_bytes": kvBytes, "context": float64(ctx)}
-	fmt.Printf("batch 1 decode: %.1f tok/s with CUDA graphs (%.1f without), roofline %.1f tok/s (%.3g B per token), ratio %.2f\n", tps, direct, roof, weightBytes+kvBytes, tps/roof)
+	tps, err := x.decode(r, 1, x.o.ctx, nil)
+	if err != nil {
+		return err
+	}
+	kv := x.kvBytes(x.o.ctx)
+	roof := x.res.CopyBandwidth / (x.weightBytes + kv)
+	x.res.Batch1 = map[string]float64{"tokens_per_s": tps, "tokens_per_s_without_graphs": direct, "roofline_tokens_per_s": roof, "ratio": tps / roof,
+		"weight_bytes": x.weightBytes, "kv_bytes": kv, "context": float64(x.o.ctx)}
+	fmt.Printf("batch 1 decode: %.1f tok/s with CUDA graphs (%.1f without), roofline %.1f tok/s (%.3g B per token), ratio %.2f\n",
+		tps, direct, roof, x.weightBytes+kv, tps/roof)
 	if onlyDecode1 {
-		return b.Err()
+		return nil
 	}
-	for _, bs := range []int{1, 2, 4, 8, 16, 32, 64, 128, 256} {
-		tps, err := decode(bs, nil)
+	x.res.Sweep = map[int]float64{}
+	for _, bs := range x.o.sweep {
+		tps, err := x.decode(r, bs, x.o.ctx, nil)
 		if err != nil {
 			return err
 		}
-		res.Sweep[bs] = tps
+		x.res.Sweep[bs] = tps
 		fmt.Printf("batch %3d decode: %8.1f tok/s\n", bs, tps)
 	}
+	return nil
+}
 
-	t0 = time.Now()
-	adapters, err := randomAdapters(b, cfg, 64, 16)
-	if err != nil {
-		return err
+// longContextStage: batch-1 decode at each of -contexts, one sequence, its KV cache sized for
+// that context alone; the roofline counts the weights and the context's K/V bytes.
+func (x *bench) longContextStage() error {
+	for _, ctx := range x.o.contexts {
+		r, err := x.decodeRunner(1, ctx)
+		if err != nil {
+			return fmt.Errorf("context %d: %w", ctx, err)
+		}
+		tps, err := x.decode(r, 1, ctx, nil)
+		if err != nil {
+			return fmt.Errorf("context %d: %w", ctx, err)
+		}
+		kv := x.kvBytes(ctx)
+		roof := x.res.CopyBandwidth / (x.weightBytes + kv)
+		x.res.LongContext = append(x.res.LongContext, gpuresults.LongContextPoint{Context: ctx, Tokens: tps, Roofline: roof, Ratio: tps / roof, KVBytes: kv})
+		fmt.Printf("batch 1 decode at context %d: %.1f tok/s, roofline %.1f tok/s (weights %.3g B + KV %.3g B), ratio %.2f\n",
+			ctx, tps, roof, x.weightBytes, kv, tps/roof)
+		x.write()
 	}
-	fmt.Printf("64 rank-16 adapters uploaded in %.1fs\n", time.Since(t0).Seconds())
-	base64, err := decode(64, nil)
-	if err != nil {
-		return err
-	}
-	mixed, err := decode(64, adapters)
-	if err != nil {
-		return err
-	}
-	res.Adapters = map[string]float64{"base_tokens_per_s": base64, "mixed_tokens_per_s": mixed, "ratio": mixed / base64}
-	fmt.Printf("batch 64: base %.1f tok/s, 64 distinct adapters %.1f tok/s, ratio %.3f\n", base64, mixed, mixed/base64)
+	return nil
+}
 
-	// Prefill: one 2,048-token sequence in one step.
-	const n = 2048
-	sec, flops, err := measurePrefill(r, cfg, n, pageSize)
+// adapterRatio times batch rows on n distinct adapters against the same batch on none.
+func (x *bench) adapterRatio(batch, rank int, targets []model.Proj) (*gpuresults.AdapterRatio, error) {
+	t0 := time.Now()
+	adapters, err := randomAdapters(x.b, x.cfg, batch, rank, targets)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(targets))
+	var perAdapter float64
+	for i, p := range targets {
+		names[i] = p.String()
+		o, in := x.cfg.ProjShape(p)
+		perAdapter += float64(2 * rank * (o + in) * x.cfg.NumLayers)
+	}
+	fmt.Printf("%d rank-%d adapters on %s uploaded in %.1fs\n", batch, rank, strings.Join(names, ","), time.Since(t0).Seconds())
+	r, err := x.decodeRunner(batch, x.o.ctx)
+	if err != nil {
+		return nil, err
+	}
+	base, err := x.decode(r, batch, x.o.ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	mixed, err := x.decode(r, batch, x.o.ctx, adapters)
+	if err != nil {
+		return nil, err
+	}
+	baseBytes := x.weightBytes + float64(batch)*x.kvBytes(x.o.ctx)
+	adBytes := float64(batch) * perAdapter
+	a := &gpuresults.AdapterRatio{Batch: batch, Rank: rank, Targets: strings.Join(names, ","), Base: base, Mixed: mixed, Ratio: mixed / base,
+		AdapterBytes: adBytes, BaseBytes: baseBytes, Ceiling: baseBytes / (baseBytes + adBytes)}
+	a.RatioOfCeiling = a.Ratio / a.Ceiling
+	fmt.Printf("batch %d: base %.1f tok/s, %d distinct rank-%d adapters (%s) %.1f tok/s, ratio %.3f; byte-bound ceiling %.3f (%.3g B of adapters beside %.3g B), %.2f of it\n",
+		batch, base, batch, rank, a.Targets, mixed, a.Ratio, a.Ceiling, adBytes, baseBytes, a.RatioOfCeiling)
+	return a, nil
+}
+
+func (x *bench) adapters16Stage() (err error) {
+	x.res.Adapters, err = x.adapterRatio(64, 16, benchenv.AllProj())
+	return err
+}
+
+// adaptersQVStage is S-LoRA's setting: rank 8 on q_proj and v_proj only.
+func (x *bench) adaptersQVStage() (err error) {
+	x.res.AdaptersQV, err = x.adapterRatio(64, 8, []model.Proj{model.ProjQ, model.ProjV})
+	return err
+}
+
+// routerStage: a router over 28 rank-8 experts (all seven projections), top-2, every row
+// routed on the device, against the same batch on one rank-8 adapter, at batch 1 and 64.
+// bench/gpu -only router shows where the time goes (gates only, host top-k, 8 experts).
+func (x *bench) routerStage() error {
+	const experts, topK, maxBatch = 28, 2, 64
+	ads, err := randomAdapters(x.b, x.cfg, experts, 8, benchenv.AllProj())
 	if err != nil {
 		return err
 	}
-	res.Prefill = map[string]float64{"seconds": sec, "tokens_per_s": n / sec, "flop_per_s": flops / sec, "ratio_to_gemm": flops / sec / res.GEMMFlops}
-	fmt.Printf("prefill %d tokens: %.1f ms, %.0f tok/s, %.0f TFLOP/s = %.2f of cuBLAS GEMM\n", n, sec*1e3, n/sec, flops/sec/1e12, flops/sec/res.GEMMFlops)
-	if err := b.Err(); err != nil {
+	routed, err := benchRouting(x.b, x.cfg, "router28", ads, topK, rand.New(rand.NewPCG(5, 6)), false)
+	if err != nil {
 		return err
 	}
-	if out != "" {
-		data, _ := json.MarshalIndent(res, "", "  ")
-		return os.WriteFile(out, data, 0o644)
+	r, err := x.decodeRunner(maxBatch, x.o.ctx)
+	if err != nil {
+		return err
+	}
+	one := func(ad *model.Adapter) []*model.Adapter {
+		if ad == nil {
+			return nil
+		}
+		return []*model.Adapter{ad}
+	}
+	for _, batch := range []int{1, 64} {
+		p := gpuresults.RouterPoint{Experts: experts, TopK: topK, Batch: batch}
+		for _, m := range []struct {
+			dst *float64
+			ad  *model.Adapter
+		}{{&p.Base, nil}, {&p.Single, ads[0]}, {&p.Routed, routed}} {
+			if *m.dst, err = x.decode(r, batch, x.o.ctx, one(m.ad)); err != nil {
+				return err
+			}
+		}
+		p.Ratio = p.Routed / p.Single
+		x.res.Router = append(x.res.Router, p)
+		fmt.Printf("router %d experts top-%d, batch %d: base %.1f tok/s, single rank-8 adapter %.1f, routed %.1f = %.2f of single\n",
+			experts, topK, batch, p.Base, p.Single, p.Routed, p.Ratio)
+	}
+	return nil
+}
+
+// deterministicStage measures the deterministic mode (issue 15 item 6) against the default at
+// batch 1 and 64.
+//
+// HOOK(deterministic mode): the mode is being added beside this benchmark. With
+// LORAPLEX_DETERMINISTIC=1 in the environment this stage looks for the backend's switch, a
+// method SetDeterministic(bool), by name (replace this lookup with the capability's interface
+// in model once it exists); until the backend has one the row is n/a. bench/gpu/run.sh's A/B
+// runs can instead run a whole process with a switch the backend reads from the environment.
+func (x *bench) deterministicStage() error {
+	d := &gpuresults.Deterministic{}
+	x.res.Deterministic = d
+	if os.Getenv("LORAPLEX_DETERMINISTIC") != "1" {
+		d.Note = "n/a: LORAPLEX_DETERMINISTIC=1 not set"
+		fmt.Println("deterministic mode:", d.Note)
+		return nil
+	}
+	set := reflect.ValueOf(x.b).MethodByName("SetDeterministic")
+	if !set.IsValid() || set.Type().NumIn() != 1 || set.Type().In(0).Kind() != reflect.Bool || set.Type().NumOut() != 0 {
+		d.Note = "n/a: the backend offers no deterministic mode yet (no SetDeterministic(bool))"
+		fmt.Println("deterministic mode:", d.Note)
+		return nil
+	}
+	r, err := x.decodeRunner(64, x.o.ctx)
+	if err != nil {
+		return err
+	}
+	d.Available, d.Note = true, "SetDeterministic(true) against the default, same runner"
+	d.Default, d.On, d.Ratio = map[int]float64{}, map[int]float64{}, map[int]float64{}
+	for _, batch := range []int{1, 64} {
+		if d.Default[batch], err = x.decode(r, batch, x.o.ctx, nil); err != nil {
+			return err
+		}
+		set.Call([]reflect.Value{reflect.ValueOf(true)})
+		d.On[batch], err = x.decode(r, batch, x.o.ctx, nil)
+		set.Call([]reflect.Value{reflect.ValueOf(false)})
+		if err != nil {
+			return err
+		}
+		d.Ratio[batch] = d.On[batch] / d.Default[batch]
+		fmt.Printf("deterministic mode, batch %d: %.1f tok/s against %.1f default = %.3f\n", batch, d.On[batch], d.Default[batch], d.Ratio[batch])
 	}
 	return nil
 }
@@ -256,15 +568,15 @@ func prefillStep(n, pageSize int) *model.Step {
 	return s
 }
 
-// randomAdapters makes n adapters of the given rank on all seven projections of every layer.
-func randomAdapters(b model.Backend, cfg *model.Config, n, rank int) ([]*model.Adapter, error) {
+// randomAdapters makes n adapters of the given rank on targets in every layer.
+func randomAdapters(b model.Backend, cfg *model.Config, n, rank int, targets []model.Proj) ([]*model.Adapter, error) {
 	maxIn := max(cfg.HiddenSize, cfg.IntermediateSize)
 	buf := benchenv.RandomBF16(rank*maxIn*2, 0.02, 7)
 	var out []*model.Adapter
 	for a := 0; a < n; a++ {
 		h := &model.HostAdapter{Name: fmt.Sprintf("adapter%d", a), Modules: make([][model.NumProj]*model.HostLoRA, cfg.NumLayers)}
 		for l := range h.Modules {
-			for p := model.Proj(0); p < model.NumProj; p++ {
+			for _, p := range targets {
 				o, i := cfg.ProjShape(p)
 				h.Modules[l][p] = &model.HostLoRA{
 					A:    model.HostTensor{Name: "A", DType: model.BF16, Shape: []int{rank, i}, Data: buf[:2*rank*i]},
@@ -282,26 +594,25 @@ func randomAdapters(b model.Backend, cfg *model.Config, n, rank int) ([]*model.A
 	return out, nil
 }
 
-// measurePrefill times one n-token prompt as one step (two warm-up passes, the mean of five)
+// measurePrefill times one n-token prompt as one step (warm passes, then the mean of iters)
 // and returns seconds per prefill and the FLOPs it does: every projection over n rows, one
 // row of logits, and causal attention (QKᵀ and PV over n(n+1)/2 visible pairs per head).
-func measurePrefill(r *model.Runner, cfg *model.Config, n, pageSize int) (sec, flops float64, err error) {
+func measurePrefill(r *model.Runner, cfg *model.Config, n, pageSize, warm, iters int) (sec, flops float64, err error) {
 	s := prefillStep(n, pageSize)
 	logits := make([]float32, cfg.VocabSize)
 	ads := []*model.Adapter{nil}
-	for i := 0; i < 2; i++ {
+	for i := 0; i < warm; i++ {
 		if err := r.Forward(s, ads, logits); err != nil {
 			return 0, 0, err
 		}
 	}
-	const iters = 5
 	start := time.Now()
 	for i := 0; i < iters; i++ {
 		if err := r.Forward(s, ads, logits); err != nil {
 			return 0, 0, err
 		}
 	}
-	sec = time.Since(start).Seconds() / iters
+	sec = time.Since(start).Seconds() / float64(iters)
 	var matFlops float64
 	for p := model.Proj(0); p < model.NumProj; p++ {
 		o, i := cfg.ProjShape(p)
@@ -312,47 +623,39 @@ func measurePrefill(r *model.Runner, cfg *model.Config, n, pageSize int) (sec, f
 	return sec, matFlops + attnFlops, nil
 }
 
-// prefillBench measures prefill at each prompt length on both prefill attention kernels (CUDA
-// cores, then tensor cores) in one process, against the cuBLAS GEMM ceiling measured first.
-// The runner and KV cache are sized for the longest prompt alone (item 7 of issue 15: no
-// decode batch shares the cache here). Each point also times one layer's attention launch.
-func prefillBench(shape, lengths string) error {
-	cfg, err := model.ParseConfig([]byte(shapes[shape]))
-	if err != nil {
-		return err
+// prefillStage measures prefill at each -prefill-tokens length on the tensor-core attention
+// kernel, and at each -prefill-cuda-cores length on the CUDA-core kernel too (first, so that a
+// fault in the newer kernel leaves them measured), against the cuBLAS GEMM ceiling at the same
+// row count (at most 8,192). The runner and KV cache are sized for the longest prompt alone
+// (item 7 of issue 15: no decode batch shares the cache here). Each point also times one
+// layer's attention launch over the cache the prefill just wrote. Long prompts get fewer
+// passes: a 32k prefill is seconds.
+func (x *bench) prefillStage() error {
+	cfg, b := x.cfg, x.b
+	type point struct {
+		n  int
+		tc bool
 	}
-	var ns []int
+	var points []point
 	longest := 0
-	for _, f := range strings.Split(lengths, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 2 {
-			return fmt.Errorf("-prefill-tokens: %q is not a prompt length of at least 2", f)
-		}
-		ns, longest = append(ns, n), max(longest, n)
+	for _, n := range x.o.prefillSIMT {
+		points, longest = append(points, point{n, false}), max(longest, n)
 	}
-	b, err := cuda.New(0)
-	if err != nil {
-		return err
+	for _, n := range x.o.prefill {
+		points, longest = append(points, point{n, true}), max(longest, n)
 	}
-	gemm, err := b.MeasureGEMM(2048, cfg.IntermediateSize, cfg.HiddenSize, 20)
-	if err != nil {
-		return err
+	if len(points) == 0 {
+		return nil
 	}
-	fmt.Printf("device %s: cuBLAS bf16 GEMM %.0f TFLOP/s\n", b.Name(), gemm/1e12)
-	src := benchenv.NewRandomSource(cfg)
-	w, err := model.UploadWeights(src, cfg, b)
-	if err != nil {
-		return err
-	}
-	src.Release()
-	const pageSize = 16
-	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: longest, MaxLogitRows: 1, MaxContext: longest,
-		KV: model.KVSpec{Pages: (longest + pageSize - 1) / pageSize, PageSize: pageSize}})
+	r, err := model.NewRunner(cfg, b, x.w, model.RunnerOptions{MaxTokens: longest, MaxLogitRows: 1, MaxContext: longest,
+		KV: model.KVSpec{Pages: (longest + x.pageSize - 1) / x.pageSize, PageSize: x.pageSize}})
 	if err != nil {
 		return err
 	}
 	qd := cfg.NumHeads * cfg.HeadDim
 	q, out := b.Alloc(longest, qd), b.Alloc(longest, qd)
+	defer b.Free(q)
+	defer b.Free(out)
 	rng := rand.New(rand.NewPCG(9, 10))
 	vals := make([]float32, longest*qd)
 	for i := range vals {
@@ -362,52 +665,61 @@ func prefillBench(shape, lengths string) error {
 		return err
 	}
 	ap := model.AttnParams{Heads: cfg.NumHeads, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim, Scale: float32(1 / math.Sqrt(float64(cfg.HeadDim)))}
-	type row struct {
-		n           int
-		kernel      string
-		sec, flops  float64
-		attnLayerMS float64
-	}
-	var rows []row
-	for _, n := range ns {
-		for _, tc := range []bool{false, true} {
-			b.SetPrefillAttention(tc)
-			sec, flops, err := measurePrefill(r, cfg, n, pageSize)
-			if err != nil {
-				return err
-			}
-			// One layer's attention alone over the cache the prefill just wrote.
-			s := prefillStep(n, pageSize)
-			if err := b.Prepare(s); err != nil {
-				return err
-			}
-			qn, on := q.Slice(0, n), out.Slice(0, n)
-			b.Attention(on, qn, 0, ap)
-			if err := b.Sync(); err != nil {
-				return err
-			}
-			const reps = 20
-			t0 := time.Now()
-			for i := 0; i < reps; i++ {
-				b.Attention(on, qn, 0, ap)
-			}
-			if err := b.Sync(); err != nil {
-				return err
-			}
-			kernel := "cuda-cores"
-			if tc {
-				kernel = "tensor-cores"
-			}
-			x := row{n, kernel, sec, flops, time.Since(t0).Seconds() / reps * 1e3}
-			fmt.Printf("prefill %d tokens, %s attention: %.1f ms, %.3f of cuBLAS GEMM, attention %.3f ms/layer\n", n, kernel, sec*1e3, flops/sec/gemm, x.attnLayerMS)
-			rows = append(rows, x)
+	for _, pt := range points {
+		b.SetPrefillAttention(pt.tc)
+		warm, iters := 2, 5
+		switch {
+		case pt.n > 8192:
+			warm, iters = 1, 1
+		case pt.n > 2048:
+			warm, iters = 1, 3
 		}
+		sec, flops, err := measurePrefill(r, cfg, pt.n, x.pageSize, warm, iters)
+		if err != nil {
+			return fmt.Errorf("prefill %d: %w", pt.n, err)
+		}
+		// One layer's attention alone over the cache the prefill just wrote.
+		if err := b.Prepare(prefillStep(pt.n, x.pageSize)); err != nil {
+			return err
+		}
+		qn, on := q.Slice(0, pt.n), out.Slice(0, pt.n)
+		b.Attention(on, qn, 0, ap)
+		if err := b.Sync(); err != nil {
+			return err
+		}
+		reps := max(1, min(20, 20*2048*2048/(pt.n*pt.n)))
+		t0 := time.Now()
+		for i := 0; i < reps; i++ {
+			b.Attention(on, qn, 0, ap)
+		}
+		if err := b.Sync(); err != nil {
+			return err
+		}
+		kernel := "cuda-cores"
+		if pt.tc {
+			kernel = "tensor-cores"
+		}
+		gemm := x.res.GEMMFlopsByRows[min(pt.n, 8192)]
+		if gemm == 0 {
+			gemm = x.res.GEMMFlops
+		}
+		p := gpuresults.PrefillPoint{Tokens: pt.n, Kernel: kernel, Seconds: sec, TokensPerS: float64(pt.n) / sec, FLOPs: flops / sec, RatioToGEMM: flops / sec / gemm,
+			AttnLayerMS: time.Since(t0).Seconds() / float64(reps) * 1e3}
+		x.res.Prefill = append(x.res.Prefill, p)
+		if pt.n == 2048 && (x.res.Prefill2048 == nil || p.RatioToGEMM > x.res.Prefill2048["ratio_to_gemm"]) {
+			x.res.Prefill2048 = map[string]float64{"seconds": sec, "tokens_per_s": p.TokensPerS, "flop_per_s": p.FLOPs, "ratio_to_gemm": p.RatioToGEMM}
+		}
+		fmt.Printf("prefill %d tokens, %s attention: %.1f ms, %.0f tok/s, %.0f TFLOP/s = %.3f of cuBLAS GEMM, attention %.3f ms/layer\n",
+			pt.n, kernel, sec*1e3, p.TokensPerS, p.FLOPs/1e12, p.RatioToGEMM, p.AttnLayerMS)
+		x.write()
 	}
 	fmt.Printf("\n| prompt | attention kernel | prefill ms | tok/s | TFLOP/s | ÷ cuBLAS GEMM | attention ms/layer | attention TFLOP/s |\n|---|---|---|---|---|---|---|---|\n")
-	for _, x := range rows {
-		attn := 4 * float64(qd) * float64(x.n) * float64(x.n+1) / 2
-		fmt.Printf("| %d | %s | %.1f | %.0f | %.0f | %.3f | %.3f | %.0f |\n", x.n, x.kernel, x.sec*1e3, float64(x.n)/x.sec, x.flops/x.sec/1e12,
-			x.flops/x.sec/gemm, x.attnLayerMS, attn/(x.attnLayerMS/1e3)/1e12)
+	sorted := slices.Clone(x.res.Prefill)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Tokens < sorted[j].Tokens })
+	for _, p := range sorted {
+		attn := 4 * float64(qd) * float64(p.Tokens) * float64(p.Tokens+1) / 2
+		fmt.Printf("| %d | %s | %.1f | %.0f | %.0f | %.3f | %.3f | %.0f |\n", p.Tokens, p.Kernel, p.Seconds*1e3, p.TokensPerS, p.FLOPs/1e12,
+			p.RatioToGEMM, p.AttnLayerMS, attn/(p.AttnLayerMS/1e3)/1e12)
 	}
-	return b.Err()
+	return nil
 }

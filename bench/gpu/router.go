@@ -65,7 +65,7 @@ func routerBench(b *cuda.Backend, cfg *model.Config, steps, ctx int) error {
 		}
 		return float64(batch*steps) / time.Since(start).Seconds(), nil
 	}
-	experts, err := randomAdapters(b, cfg, 28, 8)
+	experts, err := randomAdapters(b, cfg, 28, 8, benchenv.AllProj())
 	if err != nil {
 		return err
 	}

@@ -1,31 +1,165 @@
 #!/usr/bin/env bash
-# One command for the CUDA benchmarks on a GPU machine: builds the kernels, runs bench/gpu for
-# the Llama-3-8B and ~1B shapes, the per-op breakdown and the HF transformers/peft reference in
-# the same invocation, and writes them into one results file.
-#   bench/gpu/run.sh [OUT_DIR]        (default bench/results/gpu-run)
-set -euo pipefail
+# One command for every GPU ratio of issue 15's goal table (and issue 14's GPU rows), on one
+# machine, in one invocation, inside one bounded device call (BUDGET_S, default 530 s: the device
+# tool kills a call at 600 s). It writes OUT/gpu-goals-CARD.json and OUT/gpu-goals-CARD.md (bench/gpu/report;
+# copy them into bench/results/ and run `go run ./bench/readme`), with every stage's log in OUT/logs.
+#
+#   bench/gpu/run.sh [OUT]                    (default bench/results/gpu-run)
+#
+# Stages, in order, each timed and bounded by what is left of the budget:
+#   build        kernels for sm_$ARCH (make -j) and the Go binaries (cgo flags of `make cuda-env`)
+#   loraplex     bench/gpu: ceilings, decode (ctx 128, 4k, 32k), adapters (rank 16 all, rank 8 q/v),
+#                routed top-2 of 28, deterministic hook, prefill 2k/8k/32k (tensor cores; 2k also CUDA cores)
+#   ab           bench/gpu again for each assignment in AB (default LORAPLEX_DETERMINISTIC=1): the
+#                switches other work adds (fused kernels, deterministic mode) against the default
+#   prefixcache  bench/prefixcache on CUDA, 8B shape: TTFT with a 2,000-token cached prefix ÷ uncached
+#   hf           bench/reference/hf_bench.py (HF transformers + peft), same shape and GPU
+#   llamacpp     with LLAMACPP_KIT (the kit's folder or its .tar.xz): its CUDA build starts at once in
+#                the background on BUILD_CPUS while loraplex runs pinned to LP_CPUS; llama-bench and
+#                llama-batched-bench run when it is done, or the rows say it did not fit
+#   coldload     bench/coldload on CUDA, 8B rank-16 adapter (all cores: the host stage is parallel)
+#   report       bench/gpu/report: one results file
+# Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V" (one run per word;
+#   AB= runs none), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
+#   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10.
+set -uo pipefail
 cd "$(dirname "$0")/../.."
+root=$PWD
 out=${1:-bench/results/gpu-run}
-mkdir -p "$out"
-make kernels >/dev/null
-eval "$(make -s cuda-env)" # cgo flags of a CUDA build (gorgonia.org/cu, cuda/cu13compat.h)
+mkdir -p "$out/logs" && out=$(cd "$out" && pwd)
+[ -f .gpu/env.sh ] && ! command -v go >/dev/null && source .gpu/env.sh
+BUDGET_S=${BUDGET_S:-530}; ARCH=${ARCH:-90}; SKIP=",${SKIP:-},"; AB=${AB-LORAPLEX_DETERMINISTIC=1}
+LLAMACPP_REPS=${LLAMACPP_REPS:-3}; COLDLOAD_TRIALS=${COLDLOAD_TRIALS:-10}
+RESERVE_S=15 # the report at the end
+T0=$(date +%s)
+ncpu=$(nproc)
+if [ "$ncpu" -ge 12 ]; then
+  LP_CPUS=${LP_CPUS:-0-3}; CONVERT_CPUS=${CONVERT_CPUS:-4}; BUILD_CPUS=${BUILD_CPUS:-5-$((ncpu - 1))}
+else
+  LP_CPUS=${LP_CPUS:-0-$((ncpu - 1))}; BUILD_CPUS=${BUILD_CPUS:-0-$((ncpu - 1))}; CONVERT_CPUS=${CONVERT_CPUS:-0-$((ncpu - 1))}
+fi
+count_cpus() { local n=0 a b; for r in ${1//,/ }; do a=${r%-*}; b=${r#*-}; n=$((n + b - a + 1)); done; echo "$n"; }
+LP_JOBS=$(count_cpus "$LP_CPUS"); BUILD_JOBS=$(count_cpus "$BUILD_CPUS")
+bin=/tmp/loraplex-gpubench-bin; mkdir -p "$bin"
+: > "$out/stages.tsv"
+
+elapsed() { echo $(( $(date +%s) - T0 )); }
+skipped() { [[ $SKIP == *",$1,"* ]]; }
+record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; echo "[$(elapsed)s] <<< $1: $3 (${2} s)"; }
+# stage NAME MAX_S CMD...: runs CMD (log in logs/NAME.txt) bounded by MAX_S and by the budget left.
+stage() {
+  local name=$1 max=$2; shift 2
+  if skipped "$name"; then record "$name" 0 "skipped (SKIP)"; return 1; fi
+  local left=$(( BUDGET_S - RESERVE_S - $(elapsed) ))
+  local lim=$(( max < left ? max : left ))
+  if [ "$lim" -lt 5 ]; then record "$name" 0 "skipped (budget spent at $(elapsed) s)"; return 1; fi
+  echo "[$(elapsed)s] >>> $name (at most ${lim} s): $*"
+  local t0 rc status; t0=$(date +%s%N)
+  timeout --kill-after=5 "$lim" "$@" > "$out/logs/$name.txt" 2>&1; rc=$?
+  local sec; sec=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN{printf "%.1f", (b-a)/1e9}')
+  case $rc in 0) status=ok;; 124|137) status="timed out after ${lim} s";; *) status="failed (exit $rc)";; esac
+  record "$name" "$sec" "$status"
+  grep -E '^(==|batch|router|prefill|deterministic|device|median|HF|peft|\| lorapack|stage|bench:|coldload:|prefixcache:|FAIL|panic)' "$out/logs/$name.txt" | head -60
+  [ $rc -ne 0 ] && tail -15 "$out/logs/$name.txt"
+  return $rc
+}
+
 {
-  echo "# loraplex CUDA benchmarks — $(date -u +%Y-%m-%dT%H:%MZ)"
-  echo
-  echo '```'
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  nvcc --version | tail -1
-  python3 -c "import torch,transformers,peft;print('torch',torch.__version__,'transformers',transformers.__version__,'peft',peft.__version__)" || true
-  echo '```'
-  for shape in 8b 1b; do
-    echo; echo "## loraplex, $shape shape"; echo; echo '```'
-    go run -tags cuda ./bench/gpu -shape "$shape" -out "$out/gpu-$shape.json"
-    echo '```'
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
+  nvcc --version | tail -1; go version
+  python3 -c "import torch,transformers,peft;print('torch',torch.__version__,'transformers',transformers.__version__,'peft',peft.__version__)" 2>/dev/null
+  echo "$ncpu CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); loraplex pinned to $LP_CPUS, llama.cpp build to $BUILD_CPUS; budget ${BUDGET_S} s"
+} > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+# llama.cpp: its build is the longest stage, so it starts first, in the background, on its own cores.
+llama_build_pid=; llama_model_pid=; kit=
+if [ -n "${LLAMACPP_KIT:-}" ] && ! skipped llamacpp; then
+  mkdir -p "$out/llamacpp"
+  if [ -f "$LLAMACPP_KIT" ]; then
+    mkdir -p /tmp/llamacpp-kit && tar -xJf "$LLAMACPP_KIT" -C /tmp/llamacpp-kit && kit=/tmp/llamacpp-kit/llamacpp
+  elif [ -f "$LLAMACPP_KIT/gpu_peer.sh" ]; then kit=$(cd "$LLAMACPP_KIT" && pwd)
+  elif [ -f "$LLAMACPP_KIT/llamacpp/gpu_peer.sh" ]; then kit=$(cd "$LLAMACPP_KIT/llamacpp" && pwd)
+  fi
+  # The kit's build folder, HF folder and GGUF (~33 GB): an ignored folder of the checkout, which
+  # the device machine keeps between calls while it stays warm, so a build the budget cut short
+  # resumes where it stopped (make is incremental) and a finished one is reused.
+  export WORK=${WORK:-$root/.llamacpp-work}
+  if [ -n "$kit" ] && [ -f "$kit/gpu_peer.sh" ]; then
+    echo "[$(elapsed)s] llama.cpp: building on CPUs $BUILD_CPUS (-j$BUILD_JOBS), model + GGUF on $CONVERT_CPUS, in the background"
+    # Each job leaves its exit status in a file when it ends (polled below); setsid makes it a
+    # process group of its own, so that one that outlives the budget is stopped whole.
+    setsid bash -c 'OUT=$1 JOBS=$2 taskset -c "$3" bash "$4/gpu_peer.sh" build > "$5" 2>&1; echo $? > "$1/.build.rc"' \
+      _ "$out/llamacpp" "$BUILD_JOBS" "$BUILD_CPUS" "$kit" "$out/logs/llamacpp-build.txt" &
+    llama_build_pid=$!
+    setsid bash -c 'OUT=$1 taskset -c "$2" bash "$3/gpu_peer.sh" model convert > "$4" 2>&1; echo $? > "$1/.model.rc"' \
+      _ "$out/llamacpp" "$CONVERT_CPUS" "$kit" "$out/logs/llamacpp-model.txt" &
+    llama_model_pid=$!
+  else
+    echo "LLAMACPP_KIT=$LLAMACPP_KIT holds no gpu_peer.sh" | tee "$out/llamacpp/status.txt"
+  fi
+fi
+
+build() {
+  local nv="-O3 -std=c++17 -Xcompiler -fPIC -gencode arch=compute_${ARCH},code=sm_${ARCH}"
+  ( go build -o "$bin/report" ./bench/gpu/report && go build ./bench/prefixcache ./bench/coldload ) > "$out/logs/go-warm.txt" 2>&1 &
+  local warm=$!
+  if ! make -j"$LP_JOBS" kernels NVCC_FLAGS="$nv"; then wait $warm; return 1; fi
+  eval "$(make -s cuda-env)" || { wait $warm; return 1; }
+  wait $warm || { cat "$out/logs/go-warm.txt"; return 1; }
+  go build -tags cuda -o "$bin/gpubench" ./bench/gpu && go build -tags cuda -o "$bin/prefixcache" ./bench/prefixcache &&
+    go build -tags cuda -o "$bin/coldload" ./bench/coldload
+}
+export -f build
+export bin out ARCH LP_JOBS
+ok_build=1
+stage build 240 taskset -c "$LP_CPUS" bash -c build || ok_build=0
+
+if [ $ok_build = 1 ]; then
+  stage loraplex 200 taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/loraplex.json"
+  for assign in $AB; do
+    label=$(printf '%s' "$assign" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
+    stage "ab-$label" 60 env "$assign" taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
+      -stages decode,adapters16,deterministic,prefill -sweep 1,64 -prefill-tokens 2048 -prefill-cuda-cores ''
   done
-  echo; echo "## per-op breakdown, 8b"; echo; echo '```'
-  go run -tags cuda ./bench/gpu -shape 8b -only breakdown
-  echo '```'
-  echo; echo "## HF transformers / peft, 8b"; echo; echo '```'
-  python3 bench/reference/hf_bench.py --shape 8b --out "$out/hf-8b.json" 2>&1 | grep -E '^(HF|peft)' || true
-  echo '```'
-} | tee "$out/results.md"
+  stage prefixcache 60 taskset -c "$LP_CPUS" "$bin/prefixcache" -device cuda -shape 8b -runs 5 -prefix 2000 -suffix 40 -json "$out/prefixcache.json"
+fi
+stage hf 150 taskset -c "$LP_CPUS" python3 bench/reference/hf_bench.py --shape 8b --out "$out/hf.json"
+
+# llama.cpp: wait for its build while the budget leaves room for its benchmarks, cold load and the report.
+COLDLOAD_S=45; LLAMA_BENCH_S=90
+if [ -n "$llama_build_pid" ]; then
+  deadline=$(( BUDGET_S - RESERVE_S - COLDLOAD_S - LLAMA_BENCH_S ))
+  L=$out/llamacpp
+  while { [ ! -f "$L/.build.rc" ] || [ ! -f "$L/.model.rc" ]; } && [ "$(elapsed)" -lt "$deadline" ]; do sleep 2; done
+  why=
+  if [ ! -f "$L/.build.rc" ]; then
+    why="its CUDA build (release b10573, sm_$ARCH, -j$BUILD_JOBS on CPUs $BUILD_CPUS) had not finished after $(elapsed) s, the most this ${BUDGET_S}-s run could give it (a second call on the warm machine resumes it from $WORK); last build line: $(tail -1 "$L/cmake-build.log" 2>/dev/null | tr -d '\r' | cut -c1-160)"
+  # The kit's phases can exit 0 after a failed command (its timing wrapper), so success is
+  # what they leave: the two binaries, and a GGUF whose conversion said it finished.
+  elif [ "$(cat "$L/.build.rc")" != 0 ] || [ ! -x "$WORK/build/bin/llama-bench" ] || [ ! -x "$WORK/build/bin/llama-batched-bench" ]; then
+    why="its CUDA build failed: $(grep -h -A1 -E 'CMake Error|error:|\*\*\*' "$L/cmake-configure.log" "$L/cmake-build.log" 2>/dev/null | head -2 | tr -s ' \n' ' ' | cut -c1-240) (logs/llamacpp-build.txt)"
+  elif [ ! -f "$L/.model.rc" ]; then
+    why="the bf16 GGUF conversion of the random 8B model had not finished after $(elapsed) s"
+  elif [ "$(cat "$L/.model.rc")" != 0 ] || ! grep -qE 'Model successfully exported|convert: .* exists, skipping' "$L/convert.log" "$out/logs/llamacpp-model.txt" 2>/dev/null; then
+    why="writing or converting the random 8B model failed: $(grep -hm1 -E 'Error|error' "$out/logs/llamacpp-model.txt" "$L/convert.log" 2>/dev/null | cut -c1-200)"
+  fi
+  for p in $llama_build_pid $llama_model_pid; do kill -- -"$p" 2>/dev/null; done
+  if [ -n "$why" ]; then
+    echo "$why" > "$L/status.txt"; record llamacpp 0 "not measured: $why"
+  else
+    grep -h '^[a-z]' "$L/timings.txt" 2>/dev/null
+    stage llamacpp "$LLAMA_BENCH_S" env OUT="$out/llamacpp" REPS="$LLAMACPP_REPS" bash "$kit/gpu_peer.sh" bench batched ||
+      echo "llama-bench / llama-batched-bench did not complete (logs/llamacpp.txt)" > "$L/status.txt"
+  fi
+fi
+[ $ok_build = 1 ] && stage coldload "$COLDLOAD_S" "$bin/coldload" -device cuda -shape 8b -trials "$COLDLOAD_TRIALS" -dir /var/tmp -json "$out/coldload.json"
+
+record total "$(elapsed)" "budget ${BUDGET_S} s"
+[ -x "$bin/report" ] || go build -o "$bin/report" ./bench/gpu/report # the build stage failed before it
+if [ -x "$bin/report" ]; then
+  "$bin/report" -dir "$out" -command "bench/gpu/run.sh $*" > "$out/logs/report.txt" 2>&1 || { cat "$out/logs/report.txt"; exit 1; }
+  cat "$out"/gpu-goals-*.md
+else
+  echo "no report binary (the build stage failed): raw outputs are in $out"; exit 1
+fi

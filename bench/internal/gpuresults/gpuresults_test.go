@@ -1,0 +1,293 @@
+package gpuresults
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func byID(t *testing.T, f *File) map[string]Row {
+	t.Helper()
+	m := map[string]Row{}
+	for _, r := range f.Rows {
+		if _, dup := m[r.ID]; dup {
+			t.Fatalf("row %s twice", r.ID)
+		}
+		m[r.ID] = r
+	}
+	return m
+}
+
+// goalRows are issue 15's goal table and issue 14's GPU rows, one id each.
+var goalRows = []string{
+	"prefill_2048_vs_gemm", "prefill_8192_vs_gemm", "decode_b1_vs_roofline_ctx128", "decode_b1_vs_roofline_ctx32768",
+	"adapters16_vs_ceiling", "adapters8qv_vs_base", "router28_top2_b1", "router28_top2_b64", "coldload_lorapack_warm_ms",
+	"decode_b1_vs_llamacpp", "prefill_2048_vs_llamacpp", "decode_b64_vs_llamacpp", "deterministic_vs_default_b64",
+	"decode_b1_vs_hf", "decode_b64_vs_hf", "prefix_ttft_cached_vs_uncached",
+}
+
+// A run whose every stage wrote its output gives every goal row a value and a verdict, each
+// computed from that run's files (the fastest prefill kernel, llama.cpp's flash-attention
+// pp2048, the deterministic mode from its A/B run).
+func TestEveryGoalRowFromOneRun(t *testing.T) {
+	f, err := Build("testdata/run", "2026-12-07T02:00:00Z", "bench/gpu/run.sh OUT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Card != "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)" || CardSlug(f.Card) != "h100" {
+		t.Fatalf("card %q", f.Card)
+	}
+	rows := byID(t, f)
+	for _, id := range goalRows {
+		r, ok := rows[id]
+		if !ok {
+			t.Errorf("no row %s", id)
+			continue
+		}
+		if r.Value == nil || (r.Status != Met && r.Status != Missed) || r.Goal == "" {
+			t.Errorf("row %s: value %v status %q goal %q note %q", id, r.Value, r.Status, r.Goal, r.Note)
+		}
+	}
+	want := map[string]struct {
+		v      float64
+		status string
+	}{
+		"prefill_2048_vs_gemm":           {0.60, Met},      // the tensor-core point, faster than the CUDA-core one
+		"prefill_8192_vs_gemm":           {0.522, Missed},  // below 0.55
+		"adapters16_vs_ceiling":          {0.8003, Missed}, // 0.60 of base against a 0.75 ceiling
+		"adapters8qv_vs_base":            {0.9601, Met},
+		"router28_top2_b64":              {0.91, Met},
+		"coldload_lorapack_warm_ms":      {13.6, Missed}, // not below 10 ms
+		"decode_b1_vs_llamacpp":          {135.1 / 167.1, Missed},
+		"prefill_2048_vs_llamacpp":       {29257.0 / 25261, Met}, // flash attention on, not the faster-looking off row
+		"decode_b64_vs_llamacpp":         {5800 / 5572.79, Met},
+		"deterministic_vs_default_b64":   {0.862, Met},
+		"prefix_ttft_cached_vs_uncached": {0.0699, Met},
+	}
+	for id, w := range want {
+		r := rows[id]
+		if r.Value == nil || !near(*r.Value, w.v) || r.Status != w.status {
+			t.Errorf("row %s: value %v status %q, want %v %q", id, deref(r.Value), r.Status, w.v, w.status)
+		}
+	}
+	for _, n := range []string{"prefill_2048_ms", "prefill_8192_ms", "prefill_32768_ms"} {
+		if r := rows[n]; r.Issue != 14 || r.Value == nil || r.Unit != "ms" {
+			t.Errorf("issue 14 row %s: %+v", n, r)
+		}
+	}
+	if r := rows["ab_deterministic_decode_b64"]; r.Issue != ABRows || r.Value == nil || !near(*r.Value, 5000.0/5800) {
+		t.Errorf("A/B row: %+v", r)
+	}
+	if len(f.Stages) != 8 || f.Stages[0].Name != "build" || f.Stages[7].Status != "budget 530 s" {
+		t.Errorf("stages %+v", f.Stages)
+	}
+	for _, p := range []string{"loraplex", "hf", "coldload", "prefixcache", "ab-deterministic", "llamacpp"} {
+		if len(f.Parts[p]) == 0 {
+			t.Errorf("part %s not kept", p)
+		}
+	}
+	md := Markdown(f)
+	for _, s := range []string{"NVIDIA H100", "| prefill 8,192 tokens, achieved FLOP/s ÷ cuBLAS bf16 GEMM |", "| missed |", "## A/B runs", "| build | 61.2 | ok |"} {
+		if !strings.Contains(md, s) {
+			t.Errorf("markdown lacks %q", s)
+		}
+	}
+	if strings.Contains(Table(f, 15), "A/B LORAPLEX_DETERMINISTIC=1:") {
+		t.Error("the goal table carries A/B rows")
+	}
+}
+
+// A stage that failed, was cut off or did not fit leaves its rows n/a with the reason: the
+// stage's error, llama.cpp's status line, the part that is missing.
+func TestRowsSayWhyNotMeasured(t *testing.T) {
+	dir := t.TempDir()
+	lp := Loraplex{Device: "cuda:0 NVIDIA H200 (sm_90)", Batch1: map[string]float64{"tokens_per_s": 170, "ratio": 0.6, "roofline_tokens_per_s": 283, "context": 128},
+		Sweep:        map[int]float64{1: 169, 64: 7000},
+		StageSeconds: map[string]float64{"decode": 3, "prefill": 1}, Errors: map[string]string{"prefill": "cuda: illegal memory access"}}
+	writeJSON(t, filepath.Join(dir, "loraplex.json"), lp)
+	if err := os.MkdirAll(filepath.Join(dir, "llamacpp"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	status := "its CUDA build had not finished after 360 s"
+	if err := os.WriteFile(filepath.Join(dir, "llamacpp", "status.txt"), []byte(status+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Build(dir, "2026-12-07T02:00:00Z", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := byID(t, f)
+	for id, note := range map[string]string{
+		"prefill_2048_vs_gemm":           "stage prefill failed: cuda: illegal memory access",
+		"prefill_32768_ms":               "stage prefill failed",
+		"adapters16_vs_ceiling":          "stage adapters16 did not run",
+		"decode_b1_vs_roofline_ctx32768": "stage longctx did not run",
+		"decode_b1_vs_llamacpp":          status,
+		"decode_b64_vs_llamacpp":         status,
+		"decode_b1_vs_hf":                "hf_bench.py did not run",
+		"coldload_lorapack_warm_ms":      "bench/coldload did not run",
+		"prefix_ttft_cached_vs_uncached": "bench/prefixcache did not run",
+		"deterministic_vs_default_b64":   "no deterministic mode",
+	} {
+		r := rows[id]
+		if r.Value != nil || !strings.Contains(r.Note, note) {
+			t.Errorf("row %s: value %v status %q note %q, want n/a saying %q", id, deref(r.Value), r.Status, r.Note, note)
+		}
+		if r.Status != NA && r.Goal != "" {
+			t.Errorf("row %s: status %q, want %q", id, r.Status, NA)
+		}
+	}
+	if r := rows["decode_b1_vs_roofline_ctx128"]; r.Value == nil || r.Status != Missed {
+		t.Errorf("measured row: %+v", r)
+	}
+}
+
+// Without the loraplex benchmark's output there is no results file to write.
+func TestNoLoraplexNoFile(t *testing.T) {
+	if _, err := Build(t.TempDir(), "", ""); err == nil || !strings.Contains(err.Error(), "loraplex.json") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+// Load reads back what Build made and refuses JSON of another layout.
+func TestLoadChecksFormat(t *testing.T) {
+	f, err := Build("testdata/run", "2026-12-07T02:00:00Z", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeJSON(t, filepath.Join(dir, "gpu-h100.json"), f)
+	g, err := Load(filepath.Join(dir, "gpu-h100.json"))
+	if err != nil || len(g.Rows) != len(f.Rows) || g.Card != f.Card {
+		t.Fatalf("load: %v", err)
+	}
+	writeJSON(t, filepath.Join(dir, "gpu-8b.json"), Loraplex{Device: "x"})
+	if _, err := Load(filepath.Join(dir, "gpu-8b.json")); err == nil {
+		t.Fatal("a bench/gpu output loaded as a results file")
+	}
+}
+
+// llama-bench's JSON is read after the log lines before it, and a run cut short keeps the
+// tests it finished.
+func TestLlamaBenchJSON(t *testing.T) {
+	data, err := os.ReadFile("testdata/run/llamacpp/llama-bench.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := parseLlamaBench(data)
+	if err != nil || len(rows) != 4 || !rows[1].FlashAttn || rows[0].FlashAttn || rows[3].NGen != 128 || rows[1].AvgTS != 25261 {
+		t.Fatalf("rows %+v, err %v", rows, err)
+	}
+	cut := string(data)
+	cut = cut[:strings.LastIndex(cut, "]")]
+	if rows, err := parseLlamaBench([]byte(cut)); err != nil || len(rows) != 4 {
+		t.Fatalf("cut short: %d rows, err %v", len(rows), err)
+	}
+	if rows, err := parseLlamaBench([]byte(`[{"n_prompt": 512, "n_gen": 0, "flash_attn": true, "avg_ts": 1}]`)); err != nil || !rows[0].FlashAttn {
+		t.Fatalf("bool flash_attn: %+v %v", rows, err)
+	}
+	if _, err := parseLlamaBench([]byte("error: failed to load model\n")); err == nil {
+		t.Fatal("no JSON, no error")
+	}
+}
+
+// llama-batched-bench's table is read by its header's column names, skipping other lines.
+func TestBatchedBenchTable(t *testing.T) {
+	data, err := os.ReadFile("testdata/run/llamacpp/llama-batched-bench.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := parseBatchedBench(string(data))
+	if len(rows) != 3 || rows[2].B != 64 || rows[2].STG != 5572.79 || rows[0].PP != 128 || rows[1].SPP != 20480 {
+		t.Fatalf("rows %+v", rows)
+	}
+	if rows := parseBatchedBench("| a | b |\n| 1 | 2 |\n"); len(rows) != 0 {
+		t.Fatalf("a table without S_TG gave %+v", rows)
+	}
+}
+
+// Cards get the short names the results files are named by.
+func TestCardSlug(t *testing.T) {
+	for card, want := range map[string]string{
+		"cuda:0 NVIDIA H100 80GB HBM3 (sm_90)": "h100", "cuda:0 NVIDIA H200 (sm_90)": "h200", "NVIDIA GH200 480GB": "gh200",
+		"NVIDIA A100-SXM4-80GB": "a100", "Some New GPU!": "some-new-gpu", "": "gpu", "///": "gpu",
+	} {
+		if got := CardSlug(card); got != want {
+			t.Errorf("CardSlug(%q) = %q, want %q", card, got, want)
+		}
+	}
+}
+
+func FuzzParseBatchedBench(f *testing.F) {
+	data, _ := os.ReadFile("testdata/run/llamacpp/llama-batched-bench.txt")
+	f.Add(string(data))
+	f.Add("| S_TG t/s | B |\n| x | 1e400 |\n| 1 | 2 | 3 |\n|")
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, r := range parseBatchedBench(s) {
+			_ = r.STG
+		}
+	})
+}
+
+func FuzzParseLlamaBench(f *testing.F) {
+	data, _ := os.ReadFile("testdata/run/llamacpp/llama-bench.json")
+	f.Add(data)
+	f.Add([]byte("[\n{\"flash_attn\": \"on\", \"n_gen\": -1}"))
+	f.Add([]byte("x\n[\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rows, err := parseLlamaBench(b)
+		if err != nil && rows != nil {
+			t.Fatal("rows with an error")
+		}
+	})
+}
+
+func writeJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func near(a, b float64) bool { return a-b < 1e-3 && b-a < 1e-3 }
+
+func deref(v *float64) any {
+	if v == nil {
+		return nil
+	}
+	return *v
+}
+
+// An output cut off mid-write (a stage killed at its time limit) counts as that stage not having
+// run: the file is still written, its rows say so, and the problem is listed.
+func TestCutOffOutputIsAStageNotRun(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"loraplex.json", "coldload.json"} {
+		data, err := os.ReadFile(filepath.Join("testdata/run", n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == "coldload.json" {
+			data = data[:len(data)/2]
+		}
+		if err := os.WriteFile(filepath.Join(dir, n), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := Build(dir, "2026-12-07T02:00:00Z", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := byID(t, f)["coldload_lorapack_warm_ms"]; r.Value != nil || r.Status != NA || !strings.Contains(r.Note, "did not run") {
+		t.Errorf("cold load row %+v", r)
+	}
+	if len(f.Problems) != 1 || !strings.HasPrefix(f.Problems[0], "coldload.json:") || !strings.Contains(Markdown(f), "Not read: coldload.json") {
+		t.Errorf("problems %q", f.Problems)
+	}
+}
