@@ -24,7 +24,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -490,14 +489,9 @@ func (x *bench) routerStage() error {
 	return nil
 }
 
-// deterministicStage measures the deterministic mode (issue 15 item 6) against the default at
-// batch 1 and 64.
-//
-// HOOK(deterministic mode): the mode is being added beside this benchmark. With
-// LORAPLEX_DETERMINISTIC=1 in the environment this stage looks for the backend's switch, a
-// method SetDeterministic(bool), by name (replace this lookup with the capability's interface
-// in model once it exists); until the backend has one the row is n/a. bench/gpu/run.sh's A/B
-// runs can instead run a whole process with a switch the backend reads from the environment.
+// deterministicStage measures the deterministic mode (issue 15 item 6, model.BatchInvariant)
+// against the default at batch 1 and 64, on the same runner. It runs with
+// LORAPLEX_DETERMINISTIC=1 in the environment (bench/gpu/run.sh's A/B runs set it).
 func (x *bench) deterministicStage() error {
 	d := &gpuresults.Deterministic{}
 	x.res.Deterministic = d
@@ -506,25 +500,20 @@ func (x *bench) deterministicStage() error {
 		fmt.Println("deterministic mode:", d.Note)
 		return nil
 	}
-	set := reflect.ValueOf(x.b).MethodByName("SetDeterministic")
-	if !set.IsValid() || set.Type().NumIn() != 1 || set.Type().In(0).Kind() != reflect.Bool || set.Type().NumOut() != 0 {
-		d.Note = "n/a: the backend offers no deterministic mode yet (no SetDeterministic(bool))"
-		fmt.Println("deterministic mode:", d.Note)
-		return nil
-	}
+	var bi model.BatchInvariant = x.b
 	r, err := x.decodeRunner(64, x.o.ctx)
 	if err != nil {
 		return err
 	}
-	d.Available, d.Note = true, "SetDeterministic(true) against the default, same runner"
+	d.Available, d.Note = true, "SetBatchInvariant(true) against the default, same runner"
 	d.Default, d.On, d.Ratio = map[int]float64{}, map[int]float64{}, map[int]float64{}
 	for _, batch := range []int{1, 64} {
 		if d.Default[batch], err = x.decode(r, batch, x.o.ctx, nil); err != nil {
 			return err
 		}
-		set.Call([]reflect.Value{reflect.ValueOf(true)})
+		bi.SetBatchInvariant(true)
 		d.On[batch], err = x.decode(r, batch, x.o.ctx, nil)
-		set.Call([]reflect.Value{reflect.ValueOf(false)})
+		bi.SetBatchInvariant(false)
 		if err != nil {
 			return err
 		}
