@@ -109,17 +109,17 @@ func BenchmarkConstrainedSamplingPath(b *testing.B) {
 		b.Fatal(err)
 	}
 	// A state inside the string: the widest mask (almost every token allowed).
-	state := structured.Start
+	m := g.NewMatcher()
 	for _, t := range []string{`{"`, `text`, `":"`, `hello`} {
 		ids, _ := tok.Encode(t, false)
 		for _, id := range ids {
-			state = g.Advance(state, id)
+			m.Advance(id)
 		}
 	}
-	if state == structured.Done {
+	if m.Done() {
 		b.Fatal("prefix left the grammar")
 	}
-	g.Mask(state) // computed once per state and cached: the steady state is a lookup
+	m.Mask() // computed once per state and cached: the steady state is a lookup
 
 	be := cpu.New(1)
 	defer be.Close()
@@ -135,7 +135,7 @@ func BenchmarkConstrainedSamplingPath(b *testing.B) {
 				for _, sq := range e.stepSeq {
 					sq.params.MinTokens = 0
 					if constrained {
-						sq.grammar, sq.gstate = g, state
+						sq.matcher = m
 					}
 				}
 				benchSampleStep(b, be, e, n, vocab)

@@ -34,6 +34,18 @@ const (
 	MaxDFAStates   = 10_000
 	MaxSchemaDepth = 12 // nesting of a JSON schema (objects, arrays, anyOf, $ref)
 	MaxChoices     = 1_000
+
+	// Context-free grammars (EBNF): their text is bounded by MaxSpecBytes.
+	MaxGrammarRules   = 4_000   // rules, counting those repetitions and groups expand into
+	MaxGrammarElems   = 200_000 // elements of all rules' alternatives after that expansion
+	MaxGrammarNesting = 64      // groups nested in groups
+	MaxGrammarRepeat  = 1_000   // the bounds m and n of x{m,n}
+	// MaxParserThreads bounds the parser threads one byte of output may visit (an ambiguous
+	// grammar's threads multiply): a byte past it is treated as leaving the grammar.
+	MaxParserThreads = 20_000
+	// MaxMaskWork bounds the thread visits one token mask may cost (the walk over the
+	// vocabulary): tokens past it are not allowed in that state.
+	MaxMaskWork = 20_000_000
 )
 
 // LimitError is a constraint over one of the limits.

@@ -1,0 +1,134 @@
+package structured
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// testGrammars are grammars the tests walk: arithmetic with recursion, a JSON-ish value
+// grammar (llama.cpp's json.gbnf style), and small ones for the dialect's operators.
+var testGrammars = map[string]string{
+	"arith": `# arithmetic expressions
+root   ::= expr
+expr   ::= term (("+" | "-") term)*
+term   ::= factor (("*" | "/") factor)*
+factor ::= [0-9]{1,3} | "(" expr ")" | "-" factor
+`,
+	"json": `root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null")
+object ::=
+  "{" ws (
+            string ":" ws value
+    ("," ws string ":" ws value)*
+  )? "}"
+array  ::= "[" ws ( value ("," ws value)* )? "]"
+string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}) )* "\""
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9]+)?
+ws     ::= [ ]?
+`,
+	"yesno": `root ::= "yes" | "no"`,
+	"balanced": `root ::= pair*
+pair ::= "(" root ")" | "[" root "]"`,
+	"unicode": `root ::= [α-ω]+ "é" [^a-z]? .`,
+}
+
+func compileGrammar(t testing.TB, c *Compiler, name string) *Grammar {
+	t.Helper()
+	g, err := c.Compile(Spec{Kind: EBNF, Text: testGrammars[name]})
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return g
+}
+
+// The recognizer accepts exactly the outputs the grammar derives.
+func TestGrammarRecognizer(t *testing.T) {
+	v, _ := testVocab()
+	c := NewCompiler(v)
+	cases := []struct {
+		grammar          string
+		accepts, rejects []string
+	}{
+		{"arith", []string{"1", "1+2", "(1+2)*3", "((((7))))", "-(-1)/22", "123*456-789"}, []string{"", "1+", "(1", "1234", "1++2", "()", "1 + 2"}},
+		{"json", []string{`{}`, `{"a": 1}`, `{"a":[1,2.5e3,{"b":null}],"c":"x\"y\u00e9"}`, `{"k":"é"}`}, []string{`[]`, `{`, `{"a"}`, `{"a":01}`, `{"a":"\q"}`, `{"a":1,}`}},
+		{"yesno", []string{"yes", "no"}, []string{"", "y", "yesno", "no "}},
+		{"balanced", []string{"", "()", "([])()", "[[[()]]]"}, []string{"(", "(]", "())"}},
+		{"unicode", []string{"αωé!", "βéx", "γγéAé"}, []string{"aé!", "αé", "αéa!"}},
+	}
+	for _, tc := range cases {
+		g := compileGrammar(t, c, tc.grammar)
+		for _, s := range tc.accepts {
+			if !g.Matches([]byte(s)) {
+				t.Errorf("%s rejects %q", tc.grammar, s)
+			}
+		}
+		for _, s := range tc.rejects {
+			if g.Matches([]byte(s)) {
+				t.Errorf("%s accepts %q", tc.grammar, s)
+			}
+		}
+	}
+}
+
+// A grammar's mask allows exactly the tokens after which the output can still be completed
+// (checked against the byte recognizer from scratch), allows EOS exactly when the output is
+// complete, and always allows something until the output ends; every output a random model
+// finishes matches the grammar.
+func TestGrammarMasksAreExact(t *testing.T) {
+	v, eos := testVocab()
+	c := NewCompiler(v)
+	rng := rand.New(rand.NewPCG(5, 6))
+	viable := func(g *Grammar, out []byte) bool {
+		r, _ := newCFGRow(g.cfg, 0)
+		return r.advance(out)
+	}
+	for name := range testGrammars {
+		g := compileGrammar(t, c, name)
+		ended := 0
+		for walk := range 60 {
+			var out []byte
+			m := g.NewMatcher()
+			for range 80 {
+				mask := m.Mask()
+				var allowed []int
+				for id := range v.size {
+					on := mask[id/64]>>(id%64)&1 != 0
+					if on {
+						allowed = append(allowed, id)
+					}
+					if id == eos {
+						if on != m.Accepting() || on != g.Matches(out) {
+							t.Fatalf("%s after %q: EOS allowed %v, accepting %v", name, out, on, m.Accepting())
+						}
+						continue
+					}
+					b := v.bytes(id)
+					if walk < 5 && len(b) > 0 && on != viable(g, append(out[:len(out):len(out)], b...)) {
+						t.Fatalf("%s after %q: token %q allowed %v, but the recognizer says %v", name, out, b, on, !on)
+					}
+				}
+				if len(allowed) == 0 {
+					t.Fatalf("%s: no token allowed after %q", name, out)
+				}
+				id := allowed[rng.IntN(len(allowed))]
+				if m.Accepting() && rng.IntN(3) == 0 {
+					id = eos
+				}
+				if id == eos {
+					ended++
+					if !g.Matches(out) {
+						t.Fatalf("%s: finished output %q does not match", name, out)
+					}
+					break
+				}
+				out = append(out, v.bytes(id)...)
+				if !m.Advance(id) {
+					t.Fatalf("%s: allowed token %q left the grammar after %q", name, v.bytes(id), out)
+				}
+			}
+		}
+		if ended < 10 {
+			t.Errorf("%s: only %d of 60 walks ended", name, ended)
+		}
+	}
+}

@@ -1,0 +1,287 @@
+package structured
+
+import (
+	"bytes"
+	"encoding/binary"
+	"slices"
+)
+
+// cfg is a context-free grammar (ebnf.go) flattened for the pushdown recognizer: every rule's
+// alternatives laid end to end in elems, each closed by an opEnd.
+type cfg struct {
+	elems []elem
+	alts  [][]int32 // per rule, the positions its alternatives start at
+	sets  []byteSet
+	root  int32
+}
+
+// thread is one way the parser may be reading the output: the position of the element it
+// expects next, and the stack of continuations under it (a node, -1 for none). A node has
+// the same shape: where to continue once the rule being read ends, and the stack below.
+//
+// The recognizer is a nondeterministic pushdown automaton run breadth-first, as llama.cpp's
+// grammar engine is: the state after some output is the set of its threads, each stopped at a
+// terminal. A byte advances the threads whose terminal holds it, and each then expands
+// (closure): a rule reference pushes its continuation and forks into the rule's alternatives,
+// the end of an alternative pops. Stacks are persistent (nodes shared between threads, and
+// interned, so that equal stacks are equal nodes and duplicate threads merge), and a
+// reference in tail position pushes nothing, so that repetition (right recursion) runs in
+// constant stack. Left recursion would expand forever and is refused when parsing.
+type thread struct{ pos, parent int32 }
+
+// pda is one output's parser: the node arena its threads' stacks live in, and scratch.
+type pda struct {
+	g     *cfg
+	nodes []thread
+	index map[thread]int32
+	seen  threadSet
+	work  []thread
+	// budget is the thread visits a mask walk may still make (MaxMaskWork).
+	budget int
+}
+
+func newPDA(g *cfg) *pda { return &pda{g: g, index: map[thread]int32{}} }
+
+// intern returns the node for (pos, parent), adding it once.
+func (p *pda) intern(t thread) int32 {
+	if n, ok := p.index[t]; ok {
+		return n
+	}
+	p.nodes = append(p.nodes, t)
+	n := int32(len(p.nodes) - 1)
+	p.index[t] = n
+	return n
+}
+
+// truncate forgets the nodes from n on (a mask walk's speculative ones).
+func (p *pda) truncate(n int) {
+	for _, t := range p.nodes[n:] {
+		delete(p.index, t)
+	}
+	p.nodes = p.nodes[:n]
+}
+
+// start is the threads (and whether the output may end) before any output.
+func (p *pda) start(out []thread) ([]thread, bool, bool) {
+	p.seen.reset()
+	acc := false
+	ok := true
+	for _, a := range p.g.alts[p.g.root] {
+		if out, ok = p.closure(thread{a, -1}, out, &acc); !ok {
+			break
+		}
+	}
+	return out, acc, ok
+}
+
+// step appends to out the threads after byte c from threads in, and reports whether the
+// output may end there; ok is false when the step exceeds MaxParserThreads or the walk's
+// budget (the byte is then treated as not allowed).
+func (p *pda) step(in []thread, c byte, out []thread) (next []thread, acc, ok bool) {
+	p.seen.reset()
+	ok = true
+	for _, t := range in {
+		if p.g.sets[p.g.elems[t.pos].arg].has(c) {
+			if out, ok = p.closure(thread{t.pos + 1, t.parent}, out, &acc); !ok {
+				return out[:0], false, false
+			}
+		}
+	}
+	return out, acc, true
+}
+
+// closure expands t until every thread it leads to waits at a terminal (appended to out);
+// acc is set when one reaches the end of root.
+func (p *pda) closure(t thread, out []thread, acc *bool) ([]thread, bool) {
+	p.work = append(p.work[:0], t)
+	for len(p.work) > 0 {
+		t := p.work[len(p.work)-1]
+		p.work = p.work[:len(p.work)-1]
+		if !p.seen.add(t) {
+			continue
+		}
+		if p.seen.len() > MaxParserThreads {
+			return out, false
+		}
+		if p.budget--; p.budget < 0 {
+			return out, false
+		}
+		e := p.g.elems[t.pos]
+		switch e.op {
+		case opTerm:
+			out = append(out, t)
+		case opEnd:
+			if t.parent < 0 {
+				*acc = true
+			} else {
+				p.work = append(p.work, p.nodes[t.parent])
+			}
+		case opRef:
+			parent := t.parent
+			if p.g.elems[t.pos+1].op != opEnd { // a reference in tail position pushes nothing
+				parent = p.intern(thread{t.pos + 1, t.parent})
+			}
+			for _, a := range p.g.alts[e.arg] {
+				p.work = append(p.work, thread{a, parent})
+			}
+		}
+	}
+	return out, true
+}
+
+// threadSet is a set of threads, cleared per step: a short list while small (most steps
+// have a handful of threads), a map past that.
+type threadSet struct {
+	small []thread
+	big   map[thread]struct{}
+}
+
+const threadSetSmall = 32
+
+func (s *threadSet) reset() {
+	s.small = s.small[:0]
+	if len(s.big) > 0 {
+		clear(s.big)
+	}
+}
+
+func (s *threadSet) len() int { return len(s.small) + len(s.big) }
+
+// add adds t and reports whether it was new.
+func (s *threadSet) add(t thread) bool {
+	if len(s.big) == 0 {
+		if slices.Contains(s.small, t) {
+			return false
+		}
+		if len(s.small) < threadSetSmall {
+			s.small = append(s.small, t)
+			return true
+		}
+		if s.big == nil {
+			s.big = map[thread]struct{}{}
+		}
+		for _, x := range s.small {
+			s.big[x] = struct{}{}
+		}
+		s.small = s.small[:0]
+	}
+	if _, ok := s.big[t]; ok {
+		return false
+	}
+	s.big[t] = struct{}{}
+	return true
+}
+
+// cfgRow is a Matcher's state in a context-free grammar: the parser, its threads after the
+// output so far, and scratch for masks (per level of the vocabulary walk) and state keys.
+type cfgRow struct {
+	p       *pda
+	threads []thread
+	spare   []thread
+	acc     bool
+	levels  [][]thread
+	ends    []int
+	key     []byte
+	recs    [][2]int
+	scratch []byte
+}
+
+func newCFGRow(g *cfg, maxLen int) (*cfgRow, bool) {
+	r := &cfgRow{p: newPDA(g), levels: make([][]thread, maxLen+1), ends: make([]int, maxLen+1)}
+	r.p.budget = MaxMaskWork
+	var ok bool
+	r.threads, r.acc, ok = r.p.start(nil)
+	return r, ok && (len(r.threads) > 0 || r.acc)
+}
+
+// advance moves the threads past b; false when b leaves the grammar.
+func (r *cfgRow) advance(b []byte) bool {
+	for _, c := range b {
+		r.p.budget = MaxMaskWork
+		next, acc, ok := r.p.step(r.threads, c, r.spare[:0])
+		r.spare, r.threads, r.acc = r.threads, next, acc
+		if !ok || len(next) == 0 && !acc {
+			return false
+		}
+	}
+	return true
+}
+
+// stateKey is a canonical key of the state: the threads' full stacks as position words, the
+// stacks sorted, and whether the output may end. Equal keys allow equal tokens, whichever
+// output led there, so masks are cached by it.
+func (r *cfgRow) stateKey() []byte {
+	buf := r.scratch[:0]
+	recs := r.recs[:0]
+	for _, t := range r.threads {
+		start := len(buf)
+		buf = binary.LittleEndian.AppendUint32(buf, uint32(t.pos))
+		for n := t.parent; n >= 0; n = r.p.nodes[n].parent {
+			buf = binary.LittleEndian.AppendUint32(buf, uint32(r.p.nodes[n].pos))
+		}
+		buf = binary.LittleEndian.AppendUint32(buf, ^uint32(0))
+		recs = append(recs, [2]int{start, len(buf)})
+	}
+	if len(recs) > 1 {
+		slices.SortFunc(recs, func(a, b [2]int) int { return bytes.Compare(buf[a[0]:a[1]], buf[b[0]:b[1]]) })
+	}
+	key := r.key[:0]
+	if r.acc {
+		key = append(key, 1)
+	} else {
+		key = append(key, 0)
+	}
+	for _, rc := range recs {
+		key = append(key, buf[rc[0]:rc[1]]...)
+	}
+	r.scratch, r.recs, r.key = buf, recs, key
+	return key
+}
+
+// walk sets in m the tokens whose bytes the threads can read (and EOS when the output may
+// end). Tokens are visited in byte order, so levels[k] (the threads after a token's first k
+// bytes) is shared with the previous token up to their common prefix, and a prefix no thread
+// survives skips every token that starts with it: the walk costs one step per live node of
+// the vocabulary's trie. Nodes pushed while walking are forgotten after it. The walk makes
+// at most MaxMaskWork thread visits; tokens past that are not allowed.
+func (r *cfgRow) walk(v *Vocab, m []uint64) {
+	p := r.p
+	p.budget = MaxMaskWork
+	base := len(p.nodes)
+	r.levels[0] = r.threads
+	r.ends[0] = base
+	valid := 0   // levels[0..valid] hold the previous token's prefixes
+	deadLen := 0 // the previous token's first deadLen bytes leave the grammar (0: none)
+	for i, id := range v.sorted {
+		b := v.bytes(int(id))
+		l := int(v.lcp[i])
+		if deadLen > 0 && l >= deadLen {
+			continue // starts with the dead prefix
+		}
+		if p.budget < 0 {
+			break
+		}
+		deadLen = 0
+		k := min(l, valid)
+		p.truncate(r.ends[k])
+		for ; k < len(b); k++ {
+			next, acc, ok := p.step(r.levels[k], b[k], r.levels[k+1][:0])
+			r.levels[k+1] = next
+			r.ends[k+1] = len(p.nodes)
+			if !ok || len(next) == 0 && !acc {
+				deadLen, valid = k+1, k
+				break
+			}
+			valid = k + 1
+		}
+		if deadLen == 0 {
+			m[id/64] |= 1 << (id % 64)
+		}
+	}
+	p.truncate(base)
+	if r.acc {
+		for _, id := range v.eos {
+			m[id/64] |= 1 << (id % 64)
+		}
+	}
+}
