@@ -1,8 +1,12 @@
 package structured
 
 import (
+	"errors"
+	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
+	"time"
 )
 
 // testGrammars are grammars the tests walk: arithmetic with recursion, a JSON-ish value
@@ -129,6 +133,101 @@ func TestGrammarMasksAreExact(t *testing.T) {
 		}
 		if ended < 10 {
 			t.Errorf("%s: only %d of 60 walks ended", name, ended)
+		}
+	}
+}
+
+// A grammar that does not parse or make sense is refused with its line and column, left
+// recursion naming the rule, and hostile grammars (huge, deeply nested, over the rule,
+// element or repetition limits) fail fast naming the limit.
+func TestGrammarRefusals(t *testing.T) {
+	v, _ := testVocab()
+	c := NewCompiler(v)
+	manyRules := "root ::= " + strings.Repeat(`"a"? `, MaxGrammarRules) // a rule per ?
+	cases := []struct {
+		text                 string
+		where, plain         string // a GrammarError at line:col, containing plain
+		unsupported, limited string
+	}{
+		{text: ``, where: "1:1", plain: "empty"},
+		{text: `root ::= "a" |` + "\n  foo bar", where: "2:3", plain: `rule "foo" is used but not defined`},
+		{text: `root ::= "abc`, where: "1:10", plain: "unclosed string"},
+		{text: `root = "a"`, where: "1:6", plain: "expected ::="},
+		{text: "root ::= \"a\"\nroot ::= \"b\"", where: "2:1", plain: "defined twice (first at 1:1)"},
+		{text: `root ::= [a-`, where: "1:10", plain: "unclosed character class"},
+		{text: `root ::= [z-a]`, where: "1:10", plain: "reversed"},
+		{text: `root ::= ("a"`, where: "1:10", plain: "unclosed ("},
+		{text: `root ::= "a"{3,2}`, where: "1:14", plain: "maximum below its minimum"},
+		{text: `root ::= "\q"`, where: "1:11", plain: "unknown escape"},
+		{text: `root ::= "a" )`, where: "1:14", plain: "unexpected"},
+		{text: `expr ::= "x"`, where: "1:1", plain: "no rule root"},
+		{text: `root ::= "x" root`, where: "1:1", plain: "matches no finite text"},
+		{text: `root ::= root "+" "1" | "1"`, unsupported: `"root" is left-recursive`},
+		{text: "root ::= a\na ::= b \"x\"\nb ::= a | \"y\"", unsupported: "left-recursive"},
+		{text: "root ::= \"x\"? root \"y\" | \"z\"", unsupported: `"root" is left-recursive`},
+		{text: `root ::= ("a"?)*`, unsupported: "can match empty text"},
+		{text: `root ::= "` + strings.Repeat("a", MaxSpecBytes) + `"`, limited: "MaxSpecBytes"},
+		{text: `root ::= ` + strings.Repeat("(", 10000) + `"a"` + strings.Repeat(")", 10000), limited: "MaxGrammarNesting"},
+		{text: `root ::= "a"{1001}`, limited: "MaxGrammarRepeat"},
+		{text: `root ::= "a"{2,99999999999999999999}`, limited: "MaxGrammarRepeat"},
+		{text: manyRules, limited: "MaxGrammarRules"},
+		{text: `root ::= ` + strings.Repeat(`[a-z]{1000}`, 300), limited: "MaxGrammarElems"},
+	}
+	for _, tc := range cases {
+		start := time.Now()
+		_, err := c.Compile(Spec{Kind: EBNF, Text: tc.text})
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("%.40q: compile took %v", tc.text, took)
+		}
+		var ge *GrammarError
+		var ue *UnsupportedError
+		var le *LimitError
+		switch {
+		case err == nil:
+			t.Errorf("%.40q: compiled", tc.text)
+		case tc.unsupported != "":
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tc.unsupported) {
+				t.Errorf("%.40q: %v, want unsupported %s", tc.text, err, tc.unsupported)
+			}
+		case tc.limited != "":
+			if !errors.As(err, &le) || le.Limit != tc.limited {
+				t.Errorf("%.40q: %v, want limit %s", tc.text, err, tc.limited)
+			}
+		default:
+			if !errors.As(err, &ge) || fmt.Sprintf("%d:%d", ge.Line, ge.Col) != tc.where || !strings.Contains(err.Error(), tc.plain) {
+				t.Errorf("%.40q: %v, want %q at %s", tc.text, err, tc.plain, tc.where)
+			}
+		}
+	}
+}
+
+// Grammars whose size or ambiguity could explode stay bounded: nested repetition bounds
+// compile to rules linear in the bounds (not their product), and an ambiguous grammar's
+// threads merge, so its masks cost about what an unambiguous one's do.
+func TestGrammarHostileButBounded(t *testing.T) {
+	v, eos := testVocab()
+	c := NewCompiler(v)
+	for _, text := range []string{
+		`root ::= ((("a"{1000}){1000}){1000}){1000}`,
+		`root ::= (a | a a | a a a | b)*
+a ::= "x" | "x" | "x"?"x"
+b ::= a a a a a a a a`,
+		`root ::= ` + strings.Repeat(`("a" | "b" | "ab")*`, 200),
+	} {
+		start := time.Now()
+		g, err := c.Compile(Spec{Kind: EBNF, Text: text})
+		if err != nil {
+			t.Fatalf("%.40q: %v", text, err)
+		}
+		if g.States() > 10_000 {
+			t.Errorf("%.40q: %d elements", text, g.States())
+		}
+		rng := rand.New(rand.NewPCG(7, 8))
+		for range 20 {
+			generate(t, g, v, eos, rng, 60)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("%.40q: compile and 1,200 steps took %v", text, took)
 		}
 	}
 }
