@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -139,7 +140,7 @@ func TestGrammarMasksAreExact(t *testing.T) {
 
 // A grammar that does not parse or make sense is refused with its line and column, left
 // recursion naming the rule, and hostile grammars (huge, deeply nested, over the rule,
-// element or repetition limits) fail fast naming the limit.
+// element or repetition limits) fail fast, in bounded memory, naming the limit.
 func TestGrammarRefusals(t *testing.T) {
 	v, _ := testVocab()
 	c := NewCompiler(v)
@@ -174,10 +175,16 @@ func TestGrammarRefusals(t *testing.T) {
 		{text: `root ::= ` + strings.Repeat(`[a-z]{1000}`, 300), limited: "MaxGrammarElems"},
 	}
 	for _, tc := range cases {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		start := time.Now()
 		_, err := c.Compile(Spec{Kind: EBNF, Text: tc.text})
 		if took := time.Since(start); took > time.Second {
 			t.Errorf("%.40q: compile took %v", tc.text, took)
+		}
+		runtime.ReadMemStats(&after)
+		if n := after.TotalAlloc - before.TotalAlloc; n > 64<<20 {
+			t.Errorf("%.40q: compile allocated %d MiB", tc.text, n>>20)
 		}
 		var ge *GrammarError
 		var ue *UnsupportedError
