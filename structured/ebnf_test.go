@@ -108,7 +108,7 @@ func TestGrammarMasksAreExact(t *testing.T) {
 						continue
 					}
 					b := v.bytes(id)
-					if walk < 5 && len(b) > 0 && on != viable(g, append(out[:len(out):len(out)], b...)) {
+					if walk < 12 && len(b) > 0 && on != viable(g, append(out[:len(out):len(out)], b...)) {
 						t.Fatalf("%s after %q: token %q allowed %v, but the recognizer says %v", name, out, b, on, !on)
 					}
 				}
@@ -236,5 +236,37 @@ b ::= a a a a a a a a`,
 		if took := time.Since(start); took > 3*time.Second {
 			t.Errorf("%.40q: compile and 1,200 steps took %v", text, took)
 		}
+	}
+}
+
+// A recursive grammar's states at the same place at different depths share one cached mask
+// (keyed by the stacks only as deep as the mask looked), and the shared mask is exact at every
+// depth: a closing token allowed exactly as far as the nesting goes.
+func TestGrammarMasksShareAcrossDepths(t *testing.T) {
+	var toks [][]byte
+	for _, s := range []string{"(", ")", "))", ")))", "[", "]", "()", "x"} {
+		toks = append(toks, []byte(s))
+	}
+	eos := len(toks)
+	v := NewVocab(eos+1, len(toks), func(id int) ([]byte, bool) { return toks[id], true }, []int{eos})
+	c := NewCompiler(v)
+	g := compileGrammar(t, c, "balanced")
+	m := g.NewMatcher()
+	for depth := 1; depth <= 40; depth++ {
+		if !m.Advance(0) { // "("
+			t.Fatalf("( refused at depth %d", depth)
+		}
+		mask := m.Mask()
+		for id, tok := range toks {
+			open := string(tok) == "(" || string(tok) == "[" || string(tok) == "()"
+			closes := strings.Count(string(tok), ")")
+			want := open || closes > 0 && closes <= depth && strings.Trim(string(tok), ")") == ""
+			if got := mask[id/64]>>(id%64)&1 != 0; got != want {
+				t.Fatalf("depth %d: token %q allowed %v, want %v", depth, tok, got, want)
+			}
+		}
+	}
+	if n := len(g.cfgMasks); n > 8 {
+		t.Errorf("%d masks cached for 40 depths of one place", n)
 	}
 }

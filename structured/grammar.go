@@ -139,6 +139,7 @@ type Grammar struct {
 	mu        sync.Mutex
 	masks     [][]uint64          // per DFA state, computed on first use
 	cfgMasks  map[string][]uint64 // per parser state key (cfgRow.stateKey), computed on first use
+	cfgDepths []int32             // the depths (below the top stack) masks were keyed at, wholeState for whole states
 	maskBytes int64               // bytes of masks (and their keys) cached
 	stack     []int32             // DFA mask walk scratch
 	none      []uint64            // the all-zero mask (a context-free grammar's Done)
@@ -414,15 +415,38 @@ func (m *Matcher) Mask() []uint64 {
 	if m.r == nil {
 		return g.none
 	}
-	key := m.r.stateKey()
+	// A mask is keyed by the stacks down to the depth its walk read (cfgRow.stateKey): try
+	// each depth masks were keyed at.
+	top := m.r.top()
+	cut := func(depth int32) int32 { return max(top-depth, 0) }
 	g.mu.Lock()
-	mask := g.cfgMasks[string(key)]
-	g.mu.Unlock()
-	if mask != nil {
-		return mask
+	for i := 0; i < len(g.cfgDepths); i++ {
+		depth := g.cfgDepths[i]
+		g.mu.Unlock()
+		key := m.r.stateKey(cut(depth))
+		g.mu.Lock()
+		if mask := g.cfgMasks[string(key)]; mask != nil {
+			g.mu.Unlock()
+			return mask
+		}
 	}
-	mask = make([]uint64, (g.v.size+63)/64)
-	m.r.walk(g.v, mask)
+	g.mu.Unlock()
+	mask := make([]uint64, (g.v.size+63)/64)
+	depth := top - m.r.walk(g.v, mask)
+	g.mu.Lock()
+	if !slices.Contains(g.cfgDepths, depth) {
+		if len(g.cfgDepths) < maxMaskDepths {
+			g.cfgDepths = append(g.cfgDepths, depth)
+			slices.Sort(g.cfgDepths)
+		} else {
+			depth = wholeState
+			if !slices.Contains(g.cfgDepths, depth) {
+				g.cfgDepths = append(g.cfgDepths, depth)
+			}
+		}
+	}
+	g.mu.Unlock()
+	key := m.r.stateKey(cut(depth))
 	n := int64(8*len(mask) + len(key))
 	g.mu.Lock()
 	g.cfgMasks[string(key)] = mask
@@ -434,6 +458,13 @@ func (m *Matcher) Mask() []uint64 {
 	}
 	return mask
 }
+
+// maxMaskDepths bounds the depths a context-free grammar's masks are keyed at (each a key to
+// try per step); masks past it are keyed by the whole state.
+const maxMaskDepths = 8
+
+// wholeState is the depth that keys a mask by the whole state (its stacks to the bottom).
+const wholeState = 1 << 30
 
 // Matches reports whether out is a complete output of the grammar (a recognizer over bytes,
 // independent of any vocabulary's tokens).

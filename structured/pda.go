@@ -31,13 +31,18 @@ type thread struct{ pos, parent int32 }
 
 // pda is one output's parser: the node arena its threads' stacks live in, and scratch.
 type pda struct {
-	g     *cfg
-	nodes []thread
-	index map[thread]int32
-	seen  threadSet
-	work  []thread
+	g      *cfg
+	nodes  []thread
+	height []int32 // of each node: its stack's length (the bottom, -1, has height 0)
+	index  map[thread]int32
+	seen   threadSet
+	work   []thread
 	// budget is the thread visits a mask walk may still make (MaxMaskWork).
 	budget int
+	// While a mask walk runs, watch is the first node it added, and lowest the lowest
+	// height of the state's own nodes (those below watch) that it read, or 0 when it read
+	// a stack's bottom: how deep into the stacks the mask looked.
+	watch, lowest int32
 }
 
 func newPDA(g *cfg) *pda { return &pda{g: g, index: map[thread]int32{}} }
@@ -48,6 +53,7 @@ func (p *pda) intern(t thread) int32 {
 		return n
 	}
 	p.nodes = append(p.nodes, t)
+	p.height = append(p.height, p.heightOf(t.parent)+1)
 	n := int32(len(p.nodes) - 1)
 	p.index[t] = n
 	return n
@@ -59,6 +65,14 @@ func (p *pda) truncate(n int) {
 		delete(p.index, t)
 	}
 	p.nodes = p.nodes[:n]
+	p.height = p.height[:n]
+}
+
+func (p *pda) heightOf(n int32) int32 {
+	if n < 0 {
+		return 0
+	}
+	return p.height[n]
 }
 
 // start is the threads (and whether the output may end) before any output.
@@ -111,6 +125,9 @@ func (p *pda) closure(t thread, out []thread, acc *bool) ([]thread, bool) {
 		case opTerm:
 			out = append(out, t)
 		case opEnd:
+			if t.parent < p.watch {
+				p.lowest = min(p.lowest, p.heightOf(t.parent))
+			}
 			if t.parent < 0 {
 				*acc = true
 			} else {
@@ -207,19 +224,37 @@ func (r *cfgRow) advance(b []byte) bool {
 	return true
 }
 
-// stateKey is a canonical key of the state: the threads' full stacks as position words, the
-// stacks sorted, and whether the output may end. Equal keys allow equal tokens, whichever
-// output led there, so masks are cached by it.
-func (r *cfgRow) stateKey() []byte {
+// top is the height of the state's highest stack (under its threads).
+func (r *cfgRow) top() int32 {
+	h := int32(0)
+	for _, t := range r.threads {
+		h = max(h, r.p.heightOf(t.parent))
+	}
+	return h
+}
+
+// stateKey is a canonical key of the state as seen by a mask that reads the stacks down to
+// height cut (0: whole, bottom included): each thread's position and its stack's positions
+// down to the cut as words, the stacks sorted, and whether the output may end. A mask walk
+// that read no deeper than cut does the same steps in every state with the same key, so masks
+// are cached by it, and states that differ only deeper in their stacks (the same place in a
+// recursive structure, at another depth) share a mask.
+func (r *cfgRow) stateKey(cut int32) []byte {
+	const cutMark, bottomMark = ^uint32(0), ^uint32(1)
 	buf := r.scratch[:0]
 	recs := r.recs[:0]
 	for _, t := range r.threads {
 		start := len(buf)
 		buf = binary.LittleEndian.AppendUint32(buf, uint32(t.pos))
-		for n := t.parent; n >= 0; n = r.p.nodes[n].parent {
+		n := t.parent
+		for ; n >= 0 && r.p.height[n] >= cut; n = r.p.nodes[n].parent {
 			buf = binary.LittleEndian.AppendUint32(buf, uint32(r.p.nodes[n].pos))
 		}
-		buf = binary.LittleEndian.AppendUint32(buf, ^uint32(0))
+		if n < 0 && cut == 0 {
+			buf = binary.LittleEndian.AppendUint32(buf, bottomMark)
+		} else {
+			buf = binary.LittleEndian.AppendUint32(buf, cutMark)
+		}
 		recs = append(recs, [2]int{start, len(buf)})
 	}
 	if len(recs) > 1 {
@@ -243,11 +278,15 @@ func (r *cfgRow) stateKey() []byte {
 // bytes) is shared with the previous token up to their common prefix, and a prefix no thread
 // survives skips every token that starts with it: the walk costs one step per live node of
 // the vocabulary's trie. Nodes pushed while walking are forgotten after it. The walk makes
-// at most MaxMaskWork thread visits; tokens past that are not allowed.
-func (r *cfgRow) walk(v *Vocab, m []uint64) {
+// at most MaxMaskWork thread visits; tokens past that are not allowed. It returns the lowest
+// height of the stacks it read (0 when it read a bottom, or ran out of budget: the mask is
+// then the whole state's), top()+1 when it read no stack below the threads.
+func (r *cfgRow) walk(v *Vocab, m []uint64) int32 {
 	p := r.p
 	p.budget = MaxMaskWork
 	base := len(p.nodes)
+	p.watch, p.lowest = int32(base), r.top()+1
+	defer func() { p.watch = 0 }()
 	r.levels[0] = r.threads
 	r.ends[0] = base
 	valid := 0   // levels[0..valid] hold the previous token's prefixes
@@ -284,4 +323,8 @@ func (r *cfgRow) walk(v *Vocab, m []uint64) {
 			m[id/64] |= 1 << (id % 64)
 		}
 	}
+	if p.budget < 0 {
+		return 0
+	}
+	return p.lowest
 }
