@@ -237,6 +237,27 @@ b ::= a a a a a a a a`,
 			t.Errorf("%.40q: compile and 1,200 steps took %v", text, took)
 		}
 	}
+	// Threads that multiply without merging (every digit may open a nested factor: the
+	// stacks after n digits are exponential in n) are cut by MaxParserThreads and
+	// MaxMaskWork: each mask stays bounded, and what is allowed still leads somewhere.
+	g, err := c.Compile(Spec{Kind: EBNF, Text: "root::=expr\nexpr::=term((\"+\"|\"-\")term)*\nterm::=factor((\"*\"|\"/\")factor)*\nfactor::=[0-9]{1,3}expr\")\"|"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := g.NewMatcher()
+	for step := range 12 {
+		start := time.Now()
+		mask := m.Mask()
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("step %d: the mask took %v", step, took)
+		}
+		if !m.Advance('1') {
+			if mask['1'/64]>>('1'%64)&1 != 0 {
+				t.Fatalf("step %d: an allowed 1 left the grammar", step)
+			}
+			break
+		}
+	}
 }
 
 // A recursive grammar's states at the same place at different depths share one cached mask

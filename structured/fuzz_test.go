@@ -79,8 +79,8 @@ func FuzzGrammar(f *testing.F) {
 		}
 		g.Matches([]byte(input))
 		rng := rand.New(rand.NewPCG(1, 1))
-		for range 3 {
-			out, ok := generate(t, g, v, eos, rng, 100)
+		for range 2 {
+			out, ok := generate(t, g, v, eos, rng, 40)
 			if ok && !g.Matches([]byte(out)) {
 				t.Fatalf("grammar %q: output %q does not match", text, out)
 			}

@@ -128,6 +128,15 @@ func BenchmarkGrammar(b *testing.B) {
 						m.Advance(id)
 					}
 				}
+				m := g.NewMatcher()
+				most := 0
+				for _, id := range ids {
+					mask := make([]uint64, (v.size+63)/64)
+					m.r.walk(v, mask)
+					most = max(most, MaxMaskWork-m.r.p.budget)
+					m.Advance(id)
+				}
+				b.ReportMetric(float64(most), "max_work")
 				perStep := float64(masked.Nanoseconds()) / float64(b.N*len(ids))
 				b.ReportMetric(perStep, "ns/step")
 				b.ReportMetric(perStep/dfaStep, "cold_vs_dfa")

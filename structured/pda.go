@@ -94,6 +94,10 @@ func (p *pda) start(out []thread) ([]thread, bool, bool) {
 func (p *pda) step(in []thread, c byte, out []thread) (next []thread, acc, ok bool) {
 	p.seen.reset()
 	ok = true
+	// Each thread looked at counts against the walk's budget, as each closure visit does.
+	if p.budget -= len(in); p.budget < 0 {
+		return out[:0], false, false
+	}
 	for _, t := range in {
 		if p.g.sets[p.g.elems[t.pos].arg].has(c) {
 			if out, ok = p.closure(thread{t.pos + 1, t.parent}, out, &acc); !ok {
