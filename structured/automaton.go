@@ -43,6 +43,9 @@ const (
 	// MaxParserThreads bounds the parser threads one byte of output may visit (an ambiguous
 	// grammar's threads multiply): a byte past it is treated as leaving the grammar.
 	MaxParserThreads = 20_000
+	// MaxParserNodes bounds the stack nodes one output's parser holds (its threads' stacks,
+	// shared): an output past it leaves the grammar.
+	MaxParserNodes = 200_000
 	// MaxMaskWork bounds the thread visits one token mask may cost (the walk over the
 	// vocabulary; about a nanosecond each, a JSON grammar's string state on a 128k vocabulary
 	// takes 6.5M): tokens past it are not allowed in that state. An ambiguous grammar whose

@@ -291,3 +291,47 @@ func TestGrammarMasksShareAcrossDepths(t *testing.T) {
 		t.Errorf("%d masks cached for 40 depths of one place", n)
 	}
 }
+
+// One output's parser keeps only the stack nodes its threads still hold: a long output of a
+// recursive grammar that keeps going deep along new paths and coming back keeps a small
+// arena, and matching goes on unchanged after the nodes are renumbered.
+func TestGrammarParserDropsDeadNodes(t *testing.T) {
+	v := NewVocab(257, 256, func(id int) ([]byte, bool) { return []byte{byte(id)}, true }, []int{256})
+	g := compileGrammar(t, NewCompiler(v), "balanced")
+	m := g.NewMatcher()
+	rng := rand.New(rand.NewPCG(3, 3))
+	var out []byte
+	advance := func(c byte) {
+		out = append(out, c)
+		if !m.Advance(int(c)) {
+			t.Fatalf("%q left the grammar", out)
+		}
+	}
+	for range 40 {
+		var closers []byte
+		for range 64 {
+			if rng.IntN(2) == 0 {
+				advance('(')
+				closers = append(closers, ')')
+			} else {
+				advance('[')
+				closers = append(closers, ']')
+			}
+		}
+		for i := len(closers) - 1; i >= 0; i-- {
+			advance(closers[i])
+		}
+	}
+	if n := len(m.r.p.nodes); n > 2048 {
+		t.Errorf("%d nodes held after 40 trips to depth 64", n)
+	}
+	if !m.Accepting() || !g.Matches(out) {
+		t.Error("the output is not complete")
+	}
+	mask := m.Mask()
+	for id := range 256 {
+		if want := id == '(' || id == '['; mask[id/64]>>(id%64)&1 != 0 != want {
+			t.Errorf("byte %q allowed %v", rune(id), !want)
+		}
+	}
+}

@@ -197,6 +197,7 @@ func (s *threadSet) add(t thread) bool {
 // output so far, and scratch for masks (per level of the vocabulary walk) and state keys.
 type cfgRow struct {
 	p       *pda
+	live    int // nodes after the last compaction
 	threads []thread
 	spare   []thread
 	acc     bool
@@ -215,7 +216,8 @@ func newCFGRow(g *cfg, maxLen int) (*cfgRow, bool) {
 	return r, ok && (len(r.threads) > 0 || r.acc)
 }
 
-// advance moves the threads past b; false when b leaves the grammar.
+// advance moves the threads past b; false when b leaves the grammar (or the stacks would
+// hold more than MaxParserNodes nodes).
 func (r *cfgRow) advance(b []byte) bool {
 	for _, c := range b {
 		r.p.budget = MaxMaskWork
@@ -225,7 +227,44 @@ func (r *cfgRow) advance(b []byte) bool {
 			return false
 		}
 	}
-	return true
+	if len(r.p.nodes) > 2*r.live+1024 {
+		r.compact()
+	}
+	return r.live <= MaxParserNodes
+}
+
+// compact drops the nodes no thread's stack holds any more (the arena only grows while the
+// output does) and renumbers the rest; live is what is left.
+func (r *cfgRow) compact() {
+	p := r.p
+	keep := make([]int32, len(p.nodes)) // new index + 1, 0 for dropped
+	for _, t := range r.threads {
+		for n := t.parent; n >= 0 && keep[n] == 0; n = p.nodes[n].parent {
+			keep[n] = 1
+		}
+	}
+	clear(p.index)
+	nodes, height := p.nodes[:0:len(p.nodes)], p.height[:0:len(p.height)]
+	// A node's parent is older than it, so parents are renumbered first.
+	for i, t := range p.nodes {
+		if keep[i] == 0 {
+			continue
+		}
+		if t.parent >= 0 {
+			t.parent = keep[t.parent] - 1
+		}
+		keep[i] = int32(len(nodes)) + 1
+		p.index[t] = int32(len(nodes))
+		// In place: the writes go to positions up to i, already read.
+		nodes, height = append(nodes, t), append(height, p.height[i])
+	}
+	p.nodes, p.height = nodes, height
+	for i, t := range r.threads {
+		if t.parent >= 0 {
+			r.threads[i].parent = keep[t.parent] - 1
+		}
+	}
+	r.live = len(nodes)
 }
 
 // top is the height of the state's highest stack (under its threads).
