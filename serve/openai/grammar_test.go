@@ -99,3 +99,37 @@ func TestGrammarConstrainsCompletions(t *testing.T) {
 		}
 	}
 }
+
+// A chat completion's guided_grammar holds the assistant's reply to the grammar as it does a
+// completion's text.
+func TestGrammarConstrainsChat(t *testing.T) {
+	e, ct := demoEngine(t)
+	srv := newServer(t, e, openai.Options{APIKey: testKey, ChatTemplate: ct})
+	client := newClient(srv.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	const grammar = `root ::= "The answer is " expr "."
+expr ::= [0-9]{1,2} (("+" | "*") [0-9]{1,2}){0,2} | "(" expr ")"`
+	g := grammarMatcher(t, grammar)
+	finished := 0
+	for seed := range int64(4) {
+		resp, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{
+			Model:       demo.Name,
+			Messages:    []oai.ChatCompletionMessageParamUnion{oai.UserMessage("What is 2+2?")},
+			Temperature: oai.Float(1.5), Seed: oai.Int(seed), MaxTokens: oai.Int(60),
+		}, option.WithJSONSet("guided_grammar", grammar))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch := resp.Choices[0]
+		if ch.FinishReason == "stop" {
+			finished++
+			if !g.Matches([]byte(ch.Message.Content)) || !strings.HasPrefix(ch.Message.Content, "The answer is ") {
+				t.Errorf("seed %d: reply %q does not parse", seed, ch.Message.Content)
+			}
+		}
+	}
+	if finished < 2 {
+		t.Errorf("only %d of 4 replies finished", finished)
+	}
+}
