@@ -12,6 +12,12 @@
 // built before any generation starts, so every cost a client can cause (regex size, NFA and
 // DFA states) is bounded up front by the limits below; masks are computed lazily per state and
 // cached with the grammar.
+//
+// Context-free grammars (GBNF / EBNF, ebnf.go) cannot become a DFA (they count nesting): they
+// are parsed into rules over byte sets and run by a pushdown recognizer (pda.go) whose state is
+// a set of parser threads with persistent stacks. Their masks walk the same sorted vocabulary
+// against the threads and are cached by the stacks as deep as the walk read them. Either way
+// an output follows its constraint through one Matcher, which is all the engine sees.
 package structured
 
 import (
