@@ -328,7 +328,7 @@ func (c *Compiler) compile(spec Spec) (*Grammar, error) {
 		if err != nil {
 			return nil, err
 		}
-		if r, ok := newCFGRow(g, c.v.maxLen); !ok || len(r.threads) == 0 && !r.acc {
+		if _, ok := newCFGRow(g, c.v.maxLen); !ok {
 			return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
 		}
 		return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string][]uint64{}, none: make([]uint64, (c.v.size+63)/64)}, nil
