@@ -133,3 +133,40 @@ expr ::= [0-9]{1,2} (("+" | "*") [0-9]{1,2}){0,2} | "(" expr ")"`
 		t.Errorf("only %d of 4 replies finished", finished)
 	}
 }
+
+// A grammar whose parses multiply (every digit may open a nested factor, so the parser's
+// stacks grow exponentially with the digits) is not refusable up front, but each token costs
+// bounded work (MaxParserThreads, MaxMaskWork): the request ends within seconds, with text the
+// grammar allows so far, and a request beside it is served.
+func TestAmbiguousGrammarCostsBoundedTime(t *testing.T) {
+	e, _ := demoEngine(t)
+	srv := newServer(t, e, openai.Options{})
+	const ambiguous = "root::=expr\nexpr::=term((\"+\"|\"-\")term)*\nterm::=factor((\"*\"|\"/\")factor)*\nfactor::=[0-9]{1,3}expr\")\"|"
+	body, _ := json.Marshal(map[string]any{"model": demo.Name, "prompt": "1", "max_tokens": 24, "temperature": 1.5, "seed": 1, "guided_grammar": ambiguous})
+	start := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		status, resp := post(t, srv.URL, "/v1/completions", string(body))
+		var out struct {
+			Choices []struct {
+				Text string `json:"text"`
+			} `json:"choices"`
+		}
+		if status != 200 || json.Unmarshal(resp, &out) != nil || len(out.Choices) != 1 {
+			t.Errorf("ambiguous grammar: %d %s", status, resp)
+			return
+		}
+		if strings.Trim(out.Choices[0].Text, "0123456789+-*/)") != "" {
+			t.Errorf("ambiguous grammar: %q has characters outside the grammar", out.Choices[0].Text)
+		}
+	}()
+	status, resp := post(t, srv.URL, "/v1/completions", `{"model":"`+demo.Name+`","prompt":"x","max_tokens":4,"guided_choice":["yes","no"]}`)
+	if status != 200 || !strings.Contains(string(resp), `"text":"yes"`) && !strings.Contains(string(resp), `"text":"no"`) {
+		t.Errorf("request beside it: %d %s", status, resp)
+	}
+	<-done
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("took %v", took)
+	}
+}
