@@ -86,9 +86,9 @@ func TestGrammarMasksAreExact(t *testing.T) {
 	// viable reports whether the recognizer, run from scratch over the output (prefix), can
 	// read b too.
 	viable := func(prefix *cfgRow, b []byte) bool {
-		threads, acc := prefix.threads, prefix.acc
+		threads := prefix.threads
 		for _, c := range b {
-			var ok bool
+			var acc, ok bool
 			if threads, acc, ok = prefix.p.step(threads, c, nil); !ok || len(threads) == 0 && !acc {
 				return false
 			}
