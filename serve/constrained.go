@@ -66,22 +66,18 @@ func (e *Engine) grammar(p *SamplingParams) (*structured.Grammar, error) {
 // constrain gives sq's row its grammar state's allowed-token mask (shared, computed once per
 // state).
 func (sq *sequence) constrain(row *model.SampleRow) {
-	if sq.grammar != nil {
-		row.Allowed = sq.grammar.Mask(sq.gstate)
+	if sq.matcher != nil {
+		row.Allowed = sq.matcher.Mask()
 	}
 }
 
 // advanceGrammar moves sq's grammar past tok. A token the grammar did not allow (only
 // possible if no token was allowed) is an internal error.
 func (sq *sequence) advanceGrammar(tok int, eos bool) error {
-	if sq.grammar == nil {
+	if sq.matcher == nil {
 		return nil
 	}
-	if eos {
-		sq.gstate = structured.Done
-		return nil
-	}
-	if sq.gstate = sq.grammar.Advance(sq.gstate, tok); sq.gstate == structured.Done {
+	if !sq.matcher.Advance(tok) && !eos {
 		return fmt.Errorf("constrained decoding: token %d left the grammar", tok)
 	}
 	return nil

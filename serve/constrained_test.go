@@ -79,7 +79,8 @@ func TestConstrainedSamplingPathAllocatesNothing(t *testing.T) {
 	e.stepSeq = stepSequences(n, vocab)
 	for _, sq := range e.stepSeq {
 		sq.params.MinTokens = 0
-		sq.grammar, sq.gstate = g, g.Advance(structured.Start, 'a')
+		sq.matcher = g.NewMatcher()
+		sq.matcher.Advance('a')
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	flat := make([]float32, n*vocab)

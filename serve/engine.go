@@ -434,7 +434,7 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	sq := &sequence{
 		id: e.nextID.Add(1), ctx: sctx, params: p, ticket: ticket, lease: lease, route: route, adapterName: req.Model,
 		tokens: append(make([]int, 0, len(req.Prompt)+min(p.MaxTokens, 256)), req.Prompt...), promptLen: len(req.Prompt),
-		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(), grammar: grammar,
+		sampler: newSampler(&p, req.Prompt), stream: newStream(cancel), arrival: time.Now(), matcher: grammar.NewMatcher(),
 	}
 	sq.sampler.p = &sq.params
 	if lease != nil {

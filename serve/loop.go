@@ -31,8 +31,7 @@ type sequence struct {
 	scored      int // prompt rows whose logprobs of the next prompt token are out (PromptLogprobs)
 	pages       []int32
 	sampler     *sampler
-	grammar     *structured.Grammar // the constraint's, nil when unconstrained
-	gstate      structured.State    // the grammar's state after the generated tokens
+	matcher     *structured.Matcher // follows the constraint's grammar; nil when unconstrained
 	dec         *tokenizer.StreamDecoder
 	text        string // generated text so far (stop strings are searched here)
 	sent        int    // bytes of text already streamed

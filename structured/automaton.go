@@ -12,6 +12,12 @@
 // built before any generation starts, so every cost a client can cause (regex size, NFA and
 // DFA states) is bounded up front by the limits below; masks are computed lazily per state and
 // cached with the grammar.
+//
+// Context-free grammars (GBNF / EBNF, ebnf.go) cannot become a DFA (they count nesting): they
+// are parsed into rules over byte sets and run by a pushdown recognizer (pda.go) whose state is
+// a set of parser threads with persistent stacks. Their masks walk the same sorted vocabulary
+// against the threads and are cached by the stacks as deep as the walk read them. Either way
+// an output follows its constraint through one Matcher, which is all the engine sees.
 package structured
 
 import (
@@ -34,6 +40,23 @@ const (
 	MaxDFAStates   = 10_000
 	MaxSchemaDepth = 12 // nesting of a JSON schema (objects, arrays, anyOf, $ref)
 	MaxChoices     = 1_000
+
+	// Context-free grammars (EBNF): their text is bounded by MaxSpecBytes.
+	MaxGrammarRules   = 4_000   // rules, counting those repetitions and groups expand into
+	MaxGrammarElems   = 200_000 // elements of all rules' alternatives after that expansion
+	MaxGrammarNesting = 64      // groups nested in groups
+	MaxGrammarRepeat  = 1_000   // the bounds m and n of x{m,n}
+	// MaxParserThreads bounds the parser threads one byte of output may visit (an ambiguous
+	// grammar's threads multiply): a byte past it is treated as leaving the grammar.
+	MaxParserThreads = 20_000
+	// MaxParserNodes bounds the stack nodes one output's parser holds (its threads' stacks,
+	// shared): an output past it leaves the grammar.
+	MaxParserNodes = 200_000
+	// MaxMaskWork bounds the thread visits one token mask may cost (the walk over the
+	// vocabulary; about a nanosecond each, a JSON grammar's string state on a 128k vocabulary
+	// takes 6.5M): tokens past it are not allowed in that state. An ambiguous grammar whose
+	// threads multiply is bounded by it and MaxParserThreads at run time, not refused.
+	MaxMaskWork = 32_000_000
 )
 
 // LimitError is a constraint over one of the limits.

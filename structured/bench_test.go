@@ -49,7 +49,7 @@ func BenchmarkCompile(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.StartTimer()
-				g.Mask(Start)
+				g.NewMatcher().Mask()
 			}
 		})
 	}

@@ -55,3 +55,35 @@ func FuzzCompile(f *testing.F) {
 		}
 	})
 }
+
+// Parsing any grammar text never panics and fails or compiles in bounded time; what compiles
+// only lets a random model write outputs the recognizer accepts, and the recognizer takes any
+// bytes.
+func FuzzGrammar(f *testing.F) {
+	for _, g := range testGrammars {
+		f.Add(g, "1+(2*3)")
+	}
+	for _, s := range []string{`root ::= "a" | "b"`, `root ::= [^"\\]* "\x41\u00e9"`, `root ::= x{2,}` + "\nx ::= .", `root ::= (("a")?){0,3}`, "root ::= \"a\" # c\n  | b\nb ::= [a-c-]+", `root ::= root`, `root ::= "\u"`, `r ::= ((`} {
+		f.Add(s, "aa")
+	}
+	v, eos := testVocab()
+	f.Fuzz(func(t *testing.T, text, input string) {
+		c := NewCompiler(v)
+		start := time.Now()
+		g, err := c.Compile(Spec{Kind: EBNF, Text: text})
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("compile took %v", took)
+		}
+		if err != nil {
+			return
+		}
+		g.Matches([]byte(input))
+		rng := rand.New(rand.NewPCG(1, 1))
+		for range 2 {
+			out, ok := generate(t, g, v, eos, rng, 40)
+			if ok && !g.Matches([]byte(out)) {
+				t.Fatalf("grammar %q: output %q does not match", text, out)
+			}
+		}
+	})
+}

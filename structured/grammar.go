@@ -20,6 +20,7 @@ const (
 	Regex                        // Text is a regular expression (RE2 syntax) the whole output matches
 	Choice                       // the output is exactly one of Choices
 	JSONSequence                 // JSON instances in literal markup (Sequence: tool calls)
+	EBNF                         // Text is a context-free grammar in llama.cpp's GBNF / xgrammar's EBNF (ebnf.go)
 )
 
 // Spec is one constraint as a request states it.
@@ -191,19 +192,25 @@ func (v *Vocab) bytes(id int) []byte {
 	return v.data[v.offs[id]:v.offs[id+1]]
 }
 
-// Grammar is a compiled constraint over one vocabulary. It is safe for concurrent use.
+// Grammar is a compiled constraint over one vocabulary: a DFA (regular constraints: schemas,
+// regexes, choices) or a context-free grammar run by a pushdown recognizer (EBNF). Outputs
+// follow it through a Matcher each. It is safe for concurrent use.
 type Grammar struct {
 	v         *Vocab
-	d         *dfa
+	d         *dfa      // regular constraints
+	cfg       *cfg      // context-free grammars
 	c         *Compiler // whose mask budget the cached masks count against
 	mu        sync.Mutex
-	masks     [][]uint64 // per DFA state, computed on first use
-	maskBytes int64      // bytes of masks cached
-	stack     []int32    // mask walk scratch
+	masks     [][]uint64          // per DFA state, computed on first use
+	cfgMasks  map[string][]uint64 // per parser state key (cfgRow.stateKey), computed on first use
+	cfgDepths []int32             // the depths (below the top stack) masks were keyed at, wholeState for whole states
+	maskBytes int64               // bytes of masks (and their keys) cached
+	stack     []int32             // DFA mask walk scratch
+	none      []uint64            // the all-zero mask (a context-free grammar's Done)
 }
 
-// State is a position in a Grammar: the DFA state after the output so far. Start is the empty
-// output.
+// State is a position in a regular Grammar: the DFA state after the output so far. Start is
+// the empty output.
 type State int32
 
 // Start is the state of an empty output.
@@ -212,14 +219,20 @@ const Start State = 0
 // Done is the state after EOS (and after a token the grammar does not allow).
 const Done State = dead
 
-// States is the number of DFA states (a measure of the grammar's size).
-func (g *Grammar) States() int { return g.d.states() }
+// States is the size of the compiled constraint: its DFA states, or a context-free
+// grammar's elements (after repetitions are expanded into rules).
+func (g *Grammar) States() int {
+	if g.cfg != nil {
+		return len(g.cfg.elems)
+	}
+	return g.d.states()
+}
 
-// Accepting reports whether the output so far is complete (EOS is allowed).
-func (g *Grammar) Accepting(s State) bool { return s >= 0 && g.d.accept[s] }
+// accepting reports whether the output so far is complete (EOS is allowed).
+func (g *Grammar) accepting(s State) bool { return s >= 0 && g.d.accept[s] }
 
-// Advance returns the state after token id, Done for EOS or a token s does not allow.
-func (g *Grammar) Advance(s State, id int) State {
+// advance returns the state after token id, Done for EOS or a token s does not allow.
+func (g *Grammar) advance(s State, id int) State {
 	if s < 0 || slices.Contains(g.v.eos, int32(id)) {
 		return Done
 	}
@@ -230,10 +243,10 @@ func (g *Grammar) Advance(s State, id int) State {
 	return State(g.d.step(int32(s), b))
 }
 
-// Mask returns the allowed tokens in state s as a bitmap over the row (bit id%64 of word
+// mask returns the allowed tokens in DFA state s as a bitmap over the row (bit id%64 of word
 // id/64): the tokens whose bytes keep the automaton live, and the EOS ids when s accepts. The
 // bitmap is shared and must not be modified. Done allows nothing.
-func (g *Grammar) Mask(s State) []uint64 {
+func (g *Grammar) mask(s State) []uint64 {
 	g.mu.Lock()
 	if s < 0 {
 		s = State(len(g.masks) - 1) // the all-zero mask kept past the DFA's states
@@ -262,6 +275,7 @@ func (g *Grammar) Mask(s State) []uint64 {
 func (g *Grammar) dropMasks() {
 	g.mu.Lock()
 	clear(g.masks)
+	clear(g.cfgMasks)
 	n := g.maskBytes
 	g.maskBytes = 0
 	c := g.c
@@ -337,24 +351,15 @@ func NewCompiler(v *Vocab) *Compiler { return &Compiler{v: v, cache: map[string]
 func (c *Compiler) Compile(spec Spec) (*Grammar, error) {
 	k := spec.key()
 	c.mu.Lock()
-	g := c.cache[k]
+	cached := c.cache[k]
 	c.mu.Unlock()
-	if g != nil {
-		return g, nil
+	if cached != nil {
+		return cached, nil
 	}
-	expr, err := spec.regex()
+	g, err := c.compile(spec)
 	if err != nil {
 		return nil, err
 	}
-	n, start, err := compileRegex(expr)
-	if err != nil {
-		return nil, err
-	}
-	d, err := determinise(n, start)
-	if err != nil {
-		return nil, err
-	}
-	g = &Grammar{v: c.v, d: d, c: c, masks: make([][]uint64, d.states()+1), stack: make([]int32, c.v.maxLen+1)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old := c.cache[k]; old != nil {
@@ -369,6 +374,7 @@ func (c *Compiler) Compile(spec Spec) (*Grammar, error) {
 		// end and it is collected.
 		old.mu.Lock()
 		clear(old.masks)
+		clear(old.cfgMasks)
 		c.maskBytes.Add(-old.maskBytes)
 		old.maskBytes = 0
 		old.c = nil
@@ -377,4 +383,160 @@ func (c *Compiler) Compile(spec Spec) (*Grammar, error) {
 	c.cache[k] = g
 	c.order = append(c.order, k)
 	return g, nil
+}
+
+// compile builds spec's grammar (uncached).
+func (c *Compiler) compile(spec Spec) (*Grammar, error) {
+	if spec.Kind == EBNF {
+		g, err := parseGrammar(spec.Text)
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := newCFGRow(g, c.v.maxLen); !ok {
+			return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
+		}
+		return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string][]uint64{}, none: make([]uint64, (c.v.size+63)/64)}, nil
+	}
+	expr, err := spec.regex()
+	if err != nil {
+		return nil, err
+	}
+	n, start, err := compileRegex(expr)
+	if err != nil {
+		return nil, err
+	}
+	d, err := determinise(n, start)
+	if err != nil {
+		return nil, err
+	}
+	return &Grammar{v: c.v, d: d, c: c, masks: make([][]uint64, d.states()+1), stack: make([]int32, c.v.maxLen+1)}, nil
+}
+
+// Matcher follows one output through a Grammar: the masks of the tokens it may take next,
+// and its state after each token it takes. A Matcher is for one output (one goroutine at a
+// time); masks are shared through the Grammar's cache.
+type Matcher struct {
+	g *Grammar
+	s State   // a DFA's state
+	r *cfgRow // a context-free grammar's parser state; nil once Done
+}
+
+// NewMatcher starts an output (nil for a nil grammar: no constraint).
+func (g *Grammar) NewMatcher() *Matcher {
+	if g == nil {
+		return nil
+	}
+	m := &Matcher{g: g}
+	if g.cfg != nil {
+		m.r, _ = newCFGRow(g.cfg, g.v.maxLen) // compile checked that the start expands
+	}
+	return m
+}
+
+// Done reports whether the output has ended (EOS) or left the grammar.
+func (m *Matcher) Done() bool {
+	if m.g.cfg != nil {
+		return m.r == nil
+	}
+	return m.s == Done
+}
+
+// Accepting reports whether the output so far is complete (EOS is allowed).
+func (m *Matcher) Accepting() bool {
+	if m.g.cfg != nil {
+		return m.r != nil && m.r.acc
+	}
+	return m.g.accepting(m.s)
+}
+
+// Advance moves past token id and reports whether the grammar allowed it; EOS and a token it
+// does not allow end the output (Done).
+func (m *Matcher) Advance(id int) bool {
+	g := m.g
+	if g.cfg == nil {
+		m.s = g.advance(m.s, id)
+		return m.s != Done
+	}
+	if m.r == nil {
+		return false
+	}
+	b := g.v.bytes(id)
+	if slices.Contains(g.v.eos, int32(id)) || len(b) == 0 || !m.r.advance(b) {
+		m.r = nil
+		return false
+	}
+	return true
+}
+
+// Mask returns the tokens allowed next as a bitmap over the row (bit id%64 of word id/64):
+// the tokens whose bytes keep the output completable, and the EOS ids when it is complete.
+// The bitmap is shared and must not be modified. Done allows nothing.
+func (m *Matcher) Mask() []uint64 {
+	g := m.g
+	if g.cfg == nil {
+		return g.mask(m.s)
+	}
+	if m.r == nil {
+		return g.none
+	}
+	// A mask is keyed by the stacks down to the depth its walk read (cfgRow.stateKey): try
+	// each depth masks were keyed at.
+	top := m.r.top()
+	cut := func(depth int32) int32 { return max(top-depth, 0) }
+	g.mu.Lock()
+	for i := 0; i < len(g.cfgDepths); i++ {
+		depth := g.cfgDepths[i]
+		g.mu.Unlock()
+		key := m.r.stateKey(cut(depth))
+		g.mu.Lock()
+		if mask := g.cfgMasks[string(key)]; mask != nil {
+			g.mu.Unlock()
+			return mask
+		}
+	}
+	g.mu.Unlock()
+	mask := make([]uint64, (g.v.size+63)/64)
+	depth := top - m.r.walk(g.v, mask)
+	g.mu.Lock()
+	if !slices.Contains(g.cfgDepths, depth) {
+		if len(g.cfgDepths) < maxMaskDepths {
+			g.cfgDepths = append(g.cfgDepths, depth)
+			slices.Sort(g.cfgDepths)
+		} else {
+			depth = wholeState
+			if !slices.Contains(g.cfgDepths, depth) {
+				g.cfgDepths = append(g.cfgDepths, depth)
+			}
+		}
+	}
+	g.mu.Unlock()
+	key := m.r.stateKey(cut(depth))
+	n := int64(8*len(mask) + len(key))
+	g.mu.Lock()
+	g.cfgMasks[string(key)] = mask
+	g.maskBytes += n
+	c := g.c
+	g.mu.Unlock()
+	if c != nil && c.maskBytes.Add(n) > MaxMaskBytes {
+		c.dropMasks()
+	}
+	return mask
+}
+
+// maxMaskDepths bounds the depths a context-free grammar's masks are keyed at (each a key to
+// try per step); masks past it are keyed by the whole state.
+const maxMaskDepths = 8
+
+// wholeState is the depth that keys a mask by the whole state (its stacks to the bottom).
+const wholeState = 1 << 30
+
+// Matches reports whether out is a complete output of the grammar (a recognizer over bytes,
+// independent of any vocabulary's tokens).
+func (g *Grammar) Matches(out []byte) bool {
+	if g.cfg == nil {
+		s := g.d.step(0, out)
+		return s != dead && g.d.accept[s]
+	}
+	r, _ := newCFGRow(g.cfg, 0)
+	return r.advance(out) && r.acc
 }

@@ -40,9 +40,9 @@ func testVocab() (*Vocab, int) {
 func generate(t *testing.T, g *Grammar, v *Vocab, eos int, rng *rand.Rand, maxSteps int) (string, bool) {
 	t.Helper()
 	var out []byte
-	s := Start
+	mt := g.NewMatcher()
 	for range maxSteps {
-		m := g.Mask(s)
+		m := mt.Mask()
 		var allowed []int
 		for id := range v.size {
 			if m[id/64]>>(id%64)&1 != 0 {
@@ -54,17 +54,17 @@ func generate(t *testing.T, g *Grammar, v *Vocab, eos int, rng *rand.Rand, maxSt
 		}
 		// Prefer EOS half the time when allowed, so that outputs end.
 		id := allowed[rng.IntN(len(allowed))]
-		if g.Accepting(s) && rng.IntN(2) == 0 {
+		if mt.Accepting() && rng.IntN(2) == 0 {
 			id = eos
 		}
 		if id == eos {
-			if !g.Accepting(s) {
+			if !mt.Accepting() {
 				t.Fatalf("EOS allowed after incomplete %q", out)
 			}
 			return string(out), true
 		}
 		out = append(out, v.bytes(id)...)
-		if s = g.Advance(s, id); s == Done {
+		if !mt.Advance(id) {
 			t.Fatalf("allowed token %q killed the automaton after %q", v.bytes(id), out)
 		}
 	}
@@ -252,14 +252,14 @@ func TestMaskBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := slices.Clone(g.Mask(Start))
+	first := slices.Clone(g.mask(Start))
 	for s := range State(3000) {
-		g.Mask(s)
+		g.mask(s)
 		if n := c.maskBytes.Load(); n > MaxMaskBytes {
 			t.Fatalf("state %d: %d bytes of masks cached", s, n)
 		}
 	}
-	if !slices.Equal(g.Mask(Start), first) {
+	if !slices.Equal(g.mask(Start), first) {
 		t.Error("a recomputed mask differs")
 	}
 }

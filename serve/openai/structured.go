@@ -111,7 +111,7 @@ func responseFormat(raw json.RawMessage) (*serve.Constraint, error) {
 }
 
 // structuredOutputs reads vLLM's structured_outputs: exactly one of json, regex, choice,
-// grammar, json_object (true), structural_tag.
+// grammar, json_object (true); structural_tag is refused.
 func structuredOutputs(raw json.RawMessage) (*serve.Constraint, error) {
 	const param = "structured_outputs"
 	if isNull(raw) {
@@ -132,7 +132,7 @@ func structuredOutputs(raw json.RawMessage) (*serve.Constraint, error) {
 		switch k {
 		case "json":
 			c, err = guidedField(param, "guided_json", v)
-		case "regex", "choice":
+		case "regex", "choice", "grammar":
 			c, err = guidedField(param, "guided_"+k, v)
 		case "json_object":
 			var on bool
@@ -142,8 +142,8 @@ func structuredOutputs(raw json.RawMessage) (*serve.Constraint, error) {
 			if on {
 				c = &serve.Constraint{Spec: structured.Spec{Kind: structured.JSONObject}, Param: param}
 			}
-		case "grammar", "structural_tag", "whitespace_pattern":
-			return nil, invalid(param, "structured_outputs.%s is not supported (supported: json, json_object, regex, choice)", k)
+		case "structural_tag", "whitespace_pattern":
+			return nil, invalid(param, "structured_outputs.%s is not supported (supported: json, json_object, regex, choice, grammar)", k)
 		case "disable_fallback", "disable_any_whitespace", "disable_additional_properties", "backend":
 			// How vLLM's engines enforce a constraint, not what it is: accepted.
 		default:
@@ -157,7 +157,7 @@ func structuredOutputs(raw json.RawMessage) (*serve.Constraint, error) {
 		}
 	}
 	if len(found) > 1 {
-		return nil, invalid(param, "structured_outputs must set only one of json, json_object, regex and choice")
+		return nil, invalid(param, "structured_outputs must set only one of json, json_object, regex, choice and grammar")
 	}
 	if len(found) == 0 {
 		return nil, nil
@@ -199,7 +199,12 @@ func guidedField(param, field string, raw json.RawMessage) (*serve.Constraint, e
 		}
 		return &serve.Constraint{Spec: structured.Spec{Kind: structured.Choice, Choices: choices}, Param: param}, nil
 	case "guided_grammar":
-		return nil, invalid(param, "guided_grammar is not supported (use guided_json, guided_regex or guided_choice)")
+		// A grammar in llama.cpp's GBNF / xgrammar's EBNF (structured/ebnf.go), as vLLM takes.
+		var text string
+		if json.Unmarshal(raw, &text) != nil {
+			return nil, invalid(param, "%s must be a string", name)
+		}
+		return &serve.Constraint{Spec: structured.Spec{Kind: structured.EBNF, Text: text}, Param: param}, nil
 	}
 	return nil, fmt.Errorf("openai: unknown guided field %s", field)
 }

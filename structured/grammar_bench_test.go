@@ -1,0 +1,164 @@
+package structured
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/tokenizer"
+)
+
+// benchVocabs are the demo model's 4,096-token vocabulary and Llama 3's 128,256.
+func benchVocabs(b *testing.B) []struct {
+	name string
+	v    *Vocab
+} {
+	be := cpu.New(1)
+	defer be.Close()
+	cfg, w, demoTok, _, err := demo.Build(be)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w.Close()
+	llama, err := tokenizer.Load(filepath.Join("..", "testdata", "tokenizers", "llama3"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return []struct {
+		name string
+		v    *Vocab
+	}{
+		{"demo", NewVocab(cfg.VocabSize, min(demoTok.VocabSize(), cfg.VocabSize), demoTok.TokenBytes, demoTok.EOS())},
+		{"llama3_128k", NewVocab(128256, min(llama.VocabSize(), 128256), llama.TokenBytes, llama.EOS())},
+	}
+}
+
+// benchWalk is a seeded random output of up to steps tokens through g (uniform among the
+// allowed tokens, EOS only when nothing else is allowed), as token ids.
+func benchWalk(g *Grammar, v *Vocab, steps int) []int {
+	rng := rand.New(rand.NewPCG(9, 9))
+	m := g.NewMatcher()
+	var ids []int
+	for range steps {
+		mask := m.Mask()
+		var allowed []int
+		for id := range v.size {
+			if mask[id/64]>>(id%64)&1 != 0 && len(v.bytes(id)) > 0 {
+				allowed = append(allowed, id)
+			}
+		}
+		if len(allowed) == 0 {
+			break
+		}
+		id := allowed[rng.IntN(len(allowed))]
+		ids = append(ids, id)
+		m.Advance(id)
+	}
+	return ids
+}
+
+// BenchmarkGrammar is what a context-free grammar costs (EBNF: the pushdown recognizer), on
+// the demo's and Llama 3's vocabularies: compile (parse and check), and the token mask per
+// decode step along a 32-token random output, cold (every state new: a walk of the
+// vocabulary against the parser threads) and warm (the same states again: the state key and
+// a cache lookup). cold_vs_dfa is the cold step's cost over a DFA constraint's new-state mask
+// (json_object, along its own random output) measured in the same run.
+func BenchmarkGrammar(b *testing.B) {
+	const steps = 32
+	for _, bv := range benchVocabs(b) {
+		v := bv.v
+		// A DFA's new-state mask, the reference for the ratio.
+		dfa, err := NewCompiler(v).Compile(Spec{Kind: JSONObject})
+		if err != nil {
+			b.Fatal(err)
+		}
+		dfaIDs := benchWalk(dfa, v, steps)
+		var dfaMasked time.Duration
+		dfaSteps := 0
+		for range 5 {
+			dfa.dropMasks()
+			m := dfa.NewMatcher()
+			for _, id := range dfaIDs {
+				start := time.Now()
+				m.Mask()
+				dfaMasked += time.Since(start)
+				dfaSteps++
+				m.Advance(id)
+			}
+		}
+		dfaStep := float64(dfaMasked.Nanoseconds()) / float64(dfaSteps)
+		for _, name := range []string{"arith", "json"} {
+			text := testGrammars[name]
+			if name == "json" {
+				// Objects one after another, so that a random walk does not end at the
+				// first "}".
+				text = strings.Replace(text, "root   ::= object", "root   ::= (object ws)+", 1)
+			}
+			spec := Spec{Kind: EBNF, Text: text}
+			b.Run(fmt.Sprintf("%s/%s/compile", bv.name, name), func(b *testing.B) {
+				var elems int
+				for b.Loop() {
+					g, err := NewCompiler(v).Compile(spec)
+					if err != nil {
+						b.Fatal(err)
+					}
+					elems = g.States()
+				}
+				b.ReportMetric(float64(elems), "elements")
+			})
+			g, err := NewCompiler(v).Compile(spec)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids := benchWalk(g, v, steps)
+			b.Run(fmt.Sprintf("%s/%s/mask_cold", bv.name, name), func(b *testing.B) {
+				var masked time.Duration
+				for b.Loop() {
+					g.dropMasks()
+					m := g.NewMatcher()
+					for _, id := range ids {
+						start := time.Now()
+						m.Mask()
+						masked += time.Since(start)
+						m.Advance(id)
+					}
+				}
+				m := g.NewMatcher()
+				most := 0
+				for _, id := range ids {
+					mask := make([]uint64, (v.size+63)/64)
+					m.r.walk(v, mask)
+					most = max(most, MaxMaskWork-m.r.p.budget)
+					m.Advance(id)
+				}
+				b.ReportMetric(float64(most), "max_work")
+				perStep := float64(masked.Nanoseconds()) / float64(b.N*len(ids))
+				b.ReportMetric(perStep, "ns/step")
+				b.ReportMetric(perStep/dfaStep, "cold_vs_dfa")
+			})
+			b.Run(fmt.Sprintf("%s/%s/mask_warm", bv.name, name), func(b *testing.B) {
+				m := g.NewMatcher()
+				for _, id := range ids {
+					m.Mask()
+					m.Advance(id)
+				}
+				var masked time.Duration
+				for b.Loop() {
+					m := g.NewMatcher()
+					for _, id := range ids {
+						start := time.Now()
+						m.Mask()
+						masked += time.Since(start)
+						m.Advance(id)
+					}
+				}
+				b.ReportMetric(float64(masked.Nanoseconds())/float64(b.N*len(ids)), "ns/step")
+			})
+		}
+	}
+}
