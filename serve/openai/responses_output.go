@@ -306,7 +306,7 @@ func (o *responseOutput) close(status string) error {
 		if err := o.send("response.content_part.done", o.at(map[string]any{"part": part})); err != nil {
 			return err
 		}
-	} else if err := o.send("response.function_call_arguments.done", o.at(map[string]any{"arguments": *item.Arguments})); err != nil {
+	} else if err := o.send("response.function_call_arguments.done", o.at(map[string]any{"arguments": *item.Arguments, "name": item.Name})); err != nil {
 		return err
 	}
 	return o.send("response.output_item.done", map[string]any{"output_index": len(o.items) - 1, "item": *item})
