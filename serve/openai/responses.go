@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -255,6 +256,10 @@ func inputItem(msgs []chatMessage, raw json.RawMessage, i int) ([]chatMessage, e
 		Output    json.RawMessage `json:"output"`
 	}
 	if err := json.Unmarshal(raw, &item); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return nil, invalid("input", "input[%d].%s must be a %s, got %s", i, te.Field, te.Type, te.Value)
+		}
 		return nil, invalid("input", "input[%d] must be an object", i)
 	}
 	switch item.Type {

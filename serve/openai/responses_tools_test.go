@@ -345,6 +345,7 @@ func TestResponsesBadToolsAre400(t *testing.T) {
 		{`[` + fn("f", obj) + `]`, user + `,"include":["message.output_text.logprobs"]`, "include", "function tools"},
 		{`[]`, `"input":[{"type":"function_call","call_id":"call_1","arguments":"{}"}]`, "input", "call_id, name and arguments"},
 		{`[]`, `"input":[{"type":"function_call","call_id":"call_1","name":"f"}]`, "input", "call_id, name and arguments"},
+		{`[]`, `"input":[{"type":"function_call","call_id":"call_1","name":"f","arguments":{"a":1}}]`, "input", "input[0].arguments must be a string"},
 		{`[]`, `"input":[{"type":"function_call_output","call_id":"call_1"}]`, "input", "output is required"},
 		{`[]`, `"input":[{"type":"function_call_output","call_id":"call_1","output":[{"type":"input_image"}]}]`, "input", "input_image"},
 		{`[]`, `"input":[{"type":"function_call_output","call_id":"call_1","output":5}]`, "input", "must be a string"},
