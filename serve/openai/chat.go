@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
@@ -182,9 +183,46 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 	if err := req.refusedChatFields.check(); err != nil {
 		return err
 	}
-	p, err := req.params(0)
+	run, err := h.startChat(r.Context(), &req, nil)
 	if err != nil {
 		return err
+	}
+	defer run.cancel()
+	c := &chatState{h: h, req: &req, prompt: run.prompt, id: newID("chatcmpl-"), created: time.Now().Unix(),
+		model: h.modelName(req.Model), choices: newChoiceSet(run.n, run.n), tools: run.tools}
+	if req.Stream {
+		return c.stream(w, r.Context(), run.events)
+	}
+	return c.collect(w, r.Context(), run.events)
+}
+
+// chatRun is a chat request checked, rendered, tokenized and running in the engine.
+type chatRun struct {
+	prompt []int
+	n      int
+	tools  toolPlan
+	events <-chan choiceEvent
+	cancel context.CancelFunc // ends the run; the caller calls it when done
+}
+
+// startChat is the one request path of /v1/chat/completions and /v1/responses (which converts
+// its request into the chat request it means): the parameter checks and limits, the tools,
+// the template, the tokenizer and the engine, in this order, so that every cost is bounded
+// before work starts. format is an output constraint given outside the chat fields (the
+// Responses API's text.format); nil when none.
+func (h *Handler) startChat(ctx context.Context, req *chatRequest, format *serve.Constraint) (*chatRun, error) {
+	p, err := req.params(0)
+	if err != nil {
+		return nil, err
+	}
+	if format != nil {
+		if p.Constraint != nil {
+			return nil, invalid(p.Constraint.Param, "only one structured output constraint may be given, got %s and %s", format.Param, p.Constraint.Param)
+		}
+		p.Constraint = format
+	}
+	if req.TopLogprobs != nil && (*req.TopLogprobs < 0 || *req.TopLogprobs > 20) {
+		return nil, invalid("top_logprobs", "top_logprobs must be between 0 and 20, got %d", *req.TopLogprobs)
 	}
 	if req.Logprobs {
 		p.Logprobs = -1
@@ -192,45 +230,37 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 			p.Logprobs = *req.TopLogprobs
 		}
 	}
-	if req.TopLogprobs != nil && (*req.TopLogprobs < 0 || *req.TopLogprobs > 20) {
-		return invalid("top_logprobs", "top_logprobs must be between 0 and 20, got %d", *req.TopLogprobs)
-	}
 	n, err := req.choices(h.opt.MaxN)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := h.check(&req.samplingFields, &p, 1, n, len(req.Messages), len(req.Tools)); err != nil {
-		return err
+		return nil, err
 	}
 	if err := h.checkTrace(req.Model, req.ExpertTrace); err != nil {
-		return err
+		return nil, err
 	}
-	plan, err := h.planTools(&req, &p)
+	plan, err := h.planTools(req, &p)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	text, err := h.render(&req.chatFields)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Templates write the BOS token themselves; adding it again would double it (vLLM's default).
 	addSpecial := req.AddSpecialTokens != nil && *req.AddSpecialTokens
 	prompt, err := h.encode(text, addSpecial, "messages")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	events, err := h.run(ctx, req.Model, [][]int{prompt}, n, p, req.ExpertTrace)
+	runCtx, cancel := context.WithCancel(ctx)
+	events, err := h.run(runCtx, req.Model, [][]int{prompt}, n, p, req.ExpertTrace)
 	if err != nil {
-		return err
+		cancel()
+		return nil, err
 	}
-	c := &chatState{h: h, req: &req, prompt: prompt, id: newID("chatcmpl-"), created: time.Now().Unix(),
-		model: h.modelName(req.Model), choices: newChoiceSet(n, n), tools: plan}
-	if req.Stream {
-		return c.stream(w, r.Context(), events)
-	}
-	return c.collect(w, r.Context(), events)
+	return &chatRun{prompt: prompt, n: n, tools: plan, events: events, cancel: cancel}, nil
 }
 
 type chatState struct {

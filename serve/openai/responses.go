@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -34,6 +36,8 @@ type responsesRequest struct {
 	Metadata        map[string]string `json:"metadata"`
 	Tools           []json.RawMessage `json:"tools"`
 	ToolChoice      json.RawMessage   `json:"tool_choice"`
+	// ParallelToolCalls false keeps at most one function call (chat's field of the same name).
+	ParallelToolCalls *bool `json:"parallel_tool_calls"`
 	// Stateful and server-side features this server does not have.
 	Store              json.RawMessage `json:"store"`
 	PreviousResponseID json.RawMessage `json:"previous_response_id"`
@@ -142,14 +146,12 @@ func neutralReasoning(raw json.RawMessage) bool {
 	return true
 }
 
-// responsesTools is the seam for tool calling on /v1/responses: it maps the Responses API's
-// function tools ({"type":"function","name","description","parameters","strict"}) and
-// tool_choice ("auto", "none", "required" or {"type":"function","name"}) to chat's forms
-// ({"type":"function","function":{...}}, {"type":"function","function":{"name"}}), so that
-// once chat implements tools they can be handed to it as chatFields.Tools and its tool_choice.
-// Built-in tools (web_search, file_search, ...) run on OpenAI's servers and are refused here.
-// The chat tools are not wired yet: the caller refuses any function tool or forcing
-// tool_choice (errToolsNotYet).
+// responsesTools maps the Responses API's function tools ({"type":"function","name",
+// "description","parameters","strict"}) and tool_choice ("auto", "none", "required" or
+// {"type":"function","name"}) to chat's forms ({"type":"function","function":{...}},
+// {"type":"function","function":{"name"}}), which chat's tool calling then checks, renders,
+// forces and parses as it does its own. Built-in tools (web_search, file_search, ...) run on
+// OpenAI's servers and are refused here.
 func responsesTools(tools []json.RawMessage, choice json.RawMessage) (chatTools []json.RawMessage, chatChoice json.RawMessage, err error) {
 	for i, raw := range tools {
 		var tool struct {
@@ -168,15 +170,15 @@ func responsesTools(tools []json.RawMessage, choice json.RawMessage) (chatTools 
 		if tool.Name == "" {
 			return nil, nil, invalid("tools", "tools[%d].name is required", i)
 		}
-		fn := map[string]any{"name": tool.Name}
-		if tool.Description != "" {
-			fn["description"] = tool.Description
-		}
-		if !isNull(tool.Parameters) {
-			fn["parameters"] = tool.Parameters
-		}
-		if tool.Strict != nil {
-			fn["strict"] = *tool.Strict
+		// In OpenAI's order: the template renders the tool as it is written here.
+		fn := struct {
+			Name        string          `json:"name"`
+			Description string          `json:"description,omitempty"`
+			Parameters  json.RawMessage `json:"parameters,omitempty"`
+			Strict      *bool           `json:"strict,omitempty"`
+		}{tool.Name, tool.Description, tool.Parameters, tool.Strict}
+		if isNull(fn.Parameters) {
+			fn.Parameters = nil
 		}
 		b, _ := json.Marshal(map[string]any{"type": "function", "function": fn}) // strings, a bool and valid JSON
 		chatTools = append(chatTools, b)
@@ -202,15 +204,8 @@ func responsesTools(tools []json.RawMessage, choice json.RawMessage) (chatTools 
 	return chatTools, b, nil
 }
 
-// errToolsNotYet refuses function tools until chat's tool calling is wired through
-// responsesTools.
-func errToolsNotYet(param string) error {
-	return invalid(param, "%s: function tools are not yet supported on /v1/responses", param)
-}
-
 // inputMessages converts instructions and input into chat messages: instructions first as a
-// system message, then input (a string: one user message; a list: message items, with
-// developer read as system, which chat templates know).
+// system message, then input (a string: one user message; a list: input items, see inputItem).
 func (r *responsesRequest) inputMessages() ([]chatMessage, error) {
 	var msgs []chatMessage
 	text := func(s string) json.RawMessage { b, _ := json.Marshal(s); return b }
@@ -237,32 +232,63 @@ func (r *responsesRequest) inputMessages() ([]chatMessage, error) {
 		return nil, invalid("input", "at most %d input items per request, got %d", serve.MaxMessages, len(items))
 	}
 	for i, raw := range items {
-		m, err := inputItem(raw, i)
-		if err != nil {
+		var err error
+		if msgs, err = inputItem(msgs, raw, i); err != nil {
 			return nil, err
 		}
-		msgs = append(msgs, m)
 	}
 	return msgs, nil
 }
 
-// inputItem converts one input item: a message ({"role","content"} with an optional
-// "type":"message"), its content a string or a list of input_text / output_text parts.
-func inputItem(raw json.RawMessage, i int) (chatMessage, error) {
+// inputItem adds one input item to msgs: a message ({"role","content"} with an optional
+// "type":"message", developer read as system, which chat templates know); a function_call (a
+// call the model made, as the client sends it back), which joins the assistant message just
+// before it as one of its tool_calls, or starts one; a function_call_output (the tool's
+// result), chat's tool message.
+func inputItem(msgs []chatMessage, raw json.RawMessage, i int) ([]chatMessage, error) {
 	var item struct {
-		Type    string          `json:"type"`
-		Role    string          `json:"role"`
-		Content json.RawMessage `json:"content"`
+		Type      string          `json:"type"`
+		Role      string          `json:"role"`
+		Content   json.RawMessage `json:"content"`
+		CallID    string          `json:"call_id"`
+		Name      string          `json:"name"`
+		Arguments *string         `json:"arguments"`
+		Output    json.RawMessage `json:"output"`
 	}
 	if err := json.Unmarshal(raw, &item); err != nil {
-		return chatMessage{}, invalid("input", "input[%d] must be an object", i)
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return nil, invalid("input", "input[%d].%s must be a %s, got %s", i, te.Field, te.Type, te.Value)
+		}
+		return nil, invalid("input", "input[%d] must be an object", i)
 	}
 	switch item.Type {
 	case "", "message":
-	case "function_call", "function_call_output":
-		return chatMessage{}, errToolsNotYet("input")
+	case "function_call":
+		if item.CallID == "" || item.Name == "" || item.Arguments == nil {
+			return nil, invalid("input", "input[%d]: a function_call item needs call_id, name and arguments", i)
+		}
+		call, _ := json.Marshal(map[string]any{"id": item.CallID, "type": "function",
+			"function": map[string]string{"name": item.Name, "arguments": *item.Arguments}}) // strings only
+		if n := len(msgs); n > 0 && msgs[n-1].Role == "assistant" {
+			msgs[n-1].ToolCalls = append(msgs[n-1].ToolCalls, call)
+			return msgs, nil
+		}
+		return append(msgs, chatMessage{Role: "assistant", ToolCalls: []json.RawMessage{call}}), nil
+	case "function_call_output":
+		if item.CallID == "" {
+			return nil, invalid("input", "input[%d]: a function_call_output item needs the call_id of its call", i)
+		}
+		if isNull(item.Output) {
+			return nil, invalid("input", "input[%d].output is required", i)
+		}
+		output, err := inputText(item.Output, fmt.Sprintf("input[%d].output", i))
+		if err != nil {
+			return nil, err
+		}
+		return append(msgs, chatMessage{Role: "tool", ToolCallID: item.CallID, Content: output}), nil
 	default:
-		return chatMessage{}, invalid("input", "input[%d]: item type %q is not supported (messages only)", i, item.Type)
+		return nil, invalid("input", "input[%d]: item type %q is not supported (message, function_call and function_call_output are)", i, item.Type)
 	}
 	role := item.Role
 	switch role {
@@ -270,34 +296,44 @@ func inputItem(raw json.RawMessage, i int) (chatMessage, error) {
 	case "developer":
 		role = "system"
 	case "":
-		return chatMessage{}, invalid("input", "input[%d].role is required", i)
+		return nil, invalid("input", "input[%d].role is required", i)
 	default:
-		return chatMessage{}, invalid("input", "input[%d].role must be user, assistant, system or developer, got %q", i, role)
+		return nil, invalid("input", "input[%d].role must be user, assistant, system or developer, got %q", i, role)
 	}
-	content := bytes.TrimSpace(item.Content)
+	content, err := inputText(item.Content, fmt.Sprintf("input[%d].content", i))
+	if err != nil {
+		return nil, err
+	}
+	return append(msgs, chatMessage{Role: role, Content: content}), nil
+}
+
+// inputText reads an item's text (what: where it is, for errors): a string or a list of
+// input_text / output_text parts, joined by newlines, as a JSON string.
+func inputText(raw json.RawMessage, what string) (json.RawMessage, error) {
+	raw = bytes.TrimSpace(raw)
 	var s string
-	if json.Unmarshal(content, &s) == nil {
-		return chatMessage{Role: role, Content: content}, nil
+	if json.Unmarshal(raw, &s) == nil {
+		return raw, nil
 	}
 	var parts []struct {
 		Type string  `json:"type"`
 		Text *string `json:"text"`
 	}
-	if json.Unmarshal(content, &parts) != nil {
-		return chatMessage{}, invalid("input", "input[%d].content must be a string or an array of content parts", i)
+	if json.Unmarshal(raw, &parts) != nil {
+		return nil, invalid("input", "%s must be a string or an array of content parts", what)
 	}
 	texts := make([]string, 0, len(parts))
 	for j, p := range parts {
 		switch {
 		case p.Type != "input_text" && p.Type != "output_text":
-			return chatMessage{}, invalid("input", "input[%d].content[%d]: part type %q is not supported (input_text and output_text only)", i, j, p.Type)
+			return nil, invalid("input", "%s[%d]: part type %q is not supported (input_text and output_text only)", what, j, p.Type)
 		case p.Text == nil:
-			return chatMessage{}, invalid("input", "input[%d].content[%d].text is required", i, j)
+			return nil, invalid("input", "%s[%d].text is required", what, j)
 		}
 		texts = append(texts, *p.Text)
 	}
 	joined, _ := json.Marshal(strings.Join(texts, "\n"))
-	return chatMessage{Role: role, Content: joined}, nil
+	return joined, nil
 }
 
 // textFormat reads text.format ({"type":"text"}, {"type":"json_object"} or {"type":
@@ -329,18 +365,11 @@ func textFormat(t *responsesText) (*serve.Constraint, error) {
 }
 
 // toChat is the one conversion of a Responses request into the chat request it means, and its
-// output constraint (text.format) and whether logprobs were asked for.
+// output constraint (text.format).
 func (r *responsesRequest) toChat() (*chatRequest, *serve.Constraint, error) {
 	chatTools, chatChoice, err := responsesTools(r.Tools, r.ToolChoice)
 	if err != nil {
 		return nil, nil, err
-	}
-	// The seam: when chat implements tools, hand chatTools and chatChoice to it here.
-	if len(chatTools) > 0 {
-		return nil, nil, errToolsNotYet("tools")
-	}
-	if c := string(bytes.TrimSpace(chatChoice)); c != "" && c != `"auto"` && c != `"none"` {
-		return nil, nil, errToolsNotYet("tool_choice")
 	}
 	if r.MaxOutputTokens != nil && *r.MaxOutputTokens < 1 {
 		return nil, nil, invalid("max_output_tokens", "max_output_tokens must be at least 1, got %d", *r.MaxOutputTokens)
@@ -358,10 +387,16 @@ func (r *responsesRequest) toChat() (*chatRequest, *serve.Constraint, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	c := &chatRequest{samplingFields: r.samplingFields, chatFields: chatFields{Messages: msgs}}
+	c := &chatRequest{samplingFields: r.samplingFields, chatFields: chatFields{Messages: msgs, Tools: chatTools}}
+	c.ToolChoice, c.ParallelToolCalls = chatChoice, r.ParallelToolCalls
 	c.MaxTokens = r.MaxOutputTokens
 	c.Logprobs = slices.Contains(r.Include, "message.output_text.logprobs") || (r.TopLogprobs != nil && *r.TopLogprobs > 0)
 	c.TopLogprobs = r.TopLogprobs
+	// A message's logprobs are its tokens'; once the output is split into text and function
+	// calls, which tokens are whose is the parser's guess: refused rather than made up.
+	if c.Logprobs && len(chatTools) > 0 && string(bytes.TrimSpace(chatChoice)) != `"none"` {
+		return nil, nil, invalid("include", "logprobs (include message.output_text.logprobs, top_logprobs) are not supported together with function tools, unless tool_choice is \"none\"")
+	}
 	return c, constraint, nil
 }
 
@@ -385,8 +420,7 @@ func (h *Handler) responses(w http.ResponseWriter, r *http.Request) error {
 	return res.collect(w, r.Context())
 }
 
-// startResponse runs the chat path for req: the shared parameter checks and limits, the
-// template, the tokenizer and the engine, in chat's order (everything bounded before work).
+// startResponse converts req into its chat request and starts it on chat's request path.
 func (h *Handler) startResponse(ctx context.Context, req *responsesRequest) (*responseState, error) {
 	// Tools are bounded before any is read (input items are, in inputMessages).
 	if err := h.e.CheckCounts(serve.Counts{Tools: len(req.Tools)}); err != nil {
@@ -396,46 +430,12 @@ func (h *Handler) startResponse(ctx context.Context, req *responsesRequest) (*re
 	if err != nil {
 		return nil, err
 	}
-	p, err := c.params(0)
+	run, err := h.startChat(ctx, c, format)
 	if err != nil {
 		return nil, err
 	}
-	if format != nil {
-		if p.Constraint != nil {
-			return nil, invalid(p.Constraint.Param, "only one structured output constraint may be given, got text.format and %s", p.Constraint.Param)
-		}
-		p.Constraint = format
-	}
-	if c.TopLogprobs != nil && (*c.TopLogprobs < 0 || *c.TopLogprobs > 20) {
-		return nil, invalid("top_logprobs", "top_logprobs must be between 0 and 20, got %d", *c.TopLogprobs)
-	}
-	if c.Logprobs {
-		p.Logprobs = -1
-		if c.TopLogprobs != nil && *c.TopLogprobs > 0 {
-			p.Logprobs = *c.TopLogprobs
-		}
-	}
-	if err := h.check(&c.samplingFields, &p, 1, 1, len(c.Messages), 0); err != nil {
-		return nil, err
-	}
-	text, err := h.render(&c.chatFields)
-	if err != nil {
-		return nil, err
-	}
-	// Templates write the BOS token themselves (as on chat).
-	addSpecial := c.AddSpecialTokens != nil && *c.AddSpecialTokens
-	prompt, err := h.encode(text, addSpecial, "input")
-	if err != nil {
-		return nil, err
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	events, err := h.run(runCtx, c.Model, [][]int{prompt}, 1, p, false)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	res := &responseState{h: h, req: req, chat: c, prompt: prompt, events: events, cancel: cancel, choices: newChoiceSet(1, 1),
-		id: newID("resp_"), itemID: newID("msg_"), created: time.Now().Unix(), model: h.modelName(c.Model)}
+	res := &responseState{h: h, req: req, chat: c, prompt: run.prompt, events: run.events, cancel: run.cancel, tools: run.tools,
+		choices: newChoiceSet(1, 1), id: newID("resp_"), created: time.Now().Unix(), model: h.modelName(c.Model)}
 	res.temperature, res.topP = 1, 1
 	if c.Temperature != nil {
 		res.temperature = *c.Temperature

@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-// responsesTools, the seam where Responses function tools will reach chat's tool calling,
-// gives chat's forms: a function tool's fields move under "function", a named tool_choice
+// responsesTools, where Responses function tools reach chat's tool calling, gives chat's
+// forms: a function tool's fields move under "function", a named tool_choice
 // becomes {"type":"function","function":{"name"}}, modes pass as they are; built-in tools and
 // malformed ones are 400s naming tools or tool_choice.
 func TestResponsesToolsGiveChatForms(t *testing.T) {

@@ -378,16 +378,14 @@ func TestResponsesCachedTokens(t *testing.T) {
 
 // What this server cannot do is a 400 naming the field, never ignored: stored state
 // (store, previous_response_id, conversation, background, stored prompts), built-in tools,
-// function tools and tool_choice (not yet), chat's names for Responses fields, unsupported
-// input items and parts; the shared checks name the Responses field (max_output_tokens,
+// a forcing tool_choice without tools, chat's names for Responses fields, unsupported or
+// incomplete input items and parts; the shared checks name the Responses field (max_output_tokens,
 // input, text.format), and a request over the limits is refused before any work.
 func TestResponsesRefusedFields(t *testing.T) {
 	client, url, ctx := responsesServer(t)
 	base := responses.ResponseNewParams{Model: demo.Name, MaxOutputTokens: oai.Int(4), Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("x")}}
 	webSearch := base
 	webSearch.Tools = []responses.ToolUnionParam{{OfWebSearch: &responses.WebSearchToolParam{Type: responses.WebSearchToolTypeWebSearch}}}
-	function := base
-	function.Tools = []responses.ToolUnionParam{responses.ToolParamOfFunction("get_weather", map[string]any{"type": "object"}, true)}
 	choice := base
 	choice.ToolChoice = responses.ResponseNewParamsToolChoiceUnion{OfToolChoiceMode: oai.Opt(responses.ToolChoiceOptionsRequired)}
 	store, prev, background := base, base, base
@@ -409,15 +407,15 @@ func TestResponsesRefusedFields(t *testing.T) {
 		{"conversation", base, []option.RequestOption{option.WithJSONSet("conversation", "conv_1")}, "conversation", "keeps no"},
 		{"prompt", base, []option.RequestOption{option.WithJSONSet("prompt", map[string]any{"id": "pmpt_1"})}, "prompt", "stored prompt"},
 		{"web_search", webSearch, nil, "tools", `"web_search"`},
-		{"function tool", function, nil, "tools", "not yet supported on /v1/responses"},
-		{"tool_choice", choice, nil, "tool_choice", "not yet supported on /v1/responses"},
+		{"tool_choice without tools", choice, nil, "tool_choice", "needs tools"},
 		{"max_tokens", base, []option.RequestOption{option.WithJSONSet("max_tokens", 5)}, "max_tokens", "max_output_tokens"},
 		{"response_format", base, []option.RequestOption{option.WithJSONSet("response_format", map[string]any{"type": "json_object"})}, "response_format", "text.format"},
 		{"truncation", base, []option.RequestOption{option.WithJSONSet("truncation", "auto")}, "truncation", "disabled"},
 		{"reasoning", base, []option.RequestOption{option.WithJSONSet("reasoning", map[string]any{"effort": "high"})}, "reasoning", "reason"},
 		{"verbosity", base, []option.RequestOption{option.WithJSONSet("text", map[string]any{"verbosity": "low"})}, "text.verbosity", "medium"},
 		{"include", base, []option.RequestOption{option.WithJSONSet("include", []string{"file_search_call.results"})}, "include", "not supported"},
-		{"function_call item", base, []option.RequestOption{option.WithJSONSet("input", []map[string]any{{"type": "function_call_output", "call_id": "c", "output": "1"}})}, "input", "not yet supported on /v1/responses"},
+		{"function_call_output without call_id", base, []option.RequestOption{option.WithJSONSet("input", []map[string]any{{"type": "function_call_output", "output": "1"}})}, "input", "call_id"},
+		{"item type", base, []option.RequestOption{option.WithJSONSet("input", []map[string]any{{"type": "reasoning", "summary": []any{}}})}, "input", `"reasoning"`},
 		{"image part", base, []option.RequestOption{option.WithJSONSet("input", []map[string]any{{"role": "user", "content": []map[string]any{{"type": "input_image", "image_url": "http://x"}}}})}, "input", "input_image"},
 		{"tool role", base, []option.RequestOption{option.WithJSONSet("input", []map[string]any{{"role": "tool", "content": "x"}})}, "input", "tool"},
 		{"empty input", base, []option.RequestOption{option.WithJSONSet("input", []any{})}, "input", "empty"},
@@ -472,7 +470,13 @@ func FuzzResponsesRequest(f *testing.F) {
 		`{"input":"x","store":true}`, `{"input":"x","previous_response_id":"resp_1"}`, `{"input":"x","background":true}`,
 		`{"input":"x","conversation":{"id":"c"}}`, `{"input":"x","tools":[{"type":"web_search"}]}`,
 		`{"input":"x","tools":[{"type":"function","name":"f","parameters":{}}],"tool_choice":{"type":"function","name":"f"}}`,
-		`{"input":[{"type":"function_call_output","call_id":"c","output":"1"}]}`, `{"input":[{"role":"user","content":[{"type":"input_image"}]}]}`,
+		`{"input":[{"type":"function_call_output","call_id":"c","output":"1"}]}`,
+		`{"input":[{"role":"user","content":"a"},{"type":"function_call","call_id":"call_1","name":"f","arguments":"{\"a\":1}"},{"type":"function_call","id":"fc_2","call_id":"call_2","name":"g","arguments":"{}","status":"completed"},{"type":"function_call_output","call_id":"call_1","output":"ok"},{"type":"function_call_output","call_id":"call_2","output":[{"type":"input_text","text":"b"}]}],"max_output_tokens":2}`,
+		`{"input":[{"type":"function_call","call_id":"c","name":"f"}]}`, `{"input":[{"type":"function_call","call_id":"c","name":"f","arguments":{}}]}`,
+		`{"input":[{"type":"function_call_output","call_id":"c"}]}`, `{"input":[{"type":"function_call_output","call_id":"c","output":[{"type":"input_image"}]}]}`,
+		`{"input":"x","max_output_tokens":4,"tools":[{"type":"function","name":"f","parameters":{"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]}}],"tool_choice":"required","parallel_tool_calls":false,"stream":true}`,
+		`{"input":"x","tools":[{"type":"function","name":"f"}],"tool_choice":"none","include":["message.output_text.logprobs"],"max_output_tokens":2}`,
+		`{"input":[{"role":"user","content":[{"type":"input_image"}]}]}`,
 		`{"input":[]}`, `{"input":null}`, `{"input":5}`, `{"input":[5]}`, `{"input":[{"role":"user","content":[{"type":"input_text"}]}]}`,
 		`{"input":"x","max_output_tokens":0}`, `{"input":"x","max_output_tokens":1e400}`, `{"input":"\ud800","max_output_tokens":1}`,
 		`{"input":"x","text":{"format":{"type":"json_schema"}}}`, `{"input":"x","text":{"format":{"type":"yaml"}}}`, `{"input":"x","text":{"verbosity":"low"}}`,

@@ -12,7 +12,8 @@ import (
 // Tool calling on chat: the request's tools are checked here and rendered by the chat
 // template; tool_choice decides whether the output is parsed into calls (auto), forced to be
 // calls through constrained decoding (required, a named function), or left alone (none). The
-// wire formats, their parsing and forcing are serve/toolcall's.
+// wire formats, their parsing and forcing are serve/toolcall's. /v1/responses converts its
+// function tools to chat's (responsesTools) and runs on this same plan.
 
 // toolFields are chat's tool-calling request fields besides tools (chatFields has those: the
 // template renders them, /tokenize too).
