@@ -26,16 +26,16 @@ func byteVocab() (*structured.Vocab, int) {
 // time; false when it did not end within maxSteps.
 func sample(g *structured.Grammar, eos int, rng *rand.Rand, maxSteps int) (string, bool) {
 	var out []byte
-	s := structured.Start
+	mt := g.NewMatcher()
 	for range maxSteps {
-		m := g.Mask(s)
+		m := mt.Mask()
 		var allowed []int
 		for id := range eos + 1 {
 			if m[id/64]>>(id%64)&1 != 0 {
 				allowed = append(allowed, id)
 			}
 		}
-		if g.Accepting(s) && rng.IntN(2) == 0 {
+		if mt.Accepting() && rng.IntN(2) == 0 {
 			return string(out), true
 		}
 		id := allowed[rng.IntN(len(allowed))]
@@ -43,7 +43,7 @@ func sample(g *structured.Grammar, eos int, rng *rand.Rand, maxSteps int) (strin
 			return string(out), true
 		}
 		out = append(out, byte(id))
-		s = g.Advance(s, id)
+		mt.Advance(id)
 	}
 	return string(out), false
 }
