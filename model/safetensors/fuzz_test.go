@@ -7,7 +7,8 @@ import (
 )
 
 // FuzzParse checks that Parse never panics and that whatever it accepts is sound: every
-// tensor's data lies inside the input and has the length its shape and dtype imply.
+// tensor's data lies inside the input and has the length its shape and dtype imply; and that
+// FromTensors, which checks tensors laid out in memory with the same rules, accepts them too.
 func FuzzParse(f *testing.F) {
 	var good bytes.Buffer
 	if err := Write(&good, sampleTensors(), map[string]string{"format": "pt"}); err != nil {
@@ -23,6 +24,14 @@ func FuzzParse(f *testing.F) {
 		file, err := Parse("fuzz", data)
 		if err != nil {
 			return
+		}
+		var tensors []Tensor
+		for _, n := range file.Names() {
+			tt, _ := file.Tensor(n)
+			tensors = append(tensors, tt)
+		}
+		if _, err := FromTensors("fuzz", tensors, file.Metadata()); err != nil {
+			t.Fatalf("Parse accepts what FromTensors refuses: %v", err)
 		}
 		lo := uintptr(unsafe.Pointer(unsafe.SliceData(data)))
 		hi := lo + uintptr(len(data))

@@ -143,7 +143,8 @@ func decodeHeader(path string, header []byte, f *File) ([]namedInfo, error) {
 	return out, nil
 }
 
-// validateTensor checks one entry's dtype, shape and offsets against the buffer size.
+// validateTensor reads one header entry's numbers and checks it (checkTensor) against the
+// buffer size.
 func validateTensor(path, name string, info rawInfo, bufLen uint64) (Tensor, span, error) {
 	fail := func(format string, args ...any) (Tensor, span, error) {
 		return Tensor{}, span{}, formatErr(path, name, format, args...)
@@ -151,32 +152,13 @@ func validateTensor(path, name string, info rawInfo, bufLen uint64) (Tensor, spa
 	if info.DType == nil || info.Shape == nil || info.Offsets == nil {
 		return fail("header entry needs dtype, shape and data_offsets")
 	}
-	bits, ok := dtypeBits[*info.DType]
-	if !ok {
-		return fail("unknown dtype %q", *info.DType)
-	}
 	shape := make([]int, len(*info.Shape))
-	hasZero := false
 	for i, d := range *info.Shape {
 		v, err := strconv.ParseInt(d.String(), 10, 64)
 		if err != nil || v < 0 || v > math.MaxInt {
 			return fail("shape %v: dimension %d must be a non-negative integer", *info.Shape, i)
 		}
 		shape[i] = int(v)
-		hasZero = hasZero || v == 0
-	}
-	// The element count must not wrap: a wrapped product could match a small byte range. The
-	// limit leaves room for the multiplication by the dtype's bit size below. A zero dimension
-	// anywhere makes the tensor empty whatever the others are.
-	var elems uint64
-	if !hasZero {
-		elems = 1
-		for _, d := range shape {
-			if elems > (math.MaxUint64/64)/uint64(d) {
-				return fail("shape %v: element count overflows", shape)
-			}
-			elems *= uint64(d)
-		}
 	}
 	if len(*info.Offsets) != 2 {
 		return fail("data_offsets must be [begin, end], got %d numbers", len(*info.Offsets))
@@ -196,14 +178,76 @@ func validateTensor(path, name string, info rawInfo, bufLen uint64) (Tensor, spa
 	if end > bufLen {
 		return fail("data_offsets [%d, %d] run past the %d-byte data buffer", begin, end, bufLen)
 	}
-	totalBits := elems * uint64(bits)
-	if totalBits%8 != 0 {
-		return fail("%d elements of %s do not fill whole bytes", elems, *info.DType)
-	}
-	if totalBits/8 != end-begin {
-		return fail("shape %v of %s needs %d bytes, data_offsets give %d", shape, *info.DType, totalBits/8, end-begin)
+	if err := checkTensor(path, name, *info.DType, shape, end-begin); err != nil {
+		return Tensor{}, span{}, err
 	}
 	return Tensor{Name: name, DType: *info.DType, Shape: shape}, span{name, begin, end}, nil
+}
+
+// checkTensor is the one home of what makes a tensor sound, whether read from a header
+// (validateTensor) or laid out in memory (FromTensors): a known dtype, non-negative dimensions
+// whose element count does not wrap, and exactly the bytes that count of that dtype fills.
+func checkTensor(path, name, dtype string, shape []int, size uint64) error {
+	bits, ok := dtypeBits[dtype]
+	if !ok {
+		return formatErr(path, name, "unknown dtype %q", dtype)
+	}
+	hasZero := false
+	for i, d := range shape {
+		if d < 0 {
+			return formatErr(path, name, "shape %v: dimension %d must be a non-negative integer", shape, i)
+		}
+		hasZero = hasZero || d == 0
+	}
+	// The element count must not wrap: a wrapped product could match a small byte range. The
+	// limit leaves room for the multiplication by the dtype's bit size below. A zero dimension
+	// anywhere makes the tensor empty whatever the others are.
+	var elems uint64
+	if !hasZero {
+		elems = 1
+		for _, d := range shape {
+			if elems > (math.MaxUint64/64)/uint64(d) {
+				return formatErr(path, name, "shape %v: element count overflows", shape)
+			}
+			elems *= uint64(d)
+		}
+	}
+	totalBits := elems * uint64(bits)
+	if totalBits%8 != 0 {
+		return formatErr(path, name, "%d elements of %s do not fill whole bytes", elems, dtype)
+	}
+	if totalBits/8 != size {
+		return formatErr(path, name, "shape %v of %s needs %d bytes, data_offsets give %d", shape, dtype, totalBits/8, size)
+	}
+	return nil
+}
+
+// FromTensors is the File of tensors already laid out in memory (a decoder's output), checked
+// as Parse checks a header: every tensor sound (checkTensor), names valid UTF-8, unique and
+// not the reserved metadata key. It spares such a producer writing a header only for Parse to
+// read it back. The caller guarantees what Parse's coverage check proves of a file: the
+// tensors' Data do not overlap (each is its own region of one allocation). The File keeps
+// tensors' Data and shapes; Close is harmless.
+func FromTensors(path string, tensors []Tensor, metadata map[string]string) (*File, error) {
+	f := &File{path: path, tensors: make(map[string]Tensor, len(tensors)), names: make([]string, 0, len(tensors)), metadata: metadata}
+	for _, t := range tensors {
+		switch _, dup := f.tensors[t.Name]; {
+		case !utf8.ValidString(t.Name):
+			return nil, formatErr(path, "", "tensor name %q is not valid UTF-8", t.Name)
+		case dup:
+			return nil, formatErr(path, t.Name, "listed twice")
+		case t.Name == metadataKey:
+			return nil, formatErr(path, t.Name, "the name is reserved for the metadata")
+		}
+		if err := checkTensor(path, t.Name, t.DType, t.Shape, uint64(len(t.Data))); err != nil {
+			return nil, err
+		}
+		t.Shape = slices.Clone(t.Shape)
+		f.tensors[t.Name] = t
+		f.names = append(f.names, t.Name)
+	}
+	slices.Sort(f.names)
+	return f, nil
 }
 
 // checkCoverage requires the tensors, sorted by offset, to tile the data buffer exactly: no
