@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -99,48 +98,198 @@ type namedInfo struct {
 	info rawInfo
 }
 
-// decodeHeader walks the top-level object token by token so that duplicate names, which a
-// map-based decode would silently collapse, are reported.
+// decodeHeader walks the top-level object member by member so that duplicate names, which a
+// map-based decode would silently collapse, are reported. header is valid JSON (Parse checked
+// it), so the walk only finds where each member starts and ends: the checks are the decoders'
+// (headerEntry, or encoding/json for anything it does not read itself).
 func decodeHeader(path string, header []byte, f *File) ([]namedInfo, error) {
-	dec := json.NewDecoder(bytes.NewReader(header))
-	tok, err := dec.Token()
-	if err != nil || tok != json.Delim('{') {
+	i := skipSpace(header, 0)
+	if i == len(header) || header[i] != '{' {
 		return nil, formatErr(path, "", "header is not a JSON object")
 	}
 	seen := map[string]bool{}
 	var out []namedInfo
-	for dec.More() {
-		tok, err := dec.Token()
+	for i = skipSpace(header, i+1); i < len(header) && header[i] == '"'; {
+		end := skipValue(header, i)
+		name, err := unquote(header[i:end])
 		if err != nil {
 			return nil, formatErr(path, "", "header: %v", err)
 		}
-		name := tok.(string) // object keys are always strings
 		if seen[name] {
 			return nil, formatErr(path, name, "listed twice in the header")
 		}
 		seen[name] = true
+		i = skipSpace(header, skipSpace(header, end)+1) // past the colon
+		end = skipValue(header, i)
+		value := header[i:end]
+		if i = skipSpace(header, end); i < len(header) && header[i] == ',' {
+			i = skipSpace(header, i+1)
+		}
 		if name == metadataKey {
 			var md map[string]string
-			if err := dec.Decode(&md); err != nil {
+			if err := json.Unmarshal(value, &md); err != nil {
 				return nil, formatErr(path, "", "__metadata__ must map strings to strings: %v", err)
 			}
 			f.metadata = md
 			continue
 		}
-		var info rawInfo
-		if err := dec.Decode(&info); err != nil {
-			return nil, formatErr(path, name, "bad header entry: %v", err)
+		info, ok := headerEntry(value)
+		if !ok {
+			if err := json.Unmarshal(value, &info); err != nil {
+				return nil, formatErr(path, name, "bad header entry: %v", err)
+			}
 		}
 		out = append(out, namedInfo{name, info})
 	}
-	if _, err := dec.Token(); err != nil {
-		return nil, formatErr(path, "", "header: %v", err)
-	}
-	// Anything after the object other than whitespace padding is an error.
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, formatErr(path, "", "trailing data after the header object")
-	}
 	return out, nil
+}
+
+// headerEntry reads a header entry written the way every safetensors writer writes one:
+// exactly the keys dtype, shape and data_offsets, each once, a dtype string without escapes and
+// arrays of digits. It gives what encoding/json gives for such an entry (FuzzHeaderEntry
+// holds it to that) at a fraction of the cost; for anything else it says no and the caller
+// asks encoding/json, whose rules (null, case-insensitive keys, the last of repeated keys)
+// then apply. entry is valid JSON.
+func headerEntry(entry []byte) (rawInfo, bool) {
+	var info rawInfo
+	i := skipSpace(entry, 0)
+	if i == len(entry) || entry[i] != '{' {
+		return info, false
+	}
+	for i = skipSpace(entry, i+1); i < len(entry) && entry[i] == '"'; {
+		key, ok := plainString(entry, i)
+		if !ok {
+			return info, false
+		}
+		i = skipSpace(entry, i+len(key)+2)
+		if i == len(entry) || entry[i] != ':' {
+			return info, false
+		}
+		i = skipSpace(entry, i+1)
+		switch string(key) {
+		case "dtype":
+			v, ok := plainString(entry, i)
+			if !ok || info.DType != nil {
+				return info, false
+			}
+			dtype := string(v)
+			info.DType, i = &dtype, i+len(v)+2
+		case "shape", "data_offsets":
+			dst := &info.Shape
+			if key[0] == 'd' {
+				dst = &info.Offsets
+			}
+			nums, end, ok := digitArray(entry, i)
+			if !ok || *dst != nil {
+				return info, false
+			}
+			*dst, i = &nums, end
+		default:
+			return info, false
+		}
+		if i = skipSpace(entry, i); i < len(entry) && entry[i] == ',' {
+			i = skipSpace(entry, i+1)
+		}
+	}
+	if i == len(entry) || entry[i] != '}' || skipSpace(entry, i+1) != len(entry) {
+		return info, false
+	}
+	return info, true
+}
+
+// plainString is the contents of the string starting at b[i] when it has no escapes.
+func plainString(b []byte, i int) ([]byte, bool) {
+	if i == len(b) || b[i] != '"' {
+		return nil, false
+	}
+	end := bytes.IndexByte(b[i+1:], '"')
+	if end < 0 {
+		return nil, false
+	}
+	s := b[i+1 : i+1+end]
+	return s, bytes.IndexByte(s, '\\') < 0
+}
+
+// digitArray reads an array of unsigned integers written as plain digits starting at b[i], and
+// returns it and the index past it.
+func digitArray(b []byte, i int) ([]json.Number, int, bool) {
+	if i == len(b) || b[i] != '[' {
+		return nil, 0, false
+	}
+	nums := []json.Number{}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return nums, i + 1, true
+	}
+	for i < len(b) {
+		start := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return nil, 0, false
+		}
+		nums = append(nums, json.Number(b[start:i]))
+		switch i = skipSpace(b, i); {
+		case i < len(b) && b[i] == ',':
+			i = skipSpace(b, i+1)
+		case i < len(b) && b[i] == ']':
+			return nums, i + 1, true
+		default:
+			return nil, 0, false
+		}
+	}
+	return nil, 0, false
+}
+
+// unquote is a JSON string's value.
+func unquote(s []byte) (string, error) {
+	if len(s) >= 2 && bytes.IndexByte(s, '\\') < 0 {
+		return string(s[1 : len(s)-1]), nil
+	}
+	var v string
+	err := json.Unmarshal(s, &v)
+	return v, err
+}
+
+// skipSpace is the index of the first byte at or after i that is not JSON whitespace.
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue is the index just past the JSON value starting at b[i], in a valid document.
+func skipValue(b []byte, i int) int {
+	depth := 0
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			for i++; i < len(b) && b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					i++
+				}
+			}
+			if depth == 0 {
+				return i + 1
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth--; depth == 0 {
+				return i + 1
+			}
+			if depth < 0 {
+				return i // the end of the enclosing value
+			}
+		case ',', ' ', '\t', '\n', '\r', ':':
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return i
 }
 
 // validateTensor reads one header entry's numbers and checks it (checkTensor) against the
