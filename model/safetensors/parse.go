@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/loraplex/loraplex/internal/jsonscan"
 )
 
 // MaxHeaderSize caps the JSON header, as the reference implementation does (100 MB): a corrupt
@@ -103,14 +105,14 @@ type namedInfo struct {
 // it), so the walk only finds where each member starts and ends: the checks are the decoders'
 // (headerEntry, or encoding/json for anything it does not read itself).
 func decodeHeader(path string, header []byte, f *File) ([]namedInfo, error) {
-	i := skipSpace(header, 0)
+	i := jsonscan.Space(header, 0)
 	if i == len(header) || header[i] != '{' {
 		return nil, formatErr(path, "", "header is not a JSON object")
 	}
 	seen := map[string]bool{}
 	var out []namedInfo
-	for i = skipSpace(header, i+1); i < len(header) && header[i] == '"'; {
-		end := skipValue(header, i)
+	for i = jsonscan.Space(header, i+1); i < len(header) && header[i] == '"'; {
+		end := jsonscan.Value(header, i)
 		name, err := unquote(header[i:end])
 		if err != nil {
 			return nil, formatErr(path, "", "header: %v", err)
@@ -119,12 +121,10 @@ func decodeHeader(path string, header []byte, f *File) ([]namedInfo, error) {
 			return nil, formatErr(path, name, "listed twice in the header")
 		}
 		seen[name] = true
-		i = skipSpace(header, skipSpace(header, end)+1) // past the colon
-		end = skipValue(header, i)
+		i = jsonscan.Space(header, jsonscan.Space(header, end)+1) // past the colon
+		end = jsonscan.Value(header, i)
 		value := header[i:end]
-		if i = skipSpace(header, end); i < len(header) && header[i] == ',' {
-			i = skipSpace(header, i+1)
-		}
+		i = jsonscan.Next(header, end)
 		if name == metadataKey {
 			var md map[string]string
 			if err := json.Unmarshal(value, &md); err != nil {
@@ -152,28 +152,24 @@ func decodeHeader(path string, header []byte, f *File) ([]namedInfo, error) {
 // then apply. entry is valid JSON.
 func headerEntry(entry []byte) (rawInfo, bool) {
 	var info rawInfo
-	i := skipSpace(entry, 0)
+	i := jsonscan.Space(entry, 0)
 	if i == len(entry) || entry[i] != '{' {
 		return info, false
 	}
-	for i = skipSpace(entry, i+1); i < len(entry) && entry[i] == '"'; {
-		key, ok := plainString(entry, i)
-		if !ok {
+	for i = jsonscan.Space(entry, i+1); i < len(entry) && entry[i] == '"'; i = jsonscan.Next(entry, i) {
+		key, end, ok := jsonscan.PlainString(entry, i)
+		if i = jsonscan.Space(entry, end); !ok || i == len(entry) || entry[i] != ':' {
 			return info, false
 		}
-		i = skipSpace(entry, i+len(key)+2)
-		if i == len(entry) || entry[i] != ':' {
-			return info, false
-		}
-		i = skipSpace(entry, i+1)
+		i = jsonscan.Space(entry, i+1)
 		switch string(key) {
 		case "dtype":
-			v, ok := plainString(entry, i)
+			v, end, ok := jsonscan.PlainString(entry, i)
 			if !ok || info.DType != nil {
 				return info, false
 			}
 			dtype := string(v)
-			info.DType, i = &dtype, i+len(v)+2
+			info.DType, i = &dtype, end
 		case "shape", "data_offsets":
 			dst := &info.Shape
 			if key[0] == 'd' {
@@ -187,59 +183,31 @@ func headerEntry(entry []byte) (rawInfo, bool) {
 		default:
 			return info, false
 		}
-		if i = skipSpace(entry, i); i < len(entry) && entry[i] == ',' {
-			i = skipSpace(entry, i+1)
-		}
 	}
-	if i == len(entry) || entry[i] != '}' || skipSpace(entry, i+1) != len(entry) {
+	if i == len(entry) || entry[i] != '}' || jsonscan.Space(entry, i+1) != len(entry) {
 		return info, false
 	}
 	return info, true
-}
-
-// plainString is the contents of the string starting at b[i] when it has no escapes.
-func plainString(b []byte, i int) ([]byte, bool) {
-	if i == len(b) || b[i] != '"' {
-		return nil, false
-	}
-	end := bytes.IndexByte(b[i+1:], '"')
-	if end < 0 {
-		return nil, false
-	}
-	s := b[i+1 : i+1+end]
-	return s, bytes.IndexByte(s, '\\') < 0
 }
 
 // digitArray reads an array of unsigned integers written as plain digits starting at b[i], and
 // returns it and the index past it.
 func digitArray(b []byte, i int) ([]json.Number, int, bool) {
 	if i == len(b) || b[i] != '[' {
-		return nil, 0, false
+		return nil, i, false
 	}
 	nums := []json.Number{}
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == ']' {
-		return nums, i + 1, true
+	for i = jsonscan.Space(b, i+1); i < len(b) && b[i] != ']'; i = jsonscan.Next(b, i) {
+		d, end := jsonscan.Digits(b, i)
+		if len(d) == 0 || (end < len(b) && (b[end] == '.' || b[end] == 'e' || b[end] == 'E')) {
+			return nil, i, false
+		}
+		nums, i = append(nums, json.Number(d)), end
 	}
-	for i < len(b) {
-		start := i
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
-		if i == start {
-			return nil, 0, false
-		}
-		nums = append(nums, json.Number(b[start:i]))
-		switch i = skipSpace(b, i); {
-		case i < len(b) && b[i] == ',':
-			i = skipSpace(b, i+1)
-		case i < len(b) && b[i] == ']':
-			return nums, i + 1, true
-		default:
-			return nil, 0, false
-		}
+	if i == len(b) {
+		return nil, i, false
 	}
-	return nil, 0, false
+	return nums, i + 1, true
 }
 
 // unquote is a JSON string's value.
@@ -250,46 +218,6 @@ func unquote(s []byte) (string, error) {
 	var v string
 	err := json.Unmarshal(s, &v)
 	return v, err
-}
-
-// skipSpace is the index of the first byte at or after i that is not JSON whitespace.
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipValue is the index just past the JSON value starting at b[i], in a valid document.
-func skipValue(b []byte, i int) int {
-	depth := 0
-	for ; i < len(b); i++ {
-		switch b[i] {
-		case '"':
-			for i++; i < len(b) && b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					i++
-				}
-			}
-			if depth == 0 {
-				return i + 1
-			}
-		case '{', '[':
-			depth++
-		case '}', ']':
-			if depth--; depth == 0 {
-				return i + 1
-			}
-			if depth < 0 {
-				return i // the end of the enclosing value
-			}
-		case ',', ' ', '\t', '\n', '\r', ':':
-			if depth == 0 {
-				return i
-			}
-		}
-	}
-	return i
 }
 
 // validateTensor reads one header entry's numbers and checks it (checkTensor) against the
