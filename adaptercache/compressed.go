@@ -66,32 +66,29 @@ func isCompressed(roots *confine.Roots, path string) bool {
 
 // LoadCompressed loads a lorapack file and validates it against the base model. The result is
 // what LoadPEFT returns for the folder `lorapack decompress` writes: the factors are decoded
-// into fresh host buffers (F32 for adapters stored in F32, BF16 otherwise) laid out as an
-// in-memory safetensors file, which then goes through LoadPEFT's own checks, so both loaders
-// accept and reject the same adapters with the same errors. The io.Closer holds nothing (the
-// file is closed before returning) and is returned for symmetry with LoadPEFT.
+// into fresh host buffers (F32 for adapters stored in F32, BF16 otherwise), laid out as that
+// folder's safetensors file would be and checked as safetensors.Parse checks it
+// (Container.DecodeTensors), then through LoadPEFT's own checks, so both loaders accept and
+// reject the same adapters with the same errors. The io.Closer holds nothing (the file is
+// closed before returning) and is returned for symmetry with LoadPEFT.
 func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
 	return loadCompressed(nil, path, name, base)
 }
 
 // loadCompressed is LoadCompressed of a file opened beneath roots (nil: anywhere).
 func loadCompressed(roots *confine.Roots, path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
-	var rankErr error
-	buf, _, cfg, err := decodeCompressed(roots, path, name, func(cfg *PEFTConfig, _ *lorapack.Manifest) int {
-		if rankErr = checkFileRank(name, path, cfg); rankErr != nil {
-			return 0
-		}
-		return maxAdapterElems(base, cfg)
-	})
-	if rankErr != nil {
-		return nil, nil, rankErr
+	c, err := openContainer(roots, path)
+	if err != nil {
+		return nil, nil, compressedErr(name, path, err)
 	}
+	defer c.Close()
+	cfg, err := manifestConfig(c, name, path)
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := safetensors.Parse(path, buf)
+	f, err := c.DecodeTensors(path, maxAdapterElems(base, cfg), nil, nil)
 	if err != nil {
-		return nil, nil, &AdapterError{Adapter: name, File: path, Err: err}
+		return nil, nil, compressedErr(name, path, err)
 	}
 	a, err := buildAdapter(f, cfg, name, path, base)
 	if err != nil {
@@ -101,6 +98,19 @@ func loadCompressed(roots *confine.Roots, path, name string, base *model.Config)
 		return nil, nil, err
 	}
 	return a, f, nil
+}
+
+// manifestConfig parses the adapter config a lorapack file carries and holds its rank to what
+// lorapack files may hold (checkFileRank), before anything the file sizes is allocated.
+func manifestConfig(c *lorapack.Container, name, path string) (*PEFTConfig, error) {
+	cfg, err := ParsePEFTConfig(c.Manifest.PEFTConfig)
+	if err != nil {
+		return nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
+	}
+	if err := checkFileRank(name, path, cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 // LoadCompressedEncoded is LoadCompressed for a backend that decodes some codecs on the device:
@@ -122,9 +132,9 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 	}
 	defer c.Close()
 	keep := false
-	cfg, err := ParsePEFTConfig(c.Manifest.PEFTConfig)
+	cfg, err := manifestConfig(c, name, path)
 	if err != nil {
-		return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
+		return nil, nil, err
 	}
 	skip := func(_ string, info lorapack.TensorInfo) bool {
 		return (info.Codec == "q4" || info.Codec == "q8") && onDevice(info.Codec)
@@ -135,9 +145,6 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 			release()
 		}
 	}()
-	if err := checkFileRank(name, path, cfg); err != nil {
-		return nil, nil, err
-	}
 	// The streams left for the device are copied out of the file into private memory and
 	// checked against their checksums there, so what the device decodes is what was verified
 	// and the file may change afterwards (see ownTensors). That starts now, on other
@@ -151,17 +158,13 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 	}
 	streams := readEncoded(c, encoded)
 	defer streams() // every return waits for the readers before c.Close unmaps the file
-	buf, err := c.DecodeFileExcept(maxAdapterElems(base, cfg), skip, func(n int) ([]byte, error) {
+	f, err := c.DecodeTensors(path, maxAdapterElems(base, cfg), skip, func(n int) ([]byte, error) {
 		b, rel, err := zeroPages(n)
 		release = rel
 		return b, err
 	})
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
-	}
-	f, err := safetensors.Parse(path, buf)
-	if err != nil {
-		return nil, nil, &AdapterError{Adapter: name, File: path, Err: err}
 	}
 	a, err := buildAdapter(f, cfg, name, path, base)
 	if err != nil {
@@ -307,23 +310,23 @@ func openContainer(roots *confine.Roots, path string) (*lorapack.Container, erro
 }
 
 // decodeCompressed opens, checks and decodes a lorapack file into safetensors bytes, and returns
-// the adapter config it carries, raw and parsed.
-func decodeCompressed(roots *confine.Roots, path, name string, limit func(*PEFTConfig, *lorapack.Manifest) int) ([]byte, []byte, *PEFTConfig, error) {
-	c, err := openContainer(roots, path)
+// the adapter config it carries, raw.
+func decodeCompressed(path, name string, limit func(*PEFTConfig, *lorapack.Manifest) int) ([]byte, []byte, error) {
+	c, err := openContainer(nil, path)
 	if err != nil {
-		return nil, nil, nil, compressedErr(name, path, err)
+		return nil, nil, compressedErr(name, path, err)
 	}
 	defer c.Close()
 	raw := c.Manifest.PEFTConfig
 	cfg, err := ParsePEFTConfig(raw)
 	if err != nil {
-		return nil, nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
+		return nil, nil, &AdapterError{Adapter: name, File: path, Err: fmt.Errorf("peft_config in the manifest: %w", err)}
 	}
 	buf, err := c.DecodeFile(limit(cfg, c.Manifest))
 	if err != nil {
-		return nil, nil, nil, compressedErr(name, path, err)
+		return nil, nil, compressedErr(name, path, err)
 	}
-	return buf, raw, cfg, nil
+	return buf, raw, nil
 }
 
 // compressedErr classifies an error the way LoadPEFT does: a broken file is an *AdapterError,
@@ -345,7 +348,7 @@ func DecompressFile(path, outDir string) error {
 	// Without a base model, bound by the config's rank: every factor has one side of at most that
 	// rank, and the other side at most 2^20 (over 50x Llama-3-70B's widest projection); never
 	// more than 2^31 values (8 GiB as F32) in all.
-	buf, cfg, _, err := decodeCompressed(nil, path, filepath.Base(path), func(cfg *PEFTConfig, m *lorapack.Manifest) int {
+	buf, cfg, err := decodeCompressed(path, filepath.Base(path), func(cfg *PEFTConfig, m *lorapack.Manifest) int {
 		return min(1<<31, len(m.Tensors)*maxRank(cfg)<<20)
 	})
 	if err != nil {

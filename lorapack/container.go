@@ -332,61 +332,106 @@ func copySum(dst, src []byte) uint32 {
 }
 
 // DecodeFile decodes every tensor into one in-memory safetensors file (F32 or BF16 tensors,
-// metadata {"format": "pt"} as peft writes). Loaders parse it with safetensors.Parse so that
-// a decoded adapter goes through exactly the checks of a PEFT one, and decompress writes it out
-// as is. Decoding runs on all CPUs, one tensor at a time per worker, straight into the output.
-// maxElems bounds the total element count, which is the only allocation the file's contents
-// size.
+// metadata {"format": "pt"} as peft writes), the bytes decompress writes out. Decoding runs on
+// all CPUs, one tensor at a time per worker, straight into the output. maxElems bounds the
+// total element count, which is the only allocation the file's contents size.
 func (c *Container) DecodeFile(maxElems int) ([]byte, error) {
-	return c.DecodeFileExcept(maxElems, nil, nil)
+	tensors, sizes, size, err := c.layout(maxElems)
+	if err != nil {
+		return nil, err
+	}
+	ents := make([]entry, len(tensors))
+	for i, t := range tensors {
+		ents[i] = entry{t.Name, t.DType, t.Shape, sizes[i]}
+	}
+	hdr, err := header(ents, decodedMetadata())
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, len(hdr)+size)
+	copy(buf, hdr)
+	place(tensors, sizes, buf[len(hdr):])
+	if err := c.decodeAll(tensors, nil); err != nil {
+		return nil, err
+	}
+	return buf, nil
 }
 
-// DecodeFileExcept is DecodeFile leaving out the tensors skip accepts: they get their place
-// (zeros: a fresh allocation) in the safetensors file, so it parses and validates the same, but
-// their streams are not decoded (nor checked beyond Open's header checks: the caller reads them
-// with ReadStream), for a backend that decodes them itself. alloc, if not nil, makes the output buffer (it must return n zero bytes);
-// a buffer of untouched zero pages makes the skipped tensors cost no memory writes.
-func (c *Container) DecodeFileExcept(maxElems int, skip func(name string, info TensorInfo) bool, alloc func(n int) ([]byte, error)) ([]byte, error) {
+// decodedMetadata is the metadata of a decoded adapter: peft's.
+func decodedMetadata() map[string]string { return map[string]string{"format": "pt"} }
+
+// DecodeTensors is DecodeFile for a loader: the same tensors, laid out the same way, given as
+// a safetensors.File that safetensors.FromTensors checks as Parse checks a header (over the
+// manifest's values), instead of as bytes whose header is written only to be parsed back.
+// path names the File in errors. Tensors skip accepts get their place (zeros: alloc's fresh
+// memory) so the adapter validates the same, but their streams are not decoded (nor checked
+// beyond Open's header checks: the caller reads them with ReadStream), for a backend that
+// decodes them itself. alloc, if not nil, makes the buffer (it must return n zero bytes); a
+// buffer of untouched zero pages makes the skipped tensors cost no memory writes. The tensors
+// are checked before any stream is decoded.
+func (c *Container) DecodeTensors(path string, maxElems int, skip func(name string, info TensorInfo) bool, alloc func(n int) ([]byte, error)) (*safetensors.File, error) {
+	tensors, sizes, size, err := c.layout(maxElems)
+	if err != nil {
+		return nil, err
+	}
+	var buf []byte
+	if alloc == nil {
+		buf = make([]byte, size)
+	} else if buf, err = alloc(size); err != nil {
+		return nil, err
+	}
+	place(tensors, sizes, buf)
+	f, err := safetensors.FromTensors(path, tensors, decodedMetadata())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.decodeAll(tensors, skip); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// layout is the decoded adapter's tensors in file order, F32 first (which keeps every tensor
+// aligned to its element size in a buffer that starts 8-byte aligned), each with its dtype and
+// shape, their byte sizes and the total. maxElems bounds the total element count before
+// anything is allocated.
+func (c *Container) layout(maxElems int) ([]safetensors.Tensor, []int, int, error) {
 	names := slices.Clone(c.File.Names())
-	// F32 tensors first keeps every tensor aligned to its element size.
 	slices.SortStableFunc(names, func(a, b string) int {
 		return strings.Compare(c.Manifest.Tensors[b].OutDType(), c.Manifest.Tensors[a].OutDType())
 	})
 	tensors := make([]safetensors.Tensor, len(names))
-	ents := make([]entry, len(names))
+	sizes := make([]int, len(names))
 	total, size := 0, 0
 	for i, name := range names {
 		info := c.Manifest.Tensors[name]
 		n := info.Shape[0] * info.Shape[1]
 		if total += n; total > maxElems {
-			return nil, corrupt("more than %d values in all", maxElems)
+			return nil, nil, 0, corrupt("more than %d values in all", maxElems)
 		}
 		es := 2
 		if info.OutDType() == "F32" {
 			es = 4
 		}
 		tensors[i] = safetensors.Tensor{Name: name, DType: info.OutDType(), Shape: info.Shape[:]}
-		ents[i] = entry{name, info.OutDType(), info.Shape[:], n * es}
+		sizes[i] = n * es
 		size += n * es
 	}
-	hdr, err := header(ents, map[string]string{"format": "pt"})
-	if err != nil {
-		return nil, err
-	}
-	var buf []byte
-	if alloc == nil {
-		buf = make([]byte, len(hdr)+size)
-	} else if buf, err = alloc(len(hdr) + size); err != nil {
-		return nil, err
-	}
-	copy(buf, hdr)
-	off := len(hdr)
-	for i := range tensors {
-		n := ents[i].Size
+	return tensors, sizes, size, nil
+}
+
+// place gives each tensor its region of buf, back to back in order.
+func place(tensors []safetensors.Tensor, sizes []int, buf []byte) {
+	off := 0
+	for i, n := range sizes {
 		tensors[i].Data = buf[off : off+n : off+n]
 		off += n
 	}
+}
 
+// decodeAll decodes every tensor's stream but those skip accepts into its Data, checking each
+// against its checksum, on all CPUs. The error is the first in the tensors' order.
+func (c *Container) decodeAll(tensors []safetensors.Tensor, skip func(name string, info TensorInfo) bool) error {
 	errs := make([]error, len(tensors))
 	var wg sync.WaitGroup
 	work := make(chan int)
@@ -412,8 +457,8 @@ func (c *Container) DecodeFileExcept(maxElems int, skip func(name string, info T
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", tensors[i].Name, err)
+			return fmt.Errorf("tensor %q: %w", tensors[i].Name, err)
 		}
 	}
-	return buf, nil
+	return nil
 }

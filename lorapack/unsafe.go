@@ -9,8 +9,8 @@ import (
 // decodeInto decodes a stream straight into a tensor's little-endian bytes. Viewing the bytes as
 // []uint16 / []float32 avoids a second pass (and a second buffer) on the load path; it relies on
 // a little-endian host (amd64, arm64: every platform loraplex builds for) and on the data being
-// aligned to the element size, which DecodeFile's layout guarantees. The tensor's bytes must be
-// zero (DecodeFile's buffer is a fresh allocation).
+// aligned to the element size, which Container.layout guarantees. The tensor's bytes must be
+// zero (the decoders' buffers are fresh allocations).
 func decodeInto(stream []byte, t safetensors.Tensor) error {
 	if len(t.Data) == 0 {
 		return corrupt("empty tensor")

@@ -2,12 +2,16 @@ package safetensors
 
 import (
 	"bytes"
+	"encoding/json"
+	"reflect"
 	"testing"
+	"unicode/utf8"
 	"unsafe"
 )
 
 // FuzzParse checks that Parse never panics and that whatever it accepts is sound: every
-// tensor's data lies inside the input and has the length its shape and dtype imply.
+// tensor's data lies inside the input and has the length its shape and dtype imply; and that
+// FromTensors, which checks tensors laid out in memory with the same rules, accepts them too.
 func FuzzParse(f *testing.F) {
 	var good bytes.Buffer
 	if err := Write(&good, sampleTensors(), map[string]string{"format": "pt"}); err != nil {
@@ -23,6 +27,14 @@ func FuzzParse(f *testing.F) {
 		file, err := Parse("fuzz", data)
 		if err != nil {
 			return
+		}
+		var tensors []Tensor
+		for _, n := range file.Names() {
+			tt, _ := file.Tensor(n)
+			tensors = append(tensors, tt)
+		}
+		if _, err := FromTensors("fuzz", tensors, file.Metadata()); err != nil {
+			t.Fatalf("Parse accepts what FromTensors refuses: %v", err)
 		}
 		lo := uintptr(unsafe.Pointer(unsafe.SliceData(data)))
 		hi := lo + uintptr(len(data))
@@ -53,4 +65,42 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzHeaderEntry holds headerEntry, the fast reader of a header entry, to encoding/json: on
+// every valid entry it accepts, it gives exactly what encoding/json decodes.
+func FuzzHeaderEntry(f *testing.F) {
+	for _, s := range []string{
+		`{"dtype":"BF16","shape":[4096,16],"data_offsets":[0,131072]}`,
+		` { "shape" : [ ] , "data_offsets":[0,0], "dtype" : "U8" } `,
+		`{"dtype":"U8","dtype":"F32","shape":[1],"data_offsets":[0,1]}`,
+		`{"DType":"U8","shape":[1],"data_offsets":[0,1]}`,
+		`{"dtype":"U\u0038","shape":[1],"data_offsets":[0,1]}`,
+		`{"dtype":null,"shape":[-1,1.5,1e3],"data_offsets":null}`,
+		`{"dtype":"U8","shape":[1],"data_offsets":[0,1],"extra":{"a":[1,"]"]}}`,
+		`{}`, `[]`, `5`, `{"shape":[18446744073709551616]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, entry []byte) {
+		if !utf8.Valid(entry) || !json.Valid(entry) { // what Parse guarantees before the walk
+			return
+		}
+		got, ok := headerEntry(entry)
+		if !ok {
+			return
+		}
+		var want rawInfo
+		if err := json.Unmarshal(entry, &want); err != nil {
+			t.Fatalf("headerEntry accepts %q, encoding/json refuses it: %v", entry, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q: headerEntry gives %s, encoding/json %s", entry, show(got), show(want))
+		}
+	})
+}
+
+func show(i rawInfo) string {
+	b, _ := json.Marshal(i)
+	return string(b)
 }

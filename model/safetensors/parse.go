@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"io"
 	"math"
 	"slices"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/loraplex/loraplex/internal/jsonscan"
 )
 
 // MaxHeaderSize caps the JSON header, as the reference implementation does (100 MB): a corrupt
@@ -99,51 +100,128 @@ type namedInfo struct {
 	info rawInfo
 }
 
-// decodeHeader walks the top-level object token by token so that duplicate names, which a
-// map-based decode would silently collapse, are reported.
+// decodeHeader walks the top-level object member by member so that duplicate names, which a
+// map-based decode would silently collapse, are reported. header is valid JSON (Parse checked
+// it), so the walk only finds where each member starts and ends: the checks are the decoders'
+// (headerEntry, or encoding/json for anything it does not read itself).
 func decodeHeader(path string, header []byte, f *File) ([]namedInfo, error) {
-	dec := json.NewDecoder(bytes.NewReader(header))
-	tok, err := dec.Token()
-	if err != nil || tok != json.Delim('{') {
+	i := jsonscan.Space(header, 0)
+	if i == len(header) || header[i] != '{' {
 		return nil, formatErr(path, "", "header is not a JSON object")
 	}
 	seen := map[string]bool{}
 	var out []namedInfo
-	for dec.More() {
-		tok, err := dec.Token()
+	for i = jsonscan.Space(header, i+1); i < len(header) && header[i] == '"'; {
+		end := jsonscan.Value(header, i)
+		name, err := unquote(header[i:end])
 		if err != nil {
 			return nil, formatErr(path, "", "header: %v", err)
 		}
-		name := tok.(string) // object keys are always strings
 		if seen[name] {
 			return nil, formatErr(path, name, "listed twice in the header")
 		}
 		seen[name] = true
+		i = jsonscan.Space(header, jsonscan.Space(header, end)+1) // past the colon
+		end = jsonscan.Value(header, i)
+		value := header[i:end]
+		i = jsonscan.Next(header, end)
 		if name == metadataKey {
 			var md map[string]string
-			if err := dec.Decode(&md); err != nil {
+			if err := json.Unmarshal(value, &md); err != nil {
 				return nil, formatErr(path, "", "__metadata__ must map strings to strings: %v", err)
 			}
 			f.metadata = md
 			continue
 		}
-		var info rawInfo
-		if err := dec.Decode(&info); err != nil {
-			return nil, formatErr(path, name, "bad header entry: %v", err)
+		info, ok := headerEntry(value)
+		if !ok {
+			if err := json.Unmarshal(value, &info); err != nil {
+				return nil, formatErr(path, name, "bad header entry: %v", err)
+			}
 		}
 		out = append(out, namedInfo{name, info})
-	}
-	if _, err := dec.Token(); err != nil {
-		return nil, formatErr(path, "", "header: %v", err)
-	}
-	// Anything after the object other than whitespace padding is an error.
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, formatErr(path, "", "trailing data after the header object")
 	}
 	return out, nil
 }
 
-// validateTensor checks one entry's dtype, shape and offsets against the buffer size.
+// headerEntry reads a header entry written the way every safetensors writer writes one:
+// exactly the keys dtype, shape and data_offsets, each once, a dtype string without escapes and
+// arrays of digits. It gives what encoding/json gives for such an entry (FuzzHeaderEntry
+// holds it to that) at a fraction of the cost; for anything else it says no and the caller
+// asks encoding/json, whose rules (null, case-insensitive keys, the last of repeated keys)
+// then apply. entry is valid JSON.
+func headerEntry(entry []byte) (rawInfo, bool) {
+	var info rawInfo
+	i := jsonscan.Space(entry, 0)
+	if i == len(entry) || entry[i] != '{' {
+		return info, false
+	}
+	for i = jsonscan.Space(entry, i+1); i < len(entry) && entry[i] == '"'; i = jsonscan.Next(entry, i) {
+		key, end, ok := jsonscan.PlainString(entry, i)
+		if i = jsonscan.Space(entry, end); !ok || i == len(entry) || entry[i] != ':' {
+			return info, false
+		}
+		i = jsonscan.Space(entry, i+1)
+		switch string(key) {
+		case "dtype":
+			v, end, ok := jsonscan.PlainString(entry, i)
+			if !ok || info.DType != nil {
+				return info, false
+			}
+			dtype := string(v)
+			info.DType, i = &dtype, end
+		case "shape", "data_offsets":
+			dst := &info.Shape
+			if key[0] == 'd' {
+				dst = &info.Offsets
+			}
+			nums, end, ok := digitArray(entry, i)
+			if !ok || *dst != nil {
+				return info, false
+			}
+			*dst, i = &nums, end
+		default:
+			return info, false
+		}
+	}
+	if i == len(entry) || entry[i] != '}' || jsonscan.Space(entry, i+1) != len(entry) {
+		return info, false
+	}
+	return info, true
+}
+
+// digitArray reads an array of unsigned integers written as plain digits starting at b[i], and
+// returns it and the index past it.
+func digitArray(b []byte, i int) ([]json.Number, int, bool) {
+	if i == len(b) || b[i] != '[' {
+		return nil, i, false
+	}
+	nums := []json.Number{}
+	for i = jsonscan.Space(b, i+1); i < len(b) && b[i] != ']'; i = jsonscan.Next(b, i) {
+		d, end := jsonscan.Digits(b, i)
+		if len(d) == 0 || (end < len(b) && (b[end] == '.' || b[end] == 'e' || b[end] == 'E')) {
+			return nil, i, false
+		}
+		nums, i = append(nums, json.Number(d)), end
+	}
+	if i == len(b) {
+		return nil, i, false
+	}
+	return nums, i + 1, true
+}
+
+// unquote is a JSON string's value.
+func unquote(s []byte) (string, error) {
+	if len(s) >= 2 && bytes.IndexByte(s, '\\') < 0 {
+		return string(s[1 : len(s)-1]), nil
+	}
+	var v string
+	err := json.Unmarshal(s, &v)
+	return v, err
+}
+
+// validateTensor reads one header entry's numbers and checks it (checkTensor) against the
+// buffer size.
 func validateTensor(path, name string, info rawInfo, bufLen uint64) (Tensor, span, error) {
 	fail := func(format string, args ...any) (Tensor, span, error) {
 		return Tensor{}, span{}, formatErr(path, name, format, args...)
@@ -151,32 +229,13 @@ func validateTensor(path, name string, info rawInfo, bufLen uint64) (Tensor, spa
 	if info.DType == nil || info.Shape == nil || info.Offsets == nil {
 		return fail("header entry needs dtype, shape and data_offsets")
 	}
-	bits, ok := dtypeBits[*info.DType]
-	if !ok {
-		return fail("unknown dtype %q", *info.DType)
-	}
 	shape := make([]int, len(*info.Shape))
-	hasZero := false
 	for i, d := range *info.Shape {
 		v, err := strconv.ParseInt(d.String(), 10, 64)
 		if err != nil || v < 0 || v > math.MaxInt {
 			return fail("shape %v: dimension %d must be a non-negative integer", *info.Shape, i)
 		}
 		shape[i] = int(v)
-		hasZero = hasZero || v == 0
-	}
-	// The element count must not wrap: a wrapped product could match a small byte range. The
-	// limit leaves room for the multiplication by the dtype's bit size below. A zero dimension
-	// anywhere makes the tensor empty whatever the others are.
-	var elems uint64
-	if !hasZero {
-		elems = 1
-		for _, d := range shape {
-			if elems > (math.MaxUint64/64)/uint64(d) {
-				return fail("shape %v: element count overflows", shape)
-			}
-			elems *= uint64(d)
-		}
 	}
 	if len(*info.Offsets) != 2 {
 		return fail("data_offsets must be [begin, end], got %d numbers", len(*info.Offsets))
@@ -196,14 +255,76 @@ func validateTensor(path, name string, info rawInfo, bufLen uint64) (Tensor, spa
 	if end > bufLen {
 		return fail("data_offsets [%d, %d] run past the %d-byte data buffer", begin, end, bufLen)
 	}
-	totalBits := elems * uint64(bits)
-	if totalBits%8 != 0 {
-		return fail("%d elements of %s do not fill whole bytes", elems, *info.DType)
-	}
-	if totalBits/8 != end-begin {
-		return fail("shape %v of %s needs %d bytes, data_offsets give %d", shape, *info.DType, totalBits/8, end-begin)
+	if err := checkTensor(path, name, *info.DType, shape, end-begin); err != nil {
+		return Tensor{}, span{}, err
 	}
 	return Tensor{Name: name, DType: *info.DType, Shape: shape}, span{name, begin, end}, nil
+}
+
+// checkTensor is the one home of what makes a tensor sound, whether read from a header
+// (validateTensor) or laid out in memory (FromTensors): a known dtype, non-negative dimensions
+// whose element count does not wrap, and exactly the bytes that count of that dtype fills.
+func checkTensor(path, name, dtype string, shape []int, size uint64) error {
+	bits, ok := dtypeBits[dtype]
+	if !ok {
+		return formatErr(path, name, "unknown dtype %q", dtype)
+	}
+	hasZero := false
+	for i, d := range shape {
+		if d < 0 {
+			return formatErr(path, name, "shape %v: dimension %d must be a non-negative integer", shape, i)
+		}
+		hasZero = hasZero || d == 0
+	}
+	// The element count must not wrap: a wrapped product could match a small byte range. The
+	// limit leaves room for the multiplication by the dtype's bit size below. A zero dimension
+	// anywhere makes the tensor empty whatever the others are.
+	var elems uint64
+	if !hasZero {
+		elems = 1
+		for _, d := range shape {
+			if elems > (math.MaxUint64/64)/uint64(d) {
+				return formatErr(path, name, "shape %v: element count overflows", shape)
+			}
+			elems *= uint64(d)
+		}
+	}
+	totalBits := elems * uint64(bits)
+	if totalBits%8 != 0 {
+		return formatErr(path, name, "%d elements of %s do not fill whole bytes", elems, dtype)
+	}
+	if totalBits/8 != size {
+		return formatErr(path, name, "shape %v of %s needs %d bytes, data_offsets give %d", shape, dtype, totalBits/8, size)
+	}
+	return nil
+}
+
+// FromTensors is the File of tensors already laid out in memory (a decoder's output), checked
+// as Parse checks a header: every tensor sound (checkTensor), names valid UTF-8, unique and
+// not the reserved metadata key. It spares such a producer writing a header only for Parse to
+// read it back. The caller guarantees what Parse's coverage check proves of a file: the
+// tensors' Data do not overlap (each is its own region of one allocation). The File keeps
+// tensors' Data and shapes; Close is harmless.
+func FromTensors(path string, tensors []Tensor, metadata map[string]string) (*File, error) {
+	f := &File{path: path, tensors: make(map[string]Tensor, len(tensors)), names: make([]string, 0, len(tensors)), metadata: metadata}
+	for _, t := range tensors {
+		switch _, dup := f.tensors[t.Name]; {
+		case !utf8.ValidString(t.Name):
+			return nil, formatErr(path, "", "tensor name %q is not valid UTF-8", t.Name)
+		case dup:
+			return nil, formatErr(path, t.Name, "listed twice")
+		case t.Name == metadataKey:
+			return nil, formatErr(path, t.Name, "the name is reserved for the metadata")
+		}
+		if err := checkTensor(path, t.Name, t.DType, t.Shape, uint64(len(t.Data))); err != nil {
+			return nil, err
+		}
+		t.Shape = slices.Clone(t.Shape)
+		f.tensors[t.Name] = t
+		f.names = append(f.names, t.Name)
+	}
+	slices.Sort(f.names)
+	return f, nil
 }
 
 // checkCoverage requires the tensors, sorted by offset, to tile the data buffer exactly: no

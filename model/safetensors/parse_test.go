@@ -127,6 +127,7 @@ func TestParseErrors(t *testing.T) {
 		{"not object", "", "not a JSON object", raw(`[1,2]`, nil)},
 		{"trailing", "", "not valid JSON", raw(`{} {}`, nil)},
 		{"duplicate name", "x", "twice", raw(`{"x":{"dtype":"U8","shape":[0],"data_offsets":[0,0]},"x":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}`, nil)},
+		{"duplicate name, once escaped", "x", "twice", raw(`{"x":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}, "\u0078" :{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}`, nil)},
 		{"metadata not strings", "", "__metadata__", raw(`{"__metadata__":{"a":1}}`, nil)},
 		{"entry not object", "x", "bad header entry", raw(`{"x":5}`, nil)},
 		{"missing field", "x", "needs dtype", raw(`{"x":{"dtype":"U8","shape":[1]}}`, []byte{1})},
@@ -170,12 +171,13 @@ func TestParseErrors(t *testing.T) {
 // empty-shape scalars and zero-size tensors placed anywhere are fine too.
 func TestParseAccepts(t *testing.T) {
 	for name, data := range map[string][]byte{
-		"padded":         raw(`{"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}      `, []byte{7}),
-		"empty header":   raw(`{}`, nil),
-		"zero size last": raw(`{"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"e":{"dtype":"F32","shape":[0],"data_offsets":[1,1]}}`, []byte{7}),
-		"zero with huge": raw(`{"e":{"dtype":"F32","shape":[9223372036854775807,0],"data_offsets":[0,0]}}`, nil),
-		"null metadata":  raw(`{"__metadata__":null}`, nil),
-		"unknown field":  raw(`{"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"extra":true}}`, []byte{7}),
+		"padded":          raw(`{"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}      `, []byte{7}),
+		"empty header":    raw(`{}`, nil),
+		"zero size last":  raw(`{"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"e":{"dtype":"F32","shape":[0],"data_offsets":[1,1]}}`, []byte{7}),
+		"zero with huge":  raw(`{"e":{"dtype":"F32","shape":[9223372036854775807,0],"data_offsets":[0,0]}}`, nil),
+		"null metadata":   raw(`{"__metadata__":null}`, nil),
+		"unknown field":   raw(`{"x":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"extra":true}}`, []byte{7}),
+		"spaced, escaped": raw(` { "\u0078" : { "data_offsets" : [ 0 , 1 ] , "DTYPE" : "\u0055\u0038" , "shape" : [ 1 ] } , "__metadata__" : { "k" : "v\"" } } `, []byte{7}),
 	} {
 		if _, err := Parse(name, data); err != nil {
 			t.Errorf("%s: %v", name, err)
