@@ -9,3 +9,10 @@ func dotBF16x4(x []float32, k int, w []uint16, out *[4]float32) { dotBF16x4Gener
 func dotF32x4(x []float32, k int, w []float32, out *[4]float32) { dotF32x4Generic(x, k, w, out) }
 
 func axpyF32(a float32, x, y []float32) { axpyF32Generic(a, x, y) }
+
+func scores(q, k []float32, stride int, scale float32, out []float32) {
+	scoresGeneric(q, k, stride, scale, out)
+}
+func accum(p, v []float32, stride int, o []float32) { accumGeneric(p, v, stride, o) }
+func maxF32(x []float32) float32                    { return maxGeneric(x) }
+func expSub(x []float32, m float32) float32         { return expSubGeneric(x, m) }
