@@ -22,6 +22,7 @@ type Backend struct {
 	scratch [][]float32 // per worker: attention scores
 	loraBuf []float32
 	attn    attnJob
+	panels  [][]float32 // per worker: gemm's packed weight panel
 	faults  *faultLatch
 }
 
@@ -31,7 +32,8 @@ func New(threads int) *Backend {
 		threads = runtime.GOMAXPROCS(0)
 	}
 	faults := new(faultLatch)
-	b := &Backend{workers: threads, pool: newPool(threads, faults), scratch: make([][]float32, threads), faults: faults}
+	b := &Backend{workers: threads, pool: newPool(threads, faults), scratch: make([][]float32, threads),
+		panels: make([][]float32, threads), faults: faults}
 	b.attn.fn = b.attn.run
 	return b
 }

@@ -16,3 +16,14 @@ func scores(q, k []float32, stride int, scale float32, out []float32) {
 func accum(p, v []float32, stride int, o []float32) { accumGeneric(p, v, stride, o) }
 func maxF32(x []float32) float32                    { return maxGeneric(x) }
 func expSub(x []float32, m float32) float32         { return expSubGeneric(x, m) }
+
+// Without AVX2 gemm keeps the dot-product path: the panel micro-kernels are assembly only.
+const panelKernels = false
+
+func gemm6x16(x []float32, ldx int, panel, out []float32, ldo int, alpha float32, accumulate bool) {
+	gemmPanelGeneric(x, ldx, 6, panel, out, ldo, alpha, accumulate)
+}
+
+func gemm1x16(x, panel, out []float32, alpha float32, accumulate bool) {
+	gemmPanelGeneric(x, 0, 1, panel, out, 0, alpha, accumulate)
+}

@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/loraplex/loraplex/model"
@@ -12,9 +13,24 @@ func (b *Backend) MatMul(out, x, w model.Tensor) { b.gemm(out, x, w, 1, false) }
 
 // gemm computes out = alpha * x · wᵀ (+ out when accumulate). Work is split over w's rows (output
 // columns): a decode step streams each weight row from memory exactly once, which is what bounds
-// its speed. Within a worker's range the weight rows go in tiles of about 32 KB; every group of
-// four x rows runs over the tile (one weight load feeding four rows, dotBF16x4) while it is in
-// L1/L2, so a batch or a prompt does not re-read the weights from memory per row.
+// its speed. Two paths:
+//
+//   - few rows (decode, small batches): within a worker's range the weight rows go in tiles of
+//     about 32 KB; every group of four x rows runs over the tile (one weight load feeding four
+//     rows, dotBF16x4) while it is in L1/L2. Memory-bound: the weights stream once.
+//   - panelMinRows rows or more (prefill chunks): compute-bound, so the weights are reshaped.
+//     Each run of 16 weight rows is widened to float32 once and transposed into a panel
+//     (panel[p*16+c] = w[j0+c][p], 16·k floats, in L1/L2), and a register-blocked micro-kernel
+//     (gemm6x16) computes 6 x rows x 16 outputs from it: per step of p, two panel loads and six
+//     broadcasts of x feed twelve FMAs, with no per-row weight conversion and no horizontal
+//     sums. Every x row reuses the panel, so the conversion is paid once per 16·k weights per
+//     call instead of once per four rows.
+//
+// Tolerance and determinism: the panel path sums each output as one float32 FMA chain in k
+// order, the dot path in 8-32 lane partial sums; both are within float32 rounding of the exact
+// dot product (matmul_test.go), and the HF fixture tolerance is unchanged. Which path runs
+// depends only on the step's row count, and within the panel path an output does not depend on
+// which row block (6 or 1) computed it.
 func (b *Backend) gemm(out, x, w model.Tensor, alpha float32, accumulate bool) {
 	if b.Err() != nil {
 		return // the weights' mapping faulted: not touched again (fault.go)
@@ -35,11 +51,23 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha float32, accumulate bool) {
 		gemmJobs.Put(g)
 		panic(fmt.Sprintf("cpu: MatMul weight dtype %s", w.DType))
 	}
-	grain := max(1, 16384/max(g.k, 1)) // about 32 KB of bf16 weights per chunk at least
-	b.pool.run(g.m, grain, g.fn)
-	*g = gemmJob{fn: g.fn} // drop the references before pooling
+	if full := g.m / 16; panelKernels && g.n >= panelMinRows && full > 0 && g.k > 0 {
+		g.panels = b.panels
+		b.pool.run(full, 1, g.panelFn)
+		if full*16 < g.m {
+			g.run(0, full*16, g.m) // the last few columns, on the dot path
+		}
+	} else {
+		grain := max(1, 16384/max(g.k, 1)) // about 32 KB of bf16 weights per chunk at least
+		b.pool.run(g.m, grain, g.fn)
+	}
+	*g = gemmJob{fn: g.fn, panelFn: g.panelFn} // drop the references before pooling
 	gemmJobs.Put(g)
 }
+
+// panelMinRows is the row count from which gemm packs weight panels: below it the packing
+// (about as much work per weight as a row's FMAs) is not repaid.
+const panelMinRows = 16
 
 // gemmJob carries one gemm's operands to the workers. Its fn is the method value g.run, made
 // once per job, so handing work to the pool allocates nothing (a closure over the operands
@@ -51,14 +79,81 @@ type gemmJob struct {
 	n, k, m    int
 	alpha      float32
 	accumulate bool
+	panels     [][]float32 // per worker: the panel being used (Backend.panels)
 	fn         func(worker, lo, hi int)
+	panelFn    func(worker, lo, hi int)
 }
 
 var gemmJobs = sync.Pool{New: func() any {
 	g := new(gemmJob)
-	g.fn = g.run
+	g.fn, g.panelFn = g.run, g.runPanels
 	return g
 }}
+
+// runPanels computes the output columns of panels [lo, hi) (16 columns each) for every row.
+func (g *gemmJob) runPanels(w, lo, hi int) {
+	n, k, m := g.n, g.k, g.m
+	if cap(g.panels[w]) < 16*k {
+		g.panels[w] = make([]float32, 16*k)
+	}
+	panel := g.panels[w][:16*k]
+	for pi := lo; pi < hi; pi++ {
+		j0 := pi * 16
+		if g.wb != nil {
+			packPanelBF16(panel, g.wb[j0*k:(j0+16)*k], k)
+		} else {
+			packPanelF32(panel, g.wf[j0*k:(j0+16)*k], k)
+		}
+		i := 0
+		for ; i+6 <= n; i += 6 {
+			gemm6x16(g.xs[i*k:(i+6)*k], k, panel, g.os[i*m+j0:], m, g.alpha, g.accumulate)
+		}
+		for ; i < n; i++ {
+			gemm1x16(g.xs[i*k:(i+1)*k], panel, g.os[i*m+j0:], g.alpha, g.accumulate)
+		}
+	}
+}
+
+// packPanelBF16 widens 16 weight rows (w, row-major [16, k]) into a panel: dst[p*16+c] = w[c][p].
+func packPanelBF16(dst []float32, w []uint16, k int) {
+	dst = dst[:16*k]
+	for c := range 16 {
+		row := w[c*k : c*k+k]
+		for p, u := range row {
+			dst[p*16+c] = math.Float32frombits(uint32(u) << 16)
+		}
+	}
+}
+
+// packPanelF32 is packPanelBF16 for float32 weights.
+func packPanelF32(dst []float32, w []float32, k int) {
+	dst = dst[:16*k]
+	for c := range 16 {
+		row := w[c*k : c*k+k]
+		for p, v := range row {
+			dst[p*16+c] = v
+		}
+	}
+}
+
+// gemmPanelGeneric is the portable gemm6x16 / gemm1x16 (rows of them): the reference the
+// micro-kernels are tested against, with the same FMA chain per output.
+func gemmPanelGeneric(x []float32, ldx, rows int, panel, out []float32, ldo int, alpha float32, accumulate bool) {
+	k := len(panel) / 16
+	for i := range rows {
+		for c := range 16 {
+			var s float32
+			for p := range k {
+				s = fma32(x[i*ldx+p], panel[p*16+c], s)
+			}
+			s *= alpha
+			if accumulate {
+				s += out[i*ldo+c]
+			}
+			out[i*ldo+c] = s
+		}
+	}
+}
 
 func (g *gemmJob) run(_, lo, hi int) {
 	n, k := g.n, g.k
