@@ -79,3 +79,18 @@ func expSub(x []float32, m float32) float32 {
 	}
 	return sum
 }
+
+//go:noescape
+func siluMulAVX2(out, gate, up []float32)
+
+// siluMul sets out[i] = silu(gate[i]) * up[i] (len(gate), len(up) >= len(out)).
+func siluMul(out, gate, up []float32) {
+	gate, up = gate[:len(out)], up[:len(out)]
+	n8 := 0
+	if useAVX2 {
+		if n8 = len(out) &^ 7; n8 > 0 {
+			siluMulAVX2(out[:n8], gate[:n8], up[:n8])
+		}
+	}
+	siluMulGeneric(out[n8:], gate[n8:], up[n8:])
+}

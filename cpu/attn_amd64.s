@@ -1,6 +1,7 @@
 //go:build amd64 && !purego
 
 #include "textflag.h"
+#include "exp_amd64.h"
 
 // Attention kernels (attnkern.go says why they are shaped this way). All take head-dimension
 // vectors whose length is a multiple of 8; the Go wrappers check that and handle the rest.
@@ -230,84 +231,25 @@ mxfold:
 
 // func expSubAVX2(x []float32, m float32) float32
 // x[i] = exp(x[i] - m) for i < len(x)&^7 and returns their sum (eight lane sums, then a fold).
-// exp is expF32's algorithm lane by lane, with the same constants and the same FMAs (expF32
-// rounds its FMAs through float64, so the two may differ in a last bit, rarely): clamp to
-// [-87.33654, 88], n = round(x·log2 e),
-// r = x - n·ln2 in two FMA steps (Cody-Waite), a degree-5 polynomial, times 2^n built in the
-// exponent field.
+// exp is EXP8 (exp_amd64.h), expF32 lane by lane.
 TEXT ·expSubAVX2(SB), NOSPLIT, $0-36
 	MOVQ         x_base+0(FP), SI
 	MOVQ         x_len+8(FP), CX
 	VBROADCASTSS m+24(FP), Y15
-	MOVL         $0xc2aeac4f, AX // -87.33654
-	VMOVD        AX, X14
-	VBROADCASTSS X14, Y14
-	MOVL         $0x42b00000, AX // 88
-	VMOVD        AX, X13
-	VBROADCASTSS X13, Y13
-	MOVL         $0x3fb8aa3b, AX // log2(e)
-	VMOVD        AX, X12
-	VBROADCASTSS X12, Y12
-	MOVL         $0xbf318000, AX // -0.693359375 (ln2 high part)
-	VMOVD        AX, X11
-	VBROADCASTSS X11, Y11
-	MOVL         $0x395e8083, AX // 2.12194440e-4 (minus the ln2 low part)
-	VMOVD        AX, X10
-	VBROADCASTSS X10, Y10
-	VXORPS       Y9, Y9, Y9      // the sum
+	EXPCONSTS
+	VXORPS       Y9, Y9, Y9 // the sum
 
 exloop:
-	CMPQ         CX, $8
-	JLT          exdone
-	VMOVUPS      (SI), Y0
-	VSUBPS       Y15, Y0, Y0
-	VMAXPS       Y14, Y0, Y0
-	VMINPS       Y13, Y0, Y0
-	VMULPS       Y12, Y0, Y1
-	VROUNDPS     $0, Y1, Y1      // n, to nearest even
-	VFMADD231PS  Y11, Y1, Y0     // r = x - n*0.693359375
-	VFMADD231PS  Y10, Y1, Y0     // r -= n*(-2.12194440e-4)
-	MOVL         $0x39506967, AX // 1.9875691500e-4
-	VMOVD        AX, X2
-	VBROADCASTSS X2, Y2
-	MOVL         $0x3ab743ce, AX // 1.3981999507e-3
-	VMOVD        AX, X3
-	VBROADCASTSS X3, Y3
-	VFMADD213PS  Y3, Y0, Y2      // y = y*r + c
-	MOVL         $0x3c088908, AX // 8.3334519073e-3
-	VMOVD        AX, X3
-	VBROADCASTSS X3, Y3
-	VFMADD213PS  Y3, Y0, Y2
-	MOVL         $0x3d2aa9c1, AX // 4.1665795894e-2
-	VMOVD        AX, X3
-	VBROADCASTSS X3, Y3
-	VFMADD213PS  Y3, Y0, Y2
-	MOVL         $0x3e2aaaaa, AX // 1.6666665459e-1
-	VMOVD        AX, X3
-	VBROADCASTSS X3, Y3
-	VFMADD213PS  Y3, Y0, Y2
-	MOVL         $0x3f000000, AX // 0.5
-	VMOVD        AX, X3
-	VBROADCASTSS X3, Y3
-	VFMADD213PS  Y3, Y0, Y2
-	VMULPS       Y0, Y0, Y4      // r*r
-	VFMADD213PS  Y0, Y4, Y2      // y = y*r² + r
-	MOVL         $0x3f800000, AX // 1
-	VMOVD        AX, X3
-	VBROADCASTSS X3, Y3
-	VADDPS       Y3, Y2, Y2      // y += 1
-	VCVTPS2DQ    Y1, Y1          // n as int32 (already integral)
-	MOVL         $127, AX
-	VMOVD        AX, X3
-	VPBROADCASTD X3, Y3
-	VPADDD       Y3, Y1, Y1
-	VPSLLD       $23, Y1, Y1     // 2^n
-	VMULPS       Y1, Y2, Y2
-	VMOVUPS      Y2, (SI)
-	VADDPS       Y2, Y9, Y9
-	ADDQ         $32, SI
-	SUBQ         $8, CX
-	JMP          exloop
+	CMPQ    CX, $8
+	JLT     exdone
+	VMOVUPS (SI), Y0
+	VSUBPS  Y15, Y0, Y0
+	EXP8
+	VMOVUPS Y2, (SI)
+	VADDPS  Y2, Y9, Y9
+	ADDQ    $32, SI
+	SUBQ    $8, CX
+	JMP     exloop
 
 exdone:
 	VEXTRACTF128 $1, Y9, X1
@@ -318,4 +260,38 @@ exdone:
 	VADDSS       X1, X0, X0
 	VZEROUPPER
 	MOVSS        X0, ret+32(FP)
+	RET
+
+// func siluMulAVX2(out, gate, up []float32)
+// out[i] = gate[i] / (1 + exp(-gate[i])) * up[i] for i < len(out)&^7, in that operation order
+// (torch's float32 silu, then the product), exp being EXP8.
+TEXT ·siluMulAVX2(SB), NOSPLIT, $0-72
+	MOVQ   out_base+0(FP), DI
+	MOVQ   out_len+8(FP), CX
+	MOVQ   gate_base+24(FP), SI
+	MOVQ   up_base+48(FP), DX
+	EXPCONSTS
+	VXORPS Y9, Y9, Y9
+	MOVL   $0x3f800000, AX
+	VMOVD  AX, X8
+	VBROADCASTSS X8, Y8 // 1
+
+smloop:
+	CMPQ    CX, $8
+	JLT     smdone
+	VMOVUPS (SI), Y5
+	VSUBPS  Y5, Y9, Y0 // -g
+	EXP8
+	VADDPS  Y8, Y2, Y2
+	VDIVPS  Y2, Y5, Y6
+	VMULPS  (DX), Y6, Y6
+	VMOVUPS Y6, (DI)
+	ADDQ    $32, SI
+	ADDQ    $32, DX
+	ADDQ    $32, DI
+	SUBQ    $8, CX
+	JMP     smloop
+
+smdone:
+	VZEROUPPER
 	RET

@@ -61,6 +61,12 @@ func expSubGeneric(x []float32, m float32) float32 {
 	return sum
 }
 
+func siluMulGeneric(out, gate, up []float32) {
+	for i, g := range gate[:len(out)] {
+		out[i] = g / (1 + expF32(-g)) * up[i]
+	}
+}
+
 // expF32 is the float32 exp of expSubAVX2, one lane (see the header above).
 func expF32(x float32) float32 {
 	const (

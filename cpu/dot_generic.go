@@ -27,3 +27,5 @@ func gemm6x16(x []float32, ldx int, panel, out []float32, ldo int, alpha float32
 func gemm1x16(x, panel, out []float32, alpha float32, accumulate bool) {
 	gemmPanelGeneric(x, 0, 1, panel, out, 0, alpha, accumulate)
 }
+
+func siluMul(out, gate, up []float32) { siluMulGeneric(out, gate, up) }

@@ -60,14 +60,14 @@ func BenchmarkPrefillGemm(b *testing.B) {
 }
 
 // BenchmarkAttentionKernels times the page kernels against their portable versions on one page
-// of 16 keys (head size 64, the cache's row stride of 4 KV heads), best of turns, and reports
-// the speed-up of each.
+// of 16 keys (head size 64, the cache's row stride of 4 KV heads), and the exp-based row kernels
+// on 2,048 floats, best of turns (thread CPU time), and reports the speed-up of each.
 func BenchmarkAttentionKernels(b *testing.B) {
 	const d, ps, stride = 64, 16, 256
 	r := rand.New(rand.NewPCG(1, 2))
 	q, kv := randF32(r, d), randF32(r, ps*stride)
 	sc, o := make([]float32, ps), make([]float32, d)
-	row := randF32(r, 2048)
+	row, silu := randF32(r, 2048), make([]float32, 2048)
 	kernels := []struct {
 		name       string
 		fast, slow func()
@@ -75,11 +75,12 @@ func BenchmarkAttentionKernels(b *testing.B) {
 		{"scores", func() { scores(q, kv, stride, 0.125, sc) }, func() { scoresGeneric(q, kv, stride, 0.125, sc) }},
 		{"accum", func() { accum(sc, kv, stride, o) }, func() { accumGeneric(sc, kv, stride, o) }},
 		{"max+expSub/2048", func() { expSub(row, maxF32(row)); copy(row, kv) }, func() { expSubGeneric(row, maxGeneric(row)); copy(row, kv) }},
+		{"siluMul/2048", func() { siluMul(silu, row, row) }, func() { siluMulGeneric(silu, row, row) }},
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	for _, k := range kernels {
 		b.Run(k.name, func(b *testing.B) {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
 			best := [2]time.Duration{math.MaxInt64, math.MaxInt64}
 			for range b.N {
 				for i, fn := range []func(){k.fast, k.slow} {
