@@ -28,8 +28,8 @@ func scores(q, k []float32, stride int, scale float32, out []float32) {
 			scoresAVX2(q, k, stride, n4, scale, out[:n4])
 		}
 	}
-	for t := n4; t < n; t++ {
-		out[t] = dotF32(q, k[t*stride:t*stride+d]) * scale
+	if n4 < n {
+		scoresGeneric(q, k[n4*stride:], stride, scale, out[n4:])
 	}
 }
 
