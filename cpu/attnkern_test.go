@@ -79,7 +79,6 @@ func TestExpF32(t *testing.T) {
 // positions, pages shuffled over the cache.
 type attnCase struct {
 	heads, kvHeads, dim, pageSize, window int
-	seqs                                  []model.SeqRows
 	b                                     *Backend
 	q                                     model.Tensor
 }
