@@ -27,3 +27,5 @@ func gemm1x16(x, panel, out []float32, alpha float32, accumulate bool) {
 }
 
 func siluMul(out, gate, up []float32) { siluMulGeneric(out, gate, up) }
+
+func packPanelBF16(dst []float32, w []uint16, k int) { packPanelBF16Generic(dst, w, k, 0) }

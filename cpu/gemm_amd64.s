@@ -133,3 +133,96 @@ g1acc:
 	STOREACC(Y0, Y1)
 	VZEROUPPER
 	RET
+
+// LOAD8 widens 8 bfloat16 weights at addr into the 8 float32 lanes of y.
+#define LOAD8(addr, y) \
+	VPMOVZXWD addr, y; \
+	VPSLLD    $16, y, y
+
+// TRANSPOSE8 stores the 8x8 block of rows Y0-Y7 transposed: lane j of every row goes to
+// (DI + j*64 + off) (clobbers Y0-Y13).
+#define TRANSPOSE8(off) \
+	VUNPCKLPS  Y1, Y0, Y8; \
+	VUNPCKHPS  Y1, Y0, Y9; \
+	VUNPCKLPS  Y3, Y2, Y10; \
+	VUNPCKHPS  Y3, Y2, Y11; \
+	VUNPCKLPS  Y5, Y4, Y12; \
+	VUNPCKHPS  Y5, Y4, Y13; \
+	VUNPCKLPS  Y7, Y6, Y0; \
+	VUNPCKHPS  Y7, Y6, Y1; \
+	VSHUFPS    $0x44, Y10, Y8, Y2; \
+	VSHUFPS    $0xEE, Y10, Y8, Y3; \
+	VSHUFPS    $0x44, Y11, Y9, Y4; \
+	VSHUFPS    $0xEE, Y11, Y9, Y5; \
+	VSHUFPS    $0x44, Y0, Y12, Y6; \
+	VSHUFPS    $0xEE, Y0, Y12, Y7; \
+	VSHUFPS    $0x44, Y1, Y13, Y8; \
+	VSHUFPS    $0xEE, Y1, Y13, Y9; \
+	VPERM2F128 $0x20, Y6, Y2, Y10; \
+	VPERM2F128 $0x31, Y6, Y2, Y11; \
+	VMOVUPS    Y10, off(DI); \
+	VMOVUPS    Y11, off+256(DI); \
+	VPERM2F128 $0x20, Y7, Y3, Y10; \
+	VPERM2F128 $0x31, Y7, Y3, Y11; \
+	VMOVUPS    Y10, off+64(DI); \
+	VMOVUPS    Y11, off+320(DI); \
+	VPERM2F128 $0x20, Y8, Y4, Y10; \
+	VPERM2F128 $0x31, Y8, Y4, Y11; \
+	VMOVUPS    Y10, off+128(DI); \
+	VMOVUPS    Y11, off+384(DI); \
+	VPERM2F128 $0x20, Y9, Y5, Y10; \
+	VPERM2F128 $0x31, Y9, Y5, Y11; \
+	VMOVUPS    Y10, off+192(DI); \
+	VMOVUPS    Y11, off+448(DI)
+
+// func packBF16AVX2(dst *float32, w *uint16, k, n8 int)
+// dst[p*16+c] = float32(w[c*k+p]) for c < 16, p < n8 (a multiple of 8): 8x8 blocks widened and
+// transposed in registers, rows 0-7 to columns 0-7 and rows 8-15 to columns 8-15.
+TEXT ·packBF16AVX2(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), DI
+	MOVQ w+8(FP), R10
+	MOVQ k+16(FP), R8
+	SHLQ $1, R8
+	MOVQ n8+24(FP), CX
+	LEAQ (R10)(R8*2), R11
+	LEAQ (R11)(R8*1), R11 // row 3
+	LEAQ (R11)(R8*2), R12
+	LEAQ (R12)(R8*1), R12 // row 6
+	LEAQ (R12)(R8*2), R13 // row 8
+
+pkloop:
+	CMPQ CX, $8
+	JLT  pkdone
+	LOAD8((R10), Y0)
+	LOAD8((R10)(R8*1), Y1)
+	LOAD8((R10)(R8*2), Y2)
+	LOAD8((R11), Y3)
+	LOAD8((R11)(R8*1), Y4)
+	LOAD8((R11)(R8*2), Y5)
+	LOAD8((R12), Y6)
+	LOAD8((R12)(R8*1), Y7)
+	TRANSPOSE8(0)
+	LEAQ (R13)(R8*2), AX
+	LEAQ (AX)(R8*1), AX   // row 11
+	LEAQ (AX)(R8*2), BX
+	LEAQ (BX)(R8*1), BX   // row 14
+	LOAD8((R13), Y0)
+	LOAD8((R13)(R8*1), Y1)
+	LOAD8((R13)(R8*2), Y2)
+	LOAD8((AX), Y3)
+	LOAD8((AX)(R8*1), Y4)
+	LOAD8((AX)(R8*2), Y5)
+	LOAD8((BX), Y6)
+	LOAD8((BX)(R8*1), Y7)
+	TRANSPOSE8(32)
+	ADDQ $16, R10
+	ADDQ $16, R11
+	ADDQ $16, R12
+	ADDQ $16, R13
+	ADDQ $512, DI
+	SUBQ $8, CX
+	JMP  pkloop
+
+pkdone:
+	VZEROUPPER
+	RET

@@ -29,9 +29,10 @@ func threadTime() time.Duration {
 // the packed-panel path and on the dot path, taking turns within each iteration so that load
 // from other processes hits both alike, and reports each one's best GFLOP/s (thread CPU time)
 // and their ratio.
-// Shapes: the trained demo's q/gate projections and the 100M bench model's gate and down.
+// Shapes: the trained demo's gate projection, the 100M bench model's gate and down, and the
+// gate at 16-64 rows, where the packing stops paying (panelMinRows).
 func BenchmarkPrefillGemm(b *testing.B) {
-	for _, sh := range []struct{ n, k, m int }{{512, 320, 640}, {512, 768, 2048}, {512, 2048, 768}} {
+	for _, sh := range []struct{ n, k, m int }{{512, 320, 640}, {512, 768, 2048}, {512, 2048, 768}, {16, 768, 2048}, {32, 768, 2048}, {64, 768, 2048}} {
 		b.Run(fmt.Sprintf("n=%d/k=%d/m=%d", sh.n, sh.k, sh.m), func(b *testing.B) {
 			be := New(1)
 			defer be.Close()

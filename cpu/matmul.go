@@ -18,7 +18,8 @@ func (b *Backend) MatMul(out, x, w model.Tensor) { b.gemm(out, x, w, 1, false) }
 //   - few rows (decode, small batches): within a worker's range the weight rows go in tiles of
 //     about 32 KB; every group of four x rows runs over the tile (one weight load feeding four
 //     rows, dotBF16x4) while it is in L1/L2. Memory-bound: the weights stream once.
-//   - panelMinRows rows or more (prefill chunks): compute-bound, so the weights are reshaped.
+//   - panelMinRows rows or more (prefill chunks, big batches): compute-bound, so the weights are
+//     reshaped.
 //     Each run of 16 weight rows is widened to float32 once and transposed into a panel
 //     (panel[p*16+c] = w[j0+c][p], 16·k floats, in L1/L2), and a register-blocked micro-kernel
 //     (gemm6x16) computes 6 x rows x 16 outputs from it: per step of p, two panel loads and six
@@ -65,9 +66,10 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha float32, accumulate bool) {
 	gemmJobs.Put(g)
 }
 
-// panelMinRows is the row count from which gemm packs weight panels: below it the packing
-// (about as much work per weight as a row's FMAs) is not repaid.
-const panelMinRows = 16
+// panelMinRows is the row count from which gemm packs weight panels: below it the packing is not
+// repaid. BenchmarkPrefillGemm (k=768, m=2048, one core): the panel path runs at 0.74-0.76x the
+// dot path at 16 rows, 1.04-1.06x at 32, 1.17-1.22x at 64 and 1.5x at 512.
+const panelMinRows = 32
 
 // gemmJob carries one gemm's operands to the workers. Its fn is the method value g.run, made
 // once per job, so handing work to the pool allocates nothing (a closure over the operands
@@ -114,13 +116,13 @@ func (g *gemmJob) runPanels(w, lo, hi int) {
 	}
 }
 
-// packPanelBF16 widens 16 weight rows (w, row-major [16, k]) into a panel: dst[p*16+c] = w[c][p].
-func packPanelBF16(dst []float32, w []uint16, k int) {
+// packPanelBF16Generic is packPanelBF16 for the columns p >= from.
+func packPanelBF16Generic(dst []float32, w []uint16, k, from int) {
 	dst = dst[:16*k]
 	for c := range 16 {
 		row := w[c*k : c*k+k]
-		for p, u := range row {
-			dst[p*16+c] = math.Float32frombits(uint32(u) << 16)
+		for p := from; p < k; p++ {
+			dst[p*16+c] = math.Float32frombits(uint32(row[p]) << 16)
 		}
 	}
 }

@@ -85,7 +85,7 @@ func TestGemmPanelPath(t *testing.T) {
 	b := New(2)
 	defer b.Close()
 	r := rand.New(rand.NewPCG(7, 9))
-	for _, n := range []int{panelMinRows, 17, 18, 23, 40} {
+	for _, n := range []int{panelMinRows, panelMinRows + 1, panelMinRows + 4, 40, 71} {
 		for _, k := range []int{1, 7, 37, 768} {
 			for _, m := range []int{16, 17, 31, 64, 301} {
 				for _, dt := range []model.DType{model.F32, model.BF16} {
@@ -144,6 +144,23 @@ func TestGemmMicroKernels(t *testing.T) {
 				}
 				if i%20 >= 16 && got[i] != init[i] {
 					t.Fatalf("k=%d: column %d outside the panel was written", k, i%20)
+				}
+			}
+		}
+	}
+}
+
+// Packing a panel widens and transposes exactly, for every k around the 8x8 blocks.
+func TestPackPanelBF16(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 11))
+	for k := 1; k <= 41; k++ {
+		w := randBF16(r, 16*k)
+		got := make([]float32, 16*k)
+		packPanelBF16(got, w, k)
+		for c := range 16 {
+			for p := range k {
+				if want := model.BF16ToF32(w[c*k+p]); math.Float32bits(got[p*16+c]) != math.Float32bits(want) {
+					t.Fatalf("k=%d: panel[%d*16+%d] = %g, want w[%d][%d] = %g", k, p, c, got[p*16+c], c, p, want)
 				}
 			}
 		}
