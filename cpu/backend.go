@@ -22,6 +22,7 @@ type Backend struct {
 	scratch [][]float32 // per worker: attention scores
 	loraBuf []float32
 	attn    attnJob
+	multi   multiJob
 	panels  [][]float32 // per worker: gemm's packed weight panel
 	faults  *faultLatch
 }
@@ -34,7 +35,7 @@ func New(threads int) *Backend {
 	faults := new(faultLatch)
 	b := &Backend{workers: threads, pool: newPool(threads, faults), scratch: make([][]float32, threads),
 		panels: make([][]float32, threads), faults: faults}
-	b.attn.fn = b.attn.run
+	b.attn.fn, b.multi.fn = b.attn.run, b.multi.run
 	return b
 }
 

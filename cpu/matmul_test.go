@@ -166,3 +166,32 @@ func TestPackPanelBF16(t *testing.T) {
 		}
 	}
 }
+
+// MatMuls (q/k/v or gate/up in one parallel region) gives bit-for-bit what one MatMul per
+// matrix gives, at decode and at prefill row counts, for F32 and BF16 weights of any widths.
+func TestMatMulsEqualsMatMul(t *testing.T) {
+	b := New(2)
+	defer b.Close()
+	r := rand.New(rand.NewPCG(7, 12))
+	for _, n := range []int{1, 3, 8, panelMinRows + 5} {
+		for _, k := range []int{7, 320, 768} {
+			x := model.Tensor{Rows: n, Cols: k, DType: model.F32, Buf: randF32(r, n*k)}
+			var ws, outs, want []model.Tensor
+			for i, m := range []int{k, 37, 160} {
+				dt := []model.DType{model.BF16, model.F32, model.BF16}[i]
+				w, _ := randWeights(r, m, k, dt)
+				ws = append(ws, w)
+				outs, want = append(outs, b.Alloc(n, m)), append(want, b.Alloc(n, m))
+			}
+			b.MatMuls(outs, x, ws)
+			for i := range ws {
+				b.MatMul(want[i], x, ws[i])
+				for j, v := range f32(outs[i]) {
+					if math.Float32bits(v) != math.Float32bits(f32(want[i])[j]) {
+						t.Fatalf("n=%d k=%d matrix %d: [%d] = %g, MatMul gives %g", n, k, i, j, v, f32(want[i])[j])
+					}
+				}
+			}
+		}
+	}
+}

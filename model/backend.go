@@ -139,6 +139,15 @@ type UploadAliaser interface {
 	AliasesUploads() bool
 }
 
+// MultiMatMuler is implemented by backends that compute several products of one input together
+// (the CPU backend: one parallel region for q/k/v and one for gate/up, instead of one per matrix,
+// which is what a batch-1 decode step loses time to). MatMuls sets outs[i] = x · ws[i]ᵀ, each
+// exactly as MatMul would; the runner applies biases and LoRA afterwards, as it does after
+// MatMul. Backends without it get one MatMul per projection.
+type MultiMatMuler interface {
+	MatMuls(outs []Tensor, x Tensor, ws []Tensor)
+}
+
 // backendErr returns b's sticky failure (FailureReporter), nil when it has none.
 func backendErr(b Backend) error {
 	if f, ok := b.(FailureReporter); ok {

@@ -33,6 +33,7 @@ type Runner struct {
 	routing                                   routeState
 	attnParams                                AttnParams
 	keyBuf                                    []byte
+	mmOut, mmW                                [3]Tensor // projGroup's operands, kept so a step allocates nothing
 	id                                        uint64
 	eps                                       float32
 }
@@ -264,9 +265,8 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		} else {
 			b.AddRMSNorm(x, delta, h, L.AttnNorm, r.eps)
 		}
-		r.proj(q, h, l, ProjQ)
-		r.proj(k, h, l, ProjK)
-		r.proj(v, h, l, ProjV)
+		r.mmOut[0], r.mmOut[1], r.mmOut[2] = q, k, v
+		r.projGroup(h, l, qkvProjs[:], r.mmOut[:3])
 		qh, kh := q.Reshape(n*H, D), k.Reshape(n*KV, D)
 		if cfg.QKNorm {
 			b.RMSNorm(qh, qh, L.QNorm, r.eps)
@@ -279,8 +279,8 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		o := r.deltaFor(n, cfg.HiddenSize)
 		r.proj(o, attn, l, ProjO)
 		b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
-		r.proj(gate, h, l, ProjGate)
-		r.proj(up, h, l, ProjUp)
+		r.mmOut[0], r.mmOut[1] = gate, up
+		r.projGroup(h, l, gateUpProjs[:], r.mmOut[:2])
 		b.SiluMul(act, gate, up)
 		r.proj(o, act, l, ProjDown)
 		delta = o
@@ -302,8 +302,38 @@ func (r *Runner) deltaFor(n, cols int) Tensor {
 }
 
 func (r *Runner) proj(out, in Tensor, l int, p Proj) {
+	r.B.MatMul(out, in, r.W.Layers[l].W[p])
+	r.projAfter(out, in, l, p)
+}
+
+// The projections that share an input: attention's q/k/v and the MLP's gate/up.
+var (
+	qkvProjs    = [...]Proj{ProjQ, ProjK, ProjV}
+	gateUpProjs = [...]Proj{ProjGate, ProjUp}
+)
+
+// projGroup runs projections ps of one input into outs: their products together when the
+// backend can (MultiMatMuler), then each one's bias, routing and LoRA in order, as proj does.
+func (r *Runner) projGroup(in Tensor, l int, ps []Proj, outs []Tensor) {
+	mm, ok := r.B.(MultiMatMuler)
+	if !ok {
+		for i, p := range ps {
+			r.proj(outs[i], in, l, p)
+		}
+		return
+	}
+	for i, p := range ps {
+		r.mmW[i] = r.W.Layers[l].W[p]
+	}
+	mm.MatMuls(outs, in, r.mmW[:len(ps)])
+	for i, p := range ps {
+		r.projAfter(outs[i], in, l, p)
+	}
+}
+
+// projAfter adds projection p's bias and its adapters' LoRA deltas to its product out.
+func (r *Runner) projAfter(out, in Tensor, l int, p Proj) {
 	L := &r.W.Layers[l]
-	r.B.MatMul(out, in, L.W[p])
 	if L.Bias[p].Rows > 0 {
 		r.B.AddBias(out, L.Bias[p])
 	}
