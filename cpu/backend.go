@@ -6,7 +6,6 @@ package cpu
 import (
 	"fmt"
 	"runtime"
-	"slices"
 	"unsafe"
 
 	"github.com/loraplex/loraplex/model"
@@ -22,7 +21,9 @@ type Backend struct {
 	vcache  [][]float32
 	scratch [][]float32 // per worker: attention scores
 	loraBuf []float32
-	rowSeq  []int32 // per step: the sequence of each row
+	attn    attnJob
+	multi   multiJob
+	panels  [][]float32 // per worker: gemm's packed weight panel
 	faults  *faultLatch
 	// batchInvariant: deterministic mode (SetBatchInvariant).
 	batchInvariant bool
@@ -34,7 +35,10 @@ func New(threads int) *Backend {
 		threads = runtime.GOMAXPROCS(0)
 	}
 	faults := new(faultLatch)
-	return &Backend{workers: threads, pool: newPool(threads, faults), scratch: make([][]float32, threads), faults: faults}
+	b := &Backend{workers: threads, pool: newPool(threads, faults), scratch: make([][]float32, threads),
+		panels: make([][]float32, threads), faults: faults}
+	b.attn.fn, b.multi.fn = b.attn.run, b.multi.run
+	return b
 }
 
 // Close stops the worker goroutines.
@@ -127,14 +131,6 @@ func (b *Backend) AllocKV(spec model.KVSpec) error {
 func (b *Backend) Prepare(s *model.Step) error {
 	if err := model.CheckStep(s, b.kv); err != nil {
 		return fmt.Errorf("cpu: %w", err)
-	}
-	// rowSeq maps each row to its sequence for the attention kernel (rows of a sequence are
-	// contiguous, and CheckStep verified they lie inside the step).
-	b.rowSeq = slices.Grow(b.rowSeq[:0], len(s.Tokens))[:len(s.Tokens)]
-	for i, sq := range s.Seqs {
-		for r := sq.Start; r < sq.Start+sq.N; r++ {
-			b.rowSeq[r] = int32(i)
-		}
 	}
 	b.step = s
 	return nil

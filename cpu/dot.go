@@ -63,11 +63,3 @@ func dotF32x4Generic(x []float32, k int, w []float32, out *[4]float32) {
 		out[r] = dotF32Generic(x[r*k:r*k+n], w)
 	}
 }
-
-// axpyF32Generic adds a*x to y (len(y) >= len(x)).
-func axpyF32Generic(a float32, x, y []float32) {
-	y = y[:len(x)]
-	for i, v := range x {
-		y[i] += a * v
-	}
-}

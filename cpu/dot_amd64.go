@@ -18,9 +18,6 @@ func dotF32AVX2(x, w []float32) float32
 func dotBF16AVX2(x []float32, w []uint16) float32
 
 //go:noescape
-func axpyF32AVX2(a float32, x, y []float32)
-
-//go:noescape
 func dotBF16x4AVX2(x *float32, stride int, w *uint16, n int, out *[4]float32)
 
 //go:noescape
@@ -34,15 +31,6 @@ func dotF32(x, w []float32) float32 {
 		return dotF32AVX2(x, w[:len(x)])
 	}
 	return dotF32Generic(x, w)
-}
-
-// axpyF32 adds a*x to y (len(y) >= len(x)), e.g. a softmax weight times a value row.
-func axpyF32(a float32, x, y []float32) {
-	if useAVX2 {
-		axpyF32AVX2(a, x, y[:len(x)])
-		return
-	}
-	axpyF32Generic(a, x, y)
 }
 
 func dotBF16(x []float32, w []uint16) float32 {

@@ -132,30 +132,3 @@ func TestDotX4(t *testing.T) {
 		}
 	}
 }
-
-func TestAxpyF32(t *testing.T) {
-	r := rand.New(rand.NewPCG(13, 14))
-	for _, n := range dotLengths() {
-		for off := 0; off < 3; off++ {
-			x := randF32(r, n+off+1)[off : off+n]
-			y := randF32(r, n+off+4)[off+1:]
-			want := append([]float32(nil), y...)
-			a := float32(r.NormFloat64())
-			axpyF32Generic(a, x, want)
-			got := append([]float32(nil), y...)
-			axpyF32(a, x, got)
-			for i := range got {
-				if i >= n {
-					if got[i] != y[i] {
-						t.Fatalf("n=%d off=%d: y[%d] beyond len(x) changed", n, off, i)
-					}
-					continue
-				}
-				tol := 1e-6 * (math.Abs(float64(a*x[i])) + math.Abs(float64(y[i])))
-				if d := math.Abs(float64(got[i] - want[i])); d > tol {
-					t.Fatalf("n=%d off=%d: y[%d] = %g, want %g", n, off, i, got[i], want[i])
-				}
-			}
-		}
-	}
-}

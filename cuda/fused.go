@@ -58,7 +58,7 @@ type gemvPartsArgs struct {
 	ws, ys, ends [gemvPartsMax]C.uintptr_t
 }
 
-// MatMulShared implements model.DecodeFuser for the products MatMul sends to the GEMV kernel (at
+// MatMulShared implements model.SharedMatMuler for the products MatMul sends to the GEMV kernel (at
 // most gemvRows rows, aligned): the products of one input (q/k/v, gate/up) in one launch, each
 // part bitwise what its own GEMV gives. Bigger steps go to cuBLAS one product at a time (false).
 func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {

@@ -163,6 +163,19 @@ type UploadAliaser interface {
 	AliasesUploads() bool
 }
 
+// SharedMatMuler is implemented by backends that compute the products of one input by several
+// matrices (q/k/v, gate/up) together: the CPU in one parallel region instead of one per matrix
+// (a batch-1 decode step spends as long handing a small matrix to its workers as streaming it),
+// CUDA in one GEMV launch for few-row decode steps (k and v alone do not fill the GPU).
+// MatMulShared is MatMul(outs[i], x, ws[i]) for every i, each output exactly as MatMul computes
+// it, and returns true; or it does nothing and returns false (a shape or a switch its kernels do
+// not take), and the runner calls MatMul for each. The answer may depend only on what the
+// StepRecorder key fixes (row counts, the backend's own switches), so a recorded step replays
+// the same calls. The runner applies biases and LoRA deltas afterwards, as after MatMul.
+type SharedMatMuler interface {
+	MatMulShared(outs []Tensor, x Tensor, ws []Tensor) bool
+}
+
 // DecodeFuser is implemented by backends with fused kernels for a decoder layer's small ops
 // (cuda: few-row decode steps, where each launch costs about as much as the work it does). Each
 // method does the whole of the unfused ops it names, with their result, and returns true, or does
@@ -170,9 +183,6 @@ type UploadAliaser interface {
 // then runs the unfused ops itself. The answer may depend only on what the StepRecorder key
 // fixes (row counts, the backend's own switches), so a recorded step replays the same calls.
 type DecodeFuser interface {
-	// MatMulShared is MatMul(outs[i], x, ws[i]) for every i: the products of one input (q/k/v,
-	// gate/up) in one launch.
-	MatMulShared(outs []Tensor, x Tensor, ws []Tensor) bool
 	// RoPEStoreKV is RoPE(q as [N*heads, HeadDim]), RoPE(k as [N*kvHeads, HeadDim]) with table,
 	// then StoreKV(layer, k, v): q and k are left rotated, as the three ops leave them.
 	RoPEStoreKV(layer int, q, k, v Tensor, heads, kvHeads int, table Tensor) bool

@@ -21,7 +21,8 @@
 //	AdapterUploader   uploads and frees a whole adapter at once (a slab)  -    yes
 //	EncodedUploader   decodes lorapack q4/q8 streams on the device        -    yes
 //	UploadAliaser     Upload may alias the adapter's host copy            yes  -
-//	DecodeFuser       q/k/v products, RoPE + KV store, gate/up + SiLU     -    yes
+//	SharedMatMuler    q/k/v, gate/up products of one input together       yes  yes
+//	DecodeFuser       RoPE + KV store, gate/up + SiLU in one launch each  -    yes
 //	LoRAGrouper       one LoRA launch pair for q/k/v, one for gate/up     -    yes
 //	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes
 //	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  yes

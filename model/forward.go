@@ -32,7 +32,8 @@ type Runner struct {
 	segs                                      [NumProj][]LoRASeg
 	routing                                   routeState
 	attnParams                                AttnParams
-	fuser                                     DecodeFuser // nil: the backend fuses nothing
+	shared                                    SharedMatMuler // nil: one MatMul per projection
+	fuser                                     DecodeFuser    // nil: the backend fuses nothing
 	grouper                                   LoRAGrouper // nil: one LoRA call per projection
 	groupOuts, groupWs                        [3]Tensor   // outputs and weights of a projection group (projShared), kept here so steps allocate nothing
 	groupSegs                                 [3][]LoRASeg
@@ -54,6 +55,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 		return nil, err
 	}
 	r := &Runner{Cfg: cfg, B: b, W: w, Opt: opt, eps: float32(cfg.RMSNormEps), id: runnerIDs.Add(1)}
+	r.shared, _ = b.(SharedMatMuler)
 	r.fuser, _ = b.(DecodeFuser)
 	r.grouper, _ = b.(LoRAGrouper)
 	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
@@ -326,8 +328,13 @@ func (r *Runner) deltaFor(n, cols int) Tensor {
 }
 
 func (r *Runner) proj(out, in Tensor, l int, p Proj) {
+	r.B.MatMul(out, in, r.W.Layers[l].W[p])
+	r.projAfter(out, in, l, p)
+}
+
+// projAfter adds projection p's bias and its adapters' LoRA deltas to its product out.
+func (r *Runner) projAfter(out, in Tensor, l int, p Proj) {
 	L := &r.W.Layers[l]
-	r.B.MatMul(out, in, L.W[p])
 	if L.Bias[p].Rows > 0 {
 		r.B.AddBias(out, L.Bias[p])
 	}
@@ -353,34 +360,35 @@ var (
 )
 
 // projShared computes the projections ps of one input into outs: the base products (in one
-// MatMulShared call where the backend fuses them), then the biases, then the group's LoRA deltas
+// MatMulShared call where the backend takes them), then the biases, then the group's LoRA deltas
 // (in one LoRAGrouper call where the backend has one). Each output receives the same additions
-// in the same order as proj gives it. Routed steps take proj's path (their deltas are routed per
-// projection).
+// in the same order as proj gives it. Routed steps add their deltas per projection (projAfter).
 func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
-	if (r.fuser == nil && r.grouper == nil) || r.routing.seqs > 0 {
-		for i, p := range ps {
-			r.proj(outs[i], in, l, p)
-		}
-		return
-	}
 	L := &r.W.Layers[l]
-	ws, segs, adapted := r.groupWs[:len(ps)], r.groupSegs[:len(ps)], false
+	ws := r.groupWs[:len(ps)]
 	for i, p := range ps {
-		ws[i], segs[i] = L.W[p], r.segs[p]
-		adapted = adapted || len(segs[i]) > 0
+		ws[i] = L.W[p]
 	}
-	if r.fuser == nil || !r.fuser.MatMulShared(outs, in, ws) {
+	if r.shared == nil || !r.shared.MatMulShared(outs, in, ws) {
 		for i := range ps {
 			r.B.MatMul(outs[i], in, ws[i])
 		}
 	}
+	if r.grouper == nil || r.routing.seqs > 0 {
+		for i, p := range ps {
+			r.projAfter(outs[i], in, l, p)
+		}
+		return
+	}
+	segs, adapted := r.groupSegs[:len(ps)], false
 	for i, p := range ps {
 		if L.Bias[p].Rows > 0 {
 			r.B.AddBias(outs[i], L.Bias[p])
 		}
+		segs[i] = r.segs[p]
+		adapted = adapted || len(segs[i]) > 0
 	}
-	if !adapted || (r.grouper != nil && r.grouper.LoRAGroup(outs, in, segs)) {
+	if !adapted || r.grouper.LoRAGroup(outs, in, segs) {
 		return
 	}
 	for i := range ps {
