@@ -34,8 +34,8 @@ type Runner struct {
 	attnParams                                AttnParams
 	shared                                    SharedMatMuler // nil: one MatMul per projection
 	fuser                                     DecodeFuser    // nil: the backend fuses nothing
-	grouper                                   LoRAGrouper // nil: one LoRA call per projection
-	groupOuts, groupWs                        [3]Tensor   // outputs and weights of a projection group (projShared), kept here so steps allocate nothing
+	grouper                                   LoRAGrouper    // nil: one LoRA call per projection
+	groupOuts, groupWs                        [3]Tensor      // outputs and weights of a projection group (projShared), kept here so steps allocate nothing
 	groupSegs                                 [3][]LoRASeg
 	windows                                   []int // per layer: the sliding window (Config.LayerWindow)
 	keyBuf                                    []byte
