@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
@@ -448,17 +447,7 @@ func TestFusedFixturesCUDA(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := map[string]*model.Adapter{}
-			for _, a := range fixture.Adapters {
-				host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer closer.Close()
-				if adapters[a], err = model.UploadAdapter(b, cfg, host); err != nil {
-					t.Fatal(err)
-				}
-			}
+			adapters := gpuFixtureAdapters(t, name, cfg, b)
 			for _, chunk := range []int{1 << 20, 3} {
 				res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
 				if err != nil {

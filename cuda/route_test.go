@@ -288,23 +288,6 @@ func hostF32(r *rand.Rand, name string, rows, cols int, s float64) model.HostTen
 	return model.HostTensor{Name: name, DType: model.F32, Shape: []int{rows, cols}, Data: data}
 }
 
-// gpuFixtureAdapters uploads the fixture model's four PEFT adapters to b.
-func gpuFixtureAdapters(t *testing.T, name string, cfg *model.Config, b *cuda.Backend) map[string]*model.Adapter {
-	t.Helper()
-	out := map[string]*model.Adapter{}
-	for _, a := range fixture.Adapters {
-		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closer.Close() })
-		if out[a], err = model.UploadAdapter(b, cfg, host); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
-}
-
 // copiesRouting routes every projection of every layer over `copies` copies of adapter a plus
 // nulls null experts (random gates), top-k with temperature T. Whatever the gates choose, the
 // weights of the chosen copies sum to 1 after null experts are dropped, so the routed sequence
