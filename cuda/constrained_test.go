@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,26 +15,16 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/shared"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 	"github.com/loraplex/loraplex/structured"
 	"github.com/loraplex/loraplex/tokenizer"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
-
-// personSchema is serve/openai's structured-output schema: bounded strings, an enum, an
-// optional bounded array.
-const personSchema = `{"type":"object","properties":{
-	"name":{"type":"string","minLength":1,"maxLength":12},
-	"age":{"type":"integer"},
-	"admin":{"type":"boolean"},
-	"role":{"enum":["reader","writer","owner"]},
-	"tags":{"type":"array","items":{"type":"string","maxLength":6},"maxItems":3}},
-	"required":["name","age","admin","role"],"additionalProperties":false}`
 
 // demoServer serves the built-in demo model (tokenizer, chat template) from engine options
 // opt on GPU b, over real HTTP on loopback, and returns the engine, the server's URL and the
@@ -77,21 +66,10 @@ func TestStructuredOutputOnCUDA(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var schema map[string]any
-	if err := json.Unmarshal([]byte(personSchema), &schema); err != nil {
+	if err := json.Unmarshal([]byte(schematest.Person), &schema); err != nil {
 		t.Fatal(err)
 	}
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(personSchema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	if err := c.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	val, err := c.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	val := schematest.Compile(t, schematest.Person)
 
 	var wg sync.WaitGroup
 	for seed := range int64(8) {
@@ -116,12 +94,7 @@ func TestStructuredOutputOnCUDA(t *testing.T) {
 				return
 			}
 			t.Logf("seed %d: %s", seed, text)
-			inst, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
-			if err != nil {
-				t.Errorf("seed %d: %q does not parse: %v", seed, text, err)
-				return
-			}
-			if err := val.Validate(inst); err != nil {
+			if err := schematest.Validate(val, text); err != nil {
 				t.Errorf("seed %d: %q does not validate: %v", seed, text, err)
 			}
 		})

@@ -13,13 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/grpcapi"
 	"github.com/loraplex/loraplex/serve/openai"
@@ -168,18 +168,7 @@ const personSchema = `{"type":"object","properties":{
 func TestStructuredOutputOnGRPC(t *testing.T) {
 	e, ct := demoEngine(t)
 	ts := startServer(t, e, grpcapi.Options{ChatTemplate: ct})
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(personSchema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	jc := jsonschema.NewCompiler()
-	if err := jc.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	schema, err := jc.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	schema := schematest.Compile(t, personSchema)
 	date := regexp.MustCompile(`^20[0-9]{2}-[01][0-9]-[0-3][0-9]$`)
 	choices := []string{"yes", "no", "maybe"}
 	kinds := []struct {
@@ -188,11 +177,7 @@ func TestStructuredOutputOnGRPC(t *testing.T) {
 		check func(text string) error
 	}{
 		{"json_schema", &loraplexv1.StructuredOutput{Kind: &loraplexv1.StructuredOutput_JsonSchema{JsonSchema: personSchema}}, func(text string) error {
-			inst, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
-			if err != nil {
-				return err
-			}
-			return schema.Validate(inst)
+			return schematest.Validate(schema, text)
 		}},
 		{"json_object", &loraplexv1.StructuredOutput{Kind: &loraplexv1.StructuredOutput_JsonObject{JsonObject: true}}, func(text string) error {
 			var m map[string]any

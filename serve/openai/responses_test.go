@@ -15,10 +15,10 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/responses"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 	"github.com/loraplex/loraplex/tokenizer/chat"
@@ -291,10 +291,10 @@ func TestResponsesStreamEqualsCollected(t *testing.T) {
 func TestResponsesJSONSchemaParsesIntoStruct(t *testing.T) {
 	client, _, ctx := responsesServer(t)
 	var schema map[string]any
-	if err := json.Unmarshal([]byte(personSchema), &schema); err != nil {
+	if err := json.Unmarshal([]byte(schematest.Person), &schema); err != nil {
 		t.Fatal(err)
 	}
-	val := validator(t, personSchema)
+	val := schematest.Compile(t, schematest.Person)
 	for seed := range 4 {
 		resp, err := client.Responses.New(ctx, responses.ResponseNewParams{Model: demo.Name, Temperature: oai.Float(1.5), MaxOutputTokens: oai.Int(200),
 			Input: responses.ResponseNewParamsInputUnion{OfString: oai.String("Describe a user as JSON.")},
@@ -312,11 +312,7 @@ func TestResponsesJSONSchemaParsesIntoStruct(t *testing.T) {
 		if err := json.Unmarshal([]byte(text), &p); err != nil {
 			t.Fatalf("seed %d: %q does not parse: %v", seed, text, err)
 		}
-		inst, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := val.Validate(inst); err != nil {
+		if err := schematest.Validate(val, text); err != nil {
 			t.Fatalf("seed %d: %q does not validate: %v", seed, text, err)
 		}
 		if resp.Text.Format.Type != "json_schema" || resp.Text.Format.Name != "person" {

@@ -12,10 +12,10 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/shared"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 	"github.com/loraplex/loraplex/tokenizer/chat"
@@ -70,11 +70,7 @@ func checkArgs(t *testing.T, call oai.ChatCompletionMessageToolCallUnion) {
 	if schema == "" {
 		t.Fatalf("call to %q, not an offered tool", call.Function.Name)
 	}
-	inst, err := jsonschema.UnmarshalJSON(strings.NewReader(call.Function.Arguments))
-	if err != nil {
-		t.Fatalf("%s arguments %q: %v", call.Function.Name, call.Function.Arguments, err)
-	}
-	if err := validator(t, schema).Validate(inst); err != nil {
+	if err := schematest.Validate(schematest.Compile(t, schema), call.Function.Arguments); err != nil {
 		t.Fatalf("%s arguments %q: %v", call.Function.Name, call.Function.Arguments, err)
 	}
 	if call.Type != "function" || !strings.HasPrefix(call.ID, "call_") || len(call.ID) < 16 {
