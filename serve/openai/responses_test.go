@@ -1,12 +1,10 @@
 package openai_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -481,45 +479,19 @@ func FuzzResponsesRequest(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	b := cpu.New(1)
-	defer b.Close()
-	cfg, w, tok, tmpl, err := demo.Build(b)
-	if err != nil {
-		f.Fatal(err)
-	}
-	ct, err := chat.Parse(tmpl)
-	if err != nil {
-		f.Fatal(err)
-	}
 	// A short context keeps every accepted request cheap.
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxModelLen: 64, MaxNumSeqs: 4, MaxBatchedTokens: 64})
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer e.Close()
+	e, ct := demoEngineWith(f, serve.Options{MaxModelLen: 64, MaxNumSeqs: 4, MaxBatchedTokens: 64})
 	h := openai.New(e, openai.Options{MaxBodyBytes: 1 << 16, ChatTemplate: ct})
 	f.Fuzz(func(t *testing.T, body []byte) {
-		rec := httptest.NewRecorder()
-		req := httptest.NewRequest(http.MethodPost, "/v1/responses", bytes.NewReader(body))
-		req.Host = "127.0.0.1:8000" // httptest's example.com is a name this server does not answer to
-		req.Header.Set("Content-Type", "application/json")
-		h.ServeHTTP(rec, req)
+		rec := serveFuzzBody(t, h, "/v1/responses", body)
 		switch {
-		case rec.Code == http.StatusOK && rec.Header().Get("Content-Type") == "text/event-stream":
+		case rec.Code != http.StatusOK:
+		case rec.Header().Get("Content-Type") == "text/event-stream":
 			if !strings.HasPrefix(rec.Body.String(), "event: response.created\ndata: {") {
 				t.Fatalf("a stream that does not start with response.created: %.200s", rec.Body)
 			}
-		case rec.Code == http.StatusOK:
-			if !json.Valid(rec.Body.Bytes()) {
-				t.Fatalf("200 with invalid JSON: %s", rec.Body)
-			}
-		case rec.Code >= 400 && rec.Code < 500:
-			var env errorEnvelope
-			if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env.Error.Message == "" || env.Error.Type == "" {
-				t.Fatalf("%d without an error envelope: %s", rec.Code, rec.Body)
-			}
-		default:
-			t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body)
+		case !json.Valid(rec.Body.Bytes()):
+			t.Fatalf("200 with invalid JSON: %s", rec.Body)
 		}
 	})
 }
