@@ -237,7 +237,7 @@ func TestStopTokensMinTokensAndLogprobs(t *testing.T) {
 		t.Fatalf("stop token %d: finish %q reason %v tokens %v", stopAt, ev.Finish, ev.StopReason, ev.Tokens)
 	}
 	for i, lp := range ev.Logprobs {
-		want := logSoftmax(c.Steps[i].Logits, c.Steps[i].Token)
+		want := float32(fixture.LogSoftmaxAt(c.Steps[i].Logits, c.Steps[i].Token))
 		if math.Abs(float64(lp.Logprob-want)) > 1e-3 || lp.Token != c.Steps[i].Token {
 			t.Fatalf("step %d logprob %+v, want token %d logprob %v", i, lp, c.Steps[i].Token, want)
 		}
@@ -255,18 +255,6 @@ func TestStopTokensMinTokensAndLogprobs(t *testing.T) {
 			t.Fatalf("banned stop token %d sampled before min_tokens: %v", stopAt, ev.Tokens)
 		}
 	}
-}
-
-func logSoftmax(l []float32, tok int) float32 {
-	m := l[0]
-	for _, v := range l {
-		m = max(m, v)
-	}
-	var s float64
-	for _, v := range l {
-		s += math.Exp(float64(v - m))
-	}
-	return float32(float64(l[tok]-m) - math.Log(s))
 }
 
 // TestStopStrings uses a byte-level tokenizer over the fixture vocabulary so generated ids

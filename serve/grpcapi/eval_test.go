@@ -19,24 +19,12 @@ import (
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/fixture"
 	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/grpcapi"
 	"github.com/loraplex/loraplex/serve/openai"
 )
-
-// logSoftmaxAt is log_softmax(logits)[tok] in float64, as PyTorch computes a loglikelihood.
-func logSoftmaxAt(logits []float32, tok int) float64 {
-	mx := math.Inf(-1)
-	for _, v := range logits {
-		mx = max(mx, float64(v))
-	}
-	var se float64
-	for _, v := range logits {
-		se += math.Exp(float64(v) - mx)
-	}
-	return float64(logits[tok]) - mx - math.Log(se)
-}
 
 // generateAll runs one Generate call to its end and returns every response.
 func generateAll(t *testing.T, ts *testServer, req *loraplexv1.GenerateRequest) ([]*loraplexv1.GenerateResponse, error) {
@@ -91,7 +79,7 @@ func TestPromptOnlyScoresLikeHF(t *testing.T) {
 		}
 		for i, tok := range cont {
 			lp := lps[len(c.Prompt)-1+i]
-			want := logSoftmaxAt(c.Steps[i].Logits, tok)
+			want := fixture.LogSoftmaxAt(c.Steps[i].Logits, tok)
 			if lp.GetTokenId() != int32(tok) || math.Abs(float64(lp.GetLogprob())-want) > 1e-3 {
 				t.Errorf("%q: continuation token %d: %v, want token %d logprob %v", c.Adapter, i, lp, tok, want)
 			}
@@ -143,7 +131,7 @@ func TestLogitBiasOnGRPC(t *testing.T) {
 	if got := banned.GetTokenIds()[0]; got != int32(second) {
 		t.Errorf("greedy token biased by -100: got %d, want the runner-up %d", got, second)
 	}
-	if lp, want := banned.GetLogprobs()[0].GetChosen().GetLogprob(), logSoftmaxAt(first.Logits, second); math.Abs(float64(lp)-want) > 1e-3 {
+	if lp, want := banned.GetLogprobs()[0].GetChosen().GetLogprob(), fixture.LogSoftmaxAt(first.Logits, second); math.Abs(float64(lp)-want) > 1e-3 {
 		t.Errorf("chosen logprob %v, want the raw %v (bias not included)", lp, want)
 	}
 	last := int32(len(first.Logits) - 1)
