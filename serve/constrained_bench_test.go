@@ -73,13 +73,7 @@ func BenchmarkDeterministicDecode(b *testing.B) {
 
 // benchDemoEngine serves the demo model on the CPU backend for the decode benchmarks.
 func benchDemoEngine(b *testing.B, deterministic bool) (*Engine, []int) {
-	be := cpu.New(2)
-	b.Cleanup(be.Close)
-	cfg, w, tok, _, err := demo.Build(be)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { w.Close() })
+	be, cfg, w, tok := cpuDemo(b)
 	e, err := NewEngine(cfg, be, w, tok, Options{ModelName: demo.Name, MaxNumSeqs: 64, MaxBatchedTokens: 2048, MaxModelLen: 256, Deterministic: deterministic})
 	if err != nil {
 		b.Fatal(err)
