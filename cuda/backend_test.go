@@ -9,10 +9,10 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -29,23 +29,6 @@ func newGPU(t testing.TB) *cuda.Backend {
 	return b
 }
 
-// gpuFixtureAdapters uploads the fixture model's four PEFT adapters to b.
-func gpuFixtureAdapters(t *testing.T, name string, cfg *model.Config, b *cuda.Backend) map[string]*model.Adapter {
-	t.Helper()
-	out := map[string]*model.Adapter{}
-	for _, a := range fixture.Adapters {
-		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closer.Close() })
-		if out[a], err = model.UploadAdapter(b, cfg, host); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
-}
-
 // bf16Tolerance: the GPU rounds weights (given in f32 by most fixtures), GEMM inputs and the
 // KV cache to bf16 (8 significant bits), so logits drift from the float32 reference by a few
 // percent of the row's largest logit in these tiny random models (measured worst: see the
@@ -60,7 +43,7 @@ func TestFixturesCUDA(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			for _, chunk := range []int{1 << 20, 3} {
 				res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
 				if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -447,7 +448,7 @@ func TestFusedFixturesCUDA(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			for _, chunk := range []int{1 << 20, 3} {
 				res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
 				if err != nil {

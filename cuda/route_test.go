@@ -15,6 +15,7 @@ import (
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/router"
 )
@@ -338,7 +339,7 @@ func TestRoutedCopiesAreTheAdapterCUDA(t *testing.T) {
 	for _, name := range []string{"llama", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			var cases []fixture.Case
 			routed := 0
 			for _, c := range fx.Cases {
@@ -538,7 +539,7 @@ func TestDeviceRoutingMatchesHostCUDA(t *testing.T) {
 			if err != nil {
 				t.Fatalf("router fixtures of %s are missing: %v", name, err)
 			}
-			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			cases := append([]fixture.Case(nil), fx.Cases...)
 			for _, c := range rfx.Cases {
 				if adapters[c.Adapter] == nil {

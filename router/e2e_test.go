@@ -6,9 +6,9 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -97,17 +97,7 @@ func TestRoutedProjectionCPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	byName := map[string]*model.Adapter{}
-	for _, a := range fixture.Adapters {
-		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir("llama", a), a, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closer.Close() })
-		if byName[a], err = model.UploadAdapter(be, cfg, host); err != nil {
-			t.Fatal(err)
-		}
-	}
+	byName := fixtureadapters.Upload(t, "llama", cfg, be)
 	bundles := map[string]string{
 		"top-2, per-layer experts, nulls, T": `{"format":"loraplex.router/v1","experts":["a_qv","b_all_rslora","c_patterns","d_regex"],
 			"top_k":2,"layers":{"1":{"experts":["c_patterns","b_all_rslora","a_qv"],"null_experts":1,"top_k":3,"temperature":0.5}}}`,
