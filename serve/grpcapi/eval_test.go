@@ -103,12 +103,7 @@ func TestLogitBiasOnGRPC(t *testing.T) {
 	ts := startServer(t, e, grpcapi.Options{})
 	c := loadCases(t, "llama")[0]
 	first := c.Steps[0]
-	second := -1
-	for i, v := range first.Logits {
-		if i != first.Token && (second < 0 || v > first.Logits[second]) {
-			second = i
-		}
-	}
+	second := first.RunnerUp()
 	gen := func(bias map[int32]float64) *loraplexv1.GenerateResponse {
 		t.Helper()
 		resps, err := generateAll(t, ts, &loraplexv1.GenerateRequest{Prompt: tokenPrompt(c.Prompt...),

@@ -307,13 +307,7 @@ func TestLogitBias(t *testing.T) {
 	ctx := context.Background()
 	c := loadCases(t, "llama")[0]
 	first := c.Steps[0]
-	// The reference's second choice at the first step, and its raw logprob.
-	second := -1
-	for i, v := range first.Logits {
-		if i != first.Token && (second < 0 || v > first.Logits[second]) {
-			second = i
-		}
-	}
+	second := first.RunnerUp() // its raw logprob is checked below
 	gen := func(bias map[string]int64) oai.CompletionChoice {
 		p := greedy(c)
 		p.MaxTokens, p.Logprobs, p.LogitBias = oai.Int(1), oai.Int(0), bias
