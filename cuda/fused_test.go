@@ -491,14 +491,7 @@ func TestContextSplitGraphsMatchDirect(t *testing.T) {
 		b.SetGraphs(on)
 		b.SetDecodeSplit(cuda.DecodeSplitContext)
 		b.SetFusedDecode(true)
-		cfg, err := model.LoadConfig(fixture.Dir(name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg, w := fixture.LoadModel(t, fixture.Dir(name), b)
 		pages := (steps + pageSize - 1) / pageSize
 		r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: 8, MaxLogitRows: 1, MaxContext: steps,
 			KV: model.KVSpec{Pages: pages, PageSize: pageSize}})

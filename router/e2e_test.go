@@ -89,14 +89,9 @@ func segments(segs []model.LoRASeg, start int, choices [][]model.Choice, mods []
 // a top-1 layer in a second bundle. y = W x + routed LoRA through cpu.Backend must equal a
 // float64 computation of y = W x + Σ w_j s_j B_j A_j x.
 func TestRoutedProjectionCPU(t *testing.T) {
-	cfg := fixtureConfig(t)
 	be := cpu.New(2)
 	t.Cleanup(be.Close)
-	w, err := model.LoadWeights(fixture.Dir("llama"), cfg, be)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
+	cfg, w := fixture.LoadModel(t, fixture.Dir("llama"), be)
 	byName := fixtureadapters.Upload(t, "llama", cfg, be)
 	bundles := map[string]string{
 		"top-2, per-layer experts, nulls, T": `{"format":"loraplex.router/v1","experts":["a_qv","b_all_rslora","c_patterns","d_regex"],
@@ -109,8 +104,8 @@ func TestRoutedProjectionCPU(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			seed++
 			rng := rand.New(rand.NewPCG(seed, 7))
-			var probe *Bundle
-			if probe, err = parseConfig("probe", []byte(js), cfg); err != nil {
+			probe, err := parseConfig("probe", []byte(js), cfg)
+			if err != nil {
 				t.Fatal(err)
 			}
 			dir := writeBundle(t, js, allGates(cfg, rng, func(l int) int { return probe.Layer(l).Rows() }))

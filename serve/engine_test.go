@@ -36,21 +36,13 @@ func newTestEngine(t testing.TB, name string, tok *tokenizer.Tokenizer, opt Opti
 // fixtureEngine serves a fixture model on b with the named fixture adapters loaded.
 func fixtureEngine(t testing.TB, name string, b model.Backend, tok *tokenizer.Tokenizer, opt Options, adapters []string) *Engine {
 	t.Helper()
-	dir := fixtureDir(name)
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := model.LoadWeights(dir, cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, w := fixture.LoadModel(t, fixtureDir(name), b)
 	opt.ModelName = name
 	e, err := NewEngine(cfg, b, w, tok, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.Close(); w.Close() })
+	t.Cleanup(e.Close)
 	for _, a := range adapters {
 		if err := e.LoadAdapter(a, fixture.AdapterDir(name, a)); err != nil {
 			t.Fatal(err)
