@@ -18,6 +18,7 @@ import (
 
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/decodebench"
 	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
@@ -145,46 +146,20 @@ const (
 )
 
 // decodeTokensPerSecond generates batch requests of benchMaxTokens tokens at once through e
-// (prompt prompt, T=1, seeds from *seed) round after round while b.Loop runs, and returns the
-// tokens per second of every round but the first (which compiles the schema, computes the
-// masks of the states it visits and records the step graphs), so -benchtime must allow at
-// least two rounds (-benchtime=10x).
+// (prompt prompt, T=1, seeds from *seed) round after round: decodebench.TokensPerSecond, whose
+// untimed first round also records the step graphs here.
 func decodeTokensPerSecond(b *testing.B, e *serve.Engine, prompt []int, batch int, constraint *serve.Constraint, seed *uint64) float64 {
-	var tokens int
-	var elapsed time.Duration
-	for round := 0; b.Loop(); round++ {
-		start := time.Now()
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		n := 0
-		for range batch {
-			*seed++
-			s := *seed
-			st, err := e.Generate(context.Background(), serve.Request{Model: demo.Name, Prompt: prompt,
-				Params: serve.SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: constraint}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			wg.Go(func() {
-				ev, err := st.Collect(context.Background())
-				if err != nil || ev.Finish == "error" {
-					b.Errorf("finish %q, %v", ev.Finish, err)
-				}
-				mu.Lock()
-				n += len(ev.Tokens)
-				mu.Unlock()
-			})
+	return decodebench.TokensPerSecond(b, batch, seed, func(s uint64) decodebench.Wait {
+		st, err := e.Generate(context.Background(), serve.Request{Model: demo.Name, Prompt: prompt,
+			Params: serve.SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: constraint}})
+		if err != nil {
+			b.Fatal(err)
 		}
-		wg.Wait()
-		if round > 0 {
-			tokens += n
-			elapsed += time.Since(start)
+		return func() (int, string, error) {
+			ev, err := st.Collect(context.Background())
+			return len(ev.Tokens), ev.Finish, err
 		}
-	}
-	if elapsed == 0 {
-		b.Fatal("only the untimed first round ran: run with -benchtime=10x (or more)")
-	}
-	return float64(tokens) / elapsed.Seconds()
+	})
 }
 
 // BenchmarkConstrainedDecodeCUDA is end-to-end decode throughput of the demo model on the GPU,

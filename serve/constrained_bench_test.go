@@ -4,12 +4,11 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/decodebench"
 	"github.com/loraplex/loraplex/structured"
 	"github.com/loraplex/loraplex/tokenizer"
 )
@@ -87,43 +86,21 @@ func benchDemoEngine(b *testing.B, deterministic bool) (*Engine, []int) {
 }
 
 // benchDecode generates batch requests of benchMaxTokens tokens at once (held to c when not
-// nil) round after round, reports tok/s and returns it. The first round (not timed) compiles the schema
-// and computes the masks of the states it visits: BenchmarkCompile measures that cost; this
-// measures the steady state.
+// nil) round after round (decodebench.TokensPerSecond), reports tok/s and returns it. The
+// first round (not timed) compiles the schema and computes the masks of the states it visits:
+// BenchmarkCompile measures that cost; this measures the steady state.
 func benchDecode(b *testing.B, e *Engine, prompt []int, batch int, c *Constraint) float64 {
-	var tokens int
-	var elapsed time.Duration
-	seed := uint64(0)
-	for round := 0; b.Loop(); round++ {
-		start := time.Now()
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		for range batch {
-			seed++
-			s := seed
-			p := SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: c}
-			st, err := e.Generate(context.Background(), Request{Model: demo.Name, Prompt: prompt, Params: p})
-			if err != nil {
-				b.Fatal(err)
-			}
-			wg.Go(func() {
-				ev, err := st.Collect(context.Background())
-				if err != nil || ev.Finish == "error" {
-					b.Errorf("finish %q, %v", ev.Finish, err)
-				}
-				mu.Lock()
-				tokens += len(ev.Tokens)
-				mu.Unlock()
-			})
+	tps := decodebench.TokensPerSecond(b, batch, new(uint64), func(s uint64) decodebench.Wait {
+		p := SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: c}
+		st, err := e.Generate(context.Background(), Request{Model: demo.Name, Prompt: prompt, Params: p})
+		if err != nil {
+			b.Fatal(err)
 		}
-		wg.Wait()
-		if round == 0 {
-			tokens = 0
-			continue
+		return func() (int, string, error) {
+			ev, err := st.Collect(context.Background())
+			return len(ev.Tokens), ev.Finish, err
 		}
-		elapsed += time.Since(start)
-	}
-	tps := float64(tokens) / elapsed.Seconds()
+	})
 	b.ReportMetric(tps, "tok/s")
 	return tps
 }
