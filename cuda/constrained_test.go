@@ -138,12 +138,8 @@ func TestStructuredOutputOnCUDA(t *testing.T) {
 	}
 }
 
-// benchSchema's outputs can hardly end within benchMaxTokens tokens (as serve's CPU benchmark),
-// so constrained and free requests generate about the same number of tokens.
-const (
-	benchSchema    = `{"type":"object","properties":{"text":{"type":"string","minLength":200,"maxLength":200},"n":{"type":"integer"}},"required":["text","n"]}`
-	benchMaxTokens = 32
-)
+// benchMaxTokens is few enough that decodebench.Schema's outputs can hardly end sooner.
+const benchMaxTokens = 32
 
 // decodeTokensPerSecond generates batch requests of benchMaxTokens tokens at once through e
 // (prompt prompt, T=1, seeds from *seed) round after round: decodebench.TokensPerSecond, whose
@@ -163,7 +159,7 @@ func decodeTokensPerSecond(b *testing.B, e *serve.Engine, prompt []int, batch in
 }
 
 // BenchmarkConstrainedDecodeCUDA is end-to-end decode throughput of the demo model on the GPU,
-// free or held to benchSchema, at batch 1 and 64; it logs constrained ÷ free per batch (issue
+// free or held to decodebench.Schema, at batch 1 and 64; it logs constrained ÷ free per batch (issue
 // 16's goal: at least 0.9 at batch 64).
 func BenchmarkConstrainedDecodeCUDA(b *testing.B) {
 	g := newGPU(b)
@@ -172,7 +168,7 @@ func BenchmarkConstrainedDecodeCUDA(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	schema := &serve.Constraint{Spec: structured.Spec{Kind: structured.JSONSchema, Text: benchSchema}, Param: "bench"}
+	schema := &serve.Constraint{Spec: structured.Spec{Kind: structured.JSONSchema, Text: decodebench.Schema}, Param: "bench"}
 	seed := uint64(0)
 	for _, batch := range []int{1, 64} {
 		var free, constrained float64

@@ -13,20 +13,17 @@ import (
 	"github.com/loraplex/loraplex/tokenizer"
 )
 
-// benchSchema's outputs can hardly end within benchMaxTokens tokens (the string needs 200
-// characters), so constrained and free requests generate about the same number of tokens
-// (tok/s counts the tokens generated either way).
+// benchMaxTokens is few enough that decodebench.Schema's outputs can hardly end sooner.
 const (
-	benchSchema    = `{"type":"object","properties":{"text":{"type":"string","minLength":200,"maxLength":200},"n":{"type":"integer"}},"required":["text","n"]}`
 	benchMaxTokens = 16
-	// benchGrammar is benchSchema's shape as a context-free grammar, recursive through arrays
+	// benchGrammar is decodebench.Schema's shape as a context-free grammar, recursive through arrays
 	// (the pushdown recognizer rather than a DFA).
 	benchGrammar = `root  ::= "{\"text\":" value ",\"n\":" [0-9]+ "}"
 value ::= "\"" [a-zA-Z0-9 ]{200} "\"" | "[" value ("," value)* "]"`
 )
 
 // BenchmarkConstrainedDecode is end-to-end decode throughput on the demo model (CPU backend):
-// batch requests of benchMaxTokens tokens at once, free, held to benchSchema (a DFA) or to
+// batch requests of benchMaxTokens tokens at once, free, held to decodebench.Schema (a DFA) or to
 // benchGrammar (a context-free grammar). tok/s is the figure to compare: vs_free is the
 // constrained tok/s over the free run's at the same batch, in the same run.
 func BenchmarkConstrainedDecode(b *testing.B) {
@@ -36,7 +33,7 @@ func BenchmarkConstrainedDecode(b *testing.B) {
 		spec *structured.Spec
 	}{
 		{"free", nil},
-		{"json_schema", &structured.Spec{Kind: structured.JSONSchema, Text: benchSchema}},
+		{"json_schema", &structured.Spec{Kind: structured.JSONSchema, Text: decodebench.Schema}},
 		{"grammar", &structured.Spec{Kind: structured.EBNF, Text: benchGrammar}},
 	}
 	for _, batch := range []int{1, 64} {
@@ -116,7 +113,7 @@ func BenchmarkConstrainedSamplingPath(b *testing.B) {
 	const vocab = 128256
 	eos := tok.EOS()
 	v := structured.NewVocab(vocab, min(tok.VocabSize(), vocab), tok.TokenBytes, eos)
-	g, err := structured.NewCompiler(v).Compile(structured.Spec{Kind: structured.JSONSchema, Text: benchSchema})
+	g, err := structured.NewCompiler(v).Compile(structured.Spec{Kind: structured.JSONSchema, Text: decodebench.Schema})
 	if err != nil {
 		b.Fatal(err)
 	}
