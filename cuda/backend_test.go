@@ -9,10 +9,10 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -43,17 +43,7 @@ func TestFixturesCUDA(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := map[string]*model.Adapter{}
-			for _, a := range fixture.Adapters {
-				host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer closer.Close()
-				if adapters[a], err = model.UploadAdapter(b, cfg, host); err != nil {
-					t.Fatal(err)
-				}
-			}
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			for _, chunk := range []int{1 << 20, 3} {
 				res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
 				if err != nil {
@@ -268,26 +258,7 @@ func TestAttentionSweep(t *testing.T) {
 			if err := p.g.AllocKV(spec); err != nil {
 				t.Fatal(err)
 			}
-			perm := r.Perm(pages)
-			var s model.Step
-			next := 0
-			var seqPages [][]int32
-			for _, n := range []int{1, 9, 70, 300} {
-				np := (n + 1 + pageSize - 1) / pageSize // room for one decode token after the prompt
-				pg := make([]int32, np)
-				for i := range pg {
-					pg[i] = int32(perm[next])
-					next++
-				}
-				start := len(s.Tokens)
-				for j := 0; j < n; j++ {
-					s.Tokens = append(s.Tokens, 0)
-					s.Positions = append(s.Positions, int32(j))
-					s.Slots = append(s.Slots, pg[j/pageSize]*pageSize+int32(j%pageSize))
-				}
-				s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: n, Pages: pg})
-				seqPages = append(seqPages, pg)
-			}
+			s, d := promptThenDecode(r.Perm(pages), []int{1, 9, 70, 300}, pageSize)
 			n := len(s.Tokens)
 			if err := p.c.Prepare(&s); err != nil {
 				t.Fatal(err)
@@ -309,14 +280,6 @@ func TestAttentionSweep(t *testing.T) {
 
 			// Then one decode row per sequence at the next position: the split-K decode kernel
 			// over contexts of 2 to 301 positions.
-			var d model.Step
-			for i, sq := range s.Seqs {
-				pos := sq.Len
-				d.Tokens = append(d.Tokens, 0)
-				d.Positions = append(d.Positions, int32(pos))
-				d.Slots = append(d.Slots, seqPages[i][pos/pageSize]*pageSize+int32(pos%pageSize))
-				d.Seqs = append(d.Seqs, model.SeqRows{Start: i, N: 1, Len: pos + 1, Pages: seqPages[i]})
-			}
 			m := len(d.Tokens)
 			if err := p.c.Prepare(&d); err != nil {
 				t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,26 +15,17 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/shared"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/decodebench"
+	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 	"github.com/loraplex/loraplex/structured"
 	"github.com/loraplex/loraplex/tokenizer"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
-
-// personSchema is serve/openai's structured-output schema: bounded strings, an enum, an
-// optional bounded array.
-const personSchema = `{"type":"object","properties":{
-	"name":{"type":"string","minLength":1,"maxLength":12},
-	"age":{"type":"integer"},
-	"admin":{"type":"boolean"},
-	"role":{"enum":["reader","writer","owner"]},
-	"tags":{"type":"array","items":{"type":"string","maxLength":6},"maxItems":3}},
-	"required":["name","age","admin","role"],"additionalProperties":false}`
 
 // demoServer serves the built-in demo model (tokenizer, chat template) from engine options
 // opt on GPU b, over real HTTP on loopback, and returns the engine, the server's URL and the
@@ -77,21 +67,10 @@ func TestStructuredOutputOnCUDA(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var schema map[string]any
-	if err := json.Unmarshal([]byte(personSchema), &schema); err != nil {
+	if err := json.Unmarshal([]byte(schematest.Person), &schema); err != nil {
 		t.Fatal(err)
 	}
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(personSchema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	if err := c.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	val, err := c.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	val := schematest.Compile(t, schematest.Person)
 
 	var wg sync.WaitGroup
 	for seed := range int64(8) {
@@ -116,12 +95,7 @@ func TestStructuredOutputOnCUDA(t *testing.T) {
 				return
 			}
 			t.Logf("seed %d: %s", seed, text)
-			inst, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
-			if err != nil {
-				t.Errorf("seed %d: %q does not parse: %v", seed, text, err)
-				return
-			}
-			if err := val.Validate(inst); err != nil {
+			if err := schematest.Validate(val, text); err != nil {
 				t.Errorf("seed %d: %q does not validate: %v", seed, text, err)
 			}
 		})
@@ -164,58 +138,28 @@ func TestStructuredOutputOnCUDA(t *testing.T) {
 	}
 }
 
-// benchSchema's outputs can hardly end within benchMaxTokens tokens (as serve's CPU benchmark),
-// so constrained and free requests generate about the same number of tokens.
-const (
-	benchSchema    = `{"type":"object","properties":{"text":{"type":"string","minLength":200,"maxLength":200},"n":{"type":"integer"}},"required":["text","n"]}`
-	benchMaxTokens = 32
-)
+// benchMaxTokens is few enough that decodebench.Schema's outputs can hardly end sooner.
+const benchMaxTokens = 32
 
 // decodeTokensPerSecond generates batch requests of benchMaxTokens tokens at once through e
-// (prompt prompt, T=1, seeds from *seed) round after round while b.Loop runs, and returns the
-// tokens per second of every round but the first (which compiles the schema, computes the
-// masks of the states it visits and records the step graphs), so -benchtime must allow at
-// least two rounds (-benchtime=10x).
+// (prompt prompt, T=1, seeds from *seed) round after round: decodebench.TokensPerSecond, whose
+// untimed first round also records the step graphs here.
 func decodeTokensPerSecond(b *testing.B, e *serve.Engine, prompt []int, batch int, constraint *serve.Constraint, seed *uint64) float64 {
-	var tokens int
-	var elapsed time.Duration
-	for round := 0; b.Loop(); round++ {
-		start := time.Now()
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		n := 0
-		for range batch {
-			*seed++
-			s := *seed
-			st, err := e.Generate(context.Background(), serve.Request{Model: demo.Name, Prompt: prompt,
-				Params: serve.SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: constraint}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			wg.Go(func() {
-				ev, err := st.Collect(context.Background())
-				if err != nil || ev.Finish == "error" {
-					b.Errorf("finish %q, %v", ev.Finish, err)
-				}
-				mu.Lock()
-				n += len(ev.Tokens)
-				mu.Unlock()
-			})
+	return decodebench.TokensPerSecond(b, batch, seed, func(s uint64) decodebench.Wait {
+		st, err := e.Generate(context.Background(), serve.Request{Model: demo.Name, Prompt: prompt,
+			Params: serve.SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: constraint}})
+		if err != nil {
+			b.Fatal(err)
 		}
-		wg.Wait()
-		if round > 0 {
-			tokens += n
-			elapsed += time.Since(start)
+		return func() (int, string, error) {
+			ev, err := st.Collect(context.Background())
+			return len(ev.Tokens), ev.Finish, err
 		}
-	}
-	if elapsed == 0 {
-		b.Fatal("only the untimed first round ran: run with -benchtime=10x (or more)")
-	}
-	return float64(tokens) / elapsed.Seconds()
+	})
 }
 
 // BenchmarkConstrainedDecodeCUDA is end-to-end decode throughput of the demo model on the GPU,
-// free or held to benchSchema, at batch 1 and 64; it logs constrained ÷ free per batch (issue
+// free or held to decodebench.Schema, at batch 1 and 64; it logs constrained ÷ free per batch (issue
 // 16's goal: at least 0.9 at batch 64).
 func BenchmarkConstrainedDecodeCUDA(b *testing.B) {
 	g := newGPU(b)
@@ -224,7 +168,7 @@ func BenchmarkConstrainedDecodeCUDA(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	schema := &serve.Constraint{Spec: structured.Spec{Kind: structured.JSONSchema, Text: benchSchema}, Param: "bench"}
+	schema := &serve.Constraint{Spec: structured.Spec{Kind: structured.JSONSchema, Text: decodebench.Schema}, Param: "bench"}
 	seed := uint64(0)
 	for _, batch := range []int{1, 64} {
 		var free, constrained float64

@@ -76,19 +76,12 @@ func TestBatchInvariantMatMul(t *testing.T) {
 // fixtureEngineCUDA serves fixture model name with its four adapters on b.
 func fixtureEngineCUDA(t testing.TB, b *cuda.Backend, name string, opt serve.Options) (*serve.Engine, *model.Config) {
 	t.Helper()
-	cfg, err := model.LoadConfig(fixture.Dir(name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, w := fixture.LoadModel(t, fixture.Dir(name), b)
 	e, err := serve.NewEngine(cfg, b, w, nil, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.Close(); w.Close() })
+	t.Cleanup(e.Close)
 	for _, a := range fixture.Adapters {
 		if err := e.LoadAdapter(a, fixture.AdapterDir(name, a)); err != nil {
 			t.Fatal(err)

@@ -9,6 +9,21 @@ import (
 	"github.com/loraplex/loraplex/model"
 )
 
+// newDevice opens device 0 for the package's internal tests (newGPU's twin in cuda_test,
+// which these tests cannot call), skipping when there is none.
+func newDevice(t *testing.T) *Backend {
+	t.Helper()
+	n, err := DeviceCount()
+	if err != nil || n == 0 {
+		t.Skipf("no CUDA device: %v", err)
+	}
+	b, err := New(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // Device discovery and properties through the driver API (gorgonia.org/cu) report what cudart
 // reports: the same number of devices, and for each the same name, compute capability, SM count
 // and memory.
@@ -68,14 +83,7 @@ func TestDeviceOutOfRange(t *testing.T) {
 // reports, free <= total, and free drops by the size of a 1 GiB cudaMalloc and comes back when
 // it is freed; asking leaves cudart's state on the thread intact (the backend works after).
 func TestMemInfoSeesAllocations(t *testing.T) {
-	n, err := DeviceCount()
-	if err != nil || n == 0 {
-		t.Skipf("no CUDA device: %v", err)
-	}
-	b, err := New(0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newDevice(t)
 	const slack = 64 << 20 // allocation granularity, and whatever cudart keeps for itself
 	free0, total, err := MemInfo(0)
 	if err != nil {

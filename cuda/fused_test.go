@@ -8,10 +8,10 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -101,6 +101,33 @@ func (tr trio) check(t *testing.T, what string, x [3]model.Tensor, cpuTol, plain
 		t.Fatalf("%s: fused differs from the unfused GPU path by %.3g, more than %.3g x max %.3g", what, dPlain, plainTol, scale)
 	}
 	return same, len(want)
+}
+
+// promptThenDecode lays out sequences of lens[i] prompt rows (token 0, positions 0..lens[i]-1)
+// on pages taken in order from perm, each with room for one position more: fill writes the
+// prompts into the cache, dec is one decode row per sequence at the next position, reading its
+// whole prompt.
+func promptThenDecode(perm, lens []int, pageSize int) (fill, dec model.Step) {
+	next := 0
+	for _, l := range lens {
+		pg := make([]int32, (l+1+pageSize-1)/pageSize)
+		for i := range pg {
+			pg[i] = int32(perm[next])
+			next++
+		}
+		start := len(fill.Tokens)
+		for j := 0; j < l; j++ {
+			fill.Tokens = append(fill.Tokens, 0)
+			fill.Positions = append(fill.Positions, int32(j))
+			fill.Slots = append(fill.Slots, pg[j/pageSize]*int32(pageSize)+int32(j%pageSize))
+		}
+		fill.Seqs = append(fill.Seqs, model.SeqRows{Start: start, N: l, Len: l, Pages: pg})
+		dec.Tokens = append(dec.Tokens, 0)
+		dec.Positions = append(dec.Positions, int32(l))
+		dec.Slots = append(dec.Slots, pg[l/pageSize]*int32(pageSize)+int32(l%pageSize))
+		dec.Seqs = append(dec.Seqs, model.SeqRows{Start: len(dec.Seqs), N: 1, Len: l + 1, Pages: pg})
+	}
+	return fill, dec
 }
 
 // prefillStep lays out one chunk per sequence, sequence i holding lens[i] rows at positions
@@ -342,26 +369,7 @@ func TestDecodeSplitRules(t *testing.T) {
 			}
 			// Every sequence's prompt goes into the cache (no attention needed for that), then
 			// one decode row per sequence at the next position.
-			perm, next := r.Perm(pages), 0
-			var fill, dec model.Step
-			for _, l := range lens {
-				pg := make([]int32, (l+1+pageSize-1)/pageSize)
-				for i := range pg {
-					pg[i] = int32(perm[next])
-					next++
-				}
-				start := len(fill.Tokens)
-				for j := 0; j < l; j++ {
-					fill.Tokens = append(fill.Tokens, 0)
-					fill.Positions = append(fill.Positions, int32(j))
-					fill.Slots = append(fill.Slots, pg[j/pageSize]*pageSize+int32(j%pageSize))
-				}
-				fill.Seqs = append(fill.Seqs, model.SeqRows{Start: start, N: l, Len: l, Pages: pg})
-				dec.Tokens = append(dec.Tokens, 0)
-				dec.Positions = append(dec.Positions, int32(l))
-				dec.Slots = append(dec.Slots, pg[l/pageSize]*pageSize+int32(l%pageSize))
-				dec.Seqs = append(dec.Seqs, model.SeqRows{Start: len(dec.Seqs), N: 1, Len: l + 1, Pages: pg})
-			}
+			fill, dec := promptThenDecode(r.Perm(pages), lens, pageSize)
 			width, qw := sh.kv*sh.dim, sh.heads*sh.dim
 			for _, s := range []*model.Step{&fill, &dec} {
 				n := len(s.Tokens)
@@ -448,17 +456,7 @@ func TestFusedFixturesCUDA(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := map[string]*model.Adapter{}
-			for _, a := range fixture.Adapters {
-				host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer closer.Close()
-				if adapters[a], err = model.UploadAdapter(b, cfg, host); err != nil {
-					t.Fatal(err)
-				}
-			}
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			for _, chunk := range []int{1 << 20, 3} {
 				res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
 				if err != nil {
@@ -493,14 +491,7 @@ func TestContextSplitGraphsMatchDirect(t *testing.T) {
 		b.SetGraphs(on)
 		b.SetDecodeSplit(cuda.DecodeSplitContext)
 		b.SetFusedDecode(true)
-		cfg, err := model.LoadConfig(fixture.Dir(name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg, w := fixture.LoadModel(t, fixture.Dir(name), b)
 		pages := (steps + pageSize - 1) / pageSize
 		r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: 8, MaxLogitRows: 1, MaxContext: steps,
 			KV: model.KVSpec{Pages: pages, PageSize: pageSize}})

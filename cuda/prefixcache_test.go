@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/loraplex/loraplex/internal/fixture"
-	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/serve"
 )
 
@@ -24,15 +23,7 @@ func TestPrefixCacheMatchesUncachedOnGPU(t *testing.T) {
 	const name = "llama"
 	g := newGPU(t)
 	g.SetGEMVRows(8) // per-row products for small batches, so a row's numbers do not depend on its batch
-	cfg, err := model.LoadConfig(fixture.Dir(name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := model.LoadWeights(fixture.Dir(name), cfg, g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	cfg, w := fixture.LoadModel(t, fixture.Dir(name), g)
 	engine := func(opt serve.Options) *serve.Engine {
 		opt.ModelName = name
 		e, err := serve.NewEngine(cfg, g, w, nil, opt)
@@ -83,9 +74,11 @@ func TestPrefixCacheMatchesUncachedOnGPU(t *testing.T) {
 	off := engine(serve.Options{DisablePrefixCaching: true, MaxNumSeqs: 4, MaxBatchedTokens: 8})
 	want := make([]serve.Event, len(jobs))
 	for i, j := range jobs {
-		if want[i], err = gen(off, j); err != nil {
+		ev, err := gen(off, j)
+		if err != nil {
 			t.Fatal(err)
 		}
+		want[i] = ev
 	}
 	on := engine(serve.Options{PageSize: 2, MaxNumSeqs: 4, MaxBatchedTokens: 8, MaxModelLen: 40, KVCacheTokens: 64})
 	check := func(i int, ev serve.Event) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/router"
 )
@@ -288,23 +289,6 @@ func hostF32(r *rand.Rand, name string, rows, cols int, s float64) model.HostTen
 	return model.HostTensor{Name: name, DType: model.F32, Shape: []int{rows, cols}, Data: data}
 }
 
-// gpuFixtureAdapters uploads the fixture model's four PEFT adapters to b.
-func gpuFixtureAdapters(t *testing.T, name string, cfg *model.Config, b *cuda.Backend) map[string]*model.Adapter {
-	t.Helper()
-	out := map[string]*model.Adapter{}
-	for _, a := range fixture.Adapters {
-		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closer.Close() })
-		if out[a], err = model.UploadAdapter(b, cfg, host); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
-}
-
 // copiesRouting routes every projection of every layer over `copies` copies of adapter a plus
 // nulls null experts (random gates), top-k with temperature T. Whatever the gates choose, the
 // weights of the chosen copies sum to 1 after null experts are dropped, so the routed sequence
@@ -355,7 +339,7 @@ func TestRoutedCopiesAreTheAdapterCUDA(t *testing.T) {
 	for _, name := range []string{"llama", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			var cases []fixture.Case
 			routed := 0
 			for _, c := range fx.Cases {
@@ -555,7 +539,7 @@ func TestDeviceRoutingMatchesHostCUDA(t *testing.T) {
 			if err != nil {
 				t.Fatalf("router fixtures of %s are missing: %v", name, err)
 			}
-			adapters := gpuFixtureAdapters(t, name, cfg, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			cases := append([]fixture.Case(nil), fx.Cases...)
 			for _, c := range rfx.Cases {
 				if adapters[c.Adapter] == nil {

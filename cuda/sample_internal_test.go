@@ -13,14 +13,7 @@ import (
 // move afterwards: steps of constrained rows with distinct masks, shared masks and the most
 // logit_bias entries reuse the same pinned and device buffers, and Sample allocates nothing.
 func TestSampleBuffersReservedOnce(t *testing.T) {
-	n, err := DeviceCount()
-	if err != nil || n == 0 {
-		t.Skipf("no CUDA device: %v", err)
-	}
-	b, err := New(0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newDevice(t)
 	const rows, vocab = 64, 128256
 	if err := b.ReserveSampling(rows, vocab); err != nil {
 		t.Fatal(err)

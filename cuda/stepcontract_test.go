@@ -47,14 +47,7 @@ func TestCancelDuringPrefillUnderChurn(t *testing.T) {
 	g := newGPU(t)
 	g.SetGEMVRows(8) // per-row products for small batches, so a row's numbers do not depend on its batch
 	h := &stepHook{Backend: g}
-	cfg, err := model.LoadConfig(fixture.Dir(name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := model.LoadWeights(fixture.Dir(name), cfg, h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, w := fixture.LoadModel(t, fixture.Dir(name), h)
 	e, err := serve.NewEngine(cfg, h, w, nil, serve.Options{ModelName: name, MaxNumSeqs: 4, MaxBatchedTokens: 4, MaxLoRAs: 2})
 	if err != nil {
 		t.Fatal(err)

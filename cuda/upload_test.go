@@ -14,6 +14,7 @@ import (
 	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -385,17 +386,7 @@ func TestUploadAdapterConcurrent(t *testing.T) {
 	b := newGPU(t)
 	name := "qwen2"
 	fx, cfg, h := fixture.Open(t, name, b)
-	adapters := map[string]*model.Adapter{}
-	for _, a := range fixture.Adapters {
-		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer closer.Close()
-		if adapters[a], err = model.UploadAdapter(b, cfg, host); err != nil {
-			t.Fatal(err)
-		}
-	}
+	adapters := fixtureadapters.Upload(t, name, cfg, b)
 	want, err := h.Run(fx.Cases, adapters, 1<<20, bf16Tolerance)
 	if err != nil {
 		t.Fatal(err)

@@ -9,11 +9,9 @@
 
 #define GEMV_WARPS 8
 
-// gemv_accumulate multiplies one 16-byte vector of 8 bf16 weights (vector index iv of the
-// row) with the matching 8 values of each of the N rows of x.
-template <int N>
-__device__ __forceinline__ void gemv_accumulate(float (&acc)[N], const uint4 v, const float* x, int k, int iv) {
-    float wf[8];
+// gemv_unpack widens one 16-byte vector of 8 bf16 weights to fp32 (a bf16 is the top half of
+// an fp32, so each is a shift or a mask).
+__device__ __forceinline__ void gemv_unpack(const uint4 v, float (&wf)[8]) {
     wf[0] = __uint_as_float(v.x << 16);
     wf[1] = __uint_as_float(v.x & 0xffff0000u);
     wf[2] = __uint_as_float(v.y << 16);
@@ -22,12 +20,25 @@ __device__ __forceinline__ void gemv_accumulate(float (&acc)[N], const uint4 v, 
     wf[5] = __uint_as_float(v.z & 0xffff0000u);
     wf[6] = __uint_as_float(v.w << 16);
     wf[7] = __uint_as_float(v.w & 0xffff0000u);
+}
+
+// gemv_row_accumulate adds to acc the dot product of 8 unpacked weights with the matching 8
+// values (vector index iv) of one row of x. It is the one place the 8 products are summed, so
+// every gemv kernel (fixed-size tiles and the batch-invariant one) sums them in the same order.
+__device__ __forceinline__ void gemv_row_accumulate(float& acc, const float (&wf)[8], const float* xrow, int iv) {
+    const float4* xr = reinterpret_cast<const float4*>(xrow) + 2 * iv;
+    const float4 a = xr[0], b = xr[1];
+    acc += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
+}
+
+// gemv_accumulate multiplies one 16-byte vector of 8 bf16 weights (vector index iv of the
+// row) with the matching 8 values of each of the N rows of x.
+template <int N>
+__device__ __forceinline__ void gemv_accumulate(float (&acc)[N], const uint4 v, const float* x, int k, int iv) {
+    float wf[8];
+    gemv_unpack(v, wf);
 #pragma unroll
-    for (int r = 0; r < N; r++) {
-        const float4* xr = reinterpret_cast<const float4*>(x + (size_t)r * k) + 2 * iv;
-        const float4 a = xr[0], b = xr[1];
-        acc[r] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
-    }
+    for (int r = 0; r < N; r++) gemv_row_accumulate(acc[r], wf, x + (size_t)r * k, iv);
 }
 
 // gemv_column is one warp's work: output column j of y [n, m] (row stride m).
@@ -213,24 +224,11 @@ __global__ void gemv_rows_kernel(float* y, const float* x, const uint16_t* w, in
         const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
 #pragma unroll 4
         for (int i = lane; i < k / 8; i += 32) {
-            const uint4 v = wr[i];
             float wf[8];
-            wf[0] = __uint_as_float(v.x << 16);
-            wf[1] = __uint_as_float(v.x & 0xffff0000u);
-            wf[2] = __uint_as_float(v.y << 16);
-            wf[3] = __uint_as_float(v.y & 0xffff0000u);
-            wf[4] = __uint_as_float(v.z << 16);
-            wf[5] = __uint_as_float(v.z & 0xffff0000u);
-            wf[6] = __uint_as_float(v.w << 16);
-            wf[7] = __uint_as_float(v.w & 0xffff0000u);
+            gemv_unpack(wr[i], wf);
 #pragma unroll
-            for (int r = 0; r < LP_GEMV_MAX_ROWS; r++) {
-                if (r < nr) {
-                    const float4* xr = reinterpret_cast<const float4*>(xt + (size_t)r * k) + 2 * i;
-                    const float4 a = xr[0], b = xr[1];
-                    acc[r] += a.x * wf[0] + a.y * wf[1] + a.z * wf[2] + a.w * wf[3] + b.x * wf[4] + b.y * wf[5] + b.z * wf[6] + b.w * wf[7];
-                }
-            }
+            for (int r = 0; r < LP_GEMV_MAX_ROWS; r++)
+                if (r < nr) gemv_row_accumulate(acc[r], wf, xt + (size_t)r * k, i);
         }
     } else {
         const uint16_t* wr = w + (size_t)j * k;

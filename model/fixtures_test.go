@@ -3,9 +3,9 @@ package model_test
 import (
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -49,17 +49,7 @@ func TestFixturesMixedAdapters(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, h, cfg, b := loadModel(t, name)
-			adapters := map[string]*model.Adapter{}
-			for _, a := range fixture.Adapters {
-				host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { closer.Close() })
-				if adapters[a], err = model.UploadAdapter(b, cfg, host); err != nil {
-					t.Fatal(err)
-				}
-			}
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			for _, chunk := range []int{1 << 20, 3} {
 				res, err := h.Run(fx.Cases, adapters, chunk, cpuTolerance)
 				if err != nil {

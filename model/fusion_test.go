@@ -3,9 +3,9 @@ package model_test
 import (
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -87,17 +87,7 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					fusing = b
 				}
 				fx, cfg, h := fixture.Open(t, name, mb)
-				adapters := map[string]*model.Adapter{}
-				for _, a := range fixture.Adapters {
-					host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-					if err != nil {
-						t.Fatal(err)
-					}
-					t.Cleanup(func() { closer.Close() })
-					if adapters[a], err = model.UploadAdapter(mb, cfg, host); err != nil {
-						t.Fatal(err)
-					}
-				}
+				adapters := fixtureadapters.Upload(t, name, cfg, mb)
 				runs := []struct {
 					cases []fixture.Case
 					chunk int

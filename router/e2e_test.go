@@ -6,9 +6,9 @@ import (
 	"sort"
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -89,25 +89,10 @@ func segments(segs []model.LoRASeg, start int, choices [][]model.Choice, mods []
 // a top-1 layer in a second bundle. y = W x + routed LoRA through cpu.Backend must equal a
 // float64 computation of y = W x + Σ w_j s_j B_j A_j x.
 func TestRoutedProjectionCPU(t *testing.T) {
-	cfg := fixtureConfig(t)
 	be := cpu.New(2)
 	t.Cleanup(be.Close)
-	w, err := model.LoadWeights(fixture.Dir("llama"), cfg, be)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
-	byName := map[string]*model.Adapter{}
-	for _, a := range fixture.Adapters {
-		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir("llama", a), a, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closer.Close() })
-		if byName[a], err = model.UploadAdapter(be, cfg, host); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cfg, w := fixture.LoadModel(t, fixture.Dir("llama"), be)
+	byName := fixtureadapters.Upload(t, "llama", cfg, be)
 	bundles := map[string]string{
 		"top-2, per-layer experts, nulls, T": `{"format":"loraplex.router/v1","experts":["a_qv","b_all_rslora","c_patterns","d_regex"],
 			"top_k":2,"layers":{"1":{"experts":["c_patterns","b_all_rslora","a_qv"],"null_experts":1,"top_k":3,"temperature":0.5}}}`,
@@ -119,8 +104,8 @@ func TestRoutedProjectionCPU(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			seed++
 			rng := rand.New(rand.NewPCG(seed, 7))
-			var probe *Bundle
-			if probe, err = parseConfig("probe", []byte(js), cfg); err != nil {
+			probe, err := parseConfig("probe", []byte(js), cfg)
+			if err != nil {
 				t.Fatal(err)
 			}
 			dir := writeBundle(t, js, allGates(cfg, rng, func(l int) int { return probe.Layer(l).Rows() }))

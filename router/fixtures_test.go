@@ -6,6 +6,7 @@ import (
 
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 )
 
 // TestRouterFixturesCPU runs the PyTorch reference's router cases (bench/reference/
@@ -23,7 +24,7 @@ func TestRouterFixturesCPU(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			adapters := fixtureAdapters(t, name, cfg, be)
+			adapters := fixtureadapters.Upload(t, name, cfg, be)
 			cases := append([]fixture.Case(nil), fx.Cases...)
 			minMargin := 1e9
 			for _, c := range rfx.Cases {

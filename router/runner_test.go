@@ -5,28 +5,11 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/loraplex/loraplex/adaptercache"
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
-
-// fixtureAdapters uploads the fixture model's four PEFT adapters to be.
-func fixtureAdapters(t *testing.T, name string, cfg *model.Config, be model.Backend) map[string]*model.Adapter {
-	t.Helper()
-	out := map[string]*model.Adapter{}
-	for _, a := range fixture.Adapters {
-		host, closer, err := adaptercache.LoadPEFT(fixture.AdapterDir(name, a), a, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { closer.Close() })
-		if out[a], err = model.UploadAdapter(be, cfg, host); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
-}
 
 // routedAdapter loads the bundle in dir, uploads its gates to be and resolves it against the
 // uploaded adapters: the per-sequence "adapter" a routed request runs with.
@@ -64,7 +47,7 @@ func TestRunnerOneExpertRouterIsTheAdapter(t *testing.T) {
 			be := cpu.New(2)
 			t.Cleanup(be.Close)
 			fx, cfg, h := fixture.Open(t, name, be)
-			adapters := fixtureAdapters(t, name, cfg, be)
+			adapters := fixtureadapters.Upload(t, name, cfg, be)
 			rng := rand.New(rand.NewPCG(3, 4))
 			var cases []fixture.Case
 			for _, c := range fx.Cases {

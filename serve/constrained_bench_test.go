@@ -4,30 +4,26 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/decodebench"
 	"github.com/loraplex/loraplex/structured"
 	"github.com/loraplex/loraplex/tokenizer"
 )
 
-// benchSchema's outputs can hardly end within benchMaxTokens tokens (the string needs 200
-// characters), so constrained and free requests generate about the same number of tokens
-// (tok/s counts the tokens generated either way).
+// benchMaxTokens is few enough that decodebench.Schema's outputs can hardly end sooner.
 const (
-	benchSchema    = `{"type":"object","properties":{"text":{"type":"string","minLength":200,"maxLength":200},"n":{"type":"integer"}},"required":["text","n"]}`
 	benchMaxTokens = 16
-	// benchGrammar is benchSchema's shape as a context-free grammar, recursive through arrays
+	// benchGrammar is decodebench.Schema's shape as a context-free grammar, recursive through arrays
 	// (the pushdown recognizer rather than a DFA).
 	benchGrammar = `root  ::= "{\"text\":" value ",\"n\":" [0-9]+ "}"
 value ::= "\"" [a-zA-Z0-9 ]{200} "\"" | "[" value ("," value)* "]"`
 )
 
 // BenchmarkConstrainedDecode is end-to-end decode throughput on the demo model (CPU backend):
-// batch requests of benchMaxTokens tokens at once, free, held to benchSchema (a DFA) or to
+// batch requests of benchMaxTokens tokens at once, free, held to decodebench.Schema (a DFA) or to
 // benchGrammar (a context-free grammar). tok/s is the figure to compare: vs_free is the
 // constrained tok/s over the free run's at the same batch, in the same run.
 func BenchmarkConstrainedDecode(b *testing.B) {
@@ -37,7 +33,7 @@ func BenchmarkConstrainedDecode(b *testing.B) {
 		spec *structured.Spec
 	}{
 		{"free", nil},
-		{"json_schema", &structured.Spec{Kind: structured.JSONSchema, Text: benchSchema}},
+		{"json_schema", &structured.Spec{Kind: structured.JSONSchema, Text: decodebench.Schema}},
 		{"grammar", &structured.Spec{Kind: structured.EBNF, Text: benchGrammar}},
 	}
 	for _, batch := range []int{1, 64} {
@@ -73,13 +69,7 @@ func BenchmarkDeterministicDecode(b *testing.B) {
 
 // benchDemoEngine serves the demo model on the CPU backend for the decode benchmarks.
 func benchDemoEngine(b *testing.B, deterministic bool) (*Engine, []int) {
-	be := cpu.New(2)
-	b.Cleanup(be.Close)
-	cfg, w, tok, _, err := demo.Build(be)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { w.Close() })
+	be, cfg, w, tok := cpuDemo(b)
 	e, err := NewEngine(cfg, be, w, tok, Options{ModelName: demo.Name, MaxNumSeqs: 64, MaxBatchedTokens: 2048, MaxModelLen: 256, Deterministic: deterministic})
 	if err != nil {
 		b.Fatal(err)
@@ -93,43 +83,21 @@ func benchDemoEngine(b *testing.B, deterministic bool) (*Engine, []int) {
 }
 
 // benchDecode generates batch requests of benchMaxTokens tokens at once (held to c when not
-// nil) round after round, reports tok/s and returns it. The first round (not timed) compiles the schema
-// and computes the masks of the states it visits: BenchmarkCompile measures that cost; this
-// measures the steady state.
+// nil) round after round (decodebench.TokensPerSecond), reports tok/s and returns it. The
+// first round (not timed) compiles the schema and computes the masks of the states it visits:
+// BenchmarkCompile measures that cost; this measures the steady state.
 func benchDecode(b *testing.B, e *Engine, prompt []int, batch int, c *Constraint) float64 {
-	var tokens int
-	var elapsed time.Duration
-	seed := uint64(0)
-	for round := 0; b.Loop(); round++ {
-		start := time.Now()
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		for range batch {
-			seed++
-			s := seed
-			p := SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: c}
-			st, err := e.Generate(context.Background(), Request{Model: demo.Name, Prompt: prompt, Params: p})
-			if err != nil {
-				b.Fatal(err)
-			}
-			wg.Go(func() {
-				ev, err := st.Collect(context.Background())
-				if err != nil || ev.Finish == "error" {
-					b.Errorf("finish %q, %v", ev.Finish, err)
-				}
-				mu.Lock()
-				tokens += len(ev.Tokens)
-				mu.Unlock()
-			})
+	tps := decodebench.TokensPerSecond(b, batch, new(uint64), func(s uint64) decodebench.Wait {
+		p := SamplingParams{MaxTokens: benchMaxTokens, Temperature: 1, Seed: &s, Constraint: c}
+		st, err := e.Generate(context.Background(), Request{Model: demo.Name, Prompt: prompt, Params: p})
+		if err != nil {
+			b.Fatal(err)
 		}
-		wg.Wait()
-		if round == 0 {
-			tokens = 0
-			continue
+		return func() (int, string, error) {
+			ev, err := st.Collect(context.Background())
+			return len(ev.Tokens), ev.Finish, err
 		}
-		elapsed += time.Since(start)
-	}
-	tps := float64(tokens) / elapsed.Seconds()
+	})
 	b.ReportMetric(tps, "tok/s")
 	return tps
 }
@@ -145,7 +113,7 @@ func BenchmarkConstrainedSamplingPath(b *testing.B) {
 	const vocab = 128256
 	eos := tok.EOS()
 	v := structured.NewVocab(vocab, min(tok.VocabSize(), vocab), tok.TokenBytes, eos)
-	g, err := structured.NewCompiler(v).Compile(structured.Spec{Kind: structured.JSONSchema, Text: benchSchema})
+	g, err := structured.NewCompiler(v).Compile(structured.Spec{Kind: structured.JSONSchema, Text: decodebench.Schema})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/model"
 	"github.com/loraplex/loraplex/structured"
+	"github.com/loraplex/loraplex/tokenizer"
 )
 
 // samplerOnly is a backend that samples but does not declare model.TokenMasker: the CPU
@@ -21,16 +22,24 @@ type samplerOnly struct {
 	model.DeviceSampler
 }
 
-// A constrained request on a backend whose sampler does not honour masks is refused naming
-// the field, never run unconstrained; the same request runs on the CPU backend.
-func TestConstraintNeedsTokenMasker(t *testing.T) {
-	be := cpu.New(1)
-	defer be.Close()
+// cpuDemo builds the demo model (tokenizer included) on a CPU backend; both are closed when
+// the test ends.
+func cpuDemo(t testing.TB) (*cpu.Backend, *model.Config, *model.Weights, *tokenizer.Tokenizer) {
+	t.Helper()
+	be := cpu.New(2)
+	t.Cleanup(be.Close)
 	cfg, w, tok, _, err := demo.Build(be)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Close()
+	t.Cleanup(func() { w.Close() })
+	return be, cfg, w, tok
+}
+
+// A constrained request on a backend whose sampler does not honour masks is refused naming
+// the field, never run unconstrained; the same request runs on the CPU backend.
+func TestConstraintNeedsTokenMasker(t *testing.T) {
+	be, cfg, w, tok := cpuDemo(t)
 	prompt, _ := tok.Encode("x", false)
 	p := SamplingParams{MaxTokens: 8, Constraint: &Constraint{Spec: structured.Spec{Kind: structured.Choice, Choices: []string{"yes", "no"}}, Param: "guided_choice"}}
 	for _, masks := range []bool{false, true} {
@@ -114,13 +123,7 @@ func TestConstrainedSamplingPathAllocatesNothing(t *testing.T) {
 // model.BatchInvariant) fails NewEngine with an error naming the mode, never runs without it;
 // the same options start an engine on the CPU backend.
 func TestDeterministicNeedsBatchInvariantBackend(t *testing.T) {
-	be := cpu.New(1)
-	defer be.Close()
-	cfg, w, tok, _, err := demo.Build(be)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	be, cfg, w, tok := cpuDemo(t)
 	opt := Options{ModelName: demo.Name, MaxNumSeqs: 2, MaxBatchedTokens: 64, MaxModelLen: 64, Deterministic: true}
 	if _, err := NewEngine(cfg, samplerOnly{be, be}, w, tok, opt); err == nil || !strings.Contains(err.Error(), "deterministic") {
 		t.Errorf("a backend without BatchInvariant: %v", err)

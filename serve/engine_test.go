@@ -36,21 +36,13 @@ func newTestEngine(t testing.TB, name string, tok *tokenizer.Tokenizer, opt Opti
 // fixtureEngine serves a fixture model on b with the named fixture adapters loaded.
 func fixtureEngine(t testing.TB, name string, b model.Backend, tok *tokenizer.Tokenizer, opt Options, adapters []string) *Engine {
 	t.Helper()
-	dir := fixtureDir(name)
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := model.LoadWeights(dir, cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, w := fixture.LoadModel(t, fixtureDir(name), b)
 	opt.ModelName = name
 	e, err := NewEngine(cfg, b, w, tok, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { e.Close(); w.Close() })
+	t.Cleanup(e.Close)
 	for _, a := range adapters {
 		if err := e.LoadAdapter(a, fixture.AdapterDir(name, a)); err != nil {
 			t.Fatal(err)
@@ -237,7 +229,7 @@ func TestStopTokensMinTokensAndLogprobs(t *testing.T) {
 		t.Fatalf("stop token %d: finish %q reason %v tokens %v", stopAt, ev.Finish, ev.StopReason, ev.Tokens)
 	}
 	for i, lp := range ev.Logprobs {
-		want := logSoftmax(c.Steps[i].Logits, c.Steps[i].Token)
+		want := float32(fixture.LogSoftmaxAt(c.Steps[i].Logits, c.Steps[i].Token))
 		if math.Abs(float64(lp.Logprob-want)) > 1e-3 || lp.Token != c.Steps[i].Token {
 			t.Fatalf("step %d logprob %+v, want token %d logprob %v", i, lp, c.Steps[i].Token, want)
 		}
@@ -255,18 +247,6 @@ func TestStopTokensMinTokensAndLogprobs(t *testing.T) {
 			t.Fatalf("banned stop token %d sampled before min_tokens: %v", stopAt, ev.Tokens)
 		}
 	}
-}
-
-func logSoftmax(l []float32, tok int) float32 {
-	m := l[0]
-	for _, v := range l {
-		m = max(m, v)
-	}
-	var s float64
-	for _, v := range l {
-		s += math.Exp(float64(v - m))
-	}
-	return float32(float64(l[tok]-m) - math.Log(s))
 }
 
 // TestStopStrings uses a byte-level tokenizer over the fixture vocabulary so generated ids

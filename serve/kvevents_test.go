@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/internal/fixture"
 	"github.com/loraplex/loraplex/internal/kvevtest"
-	"github.com/loraplex/loraplex/model"
 )
 
 // llmdHashes is llm-d's recomputation of the block hashes (kvevtest.LLMDHashes).
@@ -333,16 +333,7 @@ func FuzzParseKVEventsConfig(f *testing.F) {
 func TestKVEventsNeedPrefixCaching(t *testing.T) {
 	b := cpu.New(2)
 	t.Cleanup(b.Close)
-	dir := fixtureDir("llama")
-	cfg, err := model.LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := model.LoadWeights(dir, cfg, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
+	cfg, w := fixture.LoadModel(t, fixtureDir("llama"), b)
 	if _, err := NewEngine(cfg, b, w, nil, Options{DisablePrefixCaching: true, KVEvents: kvEventsConfig(t, "x")}); err == nil || !strings.Contains(err.Error(), "prefix caching") {
 		t.Fatalf("error %v, want one saying events need prefix caching", err)
 	}

@@ -20,7 +20,7 @@ func checkCase(c fixtureCase, ev Event) error {
 		return fmt.Errorf("%q prompt %v: tokens %v, want %v", c.Adapter, c.Prompt, ev.Tokens, c.Tokens())
 	}
 	for i, lp := range ev.Logprobs {
-		if want := logSoftmax(c.Steps[i].Logits, c.Steps[i].Token); math.Abs(float64(lp.Logprob-want)) > 1e-3 {
+		if want := float32(fixture.LogSoftmaxAt(c.Steps[i].Logits, c.Steps[i].Token)); math.Abs(float64(lp.Logprob-want)) > 1e-3 {
 			return fmt.Errorf("%q prompt %v step %d: logprob %v, want %v", c.Adapter, c.Prompt, i, lp.Logprob, want)
 		}
 	}

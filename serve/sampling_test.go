@@ -151,7 +151,7 @@ func TestGreedyMatchesTransformers(t *testing.T) {
 					errs <- fmt.Errorf("adapter %q step %d: token %d, reference %d", fc.Adapter, i, ev.Tokens[i], st.Token)
 					return
 				}
-				want := logSoftmax(st.Logits, st.Token)
+				want := float32(fixture.LogSoftmaxAt(st.Logits, st.Token))
 				if ev.Logprobs[i].Token != st.Token || math.Abs(float64(ev.Logprobs[i].Logprob-want)) > 1e-3 {
 					errs <- fmt.Errorf("adapter %q step %d: logprob %+v, reference %v", fc.Adapter, i, ev.Logprobs[i], want)
 					return

@@ -8,7 +8,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -83,28 +82,16 @@ func RunConversations(ctx context.Context, c *Client, systems [][]int, convs []C
 		turns += len(cv.Messages)
 	}
 	rs = make([]Result, turns)
-	var wg sync.WaitGroup
-	start := time.Now()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for i := range convs {
+	converse := func(i int) {
 		cv := &convs[i]
-		if d := time.Until(start.Add(cv.At)); d > 0 {
-			timer.Reset(d)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-			}
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			chat(ctx, c, systems[cv.Adapter], cv, model(cv.Adapter), rs[first[i]:first[i]+len(cv.Messages)])
-		}()
+		chat(ctx, c, systems[cv.Adapter], cv, model(cv.Adapter), rs[first[i]:first[i]+len(cv.Messages)])
 	}
-	window = time.Since(start)
-	wg.Wait()
-	return rs, window, time.Since(start)
+	started, window, wall := arrive(ctx, len(convs), func(i int) time.Duration { return convs[i].At }, converse)
+	// ctx has ended: chat sends nothing now, it only marks each turn not sent.
+	for i := started; i < len(convs); i++ {
+		converse(i)
+	}
+	return rs, window, wall
 }
 
 // chat runs one conversation's turns in order into out.

@@ -19,31 +19,43 @@ func Run(ctx context.Context, c *Client, plan []Planned, modelOf func(*Planned) 
 func replay(ctx context.Context, plan []Planned, modelOf func(*Planned) string,
 	send func(context.Context, string, *Planned) Result) (rs []Result, window, wall time.Duration) {
 	rs = make([]Result, len(plan))
+	sent, window, wall := arrive(ctx, len(plan), func(i int) time.Duration { return plan[i].At }, func(i int) {
+		rs[i] = send(ctx, modelOf(&plan[i]), &plan[i])
+	})
+	for j := sent; j < len(plan); j++ {
+		rs[j] = Result{Model: modelOf(&plan[j]), Status: "not sent", Expected: plan[j].MaxTokens}
+	}
+	return rs, window, wall
+}
+
+// arrive is the open loop both workloads share: it runs start(i) on a goroutine of its own at
+// offset at(i) from its call, for i = 0..n-1 in order, whether or not the earlier ones have
+// returned. When ctx ends while it waits for an offset, it starts nothing more; started is the
+// first i not started (n when all were). window is the arrival phase (how long starting took,
+// lateness included); wall also waits for every started call to return.
+func arrive(ctx context.Context, n int, at func(i int) time.Duration, start func(i int)) (started int, window, wall time.Duration) {
 	var wg sync.WaitGroup
-	start := time.Now()
+	t0 := time.Now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	for i := range plan {
-		p := &plan[i]
-		if d := time.Until(start.Add(p.At)); d > 0 {
+	for ; started < n; started++ {
+		if d := time.Until(t0.Add(at(started))); d > 0 {
 			timer.Reset(d)
 			select {
 			case <-timer.C:
 			case <-ctx.Done():
-				for j := i; j < len(plan); j++ {
-					rs[j] = Result{Model: modelOf(&plan[j]), Status: "not sent", Expected: plan[j].MaxTokens}
-				}
+				window = time.Since(t0)
 				wg.Wait()
-				return rs, time.Since(start), time.Since(start)
+				return started, window, time.Since(t0)
 			}
 		}
 		wg.Add(1)
-		go func() {
+		go func(i int) {
 			defer wg.Done()
-			rs[i] = send(ctx, modelOf(p), p)
-		}()
+			start(i)
+		}(started)
 	}
-	window = time.Since(start) // the arrival phase: how long sending took, lateness included
+	window = time.Since(t0)
 	wg.Wait()
-	return rs, window, time.Since(start)
+	return n, window, time.Since(t0)
 }

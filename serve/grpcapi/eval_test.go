@@ -13,30 +13,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/grpcapi"
 	"github.com/loraplex/loraplex/serve/openai"
 )
-
-// logSoftmaxAt is log_softmax(logits)[tok] in float64, as PyTorch computes a loglikelihood.
-func logSoftmaxAt(logits []float32, tok int) float64 {
-	mx := math.Inf(-1)
-	for _, v := range logits {
-		mx = max(mx, float64(v))
-	}
-	var se float64
-	for _, v := range logits {
-		se += math.Exp(float64(v) - mx)
-	}
-	return float64(logits[tok]) - mx - math.Log(se)
-}
 
 // generateAll runs one Generate call to its end and returns every response.
 func generateAll(t *testing.T, ts *testServer, req *loraplexv1.GenerateRequest) ([]*loraplexv1.GenerateResponse, error) {
@@ -91,7 +79,7 @@ func TestPromptOnlyScoresLikeHF(t *testing.T) {
 		}
 		for i, tok := range cont {
 			lp := lps[len(c.Prompt)-1+i]
-			want := logSoftmaxAt(c.Steps[i].Logits, tok)
+			want := fixture.LogSoftmaxAt(c.Steps[i].Logits, tok)
 			if lp.GetTokenId() != int32(tok) || math.Abs(float64(lp.GetLogprob())-want) > 1e-3 {
 				t.Errorf("%q: continuation token %d: %v, want token %d logprob %v", c.Adapter, i, lp, tok, want)
 			}
@@ -115,12 +103,7 @@ func TestLogitBiasOnGRPC(t *testing.T) {
 	ts := startServer(t, e, grpcapi.Options{})
 	c := loadCases(t, "llama")[0]
 	first := c.Steps[0]
-	second := -1
-	for i, v := range first.Logits {
-		if i != first.Token && (second < 0 || v > first.Logits[second]) {
-			second = i
-		}
-	}
+	second := first.RunnerUp()
 	gen := func(bias map[int32]float64) *loraplexv1.GenerateResponse {
 		t.Helper()
 		resps, err := generateAll(t, ts, &loraplexv1.GenerateRequest{Prompt: tokenPrompt(c.Prompt...),
@@ -143,7 +126,7 @@ func TestLogitBiasOnGRPC(t *testing.T) {
 	if got := banned.GetTokenIds()[0]; got != int32(second) {
 		t.Errorf("greedy token biased by -100: got %d, want the runner-up %d", got, second)
 	}
-	if lp, want := banned.GetLogprobs()[0].GetChosen().GetLogprob(), logSoftmaxAt(first.Logits, second); math.Abs(float64(lp)-want) > 1e-3 {
+	if lp, want := banned.GetLogprobs()[0].GetChosen().GetLogprob(), fixture.LogSoftmaxAt(first.Logits, second); math.Abs(float64(lp)-want) > 1e-3 {
 		t.Errorf("chosen logprob %v, want the raw %v (bias not included)", lp, want)
 	}
 	last := int32(len(first.Logits) - 1)
@@ -168,18 +151,7 @@ const personSchema = `{"type":"object","properties":{
 func TestStructuredOutputOnGRPC(t *testing.T) {
 	e, ct := demoEngine(t)
 	ts := startServer(t, e, grpcapi.Options{ChatTemplate: ct})
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(personSchema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	jc := jsonschema.NewCompiler()
-	if err := jc.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	schema, err := jc.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	schema := schematest.Compile(t, personSchema)
 	date := regexp.MustCompile(`^20[0-9]{2}-[01][0-9]-[0-3][0-9]$`)
 	choices := []string{"yes", "no", "maybe"}
 	kinds := []struct {
@@ -188,11 +160,7 @@ func TestStructuredOutputOnGRPC(t *testing.T) {
 		check func(text string) error
 	}{
 		{"json_schema", &loraplexv1.StructuredOutput{Kind: &loraplexv1.StructuredOutput_JsonSchema{JsonSchema: personSchema}}, func(text string) error {
-			inst, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
-			if err != nil {
-				return err
-			}
-			return schema.Validate(inst)
+			return schematest.Validate(schema, text)
 		}},
 		{"json_object", &loraplexv1.StructuredOutput{Kind: &loraplexv1.StructuredOutput_JsonObject{JsonObject: true}}, func(text string) error {
 			var m map[string]any

@@ -14,23 +14,11 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
+	"github.com/loraplex/loraplex/internal/fixture"
 	"github.com/loraplex/loraplex/internal/testengine"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 )
-
-// logSoftmaxAt is log_softmax(logits)[tok] in float64, as PyTorch computes a loglikelihood.
-func logSoftmaxAt(logits []float32, tok int) float64 {
-	mx := math.Inf(-1)
-	for _, v := range logits {
-		mx = max(mx, float64(v))
-	}
-	var se float64
-	for _, v := range logits {
-		se += math.Exp(float64(v) - mx)
-	}
-	return float64(logits[tok]) - mx - math.Log(se)
-}
 
 // echoScores is a loglikelihood request as lm-eval-harness sends it: the context and the
 // continuation as one prompt, echo with logprobs, max_tokens 0. It returns the response's raw
@@ -66,7 +54,7 @@ func TestEchoLoglikelihoodMatchesHF(t *testing.T) {
 				prompt := append(append([]int(nil), c.Prompt...), cont...)
 				var want float64
 				for i, s := range c.Steps {
-					want += logSoftmaxAt(s.Logits, cont[i])
+					want += fixture.LogSoftmaxAt(s.Logits, cont[i])
 				}
 				// Twice: the second time the prompt's pages are in the prefix cache, which has no
 				// logits; the answer must not change.
@@ -101,8 +89,8 @@ func TestEchoLoglikelihoodMatchesHF(t *testing.T) {
 							t.Fatalf("%s: token %d has null logprob", model, k)
 						}
 						v := *lp.TokenLogprobs[k]
-						if d := math.Abs(v - logSoftmaxAt(c.Steps[i].Logits, tok)); d > 1e-3 {
-							t.Errorf("%s: continuation token %d logprob %v, reference %v", model, i, v, logSoftmaxAt(c.Steps[i].Logits, tok))
+						if d := math.Abs(v - fixture.LogSoftmaxAt(c.Steps[i].Logits, tok)); d > 1e-3 {
+							t.Errorf("%s: continuation token %d logprob %v, reference %v", model, i, v, fixture.LogSoftmaxAt(c.Steps[i].Logits, tok))
 						}
 						got += v
 						name := "token_id:" + strconv.Itoa(tok)
@@ -319,13 +307,7 @@ func TestLogitBias(t *testing.T) {
 	ctx := context.Background()
 	c := loadCases(t, "llama")[0]
 	first := c.Steps[0]
-	// The reference's second choice at the first step, and its raw logprob.
-	second := -1
-	for i, v := range first.Logits {
-		if i != first.Token && (second < 0 || v > first.Logits[second]) {
-			second = i
-		}
-	}
+	second := first.RunnerUp() // its raw logprob is checked below
 	gen := func(bias map[string]int64) oai.CompletionChoice {
 		p := greedy(c)
 		p.MaxTokens, p.Logprobs, p.LogitBias = oai.Int(1), oai.Int(0), bias
@@ -343,7 +325,7 @@ func TestLogitBias(t *testing.T) {
 	if got := tokenOf(banned); got != second {
 		t.Errorf("with the greedy token biased by -100: %d, want the runner-up %d", got, second)
 	}
-	if lp, want := banned.Logprobs.TokenLogprobs[0], logSoftmaxAt(first.Logits, second); math.Abs(lp-want) > 1e-3 {
+	if lp, want := banned.Logprobs.TokenLogprobs[0], fixture.LogSoftmaxAt(first.Logits, second); math.Abs(lp-want) > 1e-3 {
 		t.Errorf("the chosen token's logprob %v, want its raw logprob %v (bias not included)", lp, want)
 	}
 	last := len(first.Logits) - 1

@@ -1,14 +1,10 @@
 package openai_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 
-	"github.com/loraplex/loraplex/cpu"
-	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 )
@@ -39,37 +35,13 @@ func FuzzCompletionRequest(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	b := cpu.New(1)
-	defer b.Close()
-	cfg, w, tok, _, err := demo.Build(b)
-	if err != nil {
-		f.Fatal(err)
-	}
 	// A short context keeps every accepted request cheap.
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxModelLen: 48, MaxNumSeqs: 4, MaxBatchedTokens: 64})
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer e.Close()
+	e, _ := demoEngineWith(f, serve.Options{MaxModelLen: 48, MaxNumSeqs: 4, MaxBatchedTokens: 64})
 	h := openai.New(e, openai.Options{MaxBodyBytes: 1 << 16})
 	f.Fuzz(func(t *testing.T, body []byte) {
-		rec := httptest.NewRecorder()
-		req := httptest.NewRequest(http.MethodPost, "/v1/completions", bytes.NewReader(body))
-		req.Host = "127.0.0.1:8000" // httptest's example.com is a name this server does not answer to
-		req.Header.Set("Content-Type", "application/json")
-		h.ServeHTTP(rec, req)
-		switch {
-		case rec.Code == http.StatusOK:
-			if rec.Header().Get("Content-Type") == "application/json" && !json.Valid(rec.Body.Bytes()) {
-				t.Fatalf("200 with invalid JSON: %s", rec.Body)
-			}
-		case rec.Code >= 400 && rec.Code < 500:
-			var env errorEnvelope
-			if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env.Error.Message == "" || env.Error.Type == "" {
-				t.Fatalf("%d without an error envelope: %s", rec.Code, rec.Body)
-			}
-		default:
-			t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body)
+		rec := serveFuzzBody(t, h, "/v1/completions", body)
+		if rec.Code == http.StatusOK && rec.Header().Get("Content-Type") == "application/json" && !json.Valid(rec.Body.Bytes()) {
+			t.Fatalf("200 with invalid JSON: %s", rec.Body)
 		}
 	})
 }

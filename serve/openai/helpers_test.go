@@ -42,12 +42,23 @@ func fixtureEngine(t testing.TB, name string) *serve.Engine {
 // demoEngine serves the built-in demo model, which has a tokenizer and a chat template.
 func demoEngine(t testing.TB) (*serve.Engine, *chat.Template) {
 	t.Helper()
+	return demoEngineWith(t, serve.Options{MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256})
+}
+
+// demoEngineWith is demoEngine with the test's own limits (opt names the model and, unless it
+// has a logger, keeps the engine quiet). Everything is closed when the test ends.
+func demoEngineWith(t testing.TB, opt serve.Options) (*serve.Engine, *chat.Template) {
+	t.Helper()
 	b := cpu.New(2)
 	cfg, w, tok, tmpl, err := demo.Build(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256, Logger: quiet})
+	opt.ModelName = demo.Name
+	if opt.Logger == nil {
+		opt.Logger = quiet
+	}
+	e, err := serve.NewEngine(cfg, b, w, tok, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +109,29 @@ func get(t testing.TB, url string) (int, []byte) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, b
+}
+
+// serveFuzzBody posts a fuzzed body to path on h as a loopback client would and fails the
+// test unless the answer is a 200 (returned for the target's own checks on it) or a 4xx with
+// an OpenAI error envelope: no 5xx, no bare error.
+func serveFuzzBody(t *testing.T, h http.Handler, path string, body []byte) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+	req.Host = "127.0.0.1:8000" // httptest's example.com is a name this server does not answer to
+	req.Header.Set("Content-Type", "application/json")
+	h.ServeHTTP(rec, req)
+	switch {
+	case rec.Code == http.StatusOK:
+	case rec.Code >= 400 && rec.Code < 500:
+		var env errorEnvelope
+		if err := json.Unmarshal(rec.Body.Bytes(), &env); err != nil || env.Error.Message == "" || env.Error.Type == "" {
+			t.Fatalf("%d without an error envelope: %s", rec.Code, rec.Body)
+		}
+	default:
+		t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body)
+	}
+	return rec
 }
 
 // errorShape checks the OpenAI error envelope and returns it.

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/loraplex/loraplex/cpu"
-	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 )
@@ -272,16 +270,7 @@ func TestChatHostile(t *testing.T) {
 
 // TestOverloaded fills a one-sequence engine with a one-slot queue: the third request gets 429.
 func TestOverloaded(t *testing.T) {
-	b := cpu.New(1)
-	cfg, w, tok, _, err := demo.Build(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 1, MaxBatchedTokens: 64, MaxModelLen: 512, MaxQueued: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	e, _ := demoEngineWith(t, serve.Options{MaxNumSeqs: 1, MaxBatchedTokens: 64, MaxModelLen: 512, MaxQueued: 1})
 	srv := newServer(t, e, openai.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -315,16 +304,7 @@ func TestOverloaded(t *testing.T) {
 // A request that can never fit is a 400, not a 429 a client would retry: here n above what
 // the queue can ever hold, and prompt + max_tokens above max-model-len, on an idle engine.
 func TestNeverFitsIsNotOverload(t *testing.T) {
-	b := cpu.New(1)
-	cfg, w, tok, _, err := demo.Build(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 1, MaxBatchedTokens: 64, MaxModelLen: 64, MaxQueued: 1, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	e, _ := demoEngineWith(t, serve.Options{MaxNumSeqs: 1, MaxBatchedTokens: 64, MaxModelLen: 64, MaxQueued: 1})
 	srv := newServer(t, e, openai.Options{})
 	st, body := post(t, srv.URL, "/v1/completions", `{"prompt":"hi","max_tokens":2,"n":2}`)
 	checkError(t, st, body, 400, "n")

@@ -12,9 +12,9 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/responses"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/schematest"
 )
 
 // Function tools on /v1/responses run on chat's tool calling (the same parser and forcing);
@@ -65,11 +65,7 @@ func functionCalls(t *testing.T, resp *responses.Response) []responses.ResponseO
 		if schema == "" {
 			t.Fatalf("call to %q, not an offered tool", item.Name)
 		}
-		inst, err := jsonschema.UnmarshalJSON(strings.NewReader(item.Arguments.OfString))
-		if err == nil {
-			err = validator(t, schema).Validate(inst)
-		}
-		if err != nil {
+		if err := schematest.Validate(schematest.Compile(t, schema), item.Arguments.OfString); err != nil {
 			t.Fatalf("%s arguments %q: %v", item.Name, item.Arguments.OfString, err)
 		}
 		if !strings.HasPrefix(item.ID, "fc_") || !strings.HasPrefix(item.CallID, "call_") || len(item.CallID) < 16 || item.Status != "completed" {

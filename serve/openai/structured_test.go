@@ -13,9 +13,9 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/shared"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve/openai"
 )
 
@@ -28,31 +28,6 @@ type person struct {
 	Tags  []string `json:"tags,omitempty"`
 }
 
-const personSchema = `{"type":"object","properties":{
-	"name":{"type":"string","minLength":1,"maxLength":12},
-	"age":{"type":"integer"},
-	"admin":{"type":"boolean"},
-	"role":{"enum":["reader","writer","owner"]},
-	"tags":{"type":"array","items":{"type":"string","maxLength":6},"maxItems":3}},
-	"required":["name","age","admin","role"],"additionalProperties":false}`
-
-func validator(t *testing.T, schema string) *jsonschema.Schema {
-	t.Helper()
-	doc, err := jsonschema.UnmarshalJSON(strings.NewReader(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := jsonschema.NewCompiler()
-	if err := c.AddResource("s.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("s.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // A chat request with a json_schema response_format, sent by the official client to the demo
 // model sampling hot (near-random text), always ends with JSON that the schema validates and
 // that parses into the Go struct, on every seed: the mask, not the model, makes it valid.
@@ -63,10 +38,10 @@ func TestStructuredOutputParsesIntoStruct(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	var schema map[string]any
-	if err := json.Unmarshal([]byte(personSchema), &schema); err != nil {
+	if err := json.Unmarshal([]byte(schematest.Person), &schema); err != nil {
 		t.Fatal(err)
 	}
-	val := validator(t, personSchema)
+	val := schematest.Compile(t, schematest.Person)
 	for seed := range int64(6) {
 		resp, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{
 			Model:       demo.Name,
@@ -90,11 +65,7 @@ func TestStructuredOutputParsesIntoStruct(t *testing.T) {
 		if err := json.Unmarshal([]byte(text), &p); err != nil {
 			t.Fatalf("seed %d: %q does not parse: %v", seed, text, err)
 		}
-		inst, err := jsonschema.UnmarshalJSON(strings.NewReader(text))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := val.Validate(inst); err != nil {
+		if err := schematest.Validate(val, text); err != nil {
 			t.Fatalf("seed %d: %q does not validate: %v", seed, text, err)
 		}
 	}

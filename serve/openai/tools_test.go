@@ -12,10 +12,9 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/shared"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 
-	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
+	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/openai"
 	"github.com/loraplex/loraplex/tokenizer/chat"
@@ -25,20 +24,7 @@ import (
 // tools) with room for the tools' system prompt.
 func toolServer(t *testing.T) string {
 	t.Helper()
-	b := cpu.New(2)
-	cfg, w, tok, tmpl, err := demo.Build(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 512, MaxModelLen: 2048, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
-	ct, err := chat.Parse(tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, ct := demoEngineWith(t, serve.Options{MaxNumSeqs: 4, MaxBatchedTokens: 512, MaxModelLen: 2048})
 	return newServer(t, e, openai.Options{APIKey: testKey, ChatTemplate: ct}).URL
 }
 
@@ -70,11 +56,7 @@ func checkArgs(t *testing.T, call oai.ChatCompletionMessageToolCallUnion) {
 	if schema == "" {
 		t.Fatalf("call to %q, not an offered tool", call.Function.Name)
 	}
-	inst, err := jsonschema.UnmarshalJSON(strings.NewReader(call.Function.Arguments))
-	if err != nil {
-		t.Fatalf("%s arguments %q: %v", call.Function.Name, call.Function.Arguments, err)
-	}
-	if err := validator(t, schema).Validate(inst); err != nil {
+	if err := schematest.Validate(schematest.Compile(t, schema), call.Function.Arguments); err != nil {
 		t.Fatalf("%s arguments %q: %v", call.Function.Name, call.Function.Arguments, err)
 	}
 	if call.Type != "function" || !strings.HasPrefix(call.ID, "call_") || len(call.ID) < 16 {
@@ -379,16 +361,7 @@ func TestBadToolsAre400(t *testing.T) {
 
 	// A template that teaches no tool-call format: tools are still rendered with tool_choice
 	// none, but a request that wants calls is told which flag to set.
-	b := cpu.New(1)
-	cfg, w, tok, _, err := demo.Build(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxModelLen: 256, MaxNumSeqs: 2, MaxBatchedTokens: 64, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
+	e, _ := demoEngineWith(t, serve.Options{MaxModelLen: 256, MaxNumSeqs: 2, MaxBatchedTokens: 64})
 	plain, err := chat.Parse("{% for m in messages %}{{ m['content'] }}{% endfor %}")
 	if err != nil {
 		t.Fatal(err)
