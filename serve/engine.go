@@ -26,8 +26,16 @@ type Options struct {
 	ModelName        string // the base model's name in APIs
 	MaxNumSeqs       int    // sequences in one batch (default DefaultMaxNumSeqs)
 	MaxBatchedTokens int    // token rows in one step; long prompts are prefilled in chunks (default DefaultMaxBatchedTokens)
-	MaxModelLen      int    // prompt + output limit (default: the model's, ResolveMaxModelLen, which servers use to refuse longer)
-	PageSize         int    // KV-cache tokens per page (default 16)
+	// LongPrefillTokenThreshold (vLLM's long_prefill_token_threshold) makes a prefill with more
+	// rows than this left a long one: while requests wait, it takes at most this many rows of a
+	// step and the rest of the budget admits them, so a short request arriving during a long
+	// prompt starts at the next step instead of after the whole prefill. What waiting requests
+	// leave still goes to the long prefill, so alone it runs at the full budget; only one long
+	// prefill is admitted at a time. Default MaxBatchedTokens/4; MaxBatchedTokens (or more)
+	// gives a long prefill the whole budget, as before.
+	LongPrefillTokenThreshold int
+	MaxModelLen               int // prompt + output limit (default: the model's, ResolveMaxModelLen, which servers use to refuse longer)
+	PageSize                  int // KV-cache tokens per page (default 16)
 	// KVCacheTokens is the KV cache's capacity in tokens; when 0 it is KVCacheMemory over the
 	// model's per-token footprint on the backend (model.Config.KVBytesPerToken), and with
 	// neither MaxNumSeqs * MaxModelLen. It must hold one sequence of MaxModelLen
@@ -136,6 +144,10 @@ type Engine struct {
 	scoreIdx  []int32
 	scoreRoom int
 	stepDone  []*sequence
+	// The step's long prefills (Options.LongPrefillTokenThreshold) and the rows each holds;
+	// their rows go last, when the waiting requests have had their share.
+	longSeq  []*sequence
+	longRows []int
 	// constraints compiles structured-output grammars (constrained.go).
 	constraints constraints
 	keyBuf      []byte // a page key's hash input, reused
@@ -184,6 +196,10 @@ func NewEngine(cfg *model.Config, b model.Backend, w *model.Weights, tok *tokeni
 	if opt.MaxBatchedTokens < opt.MaxNumSeqs {
 		return nil, fmt.Errorf("engine: max batched tokens %d below max sequences %d", opt.MaxBatchedTokens, opt.MaxNumSeqs)
 	}
+	if opt.LongPrefillTokenThreshold <= 0 {
+		opt.LongPrefillTokenThreshold = max(1, opt.MaxBatchedTokens/4)
+	}
+	opt.LongPrefillTokenThreshold = min(opt.LongPrefillTokenThreshold, opt.MaxBatchedTokens)
 	if opt.MaxModelLen <= 0 {
 		opt.MaxModelLen, _ = ResolveMaxModelLen(cfg, 0)
 	}

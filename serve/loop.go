@@ -197,26 +197,35 @@ func (e *Engine) schedule() bool {
 	e.stepAd, e.stepSeq = e.stepAd[:0], e.stepSeq[:0]
 	e.scoreRows, e.scoreSeq, e.scorePos, e.scoreIdx, e.stepDone = e.scoreRows[:0], e.scoreSeq[:0], e.scorePos[:0], e.scoreIdx[:0], e.stepDone[:0]
 	e.scoreRoom = maxScoreRows(e.opt)
-	budget := e.opt.MaxBatchedTokens
+	e.longSeq, e.longRows = e.longSeq[:0], e.longRows[:0]
+	budget, long := e.opt.MaxBatchedTokens, e.opt.LongPrefillTokenThreshold
 
 	// Running sequences first, in admission order: decodes take one row each, sequences still
-	// in prefill take a chunk of what budget is left.
+	// in prefill take a chunk of what budget is left, a long prefill at most the threshold for
+	// now (its rows are added last, with what the waiting requests leave).
 	for i := 0; i < len(e.running) && budget > 0; i++ {
 		sq := e.running[i]
-		n := e.scoreLimit(sq, min(len(sq.tokens)-sq.computed, budget))
+		left := len(sq.tokens) - sq.computed
+		n := e.scoreLimit(sq, min(left, budget, long))
 		if n == 0 {
 			continue // its next rows are scored, and this step has no room left to score
 		}
 		if !e.reservePages(sq, sq.computed+n) {
 			break // sq itself was preempted
 		}
-		e.addRows(sq, n)
+		if left > long {
+			e.longSeq, e.longRows = append(e.longSeq, sq), append(e.longRows, n)
+		} else {
+			e.addRows(sq, n)
+		}
 		budget -= n
 	}
 	// Admit waiting requests in arrival order while there is room. A request whose adapter is
 	// still loading is passed over (it waits in its own queue while others run); among ready
 	// requests the first is never skipped for lack of KV pages, so a long prompt cannot be
-	// starved by short ones behind it.
+	// starved by short ones behind it. A long prompt is passed over while another long prefill
+	// runs (vLLM's max_num_partial_prefills of 1): admitted, it would take the first one's rows
+	// and delay both; short ones behind it go ahead, and it is first once that prefill ends.
 	for i := 0; i < len(e.waiting) && budget > 0 && len(e.running) < e.opt.MaxNumSeqs; {
 		sq := e.waiting[i]
 		if sq.ticket != nil {
@@ -255,6 +264,13 @@ func (e *Engine) schedule() bool {
 			sq.identity, sq.cacheable = identityOf(sq)
 		}
 		cached := e.lookupPrefix(sq)
+		isLong := len(sq.tokens)-sq.computed > long
+		if isLong && len(e.longSeq) > 0 {
+			e.pages.release(sq.pages)
+			sq.pages, sq.computed, sq.registered = sq.pages[:0], 0, 0
+			i++
+			continue
+		}
 		if e.pages.available() < e.pages.pagesFor(len(sq.tokens)+1)-len(sq.pages) {
 			e.pages.release(sq.pages)
 			sq.pages, sq.computed, sq.registered = sq.pages[:0], 0, 0
@@ -276,8 +292,24 @@ func (e *Engine) schedule() bool {
 		if sq.scheduled.IsZero() {
 			sq.scheduled = time.Now()
 		}
-		n := e.scoreLimit(sq, min(len(sq.tokens)-sq.computed, budget))
+		n := e.scoreLimit(sq, min(len(sq.tokens)-sq.computed, budget, long))
 		e.reservePages(sq, sq.computed+n)
+		if isLong {
+			e.longSeq, e.longRows = append(e.longSeq, sq), append(e.longRows, n)
+		} else {
+			e.addRows(sq, n)
+		}
+		budget -= n
+	}
+	// Long prefills last, in admission order: each its held rows and what budget is left, as
+	// far as free pages go (taking pages from others now would preempt rows already placed).
+	for k, sq := range e.longSeq {
+		budget += e.longRows[k]
+		n := e.scoreLimit(sq, min(len(sq.tokens)-sq.computed, budget))
+		n = min(n, e.growPages(sq, sq.computed+n)-sq.computed)
+		if n == 0 {
+			continue
+		}
 		e.addRows(sq, n)
 		budget -= n
 	}
@@ -321,6 +353,19 @@ func (e *Engine) reservePages(sq *sequence, n int) bool {
 		}
 	}
 	return true
+}
+
+// growPages gives sq free pages (no preemption) towards n tokens and returns how many tokens
+// its pages then hold.
+func (e *Engine) growPages(sq *sequence, n int) int {
+	for len(sq.pages) < e.pages.pagesFor(n) {
+		p, ok := e.pages.alloc()
+		if !ok {
+			break
+		}
+		sq.pages = append(sq.pages, p)
+	}
+	return min(n, len(sq.pages)*e.opt.PageSize)
 }
 
 // preempt frees a running sequence's pages and puts it back at the head of the queue; it keeps
