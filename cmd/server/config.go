@@ -24,6 +24,7 @@ type config struct {
 	servedName             string
 	maxNumSeqs             int
 	maxBatchedTokens       int
+	longPrefillThreshold   int
 	maxModelLen            int
 	kvCacheTokens          int
 	kvCacheMemory          int64   // bytes; 0: from the device's memory (kvmemory.go)
@@ -117,6 +118,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.StringVar(&c.servedName, "served-model-name", "", "the base model's name in the API (default: the --model argument exactly as given, as in vLLM)")
 	fs.IntVar(&c.maxNumSeqs, "max-num-seqs", 0, "sequences in one batch (0: engine default)")
 	fs.IntVar(&c.maxBatchedTokens, "max-num-batched-tokens", 0, "token rows in one forward pass (0: engine default)")
+	fs.IntVar(&c.longPrefillThreshold, "long-prefill-token-threshold", 0, "a prefill with more rows left than this takes at most this many rows of a step while requests wait, so they start at the next step (0: a quarter of --max-num-batched-tokens; --max-num-batched-tokens: off)")
 	fs.IntVar(&c.maxModelLen, "max-model-len", 0, "prompt + output limit in tokens (0: the model's max_position_embeddings, stretched by linear or yarn RoPE scaling; more is refused); a prompt text longer than this times the tokenizer's longest token in bytes is refused before tokenizing")
 	fs.IntVar(&c.kvCacheTokens, "kv-cache-tokens", 0, "KV-cache capacity in tokens, overriding the sizing from memory (0: from --kv-cache-memory or the device's memory)")
 	fs.Func("kv-cache-memory", "KV-cache budget in bytes, e.g. 4GiB, 512MiB, 8G (default: on a GPU what --gpu-memory-utilization leaves; on the CPU a quarter of MemAvailable, at most max-num-seqs x max-model-len tokens)", func(s string) error {
@@ -177,7 +179,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{"max-num-seqs", c.maxNumSeqs}, {"max-num-batched-tokens", c.maxBatchedTokens}, {"max-model-len", c.maxModelLen},
+	}{{"max-num-seqs", c.maxNumSeqs}, {"max-num-batched-tokens", c.maxBatchedTokens}, {"long-prefill-token-threshold", c.longPrefillThreshold}, {"max-model-len", c.maxModelLen},
 		{"kv-cache-tokens", c.kvCacheTokens}, {"max-queued-requests", c.maxQueued}, {"threads", c.threads},
 		{"max-loras", c.maxLoRAs}, {"max-cpu-loras", c.maxCPULoRAs}, {"max-lora-rank", c.maxLoRARank}} {
 		if v.n < 0 {

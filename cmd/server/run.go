@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	e, err := serve.NewEngine(m.cfg, b, m.weights, m.tok, serve.Options{
-		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, MaxModelLen: maxModelLen,
+		ModelName: m.name, MaxNumSeqs: c.maxNumSeqs, MaxBatchedTokens: c.maxBatchedTokens, LongPrefillTokenThreshold: c.longPrefillThreshold, MaxModelLen: maxModelLen,
 		KVCacheTokens: kv.tokens, KVCacheMemory: kv.bytes, MaxQueued: c.maxQueued, Logger: log, DisablePrefixCaching: !c.prefixCaching,
 		AdapterDirs: c.adapterDirs, AdapterRoots: c.roots(), LoadTimeout: c.loadTimeout, MaxLoRAs: c.maxLoRAs, MaxLoRARank: c.maxLoRARank, MaxCPULoRAs: c.maxCPULoRAs,
 		KVEvents: c.kvEvents, Deterministic: c.deterministic,
@@ -92,7 +92,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		log.Info("KV events publishing", "endpoint", c.kvEvents.Endpoint, "addr", addr, "topic", c.kvEvents.Topic)
 	}
 	o := e.Options()
-	log.Info("engine ready", "max_num_seqs", o.MaxNumSeqs, "max_num_batched_tokens", o.MaxBatchedTokens,
+	log.Info("engine ready", "max_num_seqs", o.MaxNumSeqs, "max_num_batched_tokens", o.MaxBatchedTokens, "long_prefill_token_threshold", o.LongPrefillTokenThreshold,
 		"max_model_len", o.MaxModelLen, "max_model_len_from", maxModelLenSource(c.maxModelLen), "kv_cache_tokens", o.KVCacheTokens,
 		"kv_cache_bytes", o.KVCacheMemory, "kv_cache_from", kv.source, "prefix_caching", !o.DisablePrefixCaching, "adapters", len(c.adapters), "routers", len(c.routers))
 

@@ -230,6 +230,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{[]string{"--adapter", "noequals"}, "NAME=PATH"},
 		{[]string{"--log-level", "loud"}, "log-level"},
 		{[]string{"--max-num-seqs", "-1"}, "negative"},
+		{[]string{"--long-prefill-token-threshold", "-1"}, "long-prefill-token-threshold must not be negative"},
 		{[]string{"--model", "/nonexistent"}, "config.json"},
 		{[]string{"--tokenizer", "x"}, "needs --model"},
 		{[]string{"--adapter", "x=/nonexistent", "--max-model-len", "64"}, "x"},
@@ -245,6 +246,27 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"--help"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("--help: %v", err)
+	}
+}
+
+// --long-prefill-token-threshold reaches the engine, which says so at startup; a threshold
+// above --max-num-batched-tokens is the whole budget (a long prefill is never held back).
+func TestLongPrefillTokenThresholdFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--max-num-batched-tokens", "64", "--long-prefill-token-threshold", "24"}, "long_prefill_token_threshold=24"},
+		{[]string{"--max-num-batched-tokens", "64", "--long-prefill-token-threshold", "1000"}, "long_prefill_token_threshold=64"},
+		{[]string{"--max-num-batched-tokens", "64"}, "long_prefill_token_threshold=16"},
+	} {
+		_, logs, stop := start(t, append([]string{"--max-model-len", "64"}, c.args...)...)
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(logs.String(), c.want) {
+			t.Errorf("%v: startup log lacks %q:\n%s", c.args, c.want, logs)
+		}
 	}
 }
 
