@@ -301,9 +301,11 @@ func llamaBench(o options) (map[string]float64, string, error) {
 	return res, string(out), nil
 }
 
-// starve serves the model on the real engine (default scheduling) and times a short request
-// (16-token prompt, 16 tokens out) alone and then submitted right after a long prompt's request
-// (-prompts' longest, one token out): the difference is the delay the long prefill causes.
+// starve serves the model on the real engine and times a short request (16-token prompt, 16
+// tokens out) alone and then submitted right after a long prompt's request (-prompts' longest,
+// one token out): the difference is the delay the long prefill causes. It runs two schedulers
+// side by side, alternating: a long prefill given the whole step budget (the rule before
+// Options.LongPrefillTokenThreshold: threshold = -chunk) and the default threshold.
 func starve(o options) error {
 	dir := o.modelDir
 	if dir == "" {
@@ -324,12 +326,6 @@ func starve(o options) error {
 		return err
 	}
 	defer w.Close()
-	e, err := serve.NewEngine(cfg, b, w, nil, serve.Options{ModelName: "m", MaxModelLen: cfg.MaxPositions, MaxBatchedTokens: o.chunk,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	long := slices.Max(o.prompts)
 	rng := rand.New(rand.NewPCG(14, 7))
 	prompt := func(n int) []int {
@@ -341,53 +337,79 @@ func starve(o options) error {
 	}
 	fmt.Printf("# cpupeer -starve %s: %s, %s; chunk %d; a %d-token prompt, then a short request (16 in, 16 out); load %s\n",
 		time.Now().UTC().Format(time.RFC3339), dir, b.Name(), o.chunk, long, loadavg())
-	var alone, with, longT []float64
+	schedulers := []struct {
+		name      string
+		threshold int // 0: the engine's default
+	}{{"whole budget", o.chunk}, {"default threshold", 0}}
+	type result struct{ alone, with, ttft, longT []float64 }
+	results := make([]result, len(schedulers))
 	for rep := range o.reps {
-		t0, err := complete(e, prompt(16), 16)
-		if err != nil {
-			return err
+		for k, sch := range schedulers {
+			e, err := serve.NewEngine(cfg, b, w, nil, serve.Options{ModelName: "m", MaxModelLen: cfg.MaxPositions, MaxBatchedTokens: o.chunk,
+				LongPrefillTokenThreshold: sch.threshold, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				return err
+			}
+			t0, t1, ttft, tl, err := starveOnce(e, prompt(16), prompt(long), prompt(16))
+			threshold := e.Options().LongPrefillTokenThreshold
+			e.Close()
+			if err != nil {
+				return err
+			}
+			r := &results[k]
+			r.alone, r.with, r.ttft, r.longT = append(r.alone, t0.Seconds()), append(r.with, t1.Seconds()), append(r.ttft, ttft.Seconds()), append(r.longT, tl.Seconds())
+			fmt.Printf("rep %d, %s (%d): short alone %.3f s, behind the long prompt %.3f s (delay %.3f s, first token %.3f s); long prompt %.3f s\n",
+				rep, sch.name, threshold, t0.Seconds(), t1.Seconds(), t1.Seconds()-t0.Seconds(), ttft.Seconds(), tl.Seconds())
 		}
-		done := make(chan error, 1)
-		start := time.Now()
-		go func() {
-			_, err := complete(e, prompt(long), 1)
-			longT = append(longT, time.Since(start).Seconds())
-			done <- err
-		}()
-		time.Sleep(time.Millisecond) // the long request is queued first
-		t1, err := complete(e, prompt(16), 16)
-		if err != nil {
-			return err
-		}
-		if err := <-done; err != nil {
-			return err
-		}
-		alone, with = append(alone, t0.Seconds()), append(with, t1.Seconds())
-		fmt.Printf("rep %d: short alone %.3f s, behind the long prompt %.3f s (delay %.3f s); long prompt %.3f s\n",
-			rep, t0.Seconds(), t1.Seconds(), t1.Seconds()-t0.Seconds(), longT[len(longT)-1])
 	}
-	fmt.Printf("median: short alone %.3f s, behind a %d-token prompt %.3f s: delay %.3f s (long prompt %.3f s); load %s\n",
-		median(alone), long, median(with), median(with)-median(alone), median(longT), loadavg())
+	for k, sch := range schedulers {
+		r := results[k]
+		fmt.Printf("median, %s: short alone %.3f s, behind a %d-token prompt %.3f s: delay %.3f s, first token %.3f s (long prompt %.3f s); load %s\n",
+			sch.name, median(r.alone), long, median(r.with), median(r.with)-median(r.alone), median(r.ttft), median(r.longT), loadavg())
+	}
 	return nil
 }
 
-// complete runs one greedy request to its end and returns its latency.
-func complete(e *serve.Engine, prompt []int, out int) (time.Duration, error) {
+// starveOnce times the short prompt alone, then the long prompt's request and the second short
+// one submitted 1 ms after it (its latency and its time to first token).
+func starveOnce(e *serve.Engine, short, long, shortBehind []int) (alone, behind, ttft, longT time.Duration, err error) {
+	if alone, _, err = complete(e, short, 16); err != nil {
+		return
+	}
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		longT, _, err = complete(e, long, 1)
+		done <- err
+	}()
+	time.Sleep(time.Millisecond) // the long request is queued first
+	behind, ttft, err = complete(e, shortBehind, 16)
+	if lerr := <-done; err == nil {
+		err = lerr
+	}
+	return
+}
+
+// complete runs one greedy request to its end and returns its latency and time to first token.
+func complete(e *serve.Engine, prompt []int, out int) (latency, ttft time.Duration, err error) {
 	start := time.Now()
 	s, err := e.Generate(context.Background(), serve.Request{Model: "m", Prompt: prompt, Params: serve.SamplingParams{MaxTokens: out, IgnoreEOS: true}})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	for {
 		ev, ok := s.Next(context.Background())
 		if !ok {
-			return 0, fmt.Errorf("stream ended without a final event")
+			return 0, 0, fmt.Errorf("stream ended without a final event")
 		}
 		if ev.Err != nil {
-			return 0, ev.Err
+			return 0, 0, ev.Err
+		}
+		if ttft == 0 && len(ev.Tokens) > 0 {
+			ttft = time.Since(start)
 		}
 		if ev.Finish != "" {
-			return time.Since(start), nil
+			return time.Since(start), ttft, nil
 		}
 	}
 }
