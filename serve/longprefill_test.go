@@ -43,10 +43,10 @@ func (g *stepGate) Step(int, int, time.Duration) {
 	}
 }
 
-// A short request submitted while a long prompt is mid-prefill gets its first token at the
-// next step, before the long prompt's prefill completes, and the long prompt still takes no
-// more steps than its rows and the short request's need (the demo model on the CPU).
-func TestShortRequestIsNotHeldBehindLongPrefill(t *testing.T) {
+// demoEngine serves the demo model on the CPU with a small step budget, so that a long prompt
+// takes many steps, and a stepGate as its observer.
+func demoEngine(t *testing.T, budget int) (*Engine, *stepGate, *model.Config) {
+	t.Helper()
 	root, err := demo.Extract()
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +63,6 @@ func TestShortRequestIsNotHeldBehindLongPrefill(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	const budget, longLen, shortLen = 64, 1000, 16
 	e, err := NewEngine(cfg, b, w, nil, Options{ModelName: "m", MaxNumSeqs: 4, MaxBatchedTokens: budget, MaxModelLen: cfg.MaxPositions,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -72,26 +71,27 @@ func TestShortRequestIsNotHeldBehindLongPrefill(t *testing.T) {
 	t.Cleanup(e.Close)
 	gate := &stepGate{held: make(chan struct{}), release: make(chan struct{}), finished: map[int]int{}}
 	e.SetObserver(gate)
+	return e, gate, cfg
+}
 
-	prompt := func(n, seed int) []int {
-		p := make([]int, n)
-		for i := range p {
-			p[i] = (i*7 + seed) % cfg.VocabSize
-		}
-		return p
+// submitOne submits a greedy one-token request for a prompt of n tokens.
+func submitOne(t *testing.T, e *Engine, cfg *model.Config, n, seed int) *Stream {
+	t.Helper()
+	p := make([]int, n)
+	for i := range p {
+		p[i] = (i*7 + seed) % cfg.VocabSize
 	}
-	run := func(p []int) *Stream {
-		s, err := e.Generate(context.Background(), Request{Model: "m", Prompt: p, Params: greedyParams(1)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+	s, err := e.Generate(context.Background(), Request{Model: "m", Prompt: p, Params: greedyParams(1)})
+	if err != nil {
+		t.Fatal(err)
 	}
-	long := run(prompt(longLen, 1))
-	<-gate.held // the long prompt has had its first chunk, and the scheduler waits
-	short := run(prompt(shortLen, 2))
-	close(gate.release)
-	for _, s := range []*Stream{short, long} {
+	return s
+}
+
+// finishAll reads every stream to its end and waits for the engine to be idle.
+func finishAll(t *testing.T, e *Engine, streams ...*Stream) {
+	t.Helper()
+	for _, s := range streams {
 		for {
 			ev, ok := s.Next(context.Background())
 			if !ok || ev.Err != nil {
@@ -103,6 +103,19 @@ func TestShortRequestIsNotHeldBehindLongPrefill(t *testing.T) {
 		}
 	}
 	waitIdle(t, e)
+}
+
+// A short request submitted while a long prompt is mid-prefill gets its first token at the
+// next step, before the long prompt's prefill completes, and the long prompt still takes no
+// more steps than its rows and the short request's need (the demo model on the CPU).
+func TestShortRequestIsNotHeldBehindLongPrefill(t *testing.T) {
+	const budget, longLen, shortLen = 64, 1000, 16
+	e, gate, cfg := demoEngine(t, budget)
+	long := submitOne(t, e, cfg, longLen, 1)
+	<-gate.held // the long prompt has had its first chunk, and the scheduler waits
+	short := submitOne(t, e, cfg, shortLen, 2)
+	close(gate.release)
+	finishAll(t, e, short, long)
 	gate.mu.Lock()
 	defer gate.mu.Unlock()
 	shortStep, longStep := gate.finished[shortLen], gate.finished[longLen]
@@ -111,5 +124,28 @@ func TestShortRequestIsNotHeldBehindLongPrefill(t *testing.T) {
 	}
 	if most := (longLen + shortLen + budget - 1) / budget; longStep > most {
 		t.Errorf("long prompt took %d steps, want at most %d", longStep, most)
+	}
+}
+
+// A second long prompt waits while the first one prefills (one long prefill at a time, in
+// arrival order, so sharing steps does not delay both), and a short request behind it still
+// starts at the next step.
+func TestLongPromptsPrefillOneAtATime(t *testing.T) {
+	const budget, firstLen, secondLen, shortLen = 64, 600, 500, 16
+	e, gate, cfg := demoEngine(t, budget)
+	first := submitOne(t, e, cfg, firstLen, 1)
+	<-gate.held
+	second := submitOne(t, e, cfg, secondLen, 2)
+	short := submitOne(t, e, cfg, shortLen, 3)
+	close(gate.release)
+	finishAll(t, e, first, second, short)
+	gate.mu.Lock()
+	defer gate.mu.Unlock()
+	f, s, sh := gate.finished[firstLen], gate.finished[secondLen], gate.finished[shortLen]
+	if sh != 2 {
+		t.Errorf("short request finished in step %d, want 2", sh)
+	}
+	if most := (firstLen + shortLen + budget - 1) / budget; f > most || s <= f {
+		t.Errorf("first long prompt finished in step %d (want at most %d), second in step %d (want after the first)", f, most, s)
 	}
 }
