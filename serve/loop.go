@@ -214,7 +214,7 @@ func (e *Engine) schedule() bool {
 			break // sq itself was preempted
 		}
 		if left > long {
-			e.longSeq, e.longRows = append(e.longSeq, sq), append(e.longRows, n)
+			e.holdLong(sq, n)
 		} else {
 			e.addRows(sq, n)
 		}
@@ -295,7 +295,7 @@ func (e *Engine) schedule() bool {
 		n := e.scoreLimit(sq, min(len(sq.tokens)-sq.computed, budget, long))
 		e.reservePages(sq, sq.computed+n)
 		if isLong {
-			e.longSeq, e.longRows = append(e.longSeq, sq), append(e.longRows, n)
+			e.holdLong(sq, n)
 		} else {
 			e.addRows(sq, n)
 		}
@@ -305,6 +305,7 @@ func (e *Engine) schedule() bool {
 	// far as free pages go (taking pages from others now would preempt rows already placed).
 	for k, sq := range e.longSeq {
 		budget += e.longRows[k]
+		e.scoreRoom += e.scoredRows(sq, e.longRows[k])
 		n := e.scoreLimit(sq, min(len(sq.tokens)-sq.computed, budget))
 		n = min(n, e.growPages(sq, sq.computed+n)-sq.computed)
 		if n == 0 {
@@ -353,6 +354,23 @@ func (e *Engine) reservePages(sq *sequence, n int) bool {
 		}
 	}
 	return true
+}
+
+// holdLong holds n rows of the step for sq, a long prefill whose rows are added last: their
+// budget, and their room for scored rows, which the requests admitted meanwhile may not take.
+func (e *Engine) holdLong(sq *sequence, n int) {
+	e.longSeq, e.longRows = append(e.longSeq, sq), append(e.longRows, n)
+	e.scoreRoom -= e.scoredRows(sq, n)
+}
+
+// scoredRows counts the rows among sq's next n that are scored (PromptLogprobs): prompt rows
+// not scored yet, but the last.
+func (e *Engine) scoredRows(sq *sequence, n int) int {
+	if sq.params.PromptLogprobs == 0 {
+		return 0
+	}
+	from, to := max(sq.computed, sq.scored), min(sq.computed+n, sq.promptLen-1)
+	return max(0, to-from)
 }
 
 // growPages gives sq free pages (no preemption) towards n tokens and returns how many tokens
