@@ -18,41 +18,36 @@ func TestGemm(t *testing.T) {
 		for _, k := range []int{1, 7, 16, 37, 768} {
 			for _, m := range []int{1, 5, 64, 301} {
 				for _, dt := range []model.DType{model.F32, model.BF16} {
-					x := model.Tensor{Rows: n, Cols: k, DType: model.F32, Buf: randF32(r, n*k)}
-					w := model.Tensor{Rows: m, Cols: k, DType: dt}
-					wv := make([]float64, m*k)
-					if dt == model.F32 {
-						f := randF32(r, m*k)
-						for i, v := range f {
-							wv[i] = float64(v)
-						}
-						w.Buf = f
-					} else {
-						u := randBF16(r, m*k)
-						for i, v := range u {
-							wv[i] = float64(model.BF16ToF32(v))
-						}
-						w.Buf = u
-					}
-					init := randF32(r, n*m)
-					out := model.Tensor{Rows: n, Cols: m, DType: model.F32, Buf: append([]float32(nil), init...)}
-					const alpha = 0.5
-					b.gemm(out, x, w, alpha, true)
-					xs, os := f32(x), f32(out)
-					for i := 0; i < n; i++ {
-						for j := 0; j < m; j++ {
-							var want, mag float64
-							for c := 0; c < k; c++ {
-								want += float64(xs[i*k+c]) * wv[j*k+c]
-								mag += math.Abs(float64(xs[i*k+c]) * wv[j*k+c])
-							}
-							want = alpha*want + float64(init[i*m+j])
-							if d := math.Abs(float64(os[i*m+j]) - want); d > 1e-5*(mag+math.Abs(want)) {
-								t.Fatalf("%s n=%d k=%d m=%d: out[%d,%d] = %g, want %g", dt, n, k, m, i, j, os[i*m+j], want)
-							}
-						}
-					}
+					checkGemm(t, b, r, n, k, m, dt, 0.5, true)
 				}
+			}
+		}
+	}
+}
+
+// checkGemm runs gemm on random operands of the given shape (out = alpha * x · wᵀ, + out when
+// acc) and holds every output to the float64 product within float32 rounding of its terms.
+func checkGemm(t *testing.T, b *Backend, r *rand.Rand, n, k, m int, dt model.DType, alpha float32, acc bool) {
+	t.Helper()
+	x := model.Tensor{Rows: n, Cols: k, DType: model.F32, Buf: randF32(r, n*k)}
+	w, wv := randWeights(r, m, k, dt)
+	init := randF32(r, n*m)
+	out := model.Tensor{Rows: n, Cols: m, DType: model.F32, Buf: append([]float32(nil), init...)}
+	b.gemm(out, x, w, alpha, acc)
+	xs, os := f32(x), f32(out)
+	for i := 0; i < n; i++ {
+		for j := 0; j < m; j++ {
+			var want, mag float64
+			for c := 0; c < k; c++ {
+				want += float64(xs[i*k+c]) * wv[j*k+c]
+				mag += math.Abs(float64(xs[i*k+c]) * wv[j*k+c])
+			}
+			want *= float64(alpha)
+			if acc {
+				want += float64(init[i*m+j])
+			}
+			if d := math.Abs(float64(os[i*m+j]) - want); d > 1e-5*(mag+math.Abs(want)) {
+				t.Fatalf("%s n=%d k=%d m=%d acc=%v: out[%d,%d] = %g, want %g", dt, n, k, m, acc, i, j, os[i*m+j], want)
 			}
 		}
 	}
@@ -90,29 +85,7 @@ func TestGemmPanelPath(t *testing.T) {
 			for _, m := range []int{16, 17, 31, 64, 301} {
 				for _, dt := range []model.DType{model.F32, model.BF16} {
 					for _, acc := range []bool{false, true} {
-						x := model.Tensor{Rows: n, Cols: k, DType: model.F32, Buf: randF32(r, n*k)}
-						w, wv := randWeights(r, m, k, dt)
-						init := randF32(r, n*m)
-						out := model.Tensor{Rows: n, Cols: m, DType: model.F32, Buf: append([]float32(nil), init...)}
-						const alpha = 0.75
-						b.gemm(out, x, w, alpha, acc)
-						xs, os := f32(x), f32(out)
-						for i := 0; i < n; i++ {
-							for j := 0; j < m; j++ {
-								var want, mag float64
-								for c := 0; c < k; c++ {
-									want += float64(xs[i*k+c]) * wv[j*k+c]
-									mag += math.Abs(float64(xs[i*k+c]) * wv[j*k+c])
-								}
-								want *= alpha
-								if acc {
-									want += float64(init[i*m+j])
-								}
-								if d := math.Abs(float64(os[i*m+j]) - want); d > 1e-5*(mag+math.Abs(want)) {
-									t.Fatalf("%s n=%d k=%d m=%d acc=%v: out[%d,%d] = %g, want %g", dt, n, k, m, acc, i, j, os[i*m+j], want)
-								}
-							}
-						}
+						checkGemm(t, b, r, n, k, m, dt, 0.75, acc)
 					}
 				}
 			}
