@@ -9,9 +9,10 @@
 # Stages, in order, each timed and bounded by what is left of the budget:
 #   build        kernels for sm_$ARCH (make -j) and the Go binaries (cgo flags of `make cuda-env`)
 #   loraplex     bench/gpu: ceilings, decode (ctx 128, 4k, 32k), adapters (rank 16 all, rank 8 q/v),
-#                routed top-2 of 28, deterministic hook, prefill 2k/8k/32k (tensor cores; 2k also CUDA cores)
-#   ab           bench/gpu again for each assignment in AB (default LORAPLEX_DETERMINISTIC=1): the
-#                switches other work adds (fused kernels, deterministic mode) against the default
+#                routed top-2 of 28, deterministic mode ÷ default (same process), prefill 2k/8k/32k
+#                (tensor cores; 2k also CUDA cores)
+#   ab           bench/gpu again for each assignment in AB (default none): a switch (fused decode
+#                kernels, grouped LoRA) against the default, on the decode, adapter and prefill rows
 #   prefixcache  bench/prefixcache on CUDA, 8B shape: TTFT with a 2,000-token cached prefix ÷ uncached
 #   hf           bench/reference/hf_bench.py (HF transformers + peft), same shape and GPU
 #   llamacpp     with LLAMACPP_KIT (the kit's folder or its .tar.xz): its CUDA build starts at once in
@@ -19,8 +20,8 @@
 #                llama-batched-bench run when it is done, or the rows say it did not fit
 #   coldload     bench/coldload on CUDA, 8B rank-16 adapter (all cores: the host stage is parallel)
 #   report       bench/gpu/report: one results file
-# Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V" (one run per word;
-#   AB= runs none), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
+# Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V" (one run per word,
+#   ~15 s each; unset: none), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
 #   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +29,7 @@ root=$PWD
 out=${1:-bench/results/gpu-run}
 mkdir -p "$out/logs" && out=$(cd "$out" && pwd)
 [ -f .gpu/env.sh ] && ! command -v go >/dev/null && source .gpu/env.sh
-BUDGET_S=${BUDGET_S:-530}; ARCH=${ARCH:-90}; SKIP=",${SKIP:-},"; AB=${AB-LORAPLEX_DETERMINISTIC=1}
+BUDGET_S=${BUDGET_S:-530}; ARCH=${ARCH:-90}; SKIP=",${SKIP:-},"; AB=${AB:-}
 LLAMACPP_REPS=${LLAMACPP_REPS:-3}; COLDLOAD_TRIALS=${COLDLOAD_TRIALS:-10}
 RESERVE_S=15 # the report at the end
 T0=$(date +%s)
@@ -120,7 +121,7 @@ if [ $ok_build = 1 ]; then
   for assign in $AB; do
     label=$(printf '%s' "$assign" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
     stage "ab-$label" 60 env "$assign" taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
-      -stages decode,adapters16,deterministic,prefill -sweep 1,64 -prefill-tokens 2048 -prefill-cuda-cores ''
+      -stages decode,adapters16,prefill -sweep 1,64 -prefill-tokens 2048 -prefill-cuda-cores ''
   done
   stage prefixcache 60 taskset -c "$LP_CPUS" "$bin/prefixcache" -device cuda -shape 8b -runs 5 -prefix 2000 -suffix 40 -json "$out/prefixcache.json"
 fi
