@@ -159,10 +159,20 @@ func Build(dir, date, command string) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
+	// run.sh's word on the bench/gpu stage (timed out, failed, skipped) goes into the notes of
+	// its rows that have no figure; without its output at all, every one of them says so, and
+	// the card is the one nvidia-smi named.
+	lp.runStatus = stageStatus(f.Stages, "loraplex")
 	if !hasLP {
-		return nil, fmt.Errorf("%s: no loraplex.json: the loraplex benchmark did not run", dir)
+		lp.missing = "bench/gpu wrote no loraplex.json"
+		if lp.runStatus == "" {
+			lp.runStatus = "did not run"
+		}
 	}
 	f.Card = lp.Device
+	if f.Card == "" {
+		f.Card, _, _ = strings.Cut(f.Machine, ",")
+	}
 	var hf hfRun
 	hasHF, err := readPart(f, dir, "hf.json", &hf)
 	if err != nil {
@@ -192,6 +202,17 @@ func Build(dir, date, command string) (*File, error) {
 	}
 	f.Rows = rows(&lp, hf, hasHF, cl, hasCL, pc, hasPC, abs, lc)
 	return f, nil
+}
+
+// stageStatus is run.sh's status of the named stage when it is not "ok" ("" when it is, or
+// when the stage is not listed).
+func stageStatus(stages []Stage, name string) string {
+	for _, s := range stages {
+		if s.Name == name && s.Status != "ok" {
+			return s.Status
+		}
+	}
+	return ""
 }
 
 // readPart reads dir/name into v and keeps it in f.Parts; a missing file is not an error.

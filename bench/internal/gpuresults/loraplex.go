@@ -5,6 +5,8 @@ package gpuresults
 // older table reads.
 type Loraplex struct {
 	label         string             // an A/B run's name (ab-LABEL.json)
+	missing       string             // why there is no loraplex.json ("" when there is)
+	runStatus     string             // run.sh's status of the stage when not ok (timed out, failed)
 	Device        string             `json:"device"`
 	Shape         string             `json:"shape"`
 	CopyBandwidth float64            `json:"copy_bandwidth_bytes_per_s"`

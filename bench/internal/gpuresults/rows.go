@@ -36,12 +36,19 @@ func (r *Loraplex) router(batch int) (RouterPoint, bool) {
 	return RouterPoint{}, false
 }
 
-// failed says why a stage has no figures: its error, or that it did not run.
+// failed says why a stage has no figures: its error, or that it did not run, with run.sh's
+// status of the whole bench/gpu process when that was not ok (cut off by its time limit, say).
 func (r *Loraplex) failed(stage string) string {
 	if e := r.Errors[stage]; e != "" {
 		return "stage " + stage + " failed: " + e
 	}
+	if r.missing != "" {
+		return r.missing + " (run.sh stage loraplex: " + r.runStatus + ")"
+	}
 	if _, ran := r.StageSeconds[stage]; !ran {
+		if r.runStatus != "" {
+			return "stage " + stage + " did not run (bench/gpu " + r.runStatus + ")"
+		}
 		return "stage " + stage + " did not run"
 	}
 	return "not measured"
@@ -159,15 +166,15 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 	// llama.cpp.
 	tg, okTG := lc.tg()
 	add(row(15, "decode_b1_vs_llamacpp", "batch-1 decode ÷ llama.cpp on the same GPU", goal{">=", 1.0}, b1/tg, ok && okTG,
-		tps(b1), "llama.cpp "+tps(tg)+" (llama-bench tg128)", lc.why(okTG)))
+		tps(b1), "llama.cpp "+tps(tg)+" (llama-bench tg128)", notes(noteIf(!ok, lp.failed("decode")), lc.why(okTG))))
 	pp, okPP := lc.pp(2048)
 	pf, okPF := lp.bestPrefill(2048)
 	add(row(15, "prefill_2048_vs_llamacpp", "prefill 2,048 tokens ÷ llama.cpp pp2048 (flash attention on)", goal{">=", 1.0}, pf.TokensPerS/pp, okPF && okPP,
-		tps(pf.TokensPerS), "llama.cpp "+tps(pp), lc.why(okPP)))
+		tps(pf.TokensPerS), "llama.cpp "+tps(pp), notes(noteIf(!okPF, lp.failed("prefill")), lc.why(okPP))))
 	s64, ok64 := lp.Sweep[64]
 	bt, okBT := lc.batched(64)
 	add(row(15, "decode_b64_vs_llamacpp", "decode batch 64 ÷ llama.cpp batched", goal{">=", 1.0}, s64/bt, ok64 && okBT,
-		tps(s64), "llama.cpp "+tps(bt)+" (llama-batched-bench S_TG, B=64)", lc.why(okBT)))
+		tps(s64), "llama.cpp "+tps(bt)+" (llama-batched-bench S_TG, B=64)", notes(noteIf(!ok64, lp.failed("decode")), lc.why(okBT))))
 
 	// Deterministic mode: measured in this run, or by an A/B run with LORAPLEX_DETERMINISTIC=1.
 	add(deterministicRow(lp, abs))
@@ -175,9 +182,9 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 	// HF transformers.
 	s1, ok1 := lp.Sweep[1]
 	add(row(15, "decode_b1_vs_hf", "decode batch 1 ÷ HF transformers", goal{">=", 10}, s1/hf.Batch1, ok1 && hasHF && hf.Batch1 > 0,
-		tps(s1), "HF "+tps(hf.Batch1), noteIf(!hasHF, "bench/reference/hf_bench.py did not run")))
+		tps(s1), "HF "+tps(hf.Batch1), notes(noteIf(!ok1, lp.failed("decode")), noteIf(!hasHF, "bench/reference/hf_bench.py did not run"))))
 	add(row(15, "decode_b64_vs_hf", "decode batch 64 ÷ HF transformers", goal{">=", 5}, s64/hf.Batch64, ok64 && hasHF && hf.Batch64 > 0,
-		tps(s64), "HF "+tps(hf.Batch64), noteIf(!hasHF, "bench/reference/hf_bench.py did not run")))
+		tps(s64), "HF "+tps(hf.Batch64), notes(noteIf(!ok64, lp.failed("decode")), noteIf(!hasHF, "bench/reference/hf_bench.py did not run"))))
 
 	// Issue 14: prefix caching and long prompts.
 	prefix := pc.Prefix
@@ -254,7 +261,7 @@ func deterministicRow(lp *Loraplex, abs []Loraplex) Row {
 				fmt.Sprintf("batch 1: %.3f (A/B run)", d.Ratio[1]))
 		}
 	}
-	note := "n/a: the backend offers no deterministic mode yet"
+	note := lp.failed("deterministic")
 	if d := lp.Deterministic; d != nil && d.Note != "" {
 		note = d.Note
 	}
@@ -264,6 +271,17 @@ func deterministicRow(lp *Loraplex, abs []Loraplex) Row {
 		}
 	}
 	return row(15, id, measure, g, 0, false, "", "", note)
+}
+
+// notes joins the notes that are not empty.
+func notes(n ...string) string {
+	var out []string
+	for _, s := range n {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 func noteIf(cond bool, s string) string {
