@@ -113,7 +113,11 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 
 	// Batch-1 decode against the roofline.
 	b1, ok := lp.Batch1["tokens_per_s"]
-	add(row(15, "decode_b1_vs_roofline_ctx128", fmt.Sprintf("batch-1 decode ÷ HBM roofline (ctx %.0f)", lp.Batch1["context"]), goal{">=", 0.85},
+	ctx := lp.Batch1["context"]
+	if ctx == 0 {
+		ctx = 128 // bench/gpu's -ctx when it measured nothing
+	}
+	add(row(15, "decode_b1_vs_roofline_ctx128", fmt.Sprintf("batch-1 decode ÷ HBM roofline (ctx %.0f)", ctx), goal{">=", 0.85},
 		lp.Batch1["ratio"], ok, tps(b1), tps(lp.Batch1["roofline_tokens_per_s"])+fmt.Sprintf(" (copy %.0f GB/s)", lp.CopyBandwidth/1e9), noteIf(!ok, lp.failed("decode"))))
 	for _, c := range []struct {
 		ctx int
