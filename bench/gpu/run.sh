@@ -3,36 +3,57 @@
 # machine, in one invocation, inside one bounded device call (BUDGET_S, default 530 s: the device
 # tool kills a call at 600 s). It writes OUT/gpu-goals-CARD.json and OUT/gpu-goals-CARD.md (bench/gpu/report;
 # copy them into bench/results/ and run `go run ./bench/readme`), with every stage's log in OUT/logs.
+# The results file is rewritten after every stage, so a run cut short keeps what it measured.
 #
-#   bench/gpu/run.sh [OUT]                    (default bench/results/gpu-run)
+#   bench/gpu/run.sh [OUT]                    (a run's own folder; default bench/results/gpu-run)
+#   EXPORT=$OUT bench/gpu/run.sh /tmp/gpu-run (the device tool: see EXPORT)
 #
-# Stages, in order, each timed and bounded by what is left of the budget:
-#   build        kernels for sm_$ARCH (make -j) and the Go binaries (cgo flags of `make cuda-env`)
+# Stages, in order of what their rows are worth, each timed and bounded by what is left of the
+# budget. Estimates for an H100 box of 16 cores (8B shape), from the H200 runs in
+# bench/results/gpu-h200 and the kernel build of bench/results/gpu-h100:
+#   build        kernels for sm_$ARCH (make -j) and the Go binaries (cgo flags of `make cuda-env`):
+#                ~40 s of nvcc on 4 cores (30 s on 16) beside a cold Go build of ~40-60 s: ~90 s;
+#                ~10 s on a warm machine's second call (make and the Go cache are incremental)
 #   loraplex     bench/gpu: ceilings, decode (ctx 128, 4k, 32k), adapters (rank 16 all, rank 8 q/v),
 #                routed top-2 of 28, deterministic mode ÷ default (same process), prefill 2k/8k/32k
-#                (tensor cores; 2k also CUDA cores)
+#                (tensor cores; 2k also CUDA cores): ~60 s. The weights are one shared 1 GB buffer of
+#                random bf16 (benchenv.RandomSource), not 16 GB generated: 16 GB uploaded in 3-5 s
+#                per process (2.7-4.5 s on the H200), as in every Go stage below
+#   prefixcache  bench/prefixcache on CUDA, 8B shape: TTFT with a 2,000-token cached prefix ÷
+#                uncached: ~20 s (weights, an 8.6 GB KV cache, 6 pairs of requests)
+#   hf           bench/reference/hf_bench.py (HF transformers, batch 1 and 64; peft's point is not
+#                a goal row and is left out): ~45 s (imports, 16 GB initialised on the GPU, then
+#                ~7 s at 11 tok/s and ~15 s at 340 tok/s, the H200's figures)
 #   ab           bench/gpu again for each assignment in AB (default none): a switch (fused decode
-#                kernels, grouped LoRA) against the default, on the decode, adapter and prefill rows
-#   prefixcache  bench/prefixcache on CUDA, 8B shape: TTFT with a 2,000-token cached prefix ÷ uncached
-#   hf           bench/reference/hf_bench.py (HF transformers + peft), same shape and GPU
+#                kernels, grouped LoRA) against the default, on the decode, adapter and prefill rows:
+#                ~15 s each (its own process: weights and 5.4 GB of adapters uploaded again)
 #   llamacpp     with LLAMACPP_KIT (the kit's folder or its .tar.xz): its CUDA build starts at once in
-#                the background on BUILD_CPUS while loraplex runs pinned to LP_CPUS; llama-bench and
-#                llama-batched-bench run when it is done, or the rows say it did not fit
-#   coldload     bench/coldload on CUDA, 8B rank-16 adapter (all cores: the host stage is parallel)
-#   report       bench/gpu/report: one results file
-# Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V" (one run per word,
-#   ~15 s each; unset: none), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
-#   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10.
+#                the background on BUILD_CPUS while loraplex runs pinned to LP_CPUS (the kit says
+#                4-6 min on 16 cores: on 11 it may not finish inside one call, and a second call on
+#                the warm machine resumes it); llama-bench and llama-batched-bench (~40 s) run when
+#                it is done, or the rows say it did not fit. The wait ends at BUDGET_S - 150 s.
+#   coldload     bench/coldload on CUDA, 8B rank-16 adapter (all cores: the host stage is parallel,
+#                so it runs after the llama.cpp build is done or stopped): ~20 s
+#   report       bench/gpu/report: one results file, <1 s (also after every stage above)
+# Without llama.cpp ~235 s (+15 s per AB run); with its benchmarks ~280 s, plus the wait for its build.
+# Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V" (one run per word;
+#   unset: none), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
+#   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10, EXPORT=DIR: after every stage the
+#   results file so far and gpu-run.tgz (OUT whole: logs, every stage's output) are copied into DIR
+#   (three files: the device tool brings back at most 8 from its $OUT, so OUT itself goes elsewhere).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+T0=$(date +%s) # the budget counts from here: unpacking the Go toolchain (.gpu/env.sh) included
+cmdline="bench/gpu/run.sh $*"
+EXPORT=${EXPORT:-}
+if [ -n "$EXPORT" ]; then mkdir -p "$EXPORT" && EXPORT=$(cd "$EXPORT" && pwd) || exit 1; fi
+cd "$(dirname "$0")/../.." || exit 1
 root=$PWD
 out=${1:-bench/results/gpu-run}
 mkdir -p "$out/logs" && out=$(cd "$out" && pwd)
 [ -f .gpu/env.sh ] && ! command -v go >/dev/null && source .gpu/env.sh
-BUDGET_S=${BUDGET_S:-530}; ARCH=${ARCH:-90}; SKIP=",${SKIP:-},"; AB=${AB:-}
+BUDGET_S=${BUDGET_S:-530}; export ARCH=${ARCH:-90}; SKIP=",${SKIP:-},"; AB=${AB:-}
 LLAMACPP_REPS=${LLAMACPP_REPS:-3}; COLDLOAD_TRIALS=${COLDLOAD_TRIALS:-10}
 RESERVE_S=15 # the report at the end
-T0=$(date +%s)
 ncpu=$(nproc)
 if [ "$ncpu" -ge 12 ]; then
   LP_CPUS=${LP_CPUS:-0-3}; CONVERT_CPUS=${CONVERT_CPUS:-4}; BUILD_CPUS=${BUILD_CPUS:-5-$((ncpu - 1))}
@@ -42,11 +63,26 @@ fi
 count_cpus() { local n=0 a b; for r in ${1//,/ }; do a=${r%-*}; b=${r#*-}; n=$((n + b - a + 1)); done; echo "$n"; }
 LP_JOBS=$(count_cpus "$LP_CPUS"); BUILD_JOBS=$(count_cpus "$BUILD_CPUS")
 bin=/tmp/loraplex-gpubench-bin; mkdir -p "$bin"
+# What an earlier run left in OUT must not pass for this one's (a llama.cpp exit status above
+# all, which the wait below takes for its build having ended): OUT is a run's own folder.
+rm -rf "$out"/{loraplex,hf,coldload,prefixcache}.json "$out"/ab-*.json "$out"/gpu-goals-* "$out/llamacpp" "$out"/logs/*
 : > "$out/stages.tsv"
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 skipped() { [[ $SKIP == *",$1,"* ]]; }
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; echo "[$(elapsed)s] <<< $1: $3 (${2} s)"; }
+# export_results rewrites the results file from what the stages have written so far and, with
+# EXPORT, copies it there with OUT in one archive: a call cut off later keeps this much.
+export_results() {
+  [ -x "$bin/report" ] && "$bin/report" -dir "$out" -command "$cmdline" > "$out/logs/report.txt" 2>&1
+  [ -n "$EXPORT" ] || return 0
+  cp "$out"/gpu-goals-*.json "$out"/gpu-goals-*.md "$EXPORT/" 2>/dev/null
+  tar -czf "$EXPORT/.gpu-run.tgz" -C "$out" . 2>/dev/null && mv "$EXPORT/.gpu-run.tgz" "$EXPORT/gpu-run.tgz"
+  return 0
+}
+record() {
+  printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$out/stages.tsv"; echo "[$(elapsed)s] <<< $1: $3 (${2} s)"
+  export_results
+}
 # stage NAME MAX_S CMD...: runs CMD (log in logs/NAME.txt) bounded by MAX_S and by the budget left.
 stage() {
   local name=$1 max=$2; shift 2
@@ -66,12 +102,17 @@ stage() {
 }
 
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
+  # The first line names the card (the report's fallback when bench/gpu wrote nothing).
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader 2>/dev/null ||
+    echo "no GPU, nvidia-smi failed"
   nvcc --version | tail -1; go version
-  python3 -c "import torch,transformers,peft;print('torch',torch.__version__,'transformers',transformers.__version__,'peft',peft.__version__)" 2>/dev/null
   echo "$ncpu CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); loraplex pinned to $LP_CPUS, llama.cpp build to $BUILD_CPUS; budget ${BUDGET_S} s"
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
+# Importing torch, transformers and peft takes seconds: in the background, not before the builds.
+timeout 60 python3 -c "import torch,transformers,peft;print('torch',torch.__version__,'transformers',transformers.__version__,'peft',peft.__version__)" \
+  >> "$out/machine.txt" 2>/dev/null &
+versions_pid=$!
 
 # llama.cpp: its build is the longest stage, so it starts first, in the background, on its own cores.
 llama_build_pid=; llama_model_pid=; kit=
@@ -108,8 +149,9 @@ build() {
   if ! make -j"$LP_JOBS" kernels NVCC_FLAGS="$nv"; then wait $warm; return 1; fi
   eval "$(make -s cuda-env)" || { wait $warm; return 1; }
   wait $warm || { cat "$out/logs/go-warm.txt"; return 1; }
-  go build -tags cuda -o "$bin/gpubench" ./bench/gpu && go build -tags cuda -o "$bin/prefixcache" ./bench/prefixcache &&
-    go build -tags cuda -o "$bin/coldload" ./bench/coldload
+  # One go build for the three: their packages compile in parallel, and each binary is named
+  # after its folder (bench/gpu's is gpu).
+  go build -tags cuda -o "$bin/" ./bench/gpu ./bench/prefixcache ./bench/coldload && mv "$bin/gpu" "$bin/gpubench"
 }
 export -f build
 export bin out ARCH LP_JOBS
@@ -118,14 +160,16 @@ stage build 240 taskset -c "$LP_CPUS" bash -c build || ok_build=0
 
 if [ $ok_build = 1 ]; then
   stage loraplex 200 taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/loraplex.json"
+  stage prefixcache 60 taskset -c "$LP_CPUS" "$bin/prefixcache" -device cuda -shape 8b -runs 5 -prefix 2000 -suffix 40 -json "$out/prefixcache.json"
+fi
+stage hf 120 taskset -c "$LP_CPUS" python3 bench/reference/hf_bench.py --shape 8b --no-peft --out "$out/hf.json"
+if [ $ok_build = 1 ]; then
   for assign in $AB; do
-    label=$(printf '%s' "$assign" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
+    label=$(printf '%s' "$assign" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
     stage "ab-$label" 60 env "$assign" taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
       -stages decode,adapters16,prefill -sweep 1,64 -prefill-tokens 2048 -prefill-cuda-cores ''
   done
-  stage prefixcache 60 taskset -c "$LP_CPUS" "$bin/prefixcache" -device cuda -shape 8b -runs 5 -prefix 2000 -suffix 40 -json "$out/prefixcache.json"
 fi
-stage hf 150 taskset -c "$LP_CPUS" python3 bench/reference/hf_bench.py --shape 8b --out "$out/hf.json"
 
 # llama.cpp: wait for its build while the budget leaves room for its benchmarks, cold load and the report.
 COLDLOAD_S=45; LLAMA_BENCH_S=90
@@ -146,6 +190,11 @@ if [ -n "$llama_build_pid" ]; then
     why="writing or converting the random 8B model failed: $(grep -hm1 -E 'Error|error' "$out/logs/llamacpp-model.txt" "$L/convert.log" 2>/dev/null | cut -c1-200)"
   fi
   for p in $llama_build_pid $llama_model_pid; do kill -- -"$p" 2>/dev/null; done
+  # A conversion stopped half way leaves a GGUF newer than its HF folder, which the kit would
+  # take for finished on the next call: remove it (a stopped build or HF write redo themselves).
+  if [ ! -f "$L/.model.rc" ] && [ -f "$L/convert.log" ] && ! grep -q 'Model successfully exported' "$L/convert.log"; then
+    rm -f "$WORK/llama3-8b-random-bf16.gguf"
+  fi
   if [ -n "$why" ]; then
     echo "$why" > "$L/status.txt"; record llamacpp 0 "not measured: $why"
   else
@@ -156,11 +205,11 @@ if [ -n "$llama_build_pid" ]; then
 fi
 [ $ok_build = 1 ] && stage coldload "$COLDLOAD_S" "$bin/coldload" -device cuda -shape 8b -trials "$COLDLOAD_TRIALS" -dir /var/tmp -json "$out/coldload.json"
 
-record total "$(elapsed)" "budget ${BUDGET_S} s"
+wait "$versions_pid" # machine.txt's Python line
 [ -x "$bin/report" ] || go build -o "$bin/report" ./bench/gpu/report # the build stage failed before it
-if [ -x "$bin/report" ]; then
-  "$bin/report" -dir "$out" -command "bench/gpu/run.sh $*" > "$out/logs/report.txt" 2>&1 || { cat "$out/logs/report.txt"; exit 1; }
+record total "$(elapsed)" "budget ${BUDGET_S} s"
+if ls "$out"/gpu-goals-*.md > /dev/null 2>&1; then
   cat "$out"/gpu-goals-*.md
 else
-  echo "no report binary (the build stage failed): raw outputs are in $out"; exit 1
+  cat "$out/logs/report.txt" 2>/dev/null; echo "no results file: raw outputs are in $out"; exit 1
 fi
