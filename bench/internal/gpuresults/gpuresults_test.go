@@ -348,3 +348,34 @@ func TestCutOffOutputIsAStageNotRun(t *testing.T) {
 		t.Errorf("problems %q", f.Problems)
 	}
 }
+
+// An A/B run is set against the default on every row its switch can move: decode at batch 1,
+// 64 and at a 32k context, both adapter batches, prefill; a row either run lacks is n/a.
+func TestABRowsAgainstTheDefault(t *testing.T) {
+	dir := t.TempDir()
+	lp := Loraplex{Device: "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)", Sweep: map[int]float64{1: 150, 64: 6000},
+		LongContext: []LongContextPoint{{Context: 32768, Tokens: 100}},
+		Adapters:    &AdapterRatio{Mixed: 3000}, AdaptersQV: &AdapterRatio{Mixed: 5000}, StageSeconds: map[string]float64{}}
+	ab := lp
+	ab.Env = map[string]string{"LORAPLEX_FUSED_DECODE": "on"}
+	ab.Sweep = map[int]float64{1: 165, 64: 6000}
+	ab.LongContext = []LongContextPoint{{Context: 32768, Tokens: 120}}
+	ab.AdaptersQV = &AdapterRatio{Mixed: 5500}
+	ab.Adapters = nil
+	writeJSON(t, filepath.Join(dir, "loraplex.json"), lp)
+	writeJSON(t, filepath.Join(dir, "ab-fused-decode-on.json"), ab)
+	f, err := Build(dir, "2026-12-07T02:00:00Z", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := byID(t, f)
+	for id, want := range map[string]float64{"ab_fused-decode-on_decode_b1": 1.1, "ab_fused-decode-on_decode_b1_ctx32768": 1.2,
+		"ab_fused-decode-on_adapters8qv_b64": 1.1} {
+		if r := rows[id]; r.Value == nil || !near(*r.Value, want) || r.Issue != ABRows || !strings.Contains(r.Measure, "LORAPLEX_FUSED_DECODE=on") {
+			t.Errorf("row %s: %+v, want %v", id, r, want)
+		}
+	}
+	if r := rows["ab_fused-decode-on_adapters16_b64"]; r.Value != nil {
+		t.Errorf("a row the A/B run lacks: %+v", r)
+	}
+}

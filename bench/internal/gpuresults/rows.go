@@ -214,7 +214,9 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 		}{
 			{"decode_b1", "batch-1 decode", ab.Sweep[1], lp.Sweep[1]},
 			{"decode_b64", "batch-64 decode", ab.Sweep[64], lp.Sweep[64]},
+			{"decode_b1_ctx32768", "batch-1 decode at ctx 32,768", contextTokens(ab, 32768), contextTokens(*lp, 32768)},
 			{"adapters16_b64", "64 distinct rank-16 adapters", mixed(ab.Adapters), mixed(lp.Adapters)},
+			{"adapters8qv_b64", "64 distinct rank-8 q/v adapters", mixed(ab.AdaptersQV), mixed(lp.AdaptersQV)},
 			{"prefill_2048", "prefill 2,048 tokens", tokensPerS(ab, 2048), tokensPerS(*lp, 2048)},
 		} {
 			add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ default", label, m.what), goal{}, m.a/m.b, m.a > 0 && m.b > 0,
@@ -229,6 +231,11 @@ func mixed(a *AdapterRatio) float64 {
 		return 0
 	}
 	return a.Mixed
+}
+
+func contextTokens(r Loraplex, ctx int) float64 {
+	p, _ := r.longContext(ctx)
+	return p.Tokens
 }
 
 func tokensPerS(r Loraplex, n int) float64 {
