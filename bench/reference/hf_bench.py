@@ -3,14 +3,15 @@
 
     python3 bench/reference/hf_bench.py --shape 8b --out bench/results/hf.json
 
-Random bf16 weights in Llama-3-8B shape, eager attention (what transformers does by default
-without extra kernels). Decode tok/s = new tokens / (generate time - prefill time), measured
+Random bf16 weights in Llama-3-8B shape, transformers' default attention (the JSON records which
+ran), no extra kernels. Decode tok/s = new tokens / (generate time - prefill time), measured
 for batch 1 and 64, and with peft: 16 rank-16 adapters on all seven projections, batch 64
 where row i uses adapter i % 16 (peft's mixed-batch `adapter_names`).
 """
 import argparse, json, time
 
 import torch
+import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
 
 SHAPES = {
@@ -56,7 +57,8 @@ def main():
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).eval()
     model.generation_config.pad_token_id = 0
-    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": args.shape}
+    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "transformers": transformers.__version__,
+           "attn_implementation": getattr(model.config, "_attn_implementation", None), "shape": args.shape}
     with torch.no_grad():
         res["reps"] = args.reps
         res["hf_batch1_tokens_per_s"] = decode_rate(model, 1, 128, args.new_tokens, args.reps)
