@@ -5,7 +5,12 @@ package cuda
 // #include "shims.h"
 import "C"
 
-import "time"
+import (
+	"math"
+	"math/rand/v2"
+	"time"
+	"unsafe"
+)
 
 // Sync implements model.StepSynchronizer: it waits for all work queued on the compute stream
 // and returns the sticky error, if any. The runner calls it at the end of every step, so
@@ -74,8 +79,14 @@ func (b *Backend) MeasureGEMM(n, m, k, iters int) (float64, error) {
 		return 0, err
 	}
 	defer C.s_free(C.uintptr_t(c))
-	C.s_memset(C.uintptr_t(x), C.size_t(2*n*k), b.stream)
-	C.s_memset(C.uintptr_t(w), C.size_t(2*m*k), b.stream)
+	// Random operands, not zeros: tensor cores run faster on zeros (about 13% on an H200, 894
+	// against 788 TFLOP/s), and the ceiling is the one a product of random weights can reach.
+	if err := b.fillRandomBF16(x, 2*n*k); err != nil {
+		return 0, err
+	}
+	if err := b.fillRandomBF16(w, 2*m*k); err != nil {
+		return 0, err
+	}
 	run := func() error {
 		return cudaError("gemm", C.s_gemm(b.blas, C.int(n), C.int(m), C.int(k), C.uintptr_t(x), C.uintptr_t(w), C.uintptr_t(c), 1, 0))
 	}
@@ -97,4 +108,27 @@ func (b *Backend) MeasureGEMM(n, m, k, iters int) (float64, error) {
 		return 0, err
 	}
 	return 2 * float64(n) * float64(m) * float64(k) * float64(iters) / time.Since(start).Seconds(), nil
+}
+
+// fillRandomBF16 fills bytes of device memory at p with standard-normal bf16 values: one 1 MiB
+// block drawn once and repeated (the products' speed depends on the bits toggling, not on the
+// values being independent), copied synchronously.
+func (b *Backend) fillRandomBF16(p uintptr, bytes int) error {
+	host := make([]byte, bytes&^1)
+	block := min(len(host), 1<<20)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < block; i += 2 {
+		bits := math.Float32bits(float32(rng.NormFloat64()))
+		host[i], host[i+1] = byte(bits>>16), byte(bits>>24)
+	}
+	for off := block; off < len(host); {
+		off += copy(host[off:], host[:block])
+	}
+	if len(host) == 0 {
+		return nil
+	}
+	if err := cudaError("fill", C.s_htod(C.uintptr_t(p), unsafe.Pointer(&host[0]), C.size_t(len(host)), b.stream)); err != nil {
+		return err
+	}
+	return cudaError("fill sync", C.s_stream_sync(b.stream))
 }
