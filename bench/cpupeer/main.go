@@ -17,6 +17,8 @@
 //	LLAMA_BENCH=/path/llama-bench go run ./bench/cpupeer -gguf demo-bf16.gguf       # the trained demo
 //	go run ./bench/cpupeer -model DIR -gguf DIR-bf16.gguf                            # any HF Llama folder
 //
+// -decode-only runs the tg test alone (both engines), for iterating on the decode path.
+//
 // -starve measures something else: how long a long prompt delays a short request that arrives
 // right after it on the real engine (issue 14: "a 2,047-token prompt delays a concurrent short
 // request by 7.5 s").
@@ -52,7 +54,7 @@ type options struct {
 	reps                       int
 	prompts                    []int
 	profile                    string
-	starve                     bool
+	starve, decodeOnly         bool
 }
 
 func main() {
@@ -68,14 +70,25 @@ func main() {
 	flag.StringVar(&prompts, "prompts", "512,1024,2047", "prompt lengths")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of loraplex's runs here")
 	flag.BoolVar(&o.starve, "starve", false, "measure how long a long prompt delays a short request instead")
+	flag.BoolVar(&o.decodeOnly, "decode-only", false, "run only the batch-1 decode test (tgN), no prompt processing")
 	flag.Parse()
+	if o.decodeOnly {
+		prompts = ""
+	}
 	for _, f := range strings.Split(prompts, ",") {
+		if o.decodeOnly {
+			break
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 {
 			fmt.Fprintf(os.Stderr, "cpupeer: bad prompt length %q\n", f)
 			os.Exit(2)
 		}
 		o.prompts = append(o.prompts, n)
+	}
+	if o.starve && o.decodeOnly {
+		fmt.Fprintln(os.Stderr, "cpupeer: -starve needs a prompt length, -decode-only has none")
+		os.Exit(2)
 	}
 	var err error
 	if o.starve {
@@ -190,7 +203,7 @@ func run(o options) error {
 		}
 		dir = filepath.Join(root, "model")
 	}
-	maxLen := max(slices.Max(o.prompts), o.decode)
+	maxLen := max(maxPrompt(o), o.decode)
 	b := cpu.New(o.threads)
 	defer b.Close()
 	l, err := openLoraplex(b, dir, o.chunk, maxLen)
@@ -206,11 +219,11 @@ func run(o options) error {
 		runtime.GOMAXPROCS(0), o.chunk, loadavg())
 	if o.gguf != "" {
 		fmt.Printf("# llama.cpp: %s -m %s -t %d -ub %d -b %d -p %s -n %d -r 1 -o json (each rep)\n", o.llamaBench, o.gguf, o.threads,
-			o.chunk, max(2048, slices.Max(o.prompts)), joinInts(o.prompts), o.decode)
+			o.chunk, max(2048, maxPrompt(o)), joinInts(o.prompts), o.decode)
 	}
 	// One warm-up pass of each so that page faults of the mapped weights and first-touch
 	// allocations are not timed.
-	if _, err := l.prefill(min(o.chunk, o.prompts[0]), o.chunk); err != nil {
+	if _, err := l.prefill(min(o.chunk, maxLen), o.chunk); err != nil {
 		return err
 	}
 	if o.profile != "" {
@@ -274,7 +287,7 @@ func llamaBench(o options) (map[string]float64, string, error) {
 		return nil, "", fmt.Errorf("-gguf needs -llama-bench or LLAMA_BENCH")
 	}
 	cmd := exec.Command(o.llamaBench, "-m", o.gguf, "-t", strconv.Itoa(o.threads), "-ub", strconv.Itoa(o.chunk),
-		"-b", strconv.Itoa(max(2048, slices.Max(o.prompts))), "-p", joinInts(o.prompts), "-n", strconv.Itoa(o.decode),
+		"-b", strconv.Itoa(max(2048, maxPrompt(o))), "-p", joinInts(o.prompts), "-n", strconv.Itoa(o.decode),
 		"-r", "1", "-o", "json")
 	cmd.Stderr = io.Discard
 	out, err := cmd.Output()
@@ -444,7 +457,19 @@ func spread(v []float64) string {
 	return fmt.Sprintf("%.1f (%.1f-%.1f)", median(v), slices.Min(v), slices.Max(v))
 }
 
+// maxPrompt is the longest prompt test, 0 with -decode-only.
+func maxPrompt(o options) int {
+	if len(o.prompts) == 0 {
+		return 0
+	}
+	return slices.Max(o.prompts)
+}
+
+// joinInts lists v for llama-bench; an empty list is "0", which llama-bench takes as no test.
 func joinInts(v []int) string {
+	if len(v) == 0 {
+		return "0"
+	}
 	s := make([]string, len(v))
 	for i, n := range v {
 		s[i] = strconv.Itoa(n)
