@@ -1,10 +1,14 @@
 package cpu
 
 import (
+	"math"
+	"math/rand/v2"
 	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/loraplex/loraplex/model"
 )
 
 // Every index of a run is visited exactly once, by the chunk run gives it, whether the workers
@@ -60,5 +64,37 @@ func TestIdlePoolParks(t *testing.T) {
 	cpu, wall := cpuTime()-cpu0, time.Since(wall0)
 	if cpu > wall/10 {
 		t.Fatalf("an idle pool used %v of CPU in %v", cpu, wall)
+	}
+}
+
+// A product is bitwise the same however the pool splits it: with 1 to 4 threads (so with
+// chunks of other sizes, taken by other threads), on the decode path, the panel path and
+// MatMulShared's concatenated columns.
+func TestProductIndependentOfSplit(t *testing.T) {
+	r := rand.New(rand.NewPCG(14, 6))
+	const k, m = 768, 1000
+	w, _ := randWeights(r, m, k, model.BF16)
+	w2, _ := randWeights(r, 300, k, model.BF16)
+	for _, n := range []int{1, 5, 40} {
+		x := model.Tensor{Rows: n, Cols: k, DType: model.F32, Buf: randF32(r, n*k)}
+		var want [2][]float32
+		for threads := 1; threads <= 4; threads++ {
+			b := New(threads)
+			outs := []model.Tensor{b.Alloc(n, m), b.Alloc(n, 300)}
+			b.MatMulShared(outs, x, []model.Tensor{w, w2})
+			for i, o := range outs {
+				got := f32(o)
+				if threads == 1 {
+					want[i] = got
+					continue
+				}
+				for j := range got {
+					if math.Float32bits(got[j]) != math.Float32bits(want[i][j]) {
+						t.Fatalf("%d rows, %d threads: output %d[%d] = %g, with one thread %g", n, threads, i, j, got[j], want[i][j])
+					}
+				}
+			}
+			b.Close()
+		}
 	}
 }
