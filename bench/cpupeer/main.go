@@ -18,6 +18,8 @@
 //	go run ./bench/cpupeer -model DIR -gguf DIR-bf16.gguf                            # any HF Llama folder
 //
 // -decode-only runs the tg test alone (both engines), for iterating on the decode path.
+// -no-mmap has both engines copy the weights out of the file mapping at load (loraplex's
+// --no-mmap, into huge pages; llama-bench -mmp 0).
 //
 // -starve measures something else: how long a long prompt delays a short request that arrives
 // right after it on the real engine (issue 14: "a 2,047-token prompt delays a concurrent short
@@ -54,7 +56,7 @@ type options struct {
 	reps                       int
 	prompts                    []int
 	profile                    string
-	starve, decodeOnly         bool
+	starve, decodeOnly, noMmap bool
 }
 
 func main() {
@@ -71,6 +73,7 @@ func main() {
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of loraplex's runs here")
 	flag.BoolVar(&o.starve, "starve", false, "measure how long a long prompt delays a short request instead")
 	flag.BoolVar(&o.decodeOnly, "decode-only", false, "run only the batch-1 decode test (tgN), no prompt processing")
+	flag.BoolVar(&o.noMmap, "no-mmap", false, "both engines copy the weights out of the file mapping (loraplex: --no-mmap, into huge pages; llama-bench -mmp 0)")
 	flag.Parse()
 	if o.decodeOnly {
 		prompts = ""
@@ -113,7 +116,7 @@ type loraplex struct {
 	ids    []int32
 }
 
-func openLoraplex(b *cpu.Backend, dir string, chunk, maxLen int) (*loraplex, error) {
+func openLoraplex(b *cpu.Backend, dir string, chunk, maxLen int, noMmap bool) (*loraplex, error) {
 	cfg, err := model.LoadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -124,6 +127,12 @@ func openLoraplex(b *cpu.Backend, dir string, chunk, maxLen int) (*loraplex, err
 	w, err := model.LoadWeights(dir, cfg, b)
 	if err != nil {
 		return nil, err
+	}
+	if noMmap {
+		if _, err := b.CopyWeights(w); err != nil {
+			w.Close()
+			return nil, err
+		}
 	}
 	const page = 16
 	np := (maxLen + page - 1) / page
@@ -206,7 +215,7 @@ func run(o options) error {
 	maxLen := max(maxPrompt(o), o.decode)
 	b := cpu.New(o.threads)
 	defer b.Close()
-	l, err := openLoraplex(b, dir, o.chunk, maxLen)
+	l, err := openLoraplex(b, dir, o.chunk, maxLen, o.noMmap)
 	if err != nil {
 		return err
 	}
@@ -215,11 +224,10 @@ func run(o options) error {
 	fmt.Printf("# cpupeer %s: %s\n", time.Now().UTC().Format(time.RFC3339), dir)
 	fmt.Printf("# model: %d layers, hidden %d, heads %d/%d x %d, intermediate %d, vocab %d, %s parameters\n",
 		cfg.NumLayers, cfg.HiddenSize, cfg.NumHeads, cfg.NumKVHeads, cfg.HeadDim, cfg.IntermediateSize, cfg.VocabSize, params(cfg))
-	fmt.Printf("# loraplex: %s, %s %s/%s, GOMAXPROCS %d; chunk %d; load %s\n", b.Name(), runtime.Version(), runtime.GOOS, runtime.GOARCH,
-		runtime.GOMAXPROCS(0), o.chunk, loadavg())
+	fmt.Printf("# loraplex: %s, %s %s/%s, GOMAXPROCS %d; chunk %d; no-mmap %v; load %s\n", b.Name(), runtime.Version(), runtime.GOOS, runtime.GOARCH,
+		runtime.GOMAXPROCS(0), o.chunk, o.noMmap, loadavg())
 	if o.gguf != "" {
-		fmt.Printf("# llama.cpp: %s -m %s -t %d -ub %d -b %d -p %s -n %d -r 1 -o json (each rep)\n", o.llamaBench, o.gguf, o.threads,
-			o.chunk, max(2048, maxPrompt(o)), joinInts(o.prompts), o.decode)
+		fmt.Printf("# llama.cpp: %s %s (each rep)\n", o.llamaBench, strings.Join(llamaBenchArgs(o), " "))
 	}
 	// One warm-up pass of each so that page faults of the mapped weights and first-touch
 	// allocations are not timed.
@@ -289,9 +297,7 @@ func llamaBench(o options) (map[string]float64, string, error) {
 	if o.llamaBench == "" {
 		return nil, "", fmt.Errorf("-gguf needs -llama-bench or LLAMA_BENCH")
 	}
-	cmd := exec.Command(o.llamaBench, "-m", o.gguf, "-t", strconv.Itoa(o.threads), "-ub", strconv.Itoa(o.chunk),
-		"-b", strconv.Itoa(max(2048, maxPrompt(o))), "-p", joinInts(o.prompts), "-n", strconv.Itoa(o.decode),
-		"-r", "1", "-o", "json")
+	cmd := exec.Command(o.llamaBench, llamaBenchArgs(o)...)
 	cmd.Stderr = io.Discard
 	out, err := cmd.Output()
 	if err != nil {
@@ -458,6 +464,17 @@ func spread(v []float64) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.1f (%.1f-%.1f)", median(v), slices.Min(v), slices.Max(v))
+}
+
+// llamaBenchArgs are llama-bench's arguments for one rep of every test.
+func llamaBenchArgs(o options) []string {
+	args := []string{"-m", o.gguf, "-t", strconv.Itoa(o.threads), "-ub", strconv.Itoa(o.chunk),
+		"-b", strconv.Itoa(max(2048, maxPrompt(o))), "-p", joinInts(o.prompts), "-n", strconv.Itoa(o.decode),
+		"-r", "1", "-o", "json"}
+	if o.noMmap {
+		args = append(args, "-mmp", "0")
+	}
+	return args
 }
 
 // maxPrompt is the longest prompt test, 0 with -decode-only.
