@@ -224,8 +224,8 @@ func run(o options) error {
 	fmt.Printf("# cpupeer %s: %s\n", time.Now().UTC().Format(time.RFC3339), dir)
 	fmt.Printf("# model: %d layers, hidden %d, heads %d/%d x %d, intermediate %d, vocab %d, %s parameters\n",
 		cfg.NumLayers, cfg.HiddenSize, cfg.NumHeads, cfg.NumKVHeads, cfg.HeadDim, cfg.IntermediateSize, cfg.VocabSize, params(cfg))
-	fmt.Printf("# loraplex: %s, %s %s/%s, GOMAXPROCS %d; chunk %d; no-mmap %v; load %s\n", b.Name(), runtime.Version(), runtime.GOOS, runtime.GOARCH,
-		runtime.GOMAXPROCS(0), o.chunk, o.noMmap, loadavg())
+	fmt.Printf("# loraplex: %s, %s %s/%s, GOMAXPROCS %d; chunk %d; no-mmap %v (%s); load %s\n", b.Name(), runtime.Version(), runtime.GOOS, runtime.GOARCH,
+		runtime.GOMAXPROCS(0), o.chunk, o.noMmap, anonHugePages(), loadavg())
 	if o.gguf != "" {
 		fmt.Printf("# llama.cpp: %s %s (each rep)\n", o.llamaBench, strings.Join(llamaBenchArgs(o), " "))
 	}
@@ -495,6 +495,20 @@ func joinInts(v []int) string {
 		s[i] = strconv.Itoa(n)
 	}
 	return strings.Join(s, ",")
+}
+
+// anonHugePages is the process's memory in anonymous huge pages (where -no-mmap's copy should be).
+func anonHugePages() string {
+	b, err := os.ReadFile("/proc/self/smaps_rollup")
+	if err != nil {
+		return "AnonHugePages ?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "AnonHugePages:") {
+			return strings.Join(strings.Fields(l), " ")
+		}
+	}
+	return "AnonHugePages ?"
 }
 
 func loadavg() string {
