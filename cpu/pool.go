@@ -27,7 +27,9 @@ import (
 // spinLimit, then parks on a channel (a flag handshake makes sure no wake-up is lost), so an
 // idle backend costs nothing and a loaded machine loses at most spinLimit per hand-off.
 // spinLimit is well above the serial work between two ops of a decode step and far below a
-// scheduler time slice.
+// scheduler time slice. What it costs is CPU time, not wall time: during a prefill chunk's
+// serial ops (norms, RoPE, SiLU over 512 rows on the caller) the worker spins its 50 µs before
+// parking, about 7% more CPU time per prefill step on the 100M shape.
 //
 // Why chunks from a counter: on a shared machine a worker is often descheduled, or parked and
 // slow to wake. With one fixed half per thread the caller then waited for it (a 100M decode
