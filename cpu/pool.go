@@ -251,7 +251,15 @@ func (p *pool) run(total, grain int, fn func(worker, lo, hi int)) {
 	for w := 1; w < used; w++ {
 		p.signal(w)
 	}
+	// Deferred, so that a panic in the caller's chunk (a bug, which serve.Engine survives and
+	// steps on from) still returns only once no worker runs fn: the next run must find every
+	// slot idle.
+	defer p.finish(used)
 	p.callerTake()
+}
+
+// finish ends a run: it cancels the workers that have not joined and waits for the others.
+func (p *pool) finish(used int) {
 	for w := 1; w < used; w++ {
 		p.workers[w].state.CompareAndSwap(slotPending, slotIdle)
 	}

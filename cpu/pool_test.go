@@ -98,3 +98,45 @@ func TestProductIndependentOfSplit(t *testing.T) {
 		}
 	}
 }
+
+// A panic in the caller's chunk (a kernel bug, which the engine recovers from and steps on)
+// leaves the pool whole: run returns only once the workers are done with the failed run, and
+// the next run visits every index exactly once.
+func TestPoolSurvivesAPanicInTheCallersChunk(t *testing.T) {
+	p := newPool(2, new(faultLatch))
+	defer p.close()
+	const total = 64
+	for round := range 50 {
+		var ran atomic.Int32
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Fatal("the caller's panic did not come out of run")
+				}
+			}()
+			p.run(total, 1, func(w, lo, hi int) {
+				if w == 0 {
+					panic("kernel bug")
+				}
+				time.Sleep(time.Microsecond) // the worker is still running when the caller panics
+				ran.Add(int32(hi - lo))
+			})
+		}()
+		after := ran.Load()
+		time.Sleep(100 * time.Microsecond)
+		if ran.Load() != after {
+			t.Fatalf("round %d: a worker went on with the failed run after run returned", round)
+		}
+		var hits [total]atomic.Int32
+		p.run(total, 1, func(_, lo, hi int) {
+			for i := lo; i < hi; i++ {
+				hits[i].Add(1)
+			}
+		})
+		for i := range hits {
+			if n := hits[i].Load(); n != 1 {
+				t.Fatalf("round %d: after the panic, index %d ran %d times", round, i, n)
+			}
+		}
+	}
+}
