@@ -1,6 +1,7 @@
 package cpu
 
 import (
+	"fmt"
 	"runtime"
 	"runtime/debug"
 	"sync/atomic"
@@ -50,6 +51,8 @@ type pool struct {
 	workers []poolWorker // index 0 is the caller's and unused
 	faults  *faultLatch  // a chunk that faults on a changed file mapping ends here (see fault.go)
 	closed  atomic.Bool
+	// A worker's panic, raised on the caller by finish (workerTake).
+	panicked atomic.Pointer[workerPanic]
 
 	// The current run, written by the caller before it marks any slot pending and read by a
 	// worker only after it moved its slot from pending to running.
@@ -115,7 +118,7 @@ func (p *pool) work(w int) {
 		if !s.state.CompareAndSwap(slotPending, slotRunning) {
 			continue // cancelled: the caller ran every chunk
 		}
-		p.take(w)
+		p.workerTake(w)
 		s.state.Store(slotIdle)
 		if p.waiting.CompareAndSwap(true, false) {
 			p.done <- struct{}{}
@@ -134,6 +137,24 @@ func (p *pool) take(w int) {
 		lo := c * p.per
 		p.fn(w, lo, min(p.total, lo+p.per))
 	}
+}
+
+// workerTake is take on a worker. A panic there (a kernel bug) would end the process, since
+// nothing up a worker's stack recovers; it is kept instead and raised on the caller when the
+// run finishes, where serve.Engine recovers it and fails only the step's requests.
+func (p *pool) workerTake(w int) {
+	defer func() {
+		if r := recover(); r != nil {
+			p.panicked.CompareAndSwap(nil, &workerPanic{val: r, stack: debug.Stack()})
+		}
+	}()
+	p.take(w)
+}
+
+// workerPanic is a panic of a worker's chunk, with the worker's stack.
+type workerPanic struct {
+	val   any
+	stack []byte
 }
 
 // waitChange spins until gen differs from seen, then parks: it sets sleeping, looks once more
@@ -265,4 +286,7 @@ func (p *pool) finish(used int) {
 	}
 	p.wait(used)
 	p.fn = nil
+	if wp := p.panicked.Swap(nil); wp != nil {
+		panic(fmt.Sprintf("cpu: a pool worker panicked: %v\n%s", wp.val, wp.stack))
+	}
 }

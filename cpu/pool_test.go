@@ -1,9 +1,11 @@
 package cpu
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -138,5 +140,46 @@ func TestPoolSurvivesAPanicInTheCallersChunk(t *testing.T) {
 				t.Fatalf("round %d: after the panic, index %d ran %d times", round, i, n)
 			}
 		}
+	}
+}
+
+// A panic in a worker's chunk does not end the process: run raises it on the calling goroutine
+// once the run is over (where the engine recovers it), and the pool goes on working.
+func TestPoolRaisesAWorkersPanicOnTheCaller(t *testing.T) {
+	p := newPool(2, new(faultLatch))
+	defer p.close()
+	const total = 64
+	raised := 0
+	for round := range 20 {
+		got := func() (r any) {
+			defer func() { r = recover() }()
+			p.run(total, 1, func(w, lo, hi int) {
+				if w == 1 {
+					panic("kernel bug on a worker")
+				}
+				time.Sleep(50 * time.Microsecond) // leave the worker time to join
+			})
+			return nil
+		}()
+		if got != nil {
+			if !strings.Contains(fmt.Sprint(got), "kernel bug on a worker") {
+				t.Fatalf("round %d: run raised %v", round, got)
+			}
+			raised++
+		}
+		var hits [total]atomic.Int32
+		p.run(total, 1, func(_, lo, hi int) {
+			for i := lo; i < hi; i++ {
+				hits[i].Add(1)
+			}
+		})
+		for i := range hits {
+			if n := hits[i].Load(); n != 1 {
+				t.Fatalf("round %d: after the panic, index %d ran %d times", round, i, n)
+			}
+		}
+	}
+	if raised == 0 {
+		t.Fatal("the worker never joined a run: nothing was tested")
 	}
 }
