@@ -286,7 +286,8 @@ func (p *pool) finish(used int) {
 	}
 	p.wait(used)
 	p.fn = nil
-	if wp := p.panicked.Swap(nil); wp != nil {
+	if p.panicked.Load() != nil { // a read first: a swap on every run would write a line the workers read
+		wp := p.panicked.Swap(nil)
 		panic(fmt.Sprintf("cpu: a pool worker panicked: %v\n%s", wp.val, wp.stack))
 	}
 }
