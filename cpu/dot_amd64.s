@@ -70,6 +70,12 @@ f32done:
 // func dotBF16AVX2(x []float32, w []uint16) float32
 // Requires len(w) >= len(x). Each bfloat16 is widened to float32 by zero-extending to 32 bits
 // (VPMOVZXWD) and shifting into the top half (VPSLLD $16); that is exact.
+// Each pass prefetches the cache line 1 KiB ahead of the one it reads: a batch-1 decode step
+// streams the weight rows one after the other, and the hardware prefetcher stops at every 4 KiB
+// page, which the file mapping's weights are in. Streaming the 100M shape's weights from the
+// mapping on two cores: 26.4-26.7 GB/s without, 27.4-30.1 with 1 KiB (512 B: 27.0-29.1, 2 KiB:
+// 26.6-27.5, 4 KiB: 23.7-26.4), interleaved. A prefetch past the end of w is only a hint: it
+// never faults.
 TEXT ·dotBF16AVX2(SB), NOSPLIT, $0-52
 	MOVQ   x_base+0(FP), SI
 	MOVQ   x_len+8(FP), CX
@@ -82,6 +88,7 @@ TEXT ·dotBF16AVX2(SB), NOSPLIT, $0-52
 	JLT    bftail8
 
 bfloop32:
+	PREFETCHT0  1024(DI)
 	VPMOVZXWD   0(DI), Y4
 	VPMOVZXWD   16(DI), Y5
 	VPMOVZXWD   32(DI), Y6

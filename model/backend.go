@@ -163,6 +163,15 @@ type UploadAliaser interface {
 	AliasesUploads() bool
 }
 
+// WeightCopier is implemented by backends whose uploads of a base model alias its file mapping
+// (UploadAliaser) and that can copy its matrices into memory of their own instead (--no-mmap):
+// CopyWeights points w's matrices at the copies, a tied head and embedding at one copy, and
+// returns the bytes copied. The values are the same bits, so no result changes; the CPU backend
+// does it to stream the weights from huge pages (cpu.Backend.CopyWeights).
+type WeightCopier interface {
+	CopyWeights(w *Weights) (int64, error)
+}
+
 // SharedMatMuler is implemented by backends that compute the products of one input by several
 // matrices (q/k/v, gate/up) together: the CPU in one parallel region instead of one per matrix
 // (a batch-1 decode step spends as long handing a small matrix to its workers as streaming it),

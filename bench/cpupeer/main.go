@@ -17,6 +17,10 @@
 //	LLAMA_BENCH=/path/llama-bench go run ./bench/cpupeer -gguf demo-bf16.gguf       # the trained demo
 //	go run ./bench/cpupeer -model DIR -gguf DIR-bf16.gguf                            # any HF Llama folder
 //
+// -decode-only runs the tg test alone (both engines), for iterating on the decode path.
+// -no-mmap has both engines copy the weights out of the file mapping at load (loraplex's
+// --no-mmap, into huge pages; llama-bench -mmp 0).
+//
 // -starve measures something else: how long a long prompt delays a short request that arrives
 // right after it on the real engine (issue 14: "a 2,047-token prompt delays a concurrent short
 // request by 7.5 s").
@@ -52,7 +56,7 @@ type options struct {
 	reps                       int
 	prompts                    []int
 	profile                    string
-	starve                     bool
+	starve, decodeOnly, noMmap bool
 }
 
 func main() {
@@ -68,14 +72,26 @@ func main() {
 	flag.StringVar(&prompts, "prompts", "512,1024,2047", "prompt lengths")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of loraplex's runs here")
 	flag.BoolVar(&o.starve, "starve", false, "measure how long a long prompt delays a short request instead")
+	flag.BoolVar(&o.decodeOnly, "decode-only", false, "run only the batch-1 decode test (tgN), no prompt processing")
+	flag.BoolVar(&o.noMmap, "no-mmap", false, "both engines copy the weights out of the file mapping (loraplex: --no-mmap, into huge pages; llama-bench -mmp 0)")
 	flag.Parse()
+	if o.decodeOnly {
+		prompts = ""
+	}
 	for _, f := range strings.Split(prompts, ",") {
+		if o.decodeOnly {
+			break
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 {
 			fmt.Fprintf(os.Stderr, "cpupeer: bad prompt length %q\n", f)
 			os.Exit(2)
 		}
 		o.prompts = append(o.prompts, n)
+	}
+	if o.starve && o.decodeOnly {
+		fmt.Fprintln(os.Stderr, "cpupeer: -starve needs a prompt length, -decode-only has none")
+		os.Exit(2)
 	}
 	var err error
 	if o.starve {
@@ -100,7 +116,7 @@ type loraplex struct {
 	ids    []int32
 }
 
-func openLoraplex(b *cpu.Backend, dir string, chunk, maxLen int) (*loraplex, error) {
+func openLoraplex(b *cpu.Backend, dir string, chunk, maxLen int, noMmap bool) (*loraplex, error) {
 	cfg, err := model.LoadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -111,6 +127,12 @@ func openLoraplex(b *cpu.Backend, dir string, chunk, maxLen int) (*loraplex, err
 	w, err := model.LoadWeights(dir, cfg, b)
 	if err != nil {
 		return nil, err
+	}
+	if noMmap {
+		if _, err := b.CopyWeights(w); err != nil {
+			w.Close()
+			return nil, err
+		}
 	}
 	const page = 16
 	np := (maxLen + page - 1) / page
@@ -190,10 +212,10 @@ func run(o options) error {
 		}
 		dir = filepath.Join(root, "model")
 	}
-	maxLen := max(slices.Max(o.prompts), o.decode)
+	maxLen := max(maxPrompt(o), o.decode)
 	b := cpu.New(o.threads)
 	defer b.Close()
-	l, err := openLoraplex(b, dir, o.chunk, maxLen)
+	l, err := openLoraplex(b, dir, o.chunk, maxLen, o.noMmap)
 	if err != nil {
 		return err
 	}
@@ -202,15 +224,14 @@ func run(o options) error {
 	fmt.Printf("# cpupeer %s: %s\n", time.Now().UTC().Format(time.RFC3339), dir)
 	fmt.Printf("# model: %d layers, hidden %d, heads %d/%d x %d, intermediate %d, vocab %d, %s parameters\n",
 		cfg.NumLayers, cfg.HiddenSize, cfg.NumHeads, cfg.NumKVHeads, cfg.HeadDim, cfg.IntermediateSize, cfg.VocabSize, params(cfg))
-	fmt.Printf("# loraplex: %s, %s %s/%s, GOMAXPROCS %d; chunk %d; load %s\n", b.Name(), runtime.Version(), runtime.GOOS, runtime.GOARCH,
-		runtime.GOMAXPROCS(0), o.chunk, loadavg())
+	fmt.Printf("# loraplex: %s, %s %s/%s, GOMAXPROCS %d; chunk %d; no-mmap %v (%s); load %s\n", b.Name(), runtime.Version(), runtime.GOOS, runtime.GOARCH,
+		runtime.GOMAXPROCS(0), o.chunk, o.noMmap, anonHugePages(), loadavg())
 	if o.gguf != "" {
-		fmt.Printf("# llama.cpp: %s -m %s -t %d -ub %d -b %d -p %s -n %d -r 1 -o json (each rep)\n", o.llamaBench, o.gguf, o.threads,
-			o.chunk, max(2048, slices.Max(o.prompts)), joinInts(o.prompts), o.decode)
+		fmt.Printf("# llama.cpp: %s %s (each rep)\n", o.llamaBench, strings.Join(llamaBenchArgs(o), " "))
 	}
 	// One warm-up pass of each so that page faults of the mapped weights and first-touch
 	// allocations are not timed.
-	if _, err := l.prefill(min(o.chunk, o.prompts[0]), o.chunk); err != nil {
+	if _, err := l.prefill(min(o.chunk, maxLen), o.chunk); err != nil {
 		return err
 	}
 	if o.profile != "" {
@@ -255,15 +276,18 @@ func run(o options) error {
 	}
 	fmt.Printf("# load %s\n", loadavg())
 	fmt.Println()
-	fmt.Println("| test | loraplex tok/s, median (min-max) | llama.cpp tok/s, median (min-max) | loraplex ÷ llama.cpp |")
-	fmt.Println("|---|---|---|---|")
+	// The medians and the best reps: on a shared machine the best rep of each engine is the
+	// one least disturbed by other load.
+	fmt.Println("| test | loraplex tok/s, median (min-max) | llama.cpp tok/s, median (min-max) | loraplex ÷ llama.cpp (medians) | best ÷ best |")
+	fmt.Println("|---|---|---|---|---|")
 	for _, name := range testNames(o) {
 		a, c := lp[name], lc[name]
-		ratio := "–"
+		ratio, best := "–", "–"
 		if len(c) > 0 {
 			ratio = fmt.Sprintf("**%.2f**", median(a)/median(c))
+			best = fmt.Sprintf("%.2f", slices.Max(a)/slices.Max(c))
 		}
-		fmt.Printf("| %s | %s | %s | %s |\n", name, spread(a), spread(c), ratio)
+		fmt.Printf("| %s | %s | %s | %s | %s |\n", name, spread(a), spread(c), ratio, best)
 	}
 	return nil
 }
@@ -273,9 +297,7 @@ func llamaBench(o options) (map[string]float64, string, error) {
 	if o.llamaBench == "" {
 		return nil, "", fmt.Errorf("-gguf needs -llama-bench or LLAMA_BENCH")
 	}
-	cmd := exec.Command(o.llamaBench, "-m", o.gguf, "-t", strconv.Itoa(o.threads), "-ub", strconv.Itoa(o.chunk),
-		"-b", strconv.Itoa(max(2048, slices.Max(o.prompts))), "-p", joinInts(o.prompts), "-n", strconv.Itoa(o.decode),
-		"-r", "1", "-o", "json")
+	cmd := exec.Command(o.llamaBench, llamaBenchArgs(o)...)
 	cmd.Stderr = io.Discard
 	out, err := cmd.Output()
 	if err != nil {
@@ -444,12 +466,49 @@ func spread(v []float64) string {
 	return fmt.Sprintf("%.1f (%.1f-%.1f)", median(v), slices.Min(v), slices.Max(v))
 }
 
+// llamaBenchArgs are llama-bench's arguments for one rep of every test.
+func llamaBenchArgs(o options) []string {
+	args := []string{"-m", o.gguf, "-t", strconv.Itoa(o.threads), "-ub", strconv.Itoa(o.chunk),
+		"-b", strconv.Itoa(max(2048, maxPrompt(o))), "-p", joinInts(o.prompts), "-n", strconv.Itoa(o.decode),
+		"-r", "1", "-o", "json"}
+	if o.noMmap {
+		args = append(args, "-mmp", "0")
+	}
+	return args
+}
+
+// maxPrompt is the longest prompt test, 0 with -decode-only.
+func maxPrompt(o options) int {
+	if len(o.prompts) == 0 {
+		return 0
+	}
+	return slices.Max(o.prompts)
+}
+
+// joinInts lists v for llama-bench; an empty list is "0", which llama-bench takes as no test.
 func joinInts(v []int) string {
+	if len(v) == 0 {
+		return "0"
+	}
 	s := make([]string, len(v))
 	for i, n := range v {
 		s[i] = strconv.Itoa(n)
 	}
 	return strings.Join(s, ",")
+}
+
+// anonHugePages is the process's memory in anonymous huge pages (where -no-mmap's copy should be).
+func anonHugePages() string {
+	b, err := os.ReadFile("/proc/self/smaps_rollup")
+	if err != nil {
+		return "AnonHugePages ?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "AnonHugePages:") {
+			return strings.Join(strings.Fields(l), " ")
+		}
+	}
+	return "AnonHugePages ?"
 }
 
 func loadavg() string {

@@ -33,6 +33,7 @@ type config struct {
 	maxLoRAs, maxCPULoRAs  int
 	maxLoRARank            int
 	threads                int
+	noMmap                 bool
 	apiKey                 string
 	allowRuntimeAdapters   bool
 	prefixCaching          bool
@@ -138,6 +139,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.IntVar(&c.maxCPULoRAs, "max-cpu-loras", 0, "adapters kept in host memory (0: no limit)")
 	fs.IntVar(&c.maxQueued, "max-queued-requests", 0, "waiting requests beyond which the server answers 429 with Retry-After (0: engine default 1024); a request needing more generations (prompts x n) than this is a 400")
 	fs.IntVar(&c.threads, "threads", 0, "CPU backend threads (0: GOMAXPROCS)")
+	fs.BoolVar(&c.noMmap, "no-mmap", false, "CPU backend: copy the model's matrices out of the file mapping into huge pages at start-up (more memory, faster batch-1 decode), as llama.cpp's --no-mmap")
 	fs.StringVar(&c.apiKey, "api-key", "", "require this bearer token on the API (not on /health and /metrics, which stay open for probes and Prometheus: restrict them at the network)")
 	fs.BoolVar(&c.allowRuntimeAdapters, "allow-runtime-adapter-updates", false, "enable /v1/load_lora_adapter, /v1/unload_lora_adapter, /v1/load_router and /v1/unload_router (and the gRPC equivalents)")
 	fs.Func("allowed-origins", "without --api-key, browser origins (scheme://host[:port]) allowed to call the API, comma-separated or repeated; * allows any (default: none)", func(s string) error {

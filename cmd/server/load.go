@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/model"
@@ -75,6 +76,23 @@ func loadModel(c *config, b model.Backend, log *slog.Logger) (*loaded, error) {
 	log.Info("model loaded", "name", m.name, "dir", c.modelDir, "architecture", m.cfg.Architecture,
 		"layers", m.cfg.NumLayers, "hidden", m.cfg.HiddenSize, "vocab", m.cfg.VocabSize, "tokenizer", m.tok != nil, "chat", m.template != nil)
 	return m, nil
+}
+
+// copyWeights copies the base model's matrices out of the file mapping (--no-mmap) on a backend
+// that reads the mapping in place (model.WeightCopier: the CPU); other backends copy anyway.
+func copyWeights(b model.Backend, w *model.Weights, log *slog.Logger) error {
+	wc, ok := b.(model.WeightCopier)
+	if !ok {
+		log.Info("--no-mmap: this backend copies the weights anyway", "backend", b.Name())
+		return nil
+	}
+	start := time.Now()
+	n, err := wc.CopyWeights(w)
+	if err != nil {
+		return fmt.Errorf("--no-mmap: copying the weights out of the file mapping: %w", err)
+	}
+	log.Info("weights copied out of the file mapping (--no-mmap)", "bytes", n, "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 func hasTokenizer(dir string) bool {

@@ -47,6 +47,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer m.weights.Close()
+	if c.noMmap {
+		if err := copyWeights(b, m.weights, log); err != nil {
+			return err
+		}
+	}
 	if c.kvEvents != nil {
 		// llm-d's indexer seeds its block hashes with hashSeed, which deployments align with
 		// vLLM's PYTHONHASHSEED: the same variable seeds ours.
