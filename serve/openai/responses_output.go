@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 
+	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/toolcall"
 )
 
@@ -19,7 +20,7 @@ type responseState struct {
 	prompt  []int
 	events  <-chan choiceEvent
 	cancel  context.CancelFunc
-	tools   toolPlan
+	tools   serve.ToolPlan
 	choices choiceSet
 	id      string
 	created int64
@@ -182,8 +183,8 @@ type responseOutput struct {
 
 func (res *responseState) newOutput(emit func(typ string, fields map[string]any) error) *responseOutput {
 	o := &responseOutput{emit: emit}
-	if f := res.tools.format; f != nil {
-		o.parser = f.NewStream(res.tools.maxCalls)
+	if f := res.tools.Format; f != nil {
+		o.parser = f.NewStream(res.tools.MaxCalls)
 	}
 	return o
 }
