@@ -29,7 +29,7 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}
-	prompt, err := s.prompt(req)
+	prompt, tools, err := s.prompt(req, &p)
 	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}
@@ -41,6 +41,20 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 		return s.toStatus(ctx, generateMethod, err)
 	}
 	defer st.Cancel() // no-op after the final event; frees the request if Send fails
+	var parser *toolStream
+	if tools.Format != nil {
+		parser = &toolStream{s: tools.Format.NewStream(tools.MaxCalls)}
+	}
+	// send sends ev's response, its text parsed into content and calls when the request
+	// parses tool calls (the output ends with a final event or an error).
+	send := func(ev serve.Event, last bool) error {
+		r := response(ev)
+		if parser != nil {
+			parser.feed(r, ev.Text, last)
+			r.FinishReason = tools.FinishWithCalls(r.FinishReason, parser.calls)
+		}
+		return stream.Send(r)
+	}
 	for {
 		ev, ok := st.Next(ctx)
 		if !ok {
@@ -55,13 +69,13 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 			// (Unavailable when the server shuts down, Internal for a failed step).
 			if len(ev.Tokens) > 0 || ev.Text != "" {
 				ev.Finish, ev.StopReason, ev.Usage = "", nil, nil
-				if err := stream.Send(response(ev)); err != nil {
+				if err := send(ev, true); err != nil {
 					return err
 				}
 			}
 			return s.toStatus(ctx, generateMethod, ev.Err)
 		}
-		if err := stream.Send(response(ev)); err != nil {
+		if err := send(ev, ev.Finish != ""); err != nil {
 			return err
 		}
 		if ev.Finish != "" {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/toolcall"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
@@ -303,7 +304,7 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 				msg.Content = &content
 			}
 			for _, call := range calls {
-				msg.ToolCalls = append(msg.ToolCalls, chatToolCall{ID: newID("call_"), Type: "function",
+				msg.ToolCalls = append(msg.ToolCalls, chatToolCall{ID: toolcall.NewCallID(), Type: "function",
 					Function: chatFunctionCall{Name: call.Name, Arguments: call.Arguments}})
 			}
 			finish = finishWithCalls(&c.tools, finish, len(calls))

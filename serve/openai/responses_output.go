@@ -279,7 +279,7 @@ func (o *responseOutput) openCall(name string) error {
 		return err
 	}
 	empty := ""
-	o.items = append(o.items, responseItem{ID: newID("fc_"), Type: "function_call", Status: "in_progress", CallID: newID("call_"), Name: name, Arguments: &empty})
+	o.items = append(o.items, responseItem{ID: newID("fc_"), Type: "function_call", Status: "in_progress", CallID: toolcall.NewCallID(), Name: name, Arguments: &empty})
 	o.open = true
 	return o.send("response.output_item.added", map[string]any{"output_index": len(o.items) - 1, "item": o.items[len(o.items)-1]})
 }

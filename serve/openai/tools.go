@@ -148,7 +148,7 @@ func (t *toolStream) feed(text string, last bool) []*chatDelta {
 			content := d.Content
 			out = append(out, &chatDelta{Content: &content})
 		case d.Start:
-			t.ids = append(t.ids, newID("call_"))
+			t.ids = append(t.ids, toolcall.NewCallID())
 			t.calls++
 			index := d.Index
 			out = append(out, &chatDelta{ToolCalls: []chatToolCall{{Index: &index, ID: t.ids[d.Index], Type: "function",
