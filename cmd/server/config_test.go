@@ -1,11 +1,19 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 )
 
 // Prefix caching is on by default and follows vLLM's flags: --no-enable-prefix-caching turns it
@@ -53,7 +61,8 @@ func TestDeterministicFlag(t *testing.T) {
 }
 
 // --tool-call-parser takes vLLM's parser names and refuses others, naming the known ones; the
-// format it names replaces the one the chat template teaches (the demo's is hermes).
+// format it names replaces the one the chat template teaches (the demo's is hermes), on the
+// HTTP API and on gRPC alike.
 func TestToolCallParserFlag(t *testing.T) {
 	if _, err := parseFlags([]string{"--tool-call-parser", "pythonic"}, io.Discard); err == nil || !strings.Contains(err.Error(), "llama3_json") {
 		t.Errorf("unknown parser: %v", err)
@@ -65,7 +74,7 @@ func TestToolCallParserFlag(t *testing.T) {
 		args  []string
 		calls int
 	}{{nil, 0}, {[]string{"--tool-call-parser", "mistral"}, 1}} {
-		url, _, stop := start(t, append([]string{"--device", "cpu"}, c.args...)...)
+		url, logs, stop := start(t, append([]string{"--device", "cpu", "--grpc-addr", "127.0.0.1:0"}, c.args...)...)
 		resp, err := http.Post(url+"/v1/chat/completions", "application/json", strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
@@ -83,8 +92,52 @@ func TestToolCallParserFlag(t *testing.T) {
 		if err := json.Unmarshal(b, &out); err != nil || resp.StatusCode != 200 || len(out.Choices[0].Message.ToolCalls) != c.calls {
 			t.Errorf("%v: %d %s", c.args, resp.StatusCode, b)
 		}
+		if calls := grpcToolCalls(t, logs.String()); calls != c.calls {
+			t.Errorf("%v: %d calls on gRPC, want %d", c.args, calls, c.calls)
+		}
 		if err := stop(); err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// grpcToolCalls sends TestToolCallParserFlag's request to the gRPC address in the server's log
+// and counts the calls its stream starts.
+func grpcToolCalls(t *testing.T, logs string) int {
+	t.Helper()
+	m := grpcAddrRE.FindStringSubmatch(logs)
+	if m == nil {
+		t.Fatalf("no gRPC address in the log:\n%s", logs)
+	}
+	conn, err := grpc.NewClient(m[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := loraplexv1.NewLoraplexClient(conn).Generate(ctx, &loraplexv1.GenerateRequest{
+		Prompt: &loraplexv1.GenerateRequest_Messages{Messages: &loraplexv1.ChatPrompt{
+			Messages: []*loraplexv1.ChatMessage{{Role: "user", Content: "x"}}, Tools: []*loraplexv1.Tool{{Name: "f"}}}},
+		Params: &loraplexv1.SamplingParams{MaxTokens: 80, StructuredOutput: &loraplexv1.StructuredOutput{
+			Kind: &loraplexv1.StructuredOutput_Regex{Regex: `\[TOOL_CALLS\]\[\{"name": "f", "arguments": \{\}\}\]`}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	for {
+		r, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return calls
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range r.GetToolCalls() {
+			if c.GetId() != "" {
+				calls++
+			}
 		}
 	}
 }

@@ -133,7 +133,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		gs = grpc.NewServer(grpc.MaxRecvMsgSize(16 << 20))
-		gsvc = grpcapi.Register(gs, e, grpcapi.Options{APIKey: c.apiKey, ChatTemplate: m.template, ChatTokens: m.chatTokens,
+		gsvc = grpcapi.Register(gs, e, grpcapi.Options{APIKey: c.apiKey, ChatTemplate: m.template, ChatTokens: m.chatTokens, ToolCallParser: c.toolCallParser,
 			AllowRuntimeAdapterUpdates: c.allowRuntimeAdapters, Logger: log})
 		wctx, wcancel := context.WithCancel(ctx)
 		defer wcancel()

@@ -29,7 +29,7 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}
-	prompt, err := s.prompt(req)
+	prompt, tools, err := s.prompt(req, &p)
 	if err != nil {
 		return s.toStatus(ctx, generateMethod, err)
 	}
@@ -41,6 +41,20 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 		return s.toStatus(ctx, generateMethod, err)
 	}
 	defer st.Cancel() // no-op after the final event; frees the request if Send fails
+	var parser *toolStream
+	if tools.Format != nil {
+		parser = &toolStream{s: tools.Format.NewStream(tools.MaxCalls)}
+	}
+	// respond is ev's response, its text parsed into content and calls when the request
+	// parses tool calls (last: the output ends, with a final event or an error).
+	respond := func(ev serve.Event, last bool) *loraplexv1.GenerateResponse {
+		r := response(ev)
+		if parser != nil {
+			parser.feed(r, ev.Text, last)
+			r.FinishReason = tools.FinishWithCalls(r.FinishReason, parser.calls)
+		}
+		return r
+	}
 	for {
 		ev, ok := st.Next(ctx)
 		if !ok {
@@ -51,17 +65,18 @@ func (s *Service) Generate(req *loraplexv1.GenerateRequest, stream grpc.ServerSt
 			return s.toStatus(ctx, generateMethod, errors.New("engine stream ended without a final event"))
 		}
 		if ev.Err != nil {
-			// An aborted or failed request: deliver what was generated, then the error's code
-			// (Unavailable when the server shuts down, Internal for a failed step).
-			if len(ev.Tokens) > 0 || ev.Text != "" {
-				ev.Finish, ev.StopReason, ev.Usage = "", nil, nil
-				if err := stream.Send(response(ev)); err != nil {
+			// An aborted or failed request: deliver what was generated (and what the tool-call
+			// parser held back), then the error's code (Unavailable when the server shuts
+			// down, Internal for a failed step).
+			ev.Finish, ev.StopReason, ev.Usage = "", nil, nil
+			if r := respond(ev, true); len(r.TokenIds) > 0 || r.Text != "" || len(r.ToolCalls) > 0 {
+				if err := stream.Send(r); err != nil {
 					return err
 				}
 			}
 			return s.toStatus(ctx, generateMethod, ev.Err)
 		}
-		if err := stream.Send(response(ev)); err != nil {
+		if err := stream.Send(respond(ev, ev.Finish != "")); err != nil {
 			return err
 		}
 		if ev.Finish != "" {

@@ -13,6 +13,7 @@ import (
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
 	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/toolcall"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
@@ -25,6 +26,9 @@ type Options struct {
 	ChatTemplate *chat.Template
 	// ChatTokens are the special tokens templates see (bos_token, eos_token, ...).
 	ChatTokens map[string]string
+	// ToolCallParser is the model's tool-call format (--tool-call-parser); nil: the one the
+	// chat template teaches, if any (a request that wants calls fails without one).
+	ToolCallParser *toolcall.Format
 	// AllowRuntimeAdapterUpdates enables LoadAdapter, UnloadAdapter, LoadRouter and
 	// UnloadRouter (PermissionDenied otherwise), like vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING.
 	AllowRuntimeAdapterUpdates bool
@@ -38,6 +42,8 @@ type Service struct {
 	opt    Options
 	log    *slog.Logger
 	health *health.Server
+	// toolFormat is how the model writes tool calls (nil: unknown).
+	toolFormat *toolcall.Format
 }
 
 // Register adds the loraplex.v1 service, grpc.health.v1 and server reflection to s. The API-key
@@ -59,7 +65,8 @@ func Register(s *grpc.Server, e *serve.Engine, opt Options) *Service {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	svc := &Service{e: e, opt: opt, log: opt.Logger, health: health.NewServer()}
+	svc := &Service{e: e, opt: opt, log: opt.Logger, health: health.NewServer(),
+		toolFormat: toolcall.ForModel(opt.ToolCallParser, opt.ChatTemplate.Source())}
 	svc.SetServing(e.Ready())
 	s.RegisterService(svc.guard(&loraplexv1.Loraplex_ServiceDesc, true), svc)
 	s.RegisterService(svc.guard(&healthpb.Health_ServiceDesc, false), svc.health)

@@ -30,7 +30,9 @@ func (s *Service) encode(text string, addSpecial *bool, def bool, param string) 
 	return ids, nil
 }
 
-// render turns chat messages into prompt text with the configured template.
+// render turns chat messages into prompt text with the configured template. The prompt's
+// counts are bounded and its tools checked before (chatTools, then serve.CheckTools or
+// serve.PlanTools).
 func (s *Service) render(p *loraplexv1.ChatPrompt) (string, error) {
 	if s.opt.ChatTemplate == nil {
 		return "", invalid("messages", "this model has no chat template; send text or token_ids")
@@ -38,40 +40,61 @@ func (s *Service) render(p *loraplexv1.ChatPrompt) (string, error) {
 	if len(p.GetMessages()) == 0 {
 		return "", invalid("messages", "messages must not be empty")
 	}
-	if err := s.e.CheckCounts(serve.Counts{Messages: len(p.GetMessages())}); err != nil {
-		return "", err
-	}
 	msgs := make([]chat.Message, len(p.GetMessages()))
 	for i, m := range p.GetMessages() {
 		if m.GetRole() == "" {
 			return "", invalid("messages", fmt.Sprintf("messages[%d].role is required", i))
 		}
-		msgs[i] = chat.Message{Role: m.GetRole(), Content: m.GetContent()}
+		msgs[i] = chat.Message{Role: m.GetRole(), Content: m.GetContent(), ToolCallID: m.GetToolCallId()}
+		for _, tc := range m.GetToolCalls() {
+			c := chat.ToolCall{ID: tc.GetId(), Type: "function"}
+			c.Function.Name, c.Function.Arguments = tc.GetName(), tc.GetArguments()
+			msgs[i].ToolCalls = append(msgs[i].ToolCalls, c)
+		}
 	}
 	addGen := p.AddGenerationPrompt == nil || *p.AddGenerationPrompt
-	text, err := s.opt.ChatTemplate.Render(msgs, chat.Options{AddGenerationPrompt: addGen, Tokens: s.opt.ChatTokens})
+	opts := chat.Options{AddGenerationPrompt: addGen, Tokens: s.opt.ChatTokens}
+	if len(p.GetTools()) > 0 {
+		tools, err := templateTools(p.GetTools())
+		if err != nil {
+			return "", err
+		}
+		opts.RawTools = tools
+	}
+	text, err := s.opt.ChatTemplate.Render(msgs, opts)
 	if err != nil {
 		return "", invalid("messages", fmt.Sprintf("rendering the chat template: %v", err))
 	}
 	return text, nil
 }
 
-// prompt resolves GenerateRequest's oneof into token ids.
-func (s *Service) prompt(req *loraplexv1.GenerateRequest) ([]int, error) {
-	switch p := req.GetPrompt().(type) {
+// prompt resolves GenerateRequest's oneof into token ids; for messages it also plans their
+// tool calling into p (before rendering, so that bad tools cost nothing).
+func (s *Service) prompt(req *loraplexv1.GenerateRequest, p *serve.SamplingParams) ([]int, serve.ToolPlan, error) {
+	switch pr := req.GetPrompt().(type) {
 	case *loraplexv1.GenerateRequest_Text:
-		return s.encode(p.Text, req.AddSpecialTokens, true, "text")
+		ids, err := s.encode(pr.Text, req.AddSpecialTokens, true, "text")
+		return ids, serve.ToolPlan{}, err
 	case *loraplexv1.GenerateRequest_TokenIds:
 		// Range checks are the engine's (InvalidArgument for out-of-vocabulary ids).
-		return ints(p.TokenIds.GetIds()), nil
+		return ints(pr.TokenIds.GetIds()), serve.ToolPlan{}, nil
 	case *loraplexv1.GenerateRequest_Messages:
-		text, err := s.render(p.Messages)
+		tools, err := s.chatTools(pr.Messages)
 		if err != nil {
-			return nil, err
+			return nil, serve.ToolPlan{}, err
 		}
-		return s.encode(text, req.AddSpecialTokens, false, "messages")
+		plan, err := s.planTools(pr.Messages, tools, req.GetParams() != nil && req.GetParams().SkipSpecialTokens != nil, p)
+		if err != nil {
+			return nil, serve.ToolPlan{}, err
+		}
+		text, err := s.render(pr.Messages)
+		if err != nil {
+			return nil, serve.ToolPlan{}, err
+		}
+		ids, err := s.encode(text, req.AddSpecialTokens, false, "messages")
+		return ids, plan, err
 	default:
-		return nil, invalid("prompt", "one of text, token_ids or messages is required")
+		return nil, serve.ToolPlan{}, invalid("prompt", "one of text, token_ids or messages is required")
 	}
 }
 

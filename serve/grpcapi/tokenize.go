@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
+	"github.com/loraplex/loraplex/serve"
 )
 
 // Tokenize encodes text, or chat messages rendered with the chat template, as Generate would.
@@ -20,10 +21,7 @@ func (s *Service) Tokenize(ctx context.Context, req *loraplexv1.TokenizeRequest)
 	case *loraplexv1.TokenizeRequest_Text:
 		ids, err = s.encode(in.Text, req.AddSpecialTokens, true, "text")
 	case *loraplexv1.TokenizeRequest_Messages:
-		var text string
-		if text, err = s.render(in.Messages); err == nil {
-			ids, err = s.encode(text, req.AddSpecialTokens, false, "messages")
-		}
+		ids, err = s.tokenizeChat(in.Messages, req.AddSpecialTokens)
 	default:
 		err = invalid("input", "one of text or messages is required")
 	}
@@ -49,4 +47,20 @@ func (s *Service) Detokenize(ctx context.Context, req *loraplexv1.DetokenizeRequ
 	}
 	// Arbitrary ids can end inside a multi-byte character; proto3 strings must be UTF-8.
 	return &loraplexv1.DetokenizeResponse{Text: strings.ToValidUTF8(text, "\uFFFD")}, nil
+}
+
+// tokenizeChat renders and encodes chat messages as Generate would, its tools checked first.
+func (s *Service) tokenizeChat(p *loraplexv1.ChatPrompt, addSpecial *bool) ([]int, error) {
+	tools, err := s.chatTools(p)
+	if err != nil {
+		return nil, err
+	}
+	if err := serve.CheckTools(tools); err != nil {
+		return nil, err
+	}
+	text, err := s.render(p)
+	if err != nil {
+		return nil, err
+	}
+	return s.encode(text, addSpecial, false, "messages")
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loraplex/loraplex/serve"
+	"github.com/loraplex/loraplex/serve/toolcall"
 	"github.com/loraplex/loraplex/tokenizer/chat"
 )
 
@@ -200,7 +201,7 @@ func (h *Handler) chatCompletions(w http.ResponseWriter, r *http.Request) error 
 type chatRun struct {
 	prompt []int
 	n      int
-	tools  toolPlan
+	tools  serve.ToolPlan
 	events <-chan choiceEvent
 	cancel context.CancelFunc // ends the run; the caller calls it when done
 }
@@ -271,7 +272,7 @@ type chatState struct {
 	created int64
 	model   string
 	choices choiceSet
-	tools   toolPlan
+	tools   serve.ToolPlan
 }
 
 func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <-chan choiceEvent) error {
@@ -296,17 +297,17 @@ func (c *chatState) collect(w http.ResponseWriter, ctx context.Context, events <
 		text := string(st.text)
 		msg := &chatResponseMessage{Role: "assistant", Content: &text}
 		finish := finishReason(&st.final)
-		if f := c.tools.format; f != nil {
-			content, calls := f.Parse(text, c.tools.maxCalls)
+		if f := c.tools.Format; f != nil {
+			content, calls := f.Parse(text, c.tools.MaxCalls)
 			msg.Content = nil
 			if content != "" {
 				msg.Content = &content
 			}
 			for _, call := range calls {
-				msg.ToolCalls = append(msg.ToolCalls, chatToolCall{ID: newID("call_"), Type: "function",
+				msg.ToolCalls = append(msg.ToolCalls, chatToolCall{ID: toolcall.NewCallID(), Type: "function",
 					Function: chatFunctionCall{Name: call.Name, Arguments: call.Arguments}})
 			}
-			finish = c.tools.finishWithCalls(finish, len(calls))
+			finish = finishWithCalls(&c.tools, finish, len(calls))
 		}
 		ch := chatChoice{Index: i, Message: msg, Logprobs: st.chatLP, FinishReason: finish, StopReason: st.final.StopReason}
 		if c.req.ReturnTokenIDs {
@@ -347,10 +348,10 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 		}
 	}
 	var parsers []*toolStream
-	if c.tools.format != nil {
+	if c.tools.Format != nil {
 		parsers = make([]*toolStream, len(c.choices.st))
 		for i := range parsers {
-			parsers[i] = &toolStream{s: c.tools.format.NewStream(c.tools.maxCalls)}
+			parsers[i] = &toolStream{s: c.tools.Format.NewStream(c.tools.MaxCalls)}
 		}
 	}
 	for ev := range events {
@@ -382,7 +383,7 @@ func (c *chatState) stream(w http.ResponseWriter, ctx context.Context, events <-
 			if last >= 0 && last < len(deltas) {
 				ch.Delta = deltas[last]
 			}
-			ch.FinishReason = c.tools.finishWithCalls(ch.FinishReason, p.calls)
+			ch.FinishReason = finishWithCalls(&c.tools, ch.FinishReason, p.calls)
 			if len(deltas) == 0 && ch.FinishReason == nil && !c.req.Logprobs && !c.req.ReturnTokenIDs && !c.req.ExpertTrace {
 				continue // held back: nothing to say yet
 			}

@@ -72,10 +72,7 @@ func New(e *serve.Engine, opt Options) *Handler {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	h := &Handler{e: e, opt: opt, log: opt.Logger, guard: newBrowserGuard(opt.AllowedOrigins, opt.AllowedHosts), toolFormat: opt.ToolCallParser}
-	if h.toolFormat == nil && opt.ChatTemplate != nil {
-		h.toolFormat = toolcall.Detect(opt.ChatTemplate.Source())
-	}
+	h := &Handler{e: e, opt: opt, log: opt.Logger, guard: newBrowserGuard(opt.AllowedOrigins, opt.AllowedHosts), toolFormat: toolcall.ForModel(opt.ToolCallParser, opt.ChatTemplate.Source())}
 	h.routes = map[string]route{
 		"/health":                 {method: http.MethodGet, h: h.health, open: true},
 		"/v1/models":              {method: http.MethodGet, h: h.models},

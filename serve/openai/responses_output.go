@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 
+	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/toolcall"
 )
 
@@ -19,7 +20,7 @@ type responseState struct {
 	prompt  []int
 	events  <-chan choiceEvent
 	cancel  context.CancelFunc
-	tools   toolPlan
+	tools   serve.ToolPlan
 	choices choiceSet
 	id      string
 	created int64
@@ -182,8 +183,8 @@ type responseOutput struct {
 
 func (res *responseState) newOutput(emit func(typ string, fields map[string]any) error) *responseOutput {
 	o := &responseOutput{emit: emit}
-	if f := res.tools.format; f != nil {
-		o.parser = f.NewStream(res.tools.maxCalls)
+	if f := res.tools.Format; f != nil {
+		o.parser = f.NewStream(res.tools.MaxCalls)
 	}
 	return o
 }
@@ -278,7 +279,7 @@ func (o *responseOutput) openCall(name string) error {
 		return err
 	}
 	empty := ""
-	o.items = append(o.items, responseItem{ID: newID("fc_"), Type: "function_call", Status: "in_progress", CallID: newID("call_"), Name: name, Arguments: &empty})
+	o.items = append(o.items, responseItem{ID: newID("fc_"), Type: "function_call", Status: "in_progress", CallID: toolcall.NewCallID(), Name: name, Arguments: &empty})
 	o.open = true
 	return o.send("response.output_item.added", map[string]any{"output_index": len(o.items) - 1, "item": o.items[len(o.items)-1]})
 }

@@ -3,7 +3,6 @@ package openai
 import (
 	"bytes"
 	"encoding/json"
-	"strings"
 
 	"github.com/loraplex/loraplex/serve"
 	"github.com/loraplex/loraplex/serve/toolcall"
@@ -22,8 +21,9 @@ type toolFields struct {
 	ParallelToolCalls *bool           `json:"parallel_tool_calls"`
 }
 
-// functionTools checks the request's tools (OpenAI's {"type":"function","function":{name,
-// description, parameters, strict}}) and returns them; the count was bounded before. strict
+// functionTools reads the request's tools (OpenAI's {"type":"function","function":{name,
+// description, parameters, strict}}); the count was bounded before, and serve.PlanTools checks
+// each one. strict
 // is accepted: forced calls always follow the schema, and auto calls are the model's (as vLLM).
 // A good tool's JSON is decoded once (a request may carry megabytes of schemas).
 func functionTools(raw []json.RawMessage) ([]toolcall.Tool, error) {
@@ -53,111 +53,55 @@ func functionTools(raw []json.RawMessage) ([]toolcall.Tool, error) {
 			return nil, invalid("tools", "tools[%d] must be {\"type\": \"function\", \"function\": {name, and optionally description, parameters and strict}}", i)
 		}
 		tools[i] = toolcall.Tool{Name: t.Function.Name, Parameters: t.Function.Parameters}
-		if err := tools[i].Check(); err != nil {
-			return nil, invalid("tools", "tools[%d]: %v", i, err)
-		}
 	}
 	return tools, nil
 }
 
-// Tool choices.
-const (
-	choiceNone     = "none"
-	choiceAuto     = "auto"
-	choiceRequired = "required"
-	choiceFunction = "function" // a named function
-)
-
-// toolPlan is what a chat request's tool fields ask of one response.
-type toolPlan struct {
-	format   *toolcall.Format // nil: the output is not parsed (no tools, or tool_choice none)
-	choice   string
-	maxCalls int // 0: any number
-}
-
-// planTools reads tools, tool_choice and parallel_tool_calls, and adds to p what they need: a
-// forced call's constraint, special tokens kept for a format whose markers are special.
-func (h *Handler) planTools(req *chatRequest, p *serve.SamplingParams) (toolPlan, error) {
+// planTools reads tools, tool_choice and parallel_tool_calls into serve's plan, which adds to
+// p what they need.
+func (h *Handler) planTools(req *chatRequest, p *serve.SamplingParams) (serve.ToolPlan, error) {
 	tools, err := functionTools(req.Tools)
 	if err != nil {
-		return toolPlan{}, err
+		return serve.ToolPlan{}, err
 	}
-	choice, name, err := toolChoice(req.ToolChoice, len(tools) > 0)
+	choice, name, err := toolChoice(req.ToolChoice)
 	if err != nil {
-		return toolPlan{}, err
+		return serve.ToolPlan{}, err
 	}
-	if choice == choiceNone || choice == choiceAuto && len(tools) == 0 {
-		return toolPlan{choice: choiceNone}, nil // auto without tools can only answer in text
-	}
-	if len(tools) == 0 {
-		return toolPlan{}, invalid("tool_choice", "tool_choice %q needs tools", choice)
-	}
-	if h.toolFormat == nil {
-		return toolPlan{}, invalid("tools", "tool calls need to know this model's tool-call format and its chat template does not say: "+
-			"start the server with --tool-call-parser (one of %s), or send tool_choice \"none\"", strings.Join(toolcall.Names(), ", "))
-	}
-	plan := toolPlan{format: h.toolFormat, choice: choice}
-	if req.ParallelToolCalls != nil && !*req.ParallelToolCalls {
-		plan.maxCalls = 1
-	}
-	if h.toolFormat.KeepsSpecialTokens() && req.SkipSpecialTokens == nil {
-		p.SkipSpecialTokens = false // the format's markers are special tokens
-	}
-	if choice == choiceAuto {
-		return plan, nil
-	}
-	forced := tools
-	if choice == choiceFunction {
-		forced = nil
-		for _, t := range tools {
-			if t.Name == name {
-				forced = []toolcall.Tool{t}
-				break
-			}
-		}
-		if forced == nil {
-			return toolPlan{}, invalid("tool_choice", "tool_choice names function %q, which is not in tools", name)
-		}
-		plan.maxCalls = 1
-	}
-	if p.Constraint != nil {
-		return toolPlan{}, invalid("tool_choice", "tool_choice %q forces a tool call and cannot be combined with %s", choice, p.Constraint.Param)
-	}
-	p.Constraint = &serve.Constraint{Spec: h.toolFormat.Force(forced, plan.maxCalls == 1), Param: "tools"}
-	return plan, nil
+	return serve.PlanTools(h.toolFormat, &serve.ToolRequest{Tools: tools, Choice: choice, Function: name,
+		SingleCall: req.ParallelToolCalls != nil && !*req.ParallelToolCalls, SkipSpecialTokensSet: req.SkipSpecialTokens != nil}, p)
 }
 
+// toolChoices are tool_choice's string values.
+var toolChoices = map[string]serve.ToolChoice{"none": serve.ToolChoiceNone, "auto": serve.ToolChoiceAuto, "required": serve.ToolChoiceRequired}
+
 // toolChoice reads tool_choice: "none", "auto", "required" or {"type": "function",
-// "function": {"name": ...}}; absent, it is auto with tools and none without (OpenAI's).
-func toolChoice(raw json.RawMessage, haveTools bool) (choice, name string, err error) {
+// "function": {"name": ...}}; absent, the default (serve.PlanTools decides).
+func toolChoice(raw json.RawMessage) (choice serve.ToolChoice, name string, err error) {
 	if isNull(raw) {
-		if haveTools {
-			return choiceAuto, "", nil
-		}
-		return choiceNone, "", nil
+		return serve.ToolChoiceDefault, "", nil
 	}
 	var s string
 	if json.Unmarshal(raw, &s) == nil {
-		switch s {
-		case choiceNone, choiceAuto, choiceRequired:
-			return s, "", nil
+		if c, ok := toolChoices[s]; ok {
+			return c, "", nil
 		}
-		return "", "", invalid("tool_choice", "tool_choice must be none, auto, required or a named function, got %q", s)
+		return 0, "", invalid("tool_choice", "tool_choice must be none, auto, required or a named function, got %q", s)
 	}
 	var named struct {
 		Type     string          `json:"type"`
 		Function json.RawMessage `json:"function"`
 	}
 	if err := strictObject(raw, "tool_choice", &named, "type", "function"); err != nil || named.Type != "function" {
-		return "", "", invalid("tool_choice", `tool_choice must be none, auto, required or {"type": "function", "function": {"name": ...}}`)
+		return 0, "", invalid("tool_choice", `tool_choice must be none, auto, required or {"type": "function", "function": {"name": ...}}`)
 	}
 	var f struct {
 		Name string `json:"name"`
 	}
 	if isNull(named.Function) || strictObject(named.Function, "tool_choice", &f, "name") != nil || f.Name == "" {
-		return "", "", invalid("tool_choice", "tool_choice.function must be an object with a name")
+		return 0, "", invalid("tool_choice", "tool_choice.function must be an object with a name")
 	}
-	return choiceFunction, f.Name, nil
+	return serve.ToolChoiceFunction, f.Name, nil
 }
 
 // chatToolCall is a tool call in a response message or a stream delta (Index: streams only).
@@ -173,14 +117,12 @@ type chatFunctionCall struct {
 	Arguments string `json:"arguments"`
 }
 
-// finishWithCalls is OpenAI's finish reason for a choice that made calls: "tool_calls" when
-// the model stopped after them, except for a named function, where OpenAI (and vLLM) say
-// "stop"; a call cut short by the length limit keeps "length".
-func (t *toolPlan) finishWithCalls(reason *string, calls int) *string {
-	if reason == nil || *reason != "stop" || calls == 0 || t.choice == choiceFunction {
-		return reason
+// finishWithCalls is serve.ToolPlan.FinishWithCalls on OpenAI's nullable finish reason.
+func finishWithCalls(t *serve.ToolPlan, reason *string, calls int) *string {
+	if reason == nil {
+		return nil
 	}
-	r := "tool_calls"
+	r := t.FinishWithCalls(*reason, calls)
 	return &r
 }
 
@@ -206,7 +148,7 @@ func (t *toolStream) feed(text string, last bool) []*chatDelta {
 			content := d.Content
 			out = append(out, &chatDelta{Content: &content})
 		case d.Start:
-			t.ids = append(t.ids, newID("call_"))
+			t.ids = append(t.ids, toolcall.NewCallID())
 			t.calls++
 			index := d.Index
 			out = append(out, &chatDelta{ToolCalls: []chatToolCall{{Index: &index, ID: t.ids[d.Index], Type: "function",

@@ -312,7 +312,7 @@ func TestToolRoundTrip(t *testing.T) {
 // Bad and hostile tools fail fast with a 400 naming the field: bad names, non-function
 // tools, parameters that are not a schema object, huge or deeply nested parameters, a named
 // function not offered, schema keywords a forced call cannot enforce (named), a forcing
-// tool_choice without tools or beside another constraint, and tool calls on a model whose tool-call format
+// tool_choice without tools or beside another constraint, two tools of one name, and tool calls on a model whose tool-call format
 // is unknown (the message names --tool-call-parser).
 func TestBadToolsAre400(t *testing.T) {
 	url := toolServer(t)
@@ -339,6 +339,7 @@ func TestBadToolsAre400(t *testing.T) {
 		{`[` + fn("f", `{"type":"object","properties":{"e":{"type":"string","format":"email"}}}`) + `]`, `,"tool_choice":{"type":"function","function":{"name":"f"}}`, "tools", `function f: schema keyword "format"`},
 		{`[` + fn("f", obj) + `]`, `,"tool_choice":"required","response_format":{"type":"json_object"}`, "tool_choice", "response_format"},
 		{`[]`, `,"tool_choice":"required"`, "tool_choice", "needs tools"},
+		{`[` + fn("f", obj) + `,` + fn("g", obj) + `,` + fn("f", obj) + `]`, ``, "tools", `tools[0] and tools[2] are both named "f"`},
 	}
 	for _, tc := range cases {
 		body := `{"model":"` + demo.Name + `","max_tokens":4,"messages":[{"role":"user","content":"x"}],"tools":` + tc.tools + tc.extra + `}`

@@ -32,6 +32,8 @@ package toolcall
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -199,6 +201,22 @@ func Detect(templateSource string) *Format {
 		return nil
 	}
 	return found[0]
+}
+
+// ForModel is the format a server parses calls in: the one configured (--tool-call-parser),
+// else the one its chat template's source teaches (Detect); nil when neither says.
+func ForModel(configured *Format, templateSource string) *Format {
+	if configured != nil {
+		return configured
+	}
+	return Detect(templateSource)
+}
+
+// NewCallID is a new call's id, OpenAI's shape: "call_" and 24 random hex digits.
+func NewCallID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "call_" + hex.EncodeToString(b[:])
 }
 
 // Name is the format's vLLM name.

@@ -114,8 +114,13 @@ func Parse(src string) (t *Template, err error) {
 }
 
 // Source is the template's Jinja2 text (what a server reads a model's conventions from, such
-// as its tool-call format).
-func (t *Template) Source() string { return t.src }
+// as its tool-call format); "" for no template (nil).
+func (t *Template) Source() string {
+	if t == nil {
+		return ""
+	}
+	return t.src
+}
 
 // Render renders messages the way apply_chat_template(..., tokenize=False)
 // does. A template's raise_exception surfaces as a *TemplateError.

@@ -25,10 +25,72 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ToolChoiceMode int32
+
+const (
+	// The default: auto with tools, none without.
+	ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED ToolChoiceMode = 0
+	// Answer in text; the output is not parsed.
+	ToolChoiceMode_TOOL_CHOICE_MODE_NONE ToolChoiceMode = 1
+	// The model decides; calls it writes are parsed out of the text.
+	ToolChoiceMode_TOOL_CHOICE_MODE_AUTO ToolChoiceMode = 2
+	// Force one or more calls (one with parallel_tool_calls false), through constrained decoding
+	// in the model's own format; arguments follow each tool's parameters schema.
+	ToolChoiceMode_TOOL_CHOICE_MODE_REQUIRED ToolChoiceMode = 3
+)
+
+// Enum value maps for ToolChoiceMode.
+var (
+	ToolChoiceMode_name = map[int32]string{
+		0: "TOOL_CHOICE_MODE_UNSPECIFIED",
+		1: "TOOL_CHOICE_MODE_NONE",
+		2: "TOOL_CHOICE_MODE_AUTO",
+		3: "TOOL_CHOICE_MODE_REQUIRED",
+	}
+	ToolChoiceMode_value = map[string]int32{
+		"TOOL_CHOICE_MODE_UNSPECIFIED": 0,
+		"TOOL_CHOICE_MODE_NONE":        1,
+		"TOOL_CHOICE_MODE_AUTO":        2,
+		"TOOL_CHOICE_MODE_REQUIRED":    3,
+	}
+)
+
+func (x ToolChoiceMode) Enum() *ToolChoiceMode {
+	p := new(ToolChoiceMode)
+	*p = x
+	return p
+}
+
+func (x ToolChoiceMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ToolChoiceMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_loraplex_v1_loraplex_proto_enumTypes[0].Descriptor()
+}
+
+func (ToolChoiceMode) Type() protoreflect.EnumType {
+	return &file_loraplex_v1_loraplex_proto_enumTypes[0]
+}
+
+func (x ToolChoiceMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ToolChoiceMode.Descriptor instead.
+func (ToolChoiceMode) EnumDescriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{0}
+}
+
 type ChatMessage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Role          string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
-	Content       string                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Role    string                 `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	Content string                 `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// The calls an assistant message made (GenerateResponse.tool_calls, reassembled), so that a
+	// conversation can go round: the template renders them in the model's format.
+	ToolCalls []*ToolCall `protobuf:"bytes,3,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	// For role "tool": the id of the call this message is the result of.
+	ToolCallId    string `protobuf:"bytes,4,opt,name=tool_call_id,json=toolCallId,proto3" json:"tool_call_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -77,14 +139,38 @@ func (x *ChatMessage) GetContent() string {
 	return ""
 }
 
+func (x *ChatMessage) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
+func (x *ChatMessage) GetToolCallId() string {
+	if x != nil {
+		return x.ToolCallId
+	}
+	return ""
+}
+
 // ChatPrompt is rendered with the server's chat template.
 type ChatPrompt struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Messages []*ChatMessage         `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 	// Defaults to true: end the rendering with the assistant turn's opening.
 	AddGenerationPrompt *bool `protobuf:"varint,2,opt,name=add_generation_prompt,json=addGenerationPrompt,proto3,oneof" json:"add_generation_prompt,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Functions the model may call (the HTTP API's tools; at most 128, each checked as there:
+	// InvalidArgument naming the tool otherwise). The template renders them; with tool_choice
+	// other than none, the output is parsed into GenerateResponse.tool_calls in the format of
+	// the server's --tool-call-parser (or the one its chat template teaches; a request that
+	// wants calls on a server that knows neither is InvalidArgument naming --tool-call-parser).
+	Tools []*Tool `protobuf:"bytes,3,rep,name=tools,proto3" json:"tools,omitempty"`
+	// Unset: auto with tools, none without.
+	ToolChoice *ToolChoice `protobuf:"bytes,4,opt,name=tool_choice,json=toolChoice,proto3" json:"tool_choice,omitempty"`
+	// Defaults to true; false keeps at most one call per response.
+	ParallelToolCalls *bool `protobuf:"varint,5,opt,name=parallel_tool_calls,json=parallelToolCalls,proto3,oneof" json:"parallel_tool_calls,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ChatPrompt) Reset() {
@@ -131,6 +217,250 @@ func (x *ChatPrompt) GetAddGenerationPrompt() bool {
 	return false
 }
 
+func (x *ChatPrompt) GetTools() []*Tool {
+	if x != nil {
+		return x.Tools
+	}
+	return nil
+}
+
+func (x *ChatPrompt) GetToolChoice() *ToolChoice {
+	if x != nil {
+		return x.ToolChoice
+	}
+	return nil
+}
+
+func (x *ChatPrompt) GetParallelToolCalls() bool {
+	if x != nil && x.ParallelToolCalls != nil {
+		return *x.ParallelToolCalls
+	}
+	return false
+}
+
+// Tool is one function a request offers the model (OpenAI's function tool).
+type Tool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// OpenAI's rule: 1 to 64 of a-z, A-Z, 0-9, _ and -; unique within a request.
+	Name        string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// The function's parameters as a JSON schema object, as JSON text (at most 64 KiB, nesting
+	// at most 64 deep); empty: it takes no arguments. A forced call's arguments follow it.
+	Parameters    string `protobuf:"bytes,3,opt,name=parameters,proto3" json:"parameters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Tool) Reset() {
+	*x = Tool{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Tool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Tool) ProtoMessage() {}
+
+func (x *Tool) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Tool.ProtoReflect.Descriptor instead.
+func (*Tool) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Tool) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Tool) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Tool) GetParameters() string {
+	if x != nil {
+		return x.Parameters
+	}
+	return ""
+}
+
+// ToolChoice is the HTTP API's tool_choice.
+type ToolChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Choice:
+	//
+	//	*ToolChoice_Mode
+	//	*ToolChoice_Function
+	Choice        isToolChoice_Choice `protobuf_oneof:"choice"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolChoice) Reset() {
+	*x = ToolChoice{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolChoice) ProtoMessage() {}
+
+func (x *ToolChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolChoice.ProtoReflect.Descriptor instead.
+func (*ToolChoice) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ToolChoice) GetChoice() isToolChoice_Choice {
+	if x != nil {
+		return x.Choice
+	}
+	return nil
+}
+
+func (x *ToolChoice) GetMode() ToolChoiceMode {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Mode); ok {
+			return x.Mode
+		}
+	}
+	return ToolChoiceMode_TOOL_CHOICE_MODE_UNSPECIFIED
+}
+
+func (x *ToolChoice) GetFunction() string {
+	if x != nil {
+		if x, ok := x.Choice.(*ToolChoice_Function); ok {
+			return x.Function
+		}
+	}
+	return ""
+}
+
+type isToolChoice_Choice interface {
+	isToolChoice_Choice()
+}
+
+type ToolChoice_Mode struct {
+	Mode ToolChoiceMode `protobuf:"varint,1,opt,name=mode,proto3,enum=loraplex.v1.ToolChoiceMode,oneof"`
+}
+
+type ToolChoice_Function struct {
+	// Force exactly one call to the function of this name (one of tools); the response
+	// finishes with "stop", as OpenAI's does for a named function.
+	Function string `protobuf:"bytes,2,opt,name=function,proto3,oneof"`
+}
+
+func (*ToolChoice_Mode) isToolChoice_Choice() {}
+
+func (*ToolChoice_Function) isToolChoice_Choice() {}
+
+// ToolCall is a function call, whole (in a ChatMessage) or in pieces (in a GenerateResponse).
+type ToolCall struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// In a response: the call's position among the response's calls, from 0. A call's first
+	// piece has its id ("call_...") and name, and perhaps the start of its arguments; later
+	// pieces carry only index and more of its arguments, which concatenate to the call's JSON
+	// arguments text.
+	Index int32  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Id    string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// JSON text (an object).
+	Arguments     string `protobuf:"bytes,4,opt,name=arguments,proto3" json:"arguments,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ToolCall) Reset() {
+	*x = ToolCall{}
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ToolCall) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ToolCall) ProtoMessage() {}
+
+func (x *ToolCall) ProtoReflect() protoreflect.Message {
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ToolCall.ProtoReflect.Descriptor instead.
+func (*ToolCall) Descriptor() ([]byte, []int) {
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ToolCall) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ToolCall) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ToolCall) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ToolCall) GetArguments() string {
+	if x != nil {
+		return x.Arguments
+	}
+	return ""
+}
+
 type TokenIds struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ids           []int32                `protobuf:"varint,1,rep,packed,name=ids,proto3" json:"ids,omitempty"`
@@ -140,7 +470,7 @@ type TokenIds struct {
 
 func (x *TokenIds) Reset() {
 	*x = TokenIds{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[2]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -152,7 +482,7 @@ func (x *TokenIds) String() string {
 func (*TokenIds) ProtoMessage() {}
 
 func (x *TokenIds) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[2]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -165,7 +495,7 @@ func (x *TokenIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenIds.ProtoReflect.Descriptor instead.
 func (*TokenIds) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{2}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TokenIds) GetIds() []int32 {
@@ -225,7 +555,7 @@ type SamplingParams struct {
 
 func (x *SamplingParams) Reset() {
 	*x = SamplingParams{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[3]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +567,7 @@ func (x *SamplingParams) String() string {
 func (*SamplingParams) ProtoMessage() {}
 
 func (x *SamplingParams) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[3]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +580,7 @@ func (x *SamplingParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SamplingParams.ProtoReflect.Descriptor instead.
 func (*SamplingParams) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{3}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SamplingParams) GetMaxTokens() int32 {
@@ -406,7 +736,7 @@ type StructuredOutput struct {
 
 func (x *StructuredOutput) Reset() {
 	*x = StructuredOutput{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[4]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +748,7 @@ func (x *StructuredOutput) String() string {
 func (*StructuredOutput) ProtoMessage() {}
 
 func (x *StructuredOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[4]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +761,7 @@ func (x *StructuredOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StructuredOutput.ProtoReflect.Descriptor instead.
 func (*StructuredOutput) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{4}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StructuredOutput) GetKind() isStructuredOutput_Kind {
@@ -518,7 +848,7 @@ type Choices struct {
 
 func (x *Choices) Reset() {
 	*x = Choices{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[5]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -530,7 +860,7 @@ func (x *Choices) String() string {
 func (*Choices) ProtoMessage() {}
 
 func (x *Choices) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[5]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -543,7 +873,7 @@ func (x *Choices) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Choices.ProtoReflect.Descriptor instead.
 func (*Choices) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{5}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Choices) GetChoices() []string {
@@ -577,7 +907,7 @@ type GenerateRequest struct {
 
 func (x *GenerateRequest) Reset() {
 	*x = GenerateRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[6]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +919,7 @@ func (x *GenerateRequest) String() string {
 func (*GenerateRequest) ProtoMessage() {}
 
 func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[6]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +932,7 @@ func (x *GenerateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{6}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GenerateRequest) GetModel() string {
@@ -699,7 +1029,7 @@ type Logprob struct {
 
 func (x *Logprob) Reset() {
 	*x = Logprob{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[7]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +1041,7 @@ func (x *Logprob) String() string {
 func (*Logprob) ProtoMessage() {}
 
 func (x *Logprob) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[7]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +1054,7 @@ func (x *Logprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Logprob.ProtoReflect.Descriptor instead.
 func (*Logprob) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{7}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Logprob) GetTokenId() int32 {
@@ -752,7 +1082,7 @@ type TokenLogprobs struct {
 
 func (x *TokenLogprobs) Reset() {
 	*x = TokenLogprobs{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +1094,7 @@ func (x *TokenLogprobs) String() string {
 func (*TokenLogprobs) ProtoMessage() {}
 
 func (x *TokenLogprobs) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[8]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +1107,7 @@ func (x *TokenLogprobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenLogprobs.ProtoReflect.Descriptor instead.
 func (*TokenLogprobs) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{8}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TokenLogprobs) GetChosen() *Logprob {
@@ -807,7 +1137,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -819,7 +1149,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[9]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -832,7 +1162,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{9}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Usage) GetPromptTokens() int32 {
@@ -867,7 +1197,7 @@ type TokenExperts struct {
 
 func (x *TokenExperts) Reset() {
 	*x = TokenExperts{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1209,7 @@ func (x *TokenExperts) String() string {
 func (*TokenExperts) ProtoMessage() {}
 
 func (x *TokenExperts) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[10]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1222,7 @@ func (x *TokenExperts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenExperts.ProtoReflect.Descriptor instead.
 func (*TokenExperts) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{10}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TokenExperts) GetLayers() []string {
@@ -929,13 +1259,19 @@ type GenerateResponse struct {
 	// from response to response and complete before the first generated token. A -Inf logprob
 	// (a token the model cannot produce) is sent as is.
 	PromptLogprobs []*PromptLogprob `protobuf:"bytes,9,rep,name=prompt_logprobs,json=promptLogprobs,proto3" json:"prompt_logprobs,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// When the request parses tool calls (ChatPrompt.tools with tool_choice other than none):
+	// the pieces of calls these tokens completed (ToolCall.index says whose), while text then
+	// carries only the content outside calls, so both reassemble to what a whole output parses
+	// to. The model's markup is held back until it is known to be a call. A response that made
+	// calls finishes with "tool_calls" (a named tool_choice: "stop"; cut short: "length").
+	ToolCalls     []*ToolCall `protobuf:"bytes,10,rep,name=tool_calls,json=toolCalls,proto3" json:"tool_calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1283,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[11]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1296,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{11}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GenerateResponse) GetTokenIds() []int32 {
@@ -1037,6 +1373,13 @@ func (x *GenerateResponse) GetPromptLogprobs() []*PromptLogprob {
 	return nil
 }
 
+func (x *GenerateResponse) GetToolCalls() []*ToolCall {
+	if x != nil {
+		return x.ToolCalls
+	}
+	return nil
+}
+
 type isGenerateResponse_StopReason interface {
 	isGenerateResponse_StopReason()
 }
@@ -1068,7 +1411,7 @@ type PromptLogprob struct {
 
 func (x *PromptLogprob) Reset() {
 	*x = PromptLogprob{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1423,7 @@ func (x *PromptLogprob) String() string {
 func (*PromptLogprob) ProtoMessage() {}
 
 func (x *PromptLogprob) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[12]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1436,7 @@ func (x *PromptLogprob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromptLogprob.ProtoReflect.Descriptor instead.
 func (*PromptLogprob) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{12}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PromptLogprob) GetTokenId() int32 {
@@ -1140,7 +1483,7 @@ type TokenizeRequest struct {
 
 func (x *TokenizeRequest) Reset() {
 	*x = TokenizeRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1495,7 @@ func (x *TokenizeRequest) String() string {
 func (*TokenizeRequest) ProtoMessage() {}
 
 func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[13]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1508,7 @@ func (x *TokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeRequest.ProtoReflect.Descriptor instead.
 func (*TokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{13}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TokenizeRequest) GetModel() string {
@@ -1233,7 +1576,7 @@ type TokenizeResponse struct {
 
 func (x *TokenizeResponse) Reset() {
 	*x = TokenizeResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1245,7 +1588,7 @@ func (x *TokenizeResponse) String() string {
 func (*TokenizeResponse) ProtoMessage() {}
 
 func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[14]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1258,7 +1601,7 @@ func (x *TokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenizeResponse.ProtoReflect.Descriptor instead.
 func (*TokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{14}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TokenizeResponse) GetTokenIds() []int32 {
@@ -1287,7 +1630,7 @@ type DetokenizeRequest struct {
 
 func (x *DetokenizeRequest) Reset() {
 	*x = DetokenizeRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1299,7 +1642,7 @@ func (x *DetokenizeRequest) String() string {
 func (*DetokenizeRequest) ProtoMessage() {}
 
 func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[15]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1312,7 +1655,7 @@ func (x *DetokenizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeRequest.ProtoReflect.Descriptor instead.
 func (*DetokenizeRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{15}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DetokenizeRequest) GetModel() string {
@@ -1345,7 +1688,7 @@ type DetokenizeResponse struct {
 
 func (x *DetokenizeResponse) Reset() {
 	*x = DetokenizeResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1700,7 @@ func (x *DetokenizeResponse) String() string {
 func (*DetokenizeResponse) ProtoMessage() {}
 
 func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[16]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1713,7 @@ func (x *DetokenizeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetokenizeResponse.ProtoReflect.Descriptor instead.
 func (*DetokenizeResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{16}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DetokenizeResponse) GetText() string {
@@ -1388,7 +1731,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1743,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[17]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1756,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{17}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{20}
 }
 
 type Model struct {
@@ -1434,7 +1777,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1789,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[18]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1802,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{18}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Model) GetId() string {
@@ -1513,7 +1856,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1868,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[19]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1881,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{19}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListModelsResponse) GetModels() []*Model {
@@ -1556,7 +1899,7 @@ type ListAdaptersRequest struct {
 
 func (x *ListAdaptersRequest) Reset() {
 	*x = ListAdaptersRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1911,7 @@ func (x *ListAdaptersRequest) String() string {
 func (*ListAdaptersRequest) ProtoMessage() {}
 
 func (x *ListAdaptersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[20]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1924,7 @@ func (x *ListAdaptersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdaptersRequest.ProtoReflect.Descriptor instead.
 func (*ListAdaptersRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{20}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{23}
 }
 
 type Adapter struct {
@@ -1599,7 +1942,7 @@ type Adapter struct {
 
 func (x *Adapter) Reset() {
 	*x = Adapter{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1954,7 @@ func (x *Adapter) String() string {
 func (*Adapter) ProtoMessage() {}
 
 func (x *Adapter) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[21]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1967,7 @@ func (x *Adapter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Adapter.ProtoReflect.Descriptor instead.
 func (*Adapter) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{21}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Adapter) GetName() string {
@@ -1664,7 +2007,7 @@ type ListAdaptersResponse struct {
 
 func (x *ListAdaptersResponse) Reset() {
 	*x = ListAdaptersResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +2019,7 @@ func (x *ListAdaptersResponse) String() string {
 func (*ListAdaptersResponse) ProtoMessage() {}
 
 func (x *ListAdaptersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[22]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +2032,7 @@ func (x *ListAdaptersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAdaptersResponse.ProtoReflect.Descriptor instead.
 func (*ListAdaptersResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{22}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListAdaptersResponse) GetAdapters() []*Adapter {
@@ -1714,7 +2057,7 @@ type LoadAdapterRequest struct {
 
 func (x *LoadAdapterRequest) Reset() {
 	*x = LoadAdapterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +2069,7 @@ func (x *LoadAdapterRequest) String() string {
 func (*LoadAdapterRequest) ProtoMessage() {}
 
 func (x *LoadAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[23]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +2082,7 @@ func (x *LoadAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadAdapterRequest.ProtoReflect.Descriptor instead.
 func (*LoadAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{23}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LoadAdapterRequest) GetName() string {
@@ -1771,7 +2114,7 @@ type LoadAdapterResponse struct {
 
 func (x *LoadAdapterResponse) Reset() {
 	*x = LoadAdapterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1783,7 +2126,7 @@ func (x *LoadAdapterResponse) String() string {
 func (*LoadAdapterResponse) ProtoMessage() {}
 
 func (x *LoadAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[24]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1796,7 +2139,7 @@ func (x *LoadAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadAdapterResponse.ProtoReflect.Descriptor instead.
 func (*LoadAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{24}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{27}
 }
 
 // Unloading an adapter that a loaded router uses as an expert is FailedPrecondition (the
@@ -1810,7 +2153,7 @@ type UnloadAdapterRequest struct {
 
 func (x *UnloadAdapterRequest) Reset() {
 	*x = UnloadAdapterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +2165,7 @@ func (x *UnloadAdapterRequest) String() string {
 func (*UnloadAdapterRequest) ProtoMessage() {}
 
 func (x *UnloadAdapterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[25]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +2178,7 @@ func (x *UnloadAdapterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadAdapterRequest.ProtoReflect.Descriptor instead.
 func (*UnloadAdapterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{25}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UnloadAdapterRequest) GetName() string {
@@ -1853,7 +2196,7 @@ type UnloadAdapterResponse struct {
 
 func (x *UnloadAdapterResponse) Reset() {
 	*x = UnloadAdapterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +2208,7 @@ func (x *UnloadAdapterResponse) String() string {
 func (*UnloadAdapterResponse) ProtoMessage() {}
 
 func (x *UnloadAdapterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[26]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +2221,7 @@ func (x *UnloadAdapterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadAdapterResponse.ProtoReflect.Descriptor instead.
 func (*UnloadAdapterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{26}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{29}
 }
 
 type ListRoutersRequest struct {
@@ -1889,7 +2232,7 @@ type ListRoutersRequest struct {
 
 func (x *ListRoutersRequest) Reset() {
 	*x = ListRoutersRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +2244,7 @@ func (x *ListRoutersRequest) String() string {
 func (*ListRoutersRequest) ProtoMessage() {}
 
 func (x *ListRoutersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[27]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +2257,7 @@ func (x *ListRoutersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoutersRequest.ProtoReflect.Descriptor instead.
 func (*ListRoutersRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{27}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{30}
 }
 
 // LayerSelections counts, for one layer, the generated tokens whose top-1 expert was each
@@ -1928,7 +2271,7 @@ type LayerSelections struct {
 
 func (x *LayerSelections) Reset() {
 	*x = LayerSelections{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2283,7 @@ func (x *LayerSelections) String() string {
 func (*LayerSelections) ProtoMessage() {}
 
 func (x *LayerSelections) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[28]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2296,7 @@ func (x *LayerSelections) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerSelections.ProtoReflect.Descriptor instead.
 func (*LayerSelections) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{28}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LayerSelections) GetCounts() []int64 {
@@ -1979,7 +2322,7 @@ type Router struct {
 
 func (x *Router) Reset() {
 	*x = Router{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1991,7 +2334,7 @@ func (x *Router) String() string {
 func (*Router) ProtoMessage() {}
 
 func (x *Router) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[29]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2004,7 +2347,7 @@ func (x *Router) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Router.ProtoReflect.Descriptor instead.
 func (*Router) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{29}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Router) GetName() string {
@@ -2051,7 +2394,7 @@ type ListRoutersResponse struct {
 
 func (x *ListRoutersResponse) Reset() {
 	*x = ListRoutersResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2063,7 +2406,7 @@ func (x *ListRoutersResponse) String() string {
 func (*ListRoutersResponse) ProtoMessage() {}
 
 func (x *ListRoutersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[30]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2076,7 +2419,7 @@ func (x *ListRoutersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRoutersResponse.ProtoReflect.Descriptor instead.
 func (*ListRoutersResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{30}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListRoutersResponse) GetRouters() []*Router {
@@ -2101,7 +2444,7 @@ type LoadRouterRequest struct {
 
 func (x *LoadRouterRequest) Reset() {
 	*x = LoadRouterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2113,7 +2456,7 @@ func (x *LoadRouterRequest) String() string {
 func (*LoadRouterRequest) ProtoMessage() {}
 
 func (x *LoadRouterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[31]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2126,7 +2469,7 @@ func (x *LoadRouterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadRouterRequest.ProtoReflect.Descriptor instead.
 func (*LoadRouterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{31}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LoadRouterRequest) GetName() string {
@@ -2158,7 +2501,7 @@ type LoadRouterResponse struct {
 
 func (x *LoadRouterResponse) Reset() {
 	*x = LoadRouterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[32]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2170,7 +2513,7 @@ func (x *LoadRouterResponse) String() string {
 func (*LoadRouterResponse) ProtoMessage() {}
 
 func (x *LoadRouterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[32]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2183,7 +2526,7 @@ func (x *LoadRouterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadRouterResponse.ProtoReflect.Descriptor instead.
 func (*LoadRouterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{32}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{35}
 }
 
 type UnloadRouterRequest struct {
@@ -2195,7 +2538,7 @@ type UnloadRouterRequest struct {
 
 func (x *UnloadRouterRequest) Reset() {
 	*x = UnloadRouterRequest{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[33]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2207,7 +2550,7 @@ func (x *UnloadRouterRequest) String() string {
 func (*UnloadRouterRequest) ProtoMessage() {}
 
 func (x *UnloadRouterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[33]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2220,7 +2563,7 @@ func (x *UnloadRouterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadRouterRequest.ProtoReflect.Descriptor instead.
 func (*UnloadRouterRequest) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{33}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UnloadRouterRequest) GetName() string {
@@ -2238,7 +2581,7 @@ type UnloadRouterResponse struct {
 
 func (x *UnloadRouterResponse) Reset() {
 	*x = UnloadRouterResponse{}
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[34]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2593,7 @@ func (x *UnloadRouterResponse) String() string {
 func (*UnloadRouterResponse) ProtoMessage() {}
 
 func (x *UnloadRouterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loraplex_v1_loraplex_proto_msgTypes[34]
+	mi := &file_loraplex_v1_loraplex_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,22 +2606,47 @@ func (x *UnloadRouterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnloadRouterResponse.ProtoReflect.Descriptor instead.
 func (*UnloadRouterResponse) Descriptor() ([]byte, []int) {
-	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{34}
+	return file_loraplex_v1_loraplex_proto_rawDescGZIP(), []int{37}
 }
 
 var File_loraplex_v1_loraplex_proto protoreflect.FileDescriptor
 
 const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\n" +
-	"\x1aloraplex/v1/loraplex.proto\x12\vloraplex.v1\";\n" +
+	"\x1aloraplex/v1/loraplex.proto\x12\vloraplex.v1\"\x93\x01\n" +
 	"\vChatMessage\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n" +
-	"\acontent\x18\x02 \x01(\tR\acontent\"\x95\x01\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\x124\n" +
+	"\n" +
+	"tool_calls\x18\x03 \x03(\v2\x15.loraplex.v1.ToolCallR\ttoolCalls\x12 \n" +
+	"\ftool_call_id\x18\x04 \x01(\tR\n" +
+	"toolCallId\"\xc5\x02\n" +
 	"\n" +
 	"ChatPrompt\x124\n" +
 	"\bmessages\x18\x01 \x03(\v2\x18.loraplex.v1.ChatMessageR\bmessages\x127\n" +
-	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01B\x18\n" +
-	"\x16_add_generation_prompt\"\x1c\n" +
+	"\x15add_generation_prompt\x18\x02 \x01(\bH\x00R\x13addGenerationPrompt\x88\x01\x01\x12'\n" +
+	"\x05tools\x18\x03 \x03(\v2\x11.loraplex.v1.ToolR\x05tools\x128\n" +
+	"\vtool_choice\x18\x04 \x01(\v2\x17.loraplex.v1.ToolChoiceR\n" +
+	"toolChoice\x123\n" +
+	"\x13parallel_tool_calls\x18\x05 \x01(\bH\x01R\x11parallelToolCalls\x88\x01\x01B\x18\n" +
+	"\x16_add_generation_promptB\x16\n" +
+	"\x14_parallel_tool_calls\"\\\n" +
+	"\x04Tool\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1e\n" +
+	"\n" +
+	"parameters\x18\x03 \x01(\tR\n" +
+	"parameters\"g\n" +
+	"\n" +
+	"ToolChoice\x121\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x1b.loraplex.v1.ToolChoiceModeH\x00R\x04mode\x12\x1c\n" +
+	"\bfunction\x18\x02 \x01(\tH\x00R\bfunctionB\b\n" +
+	"\x06choice\"b\n" +
+	"\bToolCall\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x1c\n" +
+	"\targuments\x18\x04 \x01(\tR\targuments\"\x1c\n" +
 	"\bTokenIds\x12\x10\n" +
 	"\x03ids\x18\x01 \x03(\x05R\x03ids\"\xb9\x06\n" +
 	"\x0eSamplingParams\x12\x1d\n" +
@@ -2343,7 +2711,7 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\x11completion_tokens\x18\x02 \x01(\x05R\x10completionTokens\x12#\n" +
 	"\rcached_tokens\x18\x03 \x01(\x05R\fcachedTokens\"&\n" +
 	"\fTokenExperts\x12\x16\n" +
-	"\x06layers\x18\x01 \x03(\tR\x06layers\"\xa5\x03\n" +
+	"\x06layers\x18\x01 \x03(\tR\x06layers\"\xdb\x03\n" +
 	"\x10GenerateResponse\x12\x1b\n" +
 	"\ttoken_ids\x18\x01 \x03(\x05R\btokenIds\x12\x12\n" +
 	"\x04text\x18\x02 \x01(\tR\x04text\x126\n" +
@@ -2354,7 +2722,10 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\rstop_token_id\x18\x06 \x01(\x05H\x00R\vstopTokenId\x12(\n" +
 	"\x05usage\x18\a \x01(\v2\x12.loraplex.v1.UsageR\x05usage\x12<\n" +
 	"\fexpert_trace\x18\b \x03(\v2\x19.loraplex.v1.TokenExpertsR\vexpertTrace\x12C\n" +
-	"\x0fprompt_logprobs\x18\t \x03(\v2\x1a.loraplex.v1.PromptLogprobR\x0epromptLogprobsB\r\n" +
+	"\x0fprompt_logprobs\x18\t \x03(\v2\x1a.loraplex.v1.PromptLogprobR\x0epromptLogprobs\x124\n" +
+	"\n" +
+	"tool_calls\x18\n" +
+	" \x03(\v2\x15.loraplex.v1.ToolCallR\ttoolCallsB\r\n" +
 	"\vstop_reason\"\x80\x01\n" +
 	"\rPromptLogprob\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\x05R\atokenId\x12\x18\n" +
@@ -2423,7 +2794,12 @@ const file_loraplex_v1_loraplex_proto_rawDesc = "" +
 	"\x12LoadRouterResponse\")\n" +
 	"\x13UnloadRouterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
-	"\x14UnloadRouterResponse2\xb1\x06\n" +
+	"\x14UnloadRouterResponse*\x87\x01\n" +
+	"\x0eToolChoiceMode\x12 \n" +
+	"\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_NONE\x10\x01\x12\x19\n" +
+	"\x15TOOL_CHOICE_MODE_AUTO\x10\x02\x12\x1d\n" +
+	"\x19TOOL_CHOICE_MODE_REQUIRED\x10\x032\xb1\x06\n" +
 	"\bLoraplex\x12I\n" +
 	"\bGenerate\x12\x1c.loraplex.v1.GenerateRequest\x1a\x1d.loraplex.v1.GenerateResponse0\x01\x12G\n" +
 	"\bTokenize\x12\x1c.loraplex.v1.TokenizeRequest\x1a\x1d.loraplex.v1.TokenizeResponse\x12M\n" +
@@ -2451,90 +2827,100 @@ func file_loraplex_v1_loraplex_proto_rawDescGZIP() []byte {
 	return file_loraplex_v1_loraplex_proto_rawDescData
 }
 
-var file_loraplex_v1_loraplex_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_loraplex_v1_loraplex_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_loraplex_v1_loraplex_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_loraplex_v1_loraplex_proto_goTypes = []any{
-	(*ChatMessage)(nil),           // 0: loraplex.v1.ChatMessage
-	(*ChatPrompt)(nil),            // 1: loraplex.v1.ChatPrompt
-	(*TokenIds)(nil),              // 2: loraplex.v1.TokenIds
-	(*SamplingParams)(nil),        // 3: loraplex.v1.SamplingParams
-	(*StructuredOutput)(nil),      // 4: loraplex.v1.StructuredOutput
-	(*Choices)(nil),               // 5: loraplex.v1.Choices
-	(*GenerateRequest)(nil),       // 6: loraplex.v1.GenerateRequest
-	(*Logprob)(nil),               // 7: loraplex.v1.Logprob
-	(*TokenLogprobs)(nil),         // 8: loraplex.v1.TokenLogprobs
-	(*Usage)(nil),                 // 9: loraplex.v1.Usage
-	(*TokenExperts)(nil),          // 10: loraplex.v1.TokenExperts
-	(*GenerateResponse)(nil),      // 11: loraplex.v1.GenerateResponse
-	(*PromptLogprob)(nil),         // 12: loraplex.v1.PromptLogprob
-	(*TokenizeRequest)(nil),       // 13: loraplex.v1.TokenizeRequest
-	(*TokenizeResponse)(nil),      // 14: loraplex.v1.TokenizeResponse
-	(*DetokenizeRequest)(nil),     // 15: loraplex.v1.DetokenizeRequest
-	(*DetokenizeResponse)(nil),    // 16: loraplex.v1.DetokenizeResponse
-	(*ListModelsRequest)(nil),     // 17: loraplex.v1.ListModelsRequest
-	(*Model)(nil),                 // 18: loraplex.v1.Model
-	(*ListModelsResponse)(nil),    // 19: loraplex.v1.ListModelsResponse
-	(*ListAdaptersRequest)(nil),   // 20: loraplex.v1.ListAdaptersRequest
-	(*Adapter)(nil),               // 21: loraplex.v1.Adapter
-	(*ListAdaptersResponse)(nil),  // 22: loraplex.v1.ListAdaptersResponse
-	(*LoadAdapterRequest)(nil),    // 23: loraplex.v1.LoadAdapterRequest
-	(*LoadAdapterResponse)(nil),   // 24: loraplex.v1.LoadAdapterResponse
-	(*UnloadAdapterRequest)(nil),  // 25: loraplex.v1.UnloadAdapterRequest
-	(*UnloadAdapterResponse)(nil), // 26: loraplex.v1.UnloadAdapterResponse
-	(*ListRoutersRequest)(nil),    // 27: loraplex.v1.ListRoutersRequest
-	(*LayerSelections)(nil),       // 28: loraplex.v1.LayerSelections
-	(*Router)(nil),                // 29: loraplex.v1.Router
-	(*ListRoutersResponse)(nil),   // 30: loraplex.v1.ListRoutersResponse
-	(*LoadRouterRequest)(nil),     // 31: loraplex.v1.LoadRouterRequest
-	(*LoadRouterResponse)(nil),    // 32: loraplex.v1.LoadRouterResponse
-	(*UnloadRouterRequest)(nil),   // 33: loraplex.v1.UnloadRouterRequest
-	(*UnloadRouterResponse)(nil),  // 34: loraplex.v1.UnloadRouterResponse
-	nil,                           // 35: loraplex.v1.SamplingParams.LogitBiasEntry
+	(ToolChoiceMode)(0),           // 0: loraplex.v1.ToolChoiceMode
+	(*ChatMessage)(nil),           // 1: loraplex.v1.ChatMessage
+	(*ChatPrompt)(nil),            // 2: loraplex.v1.ChatPrompt
+	(*Tool)(nil),                  // 3: loraplex.v1.Tool
+	(*ToolChoice)(nil),            // 4: loraplex.v1.ToolChoice
+	(*ToolCall)(nil),              // 5: loraplex.v1.ToolCall
+	(*TokenIds)(nil),              // 6: loraplex.v1.TokenIds
+	(*SamplingParams)(nil),        // 7: loraplex.v1.SamplingParams
+	(*StructuredOutput)(nil),      // 8: loraplex.v1.StructuredOutput
+	(*Choices)(nil),               // 9: loraplex.v1.Choices
+	(*GenerateRequest)(nil),       // 10: loraplex.v1.GenerateRequest
+	(*Logprob)(nil),               // 11: loraplex.v1.Logprob
+	(*TokenLogprobs)(nil),         // 12: loraplex.v1.TokenLogprobs
+	(*Usage)(nil),                 // 13: loraplex.v1.Usage
+	(*TokenExperts)(nil),          // 14: loraplex.v1.TokenExperts
+	(*GenerateResponse)(nil),      // 15: loraplex.v1.GenerateResponse
+	(*PromptLogprob)(nil),         // 16: loraplex.v1.PromptLogprob
+	(*TokenizeRequest)(nil),       // 17: loraplex.v1.TokenizeRequest
+	(*TokenizeResponse)(nil),      // 18: loraplex.v1.TokenizeResponse
+	(*DetokenizeRequest)(nil),     // 19: loraplex.v1.DetokenizeRequest
+	(*DetokenizeResponse)(nil),    // 20: loraplex.v1.DetokenizeResponse
+	(*ListModelsRequest)(nil),     // 21: loraplex.v1.ListModelsRequest
+	(*Model)(nil),                 // 22: loraplex.v1.Model
+	(*ListModelsResponse)(nil),    // 23: loraplex.v1.ListModelsResponse
+	(*ListAdaptersRequest)(nil),   // 24: loraplex.v1.ListAdaptersRequest
+	(*Adapter)(nil),               // 25: loraplex.v1.Adapter
+	(*ListAdaptersResponse)(nil),  // 26: loraplex.v1.ListAdaptersResponse
+	(*LoadAdapterRequest)(nil),    // 27: loraplex.v1.LoadAdapterRequest
+	(*LoadAdapterResponse)(nil),   // 28: loraplex.v1.LoadAdapterResponse
+	(*UnloadAdapterRequest)(nil),  // 29: loraplex.v1.UnloadAdapterRequest
+	(*UnloadAdapterResponse)(nil), // 30: loraplex.v1.UnloadAdapterResponse
+	(*ListRoutersRequest)(nil),    // 31: loraplex.v1.ListRoutersRequest
+	(*LayerSelections)(nil),       // 32: loraplex.v1.LayerSelections
+	(*Router)(nil),                // 33: loraplex.v1.Router
+	(*ListRoutersResponse)(nil),   // 34: loraplex.v1.ListRoutersResponse
+	(*LoadRouterRequest)(nil),     // 35: loraplex.v1.LoadRouterRequest
+	(*LoadRouterResponse)(nil),    // 36: loraplex.v1.LoadRouterResponse
+	(*UnloadRouterRequest)(nil),   // 37: loraplex.v1.UnloadRouterRequest
+	(*UnloadRouterResponse)(nil),  // 38: loraplex.v1.UnloadRouterResponse
+	nil,                           // 39: loraplex.v1.SamplingParams.LogitBiasEntry
 }
 var file_loraplex_v1_loraplex_proto_depIdxs = []int32{
-	0,  // 0: loraplex.v1.ChatPrompt.messages:type_name -> loraplex.v1.ChatMessage
-	35, // 1: loraplex.v1.SamplingParams.logit_bias:type_name -> loraplex.v1.SamplingParams.LogitBiasEntry
-	4,  // 2: loraplex.v1.SamplingParams.structured_output:type_name -> loraplex.v1.StructuredOutput
-	5,  // 3: loraplex.v1.StructuredOutput.choice:type_name -> loraplex.v1.Choices
-	2,  // 4: loraplex.v1.GenerateRequest.token_ids:type_name -> loraplex.v1.TokenIds
-	1,  // 5: loraplex.v1.GenerateRequest.messages:type_name -> loraplex.v1.ChatPrompt
-	3,  // 6: loraplex.v1.GenerateRequest.params:type_name -> loraplex.v1.SamplingParams
-	7,  // 7: loraplex.v1.TokenLogprobs.chosen:type_name -> loraplex.v1.Logprob
-	7,  // 8: loraplex.v1.TokenLogprobs.top:type_name -> loraplex.v1.Logprob
-	8,  // 9: loraplex.v1.GenerateResponse.logprobs:type_name -> loraplex.v1.TokenLogprobs
-	9,  // 10: loraplex.v1.GenerateResponse.usage:type_name -> loraplex.v1.Usage
-	10, // 11: loraplex.v1.GenerateResponse.expert_trace:type_name -> loraplex.v1.TokenExperts
-	12, // 12: loraplex.v1.GenerateResponse.prompt_logprobs:type_name -> loraplex.v1.PromptLogprob
-	7,  // 13: loraplex.v1.PromptLogprob.top:type_name -> loraplex.v1.Logprob
-	1,  // 14: loraplex.v1.TokenizeRequest.messages:type_name -> loraplex.v1.ChatPrompt
-	18, // 15: loraplex.v1.ListModelsResponse.models:type_name -> loraplex.v1.Model
-	21, // 16: loraplex.v1.ListAdaptersResponse.adapters:type_name -> loraplex.v1.Adapter
-	28, // 17: loraplex.v1.Router.selections:type_name -> loraplex.v1.LayerSelections
-	29, // 18: loraplex.v1.ListRoutersResponse.routers:type_name -> loraplex.v1.Router
-	6,  // 19: loraplex.v1.Loraplex.Generate:input_type -> loraplex.v1.GenerateRequest
-	13, // 20: loraplex.v1.Loraplex.Tokenize:input_type -> loraplex.v1.TokenizeRequest
-	15, // 21: loraplex.v1.Loraplex.Detokenize:input_type -> loraplex.v1.DetokenizeRequest
-	17, // 22: loraplex.v1.Loraplex.ListModels:input_type -> loraplex.v1.ListModelsRequest
-	20, // 23: loraplex.v1.Loraplex.ListAdapters:input_type -> loraplex.v1.ListAdaptersRequest
-	23, // 24: loraplex.v1.Loraplex.LoadAdapter:input_type -> loraplex.v1.LoadAdapterRequest
-	25, // 25: loraplex.v1.Loraplex.UnloadAdapter:input_type -> loraplex.v1.UnloadAdapterRequest
-	27, // 26: loraplex.v1.Loraplex.ListRouters:input_type -> loraplex.v1.ListRoutersRequest
-	31, // 27: loraplex.v1.Loraplex.LoadRouter:input_type -> loraplex.v1.LoadRouterRequest
-	33, // 28: loraplex.v1.Loraplex.UnloadRouter:input_type -> loraplex.v1.UnloadRouterRequest
-	11, // 29: loraplex.v1.Loraplex.Generate:output_type -> loraplex.v1.GenerateResponse
-	14, // 30: loraplex.v1.Loraplex.Tokenize:output_type -> loraplex.v1.TokenizeResponse
-	16, // 31: loraplex.v1.Loraplex.Detokenize:output_type -> loraplex.v1.DetokenizeResponse
-	19, // 32: loraplex.v1.Loraplex.ListModels:output_type -> loraplex.v1.ListModelsResponse
-	22, // 33: loraplex.v1.Loraplex.ListAdapters:output_type -> loraplex.v1.ListAdaptersResponse
-	24, // 34: loraplex.v1.Loraplex.LoadAdapter:output_type -> loraplex.v1.LoadAdapterResponse
-	26, // 35: loraplex.v1.Loraplex.UnloadAdapter:output_type -> loraplex.v1.UnloadAdapterResponse
-	30, // 36: loraplex.v1.Loraplex.ListRouters:output_type -> loraplex.v1.ListRoutersResponse
-	32, // 37: loraplex.v1.Loraplex.LoadRouter:output_type -> loraplex.v1.LoadRouterResponse
-	34, // 38: loraplex.v1.Loraplex.UnloadRouter:output_type -> loraplex.v1.UnloadRouterResponse
-	29, // [29:39] is the sub-list for method output_type
-	19, // [19:29] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	5,  // 0: loraplex.v1.ChatMessage.tool_calls:type_name -> loraplex.v1.ToolCall
+	1,  // 1: loraplex.v1.ChatPrompt.messages:type_name -> loraplex.v1.ChatMessage
+	3,  // 2: loraplex.v1.ChatPrompt.tools:type_name -> loraplex.v1.Tool
+	4,  // 3: loraplex.v1.ChatPrompt.tool_choice:type_name -> loraplex.v1.ToolChoice
+	0,  // 4: loraplex.v1.ToolChoice.mode:type_name -> loraplex.v1.ToolChoiceMode
+	39, // 5: loraplex.v1.SamplingParams.logit_bias:type_name -> loraplex.v1.SamplingParams.LogitBiasEntry
+	8,  // 6: loraplex.v1.SamplingParams.structured_output:type_name -> loraplex.v1.StructuredOutput
+	9,  // 7: loraplex.v1.StructuredOutput.choice:type_name -> loraplex.v1.Choices
+	6,  // 8: loraplex.v1.GenerateRequest.token_ids:type_name -> loraplex.v1.TokenIds
+	2,  // 9: loraplex.v1.GenerateRequest.messages:type_name -> loraplex.v1.ChatPrompt
+	7,  // 10: loraplex.v1.GenerateRequest.params:type_name -> loraplex.v1.SamplingParams
+	11, // 11: loraplex.v1.TokenLogprobs.chosen:type_name -> loraplex.v1.Logprob
+	11, // 12: loraplex.v1.TokenLogprobs.top:type_name -> loraplex.v1.Logprob
+	12, // 13: loraplex.v1.GenerateResponse.logprobs:type_name -> loraplex.v1.TokenLogprobs
+	13, // 14: loraplex.v1.GenerateResponse.usage:type_name -> loraplex.v1.Usage
+	14, // 15: loraplex.v1.GenerateResponse.expert_trace:type_name -> loraplex.v1.TokenExperts
+	16, // 16: loraplex.v1.GenerateResponse.prompt_logprobs:type_name -> loraplex.v1.PromptLogprob
+	5,  // 17: loraplex.v1.GenerateResponse.tool_calls:type_name -> loraplex.v1.ToolCall
+	11, // 18: loraplex.v1.PromptLogprob.top:type_name -> loraplex.v1.Logprob
+	2,  // 19: loraplex.v1.TokenizeRequest.messages:type_name -> loraplex.v1.ChatPrompt
+	22, // 20: loraplex.v1.ListModelsResponse.models:type_name -> loraplex.v1.Model
+	25, // 21: loraplex.v1.ListAdaptersResponse.adapters:type_name -> loraplex.v1.Adapter
+	32, // 22: loraplex.v1.Router.selections:type_name -> loraplex.v1.LayerSelections
+	33, // 23: loraplex.v1.ListRoutersResponse.routers:type_name -> loraplex.v1.Router
+	10, // 24: loraplex.v1.Loraplex.Generate:input_type -> loraplex.v1.GenerateRequest
+	17, // 25: loraplex.v1.Loraplex.Tokenize:input_type -> loraplex.v1.TokenizeRequest
+	19, // 26: loraplex.v1.Loraplex.Detokenize:input_type -> loraplex.v1.DetokenizeRequest
+	21, // 27: loraplex.v1.Loraplex.ListModels:input_type -> loraplex.v1.ListModelsRequest
+	24, // 28: loraplex.v1.Loraplex.ListAdapters:input_type -> loraplex.v1.ListAdaptersRequest
+	27, // 29: loraplex.v1.Loraplex.LoadAdapter:input_type -> loraplex.v1.LoadAdapterRequest
+	29, // 30: loraplex.v1.Loraplex.UnloadAdapter:input_type -> loraplex.v1.UnloadAdapterRequest
+	31, // 31: loraplex.v1.Loraplex.ListRouters:input_type -> loraplex.v1.ListRoutersRequest
+	35, // 32: loraplex.v1.Loraplex.LoadRouter:input_type -> loraplex.v1.LoadRouterRequest
+	37, // 33: loraplex.v1.Loraplex.UnloadRouter:input_type -> loraplex.v1.UnloadRouterRequest
+	15, // 34: loraplex.v1.Loraplex.Generate:output_type -> loraplex.v1.GenerateResponse
+	18, // 35: loraplex.v1.Loraplex.Tokenize:output_type -> loraplex.v1.TokenizeResponse
+	20, // 36: loraplex.v1.Loraplex.Detokenize:output_type -> loraplex.v1.DetokenizeResponse
+	23, // 37: loraplex.v1.Loraplex.ListModels:output_type -> loraplex.v1.ListModelsResponse
+	26, // 38: loraplex.v1.Loraplex.ListAdapters:output_type -> loraplex.v1.ListAdaptersResponse
+	28, // 39: loraplex.v1.Loraplex.LoadAdapter:output_type -> loraplex.v1.LoadAdapterResponse
+	30, // 40: loraplex.v1.Loraplex.UnloadAdapter:output_type -> loraplex.v1.UnloadAdapterResponse
+	34, // 41: loraplex.v1.Loraplex.ListRouters:output_type -> loraplex.v1.ListRoutersResponse
+	36, // 42: loraplex.v1.Loraplex.LoadRouter:output_type -> loraplex.v1.LoadRouterResponse
+	38, // 43: loraplex.v1.Loraplex.UnloadRouter:output_type -> loraplex.v1.UnloadRouterResponse
+	34, // [34:44] is the sub-list for method output_type
+	24, // [24:34] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_loraplex_v1_loraplex_proto_init() }
@@ -2543,23 +2929,27 @@ func file_loraplex_v1_loraplex_proto_init() {
 		return
 	}
 	file_loraplex_v1_loraplex_proto_msgTypes[1].OneofWrappers = []any{}
-	file_loraplex_v1_loraplex_proto_msgTypes[3].OneofWrappers = []any{}
-	file_loraplex_v1_loraplex_proto_msgTypes[4].OneofWrappers = []any{
+	file_loraplex_v1_loraplex_proto_msgTypes[3].OneofWrappers = []any{
+		(*ToolChoice_Mode)(nil),
+		(*ToolChoice_Function)(nil),
+	}
+	file_loraplex_v1_loraplex_proto_msgTypes[6].OneofWrappers = []any{}
+	file_loraplex_v1_loraplex_proto_msgTypes[7].OneofWrappers = []any{
 		(*StructuredOutput_JsonSchema)(nil),
 		(*StructuredOutput_JsonObject)(nil),
 		(*StructuredOutput_Regex)(nil),
 		(*StructuredOutput_Choice)(nil),
 	}
-	file_loraplex_v1_loraplex_proto_msgTypes[6].OneofWrappers = []any{
+	file_loraplex_v1_loraplex_proto_msgTypes[9].OneofWrappers = []any{
 		(*GenerateRequest_Text)(nil),
 		(*GenerateRequest_TokenIds)(nil),
 		(*GenerateRequest_Messages)(nil),
 	}
-	file_loraplex_v1_loraplex_proto_msgTypes[11].OneofWrappers = []any{
+	file_loraplex_v1_loraplex_proto_msgTypes[14].OneofWrappers = []any{
 		(*GenerateResponse_StopString)(nil),
 		(*GenerateResponse_StopTokenId)(nil),
 	}
-	file_loraplex_v1_loraplex_proto_msgTypes[13].OneofWrappers = []any{
+	file_loraplex_v1_loraplex_proto_msgTypes[16].OneofWrappers = []any{
 		(*TokenizeRequest_Text)(nil),
 		(*TokenizeRequest_Messages)(nil),
 	}
@@ -2568,13 +2958,14 @@ func file_loraplex_v1_loraplex_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loraplex_v1_loraplex_proto_rawDesc), len(file_loraplex_v1_loraplex_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   36,
+			NumEnums:      1,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_loraplex_v1_loraplex_proto_goTypes,
 		DependencyIndexes: file_loraplex_v1_loraplex_proto_depIdxs,
+		EnumInfos:         file_loraplex_v1_loraplex_proto_enumTypes,
 		MessageInfos:      file_loraplex_v1_loraplex_proto_msgTypes,
 	}.Build()
 	File_loraplex_v1_loraplex_proto = out.File
