@@ -3,9 +3,11 @@ package structured
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,7 +51,7 @@ type Item struct {
 
 // regex is the sequence's regular expression; the items' schemas together expand to at most
 // MaxRegexBytes, checked as each is expanded.
-func (q *Sequence) regex() (string, error) {
+func (q *Sequence) regex(rules *schemaRules) (string, error) {
 	if len(q.Items) == 0 {
 		return "", fmt.Errorf("the sequence has no items")
 	}
@@ -59,7 +61,7 @@ func (q *Sequence) regex() (string, error) {
 	alts := make([]string, len(q.Items))
 	n := 0
 	for i, it := range q.Items {
-		body, err := SchemaRegex([]byte(it.Schema))
+		body, err := schemaRegex([]byte(it.Schema), rules, strconv.Itoa(i), it.Name+": ")
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", it.Name, err)
 		}
@@ -76,11 +78,12 @@ func (q *Sequence) regex() (string, error) {
 	return regexp.QuoteMeta(q.Open) + item + more + regexp.QuoteMeta(q.Close), nil
 }
 
-// regex is the spec's regular expression.
-func (s *Spec) regex() (string, error) {
+// regex is the spec's regular expression; with rules (a recursive schema, schemacfg.go) its
+// top level, the schemas' $refs placeholders for their rules in rules.
+func (s *Spec) regex(rules *schemaRules) (string, error) {
 	switch s.Kind {
 	case JSONSchema:
-		return SchemaRegex([]byte(s.Text))
+		return schemaRegex([]byte(s.Text), rules, "", "")
 	case JSONObject:
 		return AnyJSONObjectRegex(), nil
 	case Regex:
@@ -109,7 +112,7 @@ func (s *Spec) regex() (string, error) {
 		if s.Sequence == nil {
 			return "", fmt.Errorf("the sequence is missing")
 		}
-		return s.Sequence.regex()
+		return s.Sequence.regex(rules)
 	}
 	return "", fmt.Errorf("unknown constraint kind %d", s.Kind)
 }
@@ -392,12 +395,21 @@ func (c *Compiler) compile(spec Spec) (*Grammar, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, ok := newCFGRow(g, c.v.maxLen); !ok {
-			return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
-		}
-		return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string][]uint64{}, none: make([]uint64, (c.v.size+63)/64)}, nil
+		return c.cfgGrammar(g)
 	}
-	expr, err := spec.regex()
+	expr, err := spec.regex(nil)
+	if _, recursive := errors.AsType[*recursiveRefError](err); recursive {
+		// A recursive schema: the same walk, its $refs as rules of a context-free grammar.
+		rules := newSchemaRules()
+		if expr, err = spec.regex(rules); err != nil {
+			return nil, err
+		}
+		g, err := rules.grammar(expr)
+		if err != nil {
+			return nil, err
+		}
+		return c.cfgGrammar(g)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -410,6 +422,14 @@ func (c *Compiler) compile(spec Spec) (*Grammar, error) {
 		return nil, err
 	}
 	return &Grammar{v: c.v, d: d, c: c, masks: make([][]uint64, d.states()+1), stack: make([]int32, c.v.maxLen+1)}, nil
+}
+
+// cfgGrammar is the grammar of a context-free g, whose start must expand within the limits.
+func (c *Compiler) cfgGrammar(g *cfg) (*Grammar, error) {
+	if _, ok := newCFGRow(g, c.v.maxLen); !ok {
+		return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
+	}
+	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string][]uint64{}, none: make([]uint64, (c.v.size+63)/64)}, nil
 }
 
 // Matcher follows one output through a Grammar: the masks of the tokens it may take next,
