@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -105,19 +106,21 @@ func TestRecursiveSchemaMatches(t *testing.T) {
 	}
 }
 
-// A schema without recursion keeps its DFA (the regular path, unchanged), even when its
-// $refs are shared or nested.
-func TestNonRecursiveSchemasStayRegular(t *testing.T) {
+// A schema compiles to a context-free grammar exactly when its $refs recurse: one without
+// recursion keeps its DFA (the regular path, unchanged), even when its $refs are shared or
+// nested.
+func TestRecursionChoosesTheGrammar(t *testing.T) {
 	v, _ := testVocab()
 	c := NewCompiler(v)
 	shared := `{"$defs":{"p":{"type":"integer"},"q":{"type":"array","items":{"$ref":"#/$defs/p"}}},"type":"object","properties":{"a":{"$ref":"#/$defs/q"},"b":{"$ref":"#/$defs/q"}}}`
-	for _, schema := range append(testSchemas, shared) {
+	for _, schema := range append(append(slices.Clone(testSchemas), shared), recursiveSchemas...) {
 		g, err := c.Compile(Spec{Kind: JSONSchema, Text: schema})
 		if err != nil {
 			t.Fatalf("%s: %v", schema, err)
 		}
-		if g.cfg != nil || g.d == nil {
-			t.Errorf("%s: compiled to a context-free grammar", schema)
+		recursive := slices.Contains(recursiveSchemas, schema)
+		if (g.cfg != nil) != recursive || (g.d != nil) == recursive {
+			t.Errorf("%s: context-free %v, want %v", schema, g.cfg != nil, recursive)
 		}
 	}
 }
