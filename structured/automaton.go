@@ -54,6 +54,10 @@ const (
 	// MaxParserNodes bounds the stack nodes one output's parser holds (its threads' stacks,
 	// shared): an output past it leaves the grammar.
 	MaxParserNodes = 200_000
+	// MaxParserDepth bounds a parser thread's stack: a thread that would push past it ends,
+	// so masks leave out the tokens that would nest an output deeper (a level of a recursive
+	// JSON schema's output takes one to three entries), and it cannot be produced.
+	MaxParserDepth = 100_000
 	// MaxMaskWork bounds the thread visits one token mask may cost (the walk over the
 	// vocabulary; about a nanosecond each, a JSON grammar's string state on a 128k vocabulary
 	// takes 6.5M): tokens past it are not allowed in that state. An ambiguous grammar whose

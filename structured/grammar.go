@@ -204,12 +204,12 @@ type Grammar struct {
 	cfg       *cfg      // context-free grammars
 	c         *Compiler // whose mask budget the cached masks count against
 	mu        sync.Mutex
-	masks     [][]uint64          // per DFA state, computed on first use
-	cfgMasks  map[string][]uint64 // per parser state key (cfgRow.stateKey), computed on first use
-	cfgDepths []int32             // the depths (below the top stack) masks were keyed at, wholeState for whole states
-	maskBytes int64               // bytes of masks (and their keys) cached
-	stack     []int32             // DFA mask walk scratch
-	none      []uint64            // the all-zero mask (a context-free grammar's Done)
+	masks     [][]uint64         // per DFA state, computed on first use
+	cfgMasks  map[string]cfgMask // per parser state key (cfgRow.stateKey), computed on first use
+	cfgDepths []int32            // the depths (below the top stack) masks were keyed at, wholeState for whole states
+	maskBytes int64              // bytes of masks (and their keys) cached
+	stack     []int32            // DFA mask walk scratch
+	none      []uint64           // the all-zero mask (a context-free grammar's Done)
 }
 
 // State is a position in a regular Grammar: the DFA state after the output so far. Start is
@@ -429,7 +429,7 @@ func (c *Compiler) cfgGrammar(g *cfg) (*Grammar, error) {
 	if _, ok := newCFGRow(g, c.v.maxLen); !ok {
 		return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
 	}
-	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string][]uint64{}, none: make([]uint64, (c.v.size+63)/64)}, nil
+	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string]cfgMask{}, none: make([]uint64, (c.v.size+63)/64)}, nil
 }
 
 // Matcher follows one output through a Grammar: the masks of the tokens it may take next,
@@ -509,14 +509,15 @@ func (m *Matcher) Mask() []uint64 {
 		g.mu.Unlock()
 		key := m.r.stateKey(cut(depth))
 		g.mu.Lock()
-		if mask := g.cfgMasks[string(key)]; mask != nil {
+		if cm := g.cfgMasks[string(key)]; cm.bits != nil && top+cm.rise <= MaxParserDepth {
 			g.mu.Unlock()
-			return mask
+			return cm.bits
 		}
 	}
 	g.mu.Unlock()
 	mask := make([]uint64, (g.v.size+63)/64)
-	depth := top - m.r.walk(g.v, mask)
+	lowest, rise := m.r.walk(g.v, mask)
+	depth := top - lowest
 	g.mu.Lock()
 	if !slices.Contains(g.cfgDepths, depth) {
 		if len(g.cfgDepths) < maxMaskDepths {
@@ -533,7 +534,7 @@ func (m *Matcher) Mask() []uint64 {
 	key := m.r.stateKey(cut(depth))
 	n := int64(8*len(mask) + len(key))
 	g.mu.Lock()
-	g.cfgMasks[string(key)] = mask
+	g.cfgMasks[string(key)] = cfgMask{mask, rise}
 	g.maskBytes += n
 	c := g.c
 	g.mu.Unlock()
@@ -541,6 +542,14 @@ func (m *Matcher) Mask() []uint64 {
 		c.dropMasks()
 	}
 	return mask
+}
+
+// cfgMask is a cached mask of a context-free grammar and how far above the state's top its
+// walk pushed: a state whose top is higher may reuse it only while that stays within
+// MaxParserDepth (else the walk would have met the full stack).
+type cfgMask struct {
+	bits []uint64
+	rise int32
 }
 
 // maxMaskDepths bounds the depths a context-free grammar's masks are keyed at (each a key to

@@ -23,8 +23,8 @@ import (
 // rule, MaxRegexBytes over all rules together) and then by the grammar limits
 // (MaxGrammarRules, MaxGrammarElems). A recursive schema every instance of which would contain
 // itself (a required self-reference) has no finite instance and is refused. The nesting of an
-// output is bounded by the parser's stacks (MaxParserNodes nodes, so at most that many levels
-// deep): an output that would nest deeper leaves the grammar, it cannot be produced.
+// output is bounded by the parser's stack (MaxParserDepth entries; a JSON level takes one to
+// three): masks leave out a token that would nest deeper, so such an output cannot be produced.
 
 // schemaRules are the rules of a recursive schema's grammar, by $ref.
 type schemaRules struct {

@@ -202,3 +202,33 @@ func TestSequenceWithRecursiveItem(t *testing.T) {
 		t.Errorf("recursive item without a finite instance: %v", err)
 	}
 }
+
+// An output cannot nest deeper than the parser's stack (MaxParserDepth): at the limit the mask
+// leaves out the token that would open another level, and the output can still close.
+func TestOutputNestingBoundedByStack(t *testing.T) {
+	v, eos := testVocab()
+	g, err := NewCompiler(v).Compile(Spec{Kind: EBNF, Text: `root ::= "[" root? "]"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := func(m *Matcher, id int) bool { return m.Mask()[id/64]>>(id%64)&1 != 0 }
+	m := g.NewMatcher()
+	depth := 0
+	for ; depth <= MaxParserDepth+1 && allowed(m, '['); depth++ {
+		if !m.Advance('[') {
+			t.Fatalf("allowed [ left the grammar at depth %d", depth)
+		}
+	}
+	// root? pushes one entry per level.
+	if depth != MaxParserDepth {
+		t.Fatalf("opened %d levels, want %d", depth, MaxParserDepth)
+	}
+	for i := range depth {
+		if !allowed(m, ']') || !m.Advance(']') {
+			t.Fatalf("cannot close level %d of %d", i, depth)
+		}
+	}
+	if !allowed(m, eos) || !m.Accepting() {
+		t.Fatal("the closed output is not complete")
+	}
+}
