@@ -398,13 +398,22 @@ func (c *Compiler) compile(spec Spec) (*Grammar, error) {
 		return c.cfgGrammar(g)
 	}
 	expr, err := spec.regex(nil)
-	if _, recursive := errors.AsType[*recursiveRefError](err); recursive {
+	_, recursive := errors.AsType[*recursiveRefError](err)
+	_, limited := errors.AsType[*LimitError](err)
+	if recursive || limited && (spec.Kind == JSONSchema || spec.Kind == JSONSequence) {
 		// A recursive schema: the same walk, its $refs as rules of a context-free grammar.
+		// A schema over a limit may be one whose expansion met the limit before it met its
+		// recursion (a long cycle of $defs): it is a grammar if its walk in rules recurses,
+		// else it keeps its error.
 		rules := newSchemaRules()
-		if expr, err = spec.regex(rules); err != nil {
+		gexpr, gerr := spec.regex(rules)
+		if !recursive && !rules.recursive {
 			return nil, err
 		}
-		g, err := rules.grammar(expr)
+		if gerr != nil {
+			return nil, gerr
+		}
+		g, err := rules.grammar(gexpr)
 		if err != nil {
 			return nil, err
 		}

@@ -293,10 +293,11 @@ func (g *schemaGen) genRef(ref any, depth int) (string, error) {
 	}
 	if g.rules != nil {
 		// Each target is walked once, into its rule; a ref to it (from inside it too) is a
-		// placeholder.
+		// placeholder. Its depth counts from the ref: rules do not expand into each other,
+		// so a chain of them (an AST's node types) costs their sum, not their product.
 		n, walked := g.rules.rule(g.key+"\x00"+r, g.label+r)
 		if !walked {
-			body, err := g.gen(target, depth+1)
+			body, err := g.gen(target, 1)
 			if err != nil {
 				return "", err
 			}

@@ -28,10 +28,12 @@ import (
 
 // schemaRules are the rules of a recursive schema's grammar, by $ref.
 type schemaRules struct {
-	names  []string // the refs as errors name them
-	bodies []string // each rule's regular expression; "" while its target is being walked
-	index  map[string]int
-	bytes  int // of the bodies, against MaxRegexBytes
+	names     []string // the refs as errors name them
+	bodies    []string // each rule's regular expression
+	walking   []bool   // whether the rule's target is being walked
+	index     map[string]int
+	bytes     int  // of the bodies, against MaxRegexBytes
+	recursive bool // a ref was met while its target was being walked
 }
 
 func newSchemaRules() *schemaRules { return &schemaRules{index: map[string]int{}} }
@@ -40,10 +42,12 @@ func newSchemaRules() *schemaRules { return &schemaRules{index: map[string]int{}
 // walked; a new rule's target is the caller's to walk and define.
 func (rs *schemaRules) rule(key, name string) (int, bool) {
 	if n, ok := rs.index[key]; ok {
+		rs.recursive = rs.recursive || rs.walking[n]
 		return n, true
 	}
 	rs.names = append(rs.names, name)
 	rs.bodies = append(rs.bodies, "")
+	rs.walking = append(rs.walking, true)
 	rs.index[key] = len(rs.names) - 1
 	return len(rs.names) - 1, false
 }
@@ -52,7 +56,7 @@ func (rs *schemaRules) define(n int, body string) error {
 	if rs.bytes += len(body); rs.bytes > MaxRegexBytes {
 		return &LimitError{Limit: "MaxRegexBytes", Msg: fmt.Sprintf("the schema expands to more than %d bytes of regular expression", MaxRegexBytes)}
 	}
-	rs.bodies[n] = body
+	rs.bodies[n], rs.walking[n] = body, false
 	return nil
 }
 

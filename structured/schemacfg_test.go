@@ -3,6 +3,7 @@ package structured
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"regexp"
 	"slices"
@@ -230,5 +231,38 @@ func TestOutputNestingBoundedByStack(t *testing.T) {
 	}
 	if !allowed(m, eos) || !m.Accepting() {
 		t.Fatal("the closed output is not complete")
+	}
+}
+
+// A long cycle of $defs (an AST's node types, each holding the next) compiles to a grammar,
+// though expanding it as a regular expression meets MaxSchemaDepth before the recursion: each
+// rule's depth counts from its own ref. A long chain without a cycle keeps that limit.
+func TestLongRefCycleCompiles(t *testing.T) {
+	v, _ := testVocab()
+	c := NewCompiler(v)
+	chain := func(n int, cycle bool) string {
+		var defs []string
+		for i := range n {
+			next := fmt.Sprintf(`{"$ref":"#/$defs/d%d"}`, i+1)
+			if i == n-1 {
+				next = `{"type":"null"}`
+				if cycle {
+					next = `{"$ref":"#/$defs/d0"}`
+				}
+			}
+			defs = append(defs, fmt.Sprintf(`"d%d":{"type":"object","properties":{"k":{"type":"integer"},"n":%s},"required":["k"]}`, i, next))
+		}
+		return `{"$defs":{` + strings.Join(defs, ",") + `},"$ref":"#/$defs/d0"}`
+	}
+	g, err := c.Compile(Spec{Kind: JSONSchema, Text: chain(20, true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deep := strings.Repeat(`{"k":1,"n":`, 30) + `{"k":2}` + strings.Repeat(`}`, 30)
+	if !g.Matches([]byte(deep)) || g.Matches([]byte(`{"k":1,"n":{"n":{"k":2}}}`)) {
+		t.Error("the cycle's grammar does not hold its instances")
+	}
+	if _, err := c.Compile(Spec{Kind: JSONSchema, Text: chain(20, false)}); err == nil || !strings.Contains(err.Error(), "MaxSchemaDepth") {
+		t.Errorf("a long chain without a cycle: %v", err)
 	}
 }
