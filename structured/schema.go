@@ -69,18 +69,16 @@ func anyArray(depth int) string {
 var annotations = map[string]bool{"title": true, "description": true, "$schema": true, "$id": true,
 	"$comment": true, "examples": true, "default": true, "deprecated": true, "readOnly": true, "writeOnly": true}
 
-// SchemaRegex translates a JSON schema into the regular expression of its compact JSON
+// schemaRegex translates a JSON schema into the regular expression of its compact JSON
 // instances. Supported: type (one or a list), properties (emitted in the schema's order),
 // required, additionalProperties (false, or true/absent: only the listed properties are
 // written), items, minItems, maxItems, minLength, maxLength, enum, const, anyOf, local $ref to
-// $defs, definitions or the root, and boolean schemas. Any other keyword is an UnsupportedError naming
-// it; a schema over a limit is a LimitError. A schema whose $refs reach themselves has no
-// regular expression: its error is a *recursiveRefError (see schemaRegex).
-func SchemaRegex(schema []byte) (string, error) { return schemaRegex(schema, nil, "", "") }
-
-// schemaRegex is SchemaRegex, or with rules (a recursive schema, schemacfg.go) the regular
-// expression of the schema's top level in which each $ref is a placeholder for its rule in
-// rules; key and label name the schema's refs there (a sequence item's index and name).
+// $defs, definitions or the root, and boolean schemas. Any other keyword is an
+// UnsupportedError naming it; a schema over a limit is a LimitError. A schema whose $refs reach themselves has no
+// regular expression: its error is a *recursiveRefError. With rules (a recursive schema,
+// schemacfg.go) it is the regular expression of the schema's top level in which each $ref is
+// a placeholder for its rule in rules; key and label name the schema's refs there (a sequence
+// item's index and name).
 func schemaRegex(schema []byte, rules *schemaRules, key, label string) (string, error) {
 	if len(schema) > MaxSpecBytes {
 		return "", &LimitError{Limit: "MaxSpecBytes", Msg: fmt.Sprintf("the schema has %d bytes, more than %d", len(schema), MaxSpecBytes)}
