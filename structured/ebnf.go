@@ -78,8 +78,8 @@ type grammarBuilder struct {
 	setIx map[byteSet]int32
 	elems int    // elements so far, against MaxGrammarElems
 	cur   string // the user rule being parsed, which generated rules are named after
-	// shared, when set, makes equal generated rules one (a schema's grammar repeats the
-	// same string, number and value rules many times, schemacfg.go): keyed by altsKey, and
+	// shared, set for a schema's grammar (schemacfg.go), makes equal generated rules one (it
+	// repeats the same string, number and value rules many times): keyed by altsKey, and
 	// stars by 3 and their item's key.
 	shared map[string]int32
 }
@@ -767,6 +767,9 @@ func (b *grammarBuilder) finish(root int32) (*cfg, error) {
 				case onPath:
 					if !b.user[e.arg] {
 						return &UnsupportedError{What: "left recursion", Msg: fmt.Sprintf("grammar rule %q repeats an item that can match empty text (left recursion), which is not supported", b.names[e.arg])}
+					}
+					if b.shared != nil { // a schema's rule (schemacfg.go), named by its $ref
+						return &UnsupportedError{What: "$ref", Msg: fmt.Sprintf("recursive schema $ref %q reaches itself before any character of JSON (an anyOf branch that is the $ref itself), which is not supported", b.names[e.arg])}
 					}
 					return &UnsupportedError{What: "left recursion", Msg: fmt.Sprintf("grammar rule %q is left-recursive (it can reach itself without matching a character), which is not supported: write it with repetition, e.g. expr ::= term (\"+\" term)*", b.names[e.arg])}
 				case unvisited:

@@ -153,7 +153,7 @@ func TestRecursiveSchemaRefusals(t *testing.T) {
 	// as unsupported, naming the ref.
 	_, err := c.Compile(Spec{Kind: JSONSchema, Text: `{"$defs":{"A":{"anyOf":[{"$ref":"#/$defs/A"},{"type":"string"}]}},"$ref":"#/$defs/A"}`})
 	var ue *UnsupportedError
-	if !errors.As(err, &ue) || !strings.Contains(err.Error(), `"#/$defs/A"`) {
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), `$ref "#/$defs/A" reaches itself before any character`) {
 		t.Errorf("left-recursive schema: %v", err)
 	}
 }
