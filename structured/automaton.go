@@ -15,7 +15,9 @@
 //
 // Context-free grammars (GBNF / EBNF, ebnf.go) cannot become a DFA (they count nesting): they
 // are parsed into rules over byte sets and run by a pushdown recognizer (pda.go) whose state is
-// a set of parser threads with persistent stacks. Their masks walk the same sorted vocabulary
+// a set of parser threads with persistent stacks. A recursive JSON schema is one too: the
+// schema walk writes each $ref target's regular expression as a rule, and those become
+// grammar rules (schemacfg.go). Their masks walk the same sorted vocabulary
 // against the threads and are cached by the stacks as deep as the walk read them. Either way
 // an output follows its constraint through one Matcher, which is all the engine sees.
 package structured
@@ -52,6 +54,10 @@ const (
 	// MaxParserNodes bounds the stack nodes one output's parser holds (its threads' stacks,
 	// shared): an output past it leaves the grammar.
 	MaxParserNodes = 200_000
+	// MaxParserDepth bounds a parser thread's stack: a thread that would push past it ends,
+	// so masks leave out the tokens that would nest an output deeper (a level of a recursive
+	// JSON schema's output takes one to three entries), and it cannot be produced.
+	MaxParserDepth = 100_000
 	// MaxMaskWork bounds the thread visits one token mask may cost (the walk over the
 	// vocabulary; about a nanosecond each, a JSON grammar's string state on a 128k vocabulary
 	// takes 6.5M): tokens past it are not allowed in that state. An ambiguous grammar whose
@@ -101,16 +107,9 @@ func (n *nfa) add(s nstate) (int, error) {
 // compileRegex parses a regular expression (RE2 syntax, matched against the whole output) into
 // a byte NFA; it returns the NFA and its start state.
 func compileRegex(expr string) (*nfa, int, error) {
-	if len(expr) > MaxRegexBytes {
-		return nil, 0, &LimitError{Limit: "MaxRegexBytes", Msg: fmt.Sprintf("the constraint's regular expression has %d bytes, more than %d", len(expr), MaxRegexBytes)}
-	}
-	re, err := syntax.Parse(expr, syntax.Perl)
-	var se *syntax.Error
-	if errors.As(err, &se) && (se.Code == syntax.ErrInvalidRepeatSize || se.Code == syntax.ErrLarge || se.Code == syntax.ErrNestingDepth) {
-		return nil, 0, &LimitError{Limit: "MaxRepeat", Msg: fmt.Sprintf("the constraint's repeats or nesting exceed RE2's limits (nested repeat counts multiply to at most 1000): %v", err)}
-	}
+	re, err := parseRegex(expr)
 	if err != nil {
-		return nil, 0, fmt.Errorf("invalid regular expression: %w", err)
+		return nil, 0, err
 	}
 	re = stripAnchors(re.Simplify(), true, true)
 	n := &nfa{}
@@ -120,6 +119,22 @@ func compileRegex(expr string) (*nfa, int, error) {
 		return nil, 0, err
 	}
 	return n, start, nil
+}
+
+// parseRegex parses a regular expression (RE2 syntax) within MaxRegexBytes and RE2's limits.
+func parseRegex(expr string) (*syntax.Regexp, error) {
+	if len(expr) > MaxRegexBytes {
+		return nil, &LimitError{Limit: "MaxRegexBytes", Msg: fmt.Sprintf("the constraint's regular expression has %d bytes, more than %d", len(expr), MaxRegexBytes)}
+	}
+	re, err := syntax.Parse(expr, syntax.Perl)
+	var se *syntax.Error
+	if errors.As(err, &se) && (se.Code == syntax.ErrInvalidRepeatSize || se.Code == syntax.ErrLarge || se.Code == syntax.ErrNestingDepth) {
+		return nil, &LimitError{Limit: "MaxRepeat", Msg: fmt.Sprintf("the constraint's repeats or nesting exceed RE2's limits (nested repeat counts multiply to at most 1000): %v", err)}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("invalid regular expression: %w", err)
+	}
+	return re, nil
 }
 
 // build compiles re so that it continues to state next, returning its start state.

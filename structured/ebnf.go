@@ -78,6 +78,10 @@ type grammarBuilder struct {
 	setIx map[byteSet]int32
 	elems int    // elements so far, against MaxGrammarElems
 	cur   string // the user rule being parsed, which generated rules are named after
+	// shared, set for a schema's grammar (schemacfg.go), makes equal generated rules one (it
+	// repeats the same string, number and value rules many times): keyed by altsKey, and
+	// stars by 3 and their item's key.
+	shared map[string]int32
 }
 
 func (b *grammarBuilder) errAt(pos int, format string, args ...any) error {
@@ -120,9 +124,19 @@ func (b *grammarBuilder) define(r int32, alts ...gseq) error {
 
 // generated is a new rule with alts, as a one-element sequence referring to it.
 func (b *grammarBuilder) generated(alts ...gseq) (gseq, error) {
+	var key string
+	if b.shared != nil {
+		key = altsKey(alts)
+		if r, ok := b.shared[key]; ok {
+			return gseq{{op: opRef, arg: r}}, nil
+		}
+	}
 	r, err := b.newRule("")
 	if err != nil {
 		return nil, err
+	}
+	if b.shared != nil {
+		b.shared[key] = r
 	}
 	return gseq{{op: opRef, arg: r}}, b.define(r, alts...)
 }
@@ -371,32 +385,48 @@ func (b *grammarBuilder) one(seq gseq) (elem, error) {
 // right-recursive rules (x* is S ::= x S | ""), so a repeat's size is linear in its bounds,
 // never in the product of nested bounds.
 func (b *grammarBuilder) repeat(seq gseq, start int) (gseq, error) {
+	op := b.src[b.pos]
+	b.pos++
+	var lo, hi int
+	switch op {
+	case '?':
+		lo, hi = 0, 1
+	case '*':
+		lo, hi = 0, -1
+	case '+':
+		lo, hi = 1, -1
+	default: // {m}, {m,}, {m,n}
+		var err error
+		if lo, hi, err = b.bounds(start); err != nil {
+			return nil, err
+		}
+	}
+	return b.repeatSeq(seq, lo, hi)
+}
+
+// repeatSeq is seq repeated lo to hi times (hi -1: unbounded): lo copies, then a
+// right-recursive star (S ::= x S | "") or a chain of hi-lo optional tails.
+func (b *grammarBuilder) repeatSeq(seq gseq, lo, hi int) (gseq, error) {
 	x, err := b.one(seq)
 	if err != nil {
 		return nil, err
 	}
 	star := func() (gseq, error) {
+		var key string
+		if b.shared != nil {
+			key = "\x03" + altsKey([]gseq{{x}})
+			if r, ok := b.shared[key]; ok {
+				return gseq{{op: opRef, arg: r}}, nil
+			}
+		}
 		r, err := b.newRule("")
 		if err != nil {
 			return nil, err
 		}
+		if b.shared != nil {
+			b.shared[key] = r
+		}
 		return gseq{{op: opRef, arg: r}}, b.define(r, gseq{x, {op: opRef, arg: r}}, gseq{})
-	}
-	op := b.src[b.pos]
-	b.pos++
-	switch op {
-	case '?':
-		return b.generated(gseq{x}, gseq{})
-	case '*':
-		return star()
-	case '+':
-		s, err := star()
-		return append(gseq{x}, s...), err
-	}
-	// {m}, {m,}, {m,n}
-	lo, hi, err := b.bounds(start)
-	if err != nil {
-		return nil, err
 	}
 	out := make(gseq, 0, lo+1)
 	for range lo {
@@ -640,13 +670,10 @@ func (b *grammarBuilder) runeClass(ranges []rune) (gseq, error) {
 	return b.generated(alts...)
 }
 
-// finish checks the rules and flattens them: alternatives that can never finish (they
-// refer to a rule that matches no finite text) are dropped so that every parser thread can
-// complete, and left recursion is refused.
-func (b *grammarBuilder) finish(root int32) (*cfg, error) {
-	n := len(b.rules)
-	// Productive rules: those with an alternative made of terminals and productive rules.
-	productive := make([]bool, n)
+// productive reports, per rule, whether it matches some finite text: it has an alternative
+// made of terminals and productive rules.
+func (b *grammarBuilder) productive() []bool {
+	productive := make([]bool, len(b.rules))
 	altOK := func(a gseq) bool {
 		for _, e := range a {
 			if e.op == opRef && !productive[e.arg] {
@@ -669,8 +696,25 @@ func (b *grammarBuilder) finish(root int32) (*cfg, error) {
 			}
 		}
 	}
+	return productive
+}
+
+// finish checks the rules and flattens them: alternatives that can never finish (they
+// refer to a rule that matches no finite text) are dropped so that every parser thread can
+// complete, and left recursion is refused.
+func (b *grammarBuilder) finish(root int32) (*cfg, error) {
+	n := len(b.rules)
+	productive := b.productive()
 	if !productive[root] {
 		return nil, b.errAt(b.defAt[root], "rule root matches no finite text")
+	}
+	altOK := func(a gseq) bool {
+		for _, e := range a {
+			if e.op == opRef && !productive[e.arg] {
+				return false
+			}
+		}
+		return true
 	}
 	for r, alts := range b.rules {
 		kept := alts[:0:0]
@@ -723,6 +767,9 @@ func (b *grammarBuilder) finish(root int32) (*cfg, error) {
 				case onPath:
 					if !b.user[e.arg] {
 						return &UnsupportedError{What: "left recursion", Msg: fmt.Sprintf("grammar rule %q repeats an item that can match empty text (left recursion), which is not supported", b.names[e.arg])}
+					}
+					if b.shared != nil { // a schema's rule (schemacfg.go), named by its $ref
+						return &UnsupportedError{What: "$ref", Msg: fmt.Sprintf("recursive schema $ref %q reaches itself before any character of JSON (an anyOf branch that is the $ref itself), which is not supported", b.names[e.arg])}
 					}
 					return &UnsupportedError{What: "left recursion", Msg: fmt.Sprintf("grammar rule %q is left-recursive (it can reach itself without matching a character), which is not supported: write it with repetition, e.g. expr ::= term (\"+\" term)*", b.names[e.arg])}
 				case unvisited:

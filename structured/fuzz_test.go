@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"regexp"
+	"slices"
 	"testing"
 	"time"
 )
@@ -12,10 +13,10 @@ import (
 // what compiles only lets a random model write outputs that match it (regexes checked by Go's
 // regexp, schemas' outputs are JSON).
 func FuzzCompile(f *testing.F) {
-	for _, s := range testSchemas {
+	for _, s := range append(slices.Clone(testSchemas), recursiveSchemas...) {
 		f.Add(true, s)
 	}
-	for _, s := range []string{`[a-c]{2,5}(-[0-9]+)?é`, `(?i)yes|no`, `.*`, `\d{3}`, `(a|b)*c`, `^x$`, `[^a]`, `\pL+`, `{"type":"string","maxLength":300}`, `{"$ref":"#"}`, `{"type":["object","null"],"properties":{"a":{"anyOf":[true,{"type":"number"}]}}}`} {
+	for _, s := range []string{`[a-c]{2,5}(-[0-9]+)?é`, `(?i)yes|no`, `.*`, `\d{3}`, `(a|b)*c`, `^x$`, `[^a]`, `\pL+`, `{"type":"string","maxLength":300}`, `{"$ref":"#"}`, `{"anyOf":[{"type":"null"},{"type":"array","items":{"$ref":"#"}}]}`, `{"type":"object","properties":{"a":{"$ref":"#"}},"required":["a"]}`, `{"type":["object","null"],"properties":{"a":{"anyOf":[true,{"type":"number"}]}}}`} {
 		f.Add(false, s)
 		f.Add(true, s)
 	}

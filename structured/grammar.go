@@ -3,9 +3,11 @@ package structured
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,7 +51,7 @@ type Item struct {
 
 // regex is the sequence's regular expression; the items' schemas together expand to at most
 // MaxRegexBytes, checked as each is expanded.
-func (q *Sequence) regex() (string, error) {
+func (q *Sequence) regex(rules *schemaRules) (string, error) {
 	if len(q.Items) == 0 {
 		return "", fmt.Errorf("the sequence has no items")
 	}
@@ -59,7 +61,7 @@ func (q *Sequence) regex() (string, error) {
 	alts := make([]string, len(q.Items))
 	n := 0
 	for i, it := range q.Items {
-		body, err := SchemaRegex([]byte(it.Schema))
+		body, err := schemaRegex([]byte(it.Schema), rules, strconv.Itoa(i), it.Name+": ")
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", it.Name, err)
 		}
@@ -76,11 +78,12 @@ func (q *Sequence) regex() (string, error) {
 	return regexp.QuoteMeta(q.Open) + item + more + regexp.QuoteMeta(q.Close), nil
 }
 
-// regex is the spec's regular expression.
-func (s *Spec) regex() (string, error) {
+// regex is the spec's regular expression; with rules (a recursive schema, schemacfg.go) its
+// top level, the schemas' $refs placeholders for their rules in rules.
+func (s *Spec) regex(rules *schemaRules) (string, error) {
 	switch s.Kind {
 	case JSONSchema:
-		return SchemaRegex([]byte(s.Text))
+		return schemaRegex([]byte(s.Text), rules, "", "")
 	case JSONObject:
 		return AnyJSONObjectRegex(), nil
 	case Regex:
@@ -109,7 +112,7 @@ func (s *Spec) regex() (string, error) {
 		if s.Sequence == nil {
 			return "", fmt.Errorf("the sequence is missing")
 		}
-		return s.Sequence.regex()
+		return s.Sequence.regex(rules)
 	}
 	return "", fmt.Errorf("unknown constraint kind %d", s.Kind)
 }
@@ -201,12 +204,12 @@ type Grammar struct {
 	cfg       *cfg      // context-free grammars
 	c         *Compiler // whose mask budget the cached masks count against
 	mu        sync.Mutex
-	masks     [][]uint64          // per DFA state, computed on first use
-	cfgMasks  map[string][]uint64 // per parser state key (cfgRow.stateKey), computed on first use
-	cfgDepths []int32             // the depths (below the top stack) masks were keyed at, wholeState for whole states
-	maskBytes int64               // bytes of masks (and their keys) cached
-	stack     []int32             // DFA mask walk scratch
-	none      []uint64            // the all-zero mask (a context-free grammar's Done)
+	masks     [][]uint64         // per DFA state, computed on first use
+	cfgMasks  map[string]cfgMask // per parser state key (cfgRow.stateKey), computed on first use
+	cfgDepths []int32            // the depths (below the top stack) masks were keyed at, wholeState for whole states
+	maskBytes int64              // bytes of masks (and their keys) cached
+	stack     []int32            // DFA mask walk scratch
+	none      []uint64           // the all-zero mask (a context-free grammar's Done)
 }
 
 // State is a position in a regular Grammar: the DFA state after the output so far. Start is
@@ -392,12 +395,30 @@ func (c *Compiler) compile(spec Spec) (*Grammar, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, ok := newCFGRow(g, c.v.maxLen); !ok {
-			return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
-		}
-		return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string][]uint64{}, none: make([]uint64, (c.v.size+63)/64)}, nil
+		return c.cfgGrammar(g)
 	}
-	expr, err := spec.regex()
+	expr, err := spec.regex(nil)
+	_, recursive := errors.AsType[*recursiveRefError](err)
+	_, limited := errors.AsType[*LimitError](err)
+	if recursive || limited && (spec.Kind == JSONSchema || spec.Kind == JSONSequence) {
+		// A recursive schema: the same walk, its $refs as rules of a context-free grammar.
+		// A schema over a limit may be one whose expansion met the limit before it met its
+		// recursion (a long cycle of $defs): it is a grammar if its walk in rules recurses,
+		// else it keeps its error.
+		rules := newSchemaRules()
+		gexpr, gerr := spec.regex(rules)
+		if !recursive && !rules.recursive {
+			return nil, err
+		}
+		if gerr != nil {
+			return nil, gerr
+		}
+		g, err := rules.grammar(gexpr)
+		if err != nil {
+			return nil, err
+		}
+		return c.cfgGrammar(g)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -410,6 +431,14 @@ func (c *Compiler) compile(spec Spec) (*Grammar, error) {
 		return nil, err
 	}
 	return &Grammar{v: c.v, d: d, c: c, masks: make([][]uint64, d.states()+1), stack: make([]int32, c.v.maxLen+1)}, nil
+}
+
+// cfgGrammar is the grammar of a context-free g, whose start must expand within the limits.
+func (c *Compiler) cfgGrammar(g *cfg) (*Grammar, error) {
+	if _, ok := newCFGRow(g, c.v.maxLen); !ok {
+		return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
+	}
+	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string]cfgMask{}, none: make([]uint64, (c.v.size+63)/64)}, nil
 }
 
 // Matcher follows one output through a Grammar: the masks of the tokens it may take next,
@@ -489,14 +518,15 @@ func (m *Matcher) Mask() []uint64 {
 		g.mu.Unlock()
 		key := m.r.stateKey(cut(depth))
 		g.mu.Lock()
-		if mask := g.cfgMasks[string(key)]; mask != nil {
+		if cm := g.cfgMasks[string(key)]; cm.bits != nil && top+cm.rise <= MaxParserDepth {
 			g.mu.Unlock()
-			return mask
+			return cm.bits
 		}
 	}
 	g.mu.Unlock()
 	mask := make([]uint64, (g.v.size+63)/64)
-	depth := top - m.r.walk(g.v, mask)
+	lowest, rise := m.r.walk(g.v, mask)
+	depth := top - lowest
 	g.mu.Lock()
 	if !slices.Contains(g.cfgDepths, depth) {
 		if len(g.cfgDepths) < maxMaskDepths {
@@ -513,7 +543,7 @@ func (m *Matcher) Mask() []uint64 {
 	key := m.r.stateKey(cut(depth))
 	n := int64(8*len(mask) + len(key))
 	g.mu.Lock()
-	g.cfgMasks[string(key)] = mask
+	g.cfgMasks[string(key)] = cfgMask{mask, rise}
 	g.maskBytes += n
 	c := g.c
 	g.mu.Unlock()
@@ -521,6 +551,14 @@ func (m *Matcher) Mask() []uint64 {
 		c.dropMasks()
 	}
 	return mask
+}
+
+// cfgMask is a cached mask of a context-free grammar and how far above the state's top its
+// walk pushed: a state whose top is higher may reuse it only while that stays within
+// MaxParserDepth (else the walk would have met the full stack).
+type cfgMask struct {
+	bits []uint64
+	rise int32
 }
 
 // maxMaskDepths bounds the depths a context-free grammar's masks are keyed at (each a key to

@@ -158,3 +158,76 @@ func BenchmarkGrammar(b *testing.B) {
 		}
 	}
 }
+
+// treeNode is a tree node's schema whose children are children (a schema).
+func treeNode(children string) string {
+	return `{"type":"object","properties":{"label":{"type":"string"},"weight":{"type":"number"},"children":{"type":"array","items":` +
+		children + `,"maxItems":3}},"required":["label","weight","children"],"additionalProperties":false}`
+}
+
+// BenchmarkRecursiveSchema is what a recursive JSON schema costs (a tree of nodes through
+// $defs, compiled to a grammar for the pushdown recognizer) against a comparable regular one
+// (the same node unrolled 3 levels deep, leaves without children, compiled to a DFA), on the
+// demo's and Llama 3's vocabularies: compile, and the token mask per decode step along the
+// same 32 tokens (a seeded random output of the unrolled schema, which the recursive one
+// allows too), cold (masks dropped first) and warm (the same states again).
+func BenchmarkRecursiveSchema(b *testing.B) {
+	const steps = 32
+	unrolled := `{"type":"object","properties":{"label":{"type":"string"},"weight":{"type":"number"},"children":{"type":"array","maxItems":0}},"required":["label","weight","children"],"additionalProperties":false}`
+	for range 3 {
+		unrolled = treeNode(unrolled)
+	}
+	schemas := []struct{ name, text string }{
+		{"recursive", `{"$defs":{"node":` + treeNode(`{"$ref":"#/$defs/node"}`) + `},"$ref":"#/$defs/node"}`},
+		{"unrolled_3", unrolled},
+	}
+	for _, bv := range benchVocabs(b) {
+		v := bv.v
+		dfa, err := NewCompiler(v).Compile(Spec{Kind: JSONSchema, Text: unrolled})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ids := benchWalk(dfa, v, steps)
+		for _, s := range schemas {
+			spec := Spec{Kind: JSONSchema, Text: s.text}
+			b.Run(fmt.Sprintf("%s/%s/compile", bv.name, s.name), func(b *testing.B) {
+				var states int
+				for b.Loop() {
+					g, err := NewCompiler(v).Compile(spec)
+					if err != nil {
+						b.Fatal(err)
+					}
+					states = g.States()
+				}
+				b.ReportMetric(float64(states), "states")
+			})
+			g, err := NewCompiler(v).Compile(spec)
+			if err != nil {
+				b.Fatal(err)
+			}
+			m := g.NewMatcher()
+			for _, id := range ids {
+				if !m.Advance(id) {
+					b.Fatalf("%s does not allow the unrolled schema's output", s.name)
+				}
+			}
+			b.Run(fmt.Sprintf("%s/%s/mask_cold", bv.name, s.name), func(b *testing.B) {
+				var masked time.Duration
+				for b.Loop() {
+					g.dropMasks()
+					masked += timeMasks(g, ids)
+				}
+				b.ReportMetric(float64(masked.Nanoseconds())/float64(b.N*len(ids)), "ns/step")
+				b.ReportMetric(float64(len(ids)), "steps")
+			})
+			b.Run(fmt.Sprintf("%s/%s/mask_warm", bv.name, s.name), func(b *testing.B) {
+				timeMasks(g, ids)
+				var masked time.Duration
+				for b.Loop() {
+					masked += timeMasks(g, ids)
+				}
+				b.ReportMetric(float64(masked.Nanoseconds())/float64(b.N*len(ids)), "ns/step")
+			})
+		}
+	}
+}

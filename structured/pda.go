@@ -43,6 +43,10 @@ type pda struct {
 	// height of the state's own nodes (those below watch) that it read, or 0 when it read
 	// a stack's bottom: how deep into the stacks the mask looked.
 	watch, lowest int32
+	// highest is the greatest stack height a push reached (a mask walk's rise above the
+	// state's top), full whether a push was refused at MaxParserDepth.
+	highest int32
+	full    bool
 }
 
 func newPDA(g *cfg) *pda { return &pda{g: g, index: map[thread]int32{}} }
@@ -140,6 +144,12 @@ func (p *pda) closure(t thread, out []thread, acc *bool) ([]thread, bool) {
 		case opRef:
 			parent := t.parent
 			if p.g.elems[t.pos+1].op != opEnd { // a reference in tail position pushes nothing
+				h := p.heightOf(t.parent) + 1
+				if h > MaxParserDepth {
+					p.full = true
+					continue // the stack is full: this way of reading the output ends here
+				}
+				p.highest = max(p.highest, h)
 				parent = p.intern(thread{t.pos + 1, t.parent})
 			}
 			for _, a := range p.g.alts[e.arg] {
@@ -322,13 +332,16 @@ func (r *cfgRow) stateKey(cut int32) []byte {
 // survives skips every token that starts with it: the walk costs one step per live node of
 // the vocabulary's trie. Nodes pushed while walking are forgotten after it. The walk makes
 // at most MaxMaskWork thread visits; tokens past that are not allowed. It returns the lowest
-// height of the stacks it read (0 when it read a bottom, or ran out of budget: the mask is
-// then the whole state's), top()+1 when it read no stack below the threads.
-func (r *cfgRow) walk(v *Vocab, m []uint64) int32 {
+// height of the stacks it read (0 when it read a bottom, ran out of budget or met
+// MaxParserDepth: the mask is then the whole state's), top()+1 when it read no stack below the
+// threads, and how far above top() it pushed (a state at another height may reuse the mask
+// only where that rise stays within MaxParserDepth).
+func (r *cfgRow) walk(v *Vocab, m []uint64) (lowest, rise int32) {
 	p := r.p
 	p.budget = MaxMaskWork
 	base := len(p.nodes)
-	p.watch, p.lowest = int32(base), r.top()+1
+	top := r.top()
+	p.watch, p.lowest, p.highest, p.full = int32(base), top+1, top, false
 	defer func() { p.watch = 0 }()
 	r.levels[0] = r.threads
 	r.ends[0] = base
@@ -366,8 +379,8 @@ func (r *cfgRow) walk(v *Vocab, m []uint64) int32 {
 			m[id/64] |= 1 << (id % 64)
 		}
 	}
-	if p.budget < 0 {
-		return 0
+	if p.budget < 0 || p.full {
+		return 0, p.highest - top
 	}
-	return p.lowest
+	return p.lowest, p.highest - top
 }

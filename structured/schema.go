@@ -69,13 +69,17 @@ func anyArray(depth int) string {
 var annotations = map[string]bool{"title": true, "description": true, "$schema": true, "$id": true,
 	"$comment": true, "examples": true, "default": true, "deprecated": true, "readOnly": true, "writeOnly": true}
 
-// SchemaRegex translates a JSON schema into the regular expression of its compact JSON
+// schemaRegex translates a JSON schema into the regular expression of its compact JSON
 // instances. Supported: type (one or a list), properties (emitted in the schema's order),
 // required, additionalProperties (false, or true/absent: only the listed properties are
 // written), items, minItems, maxItems, minLength, maxLength, enum, const, anyOf, local $ref to
-// $defs or definitions, and boolean schemas. Any other keyword is an UnsupportedError naming
-// it; a schema over a limit is a LimitError.
-func SchemaRegex(schema []byte) (string, error) {
+// $defs, definitions or the root, and boolean schemas. Any other keyword is an
+// UnsupportedError naming it; a schema over a limit is a LimitError. A schema whose $refs reach themselves has no
+// regular expression: its error is a *recursiveRefError. With rules (a recursive schema,
+// schemacfg.go) it is the regular expression of the schema's top level in which each $ref is
+// a placeholder for its rule in rules; key and label name the schema's refs there (a sequence
+// item's index and name).
+func schemaRegex(schema []byte, rules *schemaRules, key, label string) (string, error) {
 	if len(schema) > MaxSpecBytes {
 		return "", &LimitError{Limit: "MaxSpecBytes", Msg: fmt.Sprintf("the schema has %d bytes, more than %d", len(schema), MaxSpecBytes)}
 	}
@@ -83,7 +87,7 @@ func SchemaRegex(schema []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("invalid JSON schema: %w", err)
 	}
-	g := &schemaGen{root: root}
+	g := &schemaGen{root: root, rules: rules, key: key, label: label}
 	return g.gen(root, 0)
 }
 
@@ -91,6 +95,19 @@ type schemaGen struct {
 	root  any
 	refs  []string // the $ref chain being expanded (recursion check)
 	bytes int      // regex bytes produced so far
+	// rules, when set, receives each $ref's target as a rule of a context-free grammar
+	// (the walk writes a placeholder where the regex would expand it); key and label name
+	// this schema's refs there.
+	rules      *schemaRules
+	key, label string
+}
+
+// recursiveRefError is a $ref reached again while it is being expanded: the schema is
+// recursive, and compiles to a context-free grammar instead of a regular expression.
+type recursiveRefError struct{ ref string }
+
+func (e *recursiveRefError) Error() string {
+	return fmt.Sprintf("recursive schema $ref %q has no regular expression (it compiles to a grammar)", e.ref)
 }
 
 func (g *schemaGen) grow(s string) (string, error) {
@@ -257,8 +274,8 @@ func (g *schemaGen) genRef(ref any, depth int) (string, error) {
 	if name == "" && r != "#" {
 		return "", &UnsupportedError{What: "$ref", Msg: fmt.Sprintf("schema $ref %q is not supported (only #/$defs/NAME and #/definitions/NAME)", r)}
 	}
-	if slices.Contains(g.refs, r) {
-		return "", &UnsupportedError{What: "$ref", Msg: fmt.Sprintf("recursive schema $ref %q is not supported", r)}
+	if g.rules == nil && slices.Contains(g.refs, r) {
+		return "", &recursiveRefError{ref: r}
 	}
 	target := g.root
 	if name != "" {
@@ -271,6 +288,22 @@ func (g *schemaGen) genRef(ref any, depth int) (string, error) {
 			return "", fmt.Errorf("invalid JSON schema: $ref %q names no definition", r)
 		}
 		target = defs.vals[name]
+	}
+	if g.rules != nil {
+		// Each target is walked once, into its rule; a ref to it (from inside it too) is a
+		// placeholder. Its depth counts from the ref: rules do not expand into each other,
+		// so a chain of them (an AST's node types) costs their sum, not their product.
+		n, walked := g.rules.rule(g.key+"\x00"+r, g.label+r)
+		if !walked {
+			body, err := g.gen(target, 1)
+			if err != nil {
+				return "", err
+			}
+			if err := g.rules.define(n, body); err != nil {
+				return "", err
+			}
+		}
+		return g.grow(placeholder(n))
 	}
 	g.refs = append(g.refs, r)
 	defer func() { g.refs = g.refs[:len(g.refs)-1] }()

@@ -3,6 +3,7 @@ package openai_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -68,6 +69,92 @@ func TestStructuredOutputParsesIntoStruct(t *testing.T) {
 		if err := schematest.Validate(val, text); err != nil {
 			t.Fatalf("seed %d: %q does not validate: %v", seed, text, err)
 		}
+	}
+}
+
+// treeSchema is a recursive schema, an expression tree through mutually recursive $defs
+// (call -> expr -> call), that a strict OpenAI client may send as a response format.
+const treeSchema = `{"$defs":{
+	"expr":{"anyOf":[{"type":"integer"},{"$ref":"#/$defs/call"}]},
+	"call":{"type":"object","properties":{
+		"op":{"enum":["+","*"]},
+		"args":{"type":"array","items":{"$ref":"#/$defs/expr"},"minItems":2,"maxItems":2}},
+		"required":["op","args"],"additionalProperties":false}},
+	"$ref":"#/$defs/call"}`
+
+// A recursive json_schema response_format (an expression tree), sent by the official client
+// to the demo model sampling hot, compiles (no 400) and every answer that ends is JSON the
+// schema validates; the mask lets trees nest past the first level.
+func TestRecursiveSchemaThroughServer(t *testing.T) {
+	e, ct := demoEngine(t)
+	srv := newServer(t, e, openai.Options{APIKey: testKey, ChatTemplate: ct})
+	client := newClient(srv.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	// The client sends a map (its keys sorted): the node's definition goes raw, so that its
+	// properties keep their order (label first).
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(treeSchema), &top); err != nil {
+		t.Fatal(err)
+	}
+	schema := map[string]any{}
+	for k, v := range top {
+		schema[k] = v
+	}
+	val := schematest.Compile(t, treeSchema)
+	var depth func(n any) int
+	depth = func(n any) int {
+		call, _ := n.(map[string]any)
+		if call == nil {
+			return 0
+		}
+		d := 0
+		args, _ := call["args"].([]any)
+		for _, a := range args {
+			d = max(d, depth(a))
+		}
+		return d + 1
+	}
+	stopped, deepest := 0, 0
+	for seed := range int64(16) {
+		resp, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{
+			Model:       demo.Name,
+			Messages:    []oai.ChatCompletionMessageParamUnion{oai.UserMessage("A tree as JSON.")},
+			Temperature: oai.Float(1.5),
+			Seed:        oai.Int(seed),
+			MaxTokens:   oai.Int(200),
+			ResponseFormat: oai.ChatCompletionNewParamsResponseFormatUnion{OfJSONSchema: &shared.ResponseFormatJSONSchemaParam{
+				JSONSchema: shared.ResponseFormatJSONSchemaJSONSchemaParam{Name: "tree", Schema: schema, Strict: oai.Bool(true)}}},
+		})
+		if err != nil {
+			var apiErr *oai.Error
+			if errors.As(err, &apiErr) {
+				t.Fatalf("seed %d: %s", seed, apiErr.RawJSON())
+			}
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		ch := resp.Choices[0]
+		text := ch.Message.Content
+		t.Logf("seed %d (%s): %s", seed, ch.FinishReason, text)
+		if ch.FinishReason != "stop" {
+			// A tree may outgrow max_tokens; what it wrote is still a prefix of one.
+			if !strings.HasPrefix(text, `{"op":"`) {
+				t.Fatalf("seed %d: %q does not start a call", seed, text)
+			}
+			continue
+		}
+		stopped++
+		if err := schematest.Validate(val, text); err != nil {
+			t.Fatalf("seed %d: %q does not validate: %v", seed, text, err)
+		}
+		var root any
+		if err := json.Unmarshal([]byte(text), &root); err != nil {
+			t.Fatal(err)
+		}
+		deepest = max(deepest, depth(root))
+	}
+	if stopped < 12 || deepest < 3 {
+		t.Errorf("%d of 16 answers ended, the deepest %d calls deep: want at least 12, and one 3 deep", stopped, deepest)
 	}
 }
 
@@ -141,7 +228,8 @@ func TestUnenforceableConstraintsAre400(t *testing.T) {
 	srv := newServer(t, e, openai.Options{ChatTemplate: ct})
 	deep := strings.Repeat(`{"type":"array","items":`, 30) + `{"type":"null"}` + strings.Repeat(`}`, 30)
 	huge := `{"enum":[` + strings.Repeat(`"aaaaaaaaaaaaaaaa",`, 5000) + `"b"]}`
-	recursive := `{"$defs":{"node":{"type":"object","properties":{"kids":{"type":"array","items":{"$ref":"#/$defs/node"}}}}},"$ref":"#/$defs/node"}`
+	// Recursive with no finite instance: every node requires a child node.
+	recursive := `{"$defs":{"node":{"type":"object","properties":{"kid":{"$ref":"#/$defs/node"}},"required":["kid"]}},"$ref":"#/$defs/node"}`
 	blowup := `{"type":"object","properties":{` + strings.TrimSuffix(strings.Repeat(`"k":{"type":"array","items":{"type":"array","items":{"type":"object"}}},`, 1), ",") + `,` +
 		`"x":{"type":"string","pattern":"a"}}}`
 	rf := func(schema string) string {
@@ -152,7 +240,7 @@ func TestUnenforceableConstraintsAre400(t *testing.T) {
 	}{
 		{"/v1/chat/completions", rf(`{"type":"string","format":"email"}`), "response_format", `"format"`},
 		{"/v1/chat/completions", rf(`{"type":"integer","minimum":1}`), "response_format", `"minimum"`},
-		{"/v1/chat/completions", rf(recursive), "response_format", "recursive"},
+		{"/v1/chat/completions", rf(recursive), "response_format", "recursive schema has no finite instance"},
 		{"/v1/chat/completions", rf(deep), "response_format", "MaxSchemaDepth"},
 		{"/v1/chat/completions", rf(huge), "response_format", "MaxSpecBytes"},
 		{"/v1/chat/completions", rf(blowup), "response_format", `"pattern"`},
