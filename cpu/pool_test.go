@@ -129,17 +129,7 @@ func TestPoolSurvivesAPanicInTheCallersChunk(t *testing.T) {
 		if ran.Load() != after {
 			t.Fatalf("round %d: a worker went on with the failed run after run returned", round)
 		}
-		var hits [total]atomic.Int32
-		p.run(total, 1, func(_, lo, hi int) {
-			for i := lo; i < hi; i++ {
-				hits[i].Add(1)
-			}
-		})
-		for i := range hits {
-			if n := hits[i].Load(); n != 1 {
-				t.Fatalf("round %d: after the panic, index %d ran %d times", round, i, n)
-			}
-		}
+		checkEveryIndexOnce(t, p, total, round)
 	}
 }
 
@@ -167,19 +157,26 @@ func TestPoolRaisesAWorkersPanicOnTheCaller(t *testing.T) {
 			}
 			raised++
 		}
-		var hits [total]atomic.Int32
-		p.run(total, 1, func(_, lo, hi int) {
-			for i := lo; i < hi; i++ {
-				hits[i].Add(1)
-			}
-		})
-		for i := range hits {
-			if n := hits[i].Load(); n != 1 {
-				t.Fatalf("round %d: after the panic, index %d ran %d times", round, i, n)
-			}
-		}
+		checkEveryIndexOnce(t, p, total, round)
 	}
 	if raised == 0 {
 		t.Fatal("the worker never joined a run: nothing was tested")
+	}
+}
+
+// checkEveryIndexOnce runs a product of total indices on p and fails unless each ran exactly
+// once: the pool still works after the panic of the given round.
+func checkEveryIndexOnce(t *testing.T, p *pool, total, round int) {
+	t.Helper()
+	hits := make([]atomic.Int32, total)
+	p.run(total, 1, func(_, lo, hi int) {
+		for i := lo; i < hi; i++ {
+			hits[i].Add(1)
+		}
+	})
+	for i := range hits {
+		if n := hits[i].Load(); n != 1 {
+			t.Fatalf("round %d: after the panic, index %d ran %d times", round, i, n)
+		}
 	}
 }

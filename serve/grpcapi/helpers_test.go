@@ -51,13 +51,18 @@ func fixtureEngine(t testing.TB, name string, opt serve.Options) *serve.Engine {
 
 // demoEngine serves the built-in demo model, which has a tokenizer and a chat template.
 func demoEngine(t testing.TB) (*serve.Engine, *chat.Template) {
+	return demoEngineSized(t, 128, 256)
+}
+
+// demoEngineSized is demoEngine with its step budget and context length given.
+func demoEngineSized(t testing.TB, maxBatchedTokens, maxModelLen int) (*serve.Engine, *chat.Template) {
 	t.Helper()
 	b := cpu.New(2)
 	cfg, w, tok, tmpl, err := demo.Build(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 128, MaxModelLen: 256, Logger: testLogger(t)})
+	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: maxBatchedTokens, MaxModelLen: maxModelLen, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	loraplexv1 "github.com/loraplex/loraplex/api/proto/loraplex/v1"
-	"github.com/loraplex/loraplex/cpu"
 	"github.com/loraplex/loraplex/demo"
 	"github.com/loraplex/loraplex/internal/schematest"
 	"github.com/loraplex/loraplex/serve"
@@ -24,24 +23,7 @@ import (
 
 // toolEngine serves the demo model (byte-level tokens, its ChatML template with Hermes tools)
 // with room for the tools' system prompt.
-func toolEngine(t *testing.T) (*serve.Engine, *chat.Template) {
-	t.Helper()
-	b := cpu.New(2)
-	cfg, w, tok, tmpl, err := demo.Build(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := serve.NewEngine(cfg, b, w, tok, serve.Options{ModelName: demo.Name, MaxNumSeqs: 4, MaxBatchedTokens: 512, MaxModelLen: 2048, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.Close(); b.Close(); w.Close() })
-	ct, err := chat.Parse(tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e, ct
-}
+func toolEngine(t *testing.T) (*serve.Engine, *chat.Template) { return demoEngineSized(t, 512, 2048) }
 
 const (
 	weatherSchema = `{"type":"object","properties":{"city":{"type":"string","minLength":1,"maxLength":10},"unit":{"enum":["celsius","fahrenheit"]}},"required":["city","unit"],"additionalProperties":false}`
