@@ -44,15 +44,7 @@ func TestStructuredOutputParsesIntoStruct(t *testing.T) {
 	}
 	val := schematest.Compile(t, schematest.Person)
 	for seed := range int64(6) {
-		resp, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{
-			Model:       demo.Name,
-			Messages:    []oai.ChatCompletionMessageParamUnion{oai.UserMessage("Describe a user as JSON.")},
-			Temperature: oai.Float(1.5),
-			Seed:        oai.Int(seed),
-			MaxTokens:   oai.Int(200),
-			ResponseFormat: oai.ChatCompletionNewParamsResponseFormatUnion{OfJSONSchema: &shared.ResponseFormatJSONSchemaParam{
-				JSONSchema: shared.ResponseFormatJSONSchemaJSONSchemaParam{Name: "person", Schema: schema, Strict: oai.Bool(true)}}},
-		})
+		resp, err := client.Chat.Completions.New(ctx, schemaChat("Describe a user as JSON.", "person", schema, seed))
 		if err != nil {
 			t.Fatalf("seed %d: %v", seed, err)
 		}
@@ -117,15 +109,7 @@ func TestRecursiveSchemaThroughServer(t *testing.T) {
 	}
 	stopped, deepest := 0, 0
 	for seed := range int64(16) {
-		resp, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{
-			Model:       demo.Name,
-			Messages:    []oai.ChatCompletionMessageParamUnion{oai.UserMessage("A tree as JSON.")},
-			Temperature: oai.Float(1.5),
-			Seed:        oai.Int(seed),
-			MaxTokens:   oai.Int(200),
-			ResponseFormat: oai.ChatCompletionNewParamsResponseFormatUnion{OfJSONSchema: &shared.ResponseFormatJSONSchemaParam{
-				JSONSchema: shared.ResponseFormatJSONSchemaJSONSchemaParam{Name: "tree", Schema: schema, Strict: oai.Bool(true)}}},
-		})
+		resp, err := client.Chat.Completions.New(ctx, schemaChat("A tree as JSON.", "tree", schema, seed))
 		if err != nil {
 			var apiErr *oai.Error
 			if errors.As(err, &apiErr) {
@@ -295,4 +279,18 @@ func TestUnenforceableConstraintsAre400(t *testing.T) {
 		t.Errorf("fixture model: %q", env.Error.Message)
 	}
 	_ = fmt.Sprint
+}
+
+// schemaChat is a hot (temperature 1.5), seeded chat request whose answer must match the strict
+// JSON schema named name: sampling that wanders is what the constraint has to hold against.
+func schemaChat(prompt, name string, schema map[string]any, seed int64) oai.ChatCompletionNewParams {
+	return oai.ChatCompletionNewParams{
+		Model:       demo.Name,
+		Messages:    []oai.ChatCompletionMessageParamUnion{oai.UserMessage(prompt)},
+		Temperature: oai.Float(1.5),
+		Seed:        oai.Int(seed),
+		MaxTokens:   oai.Int(200),
+		ResponseFormat: oai.ChatCompletionNewParamsResponseFormatUnion{OfJSONSchema: &shared.ResponseFormatJSONSchemaParam{
+			JSONSchema: shared.ResponseFormatJSONSchemaJSONSchemaParam{Name: name, Schema: schema, Strict: oai.Bool(true)}}},
+	}
 }
