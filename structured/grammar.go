@@ -204,12 +204,14 @@ type Grammar struct {
 	cfg       *cfg      // context-free grammars
 	c         *Compiler // whose mask budget the cached masks count against
 	mu        sync.Mutex
-	masks     [][]uint64         // per DFA state, computed on first use
-	cfgMasks  map[string]cfgMask // per parser state key (cfgRow.stateKey), computed on first use
-	cfgDepths []int32            // the depths (below the top stack) masks were keyed at, wholeState for whole states
-	maskBytes int64              // bytes of masks (and their keys) cached
-	stack     []int32            // DFA mask walk scratch
-	none      []uint64           // the all-zero mask (a context-free grammar's Done)
+	masks     [][]uint64              // per DFA state, computed on first use
+	cfgMasks  map[string]cfgMask      // per parser state key (cfgRow.stateKey), computed on first use
+	cfgDepths []int32                 // the depths (below the top stack) masks were keyed at, wholeState for whole states
+	positions map[int32]*positionMask // per grammar position, what it decides alone (maskcache.go)
+	maskBytes int64                   // bytes of masks (and their keys) and positions cached
+	posBytes  int64                   // of which positions
+	stack     []int32                 // DFA mask walk scratch
+	none      []uint64                // the all-zero mask (a context-free grammar's Done)
 }
 
 // State is a position in a regular Grammar: the DFA state after the output so far. Start is
@@ -273,14 +275,22 @@ func (g *Grammar) mask(s State) []uint64 {
 	return m
 }
 
-// dropMasks forgets every cached mask of g (rows still holding one keep it alive until they
-// are done with it) and returns their bytes to the compiler's budget.
-func (g *Grammar) dropMasks() {
+// dropMasks forgets every cached mask and position of g (rows still holding one keep it alive
+// until they are done with it) and returns their bytes to the compiler's budget.
+func (g *Grammar) dropMasks() { g.drop(true) }
+
+// drop forgets g's cached masks, and its positions too when positions is set.
+func (g *Grammar) drop(positions bool) {
 	g.mu.Lock()
 	clear(g.masks)
 	clear(g.cfgMasks)
-	n := g.maskBytes
-	g.maskBytes = 0
+	n := g.maskBytes - g.posBytes
+	if positions {
+		clear(g.positions)
+		n = g.maskBytes
+		g.posBytes = 0
+	}
+	g.maskBytes -= n
 	c := g.c
 	g.mu.Unlock()
 	if c != nil {
@@ -378,8 +388,9 @@ func (c *Compiler) Compile(spec Spec) (*Grammar, error) {
 		old.mu.Lock()
 		clear(old.masks)
 		clear(old.cfgMasks)
+		clear(old.positions)
 		c.maskBytes.Add(-old.maskBytes)
-		old.maskBytes = 0
+		old.maskBytes, old.posBytes = 0, 0
 		old.c = nil
 		old.mu.Unlock()
 	}
@@ -438,7 +449,7 @@ func (c *Compiler) cfgGrammar(g *cfg) (*Grammar, error) {
 	if _, ok := newCFGRow(g, c.v.maxLen); !ok {
 		return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
 	}
-	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string]cfgMask{}, none: make([]uint64, (c.v.size+63)/64)}, nil
+	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string]cfgMask{}, positions: map[int32]*positionMask{}, none: make([]uint64, (c.v.size+63)/64)}, nil
 }
 
 // Matcher follows one output through a Grammar: the masks of the tokens it may take next,
@@ -525,7 +536,7 @@ func (m *Matcher) Mask() []uint64 {
 	}
 	g.mu.Unlock()
 	mask := make([]uint64, (g.v.size+63)/64)
-	lowest, rise := m.r.walk(g.v, mask)
+	lowest, rise := g.cfgWalk(m.r, mask)
 	depth := top - lowest
 	g.mu.Lock()
 	if !slices.Contains(g.cfgDepths, depth) {

@@ -134,7 +134,7 @@ func BenchmarkGrammar(b *testing.B) {
 				most := 0
 				for _, id := range ids {
 					mask := make([]uint64, (v.size+63)/64)
-					m.r.walk(v, mask)
+					m.r.walk(v, mask, nil, MaxMaskWork)
 					most = max(most, MaxMaskWork-m.r.p.budget)
 					m.Advance(id)
 				}

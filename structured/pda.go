@@ -47,9 +47,18 @@ type pda struct {
 	// state's top), full whether a push was refused at MaxParserDepth.
 	highest int32
 	full    bool
+	// ctx is the node that stands for the unknown stack below a grammar position while its
+	// tokens are classified (maskcache.go; noContext otherwise): a thread that would pop it
+	// ends, and popped records that one did. peak is the most threads one step visited.
+	ctx    int32
+	popped bool
+	peak   int
 }
 
-func newPDA(g *cfg) *pda { return &pda{g: g, index: map[thread]int32{}} }
+// noContext is pda.ctx outside a position's walk: no node (nor the bottom, -1) is it.
+const noContext = -2
+
+func newPDA(g *cfg) *pda { return &pda{g: g, index: map[thread]int32{}, ctx: noContext} }
 
 // intern returns the node for (pos, parent), adding it once.
 func (p *pda) intern(t thread) int32 {
@@ -109,6 +118,7 @@ func (p *pda) step(in []thread, c byte, out []thread) (next []thread, acc, ok bo
 			}
 		}
 	}
+	p.peak = max(p.peak, p.seen.len())
 	return out, acc, true
 }
 
@@ -133,6 +143,10 @@ func (p *pda) closure(t thread, out []thread, acc *bool) ([]thread, bool) {
 		case opTerm:
 			out = append(out, t)
 		case opEnd:
+			if t.parent == p.ctx {
+				p.popped = true
+				continue // what follows depends on the stack below the position
+			}
 			if t.parent < p.watch {
 				p.lowest = min(p.lowest, p.heightOf(t.parent))
 			}
@@ -213,13 +227,19 @@ type cfgRow struct {
 	acc     bool
 	levels  [][]thread
 	ends    []int
-	key     []byte
-	recs    [][2]int
-	scratch []byte
+	popAt   []bool // per level of a walk: whether a thread popped the context (pda.ctx) on the way
+	// Scratch of the position-cached mask (maskcache.go): the undecided tokens' sorted
+	// indices, as a bitmap and in order, and a one-thread start.
+	undecidedBits []uint64
+	undecided     []int32
+	one           [1]thread
+	key           []byte
+	recs          [][2]int
+	scratch       []byte
 }
 
 func newCFGRow(g *cfg, maxLen int) (*cfgRow, bool) {
-	r := &cfgRow{p: newPDA(g), levels: make([][]thread, maxLen+1), ends: make([]int, maxLen+1)}
+	r := &cfgRow{p: newPDA(g), levels: make([][]thread, maxLen+1), ends: make([]int, maxLen+1), popAt: make([]bool, maxLen+1)}
 	r.p.budget = MaxMaskWork
 	var ok bool
 	r.threads, r.acc, ok = r.p.start(nil)
@@ -331,48 +351,21 @@ func (r *cfgRow) stateKey(cut int32) []byte {
 // bytes) is shared with the previous token up to their common prefix, and a prefix no thread
 // survives skips every token that starts with it: the walk costs one step per live node of
 // the vocabulary's trie. Nodes pushed while walking are forgotten after it. The walk makes
-// at most MaxMaskWork thread visits; tokens past that are not allowed. It returns the lowest
+// at most budget thread visits (MaxMaskWork for a whole mask); tokens past that are not
+// allowed. subset, when not nil, is the tokens to walk (indices into v.sorted, ascending);
+// limited reports whether a step met MaxParserThreads or the budget. It returns the lowest
 // height of the stacks it read (0 when it read a bottom, ran out of budget or met
 // MaxParserDepth: the mask is then the whole state's), top()+1 when it read no stack below the
 // threads, and how far above top() it pushed (a state at another height may reuse the mask
 // only where that rise stays within MaxParserDepth).
-func (r *cfgRow) walk(v *Vocab, m []uint64) (lowest, rise int32) {
+func (r *cfgRow) walk(v *Vocab, m []uint64, subset []int32, budget int) (lowest, rise int32, limited bool) {
 	p := r.p
-	p.budget = MaxMaskWork
+	p.budget = budget
 	base := len(p.nodes)
 	top := r.top()
 	p.watch, p.lowest, p.highest, p.full = int32(base), top+1, top, false
 	defer func() { p.watch = 0 }()
-	r.levels[0] = r.threads
-	r.ends[0] = base
-	valid := 0   // levels[0..valid] hold the previous token's prefixes
-	deadLen := 0 // the previous token's first deadLen bytes leave the grammar (0: none)
-	for i, id := range v.sorted {
-		b := v.bytes(int(id))
-		l := int(v.lcp[i])
-		if deadLen > 0 && l >= deadLen {
-			continue // starts with the dead prefix
-		}
-		if p.budget < 0 {
-			break
-		}
-		deadLen = 0
-		k := min(l, valid)
-		p.truncate(r.ends[k])
-		for ; k < len(b); k++ {
-			next, acc, ok := p.step(r.levels[k], b[k], r.levels[k+1][:0])
-			r.levels[k+1] = next
-			r.ends[k+1] = len(p.nodes)
-			if !ok || len(next) == 0 && !acc {
-				deadLen, valid = k+1, k
-				break
-			}
-			valid = k + 1
-		}
-		if deadLen == 0 {
-			m[id/64] |= 1 << (id % 64)
-		}
-	}
+	limited = r.scan(v, r.threads, subset, m, nil)
 	p.truncate(base)
 	if r.acc {
 		for _, id := range v.eos {
@@ -380,7 +373,82 @@ func (r *cfgRow) walk(v *Vocab, m []uint64) (lowest, rise int32) {
 		}
 	}
 	if p.budget < 0 || p.full {
-		return 0, p.highest - top
+		return 0, p.highest - top, limited
 	}
-	return p.lowest, p.highest - top
+	return p.lowest, p.highest - top, limited
+}
+
+// scan is the walk's loop from the threads start: it sets in alive (by token id) the tokens
+// some thread survives, and in pops (by sorted index; nil: not recorded) the tokens along
+// whose bytes a thread popped the context (pda.ctx), alive or not. It reports whether a step
+// met a limit (the prefix is then treated as dead, as the walk always has).
+func (r *cfgRow) scan(v *Vocab, start []thread, subset []int32, alive, pops []uint64) (limited bool) {
+	p := r.p
+	r.levels[0] = start
+	r.ends[0] = len(p.nodes)
+	r.popAt[0] = false
+	valid := 0   // levels[0..valid] hold the previous token's prefixes
+	deadLen := 0 // the previous token's first deadLen bytes leave the grammar (0: none)
+	deadPopped := false
+	n := len(v.sorted)
+	if subset != nil {
+		n = len(subset)
+	}
+	var prev []byte
+	for j := range n {
+		i := j
+		if subset != nil {
+			i = int(subset[j])
+		}
+		id := v.sorted[i]
+		b := v.bytes(int(id))
+		l := int(v.lcp[i])
+		if subset != nil {
+			l = commonPrefix(prev, b)
+			prev = b
+		}
+		if deadLen > 0 && l >= deadLen {
+			if deadPopped {
+				pops[i/64] |= 1 << (i % 64)
+			}
+			continue // starts with the dead prefix
+		}
+		if p.budget < 0 {
+			break
+		}
+		deadLen, deadPopped = 0, false
+		k := min(l, valid)
+		p.truncate(r.ends[k])
+		for ; k < len(b); k++ {
+			p.popped = false
+			next, acc, ok := p.step(r.levels[k], b[k], r.levels[k+1][:0])
+			r.levels[k+1] = next
+			r.ends[k+1] = len(p.nodes)
+			r.popAt[k+1] = r.popAt[k] || p.popped
+			if !ok {
+				limited = true
+			}
+			if !ok || len(next) == 0 && !acc {
+				deadLen, valid, deadPopped = k+1, k, ok && r.popAt[k+1]
+				break
+			}
+			valid = k + 1
+		}
+		if deadLen == 0 {
+			alive[id/64] |= 1 << (id % 64)
+		}
+		if pops != nil && (deadLen == 0 && r.popAt[len(b)] || deadPopped) {
+			pops[i/64] |= 1 << (i % 64)
+		}
+	}
+	return limited
+}
+
+// commonPrefix is the length of a's and b's common prefix.
+func commonPrefix(a, b []byte) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
 }

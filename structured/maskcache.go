@@ -1,0 +1,194 @@
+// The position mask cache: cheap cold masks for context-free grammars on large vocabularies.
+//
+// A context-free grammar's state is a set of parser threads, each waiting at a terminal of
+// some rule (its position) over a stack of continuations. A mask walks the vocabulary's trie
+// against all threads (pda.go); on 128k tokens a state never seen costs milliseconds, and a
+// recursive output meets new states (the same place, other stacks) all the time. The idea is
+// xgrammar's adaptive token mask cache, redone for this recognizer: most of what a thread
+// decides depends only on its position, not on the stack below it.
+//
+//	precomputed, once per position (lazily, on the first mask that meets it): the walk of the
+//	        vocabulary from the one thread (position, ctx), where ctx is a node standing for
+//	        the unknown stack below. A path that would pop ctx ends there and marks the
+//	        token's prefix. Each token is then accepted (a path that never popped ctx
+//	        survives all its bytes), undecided (some path popped ctx on the way: what follows
+//	        depends on the stack), or rejected (neither). Kept: the accepted tokens as a
+//	        bitmap, the undecided ones as a sorted list, and the walk's cost (thread visits),
+//	        peak threads per step and rise (highest push above ctx).
+//	per mask: the union of the threads' accepted bitmaps, then the ordinary walk from the
+//	        whole state over the union of their undecided tokens only (its prefixes shared as
+//	        in the full walk). EOS as before.
+//
+// Why the mask is bit for bit the full walk's: the threads after a prefix are the union of
+// what each starting thread leads to, and a path that never pops its starting thread's
+// stack reads the same bytes, pushes the same positions and survives the same way on any
+// stack, so a token accepted that way by one thread is accepted by the state, and a token no
+// thread accepts nor pops on is rejected. The tokens left are walked exactly as the full walk
+// would walk them. What could differ is the full walk's limits, so the cache is used only
+// where they provably do not bite, else the full walk runs:
+//   - MaxParserDepth: each thread's height plus its position's rise stays within it (a
+//     position path then never meets the full stack);
+//   - MaxMaskWork: the full walk's visits at trie nodes off the undecided tokens' prefixes
+//     are at most the sum of the positions' walks' costs (no popped thread lives there, and
+//     the union of threads visits at most the sum), at nodes on them exactly the restricted
+//     walk's, so the positions' costs plus the restricted walk's must fit the budget;
+//   - MaxParserThreads: off those prefixes one step visits at most the sum of the positions'
+//     peaks, which must fit; on them the restricted walk meets the limit exactly where the full
+//     walk does, and any limit met there sends the mask to the full walk (the full walk would
+//     then also drop tokens the bitmaps accept).
+//
+// A mask from the cache reads the stacks no deeper than the restricted walk did, so its
+// lowest height and rise key the state mask cache (grammar.go) as a full walk's do.
+// Bounds: a mask computes positions for states of at most maxPositionThreads threads and
+// spends at most MaxMaskWork thread visits on positions' walks (a hostile grammar's thousands
+// of positions cost a first mask at most one more full walk, then fall back); a position whose
+// own walk meets a limit is kept as unusable. Memory: a position keeps 8·ceil(size/64) bytes
+// of bitmap (16 KiB at 128k, none when nothing is accepted) plus 4 bytes per undecided token;
+// these count against the Compiler's MaxMaskBytes with the state masks and are dropped with
+// them, and there are at most as many positions as the grammar has elements.
+package structured
+
+import "math/bits"
+
+// maxPositionThreads is the most threads a state may have for its mask to come from the
+// position cache: past it the sums that bound the full walk's limits grow large and the
+// union of undecided tokens approaches the vocabulary.
+const maxPositionThreads = 16
+
+// positionMask is what one grammar position decides alone over the vocabulary.
+type positionMask struct {
+	accepted  []uint64 // by token id; nil when none
+	undecided []int32  // indices into Vocab.sorted, ascending
+	cost      int      // thread visits of its walk
+	peak      int      // most threads one step of its walk visited
+	rise      int32    // highest push above the context
+	unusable  bool     // its walk met a limit: states holding it take the full walk
+}
+
+func (pm *positionMask) bytes() int64 { return int64(8*len(pm.accepted) + 4*len(pm.undecided) + 64) }
+
+// positionWalk classifies the vocabulary from the thread (pos, ctx), spending at most budget
+// thread visits; ok is false when the walk ran out of that budget (nothing is learnt).
+func (r *cfgRow) positionWalk(v *Vocab, pos int32, budget int) (pm *positionMask, ok bool) {
+	p := r.p
+	base := len(p.nodes)
+	p.ctx = p.intern(thread{pos: -1, parent: -1})
+	p.budget, p.highest, p.full, p.peak = budget, p.heightOf(p.ctx), false, 0
+	p.watch, p.lowest = 0, 0
+	accepted := make([]uint64, (v.size+63)/64)
+	pops := r.undecidedBits[:0]
+	pops = append(pops, make([]uint64, (len(v.sorted)+63)/64)...)
+	r.one[0] = thread{pos, p.ctx}
+	limited := r.scan(v, r.one[:], nil, accepted, pops)
+	p.truncate(base)
+	p.ctx = noContext
+	pm = &positionMask{cost: budget - p.budget, peak: p.peak, rise: p.highest - 1}
+	if p.budget < 0 || limited {
+		pm.unusable = true
+		return pm, budget >= MaxMaskWork
+	}
+	for i, w := range pops {
+		for ; w != 0; w &= w - 1 {
+			pm.undecided = append(pm.undecided, int32(i*64+bits.TrailingZeros64(w)))
+		}
+	}
+	for _, w := range accepted {
+		if w != 0 {
+			pm.accepted = accepted
+			break
+		}
+	}
+	return pm, true
+}
+
+// positionsWalk sets m from the position cache (computing the positions r's threads need);
+// ok is false when the cache cannot give the full walk's mask (see the file comment), and m
+// must then be cleared and walked.
+func (g *Grammar) positionsWalk(r *cfgRow, m []uint64) (lowest, rise int32, ok bool) {
+	if len(r.threads) > maxPositionThreads {
+		return 0, 0, false
+	}
+	v := g.v
+	top := r.top()
+	var pms [maxPositionThreads]*positionMask
+	spare := MaxMaskWork // for positions' walks
+	cost, peak := 0, 0
+	rise = 0
+	for i, t := range r.threads {
+		g.mu.Lock()
+		pm := g.positions[t.pos]
+		g.mu.Unlock()
+		if pm == nil {
+			var learnt bool
+			pm, learnt = r.positionWalk(v, t.pos, spare)
+			spare -= pm.cost
+			if !learnt {
+				return 0, 0, false
+			}
+			g.keepPosition(t.pos, pm)
+		}
+		h := r.p.heightOf(t.parent)
+		if pm.unusable || h+pm.rise > MaxParserDepth {
+			return 0, 0, false
+		}
+		pms[i] = pm
+		cost += pm.cost
+		peak += pm.peak
+		rise = max(rise, h+pm.rise-top)
+	}
+	if cost > MaxMaskWork || peak > MaxParserThreads {
+		return 0, 0, false
+	}
+	// The undecided tokens of all threads, in sorted order.
+	words := (len(v.sorted) + 63) / 64
+	undecided := append(r.undecidedBits[:0], make([]uint64, words)...)
+	for _, pm := range pms[:len(r.threads)] {
+		for _, i := range pm.undecided {
+			undecided[i/64] |= 1 << (i % 64)
+		}
+		for w, x := range pm.accepted {
+			m[w] |= x
+		}
+	}
+	list := r.undecided[:0]
+	for w, x := range undecided {
+		for ; x != 0; x &= x - 1 {
+			list = append(list, int32(w*64+bits.TrailingZeros64(x)))
+		}
+	}
+	r.undecidedBits, r.undecided = undecided, list
+	lowest, walkRise, limited := r.walk(v, m, list, MaxMaskWork-cost)
+	if limited || r.p.budget < 0 {
+		return 0, 0, false
+	}
+	return lowest, max(rise, walkRise), true
+}
+
+// keepPosition caches pm for pos, its bytes counted with the masks'.
+func (g *Grammar) keepPosition(pos int32, pm *positionMask) {
+	n := pm.bytes()
+	g.mu.Lock()
+	if g.positions[pos] != nil {
+		g.mu.Unlock()
+		return
+	}
+	g.positions[pos] = pm
+	g.maskBytes += n
+	g.posBytes += n
+	c := g.c
+	g.mu.Unlock()
+	if c != nil && c.maskBytes.Add(n) > MaxMaskBytes {
+		c.dropMasks()
+	}
+}
+
+// cfgWalk sets m to the mask of r's state: from the position cache where it gives the full
+// walk's mask, else by the full walk.
+func (g *Grammar) cfgWalk(r *cfgRow, m []uint64) (lowest, rise int32) {
+	if lowest, rise, ok := g.positionsWalk(r, m); ok {
+		return lowest, rise
+	}
+	clear(m)
+	lowest, rise, _ = r.walk(g.v, m, nil, MaxMaskWork)
+	return lowest, rise
+}
