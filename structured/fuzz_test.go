@@ -58,8 +58,8 @@ func FuzzCompile(f *testing.F) {
 }
 
 // Parsing any grammar text never panics and fails or compiles in bounded time; what compiles
-// only lets a random model write outputs the recognizer accepts, and the recognizer takes any
-// bytes.
+// only lets a random model write outputs the recognizer accepts, its masks from the position
+// cache are the full walk's, and the recognizer takes any bytes.
 func FuzzGrammar(f *testing.F) {
 	for _, g := range testGrammars {
 		f.Add(g, "1+(2*3)")
@@ -79,6 +79,8 @@ func FuzzGrammar(f *testing.F) {
 			return
 		}
 		g.Matches([]byte(input))
+		// The position cache's masks are the full walk's (maskcache.go).
+		comparePaths(t, g, rand.New(rand.NewPCG(2, 2)), 20)
 		rng := rand.New(rand.NewPCG(1, 1))
 		for range 2 {
 			out, ok := generate(t, g, v, eos, rng, 40)

@@ -204,14 +204,15 @@ type Grammar struct {
 	cfg       *cfg      // context-free grammars
 	c         *Compiler // whose mask budget the cached masks count against
 	mu        sync.Mutex
-	masks     [][]uint64              // per DFA state, computed on first use
-	cfgMasks  map[string]cfgMask      // per parser state key (cfgRow.stateKey), computed on first use
-	cfgDepths []int32                 // the depths (below the top stack) masks were keyed at, wholeState for whole states
-	positions map[int32]*positionMask // per grammar position, what it decides alone (maskcache.go)
-	maskBytes int64                   // bytes of masks (and their keys) and positions cached
-	posBytes  int64                   // of which positions
-	stack     []int32                 // DFA mask walk scratch
-	none      []uint64                // the all-zero mask (a context-free grammar's Done)
+	masks     [][]uint64                 // per DFA state, computed on first use
+	cfgMasks  map[string]cfgMask         // per parser state key (cfgRow.stateKey), computed on first use
+	cfgDepths []int32                    // the depths (below the top stack) masks were keyed at, wholeState for whole states
+	positions map[position]*positionMask // per grammar position, what it decides alone (maskcache.go)
+	maskBytes int64                      // bytes of masks (and their keys) and positions cached
+	posBytes  int64                      // of which positions
+	fullWalks bool                       // masks never from positions (the benchmarks' before)
+	stack     []int32                    // DFA mask walk scratch
+	none      []uint64                   // the all-zero mask (a context-free grammar's Done)
 }
 
 // State is a position in a regular Grammar: the DFA state after the output so far. Start is
@@ -449,7 +450,7 @@ func (c *Compiler) cfgGrammar(g *cfg) (*Grammar, error) {
 	if _, ok := newCFGRow(g, c.v.maxLen); !ok {
 		return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
 	}
-	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string]cfgMask{}, positions: map[int32]*positionMask{}, none: make([]uint64, (c.v.size+63)/64)}, nil
+	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string]cfgMask{}, positions: map[position]*positionMask{}, none: make([]uint64, (c.v.size+63)/64)}, nil
 }
 
 // Matcher follows one output through a Grammar: the masks of the tokens it may take next,

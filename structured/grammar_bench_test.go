@@ -52,6 +52,28 @@ func timeMasks(g *Grammar, ids []int) time.Duration {
 	return masked
 }
 
+// benchColdMasks times the masks along ids the two other cold ways (mask_cold, beside it,
+// drops the state masks and keeps the positions: a new state of a grammar already in use):
+// mask_cold_walk with every mask a full walk (the walk before the position cache) and
+// mask_first with the positions dropped too (a grammar's first output), per step.
+func benchColdMasks(b *testing.B, name string, g *Grammar, ids []int) {
+	for _, way := range []struct {
+		name string
+		walk bool
+	}{{"mask_cold_walk", true}, {"mask_first", false}} {
+		b.Run(name+"/"+way.name, func(b *testing.B) {
+			g.fullWalks = way.walk
+			defer func() { g.fullWalks = false }()
+			var masked time.Duration
+			for b.Loop() {
+				g.dropMasks()
+				masked += timeMasks(g, ids)
+			}
+			b.ReportMetric(float64(masked.Nanoseconds())/float64(b.N*len(ids)), "ns/step")
+		})
+	}
+}
+
 // benchWalk is a seeded random output of up to steps tokens through g (uniform among the
 // allowed tokens, EOS only when nothing else is allowed), as token ids.
 func benchWalk(g *Grammar, v *Vocab, steps int) []int {
@@ -78,10 +100,13 @@ func benchWalk(g *Grammar, v *Vocab, steps int) []int {
 
 // BenchmarkGrammar is what a context-free grammar costs (EBNF: the pushdown recognizer), on
 // the demo's and Llama 3's vocabularies: compile (parse and check), and the token mask per
-// decode step along a 32-token random output, cold (every state new: a walk of the
-// vocabulary against the parser threads) and warm (the same states again: the state key and
-// a cache lookup). cold_vs_dfa is the cold step's cost over a DFA constraint's new-state mask
-// (json_object, along its own random output) measured in the same run.
+// decode step along a 32-token random output, cold (every state new, the grammar's positions
+// known from an earlier output: maskcache.go), cold_walk (every state new, each mask the full
+// walk of the vocabulary against the parser threads: before the position cache), first
+// (nothing known: positions learnt on the way) and warm (the same states again: the state
+// key and a cache lookup). cold_vs_dfa is the cold step's cost over a DFA constraint's
+// new-state mask (json_object, along its own random output) measured in the same run;
+// max_work the most thread visits a full walk along the output made.
 func BenchmarkGrammar(b *testing.B) {
 	const steps = 32
 	for _, bv := range benchVocabs(b) {
@@ -124,10 +149,12 @@ func BenchmarkGrammar(b *testing.B) {
 				b.Fatal(err)
 			}
 			ids := benchWalk(g, v, steps)
+			benchColdMasks(b, fmt.Sprintf("%s/%s", bv.name, name), g, ids)
 			b.Run(fmt.Sprintf("%s/%s/mask_cold", bv.name, name), func(b *testing.B) {
+				timeMasks(g, ids) // the positions
 				var masked time.Duration
 				for b.Loop() {
-					g.dropMasks()
+					g.drop(false)
 					masked += timeMasks(g, ids)
 				}
 				m := g.NewMatcher()
@@ -170,7 +197,8 @@ func treeNode(children string) string {
 // (the same node unrolled 3 levels deep, leaves without children, compiled to a DFA), on the
 // demo's and Llama 3's vocabularies: compile, and the token mask per decode step along the
 // same 32 tokens (a seeded random output of the unrolled schema, which the recursive one
-// allows too), cold (masks dropped first) and warm (the same states again).
+// allows too), cold, cold_walk, first and warm as in BenchmarkGrammar (the unrolled schema is
+// a DFA: its three cold ways are one).
 func BenchmarkRecursiveSchema(b *testing.B) {
 	const steps = 32
 	unrolled := `{"type":"object","properties":{"label":{"type":"string"},"weight":{"type":"number"},"children":{"type":"array","maxItems":0}},"required":["label","weight","children"],"additionalProperties":false}`
@@ -211,10 +239,12 @@ func BenchmarkRecursiveSchema(b *testing.B) {
 					b.Fatalf("%s does not allow the unrolled schema's output", s.name)
 				}
 			}
+			benchColdMasks(b, fmt.Sprintf("%s/%s", bv.name, s.name), g, ids)
 			b.Run(fmt.Sprintf("%s/%s/mask_cold", bv.name, s.name), func(b *testing.B) {
+				timeMasks(g, ids) // the positions
 				var masked time.Duration
 				for b.Loop() {
-					g.dropMasks()
+					g.drop(false)
 					masked += timeMasks(g, ids)
 				}
 				b.ReportMetric(float64(masked.Nanoseconds())/float64(b.N*len(ids)), "ns/step")

@@ -5,47 +5,50 @@
 // against all threads (pda.go); on 128k tokens a state never seen costs milliseconds, and a
 // recursive output meets new states (the same place, other stacks) all the time. The idea is
 // xgrammar's adaptive token mask cache, redone for this recognizer: most of what a thread
-// decides depends only on its position, not on the stack below it.
-//
-//	precomputed, once per position (lazily, on the first mask that meets it): the walk of the
-//	        vocabulary from the one thread (position, ctx), where ctx is a node standing for
-//	        the unknown stack below. A path that would pop ctx ends there and marks the
-//	        token's prefix. Each token is then accepted (a path that never popped ctx
-//	        survives all its bytes), undecided (some path popped ctx on the way: what follows
-//	        depends on the stack), or rejected (neither). Kept: the accepted tokens as a
-//	        bitmap, the undecided ones as a sorted list, and the walk's cost (thread visits),
-//	        peak threads per step and rise (highest push above ctx).
-//	per mask: the union of the threads' accepted bitmaps, then the ordinary walk from the
-//	        whole state over the union of their undecided tokens only (its prefixes shared as
-//	        in the full walk). EOS as before.
-//
+// decides depends only on where it is, not on the stack far below it.
+//   precomputed, once per position (lazily, on the first mask that meets it): a position is
+//           a thread's grammar position and the positions of its top positionDepth stack
+//           nodes (a repetition nests its group's rule, so the rule a character is read in
+//           often ends into another one just above). Its mask is the walk of the vocabulary
+//           from one thread over those nodes and, below them, a node ctx standing for the
+//           unknown rest of the stack (none if they reach the bottom). A path that would pop
+//           ctx ends there and marks the token. Each token is then accepted (a path that
+//           never popped ctx survives all its bytes), undecided (some path popped ctx on the
+//           way: what follows depends on the stack), or rejected (neither). Kept: the
+//           accepted tokens as a bitmap, the undecided ones as a sorted list, and the walk's
+//           cost (thread visits), peak threads per step and rise (highest push above).
+//   per mask: the union of the threads' accepted bitmaps, then the ordinary walk from the
+//           whole state over the union of their undecided tokens only (prefixes shared as in
+//           the full walk). EOS as before. On a JSON string the undecided tokens are none:
+//           the string's end, and what follows it, pop only nodes the position names.
 // Why the mask is bit for bit the full walk's: the threads after a prefix are the union of
-// what each starting thread leads to, and a path that never pops its starting thread's
-// stack reads the same bytes, pushes the same positions and survives the same way on any
-// stack, so a token accepted that way by one thread is accepted by the state, and a token no
-// thread accepts nor pops on is rejected. The tokens left are walked exactly as the full walk
-// would walk them. What could differ is the full walk's limits, so the cache is used only
-// where they provably do not bite, else the full walk runs:
+// what each starting thread leads to, and a path that never pops below its thread's named
+// nodes reads the same bytes, pushes the same positions and survives the same way over any
+// stack below, so a token accepted that way by one thread is accepted by the state, and a
+// token no thread accepts nor pops ctx on is rejected. The tokens left are walked exactly as
+// the full walk walks them. What could differ is the full walk's limits, so the cache is used
+// only where they provably do not bite, else the full walk runs:
 //   - MaxParserDepth: each thread's height plus its position's rise stays within it (a
-//     position path then never meets the full stack);
+//     position's path then never meets the full stack);
 //   - MaxMaskWork: the full walk's visits at trie nodes off the undecided tokens' prefixes
-//     are at most the sum of the positions' walks' costs (no popped thread lives there, and
-//     the union of threads visits at most the sum), at nodes on them exactly the restricted
-//     walk's, so the positions' costs plus the restricted walk's must fit the budget;
+//     are at most the sum of the positions' walks' costs (no thread that popped ctx lives
+//     there, and the union of threads visits at most the sum), at nodes on them exactly the
+//     restricted walk's, so the positions' costs plus the restricted walk's must fit;
 //   - MaxParserThreads: off those prefixes one step visits at most the sum of the positions'
 //     peaks, which must fit; on them the restricted walk meets the limit exactly where the full
-//     walk does, and any limit met there sends the mask to the full walk (the full walk would
-//     then also drop tokens the bitmaps accept).
-//
-// A mask from the cache reads the stacks no deeper than the restricted walk did, so its
-// lowest height and rise key the state mask cache (grammar.go) as a full walk's do.
-// Bounds: a mask computes positions for states of at most maxPositionThreads threads and
-// spends at most MaxMaskWork thread visits on positions' walks (a hostile grammar's thousands
-// of positions cost a first mask at most one more full walk, then fall back); a position whose
-// own walk meets a limit is kept as unusable. Memory: a position keeps 8·ceil(size/64) bytes
-// of bitmap (16 KiB at 128k, none when nothing is accepted) plus 4 bytes per undecided token;
-// these count against the Compiler's MaxMaskBytes with the state masks and are dropped with
-// them, and there are at most as many positions as the grammar has elements.
+//     walk does, and any limit met there sends the mask to the full walk (which would then
+//     also drop tokens the bitmaps accept).
+// A cached position's mask reads the stack down to its deepest named node, and the
+// restricted walk what it pops: the lowest of those heights and the rise key the state mask
+// cache (grammar.go) as a full walk's do.
+// Bounds: a mask computes positions only for states of at most maxPositionThreads threads,
+// and spends at most MaxMaskWork thread visits on positions' walks (a hostile grammar's
+// thousands of positions cost a first mask at most one more full walk's budget, then fall
+// back; the positions learnt are kept); a position whose own walk meets a limit is kept as
+// unusable. Memory: a position keeps 8·ceil(size/64) bytes of bitmap (16 KiB at 128k, none
+// when nothing is accepted) plus 4 bytes per undecided token; these count against the
+// Compiler's MaxMaskBytes with the state masks and are dropped with them.
+
 package structured
 
 import "math/bits"
@@ -54,6 +57,46 @@ import "math/bits"
 // position cache: past it the sums that bound the full walk's limits grow large and the
 // union of undecided tokens approaches the vocabulary.
 const maxPositionThreads = 16
+
+// positionDepth is how many of a thread's top stack nodes key its position mask with its
+// position: what pops them is known, so only tokens that pop deeper are undecided. A
+// repetition nests a group's rule in the repetition's (a UTF-8 character's byte sequences in a
+// string's characters), so one node would leave every token of a string undecided.
+const positionDepth = 4
+
+// position is what a position mask is keyed by: a thread's position and the positions of its
+// stack's top nodes, topmost first, then bottom if the stack ends there, then noNode.
+type position struct {
+	pos   int32
+	stack [positionDepth]int32
+}
+
+// bottom marks the end of the stack in position.stack; noNode fills what is past it.
+const (
+	bottom = -1
+	noNode = -2
+)
+
+// positionOf is t's position key and the lowest height its mask reads (0: the bottom).
+func (r *cfgRow) positionOf(t thread) (at position, read int32) {
+	at.pos = t.pos
+	n := t.parent
+	i := 0
+	for ; i < positionDepth && n >= 0; i++ {
+		at.stack[i] = r.p.nodes[n].pos
+		read = r.p.height[n]
+		n = r.p.nodes[n].parent
+	}
+	if i < positionDepth {
+		at.stack[i] = bottom
+		read = 0
+		i++
+	}
+	for ; i < positionDepth; i++ {
+		at.stack[i] = noNode
+	}
+	return at, read
+}
 
 // positionMask is what one grammar position decides alone over the vocabulary.
 type positionMask struct {
@@ -67,22 +110,37 @@ type positionMask struct {
 
 func (pm *positionMask) bytes() int64 { return int64(8*len(pm.accepted) + 4*len(pm.undecided) + 64) }
 
-// positionWalk classifies the vocabulary from the thread (pos, ctx), spending at most budget
-// thread visits; ok is false when the walk ran out of that budget (nothing is learnt).
-func (r *cfgRow) positionWalk(v *Vocab, pos int32, budget int) (pm *positionMask, ok bool) {
+// positionWalk classifies the vocabulary from a thread at at.pos over a stack whose top nodes
+// are at.stack's (ctx below them unless they reach the bottom), spending at most budget thread
+// visits; ok is false when the walk ran out of that budget (nothing is learnt).
+func (r *cfgRow) positionWalk(v *Vocab, at position, budget int) (pm *positionMask, ok bool) {
 	p := r.p
 	base := len(p.nodes)
-	p.ctx = p.intern(thread{pos: -1, parent: -1})
-	p.budget, p.highest, p.full, p.peak = budget, p.heightOf(p.ctx), false, 0
+	parent := int32(-1)
+	deepest := len(at.stack) - 1
+	for deepest >= 0 && at.stack[deepest] == noNode {
+		deepest--
+	}
+	if deepest >= 0 && at.stack[deepest] != bottom {
+		p.ctx = p.intern(thread{pos: -1, parent: -1})
+		parent = p.ctx
+	}
+	for i := deepest; i >= 0; i-- {
+		if at.stack[i] != bottom {
+			parent = p.intern(thread{at.stack[i], parent})
+		}
+	}
+	r.one[0] = thread{at.pos, parent}
+	baseHeight := p.heightOf(parent)
+	p.budget, p.highest, p.full, p.peak = budget, baseHeight, false, 0
 	p.watch, p.lowest = 0, 0
 	accepted := make([]uint64, (v.size+63)/64)
 	pops := r.undecidedBits[:0]
 	pops = append(pops, make([]uint64, (len(v.sorted)+63)/64)...)
-	r.one[0] = thread{pos, p.ctx}
 	limited := r.scan(v, r.one[:], nil, accepted, pops)
 	p.truncate(base)
 	p.ctx = noContext
-	pm = &positionMask{cost: budget - p.budget, peak: p.peak, rise: p.highest - 1}
+	pm = &positionMask{cost: budget - p.budget, peak: p.peak, rise: p.highest - baseHeight}
 	if p.budget < 0 || limited {
 		pm.unusable = true
 		return pm, budget >= MaxMaskWork
@@ -105,7 +163,7 @@ func (r *cfgRow) positionWalk(v *Vocab, pos int32, budget int) (pm *positionMask
 // ok is false when the cache cannot give the full walk's mask (see the file comment), and m
 // must then be cleared and walked.
 func (g *Grammar) positionsWalk(r *cfgRow, m []uint64) (lowest, rise int32, ok bool) {
-	if len(r.threads) > maxPositionThreads {
+	if len(r.threads) > maxPositionThreads || g.fullWalks {
 		return 0, 0, false
 	}
 	v := g.v
@@ -114,20 +172,23 @@ func (g *Grammar) positionsWalk(r *cfgRow, m []uint64) (lowest, rise int32, ok b
 	spare := MaxMaskWork // for positions' walks
 	cost, peak := 0, 0
 	rise = 0
+	lowest = top + 1
 	for i, t := range r.threads {
+		at, read := r.positionOf(t)
 		g.mu.Lock()
-		pm := g.positions[t.pos]
+		pm := g.positions[at]
 		g.mu.Unlock()
 		if pm == nil {
 			var learnt bool
-			pm, learnt = r.positionWalk(v, t.pos, spare)
+			pm, learnt = r.positionWalk(v, at, spare)
 			spare -= pm.cost
 			if !learnt {
 				return 0, 0, false
 			}
-			g.keepPosition(t.pos, pm)
+			g.keepPosition(at, pm)
 		}
 		h := r.p.heightOf(t.parent)
+		lowest = min(lowest, read)
 		if pm.unusable || h+pm.rise > MaxParserDepth {
 			return 0, 0, false
 		}
@@ -151,21 +212,24 @@ func (g *Grammar) positionsWalk(r *cfgRow, m []uint64) (lowest, rise int32, ok b
 		}
 	}
 	list := r.undecided[:0]
+	if list == nil {
+		list = make([]int32, 0, 64) // not nil: nil walks every token
+	}
 	for w, x := range undecided {
 		for ; x != 0; x &= x - 1 {
 			list = append(list, int32(w*64+bits.TrailingZeros64(x)))
 		}
 	}
 	r.undecidedBits, r.undecided = undecided, list
-	lowest, walkRise, limited := r.walk(v, m, list, MaxMaskWork-cost)
+	walkLowest, walkRise, limited := r.walk(v, m, list, MaxMaskWork-cost)
 	if limited || r.p.budget < 0 {
 		return 0, 0, false
 	}
-	return lowest, max(rise, walkRise), true
+	return min(lowest, walkLowest), max(rise, walkRise), true
 }
 
 // keepPosition caches pm for pos, its bytes counted with the masks'.
-func (g *Grammar) keepPosition(pos int32, pm *positionMask) {
+func (g *Grammar) keepPosition(pos position, pm *positionMask) {
 	n := pm.bytes()
 	g.mu.Lock()
 	if g.positions[pos] != nil {
