@@ -38,7 +38,7 @@
 //     peaks, which must fit; on them the restricted walk meets the limit exactly where the full
 //     walk does, and any limit met there sends the mask to the full walk (which would then
 //     also drop tokens the bitmaps accept).
-// A cached position's mask reads the stack down to its deepest named node, and the
+// A position's mask reads the named nodes its walk popped (the bottom if it reached it), the
 // restricted walk what it pops: the lowest of those heights and the rise key the state mask
 // cache (grammar.go) as a full walk's do.
 // Bounds: a mask computes positions only for states of at most maxPositionThreads threads,
@@ -77,25 +77,23 @@ const (
 	noNode = -2
 )
 
-// positionOf is t's position key and the lowest height its mask reads (0: the bottom).
-func (r *cfgRow) positionOf(t thread) (at position, read int32) {
+// positionOf is t's position key.
+func (r *cfgRow) positionOf(t thread) (at position) {
 	at.pos = t.pos
 	n := t.parent
 	i := 0
 	for ; i < positionDepth && n >= 0; i++ {
 		at.stack[i] = r.p.nodes[n].pos
-		read = r.p.height[n]
 		n = r.p.nodes[n].parent
 	}
 	if i < positionDepth {
 		at.stack[i] = bottom
-		read = 0
 		i++
 	}
 	for ; i < positionDepth; i++ {
 		at.stack[i] = noNode
 	}
-	return at, read
+	return at
 }
 
 // positionMask is what one grammar position decides alone over the vocabulary.
@@ -104,7 +102,8 @@ type positionMask struct {
 	undecided []int32  // indices into Vocab.sorted, ascending
 	cost      int      // thread visits of its walk
 	peak      int      // most threads one step of its walk visited
-	rise      int32    // highest push above the context
+	rise      int32    // highest push above the thread's stack
+	read      int32    // how many of its stack's nodes its walk popped (bottom counts as one)
 	unusable  bool     // its walk met a limit: states holding it take the full walk
 }
 
@@ -133,14 +132,16 @@ func (r *cfgRow) positionWalk(v *Vocab, at position, budget int) (pm *positionMa
 	r.one[0] = thread{at.pos, parent}
 	baseHeight := p.heightOf(parent)
 	p.budget, p.highest, p.full, p.peak = budget, baseHeight, false, 0
-	p.watch, p.lowest = 0, 0
+	// The named nodes are the walk's "state": lowest is the lowest of them it popped.
+	p.watch, p.lowest = int32(len(p.nodes)), baseHeight+1
+	defer func() { p.watch = 0 }()
 	accepted := make([]uint64, (v.size+63)/64)
 	pops := r.undecidedBits[:0]
 	pops = append(pops, make([]uint64, (len(v.sorted)+63)/64)...)
 	limited := r.scan(v, r.one[:], nil, accepted, pops)
 	p.truncate(base)
 	p.ctx = noContext
-	pm = &positionMask{cost: budget - p.budget, peak: p.peak, rise: p.highest - baseHeight}
+	pm = &positionMask{cost: budget - p.budget, peak: p.peak, rise: p.highest - baseHeight, read: baseHeight + 1 - p.lowest}
 	if p.budget < 0 || limited {
 		pm.unusable = true
 		return pm, budget >= MaxMaskWork
@@ -174,7 +175,7 @@ func (g *Grammar) positionsWalk(r *cfgRow, m []uint64) (lowest, rise int32, ok b
 	rise = 0
 	lowest = top + 1
 	for i, t := range r.threads {
-		at, read := r.positionOf(t)
+		at := r.positionOf(t)
 		g.mu.Lock()
 		pm := g.positions[at]
 		g.mu.Unlock()
@@ -188,7 +189,7 @@ func (g *Grammar) positionsWalk(r *cfgRow, m []uint64) (lowest, rise int32, ok b
 			g.keepPosition(at, pm)
 		}
 		h := r.p.heightOf(t.parent)
-		lowest = min(lowest, read)
+		lowest = min(lowest, h+1-pm.read)
 		if pm.unusable || h+pm.rise > MaxParserDepth {
 			return 0, 0, false
 		}

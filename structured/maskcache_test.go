@@ -162,7 +162,7 @@ func TestPositionCacheIsBounded(t *testing.T) {
 	}
 	j := compileGrammar(t, NewCompiler(v), "json")
 	r := j.NewMatcher().r
-	at, _ := r.positionOf(r.threads[0])
+	at := r.positionOf(r.threads[0])
 	pm, learnt := r.positionWalk(v, at, 100)
 	if learnt || pm.cost > 100+MaxParserThreads+len(r.threads) {
 		t.Errorf("a position's walk with a budget of 100 visits: learnt %v, cost %d", learnt, pm.cost)
