@@ -42,9 +42,9 @@
 // restricted walk what it pops: the lowest of those heights and the rise key the state mask
 // cache (grammar.go) as a full walk's do.
 // Bounds: a mask computes positions only for states of at most maxPositionThreads threads,
-// and spends at most MaxMaskWork thread visits on positions' walks (a hostile grammar's
-// thousands of positions cost a first mask at most one more full walk's budget, then fall
-// back; the positions learnt are kept); a position whose own walk meets a limit is kept as
+// and spends at most maxPositionWork thread visits on positions' walks (a hostile grammar's
+// thousands of positions cost a first mask at most a quarter of a full walk's budget more,
+// then fall back; the positions learnt are kept); a position whose own walk meets a limit is kept as
 // unusable. Memory: a position keeps 8·ceil(size/64) bytes of bitmap (16 KiB at 128k, none
 // when nothing is accepted) plus 4 bytes per undecided token; these count against the
 // Compiler's MaxMaskBytes with the state masks and are dropped with them.
@@ -52,6 +52,12 @@
 package structured
 
 import "math/bits"
+
+// maxPositionWork bounds the thread visits one mask spends on learning positions. A
+// position's walk costs about a full walk of a one-thread state (its per-node overhead is not
+// shared with other threads): a JSON string state's 11 positions take 6.5M on a 128k
+// vocabulary, some 10× the full walk's time, once per grammar.
+const maxPositionWork = MaxMaskWork / 4
 
 // maxPositionThreads is the most threads a state may have for its mask to come from the
 // position cache: past it the sums that bound the full walk's limits grow large and the
@@ -144,7 +150,7 @@ func (r *cfgRow) positionWalk(v *Vocab, at position, budget int) (pm *positionMa
 	pm = &positionMask{cost: budget - p.budget, peak: p.peak, rise: p.highest - baseHeight, read: baseHeight + 1 - p.lowest}
 	if p.budget < 0 || limited {
 		pm.unusable = true
-		return pm, budget >= MaxMaskWork
+		return pm, budget >= maxPositionWork
 	}
 	for i, w := range pops {
 		for ; w != 0; w &= w - 1 {
@@ -170,7 +176,7 @@ func (g *Grammar) positionsWalk(r *cfgRow, m []uint64) (lowest, rise int32, ok b
 	v := g.v
 	top := r.top()
 	var pms [maxPositionThreads]*positionMask
-	spare := MaxMaskWork // for positions' walks
+	spare := maxPositionWork
 	cost, peak := 0, 0
 	rise = 0
 	lowest = top + 1
