@@ -53,10 +53,9 @@ package structured
 
 import "math/bits"
 
-// maxPositionWork bounds the thread visits one mask spends on learning positions. A
-// position's walk costs about a full walk of a one-thread state (its per-node overhead is not
-// shared with other threads): a JSON string state's 11 positions take 6.5M on a 128k
-// vocabulary, some 10× the full walk's time, once per grammar.
+// maxPositionWork bounds the thread visits one mask spends on learning positions: a JSON
+// string state's 11 positions take 6.5M on a 128k vocabulary, about what the state's full
+// walk costs, once per grammar.
 const maxPositionWork = MaxMaskWork / 4
 
 // maxPositionThreads is the most threads a state may have for its mask to come from the
