@@ -380,3 +380,43 @@ func TestBadToolsAre400(t *testing.T) {
 		t.Errorf("tool_choice none on a model without a tool-call format: %v", err)
 	}
 }
+
+// A forced call to a tool whose parameters are recursive (the expression tree of treeSchema,
+// through mutually recursive $defs) compiles, and every call that ends has arguments the schema
+// validates: tool parameters get the recursive grammar as response formats do.
+func TestForcedCallWithRecursiveParameters(t *testing.T) {
+	client := newClient(toolServer(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	val := schematest.Compile(t, treeSchema)
+	ended := 0
+	for seed := range int64(8) {
+		resp, err := client.Chat.Completions.New(ctx, oai.ChatCompletionNewParams{
+			Model:       demo.Name,
+			Messages:    []oai.ChatCompletionMessageParamUnion{oai.UserMessage("Compute 2+3*4.")},
+			Tools:       []oai.ChatCompletionToolUnionParam{tool("evaluate", treeSchema)},
+			ToolChoice:  named("evaluate"),
+			Temperature: oai.Float(1.2),
+			Seed:        oai.Int(seed),
+			MaxTokens:   oai.Int(300),
+		})
+		if err != nil {
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		ch := resp.Choices[0]
+		if ch.FinishReason != "stop" {
+			continue // a tree may outgrow max_tokens
+		}
+		ended++
+		if len(ch.Message.ToolCalls) != 1 || ch.Message.ToolCalls[0].Function.Name != "evaluate" {
+			t.Fatalf("seed %d: calls %+v (content %q)", seed, ch.Message.ToolCalls, ch.Message.Content)
+		}
+		if args := ch.Message.ToolCalls[0].Function.Arguments; schematest.Validate(val, args) != nil {
+			t.Fatalf("seed %d: arguments %q: %v", seed, args, schematest.Validate(val, args))
+		}
+	}
+	t.Logf("%d of 8 forced calls ended", ended)
+	if ended < 5 {
+		t.Errorf("%d of 8 forced calls ended within 300 tokens, want at least 5", ended)
+	}
+}
