@@ -1,6 +1,8 @@
 package serve
 
 import (
+	"encoding/json"
+	"fmt"
 	"strings"
 
 	"github.com/loraplex/loraplex/serve/toolcall"
@@ -134,4 +136,23 @@ func (t *ToolPlan) FinishWithCalls(reason string, calls int) string {
 		return reason
 	}
 	return "tool_calls"
+}
+
+// ToolCallArguments is what a chat template gets for the arguments of a tool call in an
+// incoming assistant message, which clients send as OpenAI writes them: a string of JSON.
+// Templates are written for the parsed value (Llama 3.1's `arguments | tojson` would put a
+// quoted string of JSON inside the call, and Qwen's and Hermes' render an object with tojson's
+// spacing), so the string is parsed, as vLLM and transformers' own examples do, and the model
+// sees its earlier calls as it was trained to. An empty string is no arguments ({}); a string
+// that is not JSON is the client's error.
+func ToolCallArguments(s string) (json.RawMessage, error) {
+	t := strings.TrimSpace(s)
+	if t == "" {
+		return json.RawMessage("{}"), nil
+	}
+	var v any
+	if err := json.Unmarshal([]byte(t), &v); err != nil {
+		return nil, fmt.Errorf("arguments are not JSON: %v", err)
+	}
+	return json.RawMessage(t), nil
 }

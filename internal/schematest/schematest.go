@@ -1,9 +1,12 @@
 // Package schematest checks model output against a JSON Schema in the structured-output tests
 // of every surface (serve/openai, serve/grpcapi, cuda), with an independent validator
-// (santhosh-tekuri/jsonschema), not the grammar compiler whose output is under test.
+// (santhosh-tekuri/jsonschema), not the grammar compiler whose output is under test; and, for
+// the tool-call tests of both gateways, how a prompt shows a call the client sent back.
 package schematest
 
 import (
+	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -45,4 +48,32 @@ func Validate(s *jsonschema.Schema, text string) error {
 		return err
 	}
 	return s.Validate(inst)
+}
+
+// RenderedCall returns the arguments a Hermes-format chat prompt shows for its first call to
+// name, as the template wrote them: templates get a call's arguments parsed (an object, as vLLM
+// gives them), so they are the value the client sent in the template's own spacing, not its
+// string. It fails the test if the prompt shows no such call or the two values differ.
+func RenderedCall(t testing.TB, prompt, name, sentArgs string) {
+	t.Helper()
+	head := "<|im_start|>assistant\n<tool_call>\n{\"name\": \"" + name + "\", \"arguments\": "
+	i := strings.Index(prompt, head)
+	if i < 0 {
+		t.Fatalf("the prompt shows no call to %s:\n%s", name, prompt)
+	}
+	rest := prompt[i+len(head):]
+	j := strings.Index(rest, "}\n</tool_call><|im_end|>\n")
+	if j < 0 {
+		t.Fatalf("the call to %s is not closed:\n%s", name, prompt)
+	}
+	var shown, sent any
+	if err := json.Unmarshal([]byte(rest[:j]), &shown); err != nil {
+		t.Fatalf("the call's arguments %q are not JSON: %v", rest[:j], err)
+	}
+	if err := json.Unmarshal([]byte(sentArgs), &sent); err != nil {
+		t.Fatalf("the sent arguments %q are not JSON: %v", sentArgs, err)
+	}
+	if !reflect.DeepEqual(shown, sent) {
+		t.Fatalf("the prompt shows arguments %s, the client sent %s", rest[:j], sentArgs)
+	}
 }

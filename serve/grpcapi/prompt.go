@@ -46,9 +46,13 @@ func (s *Service) render(p *loraplexv1.ChatPrompt) (string, error) {
 			return "", invalid("messages", fmt.Sprintf("messages[%d].role is required", i))
 		}
 		msgs[i] = chat.Message{Role: m.GetRole(), Content: m.GetContent(), ToolCallID: m.GetToolCallId()}
-		for _, tc := range m.GetToolCalls() {
+		for j, tc := range m.GetToolCalls() {
 			c := chat.ToolCall{ID: tc.GetId(), Type: "function"}
-			c.Function.Name, c.Function.Arguments = tc.GetName(), tc.GetArguments()
+			args, err := serve.ToolCallArguments(tc.GetArguments())
+			if err != nil {
+				return "", invalid("messages", fmt.Sprintf("messages[%d].tool_calls[%d].%v", i, j, err))
+			}
+			c.Function.Name, c.Function.Arguments = tc.GetName(), args
 			msgs[i].ToolCalls = append(msgs[i].ToolCalls, c)
 		}
 	}

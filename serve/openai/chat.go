@@ -100,7 +100,7 @@ func (h *Handler) render(f *chatFields) (string, error) {
 			return "", err
 		}
 		msgs[i] = chat.Message{Role: m.Role, Content: content, Name: m.Name, ToolCallID: m.ToolCallID, ReasoningContent: m.ReasoningContent}
-		for _, tc := range m.ToolCalls {
+		for j, tc := range m.ToolCalls {
 			var call struct {
 				ID       string `json:"id"`
 				Type     string `json:"type"`
@@ -114,11 +114,13 @@ func (h *Handler) render(f *chatFields) (string, error) {
 			}
 			c := chat.ToolCall{ID: call.ID, Type: call.Type}
 			c.Function.Name = call.Function.Name
-			var s string
-			if json.Unmarshal(call.Function.Arguments, &s) == nil {
-				c.Function.Arguments = s
-			} else {
-				c.Function.Arguments = call.Function.Arguments
+			c.Function.Arguments = call.Function.Arguments
+			if s := ""; json.Unmarshal(call.Function.Arguments, &s) == nil {
+				args, err := serve.ToolCallArguments(s)
+				if err != nil {
+					return "", invalid("messages", "messages[%d].tool_calls[%d].function.%v", i, j, err)
+				}
+				c.Function.Arguments = args
 			}
 			msgs[i].ToolCalls = append(msgs[i].ToolCalls, c)
 		}
