@@ -59,7 +59,8 @@ func FuzzCompile(f *testing.F) {
 
 // Parsing any grammar text never panics and fails or compiles in bounded time; what compiles
 // only lets a random model write outputs the recognizer accepts, its masks from the position
-// cache are the full walk's, and the recognizer takes any bytes.
+// cache (learnt at compile or by the masks) are the full walk's, and the recognizer takes any
+// bytes.
 func FuzzGrammar(f *testing.F) {
 	for _, g := range testGrammars {
 		f.Add(g, "1+(2*3)")
@@ -79,7 +80,10 @@ func FuzzGrammar(f *testing.F) {
 			return
 		}
 		g.Matches([]byte(input))
-		// The position cache's masks are the full walk's (maskcache.go).
+		// The position cache's masks are the full walk's (maskcache.go), from the positions
+		// compile learnt and from positions learnt by the masks themselves.
+		comparePaths(t, g, rand.New(rand.NewPCG(2, 2)), 20)
+		g.drop(true)
 		comparePaths(t, g, rand.New(rand.NewPCG(2, 2)), 20)
 		rng := rand.New(rand.NewPCG(1, 1))
 		for range 2 {

@@ -375,8 +375,8 @@ func (c *Compiler) Compile(spec Spec) (*Grammar, error) {
 		return nil, err
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if old := c.cache[k]; old != nil {
+		c.mu.Unlock()
 		return old, nil
 	}
 	if len(c.order) >= MaxCachedGrammars {
@@ -395,8 +395,15 @@ func (c *Compiler) Compile(spec Spec) (*Grammar, error) {
 		old.c = nil
 		old.mu.Unlock()
 	}
+	// The positions compile learnt count from here (a grammar compiled twice at once, and
+	// dropped above, never counted); g is not shared yet.
+	learnt := g.maskBytes
 	c.cache[k] = g
 	c.order = append(c.order, k)
+	c.mu.Unlock()
+	if c.maskBytes.Add(learnt) > MaxMaskBytes {
+		c.dropMasks()
+	}
 	return g, nil
 }
 
@@ -450,7 +457,10 @@ func (c *Compiler) cfgGrammar(g *cfg) (*Grammar, error) {
 	if _, ok := newCFGRow(g, c.v.maxLen); !ok {
 		return nil, &LimitError{Limit: "MaxParserThreads", Msg: fmt.Sprintf("the grammar's start expands to more than %d parser threads", MaxParserThreads)}
 	}
-	return &Grammar{v: c.v, cfg: g, c: c, cfgMasks: map[string]cfgMask{}, positions: map[position]*positionMask{}, none: make([]uint64, (c.v.size+63)/64)}, nil
+	gr := &Grammar{v: c.v, cfg: g, cfgMasks: map[string]cfgMask{}, positions: map[position]*positionMask{}, none: make([]uint64, (c.v.size+63)/64)}
+	gr.learnPositions()
+	gr.c = c
+	return gr, nil
 }
 
 // Matcher follows one output through a Grammar: the masks of the tokens it may take next,

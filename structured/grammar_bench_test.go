@@ -55,21 +55,28 @@ func timeMasks(g *Grammar, ids []int) time.Duration {
 // benchColdMasks times the masks along ids three cold ways, per step and the slowest step
 // (the average hides that one state, a JSON string's, costs nearly all): mask_cold_walk with
 // every mask a full walk and every mask dropped first (the walk before the position cache),
-// mask_first with masks and positions dropped (a grammar's first output), mask_cold with the
+// mask_first_lazy with masks and positions dropped (a grammar's first output before compile
+// learnt positions), mask_first the same after the positions compile learns (their learning
+// untimed per step, reported as ns/learn: it is part of compile), mask_cold with the
 // state masks dropped and the positions kept (a new state of a grammar already in use).
 // report adds mask_cold's own metrics.
 func benchColdMasks(b *testing.B, name string, g *Grammar, ids []int, report func(b *testing.B, perStep float64)) {
 	for _, way := range []struct {
-		name            string
-		walk, positions bool
-	}{{"mask_cold_walk", true, false}, {"mask_first", false, false}, {"mask_cold", false, true}} {
+		name                   string
+		walk, positions, learn bool
+	}{{"mask_cold_walk", true, false, false}, {"mask_first_lazy", false, false, false}, {"mask_first", false, false, true}, {"mask_cold", false, true, false}} {
 		b.Run(name+"/"+way.name, func(b *testing.B) {
 			g.fullWalks = way.walk
 			defer func() { g.fullWalks = false }()
 			timeMasks(g, ids) // the positions, for mask_cold
-			var masked, slowest time.Duration
+			var masked, slowest, learning time.Duration
 			for b.Loop() {
 				g.drop(!way.positions)
+				if way.learn {
+					start := time.Now()
+					g.learnPositions()
+					learning += time.Since(start)
+				}
 				m := g.NewMatcher()
 				for _, id := range ids {
 					start := time.Now()
@@ -82,6 +89,9 @@ func benchColdMasks(b *testing.B, name string, g *Grammar, ids []int, report fun
 			perStep := float64(masked.Nanoseconds()) / float64(b.N*len(ids))
 			b.ReportMetric(perStep, "ns/step")
 			b.ReportMetric(float64(slowest.Nanoseconds()), "ns/slowest_step")
+			if way.learn {
+				b.ReportMetric(float64(learning.Nanoseconds())/float64(b.N), "ns/learn")
+			}
 			if way.name == "mask_cold" {
 				report(b, perStep)
 			}

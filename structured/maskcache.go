@@ -49,9 +49,23 @@
 // when nothing is accepted) plus 4 bytes per undecided token; these count against the
 // Compiler's MaxMaskBytes with the state masks and are dropped with them.
 
+// Learnt at compile: a grammar's first output would pay, per position it meets, about one
+// full walk (a JSON string state's 11 positions ~100 ms on 128k, in the middle of a batch's
+// decode step). Compile (per request, before the request joins a batch) therefore learns the
+// positions of the states reachable from the start within maxLearnBytes bytes of output,
+// nearest first (a breadth-first search over bytes, states told apart by their whole key), as
+// the first masks would learn them. Bounded before it starts: at most maxLearnStates states,
+// maxPositionWork thread visits on the search's steps and as many on the positions' walks
+// (one JSON string state's worth); past any of them it stops, and the rest is learnt lazily
+// as before. The positions are keyed by grammar positions, not by the search's own stack
+// nodes, so the masks they give are the same as if the first masks had learnt them.
+
 package structured
 
-import "math/bits"
+import (
+	"math/bits"
+	"slices"
+)
 
 // maxPositionWork bounds the thread visits one mask spends on learning positions: a JSON
 // string state's 11 positions take 6.5M on a 128k vocabulary, about what the state's full
@@ -261,4 +275,67 @@ func (g *Grammar) cfgWalk(r *cfgRow, m []uint64) (lowest, rise int32) {
 	clear(m)
 	lowest, rise, _ = r.walk(g.v, m, nil, MaxMaskWork)
 	return lowest, rise
+}
+
+// maxLearnStates and maxLearnBytes bound the states compile searches for positions to learn.
+const (
+	maxLearnStates = 64
+	maxLearnBytes  = 16
+)
+
+// learnPositions learns the positions of the states near g's start (see the file comment).
+// It runs before g is shared: g.c is nil, and Compile counts the bytes when it keeps g.
+func (g *Grammar) learnPositions() {
+	r, ok := newCFGRow(g.cfg, g.v.maxLen)
+	if !ok {
+		return
+	}
+	type state struct {
+		threads []thread
+		depth   int
+	}
+	seen := map[string]bool{string(r.stateKey(0)): true}
+	queue := []state{{slices.Clone(r.threads), 0}}
+	walks, steps := maxPositionWork, maxPositionWork
+	var next []thread
+	for i := 0; i < len(queue); i++ {
+		s := queue[i]
+		if len(s.threads) <= maxPositionThreads {
+			r.threads = s.threads
+			for _, t := range s.threads {
+				at := r.positionOf(t)
+				if g.positions[at] != nil {
+					continue
+				}
+				pm, learnt := r.positionWalk(g.v, at, walks)
+				walks -= pm.cost
+				if !learnt {
+					return
+				}
+				g.keepPosition(at, pm)
+			}
+		}
+		if s.depth == maxLearnBytes {
+			continue
+		}
+		for c := range 256 {
+			if len(queue) == maxLearnStates {
+				break
+			}
+			r.p.budget = steps
+			var acc bool
+			next, acc, ok = r.p.step(s.threads, byte(c), next[:0])
+			if steps = r.p.budget; steps < 0 {
+				return
+			}
+			if !ok || len(next) == 0 {
+				continue
+			}
+			r.threads, r.acc = next, acc
+			if k := r.stateKey(0); !seen[string(k)] {
+				seen[string(k)] = true
+				queue = append(queue, state{slices.Clone(next), s.depth + 1})
+			}
+		}
+	}
 }
