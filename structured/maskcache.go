@@ -55,10 +55,11 @@
 // positions of the states reachable from the start within maxLearnBytes bytes of output,
 // nearest first (a breadth-first search over bytes, states told apart by their whole key), as
 // the first masks would learn them. Bounded before it starts: at most maxLearnStates states,
-// maxPositionWork thread visits on the search's steps and as many on the positions' walks
-// (one JSON string state's worth); past any of them it stops, and the rest is learnt lazily
+// maxLearnSteps thread visits on the search's steps and maxPositionWork on the positions'
+// walks (one JSON string state's worth); past any of them it stops, and the rest is learnt lazily
 // as before. The positions are keyed by grammar positions, not by the search's own stack
-// nodes, so the masks they give are the same as if the first masks had learnt them.
+// nodes, so the masks they give are the same as if the first masks had learnt them. A state of
+// more than maxPositionThreads threads is neither learnt nor searched past.
 
 package structured
 
@@ -277,10 +278,14 @@ func (g *Grammar) cfgWalk(r *cfgRow, m []uint64) (lowest, rise int32) {
 	return lowest, rise
 }
 
-// maxLearnStates and maxLearnBytes bound the states compile searches for positions to learn.
+// maxLearnStates and maxLearnBytes bound the states compile searches for positions to learn,
+// maxLearnSteps the thread visits of the search's steps (a JSON grammar's 64 states take
+// ~100k; a state of more than maxPositionThreads threads is not expanded, as its positions
+// are not learnt).
 const (
 	maxLearnStates = 64
 	maxLearnBytes  = 16
+	maxLearnSteps  = 1 << 20
 )
 
 // learnPositions learns the positions of the states near g's start (see the file comment).
@@ -296,7 +301,7 @@ func (g *Grammar) learnPositions() {
 	}
 	seen := map[string]bool{string(r.stateKey(0)): true}
 	queue := []state{{slices.Clone(r.threads), 0}}
-	walks, steps := maxPositionWork, maxPositionWork
+	walks, steps := maxPositionWork, maxLearnSteps
 	var next []thread
 	for i := 0; i < len(queue); i++ {
 		s := queue[i]
@@ -315,7 +320,7 @@ func (g *Grammar) learnPositions() {
 				g.keepPosition(at, pm)
 			}
 		}
-		if s.depth == maxLearnBytes {
+		if s.depth == maxLearnBytes || len(s.threads) > maxPositionThreads {
 			continue
 		}
 		for c := range 256 {
