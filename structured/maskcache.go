@@ -51,7 +51,7 @@
 
 // Learnt at compile: a grammar's first output would pay, per position it meets, about one
 // full walk (a JSON string state's 11 positions ~100 ms on 128k, in the middle of a batch's
-// decode step). Compile (per request, before the request joins a batch) therefore learns the
+// decode step). Compile (once per distinct grammar, before its request joins a batch) learns the
 // positions of the states reachable from the start within maxLearnBytes bytes of output,
 // nearest first (a breadth-first search over bytes, states told apart by their whole key), as
 // the first masks would learn them. Bounded before it starts: at most maxLearnStates states,
