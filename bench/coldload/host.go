@@ -117,17 +117,27 @@ func readModes(path string, n int) ([]readMode, error) {
 	return out, nil
 }
 
-func readMapped(path string) (uint32, error) {
+// openSized opens path for reading and gives its size, as the buffered read modes need.
+func openSized(path string) (*os.File, int64, error) {
 	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, st.Size(), nil
+}
+
+func readMapped(path string) (uint32, error) {
+	f, size, err := openSized(path)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	m, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return 0, err
 	}
@@ -138,19 +148,15 @@ func readMapped(path string) (uint32, error) {
 }
 
 func readSequential(path string) (uint32, error) {
-	f, err := os.Open(path)
+	f, size, err := openSized(path)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
 	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL); err != nil {
 		return 0, err
 	}
-	buf := make([]byte, st.Size())
+	buf := make([]byte, size)
 	if _, err := io.ReadFull(f, buf); err != nil {
 		return 0, err
 	}
