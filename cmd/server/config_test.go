@@ -92,7 +92,7 @@ func TestToolCallParserFlag(t *testing.T) {
 		if err := json.Unmarshal(b, &out); err != nil || resp.StatusCode != 200 || len(out.Choices[0].Message.ToolCalls) != c.calls {
 			t.Errorf("%v: %d %s", c.args, resp.StatusCode, b)
 		}
-		if calls := grpcToolCalls(t, logs.String()); calls != c.calls {
+		if calls := grpcToolCalls(t, logs); calls != c.calls {
 			t.Errorf("%v: %d calls on gRPC, want %d", c.args, calls, c.calls)
 		}
 		if err := stop(); err != nil {
@@ -103,13 +103,9 @@ func TestToolCallParserFlag(t *testing.T) {
 
 // grpcToolCalls sends TestToolCallParserFlag's request to the gRPC address in the server's log
 // and counts the calls its stream starts.
-func grpcToolCalls(t *testing.T, logs string) int {
+func grpcToolCalls(t *testing.T, logs *logBuffer) int {
 	t.Helper()
-	m := grpcAddrRE.FindStringSubmatch(logs)
-	if m == nil {
-		t.Fatalf("no gRPC address in the log:\n%s", logs)
-	}
-	conn, err := grpc.NewClient(m[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(grpcAddr(t, logs), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,20 @@ import (
 
 var grpcAddrRE = regexp.MustCompile(`msg="gRPC server listening" addr=(\S+)`)
 
+// grpcAddr waits for the server's gRPC listener to log its address and returns it: start
+// returns once the HTTP server listens, and the gRPC server may log a moment later.
+func grpcAddr(t *testing.T, logs *logBuffer) string {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if m := grpcAddrRE.FindStringSubmatch(logs.String()); m != nil {
+			return m[1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no gRPC address in the log:\n%s", logs)
+		}
+	}
+}
+
 // Shutdown never waits on a load stuck on the file system longer than --shutdown-timeout: with
 // loads of a FIFO config and FIFO weights in flight over HTTP and gRPC (which used to hang for
 // ever, and SIGTERM with them), the loads are answered and run returns in time.
@@ -32,11 +46,7 @@ func TestShutdownWithFIFOLoads(t *testing.T) {
 	url, logs, stop := start(t, "--model", dir, "--device", "cpu", "--max-model-len", "64", "--grpc-addr", "127.0.0.1:0",
 		"--adapter-root", h.Root, "--allow-runtime-adapter-updates", "--shutdown-timeout", shutdownTimeout.String())
 	defer stop()
-	m := grpcAddrRE.FindStringSubmatch(logs.String())
-	if m == nil {
-		t.Fatalf("no gRPC address in the log:\n%s", logs)
-	}
-	conn, err := grpc.NewClient(m[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(grpcAddr(t, logs), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

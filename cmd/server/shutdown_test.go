@@ -20,11 +20,7 @@ func TestShutdownWithOpenHealthWatch(t *testing.T) {
 	_, logs, stop := start(t, "--model", dir, "--device", "cpu", "--max-model-len", "64",
 		"--grpc-addr", "127.0.0.1:0", "--shutdown-timeout", shutdownTimeout.String())
 	defer stop()
-	m := grpcAddrRE.FindStringSubmatch(logs.String())
-	if m == nil {
-		t.Fatalf("no gRPC address in the log:\n%s", logs)
-	}
-	conn, err := grpc.NewClient(m[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(grpcAddr(t, logs), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
