@@ -3,8 +3,10 @@ package adaptercache
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"hash"
 	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/loraplex/loraplex/model"
 )
@@ -14,50 +16,98 @@ import (
 // codec stream for the device, the stream), and nothing else: not the name, not the path. Two
 // adapters with equal digests compute the same deltas, so the engine's prefix cache may share
 // their KV pages; an adapter reloaded under the same name with other weights gets another digest.
+//
+// It is computed on every load, before the adapter can be uploaded, so it is on the cold-load
+// path: one goroutine hashing a rank-16 Llama-3-8B adapter's 24 MB of q4 streams took about as
+// long as reading and checking the file (bench/results/coldload-host-cpu.md). So the bytes are
+// hashed per tensor, by up to GOMAXPROCS goroutines (hashTensors), and the digest is the SHA-256
+// of the ordered list of per-tensor records: layer, projection, rank, scale, and per tensor its
+// dtype, shape, form (codec and group for a stream), byte length and the SHA-256 of its bytes.
+// That is construction v2 (the domain string says so); v1 hashed the bytes themselves in one
+// stream. The records are fixed-size or length-prefixed, so no two adapters hash the same
+// bytes, and the order is the modules' whatever the goroutines' schedule.
 func Digest(h *model.HostAdapter) [32]byte {
+	var tensors []*model.HostTensor
+	for l := range h.Modules {
+		for _, m := range h.Modules[l] {
+			if m != nil {
+				tensors = append(tensors, &m.A, &m.B)
+			}
+		}
+	}
+	sums := hashTensors(tensors)
+
 	d := sha256.New()
-	d.Write([]byte("loraplex adapter v1\x00"))
+	d.Write([]byte("loraplex adapter v2\x00"))
 	var buf [8]byte
-	putInt := func(w hash.Hash, v int) {
+	putInt := func(v int) {
 		binary.LittleEndian.PutUint64(buf[:], uint64(v))
-		w.Write(buf[:])
+		d.Write(buf[:])
 	}
 	// Every variable-length field is length-prefixed, so no two adapters hash the same bytes.
-	putString := func(w hash.Hash, s string) {
-		putInt(w, len(s))
-		w.Write([]byte(s))
+	putString := func(s string) {
+		putInt(len(s))
+		d.Write([]byte(s))
 	}
-	putInt(d, len(h.Modules))
+	putInt(len(h.Modules))
+	i := 0
 	for l := range h.Modules {
 		for p, m := range h.Modules[l] {
 			if m == nil {
 				continue
 			}
-			putInt(d, l)
-			putInt(d, p)
-			putInt(d, m.Rank)
-			putInt(d, int(math.Float32bits(m.Scale)))
+			putInt(l)
+			putInt(p)
+			putInt(m.Rank)
+			putInt(int(math.Float32bits(m.Scale)))
 			for _, t := range []*model.HostTensor{&m.A, &m.B} {
-				putString(d, t.DType.String())
-				putInt(d, len(t.Shape))
+				putString(t.DType.String())
+				putInt(len(t.Shape))
 				for _, n := range t.Shape {
-					putInt(d, n)
+					putInt(n)
 				}
 				if enc := t.Encoded; enc != nil {
-					putString(d, "encoded")
-					putString(d, enc.Codec)
-					putInt(d, enc.Group)
-					putInt(d, len(enc.Stream))
-					d.Write(enc.Stream)
-					continue
+					putString("encoded")
+					putString(enc.Codec)
+					putInt(enc.Group)
+				} else {
+					putString("data")
 				}
-				putString(d, "data")
-				putInt(d, len(t.Data))
-				d.Write(t.Data)
+				putInt(len(tensorBytes(t)))
+				d.Write(sums[i][:])
+				i++
 			}
 		}
 	}
 	var out [32]byte
 	d.Sum(out[:0])
 	return out
+}
+
+// tensorBytes is what Digest hashes of t: its codec stream if it is left encoded, else its data.
+func tensorBytes(t *model.HostTensor) []byte {
+	if t.Encoded != nil {
+		return t.Encoded.Stream
+	}
+	return t.Data
+}
+
+// hashTensors returns the SHA-256 of each tensor's bytes, in tensors' order, computed by
+// min(GOMAXPROCS, len(tensors)) goroutines that take the next tensor as they finish one (an
+// adapter's tensors differ in size by the projections' shapes), all ended when it returns.
+func hashTensors(tensors []*model.HostTensor) [][32]byte {
+	sums := make([][32]byte, len(tensors))
+	var next atomic.Int64
+	work := func() {
+		for i := int(next.Add(1) - 1); i < len(tensors); i = int(next.Add(1) - 1) {
+			sums[i] = sha256.Sum256(tensorBytes(tensors[i]))
+		}
+	}
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(tensors)) - 1 {
+		wg.Go(work)
+	}
+	work() // the caller is one of the workers
+	wg.Wait()
+	return sums
 }

@@ -1,10 +1,18 @@
 package adaptercache
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/loraplex/loraplex/internal/fixture"
 	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/model/safetensors"
 )
 
 // An adapter's digest is its content's: the same files under another name or path hash the
@@ -58,5 +66,226 @@ func TestDigestIsContentNotName(t *testing.T) {
 	}
 	if Digest(again) != d {
 		t.Fatal("restoring the adapter does not restore its digest")
+	}
+}
+
+// digestAdapters are a rank-4 adapter on all seven projections of both layers of testBase, written as
+// a PEFT folder and as a lorapack file (q4), and loaded as the cache loads them: the folder
+// with its F32 factors, the file for a device that decodes q4 (every tensor left a stream).
+func digestAdapters(t *testing.T) (peft, encoded *model.HostAdapter) {
+	t.Helper()
+	base := testBase(t)
+	var pairs [][]safetensors.Tensor
+	for l := range base.NumLayers {
+		for p := model.Proj(0); p < model.NumProj; p++ {
+			pairs = append(pairs, pair(base, l, p, 4))
+		}
+	}
+	dir := writeAdapter(t, with(map[string]any{"target_modules": []string{
+		"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}}), pairs...)
+	peft, c, err := LoadPEFT(dir, "peft", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	p := filepath.Join(t.TempDir(), "a.lorapack")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := DefaultCompressOptions()
+	opt.Codec = "q4"
+	if _, err := CompressPEFT(dir, f, opt); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	encoded, c, err = LoadCompressedEncoded(p, "encoded", base, func(codec string) bool { return codec == "q4" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, tt := range digestTensors(encoded) {
+		if tt.Encoded == nil {
+			t.Fatalf("%s was decoded, not left a q4 stream", tt.Name)
+		}
+	}
+	return peft, encoded
+}
+
+// digestTensors lists a's tensors in module order, A before B.
+func digestTensors(a *model.HostAdapter) []*model.HostTensor {
+	var out []*model.HostTensor
+	for l := range a.Modules {
+		for _, m := range a.Modules[l] {
+			if m != nil {
+				out = append(out, &m.A, &m.B)
+			}
+		}
+	}
+	return out
+}
+
+// The digest is construction v2 whatever the number of goroutines hashing and their schedule:
+// the SHA-256 of the domain, the layer count and, per module in order, layer, projection, rank,
+// scale and per tensor dtype, shape, form, byte length and the SHA-256 of its bytes, computed
+// here on one goroutine.
+func TestDigestIsV2WhateverTheWorkers(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	peft, encoded := digestAdapters(t)
+	for _, a := range []*model.HostAdapter{peft, encoded} {
+		want := digestV2Serial(a)
+		for _, procs := range []int{1, 4, 1, 4, 64} {
+			runtime.GOMAXPROCS(procs)
+			for range 5 {
+				if got := Digest(a); got != want {
+					t.Fatalf("%s at GOMAXPROCS %d: digest %x, want %x", a.Name, procs, got, want)
+				}
+			}
+		}
+	}
+	if Digest(peft) == Digest(encoded) {
+		t.Fatal("an adapter's F32 factors and its q4 streams hash the same")
+	}
+}
+
+// digestV2Serial is construction v2 as Digest's comment states it, on one goroutine.
+func digestV2Serial(a *model.HostAdapter) [32]byte {
+	var rec []byte
+	putInt := func(v int) { rec = binary.LittleEndian.AppendUint64(rec, uint64(v)) }
+	putString := func(s string) { putInt(len(s)); rec = append(rec, s...) }
+	rec = append(rec, "loraplex adapter v2\x00"...)
+	putInt(len(a.Modules))
+	for l := range a.Modules {
+		for p, m := range a.Modules[l] {
+			if m == nil {
+				continue
+			}
+			putInt(l)
+			putInt(p)
+			putInt(m.Rank)
+			putInt(int(math.Float32bits(m.Scale)))
+			for _, tt := range []*model.HostTensor{&m.A, &m.B} {
+				putString(tt.DType.String())
+				putInt(len(tt.Shape))
+				for _, n := range tt.Shape {
+					putInt(n)
+				}
+				bytes := tt.Data
+				if e := tt.Encoded; e != nil {
+					putString("encoded")
+					putString(e.Codec)
+					putInt(e.Group)
+					bytes = e.Stream
+				} else {
+					putString("data")
+				}
+				putInt(len(bytes))
+				sum := sha256.Sum256(bytes)
+				rec = append(rec, sum[:]...)
+			}
+		}
+	}
+	return sha256.Sum256(rec)
+}
+
+// One flipped byte in any tensor (its data, or its stream where left encoded), at its start,
+// middle or end, changes the digest; so do a tensor's rank, scale, shape (same bytes), dtype,
+// codec, group and form (the same bytes as data instead of a stream). Restored, the adapter
+// hashes as before.
+func TestDigestChangesWithAnyTensorOrField(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	peft, encoded := digestAdapters(t)
+	for _, a := range []*model.HostAdapter{peft, encoded} {
+		want := Digest(a)
+		changed := func(what string) {
+			t.Helper()
+			if Digest(a) == want {
+				t.Errorf("%s: changing %s leaves the digest unchanged", a.Name, what)
+			}
+		}
+		for i, tt := range digestTensors(a) {
+			bytes := &tt.Data
+			if tt.Encoded != nil {
+				bytes = &tt.Encoded.Stream
+			}
+			saved := *bytes
+			for _, at := range []int{0, len(saved) / 2, len(saved) - 1} {
+				*bytes = append([]byte(nil), saved...)
+				(*bytes)[at] ^= 0x10
+				changed(fmt.Sprintf("byte %d of tensor %d (%s)", at, i, tt.Name))
+			}
+			*bytes = saved
+
+			shape := tt.Shape
+			tt.Shape = []int{shape[1], shape[0]}
+			changed(fmt.Sprintf("the shape of %s to %v", tt.Name, tt.Shape))
+			tt.Shape = shape
+
+			dt := tt.DType
+			tt.DType = map[bool]model.DType{true: model.BF16, false: model.F32}[dt == model.F32]
+			changed("the dtype of " + tt.Name)
+			tt.DType = dt
+
+			if e := tt.Encoded; e != nil {
+				saved := *e
+				e.Codec = "q8"
+				changed("the codec of " + tt.Name)
+				*e = saved
+				e.Group *= 2
+				changed("the group of " + tt.Name)
+				*e = saved
+				data := tt.Data
+				tt.Encoded, tt.Data = nil, e.Stream
+				changed("the form of " + tt.Name + " (its stream as data)")
+				tt.Encoded, tt.Data = e, data
+			}
+		}
+		for l := range a.Modules {
+			for p, m := range a.Modules[l] {
+				if m == nil {
+					continue
+				}
+				saved := *m
+				m.Rank++
+				changed(fmt.Sprintf("the rank of layer %d %v", l, model.Proj(p)))
+				*m = saved
+				m.Scale = math.Nextafter32(m.Scale, 10)
+				changed(fmt.Sprintf("the scale of layer %d %v by one ulp", l, model.Proj(p)))
+				*m = saved
+			}
+		}
+		if Digest(a) != want {
+			t.Fatalf("%s: restoring the adapter does not restore its digest", a.Name)
+		}
+	}
+}
+
+// Every load through the cache hashes the adapter before anything can lease it: the lease's
+// device copy carries the digest of what was loaded, and Stats counts the hashing's time as a
+// part of the load's (so bench/coldload can show it in the disk -> host stage).
+func TestCacheLoadDigestsBeforeLeasing(t *testing.T) {
+	c, _ := newTestCache(t, Options{})
+	var before float64
+	for _, n := range []string{"a_qv", "b_all_rslora"} {
+		if err := c.Register(n, fixturePath(n)); err != nil {
+			t.Fatal(err)
+		}
+		l := mustAcquire(t, c, n)
+		ha, cl, err := LoadPEFT(fixturePath(n), "other name", llamaConfig(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := l.Adapter().Digest, Digest(ha); got != want || got == ([32]byte{}) {
+			t.Errorf("%s: the lease's adapter has digest %x, want %x", n, got, want)
+		}
+		cl.Close()
+		l.Release()
+		s := c.Stats()
+		if s.DigestSeconds <= before || s.DigestSeconds > s.LoadSeconds {
+			t.Errorf("%s: DigestSeconds %g after %g, LoadSeconds %g: the load's hashing is not counted within it", n, s.DigestSeconds, before, s.LoadSeconds)
+		}
+		before = s.DigestSeconds
 	}
 }

@@ -49,7 +49,7 @@ func (c *Cache) startLoad(e *entry) {
 func (c *Cache) load(e *entry) {
 	defer c.wg.Done()
 	start := time.Now()
-	ha, closer, err := c.readDisk(e)
+	ha, closer, hashing, err := c.readDisk(e)
 	if err == nil {
 		if err = checkRank(ha, c.opt.MaxRank); err != nil && closer != nil {
 			closer.Close()
@@ -60,6 +60,7 @@ func (c *Cache) load(e *entry) {
 	defer c.unlock()
 	c.loading--
 	c.stats.LoadSeconds += took.Seconds()
+	c.stats.DigestSeconds += hashing.Seconds()
 	c.changed()
 	if c.onLoad != nil {
 		c.onLoad(e.name, took, err) // before any waiter wakes: whoever sees the load sees it counted
@@ -83,23 +84,29 @@ func (c *Cache) load(e *entry) {
 	c.enforceHostBudget(e)
 }
 
-// readDisk runs the loader for e within Options.LoadTimeout and until Close. A read that
-// overruns either is abandoned on its own goroutine, which closes what it returns.
-func (c *Cache) readDisk(e *entry) (*model.HostAdapter, io.Closer, error) {
+// readDisk runs the loader for e within Options.LoadTimeout and until Close, and hashes what
+// it read (Digest), giving how long the hashing took. A read that overruns either is abandoned
+// on its own goroutine, which closes what it returns.
+func (c *Cache) readDisk(e *entry) (*model.HostAdapter, io.Closer, time.Duration, error) {
 	type result struct {
-		ha     *model.HostAdapter
-		closer io.Closer
-		err    error
+		ha      *model.HostAdapter
+		closer  io.Closer
+		hashing time.Duration
+		err     error
 	}
 	done := make(chan result, 1)
 	go func() {
 		ha, closer, err := c.loader(e.path, e.name, c.opt.Config)
+		var hashing time.Duration
 		if err == nil {
-			// Hashed here, once per load and inside the load's time bound: the engine's prefix
-			// cache tells adapters apart by content, never by name.
+			// Hashed here, once per load and inside the load's time bound, before anything can
+			// upload or lease the adapter: the engine's prefix cache tells adapters apart by
+			// content, never by name, and reads the digest from the device copy.
+			start := time.Now()
 			ha.Digest = Digest(ha)
+			hashing = time.Since(start)
 		}
-		done <- result{ha, closer, err}
+		done <- result{ha, closer, hashing, err}
 	}()
 	var timeout <-chan time.Time
 	if c.opt.LoadTimeout > 0 {
@@ -116,13 +123,13 @@ func (c *Cache) readDisk(e *entry) (*model.HostAdapter, io.Closer, error) {
 	}
 	select {
 	case r := <-done:
-		return r.ha, r.closer, r.err
+		return r.ha, r.closer, r.hashing, r.err
 	case <-timeout:
 		abandon()
-		return nil, nil, fmt.Errorf("adapter %q: reading it took longer than %v: %w", e.name, c.opt.LoadTimeout, context.DeadlineExceeded)
+		return nil, nil, 0, fmt.Errorf("adapter %q: reading it took longer than %v: %w", e.name, c.opt.LoadTimeout, context.DeadlineExceeded)
 	case <-c.closing:
 		abandon()
-		return nil, nil, ErrClosed
+		return nil, nil, 0, ErrClosed
 	}
 }
 
