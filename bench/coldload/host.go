@@ -18,35 +18,45 @@ import (
 
 // hostStage is the disk -> host stage of a lorapack file for a backend that decodes q4/q8 on
 // the device (CUDA): adaptercache.LoadCompressedEncoded, the file read and checked, its streams
-// left encoded. It runs here on any backend, so the stage the GPU pays is measured on the CPU
-// machine too. Warm page cache; wall and CPU time (user + system, all threads) per load.
+// left encoded, then adaptercache.Digest of what it loaded (timed apart: the cache hashes every
+// load before the upload can start). It runs here on any backend, so the stage the GPU pays is
+// measured on the CPU machine too. Warm page cache; wall and CPU time (user + system, all
+// threads) per load and per digest.
 type hostStage struct {
 	MedianMS    float64 `json:"median_ms"`
 	MinMS       float64 `json:"min_ms"`
 	CPUMSMedian float64 `json:"cpu_ms_median"`
+	DigestMS    float64 `json:"digest_ms_median"`
+	DigestCPUMS float64 `json:"digest_cpu_ms_median"`
 	Loads       int     `json:"loads"`
 }
 
 func measureHostStage(cfg *model.Config, path string, loads int) (hostStage, error) {
 	onDevice := func(codec string) bool { return codec == "q4" || codec == "q8" }
-	var wall, cpu []float64
+	var wall, cpu, dwall, dcpu []float64
 	for i := 0; i <= loads; i++ {
 		if err := readAll(path); err != nil {
 			return hostStage{}, err
 		}
 		c0 := cpuTime()
 		t0 := time.Now()
-		_, closer, err := adaptercache.LoadCompressedEncoded(path, "x", cfg, onDevice)
+		ha, closer, err := adaptercache.LoadCompressedEncoded(path, "x", cfg, onDevice)
 		w, c := time.Since(t0), cpuTime()-c0
 		if err != nil {
 			return hostStage{}, err
 		}
+		c0 = cpuTime()
+		t0 = time.Now()
+		adaptercache.Digest(ha)
+		dw, dc := time.Since(t0), cpuTime()-c0
 		closer.Close()
 		if i > 0 { // the first load warms the code paths
 			wall, cpu = append(wall, ms(w)), append(cpu, ms(c))
+			dwall, dcpu = append(dwall, ms(dw)), append(dcpu, ms(dc))
 		}
 	}
-	return hostStage{MedianMS: benchenv.Percentile(wall, 50), MinMS: slices.Min(wall), CPUMSMedian: benchenv.Percentile(cpu, 50), Loads: loads}, nil
+	return hostStage{MedianMS: benchenv.Percentile(wall, 50), MinMS: slices.Min(wall), CPUMSMedian: benchenv.Percentile(cpu, 50),
+		DigestMS: benchenv.Percentile(dwall, 50), DigestCPUMS: benchenv.Percentile(dcpu, 50), Loads: loads}, nil
 }
 
 func cpuTime() time.Duration {

@@ -1,7 +1,8 @@
 // Command coldload measures one adapter from disk to ready on the device, the way a request
 // that names it pays: a fresh adaptercache.Cache per trial, Register, then the time Acquire
-// takes until the model.Adapter is resident (disk -> host: LoadPEFT or LoadCompressed; host ->
-// device: model.UploadAdapter), split into those stages with the cache's own counters.
+// takes until the model.Adapter is resident (disk -> host: LoadPEFT or LoadCompressed, then the
+// content digest, adaptercache.Digest, shown apart; host -> device: model.UploadAdapter), split
+// into those stages with the cache's own counters.
 //
 // It writes a random rank-16 PEFT adapter on all seven projections of every layer (bf16; 84 MB
 // for Llama-3-8B), compresses it with lorapack's default settings (CompressPEFT,
@@ -64,6 +65,7 @@ func main() {
 
 type trial struct {
 	total, load, upload time.Duration
+	digest              time.Duration // the part of load spent in adaptercache.Digest
 	free                time.Duration // Release + Close: the device copy freed
 }
 
@@ -88,6 +90,7 @@ type summaryRow struct {
 	TotalMS  float64 `json:"total_ms_median"`
 	TotalP90 float64 `json:"total_ms_p90"`
 	LoadMS   float64 `json:"disk_to_host_ms_median"`
+	DigestMS float64 `json:"digest_ms_median"` // within LoadMS
 	UploadMS float64 `json:"host_to_device_ms_median"`
 }
 
@@ -208,7 +211,7 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 	}
 	sum := summary{Device: be.Name(), Shape: shape, Rank: rank, Codec: defaultCodec(), FileBytes: packBytes, GoalMS: goalMS, RooflineMS: rooflineMS, Trials: trials}
 	fmt.Printf("## Disk -> ready on the device (ms; median / p90 of %d trials)\n\n", trials)
-	fmt.Printf("| form | page cache | total median | total p90 | disk->host median | host->device median | other (cache, goroutines) | first, untimed trial | vs goal %.0f ms (median) | free median (Release+Close) |\n|---|---|---|---|---|---|---|---|---|---|\n", goalMS)
+	fmt.Printf("| form | page cache | total median | total p90 | disk->host median | of which digest | host->device median | other (cache, goroutines) | first, untimed trial | vs goal %.0f ms (median) | free median (Release+Close) |\n|---|---|---|---|---|---|---|---|---|---|---|\n", goalMS)
 	for _, r := range rows {
 		var ts []trial
 		var first trial
@@ -238,15 +241,16 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 		}
 		tot, ld, upl, oth := stage(ts, func(t trial) time.Duration { return t.total }), stage(ts, func(t trial) time.Duration { return t.load }),
 			stage(ts, func(t trial) time.Duration { return t.upload }), stage(ts, func(t trial) time.Duration { return t.total - t.load - t.upload })
+		dig := stage(ts, func(t trial) time.Duration { return t.digest })
 		goal := fmt.Sprintf("%.2fx", benchenv.Percentile(tot, 50)/goalMS)
 		if r.form == "lorapack" {
 			goal = "**" + goal + "** " + map[bool]string{true: "met", false: "not met"}[benchenv.Percentile(tot, 50) < goalMS]
 		}
-		fmt.Printf("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.2f |\n", r.form, r.cache, benchenv.Percentile(tot, 50), benchenv.Percentile(tot, 90),
-			benchenv.Percentile(ld, 50), benchenv.Percentile(upl, 50), benchenv.Percentile(oth, 50), ms(first.total), goal,
+		fmt.Printf("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %s | %.2f |\n", r.form, r.cache, benchenv.Percentile(tot, 50), benchenv.Percentile(tot, 90),
+			benchenv.Percentile(ld, 50), benchenv.Percentile(dig, 50), benchenv.Percentile(upl, 50), benchenv.Percentile(oth, 50), ms(first.total), goal,
 			benchenv.Percentile(stage(ts, func(t trial) time.Duration { return t.free }), 50))
 		sum.Rows = append(sum.Rows, summaryRow{Form: map[bool]string{true: "lorapack", false: "peft"}[r.form == "lorapack"], Cache: r.cache,
-			TotalMS: benchenv.Percentile(tot, 50), TotalP90: benchenv.Percentile(tot, 90), LoadMS: benchenv.Percentile(ld, 50), UploadMS: benchenv.Percentile(upl, 50)})
+			TotalMS: benchenv.Percentile(tot, 50), TotalP90: benchenv.Percentile(tot, 90), LoadMS: benchenv.Percentile(ld, 50), DigestMS: benchenv.Percentile(dig, 50), UploadMS: benchenv.Percentile(upl, 50)})
 	}
 	if slices.ContainsFunc(rows, func(r row) bool { return r.form == "lorapack" }) && hostLoads > 0 {
 		fmt.Printf("\n## Host stage of a device-decoding backend (adaptercache.LoadCompressedEncoded: read, checked, q4/q8 left encoded), warm page cache\n\n")
@@ -256,6 +260,7 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 		}
 		sum.HostStage = &h
 		fmt.Printf("%d loads after one: median %.2f ms, min %.2f ms; CPU time (all threads) median %.2f ms; GOMAXPROCS %d\n", h.Loads, h.MedianMS, h.MinMS, h.CPUMSMedian, runtime.GOMAXPROCS(0))
+		fmt.Printf("then adaptercache.Digest of the loaded adapter (the cache hashes every load before its upload): median %.2f ms, CPU time median %.2f ms\n", h.DigestMS, h.DigestCPUMS)
 		fmt.Printf("\n## Reading the lorapack file into private memory and checking it (median of 5)\n\n| mode | warm ms | cold ms |\n|---|---|---|\n")
 		if sum.ReadModes, err = readModes(packed, 5); err != nil {
 			return err
@@ -311,7 +316,7 @@ func acquireOnce(cfg *model.Config, be benchenv.Backend, path string) (trial, er
 	l.Release()
 	c.Close()
 	closed = true
-	return trial{total: total, load: secs(s.LoadSeconds), upload: secs(s.UploadSeconds), free: time.Since(t0)}, nil
+	return trial{total: total, load: secs(s.LoadSeconds), digest: secs(s.DigestSeconds), upload: secs(s.UploadSeconds), free: time.Since(t0)}, nil
 }
 
 // timeUpload times backend Uploads of one bf16 tensor of n bytes (median of 5 after one).

@@ -1,6 +1,7 @@
 package gpuresults
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -377,5 +378,34 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	}
 	if r := rows["ab_fused-decode-on_adapters16_b64"]; r.Value != nil {
 		t.Errorf("a row the A/B run lacks: %+v", r)
+	}
+}
+
+// The cold-load row splits the adapter's content digest out of disk → host when bench/coldload
+// timed it, and says nothing of it for a run that did not.
+func TestColdLoadRowShowsTheDigest(t *testing.T) {
+	orig, err := os.ReadFile(filepath.Join("testdata/run", "coldload.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm := `{"form": "lorapack", "cache": "warm", `
+	if !bytes.Contains(orig, []byte(warm)) {
+		t.Fatalf("testdata coldload.json has no %s row", warm)
+	}
+	for _, c := range []struct{ json, want string }{
+		{string(orig), "13.60 ms (disk → host 11.20, host → device 2.10)"},
+		{strings.Replace(string(orig), warm, warm+`"digest_ms_median": 1.25, `, 1), "13.60 ms (disk → host 11.20 of which digest 1.25, host → device 2.10)"},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "coldload.json"), []byte(c.json), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := Build(dir, "2026-12-07T02:00:00Z", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := byID(t, f)["coldload_lorapack_warm_ms"]; r.Measured != c.want {
+			t.Errorf("cold load row measured %q, want %q", r.Measured, c.want)
+		}
 	}
 }
