@@ -39,6 +39,25 @@ func (d DecodeSplit) String() string {
 	return fmt.Sprintf("DecodeSplit(%d)", int(d))
 }
 
+// groupedDecodeDefault: whether decode attention takes the grouped kernel (one block per GQA
+// group, kernels/attention.cu) unless LORAPLEX_GROUPED_DECODE=on|off or SetGroupedDecode says
+// otherwise; shapes it does not take (lp_attention_grouped_ok) keep the per-head kernel.
+const groupedDecodeDefault = false
+
+// SetGroupedDecode chooses the grouped or the per-head decode attention kernel for the
+// following steps (recorded graphs hold the other kernel's launches, so they are dropped).
+func (b *Backend) SetGroupedDecode(on bool) {
+	if b.groupedDecode != on {
+		b.dropGraphs()
+	}
+	b.groupedDecode = on
+}
+
+// grouped reports whether decode attention over these heads runs on the grouped kernel.
+func (b *Backend) grouped(heads, kvHeads, headDim int) bool {
+	return b.groupedDecode && C.lp_attention_grouped_ok(C.int(heads), C.int(kvHeads), C.int(headDim)) != 0
+}
+
 // decodeSplitFromEnv reads LORAPLEX_DECODE_SPLIT (fill, the default, when unset or unknown).
 func decodeSplitFromEnv() DecodeSplit {
 	for _, d := range []DecodeSplit{DecodeSplitFill, DecodeSplitContext, DecodeSplitOff} {
@@ -75,7 +94,10 @@ func contextSplits(pos int32) int {
 // In deterministic mode (deterministic.go) the depth is LP_DECODE_SPLITS whatever the step:
 // with a chunk floor of 1 a row then splits min(LP_DECODE_SPLITS, V) ways, a function of its
 // own visible positions alone, and the graph key needs nothing more.
-func (b *Backend) decodeSplits(n, heads int) (splits, chunk int) {
+// The grouped kernel's fill rule counts one block per kv head and may go up to
+// LP_DECODE_MAX_SPLITS deep, with a floor of LP_GQ_FILL_CHUNK positions a chunk so that short
+// contexts do not split into chunks of a few keys (a block's tile is GQ_TILE keys wide).
+func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chunk int) {
 	if b.batchInvariant {
 		return int(C.LP_DECODE_SPLITS), 1
 	}
@@ -85,5 +107,8 @@ func (b *Backend) decodeSplits(n, heads int) (splits, chunk int) {
 	case DecodeSplitOff:
 		return 1, 1
 	}
-	return int(C.lp_decode_fill_splits(C.int(n), C.int(heads))), 1
+	if grouped {
+		return int(C.lp_decode_fill_splits(C.int(n), C.int(kvHeads), C.LP_DECODE_MAX_SPLITS)), int(C.LP_GQ_FILL_CHUNK)
+	}
+	return int(C.lp_decode_fill_splits(C.int(n), C.int(heads), C.LP_DECODE_SPLITS)), 1
 }

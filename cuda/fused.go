@@ -18,13 +18,17 @@ import (
 //	LORAPLEX_FUSED_DECODE=on|off   q/k/v products, RoPE + KV store, gate/up + SiLU in one launch each (DecodeFuser)
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
+//	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //
-// Unset (or any other value) keeps the default: off, off and fill, the paths measured before,
-// until the kernels' GPU tests (TestFusedMatMulShared, TestFusedRoPEStoreKV, TestFusedGateUpSiLU,
-// TestLoRAGroupSweep, TestDecodeSplitRules, TestContextSplitGraphsMatchDirect,
-// TestFusedFixturesCUDA) have passed on a GPU machine and a benchmark run has compared both sides.
+// Unset (or any other value) keeps the default. Each default follows a benchmark run that
+// compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,
+// TestFusedRoPEStoreKV, TestFusedGateUpSiLU, TestLoRAGroupSweep, TestDecodeSplitRules,
+// TestContextSplitGraphsMatchDirect, TestFusedFixturesCUDA; bench/results/gpu-goals-h100.md):
+// fused decode on (H100, two runs: batch-1 decode 1.04x, batch 64 1.01x, 64 rank-16 adapters
+// 1.03-1.05x, nothing slower); grouped LoRA off (1.07x then 1.00x on 64 rank-16 adapters in two
+// runs of the same build: inside the noise, so the path measured before stays).
 const (
-	fusedDecodeDefault = false
+	fusedDecodeDefault = true
 	loraGroupDefault   = false
 )
 
@@ -60,7 +64,8 @@ type gemvPartsArgs struct {
 
 // MatMulShared implements model.SharedMatMuler for the products MatMul sends to the GEMV kernel (at
 // most gemvRows rows, aligned): the products of one input (q/k/v, gate/up) in one launch, each
-// part bitwise what its own GEMV gives. Bigger steps go to cuBLAS one product at a time (false).
+// part bitwise what its own GEMV gives; and for bigger steps, one bf16 conversion of x for all
+// the cuBLAS products (deterministic mode's products take MatMul's path: false).
 func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
 	if len(outs) != len(ws) {
 		panic(fmt.Sprintf("cuda: MatMulShared of %d outputs with %d weights", len(outs), len(ws)))
@@ -73,7 +78,22 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		}
 		aligned = aligned && uintptr(ptr(w))%16 == 0 && w.Rows > 0
 	}
-	if !b.fusedDecode || !aligned || len(ws) > gemvPartsMax || x.Rows == 0 || x.Rows > b.gemvRows {
+	if x.Rows == 0 || x.Rows > b.gemvRows && b.batchInvariant {
+		return false
+	}
+	if x.Rows > b.gemvRows {
+		// The rows MatMul gives cuBLAS: x is converted to bf16 once for all the products
+		// instead of once per product (q/k/v: three conversions of the same activations,
+		// gate/up two), and each product is the cuBLAS call MatMul makes, so the outputs are
+		// bitwise MatMul's.
+		if b.launch() && b.xToBF16(x) {
+			for i, w := range ws {
+				b.cublasGemm(outs[i], x, w, 1, 0)
+			}
+		}
+		return true
+	}
+	if !b.fusedDecode || !aligned || len(ws) > gemvPartsMax {
 		return false
 	}
 	if !b.launch() {

@@ -342,16 +342,19 @@ func TestLoRAGroupSweep(t *testing.T) {
 	}
 }
 
-// Decode attention matches the CPU under every split rule over contexts from 1 to 5,000
-// positions (unsplit rows, rows at the chunk boundaries, rows split 32 ways), with MHA/GQA/MQA
-// and a sliding window, writing every output element; and under the context rule a row's
-// output is bitwise the same alone as inside the batch: its split count depends on its own
-// context only.
+// Decode attention matches the CPU under every split rule and on both kernels (per head, and
+// grouped: one block per GQA group) over contexts from 1 to 5,000 positions (unsplit rows, rows
+// at the chunk and tile boundaries, rows split 32 ways), with MHA/GQA/MQA, groups of 1 to 8 and
+// one the grouped kernel does not take (16: the per-head kernel runs it), head dims 48 to 256
+// and sliding windows, writing every output element; and under the context rule a row's output
+// is bitwise the same alone as inside the batch on either kernel: its split count and every
+// summation order depend on its own context only.
 func TestDecodeSplitRules(t *testing.T) {
 	r := rand.New(rand.NewPCG(27, 28))
 	lens := []int{1, 2, 127, 128, 129, 300, 1000, 4096, 5000}
 	type shape struct{ heads, kv, dim, window int }
-	for _, sh := range []shape{{8, 2, 64, 0}, {32, 8, 128, 0}, {4, 1, 256, 0}, {8, 8, 128, 300}} {
+	for _, sh := range []shape{{8, 2, 64, 0}, {32, 8, 128, 0}, {4, 1, 256, 0}, {8, 8, 128, 300}, {28, 4, 128, 0},
+		{8, 1, 80, 1000}, {6, 2, 48, 129}, {16, 1, 64, 0}} {
 		t.Run(fmt.Sprintf("h%d_kv%d_d%d_w%d", sh.heads, sh.kv, sh.dim, sh.window), func(t *testing.T) {
 			p := pair{cpu.New(0), newGPU(t)}
 			defer p.c.Close()
@@ -393,49 +396,55 @@ func TestDecodeSplitRules(t *testing.T) {
 			for i := range poison {
 				poison[i] = float32(math.NaN())
 			}
-			for _, rule := range []cuda.DecodeSplit{cuda.DecodeSplitFill, cuda.DecodeSplitContext, cuda.DecodeSplitOff} {
-				p.g.SetDecodeSplit(rule)
-				if err := p.g.Write(og, poison); err != nil {
+			for _, grouped := range []bool{false, true} {
+				p.g.SetGroupedDecode(grouped)
+				for _, rule := range []cuda.DecodeSplit{cuda.DecodeSplitFill, cuda.DecodeSplitContext, cuda.DecodeSplitOff} {
+					p.g.SetDecodeSplit(rule)
+					if err := p.g.Prepare(&dec); err != nil {
+						t.Fatal(err)
+					}
+					if err := p.g.Write(og, poison); err != nil {
+						t.Fatal(err)
+					}
+					p.g.Attention(og, qg, 0, ap)
+					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, split rule %s", grouped, rule), oc, og, 2e-2)
+					t.Logf("grouped %v, split rule %s: worst difference %.2e of the largest output", grouped, rule, rel)
+				}
+
+				// The context rule, row by row alone: bitwise what the batch gave each row.
+				p.g.SetDecodeSplit(cuda.DecodeSplitContext)
+				if err := p.g.Prepare(&dec); err != nil {
 					t.Fatal(err)
 				}
 				p.g.Attention(og, qg, 0, ap)
-				rel := p.compare(t, fmt.Sprintf("decode attention, split rule %s", rule), oc, og, 2e-2)
-				t.Logf("split rule %s: worst difference %.2e of the largest output", rule, rel)
-			}
-
-			// The context rule, row by row alone: bitwise what the batch gave each row.
-			p.g.SetDecodeSplit(cuda.DecodeSplitContext)
-			if err := p.g.Prepare(&dec); err != nil {
-				t.Fatal(err)
-			}
-			p.g.Attention(og, qg, 0, ap)
-			batch := make([]float32, n*qw)
-			if err := p.g.Read(og, batch); err != nil {
-				t.Fatal(err)
-			}
-			for i := range dec.Seqs {
-				alone := model.Step{Tokens: dec.Tokens[i : i+1], Positions: dec.Positions[i : i+1], Slots: dec.Slots[i : i+1],
-					Seqs: []model.SeqRows{{Start: 0, N: 1, Len: dec.Seqs[i].Len, Pages: dec.Seqs[i].Pages}}}
-				if err := p.g.Prepare(&alone); err != nil {
+				batch := make([]float32, n*qw)
+				if err := p.g.Read(og, batch); err != nil {
 					t.Fatal(err)
 				}
-				out := og.Slice(i, 1)
-				if err := p.g.Write(out, poison[:qw]); err != nil {
-					t.Fatal(err)
-				}
-				p.g.Attention(out, qg.Slice(i, 1), 0, ap)
-				got := make([]float32, qw)
-				if err := p.g.Read(out, got); err != nil {
-					t.Fatal(err)
-				}
-				for j, v := range got {
-					if math.Float32bits(v) != math.Float32bits(batch[i*qw+j]) {
-						t.Fatalf("context %d: element %d is %v alone, %v in the batch", lens[i], j, v, batch[i*qw+j])
+				for i := range dec.Seqs {
+					alone := model.Step{Tokens: dec.Tokens[i : i+1], Positions: dec.Positions[i : i+1], Slots: dec.Slots[i : i+1],
+						Seqs: []model.SeqRows{{Start: 0, N: 1, Len: dec.Seqs[i].Len, Pages: dec.Seqs[i].Pages}}}
+					if err := p.g.Prepare(&alone); err != nil {
+						t.Fatal(err)
+					}
+					out := og.Slice(i, 1)
+					if err := p.g.Write(out, poison[:qw]); err != nil {
+						t.Fatal(err)
+					}
+					p.g.Attention(out, qg.Slice(i, 1), 0, ap)
+					got := make([]float32, qw)
+					if err := p.g.Read(out, got); err != nil {
+						t.Fatal(err)
+					}
+					for j, v := range got {
+						if math.Float32bits(v) != math.Float32bits(batch[i*qw+j]) {
+							t.Fatalf("grouped %v, context %d: element %d is %v alone, %v in the batch", grouped, lens[i], j, v, batch[i*qw+j])
+						}
 					}
 				}
-			}
-			if err := p.g.Err(); err != nil {
-				t.Fatal(err)
+				if err := p.g.Err(); err != nil {
+					t.Fatal(err)
+				}
 			}
 		})
 	}
@@ -542,7 +551,8 @@ func TestContextSplitGraphsMatchDirect(t *testing.T) {
 // The shared-input GEMV computes each part's product as its own GEMV does: against the CPU
 // within fp32 rounding, against separate GEMV launches within 1e-6 (expected bit for bit), for
 // q/k/v-like triples, gate/up-like pairs and single products, 1 to 8 rows, widths that leave
-// blocks straddling two parts; beyond the GEMV kernel's rows or with fusion off it declines.
+// blocks straddling two parts; with fusion off it declines those; beyond the GEMV kernel's rows
+// it converts x once and each product is bitwise what MatMul gives through cuBLAS.
 func TestFusedMatMulShared(t *testing.T) {
 	r := rand.New(rand.NewPCG(29, 30))
 	type shape struct {
@@ -585,9 +595,27 @@ func TestFusedMatMulShared(t *testing.T) {
 				same, all := tr.check(t, fmt.Sprintf("part %d", i), outs[i], 1e-4, 1e-6)
 				t.Logf("part %d: %d of %d elements bitwise equal to its own GEMV", i, same, all)
 			}
-			tr.fused.SetGEMVRows(sh.n - 1)
-			if tr.fused.MatMulShared(o, x[2], w) {
-				t.Fatalf("MatMulShared took %d rows with the GEMV limit at %d", sh.n, sh.n-1)
+			// Beyond the GEMV rows: one bf16 conversion for every cuBLAS product, each bitwise
+			// MatMul's (fusion on or off), against the CPU within the bf16 bound of products.
+			for bi, b := range []*cuda.Backend{tr.plain, tr.fused} {
+				b.SetGEMVRows(sh.n - 1)
+				o, w := pick(bi + 1)
+				if !b.MatMulShared(o, x[bi+1], w) {
+					t.Fatalf("MatMulShared declined %d rows for cuBLAS with the GEMV limit at %d", sh.n, sh.n-1)
+				}
+			}
+			mine := make([][]float32, len(outs))
+			for i := range outs {
+				mine[i] = read(t, tr.fused, outs[i][2])
+				tr.plain.MatMul(outs[i][1], x[1], ws[i][1])
+			}
+			for i := range outs {
+				tr.check(t, fmt.Sprintf("part %d through cuBLAS", i), outs[i], 2e-2, 1e-6)
+				for j, v := range read(t, tr.plain, outs[i][1]) {
+					if math.Float32bits(v) != math.Float32bits(mine[i][j]) {
+						t.Fatalf("part %d through cuBLAS: element %d is %v shared, %v from MatMul", i, j, mine[i][j], v)
+					}
+				}
 			}
 			if err := tr.fused.Err(); err != nil {
 				t.Fatal(err)

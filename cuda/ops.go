@@ -51,13 +51,23 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 		b.ok("gemv", C.s_gemv(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
 		return
 	}
+	if b.xToBF16(x) {
+		b.cublasGemm(out, x, w, alpha, beta)
+	}
+}
+
+// xToBF16 converts x into the backend's bf16 input buffer (b.xbf) for cuBLAS, growing it first
+// if needed; false once the backend has failed.
+func (b *Backend) xToBF16(x model.Tensor) bool {
 	n := x.Rows * x.Cols
 	if n > b.xbfCap && (!b.canGrow() || !b.growX(n)) {
-		return
+		return false
 	}
-	if !b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.xbf), ptr(x), C.size_t(n), b.stream)) {
-		return
-	}
+	return b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.xbf), ptr(x), C.size_t(n), b.stream))
+}
+
+// cublasGemm runs out = alpha · x · wᵀ + beta · out on cuBLAS from x as xToBF16 left it in b.xbf.
+func (b *Backend) cublasGemm(out, x, w model.Tensor, alpha, beta float32) {
 	b.ok("gemm", C.s_gemm(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
 }
 
@@ -160,14 +170,19 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		}
 	}
 	if b.numRows > 0 {
-		splits, chunk := b.decodeSplits(b.numRows, p.Heads)
+		grouped := b.grouped(p.Heads, p.KVHeads, p.HeadDim)
+		splits, chunk := b.decodeSplits(b.numRows, p.Heads, p.KVHeads, grouped)
+		kernel := C.int(0) // lp_attention's grouped flag
+		if grouped {
+			kernel = 1
+		}
 		need := int(C.lp_attention_scratch_floats(C.int(b.numRows), C.int(p.Heads), C.int(p.HeadDim), C.int(splits)))
 		if need > b.attnCap && (!b.canGrow() || !b.growAttnScratch(need)) {
 			return
 		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
 			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale),
-			C.int(splits), C.int(chunk), C.uintptr_t(b.attnScratch), b.stream))
+			C.int(splits), C.int(chunk), kernel, C.uintptr_t(b.attnScratch), b.stream))
 	}
 }
 

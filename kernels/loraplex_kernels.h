@@ -127,14 +127,16 @@ int lp_rope_store_kv(float* q, float* k, const float* v, uint16_t* kcache, uint1
 // attention.cu: causal attention over the paged cache for the rows listed in rows[0..n) (decode
 // rows). Row r belongs to sequence row_seq[r]; that sequence's block table starts at
 // page_table[seq_pages[row_seq[r]]]. Split-K: a row attending to V positions splits them into
-// min(splits, ceil(V / split_chunk)) chunks (1 <= splits <= LP_DECODE_MAX_SPLITS).
+// min(splits, ceil(V / split_chunk)) chunks (1 <= splits <= LP_DECODE_MAX_SPLITS). grouped = 1
+// takes the kernel that computes a GQA group's heads in one block (one read of K/V per row;
+// shapes that lp_attention_grouped_ok in shapes.h accepts), 0 the one-block-per-head kernel.
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
-                 float scale, int splits, int split_chunk, float* scratch, lp_stream s);
-// The fill rule's split count for n decode rows (LP_DECODE_SPLITS halved until the blocks just
-// fill the device's SMs), used with split_chunk 1.
-int lp_decode_fill_splits(int n, int heads);
+                 float scale, int splits, int split_chunk, int grouped, float* scratch, lp_stream s);
+// The fill rule's split count for n decode rows of `heads` blocks each (most, halved until the blocks just
+// fill the device's SMs), used with split_chunk 1 (per-head kernel) or LP_GQ_FILL_CHUNK (grouped).
+int lp_decode_fill_splits(int n, int heads, int most);
 // Scratch floats lp_attention needs for n rows split up to splits ways: partial outputs and
 // softmax states.
 size_t lp_attention_scratch_floats(int n, int heads, int head_dim, int splits);

@@ -9,11 +9,18 @@
 #define LP_DECODE_SPLITS 8    // decode split-K, fill rule: most chunks per (row, head) (attention.cu)
 #define LP_DECODE_MAX_SPLITS 32     // decode split-K, context rule: most chunks per (row, head)
 #define LP_DECODE_SPLIT_CHUNK 128   // decode split-K, context rule: fewest positions per chunk
+#define LP_GQ_MAX_GROUP 8     // grouped decode attention: most query heads per kv head (G x 8 accumulators a thread)
+#define LP_GQ_FILL_CHUNK 64   // grouped decode attention, fill rule: fewest positions per chunk
 #define LP_ROUTE_MAX_ROWS 64  // router gate rows (experts + nulls): a 64-bit mask marks the chosen
 #define LP_ROUTE_MAX_K 8      // router top-k: a thread keeps the selection and its weights in arrays this long;
                               // the routed expand keeps a row's k segments and intermediates in shared memory
 #define LP_LORA_ROUTED_MAX_ROWS 65535  // rows of one lp_lora_routed call (rows * k * rank stays an int offset)
 
 static inline int lp_head_dim_ok(int d) { return d > 0 && d % 2 == 0 && d <= LP_MAX_HEAD_DIM; }
+// The grouped decode kernel reads a head's slice in 16-byte vectors and keeps G x 8 accumulators.
+static inline int lp_attention_grouped_ok(int heads, int kv_heads, int d) {
+    return kv_heads > 0 && heads % kv_heads == 0 && heads / kv_heads <= LP_GQ_MAX_GROUP && d > 0 && d % 16 == 0 &&
+           d <= LP_MAX_HEAD_DIM;
+}
 
 #endif

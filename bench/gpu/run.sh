@@ -37,7 +37,7 @@
 #                so it runs after the llama.cpp build is done or stopped): ~20 s
 #   report       bench/gpu/report: one results file, <1 s (also after every stage above)
 # Without llama.cpp ~235 s (+20 s per AB run); with its benchmarks ~280 s, plus the wait for its build.
-# Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V" (one run per word;
+# Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V,NAME=V" (one run per word, commas join switches;
 #   unset: none), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
 #   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10, EXPORT=DIR: after every stage the
 #   results file so far and gpu-run.tgz (OUT whole: logs, every stage's output) are copied into DIR
@@ -167,8 +167,9 @@ stage hf 120 taskset -c "$LP_CPUS" python3 bench/reference/hf_bench.py --shape 8
 if [ $ok_build = 1 ]; then
   for assign in $AB; do
     label=$(printf '%s' "$assign" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
-    stage "ab-$label" 60 env "$assign" taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
-      -stages decode,longctx,adapters16,adapters8qv,prefill -sweep 1,64 -contexts 32768 -prefill-tokens 2048 -prefill-cuda-cores ''
+    # shellcheck disable=SC2086 # a word may set several switches at once: A=on,B=context
+    stage "ab-$label" 60 env ${assign//,/ } taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
+      -stages decode,longctx,adapters16,adapters8qv,prefill -sweep 1,64 -contexts 4096,32768 -prefill-tokens 2048 -prefill-cuda-cores ''
   done
 fi
 

@@ -219,6 +219,7 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 		}{
 			{"decode_b1", "batch-1 decode", ab.Sweep[1], lp.Sweep[1]},
 			{"decode_b64", "batch-64 decode", ab.Sweep[64], lp.Sweep[64]},
+			{"decode_b1_ctx4096", "batch-1 decode at ctx 4,096", contextTokens(ab, 4096), contextTokens(*lp, 4096)},
 			{"decode_b1_ctx32768", "batch-1 decode at ctx 32,768", contextTokens(ab, 32768), contextTokens(*lp, 32768)},
 			{"adapters16_b64", "64 distinct rank-16 adapters", mixed(ab.Adapters), mixed(lp.Adapters)},
 			{"adapters8qv_b64", "64 distinct rank-8 q/v adapters", mixed(ab.AdaptersQV), mixed(lp.AdaptersQV)},
