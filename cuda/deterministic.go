@@ -2,7 +2,14 @@
 
 package cuda
 
-import "github.com/loraplex/loraplex/model"
+// #include "shims.h"
+import "C"
+
+import (
+	"os"
+
+	"github.com/loraplex/loraplex/model"
+)
 
 // Deterministic mode (serve.Options.Deterministic, --deterministic): every row of a step is
 // computed by the same instructions, in the same order, whatever the rest of the step holds,
@@ -16,9 +23,20 @@ import "github.com/loraplex/loraplex/model"
 //
 //   - Products (MatMul): cuBLAS picks its algorithm (tile shape, split-K) per shape, so per
 //     batch size, and the input goes to it as bf16, while one-row products take the GEMV
-//     kernel in fp32 (gemv.cu). In the mode every product, logits head included, runs
-//     lp_gemv_rows_bf16: tiles of LP_GEMV_MAX_ROWS rows, each row reduced over k with the
-//     same lane split and warp reduction whatever the tile, the batch or the row's place.
+//     kernel in fp32 (gemv.cu). In the mode every product, logits head included, runs one
+//     kernel chosen by the shape alone. LORAPLEX_DETERMINISTIC_GEMM (read once in New) or
+//     SetDeterministicGEMM picks which:
+//       rows (the default until a GPU run has compared both): lp_gemv_rows_bf16 on the CUDA
+//         cores, fp32 x, tiles of LP_GEMV_MAX_ROWS rows, each row reduced over k with the
+//         same lane split and warp reduction whatever the tile, the batch or the row's place;
+//         weights are read once per 8 rows.
+//       tensor-cores: lp_gemm_invariant_bf16 (kernels/gemm_invariant.cu), mma.sync with x
+//         rounded to bf16 as on the default path, each output accumulated by the same mma
+//         sequence in k order whatever the batch, weights read once per 64 rows; shapes it
+//         does not take (k % 16 != 0, unaligned buffers: invariantMMAShape) use the rows
+//         kernel, a choice the row count never enters. The fused decode products
+//         (MatMulShared, GateUpSiLU: gemv.cu's arithmetic) then step aside, so a single row
+//         takes the same kernel as a batch.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
 //     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
@@ -34,8 +52,9 @@ import "github.com/loraplex/loraplex/model"
 // Already per row and left as they are: RMSNorm (one block of fixed size per row), RoPE,
 // SwiGLU, embedding, bias, the KV store, LoRA (shrink and expand reduce each row on its own,
 // the routed expand in a fixed order), the router's top-k and sampling (one block per row).
-// The price is throughput at larger batches (weights are read once per 8 rows, prompts skip
-// the tiled attention); BenchmarkDeterministicDecodeCUDA measures it.
+// The price is throughput at larger batches (weights are read once per 8 or 64 rows, prompts
+// skip the tiled attention); BenchmarkDeterministicDecodeCUDA and bench/gpu's deterministic
+// rows measure it.
 
 var _ model.BatchInvariant = (*Backend)(nil)
 
@@ -47,3 +66,43 @@ func (b *Backend) SetBatchInvariant(on bool) {
 	}
 	b.batchInvariant = on
 }
+
+// tensorCoreInvariantGEMMDefault: whether deterministic mode's products run on the tensor-core
+// kernel unless LORAPLEX_DETERMINISTIC_GEMM (tensor-cores or rows) or SetDeterministicGEMM says
+// otherwise. Off until its GPU tests (TestGemmInvariant, TestBatchInvariantMatMul,
+// TestDeterministicModeIsBatchInvariantOnCUDA) have passed and bench/gpu has compared both.
+const tensorCoreInvariantGEMMDefault = false
+
+// deterministicGEMMFromEnv reads LORAPLEX_DETERMINISTIC_GEMM (the default when unset or unknown).
+func deterministicGEMMFromEnv() bool {
+	switch os.Getenv("LORAPLEX_DETERMINISTIC_GEMM") {
+	case "tensor-cores":
+		return true
+	case "rows":
+		return false
+	}
+	return tensorCoreInvariantGEMMDefault
+}
+
+// SetDeterministicGEMM chooses deterministic mode's product kernel for the following steps:
+// true the tensor-core kernel where the shape allows it, false the CUDA-core rows kernel (for
+// tests and benchmarks that compare the two). Recorded graphs hold the other kernel's launches,
+// so they are dropped.
+func (b *Backend) SetDeterministicGEMM(tensorCores bool) {
+	if tensorCores != b.invariantMMA {
+		b.dropGraphs()
+	}
+	b.invariantMMA = tensorCores
+}
+
+// invariantMMAShape reports whether lp_gemm_invariant_bf16 takes out = x · wᵀ: k a multiple of
+// 16, m within its grid, x and w 16-byte aligned (kernels/gemm_invariant.cu). The row count
+// does not enter, and with k % 16 == 0 every row of an aligned buffer starts aligned, so a
+// row alone and the same row in a batch take the same kernel.
+func invariantMMAShape(x, w model.Tensor) bool {
+	return C.lp_gemm_invariant_ok(C.int(w.Rows), C.int(x.Cols)) != 0 && uintptr(ptr(x))%16 == 0 && uintptr(ptr(w))%16 == 0
+}
+
+// invariantProducts reports whether deterministic mode's products run on the tensor-core
+// kernel, whose arithmetic the fused decode products (gemv.cu) do not share: they decline then.
+func (b *Backend) invariantProducts() bool { return b.batchInvariant && b.invariantMMA }

@@ -73,7 +73,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		}
 		aligned = aligned && uintptr(ptr(w))%16 == 0 && w.Rows > 0
 	}
-	if !b.fusedDecode || !aligned || len(ws) > gemvPartsMax || x.Rows == 0 || x.Rows > b.gemvRows {
+	if !b.fusedDecode || b.invariantProducts() || !aligned || len(ws) > gemvPartsMax || x.Rows == 0 || x.Rows > b.gemvRows {
 		return false
 	}
 	if !b.launch() {
@@ -123,7 +123,7 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 		wGate.DType != model.BF16 || wUp.DType != model.BF16 || x.DType != model.F32 || act.DType != model.F32 {
 		panic(fmt.Sprintf("cuda: GateUpSiLU act %s = x %s · gate %s, up %s", act.Shape(), x.Shape(), wGate.Shape(), wUp.Shape()))
 	}
-	if !b.fusedDecode || x.Rows == 0 || x.Rows > b.gemvRows || x.Cols%8 != 0 ||
+	if !b.fusedDecode || b.invariantProducts() || x.Rows == 0 || x.Rows > b.gemvRows || x.Cols%8 != 0 ||
 		uintptr(ptr(x))%16 != 0 || uintptr(ptr(wGate))%16 != 0 || uintptr(ptr(wUp))%16 != 0 {
 		return false
 	}

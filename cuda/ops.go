@@ -42,7 +42,12 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 		return
 	}
 	if b.batchInvariant {
-		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		// One kernel per shape, whatever the row count (deterministic.go).
+		if b.invariantMMA && invariantMMAShape(x, w) {
+			b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		} else {
+			b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		}
 		return
 	}
 	// Single-row products (batch-1 decode, one logits row) stream the weights with the GEMV

@@ -30,6 +30,9 @@ static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_
 static inline int s_gemv_rows(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
 	return lp_gemv_rows_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
 }
+static inline int s_gemm_invariant(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
+	return lp_gemm_invariant_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
+}
 static inline int s_f32_to_bf16(uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) { return lp_f32_to_bf16(P(uint16_t*, dst), P(const float*, src), n, P(lp_stream, s)); }
 static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, int dim, int vocab, uintptr_t s) {
 	return lp_embed(P(float*, out), P(const uint16_t*, table), P(const int32_t*, ids), n, dim, vocab, P(lp_stream, s));
