@@ -34,9 +34,10 @@ import (
 //         rounded to bf16 as on the default path, each output accumulated by the same mma
 //         sequence in k order whatever the batch, weights read once per 64 rows; shapes it
 //         does not take (k % 16 != 0, unaligned buffers: invariantMMAShape) use the rows
-//         kernel, a choice the row count never enters. The fused decode products
-//         (MatMulShared, GateUpSiLU: gemv.cu's arithmetic) then step aside, so a single row
-//         takes the same kernel as a batch.
+//         kernel, a choice the row count never enters. MatMulShared runs the products of one
+//         input (q/k/v, gate/up) in one launch of the same kernel (invariantShared), and the
+//         fused GEMV-and-SwiGLU (GateUpSiLU, gemv.cu's arithmetic) steps aside, so a single
+//         row takes the same arithmetic as a batch.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
 //     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
@@ -104,5 +105,42 @@ func invariantMMAShape(x, w model.Tensor) bool {
 }
 
 // invariantProducts reports whether deterministic mode's products run on the tensor-core
-// kernel, whose arithmetic the fused decode products (gemv.cu) do not share: they decline then.
+// kernel, whose arithmetic the fused decode GEMVs (gemv.cu) do not share: MatMulShared takes
+// invariantShared then, and GateUpSiLU declines.
 func (b *Backend) invariantProducts() bool { return b.batchInvariant && b.invariantMMA }
+
+// invariantShared is MatMulShared in deterministic mode on the tensor cores, whatever the row
+// count and the fusion switch: the products of one input (q/k/v, gate/up) in one
+// lp_gemm_invariant_parts_bf16 launch, each part bitwise what MatMul gives it (the same mma
+// sequence per output; only the block that computes it differs), so k and v (32 strips each
+// in the Llama-3-8B shape) share q's wave instead of leaving most SMs idle. It declines (false:
+// MatMul per product) where any part's shape would take the rows kernel, a choice the row count
+// never enters.
+func (b *Backend) invariantShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
+	if x.Rows == 0 || len(ws) > gemvPartsMax {
+		return false
+	}
+	strips := 0
+	for _, w := range ws {
+		if !invariantMMAShape(x, w) {
+			return false
+		}
+		strips += (w.Rows + invariantCols - 1) / invariantCols
+	}
+	if strips > maxGridY {
+		return false
+	}
+	if !b.launch() {
+		return true
+	}
+	a := b.gemvArgs.set(outs, ws)
+	b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+	return true
+}
+
+const (
+	// invariantCols: output columns per block of lp_gemm_invariant_bf16, one grid row each.
+	invariantCols = int(C.LP_GEMM_INVARIANT_COLS)
+	// maxGridY: CUDA's limit on a grid's y dimension.
+	maxGridY = 65535
+)

@@ -178,6 +178,84 @@ func TestGemmInvariant(t *testing.T) {
 	}
 }
 
+// In deterministic mode on the tensor cores the products of one input (q/k/v, gate/up) run in
+// one launch whatever the row count and the fusion switch, each part bitwise what MatMul gives
+// it (parts whose strips share the grid, widths off the 32-column strips); a part whose k the
+// kernel does not take sends them all back to MatMul, and on the rows kernel the shared launch
+// is left to the fusion switch as before.
+func TestInvariantMatMulShared(t *testing.T) {
+	g := newGPU(t)
+	g.SetBatchInvariant(true)
+	g.SetDeterministicGEMM(true)
+	g.SetFusedDecode(false)
+	r := rand.New(rand.NewPCG(12, 13))
+	upload := func(m, k int) model.Tensor {
+		w, err := g.Upload(hostBF16(r, m, k, 1/math.Sqrt(float64(k))), m, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	read := func(o model.Tensor) []float32 {
+		v := make([]float32, o.Rows*o.Cols)
+		if err := g.Read(o, v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, sh := range []struct {
+		k      int
+		widths []int
+	}{{4096, []int{4096, 1024, 1024}}, {4096, []int{14336, 14336}}, {208, []int{300, 33, 5}}, {48, []int{40}}} {
+		ws := make([]model.Tensor, len(sh.widths))
+		for i, m := range sh.widths {
+			ws[i] = upload(m, sh.k)
+		}
+		for _, n := range []int{1, 7, 64, 100} {
+			x := g.Alloc(n, sh.k)
+			if err := g.Write(x, randFloats(r, n*sh.k)); err != nil {
+				t.Fatal(err)
+			}
+			shared, alone := make([]model.Tensor, len(ws)), make([]model.Tensor, len(ws))
+			for i, m := range sh.widths {
+				shared[i], alone[i] = g.Alloc(n, m), g.Alloc(n, m)
+				g.MatMul(alone[i], x, ws[i])
+			}
+			if !g.MatMulShared(shared, x, ws) {
+				t.Fatalf("k=%d widths %v, %d rows: MatMulShared declined in deterministic mode on the tensor cores", sh.k, sh.widths, n)
+			}
+			for i := range ws {
+				got, want := read(shared[i]), read(alone[i])
+				for e := range got {
+					if math.Float32bits(got[e]) != math.Float32bits(want[e]) {
+						t.Fatalf("k=%d widths %v, %d rows: part %d element %d: %v shared, %v from MatMul", sh.k, sh.widths, n, i, e, got[e], want[e])
+					}
+				}
+				g.Free(shared[i])
+				g.Free(alone[i])
+			}
+			g.Free(x)
+		}
+		for _, w := range ws {
+			g.Free(w)
+		}
+	}
+	x := g.Alloc(3, 40) // k = 40: the rows kernel's, so MatMul's, one part at a time
+	ws, outs := []model.Tensor{upload(64, 40), upload(32, 40)}, []model.Tensor{g.Alloc(3, 64), g.Alloc(3, 32)}
+	if g.MatMulShared(outs, x, ws) {
+		t.Fatal("MatMulShared took k = 40, which the tensor-core kernel does not")
+	}
+	g.SetDeterministicGEMM(false)
+	x = g.Alloc(3, 64)
+	ws, outs = []model.Tensor{upload(64, 64)}, []model.Tensor{g.Alloc(3, 64)}
+	if g.MatMulShared(outs, x, ws) {
+		t.Fatal("MatMulShared ran on the rows kernel with fusion off")
+	}
+	if err := g.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // fixtureEngineCUDA serves fixture model name with its four adapters on b.
 func fixtureEngineCUDA(t testing.TB, b *cuda.Backend, name string, opt serve.Options) (*serve.Engine, *model.Config) {
 	t.Helper()

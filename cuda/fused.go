@@ -51,16 +51,27 @@ func (b *Backend) SetFusedDecode(on bool) {
 	b.fusedDecode = on
 }
 
-// gemvPartsArgs are lp_gemv_parts_bf16's weights, outputs and the parts' column ends, for the
-// shim that fills lp_gemv_parts (kept in the backend: a cgo call would move stack arrays to the
-// heap every call).
+// gemvPartsArgs are the weights, outputs and the parts' column ends of a shared-input launch
+// (lp_gemv_parts_bf16, lp_gemm_invariant_parts_bf16), for the shim that fills lp_gemv_parts
+// (kept in the backend: a cgo call would move stack arrays to the heap every call).
 type gemvPartsArgs struct {
 	ws, ys, ends [gemvPartsMax]C.uintptr_t
+}
+
+// set fills a with the products outs[i] = x · ws[i]ᵀ, part after part.
+func (a *gemvPartsArgs) set(outs, ws []model.Tensor) *gemvPartsArgs {
+	end := 0
+	for i, w := range ws {
+		end += w.Rows
+		a.ws[i], a.ys[i], a.ends[i] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
+	}
+	return a
 }
 
 // MatMulShared implements model.SharedMatMuler for the products MatMul sends to the GEMV kernel (at
 // most gemvRows rows, aligned): the products of one input (q/k/v, gate/up) in one launch, each
 // part bitwise what its own GEMV gives. Bigger steps go to cuBLAS one product at a time (false).
+// In deterministic mode on the tensor cores it is invariantShared, for any row count.
 func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
 	if len(outs) != len(ws) {
 		panic(fmt.Sprintf("cuda: MatMulShared of %d outputs with %d weights", len(outs), len(ws)))
@@ -73,17 +84,16 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		}
 		aligned = aligned && uintptr(ptr(w))%16 == 0 && w.Rows > 0
 	}
-	if !b.fusedDecode || b.invariantProducts() || !aligned || len(ws) > gemvPartsMax || x.Rows == 0 || x.Rows > b.gemvRows {
+	if b.invariantProducts() {
+		return b.invariantShared(outs, x, ws)
+	}
+	if !b.fusedDecode || !aligned || len(ws) > gemvPartsMax || x.Rows == 0 || x.Rows > b.gemvRows {
 		return false
 	}
 	if !b.launch() {
 		return true
 	}
-	a, end := &b.gemvArgs, 0
-	for i, w := range ws {
-		end += w.Rows
-		a.ws[i], a.ys[i], a.ends[i] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
-	}
+	a := b.gemvArgs.set(outs, ws)
 	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
 	return true
 }

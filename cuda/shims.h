@@ -62,8 +62,8 @@ static inline int s_rope_store_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr
 static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, uintptr_t wu, uintptr_t act, uintptr_t s) {
 	return lp_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), P(lp_stream, s));
 }
-// ws, ys and ends are Go arrays of LP_GEMV_PARTS entries (parts used).
-static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+// s_parts fills lp_gemv_parts from Go arrays of LP_GEMV_PARTS entries (parts used): ws, ys and ends.
+static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts) {
 	lp_gemv_parts p = {0};
 	for (int g = 0; g < parts && g < LP_GEMV_PARTS; g++) {
 		p.w[g] = P(const uint16_t*, ws[g]);
@@ -71,7 +71,13 @@ static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, c
 		p.end[g] = (int)ends[g];
 	}
 	p.parts = parts;
-	return lp_gemv_parts_bf16(n, k, P(const float*, x), p, P(lp_stream, s));
+	return p;
+}
+static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), P(lp_stream, s));
+}
+static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+	return lp_gemm_invariant_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), P(lp_stream, s));
 }
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
                        int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, uintptr_t scratch, uintptr_t s) {

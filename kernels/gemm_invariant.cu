@@ -21,6 +21,12 @@
 // for both 16-column A tiles; a warp whose n-tiles hold no row skips the arithmetic, and rows
 // past n are staged as zeros only up to the end of their n-tile.
 //
+// lp_gemm_invariant_parts_bf16 runs the products of one x by up to LP_GEMV_PARTS matrices (q/k/v,
+// gate/up) in one launch, the parts' strips one after the other in the grid: k and v alone
+// (1,024 columns, 32 blocks) would leave 100 of 132 SMs idle, inside q's launch they ride its
+// wave. A part's block does exactly what the plain launch's block for that strip does, so each
+// part is bitwise what lp_gemm_invariant_bf16 gives it.
+//
 // Batch invariance, by construction: output (r, j) is accumulated in one fp32 register, from
 // zero, by one mma per k-step of 16, k-steps in increasing order 0 .. k/16 - 1, whose operands
 // are W[j, 16s .. 16s + 15] (bf16, as stored) and bf16(x[r, 16s .. 16s + 15]); then alpha and
@@ -61,12 +67,24 @@
 static_assert(GI_BN == 2 * 16 && GI_NC == GI_WARPS * 2 * 8, "each warp owns both A tiles and two n-tiles");
 static_assert(GI_BK % 16 == 0 && GI_WBYTES % 16 == 0 && GI_STAGE % 16 == 0, "16-byte aligned stages");
 
+// gi_strips is how many strips of GI_BN columns part g of p has.
+__host__ __device__ __forceinline__ int gi_strips(const lp_gemv_parts& p, int g) {
+    return (p.end[g] - (g > 0 ? p.end[g - 1] : 0) + GI_BN - 1) / GI_BN;
+}
+
+// Part g of p is y[g] = alpha · x · w[g]ᵀ (+ beta · y[g]), its width end[g] - end[g-1]; the
+// grid's strips are the parts' strips one part after the other (one part: a plain product).
 __global__ void __launch_bounds__(32 * GI_WARPS)
-    gemm_invariant_kernel(float* y, const float* x, const uint16_t* w, int n, int m, int k, float alpha, float beta) {
+    gemm_invariant_kernel(lp_gemv_parts p, const float* x, int n, int k, float alpha, float beta) {
     extern __shared__ __align__(16) unsigned char gi_sm[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
-    const int r0 = blockIdx.x * GI_NC;  // the chunk's first row of x
-    const int j0 = blockIdx.y * GI_BN;  // the strip's first output column
+    int part = 0, first = 0;  // the part this block's strip falls in, and the part's first strip
+    while (part + 1 < p.parts && (int)blockIdx.y >= first + gi_strips(p, part)) first += gi_strips(p, part++);
+    const uint16_t* w = p.w[part];
+    float* y = p.y[part];
+    const int m = p.end[part] - (part > 0 ? p.end[part - 1] : 0);
+    const int r0 = blockIdx.x * GI_NC;                 // the chunk's first row of x
+    const int j0 = ((int)blockIdx.y - first) * GI_BN;  // the strip's first output column in its part
     const int rows = min(GI_NC, n - r0);
     const int staged = (rows + 7) & ~7;  // rows copied per stage: whole n-tiles, zeros past n
     const int ktiles = (k + GI_BK - 1) / GI_BK;
@@ -158,16 +176,34 @@ __global__ void __launch_bounds__(32 * GI_WARPS)
             }
 }
 
-extern "C" int lp_gemm_invariant_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha,
-                                      float beta, lp_stream s) {
-    if (n < 1 || !lp_gemm_invariant_ok(m, k) || !x || !w || !y || (uintptr_t)x % 16 != 0 ||
-        (uintptr_t)w % 16 != 0)
+static int launch_gemm_invariant(int n, int k, const float* x, const lp_gemv_parts& p, float alpha, float beta,
+                                 lp_stream s) {
+    if (n < 1 || k <= 0 || !x || (uintptr_t)x % 16 != 0 || p.parts < 1 || p.parts > LP_GEMV_PARTS)
         return (int)cudaErrorInvalidValue;
+    int strips = 0;
+    for (int g = 0; g < p.parts; g++) {
+        if (!lp_gemm_invariant_ok(p.end[g] - (g > 0 ? p.end[g - 1] : 0), k) || !p.w[g] || !p.y[g] ||
+            (uintptr_t)p.w[g] % 16 != 0)
+            return (int)cudaErrorInvalidValue;
+        strips += gi_strips(p, g);
+    }
+    if (strips > 65535) return (int)cudaErrorInvalidValue;
     // Set on every launch, as attention_prefill_mma.cu does: the attribute belongs to the current
     // device, and a host-side call costs no sync.
     cudaError_t e = cudaFuncSetAttribute(gemm_invariant_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GI_SMEM);
     if (e != cudaSuccess) return (int)e;
-    dim3 grid((n + GI_NC - 1) / GI_NC, (m + GI_BN - 1) / GI_BN);
-    gemm_invariant_kernel<<<grid, 32 * GI_WARPS, GI_SMEM, as_stream(s)>>>(y, x, w, n, m, k, alpha, beta);
+    dim3 grid((n + GI_NC - 1) / GI_NC, strips);
+    gemm_invariant_kernel<<<grid, 32 * GI_WARPS, GI_SMEM, as_stream(s)>>>(p, x, n, k, alpha, beta);
     LP_CHECK_LAUNCH();
+}
+
+extern "C" int lp_gemm_invariant_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha,
+                                      float beta, lp_stream s) {
+    lp_gemv_parts p = {};
+    p.w[0] = w, p.y[0] = y, p.end[0] = m, p.parts = 1;
+    return launch_gemm_invariant(n, k, x, p, alpha, beta, s);
+}
+
+extern "C" int lp_gemm_invariant_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, lp_stream s) {
+    return launch_gemm_invariant(n, k, x, parts, 1.f, 0.f, s);
 }

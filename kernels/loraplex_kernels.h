@@ -248,6 +248,11 @@ static inline int lp_gemm_invariant_ok(int m, int k) {
 }
 int lp_gemm_invariant_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta,
                            lp_stream s);
+// The same for the products of one x by up to LP_GEMV_PARTS matrices in one launch (parts as
+// lp_gemv_parts_bf16 takes them; alpha 1, beta 0), each part bitwise what
+// lp_gemm_invariant_bf16 gives it; every part's shape must pass lp_gemm_invariant_ok and the
+// parts' strips of LP_GEMM_INVARIANT_COLS columns together be at most 65,535.
+int lp_gemm_invariant_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, lp_stream s);
 
 #ifdef __cplusplus
 }
