@@ -19,7 +19,11 @@
 // 16-byte cp.async copies (x stays fp32 in shared memory; a lane converts the two pairs of its B
 // fragment as it reads them). Warp w owns n-tiles 2w and 2w+1 (rows 16w..16w+15 of the chunk)
 // for both 16-column A tiles; a warp whose n-tiles hold no row skips the arithmetic, and rows
-// past n are staged as zeros only up to the end of their n-tile.
+// past n are staged as zeros only up to the end of their n-tile. Each block also reads its
+// chunk of x from L2 in fp32: at 64 rows that is 4x its strip's weight bytes, so at batch 64
+// L2 bandwidth rather than HBM may bound it; a bf16 copy of x made once per product (the
+// default path's lp_f32_to_bf16) would halve that at the price of a launch. Not done until a
+// GPU run says which bounds it; GI_* below are the knobs.
 //
 // lp_gemm_invariant_parts_bf16 runs the products of one x by up to LP_GEMV_PARTS matrices (q/k/v,
 // gate/up) in one launch, the parts' strips one after the other in the grid: k and v alone
@@ -33,13 +37,14 @@
 // beta are applied by the one expression below. None of that depends on n, on the chunk the row
 // falls in or on its place in it: n only decides how many blocks there are and which warps have
 // work. An mma computes each element of its 16x8 result from its own row of A, its own column
-// of B and its own accumulator, so the other rows that share the tile (other requests, or the
-// zeros past n) do not change it. There is no split-K, no atomics, and the stage size only cuts
+// of B and its own accumulator, in the same order for every element, so the other rows that
+// share the tile (other requests, or the zeros past n) and the row's place in it do not change
+// it (the bitwise tests below hold the hardware to that). There is no split-K, no atomics, and the stage size only cuts
 // the same sequence of k-steps into copies. TestBatchInvariantMatMul checks it bitwise: each row
 // alone equals the row inside batches of many sizes, at any place.
 //
-// Graph replay: the launch shape depends on n, m and k only and the kernel reads only its
-// arguments, so a recorded launch replays correctly; no reduction order varies between runs,
+// Graph replay: the launch shape depends on n, k and the widths only and the kernel reads only
+// its arguments, so a recorded launch replays correctly; no reduction order varies between runs,
 // so replays and direct runs are bitwise identical.
 //
 // Tolerance: the only rounding beyond fp32 is x to bf16 (relative 2^-9 per element), as on the
@@ -79,7 +84,10 @@ __global__ void __launch_bounds__(32 * GI_WARPS)
     extern __shared__ __align__(16) unsigned char gi_sm[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
     int part = 0, first = 0;  // the part this block's strip falls in, and the part's first strip
-    while (part + 1 < p.parts && (int)blockIdx.y >= first + gi_strips(p, part)) first += gi_strips(p, part++);
+    while (part + 1 < p.parts && (int)blockIdx.y >= first + gi_strips(p, part)) {
+        first += gi_strips(p, part);
+        part++;
+    }
     const uint16_t* w = p.w[part];
     float* y = p.y[part];
     const int m = p.end[part] - (part > 0 ? p.end[part - 1] : 0);
