@@ -81,9 +81,9 @@ type Backend struct {
 	gemvRows int
 	// batchInvariant: deterministic mode (deterministic.go).
 	batchInvariant bool
-	// invariantMMA: deterministic mode's products run on the tensor cores (deterministic.go:
-	// LORAPLEX_DETERMINISTIC_GEMM, SetDeterministicGEMM).
-	invariantMMA bool
+	// detGEMM: deterministic mode's product kernel (deterministic.go: LORAPLEX_DETERMINISTIC_GEMM,
+	// SetDeterministicGEMM).
+	detGEMM DeterministicGEMM
 
 	// up uploads and frees whole adapters (upload.go, slabpool.go, devicedecode.go): slab pool, pinned staging, upload streams.
 	up uploader
@@ -106,7 +106,7 @@ func New(device int) (*Backend, error) {
 	b.fusedDecode = envSwitch("LORAPLEX_FUSED_DECODE", fusedDecodeDefault)
 	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
 	b.decodeSplit = decodeSplitFromEnv()
-	b.invariantMMA = deterministicGEMMFromEnv()
+	b.detGEMM = deterministicGEMMFromEnv()
 	b.up.capBytes = DefaultAdapterPoolCap
 	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
 		return nil, err

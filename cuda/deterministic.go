@@ -6,6 +6,7 @@ package cuda
 import "C"
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/loraplex/loraplex/model"
@@ -25,15 +26,16 @@ import (
 //     batch size, and the input goes to it as bf16, while one-row products take the GEMV
 //     kernel in fp32 (gemv.cu). In the mode every product, logits head included, runs one
 //     kernel chosen by the shape alone. LORAPLEX_DETERMINISTIC_GEMM (read once in New) or
-//     SetDeterministicGEMM picks which:
-//       rows (the default until a GPU run has compared both): lp_gemv_rows_bf16 on the CUDA
+//     SetDeterministicGEMM picks which (DeterministicGEMM):
+//       rows (the default until a GPU run has compared them): lp_gemv_rows_bf16 on the CUDA
 //         cores, fp32 x, tiles of LP_GEMV_MAX_ROWS rows, each row reduced over k with the
 //         same lane split and warp reduction whatever the tile, the batch or the row's place;
 //         weights are read once per 8 rows.
-//       tensor-cores: lp_gemm_invariant_bf16 (kernels/gemm_invariant.cu), mma.sync with x
-//         rounded to bf16 as on the default path, each output accumulated by the same mma
-//         sequence in k order whatever the batch, weights read once per 64 rows; shapes it
-//         does not take (k % 16 != 0, unaligned buffers: invariantMMAShape) use the rows
+//       tensor-cores, tensor-cores-bf16x: lp_gemm_invariant_bf16 (kernels/gemm_invariant.cu),
+//         mma.sync with x rounded to bf16 as on the default path (in the kernel, or once per
+//         product into a bf16 copy: bitwise the same), each output accumulated by the same
+//         mma sequence in k order whatever the batch, weights read once per 64 rows; shapes
+//         it does not take (k % 16 != 0, unaligned buffers: invariantMMAShape) use the rows
 //         kernel, a choice the row count never enters. MatMulShared runs the products of one
 //         input (q/k/v, gate/up) in one launch of the same kernel (invariantShared), and the
 //         fused GEMV-and-SwiGLU (GateUpSiLU, gemv.cu's arithmetic) steps aside, so a single
@@ -68,38 +70,92 @@ func (b *Backend) SetBatchInvariant(on bool) {
 	b.batchInvariant = on
 }
 
-// tensorCoreInvariantGEMMDefault: whether deterministic mode's products run on the tensor-core
-// kernel unless LORAPLEX_DETERMINISTIC_GEMM (tensor-cores or rows) or SetDeterministicGEMM says
-// otherwise. Off until its GPU tests (TestGemmInvariant, TestBatchInvariantMatMul,
-// TestDeterministicModeIsBatchInvariantOnCUDA) have passed and bench/gpu has compared both.
-const tensorCoreInvariantGEMMDefault = false
+// DeterministicGEMM is deterministic mode's product kernel: LORAPLEX_DETERMINISTIC_GEMM=
+// rows|tensor-cores|tensor-cores-bf16x (read once in New), or Backend.SetDeterministicGEMM.
+type DeterministicGEMM int
 
-// deterministicGEMMFromEnv reads LORAPLEX_DETERMINISTIC_GEMM (the default when unset or unknown).
-func deterministicGEMMFromEnv() bool {
-	switch os.Getenv("LORAPLEX_DETERMINISTIC_GEMM") {
-	case "tensor-cores":
-		return true
-	case "rows":
-		return false
+const (
+	// DeterministicGEMMRows: lp_gemv_rows_bf16 on the CUDA cores, fp32 x, weights read once
+	// per 8 rows.
+	DeterministicGEMMRows DeterministicGEMM = iota
+	// DeterministicGEMMTensorCores: lp_gemm_invariant_bf16 reading x in fp32 and rounding it
+	// to bf16 in the kernel, weights read once per 64 rows.
+	DeterministicGEMMTensorCores
+	// DeterministicGEMMTensorCoresBF16X: the same kernel on a bf16 copy of x made once per
+	// product (lp_f32_to_bf16, the default path's): bitwise the same results, half the bytes
+	// of x each block reads from L2, one launch more per product.
+	DeterministicGEMMTensorCoresBF16X
+)
+
+func (d DeterministicGEMM) String() string {
+	switch d {
+	case DeterministicGEMMRows:
+		return "rows"
+	case DeterministicGEMMTensorCores:
+		return "tensor-cores"
+	case DeterministicGEMMTensorCoresBF16X:
+		return "tensor-cores-bf16x"
 	}
-	return tensorCoreInvariantGEMMDefault
+	return fmt.Sprintf("DeterministicGEMM(%d)", int(d))
 }
 
-// SetDeterministicGEMM chooses deterministic mode's product kernel for the following steps:
-// true the tensor-core kernel where the shape allows it, false the CUDA-core rows kernel (for
-// tests and benchmarks that compare the two). Recorded graphs hold the other kernel's launches,
-// so they are dropped.
-func (b *Backend) SetDeterministicGEMM(tensorCores bool) {
-	if tensorCores != b.invariantMMA {
+// deterministicGEMMDefault: deterministic mode's products unless LORAPLEX_DETERMINISTIC_GEMM
+// or SetDeterministicGEMM says otherwise. The rows kernel until the tensor-core kernel's GPU
+// tests (TestGemmInvariant, TestInvariantMatMulShared, TestBatchInvariantMatMul,
+// TestDeterministicModeIsBatchInvariantOnCUDA) have passed and bench/gpu has compared them.
+const deterministicGEMMDefault = DeterministicGEMMRows
+
+// deterministicGEMMFromEnv reads LORAPLEX_DETERMINISTIC_GEMM (the default when unset or unknown).
+func deterministicGEMMFromEnv() DeterministicGEMM {
+	for _, d := range []DeterministicGEMM{DeterministicGEMMRows, DeterministicGEMMTensorCores, DeterministicGEMMTensorCoresBF16X} {
+		if os.Getenv("LORAPLEX_DETERMINISTIC_GEMM") == d.String() {
+			return d
+		}
+	}
+	return deterministicGEMMDefault
+}
+
+// SetDeterministicGEMM chooses deterministic mode's product kernel for the following steps
+// (for tests and benchmarks that compare them). Recorded graphs hold the other kernel's
+// launches, so they are dropped.
+func (b *Backend) SetDeterministicGEMM(d DeterministicGEMM) {
+	if d < DeterministicGEMMRows || d > DeterministicGEMMTensorCoresBF16X {
+		panic(fmt.Sprintf("cuda: SetDeterministicGEMM(%d)", int(d)))
+	}
+	if d != b.detGEMM {
 		b.dropGraphs()
 	}
-	b.invariantMMA = tensorCores
+	b.detGEMM = d
+}
+
+// invariantGEMM is MatMul in deterministic mode: one kernel per shape, whatever the row count.
+func (b *Backend) invariantGEMM(out, x, w model.Tensor, alpha, beta float32) {
+	if b.detGEMM == DeterministicGEMMRows || !invariantMMAShape(x, w) {
+		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		return
+	}
+	if xp, bf, ok := b.invariantInput(x); ok {
+		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+	}
+}
+
+// invariantInput is x as the tensor-core kernel reads it: x itself (fp32, bf = 0), or its bf16
+// copy in xbf (bf = 1) under DeterministicGEMMTensorCoresBF16X; false when the copy failed.
+func (b *Backend) invariantInput(x model.Tensor) (p C.uintptr_t, bf C.int, ok bool) {
+	if b.detGEMM != DeterministicGEMMTensorCoresBF16X {
+		return ptr(x), 0, true
+	}
+	if !b.xToBF16(x) {
+		return 0, 0, false
+	}
+	return C.uintptr_t(b.xbf), 1, true
 }
 
 // invariantMMAShape reports whether lp_gemm_invariant_bf16 takes out = x · wᵀ: k a multiple of
 // 16, m within its grid, x and w 16-byte aligned (kernels/gemm_invariant.cu). The row count
 // does not enter, and with k % 16 == 0 every row of an aligned buffer starts aligned, so a
-// row alone and the same row in a batch take the same kernel.
+// row alone and the same row in a batch take the same kernel. (xbf, the bf16 copy, is a
+// device allocation: aligned.)
 func invariantMMAShape(x, w model.Tensor) bool {
 	return C.lp_gemm_invariant_ok(C.int(w.Rows), C.int(x.Cols)) != 0 && uintptr(ptr(x))%16 == 0 && uintptr(ptr(w))%16 == 0
 }
@@ -107,7 +163,9 @@ func invariantMMAShape(x, w model.Tensor) bool {
 // invariantProducts reports whether deterministic mode's products run on the tensor-core
 // kernel, whose arithmetic the fused decode GEMVs (gemv.cu) do not share: MatMulShared takes
 // invariantShared then, and GateUpSiLU declines.
-func (b *Backend) invariantProducts() bool { return b.batchInvariant && b.invariantMMA }
+func (b *Backend) invariantProducts() bool {
+	return b.batchInvariant && b.detGEMM != DeterministicGEMMRows
+}
 
 // invariantShared is MatMulShared in deterministic mode on the tensor cores, whatever the row
 // count and the fusion switch: the products of one input (q/k/v, gate/up) in one
@@ -133,8 +191,10 @@ func (b *Backend) invariantShared(outs []model.Tensor, x model.Tensor, ws []mode
 	if !b.launch() {
 		return true
 	}
-	a := b.gemvArgs.set(outs, ws)
-	b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+	if xp, bf, ok := b.invariantInput(x); ok {
+		a := b.gemvArgs.set(outs, ws)
+		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+	}
 	return true
 }
 

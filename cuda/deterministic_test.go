@@ -17,8 +17,8 @@ import (
 	"github.com/loraplex/loraplex/serve"
 )
 
-// In deterministic mode a product's row is bitwise the same in every batch, on either product
-// kernel (LORAPLEX_DETERMINISTIC_GEMM: rows, tensor-cores): row i of an n-row MatMul equals the
+// In deterministic mode a product's row is bitwise the same in every batch, on every product
+// kernel (LORAPLEX_DETERMINISTIC_GEMM: rows, tensor-cores, tensor-cores-bf16x): row i of an n-row MatMul equals the
 // same row computed alone, for batch sizes around the rows kernel's 8-row tile and the tensor-core
 // kernel's 8-row n-tiles and 64-row chunks, rows anywhere in the batch, with k a multiple of 16
 // (both kernels' fast paths), of 8 only, or neither (the rows kernel's scalar path, which the
@@ -26,15 +26,14 @@ import (
 // (the rows kernel keeps x in fp32; the tensor-core kernel rounds it to bf16, as cuBLAS does).
 func TestBatchInvariantMatMul(t *testing.T) {
 	for _, kernel := range []struct {
-		name        string
-		tensorCores bool
-		tol         float64
-	}{{"rows", false, 1e-4}, {"tensor-cores", true, 2e-2}} {
-		t.Run(kernel.name, func(t *testing.T) {
+		gemm cuda.DeterministicGEMM
+		tol  float64
+	}{{cuda.DeterministicGEMMRows, 1e-4}, {cuda.DeterministicGEMMTensorCores, 2e-2}, {cuda.DeterministicGEMMTensorCoresBF16X, 2e-2}} {
+		t.Run(kernel.gemm.String(), func(t *testing.T) {
 			p := pair{cpu.New(0), newGPU(t)}
 			defer p.c.Close()
 			p.g.SetBatchInvariant(true)
-			p.g.SetDeterministicGEMM(kernel.tensorCores)
+			p.g.SetDeterministicGEMM(kernel.gemm)
 			r := rand.New(rand.NewPCG(8, 9))
 			for _, mk := range [][2]int{{300, 320}, {4096, 4096}, {1040, 1008}, {96, 100}, {72, 264}} {
 				m, k := mk[0], mk[1]
@@ -91,14 +90,14 @@ func TestBatchInvariantMatMul(t *testing.T) {
 // to bf16: it agrees with a float64 reference over the same bf16 inputs within fp32 summation
 // error (1e-4 of the sum of |terms| per output, where a misplaced fragment element is off by
 // the size of the output itself), and with the CPU's fp32 x · bf16 W within the 2e-2 bound of
-// TestMatMulSweep; over row counts below, at and across its 8-row n-tiles and 64-row chunks,
+// TestMatMulSweep; rounding x in the kernel or into a bf16 copy first gives bitwise the same
+// products; over row counts below, at and across its 8-row n-tiles and 64-row chunks,
 // the supported models' shapes (4,096, 1,024 and 14,336 columns; k 4,096 and 14,336) and odd
 // multiples of 16 for k (a partial last stage of 64), with m off its 32-column strips.
 func TestGemmInvariant(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
 	p.g.SetBatchInvariant(true)
-	p.g.SetDeterministicGEMM(true)
 	r := rand.New(rand.NewPCG(10, 11))
 	all := []int{1, 2, 7, 16, 17, 64, 100, 256}
 	for _, sh := range []struct {
@@ -130,6 +129,13 @@ func TestGemmInvariant(t *testing.T) {
 			}
 			xc, xg := p.tensor(t, n, k, x)
 			oc, og := p.tensor(t, n, m, nil)
+			p.g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCoresBF16X)
+			p.g.MatMul(og, xg, wg)
+			viaCopy := make([]float32, n*m)
+			if err := p.g.Read(og, viaCopy); err != nil {
+				t.Fatal(err)
+			}
+			p.g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCores)
 			p.g.MatMul(og, xg, wg)
 			p.c.MatMul(oc, xc, wc)
 			what := fmt.Sprintf("tensor-core invariant matmul n=%d m=%d k=%d", n, m, k)
@@ -137,6 +143,11 @@ func TestGemmInvariant(t *testing.T) {
 			got := make([]float32, n*m)
 			if err := p.g.Read(og, got); err != nil {
 				t.Fatal(err)
+			}
+			for e := range got {
+				if math.Float32bits(got[e]) != math.Float32bits(viaCopy[e]) {
+					t.Fatalf("%s: element %d: %v with x rounded in the kernel, %v from its bf16 copy", what, e, got[e], viaCopy[e])
+				}
 			}
 			// The float64 reference: every row where it is cheap, else rows at the n-tile and
 			// chunk edges (every column, so every strip and fragment position is checked).
@@ -178,15 +189,14 @@ func TestGemmInvariant(t *testing.T) {
 	}
 }
 
-// In deterministic mode on the tensor cores the products of one input (q/k/v, gate/up) run in
-// one launch whatever the row count and the fusion switch, each part bitwise what MatMul gives
-// it (parts whose strips share the grid, widths off the 32-column strips); a part whose k the
-// kernel does not take sends them all back to MatMul, and on the rows kernel the shared launch
-// is left to the fusion switch as before.
+// In deterministic mode on the tensor cores (x rounded in the kernel or copied to bf16 first)
+// the products of one input (q/k/v, gate/up) run in one launch whatever the row count and the
+// fusion switch, each part bitwise what MatMul gives it (parts whose strips share the grid,
+// widths off the 32-column strips); a part whose k the kernel does not take sends them all
+// back to MatMul, and on the rows kernel the shared launch is left to the fusion switch.
 func TestInvariantMatMulShared(t *testing.T) {
 	g := newGPU(t)
 	g.SetBatchInvariant(true)
-	g.SetDeterministicGEMM(true)
 	g.SetFusedDecode(false)
 	r := rand.New(rand.NewPCG(12, 13))
 	upload := func(m, k int) model.Tensor {
@@ -203,41 +213,44 @@ func TestInvariantMatMulShared(t *testing.T) {
 		}
 		return v
 	}
-	for _, sh := range []struct {
-		k      int
-		widths []int
-	}{{4096, []int{4096, 1024, 1024}}, {4096, []int{14336, 14336}}, {208, []int{300, 33, 5}}, {48, []int{40}}} {
-		ws := make([]model.Tensor, len(sh.widths))
-		for i, m := range sh.widths {
-			ws[i] = upload(m, sh.k)
-		}
-		for _, n := range []int{1, 7, 64, 100} {
-			x := g.Alloc(n, sh.k)
-			if err := g.Write(x, randFloats(r, n*sh.k)); err != nil {
-				t.Fatal(err)
-			}
-			shared, alone := make([]model.Tensor, len(ws)), make([]model.Tensor, len(ws))
+	for _, d := range []cuda.DeterministicGEMM{cuda.DeterministicGEMMTensorCores, cuda.DeterministicGEMMTensorCoresBF16X} {
+		g.SetDeterministicGEMM(d)
+		for _, sh := range []struct {
+			k      int
+			widths []int
+		}{{4096, []int{4096, 1024, 1024}}, {4096, []int{14336, 14336}}, {208, []int{300, 33, 5}}, {48, []int{40}}} {
+			ws := make([]model.Tensor, len(sh.widths))
 			for i, m := range sh.widths {
-				shared[i], alone[i] = g.Alloc(n, m), g.Alloc(n, m)
-				g.MatMul(alone[i], x, ws[i])
+				ws[i] = upload(m, sh.k)
 			}
-			if !g.MatMulShared(shared, x, ws) {
-				t.Fatalf("k=%d widths %v, %d rows: MatMulShared declined in deterministic mode on the tensor cores", sh.k, sh.widths, n)
-			}
-			for i := range ws {
-				got, want := read(shared[i]), read(alone[i])
-				for e := range got {
-					if math.Float32bits(got[e]) != math.Float32bits(want[e]) {
-						t.Fatalf("k=%d widths %v, %d rows: part %d element %d: %v shared, %v from MatMul", sh.k, sh.widths, n, i, e, got[e], want[e])
-					}
+			for _, n := range []int{1, 7, 64, 100} {
+				x := g.Alloc(n, sh.k)
+				if err := g.Write(x, randFloats(r, n*sh.k)); err != nil {
+					t.Fatal(err)
 				}
-				g.Free(shared[i])
-				g.Free(alone[i])
+				shared, alone := make([]model.Tensor, len(ws)), make([]model.Tensor, len(ws))
+				for i, m := range sh.widths {
+					shared[i], alone[i] = g.Alloc(n, m), g.Alloc(n, m)
+					g.MatMul(alone[i], x, ws[i])
+				}
+				if !g.MatMulShared(shared, x, ws) {
+					t.Fatalf("k=%d widths %v, %d rows: MatMulShared declined in deterministic mode on %s", sh.k, sh.widths, n, d)
+				}
+				for i := range ws {
+					got, want := read(shared[i]), read(alone[i])
+					for e := range got {
+						if math.Float32bits(got[e]) != math.Float32bits(want[e]) {
+							t.Fatalf("%s, k=%d widths %v, %d rows: part %d element %d: %v shared, %v from MatMul", d, sh.k, sh.widths, n, i, e, got[e], want[e])
+						}
+					}
+					g.Free(shared[i])
+					g.Free(alone[i])
+				}
+				g.Free(x)
 			}
-			g.Free(x)
-		}
-		for _, w := range ws {
-			g.Free(w)
+			for _, w := range ws {
+				g.Free(w)
+			}
 		}
 	}
 	x := g.Alloc(3, 40) // k = 40: the rows kernel's, so MatMul's, one part at a time
@@ -245,7 +258,7 @@ func TestInvariantMatMulShared(t *testing.T) {
 	if g.MatMulShared(outs, x, ws) {
 		t.Fatal("MatMulShared took k = 40, which the tensor-core kernel does not")
 	}
-	g.SetDeterministicGEMM(false)
+	g.SetDeterministicGEMM(cuda.DeterministicGEMMRows)
 	x = g.Alloc(3, 64)
 	ws, outs = []model.Tensor{upload(64, 64)}, []model.Tensor{g.Alloc(3, 64)}
 	if g.MatMulShared(outs, x, ws) {
@@ -277,8 +290,8 @@ func fixtureEngineCUDA(t testing.TB, b *cuda.Backend, name string, opt serve.Opt
 // adapters, greedy with top logprobs and seeded sampling, short and long prompts) get bitwise
 // the tokens and logprobs they get alone when they run inside busy mixed batches (other
 // adapters, other lengths, any place in the batch, prompts chunked differently, recorded
-// graphs and direct steps), with either product kernel (the fixtures' widths are multiples of
-// 16, so the tensor-core setting runs every product on lp_gemm_invariant_bf16), and with the
+// graphs and direct steps), with every product kernel (the fixtures' widths are multiples of
+// 16, so the tensor-core settings run every product on lp_gemm_invariant_bf16), and with the
 // fused decode kernels on (whose GEMV arithmetic single rows must not take while batches take
 // the tensor cores: they step aside in the mode). Without the
 // mode the outputs move with the batch (logged: cuBLAS for batches, the fp32 GEMV alone,
@@ -287,12 +300,20 @@ func TestDeterministicModeIsBatchInvariantOnCUDA(t *testing.T) {
 	models := append([]string{"llama"}, fixture.Adapters...)
 	for _, name := range []string{"llama", "qwen3"} {
 		for _, mode := range []struct {
-			deterministic, tensorCores, fused bool
-		}{{true, false, false}, {true, true, false}, {true, true, true}, {false, false, false}} {
+			deterministic bool
+			gemm          cuda.DeterministicGEMM
+			fused         bool
+		}{
+			{true, cuda.DeterministicGEMMRows, false},
+			{true, cuda.DeterministicGEMMTensorCores, false},
+			{true, cuda.DeterministicGEMMTensorCoresBF16X, false},
+			{true, cuda.DeterministicGEMMTensorCores, true},
+			{false, cuda.DeterministicGEMMRows, false},
+		} {
 			deterministic := mode.deterministic
-			t.Run(fmt.Sprintf("%s/deterministic=%v/tensor-cores=%v/fused=%v", name, deterministic, mode.tensorCores, mode.fused), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/deterministic=%v/gemm=%s/fused=%v", name, deterministic, mode.gemm, mode.fused), func(t *testing.T) {
 				g := newGPU(t)
-				g.SetDeterministicGEMM(mode.tensorCores)
+				g.SetDeterministicGEMM(mode.gemm)
 				g.SetFusedDecode(mode.fused)
 				opt := batchinv.Options(name)
 				opt.Deterministic = deterministic
