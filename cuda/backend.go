@@ -82,6 +82,9 @@ type Backend struct {
 	gemvRows int
 	// batchInvariant: deterministic mode (deterministic.go).
 	batchInvariant bool
+	// detGEMM: deterministic mode's product kernel (deterministic.go: LORAPLEX_DETERMINISTIC_GEMM,
+	// SetDeterministicGEMM).
+	detGEMM DeterministicGEMM
 
 	// up uploads and frees whole adapters (upload.go, slabpool.go, devicedecode.go): slab pool, pinned staging, upload streams.
 	up uploader
@@ -105,6 +108,7 @@ func New(device int) (*Backend, error) {
 	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
+	b.detGEMM = deterministicGEMMFromEnv()
 	b.up.capBytes = DefaultAdapterPoolCap
 	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
 		return nil, err

@@ -2,7 +2,15 @@
 
 package cuda
 
-import "github.com/loraplex/loraplex/model"
+// #include "shims.h"
+import "C"
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/loraplex/loraplex/model"
+)
 
 // Deterministic mode (serve.Options.Deterministic, --deterministic): every row of a step is
 // computed by the same instructions, in the same order, whatever the rest of the step holds,
@@ -16,9 +24,22 @@ import "github.com/loraplex/loraplex/model"
 //
 //   - Products (MatMul): cuBLAS picks its algorithm (tile shape, split-K) per shape, so per
 //     batch size, and the input goes to it as bf16, while one-row products take the GEMV
-//     kernel in fp32 (gemv.cu). In the mode every product, logits head included, runs
-//     lp_gemv_rows_bf16: tiles of LP_GEMV_MAX_ROWS rows, each row reduced over k with the
-//     same lane split and warp reduction whatever the tile, the batch or the row's place.
+//     kernel in fp32 (gemv.cu). In the mode every product, logits head included, runs one
+//     kernel chosen by the shape alone. LORAPLEX_DETERMINISTIC_GEMM (read once in New) or
+//     SetDeterministicGEMM picks which (DeterministicGEMM):
+//       rows (the default until a GPU run has compared them): lp_gemv_rows_bf16 on the CUDA
+//         cores, fp32 x, tiles of LP_GEMV_MAX_ROWS rows, each row reduced over k with the
+//         same lane split and warp reduction whatever the tile, the batch or the row's place;
+//         weights are read once per 8 rows.
+//       tensor-cores, tensor-cores-bf16x: lp_gemm_invariant_bf16 (kernels/gemm_invariant.cu),
+//         mma.sync with x rounded to bf16 as on the default path (in the kernel, or once per
+//         product into a bf16 copy: bitwise the same), each output accumulated by the same
+//         mma sequence in k order whatever the batch, weights read once per 64 rows; shapes
+//         it does not take (k % 16 != 0, unaligned buffers: invariantMMAShape) use the rows
+//         kernel, a choice the row count never enters. MatMulShared runs the products of one
+//         input (q/k/v, gate/up) in one launch of the same kernel (invariantShared), and the
+//         fused GEMV-and-SwiGLU (GateUpSiLU, gemv.cu's arithmetic) steps aside, so a single
+//         row takes the same arithmetic as a batch.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
 //     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
@@ -34,8 +55,9 @@ import "github.com/loraplex/loraplex/model"
 // Already per row and left as they are: RMSNorm (one block of fixed size per row), RoPE,
 // SwiGLU, embedding, bias, the KV store, LoRA (shrink and expand reduce each row on its own,
 // the routed expand in a fixed order), the router's top-k and sampling (one block per row).
-// The price is throughput at larger batches (weights are read once per 8 rows, prompts skip
-// the tiled attention); BenchmarkDeterministicDecodeCUDA measures it.
+// The price is throughput at larger batches (weights are read once per 8 or 64 rows, prompts
+// skip the tiled attention); BenchmarkDeterministicDecodeCUDA and bench/gpu's deterministic
+// rows measure it.
 
 var _ model.BatchInvariant = (*Backend)(nil)
 
@@ -47,3 +69,138 @@ func (b *Backend) SetBatchInvariant(on bool) {
 	}
 	b.batchInvariant = on
 }
+
+// DeterministicGEMM is deterministic mode's product kernel: LORAPLEX_DETERMINISTIC_GEMM=
+// rows|tensor-cores|tensor-cores-bf16x (read once in New), or Backend.SetDeterministicGEMM.
+type DeterministicGEMM int
+
+const (
+	// DeterministicGEMMRows: lp_gemv_rows_bf16 on the CUDA cores, fp32 x, weights read once
+	// per 8 rows.
+	DeterministicGEMMRows DeterministicGEMM = iota
+	// DeterministicGEMMTensorCores: lp_gemm_invariant_bf16 reading x in fp32 and rounding it
+	// to bf16 in the kernel, weights read once per 64 rows.
+	DeterministicGEMMTensorCores
+	// DeterministicGEMMTensorCoresBF16X: the same kernel on a bf16 copy of x made once per
+	// product (lp_f32_to_bf16, the default path's): bitwise the same results, half the bytes
+	// of x each block reads from L2, one launch more per product.
+	DeterministicGEMMTensorCoresBF16X
+)
+
+func (d DeterministicGEMM) String() string {
+	switch d {
+	case DeterministicGEMMRows:
+		return "rows"
+	case DeterministicGEMMTensorCores:
+		return "tensor-cores"
+	case DeterministicGEMMTensorCoresBF16X:
+		return "tensor-cores-bf16x"
+	}
+	return fmt.Sprintf("DeterministicGEMM(%d)", int(d))
+}
+
+// deterministicGEMMDefault: deterministic mode's products unless LORAPLEX_DETERMINISTIC_GEMM
+// or SetDeterministicGEMM says otherwise. The rows kernel until the tensor-core kernel's GPU
+// tests (TestGemmInvariant, TestInvariantMatMulShared, TestBatchInvariantMatMul,
+// TestDeterministicModeIsBatchInvariantOnCUDA) have passed and bench/gpu has compared them.
+const deterministicGEMMDefault = DeterministicGEMMRows
+
+// deterministicGEMMFromEnv reads LORAPLEX_DETERMINISTIC_GEMM (the default when unset or unknown).
+func deterministicGEMMFromEnv() DeterministicGEMM {
+	for _, d := range []DeterministicGEMM{DeterministicGEMMRows, DeterministicGEMMTensorCores, DeterministicGEMMTensorCoresBF16X} {
+		if os.Getenv("LORAPLEX_DETERMINISTIC_GEMM") == d.String() {
+			return d
+		}
+	}
+	return deterministicGEMMDefault
+}
+
+// SetDeterministicGEMM chooses deterministic mode's product kernel for the following steps
+// (for tests and benchmarks that compare them). Recorded graphs hold the other kernel's
+// launches, so they are dropped.
+func (b *Backend) SetDeterministicGEMM(d DeterministicGEMM) {
+	if d < DeterministicGEMMRows || d > DeterministicGEMMTensorCoresBF16X {
+		panic(fmt.Sprintf("cuda: SetDeterministicGEMM(%d)", int(d)))
+	}
+	if d != b.detGEMM {
+		b.dropGraphs()
+	}
+	b.detGEMM = d
+}
+
+// invariantGEMM is MatMul in deterministic mode: one kernel per shape, whatever the row count.
+func (b *Backend) invariantGEMM(out, x, w model.Tensor, alpha, beta float32) {
+	if b.detGEMM == DeterministicGEMMRows || !invariantMMAShape(x, w) {
+		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		return
+	}
+	if xp, bf, ok := b.invariantInput(x); ok {
+		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+	}
+}
+
+// invariantInput is x as the tensor-core kernel reads it: x itself (fp32, bf = 0), or its bf16
+// copy in xbf (bf = 1) under DeterministicGEMMTensorCoresBF16X; false when the copy failed.
+func (b *Backend) invariantInput(x model.Tensor) (p C.uintptr_t, bf C.int, ok bool) {
+	if b.detGEMM != DeterministicGEMMTensorCoresBF16X {
+		return ptr(x), 0, true
+	}
+	if !b.xToBF16(x) {
+		return 0, 0, false
+	}
+	return C.uintptr_t(b.xbf), 1, true
+}
+
+// invariantMMAShape reports whether lp_gemm_invariant_bf16 takes out = x · wᵀ: k a multiple of
+// 16, m within its grid, x and w 16-byte aligned (kernels/gemm_invariant.cu). The row count
+// does not enter, and with k % 16 == 0 every row of an aligned buffer starts aligned, so a
+// row alone and the same row in a batch take the same kernel. (xbf, the bf16 copy, is a
+// device allocation: aligned.)
+func invariantMMAShape(x, w model.Tensor) bool {
+	return C.lp_gemm_invariant_ok(C.int(w.Rows), C.int(x.Cols)) != 0 && uintptr(ptr(x))%16 == 0 && uintptr(ptr(w))%16 == 0
+}
+
+// invariantProducts reports whether deterministic mode's products run on the tensor-core
+// kernel, whose arithmetic the fused decode GEMVs (gemv.cu) do not share: MatMulShared takes
+// invariantShared then, and GateUpSiLU declines.
+func (b *Backend) invariantProducts() bool {
+	return b.batchInvariant && b.detGEMM != DeterministicGEMMRows
+}
+
+// invariantShared is MatMulShared in deterministic mode on the tensor cores, whatever the row
+// count and the fusion switch: the products of one input (q/k/v, gate/up) in one
+// lp_gemm_invariant_parts_bf16 launch, each part bitwise what MatMul gives it (the same mma
+// sequence per output; only the block that computes it differs), so k and v (32 strips each
+// in the Llama-3-8B shape) share q's wave instead of leaving most SMs idle. It declines (false:
+// MatMul per product) where any part's shape would take the rows kernel, a choice the row count
+// never enters.
+func (b *Backend) invariantShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
+	if x.Rows == 0 || len(ws) > gemvPartsMax {
+		return false
+	}
+	strips := 0
+	for _, w := range ws {
+		if !invariantMMAShape(x, w) {
+			return false
+		}
+		strips += (w.Rows + invariantCols - 1) / invariantCols
+	}
+	if strips > maxGridY {
+		return false
+	}
+	if !b.launch() {
+		return true
+	}
+	if xp, bf, ok := b.invariantInput(x); ok {
+		a := b.gemvArgs.set(outs, ws)
+		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+	}
+	return true
+}
+
+const (
+	// invariantCols: output columns per block of lp_gemm_invariant_bf16, one grid row each.
+	invariantCols = int(C.LP_GEMM_INVARIANT_COLS)
+	// maxGridY: CUDA's limit on a grid's y dimension.
+	maxGridY = 65535
+)

@@ -3,6 +3,7 @@
 package cuda_test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -16,59 +17,254 @@ import (
 	"github.com/loraplex/loraplex/serve"
 )
 
-// In deterministic mode a product's row is bitwise the same in every batch: row i of an n-row
-// MatMul equals the same row computed alone, for batch sizes around the kernel's 8-row tile
-// and beyond, with k a multiple of 8 (vector loads) or not (scalar path); and the products
-// agree with the CPU's fp32 ones (the mode keeps x in fp32, unlike cuBLAS's bf16 input).
+// In deterministic mode a product's row is bitwise the same in every batch, on every product
+// kernel (LORAPLEX_DETERMINISTIC_GEMM: rows, tensor-cores, tensor-cores-bf16x): row i of an n-row MatMul equals the
+// same row computed alone, for batch sizes around the rows kernel's 8-row tile and the tensor-core
+// kernel's 8-row n-tiles and 64-row chunks, rows anywhere in the batch, with k a multiple of 16
+// (both kernels' fast paths), of 8 only, or neither (the rows kernel's scalar path, which the
+// tensor-core setting falls back to by shape); and the products agree with the CPU's fp32 ones
+// (the rows kernel keeps x in fp32; the tensor-core kernel rounds it to bf16, as cuBLAS does).
 func TestBatchInvariantMatMul(t *testing.T) {
+	for _, kernel := range []struct {
+		gemm cuda.DeterministicGEMM
+		tol  float64
+	}{{cuda.DeterministicGEMMRows, 1e-4}, {cuda.DeterministicGEMMTensorCores, 2e-2}, {cuda.DeterministicGEMMTensorCoresBF16X, 2e-2}} {
+		t.Run(kernel.gemm.String(), func(t *testing.T) {
+			p := pair{cpu.New(0), newGPU(t)}
+			defer p.c.Close()
+			p.g.SetBatchInvariant(true)
+			p.g.SetDeterministicGEMM(kernel.gemm)
+			r := rand.New(rand.NewPCG(8, 9))
+			for _, mk := range [][2]int{{300, 320}, {4096, 4096}, {1040, 1008}, {96, 100}, {72, 264}} {
+				m, k := mk[0], mk[1]
+				wc, wg := p.upload(t, hostBF16(r, m, k, 1/math.Sqrt(float64(k))))
+				const rows = 130
+				x := randFloats(r, rows*k)
+				alone := make([][]float32, rows)
+				for i := range alone {
+					xg := p.g.Alloc(1, k)
+					og := p.g.Alloc(1, m)
+					if err := p.g.Write(xg, x[i*k:(i+1)*k]); err != nil {
+						t.Fatal(err)
+					}
+					p.g.MatMul(og, xg, wg)
+					alone[i] = make([]float32, m)
+					if err := p.g.Read(og, alone[i]); err != nil {
+						t.Fatal(err)
+					}
+					p.g.Free(xg)
+					p.g.Free(og)
+				}
+				for _, n := range []int{2, 7, 8, 9, 17, 63, 64, 65, 100, 130} {
+					off := r.IntN(rows - n + 1) // the rows sit anywhere in the batch
+					xc, xg := p.tensor(t, n, k, x[off*k:(off+n)*k])
+					oc, og := p.tensor(t, n, m, nil)
+					p.g.MatMul(og, xg, wg)
+					p.c.MatMul(oc, xc, wc)
+					p.compare(t, fmt.Sprintf("batch-invariant matmul n=%d m=%d k=%d", n, m, k), oc, og, kernel.tol)
+					got := make([]float32, n*m)
+					if err := p.g.Read(og, got); err != nil {
+						t.Fatal(err)
+					}
+					for i := 0; i < n; i++ {
+						for j := 0; j < m; j++ {
+							if math.Float32bits(got[i*m+j]) != math.Float32bits(alone[off+i][j]) {
+								t.Fatalf("m=%d k=%d: row %d of a %d-row product (row %d of the inputs), column %d: %v, alone %v",
+									m, k, i, n, off+i, j, got[i*m+j], alone[off+i][j])
+							}
+						}
+					}
+					p.g.Free(xg)
+					p.g.Free(og)
+				}
+				p.g.Free(wg)
+			}
+			if err := p.g.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Deterministic mode's tensor-core product (kernels/gemm_invariant.cu) is x · Wᵀ with x rounded
+// to bf16: it agrees with a float64 reference over the same bf16 inputs within fp32 summation
+// error (1e-4 of the sum of |terms| per output, where a misplaced fragment element is off by
+// the size of the output itself), and with the CPU's fp32 x · bf16 W within the 2e-2 bound of
+// TestMatMulSweep; rounding x in the kernel or into a bf16 copy first gives bitwise the same
+// products; over row counts below, at and across its 8-row n-tiles and 64-row chunks,
+// the supported models' shapes (4,096, 1,024 and 14,336 columns; k 4,096 and 14,336) and odd
+// multiples of 16 for k (a partial last stage of 64), with m off its 32-column strips.
+func TestGemmInvariant(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
 	p.g.SetBatchInvariant(true)
-	defer p.g.SetBatchInvariant(false)
-	r := rand.New(rand.NewPCG(8, 9))
-	for _, mk := range [][2]int{{300, 320}, {4096, 4096}, {96, 100}} {
-		m, k := mk[0], mk[1]
-		wc, wg := p.upload(t, hostBF16(r, m, k, 1/math.Sqrt(float64(k))))
-		const rows = 100
-		x := randFloats(r, rows*k)
-		alone := make([][]float32, rows)
-		for i := range alone {
-			xg := p.g.Alloc(1, k)
-			og := p.g.Alloc(1, m)
-			if err := p.g.Write(xg, x[i*k:(i+1)*k]); err != nil {
-				t.Fatal(err)
-			}
-			p.g.MatMul(og, xg, wg)
-			alone[i] = make([]float32, m)
-			if err := p.g.Read(og, alone[i]); err != nil {
-				t.Fatal(err)
-			}
-			p.g.Free(xg)
-			p.g.Free(og)
+	r := rand.New(rand.NewPCG(10, 11))
+	all := []int{1, 2, 7, 16, 17, 64, 100, 256}
+	for _, sh := range []struct {
+		m, k int
+		ns   []int
+	}{
+		{4096, 4096, all},
+		{1024, 4096, all},
+		{14336, 4096, []int{1, 17, 64}},
+		{4096, 14336, []int{1, 17, 64}},
+		{300, 208, all},   // k = 13 x 16
+		{33, 48, all},     // k = 3 x 16, one column past a strip
+		{1040, 1008, all}, // k = 63 x 16: the last stage holds 48 of its 64
+		{5, 16, all},      // one k-step, part of one strip
+	} {
+		m, k := sh.m, sh.k
+		wh := hostBF16(r, m, k, 1/math.Sqrt(float64(k)))
+		wc, wg := p.upload(t, wh)
+		w := make([]float64, m*k)
+		for i := range w {
+			w[i] = float64(model.BF16ToF32(binary.LittleEndian.Uint16(wh.Data[2*i:])))
 		}
-		for _, n := range []int{2, 7, 8, 9, 17, 64, 100} {
-			off := r.IntN(rows - n + 1) // the rows sit anywhere in the batch
-			xc, xg := p.tensor(t, n, k, x[off*k:(off+n)*k])
+		var worst float64
+		for _, n := range sh.ns {
+			x := randFloats(r, n*k)
+			xb := make([]float64, len(x)) // x as the kernel multiplies it
+			for i, v := range x {
+				xb[i] = float64(model.BF16ToF32(model.F32ToBF16(v)))
+			}
+			xc, xg := p.tensor(t, n, k, x)
 			oc, og := p.tensor(t, n, m, nil)
+			p.g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCoresBF16X)
+			p.g.MatMul(og, xg, wg)
+			viaCopy := make([]float32, n*m)
+			if err := p.g.Read(og, viaCopy); err != nil {
+				t.Fatal(err)
+			}
+			p.g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCores)
 			p.g.MatMul(og, xg, wg)
 			p.c.MatMul(oc, xc, wc)
-			p.compare(t, fmt.Sprintf("batch-invariant matmul n=%d m=%d k=%d", n, m, k), oc, og, 1e-4)
+			what := fmt.Sprintf("tensor-core invariant matmul n=%d m=%d k=%d", n, m, k)
+			p.compare(t, what, oc, og, 2e-2)
 			got := make([]float32, n*m)
 			if err := p.g.Read(og, got); err != nil {
 				t.Fatal(err)
 			}
-			for i := 0; i < n; i++ {
+			for e := range got {
+				if math.Float32bits(got[e]) != math.Float32bits(viaCopy[e]) {
+					t.Fatalf("%s: element %d: %v with x rounded in the kernel, %v from its bf16 copy", what, e, got[e], viaCopy[e])
+				}
+			}
+			// The float64 reference: every row where it is cheap, else rows at the n-tile and
+			// chunk edges (every column, so every strip and fragment position is checked).
+			check := []int{0, 7, 8, 15, 16, 63, 64, 65, n / 2, n - 1}
+			if n*m*k <= 1<<27 {
+				check = check[:0]
+				for i := 0; i < n; i++ {
+					check = append(check, i)
+				}
+			}
+			for _, i := range check {
+				if i >= n {
+					continue
+				}
+				xr := xb[i*k : (i+1)*k]
 				for j := 0; j < m; j++ {
-					if math.Float32bits(got[i*m+j]) != math.Float32bits(alone[off+i][j]) {
-						t.Fatalf("m=%d k=%d: row %d of a %d-row product, column %d: %v, alone %v", m, k, i, n, j, got[i*m+j], alone[off+i][j])
+					var ref, mag float64
+					for c, v := range xr {
+						ref += v * w[j*k+c]
+						mag += math.Abs(v * w[j*k+c])
+					}
+					d := math.Abs(float64(got[i*m+j]) - ref)
+					if d > 1e-4*mag+1e-30 {
+						t.Fatalf("%s: row %d column %d: %v, float64 reference %v (sum of |terms| %v)", what, i, j, got[i*m+j], ref, mag)
+					}
+					if mag > 0 {
+						worst = max(worst, d/mag)
 					}
 				}
 			}
 			p.g.Free(xg)
 			p.g.Free(og)
 		}
+		p.g.Free(wg)
+		t.Logf("m=%d k=%d: worst |gpu - float64| / sum|terms| = %.2g", m, k, worst)
 	}
 	if err := p.g.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// In deterministic mode on the tensor cores (x rounded in the kernel or copied to bf16 first)
+// the products of one input (q/k/v, gate/up) run in one launch whatever the row count and the
+// fusion switch, each part bitwise what MatMul gives it (parts whose strips share the grid,
+// widths off the 32-column strips); a part whose k the kernel does not take sends them all
+// back to MatMul, and on the rows kernel the shared launch is left to the fusion switch.
+func TestInvariantMatMulShared(t *testing.T) {
+	g := newGPU(t)
+	g.SetBatchInvariant(true)
+	g.SetFusedDecode(false)
+	r := rand.New(rand.NewPCG(12, 13))
+	upload := func(m, k int) model.Tensor {
+		w, err := g.Upload(hostBF16(r, m, k, 1/math.Sqrt(float64(k))), m, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	read := func(o model.Tensor) []float32 {
+		v := make([]float32, o.Rows*o.Cols)
+		if err := g.Read(o, v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, d := range []cuda.DeterministicGEMM{cuda.DeterministicGEMMTensorCores, cuda.DeterministicGEMMTensorCoresBF16X} {
+		g.SetDeterministicGEMM(d)
+		for _, sh := range []struct {
+			k      int
+			widths []int
+		}{{4096, []int{4096, 1024, 1024}}, {4096, []int{14336, 14336}}, {208, []int{300, 33, 5}}, {48, []int{40}}} {
+			ws := make([]model.Tensor, len(sh.widths))
+			for i, m := range sh.widths {
+				ws[i] = upload(m, sh.k)
+			}
+			for _, n := range []int{1, 7, 64, 100} {
+				x := g.Alloc(n, sh.k)
+				if err := g.Write(x, randFloats(r, n*sh.k)); err != nil {
+					t.Fatal(err)
+				}
+				shared, alone := make([]model.Tensor, len(ws)), make([]model.Tensor, len(ws))
+				for i, m := range sh.widths {
+					shared[i], alone[i] = g.Alloc(n, m), g.Alloc(n, m)
+					g.MatMul(alone[i], x, ws[i])
+				}
+				if !g.MatMulShared(shared, x, ws) {
+					t.Fatalf("k=%d widths %v, %d rows: MatMulShared declined in deterministic mode on %s", sh.k, sh.widths, n, d)
+				}
+				for i := range ws {
+					got, want := read(shared[i]), read(alone[i])
+					for e := range got {
+						if math.Float32bits(got[e]) != math.Float32bits(want[e]) {
+							t.Fatalf("%s, k=%d widths %v, %d rows: part %d element %d: %v shared, %v from MatMul", d, sh.k, sh.widths, n, i, e, got[e], want[e])
+						}
+					}
+					g.Free(shared[i])
+					g.Free(alone[i])
+				}
+				g.Free(x)
+			}
+			for _, w := range ws {
+				g.Free(w)
+			}
+		}
+	}
+	x := g.Alloc(3, 40) // k = 40: the rows kernel's, so MatMul's, one part at a time
+	ws, outs := []model.Tensor{upload(64, 40), upload(32, 40)}, []model.Tensor{g.Alloc(3, 64), g.Alloc(3, 32)}
+	if g.MatMulShared(outs, x, ws) {
+		t.Fatal("MatMulShared took k = 40, which the tensor-core kernel does not")
+	}
+	g.SetDeterministicGEMM(cuda.DeterministicGEMMRows)
+	x = g.Alloc(3, 64)
+	ws, outs = []model.Tensor{upload(64, 64)}, []model.Tensor{g.Alloc(3, 64)}
+	if g.MatMulShared(outs, x, ws) {
+		t.Fatal("MatMulShared ran on the rows kernel with fusion off")
+	}
+	if err := g.Err(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -94,14 +290,31 @@ func fixtureEngineCUDA(t testing.TB, b *cuda.Backend, name string, opt serve.Opt
 // adapters, greedy with top logprobs and seeded sampling, short and long prompts) get bitwise
 // the tokens and logprobs they get alone when they run inside busy mixed batches (other
 // adapters, other lengths, any place in the batch, prompts chunked differently, recorded
-// graphs and direct steps). Without the mode the outputs move with the batch (logged: cuBLAS
-// for batches, the fp32 GEMV alone, split counts by batch size).
+// graphs and direct steps), with every product kernel (the fixtures' widths are multiples of
+// 16, so the tensor-core settings run every product on lp_gemm_invariant_bf16), and with the
+// fused decode kernels on (whose GEMV arithmetic single rows must not take while batches take
+// the tensor cores: they step aside in the mode). Without the
+// mode the outputs move with the batch (logged: cuBLAS for batches, the fp32 GEMV alone,
+// split counts by batch size).
 func TestDeterministicModeIsBatchInvariantOnCUDA(t *testing.T) {
 	models := append([]string{"llama"}, fixture.Adapters...)
 	for _, name := range []string{"llama", "qwen3"} {
-		for _, deterministic := range []bool{true, false} {
-			t.Run(fmt.Sprintf("%s/deterministic=%v", name, deterministic), func(t *testing.T) {
+		for _, mode := range []struct {
+			deterministic bool
+			gemm          cuda.DeterministicGEMM
+			fused         bool
+		}{
+			{true, cuda.DeterministicGEMMRows, false},
+			{true, cuda.DeterministicGEMMTensorCores, false},
+			{true, cuda.DeterministicGEMMTensorCoresBF16X, false},
+			{true, cuda.DeterministicGEMMTensorCores, true},
+			{false, cuda.DeterministicGEMMRows, false},
+		} {
+			deterministic := mode.deterministic
+			t.Run(fmt.Sprintf("%s/deterministic=%v/gemm=%s/fused=%v", name, deterministic, mode.gemm, mode.fused), func(t *testing.T) {
 				g := newGPU(t)
+				g.SetDeterministicGEMM(mode.gemm)
+				g.SetFusedDecode(mode.fused)
 				opt := batchinv.Options(name)
 				opt.Deterministic = deterministic
 				e, cfg := fixtureEngineCUDA(t, g, name, opt)

@@ -55,17 +55,28 @@ func (b *Backend) SetFusedDecode(on bool) {
 	b.fusedDecode = on
 }
 
-// gemvPartsArgs are lp_gemv_parts_bf16's weights, outputs and the parts' column ends, for the
-// shim that fills lp_gemv_parts (kept in the backend: a cgo call would move stack arrays to the
-// heap every call).
+// gemvPartsArgs are the weights, outputs and the parts' column ends of a shared-input launch
+// (lp_gemv_parts_bf16, lp_gemm_invariant_parts_bf16), for the shim that fills lp_gemv_parts
+// (kept in the backend: a cgo call would move stack arrays to the heap every call).
 type gemvPartsArgs struct {
 	ws, ys, ends [gemvPartsMax]C.uintptr_t
 }
 
+// set fills a with the products outs[i] = x · ws[i]ᵀ, part after part.
+func (a *gemvPartsArgs) set(outs, ws []model.Tensor) *gemvPartsArgs {
+	end := 0
+	for i, w := range ws {
+		end += w.Rows
+		a.ws[i], a.ys[i], a.ends[i] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
+	}
+	return a
+}
+
 // MatMulShared implements model.SharedMatMuler for the products MatMul sends to the GEMV kernel (at
 // most gemvRows rows, aligned): the products of one input (q/k/v, gate/up) in one launch, each
-// part bitwise what its own GEMV gives; and for bigger steps, one bf16 conversion of x for all
-// the cuBLAS products (deterministic mode's products take MatMul's path: false).
+// part bitwise what its own GEMV gives; for bigger steps, one bf16 conversion of x for all
+// the cuBLAS products. In deterministic mode on the tensor cores it is invariantShared, for any
+// row count; on the rows kernel, bigger steps take MatMul's path (false).
 func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
 	if len(outs) != len(ws) {
 		panic(fmt.Sprintf("cuda: MatMulShared of %d outputs with %d weights", len(outs), len(ws)))
@@ -77,6 +88,9 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 			panic(fmt.Sprintf("cuda: MatMulShared out %s = x %s · wᵀ %s (%s)", out.Shape(), x.Shape(), w.Shape(), w.DType))
 		}
 		aligned = aligned && uintptr(ptr(w))%16 == 0 && w.Rows > 0
+	}
+	if b.invariantProducts() {
+		return b.invariantShared(outs, x, ws)
 	}
 	if x.Rows == 0 || x.Rows > b.gemvRows && b.batchInvariant {
 		return false
@@ -99,11 +113,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 	if !b.launch() {
 		return true
 	}
-	a, end := &b.gemvArgs, 0
-	for i, w := range ws {
-		end += w.Rows
-		a.ws[i], a.ys[i], a.ends[i] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
-	}
+	a := b.gemvArgs.set(outs, ws)
 	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
 	return true
 }
@@ -143,7 +153,7 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 		wGate.DType != model.BF16 || wUp.DType != model.BF16 || x.DType != model.F32 || act.DType != model.F32 {
 		panic(fmt.Sprintf("cuda: GateUpSiLU act %s = x %s · gate %s, up %s", act.Shape(), x.Shape(), wGate.Shape(), wUp.Shape()))
 	}
-	if !b.fusedDecode || x.Rows == 0 || x.Rows > b.gemvRows || x.Cols%8 != 0 ||
+	if !b.fusedDecode || b.invariantProducts() || x.Rows == 0 || x.Rows > b.gemvRows || x.Cols%8 != 0 ||
 		uintptr(ptr(x))%16 != 0 || uintptr(ptr(wGate))%16 != 0 || uintptr(ptr(wUp))%16 != 0 {
 		return false
 	}

@@ -42,7 +42,7 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 		return
 	}
 	if b.batchInvariant {
-		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		b.invariantGEMM(out, x, w, alpha, beta) // deterministic.go
 		return
 	}
 	// Single-row products (batch-1 decode, one logits row) stream the weights with the GEMV
@@ -56,19 +56,19 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	}
 }
 
-// xToBF16 converts x into the backend's bf16 input buffer (b.xbf) for cuBLAS, growing it first
-// if needed; false once the backend has failed.
+// cublasGemm runs out = alpha · x · wᵀ + beta · out on cuBLAS from x as xToBF16 left it in b.xbf.
+func (b *Backend) cublasGemm(out, x, w model.Tensor, alpha, beta float32) {
+	b.ok("gemm", C.s_gemm(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
+}
+
+// xToBF16 rounds x to bf16 into xbf (grown on demand), the tensor cores' input; false when
+// that failed (the backend has recorded why).
 func (b *Backend) xToBF16(x model.Tensor) bool {
 	n := x.Rows * x.Cols
 	if n > b.xbfCap && (!b.canGrow() || !b.growX(n)) {
 		return false
 	}
 	return b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.xbf), ptr(x), C.size_t(n), b.stream))
-}
-
-// cublasGemm runs out = alpha · x · wᵀ + beta · out on cuBLAS from x as xToBF16 left it in b.xbf.
-func (b *Backend) cublasGemm(out, x, w model.Tensor, alpha, beta float32) {
-	b.ok("gemm", C.s_gemm(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
 }
 
 func (b *Backend) growX(n int) bool {

@@ -30,6 +30,9 @@ static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_
 static inline int s_gemv_rows(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
 	return lp_gemv_rows_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
 }
+static inline int s_gemm_invariant(int n, int m, int k, uintptr_t x, int x_bf16, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
+	return lp_gemm_invariant_bf16(n, m, k, P(const void*, x), x_bf16, P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
+}
 static inline int s_f32_to_bf16(uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) { return lp_f32_to_bf16(P(uint16_t*, dst), P(const float*, src), n, P(lp_stream, s)); }
 static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, int dim, int vocab, uintptr_t s) {
 	return lp_embed(P(float*, out), P(const uint16_t*, table), P(const int32_t*, ids), n, dim, vocab, P(lp_stream, s));
@@ -59,8 +62,8 @@ static inline int s_rope_store_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr
 static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, uintptr_t wu, uintptr_t act, uintptr_t s) {
 	return lp_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), P(lp_stream, s));
 }
-// ws, ys and ends are Go arrays of LP_GEMV_PARTS entries (parts used).
-static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+// s_parts fills lp_gemv_parts from Go arrays of LP_GEMV_PARTS entries (parts used): ws, ys and ends.
+static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts) {
 	lp_gemv_parts p = {0};
 	for (int g = 0; g < parts && g < LP_GEMV_PARTS; g++) {
 		p.w[g] = P(const uint16_t*, ws[g]);
@@ -68,7 +71,13 @@ static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, c
 		p.end[g] = (int)ends[g];
 	}
 	p.parts = parts;
-	return lp_gemv_parts_bf16(n, k, P(const float*, x), p, P(lp_stream, s));
+	return p;
+}
+static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), P(lp_stream, s));
+}
+static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, ys, ends, parts), P(lp_stream, s));
 }
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
                        int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int grouped, uintptr_t scratch, uintptr_t s) {

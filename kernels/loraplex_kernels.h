@@ -238,6 +238,25 @@ typedef struct {
 int lp_sample(float* logits, int rows, int vocab, const lp_sample_row* params, int32_t* words,
               const uint32_t* allowed, lp_sample_result* results, lp_stream s);
 
+// gemm_invariant.cu: the batch-invariant product of deterministic mode on the tensor cores
+// (mma.sync bf16, sm_80+): y[n, m] = alpha · x[n, k] · W[m, k]ᵀ + beta · y for any n >= 1, W
+// bf16, fp32 accumulate, each output computed by the same mma sequence whatever n is. x is fp32
+// (x_bf16 = 0: rounded to bf16 in the kernel) or bf16 (x_bf16 = 1: lp_f32_to_bf16's rounding,
+// the same, so both give bitwise the same y). Blocks own LP_GEMM_INVARIANT_COLS output columns;
+// shapes lp_gemm_invariant_ok rejects, and x or W not 16-byte aligned, return
+// cudaErrorInvalidValue (lp_gemv_rows_bf16 takes those).
+#define LP_GEMM_INVARIANT_COLS 32
+static inline int lp_gemm_invariant_ok(int m, int k) {
+    return m > 0 && m <= 65535 * LP_GEMM_INVARIANT_COLS && k > 0 && k % 16 == 0;
+}
+int lp_gemm_invariant_bf16(int n, int m, int k, const void* x, int x_bf16, const uint16_t* w, float* y, float alpha,
+                           float beta, lp_stream s);
+// The same for the products of one x by up to LP_GEMV_PARTS matrices in one launch (parts as
+// lp_gemv_parts_bf16 takes them; alpha 1, beta 0), each part bitwise what
+// lp_gemm_invariant_bf16 gives it; every part's shape must pass lp_gemm_invariant_ok and the
+// parts' strips of LP_GEMM_INVARIANT_COLS columns together be at most 65,535.
+int lp_gemm_invariant_parts_bf16(int n, int k, const void* x, int x_bf16, lp_gemv_parts parts, lp_stream s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -351,18 +351,23 @@ func TestCutOffOutputIsAStageNotRun(t *testing.T) {
 }
 
 // An A/B run is set against the default on every row its switch can move: decode at batch 1,
-// 64 and at a 32k context, both adapter batches, prefill; a row either run lacks is n/a.
+// 64 and at a 32k context, both adapter batches, prefill, deterministic mode at batch 1 and 64
+// (and the deterministic goal's ratio inside the A/B run); a row either run lacks is n/a.
 func TestABRowsAgainstTheDefault(t *testing.T) {
 	dir := t.TempDir()
 	lp := Loraplex{Device: "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)", Sweep: map[int]float64{1: 150, 64: 6000},
 		LongContext: []LongContextPoint{{Context: 32768, Tokens: 100}},
-		Adapters:    &AdapterRatio{Mixed: 3000}, AdaptersQV: &AdapterRatio{Mixed: 5000}, StageSeconds: map[string]float64{}}
+		Adapters:    &AdapterRatio{Mixed: 3000}, AdaptersQV: &AdapterRatio{Mixed: 5000}, StageSeconds: map[string]float64{},
+		Deterministic: &Deterministic{Available: true, On: map[int]float64{1: 100, 64: 500}, Default: map[int]float64{1: 150, 64: 6000},
+			Ratio: map[int]float64{1: 100.0 / 150, 64: 500.0 / 6000}}}
 	ab := lp
 	ab.Env = map[string]string{"LORAPLEX_FUSED_DECODE": "on"}
 	ab.Sweep = map[int]float64{1: 165, 64: 6000}
 	ab.LongContext = []LongContextPoint{{Context: 32768, Tokens: 120}}
 	ab.AdaptersQV = &AdapterRatio{Mixed: 5500}
 	ab.Adapters = nil
+	ab.Deterministic = &Deterministic{Available: true, On: map[int]float64{1: 140, 64: 5400}, Default: map[int]float64{1: 160, 64: 6000},
+		Ratio: map[int]float64{1: 140.0 / 160, 64: 0.9}}
 	writeJSON(t, filepath.Join(dir, "loraplex.json"), lp)
 	writeJSON(t, filepath.Join(dir, "ab-fused-decode-on.json"), ab)
 	f, err := Build(dir, "2026-12-07T02:00:00Z", "")
@@ -371,7 +376,9 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	}
 	rows := byID(t, f)
 	for id, want := range map[string]float64{"ab_fused-decode-on_decode_b1": 1.1, "ab_fused-decode-on_decode_b1_ctx32768": 1.2,
-		"ab_fused-decode-on_adapters8qv_b64": 1.1} {
+		"ab_fused-decode-on_adapters8qv_b64": 1.1, "ab_fused-decode-on_deterministic_b1": 1.4,
+		"ab_fused-decode-on_deterministic_b64": 10.8, "ab_fused-decode-on_deterministic_vs_default_b1": 0.875,
+		"ab_fused-decode-on_deterministic_vs_default_b64": 0.9} {
 		if r := rows[id]; r.Value == nil || !near(*r.Value, want) || r.Issue != ABRows || !strings.Contains(r.Measure, "LORAPLEX_FUSED_DECODE=on") {
 			t.Errorf("row %s: %+v, want %v", id, r, want)
 		}

@@ -224,9 +224,20 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 			{"adapters16_b64", "64 distinct rank-16 adapters", mixed(ab.Adapters), mixed(lp.Adapters)},
 			{"adapters8qv_b64", "64 distinct rank-8 q/v adapters", mixed(ab.AdaptersQV), mixed(lp.AdaptersQV)},
 			{"prefill_2048", "prefill 2,048 tokens", tokensPerS(ab, 2048), tokensPerS(*lp, 2048)},
+			{"deterministic_b1", "deterministic mode, batch-1 decode", deterministicTokens(ab, 1), deterministicTokens(*lp, 1)},
+			{"deterministic_b64", "deterministic mode, batch-64 decode", deterministicTokens(ab, 64), deterministicTokens(*lp, 64)},
 		} {
 			add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ default", label, m.what), goal{}, m.a/m.b, m.a > 0 && m.b > 0,
 				tps(m.a), tps(m.b), ""))
+		}
+		// The deterministic goal's ratio with the switch set: both sides measured in the A/B run
+		// (a switch of deterministic mode's kernels, LORAPLEX_DETERMINISTIC_GEMM, moves only one).
+		if d := ab.Deterministic; d != nil && d.Available {
+			for _, batch := range []int{1, 64} {
+				add(row(ABRows, fmt.Sprintf("ab_%s_deterministic_vs_default_b%d", ab.label, batch),
+					fmt.Sprintf("A/B %s: deterministic mode ÷ default, batch %d, both in the A/B run", label, batch), goal{},
+					d.Ratio[batch], d.Ratio[batch] > 0, tps(d.On[batch]), tps(d.Default[batch]), ""))
+			}
 		}
 	}
 	return out
@@ -242,6 +253,14 @@ func mixed(a *AdapterRatio) float64 {
 func contextTokens(r Loraplex, ctx int) float64 {
 	p, _ := r.longContext(ctx)
 	return p.Tokens
+}
+
+// deterministicTokens is decode throughput at batch under deterministic mode (0 when not measured).
+func deterministicTokens(r Loraplex, batch int) float64 {
+	if r.Deterministic == nil || !r.Deterministic.Available {
+		return 0
+	}
+	return r.Deterministic.On[batch]
 }
 
 func tokensPerS(r Loraplex, n int) float64 {

@@ -1,0 +1,244 @@
+// Batch-invariant products on the tensor cores (deterministic mode): y[n, m] = alpha · x[n, k] ·
+// W[m, k]ᵀ (+ beta · y), x rounded to bf16 (round to nearest even, what the default path's
+// lp_f32_to_bf16 does before cuBLAS; x comes in fp32 or already rounded), W bf16, fp32
+// accumulate and output, with mma.sync m16n8k16 (sm_80+).
+//
+// Why: deterministic mode sends every product here (cuda/deterministic.go), and the CUDA-core
+// kernel it had (lp_gemv_rows_bf16) reads the weights once per 8 rows, so batch-64 decode ran at
+// 0.073 of the default (bench/results/gpu-goals-h100.md). Decode products are a weight stream;
+// this kernel reads each weight once per GI_NC rows (64: a whole decode batch of up to 64
+// rows) and does the multiplies on the tensor cores, so that the stream, not the arithmetic,
+// bounds it.
+//
+// Layout: W is the mma's A operand (16 output columns per fragment) and x its B operand (8 rows
+// per fragment), so a decode step of one row pads to 8, not 16. One block of 4 warps owns a
+// strip of GI_BN (32) output columns and a chunk of GI_NC (64) rows: grid (row chunks, column
+// strips), chunks fastest, so the chunks of one strip run side by side and share its weights in
+// L2. 32 columns give 128 blocks at m = 4,096 (132 SMs) and 448 at 14,336. The block streams its
+// W strip and its rows of x through shared memory in stages of GI_BK (64) k, GI_STAGES deep with
+// 16-byte cp.async copies (x stays fp32 in shared memory; a lane converts the two pairs of its B
+// fragment as it reads them). Warp w owns n-tiles 2w and 2w+1 (rows 16w..16w+15 of the chunk)
+// for both 16-column A tiles; a warp whose n-tiles hold no row skips the arithmetic, and rows
+// past n are staged as zeros only up to the end of their n-tile. Each block also reads its
+// chunk of x from L2: in fp32 at 64 rows that is 4x its strip's weight bytes, so at batch 64 L2
+// bandwidth rather than HBM may bound it. Hence two inputs, one result: x fp32 (rounded as the
+// B fragments are built, no extra launch) or x already bf16 (lp_f32_to_bf16 once per product,
+// the default path's copy: half the L2 bytes, B fragments by ldmatrix); the rounding is the
+// same, so the outputs are bitwise the same. LORAPLEX_DETERMINISTIC_GEMM=tensor-cores or
+// tensor-cores-bf16x picks one until a GPU run says which bound holds; GI_* are the knobs.
+//
+// lp_gemm_invariant_parts_bf16 runs the products of one x by up to LP_GEMV_PARTS matrices (q/k/v,
+// gate/up) in one launch, the parts' strips one after the other in the grid: k and v alone
+// (1,024 columns, 32 blocks) would leave 100 of 132 SMs idle, inside q's launch they ride its
+// wave. A part's block does exactly what the plain launch's block for that strip does, so each
+// part is bitwise what lp_gemm_invariant_bf16 gives it.
+//
+// Batch invariance, by construction: output (r, j) is accumulated in one fp32 register, from
+// zero, by one mma per k-step of 16, k-steps in increasing order 0 .. k/16 - 1, whose operands
+// are W[j, 16s .. 16s + 15] (bf16, as stored) and bf16(x[r, 16s .. 16s + 15]); then alpha and
+// beta are applied by the one expression below. None of that depends on n, on the chunk the row
+// falls in or on its place in it: n only decides how many blocks there are and which warps have
+// work. An mma computes each element of its 16x8 result from its own row of A, its own column
+// of B and its own accumulator, in the same order for every element, so the other rows that
+// share the tile (other requests, or the zeros past n) and the row's place in it do not change
+// it (the bitwise tests hold the hardware to that). There is no split-K, no atomics, and the
+// stage size only cuts the same sequence of k-steps into copies. TestBatchInvariantMatMul
+// checks it bitwise: each row alone equals the row inside batches of many sizes, at any place.
+//
+// Graph replay: the launch shape depends on n, k and the widths only and the kernel reads only
+// its arguments, so a recorded launch replays correctly; no reduction order varies between runs,
+// so replays and direct runs are bitwise identical.
+//
+// Tolerance: the only rounding beyond fp32 is x to bf16 (relative 2^-9 per element), as on the
+// default cuBLAS path; the products match the CPU's fp32 x · bf16 W within the 2e-2 of the
+// largest value the other product tests use, and a float64 reference over the same bf16 inputs
+// within fp32 summation error (TestGemmInvariant).
+//
+// Needs k % 16 == 0 (every supported model: 4,096, 14,336, ...), 16-byte aligned x and W, and
+// m <= 65,535 strips of GI_BN (lp_gemm_invariant_ok); anything else returns
+// cudaErrorInvalidValue, and cuda/ops.go, which checks the same in Go first, uses
+// lp_gemv_rows_bf16 for it (a choice made by the shape alone, so still invariant).
+#include "common.cuh"
+
+#define GI_BN LP_GEMM_INVARIANT_COLS            // output columns (W rows) per block: two A tiles (32)
+#define GI_NC 64                                // rows of x per block: eight n-tiles, two per warp
+#define GI_BK 64                                // k per pipeline stage: four mma k-steps
+#define GI_STAGES 4                             // stages in flight (three ahead of the one computed)
+#define GI_WARPS 4
+#define GI_WPITCH (GI_BK + 8)                   // bf16 per W row in shared memory: 16-byte pad, conflict-free ldmatrix
+#define GI_XPITCH (GI_BK + 8)                   // floats per x row: rows 8 words apart, conflict-free 8-byte reads
+#define GI_WBYTES (GI_BN * GI_WPITCH * 2)       // 4,608
+#define GI_STAGE (GI_WBYTES + GI_NC * GI_XPITCH * 4)  // 23,040
+#define GI_SMEM (GI_STAGES * GI_STAGE)          // 92,160: two blocks per SM on an H100
+
+static_assert(GI_BN == 2 * 16 && GI_NC == GI_WARPS * 2 * 8, "each warp owns both A tiles and two n-tiles");
+static_assert(GI_BK % 16 == 0 && GI_WBYTES % 16 == 0 && GI_STAGE % 16 == 0, "16-byte aligned stages");
+
+// gi_strips is how many strips of GI_BN columns part g of p has.
+__host__ __device__ __forceinline__ int gi_strips(const lp_gemv_parts& p, int g) {
+    return (p.end[g] - (g > 0 ? p.end[g - 1] : 0) + GI_BN - 1) / GI_BN;
+}
+
+// Part g of p is y[g] = alpha · x · w[g]ᵀ (+ beta · y[g]), its width end[g] - end[g-1]; the
+// grid's strips are the parts' strips one part after the other (one part: a plain product).
+// X is x's element type: float (rounded to bf16 as the B fragments are built) or uint16_t (bf16
+// already, rounded the same way by lp_f32_to_bf16; B fragments straight from ldmatrix).
+template <typename X>
+__global__ void __launch_bounds__(32 * GI_WARPS)
+    gemm_invariant_kernel(lp_gemv_parts p, const X* x, int n, int k, float alpha, float beta) {
+    constexpr bool XBF16 = sizeof(X) == 2;
+    constexpr int XPITCH = XBF16 ? GI_WPITCH : GI_XPITCH;  // elements per x row in shared memory
+    extern __shared__ __align__(16) unsigned char gi_sm[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
+    int part = 0, first = 0;  // the part this block's strip falls in, and the part's first strip
+    while (part + 1 < p.parts && (int)blockIdx.y >= first + gi_strips(p, part)) {
+        first += gi_strips(p, part);
+        part++;
+    }
+    const uint16_t* w = p.w[part];
+    float* y = p.y[part];
+    const int m = p.end[part] - (part > 0 ? p.end[part - 1] : 0);
+    const int r0 = blockIdx.x * GI_NC;                 // the chunk's first row of x
+    const int j0 = ((int)blockIdx.y - first) * GI_BN;  // the strip's first output column in its part
+    const int rows = min(GI_NC, n - r0);
+    const int staged = (rows + 7) & ~7;  // rows copied per stage: whole n-tiles, zeros past n
+    const int ktiles = (k + GI_BK - 1) / GI_BK;
+
+    auto wstage = [&](int st) { return reinterpret_cast<uint16_t*>(gi_sm + st * GI_STAGE); };
+    auto xstage = [&](int st) { return reinterpret_cast<X*>(gi_sm + st * GI_STAGE + GI_WBYTES); };
+    // Copies of k-tile it: W rows past m and columns past k, and x rows past n, are zero-filled
+    // (source size 0 reads nothing; the pointer only has to be valid).
+    auto load = [&](int it) {
+        const int k0 = it * GI_BK, st = it % GI_STAGES;
+        uint16_t* wd = wstage(st);
+        X* xd = xstage(st);
+        constexpr int WV = GI_BK / 8;  // 16-byte vectors per W row
+        for (int v = tid; v < GI_BN * WV; v += 32 * GI_WARPS) {
+            const int r = v / WV, kc = k0 + 8 * (v - r * WV);
+            const bool ok = j0 + r < m && kc < k;
+            cp_async16(smem_u32(wd + r * GI_WPITCH + (kc - k0)), ok ? w + (size_t)(j0 + r) * k + kc : w, ok);
+        }
+        constexpr int XE = 16 / sizeof(X), XV = GI_BK / XE;  // elements per 16-byte vector, vectors per x row
+        for (int v = tid; v < staged * XV; v += 32 * GI_WARPS) {
+            const int r = v / XV, kc = k0 + XE * (v - r * XV);
+            const bool ok = r < rows && kc < k;
+            cp_async16(smem_u32(xd + r * XPITCH + (kc - k0)), ok ? x + (size_t)(r0 + r) * k + kc : x, ok);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < GI_STAGES - 1; s++) {
+        if (s < ktiles) load(s);
+        cp_async_commit();
+    }
+
+    // acc[a][t]: the 16x8 result of A tile a (columns j0 + 16a ..) and the warp's n-tile t
+    // (rows r0 + 16 warp + 8t ..), in the m16n8k16 C layout: elements 0, 1 at column g, rows
+    // 2c and 2c + 1 of the n-tile; 2, 3 at column g + 8.
+    float acc[2][2][4];
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int t = 0; t < 2; t++) acc[a][t][0] = acc[a][t][1] = acc[a][t][2] = acc[a][t][3] = 0.f;
+    const int wrow = 16 * warp;                     // the warp's first row in the chunk
+    const bool busy0 = wrow < rows, busy1 = wrow + 8 < rows;  // warp-uniform: mma needs all lanes
+
+    for (int it = 0; it < ktiles; it++) {
+        cp_async_wait<GI_STAGES - 2>();  // k-tile it has landed (this thread's copies) ...
+        __syncthreads();                 // ... everyone's, and everyone is done with k-tile it - 1
+        if (it + GI_STAGES - 1 < ktiles) load(it + GI_STAGES - 1);  // into k-tile it - 1's stage
+        cp_async_commit();
+        if (!busy0) continue;
+        const uint16_t* wt = wstage(it % GI_STAGES);
+        const X* xt = xstage(it % GI_STAGES);
+        const int ksteps = min(GI_BK, k - it * GI_BK) / 16;
+        // ldmatrix x4 of a 16x16 A tile: lanes 0-15 address its rows at k 0, lanes 16-31 at k 8;
+        // registers 0-3 are then a0..a3 of the m16n8k16 A layout (rows g, g + 8; k 2c, 2c + 8).
+        const uint32_t a_addr = smem_u32(wt + (lane & 15) * GI_WPITCH + (lane >> 4) * 8);
+        // B fragment of n-tile t: b0 = x[row g][k 2c, 2c + 1], b1 = x[row g][k 2c + 8, 2c + 9].
+        // fp32 x: each lane reads its pairs (rows 8 words apart: no bank conflicts) and rounds
+        // them. bf16 x: one ldmatrix x4 gives both n-tiles, lanes 0-7 addressing n-tile 0's rows
+        // at k 0, 8-15 at k 8, 16-31 n-tile 1's the same way (attention_prefill_mma.cu's K
+        // operand): registers b0, b1 of n-tile 0, then of n-tile 1.
+        const X* xr = XBF16 ? xt + (wrow + (lane & 7) + ((lane >> 4) << 3)) * XPITCH + ((lane >> 3) & 1) * 8
+                            : xt + (wrow + g) * XPITCH + 2 * c;
+#pragma unroll
+        for (int kk = 0; kk < GI_BK / 16; kk++) {
+            if (kk >= ksteps) break;
+            uint32_t a0[4], a1[4];
+            ldsm_x4(a0, a_addr + kk * 32);
+            ldsm_x4(a1, a_addr + (16 * GI_WPITCH + kk * 16) * 2);
+            uint32_t b[2][2];  // [n-tile][b0, b1]
+            if constexpr (XBF16) {
+                ldsm_x4(&b[0][0], smem_u32(xr + kk * 16));
+            } else {
+#pragma unroll
+                for (int t = 0; t < 2; t++) {
+                    if (t == 1 && !busy1) break;
+                    const float* q = reinterpret_cast<const float*>(xr) + t * 8 * XPITCH + kk * 16;
+                    const float2 lo = *reinterpret_cast<const float2*>(q);
+                    const float2 hi = *reinterpret_cast<const float2*>(q + 8);
+                    b[t][0] = pack_bf16(lo.x, lo.y), b[t][1] = pack_bf16(hi.x, hi.y);
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < 2; t++) {
+                if (t == 1 && !busy1) break;
+                mma_bf16(acc[0][t], a0, b[t][0], b[t][1]);
+                mma_bf16(acc[1][t], a1, b[t][0], b[t][1]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int a = 0; a < 2; a++)
+#pragma unroll
+        for (int t = 0; t < 2; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r = wrow + 8 * t + 2 * c + (e & 1);
+                const int j = j0 + 16 * a + g + 8 * (e >> 1);
+                if (r < rows && j < m) {
+                    float* out = y + (size_t)(r0 + r) * m + j;
+                    *out = beta != 0.f ? alpha * acc[a][t][e] + beta * *out : alpha * acc[a][t][e];
+                }
+            }
+}
+
+template <typename X>
+static int launch_gemm_invariant(int n, int k, const X* x, const lp_gemv_parts& p, float alpha, float beta, lp_stream s) {
+    if (n < 1 || k <= 0 || !x || (uintptr_t)x % 16 != 0 || p.parts < 1 || p.parts > LP_GEMV_PARTS)
+        return (int)cudaErrorInvalidValue;
+    int strips = 0;
+    for (int g = 0; g < p.parts; g++) {
+        if (!lp_gemm_invariant_ok(p.end[g] - (g > 0 ? p.end[g - 1] : 0), k) || !p.w[g] || !p.y[g] ||
+            (uintptr_t)p.w[g] % 16 != 0)
+            return (int)cudaErrorInvalidValue;
+        strips += gi_strips(p, g);
+    }
+    if (strips > 65535) return (int)cudaErrorInvalidValue;
+    // Set on every launch, as attention_prefill_mma.cu does: the attribute belongs to the current
+    // device, and a host-side call costs no sync.
+    cudaError_t e = cudaFuncSetAttribute(gemm_invariant_kernel<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, GI_SMEM);
+    if (e != cudaSuccess) return (int)e;
+    dim3 grid((n + GI_NC - 1) / GI_NC, strips);
+    gemm_invariant_kernel<X><<<grid, 32 * GI_WARPS, GI_SMEM, as_stream(s)>>>(p, x, n, k, alpha, beta);
+    LP_CHECK_LAUNCH();
+}
+
+static int launch_gemm_invariant_x(int n, int k, const void* x, int x_bf16, const lp_gemv_parts& p, float alpha,
+                                   float beta, lp_stream s) {
+    return x_bf16 ? launch_gemm_invariant(n, k, static_cast<const uint16_t*>(x), p, alpha, beta, s)
+                  : launch_gemm_invariant(n, k, static_cast<const float*>(x), p, alpha, beta, s);
+}
+
+extern "C" int lp_gemm_invariant_bf16(int n, int m, int k, const void* x, int x_bf16, const uint16_t* w, float* y,
+                                      float alpha, float beta, lp_stream s) {
+    lp_gemv_parts p = {};
+    p.w[0] = w, p.y[0] = y, p.end[0] = m, p.parts = 1;
+    return launch_gemm_invariant_x(n, k, x, x_bf16, p, alpha, beta, s);
+}
+
+extern "C" int lp_gemm_invariant_parts_bf16(int n, int k, const void* x, int x_bf16, lp_gemv_parts parts, lp_stream s) {
+    return launch_gemm_invariant_x(n, k, x, x_bf16, parts, 1.f, 0.f, s);
+}
