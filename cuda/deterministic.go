@@ -27,11 +27,11 @@ import (
 //     kernel in fp32 (gemv.cu). In the mode every product, logits head included, runs one
 //     kernel chosen by the shape alone. LORAPLEX_DETERMINISTIC_GEMM (read once in New) or
 //     SetDeterministicGEMM picks which (DeterministicGEMM):
-//       rows (the default until a GPU run has compared them): lp_gemv_rows_bf16 on the CUDA
+//       rows: lp_gemv_rows_bf16 on the CUDA
 //         cores, fp32 x, tiles of LP_GEMV_MAX_ROWS rows, each row reduced over k with the
 //         same lane split and warp reduction whatever the tile, the batch or the row's place;
 //         weights are read once per 8 rows.
-//       tensor-cores, tensor-cores-bf16x: lp_gemm_invariant_bf16 (kernels/gemm_invariant.cu),
+//       tensor-cores, tensor-cores-bf16x (the default, deterministicGEMMDefault): lp_gemm_invariant_bf16 (kernels/gemm_invariant.cu),
 //         mma.sync with x rounded to bf16 as on the default path (in the kernel, or once per
 //         product into a bf16 copy: bitwise the same), each output accumulated by the same
 //         mma sequence in k order whatever the batch, weights read once per 64 rows; shapes
@@ -100,10 +100,15 @@ func (d DeterministicGEMM) String() string {
 }
 
 // deterministicGEMMDefault: deterministic mode's products unless LORAPLEX_DETERMINISTIC_GEMM
-// or SetDeterministicGEMM says otherwise. The rows kernel until the tensor-core kernel's GPU
-// tests (TestGemmInvariant, TestInvariantMatMulShared, TestBatchInvariantMatMul,
-// TestDeterministicModeIsBatchInvariantOnCUDA) have passed and bench/gpu has compared them.
-const deterministicGEMMDefault = DeterministicGEMMRows
+// or SetDeterministicGEMM says otherwise. The tensor-core kernel with x converted to bf16 once
+// per product: its GPU tests passed on an H100 (TestGemmInvariant, TestInvariantMatMulShared,
+// TestBatchInvariantMatMul, TestDeterministicModeIsBatchInvariantOnCUDA) and in one bench/gpu
+// run there (bench/results/gpu-h100/goals-2026-12-07-ab) it ran deterministic batch-64 decode at
+// 3,008 tok/s against 2,322 with fp32 x and 456 on the rows kernel (0.46 of the default mode's
+// 6,542). The price is batch 1: 70.9 tok/s against the rows kernel's 121-123 (0.48 of the
+// default instead of 0.83). One kernel has to serve every row count, or a row's bits would
+// follow its batch; the mode is for serving many requests reproducibly, so batch 64 decides.
+const deterministicGEMMDefault = DeterministicGEMMTensorCoresBF16X
 
 // deterministicGEMMFromEnv reads LORAPLEX_DETERMINISTIC_GEMM (the default when unset or unknown).
 func deterministicGEMMFromEnv() DeterministicGEMM {
