@@ -145,8 +145,9 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
 // The per-head kernel above reads a row's keys and values once per query head: under GQA the
 // G = heads / kv_heads heads of a group read the same pages, and only L2 saves the second to
 // G-th read; one warp per position, one 2-byte value per lane and a warp reduction per score
-// keep it latency-bound (measured on an H100: 0.27 of the weights + KV roofline at batch 1 and
-// 32k positions). This kernel gives one block to (row, kv head, split) and computes all G heads
+// keep it latency-bound (on an H100, batch-1 decode at 32k positions ran at 0.27 of the weights
+// + KV roofline; with this kernel 0.66, bench/results/gpu-h100/goals-2026-12-07-ab). This kernel
+// gives one block to (row, kv head, split) and computes all G heads
 // of the group, so every K/V byte is read from memory once per row, in full 32-byte sectors:
 //   A. thread i scores key i of a tile of GQ_TILE positions against the G queries (held in
 //      shared memory, scaled): it reads the key's D bf16 itself, 16 bytes a load, eight loads in
