@@ -222,9 +222,11 @@ func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) fu
 		for _, n := range names {
 			size += align8(c.Manifest.Tensors[n].Bytes)
 		}
-		buf := buffer()
-		if len(buf) < size {
-			buf = make([]byte, size)
+		var buf []byte
+		if size > 0 { // a file with no stream left encoded does not wait for the allocation
+			if buf = buffer(); len(buf) < size {
+				buf = make([]byte, size)
+			}
 		}
 		dst := make([][]byte, len(names))
 		for i, n := range names {
