@@ -2,14 +2,19 @@ package adaptercache
 
 import (
 	"bytes"
+	"errors"
+	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"unsafe"
 
 	"github.com/loraplex/loraplex/lorapack"
 	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/model/safetensors"
 )
 
 // LoadCompressedEncoded gives the HostAdapter LoadCompressed gives (names, dtypes, shapes, ranks,
@@ -195,5 +200,126 @@ func TestCacheEncodedOnlyForEncodedUploader(t *testing.T) {
 		if n := dec.encoded.Load(); n == 0 || n != want {
 			t.Errorf("%s dense-a %v: %d of %d uploaded tensors came encoded, want %d", opt.Codec, opt.DenseA, n, cb2.uploads.Load(), want)
 		}
+	}
+}
+
+// The streams of a lorapack file, each padded to 8 bytes, fit in the file's size (its header
+// holds more than 7 bytes per tensor): the buffer LoadCompressedEncoded allocates ahead from the
+// size alone always holds them, whatever the codec and however small the tensors.
+func TestEncodedStreamsFitTheirFileSize(t *testing.T) {
+	dirs, _ := filepath.Glob("../testdata/models/*/adapters/*")
+	for _, dir := range dirs {
+		for mode, opt := range compressModes {
+			path := compressTo(t, dir, opt)
+			c, err := lorapack.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			size := 0
+			for _, info := range c.Manifest.Tensors {
+				size += align8(info.Bytes)
+			}
+			c.Close()
+			st, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if int64(size) > st.Size() {
+				t.Errorf("%s %s: %d bytes of padded streams in a file of %d", dir, mode, size, st.Size())
+			}
+		}
+	}
+}
+
+// Where the buffer allocated ahead is too small (the file shrank between its stat and its
+// mapping), the readers allocate their own and the streams are the same.
+func TestReadEncodedWithoutTheBufferAhead(t *testing.T) {
+	path := compressTo(t, "../testdata/models/llama/adapters/b_all_rslora", DefaultCompressOptions())
+	c, err := lorapack.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	names := c.File.Names()
+	want, err := readEncoded(c, names, func() []byte { return make([]byte, 1<<20) })()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readEncoded(c, names, func() []byte { return make([]byte, 100) })()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if !bytes.Equal(got[n], want[n]) || len(got[n]) != c.Manifest.Tensors[n].Bytes {
+			t.Fatalf("%s: %d bytes, want %d", n, len(got[n]), c.Manifest.Tensors[n].Bytes)
+		}
+	}
+}
+
+// Nothing is allocated ahead of the checks for a file larger than any adapter of the base
+// model may decode to, and a file within that gets its size: what a path to some other large
+// file costs before it is refused is bounded by the base model, not by the file.
+func TestAllocAheadOnlyWhatAnAdapterMayTake(t *testing.T) {
+	base, err := model.LoadConfig("../testdata/models/llama")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := maxAdapterBytes(base)
+	for _, c := range []struct{ size, want int }{{0, 0}, {1000, 1000}, {limit, limit}, {limit + 1, 0}, {1 << 40, 0}} {
+		if got := len(allocAhead(int64(c.size), limit)()); got != c.want {
+			t.Errorf("%d-byte file: %d bytes ahead, want %d", c.size, got, c.want)
+		}
+	}
+	// And the loader refuses such a file with nothing allocated for it.
+	path := filepath.Join(t.TempDir(), "large.lorapack")
+	if err := os.WriteFile(path, []byte("not a lorapack file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, _, err := LoadCompressedEncoded(path, "x", base, func(string) bool { return true }); err == nil {
+		t.Fatal("loaded")
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Errorf("%d bytes allocated for a 1 GiB file that is not an adapter", n)
+	}
+}
+
+// A damaged q4 file fails in LoadCompressedEncoded (whose streams are read ahead, on other
+// goroutines, into memory allocated ahead) with the errors LoadCompressed gives: a truncated file
+// is a *safetensors.FormatError, a changed byte in a stream left encoded fails its checksum
+// (lorapack.ErrCorrupt), both as *AdapterError.
+func TestEncodedRefusesDamagedFiles(t *testing.T) {
+	base, err := model.LoadConfig("../testdata/models/llama")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := os.ReadFile(compressTo(t, "../testdata/models/llama/adapters/b_all_rslora", DefaultCompressOptions()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := func(b []byte) error {
+		p := filepath.Join(t.TempDir(), "bad.lorapack")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := LoadCompressedEncoded(p, "x", base, func(string) bool { return true })
+		return err
+	}
+	var ae *AdapterError
+	for _, n := range []int{0, 5, 100, len(good) / 2, len(good) - 1} {
+		var fe *safetensors.FormatError
+		if err := load(good[:n]); !errors.As(err, &ae) || !errors.As(err, &fe) {
+			t.Errorf("truncated to %d bytes: %v", n, err)
+		}
+	}
+	bad := slices.Clone(good)
+	bad[len(bad)-1] ^= 0x10 // the last stream's last q4 codes
+	if err := load(bad); !errors.As(err, &ae) || !errors.Is(err, lorapack.ErrCorrupt) || !strings.Contains(err.Error(), "checksum") {
+		t.Errorf("changed stream byte: %v", err)
 	}
 }

@@ -124,3 +124,48 @@ func resealed(data []byte) ([]byte, bool) {
 	}
 	return buf.Bytes(), true
 }
+
+// FuzzParseKey holds parseKey's fast path to the regexps that define the accepted key forms:
+// wherever fastKey reads a name, regexpKey reads the same key from it.
+func FuzzParseKey(f *testing.F) {
+	for _, s := range []string{
+		"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+		"model.layers.31.mlp.down_proj.lora_B.weight",
+		"base_model.model.model.layers.7.mlp.up_proj.lora_A.default.weight",
+		"base_model.model.model.layers.07.self_attn.k_proj.lora_A.weight",
+		"base_model.model.model.layers.1.mlp.q_proj.lora_A.weight",
+		"base_model.model.base_model.model.model.layers.1.self_attn.o_proj.lora_B.weight",
+		"base_model.model..lora_A.weight",
+		"model.layers.1234567890.mlp.gate_proj.lora_B.weight",
+		"base_model.model.model.layers.2.self_attn.v_proj.lora_B.lora_A.weight",
+		"model.layers.3.self_attn.q_proj.lora_A.other.weight",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		fast, ok := fastKey(name)
+		if !ok {
+			return
+		}
+		slow, err := regexpKey(name)
+		if err != nil || slow != fast {
+			t.Fatalf("%q: fastKey %+v, regexpKey %+v (%v)", name, fast, slow, err)
+		}
+	})
+}
+
+// The key forms peft and transformers write are read by the fast path (so the loaders do not
+// fall back to the regexps for them), to the key the regexps give.
+func TestParseKeyFastPathTakesTheUsualForms(t *testing.T) {
+	for _, name := range []string{
+		"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+		"base_model.model.model.layers.12.mlp.gate_proj.lora_B.default.weight",
+		"model.layers.31.mlp.down_proj.lora_B.weight",
+	} {
+		fast, ok := fastKey(name)
+		slow, err := regexpKey(name)
+		if !ok || err != nil || fast != slow {
+			t.Errorf("%q: fastKey %+v %v, regexpKey %+v %v", name, fast, ok, slow, err)
+		}
+	}
+}

@@ -32,6 +32,47 @@ var (
 // that is not one of the seven projections' lora_A / lora_B belongs to a feature loraplex does
 // not serve.
 func parseKey(name string) (loraKey, error) {
+	if k, ok := fastKey(name); ok {
+		return k, nil
+	}
+	return regexpKey(name)
+}
+
+// fastKey reads a key of the usual form, [base_model.model.]model.layers.<n>.<block>.<proj>.
+// lora_A|lora_B[.default].weight with n written without leading zeros and block the one proj
+// belongs to, without the regexps: matching them was two thirds of buildAdapter, ~0.7 ms of a
+// cold load's critical path for the 448 keys of a rank-16 8B adapter. ok is false for any
+// other name, which regexpKey then reads (or refuses, with its reason); FuzzParseKey holds the
+// two to the same key wherever fastKey answers.
+func fastKey(name string) (k loraKey, ok bool) {
+	s := strings.TrimPrefix(name, "base_model.model.")
+	for _, suffix := range [...]string{".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight", ".lora_B.default.weight"} {
+		if module, found := strings.CutSuffix(s, suffix); found {
+			k.module, k.isB, ok = module, suffix[6] == 'B', true
+			break
+		}
+	}
+	if !ok {
+		return loraKey{}, false
+	}
+	rest, found := strings.CutPrefix(k.module, "model.layers.")
+	digits := 0
+	for digits < len(rest) && digits < 9 && '0' <= rest[digits] && rest[digits] <= '9' {
+		k.layer = 10*k.layer + int(rest[digits]-'0')
+		digits++
+	}
+	if !found || digits == 0 || digits == len(rest) || rest[digits] != '.' || (rest[0] == '0' && digits > 1) {
+		return loraKey{}, false
+	}
+	block, proj, found := strings.Cut(rest[digits+1:], ".")
+	if k.proj, ok = model.ParseProj(proj); !found || !ok || k.proj.Block() != block {
+		return loraKey{}, false
+	}
+	return k, true
+}
+
+// regexpKey is parseKey of any name, through the regexps that define the forms accepted.
+func regexpKey(name string) (loraKey, error) {
 	m := loraKeyRe.FindStringSubmatch(name)
 	if m == nil {
 		return loraKey{}, unsupportedKey(name)

@@ -256,7 +256,7 @@ func checkManifest(f *safetensors.File) (*Manifest, error) {
 		return nil, corrupt("the manifest's checksum is %s, the metadata says %q", sum, md[MetaManifestCRC])
 	}
 	var m Manifest
-	if err := json.Unmarshal([]byte(md[MetaManifest]), &m); err != nil {
+	if err := readManifest([]byte(md[MetaManifest]), &m); err != nil {
 		return nil, corrupt("manifest: %v", err)
 	}
 	if m.Format != Format {

@@ -1,8 +1,11 @@
 package lorapack
 
 import (
+	"bytes"
 	"encoding/json"
+	"slices"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/loraplex/loraplex/internal/jsonscan"
 )
@@ -130,4 +133,160 @@ func uintAt(b []byte, i, bits int) (uint64, int, bool) {
 	}
 	v, err := strconv.ParseUint(string(d), 10, bits)
 	return v, end, err == nil
+}
+
+// The manifest itself (~100 KB for those 448 tensors) went through encoding/json's two scans of
+// the whole document, its validity check and then its decoding walk, before any field was
+// read: as long again as the entries. readManifest checks it once and walks the form
+// WriteContainer writes itself.
+
+// readManifest decodes a manifest as json.Unmarshal does, to the same value or the same error:
+// a valid document written the usual way is walked by fastManifest, anything else goes to
+// encoding/json. FuzzManifestJSON holds the two to the same.
+func readManifest(b []byte, m *Manifest) error {
+	if utf8.Valid(b) && json.Valid(b) {
+		if fastManifest(b, m) {
+			return nil
+		}
+		*m = Manifest{}
+	}
+	return json.Unmarshal(b, m)
+}
+
+// manifestKeys are the manifest keys fastManifest reads (Global, set only by exact ComPEFT
+// mode, is left to encoding/json).
+var manifestKeys = []string{"format", "base_model", "target_modules", "use_rslora", "modules", "tensors", "peft_config"}
+
+// fastManifest reads a manifest object whose keys are manifestKeys, each at most once and
+// spelled exactly, with string format and base_model, a true or false use_rslora, objects for
+// modules and tensors whose entries fastModuleInfo and fastTensorInfo read; it says no to
+// anything else.
+// b is valid UTF-8 JSON.
+func fastManifest(b []byte, m *Manifest) bool {
+	i := jsonscan.Space(b, 0)
+	if i == len(b) || b[i] != '{' {
+		return false
+	}
+	var seen [7]bool
+	for i = jsonscan.Space(b, i+1); i < len(b) && b[i] == '"'; i = jsonscan.Next(b, i) {
+		end := jsonscan.Value(b, i)
+		key := jsonscan.Unquote(b[i:end])
+		i = jsonscan.Space(b, jsonscan.Space(b, end)+1) // past the colon
+		end = jsonscan.Value(b, i)
+		v := b[i:end]
+		field := slices.Index(manifestKeys, key)
+		if field < 0 || seen[field] {
+			return false
+		}
+		seen[field] = true
+		switch key {
+		case "format", "base_model":
+			if v[0] != '"' {
+				return false
+			}
+			if key == "format" {
+				m.Format = jsonscan.Unquote(v)
+			} else {
+				m.BaseModel = jsonscan.Unquote(v)
+			}
+		case "target_modules":
+			m.TargetModules = bytes.Clone(v)
+		case "peft_config":
+			m.PEFTConfig = bytes.Clone(v)
+		case "use_rslora":
+			switch string(v) {
+			case "true":
+				m.UseRSLoRA = true
+			case "false":
+				m.UseRSLoRA = false
+			default:
+				return false
+			}
+		case "modules":
+			if m.Modules = fastMap(v, fastModuleInfo); m.Modules == nil {
+				return false
+			}
+		case "tensors":
+			if m.Tensors = fastMap(v, fastTensorInfo); m.Tensors == nil {
+				return false
+			}
+		}
+		i = end
+	}
+	return i < len(b) && b[i] == '}'
+}
+
+// fastMap reads a JSON object whose every value read says yes to, as a map (the last of a
+// repeated key wins, as in encoding/json); nil if v is not an object or read says no to one.
+func fastMap[T any](v []byte, read func([]byte) (T, bool)) map[string]T {
+	if v[0] != '{' {
+		return nil
+	}
+	out := map[string]T{}
+	for j := jsonscan.Space(v, 1); j < len(v) && v[j] == '"'; j = jsonscan.Next(v, j) {
+		e := jsonscan.Value(v, j)
+		name := jsonscan.Unquote(v[j:e])
+		j = jsonscan.Space(v, jsonscan.Space(v, e)+1) // past the colon
+		e = jsonscan.Value(v, j)
+		t, ok := read(v[j:e])
+		if !ok {
+			return nil
+		}
+		out[name], j = t, e
+	}
+	return out
+}
+
+// fastModuleInfo reads a ModuleInfo object as json.Marshal writes one: the keys rank, alpha
+// and scale, each at most once, a rank of plain digits, numbers strconv reads at the fields'
+// precision (as encoding/json reads them).
+func fastModuleInfo(b []byte) (ModuleInfo, bool) {
+	var mi ModuleInfo
+	i := jsonscan.Space(b, 0)
+	if i == len(b) || b[i] != '{' {
+		return mi, false
+	}
+	var seen [3]bool
+	for i = jsonscan.Space(b, i+1); i < len(b) && b[i] == '"'; i = jsonscan.Next(b, i) {
+		key, end, ok := jsonscan.PlainString(b, i)
+		if i = jsonscan.Space(b, end); !ok || i == len(b) || b[i] != ':' {
+			return mi, false
+		}
+		i = jsonscan.Space(b, i+1)
+		field := 0
+		switch string(key) {
+		case "rank":
+			v, end, ok := uintAt(b, i, 63)
+			if !ok {
+				return mi, false
+			}
+			mi.Rank, i = int(v), end
+		case "alpha", "scale":
+			bits := 64
+			if field = 1; key[0] == 's' {
+				field, bits = 2, 32
+			}
+			tok, end := jsonscan.Number(b, i)
+			v, err := strconv.ParseFloat(string(tok), bits)
+			if len(tok) == 0 || err != nil {
+				return mi, false
+			}
+			if field == 1 {
+				mi.Alpha = v
+			} else {
+				mi.Scale = float32(v)
+			}
+			i = end
+		default:
+			return mi, false
+		}
+		if seen[field] {
+			return mi, false
+		}
+		seen[field] = true
+	}
+	if i == len(b) || b[i] != '}' || jsonscan.Space(b, i+1) != len(b) {
+		return mi, false
+	}
+	return mi, true
 }

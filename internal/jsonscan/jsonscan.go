@@ -6,7 +6,12 @@
 // Every caller's fast path is fuzzed against encoding/json.
 package jsonscan
 
-import "bytes"
+import (
+	"bytes"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
+)
 
 // Space is the index of the first byte at or after i that is not JSON whitespace.
 func Space(b []byte, i int) int {
@@ -88,4 +93,69 @@ func Value(b []byte, i int) int {
 		}
 	}
 	return i
+}
+
+// Unquote is the value of the JSON string literal s (quotes included) from a valid, UTF-8
+// document, as encoding/json decodes it (a lone or mismatched surrogate escape is U+FFFD, as
+// there), without encoding/json's second validity scan: the manifest a lorapack file carries is
+// one such string of ~100 KB, escaped, in the header's metadata. FuzzUnquote holds it to
+// encoding/json.
+func Unquote(s []byte) string {
+	s = s[1 : len(s)-1]
+	if bytes.IndexByte(s, '\\') < 0 {
+		return string(s)
+	}
+	out := make([]byte, 0, len(s))
+	for {
+		j := bytes.IndexByte(s, '\\')
+		if j < 0 {
+			return string(append(out, s...))
+		}
+		out, s = append(out, s[:j]...), s[j:]
+		c := s[1]
+		switch c {
+		case 'b':
+			c = '\b'
+		case 'f':
+			c = '\f'
+		case 'n':
+			c = '\n'
+		case 'r':
+			c = '\r'
+		case 't':
+			c = '\t'
+		case 'u':
+			r := hex4(s[2:6])
+			s = s[6:]
+			if utf16.IsSurrogate(r) {
+				r2 := unicode.ReplacementChar
+				if len(s) >= 6 && s[0] == '\\' && s[1] == 'u' {
+					r2 = utf16.DecodeRune(r, hex4(s[2:6]))
+				}
+				if r = r2; r != unicode.ReplacementChar {
+					s = s[6:] // a valid pair: its second half is consumed
+				}
+			}
+			out = utf8.AppendRune(out, r)
+			continue
+		}
+		out, s = append(out, c), s[2:] // '"', '\\', '/' stand for themselves
+	}
+}
+
+// hex4 is the value of four hex digits (valid JSON guarantees them after \u).
+func hex4(h []byte) rune {
+	var r rune
+	for _, c := range h[:4] {
+		switch {
+		case c <= '9':
+			c -= '0'
+		case c >= 'a':
+			c -= 'a' - 10
+		default:
+			c -= 'A' - 10
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
 }

@@ -3,6 +3,7 @@ package jsonscan
 import (
 	"encoding/json"
 	"testing"
+	"unicode/utf8"
 )
 
 // In a valid document, Value steps over exactly one value: from the first non-space byte it
@@ -38,6 +39,25 @@ func FuzzValue(f *testing.F) {
 				}
 				return
 			}
+		}
+	})
+}
+
+// Unquote gives what encoding/json gives for every string literal of a valid UTF-8 document:
+// escapes, surrogate pairs, lone and mismatched surrogates (U+FFFD) and plain runs alike.
+func FuzzUnquote(f *testing.F) {
+	for _, s := range []string{`""`, `"plain"`, `"a\"b\\c\/d\b\f\n\r\t"`, `"\u00e9\u4E2D"`, `"\ud83d\ude00"`,
+		`"\ud83d"`, `"\ud83dx"`, `"\ude00\ud83d"`, `"\ud83d\u0041"`, `"\ud83d\ud83d\ude00"`, `"{\"k\":[1,\"\\\"\"]}"`, `"é中😀"`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var want string
+		// A string literal exactly, as the callers cut it with Value.
+		if !utf8.Valid(b) || len(b) < 2 || b[0] != '"' || Value(b, 0) != len(b) || json.Unmarshal(b, &want) != nil {
+			return
+		}
+		if got := Unquote(b); got != want {
+			t.Fatalf("%q: Unquote gives %q, encoding/json %q", b, got, want)
 		}
 	})
 }

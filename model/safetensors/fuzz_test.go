@@ -104,3 +104,32 @@ func show(i rawInfo) string {
 	b, _ := json.Marshal(i)
 	return string(b)
 }
+
+// FuzzStringMap holds stringMap, the metadata's fast reader, to encoding/json: on every valid
+// object it accepts, it gives exactly the map[string]string encoding/json decodes.
+func FuzzStringMap(f *testing.F) {
+	for _, s := range []string{
+		`{"format":"pt"}`,
+		`{"format":"loraplex.lorapack/v2","lorapack":"{\"format\":\"x\",\"tensors\":{\"a\\\\b\":1}}","lorapack_crc32c":"0badf00d"}`,
+		` { "a" : "1" , "a":"2", "\u00e9":"\ud83d\ude00\ud83d" } `,
+		`{}`, `null`, `{"a":null}`, `{"a":1}`, `{"a":{"b":"c"}}`, `["a"]`, `"a"`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !utf8.Valid(b) || !json.Valid(b) { // what Parse guarantees before the walk
+			return
+		}
+		got, ok := stringMap(b)
+		if !ok {
+			return
+		}
+		var want map[string]string
+		if err := json.Unmarshal(b, &want); err != nil {
+			t.Fatalf("stringMap accepts %q, encoding/json refuses it: %v", b, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q: stringMap gives %q, encoding/json %q", b, got, want)
+		}
+	})
+}
