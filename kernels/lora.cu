@@ -77,7 +77,20 @@ __global__ void lora_shrink_kernel(const float* x, const lp_lora_seg* segs, floa
     if (VEC) {
         const uint4* av = reinterpret_cast<const uint4*>(a);
         const float4* xv = reinterpret_cast<const float4*>(xr);
-        for (int c = lane; c < in_dim / 8; c += 32) s += dot8(av[c], xv[2 * c], xv[2 * c + 1]);
+        // Four of the lane's A vectors are loaded before any is used, so a decode segment's
+        // warp has four 16-byte loads in flight instead of one per dependent step (the GEMV's
+        // recipe, gemv.cu); the sum still adds vector after vector in the order of the plain
+        // loop below, so every result is bitwise what it was.
+        const int nv = in_dim / 8;
+        int c = lane;
+        for (; c + 96 < nv; c += 128) {
+            const uint4 a0 = av[c], a1 = av[c + 32], a2 = av[c + 64], a3 = av[c + 96];
+            s += dot8(a0, xv[2 * c], xv[2 * c + 1]);
+            s += dot8(a1, xv[2 * (c + 32)], xv[2 * (c + 32) + 1]);
+            s += dot8(a2, xv[2 * (c + 64)], xv[2 * (c + 64) + 1]);
+            s += dot8(a3, xv[2 * (c + 96)], xv[2 * (c + 96) + 1]);
+        }
+        for (; c < nv; c += 32) s += dot8(av[c], xv[2 * c], xv[2 * c + 1]);
     } else {
         for (int c = lane; c < in_dim; c += 32) s += xr[c] * bf16_to_f32(a[c]);
     }
