@@ -50,6 +50,21 @@ __device__ __forceinline__ int row_splits(int visible, int depth, int split_chun
     return s < depth ? s : depth;
 }
 
+// decode_range is split `split`'s share of a decode row at position pos: the row's split count
+// (row_splits over its visible positions, the last `window` ones when window > 0) and the
+// split's positions [begin, end], ceil(visible / splits) a split; begin > end when the split is
+// empty (the last splits of a row whose visible count the chunk does not divide).
+struct DecodeRange {
+    int splits, begin, end;
+};
+__device__ __forceinline__ DecodeRange decode_range(int pos, int window, int depth, int split_chunk, int split) {
+    const int first = window > 0 ? max(0, pos - window + 1) : 0;
+    const int splits = row_splits(pos - first + 1, depth, split_chunk);
+    const int chunk = (pos - first + splits) / splits;  // ceil(visible / splits)
+    const int begin = first + split * chunk;
+    return DecodeRange{splits, begin, min(pos, begin + chunk - 1)};
+}
+
 __global__ void attention_kernel(float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc,
                                  const uint16_t* vc, const int32_t* positions, const int32_t* rows,
                                  const int32_t* row_seq, const int32_t* seq_pages, const int32_t* page_table,
@@ -58,12 +73,9 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (heads / kv_heads);
     const int width = kv_heads * D;
-    const int pos = positions[row];
-    const int first = window > 0 ? max(0, pos - window + 1) : 0;
-    const int splits = row_splits(pos - first + 1, gridDim.z, split_chunk);
-    if (split >= splits) return;  // uniform over the block: no thread reaches the barrier
-    const int chunk = (pos - first + splits) / splits;  // ceil(visible / splits)
-    const int begin = first + split * chunk, end = min(pos, begin + chunk - 1);
+    const DecodeRange rg = decode_range(positions[row], window, gridDim.z, split_chunk, split);
+    if (split >= rg.splits) return;  // uniform over the block: no thread reaches the barrier
+    const int splits = rg.splits, begin = rg.begin, end = rg.end;
     const size_t slot = ((size_t)blockIdx.x * heads + h) * gridDim.z + split;
     const int32_t* pages = page_table + seq_pages[row_seq[row]];
     const float* qr = q + ((size_t)row * heads + h) * D;
@@ -172,17 +184,6 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
 #define GQ_KEY_LOADS 8      // 16-byte loads of one key in flight per thread (phase A)
 #define GQ_VAL_UNROLL 4     // values in flight per thread (phase C)
 
-__device__ __forceinline__ void gq_unpack(const uint4 v, float (&f)[8]) {
-    f[0] = __uint_as_float(v.x << 16);
-    f[1] = __uint_as_float(v.x & 0xffff0000u);
-    f[2] = __uint_as_float(v.y << 16);
-    f[3] = __uint_as_float(v.y & 0xffff0000u);
-    f[4] = __uint_as_float(v.z << 16);
-    f[5] = __uint_as_float(v.z & 0xffff0000u);
-    f[6] = __uint_as_float(v.w << 16);
-    f[7] = __uint_as_float(v.w & 0xffff0000u);
-}
-
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
@@ -197,12 +198,9 @@ __global__ void __launch_bounds__(GQ_THREADS)
     const int row = rows[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int width = kv_heads * D;
-    const int pos = positions[row];
-    const int first = window > 0 ? max(0, pos - window + 1) : 0;
-    const int splits = row_splits(pos - first + 1, gridDim.z, split_chunk);
-    if (split >= splits) return;  // uniform over the block: no thread reaches a barrier
-    const int chunk = (pos - first + splits) / splits;  // ceil(visible / splits)
-    const int begin = first + split * chunk, end = min(pos, begin + chunk - 1);
+    const DecodeRange rg = decode_range(positions[row], window, gridDim.z, split_chunk, split);
+    if (split >= rg.splits) return;  // uniform over the block: no thread reaches a barrier
+    const int splits = rg.splits, begin = rg.begin, end = rg.end;
     const int32_t* pages = page_table + seq_pages[row_seq[row]];
     const int h0 = kvh * G;
     const int DV = D / 8;                        // 16-byte vectors in a head's slice
@@ -248,7 +246,7 @@ __global__ void __launch_bounds__(GQ_THREADS)
                 for (int u = 0; u < GQ_KEY_LOADS; u++) {
                     if (v0 + u >= DV) break;
                     float kf[8];
-                    gq_unpack(kv[u], kf);
+                    bf16x8_unpack(kv[u], kf);
                     const int d = (v0 + u) * 8;
 #pragma unroll
                     for (int g = 0; g < G; g++) {
@@ -312,7 +310,7 @@ __global__ void __launch_bounds__(GQ_THREADS)
                     const int i = i0 + u * KL;
                     if (i >= n) break;
                     float vf[8];
-                    gq_unpack(vv[u], vf);
+                    bf16x8_unpack(vv[u], vf);
 #pragma unroll
                     for (int g = 0; g < G; g++) {
                         const float p = ps[g][i];
@@ -358,9 +356,7 @@ __global__ void __launch_bounds__(GQ_THREADS)
 __global__ void attention_merge_kernel(float* out, const float* part_o, const float* part_ml, const int32_t* rows,
                                        const int32_t* positions, int heads, int D, int depth, int window, int split_chunk) {
     const int row = rows[blockIdx.x], h = blockIdx.y;
-    const int pos = positions[row];
-    const int first = window > 0 ? max(0, pos - window + 1) : 0;
-    const int splits = row_splits(pos - first + 1, depth, split_chunk);
+    const int splits = decode_range(positions[row], window, depth, split_chunk, 0).splits;
     if (splits == 1) return;
     const size_t slot0 = ((size_t)blockIdx.x * heads + h) * depth;
     float M = -INFINITY;

@@ -9,18 +9,6 @@
 
 #define GEMV_WARPS 8
 
-// gemv_unpack widens one 16-byte vector of 8 bf16 weights to fp32 (a bf16 is the top half of
-// an fp32, so each is a shift or a mask).
-__device__ __forceinline__ void gemv_unpack(const uint4 v, float (&wf)[8]) {
-    wf[0] = __uint_as_float(v.x << 16);
-    wf[1] = __uint_as_float(v.x & 0xffff0000u);
-    wf[2] = __uint_as_float(v.y << 16);
-    wf[3] = __uint_as_float(v.y & 0xffff0000u);
-    wf[4] = __uint_as_float(v.z << 16);
-    wf[5] = __uint_as_float(v.z & 0xffff0000u);
-    wf[6] = __uint_as_float(v.w << 16);
-    wf[7] = __uint_as_float(v.w & 0xffff0000u);
-}
 
 // gemv_row_accumulate adds to acc the dot product of 8 unpacked weights with the matching 8
 // values (vector index iv) of one row of x. It is the one place the 8 products are summed, so
@@ -36,7 +24,7 @@ __device__ __forceinline__ void gemv_row_accumulate(float& acc, const float (&wf
 template <int N>
 __device__ __forceinline__ void gemv_accumulate(float (&acc)[N], const uint4 v, const float* x, int k, int iv) {
     float wf[8];
-    gemv_unpack(v, wf);
+    bf16x8_unpack(v, wf);
 #pragma unroll
     for (int r = 0; r < N; r++) gemv_row_accumulate(acc[r], wf, x + (size_t)r * k, iv);
 }
@@ -225,7 +213,7 @@ __global__ void gemv_rows_kernel(float* y, const float* x, const uint16_t* w, in
 #pragma unroll 4
         for (int i = lane; i < k / 8; i += 32) {
             float wf[8];
-            gemv_unpack(wr[i], wf);
+            bf16x8_unpack(wr[i], wf);
 #pragma unroll
             for (int r = 0; r < LP_GEMV_MAX_ROWS; r++)
                 if (r < nr) gemv_row_accumulate(acc[r], wf, xt + (size_t)r * k, i);
