@@ -8,6 +8,8 @@ import "C"
 import (
 	"fmt"
 	"os"
+
+	"github.com/loraplex/loraplex/model"
 )
 
 // DecodeSplit chooses how decode attention splits a row's context over blocks (split-K,
@@ -91,6 +93,49 @@ func (b *Backend) SetDecodeSplit(d DecodeSplit) {
 func contextSplits(pos int32) int {
 	chunk := int(C.LP_DECODE_SPLIT_CHUNK)
 	return min(int(C.LP_DECODE_MAX_SPLITS), (int(pos)+chunk)/chunk)
+}
+
+// prefillSplitDefault: whether the tensor-core prefill kernel splits a tile's key range over
+// blocks (kernels/attention_prefill_mma.cu, split-K) unless LORAPLEX_PREFILL_SPLIT=on|off or
+// SetPrefillSplit says otherwise. Off until its GPU tests (TestPrefillSplitSweep) and an A/B
+// run of the prefix-cache TTFT have passed on a GPU.
+const prefillSplitDefault = false
+
+// prefillSplitFill: blocks per SM the prefill split rule aims at; the kernel's shared memory
+// (87 KiB a block at head dim 128, 101 KiB at 256) lets two share an H100 or A100 SM.
+const prefillSplitFill = 2
+
+// SetPrefillSplit turns split-K of the tensor-core prefill tiles on or off for the following
+// steps (prefill steps are never recorded as graphs, graph.go, so no recording holds the other
+// choice).
+func (b *Backend) SetPrefillSplit(on bool) { b.prefillSplit = on }
+
+// prefillSplits is the prefill split rule: how many runs each of `tiles` tiles' key ranges is
+// cut into, given the heads (blocks a tile), the longest tile's key count and the device's SMs.
+// Enough runs that tiles x heads x splits blocks fill prefillSplitFill blocks an SM, none shorter
+// than LP_PREFILL_SPLIT_KEYS keys, at most LP_PREFILL_MAX_SPLITS; 1 (the unsplit kernel) for any
+// step whose tiles fill the GPU already. A 40-row chunk over 2,000 cached positions with 32
+// heads on 132 SMs: min(16, 264 / 32, 2,040 / 128) = 8.
+func prefillSplits(tiles, heads, keys, sms int) int {
+	if tiles <= 0 || heads <= 0 {
+		return 1
+	}
+	return max(1, min(maxPrefillSplits, prefillSplitFill*sms/(tiles*heads), keys/int(C.LP_PREFILL_SPLIT_KEYS)))
+}
+
+// prefillSplitCount is this step's split count for one layer's tensor-core prefill launch: 1
+// with the switch off (or in deterministic mode, whose steps have no tiles anyway:
+// deterministic.go), else prefillSplits over the step's longest key range, cut to the layer's
+// sliding window (a tile's rows then see at most window + tile rows - 1 keys).
+func (b *Backend) prefillSplitCount(p model.AttnParams) int {
+	if !b.prefillSplit || b.batchInvariant {
+		return 1
+	}
+	keys := b.tileKeys
+	if p.Window > 0 {
+		keys = min(keys, p.Window+prefillMMATile-1)
+	}
+	return prefillSplits(b.numTiles, p.Heads, keys, b.sms)
 }
 
 // decodeSplits returns the grid depth and chunk floor of this step's decode attention over n

@@ -41,6 +41,9 @@ type Backend struct {
 	numTiles, numRows     int
 	tileRows              int           // rows per prefill tile of this step: prefillTile, or prefillMMATile on the tensor-core path
 	simtPrefill           bool          // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
+	prefillSplit          bool          // split-K of the tensor-core prefill tiles (attention.go: LORAPLEX_PREFILL_SPLIT, SetPrefillSplit)
+	tileKeys              int           // keys the step's longest prefill tile attends to without a window (Prepare)
+	sms                   int           // the device's multiprocessors (the prefill split rule fills them)
 	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
 	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
@@ -96,7 +99,7 @@ func New(device int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{device: device, segSize: int(C.seg_size()), gemvRows: 1}
+	b := &Backend{device: device, segSize: int(C.seg_size()), gemvRows: 1, sms: info.SMs}
 	switch os.Getenv("LORAPLEX_PREFILL_ATTENTION") {
 	case "tensor-cores":
 	case "cuda-cores":
@@ -106,6 +109,7 @@ func New(device int) (*Backend, error) {
 	}
 	b.fusedDecode = envSwitch("LORAPLEX_FUSED_DECODE", fusedDecodeDefault)
 	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
+	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
@@ -320,6 +324,8 @@ const (
 	prefillTile = int(C.LP_PREFILL_TILE)
 	// prefillMMATile: rows per tile of the tensor-core prefill kernel (head dims C.lp_prefill_mma_ok).
 	prefillMMATile = int(C.LP_PREFILL_MMA_TILE)
+	// maxPrefillSplits: most key runs a tensor-core prefill tile splits into (prefillSplits).
+	maxPrefillSplits = int(C.LP_PREFILL_MAX_SPLITS)
 	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
 	loraGroupMax = int(C.LP_LORA_GROUP)
 	// gemvPartsMax: products one MatMulShared launch takes (q/k/v).
@@ -379,7 +385,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 		tile = prefillMMATile
 	}
 	tiles, rows := 0, 0
-	b.ctxSplits = 1
+	b.ctxSplits, b.tileKeys = 1, 0
 	// In deterministic mode every row takes the per-row kernel (deterministic.go).
 	tiled := func(sq model.SeqRows) bool {
 		return !b.batchInvariant && sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
@@ -419,6 +425,8 @@ func (b *Backend) Prepare(s *model.Step) error {
 		h[b.offSeqPages+i] = int32(o - b.offPages)
 		o += copy(h[o:], sq.Pages)
 		if tiled(sq) {
+			// The chunk's last tile sees the most keys: every position up to its last row.
+			b.tileKeys = max(b.tileKeys, int(s.Positions[sq.Start+sq.N-1])+1)
 			for r := 0; r < sq.N; r += tile {
 				h[ti], h[ti+1], h[ti+2] = int32(sq.Start+r), int32(min(tile, sq.N-r)), int32(i)
 				ti += 3

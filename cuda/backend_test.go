@@ -411,3 +411,143 @@ func TestPrefillAttentionSweep(t *testing.T) {
 		}
 	}
 }
+
+// Split-K of the tensor-core prefill kernel changes nothing but speed: chunks of 1 to 64 rows
+// over cached prefixes of 100 to 5,000 positions (each sequence alone, the short-chunk case the
+// split is for, and all in one step with a decode row beside the tiles) give the CPU's attention
+// within the sweep's bound with LORAPLEX_PREFILL_SPLIT off and on, over head dims 64 to 256, GQA
+// and sliding windows; every output element is written, two identical launches agree bitwise,
+// and a 40-row chunk over 2,000 positions alone does take the split path (its result differs
+// from the unsplit kernel's in the last bits).
+func TestPrefillSplitSweep(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	type shape struct{ heads, kv, dim, window, pageSize int }
+	shapes := []shape{{8, 8, 64, 0, 16}, {8, 2, 80, 0, 16}, {32, 8, 128, 0, 16}, {8, 2, 128, 300, 16}, {4, 1, 256, 0, 8}, {8, 2, 64, 1000, 32}}
+	type chunk struct{ prefix, rows int }
+	chunks := []chunk{{100, 64}, {777, 1}, {2000, 40}, {4999, 17}, {3001, 64}, {5000, 3}}
+	const splitProbe = 2 // chunks[splitProbe] alone must take the split path
+	for _, sh := range shapes {
+		t.Run(fmt.Sprintf("h%d_kv%d_d%d_w%d_p%d", sh.heads, sh.kv, sh.dim, sh.window, sh.pageSize), func(t *testing.T) {
+			p := pair{cpu.New(0), newGPU(t)}
+			defer p.c.Close()
+			table := make([][]int32, len(chunks))
+			pages := 0
+			for i, c := range chunks {
+				for range (c.prefix + c.rows + sh.pageSize - 1) / sh.pageSize {
+					table[i] = append(table[i], int32(pages))
+					pages++
+				}
+			}
+			perm := r.Perm(pages) // scrambled block tables
+			for i := range table {
+				for j := range table[i] {
+					table[i][j] = int32(perm[table[i][j]])
+				}
+			}
+			spec := model.KVSpec{Layers: 1, Pages: pages, PageSize: sh.pageSize, KVHeads: sh.kv, HeadDim: sh.dim}
+			if err := p.c.AllocKV(spec); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.g.AllocKV(spec); err != nil {
+				t.Fatal(err)
+			}
+			width, qw := sh.kv*sh.dim, sh.heads*sh.dim
+			// step builds a step of positions [from(i), to(i)) of each listed sequence.
+			step := func(seqs []int, from, to func(int) int) *model.Step {
+				s := &model.Step{}
+				for _, i := range seqs {
+					start := len(s.Tokens)
+					for pos := from(i); pos < to(i); pos++ {
+						s.Tokens = append(s.Tokens, 0)
+						s.Positions = append(s.Positions, int32(pos))
+						s.Slots = append(s.Slots, table[i][pos/sh.pageSize]*int32(sh.pageSize)+int32(pos%sh.pageSize))
+					}
+					s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: to(i) - from(i), Len: to(i), Pages: table[i]})
+				}
+				return s
+			}
+			prepare := func(s *model.Step) {
+				if err := p.c.Prepare(s); err != nil {
+					t.Fatal(err)
+				}
+				if err := p.g.Prepare(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			store := func(n int) {
+				kc, kg := p.tensor(t, n, width, randFloats(r, n*width))
+				vc, vg := p.tensor(t, n, width, randFloats(r, n*width))
+				p.c.StoreKV(0, kc, vc)
+				p.g.StoreKV(0, kg, vg)
+			}
+			all := make([]int, len(chunks))
+			for i := range all {
+				all[i] = i
+			}
+			// The cached prefixes, all in one step (only their keys and values matter).
+			pre := step(all, func(int) int { return 0 }, func(i int) int { return chunks[i].prefix })
+			prepare(pre)
+			store(len(pre.Tokens))
+			ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim))), Window: sh.window}
+			// run computes the chunk rows' attention with the split off and on, checks both against
+			// the CPU and returns the two GPU results.
+			run := func(what string, s *model.Step) (off, on []float32) {
+				prepare(s)
+				n := len(s.Tokens)
+				qc, qg := p.tensor(t, n, qw, randFloats(r, n*qw))
+				oc, og := p.tensor(t, n, qw, nil)
+				p.c.Attention(oc, qc, 0, ap)
+				poison := make([]float32, n*qw)
+				for i := range poison {
+					poison[i] = float32(math.NaN())
+				}
+				var got [2][]float32
+				for k, split := range []bool{false, true} {
+					p.g.SetPrefillSplit(split)
+					if err := p.g.Write(og, poison); err != nil {
+						t.Fatal(err)
+					}
+					p.g.Attention(og, qg, 0, ap)
+					rel := p.compare(t, fmt.Sprintf("%s, split %v", what, split), oc, og, 1e-2)
+					t.Logf("%s, split %v: worst difference %.2e of the largest output", what, split, rel)
+					got[k] = make([]float32, n*qw)
+					if err := p.g.Read(og, got[k]); err != nil {
+						t.Fatal(err)
+					}
+					p.g.Attention(og, qg, 0, ap)
+					again := make([]float32, n*qw)
+					if err := p.g.Read(og, again); err != nil {
+						t.Fatal(err)
+					}
+					for i := range again {
+						if math.Float32bits(got[k][i]) != math.Float32bits(again[i]) {
+							t.Fatalf("%s, split %v: element %d differs between two identical launches: %v then %v", what, split, i, got[k][i], again[i])
+						}
+					}
+				}
+				return got[0], got[1]
+			}
+			// The chunks' own rows go into the cache once; each run below attends over them.
+			rows := step(all, func(i int) int { return chunks[i].prefix }, func(i int) int { return chunks[i].prefix + chunks[i].rows })
+			prepare(rows)
+			store(len(rows.Tokens))
+			for i, c := range chunks {
+				off, on := run(fmt.Sprintf("%d rows after %d cached alone", c.rows, c.prefix), step([]int{i},
+					func(int) int { return c.prefix }, func(int) int { return c.prefix + c.rows }))
+				if i == splitProbe {
+					same := true
+					for j := range off {
+						same = same && math.Float32bits(off[j]) == math.Float32bits(on[j])
+					}
+					if same {
+						t.Fatalf("%d rows after %d cached: the split switch changed no bit (the split path did not run)", c.rows, c.prefix)
+					}
+				}
+			}
+			run("all chunks in one step", rows)
+			if err := p.g.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -349,8 +349,7 @@ __global__ void __launch_bounds__(GQ_THREADS)
     }
 }
 
-// attention_merge_kernel combines a (row, head)'s split states: out = sum_z O_z e^(M_z - M) /
-// sum_z L_z e^(M_z - M), M the largest split max.
+// attention_merge_kernel combines a (row, head)'s split states (merge_split_states, common.cuh).
 // depth is the attention launch's grid depth (the partials' stride); rows with one split were
 // written by the attention kernel.
 __global__ void attention_merge_kernel(float* out, const float* part_o, const float* part_ml, const int32_t* rows,
@@ -358,22 +357,8 @@ __global__ void attention_merge_kernel(float* out, const float* part_o, const fl
     const int row = rows[blockIdx.x], h = blockIdx.y;
     const int splits = decode_range(positions[row], window, depth, split_chunk, 0).splits;
     if (splits == 1) return;
-    const size_t slot0 = ((size_t)blockIdx.x * heads + h) * depth;
-    float M = -INFINITY;
-    for (int z = 0; z < splits; z++)
-        if (part_ml[2 * (slot0 + z) + 1] > 0.f) M = fmaxf(M, part_ml[2 * (slot0 + z)]);
-    float L = 0.f;
-    for (int z = 0; z < splits; z++) {
-        const float lz = part_ml[2 * (slot0 + z) + 1];
-        if (lz > 0.f) L += lz * __expf(part_ml[2 * (slot0 + z)] - M);
-    }
-    float* orow = out + ((size_t)row * heads + h) * D;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) {
-        float o = 0.f;
-        for (int z = 0; z < splits; z++)
-            if (part_ml[2 * (slot0 + z) + 1] > 0.f) o += part_o[(slot0 + z) * D + j] * __expf(part_ml[2 * (slot0 + z)] - M);
-        orow[j] = o / L;
-    }
+    merge_split_states(out + ((size_t)row * heads + h) * D, part_o, part_ml, ((size_t)blockIdx.x * heads + h) * depth,
+                       splits, D);
 }
 
 extern "C" int lp_decode_fill_splits(int n, int heads, int most) {

@@ -15,17 +15,37 @@
 // so ldmatrix reads are free of bank conflicts. Tiles are launched latest first: under the
 // causal mask they have the most keys, so the tail of the grid is the short work.
 //
+// Split-K (flash-decoding for prefill tiles): a short chunk over a long cached prefix (40 rows
+// after 2,000 cached positions) is one tile a head, too few blocks to fill the GPU, each walking
+// every key. With splits > 1 the grid gains a depth: block (tile, head, z) walks only the z-th of
+// `splits` contiguous runs of the tile's key tiles (key tiles [z·T/splits, (z+1)·T/splits), T
+// the tile's key tile count: balanced, and empty only when T < splits) and writes each row's
+// partial softmax state (its max in natural-log units, its normaliser, its unnormalised output)
+// in attention.cu's layout: [tile row][head][split][D] outputs, then [tile row][head][split][2],
+// tile row = tile · LP_PREFILL_MMA_TILE + row. Rows of a tile see different keys (causal,
+// window), so a split may be empty for some rows: those carry L = 0, which the merge skips. A
+// second launch merges each row's states (merge_split_states in common.cuh, the decode merge's
+// arithmetic). The host picks splits per step from the tile count, the heads and the longest key
+// range (cuda/attention.go, prefillSplits; LORAPLEX_PREFILL_SPLIT); splits = 1 is the kernel as
+// it was, writing normalised rows itself. The merge's traffic is (D + 2) fp32 per (row, head,
+// split), written and read once: at 40 rows, 32 heads, D = 128 and 8 splits, 5.3 MB a layer.
+//
 // Determinism: no atomics, every reduction has a fixed order (keys in tile order; the row sum
-// is kept per lane and reduced over the quad once at the end in a fixed xor pattern), so
-// repeated runs and CUDA graph replays are bitwise identical. The kernel reads only its
-// arguments and the step metadata, so a recorded launch replays correctly with new metadata.
+// is kept per lane and reduced over the quad once at the end in a fixed xor pattern; splits
+// merged in split order), so repeated runs and CUDA graph replays are bitwise identical. The
+// split count changes the summation order, so a row's last bits depend on it (and through it on
+// the step's tile count): the deterministic mode never takes this kernel (cuda/deterministic.go).
+// The kernel reads only its arguments and the step metadata, so a recorded launch replays
+// correctly with new metadata (prefill steps are not recorded today, cuda/graph.go; were they,
+// the split count, a launch dimension, would have to join the step key).
 //
 // Tolerance: the inputs K and V are already bf16 in the cache; the only roundings beyond fp32
 // are Q (fp32 -> bf16, relative 2^-9 per element) and P (the probabilities, rounded to bf16
 // before P V, relative 2^-9; the row sum adds the rounded values so the weights still sum to
 // 1). Scores move by at most 2^-9·|q|·|k|·scale and each output by at most ~2^-8 of the largest
 // |v| it averages; the tests hold the output to 1e-2 of the largest reference value
-// (cuda/backend_test.go, TestPrefillAttentionSweep, which logs the worst it sees).
+// (cuda/backend_test.go, TestPrefillAttentionSweep, which logs the worst it sees; split-K:
+// TestPrefillSplitSweep). Split-K adds fp32 rescalings only (e^(M_z - M) in the merge).
 #include <math.h>
 #include "common.cuh"
 
@@ -41,9 +61,9 @@ struct MmaCfg {
 
 template <int D>
 __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
-    float* out, const float* q, const uint16_t* kc, const uint16_t* vc, const int32_t* positions, const int32_t* tiles,
-    int num_tiles, const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads, int page_size,
-    int window, float scale_log2) {
+    float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc, const uint16_t* vc,
+    const int32_t* positions, const int32_t* tiles, int num_tiles, const int32_t* seq_pages, const int32_t* page_table,
+    int heads, int kv_heads, int page_size, int window, float scale_log2) {
     using Cfg = MmaCfg<D>;
     constexpr int BK = Cfg::BK, PITCH = Cfg::PITCH, KSTEPS = D / 16, NT_D = D / 8, NT_K = BK / 8;
     constexpr bool QREG = D <= 128;
@@ -61,6 +81,9 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
     const int hi = pos0 + n - 1;
     const int lo = window > 0 ? max(0, pos0 - window + 1) : 0;
     const int key_tiles = (hi - lo + BK) / BK;
+    // This block's run of key tiles (all of them unsplit; gridDim.z splits a tile's keys).
+    const int split = blockIdx.z, splits = gridDim.z;
+    const int it_begin = split * key_tiles / splits, it_end = (split + 1) * key_tiles / splits;
 
     auto load_kv = [&](int it) {
         const int t0 = lo + it * BK, stage = it & 1;
@@ -76,7 +99,7 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
             cp_async16(smem_u32(vd + k * PITCH + 8 * cc), vc + off, ok);
         }
     };
-    load_kv(0);
+    if (it_begin < it_end) load_kv(it_begin);
     cp_async_commit();
 
     for (int i = tid; i < BQ * (D / 4); i += 32 * MMA_WARPS) {
@@ -102,8 +125,8 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
     const int wrow = pos0 + warp * 16;  // position of the warp's first row
     const int prow[2] = {wrow + g, wrow + g + 8};
 
-    for (int it = 0; it < key_tiles; it++) {
-        if (it + 1 < key_tiles) load_kv(it + 1);
+    for (int it = it_begin; it < it_end; it++) {
+        if (it + 1 < it_end) load_kv(it + 1);
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
@@ -196,6 +219,19 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
         l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
         const int r = warp * 16 + g + 8 * i;
         if (r >= n) continue;
+        if (splits > 1) {
+            // The split's state of row r (L = 0 and no visible key: empty); the merge normalises.
+            const size_t slot = (((size_t)tile * BQ + r) * heads + h) * splits + split;
+            if (c == 0) {
+                part_ml[2 * slot] = m[i] * 0.6931471805599453f;  // log2 units -> natural log (the merge's e^x)
+                part_ml[2 * slot + 1] = l[i];
+            }
+            float* po = part_o + slot * D + 2 * c;
+#pragma unroll
+            for (int d = 0; d < NT_D; d++)
+                *reinterpret_cast<float2*>(po + d * 8) = make_float2(o[d][2 * i], o[d][2 * i + 1]);
+            continue;
+        }
         const float inv = 1.f / l[i];
         float* orow = out + ((size_t)(start + r) * heads + h) * D + 2 * c;
 #pragma unroll
@@ -204,11 +240,22 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
     }
 }
 
+// prefill_merge_kernel: one block per (tile row, head) merges the row's split states; grid
+// (num_tiles x LP_PREFILL_MMA_TILE, heads), blocks past a tile's rows exit at once.
+__global__ void prefill_merge_kernel(float* out, const float* part_o, const float* part_ml, const int32_t* tiles,
+                                     int heads, int D, int splits) {
+    const int tile = blockIdx.x / BQ, r = blockIdx.x - tile * BQ, h = blockIdx.y;
+    const int start = tiles[3 * tile], n = tiles[3 * tile + 1];
+    if (r >= n) return;
+    merge_split_states(out + ((size_t)(start + r) * heads + h) * D, part_o, part_ml,
+                       (((size_t)tile * BQ + r) * heads + h) * splits, splits, D);
+}
+
 template <int D>
-static int launch_prefill_mma(float* out, const float* q, const uint16_t* kc, const uint16_t* vc,
-                              const int32_t* positions, const int32_t* tiles, int num_tiles, const int32_t* seq_pages,
-                              const int32_t* page_table, int heads, int kv_heads, int page_size, int window,
-                              float scale, cudaStream_t s) {
+static int launch_prefill_mma(float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc,
+                              const uint16_t* vc, const int32_t* positions, const int32_t* tiles, int num_tiles,
+                              const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads,
+                              int page_size, int window, float scale, int splits, cudaStream_t s) {
     constexpr int smem = MmaCfg<D>::SMEM;
     // Set on every launch, not once per process: the attribute belongs to the current device (a
     // second backend on another GPU would otherwise launch over 48 KiB unconfigured and fail), and a
@@ -217,31 +264,39 @@ static int launch_prefill_mma(float* out, const float* q, const uint16_t* kc, co
         cudaError_t e = cudaFuncSetAttribute(attention_prefill_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (e != cudaSuccess) return (int)e;
     }
-    dim3 grid(num_tiles, heads);
-    attention_prefill_mma_kernel<D><<<grid, 32 * MMA_WARPS, smem, s>>>(out, q, kc, vc, positions, tiles, num_tiles,
-                                                                     seq_pages, page_table, heads, kv_heads, page_size,
-                                                                     window, scale * 1.4426950408889634f);
+    dim3 grid(num_tiles, heads, splits);
+    attention_prefill_mma_kernel<D><<<grid, 32 * MMA_WARPS, smem, s>>>(out, part_o, part_ml, q, kc, vc, positions, tiles,
+                                                                     num_tiles, seq_pages, page_table, heads, kv_heads,
+                                                                     page_size, window, scale * 1.4426950408889634f);
+    if (splits > 1)
+        prefill_merge_kernel<<<dim3(num_tiles * BQ, heads), 128, 0, s>>>(out, part_o, part_ml, tiles, heads, D, splits);
     LP_CHECK_LAUNCH();
 }
 
 extern "C" int lp_attention_prefill_mma(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                                         const int32_t* positions, const int32_t* tiles, int num_tiles,
                                         const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads,
-                                        int head_dim, int page_size, int window, float scale, lp_stream s) {
+                                        int head_dim, int page_size, int window, float scale, int splits,
+                                        float* scratch, lp_stream s) {
     if (num_tiles <= 0) return 0;
     // float4 loads of q and 16-byte copies of cache rows need 16-byte aligned q and caches.
     if (heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_prefill_mma_ok(head_dim) || page_size <= 0 ||
-        (uintptr_t)q % 16 != 0 || (uintptr_t)kcache % 16 != 0 || (uintptr_t)vcache % 16 != 0)
+        (uintptr_t)q % 16 != 0 || (uintptr_t)kcache % 16 != 0 || (uintptr_t)vcache % 16 != 0 || splits < 1 ||
+        splits > LP_PREFILL_MAX_SPLITS || (splits > 1 && scratch == nullptr))
         return (int)cudaErrorInvalidValue;
     cudaStream_t st = as_stream(s);
+    // scratch: attention.cu's partial layout over the tiles' row slots (lp_attention_scratch_floats
+    // of num_tiles x LP_PREFILL_MMA_TILE rows).
+    float* part_o = scratch;
+    float* part_ml = splits > 1 ? scratch + (size_t)num_tiles * BQ * heads * splits * head_dim : nullptr;
     switch (head_dim) {
         case 64:
-            return launch_prefill_mma<64>(out, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, st);
+            return launch_prefill_mma<64>(out, part_o, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, splits, st);
         case 80:
-            return launch_prefill_mma<80>(out, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, st);
+            return launch_prefill_mma<80>(out, part_o, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, splits, st);
         case 128:
-            return launch_prefill_mma<128>(out, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, st);
+            return launch_prefill_mma<128>(out, part_o, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, splits, st);
         default:
-            return launch_prefill_mma<256>(out, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, st);
+            return launch_prefill_mma<256>(out, part_o, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, splits, st);
     }
 }

@@ -1,5 +1,6 @@
 // Helpers shared by the kernels.
 #pragma once
+#include <math.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -34,6 +35,31 @@ __device__ __forceinline__ void bf16x8_unpack(const uint4 v, float (&f)[8]) {
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+// merge_split_states writes one (row, head)'s attention output from the partial softmax states
+// of its key splits (split-K, flash-decoding), slots slot0 .. slot0 + splits - 1 of part_o
+// ([slot][D]: the split's unnormalised output) and part_ml ([slot][2]: its max in natural-log
+// units of the scaled scores, and its normaliser; L = 0 marks an empty split, which is skipped):
+//     orow = sum_z O_z e^(M_z - M) / sum_z L_z e^(M_z - M),  M the largest max of a non-empty split.
+// The block's threads share the columns. The one home of the merge arithmetic: decode
+// attention's merge (attention.cu) and the tensor-core prefill's (attention_prefill_mma.cu).
+__device__ __forceinline__ void merge_split_states(float* orow, const float* part_o, const float* part_ml, size_t slot0,
+                                                   int splits, int D) {
+    float M = -INFINITY;
+    for (int z = 0; z < splits; z++)
+        if (part_ml[2 * (slot0 + z) + 1] > 0.f) M = fmaxf(M, part_ml[2 * (slot0 + z)]);
+    float L = 0.f;
+    for (int z = 0; z < splits; z++) {
+        const float lz = part_ml[2 * (slot0 + z) + 1];
+        if (lz > 0.f) L += lz * __expf(part_ml[2 * (slot0 + z)] - M);
+    }
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        float o = 0.f;
+        for (int z = 0; z < splits; z++)
+            if (part_ml[2 * (slot0 + z) + 1] > 0.f) o += part_o[(slot0 + z) * D + j] * __expf(part_ml[2 * (slot0 + z)] - M);
+        orow[j] = o / L;
+    }
 }
 
 // block_sum reduces over a block of up to 1024 threads; every thread gets the total.

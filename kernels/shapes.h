@@ -11,6 +11,8 @@
 #define LP_DECODE_SPLIT_CHUNK 128   // decode split-K, context rule: fewest positions per chunk
 #define LP_GQ_MAX_GROUP 8     // grouped decode attention: most query heads per kv head (G x 8 accumulators a thread)
 #define LP_GQ_FILL_CHUNK 64   // grouped decode attention, fill rule: fewest positions per chunk
+#define LP_PREFILL_MAX_SPLITS 16   // tensor-core prefill split-K: most key chunks per (tile, head) (attention_prefill_mma.cu)
+#define LP_PREFILL_SPLIT_KEYS 128  // tensor-core prefill split-K: fewest keys per chunk
 #define LP_ROUTE_MAX_ROWS 64  // router gate rows (experts + nulls): a 64-bit mask marks the chosen
 #define LP_ROUTE_MAX_K 8      // router top-k: a thread keeps the selection and its weights in arrays this long;
                               // the routed expand keeps a row's k segments and intermediates in shared memory

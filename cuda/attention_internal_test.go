@@ -1,0 +1,51 @@
+//go:build cuda
+
+package cuda
+
+import (
+	"testing"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+// The prefill split rule splits only steps whose tiles leave the GPU short of blocks, and only
+// key ranges long enough to give every run LP_PREFILL_SPLIT_KEYS keys: a 40-row chunk over
+// 2,000 cached positions (one tile, 32 heads, 132 SMs) splits 8 ways, a 2,048-row prompt (32
+// tiles) and short ranges run unsplit, and the count never passes LP_PREFILL_MAX_SPLITS.
+func TestPrefillSplitRule(t *testing.T) {
+	for _, c := range []struct{ tiles, heads, keys, sms, want int }{
+		{1, 32, 2040, 132, 8},
+		{32, 32, 2048, 132, 1},
+		{1, 32, 200, 132, 1},
+		{1, 4, 5000, 132, 16},
+		{2, 8, 640, 132, 5},
+		{1, 32, 2040, 16, 1},
+		{0, 32, 2040, 132, 1},
+	} {
+		if got := prefillSplits(c.tiles, c.heads, c.keys, c.sms); got != c.want || got > maxPrefillSplits {
+			t.Errorf("prefillSplits(tiles %d, heads %d, keys %d, sms %d) = %d, want %d", c.tiles, c.heads, c.keys, c.sms, got, c.want)
+		}
+	}
+}
+
+// The split count of a step follows the switch, the layer's window and the mode: off or in
+// deterministic mode the kernel runs unsplit; a sliding window bounds the keys a tile sees.
+func TestPrefillSplitCount(t *testing.T) {
+	b := &Backend{numTiles: 1, tileKeys: 5000, sms: 132}
+	p := model.AttnParams{Heads: 8}
+	if got := b.prefillSplitCount(p); got != 1 {
+		t.Errorf("switch off: %d splits, want 1", got)
+	}
+	b.SetPrefillSplit(true)
+	if got := b.prefillSplitCount(p); got != 16 {
+		t.Errorf("switch on, 5,000 keys: %d splits, want 16", got)
+	}
+	p.Window = 300 // 300 + 63 keys at most: two runs of at least 128
+	if got := b.prefillSplitCount(p); got != 2 {
+		t.Errorf("window 300: %d splits, want 2", got)
+	}
+	b.batchInvariant = true
+	if got := b.prefillSplitCount(p); got != 1 {
+		t.Errorf("deterministic mode: %d splits, want 1", got)
+	}
+}
