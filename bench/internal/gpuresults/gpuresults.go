@@ -8,6 +8,7 @@
 //
 //	loraplex.json        bench/gpu (every stage)
 //	ab-*.json            bench/gpu runs with an environment switch flipped (label in "env")
+//	prefixcache-ab-LABEL.json  bench/prefixcache -json with ab-LABEL.json's switch flipped
 //	hf.json              bench/reference/hf_bench.py
 //	coldload.json        bench/coldload -json
 //	prefixcache.json     bench/prefixcache -json
@@ -246,6 +247,14 @@ func readABs(f *File, dir string) ([]Loraplex, error) {
 			return nil, err
 		}
 		r.label = strings.TrimSuffix(strings.TrimPrefix(filepath.Base(n), "ab-"), ".json")
+		var pc prefixRun
+		has, err := readPart(f, dir, "prefixcache-ab-"+r.label+".json", &pc)
+		if err != nil {
+			return nil, err
+		}
+		if has {
+			r.prefix = &pc
+		}
 		out = append(out, r)
 	}
 	return out, nil

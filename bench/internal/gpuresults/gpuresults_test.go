@@ -352,7 +352,9 @@ func TestCutOffOutputIsAStageNotRun(t *testing.T) {
 
 // An A/B run is set against the default on every row its switch can move: decode at batch 1,
 // 64 and at a 32k context, both adapter batches, prefill, deterministic mode at batch 1 and 64
-// (and the deterministic goal's ratio inside the A/B run); a row either run lacks is n/a.
+// (and the deterministic goal's ratio inside the A/B run), the prefix-cache TTFT when
+// bench/prefixcache ran with the switch (and the prefix goal's ratio inside the A/B run); a row
+// either run lacks is n/a, and the A/B prefix-cache output is not taken for an A/B run.
 func TestABRowsAgainstTheDefault(t *testing.T) {
 	dir := t.TempDir()
 	lp := Loraplex{Device: "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)", Sweep: map[int]float64{1: 150, 64: 6000},
@@ -370,6 +372,8 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 		Ratio: map[int]float64{1: 140.0 / 160, 64: 0.9}}
 	writeJSON(t, filepath.Join(dir, "loraplex.json"), lp)
 	writeJSON(t, filepath.Join(dir, "ab-fused-decode-on.json"), ab)
+	writeJSON(t, filepath.Join(dir, "prefixcache.json"), prefixRun{Prefix: 2000, Suffix: 40, UncachedMS: 74.5, CachedMS: 12.2, Ratio: 12.2 / 74.5})
+	writeJSON(t, filepath.Join(dir, "prefixcache-ab-fused-decode-on.json"), prefixRun{Prefix: 2000, Suffix: 40, UncachedMS: 73.2, CachedMS: 9.15, Ratio: 0.125})
 	f, err := Build(dir, "2026-12-07T02:00:00Z", "")
 	if err != nil {
 		t.Fatal(err)
@@ -378,13 +382,17 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	for id, want := range map[string]float64{"ab_fused-decode-on_decode_b1": 1.1, "ab_fused-decode-on_decode_b1_ctx32768": 1.2,
 		"ab_fused-decode-on_adapters8qv_b64": 1.1, "ab_fused-decode-on_deterministic_b1": 1.4,
 		"ab_fused-decode-on_deterministic_b64": 10.8, "ab_fused-decode-on_deterministic_vs_default_b1": 0.875,
-		"ab_fused-decode-on_deterministic_vs_default_b64": 0.9} {
+		"ab_fused-decode-on_deterministic_vs_default_b64": 0.9, "ab_fused-decode-on_prefix_ttft_cached": 0.75,
+		"ab_fused-decode-on_prefix_ttft_cached_vs_uncached": 0.125} {
 		if r := rows[id]; r.Value == nil || !near(*r.Value, want) || r.Issue != ABRows || !strings.Contains(r.Measure, "LORAPLEX_FUSED_DECODE=on") {
 			t.Errorf("row %s: %+v, want %v", id, r, want)
 		}
 	}
 	if r := rows["ab_fused-decode-on_adapters16_b64"]; r.Value != nil {
 		t.Errorf("a row the A/B run lacks: %+v", r)
+	}
+	if _, ok := rows["ab_prefixcache-ab-fused-decode-on_decode_b1"]; ok {
+		t.Error("the A/B prefix-cache output was read as an A/B run")
 	}
 }
 

@@ -5,6 +5,7 @@ package gpuresults
 // older table reads.
 type Loraplex struct {
 	label         string             // an A/B run's name (ab-LABEL.json)
+	prefix        *prefixRun         // an A/B run's bench/prefixcache -json (prefixcache-ab-LABEL.json), when it ran
 	missing       string             // why there is no loraplex.json ("" when there is)
 	runStatus     string             // run.sh's status of the stage when not ok (timed out, failed)
 	Device        string             `json:"device"`

@@ -230,6 +230,16 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 			add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ default", label, m.what), goal{}, m.a/m.b, m.a > 0 && m.b > 0,
 				tps(m.a), tps(m.b), ""))
 		}
+		// The prefix-cache TTFT with the switch set (bench/prefixcache in the A/B run's
+		// environment): against the default run's cached TTFT, and the goal's own ratio, both
+		// sides measured in the A/B run.
+		if p := ab.prefix; p != nil {
+			add(row(ABRows, "ab_"+ab.label+"_prefix_ttft_cached", fmt.Sprintf("A/B %s: TTFT with a %s-token cached prefix ÷ default", label, commas(float64(p.Prefix), 0)),
+				goal{}, p.CachedMS/pc.CachedMS, hasPC && p.CachedMS > 0 && pc.CachedMS > 0, fmt.Sprintf("%.1f ms", p.CachedMS), fmt.Sprintf("%.1f ms", pc.CachedMS),
+				noteIf(!hasPC, "bench/prefixcache did not run with the default")))
+			add(row(ABRows, "ab_"+ab.label+"_prefix_ttft_cached_vs_uncached", fmt.Sprintf("A/B %s: TTFT with a %s-token cached prefix ÷ uncached, both in the A/B run", label, commas(float64(p.Prefix), 0)),
+				goal{}, p.Ratio, p.UncachedMS > 0 && p.Ratio > 0, fmt.Sprintf("%.1f ms", p.CachedMS), fmt.Sprintf("%.1f ms uncached", p.UncachedMS), ""))
+		}
 		// The deterministic goal's ratio with the switch set: both sides measured in the A/B run
 		// (a switch of deterministic mode's kernels, LORAPLEX_DETERMINISTIC_GEMM, moves only one).
 		if d := ab.Deterministic; d != nil && d.Available {
