@@ -50,7 +50,9 @@ import (
 //     prompt is chunked depends on the token budget the other requests leave, and a one-row
 //     chunk goes to the decode kernel instead. In the mode every row, prefill or decode, takes
 //     the per-row decode kernel (fixed splits), which reads the cache the step has already
-//     written, so a prompt row's attention no longer depends on its chunk.
+//     written, so a prompt row's attention no longer depends on its chunk (nor on the
+//     tensor-core prefill's split count, LORAPLEX_PREFILL_SPLIT, which follows the step's tile
+//     count: the mode never reaches that kernel).
 //
 // Already per row and left as they are: RMSNorm (one block of fixed size per row), RoPE,
 // SwiGLU, embedding, bias, the KV store, LoRA (shrink and expand reduce each row on its own,

@@ -17,6 +17,6 @@
 //
 // Alternative kernel paths are chosen per backend, by environment variables read in New and by
 // setters for tests and benchmarks: LORAPLEX_PREFILL_ATTENTION (backend.go), LORAPLEX_FUSED_DECODE
-// and LORAPLEX_LORA_GROUP (fused.go), LORAPLEX_DECODE_SPLIT and LORAPLEX_GROUPED_DECODE
-// (attention.go), LORAPLEX_DETERMINISTIC_GEMM (deterministic.go).
+// and LORAPLEX_LORA_GROUP (fused.go), LORAPLEX_DECODE_SPLIT, LORAPLEX_GROUPED_DECODE and
+// LORAPLEX_PREFILL_SPLIT (attention.go), LORAPLEX_DETERMINISTIC_GEMM (deterministic.go).
 package cuda

@@ -19,6 +19,7 @@ import (
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
+//	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
 // compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,
