@@ -66,7 +66,8 @@ type Backend struct {
 	segCap  int
 	segUsed int
 	loraTmp uintptr
-	// attnScratch holds decode attention's split-K partials.
+	// attnScratch holds the split-K partials of decode attention and of the tensor-core prefill
+	// (one after the other on the stream: the prefill merge reads its partials before decode writes).
 	attnScratch uintptr
 	attnCap     int
 	loraCap     int
