@@ -43,6 +43,7 @@ type Backend struct {
 	simtPrefill           bool          // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
 	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
 	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
+	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
@@ -106,6 +107,7 @@ func New(device int) (*Backend, error) {
 	}
 	b.fusedDecode = envSwitch("LORAPLEX_FUSED_DECODE", fusedDecodeDefault)
 	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
+	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
