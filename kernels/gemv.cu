@@ -265,8 +265,9 @@ extern "C" int lp_gemv_rows_bf16(int n, int m, int k, const float* x, const uint
 // in gemv_kernel. The cost of every warp recomputing its rows' norm is in L1/L2 and the ALUs, not
 // HBM: per 16-byte weight vector a lane reads, for each row, 32 bytes of delta besides the 32 of
 // x it always read, plus 32 bytes of w_norm shared by all rows (at one row, 96 B of L1 reads per
-// 16 B of weights instead of 32; x, delta and w_norm are 16 KB each per row at k = 4096, 56 KB
-// at 14336, and stay in L1/L2 for the whole launch), and 4 fp32 operations per element and row
+// 16 B of weights instead of 32; x, delta and w_norm are k floats, 16 KB each per row at a
+// hidden size of 4096, 32 KB at 8192, and stay in L1/L2 for the whole launch; the products'
+// outputs, up to 14336 wide, are what the weights stream), and 4 fp32 operations per element and row
 // instead of 1 (the add, Σv², w·v, the product): at one row and 2.8 TB/s of weights about 6
 // Tflop/s, a tenth of an H100's fp32 rate, hidden under the weight stream. From 2 rows up the
 // L1 traffic grows with the rows (x and delta are per row) while the weight bytes do not, which
