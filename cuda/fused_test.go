@@ -667,7 +667,14 @@ func TestNormGEMV(t *testing.T) {
 				xv, dv := randFloats(r, sh.n*sh.k), randFloats(r, sh.n*sh.k)
 				x, delta, next := tr.tensors(t, sh.n, sh.k, xv), tr.tensors(t, sh.n, sh.k, dv), tr.tensors(t, sh.n, sh.k, nil)
 				h := tr.tensors(t, sh.n, sh.k, nil)
-				nw := tr.uploads(t, normWeight(r, sh.k))
+				var nw [3]model.Tensor
+				nwHost := normWeight(r, sh.k)
+				for i, b := range []model.Backend{tr.c, tr.plain, tr.fused} {
+					var err error
+					if nw[i], err = b.Upload(nwHost, 1, sh.k); err != nil {
+						t.Fatal(err)
+					}
+				}
 				ws, outs := make([][3]model.Tensor, 0, 3), make([][3]model.Tensor, 0, 3)
 				for _, m := range sh.widths {
 					parts := 1
