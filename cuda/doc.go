@@ -16,7 +16,7 @@
 // GEMMs run on tensor cores in bf16 with fp32 accumulation through cuBLAS.
 //
 // Alternative kernel paths are chosen per backend, by environment variables read in New and by
-// setters for tests and benchmarks: LORAPLEX_PREFILL_ATTENTION (backend.go), LORAPLEX_FUSED_DECODE
-// and LORAPLEX_LORA_GROUP (fused.go), LORAPLEX_DECODE_SPLIT, LORAPLEX_GROUPED_DECODE and
+// setters for tests and benchmarks: LORAPLEX_PREFILL_ATTENTION (backend.go), LORAPLEX_FUSED_DECODE,
+// LORAPLEX_LORA_GROUP and LORAPLEX_NORM_GEMV (fused.go), LORAPLEX_DECODE_SPLIT, LORAPLEX_GROUPED_DECODE and
 // LORAPLEX_PREFILL_SPLIT (attention.go), LORAPLEX_DETERMINISTIC_GEMM (deterministic.go).
 package cuda

@@ -17,6 +17,7 @@ import (
 //
 //	LORAPLEX_FUSED_DECODE=on|off   q/k/v products, RoPE + KV store, gate/up + SiLU in one launch each (DecodeFuser)
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
+//	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
@@ -27,10 +28,13 @@ import (
 // TestContextSplitGraphsMatchDirect, TestFusedFixturesCUDA; bench/results/gpu-goals-h100.md):
 // fused decode on (H100, two runs: batch-1 decode 1.04x, batch 64 1.01x, 64 rank-16 adapters
 // 1.03-1.05x, nothing slower); grouped LoRA off (1.07x then 1.00x on 64 rank-16 adapters in two
-// runs of the same build: inside the noise, so the path measured before stays).
+// runs of the same build: inside the noise, so the path measured before stays). The norm-fused
+// GEMVs are off until their GPU tests (TestNormGEMV, TestFusedFixturesCUDA with them on) have
+// passed and a run has compared both sides (AB="LORAPLEX_NORM_GEMV=on" bench/gpu/run.sh).
 const (
 	fusedDecodeDefault = true
 	loraGroupDefault   = false
+	normGEMVDefault    = false
 )
 
 // envSwitch reads an on/off switch from the environment.
@@ -73,23 +77,30 @@ func (a *gemvPartsArgs) set(outs, ws []model.Tensor) *gemvPartsArgs {
 	return a
 }
 
+// checkShared panics unless outs[i] = x · ws[i]ᵀ are products MatMul takes, and reports whether
+// every weight is non-empty and 16-byte aligned (the GEMV's vector loads).
+func checkShared(what string, outs []model.Tensor, x model.Tensor, ws []model.Tensor) (aligned bool) {
+	if len(outs) != len(ws) {
+		panic(fmt.Sprintf("cuda: %s of %d outputs with %d weights", what, len(outs), len(ws)))
+	}
+	aligned = true
+	for i, w := range ws {
+		out := outs[i]
+		if x.Cols != w.Cols || out.Rows != x.Rows || out.Cols != w.Rows || w.DType != model.BF16 || x.DType != model.F32 || out.DType != model.F32 {
+			panic(fmt.Sprintf("cuda: %s out %s = x %s · wᵀ %s (%s)", what, out.Shape(), x.Shape(), w.Shape(), w.DType))
+		}
+		aligned = aligned && uintptr(ptr(w))%16 == 0 && w.Rows > 0
+	}
+	return aligned
+}
+
 // MatMulShared implements model.SharedMatMuler for the products MatMul sends to the GEMV kernel (at
 // most gemvRows rows, aligned): the products of one input (q/k/v, gate/up) in one launch, each
 // part bitwise what its own GEMV gives; for bigger steps, one bf16 conversion of x for all
 // the cuBLAS products. In deterministic mode on the tensor cores it is invariantShared, for any
 // row count; on the rows kernel, bigger steps take MatMul's path (false).
 func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
-	if len(outs) != len(ws) {
-		panic(fmt.Sprintf("cuda: MatMulShared of %d outputs with %d weights", len(outs), len(ws)))
-	}
-	aligned := x.Cols%8 == 0 && uintptr(ptr(x))%16 == 0
-	for i, w := range ws {
-		out := outs[i]
-		if x.Cols != w.Cols || out.Rows != x.Rows || out.Cols != w.Rows || w.DType != model.BF16 || x.DType != model.F32 || out.DType != model.F32 {
-			panic(fmt.Sprintf("cuda: MatMulShared out %s = x %s · wᵀ %s (%s)", out.Shape(), x.Shape(), w.Shape(), w.DType))
-		}
-		aligned = aligned && uintptr(ptr(w))%16 == 0 && w.Rows > 0
-	}
+	aligned := checkShared("MatMulShared", outs, x, ws) && x.Cols%8 == 0 && uintptr(ptr(x))%16 == 0
 	if b.invariantProducts() {
 		return b.invariantShared(outs, x, ws)
 	}
@@ -146,14 +157,19 @@ func (b *Backend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads in
 	return true
 }
 
+// checkGateUp panics unless act = silu(x · wGateᵀ) * (x · wUpᵀ) has matching shapes and types.
+func checkGateUp(what string, act, x, wGate, wUp model.Tensor) {
+	if x.Cols != wGate.Cols || x.Cols != wUp.Cols || wGate.Rows != wUp.Rows || act.Rows != x.Rows || act.Cols != wGate.Rows ||
+		wGate.DType != model.BF16 || wUp.DType != model.BF16 || x.DType != model.F32 || act.DType != model.F32 {
+		panic(fmt.Sprintf("cuda: %s act %s = x %s · gate %s, up %s", what, act.Shape(), x.Shape(), wGate.Shape(), wUp.Shape()))
+	}
+}
+
 // GateUpSiLU implements model.DecodeFuser for the products MatMul sends to the GEMV kernel (at
 // most gemvRows rows, aligned): both products and SwiGLU in one launch. Bigger steps go to
 // cuBLAS unfused (false), where the products dominate and one launch more is noise.
 func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
-	if x.Cols != wGate.Cols || x.Cols != wUp.Cols || wGate.Rows != wUp.Rows || act.Rows != x.Rows || act.Cols != wGate.Rows ||
-		wGate.DType != model.BF16 || wUp.DType != model.BF16 || x.DType != model.F32 || act.DType != model.F32 {
-		panic(fmt.Sprintf("cuda: GateUpSiLU act %s = x %s · gate %s, up %s", act.Shape(), x.Shape(), wGate.Shape(), wUp.Shape()))
-	}
+	checkGateUp("GateUpSiLU", act, x, wGate, wUp)
 	if !b.fusedDecode || b.invariantProducts() || x.Rows == 0 || x.Rows > b.gemvRows || x.Cols%8 != 0 ||
 		uintptr(ptr(x))%16 != 0 || uintptr(ptr(wGate))%16 != 0 || uintptr(ptr(wUp))%16 != 0 {
 		return false
@@ -162,6 +178,81 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 		return true
 	}
 	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.stream))
+	return true
+}
+
+var _ model.NormFuser = (*Backend)(nil)
+
+// SetNormGEMV turns the norm-fused GEMVs (NormFuser, kernels/gemv.cu) on or off for the
+// following steps, independently of SetFusedDecode; recorded graphs hold the other path's
+// launches, so they are dropped.
+func (b *Backend) SetNormGEMV(on bool) {
+	if b.normGEMV != on {
+		b.dropGraphs()
+	}
+	b.normGEMV = on
+}
+
+// overlaps reports whether two F32 tensors share device memory.
+func overlaps(a, c model.Tensor) bool {
+	pa, pc := uintptr(ptr(a)), uintptr(ptr(c))
+	return pa < pc+uintptr(4*c.Rows*c.Cols) && pc < pa+uintptr(4*a.Rows*a.Cols)
+}
+
+// normInput panics unless in is a well-formed NormedInput (a bug in the forward pass, not input)
+// and reports whether the norm-fused GEMV kernels take it, with the device pointers of its
+// delta and next (0 without a residual add): the switch on, not in deterministic mode (there
+// every product takes the batch-invariant kernel at any row count, and these would make a
+// row's bits depend on the batch's size), 1 to gemvRows rows (the GEMV path's, so the norm folds
+// exactly where MatMul would stream the weights), the GEMV's alignment for every input.
+func (b *Backend) normInput(what string, in model.NormedInput) (delta, next C.uintptr_t, ok bool) {
+	x, add := in.X, in.Delta.Rows > 0
+	if x.DType != model.F32 || in.Weight.DType != model.F32 || in.Weight.Rows != 1 || in.Weight.Cols != x.Cols ||
+		add && (in.Delta.Rows != x.Rows || in.Delta.Cols != x.Cols || in.Next.Rows != x.Rows || in.Next.Cols != x.Cols ||
+			in.Delta.DType != model.F32 || in.Next.DType != model.F32 || overlaps(in.Next, x) || overlaps(in.Next, in.Delta)) {
+		panic(fmt.Sprintf("cuda: %s of x %s + delta %s into %s, norm weight %s", what, x.Shape(), in.Delta.Shape(), in.Next.Shape(), in.Weight.Shape()))
+	}
+	if !b.normGEMV || b.batchInvariant || x.Rows == 0 || x.Rows > b.gemvRows || x.Cols%8 != 0 ||
+		uintptr(ptr(x))%16 != 0 || uintptr(ptr(in.Weight))%16 != 0 {
+		return 0, 0, false
+	}
+	if add {
+		delta, next = ptr(in.Delta), ptr(in.Next)
+	}
+	return delta, next, delta%16 == 0 && next%16 == 0
+}
+
+// NormMatMulShared implements model.NormFuser for the products MatMulShared gives the parts
+// GEMV: the norm (and the residual add) folded into one launch of the q/k/v products, each
+// part within rounding of lp_add_rmsnorm + its own GEMV (kernels/gemv.cu bounds it).
+func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws []model.Tensor) bool {
+	aligned := checkShared("NormMatMulShared", outs, in.X, ws)
+	delta, next, ok := b.normInput("NormMatMulShared", in)
+	if !ok || !aligned || len(ws) > gemvPartsMax {
+		return false
+	}
+	if !b.launch() {
+		return true
+	}
+	a := b.gemvArgs.set(outs, ws)
+	b.ok("norm gemv parts", C.s_norm_gemv_parts(C.int(in.X.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight), C.float(in.Eps),
+		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+	return true
+}
+
+// NormGateUpSiLU implements model.NormFuser: the norm (and the residual add), both products and
+// SwiGLU in one launch, within rounding of lp_add_rmsnorm + lp_gemv_swiglu_bf16.
+func (b *Backend) NormGateUpSiLU(act model.Tensor, in model.NormedInput, wGate, wUp model.Tensor) bool {
+	checkGateUp("NormGateUpSiLU", act, in.X, wGate, wUp)
+	delta, next, ok := b.normInput("NormGateUpSiLU", in)
+	if !ok || uintptr(ptr(wGate))%16 != 0 || uintptr(ptr(wUp))%16 != 0 {
+		return false
+	}
+	if !b.launch() {
+		return true
+	}
+	b.ok("norm gemv swiglu", C.s_norm_gemv_swiglu(C.int(in.X.Rows), C.int(wGate.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight),
+		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.stream))
 	return true
 }
 

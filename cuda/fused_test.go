@@ -3,6 +3,7 @@
 package cuda_test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -460,6 +461,7 @@ func TestFusedFixturesCUDA(t *testing.T) {
 	b := newGPU(t)
 	b.SetFusedDecode(true)
 	b.SetLoRAGroup(true)
+	b.SetNormGEMV(true)
 	b.SetDecodeSplit(cuda.DecodeSplitContext)
 	b.SetGEMVRows(8)
 	for _, name := range fixture.Models {
@@ -500,6 +502,7 @@ func TestContextSplitGraphsMatchDirect(t *testing.T) {
 		b.SetGraphs(on)
 		b.SetDecodeSplit(cuda.DecodeSplitContext)
 		b.SetFusedDecode(true)
+		b.SetNormGEMV(true)
 		cfg, w := fixture.LoadModel(t, fixture.Dir(name), b)
 		pages := (steps + pageSize - 1) / pageSize
 		r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: 8, MaxLogitRows: 1, MaxContext: steps,
@@ -621,5 +624,153 @@ func TestFusedMatMulShared(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// normWeight is a random RMSNorm weight around 1 (a 1-D tensor: Upload keeps it in fp32).
+func normWeight(r *rand.Rand, k int) model.HostTensor {
+	data := make([]byte, 4*k)
+	for i := 0; i < k; i++ {
+		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(float32(1+0.3*r.NormFloat64())))
+	}
+	return model.HostTensor{Name: "norm", DType: model.F32, Shape: []int{k}, Data: data}
+}
+
+// The norm-fused GEMVs compute what the RMSNorm (after the residual add, when there is one)
+// followed by the GEMVs computes: the products against the CPU within the bf16 products' 1e-4
+// and against the unfused GPU ops (lp_add_rmsnorm or lp_rmsnorm, then the parts GEMV or the
+// SwiGLU GEMV) within 1e-5 of the largest value (kernels/gemv.cu's bound: the 1/rms factor is
+// applied after the product and the sum of squares is reduced in another order); the new
+// residual written to next is bitwise the unfused x += delta, and x and delta are left as they
+// were; q/k/v-like triples, gate/up pairs and single products, 1 to 8 rows, widths that leave
+// blocks straddling two parts, with and without the add. They decline with the switch off,
+// beyond the GEMV rows and in deterministic mode.
+func TestNormGEMV(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	const eps = 1e-5
+	type shape struct {
+		n, k   int
+		widths []int // q/k/v-like parts; gate/up when swiglu
+		swiglu bool
+	}
+	for _, sh := range []shape{{1, 4096, []int{4096, 1024, 1024}, false}, {3, 512, []int{384, 100, 100}, false},
+		{8, 160, []int{96, 13, 7}, false}, {2, 2048, []int{1000, 1000}, false}, {5, 64, []int{33}, false}, {1, 8, []int{1, 2, 3}, false},
+		{1, 4096, []int{14336}, true}, {1, 64, []int{64}, true}, {2, 160, []int{96}, true}, {8, 1024, []int{520}, true}, {3, 8, []int{5}, true}} {
+		for _, add := range []bool{false, true} {
+			t.Run(fmt.Sprintf("n%d_k%d_%v_swiglu%v_add%v", sh.n, sh.k, sh.widths, sh.swiglu, add), func(t *testing.T) {
+				tr := newTrio(t)
+				for _, b := range []*cuda.Backend{tr.plain, tr.fused} {
+					b.SetGEMVRows(8)
+				}
+				tr.plain.SetNormGEMV(false)
+				tr.fused.SetNormGEMV(true)
+				xv, dv := randFloats(r, sh.n*sh.k), randFloats(r, sh.n*sh.k)
+				x, delta, next := tr.tensors(t, sh.n, sh.k, xv), tr.tensors(t, sh.n, sh.k, dv), tr.tensors(t, sh.n, sh.k, nil)
+				h := tr.tensors(t, sh.n, sh.k, nil)
+				var nw [3]model.Tensor
+				nwHost := normWeight(r, sh.k)
+				for i, b := range []model.Backend{tr.c, tr.plain, tr.fused} {
+					var err error
+					if nw[i], err = b.Upload(nwHost, 1, sh.k); err != nil {
+						t.Fatal(err)
+					}
+				}
+				ws, outs := make([][3]model.Tensor, 0, 3), make([][3]model.Tensor, 0, 3)
+				for _, m := range sh.widths {
+					parts := 1
+					if sh.swiglu {
+						parts = 2 // gate and up
+					}
+					for range parts {
+						ws = append(ws, tr.uploads(t, hostBF16(r, m, sh.k, 1/math.Sqrt(float64(sh.k)))))
+						outs = append(outs, tr.tensors(t, sh.n, m, nil))
+					}
+				}
+				pick := func(bi int) ([]model.Tensor, []model.Tensor) {
+					o, w := make([]model.Tensor, len(ws)), make([]model.Tensor, len(ws))
+					for i := range ws {
+						o[i], w[i] = outs[i][bi], ws[i][bi]
+					}
+					return o, w
+				}
+				in := func(bi int) model.NormedInput {
+					ni := model.NormedInput{X: x[bi], Next: next[bi], Weight: nw[bi], Eps: eps}
+					if add {
+						ni.Delta = delta[bi]
+					}
+					return ni
+				}
+				act := tr.tensors(t, sh.n, sh.widths[0], nil)
+				fusedCall := func(b *cuda.Backend, bi int) bool {
+					o, w := pick(bi)
+					if sh.swiglu {
+						return b.NormGateUpSiLU(act[bi], in(bi), w[0], w[1])
+					}
+					return b.NormMatMulShared(o, in(bi), w)
+				}
+				// The unfused ops on the CPU and on the GPU with the switch off.
+				for bi, b := range []model.Backend{tr.c, tr.plain} {
+					if add {
+						b.AddRMSNorm(x[bi], delta[bi], h[bi], nw[bi], eps)
+					} else {
+						b.RMSNorm(h[bi], x[bi], nw[bi], eps)
+					}
+					o, w := pick(bi)
+					for i := range o {
+						b.MatMul(o[i], h[bi], w[i])
+					}
+					if sh.swiglu {
+						b.SiluMul(act[bi], o[0], o[1])
+					}
+				}
+				if fusedCall(tr.plain, 1) {
+					t.Fatal("the norm-fused GEMV ran with its switch off")
+				}
+				if !fusedCall(tr.fused, 2) {
+					t.Fatal("the norm-fused GEMV declined a GEMV-sized product with its switch on")
+				}
+				if sh.swiglu {
+					same, all := tr.check(t, "act", act, 1e-4, 1e-5)
+					t.Logf("act: %d of %d elements bitwise equal to the unfused path", same, all)
+				} else {
+					for i := range outs {
+						same, all := tr.check(t, fmt.Sprintf("part %d", i), outs[i], 1e-4, 1e-5)
+						t.Logf("part %d: %d of %d elements bitwise equal to the unfused path", i, same, all)
+					}
+				}
+				if add {
+					// The new residual: the unfused path's x after x += delta, bit for bit.
+					if same, all := tr.check(t, "residual", [3]model.Tensor{x[0], x[1], next[2]}, 0, 0); same != all {
+						t.Fatalf("residual: %d of %d elements bitwise the unfused x += delta", same, all)
+					}
+				}
+				for _, c := range []struct {
+					what string
+					t    model.Tensor
+					was  []float32
+				}{{"x", x[2], xv}, {"delta", delta[2], dv}} {
+					for i, v := range read(t, tr.fused, c.t) {
+						if math.Float32bits(v) != math.Float32bits(c.was[i]) {
+							t.Fatalf("%s[%d] was written: %v, was %v", c.what, i, v, c.was[i])
+						}
+					}
+				}
+
+				// Declines: more rows than the GEMV kernel takes here, and deterministic mode.
+				tr.fused.SetGEMVRows(sh.n - 1)
+				if fusedCall(tr.fused, 2) {
+					t.Fatalf("the norm-fused GEMV took %d rows with the GEMV limit at %d", sh.n, sh.n-1)
+				}
+				tr.fused.SetGEMVRows(8)
+				tr.fused.SetBatchInvariant(true)
+				if fusedCall(tr.fused, 2) {
+					t.Fatal("the norm-fused GEMV ran in deterministic mode")
+				}
+				tr.fused.SetBatchInvariant(false)
+				if err := tr.fused.Err(); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
 	}
 }

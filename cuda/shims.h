@@ -76,6 +76,16 @@ static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* ys, co
 static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
 	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), P(lp_stream, s));
 }
+static inline int s_norm_gemv_parts(int n, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, const uintptr_t* ws,
+                                    const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+	return lp_norm_gemv_parts_bf16(n, k, P(const float*, x), P(const float*, d), P(float*, resid), P(const float*, nw), eps,
+	                               s_parts(ws, ys, ends, parts), P(lp_stream, s));
+}
+static inline int s_norm_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, uintptr_t wg,
+                                     uintptr_t wu, uintptr_t act, uintptr_t s) {
+	return lp_norm_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const float*, d), P(float*, resid), P(const float*, nw), eps,
+	                                P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), P(lp_stream, s));
+}
 static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
 	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, ys, ends, parts), P(lp_stream, s));
 }

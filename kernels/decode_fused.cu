@@ -10,9 +10,10 @@
 // The residual add and the RMSNorm that follows were already one kernel (lp_add_rmsnorm writes
 // both the new residual and the normed input). Q/K norms (Qwen3) and biases (Qwen2) stay
 // separate launches. With adapters on gate/up the products go through the parts GEMV (one
-// launch) and the SiLU stays separate, since the deltas come between them. A norm fused into the
-// next GEMV's prologue is not done: each GEMV warp would recompute the row's norm (or a grid-wide
-// barrier would be needed), and the add+RMSNorm launch is one of 9.
+// launch) and the SiLU stays separate, since the deltas come between them. The two add+RMSNorm
+// launches go too with LORAPLEX_NORM_GEMV=on (off by default until measured): gemv.cu folds each
+// norm into the GEMV that reads it, every warp recomputing its rows' sum of squares from the
+// loads it makes anyway (7 launches per layer then; gemv.cu has the design and its cost).
 //
 // lp_rope_store_kv: one block per (row, head slot): slots 0..heads-1 rotate a query head in place;
 // slots heads.. rotate a key head in place and write it and the matching value head to the bf16

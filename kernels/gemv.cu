@@ -249,3 +249,260 @@ extern "C" int lp_gemv_rows_bf16(int n, int m, int k, const float* x, const uint
         gemv_rows_kernel<false><<<grid, block, 0, as_stream(s)>>>(y, x, w, n, m, k, alpha, beta);
     LP_CHECK_LAUNCH();
 }
+
+// RMSNorm folded into the GEMVs that read its output (issue 15 item 2; LORAPLEX_NORM_GEMV,
+// off by default; model.NormFuser): x += delta; h = rmsnorm(x)·w_norm feeds the q/k/v products
+// (parts) and the gate/up products + SwiGLU of a decode layer, and h is never stored, so the two
+// add+RMSNorm launches of a layer (7.1 and 7.3 µs in the H100 breakdown of
+// bench/results/gpu-h100/goals-2026-12-07-ab, about 0.45 ms of a 6.9 ms step) go.
+//
+// Design. Every product needs the whole row's 1/rms before its output is known, but not before
+// its first multiply: Σ_c W[j,c]·w[c]·v[c]·inv = inv · Σ_c W[j,c]·(w[c]·v[c]), with v = x + delta.
+// So each warp streams its weight row exactly as gemv_column does, multiplies it with w ⊙ v
+// instead of x, and from the same loads of v (its lanes cover every vector of the row once)
+// accumulates Σ v²; after the warp reduction it scales its sums by rsqrt(Σv²/k + eps). No block
+// prologue, no barrier, no second pass, no grid-wide sync: the weight stream starts as early as
+// in gemv_kernel. The cost of every warp recomputing its rows' norm is in L1/L2 and the ALUs, not
+// HBM: per 16-byte weight vector a lane reads, for each row, 32 bytes of delta besides the 32 of
+// x it always read, plus 32 bytes of w_norm shared by all rows (at one row, 96 B of L1 reads per
+// 16 B of weights instead of 32; x, delta and w_norm are k floats, 16 KB each per row at a
+// hidden size of 4096, 32 KB at 8192, and stay in L1/L2 for the whole launch; the products'
+// outputs, up to 14336 wide, are what the weights stream), and 4 fp32 operations per element and row
+// instead of 1 (the add, Σv², w·v, the product): at one row and 2.8 TB/s of weights about 6
+// Tflop/s, a tenth of an H100's fp32 rate, hidden under the weight stream. From 2 rows up the
+// L1 traffic grows with the rows (x and delta are per row) while the weight bytes do not, which
+// is why the switch is measured at batch 1 (gemvRows, the GEMV path's row limit, is 1 by default).
+// The new residual v = x + delta is written by the launch's column-0 warp only, to resid, a buffer
+// that overlaps neither x nor delta (checked): an in-place x += delta would race with the other
+// blocks' reads of x. The forward pass then uses resid as its residual (it hands the normed-state
+// buffer, which the fused step leaves unused, and swaps the two).
+//
+// Results against the unfused lp_add_rmsnorm + lp_gemv_parts_bf16 / lp_gemv_swiglu_bf16: the
+// residual v is bitwise the same (the same single fp32 add). The products are not bitwise: the
+// unfused path rounds h = w·(v·inv) per element and the sum of squares is reduced in another
+// order (256-thread block_sum there, 32 lanes over 8-wide vectors here), so inv may differ by an
+// ulp or two and each product term by a few ulps: |fused - unfused| <= ~4·2⁻²⁴·Σ|W·h| per output
+// plus the reordering the products already have, i.e. around 1e-6 of the output's scale for
+// k = 4096. TestNormGEMV (cuda/fused_test.go) bounds it at 1e-5 of the largest value (the CPU
+// within the bf16 products' 1e-4, as TestFusedGateUpSiLU), and the fixture suites run with it on.
+// Determinism: no atomics, one writer per element (outputs: one warp's lane 0; resid: the
+// column-0 warp), the reduction order fixed by k; launch shape from n, k and the widths only
+// (fixed by a step's key), so graph replays are the same launches.
+struct norm_gemv_in {
+    const float* x;      // [n, k] the residual
+    const float* delta;  // [n, k] added to it first; nullptr: the norm reads x as it is
+    float* resid;        // [n, k] receives x + delta when delta is set
+    const float* w;      // [k] the norm's weight
+    float eps;
+};
+
+// norm_gemv_input reads vector iv (8 values) of the row at element offset row_off: v = x (+ delta),
+// adds Σv² to ss, stores v to resid when store is set, and returns u = w ⊙ v (the normed input
+// before its 1/rms factor). w0, w1 are the norm weight's vector iv, loaded once for every row.
+template <bool ADD>
+__device__ __forceinline__ void norm_gemv_input(float (&u)[8], float& ss, const norm_gemv_in& in, const float4 w0,
+                                                const float4 w1, size_t row_off, int iv, bool store) {
+    const size_t o = row_off + 8 * (size_t)iv;
+    float4 a = *reinterpret_cast<const float4*>(in.x + o), b = *reinterpret_cast<const float4*>(in.x + o + 4);
+    if (ADD) {
+        const float4 da = *reinterpret_cast<const float4*>(in.delta + o), db = *reinterpret_cast<const float4*>(in.delta + o + 4);
+        a.x += da.x;
+        a.y += da.y;
+        a.z += da.z;
+        a.w += da.w;
+        b.x += db.x;
+        b.y += db.y;
+        b.z += db.z;
+        b.w += db.w;
+        if (store) {
+            *reinterpret_cast<float4*>(in.resid + o) = a;
+            *reinterpret_cast<float4*>(in.resid + o + 4) = b;
+        }
+    }
+    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
+    u[0] = w0.x * a.x;
+    u[1] = w0.y * a.y;
+    u[2] = w0.z * a.z;
+    u[3] = w0.w * a.w;
+    u[4] = w1.x * b.x;
+    u[5] = w1.y * b.y;
+    u[6] = w1.z * b.z;
+    u[7] = w1.w * b.w;
+}
+
+// dot8 is the dot product of 8 unpacked weights with 8 input values, in gemv_row_accumulate's order.
+__device__ __forceinline__ float dot8(const float (&wf)[8], const float (&u)[8]) {
+    return u[0] * wf[0] + u[1] * wf[1] + u[2] * wf[2] + u[3] * wf[3] + u[4] * wf[4] + u[5] * wf[5] + u[6] * wf[6] + u[7] * wf[7];
+}
+
+// norm_gemv_scale is a row's 1/rms from the warp's partial sums of squares (rmsnorm_kernel's expression).
+__device__ __forceinline__ float norm_gemv_scale(float ss, int k, float eps) { return rsqrtf(warp_sum(ss) / k + eps); }
+
+// norm_gemv_step multiplies one 16-byte weight vector (vector index iv) with the normed input of each of the N rows.
+template <int N, bool ADD>
+__device__ __forceinline__ void norm_gemv_step(float (&acc)[N], float (&ss)[N], const uint4 v, const norm_gemv_in& in, int k,
+                                               int iv, bool store) {
+    float wf[8];
+    bf16x8_unpack(v, wf);
+    const float4* nw = reinterpret_cast<const float4*>(in.w) + 2 * iv;
+    const float4 w0 = nw[0], w1 = nw[1];
+#pragma unroll
+    for (int r = 0; r < N; r++) {
+        float u[8];
+        norm_gemv_input<ADD>(u, ss[r], in, w0, w1, (size_t)r * k, iv, store);
+        acc[r] += dot8(wf, u);
+    }
+}
+
+// gemv_parts_kernel with the norm folded in: warp c computes column c - end[g-1] of part g with
+// gemv_column's loads and order, on w ⊙ v, and scales by the row's 1/rms at the end.
+template <int N, bool ADD>
+__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k) {
+    const int lane = threadIdx.x & 31;
+    const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (c >= p.end[p.parts - 1]) return;  // whole warps: the shuffles below see every lane
+    int g = 0;
+    while (c >= p.end[g]) g++;
+    const int first = g > 0 ? p.end[g - 1] : 0;
+    const int m = p.end[g] - first, j = c - first;
+    const bool store = ADD && c == 0;
+    const uint4* wr = reinterpret_cast<const uint4*>(p.w[g] + (size_t)j * k);
+    float acc[N], ss[N];
+#pragma unroll
+    for (int r = 0; r < N; r++) acc[r] = ss[r] = 0.f;
+    const int vecs = k / 8;
+    int i = lane;
+    for (; i + 96 < vecs; i += 128) {
+        const uint4 v0 = wr[i], v1 = wr[i + 32], v2 = wr[i + 64], v3 = wr[i + 96];
+        norm_gemv_step<N, ADD>(acc, ss, v0, in, k, i, store);
+        norm_gemv_step<N, ADD>(acc, ss, v1, in, k, i + 32, store);
+        norm_gemv_step<N, ADD>(acc, ss, v2, in, k, i + 64, store);
+        norm_gemv_step<N, ADD>(acc, ss, v3, in, k, i + 96, store);
+    }
+    for (; i < vecs; i += 32) norm_gemv_step<N, ADD>(acc, ss, wr[i], in, k, i, store);
+#pragma unroll
+    for (int r = 0; r < N; r++) {
+        const float s = warp_sum(acc[r]), inv = norm_gemv_scale(ss[r], k, in.eps);
+        if (lane == 0) p.y[g][(size_t)r * m + j] = s * inv;
+    }
+}
+
+// norm_swiglu_step multiplies one gate and one up weight vector (vector index iv) with the
+// normed input of each of the N rows, computed once for both.
+template <int N, bool ADD>
+__device__ __forceinline__ void norm_swiglu_step(float (&ga)[N], float (&ua)[N], float (&ss)[N], const uint4 gv, const uint4 uv,
+                                                 const norm_gemv_in& in, int k, int iv, bool store) {
+    float gf[8], uf[8];
+    bf16x8_unpack(gv, gf);
+    bf16x8_unpack(uv, uf);
+    const float4* nw = reinterpret_cast<const float4*>(in.w) + 2 * iv;
+    const float4 w0 = nw[0], w1 = nw[1];
+#pragma unroll
+    for (int r = 0; r < N; r++) {
+        float u[8];
+        norm_gemv_input<ADD>(u, ss[r], in, w0, w1, (size_t)r * k, iv, store);
+        ga[r] += dot8(gf, u);
+        ua[r] += dot8(uf, u);
+    }
+}
+
+// gemv_swiglu_kernel with the norm folded in: the same loads and order on w ⊙ v, both sums
+// scaled by the row's 1/rms, then silu_mul_kernel's expression.
+template <int N, bool ADD>
+__global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k) {
+    const int lane = threadIdx.x & 31;
+    const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (j >= m) return;  // whole warps
+    const bool store = ADD && j == 0;
+    const uint4* gr = reinterpret_cast<const uint4*>(wg + (size_t)j * k);
+    const uint4* ur = reinterpret_cast<const uint4*>(wu + (size_t)j * k);
+    float g[N], u[N], ss[N];
+#pragma unroll
+    for (int r = 0; r < N; r++) g[r] = u[r] = ss[r] = 0.f;
+    const int vecs = k / 8;
+    int i = lane;
+    for (; i + 32 < vecs; i += 64) {
+        const uint4 g0 = gr[i], g1 = gr[i + 32], u0 = ur[i], u1 = ur[i + 32];
+        norm_swiglu_step<N, ADD>(g, u, ss, g0, u0, in, k, i, store);
+        norm_swiglu_step<N, ADD>(g, u, ss, g1, u1, in, k, i + 32, store);
+    }
+    for (; i < vecs; i += 32) norm_swiglu_step<N, ADD>(g, u, ss, gr[i], ur[i], in, k, i, store);
+#pragma unroll
+    for (int r = 0; r < N; r++) {
+        const float inv = norm_gemv_scale(ss[r], k, in.eps);
+        const float gs = warp_sum(g[r]) * inv, us = warp_sum(u[r]) * inv;
+        if (lane == 0) act[(size_t)r * m + j] = gs / (1.f + __expf(-gs)) * us;
+    }
+}
+
+// norm_gemv_in_ok checks the input side of a norm-fused launch: the GEMV's row and alignment
+// rules for x, delta, resid and w, delta and resid given together, resid overlapping neither x
+// nor delta (its writer warp would race with the other warps' reads).
+static bool norm_gemv_in_ok(int n, int k, const norm_gemv_in& in) {
+    if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || !in.x || !in.w || (in.delta == nullptr) != (in.resid == nullptr))
+        return false;
+    const uintptr_t x = (uintptr_t)in.x, d = (uintptr_t)in.delta, r = (uintptr_t)in.resid, bytes = (uintptr_t)n * k * sizeof(float);
+    if (x % 16 != 0 || d % 16 != 0 || r % 16 != 0 || (uintptr_t)in.w % 16 != 0) return false;
+    if (in.resid && ((r < x + bytes && x < r + bytes) || (r < d + bytes && d < r + bytes))) return false;
+    return true;
+}
+
+template <bool ADD>
+static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st, const lp_gemv_parts& p, const norm_gemv_in& in,
+                                   int k) {
+    switch (n) {
+        case 1: norm_gemv_parts_kernel<1, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+        case 2: norm_gemv_parts_kernel<2, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+        case 3: norm_gemv_parts_kernel<3, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+        case 4: norm_gemv_parts_kernel<4, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+        case 5: norm_gemv_parts_kernel<5, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+        case 6: norm_gemv_parts_kernel<6, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+        case 7: norm_gemv_parts_kernel<7, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+        default: norm_gemv_parts_kernel<8, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+    }
+}
+
+extern "C" int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w,
+                                       float eps, lp_gemv_parts parts, lp_stream s) {
+    const norm_gemv_in in = {x, delta, resid, norm_w, eps};
+    if (!norm_gemv_in_ok(n, k, in) || parts.parts < 1 || parts.parts > LP_GEMV_PARTS) return (int)cudaErrorInvalidValue;
+    for (int g = 0; g < parts.parts; g++)
+        if (((uintptr_t)parts.w[g] % 16) != 0 || parts.end[g] <= (g > 0 ? parts.end[g - 1] : 0))
+            return (int)cudaErrorInvalidValue;
+    dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
+    dim3 block(32 * GEMV_WARPS);
+    if (delta)
+        launch_norm_gemv_parts<true>(n, grid, block, as_stream(s), parts, in, k);
+    else
+        launch_norm_gemv_parts<false>(n, grid, block, as_stream(s), parts, in, k);
+    LP_CHECK_LAUNCH();
+}
+
+template <bool ADD>
+static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t st, float* act, const norm_gemv_in& in,
+                                    const uint16_t* wg, const uint16_t* wu, int m, int k) {
+    switch (n) {
+        case 1: norm_gemv_swiglu_kernel<1, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+        case 2: norm_gemv_swiglu_kernel<2, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+        case 3: norm_gemv_swiglu_kernel<3, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+        case 4: norm_gemv_swiglu_kernel<4, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+        case 5: norm_gemv_swiglu_kernel<5, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+        case 6: norm_gemv_swiglu_kernel<6, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+        case 7: norm_gemv_swiglu_kernel<7, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+        default: norm_gemv_swiglu_kernel<8, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+    }
+}
+
+extern "C" int lp_norm_gemv_swiglu_bf16(int n, int m, int k, const float* x, const float* delta, float* resid, const float* norm_w,
+                                        float eps, const uint16_t* wg, const uint16_t* wu, float* act, lp_stream s) {
+    const norm_gemv_in in = {x, delta, resid, norm_w, eps};
+    if (!norm_gemv_in_ok(n, k, in) || m <= 0 || !act || ((uintptr_t)wg % 16) != 0 || ((uintptr_t)wu % 16) != 0)
+        return (int)cudaErrorInvalidValue;
+    dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
+    dim3 block(32 * GEMV_WARPS);
+    if (delta)
+        launch_norm_gemv_swiglu<true>(n, grid, block, as_stream(s), act, in, wg, wu, m, k);
+    else
+        launch_norm_gemv_swiglu<false>(n, grid, block, as_stream(s), act, in, wg, wu, m, k);
+    LP_CHECK_LAUNCH();
+}

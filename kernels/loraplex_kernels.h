@@ -95,6 +95,15 @@ typedef struct {
     int parts;
 } lp_gemv_parts;
 int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, lp_stream s);
+// The same products of h = rmsnorm(x + delta) · norm_w (x alone when delta is NULL) without h
+// being stored: lp_add_rmsnorm (or lp_rmsnorm) followed by lp_gemv_parts_bf16 or
+// lp_gemv_swiglu_bf16 of h, up to rounding (gemv.cu bounds it). With delta, x + delta is written
+// to resid (NULL without delta), which must overlap neither x nor delta; x and delta are not
+// written. The same row and alignment rules, also for delta, resid and norm_w.
+int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w, float eps,
+                            lp_gemv_parts parts, lp_stream s);
+int lp_norm_gemv_swiglu_bf16(int n, int m, int k, const float* x, const float* delta, float* resid, const float* norm_w,
+                             float eps, const uint16_t* wg, const uint16_t* wu, float* act, lp_stream s);
 // The same product for any number of rows, batch-invariant (deterministic mode): tiles of
 // LP_GEMV_MAX_ROWS rows, every row computed with the same instructions whatever the batch;
 // any k (16-byte vector loads when k % 8 == 0 and x, W are aligned).

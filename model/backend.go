@@ -201,6 +201,32 @@ type DecodeFuser interface {
 	GateUpSiLU(act, x, wGate, wUp Tensor) bool
 }
 
+// NormedInput is the input of products fused with the RMSNorm before them (NormFuser): the rows
+// h = RMSNorm(X + Delta)·Weight, or RMSNorm(X)·Weight when Delta has no rows (the first layer).
+// With Delta, the new residual X + Delta is written to Next, which overlaps neither X nor Delta
+// (the GPU writes it while other blocks still read X); X and Delta are not written.
+type NormedInput struct {
+	X, Delta, Next, Weight Tensor
+	Eps                    float32
+}
+
+// NormFuser is implemented by backends that fold a decoder layer's RMSNorm, and the residual add
+// before it, into the products that read the normed state h, which is then never stored (cuda:
+// few-row decode steps, kernels/gemv.cu; LORAPLEX_NORM_GEMV). Each method does the whole of the
+// ops it names and returns true, or does nothing and returns false (switch off, a shape its
+// kernels do not take); the forward pass then runs the norm and the products itself. The forward
+// pass calls it only where nothing else reads h: no LoRA segment on the group's projections and
+// no routed sequence in the step (a LoRA shrink or a router gate reads h). A fused result may
+// differ from the unfused one by rounding (the backend bounds it), the new residual may not. The
+// answer may depend only on what the StepRecorder key fixes, so a recorded step replays the same
+// calls.
+type NormFuser interface {
+	// NormMatMulShared is MatMulShared(outs, h, ws) of in's normed rows h (every product done).
+	NormMatMulShared(outs []Tensor, in NormedInput, ws []Tensor) bool
+	// NormGateUpSiLU is GateUpSiLU(act, h, wGate, wUp) of in's normed rows h.
+	NormGateUpSiLU(act Tensor, in NormedInput, wGate, wUp Tensor) bool
+}
+
 // LoRAGrouper is implemented by backends that apply the LoRA segments of several projections
 // reading the same input (q/k/v, gate/up) in one go: LoRAGroup(outs, x, segs) is
 // LoRA(outs[i], x, segs[i]) for every i (segs[i] may be empty), or returns false having done

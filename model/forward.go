@@ -34,6 +34,7 @@ type Runner struct {
 	attnParams                                AttnParams
 	shared                                    SharedMatMuler // nil: one MatMul per projection
 	fuser                                     DecodeFuser    // nil: the backend fuses nothing
+	normer                                    NormFuser      // nil: every RMSNorm is its own op
 	grouper                                   LoRAGrouper    // nil: one LoRA call per projection
 	groupOuts, groupWs                        [3]Tensor      // outputs and weights of a projection group (projShared), kept here so steps allocate nothing
 	groupSegs                                 [3][]LoRASeg
@@ -57,6 +58,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r := &Runner{Cfg: cfg, B: b, W: w, Opt: opt, eps: float32(cfg.RMSNormEps), id: runnerIDs.Add(1)}
 	r.shared, _ = b.(SharedMatMuler)
 	r.fuser, _ = b.(DecodeFuser)
+	r.normer, _ = b.(NormFuser)
 	r.grouper, _ = b.(LoRAGrouper)
 	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
 	qd, kvd := cfg.NumHeads*D, cfg.NumKVHeads*D
@@ -280,13 +282,19 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 	for l := range w.Layers {
 		L := &w.Layers[l]
 		r.buildSegs(l, s, adapters)
-		if l == 0 {
-			b.RMSNorm(h, x, L.AttnNorm, r.eps)
-		} else {
-			b.AddRMSNorm(x, delta, h, L.AttnNorm, r.eps)
-		}
 		r.groupOuts = [3]Tensor{q, k, v}
-		r.projShared(h, l, qkvProjs, r.groupOuts[:3])
+		in := NormedInput{X: x, Delta: delta, Next: h, Weight: L.AttnNorm, Eps: r.eps} // delta has no rows in layer 0
+		if r.normFusable(l, qkvProjs) && r.normer.NormMatMulShared(r.groupOuts[:3], in, r.groupWeights(l, qkvProjs)) {
+			r.addBiases(l, qkvProjs, r.groupOuts[:3])
+			x, h = fusedResidual(in)
+		} else {
+			if l == 0 {
+				b.RMSNorm(h, x, L.AttnNorm, r.eps)
+			} else {
+				b.AddRMSNorm(x, delta, h, L.AttnNorm, r.eps)
+			}
+			r.projShared(h, l, qkvProjs, r.groupOuts[:3])
+		}
 		qh, kh := q.Reshape(n*H, D), k.Reshape(n*KV, D)
 		if cfg.QKNorm {
 			b.RMSNorm(qh, qh, L.QNorm, r.eps)
@@ -302,11 +310,16 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		b.Attention(attn, q, l, ap)
 		o := r.deltaFor(n, cfg.HiddenSize)
 		r.proj(o, attn, l, ProjO)
-		b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
-		if !r.gateUpFused(act, h, l) {
-			r.groupOuts = [3]Tensor{gate, up}
-			r.projShared(h, l, gateUpProjs, r.groupOuts[:2])
-			b.SiluMul(act, gate, up)
+		in = NormedInput{X: x, Delta: o, Next: h, Weight: L.MLPNorm, Eps: r.eps}
+		if r.gateUpNormFused(act, in, l) {
+			x, h = fusedResidual(in)
+		} else {
+			b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
+			if !r.gateUpFused(act, h, l) {
+				r.groupOuts = [3]Tensor{gate, up}
+				r.projShared(h, l, gateUpProjs, r.groupOuts[:2])
+				b.SiluMul(act, gate, up)
+			}
 		}
 		r.proj(o, act, l, ProjDown)
 		delta = o
@@ -364,11 +377,7 @@ var (
 // (in one LoRAGrouper call where the backend has one). Each output receives the same additions
 // in the same order as proj gives it. Routed steps add their deltas per projection (projAfter).
 func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
-	L := &r.W.Layers[l]
-	ws := r.groupWs[:len(ps)]
-	for i, p := range ps {
-		ws[i] = L.W[p]
-	}
+	ws := r.groupWeights(l, ps)
 	if r.shared == nil || !r.shared.MatMulShared(outs, in, ws) {
 		for i := range ps {
 			r.B.MatMul(outs[i], in, ws[i])
@@ -380,11 +389,9 @@ func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
 		}
 		return
 	}
+	r.addBiases(l, ps, outs)
 	segs, adapted := r.groupSegs[:len(ps)], false
 	for i, p := range ps {
-		if L.Bias[p].Rows > 0 {
-			r.B.AddBias(outs[i], L.Bias[p])
-		}
 		segs[i] = r.segs[p]
 		adapted = adapted || len(segs[i]) > 0
 	}
@@ -396,6 +403,62 @@ func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
 			r.B.LoRA(outs[i], in, segs[i])
 		}
 	}
+}
+
+// groupWeights returns layer l's weights of the projections ps (in r.groupWs: steps allocate nothing).
+func (r *Runner) groupWeights(l int, ps []Proj) []Tensor {
+	ws := r.groupWs[:len(ps)]
+	for i, p := range ps {
+		ws[i] = r.W.Layers[l].W[p]
+	}
+	return ws
+}
+
+// addBiases adds the biases of layer l's projections ps to their products outs.
+func (r *Runner) addBiases(l int, ps []Proj, outs []Tensor) {
+	L := &r.W.Layers[l]
+	for i, p := range ps {
+		if L.Bias[p].Rows > 0 {
+			r.B.AddBias(outs[i], L.Bias[p])
+		}
+	}
+}
+
+// normFusable reports whether the RMSNorm before the projections ps of layer l may be folded
+// into their products (NormFuser): nothing else reads the normed state, i.e. no LoRA segment
+// on ps (its shrink reads it) and no routed sequence in the step (its router gates read it).
+// The answer depends only on the step key's adapter layout and routing.
+func (r *Runner) normFusable(l int, ps []Proj) bool {
+	if r.normer == nil || r.routing.seqs > 0 {
+		return false
+	}
+	for _, p := range ps {
+		if len(r.segs[p]) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// fusedResidual returns the residual and normed-state buffers after a norm fused with its
+// products: with a residual add the new residual is in in.Next (the normed-state buffer, which
+// the fused products leave unused), so the two buffers swap roles; without one, nothing moved.
+func fusedResidual(in NormedInput) (x, h Tensor) {
+	if in.Delta.Rows > 0 {
+		return in.Next, in.X
+	}
+	return in.X, in.Next
+}
+
+// gateUpNormFused computes x += delta; act = silu(gate(h)) * up(h) with h = RMSNorm(x)·w (in)
+// in one backend call (NormFuser) where nothing is added between the products and the
+// activation and nothing else reads h (normFusable, no bias on gate or up).
+func (r *Runner) gateUpNormFused(act Tensor, in NormedInput, l int) bool {
+	L := &r.W.Layers[l]
+	if !r.normFusable(l, gateUpProjs) || L.Bias[ProjGate].Rows > 0 || L.Bias[ProjUp].Rows > 0 {
+		return false
+	}
+	return r.normer.NormGateUpSiLU(act, in, L.W[ProjGate], L.W[ProjUp])
 }
 
 // gateUpFused computes act = silu(gate(h)) * up(h) in one backend call where that gives the

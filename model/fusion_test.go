@@ -9,13 +9,59 @@ import (
 	"github.com/loraplex/loraplex/model"
 )
 
-// composingBackend is the CPU backend with the fusion capabilities (DecodeFuser, LoRAGrouper)
-// carried out by the CPU's own unfused ops, which is what every fused kernel must equal, and
-// counted; with decline set it refuses every call.
+// composingBackend is the CPU backend with the fusion capabilities (DecodeFuser, LoRAGrouper,
+// NormFuser) carried out by the CPU's own unfused ops, which is what every fused kernel must
+// equal, and counted; with decline set it refuses every call.
 type composingBackend struct {
 	*cpu.Backend
-	decline                          bool
+	decline, declineNorms            bool // refuse every call; refuse the NormFuser calls only
 	products, ropeKV, gateUp, groups int
+	normed                           [2]int // NormMatMulShared, NormGateUpSiLU calls
+}
+
+// normedRows carries out in's norm as the forward pass's unfused ops do, into a fresh tensor
+// (the fused kernels never store it), and writes the new residual to in.Next, leaving in.X as
+// it was: whatever the forward pass reads afterwards must come from in.Next.
+func (c *composingBackend) normedRows(in model.NormedInput) model.Tensor {
+	h := c.Alloc(in.X.Rows, in.X.Cols)
+	if in.Delta.Rows == 0 {
+		c.RMSNorm(h, in.X, in.Weight, in.Eps)
+		return h
+	}
+	x := make([]float32, in.X.Rows*in.X.Cols)
+	if err := c.Read(in.X, x); err != nil {
+		panic(err)
+	}
+	if err := c.Write(in.Next, x); err != nil {
+		panic(err)
+	}
+	c.AddRMSNorm(in.Next, in.Delta, h, in.Weight, in.Eps)
+	return h
+}
+
+func (c *composingBackend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws []model.Tensor) bool {
+	if c.decline || c.declineNorms {
+		return false
+	}
+	c.normed[0]++
+	h := c.normedRows(in)
+	for i := range outs {
+		c.MatMul(outs[i], h, ws[i])
+	}
+	return true
+}
+
+func (c *composingBackend) NormGateUpSiLU(act model.Tensor, in model.NormedInput, wGate, wUp model.Tensor) bool {
+	if c.decline || c.declineNorms {
+		return false
+	}
+	c.normed[1]++
+	h := c.normedRows(in)
+	gate, up := c.Alloc(h.Rows, wGate.Rows), c.Alloc(h.Rows, wUp.Rows)
+	c.MatMul(gate, h, wGate)
+	c.MatMul(up, h, wUp)
+	c.SiluMul(act, gate, up)
+	return true
 }
 
 func (c *composingBackend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
@@ -70,21 +116,27 @@ func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [
 // replace: with a backend that fuses by running its own unfused ops, or one that declines every
 // call, every logit equals the plain backend's (Qwen2's q/k/v biases, Qwen3's Q/K norms, base
 // and adapted rows in one batch, prefill chunked, each case alone), and the capabilities are
-// used: shared-input products and RoPE + KV store in every layer, gate/up + SiLU for steps with
-// nothing to add to gate and up, one group call for adapted q/k/v and gate/up.
+// used: shared-input products and RoPE + KV store in every layer, one group call for adapted
+// q/k/v and gate/up, both norms folded into the products that read them where nothing else
+// reads the normed state (the residual then living in the other buffer from one layer to the
+// next), and, where the norms are not folded, gate/up + SiLU for steps with nothing to add to
+// gate and up.
 func TestForwardUsesFusionCapabilities(t *testing.T) {
 	for _, name := range []string{"llama", "qwen2", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
-			var results [3][]fixture.Result
-			var fusing *composingBackend
+			var results [4][]fixture.Result
+			var fusing, unnormed *composingBackend
 			for i := range results {
-				b := &composingBackend{Backend: cpu.New(0), decline: i == 2}
+				b := &composingBackend{Backend: cpu.New(0), declineNorms: i == 2, decline: i == 3}
 				t.Cleanup(b.Close)
 				var mb model.Backend = b
-				if i == 0 {
+				switch i {
+				case 0:
 					mb = b.Backend // the plain backend, no capabilities
-				} else if i == 1 {
+				case 1:
 					fusing = b
+				case 2:
+					unnormed = b
 				}
 				fx, cfg, h := fixture.Open(t, name, mb)
 				adapters := fixtureadapters.Upload(t, name, cfg, mb)
@@ -100,16 +152,16 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					results[i] = append(results[i], res)
 				}
 			}
-			for i, name := range []string{"fusing", "declining"} {
+			for i, name := range []string{"fusing", "fusing all but the norms", "declining"} {
 				for j := range results[0] {
 					if results[i+1][j] != results[0][j] {
 						t.Fatalf("run %d: the %s backend's logits differ from the plain backend's: %+v, plain %+v", j, name, results[i+1][j], results[0][j])
 					}
 				}
 			}
-			if fusing.products == 0 || fusing.ropeKV == 0 || fusing.gateUp == 0 || fusing.groups == 0 {
-				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d gate/up, %d LoRA group calls",
-					fusing.products, fusing.ropeKV, fusing.gateUp, fusing.groups)
+			if fusing.products == 0 || fusing.ropeKV == 0 || fusing.groups == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 {
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %v norm-fused products, %d gate/up without them",
+					fusing.products, fusing.ropeKV, fusing.groups, fusing.normed, unnormed.gateUp)
 			}
 		})
 	}

@@ -74,6 +74,9 @@ func breakdown(b *cuda.Backend, cfg *model.Config) error {
 	if err := timeIt("silu_mul", 0, func() { b.SiluMul(a, g, u) }); err != nil {
 		return err
 	}
+	if err := normGEMVBreakdown(b, cfg, buf, timeIt); err != nil {
+		return err
+	}
 	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 64, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
 		return err
 	}
@@ -126,6 +129,53 @@ func breakdown(b *cuda.Backend, cfg *model.Config) error {
 	}
 	if err := timeIt("prefill rope q 2048", 0, func() { b.RoPE(qp.Reshape(n*cfg.NumHeads, cfg.HeadDim), cfg.NumHeads, table) }); err != nil {
 		return err
+	}
+	return b.Err()
+}
+
+// normGEMVBreakdown times a decode layer's two add+RMSNorms apart and folded into the GEMVs that
+// read them (LORAPLEX_NORM_GEMV, model.NormFuser): each pair of lines does the same work, so the
+// difference is what folding one norm saves (or costs) per layer; the GB/s are the weights'.
+func normGEMVBreakdown(b *cuda.Backend, cfg *model.Config, buf []byte, timeIt func(string, float64, func()) error) error {
+	upload := func(p model.Proj) (model.Tensor, error) {
+		o, i := cfg.ProjShape(p)
+		return b.Upload(model.HostTensor{Name: "w", DType: model.BF16, Shape: []int{o, i}, Data: buf[:2*o*i]}, o, i)
+	}
+	var ws [5]model.Tensor // q, k, v, gate, up
+	for i, p := range []model.Proj{model.ProjQ, model.ProjK, model.ProjV, model.ProjGate, model.ProjUp} {
+		var err error
+		if ws[i], err = upload(p); err != nil {
+			return err
+		}
+		defer b.Free(ws[i])
+	}
+	H := cfg.HiddenSize
+	x, delta, h, next, nw := b.Alloc(1, H), b.Alloc(1, H), b.Alloc(1, H), b.Alloc(1, H), b.Alloc(1, H)
+	outs := []model.Tensor{b.Alloc(1, ws[0].Rows), b.Alloc(1, ws[1].Rows), b.Alloc(1, ws[2].Rows)}
+	act := b.Alloc(1, cfg.IntermediateSize)
+	in := model.NormedInput{X: x, Delta: delta, Next: next, Weight: nw, Eps: 1e-5}
+	b.SetGEMVRows(1)
+	b.SetFusedDecode(true)
+	b.SetNormGEMV(true)
+	if !b.MatMulShared(outs, h, ws[:3]) || !b.GateUpSiLU(act, h, ws[3], ws[4]) || !b.NormMatMulShared(outs, in, ws[:3]) ||
+		!b.NormGateUpSiLU(act, in, ws[3], ws[4]) {
+		return fmt.Errorf("breakdown: a fused decode kernel declined batch-1 products of the %d-wide hidden state", H)
+	}
+	qkvBytes := 2 * float64(H*(ws[0].Rows+ws[1].Rows+ws[2].Rows))
+	gateUpBytes := 2 * 2 * float64(H*ws[3].Rows)
+	for _, op := range []struct {
+		name  string
+		bytes float64
+		f     func()
+	}{
+		{"add_rmsnorm + q/k/v parts", qkvBytes, func() { b.AddRMSNorm(x, delta, h, nw, 1e-5); b.MatMulShared(outs, h, ws[:3]) }},
+		{"norm q/k/v parts", qkvBytes, func() { b.NormMatMulShared(outs, in, ws[:3]) }},
+		{"add_rmsnorm + gate/up swiglu", gateUpBytes, func() { b.AddRMSNorm(x, delta, h, nw, 1e-5); b.GateUpSiLU(act, h, ws[3], ws[4]) }},
+		{"norm gate/up swiglu", gateUpBytes, func() { b.NormGateUpSiLU(act, in, ws[3], ws[4]) }},
+	} {
+		if err := timeIt(op.name, op.bytes, op.f); err != nil {
+			return err
+		}
 	}
 	return b.Err()
 }
