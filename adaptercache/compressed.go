@@ -2,7 +2,6 @@ package adaptercache
 
 import (
 	"cmp"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -189,8 +188,9 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 				continue
 			}
 			for _, t := range []*model.HostTensor{&m.A, &m.B} {
-				if enc, ok := read[t.Name]; ok {
-					t.Encoded = enc
+				if st, ok := read[t.Name]; ok {
+					info := c.Manifest.Tensors[t.Name]
+					t.Encoded = &model.EncodedTensor{Codec: info.Codec, Group: info.Group, Stream: st}
 				}
 			}
 		}
@@ -207,18 +207,13 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 // device decodes. It returns at once and the work overlaps the caller's: once buffer gives the
 // memory allocated ahead (allocAhead; one of the streams' size is allocated instead where it
 // gave too little), the streams are copied on all CPUs, as DecodeFile decodes the others, each
-// copied and summed in one pass by Container.ReadStream. Each checked copy is then hashed
-// (SHA-256) by the reader that made it, while its bytes are still in that core's cache (a
-// stream of a rank-16 adapter is at most ~130 KB), and the sum noted on its EncodedTensor, so
-// the adapter's Digest does not read the streams a second time after the load: the digest's
-// work moves off the loader's critical path onto the readers, which run beside it. The
-// function it returns waits for the copies and gives them by name as the tensors' Encoded
-// (codec and group from the manifest), or the first error in names' order; it may be called
+// copied and summed in one pass by Container.ReadStream. The function it returns waits for
+// the copies and gives them by name, or the first error in names' order; it may be called
 // more than once.
-func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) func() (map[string]*model.EncodedTensor, error) {
+func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) func() (map[string][]byte, error) {
 	done := make(chan struct{})
 	var (
-		out      map[string]*model.EncodedTensor
+		out      map[string][]byte
 		firstErr error
 	)
 	go func() {
@@ -239,32 +234,26 @@ func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) fu
 			dst[i], buf = buf[:b:b], buf[align8(b):]
 		}
 		errs := make([]error, len(names))
-		sums := make([][32]byte, len(names))
 		var next atomic.Int64
 		var wg sync.WaitGroup
 		for range min(runtime.GOMAXPROCS(0), len(names)) {
 			wg.Go(func() { // ReadStream guards its own goroutine against a file truncated under it
 				for i := int(next.Add(1) - 1); i < len(names); i = int(next.Add(1) - 1) {
-					if errs[i] = c.ReadStream(names[i], dst[i]); errs[i] == nil {
-						sums[i] = sha256.Sum256(dst[i]) // the private copy, checked
-					}
+					errs[i] = c.ReadStream(names[i], dst[i])
 				}
 			})
 		}
 		wg.Wait()
-		out = make(map[string]*model.EncodedTensor, len(names))
+		out = make(map[string][]byte, len(names))
 		for i, n := range names {
 			if errs[i] != nil {
 				out, firstErr = nil, fmt.Errorf("tensor %q: %w", n, errs[i])
 				return
 			}
-			info := c.Manifest.Tensors[n]
-			enc := &model.EncodedTensor{Codec: info.Codec, Group: info.Group, Stream: dst[i]}
-			enc.NoteStreamSHA256(sums[i])
-			out[n] = enc
+			out[n] = dst[i]
 		}
 	}()
-	return func() (map[string]*model.EncodedTensor, error) {
+	return func() (map[string][]byte, error) {
 		<-done
 		return out, firstErr
 	}

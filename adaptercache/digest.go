@@ -26,12 +26,6 @@ import (
 // That is construction v2 (the domain string says so); v1 hashed the bytes themselves in one
 // stream. The records are fixed-size or length-prefixed, so no two adapters hash the same
 // bytes, and the order is the modules' whatever the goroutines' schedule.
-//
-// A stream's SHA-256 noted by the loader that copied it (model.EncodedTensor.NoteStreamSHA256:
-// LoadCompressedEncoded's readers hash each stream as they copy it, beside the loader's own
-// work) is used as it is, so for a lorapack file left encoded only the records remain to hash
-// here; the value is the same as hashing the stream here (the same SHA-256 of the same bytes).
-// A stream replaced since it was noted, decoded data and PEFT folders are hashed here.
 func Digest(h *model.HostAdapter) [32]byte {
 	var tensors []*model.HostTensor
 	for l := range h.Modules {
@@ -98,31 +92,19 @@ func tensorBytes(t *model.HostTensor) []byte {
 	return t.Data
 }
 
-// hashTensors returns the SHA-256 of each tensor's bytes, in tensors' order: the sum the loader
-// noted for a stream where it has one, else computed by min(GOMAXPROCS, tensors left)
-// goroutines that take the next tensor as they finish one (an adapter's tensors differ in size
-// by the projections' shapes), all ended when it returns; none start when every sum was noted.
+// hashTensors returns the SHA-256 of each tensor's bytes, in tensors' order, computed by
+// min(GOMAXPROCS, len(tensors)) goroutines that take the next tensor as they finish one (an
+// adapter's tensors differ in size by the projections' shapes), all ended when it returns.
 func hashTensors(tensors []*model.HostTensor) [][32]byte {
 	sums := make([][32]byte, len(tensors))
-	var todo []int
-	for i, t := range tensors {
-		if t.Encoded != nil {
-			if sum, ok := t.Encoded.NotedStreamSHA256(); ok {
-				sums[i] = sum
-				continue
-			}
-		}
-		todo = append(todo, i)
-	}
 	var next atomic.Int64
 	work := func() {
-		for k := int(next.Add(1) - 1); k < len(todo); k = int(next.Add(1) - 1) {
-			i := todo[k]
+		for i := int(next.Add(1) - 1); i < len(tensors); i = int(next.Add(1) - 1) {
 			sums[i] = sha256.Sum256(tensorBytes(tensors[i]))
 		}
 	}
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(todo)) - 1 {
+	for range min(runtime.GOMAXPROCS(0), len(tensors)) - 1 {
 		wg.Go(work)
 	}
 	work() // the caller is one of the workers

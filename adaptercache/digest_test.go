@@ -8,8 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
-	"strings"
 	"testing"
 
 	"github.com/loraplex/loraplex/internal/fixture"
@@ -291,99 +289,3 @@ func TestCacheLoadDigestsBeforeLeasing(t *testing.T) {
 		before = s.DigestSeconds
 	}
 }
-
-// The stream readers of a load for a device that decodes q4 / q8 hash every stream they copy
-// and note the sum on its EncodedTensor (the SHA-256 of the stream as loaded), and the digest
-// built on those sums is bitwise construction v2 computed from scratch on one goroutine: for
-// every fixture adapter as a PEFT folder and as lorapack files of q4, q8, q4 beside dense A
-// factors and decoded codecs (dense, rice), loaded and hashed at GOMAXPROCS 1 and 4, and
-// through the cache (Register + Acquire: the lease's digest). Digest takes a noted sum as the
-// stream's hash: it does not read the stream again.
-func TestStreamsHashedAsReadGiveTheFullDigest(t *testing.T) {
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
-	dirs, _ := filepath.Glob("../testdata/models/*/adapters/*")
-	if len(dirs) != 20 {
-		t.Fatalf("%d fixture adapters, want 20", len(dirs))
-	}
-	onDevice := func(c string) bool { return c == "q4" || c == "q8" }
-	modes := []string{"q4-g32", "q8-g32", "q4-g16-a", "dense", "rice-5"}
-	for _, dir := range dirs {
-		base, err := model.LoadConfig(filepath.Dir(filepath.Dir(dir)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		name := filepath.Base(filepath.Dir(filepath.Dir(dir))) + "/" + filepath.Base(dir)
-		paths := map[string]string{"peft": dir}
-		for _, m := range modes {
-			paths[m] = compressTo(t, dir, compressModes[m])
-		}
-		for form, path := range paths {
-			for _, procs := range []int{1, 4} {
-				runtime.GOMAXPROCS(procs)
-				ha, c, err := loadPath(nil, path, "x", base, decodesOnDevice(onDevice))
-				if err != nil {
-					t.Fatalf("%s %s: %v", name, form, err)
-				}
-				encoded := 0
-				for _, tt := range digestTensors(ha) {
-					if tt.Encoded == nil {
-						continue
-					}
-					encoded++
-					sum, ok := tt.Encoded.NotedStreamSHA256()
-					if !ok || sum != sha256.Sum256(tt.Encoded.Stream) {
-						t.Fatalf("%s %s: %s: noted %v, sum %x, want the stream's SHA-256", name, form, tt.Name, ok, sum)
-					}
-				}
-				if wantEncoded := strings.HasPrefix(form, "q"); (encoded > 0) != wantEncoded {
-					t.Fatalf("%s %s: %d tensors left encoded", name, form, encoded)
-				}
-				want := digestV2Serial(ha)
-				for _, p := range []int{1, 4} {
-					runtime.GOMAXPROCS(p)
-					if got := Digest(ha); got != want {
-						t.Fatalf("%s %s, loaded at GOMAXPROCS %d, hashed at %d: digest %x, want %x", name, form, procs, p, got, want)
-					}
-				}
-				if encoded > 0 {
-					tt := slices.IndexFunc(digestTensors(ha), func(x *model.HostTensor) bool { return x.Encoded != nil })
-					e := digestTensors(ha)[tt].Encoded
-					sum, _ := e.NotedStreamSHA256()
-					e.NoteStreamSHA256([32]byte{1})
-					if Digest(ha) == want {
-						t.Fatalf("%s %s: the digest ignores the noted sum (hashes the stream again)", name, form)
-					}
-					e.NoteStreamSHA256(sum)
-				}
-				c.Close()
-			}
-		}
-		// The cache's path: the loader it picks for a backend decoding q4 / q8, then Digest.
-		for _, form := range []string{"q4-g32", "q8-g32"} {
-			_, cb := newTestCache(t, Options{})
-			cache, err := New(Options{Config: base, Backend: &decodingBackend{countingBackend: cb}, MaxDeviceSlots: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cache.Register("x", paths[form]); err != nil {
-				t.Fatal(err)
-			}
-			l := mustAcquire(t, cache, "x")
-			ha, c, err := LoadCompressedEncoded(paths[form], "y", base, onDevice)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got, want := l.Adapter().Digest, digestV2Serial(ha); got != want {
-				t.Errorf("%s %s: the lease's digest %x, want %x", name, form, got, want)
-			}
-			c.Close()
-			l.Release()
-			cache.Close()
-		}
-	}
-}
-
-// decodesOnDevice is a model.EncodedUploader deciding by f.
-type decodesOnDevice func(codec string) bool
-
-func (f decodesOnDevice) DecodesOnDevice(codec string) bool { return f(codec) }

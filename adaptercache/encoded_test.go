@@ -250,8 +250,8 @@ func TestReadEncodedWithoutTheBufferAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range names {
-		if !bytes.Equal(got[n].Stream, want[n].Stream) || len(got[n].Stream) != c.Manifest.Tensors[n].Bytes {
-			t.Fatalf("%s: %d bytes, want %d", n, len(got[n].Stream), c.Manifest.Tensors[n].Bytes)
+		if !bytes.Equal(got[n], want[n]) || len(got[n]) != c.Manifest.Tensors[n].Bytes {
+			t.Fatalf("%s: %d bytes, want %d", n, len(got[n]), c.Manifest.Tensors[n].Bytes)
 		}
 	}
 }

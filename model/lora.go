@@ -19,27 +19,6 @@ type EncodedTensor struct {
 	Codec  string // "q4" or "q8"
 	Group  int    // the codec's group size
 	Stream []byte // the whole stream, header included
-
-	// The SHA-256 of Stream noted by the loader that copied it (NoteStreamSHA256), and the
-	// slice it was taken of.
-	sum    [32]byte
-	summed []byte
-}
-
-// NoteStreamSHA256 records sum as the SHA-256 of Stream as it is now: a loader that hashed the
-// stream while it had its bytes in cache (adaptercache's stream readers) saves the adapter's
-// digest a second pass over them. Stream must not be written afterwards (a loader's private
-// copy never is).
-func (e *EncodedTensor) NoteStreamSHA256(sum [32]byte) { e.sum, e.summed = sum, e.Stream }
-
-// NotedStreamSHA256 gives the sum NoteStreamSHA256 recorded if Stream is still the slice it
-// was recorded for (same memory, same length); false otherwise (none noted, or Stream replaced
-// since), and the caller hashes Stream itself.
-func (e *EncodedTensor) NotedStreamSHA256() ([32]byte, bool) {
-	if len(e.summed) == 0 || len(e.summed) != len(e.Stream) || &e.summed[0] != &e.Stream[0] {
-		return [32]byte{}, false
-	}
-	return e.sum, true
 }
 
 // EncodedUploader is implemented by backends that decode some codec streams on the device

@@ -19,16 +19,14 @@ import (
 // hostStage is the disk -> host stage of a lorapack file for a backend that decodes q4/q8 on
 // the device (CUDA): adaptercache.LoadCompressedEncoded, the file read and checked, its streams
 // left encoded, then adaptercache.Digest of what it loaded (timed apart: the cache hashes every
-// load before the upload can start). The load's stream readers take each stream's SHA-256 as
-// they copy it, so that hashing is inside the load's time, and the digest timed apart is what
-// is left after it (the per-tensor records). It runs here on any backend, so the stage the GPU
-// pays is measured on the CPU machine too. Warm page cache; wall and CPU time (user + system,
-// all threads) per load and per digest.
+// load before the upload can start). It runs here on any backend, so the stage the GPU pays is
+// measured on the CPU machine too. Warm page cache; wall and CPU time (user + system, all
+// threads) per load and per digest.
 type hostStage struct {
 	MedianMS    float64 `json:"median_ms"`
 	MinMS       float64 `json:"min_ms"`
 	CPUMSMedian float64 `json:"cpu_ms_median"`
-	DigestMS    float64 `json:"digest_ms_median"` // after the load, which hashed the streams as it read them
+	DigestMS    float64 `json:"digest_ms_median"`
 	DigestCPUMS float64 `json:"digest_cpu_ms_median"`
 	Loads       int     `json:"loads"`
 }

@@ -2,9 +2,7 @@
 // that names it pays: a fresh adaptercache.Cache per trial, Register, then the time Acquire
 // takes until the model.Adapter is resident (disk -> host: LoadPEFT or LoadCompressed, then the
 // content digest, adaptercache.Digest, shown apart; host -> device: model.UploadAdapter), split
-// into those stages with the cache's own counters. On a backend that decodes q4 / q8 itself
-// (CUDA) the lorapack loader's stream readers hash each stream as they read it, inside the
-// load: the digest shown apart for those rows is what is left after the read (the records).
+// into those stages with the cache's own counters.
 //
 // It writes a random rank-16 PEFT adapter on all seven projections of every layer (bf16; 84 MB
 // for Llama-3-8B), compresses it with lorapack's default settings (CompressPEFT,
@@ -92,11 +90,8 @@ type summaryRow struct {
 	TotalMS  float64 `json:"total_ms_median"`
 	TotalP90 float64 `json:"total_ms_p90"`
 	LoadMS   float64 `json:"disk_to_host_ms_median"`
-	DigestMS float64 `json:"digest_ms_median"` // within LoadMS: adaptercache.Digest after the loader returned
+	DigestMS float64 `json:"digest_ms_median"` // within LoadMS
 	UploadMS float64 `json:"host_to_device_ms_median"`
-	// StreamsHashedInLoad: the loader's stream readers hashed the q4/q8 streams as they read
-	// them (a lorapack file on a backend that decodes them), inside LoadMS but not DigestMS.
-	StreamsHashedInLoad bool `json:"streams_hashed_in_load,omitempty"`
 }
 
 func run(device, shape string, rank int, targetList string, trials int, dir string, threads int, goalMS float64, jsonOut, forms string, hostLoads int) error {
@@ -214,10 +209,6 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 			return fmt.Errorf("-forms: %q is not peft or lorapack", f)
 		}
 	}
-	// A backend decoding q4 on the device gets lorapack streams left encoded, whose SHA-256 the
-	// loader takes as it reads them (adaptercache.LoaderIn).
-	eu, ok := be.(model.EncodedUploader)
-	streamsHashedInLoad := ok && eu.DecodesOnDevice(defaultCodec())
 	sum := summary{Device: be.Name(), Shape: shape, Rank: rank, Codec: defaultCodec(), FileBytes: packBytes, GoalMS: goalMS, RooflineMS: rooflineMS, Trials: trials}
 	fmt.Printf("## Disk -> ready on the device (ms; median / p90 of %d trials)\n\n", trials)
 	fmt.Printf("| form | page cache | total median | total p90 | disk->host median | of which digest | host->device median | other (cache, goroutines) | first, untimed trial | vs goal %.0f ms (median) | free median (Release+Close) |\n|---|---|---|---|---|---|---|---|---|---|---|\n", goalMS)
@@ -259,11 +250,7 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 			benchenv.Percentile(ld, 50), benchenv.Percentile(dig, 50), benchenv.Percentile(upl, 50), benchenv.Percentile(oth, 50), ms(first.total), goal,
 			benchenv.Percentile(stage(ts, func(t trial) time.Duration { return t.free }), 50))
 		sum.Rows = append(sum.Rows, summaryRow{Form: map[bool]string{true: "lorapack", false: "peft"}[r.form == "lorapack"], Cache: r.cache,
-			TotalMS: benchenv.Percentile(tot, 50), TotalP90: benchenv.Percentile(tot, 90), LoadMS: benchenv.Percentile(ld, 50), DigestMS: benchenv.Percentile(dig, 50), UploadMS: benchenv.Percentile(upl, 50),
-			StreamsHashedInLoad: r.form == "lorapack" && streamsHashedInLoad})
-	}
-	if streamsHashedInLoad && slices.ContainsFunc(rows, func(r row) bool { return r.form == "lorapack" }) {
-		fmt.Printf("\nlorapack rows: the loader's stream readers hash the q4/q8 streams as they read them, inside disk->host; \"of which digest\" is adaptercache.Digest after the loader returned (the per-tensor records and anything not hashed as read).\n")
+			TotalMS: benchenv.Percentile(tot, 50), TotalP90: benchenv.Percentile(tot, 90), LoadMS: benchenv.Percentile(ld, 50), DigestMS: benchenv.Percentile(dig, 50), UploadMS: benchenv.Percentile(upl, 50)})
 	}
 	if slices.ContainsFunc(rows, func(r row) bool { return r.form == "lorapack" }) && hostLoads > 0 {
 		fmt.Printf("\n## Host stage of a device-decoding backend (adaptercache.LoadCompressedEncoded: read, checked, q4/q8 left encoded), warm page cache\n\n")
@@ -273,7 +260,7 @@ func run(device, shape string, rank int, targetList string, trials int, dir stri
 		}
 		sum.HostStage = &h
 		fmt.Printf("%d loads after one: median %.2f ms, min %.2f ms; CPU time (all threads) median %.2f ms; GOMAXPROCS %d\n", h.Loads, h.MedianMS, h.MinMS, h.CPUMSMedian, runtime.GOMAXPROCS(0))
-		fmt.Printf("then adaptercache.Digest of the loaded adapter (the cache hashes every load before its upload; the load above hashed the streams as it read them, so this is the rest): median %.2f ms, CPU time median %.2f ms\n", h.DigestMS, h.DigestCPUMS)
+		fmt.Printf("then adaptercache.Digest of the loaded adapter (the cache hashes every load before its upload): median %.2f ms, CPU time median %.2f ms\n", h.DigestMS, h.DigestCPUMS)
 		fmt.Printf("\n## Reading the lorapack file into private memory and checking it (median of 5)\n\n| mode | warm ms | cold ms |\n|---|---|---|\n")
 		if sum.ReadModes, err = readModes(packed, 5); err != nil {
 			return err

@@ -73,9 +73,6 @@ type coldloadRun struct {
 		LoadMS   float64 `json:"disk_to_host_ms_median"`
 		DigestMS float64 `json:"digest_ms_median"` // within LoadMS; absent (0) before bench/coldload timed it
 		UploadMS float64 `json:"host_to_device_ms_median"`
-		// StreamsHashedInLoad: the streams' SHA-256 was taken as they were read, inside LoadMS,
-		// and DigestMS is only what the digest does after the load; absent before it was.
-		StreamsHashedInLoad bool `json:"streams_hashed_in_load"`
 	} `json:"rows"`
 }
 
@@ -159,17 +156,14 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 
 	// Cold load.
 	var warm, load, digest, upload float64
-	okCL, hashedInLoad := false, false
+	okCL := false
 	for _, r := range cl.Rows {
 		if r.Form == "lorapack" && r.Cache == "warm" {
-			warm, load, digest, upload, okCL, hashedInLoad = r.TotalMS, r.LoadMS, r.DigestMS, r.UploadMS, true, r.StreamsHashedInLoad
+			warm, load, digest, upload, okCL = r.TotalMS, r.LoadMS, r.DigestMS, r.UploadMS, true
 		}
 	}
 	ofWhich := ""
-	switch {
-	case hashedInLoad:
-		ofWhich = fmt.Sprintf(" with the streams hashed as read, of which digest after the read %.2f", digest)
-	case digest > 0:
+	if digest > 0 {
 		ofWhich = fmt.Sprintf(" of which digest %.2f", digest)
 	}
 	clRow := row(15, "coldload_lorapack_warm_ms", "compressed adapter disk → ready on device, warm page cache (ms)", goal{"<", 10}, warm, okCL,
