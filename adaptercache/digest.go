@@ -17,10 +17,11 @@ import (
 // adapters with equal digests compute the same deltas, so the engine's prefix cache may share
 // their KV pages; an adapter reloaded under the same name with other weights gets another digest.
 //
-// It is computed on every load, before the adapter can be uploaded, so it is on the cold-load
-// path: one goroutine hashing a rank-16 Llama-3-8B adapter's 24 MB of q4 streams took about as
-// long as reading and checking the file (bench/results/coldload-host-cpu.md). So the bytes are
-// hashed per tensor, by up to GOMAXPROCS goroutines (hashTensors), and the digest is the SHA-256
+// The cache computes it once per load, on the load's first upload beside the copy to the
+// device (Cache.upload), before the device copy can be leased; it is still on the cold-load
+// path where it outlasts the copy: one goroutine hashing a rank-16 Llama-3-8B adapter's 24 MB
+// of q4 streams took about as long as reading and checking the file
+// (bench/results/coldload-host-cpu.md). So the bytes are hashed per tensor, by up to GOMAXPROCS goroutines (hashTensors), and the digest is the SHA-256
 // of the ordered list of per-tensor records: layer, projection, rank, scale, and per tensor its
 // dtype, shape, form (codec and group for a stream), byte length and the SHA-256 of its bytes.
 // That is construction v2 (the domain string says so); v1 hashed the bytes themselves in one
