@@ -21,13 +21,17 @@ import (
 // device (Cache.upload), before the device copy can be leased; it is still on the cold-load
 // path where it outlasts the copy: one goroutine hashing a rank-16 Llama-3-8B adapter's 24 MB
 // of q4 streams took about as long as reading and checking the file
-// (bench/results/coldload-host-cpu.md). So the bytes are hashed per tensor, by up to GOMAXPROCS goroutines (hashTensors), and the digest is the SHA-256
-// of the ordered list of per-tensor records: layer, projection, rank, scale, and per tensor its
+// (bench/results/coldload-host-cpu.md). So the bytes are hashed per tensor, by up to
+// GOMAXPROCS goroutines (hashTensors), and the digest is the SHA-256 of the ordered list of
+// per-tensor records: layer, projection, rank, scale, and per tensor its
 // dtype, shape, form (codec and group for a stream), byte length and the SHA-256 of its bytes.
 // That is construction v2 (the domain string says so); v1 hashed the bytes themselves in one
 // stream. The records are fixed-size or length-prefixed, so no two adapters hash the same
 // bytes, and the order is the modules' whatever the goroutines' schedule.
-func Digest(h *model.HostAdapter) [32]byte {
+func Digest(h *model.HostAdapter) [32]byte { return digestOn(h, runtime.GOMAXPROCS(0)) }
+
+// digestOn is Digest hashing the tensors on at most workers goroutines (the caller's included).
+func digestOn(h *model.HostAdapter, workers int) [32]byte {
 	var tensors []*model.HostTensor
 	for l := range h.Modules {
 		for _, m := range h.Modules[l] {
@@ -36,7 +40,7 @@ func Digest(h *model.HostAdapter) [32]byte {
 			}
 		}
 	}
-	sums := hashTensors(tensors)
+	sums := hashTensors(tensors, workers)
 
 	d := sha256.New()
 	d.Write([]byte("loraplex adapter v2\x00"))
@@ -94,9 +98,10 @@ func tensorBytes(t *model.HostTensor) []byte {
 }
 
 // hashTensors returns the SHA-256 of each tensor's bytes, in tensors' order, computed by
-// min(GOMAXPROCS, len(tensors)) goroutines that take the next tensor as they finish one (an
-// adapter's tensors differ in size by the projections' shapes), all ended when it returns.
-func hashTensors(tensors []*model.HostTensor) [][32]byte {
+// min(workers, len(tensors)) goroutines (at least the caller) that take the next tensor as they
+// finish one (an adapter's tensors differ in size by the projections' shapes), all ended when
+// it returns.
+func hashTensors(tensors []*model.HostTensor, workers int) [][32]byte {
 	sums := make([][32]byte, len(tensors))
 	var next atomic.Int64
 	work := func() {
@@ -105,7 +110,7 @@ func hashTensors(tensors []*model.HostTensor) [][32]byte {
 		}
 	}
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(tensors)) - 1 {
+	for range min(workers, len(tensors)) - 1 {
 		wg.Go(work)
 	}
 	work() // the caller is one of the workers

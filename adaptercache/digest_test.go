@@ -142,6 +142,11 @@ func TestDigestIsV2WhateverTheWorkers(t *testing.T) {
 				if got := Digest(a); got != want {
 					t.Fatalf("%s at GOMAXPROCS %d: digest %x, want %x", a.Name, procs, got, want)
 				}
+				for _, workers := range []int{1, 3} { // the cache's upload hashes on GOMAXPROCS-1
+					if got := digestOn(a, workers); got != want {
+						t.Fatalf("%s at GOMAXPROCS %d on %d workers: digest %x, want %x", a.Name, procs, workers, got, want)
+					}
+				}
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package adaptercache
 
 import (
+	"runtime"
 	"time"
 
 	"github.com/loraplex/loraplex/model"
@@ -95,11 +96,14 @@ func (c *Cache) upload(e *entry, h *hostCopy, ev *eviction, hash bool) {
 	var digest chan hashed
 	if hash {
 		// Digest only reads h.ha, as UploadAdapter does; h.ha.Digest is written below, once
-		// both are done.
+		// both are done. It hashes on one goroutine fewer than GOMAXPROCS, so a P stays free
+		// for this one: an upload returning from a cgo call (the device copy) does not queue
+		// behind the hashers for a P.
+		hashers := max(1, runtime.GOMAXPROCS(0)-1)
 		digest = make(chan hashed, 1)
 		go func() {
 			t0 := time.Now()
-			d := Digest(h.ha)
+			d := digestOn(h.ha, hashers)
 			digest <- hashed{d, time.Since(t0)}
 		}()
 	}
