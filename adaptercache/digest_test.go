@@ -142,9 +142,15 @@ func TestDigestIsV2WhateverTheWorkers(t *testing.T) {
 				if got := Digest(a); got != want {
 					t.Fatalf("%s at GOMAXPROCS %d: digest %x, want %x", a.Name, procs, got, want)
 				}
-				for _, workers := range []int{1, 3} { // the cache's upload hashes on GOMAXPROCS-1
-					if got := digestOn(a, workers); got != want {
-						t.Fatalf("%s at GOMAXPROCS %d on %d workers: digest %x, want %x", a.Name, procs, workers, got, want)
+				// As the cache's upload hashes: GOMAXPROCS-1 workers, joined late by another.
+				for _, workers := range []int{1, 3} {
+					j := newHashJob(a)
+					ran := make(chan struct{})
+					go func() { j.run(workers); close(ran) }()
+					j.work()
+					<-ran
+					if got := j.digest(); got != want {
+						t.Fatalf("%s at GOMAXPROCS %d on %d workers and a late one: digest %x, want %x", a.Name, procs, workers, got, want)
 					}
 				}
 			}

@@ -89,36 +89,37 @@ func (c *Cache) upload(e *entry, h *hostCopy, ev *eviction, hash bool) {
 		c.freeEvicted(ev)
 	}
 	start := time.Now()
-	type hashed struct {
-		digest [32]byte
-		took   time.Duration
-	}
-	var digest chan hashed
+	var job *hashJob
+	var hashing chan time.Duration
 	if hash {
-		// Digest only reads h.ha, as UploadAdapter does; h.ha.Digest is written below, once
-		// both are done. It hashes on one goroutine fewer than GOMAXPROCS, so a P stays free
-		// for this one: an upload returning from a cgo call (the device copy) does not queue
-		// behind the hashers for a P.
-		hashers := max(1, runtime.GOMAXPROCS(0)-1)
-		digest = make(chan hashed, 1)
+		// The hashing only reads h.ha, as UploadAdapter does; h.ha.Digest is written below,
+		// once both are done. It starts on one goroutine fewer than GOMAXPROCS, so a P stays
+		// free for this one: an upload back from a cgo call (the device copy) does not queue
+		// behind the hashers for a P. Once the upload is done, this goroutine hashes what is
+		// left beside them (with a short upload, as on the CPU backend, that is most of it).
+		job = newHashJob(h.ha)
+		hashing = make(chan time.Duration, 1)
 		go func() {
 			t0 := time.Now()
-			d := digestOn(h.ha, hashers)
-			digest <- hashed{d, time.Since(t0)}
+			job.run(max(1, runtime.GOMAXPROCS(0)-1))
+			hashing <- time.Since(t0)
 		}()
 	}
 	dev, err := model.UploadAdapter(c.opt.Backend, c.opt.Config, h.ha)
-	var sum hashed
+	var digest [32]byte
+	var hashed time.Duration
 	if hash {
-		sum = <-digest // always waited for: it reads the memory this upload's pin keeps open
+		job.work()
+		hashed = <-hashing // always waited for: it reads the memory this upload's pin keeps open
+		digest = job.digest()
 	}
 	took := time.Since(start)
 	c.mu.Lock()
 	defer c.unlock()
 	c.stats.UploadSeconds += took.Seconds()
 	if hash {
-		h.ha.Digest, h.digested = sum.digest, true
-		c.stats.DigestSeconds += sum.took.Seconds()
+		h.ha.Digest, h.digested = digest, true
+		c.stats.DigestSeconds += hashed.Seconds()
 	}
 	if err == nil {
 		dev.Digest = h.ha.Digest // UploadAdapter copied it before it was computed
