@@ -20,8 +20,9 @@ import (
 // TestCacheConcurrentChurn runs 200 goroutines doing random Acquire / Release / Prefetch /
 // tickets (Want, TryLease, Cancel) / Unregister / Register over 12 adapters (one of them corrupt, half of them also
 // found through Options.Dirs) with 2 device slots
-// and a 4-adapter host tier, checking the slot bound throughout and, at the end, that no slot
-// or tensor is leaked, no goroutine is left and no file on disk changed.
+// and a 4-adapter host tier, checking the slot bound throughout and every lease's digest (each
+// load is hashed beside its first upload: no lease may see it unset) and, at the end, that no
+// slot or tensor is leaked, no goroutine is left and no file on disk changed.
 func TestCacheConcurrentChurn(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	root := t.TempDir()
@@ -34,6 +35,25 @@ func TestCacheConcurrentChurn(t *testing.T) {
 	raw, _ := os.ReadFile(corrupt)
 	if err := os.WriteFile(corrupt, raw[:len(raw)-100], 0o644); err != nil {
 		t.Fatal(err)
+	}
+	digests := map[string][32]byte{}
+	for n, p := range paths {
+		if n == "ad11" {
+			continue
+		}
+		ha, cl, err := LoadPEFT(p, n, llamaConfig(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		digests[n] = Digest(ha)
+		cl.Close()
+	}
+	checkLease := func(t *testing.T, l *Lease, name string) {
+		t.Helper()
+		checkLease(t, l, name)
+		if got := l.Adapter().Digest; got != digests[name] {
+			t.Errorf("lease for %s: digest %x, want %x", name, got, digests[name])
+		}
 	}
 	before := hashTree(t, root)
 	fixturesBefore := hashTree(t, filepath.Join(llamaDir, "adapters"))

@@ -102,7 +102,8 @@ type Stats struct {
 	// Disk -> host loads and host -> device uploads, and the time they took.
 	Loads, LoadFailures, Uploads, UploadFailures uint64
 	LoadSeconds, UploadSeconds                   float64
-	// DigestSeconds is the part of LoadSeconds spent hashing what was loaded (Digest).
+	// DigestSeconds is the time spent hashing what was loaded (Digest), once per load on its
+	// first upload, beside the copy to the device: within UploadSeconds, not LoadSeconds.
 	DigestSeconds float64
 
 	HostAdapters   int

@@ -17,26 +17,78 @@ import (
 // adapters with equal digests compute the same deltas, so the engine's prefix cache may share
 // their KV pages; an adapter reloaded under the same name with other weights gets another digest.
 //
-// It is computed on every load, before the adapter can be uploaded, so it is on the cold-load
-// path: one goroutine hashing a rank-16 Llama-3-8B adapter's 24 MB of q4 streams took about as
-// long as reading and checking the file (bench/results/coldload-host-cpu.md). So the bytes are
-// hashed per tensor, by up to GOMAXPROCS goroutines (hashTensors), and the digest is the SHA-256
-// of the ordered list of per-tensor records: layer, projection, rank, scale, and per tensor its
+// The cache computes it once per load, on the load's first upload beside the copy to the
+// device (Cache.upload), before the device copy can be leased; it is still on the cold-load
+// path where it outlasts the copy: one goroutine hashing a rank-16 Llama-3-8B adapter's 24 MB
+// of q4 streams took about as long as reading and checking the file
+// (bench/results/coldload-host-cpu.md). So the bytes are hashed per tensor, by up to
+// GOMAXPROCS goroutines (hashJob), and the digest is the SHA-256 of the ordered list of
+// per-tensor records: layer, projection, rank, scale, and per tensor its
 // dtype, shape, form (codec and group for a stream), byte length and the SHA-256 of its bytes.
 // That is construction v2 (the domain string says so); v1 hashed the bytes themselves in one
 // stream. The records are fixed-size or length-prefixed, so no two adapters hash the same
 // bytes, and the order is the modules' whatever the goroutines' schedule.
 func Digest(h *model.HostAdapter) [32]byte {
-	var tensors []*model.HostTensor
+	j := newHashJob(h)
+	j.run(runtime.GOMAXPROCS(0))
+	return j.digest()
+}
+
+// hashJob is the hashing of one adapter's tensors, shared by any number of goroutines: each
+// takes the next tensor as it finishes one (an adapter's tensors differ in size by the
+// projections' shapes) until none is left, and done is closed when the last sum is written.
+// So a goroutine with other work first (the cache's upload) can join the workers late.
+type hashJob struct {
+	h        *model.HostAdapter
+	tensors  []*model.HostTensor // the modules' order, A before B
+	sums     [][32]byte          // sums[i]: SHA-256 of tensorBytes(tensors[i])
+	next     atomic.Int64        // the next tensor to take
+	finished atomic.Int64        // sums written
+	done     chan struct{}
+}
+
+func newHashJob(h *model.HostAdapter) *hashJob {
+	j := &hashJob{h: h, done: make(chan struct{})}
 	for l := range h.Modules {
 		for _, m := range h.Modules[l] {
 			if m != nil {
-				tensors = append(tensors, &m.A, &m.B)
+				j.tensors = append(j.tensors, &m.A, &m.B)
 			}
 		}
 	}
-	sums := hashTensors(tensors)
+	j.sums = make([][32]byte, len(j.tensors))
+	if len(j.tensors) == 0 {
+		close(j.done)
+	}
+	return j
+}
 
+// work hashes tensors until none is left to take.
+func (j *hashJob) work() {
+	for i := int(j.next.Add(1) - 1); i < len(j.tensors); i = int(j.next.Add(1) - 1) {
+		j.sums[i] = sha256.Sum256(tensorBytes(j.tensors[i]))
+		if int(j.finished.Add(1)) == len(j.tensors) {
+			close(j.done)
+		}
+	}
+}
+
+// run hashes on min(workers, tensors) goroutines, the caller's included, and returns when
+// every sum is written (by them or by any goroutine that joined with work) and the goroutines
+// it started have ended.
+func (j *hashJob) run(workers int) {
+	var wg sync.WaitGroup
+	for range min(workers, len(j.tensors)) - 1 {
+		wg.Go(j.work)
+	}
+	j.work()
+	<-j.done
+	wg.Wait()
+}
+
+// digest is the adapter's digest from the sums: call it after run returned.
+func (j *hashJob) digest() [32]byte {
+	h, sums := j.h, j.sums
 	d := sha256.New()
 	d.Write([]byte("loraplex adapter v2\x00"))
 	var buf [8]byte
@@ -90,24 +142,4 @@ func tensorBytes(t *model.HostTensor) []byte {
 		return t.Encoded.Stream
 	}
 	return t.Data
-}
-
-// hashTensors returns the SHA-256 of each tensor's bytes, in tensors' order, computed by
-// min(GOMAXPROCS, len(tensors)) goroutines that take the next tensor as they finish one (an
-// adapter's tensors differ in size by the projections' shapes), all ended when it returns.
-func hashTensors(tensors []*model.HostTensor) [][32]byte {
-	sums := make([][32]byte, len(tensors))
-	var next atomic.Int64
-	work := func() {
-		for i := int(next.Add(1) - 1); i < len(tensors); i = int(next.Add(1) - 1) {
-			sums[i] = sha256.Sum256(tensorBytes(tensors[i]))
-		}
-	}
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(tensors)) - 1 {
-		wg.Go(work)
-	}
-	work() // the caller is one of the workers
-	wg.Wait()
-	return sums
 }

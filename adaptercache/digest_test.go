@@ -142,6 +142,17 @@ func TestDigestIsV2WhateverTheWorkers(t *testing.T) {
 				if got := Digest(a); got != want {
 					t.Fatalf("%s at GOMAXPROCS %d: digest %x, want %x", a.Name, procs, got, want)
 				}
+				// As the cache's upload hashes: GOMAXPROCS-1 workers, joined late by another.
+				for _, workers := range []int{1, 3} {
+					j := newHashJob(a)
+					ran := make(chan struct{})
+					go func() { j.run(workers); close(ran) }()
+					j.work()
+					<-ran
+					if got := j.digest(); got != want {
+						t.Fatalf("%s at GOMAXPROCS %d on %d workers and a late one: digest %x, want %x", a.Name, procs, workers, got, want)
+					}
+				}
 			}
 		}
 	}
@@ -262,30 +273,52 @@ func TestDigestChangesWithAnyTensorOrField(t *testing.T) {
 	}
 }
 
-// Every load through the cache hashes the adapter before anything can lease it: the lease's
-// device copy carries the digest of what was loaded, and Stats counts the hashing's time as a
-// part of the load's (so bench/coldload can show it in the disk -> host stage).
-func TestCacheLoadDigestsBeforeLeasing(t *testing.T) {
-	c, _ := newTestCache(t, Options{})
-	var before float64
+// Every load through the cache is hashed once, beside its first upload, and the device copy a
+// lease gives carries the digest of what was loaded: a load that is not uploaded (Prefetch) is
+// not hashed, Stats count the hashing within UploadSeconds (the stage it overlaps, so
+// bench/coldload shows it there) and not LoadSeconds, and an upload of the same host copy
+// after its device copy was evicted hashes nothing again and carries the same digest.
+func TestCacheDigestsBesideTheFirstUpload(t *testing.T) {
+	c, _ := newTestCache(t, Options{MaxDeviceSlots: 1})
+	want := map[string][32]byte{}
 	for _, n := range []string{"a_qv", "b_all_rslora"} {
 		if err := c.Register(n, fixturePath(n)); err != nil {
 			t.Fatal(err)
 		}
-		l := mustAcquire(t, c, n)
 		ha, cl, err := LoadPEFT(fixturePath(n), "other name", llamaConfig(t))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := l.Adapter().Digest, Digest(ha); got != want || got == ([32]byte{}) {
-			t.Errorf("%s: the lease's adapter has digest %x, want %x", n, got, want)
-		}
+		want[n] = Digest(ha)
 		cl.Close()
-		l.Release()
-		s := c.Stats()
-		if s.DigestSeconds <= before || s.DigestSeconds > s.LoadSeconds {
-			t.Errorf("%s: DigestSeconds %g after %g, LoadSeconds %g: the load's hashing is not counted within it", n, s.DigestSeconds, before, s.LoadSeconds)
+	}
+	if err := c.Prefetch("a_qv"); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, c, "a_qv", StateHost)
+	if s := c.Stats(); s.Loads != 1 || s.DigestSeconds != 0 {
+		t.Fatalf("after a load with no upload: %d loads, DigestSeconds %g, want 1 and 0", s.Loads, s.DigestSeconds)
+	}
+	lease := func(n string) Stats {
+		t.Helper()
+		l := mustAcquire(t, c, n)
+		if got := l.Adapter().Digest; got != want[n] || got == ([32]byte{}) {
+			t.Errorf("%s: the lease's adapter has digest %x, want %x", n, got, want[n])
 		}
-		before = s.DigestSeconds
+		l.Release()
+		return c.Stats()
+	}
+	var before Stats
+	for _, n := range []string{"a_qv", "b_all_rslora"} { // b evicts a's device copy
+		s := lease(n)
+		if s.DigestSeconds <= before.DigestSeconds || s.DigestSeconds-before.DigestSeconds > s.UploadSeconds-before.UploadSeconds {
+			t.Errorf("%s: DigestSeconds %g -> %g, UploadSeconds %g -> %g: the hashing is not counted within the upload",
+				n, before.DigestSeconds, s.DigestSeconds, before.UploadSeconds, s.UploadSeconds)
+		}
+		before = s
+	}
+	if s := lease("a_qv"); s.Uploads != 3 || s.Loads != 2 || s.DigestSeconds != before.DigestSeconds {
+		t.Errorf("a_qv uploaded again from its host copy: %d uploads, %d loads, DigestSeconds %g -> %g; want 3, 2, unchanged",
+			s.Uploads, s.Loads, before.DigestSeconds, s.DigestSeconds)
 	}
 }

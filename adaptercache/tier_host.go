@@ -17,6 +17,9 @@ type hostCopy struct {
 	closer  io.Closer
 	pins    int
 	dropped bool // no longer in the host tier: close when the last pin goes
+	// digested: ha.Digest is set. The first upload hashes the copy beside the device copy
+	// (see upload) and sets it before the device copy can be leased; later uploads reuse it.
+	digested bool
 }
 
 // unpin drops one pin and closes the copy if it was the last one of a dropped copy. Called with
@@ -49,7 +52,7 @@ func (c *Cache) startLoad(e *entry) {
 func (c *Cache) load(e *entry) {
 	defer c.wg.Done()
 	start := time.Now()
-	ha, closer, hashing, err := c.readDisk(e)
+	ha, closer, err := c.readDisk(e)
 	if err == nil {
 		if err = checkRank(ha, c.opt.MaxRank); err != nil && closer != nil {
 			closer.Close()
@@ -60,7 +63,6 @@ func (c *Cache) load(e *entry) {
 	defer c.unlock()
 	c.loading--
 	c.stats.LoadSeconds += took.Seconds()
-	c.stats.DigestSeconds += hashing.Seconds()
 	c.changed()
 	if c.onLoad != nil {
 		c.onLoad(e.name, took, err) // before any waiter wakes: whoever sees the load sees it counted
@@ -84,29 +86,19 @@ func (c *Cache) load(e *entry) {
 	c.enforceHostBudget(e)
 }
 
-// readDisk runs the loader for e within Options.LoadTimeout and until Close, and hashes what
-// it read (Digest), giving how long the hashing took. A read that overruns either is abandoned
-// on its own goroutine, which closes what it returns.
-func (c *Cache) readDisk(e *entry) (*model.HostAdapter, io.Closer, time.Duration, error) {
+// readDisk runs the loader for e within Options.LoadTimeout and until Close. A read that
+// overruns either is abandoned on its own goroutine, which closes what it returns. What it
+// read is hashed (Digest) by its first upload, beside the copy to the device.
+func (c *Cache) readDisk(e *entry) (*model.HostAdapter, io.Closer, error) {
 	type result struct {
-		ha      *model.HostAdapter
-		closer  io.Closer
-		hashing time.Duration
-		err     error
+		ha     *model.HostAdapter
+		closer io.Closer
+		err    error
 	}
 	done := make(chan result, 1)
 	go func() {
 		ha, closer, err := c.loader(e.path, e.name, c.opt.Config)
-		var hashing time.Duration
-		if err == nil {
-			// Hashed here, once per load and inside the load's time bound, before anything can
-			// upload or lease the adapter: the engine's prefix cache tells adapters apart by
-			// content, never by name, and reads the digest from the device copy.
-			start := time.Now()
-			ha.Digest = Digest(ha)
-			hashing = time.Since(start)
-		}
-		done <- result{ha, closer, hashing, err}
+		done <- result{ha, closer, err}
 	}()
 	var timeout <-chan time.Time
 	if c.opt.LoadTimeout > 0 {
@@ -123,13 +115,13 @@ func (c *Cache) readDisk(e *entry) (*model.HostAdapter, io.Closer, time.Duration
 	}
 	select {
 	case r := <-done:
-		return r.ha, r.closer, r.hashing, r.err
+		return r.ha, r.closer, r.err
 	case <-timeout:
 		abandon()
-		return nil, nil, 0, fmt.Errorf("adapter %q: reading it took longer than %v: %w", e.name, c.opt.LoadTimeout, context.DeadlineExceeded)
+		return nil, nil, fmt.Errorf("adapter %q: reading it took longer than %v: %w", e.name, c.opt.LoadTimeout, context.DeadlineExceeded)
 	case <-c.closing:
 		abandon()
-		return nil, nil, 0, ErrClosed
+		return nil, nil, ErrClosed
 	}
 }
 

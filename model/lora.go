@@ -44,8 +44,9 @@ type HostAdapter struct {
 	// Bytes is the size of all A and B tensors as stored.
 	Bytes int64
 	// Digest identifies the adapter's content (every tensor's bytes, rank and scale, not its
-	// name); the adapter cache computes it once per load. The engine's prefix cache keys KV
-	// pages by it, so a name reloaded with other weights never reuses the old pages. The zero
-	// value means unknown: such an adapter's pages are never shared.
+	// name); the adapter cache computes it once per load, beside the first upload and before the
+	// device copy can be leased. The engine's prefix cache keys KV pages by it, so a name
+	// reloaded with other weights never reuses the old pages. The zero value means unknown:
+	// such an adapter's pages are never shared.
 	Digest [32]byte
 }

@@ -19,7 +19,7 @@ import (
 // hostStage is the disk -> host stage of a lorapack file for a backend that decodes q4/q8 on
 // the device (CUDA): adaptercache.LoadCompressedEncoded, the file read and checked, its streams
 // left encoded, then adaptercache.Digest of what it loaded (timed apart: the cache hashes every
-// load before the upload can start). It runs here on any backend, so the stage the GPU pays is
+// load beside its first upload, so the digest is on the path only where it outlasts the copy). It runs here on any backend, so the stage the GPU pays is
 // measured on the CPU machine too. Warm page cache; wall and CPU time (user + system, all
 // threads) per load and per digest.
 type hostStage struct {

@@ -396,8 +396,9 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	}
 }
 
-// The cold-load row splits the adapter's content digest out of disk → host when bench/coldload
-// timed it, and says nothing of it for a run that did not.
+// The cold-load row shows the adapter's content digest where bench/coldload timed it: within
+// disk → host for results of a cache that hashed every load before its upload, within host →
+// device for one that hashes beside the first upload; nothing of it for a run that did not.
 func TestColdLoadRowShowsTheDigest(t *testing.T) {
 	orig, err := os.ReadFile(filepath.Join("testdata/run", "coldload.json"))
 	if err != nil {
@@ -410,6 +411,8 @@ func TestColdLoadRowShowsTheDigest(t *testing.T) {
 	for _, c := range []struct{ json, want string }{
 		{string(orig), "13.60 ms (disk → host 11.20, host → device 2.10)"},
 		{strings.Replace(string(orig), warm, warm+`"digest_ms_median": 1.25, `, 1), "13.60 ms (disk → host 11.20 of which digest 1.25, host → device 2.10)"},
+		{strings.Replace(string(orig), warm, warm+`"digest_ms_median": 1.25, "digest_beside_upload": true, `, 1),
+			"13.60 ms (disk → host 11.20, host → device 2.10 with the digest beside it 1.25)"},
 	} {
 		dir := t.TempDir()
 		if err := os.WriteFile(filepath.Join(dir, "coldload.json"), []byte(c.json), 0o644); err != nil {
