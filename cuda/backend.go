@@ -90,6 +90,9 @@ type Backend struct {
 	// detGEMM: deterministic mode's product kernel (deterministic.go: LORAPLEX_DETERMINISTIC_GEMM,
 	// SetDeterministicGEMM).
 	detGEMM DeterministicGEMM
+	// detSmall: deterministic mode's tensor-core products of up to 8 rows take the kernel's
+	// small-n variant (deterministic.go: LORAPLEX_DETERMINISTIC_SMALL, SetDeterministicSmall).
+	detSmall bool
 
 	// up uploads and frees whole adapters (upload.go, slabpool.go, devicedecode.go): slab pool, pinned staging, upload streams.
 	up uploader
@@ -116,6 +119,7 @@ func New(device int) (*Backend, error) {
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
+	b.detSmall = envSwitch("LORAPLEX_DETERMINISTIC_SMALL", deterministicSmallDefault)
 	b.up.capBytes = DefaultAdapterPoolCap
 	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
 		return nil, err

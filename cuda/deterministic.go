@@ -39,7 +39,10 @@ import (
 //         kernel, a choice the row count never enters. MatMulShared runs the products of one
 //         input (q/k/v, gate/up) in one launch of the same kernel (invariantShared), and the
 //         fused GEMV-and-SwiGLU (GateUpSiLU, gemv.cu's arithmetic) steps aside, so a single
-//         row takes the same arithmetic as a batch.
+//         row takes the same arithmetic as a batch. LORAPLEX_DETERMINISTIC_SMALL=on (or
+//         SetDeterministicSmall) sends products of up to 8 rows to the kernel's small-n
+//         variant, chosen by the row count but bitwise the same (the same mma sequence per
+//         output, in blocks shaped to stream the weights at batch 1).
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
 //     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
@@ -135,6 +138,35 @@ func (b *Backend) SetDeterministicGEMM(d DeterministicGEMM) {
 	b.detGEMM = d
 }
 
+// deterministicSmallDefault: whether the tensor-core kernel sends products of at most
+// LP_GEMM_INVARIANT_SMALL_ROWS rows (decode at batch 1 to 8) to its small-n variant unless
+// LORAPLEX_DETERMINISTIC_SMALL=on|off (read once in New) or SetDeterministicSmall says otherwise.
+// Off until a GPU run measures it: the one-variant kernel streamed batch-1 weights at about
+// 1.06 TB/s on an H100 (70.9 tok/s, 0.48 of the default mode), 128 blocks of 32 columns at
+// m = 4,096 with three 4-KB stages of W ahead each; the small variant has 256 one-warp blocks
+// of 16 columns there, seven 4-KB stages ahead each (kernels/gemm_invariant.cu).
+const deterministicSmallDefault = false
+
+// SetDeterministicSmall chooses whether deterministic mode's tensor-core products of at most
+// LP_GEMM_INVARIANT_SMALL_ROWS rows take the small-n variant for the following steps (for tests
+// and benchmarks that compare both): bitwise the same products either way, since the variant
+// runs each output's mma sequence unchanged. Recorded graphs hold the other variant's launches,
+// so they are dropped.
+func (b *Backend) SetDeterministicSmall(on bool) {
+	if on != b.detSmall {
+		b.dropGraphs()
+	}
+	b.detSmall = on
+}
+
+// detSmallArg is SetDeterministicSmall's choice as the kernels' small argument.
+func (b *Backend) detSmallArg() C.int {
+	if b.detSmall {
+		return 1
+	}
+	return 0
+}
+
 // invariantGEMM is MatMul in deterministic mode: one kernel per shape, whatever the row count.
 func (b *Backend) invariantGEMM(out, x, w model.Tensor, alpha, beta float32) {
 	if b.detGEMM == DeterministicGEMMRows || !invariantMMAShape(x, w) {
@@ -142,7 +174,7 @@ func (b *Backend) invariantGEMM(out, x, w model.Tensor, alpha, beta float32) {
 		return
 	}
 	if xp, bf, ok := b.invariantInput(x); ok {
-		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.detSmallArg(), b.stream))
 	}
 }
 
@@ -200,7 +232,7 @@ func (b *Backend) invariantShared(outs []model.Tensor, x model.Tensor, ws []mode
 	}
 	if xp, bf, ok := b.invariantInput(x); ok {
 		a := b.gemvArgs.set(outs, ws)
-		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.detSmallArg(), b.stream))
 	}
 	return true
 }

@@ -24,16 +24,26 @@ import (
 // (both kernels' fast paths), of 8 only, or neither (the rows kernel's scalar path, which the
 // tensor-core setting falls back to by shape); and the products agree with the CPU's fp32 ones
 // (the rows kernel keeps x in fp32; the tensor-core kernel rounds it to bf16, as cuBLAS does).
+// With the tensor-core kernel's small-n variant on (LORAPLEX_DETERMINISTIC_SMALL), rows alone
+// and batches of up to 8 take it and larger batches the one-variant kernel: still bitwise equal.
 func TestBatchInvariantMatMul(t *testing.T) {
 	for _, kernel := range []struct {
-		gemm cuda.DeterministicGEMM
-		tol  float64
-	}{{cuda.DeterministicGEMMRows, 1e-4}, {cuda.DeterministicGEMMTensorCores, 2e-2}, {cuda.DeterministicGEMMTensorCoresBF16X, 2e-2}} {
-		t.Run(kernel.gemm.String(), func(t *testing.T) {
+		gemm  cuda.DeterministicGEMM
+		small bool
+		tol   float64
+	}{
+		{cuda.DeterministicGEMMRows, false, 1e-4},
+		{cuda.DeterministicGEMMTensorCores, false, 2e-2},
+		{cuda.DeterministicGEMMTensorCoresBF16X, false, 2e-2},
+		{cuda.DeterministicGEMMTensorCores, true, 2e-2},
+		{cuda.DeterministicGEMMTensorCoresBF16X, true, 2e-2},
+	} {
+		t.Run(fmt.Sprintf("%s/small=%v", kernel.gemm, kernel.small), func(t *testing.T) {
 			p := pair{cpu.New(0), newGPU(t)}
 			defer p.c.Close()
 			p.g.SetBatchInvariant(true)
 			p.g.SetDeterministicGEMM(kernel.gemm)
+			p.g.SetDeterministicSmall(kernel.small)
 			r := rand.New(rand.NewPCG(8, 9))
 			for _, mk := range [][2]int{{300, 320}, {4096, 4096}, {1040, 1008}, {96, 100}, {72, 264}} {
 				m, k := mk[0], mk[1]
@@ -93,11 +103,15 @@ func TestBatchInvariantMatMul(t *testing.T) {
 // TestMatMulSweep; rounding x in the kernel or into a bf16 copy first gives bitwise the same
 // products; over row counts below, at and across its 8-row n-tiles and 64-row chunks,
 // the supported models' shapes (4,096, 1,024 and 14,336 columns; k 4,096 and 14,336) and odd
-// multiples of 16 for k (a partial last stage of 64), with m off its 32-column strips.
+// multiples of 16 for k (a partial last stage of 64), with m off its 32-column strips. Its
+// small-n variant (LORAPLEX_DETERMINISTIC_SMALL: up to 8 rows, one warp per 16 columns, stages
+// of 128 k) gives every row, x in fp32 or bf16, bitwise what the one-variant kernel gives the
+// same row inside a 64-row batch of other rows.
 func TestGemmInvariant(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
 	p.g.SetBatchInvariant(true)
+	p.g.SetDeterministicSmall(false)
 	r := rand.New(rand.NewPCG(10, 11))
 	all := []int{1, 2, 7, 16, 17, 64, 100, 256}
 	for _, sh := range []struct {
@@ -149,6 +163,9 @@ func TestGemmInvariant(t *testing.T) {
 					t.Fatalf("%s: element %d: %v with x rounded in the kernel, %v from its bf16 copy", what, e, got[e], viaCopy[e])
 				}
 			}
+			if n <= 8 {
+				smallVariantMatchesBatch(t, p.g, r, what, x, n, k, wg)
+			}
 			// The float64 reference: every row where it is cheap, else rows at the n-tile and
 			// chunk edges (every column, so every strip and fragment position is checked).
 			check := []int{0, 7, 8, 15, 16, 63, 64, 65, n / 2, n - 1}
@@ -189,11 +206,60 @@ func TestGemmInvariant(t *testing.T) {
 	}
 }
 
+// smallVariantMatchesBatch checks TestGemmInvariant's rule for the small-n variant: the n rows of
+// x (n <= 8) through it, x in fp32 and in bf16, are bitwise those rows placed inside a 64-row
+// batch of other rows, which the one-variant kernel computes.
+func smallVariantMatchesBatch(t *testing.T, g *cuda.Backend, r *rand.Rand, what string, x []float32, n, k int, w model.Tensor) {
+	t.Helper()
+	m := w.Rows
+	const batch = 64
+	off := r.IntN(batch - n + 1)
+	xb := randFloats(r, batch*k)
+	copy(xb[off*k:], x)
+	xg, big := g.Alloc(batch, k), g.Alloc(batch, m)
+	defer g.Free(xg)
+	defer g.Free(big)
+	if err := g.Write(xg, xb); err != nil {
+		t.Fatal(err)
+	}
+	g.SetDeterministicSmall(false)
+	g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCores)
+	g.MatMul(big, xg, w)
+	want := make([]float32, batch*m)
+	if err := g.Read(big, want); err != nil {
+		t.Fatal(err)
+	}
+	xn, yn := g.Alloc(n, k), g.Alloc(n, m)
+	defer g.Free(xn)
+	defer g.Free(yn)
+	if err := g.Write(xn, x); err != nil {
+		t.Fatal(err)
+	}
+	g.SetDeterministicSmall(true)
+	defer g.SetDeterministicSmall(false)
+	for _, d := range []cuda.DeterministicGEMM{cuda.DeterministicGEMMTensorCores, cuda.DeterministicGEMMTensorCoresBF16X} {
+		g.SetDeterministicGEMM(d)
+		g.MatMul(yn, xn, w)
+		got := make([]float32, n*m)
+		if err := g.Read(yn, got); err != nil {
+			t.Fatal(err)
+		}
+		for e := range got {
+			if v := want[off*m+e]; math.Float32bits(got[e]) != math.Float32bits(v) {
+				t.Fatalf("%s: small-n variant (%s), row %d column %d: %v, the one-variant kernel in a %d-row batch %v",
+					what, d, e/m, e%m, got[e], batch, v)
+			}
+		}
+	}
+}
+
 // In deterministic mode on the tensor cores (x rounded in the kernel or copied to bf16 first)
 // the products of one input (q/k/v, gate/up) run in one launch whatever the row count and the
 // fusion switch, each part bitwise what MatMul gives it (parts whose strips share the grid,
 // widths off the 32-column strips); a part whose k the kernel does not take sends them all
-// back to MatMul, and on the rows kernel the shared launch is left to the fusion switch.
+// back to MatMul, and on the rows kernel the shared launch is left to the fusion switch. With the
+// small-n variant on (LORAPLEX_DETERMINISTIC_SMALL), shared launches of up to 8 rows take it and
+// each part is still bitwise what MatMul gives it on the one-variant kernel.
 func TestInvariantMatMulShared(t *testing.T) {
 	g := newGPU(t)
 	g.SetBatchInvariant(true)
@@ -213,7 +279,14 @@ func TestInvariantMatMulShared(t *testing.T) {
 		}
 		return v
 	}
-	for _, d := range []cuda.DeterministicGEMM{cuda.DeterministicGEMMTensorCores, cuda.DeterministicGEMMTensorCoresBF16X} {
+	for _, v := range []struct {
+		gemm  cuda.DeterministicGEMM
+		small bool
+	}{
+		{cuda.DeterministicGEMMTensorCores, false}, {cuda.DeterministicGEMMTensorCoresBF16X, false},
+		{cuda.DeterministicGEMMTensorCores, true}, {cuda.DeterministicGEMMTensorCoresBF16X, true},
+	} {
+		d := v.gemm
 		g.SetDeterministicGEMM(d)
 		for _, sh := range []struct {
 			k      int
@@ -223,16 +296,18 @@ func TestInvariantMatMulShared(t *testing.T) {
 			for i, m := range sh.widths {
 				ws[i] = upload(m, sh.k)
 			}
-			for _, n := range []int{1, 7, 64, 100} {
+			for _, n := range []int{1, 7, 8, 64, 100} {
 				x := g.Alloc(n, sh.k)
 				if err := g.Write(x, randFloats(r, n*sh.k)); err != nil {
 					t.Fatal(err)
 				}
 				shared, alone := make([]model.Tensor, len(ws)), make([]model.Tensor, len(ws))
+				g.SetDeterministicSmall(false)
 				for i, m := range sh.widths {
 					shared[i], alone[i] = g.Alloc(n, m), g.Alloc(n, m)
 					g.MatMul(alone[i], x, ws[i])
 				}
+				g.SetDeterministicSmall(v.small)
 				if !g.MatMulShared(shared, x, ws) {
 					t.Fatalf("k=%d widths %v, %d rows: MatMulShared declined in deterministic mode on %s", sh.k, sh.widths, n, d)
 				}
@@ -240,7 +315,7 @@ func TestInvariantMatMulShared(t *testing.T) {
 					got, want := read(shared[i]), read(alone[i])
 					for e := range got {
 						if math.Float32bits(got[e]) != math.Float32bits(want[e]) {
-							t.Fatalf("%s, k=%d widths %v, %d rows: part %d element %d: %v shared, %v from MatMul", d, sh.k, sh.widths, n, i, e, got[e], want[e])
+							t.Fatalf("%s (small=%v), k=%d widths %v, %d rows: part %d element %d: %v shared, %v from MatMul", d, v.small, sh.k, sh.widths, n, i, e, got[e], want[e])
 						}
 					}
 					g.Free(shared[i])
@@ -253,6 +328,7 @@ func TestInvariantMatMulShared(t *testing.T) {
 			}
 		}
 	}
+	g.SetDeterministicSmall(false)
 	x := g.Alloc(3, 40) // k = 40: the rows kernel's, so MatMul's, one part at a time
 	ws, outs := []model.Tensor{upload(64, 40), upload(32, 40)}, []model.Tensor{g.Alloc(3, 64), g.Alloc(3, 32)}
 	if g.MatMulShared(outs, x, ws) {
@@ -293,7 +369,8 @@ func fixtureEngineCUDA(t testing.TB, b *cuda.Backend, name string, opt serve.Opt
 // graphs and direct steps), with every product kernel (the fixtures' widths are multiples of
 // 16, so the tensor-core settings run every product on lp_gemm_invariant_bf16), and with the
 // fused decode kernels on (whose GEMV arithmetic single rows must not take while batches take
-// the tensor cores: they step aside in the mode). Without the
+// the tensor cores: they step aside in the mode), and with the tensor-core kernel's small-n
+// variant on (steps of up to 8 rows take it, larger ones the one-variant kernel). Without the
 // mode the outputs move with the batch (logged: cuBLAS for batches, the fp32 GEMV alone,
 // split counts by batch size).
 func TestDeterministicModeIsBatchInvariantOnCUDA(t *testing.T) {
@@ -303,18 +380,21 @@ func TestDeterministicModeIsBatchInvariantOnCUDA(t *testing.T) {
 			deterministic bool
 			gemm          cuda.DeterministicGEMM
 			fused         bool
+			small         bool // the tensor-core kernel's small-n variant for up to 8 rows
 		}{
-			{true, cuda.DeterministicGEMMRows, false},
-			{true, cuda.DeterministicGEMMTensorCores, false},
-			{true, cuda.DeterministicGEMMTensorCoresBF16X, false},
-			{true, cuda.DeterministicGEMMTensorCores, true},
-			{false, cuda.DeterministicGEMMRows, false},
+			{true, cuda.DeterministicGEMMRows, false, false},
+			{true, cuda.DeterministicGEMMTensorCores, false, false},
+			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, false},
+			{true, cuda.DeterministicGEMMTensorCores, true, false},
+			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, true},
+			{false, cuda.DeterministicGEMMRows, false, false},
 		} {
 			deterministic := mode.deterministic
-			t.Run(fmt.Sprintf("%s/deterministic=%v/gemm=%s/fused=%v", name, deterministic, mode.gemm, mode.fused), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/deterministic=%v/gemm=%s/fused=%v/small=%v", name, deterministic, mode.gemm, mode.fused, mode.small), func(t *testing.T) {
 				g := newGPU(t)
 				g.SetDeterministicGEMM(mode.gemm)
 				g.SetFusedDecode(mode.fused)
+				g.SetDeterministicSmall(mode.small)
 				opt := batchinv.Options(name)
 				opt.Deterministic = deterministic
 				e, cfg := fixtureEngineCUDA(t, g, name, opt)

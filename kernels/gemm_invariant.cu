@@ -33,6 +33,19 @@
 // wave. A part's block does exactly what the plain launch's block for that strip does, so each
 // part is bitwise what lp_gemm_invariant_bf16 gives it.
 //
+// The small-n variant (small = 1, n <= GS_ROWS = 8: decode at batch 1 to 8; cuda/deterministic.go's
+// LORAPLEX_DETERMINISTIC_SMALL). At one row the block above streams W at about 1.06 TB/s on an
+// H100 (batch-1 decode 70.9 tok/s against the default mode's 146-148): at m = 4,096 its 128
+// blocks sit one per SM (two fit: 92 KB of shared memory each, sized for 64 rows of x), each
+// with three 4-KB W stages ahead of the one computed, about 12 KB in flight per SM where HBM
+// needs several times that at ~1 us of latency; and one warp of the four has arithmetic. This
+// variant gives each block one warp and one A tile (GS_BN = 16 columns: 256 blocks at m = 4,096,
+// two per SM) and GS_STAGES = 8 stages of GS_BK = 128 k (4 KB of W each), seven ahead: ~56 KB of
+// W in flight per SM at m = 4,096 and three or four blocks per SM at larger m (69,632 bytes of
+// shared memory with x in fp32, 52,224 in bf16: x is staged for 8 rows only). A lane reads its
+// own B pairs (zeros for rows past n, which are never copied); the warp needs no other warp, so
+// __syncthreads is a warp barrier.
+//
 // Batch invariance, by construction: output (r, j) is accumulated in one fp32 register, from
 // zero, by one mma per k-step of 16, k-steps in increasing order 0 .. k/16 - 1, whose operands
 // are W[j, 16s .. 16s + 15] (bf16, as stored) and bf16(x[r, 16s .. 16s + 15]); then alpha and
@@ -45,8 +58,20 @@
 // stage size only cuts the same sequence of k-steps into copies. TestBatchInvariantMatMul
 // checks it bitwise: each row alone equals the row inside batches of many sizes, at any place.
 //
-// Graph replay: the launch shape depends on n, k and the widths only and the kernel reads only
-// its arguments, so a recorded launch replays correctly; no reduction order varies between runs,
+// The launcher picks the variant by n, and that keeps invariance: the sequence above is fixed
+// by (r, j), k, W and x alone, not by which block computes the output, how many columns or rows
+// a block holds, the stage size or how many warps share a block; the small variant runs exactly
+// that sequence (the same mma.sync m16n8k16 per k-step, the same k order, the same operands,
+// even at the same places: column j at A-tile row j % 16, since both strip widths are multiples
+// of 16, and row r at B column r, as in the big variant's first n-tile; the same gi_store
+// expression). So a row computed at n = 1 by the small variant is bitwise the row inside a
+// 64-row batch computed by the big one. Which shapes are taken (lp_gemm_invariant_ok, the big
+// variant's grid limit) never depends on n. Keep it so: a variant may change the block shape,
+// never a k-step's instruction, order or operands, and never split k. TestGemmInvariant,
+// TestBatchInvariantMatMul and TestInvariantMatMulShared compare the two bitwise.
+//
+// Graph replay: the launch shape depends on n, k, the widths and small only and the kernel reads
+// only its arguments, so a recorded launch replays correctly; no reduction order varies between runs,
 // so replays and direct runs are bitwise identical.
 //
 // Tolerance: the only rounding beyond fp32 is x to bf16 (relative 2^-9 per element), as on the
@@ -71,12 +96,40 @@
 #define GI_STAGE (GI_WBYTES + GI_NC * GI_XPITCH * 4)  // 23,040
 #define GI_SMEM (GI_STAGES * GI_STAGE)          // 92,160: two blocks per SM on an H100
 
+#define GS_ROWS LP_GEMM_INVARIANT_SMALL_ROWS    // the small-n variant: rows it takes (one n-tile, 8)
+#define GS_BN 16                                // output columns per block: one A tile, one warp
+#define GS_BK 128                               // k per stage: eight mma k-steps
+#define GS_STAGES 8                             // stages in flight (seven ahead of the one computed)
+#define GS_WPITCH (GS_BK + 8)                   // bf16 per W row: 272 bytes, conflict-free ldmatrix
+#define GS_XPITCH (GS_BK + 8)                   // elements per x row (fp32 or bf16): conflict-free B reads
+#define GS_WBYTES (GS_BN * GS_WPITCH * 2)       // 4,352: 69,632 bytes of stages with fp32 x, 52,224 with bf16
+
+static_assert(GS_ROWS == 8 && GS_BN == 16, "the small variant holds one n-tile and one A tile");
+static_assert(GS_BK % 16 == 0 && GS_WBYTES % 16 == 0 && (GS_XPITCH * 2) % 16 == 0, "16-byte aligned stages and rows");
+static_assert(GI_BN % GS_BN == 0, "a big-variant strip is whole small-variant strips: A tiles at the same j % 16");
 static_assert(GI_BN == 2 * 16 && GI_NC == GI_WARPS * 2 * 8, "each warp owns both A tiles and two n-tiles");
 static_assert(GI_BK % 16 == 0 && GI_WBYTES % 16 == 0 && GI_STAGE % 16 == 0, "16-byte aligned stages");
 
-// gi_strips is how many strips of GI_BN columns part g of p has.
-__host__ __device__ __forceinline__ int gi_strips(const lp_gemv_parts& p, int g) {
-    return (p.end[g] - (g > 0 ? p.end[g - 1] : 0) + GI_BN - 1) / GI_BN;
+// gi_strips is how many strips of cols columns part g of p has.
+__host__ __device__ __forceinline__ int gi_strips(const lp_gemv_parts& p, int g, int cols) {
+    return (p.end[g] - (g > 0 ? p.end[g - 1] : 0) + cols - 1) / cols;
+}
+
+// gi_part is the part that grid strip s (of cols columns each, the parts' strips one part after
+// the other) falls in; first is set to that part's first strip.
+__device__ __forceinline__ int gi_part(const lp_gemv_parts& p, int s, int cols, int& first) {
+    int part = 0;
+    first = 0;
+    while (part + 1 < p.parts && s >= first + gi_strips(p, part, cols)) {
+        first += gi_strips(p, part, cols);
+        part++;
+    }
+    return part;
+}
+
+// gi_store writes output (r, j) from its accumulator: the one expression both variants apply.
+__device__ __forceinline__ void gi_store(float* out, float acc, float alpha, float beta) {
+    *out = beta != 0.f ? alpha * acc + beta * *out : alpha * acc;
 }
 
 // Part g of p is y[g] = alpha · x · w[g]ᵀ (+ beta · y[g]), its width end[g] - end[g-1]; the
@@ -90,11 +143,8 @@ __global__ void __launch_bounds__(32 * GI_WARPS)
     constexpr int XPITCH = XBF16 ? GI_WPITCH : GI_XPITCH;  // elements per x row in shared memory
     extern __shared__ __align__(16) unsigned char gi_sm[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
-    int part = 0, first = 0;  // the part this block's strip falls in, and the part's first strip
-    while (part + 1 < p.parts && (int)blockIdx.y >= first + gi_strips(p, part)) {
-        first += gi_strips(p, part);
-        part++;
-    }
+    int first;  // the first strip of the part this block's strip falls in
+    const int part = gi_part(p, blockIdx.y, GI_BN, first);
     const uint16_t* w = p.w[part];
     float* y = p.y[part];
     const int m = p.end[part] - (part > 0 ? p.end[part - 1] : 0);
@@ -198,27 +248,135 @@ __global__ void __launch_bounds__(32 * GI_WARPS)
             for (int e = 0; e < 4; e++) {
                 const int r = wrow + 8 * t + 2 * c + (e & 1);
                 const int j = j0 + 16 * a + g + 8 * (e >> 1);
-                if (r < rows && j < m) {
-                    float* out = y + (size_t)(r0 + r) * m + j;
-                    *out = beta != 0.f ? alpha * acc[a][t][e] + beta * *out : alpha * acc[a][t][e];
-                }
+                if (r < rows && j < m) gi_store(y + (size_t)(r0 + r) * m + j, acc[a][t][e], alpha, beta);
             }
 }
 
+// The small-n variant: one n-tile of rows (n <= GS_ROWS), one warp per block owning one A tile
+// (GS_BN = 16 output columns), GS_STAGES stages of GS_BK k each. The same mma sequence per
+// output as gemm_invariant_kernel (one fp32 accumulator from zero, k-steps in increasing order,
+// the same operands, output column j at A-tile row j % 16 and row r at B column r in both), so
+// bitwise the same outputs; only which block computes an output, and how many bytes of W are in
+// flight, differ. X as gemm_invariant_kernel's.
 template <typename X>
-static int launch_gemm_invariant(int n, int k, const X* x, const lp_gemv_parts& p, float alpha, float beta, lp_stream s) {
+__global__ void __launch_bounds__(32)
+    gemm_invariant_small_kernel(lp_gemv_parts p, const X* x, int n, int k, float alpha, float beta) {
+    constexpr bool XBF16 = sizeof(X) == 2;
+    constexpr int STAGE = GS_WBYTES + GS_ROWS * GS_XPITCH * (int)sizeof(X);
+    extern __shared__ __align__(16) unsigned char gi_sm[];
+    const int lane = threadIdx.x, g = lane >> 2, c = lane & 3;
+    int first;  // the first strip of the part this block's strip falls in
+    const int part = gi_part(p, blockIdx.x, GS_BN, first);
+    const uint16_t* w = p.w[part];
+    float* y = p.y[part];
+    const int m = p.end[part] - (part > 0 ? p.end[part - 1] : 0);
+    const int j0 = ((int)blockIdx.x - first) * GS_BN;  // the strip's first output column in its part
+    const int ktiles = (k + GS_BK - 1) / GS_BK;
+
+    auto wstage = [&](int st) { return reinterpret_cast<uint16_t*>(gi_sm + st * STAGE); };
+    auto xstage = [&](int st) { return reinterpret_cast<X*>(gi_sm + st * STAGE + GS_WBYTES); };
+    // Copies of k-tile it, as gemm_invariant_kernel's, for the n rows of x only: rows past n are
+    // never read (their lanes' B fragments are zeros, as the big variant's zero rows give).
+    auto load = [&](int it) {
+        const int k0 = it * GS_BK, st = it % GS_STAGES;
+        uint16_t* wd = wstage(st);
+        X* xd = xstage(st);
+        constexpr int WV = GS_BK / 8;  // 16-byte vectors per W row
+#pragma unroll
+        for (int v = lane; v < GS_BN * WV; v += 32) {
+            const int r = v / WV, kc = k0 + 8 * (v - r * WV);
+            const bool ok = j0 + r < m && kc < k;
+            cp_async16(smem_u32(wd + r * GS_WPITCH + (kc - k0)), ok ? w + (size_t)(j0 + r) * k + kc : w, ok);
+        }
+        constexpr int XE = 16 / sizeof(X), XV = GS_BK / XE;  // elements per 16-byte vector, vectors per x row
+        for (int v = lane; v < n * XV; v += 32) {
+            const int r = v / XV, kc = k0 + XE * (v - r * XV);
+            const bool ok = kc < k;
+            cp_async16(smem_u32(xd + r * GS_XPITCH + (kc - k0)), ok ? x + (size_t)r * k + kc : x, ok);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < GS_STAGES - 1; s++) {
+        if (s < ktiles) load(s);
+        cp_async_commit();
+    }
+
+    // acc: the 16x8 result of the block's A tile (columns j0 ..) and the n-tile (rows 0 .. 7), in
+    // the m16n8k16 C layout: elements 0, 1 at column g, rows 2c and 2c + 1; 2, 3 at column g + 8.
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    const bool live = g < n;  // the lane's B column is a row of x (else its fragment is zeros)
+    for (int it = 0; it < ktiles; it++) {
+        cp_async_wait<GS_STAGES - 2>();  // k-tile it has landed (this thread's copies) ...
+        __syncthreads();                 // ... every lane's, and every lane is done with k-tile it - 1
+        if (it + GS_STAGES - 1 < ktiles) load(it + GS_STAGES - 1);  // into k-tile it - 1's stage
+        cp_async_commit();
+        const uint16_t* wt = wstage(it % GS_STAGES);
+        const X* xr = xstage(it % GS_STAGES) + g * GS_XPITCH + 2 * c;
+        const int ksteps = min(GS_BK, k - it * GS_BK) / 16;
+        // A as gemm_invariant_kernel loads it (ldmatrix x4: lanes 0-15 address rows at k 0,
+        // 16-31 at k 8). B: b0 = x[row g][k 2c, 2c + 1], b1 = x[row g][k 2c + 8, 2c + 9], read
+        // by each lane itself (the values the big variant's ldmatrix or float2 reads give; x
+        // rows GS_XPITCH elements apart put the 32 lanes in 32 banks in both forms).
+        const uint32_t a_addr = smem_u32(wt + (lane & 15) * GS_WPITCH + (lane >> 4) * 8);
+#pragma unroll
+        for (int kk = 0; kk < GS_BK / 16; kk++) {
+            if (kk >= ksteps) break;
+            uint32_t a[4];
+            ldsm_x4(a, a_addr + kk * 32);
+            uint32_t b0 = 0, b1 = 0;
+            if (live) {
+                if constexpr (XBF16) {
+                    b0 = *reinterpret_cast<const uint32_t*>(xr + kk * 16);
+                    b1 = *reinterpret_cast<const uint32_t*>(xr + kk * 16 + 8);
+                } else {
+                    const float2 lo = *reinterpret_cast<const float2*>(xr + kk * 16);
+                    const float2 hi = *reinterpret_cast<const float2*>(xr + kk * 16 + 8);
+                    b0 = pack_bf16(lo.x, lo.y), b1 = pack_bf16(hi.x, hi.y);
+                }
+            }
+            mma_bf16(acc, a, b0, b1);
+        }
+    }
+
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int r = 2 * c + (e & 1), j = j0 + g + 8 * (e >> 1);
+        if (r < n && j < m) gi_store(y + (size_t)r * m + j, acc[e], alpha, beta);
+    }
+}
+
+// gs_smem is the small variant's shared memory for x of type X: GS_STAGES stages of W and x.
+template <typename X>
+constexpr int gs_smem() {
+    return GS_STAGES * (GS_WBYTES + GS_ROWS * GS_XPITCH * (int)sizeof(X));
+}
+
+template <typename X>
+static int launch_gemm_invariant(int n, int k, const X* x, const lp_gemv_parts& p, float alpha, float beta, int small,
+                                 lp_stream s) {
     if (n < 1 || k <= 0 || !x || (uintptr_t)x % 16 != 0 || p.parts < 1 || p.parts > LP_GEMV_PARTS)
         return (int)cudaErrorInvalidValue;
-    int strips = 0;
+    int strips = 0, small_strips = 0;
     for (int g = 0; g < p.parts; g++) {
         if (!lp_gemm_invariant_ok(p.end[g] - (g > 0 ? p.end[g - 1] : 0), k) || !p.w[g] || !p.y[g] ||
             (uintptr_t)p.w[g] % 16 != 0)
             return (int)cudaErrorInvalidValue;
-        strips += gi_strips(p, g);
+        strips += gi_strips(p, g, GI_BN);
+        small_strips += gi_strips(p, g, GS_BN);
     }
+    // The shapes taken do not depend on n (the big variant's grid limit for both), so a row alone
+    // and the same row in a batch are both taken or both refused.
     if (strips > 65535) return (int)cudaErrorInvalidValue;
     // Set on every launch, as attention_prefill_mma.cu does: the attribute belongs to the current
     // device, and a host-side call costs no sync.
+    if (small && n <= GS_ROWS) {  // the variant by n: the same mma sequence per output either way
+        cudaError_t e = cudaFuncSetAttribute(gemm_invariant_small_kernel<X>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             gs_smem<X>());
+        if (e != cudaSuccess) return (int)e;
+        gemm_invariant_small_kernel<X><<<small_strips, 32, gs_smem<X>(), as_stream(s)>>>(p, x, n, k, alpha, beta);
+        LP_CHECK_LAUNCH();
+    }
     cudaError_t e = cudaFuncSetAttribute(gemm_invariant_kernel<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, GI_SMEM);
     if (e != cudaSuccess) return (int)e;
     dim3 grid((n + GI_NC - 1) / GI_NC, strips);
@@ -227,18 +385,19 @@ static int launch_gemm_invariant(int n, int k, const X* x, const lp_gemv_parts& 
 }
 
 static int launch_gemm_invariant_x(int n, int k, const void* x, int x_bf16, const lp_gemv_parts& p, float alpha,
-                                   float beta, lp_stream s) {
-    return x_bf16 ? launch_gemm_invariant(n, k, static_cast<const uint16_t*>(x), p, alpha, beta, s)
-                  : launch_gemm_invariant(n, k, static_cast<const float*>(x), p, alpha, beta, s);
+                                   float beta, int small, lp_stream s) {
+    return x_bf16 ? launch_gemm_invariant(n, k, static_cast<const uint16_t*>(x), p, alpha, beta, small, s)
+                  : launch_gemm_invariant(n, k, static_cast<const float*>(x), p, alpha, beta, small, s);
 }
 
 extern "C" int lp_gemm_invariant_bf16(int n, int m, int k, const void* x, int x_bf16, const uint16_t* w, float* y,
-                                      float alpha, float beta, lp_stream s) {
+                                      float alpha, float beta, int small, lp_stream s) {
     lp_gemv_parts p = {};
     p.w[0] = w, p.y[0] = y, p.end[0] = m, p.parts = 1;
-    return launch_gemm_invariant_x(n, k, x, x_bf16, p, alpha, beta, s);
+    return launch_gemm_invariant_x(n, k, x, x_bf16, p, alpha, beta, small, s);
 }
 
-extern "C" int lp_gemm_invariant_parts_bf16(int n, int k, const void* x, int x_bf16, lp_gemv_parts parts, lp_stream s) {
-    return launch_gemm_invariant_x(n, k, x, x_bf16, parts, 1.f, 0.f, s);
+extern "C" int lp_gemm_invariant_parts_bf16(int n, int k, const void* x, int x_bf16, lp_gemv_parts parts, int small,
+                                            lp_stream s) {
+    return launch_gemm_invariant_x(n, k, x, x_bf16, parts, 1.f, 0.f, small, s);
 }
