@@ -158,7 +158,18 @@ func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chu
 		return 1, 1
 	}
 	if grouped {
-		return int(C.lp_decode_fill_splits(C.int(n), C.int(kvHeads), C.LP_DECODE_MAX_SPLITS)), int(C.LP_GQ_FILL_CHUNK)
+		return decodeFillSplits(n, kvHeads, int(C.LP_DECODE_MAX_SPLITS), b.sms), int(C.LP_GQ_FILL_CHUNK)
 	}
-	return int(C.lp_decode_fill_splits(C.int(n), C.int(heads), C.LP_DECODE_SPLITS)), 1
+	return decodeFillSplits(n, heads, int(C.LP_DECODE_SPLITS), b.sms), 1
+}
+
+// decodeFillSplits is the fill rule's grid depth for n decode rows of `blocks` blocks each
+// (heads, or kv heads for the grouped kernel): most, halved while the blocks would pass four a
+// multiprocessor. A function of n and the device alone, as the step key needs.
+func decodeFillSplits(n, blocks, most, sms int) int {
+	splits := most
+	for splits > 1 && n*blocks*splits > 4*sms {
+		splits /= 2
+	}
+	return splits
 }

@@ -49,3 +49,23 @@ func TestPrefillSplitCount(t *testing.T) {
 		t.Errorf("deterministic mode: %d splits, want 1", got)
 	}
 }
+
+// The decode fill rule splits as deep as allowed while the blocks fit four a multiprocessor and
+// halves from there, so a batch-1 step of 32 heads on 132 SMs splits 8 ways (the grouped
+// kernel's 8 kv heads 32 ways), a 64-row step of short contexts runs unsplit, and the depth
+// follows the device it runs on, never another backend's.
+func TestDecodeFillSplits(t *testing.T) {
+	for _, c := range []struct{ n, blocks, most, sms, want int }{
+		{1, 32, 8, 132, 8},
+		{1, 8, 32, 132, 32},
+		{4, 8, 32, 132, 16},
+		{64, 32, 8, 132, 1},
+		{64, 8, 32, 132, 1},
+		{1, 32, 8, 16, 2},
+		{3, 7, 32, 114, 16},
+	} {
+		if got := decodeFillSplits(c.n, c.blocks, c.most, c.sms); got != c.want {
+			t.Errorf("decodeFillSplits(n %d, blocks %d, most %d, sms %d) = %d, want %d", c.n, c.blocks, c.most, c.sms, got, c.want)
+		}
+	}
+}

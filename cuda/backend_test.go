@@ -118,6 +118,15 @@ func randFloats(r *rand.Rand, n int) []float32 {
 	return f
 }
 
+// nanFloats is n NaNs: written over an output first, it shows any element a kernel leaves unwritten.
+func nanFloats(n int) []float32 {
+	f := make([]float32, n)
+	for i := range f {
+		f[i] = float32(math.NaN())
+	}
+	return f
+}
+
 // pair runs the same ops on the CPU backend and the GPU backend.
 type pair struct {
 	c *cpu.Backend
@@ -378,10 +387,7 @@ func TestPrefillAttentionSweep(t *testing.T) {
 					qc, qg := p.tensor(t, n, qw, randFloats(r, n*qw))
 					oc, og := p.tensor(t, n, qw, nil)
 					// Poison the output: every element must be written.
-					poison := make([]float32, n*qw)
-					for i := range poison {
-						poison[i] = float32(math.NaN())
-					}
+					poison := nanFloats(n * qw)
 					if err := p.g.Write(og, poison); err != nil {
 						t.Fatal(err)
 					}
@@ -497,10 +503,7 @@ func TestPrefillSplitSweep(t *testing.T) {
 				qc, qg := p.tensor(t, n, qw, randFloats(r, n*qw))
 				oc, og := p.tensor(t, n, qw, nil)
 				p.c.Attention(oc, qc, 0, ap)
-				poison := make([]float32, n*qw)
-				for i := range poison {
-					poison[i] = float32(math.NaN())
-				}
+				poison := nanFloats(n * qw)
 				var got [2][]float32
 				for k, split := range []bool{false, true} {
 					p.g.SetPrefillSplit(split)

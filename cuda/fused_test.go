@@ -393,10 +393,7 @@ func TestDecodeSplitRules(t *testing.T) {
 			qc, qg := p.tensor(t, n, qw, randFloats(r, n*qw))
 			oc, og := p.tensor(t, n, qw, nil)
 			p.c.Attention(oc, qc, 0, ap)
-			poison := make([]float32, n*qw)
-			for i := range poison {
-				poison[i] = float32(math.NaN())
-			}
+			poison := nanFloats(n * qw)
 			for _, grouped := range []bool{false, true} {
 				p.g.SetGroupedDecode(grouped)
 				for _, rule := range []cuda.DecodeSplit{cuda.DecodeSplitFill, cuda.DecodeSplitContext, cuda.DecodeSplitOff} {

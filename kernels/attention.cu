@@ -361,18 +361,6 @@ __global__ void attention_merge_kernel(float* out, const float* part_o, const fl
                        splits, D);
 }
 
-extern "C" int lp_decode_fill_splits(int n, int heads, int most) {
-    static int sms = 0;  // multiprocessors of the (one) device this process uses
-    if (sms == 0) {
-        int dev = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-            sms = 132;
-    }
-    int splits = most;
-    while (splits > 1 && (long)n * heads * splits > 4L * sms) splits /= 2;
-    return splits;
-}
-
 extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                             const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                             const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,

@@ -143,9 +143,6 @@ int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint1
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
                  float scale, int splits, int split_chunk, int grouped, float* scratch, lp_stream s);
-// The fill rule's split count for n decode rows of `heads` blocks each (most, halved until the blocks just
-// fill the device's SMs), used with split_chunk 1 (per-head kernel) or LP_GQ_FILL_CHUNK (grouped).
-int lp_decode_fill_splits(int n, int heads, int most);
 // Scratch floats lp_attention needs for n rows split up to splits ways: partial outputs and
 // softmax states.
 size_t lp_attention_scratch_floats(int n, int heads, int head_dim, int splits);
