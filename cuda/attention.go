@@ -97,9 +97,11 @@ func contextSplits(pos int32) int {
 
 // prefillSplitDefault: whether the tensor-core prefill kernel splits a tile's key range over
 // blocks (kernels/attention_prefill_mma.cu, split-K) unless LORAPLEX_PREFILL_SPLIT=on|off or
-// SetPrefillSplit says otherwise. Off until its GPU tests (TestPrefillSplitSweep) and an A/B
-// run of the prefix-cache TTFT have passed on a GPU.
-const prefillSplitDefault = false
+// SetPrefillSplit says otherwise. On: TestPrefillSplitSweep passed on an H100, and in one A/B
+// run a 40-token chunk over a 2,000-token cached prefix (32 tiles on 132 SMs unsplit) took
+// 9.4 ms instead of 12.2 (TTFT ÷ uncached 0.163 → 0.122); the 2k/8k one-step prefills and
+// decode did not move (bench/results/gpu-h100/goals-2026-12-07-ab2).
+const prefillSplitDefault = true
 
 // prefillSplitFill: blocks per SM the prefill split rule aims at; the kernel's shared memory
 // (87 KiB a block at head dim 128, 101 KiB at 256) lets two share an H100 or A100 SM.

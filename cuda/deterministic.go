@@ -141,11 +141,13 @@ func (b *Backend) SetDeterministicGEMM(d DeterministicGEMM) {
 // deterministicSmallDefault: whether the tensor-core kernel sends products of at most
 // LP_GEMM_INVARIANT_SMALL_ROWS rows (decode at batch 1 to 8) to its small-n variant unless
 // LORAPLEX_DETERMINISTIC_SMALL=on|off (read once in New) or SetDeterministicSmall says otherwise.
-// Off until a GPU run measures it: the one-variant kernel streamed batch-1 weights at about
-// 1.06 TB/s on an H100 (70.9 tok/s, 0.48 of the default mode), 128 blocks of 32 columns at
-// m = 4,096 with three 4-KB stages of W ahead each; the small variant has 256 one-warp blocks
-// of 16 columns there, seven 4-KB stages ahead each (kernels/gemm_invariant.cu).
-const deterministicSmallDefault = false
+// On: the one-variant kernel streamed batch-1 weights at about 1.06 TB/s on an H100 (70.7 tok/s,
+// 128 blocks of 32 columns at m = 4,096 with three 4-KB stages of W ahead each); the small
+// variant (256 one-warp blocks of 16 columns there, seven 4-KB stages ahead each,
+// kernels/gemm_invariant.cu) gave 100.8 tok/s in the same run (1.43x; batch 64 unchanged), and
+// its products are bitwise the big variant's (TestGemmInvariant, TestBatchInvariantMatMul,
+// TestInvariantMatMulShared passed on the H100; bench/results/gpu-h100/goals-2026-12-07-ab2).
+const deterministicSmallDefault = true
 
 // SetDeterministicSmall chooses whether deterministic mode's tensor-core products of at most
 // LP_GEMM_INVARIANT_SMALL_ROWS rows take the small-n variant for the following steps (for tests

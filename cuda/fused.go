@@ -28,13 +28,15 @@ import (
 // TestContextSplitGraphsMatchDirect, TestFusedFixturesCUDA; bench/results/gpu-goals-h100.md):
 // fused decode on (H100, two runs: batch-1 decode 1.04x, batch 64 1.01x, 64 rank-16 adapters
 // 1.03-1.05x, nothing slower); grouped LoRA off (1.07x then 1.00x on 64 rank-16 adapters in two
-// runs of the same build: inside the noise, so the path measured before stays). The norm-fused
-// GEMVs are off until their GPU tests (TestNormGEMV, TestFusedFixturesCUDA with them on) have
-// passed and a run has compared both sides (AB="LORAPLEX_NORM_GEMV=on" bench/gpu/run.sh).
+// runs of the same build: inside the noise, so the path measured before stays); norm-fused
+// GEMVs on (TestNormGEMV and the fixture suites with them on passed on an H100; then batch-1
+// decode 1.055x at ctx 128, 1.058x at 4k, 1.042x at 32k, batch 64 1.01x: they only take batch-1
+// steps without LoRA on q/k/v or gate/up, so the adapter rows cannot move; bench/results/gpu-h100/
+// goals-2026-12-07-ab2).
 const (
 	fusedDecodeDefault = true
 	loraGroupDefault   = false
-	normGEMVDefault    = false
+	normGEMVDefault    = true
 )
 
 // envSwitch reads an on/off switch from the environment.
