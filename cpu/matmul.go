@@ -116,8 +116,8 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 // multiJob is MatMulShared's work: its products' gemmJobs and where each one's columns start in
 // the concatenation. fn is its run method, bound once (New).
 type multiJob struct {
-	subs [3]gemmJob
-	off  [3]int
+	subs [model.MaxSharedProducts]gemmJob
+	off  [model.MaxSharedProducts]int
 	n    int
 	fn   func(worker, lo, hi int)
 }

@@ -335,9 +335,12 @@ const (
 	maxPrefillSplits = int(C.LP_PREFILL_MAX_SPLITS)
 	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
 	loraGroupMax = int(C.LP_LORA_GROUP)
-	// gemvPartsMax: products one MatMulShared launch takes (q/k/v).
+	// gemvPartsMax: products one MatMulShared launch takes (q/k/v, and routed steps' gates).
 	gemvPartsMax = int(C.LP_GEMV_PARTS)
 )
+
+// Every MatMulShared call the runner makes fits one launch (a negative array length otherwise).
+var _ [gemvPartsMax - model.MaxSharedProducts]struct{}
 
 // tensorCorePrefillDefault: whether prefill attention runs on the tensor-core kernel unless
 // LORAPLEX_PREFILL_ATTENTION (tensor-cores or cuda-cores) or SetPrefillAttention says otherwise.

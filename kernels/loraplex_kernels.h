@@ -84,10 +84,11 @@ int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* 
 // The gate and up products and SwiGLU in one launch for the same rows: act[n, m] =
 // silu(x · Wgᵀ) * (x · Wuᵀ), Wg and Wu [m, k]; the same alignment rules.
 int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act, lp_stream s);
-// The products of one x by up to LP_GEMV_PARTS matrices in one launch (q/k/v): part g computes
+// The products of one x by up to LP_GEMV_PARTS matrices in one launch (q/k/v, and in routed
+// steps their routers' gates beside them: model.MaxSharedProducts): part g computes
 // y[g] [n, m_g] = x · w[g]ᵀ, its m_g = end[g] - end[g-1] (end[-1] = 0) columns being the
 // launch's columns [end[g-1], end[g]); the same alignment rules.
-#define LP_GEMV_PARTS 3
+#define LP_GEMV_PARTS 6
 typedef struct {
     const uint16_t* w[LP_GEMV_PARTS];
     float* y[LP_GEMV_PARTS];

@@ -172,6 +172,10 @@ type WeightCopier interface {
 	CopyWeights(w *Weights) (int64, error)
 }
 
+// MaxSharedProducts bounds the products of one MatMulShared call: the three projections of q/k/v
+// and, in routed steps, their three routers' gates (Runner.gatedProducts).
+const MaxSharedProducts = 6
+
 // SharedMatMuler is implemented by backends that compute the products of one input by several
 // matrices (q/k/v, gate/up) together: the CPU in one parallel region instead of one per matrix
 // (a batch-1 decode step spends as long handing a small matrix to its workers as streaming it),
@@ -180,7 +184,8 @@ type WeightCopier interface {
 // it, and returns true; or it does nothing and returns false (a shape or a switch its kernels do
 // not take), and the runner calls MatMul for each. The answer may depend only on what the
 // StepRecorder key fixes (row counts, the backend's own switches), so a recorded step replays
-// the same calls. The runner applies biases and LoRA deltas afterwards, as after MatMul.
+// the same calls. The runner applies biases and LoRA deltas afterwards, as after MatMul. A call
+// has at most MaxSharedProducts products.
 type SharedMatMuler interface {
 	MatMulShared(outs []Tensor, x Tensor, ws []Tensor) bool
 }

@@ -32,11 +32,11 @@ type Runner struct {
 	segs                                      [NumProj][]LoRASeg
 	routing                                   routeState
 	attnParams                                AttnParams
-	shared                                    SharedMatMuler // nil: one MatMul per projection
-	fuser                                     DecodeFuser    // nil: the backend fuses nothing
-	normer                                    NormFuser      // nil: every RMSNorm is its own op
-	grouper                                   LoRAGrouper    // nil: one LoRA call per projection
-	groupOuts, groupWs                        [3]Tensor      // outputs and weights of a projection group (projShared), kept here so steps allocate nothing
+	shared                                    SharedMatMuler            // nil: one MatMul per projection
+	fuser                                     DecodeFuser               // nil: the backend fuses nothing
+	normer                                    NormFuser                 // nil: every RMSNorm is its own op
+	grouper                                   LoRAGrouper               // nil: one LoRA call per projection
+	groupOuts, groupWs                        [MaxSharedProducts]Tensor // outputs and weights of a projection group and its routers' gates (gatedProducts), kept here so steps allocate nothing
 	groupSegs                                 [3][]LoRASeg
 	windows                                   []int // per layer: the sliding window (Config.LayerWindow)
 	keyBuf                                    []byte
@@ -282,7 +282,7 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 	for l := range w.Layers {
 		L := &w.Layers[l]
 		r.buildSegs(l, s, adapters)
-		r.groupOuts = [3]Tensor{q, k, v}
+		r.groupOuts[0], r.groupOuts[1], r.groupOuts[2] = q, k, v
 		in := NormedInput{X: x, Delta: delta, Next: h, Weight: L.AttnNorm, Eps: r.eps} // delta has no rows in layer 0
 		if r.normFusable(l, qkvProjs) && r.normer.NormMatMulShared(r.groupOuts[:3], in, r.groupWeights(l, qkvProjs)) {
 			r.addBiases(l, qkvProjs, r.groupOuts[:3])
@@ -316,7 +316,7 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		} else {
 			b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
 			if !r.gateUpFused(act, h, l) {
-				r.groupOuts = [3]Tensor{gate, up}
+				r.groupOuts[0], r.groupOuts[1] = gate, up
 				r.projShared(h, l, gateUpProjs, r.groupOuts[:2])
 				b.SiluMul(act, gate, up)
 			}
@@ -341,7 +341,13 @@ func (r *Runner) deltaFor(n, cols int) Tensor {
 }
 
 func (r *Runner) proj(out, in Tensor, l int, p Proj) {
-	r.B.MatMul(out, in, r.W.Layers[l].W[p])
+	if r.routing.seqs == 0 {
+		r.B.MatMul(out, in, r.W.Layers[l].W[p])
+	} else {
+		ps := allProjs[p : p+1]
+		r.groupOuts[0] = out
+		r.gatedProducts(in, l, ps, r.groupOuts[:1], r.groupWeights(l, ps))
+	}
 	r.projAfter(out, in, l, p)
 }
 
@@ -370,19 +376,16 @@ func (r *Runner) projAfter(out, in Tensor, l int, p Proj) {
 var (
 	qkvProjs    = []Proj{ProjQ, ProjK, ProjV}
 	gateUpProjs = []Proj{ProjGate, ProjUp}
+	allProjs    = []Proj{ProjQ, ProjK, ProjV, ProjO, ProjGate, ProjUp, ProjDown} // allProjs[p] == p
 )
 
 // projShared computes the projections ps of one input into outs: the base products (in one
-// MatMulShared call where the backend takes them), then the biases, then the group's LoRA deltas
-// (in one LoRAGrouper call where the backend has one). Each output receives the same additions
-// in the same order as proj gives it. Routed steps add their deltas per projection (projAfter).
+// MatMulShared call where the backend takes them, with the routers' gate logits beside them:
+// gatedProducts), then the biases, then the group's LoRA deltas (in one LoRAGrouper call where
+// the backend has one). Each output receives the same additions in the same order as proj gives
+// it. Routed steps add their deltas per projection (projAfter).
 func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
-	ws := r.groupWeights(l, ps)
-	if r.shared == nil || !r.shared.MatMulShared(outs, in, ws) {
-		for i := range ps {
-			r.B.MatMul(outs[i], in, ws[i])
-		}
-	}
+	r.gatedProducts(in, l, ps, outs, r.groupWeights(l, ps))
 	if r.grouper == nil || r.routing.seqs > 0 {
 		for i, p := range ps {
 			r.projAfter(outs[i], in, l, p)

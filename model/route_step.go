@@ -9,10 +9,15 @@ type routeState struct {
 	adapters []*Adapter
 	seqs     int // routed sequences in this step
 
-	gateOut  Tensor // [MaxTokens, gateCols] gate logits on the backend
+	// gateOut holds gate logits on the backend, [MaxTokens, gateCols] each: one per projection of
+	// a shared-input group (q/k/v) whose logits are computed beside the base products (gated).
+	gateOut  [3]Tensor
 	gateCols int
-	host     []float32 // the same logits on the host
-	choices  []Choice
+	// pre[p] views the gate logits of projection p for every row of the step when the base
+	// product's call computed them (gatedProducts); Rows == 0 otherwise. routeProj consumes it.
+	pre     [NumProj]Tensor
+	host    []float32 // the same logits on the host
+	choices []Choice
 	// passes[j] holds every routed row's (j+1)-th choice. Each LoRA call sees a row at most
 	// once, so backends whose LoRA needs disjoint rows (CUDA's expand kernel) sum correctly.
 	passes [][]LoRASeg
@@ -46,9 +51,14 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 	}
 	if rows > rs.gateCols {
 		if rs.gateCols > 0 {
-			r.B.Free(rs.gateOut)
+			for _, g := range rs.gateOut {
+				r.B.Free(g)
+			}
 		}
-		rs.gateOut, rs.gateCols = r.B.Alloc(r.Opt.MaxTokens, rows), rows
+		for i := range rs.gateOut {
+			rs.gateOut[i] = r.B.Alloc(r.Opt.MaxTokens, rows)
+		}
+		rs.gateCols = rows
 		if err := backendErr(r.B); err != nil {
 			rs.gateCols = 0
 			return fmt.Errorf("runner: allocating gate logits: %w", err)
@@ -92,6 +102,8 @@ func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoR
 		rs.passes[j] = rs.passes[j][:0]
 	}
 	npass := 0
+	pre := rs.pre[p]
+	rs.pre[p] = Tensor{} // this layer's logits only: a later layer's call computes its own
 	// Adjacent routed sequences through the same gate and experts (requests for one router)
 	// form one group: one gate GEMM and one routing call for all their rows.
 	var g routeGroup
@@ -109,12 +121,12 @@ func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoR
 			continue
 		}
 		if g.rp != nil {
-			segs, npass = r.routeGroup(l, g, in, out, segs, npass)
+			segs, npass = r.routeGroup(l, g, in, out, pre, segs, npass)
 		}
 		g = routeGroup{rp: rp, name: a.Routing.Name, traced: traced, start: sq.Start, n: sq.N}
 	}
 	if g.rp != nil {
-		segs, npass = r.routeGroup(l, g, in, out, segs, npass)
+		segs, npass = r.routeGroup(l, g, in, out, pre, segs, npass)
 	}
 	r.segs[p] = segs // keep any capacity append grew
 	return segs, rs.passes[:npass]
@@ -146,15 +158,70 @@ func sameRoute(a, b *RoutedProj) bool {
 	return true
 }
 
-// routeGroup computes a group's gate logits and routes its rows: on the device when the backend
-// can, else on the host, appending the first choices to segs and the others to the passes.
-func (r *Runner) routeGroup(l int, g routeGroup, in, out Tensor, segs []LoRASeg, npass int) ([]LoRASeg, int) {
+// sharedGate returns the gate that every routed sequence of the step with rows in it uses on
+// (layer l, projection p), or nil when there is none or they use different gates. The answer
+// depends on the sequences' routings only, which the step key holds.
+func (r *Runner) sharedGate(l int, p Proj) *RoutedProj {
+	rs := &r.routing
+	var one *RoutedProj
+	for i, a := range rs.adapters {
+		if a == nil || a.Routing == nil || rs.s.Seqs[i].N == 0 {
+			continue
+		}
+		rp := a.Routing.Layers[l][p]
+		switch {
+		case rp == nil:
+		case one == nil:
+			one = rp
+		case !sameRoute(one, rp):
+			return nil
+		}
+	}
+	return one
+}
+
+// gatedProducts computes the base products outs[i] = in · ws[i]ᵀ of the projections ps (which
+// share the input in), and in the same SharedMatMuler call the gate logits of every routed
+// projection among them whose gate serves all routed rows (sharedGate), for every row of the
+// step: a routed decode layer's seven gate GEMMs then ride on the base products' launches
+// instead of costing seven launches of their own (three more products in q/k/v's call at most:
+// model.MaxSharedProducts). The logits wait in rs.pre for routeProj; rows of sequences the gate
+// does not route are computed and never read. outs and ws must have room for the gates
+// (capacity len + len(ps): r.groupOuts, r.groupWs). Without routing, or without a backend that
+// shares, it is the plain products.
+func (r *Runner) gatedProducts(in Tensor, l int, ps []Proj, outs, ws []Tensor) {
+	if rs := &r.routing; rs.seqs > 0 && r.shared != nil {
+		for i, p := range ps {
+			if rp := r.sharedGate(l, p); rp != nil {
+				lg := rs.gateOut[i]
+				lg.Rows, lg.Cols = in.Rows, rp.Gate.Rows
+				rs.pre[p] = lg
+				outs, ws = append(outs, lg), append(ws, rp.Gate)
+			}
+		}
+	}
+	if r.shared == nil || !r.shared.MatMulShared(outs, in, ws) {
+		for i := range ws {
+			r.B.MatMul(outs[i], in, ws[i])
+		}
+	}
+}
+
+// routeGroup routes a group's rows by their gate logits (pre's rows when the base product's call
+// computed them, else a gate GEMM of the group's rows here): on the device when the backend can,
+// else on the host, appending the first choices to segs and the others to the passes.
+func (r *Runner) routeGroup(l int, g routeGroup, in, out, pre Tensor, segs []LoRASeg, npass int) ([]LoRASeg, int) {
 	rs := &r.routing
 	rp := g.rp
 	rows := rp.Gate.Rows
-	lg := rs.gateOut
-	lg.Rows, lg.Cols = g.n, rows
-	r.B.MatMul(lg, in.Slice(g.start, g.n), rp.Gate)
+	var lg Tensor
+	if pre.Rows > 0 {
+		lg = pre.Slice(g.start, g.n)
+	} else {
+		lg = rs.gateOut[0]
+		lg.Rows, lg.Cols = g.n, rows
+		r.B.MatMul(lg, in.Slice(g.start, g.n), rp.Gate)
+	}
 	if rs.dev != nil {
 		tr := Tensor{}
 		if g.traced {
