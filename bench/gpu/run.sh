@@ -172,7 +172,7 @@ if [ $ok_build = 1 ]; then
     label=$(printf '%s' "$assign" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
     # shellcheck disable=SC2086 # a word may set several switches at once: A=on,B=context
     stage "ab-$label" 60 env ${assign//,/ } taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
-      -stages decode,longctx,adapters16,adapters8qv,deterministic,prefill -sweep 1,64 -contexts 4096,32768 -prefill-tokens 2048 -prefill-cuda-cores ''
+      -stages decode,longctx,adapters16,adapters8qv,router,deterministic,prefill -sweep 1,64 -contexts 4096,32768 -prefill-tokens 2048 -prefill-cuda-cores ''
     # The report reads prefixcache-ab-LABEL.json beside ab-LABEL.json (not ab-*: that is bench/gpu's).
     # shellcheck disable=SC2086 # the same switches as above
     [ "${AB_PREFIX:-1}" = 0 ] ||

@@ -360,6 +360,7 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	lp := Loraplex{Device: "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)", Sweep: map[int]float64{1: 150, 64: 6000},
 		LongContext: []LongContextPoint{{Context: 32768, Tokens: 100}},
 		Adapters:    &AdapterRatio{Mixed: 3000}, AdaptersQV: &AdapterRatio{Mixed: 5000}, StageSeconds: map[string]float64{},
+		Router:      []RouterPoint{{Batch: 1, Base: 150, Single: 100, Routed: 75}, {Batch: 64, Base: 6000, Single: 4000, Routed: 3200}},
 		Deterministic: &Deterministic{Available: true, On: map[int]float64{1: 100, 64: 500}, Default: map[int]float64{1: 150, 64: 6000},
 			Ratio: map[int]float64{1: 100.0 / 150, 64: 500.0 / 6000}}}
 	ab := lp
@@ -367,6 +368,7 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	ab.Sweep = map[int]float64{1: 165, 64: 6000}
 	ab.LongContext = []LongContextPoint{{Context: 32768, Tokens: 120}}
 	ab.AdaptersQV = &AdapterRatio{Mixed: 5500}
+	ab.Router = []RouterPoint{{Batch: 1, Base: 160, Single: 120, Routed: 90}, {Batch: 64, Base: 6000, Single: 4000, Routed: 3360}}
 	ab.Adapters = nil
 	ab.Deterministic = &Deterministic{Available: true, On: map[int]float64{1: 140, 64: 5400}, Default: map[int]float64{1: 160, 64: 6000},
 		Ratio: map[int]float64{1: 140.0 / 160, 64: 0.9}}
@@ -383,7 +385,8 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 		"ab_fused-decode-on_adapters8qv_b64": 1.1, "ab_fused-decode-on_deterministic_b1": 1.4,
 		"ab_fused-decode-on_deterministic_b64": 10.8, "ab_fused-decode-on_deterministic_vs_default_b1": 0.875,
 		"ab_fused-decode-on_deterministic_vs_default_b64": 0.9, "ab_fused-decode-on_prefix_ttft_cached": 0.75,
-		"ab_fused-decode-on_prefix_ttft_cached_vs_uncached": 0.125} {
+		"ab_fused-decode-on_prefix_ttft_cached_vs_uncached": 0.125, "ab_fused-decode-on_single_adapter_b1": 1.2,
+		"ab_fused-decode-on_routed_b1": 1.2, "ab_fused-decode-on_routed_b64": 1.05} {
 		if r := rows[id]; r.Value == nil || !near(*r.Value, want) || r.Issue != ABRows || !strings.Contains(r.Measure, "LORAPLEX_FUSED_DECODE=on") {
 			t.Errorf("row %s: %+v, want %v", id, r, want)
 		}

@@ -156,6 +156,13 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 		add(row(15, fmt.Sprintf("router28_top2_b%d", c.batch), fmt.Sprintf("routed top-2 of 28 experts ÷ single adapter, batch %d", c.batch),
 			goal{">=", c.g}, p.Ratio, ok, tps(p.Routed), tps(p.Single), noteIf(!ok, lp.failed("router"))))
 	}
+	// What one adapter costs (no goal of its own; the router stage's baselines): a batch of
+	// requests on one rank-8 adapter on all seven projections against the same batch without.
+	for _, batch := range []int{1, 64} {
+		p, ok := lp.router(batch)
+		add(row(15, fmt.Sprintf("single_adapter_b%d_vs_base", batch), fmt.Sprintf("one rank-8 adapter, all 7 projections ÷ no adapters, batch %d", batch),
+			goal{}, p.Single/p.Base, ok && p.Base > 0, tps(p.Single), tps(p.Base), noteIf(!ok, lp.failed("router"))))
+	}
 
 	// Cold load.
 	var warm, load, digest, upload float64
@@ -232,6 +239,9 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 			{"prefill_2048", "prefill 2,048 tokens", tokensPerS(ab, 2048), tokensPerS(*lp, 2048)},
 			{"deterministic_b1", "deterministic mode, batch-1 decode", deterministicTokens(ab, 1), deterministicTokens(*lp, 1)},
 			{"deterministic_b64", "deterministic mode, batch-64 decode", deterministicTokens(ab, 64), deterministicTokens(*lp, 64)},
+			{"single_adapter_b1", "one rank-8 adapter, batch-1 decode", routerTokens(ab, 1, false), routerTokens(*lp, 1, false)},
+			{"routed_b1", "routed top-2 of 28 experts, batch-1 decode", routerTokens(ab, 1, true), routerTokens(*lp, 1, true)},
+			{"routed_b64", "routed top-2 of 28 experts, batch-64 decode", routerTokens(ab, 64, true), routerTokens(*lp, 64, true)},
 		} {
 			add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ default", label, m.what), goal{}, m.a/m.b, m.a > 0 && m.b > 0,
 				tps(m.a), tps(m.b), ""))
@@ -265,6 +275,15 @@ func mixed(a *AdapterRatio) float64 {
 		return 0
 	}
 	return a.Mixed
+}
+
+// routerTokens is the router stage's routed (or single-adapter) throughput at batch (0 when not measured).
+func routerTokens(r Loraplex, batch int, routed bool) float64 {
+	p, _ := r.router(batch)
+	if routed {
+		return p.Routed
+	}
+	return p.Single
 }
 
 func contextTokens(r Loraplex, ctx int) float64 {
