@@ -771,3 +771,80 @@ func TestNormGEMV(t *testing.T) {
 		}
 	}
 }
+
+// SwiGLU with the down projection in one call (SiLUMulMatMul) gives bitwise the activation and
+// the product of SiluMul then MatMul: the activation kernel's bf16 copy is the conversion pass's
+// rounding. Row counts from just past the GEMV rows to a prefill chunk, widths whose element
+// count leaves the four-wide kernel (n·k % 4 != 0: the one-wide kernel) and odd k; every output
+// is poisoned with NaN first. It declines GEMV-sized steps, deterministic mode and the switch off.
+func TestSiLUMulMatMul(t *testing.T) {
+	g := newGPU(t)
+	r := rand.New(rand.NewPCG(61, 62))
+	for _, sh := range []struct{ n, k, m int }{{2, 14336, 4096}, {9, 344, 64}, {64, 1024, 256}, {300, 2048, 512}, {7, 35, 16}} {
+		t.Run(fmt.Sprintf("n%d_k%d_m%d", sh.n, sh.k, sh.m), func(t *testing.T) {
+			gate, up := g.Alloc(sh.n, sh.k), g.Alloc(sh.n, sh.k)
+			act1, act2 := g.Alloc(sh.n, sh.k), g.Alloc(sh.n, sh.k)
+			out1, out2 := g.Alloc(sh.n, sh.m), g.Alloc(sh.n, sh.m)
+			w, err := g.Upload(hostBF16(r, sh.m, sh.k, 1/math.Sqrt(float64(sh.k))), sh.m, sh.k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, x := range []model.Tensor{gate, up} {
+				v := randFloats(r, sh.n*sh.k)
+				for i := range v {
+					v[i] *= 3
+				}
+				if err := g.Write(x, v); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, x := range []model.Tensor{act1, act2, out1, out2} {
+				if err := g.Write(x, nanFloats(x.Rows*x.Cols)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			g.SiluMul(act1, gate, up)
+			g.MatMul(out1, act1, w)
+			if !g.SiLUMulMatMul(out2, act2, gate, up, w) {
+				t.Fatalf("declined %d rows (GEMV rows 1)", sh.n)
+			}
+			for _, pair := range [][2]model.Tensor{{act1, act2}, {out1, out2}} {
+				want, got := read(t, g, pair[0]), read(t, g, pair[1])
+				for i := range want {
+					if math.Float32bits(want[i]) != math.Float32bits(got[i]) || math.IsNaN(float64(got[i])) {
+						t.Fatalf("element %d of [%d, %d]: %v in one call, %v from SiluMul then MatMul", i, pair[0].Rows, pair[0].Cols, got[i], want[i])
+					}
+				}
+			}
+			for _, x := range []model.Tensor{gate, up, act1, act2, out1, out2, w} {
+				g.Free(x)
+			}
+		})
+	}
+	gate, up, act := g.Alloc(16, 64), g.Alloc(16, 64), g.Alloc(16, 64)
+	out := g.Alloc(16, 32)
+	w, err := g.Upload(hostBF16(r, 32, 64, 0.1), 32, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.SetGEMVRows(8)
+	if g.SiLUMulMatMul(out.Slice(0, 8), act.Slice(0, 8), gate.Slice(0, 8), up.Slice(0, 8), w) {
+		t.Error("took 8 rows, which the GEMV kernel reads in fp32")
+	}
+	g.SetSwiGLUBF16(false)
+	if g.SiLUMulMatMul(out, act, gate, up, w) {
+		t.Error("ran with LORAPLEX_SWIGLU_BF16 off")
+	}
+	g.SetSwiGLUBF16(true)
+	g.SetBatchInvariant(true)
+	if g.SiLUMulMatMul(out, act, gate, up, w) {
+		t.Error("ran in deterministic mode")
+	}
+	g.SetBatchInvariant(false)
+	if !g.SiLUMulMatMul(out, act, gate, up, w) {
+		t.Error("declined 16 rows with the switch back on")
+	}
+	if err := g.Err(); err != nil {
+		t.Fatal(err)
+	}
+}

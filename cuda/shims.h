@@ -48,6 +48,9 @@ static inline int s_add_rmsnorm(uintptr_t x, uintptr_t d, uintptr_t out, uintptr
 }
 static inline int s_add_bias(uintptr_t x, uintptr_t b, int rows, int dim, uintptr_t s) { return lp_add_bias(P(float*, x), P(const float*, b), rows, dim, P(lp_stream, s)); }
 static inline int s_silu_mul(uintptr_t out, uintptr_t g, uintptr_t u, size_t n, uintptr_t s) { return lp_silu_mul(P(float*, out), P(const float*, g), P(const float*, u), n, P(lp_stream, s)); }
+static inline int s_silu_mul_bf16(uintptr_t out, uintptr_t ob, uintptr_t g, uintptr_t u, size_t n, uintptr_t s) {
+	return lp_silu_mul_bf16(P(float*, out), P(uint16_t*, ob), P(const float*, g), P(const float*, u), n, P(lp_stream, s));
+}
 static inline int s_rope(uintptr_t x, uintptr_t pos, uintptr_t table, int rows, int heads, int dim, uintptr_t s) {
 	return lp_rope(P(float*, x), P(const int32_t*, pos), P(const float*, table), rows, heads, dim, P(lp_stream, s));
 }

@@ -123,8 +123,10 @@ int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, fl
 int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, lp_stream s);
 // bias.cu: x[i, :] += b
 int lp_add_bias(float* x, const float* b, int rows, int dim, lp_stream s);
-// swiglu.cu: out = silu(gate) * up
+// swiglu.cu: out = silu(gate) * up; the _bf16 form also writes out rounded to bf16 into
+// out_bf16 (lp_f32_to_bf16's rounding), the input of the GEMM that reads out next.
 int lp_silu_mul(float* out, const float* gate, const float* up, size_t n, lp_stream s);
+int lp_silu_mul_bf16(float* out, uint16_t* out_bf16, const float* gate, const float* up, size_t n, lp_stream s);
 // rope.cu: rotate-half RoPE on x [n*heads, dim]; table [max_pos, dim] = cos | sin.
 int lp_rope(float* x, const int32_t* positions, const float* table, int rows, int heads, int dim, lp_stream s);
 // kvcache.cu: write k, v [n, width] (fp32) into bf16 caches at slots.

@@ -190,6 +190,16 @@ type SharedMatMuler interface {
 	MatMulShared(outs []Tensor, x Tensor, ws []Tensor) bool
 }
 
+// SiLUMulMatMuler is implemented by backends that compute the SwiGLU activation and the down
+// projection reading it in one call (CUDA: steps whose products go to cuBLAS, where the
+// activation kernel writes the GEMM's bf16 input itself instead of a conversion pass over it).
+// SiLUMulMatMul is SiluMul(act, gate, up) then MatMul(out, act, w), act left as SiluMul leaves
+// it (the down projection's LoRA shrink reads it), and returns true; or it does nothing and
+// returns false. The answer may depend only on what the StepRecorder key fixes.
+type SiLUMulMatMuler interface {
+	SiLUMulMatMul(out, act, gate, up, w Tensor) bool
+}
+
 // DecodeFuser is implemented by backends with fused kernels for a decoder layer's small ops
 // (cuda: few-row decode steps, where each launch costs about as much as the work it does). Each
 // method does the whole of the unfused ops it names, with their result, and returns true, or does

@@ -24,6 +24,7 @@
 //	SharedMatMuler    q/k/v, gate/up products of one input together       yes  yes
 //	DecodeFuser       RoPE + KV store, gate/up + SiLU in one launch each  -    yes
 //	LoRAGrouper       one LoRA launch pair for q/k/v, one for gate/up     -    yes
+//	SiLUMulMatMuler   SwiGLU writes the down projection's bf16 input      -    yes
 //	NormFuser         (add +) RMSNorm folded into q/k/v, gate/up GEMVs    -    yes
 //	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes
 //	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  yes

@@ -35,6 +35,7 @@ type Runner struct {
 	shared                                    SharedMatMuler            // nil: one MatMul per projection
 	fuser                                     DecodeFuser               // nil: the backend fuses nothing
 	normer                                    NormFuser                 // nil: every RMSNorm is its own op
+	siluDown                                  SiLUMulMatMuler           // nil: SwiGLU, then the down projection's product
 	grouper                                   LoRAGrouper               // nil: one LoRA call per projection
 	groupOuts, groupWs                        [MaxSharedProducts]Tensor // outputs and weights of a projection group and its routers' gates (gatedProducts), kept here so steps allocate nothing
 	groupSegs                                 [3][]LoRASeg
@@ -59,6 +60,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r.shared, _ = b.(SharedMatMuler)
 	r.fuser, _ = b.(DecodeFuser)
 	r.normer, _ = b.(NormFuser)
+	r.siluDown, _ = b.(SiLUMulMatMuler)
 	r.grouper, _ = b.(LoRAGrouper)
 	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
 	qd, kvd := cfg.NumHeads*D, cfg.NumKVHeads*D
@@ -311,6 +313,7 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		o := r.deltaFor(n, cfg.HiddenSize)
 		r.proj(o, attn, l, ProjO)
 		in = NormedInput{X: x, Delta: o, Next: h, Weight: L.MLPNorm, Eps: r.eps}
+		down := false // the down projection's product made with the activation (SiLUMulMatMuler)
 		if r.gateUpNormFused(act, in, l) {
 			x, h = fusedResidual(in)
 		} else {
@@ -318,10 +321,18 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 			if !r.gateUpFused(act, h, l) {
 				r.groupOuts[0], r.groupOuts[1] = gate, up
 				r.projShared(h, l, gateUpProjs, r.groupOuts[:2])
-				b.SiluMul(act, gate, up)
+				// Routed steps make the product with the down projection's gate (gatedProducts).
+				down = r.siluDown != nil && r.routing.seqs == 0 && r.siluDown.SiLUMulMatMul(o, act, gate, up, L.W[ProjDown])
+				if !down {
+					b.SiluMul(act, gate, up)
+				}
 			}
 		}
-		r.proj(o, act, l, ProjDown)
+		if down {
+			r.projAfter(o, act, l, ProjDown)
+		} else {
+			r.proj(o, act, l, ProjDown)
+		}
 		delta = o
 	}
 	b.AddRMSNorm(x, delta, h, w.Norm, r.eps)

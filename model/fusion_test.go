@@ -14,9 +14,9 @@ import (
 // equal, and counted; with decline set it refuses every call.
 type composingBackend struct {
 	*cpu.Backend
-	decline, declineNorms            bool // refuse every call; refuse the NormFuser calls only
-	products, ropeKV, gateUp, groups int
-	normed                           [2]int // NormMatMulShared, NormGateUpSiLU calls
+	decline, declineNorms                      bool // refuse every call; refuse the NormFuser calls only
+	products, ropeKV, gateUp, groups, siluDown int
+	normed                                     [2]int // NormMatMulShared, NormGateUpSiLU calls
 }
 
 // normedRows carries out in's norm as the forward pass's unfused ops do, into a fresh tensor
@@ -75,6 +75,16 @@ func (c *composingBackend) MatMulShared(outs []model.Tensor, x model.Tensor, ws 
 	return true
 }
 
+func (c *composingBackend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
+	if c.decline {
+		return false
+	}
+	c.siluDown++
+	c.SiluMul(act, gate, up)
+	c.MatMul(out, act, w)
+	return true
+}
+
 func (c *composingBackend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads int, table model.Tensor) bool {
 	if c.decline {
 		return false
@@ -120,7 +130,7 @@ func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [
 // q/k/v and gate/up, both norms folded into the products that read them where nothing else
 // reads the normed state (the residual then living in the other buffer from one layer to the
 // next), and, where the norms are not folded, gate/up + SiLU for steps with nothing to add to
-// gate and up.
+// gate and up, and SwiGLU with the down projection's product for the others.
 func TestForwardUsesFusionCapabilities(t *testing.T) {
 	for _, name := range []string{"llama", "qwen2", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
@@ -159,9 +169,10 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					}
 				}
 			}
-			if fusing.products == 0 || fusing.ropeKV == 0 || fusing.groups == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 {
-				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %v norm-fused products, %d gate/up without them",
-					fusing.products, fusing.ropeKV, fusing.groups, fusing.normed, unnormed.gateUp)
+			if fusing.products == 0 || fusing.ropeKV == 0 || fusing.groups == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
+				fusing.siluDown == 0 {
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down",
+					fusing.products, fusing.ropeKV, fusing.groups, fusing.normed, unnormed.gateUp, fusing.siluDown)
 			}
 		})
 	}
