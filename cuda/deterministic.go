@@ -42,7 +42,9 @@ import (
 //         row takes the same arithmetic as a batch. LORAPLEX_DETERMINISTIC_SMALL=on (or
 //         SetDeterministicSmall) sends products of up to 8 rows to the kernel's small-n
 //         variant, chosen by the row count but bitwise the same (the same mma sequence per
-//         output, in blocks shaped to stream the weights at batch 1).
+//         output, in blocks shaped to stream the weights at batch 1); and
+//         LORAPLEX_DETERMINISTIC_WIDE=on (or SetDeterministicWide) sends those of more rows to
+//         its wide-pipeline variant (the big variant's blocks, twice the stages in flight).
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
 //     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
@@ -161,12 +163,38 @@ func (b *Backend) SetDeterministicSmall(on bool) {
 	b.detSmall = on
 }
 
-// detSmallArg is SetDeterministicSmall's choice as the kernels' small argument.
-func (b *Backend) detSmallArg() C.int {
-	if b.detSmall {
-		return 1
+// deterministicWideDefault: whether the tensor-core kernel sends products of more than
+// LP_GEMM_INVARIANT_SMALL_ROWS rows (decode at batch 9 to 64, prefill) to its wide-pipeline
+// variant unless LORAPLEX_DETERMINISTIC_WIDE=on|off (read once in New) or SetDeterministicWide
+// says otherwise. Off until a GPU run measures it: at batch 64 the big variant streamed about
+// 0.8 TB/s of weights on an H100 (3,219 tok/s, 0.428 of the default mode's 7,517;
+// bench/results/gpu-h100/goals-2026-12-07-ab2), with three 4-KB stages of W ahead per block and
+// one block per SM at m = 4,096; the wide variant keeps seven ahead, each stage sized for x's
+// type (kernels/gemm_invariant.cu), and gives bitwise the big variant's products.
+const deterministicWideDefault = false
+
+// SetDeterministicWide chooses whether deterministic mode's tensor-core products of more than
+// LP_GEMM_INVARIANT_SMALL_ROWS rows take the wide-pipeline variant for the following steps (for
+// tests and benchmarks that compare both): bitwise the same products either way. Recorded
+// graphs hold the other variant's launches, so they are dropped.
+func (b *Backend) SetDeterministicWide(on bool) {
+	if on != b.detWide {
+		b.dropGraphs()
 	}
-	return 0
+	b.detWide = on
+}
+
+// detVariants is SetDeterministicSmall's and SetDeterministicWide's choices as the kernel's
+// variants flags.
+func (b *Backend) detVariants() C.int {
+	var v C.int
+	if b.detSmall {
+		v |= C.LP_GEMM_INVARIANT_SMALL
+	}
+	if b.detWide {
+		v |= C.LP_GEMM_INVARIANT_WIDE
+	}
+	return v
 }
 
 // invariantGEMM is MatMul in deterministic mode: one kernel per shape, whatever the row count.
@@ -176,7 +204,7 @@ func (b *Backend) invariantGEMM(out, x, w model.Tensor, alpha, beta float32) {
 		return
 	}
 	if xp, bf, ok := b.invariantInput(x); ok {
-		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.detSmallArg(), b.stream))
+		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.detVariants(), b.stream))
 	}
 }
 
@@ -234,7 +262,7 @@ func (b *Backend) invariantShared(outs []model.Tensor, x model.Tensor, ws []mode
 	}
 	if xp, bf, ok := b.invariantInput(x); ok {
 		a := b.gemvArgs.set(outs, ws)
-		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.detSmallArg(), b.stream))
+		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.detVariants(), b.stream))
 	}
 	return true
 }

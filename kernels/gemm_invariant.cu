@@ -93,8 +93,8 @@
 #define GI_WPITCH (GI_BK + 8)                   // bf16 per W row in shared memory: 16-byte pad, conflict-free ldmatrix
 #define GI_XPITCH (GI_BK + 8)                   // floats per x row: rows 8 words apart, conflict-free 8-byte reads
 #define GI_WBYTES (GI_BN * GI_WPITCH * 2)       // 4,608
-#define GI_STAGE (GI_WBYTES + GI_NC * GI_XPITCH * 4)  // 23,040
-#define GI_SMEM (GI_STAGES * GI_STAGE)          // 92,160: two blocks per SM on an H100
+#define GI_STAGE (GI_WBYTES + GI_NC * GI_XPITCH * 4)  // 23,040; 92,160 bytes of stages: two blocks per SM on an H100
+#define GW_STAGES 8                             // the wide variant's stages in flight (seven ahead)
 
 #define GS_ROWS LP_GEMM_INVARIANT_SMALL_ROWS    // the small-n variant: rows it takes (one n-tile, 8)
 #define GS_BN 16                                // output columns per block: one A tile, one warp
@@ -109,6 +109,22 @@ static_assert(GS_BK % 16 == 0 && GS_WBYTES % 16 == 0 && (GS_XPITCH * 2) % 16 == 
 static_assert(GI_BN % GS_BN == 0, "a big-variant strip is whole small-variant strips: A tiles at the same j % 16");
 static_assert(GI_BN == 2 * 16 && GI_NC == GI_WARPS * 2 * 8, "each warp owns both A tiles and two n-tiles");
 static_assert(GI_BK % 16 == 0 && GI_WBYTES % 16 == 0 && GI_STAGE % 16 == 0, "16-byte aligned stages");
+static_assert((GI_WPITCH * 2) % 16 == 0 && (GI_XPITCH * 4) % 16 == 0, "16-byte aligned rows in the wide variant's stages");
+
+// gi_stage is the bytes of one stage of the big variant (WIDE false: x's area sized for fp32
+// whatever X is, as it has always been) or of the wide one (x's area sized for X: 13,824 bytes
+// with bf16 x, 23,040 with fp32).
+template <typename X, bool WIDE>
+constexpr int gi_stage() {
+    return WIDE ? GI_WBYTES + GI_NC * (sizeof(X) == 2 ? GI_WPITCH : GI_XPITCH) * (int)sizeof(X) : GI_STAGE;
+}
+
+// gi_smem is the variant's shared memory: GI_STAGES or GW_STAGES stages. Wide: 110,592 bytes with
+// bf16 x (two blocks per SM on an H100, one on an A100), 184,320 with fp32 x (one per SM, H100).
+template <typename X, bool WIDE>
+constexpr int gi_smem() {
+    return (WIDE ? GW_STAGES : GI_STAGES) * gi_stage<X, WIDE>();
+}
 
 // gi_strips is how many strips of cols columns part g of p has.
 __host__ __device__ __forceinline__ int gi_strips(const lp_gemv_parts& p, int g, int cols) {
@@ -135,11 +151,14 @@ __device__ __forceinline__ void gi_store(float* out, float acc, float alpha, flo
 // Part g of p is y[g] = alpha · x · w[g]ᵀ (+ beta · y[g]), its width end[g] - end[g-1]; the
 // grid's strips are the parts' strips one part after the other (one part: a plain product).
 // X is x's element type: float (rounded to bf16 as the B fragments are built) or uint16_t (bf16
-// already, rounded the same way by lp_f32_to_bf16; B fragments straight from ldmatrix).
-template <typename X>
+// already, rounded the same way by lp_f32_to_bf16; B fragments straight from ldmatrix). WIDE
+// picks the pipeline: GI_STAGES stages of gi_stage<X, false>() bytes (the big variant) or
+// GW_STAGES of gi_stage<X, true>() (the wide one); nothing else differs.
+template <typename X, bool WIDE>
 __global__ void __launch_bounds__(32 * GI_WARPS)
     gemm_invariant_kernel(lp_gemv_parts p, const X* x, int n, int k, float alpha, float beta) {
     constexpr bool XBF16 = sizeof(X) == 2;
+    constexpr int STAGES = WIDE ? GW_STAGES : GI_STAGES, STAGE = gi_stage<X, WIDE>();
     constexpr int XPITCH = XBF16 ? GI_WPITCH : GI_XPITCH;  // elements per x row in shared memory
     extern __shared__ __align__(16) unsigned char gi_sm[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
@@ -154,12 +173,12 @@ __global__ void __launch_bounds__(32 * GI_WARPS)
     const int staged = (rows + 7) & ~7;  // rows copied per stage: whole n-tiles, zeros past n
     const int ktiles = (k + GI_BK - 1) / GI_BK;
 
-    auto wstage = [&](int st) { return reinterpret_cast<uint16_t*>(gi_sm + st * GI_STAGE); };
-    auto xstage = [&](int st) { return reinterpret_cast<X*>(gi_sm + st * GI_STAGE + GI_WBYTES); };
+    auto wstage = [&](int st) { return reinterpret_cast<uint16_t*>(gi_sm + st * STAGE); };
+    auto xstage = [&](int st) { return reinterpret_cast<X*>(gi_sm + st * STAGE + GI_WBYTES); };
     // Copies of k-tile it: W rows past m and columns past k, and x rows past n, are zero-filled
     // (source size 0 reads nothing; the pointer only has to be valid).
     auto load = [&](int it) {
-        const int k0 = it * GI_BK, st = it % GI_STAGES;
+        const int k0 = it * GI_BK, st = it % STAGES;
         uint16_t* wd = wstage(st);
         X* xd = xstage(st);
         constexpr int WV = GI_BK / 8;  // 16-byte vectors per W row
@@ -177,7 +196,7 @@ __global__ void __launch_bounds__(32 * GI_WARPS)
     };
 
 #pragma unroll
-    for (int s = 0; s < GI_STAGES - 1; s++) {
+    for (int s = 0; s < STAGES - 1; s++) {
         if (s < ktiles) load(s);
         cp_async_commit();
     }
@@ -194,13 +213,13 @@ __global__ void __launch_bounds__(32 * GI_WARPS)
     const bool busy0 = wrow < rows, busy1 = wrow + 8 < rows;  // warp-uniform: mma needs all lanes
 
     for (int it = 0; it < ktiles; it++) {
-        cp_async_wait<GI_STAGES - 2>();  // k-tile it has landed (this thread's copies) ...
-        __syncthreads();                 // ... everyone's, and everyone is done with k-tile it - 1
-        if (it + GI_STAGES - 1 < ktiles) load(it + GI_STAGES - 1);  // into k-tile it - 1's stage
+        cp_async_wait<STAGES - 2>();  // k-tile it has landed (this thread's copies) ...
+        __syncthreads();              // ... everyone's, and everyone is done with k-tile it - 1
+        if (it + STAGES - 1 < ktiles) load(it + STAGES - 1);  // into k-tile it - 1's stage
         cp_async_commit();
         if (!busy0) continue;
-        const uint16_t* wt = wstage(it % GI_STAGES);
-        const X* xt = xstage(it % GI_STAGES);
+        const uint16_t* wt = wstage(it % STAGES);
+        const X* xt = xstage(it % STAGES);
         const int ksteps = min(GI_BK, k - it * GI_BK) / 16;
         // ldmatrix x4 of a 16x16 A tile: lanes 0-15 address its rows at k 0, lanes 16-31 at k 8;
         // registers 0-3 are then a0..a3 of the m16n8k16 A layout (rows g, g + 8; k 2c, 2c + 8).
@@ -353,7 +372,7 @@ constexpr int gs_smem() {
 }
 
 template <typename X>
-static int launch_gemm_invariant(int n, int k, const X* x, const lp_gemv_parts& p, float alpha, float beta, int small,
+static int launch_gemm_invariant(int n, int k, const X* x, const lp_gemv_parts& p, float alpha, float beta, int variants,
                                  lp_stream s) {
     if (n < 1 || k <= 0 || !x || (uintptr_t)x % 16 != 0 || p.parts < 1 || p.parts > LP_GEMV_PARTS)
         return (int)cudaErrorInvalidValue;
@@ -365,39 +384,52 @@ static int launch_gemm_invariant(int n, int k, const X* x, const lp_gemv_parts& 
         strips += gi_strips(p, g, GI_BN);
         small_strips += gi_strips(p, g, GS_BN);
     }
-    // The shapes taken do not depend on n (the big variant's grid limit for both), so a row alone
-    // and the same row in a batch are both taken or both refused.
+    // The shapes taken do not depend on n (the big variant's grid limit for every variant), so a
+    // row alone and the same row in a batch are both taken or both refused.
     if (strips > 65535) return (int)cudaErrorInvalidValue;
     // Set on every launch, as attention_prefill_mma.cu does: the attribute belongs to the current
-    // device, and a host-side call costs no sync.
-    if (small && n <= GS_ROWS) {  // the variant by n: the same mma sequence per output either way
+    // device, and a host-side call costs no sync. The variant is chosen by n (and the device's
+    // shared memory) only: the same mma sequence per output whichever runs.
+    if ((variants & LP_GEMM_INVARIANT_SMALL) && n <= GS_ROWS) {
         cudaError_t e = cudaFuncSetAttribute(gemm_invariant_small_kernel<X>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              gs_smem<X>());
         if (e != cudaSuccess) return (int)e;
         gemm_invariant_small_kernel<X><<<small_strips, 32, gs_smem<X>(), as_stream(s)>>>(p, x, n, k, alpha, beta);
         LP_CHECK_LAUNCH();
     }
-    cudaError_t e = cudaFuncSetAttribute(gemm_invariant_kernel<X>, cudaFuncAttributeMaxDynamicSharedMemorySize, GI_SMEM);
-    if (e != cudaSuccess) return (int)e;
     dim3 grid((n + GI_NC - 1) / GI_NC, strips);
-    gemm_invariant_kernel<X><<<grid, 32 * GI_WARPS, GI_SMEM, as_stream(s)>>>(p, x, n, k, alpha, beta);
+    if ((variants & LP_GEMM_INVARIANT_WIDE) && n > GS_ROWS) {
+        // A device that cannot give a block the wide variant's shared memory (an A100 with fp32
+        // x, anything before sm_80's 163 KB) runs the big one: bitwise the same products. The
+        // refusal is cleared so that the launch below reports its own status.
+        if (cudaFuncSetAttribute(gemm_invariant_kernel<X, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 gi_smem<X, true>()) == cudaSuccess) {
+            gemm_invariant_kernel<X, true><<<grid, 32 * GI_WARPS, gi_smem<X, true>(), as_stream(s)>>>(p, x, n, k, alpha, beta);
+            LP_CHECK_LAUNCH();
+        }
+        (void)cudaGetLastError();
+    }
+    cudaError_t e = cudaFuncSetAttribute(gemm_invariant_kernel<X, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         gi_smem<X, false>());
+    if (e != cudaSuccess) return (int)e;
+    gemm_invariant_kernel<X, false><<<grid, 32 * GI_WARPS, gi_smem<X, false>(), as_stream(s)>>>(p, x, n, k, alpha, beta);
     LP_CHECK_LAUNCH();
 }
 
 static int launch_gemm_invariant_x(int n, int k, const void* x, int x_bf16, const lp_gemv_parts& p, float alpha,
-                                   float beta, int small, lp_stream s) {
-    return x_bf16 ? launch_gemm_invariant(n, k, static_cast<const uint16_t*>(x), p, alpha, beta, small, s)
-                  : launch_gemm_invariant(n, k, static_cast<const float*>(x), p, alpha, beta, small, s);
+                                   float beta, int variants, lp_stream s) {
+    return x_bf16 ? launch_gemm_invariant(n, k, static_cast<const uint16_t*>(x), p, alpha, beta, variants, s)
+                  : launch_gemm_invariant(n, k, static_cast<const float*>(x), p, alpha, beta, variants, s);
 }
 
 extern "C" int lp_gemm_invariant_bf16(int n, int m, int k, const void* x, int x_bf16, const uint16_t* w, float* y,
-                                      float alpha, float beta, int small, lp_stream s) {
+                                      float alpha, float beta, int variants, lp_stream s) {
     lp_gemv_parts p = {};
     p.w[0] = w, p.y[0] = y, p.end[0] = m, p.parts = 1;
-    return launch_gemm_invariant_x(n, k, x, x_bf16, p, alpha, beta, small, s);
+    return launch_gemm_invariant_x(n, k, x, x_bf16, p, alpha, beta, variants, s);
 }
 
-extern "C" int lp_gemm_invariant_parts_bf16(int n, int k, const void* x, int x_bf16, lp_gemv_parts parts, int small,
+extern "C" int lp_gemm_invariant_parts_bf16(int n, int k, const void* x, int x_bf16, lp_gemv_parts parts, int variants,
                                             lp_stream s) {
-    return launch_gemm_invariant_x(n, k, x, x_bf16, parts, 1.f, 0.f, small, s);
+    return launch_gemm_invariant_x(n, k, x, x_bf16, parts, 1.f, 0.f, variants, s);
 }
