@@ -43,8 +43,8 @@ import (
 //         SetDeterministicSmall) sends products of up to 8 rows to the kernel's small-n
 //         variant, chosen by the row count but bitwise the same (the same mma sequence per
 //         output, in blocks shaped to stream the weights at batch 1); and
-//         LORAPLEX_DETERMINISTIC_WIDE=on (or SetDeterministicWide) sends those of more rows to
-//         its wide-pipeline variant (the big variant's blocks, twice the stages in flight).
+//         LORAPLEX_DETERMINISTIC_WIDE=on|deep (or SetDeterministicWide) sends those of more
+//         rows to its wide or deep variant (DeterministicWide), bitwise the same again.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
 //     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
@@ -163,25 +163,67 @@ func (b *Backend) SetDeterministicSmall(on bool) {
 	b.detSmall = on
 }
 
-// deterministicWideDefault: whether the tensor-core kernel sends products of more than
-// LP_GEMM_INVARIANT_SMALL_ROWS rows (decode at batch 9 to 64, prefill) to its wide-pipeline
-// variant unless LORAPLEX_DETERMINISTIC_WIDE=on|off (read once in New) or SetDeterministicWide
-// says otherwise. Off until a GPU run measures it: at batch 64 the big variant streamed about
-// 0.8 TB/s of weights on an H100 (3,219 tok/s, 0.428 of the default mode's 7,517;
-// bench/results/gpu-h100/goals-2026-12-07-ab2), with three 4-KB stages of W ahead per block and
-// one block per SM at m = 4,096; the wide variant keeps seven ahead, each stage sized for x's
-// type (kernels/gemm_invariant.cu), and gives bitwise the big variant's products.
-const deterministicWideDefault = false
+// DeterministicWide is the tensor-core kernel's variant for products of more than
+// LP_GEMM_INVARIANT_SMALL_ROWS rows (decode at batch 9 to 64, prefill): LORAPLEX_DETERMINISTIC_WIDE=
+// off|on|deep (read once in New), or Backend.SetDeterministicWide. Every variant runs each
+// output's mma sequence unchanged (kernels/gemm_invariant.cu), so the products are bitwise the
+// same whichever runs; they differ in how the weights are streamed.
+type DeterministicWide int
 
-// SetDeterministicWide chooses whether deterministic mode's tensor-core products of more than
-// LP_GEMM_INVARIANT_SMALL_ROWS rows take the wide-pipeline variant for the following steps (for
-// tests and benchmarks that compare both): bitwise the same products either way. Recorded
-// graphs hold the other variant's launches, so they are dropped.
-func (b *Backend) SetDeterministicWide(on bool) {
-	if on != b.detWide {
+const (
+	// DeterministicWideOff: the big variant (strips of 32 columns, 64 rows, three 4-KB stages of
+	// W ahead per block).
+	DeterministicWideOff DeterministicWide = iota
+	// DeterministicWideOn: the wide variant: strips of 64 columns (half the L2 reads of x per
+	// byte of W), eleven stages ahead with bf16 x, one block per SM.
+	DeterministicWideOn
+	// DeterministicWideDeep: the deep variant: the big variant's blocks, seven stages ahead
+	// sized for x's type (two blocks per SM with bf16 x).
+	DeterministicWideDeep
+)
+
+func (d DeterministicWide) String() string {
+	switch d {
+	case DeterministicWideOff:
+		return "off"
+	case DeterministicWideOn:
+		return "on"
+	case DeterministicWideDeep:
+		return "deep"
+	}
+	return fmt.Sprintf("DeterministicWide(%d)", int(d))
+}
+
+// deterministicWideDefault: off until a GPU run measures the others. At batch 64 the big variant
+// streamed about 0.8 TB/s of weights on an H100 (3,219 tok/s, 0.428 of the default mode's
+// 7,517; bench/results/gpu-h100/goals-2026-12-07-ab2), and fp32 x (twice the L2 reads of x)
+// ran at 0.77 of bf16 x's rate (2,322 and 3,008 tok/s in goals-2026-12-07-ab): by an estimate
+// from the step time, about 3 TB/s of L2 reads, weights and x together, in both, so the reads
+// of x each block repeats may be the bound; the wide variant halves them per byte of W.
+const deterministicWideDefault = DeterministicWideOff
+
+// deterministicWideFromEnv reads LORAPLEX_DETERMINISTIC_WIDE (the default when unset or unknown).
+func deterministicWideFromEnv() DeterministicWide {
+	for _, d := range []DeterministicWide{DeterministicWideOff, DeterministicWideOn, DeterministicWideDeep} {
+		if os.Getenv("LORAPLEX_DETERMINISTIC_WIDE") == d.String() {
+			return d
+		}
+	}
+	return deterministicWideDefault
+}
+
+// SetDeterministicWide chooses the tensor-core kernel's variant for deterministic products of
+// more than LP_GEMM_INVARIANT_SMALL_ROWS rows for the following steps (for tests and benchmarks
+// that compare them): bitwise the same products whichever runs. Recorded graphs hold the other
+// variant's launches, so they are dropped.
+func (b *Backend) SetDeterministicWide(d DeterministicWide) {
+	if d < DeterministicWideOff || d > DeterministicWideDeep {
+		panic(fmt.Sprintf("cuda: SetDeterministicWide(%d)", int(d)))
+	}
+	if d != b.detWide {
 		b.dropGraphs()
 	}
-	b.detWide = on
+	b.detWide = d
 }
 
 // detVariants is SetDeterministicSmall's and SetDeterministicWide's choices as the kernel's
@@ -191,8 +233,11 @@ func (b *Backend) detVariants() C.int {
 	if b.detSmall {
 		v |= C.LP_GEMM_INVARIANT_SMALL
 	}
-	if b.detWide {
+	switch b.detWide {
+	case DeterministicWideOn:
 		v |= C.LP_GEMM_INVARIANT_WIDE
+	case DeterministicWideDeep:
+		v |= C.LP_GEMM_INVARIANT_DEEP
 	}
 	return v
 }

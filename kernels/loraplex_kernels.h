@@ -257,13 +257,15 @@ int lp_sample(float* logits, int rows, int vocab, const lp_sample_row* params, i
 // cudaErrorInvalidValue (lp_gemv_rows_bf16 takes those). variants is a set of the flags below,
 // each choosing by n alone and each bitwise the same y: LP_GEMM_INVARIANT_SMALL sends n <=
 // LP_GEMM_INVARIANT_SMALL_ROWS to the small-n variant (more weight bytes in flight per SM for
-// decode at small batches), LP_GEMM_INVARIANT_WIDE sends n > LP_GEMM_INVARIANT_SMALL_ROWS to the
-// wide-pipeline variant (twice the stages in flight, up to 184 KB of shared memory per block);
-// 0 runs the big variant for every n.
+// decode at small batches); LP_GEMM_INVARIANT_WIDE sends n > LP_GEMM_INVARIANT_SMALL_ROWS to the
+// wide variant (64-column strips, a deeper pipeline: half the L2 reads of x per weight byte), or
+// else LP_GEMM_INVARIANT_DEEP to the deep one (the big variant's blocks, a deeper pipeline); a
+// GPU without the shared memory they take runs the big variant; 0 runs it for every n.
 #define LP_GEMM_INVARIANT_COLS 32
 #define LP_GEMM_INVARIANT_SMALL_ROWS 8
 #define LP_GEMM_INVARIANT_SMALL 1
 #define LP_GEMM_INVARIANT_WIDE 2
+#define LP_GEMM_INVARIANT_DEEP 4
 static inline int lp_gemm_invariant_ok(int m, int k) {
     return m > 0 && m <= 65535 * LP_GEMM_INVARIANT_COLS && k > 0 && k % 16 == 0;
 }
