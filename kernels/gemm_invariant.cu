@@ -46,6 +46,25 @@
 // own B pairs (zeros for rows past n, which are never copied); the warp needs no other warp, so
 // __syncthreads is a warp barrier.
 //
+// The wide and deep variants (n > GS_ROWS: decode at batch 9 to 64, prefill; cuda/deterministic.go's
+// LORAPLEX_DETERMINISTIC_WIDE=on|deep; gi_variant). At batch 64 the big variant streamed about
+// 0.8 TB/s of weights on an H100 (3,219 tok/s, 0.428 of the default mode's 7,517), with x in
+// fp32 at 0.77 of its rate with x in bf16: by an estimate from the step times, about 3 TB/s of L2
+// reads in both, most of them x, which every block of a 32-column strip reads whole (twice its
+// strip's weight bytes in bf16). Both variants are the big variant's kernel body (one template,
+// four warps, 64-row chunks, stages of GI_BK k, each warp two A tiles) with another block shape
+// or pipeline. Wide: strips of GW_BN = 64 columns with the warps two by two (warp w: A tiles
+// 2 (w % 2) and 2 (w % 2) + 1, n-tiles 4 (w / 2) .. 4 (w / 2) + 3), so a block's reads of x
+// cover twice the weights (L2 reads per weight byte 2 instead of 3) and a k-step's ldmatrix
+// reads per weight byte drop from 6 to 4, at the price of half the blocks (64 at m = 4,096: o
+// and down leave half the SMs idle, and each busy one must stream twice as fast; one block per
+// SM: GW_STAGES_BF16 = 12 stages of 18,432 bytes with bf16 x, eleven ahead, 88 KB of W in
+// flight per SM against the big variant's 12 KB there). Deep: the big variant's blocks with
+// GD_STAGES = 8 stages sized for x's type (13,824 bytes with bf16 x instead of the fp32-sized
+// 23,040), seven 4-KB stages of W ahead instead of three, two blocks per SM with bf16 x where the
+// grid has them. Which one streams faster is for a GPU run to say (bench/gpu's A/B rows of
+// deterministic mode). A GPU that cannot give a block their shared memory runs the big variant.
+//
 // Batch invariance, by construction: output (r, j) is accumulated in one fp32 register, from
 // zero, by one mma per k-step of 16, k-steps in increasing order 0 .. k/16 - 1, whose operands
 // are W[j, 16s .. 16s + 15] (bf16, as stored) and bf16(x[r, 16s .. 16s + 15]); then alpha and
@@ -58,19 +77,23 @@
 // stage size only cuts the same sequence of k-steps into copies. TestBatchInvariantMatMul
 // checks it bitwise: each row alone equals the row inside batches of many sizes, at any place.
 //
-// The launcher picks the variant by n, and that keeps invariance: the sequence above is fixed
-// by (r, j), k, W and x alone, not by which block computes the output, how many columns or rows
-// a block holds, the stage size or how many warps share a block; the small variant runs exactly
-// that sequence (the same mma.sync m16n8k16 per k-step, the same k order, the same operands,
-// even at the same places: column j at A-tile row j % 16, since both strip widths are multiples
-// of 16, and row r at B column r, as in the big variant's first n-tile; the same gi_store
-// expression). So a row computed at n = 1 by the small variant is bitwise the row inside a
-// 64-row batch computed by the big one. Which shapes are taken (lp_gemm_invariant_ok, the big
-// variant's grid limit) never depends on n. Keep it so: a variant may change the block shape,
-// never a k-step's instruction, order or operands, and never split k. TestGemmInvariant,
-// TestBatchInvariantMatMul and TestInvariantMatMulShared compare the two bitwise.
+// The launcher picks the variant by n (and the device's shared memory), and that keeps
+// invariance: the sequence above is fixed by (r, j), k, W and x alone, not by which block
+// computes the output, how many columns or rows a block holds, the stage size or depth or how
+// many warps share a block; the small, wide and deep variants run exactly that sequence (the
+// same mma.sync m16n8k16 per k-step, the same k order, the same operands, even at the same
+// places: column j at A-tile row j % 16, since every strip width and a warp's first column are
+// multiples of 16, and row r at B column r % 8; the same gi_store expression). So a row
+// computed at n = 1 by the small variant is bitwise the row inside a 64-row batch computed by
+// the big, wide or deep one. Which shapes are taken (lp_gemm_invariant_ok, the big variant's
+// grid limit, which bounds the wide one's) never depends on n. Keep it so: a variant may change
+// the block shape, never a k-step's instruction, order or operands, and never split k.
+// TestGemmInvariant, TestBatchInvariantMatMul and TestInvariantMatMulShared compare them
+// bitwise; the fragment and staging arithmetic of all three shapes of the kernel body was
+// checked on a CPU emulation of cp.async's zero fill, ldmatrix x4 and mma m16n8k16 before any
+// GPU ran it.
 //
-// Graph replay: the launch shape depends on n, k, the widths and small only and the kernel reads
+// Graph replay: the launch shape depends on n, k, the widths and variants only and the kernel reads
 // only its arguments, so a recorded launch replays correctly; no reduction order varies between runs,
 // so replays and direct runs are bitwise identical.
 //
