@@ -271,34 +271,40 @@ __global__ void __launch_bounds__(32 * GI_WARPS)
         // K operand): registers b0, b1 of n-tile 2h, then of n-tile 2h + 1.
         const X* xr = XBF16 ? xt + (wrow + (lane & 7) + ((lane >> 4) << 3)) * XPITCH + ((lane >> 3) & 1) * 8
                             : xt + (wrow + g) * XPITCH + 2 * c;
+        // Guards, not breaks, so that every loop unrolls with constant trip counts and the
+        // fragments and accumulators stay in registers.
 #pragma unroll
         for (int kk = 0; kk < GI_BK / 16; kk++) {
-            if (kk >= ksteps) break;
-            uint32_t a0[4], a1[4];
-            ldsm_x4(a0, a_addr + kk * 32);
-            ldsm_x4(a1, a_addr + (16 * GI_WPITCH + kk * 16) * 2);
-            uint32_t b[NT][2];  // [n-tile][b0, b1]
+            if (kk < ksteps) {
+                uint32_t a0[4], a1[4];
+                ldsm_x4(a0, a_addr + kk * 32);
+                ldsm_x4(a1, a_addr + (16 * GI_WPITCH + kk * 16) * 2);
+                uint32_t b[NT][2];  // [n-tile][b0, b1]
 #pragma unroll
-            for (int h = 0; h < NT / 2; h++) {
-                if (2 * h >= live) break;
-                if constexpr (XBF16) {
-                    ldsm_x4(&b[2 * h][0], smem_u32(xr + 16 * h * XPITCH + kk * 16));
-                } else {
+                for (int h = 0; h < NT / 2; h++) {
+                    if (2 * h < live) {
+                        if constexpr (XBF16) {
+                            ldsm_x4(&b[2 * h][0], smem_u32(xr + 16 * h * XPITCH + kk * 16));
+                        } else {
 #pragma unroll
-                    for (int t = 2 * h; t < 2 * h + 2; t++) {
-                        if (t >= live) break;
-                        const float* q = reinterpret_cast<const float*>(xr) + t * 8 * XPITCH + kk * 16;
-                        const float2 lo = *reinterpret_cast<const float2*>(q);
-                        const float2 hi = *reinterpret_cast<const float2*>(q + 8);
-                        b[t][0] = pack_bf16(lo.x, lo.y), b[t][1] = pack_bf16(hi.x, hi.y);
+                            for (int t = 2 * h; t < 2 * h + 2; t++) {
+                                if (t < live) {
+                                    const float* q = reinterpret_cast<const float*>(xr) + t * 8 * XPITCH + kk * 16;
+                                    const float2 lo = *reinterpret_cast<const float2*>(q);
+                                    const float2 hi = *reinterpret_cast<const float2*>(q + 8);
+                                    b[t][0] = pack_bf16(lo.x, lo.y), b[t][1] = pack_bf16(hi.x, hi.y);
+                                }
+                            }
+                        }
                     }
                 }
-            }
 #pragma unroll
-            for (int t = 0; t < NT; t++) {
-                if (t >= live) break;
-                mma_bf16(acc[0][t], a0, b[t][0], b[t][1]);
-                mma_bf16(acc[1][t], a1, b[t][0], b[t][1]);
+                for (int t = 0; t < NT; t++) {
+                    if (t < live) {
+                        mma_bf16(acc[0][t], a0, b[t][0], b[t][1]);
+                        mma_bf16(acc[1][t], a1, b[t][0], b[t][1]);
+                    }
+                }
             }
         }
     }
