@@ -167,7 +167,8 @@ func (b *Backend) SetDeterministicSmall(on bool) {
 // LP_GEMM_INVARIANT_SMALL_ROWS rows (decode at batch 9 to 64, prefill): LORAPLEX_DETERMINISTIC_WIDE=
 // off|on|deep (read once in New), or Backend.SetDeterministicWide. Every variant runs each
 // output's mma sequence unchanged (kernels/gemm_invariant.cu), so the products are bitwise the
-// same whichever runs; they differ in how the weights are streamed.
+// same whichever runs; they differ in how the weights are streamed (BenchmarkGemmInvariantVariants
+// measures each one's rate, bench/gpu's A/B rows its effect on decode).
 type DeterministicWide int
 
 const (

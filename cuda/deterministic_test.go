@@ -516,3 +516,55 @@ func BenchmarkDeterministicDecodeCUDA(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkGemmInvariantVariants is the weight stream of deterministic mode's tensor-core
+// product at batch 64 (x copied to bf16, the default setting), per variant for more than 8 rows
+// (LORAPLEX_DETERMINISTIC_WIDE) and per Llama-3-8B shape: bytes of W read per second, over
+// enough copies of W (256 MB or more) that L2 cannot hold them between products.
+func BenchmarkGemmInvariantVariants(b *testing.B) {
+	g := newGPU(b)
+	g.SetBatchInvariant(true)
+	g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCoresBF16X)
+	r := rand.New(rand.NewPCG(14, 15))
+	const n = 64
+	for _, sh := range [][2]int{{4096, 4096}, {14336, 4096}, {4096, 14336}, {1024, 4096}} {
+		m, k := sh[0], sh[1]
+		host := hostBF16(r, m, k, 1/math.Sqrt(float64(k)))
+		ws := make([]model.Tensor, (256<<20+2*m*k-1)/(2*m*k))
+		for i := range ws {
+			w, err := g.Upload(host, m, k)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ws[i] = w
+		}
+		x, y := g.Alloc(n, k), g.Alloc(n, m)
+		if err := g.Write(x, randFloats(r, n*k)); err != nil {
+			b.Fatal(err)
+		}
+		for _, v := range []cuda.DeterministicWide{cuda.DeterministicWideOff, cuda.DeterministicWideOn, cuda.DeterministicWideDeep} {
+			b.Run(fmt.Sprintf("m=%d/k=%d/wide=%s", m, k, v), func(b *testing.B) {
+				g.SetDeterministicWide(v)
+				for _, w := range ws { // warm up: attributes set, W through L2 once
+					g.MatMul(y, x, w)
+				}
+				if err := g.Sync(); err != nil {
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					g.MatMul(y, x, ws[i%len(ws)])
+				}
+				if err := g.Sync(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(2*m*k)*float64(b.N)/b.Elapsed().Seconds()/1e12, "weight-TB/s")
+			})
+		}
+		g.Free(x)
+		g.Free(y)
+		for _, w := range ws {
+			g.Free(w)
+		}
+	}
+}
