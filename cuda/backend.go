@@ -94,6 +94,9 @@ type Backend struct {
 	// detSmall: deterministic mode's tensor-core products of up to 8 rows take the kernel's
 	// small-n variant (deterministic.go: LORAPLEX_DETERMINISTIC_SMALL, SetDeterministicSmall).
 	detSmall bool
+	// detWide: the tensor-core kernel's variant for deterministic products of more than 8 rows
+	// (deterministic.go: LORAPLEX_DETERMINISTIC_WIDE, SetDeterministicWide).
+	detWide DeterministicWide
 
 	// up uploads and frees whole adapters (upload.go, slabpool.go, devicedecode.go): slab pool, pinned staging, upload streams.
 	up uploader
@@ -122,6 +125,7 @@ func New(device int) (*Backend, error) {
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
 	b.detSmall = envSwitch("LORAPLEX_DETERMINISTIC_SMALL", deterministicSmallDefault)
+	b.detWide = deterministicWideFromEnv()
 	b.up.capBytes = DefaultAdapterPoolCap
 	if err := cudaError("set device", C.lp_set_device(C.int(device))); err != nil {
 		return nil, err

@@ -42,7 +42,9 @@ import (
 //         row takes the same arithmetic as a batch. LORAPLEX_DETERMINISTIC_SMALL=on (or
 //         SetDeterministicSmall) sends products of up to 8 rows to the kernel's small-n
 //         variant, chosen by the row count but bitwise the same (the same mma sequence per
-//         output, in blocks shaped to stream the weights at batch 1).
+//         output, in blocks shaped to stream the weights at batch 1); and
+//         LORAPLEX_DETERMINISTIC_WIDE=on|deep (or SetDeterministicWide) sends those of more
+//         rows to its wide or deep variant (DeterministicWide), bitwise the same again.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
 //     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
@@ -161,12 +163,84 @@ func (b *Backend) SetDeterministicSmall(on bool) {
 	b.detSmall = on
 }
 
-// detSmallArg is SetDeterministicSmall's choice as the kernels' small argument.
-func (b *Backend) detSmallArg() C.int {
-	if b.detSmall {
-		return 1
+// DeterministicWide is the tensor-core kernel's variant for products of more than
+// LP_GEMM_INVARIANT_SMALL_ROWS rows (decode at batch 9 to 64, prefill): LORAPLEX_DETERMINISTIC_WIDE=
+// off|on|deep (read once in New), or Backend.SetDeterministicWide. Every variant runs each
+// output's mma sequence unchanged (kernels/gemm_invariant.cu), so the products are bitwise the
+// same whichever runs; they differ in how the weights are streamed (BenchmarkGemmInvariantVariants
+// measures each one's rate, bench/gpu's A/B rows its effect on decode).
+type DeterministicWide int
+
+const (
+	// DeterministicWideOff: the big variant (strips of 32 columns, 64 rows, three 4-KB stages of
+	// W ahead per block).
+	DeterministicWideOff DeterministicWide = iota
+	// DeterministicWideOn: the wide variant: strips of 64 columns (half the L2 reads of x per
+	// byte of W), eleven stages ahead with bf16 x, one block per SM.
+	DeterministicWideOn
+	// DeterministicWideDeep: the deep variant: the big variant's blocks, seven stages ahead
+	// sized for x's type (two blocks per SM with bf16 x).
+	DeterministicWideDeep
+)
+
+func (d DeterministicWide) String() string {
+	switch d {
+	case DeterministicWideOff:
+		return "off"
+	case DeterministicWideOn:
+		return "on"
+	case DeterministicWideDeep:
+		return "deep"
 	}
-	return 0
+	return fmt.Sprintf("DeterministicWide(%d)", int(d))
+}
+
+// deterministicWideDefault: off until a GPU run measures the others. At batch 64 the big variant
+// streamed about 0.8 TB/s of weights on an H100 (3,219 tok/s, 0.428 of the default mode's
+// 7,517; bench/results/gpu-h100/goals-2026-12-07-ab2), and fp32 x (twice the L2 reads of x)
+// ran at 0.77 of bf16 x's rate (2,322 and 3,008 tok/s in goals-2026-12-07-ab): by an estimate
+// from the step time, about 3 TB/s of L2 reads, weights and x together, in both, so the reads
+// of x each block repeats may be the bound; the wide variant halves them per byte of W.
+const deterministicWideDefault = DeterministicWideOff
+
+// deterministicWideFromEnv reads LORAPLEX_DETERMINISTIC_WIDE (the default when unset or unknown).
+func deterministicWideFromEnv() DeterministicWide {
+	for _, d := range []DeterministicWide{DeterministicWideOff, DeterministicWideOn, DeterministicWideDeep} {
+		if os.Getenv("LORAPLEX_DETERMINISTIC_WIDE") == d.String() {
+			return d
+		}
+	}
+	return deterministicWideDefault
+}
+
+// SetDeterministicWide chooses the tensor-core kernel's variant for deterministic products of
+// more than LP_GEMM_INVARIANT_SMALL_ROWS rows for the following steps (for tests and benchmarks
+// that compare them): bitwise the same products whichever runs. Recorded graphs hold the other
+// variant's launches, so they are dropped.
+func (b *Backend) SetDeterministicWide(d DeterministicWide) {
+	if d < DeterministicWideOff || d > DeterministicWideDeep {
+		panic(fmt.Sprintf("cuda: SetDeterministicWide(%d)", int(d)))
+	}
+	if d != b.detWide {
+		b.dropGraphs()
+	}
+	b.detWide = d
+}
+
+// detVariants is SetDeterministicSmall's and SetDeterministicWide's choices as the kernel's
+// variants flags.
+func (b *Backend) detVariants() C.int {
+	var v C.int
+	if b.detSmall {
+		v |= C.LP_GEMM_INVARIANT_SMALL
+	}
+	switch b.detWide {
+	case DeterministicWideOn:
+		v |= C.LP_GEMM_INVARIANT_WIDE
+	case DeterministicWideDeep:
+		v |= C.LP_GEMM_INVARIANT_DEEP
+	}
+	return v
 }
 
 // invariantGEMM is MatMul in deterministic mode: one kernel per shape, whatever the row count.
@@ -176,7 +250,7 @@ func (b *Backend) invariantGEMM(out, x, w model.Tensor, alpha, beta float32) {
 		return
 	}
 	if xp, bf, ok := b.invariantInput(x); ok {
-		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.detSmallArg(), b.stream))
+		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.detVariants(), b.stream))
 	}
 }
 
@@ -234,7 +308,7 @@ func (b *Backend) invariantShared(outs []model.Tensor, x model.Tensor, ws []mode
 	}
 	if xp, bf, ok := b.invariantInput(x); ok {
 		a := b.gemvArgs.set(outs, ws)
-		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.detSmallArg(), b.stream))
+		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.detVariants(), b.stream))
 	}
 	return true
 }

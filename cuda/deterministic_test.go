@@ -26,24 +26,31 @@ import (
 // (the rows kernel keeps x in fp32; the tensor-core kernel rounds it to bf16, as cuBLAS does).
 // With the tensor-core kernel's small-n variant on (LORAPLEX_DETERMINISTIC_SMALL), rows alone
 // and batches of up to 8 take it and larger batches the one-variant kernel: still bitwise equal.
+// With its wide or deep variant on (LORAPLEX_DETERMINISTIC_WIDE), batches of more than 8 rows
+// take it and rows alone the big (or small) variant: still bitwise equal.
 func TestBatchInvariantMatMul(t *testing.T) {
 	for _, kernel := range []struct {
 		gemm  cuda.DeterministicGEMM
 		small bool
+		wide  cuda.DeterministicWide
 		tol   float64
 	}{
-		{cuda.DeterministicGEMMRows, false, 1e-4},
-		{cuda.DeterministicGEMMTensorCores, false, 2e-2},
-		{cuda.DeterministicGEMMTensorCoresBF16X, false, 2e-2},
-		{cuda.DeterministicGEMMTensorCores, true, 2e-2},
-		{cuda.DeterministicGEMMTensorCoresBF16X, true, 2e-2},
+		{cuda.DeterministicGEMMRows, false, cuda.DeterministicWideOff, 1e-4},
+		{cuda.DeterministicGEMMTensorCores, false, cuda.DeterministicWideOff, 2e-2},
+		{cuda.DeterministicGEMMTensorCoresBF16X, false, cuda.DeterministicWideOff, 2e-2},
+		{cuda.DeterministicGEMMTensorCores, true, cuda.DeterministicWideOff, 2e-2},
+		{cuda.DeterministicGEMMTensorCoresBF16X, true, cuda.DeterministicWideOff, 2e-2},
+		{cuda.DeterministicGEMMTensorCores, false, cuda.DeterministicWideOn, 2e-2},
+		{cuda.DeterministicGEMMTensorCoresBF16X, true, cuda.DeterministicWideOn, 2e-2},
+		{cuda.DeterministicGEMMTensorCoresBF16X, false, cuda.DeterministicWideDeep, 2e-2},
 	} {
-		t.Run(fmt.Sprintf("%s/small=%v", kernel.gemm, kernel.small), func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/small=%v/wide=%s", kernel.gemm, kernel.small, kernel.wide), func(t *testing.T) {
 			p := pair{cpu.New(0), newGPU(t)}
 			defer p.c.Close()
 			p.g.SetBatchInvariant(true)
 			p.g.SetDeterministicGEMM(kernel.gemm)
 			p.g.SetDeterministicSmall(kernel.small)
+			p.g.SetDeterministicWide(kernel.wide)
 			r := rand.New(rand.NewPCG(8, 9))
 			for _, mk := range [][2]int{{300, 320}, {4096, 4096}, {1040, 1008}, {96, 100}, {72, 264}} {
 				m, k := mk[0], mk[1]
@@ -106,12 +113,16 @@ func TestBatchInvariantMatMul(t *testing.T) {
 // multiples of 16 for k (a partial last stage of 64), with m off its 32-column strips. Its
 // small-n variant (LORAPLEX_DETERMINISTIC_SMALL: up to 8 rows, one warp per 16 columns, stages
 // of 128 k) gives every row, x in fp32 or bf16, bitwise what the one-variant kernel gives the
-// same row inside a 64-row batch of other rows.
+// same row inside a 64-row batch of other rows; its wide and deep variants
+// (LORAPLEX_DETERMINISTIC_WIDE: more than 8 rows; 64-column strips, or a deeper pipeline) give
+// bitwise the big variant's products, x in fp32 or bf16, at every row count from 9 to 64 and
+// across 64-row chunks.
 func TestGemmInvariant(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
 	p.g.SetBatchInvariant(true)
 	p.g.SetDeterministicSmall(false)
+	p.g.SetDeterministicWide(cuda.DeterministicWideOff)
 	r := rand.New(rand.NewPCG(10, 11))
 	all := []int{1, 2, 7, 16, 17, 64, 100, 256}
 	for _, sh := range []struct {
@@ -198,11 +209,58 @@ func TestGemmInvariant(t *testing.T) {
 			p.g.Free(xg)
 			p.g.Free(og)
 		}
+		batchVariantsMatchBig(t, p.g, r, m, k, wg)
 		p.g.Free(wg)
 		t.Logf("m=%d k=%d: worst |gpu - float64| / sum|terms| = %.2g", m, k, worst)
 	}
 	if err := p.g.Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// batchVariants are the tensor-core kernel's variants for more than 8 rows besides the big one.
+var batchVariants = []cuda.DeterministicWide{cuda.DeterministicWideOn, cuda.DeterministicWideDeep}
+
+// batchVariantsMatchBig checks TestGemmInvariant's rule for the wide and deep variants: products
+// of random x by w (m x k) at row counts from 9 to 64 and across chunks, through each variant
+// with x in fp32 and in bf16, are bitwise the big variant's with x in fp32.
+func batchVariantsMatchBig(t *testing.T, g *cuda.Backend, r *rand.Rand, m, k int, w model.Tensor) {
+	t.Helper()
+	defer g.SetDeterministicWide(cuda.DeterministicWideOff)
+	for _, n := range []int{9, 12, 16, 23, 24, 31, 32, 33, 40, 48, 57, 63, 64, 65, 100, 128, 130, 200} {
+		x, y := g.Alloc(n, k), g.Alloc(n, m)
+		if err := g.Write(x, randFloats(r, n*k)); err != nil {
+			t.Fatal(err)
+		}
+		g.SetDeterministicWide(cuda.DeterministicWideOff)
+		g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCores)
+		g.MatMul(y, x, w)
+		want := make([]float32, n*m)
+		if err := g.Read(y, want); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]float32, n*m)
+		for _, v := range batchVariants {
+			for _, d := range []cuda.DeterministicGEMM{cuda.DeterministicGEMMTensorCores, cuda.DeterministicGEMMTensorCoresBF16X} {
+				g.SetDeterministicWide(v)
+				g.SetDeterministicGEMM(d)
+				if err := g.Write(y, nanFloats(n*m)); err != nil { // an output left unwritten shows
+					t.Fatal(err)
+				}
+				g.MatMul(y, x, w)
+				if err := g.Read(y, got); err != nil {
+					t.Fatal(err)
+				}
+				for e := range got {
+					if math.Float32bits(got[e]) != math.Float32bits(want[e]) {
+						t.Fatalf("n=%d m=%d k=%d: variant %s (%s), row %d column %d: %v, the big variant %v",
+							n, m, k, v, d, e/m, e%m, got[e], want[e])
+					}
+				}
+			}
+		}
+		g.Free(x)
+		g.Free(y)
 	}
 }
 
@@ -258,8 +316,9 @@ func smallVariantMatchesBatch(t *testing.T, g *cuda.Backend, r *rand.Rand, what 
 // fusion switch, each part bitwise what MatMul gives it (parts whose strips share the grid,
 // widths off the 32-column strips); a part whose k the kernel does not take sends them all
 // back to MatMul, and on the rows kernel the shared launch is left to the fusion switch. With the
-// small-n variant on (LORAPLEX_DETERMINISTIC_SMALL), shared launches of up to 8 rows take it and
-// each part is still bitwise what MatMul gives it on the one-variant kernel.
+// small-n variant on (LORAPLEX_DETERMINISTIC_SMALL), shared launches of up to 8 rows take it, and
+// with its wide or deep variant on (LORAPLEX_DETERMINISTIC_WIDE) those of more rows take that
+// one: each part is still bitwise what MatMul gives it on the big variant.
 func TestInvariantMatMulShared(t *testing.T) {
 	g := newGPU(t)
 	g.SetBatchInvariant(true)
@@ -282,9 +341,12 @@ func TestInvariantMatMulShared(t *testing.T) {
 	for _, v := range []struct {
 		gemm  cuda.DeterministicGEMM
 		small bool
+		wide  cuda.DeterministicWide
 	}{
-		{cuda.DeterministicGEMMTensorCores, false}, {cuda.DeterministicGEMMTensorCoresBF16X, false},
-		{cuda.DeterministicGEMMTensorCores, true}, {cuda.DeterministicGEMMTensorCoresBF16X, true},
+		{cuda.DeterministicGEMMTensorCores, false, cuda.DeterministicWideOff}, {cuda.DeterministicGEMMTensorCoresBF16X, false, cuda.DeterministicWideOff},
+		{cuda.DeterministicGEMMTensorCores, true, cuda.DeterministicWideOff}, {cuda.DeterministicGEMMTensorCoresBF16X, true, cuda.DeterministicWideOff},
+		{cuda.DeterministicGEMMTensorCores, false, cuda.DeterministicWideOn}, {cuda.DeterministicGEMMTensorCoresBF16X, true, cuda.DeterministicWideOn},
+		{cuda.DeterministicGEMMTensorCores, true, cuda.DeterministicWideDeep}, {cuda.DeterministicGEMMTensorCoresBF16X, false, cuda.DeterministicWideDeep},
 	} {
 		d := v.gemm
 		g.SetDeterministicGEMM(d)
@@ -296,18 +358,20 @@ func TestInvariantMatMulShared(t *testing.T) {
 			for i, m := range sh.widths {
 				ws[i] = upload(m, sh.k)
 			}
-			for _, n := range []int{1, 7, 8, 64, 100} {
+			for _, n := range []int{1, 7, 8, 9, 33, 64, 100} {
 				x := g.Alloc(n, sh.k)
 				if err := g.Write(x, randFloats(r, n*sh.k)); err != nil {
 					t.Fatal(err)
 				}
 				shared, alone := make([]model.Tensor, len(ws)), make([]model.Tensor, len(ws))
 				g.SetDeterministicSmall(false)
+				g.SetDeterministicWide(cuda.DeterministicWideOff)
 				for i, m := range sh.widths {
 					shared[i], alone[i] = g.Alloc(n, m), g.Alloc(n, m)
 					g.MatMul(alone[i], x, ws[i])
 				}
 				g.SetDeterministicSmall(v.small)
+				g.SetDeterministicWide(v.wide)
 				if !g.MatMulShared(shared, x, ws) {
 					t.Fatalf("k=%d widths %v, %d rows: MatMulShared declined in deterministic mode on %s", sh.k, sh.widths, n, d)
 				}
@@ -315,7 +379,7 @@ func TestInvariantMatMulShared(t *testing.T) {
 					got, want := read(shared[i]), read(alone[i])
 					for e := range got {
 						if math.Float32bits(got[e]) != math.Float32bits(want[e]) {
-							t.Fatalf("%s (small=%v), k=%d widths %v, %d rows: part %d element %d: %v shared, %v from MatMul", d, v.small, sh.k, sh.widths, n, i, e, got[e], want[e])
+							t.Fatalf("%s (small=%v, wide=%s), k=%d widths %v, %d rows: part %d element %d: %v shared, %v from MatMul", d, v.small, v.wide, sh.k, sh.widths, n, i, e, got[e], want[e])
 						}
 					}
 					g.Free(shared[i])
@@ -329,6 +393,7 @@ func TestInvariantMatMulShared(t *testing.T) {
 		}
 	}
 	g.SetDeterministicSmall(false)
+	g.SetDeterministicWide(cuda.DeterministicWideOff)
 	x := g.Alloc(3, 40) // k = 40: the rows kernel's, so MatMul's, one part at a time
 	ws, outs := []model.Tensor{upload(64, 40), upload(32, 40)}, []model.Tensor{g.Alloc(3, 64), g.Alloc(3, 32)}
 	if g.MatMulShared(outs, x, ws) {
@@ -370,7 +435,8 @@ func fixtureEngineCUDA(t testing.TB, b *cuda.Backend, name string, opt serve.Opt
 // 16, so the tensor-core settings run every product on lp_gemm_invariant_bf16), and with the
 // fused decode kernels on (whose GEMV arithmetic single rows must not take while batches take
 // the tensor cores: they step aside in the mode), and with the tensor-core kernel's small-n
-// variant on (steps of up to 8 rows take it, larger ones the one-variant kernel). Without the
+// variant on (steps of up to 8 rows take it, larger ones the one-variant kernel), and with its
+// wide or deep variant on (steps of more than 8 rows take it). Without the
 // mode the outputs move with the batch (logged: cuBLAS for batches, the fp32 GEMV alone,
 // split counts by batch size).
 func TestDeterministicModeIsBatchInvariantOnCUDA(t *testing.T) {
@@ -380,21 +446,25 @@ func TestDeterministicModeIsBatchInvariantOnCUDA(t *testing.T) {
 			deterministic bool
 			gemm          cuda.DeterministicGEMM
 			fused         bool
-			small         bool // the tensor-core kernel's small-n variant for up to 8 rows
+			small         bool                   // the tensor-core kernel's small-n variant for up to 8 rows
+			wide          cuda.DeterministicWide // its variant for more than 8 rows
 		}{
-			{true, cuda.DeterministicGEMMRows, false, false},
-			{true, cuda.DeterministicGEMMTensorCores, false, false},
-			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, false},
-			{true, cuda.DeterministicGEMMTensorCores, true, false},
-			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, true},
-			{false, cuda.DeterministicGEMMRows, false, false},
+			{true, cuda.DeterministicGEMMRows, false, false, cuda.DeterministicWideOff},
+			{true, cuda.DeterministicGEMMTensorCores, false, false, cuda.DeterministicWideOff},
+			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, false, cuda.DeterministicWideOff},
+			{true, cuda.DeterministicGEMMTensorCores, true, false, cuda.DeterministicWideOff},
+			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, true, cuda.DeterministicWideOff},
+			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, true, cuda.DeterministicWideOn},
+			{true, cuda.DeterministicGEMMTensorCores, false, false, cuda.DeterministicWideDeep},
+			{false, cuda.DeterministicGEMMRows, false, false, cuda.DeterministicWideOff},
 		} {
 			deterministic := mode.deterministic
-			t.Run(fmt.Sprintf("%s/deterministic=%v/gemm=%s/fused=%v/small=%v", name, deterministic, mode.gemm, mode.fused, mode.small), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s/deterministic=%v/gemm=%s/fused=%v/small=%v/wide=%s", name, deterministic, mode.gemm, mode.fused, mode.small, mode.wide), func(t *testing.T) {
 				g := newGPU(t)
 				g.SetDeterministicGEMM(mode.gemm)
 				g.SetFusedDecode(mode.fused)
 				g.SetDeterministicSmall(mode.small)
+				g.SetDeterministicWide(mode.wide)
 				opt := batchinv.Options(name)
 				opt.Deterministic = deterministic
 				e, cfg := fixtureEngineCUDA(t, g, name, opt)
@@ -442,6 +512,58 @@ func BenchmarkDeterministicDecodeCUDA(b *testing.B) {
 		d, f := tps[fmt.Sprintf("deterministic=true/batch=%d", batch)], tps[fmt.Sprintf("deterministic=false/batch=%d", batch)]
 		if f > 0 {
 			b.Logf("batch %d: deterministic %.0f tok/s, default %.0f tok/s, deterministic ÷ default = %.3f", batch, d, f, d/f)
+		}
+	}
+}
+
+// BenchmarkGemmInvariantVariants is the weight stream of deterministic mode's tensor-core
+// product at batch 64 (x copied to bf16, the default setting), per variant for more than 8 rows
+// (LORAPLEX_DETERMINISTIC_WIDE) and per Llama-3-8B shape: bytes of W read per second, over
+// enough copies of W (256 MB or more) that L2 cannot hold them between products.
+func BenchmarkGemmInvariantVariants(b *testing.B) {
+	g := newGPU(b)
+	g.SetBatchInvariant(true)
+	g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCoresBF16X)
+	r := rand.New(rand.NewPCG(14, 15))
+	const n = 64
+	for _, sh := range [][2]int{{4096, 4096}, {14336, 4096}, {4096, 14336}, {1024, 4096}} {
+		m, k := sh[0], sh[1]
+		host := hostBF16(r, m, k, 1/math.Sqrt(float64(k)))
+		ws := make([]model.Tensor, (256<<20+2*m*k-1)/(2*m*k))
+		for i := range ws {
+			w, err := g.Upload(host, m, k)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ws[i] = w
+		}
+		x, y := g.Alloc(n, k), g.Alloc(n, m)
+		if err := g.Write(x, randFloats(r, n*k)); err != nil {
+			b.Fatal(err)
+		}
+		for _, v := range []cuda.DeterministicWide{cuda.DeterministicWideOff, cuda.DeterministicWideOn, cuda.DeterministicWideDeep} {
+			b.Run(fmt.Sprintf("m=%d/k=%d/wide=%s", m, k, v), func(b *testing.B) {
+				g.SetDeterministicWide(v)
+				for _, w := range ws { // warm up: attributes set, W through L2 once
+					g.MatMul(y, x, w)
+				}
+				if err := g.Sync(); err != nil {
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					g.MatMul(y, x, ws[i%len(ws)])
+				}
+				if err := g.Sync(); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(float64(2*m*k)*float64(b.N)/b.Elapsed().Seconds()/1e12, "weight-TB/s")
+			})
+		}
+		g.Free(x)
+		g.Free(y)
+		for _, w := range ws {
+			g.Free(w)
 		}
 	}
 }

@@ -30,8 +30,8 @@ static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_
 static inline int s_gemv_rows(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
 	return lp_gemv_rows_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
 }
-static inline int s_gemm_invariant(int n, int m, int k, uintptr_t x, int x_bf16, uintptr_t w, uintptr_t y, float alpha, float beta, int small, uintptr_t s) {
-	return lp_gemm_invariant_bf16(n, m, k, P(const void*, x), x_bf16, P(const uint16_t*, w), P(float*, y), alpha, beta, small, P(lp_stream, s));
+static inline int s_gemm_invariant(int n, int m, int k, uintptr_t x, int x_bf16, uintptr_t w, uintptr_t y, float alpha, float beta, int variants, uintptr_t s) {
+	return lp_gemm_invariant_bf16(n, m, k, P(const void*, x), x_bf16, P(const uint16_t*, w), P(float*, y), alpha, beta, variants, P(lp_stream, s));
 }
 static inline int s_f32_to_bf16(uintptr_t dst, uintptr_t src, size_t n, uintptr_t s) { return lp_f32_to_bf16(P(uint16_t*, dst), P(const float*, src), n, P(lp_stream, s)); }
 static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, int dim, int vocab, uintptr_t s) {
@@ -89,8 +89,8 @@ static inline int s_norm_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t
 	return lp_norm_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const float*, d), P(float*, resid), P(const float*, nw), eps,
 	                                P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), P(lp_stream, s));
 }
-static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int small, uintptr_t s) {
-	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, ys, ends, parts), small, P(lp_stream, s));
+static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int variants, uintptr_t s) {
+	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, ys, ends, parts), variants, P(lp_stream, s));
 }
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
                        int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int grouped, uintptr_t scratch, uintptr_t s) {

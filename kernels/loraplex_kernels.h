@@ -257,21 +257,28 @@ int lp_sample(float* logits, int rows, int vocab, const lp_sample_row* params, i
 // (x_bf16 = 0: rounded to bf16 in the kernel) or bf16 (x_bf16 = 1: lp_f32_to_bf16's rounding,
 // the same, so both give bitwise the same y). Blocks own LP_GEMM_INVARIANT_COLS output columns;
 // shapes lp_gemm_invariant_ok rejects, and x or W not 16-byte aligned, return
-// cudaErrorInvalidValue (lp_gemv_rows_bf16 takes those). small = 1 sends n <=
+// cudaErrorInvalidValue (lp_gemv_rows_bf16 takes those). variants is a set of the flags below,
+// each choosing by n alone and each bitwise the same y: LP_GEMM_INVARIANT_SMALL sends n <=
 // LP_GEMM_INVARIANT_SMALL_ROWS to the small-n variant (more weight bytes in flight per SM for
-// decode at small batches), bitwise the same y; 0 runs the one variant for every n.
+// decode at small batches); LP_GEMM_INVARIANT_WIDE sends n > LP_GEMM_INVARIANT_SMALL_ROWS to the
+// wide variant (64-column strips, a deeper pipeline: half the L2 reads of x per weight byte), or
+// else LP_GEMM_INVARIANT_DEEP to the deep one (the big variant's blocks, a deeper pipeline); a
+// GPU without the shared memory they take runs the big variant; 0 runs it for every n.
 #define LP_GEMM_INVARIANT_COLS 32
 #define LP_GEMM_INVARIANT_SMALL_ROWS 8
+#define LP_GEMM_INVARIANT_SMALL 1
+#define LP_GEMM_INVARIANT_WIDE 2
+#define LP_GEMM_INVARIANT_DEEP 4
 static inline int lp_gemm_invariant_ok(int m, int k) {
     return m > 0 && m <= 65535 * LP_GEMM_INVARIANT_COLS && k > 0 && k % 16 == 0;
 }
 int lp_gemm_invariant_bf16(int n, int m, int k, const void* x, int x_bf16, const uint16_t* w, float* y, float alpha,
-                           float beta, int small, lp_stream s);
+                           float beta, int variants, lp_stream s);
 // The same for the products of one x by up to LP_GEMV_PARTS matrices in one launch (parts as
 // lp_gemv_parts_bf16 takes them; alpha 1, beta 0), each part bitwise what
 // lp_gemm_invariant_bf16 gives it; every part's shape must pass lp_gemm_invariant_ok and the
 // parts' strips of LP_GEMM_INVARIANT_COLS columns together be at most 65,535.
-int lp_gemm_invariant_parts_bf16(int n, int k, const void* x, int x_bf16, lp_gemv_parts parts, int small,
+int lp_gemm_invariant_parts_bf16(int n, int k, const void* x, int x_bf16, lp_gemv_parts parts, int variants,
                                  lp_stream s);
 
 #ifdef __cplusplus

@@ -257,8 +257,8 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 				goal{}, p.Ratio, p.UncachedMS > 0 && p.Ratio > 0, fmt.Sprintf("%.1f ms", p.CachedMS), fmt.Sprintf("%.1f ms uncached", p.UncachedMS), ""))
 		}
 		// The deterministic goal's ratio with the switch set: both sides measured in the A/B run
-		// (a switch of deterministic mode's kernels, LORAPLEX_DETERMINISTIC_GEMM or
-		// LORAPLEX_DETERMINISTIC_SMALL, moves only one).
+		// (a switch of deterministic mode's kernels, LORAPLEX_DETERMINISTIC_GEMM,
+		// LORAPLEX_DETERMINISTIC_SMALL or LORAPLEX_DETERMINISTIC_WIDE, moves only one).
 		if d := ab.Deterministic; d != nil && d.Available {
 			for _, batch := range []int{1, 64} {
 				add(row(ABRows, fmt.Sprintf("ab_%s_deterministic_vs_default_b%d", ab.label, batch),
