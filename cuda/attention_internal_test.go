@@ -28,10 +28,11 @@ func TestPrefillSplitRule(t *testing.T) {
 	}
 }
 
-// The split count of a step follows the switch, the layer's window and the mode: off or in
-// deterministic mode the kernel runs unsplit; a sliding window bounds the keys a tile sees.
+// The split count of a step follows the switch, the layer's window, the tile plan and the mode:
+// off or in deterministic mode the kernel runs unsplit; a sliding window bounds the keys a tile
+// sees to the window plus the tile's rows less one, so the wide plan's 128-row tiles see more.
 func TestPrefillSplitCount(t *testing.T) {
-	b := &Backend{numTiles: 1, tileKeys: 5000, sms: 132}
+	b := &Backend{numTiles: 1, tileKeys: 5000, sms: 132, tileRows: prefillMMATile}
 	p := model.AttnParams{Heads: 8}
 	if got := b.prefillSplitCount(p); got != 1 {
 		t.Errorf("switch off: %d splits, want 1", got)
@@ -43,6 +44,10 @@ func TestPrefillSplitCount(t *testing.T) {
 	p.Window = 300 // 300 + 63 keys at most: two runs of at least 128
 	if got := b.prefillSplitCount(p); got != 2 {
 		t.Errorf("window 300: %d splits, want 2", got)
+	}
+	b.tileRows = prefillWideTile // 300 + 127 keys at most: three runs
+	if got := b.prefillSplitCount(p); got != 3 {
+		t.Errorf("window 300, 128-row tiles: %d splits, want 3", got)
 	}
 	b.batchInvariant = true
 	if got := b.prefillSplitCount(p); got != 1 {

@@ -39,9 +39,10 @@ type Backend struct {
 	offLogit              int
 	offTiles, offRows     int // prefill tiles {first row, rows, sequence} and the decode row list
 	numTiles, numRows     int
-	tileRows              int           // rows per prefill tile of this step: prefillTile, or prefillMMATile on the tensor-core path
+	tileRows              int           // rows per prefill tile of this step: prefillTile, or prefillMMATile (prefillWideTile) on the tensor-core path
 	simtPrefill           bool          // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
 	prefillSplit          bool          // split-K of the tensor-core prefill tiles (attention.go: LORAPLEX_PREFILL_SPLIT, SetPrefillSplit)
+	prefillWide           bool          // the tensor-core prefill's 128-row tiles (attention.go: LORAPLEX_PREFILL_WIDE, SetPrefillWide)
 	tileKeys              int           // keys the step's longest prefill tile attends to without a window (Prepare)
 	sms                   int           // the device's multiprocessors (the prefill split rule fills them)
 	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
@@ -115,6 +116,7 @@ func New(device int) (*Backend, error) {
 	b.fusedDecode = envSwitch("LORAPLEX_FUSED_DECODE", fusedDecodeDefault)
 	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
+	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
@@ -331,6 +333,8 @@ const (
 	prefillTile = int(C.LP_PREFILL_TILE)
 	// prefillMMATile: rows per tile of the tensor-core prefill kernel (head dims C.lp_prefill_mma_ok).
 	prefillMMATile = int(C.LP_PREFILL_MMA_TILE)
+	// prefillWideTile: rows per tile of its wide plan (head dims C.lp_prefill_wide_ok, SetPrefillWide).
+	prefillWideTile = int(C.LP_PREFILL_WIDE_TILE)
 	// maxPrefillSplits: most key runs a tensor-core prefill tile splits into (prefillSplits).
 	maxPrefillSplits = int(C.LP_PREFILL_MAX_SPLITS)
 	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
@@ -385,11 +389,14 @@ func (b *Backend) Prepare(s *model.Step) error {
 		return b.Err()
 	}
 	// Prefill chunks (several consecutive positions of one sequence) go to the tiled attention
-	// kernel in tiles of LP_PREFILL_TILE rows (LP_PREFILL_MMA_TILE on the tensor-core kernel);
-	// single rows (decode) to the per-row kernel.
+	// kernel in tiles of LP_PREFILL_TILE rows (LP_PREFILL_MMA_TILE on the tensor-core kernel,
+	// LP_PREFILL_WIDE_TILE on its wide plan); single rows (decode) to the per-row kernel.
 	tile := prefillTile
 	if b.prefillMMA() {
 		tile = prefillMMATile
+		if b.prefillWide && C.lp_prefill_wide_ok(C.int(b.kv.HeadDim)) != 0 {
+			tile = prefillWideTile
+		}
 	}
 	tiles, rows := 0, 0
 	b.ctxSplits, b.tileKeys = 1, 0
