@@ -104,7 +104,8 @@ func contextSplits(pos int32) int {
 const prefillSplitDefault = true
 
 // prefillSplitFill: blocks per SM the prefill split rule aims at; the kernel's shared memory
-// (87 KiB a block at head dim 128, 101 KiB at 256) lets two share an H100 or A100 SM.
+// (87 KiB a block at head dim 128, 101 KiB at 256) lets two share an H100 or A100 SM (the wide
+// plan's 102 KiB at 128: two on an H100, one on an A100, where the rule then fills half).
 const prefillSplitFill = 2
 
 // SetPrefillSplit turns split-K of the tensor-core prefill tiles on or off for the following
