@@ -426,15 +426,17 @@ func TestPrefillAttentionSweep(t *testing.T) {
 // wholly masked, which leaves the row's state as it was), so a prompt's first chunk and chunks
 // after cached pages, ragged in both plans, give bitwise the 64-row plan's outputs over head
 // dims 64, 80 and 128 and GQA ratios 1, 4 and 8. With a window a tile's key tiles start at its
-// first row's window edge, which the taller tiles move, so there some bit must differ (else the
-// wide plan did not run).
+// first row's window edge, clamped at 0: where the taller tile's edge clamps and the shorter's
+// does not (a chunk from position 50 under a window of 100: the 64-row tile at 114 starts its
+// keys at 15, the 128-row tile at 50 at 0) rows group their keys otherwise, so there some bit
+// must differ (else the wide plan did not run).
 func TestPrefillWideMatchesNarrow(t *testing.T) {
 	r := rand.New(rand.NewPCG(17, 18))
 	type shape struct{ heads, kv, dim, window int }
 	shapes := []shape{{8, 8, 128, 0}, {16, 4, 128, 0}, {32, 4, 128, 0}, {8, 2, 64, 0}, {8, 1, 80, 0}, {16, 4, 128, 100}}
 	const pageSize = 16
 	// Each sequence: rows of the first chunk, then rows of the second (0: none).
-	chunks := [][2]int{{300, 0}, {1, 255}, {130, 77}, {513, 2}}
+	chunks := [][2]int{{300, 0}, {1, 255}, {130, 77}, {513, 2}, {50, 200}}
 	for _, sh := range shapes {
 		t.Run(fmt.Sprintf("h%d_kv%d_d%d_w%d", sh.heads, sh.kv, sh.dim, sh.window), func(t *testing.T) {
 			g := newGPU(t)
