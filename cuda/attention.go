@@ -114,14 +114,15 @@ const prefillSplitFill = 2
 func (b *Backend) SetPrefillSplit(on bool) { b.prefillSplit = on }
 
 // prefillWideDefault: whether the tensor-core prefill cuts its tiles LP_PREFILL_WIDE_TILE (128)
-// rows tall, each warp 32 rows, for the head dims lp_prefill_wide_ok takes (64, 80, 128), unless
-// LORAPLEX_PREFILL_WIDE=on|off or SetPrefillWide says otherwise (kernels/attention_prefill_mma.cu
-// argues the plan). Off until its GPU tests have passed and an A/B run has measured it.
+// rows tall, each warp 32 rows, for the head dims lp_prefill_wide_ok takes (64, 80, 128) and
+// steps with a chunk of at least 128 rows (prefillTileRows), unless LORAPLEX_PREFILL_WIDE=on|off
+// or SetPrefillWide says otherwise (kernels/attention_prefill_mma.cu argues the plan). Off until
+// its GPU tests have passed and an A/B run has measured it.
 const prefillWideDefault = false
 
 // SetPrefillWide chooses the tensor-core prefill's tile plan for the steps prepared after it (the
-// tiles are cut in Prepare): true the 128-row tiles where the head dim has them, false the 64-row
-// ones. Prefill steps are never recorded as graphs (graph.go), so no recording holds the other plan.
+// tiles are cut in Prepare): true the 128-row tiles where prefillTileRows takes them, false the
+// 64-row ones. Prefill steps are never recorded as graphs (graph.go), so no recording holds the other plan.
 func (b *Backend) SetPrefillWide(on bool) { b.prefillWide = on }
 
 // prefillSplits is the prefill split rule: how many runs each of `tiles` tiles' key ranges is

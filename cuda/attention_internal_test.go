@@ -74,3 +74,30 @@ func TestDecodeFillSplits(t *testing.T) {
 		}
 	}
 }
+
+// The prefill tile plan: 32-row tiles on the CUDA-core kernel (any head dim it alone takes, or
+// all with the tensor cores off); 64-row tiles on the tensor-core kernel, 128-row ones with the
+// wide switch on for head dims 64, 80 and 128 and only for steps with a chunk of at least 128
+// rows (a shorter chunk would leave most of a tall tile idle); head dim 256 keeps 64-row tiles.
+func TestPrefillTilePlan(t *testing.T) {
+	for _, c := range []struct {
+		simt, wide         bool
+		dim, longest, want int
+	}{
+		{false, false, 128, 2048, prefillMMATile},
+		{false, true, 128, 2048, prefillWideTile},
+		{false, true, 128, 128, prefillWideTile},
+		{false, true, 128, 127, prefillMMATile},
+		{false, true, 128, 0, prefillMMATile},
+		{false, true, 64, 300, prefillWideTile},
+		{false, true, 80, 300, prefillWideTile},
+		{false, true, 256, 2048, prefillMMATile},
+		{false, true, 48, 2048, prefillTile},
+		{true, true, 128, 2048, prefillTile},
+	} {
+		b := &Backend{simtPrefill: c.simt, prefillWide: c.wide, kv: model.KVSpec{HeadDim: c.dim}}
+		if got := b.prefillTileRows(c.longest); got != c.want {
+			t.Errorf("cuda cores %v, wide %v, head dim %d, longest chunk %d: %d-row tiles, want %d", c.simt, c.wide, c.dim, c.longest, got, c.want)
+		}
+	}
+}

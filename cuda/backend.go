@@ -357,6 +357,21 @@ func (b *Backend) prefillMMA() bool {
 	return !b.simtPrefill && C.lp_prefill_mma_ok(C.int(b.kv.HeadDim)) != 0
 }
 
+// prefillTileRows is the rows per prefill tile of a step whose longest tiled chunk has `longest`
+// rows: LP_PREFILL_TILE on the CUDA-core kernel, LP_PREFILL_MMA_TILE on the tensor-core one, or
+// LP_PREFILL_WIDE_TILE with the wide plan on (SetPrefillWide) for the head dims it takes and
+// steps with a chunk of at least that many rows: a shorter chunk would leave most of a tall
+// tile's rows idle, and the split rule already spreads a short chunk's keys over the GPU.
+func (b *Backend) prefillTileRows(longest int) int {
+	switch {
+	case !b.prefillMMA():
+		return prefillTile
+	case b.prefillWide && longest >= prefillWideTile && C.lp_prefill_wide_ok(C.int(b.kv.HeadDim)) != 0:
+		return prefillWideTile
+	}
+	return prefillMMATile
+}
+
 // SetPrefillAttention chooses the prefill attention kernel for the following steps: true the
 // tensor-core kernel where the head dim has one, false the CUDA-core kernel (for benchmarks
 // that compare the two and tests that check both against the CPU).
@@ -389,21 +404,20 @@ func (b *Backend) Prepare(s *model.Step) error {
 		return b.Err()
 	}
 	// Prefill chunks (several consecutive positions of one sequence) go to the tiled attention
-	// kernel in tiles of LP_PREFILL_TILE rows (LP_PREFILL_MMA_TILE on the tensor-core kernel,
-	// LP_PREFILL_WIDE_TILE on its wide plan); single rows (decode) to the per-row kernel.
-	tile := prefillTile
-	if b.prefillMMA() {
-		tile = prefillMMATile
-		if b.prefillWide && C.lp_prefill_wide_ok(C.int(b.kv.HeadDim)) != 0 {
-			tile = prefillWideTile
-		}
-	}
-	tiles, rows := 0, 0
-	b.ctxSplits, b.tileKeys = 1, 0
+	// kernel in tiles of prefillTileRows rows; single rows (decode) to the per-row kernel.
 	// In deterministic mode every row takes the per-row kernel (deterministic.go).
 	tiled := func(sq model.SeqRows) bool {
 		return !b.batchInvariant && sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
 	}
+	longest := 0
+	for _, sq := range s.Seqs {
+		if tiled(sq) {
+			longest = max(longest, sq.N)
+		}
+	}
+	tile := b.prefillTileRows(longest)
+	tiles, rows := 0, 0
+	b.ctxSplits, b.tileKeys = 1, 0
 	for _, sq := range s.Seqs {
 		if tiled(sq) {
 			tiles += (sq.N + tile - 1) / tile

@@ -533,10 +533,11 @@ func TestPrefillWideMatchesNarrow(t *testing.T) {
 // over cached prefixes of 100 to 5,000 positions (each sequence alone, the short-chunk case the
 // split is for, and all in one step with a decode row beside the tiles) give the CPU's attention
 // within the sweep's bound with LORAPLEX_PREFILL_SPLIT off and on, over head dims 64 to 256, GQA
-// and sliding windows, in 64-row tiles and in the wide plan's 128-row ones (LORAPLEX_PREFILL_WIDE);
-// every output element is written, two identical launches agree bitwise, and a 40-row chunk over
-// 2,000 positions alone does take the split path (its result differs from the unsplit kernel's
-// in the last bits).
+// and sliding windows, with LORAPLEX_PREFILL_WIDE off and on (128-row tiles for the steps with a
+// chunk of 128 rows or more: a 200-row chunk alone, all chunks in one step); every output
+// element is written, two identical launches agree bitwise, and a 40-row chunk over 2,000
+// positions alone does take the split path (its result differs from the unsplit kernel's in the
+// last bits).
 func TestPrefillSplitSweep(t *testing.T) {
 	r := rand.New(rand.NewPCG(15, 16))
 	type shape struct{ heads, kv, dim, window, pageSize int }

@@ -33,8 +33,10 @@
 // block among a GQA group's query heads would save the same L2 traffic but not the shared-memory
 // reads per mma unless each warp again took two heads' rows, and it helps only GQA models; the
 // taller tile does it for every head layout. The causal mask stays on the key tiles that cross a
-// warp's rows (edge), a warp past the tile's last row skips the math, and a tile of a short chunk
-// wastes more rows (up to 127, not 63): the plan suits long chunks, hence a switch. Head dim 256
+// warp's rows (edge), a warp past the tile's last row skips the math. A short chunk's tile would
+// leave most of its rows idle (and its warps twice the work of a 64-row tile's), so the host
+// takes the plan only for steps with a chunk of 128 rows or more (cuda/backend.go,
+// prefillTileRows); one tile plan a step, as the tiles are cut before the launch. Head dim 256
 // keeps 64-row tiles (O alone would take 256 registers a lane). Split-K works the same over the
 // taller tiles (part slots per tile row, tile_rows of them a tile).
 //
