@@ -122,7 +122,8 @@ const prefillWideDefault = false
 
 // SetPrefillWide chooses the tensor-core prefill's tile plan for the steps prepared after it (the
 // tiles are cut in Prepare): true the 128-row tiles where prefillTileRows takes them, false the
-// 64-row ones. Prefill steps are never recorded as graphs (graph.go), so no recording holds the other plan.
+// 64-row ones. Prefill steps are never recorded as graphs (graph.go), so no recording holds the
+// other plan.
 func (b *Backend) SetPrefillWide(on bool) { b.prefillWide = on }
 
 // prefillSplits is the prefill split rule: how many runs each of `tiles` tiles' key ranges is
