@@ -387,8 +387,8 @@ extern "C" int lp_attention_prefill_mma(float* out, const float* q, const uint16
     // scratch: attention.cu's partial layout over the tiles' row slots (lp_attention_scratch_floats
     // of num_tiles x tile_rows rows).
     float* part_ml = splits > 1 ? scratch + (size_t)num_tiles * tile_rows * heads * splits * head_dim : nullptr;
-    const PrefillLaunch a{out,      scratch,    part_ml, q,         kcache,      vcache, positions, tiles, num_tiles,
-                          seq_pages, page_table, heads,  kv_heads, page_size, window, scale,  splits,    as_stream(s)};
+    const PrefillLaunch a{out, scratch, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table,
+                          heads, kv_heads, page_size, window, scale, splits, as_stream(s)};
     switch (head_dim) {
         case 64:
             return launch_prefill_dim<64>(a, wide);
