@@ -104,13 +104,27 @@ func contextSplits(pos int32) int {
 const prefillSplitDefault = true
 
 // prefillSplitFill: blocks per SM the prefill split rule aims at; the kernel's shared memory
-// (87 KiB a block at head dim 128, 101 KiB at 256) lets two share an H100 or A100 SM.
+// (87 KiB a block at head dim 128, 101 KiB at 256) lets two share an H100 or A100 SM (the wide
+// plan's 102 KiB at 128: two on an H100, one on an A100, where the rule then fills half).
 const prefillSplitFill = 2
 
 // SetPrefillSplit turns split-K of the tensor-core prefill tiles on or off for the following
 // steps (prefill steps are never recorded as graphs, graph.go, so no recording holds the other
 // choice).
 func (b *Backend) SetPrefillSplit(on bool) { b.prefillSplit = on }
+
+// prefillWideDefault: whether the tensor-core prefill cuts its tiles LP_PREFILL_WIDE_TILE (128)
+// rows tall, each warp 32 rows, for the head dims lp_prefill_wide_ok takes (64, 80, 128) and
+// steps with a chunk of at least 128 rows (prefillTileRows), unless LORAPLEX_PREFILL_WIDE=on|off
+// or SetPrefillWide says otherwise (kernels/attention_prefill_mma.cu argues the plan). Off until
+// its GPU tests have passed and an A/B run has measured it.
+const prefillWideDefault = false
+
+// SetPrefillWide chooses the tensor-core prefill's tile plan for the steps prepared after it (the
+// tiles are cut in Prepare): true the 128-row tiles where prefillTileRows takes them, false the
+// 64-row ones. Prefill steps are never recorded as graphs (graph.go), so no recording holds the
+// other plan.
+func (b *Backend) SetPrefillWide(on bool) { b.prefillWide = on }
 
 // prefillSplits is the prefill split rule: how many runs each of `tiles` tiles' key ranges is
 // cut into, given the heads (blocks a tile), the longest tile's key count and the device's SMs.
@@ -135,7 +149,7 @@ func (b *Backend) prefillSplitCount(p model.AttnParams) int {
 	}
 	keys := b.tileKeys
 	if p.Window > 0 {
-		keys = min(keys, p.Window+prefillMMATile-1)
+		keys = min(keys, p.Window+b.tileRows-1)
 	}
 	return prefillSplits(b.numTiles, p.Heads, keys, b.sms)
 }

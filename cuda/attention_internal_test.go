@@ -28,10 +28,11 @@ func TestPrefillSplitRule(t *testing.T) {
 	}
 }
 
-// The split count of a step follows the switch, the layer's window and the mode: off or in
-// deterministic mode the kernel runs unsplit; a sliding window bounds the keys a tile sees.
+// The split count of a step follows the switch, the layer's window, the tile plan and the mode:
+// off or in deterministic mode the kernel runs unsplit; a sliding window bounds the keys a tile
+// sees to the window plus the tile's rows less one, so the wide plan's 128-row tiles see more.
 func TestPrefillSplitCount(t *testing.T) {
-	b := &Backend{numTiles: 1, tileKeys: 5000, sms: 132}
+	b := &Backend{numTiles: 1, tileKeys: 5000, sms: 132, tileRows: prefillMMATile}
 	p := model.AttnParams{Heads: 8}
 	if got := b.prefillSplitCount(p); got != 1 {
 		t.Errorf("switch off: %d splits, want 1", got)
@@ -43,6 +44,10 @@ func TestPrefillSplitCount(t *testing.T) {
 	p.Window = 300 // 300 + 63 keys at most: two runs of at least 128
 	if got := b.prefillSplitCount(p); got != 2 {
 		t.Errorf("window 300: %d splits, want 2", got)
+	}
+	b.tileRows = prefillWideTile // 300 + 127 keys at most: three runs
+	if got := b.prefillSplitCount(p); got != 3 {
+		t.Errorf("window 300, 128-row tiles: %d splits, want 3", got)
 	}
 	b.batchInvariant = true
 	if got := b.prefillSplitCount(p); got != 1 {
@@ -66,6 +71,33 @@ func TestDecodeFillSplits(t *testing.T) {
 	} {
 		if got := decodeFillSplits(c.n, c.blocks, c.most, c.sms); got != c.want {
 			t.Errorf("decodeFillSplits(n %d, blocks %d, most %d, sms %d) = %d, want %d", c.n, c.blocks, c.most, c.sms, got, c.want)
+		}
+	}
+}
+
+// The prefill tile plan: 32-row tiles on the CUDA-core kernel (any head dim it alone takes, or
+// all with the tensor cores off); 64-row tiles on the tensor-core kernel, 128-row ones with the
+// wide switch on for head dims 64, 80 and 128 and only for steps with a chunk of at least 128
+// rows (a shorter chunk would leave most of a tall tile idle); head dim 256 keeps 64-row tiles.
+func TestPrefillTilePlan(t *testing.T) {
+	for _, c := range []struct {
+		simt, wide         bool
+		dim, longest, want int
+	}{
+		{false, false, 128, 2048, prefillMMATile},
+		{false, true, 128, 2048, prefillWideTile},
+		{false, true, 128, 128, prefillWideTile},
+		{false, true, 128, 127, prefillMMATile},
+		{false, true, 128, 0, prefillMMATile},
+		{false, true, 64, 300, prefillWideTile},
+		{false, true, 80, 300, prefillWideTile},
+		{false, true, 256, 2048, prefillMMATile},
+		{false, true, 48, 2048, prefillTile},
+		{true, true, 128, 2048, prefillTile},
+	} {
+		b := &Backend{simtPrefill: c.simt, prefillWide: c.wide, kv: model.KVSpec{HeadDim: c.dim}}
+		if got := b.prefillTileRows(c.longest); got != c.want {
+			t.Errorf("cuda cores %v, wide %v, head dim %d, longest chunk %d: %d-row tiles, want %d", c.simt, c.wide, c.dim, c.longest, got, c.want)
 		}
 	}
 }

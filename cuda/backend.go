@@ -39,9 +39,10 @@ type Backend struct {
 	offLogit              int
 	offTiles, offRows     int // prefill tiles {first row, rows, sequence} and the decode row list
 	numTiles, numRows     int
-	tileRows              int           // rows per prefill tile of this step: prefillTile, or prefillMMATile on the tensor-core path
+	tileRows              int           // rows per prefill tile of this step: prefillTile, or prefillMMATile (prefillWideTile) on the tensor-core path
 	simtPrefill           bool          // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
 	prefillSplit          bool          // split-K of the tensor-core prefill tiles (attention.go: LORAPLEX_PREFILL_SPLIT, SetPrefillSplit)
+	prefillWide           bool          // the tensor-core prefill's 128-row tiles (attention.go: LORAPLEX_PREFILL_WIDE, SetPrefillWide)
 	tileKeys              int           // keys the step's longest prefill tile attends to without a window (Prepare)
 	sms                   int           // the device's multiprocessors (the prefill split rule fills them)
 	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
@@ -119,6 +120,7 @@ func New(device int) (*Backend, error) {
 	b.fusedDecode = envSwitch("LORAPLEX_FUSED_DECODE", fusedDecodeDefault)
 	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
+	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.swigluBF16 = envSwitch("LORAPLEX_SWIGLU_BF16", swigluBF16Default)
 	b.decodeSplit = decodeSplitFromEnv()
@@ -337,6 +339,8 @@ const (
 	prefillTile = int(C.LP_PREFILL_TILE)
 	// prefillMMATile: rows per tile of the tensor-core prefill kernel (head dims C.lp_prefill_mma_ok).
 	prefillMMATile = int(C.LP_PREFILL_MMA_TILE)
+	// prefillWideTile: rows per tile of its wide plan (head dims C.lp_prefill_wide_ok, SetPrefillWide).
+	prefillWideTile = int(C.LP_PREFILL_WIDE_TILE)
 	// maxPrefillSplits: most key runs a tensor-core prefill tile splits into (prefillSplits).
 	maxPrefillSplits = int(C.LP_PREFILL_MAX_SPLITS)
 	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
@@ -360,6 +364,21 @@ const tensorCorePrefillDefault = true
 // CUDA-core kernel.
 func (b *Backend) prefillMMA() bool {
 	return !b.simtPrefill && C.lp_prefill_mma_ok(C.int(b.kv.HeadDim)) != 0
+}
+
+// prefillTileRows is the rows per prefill tile of a step whose longest tiled chunk has `longest`
+// rows: LP_PREFILL_TILE on the CUDA-core kernel, LP_PREFILL_MMA_TILE on the tensor-core one, or
+// LP_PREFILL_WIDE_TILE with the wide plan on (SetPrefillWide) for the head dims it takes and
+// steps with a chunk of at least that many rows: a shorter chunk would leave most of a tall
+// tile's rows idle, and the split rule already spreads a short chunk's keys over the GPU.
+func (b *Backend) prefillTileRows(longest int) int {
+	switch {
+	case !b.prefillMMA():
+		return prefillTile
+	case b.prefillWide && longest >= prefillWideTile && C.lp_prefill_wide_ok(C.int(b.kv.HeadDim)) != 0:
+		return prefillWideTile
+	}
+	return prefillMMATile
 }
 
 // SetPrefillAttention chooses the prefill attention kernel for the following steps: true the
@@ -394,18 +413,20 @@ func (b *Backend) Prepare(s *model.Step) error {
 		return b.Err()
 	}
 	// Prefill chunks (several consecutive positions of one sequence) go to the tiled attention
-	// kernel in tiles of LP_PREFILL_TILE rows (LP_PREFILL_MMA_TILE on the tensor-core kernel);
-	// single rows (decode) to the per-row kernel.
-	tile := prefillTile
-	if b.prefillMMA() {
-		tile = prefillMMATile
-	}
-	tiles, rows := 0, 0
-	b.ctxSplits, b.tileKeys = 1, 0
+	// kernel in tiles of prefillTileRows rows; single rows (decode) to the per-row kernel.
 	// In deterministic mode every row takes the per-row kernel (deterministic.go).
 	tiled := func(sq model.SeqRows) bool {
 		return !b.batchInvariant && sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
 	}
+	longest := 0
+	for _, sq := range s.Seqs {
+		if tiled(sq) {
+			longest = max(longest, sq.N)
+		}
+	}
+	tile := b.prefillTileRows(longest)
+	tiles, rows := 0, 0
+	b.ctxSplits, b.tileKeys = 1, 0
 	for _, sq := range s.Seqs {
 		if tiled(sq) {
 			tiles += (sq.N + tile - 1) / tile

@@ -309,10 +309,11 @@ func TestAttentionSweep(t *testing.T) {
 	}
 }
 
-// Prefill attention matches the CPU on both kernels (tensor cores where the head dim has one,
-// CUDA cores for all) over head dims, MHA/GQA/MQA, sliding windows and page sizes, for a
-// prompt's first chunk and for a second chunk that attends to the cached pages of the first,
-// with chunks that leave ragged tiles; and repeating a launch gives bitwise the same output.
+// Prefill attention matches the CPU on both kernels (tensor cores where the head dim has one, in
+// 64-row tiles and in the wide plan's 128-row tiles where the head dim has those, CUDA cores for
+// all) over head dims, MHA/GQA/MQA, sliding windows and page sizes, for a prompt's first chunk
+// and for a second chunk that attends to the cached pages of the first, with chunks that leave
+// ragged tiles of either height; and repeating a launch gives bitwise the same output.
 // The bound 1e-2 of the largest reference value is the bf16 rounding of Q and P argued in
 // kernels/attention_prefill_mma.cu.
 func TestPrefillAttentionSweep(t *testing.T) {
@@ -324,14 +325,15 @@ func TestPrefillAttentionSweep(t *testing.T) {
 	}
 	shapes = append(shapes, shape{4, 2, 48, 0, 16}, shape{32, 8, 128, 0, 16}, shape{8, 2, 128, 0, 1})
 	// Each sequence: rows of the first chunk, then rows of the second (0: none).
-	chunks := [][2]int{{37, 70}, {64, 64}, {130, 5}, {3, 129}, {200, 0}}
-	for _, tensorCores := range []bool{true, false} {
+	chunks := [][2]int{{37, 70}, {64, 64}, {130, 5}, {3, 129}, {200, 0}, {250, 300}}
+	for _, kernel := range []string{"wide", "mma", "simt"} {
 		for _, sh := range shapes {
-			name := fmt.Sprintf("mma%v/h%d_kv%d_d%d_w%d_p%d", tensorCores, sh.heads, sh.kv, sh.dim, sh.window, sh.pageSize)
+			name := fmt.Sprintf("%s/h%d_kv%d_d%d_w%d_p%d", kernel, sh.heads, sh.kv, sh.dim, sh.window, sh.pageSize)
 			t.Run(name, func(t *testing.T) {
 				p := pair{cpu.New(0), newGPU(t)}
 				defer p.c.Close()
-				p.g.SetPrefillAttention(tensorCores)
+				p.g.SetPrefillAttention(kernel != "simt")
+				p.g.SetPrefillWide(kernel == "wide")
 				pageSize := sh.pageSize
 				maxLen := 0
 				for _, c := range chunks {
@@ -418,139 +420,253 @@ func TestPrefillAttentionSweep(t *testing.T) {
 	}
 }
 
-// Split-K of the tensor-core prefill kernel changes nothing but speed: chunks of 1 to 64 rows
+// The wide plan changes only which rows share a block: without a sliding window and unsplit,
+// each row meets the same key tiles in the same order through the same mma and softmax
+// arithmetic as in the 64-row plan (a key tile its warp computes but the row does not see is
+// wholly masked, which leaves the row's state as it was), so a prompt's first chunk and chunks
+// after cached pages, ragged in both plans, give bitwise the 64-row plan's outputs over head
+// dims 64, 80 and 128 and GQA ratios 1, 4 and 8. With a window a tile's key tiles start at its
+// first row's window edge, clamped at 0: where the taller tile's edge clamps and the shorter's
+// does not (a chunk from position 50 under a window of 100: the 64-row tile at 114 starts its
+// keys at 15, the 128-row tile at 50 at 0) rows group their keys otherwise, so there some bit
+// must differ (else the wide plan did not run).
+func TestPrefillWideMatchesNarrow(t *testing.T) {
+	r := rand.New(rand.NewPCG(17, 18))
+	type shape struct{ heads, kv, dim, window int }
+	shapes := []shape{{8, 8, 128, 0}, {16, 4, 128, 0}, {32, 4, 128, 0}, {8, 2, 64, 0}, {8, 1, 80, 0}, {16, 4, 128, 100}}
+	const pageSize = 16
+	// Each sequence: rows of the first chunk, then rows of the second (0: none).
+	chunks := [][2]int{{300, 0}, {1, 255}, {130, 77}, {513, 2}, {50, 200}}
+	for _, sh := range shapes {
+		t.Run(fmt.Sprintf("h%d_kv%d_d%d_w%d", sh.heads, sh.kv, sh.dim, sh.window), func(t *testing.T) {
+			g := newGPU(t)
+			g.SetPrefillSplit(false) // the split count follows the tile count, and with it the sums' order
+			perSeq := 0
+			for _, c := range chunks {
+				perSeq = max(perSeq, (c[0]+c[1]+pageSize-1)/pageSize)
+			}
+			pages := perSeq * len(chunks)
+			if err := g.AllocKV(model.KVSpec{Layers: 1, Pages: pages, PageSize: pageSize, KVHeads: sh.kv, HeadDim: sh.dim}); err != nil {
+				t.Fatal(err)
+			}
+			perm := r.Perm(pages) // scrambled block tables
+			table := make([][]int32, len(chunks))
+			for i := range table {
+				for j := 0; j < perSeq; j++ {
+					table[i] = append(table[i], int32(perm[i*perSeq+j]))
+				}
+			}
+			ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim))), Window: sh.window}
+			width, qw := sh.kv*sh.dim, sh.heads*sh.dim
+			differ := false
+			for step := 0; step < 2; step++ {
+				var s model.Step
+				for i, c := range chunks {
+					from, n := 0, c[0]
+					if step == 1 {
+						from, n = c[0], c[1]
+					}
+					if n == 0 {
+						continue
+					}
+					start := len(s.Tokens)
+					for pos := from; pos < from+n; pos++ {
+						s.Tokens = append(s.Tokens, 0)
+						s.Positions = append(s.Positions, int32(pos))
+						s.Slots = append(s.Slots, table[i][pos/pageSize]*int32(pageSize)+int32(pos%pageSize))
+					}
+					s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: from + n, Pages: table[i]})
+				}
+				n := len(s.Tokens)
+				write := func(x model.Tensor, vals []float32) {
+					if err := g.Write(x, vals); err != nil {
+						t.Fatal(err)
+					}
+				}
+				k, v, q, out := g.Alloc(n, width), g.Alloc(n, width), g.Alloc(n, qw), g.Alloc(n, qw)
+				write(k, randFloats(r, n*width))
+				write(v, randFloats(r, n*width))
+				write(q, randFloats(r, n*qw))
+				var got [2][]float32
+				for i, wide := range []bool{false, true} {
+					g.SetPrefillWide(wide)
+					if err := g.Prepare(&s); err != nil {
+						t.Fatal(err)
+					}
+					if i == 0 {
+						g.StoreKV(0, k, v)
+					}
+					write(out, nanFloats(n*qw)) // every element must be written
+					g.Attention(out, q, 0, ap)
+					got[i] = make([]float32, n*qw)
+					if err := g.Read(out, got[i]); err != nil {
+						t.Fatal(err)
+					}
+				}
+				for i := range got[0] {
+					a, b := got[0][i], got[1][i]
+					if math.IsNaN(float64(a)) || math.IsNaN(float64(b)) {
+						t.Fatalf("chunk %d: element %d not written (64-row tiles %v, 128-row tiles %v)", step+1, i, a, b)
+					}
+					if math.Float32bits(a) != math.Float32bits(b) {
+						if sh.window == 0 {
+							t.Fatalf("chunk %d: element %d is %v in 64-row tiles but %v in 128-row tiles", step+1, i, a, b)
+						}
+						differ = true
+					}
+				}
+				for _, x := range []model.Tensor{k, v, q, out} {
+					g.Free(x)
+				}
+			}
+			if sh.window > 0 && !differ {
+				t.Fatal("with a window the wide plan changed no bit: it did not run")
+			}
+			if err := g.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// Split-K of the tensor-core prefill kernel changes nothing but speed: chunks of 1 to 200 rows
 // over cached prefixes of 100 to 5,000 positions (each sequence alone, the short-chunk case the
 // split is for, and all in one step with a decode row beside the tiles) give the CPU's attention
 // within the sweep's bound with LORAPLEX_PREFILL_SPLIT off and on, over head dims 64 to 256, GQA
-// and sliding windows; every output element is written, two identical launches agree bitwise,
-// and a 40-row chunk over 2,000 positions alone does take the split path (its result differs
-// from the unsplit kernel's in the last bits).
+// and sliding windows, with LORAPLEX_PREFILL_WIDE off and on (128-row tiles for the steps with a
+// chunk of 128 rows or more: a 200-row chunk alone, all chunks in one step); every output
+// element is written, two identical launches agree bitwise, and a 40-row chunk over 2,000
+// positions alone does take the split path (its result differs from the unsplit kernel's in the
+// last bits).
 func TestPrefillSplitSweep(t *testing.T) {
 	r := rand.New(rand.NewPCG(15, 16))
 	type shape struct{ heads, kv, dim, window, pageSize int }
 	shapes := []shape{{8, 8, 64, 0, 16}, {8, 2, 80, 0, 16}, {32, 8, 128, 0, 16}, {8, 2, 128, 300, 16}, {4, 1, 256, 0, 8}, {8, 2, 64, 1000, 32}}
 	type chunk struct{ prefix, rows int }
-	chunks := []chunk{{100, 64}, {777, 1}, {2000, 40}, {4999, 17}, {3001, 64}, {5000, 3}}
+	chunks := []chunk{{100, 64}, {777, 1}, {2000, 40}, {4999, 17}, {3001, 64}, {5000, 3}, {1500, 200}}
 	const splitProbe = 2 // chunks[splitProbe] alone must take the split path
-	for _, sh := range shapes {
-		t.Run(fmt.Sprintf("h%d_kv%d_d%d_w%d_p%d", sh.heads, sh.kv, sh.dim, sh.window, sh.pageSize), func(t *testing.T) {
-			p := pair{cpu.New(0), newGPU(t)}
-			defer p.c.Close()
-			table := make([][]int32, len(chunks))
-			pages := 0
-			for i, c := range chunks {
-				for range (c.prefix + c.rows + sh.pageSize - 1) / sh.pageSize {
-					table[i] = append(table[i], int32(pages))
-					pages++
-				}
-			}
-			perm := r.Perm(pages) // scrambled block tables
-			for i := range table {
-				for j := range table[i] {
-					table[i][j] = int32(perm[table[i][j]])
-				}
-			}
-			spec := model.KVSpec{Layers: 1, Pages: pages, PageSize: sh.pageSize, KVHeads: sh.kv, HeadDim: sh.dim}
-			if err := p.c.AllocKV(spec); err != nil {
-				t.Fatal(err)
-			}
-			if err := p.g.AllocKV(spec); err != nil {
-				t.Fatal(err)
-			}
-			width, qw := sh.kv*sh.dim, sh.heads*sh.dim
-			// step builds a step of positions [from(i), to(i)) of each listed sequence.
-			step := func(seqs []int, from, to func(int) int) *model.Step {
-				s := &model.Step{}
-				for _, i := range seqs {
-					start := len(s.Tokens)
-					for pos := from(i); pos < to(i); pos++ {
-						s.Tokens = append(s.Tokens, 0)
-						s.Positions = append(s.Positions, int32(pos))
-						s.Slots = append(s.Slots, table[i][pos/sh.pageSize]*int32(sh.pageSize)+int32(pos%sh.pageSize))
+	for _, wide := range []bool{false, true} {
+		for _, sh := range shapes {
+			t.Run(fmt.Sprintf("wide%v/h%d_kv%d_d%d_w%d_p%d", wide, sh.heads, sh.kv, sh.dim, sh.window, sh.pageSize), func(t *testing.T) {
+				p := pair{cpu.New(0), newGPU(t)}
+				defer p.c.Close()
+				p.g.SetPrefillWide(wide)
+				table := make([][]int32, len(chunks))
+				pages := 0
+				for i, c := range chunks {
+					for range (c.prefix + c.rows + sh.pageSize - 1) / sh.pageSize {
+						table[i] = append(table[i], int32(pages))
+						pages++
 					}
-					s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: to(i) - from(i), Len: to(i), Pages: table[i]})
 				}
-				return s
-			}
-			prepare := func(s *model.Step) {
-				if err := p.c.Prepare(s); err != nil {
+				perm := r.Perm(pages) // scrambled block tables
+				for i := range table {
+					for j := range table[i] {
+						table[i][j] = int32(perm[table[i][j]])
+					}
+				}
+				spec := model.KVSpec{Layers: 1, Pages: pages, PageSize: sh.pageSize, KVHeads: sh.kv, HeadDim: sh.dim}
+				if err := p.c.AllocKV(spec); err != nil {
 					t.Fatal(err)
 				}
-				if err := p.g.Prepare(s); err != nil {
+				if err := p.g.AllocKV(spec); err != nil {
 					t.Fatal(err)
 				}
-			}
-			store := func(n int) {
-				kc, kg := p.tensor(t, n, width, randFloats(r, n*width))
-				vc, vg := p.tensor(t, n, width, randFloats(r, n*width))
-				p.c.StoreKV(0, kc, vc)
-				p.g.StoreKV(0, kg, vg)
-			}
-			all := make([]int, len(chunks))
-			for i := range all {
-				all[i] = i
-			}
-			// The cached prefixes, all in one step (only their keys and values matter).
-			pre := step(all, func(int) int { return 0 }, func(i int) int { return chunks[i].prefix })
-			prepare(pre)
-			store(len(pre.Tokens))
-			ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim))), Window: sh.window}
-			// run computes the chunk rows' attention with the split off and on, checks both against
-			// the CPU and returns the two GPU results.
-			run := func(what string, s *model.Step) (off, on []float32) {
-				prepare(s)
-				n := len(s.Tokens)
-				qc, qg := p.tensor(t, n, qw, randFloats(r, n*qw))
-				oc, og := p.tensor(t, n, qw, nil)
-				p.c.Attention(oc, qc, 0, ap)
-				poison := nanFloats(n * qw)
-				var got [2][]float32
-				for k, split := range []bool{false, true} {
-					p.g.SetPrefillSplit(split)
-					if err := p.g.Write(og, poison); err != nil {
+				width, qw := sh.kv*sh.dim, sh.heads*sh.dim
+				// step builds a step of positions [from(i), to(i)) of each listed sequence.
+				step := func(seqs []int, from, to func(int) int) *model.Step {
+					s := &model.Step{}
+					for _, i := range seqs {
+						start := len(s.Tokens)
+						for pos := from(i); pos < to(i); pos++ {
+							s.Tokens = append(s.Tokens, 0)
+							s.Positions = append(s.Positions, int32(pos))
+							s.Slots = append(s.Slots, table[i][pos/sh.pageSize]*int32(sh.pageSize)+int32(pos%sh.pageSize))
+						}
+						s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: to(i) - from(i), Len: to(i), Pages: table[i]})
+					}
+					return s
+				}
+				prepare := func(s *model.Step) {
+					if err := p.c.Prepare(s); err != nil {
 						t.Fatal(err)
 					}
-					p.g.Attention(og, qg, 0, ap)
-					rel := p.compare(t, fmt.Sprintf("%s, split %v", what, split), oc, og, 1e-2)
-					t.Logf("%s, split %v: worst difference %.2e of the largest output", what, split, rel)
-					got[k] = make([]float32, n*qw)
-					if err := p.g.Read(og, got[k]); err != nil {
+					if err := p.g.Prepare(s); err != nil {
 						t.Fatal(err)
 					}
-					p.g.Attention(og, qg, 0, ap)
-					again := make([]float32, n*qw)
-					if err := p.g.Read(og, again); err != nil {
-						t.Fatal(err)
+				}
+				store := func(n int) {
+					kc, kg := p.tensor(t, n, width, randFloats(r, n*width))
+					vc, vg := p.tensor(t, n, width, randFloats(r, n*width))
+					p.c.StoreKV(0, kc, vc)
+					p.g.StoreKV(0, kg, vg)
+				}
+				all := make([]int, len(chunks))
+				for i := range all {
+					all[i] = i
+				}
+				// The cached prefixes, all in one step (only their keys and values matter).
+				pre := step(all, func(int) int { return 0 }, func(i int) int { return chunks[i].prefix })
+				prepare(pre)
+				store(len(pre.Tokens))
+				ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim))), Window: sh.window}
+				// run computes the chunk rows' attention with the split off and on, checks both against
+				// the CPU and returns the two GPU results.
+				run := func(what string, s *model.Step) (off, on []float32) {
+					prepare(s)
+					n := len(s.Tokens)
+					qc, qg := p.tensor(t, n, qw, randFloats(r, n*qw))
+					oc, og := p.tensor(t, n, qw, nil)
+					p.c.Attention(oc, qc, 0, ap)
+					poison := nanFloats(n * qw)
+					var got [2][]float32
+					for k, split := range []bool{false, true} {
+						p.g.SetPrefillSplit(split)
+						if err := p.g.Write(og, poison); err != nil {
+							t.Fatal(err)
+						}
+						p.g.Attention(og, qg, 0, ap)
+						rel := p.compare(t, fmt.Sprintf("%s, split %v", what, split), oc, og, 1e-2)
+						t.Logf("%s, split %v: worst difference %.2e of the largest output", what, split, rel)
+						got[k] = make([]float32, n*qw)
+						if err := p.g.Read(og, got[k]); err != nil {
+							t.Fatal(err)
+						}
+						p.g.Attention(og, qg, 0, ap)
+						again := make([]float32, n*qw)
+						if err := p.g.Read(og, again); err != nil {
+							t.Fatal(err)
+						}
+						for i := range again {
+							if math.Float32bits(got[k][i]) != math.Float32bits(again[i]) {
+								t.Fatalf("%s, split %v: element %d differs between two identical launches: %v then %v", what, split, i, got[k][i], again[i])
+							}
+						}
 					}
-					for i := range again {
-						if math.Float32bits(got[k][i]) != math.Float32bits(again[i]) {
-							t.Fatalf("%s, split %v: element %d differs between two identical launches: %v then %v", what, split, i, got[k][i], again[i])
+					return got[0], got[1]
+				}
+				// The chunks' own rows go into the cache once; each run below attends over them.
+				rows := step(all, func(i int) int { return chunks[i].prefix }, func(i int) int { return chunks[i].prefix + chunks[i].rows })
+				prepare(rows)
+				store(len(rows.Tokens))
+				for i, c := range chunks {
+					off, on := run(fmt.Sprintf("%d rows after %d cached alone", c.rows, c.prefix), step([]int{i},
+						func(int) int { return c.prefix }, func(int) int { return c.prefix + c.rows }))
+					if i == splitProbe {
+						same := true
+						for j := range off {
+							same = same && math.Float32bits(off[j]) == math.Float32bits(on[j])
+						}
+						if same {
+							t.Fatalf("%d rows after %d cached: the split switch changed no bit (the split path did not run)", c.rows, c.prefix)
 						}
 					}
 				}
-				return got[0], got[1]
-			}
-			// The chunks' own rows go into the cache once; each run below attends over them.
-			rows := step(all, func(i int) int { return chunks[i].prefix }, func(i int) int { return chunks[i].prefix + chunks[i].rows })
-			prepare(rows)
-			store(len(rows.Tokens))
-			for i, c := range chunks {
-				off, on := run(fmt.Sprintf("%d rows after %d cached alone", c.rows, c.prefix), step([]int{i},
-					func(int) int { return c.prefix }, func(int) int { return c.prefix + c.rows }))
-				if i == splitProbe {
-					same := true
-					for j := range off {
-						same = same && math.Float32bits(off[j]) == math.Float32bits(on[j])
-					}
-					if same {
-						t.Fatalf("%d rows after %d cached: the split switch changed no bit (the split path did not run)", c.rows, c.prefix)
-					}
+				run("all chunks in one step", rows)
+				if err := p.g.Err(); err != nil {
+					t.Fatal(err)
 				}
-			}
-			run("all chunks in one step", rows)
-			if err := p.g.Err(); err != nil {
-				t.Fatal(err)
-			}
-		})
+			})
+		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)
+//	LORAPLEX_PREFILL_WIDE=on|off   the tensor-core prefill in 128-row tiles, two m16 row tiles a warp (attention.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
 // compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,

@@ -160,15 +160,15 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		pos, tiles, nt, sp, pt := b.meta(b.offPos), b.meta(b.offTiles), C.int(b.numTiles), b.meta(b.offSeqPages), b.meta(b.offPages)
 		h, kvh, d, ps, w, sc := C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale)
 		var code C.int
-		if b.tileRows == prefillMMATile {
+		if b.tileRows != prefillTile {
 			splits := b.prefillSplitCount(p)
 			if splits > 1 {
-				need := int(C.lp_attention_scratch_floats(C.int(b.numTiles*prefillMMATile), h, d, C.int(splits)))
+				need := int(C.lp_attention_scratch_floats(C.int(b.numTiles*b.tileRows), h, d, C.int(splits)))
 				if need > b.attnCap && (!b.canGrow() || !b.growAttnScratch(need)) {
 					return
 				}
 			}
-			code = C.s_attention_prefill_mma(ptr(out), ptr(q), kc, vc, pos, tiles, nt, sp, pt, h, kvh, d, ps, w, sc,
+			code = C.s_attention_prefill_mma(ptr(out), ptr(q), kc, vc, pos, tiles, nt, C.int(b.tileRows), sp, pt, h, kvh, d, ps, w, sc,
 				C.int(splits), C.uintptr_t(b.attnScratch), b.stream)
 		} else {
 			code = C.s_attention_prefill(ptr(out), ptr(q), kc, vc, pos, tiles, nt, sp, pt, h, kvh, d, ps, w, sc, b.stream)

@@ -103,9 +103,9 @@ static inline int s_attention_prefill(uintptr_t out, uintptr_t q, uintptr_t kc, 
 	return lp_attention_prefill(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, tiles), ntiles,
 	                    P(const int32_t*, seqpages), P(const int32_t*, pt), heads, kvh, dim, page, window, scale, P(lp_stream, s));
 }
-static inline int s_attention_prefill_mma(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t tiles, int ntiles, uintptr_t seqpages, uintptr_t pt,
+static inline int s_attention_prefill_mma(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t tiles, int ntiles, int tilerows, uintptr_t seqpages, uintptr_t pt,
                        int heads, int kvh, int dim, int page, int window, float scale, int splits, uintptr_t scratch, uintptr_t s) {
-	return lp_attention_prefill_mma(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, tiles), ntiles,
+	return lp_attention_prefill_mma(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, tiles), ntiles, tilerows,
 	                    P(const int32_t*, seqpages), P(const int32_t*, pt), heads, kvh, dim, page, window, scale, splits, P(float*, scratch), P(lp_stream, s));
 }
 static inline int s_lora(uintptr_t out, uintptr_t x, uintptr_t segs, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {

@@ -3,8 +3,9 @@
 // keep the CUDA-core kernel in attention_prefill.cu.
 //
 // One block of 4 warps per (query tile, head); a tile is up to LP_PREFILL_MMA_TILE (64)
-// consecutive rows of one sequence, each warp owns 16 of them. Q is converted from fp32 to bf16
-// once into shared memory (kept in registers as mma fragments where D <= 128). The block walks
+// consecutive rows of one sequence, each warp owns 16 of them (one m16 row tile; the wide plan
+// below gives each two). Q is converted from fp32 to bf16 once into shared memory (kept in
+// registers as mma fragments where a warp's rows times D <= 16 x 128). The block walks
 // the visible key range [max(0, first pos - window + 1), last pos] in tiles of BK keys; key and
 // value rows are gathered through the block table with 16-byte cp.async copies, double-buffered
 // so the next tile's copies overlap this tile's math. Per tile each warp computes S = Q Kᵀ
@@ -14,6 +15,30 @@
 // layout into A fragments (no shuffles) and adds P V. Rows are padded with 16-byte pitch per row
 // so ldmatrix reads are free of bank conflicts. Tiles are launched latest first: under the
 // causal mask they have the most keys, so the tail of the grid is the short work.
+//
+// Wide plan (LORAPLEX_PREFILL_WIDE, head dims lp_prefill_wide_ok: 64, 80, 128): tiles of
+// LP_PREFILL_WIDE_TILE (128) rows, each warp 32 rows as two m16 tiles, so every K fragment and
+// every V fragment a warp reads from shared memory (ldmatrix) feeds two mmas instead of one, the
+// reuse FlashAttention-2 gets from its 128-row blocks. Why it pays: at D = 128 and 64-row tiles a
+// warp issues 64 ldmatrix.x4 (32 KiB of shared-memory reads) per 128 mma of a key tile; at the
+// H100's 128 bytes a clock per SM that is ~256 clocks of shared-memory bandwidth against ~200 of
+// mma.sync issue, so the kernel is bound by shared memory (~101-124 TFLOP/s measured). Two row
+// tiles a warp make it 80 ldmatrix (Q's fragments now reread from shared memory, 16 more) per 256
+// mma: 1.25 instead of 2 clocks of shared memory an mma, leaving the tensor cores the bound. It
+// also halves the K/V traffic from L2 per query row. What it costs: the accumulators (O 2 x 64,
+// S 2 x 32 floats a lane) leave no room for Q in registers at D = 128 (hence the rereads), and
+// the 102 KiB of shared memory (Q 128 rows, two stages of 64 K and V rows) allow two blocks an
+// SM on an H100 (228 KiB), one on an A100 (164 KiB): a third K/V stage would cost the second block,
+// whose warps already hide the copies of the first, so the pipeline stays two deep. Sharing one
+// block among a GQA group's query heads would save the same L2 traffic but not the shared-memory
+// reads per mma unless each warp again took two heads' rows, and it helps only GQA models; the
+// taller tile does it for every head layout. The causal mask stays on the key tiles that cross a
+// warp's rows (edge), a warp past the tile's last row skips the math. A short chunk's tile would
+// leave most of its rows idle (and its warps twice the work of a 64-row tile's), so the host
+// takes the plan only for steps with a chunk of 128 rows or more (cuda/backend.go,
+// prefillTileRows); one tile plan a step, as the tiles are cut before the launch. Head dim 256
+// keeps 64-row tiles (O alone would take 256 registers a lane). Split-K works the same over the
+// taller tiles (part slots per tile row, tile_rows of them a tile).
 //
 // Split-K (flash-decoding for prefill tiles): a short chunk over a long cached prefix (40 rows
 // after 2,000 cached positions) is one tile a head, too few blocks to fill the GPU, each walking
@@ -35,6 +60,12 @@
 // merged in split order), so repeated runs and CUDA graph replays are bitwise identical. The
 // split count changes the summation order, so a row's last bits depend on it (and through it on
 // the step's tile count): the deterministic mode never takes this kernel (cuda/deterministic.go).
+// The wide plan computes each row exactly as the 64-row plan does when no window or split cuts
+// the keys differently: the key tiles start at 0 in both, a row meets them in the same order
+// through the same mma and softmax arithmetic, and a key tile its warp computes but the row does
+// not see is wholly masked, which leaves the row's state unchanged (factor exp2(0) = 1, P = 0);
+// TestPrefillWideMatchesNarrow holds it to bitwise equality. With a window a tile's key tiles
+// start at its first row's window edge, so the wide plan's rows may group keys differently.
 // The kernel reads only its arguments and the step metadata, so a recorded launch replays
 // correctly with new metadata (prefill steps are not recorded today, cuda/graph.go; were they,
 // the split count, a launch dimension, would have to join the step key).
@@ -45,28 +76,36 @@
 // 1). Scores move by at most 2^-9·|q|·|k|·scale and each output by at most ~2^-8 of the largest
 // |v| it averages; the tests hold the output to 1e-2 of the largest reference value
 // (cuda/backend_test.go, TestPrefillAttentionSweep, which logs the worst it sees; split-K:
-// TestPrefillSplitSweep). Split-K adds fp32 rescalings only (e^(M_z - M) in the merge).
+// TestPrefillSplitSweep; both over the 64-row and the wide plan). Split-K adds fp32 rescalings
+// only (e^(M_z - M) in the merge); the wide plan adds no rounding.
 #include <math.h>
 #include "common.cuh"
 
 #define MMA_WARPS 4
-#define BQ LP_PREFILL_MMA_TILE
 
-template <int D>
+// MmaCfg is one instantiation's tile plan. MT is the m16 row tiles a warp owns: 1 for the
+// LP_PREFILL_MMA_TILE (64) rows of the default plan, 2 for the LP_PREFILL_WIDE_TILE (128) rows of
+// the wide one (LORAPLEX_PREFILL_WIDE, head dims lp_prefill_wide_ok).
+template <int D, int MT>
 struct MmaCfg {
-    static constexpr int BK = D > 128 ? 32 : 64;  // keys per tile: D = 256 keeps S and O in registers
-    static constexpr int PITCH = D + 8;          // bf16 per shared row: 16-byte pad, conflict-free ldmatrix
+    static constexpr int BQ = 16 * MT * MMA_WARPS;  // rows per tile
+    static constexpr int BK = D > 128 ? 32 : 64;    // keys per tile: D = 256 keeps S and O in registers
+    static constexpr int PITCH = D + 8;             // bf16 per shared row: 16-byte pad, conflict-free ldmatrix
     static constexpr int SMEM = (BQ + 4 * BK) * PITCH * 2;  // Q + two stages of K and V
+    static constexpr bool QREG = D * MT <= 128;     // Q's A fragments held in registers (MT x D/16 x 4 a lane)
 };
+static_assert(MmaCfg<128, 1>::BQ == LP_PREFILL_MMA_TILE && MmaCfg<128, 2>::BQ == LP_PREFILL_WIDE_TILE,
+              "tile rows of the C ABI");
 
-template <int D>
+template <int D, int MT>
 __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
     float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc, const uint16_t* vc,
     const int32_t* positions, const int32_t* tiles, int num_tiles, const int32_t* seq_pages, const int32_t* page_table,
     int heads, int kv_heads, int page_size, int window, float scale_log2) {
-    using Cfg = MmaCfg<D>;
-    constexpr int BK = Cfg::BK, PITCH = Cfg::PITCH, KSTEPS = D / 16, NT_D = D / 8, NT_K = BK / 8;
-    constexpr bool QREG = D <= 128;
+    using Cfg = MmaCfg<D, MT>;
+    constexpr int BQ = Cfg::BQ, BK = Cfg::BK, PITCH = Cfg::PITCH, KSTEPS = D / 16, NT_D = D / 8, NT_K = BK / 8;
+    constexpr int WROWS = 16 * MT;  // rows a warp owns
+    constexpr bool QREG = Cfg::QREG;
     extern __shared__ __align__(16) uint16_t sm[];
     uint16_t* qs = sm;                 // [BQ][PITCH]
     uint16_t* ks = qs + BQ * PITCH;    // [2][BK][PITCH]
@@ -109,21 +148,30 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
         *reinterpret_cast<uint2*>(qs + r * PITCH + 4 * c4) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
     }
     __syncthreads();
-    // ldmatrix addresses: Q rows of this warp (A operand), K rows (B, not transposed), V rows
-    // (B, transposed); see the PTX ISA's m16n8k16 fragment layouts.
-    const uint32_t q_addr = smem_u32(qs + (warp * 16 + (lane & 15)) * PITCH + (lane >> 4) * 8);
-    uint32_t qa[QREG ? KSTEPS : 1][4];
+    // ldmatrix addresses: Q rows of each of this warp's m16 tiles (A operand), K rows (B, not
+    // transposed), V rows (B, transposed); see the PTX ISA's m16n8k16 fragment layouts.
+    uint32_t q_addr[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) q_addr[mt] = smem_u32(qs + (warp * WROWS + mt * 16 + (lane & 15)) * PITCH + (lane >> 4) * 8);
+    uint32_t qa[QREG ? MT : 1][QREG ? KSTEPS : 1][4];
     if constexpr (QREG) {
 #pragma unroll
-        for (int kk = 0; kk < KSTEPS; kk++) ldsm_x4(qa[kk], q_addr + kk * 32);
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++) ldsm_x4(qa[mt][kk], q_addr[mt] + kk * 32);
     }
 
-    float o[NT_D][4];
+    float o[MT][NT_D][4];
+    float m[MT][2], l[MT][2];
 #pragma unroll
-    for (int d = 0; d < NT_D; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    const int wrow = pos0 + warp * 16;  // position of the warp's first row
-    const int prow[2] = {wrow + g, wrow + g + 8};
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int d = 0; d < NT_D; d++) o[mt][d][0] = o[mt][d][1] = o[mt][d][2] = o[mt][d][3] = 0.f;
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.f;
+    }
+    const int wrow = pos0 + warp * WROWS;  // position of the warp's first row
+    const bool warp_rows = warp * WROWS < n;  // a short tile leaves its last warps no rows
 
     for (int it = it_begin; it < it_end; it++) {
         if (it + 1 < it_end) load_kv(it + 1);
@@ -133,70 +181,86 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
         const int t0 = lo + it * BK;
         // Warp-uniform: skip a tile no row of this warp sees (past its last row, or before the
         // window of its first); mma and ldmatrix need the whole warp, so the test is per warp.
-        const bool visible = t0 <= wrow + 15 && !(window > 0 && t0 + BK - 1 < wrow - window + 1);
+        const bool visible = warp_rows && t0 <= wrow + WROWS - 1 && !(window > 0 && t0 + BK - 1 < wrow - window + 1);
         if (visible) {
             const uint16_t* kt = ks + (it & 1) * BK * PITCH;
             const uint16_t* vt = vs + (it & 1) * BK * PITCH;
-            float s[NT_K][4];
+            float s[MT][NT_K][4];
 #pragma unroll
-            for (int j = 0; j < NT_K; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int j = 0; j < NT_K; j++) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
             const uint32_t k_addr = smem_u32(kt + ((lane & 7) + ((lane >> 4) << 3)) * PITCH + ((lane >> 3) & 1) * 8);
 #pragma unroll
             for (int kk = 0; kk < KSTEPS; kk++) {
-                uint32_t a[4];
-                if constexpr (QREG) {
-                    a[0] = qa[kk][0], a[1] = qa[kk][1], a[2] = qa[kk][2], a[3] = qa[kk][3];
-                } else {
-                    ldsm_x4(a, q_addr + kk * 32);
+                uint32_t a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    if constexpr (QREG) {
+                        a[mt][0] = qa[mt][kk][0], a[mt][1] = qa[mt][kk][1], a[mt][2] = qa[mt][kk][2], a[mt][3] = qa[mt][kk][3];
+                    } else {
+                        ldsm_x4(a[mt], q_addr[mt] + kk * 32);
+                    }
                 }
+                // Each K fragment read from shared memory feeds the warp's MT row tiles.
 #pragma unroll
                 for (int j = 0; j < NT_K; j += 2) {
                     uint32_t b[4];
                     ldsm_x4(b, k_addr + (j * 8 * PITCH + kk * 16) * 2);
-                    mma_bf16(s[j], a, b[0], b[1]);
-                    mma_bf16(s[j + 1], a, b[2], b[3]);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma_bf16(s[mt][j], a[mt], b[0], b[1]);
+                        mma_bf16(s[mt][j + 1], a[mt], b[2], b[3]);
+                    }
                 }
             }
             // Mask only tiles that cross a row's causal edge or window edge.
-            const bool edge = t0 + BK - 1 > wrow || (window > 0 && t0 < wrow + 15 - window + 1);
+            const bool edge = t0 + BK - 1 > wrow || (window > 0 && t0 < wrow + WROWS - 1 - window + 1);
 #pragma unroll
-            for (int j = 0; j < NT_K; j++) {
+            for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int t = t0 + j * 8 + 2 * c + (e & 1), pr = prow[e >> 1];
-                    const bool ok = !edge || (t <= pr && (window <= 0 || t > pr - window));
-                    s[j][e] = ok ? s[j][e] * scale_log2 : -INFINITY;
+                for (int j = 0; j < NT_K; j++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int t = t0 + j * 8 + 2 * c + (e & 1), pr = wrow + mt * 16 + g + 8 * (e >> 1);
+                        const bool ok = !edge || (t <= pr && (window <= 0 || t > pr - window));
+                        s[mt][j][e] = ok ? s[mt][j][e] * scale_log2 : -INFINITY;
+                    }
                 }
             }
-            float mx[2] = {m[0], m[1]};
-#pragma unroll
-            for (int j = 0; j < NT_K; j++) {
-                mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
-                mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
-            }
-            float base[2], corr[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-                base[i] = mx[i] == -INFINITY ? 0.f : mx[i];  // a row with nothing visible yet stays at 0
-                corr[i] = exp2f(m[i] - base[i]);
-                m[i] = mx[i];
-                l[i] *= corr[i];
-            }
-#pragma unroll
-            for (int d = 0; d < NT_D; d++) o[d][0] *= corr[0], o[d][1] *= corr[0], o[d][2] *= corr[1], o[d][3] *= corr[1];
             // P in bf16, laid out as the A fragments of P V: key tiles 2kk and 2kk+1 of S form
             // k-step kk. The row sums add the rounded values, the ones P V multiplies.
-            uint32_t pa[NT_K / 2][4];
+            uint32_t pa[MT][NT_K / 2][4];
 #pragma unroll
-            for (int j = 0; j < NT_K; j++) {
-                const uint32_t p01 = pack_bf16(exp2f(s[j][0] - base[0]), exp2f(s[j][1] - base[0]));
-                const uint32_t p23 = pack_bf16(exp2f(s[j][2] - base[1]), exp2f(s[j][3] - base[1]));
-                l[0] += __uint_as_float(p01 << 16) + __uint_as_float(p01 & 0xffff0000u);
-                l[1] += __uint_as_float(p23 << 16) + __uint_as_float(p23 & 0xffff0000u);
-                pa[j / 2][(j & 1) * 2] = p01;
-                pa[j / 2][(j & 1) * 2 + 1] = p23;
+            for (int mt = 0; mt < MT; mt++) {
+                float mx[2] = {m[mt][0], m[mt][1]};
+#pragma unroll
+                for (int j = 0; j < NT_K; j++) {
+                    mx[0] = fmaxf(mx[0], fmaxf(s[mt][j][0], s[mt][j][1]));
+                    mx[1] = fmaxf(mx[1], fmaxf(s[mt][j][2], s[mt][j][3]));
+                }
+                float base[2], corr[2];
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+                    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+                    base[i] = mx[i] == -INFINITY ? 0.f : mx[i];  // a row with nothing visible yet stays at 0
+                    corr[i] = exp2f(m[mt][i] - base[i]);
+                    m[mt][i] = mx[i];
+                    l[mt][i] *= corr[i];
+                }
+#pragma unroll
+                for (int d = 0; d < NT_D; d++)
+                    o[mt][d][0] *= corr[0], o[mt][d][1] *= corr[0], o[mt][d][2] *= corr[1], o[mt][d][3] *= corr[1];
+#pragma unroll
+                for (int j = 0; j < NT_K; j++) {
+                    const uint32_t p01 = pack_bf16(exp2f(s[mt][j][0] - base[0]), exp2f(s[mt][j][1] - base[0]));
+                    const uint32_t p23 = pack_bf16(exp2f(s[mt][j][2] - base[1]), exp2f(s[mt][j][3] - base[1]));
+                    l[mt][0] += __uint_as_float(p01 << 16) + __uint_as_float(p01 & 0xffff0000u);
+                    l[mt][1] += __uint_as_float(p23 << 16) + __uint_as_float(p23 & 0xffff0000u);
+                    pa[mt][j / 2][(j & 1) * 2] = p01;
+                    pa[mt][j / 2][(j & 1) * 2 + 1] = p23;
+                }
             }
             const uint32_t v_addr = smem_u32(vt + ((lane & 7) + ((lane >> 3) & 1) * 8) * PITCH + (lane >> 4) * 8);
 #pragma unroll
@@ -205,8 +269,11 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
                 for (int d = 0; d < NT_D; d += 2) {
                     uint32_t b[4];
                     ldsm_x4_trans(b, v_addr + (kk * 16 * PITCH + d * 8) * 2);
-                    mma_bf16(o[d], pa[kk], b[0], b[1]);
-                    mma_bf16(o[d + 1], pa[kk], b[2], b[3]);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma_bf16(o[mt][d], pa[mt][kk], b[0], b[1]);
+                        mma_bf16(o[mt][d + 1], pa[mt][kk], b[2], b[3]);
+                    }
                 }
             }
         }
@@ -214,89 +281,122 @@ __global__ void __launch_bounds__(32 * MMA_WARPS) attention_prefill_mma_kernel(
     }
 
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
-        const int r = warp * 16 + g + 8 * i;
-        if (r >= n) continue;
-        if (splits > 1) {
-            // The split's state of row r (L = 0 and no visible key: empty); the merge normalises.
-            const size_t slot = (((size_t)tile * BQ + r) * heads + h) * splits + split;
-            if (c == 0) {
-                part_ml[2 * slot] = m[i] * 0.6931471805599453f;  // log2 units -> natural log (the merge's e^x)
-                part_ml[2 * slot + 1] = l[i];
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            l[mt][i] += __shfl_xor_sync(0xffffffffu, l[mt][i], 1);
+            l[mt][i] += __shfl_xor_sync(0xffffffffu, l[mt][i], 2);
+            const int r = warp * WROWS + mt * 16 + g + 8 * i;
+            if (r >= n) continue;
+            if (splits > 1) {
+                // The split's state of row r (L = 0 and no visible key: empty); the merge normalises.
+                const size_t slot = (((size_t)tile * BQ + r) * heads + h) * splits + split;
+                if (c == 0) {
+                    part_ml[2 * slot] = m[mt][i] * 0.6931471805599453f;  // log2 units -> natural log (the merge's e^x)
+                    part_ml[2 * slot + 1] = l[mt][i];
+                }
+                float* po = part_o + slot * D + 2 * c;
+#pragma unroll
+                for (int d = 0; d < NT_D; d++)
+                    *reinterpret_cast<float2*>(po + d * 8) = make_float2(o[mt][d][2 * i], o[mt][d][2 * i + 1]);
+                continue;
             }
-            float* po = part_o + slot * D + 2 * c;
+            const float inv = 1.f / l[mt][i];
+            float* orow = out + ((size_t)(start + r) * heads + h) * D + 2 * c;
 #pragma unroll
             for (int d = 0; d < NT_D; d++)
-                *reinterpret_cast<float2*>(po + d * 8) = make_float2(o[d][2 * i], o[d][2 * i + 1]);
-            continue;
+                *reinterpret_cast<float2*>(orow + d * 8) = make_float2(o[mt][d][2 * i] * inv, o[mt][d][2 * i + 1] * inv);
         }
-        const float inv = 1.f / l[i];
-        float* orow = out + ((size_t)(start + r) * heads + h) * D + 2 * c;
-#pragma unroll
-        for (int d = 0; d < NT_D; d++)
-            *reinterpret_cast<float2*>(orow + d * 8) = make_float2(o[d][2 * i] * inv, o[d][2 * i + 1] * inv);
     }
 }
 
 // prefill_merge_kernel: one block per (tile row, head) merges the row's split states; grid
-// (num_tiles x LP_PREFILL_MMA_TILE, heads), blocks past a tile's rows exit at once.
+// (num_tiles x tile_rows, heads), blocks past a tile's rows exit at once.
 __global__ void prefill_merge_kernel(float* out, const float* part_o, const float* part_ml, const int32_t* tiles,
-                                     int heads, int D, int splits) {
-    const int tile = blockIdx.x / BQ, r = blockIdx.x - tile * BQ, h = blockIdx.y;
+                                     int tile_rows, int heads, int D, int splits) {
+    const int tile = blockIdx.x / tile_rows, r = blockIdx.x - tile * tile_rows, h = blockIdx.y;
     const int start = tiles[3 * tile], n = tiles[3 * tile + 1];
     if (r >= n) return;
     merge_split_states(out + ((size_t)(start + r) * heads + h) * D, part_o, part_ml,
-                       (((size_t)tile * BQ + r) * heads + h) * splits, splits, D);
+                       (((size_t)tile * tile_rows + r) * heads + h) * splits, splits, D);
 }
 
-template <int D>
-static int launch_prefill_mma(float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc,
-                              const uint16_t* vc, const int32_t* positions, const int32_t* tiles, int num_tiles,
-                              const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads,
-                              int page_size, int window, float scale, int splits, cudaStream_t s) {
-    constexpr int smem = MmaCfg<D>::SMEM;
+// PrefillLaunch holds one lp_attention_prefill_mma call's arguments once they are checked.
+struct PrefillLaunch {
+    float* out;
+    float* part_o;
+    float* part_ml;
+    const float* q;
+    const uint16_t* kc;
+    const uint16_t* vc;
+    const int32_t* positions;
+    const int32_t* tiles;
+    int num_tiles;
+    const int32_t* seq_pages;
+    const int32_t* page_table;
+    int heads, kv_heads, page_size, window;
+    float scale;
+    int splits;
+    cudaStream_t s;
+};
+
+template <int D, int MT>
+static int launch_prefill_mma(const PrefillLaunch& a) {
+    using Cfg = MmaCfg<D, MT>;
+    constexpr int smem = Cfg::SMEM;
     // Set on every launch, not once per process: the attribute belongs to the current device (a
     // second backend on another GPU would otherwise launch over 48 KiB unconfigured and fail), and a
     // static flag would be a data race between engines. It is a host-side call, no sync.
     if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(attention_prefill_mma_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        cudaError_t e = cudaFuncSetAttribute(attention_prefill_mma_kernel<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
         if (e != cudaSuccess) return (int)e;
     }
-    dim3 grid(num_tiles, heads, splits);
-    attention_prefill_mma_kernel<D><<<grid, 32 * MMA_WARPS, smem, s>>>(out, part_o, part_ml, q, kc, vc, positions, tiles,
-                                                                     num_tiles, seq_pages, page_table, heads, kv_heads,
-                                                                     page_size, window, scale * 1.4426950408889634f);
-    if (splits > 1)
-        prefill_merge_kernel<<<dim3(num_tiles * BQ, heads), 128, 0, s>>>(out, part_o, part_ml, tiles, heads, D, splits);
+    dim3 grid(a.num_tiles, a.heads, a.splits);
+    attention_prefill_mma_kernel<D, MT><<<grid, 32 * MMA_WARPS, smem, a.s>>>(
+        a.out, a.part_o, a.part_ml, a.q, a.kc, a.vc, a.positions, a.tiles, a.num_tiles, a.seq_pages, a.page_table,
+        a.heads, a.kv_heads, a.page_size, a.window, a.scale * 1.4426950408889634f);
+    if (a.splits > 1)
+        prefill_merge_kernel<<<dim3(a.num_tiles * Cfg::BQ, a.heads), 128, 0, a.s>>>(a.out, a.part_o, a.part_ml, a.tiles, Cfg::BQ,
+                                                                                   a.heads, D, a.splits);
     LP_CHECK_LAUNCH();
 }
 
+// launch_prefill_dim launches head dim D's kernel at the tile plan asked for; the wide plan is
+// instantiated only for the head dims lp_prefill_wide_ok takes (the caller checked wide against it).
+template <int D>
+static int launch_prefill_dim(const PrefillLaunch& a, bool wide) {
+    if constexpr (D <= 128) {
+        if (wide) return launch_prefill_mma<D, 2>(a);
+    }
+    return launch_prefill_mma<D, 1>(a);
+}
+
 extern "C" int lp_attention_prefill_mma(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
-                                        const int32_t* positions, const int32_t* tiles, int num_tiles,
+                                        const int32_t* positions, const int32_t* tiles, int num_tiles, int tile_rows,
                                         const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads,
                                         int head_dim, int page_size, int window, float scale, int splits,
                                         float* scratch, lp_stream s) {
     if (num_tiles <= 0) return 0;
+    const bool wide = tile_rows == LP_PREFILL_WIDE_TILE;
     // float4 loads of q and 16-byte copies of cache rows need 16-byte aligned q and caches.
     if (heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_prefill_mma_ok(head_dim) || page_size <= 0 ||
+        (tile_rows != LP_PREFILL_MMA_TILE && !(wide && lp_prefill_wide_ok(head_dim))) ||
         (uintptr_t)q % 16 != 0 || (uintptr_t)kcache % 16 != 0 || (uintptr_t)vcache % 16 != 0 || splits < 1 ||
         splits > LP_PREFILL_MAX_SPLITS || (splits > 1 && scratch == nullptr))
         return (int)cudaErrorInvalidValue;
-    cudaStream_t st = as_stream(s);
     // scratch: attention.cu's partial layout over the tiles' row slots (lp_attention_scratch_floats
-    // of num_tiles x LP_PREFILL_MMA_TILE rows).
-    float* part_o = scratch;
-    float* part_ml = splits > 1 ? scratch + (size_t)num_tiles * BQ * heads * splits * head_dim : nullptr;
+    // of num_tiles x tile_rows rows).
+    float* part_ml = splits > 1 ? scratch + (size_t)num_tiles * tile_rows * heads * splits * head_dim : nullptr;
+    const PrefillLaunch a{out, scratch, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table,
+                          heads, kv_heads, page_size, window, scale, splits, as_stream(s)};
     switch (head_dim) {
         case 64:
-            return launch_prefill_mma<64>(out, part_o, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, splits, st);
+            return launch_prefill_dim<64>(a, wide);
         case 80:
-            return launch_prefill_mma<80>(out, part_o, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, splits, st);
+            return launch_prefill_dim<80>(a, wide);
         case 128:
-            return launch_prefill_mma<128>(out, part_o, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, splits, st);
+            return launch_prefill_dim<128>(a, wide);
         default:
-            return launch_prefill_mma<256>(out, part_o, part_ml, q, kcache, vcache, positions, tiles, num_tiles, seq_pages, page_table, heads, kv_heads, page_size, window, scale, splits, st);
+            return launch_prefill_dim<256>(a, wide);
     }
 }

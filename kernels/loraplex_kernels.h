@@ -158,20 +158,24 @@ int lp_attention_prefill(float* out, const float* q, const uint16_t* kcache, con
                          int head_dim, int page_size, int window, float scale, lp_stream s);
 #define LP_PREFILL_TILE 32
 // attention_prefill_mma.cu: the same on the tensor cores (mma.sync bf16, sm_80+) for the head
-// dims lp_prefill_mma_ok accepts, in tiles of up to LP_PREFILL_MMA_TILE rows; q and the caches
-// 16-byte aligned. Split-K: splits (1 .. LP_PREFILL_MAX_SPLITS) cuts each tile's key range into
-// that many runs merged by a second launch; splits > 1 needs scratch of
-// lp_attention_scratch_floats(num_tiles * LP_PREFILL_MMA_TILE, heads, head_dim, splits) floats
-// (null is fine with splits = 1).
+// dims lp_prefill_mma_ok accepts, in tiles of up to tile_rows rows: LP_PREFILL_MMA_TILE, or
+// LP_PREFILL_WIDE_TILE for the head dims lp_prefill_wide_ok accepts (the wide plan,
+// LORAPLEX_PREFILL_WIDE); q and the caches 16-byte aligned. Split-K: splits
+// (1 .. LP_PREFILL_MAX_SPLITS) cuts each tile's key range into that many runs merged by a second
+// launch; splits > 1 needs scratch of lp_attention_scratch_floats(num_tiles * tile_rows, heads,
+// head_dim, splits) floats (null is fine with splits = 1).
 int lp_attention_prefill_mma(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
-                             const int32_t* positions, const int32_t* tiles, int num_tiles,
+                             const int32_t* positions, const int32_t* tiles, int num_tiles, int tile_rows,
                              const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads,
                              int head_dim, int page_size, int window, float scale, int splits, float* scratch,
                              lp_stream s);
 #define LP_PREFILL_MMA_TILE 64
+#define LP_PREFILL_WIDE_TILE 128
 static inline int lp_prefill_mma_ok(int head_dim) {
     return head_dim == 64 || head_dim == 80 || head_dim == 128 || head_dim == 256;
 }
+// The wide plan's warps own 32 rows each; at head dim 256 their accumulators would not fit in registers.
+static inline int lp_prefill_wide_ok(int head_dim) { return head_dim == 64 || head_dim == 80 || head_dim == 128; }
 
 // lora.cu: segment-wise LoRA at each adapter's own rank (SGMV; a decode segment is one row, BGMV).
 typedef struct {

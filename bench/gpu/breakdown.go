@@ -130,7 +130,39 @@ func breakdown(b *cuda.Backend, cfg *model.Config) error {
 	if err := timeIt("prefill rope q 2048", 0, func() { b.RoPE(qp.Reshape(n*cfg.NumHeads, cfg.HeadDim), cfg.NumHeads, table) }); err != nil {
 		return err
 	}
+	if err := prefillPlanBreakdown(b, cfg, ap, timeIt); err != nil {
+		return err
+	}
 	return b.Err()
+}
+
+// prefillPlanBreakdown times one layer's prefill attention at 2,048 and 8,192 tokens in both tile
+// plans of the tensor-core kernel (64-row tiles, and LORAPLEX_PREFILL_WIDE's 128-row tiles), so one
+// breakdown shows the switch's effect whatever the environment chose for the lines above. It runs
+// last: it leaves the backend on the 128-row plan and on a step of 8,192 rows.
+func prefillPlanBreakdown(b *cuda.Backend, cfg *model.Config, ap model.AttnParams, timeIt func(string, float64, func()) error) error {
+	for _, n := range []int{2048, 8192} {
+		if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: n / 16, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
+			return err
+		}
+		q, out := b.Alloc(n, cfg.NumHeads*cfg.HeadDim), b.Alloc(n, cfg.NumHeads*cfg.HeadDim)
+		for _, wide := range []bool{false, true} {
+			b.SetPrefillWide(wide)
+			if err := b.Prepare(prefillStep(n, 16)); err != nil {
+				return err
+			}
+			rows := 64
+			if wide {
+				rows = 128
+			}
+			if err := timeIt(fmt.Sprintf("prefill attn %d, %d-row", n, rows), 0, func() { b.Attention(out, q, 0, ap) }); err != nil {
+				return err
+			}
+		}
+		b.Free(q)
+		b.Free(out)
+	}
+	return nil
 }
 
 // normGEMVBreakdown times a decode layer's two add+RMSNorms apart and folded into the GEMVs that

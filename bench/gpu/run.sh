@@ -27,10 +27,11 @@
 #   ab           bench/gpu again for each assignment in AB (default none): a switch (fused decode
 #                kernels, grouped LoRA, decode split rule, deterministic mode's GEMM) against the
 #                default, on the rows it can move (decode at batch 1 and 64 and at ctx 32k, both
-#                adapter batches, deterministic mode at batch 1 and 64, 2k prefill): ~25 s each (its
-#                own process: weights and 5.8 GB of adapters uploaded again), then bench/prefixcache
-#                with the same switch (the prefix-cache TTFT, which prefill switches move): ~20 s
-#                each, 3 pairs of requests (AB_PREFIX=0 leaves it out)
+#                adapter batches, deterministic mode at batch 1 and 64, 2k and 8k prefill and their
+#                attention alone): ~28 s each (its own process: weights and 5.8 GB of adapters
+#                uploaded again), then bench/prefixcache with the same switch (the prefix-cache
+#                TTFT, which prefill switches move): ~20 s each, 3 pairs of requests (AB_PREFIX=0
+#                leaves it out)
 #   llamacpp     with LLAMACPP_KIT (the kit's folder or its .tar.xz): its CUDA build starts at once in
 #                the background on BUILD_CPUS while loraplex runs pinned to LP_CPUS (the kit says
 #                4-6 min on 16 cores: on 11 it may not finish inside one call, and a second call on
@@ -39,7 +40,7 @@
 #   coldload     bench/coldload on CUDA, 8B rank-16 adapter (all cores: the host stage is parallel,
 #                so it runs after the llama.cpp build is done or stopped): ~20 s
 #   report       bench/gpu/report: one results file, <1 s (also after every stage above)
-# Without llama.cpp ~235 s (+25 s per AB run); with its benchmarks ~280 s, plus the wait for its build.
+# Without llama.cpp ~235 s (+28 s per AB run); with its benchmarks ~280 s, plus the wait for its build.
 # Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V,NAME=V" (one run per word, commas join switches;
 #   unset: none), AB_PREFIX=1 (0: A/B runs leave bench/prefixcache out), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
 #   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10, EXPORT=DIR: after every stage the
@@ -172,7 +173,7 @@ if [ $ok_build = 1 ]; then
     label=$(printf '%s' "$assign" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
     # shellcheck disable=SC2086 # a word may set several switches at once: A=on,B=context
     stage "ab-$label" 60 env ${assign//,/ } taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
-      -stages decode,longctx,adapters16,adapters8qv,router,deterministic,prefill -sweep 1,64 -contexts 4096,32768 -prefill-tokens 2048 -prefill-cuda-cores ''
+      -stages decode,longctx,adapters16,adapters8qv,router,deterministic,prefill -sweep 1,64 -contexts 4096,32768 -prefill-tokens 2048,8192 -prefill-cuda-cores ''
     # The report reads prefixcache-ab-LABEL.json beside ab-LABEL.json (not ab-*: that is bench/gpu's).
     # shellcheck disable=SC2086 # the same switches as above
     [ "${AB_PREFIX:-1}" = 0 ] ||

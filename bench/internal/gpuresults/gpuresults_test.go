@@ -351,7 +351,8 @@ func TestCutOffOutputIsAStageNotRun(t *testing.T) {
 }
 
 // An A/B run is set against the default on every row its switch can move: decode at batch 1,
-// 64 and at a 32k context, both adapter batches, prefill, deterministic mode at batch 1 and 64
+// 64 and at a 32k context, both adapter batches, prefill at 2k and 8k tokens and its attention
+// alone (a time, so the default's ÷ the A/B run's), deterministic mode at batch 1 and 64
 // (and the deterministic goal's ratio inside the A/B run), the prefix-cache TTFT when
 // bench/prefixcache ran with the switch (and the prefix goal's ratio inside the A/B run); a row
 // either run lacks is n/a, and the A/B prefix-cache output is not taken for an A/B run.
@@ -360,10 +361,15 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	lp := Loraplex{Device: "cuda:0 NVIDIA H100 80GB HBM3 (sm_90)", Sweep: map[int]float64{1: 150, 64: 6000},
 		LongContext: []LongContextPoint{{Context: 32768, Tokens: 100}},
 		Adapters:    &AdapterRatio{Mixed: 3000}, AdaptersQV: &AdapterRatio{Mixed: 5000}, StageSeconds: map[string]float64{},
-		Router:      []RouterPoint{{Batch: 1, Base: 150, Single: 100, Routed: 75}, {Batch: 64, Base: 6000, Single: 4000, Routed: 3200}},
+		Router: []RouterPoint{{Batch: 1, Base: 150, Single: 100, Routed: 75}, {Batch: 64, Base: 6000, Single: 4000, Routed: 3200}},
 		Deterministic: &Deterministic{Available: true, On: map[int]float64{1: 100, 64: 500}, Default: map[int]float64{1: 150, 64: 6000},
-			Ratio: map[int]float64{1: 100.0 / 150, 64: 500.0 / 6000}}}
+			Ratio: map[int]float64{1: 100.0 / 150, 64: 500.0 / 6000}},
+		Prefill: []PrefillPoint{{Tokens: 2048, Kernel: "cuda-cores", Seconds: 0.3, TokensPerS: 6800, AttnLayerMS: 6.5},
+			{Tokens: 2048, Kernel: "tensor-cores", Seconds: 0.068, TokensPerS: 30000, AttnLayerMS: 0.34},
+			{Tokens: 8192, Kernel: "tensor-cores", Seconds: 0.41, TokensPerS: 20000, AttnLayerMS: 4.4}}}
 	ab := lp
+	ab.Prefill = []PrefillPoint{{Tokens: 2048, Kernel: "tensor-cores", Seconds: 0.062, TokensPerS: 33000, AttnLayerMS: 0.2},
+		{Tokens: 8192, Kernel: "tensor-cores", Seconds: 0.34, TokensPerS: 24000, AttnLayerMS: 2.2}}
 	ab.Env = map[string]string{"LORAPLEX_FUSED_DECODE": "on"}
 	ab.Sweep = map[int]float64{1: 165, 64: 6000}
 	ab.LongContext = []LongContextPoint{{Context: 32768, Tokens: 120}}
@@ -386,7 +392,9 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 		"ab_fused-decode-on_deterministic_b64": 10.8, "ab_fused-decode-on_deterministic_vs_default_b1": 0.875,
 		"ab_fused-decode-on_deterministic_vs_default_b64": 0.9, "ab_fused-decode-on_prefix_ttft_cached": 0.75,
 		"ab_fused-decode-on_prefix_ttft_cached_vs_uncached": 0.125, "ab_fused-decode-on_single_adapter_b1": 1.2,
-		"ab_fused-decode-on_routed_b1": 1.2, "ab_fused-decode-on_routed_b64": 1.05} {
+		"ab_fused-decode-on_routed_b1": 1.2, "ab_fused-decode-on_routed_b64": 1.05, "ab_fused-decode-on_prefill_2048": 1.1,
+		"ab_fused-decode-on_prefill_8192": 1.2, "ab_fused-decode-on_prefill_attention_2048": 1.7,
+		"ab_fused-decode-on_prefill_attention_8192": 2.0} {
 		if r := rows[id]; r.Value == nil || !near(*r.Value, want) || r.Issue != ABRows || !strings.Contains(r.Measure, "LORAPLEX_FUSED_DECODE=on") {
 			t.Errorf("row %s: %+v, want %v", id, r, want)
 		}

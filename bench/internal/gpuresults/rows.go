@@ -237,6 +237,7 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 			{"adapters16_b64", "64 distinct rank-16 adapters", mixed(ab.Adapters), mixed(lp.Adapters)},
 			{"adapters8qv_b64", "64 distinct rank-8 q/v adapters", mixed(ab.AdaptersQV), mixed(lp.AdaptersQV)},
 			{"prefill_2048", "prefill 2,048 tokens", tokensPerS(ab, 2048), tokensPerS(*lp, 2048)},
+			{"prefill_8192", "prefill 8,192 tokens", tokensPerS(ab, 8192), tokensPerS(*lp, 8192)},
 			{"deterministic_b1", "deterministic mode, batch-1 decode", deterministicTokens(ab, 1), deterministicTokens(*lp, 1)},
 			{"deterministic_b64", "deterministic mode, batch-64 decode", deterministicTokens(ab, 64), deterministicTokens(*lp, 64)},
 			{"single_adapter_b1", "one rank-8 adapter, batch-1 decode", routerTokens(ab, 1, false), routerTokens(*lp, 1, false)},
@@ -245,6 +246,15 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 		} {
 			add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ default", label, m.what), goal{}, m.a/m.b, m.a > 0 && m.b > 0,
 				tps(m.a), tps(m.b), ""))
+		}
+		// Prefill attention alone (one layer's launch over the prompt's cache, timed by bench/gpu's
+		// prefill stage), where a prefill attention switch shows undiluted by the GEMMs: the
+		// default's time ÷ the A/B run's, so that above 1 is faster as in the rows above.
+		for _, n := range []int{2048, 8192} {
+			a, d := attnLayerMS(ab, n), attnLayerMS(*lp, n)
+			add(row(ABRows, fmt.Sprintf("ab_%s_prefill_attention_%d", ab.label, n),
+				fmt.Sprintf("A/B %s: prefill attention per layer, %s tokens, default time ÷ A/B time", label, commas(float64(n), 0)),
+				goal{}, d/a, a > 0 && d > 0, fmt.Sprintf("%.3f ms", a), fmt.Sprintf("%.3f ms", d), ""))
 		}
 		// The prefix-cache TTFT with the switch set (bench/prefixcache in the A/B run's
 		// environment): against the default run's cached TTFT, and the goal's own ratio, both
@@ -302,6 +312,13 @@ func deterministicTokens(r Loraplex, batch int) float64 {
 func tokensPerS(r Loraplex, n int) float64 {
 	p, _ := r.bestPrefill(n)
 	return p.TokensPerS
+}
+
+// attnLayerMS is one layer's prefill attention time at n tokens on the fastest prefill's kernel
+// (0 when not measured).
+func attnLayerMS(r Loraplex, n int) float64 {
+	p, _ := r.bestPrefill(n)
+	return p.AttnLayerMS
 }
 
 // envLabel names the switches an A/B run set that the default run did not.
