@@ -64,18 +64,21 @@ func TestFixturesCUDA(t *testing.T) {
 	t.Logf("%d step graphs recorded", b.GraphCount())
 }
 
-// TestGraphsMatchDirect runs the same decode steps with and without CUDA graphs: the
-// recording must replay exactly what direct launches compute.
+// TestGraphsMatchDirect runs the same decode steps with and without CUDA graphs, and recorded
+// with programmatic dependent launch on (sm_90+): the recording must replay exactly what direct
+// launches compute.
 func TestGraphsMatchDirect(t *testing.T) {
 	name := "qwen2"
 	fx, err := fixture.Load(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var results [2][]float64
-	for i, graphs := range []bool{false, true} {
+	var results [3][]float64
+	for i, run := range []struct{ graphs, pdl bool }{{false, false}, {true, false}, {true, true}} {
+		graphs := run.graphs
 		b := newGPU(t)
 		b.SetGraphs(graphs)
+		b.SetPDL(run.pdl)
 		cfg, _ := model.LoadConfig(fixture.Dir(name))
 		w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
 		if err != nil {
@@ -95,8 +98,9 @@ func TestGraphsMatchDirect(t *testing.T) {
 		}
 		w.Close()
 	}
-	if results[0][0] != results[1][0] {
-		t.Fatalf("worst logit diff without graphs %g, with graphs %g: replays differ from direct launches", results[0][0], results[1][0])
+	if results[0][0] != results[1][0] || results[0][0] != results[2][0] {
+		t.Fatalf("worst logit diff without graphs %g, with graphs %g, with graphs and PDL %g: replays differ from direct launches",
+			results[0][0], results[1][0], results[2][0])
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 //	LORAPLEX_FUSED_DECODE=on|off   q/k/v products, RoPE + KV store, gate/up + SiLU in one launch each (DecodeFuser)
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
+//	LORAPLEX_PDL=on|off            programmatic dependent launch of a decode step's kernels (sm_90+; kernels/common.cuh)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
@@ -32,11 +33,13 @@ import (
 // GEMVs on (TestNormGEMV and the fixture suites with them on passed on an H100; then batch-1
 // decode 1.055x at ctx 128, 1.058x at 4k, 1.042x at 32k, batch 64 1.01x: they only take batch-1
 // steps without LoRA on q/k/v or gate/up, so the adapter rows cannot move; bench/results/gpu-h100/
-// goals-2026-12-07-ab2).
+// goals-2026-12-07-ab2). Programmatic dependent launch is off until its GPU tests (TestPDLBitwise,
+// the fixture suite with it on) have passed and an A/B run has measured it.
 const (
 	fusedDecodeDefault = true
 	loraGroupDefault   = false
 	normGEMVDefault    = true
+	pdlDefault         = false
 )
 
 // envSwitch reads an on/off switch from the environment.
@@ -128,7 +131,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		return true
 	}
 	a := b.gemvArgs.set(outs, ws)
-	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.pdl, b.stream))
 	return true
 }
 
@@ -155,7 +158,7 @@ func (b *Backend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads in
 		return true
 	}
 	b.ok("rope_store_kv", C.s_rope_store_kv(ptr(q), ptr(k), ptr(v), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
-		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.stream))
+		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.pdl, b.stream))
 	return true
 }
 
@@ -179,8 +182,31 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 	if !b.launch() {
 		return true
 	}
-	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.stream))
+	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.pdl, b.stream))
 	return true
+}
+
+// SetPDL turns programmatic dependent launch (kernels/common.cuh) on or off for the following
+// steps: the kernels of a batch-1 decode step (the batch-1 GEMVs, plain and norm-fused, the
+// norms, the row gather, RoPE + KV store, decode attention and its merge) then start their
+// blocks while the kernel before them drains, and wait for it on the device. Other kernels
+// launch as before. On a device below sm_90 it stays off (the attribute needs Hopper). It changes
+// when kernels start, never what they compute; recorded graphs hold the other launches' edges,
+// so they are dropped.
+func (b *Backend) SetPDL(on bool) {
+	if p := b.pdlArg(on); p != b.pdl {
+		b.dropGraphs()
+		b.pdl = p
+	}
+}
+
+// pdlArg is the launchers' pdl argument for the switch set to on: 1 only on a device that has
+// programmatic dependent launch.
+func (b *Backend) pdlArg(on bool) C.int {
+	if on && b.pdlCapable {
+		return 1
+	}
+	return 0
 }
 
 var _ model.NormFuser = (*Backend)(nil)
@@ -238,7 +264,7 @@ func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws
 	}
 	a := b.gemvArgs.set(outs, ws)
 	b.ok("norm gemv parts", C.s_norm_gemv_parts(C.int(in.X.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight), C.float(in.Eps),
-		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.pdl, b.stream))
 	return true
 }
 
@@ -254,7 +280,7 @@ func (b *Backend) NormGateUpSiLU(act model.Tensor, in model.NormedInput, wGate, 
 		return true
 	}
 	b.ok("norm gemv swiglu", C.s_norm_gemv_swiglu(C.int(in.X.Rows), C.int(wGate.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight),
-		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.stream))
+		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.pdl, b.stream))
 	return true
 }
 

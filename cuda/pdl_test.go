@@ -1,0 +1,148 @@
+//go:build cuda
+
+package cuda_test
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/loraplex/loraplex/cuda"
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/model/safetensors"
+)
+
+// pdlConfig is a random Llama-shaped model wide enough that every batch-1 product takes the
+// GEMV streams' first loads before the grid dependency wait (kernels/gemv.cu: at least 128
+// weight vectors a row, hidden and intermediate 1,024 and up, the lm_head included), with GQA
+// groups of 4 and head_dim 128 (the grouped decode kernel and the per-head one both take it).
+const pdlConfig = `{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":1024,"hidden_size":1024,
+"intermediate_size":2048,"num_hidden_layers":2,"num_attention_heads":8,"num_key_value_heads":2,"head_dim":128,
+"max_position_embeddings":4096,"rope_theta":500000,"rms_norm_eps":1e-5,"tie_word_embeddings":false}`
+
+// writePDLModel writes pdlConfig with random weights (bf16 matrices, f32 norm weights near 1)
+// to a model folder and returns it.
+func writePDLModel(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(pdlConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := model.ParseConfig([]byte(pdlConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(41, 42))
+	var ts []safetensors.Tensor
+	matrix := func(name string, rows, cols int) {
+		h := hostBF16(r, rows, cols, 0.03)
+		ts = append(ts, safetensors.Tensor{Name: name, DType: "BF16", Shape: []int{rows, cols}, Data: h.Data})
+	}
+	norm := func(name string) {
+		data := make([]byte, 4*cfg.HiddenSize)
+		for i := 0; i < cfg.HiddenSize; i++ {
+			bits := math.Float32bits(float32(1 + 0.1*r.NormFloat64()))
+			data[4*i], data[4*i+1], data[4*i+2], data[4*i+3] = byte(bits), byte(bits>>8), byte(bits>>16), byte(bits>>24)
+		}
+		ts = append(ts, safetensors.Tensor{Name: name, DType: "F32", Shape: []int{cfg.HiddenSize}, Data: data})
+	}
+	matrix("model.embed_tokens.weight", cfg.VocabSize, cfg.HiddenSize)
+	matrix("lm_head.weight", cfg.VocabSize, cfg.HiddenSize)
+	norm("model.norm.weight")
+	for l := 0; l < cfg.NumLayers; l++ {
+		pre := fmt.Sprintf("model.layers.%d.", l)
+		norm(pre + "input_layernorm.weight")
+		norm(pre + "post_attention_layernorm.weight")
+		for p := model.Proj(0); p < model.NumProj; p++ {
+			out, in := cfg.ProjShape(p)
+			matrix(pre+p.Block()+"."+p.String()+".weight", out, in)
+		}
+	}
+	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), ts, map[string]string{"format": "pt"}); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// pdlLaunches is how one run launches a step's kernels.
+type pdlLaunches struct{ pdl, graphs bool }
+
+// pdlDecode prefills a 37-token prompt and decodes 90 positions after it, one sequence over
+// pages in reverse order, on a fresh backend set as given, and returns every step's logits.
+func pdlDecode(t *testing.T, dir string, normGEMV, grouped bool, l pdlLaunches) [][]float32 {
+	t.Helper()
+	const prompt, decode, pageSize = 37, 90, 16
+	b := newGPU(t)
+	b.SetNormGEMV(normGEMV)
+	b.SetGroupedDecode(grouped)
+	b.SetGraphs(l.graphs)
+	b.SetPDL(l.pdl)
+	cfg, w := fixture.LoadModel(t, dir, b)
+	ctx := prompt + decode
+	pages := (ctx + pageSize - 1) / pageSize
+	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: prompt, MaxLogitRows: 1, MaxContext: ctx,
+		KV: model.KVSpec{Pages: pages, PageSize: pageSize}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := make([]int32, pages)
+	for p := range table {
+		table[p] = int32(pages - 1 - p)
+	}
+	step := func(first, n int) []float32 {
+		s := model.Step{Seqs: []model.SeqRows{{Start: 0, N: n, Len: first + n, Pages: table}}, LogitRows: []int32{int32(n - 1)}}
+		for pos := first; pos < first+n; pos++ {
+			s.Tokens = append(s.Tokens, int32(pos*7%cfg.VocabSize))
+			s.Positions = append(s.Positions, int32(pos))
+			s.Slots = append(s.Slots, table[pos/pageSize]*pageSize+int32(pos%pageSize))
+		}
+		out := make([]float32, cfg.VocabSize)
+		if err := r.Forward(&s, []*model.Adapter{nil}, out); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	logits := [][]float32{step(0, prompt)}
+	for pos := prompt; pos < ctx; pos++ {
+		logits = append(logits, step(pos, 1))
+	}
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if l.graphs != (b.GraphCount() > 0) {
+		t.Fatalf("graphs %v, but %d decode steps recorded", l.graphs, b.GraphCount())
+	}
+	return logits
+}
+
+// Programmatic dependent launch changes when a step's kernels start, never what they compute:
+// a prompt and 90 batch-1 decode steps after it give bitwise the logits of plain launches,
+// replayed from CUDA graphs and launched directly, on the norm-fused GEMVs with the grouped
+// decode kernel and on the unfused add+RMSNorm, parts GEMV and gate/up GEMV with the per-head
+// one (the fill rule splits the per-head kernel's positions from the first decode step and the
+// grouped kernel's past 64 positions, so the merge kernel runs in both).
+func TestPDLBitwise(t *testing.T) {
+	if info, err := cuda.DeviceProps(0); err != nil || info.Major < 9 {
+		t.Skipf("programmatic dependent launch needs sm_90 or newer (%v, %v)", info, err)
+	}
+	dir := writePDLModel(t)
+	for _, path := range []struct{ normGEMV, grouped bool }{{true, true}, {false, false}} {
+		t.Run(fmt.Sprintf("normgemv=%v/grouped=%v", path.normGEMV, path.grouped), func(t *testing.T) {
+			want := pdlDecode(t, dir, path.normGEMV, path.grouped, pdlLaunches{pdl: false, graphs: true})
+			for _, l := range []pdlLaunches{{pdl: true, graphs: true}, {pdl: true, graphs: false}} {
+				got := pdlDecode(t, dir, path.normGEMV, path.grouped, l)
+				for s := range want {
+					for j, v := range want[s] {
+						if math.Float32bits(v) != math.Float32bits(got[s][j]) {
+							t.Fatalf("pdl, graphs %v: step %d logit %d is %v, %v with plain launches", l.graphs, s, j, got[s][j], v)
+						}
+					}
+				}
+			}
+		})
+	}
+}
