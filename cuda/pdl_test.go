@@ -104,6 +104,11 @@ func pdlDecode(t *testing.T, dir string, normGEMV, grouped bool, l pdlLaunches) 
 		if err := r.Forward(&s, []*model.Adapter{nil}, out); err != nil {
 			t.Fatal(err)
 		}
+		for j, v := range out {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				t.Fatalf("position %d: logit %d is %v", first+n-1, j, v) // bitwise-equal NaNs would prove nothing
+			}
+		}
 		return out
 	}
 	logits := [][]float32{step(0, prompt)}
