@@ -48,7 +48,7 @@ type Backend struct {
 	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
-	pdl                   C.int         // the launchers' pdl argument: 1 with LORAPLEX_PDL / SetPDL on a capable device (fused.go)
+	pdl                   PDL           // how a decode step's kernels launch (fused.go: LORAPLEX_PDL, SetPDL); PDLOff below sm_90
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
@@ -119,7 +119,7 @@ func New(device int) (*Backend, error) {
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.pdlCapable = info.Major >= 9
-	b.pdl = b.pdlArg(envSwitch("LORAPLEX_PDL", pdlDefault))
+	b.SetPDL(pdlFromEnv())
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()

@@ -18,7 +18,7 @@ import (
 //	LORAPLEX_FUSED_DECODE=on|off   q/k/v products, RoPE + KV store, gate/up + SiLU in one launch each (DecodeFuser)
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
-//	LORAPLEX_PDL=on|off            programmatic dependent launch of a decode step's kernels (sm_90+; kernels/common.cuh)
+//	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
@@ -39,7 +39,7 @@ const (
 	fusedDecodeDefault = true
 	loraGroupDefault   = false
 	normGEMVDefault    = true
-	pdlDefault         = false
+	pdlDefault         = PDLOff
 )
 
 // envSwitch reads an on/off switch from the environment.
@@ -131,7 +131,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		return true
 	}
 	a := b.gemvArgs.set(outs, ws)
-	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.pdl, b.stream))
+	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.pdlWeights(ws...), b.stream))
 	return true
 }
 
@@ -158,7 +158,7 @@ func (b *Backend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads in
 		return true
 	}
 	b.ok("rope_store_kv", C.s_rope_store_kv(ptr(q), ptr(k), ptr(v), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
-		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.pdl, b.stream))
+		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.pdlLaunch(), b.stream))
 	return true
 }
 
@@ -182,31 +182,93 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 	if !b.launch() {
 		return true
 	}
-	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.pdl, b.stream))
+	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.pdlWeights(wGate, wUp), b.stream))
 	return true
 }
 
-// SetPDL turns programmatic dependent launch (kernels/common.cuh) on or off for the following
-// steps: the kernels of a batch-1 decode step (the batch-1 GEMVs, plain and norm-fused, the
-// norms, the row gather, RoPE + KV store, decode attention and its merge) then start their
-// blocks while the kernel before them drains, and wait for it on the device. Other kernels
-// launch as before. On a device below sm_90 it stays off (the attribute needs Hopper). It changes
-// when kernels start, never what they compute; recorded graphs hold the other launches' edges,
-// so they are dropped.
-func (b *Backend) SetPDL(on bool) {
-	if p := b.pdlArg(on); p != b.pdl {
+// PDL chooses how the kernels of a decode step are launched (kernels/common.cuh has the
+// mechanism and its rules; LORAPLEX_PDL, SetPDL). It changes when kernels start, never what
+// they compute.
+type PDL int
+
+const (
+	// PDLOff launches every kernel once the one before it has ended.
+	PDLOff PDL = iota
+	// PDLOn launches the kernels of a batch-1 decode step (the batch-1 GEMVs, plain and
+	// norm-fused, the norms, the row gather, RoPE + KV store, decode attention and its merge)
+	// with programmatic dependent launch: each starts its blocks while the kernel before it
+	// drains (the GEMVs issue their first weight loads) and waits for it on the device.
+	// Other kernels launch as before.
+	PDLOn
+	// PDLPrefetch is PDLOn, and the batch-1 GEMVs whose weights fit in L2
+	// (pdlPrefetchMaxBytes) also prefetch their rows there before they wait.
+	PDLPrefetch
+)
+
+func (p PDL) String() string {
+	switch p {
+	case PDLOff:
+		return "off"
+	case PDLOn:
+		return "on"
+	case PDLPrefetch:
+		return "prefetch"
+	}
+	return fmt.Sprintf("PDL(%d)", int(p))
+}
+
+// pdlFromEnv reads LORAPLEX_PDL (off, on or prefetch; anything else keeps the default).
+func pdlFromEnv() PDL {
+	for _, p := range []PDL{PDLOff, PDLOn, PDLPrefetch} {
+		if os.Getenv("LORAPLEX_PDL") == p.String() {
+			return p
+		}
+	}
+	return pdlDefault
+}
+
+// pdlPrefetchMaxBytes: the largest product whose weights PDLPrefetch has its GEMV prefetch
+// into L2 before it waits. sm_90 parts have 50 MB of L2 (H100, H200); 40 MiB leaves room for a
+// step's activations and a short context's K/V, and takes the Llama-3-8B shape's o projection
+// (32 MiB, behind decode attention, which leaves HBM idle at short contexts) but not its q/k/v
+// (48 MiB, behind the down projection's stream) or gate/up and down (224 and 112 MiB).
+const pdlPrefetchMaxBytes = 40 << 20
+
+// SetPDL chooses how the following steps launch their kernels. Below sm_90 (no programmatic
+// dependent launch) every mode launches as PDLOff. Recorded graphs hold the other launches'
+// edges, so they are dropped.
+func (b *Backend) SetPDL(p PDL) {
+	if p < PDLOff || p > PDLPrefetch {
+		panic(fmt.Sprintf("cuda: SetPDL(%d)", int(p)))
+	}
+	if !b.pdlCapable {
+		p = PDLOff
+	}
+	if p != b.pdl {
 		b.dropGraphs()
 		b.pdl = p
 	}
 }
 
-// pdlArg is the launchers' pdl argument for the switch set to on: 1 only on a device that has
-// programmatic dependent launch.
-func (b *Backend) pdlArg(on bool) C.int {
-	if on && b.pdlCapable {
-		return 1
+// pdlLaunch is the pdl argument of a launcher of kernels that stream no weights.
+func (b *Backend) pdlLaunch() C.int {
+	if b.pdl == PDLOff {
+		return 0
 	}
-	return 0
+	return 1
+}
+
+// pdlWeights is the pdl argument of a batch-1 GEMV launch that streams ws: 2 (prefetch into L2)
+// under PDLPrefetch when they fit pdlPrefetchMaxBytes.
+func (b *Backend) pdlWeights(ws ...model.Tensor) C.int {
+	bytes := 0
+	for _, w := range ws {
+		bytes += 2 * w.Rows * w.Cols
+	}
+	if b.pdl == PDLPrefetch && bytes <= pdlPrefetchMaxBytes {
+		return 2
+	}
+	return b.pdlLaunch()
 }
 
 var _ model.NormFuser = (*Backend)(nil)
@@ -264,7 +326,7 @@ func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws
 	}
 	a := b.gemvArgs.set(outs, ws)
 	b.ok("norm gemv parts", C.s_norm_gemv_parts(C.int(in.X.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight), C.float(in.Eps),
-		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.pdl, b.stream))
+		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.pdlWeights(ws...), b.stream))
 	return true
 }
 
@@ -280,7 +342,7 @@ func (b *Backend) NormGateUpSiLU(act model.Tensor, in model.NormedInput, wGate, 
 		return true
 	}
 	b.ok("norm gemv swiglu", C.s_norm_gemv_swiglu(C.int(in.X.Rows), C.int(wGate.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight),
-		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.pdl, b.stream))
+		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.pdlWeights(wGate, wUp), b.stream))
 	return true
 }
 

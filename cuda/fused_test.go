@@ -453,11 +453,11 @@ func TestDecodeSplitRules(t *testing.T) {
 // transformers/peft reference within the bf16 bound: every family (Qwen2's q/k/v biases,
 // Qwen3's Q/K norms), base + four adapters in one mixed batch, prefill whole and chunked, decode
 // steps replayed from CUDA graphs; and each case alone (batch-1 decode, where gate/up fuse
-// whenever the row has no adapter on them). All of it with programmatic dependent launch off
-// and on (on an sm_90+ device; below, SetPDL(true) leaves it off).
+// whenever the row has no adapter on them). All of it with each programmatic dependent launch
+// mode (on an sm_90+ device; below, every mode launches as PDLOff).
 func TestFusedFixturesCUDA(t *testing.T) {
-	for _, pdl := range []bool{false, true} {
-		t.Run(fmt.Sprintf("pdl=%v", pdl), func(t *testing.T) {
+	for _, pdl := range []cuda.PDL{cuda.PDLOff, cuda.PDLOn, cuda.PDLPrefetch} {
+		t.Run("pdl="+pdl.String(), func(t *testing.T) {
 			b := newGPU(t)
 			b.SetFusedDecode(true)
 			b.SetLoRAGroup(true)

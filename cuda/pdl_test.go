@@ -69,7 +69,10 @@ func writePDLModel(t *testing.T) string {
 }
 
 // pdlLaunches is how one run launches a step's kernels.
-type pdlLaunches struct{ pdl, graphs bool }
+type pdlLaunches struct {
+	pdl    cuda.PDL
+	graphs bool
+}
 
 // pdlDecode prefills a 37-token prompt and decodes 90 positions after it, one sequence over
 // pages in reverse order, on a fresh backend set as given, and returns every step's logits.
@@ -126,7 +129,8 @@ func pdlDecode(t *testing.T, dir string, normGEMV, grouped bool, l pdlLaunches) 
 
 // Programmatic dependent launch changes when a step's kernels start, never what they compute:
 // a prompt and 90 batch-1 decode steps after it give bitwise the logits of plain launches,
-// replayed from CUDA graphs and launched directly, on the norm-fused GEMVs with the grouped
+// replayed from CUDA graphs and launched directly, with and without the GEMVs' L2 prefetch
+// (every product of this model fits pdlPrefetchMaxBytes), on the norm-fused GEMVs with the grouped
 // decode kernel and on the unfused add+RMSNorm, parts GEMV and gate/up GEMV with the per-head
 // one (the fill rule splits the per-head kernel's positions from the first decode step and the
 // grouped kernel's past 64 positions, so the merge kernel runs in both).
@@ -137,13 +141,13 @@ func TestPDLBitwise(t *testing.T) {
 	dir := writePDLModel(t)
 	for _, path := range []struct{ normGEMV, grouped bool }{{true, true}, {false, false}} {
 		t.Run(fmt.Sprintf("normgemv=%v/grouped=%v", path.normGEMV, path.grouped), func(t *testing.T) {
-			want := pdlDecode(t, dir, path.normGEMV, path.grouped, pdlLaunches{pdl: false, graphs: true})
-			for _, l := range []pdlLaunches{{pdl: true, graphs: true}, {pdl: true, graphs: false}} {
+			want := pdlDecode(t, dir, path.normGEMV, path.grouped, pdlLaunches{cuda.PDLOff, true})
+			for _, l := range []pdlLaunches{{cuda.PDLOn, true}, {cuda.PDLOn, false}, {cuda.PDLPrefetch, true}} {
 				got := pdlDecode(t, dir, path.normGEMV, path.grouped, l)
 				for s := range want {
 					for j, v := range want[s] {
 						if math.Float32bits(v) != math.Float32bits(got[s][j]) {
-							t.Fatalf("pdl, graphs %v: step %d logit %d is %v, %v with plain launches", l.graphs, s, j, got[s][j], v)
+							t.Fatalf("pdl %v, graphs %v: step %d logit %d is %v, %v with plain launches", l.pdl, l.graphs, s, j, got[s][j], v)
 						}
 					}
 				}

@@ -17,19 +17,35 @@
 // the same with or without pdl. The steps are structs with force-inlined operators (not
 // lambdas, which the inliner may leave as calls) so the accumulators they update by reference
 // stay in registers.
+//
+// pdl = 2 (LORAPLEX_PDL=prefetch, for weights the caller knows fit in L2) also has every warp
+// ask L2 for the rest of its rows (prefetch.global.L2, one 128-byte line a lane at a time)
+// before it waits. A GEMV waiting for a kernel that leaves HBM idle (the o projection behind
+// decode attention at short contexts: 32 MiB of weights behind ~15 µs of attention in the
+// Llama-3-8B shape) then streams its weights from L2. The prefetches are hints: they change
+// no value, and without the wait to hide behind (pdl 0 or 1) they are not issued.
+
+// gemv_prefetch_l2 asks L2 for the bytes [from, bytes) of a weight row, lanes taking 128-byte
+// lines in turn.
+__device__ __forceinline__ void gemv_prefetch_l2(const uint4* row, int from, int bytes) {
+    const char* p = reinterpret_cast<const char*>(row);
+    for (int o = from + (threadIdx.x & 31) * 128; o < bytes; o += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p + o));
+}
 
 // gemv_stream4 hands step(v, iv) a lane's 16-byte vectors of one weight row: vectors lane,
 // lane + 32, ... in increasing order, four loads in flight per lane (a warp streaming one row
 // needs that much memory-level parallelism to approach HBM bandwidth), the first four issued
-// before the wait on the previous kernel.
+// before the wait on the previous kernel; l2: the rest of the row is prefetched into L2 then too.
 template <typename Step>
-__device__ __forceinline__ void gemv_stream4(const uint4* wr, int vecs, const Step& step) {
+__device__ __forceinline__ void gemv_stream4(const uint4* wr, int vecs, bool l2, const Step& step) {
     int i = threadIdx.x & 31;
     uint4 v0, v1, v2, v3;
     bool more = i + 96 < vecs;
     if (more) {
         v0 = wr[i], v1 = wr[i + 32], v2 = wr[i + 64], v3 = wr[i + 96];
     }
+    if (l2) gemv_prefetch_l2(wr, 128 * 16, vecs * 16);
     lp_pdl_wait();
     while (more) {
         step(v0, i);
@@ -48,12 +64,16 @@ __device__ __forceinline__ void gemv_stream4(const uint4* wr, int vecs, const St
 // gemv_stream2x2 is gemv_stream4 over two rows of the same width (gate and up): step(g, u, iv)
 // gets vector iv of both, two loads of each in flight per lane.
 template <typename Step>
-__device__ __forceinline__ void gemv_stream2x2(const uint4* gr, const uint4* ur, int vecs, const Step& step) {
+__device__ __forceinline__ void gemv_stream2x2(const uint4* gr, const uint4* ur, int vecs, bool l2, const Step& step) {
     int i = threadIdx.x & 31;
     uint4 g0, g1, u0, u1;
     bool more = i + 32 < vecs;
     if (more) {
         g0 = gr[i], g1 = gr[i + 32], u0 = ur[i], u1 = ur[i + 32];
+    }
+    if (l2) {
+        gemv_prefetch_l2(gr, 64 * 16, vecs * 16);
+        gemv_prefetch_l2(ur, 64 * 16, vecs * 16);
     }
     lp_pdl_wait();
     while (more) {
@@ -99,13 +119,13 @@ struct gemv_step {
 // gemv_column is one warp's work: output column j of y [n, m] (row stride m).
 template <int N>
 __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta,
-                                            int j) {
+                                            int j, bool l2) {
     const int lane = threadIdx.x & 31;
     const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
     float acc[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.f;
-    gemv_stream4(wr, k / 8, gemv_step<N>{acc, x, k});
+    gemv_stream4(wr, k / 8, l2, gemv_step<N>{acc, x, k});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         float s = warp_sum(acc[r]);
@@ -117,14 +137,14 @@ __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint
 }
 
 template <int N>
-__global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta) {
+__global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta, bool l2) {
     lp_pdl_launch_dependents();
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (j >= m) {
         lp_pdl_wait();
         return;
     }
-    gemv_column<N>(y, x, w, m, k, alpha, beta, j);
+    gemv_column<N>(y, x, w, m, k, alpha, beta, j, l2);
 }
 
 // The products of one input by up to LP_GEMV_PARTS matrices (q/k/v) in one launch: the launch's
@@ -134,7 +154,7 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
 // instead of three: k and v alone (1,024 columns, 128 blocks) do not fill 132 SMs and streamed
 // at 1.4 TB/s in bench/results/gpu-h200.md; inside q's launch they ride its waves.
 template <int N>
-__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k) {
+__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, bool l2) {
     lp_pdl_launch_dependents();
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (c >= p.end[p.parts - 1]) {
@@ -144,7 +164,7 @@ __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k) {
     int g = 0;
     while (c >= p.end[g]) g++;
     const int first = g > 0 ? p.end[g - 1] : 0;
-    gemv_column<N>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first);
+    gemv_column<N>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first, l2);
 }
 
 extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int pdl, lp_stream s) {
@@ -158,14 +178,14 @@ extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts pa
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
     switch (n) {
-        case 1: lp_launch(gemv_parts_kernel<1>, grid, block, 0, st, pdl, parts, x, k); break;
-        case 2: lp_launch(gemv_parts_kernel<2>, grid, block, 0, st, pdl, parts, x, k); break;
-        case 3: lp_launch(gemv_parts_kernel<3>, grid, block, 0, st, pdl, parts, x, k); break;
-        case 4: lp_launch(gemv_parts_kernel<4>, grid, block, 0, st, pdl, parts, x, k); break;
-        case 5: lp_launch(gemv_parts_kernel<5>, grid, block, 0, st, pdl, parts, x, k); break;
-        case 6: lp_launch(gemv_parts_kernel<6>, grid, block, 0, st, pdl, parts, x, k); break;
-        case 7: lp_launch(gemv_parts_kernel<7>, grid, block, 0, st, pdl, parts, x, k); break;
-        default: lp_launch(gemv_parts_kernel<8>, grid, block, 0, st, pdl, parts, x, k); break;
+        case 1: lp_launch(gemv_parts_kernel<1>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
+        case 2: lp_launch(gemv_parts_kernel<2>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
+        case 3: lp_launch(gemv_parts_kernel<3>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
+        case 4: lp_launch(gemv_parts_kernel<4>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
+        case 5: lp_launch(gemv_parts_kernel<5>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
+        case 6: lp_launch(gemv_parts_kernel<6>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
+        case 7: lp_launch(gemv_parts_kernel<7>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
+        default: lp_launch(gemv_parts_kernel<8>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -192,7 +212,7 @@ struct gemv_swiglu_step {
 };
 
 template <int N>
-__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k) {
+__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, bool l2) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -205,7 +225,7 @@ __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* w
     float g[N], u[N];
 #pragma unroll
     for (int r = 0; r < N; r++) g[r] = u[r] = 0.f;
-    gemv_stream2x2(gr, ur, k / 8, gemv_swiglu_step<N>{g, u, x, k});
+    gemv_stream2x2(gr, ur, k / 8, l2, gemv_swiglu_step<N>{g, u, x, k});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float gs = warp_sum(g[r]), us = warp_sum(u[r]);
@@ -222,14 +242,14 @@ extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const ui
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
     switch (n) {
-        case 1: lp_launch(gemv_swiglu_kernel<1>, grid, block, 0, st, pdl, act, x, wg, wu, m, k); break;
-        case 2: lp_launch(gemv_swiglu_kernel<2>, grid, block, 0, st, pdl, act, x, wg, wu, m, k); break;
-        case 3: lp_launch(gemv_swiglu_kernel<3>, grid, block, 0, st, pdl, act, x, wg, wu, m, k); break;
-        case 4: lp_launch(gemv_swiglu_kernel<4>, grid, block, 0, st, pdl, act, x, wg, wu, m, k); break;
-        case 5: lp_launch(gemv_swiglu_kernel<5>, grid, block, 0, st, pdl, act, x, wg, wu, m, k); break;
-        case 6: lp_launch(gemv_swiglu_kernel<6>, grid, block, 0, st, pdl, act, x, wg, wu, m, k); break;
-        case 7: lp_launch(gemv_swiglu_kernel<7>, grid, block, 0, st, pdl, act, x, wg, wu, m, k); break;
-        default: lp_launch(gemv_swiglu_kernel<8>, grid, block, 0, st, pdl, act, x, wg, wu, m, k); break;
+        case 1: lp_launch(gemv_swiglu_kernel<1>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
+        case 2: lp_launch(gemv_swiglu_kernel<2>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
+        case 3: lp_launch(gemv_swiglu_kernel<3>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
+        case 4: lp_launch(gemv_swiglu_kernel<4>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
+        case 5: lp_launch(gemv_swiglu_kernel<5>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
+        case 6: lp_launch(gemv_swiglu_kernel<6>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
+        case 7: lp_launch(gemv_swiglu_kernel<7>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
+        default: lp_launch(gemv_swiglu_kernel<8>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -243,14 +263,14 @@ extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t*
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
     switch (n) {
-        case 1: lp_launch(gemv_kernel<1>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta); break;
-        case 2: lp_launch(gemv_kernel<2>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta); break;
-        case 3: lp_launch(gemv_kernel<3>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta); break;
-        case 4: lp_launch(gemv_kernel<4>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta); break;
-        case 5: lp_launch(gemv_kernel<5>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta); break;
-        case 6: lp_launch(gemv_kernel<6>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta); break;
-        case 7: lp_launch(gemv_kernel<7>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta); break;
-        default: lp_launch(gemv_kernel<8>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta); break;
+        case 1: lp_launch(gemv_kernel<1>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
+        case 2: lp_launch(gemv_kernel<2>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
+        case 3: lp_launch(gemv_kernel<3>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
+        case 4: lp_launch(gemv_kernel<4>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
+        case 5: lp_launch(gemv_kernel<5>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
+        case 6: lp_launch(gemv_kernel<6>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
+        case 7: lp_launch(gemv_kernel<7>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
+        default: lp_launch(gemv_kernel<8>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -438,7 +458,7 @@ struct norm_gemv_parts_step {
 // gemv_parts_kernel with the norm folded in: warp c computes column c - end[g-1] of part g with
 // gemv_column's loads and order, on w ⊙ v, and scales by the row's 1/rms at the end.
 template <int N, bool ADD>
-__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k) {
+__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, bool l2) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -455,7 +475,7 @@ __global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k) 
     float acc[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = ss[r] = 0.f;
-    gemv_stream4(wr, k / 8, norm_gemv_parts_step<N, ADD>{acc, ss, in, k, store});
+    gemv_stream4(wr, k / 8, l2, norm_gemv_parts_step<N, ADD>{acc, ss, in, k, store});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float s = warp_sum(acc[r]), inv = norm_gemv_scale(ss[r], k, in.eps);
@@ -499,7 +519,8 @@ struct norm_gemv_swiglu_step {
 // gemv_swiglu_kernel with the norm folded in: the same loads and order on w ⊙ v, both sums
 // scaled by the row's 1/rms, then silu_mul_kernel's expression.
 template <int N, bool ADD>
-__global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k) {
+__global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
+                                        bool l2) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -513,7 +534,7 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
     float g[N], u[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) g[r] = u[r] = ss[r] = 0.f;
-    gemv_stream2x2(gr, ur, k / 8, norm_gemv_swiglu_step<N, ADD>{g, u, ss, in, k, store});
+    gemv_stream2x2(gr, ur, k / 8, l2, norm_gemv_swiglu_step<N, ADD>{g, u, ss, in, k, store});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float inv = norm_gemv_scale(ss[r], k, in.eps);
@@ -538,14 +559,14 @@ template <bool ADD>
 static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st, int pdl, const lp_gemv_parts& p,
                                    const norm_gemv_in& in, int k) {
     switch (n) {
-        case 1: lp_launch(norm_gemv_parts_kernel<1, ADD>, grid, block, 0, st, pdl, p, in, k); break;
-        case 2: lp_launch(norm_gemv_parts_kernel<2, ADD>, grid, block, 0, st, pdl, p, in, k); break;
-        case 3: lp_launch(norm_gemv_parts_kernel<3, ADD>, grid, block, 0, st, pdl, p, in, k); break;
-        case 4: lp_launch(norm_gemv_parts_kernel<4, ADD>, grid, block, 0, st, pdl, p, in, k); break;
-        case 5: lp_launch(norm_gemv_parts_kernel<5, ADD>, grid, block, 0, st, pdl, p, in, k); break;
-        case 6: lp_launch(norm_gemv_parts_kernel<6, ADD>, grid, block, 0, st, pdl, p, in, k); break;
-        case 7: lp_launch(norm_gemv_parts_kernel<7, ADD>, grid, block, 0, st, pdl, p, in, k); break;
-        default: lp_launch(norm_gemv_parts_kernel<8, ADD>, grid, block, 0, st, pdl, p, in, k); break;
+        case 1: lp_launch(norm_gemv_parts_kernel<1, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
+        case 2: lp_launch(norm_gemv_parts_kernel<2, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
+        case 3: lp_launch(norm_gemv_parts_kernel<3, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
+        case 4: lp_launch(norm_gemv_parts_kernel<4, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
+        case 5: lp_launch(norm_gemv_parts_kernel<5, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
+        case 6: lp_launch(norm_gemv_parts_kernel<6, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
+        case 7: lp_launch(norm_gemv_parts_kernel<7, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
+        default: lp_launch(norm_gemv_parts_kernel<8, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
     }
 }
 
@@ -569,14 +590,14 @@ template <bool ADD>
 static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t st, int pdl, float* act, const norm_gemv_in& in,
                                     const uint16_t* wg, const uint16_t* wu, int m, int k) {
     switch (n) {
-        case 1: lp_launch(norm_gemv_swiglu_kernel<1, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k); break;
-        case 2: lp_launch(norm_gemv_swiglu_kernel<2, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k); break;
-        case 3: lp_launch(norm_gemv_swiglu_kernel<3, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k); break;
-        case 4: lp_launch(norm_gemv_swiglu_kernel<4, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k); break;
-        case 5: lp_launch(norm_gemv_swiglu_kernel<5, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k); break;
-        case 6: lp_launch(norm_gemv_swiglu_kernel<6, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k); break;
-        case 7: lp_launch(norm_gemv_swiglu_kernel<7, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k); break;
-        default: lp_launch(norm_gemv_swiglu_kernel<8, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k); break;
+        case 1: lp_launch(norm_gemv_swiglu_kernel<1, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
+        case 2: lp_launch(norm_gemv_swiglu_kernel<2, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
+        case 3: lp_launch(norm_gemv_swiglu_kernel<3, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
+        case 4: lp_launch(norm_gemv_swiglu_kernel<4, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
+        case 5: lp_launch(norm_gemv_swiglu_kernel<5, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
+        case 6: lp_launch(norm_gemv_swiglu_kernel<6, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
+        case 7: lp_launch(norm_gemv_swiglu_kernel<7, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
+        default: lp_launch(norm_gemv_swiglu_kernel<8, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
     }
 }
 

@@ -25,7 +25,9 @@ typedef void* lp_stream;
 // pdl: the launchers that take it (the kernels of a batch-1 decode step: gemv.cu's batch-1
 // products, the norms, the row gather, RoPE + KV store, decode attention) launch with
 // programmatic dependent launch when it is 1 (common.cuh has the mechanism and its rules), as
-// before when it is 0. 1 needs an sm_90+ device; the caller checks (cuda/fused.go).
+// before when it is 0. 2 is 1, and gemv.cu's products also prefetch their weight rows into L2
+// before they wait (for weights the caller knows fit there); the other launchers take 2 as 1.
+// 1 and 2 need an sm_90+ device; the caller checks (cuda/fused.go).
 
 // runtime.cu: devices, memory, streams (thin wrappers so Go links no CUDA headers' inlines).
 // (Go discovers devices and reads their properties and free memory through the driver API,
