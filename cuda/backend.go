@@ -49,6 +49,7 @@ type Backend struct {
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
 	pdl                   PDL           // how a decode step's kernels launch (fused.go: LORAPLEX_PDL, SetPDL); PDLOff below sm_90
+	gemvDeep              bool          // batch-1 GEMVs with deeper weight streams (fused.go: LORAPLEX_GEMV_DEEP, SetGEMVDeep)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
@@ -120,6 +121,7 @@ func New(device int) (*Backend, error) {
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())
+	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()

@@ -19,6 +19,7 @@ import (
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
+//	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
@@ -33,13 +34,15 @@ import (
 // GEMVs on (TestNormGEMV and the fixture suites with them on passed on an H100; then batch-1
 // decode 1.055x at ctx 128, 1.058x at 4k, 1.042x at 32k, batch 64 1.01x: they only take batch-1
 // steps without LoRA on q/k/v or gate/up, so the adapter rows cannot move; bench/results/gpu-h100/
-// goals-2026-12-07-ab2). Programmatic dependent launch is off until its GPU tests (TestPDLBitwise,
-// the fixture suite with it on) have passed and an A/B run has measured it.
+// goals-2026-12-07-ab2). Programmatic dependent launch and the deep GEMV streams are off until
+// their GPU tests (TestPDLBitwise, the fixture suite with PDL on) have passed and an A/B run has
+// measured them.
 const (
 	fusedDecodeDefault = true
 	loraGroupDefault   = false
 	normGEMVDefault    = true
 	pdlDefault         = PDLOff
+	gemvDeepDefault    = false
 )
 
 // envSwitch reads an on/off switch from the environment.
@@ -131,7 +134,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		return true
 	}
 	a := b.gemvArgs.set(outs, ws)
-	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.pdlWeights(ws...), b.stream))
+	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
 	return true
 }
 
@@ -182,7 +185,7 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 	if !b.launch() {
 		return true
 	}
-	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.pdlWeights(wGate, wUp), b.stream))
+	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.gemvOpts(wGate, wUp), b.stream))
 	return true
 }
 
@@ -250,6 +253,16 @@ func (b *Backend) SetPDL(p PDL) {
 	}
 }
 
+// SetGEMVDeep turns the batch-1 GEMVs' deeper weight streams (LP_GEMV_DEEP, kernels/gemv.cu:
+// eight 16-byte loads in flight per lane instead of four, bitwise the same results) on or off
+// for the following steps; recorded graphs hold the other kernels, so they are dropped.
+func (b *Backend) SetGEMVDeep(on bool) {
+	if b.gemvDeep != on {
+		b.dropGraphs()
+	}
+	b.gemvDeep = on
+}
+
 // pdlLaunch is the pdl argument of a launcher of kernels that stream no weights.
 func (b *Backend) pdlLaunch() C.int {
 	if b.pdl == PDLOff {
@@ -258,17 +271,25 @@ func (b *Backend) pdlLaunch() C.int {
 	return 1
 }
 
-// pdlWeights is the pdl argument of a batch-1 GEMV launch that streams ws: 2 (prefetch into L2)
-// under PDLPrefetch when they fit pdlPrefetchMaxBytes.
-func (b *Backend) pdlWeights(ws ...model.Tensor) C.int {
+// gemvOpts are the launch options (LP_GEMV_* flags) of a batch-1 GEMV launch that streams ws:
+// PDL under PDLOn and PDLPrefetch, the L2 prefetch too under PDLPrefetch when they fit
+// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep.
+func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
+	var opts C.int
+	if b.pdl != PDLOff {
+		opts |= C.LP_GEMV_PDL
+	}
 	bytes := 0
 	for _, w := range ws {
 		bytes += 2 * w.Rows * w.Cols
 	}
 	if b.pdl == PDLPrefetch && bytes <= pdlPrefetchMaxBytes {
-		return 2
+		opts |= C.LP_GEMV_PREFETCH
 	}
-	return b.pdlLaunch()
+	if b.gemvDeep {
+		opts |= C.LP_GEMV_DEEP
+	}
+	return opts
 }
 
 var _ model.NormFuser = (*Backend)(nil)
@@ -326,7 +347,7 @@ func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws
 	}
 	a := b.gemvArgs.set(outs, ws)
 	b.ok("norm gemv parts", C.s_norm_gemv_parts(C.int(in.X.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight), C.float(in.Eps),
-		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.pdlWeights(ws...), b.stream))
+		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
 	return true
 }
 
@@ -342,7 +363,7 @@ func (b *Backend) NormGateUpSiLU(act model.Tensor, in model.NormedInput, wGate, 
 		return true
 	}
 	b.ok("norm gemv swiglu", C.s_norm_gemv_swiglu(C.int(in.X.Rows), C.int(wGate.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight),
-		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.pdlWeights(wGate, wUp), b.stream))
+		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.gemvOpts(wGate, wUp), b.stream))
 	return true
 }
 

@@ -48,7 +48,7 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	// Single-row products (batch-1 decode, one logits row) stream the weights with the GEMV
 	// kernel (fp32 x, no conversion); from two rows up cuBLAS measured faster (bench/results).
 	if x.Rows <= b.gemvRows && x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 && uintptr(ptr(x))%16 == 0 {
-		b.ok("gemv", C.s_gemv(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.pdlWeights(w), b.stream))
+		b.ok("gemv", C.s_gemv(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.gemvOpts(w), b.stream))
 		return
 	}
 	if b.xToBF16(x) {

@@ -16,12 +16,12 @@ import (
 	"github.com/loraplex/loraplex/model/safetensors"
 )
 
-// pdlConfig is a random Llama-shaped model wide enough that every batch-1 product takes the
-// GEMV streams' first loads before the grid dependency wait (kernels/gemv.cu: at least 128
-// weight vectors a row, hidden and intermediate 1,024 and up, the lm_head included), with GQA
-// groups of 4 and head_dim 128 (the grouped decode kernel and the per-head one both take it).
-const pdlConfig = `{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":1024,"hidden_size":1024,
-"intermediate_size":2048,"num_hidden_layers":2,"num_attention_heads":8,"num_key_value_heads":2,"head_dim":128,
+// pdlConfig is a random Llama-shaped model wide enough that every batch-1 product's streams run
+// their loads in chunks, also the deep ones (kernels/gemv.cu: at least 256 weight vectors a row,
+// so hidden and intermediate 2,048 and up, the lm_head included), with GQA groups of 4 and
+// head_dim 128 (the grouped decode kernel and the per-head one both take it).
+const pdlConfig = `{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":1024,"hidden_size":2048,
+"intermediate_size":4096,"num_hidden_layers":2,"num_attention_heads":16,"num_key_value_heads":4,"head_dim":128,
 "max_position_embeddings":4096,"rope_theta":500000,"rms_norm_eps":1e-5,"tie_word_embeddings":false}`
 
 // writePDLModel writes pdlConfig with random weights (bf16 matrices, f32 norm weights near 1)
@@ -70,8 +70,8 @@ func writePDLModel(t *testing.T) string {
 
 // pdlLaunches is how one run launches a step's kernels.
 type pdlLaunches struct {
-	pdl    cuda.PDL
-	graphs bool
+	pdl          cuda.PDL
+	graphs, deep bool
 }
 
 // pdlDecode prefills a 37-token prompt and decodes 90 positions after it, one sequence over
@@ -84,6 +84,7 @@ func pdlDecode(t *testing.T, dir string, normGEMV, grouped bool, l pdlLaunches) 
 	b.SetGroupedDecode(grouped)
 	b.SetGraphs(l.graphs)
 	b.SetPDL(l.pdl)
+	b.SetGEMVDeep(l.deep)
 	cfg, w := fixture.LoadModel(t, dir, b)
 	ctx := prompt + decode
 	pages := (ctx + pageSize - 1) / pageSize
@@ -127,13 +128,14 @@ func pdlDecode(t *testing.T, dir string, normGEMV, grouped bool, l pdlLaunches) 
 	return logits
 }
 
-// Programmatic dependent launch changes when a step's kernels start, never what they compute:
-// a prompt and 90 batch-1 decode steps after it give bitwise the logits of plain launches,
-// replayed from CUDA graphs and launched directly, with and without the GEMVs' L2 prefetch
-// (every product of this model fits pdlPrefetchMaxBytes), on the norm-fused GEMVs with the grouped
-// decode kernel and on the unfused add+RMSNorm, parts GEMV and gate/up GEMV with the per-head
-// one (the fill rule splits the per-head kernel's positions from the first decode step and the
-// grouped kernel's past 64 positions, so the merge kernel runs in both).
+// Programmatic dependent launch changes when a step's kernels start, and the deep GEMV streams
+// how many loads are in flight, never what they compute: a prompt and 90 batch-1 decode steps
+// after it give bitwise the logits of plain launches with PDL (replayed from CUDA graphs and
+// launched directly; with and without the GEMVs' L2 prefetch, which every product of this model
+// is small enough for), with the deep streams, and with both. On the norm-fused GEMVs with the
+// grouped decode kernel and on the unfused add+RMSNorm, parts GEMV and gate/up GEMV with the
+// per-head one (the fill rule splits the per-head kernel's positions from the first decode step
+// and the grouped kernel's past 64 positions, so the merge kernel runs in both).
 func TestPDLBitwise(t *testing.T) {
 	if info, err := cuda.DeviceProps(0); err != nil || info.Major < 9 {
 		t.Skipf("programmatic dependent launch needs sm_90 or newer (%v, %v)", info, err)
@@ -141,13 +143,14 @@ func TestPDLBitwise(t *testing.T) {
 	dir := writePDLModel(t)
 	for _, path := range []struct{ normGEMV, grouped bool }{{true, true}, {false, false}} {
 		t.Run(fmt.Sprintf("normgemv=%v/grouped=%v", path.normGEMV, path.grouped), func(t *testing.T) {
-			want := pdlDecode(t, dir, path.normGEMV, path.grouped, pdlLaunches{cuda.PDLOff, true})
-			for _, l := range []pdlLaunches{{cuda.PDLOn, true}, {cuda.PDLOn, false}, {cuda.PDLPrefetch, true}} {
+			want := pdlDecode(t, dir, path.normGEMV, path.grouped, pdlLaunches{cuda.PDLOff, true, false})
+			for _, l := range []pdlLaunches{{cuda.PDLOn, true, false}, {cuda.PDLOn, false, false}, {cuda.PDLPrefetch, true, false},
+				{cuda.PDLOff, true, true}, {cuda.PDLPrefetch, true, true}} {
 				got := pdlDecode(t, dir, path.normGEMV, path.grouped, l)
 				for s := range want {
 					for j, v := range want[s] {
 						if math.Float32bits(v) != math.Float32bits(got[s][j]) {
-							t.Fatalf("pdl %v, graphs %v: step %d logit %d is %v, %v with plain launches", l.pdl, l.graphs, s, j, got[s][j], v)
+							t.Fatalf("%+v: step %d logit %d is %v, %v with plain launches", l, s, j, got[s][j], v)
 						}
 					}
 				}

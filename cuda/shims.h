@@ -24,8 +24,8 @@ static inline int s_cublas_create(uintptr_t* h, uintptr_t s) { void* q = 0; int 
 static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t c, float alpha, float beta) {
 	return lp_gemm_bf16(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), P(float*, c), alpha, beta);
 }
-static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, int pdl, uintptr_t s) {
-	return lp_gemv_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, pdl, P(lp_stream, s));
+static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, int opts, uintptr_t s) {
+	return lp_gemv_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, opts, P(lp_stream, s));
 }
 static inline int s_gemv_rows(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
 	return lp_gemv_rows_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
@@ -59,8 +59,8 @@ static inline int s_rope_store_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr
 	return lp_rope_store_kv(P(float*, q), P(float*, k), P(const float*, v), P(uint16_t*, kc), P(uint16_t*, vc), P(const int32_t*, pos),
 	                        P(const int32_t*, slots), P(const float*, table), n, heads, kvh, dim, pdl, P(lp_stream, s));
 }
-static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, uintptr_t wu, uintptr_t act, int pdl, uintptr_t s) {
-	return lp_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), pdl, P(lp_stream, s));
+static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, uintptr_t wu, uintptr_t act, int opts, uintptr_t s) {
+	return lp_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), opts, P(lp_stream, s));
 }
 // s_parts fills lp_gemv_parts from Go arrays of LP_GEMV_PARTS entries (parts used): ws, ys and ends.
 static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts) {
@@ -73,18 +73,18 @@ static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* ys, co
 	p.parts = parts;
 	return p;
 }
-static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int pdl, uintptr_t s) {
-	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), pdl, P(lp_stream, s));
+static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
+	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), opts, P(lp_stream, s));
 }
 static inline int s_norm_gemv_parts(int n, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, const uintptr_t* ws,
-                                    const uintptr_t* ys, const uintptr_t* ends, int parts, int pdl, uintptr_t s) {
+                                    const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
 	return lp_norm_gemv_parts_bf16(n, k, P(const float*, x), P(const float*, d), P(float*, resid), P(const float*, nw), eps,
-	                               s_parts(ws, ys, ends, parts), pdl, P(lp_stream, s));
+	                               s_parts(ws, ys, ends, parts), opts, P(lp_stream, s));
 }
 static inline int s_norm_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, uintptr_t wg,
-                                     uintptr_t wu, uintptr_t act, int pdl, uintptr_t s) {
+                                     uintptr_t wu, uintptr_t act, int opts, uintptr_t s) {
 	return lp_norm_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const float*, d), P(float*, resid), P(const float*, nw), eps,
-	                                P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), pdl, P(lp_stream, s));
+	                                P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), opts, P(lp_stream, s));
 }
 static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int small, uintptr_t s) {
 	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, ys, ends, parts), small, P(lp_stream, s));

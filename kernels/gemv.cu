@@ -9,21 +9,37 @@
 
 #define GEMV_WARPS 8
 
-// Programmatic dependent launch (pdl, common.cuh): the batch-1 kernels below stream a lane's
-// weight vectors through gemv_stream4 / gemv_stream2x2, which issue the first loads before
-// lp_pdl_wait (weights are never written by a kernel) and hand every vector to the caller's
-// step after it, where x, delta and every output are touched. A warp with no column waits
-// before it exits. The order of the sums is the loops' of before, so the results are bitwise
-// the same with or without pdl. The steps are structs with force-inlined operators (not
-// lambdas, which the inliner may leave as calls) so the accumulators they update by reference
-// stay in registers.
+// Launch options (opts, LP_GEMV_* in loraplex_kernels.h). Programmatic dependent launch
+// (LP_GEMV_PDL, common.cuh): the batch-1 kernels below stream a lane's weight vectors through
+// gemv_stream / gemv_stream_pair, which issue the first loads before lp_pdl_wait (weights are
+// never written by a kernel) and hand every vector to the caller's step after it, where x,
+// delta and every output are touched. A warp with no column waits before it exits. The order
+// of the sums is the loops' of before, so the results are bitwise the same with or without
+// PDL. The steps are structs with force-inlined operators (not lambdas, which the inliner may
+// leave as calls) so the accumulators they update by reference stay in registers.
 //
-// pdl = 2 (LORAPLEX_PDL=prefetch, for weights the caller knows fit in L2) also has every warp
-// ask L2 for the rest of its rows (prefetch.global.L2, one 128-byte line a lane at a time)
-// before it waits. A GEMV waiting for a kernel that leaves HBM idle (the o projection behind
-// decode attention at short contexts: 32 MiB of weights behind ~15 µs of attention in the
-// Llama-3-8B shape) then streams its weights from L2. The prefetches are hints: they change
-// no value, and without the wait to hide behind (pdl 0 or 1) they are not issued.
+// LP_GEMV_PREFETCH (LORAPLEX_PDL=prefetch, for weights the caller knows fit in L2) also has
+// every warp ask L2 for the rest of its rows (prefetch.global.L2, one 128-byte line a lane at
+// a time) before it waits. A GEMV waiting for a kernel that leaves HBM idle (the o projection
+// behind decode attention at short contexts: 32 MiB of weights behind ~15 µs of attention in
+// the Llama-3-8B shape) then streams its weights from L2. The prefetches are hints: they
+// change no value, and without the wait to hide behind (no LP_GEMV_PDL) they are not issued.
+//
+// LP_GEMV_DEEP (LORAPLEX_GEMV_DEEP, one row only) doubles the loads in flight per lane (D = 8
+// vectors of a row, 4 of each of gate and up): the batch-1 GEMVs reached 0.91 of copy
+// bandwidth with 4 (bench/results/gpu-h100/goals-2026-12-07-ab2, breakdown.txt), and a
+// launch's first and last warps stream with little else in flight beside them. It only
+// deepens the pipeline (at the price of 16 registers a thread, so fewer blocks an SM): each
+// lane still sums its vectors in the same order, so the results are bitwise the same.
+//
+// gemv_opts reads a launcher's opts: the pdl argument of lp_launch, whether the kernels prefetch
+// into L2 (only under PDL), whether one-row launches take the deep variant.
+struct gemv_opts {
+    int pdl;
+    bool l2, deep;
+    explicit gemv_opts(int opts)
+        : pdl(opts & LP_GEMV_PDL), l2((opts & LP_GEMV_PDL) && (opts & LP_GEMV_PREFETCH)), deep(opts & LP_GEMV_DEEP) {}
+};
 
 // gemv_prefetch_l2 asks L2 for the bytes [from, bytes) of a weight row, lanes taking 128-byte
 // lines in turn.
@@ -33,56 +49,64 @@ __device__ __forceinline__ void gemv_prefetch_l2(const uint4* row, int from, int
         asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p + o));
 }
 
-// gemv_stream4 hands step(v, iv) a lane's 16-byte vectors of one weight row: vectors lane,
-// lane + 32, ... in increasing order, four loads in flight per lane (a warp streaming one row
-// needs that much memory-level parallelism to approach HBM bandwidth), the first four issued
-// before the wait on the previous kernel; l2: the rest of the row is prefetched into L2 then too.
-template <typename Step>
-__device__ __forceinline__ void gemv_stream4(const uint4* wr, int vecs, bool l2, const Step& step) {
+// gemv_stream hands step(v, iv) a lane's 16-byte vectors of one weight row: vectors lane,
+// lane + 32, ... in increasing order, D loads in flight per lane (a warp streaming one row needs
+// that much memory-level parallelism to approach HBM bandwidth; 4 by default, 8 with
+// LP_GEMV_DEEP), the first D issued before the wait on the previous kernel; l2: the rest of the
+// row is prefetched into L2 then too. D changes how many loads are in flight, not the order in
+// which step sees the vectors, so the sums are bitwise the same for every D.
+template <int D, typename Step>
+__device__ __forceinline__ void gemv_stream(const uint4* wr, int vecs, bool l2, const Step& step) {
     int i = threadIdx.x & 31;
-    uint4 v0, v1, v2, v3;
-    bool more = i + 96 < vecs;
+    uint4 v[D];
+    bool more = i + 32 * (D - 1) < vecs;
     if (more) {
-        v0 = wr[i], v1 = wr[i + 32], v2 = wr[i + 64], v3 = wr[i + 96];
+#pragma unroll
+        for (int u = 0; u < D; u++) v[u] = wr[i + 32 * u];
     }
-    if (l2) gemv_prefetch_l2(wr, 128 * 16, vecs * 16);
+    if (l2) gemv_prefetch_l2(wr, 32 * D * 16, vecs * 16);
     lp_pdl_wait();
     while (more) {
-        step(v0, i);
-        step(v1, i + 32);
-        step(v2, i + 64);
-        step(v3, i + 96);
-        i += 128;
-        more = i + 96 < vecs;
+#pragma unroll
+        for (int u = 0; u < D; u++) step(v[u], i + 32 * u);
+        i += 32 * D;
+        more = i + 32 * (D - 1) < vecs;
         if (more) {
-            v0 = wr[i], v1 = wr[i + 32], v2 = wr[i + 64], v3 = wr[i + 96];
+#pragma unroll
+            for (int u = 0; u < D; u++) v[u] = wr[i + 32 * u];
         }
     }
     for (; i < vecs; i += 32) step(wr[i], i);
 }
 
-// gemv_stream2x2 is gemv_stream4 over two rows of the same width (gate and up): step(g, u, iv)
-// gets vector iv of both, two loads of each in flight per lane.
-template <typename Step>
-__device__ __forceinline__ void gemv_stream2x2(const uint4* gr, const uint4* ur, int vecs, bool l2, const Step& step) {
+// gemv_stream_pair is gemv_stream over two rows of the same width (gate and up): step(g, u, iv)
+// gets vector iv of both, D loads of each in flight per lane (2 by default, 4 with LP_GEMV_DEEP).
+template <int D, typename Step>
+__device__ __forceinline__ void gemv_stream_pair(const uint4* gr, const uint4* ur, int vecs, bool l2, const Step& step) {
     int i = threadIdx.x & 31;
-    uint4 g0, g1, u0, u1;
-    bool more = i + 32 < vecs;
+    uint4 g[D], u[D];
+    bool more = i + 32 * (D - 1) < vecs;
     if (more) {
-        g0 = gr[i], g1 = gr[i + 32], u0 = ur[i], u1 = ur[i + 32];
+#pragma unroll
+        for (int d = 0; d < D; d++) g[d] = gr[i + 32 * d];
+#pragma unroll
+        for (int d = 0; d < D; d++) u[d] = ur[i + 32 * d];
     }
     if (l2) {
-        gemv_prefetch_l2(gr, 64 * 16, vecs * 16);
-        gemv_prefetch_l2(ur, 64 * 16, vecs * 16);
+        gemv_prefetch_l2(gr, 32 * D * 16, vecs * 16);
+        gemv_prefetch_l2(ur, 32 * D * 16, vecs * 16);
     }
     lp_pdl_wait();
     while (more) {
-        step(g0, u0, i);
-        step(g1, u1, i + 32);
-        i += 64;
-        more = i + 32 < vecs;
+#pragma unroll
+        for (int d = 0; d < D; d++) step(g[d], u[d], i + 32 * d);
+        i += 32 * D;
+        more = i + 32 * (D - 1) < vecs;
         if (more) {
-            g0 = gr[i], g1 = gr[i + 32], u0 = ur[i], u1 = ur[i + 32];
+#pragma unroll
+            for (int d = 0; d < D; d++) g[d] = gr[i + 32 * d];
+#pragma unroll
+            for (int d = 0; d < D; d++) u[d] = ur[i + 32 * d];
         }
     }
     for (; i < vecs; i += 32) step(gr[i], ur[i], i);
@@ -117,7 +141,7 @@ struct gemv_step {
 };
 
 // gemv_column is one warp's work: output column j of y [n, m] (row stride m).
-template <int N>
+template <int N, int D>
 __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta,
                                             int j, bool l2) {
     const int lane = threadIdx.x & 31;
@@ -125,7 +149,7 @@ __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint
     float acc[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.f;
-    gemv_stream4(wr, k / 8, l2, gemv_step<N>{acc, x, k});
+    gemv_stream<D>(wr, k / 8, l2, gemv_step<N>{acc, x, k});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         float s = warp_sum(acc[r]);
@@ -136,7 +160,7 @@ __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint
     }
 }
 
-template <int N>
+template <int N, int D>
 __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta, bool l2) {
     lp_pdl_launch_dependents();
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -144,7 +168,7 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
         lp_pdl_wait();
         return;
     }
-    gemv_column<N>(y, x, w, m, k, alpha, beta, j, l2);
+    gemv_column<N, D>(y, x, w, m, k, alpha, beta, j, l2);
 }
 
 // The products of one input by up to LP_GEMV_PARTS matrices (q/k/v) in one launch: the launch's
@@ -153,7 +177,7 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
 // its own lp_gemv_bf16 gives. One launch over q/k/v (6,144 columns in the Llama-3-8B shape)
 // instead of three: k and v alone (1,024 columns, 128 blocks) do not fill 132 SMs and streamed
 // at 1.4 TB/s in bench/results/gpu-h200.md; inside q's launch they ride its waves.
-template <int N>
+template <int N, int D>
 __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, bool l2) {
     lp_pdl_launch_dependents();
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -164,10 +188,10 @@ __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, bool l
     int g = 0;
     while (c >= p.end[g]) g++;
     const int first = g > 0 ? p.end[g - 1] : 0;
-    gemv_column<N>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first, l2);
+    gemv_column<N, D>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first, l2);
 }
 
-extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int pdl, lp_stream s) {
+extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s) {
     if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || ((uintptr_t)x % 16) != 0 || parts.parts < 1 ||
         parts.parts > LP_GEMV_PARTS)
         return (int)cudaErrorInvalidValue;
@@ -177,15 +201,21 @@ extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts pa
     dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
+    const gemv_opts o(opts);
     switch (n) {
-        case 1: lp_launch(gemv_parts_kernel<1>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
-        case 2: lp_launch(gemv_parts_kernel<2>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
-        case 3: lp_launch(gemv_parts_kernel<3>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
-        case 4: lp_launch(gemv_parts_kernel<4>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
-        case 5: lp_launch(gemv_parts_kernel<5>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
-        case 6: lp_launch(gemv_parts_kernel<6>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
-        case 7: lp_launch(gemv_parts_kernel<7>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
-        default: lp_launch(gemv_parts_kernel<8>, grid, block, 0, st, pdl, parts, x, k, pdl == 2); break;
+        case 1:
+            if (o.deep)
+                lp_launch(gemv_parts_kernel<1, 8>, grid, block, 0, st, o.pdl, parts, x, k, o.l2);
+            else
+                lp_launch(gemv_parts_kernel<1, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2);
+            break;
+        case 2: lp_launch(gemv_parts_kernel<2, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 3: lp_launch(gemv_parts_kernel<3, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 4: lp_launch(gemv_parts_kernel<4, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 5: lp_launch(gemv_parts_kernel<5, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 6: lp_launch(gemv_parts_kernel<6, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 7: lp_launch(gemv_parts_kernel<7, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        default: lp_launch(gemv_parts_kernel<8, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -211,7 +241,7 @@ struct gemv_swiglu_step {
     }
 };
 
-template <int N>
+template <int N, int D>
 __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, bool l2) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
@@ -225,7 +255,7 @@ __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* w
     float g[N], u[N];
 #pragma unroll
     for (int r = 0; r < N; r++) g[r] = u[r] = 0.f;
-    gemv_stream2x2(gr, ur, k / 8, l2, gemv_swiglu_step<N>{g, u, x, k});
+    gemv_stream_pair<D>(gr, ur, k / 8, l2, gemv_swiglu_step<N>{g, u, x, k});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float gs = warp_sum(g[r]), us = warp_sum(u[r]);
@@ -234,27 +264,33 @@ __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* w
 }
 
 extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act,
-                                   int pdl, lp_stream s) {
+                                   int opts, lp_stream s) {
     if (n < 1 || n > LP_GEMV_MAX_ROWS || m <= 0 || k <= 0 || k % 8 != 0 || ((uintptr_t)wg % 16) != 0 ||
         ((uintptr_t)wu % 16) != 0 || ((uintptr_t)x % 16) != 0)
         return (int)cudaErrorInvalidValue;
     dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
+    const gemv_opts o(opts);
     switch (n) {
-        case 1: lp_launch(gemv_swiglu_kernel<1>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
-        case 2: lp_launch(gemv_swiglu_kernel<2>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
-        case 3: lp_launch(gemv_swiglu_kernel<3>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
-        case 4: lp_launch(gemv_swiglu_kernel<4>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
-        case 5: lp_launch(gemv_swiglu_kernel<5>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
-        case 6: lp_launch(gemv_swiglu_kernel<6>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
-        case 7: lp_launch(gemv_swiglu_kernel<7>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
-        default: lp_launch(gemv_swiglu_kernel<8>, grid, block, 0, st, pdl, act, x, wg, wu, m, k, pdl == 2); break;
+        case 1:
+            if (o.deep)
+                lp_launch(gemv_swiglu_kernel<1, 4>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2);
+            else
+                lp_launch(gemv_swiglu_kernel<1, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2);
+            break;
+        case 2: lp_launch(gemv_swiglu_kernel<2, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 3: lp_launch(gemv_swiglu_kernel<3, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 4: lp_launch(gemv_swiglu_kernel<4, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 5: lp_launch(gemv_swiglu_kernel<5, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 6: lp_launch(gemv_swiglu_kernel<6, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 7: lp_launch(gemv_swiglu_kernel<7, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        default: lp_launch(gemv_swiglu_kernel<8, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
     }
     LP_CHECK_LAUNCH();
 }
 
-extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, int pdl,
+extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, int opts,
                             lp_stream s) {
     // 16-byte vector loads need k % 8 == 0 and aligned rows; x rows need k % 4 == 0.
     if (n < 1 || n > LP_GEMV_MAX_ROWS || m <= 0 || k <= 0 || k % 8 != 0 || ((uintptr_t)w % 16) != 0 || ((uintptr_t)x % 16) != 0)
@@ -262,15 +298,21 @@ extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t*
     dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
+    const gemv_opts o(opts);
     switch (n) {
-        case 1: lp_launch(gemv_kernel<1>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
-        case 2: lp_launch(gemv_kernel<2>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
-        case 3: lp_launch(gemv_kernel<3>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
-        case 4: lp_launch(gemv_kernel<4>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
-        case 5: lp_launch(gemv_kernel<5>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
-        case 6: lp_launch(gemv_kernel<6>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
-        case 7: lp_launch(gemv_kernel<7>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
-        default: lp_launch(gemv_kernel<8>, grid, block, 0, st, pdl, y, x, w, m, k, alpha, beta, pdl == 2); break;
+        case 1:
+            if (o.deep)
+                lp_launch(gemv_kernel<1, 8>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2);
+            else
+                lp_launch(gemv_kernel<1, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2);
+            break;
+        case 2: lp_launch(gemv_kernel<2, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 3: lp_launch(gemv_kernel<3, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 4: lp_launch(gemv_kernel<4, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 5: lp_launch(gemv_kernel<5, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 6: lp_launch(gemv_kernel<6, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 7: lp_launch(gemv_kernel<7, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        default: lp_launch(gemv_kernel<8, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -457,7 +499,7 @@ struct norm_gemv_parts_step {
 
 // gemv_parts_kernel with the norm folded in: warp c computes column c - end[g-1] of part g with
 // gemv_column's loads and order, on w ⊙ v, and scales by the row's 1/rms at the end.
-template <int N, bool ADD>
+template <int N, bool ADD, int D>
 __global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, bool l2) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
@@ -475,7 +517,7 @@ __global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, 
     float acc[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = ss[r] = 0.f;
-    gemv_stream4(wr, k / 8, l2, norm_gemv_parts_step<N, ADD>{acc, ss, in, k, store});
+    gemv_stream<D>(wr, k / 8, l2, norm_gemv_parts_step<N, ADD>{acc, ss, in, k, store});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float s = warp_sum(acc[r]), inv = norm_gemv_scale(ss[r], k, in.eps);
@@ -518,7 +560,7 @@ struct norm_gemv_swiglu_step {
 
 // gemv_swiglu_kernel with the norm folded in: the same loads and order on w ⊙ v, both sums
 // scaled by the row's 1/rms, then silu_mul_kernel's expression.
-template <int N, bool ADD>
+template <int N, bool ADD, int D>
 __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
                                         bool l2) {
     lp_pdl_launch_dependents();
@@ -534,7 +576,7 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
     float g[N], u[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) g[r] = u[r] = ss[r] = 0.f;
-    gemv_stream2x2(gr, ur, k / 8, l2, norm_gemv_swiglu_step<N, ADD>{g, u, ss, in, k, store});
+    gemv_stream_pair<D>(gr, ur, k / 8, l2, norm_gemv_swiglu_step<N, ADD>{g, u, ss, in, k, store});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float inv = norm_gemv_scale(ss[r], k, in.eps);
@@ -556,22 +598,27 @@ static bool norm_gemv_in_ok(int n, int k, const norm_gemv_in& in) {
 }
 
 template <bool ADD>
-static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st, int pdl, const lp_gemv_parts& p,
+static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st, const gemv_opts& o, const lp_gemv_parts& p,
                                    const norm_gemv_in& in, int k) {
     switch (n) {
-        case 1: lp_launch(norm_gemv_parts_kernel<1, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
-        case 2: lp_launch(norm_gemv_parts_kernel<2, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
-        case 3: lp_launch(norm_gemv_parts_kernel<3, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
-        case 4: lp_launch(norm_gemv_parts_kernel<4, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
-        case 5: lp_launch(norm_gemv_parts_kernel<5, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
-        case 6: lp_launch(norm_gemv_parts_kernel<6, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
-        case 7: lp_launch(norm_gemv_parts_kernel<7, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
-        default: lp_launch(norm_gemv_parts_kernel<8, ADD>, grid, block, 0, st, pdl, p, in, k, pdl == 2); break;
+        case 1:
+            if (o.deep)
+                lp_launch(norm_gemv_parts_kernel<1, ADD, 8>, grid, block, 0, st, o.pdl, p, in, k, o.l2);
+            else
+                lp_launch(norm_gemv_parts_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2);
+            break;
+        case 2: lp_launch(norm_gemv_parts_kernel<2, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 3: lp_launch(norm_gemv_parts_kernel<3, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 4: lp_launch(norm_gemv_parts_kernel<4, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 5: lp_launch(norm_gemv_parts_kernel<5, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 6: lp_launch(norm_gemv_parts_kernel<6, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 7: lp_launch(norm_gemv_parts_kernel<7, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        default: lp_launch(norm_gemv_parts_kernel<8, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
     }
 }
 
 extern "C" int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w,
-                                       float eps, lp_gemv_parts parts, int pdl, lp_stream s) {
+                                       float eps, lp_gemv_parts parts, int opts, lp_stream s) {
     const norm_gemv_in in = {x, delta, resid, norm_w, eps};
     if (!norm_gemv_in_ok(n, k, in) || parts.parts < 1 || parts.parts > LP_GEMV_PARTS) return (int)cudaErrorInvalidValue;
     for (int g = 0; g < parts.parts; g++)
@@ -580,37 +627,42 @@ extern "C" int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float
     dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     if (delta)
-        launch_norm_gemv_parts<true>(n, grid, block, as_stream(s), pdl, parts, in, k);
+        launch_norm_gemv_parts<true>(n, grid, block, as_stream(s), gemv_opts(opts), parts, in, k);
     else
-        launch_norm_gemv_parts<false>(n, grid, block, as_stream(s), pdl, parts, in, k);
+        launch_norm_gemv_parts<false>(n, grid, block, as_stream(s), gemv_opts(opts), parts, in, k);
     LP_CHECK_LAUNCH();
 }
 
 template <bool ADD>
-static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t st, int pdl, float* act, const norm_gemv_in& in,
-                                    const uint16_t* wg, const uint16_t* wu, int m, int k) {
+static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t st, const gemv_opts& o, float* act,
+                                    const norm_gemv_in& in, const uint16_t* wg, const uint16_t* wu, int m, int k) {
     switch (n) {
-        case 1: lp_launch(norm_gemv_swiglu_kernel<1, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
-        case 2: lp_launch(norm_gemv_swiglu_kernel<2, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
-        case 3: lp_launch(norm_gemv_swiglu_kernel<3, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
-        case 4: lp_launch(norm_gemv_swiglu_kernel<4, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
-        case 5: lp_launch(norm_gemv_swiglu_kernel<5, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
-        case 6: lp_launch(norm_gemv_swiglu_kernel<6, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
-        case 7: lp_launch(norm_gemv_swiglu_kernel<7, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
-        default: lp_launch(norm_gemv_swiglu_kernel<8, ADD>, grid, block, 0, st, pdl, act, in, wg, wu, m, k, pdl == 2); break;
+        case 1:
+            if (o.deep)
+                lp_launch(norm_gemv_swiglu_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2);
+            else
+                lp_launch(norm_gemv_swiglu_kernel<1, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2);
+            break;
+        case 2: lp_launch(norm_gemv_swiglu_kernel<2, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 3: lp_launch(norm_gemv_swiglu_kernel<3, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 4: lp_launch(norm_gemv_swiglu_kernel<4, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 5: lp_launch(norm_gemv_swiglu_kernel<5, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 6: lp_launch(norm_gemv_swiglu_kernel<6, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 7: lp_launch(norm_gemv_swiglu_kernel<7, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        default: lp_launch(norm_gemv_swiglu_kernel<8, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
     }
 }
 
 extern "C" int lp_norm_gemv_swiglu_bf16(int n, int m, int k, const float* x, const float* delta, float* resid, const float* norm_w,
-                                        float eps, const uint16_t* wg, const uint16_t* wu, float* act, int pdl, lp_stream s) {
+                                        float eps, const uint16_t* wg, const uint16_t* wu, float* act, int opts, lp_stream s) {
     const norm_gemv_in in = {x, delta, resid, norm_w, eps};
     if (!norm_gemv_in_ok(n, k, in) || m <= 0 || !act || ((uintptr_t)wg % 16) != 0 || ((uintptr_t)wu % 16) != 0)
         return (int)cudaErrorInvalidValue;
     dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     if (delta)
-        launch_norm_gemv_swiglu<true>(n, grid, block, as_stream(s), pdl, act, in, wg, wu, m, k);
+        launch_norm_gemv_swiglu<true>(n, grid, block, as_stream(s), gemv_opts(opts), act, in, wg, wu, m, k);
     else
-        launch_norm_gemv_swiglu<false>(n, grid, block, as_stream(s), pdl, act, in, wg, wu, m, k);
+        launch_norm_gemv_swiglu<false>(n, grid, block, as_stream(s), gemv_opts(opts), act, in, wg, wu, m, k);
     LP_CHECK_LAUNCH();
 }

@@ -22,12 +22,11 @@ extern "C" {
 
 typedef void* lp_stream;
 
-// pdl: the launchers that take it (the kernels of a batch-1 decode step: gemv.cu's batch-1
-// products, the norms, the row gather, RoPE + KV store, decode attention) launch with
-// programmatic dependent launch when it is 1 (common.cuh has the mechanism and its rules), as
-// before when it is 0. 2 is 1, and gemv.cu's products also prefetch their weight rows into L2
-// before they wait (for weights the caller knows fit there); the other launchers take 2 as 1.
-// 1 and 2 need an sm_90+ device; the caller checks (cuda/fused.go).
+// pdl: the launchers that take it (the kernels of a batch-1 decode step: the norms, the row
+// gather, RoPE + KV store, decode attention) launch with programmatic dependent launch when it
+// is 1 (common.cuh has the mechanism and its rules), as before when it is 0. gemv.cu's batch-1
+// products take LP_GEMV_* flags instead (opts, below). Programmatic dependent launch needs an
+// sm_90+ device; the caller checks (cuda/fused.go).
 
 // runtime.cu: devices, memory, streams (thin wrappers so Go links no CUDA headers' inlines).
 // (Go discovers devices and reads their properties and free memory through the driver API,
@@ -85,13 +84,21 @@ int lp_graph_destroy(void* exec);
 int lp_cublas_set_workspace(void* handle, void* ws, size_t bytes);
 
 // gemv.cu: the same product for n <= LP_GEMV_MAX_ROWS rows with fp32 x (decode), streaming
-// W at memory bandwidth. Needs k % 8 == 0 and 16-byte aligned x and W.
+// W at memory bandwidth. Needs k % 8 == 0 and 16-byte aligned x and W. opts (here and in the
+// four launchers below; 0 launches as before) is a set of flags: LP_GEMV_PDL launches with
+// programmatic dependent launch; LP_GEMV_PREFETCH, with LP_GEMV_PDL, also has every warp
+// prefetch the rest of its weight rows into L2 before it waits (for weights the caller knows
+// fit there); LP_GEMV_DEEP keeps twice the weight loads in flight per lane at one row, bitwise
+// the same results.
 #define LP_GEMV_MAX_ROWS 8
-int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, int pdl,
+#define LP_GEMV_PDL 1
+#define LP_GEMV_PREFETCH 2
+#define LP_GEMV_DEEP 4
+int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, int opts,
                  lp_stream s);
 // The gate and up products and SwiGLU in one launch for the same rows: act[n, m] =
 // silu(x · Wgᵀ) * (x · Wuᵀ), Wg and Wu [m, k]; the same alignment rules.
-int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act, int pdl,
+int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act, int opts,
                         lp_stream s);
 // The products of one x by up to LP_GEMV_PARTS matrices in one launch (q/k/v): part g computes
 // y[g] [n, m_g] = x · w[g]ᵀ, its m_g = end[g] - end[g-1] (end[-1] = 0) columns being the
@@ -103,16 +110,16 @@ typedef struct {
     int end[LP_GEMV_PARTS];
     int parts;
 } lp_gemv_parts;
-int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int pdl, lp_stream s);
+int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s);
 // The same products of h = rmsnorm(x + delta) · norm_w (x alone when delta is NULL) without h
 // being stored: lp_add_rmsnorm (or lp_rmsnorm) followed by lp_gemv_parts_bf16 or
 // lp_gemv_swiglu_bf16 of h, up to rounding (gemv.cu bounds it). With delta, x + delta is written
 // to resid (NULL without delta), which must overlap neither x nor delta; x and delta are not
 // written. The same row and alignment rules, also for delta, resid and norm_w.
 int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w, float eps,
-                            lp_gemv_parts parts, int pdl, lp_stream s);
+                            lp_gemv_parts parts, int opts, lp_stream s);
 int lp_norm_gemv_swiglu_bf16(int n, int m, int k, const float* x, const float* delta, float* resid, const float* norm_w,
-                             float eps, const uint16_t* wg, const uint16_t* wu, float* act, int pdl, lp_stream s);
+                             float eps, const uint16_t* wg, const uint16_t* wu, float* act, int opts, lp_stream s);
 // The same product for any number of rows, batch-invariant (deterministic mode): tiles of
 // LP_GEMV_MAX_ROWS rows, every row computed with the same instructions whatever the batch;
 // any k (16-byte vector loads when k % 8 == 0 and x, W are aligned).
