@@ -43,6 +43,7 @@ type Backend struct {
 	simtPrefill           bool          // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
 	prefillSplit          bool          // split-K of the tensor-core prefill tiles (attention.go: LORAPLEX_PREFILL_SPLIT, SetPrefillSplit)
 	tileKeys              int           // keys the step's longest prefill tile attends to without a window (Prepare)
+	rowKeys               int           // keys the step's decode rows attend to, summed, without windows (Prepare; prefetchL2)
 	sms                   int           // the device's multiprocessors (the prefill split rule fills them)
 	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
 	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
@@ -398,7 +399,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 		tile = prefillMMATile
 	}
 	tiles, rows := 0, 0
-	b.ctxSplits, b.tileKeys = 1, 0
+	b.ctxSplits, b.tileKeys, b.rowKeys = 1, 0, 0
 	// In deterministic mode every row takes the per-row kernel (deterministic.go).
 	tiled := func(sq model.SeqRows) bool {
 		return !b.batchInvariant && sq.N > 1 && b.kv.HeadDim%8 == 0 && consecutive(s.Positions[sq.Start:sq.Start+sq.N])
@@ -450,6 +451,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 			h[ri] = int32(r)
 			ri++
 			b.ctxSplits = max(b.ctxSplits, contextSplits(s.Positions[r]))
+			b.rowKeys += int(s.Positions[r]) + 1
 		}
 	}
 	if !b.ok("metadata copy", C.s_htod(C.uintptr_t(b.metaDev), b.metaHost, C.size_t(4*need), b.stream)) {

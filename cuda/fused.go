@@ -203,8 +203,9 @@ const (
 	// drains (the GEMVs issue their first weight loads) and waits for it on the device.
 	// Other kernels launch as before.
 	PDLOn
-	// PDLPrefetch is PDLOn, and the batch-1 GEMVs whose weights fit in L2
-	// (pdlPrefetchMaxBytes) also prefetch their rows there before they wait.
+	// PDLPrefetch is PDLOn, and the batch-1 GEMVs whose weights fit in L2 beside a short
+	// context's K/V (pdlPrefetchMaxBytes, pdlPrefetchKVBytes) also prefetch their rows there
+	// before they wait.
 	PDLPrefetch
 )
 
@@ -230,12 +231,25 @@ func pdlFromEnv() PDL {
 	return pdlDefault
 }
 
-// pdlPrefetchMaxBytes: the largest product whose weights PDLPrefetch has its GEMV prefetch
-// into L2 before it waits. sm_90 parts have 50 MB of L2 (H100, H200); 40 MiB leaves room for a
-// step's activations and a short context's K/V, and takes the Llama-3-8B shape's o projection
-// (32 MiB, behind decode attention, which leaves HBM idle at short contexts) but not its q/k/v
-// (48 MiB, behind the down projection's stream) or gate/up and down (224 and 112 MiB).
-const pdlPrefetchMaxBytes = 40 << 20
+// pdlPrefetchMaxBytes and pdlPrefetchKVBytes bound what PDLPrefetch has a GEMV prefetch into L2
+// before it waits: a product of at most pdlPrefetchMaxBytes of weights, in a step whose decode
+// attention reads at most pdlPrefetchKVBytes of K/V a layer (longer contexts would evict the
+// prefetched rows before the GEMV reads them, and keep HBM busy anyway). sm_90 parts have 50 MB
+// of L2 (H100, H200); 36 + 8 MiB leave room for the step's activations. In the Llama-3-8B shape
+// that takes the o projection (32 MiB, behind decode attention, which leaves HBM idle at short
+// contexts) up to 2,048 keys of context, never its q/k/v (48 MiB, behind the down projection's
+// stream) or gate/up and down (224 and 112 MiB).
+const (
+	pdlPrefetchMaxBytes = 36 << 20
+	pdlPrefetchKVBytes  = 8 << 20
+)
+
+// prefetchL2 reports whether this step's batch-1 GEMVs may prefetch into L2 (PDLPrefetch and a
+// short enough context; the GEMV's own bound is gemvOpts'). A recorded step holds the choice,
+// so BeginStep adds it to the graph key.
+func (b *Backend) prefetchL2() bool {
+	return b.pdl == PDLPrefetch && b.rowKeys*b.kv.KVHeads*b.kv.HeadDim*4 <= pdlPrefetchKVBytes
+}
 
 // SetPDL chooses how the following steps launch their kernels. Below sm_90 (no programmatic
 // dependent launch) every mode launches as PDLOff. Recorded graphs hold the other launches'
@@ -272,7 +286,7 @@ func (b *Backend) pdlLaunch() C.int {
 }
 
 // gemvOpts are the launch options (LP_GEMV_* flags) of a batch-1 GEMV launch that streams ws:
-// PDL under PDLOn and PDLPrefetch, the L2 prefetch too under PDLPrefetch when they fit
+// PDL under PDLOn and PDLPrefetch, the L2 prefetch too when prefetchL2 and they fit
 // pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep.
 func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	var opts C.int
@@ -283,7 +297,7 @@ func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	for _, w := range ws {
 		bytes += 2 * w.Rows * w.Cols
 	}
-	if b.pdl == PDLPrefetch && bytes <= pdlPrefetchMaxBytes {
+	if bytes <= pdlPrefetchMaxBytes && b.prefetchL2() {
 		opts |= C.LP_GEMV_PREFETCH
 	}
 	if b.gemvDeep {
