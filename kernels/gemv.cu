@@ -220,14 +220,6 @@ extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts pa
     LP_CHECK_LAUNCH();
 }
 
-// SwiGLU into the down projection's input (decode_fused.cu has the launch count it saves): one
-// warp owns output column j of both the gate and the up product, streams both weight rows (two
-// 16-byte loads of each in flight per lane, four in all, as above) and writes
-// silu(gate) * up, so neither product is stored and no activation kernel runs. Each product is
-// summed in exactly the order gemv_kernel sums it (per lane: vectors lane, lane + 32, ... in
-// increasing order, then warp_sum) and the activation is silu_mul_kernel's expression, so the
-// result matches lp_gemv_bf16 twice + lp_silu_mul bit for bit (up to nvcc's FMA contraction
-// choices, the same in both); no atomics, one writer per element, launch shape from n and m only.
 // gemv_swiglu_step is gemv_swiglu_kernel's step: vector iv of the gate and the up row times the N rows of x.
 template <int N>
 struct gemv_swiglu_step {
@@ -241,6 +233,15 @@ struct gemv_swiglu_step {
     }
 };
 
+// SwiGLU into the down projection's input (decode_fused.cu has the launch count it saves): one
+// warp owns output column j of both the gate and the up product, streams both weight rows (two
+// 16-byte loads of each in flight per lane, four in all, as above; twice that with
+// LP_GEMV_DEEP) and writes silu(gate) * up, so neither product is stored and no activation
+// kernel runs. Each product is
+// summed in exactly the order gemv_kernel sums it (per lane: vectors lane, lane + 32, ... in
+// increasing order, then warp_sum) and the activation is silu_mul_kernel's expression, so the
+// result matches lp_gemv_bf16 twice + lp_silu_mul bit for bit (up to nvcc's FMA contraction
+// choices, the same in both); no atomics, one writer per element, launch shape from n and m only.
 template <int N, int D>
 __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, bool l2) {
     lp_pdl_launch_dependents();
