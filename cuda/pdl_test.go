@@ -158,3 +158,79 @@ func TestPDLBitwise(t *testing.T) {
 		})
 	}
 }
+
+// The deep GEMV streams (SetGEMVDeep) change how many weight loads a lane has in flight, never
+// its sums, and neither do programmatic dependent launch or the L2 prefetch: at one row, over
+// widths that end on and off the streams' chunks (k from 8 to 14,336), the plain, shared-input
+// (q/k/v-like parts straddling blocks), gate/up + SwiGLU and norm-fused products (with the
+// residual add, whose new residual is compared too) are bitwise those of the default streams
+// launched plainly. Below sm_90 the PDL variants launch plainly and only the depth is tested.
+func TestGEMVDeepBitwise(t *testing.T) {
+	b := newGPU(t)
+	r := rand.New(rand.NewPCG(51, 52))
+	const m, mk = 72, 13 // nine blocks of 8 warps; a second part ending inside one
+	for _, k := range []int{8, 248, 1016, 1024, 2056, 4096, 14336} {
+		t.Run(fmt.Sprintf("k%d", k), func(t *testing.T) {
+			upload := func(h model.HostTensor, rows int) model.Tensor {
+				w, err := b.Upload(h, rows, k)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { b.Free(w) })
+				return w
+			}
+			scale := 1 / math.Sqrt(float64(k))
+			wq, wk := upload(hostBF16(r, m, k, scale), m), upload(hostBF16(r, mk, k, scale), mk)
+			wg, wu := upload(hostBF16(r, m, k, scale), m), upload(hostBF16(r, m, k, scale), m)
+			nw := upload(normWeight(r, k), 1)
+			x, delta := b.Alloc(1, k), b.Alloc(1, k)
+			defer b.Free(x)
+			defer b.Free(delta)
+			if err := b.Write(x, randFloats(r, k)); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Write(delta, randFloats(r, k)); err != nil {
+				t.Fatal(err)
+			}
+			run := func() [][]float32 {
+				outs := []model.Tensor{b.Alloc(1, m), b.Alloc(1, m), b.Alloc(1, mk), b.Alloc(1, m), b.Alloc(1, m), b.Alloc(1, mk),
+					b.Alloc(1, k), b.Alloc(1, m), b.Alloc(1, k)}
+				b.MatMul(outs[0], x, wq)
+				in1 := model.NormedInput{X: x, Delta: delta, Next: outs[6], Weight: nw, Eps: 1e-5}
+				in2 := model.NormedInput{X: x, Delta: delta, Next: outs[8], Weight: nw, Eps: 1e-5}
+				if !b.MatMulShared(outs[1:3], x, []model.Tensor{wq, wk}) || !b.GateUpSiLU(outs[3], x, wg, wu) ||
+					!b.NormMatMulShared(outs[4:6], in1, []model.Tensor{wq, wk}) || !b.NormGateUpSiLU(outs[7], in2, wg, wu) {
+					t.Fatal("a batch-1 GEMV declined a one-row product")
+				}
+				got := make([][]float32, len(outs))
+				for i, o := range outs {
+					got[i] = read(t, b, o)
+					b.Free(o)
+				}
+				return got
+			}
+			b.SetGEMVDeep(false)
+			b.SetPDL(cuda.PDLOff)
+			want := run()
+			for _, c := range []struct {
+				deep bool
+				pdl  cuda.PDL
+			}{{true, cuda.PDLOff}, {true, cuda.PDLOn}, {true, cuda.PDLPrefetch}, {false, cuda.PDLPrefetch}} {
+				b.SetGEMVDeep(c.deep)
+				b.SetPDL(c.pdl)
+				for i, got := range run() {
+					for j, v := range want[i] {
+						if math.Float32bits(v) != math.Float32bits(got[j]) {
+							t.Fatalf("deep %v, pdl %v: output %d element %d is %v, %v with the default streams", c.deep, c.pdl, i, j, got[j], v)
+						}
+					}
+				}
+			}
+			b.SetGEMVDeep(false)
+			b.SetPDL(cuda.PDLOff)
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
