@@ -198,7 +198,8 @@ const (
 	// PDLOff launches every kernel once the one before it has ended.
 	PDLOff PDL = iota
 	// PDLOn launches the kernels of a batch-1 decode step (the batch-1 GEMVs, plain and
-	// norm-fused, the norms, the row gather, RoPE + KV store, decode attention and its merge)
+	// norm-fused, the norms, the biases, the row gather, RoPE + KV store, decode attention and
+	// its merge)
 	// with programmatic dependent launch: each starts its blocks while the kernel before it
 	// drains (the GEMVs issue their first weight loads) and waits for it on the device.
 	// Other kernels launch as before.

@@ -95,7 +95,7 @@ func (b *Backend) AddBias(x, bias model.Tensor) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("bias", C.s_add_bias(ptr(x), ptr(bias), C.int(x.Rows), C.int(x.Cols), b.stream))
+	b.ok("bias", C.s_add_bias(ptr(x), ptr(bias), C.int(x.Rows), C.int(x.Cols), b.pdlLaunch(), b.stream))
 }
 
 func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {

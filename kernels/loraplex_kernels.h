@@ -22,8 +22,8 @@ extern "C" {
 
 typedef void* lp_stream;
 
-// pdl: the launchers that take it (the kernels of a batch-1 decode step: the norms, the row
-// gather, RoPE + KV store, decode attention) launch with programmatic dependent launch when it
+// pdl: the launchers that take it (the kernels of a batch-1 decode step: the norms, the
+// biases, the row gather, RoPE + KV store, decode attention) launch with programmatic dependent launch when it
 // is 1 (common.cuh has the mechanism and its rules), as before when it is 0. gemv.cu's batch-1
 // products take LP_GEMV_* flags instead (opts, below). Programmatic dependent launch needs an
 // sm_90+ device; the caller checks (cuda/fused.go).
@@ -137,7 +137,7 @@ int lp_gather_rows(float* out, const float* x, const int32_t* rows, int n, int d
 int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, float eps, int pdl, lp_stream s);
 int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, int pdl, lp_stream s);
 // bias.cu: x[i, :] += b
-int lp_add_bias(float* x, const float* b, int rows, int dim, lp_stream s);
+int lp_add_bias(float* x, const float* b, int rows, int dim, int pdl, lp_stream s);
 // swiglu.cu: out = silu(gate) * up
 int lp_silu_mul(float* out, const float* gate, const float* up, size_t n, lp_stream s);
 // rope.cu: rotate-half RoPE on x [n*heads, dim]; table [max_pos, dim] = cos | sin.
