@@ -44,11 +44,15 @@ type Backend struct {
 	prefillSplit          bool          // split-K of the tensor-core prefill tiles (attention.go: LORAPLEX_PREFILL_SPLIT, SetPrefillSplit)
 	prefillWide           bool          // the tensor-core prefill's 128-row tiles (attention.go: LORAPLEX_PREFILL_WIDE, SetPrefillWide)
 	tileKeys              int           // keys the step's longest prefill tile attends to without a window (Prepare)
+	rowKeys               int           // keys the step's decode rows attend to, summed, without windows (Prepare; prefetchL2)
 	sms                   int           // the device's multiprocessors (the prefill split rule fills them)
 	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
 	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
+	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
+	pdl                   PDL           // how a decode step's kernels launch (fused.go: LORAPLEX_PDL, SetPDL); PDLOff below sm_90
+	gemvDeep              bool          // batch-1 GEMVs with deeper weight streams (fused.go: LORAPLEX_GEMV_DEEP, SetGEMVDeep)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
@@ -123,6 +127,9 @@ func New(device int) (*Backend, error) {
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.swigluBF16 = envSwitch("LORAPLEX_SWIGLU_BF16", swigluBF16Default)
+	b.pdlCapable = info.Major >= 9
+	b.SetPDL(pdlFromEnv())
+	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
@@ -426,7 +433,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 	}
 	tile := b.prefillTileRows(longest)
 	tiles, rows := 0, 0
-	b.ctxSplits, b.tileKeys = 1, 0
+	b.ctxSplits, b.tileKeys, b.rowKeys = 1, 0, 0
 	for _, sq := range s.Seqs {
 		if tiled(sq) {
 			tiles += (sq.N + tile - 1) / tile
@@ -474,6 +481,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 			h[ri] = int32(r)
 			ri++
 			b.ctxSplits = max(b.ctxSplits, contextSplits(s.Positions[r]))
+			b.rowKeys += int(s.Positions[r]) + 1
 		}
 	}
 	if !b.ok("metadata copy", C.s_htod(C.uintptr_t(b.metaDev), b.metaHost, C.size_t(4*need), b.stream)) {

@@ -64,18 +64,25 @@ func TestFixturesCUDA(t *testing.T) {
 	t.Logf("%d step graphs recorded", b.GraphCount())
 }
 
-// TestGraphsMatchDirect runs the same decode steps with and without CUDA graphs: the
-// recording must replay exactly what direct launches compute.
+// TestGraphsMatchDirect runs the same decode steps with and without CUDA graphs, and recorded
+// with programmatic dependent launch (both modes; sm_90+): the recording must replay exactly what
+// direct launches compute.
 func TestGraphsMatchDirect(t *testing.T) {
 	name := "qwen2"
 	fx, err := fixture.Load(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var results [2][]float64
-	for i, graphs := range []bool{false, true} {
+	runs := []struct {
+		graphs bool
+		pdl    cuda.PDL
+	}{{false, cuda.PDLOff}, {true, cuda.PDLOff}, {true, cuda.PDLOn}, {true, cuda.PDLPrefetch}}
+	results := make([][]float64, len(runs))
+	for i, run := range runs {
+		graphs := run.graphs
 		b := newGPU(t)
 		b.SetGraphs(graphs)
+		b.SetPDL(run.pdl)
 		cfg, _ := model.LoadConfig(fixture.Dir(name))
 		w, err := model.LoadWeights(fixture.Dir(name), cfg, b)
 		if err != nil {
@@ -95,8 +102,11 @@ func TestGraphsMatchDirect(t *testing.T) {
 		}
 		w.Close()
 	}
-	if results[0][0] != results[1][0] {
-		t.Fatalf("worst logit diff without graphs %g, with graphs %g: replays differ from direct launches", results[0][0], results[1][0])
+	for i, run := range runs[1:] {
+		if results[i+1][0] != results[0][0] {
+			t.Fatalf("worst logit diff without graphs %g, with graphs and PDL %v %g: replays differ from direct launches",
+				results[0][0], run.pdl, results[i+1][0])
+		}
 	}
 }
 

@@ -18,6 +18,8 @@ import (
 //	LORAPLEX_FUSED_DECODE=on|off   q/k/v products, RoPE + KV store, gate/up + SiLU in one launch each (DecodeFuser)
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
+//	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
+//	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
@@ -34,11 +36,15 @@ import (
 // GEMVs on (TestNormGEMV and the fixture suites with them on passed on an H100; then batch-1
 // decode 1.055x at ctx 128, 1.058x at 4k, 1.042x at 32k, batch 64 1.01x: they only take batch-1
 // steps without LoRA on q/k/v or gate/up, so the adapter rows cannot move; bench/results/gpu-h100/
-// goals-2026-12-07-ab2).
+// goals-2026-12-07-ab2). Programmatic dependent launch and the deep GEMV streams are off until
+// their GPU tests (TestPDLBitwise, the fixture suite with PDL on) have passed and an A/B run has
+// measured them.
 const (
 	fusedDecodeDefault = true
 	loraGroupDefault   = false
 	normGEMVDefault    = true
+	pdlDefault         = PDLOff
+	gemvDeepDefault    = false
 	// swigluBF16Default: on although no GPU run has measured it yet, because it is bitwise the
 	// unfused ops (TestSiLUMulMatMul) and only removes a pass; an A/B run with =off measures it.
 	swigluBF16Default = true
@@ -133,7 +139,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		return true
 	}
 	a := b.gemvArgs.set(outs, ws)
-	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
 	return true
 }
 
@@ -160,7 +166,7 @@ func (b *Backend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads in
 		return true
 	}
 	b.ok("rope_store_kv", C.s_rope_store_kv(ptr(q), ptr(k), ptr(v), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
-		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.stream))
+		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.pdlLaunch(), b.stream))
 	return true
 }
 
@@ -184,8 +190,126 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 	if !b.launch() {
 		return true
 	}
-	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.stream))
+	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.gemvOpts(wGate, wUp), b.stream))
 	return true
+}
+
+// PDL chooses how the kernels of a decode step are launched (kernels/common.cuh has the
+// mechanism and its rules; LORAPLEX_PDL, SetPDL). It changes when kernels start, never what
+// they compute.
+type PDL int
+
+const (
+	// PDLOff launches every kernel once the one before it has ended.
+	PDLOff PDL = iota
+	// PDLOn launches the kernels of a batch-1 decode step (the batch-1 GEMVs, plain and
+	// norm-fused, the norms, the biases, the row gather, RoPE + KV store, decode attention and
+	// its merge)
+	// with programmatic dependent launch: each starts its blocks while the kernel before it
+	// drains (the GEMVs issue their first weight loads) and waits for it on the device.
+	// Other kernels launch as before.
+	PDLOn
+	// PDLPrefetch is PDLOn, and the batch-1 GEMVs whose weights fit in L2 beside a short
+	// context's K/V (pdlPrefetchMaxBytes, pdlPrefetchKVBytes) also prefetch their rows there
+	// before they wait.
+	PDLPrefetch
+)
+
+func (p PDL) String() string {
+	switch p {
+	case PDLOff:
+		return "off"
+	case PDLOn:
+		return "on"
+	case PDLPrefetch:
+		return "prefetch"
+	}
+	return fmt.Sprintf("PDL(%d)", int(p))
+}
+
+// pdlFromEnv reads LORAPLEX_PDL (off, on or prefetch; anything else keeps the default).
+func pdlFromEnv() PDL {
+	for _, p := range []PDL{PDLOff, PDLOn, PDLPrefetch} {
+		if os.Getenv("LORAPLEX_PDL") == p.String() {
+			return p
+		}
+	}
+	return pdlDefault
+}
+
+// pdlPrefetchMaxBytes and pdlPrefetchKVBytes bound what PDLPrefetch has a GEMV prefetch into L2
+// before it waits: a product of at most pdlPrefetchMaxBytes of weights, in a step whose decode
+// attention reads at most pdlPrefetchKVBytes of K/V a layer (longer contexts would evict the
+// prefetched rows before the GEMV reads them, and keep HBM busy anyway). sm_90 parts have 50 MB
+// of L2 (H100, H200); 36 + 8 MiB leave room for the step's activations. In the Llama-3-8B shape
+// that takes the o projection (32 MiB, behind decode attention, which leaves HBM idle at short
+// contexts) up to 2,048 keys of context, never its q/k/v (48 MiB, behind the down projection's
+// stream) or gate/up and down (224 and 112 MiB).
+const (
+	pdlPrefetchMaxBytes = 36 << 20
+	pdlPrefetchKVBytes  = 8 << 20
+)
+
+// prefetchL2 reports whether this step's batch-1 GEMVs may prefetch into L2 (PDLPrefetch and a
+// short enough context; the GEMV's own bound is gemvOpts'). A recorded step holds the choice,
+// so BeginStep adds it to the graph key.
+func (b *Backend) prefetchL2() bool {
+	return b.pdl == PDLPrefetch && b.rowKeys*b.kv.KVHeads*b.kv.HeadDim*4 <= pdlPrefetchKVBytes
+}
+
+// SetPDL chooses how the following steps launch their kernels. Below sm_90 (no programmatic
+// dependent launch) every mode launches as PDLOff. Recorded graphs hold the other launches'
+// edges, so they are dropped.
+func (b *Backend) SetPDL(p PDL) {
+	if p < PDLOff || p > PDLPrefetch {
+		panic(fmt.Sprintf("cuda: SetPDL(%d)", int(p)))
+	}
+	if !b.pdlCapable {
+		p = PDLOff
+	}
+	if p != b.pdl {
+		b.dropGraphs()
+		b.pdl = p
+	}
+}
+
+// SetGEMVDeep turns the batch-1 GEMVs' deeper weight streams (LP_GEMV_DEEP, kernels/gemv.cu:
+// eight 16-byte loads in flight per lane instead of four, bitwise the same results) on or off
+// for the following steps; recorded graphs hold the other kernels, so they are dropped.
+func (b *Backend) SetGEMVDeep(on bool) {
+	if b.gemvDeep != on {
+		b.dropGraphs()
+	}
+	b.gemvDeep = on
+}
+
+// pdlLaunch is the pdl argument of a launcher of kernels that stream no weights.
+func (b *Backend) pdlLaunch() C.int {
+	if b.pdl == PDLOff {
+		return 0
+	}
+	return 1
+}
+
+// gemvOpts are the launch options (LP_GEMV_* flags) of a batch-1 GEMV launch that streams ws:
+// PDL under PDLOn and PDLPrefetch, the L2 prefetch too when prefetchL2 and they fit
+// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep.
+func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
+	var opts C.int
+	if b.pdl != PDLOff {
+		opts |= C.LP_GEMV_PDL
+	}
+	bytes := 0
+	for _, w := range ws {
+		bytes += 2 * w.Rows * w.Cols
+	}
+	if bytes <= pdlPrefetchMaxBytes && b.prefetchL2() {
+		opts |= C.LP_GEMV_PREFETCH
+	}
+	if b.gemvDeep {
+		opts |= C.LP_GEMV_DEEP
+	}
+	return opts
 }
 
 var _ model.NormFuser = (*Backend)(nil)
@@ -283,7 +407,7 @@ func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws
 	}
 	a := b.gemvArgs.set(outs, ws)
 	b.ok("norm gemv parts", C.s_norm_gemv_parts(C.int(in.X.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight), C.float(in.Eps),
-		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.stream))
+		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
 	return true
 }
 
@@ -299,7 +423,7 @@ func (b *Backend) NormGateUpSiLU(act model.Tensor, in model.NormedInput, wGate, 
 		return true
 	}
 	b.ok("norm gemv swiglu", C.s_norm_gemv_swiglu(C.int(in.X.Rows), C.int(wGate.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight),
-		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.stream))
+		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.gemvOpts(wGate, wUp), b.stream))
 	return true
 }
 

@@ -453,37 +453,43 @@ func TestDecodeSplitRules(t *testing.T) {
 // transformers/peft reference within the bf16 bound: every family (Qwen2's q/k/v biases,
 // Qwen3's Q/K norms), base + four adapters in one mixed batch, prefill whole and chunked, decode
 // steps replayed from CUDA graphs; and each case alone (batch-1 decode, where gate/up fuse
-// whenever the row has no adapter on them).
+// whenever the row has no adapter on them). All of it with each programmatic dependent launch
+// mode (on an sm_90+ device; below, every mode launches as PDLOff).
 func TestFusedFixturesCUDA(t *testing.T) {
-	b := newGPU(t)
-	b.SetFusedDecode(true)
-	b.SetLoRAGroup(true)
-	b.SetNormGEMV(true)
-	b.SetDecodeSplit(cuda.DecodeSplitContext)
-	b.SetGEMVRows(8)
-	for _, name := range fixture.Models {
-		t.Run(name, func(t *testing.T) {
-			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := fixtureadapters.Upload(t, name, cfg, b)
-			for _, chunk := range []int{1 << 20, 3} {
-				res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
-				if err != nil {
-					t.Fatalf("chunk %d: %v", chunk, err)
-				}
-				t.Logf("%s chunk %d: %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped", name, chunk, res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips)
+	for _, pdl := range []cuda.PDL{cuda.PDLOff, cuda.PDLOn, cuda.PDLPrefetch} {
+		t.Run("pdl="+pdl.String(), func(t *testing.T) {
+			b := newGPU(t)
+			b.SetFusedDecode(true)
+			b.SetLoRAGroup(true)
+			b.SetNormGEMV(true)
+			b.SetDecodeSplit(cuda.DecodeSplitContext)
+			b.SetGEMVRows(8)
+			b.SetPDL(pdl)
+			for _, name := range fixture.Models {
+				t.Run(name, func(t *testing.T) {
+					fx, cfg, h := fixture.Open(t, name, b)
+					adapters := fixtureadapters.Upload(t, name, cfg, b)
+					for _, chunk := range []int{1 << 20, 3} {
+						res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
+						if err != nil {
+							t.Fatalf("chunk %d: %v", chunk, err)
+						}
+						t.Logf("%s chunk %d: %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped", name, chunk, res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips)
+					}
+					for i, c := range fx.Cases {
+						if _, err := h.Run([]fixture.Case{c}, adapters, 1<<20, bf16Tolerance); err != nil {
+							t.Fatalf("case %d alone: %v", i, err)
+						}
+					}
+					if err := b.Err(); err != nil {
+						t.Fatal(err)
+					}
+				})
 			}
-			for i, c := range fx.Cases {
-				if _, err := h.Run([]fixture.Case{c}, adapters, 1<<20, bf16Tolerance); err != nil {
-					t.Fatalf("case %d alone: %v", i, err)
-				}
-			}
-			if err := b.Err(); err != nil {
-				t.Fatal(err)
+			if b.GraphCount() == 0 {
+				t.Fatal("no decode step was recorded as a CUDA graph")
 			}
 		})
-	}
-	if b.GraphCount() == 0 {
-		t.Fatal("no decode step was recorded as a CUDA graph")
 	}
 }
 

@@ -48,6 +48,15 @@ func (b *Backend) BeginStep(key []byte) bool {
 		b.keyBuf = append(append(b.keyBuf[:0], key...), byte(b.ctxSplits))
 		key = b.keyBuf
 	}
+	if b.pdl == PDLPrefetch {
+		// So does whether the GEMVs prefetch into L2 (prefetchL2: the context's K/V bytes).
+		var l2 byte
+		if b.prefetchL2() {
+			l2 = 1
+		}
+		b.keyBuf = append(append(b.keyBuf[:0], key...), l2)
+		key = b.keyBuf
+	}
 	b.useCount++
 	if g, ok := b.graphs[string(key)]; ok {
 		g.lastUse = b.useCount

@@ -48,7 +48,7 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	// Single-row products (batch-1 decode, one logits row) stream the weights with the GEMV
 	// kernel (fp32 x, no conversion); from two rows up cuBLAS measured faster (bench/results).
 	if x.Rows <= b.gemvRows && x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 && uintptr(ptr(x))%16 == 0 {
-		b.ok("gemv", C.s_gemv(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		b.ok("gemv", C.s_gemv(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.gemvOpts(w), b.stream))
 		return
 	}
 	if b.xToBF16(x) {
@@ -95,7 +95,7 @@ func (b *Backend) AddBias(x, bias model.Tensor) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("bias", C.s_add_bias(ptr(x), ptr(bias), C.int(x.Rows), C.int(x.Cols), b.stream))
+	b.ok("bias", C.s_add_bias(ptr(x), ptr(bias), C.int(x.Rows), C.int(x.Cols), b.pdlLaunch(), b.stream))
 }
 
 func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
@@ -105,7 +105,7 @@ func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("rmsnorm", C.s_rmsnorm(ptr(out), ptr(x), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.stream))
+	b.ok("rmsnorm", C.s_rmsnorm(ptr(out), ptr(x), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.pdlLaunch(), b.stream))
 }
 
 func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
@@ -115,7 +115,7 @@ func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("add_rmsnorm", C.s_add_rmsnorm(ptr(x), ptr(delta), ptr(out), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.stream))
+	b.ok("add_rmsnorm", C.s_add_rmsnorm(ptr(x), ptr(delta), ptr(out), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.pdlLaunch(), b.stream))
 }
 
 func (b *Backend) RoPE(x model.Tensor, heads int, table model.Tensor) {
@@ -190,7 +190,7 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
 			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale),
-			C.int(splits), C.int(chunk), kernel, C.uintptr_t(b.attnScratch), b.stream))
+			C.int(splits), C.int(chunk), kernel, C.uintptr_t(b.attnScratch), b.pdlLaunch(), b.stream))
 	}
 }
 
@@ -212,7 +212,7 @@ func (b *Backend) GatherRows(out, x model.Tensor) {
 	if !b.launch() || len(rows) == 0 {
 		return
 	}
-	b.ok("gather", C.s_gather(ptr(out), ptr(x), b.meta(b.offLogit), C.int(len(rows)), C.int(x.Cols), b.stream))
+	b.ok("gather", C.s_gather(ptr(out), ptr(x), b.meta(b.offLogit), C.int(len(rows)), C.int(x.Cols), b.pdlLaunch(), b.stream))
 }
 
 // LoRA writes the segment table into a pinned ring (reset every step; the stream is idle at

@@ -861,10 +861,13 @@ func compareDecodes(t *testing.T, rb *routedBatch, direct, graphed [][]float32, 
 
 // TestRoutedDecodeReplaysCUDA decodes a batch of plain, base and device-routed sequences for
 // many steps with CUDA graphs off and on: with graphs the first decode step is recorded and
-// every later one replays it, and each step must equal the unrecorded run.
+// every later one replays it, and each step must equal the unrecorded run; so must the steps
+// recorded and replayed with programmatic dependent launch (sm_90+), whose kernels then follow
+// the route kernels' plain launches.
 func TestRoutedDecodeReplaysCUDA(t *testing.T) {
 	b := newGPU(t)
 	defer b.SetGraphs(true)
+	defer b.SetPDL(cuda.PDLOff)
 	const steps = 24
 	for _, name := range []string{"llama", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
@@ -885,6 +888,10 @@ func TestRoutedDecodeReplaysCUDA(t *testing.T) {
 				t.Fatalf("only %d routed projections replayed over %d decode steps", got, steps)
 			}
 			t.Logf("%s: %d cases, %d decode steps equal with graphs; %d routed projections replayed, %d graphs", name, len(rb.cases), steps, got, b.GraphCount())
+			b.SetPDL(cuda.PDLOn)
+			pdl, pt := rb.decode(t, b, steps, -1, nil)
+			b.SetPDL(cuda.PDLOff)
+			compareDecodes(t, rb, direct, pdl, dt, pt)
 		})
 	}
 }

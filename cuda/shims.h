@@ -24,8 +24,8 @@ static inline int s_cublas_create(uintptr_t* h, uintptr_t s) { void* q = 0; int 
 static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t c, float alpha, float beta) {
 	return lp_gemm_bf16(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), P(float*, c), alpha, beta);
 }
-static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
-	return lp_gemv_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
+static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, int opts, uintptr_t s) {
+	return lp_gemv_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, opts, P(lp_stream, s));
 }
 static inline int s_gemv_rows(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, uintptr_t s) {
 	return lp_gemv_rows_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, P(lp_stream, s));
@@ -37,16 +37,16 @@ static inline int s_f32_to_bf16(uintptr_t dst, uintptr_t src, size_t n, uintptr_
 static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, int dim, int vocab, uintptr_t s) {
 	return lp_embed(P(float*, out), P(const uint16_t*, table), P(const int32_t*, ids), n, dim, vocab, P(lp_stream, s));
 }
-static inline int s_gather(uintptr_t out, uintptr_t x, uintptr_t rows, int n, int dim, uintptr_t s) {
-	return lp_gather_rows(P(float*, out), P(const float*, x), P(const int32_t*, rows), n, dim, P(lp_stream, s));
+static inline int s_gather(uintptr_t out, uintptr_t x, uintptr_t rows, int n, int dim, int pdl, uintptr_t s) {
+	return lp_gather_rows(P(float*, out), P(const float*, x), P(const int32_t*, rows), n, dim, pdl, P(lp_stream, s));
 }
-static inline int s_rmsnorm(uintptr_t out, uintptr_t x, uintptr_t w, int rows, int dim, float eps, uintptr_t s) {
-	return lp_rmsnorm(P(float*, out), P(const float*, x), P(const float*, w), rows, dim, eps, P(lp_stream, s));
+static inline int s_rmsnorm(uintptr_t out, uintptr_t x, uintptr_t w, int rows, int dim, float eps, int pdl, uintptr_t s) {
+	return lp_rmsnorm(P(float*, out), P(const float*, x), P(const float*, w), rows, dim, eps, pdl, P(lp_stream, s));
 }
-static inline int s_add_rmsnorm(uintptr_t x, uintptr_t d, uintptr_t out, uintptr_t w, int rows, int dim, float eps, uintptr_t s) {
-	return lp_add_rmsnorm(P(float*, x), P(const float*, d), P(float*, out), P(const float*, w), rows, dim, eps, P(lp_stream, s));
+static inline int s_add_rmsnorm(uintptr_t x, uintptr_t d, uintptr_t out, uintptr_t w, int rows, int dim, float eps, int pdl, uintptr_t s) {
+	return lp_add_rmsnorm(P(float*, x), P(const float*, d), P(float*, out), P(const float*, w), rows, dim, eps, pdl, P(lp_stream, s));
 }
-static inline int s_add_bias(uintptr_t x, uintptr_t b, int rows, int dim, uintptr_t s) { return lp_add_bias(P(float*, x), P(const float*, b), rows, dim, P(lp_stream, s)); }
+static inline int s_add_bias(uintptr_t x, uintptr_t b, int rows, int dim, int pdl, uintptr_t s) { return lp_add_bias(P(float*, x), P(const float*, b), rows, dim, pdl, P(lp_stream, s)); }
 static inline int s_silu_mul(uintptr_t out, uintptr_t g, uintptr_t u, size_t n, uintptr_t s) { return lp_silu_mul(P(float*, out), P(const float*, g), P(const float*, u), n, P(lp_stream, s)); }
 static inline int s_silu_mul_bf16(uintptr_t out, uintptr_t ob, uintptr_t g, uintptr_t u, size_t n, uintptr_t s) {
 	return lp_silu_mul_bf16(P(float*, out), P(uint16_t*, ob), P(const float*, g), P(const float*, u), n, P(lp_stream, s));
@@ -58,12 +58,12 @@ static inline int s_store_kv(uintptr_t kc, uintptr_t vc, uintptr_t k, uintptr_t 
 	return lp_store_kv(P(uint16_t*, kc), P(uint16_t*, vc), P(const float*, k), P(const float*, v), P(const int32_t*, slots), n, width, P(lp_stream, s));
 }
 static inline int s_rope_store_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t slots, uintptr_t table,
-                                  int n, int heads, int kvh, int dim, uintptr_t s) {
+                                  int n, int heads, int kvh, int dim, int pdl, uintptr_t s) {
 	return lp_rope_store_kv(P(float*, q), P(float*, k), P(const float*, v), P(uint16_t*, kc), P(uint16_t*, vc), P(const int32_t*, pos),
-	                        P(const int32_t*, slots), P(const float*, table), n, heads, kvh, dim, P(lp_stream, s));
+	                        P(const int32_t*, slots), P(const float*, table), n, heads, kvh, dim, pdl, P(lp_stream, s));
 }
-static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, uintptr_t wu, uintptr_t act, uintptr_t s) {
-	return lp_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), P(lp_stream, s));
+static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, uintptr_t wu, uintptr_t act, int opts, uintptr_t s) {
+	return lp_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), opts, P(lp_stream, s));
 }
 // s_parts fills lp_gemv_parts from Go arrays of LP_GEMV_PARTS entries (parts used): ws, ys and ends.
 static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts) {
@@ -76,27 +76,28 @@ static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* ys, co
 	p.parts = parts;
 	return p;
 }
-static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
-	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), P(lp_stream, s));
+static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
+	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), opts, P(lp_stream, s));
 }
 static inline int s_norm_gemv_parts(int n, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, const uintptr_t* ws,
-                                    const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+                                    const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
 	return lp_norm_gemv_parts_bf16(n, k, P(const float*, x), P(const float*, d), P(float*, resid), P(const float*, nw), eps,
-	                               s_parts(ws, ys, ends, parts), P(lp_stream, s));
+	                               s_parts(ws, ys, ends, parts), opts, P(lp_stream, s));
 }
 static inline int s_norm_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, uintptr_t wg,
-                                     uintptr_t wu, uintptr_t act, uintptr_t s) {
+                                     uintptr_t wu, uintptr_t act, int opts, uintptr_t s) {
 	return lp_norm_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const float*, d), P(float*, resid), P(const float*, nw), eps,
-	                                P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), P(lp_stream, s));
+	                                P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), opts, P(lp_stream, s));
 }
 static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int variants, uintptr_t s) {
 	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, ys, ends, parts), variants, P(lp_stream, s));
 }
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
-                       int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int grouped, uintptr_t scratch, uintptr_t s) {
+                       int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int grouped, uintptr_t scratch, int pdl,
+                       uintptr_t s) {
 	return lp_attention(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, rows),
 	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, splits, chunk,
-	                    grouped, P(float*, scratch), P(lp_stream, s));
+	                    grouped, P(float*, scratch), pdl, P(lp_stream, s));
 }
 static inline int s_attention_prefill(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t tiles, int ntiles, uintptr_t seqpages, uintptr_t pt,
                        int heads, int kvh, int dim, int page, int window, float scale, uintptr_t s) {

@@ -35,6 +35,10 @@
 //
 // GQA/MQA: head h reads kv head h / (heads / kv_heads); the group's heads hit the same pages,
 // which then come from L2.
+//
+// Programmatic dependent launch (pdl, common.cuh): the three kernels read q (or the partials)
+// and the KV position the kernel before them wrote, so each waits at once, before it reads its
+// row's range or exits; the o projection's GEMV after them gets its blocks in early.
 #include <math.h>
 #include "common.cuh"
 
@@ -69,6 +73,8 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
                                  const uint16_t* vc, const int32_t* positions, const int32_t* rows,
                                  const int32_t* row_seq, const int32_t* seq_pages, const int32_t* page_table,
                                  int heads, int kv_heads, int D, int page_size, int window, float scale, int split_chunk) {
+    lp_pdl_launch_dependents();
+    lp_pdl_wait();
     const int row = rows[blockIdx.x], h = blockIdx.y, split = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int kvh = h / (heads / kv_heads);
@@ -195,6 +201,8 @@ __global__ void __launch_bounds__(GQ_THREADS)
                              const uint16_t* vc, const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                              const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads, int D,
                              int page_size, int window, float scale, int split_chunk) {
+    lp_pdl_launch_dependents();
+    lp_pdl_wait();
     const int row = rows[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int width = kv_heads * D;
@@ -354,6 +362,8 @@ __global__ void __launch_bounds__(GQ_THREADS)
 // written by the attention kernel.
 __global__ void attention_merge_kernel(float* out, const float* part_o, const float* part_ml, const int32_t* rows,
                                        const int32_t* positions, int heads, int D, int depth, int window, int split_chunk) {
+    lp_pdl_launch_dependents();
+    lp_pdl_wait();
     const int row = rows[blockIdx.x], h = blockIdx.y;
     const int splits = decode_range(positions[row], window, depth, split_chunk, 0).splits;
     if (splits == 1) return;
@@ -365,7 +375,7 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
                             const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                             const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
                             int head_dim, int page_size, int window, float scale, int splits, int split_chunk,
-                            int grouped, float* scratch, lp_stream s) {
+                            int grouped, float* scratch, int pdl, lp_stream s) {
     if (n == 0) return 0;
     if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
         scratch == nullptr || splits < 1 || splits > LP_DECODE_MAX_SPLITS || split_chunk < 1)
@@ -377,10 +387,9 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
         if (!lp_attention_grouped_ok(heads, kv_heads, head_dim)) return (int)cudaErrorInvalidValue;
         dim3 grid(n, kv_heads, splits);
 #define LP_GQ_LAUNCH(G)                                                                                            \
-    attention_grouped_kernel<G><<<grid, GQ_THREADS, 0, as_stream(s)>>>(out, part_o, part_ml, q, kcache, vcache,    \
-                                                                       positions, rows, row_seq, seq_pages,        \
-                                                                       page_table, heads, kv_heads, head_dim,      \
-                                                                       page_size, window, scale, split_chunk)
+    lp_launch(attention_grouped_kernel<G>, grid, GQ_THREADS, 0, as_stream(s), pdl, out, part_o, part_ml, q, kcache, \
+              vcache, positions, rows, row_seq, seq_pages, page_table, heads, kv_heads, head_dim, page_size, window,  \
+              scale, split_chunk)
         switch (heads / kv_heads) {
             case 1: LP_GQ_LAUNCH(1); break;
             case 2: LP_GQ_LAUNCH(2); break;
@@ -394,14 +403,13 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
 #undef LP_GQ_LAUNCH
     } else {
         dim3 grid(n, heads, splits);
-        attention_kernel<<<grid, 32 * DECODE_WARPS, 0, as_stream(s)>>>(out, part_o, part_ml, q, kcache, vcache, positions,
-                                                                       rows, row_seq, seq_pages, page_table, heads,
-                                                                       kv_heads, head_dim, page_size, window, scale,
-                                                                       split_chunk);
+        lp_launch(attention_kernel, grid, 32 * DECODE_WARPS, 0, as_stream(s), pdl, out, part_o, part_ml, q, kcache, vcache,
+                  positions, rows, row_seq, seq_pages, page_table, heads, kv_heads, head_dim, page_size, window, scale,
+                  split_chunk);
     }
     if (splits > 1)
-        attention_merge_kernel<<<dim3(n, heads), 128, 0, as_stream(s)>>>(out, part_o, part_ml, rows, positions, heads,
-                                                                         head_dim, splits, window, split_chunk);
+        lp_launch(attention_merge_kernel, dim3(n, heads), 128, 0, as_stream(s), pdl, out, part_o, part_ml, rows, positions,
+                  heads, head_dim, splits, window, split_chunk);
     LP_CHECK_LAUNCH();
 }
 

@@ -114,3 +114,69 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 static inline cudaStream_t as_stream(lp_stream s) { return (cudaStream_t)s; }
+
+// Programmatic dependent launch (PDL, sm_90+; LORAPLEX_PDL, cuda/fused.go). A batch-1 decode
+// step is a chain of short launches (about 7 a layer), and between two of them the GPU idles:
+// the last blocks of one kernel drain while most SMs wait, the next kernel is launched only once
+// it has ended, and its warps then wait a memory latency for their first loads. Launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization, a kernel's blocks may start as soon as
+// every block of the kernel before it has executed lp_pdl_launch_dependents (or exited), run
+// what does not depend on that kernel (the GEMVs issue their first weight loads: weights are
+// never written by a kernel), and then block in lp_pdl_wait until the previous kernel has
+// completed and its memory operations are visible.
+//
+// What is safe, the rules every converted kernel keeps:
+//   - every thread executes lp_pdl_wait before its first read of anything an earlier kernel of
+//     the stream wrote and before its first global write (the forward pass reuses buffers: a
+//     later kernel may write what an earlier one still reads), and before it exits, so a
+//     kernel completes only after the kernel before it has: the chain is transitive, and a
+//     kernel that only waits on its direct predecessor still sees everything before it;
+//   - lp_pdl_launch_dependents comes first: it only lets the next kernel's blocks be scheduled
+//     into the SM space this kernel leaves (all of this kernel's blocks are resident by then,
+//     so none of them is starved), and that kernel's own lp_pdl_wait still waits for this
+//     kernel's completion. Before its wait, a kernel reads only its parameters and weights
+//     (uploaded before any step, never written by a kernel).
+//   - a kernel launched with the attribute that does not wait is a data race: lp_launch sets it
+//     only when the launcher's caller passes pdl = 1, and only the launchers of kernels that
+//     keep these rules take pdl. Kernels launched without it are launched as before; their
+//     griddepcontrol instructions are then no-ops (and compiled out below sm_90).
+// The Go side passes pdl = 1 only on sm_90+ devices (griddepcontrol needs it; the PTX the
+// library embeds is compute_90, so a newer GPU JITs code that has the instructions).
+// Graph replay: stream capture (CUDA 12.3+) records the attribute as a programmatic edge
+// between the two kernel nodes, so replays overlap the same way; a predecessor that is not a
+// kernel (a copy) keeps a full dependency. Determinism: PDL moves when blocks start and wait,
+// never what they compute or in which order they sum: results are bitwise those of plain
+// launches (TestPDLBitwise).
+__device__ __forceinline__ void lp_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void lp_pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// lp_launch launches kernel<<<grid, block, smem, s>>>(args...), with programmatic stream
+// serialization when pdl is set (see above). The one launch path of every PDL-converted
+// launcher; it returns nothing: launchers read the launch's status with LP_CHECK_LAUNCH.
+template <typename... Params, typename... Args>
+static inline void lp_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, int pdl,
+                             Args&&... args) {
+    if (!pdl) {
+        kernel<<<grid, block, smem, s>>>(static_cast<Params>(args)...);
+        return;
+    }
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}

@@ -30,6 +30,8 @@
 // shape depends only on the row count and the head counts (both fixed by a step's key); positions
 // and slots are read from the step's metadata, which replays re-upload.
 //
+// Programmatic dependent launch (pdl, common.cuh): every block reads the q/k/v the GEMV before
+// it wrote, so it waits at once.
 // Off switch: LORAPLEX_FUSED_DECODE=off (or on), read by cuda.New; Backend.SetFusedDecode. It
 // turns all three fusions (q/k/v parts GEMV, RoPE + KV store, gate/up + SwiGLU) on or off together.
 #include "common.cuh"
@@ -37,6 +39,8 @@
 __global__ void rope_store_kv_kernel(float* q, float* k, const float* v, uint16_t* kc, uint16_t* vc,
                                      const int32_t* positions, const int32_t* slots, const float* table,
                                      int heads, int kv_heads, int dim) {
+    lp_pdl_launch_dependents();
+    lp_pdl_wait();
     const int row = blockIdx.x, h = blockIdx.y, half = dim / 2;
     const float* t = table + (size_t)positions[row] * dim;
     if (h < heads) {
@@ -68,12 +72,12 @@ __global__ void rope_store_kv_kernel(float* q, float* k, const float* v, uint16_
 
 extern "C" int lp_rope_store_kv(float* q, float* k, const float* v, uint16_t* kcache, uint16_t* vcache,
                                 const int32_t* positions, const int32_t* slots, const float* table, int n, int heads,
-                                int kv_heads, int head_dim, lp_stream s) {
+                                int kv_heads, int head_dim, int pdl, lp_stream s) {
     if (n == 0) return 0;
     if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || heads + kv_heads > 65535 ||
         !lp_head_dim_ok(head_dim))
         return (int)cudaErrorInvalidValue;
-    rope_store_kv_kernel<<<dim3(n, heads + kv_heads), 64, 0, as_stream(s)>>>(q, k, v, kcache, vcache, positions, slots,
-                                                                              table, heads, kv_heads, head_dim);
+    lp_launch(rope_store_kv_kernel, dim3(n, heads + kv_heads), 64, 0, as_stream(s), pdl, q, k, v, kcache, vcache, positions,
+              slots, table, heads, kv_heads, head_dim);
     LP_CHECK_LAUNCH();
 }

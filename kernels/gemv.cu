@@ -9,6 +9,108 @@
 
 #define GEMV_WARPS 8
 
+// Launch options (opts, LP_GEMV_* in loraplex_kernels.h). Programmatic dependent launch
+// (LP_GEMV_PDL, common.cuh): the batch-1 kernels below stream a lane's weight vectors through
+// gemv_stream / gemv_stream_pair, which issue the first loads before lp_pdl_wait (weights are
+// never written by a kernel) and hand every vector to the caller's step after it, where x,
+// delta and every output are touched. A warp with no column waits before it exits. The order
+// of the sums is the loops' of before, so the results are bitwise the same with or without
+// PDL. The steps are structs with force-inlined operators (not lambdas, which the inliner may
+// leave as calls) so the accumulators they update by reference stay in registers.
+//
+// LP_GEMV_PREFETCH (LORAPLEX_PDL=prefetch, for weights the caller knows fit in L2) also has
+// every warp ask L2 for the rest of its rows (prefetch.global.L2, one 128-byte line a lane at
+// a time) before it waits. A GEMV waiting for a kernel that leaves HBM idle (the o projection
+// behind decode attention at short contexts: 32 MiB of weights behind ~15 µs of attention in
+// the Llama-3-8B shape) then streams its weights from L2. The prefetches are hints: they
+// change no value, and without the wait to hide behind (no LP_GEMV_PDL) they are not issued.
+//
+// LP_GEMV_DEEP (LORAPLEX_GEMV_DEEP, one row only) doubles the loads in flight per lane (D = 8
+// vectors of a row, 4 of each of gate and up): the batch-1 GEMVs reached 0.91 of copy
+// bandwidth with 4 (bench/results/gpu-h100/goals-2026-12-07-ab2, breakdown.txt), and a
+// launch's first and last warps stream with little else in flight beside them. It only
+// deepens the pipeline (at the price of 16 registers a thread, so fewer blocks an SM): each
+// lane still sums its vectors in the same order, so the results are bitwise the same.
+//
+// gemv_opts reads a launcher's opts: the pdl argument of lp_launch, whether the kernels prefetch
+// into L2 (only under PDL), whether one-row launches take the deep variant.
+struct gemv_opts {
+    int pdl;
+    bool l2, deep;
+    explicit gemv_opts(int opts)
+        : pdl(opts & LP_GEMV_PDL), l2((opts & LP_GEMV_PDL) && (opts & LP_GEMV_PREFETCH)), deep(opts & LP_GEMV_DEEP) {}
+};
+
+// gemv_prefetch_l2 asks L2 for the bytes [from, bytes) of a weight row, lanes taking 128-byte
+// lines in turn.
+__device__ __forceinline__ void gemv_prefetch_l2(const uint4* row, int from, int bytes) {
+    const char* p = reinterpret_cast<const char*>(row);
+    for (int o = from + (threadIdx.x & 31) * 128; o < bytes; o += 32 * 128)
+        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p + o));
+}
+
+// gemv_stream hands step(v, iv) a lane's 16-byte vectors of one weight row: vectors lane,
+// lane + 32, ... in increasing order, D loads in flight per lane (a warp streaming one row needs
+// that much memory-level parallelism to approach HBM bandwidth; 4 by default, 8 with
+// LP_GEMV_DEEP), the first D issued before the wait on the previous kernel; l2: the rest of the
+// row is prefetched into L2 then too. D changes how many loads are in flight, not the order in
+// which step sees the vectors, so the sums are bitwise the same for every D.
+template <int D, typename Step>
+__device__ __forceinline__ void gemv_stream(const uint4* wr, int vecs, bool l2, const Step& step) {
+    int i = threadIdx.x & 31;
+    uint4 v[D];
+    bool more = i + 32 * (D - 1) < vecs;
+    if (more) {
+#pragma unroll
+        for (int u = 0; u < D; u++) v[u] = wr[i + 32 * u];
+    }
+    if (l2) gemv_prefetch_l2(wr, 32 * D * 16, vecs * 16);
+    lp_pdl_wait();
+    while (more) {
+#pragma unroll
+        for (int u = 0; u < D; u++) step(v[u], i + 32 * u);
+        i += 32 * D;
+        more = i + 32 * (D - 1) < vecs;
+        if (more) {
+#pragma unroll
+            for (int u = 0; u < D; u++) v[u] = wr[i + 32 * u];
+        }
+    }
+    for (; i < vecs; i += 32) step(wr[i], i);
+}
+
+// gemv_stream_pair is gemv_stream over two rows of the same width (gate and up): step(g, u, iv)
+// gets vector iv of both, D loads of each in flight per lane (2 by default, 4 with LP_GEMV_DEEP).
+template <int D, typename Step>
+__device__ __forceinline__ void gemv_stream_pair(const uint4* gr, const uint4* ur, int vecs, bool l2, const Step& step) {
+    int i = threadIdx.x & 31;
+    uint4 g[D], u[D];
+    bool more = i + 32 * (D - 1) < vecs;
+    if (more) {
+#pragma unroll
+        for (int d = 0; d < D; d++) g[d] = gr[i + 32 * d];
+#pragma unroll
+        for (int d = 0; d < D; d++) u[d] = ur[i + 32 * d];
+    }
+    if (l2) {
+        gemv_prefetch_l2(gr, 32 * D * 16, vecs * 16);
+        gemv_prefetch_l2(ur, 32 * D * 16, vecs * 16);
+    }
+    lp_pdl_wait();
+    while (more) {
+#pragma unroll
+        for (int d = 0; d < D; d++) step(g[d], u[d], i + 32 * d);
+        i += 32 * D;
+        more = i + 32 * (D - 1) < vecs;
+        if (more) {
+#pragma unroll
+            for (int d = 0; d < D; d++) g[d] = gr[i + 32 * d];
+#pragma unroll
+            for (int d = 0; d < D; d++) u[d] = ur[i + 32 * d];
+        }
+    }
+    for (; i < vecs; i += 32) step(gr[i], ur[i], i);
+}
 
 // gemv_row_accumulate adds to acc the dot product of 8 unpacked weights with the matching 8
 // values (vector index iv) of one row of x. It is the one place the 8 products are summed, so
@@ -29,27 +131,25 @@ __device__ __forceinline__ void gemv_accumulate(float (&acc)[N], const uint4 v, 
     for (int r = 0; r < N; r++) gemv_row_accumulate(acc[r], wf, x + (size_t)r * k, iv);
 }
 
-// gemv_column is one warp's work: output column j of y [n, m] (row stride m).
+// gemv_step is gemv_column's step: one weight vector times the N rows of x.
 template <int N>
+struct gemv_step {
+    float (&acc)[N];
+    const float* x;
+    int k;
+    __device__ __forceinline__ void operator()(const uint4 v, int iv) const { gemv_accumulate<N>(acc, v, x, k, iv); }
+};
+
+// gemv_column is one warp's work: output column j of y [n, m] (row stride m).
+template <int N, int D>
 __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta,
-                                            int j) {
+                                            int j, bool l2) {
     const int lane = threadIdx.x & 31;
     const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
     float acc[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.f;
-    const int vecs = k / 8;
-    // Four independent 16-byte loads per lane in flight per iteration: a warp streaming one
-    // row needs that much memory-level parallelism to approach HBM bandwidth.
-    int i = lane;
-    for (; i + 96 < vecs; i += 128) {
-        const uint4 v0 = wr[i], v1 = wr[i + 32], v2 = wr[i + 64], v3 = wr[i + 96];
-        gemv_accumulate<N>(acc, v0, x, k, i);
-        gemv_accumulate<N>(acc, v1, x, k, i + 32);
-        gemv_accumulate<N>(acc, v2, x, k, i + 64);
-        gemv_accumulate<N>(acc, v3, x, k, i + 96);
-    }
-    for (; i < vecs; i += 32) gemv_accumulate<N>(acc, wr[i], x, k, i);
+    gemv_stream<D>(wr, k / 8, l2, gemv_step<N>{acc, x, k});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         float s = warp_sum(acc[r]);
@@ -60,11 +160,15 @@ __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint
     }
 }
 
-template <int N>
-__global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta) {
+template <int N, int D>
+__global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta, bool l2) {
+    lp_pdl_launch_dependents();
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (j >= m) return;
-    gemv_column<N>(y, x, w, m, k, alpha, beta, j);
+    if (j >= m) {
+        lp_pdl_wait();
+        return;
+    }
+    gemv_column<N, D>(y, x, w, m, k, alpha, beta, j, l2);
 }
 
 // The products of one input by up to LP_GEMV_PARTS matrices (q/k/v) in one launch: the launch's
@@ -73,17 +177,21 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
 // its own lp_gemv_bf16 gives. One launch over q/k/v (6,144 columns in the Llama-3-8B shape)
 // instead of three: k and v alone (1,024 columns, 128 blocks) do not fill 132 SMs and streamed
 // at 1.4 TB/s in bench/results/gpu-h200.md; inside q's launch they ride its waves.
-template <int N>
-__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k) {
+template <int N, int D>
+__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, bool l2) {
+    lp_pdl_launch_dependents();
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (c >= p.end[p.parts - 1]) return;
+    if (c >= p.end[p.parts - 1]) {
+        lp_pdl_wait();
+        return;
+    }
     int g = 0;
     while (c >= p.end[g]) g++;
     const int first = g > 0 ? p.end[g - 1] : 0;
-    gemv_column<N>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first);
+    gemv_column<N, D>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first, l2);
 }
 
-extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, lp_stream s) {
+extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s) {
     if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || ((uintptr_t)x % 16) != 0 || parts.parts < 1 ||
         parts.parts > LP_GEMV_PARTS)
         return (int)cudaErrorInvalidValue;
@@ -93,50 +201,62 @@ extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts pa
     dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
+    const gemv_opts o(opts);
     switch (n) {
-        case 1: gemv_parts_kernel<1><<<grid, block, 0, st>>>(parts, x, k); break;
-        case 2: gemv_parts_kernel<2><<<grid, block, 0, st>>>(parts, x, k); break;
-        case 3: gemv_parts_kernel<3><<<grid, block, 0, st>>>(parts, x, k); break;
-        case 4: gemv_parts_kernel<4><<<grid, block, 0, st>>>(parts, x, k); break;
-        case 5: gemv_parts_kernel<5><<<grid, block, 0, st>>>(parts, x, k); break;
-        case 6: gemv_parts_kernel<6><<<grid, block, 0, st>>>(parts, x, k); break;
-        case 7: gemv_parts_kernel<7><<<grid, block, 0, st>>>(parts, x, k); break;
-        default: gemv_parts_kernel<8><<<grid, block, 0, st>>>(parts, x, k); break;
+        case 1:
+            if (o.deep)
+                lp_launch(gemv_parts_kernel<1, 8>, grid, block, 0, st, o.pdl, parts, x, k, o.l2);
+            else
+                lp_launch(gemv_parts_kernel<1, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2);
+            break;
+        case 2: lp_launch(gemv_parts_kernel<2, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 3: lp_launch(gemv_parts_kernel<3, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 4: lp_launch(gemv_parts_kernel<4, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 5: lp_launch(gemv_parts_kernel<5, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 6: lp_launch(gemv_parts_kernel<6, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 7: lp_launch(gemv_parts_kernel<7, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        default: lp_launch(gemv_parts_kernel<8, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
     }
     LP_CHECK_LAUNCH();
 }
 
+// gemv_swiglu_step is gemv_swiglu_kernel's step: vector iv of the gate and the up row times the N rows of x.
+template <int N>
+struct gemv_swiglu_step {
+    float (&g)[N];
+    float (&u)[N];
+    const float* x;
+    int k;
+    __device__ __forceinline__ void operator()(const uint4 gv, const uint4 uv, int iv) const {
+        gemv_accumulate<N>(g, gv, x, k, iv);
+        gemv_accumulate<N>(u, uv, x, k, iv);
+    }
+};
+
 // SwiGLU into the down projection's input (decode_fused.cu has the launch count it saves): one
 // warp owns output column j of both the gate and the up product, streams both weight rows (two
-// 16-byte loads of each in flight per lane, four in all, as above) and writes
-// silu(gate) * up, so neither product is stored and no activation kernel runs. Each product is
+// 16-byte loads of each in flight per lane, four in all, as above; twice that with
+// LP_GEMV_DEEP) and writes silu(gate) * up, so neither product is stored and no activation
+// kernel runs. Each product is
 // summed in exactly the order gemv_kernel sums it (per lane: vectors lane, lane + 32, ... in
 // increasing order, then warp_sum) and the activation is silu_mul_kernel's expression, so the
 // result matches lp_gemv_bf16 twice + lp_silu_mul bit for bit (up to nvcc's FMA contraction
 // choices, the same in both); no atomics, one writer per element, launch shape from n and m only.
-template <int N>
-__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k) {
+template <int N, int D>
+__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, bool l2) {
+    lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (j >= m) return;
+    if (j >= m) {
+        lp_pdl_wait();
+        return;
+    }
     const uint4* gr = reinterpret_cast<const uint4*>(wg + (size_t)j * k);
     const uint4* ur = reinterpret_cast<const uint4*>(wu + (size_t)j * k);
     float g[N], u[N];
 #pragma unroll
     for (int r = 0; r < N; r++) g[r] = u[r] = 0.f;
-    const int vecs = k / 8;
-    int i = lane;
-    for (; i + 32 < vecs; i += 64) {
-        const uint4 g0 = gr[i], g1 = gr[i + 32], u0 = ur[i], u1 = ur[i + 32];
-        gemv_accumulate<N>(g, g0, x, k, i);
-        gemv_accumulate<N>(g, g1, x, k, i + 32);
-        gemv_accumulate<N>(u, u0, x, k, i);
-        gemv_accumulate<N>(u, u1, x, k, i + 32);
-    }
-    for (; i < vecs; i += 32) {
-        gemv_accumulate<N>(g, gr[i], x, k, i);
-        gemv_accumulate<N>(u, ur[i], x, k, i);
-    }
+    gemv_stream_pair<D>(gr, ur, k / 8, l2, gemv_swiglu_step<N>{g, u, x, k});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float gs = warp_sum(g[r]), us = warp_sum(u[r]);
@@ -145,42 +265,55 @@ __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* w
 }
 
 extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act,
-                                   lp_stream s) {
+                                   int opts, lp_stream s) {
     if (n < 1 || n > LP_GEMV_MAX_ROWS || m <= 0 || k <= 0 || k % 8 != 0 || ((uintptr_t)wg % 16) != 0 ||
         ((uintptr_t)wu % 16) != 0 || ((uintptr_t)x % 16) != 0)
         return (int)cudaErrorInvalidValue;
     dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
+    const gemv_opts o(opts);
     switch (n) {
-        case 1: gemv_swiglu_kernel<1><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
-        case 2: gemv_swiglu_kernel<2><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
-        case 3: gemv_swiglu_kernel<3><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
-        case 4: gemv_swiglu_kernel<4><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
-        case 5: gemv_swiglu_kernel<5><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
-        case 6: gemv_swiglu_kernel<6><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
-        case 7: gemv_swiglu_kernel<7><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
-        default: gemv_swiglu_kernel<8><<<grid, block, 0, st>>>(act, x, wg, wu, m, k); break;
+        case 1:
+            if (o.deep)
+                lp_launch(gemv_swiglu_kernel<1, 4>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2);
+            else
+                lp_launch(gemv_swiglu_kernel<1, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2);
+            break;
+        case 2: lp_launch(gemv_swiglu_kernel<2, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 3: lp_launch(gemv_swiglu_kernel<3, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 4: lp_launch(gemv_swiglu_kernel<4, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 5: lp_launch(gemv_swiglu_kernel<5, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 6: lp_launch(gemv_swiglu_kernel<6, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 7: lp_launch(gemv_swiglu_kernel<7, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        default: lp_launch(gemv_swiglu_kernel<8, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
     }
     LP_CHECK_LAUNCH();
 }
 
-extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, lp_stream s) {
+extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, int opts,
+                            lp_stream s) {
     // 16-byte vector loads need k % 8 == 0 and aligned rows; x rows need k % 4 == 0.
     if (n < 1 || n > LP_GEMV_MAX_ROWS || m <= 0 || k <= 0 || k % 8 != 0 || ((uintptr_t)w % 16) != 0 || ((uintptr_t)x % 16) != 0)
         return (int)cudaErrorInvalidValue;
     dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
+    const gemv_opts o(opts);
     switch (n) {
-        case 1: gemv_kernel<1><<<grid, block, 0, st>>>(y, x, w, m, k, alpha, beta); break;
-        case 2: gemv_kernel<2><<<grid, block, 0, st>>>(y, x, w, m, k, alpha, beta); break;
-        case 3: gemv_kernel<3><<<grid, block, 0, st>>>(y, x, w, m, k, alpha, beta); break;
-        case 4: gemv_kernel<4><<<grid, block, 0, st>>>(y, x, w, m, k, alpha, beta); break;
-        case 5: gemv_kernel<5><<<grid, block, 0, st>>>(y, x, w, m, k, alpha, beta); break;
-        case 6: gemv_kernel<6><<<grid, block, 0, st>>>(y, x, w, m, k, alpha, beta); break;
-        case 7: gemv_kernel<7><<<grid, block, 0, st>>>(y, x, w, m, k, alpha, beta); break;
-        default: gemv_kernel<8><<<grid, block, 0, st>>>(y, x, w, m, k, alpha, beta); break;
+        case 1:
+            if (o.deep)
+                lp_launch(gemv_kernel<1, 8>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2);
+            else
+                lp_launch(gemv_kernel<1, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2);
+            break;
+        case 2: lp_launch(gemv_kernel<2, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 3: lp_launch(gemv_kernel<3, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 4: lp_launch(gemv_kernel<4, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 5: lp_launch(gemv_kernel<5, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 6: lp_launch(gemv_kernel<6, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 7: lp_launch(gemv_kernel<7, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        default: lp_launch(gemv_kernel<8, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -354,13 +487,28 @@ __device__ __forceinline__ void norm_gemv_step(float (&acc)[N], float (&ss)[N], 
     }
 }
 
+// norm_gemv_parts_step is norm_gemv_parts_kernel's step (norm_gemv_step).
+template <int N, bool ADD>
+struct norm_gemv_parts_step {
+    float (&acc)[N];
+    float (&ss)[N];
+    const norm_gemv_in& in;
+    int k;
+    bool store;
+    __device__ __forceinline__ void operator()(const uint4 v, int iv) const { norm_gemv_step<N, ADD>(acc, ss, v, in, k, iv, store); }
+};
+
 // gemv_parts_kernel with the norm folded in: warp c computes column c - end[g-1] of part g with
 // gemv_column's loads and order, on w ⊙ v, and scales by the row's 1/rms at the end.
-template <int N, bool ADD>
-__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k) {
+template <int N, bool ADD, int D>
+__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, bool l2) {
+    lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (c >= p.end[p.parts - 1]) return;  // whole warps: the shuffles below see every lane
+    if (c >= p.end[p.parts - 1]) {  // whole warps: the shuffles below see every lane
+        lp_pdl_wait();
+        return;
+    }
     int g = 0;
     while (c >= p.end[g]) g++;
     const int first = g > 0 ? p.end[g - 1] : 0;
@@ -370,16 +518,7 @@ __global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k) 
     float acc[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = ss[r] = 0.f;
-    const int vecs = k / 8;
-    int i = lane;
-    for (; i + 96 < vecs; i += 128) {
-        const uint4 v0 = wr[i], v1 = wr[i + 32], v2 = wr[i + 64], v3 = wr[i + 96];
-        norm_gemv_step<N, ADD>(acc, ss, v0, in, k, i, store);
-        norm_gemv_step<N, ADD>(acc, ss, v1, in, k, i + 32, store);
-        norm_gemv_step<N, ADD>(acc, ss, v2, in, k, i + 64, store);
-        norm_gemv_step<N, ADD>(acc, ss, v3, in, k, i + 96, store);
-    }
-    for (; i < vecs; i += 32) norm_gemv_step<N, ADD>(acc, ss, wr[i], in, k, i, store);
+    gemv_stream<D>(wr, k / 8, l2, norm_gemv_parts_step<N, ADD>{acc, ss, in, k, store});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float s = warp_sum(acc[r]), inv = norm_gemv_scale(ss[r], k, in.eps);
@@ -406,27 +545,39 @@ __device__ __forceinline__ void norm_swiglu_step(float (&ga)[N], float (&ua)[N],
     }
 }
 
+// norm_gemv_swiglu_step is norm_gemv_swiglu_kernel's step (norm_swiglu_step).
+template <int N, bool ADD>
+struct norm_gemv_swiglu_step {
+    float (&g)[N];
+    float (&u)[N];
+    float (&ss)[N];
+    const norm_gemv_in& in;
+    int k;
+    bool store;
+    __device__ __forceinline__ void operator()(const uint4 gv, const uint4 uv, int iv) const {
+        norm_swiglu_step<N, ADD>(g, u, ss, gv, uv, in, k, iv, store);
+    }
+};
+
 // gemv_swiglu_kernel with the norm folded in: the same loads and order on w ⊙ v, both sums
 // scaled by the row's 1/rms, then silu_mul_kernel's expression.
-template <int N, bool ADD>
-__global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k) {
+template <int N, bool ADD, int D>
+__global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
+                                        bool l2) {
+    lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (j >= m) return;  // whole warps
+    if (j >= m) {  // whole warps
+        lp_pdl_wait();
+        return;
+    }
     const bool store = ADD && j == 0;
     const uint4* gr = reinterpret_cast<const uint4*>(wg + (size_t)j * k);
     const uint4* ur = reinterpret_cast<const uint4*>(wu + (size_t)j * k);
     float g[N], u[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) g[r] = u[r] = ss[r] = 0.f;
-    const int vecs = k / 8;
-    int i = lane;
-    for (; i + 32 < vecs; i += 64) {
-        const uint4 g0 = gr[i], g1 = gr[i + 32], u0 = ur[i], u1 = ur[i + 32];
-        norm_swiglu_step<N, ADD>(g, u, ss, g0, u0, in, k, i, store);
-        norm_swiglu_step<N, ADD>(g, u, ss, g1, u1, in, k, i + 32, store);
-    }
-    for (; i < vecs; i += 32) norm_swiglu_step<N, ADD>(g, u, ss, gr[i], ur[i], in, k, i, store);
+    gemv_stream_pair<D>(gr, ur, k / 8, l2, norm_gemv_swiglu_step<N, ADD>{g, u, ss, in, k, store});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float inv = norm_gemv_scale(ss[r], k, in.eps);
@@ -448,22 +599,27 @@ static bool norm_gemv_in_ok(int n, int k, const norm_gemv_in& in) {
 }
 
 template <bool ADD>
-static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st, const lp_gemv_parts& p, const norm_gemv_in& in,
-                                   int k) {
+static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st, const gemv_opts& o, const lp_gemv_parts& p,
+                                   const norm_gemv_in& in, int k) {
     switch (n) {
-        case 1: norm_gemv_parts_kernel<1, ADD><<<grid, block, 0, st>>>(p, in, k); break;
-        case 2: norm_gemv_parts_kernel<2, ADD><<<grid, block, 0, st>>>(p, in, k); break;
-        case 3: norm_gemv_parts_kernel<3, ADD><<<grid, block, 0, st>>>(p, in, k); break;
-        case 4: norm_gemv_parts_kernel<4, ADD><<<grid, block, 0, st>>>(p, in, k); break;
-        case 5: norm_gemv_parts_kernel<5, ADD><<<grid, block, 0, st>>>(p, in, k); break;
-        case 6: norm_gemv_parts_kernel<6, ADD><<<grid, block, 0, st>>>(p, in, k); break;
-        case 7: norm_gemv_parts_kernel<7, ADD><<<grid, block, 0, st>>>(p, in, k); break;
-        default: norm_gemv_parts_kernel<8, ADD><<<grid, block, 0, st>>>(p, in, k); break;
+        case 1:
+            if (o.deep)
+                lp_launch(norm_gemv_parts_kernel<1, ADD, 8>, grid, block, 0, st, o.pdl, p, in, k, o.l2);
+            else
+                lp_launch(norm_gemv_parts_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2);
+            break;
+        case 2: lp_launch(norm_gemv_parts_kernel<2, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 3: lp_launch(norm_gemv_parts_kernel<3, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 4: lp_launch(norm_gemv_parts_kernel<4, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 5: lp_launch(norm_gemv_parts_kernel<5, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 6: lp_launch(norm_gemv_parts_kernel<6, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 7: lp_launch(norm_gemv_parts_kernel<7, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        default: lp_launch(norm_gemv_parts_kernel<8, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
     }
 }
 
 extern "C" int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w,
-                                       float eps, lp_gemv_parts parts, lp_stream s) {
+                                       float eps, lp_gemv_parts parts, int opts, lp_stream s) {
     const norm_gemv_in in = {x, delta, resid, norm_w, eps};
     if (!norm_gemv_in_ok(n, k, in) || parts.parts < 1 || parts.parts > LP_GEMV_PARTS) return (int)cudaErrorInvalidValue;
     for (int g = 0; g < parts.parts; g++)
@@ -472,37 +628,42 @@ extern "C" int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float
     dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     if (delta)
-        launch_norm_gemv_parts<true>(n, grid, block, as_stream(s), parts, in, k);
+        launch_norm_gemv_parts<true>(n, grid, block, as_stream(s), gemv_opts(opts), parts, in, k);
     else
-        launch_norm_gemv_parts<false>(n, grid, block, as_stream(s), parts, in, k);
+        launch_norm_gemv_parts<false>(n, grid, block, as_stream(s), gemv_opts(opts), parts, in, k);
     LP_CHECK_LAUNCH();
 }
 
 template <bool ADD>
-static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t st, float* act, const norm_gemv_in& in,
-                                    const uint16_t* wg, const uint16_t* wu, int m, int k) {
+static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t st, const gemv_opts& o, float* act,
+                                    const norm_gemv_in& in, const uint16_t* wg, const uint16_t* wu, int m, int k) {
     switch (n) {
-        case 1: norm_gemv_swiglu_kernel<1, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
-        case 2: norm_gemv_swiglu_kernel<2, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
-        case 3: norm_gemv_swiglu_kernel<3, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
-        case 4: norm_gemv_swiglu_kernel<4, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
-        case 5: norm_gemv_swiglu_kernel<5, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
-        case 6: norm_gemv_swiglu_kernel<6, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
-        case 7: norm_gemv_swiglu_kernel<7, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
-        default: norm_gemv_swiglu_kernel<8, ADD><<<grid, block, 0, st>>>(act, in, wg, wu, m, k); break;
+        case 1:
+            if (o.deep)
+                lp_launch(norm_gemv_swiglu_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2);
+            else
+                lp_launch(norm_gemv_swiglu_kernel<1, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2);
+            break;
+        case 2: lp_launch(norm_gemv_swiglu_kernel<2, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 3: lp_launch(norm_gemv_swiglu_kernel<3, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 4: lp_launch(norm_gemv_swiglu_kernel<4, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 5: lp_launch(norm_gemv_swiglu_kernel<5, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 6: lp_launch(norm_gemv_swiglu_kernel<6, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 7: lp_launch(norm_gemv_swiglu_kernel<7, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        default: lp_launch(norm_gemv_swiglu_kernel<8, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
     }
 }
 
 extern "C" int lp_norm_gemv_swiglu_bf16(int n, int m, int k, const float* x, const float* delta, float* resid, const float* norm_w,
-                                        float eps, const uint16_t* wg, const uint16_t* wu, float* act, lp_stream s) {
+                                        float eps, const uint16_t* wg, const uint16_t* wu, float* act, int opts, lp_stream s) {
     const norm_gemv_in in = {x, delta, resid, norm_w, eps};
     if (!norm_gemv_in_ok(n, k, in) || m <= 0 || !act || ((uintptr_t)wg % 16) != 0 || ((uintptr_t)wu % 16) != 0)
         return (int)cudaErrorInvalidValue;
     dim3 grid((m + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     if (delta)
-        launch_norm_gemv_swiglu<true>(n, grid, block, as_stream(s), act, in, wg, wu, m, k);
+        launch_norm_gemv_swiglu<true>(n, grid, block, as_stream(s), gemv_opts(opts), act, in, wg, wu, m, k);
     else
-        launch_norm_gemv_swiglu<false>(n, grid, block, as_stream(s), act, in, wg, wu, m, k);
+        launch_norm_gemv_swiglu<false>(n, grid, block, as_stream(s), gemv_opts(opts), act, in, wg, wu, m, k);
     LP_CHECK_LAUNCH();
 }

@@ -22,6 +22,12 @@ extern "C" {
 
 typedef void* lp_stream;
 
+// pdl: the launchers that take it (the kernels of a batch-1 decode step: the norms, the
+// biases, the row gather, RoPE + KV store, decode attention) launch with programmatic dependent launch when it
+// is 1 (common.cuh has the mechanism and its rules), as before when it is 0. gemv.cu's batch-1
+// products take LP_GEMV_* flags instead (opts, below). Programmatic dependent launch needs an
+// sm_90+ device; the caller checks (cuda/fused.go).
+
 // runtime.cu: devices, memory, streams (thin wrappers so Go links no CUDA headers' inlines).
 // (Go discovers devices and reads their properties and free memory through the driver API,
 // gorgonia.org/cu; lp_device_count, lp_device_props and lp_mem_info are what cudart reports, for
@@ -78,12 +84,22 @@ int lp_graph_destroy(void* exec);
 int lp_cublas_set_workspace(void* handle, void* ws, size_t bytes);
 
 // gemv.cu: the same product for n <= LP_GEMV_MAX_ROWS rows with fp32 x (decode), streaming
-// W at memory bandwidth. Needs k % 8 == 0 and 16-byte aligned x and W.
+// W at memory bandwidth. Needs k % 8 == 0 and 16-byte aligned x and W. opts (here and in the
+// four launchers below; 0 launches as before) is a set of flags: LP_GEMV_PDL launches with
+// programmatic dependent launch; LP_GEMV_PREFETCH, with LP_GEMV_PDL, also has every warp
+// prefetch the rest of its weight rows into L2 before it waits (for weights the caller knows
+// fit there); LP_GEMV_DEEP keeps twice the weight loads in flight per lane at one row, bitwise
+// the same results.
 #define LP_GEMV_MAX_ROWS 8
-int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, lp_stream s);
+#define LP_GEMV_PDL 1
+#define LP_GEMV_PREFETCH 2
+#define LP_GEMV_DEEP 4
+int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, int opts,
+                 lp_stream s);
 // The gate and up products and SwiGLU in one launch for the same rows: act[n, m] =
 // silu(x · Wgᵀ) * (x · Wuᵀ), Wg and Wu [m, k]; the same alignment rules.
-int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act, lp_stream s);
+int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act, int opts,
+                        lp_stream s);
 // The products of one x by up to LP_GEMV_PARTS matrices in one launch (q/k/v, and in routed
 // steps their routers' gates beside them: model.MaxSharedProducts): part g computes
 // y[g] [n, m_g] = x · w[g]ᵀ, its m_g = end[g] - end[g-1] (end[-1] = 0) columns being the
@@ -95,16 +111,16 @@ typedef struct {
     int end[LP_GEMV_PARTS];
     int parts;
 } lp_gemv_parts;
-int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, lp_stream s);
+int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s);
 // The same products of h = rmsnorm(x + delta) · norm_w (x alone when delta is NULL) without h
 // being stored: lp_add_rmsnorm (or lp_rmsnorm) followed by lp_gemv_parts_bf16 or
 // lp_gemv_swiglu_bf16 of h, up to rounding (gemv.cu bounds it). With delta, x + delta is written
 // to resid (NULL without delta), which must overlap neither x nor delta; x and delta are not
 // written. The same row and alignment rules, also for delta, resid and norm_w.
 int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w, float eps,
-                            lp_gemv_parts parts, lp_stream s);
+                            lp_gemv_parts parts, int opts, lp_stream s);
 int lp_norm_gemv_swiglu_bf16(int n, int m, int k, const float* x, const float* delta, float* resid, const float* norm_w,
-                             float eps, const uint16_t* wg, const uint16_t* wu, float* act, lp_stream s);
+                             float eps, const uint16_t* wg, const uint16_t* wu, float* act, int opts, lp_stream s);
 // The same product for any number of rows, batch-invariant (deterministic mode): tiles of
 // LP_GEMV_MAX_ROWS rows, every row computed with the same instructions whatever the batch;
 // any k (16-byte vector loads when k % 8 == 0 and x, W are aligned).
@@ -117,12 +133,12 @@ int lp_bf16_to_f32(float* dst, const uint16_t* src, size_t n, lp_stream s);
 // embed.cu: out[i, :] = table[ids[i], :]
 int lp_embed(float* out, const uint16_t* table, const int32_t* ids, int n, int dim, int vocab, lp_stream s);
 // gather.cu: out[i, :] = x[rows[i], :]
-int lp_gather_rows(float* out, const float* x, const int32_t* rows, int n, int dim, lp_stream s);
+int lp_gather_rows(float* out, const float* x, const int32_t* rows, int n, int dim, int pdl, lp_stream s);
 // rmsnorm.cu: out = x * rsqrt(mean(x²) + eps) * w per row; the fused form adds delta to x first.
-int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, float eps, lp_stream s);
-int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, lp_stream s);
+int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, float eps, int pdl, lp_stream s);
+int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, int pdl, lp_stream s);
 // bias.cu: x[i, :] += b
-int lp_add_bias(float* x, const float* b, int rows, int dim, lp_stream s);
+int lp_add_bias(float* x, const float* b, int rows, int dim, int pdl, lp_stream s);
 // swiglu.cu: out = silu(gate) * up; the _bf16 form also writes out rounded to bf16 into
 // out_bf16 (lp_f32_to_bf16's rounding), the input of the GEMM that reads out next.
 int lp_silu_mul(float* out, const float* gate, const float* up, size_t n, lp_stream s);
@@ -135,7 +151,7 @@ int lp_store_kv(uint16_t* kcache, uint16_t* vcache, const float* k, const float*
 // lp_store_kv(k, v) in one launch, leaving q, k and the caches as those three leave them.
 int lp_rope_store_kv(float* q, float* k, const float* v, uint16_t* kcache, uint16_t* vcache,
                      const int32_t* positions, const int32_t* slots, const float* table, int n, int heads,
-                     int kv_heads, int head_dim, lp_stream s);
+                     int kv_heads, int head_dim, int pdl, lp_stream s);
 // attention.cu: causal attention over the paged cache for the rows listed in rows[0..n) (decode
 // rows). Row r belongs to sequence row_seq[r]; that sequence's block table starts at
 // page_table[seq_pages[row_seq[r]]]. Split-K: a row attending to V positions splits them into
@@ -145,7 +161,7 @@ int lp_rope_store_kv(float* q, float* k, const float* v, uint16_t* kcache, uint1
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
-                 float scale, int splits, int split_chunk, int grouped, float* scratch, lp_stream s);
+                 float scale, int splits, int split_chunk, int grouped, float* scratch, int pdl, lp_stream s);
 // Scratch floats lp_attention needs for n rows split up to splits ways: partial outputs and
 // softmax states.
 size_t lp_attention_scratch_floats(int n, int heads, int head_dim, int splits);
