@@ -46,6 +46,7 @@ type Backend struct {
 	sms                   int           // the device's multiprocessors (the prefill split rule fills them)
 	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
 	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
+	loraWide              bool          // LoRA and LoRAGroup take the wide kernels (fused.go: LORAPLEX_LORA_WIDE, SetLoRAWide)
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
@@ -114,6 +115,7 @@ func New(device int) (*Backend, error) {
 	}
 	b.fusedDecode = envSwitch("LORAPLEX_FUSED_DECODE", fusedDecodeDefault)
 	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
+	b.loraWide = envSwitch("LORAPLEX_LORA_WIDE", loraWideDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.decodeSplit = decodeSplitFromEnv()
@@ -335,6 +337,8 @@ const (
 	maxPrefillSplits = int(C.LP_PREFILL_MAX_SPLITS)
 	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
 	loraGroupMax = int(C.LP_LORA_GROUP)
+	// loraWideMaxSplits: most k-slices the wide LoRA shrink splits an input into (loraWideSplits).
+	loraWideMaxSplits = int(C.LP_LORA_WIDE_MAX_SPLITS)
 	// gemvPartsMax: products one MatMulShared launch takes (q/k/v).
 	gemvPartsMax = int(C.LP_GEMV_PARTS)
 )

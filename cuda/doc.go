@@ -17,7 +17,7 @@
 //
 // Alternative kernel paths are chosen per backend, by environment variables read in New and by
 // setters for tests and benchmarks: LORAPLEX_PREFILL_ATTENTION (backend.go), LORAPLEX_FUSED_DECODE,
-// LORAPLEX_LORA_GROUP and LORAPLEX_NORM_GEMV (fused.go), LORAPLEX_DECODE_SPLIT, LORAPLEX_GROUPED_DECODE and
+// LORAPLEX_LORA_GROUP, LORAPLEX_LORA_WIDE and LORAPLEX_NORM_GEMV (fused.go), LORAPLEX_DECODE_SPLIT, LORAPLEX_GROUPED_DECODE and
 // LORAPLEX_PREFILL_SPLIT (attention.go), LORAPLEX_DETERMINISTIC_GEMM and LORAPLEX_DETERMINISTIC_SMALL
 // (deterministic.go).
 package cuda

@@ -1,0 +1,160 @@
+//go:build cuda
+
+package cuda_test
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/cuda"
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
+	"github.com/loraplex/loraplex/model"
+)
+
+// The wide LoRA kernels (LORAPLEX_LORA_WIDE) add what the CPU adds within the LoRA sweep's
+// bound, and what the plain kernels add within fp32 rounding (another summation order), the
+// same bits run after run: for ranks 1 to 64 (odd ones too: the expand's scalar path), input
+// widths on and off multiples of 8 (the shrink's scalar path) from one k-slice to the 14
+// splits of 14,336, output widths that leave a part of the last column chunk, decode batches
+// of 1 to 64 one-row segments, prefill segments (few and many rows: split and unsplit) and a
+// prefill chunk beside decode rows.
+func TestLoRAWideSweep(t *testing.T) {
+	c, wide, plain := cpu.New(0), newGPU(t), newGPU(t)
+	defer c.Close()
+	wide.SetLoRAWide(true)
+	plain.SetLoRAWide(false)
+	backends := []model.Backend{c, wide, plain}
+	r := rand.New(rand.NewPCG(41, 42))
+	ranks := []int{1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 48, 63, 64}
+	layouts := map[string][]int{ // rows per segment
+		"decode1":        {1},
+		"decode7":        {1, 1, 1, 1, 1, 1, 1},
+		"decode64":       repeatInts(1, 64),
+		"prefill4x16":    {16, 16, 16, 16},
+		"prefill3x200":   {200, 200, 200},
+		"prefill+decode": append([]int{100}, repeatInts(1, 20)...),
+	}
+	for _, sh := range [][2]int{{4096, 4096}, {4096, 1024}, {4096, 14336}, {14336, 4096}, {100, 24}, {1000, 4097}, {4100, 100}, {24, 1000}, {2048, 333}} {
+		in, out := sh[0], sh[1]
+		type factors [3]struct{ a, b model.Tensor } // per backend
+		ads := make([]factors, len(ranks))
+		for i, rk := range ranks {
+			ha, hb := hostBF16(r, rk, in, 1/math.Sqrt(float64(in))), hostBF16(r, out, rk, 1/math.Sqrt(float64(rk)))
+			for bi, b := range backends {
+				var err error
+				if ads[i][bi].a, err = b.Upload(ha, rk, in); err != nil {
+					t.Fatal(err)
+				}
+				if ads[i][bi].b, err = b.Upload(hb, out, rk); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		for name, lens := range layouts {
+			t.Run(fmt.Sprintf("in%d_out%d/%s", in, out, name), func(t *testing.T) {
+				rows := 0
+				for _, n := range lens {
+					rows += n
+				}
+				xs, base := randFloats(r, rows*in), randFloats(r, rows*out)
+				segs := make([][]model.LoRASeg, len(backends))
+				start := 0
+				for s, n := range lens {
+					ad, scale := ads[(s*7+len(lens))%len(ads)], float32(0.5+r.Float64())
+					for bi := range backends {
+						segs[bi] = append(segs[bi], model.LoRASeg{Start: start, N: n, A: ad[bi].a, B: ad[bi].b, Scale: scale})
+					}
+					start += n
+				}
+				results := make([][]float32, len(backends)+1)
+				for bi, b := range append(backends, wide) { // the wide kernels twice: the same bits
+					x, o := b.Alloc(rows, in), b.Alloc(rows, out)
+					if err := b.Write(x, xs); err != nil {
+						t.Fatal(err)
+					}
+					if err := b.Write(o, base); err != nil {
+						t.Fatal(err)
+					}
+					b.LoRA(o, x, segs[bi%len(backends)])
+					results[bi] = read(t, b, o)
+					b.Free(x)
+					b.Free(o)
+				}
+				var scale, dCPU, dPlain float64
+				for i, want := range results[0] {
+					got := results[1][i]
+					if math.IsNaN(float64(got)) || math.IsInf(float64(got), 0) {
+						t.Fatalf("element %d is %v", i, got)
+					}
+					if math.Float32bits(got) != math.Float32bits(results[3][i]) {
+						t.Fatalf("element %d: %v, then %v on the same input", i, got, results[3][i])
+					}
+					scale = max(scale, math.Abs(float64(want)))
+					dCPU = max(dCPU, math.Abs(float64(got-want)))
+					dPlain = max(dPlain, math.Abs(float64(got-results[2][i])))
+				}
+				if dCPU > 2e-3*scale {
+					t.Fatalf("wide differs from the CPU by %.3g, more than 2e-3 x max %.3g", dCPU, scale)
+				}
+				if dPlain > 1e-5*scale {
+					t.Fatalf("wide differs from the plain kernels by %.3g, more than 1e-5 x max %.3g", dPlain, scale)
+				}
+			})
+		}
+		for i := range ads {
+			for bi, b := range backends {
+				b.Free(ads[i][bi].a)
+				b.Free(ads[i][bi].b)
+			}
+		}
+	}
+	for _, b := range []*cuda.Backend{wide, plain} {
+		if err := b.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// repeatInts is n copies of v.
+func repeatInts(v, n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = v
+	}
+	return s
+}
+
+// With the wide LoRA kernels, alone and grouped (LORAPLEX_LORA_GROUP), the engine-core fixture
+// suite still matches the transformers/peft reference within the bf16 bound: every family,
+// base + four adapters in one mixed batch, prefill whole and chunked, decode steps replayed
+// from CUDA graphs.
+func TestLoRAWideFixturesCUDA(t *testing.T) {
+	b := newGPU(t)
+	b.SetLoRAWide(true)
+	for _, name := range fixture.Models {
+		t.Run(name, func(t *testing.T) {
+			fx, cfg, h := fixture.Open(t, name, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
+			for _, group := range []bool{false, true} {
+				b.SetLoRAGroup(group)
+				for _, chunk := range []int{1 << 20, 3} {
+					res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
+					if err != nil {
+						t.Fatalf("group %v chunk %d: %v", group, chunk, err)
+					}
+					t.Logf("%s group %v chunk %d: %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped", name, group, chunk, res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips)
+				}
+			}
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if b.GraphCount() == 0 {
+		t.Fatal("no decode step was recorded as a CUDA graph")
+	}
+}
