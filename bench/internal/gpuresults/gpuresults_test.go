@@ -351,7 +351,8 @@ func TestCutOffOutputIsAStageNotRun(t *testing.T) {
 }
 
 // An A/B run is set against the default on every row its switch can move: decode at batch 1,
-// 64 and at a 32k context, both adapter batches, prefill, deterministic mode at batch 1 and 64
+// 64 and at a 32k context, both adapter batches (and their ratio of the byte-bound ceiling
+// inside the A/B run, where that run measured them), prefill, deterministic mode at batch 1 and 64
 // (and the deterministic goal's ratio inside the A/B run), the prefix-cache TTFT when
 // bench/prefixcache ran with the switch (and the prefix goal's ratio inside the A/B run); a row
 // either run lacks is n/a, and the A/B prefix-cache output is not taken for an A/B run.
@@ -366,7 +367,7 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	ab.Env = map[string]string{"LORAPLEX_FUSED_DECODE": "on"}
 	ab.Sweep = map[int]float64{1: 165, 64: 6000}
 	ab.LongContext = []LongContextPoint{{Context: 32768, Tokens: 120}}
-	ab.AdaptersQV = &AdapterRatio{Mixed: 5500}
+	ab.AdaptersQV = &AdapterRatio{Base: 6000, Mixed: 5500, Ratio: 5500.0 / 6000, Ceiling: 0.97, RatioOfCeiling: 5500.0 / 6000 / 0.97}
 	ab.Adapters = nil
 	ab.Deterministic = &Deterministic{Available: true, On: map[int]float64{1: 140, 64: 5400}, Default: map[int]float64{1: 160, 64: 6000},
 		Ratio: map[int]float64{1: 140.0 / 160, 64: 0.9}}
@@ -383,12 +384,15 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 		"ab_fused-decode-on_adapters8qv_b64": 1.1, "ab_fused-decode-on_deterministic_b1": 1.4,
 		"ab_fused-decode-on_deterministic_b64": 10.8, "ab_fused-decode-on_deterministic_vs_default_b1": 0.875,
 		"ab_fused-decode-on_deterministic_vs_default_b64": 0.9, "ab_fused-decode-on_prefix_ttft_cached": 0.75,
-		"ab_fused-decode-on_prefix_ttft_cached_vs_uncached": 0.125} {
+		"ab_fused-decode-on_prefix_ttft_cached_vs_uncached": 0.125, "ab_fused-decode-on_adapters8qv_b64_of_ceiling": 5500.0 / 6000 / 0.97} {
 		if r := rows[id]; r.Value == nil || !near(*r.Value, want) || r.Issue != ABRows || !strings.Contains(r.Measure, "LORAPLEX_FUSED_DECODE=on") {
 			t.Errorf("row %s: %+v, want %v", id, r, want)
 		}
 	}
 	if r := rows["ab_fused-decode-on_adapters16_b64"]; r.Value != nil {
+		t.Errorf("a row the A/B run lacks: %+v", r)
+	}
+	if r, ok := rows["ab_fused-decode-on_adapters16_b64_of_ceiling"]; ok && r.Value != nil {
 		t.Errorf("a row the A/B run lacks: %+v", r)
 	}
 	if _, ok := rows["ab_prefixcache-ab-fused-decode-on_decode_b1"]; ok {

@@ -236,6 +236,21 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 			add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ default", label, m.what), goal{}, m.a/m.b, m.a > 0 && m.b > 0,
 				tps(m.a), tps(m.b), ""))
 		}
+		// The adapter goals' own measure with the switch set: mixed ÷ no adapters over the
+		// byte-bound ceiling, both sides measured in the A/B run (a LoRA switch moves only the
+		// mixed side, and the A/B run's own base keeps the noise between runs out).
+		for _, m := range []struct {
+			id, what string
+			a        *AdapterRatio
+		}{
+			{"adapters16_b64_of_ceiling", "64 distinct rank-16 adapters", ab.Adapters},
+			{"adapters8qv_b64_of_ceiling", "64 distinct rank-8 q/v adapters", ab.AdaptersQV},
+		} {
+			if a := m.a; a != nil {
+				add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ none, of the byte-bound ceiling %.3f, both in the A/B run", label, m.what, a.Ceiling),
+					goal{}, a.RatioOfCeiling, a.RatioOfCeiling > 0, tps(a.Mixed), tps(a.Base), ""))
+			}
+		}
 		// The prefix-cache TTFT with the switch set (bench/prefixcache in the A/B run's
 		// environment): against the default run's cached TTFT, and the goal's own ratio, both
 		// sides measured in the A/B run.
