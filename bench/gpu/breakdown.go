@@ -14,7 +14,8 @@ import (
 
 // breakdown times the ops of one batch-1 decode step one kind at a time (each op repeated and
 // synchronised once at the end), so the step time can be attributed. Launch overhead is
-// included: these are upper bounds on what the same op costs inside a CUDA graph.
+// included: these are upper bounds on what the same op costs inside a CUDA graph. Then the
+// LoRA kernels at batch 64 on 64 distinct adapters, inside CUDA graphs (loraBreakdown).
 func breakdown(b *cuda.Backend, cfg *model.Config) error {
 	const reps = 200
 	timeIt := func(name string, bytes float64, f func()) error {
@@ -130,7 +131,166 @@ func breakdown(b *cuda.Backend, cfg *model.Config) error {
 	if err := timeIt("prefill rope q 2048", 0, func() { b.RoPE(qp.Reshape(n*cfg.NumHeads, cfg.HeadDim), cfg.NumHeads, table) }); err != nil {
 		return err
 	}
+	if err := loraBreakdown(b, cfg, buf); err != nil {
+		return err
+	}
 	return b.Err()
+}
+
+// loraBreakdown times the LoRA kernels of a decode step of 64 rows on 64 distinct rank-16
+// adapters (issue 15, item 3), per projection shape of the model: shrink and expand apart, on
+// the plain and on the wide kernels (LORAPLEX_LORA_WIDE), beside the base product of the same
+// projection at batch 64. Each adapter's factors are in their own device buffers, as uploaded
+// adapters are: one A reused 64 times would be read from the 50 MB L2, not from memory. The
+// ops are timed inside CUDA graphs, as a decode step runs them: a direct LoRA call also pays
+// its launch and the copy of its segment table, which a recorded step does once for all.
+// GB/s are over the factor bytes a launch must read (A for the shrink, B for the expand) and
+// over those plus its activations (x read by the shrink; the output's read-modify-write by the
+// expand); "floor" is the factor bytes' time at the run's copy bandwidth. The summary sets the
+// layer's seven products against them with the byte-bound ceiling W / (W + A) of those bytes.
+func loraBreakdown(b *cuda.Backend, cfg *model.Config, buf []byte) error {
+	const batch, rank = 64, 16
+	bw, err := b.MeasureCopyBandwidth(1<<30, 10)
+	if err != nil {
+		return err
+	}
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 64, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
+		return err
+	}
+	if err := b.Prepare(decodeStep(1, 128, 16)); err != nil { // BeginStep records steps Prepare has seen
+		return err
+	}
+	fmt.Printf("LoRA at batch %d, %d distinct rank-%d adapters, per op inside a CUDA graph; copy bandwidth %.0f GB/s (read + write)\n", batch, batch, rank, bw/1e9)
+	fmt.Printf("  %-34s %8s %8s %10s %8s\n", "", "us", "GB/s", "GB/s+act", "floor us")
+	upload := func(rows, cols, seed int) (model.Tensor, error) {
+		n := 2 * rows * cols
+		off := (seed * 4099 * 16) % (len(buf) - n) &^ 15
+		return b.Upload(model.HostTensor{Name: "w", DType: model.BF16, Shape: []int{rows, cols}, Data: buf[off : off+n]}, rows, cols)
+	}
+	type shape struct{ out, in int }
+	var order []shape
+	count := map[shape]int{}
+	for p := model.Proj(0); p < model.NumProj; p++ {
+		o, i := cfg.ProjShape(p)
+		if count[shape{o, i}] == 0 {
+			order = append(order, shape{o, i})
+		}
+		count[shape{o, i}]++
+	}
+	var baseUS, weightBytes, factorBytes float64
+	var loraUS [2]float64 // plain, wide
+	for _, sh := range order {
+		w, err := upload(sh.out, sh.in, 0)
+		if err != nil {
+			return err
+		}
+		x, y := b.Alloc(batch, sh.in), b.Alloc(batch, sh.out)
+		var factors []model.Tensor
+		segs := make([]model.LoRASeg, batch)
+		for i := range segs {
+			a, err := upload(rank, sh.in, 1+2*i)
+			if err != nil {
+				return err
+			}
+			bb, err := upload(sh.out, rank, 2+2*i)
+			if err != nil {
+				return err
+			}
+			factors = append(factors, a, bb)
+			segs[i] = model.LoRASeg{Start: i, N: 1, A: a, B: bb, Scale: 1}
+		}
+		n := float64(count[sh])
+		wBytes := float64(2 * sh.out * sh.in)
+		aBytes, bBytes := float64(batch*rank*sh.in*2), float64(batch*sh.out*rank*2)
+		xBytes, rmwBytes := float64(batch*sh.in*4), float64(batch*sh.out*8)
+		weightBytes += n * wBytes
+		factorBytes += n * (aBytes + bBytes)
+		fmt.Printf("  %d -> %d (x%d in a layer): W %.1f MB, 64 adapters' A %.1f MB + B %.1f MB\n", sh.in, sh.out, count[sh], wBytes/1e6, aBytes/1e6, bBytes/1e6)
+		line := func(name string, us, bytes, withAct float64) {
+			fmt.Printf("    %-32s %8.1f %8.0f %10.0f %8.1f\n", name, us, bytes/us/1e3, withAct/us/1e3, bytes/bw*1e6)
+		}
+		key := fmt.Sprintf("lora breakdown %d %d", sh.in, sh.out)
+		us, err := inGraph(b, key+" gemm", func() { b.MatMul(y, x, w) })
+		if err != nil {
+			return err
+		}
+		line("base product (cuBLAS)", us, wBytes, wBytes+xBytes+float64(batch*sh.out*4))
+		baseUS += n * us
+		for k, kind := range []string{"plain", "wide"} {
+			b.SetLoRAWide(kind == "wide")
+			for _, op := range []struct {
+				name           string
+				phases         cuda.LoRAPhase
+				bytes, withAct float64
+			}{
+				{"shrink", cuda.LoRAShrink, aBytes, aBytes + xBytes},
+				{"expand", cuda.LoRAExpand, bBytes, bBytes + rmwBytes},
+				{"shrink + expand", cuda.LoRAShrink | cuda.LoRAExpand, aBytes + bBytes, aBytes + bBytes + xBytes + rmwBytes},
+			} {
+				us, err := inGraph(b, key+" "+kind+" "+op.name, func() { b.LoRAPhases(y, x, segs, op.phases) })
+				if err != nil {
+					return err
+				}
+				line(kind+" "+op.name, us, op.bytes, op.withAct)
+				if op.phases == cuda.LoRAShrink|cuda.LoRAExpand {
+					loraUS[k] += n * us
+				}
+			}
+		}
+		b.SetLoRAWide(false)
+		for _, f := range factors {
+			b.Free(f)
+		}
+		b.Free(w)
+		b.Free(x)
+		b.Free(y)
+	}
+	ceiling := weightBytes / (weightBytes + factorBytes)
+	fmt.Printf("  a layer's seven products: base %.1f us for %.1f MB, 64 adapters' factors %.1f MB: byte-bound ceiling of (base ÷ base + LoRA) %.3f\n",
+		baseUS, weightBytes/1e6, factorBytes/1e6, ceiling)
+	for k, kind := range []string{"plain", "wide"} {
+		r := baseUS / (baseUS + loraUS[k])
+		fmt.Printf("    %-5s LoRA %.1f us a layer (floor %.1f us): base ÷ (base + LoRA) %.3f, %.2f of the ceiling\n", kind, loraUS[k], factorBytes/bw*1e6, r, r/ceiling)
+	}
+	return b.Err()
+}
+
+// inGraph returns the time of one f inside a CUDA graph that holds 20 of them, as a decode
+// step's graph holds its launches, replayed 20 times: no launch overhead or per-call segment
+// table copy, only the gaps between a graph's kernels. A direct step runs first, which grows
+// the buffers f needs (a recording may not).
+func inGraph(b *cuda.Backend, key string, f func()) (float64, error) {
+	const perGraph, replays = 20, 20
+	step := func(key []byte) error {
+		b.BeginStep(key)
+		for i := 0; i < perGraph; i++ {
+			f()
+		}
+		return b.EndStep()
+	}
+	if err := step(nil); err != nil {
+		return 0, err
+	}
+	graphs := b.GraphCount() // after the direct step: a buffer's growth drops the recordings
+	if err := step([]byte(key)); err != nil {
+		return 0, err
+	}
+	if err := b.Sync(); err != nil {
+		return 0, err
+	}
+	if b.GraphCount() != graphs+1 {
+		return 0, fmt.Errorf("breakdown: %s was not recorded as a CUDA graph", key)
+	}
+	start := time.Now()
+	for i := 0; i < replays; i++ {
+		if err := step([]byte(key)); err != nil {
+			return 0, err
+		}
+	}
+	if err := b.Sync(); err != nil {
+		return 0, err
+	}
+	return time.Since(start).Seconds() / (perGraph * replays) * 1e6, nil
 }
 
 // normGEMVBreakdown times a decode layer's two add+RMSNorms apart and folded into the GEMVs that
