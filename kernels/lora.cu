@@ -306,10 +306,13 @@ __global__ void __launch_bounds__(WIDE_THREADS)
             if (VEC) {
                 const float4 x0 = reinterpret_cast<const float4*>(xr)[2 * c];
                 const float4 x1 = reinterpret_cast<const float4*>(xr)[2 * c + 1];
+                // A tile narrower than 16 (rank 8, the last tile of rank 20) reads its last row
+                // again for the indices past it, from L1, so the loads need no predicates; those
+                // sums are never reduced.
                 uint4 av[WIDE_RANK_TILE];
 #pragma unroll
                 for (int jj = 0; jj < WIDE_RANK_TILE; jj++)
-                    av[jj] = jj < nj ? reinterpret_cast<const uint4*>(a + (size_t)jj * in_dim)[c] : make_uint4(0u, 0u, 0u, 0u);
+                    av[jj] = reinterpret_cast<const uint4*>(a + (size_t)min(jj, nj - 1) * in_dim)[c];
 #pragma unroll
                 for (int jj = 0; jj < WIDE_RANK_TILE; jj++) acc[jj] += dot8(av[jj], x0, x1);
             } else {
@@ -321,8 +324,10 @@ __global__ void __launch_bounds__(WIDE_THREADS)
         }
 #pragma unroll
         for (int jj = 0; jj < WIDE_RANK_TILE; jj++) {
-            const float v = warp_sum(acc[jj]);
-            if (lane == 0) red[warp][jj] = v;
+            if (jj < nj) {  // uniform over the block: every lane of every warp shuffles
+                const float v = warp_sum(acc[jj]);
+                if (lane == 0) red[warp][jj] = v;
+            }
         }
         __syncthreads();
         if ((int)threadIdx.x < nj) {
@@ -332,6 +337,11 @@ __global__ void __launch_bounds__(WIDE_THREADS)
         }
         __syncthreads();  // red is reused by the next rank tile
     }
+}
+
+// t8 is t[8 jb + o .. 8 jb + o + 3], half of the rank vector jb multiplies.
+__device__ __forceinline__ float4 t8(const float* t, int jb, int o) {
+    return make_float4(t[8 * jb + o], t[8 * jb + o + 1], t[8 * jb + o + 2], t[8 * jb + o + 3]);
 }
 
 // expand_wide_block is one wide expand block's work: row blockIdx.x of segment sg, columns of
@@ -362,18 +372,34 @@ __device__ __forceinline__ void expand_wide_block(float* out, int out_dim, const
         acc[i] = 0.f;
     }
     if (expand_vec(sg)) {
+        // Two vectors of each column at a time (a rank-16 column's whole B row, 8 loads in
+        // flight per thread), added in rank order as expand_dot adds them.
         const int nv = sg.rank / 8;
-        for (int jb = 0; jb < nv; jb++) {
-            const float4 ta = make_float4(t[8 * jb], t[8 * jb + 1], t[8 * jb + 2], t[8 * jb + 3]);
-            const float4 tb = make_float4(t[8 * jb + 4], t[8 * jb + 5], t[8 * jb + 6], t[8 * jb + 7]);
-            uint4 bv[WIDE_EXPAND_PER_THREAD];
+        int jb = 0;
+        for (; jb + 1 < nv; jb += 2) {
+            uint4 b0[WIDE_EXPAND_PER_THREAD], b1[WIDE_EXPAND_PER_THREAD];
 #pragma unroll
             for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
                 const int c = c0 + i * WIDE_THREADS;
-                bv[i] = c < out_dim ? reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+                const uint4* bv = reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank);
+                b0[i] = c < out_dim ? bv[jb] : make_uint4(0u, 0u, 0u, 0u);
+                b1[i] = c < out_dim ? bv[jb + 1] : make_uint4(0u, 0u, 0u, 0u);
             }
 #pragma unroll
-            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], ta, tb);
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                acc[i] += dot8(b0[i], t8(t, jb, 0), t8(t, jb, 4));
+                acc[i] += dot8(b1[i], t8(t, jb + 1, 0), t8(t, jb + 1, 4));
+            }
+        }
+        if (jb < nv) {
+            uint4 b0[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                const int c = c0 + i * WIDE_THREADS;
+                b0[i] = c < out_dim ? reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+            }
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(b0[i], t8(t, jb, 0), t8(t, jb, 4));
         }
     } else {
         for (int j = 0; j < sg.rank; j++) {
