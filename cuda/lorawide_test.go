@@ -158,3 +158,73 @@ func TestLoRAWideFixturesCUDA(t *testing.T) {
 		t.Fatal("no decode step was recorded as a CUDA graph")
 	}
 }
+
+// A decode step recorded with the wide LoRA kernels split over the input (4,096 wide: 4
+// k-slices for 64 rows) replays for other adapters with the same step key (segment count,
+// rows, largest rank) but more packed intermediates (every rank at the largest, where the
+// recording had smaller ones too): the split stride the graph bakes in bounds every layout of
+// the key, and the replay gives bitwise what a direct step gives for those adapters.
+func TestLoRAWideGraphReplay(t *testing.T) {
+	b := newGPU(t)
+	b.SetLoRAWide(true)
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 8, PageSize: 8, KVHeads: 1, HeadDim: 8}); err != nil {
+		t.Fatal(err)
+	}
+	_, dec := promptThenDecode([]int{0, 1, 2, 3, 4, 5, 6, 7}, []int{3}, 8)
+	if err := b.Prepare(&dec); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(43, 44))
+	const rows, in, out = 64, 4096, 1000
+	upload := func(h model.HostTensor) model.Tensor {
+		x, err := b.Upload(h, h.Shape[0], h.Shape[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	segsOf := func(ranks func(i int) int) []model.LoRASeg {
+		var segs []model.LoRASeg
+		for i := 0; i < rows; i++ {
+			rk := ranks(i)
+			segs = append(segs, model.LoRASeg{Start: i, N: 1, A: upload(hostBF16(r, rk, in, 1/math.Sqrt(in))),
+				B: upload(hostBF16(r, out, rk, 1/math.Sqrt(float64(rk)))), Scale: float32(0.5 + r.Float64())})
+		}
+		return segs
+	}
+	recorded := segsOf(func(i int) int { return []int{16, 8, 1, 5}[i%4] })
+	replayed := segsOf(func(int) int { return 16 })
+	x, o := b.Alloc(rows, in), b.Alloc(rows, out)
+	if err := b.Write(x, randFloats(r, rows*in)); err != nil {
+		t.Fatal(err)
+	}
+	base := randFloats(r, rows*out)
+	key := []byte("lora wide replay")
+	run := func(segs []model.LoRASeg, key []byte, wantReplay bool) []float32 {
+		if err := b.Write(o, base); err != nil {
+			t.Fatal(err)
+		}
+		if replay := b.BeginStep(key); replay != wantReplay {
+			t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
+		}
+		b.LoRA(o, x, segs)
+		if err := b.EndStep(); err != nil {
+			t.Fatal(err)
+		}
+		return read(t, b, o)
+	}
+	direct := run(replayed, nil, false) // also grows the buffers, which a recording may not
+	run(recorded, key, false)
+	if b.GraphCount() != 1 {
+		t.Fatalf("%d recordings, want 1", b.GraphCount())
+	}
+	got := run(replayed, key, true)
+	for i := range direct {
+		if math.Float32bits(got[i]) != math.Float32bits(direct[i]) {
+			t.Fatalf("element %d: %v replayed, %v direct", i, got[i], direct[i])
+		}
+	}
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
