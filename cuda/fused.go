@@ -318,8 +318,9 @@ func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.
 }
 
 // SetLoRAWide turns the wide LoRA kernels (kernels/lora.cu) on or off for the following steps:
-// LoRA and LoRAGroup launch them instead of the plain ones. Recorded graphs hold the other
-// kernels, so they are dropped.
+// LoRA and LoRAGroup launch them instead of the plain ones (RouteLoRA keeps its row-major
+// expand; deterministic mode keeps the plain kernels, loraWideLayout). Recorded graphs hold
+// the other kernels, so they are dropped.
 func (b *Backend) SetLoRAWide(on bool) {
 	if b.loraWide != on {
 		b.dropGraphs()
