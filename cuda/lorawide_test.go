@@ -228,3 +228,58 @@ func TestLoRAWideGraphReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// In deterministic mode the wide LoRA kernels step aside: a row's LoRA is bitwise the same
+// alone and inside a 600-row prefill segment of the same adapter, where the wide shrink would
+// split a 4,096-wide input in 4 for the lone row and not at all for the segment (logged: how
+// many elements move between the two with the mode off).
+func TestLoRAWideStepsAsideInDeterministicMode(t *testing.T) {
+	b := newGPU(t)
+	b.SetLoRAWide(true)
+	r := rand.New(rand.NewPCG(45, 46))
+	const rows, in, out, rank = 600, 4096, 1000, 16
+	upload := func(h model.HostTensor) model.Tensor {
+		x, err := b.Upload(h, h.Shape[0], h.Shape[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	a, bb := upload(hostBF16(r, rank, in, 1/math.Sqrt(in))), upload(hostBF16(r, out, rank, 0.25))
+	xs, base := randFloats(r, rows*in), randFloats(r, rows*out)
+	lora := func(first, n int) []float32 {
+		x, o := b.Alloc(n, in), b.Alloc(n, out)
+		defer b.Free(x)
+		defer b.Free(o)
+		if err := b.Write(x, xs[first*in:(first+n)*in]); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Write(o, base[first*out:(first+n)*out]); err != nil {
+			t.Fatal(err)
+		}
+		b.LoRA(o, x, []model.LoRASeg{{Start: 0, N: n, A: a, B: bb, Scale: 0.75}})
+		return read(t, b, o)
+	}
+	for _, invariant := range []bool{false, true} {
+		b.SetBatchInvariant(invariant)
+		batch := lora(0, rows)
+		moved := 0
+		for _, i := range []int{0, 137, rows - 1} {
+			alone := lora(i, 1)
+			for c, v := range alone {
+				if math.Float32bits(v) != math.Float32bits(batch[i*out+c]) {
+					if invariant {
+						t.Fatalf("row %d column %d: %v alone, %v in the segment", i, c, v, batch[i*out+c])
+					}
+					moved++
+				}
+			}
+		}
+		if !invariant {
+			t.Logf("without deterministic mode %d of %d elements differ alone and in the segment", moved, 3*out)
+		}
+	}
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
