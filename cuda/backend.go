@@ -337,7 +337,7 @@ const (
 	maxPrefillSplits = int(C.LP_PREFILL_MAX_SPLITS)
 	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
 	loraGroupMax = int(C.LP_LORA_GROUP)
-	// loraWideMaxSplits: most k-slices the wide LoRA shrink splits an input into (loraWideSplits).
+	// loraWideMaxSplits: most k-slices the wide LoRA shrink splits an input into (loraWideLayout).
 	loraWideMaxSplits = int(C.LP_LORA_WIDE_MAX_SPLITS)
 	// gemvPartsMax: products one MatMulShared launch takes (q/k/v).
 	gemvPartsMax = int(C.LP_GEMV_PARTS)

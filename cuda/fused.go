@@ -346,8 +346,8 @@ const loraWideSlice = 1024
 // the batch, so a row's last bits would too (deterministic.go), where the plain shrink and
 // expand reduce each row alike in any batch.
 func (b *Backend) loraWideLayout(inDim, segs, maxRows, maxRank int) (splits, stride int) {
-	if !b.loraWide || b.batchInvariant || segs == 0 {
-		return 0, 0
+	if !b.loraWide || b.batchInvariant || segs == 0 || maxRows == 0 {
+		return 0, 0 // (no rows: the plain launcher refuses the call as before)
 	}
 	rows := segs * maxRows
 	splits = min((inDim+loraWideSlice-1)/loraWideSlice, loraWideMaxSplits, 1024/rows)
