@@ -346,7 +346,7 @@ __device__ __forceinline__ float4 t8(const float* t, int jb, int o) {
 
 // expand_wide_block is one wide expand block's work: row blockIdx.x of segment sg, columns of
 // chunk blockIdx.z. The row's t is the sum of its splits' partials, added in split order; each
-// thread then takes WIDE_EXPAND_PER_THREAD columns a block width apart, loads their outputs and
+// thread takes WIDE_EXPAND_PER_THREAD columns a block width apart, loads their outputs and
 // their B vectors before any arithmetic (the plain expand's store after each column keeps the
 // compiler from hoisting the next column's loads above it), and stores each column once. Per
 // column the sum over the rank runs as in expand_dot, vector after vector.
@@ -355,6 +355,22 @@ __device__ __forceinline__ void expand_wide_block(float* out, int out_dim, const
     const int r = blockIdx.x;
     if (r >= sg.n) return;  // uniform over the block: no thread reaches the barrier
     __shared__ float t[LP_MAX_LORA_RANK];
+    float* orow = out + (size_t)(sg.start + r) * out_dim;
+    const int c0 = blockIdx.z * WIDE_EXPAND_COLS + threadIdx.x;
+    const int nv = expand_vec(sg) ? sg.rank / 8 : 0;  // 16-byte B vectors per column; 0: the scalar path
+    // What needs no t is loaded first, so that the reads of the partial sums below overlap it:
+    // the outputs and the first two B vectors of each column (a rank-16 column's whole row).
+    float o[WIDE_EXPAND_PER_THREAD], acc[WIDE_EXPAND_PER_THREAD];
+    uint4 b0[WIDE_EXPAND_PER_THREAD], b1[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        const uint4* bv = reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank);
+        o[i] = c < out_dim ? orow[c] : 0.f;
+        b0[i] = c < out_dim && nv >= 1 ? bv[0] : make_uint4(0u, 0u, 0u, 0u);
+        b1[i] = c < out_dim && nv >= 2 ? bv[1] : make_uint4(0u, 0u, 0u, 0u);
+        acc[i] = 0.f;
+    }
     const float* part = scratch + sg.t_off + (size_t)r * sg.rank;
     for (int j = threadIdx.x; j < sg.rank; j += blockDim.x) {
         float v = part[j];
@@ -362,28 +378,19 @@ __device__ __forceinline__ void expand_wide_block(float* out, int out_dim, const
         t[j] = v;
     }
     __syncthreads();
-    float* orow = out + (size_t)(sg.start + r) * out_dim;
-    const int c0 = blockIdx.z * WIDE_EXPAND_COLS + threadIdx.x;
-    float o[WIDE_EXPAND_PER_THREAD], acc[WIDE_EXPAND_PER_THREAD];
-#pragma unroll
-    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
-        const int c = c0 + i * WIDE_THREADS;
-        o[i] = c < out_dim ? orow[c] : 0.f;
-        acc[i] = 0.f;
-    }
-    if (expand_vec(sg)) {
-        // Two vectors of each column at a time (a rank-16 column's whole B row, 8 loads in
-        // flight per thread), added in rank order as expand_dot adds them.
-        const int nv = sg.rank / 8;
+    if (nv > 0) {
+        // Two vectors of each column at a time (8 loads in flight per thread), added in rank
+        // order as expand_dot adds them; vectors 0 and 1 are the ones loaded above.
         int jb = 0;
         for (; jb + 1 < nv; jb += 2) {
-            uint4 b0[WIDE_EXPAND_PER_THREAD], b1[WIDE_EXPAND_PER_THREAD];
+            if (jb > 0) {
 #pragma unroll
-            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
-                const int c = c0 + i * WIDE_THREADS;
-                const uint4* bv = reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank);
-                b0[i] = c < out_dim ? bv[jb] : make_uint4(0u, 0u, 0u, 0u);
-                b1[i] = c < out_dim ? bv[jb + 1] : make_uint4(0u, 0u, 0u, 0u);
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                    const int c = c0 + i * WIDE_THREADS;
+                    const uint4* bv = reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank);
+                    b0[i] = c < out_dim ? bv[jb] : make_uint4(0u, 0u, 0u, 0u);
+                    b1[i] = c < out_dim ? bv[jb + 1] : make_uint4(0u, 0u, 0u, 0u);
+                }
             }
 #pragma unroll
             for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
@@ -391,12 +398,13 @@ __device__ __forceinline__ void expand_wide_block(float* out, int out_dim, const
                 acc[i] += dot8(b1[i], t8(t, jb + 1, 0), t8(t, jb + 1, 4));
             }
         }
-        if (jb < nv) {
-            uint4 b0[WIDE_EXPAND_PER_THREAD];
+        if (jb < nv) {  // an odd vector count: the last one (vector 0, loaded above, when nv is 1)
+            if (jb > 0) {
 #pragma unroll
-            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
-                const int c = c0 + i * WIDE_THREADS;
-                b0[i] = c < out_dim ? reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                    const int c = c0 + i * WIDE_THREADS;
+                    b0[i] = c < out_dim ? reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+                }
             }
 #pragma unroll
             for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(b0[i], t8(t, jb, 0), t8(t, jb, 4));
