@@ -48,6 +48,7 @@ type Backend struct {
 	sms                   int           // the device's multiprocessors (the prefill split rule fills them)
 	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
 	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
+	loraWide              bool          // LoRA and LoRAGroup take the wide kernels (fused.go: LORAPLEX_LORA_WIDE, SetLoRAWide)
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
 	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
@@ -123,6 +124,7 @@ func New(device int) (*Backend, error) {
 	}
 	b.fusedDecode = envSwitch("LORAPLEX_FUSED_DECODE", fusedDecodeDefault)
 	b.loraGroup = envSwitch("LORAPLEX_LORA_GROUP", loraGroupDefault)
+	b.loraWide = envSwitch("LORAPLEX_LORA_WIDE", loraWideDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
@@ -352,6 +354,8 @@ const (
 	maxPrefillSplits = int(C.LP_PREFILL_MAX_SPLITS)
 	// loraGroupMax: projections one LoRAGroup call takes (q/k/v).
 	loraGroupMax = int(C.LP_LORA_GROUP)
+	// loraWideMaxSplits: most k-slices the wide LoRA shrink splits an input into (loraWideLayout).
+	loraWideMaxSplits = int(C.LP_LORA_WIDE_MAX_SPLITS)
 	// gemvPartsMax: products one MatMulShared launch takes (q/k/v, and routed steps' gates).
 	gemvPartsMax = int(C.LP_GEMV_PARTS)
 )

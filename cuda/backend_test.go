@@ -197,7 +197,8 @@ func (p pair) compare(t *testing.T, what string, a, b model.Tensor, tol float64)
 }
 
 // TestLoRASweep compares the SGMV/BGMV kernels with the CPU over adapter-popularity patterns
-// and mixed ranks, for decode (one row per segment) and prefill (long segments).
+// and mixed ranks, for decode (one row per segment) and prefill (long segments), on the plain
+// and on the wide kernels (LORAPLEX_LORA_WIDE).
 func TestLoRASweep(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
@@ -220,8 +221,13 @@ func TestLoRASweep(t *testing.T) {
 		"skewed":    func(i int) int { return map[bool]int{true: 0, false: 1 + i%5}[i%4 != 0] },
 	}
 	for name, pick := range patterns {
-		for _, segLen := range []int{1, 37} {
-			t.Run(fmt.Sprintf("%s/rows=%d", name, segLen), func(t *testing.T) {
+		for _, c := range []struct {
+			segLen int
+			wide   bool
+		}{{1, false}, {37, false}, {1, true}, {37, true}} {
+			segLen := c.segLen
+			t.Run(fmt.Sprintf("%s/rows=%d/wide=%v", name, segLen, c.wide), func(t *testing.T) {
+				p.g.SetLoRAWide(c.wide)
 				nseg := 64 // decode: 64 rows, one per request
 				if segLen > 1 {
 					nseg = 5 // prefill: a few long segments

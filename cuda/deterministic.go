@@ -61,7 +61,9 @@ import (
 //
 // Already per row and left as they are: RMSNorm (one block of fixed size per row), RoPE,
 // SwiGLU, embedding, bias, the KV store, LoRA (shrink and expand reduce each row on its own,
-// the routed expand in a fixed order), the router's top-k and sampling (one block per row).
+// the routed expand in a fixed order; the wide kernels of LORAPLEX_LORA_WIDE, whose split of
+// the input follows the batch, step aside in the mode), the router's top-k and sampling (one
+// block per row).
 // The price is throughput at larger batches (weights are read once per 8 or 64 rows, prompts
 // skip the tiled attention); BenchmarkDeterministicDecodeCUDA and bench/gpu's deterministic
 // rows measure it.

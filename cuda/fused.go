@@ -17,6 +17,7 @@ import (
 //
 //	LORAPLEX_FUSED_DECODE=on|off   q/k/v products, RoPE + KV store, gate/up + SiLU in one launch each (DecodeFuser)
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
+//	LORAPLEX_LORA_WIDE=on|off      LoRA shrink over all rank indices of a k-slice per block, split-K (kernels/lora.cu)
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
@@ -42,6 +43,7 @@ import (
 const (
 	fusedDecodeDefault = true
 	loraGroupDefault   = false
+	loraWideDefault    = false // off until its GPU tests have passed and an A/B run has measured it
 	normGEMVDefault    = true
 	pdlDefault         = PDLOff
 	gemvDeepDefault    = false
@@ -459,7 +461,8 @@ func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.
 		r, k, n := checkSegs(out, x, segs[g])
 		maxRows, maxRank, tmp, total = max(maxRows, r), max(maxRank, k), tmp+n, total+len(segs[g])
 	}
-	if total == 0 || b.failed() || !b.reserveSegs(total, tmp) {
+	splits, stride := b.loraWideLayout(x.Cols, total, maxRows, maxRank)
+	if total == 0 || b.failed() || !b.reserveSegs(total, max(tmp, splits*stride)) {
 		return true
 	}
 	a := &b.groupArgs // in the backend, not on the stack: the cgo call would move them to the heap every call
@@ -473,7 +476,52 @@ func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.
 	if !ok {
 		return true
 	}
+	if splits > 0 {
+		b.ok("lora group wide", C.s_lora_group_wide(&a.outs[0], &a.dims[0], &a.ends[0], C.int(len(outs)), ptr(x), table, C.int(total), C.int(maxRows),
+			C.int(maxRank), C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(splits), C.int(stride), b.stream))
+		return true
+	}
 	b.ok("lora group", C.s_lora_group(&a.outs[0], &a.dims[0], &a.ends[0], C.int(len(outs)), ptr(x), table, C.int(total), C.int(maxRows), C.int(maxRank),
 		C.uintptr_t(b.loraTmp), C.int(x.Cols), b.stream))
 	return true
+}
+
+// SetLoRAWide turns the wide LoRA kernels (kernels/lora.cu) on or off for the following steps:
+// LoRA and LoRAGroup launch them instead of the plain ones (RouteLoRA keeps its row-major
+// expand; deterministic mode keeps the plain kernels, loraWideLayout). Recorded graphs hold
+// the other kernels, so they are dropped.
+func (b *Backend) SetLoRAWide(on bool) {
+	if b.loraWide != on {
+		b.dropGraphs()
+	}
+	b.loraWide = on
+}
+
+// loraWideSlice: input elements one wide shrink block takes per pass, one 16-byte vector of x
+// and of each A row per thread of its 128.
+const loraWideSlice = 1024
+
+// loraWideLayout is the wide kernels' split of the input for a LoRA call of segs segments of
+// at most maxRows rows and maxRank rank over inDim inputs, and the scratch stride between the
+// splits' partial intermediates; splits 0 when the wide kernels are off. Both follow from what
+// the step key holds (the segments' count, largest rows and rank; the projection's width), so
+// a recorded graph's baked-in arguments hold for every step that replays it: the stride bounds
+// the packed intermediates of any such call. The input splits into slices of about
+// loraWideSlice elements, as many as keep the blocks (row bound x splits) within 1,024 (a
+// decode batch of 64 rows at 4,096 inputs: 4 splits, 256 blocks; at 14,336: 14, 896 blocks),
+// so the split scratch stays under 1,024 x maxRank floats. One split needs no stride: a call
+// of more than 512 rows (a prefill chunk), which fills the GPU without splitting, reserves only
+// its packed intermediates. Deterministic mode keeps the plain kernels: the split count follows
+// the batch, so a row's last bits would too (deterministic.go), where the plain shrink and
+// expand reduce each row alike in any batch.
+func (b *Backend) loraWideLayout(inDim, segs, maxRows, maxRank int) (splits, stride int) {
+	if !b.loraWide || b.batchInvariant || segs == 0 || maxRows == 0 {
+		return 0, 0 // (no rows: the plain launcher refuses the call as before)
+	}
+	rows := segs * maxRows
+	splits = min((inDim+loraWideSlice-1)/loraWideSlice, loraWideMaxSplits, 1024/rows)
+	if splits <= 1 {
+		return 1, 0
+	}
+	return splits, rows * maxRank
 }

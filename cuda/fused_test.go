@@ -265,15 +265,23 @@ func TestFusedGateUpSiLU(t *testing.T) {
 // CPU within the LoRA sweep's bound, against the unfused GPU launches within 1e-6 (the same
 // arithmetic, expected bit for bit), for q/k/v-like groups of three widths and gate/up-like
 // pairs, decode (one row per segment) and prefill segments, mixed ranks, and adapters that
-// leave one projection of the group out (an empty or shorter segment list there).
+// leave one projection of the group out (an empty or shorter segment list there). The same on
+// the wide kernels (LORAPLEX_LORA_WIDE), against separate wide launches: at this input width
+// both take one k-slice, so the arithmetic per element is again the same.
 func TestLoRAGroupSweep(t *testing.T) {
 	r := rand.New(rand.NewPCG(25, 26))
 	const in, nAdapters = 512, 12
 	ranks := []int{1, 4, 8, 16, 32, 64, 128, 7}
 	for _, widths := range [][]int{{384, 128, 128}, {1024, 1024}, {4096, 1024, 1024}} {
-		for _, segLen := range []int{1, 37} {
-			t.Run(fmt.Sprintf("out%v/rows=%d", widths, segLen), func(t *testing.T) {
+		for _, c := range []struct {
+			segLen int
+			wide   bool
+		}{{1, false}, {37, false}, {1, true}, {37, true}} {
+			segLen := c.segLen
+			t.Run(fmt.Sprintf("out%v/rows=%d/wide=%v", widths, segLen, c.wide), func(t *testing.T) {
 				tr := newTrio(t)
+				tr.plain.SetLoRAWide(c.wide)
+				tr.fused.SetLoRAWide(c.wide)
 				groups := len(widths)
 				type factors struct{ a, b [3]model.Tensor }
 				// ads[i][g]: adapter i's factors for projection g; nil where it has none.

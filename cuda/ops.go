@@ -219,11 +219,26 @@ func (b *Backend) GatherRows(out, x model.Tensor) {
 // Prepare), copies it to the device in one transfer and launches shrink + expand for all
 // segments together.
 func (b *Backend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
+	b.LoRAPhases(out, x, segs, LoRAShrink|LoRAExpand)
+}
+
+// LoRAPhase names the launches of a LoRA call, so that a benchmark can time them apart
+// (bench/gpu -only breakdown).
+type LoRAPhase int
+
+const (
+	LoRAShrink LoRAPhase = C.LP_LORA_SHRINK // t = A x into the scratch
+	LoRAExpand LoRAPhase = C.LP_LORA_EXPAND // out += scale · B t from the scratch the last shrink of the same segments wrote
+)
+
+// LoRAPhases is LoRA with only the launches phases names.
+func (b *Backend) LoRAPhases(out, x model.Tensor, segs []model.LoRASeg, phases LoRAPhase) {
 	if len(segs) == 0 {
 		return
 	}
 	maxRows, maxRank, tmp := checkSegs(out, x, segs)
-	if b.failed() || !b.reserveSegs(len(segs), tmp) {
+	splits, stride := b.loraWideLayout(x.Cols, len(segs), maxRows, maxRank)
+	if b.failed() || !b.reserveSegs(len(segs), max(tmp, splits*stride)) {
 		return
 	}
 	b.putSegs(b.segUsed, segs, 0)
@@ -231,8 +246,13 @@ func (b *Backend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
 	if !ok {
 		return
 	}
+	if splits > 0 {
+		b.ok("lora wide", C.s_lora_wide(ptr(out), ptr(x), table, C.int(len(segs)), C.int(maxRows), C.int(maxRank),
+			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), C.int(phases), b.stream))
+		return
+	}
 	b.ok("lora", C.s_lora(ptr(out), ptr(x), table, C.int(len(segs)), C.int(maxRows), C.int(maxRank),
-		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))
+		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(phases), b.stream))
 }
 
 // checkSegs panics on a segment that does not fit x and out (a bug in the forward pass) and

@@ -109,12 +109,16 @@ static inline int s_attention_prefill_mma(uintptr_t out, uintptr_t q, uintptr_t 
 	return lp_attention_prefill_mma(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, tiles), ntiles, tilerows,
 	                    P(const int32_t*, seqpages), P(const int32_t*, pt), heads, kvh, dim, page, window, scale, splits, P(float*, scratch), P(lp_stream, s));
 }
-static inline int s_lora(uintptr_t out, uintptr_t x, uintptr_t segs, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
-	return lp_lora(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));
+static inline int s_lora(uintptr_t out, uintptr_t x, uintptr_t segs, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int outd, int phases, uintptr_t s) {
+	return lp_lora(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank, P(float*, scratch), in, outd, phases, P(lp_stream, s));
 }
-// outs, dims and ends are Go arrays of LP_LORA_GROUP entries (groups used).
-static inline int s_lora_group(const uintptr_t* outs, const uintptr_t* dims, const uintptr_t* ends, int groups, uintptr_t x, uintptr_t segs, int nsegs,
-                               int maxrows, int maxrank, uintptr_t scratch, int in, uintptr_t s) {
+static inline int s_lora_wide(uintptr_t out, uintptr_t x, uintptr_t segs, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int outd,
+                              int splits, int stride, int phases, uintptr_t s) {
+	return lp_lora_wide(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank, P(float*, scratch), in, outd,
+	                    splits, stride, phases, P(lp_stream, s));
+}
+// lora_outs fills lp_lora_outs from Go arrays of LP_LORA_GROUP entries (groups used).
+static inline lp_lora_outs lora_outs(const uintptr_t* outs, const uintptr_t* dims, const uintptr_t* ends, int groups) {
 	lp_lora_outs o = {0};
 	for (int g = 0; g < groups && g < LP_LORA_GROUP; g++) {
 		o.out[g] = P(float*, outs[g]);
@@ -122,7 +126,17 @@ static inline int s_lora_group(const uintptr_t* outs, const uintptr_t* dims, con
 		o.end[g] = (int)ends[g];
 	}
 	o.groups = groups;
-	return lp_lora_group(o, P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank, P(float*, scratch), in, P(lp_stream, s));
+	return o;
+}
+static inline int s_lora_group(const uintptr_t* outs, const uintptr_t* dims, const uintptr_t* ends, int groups, uintptr_t x, uintptr_t segs, int nsegs,
+                               int maxrows, int maxrank, uintptr_t scratch, int in, uintptr_t s) {
+	return lp_lora_group(lora_outs(outs, dims, ends, groups), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank,
+	                     P(float*, scratch), in, P(lp_stream, s));
+}
+static inline int s_lora_group_wide(const uintptr_t* outs, const uintptr_t* dims, const uintptr_t* ends, int groups, uintptr_t x, uintptr_t segs, int nsegs,
+                                    int maxrows, int maxrank, uintptr_t scratch, int in, int splits, int stride, uintptr_t s) {
+	return lp_lora_group_wide(lora_outs(outs, dims, ends, groups), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank,
+	                          P(float*, scratch), in, splits, stride, P(lp_stream, s));
 }
 static inline void s_set_seg(void* base, int i, uintptr_t a, uintptr_t b, int start, int n, int rank, int toff, float scale) {
 	lp_lora_seg* sg = (lp_lora_seg*)base + i;

@@ -340,9 +340,18 @@ func TestAdapterPoolReuse(t *testing.T) {
 }
 
 // TestUploadAdapterFixtureLogits: fixture adapters uploaded through the new path give the same
-// logits as uploaded tensor by tensor (the same worst differences from the reference, to the bit).
+// logits as uploaded tensor by tensor (the same worst differences from the reference, to the bit),
+// on the plain and on the wide LoRA kernels.
 func TestUploadAdapterFixtureLogits(t *testing.T) {
 	b := newGPU(t)
+	for _, wide := range []bool{false, true} {
+		b.SetLoRAWide(wide)
+		uploadAdapterFixtureLogits(t, b)
+	}
+}
+
+// uploadAdapterFixtureLogits checks the rule on b with its LoRA kernels as they are switched.
+func uploadAdapterFixtureLogits(t *testing.T, b *cuda.Backend) {
 	for _, name := range []string{"llama", "mistral_f16", "qwen2"} {
 		fx, cfg, h := fixture.Open(t, name, b)
 		var results [2]fixture.Result

@@ -50,6 +50,35 @@
 // 84 MB over 32 layers, 5.37 GB for 64 distinct adapters beside W = 16.1 GB: 0.75. Rank-8 q/v
 // only (S-LoRA's setting): 0.21 MB per layer per adapter, 0.44 GB for 64: 16.1 / 16.54 = 0.97.
 // Switch: LORAPLEX_LORA_GROUP=on|off (cuda.New), Backend.SetLoRAGroup.
+//
+// lp_lora_wide and lp_lora_group_wide (issue 15, item 3; LORAPLEX_LORA_WIDE=on|off, off by
+// default, Backend.SetLoRAWide) are the same two launches on kernels shaped for a decode batch
+// where each row has its own adapter: 64 independent rank-16 GEMVs per projection, 8 MB of
+// distinct A and as much B at 4,096 x 4,096, which measured ~0.87 TB/s on the plain kernels
+// (6.2 ms of a step for 5.4 GB of factors; copy bandwidth ~3 TB/s). What the plain kernels do
+// that costs: the shrink gives each warp one rank index of one row, so x (fp32, twice the
+// bytes of an A row) is read once per rank index and a warp keeps at most four 16-byte A loads
+// in flight; the expand stores each column before it loads the next (a store to out may alias
+// B for the compiler), about two loads in flight per thread.
+//   shrink: grid (row, segment, split): a block of 128 threads takes one k-slice of one row
+//           (splits of ~1,024 inputs, as many as keep rows x splits within 1,024 blocks: 4 at
+//           4,096 and 14 at 14,336 for 64 rows, 256 and 896 blocks; the rule is in Go,
+//           cuda.loraWideLayout). Each thread reads its 8 inputs of x once and issues the 16
+//           A loads of a rank tile (16 rank indices, 16 bytes each) before using any; ranks
+//           above 16 take further tiles. The slice's sums go to its own copy of the scratch.
+//   expand: grid (row, segment, 512-column chunk): t is the sum of the row's partials; each
+//           thread takes 4 columns 128 apart and loads their outputs and B vectors before any
+//           arithmetic, then stores each column once.
+// Determinism: no atomics. A rank index's sum adds a thread's slice in k order, the lanes by
+// the butterfly of warp_sum, the 4 warps in order, then the splits in order in the expand; the
+// split count depends on the projection's width and the segment layout only, so every run of
+// the same step gives the same bits. Not bitwise the plain kernels (another summation order in
+// the shrink; per column the expand's arithmetic is expand_dot's), and a row's bits follow
+// its batch's size through the split count, so deterministic mode keeps the plain kernels.
+// Graph replay: the grid and the split stride are functions of the step key's segment count,
+// largest rows and rank (cuda.loraWideLayout); segment tables are copied before each replay.
+// Tolerance: against the CPU within the LoRA sweep's 2e-3 of the largest output, against the
+// plain kernels within fp32 rounding (TestLoRAWideSweep: 1e-5).
 #include "common.cuh"
 
 #define SHRINK_WARPS 4
@@ -180,17 +209,23 @@ __global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, c
 }
 
 extern "C" int lp_lora(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
-                       float* scratch, int in_dim, int out_dim, lp_stream s) {
+                       float* scratch, int in_dim, int out_dim, int phases, lp_stream s) {
     if (num_segs <= 0) return 0;
-    if (max_rows <= 0 || max_rank <= 0 || max_rank > LP_MAX_LORA_RANK || num_segs > 65535) return (int)cudaErrorInvalidValue;
-    dim3 g1(max_rows, num_segs, (max_rank + SHRINK_WARPS - 1) / SHRINK_WARPS);
-    // Vector loads need 16-byte aligned A rows: in_dim % 8 == 0 (cudaMalloc'd A is aligned) and x.
-    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
-        lora_shrink_kernel<true, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
-    else
-        lora_shrink_kernel<false, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
-    dim3 g2(max_rows, num_segs, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
-    lora_expand_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim);
+    if (max_rows <= 0 || max_rank <= 0 || max_rank > LP_MAX_LORA_RANK || num_segs > 65535 ||
+        (phases & ~(LP_LORA_SHRINK | LP_LORA_EXPAND)) != 0)
+        return (int)cudaErrorInvalidValue;
+    if (phases & LP_LORA_SHRINK) {
+        dim3 g1(max_rows, num_segs, (max_rank + SHRINK_WARPS - 1) / SHRINK_WARPS);
+        // Vector loads need 16-byte aligned A rows: in_dim % 8 == 0 (cudaMalloc'd A is aligned) and x.
+        if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+            lora_shrink_kernel<true, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+        else
+            lora_shrink_kernel<false, false><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
+    }
+    if (phases & LP_LORA_EXPAND) {
+        dim3 g2(max_rows, num_segs, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
+        lora_expand_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim);
+    }
     LP_CHECK_LAUNCH();
 }
 
@@ -229,5 +264,229 @@ extern "C" int lp_lora_routed(float* out, const float* x, const lp_lora_seg* seg
         lora_shrink_kernel<false, true><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
     dim3 g2(rows, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
     lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim);
+    LP_CHECK_LAUNCH();
+}
+
+// The wide kernels (LORAPLEX_LORA_WIDE; the design is at the top of the file).
+
+#define WIDE_THREADS 128
+#define WIDE_RANK_TILE 16  // rank indices one shrink pass accumulates in registers
+#define WIDE_EXPAND_PER_THREAD 4
+#define WIDE_EXPAND_COLS (WIDE_THREADS * WIDE_EXPAND_PER_THREAD)
+
+// Wide shrink: grid (row, segment, split). The block takes k-slice blockIdx.z of the input (in
+// 16-byte vectors when VEC, else elements) and, for up to WIDE_RANK_TILE rank indices at a time,
+// each thread reads its slice of x once into registers and issues the loads of all the tile's A
+// rows before using any (16 independent 16-byte loads in flight per thread, where the plain
+// shrink has four per warp and re-reads x once per rank index). The tile's sums reduce in a
+// fixed order: a butterfly within each warp, then warp 0, 1, 2, 3 in turn, and the block writes
+// its partial t to split blockIdx.z's copy of the scratch (the expand adds the splits in order).
+// A block whose slice is empty (in_dim small against the splits) writes zeros, which the
+// expand needs: every split's partial is read.
+template <bool VEC>
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_shrink_wide_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
+    const lp_lora_seg sg = segs[blockIdx.y];
+    const int r = blockIdx.x;
+    if (r >= sg.n) return;  // uniform over the block: no thread reaches the barriers
+    const int units = VEC ? in_dim / 8 : in_dim;
+    const int per = (units + (int)gridDim.z - 1) / (int)gridDim.z;
+    const int begin = (int)blockIdx.z * per, end = min(units, begin + per);
+    const float* xr = x + (size_t)(sg.start + r) * in_dim;
+    float* part = scratch + (size_t)blockIdx.z * t_stride + sg.t_off + (size_t)r * sg.rank;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __shared__ float red[WIDE_THREADS / 32][WIDE_RANK_TILE];
+    for (int j0 = 0; j0 < sg.rank; j0 += WIDE_RANK_TILE) {
+        const int nj = min(WIDE_RANK_TILE, sg.rank - j0);
+        const uint16_t* a = sg.a + (size_t)j0 * in_dim;
+        float acc[WIDE_RANK_TILE];
+#pragma unroll
+        for (int jj = 0; jj < WIDE_RANK_TILE; jj++) acc[jj] = 0.f;
+        for (int c = begin + threadIdx.x; c < end; c += WIDE_THREADS) {
+            if (VEC) {
+                const float4 x0 = reinterpret_cast<const float4*>(xr)[2 * c];
+                const float4 x1 = reinterpret_cast<const float4*>(xr)[2 * c + 1];
+                // A tile narrower than 16 (rank 8, the last tile of rank 20) reads its last row
+                // again for the indices past it, from L1, so the loads need no predicates; those
+                // sums are never reduced.
+                uint4 av[WIDE_RANK_TILE];
+#pragma unroll
+                for (int jj = 0; jj < WIDE_RANK_TILE; jj++)
+                    av[jj] = reinterpret_cast<const uint4*>(a + (size_t)min(jj, nj - 1) * in_dim)[c];
+#pragma unroll
+                for (int jj = 0; jj < WIDE_RANK_TILE; jj++) acc[jj] += dot8(av[jj], x0, x1);
+            } else {
+                const float xs = xr[c];
+#pragma unroll
+                for (int jj = 0; jj < WIDE_RANK_TILE; jj++)
+                    if (jj < nj) acc[jj] += xs * bf16_to_f32(a[(size_t)jj * in_dim + c]);
+            }
+        }
+#pragma unroll
+        for (int jj = 0; jj < WIDE_RANK_TILE; jj++) {
+            if (jj < nj) {  // uniform over the block: every lane of every warp shuffles
+                const float v = warp_sum(acc[jj]);
+                if (lane == 0) red[warp][jj] = v;
+            }
+        }
+        __syncthreads();
+        if ((int)threadIdx.x < nj) {
+            float v = red[0][threadIdx.x];
+            for (int w = 1; w < WIDE_THREADS / 32; w++) v += red[w][threadIdx.x];
+            part[j0 + threadIdx.x] = v;
+        }
+        __syncthreads();  // red is reused by the next rank tile
+    }
+}
+
+// t8 is t[8 jb + o .. 8 jb + o + 3], half of the rank vector jb multiplies.
+__device__ __forceinline__ float4 t8(const float* t, int jb, int o) {
+    return make_float4(t[8 * jb + o], t[8 * jb + o + 1], t[8 * jb + o + 2], t[8 * jb + o + 3]);
+}
+
+// expand_wide_block is one wide expand block's work: row blockIdx.x of segment sg, columns of
+// chunk blockIdx.z. The row's t is the sum of its splits' partials, added in split order; each
+// thread takes WIDE_EXPAND_PER_THREAD columns a block width apart, loads their outputs and
+// their B vectors before any arithmetic (the plain expand's store after each column keeps the
+// compiler from hoisting the next column's loads above it), and stores each column once. Per
+// column the sum over the rank runs as in expand_dot, vector after vector.
+__device__ __forceinline__ void expand_wide_block(float* out, int out_dim, const lp_lora_seg& sg, const float* scratch,
+                                                  int splits, int t_stride) {
+    const int r = blockIdx.x;
+    if (r >= sg.n) return;  // uniform over the block: no thread reaches the barrier
+    __shared__ float t[LP_MAX_LORA_RANK];
+    float* orow = out + (size_t)(sg.start + r) * out_dim;
+    const int c0 = blockIdx.z * WIDE_EXPAND_COLS + threadIdx.x;
+    const int nv = expand_vec(sg) ? sg.rank / 8 : 0;  // 16-byte B vectors per column; 0: the scalar path
+    // What needs no t is loaded first, so that the reads of the partial sums below overlap it:
+    // the outputs and the first two B vectors of each column (a rank-16 column's whole row).
+    float o[WIDE_EXPAND_PER_THREAD], acc[WIDE_EXPAND_PER_THREAD];
+    uint4 b0[WIDE_EXPAND_PER_THREAD], b1[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        const uint4* bv = reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank);
+        o[i] = c < out_dim ? orow[c] : 0.f;
+        b0[i] = c < out_dim && nv >= 1 ? bv[0] : make_uint4(0u, 0u, 0u, 0u);
+        b1[i] = c < out_dim && nv >= 2 ? bv[1] : make_uint4(0u, 0u, 0u, 0u);
+        acc[i] = 0.f;
+    }
+    const float* part = scratch + sg.t_off + (size_t)r * sg.rank;
+    for (int j = threadIdx.x; j < sg.rank; j += blockDim.x) {
+        float v = part[j];
+        for (int s = 1; s < splits; s++) v += part[(size_t)s * t_stride + j];
+        t[j] = v;
+    }
+    __syncthreads();
+    if (nv > 0) {
+        // Two vectors of each column at a time (8 loads in flight per thread), added in rank
+        // order as expand_dot adds them; vectors 0 and 1 are the ones loaded above.
+        int jb = 0;
+        for (; jb + 1 < nv; jb += 2) {
+            if (jb > 0) {
+#pragma unroll
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                    const int c = c0 + i * WIDE_THREADS;
+                    const uint4* bv = reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank);
+                    b0[i] = c < out_dim ? bv[jb] : make_uint4(0u, 0u, 0u, 0u);
+                    b1[i] = c < out_dim ? bv[jb + 1] : make_uint4(0u, 0u, 0u, 0u);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                acc[i] += dot8(b0[i], t8(t, jb, 0), t8(t, jb, 4));
+                acc[i] += dot8(b1[i], t8(t, jb + 1, 0), t8(t, jb + 1, 4));
+            }
+        }
+        if (jb < nv) {  // an odd vector count: the last one (vector 0, loaded above, when nv is 1)
+            if (jb > 0) {
+#pragma unroll
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                    const int c = c0 + i * WIDE_THREADS;
+                    b0[i] = c < out_dim ? reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(b0[i], t8(t, jb, 0), t8(t, jb, 4));
+        }
+    } else {
+        for (int j = 0; j < sg.rank; j++) {
+            const float tj = t[j];
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                const int c = c0 + i * WIDE_THREADS;
+                if (c < out_dim) acc[i] += tj * bf16_to_f32(sg.b[(size_t)c * sg.rank + j]);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        if (c < out_dim) orow[c] = o[i] + sg.scale * acc[i];
+    }
+}
+
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_expand_wide_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int out_dim, int splits, int t_stride) {
+    const lp_lora_seg sg = segs[blockIdx.y];
+    expand_wide_block(out, out_dim, sg, scratch, splits, t_stride);
+}
+
+// Grouped wide expand: as lora_expand_group_kernel, over the wide chunks.
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_expand_group_wide_kernel(lp_lora_outs outs, const lp_lora_seg* segs, const float* scratch, int splits, int t_stride) {
+    int g = 0;
+    while (g + 1 < outs.groups && (int)blockIdx.y >= outs.end[g]) g++;
+    const int out_dim = outs.out_dim[g];
+    if ((int)blockIdx.z * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
+    const lp_lora_seg sg = segs[blockIdx.y];
+    expand_wide_block(outs.out[g], out_dim, sg, scratch, splits, t_stride);
+}
+
+static void shrink_wide(const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, float* scratch, int in_dim,
+                        int splits, int t_stride, lp_stream s) {
+    dim3 g1(max_rows, num_segs, splits);
+    // Vector loads need 16-byte aligned A rows: in_dim % 8 == 0 (cudaMalloc'd A is aligned) and x.
+    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+        lora_shrink_wide_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+    else
+        lora_shrink_wide_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+}
+
+static bool wide_args_ok(int num_segs, int max_rows, int max_rank, int in_dim, int splits, int t_stride) {
+    return max_rows > 0 && max_rank > 0 && max_rank <= LP_MAX_LORA_RANK && num_segs <= 65535 && in_dim > 0 && splits >= 1 &&
+           splits <= LP_LORA_WIDE_MAX_SPLITS && t_stride >= 0;
+}
+
+extern "C" int lp_lora_wide(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
+                            float* scratch, int in_dim, int out_dim, int splits, int t_stride, int phases, lp_stream s) {
+    if (num_segs <= 0) return 0;
+    if (!wide_args_ok(num_segs, max_rows, max_rank, in_dim, splits, t_stride) || out_dim <= 0 ||
+        (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || (phases & ~(LP_LORA_SHRINK | LP_LORA_EXPAND)) != 0)
+        return (int)cudaErrorInvalidValue;
+    if (phases & LP_LORA_SHRINK) shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, s);
+    if (phases & LP_LORA_EXPAND) {
+        dim3 g2(max_rows, num_segs, (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
+        lora_expand_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim, splits, t_stride);
+    }
+    LP_CHECK_LAUNCH();
+}
+
+extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
+                                  int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s) {
+    if (num_segs <= 0) return 0;
+    if (outs.groups < 1 || outs.groups > LP_LORA_GROUP || outs.end[outs.groups - 1] != num_segs ||
+        !wide_args_ok(num_segs, max_rows, max_rank, in_dim, splits, t_stride))
+        return (int)cudaErrorInvalidValue;
+    int chunks = 0;
+    for (int g = 0; g < outs.groups; g++) {
+        if (outs.out_dim[g] <= 0 || (g > 0 && outs.end[g] < outs.end[g - 1])) return (int)cudaErrorInvalidValue;
+        const int c = (outs.out_dim[g] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
+        if (c > chunks) chunks = c;
+    }
+    if (chunks > 65535) return (int)cudaErrorInvalidValue;
+    shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, s);
+    dim3 g2(max_rows, num_segs, chunks);
+    lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, splits, t_stride);
     LP_CHECK_LAUNCH();
 }

@@ -201,8 +201,12 @@ typedef struct {
     int t_off;        // offset of this segment's [n, rank] intermediate in the scratch buffer
     float scale;
 } lp_lora_seg;
+// phases: which launches run, LP_LORA_SHRINK | LP_LORA_EXPAND for a whole LoRA (a benchmark
+// times them apart: the expand reads the t the last shrink of the same segments wrote).
+#define LP_LORA_SHRINK 1
+#define LP_LORA_EXPAND 2
 int lp_lora(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
-            float* scratch, int in_dim, int out_dim, lp_stream s);
+            float* scratch, int in_dim, int out_dim, int phases, lp_stream s);
 
 // lora.cu, grouped: the segments of up to LP_LORA_GROUP projections that read the same x
 // (q/k/v, gate/up) in one shrink and one expand launch. segs_device holds group 0's segments,
@@ -218,6 +222,18 @@ typedef struct {
 } lp_lora_outs;
 int lp_lora_group(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
                   int max_rank, float* scratch, int in_dim, lp_stream s);
+
+// lora.cu, wide (LORAPLEX_LORA_WIDE): lp_lora and lp_lora_group over kernels that give each
+// block all the rank indices of one row's k-slice. The input splits into splits (1 to
+// LP_LORA_WIDE_MAX_SPLITS) k-slices; slice s writes its partial [n, rank] intermediates at
+// scratch + s * t_stride + t_off, so scratch holds splits * t_stride floats and t_stride is at
+// least every segment's t_off + n * rank. The expand adds the partials in order s = 0, 1, ...
+// Deterministic (no atomics, fixed order), within rounding of lp_lora (another summation order).
+#define LP_LORA_WIDE_MAX_SPLITS 16
+int lp_lora_wide(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
+                 float* scratch, int in_dim, int out_dim, int splits, int t_stride, int phases, lp_stream s);
+int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
+                       int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s);
 
 // lora.cu, routed: rows row-major groups of k one-row segments (segs[i*k + p]: row i's p-th
 // choice, all k naming the same output row, N = 0 when absent, disjoint scratch offsets).

@@ -25,10 +25,11 @@
 #                a goal row and is left out): ~45 s (imports, 16 GB initialised on the GPU, then
 #                ~7 s at 11 tok/s and ~15 s at 340 tok/s, the H200's figures)
 #   ab           bench/gpu again for each assignment in AB (default none): a switch (fused decode
-#                kernels, grouped LoRA, decode split rule, deterministic mode's GEMM) against the
+#                kernels, grouped or wide LoRA, decode split rule, deterministic mode's GEMM) against the
 #                default, on the rows it can move (decode at batch 1 and 64 and at ctx 32k, both
-#                adapter batches, deterministic mode at batch 1 and 64, 2k and 8k prefill and their
-#                attention alone): ~28 s each (its own process: weights and 5.8 GB of adapters
+#                adapter batches and their ratio of the byte-bound ceiling inside the A/B run,
+#                routed decode, deterministic mode at batch 1 and 64, 2k and 8k prefill and their
+#                attention alone): ~30 s each (its own process: weights and 5.8 GB of adapters
 #                uploaded again), then bench/prefixcache with the same switch (the prefix-cache
 #                TTFT, which prefill switches move): ~20 s each, 3 pairs of requests (AB_PREFIX=0
 #                leaves it out)

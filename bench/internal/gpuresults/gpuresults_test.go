@@ -351,8 +351,9 @@ func TestCutOffOutputIsAStageNotRun(t *testing.T) {
 }
 
 // An A/B run is set against the default on every row its switch can move: decode at batch 1,
-// 64 and at a 32k context, both adapter batches, prefill at 2k and 8k tokens and its attention
-// alone (a time, so the default's ÷ the A/B run's), deterministic mode at batch 1 and 64
+// 64 and at a 32k context, both adapter batches (and their ratio of the byte-bound ceiling
+// inside the A/B run, where that run measured them), routed decode, prefill at 2k and 8k tokens
+// and its attention alone (a time, so the default's ÷ the A/B run's), deterministic mode at batch 1 and 64
 // (and the deterministic goal's ratio inside the A/B run), the prefix-cache TTFT when
 // bench/prefixcache ran with the switch (and the prefix goal's ratio inside the A/B run); a row
 // either run lacks is n/a, and the A/B prefix-cache output is not taken for an A/B run.
@@ -373,7 +374,7 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	ab.Env = map[string]string{"LORAPLEX_FUSED_DECODE": "on"}
 	ab.Sweep = map[int]float64{1: 165, 64: 6000}
 	ab.LongContext = []LongContextPoint{{Context: 32768, Tokens: 120}}
-	ab.AdaptersQV = &AdapterRatio{Mixed: 5500}
+	ab.AdaptersQV = &AdapterRatio{Base: 6000, Mixed: 5500, Ratio: 5500.0 / 6000, Ceiling: 0.97, RatioOfCeiling: 5500.0 / 6000 / 0.97}
 	ab.Router = []RouterPoint{{Batch: 1, Base: 160, Single: 120, Routed: 90}, {Batch: 64, Base: 6000, Single: 4000, Routed: 3360}}
 	ab.Adapters = nil
 	ab.Deterministic = &Deterministic{Available: true, On: map[int]float64{1: 140, 64: 5400}, Default: map[int]float64{1: 160, 64: 6000},
@@ -394,12 +395,15 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 		"ab_fused-decode-on_prefix_ttft_cached_vs_uncached": 0.125, "ab_fused-decode-on_single_adapter_b1": 1.2,
 		"ab_fused-decode-on_routed_b1": 1.2, "ab_fused-decode-on_routed_b64": 1.05, "ab_fused-decode-on_prefill_2048": 1.1,
 		"ab_fused-decode-on_prefill_8192": 1.2, "ab_fused-decode-on_prefill_attention_2048": 1.7,
-		"ab_fused-decode-on_prefill_attention_8192": 2.0} {
+		"ab_fused-decode-on_prefill_attention_8192": 2.0, "ab_fused-decode-on_adapters8qv_b64_of_ceiling": 5500.0 / 6000 / 0.97} {
 		if r := rows[id]; r.Value == nil || !near(*r.Value, want) || r.Issue != ABRows || !strings.Contains(r.Measure, "LORAPLEX_FUSED_DECODE=on") {
 			t.Errorf("row %s: %+v, want %v", id, r, want)
 		}
 	}
 	if r := rows["ab_fused-decode-on_adapters16_b64"]; r.Value != nil {
+		t.Errorf("a row the A/B run lacks: %+v", r)
+	}
+	if r, ok := rows["ab_fused-decode-on_adapters16_b64_of_ceiling"]; ok && r.Value != nil {
 		t.Errorf("a row the A/B run lacks: %+v", r)
 	}
 	if _, ok := rows["ab_prefixcache-ab-fused-decode-on_decode_b1"]; ok {

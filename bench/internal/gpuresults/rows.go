@@ -256,6 +256,21 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 				fmt.Sprintf("A/B %s: prefill attention per layer, %s tokens, default time ÷ A/B time", label, commas(float64(n), 0)),
 				goal{}, d/a, a > 0 && d > 0, fmt.Sprintf("%.3f ms", a), fmt.Sprintf("%.3f ms", d), ""))
 		}
+		// The adapter goals' own measure with the switch set: mixed ÷ no adapters over the
+		// byte-bound ceiling, both sides measured in the A/B run (a LoRA switch moves only the
+		// mixed side, and the A/B run's own base keeps the noise between runs out).
+		for _, m := range []struct {
+			id, what string
+			a        *AdapterRatio
+		}{
+			{"adapters16_b64_of_ceiling", "64 distinct rank-16 adapters", ab.Adapters},
+			{"adapters8qv_b64_of_ceiling", "64 distinct rank-8 q/v adapters", ab.AdaptersQV},
+		} {
+			if a := m.a; a != nil {
+				add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ none, of the byte-bound ceiling %.3f, both in the A/B run", label, m.what, a.Ceiling),
+					goal{}, a.RatioOfCeiling, a.RatioOfCeiling > 0, tps(a.Mixed), tps(a.Base), ""))
+			}
+		}
 		// The prefix-cache TTFT with the switch set (bench/prefixcache in the A/B run's
 		// environment): against the default run's cached TTFT, and the goal's own ratio, both
 		// sides measured in the A/B run.
