@@ -32,24 +32,26 @@ import (
 // TestFusedRoPEStoreKV, TestFusedGateUpSiLU, TestLoRAGroupSweep, TestDecodeSplitRules,
 // TestContextSplitGraphsMatchDirect, TestFusedFixturesCUDA; bench/results/gpu-goals-h100.md):
 // fused decode on (H100, two runs: batch-1 decode 1.04x, batch 64 1.01x, 64 rank-16 adapters
-// 1.03-1.05x, nothing slower); grouped LoRA off (1.07x then 1.00x on 64 rank-16 adapters in two
-// runs of the same build: inside the noise, so the path measured before stays); norm-fused
+// 1.03-1.05x, nothing slower); grouped LoRA on since the third run, which measured what the first
+// two did not (1.07x then 1.00x on 64 rank-16 adapters, inside the noise): one rank-8 adapter at
+// batch 1, where launches are the cost, 1.10x, and 64 rank-16 adapters 1.04x; norm-fused
 // GEMVs on (TestNormGEMV and the fixture suites with them on passed on an H100; then batch-1
 // decode 1.055x at ctx 128, 1.058x at 4k, 1.042x at 32k, batch 64 1.01x: they only take batch-1
 // steps without LoRA on q/k/v or gate/up, so the adapter rows cannot move; bench/results/gpu-h100/
-// goals-2026-12-07-ab2). Programmatic dependent launch and the deep GEMV streams are off until
-// their GPU tests (TestPDLBitwise, the fixture suite with PDL on) have passed and an A/B run has
-// measured them.
+// goals-2026-12-07-ab2); wide LoRA on (TestLoRAWideSweep and the fixture suites with it on passed;
+// 64 rank-16 adapters 1.13x, one rank-8 adapter at batch 1 1.18x, rank-8 q/v 0.99x); SwiGLU with
+// the bf16 copy on (2k prefill 1.04x, 8k 1.03x against it off). Programmatic dependent launch
+// and the deep GEMV streams stay off: their tests passed (TestPDLBitwise, TestGEMVDeepBitwise),
+// and the A/B run measured PDL at 1.00x on batch-1 decode at ctx 128 and 0.93x at 32k (prefetch
+// the same), deep streams 0.94x (bench/results/gpu-h100/goals-2026-12-07-ab3).
 const (
 	fusedDecodeDefault = true
-	loraGroupDefault   = false
-	loraWideDefault    = false // off until its GPU tests have passed and an A/B run has measured it
+	loraGroupDefault   = true
+	loraWideDefault    = true
 	normGEMVDefault    = true
 	pdlDefault         = PDLOff
 	gemvDeepDefault    = false
-	// swigluBF16Default: on although no GPU run has measured it yet, because it is bitwise the
-	// unfused ops (TestSiLUMulMatMul) and only removes a pass; an A/B run with =off measures it.
-	swigluBF16Default = true
+	swigluBF16Default  = true
 )
 
 // envSwitch reads an on/off switch from the environment.
