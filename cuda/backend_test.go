@@ -364,38 +364,16 @@ func TestPrefillAttentionSweep(t *testing.T) {
 				if err := p.g.AllocKV(spec); err != nil {
 					t.Fatal(err)
 				}
-				perm := r.Perm(pages) // scrambled block tables
-				table := make([][]int32, len(chunks))
-				for i := range table {
-					for j := 0; j < perSeq; j++ {
-						table[i] = append(table[i], int32(perm[i*perSeq+j]))
-					}
-				}
+				table := scrambledTables(r, len(chunks), perSeq)
 				ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim))), Window: sh.window}
 				width, qw := sh.kv*sh.dim, sh.heads*sh.dim
 				for step := 0; step < 2; step++ {
-					var s model.Step
-					for i, c := range chunks {
-						from, n := 0, c[0]
-						if step == 1 {
-							from, n = c[0], c[1]
-						}
-						if n == 0 {
-							continue
-						}
-						start := len(s.Tokens)
-						for pos := from; pos < from+n; pos++ {
-							s.Tokens = append(s.Tokens, 0)
-							s.Positions = append(s.Positions, int32(pos))
-							s.Slots = append(s.Slots, table[i][pos/pageSize]*int32(pageSize)+int32(pos%pageSize))
-						}
-						s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: from + n, Pages: table[i]})
-					}
+					s := chunkStep(chunks, step, table, pageSize)
 					n := len(s.Tokens)
-					if err := p.c.Prepare(&s); err != nil {
+					if err := p.c.Prepare(s); err != nil {
 						t.Fatal(err)
 					}
-					if err := p.g.Prepare(&s); err != nil {
+					if err := p.g.Prepare(s); err != nil {
 						t.Fatal(err)
 					}
 					kc, kg := p.tensor(t, n, width, randFloats(r, n*width))
@@ -465,34 +443,12 @@ func TestPrefillWideMatchesNarrow(t *testing.T) {
 			if err := g.AllocKV(model.KVSpec{Layers: 1, Pages: pages, PageSize: pageSize, KVHeads: sh.kv, HeadDim: sh.dim}); err != nil {
 				t.Fatal(err)
 			}
-			perm := r.Perm(pages) // scrambled block tables
-			table := make([][]int32, len(chunks))
-			for i := range table {
-				for j := 0; j < perSeq; j++ {
-					table[i] = append(table[i], int32(perm[i*perSeq+j]))
-				}
-			}
+			table := scrambledTables(r, len(chunks), perSeq)
 			ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim))), Window: sh.window}
 			width, qw := sh.kv*sh.dim, sh.heads*sh.dim
 			differ := false
 			for step := 0; step < 2; step++ {
-				var s model.Step
-				for i, c := range chunks {
-					from, n := 0, c[0]
-					if step == 1 {
-						from, n = c[0], c[1]
-					}
-					if n == 0 {
-						continue
-					}
-					start := len(s.Tokens)
-					for pos := from; pos < from+n; pos++ {
-						s.Tokens = append(s.Tokens, 0)
-						s.Positions = append(s.Positions, int32(pos))
-						s.Slots = append(s.Slots, table[i][pos/pageSize]*int32(pageSize)+int32(pos%pageSize))
-					}
-					s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: from + n, Pages: table[i]})
-				}
+				s := chunkStep(chunks, step, table, pageSize)
 				n := len(s.Tokens)
 				write := func(x model.Tensor, vals []float32) {
 					if err := g.Write(x, vals); err != nil {
@@ -506,7 +462,7 @@ func TestPrefillWideMatchesNarrow(t *testing.T) {
 				var got [2][]float32
 				for i, wide := range []bool{false, true} {
 					g.SetPrefillWide(wide)
-					if err := g.Prepare(&s); err != nil {
+					if err := g.Prepare(s); err != nil {
 						t.Fatal(err)
 					}
 					if i == 0 {
@@ -685,4 +641,41 @@ func TestPrefillSplitSweep(t *testing.T) {
 			})
 		}
 	}
+}
+
+// scrambledTables gives seqs sequences perSeq pages each of a cache of seqs·perSeq pages, in a
+// random order: block tables as a long-running server leaves them, not in address order.
+func scrambledTables(r *rand.Rand, seqs, perSeq int) [][]int32 {
+	perm := r.Perm(seqs * perSeq)
+	table := make([][]int32, seqs)
+	for i := range table {
+		for j := 0; j < perSeq; j++ {
+			table[i] = append(table[i], int32(perm[i*perSeq+j]))
+		}
+	}
+	return table
+}
+
+// chunkStep is step 0 or 1 of the chunked prefills chunks describe: sequence i's first chunk[i][0]
+// positions in step 0, its next chunk[i][1] in step 1 (the first chunk then cached in its pages),
+// sequences with no rows in the step left out.
+func chunkStep(chunks [][2]int, step int, table [][]int32, pageSize int) *model.Step {
+	s := &model.Step{}
+	for i, c := range chunks {
+		from, n := 0, c[0]
+		if step == 1 {
+			from, n = c[0], c[1]
+		}
+		if n == 0 {
+			continue
+		}
+		start := len(s.Tokens)
+		for pos := from; pos < from+n; pos++ {
+			s.Tokens = append(s.Tokens, 0)
+			s.Positions = append(s.Positions, int32(pos))
+			s.Slots = append(s.Slots, table[i][pos/pageSize]*int32(pageSize)+int32(pos%pageSize))
+		}
+		s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: from + n, Pages: table[i]})
+	}
+	return s
 }
