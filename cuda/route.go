@@ -153,7 +153,9 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	if need := b.segUsed + passes*n; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return
 	}
-	if tmp := n * passes * tab.maxRank; tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
+	// The wide kernels keep one copy of the packed intermediates per split (stride apart).
+	splits, stride := b.routedWideLayout(x.Cols, n, passes, tab.maxRank)
+	if tmp := max(n*passes*tab.maxRank, splits*stride); tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
 		return
 	}
 	segs := b.segDev + uintptr(b.segUsed*b.segSize)
@@ -176,6 +178,11 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	}
 	if tab.maxRank == 0 {
 		return // no expert adapts this projection: only the trace was wanted
+	}
+	if splits > 0 {
+		b.ok("lora (routed wide)", C.s_lora_routed_wide(ptr(out), ptr(x), C.uintptr_t(segs), C.int(n), C.int(passes), C.int(tab.maxRank),
+			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), b.stream))
+		return
 	}
 	b.ok("lora (routed)", C.s_lora_routed(ptr(out), ptr(x), C.uintptr_t(segs), C.int(n), C.int(passes), C.int(tab.maxRank),
 		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))

@@ -79,6 +79,28 @@
 // largest rows and rank (cuda.loraWideLayout); segment tables are copied before each replay.
 // Tolerance: against the CPU within the LoRA sweep's 2e-3 of the largest output, against the
 // plain kernels within fp32 rounding (TestLoRAWideSweep: 1e-5).
+//
+// lp_lora_routed_wide (issue 15, item 3; LORAPLEX_ROUTED_WIDE=on|off, off by default until its
+// GPU tests pass and an A/B run measures it, Backend.SetRoutedWide) is lp_lora_routed on the
+// wide shrink. A routed decode row is k one-row segments: at batch 1, top-2 of rank 8, the
+// plain shrink is 4 blocks of 4 warps (one warp per rank index) streaming 4,096 or 14,336
+// inputs, a latency-bound launch that the single adapter's split-K made 1.18x faster.
+//   shrink: lora_shrink_wide_kernel<VEC, ROUTED>, the single adapter's code: grid (segment =
+//           row x k + choice, 1, split), a block per k-slice of one choice, the slice's sums
+//           into split s's copy of the scratch (s x t_stride). The split rule is the wide
+//           kernels' (cuda.wideLayout) over rows x k one-row segments: 4 splits at 4,096 and
+//           14 at 14,336 for a batch-1 top-2 row; 4 and 8 for 64 rows.
+//   expand: the row-major routed expand, each choice's t the sum of its partials in split
+//           order (split_sum, shared with the wide expand), then choices in pass order as in
+//           lp_lora_routed: out + s0*d0 + s1*d1 + ...; with one split it is lp_lora_routed's.
+// Determinism: no atomics; a choice's intermediate sums in the wide shrink's fixed order and
+// its splits in order, so a step repeats bit for bit. The split count follows rows x k, so a
+// row's last bits follow its batch: deterministic mode keeps lp_lora_routed.
+// Graph replay: the grid and the stride are functions of the step's rows, the routing's top-k
+// and its expert table's largest rank (cuda.routedWideLayout), all fixed by the step key; the
+// route kernel inside the graph rewrites the segments it reads.
+// Tolerance: against the host routing within the routed tests' 2e-3 of the row's largest delta
+// (TestRouteLoRAMatchesHost, TestRoutedWideSweep), against lp_lora_routed within fp32 rounding.
 #include "common.cuh"
 
 #define SHRINK_WARPS 4
@@ -182,10 +204,22 @@ __global__ void lora_expand_group_kernel(lp_lora_outs outs, const lp_lora_seg* s
     expand_block(outs.out[g], out_dim, sg, scratch);
 }
 
+// split_sum is intermediate j of a row whose partials lie splits apart by t_stride: the sum of
+// its splits' partials in split order (the wide shrink's; one split is the partial itself,
+// bit for bit, which is what the plain shrink's single copy of the scratch gives).
+__device__ __forceinline__ float split_sum(const float* part, int j, int splits, int t_stride) {
+    float v = part[j];
+    for (int s = 1; s < splits; s++) v += part[(size_t)s * t_stride + j];
+    return v;
+}
+
 // Row-major routed expand: grid (row, column chunk); the block adds row i's k segments
 // segs[i*k .. i*k+k-1] in that order (see the top of the file for why not atomics). Every
 // segment of a row names the same output row (segs[i*k].start); N = 0 marks an absent choice.
-__global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim) {
+// Each choice's t is the sum of its split partials (split_sum): splits 1 after the plain
+// shrink, the wide shrink's count after lp_lora_routed_wide's.
+__global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim,
+                                          int splits, int t_stride) {
     __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
     __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
     const lp_lora_seg* row_segs = segs + (size_t)blockIdx.x * k;
@@ -196,7 +230,8 @@ __global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, c
     if (!any) return;  // uniform over the block (shared values): no thread reaches the barrier
     for (int p = 0; p < k; p++)
         if (sg[p].n > 0)
-            for (int j = threadIdx.x; j < sg[p].rank; j += blockDim.x) t[p][j] = scratch[sg[p].t_off + j];
+            for (int j = threadIdx.x; j < sg[p].rank; j += blockDim.x)
+                t[p][j] = split_sum(scratch + sg[p].t_off, j, splits, t_stride);
     __syncthreads();
     float* orow = out + (size_t)sg[0].start * out_dim;
     const int c_end = min(out_dim, (int)(blockIdx.y + 1) * EXPAND_COLS);
@@ -263,7 +298,7 @@ extern "C" int lp_lora_routed(float* out, const float* x, const lp_lora_seg* seg
     else
         lora_shrink_kernel<false, true><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
     dim3 g2(rows, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
-    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim);
+    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, 1, 0);
     LP_CHECK_LAUNCH();
 }
 
@@ -283,11 +318,13 @@ extern "C" int lp_lora_routed(float* out, const float* x, const lp_lora_seg* seg
 // its partial t to split blockIdx.z's copy of the scratch (the expand adds the splits in order).
 // A block whose slice is empty (in_dim small against the splits) writes zeros, which the
 // expand needs: every split's partial is read.
-template <bool VEC>
+// ROUTED: one-row segments (lp_lora_routed_wide), the segment in grid x as in the plain routed
+// shrink (rows x k can pass 65535), row 0 of it.
+template <bool VEC, bool ROUTED>
 __global__ void __launch_bounds__(WIDE_THREADS)
     lora_shrink_wide_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
-    const lp_lora_seg sg = segs[blockIdx.y];
-    const int r = blockIdx.x;
+    const lp_lora_seg sg = segs[ROUTED ? blockIdx.x : blockIdx.y];
+    const int r = ROUTED ? 0 : blockIdx.x;
     if (r >= sg.n) return;  // uniform over the block: no thread reaches the barriers
     const int units = VEC ? in_dim / 8 : in_dim;
     const int per = (units + (int)gridDim.z - 1) / (int)gridDim.z;
@@ -372,11 +409,7 @@ __device__ __forceinline__ void expand_wide_block(float* out, int out_dim, const
         acc[i] = 0.f;
     }
     const float* part = scratch + sg.t_off + (size_t)r * sg.rank;
-    for (int j = threadIdx.x; j < sg.rank; j += blockDim.x) {
-        float v = part[j];
-        for (int s = 1; s < splits; s++) v += part[(size_t)s * t_stride + j];
-        t[j] = v;
-    }
+    for (int j = threadIdx.x; j < sg.rank; j += blockDim.x) t[j] = split_sum(part, j, splits, t_stride);
     __syncthreads();
     if (nv > 0) {
         // Two vectors of each column at a time (8 loads in flight per thread), added in rank
@@ -443,28 +476,36 @@ __global__ void __launch_bounds__(WIDE_THREADS)
     expand_wide_block(outs.out[g], out_dim, sg, scratch, splits, t_stride);
 }
 
+// shrink_wide launches the wide shrink over num_segs segments of at most max_rows rows, or,
+// when routed, over num_segs one-row segments (the segment in grid x).
 static void shrink_wide(const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, float* scratch, int in_dim,
-                        int splits, int t_stride, lp_stream s) {
-    dim3 g1(max_rows, num_segs, splits);
+                        int splits, int t_stride, bool routed, lp_stream s) {
+    const dim3 g1 = routed ? dim3(num_segs, 1, splits) : dim3(max_rows, num_segs, splits);
     // Vector loads need 16-byte aligned A rows: in_dim % 8 == 0 (cudaMalloc'd A is aligned) and x.
-    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
-        lora_shrink_wide_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+    const bool vec = in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0;
+    if (routed && vec)
+        lora_shrink_wide_kernel<true, true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+    else if (routed)
+        lora_shrink_wide_kernel<false, true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+    else if (vec)
+        lora_shrink_wide_kernel<true, false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
     else
-        lora_shrink_wide_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+        lora_shrink_wide_kernel<false, false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
 }
 
-static bool wide_args_ok(int num_segs, int max_rows, int max_rank, int in_dim, int splits, int t_stride) {
-    return max_rows > 0 && max_rank > 0 && max_rank <= LP_MAX_LORA_RANK && num_segs <= 65535 && in_dim > 0 && splits >= 1 &&
+// wide_args_ok checks what every wide launch needs (the caller checks its grid's segment limit).
+static bool wide_args_ok(int max_rows, int max_rank, int in_dim, int splits, int t_stride) {
+    return max_rows > 0 && max_rank > 0 && max_rank <= LP_MAX_LORA_RANK && in_dim > 0 && splits >= 1 &&
            splits <= LP_LORA_WIDE_MAX_SPLITS && t_stride >= 0;
 }
 
 extern "C" int lp_lora_wide(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
                             float* scratch, int in_dim, int out_dim, int splits, int t_stride, int phases, lp_stream s) {
     if (num_segs <= 0) return 0;
-    if (!wide_args_ok(num_segs, max_rows, max_rank, in_dim, splits, t_stride) || out_dim <= 0 ||
+    if (num_segs > 65535 || !wide_args_ok(max_rows, max_rank, in_dim, splits, t_stride) || out_dim <= 0 ||
         (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || (phases & ~(LP_LORA_SHRINK | LP_LORA_EXPAND)) != 0)
         return (int)cudaErrorInvalidValue;
-    if (phases & LP_LORA_SHRINK) shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, s);
+    if (phases & LP_LORA_SHRINK) shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
     if (phases & LP_LORA_EXPAND) {
         dim3 g2(max_rows, num_segs, (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
         lora_expand_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim, splits, t_stride);
@@ -476,7 +517,7 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
                                   int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s) {
     if (num_segs <= 0) return 0;
     if (outs.groups < 1 || outs.groups > LP_LORA_GROUP || outs.end[outs.groups - 1] != num_segs ||
-        !wide_args_ok(num_segs, max_rows, max_rank, in_dim, splits, t_stride))
+        num_segs > 65535 || !wide_args_ok(max_rows, max_rank, in_dim, splits, t_stride))
         return (int)cudaErrorInvalidValue;
     int chunks = 0;
     for (int g = 0; g < outs.groups; g++) {
@@ -485,8 +526,22 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
         if (c > chunks) chunks = c;
     }
     if (chunks > 65535) return (int)cudaErrorInvalidValue;
-    shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, s);
+    shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
     dim3 g2(max_rows, num_segs, chunks);
     lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, splits, t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// Routed wide (LORAPLEX_ROUTED_WIDE; the design is at the top of the file): the wide shrink over
+// the rows x k one-row segments, then the routed expand adding each choice's split partials.
+extern "C" int lp_lora_routed_wide(float* out, const float* x, const lp_lora_seg* segs_device, int rows, int k, int max_rank,
+                                   float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s) {
+    if (rows <= 0) return 0;
+    if (k < 1 || k > LP_ROUTE_MAX_K || rows > LP_LORA_ROUTED_MAX_ROWS || out_dim <= 0 ||
+        (out_dim + EXPAND_COLS - 1) / EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
+        return (int)cudaErrorInvalidValue;
+    shrink_wide(x, segs_device, rows * k, 1, scratch, in_dim, splits, t_stride, true, s);
+    dim3 g2(rows, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
+    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, splits, t_stride);
     LP_CHECK_LAUNCH();
 }

@@ -240,6 +240,12 @@ int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lora_seg* seg
 // One launch adds each row's k deltas in order p = 0..k-1, deterministically (no atomics).
 int lp_lora_routed(float* out, const float* x, const lp_lora_seg* segs_device, int rows, int k, int max_rank,
                    float* scratch, int in_dim, int out_dim, lp_stream s);
+// lora.cu, routed wide (LORAPLEX_ROUTED_WIDE): lp_lora_routed with the wide shrink's split-K
+// (splits and t_stride as in lp_lora_wide: choice segment sg's partial of slice s at scratch +
+// s * t_stride + sg.t_off); the expand adds each choice's partials in split order, then the
+// row's choices in order p. Deterministic, within rounding of lp_lora_routed.
+int lp_lora_routed_wide(float* out, const float* x, const lp_lora_seg* segs_device, int rows, int k, int max_rank,
+                        float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s);
 
 // route.cu: router top-k on the device (model.Route's semantics). Row i of logits [n, rows]
 // picks its experts and writes its p-th real choice as a one-row segment (row start + i, N = 0
