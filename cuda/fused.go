@@ -19,6 +19,7 @@ import (
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_LORA_WIDE=on|off      LoRA shrink over all rank indices of a k-slice per block, split-K (kernels/lora.cu)
 //	LORAPLEX_ROUTED_WIDE=on|off    routed (mixture-of-LoRA) shrink on the wide split-K kernel (kernels/lora.cu, route.go)
+//	LORAPLEX_ROUTED_FUSED=on|off   with it, the route kernel folded into that shrink: two launches a routed projection
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
@@ -50,6 +51,7 @@ const (
 	loraGroupDefault   = true
 	loraWideDefault    = true
 	routedWideDefault  = false // written without a GPU: off until its tests pass and an A/B run measures it
+	routedFusedDefault = false // the same
 	normGEMVDefault    = true
 	pdlDefault         = PDLOff
 	gemvDeepDefault    = false
@@ -533,6 +535,17 @@ func (b *Backend) SetRoutedWide(on bool) {
 		b.dropGraphs()
 	}
 	b.routedWide = on
+}
+
+// SetRoutedFused turns the routing shrink (lp_route_lora_wide) on or off for the following
+// steps: with the wide routed kernels on (SetRoutedWide), RouteLoRA's shrink blocks route their
+// own rows, so a routed projection is two launches (routing shrink, expand) instead of three.
+// Recorded graphs hold the other kernels, so they are dropped.
+func (b *Backend) SetRoutedFused(on bool) {
+	if b.routedFused != on {
+		b.dropGraphs()
+	}
+	b.routedFused = on
 }
 
 // routedWideLayout is loraWideLayout's split for a routed call of rows rows and passes choices

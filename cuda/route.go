@@ -172,6 +172,13 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	if trace.Rows > 0 {
 		tr = ptr(trace)
 	}
+	if splits > 0 && b.routedFused && tab.maxRank > 0 {
+		// The routing shrink routes each row itself and writes its segments and trace.
+		b.ok("route + lora (routed wide)", C.s_route_lora_wide(ptr(logits), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
+			C.int(passes), C.int(start), C.int(tab.maxRank), C.uintptr_t(tab.ptr), tr, C.int(trace.Cols), C.int(layer), ptr(out), ptr(x),
+			C.uintptr_t(segs), C.int(n), C.int(tab.maxRank), C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), b.stream))
+		return
+	}
 	if !b.ok("route", C.s_route_segs(ptr(logits), C.int(n), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
 		C.uintptr_t(tab.ptr), C.uintptr_t(segs), C.int(passes), C.int(start), C.int(tab.maxRank), tr, C.int(trace.Cols), C.int(layer), b.stream)) {
 		return

@@ -36,24 +36,27 @@ type routeCase struct {
 // renormalised, or no delta at all), k = 1..8, and experts missing on the projection. Outputs
 // start at zero, so every row compares its routed delta alone, and rows outside the routed
 // ranges must stay exactly zero. The trace column must hold the top-1 expert id. Both routed
-// kernels must: the plain ones and the wide ones (LORAPLEX_ROUTED_WIDE).
+// kernels must: the plain ones and the wide ones (LORAPLEX_ROUTED_WIDE), routing apart or in
+// their shrink (LORAPLEX_ROUTED_FUSED).
 func TestRouteLoRAMatchesHost(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
-	routedWideSides(t, p.g, func(t *testing.T) { routeLoRAMatchesHost(t, p) })
+	routedSides(t, p.g, func(t *testing.T) { routeLoRAMatchesHost(t, p) })
 }
 
-// routedWideSides runs f on b's plain routed kernels, then on the wide ones, and leaves b on
-// the plain ones (the default).
-func routedWideSides(t *testing.T, b *cuda.Backend, f func(t *testing.T)) {
-	for _, wide := range []bool{false, true} {
-		name := "plain"
-		if wide {
-			name = "wide"
-		}
-		t.Run(name, func(t *testing.T) {
-			b.SetRoutedWide(wide)
+// routedSides runs f on each of b's routed kernels: the plain ones, the wide ones
+// (LORAPLEX_ROUTED_WIDE), and the wide ones that route in their shrink (LORAPLEX_ROUTED_FUSED),
+// and leaves b on the plain ones (the default).
+func routedSides(t *testing.T, b *cuda.Backend, f func(t *testing.T)) {
+	for _, side := range []struct {
+		name        string
+		wide, fused bool
+	}{{"plain", false, false}, {"wide", true, false}, {"fused", true, true}} {
+		t.Run(side.name, func(t *testing.T) {
+			b.SetRoutedWide(side.wide)
+			b.SetRoutedFused(side.fused)
 			defer b.SetRoutedWide(false)
+			defer b.SetRoutedFused(false)
 			f(t)
 		})
 	}
@@ -368,10 +371,10 @@ func copiesRouting(t *testing.T, b *cuda.Backend, cfg *model.Config, a *model.Ad
 // case, routed copies of it (k = 1; k = 2 of 2 copies + 1 null; k = 3 of 3 copies + 2 nulls,
 // T = 0.5) in the same batch as base and plain-adapter rows, prefill whole and chunked: the
 // routed cases must match the reference of their adapter like the plain ones do, on the plain
-// routed kernels and on the wide ones (LORAPLEX_ROUTED_WIDE).
+// routed kernels and on the wide ones (LORAPLEX_ROUTED_WIDE, and LORAPLEX_ROUTED_FUSED).
 func TestRoutedCopiesAreTheAdapterCUDA(t *testing.T) {
 	b := newGPU(t)
-	routedWideSides(t, b, func(t *testing.T) { routedCopiesAreTheAdapter(t, b) })
+	routedSides(t, b, func(t *testing.T) { routedCopiesAreTheAdapter(t, b) })
 }
 
 func routedCopiesAreTheAdapter(t *testing.T, b *cuda.Backend) {
@@ -570,10 +573,10 @@ func TestRouteTablesShared(t *testing.T) {
 // the same: the route traces must be identical and the logits agree to float rounding, for a
 // prefill of prompt + reference tokens and one decode step. Unlike the comparison with the
 // PyTorch reference, no bf16 near-tie can excuse a difference here. Both routed kernels must
-// (plain, and wide: LORAPLEX_ROUTED_WIDE).
+// (plain, and wide: LORAPLEX_ROUTED_WIDE, also with LORAPLEX_ROUTED_FUSED).
 func TestDeviceRoutingMatchesHostCUDA(t *testing.T) {
 	b := newGPU(t)
-	routedWideSides(t, b, func(t *testing.T) { deviceRoutingMatchesHost(t, b) })
+	routedSides(t, b, func(t *testing.T) { deviceRoutingMatchesHost(t, b) })
 }
 
 func deviceRoutingMatchesHost(t *testing.T, b *cuda.Backend) {
@@ -909,10 +912,11 @@ func compareDecodes(t *testing.T, rb *routedBatch, direct, graphed [][]float32, 
 // every later one replays it, and each step must equal the unrecorded run; so must the steps
 // recorded and replayed with programmatic dependent launch (sm_90+), whose kernels then follow
 // the route kernels' plain launches. On the plain routed kernels and on the wide ones, whose
-// split count and stride the recording bakes in (LORAPLEX_ROUTED_WIDE).
+// split count and stride the recording bakes in (LORAPLEX_ROUTED_WIDE; with
+// LORAPLEX_ROUTED_FUSED, the routing shrink writes the segments inside the graph).
 func TestRoutedDecodeReplaysCUDA(t *testing.T) {
 	b := newGPU(t)
-	routedWideSides(t, b, func(t *testing.T) { routedDecodeReplays(t, b) })
+	routedSides(t, b, func(t *testing.T) { routedDecodeReplays(t, b) })
 }
 
 func routedDecodeReplays(t *testing.T, b *cuda.Backend) {
@@ -950,10 +954,10 @@ func routedDecodeReplays(t *testing.T, b *cuda.Backend) {
 // routed decode (routings released and resolved again, as the engine does for new requests):
 // the new routings must get new keys, so no recording replays the freed weights' addresses,
 // the new key is recorded and replayed in turn, and every step equals an unrecorded run, on the
-// plain routed kernels and on the wide ones (LORAPLEX_ROUTED_WIDE).
+// plain routed kernels and on the wide ones (LORAPLEX_ROUTED_WIDE, and LORAPLEX_ROUTED_FUSED).
 func TestRoutedReuploadCUDA(t *testing.T) {
 	b := newGPU(t)
-	routedWideSides(t, b, func(t *testing.T) { routedReupload(t, b) })
+	routedSides(t, b, func(t *testing.T) { routedReupload(t, b) })
 }
 
 func routedReupload(t *testing.T, b *cuda.Backend) {

@@ -20,11 +20,13 @@ import (
 // missing on the projection, expert ranks 1 to 64 (odd ones: the scalar expand), input widths
 // from 24 (one k-slice, the scalar shrink) to the 14 splits of 14,336, output widths that leave
 // a part of the last column chunk, and 1 to 64 routed rows (the split count follows rows x k).
-// Rows outside the routed range stay exactly zero.
+// Rows outside the routed range stay exactly zero. The wide kernels that route in their shrink
+// (LORAPLEX_ROUTED_FUSED) add the wide kernels' bits: the same routing, the same arithmetic.
 func TestRoutedWideSweep(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
 	defer p.g.SetRoutedWide(false)
+	defer p.g.SetRoutedFused(false)
 	r := rand.New(rand.NewPCG(51, 52))
 	ranks := []int{1, 3, 8, 16, 7, 33, 64, 2, 24, 5, 17, 32}
 	gates := []routeCase{
@@ -52,10 +54,12 @@ func TestRoutedWideSweep(t *testing.T) {
 					if err := p.g.Write(lg, logits); err != nil {
 						t.Fatal(err)
 					}
-					// The wide kernels, the plain ones, the wide ones again (the same bits).
-					var results [3][]float32
-					for i, wide := range []bool{true, false, true} {
-						p.g.SetRoutedWide(wide)
+					// The wide kernels, the plain ones, the wide ones again (the same bits), the
+					// wide ones routing in their shrink (the same bits again).
+					var results [4][]float32
+					for i, side := range [][2]bool{{true, false}, {false, false}, {true, false}, {true, true}} {
+						p.g.SetRoutedWide(side[0])
+						p.g.SetRoutedFused(side[1])
 						og := p.g.Alloc(total, out)
 						if err := p.g.Write(og, make([]float32, total*out)); err != nil {
 							t.Fatal(err)
@@ -67,7 +71,7 @@ func TestRoutedWideSweep(t *testing.T) {
 					if err := p.g.Err(); err != nil {
 						t.Fatal(err)
 					}
-					got, plain, again := results[0], results[1], results[2]
+					got, plain, again, fused := results[0], results[1], results[2], results[3]
 					for row := 0; row < total; row++ {
 						var scale, dHost, dPlain float64
 						for c := row * out; c < (row+1)*out; c++ {
@@ -76,6 +80,9 @@ func TestRoutedWideSweep(t *testing.T) {
 							}
 							if math.Float32bits(got[c]) != math.Float32bits(again[c]) {
 								t.Fatalf("row %d column %d: %v, then %v on the same input", row, c-row*out, got[c], again[c])
+							}
+							if math.Float32bits(got[c]) != math.Float32bits(fused[c]) {
+								t.Fatalf("row %d column %d: %v routed apart, %v routed in the shrink", row, c-row*out, got[c], fused[c])
 							}
 							scale = max(scale, math.Abs(float64(want[c])))
 							dHost = max(dHost, math.Abs(float64(got[c]-want[c])))

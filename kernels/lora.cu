@@ -101,7 +101,20 @@
 // route kernel inside the graph rewrites the segments it reads.
 // Tolerance: against the host routing within the routed tests' 2e-3 of the row's largest delta
 // (TestRouteLoRAMatchesHost, TestRoutedWideSweep), against lp_lora_routed within fp32 rounding.
+//
+// lp_route_lora_wide (LORAPLEX_ROUTED_FUSED=on|off with LORAPLEX_ROUTED_WIDE, off by default,
+// Backend.SetRoutedFused) folds route.cu's kernel into that shrink, so a routed projection is
+// two launches like a single adapter's (gate logits come from the base products' launch):
+// thread 0 of every shrink block routes the block's row with route_row (route_row.cuh, the
+// route kernel's own function) into shared memory while the other threads wait at a barrier;
+// the block shrinks its choice, and the row's (choice 0, split 0) block writes the row's
+// segments (for the expand) and its trace. Every block of a row routes the same logits with the
+// same code, so they agree; a row's routing (k scans of at most 64 logits, k double exps) costs
+// each block about what the separate route kernel's thread spent, in place of a launch.
+// Determinism and graph replay as lp_lora_routed_wide's (the routing is the route kernel's,
+// inside the same graph); its sums are lp_lora_routed_wide's bit for bit (TestRoutedWideSweep).
 #include "common.cuh"
+#include "route_row.cuh"
 
 #define SHRINK_WARPS 4
 
@@ -318,13 +331,10 @@ extern "C" int lp_lora_routed(float* out, const float* x, const lp_lora_seg* seg
 // its partial t to split blockIdx.z's copy of the scratch (the expand adds the splits in order).
 // A block whose slice is empty (in_dim small against the splits) writes zeros, which the
 // expand needs: every split's partial is read.
-// ROUTED: one-row segments (lp_lora_routed_wide), the segment in grid x as in the plain routed
-// shrink (rows x k can pass 65535), row 0 of it.
-template <bool VEC, bool ROUTED>
-__global__ void __launch_bounds__(WIDE_THREADS)
-    lora_shrink_wide_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
-    const lp_lora_seg sg = segs[ROUTED ? blockIdx.x : blockIdx.y];
-    const int r = ROUTED ? 0 : blockIdx.x;
+// shrink_wide_block is that work for row r of segment sg; every wide shrink kernel runs it.
+template <bool VEC>
+__device__ __forceinline__ void shrink_wide_block(const float* x, const lp_lora_seg& sg, int r, float* scratch, int in_dim,
+                                                  int t_stride) {
     if (r >= sg.n) return;  // uniform over the block: no thread reaches the barriers
     const int units = VEC ? in_dim / 8 : in_dim;
     const int per = (units + (int)gridDim.z - 1) / (int)gridDim.z;
@@ -374,6 +384,36 @@ __global__ void __launch_bounds__(WIDE_THREADS)
         }
         __syncthreads();  // red is reused by the next rank tile
     }
+}
+
+// ROUTED: one-row segments (lp_lora_routed_wide), the segment in grid x as in the plain routed
+// shrink (rows x k can pass 65535), row 0 of it.
+template <bool VEC, bool ROUTED>
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_shrink_wide_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
+    const lp_lora_seg sg = segs[ROUTED ? blockIdx.x : blockIdx.y];
+    shrink_wide_block<VEC>(x, sg, ROUTED ? 0 : (int)blockIdx.x, scratch, in_dim, t_stride);
+}
+
+// Routing shrink (lp_route_lora_wide): grid (row x passes + choice, 1, split), as the routed
+// wide shrink, but no route kernel ran before it: thread 0 of each block routes the block's row
+// from its gate logits (route_row, the route kernel's own function, into shared memory) and the
+// block shrinks its choice. Every block of a row computes the same routing from the same
+// logits with the same code, so they agree bit for bit; the row's (choice 0, split 0) block
+// alone writes the row's segments to the table the expand reads, and the trace.
+template <bool VEC>
+__global__ void __launch_bounds__(WIDE_THREADS)
+    route_shrink_wide_kernel(lp_route_args ra, const float* x, lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
+    __shared__ lp_lora_seg row_segs[LP_ROUTE_MAX_K];
+    const int i = (int)blockIdx.x / ra.passes, p = (int)blockIdx.x % ra.passes;
+    const bool writer = p == 0 && blockIdx.z == 0;
+    if (threadIdx.x == 0)
+        route_row(ra.logits + (size_t)i * ra.rows, i, ra.rows, ra.k, ra.temperature, ra.nulls, ra.experts, row_segs, ra.passes,
+                  ra.start, ra.seg_stride, writer ? ra.trace : nullptr, ra.trace_cols, ra.layer);
+    __syncthreads();
+    if (writer && (int)threadIdx.x < ra.passes) segs[(size_t)i * ra.passes + threadIdx.x] = row_segs[threadIdx.x];
+    const lp_lora_seg sg = row_segs[p];
+    shrink_wide_block<VEC>(x, sg, 0, scratch, in_dim, t_stride);
 }
 
 // t8 is t[8 jb + o .. 8 jb + o + 3], half of the rank vector jb multiplies.
@@ -543,5 +583,26 @@ extern "C" int lp_lora_routed_wide(float* out, const float* x, const lp_lora_seg
     shrink_wide(x, segs_device, rows * k, 1, scratch, in_dim, splits, t_stride, true, s);
     dim3 g2(rows, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
     lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, splits, t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// Routing wide (LORAPLEX_ROUTED_FUSED with LORAPLEX_ROUTED_WIDE): lp_route_segs and
+// lp_lora_routed_wide in two launches instead of three, the routing inside the shrink.
+extern "C" int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg* segs_device, int n, int max_rank,
+                                  float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s) {
+    if (n <= 0) return 0;
+    if (ra.rows <= 0 || ra.rows > LP_ROUTE_MAX_ROWS || ra.k < 1 || ra.k > LP_ROUTE_MAX_K || ra.k > ra.rows || ra.nulls < 0 ||
+        ra.nulls > ra.rows || !(ra.temperature > 0.f) || ra.passes < 1 || ra.passes > ra.k || ra.start < 0 ||
+        ra.seg_stride < max_rank || (long long)n * ra.passes * ra.seg_stride > 0x7fffffffLL ||
+        (ra.trace && (ra.layer < 0 || ra.layer >= ra.trace_cols)) || n > LP_LORA_ROUTED_MAX_ROWS || out_dim <= 0 ||
+        (out_dim + EXPAND_COLS - 1) / EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
+        return (int)cudaErrorInvalidValue;
+    const dim3 g1(n * ra.passes, 1, splits);
+    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+        route_shrink_wide_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(ra, x, segs_device, scratch, in_dim, t_stride);
+    else
+        route_shrink_wide_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(ra, x, segs_device, scratch, in_dim, t_stride);
+    dim3 g2(n, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
+    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, ra.passes, out_dim, splits, t_stride);
     LP_CHECK_LAUNCH();
 }
