@@ -90,9 +90,12 @@
 //           into split s's copy of the scratch (s x t_stride). The split rule is the wide
 //           kernels' (cuda.wideLayout) over rows x k one-row segments: 4 splits at 4,096 and
 //           14 at 14,336 for a batch-1 top-2 row; 4 and 8 for 64 rows.
-//   expand: the row-major routed expand, each choice's t the sum of its partials in split
-//           order (split_sum, shared with the wide expand), then choices in pass order as in
-//           lp_lora_routed: out + s0*d0 + s1*d1 + ...; with one split it is lp_lora_routed's.
+//   expand: grid (row, 512-column chunk): each choice's t is the sum of its partials in split
+//           order (split_sum, shared with the wide expand), then the row's choices add in pass
+//           order as in lp_lora_routed, out + s0*d0 + s1*d1 + ..., per column and choice with
+//           expand_dot's arithmetic; each thread takes 4 columns 128 apart and loads their
+//           outputs and B vectors before any arithmetic, storing each column once after the
+//           last choice (the wide expand's recipe).
 // Determinism: no atomics; a choice's intermediate sums in the wide shrink's fixed order and
 // its splits in order, so a step repeats bit for bit. The split count follows rows x k, so a
 // row's last bits follow its batch: deterministic mode keeps lp_lora_routed.
@@ -226,26 +229,34 @@ __device__ __forceinline__ float split_sum(const float* part, int j, int splits,
     return v;
 }
 
-// Row-major routed expand: grid (row, column chunk); the block adds row i's k segments
-// segs[i*k .. i*k+k-1] in that order (see the top of the file for why not atomics). Every
-// segment of a row names the same output row (segs[i*k].start); N = 0 marks an absent choice.
-// Each choice's t is the sum of its split partials (split_sum): splits 1 after the plain
-// shrink, the wide shrink's count after lp_lora_routed_wide's.
-__global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim,
-                                          int splits, int t_stride) {
-    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
-    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+// routed_row_load puts row blockIdx.x's k segments segs[i*k .. i*k+k-1] in sg and each real
+// choice's t (the sum of its split partials, split_sum: splits 1 after the plain shrink, the
+// wide shrink's count after lp_lora_routed_wide's) in t, both shared; false, uniformly over the
+// block, when the row has no real choice. Every routed expand starts with it.
+__device__ __forceinline__ bool routed_row_load(const lp_lora_seg* segs, const float* scratch, int k, int splits, int t_stride,
+                                                lp_lora_seg* sg, float (*t)[LP_MAX_LORA_RANK]) {
     const lp_lora_seg* row_segs = segs + (size_t)blockIdx.x * k;
-    if (threadIdx.x < k) sg[threadIdx.x] = row_segs[threadIdx.x];
+    if ((int)threadIdx.x < k) sg[threadIdx.x] = row_segs[threadIdx.x];
     __syncthreads();
     bool any = false;
     for (int p = 0; p < k; p++) any |= sg[p].n > 0;
-    if (!any) return;  // uniform over the block (shared values): no thread reaches the barrier
+    if (!any) return false;  // uniform over the block (shared values): no thread reaches the barrier
     for (int p = 0; p < k; p++)
         if (sg[p].n > 0)
             for (int j = threadIdx.x; j < sg[p].rank; j += blockDim.x)
                 t[p][j] = split_sum(scratch + sg[p].t_off, j, splits, t_stride);
     __syncthreads();
+    return true;
+}
+
+// Row-major routed expand: grid (row, column chunk); the block adds row i's k segments
+// segs[i*k .. i*k+k-1] in that order (see the top of the file for why not atomics). Every
+// segment of a row names the same output row (segs[i*k].start); N = 0 marks an absent choice.
+__global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim,
+                                          int splits, int t_stride) {
+    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
+    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+    if (!routed_row_load(segs, scratch, k, splits, t_stride, sg, t)) return;
     float* orow = out + (size_t)sg[0].start * out_dim;
     const int c_end = min(out_dim, (int)(blockIdx.y + 1) * EXPAND_COLS);
     for (int c = blockIdx.y * EXPAND_COLS + threadIdx.x; c < c_end; c += blockDim.x) {
@@ -311,7 +322,7 @@ extern "C" int lp_lora_routed(float* out, const float* x, const lp_lora_seg* seg
     else
         lora_shrink_kernel<false, true><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
     dim3 g2(rows, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
-    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, 1, 0);
+    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, 1, 0);  // one split: t as before
     LP_CHECK_LAUNCH();
 }
 
@@ -518,6 +529,67 @@ __global__ void __launch_bounds__(WIDE_THREADS)
 
 // shrink_wide launches the wide shrink over num_segs segments of at most max_rows rows, or,
 // when routed, over num_segs one-row segments (the segment in grid x).
+// Wide routed expand (lp_lora_routed_wide, lp_route_lora_wide): grid (row, wide column chunk);
+// as the routed expand, the block adds row i's real choices in order p into each output, but
+// each thread takes WIDE_EXPAND_PER_THREAD columns a block width apart, loads their outputs
+// first and the B vectors of all of them before using any, and stores each column once, after
+// the last choice (the routed expand's store after each column keeps the compiler from
+// hoisting the next column's loads above it; expand_wide_block says the same). Per column and
+// choice the sum over the rank runs as in expand_dot, and out + s0*d0 + s1*d1 + ... as in the
+// routed expand.
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_expand_routed_wide_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim, int splits,
+                                   int t_stride) {
+    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
+    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+    if (!routed_row_load(segs, scratch, k, splits, t_stride, sg, t)) return;
+    float* orow = out + (size_t)sg[0].start * out_dim;
+    const int c0 = blockIdx.y * WIDE_EXPAND_COLS + threadIdx.x;
+    float o[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        o[i] = c < out_dim ? orow[c] : 0.f;
+    }
+    for (int p = 0; p < k; p++) {
+        if (sg[p].n == 0) continue;  // uniform over the block
+        const uint16_t* b = sg[p].b;
+        const int rank = sg[p].rank;
+        const float* tp = t[p];
+        float acc[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+        for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] = 0.f;
+        if (expand_vec(sg[p])) {
+            for (int jb = 0; jb < rank / 8; jb++) {
+                uint4 bv[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                    const int c = c0 + i * WIDE_THREADS;
+                    bv[i] = c < out_dim ? reinterpret_cast<const uint4*>(b + (size_t)c * rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+                }
+#pragma unroll
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], t8(tp, jb, 0), t8(tp, jb, 4));
+            }
+        } else {
+            for (int j = 0; j < rank; j++) {
+                const float tj = tp[j];
+#pragma unroll
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                    const int c = c0 + i * WIDE_THREADS;
+                    if (c < out_dim) acc[i] += tj * bf16_to_f32(b[(size_t)c * rank + j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) o[i] += sg[p].scale * acc[i];
+    }
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        if (c < out_dim) orow[c] = o[i];
+    }
+}
+
 static void shrink_wide(const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, float* scratch, int in_dim,
                         int splits, int t_stride, bool routed, lp_stream s) {
     const dim3 g1 = routed ? dim3(num_segs, 1, splits) : dim3(max_rows, num_segs, splits);
@@ -578,11 +650,11 @@ extern "C" int lp_lora_routed_wide(float* out, const float* x, const lp_lora_seg
                                    float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s) {
     if (rows <= 0) return 0;
     if (k < 1 || k > LP_ROUTE_MAX_K || rows > LP_LORA_ROUTED_MAX_ROWS || out_dim <= 0 ||
-        (out_dim + EXPAND_COLS - 1) / EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
+        (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
         return (int)cudaErrorInvalidValue;
     shrink_wide(x, segs_device, rows * k, 1, scratch, in_dim, splits, t_stride, true, s);
-    dim3 g2(rows, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
-    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, splits, t_stride);
+    dim3 g2(rows, (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
+    lora_expand_routed_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, splits, t_stride);
     LP_CHECK_LAUNCH();
 }
 
@@ -595,14 +667,15 @@ extern "C" int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, 
         ra.nulls > ra.rows || !(ra.temperature > 0.f) || ra.passes < 1 || ra.passes > ra.k || ra.start < 0 ||
         ra.seg_stride < max_rank || (long long)n * ra.passes * ra.seg_stride > 0x7fffffffLL ||
         (ra.trace && (ra.layer < 0 || ra.layer >= ra.trace_cols)) || n > LP_LORA_ROUTED_MAX_ROWS || out_dim <= 0 ||
-        (out_dim + EXPAND_COLS - 1) / EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
+        (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
         return (int)cudaErrorInvalidValue;
     const dim3 g1(n * ra.passes, 1, splits);
     if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
         route_shrink_wide_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(ra, x, segs_device, scratch, in_dim, t_stride);
     else
         route_shrink_wide_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(ra, x, segs_device, scratch, in_dim, t_stride);
-    dim3 g2(n, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
-    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, ra.passes, out_dim, splits, t_stride);
+    dim3 g2(n, (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
+    lora_expand_routed_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(out, segs_device, scratch, ra.passes, out_dim, splits,
+                                                                          t_stride);
     LP_CHECK_LAUNCH();
 }
