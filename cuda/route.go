@@ -85,7 +85,9 @@ func (b *Backend) routes() *routeCache {
 // straight into the device segment ring (row-major: row i's p-th choice at i*passes + p), and
 // one lp_lora_routed launch pair (shrink, expand) adds them all, each row's choices summed in
 // choice order by one block, deterministically (kernels/lora.cu says why not atomics). Nothing
-// comes back to the host.
+// comes back to the host. With LORAPLEX_ROUTED_WIDE (SetRoutedWide) the pair is
+// lp_lora_routed_wide's (the wide kernels' split-K shrink, routedWideLayout), and with
+// LORAPLEX_ROUTED_FUSED as well the route kernel folds into that shrink (lp_route_lora_wide).
 //
 // Under CUDA graphs (the runner keys routed steps by Routing.Key) the route kernel and the routed
 // LoRA launches are captured like any launch: the gate GEMM before them writes the logits, the kernel
