@@ -18,6 +18,8 @@ import (
 //	LORAPLEX_FUSED_DECODE=on|off   q/k/v products, RoPE + KV store, gate/up + SiLU in one launch each (DecodeFuser)
 //	LORAPLEX_LORA_GROUP=on|off     one LoRA shrink/expand pair for q/k/v and one for gate/up (LoRAGrouper)
 //	LORAPLEX_LORA_WIDE=on|off      LoRA shrink over all rank indices of a k-slice per block, split-K (kernels/lora.cu)
+//	LORAPLEX_ROUTED_WIDE=on|off    routed (mixture-of-LoRA) shrink on the wide split-K kernel (kernels/lora.cu, route.go)
+//	LORAPLEX_ROUTED_FUSED=on|off   with it, the route kernel folded into that shrink: two launches a routed projection
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
@@ -48,6 +50,8 @@ const (
 	fusedDecodeDefault = true
 	loraGroupDefault   = true
 	loraWideDefault    = true
+	routedWideDefault  = false // written without a GPU: off until its tests pass and an A/B run measures it
+	routedFusedDefault = false // the same
 	normGEMVDefault    = true
 	pdlDefault         = PDLOff
 	gemvDeepDefault    = false
@@ -489,8 +493,8 @@ func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.
 }
 
 // SetLoRAWide turns the wide LoRA kernels (kernels/lora.cu) on or off for the following steps:
-// LoRA and LoRAGroup launch them instead of the plain ones (RouteLoRA keeps its row-major
-// expand; deterministic mode keeps the plain kernels, loraWideLayout). Recorded graphs hold
+// LoRA and LoRAGroup launch them instead of the plain ones (RouteLoRA has its own switch,
+// SetRoutedWide; deterministic mode keeps the plain kernels, loraWideLayout). Recorded graphs hold
 // the other kernels, so they are dropped.
 func (b *Backend) SetLoRAWide(on bool) {
 	if b.loraWide != on {
@@ -517,7 +521,49 @@ const loraWideSlice = 1024
 // the batch, so a row's last bits would too (deterministic.go), where the plain shrink and
 // expand reduce each row alike in any batch.
 func (b *Backend) loraWideLayout(inDim, segs, maxRows, maxRank int) (splits, stride int) {
-	if !b.loraWide || b.batchInvariant || segs == 0 || maxRows == 0 {
+	if !b.loraWide {
+		return 0, 0
+	}
+	return b.wideLayout(inDim, segs, maxRows, maxRank)
+}
+
+// SetRoutedWide turns the wide routed LoRA (lp_lora_routed_wide) on or off for the following
+// steps: RouteLoRA's shrink runs on the wide kernel's split-K (routedWideLayout). Recorded
+// graphs hold the other kernels, so they are dropped.
+func (b *Backend) SetRoutedWide(on bool) {
+	if b.routedWide != on {
+		b.dropGraphs()
+	}
+	b.routedWide = on
+}
+
+// SetRoutedFused turns the routing shrink (lp_route_lora_wide) on or off for the following
+// steps: with the wide routed kernels on (SetRoutedWide), RouteLoRA's shrink blocks route their
+// own rows, so a routed projection is two launches (routing shrink, expand) instead of three.
+// Recorded graphs hold the other kernels, so they are dropped.
+func (b *Backend) SetRoutedFused(on bool) {
+	if b.routedFused != on {
+		b.dropGraphs()
+	}
+	b.routedFused = on
+}
+
+// routedWideLayout is loraWideLayout's split for a routed call of rows rows and passes choices
+// a row, each choice a one-row segment with its own maxRank floats of scratch (the route
+// kernel's t_stride): splits 0 when the wide routed kernels are off. rows, passes and maxRank
+// are what the step key fixes (its row count, the routing's top-k and expert table), so a
+// recording's split and stride hold at every replay.
+func (b *Backend) routedWideLayout(inDim, rows, passes, maxRank int) (splits, stride int) {
+	if !b.routedWide {
+		return 0, 0
+	}
+	return b.wideLayout(inDim, rows*passes, 1, maxRank)
+}
+
+// wideLayout is the split rule of loraWideLayout and routedWideLayout, whichever switch
+// asked for the wide kernels.
+func (b *Backend) wideLayout(inDim, segs, maxRows, maxRank int) (splits, stride int) {
+	if b.batchInvariant || segs == 0 || maxRows == 0 {
 		return 0, 0 // (no rows: the plain launcher refuses the call as before)
 	}
 	rows := segs * maxRows

@@ -85,7 +85,9 @@ func (b *Backend) routes() *routeCache {
 // straight into the device segment ring (row-major: row i's p-th choice at i*passes + p), and
 // one lp_lora_routed launch pair (shrink, expand) adds them all, each row's choices summed in
 // choice order by one block, deterministically (kernels/lora.cu says why not atomics). Nothing
-// comes back to the host.
+// comes back to the host. With LORAPLEX_ROUTED_WIDE (SetRoutedWide) the pair is
+// lp_lora_routed_wide's (the wide kernels' split-K shrink, routedWideLayout), and with
+// LORAPLEX_ROUTED_FUSED as well the route kernel folds into that shrink (lp_route_lora_wide).
 //
 // Under CUDA graphs (the runner keys routed steps by Routing.Key) the route kernel and the routed
 // LoRA launches are captured like any launch: the gate GEMM before them writes the logits, the kernel
@@ -153,7 +155,9 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	if need := b.segUsed + passes*n; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return
 	}
-	if tmp := n * passes * tab.maxRank; tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
+	// The wide kernels keep one copy of the packed intermediates per split (stride apart).
+	splits, stride := b.routedWideLayout(x.Cols, n, passes, tab.maxRank)
+	if tmp := max(n*passes*tab.maxRank, splits*stride); tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
 		return
 	}
 	segs := b.segDev + uintptr(b.segUsed*b.segSize)
@@ -170,12 +174,24 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	if trace.Rows > 0 {
 		tr = ptr(trace)
 	}
+	if splits > 0 && b.routedFused && tab.maxRank > 0 {
+		// The routing shrink routes each row itself and writes its segments and trace.
+		b.ok("route + lora (routed wide)", C.s_route_lora_wide(ptr(logits), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
+			C.int(passes), C.int(start), C.int(tab.maxRank), C.uintptr_t(tab.ptr), tr, C.int(trace.Cols), C.int(layer), ptr(out), ptr(x),
+			C.uintptr_t(segs), C.int(n), C.int(tab.maxRank), C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), b.stream))
+		return
+	}
 	if !b.ok("route", C.s_route_segs(ptr(logits), C.int(n), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
 		C.uintptr_t(tab.ptr), C.uintptr_t(segs), C.int(passes), C.int(start), C.int(tab.maxRank), tr, C.int(trace.Cols), C.int(layer), b.stream)) {
 		return
 	}
 	if tab.maxRank == 0 {
 		return // no expert adapts this projection: only the trace was wanted
+	}
+	if splits > 0 {
+		b.ok("lora (routed wide)", C.s_lora_routed_wide(ptr(out), ptr(x), C.uintptr_t(segs), C.int(n), C.int(passes), C.int(tab.maxRank),
+			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), b.stream))
+		return
 	}
 	b.ok("lora (routed)", C.s_lora_routed(ptr(out), ptr(x), C.uintptr_t(segs), C.int(n), C.int(passes), C.int(tab.maxRank),
 		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))

@@ -35,10 +35,34 @@ type routeCase struct {
 // to the lower index), NaN (ranks last), -Inf, rows where null experts win (dropped, the rest
 // renormalised, or no delta at all), k = 1..8, and experts missing on the projection. Outputs
 // start at zero, so every row compares its routed delta alone, and rows outside the routed
-// ranges must stay exactly zero. The trace column must hold the top-1 expert id.
+// ranges must stay exactly zero. The trace column must hold the top-1 expert id. Both routed
+// kernels must: the plain ones and the wide ones (LORAPLEX_ROUTED_WIDE), routing apart or in
+// their shrink (LORAPLEX_ROUTED_FUSED).
 func TestRouteLoRAMatchesHost(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
+	routedSides(t, p.g, func(t *testing.T) { routeLoRAMatchesHost(t, p) })
+}
+
+// routedSides runs f on each of b's routed kernels: the plain ones, the wide ones
+// (LORAPLEX_ROUTED_WIDE), and the wide ones that route in their shrink (LORAPLEX_ROUTED_FUSED),
+// and leaves b on the plain ones (the default).
+func routedSides(t *testing.T, b *cuda.Backend, f func(t *testing.T)) {
+	for _, side := range []struct {
+		name        string
+		wide, fused bool
+	}{{"plain", false, false}, {"wide", true, false}, {"fused", true, true}} {
+		t.Run(side.name, func(t *testing.T) {
+			b.SetRoutedWide(side.wide)
+			b.SetRoutedFused(side.fused)
+			defer b.SetRoutedWide(false)
+			defer b.SetRoutedFused(false)
+			f(t)
+		})
+	}
+}
+
+func routeLoRAMatchesHost(t *testing.T, p pair) {
 	r := rand.New(rand.NewPCG(11, 12))
 	const in, out, layers, layer = 256, 192, 4, 2
 	cases := []routeCase{
@@ -60,26 +84,7 @@ func TestRouteLoRAMatchesHost(t *testing.T) {
 	for ci, rc := range cases {
 		t.Run(fmt.Sprintf("e%d_n%d_k%d", rc.experts, rc.nulls, rc.k), func(t *testing.T) {
 			rows := rc.experts + rc.nulls
-			// Experts: the same bf16 A and B on both backends, different ranks and scales.
-			var ec, eg []*model.LoRAWeights
-			ids := make([]int32, rc.experts)
-			for j := 0; j < rc.experts; j++ {
-				ids[j] = int32(100*ci + 3*j + 1) // any ids: the trace must carry these, not gate rows
-				missing := false
-				for _, m := range rc.nilAt {
-					missing = missing || m == j
-				}
-				if missing {
-					ec, eg = append(ec, nil), append(eg, nil)
-					continue
-				}
-				rk := ranks[j%len(ranks)]
-				ac, ag := p.upload(t, hostBF16(r, rk, in, 1/math.Sqrt(in)))
-				bc, bg := p.upload(t, hostBF16(r, out, rk, 1/math.Sqrt(float64(rk))))
-				scale := float32(0.5 + r.Float64())
-				ec = append(ec, &model.LoRAWeights{A: ac, B: bc, Rank: rk, Scale: scale})
-				eg = append(eg, &model.LoRAWeights{A: ag, B: bg, Rank: rk, Scale: scale})
-			}
+			ec, eg, ids := routeExperts(t, p, r, rc, ranks, in, out, 100*ci)
 			rpG := &model.RoutedProj{Gate: p.g.Alloc(rows, in), TopK: rc.k, Temperature: rc.T, Nulls: rc.nulls, Experts: eg, IDs: ids}
 
 			const total = 60
@@ -103,29 +108,13 @@ func TestRouteLoRAMatchesHost(t *testing.T) {
 				if err := p.g.Write(lg, logits); err != nil {
 					t.Fatal(err)
 				}
-				var passes [][]model.LoRASeg
-				for i := 0; i < n; i++ {
-					row := logits[i*rows : (i+1)*rows]
-					cs := model.Route(row, rc.k, rc.T, rc.nulls, nil)
-					countRow(&stats, row, cs, rc)
+				for i, cs := range hostRouteLoRA(p.c, oc, xc, logits, start, n, rc, ec) {
+					countRow(&stats, logits[i*rows:(i+1)*rows], cs, rc)
 					if len(cs) > 0 {
 						wantTrace[(start+i)*layers+layer] = float32(ids[cs[0].Expert])
 					} else {
 						wantTrace[(start+i)*layers+layer] = -1
 					}
-					for j, c := range cs {
-						m := ec[c.Expert]
-						if m == nil || c.Weight == 0 {
-							continue
-						}
-						for len(passes) <= j {
-							passes = append(passes, nil)
-						}
-						passes[j] = append(passes[j], model.LoRASeg{Start: start + i, N: 1, A: m.A, B: m.B, Scale: c.Weight * m.Scale})
-					}
-				}
-				for _, pass := range passes {
-					p.c.LoRA(oc, xc, pass)
 				}
 				p.g.RouteLoRA(og, xg, lg, start, n, rpG, trG, layer)
 				p.g.RouteLoRA(og2, xg, lg, start, n, rpG, trG, layer)
@@ -191,6 +180,55 @@ func TestRouteLoRAMatchesHost(t *testing.T) {
 	if stats.multi == 0 || stats.renorm == 0 || stats.allNull == 0 || stats.ties == 0 || stats.nan == 0 {
 		t.Fatalf("a routing situation was never exercised: %+v", stats)
 	}
+}
+
+// routeExperts makes rc's experts with the same bf16 A [rank, in] and B [out, rank] on both
+// backends, ranks cycling through ranks, random scales, nil where rc.nilAt says, and ids from
+// idBase + 1 on (any ids: the trace must carry these, not gate rows).
+func routeExperts(t *testing.T, p pair, r *rand.Rand, rc routeCase, ranks []int, in, out, idBase int) (ec, eg []*model.LoRAWeights, ids []int32) {
+	t.Helper()
+	ids = make([]int32, rc.experts)
+	for j := 0; j < rc.experts; j++ {
+		ids[j] = int32(idBase + 3*j + 1)
+		if slices.Contains(rc.nilAt, j) {
+			ec, eg = append(ec, nil), append(eg, nil)
+			continue
+		}
+		rk := ranks[j%len(ranks)]
+		ac, ag := p.upload(t, hostBF16(r, rk, in, 1/math.Sqrt(float64(in))))
+		bc, bg := p.upload(t, hostBF16(r, out, rk, 1/math.Sqrt(float64(rk))))
+		scale := float32(0.5 + r.Float64())
+		ec = append(ec, &model.LoRAWeights{A: ac, B: bc, Rank: rk, Scale: scale})
+		eg = append(eg, &model.LoRAWeights{A: ag, B: bg, Rank: rk, Scale: scale})
+	}
+	return ec, eg, ids
+}
+
+// hostRouteLoRA is the host path RouteLoRA replaces, on backend c: model.Route on each of the
+// n rows of logits [n, experts + nulls], then one LoRA call per pass (pass p holds every row's
+// p-th choice) over rows [start, start+n) of x into out. It returns each row's choices.
+func hostRouteLoRA(c model.Backend, out, x model.Tensor, logits []float32, start, n int, rc routeCase, experts []*model.LoRAWeights) [][]model.Choice {
+	rows := rc.experts + rc.nulls
+	var passes [][]model.LoRASeg
+	choices := make([][]model.Choice, n)
+	for i := 0; i < n; i++ {
+		cs := model.Route(logits[i*rows:(i+1)*rows], rc.k, rc.T, rc.nulls, nil)
+		choices[i] = cs
+		for j, ch := range cs {
+			m := experts[ch.Expert]
+			if m == nil || ch.Weight == 0 {
+				continue
+			}
+			for len(passes) <= j {
+				passes = append(passes, nil)
+			}
+			passes[j] = append(passes[j], model.LoRASeg{Start: start + i, N: 1, A: m.A, B: m.B, Scale: ch.Weight * m.Scale})
+		}
+	}
+	for _, pass := range passes {
+		c.LoRA(out, x, pass)
+	}
+	return choices
 }
 
 // routeLogits makes n rows of gate logits, cycling through patterns that stress the selection.
@@ -332,9 +370,14 @@ func copiesRouting(t *testing.T, b *cuda.Backend, cfg *model.Config, a *model.Ad
 // TestRoutedCopiesAreTheAdapterCUDA runs the fixture suite on the GPU with, beside every adapter
 // case, routed copies of it (k = 1; k = 2 of 2 copies + 1 null; k = 3 of 3 copies + 2 nulls,
 // T = 0.5) in the same batch as base and plain-adapter rows, prefill whole and chunked: the
-// routed cases must match the reference of their adapter like the plain ones do.
+// routed cases must match the reference of their adapter like the plain ones do, on the plain
+// routed kernels and on the wide ones (LORAPLEX_ROUTED_WIDE, and LORAPLEX_ROUTED_FUSED).
 func TestRoutedCopiesAreTheAdapterCUDA(t *testing.T) {
 	b := newGPU(t)
+	routedSides(t, b, func(t *testing.T) { routedCopiesAreTheAdapter(t, b) })
+}
+
+func routedCopiesAreTheAdapter(t *testing.T, b *cuda.Backend) {
 	r := rand.New(rand.NewPCG(21, 22))
 	for _, name := range []string{"llama", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
@@ -529,9 +572,14 @@ func TestRouteTablesShared(t *testing.T) {
 // CPU-built passes). Both see the same gate logits from the same GEMMs, so every choice must be
 // the same: the route traces must be identical and the logits agree to float rounding, for a
 // prefill of prompt + reference tokens and one decode step. Unlike the comparison with the
-// PyTorch reference, no bf16 near-tie can excuse a difference here.
+// PyTorch reference, no bf16 near-tie can excuse a difference here. Both routed kernels must
+// (plain, and wide: LORAPLEX_ROUTED_WIDE, also with LORAPLEX_ROUTED_FUSED).
 func TestDeviceRoutingMatchesHostCUDA(t *testing.T) {
 	b := newGPU(t)
+	routedSides(t, b, func(t *testing.T) { deviceRoutingMatchesHost(t, b) })
+}
+
+func deviceRoutingMatchesHost(t *testing.T, b *cuda.Backend) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
@@ -863,9 +911,15 @@ func compareDecodes(t *testing.T, rb *routedBatch, direct, graphed [][]float32, 
 // many steps with CUDA graphs off and on: with graphs the first decode step is recorded and
 // every later one replays it, and each step must equal the unrecorded run; so must the steps
 // recorded and replayed with programmatic dependent launch (sm_90+), whose kernels then follow
-// the route kernels' plain launches.
+// the route kernels' plain launches. On the plain routed kernels and on the wide ones, whose
+// split count and stride the recording bakes in (LORAPLEX_ROUTED_WIDE; with
+// LORAPLEX_ROUTED_FUSED, the routing shrink writes the segments inside the graph).
 func TestRoutedDecodeReplaysCUDA(t *testing.T) {
 	b := newGPU(t)
+	routedSides(t, b, func(t *testing.T) { routedDecodeReplays(t, b) })
+}
+
+func routedDecodeReplays(t *testing.T, b *cuda.Backend) {
 	defer b.SetGraphs(true)
 	defer b.SetPDL(cuda.PDLOff)
 	const steps = 24
@@ -899,9 +953,14 @@ func TestRoutedDecodeReplaysCUDA(t *testing.T) {
 // TestRoutedReuploadCUDA frees and re-uploads an expert adapter in the middle of a recorded
 // routed decode (routings released and resolved again, as the engine does for new requests):
 // the new routings must get new keys, so no recording replays the freed weights' addresses,
-// the new key is recorded and replayed in turn, and every step equals an unrecorded run.
+// the new key is recorded and replayed in turn, and every step equals an unrecorded run, on the
+// plain routed kernels and on the wide ones (LORAPLEX_ROUTED_WIDE, and LORAPLEX_ROUTED_FUSED).
 func TestRoutedReuploadCUDA(t *testing.T) {
 	b := newGPU(t)
+	routedSides(t, b, func(t *testing.T) { routedReupload(t, b) })
+}
+
+func routedReupload(t *testing.T, b *cuda.Backend) {
 	defer b.SetGraphs(true)
 	const steps, swapAt = 16, 6
 	rb := newRoutedBatch(t, b, "llama")

@@ -166,6 +166,24 @@ static inline int s_route_segs(uintptr_t logits, int n, int rows, int k, float t
 static inline int s_lora_routed(uintptr_t out, uintptr_t x, uintptr_t segs, int rows, int k, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
 	return lp_lora_routed(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), rows, k, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));
 }
+// s_route_lora_wide fills lp_route_args from scalars (a Go struct would need a C layout).
+static inline int s_route_lora_wide(uintptr_t logits, int rows, int k, float t, int nulls, int passes, int start, int seg_stride, uintptr_t experts,
+                                    uintptr_t trace, int trace_cols, int layer, uintptr_t out, uintptr_t x, uintptr_t segs, int n, int maxrank,
+                                    uintptr_t scratch, int in, int outd, int splits, int stride, uintptr_t s) {
+	lp_route_args ra = {0};
+	ra.logits = P(const float*, logits);
+	ra.rows = rows; ra.k = k; ra.nulls = nulls; ra.passes = passes; ra.start = start; ra.seg_stride = seg_stride;
+	ra.temperature = t;
+	ra.experts = P(const lp_route_expert*, experts);
+	ra.trace = P(float*, trace); ra.trace_cols = trace_cols; ra.layer = layer;
+	return lp_route_lora_wide(ra, P(float*, out), P(const float*, x), P(lp_lora_seg*, segs), n, maxrank, P(float*, scratch), in, outd,
+	                          splits, stride, P(lp_stream, s));
+}
+static inline int s_lora_routed_wide(uintptr_t out, uintptr_t x, uintptr_t segs, int rows, int k, int maxrank, uintptr_t scratch, int in, int outd,
+                                     int splits, int stride, uintptr_t s) {
+	return lp_lora_routed_wide(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), rows, k, maxrank, P(float*, scratch), in, outd,
+	                           splits, stride, P(lp_stream, s));
+}
 
 // upload.go, slabpool.go, devicedecode.go
 static inline int s_malloc_async(uintptr_t* p, size_t n, uintptr_t s) { void* q = 0; int e = lp_malloc_async(&q, n, P(lp_stream, s)); *p = (uintptr_t)q; return e; }

@@ -79,7 +79,45 @@
 // largest rows and rank (cuda.loraWideLayout); segment tables are copied before each replay.
 // Tolerance: against the CPU within the LoRA sweep's 2e-3 of the largest output, against the
 // plain kernels within fp32 rounding (TestLoRAWideSweep: 1e-5).
+//
+// lp_lora_routed_wide (issue 15, item 3; LORAPLEX_ROUTED_WIDE=on|off, off by default until its
+// GPU tests pass and an A/B run measures it, Backend.SetRoutedWide) is lp_lora_routed on the
+// wide shrink. A routed decode row is k one-row segments: at batch 1, top-2 of rank 8, the
+// plain shrink is 4 blocks of 4 warps (one warp per rank index) streaming 4,096 or 14,336
+// inputs, a latency-bound launch that the single adapter's split-K made 1.18x faster.
+//   shrink: lora_shrink_wide_kernel<VEC, ROUTED>, the single adapter's code: grid (segment =
+//           row x k + choice, 1, split), a block per k-slice of one choice, the slice's sums
+//           into split s's copy of the scratch (s x t_stride). The split rule is the wide
+//           kernels' (cuda.wideLayout) over rows x k one-row segments: 4 splits at 4,096 and
+//           14 at 14,336 for a batch-1 top-2 row; 4 and 8 for 64 rows.
+//   expand: grid (row, 512-column chunk): each choice's t is the sum of its partials in split
+//           order (split_sum, shared with the wide expand), then the row's choices add in pass
+//           order as in lp_lora_routed, out + s0*d0 + s1*d1 + ..., per column and choice with
+//           expand_dot's arithmetic; each thread takes 4 columns 128 apart and loads their
+//           outputs and B vectors before any arithmetic, storing each column once after the
+//           last choice (the wide expand's recipe).
+// Determinism: no atomics; a choice's intermediate sums in the wide shrink's fixed order and
+// its splits in order, so a step repeats bit for bit. The split count follows rows x k, so a
+// row's last bits follow its batch: deterministic mode keeps lp_lora_routed.
+// Graph replay: the grid and the stride are functions of the step's rows, the routing's top-k
+// and its expert table's largest rank (cuda.routedWideLayout), all fixed by the step key; the
+// route kernel inside the graph rewrites the segments it reads.
+// Tolerance: against the host routing within the routed tests' 2e-3 of the row's largest delta
+// (TestRouteLoRAMatchesHost, TestRoutedWideSweep), against lp_lora_routed within fp32 rounding.
+//
+// lp_route_lora_wide (LORAPLEX_ROUTED_FUSED=on|off with LORAPLEX_ROUTED_WIDE, off by default,
+// Backend.SetRoutedFused) folds route.cu's kernel into that shrink, so a routed projection is
+// two launches like a single adapter's (gate logits come from the base products' launch):
+// thread 0 of every shrink block routes the block's row with route_row (route_row.cuh, the
+// route kernel's own function) into shared memory while the other threads wait at a barrier;
+// the block shrinks its choice, and the row's (choice 0, split 0) block writes the row's
+// segments (for the expand) and its trace. Every block of a row routes the same logits with the
+// same code, so they agree; a row's routing (k scans of at most 64 logits, k double exps) costs
+// each block about what the separate route kernel's thread spent, in place of a launch.
+// Determinism and graph replay as lp_lora_routed_wide's (the routing is the route kernel's,
+// inside the same graph); its sums are lp_lora_routed_wide's bit for bit (TestRoutedWideSweep).
 #include "common.cuh"
+#include "route_row.cuh"
 
 #define SHRINK_WARPS 4
 
@@ -182,22 +220,43 @@ __global__ void lora_expand_group_kernel(lp_lora_outs outs, const lp_lora_seg* s
     expand_block(outs.out[g], out_dim, sg, scratch);
 }
 
-// Row-major routed expand: grid (row, column chunk); the block adds row i's k segments
-// segs[i*k .. i*k+k-1] in that order (see the top of the file for why not atomics). Every
-// segment of a row names the same output row (segs[i*k].start); N = 0 marks an absent choice.
-__global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim) {
-    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
-    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+// split_sum is intermediate j of a row whose partials lie splits apart by t_stride: the sum of
+// its splits' partials in split order (the wide shrink's; one split is the partial itself,
+// bit for bit, which is what the plain shrink's single copy of the scratch gives).
+__device__ __forceinline__ float split_sum(const float* part, int j, int splits, int t_stride) {
+    float v = part[j];
+    for (int s = 1; s < splits; s++) v += part[(size_t)s * t_stride + j];
+    return v;
+}
+
+// routed_row_load puts row blockIdx.x's k segments segs[i*k .. i*k+k-1] in sg and each real
+// choice's t (the sum of its split partials, split_sum: splits 1 after the plain shrink, the
+// wide shrink's count after lp_lora_routed_wide's) in t, both shared; false, uniformly over the
+// block, when the row has no real choice. Every routed expand starts with it.
+__device__ __forceinline__ bool routed_row_load(const lp_lora_seg* segs, const float* scratch, int k, int splits, int t_stride,
+                                                lp_lora_seg* sg, float (*t)[LP_MAX_LORA_RANK]) {
     const lp_lora_seg* row_segs = segs + (size_t)blockIdx.x * k;
-    if (threadIdx.x < k) sg[threadIdx.x] = row_segs[threadIdx.x];
+    if ((int)threadIdx.x < k) sg[threadIdx.x] = row_segs[threadIdx.x];
     __syncthreads();
     bool any = false;
     for (int p = 0; p < k; p++) any |= sg[p].n > 0;
-    if (!any) return;  // uniform over the block (shared values): no thread reaches the barrier
+    if (!any) return false;  // uniform over the block (shared values): no thread reaches the barrier
     for (int p = 0; p < k; p++)
         if (sg[p].n > 0)
-            for (int j = threadIdx.x; j < sg[p].rank; j += blockDim.x) t[p][j] = scratch[sg[p].t_off + j];
+            for (int j = threadIdx.x; j < sg[p].rank; j += blockDim.x)
+                t[p][j] = split_sum(scratch + sg[p].t_off, j, splits, t_stride);
     __syncthreads();
+    return true;
+}
+
+// Row-major routed expand: grid (row, column chunk); the block adds row i's k segments
+// segs[i*k .. i*k+k-1] in that order (see the top of the file for why not atomics). Every
+// segment of a row names the same output row (segs[i*k].start); N = 0 marks an absent choice.
+__global__ void lora_expand_routed_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim,
+                                          int splits, int t_stride) {
+    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
+    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+    if (!routed_row_load(segs, scratch, k, splits, t_stride, sg, t)) return;
     float* orow = out + (size_t)sg[0].start * out_dim;
     const int c_end = min(out_dim, (int)(blockIdx.y + 1) * EXPAND_COLS);
     for (int c = blockIdx.y * EXPAND_COLS + threadIdx.x; c < c_end; c += blockDim.x) {
@@ -263,7 +322,7 @@ extern "C" int lp_lora_routed(float* out, const float* x, const lp_lora_seg* seg
     else
         lora_shrink_kernel<false, true><<<g1, 32 * SHRINK_WARPS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim);
     dim3 g2(rows, (out_dim + EXPAND_COLS - 1) / EXPAND_COLS);
-    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim);
+    lora_expand_routed_kernel<<<g2, 256, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, 1, 0);  // one split: t as before
     LP_CHECK_LAUNCH();
 }
 
@@ -283,11 +342,10 @@ extern "C" int lp_lora_routed(float* out, const float* x, const lp_lora_seg* seg
 // its partial t to split blockIdx.z's copy of the scratch (the expand adds the splits in order).
 // A block whose slice is empty (in_dim small against the splits) writes zeros, which the
 // expand needs: every split's partial is read.
+// shrink_wide_block is that work for row r of segment sg; every wide shrink kernel runs it.
 template <bool VEC>
-__global__ void __launch_bounds__(WIDE_THREADS)
-    lora_shrink_wide_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
-    const lp_lora_seg sg = segs[blockIdx.y];
-    const int r = blockIdx.x;
+__device__ __forceinline__ void shrink_wide_block(const float* x, const lp_lora_seg& sg, int r, float* scratch, int in_dim,
+                                                  int t_stride) {
     if (r >= sg.n) return;  // uniform over the block: no thread reaches the barriers
     const int units = VEC ? in_dim / 8 : in_dim;
     const int per = (units + (int)gridDim.z - 1) / (int)gridDim.z;
@@ -339,6 +397,36 @@ __global__ void __launch_bounds__(WIDE_THREADS)
     }
 }
 
+// ROUTED: one-row segments (lp_lora_routed_wide), the segment in grid x as in the plain routed
+// shrink (rows x k can pass 65535), row 0 of it.
+template <bool VEC, bool ROUTED>
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_shrink_wide_kernel(const float* x, const lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
+    const lp_lora_seg sg = segs[ROUTED ? blockIdx.x : blockIdx.y];
+    shrink_wide_block<VEC>(x, sg, ROUTED ? 0 : (int)blockIdx.x, scratch, in_dim, t_stride);
+}
+
+// Routing shrink (lp_route_lora_wide): grid (row x passes + choice, 1, split), as the routed
+// wide shrink, but no route kernel ran before it: thread 0 of each block routes the block's row
+// from its gate logits (route_row, the route kernel's own function, into shared memory) and the
+// block shrinks its choice. Every block of a row computes the same routing from the same
+// logits with the same code, so they agree bit for bit; the row's (choice 0, split 0) block
+// alone writes the row's segments to the table the expand reads, and the trace.
+template <bool VEC>
+__global__ void __launch_bounds__(WIDE_THREADS)
+    route_shrink_wide_kernel(lp_route_args ra, const float* x, lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
+    __shared__ lp_lora_seg row_segs[LP_ROUTE_MAX_K];
+    const int i = (int)blockIdx.x / ra.passes, p = (int)blockIdx.x % ra.passes;
+    const bool writer = p == 0 && blockIdx.z == 0;
+    if (threadIdx.x == 0)
+        route_row(ra.logits + (size_t)i * ra.rows, i, ra.rows, ra.k, ra.temperature, ra.nulls, ra.experts, row_segs, ra.passes,
+                  ra.start, ra.seg_stride, writer ? ra.trace : nullptr, ra.trace_cols, ra.layer);
+    __syncthreads();
+    if (writer && (int)threadIdx.x < ra.passes) segs[(size_t)i * ra.passes + threadIdx.x] = row_segs[threadIdx.x];
+    const lp_lora_seg sg = row_segs[p];
+    shrink_wide_block<VEC>(x, sg, 0, scratch, in_dim, t_stride);
+}
+
 // t8 is t[8 jb + o .. 8 jb + o + 3], half of the rank vector jb multiplies.
 __device__ __forceinline__ float4 t8(const float* t, int jb, int o) {
     return make_float4(t[8 * jb + o], t[8 * jb + o + 1], t[8 * jb + o + 2], t[8 * jb + o + 3]);
@@ -372,11 +460,7 @@ __device__ __forceinline__ void expand_wide_block(float* out, int out_dim, const
         acc[i] = 0.f;
     }
     const float* part = scratch + sg.t_off + (size_t)r * sg.rank;
-    for (int j = threadIdx.x; j < sg.rank; j += blockDim.x) {
-        float v = part[j];
-        for (int s = 1; s < splits; s++) v += part[(size_t)s * t_stride + j];
-        t[j] = v;
-    }
+    for (int j = threadIdx.x; j < sg.rank; j += blockDim.x) t[j] = split_sum(part, j, splits, t_stride);
     __syncthreads();
     if (nv > 0) {
         // Two vectors of each column at a time (8 loads in flight per thread), added in rank
@@ -443,28 +527,97 @@ __global__ void __launch_bounds__(WIDE_THREADS)
     expand_wide_block(outs.out[g], out_dim, sg, scratch, splits, t_stride);
 }
 
-static void shrink_wide(const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, float* scratch, int in_dim,
-                        int splits, int t_stride, lp_stream s) {
-    dim3 g1(max_rows, num_segs, splits);
-    // Vector loads need 16-byte aligned A rows: in_dim % 8 == 0 (cudaMalloc'd A is aligned) and x.
-    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
-        lora_shrink_wide_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
-    else
-        lora_shrink_wide_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+// shrink_wide launches the wide shrink over num_segs segments of at most max_rows rows, or,
+// when routed, over num_segs one-row segments (the segment in grid x).
+// Wide routed expand (lp_lora_routed_wide, lp_route_lora_wide): grid (row, wide column chunk);
+// as the routed expand, the block adds row i's real choices in order p into each output, but
+// each thread takes WIDE_EXPAND_PER_THREAD columns a block width apart, loads their outputs
+// first and the B vectors of all of them before using any, and stores each column once, after
+// the last choice (the routed expand's store after each column keeps the compiler from
+// hoisting the next column's loads above it; expand_wide_block says the same). Per column and
+// choice the sum over the rank runs as in expand_dot, and out + s0*d0 + s1*d1 + ... as in the
+// routed expand.
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_expand_routed_wide_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim, int splits,
+                                   int t_stride) {
+    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
+    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+    if (!routed_row_load(segs, scratch, k, splits, t_stride, sg, t)) return;
+    float* orow = out + (size_t)sg[0].start * out_dim;
+    const int c0 = blockIdx.y * WIDE_EXPAND_COLS + threadIdx.x;
+    float o[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        o[i] = c < out_dim ? orow[c] : 0.f;
+    }
+    for (int p = 0; p < k; p++) {
+        if (sg[p].n == 0) continue;  // uniform over the block
+        const uint16_t* b = sg[p].b;
+        const int rank = sg[p].rank;
+        const float* tp = t[p];
+        float acc[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+        for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] = 0.f;
+        if (expand_vec(sg[p])) {
+            for (int jb = 0; jb < rank / 8; jb++) {
+                uint4 bv[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                    const int c = c0 + i * WIDE_THREADS;
+                    bv[i] = c < out_dim ? reinterpret_cast<const uint4*>(b + (size_t)c * rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+                }
+#pragma unroll
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], t8(tp, jb, 0), t8(tp, jb, 4));
+            }
+        } else {
+            for (int j = 0; j < rank; j++) {
+                const float tj = tp[j];
+#pragma unroll
+                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                    const int c = c0 + i * WIDE_THREADS;
+                    if (c < out_dim) acc[i] += tj * bf16_to_f32(b[(size_t)c * rank + j]);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) o[i] += sg[p].scale * acc[i];
+    }
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        if (c < out_dim) orow[c] = o[i];
+    }
 }
 
-static bool wide_args_ok(int num_segs, int max_rows, int max_rank, int in_dim, int splits, int t_stride) {
-    return max_rows > 0 && max_rank > 0 && max_rank <= LP_MAX_LORA_RANK && num_segs <= 65535 && in_dim > 0 && splits >= 1 &&
+static void shrink_wide(const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, float* scratch, int in_dim,
+                        int splits, int t_stride, bool routed, lp_stream s) {
+    const dim3 g1 = routed ? dim3(num_segs, 1, splits) : dim3(max_rows, num_segs, splits);
+    // Vector loads need 16-byte aligned A rows: in_dim % 8 == 0 (cudaMalloc'd A is aligned) and x.
+    const bool vec = in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0;
+    if (routed && vec)
+        lora_shrink_wide_kernel<true, true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+    else if (routed)
+        lora_shrink_wide_kernel<false, true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+    else if (vec)
+        lora_shrink_wide_kernel<true, false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+    else
+        lora_shrink_wide_kernel<false, false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(x, segs_device, scratch, in_dim, t_stride);
+}
+
+// wide_args_ok checks what every wide launch needs (the caller checks its grid's segment limit).
+static bool wide_args_ok(int max_rows, int max_rank, int in_dim, int splits, int t_stride) {
+    return max_rows > 0 && max_rank > 0 && max_rank <= LP_MAX_LORA_RANK && in_dim > 0 && splits >= 1 &&
            splits <= LP_LORA_WIDE_MAX_SPLITS && t_stride >= 0;
 }
 
 extern "C" int lp_lora_wide(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
                             float* scratch, int in_dim, int out_dim, int splits, int t_stride, int phases, lp_stream s) {
     if (num_segs <= 0) return 0;
-    if (!wide_args_ok(num_segs, max_rows, max_rank, in_dim, splits, t_stride) || out_dim <= 0 ||
+    if (num_segs > 65535 || !wide_args_ok(max_rows, max_rank, in_dim, splits, t_stride) || out_dim <= 0 ||
         (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || (phases & ~(LP_LORA_SHRINK | LP_LORA_EXPAND)) != 0)
         return (int)cudaErrorInvalidValue;
-    if (phases & LP_LORA_SHRINK) shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, s);
+    if (phases & LP_LORA_SHRINK) shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
     if (phases & LP_LORA_EXPAND) {
         dim3 g2(max_rows, num_segs, (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
         lora_expand_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(out, segs_device, scratch, out_dim, splits, t_stride);
@@ -476,7 +629,7 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
                                   int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s) {
     if (num_segs <= 0) return 0;
     if (outs.groups < 1 || outs.groups > LP_LORA_GROUP || outs.end[outs.groups - 1] != num_segs ||
-        !wide_args_ok(num_segs, max_rows, max_rank, in_dim, splits, t_stride))
+        num_segs > 65535 || !wide_args_ok(max_rows, max_rank, in_dim, splits, t_stride))
         return (int)cudaErrorInvalidValue;
     int chunks = 0;
     for (int g = 0; g < outs.groups; g++) {
@@ -485,8 +638,44 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
         if (c > chunks) chunks = c;
     }
     if (chunks > 65535) return (int)cudaErrorInvalidValue;
-    shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, s);
+    shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
     dim3 g2(max_rows, num_segs, chunks);
     lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, splits, t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// Routed wide (LORAPLEX_ROUTED_WIDE; the design is at the top of the file): the wide shrink over
+// the rows x k one-row segments, then the routed expand adding each choice's split partials.
+extern "C" int lp_lora_routed_wide(float* out, const float* x, const lp_lora_seg* segs_device, int rows, int k, int max_rank,
+                                   float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s) {
+    if (rows <= 0) return 0;
+    if (k < 1 || k > LP_ROUTE_MAX_K || rows > LP_LORA_ROUTED_MAX_ROWS || out_dim <= 0 ||
+        (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
+        return (int)cudaErrorInvalidValue;
+    shrink_wide(x, segs_device, rows * k, 1, scratch, in_dim, splits, t_stride, true, s);
+    dim3 g2(rows, (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
+    lora_expand_routed_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(out, segs_device, scratch, k, out_dim, splits, t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// Routing wide (LORAPLEX_ROUTED_FUSED with LORAPLEX_ROUTED_WIDE): lp_route_segs and
+// lp_lora_routed_wide in two launches instead of three, the routing inside the shrink.
+extern "C" int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg* segs_device, int n, int max_rank,
+                                  float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s) {
+    if (n <= 0) return 0;
+    if (ra.rows <= 0 || ra.rows > LP_ROUTE_MAX_ROWS || ra.k < 1 || ra.k > LP_ROUTE_MAX_K || ra.k > ra.rows || ra.nulls < 0 ||
+        ra.nulls > ra.rows || !(ra.temperature > 0.f) || ra.passes < 1 || ra.passes > ra.k || ra.start < 0 ||
+        ra.seg_stride < max_rank || (long long)n * ra.passes * ra.seg_stride > 0x7fffffffLL ||
+        (ra.trace && (ra.layer < 0 || ra.layer >= ra.trace_cols)) || n > LP_LORA_ROUTED_MAX_ROWS || out_dim <= 0 ||
+        (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
+        return (int)cudaErrorInvalidValue;
+    const dim3 g1(n * ra.passes, 1, splits);
+    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+        route_shrink_wide_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(ra, x, segs_device, scratch, in_dim, t_stride);
+    else
+        route_shrink_wide_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(ra, x, segs_device, scratch, in_dim, t_stride);
+    dim3 g2(n, (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
+    lora_expand_routed_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(out, segs_device, scratch, ra.passes, out_dim, splits,
+                                                                          t_stride);
     LP_CHECK_LAUNCH();
 }

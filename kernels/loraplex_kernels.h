@@ -240,6 +240,12 @@ int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lora_seg* seg
 // One launch adds each row's k deltas in order p = 0..k-1, deterministically (no atomics).
 int lp_lora_routed(float* out, const float* x, const lp_lora_seg* segs_device, int rows, int k, int max_rank,
                    float* scratch, int in_dim, int out_dim, lp_stream s);
+// lora.cu, routed wide (LORAPLEX_ROUTED_WIDE): lp_lora_routed with the wide shrink's split-K
+// (splits and t_stride as in lp_lora_wide: choice segment sg's partial of slice s at scratch +
+// s * t_stride + sg.t_off); the expand adds each choice's partials in split order, then the
+// row's choices in order p. Deterministic, within rounding of lp_lora_routed.
+int lp_lora_routed_wide(float* out, const float* x, const lp_lora_seg* segs_device, int rows, int k, int max_rank,
+                        float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s);
 
 // route.cu: router top-k on the device (model.Route's semantics). Row i of logits [n, rows]
 // picks its experts and writes its p-th real choice as a one-row segment (row start + i, N = 0
@@ -257,6 +263,20 @@ typedef struct {
 int lp_route_segs(const float* logits, int n, int rows, int k, float temperature, int nulls,
                   const lp_route_expert* experts, lp_lora_seg* segs, int passes, int start, int t_stride,
                   float* trace, int trace_cols, int layer, lp_stream s);
+// lora.cu, routing wide (LORAPLEX_ROUTED_FUSED): lp_route_segs (its arguments in ra; seg_stride
+// is its t_stride, at least max_rank) then lp_lora_routed_wide(k = ra.passes) over its n rows,
+// in two launches: each shrink block routes its own row, and one block a row writes the row's
+// segments (for the expand) and the trace. The same segments, trace and sums as the two calls.
+typedef struct {
+    const float* logits;  // [n, rows]
+    int rows, k, nulls, passes, start, seg_stride;
+    float temperature;
+    const lp_route_expert* experts;
+    float* trace;  // may be NULL
+    int trace_cols, layer;
+} lp_route_args;
+int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg* segs_device, int n, int max_rank,
+                       float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s);
 
 // sampling.cu: one block per logits row [rows, vocab] (overwritten) chooses the row's token
 // with params[row]; model.SampleReference (Go) defines the semantics. words holds every row's

@@ -21,6 +21,8 @@
 // (and the host path, model.Route then one LoRA per pass) computed; lora.cu says why that beats
 // atomicAdd. The segment count per call is still n * passes, so the segment ring advances
 // exactly as before (record and replay bookkeeping unchanged).
+// With LORAPLEX_ROUTED_FUSED, lora.cu's routing shrink runs route_row itself and this kernel
+// serves only projections no expert adapts (their trace) and the unfused routed kernels.
 //
 // Why one thread per row: the work is tiny (k arg-max scans over at most LP_ROUTE_MAX_ROWS
 // logits, k <= LP_ROUTE_MAX_K) and the launch is latency-bound whatever we do. A sequential
@@ -34,93 +36,7 @@
 // in float it would get weight 0, no delta, where the reference renormalises it to 1. k <= 8
 // double exponentials per row cost nothing next to the LoRA launches.
 #include "common.cuh"
-
-// better: does logit a rank above b? (the caller scans in index order, so ties keep the first).
-__host__ __device__ __forceinline__ bool route_better(float a, float b) {
-    if (isnan(b)) return !isnan(a);
-    return a > b;
-}
-
-// route_row routes row i (of n): l is its gate logits [rows], experts [rows - nulls], segs
-// [n][passes] (row-major: a row's choices are adjacent). Host and device both compile it so
-// that a host test can check it against Route.
-__host__ __device__ inline void route_row(const float* l, int i, int n, int rows, int k, float temperature, int nulls,
-                                          const lp_route_expert* experts, lp_lora_seg* segs, int passes, int start,
-                                          int t_stride, float* trace, int trace_cols, int layer) {
-    const int real = rows - nulls;
-
-    // I = the k largest logits by repeated arg-max; rows <= 64, so a bit mask marks the taken.
-    int idx[LP_ROUTE_MAX_K];
-    unsigned long long taken = 0ull;
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        float bv = 0.f;
-        for (int r = 0; r < rows; r++) {
-            if ((taken >> r) & 1ull) continue;
-            const float v = l[r];
-            if (best < 0 || route_better(v, bv)) best = r, bv = v;
-        }
-        idx[j] = best;
-        taken |= 1ull << best;
-    }
-
-    // w = softmax(l[I] / T) over all of I, nulls included; l[idx[0]] is the maximum. A NaN
-    // exponent (NaN logits, inf - inf) counts as 0, as in Route.
-    const double m = l[idx[0]];
-    double e[LP_ROUTE_MAX_K];
-    double sum_all = 0.0;
-    for (int j = 0; j < k; j++) {
-        double v = exp(((double)l[idx[j]] - m) / (double)temperature);
-        if (isnan(v)) v = 0.0;
-        e[j] = v;
-        sum_all += v;
-    }
-    // Null experts are dropped and the real ones renormalised among themselves.
-    double sum_real = 0.0;
-    int n_real = 0;
-    for (int j = 0; j < k; j++) {
-        if (idx[j] < real) {
-            sum_real += e[j] / sum_all;
-            n_real++;
-        }
-    }
-
-    // The p-th real choice (descending logit order) goes to pass p.
-    int p = 0;
-    for (int j = 0; j < k && p < passes; j++) {
-        if (idx[j] >= real) continue;
-        float w = sum_real > 0.0 ? (float)((e[j] / sum_all) / sum_real) : 0.f;  // NaN sums give 0, as in Route
-        if (n_real == 1 && sum_real > 0.0) w = 1.f;                             // exactly 1: k = 1 or one real expert
-        const lp_route_expert ex = experts[idx[j]];
-        lp_lora_seg sg;
-        sg.a = ex.a;
-        sg.b = ex.b;
-        sg.start = start + i;
-        // An expert without a LoRA on this projection (rank 0) adds nothing, and its weight is
-        // not given to the others; neither is a zero weight's row.
-        sg.n = (ex.rank > 0 && w != 0.f) ? 1 : 0;
-        sg.rank = ex.rank;
-        sg.t_off = (i * passes + p) * t_stride;
-        sg.scale = w * ex.scale;
-        segs[(size_t)i * passes + p] = sg;
-        p++;
-    }
-    for (; p < passes; p++) {  // fewer real choices than passes: empty segments
-        lp_lora_seg sg = {};
-        sg.start = start + i;  // lp_lora_routed takes a row's output row from its first segment
-        segs[(size_t)i * passes + p] = sg;
-    }
-
-    if (trace) {
-        float id = -1.f;  // top-1 real expert, -1 when every selected row is a null expert
-        for (int j = 0; j < k; j++)
-            if (idx[j] < real) {
-                id = (float)experts[idx[j]].id;
-                break;
-            }
-        trace[(size_t)(start + i) * trace_cols + layer] = id;
-    }
-}
+#include "route_row.cuh"
 
 // One thread per row.
 __global__ void route_segs_kernel(const float* __restrict__ logits, int n, int rows, int k, float temperature, int nulls,
@@ -128,8 +44,8 @@ __global__ void route_segs_kernel(const float* __restrict__ logits, int n, int r
                                   int t_stride, float* trace, int trace_cols, int layer) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    route_row(logits + (size_t)i * rows, i, n, rows, k, temperature, nulls, experts, segs, passes, start, t_stride, trace,
-              trace_cols, layer);
+    route_row(logits + (size_t)i * rows, i, rows, k, temperature, nulls, experts, segs + (size_t)i * passes, passes, start,
+              t_stride, trace, trace_cols, layer);
 }
 
 extern "C" int lp_route_segs(const float* logits, int n, int rows, int k, float temperature, int nulls,
