@@ -126,12 +126,18 @@ func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(
 
 // loadCompressedEncoded is LoadCompressedEncoded of a file opened beneath roots (nil: anywhere).
 func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.Config, onDevice func(codec string) bool) (*model.HostAdapter, io.Closer, error) {
-	// The streams' buffer is allocated (zeroed by the runtime: 24 MB for a rank-16 8B adapter,
-	// ~1.7 ms on one core) on another goroutine while this one opens and checks the file, from
-	// the file's size, which bounds the streams it holds, before the manifest says exactly how
-	// much: the readers then start copying as soon as the file is open instead of after the
-	// zeroing (which outlasted the rest of the stage's own path on a machine with free cores).
+	// The streams' buffer comes from the file's size, which bounds the streams it holds, before
+	// the manifest says exactly how much: a buffer a closed load gave back (streamBuffers) or,
+	// failing that, one allocated (zeroed by the runtime: 24 MB for a rank-16 8B adapter, ~1.7
+	// ms on one core) on another goroutine while this one opens and checks the file, so the
+	// readers start copying as soon as the file is open.
 	var buffer func() []byte
+	taken := false // the readers took the buffer: it is theirs to keep or give back
+	defer func() {
+		if buffer != nil && !taken { // not waited for: a load with nothing left encoded does not wait for an allocation
+			go func() { streamBuffers.put(buffer()) }()
+		}
+	}()
 	c, err := openContainer(roots, path, func(size int64) {
 		buffer = allocAhead(size, maxAdapterBytes(base))
 	})
@@ -164,8 +170,14 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 			encoded = append(encoded, n)
 		}
 	}
-	streams := readEncoded(c, encoded, buffer)
-	defer streams() // every return waits for the readers before c.Close unmaps the file
+	streams := readEncoded(c, encoded, func() []byte { taken = true; return buffer() })
+	// Every return waits for the readers before c.Close unmaps the file; a failed load gives
+	// their buffer back.
+	defer func() {
+		if _, used, _ := streams(); !keep && used != nil {
+			streamBuffers.put(used)
+		}
+	}()
 	f, err := c.DecodeTensors(path, maxAdapterElems(base, cfg), skip, func(n int) ([]byte, error) {
 		b, rel, err := zeroPages(n)
 		release = rel
@@ -178,7 +190,7 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 	if err != nil {
 		return nil, nil, err
 	}
-	read, err := streams()
+	read, used, err := streams()
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}
@@ -199,21 +211,31 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 		return nil, nil, err
 	}
 	keep = true
-	return a, closers{f, closeFunc(release)}, nil
+	// Closing gives the streams' buffer to the next load: nothing may read them afterwards,
+	// as nothing may read the tensors' zero pages.
+	giveBack := sync.OnceValue(func() error {
+		if used != nil {
+			streamBuffers.put(used)
+		}
+		return nil
+	})
+	return a, closers{f, closeFunc(release), closeFunc(giveBack)}, nil
 }
 
 // readEncoded starts copying the streams named out of the file into one private buffer (each
 // 8-byte aligned) and checking each against its checksum: the host stage of an adapter the
 // device decodes. It returns at once and the work overlaps the caller's: once buffer gives the
-// memory allocated ahead (allocAhead; one of the streams' size is allocated instead where it
-// gave too little), the streams are copied on all CPUs, as DecodeFile decodes the others, each
-// copied and summed in one pass by Container.ReadStream. The function it returns waits for
-// the copies and gives them by name, or the first error in names' order; it may be called
-// more than once.
-func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) func() (map[string][]byte, error) {
+// memory allocated ahead (allocAhead; called only if there is a stream to read; one of the
+// streams' size is allocated instead where it gave too little), the streams are copied on all
+// CPUs, as DecodeFile decodes the others, each copied and summed in one pass by
+// Container.ReadStream. The function it returns waits for the copies and gives them by name
+// and the buffer that holds them (nil if none), or the first error in names' order; it may be
+// called more than once.
+func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) func() (map[string][]byte, []byte, error) {
 	done := make(chan struct{})
 	var (
 		out      map[string][]byte
+		used     []byte
 		firstErr error
 	)
 	go func() {
@@ -222,12 +244,13 @@ func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) fu
 		for _, n := range names {
 			size += align8(c.Manifest.Tensors[n].Bytes)
 		}
-		var buf []byte
 		if size > 0 { // a file with no stream left encoded does not wait for the allocation
-			if buf = buffer(); len(buf) < size {
-				buf = make([]byte, size)
+			if used = buffer(); len(used) < size {
+				streamBuffers.put(used)
+				used = make([]byte, size)
 			}
 		}
+		buf := used
 		dst := make([][]byte, len(names))
 		for i, n := range names {
 			b := c.Manifest.Tensors[n].Bytes
@@ -253,22 +276,25 @@ func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) fu
 			out[n] = dst[i]
 		}
 	}()
-	return func() (map[string][]byte, error) {
+	return func() (map[string][]byte, []byte, error) {
 		<-done
-		return out, firstErr
+		return out, used, firstErr
 	}
 }
 
-// allocAhead starts allocating the buffer for the streams of a lorapack file of size bytes on
-// another goroutine and returns its wait. The file holds the streams and a header of more than
-// 7 bytes per tensor, so the streams, each padded to 8 bytes, fit in size bytes. A file larger
-// than limit (what a valid adapter of the base model may decode to) gets nothing ahead (nil):
-// a file that may turn out not to be an adapter at all is not allowed to make us allocate more
-// than an adapter can use before it is checked; its streams, if valid, are allocated at their
-// size once the manifest is checked.
+// allocAhead gives the buffer for the streams of a lorapack file of size bytes: one the pool
+// holds (streamBuffers), or one allocated on another goroutine; it returns its wait. The file
+// holds the streams and a header of more than 7 bytes per tensor, so the streams, each padded
+// to 8 bytes, fit in size bytes. A file larger than limit (what a valid adapter of the base
+// model may decode to) gets nothing ahead (nil): a file that may turn out not to be an adapter
+// at all is not allowed to make us allocate more than an adapter can use before it is
+// checked; its streams, if valid, are allocated at their size once the manifest is checked.
 func allocAhead(size int64, limit int) func() []byte {
 	if size <= 0 || size > int64(limit) {
 		return func() []byte { return nil }
+	}
+	if b := streamBuffers.get(int(size)); b != nil {
+		return func() []byte { return b }
 	}
 	ch := make(chan []byte, 1)
 	go func() { ch <- make([]byte, size) }()

@@ -241,11 +241,11 @@ func TestReadEncodedWithoutTheBufferAhead(t *testing.T) {
 	}
 	defer c.Close()
 	names := c.File.Names()
-	want, err := readEncoded(c, names, func() []byte { return make([]byte, 1<<20) })()
+	want, _, err := readEncoded(c, names, func() []byte { return make([]byte, 1<<20) })()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := readEncoded(c, names, func() []byte { return make([]byte, 100) })()
+	got, _, err := readEncoded(c, names, func() []byte { return make([]byte, 100) })()
 	if err != nil {
 		t.Fatal(err)
 	}
