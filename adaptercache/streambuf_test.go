@@ -2,9 +2,11 @@ package adaptercache
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/loraplex/loraplex/lorapack"
@@ -181,5 +183,45 @@ func TestBufferPoolBounds(t *testing.T) {
 	p.put(make([]byte, 2000)) // larger than the limit: not kept
 	if p.held != 500 {
 		t.Errorf("held %d bytes, want 500", p.held)
+	}
+}
+
+// The readers start on the streams before the manifest is checked: a file whose manifest is
+// then refused fails as it did (lorapack.ErrCorrupt in an *AdapterError), the file is unmapped
+// only once the readers are done (the race detector and a fault would say otherwise), and the
+// buffer, taken by the readers or not, goes back to the pool.
+func TestRefusedManifestWhileStreamsAreRead(t *testing.T) {
+	base, err := model.LoadConfig("../testdata/models/llama")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := os.ReadFile(compressTo(t, "../testdata/models/llama/adapters/b_all_rslora", DefaultCompressOptions()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(good)
+	at := bytes.Index(bad, []byte(`q4\"`)) // the manifest is a JSON string in the metadata
+	if at < 0 {
+		t.Fatal("no q4 codec in the manifest")
+	}
+	bad[at] = 'Q' // the manifest no longer matches its checksum
+	p := filepath.Join(t.TempDir(), "bad.lorapack")
+	if err := os.WriteFile(p, bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		emptyStreamBuffers()
+		var ae *AdapterError
+		if _, _, err := LoadCompressedEncoded(p, "x", base, func(string) bool { return true }); !errors.As(err, &ae) || !errors.Is(err, lorapack.ErrCorrupt) {
+			t.Fatalf("damaged manifest: %v", err)
+		}
+		// Given back at once if the readers took it, else by a goroutine once allocated.
+		deadline := time.Now().Add(5 * time.Second)
+		for streamBuffers.get(len(bad)) == nil {
+			if time.Now().After(deadline) {
+				t.Fatal("the refused load's buffer is not in the pool")
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 }
