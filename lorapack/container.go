@@ -388,7 +388,7 @@ func decodedMetadata() map[string]string { return map[string]string{"format": "p
 // manifest's values), instead of as bytes whose header is written only to be parsed back.
 // path names the File in errors. Tensors skip accepts get their place (zeros: alloc's fresh
 // memory) so the adapter validates the same, but their streams are not decoded (nor checked
-// beyond Open's header checks: the caller reads them with ReadStream), for a backend that
+// beyond Open's header checks: the caller reads them with ReadStream or CopyStream), for a backend that
 // decodes them itself. alloc, if not nil, makes the buffer (it must return n zero bytes); a
 // buffer of untouched zero pages makes the skipped tensors cost no memory writes. The tensors
 // are checked before any stream is decoded.
