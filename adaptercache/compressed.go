@@ -77,7 +77,7 @@ func LoadCompressed(path, name string, base *model.Config) (*model.HostAdapter, 
 
 // loadCompressed is LoadCompressed of a file opened beneath roots (nil: anywhere).
 func loadCompressed(roots *confine.Roots, path, name string, base *model.Config) (*model.HostAdapter, io.Closer, error) {
-	c, err := openContainer(roots, path, nil)
+	c, err := openContainer(roots, path)
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}
@@ -126,47 +126,56 @@ func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(
 
 // loadCompressedEncoded is LoadCompressedEncoded of a file opened beneath roots (nil: anywhere).
 func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.Config, onDevice func(codec string) bool) (*model.HostAdapter, io.Closer, error) {
-	// The streams' buffer is allocated (zeroed by the runtime: 24 MB for a rank-16 8B adapter,
-	// ~1.7 ms on one core) on another goroutine while this one opens and checks the file, from
-	// the file's size, which bounds the streams it holds, before the manifest says exactly how
-	// much: the readers then start copying as soon as the file is open instead of after the
-	// zeroing (which outlasted the rest of the stage's own path on a machine with free cores).
+	// The streams' buffer comes from the file's size, which bounds the streams it holds, before
+	// the manifest says exactly how much: a buffer a closed load gave back (streamBuffers) or,
+	// failing that, one allocated (zeroed by the runtime: 24 MB for a rank-16 8B adapter, ~1.7
+	// ms on one core) on another goroutine while this one opens and checks the file.
 	var buffer func() []byte
-	c, err := openContainer(roots, path, func(size int64) {
+	taken := false // the readers took the buffer: it is theirs to keep or give back
+	defer func() {
+		if buffer != nil && !taken { // not waited for: a load with nothing left encoded does not wait for an allocation
+			go func() { streamBuffers.put(buffer()) }()
+		}
+	}()
+	f, err := openMapped(roots, path, func(size int64) {
 		buffer = allocAhead(size, maxAdapterBytes(base))
 	})
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}
-	defer c.Close()
+	// The streams left for the device are copied out of the file into private memory and
+	// summed there, so what the device decodes is what was verified and the file may change
+	// afterwards (see ownTensors). That starts as soon as the safetensors header is parsed, on
+	// other goroutines, while this one checks the manifest and lays out, parses and validates
+	// the adapter: the two halves of the host stage overlap. The streams are chosen by their
+	// own headers' codec, which the manifest check then holds to the manifest's, and their sums
+	// are compared with the manifest's once it is checked.
+	streams := readEncoded(f, onDevice, func() []byte { taken = true; return buffer() })
 	keep := false
+	// Every return waits for the readers before the file is unmapped; a failed load gives
+	// their buffer back.
+	defer func() {
+		if read, _ := streams(); !keep && read.buf != nil {
+			streamBuffers.put(read.buf)
+		}
+		f.Close()
+	}()
+	c, err := lorapack.FromFile(f)
+	if err != nil {
+		return nil, nil, compressedErr(name, path, err)
+	}
 	cfg, err := manifestConfig(c, name, path)
 	if err != nil {
 		return nil, nil, err
 	}
-	skip := func(_ string, info lorapack.TensorInfo) bool {
-		return (info.Codec == "q4" || info.Codec == "q8") && onDevice(info.Codec)
-	}
+	skip := func(_ string, info lorapack.TensorInfo) bool { return leftEncoded(info.Codec, onDevice) }
 	var release func() error
 	defer func() {
 		if !keep && release != nil {
 			release()
 		}
 	}()
-	// The streams left for the device are copied out of the file into private memory and
-	// checked against their checksums there, so what the device decodes is what was verified
-	// and the file may change afterwards (see ownTensors). That starts now, on other
-	// goroutines, while this one lays out, parses and validates the adapter: the two halves of
-	// the host stage overlap.
-	var encoded []string
-	for _, n := range c.File.Names() {
-		if skip(n, c.Manifest.Tensors[n]) {
-			encoded = append(encoded, n)
-		}
-	}
-	streams := readEncoded(c, encoded, buffer)
-	defer streams() // every return waits for the readers before c.Close unmaps the file
-	f, err := c.DecodeTensors(path, maxAdapterElems(base, cfg), skip, func(n int) ([]byte, error) {
+	d, err := c.DecodeTensors(path, maxAdapterElems(base, cfg), skip, func(n int) ([]byte, error) {
 		b, rel, err := zeroPages(n)
 		release = rel
 		return b, err
@@ -174,7 +183,7 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}
-	a, err := buildAdapter(f, cfg, name, path, base)
+	a, err := buildAdapter(d, cfg, name, path, base)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -182,13 +191,32 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}
+	// The manifest check held every stream's codec to the manifest's, so the streams read are
+	// those skip leaves encoded; what was read is checked against the manifest's sums, in the
+	// file's order.
+	var encoded int
+	for _, n := range f.Names() {
+		if !skip(n, c.Manifest.Tensors[n]) {
+			continue
+		}
+		encoded++
+		if _, ok := read.streams[n]; !ok {
+			return nil, nil, compressedErr(name, path, fmt.Errorf("tensor %q: %w: its stream was not read", n, lorapack.ErrCorrupt))
+		}
+		if err := c.CheckSum(n, read.sums[n]); err != nil {
+			return nil, nil, compressedErr(name, path, fmt.Errorf("tensor %q: %w", n, err))
+		}
+	}
+	if encoded != len(read.streams) {
+		return nil, nil, compressedErr(name, path, fmt.Errorf("%w: %d streams read for %d left encoded", lorapack.ErrCorrupt, len(read.streams), encoded))
+	}
 	for l := range a.Modules {
 		for _, m := range a.Modules[l] {
 			if m == nil {
 				continue
 			}
 			for _, t := range []*model.HostTensor{&m.A, &m.B} {
-				if st, ok := read[t.Name]; ok {
+				if st, ok := read.streams[t.Name]; ok {
 					info := c.Manifest.Tensors[t.Name]
 					t.Encoded = &model.EncodedTensor{Codec: info.Codec, Group: info.Group, Stream: st}
 				}
@@ -199,76 +227,114 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 		return nil, nil, err
 	}
 	keep = true
-	return a, closers{f, closeFunc(release)}, nil
+	// Closing gives the streams' buffer to the next load: nothing may read them afterwards,
+	// as nothing may read the tensors' zero pages.
+	giveBack := sync.OnceValue(func() error {
+		if read.buf != nil {
+			streamBuffers.put(read.buf)
+		}
+		return nil
+	})
+	return a, closers{d, closeFunc(release), closeFunc(giveBack)}, nil
 }
 
-// readEncoded starts copying the streams named out of the file into one private buffer (each
-// 8-byte aligned) and checking each against its checksum: the host stage of an adapter the
-// device decodes. It returns at once and the work overlaps the caller's: once buffer gives the
-// memory allocated ahead (allocAhead; one of the streams' size is allocated instead where it
-// gave too little), the streams are copied on all CPUs, as DecodeFile decodes the others, each
-// copied and summed in one pass by Container.ReadStream. The function it returns waits for
-// the copies and gives them by name, or the first error in names' order; it may be called
-// more than once.
-func readEncoded(c *lorapack.Container, names []string, buffer func() []byte) func() (map[string][]byte, error) {
+// leftEncoded reports whether a tensor of codec is left for the device to decode.
+func leftEncoded(codec string, onDevice func(codec string) bool) bool {
+	return (codec == "q4" || codec == "q8") && onDevice(codec)
+}
+
+// encodedStreams is what readEncoded read: the streams by name, the CRC-32C of each copy, and
+// the buffer holding them (nil if none).
+type encodedStreams struct {
+	streams map[string][]byte
+	sums    map[string]uint32
+	buf     []byte
+}
+
+// readEncoded starts copying the streams of f that are left for the device (leftEncoded of the
+// codec in each stream's own header) out of the mapping into one private buffer (each 8-byte
+// aligned), summing each copy: the host stage of an adapter the device decodes. It returns at
+// once and the work overlaps the caller's: once buffer gives the memory allocated ahead
+// (allocAhead; called only if there is a stream to read; one of the streams' size is
+// allocated instead where it gave too little), the streams are copied on all CPUs, each copied
+// and summed in one pass by lorapack.CopyStream. The caller compares the sums with the
+// manifest's (Container.CheckSum) once it is checked. The function it returns waits for the
+// copies, or gives the first error in f's order; it may be called more than once.
+func readEncoded(f *safetensors.File, onDevice func(codec string) bool, buffer func() []byte) func() (encodedStreams, error) {
 	done := make(chan struct{})
 	var (
-		out      map[string][]byte
+		out      encodedStreams
 		firstErr error
 	)
 	go func() {
 		defer close(done)
+		var names []string
+		var src [][]byte
 		size := 0
-		for _, n := range names {
-			size += align8(c.Manifest.Tensors[n].Bytes)
-		}
-		var buf []byte
-		if size > 0 { // a file with no stream left encoded does not wait for the allocation
-			if buf = buffer(); len(buf) < size {
-				buf = make([]byte, size)
+		// The stream headers are in the mapping: a file truncated under us faults here too.
+		firstErr = safetensors.ReadMapped(func() error {
+			for _, n := range f.Names() {
+				t, _ := f.Tensor(n)
+				if h, _, err := lorapack.ParseHeader(t.Data); err == nil && leftEncoded(h.Codec.String(), onDevice) {
+					names, src = append(names, n), append(src, t.Data)
+					size += align8(len(t.Data))
+				}
 			}
+			return nil
+		})
+		if firstErr != nil || size == 0 { // a file with no stream left encoded does not wait for the allocation
+			return
 		}
+		if out.buf = buffer(); len(out.buf) < size {
+			streamBuffers.put(out.buf)
+			out.buf = make([]byte, size)
+		}
+		buf := out.buf
 		dst := make([][]byte, len(names))
-		for i, n := range names {
-			b := c.Manifest.Tensors[n].Bytes
+		for i := range names {
+			b := len(src[i])
 			dst[i], buf = buf[:b:b], buf[align8(b):]
 		}
 		errs := make([]error, len(names))
+		sums := make([]uint32, len(names))
 		var next atomic.Int64
 		var wg sync.WaitGroup
 		for range min(runtime.GOMAXPROCS(0), len(names)) {
-			wg.Go(func() { // ReadStream guards its own goroutine against a file truncated under it
+			wg.Go(func() { // CopyStream guards its own goroutine against a file truncated under it
 				for i := int(next.Add(1) - 1); i < len(names); i = int(next.Add(1) - 1) {
-					errs[i] = c.ReadStream(names[i], dst[i])
+					sums[i], errs[i] = lorapack.CopyStream(dst[i], src[i])
 				}
 			})
 		}
 		wg.Wait()
-		out = make(map[string][]byte, len(names))
+		out.streams, out.sums = make(map[string][]byte, len(names)), make(map[string]uint32, len(names))
 		for i, n := range names {
 			if errs[i] != nil {
-				out, firstErr = nil, fmt.Errorf("tensor %q: %w", n, errs[i])
+				firstErr = fmt.Errorf("tensor %q: %w", n, errs[i])
 				return
 			}
-			out[n] = dst[i]
+			out.streams[n], out.sums[n] = dst[i], sums[i]
 		}
 	}()
-	return func() (map[string][]byte, error) {
+	return func() (encodedStreams, error) {
 		<-done
 		return out, firstErr
 	}
 }
 
-// allocAhead starts allocating the buffer for the streams of a lorapack file of size bytes on
-// another goroutine and returns its wait. The file holds the streams and a header of more than
-// 7 bytes per tensor, so the streams, each padded to 8 bytes, fit in size bytes. A file larger
-// than limit (what a valid adapter of the base model may decode to) gets nothing ahead (nil):
-// a file that may turn out not to be an adapter at all is not allowed to make us allocate more
-// than an adapter can use before it is checked; its streams, if valid, are allocated at their
-// size once the manifest is checked.
+// allocAhead gives the buffer for the streams of a lorapack file of size bytes: one the pool
+// holds (streamBuffers), or one allocated on another goroutine; it returns its wait. The file
+// holds the streams and a header of more than 7 bytes per tensor, so the streams, each padded
+// to 8 bytes, fit in size bytes. A file larger than limit (what a valid adapter of the base
+// model may decode to) gets nothing ahead (nil): a file that may turn out not to be an adapter
+// at all is not allowed to make us allocate more than an adapter can use before it is
+// checked; its streams, if valid, are allocated at their size once the manifest is checked.
 func allocAhead(size int64, limit int) func() []byte {
 	if size <= 0 || size > int64(limit) {
 		return func() []byte { return nil }
+	}
+	if b := streamBuffers.get(int(size)); b != nil {
+		return func() []byte { return b }
 	}
 	ch := make(chan []byte, 1)
 	go func() { ch <- make([]byte, size) }()
@@ -337,9 +403,23 @@ func maxRank(cfg *PEFTConfig) int {
 	return r
 }
 
-// openContainer opens a lorapack file beneath roots (nil: anywhere). sized, if not nil, is
-// told the file's size before the file is read.
-func openContainer(roots *confine.Roots, path string, sized func(int64)) (*lorapack.Container, error) {
+// openContainer opens a lorapack file beneath roots (nil: anywhere).
+func openContainer(roots *confine.Roots, path string) (*lorapack.Container, error) {
+	f, err := openMapped(roots, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	c, err := lorapack.FromFile(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// openMapped maps a file beneath roots (nil: anywhere) and parses its safetensors header.
+// sized, if not nil, is told the file's size before the file is read.
+func openMapped(roots *confine.Roots, path string, sized func(int64)) (*safetensors.File, error) {
 	fd, err := roots.Open(path)
 	if err != nil {
 		return nil, err
@@ -352,13 +432,13 @@ func openContainer(roots *confine.Roots, path string, sized func(int64)) (*lorap
 		}
 		sized(st.Size())
 	}
-	return lorapack.OpenFile(path, fd)
+	return safetensors.OpenFile(path, fd)
 }
 
 // decodeCompressed opens, checks and decodes a lorapack file into safetensors bytes, and returns
 // the adapter config it carries, raw.
 func decodeCompressed(path, name string, limit func(*PEFTConfig, *lorapack.Manifest) int) ([]byte, []byte, error) {
-	c, err := openContainer(nil, path, nil)
+	c, err := openContainer(nil, path)
 	if err != nil {
 		return nil, nil, compressedErr(name, path, err)
 	}

@@ -3,12 +3,9 @@ package adaptercache
 import (
 	"bytes"
 	"cmp"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"io/fs"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -445,47 +442,7 @@ func TestCompressOptionErrors(t *testing.T) {
 // the same folder (which copies the file into private memory and checks its values). Each load allocates its 84 MB output afresh, so
 // page faults and zeroing are part of the cost, as on the real load path.
 func BenchmarkLoadCompressed(b *testing.B) {
-	base, err := model.ParseConfig([]byte(`{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":128256,
-		"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,
-		"max_position_embeddings":8192,"rms_norm_eps":1e-5,"hidden_act":"silu"}`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	dir := b.TempDir()
-	r := rand.New(rand.NewPCG(2026, 11))
-	var ts []safetensors.Tensor
-	bf16 := func(n int, gen func() float64) []byte {
-		out := make([]byte, 2*n)
-		for i := range n {
-			binary.LittleEndian.PutUint16(out[2*i:], model.F32ToBF16(float32(gen())))
-		}
-		return out
-	}
-	for l := range base.NumLayers {
-		for p := model.Proj(0); p < model.NumProj; p++ {
-			out, in := base.ProjShape(p)
-			mod := fmt.Sprintf("%smodel.layers.%d.%s.%s", prefix, l, p.Block(), p)
-			bound := 1 / math.Sqrt(float64(in))
-			ts = append(ts,
-				safetensors.Tensor{Name: mod + ".lora_A.weight", DType: "BF16", Shape: []int{16, in}, Data: bf16(16*in, func() float64 { return (2*r.Float64() - 1) * bound })},
-				safetensors.Tensor{Name: mod + ".lora_B.weight", DType: "BF16", Shape: []int{out, 16}, Data: bf16(out*16, func() float64 { return r.NormFloat64() * 0.01 })})
-		}
-	}
-	if err := safetensors.WriteFile(filepath.Join(dir, PEFTWeightsFile), ts, map[string]string{"format": "pt"}); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, PEFTConfigFile), []byte(`{"peft_type":"LORA","r":16,"lora_alpha":32,"bias":"none",
-		"target_modules":["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]}`), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if _, err := CompressPEFT(dir, &buf, DefaultCompressOptions()); err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(dir, "a.lorapack")
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
-		b.Fatal(err)
-	}
+	base, dir, path := writeLlama8BLorapack(b)
 	b.Run("LoadCompressed", func(b *testing.B) {
 		for b.Loop() {
 			if _, _, err := LoadCompressed(path, "x", base); err != nil {

@@ -240,18 +240,24 @@ func TestReadEncodedWithoutTheBufferAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	names := c.File.Names()
-	want, err := readEncoded(c, names, func() []byte { return make([]byte, 1<<20) })()
+	all := func(string) bool { return true }
+	want, err := readEncoded(c.File, all, func() []byte { return make([]byte, 1<<20) })()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := readEncoded(c, names, func() []byte { return make([]byte, 100) })()
+	got, err := readEncoded(c.File, all, func() []byte { return make([]byte, 100) })()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range names {
-		if !bytes.Equal(got[n], want[n]) || len(got[n]) != c.Manifest.Tensors[n].Bytes {
-			t.Fatalf("%s: %d bytes, want %d", n, len(got[n]), c.Manifest.Tensors[n].Bytes)
+	if len(got.streams) != len(c.File.Names()) {
+		t.Fatalf("%d streams read of %d", len(got.streams), len(c.File.Names()))
+	}
+	for _, n := range c.File.Names() {
+		if !bytes.Equal(got.streams[n], want.streams[n]) || len(got.streams[n]) != c.Manifest.Tensors[n].Bytes {
+			t.Fatalf("%s: %d bytes, want %d", n, len(got.streams[n]), c.Manifest.Tensors[n].Bytes)
+		}
+		if err := c.CheckSum(n, got.sums[n]); err != nil {
+			t.Fatalf("%s: %v", n, err)
 		}
 	}
 }

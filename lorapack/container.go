@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -218,26 +217,29 @@ func Open(path string) (*Container, error) {
 	return open(f)
 }
 
-// OpenFile is Open of a file already open for reading (see safetensors.OpenFile).
-func OpenFile(path string, fd *os.File) (*Container, error) {
-	f, err := safetensors.OpenFile(path, fd)
-	if err != nil {
-		return nil, err
-	}
-	return open(f)
-}
-
-func open(f *safetensors.File) (*Container, error) {
+// FromFile is Open of a file the caller mapped itself (safetensors.OpenFile: one opened
+// beneath allowed roots, see internal/confine), which lets the caller start copying the
+// streams out (CopyStream) while the manifest is checked. f stays open whatever the result:
+// the caller closes it once nothing reads the mapping (Container.Close, after a success).
+func FromFile(f *safetensors.File) (*Container, error) {
 	var m *Manifest
 	err := safetensors.ReadMapped(func() (err error) {
 		m, err = checkManifest(f)
 		return err
 	})
 	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	return &Container{File: f, Manifest: m}, nil
+}
+
+func open(f *safetensors.File) (*Container, error) {
+	c, err := FromFile(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // Close unmaps the file.
@@ -292,27 +294,48 @@ func checkManifest(f *safetensors.File) (*Manifest, error) {
 }
 
 // ReadStream copies tensor name's stream out of the file into dst, which must be exactly its
-// size, and checks it against the manifest's checksum. The copy is private: the file may change
-// afterwards, and a file truncated during the copy is an error (safetensors.ErrFileChanged), not
-// a crash.
-//
-// The copy and the checksum are one pass: each chunk is summed from dst right after it is
-// copied, while it is still in the core's cache, instead of a second walk over the stream.
+// size, and checks it against the manifest's checksum (CopyStream, then CheckSum). The copy is
+// private: the file may change afterwards, and a file truncated during the copy is an error
+// (safetensors.ErrFileChanged), not a crash.
 func (c *Container) ReadStream(name string, dst []byte) error {
 	t, ok := c.File.Tensor(name)
 	if !ok || len(dst) != len(t.Data) {
 		return fmt.Errorf("lorapack: ReadStream of %q into %d bytes", name, len(dst))
 	}
-	var sum uint32
-	err := safetensors.ReadMapped(func() error {
-		sum = copySum(dst, t.Data)
-		return nil
-	})
+	sum, err := CopyStream(dst, t.Data)
 	if err != nil {
 		return err
 	}
-	if want := c.Manifest.Tensors[name].CRC32C; sum != want {
-		return corrupt("the stream's checksum is %08x, the manifest says %08x", sum, want)
+	return c.CheckSum(name, sum)
+}
+
+// CopyStream copies a stream out of a file's mapping (a tensor's Data) into dst, of its
+// size, and returns the CRC-32C of the copy; ReadStream without the manifest, for a caller
+// that copies streams before the manifest is checked (FromFile) and checks their sums after
+// (CheckSum). A file truncated during the copy is safetensors.ErrFileChanged, not a crash.
+//
+// The copy and the checksum are one pass: each chunk is summed from dst right after it is
+// copied, while it is still in the core's cache, instead of a second walk over the stream.
+func CopyStream(dst, src []byte) (uint32, error) {
+	if len(dst) != len(src) {
+		return 0, fmt.Errorf("lorapack: CopyStream of %d bytes into %d", len(src), len(dst))
+	}
+	var sum uint32
+	err := safetensors.ReadMapped(func() error {
+		sum = copySum(dst, src)
+		return nil
+	})
+	return sum, err
+}
+
+// CheckSum refuses a copy of tensor name's stream whose CRC-32C (sum) is not the manifest's.
+func (c *Container) CheckSum(name string, sum uint32) error {
+	info, ok := c.Manifest.Tensors[name]
+	if !ok {
+		return fmt.Errorf("lorapack: CheckSum of %q, which the file does not hold", name)
+	}
+	if sum != info.CRC32C {
+		return corrupt("the stream's checksum is %08x, the manifest says %08x", sum, info.CRC32C)
 	}
 	return nil
 }
@@ -365,7 +388,7 @@ func decodedMetadata() map[string]string { return map[string]string{"format": "p
 // manifest's values), instead of as bytes whose header is written only to be parsed back.
 // path names the File in errors. Tensors skip accepts get their place (zeros: alloc's fresh
 // memory) so the adapter validates the same, but their streams are not decoded (nor checked
-// beyond Open's header checks: the caller reads them with ReadStream), for a backend that
+// beyond Open's header checks: the caller reads them with ReadStream or CopyStream), for a backend that
 // decodes them itself. alloc, if not nil, makes the buffer (it must return n zero bytes); a
 // buffer of untouched zero pages makes the skipped tensors cost no memory writes. The tensors
 // are checked before any stream is decoded.

@@ -137,14 +137,14 @@ func uintAt(b []byte, i, bits int) (uint64, int, bool) {
 
 // The manifest itself (~100 KB for those 448 tensors) went through encoding/json's two scans of
 // the whole document, its validity check and then its decoding walk, before any field was
-// read: as long again as the entries. readManifest checks it once and walks the form
+// read: as long again as the entries. readManifest checks it once (jsonscan.Valid) and walks the form
 // WriteContainer writes itself.
 
 // readManifest decodes a manifest as json.Unmarshal does, to the same value or the same error:
 // a valid document written the usual way is walked by fastManifest, anything else goes to
 // encoding/json. FuzzManifestJSON holds the two to the same.
 func readManifest(b []byte, m *Manifest) error {
-	if utf8.Valid(b) && json.Valid(b) {
+	if utf8.Valid(b) && jsonscan.Valid(b) {
 		if fastManifest(b, m) {
 			return nil
 		}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/loraplex/loraplex/model/safetensors"
 )
 
 // The one-pass copy gives the stream's bytes and the CRC-32C of all of them, whatever its length
@@ -73,5 +75,86 @@ func TestReadStreamRefusesAChangePastTheFirstChunk(t *testing.T) {
 		case !change && (err != nil || !bytes.Equal(got, st)):
 			t.Errorf("unchanged file: err %v, equal %v", err, bytes.Equal(got, st))
 		}
+	}
+}
+
+// A file whose manifest is refused leaves FromFile with its mapping still open and readable:
+// the caller may be copying streams out of it while the manifest is checked, and unmaps it
+// once those copies end.
+func TestFromFileLeavesARefusedFileMapped(t *testing.T) {
+	st, err := EncodeDense([]float32{1, 2, 3, 4}, 2, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+	m := &Manifest{Format: Format, PEFTConfig: []byte(`{"peft_type":"LORA","r":2,"lora_alpha":4,"target_modules":["q_proj"]}`),
+		Tensors: map[string]TensorInfo{name: {Codec: "dense-bf16", Density: 1, Kept: 4, Shape: [2]int{2, 2}, DType: "BF16", Bytes: len(st)}}}
+	var buf bytes.Buffer
+	if err := WriteContainer(&buf, m, []Stream{{Name: name, Data: st}}); err != nil {
+		t.Fatal(err)
+	}
+	file := buf.Bytes()
+	at := bytes.Index(file, []byte(`dense-bf16`))
+	file[at] = 'D' // the manifest no longer matches its checksum
+	path := filepath.Join(t.TempDir(), "a.lorapack")
+	if err := os.WriteFile(path, file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := safetensors.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := FromFile(f); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("damaged manifest: %v", err)
+	}
+	tensor, _ := f.Tensor(name)
+	got := make([]byte, len(st))
+	if _, err := CopyStream(got, tensor.Data); err != nil || !bytes.Equal(got, st) {
+		t.Errorf("the mapping after the refusal: err %v, equal %v", err, bytes.Equal(got, st))
+	}
+}
+
+// A stream copied before the manifest is checked (CopyStream) is held to the manifest's
+// checksum after (CheckSum) exactly as ReadStream holds it: its own sum passes, any other
+// fails, and so does a name the file does not hold or a copy into the wrong size.
+func TestCopyStreamThenCheckSumIsReadStream(t *testing.T) {
+	st, err := EncodeDense([]float32{1, 2, 3, 4, 5, 6}, 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+	m := &Manifest{Format: Format, PEFTConfig: []byte(`{"peft_type":"LORA","r":2,"lora_alpha":4,"target_modules":["q_proj"]}`),
+		Tensors: map[string]TensorInfo{name: {Codec: "dense-bf16", Density: 1, Kept: 6, Shape: [2]int{2, 3}, DType: "BF16", Bytes: len(st)}}}
+	var buf bytes.Buffer
+	if err := WriteContainer(&buf, m, []Stream{{Name: name, Data: st}}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "a.lorapack")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tensor, _ := c.File.Tensor(name)
+	got := make([]byte, len(st))
+	sum, err := CopyStream(got, tensor.Data)
+	if err != nil || !bytes.Equal(got, st) || sum != Checksum(st) {
+		t.Fatalf("copy: err %v, equal %v, sum %08x want %08x", err, bytes.Equal(got, st), sum, Checksum(st))
+	}
+	if err := c.CheckSum(name, sum); err != nil {
+		t.Errorf("its own sum: %v", err)
+	}
+	if err := c.CheckSum(name, sum^1); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("another sum: %v", err)
+	}
+	if err := c.CheckSum("nope", sum); err == nil {
+		t.Error("a name the file does not hold passed")
+	}
+	if _, err := CopyStream(make([]byte, len(st)-1), tensor.Data); err == nil {
+		t.Error("a copy into the wrong size passed")
 	}
 }

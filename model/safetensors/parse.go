@@ -68,7 +68,7 @@ func Parse(path string, data []byte) (*File, error) {
 	if !utf8.Valid(header) {
 		return nil, formatErr(path, "", "header is not valid UTF-8")
 	}
-	if !json.Valid(header) {
+	if !jsonscan.Valid(header) {
 		return nil, formatErr(path, "", "header is not valid JSON")
 	}
 	f := &File{path: path, tensors: map[string]Tensor{}}
