@@ -53,6 +53,7 @@ type Backend struct {
 	routedFused           bool          // the wide routed shrink routes its own rows (fused.go: LORAPLEX_ROUTED_FUSED, SetRoutedFused)
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
+	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
 	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
 	pdl                   PDL           // how a decode step's kernels launch (fused.go: LORAPLEX_PDL, SetPDL); PDLOff below sm_90
 	gemvDeep              bool          // batch-1 GEMVs with deeper weight streams (fused.go: LORAPLEX_GEMV_DEEP, SetGEMVDeep)
@@ -133,6 +134,7 @@ func New(device int) (*Backend, error) {
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.swigluBF16 = envSwitch("LORAPLEX_SWIGLU_BF16", swigluBF16Default)
+	b.normBF16 = envSwitch("LORAPLEX_NORM_BF16", normBF16Default)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())
 	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)

@@ -18,7 +18,7 @@
 // Alternative kernel paths are chosen per backend, by environment variables read in New and by
 // setters for tests and benchmarks: LORAPLEX_PREFILL_ATTENTION (backend.go); LORAPLEX_FUSED_DECODE,
 // LORAPLEX_LORA_GROUP, LORAPLEX_LORA_WIDE, LORAPLEX_ROUTED_WIDE, LORAPLEX_ROUTED_FUSED,
-// LORAPLEX_NORM_GEMV, LORAPLEX_SWIGLU_BF16, LORAPLEX_PDL (programmatic dependent launch) and
+// LORAPLEX_NORM_GEMV, LORAPLEX_NORM_BF16, LORAPLEX_SWIGLU_BF16, LORAPLEX_PDL (programmatic dependent launch) and
 // LORAPLEX_GEMV_DEEP (fused.go, which lists them with their defaults' measurements);
 // LORAPLEX_DECODE_SPLIT, LORAPLEX_GROUPED_DECODE, LORAPLEX_PREFILL_SPLIT and LORAPLEX_PREFILL_WIDE
 // (attention.go); LORAPLEX_DETERMINISTIC_GEMM, LORAPLEX_DETERMINISTIC_SMALL and

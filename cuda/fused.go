@@ -27,6 +27,7 @@ import (
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)
+//	LORAPLEX_NORM_BF16=on|off      RMSNorm writes the cuBLAS products' bf16 input itself (NormMatMulShared)
 //	LORAPLEX_PREFILL_WIDE=on|off   the tensor-core prefill in 128-row tiles, two m16 row tiles a warp (attention.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
@@ -56,6 +57,9 @@ const (
 	pdlDefault         = PDLOff
 	gemvDeepDefault    = false
 	swigluBF16Default  = true
+	// normBF16Default: off until its GPU test (TestNormBF16) has passed and an A/B run has
+	// measured it (written after this session's device time was spent).
+	normBF16Default = false
 )
 
 // envSwitch reads an on/off switch from the environment.
@@ -386,11 +390,7 @@ func overlaps(a, c model.Tensor) bool {
 // exactly where MatMul would stream the weights), the GEMV's alignment for every input.
 func (b *Backend) normInput(what string, in model.NormedInput) (delta, next C.uintptr_t, ok bool) {
 	x, add := in.X, in.Delta.Rows > 0
-	if x.DType != model.F32 || in.Weight.DType != model.F32 || in.Weight.Rows != 1 || in.Weight.Cols != x.Cols ||
-		add && (in.Delta.Rows != x.Rows || in.Delta.Cols != x.Cols || in.Next.Rows != x.Rows || in.Next.Cols != x.Cols ||
-			in.Delta.DType != model.F32 || in.Next.DType != model.F32 || overlaps(in.Next, x) || overlaps(in.Next, in.Delta)) {
-		panic(fmt.Sprintf("cuda: %s of x %s + delta %s into %s, norm weight %s", what, x.Shape(), in.Delta.Shape(), in.Next.Shape(), in.Weight.Shape()))
-	}
+	checkNorm(what, in)
 	if !b.normGEMV || b.batchInvariant || x.Rows == 0 || x.Rows > b.gemvRows || x.Cols%8 != 0 ||
 		uintptr(ptr(x))%16 != 0 || uintptr(ptr(in.Weight))%16 != 0 {
 		return 0, 0, false
@@ -406,6 +406,9 @@ func (b *Backend) normInput(what string, in model.NormedInput) (delta, next C.ui
 // part within rounding of lp_add_rmsnorm + its own GEMV (kernels/gemv.cu bounds it).
 func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws []model.Tensor) bool {
 	aligned := checkShared("NormMatMulShared", outs, in.X, ws)
+	if b.normToCublas(in) {
+		return b.normCublas(outs, in, ws)
+	}
 	delta, next, ok := b.normInput("NormMatMulShared", in)
 	if !ok || !aligned || len(ws) > gemvPartsMax {
 		return false
@@ -417,6 +420,58 @@ func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws
 	b.ok("norm gemv parts", C.s_norm_gemv_parts(C.int(in.X.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight), C.float(in.Eps),
 		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
 	return true
+}
+
+// checkNorm panics unless in's shapes and types fit a norm-fused call: x, the norm weight and,
+// with a residual add, delta and next the same shape as x, next overlapping neither.
+func checkNorm(what string, in model.NormedInput) {
+	x, add := in.X, in.Delta.Rows > 0
+	if x.DType != model.F32 || in.Weight.DType != model.F32 || in.Weight.Rows != 1 || in.Weight.Cols != x.Cols ||
+		add && (in.Delta.Rows != x.Rows || in.Delta.Cols != x.Cols || in.Next.Rows != x.Rows || in.Next.Cols != x.Cols ||
+			in.Delta.DType != model.F32 || in.Next.DType != model.F32 || overlaps(in.Next, x) || overlaps(in.Next, in.Delta)) {
+		panic(fmt.Sprintf("cuda: %s of x %s + delta %s into %s, norm weight %s", what, x.Shape(), in.Delta.Shape(), in.Next.Shape(), in.Weight.Shape()))
+	}
+}
+
+// normToCublas reports whether NormMatMulShared takes in's rows to cuBLAS (normCublas): more
+// rows than the GEMV kernel reads, default mode, LORAPLEX_NORM_BF16 on. A function of the row
+// count and the backend's switches, as the step key needs.
+func (b *Backend) normToCublas(in model.NormedInput) bool {
+	return b.normBF16 && !b.batchInvariant && in.X.Rows > b.gemvRows
+}
+
+// normCublas is NormMatMulShared for the products MatMul gives cuBLAS: lp_rmsnorm_bf16 writes
+// the normed rows, rounded to bf16, where xToBF16 would have put them (and the residual sum to
+// in.Next), and each product is the cuBLAS call MatMul makes from there. That saves the pass
+// converting the fp32 normed rows (at a 2,048-row prefill step of the 8B shape, 32 MB read and
+// 16 MB written, before q/k/v and again before gate/up) and their fp32 store; the products are
+// bitwise the unfused AddRMSNorm + MatMulShared's (TestNormBF16).
+func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []model.Tensor) bool {
+	x, add := in.X, in.Delta.Rows > 0
+	checkNorm("NormMatMulShared", in)
+	n := x.Rows * x.Cols
+	if !b.launch() || x.Rows == 0 || (n > b.xbfCap && (!b.canGrow() || !b.growX(n))) {
+		return true
+	}
+	var delta, next C.uintptr_t
+	if add {
+		delta, next = ptr(in.Delta), ptr(in.Next)
+	}
+	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.stream)) {
+		for i, w := range ws {
+			b.cublasGemm(outs[i], x, w, 1, 0)
+		}
+	}
+	return true
+}
+
+// SetNormBF16 turns normCublas on or off for the following steps (its launches differ from the
+// unfused ops', so recorded graphs are dropped).
+func (b *Backend) SetNormBF16(on bool) {
+	if b.normBF16 != on {
+		b.dropGraphs()
+	}
+	b.normBF16 = on
 }
 
 // NormGateUpSiLU implements model.NormFuser: the norm (and the residual add), both products and

@@ -462,7 +462,8 @@ func TestDecodeSplitRules(t *testing.T) {
 // Qwen3's Q/K norms), base + four adapters in one mixed batch, prefill whole and chunked, decode
 // steps replayed from CUDA graphs; and each case alone (batch-1 decode, where gate/up fuse
 // whenever the row has no adapter on them). All of it with each programmatic dependent launch
-// mode (on an sm_90+ device; below, every mode launches as PDLOff).
+// mode (on an sm_90+ device; below, every mode launches as PDLOff), and the norms of prompt
+// chunks past the GEMV rows written in bf16 for their cuBLAS products (LORAPLEX_NORM_BF16).
 func TestFusedFixturesCUDA(t *testing.T) {
 	for _, pdl := range []cuda.PDL{cuda.PDLOff, cuda.PDLOn, cuda.PDLPrefetch} {
 		t.Run("pdl="+pdl.String(), func(t *testing.T) {
@@ -470,6 +471,7 @@ func TestFusedFixturesCUDA(t *testing.T) {
 			b.SetFusedDecode(true)
 			b.SetLoRAGroup(true)
 			b.SetNormGEMV(true)
+			b.SetNormBF16(true)
 			b.SetDecodeSplit(cuda.DecodeSplitContext)
 			b.SetGEMVRows(8)
 			b.SetPDL(pdl)
@@ -857,6 +859,116 @@ func TestSiLUMulMatMul(t *testing.T) {
 	g.SetBatchInvariant(false)
 	if !g.SiLUMulMatMul(out, act, gate, up, w) {
 		t.Error("declined 16 rows with the switch back on")
+	}
+	if err := g.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With LORAPLEX_NORM_BF16 the norm (and the residual add) folded into products that run on
+// cuBLAS gives bitwise the unfused AddRMSNorm (RMSNorm) then MatMulShared: each product, and the
+// residual sum in in.Next with in.X left as it was; for q/k/v-like triples and gate/up-like pairs,
+// 2 to 300 rows, with and without the residual add, every output poisoned with NaN first. It
+// declines GEMV-sized steps to the GEMV kernels, and takes nothing to cuBLAS with the switch off
+// or in deterministic mode.
+func TestNormBF16(t *testing.T) {
+	g := newGPU(t)
+	g.SetNormBF16(true)
+	r := rand.New(rand.NewPCG(71, 72))
+	for _, sh := range []struct {
+		n, k   int
+		widths []int
+		add    bool
+	}{{2, 4096, []int{4096, 1024, 1024}, true}, {64, 512, []int{384, 100, 100}, true}, {300, 1024, []int{2048, 2048}, true},
+		{9, 256, []int{96, 13, 7}, false}, {33, 4096, []int{14336, 14336}, false}} {
+		t.Run(fmt.Sprintf("n%d_k%d_%v_add%v", sh.n, sh.k, sh.widths, sh.add), func(t *testing.T) {
+			var owned []model.Tensor
+			alloc := func(rows, cols int, vals []float32) model.Tensor {
+				x := g.Alloc(rows, cols)
+				owned = append(owned, x)
+				if vals == nil {
+					vals = nanFloats(rows * cols)
+				}
+				if err := g.Write(x, vals); err != nil {
+					t.Fatal(err)
+				}
+				return x
+			}
+			defer func() {
+				for _, x := range owned {
+					g.Free(x)
+				}
+			}()
+			xv := randFloats(r, sh.n*sh.k)
+			x1, x2 := alloc(sh.n, sh.k, xv), alloc(sh.n, sh.k, xv)
+			nw := randFloats(r, sh.k)
+			normW := alloc(1, sh.k, nw)
+			var delta, next model.Tensor
+			if sh.add {
+				delta, next = alloc(sh.n, sh.k, randFloats(r, sh.n*sh.k)), alloc(sh.n, sh.k, nil)
+			}
+			h := alloc(sh.n, sh.k, nil)
+			ws := make([]model.Tensor, len(sh.widths))
+			want, got := make([]model.Tensor, len(sh.widths)), make([]model.Tensor, len(sh.widths))
+			for i, m := range sh.widths {
+				w, err := g.Upload(hostBF16(r, m, sh.k, 1/math.Sqrt(float64(sh.k))), m, sh.k)
+				if err != nil {
+					t.Fatal(err)
+				}
+				owned = append(owned, w)
+				ws[i], want[i], got[i] = w, alloc(sh.n, m, nil), alloc(sh.n, m, nil)
+			}
+			// The unfused ops on x1 (the residual sum lands in x1 itself).
+			if sh.add {
+				g.AddRMSNorm(x1, delta, h, normW, 1e-5)
+			} else {
+				g.RMSNorm(h, x1, normW, 1e-5)
+			}
+			if !g.MatMulShared(want, h, ws) {
+				for i := range ws {
+					g.MatMul(want[i], h, ws[i])
+				}
+			}
+			in := model.NormedInput{X: x2, Delta: delta, Next: next, Weight: normW, Eps: 1e-5}
+			if !g.NormMatMulShared(got, in, ws) {
+				t.Fatalf("declined %d rows for cuBLAS", sh.n)
+			}
+			same := func(what string, a, b model.Tensor) {
+				av, bv := read(t, g, a), read(t, g, b)
+				for i := range av {
+					if math.Float32bits(av[i]) != math.Float32bits(bv[i]) || math.IsNaN(float64(bv[i])) {
+						t.Fatalf("%s: element %d is %v folded, %v unfused", what, i, bv[i], av[i])
+					}
+				}
+			}
+			for i := range ws {
+				same(fmt.Sprintf("product %d", i), want[i], got[i])
+			}
+			if sh.add {
+				same("residual in Next", x1, next)
+				for i, v := range read(t, g, x2) {
+					if math.Float32bits(v) != math.Float32bits(xv[i]) {
+						t.Fatalf("x changed at %d: %v, was %v", i, v, xv[i])
+					}
+				}
+			}
+		})
+	}
+	x, normW, out := g.Alloc(16, 64), g.Alloc(1, 64), g.Alloc(16, 32)
+	w, err := g.Upload(hostBF16(r, 32, 64, 0.1), 32, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := model.NormedInput{X: x, Weight: normW, Eps: 1e-5}
+	g.SetBatchInvariant(true)
+	if g.NormMatMulShared([]model.Tensor{out}, in, []model.Tensor{w}) {
+		t.Error("took 16 rows in deterministic mode")
+	}
+	g.SetBatchInvariant(false)
+	g.SetNormBF16(false)
+	g.SetGEMVRows(1)
+	if g.NormMatMulShared([]model.Tensor{out}, in, []model.Tensor{w}) {
+		t.Error("took 16 rows with LORAPLEX_NORM_BF16 off")
 	}
 	if err := g.Err(); err != nil {
 		t.Fatal(err)

@@ -137,6 +137,11 @@ int lp_gather_rows(float* out, const float* x, const int32_t* rows, int n, int d
 // rmsnorm.cu: out = x * rsqrt(mean(x²) + eps) * w per row; the fused form adds delta to x first.
 int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, float eps, int pdl, lp_stream s);
 int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, int pdl, lp_stream s);
+// The norm of x (+ delta when delta is not NULL, the sum written to next, x left as it is) rounded
+// to bf16 into out [rows, dim]: bitwise lp_add_rmsnorm (lp_rmsnorm) then lp_f32_to_bf16, the
+// input of the cuBLAS products that read it; delta and next are both NULL or both not.
+int lp_rmsnorm_bf16(const float* x, const float* delta, float* next, uint16_t* out, const float* w, int rows, int dim,
+                    float eps, lp_stream s);
 // bias.cu: x[i, :] += b
 int lp_add_bias(float* x, const float* b, int rows, int dim, int pdl, lp_stream s);
 // swiglu.cu: out = silu(gate) * up; the _bf16 form also writes out rounded to bf16 into

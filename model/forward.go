@@ -317,10 +317,20 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		if r.gateUpNormFused(act, in, l) {
 			x, h = fusedResidual(in)
 		} else {
-			b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
-			if !r.gateUpFused(act, h, l) {
-				r.groupOuts[0], r.groupOuts[1] = gate, up
-				r.projShared(h, l, gateUpProjs, r.groupOuts[:2])
+			r.groupOuts[0], r.groupOuts[1] = gate, up
+			// The norm folded into the gate/up products alone where the backend takes that but
+			// not the activation too (CUDA: steps whose products run on cuBLAS).
+			normed := r.normFusable(l, gateUpProjs) && r.normer.NormMatMulShared(r.groupOuts[:2], in, r.groupWeights(l, gateUpProjs))
+			if normed {
+				r.addBiases(l, gateUpProjs, r.groupOuts[:2])
+				x, h = fusedResidual(in)
+			} else {
+				b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
+			}
+			if normed || !r.gateUpFused(act, h, l) {
+				if !normed {
+					r.projShared(h, l, gateUpProjs, r.groupOuts[:2])
+				}
 				// Routed steps make the product with the down projection's gate (gatedProducts).
 				down = r.siluDown != nil && r.routing.seqs == 0 && r.siluDown.SiLUMulMatMul(o, act, gate, up, L.W[ProjDown])
 				if !down {

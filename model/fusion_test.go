@@ -15,6 +15,8 @@ import (
 type composingBackend struct {
 	*cpu.Backend
 	decline, declineNorms                      bool // refuse every call; refuse the NormFuser calls only
+	declineNormSiLU                            bool // refuse NormGateUpSiLU only (CUDA's cuBLAS-sized steps)
+	normedGateUp                               int  // NormMatMulShared calls of gate/up (two products)
 	products, ropeKV, gateUp, groups, siluDown int
 	normed                                     [2]int // NormMatMulShared, NormGateUpSiLU calls
 }
@@ -44,6 +46,9 @@ func (c *composingBackend) NormMatMulShared(outs []model.Tensor, in model.Normed
 		return false
 	}
 	c.normed[0]++
+	if len(ws) == 2 {
+		c.normedGateUp++
+	}
 	h := c.normedRows(in)
 	for i := range outs {
 		c.MatMul(outs[i], h, ws[i])
@@ -52,7 +57,7 @@ func (c *composingBackend) NormMatMulShared(outs []model.Tensor, in model.Normed
 }
 
 func (c *composingBackend) NormGateUpSiLU(act model.Tensor, in model.NormedInput, wGate, wUp model.Tensor) bool {
-	if c.decline || c.declineNorms {
+	if c.decline || c.declineNorms || c.declineNormSiLU {
 		return false
 	}
 	c.normed[1]++
@@ -130,14 +135,15 @@ func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [
 // q/k/v and gate/up, both norms folded into the products that read them where nothing else
 // reads the normed state (the residual then living in the other buffer from one layer to the
 // next), and, where the norms are not folded, gate/up + SiLU for steps with nothing to add to
-// gate and up, and SwiGLU with the down projection's product for the others.
+// gate and up, and SwiGLU with the down projection's product for the others; where the backend
+// folds the norm into the gate/up products but not into the activation, the norm goes there.
 func TestForwardUsesFusionCapabilities(t *testing.T) {
 	for _, name := range []string{"llama", "qwen2", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
-			var results [4][]fixture.Result
-			var fusing, unnormed *composingBackend
+			var results [5][]fixture.Result
+			var fusing, unnormed, unsiluNormed *composingBackend
 			for i := range results {
-				b := &composingBackend{Backend: cpu.New(0), declineNorms: i == 2, decline: i == 3}
+				b := &composingBackend{Backend: cpu.New(0), declineNorms: i == 2, decline: i == 3, declineNormSiLU: i == 4}
 				t.Cleanup(b.Close)
 				var mb model.Backend = b
 				switch i {
@@ -147,6 +153,8 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					fusing = b
 				case 2:
 					unnormed = b
+				case 4:
+					unsiluNormed = b
 				}
 				fx, cfg, h := fixture.Open(t, name, mb)
 				adapters := fixtureadapters.Upload(t, name, cfg, mb)
@@ -162,7 +170,7 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					results[i] = append(results[i], res)
 				}
 			}
-			for i, name := range []string{"fusing", "fusing all but the norms", "declining"} {
+			for i, name := range []string{"fusing", "fusing all but the norms", "declining", "fusing the norms with the products only"} {
 				for j := range results[0] {
 					if results[i+1][j] != results[0][j] {
 						t.Fatalf("run %d: the %s backend's logits differ from the plain backend's: %+v, plain %+v", j, name, results[i+1][j], results[0][j])
@@ -170,9 +178,9 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 				}
 			}
 			if fusing.products == 0 || fusing.ropeKV == 0 || fusing.groups == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
-				fusing.siluDown == 0 {
-				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down",
-					fusing.products, fusing.ropeKV, fusing.groups, fusing.normed, unnormed.gateUp, fusing.siluDown)
+				fusing.siluDown == 0 || unsiluNormed.normedGateUp == 0 || unsiluNormed.normed[1] != 0 {
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation)",
+					fusing.products, fusing.ropeKV, fusing.groups, fusing.normed, unnormed.gateUp, fusing.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1])
 			}
 		})
 	}
