@@ -267,23 +267,31 @@ func TestLoRAWideStepsAsideInDeterministicMode(t *testing.T) {
 		b.LoRA(o, x, []model.LoRASeg{{Start: 0, N: n, A: a, B: bb, Scale: 0.75}})
 		return read(t, b, o)
 	}
+	checkRowsAlone(t, b, rows, out, lora)
+}
+
+// checkRowsAlone runs all rows through run (rows [first, first + n) in a call of their own) and
+// rows 0, 137 and the last alone, with deterministic mode off and on: on, each row alone must be
+// bitwise the row inside the call; off, how many elements differ is logged.
+func checkRowsAlone(t *testing.T, b *cuda.Backend, rows, out int, run func(first, n int) []float32) {
+	t.Helper()
 	for _, invariant := range []bool{false, true} {
 		b.SetBatchInvariant(invariant)
-		batch := lora(0, rows)
+		batch := run(0, rows)
 		moved := 0
 		for _, i := range []int{0, 137, rows - 1} {
-			alone := lora(i, 1)
+			alone := run(i, 1)
 			for c, v := range alone {
 				if math.Float32bits(v) != math.Float32bits(batch[i*out+c]) {
 					if invariant {
-						t.Fatalf("row %d column %d: %v alone, %v in the segment", i, c, v, batch[i*out+c])
+						t.Fatalf("row %d column %d: %v alone, %v in the call", i, c, v, batch[i*out+c])
 					}
 					moved++
 				}
 			}
 		}
 		if !invariant {
-			t.Logf("without deterministic mode %d of %d elements differ alone and in the segment", moved, 3*out)
+			t.Logf("without deterministic mode %d of %d elements differ alone and in the call", moved, 3*out)
 		}
 	}
 	if err := b.Err(); err != nil {

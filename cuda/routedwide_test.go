@@ -153,26 +153,5 @@ func TestRoutedWideStepsAsideInDeterministicMode(t *testing.T) {
 		b.RouteLoRA(o, x, l, 0, n, rp, model.Tensor{}, 0)
 		return read(t, b, o)
 	}
-	for _, invariant := range []bool{false, true} {
-		b.SetBatchInvariant(invariant)
-		batch := routed(0, rows)
-		moved := 0
-		for _, i := range []int{0, 137, rows - 1} {
-			alone := routed(i, 1)
-			for c, v := range alone {
-				if math.Float32bits(v) != math.Float32bits(batch[i*out+c]) {
-					if invariant {
-						t.Fatalf("row %d column %d: %v alone, %v in the call", i, c, v, batch[i*out+c])
-					}
-					moved++
-				}
-			}
-		}
-		if !invariant {
-			t.Logf("without deterministic mode %d of %d elements differ alone and in the call", moved, 3*out)
-		}
-	}
-	if err := b.Err(); err != nil {
-		t.Fatal(err)
-	}
+	checkRowsAlone(t, b, rows, out, routed)
 }
