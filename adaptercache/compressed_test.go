@@ -32,6 +32,21 @@ func compressTo(t *testing.T, dir string, opt CompressOptions) string {
 	return path
 }
 
+// llamaQ4 is the llama fixture's config and its b_all_rslora adapter compressed with the default
+// options (q4), as file bytes: what the tests of damaged files start from.
+func llamaQ4(t *testing.T) (*model.Config, []byte) {
+	t.Helper()
+	base, err := model.LoadConfig("../testdata/models/llama")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := os.ReadFile(compressTo(t, "../testdata/models/llama/adapters/b_all_rslora", DefaultCompressOptions()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base, good
+}
+
 var compressModes = map[string]CompressOptions{
 	"dense":       {Codec: "dense"},
 	"default":     DefaultCompressOptions(),

@@ -300,14 +300,7 @@ func TestAllocAheadOnlyWhatAnAdapterMayTake(t *testing.T) {
 // is a *safetensors.FormatError, a changed byte in a stream left encoded fails its checksum
 // (lorapack.ErrCorrupt), both as *AdapterError.
 func TestEncodedRefusesDamagedFiles(t *testing.T) {
-	base, err := model.LoadConfig("../testdata/models/llama")
-	if err != nil {
-		t.Fatal(err)
-	}
-	good, err := os.ReadFile(compressTo(t, "../testdata/models/llama/adapters/b_all_rslora", DefaultCompressOptions()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	base, good := llamaQ4(t)
 	load := func(b []byte) error {
 		p := filepath.Join(t.TempDir(), "bad.lorapack")
 		if err := os.WriteFile(p, b, 0o644); err != nil {

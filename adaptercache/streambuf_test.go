@@ -135,14 +135,7 @@ func streamsStart(streams map[string][]byte) uintptr {
 // buffer back, so a stream of damaged files does not make every load allocate afresh.
 func TestStreamBufferGivenBackByAFailedLoad(t *testing.T) {
 	emptyStreamBuffers()
-	base, err := model.LoadConfig("../testdata/models/llama")
-	if err != nil {
-		t.Fatal(err)
-	}
-	good, err := os.ReadFile(compressTo(t, "../testdata/models/llama/adapters/b_all_rslora", DefaultCompressOptions()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	base, good := llamaQ4(t)
 	bad := bytes.Clone(good)
 	bad[len(bad)-1] ^= 0x10 // the last stream's last q4 codes
 	p := filepath.Join(t.TempDir(), "bad.lorapack")
@@ -191,14 +184,7 @@ func TestBufferPoolBounds(t *testing.T) {
 // only once the readers are done (the race detector and a fault would say otherwise), and the
 // buffer, taken by the readers or not, goes back to the pool.
 func TestRefusedManifestWhileStreamsAreRead(t *testing.T) {
-	base, err := model.LoadConfig("../testdata/models/llama")
-	if err != nil {
-		t.Fatal(err)
-	}
-	good, err := os.ReadFile(compressTo(t, "../testdata/models/llama/adapters/b_all_rslora", DefaultCompressOptions()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	base, good := llamaQ4(t)
 	bad := bytes.Clone(good)
 	at := bytes.Index(bad, []byte(`q4\"`)) // the manifest is a JSON string in the metadata
 	if at < 0 {
