@@ -70,13 +70,17 @@ type Backend struct {
 	vcache []uintptr
 
 	// Grown on demand (in practice during the first steps), never per step.
-	xbf     uintptr // bf16 copy of a GEMM input
-	xbfCap  int
-	segHost unsafe.Pointer // pinned lp_lora_seg ring (cudaMallocHost), not Go memory
-	segDev  uintptr
-	segCap  int
-	segUsed int
-	loraTmp uintptr
+	xbf    uintptr // bf16 copy of a GEMM input
+	xbfCap int
+	// padX and padOut: deterministic mode's padded cuBLAS products (deterministic.go paddedGEMM):
+	// one chunk of x in bf16 (padRows rows) and the chunk's fp32 products, in bytes.
+	padX, padOut       uintptr
+	padXCap, padOutCap int
+	segHost            unsafe.Pointer // pinned lp_lora_seg ring (cudaMallocHost), not Go memory
+	segDev             uintptr
+	segCap             int
+	segUsed            int
+	loraTmp            uintptr
 	// attnScratch holds the split-K partials of decode attention and of the tensor-core prefill
 	// (one after the other on the stream: the prefill merge reads its partials before decode writes).
 	attnScratch uintptr

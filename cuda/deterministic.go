@@ -94,6 +94,10 @@ const (
 	// product (lp_f32_to_bf16, the default path's): bitwise the same results, half the bytes
 	// of x each block reads from L2, one launch more per product.
 	DeterministicGEMMTensorCoresBF16X
+	// DeterministicGEMMPadded: cuBLAS on a fixed shape, every product in chunks of padRows
+	// rows, each chunk one cublasGemmEx of exactly padRows rows (lp_gemm_padded_bf16,
+	// kernels/gemm.cu): the default path's kernel at batch 64, weights read once per 64 rows.
+	DeterministicGEMMPadded
 )
 
 func (d DeterministicGEMM) String() string {
@@ -104,6 +108,8 @@ func (d DeterministicGEMM) String() string {
 		return "tensor-cores"
 	case DeterministicGEMMTensorCoresBF16X:
 		return "tensor-cores-bf16x"
+	case DeterministicGEMMPadded:
+		return "cublas-padded"
 	}
 	return fmt.Sprintf("DeterministicGEMM(%d)", int(d))
 }
@@ -121,7 +127,7 @@ const deterministicGEMMDefault = DeterministicGEMMTensorCoresBF16X
 
 // deterministicGEMMFromEnv reads LORAPLEX_DETERMINISTIC_GEMM (the default when unset or unknown).
 func deterministicGEMMFromEnv() DeterministicGEMM {
-	for _, d := range []DeterministicGEMM{DeterministicGEMMRows, DeterministicGEMMTensorCores, DeterministicGEMMTensorCoresBF16X} {
+	for _, d := range []DeterministicGEMM{DeterministicGEMMRows, DeterministicGEMMTensorCores, DeterministicGEMMTensorCoresBF16X, DeterministicGEMMPadded} {
 		if os.Getenv("LORAPLEX_DETERMINISTIC_GEMM") == d.String() {
 			return d
 		}
@@ -133,7 +139,7 @@ func deterministicGEMMFromEnv() DeterministicGEMM {
 // (for tests and benchmarks that compare them). Recorded graphs hold the other kernel's
 // launches, so they are dropped.
 func (b *Backend) SetDeterministicGEMM(d DeterministicGEMM) {
-	if d < DeterministicGEMMRows || d > DeterministicGEMMTensorCoresBF16X {
+	if d < DeterministicGEMMRows || d > DeterministicGEMMPadded {
 		panic(fmt.Sprintf("cuda: SetDeterministicGEMM(%d)", int(d)))
 	}
 	if d != b.detGEMM {
@@ -247,6 +253,10 @@ func (b *Backend) detVariants() C.int {
 
 // invariantGEMM is MatMul in deterministic mode: one kernel per shape, whatever the row count.
 func (b *Backend) invariantGEMM(out, x, w model.Tensor, alpha, beta float32) {
+	if b.detGEMM == DeterministicGEMMPadded {
+		b.paddedGEMM([]model.Tensor{out}, x, []model.Tensor{w}, alpha, beta)
+		return
+	}
 	if b.detGEMM == DeterministicGEMMRows || !invariantMMAShape(x, w) {
 		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
 		return
@@ -295,6 +305,12 @@ func (b *Backend) invariantShared(outs []model.Tensor, x model.Tensor, ws []mode
 	if x.Rows == 0 || len(ws) > gemvPartsMax {
 		return false
 	}
+	if b.detGEMM == DeterministicGEMMPadded {
+		if b.launch() {
+			b.paddedGEMM(outs, x, ws, 1, 0)
+		}
+		return true
+	}
 	strips := 0
 	for _, w := range ws {
 		if !invariantMMAShape(x, w) {
@@ -321,3 +337,59 @@ const (
 	// maxGridY: CUDA's limit on a grid's y dimension.
 	maxGridY = 65535
 )
+
+// padRows: the row count of every cuBLAS call under DeterministicGEMMPadded.
+const padRows = int(C.LP_GEMM_PAD_ROWS)
+
+// paddedGEMM is outs[i] = alpha · x · ws[i]ᵀ + beta · outs[i] under DeterministicGEMMPadded:
+// x in chunks of padRows rows, each chunk rounded to bf16 once into padX (what xToBF16 does on
+// the default path, so the same rounding) and multiplied by every w as one cublasGemmEx of
+// exactly padRows rows into padOut, whose chunk rows are then stored (lp_gemm_padded_bf16). The
+// call is the same whatever the batch (shape and pointers), so a row's product is too
+// (kernels/gemm.cu argues it); TestBatchInvariantMatMul holds cuBLAS to that bitwise.
+func (b *Backend) paddedGEMM(outs []model.Tensor, x model.Tensor, ws []model.Tensor, alpha, beta float32) {
+	maxM := 0
+	for _, w := range ws {
+		maxM = max(maxM, w.Rows)
+	}
+	if !b.growPad(&b.padX, &b.padXCap, 2*padRows*x.Cols) || !b.growPad(&b.padOut, &b.padOutCap, 4*padRows*maxM) {
+		return
+	}
+	for r := 0; r < x.Rows; r += padRows {
+		n := min(padRows, x.Rows-r)
+		if !b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.padX), ptr(x.Slice(r, n)), C.size_t(n*x.Cols), b.stream)) {
+			return
+		}
+		for i, w := range ws {
+			if !b.ok("gemm padded", C.s_gemm_padded(b.blas, C.int(n), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.padX), ptr(w), ptr(outs[i].Slice(r, n)), C.uintptr_t(b.padOut), C.float(alpha), C.float(beta), b.stream)) {
+				return
+			}
+		}
+	}
+}
+
+// growPad makes *buf hold at least bytes (reallocated outside graphs only, like growX); false
+// when it could not (the backend has recorded why, or the step is rerun directly).
+func (b *Backend) growPad(buf *uintptr, capacity *int, bytes int) bool {
+	if bytes <= *capacity {
+		return true
+	}
+	if !b.canGrow() {
+		return false
+	}
+	b.dropGraphs()
+	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+		return false
+	}
+	if *buf != 0 {
+		C.s_free(C.uintptr_t(*buf))
+		*buf, *capacity = 0, 0
+	}
+	p, err := b.malloc(bytes)
+	if err != nil {
+		b.ok("malloc", 2)
+		return false
+	}
+	*buf, *capacity = p, bytes
+	return true
+}

@@ -43,6 +43,7 @@ func TestBatchInvariantMatMul(t *testing.T) {
 		{cuda.DeterministicGEMMTensorCores, false, cuda.DeterministicWideOn, 2e-2},
 		{cuda.DeterministicGEMMTensorCoresBF16X, true, cuda.DeterministicWideOn, 2e-2},
 		{cuda.DeterministicGEMMTensorCoresBF16X, false, cuda.DeterministicWideDeep, 2e-2},
+		{cuda.DeterministicGEMMPadded, false, cuda.DeterministicWideOff, 2e-2},
 	} {
 		t.Run(fmt.Sprintf("%s/small=%v/wide=%s", kernel.gemm, kernel.small, kernel.wide), func(t *testing.T) {
 			p := pair{cpu.New(0), newGPU(t)}
@@ -347,6 +348,7 @@ func TestInvariantMatMulShared(t *testing.T) {
 		{cuda.DeterministicGEMMTensorCores, true, cuda.DeterministicWideOff}, {cuda.DeterministicGEMMTensorCoresBF16X, true, cuda.DeterministicWideOff},
 		{cuda.DeterministicGEMMTensorCores, false, cuda.DeterministicWideOn}, {cuda.DeterministicGEMMTensorCoresBF16X, true, cuda.DeterministicWideOn},
 		{cuda.DeterministicGEMMTensorCores, true, cuda.DeterministicWideDeep}, {cuda.DeterministicGEMMTensorCoresBF16X, false, cuda.DeterministicWideDeep},
+		{cuda.DeterministicGEMMPadded, false, cuda.DeterministicWideOff},
 	} {
 		d := v.gemm
 		g.SetDeterministicGEMM(d)
@@ -394,6 +396,7 @@ func TestInvariantMatMulShared(t *testing.T) {
 	}
 	g.SetDeterministicSmall(false)
 	g.SetDeterministicWide(cuda.DeterministicWideOff)
+	g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCores)
 	x := g.Alloc(3, 40) // k = 40: the rows kernel's, so MatMul's, one part at a time
 	ws, outs := []model.Tensor{upload(64, 40), upload(32, 40)}, []model.Tensor{g.Alloc(3, 64), g.Alloc(3, 32)}
 	if g.MatMulShared(outs, x, ws) {
@@ -456,6 +459,7 @@ func TestDeterministicModeIsBatchInvariantOnCUDA(t *testing.T) {
 			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, true, cuda.DeterministicWideOff},
 			{true, cuda.DeterministicGEMMTensorCoresBF16X, false, true, cuda.DeterministicWideOn},
 			{true, cuda.DeterministicGEMMTensorCores, false, false, cuda.DeterministicWideDeep},
+			{true, cuda.DeterministicGEMMPadded, false, false, cuda.DeterministicWideOff},
 			{false, cuda.DeterministicGEMMRows, false, false, cuda.DeterministicWideOff},
 		} {
 			deterministic := mode.deterministic
@@ -517,8 +521,8 @@ func BenchmarkDeterministicDecodeCUDA(b *testing.B) {
 }
 
 // BenchmarkGemmInvariantVariants is the weight stream of deterministic mode's tensor-core
-// product at batch 64 (x copied to bf16, the default setting), per variant for more than 8 rows
-// (LORAPLEX_DETERMINISTIC_WIDE) and per Llama-3-8B shape: bytes of W read per second, over
+// product at batch 64 (x copied to bf16), per variant for more than 8 rows
+// (LORAPLEX_DETERMINISTIC_WIDE), and of its padded cuBLAS product, per Llama-3-8B shape: bytes of W read per second, over
 // enough copies of W (256 MB or more) that L2 cannot hold them between products.
 func BenchmarkGemmInvariantVariants(b *testing.B) {
 	g := newGPU(b)
@@ -541,9 +545,18 @@ func BenchmarkGemmInvariantVariants(b *testing.B) {
 		if err := g.Write(x, randFloats(r, n*k)); err != nil {
 			b.Fatal(err)
 		}
-		for _, v := range []cuda.DeterministicWide{cuda.DeterministicWideOff, cuda.DeterministicWideOn, cuda.DeterministicWideDeep} {
-			b.Run(fmt.Sprintf("m=%d/k=%d/wide=%s", m, k, v), func(b *testing.B) {
-				g.SetDeterministicWide(v)
+		for _, v := range []cuda.DeterministicWide{cuda.DeterministicWideOff, cuda.DeterministicWideOn, cuda.DeterministicWideDeep, -1} {
+			name := "wide=" + v.String()
+			if v < 0 { // deterministic mode's cuBLAS products on a fixed 64-row shape
+				name = cuda.DeterministicGEMMPadded.String()
+			}
+			b.Run(fmt.Sprintf("m=%d/k=%d/%s", m, k, name), func(b *testing.B) {
+				if v < 0 {
+					g.SetDeterministicGEMM(cuda.DeterministicGEMMPadded)
+					defer g.SetDeterministicGEMM(cuda.DeterministicGEMMTensorCoresBF16X)
+				} else {
+					g.SetDeterministicWide(v)
+				}
 				for _, w := range ws { // warm up: attributes set, W through L2 once
 					g.MatMul(y, x, w)
 				}

@@ -24,6 +24,9 @@ static inline int s_cublas_create(uintptr_t* h, uintptr_t s) { void* q = 0; int 
 static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t c, float alpha, float beta) {
 	return lp_gemm_bf16(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), P(float*, c), alpha, beta);
 }
+static inline int s_gemm_padded(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, uintptr_t scratch, float alpha, float beta, uintptr_t s) {
+	return lp_gemm_padded_bf16(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), P(float*, y), P(float*, scratch), alpha, beta, P(lp_stream, s));
+}
 static inline int s_gemv(int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t y, float alpha, float beta, int opts, uintptr_t s) {
 	return lp_gemv_bf16(n, m, k, P(const float*, x), P(const uint16_t*, w), P(float*, y), alpha, beta, opts, P(lp_stream, s));
 }

@@ -7,6 +7,33 @@
 #include <cublas_v2.h>
 #include "common.cuh"
 
+// lp_gemm_padded_bf16 is deterministic mode's product on cuBLAS (cuda/deterministic.go's
+// DeterministicGEMMPadded). cuBLAS is deterministic run to run for one shape (no atomics unless
+// asked for), but its heuristic picks the kernel, tile and split-K per shape, so a row's bits
+// follow the batch's row count; that is the whole of its batch dependence. Fixing the shape
+// removes it: every product runs as chunks of at most LP_GEMM_PAD_ROWS rows (cuda/deterministic.go
+// cuts them), each chunk rounded to bf16 into the same buffer and run as the same cublasGemmEx
+// call of exactly LP_GEMM_PAD_ROWS rows (same m, k, leading dimensions, pointers: W's, that
+// buffer, scratch as output; alpha 1, beta 0), so the same kernel computes row r whether the
+// batch holds 1 row or 64, even if the heuristic looked at pointer alignment; and a GEMM kernel
+// computes an output from its own row of x, its column of W and a reduction order fixed by the
+// kernel (any split-K included), never from the other rows of its tile. Rows past n are
+// whatever the buffer holds; their outputs stay in scratch. The store kernel then applies alpha
+// and beta to the chunk's n rows with one expression whatever the chunk.
+//
+// Why cuBLAS and not lp_gemm_invariant_bf16 (gemm_invariant.cu): decode products are a weight
+// stream, and at 64 rows cuBLAS streams weights at the default path's rate, which is the
+// default path's own kernel at batch 64; the tensor-core kernel reached 0.36 of it there. The
+// price moves to batch 1, which pays for a 64-row product (bench/gpu's deterministic rows).
+//
+// Graph replay: the chunk loop is fixed by n and the calls' arguments, so a recorded step replays
+// the same launches. Tolerance: the default path's (x rounded to bf16, fp32 accumulate).
+__global__ void gemm_store_kernel(float* __restrict__ y, const float* __restrict__ scratch, size_t count, float alpha,
+                                  float beta) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = beta != 0.f ? alpha * scratch[i] + beta * y[i] : alpha * scratch[i];
+}
+
 extern "C" {
 
 int lp_cublas_create(void** handle, lp_stream s) {
@@ -29,6 +56,20 @@ int lp_gemm_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uin
                                      w, CUDA_R_16BF, k, x, CUDA_R_16BF, k, &beta, c, CUDA_R_32F, m,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     return st == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + (int)st;
+}
+
+int lp_gemm_padded_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* y, float* scratch,
+                        float alpha, float beta, lp_stream s) {
+    if (n <= 0 || n > LP_GEMM_PAD_ROWS || m <= 0 || k <= 0) return (int)cudaErrorInvalidValue;
+    const float one = 1.f, zero = 0.f;
+    cublasStatus_t st = cublasGemmEx((cublasHandle_t)handle, CUBLAS_OP_T, CUBLAS_OP_N, m, LP_GEMM_PAD_ROWS, k, &one, w,
+                                     CUDA_R_16BF, k, x, CUDA_R_16BF, k, &zero, scratch, CUDA_R_32F, m, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS) return 1000 + (int)st;
+    size_t count = (size_t)n * m;
+    unsigned blocks = (unsigned)((count + 1023) / 1024);
+    gemm_store_kernel<<<blocks < 1024 ? blocks : 1024, 256, 0, as_stream(s)>>>(y, scratch, count, alpha, beta);
+    return (int)cudaGetLastError();
 }
 
 }  // extern "C"

@@ -75,6 +75,14 @@ int lp_dequant(const lp_dequant_desc* descs, int ntensors, unsigned int maxn, lp
 int lp_cublas_create(void** handle, lp_stream s);
 int lp_cublas_destroy(void* handle);
 int lp_gemm_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* c, float alpha, float beta);
+// The batch-invariant product of deterministic mode on cuBLAS: y[n, m] = alpha · x · Wᵀ + beta ·
+// y for 1 <= n <= LP_GEMM_PAD_ROWS, as one cublasGemmEx of exactly LP_GEMM_PAD_ROWS rows into
+// scratch (LP_GEMM_PAD_ROWS · m floats) whose first n rows are then stored into y. x holds
+// LP_GEMM_PAD_ROWS rows (rows past n are read, never stored); callers pass the same x and
+// scratch buffers for every chunk (gemm.cu says why).
+#define LP_GEMM_PAD_ROWS 64
+int lp_gemm_padded_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* y, float* scratch,
+                        float alpha, float beta, lp_stream s);
 
 // graph.cu: record a stream's launches into a CUDA graph and replay it.
 int lp_capture_begin(lp_stream s);
