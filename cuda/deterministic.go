@@ -45,6 +45,12 @@ import (
 //         output, in blocks shaped to stream the weights at batch 1); and
 //         LORAPLEX_DETERMINISTIC_WIDE=on|deep (or SetDeterministicWide) sends those of more
 //         rows to its wide or deep variant (DeterministicWide), bitwise the same again.
+//       cublas-padded: cuBLAS itself on a shape that never changes (paddedGEMM,
+//         kernels/gemm.cu's lp_gemm_padded_bf16): x in chunks of 64 rows, each chunk rounded
+//         to bf16 into one buffer and run as the same 64-row cublasGemmEx into one scratch,
+//         its real rows then stored. The kernel cuBLAS picks is the default path's at batch
+//         64, so batch-64 decode costs what it costs by default and batch 1 pays for 64 rows;
+//         MatMulShared is that per part, and the fused GEMVs step aside as above.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
 //     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
