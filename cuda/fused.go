@@ -23,6 +23,7 @@ import (
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
+//	LORAPLEX_GEMV_STREAM=on|off    batch-1 GEMVs load weights without allocating them in L1 (kernels/gemv.cu)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
@@ -56,7 +57,10 @@ const (
 	normGEMVDefault    = true
 	pdlDefault         = PDLOff
 	gemvDeepDefault    = false
-	swigluBF16Default  = true
+	// gemvStreamDefault: off until an A/B run measures it (written before this session's GPU
+	// run; TestGEMVDeepBitwise holds it to bitwise the same products).
+	gemvStreamDefault = false
+	swigluBF16Default = true
 	// normBF16Default: off until its GPU test (TestNormBF16) has passed and an A/B run has
 	// measured it (written after this session's device time was spent).
 	normBF16Default = false
@@ -295,6 +299,16 @@ func (b *Backend) SetGEMVDeep(on bool) {
 	b.gemvDeep = on
 }
 
+// SetGEMVStream turns the batch-1 GEMVs' L1-bypassing weight loads (LP_GEMV_STREAM,
+// kernels/gemv.cu: the weights, read once a step, leave x in L1; bitwise the same results) on or
+// off for the following steps; recorded graphs hold the other kernels, so they are dropped.
+func (b *Backend) SetGEMVStream(on bool) {
+	if b.gemvStream != on {
+		b.dropGraphs()
+	}
+	b.gemvStream = on
+}
+
 // pdlLaunch is the pdl argument of a launcher of kernels that stream no weights.
 func (b *Backend) pdlLaunch() C.int {
 	if b.pdl == PDLOff {
@@ -305,7 +319,7 @@ func (b *Backend) pdlLaunch() C.int {
 
 // gemvOpts are the launch options (LP_GEMV_* flags) of a batch-1 GEMV launch that streams ws:
 // PDL under PDLOn and PDLPrefetch, the L2 prefetch too when prefetchL2 and they fit
-// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep.
+// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep, the L1-bypassing loads with SetGEMVStream.
 func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	var opts C.int
 	if b.pdl != PDLOff {
@@ -320,6 +334,9 @@ func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	}
 	if b.gemvDeep {
 		opts |= C.LP_GEMV_DEEP
+	}
+	if b.gemvStream {
+		opts |= C.LP_GEMV_STREAM
 	}
 	return opts
 }

@@ -32,14 +32,34 @@
 // deepens the pipeline (at the price of 16 registers a thread, so fewer blocks an SM): each
 // lane still sums its vectors in the same order, so the results are bitwise the same.
 //
-// gemv_opts reads a launcher's opts: the pdl argument of lp_launch, whether the kernels prefetch
-// into L2 (only under PDL), whether one-row launches take the deep variant.
+// gemv_opts reads a launcher's opts: the pdl argument of lp_launch, how the kernels load weights
+// (ld: GEMV_LD_L2, prefetch into L2, only under PDL; GEMV_LD_STREAM, gemv_load), whether one-row
+// launches take the deep variant.
+enum { GEMV_LD_L2 = 1, GEMV_LD_STREAM = 2 };
 struct gemv_opts {
-    int pdl;
-    bool l2, deep;
+    int pdl, ld;
+    bool deep;
     explicit gemv_opts(int opts)
-        : pdl(opts & LP_GEMV_PDL), l2((opts & LP_GEMV_PDL) && (opts & LP_GEMV_PREFETCH)), deep(opts & LP_GEMV_DEEP) {}
+        : pdl(opts & LP_GEMV_PDL),
+          ld(((opts & LP_GEMV_PDL) && (opts & LP_GEMV_PREFETCH) ? GEMV_LD_L2 : 0) | (opts & LP_GEMV_STREAM ? GEMV_LD_STREAM : 0)),
+          deep(opts & LP_GEMV_DEEP) {}
 };
+
+// gemv_load is one 16-byte weight load; ld & GEMV_LD_STREAM (LP_GEMV_STREAM) makes it a load that
+// does not allocate in L1 (ld.global.nc.L1::no_allocate), so the weight stream, read once per
+// step, does not evict from L1 the rows of x every weight vector is multiplied with (at one row
+// a warp reads twice as many bytes of x as of W: from L1 while they stay there, else from L2).
+// The value loaded is the same, so the results are bitwise the same.
+__device__ __forceinline__ uint4 gemv_load(const uint4* p, int ld) {
+    if (ld & GEMV_LD_STREAM) {
+        uint4 v;
+        asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(p));
+        return v;
+    }
+    return *p;
+}
 
 // gemv_prefetch_l2 asks L2 for the bytes [from, bytes) of a weight row, lanes taking 128-byte
 // lines in turn.
@@ -52,19 +72,19 @@ __device__ __forceinline__ void gemv_prefetch_l2(const uint4* row, int from, int
 // gemv_stream hands step(v, iv) a lane's 16-byte vectors of one weight row: vectors lane,
 // lane + 32, ... in increasing order, D loads in flight per lane (a warp streaming one row needs
 // that much memory-level parallelism to approach HBM bandwidth; 4 by default, 8 with
-// LP_GEMV_DEEP), the first D issued before the wait on the previous kernel; l2: the rest of the
+// LP_GEMV_DEEP), the first D issued before the wait on the previous kernel; ld & GEMV_LD_L2: the rest of the
 // row is prefetched into L2 then too. D changes how many loads are in flight, not the order in
 // which step sees the vectors, so the sums are bitwise the same for every D.
 template <int D, typename Step>
-__device__ __forceinline__ void gemv_stream(const uint4* wr, int vecs, bool l2, const Step& step) {
+__device__ __forceinline__ void gemv_stream(const uint4* wr, int vecs, int ld, const Step& step) {
     int i = threadIdx.x & 31;
     uint4 v[D];
     bool more = i + 32 * (D - 1) < vecs;
     if (more) {
 #pragma unroll
-        for (int u = 0; u < D; u++) v[u] = wr[i + 32 * u];
+        for (int u = 0; u < D; u++) v[u] = gemv_load(wr + i + 32 * u, ld);
     }
-    if (l2) gemv_prefetch_l2(wr, 32 * D * 16, vecs * 16);
+    if (ld & GEMV_LD_L2) gemv_prefetch_l2(wr, 32 * D * 16, vecs * 16);
     lp_pdl_wait();
     while (more) {
 #pragma unroll
@@ -73,26 +93,26 @@ __device__ __forceinline__ void gemv_stream(const uint4* wr, int vecs, bool l2, 
         more = i + 32 * (D - 1) < vecs;
         if (more) {
 #pragma unroll
-            for (int u = 0; u < D; u++) v[u] = wr[i + 32 * u];
+            for (int u = 0; u < D; u++) v[u] = gemv_load(wr + i + 32 * u, ld);
         }
     }
-    for (; i < vecs; i += 32) step(wr[i], i);
+    for (; i < vecs; i += 32) step(gemv_load(wr + i, ld), i);
 }
 
 // gemv_stream_pair is gemv_stream over two rows of the same width (gate and up): step(g, u, iv)
 // gets vector iv of both, D loads of each in flight per lane (2 by default, 4 with LP_GEMV_DEEP).
 template <int D, typename Step>
-__device__ __forceinline__ void gemv_stream_pair(const uint4* gr, const uint4* ur, int vecs, bool l2, const Step& step) {
+__device__ __forceinline__ void gemv_stream_pair(const uint4* gr, const uint4* ur, int vecs, int ld, const Step& step) {
     int i = threadIdx.x & 31;
     uint4 g[D], u[D];
     bool more = i + 32 * (D - 1) < vecs;
     if (more) {
 #pragma unroll
-        for (int d = 0; d < D; d++) g[d] = gr[i + 32 * d];
+        for (int d = 0; d < D; d++) g[d] = gemv_load(gr + i + 32 * d, ld);
 #pragma unroll
-        for (int d = 0; d < D; d++) u[d] = ur[i + 32 * d];
+        for (int d = 0; d < D; d++) u[d] = gemv_load(ur + i + 32 * d, ld);
     }
-    if (l2) {
+    if (ld & GEMV_LD_L2) {
         gemv_prefetch_l2(gr, 32 * D * 16, vecs * 16);
         gemv_prefetch_l2(ur, 32 * D * 16, vecs * 16);
     }
@@ -104,12 +124,12 @@ __device__ __forceinline__ void gemv_stream_pair(const uint4* gr, const uint4* u
         more = i + 32 * (D - 1) < vecs;
         if (more) {
 #pragma unroll
-            for (int d = 0; d < D; d++) g[d] = gr[i + 32 * d];
+            for (int d = 0; d < D; d++) g[d] = gemv_load(gr + i + 32 * d, ld);
 #pragma unroll
-            for (int d = 0; d < D; d++) u[d] = ur[i + 32 * d];
+            for (int d = 0; d < D; d++) u[d] = gemv_load(ur + i + 32 * d, ld);
         }
     }
-    for (; i < vecs; i += 32) step(gr[i], ur[i], i);
+    for (; i < vecs; i += 32) step(gemv_load(gr + i, ld), gemv_load(ur + i, ld), i);
 }
 
 // gemv_row_accumulate adds to acc the dot product of 8 unpacked weights with the matching 8
@@ -143,13 +163,13 @@ struct gemv_step {
 // gemv_column is one warp's work: output column j of y [n, m] (row stride m).
 template <int N, int D>
 __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta,
-                                            int j, bool l2) {
+                                            int j, int ld) {
     const int lane = threadIdx.x & 31;
     const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
     float acc[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.f;
-    gemv_stream<D>(wr, k / 8, l2, gemv_step<N>{acc, x, k});
+    gemv_stream<D>(wr, k / 8, ld, gemv_step<N>{acc, x, k});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         float s = warp_sum(acc[r]);
@@ -161,14 +181,14 @@ __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint
 }
 
 template <int N, int D>
-__global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta, bool l2) {
+__global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta, int ld) {
     lp_pdl_launch_dependents();
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (j >= m) {
         lp_pdl_wait();
         return;
     }
-    gemv_column<N, D>(y, x, w, m, k, alpha, beta, j, l2);
+    gemv_column<N, D>(y, x, w, m, k, alpha, beta, j, ld);
 }
 
 // The products of one input by up to LP_GEMV_PARTS matrices (q/k/v) in one launch: the launch's
@@ -178,7 +198,7 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
 // instead of three: k and v alone (1,024 columns, 128 blocks) do not fill 132 SMs and streamed
 // at 1.4 TB/s in bench/results/gpu-h200.md; inside q's launch they ride its waves.
 template <int N, int D>
-__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, bool l2) {
+__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, int ld) {
     lp_pdl_launch_dependents();
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (c >= p.end[p.parts - 1]) {
@@ -188,7 +208,7 @@ __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, bool l
     int g = 0;
     while (c >= p.end[g]) g++;
     const int first = g > 0 ? p.end[g - 1] : 0;
-    gemv_column<N, D>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first, l2);
+    gemv_column<N, D>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first, ld);
 }
 
 extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s) {
@@ -205,17 +225,17 @@ extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts pa
     switch (n) {
         case 1:
             if (o.deep)
-                lp_launch(gemv_parts_kernel<1, 8>, grid, block, 0, st, o.pdl, parts, x, k, o.l2);
+                lp_launch(gemv_parts_kernel<1, 8>, grid, block, 0, st, o.pdl, parts, x, k, o.ld);
             else
-                lp_launch(gemv_parts_kernel<1, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2);
+                lp_launch(gemv_parts_kernel<1, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld);
             break;
-        case 2: lp_launch(gemv_parts_kernel<2, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
-        case 3: lp_launch(gemv_parts_kernel<3, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
-        case 4: lp_launch(gemv_parts_kernel<4, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
-        case 5: lp_launch(gemv_parts_kernel<5, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
-        case 6: lp_launch(gemv_parts_kernel<6, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
-        case 7: lp_launch(gemv_parts_kernel<7, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
-        default: lp_launch(gemv_parts_kernel<8, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.l2); break;
+        case 2: lp_launch(gemv_parts_kernel<2, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld); break;
+        case 3: lp_launch(gemv_parts_kernel<3, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld); break;
+        case 4: lp_launch(gemv_parts_kernel<4, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld); break;
+        case 5: lp_launch(gemv_parts_kernel<5, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld); break;
+        case 6: lp_launch(gemv_parts_kernel<6, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld); break;
+        case 7: lp_launch(gemv_parts_kernel<7, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld); break;
+        default: lp_launch(gemv_parts_kernel<8, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -243,7 +263,7 @@ struct gemv_swiglu_step {
 // result matches lp_gemv_bf16 twice + lp_silu_mul bit for bit (up to nvcc's FMA contraction
 // choices, the same in both); no atomics, one writer per element, launch shape from n and m only.
 template <int N, int D>
-__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, bool l2) {
+__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, int ld) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -256,7 +276,7 @@ __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* w
     float g[N], u[N];
 #pragma unroll
     for (int r = 0; r < N; r++) g[r] = u[r] = 0.f;
-    gemv_stream_pair<D>(gr, ur, k / 8, l2, gemv_swiglu_step<N>{g, u, x, k});
+    gemv_stream_pair<D>(gr, ur, k / 8, ld, gemv_swiglu_step<N>{g, u, x, k});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float gs = warp_sum(g[r]), us = warp_sum(u[r]);
@@ -276,17 +296,17 @@ extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const ui
     switch (n) {
         case 1:
             if (o.deep)
-                lp_launch(gemv_swiglu_kernel<1, 4>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2);
+                lp_launch(gemv_swiglu_kernel<1, 4>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld);
             else
-                lp_launch(gemv_swiglu_kernel<1, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2);
+                lp_launch(gemv_swiglu_kernel<1, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld);
             break;
-        case 2: lp_launch(gemv_swiglu_kernel<2, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
-        case 3: lp_launch(gemv_swiglu_kernel<3, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
-        case 4: lp_launch(gemv_swiglu_kernel<4, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
-        case 5: lp_launch(gemv_swiglu_kernel<5, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
-        case 6: lp_launch(gemv_swiglu_kernel<6, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
-        case 7: lp_launch(gemv_swiglu_kernel<7, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
-        default: lp_launch(gemv_swiglu_kernel<8, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.l2); break;
+        case 2: lp_launch(gemv_swiglu_kernel<2, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld); break;
+        case 3: lp_launch(gemv_swiglu_kernel<3, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld); break;
+        case 4: lp_launch(gemv_swiglu_kernel<4, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld); break;
+        case 5: lp_launch(gemv_swiglu_kernel<5, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld); break;
+        case 6: lp_launch(gemv_swiglu_kernel<6, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld); break;
+        case 7: lp_launch(gemv_swiglu_kernel<7, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld); break;
+        default: lp_launch(gemv_swiglu_kernel<8, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -303,17 +323,17 @@ extern "C" int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t*
     switch (n) {
         case 1:
             if (o.deep)
-                lp_launch(gemv_kernel<1, 8>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2);
+                lp_launch(gemv_kernel<1, 8>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld);
             else
-                lp_launch(gemv_kernel<1, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2);
+                lp_launch(gemv_kernel<1, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld);
             break;
-        case 2: lp_launch(gemv_kernel<2, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
-        case 3: lp_launch(gemv_kernel<3, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
-        case 4: lp_launch(gemv_kernel<4, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
-        case 5: lp_launch(gemv_kernel<5, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
-        case 6: lp_launch(gemv_kernel<6, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
-        case 7: lp_launch(gemv_kernel<7, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
-        default: lp_launch(gemv_kernel<8, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.l2); break;
+        case 2: lp_launch(gemv_kernel<2, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld); break;
+        case 3: lp_launch(gemv_kernel<3, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld); break;
+        case 4: lp_launch(gemv_kernel<4, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld); break;
+        case 5: lp_launch(gemv_kernel<5, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld); break;
+        case 6: lp_launch(gemv_kernel<6, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld); break;
+        case 7: lp_launch(gemv_kernel<7, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld); break;
+        default: lp_launch(gemv_kernel<8, 4>, grid, block, 0, st, o.pdl, y, x, w, m, k, alpha, beta, o.ld); break;
     }
     LP_CHECK_LAUNCH();
 }
@@ -501,7 +521,7 @@ struct norm_gemv_parts_step {
 // gemv_parts_kernel with the norm folded in: warp c computes column c - end[g-1] of part g with
 // gemv_column's loads and order, on w ⊙ v, and scales by the row's 1/rms at the end.
 template <int N, bool ADD, int D>
-__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, bool l2) {
+__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, int ld) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -518,7 +538,7 @@ __global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, 
     float acc[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = ss[r] = 0.f;
-    gemv_stream<D>(wr, k / 8, l2, norm_gemv_parts_step<N, ADD>{acc, ss, in, k, store});
+    gemv_stream<D>(wr, k / 8, ld, norm_gemv_parts_step<N, ADD>{acc, ss, in, k, store});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float s = warp_sum(acc[r]), inv = norm_gemv_scale(ss[r], k, in.eps);
@@ -563,7 +583,7 @@ struct norm_gemv_swiglu_step {
 // scaled by the row's 1/rms, then silu_mul_kernel's expression.
 template <int N, bool ADD, int D>
 __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
-                                        bool l2) {
+                                        int ld) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -577,7 +597,7 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
     float g[N], u[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) g[r] = u[r] = ss[r] = 0.f;
-    gemv_stream_pair<D>(gr, ur, k / 8, l2, norm_gemv_swiglu_step<N, ADD>{g, u, ss, in, k, store});
+    gemv_stream_pair<D>(gr, ur, k / 8, ld, norm_gemv_swiglu_step<N, ADD>{g, u, ss, in, k, store});
 #pragma unroll
     for (int r = 0; r < N; r++) {
         const float inv = norm_gemv_scale(ss[r], k, in.eps);
@@ -604,17 +624,17 @@ static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st
     switch (n) {
         case 1:
             if (o.deep)
-                lp_launch(norm_gemv_parts_kernel<1, ADD, 8>, grid, block, 0, st, o.pdl, p, in, k, o.l2);
+                lp_launch(norm_gemv_parts_kernel<1, ADD, 8>, grid, block, 0, st, o.pdl, p, in, k, o.ld);
             else
-                lp_launch(norm_gemv_parts_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2);
+                lp_launch(norm_gemv_parts_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld);
             break;
-        case 2: lp_launch(norm_gemv_parts_kernel<2, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
-        case 3: lp_launch(norm_gemv_parts_kernel<3, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
-        case 4: lp_launch(norm_gemv_parts_kernel<4, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
-        case 5: lp_launch(norm_gemv_parts_kernel<5, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
-        case 6: lp_launch(norm_gemv_parts_kernel<6, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
-        case 7: lp_launch(norm_gemv_parts_kernel<7, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
-        default: lp_launch(norm_gemv_parts_kernel<8, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.l2); break;
+        case 2: lp_launch(norm_gemv_parts_kernel<2, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld); break;
+        case 3: lp_launch(norm_gemv_parts_kernel<3, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld); break;
+        case 4: lp_launch(norm_gemv_parts_kernel<4, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld); break;
+        case 5: lp_launch(norm_gemv_parts_kernel<5, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld); break;
+        case 6: lp_launch(norm_gemv_parts_kernel<6, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld); break;
+        case 7: lp_launch(norm_gemv_parts_kernel<7, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld); break;
+        default: lp_launch(norm_gemv_parts_kernel<8, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld); break;
     }
 }
 
@@ -640,17 +660,17 @@ static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t s
     switch (n) {
         case 1:
             if (o.deep)
-                lp_launch(norm_gemv_swiglu_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2);
+                lp_launch(norm_gemv_swiglu_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld);
             else
-                lp_launch(norm_gemv_swiglu_kernel<1, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2);
+                lp_launch(norm_gemv_swiglu_kernel<1, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld);
             break;
-        case 2: lp_launch(norm_gemv_swiglu_kernel<2, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
-        case 3: lp_launch(norm_gemv_swiglu_kernel<3, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
-        case 4: lp_launch(norm_gemv_swiglu_kernel<4, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
-        case 5: lp_launch(norm_gemv_swiglu_kernel<5, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
-        case 6: lp_launch(norm_gemv_swiglu_kernel<6, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
-        case 7: lp_launch(norm_gemv_swiglu_kernel<7, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
-        default: lp_launch(norm_gemv_swiglu_kernel<8, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.l2); break;
+        case 2: lp_launch(norm_gemv_swiglu_kernel<2, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld); break;
+        case 3: lp_launch(norm_gemv_swiglu_kernel<3, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld); break;
+        case 4: lp_launch(norm_gemv_swiglu_kernel<4, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld); break;
+        case 5: lp_launch(norm_gemv_swiglu_kernel<5, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld); break;
+        case 6: lp_launch(norm_gemv_swiglu_kernel<6, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld); break;
+        case 7: lp_launch(norm_gemv_swiglu_kernel<7, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld); break;
+        default: lp_launch(norm_gemv_swiglu_kernel<8, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld); break;
     }
 }
 
