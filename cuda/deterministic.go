@@ -31,7 +31,7 @@ import (
 //         cores, fp32 x, tiles of LP_GEMV_MAX_ROWS rows, each row reduced over k with the
 //         same lane split and warp reduction whatever the tile, the batch or the row's place;
 //         weights are read once per 8 rows.
-//       tensor-cores, tensor-cores-bf16x (the default, deterministicGEMMDefault): lp_gemm_invariant_bf16 (kernels/gemm_invariant.cu),
+//       tensor-cores, tensor-cores-bf16x: lp_gemm_invariant_bf16 (kernels/gemm_invariant.cu),
 //         mma.sync with x rounded to bf16 as on the default path (in the kernel, or once per
 //         product into a bf16 copy: bitwise the same), each output accumulated by the same
 //         mma sequence in k order whatever the batch, weights read once per 64 rows; shapes
@@ -45,7 +45,7 @@ import (
 //         output, in blocks shaped to stream the weights at batch 1); and
 //         LORAPLEX_DETERMINISTIC_WIDE=on|deep (or SetDeterministicWide) sends those of more
 //         rows to its wide or deep variant (DeterministicWide), bitwise the same again.
-//       cublas-padded: cuBLAS itself on a shape that never changes (paddedGEMM,
+//       cublas-padded (the default, deterministicGEMMDefault): cuBLAS itself on a shape that never changes (paddedGEMM,
 //         kernels/gemm.cu's lp_gemm_padded_bf16): x in chunks of 64 rows, each chunk rounded
 //         to bf16 into one buffer and run as the same 64-row cublasGemmEx into one scratch,
 //         its real rows then stored. The kernel cuBLAS picks is the default path's at batch
@@ -121,15 +121,16 @@ func (d DeterministicGEMM) String() string {
 }
 
 // deterministicGEMMDefault: deterministic mode's products unless LORAPLEX_DETERMINISTIC_GEMM
-// or SetDeterministicGEMM says otherwise. The tensor-core kernel with x converted to bf16 once
-// per product: its GPU tests passed on an H100 (TestGemmInvariant, TestInvariantMatMulShared,
-// TestBatchInvariantMatMul, TestDeterministicModeIsBatchInvariantOnCUDA) and in one bench/gpu
-// run there (bench/results/gpu-h100/goals-2026-12-07-ab) it ran deterministic batch-64 decode at
-// 3,008 tok/s against 2,322 with fp32 x and 456 on the rows kernel (0.46 of the default mode's
-// 6,542). The price is batch 1: 70.9 tok/s against the rows kernel's 121-123 (0.48 of the
-// default instead of 0.83). One kernel has to serve every row count, or a row's bits would
-// follow its batch; the mode is for serving many requests reproducibly, so batch 64 decides.
-const deterministicGEMMDefault = DeterministicGEMMTensorCoresBF16X
+// or SetDeterministicGEMM says otherwise. cuBLAS on a fixed 64-row shape: in one A/B run on an
+// H100 (bench/results/gpu-h100/goals-2026-12-07-ab4) deterministic batch-64 decode ran at 5,837
+// tok/s against the tensor-core kernel's 2,818 (0.776 of the default mode's 7,523 instead of
+// 0.375) and batch 1 at 121.1 against 100.2 (0.822 of the default instead of 0.68): the 64-row
+// product costs batch 1 less than the tensor-core kernel's small variant did. Before that the
+// tensor-core kernel with x in bf16 (3,008 tok/s at batch 64 against 456 on the rows kernel,
+// goals-2026-12-07-ab). One kernel has to serve every row count, or a row's bits would follow
+// its batch; the bitwise tests (TestBatchInvariantMatMul, TestInvariantMatMulShared,
+// TestDeterministicModeIsBatchInvariantOnCUDA) hold every setting to that.
+const deterministicGEMMDefault = DeterministicGEMMPadded
 
 // deterministicGEMMFromEnv reads LORAPLEX_DETERMINISTIC_GEMM (the default when unset or unknown).
 func deterministicGEMMFromEnv() DeterministicGEMM {
