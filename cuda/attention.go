@@ -160,15 +160,16 @@ func (b *Backend) prefillSplitCount(p model.AttnParams) int {
 // decodeSplits returns the grid depth and chunk floor of this step's decode attention over n
 // rows: the fill rule's depth follows n (part of the step key), the context rule's the step's
 // longest context (Prepare, added to the key by BeginStep).
-// In deterministic mode (deterministic.go) the depth is LP_DECODE_SPLITS whatever the step:
-// with a chunk floor of 1 a row then splits min(LP_DECODE_SPLITS, V) ways, a function of its
-// own visible positions alone, and the graph key needs nothing more.
+// In deterministic mode (deterministic.go) it is the context rule whatever the switch says: a
+// row splits min(LP_DECODE_MAX_SPLITS, ceil(V / LP_DECODE_SPLIT_CHUNK)) ways, a function of its
+// own visible positions V alone (the step's depth, the largest row's count, is never below a
+// row's own), and the depth is in the step key already (BeginStep).
 // The grouped kernel's fill rule counts one block per kv head and may go up to
 // LP_DECODE_MAX_SPLITS deep, with a floor of LP_GQ_FILL_CHUNK positions a chunk so that short
 // contexts do not split into chunks of a few keys (a block's tile is GQ_TILE keys wide).
 func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chunk int) {
 	if b.batchInvariant {
-		return int(C.LP_DECODE_SPLITS), 1
+		return b.ctxSplits, int(C.LP_DECODE_SPLIT_CHUNK)
 	}
 	switch b.decodeSplit {
 	case DecodeSplitContext:

@@ -52,11 +52,13 @@ import (
 //         64, so batch-64 decode costs what it costs by default and batch 1 pays for 64 rows;
 //         MatMulShared is that per part, and the fused GEMVs step aside as above.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
-//     when the batch is big; the mode fixes the count at LP_DECODE_SPLITS, so the chunk
-//     boundaries and the merge depend on the row's position alone. (The post asks for a fixed
-//     split *size* because its kernels split the key range a whole prefill chunk shares, whose
-//     length depends on the chunk; this kernel splits each row's own visible positions, a
-//     function of the row's position, so a fixed count is already invariant.)
+//     when the batch is big; the mode takes the context rule instead (attention.go
+//     decodeSplits): a row splits by its own visible positions (chunks of at least
+//     LP_DECODE_SPLIT_CHUNK, at most LP_DECODE_MAX_SPLITS of them), so the chunk boundaries and
+//     the merge depend on the row's position alone, as the post's fixed split *size* does.
+//     (Until this session it fixed the count at LP_DECODE_SPLITS with no chunk floor, also
+//     invariant, but a batch of 64 short rows then ran eight blocks of a few keys per row
+//     and head, and a merge, where the default runs one.)
 //   - Prefill attention computes rows in tiles of a chunk (attention_prefill*.cu), and how a
 //     prompt is chunked depends on the token budget the other requests leave, and a one-row
 //     chunk goes to the decode kernel instead. In the mode every row, prefill or decode, takes

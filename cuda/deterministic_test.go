@@ -18,7 +18,9 @@ import (
 )
 
 // In deterministic mode a product's row is bitwise the same in every batch, on every product
-// kernel (LORAPLEX_DETERMINISTIC_GEMM: rows, tensor-cores, tensor-cores-bf16x): row i of an n-row MatMul equals the
+// kernel (LORAPLEX_DETERMINISTIC_GEMM: rows, tensor-cores, tensor-cores-bf16x, cublas-padded,
+// whose whole 64-row chunks go straight to the output and other chunks through its scratch,
+// so that n = 64, 65, 100 and 130 compare both ways against rows alone): row i of an n-row MatMul equals the
 // same row computed alone, for batch sizes around the rows kernel's 8-row tile and the tensor-core
 // kernel's 8-row n-tiles and 64-row chunks, rows anywhere in the batch, with k a multiple of 16
 // (both kernels' fast paths), of 8 only, or neither (the rows kernel's scalar path, which the

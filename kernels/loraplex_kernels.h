@@ -77,7 +77,8 @@ int lp_cublas_destroy(void* handle);
 int lp_gemm_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* c, float alpha, float beta);
 // The batch-invariant product of deterministic mode on cuBLAS: y[n, m] = alpha · x · Wᵀ + beta ·
 // y for 1 <= n <= LP_GEMM_PAD_ROWS, as one cublasGemmEx of exactly LP_GEMM_PAD_ROWS rows into
-// scratch (LP_GEMM_PAD_ROWS · m floats) whose first n rows are then stored into y. x holds
+// scratch (LP_GEMM_PAD_ROWS · m floats) whose first n rows are then stored into y (straight
+// into y for n = LP_GEMM_PAD_ROWS, alpha 1, beta 0 and y 256-byte aligned). x holds
 // LP_GEMM_PAD_ROWS rows (rows past n are read, never stored); callers pass the same x and
 // scratch buffers for every chunk (gemm.cu says why).
 #define LP_GEMM_PAD_ROWS 64
