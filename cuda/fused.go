@@ -67,10 +67,13 @@ const (
 	// it to bitwise the same products.
 	gemvStreamDefault = true
 	swigluBF16Default = true
-	// normBF16Default: on after one A/B run on an H100 (goals-2026-12-07-ab4): prefill 2k
-	// 1.030x, 8k 1.012x, batch-64 decode 1.015x; batch 1 and steps with LoRA on the products
-	// do not take it (their rows moved within the run's noise, ±5% on the adapter rows).
-	normBF16Default = true
+	// normBF16Default: off, though its GPU tests pass (TestNormBF16, the fixture suites with it
+	// on; goals-2026-12-07-final3/suite.txt) and one A/B run on an H100 measured prefill 2k
+	// 1.030x, 8k 1.012x, batch-64 decode 1.015x (goals-2026-12-07-ab4; batch 1 and steps with
+	// LoRA on the products do not take it). The session's final goals run, the README table's
+	// source, ran with it off (a test's stale expectation had failed, since corrected), and the
+	// defaults are what that table measured: the next GPU run turns it on.
+	normBF16Default = false
 )
 
 // envSwitch reads an on/off switch from the environment.

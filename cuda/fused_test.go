@@ -769,11 +769,19 @@ func TestNormGEMV(t *testing.T) {
 					}
 				}
 
-				// Declines: more rows than the GEMV kernel takes here, and deterministic mode.
+				// Declines: more rows than the GEMV kernel takes here (with the bf16 norm for
+				// cuBLAS off: on, NormMatMulShared takes them there, which TestNormBF16 checks),
+				// and deterministic mode.
 				tr.fused.SetGEMVRows(sh.n - 1)
+				tr.fused.SetNormBF16(false)
 				if fusedCall(tr.fused, 2) {
 					t.Fatalf("the norm-fused GEMV took %d rows with the GEMV limit at %d", sh.n, sh.n-1)
 				}
+				tr.fused.SetNormBF16(true)
+				if took := fusedCall(tr.fused, 2); took != !sh.swiglu {
+					t.Fatalf("with the bf16 norm on, %d rows past the GEMV limit: taken %v (gate/up + SwiGLU %v)", sh.n, took, sh.swiglu)
+				}
+				tr.fused.SetNormBF16(false)
 				tr.fused.SetGEMVRows(8)
 				tr.fused.SetBatchInvariant(true)
 				if fusedCall(tr.fused, 2) {
