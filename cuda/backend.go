@@ -58,6 +58,7 @@ type Backend struct {
 	pdl                   PDL           // how a decode step's kernels launch (fused.go: LORAPLEX_PDL, SetPDL); PDLOff below sm_90
 	gemvDeep              bool          // batch-1 GEMVs with deeper weight streams (fused.go: LORAPLEX_GEMV_DEEP, SetGEMVDeep)
 	gemvStream            bool          // batch-1 GEMVs load weights past L1 (fused.go: LORAPLEX_GEMV_STREAM, SetGEMVStream)
+	gemvOccupy            bool          // batch-1 parts and gate/up GEMVs bounded for occupancy (fused.go: LORAPLEX_GEMV_OCCUPY, SetGEMVOccupy)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
@@ -144,6 +145,7 @@ func New(device int) (*Backend, error) {
 	b.SetPDL(pdlFromEnv())
 	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)
 	b.gemvStream = envSwitch("LORAPLEX_GEMV_STREAM", gemvStreamDefault)
+	b.gemvOccupy = envSwitch("LORAPLEX_GEMV_OCCUPY", gemvOccupyDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()

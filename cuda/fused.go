@@ -24,6 +24,7 @@ import (
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
 //	LORAPLEX_GEMV_STREAM=on|off    batch-1 GEMVs load weights without allocating them in L1 (kernels/gemv.cu)
+//	LORAPLEX_GEMV_OCCUPY=on|off    batch-1 q/k/v and gate/up GEMVs compiled for more resident blocks an SM (kernels/gemv.cu)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
@@ -66,6 +67,10 @@ const (
 	// routed batch 1 1.077x; batch 64 (no batch-1 GEMVs) within noise. TestGEMVDeepBitwise holds
 	// it to bitwise the same products.
 	gemvStreamDefault = true
+	// gemvOccupyDefault: off until its test (TestGEMVDeepBitwise) has run on a GPU and an A/B
+	// run has measured it: written after this session's device time was spent, from Nsight
+	// Compute's occupancy figures for the batch-1 GEMVs (kernels/gemv.cu).
+	gemvOccupyDefault = false
 	swigluBF16Default = true
 	// normBF16Default: off, though its GPU tests pass (TestNormBF16, the fixture suites with it
 	// on; goals-2026-12-07-final3/suite.txt) and one A/B run on an H100 measured prefill 2k
@@ -319,6 +324,17 @@ func (b *Backend) SetGEMVStream(on bool) {
 	b.gemvStream = on
 }
 
+// SetGEMVOccupy turns the batch-1 parts and gate/up GEMVs' occupancy-bounded builds
+// (LP_GEMV_OCCUPY, kernels/gemv.cu: the same bodies under __launch_bounds__, bitwise the same
+// results) on or off for the following steps; recorded graphs hold the other kernels, so they
+// are dropped.
+func (b *Backend) SetGEMVOccupy(on bool) {
+	if b.gemvOccupy != on {
+		b.dropGraphs()
+	}
+	b.gemvOccupy = on
+}
+
 // pdlLaunch is the pdl argument of a launcher of kernels that stream no weights.
 func (b *Backend) pdlLaunch() C.int {
 	if b.pdl == PDLOff {
@@ -329,7 +345,8 @@ func (b *Backend) pdlLaunch() C.int {
 
 // gemvOpts are the launch options (LP_GEMV_* flags) of a batch-1 GEMV launch that streams ws:
 // PDL under PDLOn and PDLPrefetch, the L2 prefetch too when prefetchL2 and they fit
-// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep, the L1-bypassing loads with SetGEMVStream.
+// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep, the L1-bypassing loads with SetGEMVStream,
+// the occupancy-bounded builds with SetGEMVOccupy.
 func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	var opts C.int
 	if b.pdl != PDLOff {
@@ -347,6 +364,9 @@ func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	}
 	if b.gemvStream {
 		opts |= C.LP_GEMV_STREAM
+	}
+	if b.gemvOccupy {
+		opts |= C.LP_GEMV_OCCUPY
 	}
 	return opts
 }

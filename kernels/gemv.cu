@@ -34,15 +34,29 @@
 //
 // gemv_opts reads a launcher's opts: the pdl argument of lp_launch, how the kernels load weights
 // (ld: GEMV_LD_L2, prefetch into L2, only under PDL; GEMV_LD_STREAM, gemv_load), whether one-row
-// launches take the deep variant.
+// launches take the deep variant, whether they take the occupancy-bounded one.
 enum { GEMV_LD_L2 = 1, GEMV_LD_STREAM = 2 };
+
+// LP_GEMV_OCCUPY (LORAPLEX_GEMV_OCCUPY, one row only): the batch-1 launches of the parts and
+// gate/up kernels compiled with __launch_bounds__ asking for GEMV_OCCUPY_PARTS or
+// GEMV_OCCUPY_PAIRS resident blocks of 256 threads an SM. Nsight Compute on an H100's batch-1
+// decode step (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt): the norm-fused
+// q/k/v launch (768 blocks in the Llama-3-8B shape) took 67 registers a thread, so 3 blocks an
+// SM (37.5% occupancy) and 1.94 waves, 39.6 us for 50 MB (1.27 TB/s, DRAM 44% busy), where one
+// wave of 768 needs 6 blocks an SM, i.e. at most 40 registers; the gate/up + SwiGLU launch took
+// 72 registers (3 blocks, 4.5 waves, 2.58 TB/s), and 4 blocks need at most 64. The bodies are
+// the same functions, so the sums and their order are too (bitwise the same results; ptxas
+// reports any spill the bound costs, and the A/B run measures whether the occupancy pays).
+#define GEMV_OCCUPY_PARTS 6
+#define GEMV_OCCUPY_PAIRS 4
 struct gemv_opts {
     int pdl, ld;
-    bool deep;
+    bool deep, occupy;
     explicit gemv_opts(int opts)
         : pdl(opts & LP_GEMV_PDL),
           ld(((opts & LP_GEMV_PDL) && (opts & LP_GEMV_PREFETCH) ? GEMV_LD_L2 : 0) | (opts & LP_GEMV_STREAM ? GEMV_LD_STREAM : 0)),
-          deep(opts & LP_GEMV_DEEP) {}
+          deep(opts & LP_GEMV_DEEP),
+          occupy(opts & LP_GEMV_OCCUPY) {}
 };
 
 // gemv_load is one 16-byte weight load; ld & GEMV_LD_STREAM (LP_GEMV_STREAM) makes it a load that
@@ -198,7 +212,7 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
 // instead of three: k and v alone (1,024 columns, 128 blocks) do not fill 132 SMs and streamed
 // at 1.4 TB/s in bench/results/gpu-h200.md; inside q's launch they ride its waves.
 template <int N, int D>
-__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, int ld) {
+__device__ __forceinline__ void gemv_parts_body(const lp_gemv_parts& p, const float* x, int k, int ld) {
     lp_pdl_launch_dependents();
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (c >= p.end[p.parts - 1]) {
@@ -209,6 +223,18 @@ __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, int ld
     while (c >= p.end[g]) g++;
     const int first = g > 0 ? p.end[g - 1] : 0;
     gemv_column<N, D>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first, ld);
+}
+
+template <int N, int D>
+__global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, int ld) {
+    gemv_parts_body<N, D>(p, x, k, ld);
+}
+
+// The one-row launch of gemv_parts_kernel compiled for GEMV_OCCUPY_PARTS resident blocks an SM
+// (LP_GEMV_OCCUPY; the occupancy note below says why): the same body, bitwise the same sums.
+__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PARTS)
+    gemv_parts_occupy_kernel(lp_gemv_parts p, const float* x, int k, int ld) {
+    gemv_parts_body<1, 4>(p, x, k, ld);
 }
 
 extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s) {
@@ -226,6 +252,8 @@ extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts pa
         case 1:
             if (o.deep)
                 lp_launch(gemv_parts_kernel<1, 8>, grid, block, 0, st, o.pdl, parts, x, k, o.ld);
+            else if (o.occupy)
+                lp_launch(gemv_parts_occupy_kernel, grid, block, 0, st, o.pdl, parts, x, k, o.ld);
             else
                 lp_launch(gemv_parts_kernel<1, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld);
             break;
@@ -263,7 +291,8 @@ struct gemv_swiglu_step {
 // result matches lp_gemv_bf16 twice + lp_silu_mul bit for bit (up to nvcc's FMA contraction
 // choices, the same in both); no atomics, one writer per element, launch shape from n and m only.
 template <int N, int D>
-__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, int ld) {
+__device__ __forceinline__ void gemv_swiglu_body(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k,
+                                                 int ld) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -284,6 +313,17 @@ __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* w
     }
 }
 
+template <int N, int D>
+__global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, int ld) {
+    gemv_swiglu_body<N, D>(act, x, wg, wu, m, k, ld);
+}
+
+// The one-row launch compiled for GEMV_OCCUPY_PAIRS resident blocks an SM (LP_GEMV_OCCUPY).
+__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PAIRS)
+    gemv_swiglu_occupy_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, int ld) {
+    gemv_swiglu_body<1, 2>(act, x, wg, wu, m, k, ld);
+}
+
 extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act,
                                    int opts, lp_stream s) {
     if (n < 1 || n > LP_GEMV_MAX_ROWS || m <= 0 || k <= 0 || k % 8 != 0 || ((uintptr_t)wg % 16) != 0 ||
@@ -297,6 +337,8 @@ extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const ui
         case 1:
             if (o.deep)
                 lp_launch(gemv_swiglu_kernel<1, 4>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld);
+            else if (o.occupy)
+                lp_launch(gemv_swiglu_occupy_kernel, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld);
             else
                 lp_launch(gemv_swiglu_kernel<1, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld);
             break;
@@ -521,7 +563,7 @@ struct norm_gemv_parts_step {
 // gemv_parts_kernel with the norm folded in: warp c computes column c - end[g-1] of part g with
 // gemv_column's loads and order, on w ⊙ v, and scales by the row's 1/rms at the end.
 template <int N, bool ADD, int D>
-__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, int ld) {
+__device__ __forceinline__ void norm_gemv_parts_body(const lp_gemv_parts& p, const norm_gemv_in& in, int k, int ld) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -544,6 +586,18 @@ __global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, 
         const float s = warp_sum(acc[r]), inv = norm_gemv_scale(ss[r], k, in.eps);
         if (lane == 0) p.y[g][(size_t)r * m + j] = s * inv;
     }
+}
+
+template <int N, bool ADD, int D>
+__global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, int ld) {
+    norm_gemv_parts_body<N, ADD, D>(p, in, k, ld);
+}
+
+// The one-row launch compiled for GEMV_OCCUPY_PARTS resident blocks an SM (LP_GEMV_OCCUPY).
+template <bool ADD>
+__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PARTS)
+    norm_gemv_parts_occupy_kernel(lp_gemv_parts p, norm_gemv_in in, int k, int ld) {
+    norm_gemv_parts_body<1, ADD, 4>(p, in, k, ld);
 }
 
 // norm_swiglu_step multiplies one gate and one up weight vector (vector index iv) with the
@@ -582,8 +636,8 @@ struct norm_gemv_swiglu_step {
 // gemv_swiglu_kernel with the norm folded in: the same loads and order on w ⊙ v, both sums
 // scaled by the row's 1/rms, then silu_mul_kernel's expression.
 template <int N, bool ADD, int D>
-__global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
-                                        int ld) {
+__device__ __forceinline__ void norm_gemv_swiglu_body(float* act, const norm_gemv_in& in, const uint16_t* wg, const uint16_t* wu,
+                                                      int m, int k, int ld) {
     lp_pdl_launch_dependents();
     const int lane = threadIdx.x & 31;
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -606,6 +660,19 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
     }
 }
 
+template <int N, bool ADD, int D>
+__global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
+                                        int ld) {
+    norm_gemv_swiglu_body<N, ADD, D>(act, in, wg, wu, m, k, ld);
+}
+
+// The one-row launch compiled for GEMV_OCCUPY_PAIRS resident blocks an SM (LP_GEMV_OCCUPY).
+template <bool ADD>
+__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PAIRS)
+    norm_gemv_swiglu_occupy_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k, int ld) {
+    norm_gemv_swiglu_body<1, ADD, 2>(act, in, wg, wu, m, k, ld);
+}
+
 // norm_gemv_in_ok checks the input side of a norm-fused launch: the GEMV's row and alignment
 // rules for x, delta, resid and w, delta and resid given together, resid overlapping neither x
 // nor delta (its writer warp would race with the other warps' reads).
@@ -625,6 +692,8 @@ static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st
         case 1:
             if (o.deep)
                 lp_launch(norm_gemv_parts_kernel<1, ADD, 8>, grid, block, 0, st, o.pdl, p, in, k, o.ld);
+            else if (o.occupy)
+                lp_launch(norm_gemv_parts_occupy_kernel<ADD>, grid, block, 0, st, o.pdl, p, in, k, o.ld);
             else
                 lp_launch(norm_gemv_parts_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld);
             break;
@@ -661,6 +730,8 @@ static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t s
         case 1:
             if (o.deep)
                 lp_launch(norm_gemv_swiglu_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld);
+            else if (o.occupy)
+                lp_launch(norm_gemv_swiglu_occupy_kernel<ADD>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld);
             else
                 lp_launch(norm_gemv_swiglu_kernel<1, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld);
             break;
