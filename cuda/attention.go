@@ -22,7 +22,8 @@ const (
 	// the fastest at short contexts, but a row's last bits may depend on its batch.
 	DecodeSplitFill DecodeSplit = iota
 	// DecodeSplitContext splits each row by its own context length (LP_DECODE_SPLIT_CHUNK
-	// positions a chunk at least, up to LP_DECODE_MAX_SPLITS chunks): batch-invariant, and
+	// positions a chunk at least, up to LP_DECODE_DEPTH chunks, or LP_DECODE_MAX_SPLITS under
+	// SetDecodeDeep): batch-invariant, and
 	// long contexts spread over the GPU at any batch size.
 	DecodeSplitContext
 	// DecodeSplitOff runs every (row, head) in one block.
@@ -90,9 +91,34 @@ func (b *Backend) SetDecodeSplit(d DecodeSplit) {
 // contextSplits is the context rule's split count for a row at position pos: what the kernel
 // gives a row that sees every position up to pos (a sliding window can only lower it, so this
 // bounds the grid depth the step needs).
-func contextSplits(pos int32) int {
+func (b *Backend) contextSplits(pos int32) int {
 	chunk := int(C.LP_DECODE_SPLIT_CHUNK)
-	return min(int(C.LP_DECODE_MAX_SPLITS), (int(pos)+chunk)/chunk)
+	return min(b.decodeDepth, (int(pos)+chunk)/chunk)
+}
+
+// decodeDeepDefault: whether the context rule and the grouped kernel's fill rule may split a
+// row up to LP_DECODE_MAX_SPLITS (64) ways instead of LP_DECODE_DEPTH (32) unless
+// LORAPLEX_DECODE_DEEP=on|off or SetDecodeDeep says otherwise. Off until a GPU run tests and
+// measures it: Nsight Compute on an H100 showed the grouped kernel at 128 registers a thread
+// (4 blocks an SM), so batch-1 decode at 32,768 positions (8 kv heads x 32 splits = 256
+// blocks of 1,024 positions) keeps two blocks on each SM streaming the cache, where 64 splits
+// would fill the 528 slots (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt; 32k
+// decode ran at 0.709 of its roofline there).
+const decodeDeepDefault = false
+
+// SetDecodeDeep sets the context and grouped fill rules' most splits for the following steps:
+// LP_DECODE_MAX_SPLITS when on, LP_DECODE_DEPTH when off (recorded graphs hold the other
+// depth's launches, so they are dropped). Both rules stay what they are: the context rule
+// still a function of the row's own positions (batch-invariant), the fill rule of the row count.
+func (b *Backend) SetDecodeDeep(on bool) {
+	d := int(C.LP_DECODE_DEPTH)
+	if on {
+		d = int(C.LP_DECODE_MAX_SPLITS)
+	}
+	if d != b.decodeDepth {
+		b.dropGraphs()
+	}
+	b.decodeDepth = d
 }
 
 // prefillSplitDefault: whether the tensor-core prefill kernel splits a tile's key range over
@@ -161,11 +187,12 @@ func (b *Backend) prefillSplitCount(p model.AttnParams) int {
 // rows: the fill rule's depth follows n (part of the step key), the context rule's the step's
 // longest context (Prepare, added to the key by BeginStep).
 // In deterministic mode (deterministic.go) it is the context rule whatever the switch says: a
-// row splits min(LP_DECODE_MAX_SPLITS, ceil(V / LP_DECODE_SPLIT_CHUNK)) ways, a function of its
+// row splits min(depth, ceil(V / LP_DECODE_SPLIT_CHUNK)) ways (depth LP_DECODE_DEPTH, or
+// LP_DECODE_MAX_SPLITS under SetDecodeDeep: fixed for the backend, not the step), a function of its
 // own visible positions V alone (the step's depth, the largest row's count, is never below a
 // row's own), and the depth is in the step key already (BeginStep).
 // The grouped kernel's fill rule counts one block per kv head and may go up to
-// LP_DECODE_MAX_SPLITS deep, with a floor of LP_GQ_FILL_CHUNK positions a chunk so that short
+// LP_DECODE_DEPTH deep (LP_DECODE_MAX_SPLITS under SetDecodeDeep), with a floor of LP_GQ_FILL_CHUNK positions a chunk so that short
 // contexts do not split into chunks of a few keys (a block's tile is GQ_TILE keys wide).
 func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chunk int) {
 	if b.batchInvariant {
@@ -178,7 +205,7 @@ func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chu
 		return 1, 1
 	}
 	if grouped {
-		return decodeFillSplits(n, kvHeads, int(C.LP_DECODE_MAX_SPLITS), b.sms), int(C.LP_GQ_FILL_CHUNK)
+		return decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms), int(C.LP_GQ_FILL_CHUNK)
 	}
 	return decodeFillSplits(n, heads, int(C.LP_DECODE_SPLITS), b.sms), 1
 }

@@ -60,6 +60,7 @@ type Backend struct {
 	gemvStream            bool          // batch-1 GEMVs load weights past L1 (fused.go: LORAPLEX_GEMV_STREAM, SetGEMVStream)
 	gemvOccupy            bool          // batch-1 parts and gate/up GEMVs bounded for occupancy (fused.go: LORAPLEX_GEMV_OCCUPY, SetGEMVOccupy)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
+	decodeDepth           int           // the context and grouped fill rules' most splits (attention.go: LORAPLEX_DECODE_DEEP, SetDecodeDeep)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
 	keyBuf                []byte        // the step key with what the backend adds to it (BeginStep)
@@ -147,6 +148,7 @@ func New(device int) (*Backend, error) {
 	b.gemvStream = envSwitch("LORAPLEX_GEMV_STREAM", gemvStreamDefault)
 	b.gemvOccupy = envSwitch("LORAPLEX_GEMV_OCCUPY", gemvOccupyDefault)
 	b.decodeSplit = decodeSplitFromEnv()
+	b.SetDecodeDeep(envSwitch("LORAPLEX_DECODE_DEEP", decodeDeepDefault))
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
 	b.detSmall = envSwitch("LORAPLEX_DETERMINISTIC_SMALL", deterministicSmallDefault)
@@ -498,7 +500,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 		for r := sq.Start; r < sq.Start+sq.N; r++ {
 			h[ri] = int32(r)
 			ri++
-			b.ctxSplits = max(b.ctxSplits, contextSplits(s.Positions[r]))
+			b.ctxSplits = max(b.ctxSplits, b.contextSplits(s.Positions[r]))
 			b.rowKeys += int(s.Positions[r]) + 1
 		}
 	}

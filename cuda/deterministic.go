@@ -54,7 +54,7 @@ import (
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
 //     when the batch is big; the mode takes the context rule instead (attention.go
 //     decodeSplits): a row splits by its own visible positions (chunks of at least
-//     LP_DECODE_SPLIT_CHUNK, at most LP_DECODE_MAX_SPLITS of them), so the chunk boundaries and
+//     LP_DECODE_SPLIT_CHUNK, at most the backend's fixed depth of them), so the chunk boundaries and
 //     the merge depend on the row's position alone, as the post's fixed split *size* does.
 //     (Until this session it fixed the count at LP_DECODE_SPLITS with no chunk floor, also
 //     invariant, but a batch of 64 short rows then ran eight blocks of a few keys per row

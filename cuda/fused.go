@@ -26,6 +26,7 @@ import (
 //	LORAPLEX_GEMV_STREAM=on|off    batch-1 GEMVs load weights without allocating them in L1 (kernels/gemv.cu)
 //	LORAPLEX_GEMV_OCCUPY=on|off    batch-1 q/k/v and gate/up GEMVs compiled for more resident blocks an SM (kernels/gemv.cu)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
+//	LORAPLEX_DECODE_DEEP=on|off    decode attention may split a row 64 ways instead of 32 (attention.go)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)

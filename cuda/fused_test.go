@@ -352,15 +352,16 @@ func TestLoRAGroupSweep(t *testing.T) {
 }
 
 // Decode attention matches the CPU under every split rule and on both kernels (per head, and
-// grouped: one block per GQA group) over contexts from 1 to 5,000 positions (unsplit rows, rows
-// at the chunk and tile boundaries, rows split 32 ways), with MHA/GQA/MQA, groups of 1 to 8 and
+// grouped: one block per GQA group) and at both depths (LORAPLEX_DECODE_DEEP: at most 32 or 64
+// splits) over contexts from 1 to 9,000 positions (unsplit rows, rows at the chunk and tile
+// boundaries, rows split 32 and 64 ways), with MHA/GQA/MQA, groups of 1 to 8 and
 // one the grouped kernel does not take (16: the per-head kernel runs it), head dims 48 to 256
 // and sliding windows, writing every output element; and under the context rule a row's output
 // is bitwise the same alone as inside the batch on either kernel: its split count and every
 // summation order depend on its own context only.
 func TestDecodeSplitRules(t *testing.T) {
 	r := rand.New(rand.NewPCG(27, 28))
-	lens := []int{1, 2, 127, 128, 129, 300, 1000, 4096, 5000}
+	lens := []int{1, 2, 127, 128, 129, 300, 1000, 4096, 5000, 9000} // 9,000: past the context rule's 32 and 64 splits
 	type shape struct{ heads, kv, dim, window int }
 	for _, sh := range []shape{{8, 2, 64, 0}, {32, 8, 128, 0}, {4, 1, 256, 0}, {8, 8, 128, 300}, {28, 4, 128, 0},
 		{8, 1, 80, 1000}, {6, 2, 48, 129}, {16, 1, 64, 0}} {
@@ -402,8 +403,10 @@ func TestDecodeSplitRules(t *testing.T) {
 			oc, og := p.tensor(t, n, qw, nil)
 			p.c.Attention(oc, qc, 0, ap)
 			poison := nanFloats(n * qw)
-			for _, grouped := range []bool{false, true} {
+			for _, gd := range [][2]bool{{false, false}, {true, false}, {false, true}, {true, true}} {
+				grouped, deep := gd[0], gd[1]
 				p.g.SetGroupedDecode(grouped)
+				p.g.SetDecodeDeep(deep)
 				for _, rule := range []cuda.DecodeSplit{cuda.DecodeSplitFill, cuda.DecodeSplitContext, cuda.DecodeSplitOff} {
 					p.g.SetDecodeSplit(rule)
 					if err := p.g.Prepare(&dec); err != nil {
@@ -413,8 +416,8 @@ func TestDecodeSplitRules(t *testing.T) {
 						t.Fatal(err)
 					}
 					p.g.Attention(og, qg, 0, ap)
-					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, split rule %s", grouped, rule), oc, og, 2e-2)
-					t.Logf("grouped %v, split rule %s: worst difference %.2e of the largest output", grouped, rule, rel)
+					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, deep %v, split rule %s", grouped, deep, rule), oc, og, 2e-2)
+					t.Logf("grouped %v, deep %v, split rule %s: worst difference %.2e of the largest output", grouped, deep, rule, rel)
 				}
 
 				// The context rule, row by row alone: bitwise what the batch gave each row.
@@ -444,7 +447,7 @@ func TestDecodeSplitRules(t *testing.T) {
 					}
 					for j, v := range got {
 						if math.Float32bits(v) != math.Float32bits(batch[i*qw+j]) {
-							t.Fatalf("grouped %v, context %d: element %d is %v alone, %v in the batch", grouped, lens[i], j, v, batch[i*qw+j])
+							t.Fatalf("grouped %v, deep %v, context %d: element %d is %v alone, %v in the batch", grouped, deep, lens[i], j, v, batch[i*qw+j])
 						}
 					}
 				}

@@ -16,7 +16,7 @@
 //     so a row's result may change with the batch it is in (in its last bits: a different
 //     summation order).
 //   context: chunk floor LP_DECODE_SPLIT_CHUNK, depth the largest split count of the step's
-//     rows (at most LP_DECODE_MAX_SPLITS): a row's split count depends on its own context length
+//     rows (at most LP_DECODE_DEPTH, or LP_DECODE_MAX_SPLITS with LORAPLEX_DECODE_DEEP): a row's split count depends on its own context length
 //     only, not on the other rows or its place among them, so its result is bitwise the same
 //     alone or in any batch (the deterministic mode's requirement). Rows of up to 128 positions
 //     run unsplit, so big batches of short contexts pay nothing; 4k and longer contexts get 32

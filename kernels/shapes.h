@@ -7,7 +7,8 @@
 #define LP_MAX_LORA_RANK 256  // shrink writes one scratch row of at most this many values
 #define LP_ATTN_WARPS 4       // warps of a prefill attention block (query rows per warp = 32 / this)
 #define LP_DECODE_SPLITS 8    // decode split-K, fill rule: most chunks per (row, head) (attention.cu)
-#define LP_DECODE_MAX_SPLITS 32     // decode split-K, context rule: most chunks per (row, head)
+#define LP_DECODE_MAX_SPLITS 64     // decode split-K: most chunks per (row, head) any rule may ask for
+#define LP_DECODE_DEPTH 32          // decode split-K, context and grouped fill rules: most chunks (64 with LORAPLEX_DECODE_DEEP)
 #define LP_DECODE_SPLIT_CHUNK 128   // decode split-K, context rule: fewest positions per chunk
 #define LP_GQ_MAX_GROUP 8     // grouped decode attention: most query heads per kv head (G x 8 accumulators a thread)
 #define LP_GQ_FILL_CHUNK 64   // grouped decode attention, fill rule: fewest positions per chunk
