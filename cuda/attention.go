@@ -106,6 +106,23 @@ func (b *Backend) contextSplits(pos int32) int {
 // decode ran at 0.709 of its roofline there).
 const decodeDeepDefault = false
 
+// SetGroupedFillChunk sets the grouped kernel's fill rule's chunk floor for the following steps
+// (LORAPLEX_GQ_FILL_CHUNK; LP_GQ_FILL_CHUNK, 64, by default): a row splits no further than into
+// chunks of that many positions. Nsight Compute on an H100's batch-1 decode at 129 positions
+// (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt) timed the grouped kernel's
+// three splits at 13.1 us and their merge at 5.2 us a layer; a floor of 256 runs such rows in
+// one block per kv head and launches no merge, which an A/B run weighs against the longer
+// block. Recorded graphs hold the other floor's launches, so they are dropped.
+func (b *Backend) SetGroupedFillChunk(positions int) {
+	if positions < 1 {
+		panic(fmt.Sprintf("cuda: SetGroupedFillChunk(%d)", positions))
+	}
+	if positions != b.gqFillChunk {
+		b.dropGraphs()
+	}
+	b.gqFillChunk = positions
+}
+
 // SetDecodeDeep sets the context and grouped fill rules' most splits for the following steps:
 // LP_DECODE_MAX_SPLITS when on, LP_DECODE_DEPTH when off (recorded graphs hold the other
 // depth's launches, so they are dropped). Both rules stay what they are: the context rule
@@ -205,7 +222,7 @@ func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chu
 		return 1, 1
 	}
 	if grouped {
-		return decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms), int(C.LP_GQ_FILL_CHUNK)
+		return decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms), b.gqFillChunk
 	}
 	return decodeFillSplits(n, heads, int(C.LP_DECODE_SPLITS), b.sms), 1
 }

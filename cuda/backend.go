@@ -61,6 +61,7 @@ type Backend struct {
 	gemvOccupy            bool          // batch-1 parts and gate/up GEMVs bounded for occupancy (fused.go: LORAPLEX_GEMV_OCCUPY, SetGEMVOccupy)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	decodeDepth           int           // the context and grouped fill rules' most splits (attention.go: LORAPLEX_DECODE_DEEP, SetDecodeDeep)
+	gqFillChunk           int           // the grouped fill rule's fewest positions a split (attention.go: LORAPLEX_GQ_FILL_CHUNK, SetGroupedFillChunk)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
 	keyBuf                []byte        // the step key with what the backend adds to it (BeginStep)
@@ -149,6 +150,7 @@ func New(device int) (*Backend, error) {
 	b.gemvOccupy = envSwitch("LORAPLEX_GEMV_OCCUPY", gemvOccupyDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.SetDecodeDeep(envSwitch("LORAPLEX_DECODE_DEEP", decodeDeepDefault))
+	b.SetGroupedFillChunk(envInt("LORAPLEX_GQ_FILL_CHUNK", int(C.LP_GQ_FILL_CHUNK), 1, 1<<20))
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
 	b.detSmall = envSwitch("LORAPLEX_DETERMINISTIC_SMALL", deterministicSmallDefault)

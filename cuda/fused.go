@@ -8,6 +8,7 @@ import "C"
 import (
 	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/loraplex/loraplex/model"
 )
@@ -27,6 +28,7 @@ import (
 //	LORAPLEX_GEMV_OCCUPY=on|off    batch-1 q/k/v and gate/up GEMVs compiled for more resident blocks an SM (kernels/gemv.cu)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_DECODE_DEEP=on|off    decode attention may split a row 64 ways instead of 32 (attention.go)
+//	LORAPLEX_GQ_FILL_CHUNK=N       the grouped decode kernel's fill rule splits rows into chunks of at least N positions (attention.go)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)
@@ -81,6 +83,16 @@ const (
 	// defaults are what that table measured: the next GPU run turns it on.
 	normBF16Default = false
 )
+
+// envInt reads an integer knob from the environment: def when unset, not a number or outside
+// [lo, hi].
+func envInt(name string, def, lo, hi int) int {
+	v, err := strconv.Atoi(os.Getenv(name))
+	if err != nil || v < lo || v > hi {
+		return def
+	}
+	return v
+}
 
 // envSwitch reads an on/off switch from the environment.
 func envSwitch(name string, def bool) bool {

@@ -353,7 +353,7 @@ func TestLoRAGroupSweep(t *testing.T) {
 
 // Decode attention matches the CPU under every split rule and on both kernels (per head, and
 // grouped: one block per GQA group) and at both depths (LORAPLEX_DECODE_DEEP: at most 32 or 64
-// splits) over contexts from 1 to 9,000 positions (unsplit rows, rows at the chunk and tile
+// splits), the grouped fill rule also with a chunk floor of 256 (LORAPLEX_GQ_FILL_CHUNK), over contexts from 1 to 9,000 positions (unsplit rows, rows at the chunk and tile
 // boundaries, rows split 32 and 64 ways), with MHA/GQA/MQA, groups of 1 to 8 and
 // one the grouped kernel does not take (16: the per-head kernel runs it), head dims 48 to 256
 // and sliding windows, writing every output element; and under the context rule a row's output
@@ -403,10 +403,16 @@ func TestDecodeSplitRules(t *testing.T) {
 			oc, og := p.tensor(t, n, qw, nil)
 			p.c.Attention(oc, qc, 0, ap)
 			poison := nanFloats(n * qw)
-			for _, gd := range [][2]bool{{false, false}, {true, false}, {false, true}, {true, true}} {
-				grouped, deep := gd[0], gd[1]
+			for _, gd := range []struct {
+				grouped, deep bool
+				floor         int // the grouped fill rule's chunk floor (0: the default)
+			}{{false, false, 0}, {true, false, 0}, {false, true, 0}, {true, true, 0}, {true, false, 256}} {
+				grouped, deep := gd.grouped, gd.deep
 				p.g.SetGroupedDecode(grouped)
 				p.g.SetDecodeDeep(deep)
+				if gd.floor > 0 { // the last case: the default floor is LP_GQ_FILL_CHUNK until here
+					p.g.SetGroupedFillChunk(gd.floor)
+				}
 				for _, rule := range []cuda.DecodeSplit{cuda.DecodeSplitFill, cuda.DecodeSplitContext, cuda.DecodeSplitOff} {
 					p.g.SetDecodeSplit(rule)
 					if err := p.g.Prepare(&dec); err != nil {
@@ -416,8 +422,8 @@ func TestDecodeSplitRules(t *testing.T) {
 						t.Fatal(err)
 					}
 					p.g.Attention(og, qg, 0, ap)
-					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, deep %v, split rule %s", grouped, deep, rule), oc, og, 2e-2)
-					t.Logf("grouped %v, deep %v, split rule %s: worst difference %.2e of the largest output", grouped, deep, rule, rel)
+					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, deep %v, floor %d, split rule %s", grouped, deep, gd.floor, rule), oc, og, 2e-2)
+					t.Logf("grouped %v, deep %v, floor %d, split rule %s: worst difference %.2e of the largest output", grouped, deep, gd.floor, rule, rel)
 				}
 
 				// The context rule, row by row alone: bitwise what the batch gave each row.
