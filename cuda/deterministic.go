@@ -48,7 +48,8 @@ import (
 //       cublas-padded (the default, deterministicGEMMDefault): cuBLAS itself on a shape that never changes (paddedGEMM,
 //         kernels/gemm.cu's lp_gemm_padded_bf16): x in chunks of 64 rows, each chunk rounded
 //         to bf16 into one buffer and run as the same 64-row cublasGemmEx into one scratch,
-//         its real rows then stored. The kernel cuBLAS picks is the default path's at batch
+//         its real rows then copied out (a whole chunk is written to an aligned output
+//         directly, the same call but for an address of the same alignment). The kernel cuBLAS picks is the default path's at batch
 //         64, so batch-64 decode costs what it costs by default and batch 1 pays for 64 rows;
 //         MatMulShared is that per part, and the fused GEMVs step aside as above.
 //   - Decode attention (attention.cu) splits each row's positions into fewer split-K chunks
@@ -353,7 +354,8 @@ const padRows = int(C.LP_GEMM_PAD_ROWS)
 // paddedGEMM is outs[i] = alpha · x · ws[i]ᵀ + beta · outs[i] under DeterministicGEMMPadded:
 // x in chunks of padRows rows, each chunk rounded to bf16 once into padX (what xToBF16 does on
 // the default path, so the same rounding) and multiplied by every w as one cublasGemmEx of
-// exactly padRows rows into padOut, whose chunk rows are then stored (lp_gemm_padded_bf16). The
+// exactly padRows rows into padOut, whose chunk rows are then copied out, or straight into the
+// output for a whole chunk there (lp_gemm_padded_bf16). The
 // call is the same whatever the batch (shape and pointers), so a row's product is too
 // (kernels/gemm.cu argues it); TestBatchInvariantMatMul holds cuBLAS to that bitwise.
 func (b *Backend) paddedGEMM(outs []model.Tensor, x model.Tensor, ws []model.Tensor, alpha, beta float32) {

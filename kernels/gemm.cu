@@ -15,7 +15,8 @@
 // cuts them), each chunk rounded to bf16 into the same buffer and run as the same cublasGemmEx
 // call of exactly LP_GEMM_PAD_ROWS rows (same m, k, leading dimensions, pointers: W's, that
 // buffer, scratch as output; alpha 1, beta 0), so the same kernel computes row r whether the
-// batch holds 1 row or 64, even if the heuristic looked at pointer alignment; and a GEMM kernel
+// batch holds 1 row or 64, alignments included (the one other output address, below, is
+// aligned as the scratch is); and a GEMM kernel
 // computes an output from its own row of x, its column of W and a reduction order fixed by the
 // kernel (any split-K included), never from the other rows of its tile. Rows past n are
 // whatever the buffer holds; their outputs stay in scratch, and the chunk's n rows are copied
@@ -24,12 +25,16 @@
 // values the scratch would hold, bitwise) is written to y directly when y is 256-byte aligned
 // like the scratch, so the call differs only in an output address of the same alignment: batch
 // 64, the mode's common step, then costs what the default path's cuBLAS call costs, with no
-// copy. (cuBLAS chooses by alignment, up to the 256 bytes cudaMalloc gives, never by address.)
+// copy. (cuBLAS's heuristic looks at alignments, up to the 256 bytes cudaMalloc gives, not at
+// addresses; TestBatchInvariantMatMul compares whole chunks written directly with rows written
+// through the scratch, bitwise, at 64, 65, 100 and 130 rows.)
 //
 // Why cuBLAS and not lp_gemm_invariant_bf16 (gemm_invariant.cu): decode products are a weight
-// stream, and at 64 rows cuBLAS streams weights at the default path's rate, which is the
-// default path's own kernel at batch 64; the tensor-core kernel reached 0.36 of it there. The
-// price moves to batch 1, which pays for a 64-row product (bench/gpu's deterministic rows).
+// stream, and at 64 rows cuBLAS streams weights at the default path's rate, being the default
+// path's own call at batch 64. On an H100 (bench/results/gpu-h100/goals-2026-12-07-final3)
+// deterministic batch-64 decode ran at 0.977 of the default mode with it and 0.40 with the
+// tensor-core kernel, in the same run; the price moved to batch 1, which pays for a 64-row
+// product: 0.81 of the default there (0.64 with the tensor-core kernel).
 //
 // Graph replay: the chunk loop is fixed by n and the calls' arguments, so a recorded step replays
 // the same launches. Tolerance: the default path's (x rounded to bf16, fp32 accumulate).
