@@ -106,13 +106,46 @@ func (b *Backend) contextSplits(pos int32) int {
 // decode ran at 0.709 of its roofline there).
 const decodeDeepDefault = false
 
+// groupedFillTrim is the grouped fill rule's grid depth for a row at position pos: the power of
+// two at or above its split count ceil((pos + 1) / floor), at most the backend's depth. The step
+// launches the largest of its rows' (gqSplits), which no row's own count exceeds, so trimming
+// the fill depth to it changes no row's splits (splits(row) = min(depth, ceil(V / floor)) is the
+// same) and drops the blocks that would exit at once: and where every row fits one chunk, the
+// depth is 1 and the merge launch goes. Powers of two, so the graph key (decodeDepthKey) takes
+// few values as contexts grow.
+func (b *Backend) groupedFillTrim(pos int32) int {
+	need := (int(pos) + b.gqFillChunk) / b.gqFillChunk
+	d := 1
+	for d < need && d < b.decodeDepth {
+		d *= 2
+	}
+	return min(d, b.decodeDepth)
+}
+
+// decodeDepthKey is what the step's graph key needs beyond the runner's key for decode
+// attention's grid depth, which follows the step's contexts under the context rule (and in
+// deterministic mode, which takes that rule whatever the switch says) and under the grouped fill
+// rule's trim; 0 where it follows the row count alone.
+func (b *Backend) decodeDepthKey() byte {
+	switch {
+	case b.batchInvariant || b.decodeSplit == DecodeSplitContext:
+		return byte(b.ctxSplits)
+	case b.decodeSplit == DecodeSplitFill && b.groupedDecode:
+		// The depth the grouped kernel will launch (decodeSplits), so that steps whose fill
+		// depth is 1 anyway (big batches) keep one recording whatever their contexts.
+		return byte(min(decodeFillSplits(b.numRows, b.kv.KVHeads, b.decodeDepth, b.sms), b.gqSplits))
+	}
+	return 0
+}
+
 // SetGroupedFillChunk sets the grouped kernel's fill rule's chunk floor for the following steps
 // (LORAPLEX_GQ_FILL_CHUNK; LP_GQ_FILL_CHUNK, 64, by default): a row splits no further than into
 // chunks of that many positions. Nsight Compute on an H100's batch-1 decode at 129 positions
 // (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt) timed the grouped kernel's
 // three splits at 13.1 us and their merge at 5.2 us a layer; a floor of 256 runs such rows in
-// one block per kv head and launches no merge, which an A/B run weighs against the longer
-// block. Recorded graphs hold the other floor's launches, so they are dropped.
+// one block per kv head and, with the trim (groupedFillTrim), launches no merge, which an A/B
+// run weighs against the longer block. Recorded graphs hold the other floor's launches, so
+// they are dropped.
 func (b *Backend) SetGroupedFillChunk(positions int) {
 	if positions < 1 {
 		panic(fmt.Sprintf("cuda: SetGroupedFillChunk(%d)", positions))
@@ -209,8 +242,11 @@ func (b *Backend) prefillSplitCount(p model.AttnParams) int {
 // own visible positions V alone (the step's depth, the largest row's count, is never below a
 // row's own), and the depth is in the step key already (BeginStep).
 // The grouped kernel's fill rule counts one block per kv head and may go up to
-// LP_DECODE_DEPTH deep (LP_DECODE_MAX_SPLITS under SetDecodeDeep), with a floor of LP_GQ_FILL_CHUNK positions a chunk so that short
-// contexts do not split into chunks of a few keys (a block's tile is GQ_TILE keys wide).
+// LP_DECODE_DEPTH deep (LP_DECODE_MAX_SPLITS under SetDecodeDeep), with a floor of
+// LP_GQ_FILL_CHUNK positions a chunk (SetGroupedFillChunk) so that short contexts do not split
+// into chunks of a few keys (a block's tile is GQ_TILE keys wide), and is trimmed to the
+// step's rows (groupedFillTrim: no row's splits change, the empty blocks and, for rows of one
+// chunk, the merge go).
 func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chunk int) {
 	if b.batchInvariant {
 		return b.ctxSplits, int(C.LP_DECODE_SPLIT_CHUNK)
@@ -222,7 +258,7 @@ func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chu
 		return 1, 1
 	}
 	if grouped {
-		return decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms), b.gqFillChunk
+		return min(decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms), b.gqSplits), b.gqFillChunk
 	}
 	return decodeFillSplits(n, heads, int(C.LP_DECODE_SPLITS), b.sms), 1
 }

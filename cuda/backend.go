@@ -64,6 +64,7 @@ type Backend struct {
 	gqFillChunk           int           // the grouped fill rule's fewest positions a split (attention.go: LORAPLEX_GQ_FILL_CHUNK, SetGroupedFillChunk)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
+	gqSplits              int           // the grouped fill rule's trim for this step: a power of two covering its rows' split counts (attention.go)
 	keyBuf                []byte        // the step key with what the backend adds to it (BeginStep)
 	groupArgs             loraGroupArgs // LoRAGroup's launch arguments (fused.go)
 	gemvArgs              gemvPartsArgs // MatMulShared's launch arguments (fused.go)
@@ -455,7 +456,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 	}
 	tile := b.prefillTileRows(longest)
 	tiles, rows := 0, 0
-	b.ctxSplits, b.tileKeys, b.rowKeys = 1, 0, 0
+	b.ctxSplits, b.gqSplits, b.tileKeys, b.rowKeys = 1, 1, 0, 0
 	for _, sq := range s.Seqs {
 		if tiled(sq) {
 			tiles += (sq.N + tile - 1) / tile
@@ -503,6 +504,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 			h[ri] = int32(r)
 			ri++
 			b.ctxSplits = max(b.ctxSplits, b.contextSplits(s.Positions[r]))
+			b.gqSplits = max(b.gqSplits, b.groupedFillTrim(s.Positions[r]))
 			b.rowKeys += int(s.Positions[r]) + 1
 		}
 	}

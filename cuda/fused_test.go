@@ -512,64 +512,80 @@ func TestFusedFixturesCUDA(t *testing.T) {
 	}
 }
 
-// Under the context split rule a recorded decode step replays only for steps of the same grid
-// depth: one sequence decoding across 128 and 256 positions (1, 2, then 3 splits) gives bitwise
-// the logits of direct launches with graphs on, and the depths get recordings of their own.
+// A recorded decode step replays only for steps of the same attention grid depth wherever the
+// depth follows the step's contexts: one sequence decoding across 64, 128, 192 and 256
+// positions gives bitwise the logits of direct launches with graphs on, and each depth gets a
+// recording of its own, under the context split rule (1, 2, then 3 splits), in deterministic
+// mode, which takes that rule whatever the switch says, and under the grouped fill rule, whose
+// depth is trimmed to a power of two covering the rows (1, 2, 4, then 8 for chunks of at
+// least 64 positions).
 func TestContextSplitGraphsMatchDirect(t *testing.T) {
 	const name, pageSize, steps = "llama", 16, 300
-	var logits [2][][]float32
-	graphs := 0
-	for i, on := range []bool{false, true} {
-		b := newGPU(t)
-		b.SetGraphs(on)
-		b.SetDecodeSplit(cuda.DecodeSplitContext)
-		b.SetFusedDecode(true)
-		b.SetNormGEMV(true)
-		cfg, w := fixture.LoadModel(t, fixture.Dir(name), b)
-		pages := (steps + pageSize - 1) / pageSize
-		r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: 8, MaxLogitRows: 1, MaxContext: steps,
-			KV: model.KVSpec{Pages: pages, PageSize: pageSize}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		table := make([]int32, pages)
-		for p := range table {
-			table[p] = int32(pages - 1 - p)
-		}
-		decode := func(pos int) []float32 {
-			s := model.Step{Tokens: []int32{int32(pos * 7 % cfg.VocabSize)}, Positions: []int32{int32(pos)},
-				Slots:     []int32{table[pos/pageSize]*pageSize + int32(pos%pageSize)},
-				Seqs:      []model.SeqRows{{Start: 0, N: 1, Len: pos + 1, Pages: table}},
-				LogitRows: []int32{0}}
-			out := make([]float32, cfg.VocabSize)
-			if err := r.Forward(&s, []*model.Adapter{nil}, out); err != nil {
-				t.Fatal(err)
+	for _, mode := range []struct {
+		name   string
+		set    func(b *cuda.Backend)
+		graphs int
+	}{
+		{"context", func(b *cuda.Backend) { b.SetDecodeSplit(cuda.DecodeSplitContext) }, 3},
+		{"deterministic", func(b *cuda.Backend) { b.SetDecodeSplit(cuda.DecodeSplitFill); b.SetBatchInvariant(true) }, 3},
+		{"grouped-fill", func(b *cuda.Backend) { b.SetDecodeSplit(cuda.DecodeSplitFill); b.SetGroupedDecode(true) }, 4},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			var logits [2][][]float32
+			graphs := 0
+			for i, on := range []bool{false, true} {
+				b := newGPU(t)
+				b.SetGraphs(on)
+				b.SetFusedDecode(true)
+				b.SetNormGEMV(true)
+				mode.set(b)
+				cfg, w := fixture.LoadModel(t, fixture.Dir(name), b)
+				pages := (steps + pageSize - 1) / pageSize
+				r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: 8, MaxLogitRows: 1, MaxContext: steps,
+					KV: model.KVSpec{Pages: pages, PageSize: pageSize}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				table := make([]int32, pages)
+				for p := range table {
+					table[p] = int32(pages - 1 - p)
+				}
+				decode := func(pos int) []float32 {
+					s := model.Step{Tokens: []int32{int32(pos * 7 % cfg.VocabSize)}, Positions: []int32{int32(pos)},
+						Slots:     []int32{table[pos/pageSize]*pageSize + int32(pos%pageSize)},
+						Seqs:      []model.SeqRows{{Start: 0, N: 1, Len: pos + 1, Pages: table}},
+						LogitRows: []int32{0}}
+					out := make([]float32, cfg.VocabSize)
+					if err := r.Forward(&s, []*model.Adapter{nil}, out); err != nil {
+						t.Fatal(err)
+					}
+					return out
+				}
+				// One unrecorded step at the longest context first sizes the split scratch for every
+				// depth, so that no growth drops the recordings below (which would hide a replay of the
+				// wrong depth). Its logits read unwritten cache positions and are not compared.
+				b.SetGraphs(false)
+				decode(steps - 1)
+				b.SetGraphs(on)
+				for pos := 0; pos < steps; pos++ {
+					logits[i] = append(logits[i], decode(pos))
+				}
+				if on {
+					graphs = b.GraphCount()
+				}
+				w.Close()
 			}
-			return out
-		}
-		// One unrecorded step at the longest context first sizes the split scratch for every
-		// depth, so that no growth drops the recordings below (which would hide a replay of the
-		// wrong depth). Its logits read unwritten cache positions and are not compared.
-		b.SetGraphs(false)
-		decode(steps - 1)
-		b.SetGraphs(on)
-		for pos := 0; pos < steps; pos++ {
-			logits[i] = append(logits[i], decode(pos))
-		}
-		if on {
-			graphs = b.GraphCount()
-		}
-		w.Close()
-	}
-	for pos := range logits[0] {
-		for j, v := range logits[0][pos] {
-			if math.Float32bits(v) != math.Float32bits(logits[1][pos][j]) {
-				t.Fatalf("position %d: logit %d is %v direct, %v replayed", pos, j, v, logits[1][pos][j])
+			for pos := range logits[0] {
+				for j, v := range logits[0][pos] {
+					if math.Float32bits(v) != math.Float32bits(logits[1][pos][j]) {
+						t.Fatalf("position %d: logit %d is %v direct, %v replayed", pos, j, v, logits[1][pos][j])
+					}
+				}
 			}
-		}
-	}
-	if graphs != 3 {
-		t.Fatalf("%d recordings for decode steps of 1, 2 and 3 splits, want one each", graphs)
+			if graphs != mode.graphs {
+				t.Fatalf("%d recordings for decode steps of %d grid depths, want one each", graphs, mode.graphs)
+			}
+		})
 	}
 }
 

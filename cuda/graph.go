@@ -42,10 +42,11 @@ func (b *Backend) BeginStep(key []byte) bool {
 	if key == nil || b.numTiles > 0 || len(b.step.Tokens) > maxGraphRows || b.failed() || b.noGraphs || !b.graphCheck(key) {
 		return false
 	}
-	if b.decodeSplit == DecodeSplitContext && b.numRows > 0 {
-		// The context rule's grid depth follows the step's longest context, which the
-		// runner's key does not hold (at most LP_DECODE_MAX_SPLITS: one byte).
-		b.keyBuf = append(append(b.keyBuf[:0], key...), byte(b.ctxSplits))
+	if d := b.decodeDepthKey(); d > 0 && b.numRows > 0 {
+		// Decode attention's grid depth follows the step's contexts under the context rule,
+		// in deterministic mode and under the grouped fill rule's trim, which the runner's key
+		// does not hold (at most LP_DECODE_MAX_SPLITS: one byte).
+		b.keyBuf = append(append(b.keyBuf[:0], key...), d)
 		key = b.keyBuf
 	}
 	if b.pdl == PDLPrefetch {
