@@ -130,12 +130,36 @@ func (b *Backend) decodeDepthKey() byte {
 	switch {
 	case b.batchInvariant || b.decodeSplit == DecodeSplitContext:
 		return byte(b.ctxSplits)
-	case b.decodeSplit == DecodeSplitFill && b.groupedDecode:
+	case b.decodeSplit == DecodeSplitFill && b.groupedDecode && b.decodeTrim:
 		// The depth the grouped kernel will launch (decodeSplits), so that steps whose fill
 		// depth is 1 anyway (big batches) keep one recording whatever their contexts.
-		return byte(min(decodeFillSplits(b.numRows, b.kv.KVHeads, b.decodeDepth, b.sms), b.gqSplits))
+		return byte(b.trimmed(decodeFillSplits(b.numRows, b.kv.KVHeads, b.decodeDepth, b.sms)))
 	}
 	return 0
+}
+
+// trimmed is the grouped fill rule's depth under SetDecodeTrim: at most gqSplits.
+func (b *Backend) trimmed(depth int) int {
+	if b.decodeTrim {
+		return min(depth, b.gqSplits)
+	}
+	return depth
+}
+
+// decodeTrimDefault: whether the grouped fill rule's depth is trimmed to the step's rows
+// (groupedFillTrim) unless LORAPLEX_DECODE_TRIM=on|off or SetDecodeTrim says otherwise. Off
+// until a GPU run has tested it (TestDecodeSplitRules, TestContextSplitGraphsMatchDirect) and
+// measured it beside LORAPLEX_GQ_FILL_CHUNK: no row's result can change, but the launches do,
+// and the step key gains the depth.
+const decodeTrimDefault = false
+
+// SetDecodeTrim turns the grouped fill rule's trim on or off for the steps prepared after it
+// (recorded graphs hold the other depth's launches, so they are dropped).
+func (b *Backend) SetDecodeTrim(on bool) {
+	if on != b.decodeTrim {
+		b.dropGraphs()
+	}
+	b.decodeTrim = on
 }
 
 // SetGroupedFillChunk sets the grouped kernel's fill rule's chunk floor for the following steps
@@ -143,7 +167,7 @@ func (b *Backend) decodeDepthKey() byte {
 // chunks of that many positions. Nsight Compute on an H100's batch-1 decode at 129 positions
 // (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt) timed the grouped kernel's
 // three splits at 13.1 us and their merge at 5.2 us a layer; a floor of 256 runs such rows in
-// one block per kv head and, with the trim (groupedFillTrim), launches no merge, which an A/B
+// one block per kv head and, with the trim (SetDecodeTrim), launches no merge, which an A/B
 // run weighs against the longer block. Recorded graphs hold the other floor's launches, so
 // they are dropped.
 func (b *Backend) SetGroupedFillChunk(positions int) {
@@ -245,8 +269,8 @@ func (b *Backend) prefillSplitCount(p model.AttnParams) int {
 // LP_DECODE_DEPTH deep (LP_DECODE_MAX_SPLITS under SetDecodeDeep), with a floor of
 // LP_GQ_FILL_CHUNK positions a chunk (SetGroupedFillChunk) so that short contexts do not split
 // into chunks of a few keys (a block's tile is GQ_TILE keys wide), and is trimmed to the
-// step's rows (groupedFillTrim: no row's splits change, the empty blocks and, for rows of one
-// chunk, the merge go).
+// step's rows under SetDecodeTrim (groupedFillTrim: no row's splits change, the empty blocks
+// and, for rows of one chunk, the merge go).
 func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chunk int) {
 	if b.batchInvariant {
 		return b.ctxSplits, int(C.LP_DECODE_SPLIT_CHUNK)
@@ -258,7 +282,7 @@ func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chu
 		return 1, 1
 	}
 	if grouped {
-		return min(decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms), b.gqSplits), b.gqFillChunk
+		return b.trimmed(decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms)), b.gqFillChunk
 	}
 	return decodeFillSplits(n, heads, int(C.LP_DECODE_SPLITS), b.sms), 1
 }

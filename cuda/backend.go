@@ -62,6 +62,7 @@ type Backend struct {
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	decodeDepth           int           // the context and grouped fill rules' most splits (attention.go: LORAPLEX_DECODE_DEEP, SetDecodeDeep)
 	gqFillChunk           int           // the grouped fill rule's fewest positions a split (attention.go: LORAPLEX_GQ_FILL_CHUNK, SetGroupedFillChunk)
+	decodeTrim            bool          // the grouped fill rule's depth trimmed to the step's rows (attention.go: LORAPLEX_DECODE_TRIM, SetDecodeTrim)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
 	gqSplits              int           // the grouped fill rule's trim for this step: a power of two covering its rows' split counts (attention.go)
@@ -152,6 +153,7 @@ func New(device int) (*Backend, error) {
 	b.decodeSplit = decodeSplitFromEnv()
 	b.SetDecodeDeep(envSwitch("LORAPLEX_DECODE_DEEP", decodeDeepDefault))
 	b.SetGroupedFillChunk(envInt("LORAPLEX_GQ_FILL_CHUNK", int(C.LP_GQ_FILL_CHUNK), 1, 1<<20))
+	b.decodeTrim = envSwitch("LORAPLEX_DECODE_TRIM", decodeTrimDefault)
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
 	b.detSmall = envSwitch("LORAPLEX_DETERMINISTIC_SMALL", deterministicSmallDefault)
