@@ -524,7 +524,7 @@ func TestFusedFixturesCUDA(t *testing.T) {
 // its depth trimmed to a power of two covering the rows (LORAPLEX_DECODE_TRIM: 1, 2, 4, then
 // 8 for chunks of at least 64 positions).
 func TestContextSplitGraphsMatchDirect(t *testing.T) {
-	const name, pageSize, steps = "llama", 16, 300
+	const name, steps = "llama", 300
 	for _, mode := range []struct {
 		name   string
 		set    func(b *cuda.Backend)
@@ -547,28 +547,8 @@ func TestContextSplitGraphsMatchDirect(t *testing.T) {
 				b.SetFusedDecode(true)
 				b.SetNormGEMV(true)
 				mode.set(b)
-				cfg, w := fixture.LoadModel(t, fixture.Dir(name), b)
-				pages := (steps + pageSize - 1) / pageSize
-				r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: 8, MaxLogitRows: 1, MaxContext: steps,
-					KV: model.KVSpec{Pages: pages, PageSize: pageSize}})
-				if err != nil {
-					t.Fatal(err)
-				}
-				table := make([]int32, pages)
-				for p := range table {
-					table[p] = int32(pages - 1 - p)
-				}
-				decode := func(pos int) []float32 {
-					s := model.Step{Tokens: []int32{int32(pos * 7 % cfg.VocabSize)}, Positions: []int32{int32(pos)},
-						Slots:     []int32{table[pos/pageSize]*pageSize + int32(pos%pageSize)},
-						Seqs:      []model.SeqRows{{Start: 0, N: 1, Len: pos + 1, Pages: table}},
-						LogitRows: []int32{0}}
-					out := make([]float32, cfg.VocabSize)
-					if err := r.Forward(&s, []*model.Adapter{nil}, out); err != nil {
-						t.Fatal(err)
-					}
-					return out
-				}
+				_, w, step := oneSequence(t, b, fixture.Dir(name), steps, 8)
+				decode := func(pos int) []float32 { return step(pos, 1) }
 				// One unrecorded step at the longest context first sizes the split scratch for every
 				// depth, so that no growth drops the recordings below (which would hide a replay of the
 				// wrong depth). Its logits read unwritten cache positions and are not compared.

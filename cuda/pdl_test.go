@@ -78,36 +78,17 @@ type pdlLaunches struct {
 // pages in reverse order, on a fresh backend set as given, and returns every step's logits.
 func pdlDecode(t *testing.T, dir string, normGEMV, grouped bool, l pdlLaunches) [][]float32 {
 	t.Helper()
-	const prompt, decode, pageSize = 37, 90, 16
+	const prompt, decode = 37, 90
 	b := newGPU(t)
 	b.SetNormGEMV(normGEMV)
 	b.SetGroupedDecode(grouped)
 	b.SetGraphs(l.graphs)
 	b.SetPDL(l.pdl)
 	b.SetGEMVDeep(l.deep)
-	cfg, w := fixture.LoadModel(t, dir, b)
 	ctx := prompt + decode
-	pages := (ctx + pageSize - 1) / pageSize
-	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: prompt, MaxLogitRows: 1, MaxContext: ctx,
-		KV: model.KVSpec{Pages: pages, PageSize: pageSize}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	table := make([]int32, pages)
-	for p := range table {
-		table[p] = int32(pages - 1 - p)
-	}
+	_, _, run := oneSequence(t, b, dir, ctx, prompt)
 	step := func(first, n int) []float32 {
-		s := model.Step{Seqs: []model.SeqRows{{Start: 0, N: n, Len: first + n, Pages: table}}, LogitRows: []int32{int32(n - 1)}}
-		for pos := first; pos < first+n; pos++ {
-			s.Tokens = append(s.Tokens, int32(pos*7%cfg.VocabSize))
-			s.Positions = append(s.Positions, int32(pos))
-			s.Slots = append(s.Slots, table[pos/pageSize]*pageSize+int32(pos%pageSize))
-		}
-		out := make([]float32, cfg.VocabSize)
-		if err := r.Forward(&s, []*model.Adapter{nil}, out); err != nil {
-			t.Fatal(err)
-		}
+		out := run(first, n)
 		for j, v := range out {
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 				t.Fatalf("position %d: logit %d is %v", first+n-1, j, v) // bitwise-equal NaNs would prove nothing
@@ -241,5 +222,38 @@ func TestGEMVDeepBitwise(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// oneSequence loads fixture model dir on b with a runner for one sequence of up to ctx
+// positions, prompt chunks of up to maxTokens rows, its pages in reverse order through the cache;
+// step(first, n) runs positions [first, first+n) of it (tokens pos·7 mod the vocabulary) and
+// returns the last row's logits.
+func oneSequence(t *testing.T, b *cuda.Backend, dir string, ctx, maxTokens int) (*model.Config, *model.Weights, func(first, n int) []float32) {
+	t.Helper()
+	const pageSize = 16
+	cfg, w := fixture.LoadModel(t, dir, b)
+	pages := (ctx + pageSize - 1) / pageSize
+	r, err := model.NewRunner(cfg, b, w, model.RunnerOptions{MaxTokens: maxTokens, MaxLogitRows: 1, MaxContext: ctx,
+		KV: model.KVSpec{Pages: pages, PageSize: pageSize}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := make([]int32, pages)
+	for p := range table {
+		table[p] = int32(pages - 1 - p)
+	}
+	return cfg, w, func(first, n int) []float32 {
+		s := model.Step{Seqs: []model.SeqRows{{Start: 0, N: n, Len: first + n, Pages: table}}, LogitRows: []int32{int32(n - 1)}}
+		for pos := first; pos < first+n; pos++ {
+			s.Tokens = append(s.Tokens, int32(pos*7%cfg.VocabSize))
+			s.Positions = append(s.Positions, int32(pos))
+			s.Slots = append(s.Slots, table[pos/pageSize]*pageSize+int32(pos%pageSize))
+		}
+		out := make([]float32, cfg.VocabSize)
+		if err := r.Forward(&s, []*model.Adapter{nil}, out); err != nil {
+			t.Fatal(err)
+		}
+		return out
 	}
 }
