@@ -55,10 +55,7 @@ const groupedDecodeDefault = true
 // SetGroupedDecode chooses the grouped or the per-head decode attention kernel for the
 // following steps (recorded graphs hold the other kernel's launches, so they are dropped).
 func (b *Backend) SetGroupedDecode(on bool) {
-	if b.groupedDecode != on {
-		b.dropGraphs()
-	}
-	b.groupedDecode = on
+	b.setSwitch(&b.groupedDecode, on)
 }
 
 // grouped reports whether decode attention over these heads runs on the grouped kernel.
@@ -156,10 +153,7 @@ const decodeTrimDefault = false
 // SetDecodeTrim turns the grouped fill rule's trim on or off for the steps prepared after it
 // (recorded graphs hold the other depth's launches, so they are dropped).
 func (b *Backend) SetDecodeTrim(on bool) {
-	if on != b.decodeTrim {
-		b.dropGraphs()
-	}
-	b.decodeTrim = on
+	b.setSwitch(&b.decodeTrim, on)
 }
 
 // SetGroupedFillChunk sets the grouped kernel's fill rule's chunk floor for the following steps

@@ -82,10 +82,7 @@ var _ model.BatchInvariant = (*Backend)(nil)
 // SetBatchInvariant implements model.BatchInvariant. Steps recorded before the switch used
 // the other kernels, so their graphs are dropped.
 func (b *Backend) SetBatchInvariant(on bool) {
-	if on != b.batchInvariant {
-		b.dropGraphs()
-	}
-	b.batchInvariant = on
+	b.setSwitch(&b.batchInvariant, on)
 }
 
 // DeterministicGEMM is deterministic mode's product kernel: LORAPLEX_DETERMINISTIC_GEMM=
@@ -175,10 +172,7 @@ const deterministicSmallDefault = true
 // runs each output's mma sequence unchanged. Recorded graphs hold the other variant's launches,
 // so they are dropped.
 func (b *Backend) SetDeterministicSmall(on bool) {
-	if on != b.detSmall {
-		b.dropGraphs()
-	}
-	b.detSmall = on
+	b.setSwitch(&b.detSmall, on)
 }
 
 // DeterministicWide is the tensor-core kernel's variant for products of more than

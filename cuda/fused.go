@@ -112,10 +112,7 @@ var _ model.DecodeFuser = (*Backend)(nil)
 // and benchmarks that compare both paths). Recorded graphs hold the other path's launches, so
 // they are dropped.
 func (b *Backend) SetFusedDecode(on bool) {
-	if b.fusedDecode != on {
-		b.dropGraphs()
-	}
-	b.fusedDecode = on
+	b.setSwitch(&b.fusedDecode, on)
 }
 
 // gemvPartsArgs are the weights, outputs and the parts' column ends of a shared-input launch
@@ -322,20 +319,14 @@ func (b *Backend) SetPDL(p PDL) {
 // eight 16-byte loads in flight per lane instead of four, bitwise the same results) on or off
 // for the following steps; recorded graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetGEMVDeep(on bool) {
-	if b.gemvDeep != on {
-		b.dropGraphs()
-	}
-	b.gemvDeep = on
+	b.setSwitch(&b.gemvDeep, on)
 }
 
 // SetGEMVStream turns the batch-1 GEMVs' L1-bypassing weight loads (LP_GEMV_STREAM,
 // kernels/gemv.cu: the weights, read once a step, leave x in L1; bitwise the same results) on or
 // off for the following steps; recorded graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetGEMVStream(on bool) {
-	if b.gemvStream != on {
-		b.dropGraphs()
-	}
-	b.gemvStream = on
+	b.setSwitch(&b.gemvStream, on)
 }
 
 // SetGEMVOccupy turns the batch-1 parts and gate/up GEMVs' occupancy-bounded builds
@@ -343,10 +334,7 @@ func (b *Backend) SetGEMVStream(on bool) {
 // results) on or off for the following steps; recorded graphs hold the other kernels, so they
 // are dropped.
 func (b *Backend) SetGEMVOccupy(on bool) {
-	if b.gemvOccupy != on {
-		b.dropGraphs()
-	}
-	b.gemvOccupy = on
+	b.setSwitch(&b.gemvOccupy, on)
 }
 
 // pdlLaunch is the pdl argument of a launcher of kernels that stream no weights.
@@ -421,20 +409,14 @@ func (b *Backend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
 // SetSwiGLUBF16 turns SiLUMulMatMul on or off for the following steps (its launches differ from
 // the unfused ops', so recorded graphs are dropped).
 func (b *Backend) SetSwiGLUBF16(on bool) {
-	if b.swigluBF16 != on {
-		b.dropGraphs()
-	}
-	b.swigluBF16 = on
+	b.setSwitch(&b.swigluBF16, on)
 }
 
 // SetNormGEMV turns the norm-fused GEMVs (NormFuser, kernels/gemv.cu) on or off for the
 // following steps, independently of SetFusedDecode; recorded graphs hold the other path's
 // launches, so they are dropped.
 func (b *Backend) SetNormGEMV(on bool) {
-	if b.normGEMV != on {
-		b.dropGraphs()
-	}
-	b.normGEMV = on
+	b.setSwitch(&b.normGEMV, on)
 }
 
 // overlaps reports whether two F32 tensors share device memory.
@@ -529,10 +511,7 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 // SetNormBF16 turns normCublas on or off for the following steps (its launches differ from the
 // unfused ops', so recorded graphs are dropped).
 func (b *Backend) SetNormBF16(on bool) {
-	if b.normBF16 != on {
-		b.dropGraphs()
-	}
-	b.normBF16 = on
+	b.setSwitch(&b.normBF16, on)
 }
 
 // NormGateUpSiLU implements model.NormFuser: the norm (and the residual add), both products and
@@ -562,10 +541,7 @@ type loraGroupArgs struct {
 // SetLoRAGroup turns the grouped LoRA launches on or off for the following steps (recorded
 // graphs hold the other path's launches, so they are dropped).
 func (b *Backend) SetLoRAGroup(on bool) {
-	if b.loraGroup != on {
-		b.dropGraphs()
-	}
-	b.loraGroup = on
+	b.setSwitch(&b.loraGroup, on)
 }
 
 // LoRAGroup implements model.LoRAGrouper: the segments of up to LP_LORA_GROUP projections that
@@ -613,10 +589,7 @@ func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.
 // SetRoutedWide; deterministic mode keeps the plain kernels, loraWideLayout). Recorded graphs hold
 // the other kernels, so they are dropped.
 func (b *Backend) SetLoRAWide(on bool) {
-	if b.loraWide != on {
-		b.dropGraphs()
-	}
-	b.loraWide = on
+	b.setSwitch(&b.loraWide, on)
 }
 
 // loraWideSlice: input elements one wide shrink block takes per pass, one 16-byte vector of x
@@ -647,10 +620,7 @@ func (b *Backend) loraWideLayout(inDim, segs, maxRows, maxRank int) (splits, str
 // steps: RouteLoRA's shrink runs on the wide kernel's split-K (routedWideLayout). Recorded
 // graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetRoutedWide(on bool) {
-	if b.routedWide != on {
-		b.dropGraphs()
-	}
-	b.routedWide = on
+	b.setSwitch(&b.routedWide, on)
 }
 
 // SetRoutedFused turns the routing shrink (lp_route_lora_wide) on or off for the following
@@ -658,10 +628,7 @@ func (b *Backend) SetRoutedWide(on bool) {
 // own rows, so a routed projection is two launches (routing shrink, expand) instead of three.
 // Recorded graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetRoutedFused(on bool) {
-	if b.routedFused != on {
-		b.dropGraphs()
-	}
-	b.routedFused = on
+	b.setSwitch(&b.routedFused, on)
 }
 
 // routedWideLayout is loraWideLayout's split for a routed call of rows rows and passes choices

@@ -141,6 +141,16 @@ func (b *Backend) canGrow() bool {
 	return true
 }
 
+// setSwitch sets a kernel-path switch for the following steps: a change drops every recording,
+// since they hold the other path's launches (the Set* switches of fused.go, attention.go and
+// deterministic.go).
+func (b *Backend) setSwitch(p *bool, on bool) {
+	if *p != on {
+		b.dropGraphs()
+	}
+	*p = on
+}
+
 // dropGraphs forgets every recording; called when a buffer they reference moves.
 func (b *Backend) dropGraphs() {
 	for k, g := range b.graphs {
