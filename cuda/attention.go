@@ -143,6 +143,18 @@ func (b *Backend) trimmed(depth int) int {
 	return depth
 }
 
+// fusedMergeDefault: whether the grouped decode kernel merges its own splits (the last split
+// block of a row and kv head merges them, kernels/attention.cu) instead of a merge kernel after
+// it, unless LORAPLEX_FUSED_MERGE=on|off or SetFusedMerge says otherwise. Off until a GPU run has
+// tested it (TestDecodeSplitRules compares it bitwise with the merge kernel) and measured it:
+// Nsight Compute timed the merge kernel at 5.2 us a layer in batch-1 decode on an H100
+// (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt).
+const fusedMergeDefault = false
+
+// SetFusedMerge turns the grouped decode kernel's own merge on or off for the following steps
+// (recorded graphs hold the other launches, so they are dropped).
+func (b *Backend) SetFusedMerge(on bool) { b.setSwitch(&b.fusedMerge, on) }
+
 // decodeTrimDefault: whether the grouped fill rule's depth is trimmed to the step's rows
 // (groupedFillTrim) unless LORAPLEX_DECODE_TRIM=on|off or SetDecodeTrim says otherwise. Off
 // until a GPU run has tested it (TestDecodeSplitRules, TestContextSplitGraphsMatchDirect) and

@@ -63,6 +63,7 @@ type Backend struct {
 	decodeDepth           int           // the context and grouped fill rules' most splits (attention.go: LORAPLEX_DECODE_DEEP, SetDecodeDeep)
 	gqFillChunk           int           // the grouped fill rule's fewest positions a split (attention.go: LORAPLEX_GQ_FILL_CHUNK, SetGroupedFillChunk)
 	decodeTrim            bool          // the grouped fill rule's depth trimmed to the step's rows (attention.go: LORAPLEX_DECODE_TRIM, SetDecodeTrim)
+	fusedMerge            bool          // the grouped decode kernel merges its own splits (attention.go: LORAPLEX_FUSED_MERGE, SetFusedMerge)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
 	gqSplits              int           // the grouped fill rule's trim for this step: a power of two covering its rows' split counts (attention.go)
@@ -91,6 +92,10 @@ type Backend struct {
 	// (one after the other on the stream: the prefill merge reads its partials before decode writes).
 	attnScratch uintptr
 	attnCap     int
+	// mergeCounts: the fused decode-attention merge's per-(row, kv head) counts (ints, zero
+	// between launches: the kernel leaves them so; ops.go Attention); mergeCap in bytes.
+	mergeCounts uintptr
+	mergeCap    int
 	loraCap     int
 	segSize     int
 
@@ -154,6 +159,7 @@ func New(device int) (*Backend, error) {
 	b.SetDecodeDeep(envSwitch("LORAPLEX_DECODE_DEEP", decodeDeepDefault))
 	b.SetGroupedFillChunk(envInt("LORAPLEX_GQ_FILL_CHUNK", int(C.LP_GQ_FILL_CHUNK), 1, 1<<20))
 	b.decodeTrim = envSwitch("LORAPLEX_DECODE_TRIM", decodeTrimDefault)
+	b.fusedMerge = envSwitch("LORAPLEX_FUSED_MERGE", fusedMergeDefault)
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
 	b.detSmall = envSwitch("LORAPLEX_DETERMINISTIC_SMALL", deterministicSmallDefault)

@@ -354,7 +354,8 @@ func TestLoRAGroupSweep(t *testing.T) {
 // Decode attention matches the CPU under every split rule and on both kernels (per head, and
 // grouped: one block per GQA group) and at both depths (LORAPLEX_DECODE_DEEP: at most 32 or 64
 // splits), the grouped fill rule also trimmed to the step's rows (LORAPLEX_DECODE_TRIM) and with
-// a chunk floor of 256 (LORAPLEX_GQ_FILL_CHUNK), over contexts from 1 to 9,000 positions (unsplit rows, rows at the chunk and tile
+// a chunk floor of 256 (LORAPLEX_GQ_FILL_CHUNK), the grouped kernel's own merge
+// (LORAPLEX_FUSED_MERGE) bitwise the merge kernel's, over contexts from 1 to 9,000 positions (unsplit rows, rows at the chunk and tile
 // boundaries, rows split 32 and 64 ways), with MHA/GQA/MQA, groups of 1 to 8 and
 // one the grouped kernel does not take (16: the per-head kernel runs it), head dims 48 to 256
 // and sliding windows, writing every output element; and under the context rule a row's output
@@ -428,6 +429,24 @@ func TestDecodeSplitRules(t *testing.T) {
 					p.g.Attention(og, qg, 0, ap)
 					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, deep %v, floor %d, trim %v, split rule %s", grouped, deep, gd.floor, gd.trim, rule), oc, og, 2e-2)
 					t.Logf("grouped %v, deep %v, floor %d, trim %v, split rule %s: worst difference %.2e of the largest output", grouped, deep, gd.floor, gd.trim, rule, rel)
+					// The grouped kernel's own merge (LORAPLEX_FUSED_MERGE): bitwise the merge
+					// kernel's, whichever split block comes last, twice over (the counts it
+					// leaves must let the next launch count again from zero).
+					want := read(t, p.g, og)
+					p.g.SetFusedMerge(true)
+					for range 2 {
+						if err := p.g.Write(og, poison); err != nil {
+							t.Fatal(err)
+						}
+						p.g.Attention(og, qg, 0, ap)
+						for j, v := range read(t, p.g, og) {
+							if math.Float32bits(v) != math.Float32bits(want[j]) {
+								t.Fatalf("grouped %v, deep %v, floor %d, trim %v, split rule %s: element %d is %v with the fused merge, %v after the merge kernel",
+									grouped, deep, gd.floor, gd.trim, rule, j, v, want[j])
+							}
+						}
+					}
+					p.g.SetFusedMerge(false)
 				}
 
 				// The context rule, row by row alone: bitwise what the batch gave each row.

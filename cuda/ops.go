@@ -188,9 +188,16 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		if need > b.attnCap && (!b.canGrow() || !b.growAttnScratch(need)) {
 			return
 		}
+		var counts C.uintptr_t // the grouped kernel's fused merge (attention.go SetFusedMerge)
+		if grouped && b.fusedMerge && splits > 1 {
+			if bytes := 4 * b.numRows * p.KVHeads; bytes > b.mergeCap && !b.growMergeCounts(bytes) {
+				return
+			}
+			counts = C.uintptr_t(b.mergeCounts)
+		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
 			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale),
-			C.int(splits), C.int(chunk), kernel, C.uintptr_t(b.attnScratch), b.pdlLaunch(), b.stream))
+			C.int(splits), C.int(chunk), kernel, C.uintptr_t(b.attnScratch), counts, b.pdlLaunch(), b.stream))
 	}
 }
 
@@ -351,6 +358,12 @@ func (b *Backend) growLoRATmp(n int) bool {
 // SetGEMVRows sets how many rows a product may have to use the GEMV kernel instead of cuBLAS
 // (1..8; for benchmarks that choose the crossover).
 func (b *Backend) SetGEMVRows(n int) { b.gemvRows = min(max(n, 0), int(C.LP_GEMV_MAX_ROWS)) }
+
+// growMergeCounts makes room for the fused decode-attention merge's counts (bytes of them),
+// zeroed, outside graphs only (growPad).
+func (b *Backend) growMergeCounts(bytes int) bool {
+	return b.growPad(&b.mergeCounts, &b.mergeCap, bytes) && b.ok("memset", C.s_memset(C.uintptr_t(b.mergeCounts), C.size_t(bytes), b.stream))
+}
 
 // growAttnScratch makes room for the split-K partial states of decode attention.
 func (b *Backend) growAttnScratch(n int) bool {

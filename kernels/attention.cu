@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(GQ_THREADS)
     attention_grouped_kernel(float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc,
                              const uint16_t* vc, const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                              const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads, int D,
-                             int page_size, int window, float scale, int split_chunk) {
+                             int page_size, int window, float scale, int split_chunk, int* merge_counts) {
     lp_pdl_launch_dependents();
     lp_pdl_wait();
     const int row = rows[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
@@ -355,6 +355,30 @@ __global__ void __launch_bounds__(GQ_THREADS)
             }
         }
     }
+    if (splits == 1 || merge_counts == nullptr) return;
+    // The fused merge (merge_counts set: LORAPLEX_FUSED_MERGE): the last of a (row, kv head)'s
+    // split blocks to finish merges its group's heads, so no merge kernel is launched. Every
+    // thread fences its partial stores before the block counts itself done (the
+    // threadFenceReduction pattern); the block that brings the count to the row's split count
+    // fences again and reads all the splits' states, which no block of this launch has read
+    // before (L1 holds none of them: a launch starts with L1 invalidated). It merges with
+    // merge_split_states, the merge kernel's arithmetic, in split order, so the result is
+    // bitwise the merge kernel's whichever block comes last, and it resets the count to zero
+    // for the next launch (graph replays reuse the counters).
+    __shared__ int gq_last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        int* count = merge_counts + (size_t)blockIdx.x * kv_heads + kvh;
+        gq_last = atomicAdd(count, 1) == splits - 1;
+        if (gq_last) *count = 0;
+    }
+    __syncthreads();
+    if (!gq_last) return;
+    __threadfence();
+    for (int g = 0; g < G; g++)
+        merge_split_states(out + ((size_t)row * heads + h0 + g) * D, part_o, part_ml,
+                           ((size_t)blockIdx.x * heads + h0 + g) * gridDim.z, splits, D);
 }
 
 // attention_merge_kernel combines a (row, head)'s split states (merge_split_states, common.cuh).
@@ -375,7 +399,7 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
                             const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                             const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
                             int head_dim, int page_size, int window, float scale, int splits, int split_chunk,
-                            int grouped, float* scratch, int pdl, lp_stream s) {
+                            int grouped, float* scratch, int* merge_counts, int pdl, lp_stream s) {
     if (n == 0) return 0;
     if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
         scratch == nullptr || splits < 1 || splits > LP_DECODE_MAX_SPLITS || split_chunk < 1)
@@ -389,7 +413,7 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
 #define LP_GQ_LAUNCH(G)                                                                                            \
     lp_launch(attention_grouped_kernel<G>, grid, GQ_THREADS, 0, as_stream(s), pdl, out, part_o, part_ml, q, kcache, \
               vcache, positions, rows, row_seq, seq_pages, page_table, heads, kv_heads, head_dim, page_size, window,  \
-              scale, split_chunk)
+              scale, split_chunk, merge_counts)
         switch (heads / kv_heads) {
             case 1: LP_GQ_LAUNCH(1); break;
             case 2: LP_GQ_LAUNCH(2); break;
@@ -407,7 +431,7 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
                   positions, rows, row_seq, seq_pages, page_table, heads, kv_heads, head_dim, page_size, window, scale,
                   split_chunk);
     }
-    if (splits > 1)
+    if (splits > 1 && !(grouped && merge_counts))  // the grouped kernel merged its splits itself
         lp_launch(attention_merge_kernel, dim3(n, heads), 128, 0, as_stream(s), pdl, out, part_o, part_ml, rows, positions,
                   heads, head_dim, splits, window, split_chunk);
     LP_CHECK_LAUNCH();

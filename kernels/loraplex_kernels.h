@@ -176,10 +176,14 @@ int lp_rope_store_kv(float* q, float* k, const float* v, uint16_t* kcache, uint1
 // min(splits, ceil(V / split_chunk)) chunks (1 <= splits <= LP_DECODE_MAX_SPLITS). grouped = 1
 // takes the kernel that computes a GQA group's heads in one block (one read of K/V per row;
 // shapes that lp_attention_grouped_ok in shapes.h accepts), 0 the one-block-per-head kernel.
+// merge_counts (grouped only; NULL: a merge kernel after it): n x kv_heads zeroed ints through
+// which the last split block of a (row, kv head) finds itself and merges the splits, leaving
+// the counts zero again.
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
-                 float scale, int splits, int split_chunk, int grouped, float* scratch, int pdl, lp_stream s);
+                 float scale, int splits, int split_chunk, int grouped, float* scratch, int* merge_counts, int pdl,
+                 lp_stream s);
 // Scratch floats lp_attention needs for n rows split up to splits ways: partial outputs and
 // softmax states.
 size_t lp_attention_scratch_floats(int n, int heads, int head_dim, int splits);
