@@ -36,6 +36,20 @@ func newGPU(t testing.TB) *cuda.Backend {
 // margin exceeds twice the bound.
 var bf16Tolerance = fixture.Tolerance{Abs: 0.02, RowRel: 0.05}
 
+// runChunkings runs cases on h against the reference within bf16Tolerance twice, prompts whole
+// and in chunks of 3 rows, and logs each run's worst difference under label.
+func runChunkings(t *testing.T, h *fixture.Harness, cases []fixture.Case, adapters map[string]*model.Adapter, label string) {
+	t.Helper()
+	for _, chunk := range []int{1 << 20, 3} {
+		res, err := h.Run(cases, adapters, chunk, bf16Tolerance)
+		if err != nil {
+			t.Fatalf("%s chunk %d: %v", label, chunk, err)
+		}
+		t.Logf("%s chunk %d: %d cases, %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped for margins within tolerance",
+			label, chunk, len(cases), res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips)
+	}
+}
+
 // TestFixturesCUDA runs the engine-core fixture suite (every family, base + 4 adapters in one
 // mixed batch, prefill whole and chunked) on the GPU against the transformers/peft reference.
 func TestFixturesCUDA(t *testing.T) {
@@ -43,14 +57,7 @@ func TestFixturesCUDA(t *testing.T) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := fixtureadapters.Upload(t, name, cfg, b)
-			for _, chunk := range []int{1 << 20, 3} {
-				res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
-				if err != nil {
-					t.Fatalf("chunk %d: %v", chunk, err)
-				}
-				t.Logf("%s chunk %d: %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped for margins within tolerance", name, chunk, res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips)
-			}
+			runChunkings(t, h, fx.Cases, fixtureadapters.Upload(t, name, cfg, b), name)
 			if err := b.Err(); err != nil {
 				t.Fatal(err)
 			}

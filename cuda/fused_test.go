@@ -511,13 +511,7 @@ func TestFusedFixturesCUDA(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					fx, cfg, h := fixture.Open(t, name, b)
 					adapters := fixtureadapters.Upload(t, name, cfg, b)
-					for _, chunk := range []int{1 << 20, 3} {
-						res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
-						if err != nil {
-							t.Fatalf("chunk %d: %v", chunk, err)
-						}
-						t.Logf("%s chunk %d: %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped", name, chunk, res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips)
-					}
+					runChunkings(t, h, fx.Cases, adapters, name)
 					for i, c := range fx.Cases {
 						if _, err := h.Run([]fixture.Case{c}, adapters, 1<<20, bf16Tolerance); err != nil {
 							t.Fatalf("case %d alone: %v", i, err)

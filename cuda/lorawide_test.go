@@ -148,13 +148,7 @@ func TestLoRAWideFixturesCUDA(t *testing.T) {
 			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			for _, group := range []bool{false, true} {
 				b.SetLoRAGroup(group)
-				for _, chunk := range []int{1 << 20, 3} {
-					res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
-					if err != nil {
-						t.Fatalf("group %v chunk %d: %v", group, chunk, err)
-					}
-					t.Logf("%s group %v chunk %d: %d steps, worst logit diff %.3g (%.3g of the row's max), %d token checks skipped", name, group, chunk, res.Steps, res.WorstDiff, res.WorstRowRel, res.TokenSkips)
-				}
+				runChunkings(t, h, fx.Cases, adapters, fmt.Sprintf("%s group %v", name, group))
 			}
 			if err := b.Err(); err != nil {
 				t.Fatal(err)

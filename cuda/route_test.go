@@ -407,13 +407,7 @@ func routedCopiesAreTheAdapter(t *testing.T, b *cuda.Backend) {
 				t.Fatal("no adapter case to route")
 			}
 			replays := b.RoutedReplays()
-			for _, chunk := range []int{1 << 20, 3} {
-				res, err := h.Run(cases, adapters, chunk, bf16Tolerance)
-				if err != nil {
-					t.Fatalf("chunk %d: %v", chunk, err)
-				}
-				t.Logf("%s chunk %d: %d cases (%d routed), %d steps, worst logit diff %.3g (%.3g of the row's max)", name, chunk, len(cases), routed, res.Steps, res.WorstDiff, res.WorstRowRel)
-			}
+			runChunkings(t, h, cases, adapters, fmt.Sprintf("%s (%d routed)", name, routed))
 			if err := b.Err(); err != nil {
 				t.Fatal(err)
 			}
