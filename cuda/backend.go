@@ -80,7 +80,7 @@ type Backend struct {
 	xbf    uintptr // bf16 copy of a GEMM input
 	xbfCap int
 	// padX and padOut: deterministic mode's padded cuBLAS products (deterministic.go paddedGEMM):
-	// one chunk of x in bf16 (padRows rows) and the chunk's fp32 products, in bytes.
+	// one chunk of x in bf16 (padRows rows) and the chunk's fp32 products (capacities in elements).
 	padX, padOut       uintptr
 	padXCap, padOutCap int
 	segHost            unsafe.Pointer // pinned lp_lora_seg ring (cudaMallocHost), not Go memory
@@ -93,7 +93,7 @@ type Backend struct {
 	attnScratch uintptr
 	attnCap     int
 	// mergeCounts: the fused decode-attention merge's per-(row, kv head) counts (ints, zero
-	// between launches: the kernel leaves them so; ops.go Attention); mergeCap in bytes.
+	// between launches: the kernel leaves them so; ops.go Attention).
 	mergeCounts uintptr
 	mergeCap    int
 	loraCap     int

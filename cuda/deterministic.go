@@ -357,7 +357,7 @@ func (b *Backend) paddedGEMM(outs []model.Tensor, x model.Tensor, ws []model.Ten
 	for _, w := range ws {
 		maxM = max(maxM, w.Rows)
 	}
-	if !b.growPad(&b.padX, &b.padXCap, 2*padRows*x.Cols) || !b.growPad(&b.padOut, &b.padOutCap, 4*padRows*maxM) {
+	if !b.reserve(&b.padX, &b.padXCap, padRows*x.Cols, 2) || !b.reserve(&b.padOut, &b.padOutCap, padRows*maxM, 4) {
 		return
 	}
 	for r := 0; r < x.Rows; r += padRows {
@@ -371,30 +371,4 @@ func (b *Backend) paddedGEMM(outs []model.Tensor, x model.Tensor, ws []model.Ten
 			}
 		}
 	}
-}
-
-// growPad makes *buf hold at least bytes (reallocated outside graphs only, like growX); false
-// when it could not (the backend has recorded why, or the step is rerun directly).
-func (b *Backend) growPad(buf *uintptr, capacity *int, bytes int) bool {
-	if bytes <= *capacity {
-		return true
-	}
-	if !b.canGrow() {
-		return false
-	}
-	b.dropGraphs()
-	if !b.ok("sync", C.s_stream_sync(b.stream)) {
-		return false
-	}
-	if *buf != 0 {
-		C.s_free(C.uintptr_t(*buf))
-		*buf, *capacity = 0, 0
-	}
-	p, err := b.malloc(bytes)
-	if err != nil {
-		b.ok("malloc", 2)
-		return false
-	}
-	*buf, *capacity = p, bytes
-	return true
 }

@@ -398,7 +398,7 @@ func (b *Backend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
 		return false
 	}
 	n := act.Rows * act.Cols
-	if !b.launch() || (n > b.xbfCap && (!b.canGrow() || !b.growX(n))) {
+	if !b.launch() || !b.reserve(&b.xbf, &b.xbfCap, n, 2) {
 		return true
 	}
 	if b.ok("silu_mul_bf16", C.s_silu_mul_bf16(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.size_t(n), b.stream)) {
@@ -494,7 +494,7 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 	x, add := in.X, in.Delta.Rows > 0
 	checkNorm("NormMatMulShared", in)
 	n := x.Rows * x.Cols
-	if !b.launch() || x.Rows == 0 || (n > b.xbfCap && (!b.canGrow() || !b.growX(n))) {
+	if !b.launch() || !b.reserve(&b.xbf, &b.xbfCap, n, 2) {
 		return true
 	}
 	var delta, next C.uintptr_t

@@ -65,26 +65,39 @@ func (b *Backend) cublasGemm(out, x, w model.Tensor, alpha, beta float32) {
 // that failed (the backend has recorded why).
 func (b *Backend) xToBF16(x model.Tensor) bool {
 	n := x.Rows * x.Cols
-	if n > b.xbfCap && (!b.canGrow() || !b.growX(n)) {
+	if !b.reserve(&b.xbf, &b.xbfCap, n, 2) {
 		return false
 	}
 	return b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.xbf), ptr(x), C.size_t(n), b.stream))
 }
 
-func (b *Backend) growX(n int) bool {
+// reserve makes *buf hold at least n elements of elem bytes (*capacity counts elements). A
+// buffer too small is reallocated: outside graphs only (canGrow: a step being recorded is
+// abandoned and rerun directly), after the stream drains, dropping every recording (they hold
+// the old address). False when it could not (the backend has recorded why, or the step reruns).
+// The one home of the device scratch buffers' growth: x in bf16, split-K partials, LoRA
+// intermediates, deterministic mode's padded products, the fused merge's counts.
+func (b *Backend) reserve(buf *uintptr, capacity *int, n, elem int) bool {
+	if n <= *capacity {
+		return true
+	}
+	if !b.canGrow() {
+		return false
+	}
 	b.dropGraphs()
 	if !b.ok("sync", C.s_stream_sync(b.stream)) {
 		return false
 	}
-	if b.xbf != 0 {
-		C.s_free(C.uintptr_t(b.xbf))
+	if *buf != 0 {
+		C.s_free(C.uintptr_t(*buf))
+		*buf, *capacity = 0, 0
 	}
-	p, err := b.malloc(2 * n)
+	p, err := b.malloc(elem * n)
 	if err != nil {
 		b.ok("malloc", 2)
 		return false
 	}
-	b.xbf, b.xbfCap = p, n
+	*buf, *capacity = p, n
 	return true
 }
 
@@ -164,7 +177,7 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 			splits := b.prefillSplitCount(p)
 			if splits > 1 {
 				need := int(C.lp_attention_scratch_floats(C.int(b.numTiles*b.tileRows), h, d, C.int(splits)))
-				if need > b.attnCap && (!b.canGrow() || !b.growAttnScratch(need)) {
+				if !b.reserve(&b.attnScratch, &b.attnCap, need, 4) {
 					return
 				}
 			}
@@ -185,12 +198,14 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 			kernel = 1
 		}
 		need := int(C.lp_attention_scratch_floats(C.int(b.numRows), C.int(p.Heads), C.int(p.HeadDim), C.int(splits)))
-		if need > b.attnCap && (!b.canGrow() || !b.growAttnScratch(need)) {
+		if !b.reserve(&b.attnScratch, &b.attnCap, need, 4) {
 			return
 		}
 		var counts C.uintptr_t // the grouped kernel's fused merge (attention.go SetFusedMerge)
 		if grouped && b.fusedMerge && splits > 1 {
-			if bytes := 4 * b.numRows * p.KVHeads; bytes > b.mergeCap && !b.growMergeCounts(bytes) {
+			// The counts start at zero (the kernel leaves them so), so a new buffer is cleared.
+			if n := b.numRows * p.KVHeads; n > b.mergeCap &&
+				(!b.reserve(&b.mergeCounts, &b.mergeCap, n, 4) || !b.ok("memset", C.s_memset(C.uintptr_t(b.mergeCounts), C.size_t(4*n), b.stream))) {
 				return
 			}
 			counts = C.uintptr_t(b.mergeCounts)
@@ -284,7 +299,7 @@ func (b *Backend) reserveSegs(n, tmp int) bool {
 	if b.segUsed+n > b.segCap && (!b.canGrow() || !b.growSegs(b.segUsed+n)) {
 		return false
 	}
-	return tmp <= b.loraCap || (b.canGrow() && b.growLoRATmp(tmp))
+	return b.reserve(&b.loraTmp, &b.loraCap, tmp, 4)
 }
 
 // putSegs writes segs into the pinned ring from index at, their intermediates at scratch
@@ -338,47 +353,6 @@ func (b *Backend) growSegs(need int) bool {
 	return true
 }
 
-func (b *Backend) growLoRATmp(n int) bool {
-	b.dropGraphs()
-	if !b.ok("sync", C.s_stream_sync(b.stream)) {
-		return false
-	}
-	if b.loraTmp != 0 {
-		C.s_free(C.uintptr_t(b.loraTmp))
-	}
-	p, err := b.malloc(4 * n)
-	if err != nil {
-		b.ok("malloc", 2)
-		return false
-	}
-	b.loraTmp, b.loraCap = p, n
-	return true
-}
-
 // SetGEMVRows sets how many rows a product may have to use the GEMV kernel instead of cuBLAS
 // (1..8; for benchmarks that choose the crossover).
 func (b *Backend) SetGEMVRows(n int) { b.gemvRows = min(max(n, 0), int(C.LP_GEMV_MAX_ROWS)) }
-
-// growMergeCounts makes room for the fused decode-attention merge's counts (bytes of them),
-// zeroed, outside graphs only (growPad).
-func (b *Backend) growMergeCounts(bytes int) bool {
-	return b.growPad(&b.mergeCounts, &b.mergeCap, bytes) && b.ok("memset", C.s_memset(C.uintptr_t(b.mergeCounts), C.size_t(bytes), b.stream))
-}
-
-// growAttnScratch makes room for the split-K partial states of decode attention.
-func (b *Backend) growAttnScratch(n int) bool {
-	b.dropGraphs()
-	if !b.ok("sync", C.s_stream_sync(b.stream)) {
-		return false
-	}
-	if b.attnScratch != 0 {
-		C.s_free(C.uintptr_t(b.attnScratch))
-	}
-	p, err := b.malloc(4 * n)
-	if err != nil {
-		b.ok("malloc", 2)
-		return false
-	}
-	b.attnScratch, b.attnCap = p, n
-	return true
-}

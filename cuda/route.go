@@ -157,7 +157,7 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	}
 	// The wide kernels keep one copy of the packed intermediates per split (stride apart).
 	splits, stride := b.routedWideLayout(x.Cols, n, passes, tab.maxRank)
-	if tmp := max(n*passes*tab.maxRank, splits*stride); tmp > b.loraCap && (!b.canGrow() || !b.growLoRATmp(tmp)) {
+	if tmp := max(n*passes*tab.maxRank, splits*stride); !b.reserve(&b.loraTmp, &b.loraCap, tmp, 4) {
 		return
 	}
 	segs := b.segDev + uintptr(b.segUsed*b.segSize)
