@@ -55,7 +55,7 @@ const groupedDecodeDefault = true
 // SetGroupedDecode chooses the grouped or the per-head decode attention kernel for the
 // following steps (recorded graphs hold the other kernel's launches, so they are dropped).
 func (b *Backend) SetGroupedDecode(on bool) {
-	b.setSwitch(&b.groupedDecode, on)
+	setSwitch(b, &b.groupedDecode, on)
 }
 
 // grouped reports whether decode attention over these heads runs on the grouped kernel.
@@ -79,10 +79,7 @@ func (b *Backend) SetDecodeSplit(d DecodeSplit) {
 	if d < DecodeSplitFill || d > DecodeSplitOff {
 		panic(fmt.Sprintf("cuda: SetDecodeSplit(%d)", int(d)))
 	}
-	if b.decodeSplit != d {
-		b.dropGraphs()
-	}
-	b.decodeSplit = d
+	setSwitch(b, &b.decodeSplit, d)
 }
 
 // contextSplits is the context rule's split count for a row at position pos: what the kernel
@@ -153,7 +150,7 @@ const fusedMergeDefault = false
 
 // SetFusedMerge turns the grouped decode kernel's own merge on or off for the following steps
 // (recorded graphs hold the other launches, so they are dropped).
-func (b *Backend) SetFusedMerge(on bool) { b.setSwitch(&b.fusedMerge, on) }
+func (b *Backend) SetFusedMerge(on bool) { setSwitch(b, &b.fusedMerge, on) }
 
 // decodeTrimDefault: whether the grouped fill rule's depth is trimmed to the step's rows
 // (groupedFillTrim) unless LORAPLEX_DECODE_TRIM=on|off or SetDecodeTrim says otherwise. Off
@@ -165,7 +162,7 @@ const decodeTrimDefault = false
 // SetDecodeTrim turns the grouped fill rule's trim on or off for the steps prepared after it
 // (recorded graphs hold the other depth's launches, so they are dropped).
 func (b *Backend) SetDecodeTrim(on bool) {
-	b.setSwitch(&b.decodeTrim, on)
+	setSwitch(b, &b.decodeTrim, on)
 }
 
 // SetGroupedFillChunk sets the grouped kernel's fill rule's chunk floor for the following steps
@@ -180,10 +177,7 @@ func (b *Backend) SetGroupedFillChunk(positions int) {
 	if positions < 1 {
 		panic(fmt.Sprintf("cuda: SetGroupedFillChunk(%d)", positions))
 	}
-	if positions != b.gqFillChunk {
-		b.dropGraphs()
-	}
-	b.gqFillChunk = positions
+	setSwitch(b, &b.gqFillChunk, positions)
 }
 
 // SetDecodeDeep sets the context and grouped fill rules' most splits for the following steps:
@@ -195,10 +189,7 @@ func (b *Backend) SetDecodeDeep(on bool) {
 	if on {
 		d = int(C.LP_DECODE_MAX_SPLITS)
 	}
-	if d != b.decodeDepth {
-		b.dropGraphs()
-	}
-	b.decodeDepth = d
+	setSwitch(b, &b.decodeDepth, d)
 }
 
 // prefillSplitDefault: whether the tensor-core prefill kernel splits a tile's key range over

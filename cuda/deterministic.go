@@ -82,7 +82,7 @@ var _ model.BatchInvariant = (*Backend)(nil)
 // SetBatchInvariant implements model.BatchInvariant. Steps recorded before the switch used
 // the other kernels, so their graphs are dropped.
 func (b *Backend) SetBatchInvariant(on bool) {
-	b.setSwitch(&b.batchInvariant, on)
+	setSwitch(b, &b.batchInvariant, on)
 }
 
 // DeterministicGEMM is deterministic mode's product kernel: LORAPLEX_DETERMINISTIC_GEMM=
@@ -149,10 +149,7 @@ func (b *Backend) SetDeterministicGEMM(d DeterministicGEMM) {
 	if d < DeterministicGEMMRows || d > DeterministicGEMMPadded {
 		panic(fmt.Sprintf("cuda: SetDeterministicGEMM(%d)", int(d)))
 	}
-	if d != b.detGEMM {
-		b.dropGraphs()
-	}
-	b.detGEMM = d
+	setSwitch(b, &b.detGEMM, d)
 }
 
 // deterministicSmallDefault: whether the tensor-core kernel sends products of at most
@@ -172,7 +169,7 @@ const deterministicSmallDefault = true
 // runs each output's mma sequence unchanged. Recorded graphs hold the other variant's launches,
 // so they are dropped.
 func (b *Backend) SetDeterministicSmall(on bool) {
-	b.setSwitch(&b.detSmall, on)
+	setSwitch(b, &b.detSmall, on)
 }
 
 // DeterministicWide is the tensor-core kernel's variant for products of more than
@@ -233,10 +230,7 @@ func (b *Backend) SetDeterministicWide(d DeterministicWide) {
 	if d < DeterministicWideOff || d > DeterministicWideDeep {
 		panic(fmt.Sprintf("cuda: SetDeterministicWide(%d)", int(d)))
 	}
-	if d != b.detWide {
-		b.dropGraphs()
-	}
-	b.detWide = d
+	setSwitch(b, &b.detWide, d)
 }
 
 // detVariants is SetDeterministicSmall's and SetDeterministicWide's choices as the kernel's

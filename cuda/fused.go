@@ -113,7 +113,7 @@ var _ model.DecodeFuser = (*Backend)(nil)
 // and benchmarks that compare both paths). Recorded graphs hold the other path's launches, so
 // they are dropped.
 func (b *Backend) SetFusedDecode(on bool) {
-	b.setSwitch(&b.fusedDecode, on)
+	setSwitch(b, &b.fusedDecode, on)
 }
 
 // gemvPartsArgs are the weights, outputs and the parts' column ends of a shared-input launch
@@ -310,24 +310,21 @@ func (b *Backend) SetPDL(p PDL) {
 	if !b.pdlCapable {
 		p = PDLOff
 	}
-	if p != b.pdl {
-		b.dropGraphs()
-		b.pdl = p
-	}
+	setSwitch(b, &b.pdl, p)
 }
 
 // SetGEMVDeep turns the batch-1 GEMVs' deeper weight streams (LP_GEMV_DEEP, kernels/gemv.cu:
 // eight 16-byte loads in flight per lane instead of four, bitwise the same results) on or off
 // for the following steps; recorded graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetGEMVDeep(on bool) {
-	b.setSwitch(&b.gemvDeep, on)
+	setSwitch(b, &b.gemvDeep, on)
 }
 
 // SetGEMVStream turns the batch-1 GEMVs' L1-bypassing weight loads (LP_GEMV_STREAM,
 // kernels/gemv.cu: the weights, read once a step, leave x in L1; bitwise the same results) on or
 // off for the following steps; recorded graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetGEMVStream(on bool) {
-	b.setSwitch(&b.gemvStream, on)
+	setSwitch(b, &b.gemvStream, on)
 }
 
 // SetGEMVOccupy turns the batch-1 parts and gate/up GEMVs' occupancy-bounded builds
@@ -335,7 +332,7 @@ func (b *Backend) SetGEMVStream(on bool) {
 // results) on or off for the following steps; recorded graphs hold the other kernels, so they
 // are dropped.
 func (b *Backend) SetGEMVOccupy(on bool) {
-	b.setSwitch(&b.gemvOccupy, on)
+	setSwitch(b, &b.gemvOccupy, on)
 }
 
 // pdlLaunch is the pdl argument of a launcher of kernels that stream no weights.
@@ -410,14 +407,14 @@ func (b *Backend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
 // SetSwiGLUBF16 turns SiLUMulMatMul on or off for the following steps (its launches differ from
 // the unfused ops', so recorded graphs are dropped).
 func (b *Backend) SetSwiGLUBF16(on bool) {
-	b.setSwitch(&b.swigluBF16, on)
+	setSwitch(b, &b.swigluBF16, on)
 }
 
 // SetNormGEMV turns the norm-fused GEMVs (NormFuser, kernels/gemv.cu) on or off for the
 // following steps, independently of SetFusedDecode; recorded graphs hold the other path's
 // launches, so they are dropped.
 func (b *Backend) SetNormGEMV(on bool) {
-	b.setSwitch(&b.normGEMV, on)
+	setSwitch(b, &b.normGEMV, on)
 }
 
 // overlaps reports whether two F32 tensors share device memory.
@@ -512,7 +509,7 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 // SetNormBF16 turns normCublas on or off for the following steps (its launches differ from the
 // unfused ops', so recorded graphs are dropped).
 func (b *Backend) SetNormBF16(on bool) {
-	b.setSwitch(&b.normBF16, on)
+	setSwitch(b, &b.normBF16, on)
 }
 
 // NormGateUpSiLU implements model.NormFuser: the norm (and the residual add), both products and
@@ -542,7 +539,7 @@ type loraGroupArgs struct {
 // SetLoRAGroup turns the grouped LoRA launches on or off for the following steps (recorded
 // graphs hold the other path's launches, so they are dropped).
 func (b *Backend) SetLoRAGroup(on bool) {
-	b.setSwitch(&b.loraGroup, on)
+	setSwitch(b, &b.loraGroup, on)
 }
 
 // LoRAGroup implements model.LoRAGrouper: the segments of up to LP_LORA_GROUP projections that
@@ -590,7 +587,7 @@ func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.
 // SetRoutedWide; deterministic mode keeps the plain kernels, loraWideLayout). Recorded graphs hold
 // the other kernels, so they are dropped.
 func (b *Backend) SetLoRAWide(on bool) {
-	b.setSwitch(&b.loraWide, on)
+	setSwitch(b, &b.loraWide, on)
 }
 
 // loraWideSlice: input elements one wide shrink block takes per pass, one 16-byte vector of x
@@ -621,7 +618,7 @@ func (b *Backend) loraWideLayout(inDim, segs, maxRows, maxRank int) (splits, str
 // steps: RouteLoRA's shrink runs on the wide kernel's split-K (routedWideLayout). Recorded
 // graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetRoutedWide(on bool) {
-	b.setSwitch(&b.routedWide, on)
+	setSwitch(b, &b.routedWide, on)
 }
 
 // SetRoutedFused turns the routing shrink (lp_route_lora_wide) on or off for the following
@@ -629,7 +626,7 @@ func (b *Backend) SetRoutedWide(on bool) {
 // own rows, so a routed projection is two launches (routing shrink, expand) instead of three.
 // Recorded graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetRoutedFused(on bool) {
-	b.setSwitch(&b.routedFused, on)
+	setSwitch(b, &b.routedFused, on)
 }
 
 // routedWideLayout is loraWideLayout's split for a routed call of rows rows and passes choices

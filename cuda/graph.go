@@ -141,14 +141,14 @@ func (b *Backend) canGrow() bool {
 	return true
 }
 
-// setSwitch sets a kernel-path switch for the following steps: a change drops every recording,
+// setSwitch sets a kernel-path choice for the following steps: a change drops every recording,
 // since they hold the other path's launches (the Set* switches of fused.go, attention.go and
 // deterministic.go).
-func (b *Backend) setSwitch(p *bool, on bool) {
-	if *p != on {
+func setSwitch[T comparable](b *Backend, p *T, v T) {
+	if *p != v {
 		b.dropGraphs()
 	}
-	*p = on
+	*p = v
 }
 
 // dropGraphs forgets every recording; called when a buffer they reference moves.

@@ -360,9 +360,9 @@ __global__ void __launch_bounds__(GQ_THREADS)
     // split blocks to finish merges its group's heads, so no merge kernel is launched. Every
     // thread fences its partial stores before the block counts itself done (the
     // threadFenceReduction pattern); the block that brings the count to the row's split count
-    // fences again and reads all the splits' states, which no block of this launch has read
-    // before (L1 holds none of them: a launch starts with L1 invalidated). It merges with
-    // merge_split_states, the merge kernel's arithmetic, in split order, so the result is
+    // fences again and reads all the splits' states through L2 (merge_split_states<true>: L1
+    // may hold a sector of them another merging block on this SM read before they were
+    // written). It merges with the merge kernel's arithmetic, in split order, so the result is
     // bitwise the merge kernel's whichever block comes last, and it resets the count to zero
     // for the next launch (graph replays reuse the counters).
     __shared__ int gq_last;
@@ -377,8 +377,8 @@ __global__ void __launch_bounds__(GQ_THREADS)
     if (!gq_last) return;
     __threadfence();
     for (int g = 0; g < G; g++)
-        merge_split_states(out + ((size_t)row * heads + h0 + g) * D, part_o, part_ml,
-                           ((size_t)blockIdx.x * heads + h0 + g) * gridDim.z, splits, D);
+        merge_split_states<true>(out + ((size_t)row * heads + h0 + g) * D, part_o, part_ml,
+                                 ((size_t)blockIdx.x * heads + h0 + g) * gridDim.z, splits, D);
 }
 
 // attention_merge_kernel combines a (row, head)'s split states (merge_split_states, common.cuh).
