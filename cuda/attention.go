@@ -126,7 +126,8 @@ func (b *Backend) decodeDepthKey() byte {
 		return byte(b.ctxSplits)
 	case b.decodeSplit == DecodeSplitFill && b.groupedDecode && b.decodeTrim:
 		// The depth the grouped kernel will launch (decodeSplits), so that steps whose fill
-		// depth is 1 anyway (big batches) keep one recording whatever their contexts.
+		// depth is 1 anyway (big batches) keep one recording whatever their contexts. (A model
+		// whose shape the grouped kernel declines gets the byte too: extra recordings only.)
 		return byte(b.trimmed(decodeFillSplits(b.numRows, b.kv.KVHeads, b.decodeDepth, b.sms)))
 	}
 	return 0

@@ -4,29 +4,35 @@
 // Split-K (flash-decoding): one block per (row, head, split). The visible positions of a row are
 // cut into up to gridDim.z contiguous chunks so that even a single long sequence spreads over
 // heads x splits blocks instead of heads blocks; a second small kernel merges the splits'
-// partial softmax states. A row's own split count is
+// partial softmax states (or, with LORAPLEX_FUSED_MERGE, the grouped kernel's last split block
+// of a row and kv head does: see the end of attention_grouped_kernel). A row's own split count is
 //     splits(row) = min(gridDim.z, ceil(visible / split_chunk)),  visible = positions it attends to,
 // and its chunks are ceil(visible / splits(row)) positions each. Blocks of splits beyond the
 // row's own exit at once; a row with one split writes its output directly (no merge: a round
 // trip through the partials only adds traffic). The host chooses the grid depth and the chunk
-// floor by one of two fixed rules (cuda/attention.go, LORAPLEX_DECODE_SPLIT):
-//   fill (default): depth LP_DECODE_SPLITS, halved while rows x heads x depth > 4 x SMs, chunk
-//     floor 1: split only as far as it takes to fill the GPU; big decode batches, which fill it
-//     with (row, head) blocks already, run unsplit. The depth depends on the step's row count,
-//     so a row's result may change with the batch it is in (in its last bits: a different
-//     summation order).
+// floor by one of two fixed rules (cuda/attention.go decodeSplits, LORAPLEX_DECODE_SPLIT):
+//   fill (default): depth LP_DECODE_SPLITS for this kernel (LP_DECODE_DEPTH, 32, or 64 with
+//     LORAPLEX_DECODE_DEEP, for the grouped one), halved while rows x blocks x depth > 4 x SMs,
+//     chunk floor 1 here (LORAPLEX_GQ_FILL_CHUNK, 64 by default, for the grouped kernel): split
+//     only as far as it takes to fill the GPU; big decode batches, which fill it with (row,
+//     head) blocks already, run unsplit. The depth depends on the step's row count, so a row's
+//     result may change with the batch it is in (in its last bits: a different summation
+//     order). LORAPLEX_DECODE_TRIM cuts the grouped depth to a power of two covering the step's
+//     rows, which changes no row's splits.
 //   context: chunk floor LP_DECODE_SPLIT_CHUNK, depth the largest split count of the step's
-//     rows (at most LP_DECODE_DEPTH, or LP_DECODE_MAX_SPLITS with LORAPLEX_DECODE_DEEP): a row's split count depends on its own context length
-//     only, not on the other rows or its place among them, so its result is bitwise the same
-//     alone or in any batch (the deterministic mode's requirement). Rows of up to 128 positions
-//     run unsplit, so big batches of short contexts pay nothing; 4k and longer contexts get 32
-//     splits (chunks of 128 to 1,024 positions), which fills the GPU from batch 1. The merge
+//     rows (at most LP_DECODE_DEPTH, or LP_DECODE_MAX_SPLITS with LORAPLEX_DECODE_DEEP): a row's
+//     split count depends on its own context length only, not on the other rows or its place
+//     among them, so its result is bitwise the same alone or in any batch (the deterministic
+//     mode's requirement). Rows of up to 128 positions run unsplit, so big batches of short
+//     contexts pay nothing; 4k and longer contexts get the full depth (chunks of 128 to 1,024
+//     positions at 32), which fills the GPU from batch 1. The merge
 //     costs (head_dim + 2) fp32 per (row, head, split), written and read once, against the
 //     chunk's K/V (chunk x head_dim x 2 bf16 values) the split reads: 1.6% more bytes at chunk
 //     128 and head_dim 128, 6% where a GQA group of 4 heads shares each K/V read.
-// Graph replay: the grid depth is part of the launch, so the context rule's depth (which
-// follows the step's longest context) is added to the step's graph key (graph.go); the fill
-// rule's depends on the row count alone, which the key already holds.
+// Graph replay: the grid depth is part of the launch, so a depth that follows the step's
+// contexts (the context rule's, deterministic mode's, the trimmed grouped fill depth) is added to
+// the step's graph key (graph.go, decodeDepthKey); the plain fill rule's depends on the row count
+// alone, which the key already holds.
 // Inside a block, DECODE_WARPS warps take interleaved positions of the chunk and each keeps an online softmax (running max m, normaliser l, weighted value sum
 // acc): the flash-attention recurrence, so scores are never stored. Lanes split the head
 // dimension (up to 8 values each), a warp reduction gives each score. At the end the warps'
@@ -178,7 +184,7 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
 //      consecutive 16-byte vectors of one V row.
 // At the end the key lanes' accumulators are summed through shared memory in lane order.
 // Splitting, the partial states and the merge are the per-head kernel's (same scratch layout,
-// same attention_merge_kernel, same row_splits), and every order above (tiles, key lanes, the
+// same merge arithmetic, merge_split_states, in attention_merge_kernel or fused, same row_splits), and every order above (tiles, key lanes, the
 // warp reductions) is fixed by the row's visible range, the grid depth and the chunk floor, so
 // the batch-invariance argument at the top of the file holds unchanged. Results differ from the
 // per-head kernel in the last bits (another summation order) and stay within the bf16
