@@ -25,7 +25,9 @@ var (
 
 // LoaderFunc reads one adapter from path into host memory, validated against cfg. The closer
 // releases what the HostAdapter's tensors point into (the built-in loaders copy tensors into
-// private memory, so theirs holds at most zero pages); nil means nothing to close.
+// private memory, so theirs holds at most zero pages and, for LoadCompressedEncoded, the
+// streams' buffer, which it gives to the next load: nothing of the adapter may be read after
+// Close); nil means nothing to close.
 type LoaderFunc func(path, name string, cfg *model.Config) (*model.HostAdapter, io.Closer, error)
 
 // Options configure a Cache. Zero host limits mean no limit.

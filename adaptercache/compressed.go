@@ -118,8 +118,9 @@ func manifestConfig(c *lorapack.Container, name, path string) (*PEFTConfig, erro
 // shape, dtype and place LoadCompressed gives them (Data zeros, so the adapter is validated the
 // same way) and carry the codec stream in Encoded: a private copy of the stream, checked against
 // its checksum. The tensors are an anonymous mapping of zero pages (never written where left
-// encoded, so they cost no memory), released by the returned io.Closer. The others are decoded
-// as LoadCompressed does.
+// encoded, so they cost no memory), released by the returned io.Closer. The closer also gives
+// the streams' buffer to the next load (streamBuffers): no Encoded stream may be read after
+// Close. The others are decoded as LoadCompressed does.
 func LoadCompressedEncoded(path, name string, base *model.Config, onDevice func(codec string) bool) (*model.HostAdapter, io.Closer, error) {
 	return loadCompressedEncoded(nil, path, name, base, onDevice)
 }
@@ -150,7 +151,7 @@ func loadCompressedEncoded(roots *confine.Roots, path, name string, base *model.
 	// the adapter: the two halves of the host stage overlap. The streams are chosen by their
 	// own headers' codec, which the manifest check then holds to the manifest's, and their sums
 	// are compared with the manifest's once it is checked.
-	streams := readEncoded(f, onDevice, func() []byte { taken = true; return buffer() })
+	streams := readEncoded(f, onDevice, maxAdapterBytes(base), func() []byte { taken = true; return buffer() })
 	keep := false
 	// Every return waits for the readers before the file is unmapped; a failed load gives
 	// their buffer back.
@@ -258,9 +259,11 @@ type encodedStreams struct {
 // (allocAhead; called only if there is a stream to read; one of the streams' size is
 // allocated instead where it gave too little), the streams are copied on all CPUs, each copied
 // and summed in one pass by lorapack.CopyStream. The caller compares the sums with the
-// manifest's (Container.CheckSum) once it is checked. The function it returns waits for the
-// copies, or gives the first error in f's order; it may be called more than once.
-func readEncoded(f *safetensors.File, onDevice func(codec string) bool, buffer func() []byte) func() (encodedStreams, error) {
+// manifest's (Container.CheckSum) once it is checked. Streams of more than limit bytes in all
+// (more than any adapter of the base model decodes to) are refused before anything is
+// allocated for them. The function it returns waits for the copies, or gives the first error in
+// f's order; it may be called more than once.
+func readEncoded(f *safetensors.File, onDevice func(codec string) bool, limit int, buffer func() []byte) func() (encodedStreams, error) {
 	done := make(chan struct{})
 	var (
 		out      encodedStreams
@@ -285,9 +288,13 @@ func readEncoded(f *safetensors.File, onDevice func(codec string) bool, buffer f
 		if firstErr != nil || size == 0 { // a file with no stream left encoded does not wait for the allocation
 			return
 		}
+		if size > limit {
+			firstErr = fmt.Errorf("%w: %d bytes of encoded streams, more than an adapter of the base model decodes to (%d)", lorapack.ErrCorrupt, size, limit)
+			return
+		}
 		if out.buf = buffer(); len(out.buf) < size {
 			streamBuffers.put(out.buf)
-			out.buf = make([]byte, size)
+			out.buf = newStreamBuffer(size)
 		}
 		buf := out.buf
 		dst := make([][]byte, len(names))
@@ -328,7 +335,8 @@ func readEncoded(f *safetensors.File, onDevice func(codec string) bool, buffer f
 // to 8 bytes, fit in size bytes. A file larger than limit (what a valid adapter of the base
 // model may decode to) gets nothing ahead (nil): a file that may turn out not to be an adapter
 // at all is not allowed to make us allocate more than an adapter can use before it is
-// checked; its streams, if valid, are allocated at their size once the manifest is checked.
+// checked; readEncoded allocates for its streams if they come within limit, and refuses them
+// otherwise.
 func allocAhead(size int64, limit int) func() []byte {
 	if size <= 0 || size > int64(limit) {
 		return func() []byte { return nil }
@@ -337,9 +345,15 @@ func allocAhead(size int64, limit int) func() []byte {
 		return func() []byte { return b }
 	}
 	ch := make(chan []byte, 1)
-	go func() { ch <- make([]byte, size) }()
+	go func() { ch <- newStreamBuffer(int(size)) }()
 	return sync.OnceValue(func() []byte { return <-ch })
 }
+
+// newStreamBuffer allocates n bytes for streams with 1/64 more capacity: files of adapters of one
+// shape differ by a few bytes (the manifest's checksums are decimal numbers), and the pool
+// serves a load only a buffer at least its file's size, so without the headroom a slightly
+// larger file would miss every buffer its siblings gave back.
+func newStreamBuffer(n int) []byte { return make([]byte, n, n+n/64) }
 
 // closeFunc is a func as an io.Closer.
 type closeFunc func() error

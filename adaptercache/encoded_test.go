@@ -231,6 +231,22 @@ func TestEncodedStreamsFitTheirFileSize(t *testing.T) {
 	}
 }
 
+// Streams larger than any adapter of the base model decodes to are refused (lorapack.ErrCorrupt)
+// before anything is allocated for them: the buffer is never asked for.
+func TestReadEncodedRefusesStreamsPastTheLimit(t *testing.T) {
+	path := compressTo(t, "../testdata/models/llama/adapters/b_all_rslora", DefaultCompressOptions())
+	c, err := lorapack.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	asked := false
+	_, err = readEncoded(c.File, func(string) bool { return true }, 100, func() []byte { asked = true; return nil })()
+	if !errors.Is(err, lorapack.ErrCorrupt) || asked {
+		t.Fatalf("streams past a 100-byte limit: %v, buffer asked for %v", err, asked)
+	}
+}
+
 // Where the buffer allocated ahead is too small (the file shrank between its stat and its
 // mapping), the readers allocate their own and the streams are the same.
 func TestReadEncodedWithoutTheBufferAhead(t *testing.T) {
@@ -241,11 +257,11 @@ func TestReadEncodedWithoutTheBufferAhead(t *testing.T) {
 	}
 	defer c.Close()
 	all := func(string) bool { return true }
-	want, err := readEncoded(c.File, all, func() []byte { return make([]byte, 1<<20) })()
+	want, err := readEncoded(c.File, all, 1<<30, func() []byte { return make([]byte, 1<<20) })()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := readEncoded(c.File, all, func() []byte { return make([]byte, 100) })()
+	got, err := readEncoded(c.File, all, 1<<30, func() []byte { return make([]byte, 100) })()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -179,6 +179,18 @@ func TestBufferPoolBounds(t *testing.T) {
 	}
 }
 
+// A stream buffer given back serves the next adapter of the same shape even when that one's
+// file is a few bytes longer (the manifest's checksums are decimal numbers): buffers are
+// allocated with headroom.
+func TestStreamBufferServesASlightlyLargerFile(t *testing.T) {
+	const n = 23_768_448 // a rank-16 Llama-3-8B adapter's lorapack file
+	p := &bufferPool{limit: 4 * n}
+	p.put(newStreamBuffer(n))
+	if b := p.get(n + 24); len(b) != n+24 {
+		t.Fatalf("a file 24 bytes longer got a %d-byte buffer from the pool", len(b))
+	}
+}
+
 // The readers start on the streams before the manifest is checked: a file whose manifest is
 // then refused fails as it did (lorapack.ErrCorrupt in an *AdapterError), the file is unmapped
 // only once the readers are done (the race detector and a fault would say otherwise), and the

@@ -100,8 +100,8 @@ func (s *stager) growScratch(u *uploader, n int) error {
 	return nil
 }
 
-// copyPayloads copies the encoded tensors' payloads to their scratch offsets in dst, spread over
-// the CPUs (the streams are usually a file mapping: the copy is also the read).
+// copyPayloads copies the encoded tensors' payloads (the loader's private, checked copies of
+// the streams) to their scratch offsets in dst, the pinned staging buffer, spread over the CPUs.
 func copyPayloads(dst []byte, encs []part) {
 	workers := min(runtime.GOMAXPROCS(0), len(encs))
 	var next atomic.Int64

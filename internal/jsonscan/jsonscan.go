@@ -3,7 +3,9 @@
 // known to be valid JSON. Each reader says no (ok false) to anything it does not read, and the
 // caller then asks encoding/json, so these never decide what a document means: they only
 // spare encoding/json's reflection where the document is written the way its writer writes it.
-// Every caller's fast path is fuzzed against encoding/json.
+// Every caller's fast path is fuzzed against encoding/json. Valid (valid.go) is the one reader
+// that does decide: whether a document is JSON at all, with encoding/json.Valid's answer for
+// every input (FuzzValid), for the loaders that check a whole header before reading it.
 package jsonscan
 
 import (

@@ -157,7 +157,7 @@ func numberEnd(b []byte, i int) int {
 	case b[i] == '0':
 		i++
 	case b[i] >= '1' && b[i] <= '9':
-		i = digitsEnd(b, i+1)
+		_, i = Digits(b, i+1)
 	default:
 		return -1
 	}
@@ -165,7 +165,7 @@ func numberEnd(b []byte, i int) int {
 		if i+1 >= len(b) || b[i+1] < '0' || b[i+1] > '9' {
 			return -1
 		}
-		i = digitsEnd(b, i+1)
+		_, i = Digits(b, i+1)
 	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
 		if i++; i < len(b) && (b[i] == '+' || b[i] == '-') {
@@ -174,14 +174,7 @@ func numberEnd(b []byte, i int) int {
 		if i >= len(b) || b[i] < '0' || b[i] > '9' {
 			return -1
 		}
-		i = digitsEnd(b, i)
-	}
-	return i
-}
-
-func digitsEnd(b []byte, i int) int {
-	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-		i++
+		_, i = Digits(b, i)
 	}
 	return i
 }
