@@ -57,9 +57,9 @@ import (
 //     decodeSplits): a row splits by its own visible positions (chunks of at least
 //     LP_DECODE_SPLIT_CHUNK, at most the backend's fixed depth of them), so the chunk boundaries and
 //     the merge depend on the row's position alone, as the post's fixed split *size* does.
-//     (Until this session it fixed the count at LP_DECODE_SPLITS with no chunk floor, also
-//     invariant, but a batch of 64 short rows then ran eight blocks of a few keys per row
-//     and head, and a merge, where the default runs one.)
+//     (Before goals-2026-12-07-final3 it fixed the count at LP_DECODE_SPLITS with no chunk
+//     floor, also invariant, but a batch of 64 short rows then ran eight blocks of a few keys
+//     per row and head, and a merge, where the default runs one.)
 //   - Prefill attention computes rows in tiles of a chunk (attention_prefill*.cu), and how a
 //     prompt is chunked depends on the token budget the other requests leave, and a one-row
 //     chunk goes to the decode kernel instead. In the mode every row, prefill or decode, takes
@@ -121,12 +121,12 @@ func (d DeterministicGEMM) String() string {
 }
 
 // deterministicGEMMDefault: deterministic mode's products unless LORAPLEX_DETERMINISTIC_GEMM
-// or SetDeterministicGEMM says otherwise. cuBLAS on a fixed 64-row shape: in one A/B run on an
-// H100 (bench/results/gpu-h100/goals-2026-12-07-ab4) deterministic batch-64 decode ran at 5,837
-// tok/s against the tensor-core kernel's 2,818 (0.776 of the default mode's 7,523 instead of
-// 0.375) and batch 1 at 121.1 against 100.2 (0.822 of the default instead of 0.68): the 64-row
+// or SetDeterministicGEMM says otherwise. cuBLAS on a fixed 64-row shape: on an H100
+// (bench/results/gpu-h100/goals-2026-12-07-final3, whole chunks written straight to the output)
+// deterministic decode ran at 0.977 of the default mode at batch 64 and 0.806 at batch 1, the
+// tensor-core kernel with x in bf16 at 0.40 and 0.64 in the same run (its A/B row); the 64-row
 // product costs batch 1 less than the tensor-core kernel's small variant did. Before that the
-// tensor-core kernel with x in bf16 (3,008 tok/s at batch 64 against 456 on the rows kernel,
+// tensor-core kernel (3,008 tok/s at batch 64 against 456 on the rows kernel,
 // goals-2026-12-07-ab). One kernel has to serve every row count, or a row's bits would follow
 // its batch; the bitwise tests (TestBatchInvariantMatMul, TestInvariantMatMulShared,
 // TestDeterministicModeIsBatchInvariantOnCUDA) hold every setting to that.
@@ -285,16 +285,18 @@ func invariantMMAShape(x, w model.Tensor) bool {
 	return C.lp_gemm_invariant_ok(C.int(w.Rows), C.int(x.Cols)) != 0 && uintptr(ptr(x))%16 == 0 && uintptr(ptr(w))%16 == 0
 }
 
-// invariantProducts reports whether deterministic mode's products run on the tensor-core
-// kernel, whose arithmetic the fused decode GEMVs (gemv.cu) do not share: MatMulShared takes
-// invariantShared then, and GateUpSiLU declines.
+// invariantProducts reports whether deterministic mode's products run on a kernel other than
+// the rows kernel (the tensor cores' or the padded cuBLAS calls), whose arithmetic the fused
+// decode GEMVs (gemv.cu) do not share: MatMulShared takes invariantShared then, and GateUpSiLU
+// declines.
 func (b *Backend) invariantProducts() bool {
 	return b.batchInvariant && b.detGEMM != DeterministicGEMMRows
 }
 
-// invariantShared is MatMulShared in deterministic mode on the tensor cores, whatever the row
-// count and the fusion switch: the products of one input (q/k/v, gate/up) in one
-// lp_gemm_invariant_parts_bf16 launch, each part bitwise what MatMul gives it (the same mma
+// invariantShared is MatMulShared in deterministic mode off the rows kernel, whatever the row
+// count and the fusion switch: under DeterministicGEMMPadded each part's padded cuBLAS calls
+// from one bf16 copy of each chunk (paddedGEMM); on the tensor cores the products of one input
+// (q/k/v, gate/up) in one lp_gemm_invariant_parts_bf16 launch, each part bitwise what MatMul gives it (the same mma
 // sequence per output; only the block that computes it differs), so k and v (32 strips each
 // in the Llama-3-8B shape) share q's wave instead of leaving most SMs idle. It declines (false:
 // MatMul per product) where any part's shape would take the rows kernel, a choice the row count

@@ -61,7 +61,8 @@ const (
 	// routedWideDefault, routedFusedDefault: on after one A/B run on an H100
 	// (bench/results/gpu-h100/goals-2026-12-07-ab4): routed top-2 of 28 experts 1.091x at batch 1
 	// and 1.067x at 64 with the wide shrink, 1.104x and 1.094x with the route folded in too;
-	// the rows without routers within noise. Their GPU tests run in the same session's suite.
+	// the rows without routers within noise. Their GPU tests passed on an H100
+	// (goals-2026-12-07-final3/suite.txt: TestRoutedWideSweep and the routed suites).
 	routedWideDefault  = true
 	routedFusedDefault = true
 	normGEMVDefault    = true
@@ -73,16 +74,17 @@ const (
 	// it to bitwise the same products.
 	gemvStreamDefault = true
 	// gemvOccupyDefault: off until its test (TestGEMVDeepBitwise) has run on a GPU and an A/B
-	// run has measured it: written after this session's device time was spent, from Nsight
-	// Compute's occupancy figures for the batch-1 GEMVs (kernels/gemv.cu).
+	// run has measured it: written without a GPU from Nsight Compute's occupancy figures for the
+	// batch-1 GEMVs (goals-2026-12-07-final3/ncu-decode1.txt; kernels/gemv.cu).
 	gemvOccupyDefault = false
 	swigluBF16Default = true
 	// normBF16Default: off, though its GPU tests pass (TestNormBF16, the fixture suites with it
 	// on; goals-2026-12-07-final3/suite.txt) and one A/B run on an H100 measured prefill 2k
 	// 1.030x, 8k 1.012x, batch-64 decode 1.015x (goals-2026-12-07-ab4; batch 1 and steps with
-	// LoRA on the products do not take it). The session's final goals run, the README table's
-	// source, ran with it off (a test's stale expectation had failed, since corrected), and the
-	// defaults are what that table measured: the next GPU run turns it on.
+	// LoRA on the products do not take it). The goals run the README table comes from
+	// (goals-2026-12-07-final3) ran with it off (a test's stale expectation had failed, since
+	// corrected), and the defaults are what that table measured: it goes on with a run that
+	// measures it as the default.
 	normBF16Default = false
 )
 
@@ -153,8 +155,9 @@ func checkShared(what string, outs []model.Tensor, x model.Tensor, ws []model.Te
 // MatMulShared implements model.SharedMatMuler for the products MatMul sends to the GEMV kernel (at
 // most gemvRows rows, aligned): the products of one input (q/k/v, gate/up) in one launch, each
 // part bitwise what its own GEMV gives; for bigger steps, one bf16 conversion of x for all
-// the cuBLAS products. In deterministic mode on the tensor cores it is invariantShared, for any
-// row count; on the rows kernel, bigger steps take MatMul's path (false).
+// the cuBLAS products. In deterministic mode off the rows kernel (padded cuBLAS, tensor cores) it
+// is invariantShared, for any row count; on the rows kernel, bigger steps take MatMul's path
+// (false).
 func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
 	aligned := checkShared("MatMulShared", outs, x, ws) && x.Cols%8 == 0 && uintptr(ptr(x))%16 == 0
 	if b.invariantProducts() {
@@ -245,12 +248,11 @@ type PDL int
 const (
 	// PDLOff launches every kernel once the one before it has ended.
 	PDLOff PDL = iota
-	// PDLOn launches the kernels of a batch-1 decode step (the batch-1 GEMVs, plain and
-	// norm-fused, the norms, the biases, the row gather, RoPE + KV store, decode attention and
-	// its merge)
-	// with programmatic dependent launch: each starts its blocks while the kernel before it
-	// drains (the GEMVs issue their first weight loads) and waits for it on the device.
-	// Other kernels launch as before.
+	// PDLOn launches with programmatic dependent launch every kernel of the launchers that take
+	// it, in any step: the GEMVs (up to gemvRows rows, plain and norm-fused), the norms, the
+	// biases, the row gather, RoPE + KV store, decode attention and its merge; each starts its
+	// blocks while the kernel before it drains (the GEMVs issue their first weight loads) and
+	// waits for it on the device. cuBLAS, LoRA and prefill-attention kernels launch as before.
 	PDLOn
 	// PDLPrefetch is PDLOn, and the batch-1 GEMVs whose weights fit in L2 beside a short
 	// context's K/V (pdlPrefetchMaxBytes, pdlPrefetchKVBytes) also prefetch their rows there
@@ -352,12 +354,14 @@ func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	if b.pdl != PDLOff {
 		opts |= C.LP_GEMV_PDL
 	}
-	bytes := 0
-	for _, w := range ws {
-		bytes += 2 * w.Rows * w.Cols
-	}
-	if bytes <= pdlPrefetchMaxBytes && b.prefetchL2() {
-		opts |= C.LP_GEMV_PREFETCH
+	if b.prefetchL2() {
+		bytes := 0
+		for _, w := range ws {
+			bytes += 2 * w.Rows * w.Cols
+		}
+		if bytes <= pdlPrefetchMaxBytes {
+			opts |= C.LP_GEMV_PREFETCH
+		}
 	}
 	if b.gemvDeep {
 		opts |= C.LP_GEMV_DEEP

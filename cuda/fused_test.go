@@ -906,8 +906,7 @@ func TestSiLUMulMatMul(t *testing.T) {
 // cuBLAS gives bitwise the unfused AddRMSNorm (RMSNorm) then MatMulShared: each product, and the
 // residual sum in in.Next with in.X left as it was; for q/k/v-like triples and gate/up-like pairs,
 // 2 to 300 rows, with and without the residual add, every output poisoned with NaN first. It
-// declines GEMV-sized steps to the GEMV kernels, and takes nothing to cuBLAS with the switch off
-// or in deterministic mode.
+// takes nothing to cuBLAS with the switch off or in deterministic mode.
 func TestNormBF16(t *testing.T) {
 	g := newGPU(t)
 	g.SetNormBF16(true)

@@ -32,11 +32,6 @@
 // deepens the pipeline (at the price of 16 registers a thread, so fewer blocks an SM): each
 // lane still sums its vectors in the same order, so the results are bitwise the same.
 //
-// gemv_opts reads a launcher's opts: the pdl argument of lp_launch, how the kernels load weights
-// (ld: GEMV_LD_L2, prefetch into L2, only under PDL; GEMV_LD_STREAM, gemv_load), whether one-row
-// launches take the deep variant, whether they take the occupancy-bounded one.
-enum { GEMV_LD_L2 = 1, GEMV_LD_STREAM = 2 };
-
 // LP_GEMV_OCCUPY (LORAPLEX_GEMV_OCCUPY, one row only): the batch-1 launches of the parts and
 // gate/up kernels compiled with __launch_bounds__ asking for GEMV_OCCUPY_PARTS or
 // GEMV_OCCUPY_PAIRS resident blocks of 256 threads an SM. Nsight Compute on an H100's batch-1
@@ -49,6 +44,11 @@ enum { GEMV_LD_L2 = 1, GEMV_LD_STREAM = 2 };
 // reports any spill the bound costs, and the A/B run measures whether the occupancy pays).
 #define GEMV_OCCUPY_PARTS 6
 #define GEMV_OCCUPY_PAIRS 4
+
+// gemv_opts reads a launcher's opts: the pdl argument of lp_launch, how the kernels load weights
+// (ld: GEMV_LD_L2, prefetch into L2, only under PDL; GEMV_LD_STREAM, gemv_load), whether one-row
+// launches take the deep variant, whether they take the occupancy-bounded one.
+enum { GEMV_LD_L2 = 1, GEMV_LD_STREAM = 2 };
 struct gemv_opts {
     int pdl, ld;
     bool deep, occupy;
@@ -231,7 +231,7 @@ __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, int ld
 }
 
 // The one-row launch of gemv_parts_kernel compiled for GEMV_OCCUPY_PARTS resident blocks an SM
-// (LP_GEMV_OCCUPY; the occupancy note below says why): the same body, bitwise the same sums.
+// (LP_GEMV_OCCUPY; the occupancy note above says why): the same body, bitwise the same sums.
 __global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PARTS)
     gemv_parts_occupy_kernel(lp_gemv_parts p, const float* x, int k, int ld) {
     gemv_parts_body<1, 4>(p, x, k, ld);

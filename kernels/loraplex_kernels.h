@@ -22,8 +22,9 @@ extern "C" {
 
 typedef void* lp_stream;
 
-// pdl: the launchers that take it (the kernels of a batch-1 decode step: the norms, the
-// biases, the row gather, RoPE + KV store, decode attention) launch with programmatic dependent launch when it
+// pdl: the launchers that take it (the norms, the biases, the row gather, RoPE + KV store,
+// decode attention; every step's, though batch-1 decode is what it is for) launch with
+// programmatic dependent launch when it
 // is 1 (common.cuh has the mechanism and its rules), as before when it is 0. gemv.cu's batch-1
 // products take LP_GEMV_* flags instead (opts, below). Programmatic dependent launch needs an
 // sm_90+ device; the caller checks (cuda/fused.go).
