@@ -594,8 +594,8 @@ func (b *Backend) SetLoRAWide(on bool) {
 	setSwitch(b, &b.loraWide, on)
 }
 
-// loraWideSlice: input elements one wide shrink block takes per pass, one 16-byte vector of x
-// and of each A row per thread of its 128.
+// loraWideSlice: input elements one wide shrink block takes per pass, 8 per thread of its 128:
+// one 16-byte vector of each A row (bf16) and two of x (fp32).
 const loraWideSlice = 1024
 
 // loraWideLayout is the wide kernels' split of the input for a LoRA call of segs segments of

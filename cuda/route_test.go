@@ -46,7 +46,7 @@ func TestRouteLoRAMatchesHost(t *testing.T) {
 
 // routedSides runs f on each of b's routed kernels: the plain ones, the wide ones
 // (LORAPLEX_ROUTED_WIDE), and the wide ones that route in their shrink (LORAPLEX_ROUTED_FUSED),
-// and leaves b on the plain ones (the default).
+// and leaves b on the plain ones.
 func routedSides(t *testing.T, b *cuda.Backend, f func(t *testing.T)) {
 	for _, side := range []struct {
 		name        string

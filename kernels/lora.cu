@@ -51,8 +51,8 @@
 // only (S-LoRA's setting): 0.21 MB per layer per adapter, 0.44 GB for 64: 16.1 / 16.54 = 0.97.
 // Switch: LORAPLEX_LORA_GROUP=on|off (cuda.New), Backend.SetLoRAGroup.
 //
-// lp_lora_wide and lp_lora_group_wide (issue 15, item 3; LORAPLEX_LORA_WIDE=on|off, off by
-// default, Backend.SetLoRAWide) are the same two launches on kernels shaped for a decode batch
+// lp_lora_wide and lp_lora_group_wide (issue 15, item 3; LORAPLEX_LORA_WIDE=on|off, on by
+// default since goals-2026-12-07-ab3, Backend.SetLoRAWide) are the same two launches on kernels shaped for a decode batch
 // where each row has its own adapter: 64 independent rank-16 GEMVs per projection, 8 MB of
 // distinct A and as much B at 4,096 x 4,096, which measured ~0.87 TB/s on the plain kernels
 // (6.2 ms of a step for 5.4 GB of factors; copy bandwidth ~3 TB/s). What the plain kernels do
@@ -80,8 +80,8 @@
 // Tolerance: against the CPU within the LoRA sweep's 2e-3 of the largest output, against the
 // plain kernels within fp32 rounding (TestLoRAWideSweep: 1e-5).
 //
-// lp_lora_routed_wide (issue 15, item 3; LORAPLEX_ROUTED_WIDE=on|off, off by default until its
-// GPU tests pass and an A/B run measures it, Backend.SetRoutedWide) is lp_lora_routed on the
+// lp_lora_routed_wide (issue 15, item 3; LORAPLEX_ROUTED_WIDE=on|off, on by default since
+// goals-2026-12-07-ab4, Backend.SetRoutedWide) is lp_lora_routed on the
 // wide shrink. A routed decode row is k one-row segments: at batch 1, top-2 of rank 8, the
 // plain shrink is 4 blocks of 4 warps (one warp per rank index) streaming 4,096 or 14,336
 // inputs, a latency-bound launch that the single adapter's split-K made 1.18x faster.
@@ -105,8 +105,8 @@
 // Tolerance: against the host routing within the routed tests' 2e-3 of the row's largest delta
 // (TestRouteLoRAMatchesHost, TestRoutedWideSweep), against lp_lora_routed within fp32 rounding.
 //
-// lp_route_lora_wide (LORAPLEX_ROUTED_FUSED=on|off with LORAPLEX_ROUTED_WIDE, off by default,
-// Backend.SetRoutedFused) folds route.cu's kernel into that shrink, so a routed projection is
+// lp_route_lora_wide (LORAPLEX_ROUTED_FUSED=on|off with LORAPLEX_ROUTED_WIDE, on by default
+// since goals-2026-12-07-ab4, Backend.SetRoutedFused) folds route.cu's kernel into that shrink, so a routed projection is
 // two launches like a single adapter's (gate logits come from the base products' launch):
 // thread 0 of every shrink block routes the block's row with route_row (route_row.cuh, the
 // route kernel's own function) into shared memory while the other threads wait at a barrier;
@@ -527,8 +527,6 @@ __global__ void __launch_bounds__(WIDE_THREADS)
     expand_wide_block(outs.out[g], out_dim, sg, scratch, splits, t_stride);
 }
 
-// shrink_wide launches the wide shrink over num_segs segments of at most max_rows rows, or,
-// when routed, over num_segs one-row segments (the segment in grid x).
 // Wide routed expand (lp_lora_routed_wide, lp_route_lora_wide): grid (row, wide column chunk);
 // as the routed expand, the block adds row i's real choices in order p into each output, but
 // each thread takes WIDE_EXPAND_PER_THREAD columns a block width apart, loads their outputs
@@ -590,6 +588,8 @@ __global__ void __launch_bounds__(WIDE_THREADS)
     }
 }
 
+// shrink_wide launches the wide shrink over num_segs segments of at most max_rows rows, or,
+// when routed, over num_segs one-row segments (the segment in grid x).
 static void shrink_wide(const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, float* scratch, int in_dim,
                         int splits, int t_stride, bool routed, lp_stream s) {
     const dim3 g1 = routed ? dim3(num_segs, 1, splits) : dim3(max_rows, num_segs, splits);

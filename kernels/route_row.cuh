@@ -5,16 +5,15 @@
 #include "common.cuh"
 
 // better: does logit a rank above b? (the caller scans in index order, so ties keep the first).
-__host__ __device__ __forceinline__ bool route_better(float a, float b) {
+__device__ __forceinline__ bool route_better(float a, float b) {
     if (isnan(b)) return !isnan(a);
     return a > b;
 }
 
 // route_row routes row i: l is its gate logits [rows], experts [rows - nulls], row_segs
 // [passes] the row's segments (segs + i * passes in the row-major table; a block's shared copy
-// in the routed shrink that routes its own row, lora.cu). trace may be NULL. Host and device
-// both compile it so that a host test can check it against Route.
-__host__ __device__ inline void route_row(const float* l, int i, int rows, int k, float temperature, int nulls,
+// in the routed shrink that routes its own row, lora.cu). trace may be NULL.
+__device__ inline void route_row(const float* l, int i, int rows, int k, float temperature, int nulls,
                                           const lp_route_expert* experts, lp_lora_seg* row_segs, int passes, int start,
                                           int t_stride, float* trace, int trace_cols, int layer) {
     const int real = rows - nulls;

@@ -392,10 +392,13 @@ func (r *Runner) projAfter(out, in Tensor, l int, p Proj) {
 	}
 }
 
+// maxSharedGroup is the most projections one group below holds (q/k/v).
+const maxSharedGroup = 3
+
 // The projections that read the same input (the normed hidden state) as groups, in the order
 // their products are computed.
 var (
-	qkvProjs    = []Proj{ProjQ, ProjK, ProjV}
+	qkvProjs    = []Proj{ProjQ, ProjK, ProjV} // maxSharedGroup: the largest group
 	gateUpProjs = []Proj{ProjGate, ProjUp}
 	allProjs    = []Proj{ProjQ, ProjK, ProjV, ProjO, ProjGate, ProjUp, ProjDown} // allProjs[p] == p
 )

@@ -10,8 +10,9 @@ type routeState struct {
 	seqs     int // routed sequences in this step
 
 	// gateOut holds gate logits on the backend, [MaxTokens, gateCols] each: one per projection of
-	// a shared-input group (q/k/v) whose logits are computed beside the base products (gated).
-	gateOut  [3]Tensor
+	// a shared-input group whose logits are computed beside the base products (gatedProducts;
+	// only the first without a SharedMatMuler, the others then stay unallocated).
+	gateOut  [maxSharedGroup]Tensor
 	gateCols int
 	// pre[p] views the gate logits of projection p for every row of the step when the base
 	// product's call computed them (gatedProducts); Rows == 0 otherwise. routeProj consumes it.
@@ -50,12 +51,19 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 		return nil
 	}
 	if rows > rs.gateCols {
-		if rs.gateCols > 0 {
-			for _, g := range rs.gateOut {
+		for i, g := range rs.gateOut {
+			if g.Rows > 0 {
 				r.B.Free(g)
+				rs.gateOut[i] = Tensor{}
 			}
 		}
-		for i := range rs.gateOut {
+		// One buffer for a group's own gate GEMM; one per projection of the largest group where
+		// the base products' call computes the logits (the groups are q/k/v, gate/up, o, down).
+		n := 1
+		if r.shared != nil {
+			n = len(rs.gateOut)
+		}
+		for i := range n {
 			rs.gateOut[i] = r.B.Alloc(r.Opt.MaxTokens, rows)
 		}
 		rs.gateCols = rows
@@ -94,8 +102,10 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 // and returns the LoRA segments to apply: segs (the plain adapters' segments) with each routed
 // row's first choice appended, and the further passes. in is the projection's input.
 //
-// Gate logits come back to the host, where Route picks the experts: the reference semantics,
-// at the price of one device-to-host read per routed projection.
+// Gate logits come from the base products' call where one router serves every routed row
+// (gatedProducts), else from one gate GEMM per group of rows; the backend routes them on the
+// device where it can (model.DeviceRouter), else they come back to the host, where Route picks
+// the experts (the reference semantics) at the price of one device-to-host read per group.
 func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoRASeg, [][]LoRASeg) {
 	rs := &r.routing
 	for j := range rs.passes {

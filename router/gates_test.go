@@ -49,8 +49,9 @@ func (g *gateCounter) MatMulShared(outs []model.Tensor, x model.Tensor, ws []mod
 
 // A routed step computes each routed projection's gate logits in the call that makes the base
 // products of the projections sharing its input (q/k/v, gate/up, o, down: no gate GEMM of its
-// own) when one router serves every routed row of the step, and the logits are exactly those
-// of a backend that makes every product alone; when routers differ within a step, each group
+// own) when one router serves every routed row of the step, and the run against the reference
+// is that of a backend that makes every product alone to the last bit of its worst
+// differences; when routers differ within a step, each group
 // of rows keeps its own gate GEMM. Both pass the PyTorch reference's router cases.
 func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 	const name = "llama"
