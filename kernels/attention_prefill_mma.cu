@@ -47,7 +47,7 @@
 // the tile's key tile count: balanced, and empty only when T < splits) and writes each row's
 // partial softmax state (its max in natural-log units, its normaliser, its unnormalised output)
 // in attention.cu's layout: [tile row][head][split][D] outputs, then [tile row][head][split][2],
-// tile row = tile · LP_PREFILL_MMA_TILE + row. Rows of a tile see different keys (causal,
+// tile row = tile · tile_rows + row (tile_rows: 64, or 128 in the wide plan). Rows of a tile see different keys (causal,
 // window), so a split may be empty for some rows: those carry L = 0, which the merge skips. A
 // second launch merges each row's states (merge_split_states in common.cuh, the decode merge's
 // arithmetic). The host picks splits per step from the tile count, the heads and the longest key

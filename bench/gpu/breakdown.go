@@ -142,8 +142,10 @@ func breakdown(b *cuda.Backend, cfg *model.Config) error {
 
 // prefillPlanBreakdown times one layer's prefill attention at 2,048 and 8,192 tokens in both tile
 // plans of the tensor-core kernel (64-row tiles, and LORAPLEX_PREFILL_WIDE's 128-row tiles), so one
-// breakdown shows the switch's effect whatever the environment chose for the lines above. It runs
-// last: it leaves the backend on the 128-row plan and on a step of 8,192 rows.
+// breakdown shows the switch's effect whatever the environment chose for the lines above. It
+// leaves the backend on the 128-row plan, its KV cache and a prepared step of 8,192 rows, which
+// what runs after it (loraBreakdown) replaces with its own. The row labels are the plans'; a
+// head dim the wide plan does not take (lp_prefill_wide_ok) would run 64-row tiles under both.
 func prefillPlanBreakdown(b *cuda.Backend, cfg *model.Config, ap model.AttnParams, timeIt func(string, float64, func()) error) error {
 	for _, n := range []int{2048, 8192} {
 		if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: n / 16, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {

@@ -41,7 +41,7 @@
 #   coldload     bench/coldload on CUDA, 8B rank-16 adapter (all cores: the host stage is parallel,
 #                so it runs after the llama.cpp build is done or stopped): ~20 s
 #   report       bench/gpu/report: one results file, <1 s (also after every stage above)
-# Without llama.cpp ~235 s (+28 s per AB run); with its benchmarks ~280 s, plus the wait for its build.
+# Without llama.cpp ~235 s (+~30 s per AB run, with its prefix-cache pass); with its benchmarks ~280 s, plus the wait for its build.
 # Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V,NAME=V" (one run per word, commas join switches;
 #   unset: none), AB_PREFIX=1 (0: A/B runs leave bench/prefixcache out), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
 #   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10, EXPORT=DIR: after every stage the

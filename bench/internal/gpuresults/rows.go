@@ -266,10 +266,15 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 			{"adapters16_b64_of_ceiling", "64 distinct rank-16 adapters", ab.Adapters},
 			{"adapters8qv_b64_of_ceiling", "64 distinct rank-8 q/v adapters", ab.AdaptersQV},
 		} {
+			// A run without the stage still gets the row, with no value, as every A/B row does.
+			var ratio float64
+			ceiling, mixed, base := "", "", ""
 			if a := m.a; a != nil {
-				add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ none, of the byte-bound ceiling %.3f, both in the A/B run", label, m.what, a.Ceiling),
-					goal{}, a.RatioOfCeiling, a.RatioOfCeiling > 0, tps(a.Mixed), tps(a.Base), ""))
+				ratio, mixed, base = a.RatioOfCeiling, tps(a.Mixed), tps(a.Base)
+				ceiling = fmt.Sprintf(", of the byte-bound ceiling %.3f", a.Ceiling)
 			}
+			add(row(ABRows, "ab_"+ab.label+"_"+m.id, fmt.Sprintf("A/B %s: %s ÷ none%s, both in the A/B run", label, m.what, ceiling),
+				goal{}, ratio, ratio > 0, mixed, base, ""))
 		}
 		// The prefix-cache TTFT with the switch set (bench/prefixcache in the A/B run's
 		// environment): against the default run's cached TTFT, and the goal's own ratio, both
