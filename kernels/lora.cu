@@ -663,10 +663,9 @@ extern "C" int lp_lora_routed_wide(float* out, const float* x, const lp_lora_seg
 extern "C" int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg* segs_device, int n, int max_rank,
                                   float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s) {
     if (n <= 0) return 0;
-    if (ra.rows <= 0 || ra.rows > LP_ROUTE_MAX_ROWS || ra.k < 1 || ra.k > LP_ROUTE_MAX_K || ra.k > ra.rows || ra.nulls < 0 ||
-        ra.nulls > ra.rows || !(ra.temperature > 0.f) || ra.passes < 1 || ra.passes > ra.k || ra.start < 0 ||
-        ra.seg_stride < max_rank || (long long)n * ra.passes * ra.seg_stride > 0x7fffffffLL ||
-        (ra.trace && (ra.layer < 0 || ra.layer >= ra.trace_cols)) || n > LP_LORA_ROUTED_MAX_ROWS || out_dim <= 0 ||
+    if (!route_args_ok(n, ra.rows, ra.k, ra.temperature, ra.nulls, ra.passes, ra.start, ra.seg_stride, ra.trace, ra.trace_cols,
+                       ra.layer) ||
+        ra.passes < 1 || ra.seg_stride < max_rank || n > LP_LORA_ROUTED_MAX_ROWS || out_dim <= 0 ||
         (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || !wide_args_ok(1, max_rank, in_dim, splits, t_stride))
         return (int)cudaErrorInvalidValue;
     const dim3 g1(n * ra.passes, 1, splits);

@@ -52,10 +52,7 @@ extern "C" int lp_route_segs(const float* logits, int n, int rows, int k, float 
                              const lp_route_expert* experts, lp_lora_seg* segs, int passes, int start, int t_stride,
                              float* trace, int trace_cols, int layer, lp_stream s) {
     if (n <= 0) return 0;
-    if (rows <= 0 || rows > LP_ROUTE_MAX_ROWS || k < 1 || k > LP_ROUTE_MAX_K || k > rows || nulls < 0 || nulls > rows ||
-        !(temperature > 0.f) || passes < 0 || passes > k || start < 0 || t_stride < 0 ||
-        (long long)n * passes * t_stride > 0x7fffffffLL ||
-        (trace && (layer < 0 || layer >= trace_cols)))
+    if (!route_args_ok(n, rows, k, temperature, nulls, passes, start, t_stride, trace, trace_cols, layer))
         return (int)cudaErrorInvalidValue;
     const int threads = 128;
     route_segs_kernel<<<(n + threads - 1) / threads, threads, 0, as_stream(s)>>>(

@@ -4,6 +4,17 @@
 #pragma once
 #include "common.cuh"
 
+// route_args_ok checks the routing arguments of n rows that route_row is run on, for both
+// launchers (lp_route_segs, lp_route_lora_wide): gate rows and k within the kernels' limits,
+// k <= rows, nulls and passes within them, a positive temperature, the segment table's offsets
+// within int range, the trace's layer within its columns.
+static inline bool route_args_ok(int n, int rows, int k, float temperature, int nulls, int passes, int start, int seg_stride,
+                                 const float* trace, int trace_cols, int layer) {
+    return rows > 0 && rows <= LP_ROUTE_MAX_ROWS && k >= 1 && k <= LP_ROUTE_MAX_K && k <= rows && nulls >= 0 &&
+           nulls <= rows && temperature > 0.f && passes >= 0 && passes <= k && start >= 0 && seg_stride >= 0 &&
+           (long long)n * passes * seg_stride <= 0x7fffffffLL && (!trace || (layer >= 0 && layer < trace_cols));
+}
+
 // better: does logit a rank above b? (the caller scans in index order, so ties keep the first).
 __device__ __forceinline__ bool route_better(float a, float b) {
     if (isnan(b)) return !isnan(a);
