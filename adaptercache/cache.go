@@ -40,7 +40,9 @@ type Options struct {
 	MaxDeviceSlots int
 	// MaxHostAdapters and MaxHostBytes bound the host tier (--max-cpu-loras, a byte budget).
 	// Host copies that back a device copy (aliasing backends) or an upload in progress, or that
-	// an open ticket wants, cannot be evicted, so the tier may exceed its budget by those.
+	// an open ticket wants, cannot be evicted, so the tier may exceed its budget by those. The
+	// buffers closed device-decoded loads give back for the next (streambuf.go, at most
+	// streamBufferRetain bytes) are process memory outside this budget.
 	MaxHostAdapters int
 	MaxHostBytes    int64
 	// UploadCopies says the backend copies tensors on Upload (CUDA), so the host copy may be
