@@ -93,7 +93,7 @@ test-tools:
 
 test-cuda: $(KERNEL_LIB)
 	go test -tags cuda -count=1 ./cuda/... ./model/... ./serve/...
-	go test -tags cuda -count=1 -run 'TestDeviceCUDA' ./cmd/server/
+	go test -tags cuda -count=1 -run 'TestDeviceCUDA|TestKVCacheSizedFromGPUMemory|TestRunDemo' ./cmd/server/
 
 clean:
 	rm -rf kernels/build bin

@@ -51,3 +51,12 @@ func TestDeviceCUDALogsMemory(t *testing.T) {
 		}
 	}
 }
+
+// autoDeviceLog is what --device auto logs in a CUDA build: the GPU backend where the driver sees
+// a device, else that it took the CPU.
+func autoDeviceLog() string {
+	if n, err := cuda.DeviceCount(); err == nil && n > 0 {
+		return `msg="backend ready" backend="cuda:0`
+	}
+	return "device auto: using the CPU"
+}
