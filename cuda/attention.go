@@ -92,88 +92,34 @@ func (b *Backend) contextSplits(pos int32) int {
 
 // decodeDeepDefault: whether the context rule and the grouped kernel's fill rule may split a
 // row up to LP_DECODE_MAX_SPLITS (64) ways instead of LP_DECODE_DEPTH (32) unless
-// LORAPLEX_DECODE_DEEP=on|off or SetDecodeDeep says otherwise. Off until a GPU run tests and
-// measures it: Nsight Compute on an H100 showed the grouped kernel at 128 registers a thread
-// (4 blocks an SM), so batch-1 decode at 32,768 positions (8 kv heads x 32 splits = 256
-// blocks of 1,024 positions) keeps two blocks on each SM streaming the cache, where 64 splits
-// would fill the 528 slots (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt; 32k
-// decode ran at 0.709 of its roofline there).
-const decodeDeepDefault = false
-
-// groupedFillTrim is the grouped fill rule's grid depth for a row at position pos: the power of
-// two at or above its split count ceil((pos + 1) / floor), at most the backend's depth. The step
-// launches the largest of its rows' (gqSplits), which no row's own count exceeds, so trimming
-// the fill depth to it changes no row's splits (splits(row) = min(depth, ceil(V / floor)) is the
-// same) and drops the blocks that would exit at once: and where every row fits one chunk, the
-// depth is 1 and the merge launch goes. Powers of two, so the graph key (decodeDepthKey) takes
-// few values as contexts grow.
-func (b *Backend) groupedFillTrim(pos int32) int {
-	need := (int(pos) + b.gqFillChunk) / b.gqFillChunk
-	d := 1
-	for d < need && d < b.decodeDepth {
-		d *= 2
-	}
-	return min(d, b.decodeDepth)
-}
+// LORAPLEX_DECODE_DEEP=on|off or SetDecodeDeep says otherwise. On: the grouped kernel takes 128
+// registers a thread (4 blocks an SM), so batch-1 decode at 32,768 positions split 32 ways (8 kv
+// heads x 32 = 256 blocks of 1,024 positions) left half of an H100's 528 resident slots empty
+// (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt). Two A/B runs on an H100
+// (goals-2026-12-07-s24a, -s24b) measured 64 splits at 1.053x at 32k but 0.966x at 4,096 positions,
+// where 64 chunks of 64 positions are too short to pay for their merge; hence the grouped fill
+// rule's chunk floor of 128 (LP_GQ_FILL_CHUNK), which keeps 4k rows at 32 chunks. Only batch 1
+// gets deeper (from two rows on, the fill rule's 4-blocks-an-SM bound halves it back to 32).
+const decodeDeepDefault = true
 
 // decodeDepthKey is what the step's graph key needs beyond the runner's key for decode
 // attention's grid depth, which follows the step's contexts under the context rule (and in
-// deterministic mode, which takes that rule whatever the switch says) and under the grouped fill
-// rule's trim; 0 where it follows the row count alone.
+// deterministic mode, which takes that rule whatever the switch says); 0 where it follows the
+// row count alone.
 func (b *Backend) decodeDepthKey() byte {
-	switch {
-	case b.batchInvariant || b.decodeSplit == DecodeSplitContext:
+	if b.batchInvariant || b.decodeSplit == DecodeSplitContext {
 		return byte(b.ctxSplits)
-	case b.decodeSplit == DecodeSplitFill && b.groupedDecode && b.decodeTrim:
-		// The depth the grouped kernel will launch (decodeSplits), so that steps whose fill
-		// depth is 1 anyway (big batches) keep one recording whatever their contexts. (A model
-		// whose shape the grouped kernel declines gets the byte too: extra recordings only.)
-		return byte(b.trimmed(decodeFillSplits(b.numRows, b.kv.KVHeads, b.decodeDepth, b.sms)))
 	}
 	return 0
 }
 
-// trimmed is the grouped fill rule's depth under SetDecodeTrim: at most gqSplits.
-func (b *Backend) trimmed(depth int) int {
-	if b.decodeTrim {
-		return min(depth, b.gqSplits)
-	}
-	return depth
-}
-
-// fusedMergeDefault: whether the grouped decode kernel merges its own splits (the last split
-// block of a row and kv head merges them, kernels/attention.cu) instead of a merge kernel after
-// it, unless LORAPLEX_FUSED_MERGE=on|off or SetFusedMerge says otherwise. Off until a GPU run has
-// tested it (TestDecodeSplitRules compares it bitwise with the merge kernel) and measured it:
-// Nsight Compute timed the merge kernel at 5.2 us a layer in batch-1 decode on an H100
-// (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt).
-const fusedMergeDefault = false
-
-// SetFusedMerge turns the grouped decode kernel's own merge on or off for the following steps
-// (recorded graphs hold the other launches, so they are dropped).
-func (b *Backend) SetFusedMerge(on bool) { setSwitch(b, &b.fusedMerge, on) }
-
-// decodeTrimDefault: whether the grouped fill rule's depth is trimmed to the step's rows
-// (groupedFillTrim) unless LORAPLEX_DECODE_TRIM=on|off or SetDecodeTrim says otherwise. Off
-// until a GPU run has tested it (TestDecodeSplitRules, TestContextSplitGraphsMatchDirect) and
-// measured it beside LORAPLEX_GQ_FILL_CHUNK: no row's result can change, but the launches do,
-// and the step key gains the depth.
-const decodeTrimDefault = false
-
-// SetDecodeTrim turns the grouped fill rule's trim on or off for the steps prepared after it
-// (recorded graphs hold the other depth's launches, so they are dropped).
-func (b *Backend) SetDecodeTrim(on bool) {
-	setSwitch(b, &b.decodeTrim, on)
-}
-
 // SetGroupedFillChunk sets the grouped kernel's fill rule's chunk floor for the following steps
-// (LORAPLEX_GQ_FILL_CHUNK; LP_GQ_FILL_CHUNK, 64, by default): a row splits no further than into
-// chunks of that many positions. Nsight Compute on an H100's batch-1 decode at 129 positions
-// (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt) timed the grouped kernel's
-// three splits at 13.1 us and their merge at 5.2 us a layer; a floor of 256 runs such rows in
-// one block per kv head and, with the trim (SetDecodeTrim), launches no merge, which an A/B
-// run weighs against the longer block. Recorded graphs hold the other floor's launches, so
-// they are dropped.
+// (LORAPLEX_GQ_FILL_CHUNK; LP_GQ_FILL_CHUNK, 128, by default): a row splits no further than into
+// chunks of that many positions. The floor sets where batch-1 rows stop gaining splits: 128
+// keeps 4,096-position rows at 32 chunks under the deeper rule (decodeDeepDefault says why);
+// 256 (short rows in one block a kv head) measured 0.99x at 4k and no faster at 128 positions on
+// an H100 (goals-2026-12-07-s24a). Recorded graphs hold the other floor's launches, so they are
+// dropped.
 func (b *Backend) SetGroupedFillChunk(positions int) {
 	if positions < 1 {
 		panic(fmt.Sprintf("cuda: SetGroupedFillChunk(%d)", positions))
@@ -266,9 +212,7 @@ func (b *Backend) prefillSplitCount(p model.AttnParams) int {
 // The grouped kernel's fill rule counts one block per kv head and may go up to
 // LP_DECODE_DEPTH deep (LP_DECODE_MAX_SPLITS under SetDecodeDeep), with a floor of
 // LP_GQ_FILL_CHUNK positions a chunk (SetGroupedFillChunk) so that short contexts do not split
-// into chunks of a few keys (a block's tile is GQ_TILE keys wide), and is trimmed to the
-// step's rows under SetDecodeTrim (groupedFillTrim: no row's splits change, the empty blocks
-// and, for rows of one chunk, the merge go).
+// into chunks of a few keys (a block's tile is GQ_TILE keys wide).
 func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chunk int) {
 	if b.batchInvariant {
 		return b.ctxSplits, int(C.LP_DECODE_SPLIT_CHUNK)
@@ -280,7 +224,7 @@ func (b *Backend) decodeSplits(n, heads, kvHeads int, grouped bool) (splits, chu
 		return 1, 1
 	}
 	if grouped {
-		return b.trimmed(decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms)), b.gqFillChunk
+		return decodeFillSplits(n, kvHeads, b.decodeDepth, b.sms), b.gqFillChunk
 	}
 	return decodeFillSplits(n, heads, int(C.LP_DECODE_SPLITS), b.sms), 1
 }

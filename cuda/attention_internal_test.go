@@ -75,30 +75,6 @@ func TestDecodeFillSplits(t *testing.T) {
 	}
 }
 
-// The grouped fill rule's trim (SetDecodeTrim) covers every row it can meet: a row at position
-// pos splits min(depth, ceil((pos + 1) / floor)) ways, and its trim is a power of two at least
-// that and never past the depth, so the step's largest trim changes no row's splits; and it
-// takes few values (one per doubling), which is what keeps the step key's depth byte to a
-// handful of recordings.
-func TestGroupedFillTrim(t *testing.T) {
-	for _, depth := range []int{32, 64} {
-		for _, floor := range []int{1, 64, 256} {
-			b := &Backend{decodeDepth: depth, gqFillChunk: floor}
-			seen := map[int]bool{}
-			for pos := int32(0); pos < 40000; pos++ {
-				got, need := b.groupedFillTrim(pos), min(depth, (int(pos)+floor)/floor)
-				if got < need || got > depth || got&(got-1) != 0 {
-					t.Fatalf("depth %d, floor %d, position %d: trim %d for a row of %d splits", depth, floor, pos, got, need)
-				}
-				seen[got] = true
-			}
-			if len(seen) > 7 {
-				t.Fatalf("depth %d, floor %d: %d trims, want at most one per doubling", depth, floor, len(seen))
-			}
-		}
-	}
-}
-
 // The prefill tile plan: 32-row tiles on the CUDA-core kernel (any head dim it alone takes, or
 // all with the tensor cores off); 64-row tiles on the tensor-core kernel, 128-row ones with the
 // wide switch on for head dims 64, 80 and 128 and only for steps with a chunk of at least 128

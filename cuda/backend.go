@@ -54,19 +54,16 @@ type Backend struct {
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
 	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
+	normVec               bool          // RMSNorm launches may take the float4 kernel (fused.go: LORAPLEX_NORM_VEC, SetNormVec)
 	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
 	pdl                   PDL           // how a decode step's kernels launch (fused.go: LORAPLEX_PDL, SetPDL); PDLOff below sm_90
 	gemvDeep              bool          // batch-1 GEMVs with deeper weight streams (fused.go: LORAPLEX_GEMV_DEEP, SetGEMVDeep)
 	gemvStream            bool          // batch-1 GEMVs load weights past L1 (fused.go: LORAPLEX_GEMV_STREAM, SetGEMVStream)
-	gemvOccupy            bool          // batch-1 parts and gate/up GEMVs bounded for occupancy (fused.go: LORAPLEX_GEMV_OCCUPY, SetGEMVOccupy)
 	decodeSplit           DecodeSplit   // decode attention's split rule (attention.go)
 	decodeDepth           int           // the context and grouped fill rules' most splits (attention.go: LORAPLEX_DECODE_DEEP, SetDecodeDeep)
 	gqFillChunk           int           // the grouped fill rule's fewest positions a split (attention.go: LORAPLEX_GQ_FILL_CHUNK, SetGroupedFillChunk)
-	decodeTrim            bool          // the grouped fill rule's depth trimmed to the step's rows (attention.go: LORAPLEX_DECODE_TRIM, SetDecodeTrim)
-	fusedMerge            bool          // the grouped decode kernel merges its own splits (attention.go: LORAPLEX_FUSED_MERGE, SetFusedMerge)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
-	gqSplits              int           // the grouped fill rule's trim for this step: a power of two covering its rows' split counts (attention.go)
 	keyBuf                []byte        // the step key with what the backend adds to it (BeginStep)
 	groupArgs             loraGroupArgs // LoRAGroup's launch arguments (fused.go)
 	gemvArgs              gemvPartsArgs // MatMulShared's launch arguments (fused.go)
@@ -92,10 +89,6 @@ type Backend struct {
 	// (one after the other on the stream: the prefill merge reads its partials before decode writes).
 	attnScratch uintptr
 	attnCap     int
-	// mergeCounts: the fused decode-attention merge's per-(row, kv head) counts (ints, zero
-	// between launches: the kernel leaves them so; ops.go Attention).
-	mergeCounts uintptr
-	mergeCap    int
 	loraCap     int
 	segSize     int
 
@@ -150,16 +143,14 @@ func New(device int) (*Backend, error) {
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.swigluBF16 = envSwitch("LORAPLEX_SWIGLU_BF16", swigluBF16Default)
 	b.normBF16 = envSwitch("LORAPLEX_NORM_BF16", normBF16Default)
+	b.normVec = envSwitch("LORAPLEX_NORM_VEC", normVecDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())
 	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)
 	b.gemvStream = envSwitch("LORAPLEX_GEMV_STREAM", gemvStreamDefault)
-	b.gemvOccupy = envSwitch("LORAPLEX_GEMV_OCCUPY", gemvOccupyDefault)
 	b.decodeSplit = decodeSplitFromEnv()
 	b.SetDecodeDeep(envSwitch("LORAPLEX_DECODE_DEEP", decodeDeepDefault))
 	b.SetGroupedFillChunk(envInt("LORAPLEX_GQ_FILL_CHUNK", int(C.LP_GQ_FILL_CHUNK), 1, 1<<20))
-	b.decodeTrim = envSwitch("LORAPLEX_DECODE_TRIM", decodeTrimDefault)
-	b.fusedMerge = envSwitch("LORAPLEX_FUSED_MERGE", fusedMergeDefault)
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
 	b.detSmall = envSwitch("LORAPLEX_DETERMINISTIC_SMALL", deterministicSmallDefault)
@@ -464,7 +455,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 	}
 	tile := b.prefillTileRows(longest)
 	tiles, rows := 0, 0
-	b.ctxSplits, b.gqSplits, b.tileKeys, b.rowKeys = 1, 1, 0, 0
+	b.ctxSplits, b.tileKeys, b.rowKeys = 1, 0, 0
 	for _, sq := range s.Seqs {
 		if tiled(sq) {
 			tiles += (sq.N + tile - 1) / tile
@@ -512,7 +503,6 @@ func (b *Backend) Prepare(s *model.Step) error {
 			h[ri] = int32(r)
 			ri++
 			b.ctxSplits = max(b.ctxSplits, b.contextSplits(s.Positions[r]))
-			b.gqSplits = max(b.gqSplits, b.groupedFillTrim(s.Positions[r]))
 			b.rowKeys += int(s.Positions[r]) + 1
 		}
 	}

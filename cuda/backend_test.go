@@ -274,6 +274,67 @@ func TestMatMulSweep(t *testing.T) {
 	}
 }
 
+// RMSNorm and the residual add + RMSNorm match the CPU within fp32 rounding (the float4 kernel
+// sums the squares in another order) at widths on both of kernels/rmsnorm.cu's paths, with
+// LORAPLEX_NORM_VEC on and off: not a multiple of 4 (the scalar loop either way), rows held in
+// registers (up to 4,096) and rows read back (wider), 1 to 64 rows; the new residual x + delta is
+// bitwise the CPU's, and the output buffer is poisoned with NaN first so that an element left
+// unwritten shows.
+func TestRMSNormSweep(t *testing.T) {
+	p := pair{cpu.New(0), newGPU(t)}
+	defer p.c.Close()
+	r := rand.New(rand.NewPCG(13, 14))
+	for _, c := range []struct {
+		vec       bool
+		dim, rows int
+	}{{true, 6, 3}, {true, 64, 1}, {true, 1028, 3}, {true, 4096, 1}, {true, 4096, 64}, {true, 4100, 3}, {true, 5120, 64},
+		{true, 8192, 3}, {false, 4096, 64}, {false, 5120, 3}} {
+		p.g.SetNormVec(c.vec)
+		dim, rows := c.dim, c.rows
+		h := normWeight(r, dim)
+		wc, err := p.c.Upload(h, 1, dim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg, err := p.g.Upload(h, 1, dim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		xc, xg := p.tensor(t, rows, dim, randFloats(r, rows*dim))
+		dc, dg := p.tensor(t, rows, dim, randFloats(r, rows*dim))
+		oc, og := p.tensor(t, rows, dim, nanFloats(rows*dim))
+		what := fmt.Sprintf("%d rows of %d, float4 kernel %v", rows, dim, c.vec)
+		p.c.RMSNorm(oc, xc, wc, 1e-5)
+		p.g.RMSNorm(og, xg, wg, 1e-5)
+		p.compare(t, "rmsnorm, "+what, oc, og, 1e-6)
+		if err := p.g.Write(og, nanFloats(rows*dim)); err != nil {
+			t.Fatal(err)
+		}
+		p.c.AddRMSNorm(xc, dc, oc, wc, 1e-5)
+		p.g.AddRMSNorm(xg, dg, og, wg, 1e-5)
+		p.compare(t, "add + rmsnorm, "+what, oc, og, 1e-6)
+		sc, sg := make([]float32, rows*dim), make([]float32, rows*dim)
+		if err := p.c.Read(xc, sc); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.g.Read(xg, sg); err != nil {
+			t.Fatal(err)
+		}
+		for i := range sc {
+			if math.Float32bits(sc[i]) != math.Float32bits(sg[i]) {
+				t.Fatalf("add + rmsnorm, %s: x + delta at %d is %v, the CPU's %v", what, i, sg[i], sc[i])
+			}
+		}
+		for _, x := range []model.Tensor{wg, xg, dg, og} {
+			p.g.Free(x)
+		}
+	}
+	p.g.SetNormVec(true)
+	if err := p.g.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestAttentionSweep fills a paged cache for several sequences through a real Step (scrambled
 // pages, prefill rows) and compares attention outputs, for MHA/GQA/MQA, head sizes and windows.
 func TestAttentionSweep(t *testing.T) {

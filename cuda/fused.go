@@ -25,16 +25,14 @@ import (
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
 //	LORAPLEX_GEMV_STREAM=on|off    batch-1 GEMVs load weights without allocating them in L1 (kernels/gemv.cu)
-//	LORAPLEX_GEMV_OCCUPY=on|off    batch-1 q/k/v and gate/up GEMVs compiled for more resident blocks an SM (kernels/gemv.cu)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_DECODE_DEEP=on|off    decode attention may split a row 64 ways instead of 32 (attention.go)
 //	LORAPLEX_GQ_FILL_CHUNK=N       the grouped decode kernel's fill rule splits rows into chunks of at least N positions (attention.go)
-//	LORAPLEX_DECODE_TRIM=on|off    the grouped decode kernel's fill depth trimmed to the step's rows (attention.go)
-//	LORAPLEX_FUSED_MERGE=on|off    the grouped decode kernel merges its own splits, no merge launch (attention.go)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)
 //	LORAPLEX_NORM_BF16=on|off      RMSNorm writes the cuBLAS products' bf16 input itself (NormMatMulShared)
+//	LORAPLEX_NORM_VEC=on|off       RMSNorm rows of a width divisible by 4 on the float4 kernel (kernels/rmsnorm.cu)
 //	LORAPLEX_PREFILL_WIDE=on|off   the tensor-core prefill in 128-row tiles, two m16 row tiles a warp (attention.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
@@ -73,19 +71,16 @@ const (
 	// routed batch 1 1.077x; batch 64 (no batch-1 GEMVs) within noise. TestGEMVDeepBitwise holds
 	// it to bitwise the same products.
 	gemvStreamDefault = true
-	// gemvOccupyDefault: off until its test (TestGEMVDeepBitwise) has run on a GPU and an A/B
-	// run has measured it: written without a GPU from Nsight Compute's occupancy figures for the
-	// batch-1 GEMVs (goals-2026-12-07-final3/ncu-decode1.txt; kernels/gemv.cu).
-	gemvOccupyDefault = false
 	swigluBF16Default = true
-	// normBF16Default: off, though its GPU tests pass (TestNormBF16, the fixture suites with it
-	// on; goals-2026-12-07-final3/suite.txt) and one A/B run on an H100 measured prefill 2k
-	// 1.030x, 8k 1.012x, batch-64 decode 1.015x (goals-2026-12-07-ab4; batch 1 and steps with
-	// LoRA on the products do not take it). The goals run the README table comes from
-	// (goals-2026-12-07-final3) ran with it off (a test's stale expectation had failed, since
-	// corrected), and the defaults are what that table measured: it goes on with a run that
-	// measures it as the default.
-	normBF16Default = false
+	// normBF16Default: on. Its GPU tests pass (TestNormBF16, the fixture suites with it on;
+	// goals-2026-12-07-final3/suite.txt) and three A/B runs on H100s measured prefill 2k
+	// 1.026-1.030x, 8k 1.012-1.028x, batch-64 decode 1.015x (goals-2026-12-07-ab4, -s24a; batch 1
+	// and steps with LoRA on the products do not take it).
+	normBF16Default = true
+	// normVecDefault: on, written without a GPU from Nsight Compute's figures for the scalar
+	// norm at batch 64 (kernels/rmsnorm.cu); TestRMSNormSweep checks it against the CPU and the
+	// A/B row LORAPLEX_NORM_VEC=off of the goals run measures it.
+	normVecDefault = true
 )
 
 // envInt reads an integer knob from the environment: def when unset, not a number or outside
@@ -329,14 +324,6 @@ func (b *Backend) SetGEMVStream(on bool) {
 	setSwitch(b, &b.gemvStream, on)
 }
 
-// SetGEMVOccupy turns the batch-1 parts and gate/up GEMVs' occupancy-bounded builds
-// (LP_GEMV_OCCUPY, kernels/gemv.cu: the same bodies under __launch_bounds__, bitwise the same
-// results) on or off for the following steps; recorded graphs hold the other kernels, so they
-// are dropped.
-func (b *Backend) SetGEMVOccupy(on bool) {
-	setSwitch(b, &b.gemvOccupy, on)
-}
-
 // pdlLaunch is the pdl argument of a launcher of kernels that stream no weights.
 func (b *Backend) pdlLaunch() C.int {
 	if b.pdl == PDLOff {
@@ -347,8 +334,7 @@ func (b *Backend) pdlLaunch() C.int {
 
 // gemvOpts are the launch options (LP_GEMV_* flags) of a batch-1 GEMV launch that streams ws:
 // PDL under PDLOn and PDLPrefetch, the L2 prefetch too when prefetchL2 and they fit
-// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep, the L1-bypassing loads with SetGEMVStream,
-// the occupancy-bounded builds with SetGEMVOccupy.
+// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep, the L1-bypassing loads with SetGEMVStream.
 func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	var opts C.int
 	if b.pdl != PDLOff {
@@ -368,9 +354,6 @@ func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	}
 	if b.gemvStream {
 		opts |= C.LP_GEMV_STREAM
-	}
-	if b.gemvOccupy {
-		opts |= C.LP_GEMV_OCCUPY
 	}
 	return opts
 }
@@ -502,7 +485,7 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 	if add {
 		delta, next = ptr(in.Delta), ptr(in.Next)
 	}
-	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.stream)) {
+	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream)) {
 		for i, w := range ws {
 			b.cublasGemm(outs[i], x, w, 1, 0)
 		}
@@ -514,6 +497,26 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 // unfused ops', so recorded graphs are dropped).
 func (b *Backend) SetNormBF16(on bool) {
 	setSwitch(b, &b.normBF16, on)
+}
+
+// SetNormVec lets the RMSNorm launches take the float4 kernel (LP_NORM_VEC, kernels/rmsnorm.cu)
+// or keeps them on the scalar loop, for the following steps (recorded graphs hold the other
+// kernel, so they are dropped).
+func (b *Backend) SetNormVec(on bool) {
+	setSwitch(b, &b.normVec, on)
+}
+
+// normOpts are the RMSNorm launches' options (LP_NORM_* flags): PDL as pdlLaunch says, the float4
+// kernel with SetNormVec.
+func (b *Backend) normOpts() C.int {
+	var opts C.int
+	if b.pdlLaunch() != 0 {
+		opts |= C.LP_NORM_PDL
+	}
+	if b.normVec {
+		opts |= C.LP_NORM_VEC
+	}
+	return opts
 }
 
 // NormGateUpSiLU implements model.NormFuser: the norm (and the residual add), both products and

@@ -353,10 +353,9 @@ func TestLoRAGroupSweep(t *testing.T) {
 
 // Decode attention matches the CPU under every split rule and on both kernels (per head, and
 // grouped: one block per GQA group) and at both depths (LORAPLEX_DECODE_DEEP: at most 32 or 64
-// splits), the grouped fill rule also trimmed to the step's rows (LORAPLEX_DECODE_TRIM) and with
-// a chunk floor of 256 (LORAPLEX_GQ_FILL_CHUNK), the grouped kernel's own merge
-// (LORAPLEX_FUSED_MERGE) bitwise the merge kernel's, over contexts from 1 to 9,000 positions (unsplit rows, rows at the chunk and tile
-// boundaries, rows split 32 and 64 ways), with MHA/GQA/MQA, groups of 1 to 8 and
+// splits), the grouped fill rule also with a chunk floor of 256 (LORAPLEX_GQ_FILL_CHUNK), over
+// contexts from 1 to 9,000 positions (unsplit rows, rows at the chunk and tile boundaries, rows
+// split 32 and 64 ways), with MHA/GQA/MQA, groups of 1 to 8 and
 // one the grouped kernel does not take (16: the per-head kernel runs it), head dims 48 to 256
 // and sliding windows, writing every output element; and under the context rule a row's output
 // is bitwise the same alone as inside the batch on either kernel: its split count and every
@@ -407,15 +406,12 @@ func TestDecodeSplitRules(t *testing.T) {
 			poison := nanFloats(n * qw)
 			for _, gd := range []struct {
 				grouped, deep bool
-				floor         int  // the grouped fill rule's chunk floor (0: the default)
-				trim          bool // the grouped fill rule's depth trimmed to the step's rows
-			}{{false, false, 0, false}, {true, false, 0, false}, {false, true, 0, false}, {true, true, 0, false}, {true, false, 0, true},
-				{true, true, 0, true}, {true, false, 256, true}} {
+				floor         int // the grouped fill rule's chunk floor (0: the default)
+			}{{false, false, 0}, {true, false, 0}, {false, true, 0}, {true, true, 0}, {true, true, 64}, {true, false, 256}} {
 				grouped, deep := gd.grouped, gd.deep
 				p.g.SetGroupedDecode(grouped)
 				p.g.SetDecodeDeep(deep)
-				p.g.SetDecodeTrim(gd.trim)
-				if gd.floor > 0 { // the last case: the default floor is LP_GQ_FILL_CHUNK until here
+				if gd.floor > 0 { // the last cases: the default floor is LP_GQ_FILL_CHUNK until here
 					p.g.SetGroupedFillChunk(gd.floor)
 				}
 				for _, rule := range []cuda.DecodeSplit{cuda.DecodeSplitFill, cuda.DecodeSplitContext, cuda.DecodeSplitOff} {
@@ -427,29 +423,8 @@ func TestDecodeSplitRules(t *testing.T) {
 						t.Fatal(err)
 					}
 					p.g.Attention(og, qg, 0, ap)
-					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, deep %v, floor %d, trim %v, split rule %s", grouped, deep, gd.floor, gd.trim, rule), oc, og, 2e-2)
-					t.Logf("grouped %v, deep %v, floor %d, trim %v, split rule %s: worst difference %.2e of the largest output", grouped, deep, gd.floor, gd.trim, rule, rel)
-					// The grouped kernel's own merge (LORAPLEX_FUSED_MERGE): bitwise the merge
-					// kernel's, whichever split block comes last, twice over (the counts it
-					// leaves must let the next launch count again from zero).
-					if !grouped || rule == cuda.DecodeSplitOff {
-						continue // the per-head kernel, or no splits: the merge kernel always
-					}
-					want := read(t, p.g, og)
-					p.g.SetFusedMerge(true)
-					for range 2 {
-						if err := p.g.Write(og, poison); err != nil {
-							t.Fatal(err)
-						}
-						p.g.Attention(og, qg, 0, ap)
-						for j, v := range read(t, p.g, og) {
-							if math.Float32bits(v) != math.Float32bits(want[j]) {
-								t.Fatalf("grouped %v, deep %v, floor %d, trim %v, split rule %s: element %d is %v with the fused merge, %v after the merge kernel",
-									grouped, deep, gd.floor, gd.trim, rule, j, v, want[j])
-							}
-						}
-					}
-					p.g.SetFusedMerge(false)
+					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, deep %v, floor %d, split rule %s", grouped, deep, gd.floor, rule), oc, og, 2e-2)
+					t.Logf("grouped %v, deep %v, floor %d, split rule %s: worst difference %.2e of the largest output", grouped, deep, gd.floor, rule, rel)
 				}
 
 				// The context rule, row by row alone: bitwise what the batch gave each row.
@@ -533,12 +508,10 @@ func TestFusedFixturesCUDA(t *testing.T) {
 }
 
 // A recorded decode step replays only for steps of the same attention grid depth wherever the
-// depth follows the step's contexts: one sequence decoding across 64, 128, 192 and 256
-// positions gives bitwise the logits of direct launches with graphs on, and each depth gets a
-// recording of its own, under the context split rule (1, 2, then 3 splits), in deterministic
-// mode, which takes that rule whatever the switch says, and under the grouped fill rule with
-// its depth trimmed to a power of two covering the rows (LORAPLEX_DECODE_TRIM: 1, 2, 4, then
-// 8 for chunks of at least 64 positions).
+// depth follows the step's contexts: one sequence decoding across 128 and 256 positions gives
+// bitwise the logits of direct launches with graphs on, and each depth gets a recording of its
+// own, under the context split rule (1, 2, then 3 splits) and in deterministic mode, which takes
+// that rule whatever the switch says.
 func TestContextSplitGraphsMatchDirect(t *testing.T) {
 	const name, steps = "llama", 300
 	for _, mode := range []struct {
@@ -548,11 +521,6 @@ func TestContextSplitGraphsMatchDirect(t *testing.T) {
 	}{
 		{"context", func(b *cuda.Backend) { b.SetDecodeSplit(cuda.DecodeSplitContext) }, 3},
 		{"deterministic", func(b *cuda.Backend) { b.SetDecodeSplit(cuda.DecodeSplitFill); b.SetBatchInvariant(true) }, 3},
-		{"grouped-fill-trim", func(b *cuda.Backend) {
-			b.SetDecodeSplit(cuda.DecodeSplitFill)
-			b.SetGroupedDecode(true)
-			b.SetDecodeTrim(true)
-		}, 4},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			var logits [2][][]float32

@@ -43,9 +43,9 @@ func (b *Backend) BeginStep(key []byte) bool {
 		return false
 	}
 	if d := b.decodeDepthKey(); d > 0 && b.numRows > 0 {
-		// Decode attention's grid depth follows the step's contexts under the context rule,
-		// in deterministic mode and under the grouped fill rule's trim, which the runner's key
-		// does not hold (at most LP_DECODE_MAX_SPLITS: one byte).
+		// Decode attention's grid depth follows the step's contexts under the context rule
+		// and in deterministic mode, which the runner's key does not hold (at most
+		// LP_DECODE_MAX_SPLITS: one byte).
 		b.keyBuf = append(append(b.keyBuf[:0], key...), d)
 		key = b.keyBuf
 	}

@@ -76,7 +76,7 @@ func (b *Backend) xToBF16(x model.Tensor) bool {
 // abandoned and rerun directly), after the stream drains, dropping every recording (they hold
 // the old address). False when it could not (the backend has recorded why, or the step reruns).
 // The one home of the device scratch buffers' growth: x in bf16, split-K partials, LoRA
-// intermediates, deterministic mode's padded products, the fused merge's counts.
+// intermediates, deterministic mode's padded products.
 func (b *Backend) reserve(buf *uintptr, capacity *int, n, elem int) bool {
 	if n <= *capacity {
 		return true
@@ -118,7 +118,7 @@ func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("rmsnorm", C.s_rmsnorm(ptr(out), ptr(x), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.pdlLaunch(), b.stream))
+	b.ok("rmsnorm", C.s_rmsnorm(ptr(out), ptr(x), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.normOpts(), b.stream))
 }
 
 func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
@@ -128,7 +128,7 @@ func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("add_rmsnorm", C.s_add_rmsnorm(ptr(x), ptr(delta), ptr(out), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.pdlLaunch(), b.stream))
+	b.ok("add_rmsnorm", C.s_add_rmsnorm(ptr(x), ptr(delta), ptr(out), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.normOpts(), b.stream))
 }
 
 func (b *Backend) RoPE(x model.Tensor, heads int, table model.Tensor) {
@@ -201,18 +201,9 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		if !b.reserve(&b.attnScratch, &b.attnCap, need, 4) {
 			return
 		}
-		var counts C.uintptr_t // the grouped kernel's fused merge (attention.go SetFusedMerge)
-		if grouped && b.fusedMerge && splits > 1 {
-			// The counts start at zero (the kernel leaves them so), so a new buffer is cleared.
-			if n := b.numRows * p.KVHeads; n > b.mergeCap &&
-				(!b.reserve(&b.mergeCounts, &b.mergeCap, n, 4) || !b.ok("memset", C.s_memset(C.uintptr_t(b.mergeCounts), C.size_t(4*n), b.stream))) {
-				return
-			}
-			counts = C.uintptr_t(b.mergeCounts)
-		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
 			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale),
-			C.int(splits), C.int(chunk), kernel, C.uintptr_t(b.attnScratch), counts, b.pdlLaunch(), b.stream))
+			C.int(splits), C.int(chunk), kernel, C.uintptr_t(b.attnScratch), b.pdlLaunch(), b.stream))
 	}
 }
 

@@ -141,8 +141,8 @@ func TestPDLBitwise(t *testing.T) {
 }
 
 // The deep GEMV streams (SetGEMVDeep) change how many weight loads a lane has in flight, never
-// its sums, and neither do the L1-bypassing weight loads (SetGEMVStream), the occupancy-bounded
-// builds (SetGEMVOccupy), programmatic dependent launch or the L2 prefetch: at one row, over
+// its sums, and neither do the L1-bypassing weight loads (SetGEMVStream), programmatic dependent
+// launch or the L2 prefetch: at one row, over
 // widths that end on and off the streams' chunks (k from 8 to 14,336), the plain, shared-input
 // (q/k/v-like parts straddling blocks), gate/up + SwiGLU and norm-fused products (with the
 // residual add, whose new residual is compared too) are bitwise those of the default streams
@@ -193,30 +193,26 @@ func TestGEMVDeepBitwise(t *testing.T) {
 			}
 			b.SetGEMVDeep(false)
 			b.SetGEMVStream(false)
-			b.SetGEMVOccupy(false)
 			b.SetPDL(cuda.PDLOff)
 			want := run()
 			for _, c := range []struct {
-				deep, stream, occupy bool
-				pdl                  cuda.PDL
-			}{{true, false, false, cuda.PDLOff}, {true, false, false, cuda.PDLOn}, {true, false, false, cuda.PDLPrefetch}, {false, false, false, cuda.PDLPrefetch},
-				{false, true, false, cuda.PDLOff}, {true, true, false, cuda.PDLOff}, {false, true, false, cuda.PDLPrefetch},
-				{false, false, true, cuda.PDLOff}, {false, true, true, cuda.PDLOff}, {false, true, true, cuda.PDLOn}} {
+				deep, stream bool
+				pdl          cuda.PDL
+			}{{true, false, cuda.PDLOff}, {true, false, cuda.PDLOn}, {true, false, cuda.PDLPrefetch}, {false, false, cuda.PDLPrefetch},
+				{false, true, cuda.PDLOff}, {true, true, cuda.PDLOff}, {false, true, cuda.PDLPrefetch}, {false, true, cuda.PDLOn}} {
 				b.SetGEMVDeep(c.deep)
 				b.SetGEMVStream(c.stream)
-				b.SetGEMVOccupy(c.occupy)
 				b.SetPDL(c.pdl)
 				for i, got := range run() {
 					for j, v := range want[i] {
 						if math.Float32bits(v) != math.Float32bits(got[j]) {
-							t.Fatalf("deep %v, stream %v, occupy %v, pdl %v: output %d element %d is %v, %v with the default streams", c.deep, c.stream, c.occupy, c.pdl, i, j, got[j], v)
+							t.Fatalf("deep %v, stream %v, pdl %v: output %d element %d is %v, %v with the default streams", c.deep, c.stream, c.pdl, i, j, got[j], v)
 						}
 					}
 				}
 			}
 			b.SetGEMVDeep(false)
 			b.SetGEMVStream(false)
-			b.SetGEMVOccupy(false)
 			b.SetPDL(cuda.PDLOff)
 			if err := b.Err(); err != nil {
 				t.Fatal(err)

@@ -43,14 +43,14 @@ static inline int s_embed(uintptr_t out, uintptr_t table, uintptr_t ids, int n, 
 static inline int s_gather(uintptr_t out, uintptr_t x, uintptr_t rows, int n, int dim, int pdl, uintptr_t s) {
 	return lp_gather_rows(P(float*, out), P(const float*, x), P(const int32_t*, rows), n, dim, pdl, P(lp_stream, s));
 }
-static inline int s_rmsnorm(uintptr_t out, uintptr_t x, uintptr_t w, int rows, int dim, float eps, int pdl, uintptr_t s) {
-	return lp_rmsnorm(P(float*, out), P(const float*, x), P(const float*, w), rows, dim, eps, pdl, P(lp_stream, s));
+static inline int s_rmsnorm(uintptr_t out, uintptr_t x, uintptr_t w, int rows, int dim, float eps, int opts, uintptr_t s) {
+	return lp_rmsnorm(P(float*, out), P(const float*, x), P(const float*, w), rows, dim, eps, opts, P(lp_stream, s));
 }
-static inline int s_add_rmsnorm(uintptr_t x, uintptr_t d, uintptr_t out, uintptr_t w, int rows, int dim, float eps, int pdl, uintptr_t s) {
-	return lp_add_rmsnorm(P(float*, x), P(const float*, d), P(float*, out), P(const float*, w), rows, dim, eps, pdl, P(lp_stream, s));
+static inline int s_add_rmsnorm(uintptr_t x, uintptr_t d, uintptr_t out, uintptr_t w, int rows, int dim, float eps, int opts, uintptr_t s) {
+	return lp_add_rmsnorm(P(float*, x), P(const float*, d), P(float*, out), P(const float*, w), rows, dim, eps, opts, P(lp_stream, s));
 }
-static inline int s_rmsnorm_bf16(uintptr_t x, uintptr_t d, uintptr_t next, uintptr_t out, uintptr_t w, int rows, int dim, float eps, uintptr_t s) {
-	return lp_rmsnorm_bf16(P(const float*, x), P(const float*, d), P(float*, next), P(uint16_t*, out), P(const float*, w), rows, dim, eps, P(lp_stream, s));
+static inline int s_rmsnorm_bf16(uintptr_t x, uintptr_t d, uintptr_t next, uintptr_t out, uintptr_t w, int rows, int dim, float eps, int opts, uintptr_t s) {
+	return lp_rmsnorm_bf16(P(const float*, x), P(const float*, d), P(float*, next), P(uint16_t*, out), P(const float*, w), rows, dim, eps, opts, P(lp_stream, s));
 }
 static inline int s_add_bias(uintptr_t x, uintptr_t b, int rows, int dim, int pdl, uintptr_t s) { return lp_add_bias(P(float*, x), P(const float*, b), rows, dim, pdl, P(lp_stream, s)); }
 static inline int s_silu_mul(uintptr_t out, uintptr_t g, uintptr_t u, size_t n, uintptr_t s) { return lp_silu_mul(P(float*, out), P(const float*, g), P(const float*, u), n, P(lp_stream, s)); }
@@ -99,11 +99,11 @@ static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, 
 	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, ys, ends, parts), variants, P(lp_stream, s));
 }
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
-                       int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int grouped, uintptr_t scratch,
-                       uintptr_t counts, int pdl, uintptr_t s) {
+                       int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int grouped, uintptr_t scratch, int pdl,
+                       uintptr_t s) {
 	return lp_attention(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, rows),
 	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, splits, chunk,
-	                    grouped, P(float*, scratch), P(int*, counts), pdl, P(lp_stream, s));
+	                    grouped, P(float*, scratch), pdl, P(lp_stream, s));
 }
 static inline int s_attention_prefill(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t tiles, int ntiles, uintptr_t seqpages, uintptr_t pt,
                        int heads, int kvh, int dim, int page, int window, float scale, uintptr_t s) {

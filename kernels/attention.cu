@@ -4,35 +4,34 @@
 // Split-K (flash-decoding): one block per (row, head, split). The visible positions of a row are
 // cut into up to gridDim.z contiguous chunks so that even a single long sequence spreads over
 // heads x splits blocks instead of heads blocks; a second small kernel merges the splits'
-// partial softmax states (or, with LORAPLEX_FUSED_MERGE, the grouped kernel's last split block
-// of a row and kv head does: see the end of attention_grouped_kernel). A row's own split count is
+// partial softmax states. (The grouped kernel's last split block of a row and kv head merging
+// them itself, found by a fenced atomic count, measured slower on an H100, batch-1 decode 0.96x
+// at 128 positions and 0.86x at 4,096: the merge kernel stays.) A row's own split count is
 //     splits(row) = min(gridDim.z, ceil(visible / split_chunk)),  visible = positions it attends to,
 // and its chunks are ceil(visible / splits(row)) positions each. Blocks of splits beyond the
 // row's own exit at once; a row with one split writes its output directly (no merge: a round
 // trip through the partials only adds traffic). The host chooses the grid depth and the chunk
 // floor by one of two fixed rules (cuda/attention.go decodeSplits, LORAPLEX_DECODE_SPLIT):
-//   fill (default): depth LP_DECODE_SPLITS for this kernel (LP_DECODE_DEPTH, 32, or 64 with
-//     LORAPLEX_DECODE_DEEP, for the grouped one), halved while rows x blocks x depth > 4 x SMs,
-//     chunk floor 1 here (LORAPLEX_GQ_FILL_CHUNK, 64 by default, for the grouped kernel): split
+//   fill (default): depth LP_DECODE_SPLITS for this kernel (LP_DECODE_MAX_SPLITS, 64, or
+//     LP_DECODE_DEPTH, 32, with LORAPLEX_DECODE_DEEP=off, for the grouped one), halved while rows x blocks x depth > 4 x SMs,
+//     chunk floor 1 here (LORAPLEX_GQ_FILL_CHUNK, 128 by default, for the grouped kernel): split
 //     only as far as it takes to fill the GPU; big decode batches, which fill it with (row,
 //     head) blocks already, run unsplit. The depth depends on the step's row count, so a row's
 //     result may change with the batch it is in (in its last bits: a different summation
-//     order). LORAPLEX_DECODE_TRIM cuts the grouped depth to a power of two covering the step's
-//     rows, which changes no row's splits.
+//     order).
 //   context: chunk floor LP_DECODE_SPLIT_CHUNK, depth the largest split count of the step's
-//     rows (at most LP_DECODE_DEPTH, or LP_DECODE_MAX_SPLITS with LORAPLEX_DECODE_DEEP): a row's
+//     rows (at most LP_DECODE_MAX_SPLITS, or LP_DECODE_DEPTH with LORAPLEX_DECODE_DEEP=off): a row's
 //     split count depends on its own context length only, not on the other rows or its place
 //     among them, so its result is bitwise the same alone or in any batch (the deterministic
 //     mode's requirement). Rows of up to 128 positions run unsplit, so big batches of short
-//     contexts pay nothing; 4k and longer contexts get the full depth (chunks of 128 to 1,024
-//     positions at 32), which fills the GPU from batch 1. The merge
+//     contexts pay nothing; 4k contexts get 32 chunks of 128 positions and 8k and longer the
+//     full depth (chunks of 128 to 512 positions at 32k), which fills the GPU from batch 1. The merge
 //     costs (head_dim + 2) fp32 per (row, head, split), written and read once, against the
 //     chunk's K/V (chunk x head_dim x 2 bf16 values) the split reads: 1.6% more bytes at chunk
 //     128 and head_dim 128, 6% where a GQA group of 4 heads shares each K/V read.
 // Graph replay: the grid depth is part of the launch, so a depth that follows the step's
-// contexts (the context rule's, deterministic mode's, the trimmed grouped fill depth) is added to
-// the step's graph key (graph.go, decodeDepthKey); the plain fill rule's depends on the row count
-// alone, which the key already holds.
+// contexts (the context rule's, deterministic mode's) is added to the step's graph key (graph.go,
+// decodeDepthKey); the fill rule's depends on the row count alone, which the key already holds.
 // Inside a block, DECODE_WARPS warps take interleaved positions of the chunk and each keeps an online softmax (running max m, normaliser l, weighted value sum
 // acc): the flash-attention recurrence, so scores are never stored. Lanes split the head
 // dimension (up to 8 values each), a warp reduction gives each score. At the end the warps'
@@ -184,7 +183,7 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
 //      consecutive 16-byte vectors of one V row.
 // At the end the key lanes' accumulators are summed through shared memory in lane order.
 // Splitting, the partial states and the merge are the per-head kernel's (same scratch layout,
-// same merge arithmetic, merge_split_states, in attention_merge_kernel or fused, same row_splits), and every order above (tiles, key lanes, the
+// same attention_merge_kernel, same row_splits), and every order above (tiles, key lanes, the
 // warp reductions) is fixed by the row's visible range, the grid depth and the chunk floor, so
 // the batch-invariance argument at the top of the file holds unchanged. Results differ from the
 // per-head kernel in the last bits (another summation order) and stay within the bf16
@@ -206,7 +205,7 @@ __global__ void __launch_bounds__(GQ_THREADS)
     attention_grouped_kernel(float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc,
                              const uint16_t* vc, const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                              const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads, int D,
-                             int page_size, int window, float scale, int split_chunk, int* merge_counts) {
+                             int page_size, int window, float scale, int split_chunk) {
     lp_pdl_launch_dependents();
     lp_pdl_wait();
     const int row = rows[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
@@ -361,30 +360,6 @@ __global__ void __launch_bounds__(GQ_THREADS)
             }
         }
     }
-    if (splits == 1 || merge_counts == nullptr) return;
-    // The fused merge (merge_counts set: LORAPLEX_FUSED_MERGE): the last of a (row, kv head)'s
-    // split blocks to finish merges its group's heads, so no merge kernel is launched. Every
-    // thread fences its partial stores before the block counts itself done (the
-    // threadFenceReduction pattern); the block that brings the count to the row's split count
-    // fences again and reads all the splits' states through L2 (merge_split_states<true>: L1
-    // may hold a sector of them another merging block on this SM read before they were
-    // written). It merges with the merge kernel's arithmetic, in split order, so the result is
-    // bitwise the merge kernel's whichever block comes last, and it resets the count to zero
-    // for the next launch (graph replays reuse the counters).
-    __shared__ int gq_last;
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-        int* count = merge_counts + (size_t)blockIdx.x * kv_heads + kvh;
-        gq_last = atomicAdd(count, 1) == splits - 1;
-        if (gq_last) *count = 0;
-    }
-    __syncthreads();
-    if (!gq_last) return;
-    __threadfence();
-    for (int g = 0; g < G; g++)
-        merge_split_states<true>(out + ((size_t)row * heads + h0 + g) * D, part_o, part_ml,
-                                 ((size_t)blockIdx.x * heads + h0 + g) * gridDim.z, splits, D);
 }
 
 // attention_merge_kernel combines a (row, head)'s split states (merge_split_states, common.cuh).
@@ -405,7 +380,7 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
                             const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                             const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
                             int head_dim, int page_size, int window, float scale, int splits, int split_chunk,
-                            int grouped, float* scratch, int* merge_counts, int pdl, lp_stream s) {
+                            int grouped, float* scratch, int pdl, lp_stream s) {
     if (n == 0) return 0;
     if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
         scratch == nullptr || splits < 1 || splits > LP_DECODE_MAX_SPLITS || split_chunk < 1)
@@ -419,7 +394,7 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
 #define LP_GQ_LAUNCH(G)                                                                                            \
     lp_launch(attention_grouped_kernel<G>, grid, GQ_THREADS, 0, as_stream(s), pdl, out, part_o, part_ml, q, kcache, \
               vcache, positions, rows, row_seq, seq_pages, page_table, heads, kv_heads, head_dim, page_size, window,  \
-              scale, split_chunk, merge_counts)
+              scale, split_chunk)
         switch (heads / kv_heads) {
             case 1: LP_GQ_LAUNCH(1); break;
             case 2: LP_GQ_LAUNCH(2); break;
@@ -437,7 +412,7 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
                   positions, rows, row_seq, seq_pages, page_table, heads, kv_heads, head_dim, page_size, window, scale,
                   split_chunk);
     }
-    if (splits > 1 && !(grouped && merge_counts))  // the grouped kernel merged its splits itself
+    if (splits > 1)
         lp_launch(attention_merge_kernel, dim3(n, heads), 128, 0, as_stream(s), pdl, out, part_o, part_ml, rows, positions,
                   heads, head_dim, splits, window, split_chunk);
     LP_CHECK_LAUNCH();

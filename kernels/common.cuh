@@ -44,31 +44,20 @@ __device__ __forceinline__ float warp_sum(float v) {
 //     orow = sum_z O_z e^(M_z - M) / sum_z L_z e^(M_z - M),  M the largest max of a non-empty split.
 // The block's threads share the columns. The one home of the merge arithmetic: decode
 // attention's merge (attention.cu) and the tensor-core prefill's (attention_prefill_mma.cu).
-// CG reads the states through L2 only (ld.global.cg): for a merge inside the launch that wrote
-// them (the grouped decode kernel's fused merge), where L1 may hold a sector read before another
-// block's store (L1 is not coherent within a launch); the values, and so the result, are the same.
-template <bool CG>
-__device__ __forceinline__ float merge_load(const float* p) {
-    return CG ? __ldcg(p) : *p;
-}
-
-template <bool CG = false>
 __device__ __forceinline__ void merge_split_states(float* orow, const float* part_o, const float* part_ml, size_t slot0,
                                                    int splits, int D) {
     float M = -INFINITY;
     for (int z = 0; z < splits; z++)
-        if (merge_load<CG>(part_ml + 2 * (slot0 + z) + 1) > 0.f)
-            M = fmaxf(M, merge_load<CG>(part_ml + 2 * (slot0 + z)));
+        if (part_ml[2 * (slot0 + z) + 1] > 0.f) M = fmaxf(M, part_ml[2 * (slot0 + z)]);
     float L = 0.f;
     for (int z = 0; z < splits; z++) {
-        const float lz = merge_load<CG>(part_ml + 2 * (slot0 + z) + 1);
-        if (lz > 0.f) L += lz * __expf(merge_load<CG>(part_ml + 2 * (slot0 + z)) - M);
+        const float lz = part_ml[2 * (slot0 + z) + 1];
+        if (lz > 0.f) L += lz * __expf(part_ml[2 * (slot0 + z)] - M);
     }
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
         float o = 0.f;
         for (int z = 0; z < splits; z++)
-            if (merge_load<CG>(part_ml + 2 * (slot0 + z) + 1) > 0.f)
-                o += merge_load<CG>(part_o + (slot0 + z) * D + j) * __expf(merge_load<CG>(part_ml + 2 * (slot0 + z)) - M);
+            if (part_ml[2 * (slot0 + z) + 1] > 0.f) o += part_o[(slot0 + z) * D + j] * __expf(part_ml[2 * (slot0 + z)] - M);
         orow[j] = o / L;
     }
 }

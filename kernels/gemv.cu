@@ -32,31 +32,23 @@
 // deepens the pipeline (at the price of 16 registers a thread, so fewer blocks an SM): each
 // lane still sums its vectors in the same order, so the results are bitwise the same.
 //
-// LP_GEMV_OCCUPY (LORAPLEX_GEMV_OCCUPY, one row only): the batch-1 launches of the parts and
-// gate/up kernels compiled with __launch_bounds__ asking for GEMV_OCCUPY_PARTS or
-// GEMV_OCCUPY_PAIRS resident blocks of 256 threads an SM. Nsight Compute on an H100's batch-1
-// decode step (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt): the norm-fused
-// q/k/v launch (768 blocks in the Llama-3-8B shape) took 67 registers a thread, so 3 blocks an
-// SM (37.5% occupancy) and 1.94 waves, 39.6 us for 50 MB (1.27 TB/s, DRAM 44% busy), where one
-// wave of 768 needs 6 blocks an SM, i.e. at most 40 registers; the gate/up + SwiGLU launch took
-// 72 registers (3 blocks, 4.5 waves, 2.58 TB/s), and 4 blocks need at most 64. The bodies are
-// the same functions, so the sums and their order are too (bitwise the same results; ptxas
-// reports any spill the bound costs, and the A/B run measures whether the occupancy pays).
-#define GEMV_OCCUPY_PARTS 6
-#define GEMV_OCCUPY_PAIRS 4
+// Not taken: the batch-1 parts and gate/up launches compiled under __launch_bounds__ for 6 and 4
+// resident blocks an SM (the norm-fused q/k/v launch takes 67 registers, so 3 blocks and 1.94
+// waves). Capped at 40 registers it ran 2.4x slower on an H100 (95 us against 40 a layer in
+// Nsight Compute) and batch-1 decode fell to 0.75x (bench/results/gpu-h100/goals-2026-12-07-s24a):
+// the deep weight pipeline needs its registers more than the SM needs more blocks.
 
 // gemv_opts reads a launcher's opts: the pdl argument of lp_launch, how the kernels load weights
 // (ld: GEMV_LD_L2, prefetch into L2, only under PDL; GEMV_LD_STREAM, gemv_load), whether one-row
-// launches take the deep variant, whether they take the occupancy-bounded one.
+// launches take the deep variant.
 enum { GEMV_LD_L2 = 1, GEMV_LD_STREAM = 2 };
 struct gemv_opts {
     int pdl, ld;
-    bool deep, occupy;
+    bool deep;
     explicit gemv_opts(int opts)
         : pdl(opts & LP_GEMV_PDL),
           ld(((opts & LP_GEMV_PDL) && (opts & LP_GEMV_PREFETCH) ? GEMV_LD_L2 : 0) | (opts & LP_GEMV_STREAM ? GEMV_LD_STREAM : 0)),
-          deep(opts & LP_GEMV_DEEP),
-          occupy(opts & LP_GEMV_OCCUPY) {}
+          deep(opts & LP_GEMV_DEEP) {}
 };
 
 // gemv_load is one 16-byte weight load; ld & GEMV_LD_STREAM (LP_GEMV_STREAM) makes it a load that
@@ -230,13 +222,6 @@ __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, int ld
     gemv_parts_body<N, D>(p, x, k, ld);
 }
 
-// The one-row launch of gemv_parts_kernel compiled for GEMV_OCCUPY_PARTS resident blocks an SM
-// (LP_GEMV_OCCUPY; the occupancy note above says why): the same body, bitwise the same sums.
-__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PARTS)
-    gemv_parts_occupy_kernel(lp_gemv_parts p, const float* x, int k, int ld) {
-    gemv_parts_body<1, 4>(p, x, k, ld);
-}
-
 extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s) {
     if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || ((uintptr_t)x % 16) != 0 || parts.parts < 1 ||
         parts.parts > LP_GEMV_PARTS)
@@ -252,8 +237,6 @@ extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts pa
         case 1:
             if (o.deep)
                 lp_launch(gemv_parts_kernel<1, 8>, grid, block, 0, st, o.pdl, parts, x, k, o.ld);
-            else if (o.occupy)
-                lp_launch(gemv_parts_occupy_kernel, grid, block, 0, st, o.pdl, parts, x, k, o.ld);
             else
                 lp_launch(gemv_parts_kernel<1, 4>, grid, block, 0, st, o.pdl, parts, x, k, o.ld);
             break;
@@ -318,12 +301,6 @@ __global__ void gemv_swiglu_kernel(float* act, const float* x, const uint16_t* w
     gemv_swiglu_body<N, D>(act, x, wg, wu, m, k, ld);
 }
 
-// The one-row launch compiled for GEMV_OCCUPY_PAIRS resident blocks an SM (LP_GEMV_OCCUPY).
-__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PAIRS)
-    gemv_swiglu_occupy_kernel(float* act, const float* x, const uint16_t* wg, const uint16_t* wu, int m, int k, int ld) {
-    gemv_swiglu_body<1, 2>(act, x, wg, wu, m, k, ld);
-}
-
 extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg, const uint16_t* wu, float* act,
                                    int opts, lp_stream s) {
     if (n < 1 || n > LP_GEMV_MAX_ROWS || m <= 0 || k <= 0 || k % 8 != 0 || ((uintptr_t)wg % 16) != 0 ||
@@ -337,8 +314,6 @@ extern "C" int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const ui
         case 1:
             if (o.deep)
                 lp_launch(gemv_swiglu_kernel<1, 4>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld);
-            else if (o.occupy)
-                lp_launch(gemv_swiglu_occupy_kernel, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld);
             else
                 lp_launch(gemv_swiglu_kernel<1, 2>, grid, block, 0, st, o.pdl, act, x, wg, wu, m, k, o.ld);
             break;
@@ -593,13 +568,6 @@ __global__ void norm_gemv_parts_kernel(lp_gemv_parts p, norm_gemv_in in, int k, 
     norm_gemv_parts_body<N, ADD, D>(p, in, k, ld);
 }
 
-// The one-row launch compiled for GEMV_OCCUPY_PARTS resident blocks an SM (LP_GEMV_OCCUPY).
-template <bool ADD>
-__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PARTS)
-    norm_gemv_parts_occupy_kernel(lp_gemv_parts p, norm_gemv_in in, int k, int ld) {
-    norm_gemv_parts_body<1, ADD, 4>(p, in, k, ld);
-}
-
 // norm_swiglu_step multiplies one gate and one up weight vector (vector index iv) with the
 // normed input of each of the N rows, computed once for both.
 template <int N, bool ADD>
@@ -666,13 +634,6 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
     norm_gemv_swiglu_body<N, ADD, D>(act, in, wg, wu, m, k, ld);
 }
 
-// The one-row launch compiled for GEMV_OCCUPY_PAIRS resident blocks an SM (LP_GEMV_OCCUPY).
-template <bool ADD>
-__global__ void __launch_bounds__(32 * GEMV_WARPS, GEMV_OCCUPY_PAIRS)
-    norm_gemv_swiglu_occupy_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k, int ld) {
-    norm_gemv_swiglu_body<1, ADD, 2>(act, in, wg, wu, m, k, ld);
-}
-
 // norm_gemv_in_ok checks the input side of a norm-fused launch: the GEMV's row and alignment
 // rules for x, delta, resid and w, delta and resid given together, resid overlapping neither x
 // nor delta (its writer warp would race with the other warps' reads).
@@ -692,8 +653,6 @@ static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st
         case 1:
             if (o.deep)
                 lp_launch(norm_gemv_parts_kernel<1, ADD, 8>, grid, block, 0, st, o.pdl, p, in, k, o.ld);
-            else if (o.occupy)
-                lp_launch(norm_gemv_parts_occupy_kernel<ADD>, grid, block, 0, st, o.pdl, p, in, k, o.ld);
             else
                 lp_launch(norm_gemv_parts_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, p, in, k, o.ld);
             break;
@@ -730,8 +689,6 @@ static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t s
         case 1:
             if (o.deep)
                 lp_launch(norm_gemv_swiglu_kernel<1, ADD, 4>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld);
-            else if (o.occupy)
-                lp_launch(norm_gemv_swiglu_occupy_kernel<ADD>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld);
             else
                 lp_launch(norm_gemv_swiglu_kernel<1, ADD, 2>, grid, block, 0, st, o.pdl, act, in, wg, wu, m, k, o.ld);
             break;

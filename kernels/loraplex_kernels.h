@@ -100,14 +100,12 @@ int lp_cublas_set_workspace(void* handle, void* ws, size_t bytes);
 // prefetch the rest of its weight rows into L2 before it waits (for weights the caller knows
 // fit there); LP_GEMV_DEEP keeps twice the weight loads in flight per lane at one row, bitwise
 // the same results; LP_GEMV_STREAM loads the weights without allocating them in L1, bitwise the
-// same results; LP_GEMV_OCCUPY runs one-row parts and gate/up launches compiled for more
-// resident blocks an SM (gemv.cu), bitwise the same results.
+// same results.
 #define LP_GEMV_MAX_ROWS 8
 #define LP_GEMV_PDL 1
 #define LP_GEMV_PREFETCH 2
 #define LP_GEMV_DEEP 4
 #define LP_GEMV_STREAM 8
-#define LP_GEMV_OCCUPY 16
 int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, int opts,
                  lp_stream s);
 // The gate and up products and SwiGLU in one launch for the same rows: act[n, m] =
@@ -149,13 +147,19 @@ int lp_embed(float* out, const uint16_t* table, const int32_t* ids, int n, int d
 // gather.cu: out[i, :] = x[rows[i], :]
 int lp_gather_rows(float* out, const float* x, const int32_t* rows, int n, int dim, int pdl, lp_stream s);
 // rmsnorm.cu: out = x * rsqrt(mean(x²) + eps) * w per row; the fused form adds delta to x first.
-int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, float eps, int pdl, lp_stream s);
-int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, int pdl, lp_stream s);
+// opts: LP_NORM_PDL launches with programmatic dependent launch; LP_NORM_VEC lets rows whose
+// width and buffers allow it take the float4 kernel (rmsnorm.cu says when; the same values
+// within fp32 rounding, another order of the squares' sum).
+#define LP_NORM_PDL 1
+#define LP_NORM_VEC 2
+int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, float eps, int opts, lp_stream s);
+int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, int opts, lp_stream s);
 // The norm of x (+ delta when delta is not NULL, the sum written to next, x left as it is) rounded
-// to bf16 into out [rows, dim]: bitwise lp_add_rmsnorm (lp_rmsnorm) then lp_f32_to_bf16, the
-// input of the cuBLAS products that read it; delta and next are both NULL or both not.
+// to bf16 into out [rows, dim]: bitwise lp_add_rmsnorm (lp_rmsnorm) then lp_f32_to_bf16 with the
+// same LP_NORM_VEC, the input of the cuBLAS products that read it; delta and next are both NULL or
+// both not. It launches without PDL whatever opts says.
 int lp_rmsnorm_bf16(const float* x, const float* delta, float* next, uint16_t* out, const float* w, int rows, int dim,
-                    float eps, lp_stream s);
+                    float eps, int opts, lp_stream s);
 // bias.cu: x[i, :] += b
 int lp_add_bias(float* x, const float* b, int rows, int dim, int pdl, lp_stream s);
 // swiglu.cu: out = silu(gate) * up; the _bf16 form also writes out rounded to bf16 into
@@ -177,14 +181,10 @@ int lp_rope_store_kv(float* q, float* k, const float* v, uint16_t* kcache, uint1
 // min(splits, ceil(V / split_chunk)) chunks (1 <= splits <= LP_DECODE_MAX_SPLITS). grouped = 1
 // takes the kernel that computes a GQA group's heads in one block (one read of K/V per row;
 // shapes that lp_attention_grouped_ok in shapes.h accepts), 0 the one-block-per-head kernel.
-// merge_counts (grouped only; NULL: a merge kernel after it): n x kv_heads zeroed ints through
-// which the last split block of a (row, kv head) finds itself and merges the splits, leaving
-// the counts zero again.
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
-                 float scale, int splits, int split_chunk, int grouped, float* scratch, int* merge_counts, int pdl,
-                 lp_stream s);
+                 float scale, int splits, int split_chunk, int grouped, float* scratch, int pdl, lp_stream s);
 // Scratch floats lp_attention needs for n rows split up to splits ways: partial outputs and
 // softmax states.
 size_t lp_attention_scratch_floats(int n, int heads, int head_dim, int splits);

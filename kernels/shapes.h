@@ -8,10 +8,10 @@
 #define LP_ATTN_WARPS 4       // warps of a prefill attention block (query rows per warp = 32 / this)
 #define LP_DECODE_SPLITS 8    // decode split-K, fill rule: most chunks per (row, head) (attention.cu)
 #define LP_DECODE_MAX_SPLITS 64     // decode split-K: most chunks per (row, head) any rule may ask for
-#define LP_DECODE_DEPTH 32          // decode split-K, context and grouped fill rules: most chunks (64 with LORAPLEX_DECODE_DEEP)
+#define LP_DECODE_DEPTH 32          // decode split-K, context and grouped fill rules: most chunks with LORAPLEX_DECODE_DEEP=off
 #define LP_DECODE_SPLIT_CHUNK 128   // decode split-K, context rule: fewest positions per chunk
 #define LP_GQ_MAX_GROUP 8     // grouped decode attention: most query heads per kv head (G x 8 accumulators a thread)
-#define LP_GQ_FILL_CHUNK 64   // grouped decode attention, fill rule: fewest positions per chunk
+#define LP_GQ_FILL_CHUNK 128  // grouped decode attention, fill rule: fewest positions per chunk (cuda/attention.go: decodeDeepDefault says why)
 #define LP_PREFILL_MAX_SPLITS 16   // tensor-core prefill split-K: most key chunks per (tile, head) (attention_prefill_mma.cu)
 #define LP_PREFILL_SPLIT_KEYS 128  // tensor-core prefill split-K: fewest keys per chunk
 #define LP_ROUTE_MAX_ROWS 64  // router gate rows (experts + nulls): a 64-bit mask marks the chosen
