@@ -98,7 +98,9 @@ func (b *Backend) contextSplits(pos int32) int {
 // (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt). Two A/B runs on an H100
 // (goals-2026-12-07-s24a, -s24b) measured 64 splits at 1.053x at 32k but 0.966x at 4,096 positions,
 // where 64 chunks of 64 positions are too short to pay for their merge; hence the grouped fill
-// rule's chunk floor of 128 (LP_GQ_FILL_CHUNK), which keeps 4k rows at 32 chunks. Only batch 1
+// rule's chunk floor of 128 (LP_GQ_FILL_CHUNK), which keeps 4k rows at 32 chunks. With it, an
+// A/B run on an H200 (gpu-h200/goals-2026-12-07-s24c) measured 1.076x at 32k, 0.996x at 4k and
+// 1.003x at 128 positions against the old rule. Only batch 1
 // gets deeper (from two rows on, the fill rule's 4-blocks-an-SM bound halves it back to 32).
 const decodeDeepDefault = true
 

@@ -77,9 +77,10 @@ const (
 	// 1.026-1.030x, 8k 1.012-1.028x, batch-64 decode 1.015x (goals-2026-12-07-ab4, -s24a; batch 1
 	// and steps with LoRA on the products do not take it).
 	normBF16Default = true
-	// normVecDefault: on, written without a GPU from Nsight Compute's figures for the scalar
-	// norm at batch 64 (kernels/rmsnorm.cu); TestRMSNormSweep checks it against the CPU and the
-	// A/B row LORAPLEX_NORM_VEC=off of the goals run measures it.
+	// normVecDefault: on. TestRMSNormSweep holds it to the CPU (H200, goals-2026-12-07-s24c);
+	// two A/B runs on an H200 measured batch-64 decode 1.087x and 1.093x, 64 rank-16 adapters
+	// 1.038x and 1.054x, deterministic mode at batch 64 1.087x and 1.098x, batch 1 unchanged
+	// (it runs the norm inside the GEMVs) (goals-2026-12-07-s24c, -s24d).
 	normVecDefault = true
 )
 

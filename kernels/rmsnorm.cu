@@ -19,7 +19,8 @@
 // scalar loop at 15 us for a batch-64 decode step's 64 rows of 4,096 on an H100 (64 blocks, 0.06
 // waves: one dependent load pair per iteration, 16 iterations at DRAM latency), twice a layer,
 // about 12% of the step (bench/results/gpu-h100/goals-2026-12-07-s24a/ncu-adapters16-base.txt),
-// where the rows' 2 MB stream in about a microsecond. It sums the squares in another order than
+// where the rows' 2 MB stream in about a microsecond; with it, batch-64 decode ran 1.09x
+// (bench/results/gpu-h200/goals-2026-12-07-s24d). It sums the squares in another order than
 // the scalar loop (within fp32 rounding of it); the one-row-per-block layout keeps it a function
 // of the row alone (deterministic mode's batch invariance), and both output types take the same
 // path for the same row, so lp_rmsnorm_bf16 stays bitwise lp_add_rmsnorm then lp_f32_to_bf16.
