@@ -14,8 +14,9 @@
 // is the x it leaves.
 //
 // With LP_NORM_VEC (LORAPLEX_NORM_VEC, on by default), rows of a width divisible by 4 whose
-// buffers are 16-byte aligned (8 for bf16 out) take rmsnorm_vec_kernel: each thread issues RMS_VEC float4 loads of x (and of delta) before it
-// stores a sum or adds a square, so a row's loads are in flight together. Nsight Compute timed the
+// buffers are 16-byte aligned (8 for bf16 out) take rmsnorm_vec_kernel: each thread issues
+// RMS_VEC float4 loads of x (and of delta) before it stores a sum or adds a square, so a row's
+// loads are in flight together. Nsight Compute timed the
 // scalar loop at 15 us for a batch-64 decode step's 64 rows of 4,096 on an H100 (64 blocks, 0.06
 // waves: one dependent load pair per iteration, 16 iterations at DRAM latency), twice a layer,
 // about 12% of the step (bench/results/gpu-h100/goals-2026-12-07-s24a/ncu-adapters16-base.txt),
