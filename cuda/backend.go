@@ -55,6 +55,7 @@ type Backend struct {
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
 	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
 	normVec               bool          // RMSNorm launches may take the float4 kernel (fused.go: LORAPLEX_NORM_VEC, SetNormVec)
+	normStage             bool          // batch-1 norm-fused GEMVs stage their input (fused.go: LORAPLEX_NORM_STAGE, SetNormStage)
 	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
 	pdl                   PDL           // how a decode step's kernels launch (fused.go: LORAPLEX_PDL, SetPDL); PDLOff below sm_90
 	gemvDeep              bool          // batch-1 GEMVs with deeper weight streams (fused.go: LORAPLEX_GEMV_DEEP, SetGEMVDeep)
@@ -144,6 +145,7 @@ func New(device int) (*Backend, error) {
 	b.swigluBF16 = envSwitch("LORAPLEX_SWIGLU_BF16", swigluBF16Default)
 	b.normBF16 = envSwitch("LORAPLEX_NORM_BF16", normBF16Default)
 	b.normVec = envSwitch("LORAPLEX_NORM_VEC", normVecDefault)
+	b.normStage = envSwitch("LORAPLEX_NORM_STAGE", normStageDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())
 	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)

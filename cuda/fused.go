@@ -25,6 +25,7 @@ import (
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
 //	LORAPLEX_GEMV_STREAM=on|off    batch-1 GEMVs load weights without allocating them in L1 (kernels/gemv.cu)
+//	LORAPLEX_NORM_STAGE=on|off     batch-1 norm-fused GEMVs stage the normed input in shared memory (kernels/gemv.cu)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_DECODE_DEEP=on|off    decode attention may split a row 64 ways instead of 32 (attention.go)
 //	LORAPLEX_GQ_FILL_CHUNK=N       the grouped decode kernel's fill rule splits rows into chunks of at least N positions (attention.go)
@@ -71,6 +72,10 @@ const (
 	// routed batch 1 1.077x; batch 64 (no batch-1 GEMVs) within noise. TestGEMVDeepBitwise holds
 	// it to bitwise the same products.
 	gemvStreamDefault = true
+	// normStageDefault: off until a GPU run has tested it (TestNormGEMV runs every case staged
+	// too) and measured it: written without a GPU from Nsight Compute's figures for the batch-1
+	// q/k/v launch (L1 78% busy at 1.46 TB/s of weights; kernels/gemv.cu says why staging helps).
+	normStageDefault  = false
 	swigluBF16Default = true
 	// normBF16Default: on. Its GPU tests pass (TestNormBF16, the fixture suites with it on;
 	// goals-2026-12-07-final3/suite.txt) and three A/B runs on H100s measured prefill 2k
@@ -335,7 +340,8 @@ func (b *Backend) pdlLaunch() C.int {
 
 // gemvOpts are the launch options (LP_GEMV_* flags) of a batch-1 GEMV launch that streams ws:
 // PDL under PDLOn and PDLPrefetch, the L2 prefetch too when prefetchL2 and they fit
-// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep, the L1-bypassing loads with SetGEMVStream.
+// pdlPrefetchMaxBytes, the deep streams with SetGEMVDeep, the L1-bypassing loads with SetGEMVStream,
+// the staged norm-fused launches with SetNormStage.
 func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	var opts C.int
 	if b.pdl != PDLOff {
@@ -355,6 +361,9 @@ func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	}
 	if b.gemvStream {
 		opts |= C.LP_GEMV_STREAM
+	}
+	if b.normStage {
+		opts |= C.LP_GEMV_STAGE
 	}
 	return opts
 }
@@ -498,6 +507,13 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 // unfused ops', so recorded graphs are dropped).
 func (b *Backend) SetNormBF16(on bool) {
 	setSwitch(b, &b.normBF16, on)
+}
+
+// SetNormStage turns the staged norm-fused GEMVs (LP_GEMV_STAGE, kernels/gemv.cu: the normed
+// input computed once a block into shared memory) on or off for the following steps; recorded
+// graphs hold the other kernels, so they are dropped.
+func (b *Backend) SetNormStage(on bool) {
+	setSwitch(b, &b.normStage, on)
 }
 
 // SetNormVec lets the RMSNorm launches take the float4 kernel (LP_NORM_VEC, kernels/rmsnorm.cu)

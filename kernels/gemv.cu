@@ -40,15 +40,16 @@
 
 // gemv_opts reads a launcher's opts: the pdl argument of lp_launch, how the kernels load weights
 // (ld: GEMV_LD_L2, prefetch into L2, only under PDL; GEMV_LD_STREAM, gemv_load), whether one-row
-// launches take the deep variant.
+// launches take the deep variant, whether norm-fused one-row launches stage their input.
 enum { GEMV_LD_L2 = 1, GEMV_LD_STREAM = 2 };
 struct gemv_opts {
     int pdl, ld;
-    bool deep;
+    bool deep, stage;
     explicit gemv_opts(int opts)
         : pdl(opts & LP_GEMV_PDL),
           ld(((opts & LP_GEMV_PDL) && (opts & LP_GEMV_PREFETCH) ? GEMV_LD_L2 : 0) | (opts & LP_GEMV_STREAM ? GEMV_LD_STREAM : 0)),
-          deep(opts & LP_GEMV_DEEP) {}
+          deep(opts & LP_GEMV_DEEP),
+          stage(opts & LP_GEMV_STAGE) {}
 };
 
 // gemv_load is one 16-byte weight load; ld & GEMV_LD_STREAM (LP_GEMV_STREAM) makes it a load that
@@ -634,6 +635,132 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
     norm_gemv_swiglu_body<N, ADD, D>(act, in, wg, wu, m, k, ld);
 }
 
+// Staged norm-fused GEMVs (LP_GEMV_STAGE, LORAPLEX_NORM_STAGE, one row only). Nsight Compute on
+// an H100's batch-1 decode (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt) put
+// the q/k/v launch above at 39.6 us for 50 MB of weights (1.46 TB/s) with L1 78% busy and DRAM
+// 44%: the design note's 96 bytes of x, delta and w_norm read through L1 per 16 bytes of weights
+// are not hidden at that rate (the plain GEMVs read 32 and stream 2.0-2.6 TB/s; gate/up, 96 per 32,
+// 2.58). Here each block first computes the row's u = w_norm ⊙ (x + delta) once into shared memory
+// (k floats: at most GEMV_STAGE_MAX_K) with the whole block's sum of squares, then streams its
+// weights against u: 32 bytes of shared-memory reads per 16 bytes of weights for q/k/v, 32 per 32
+// for gate/up. The price: a block prologue (its k floats of x and delta from L2, one barrier)
+// before the first product, and 1/rms from a 256-thread block sum instead of each warp's 32
+// lanes, so the products differ from the unstaged kernels' within TestNormGEMV's bound of the
+// unfused path (bitwise equal neither, as the unstaged ones are not); the residual is the same
+// single add (bitwise). Block 0 writes the residual (column 0 is in it whatever the parts).
+#define GEMV_STAGE_MAX_K 12288  // 48 KB of floats: no opt-in to more shared memory needed
+
+// norm_gemv_stage writes u = w ⊙ (x + delta) of the launch's one row into su (and x + delta to
+// resid when store is set) and returns the row's 1/rms; every thread of the block must call it
+// (block_sum's barriers also make su visible to every warp). Four float4s of x and of
+// delta a thread are loaded before any is used, so a row's loads are in flight together.
+template <bool ADD>
+__device__ __forceinline__ float norm_gemv_stage(float* su, const norm_gemv_in& in, int k, bool store) {
+    __shared__ float red[32];
+    constexpr int V = 4;
+    const int n4 = k >> 2, stride = blockDim.x;
+    const float4* x4 = reinterpret_cast<const float4*>(in.x);
+    const float4* d4 = reinterpret_cast<const float4*>(ADD ? in.delta : in.x);
+    const float4* w4 = reinterpret_cast<const float4*>(in.w);
+    float4* u4 = reinterpret_cast<float4*>(su);
+    float ss = 0.f;
+    for (int base = threadIdx.x; base < n4; base += V * stride) {
+        float4 v[V];
+#pragma unroll
+        for (int q = 0; q < V; q++) {
+            const int i = base + q * stride;
+            if (i < n4) {
+                v[q] = x4[i];
+                if (ADD) {
+                    const float4 d = d4[i];
+                    v[q] = make_float4(v[q].x + d.x, v[q].y + d.y, v[q].z + d.z, v[q].w + d.w);
+                }
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < V; q++) {
+            const int i = base + q * stride;
+            if (i < n4) {
+                if (ADD && store) reinterpret_cast<float4*>(in.resid)[i] = v[q];
+                ss += v[q].x * v[q].x + v[q].y * v[q].y + v[q].z * v[q].z + v[q].w * v[q].w;
+                const float4 w = w4[i];
+                u4[i] = make_float4(w.x * v[q].x, w.y * v[q].y, w.z * v[q].z, w.w * v[q].w);
+            }
+        }
+    }
+    return rsqrtf(block_sum(ss, red) / k + in.eps);
+}
+
+// staged_step is the staged kernels' step: one weight vector times u (gemv_row_accumulate's order).
+struct staged_step {
+    float& acc;
+    const float* su;
+    __device__ __forceinline__ void operator()(const uint4 v, int iv) const {
+        float wf[8];
+        bf16x8_unpack(v, wf);
+        gemv_row_accumulate(acc, wf, su, iv);
+    }
+};
+
+// staged_pair_step is staged_step for gate and up: u read once for both.
+struct staged_pair_step {
+    float& ga;
+    float& ua;
+    const float* su;
+    __device__ __forceinline__ void operator()(const uint4 gv, const uint4 uv, int iv) const {
+        float gf[8], uf[8];
+        bf16x8_unpack(gv, gf);
+        bf16x8_unpack(uv, uf);
+        const float4* xr = reinterpret_cast<const float4*>(su) + 2 * iv;
+        const float4 a = xr[0], b = xr[1];
+        const float u[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        ga += dot8(gf, u);
+        ua += dot8(uf, u);
+    }
+};
+
+// norm_gemv_parts_staged_kernel is norm_gemv_parts_kernel at one row on a staged u (dynamic shared
+// memory of k floats): warp c computes column c - end[g-1] of part g.
+template <bool ADD, int D>
+__global__ void norm_gemv_parts_staged_kernel(lp_gemv_parts p, norm_gemv_in in, int k, int ld) {
+    extern __shared__ float4 stage4[];
+    float* su = reinterpret_cast<float*>(stage4);
+    lp_pdl_launch_dependents();
+    lp_pdl_wait();
+    const float inv = norm_gemv_stage<ADD>(su, in, k, blockIdx.x == 0);
+    const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (c >= p.end[p.parts - 1]) return;  // whole warps, after the block's barriers
+    int g = 0;
+    while (c >= p.end[g]) g++;
+    const int first = g > 0 ? p.end[g - 1] : 0;
+    const int m = p.end[g] - first, j = c - first;
+    float acc = 0.f;
+    gemv_stream<D>(reinterpret_cast<const uint4*>(p.w[g] + (size_t)j * k), k / 8, ld, staged_step{acc, su});
+    const float s = warp_sum(acc);
+    if ((threadIdx.x & 31) == 0) p.y[g][j] = s * inv;
+}
+
+// norm_gemv_swiglu_staged_kernel is norm_gemv_swiglu_kernel at one row on a staged u.
+template <bool ADD, int D>
+__global__ void norm_gemv_swiglu_staged_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
+                                               int ld) {
+    extern __shared__ float4 stage4[];
+    float* su = reinterpret_cast<float*>(stage4);
+    lp_pdl_launch_dependents();
+    lp_pdl_wait();
+    const float inv = norm_gemv_stage<ADD>(su, in, k, blockIdx.x == 0);
+    const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (j >= m) return;  // whole warps, after the block's barriers
+    float ga = 0.f, ua = 0.f;
+    gemv_stream_pair<D>(reinterpret_cast<const uint4*>(wg + (size_t)j * k), reinterpret_cast<const uint4*>(wu + (size_t)j * k),
+                        k / 8, ld, staged_pair_step{ga, ua, su});
+    const float gs = warp_sum(ga) * inv, us = warp_sum(ua) * inv;
+    if ((threadIdx.x & 31) == 0) act[j] = gs / (1.f + __expf(-gs)) * us;
+}
+
+// gemv_staged says whether a norm-fused launch of n rows of width k takes the staged kernels.
+static bool gemv_staged(const gemv_opts& o, int n, int k) { return o.stage && n == 1 && k <= GEMV_STAGE_MAX_K; }
+
 // norm_gemv_in_ok checks the input side of a norm-fused launch: the GEMV's row and alignment
 // rules for x, delta, resid and w, delta and resid given together, resid overlapping neither x
 // nor delta (its writer warp would race with the other warps' reads).
@@ -649,6 +776,14 @@ static bool norm_gemv_in_ok(int n, int k, const norm_gemv_in& in) {
 template <bool ADD>
 static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st, const gemv_opts& o, const lp_gemv_parts& p,
                                    const norm_gemv_in& in, int k) {
+    if (gemv_staged(o, n, k)) {
+        const size_t smem = (size_t)k * sizeof(float);
+        if (o.deep)
+            lp_launch(norm_gemv_parts_staged_kernel<ADD, 8>, grid, block, smem, st, o.pdl, p, in, k, o.ld);
+        else
+            lp_launch(norm_gemv_parts_staged_kernel<ADD, 4>, grid, block, smem, st, o.pdl, p, in, k, o.ld);
+        return;
+    }
     switch (n) {
         case 1:
             if (o.deep)
@@ -685,6 +820,14 @@ extern "C" int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float
 template <bool ADD>
 static void launch_norm_gemv_swiglu(int n, dim3 grid, dim3 block, cudaStream_t st, const gemv_opts& o, float* act,
                                     const norm_gemv_in& in, const uint16_t* wg, const uint16_t* wu, int m, int k) {
+    if (gemv_staged(o, n, k)) {
+        const size_t smem = (size_t)k * sizeof(float);
+        if (o.deep)
+            lp_launch(norm_gemv_swiglu_staged_kernel<ADD, 4>, grid, block, smem, st, o.pdl, act, in, wg, wu, m, k, o.ld);
+        else
+            lp_launch(norm_gemv_swiglu_staged_kernel<ADD, 2>, grid, block, smem, st, o.pdl, act, in, wg, wu, m, k, o.ld);
+        return;
+    }
     switch (n) {
         case 1:
             if (o.deep)
