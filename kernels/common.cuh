@@ -62,6 +62,25 @@ __device__ __forceinline__ void merge_split_states(float* orow, const float* par
     }
 }
 
+// load_sum4 loads the float4s base, base + stride, ... base + (V - 1)·stride (those below n4) of a
+// row of x into v, each plus delta's with ADD, every load issued before any value is used so
+// that a thread's V loads are in flight together (the row-wide prologues of rmsnorm.cu and of
+// gemv.cu's staged kernels, whose one-load-at-a-time loops waited on DRAM latency each step).
+template <bool ADD, int V>
+__device__ __forceinline__ void load_sum4(float4 (&v)[V], const float4* x4, const float4* d4, int base, int stride, int n4) {
+#pragma unroll
+    for (int q = 0; q < V; q++) {
+        const int i = base + q * stride;
+        if (i < n4) {
+            v[q] = x4[i];
+            if (ADD) {
+                const float4 d = d4[i];
+                v[q] = make_float4(v[q].x + d.x, v[q].y + d.y, v[q].z + d.z, v[q].w + d.w);
+            }
+        }
+    }
+}
+
 // block_sum reduces over a block of up to 1024 threads; every thread gets the total.
 __device__ __forceinline__ float block_sum(float v, float* shared32) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

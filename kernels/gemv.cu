@@ -652,8 +652,7 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
 
 // norm_gemv_stage writes u = w ⊙ (x + delta) of the launch's one row into su (and x + delta to
 // resid when store is set) and returns the row's 1/rms; every thread of the block must call it
-// (block_sum's barriers also make su visible to every warp). Four float4s of x and of
-// delta a thread are loaded before any is used, so a row's loads are in flight together.
+// (block_sum's barriers also make su visible to every warp); its loads are load_sum4's.
 template <bool ADD>
 __device__ __forceinline__ float norm_gemv_stage(float* su, const norm_gemv_in& in, int k, bool store) {
     __shared__ float red[32];
@@ -666,17 +665,7 @@ __device__ __forceinline__ float norm_gemv_stage(float* su, const norm_gemv_in& 
     float ss = 0.f;
     for (int base = threadIdx.x; base < n4; base += V * stride) {
         float4 v[V];
-#pragma unroll
-        for (int q = 0; q < V; q++) {
-            const int i = base + q * stride;
-            if (i < n4) {
-                v[q] = x4[i];
-                if (ADD) {
-                    const float4 d = d4[i];
-                    v[q] = make_float4(v[q].x + d.x, v[q].y + d.y, v[q].z + d.z, v[q].w + d.w);
-                }
-            }
-        }
+        load_sum4<ADD>(v, x4, d4, base, stride, n4);
 #pragma unroll
         for (int q = 0; q < V; q++) {
             const int i = base + q * stride;

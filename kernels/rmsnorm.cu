@@ -84,17 +84,7 @@ __global__ void rmsnorm_vec_kernel(const float* x, const float* delta, float* su
     float4 v[RMS_VEC];
     float ss = 0.f;
     for (int base = threadIdx.x; base < n4; base += RMS_VEC * stride) {
-#pragma unroll
-        for (int u = 0; u < RMS_VEC; u++) {
-            const int j = base + u * stride;
-            if (j < n4) {
-                v[u] = x4[j];
-                if (ADD) {
-                    const float4 d = d4[j];
-                    v[u] = make_float4(v[u].x + d.x, v[u].y + d.y, v[u].z + d.z, v[u].w + d.w);
-                }
-            }
-        }
+        load_sum4<ADD>(v, x4, d4, base, stride, n4);
 #pragma unroll
         for (int u = 0; u < RMS_VEC; u++) {
             const int j = base + u * stride;
