@@ -100,8 +100,10 @@ func (b *Backend) contextSplits(pos int32) int {
 // where 64 chunks of 64 positions are too short to pay for their merge; hence the grouped fill
 // rule's chunk floor of 128 (LP_GQ_FILL_CHUNK), which keeps 4k rows at 32 chunks. With it, an
 // A/B run on an H200 (gpu-h200/goals-2026-12-07-s24c) measured 1.076x at 32k, 0.996x at 4k and
-// 1.003x at 128 positions against the old rule. Only batch 1
-// gets deeper (from two rows on, the fill rule's 4-blocks-an-SM bound halves it back to 32).
+// 1.003x at 128 positions against the old rule. Under the fill rule only batch 1 gets deeper
+// (from two rows on, its 4-blocks-an-SM bound halves the depth back to 32); the context rule,
+// and so deterministic mode, splits rows of 8k positions and more 64 ways at any batch size:
+// still a function of the row alone, but their last bits differ from builds before this one.
 const decodeDeepDefault = true
 
 // decodeDepthKey is what the step's graph key needs beyond the runner's key for decode
@@ -119,8 +121,8 @@ func (b *Backend) decodeDepthKey() byte {
 // (LORAPLEX_GQ_FILL_CHUNK; LP_GQ_FILL_CHUNK, 128, by default): a row splits no further than into
 // chunks of that many positions. The floor sets where batch-1 rows stop gaining splits: 128
 // keeps 4,096-position rows at 32 chunks under the deeper rule (decodeDeepDefault says why);
-// 256 (short rows in one block a kv head) measured 0.99x at 4k and no faster at 128 positions on
-// an H100 (goals-2026-12-07-s24a). Recorded graphs hold the other floor's launches, so they are
+// 256 (short rows in one block a kv head) measured 0.992x at 4k and 0.993x at 128 positions on
+// an H100 (goals-2026-12-07-s24b). Recorded graphs hold the other floor's launches, so they are
 // dropped.
 func (b *Backend) SetGroupedFillChunk(positions int) {
 	if positions < 1 {

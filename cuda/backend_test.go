@@ -279,11 +279,13 @@ func TestMatMulSweep(t *testing.T) {
 // LORAPLEX_NORM_VEC on and off: not a multiple of 4 (the scalar loop either way), rows held in
 // registers (up to 4,096) and rows read back (wider), 1 to 64 rows; the new residual x + delta is
 // bitwise the CPU's, and the output buffer is poisoned with NaN first so that an element left
-// unwritten shows.
+// unwritten shows. The float4 kernel must have run: somewhere in the sweep its output differs
+// in the last bits from the scalar loop's on the same rows.
 func TestRMSNormSweep(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
 	r := rand.New(rand.NewPCG(13, 14))
+	differs := 0
 	for _, c := range []struct {
 		vec       bool
 		dim, rows int
@@ -307,6 +309,17 @@ func TestRMSNormSweep(t *testing.T) {
 		p.c.RMSNorm(oc, xc, wc, 1e-5)
 		p.g.RMSNorm(og, xg, wg, 1e-5)
 		p.compare(t, "rmsnorm, "+what, oc, og, 1e-5)
+		if c.vec {
+			vec := read(t, p.g, og)
+			p.g.SetNormVec(false)
+			p.g.RMSNorm(og, xg, wg, 1e-5)
+			p.g.SetNormVec(true)
+			for i, v := range read(t, p.g, og) {
+				if math.Float32bits(v) != math.Float32bits(vec[i]) {
+					differs++
+				}
+			}
+		}
 		if err := p.g.Write(og, nanFloats(rows*dim)); err != nil {
 			t.Fatal(err)
 		}
@@ -332,6 +345,9 @@ func TestRMSNormSweep(t *testing.T) {
 	p.g.SetNormVec(true)
 	if err := p.g.Err(); err != nil {
 		t.Fatal(err)
+	}
+	if differs == 0 {
+		t.Fatal("every float4-kernel output is bitwise the scalar loop's: the float4 kernel never ran")
 	}
 }
 

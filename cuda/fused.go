@@ -78,11 +78,12 @@ const (
 	normStageDefault  = false
 	swigluBF16Default = true
 	// normBF16Default: on. Its GPU tests pass (TestNormBF16, the fixture suites with it on;
-	// goals-2026-12-07-final3/suite.txt) and three A/B runs on H100s measured prefill 2k
-	// 1.026-1.030x, 8k 1.012-1.028x, batch-64 decode 1.015x (goals-2026-12-07-ab4, -s24a; batch 1
+	// goals-2026-12-07-final3/suite.txt) and two A/B runs on H100s measured prefill 2k 1.030x and
+	// 1.026x, 8k 1.012x and 1.028x, batch-64 decode 1.015x (goals-2026-12-07-ab4, -s24a; batch 1
 	// and steps with LoRA on the products do not take it).
 	normBF16Default = true
-	// normVecDefault: on. TestRMSNormSweep holds it to the CPU (H200, goals-2026-12-07-s24c);
+	// normVecDefault: on. TestRMSNormSweep holds it to the CPU (H200: its first bound failed in
+	// goals-2026-12-07-s24c/suite.txt, the corrected one passed in call5-focus.txt there);
 	// two A/B runs on an H200 measured batch-64 decode 1.087x and 1.093x, 64 rank-16 adapters
 	// 1.038x and 1.054x, deterministic mode at batch 64 1.087x and 1.098x, batch 1 unchanged
 	// (it runs the norm inside the GEMVs) (goals-2026-12-07-s24c, -s24d).

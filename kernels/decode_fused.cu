@@ -11,7 +11,7 @@
 // both the new residual and the normed input). Q/K norms (Qwen3) and biases (Qwen2) stay
 // separate launches. With adapters on gate/up the products go through the parts GEMV (one
 // launch) and the SiLU stays separate, since the deltas come between them. The two add+RMSNorm
-// launches go too with LORAPLEX_NORM_GEMV=on (off by default until measured): gemv.cu folds each
+// launches go too with LORAPLEX_NORM_GEMV (on by default, cuda/fused.go says on what figures): gemv.cu folds each
 // norm into the GEMV that reads it, every warp recomputing its rows' sum of squares from the
 // loads it makes anyway (7 launches per layer then; gemv.cu has the design and its cost).
 //

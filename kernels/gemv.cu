@@ -422,7 +422,7 @@ extern "C" int lp_gemv_rows_bf16(int n, int m, int k, const float* x, const uint
 }
 
 // RMSNorm folded into the GEMVs that read its output (issue 15 item 2; LORAPLEX_NORM_GEMV,
-// off by default; model.NormFuser): x += delta; h = rmsnorm(x)·w_norm feeds the q/k/v products
+// on by default, cuda/fused.go; model.NormFuser): x += delta; h = rmsnorm(x)·w_norm feeds the q/k/v products
 // (parts) and the gate/up products + SwiGLU of a decode layer, and h is never stored, so the two
 // add+RMSNorm launches of a layer (7.1 and 7.3 µs in the H100 breakdown of
 // bench/results/gpu-h100/goals-2026-12-07-ab, about 0.45 ms of a 6.9 ms step) go.
@@ -637,18 +637,22 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
 
 // Staged norm-fused GEMVs (LP_GEMV_STAGE, LORAPLEX_NORM_STAGE, one row only). Nsight Compute on
 // an H100's batch-1 decode (bench/results/gpu-h100/goals-2026-12-07-final3/ncu-decode1.txt) put
-// the q/k/v launch above at 39.6 us for 50 MB of weights (1.46 TB/s) with L1 78% busy and DRAM
+// the q/k/v launch above at 39.6 us for 50 MB of weights (1.27 TB/s) with L1 78% busy and DRAM
 // 44%: the design note's 96 bytes of x, delta and w_norm read through L1 per 16 bytes of weights
 // are not hidden at that rate (the plain GEMVs read 32 and stream 2.0-2.6 TB/s; gate/up, 96 per 32,
 // 2.58). Here each block first computes the row's u = w_norm ⊙ (x + delta) once into shared memory
 // (k floats: at most GEMV_STAGE_MAX_K) with the whole block's sum of squares, then streams its
 // weights against u: 32 bytes of shared-memory reads per 16 bytes of weights for q/k/v, 32 per 32
-// for gate/up. The price: a block prologue (its k floats of x and delta from L2, one barrier)
-// before the first product, and 1/rms from a 256-thread block sum instead of each warp's 32
+// for gate/up. The price: a block prologue (k floats each of x, delta and w_norm from L2, and
+// block_sum's two barriers) before the first product, which under PDL also waits before the
+// first weight load (the unstaged kernels issue D loads a lane first; PDL is off by default), and 1/rms from a 256-thread block sum instead of each warp's 32
 // lanes, so the products differ from the unstaged kernels' within TestNormGEMV's bound of the
 // unfused path (bitwise equal neither, as the unstaged ones are not); the residual is the same
 // single add (bitwise). Block 0 writes the residual (column 0 is in it whatever the parts).
-#define GEMV_STAGE_MAX_K 12288  // 48 KB of floats: no opt-in to more shared memory needed
+// The widest staged row: k floats of dynamic shared memory plus norm_gemv_stage's 32 static ones
+// within the 48 KB a launch gets without opting in to more, rounded down to the GEMVs' 8-wide
+// vectors.
+#define GEMV_STAGE_MAX_K ((48 * 1024 / 4 - 32) / 8 * 8)
 
 // norm_gemv_stage writes u = w ⊙ (x + delta) of the launch's one row into su (and x + delta to
 // resid when store is set) and returns the row's 1/rms; every thread of the block must call it
@@ -721,8 +725,7 @@ __global__ void norm_gemv_parts_staged_kernel(lp_gemv_parts p, norm_gemv_in in, 
     if (c >= p.end[p.parts - 1]) return;  // whole warps, after the block's barriers
     int g = 0;
     while (c >= p.end[g]) g++;
-    const int first = g > 0 ? p.end[g - 1] : 0;
-    const int m = p.end[g] - first, j = c - first;
+    const int j = c - (g > 0 ? p.end[g - 1] : 0);
     float acc = 0.f;
     gemv_stream<D>(reinterpret_cast<const uint4*>(p.w[g] + (size_t)j * k), k / 8, ld, staged_step{acc, su});
     const float s = warp_sum(acc);

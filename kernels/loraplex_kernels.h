@@ -158,7 +158,7 @@ int lp_rmsnorm(float* out, const float* x, const float* w, int rows, int dim, fl
 int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int rows, int dim, float eps, int opts, lp_stream s);
 // The norm of x (+ delta when delta is not NULL, the sum written to next, x left as it is) rounded
 // to bf16 into out [rows, dim]: bitwise lp_add_rmsnorm (lp_rmsnorm) then lp_f32_to_bf16 with the
-// same LP_NORM_VEC, the input of the cuBLAS products that read it; delta and next are both NULL or
+// same LP_NORM_VEC on 16-byte-aligned buffers, the input of the cuBLAS products that read it; delta and next are both NULL or
 // both not. It launches without PDL whatever opts says.
 int lp_rmsnorm_bf16(const float* x, const float* delta, float* next, uint16_t* out, const float* w, int rows, int dim,
                     float eps, int opts, lp_stream s);
