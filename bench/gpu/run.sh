@@ -41,9 +41,11 @@
 #   coldload     bench/coldload on CUDA, 8B rank-16 adapter (all cores: the host stage is parallel,
 #                so it runs after the llama.cpp build is done or stopped): ~20 s
 #   report       bench/gpu/report: one results file, <1 s (also after every stage above)
+#   tests        with TESTS (a go test -run regex), those CUDA tests of ./cuda/, right after the
+#                build (logs/tests.txt; their compile ~60 s on a cold Go cache, then their run)
 # Without llama.cpp ~235 s (+~30 s per AB run, with its prefix-cache pass); with its benchmarks ~280 s, plus the wait for its build.
 # Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V,NAME=V" (one run per word, commas join switches;
-#   unset: none), AB_PREFIX=1 (0: A/B runs leave bench/prefixcache out), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
+#   unset: none), TESTS='TestA|TestB' (unset: no tests stage), AB_PREFIX=1 (0: A/B runs leave bench/prefixcache out), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
 #   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10, EXPORT=DIR: after every stage the
 #   results file so far and gpu-run.tgz (OUT whole: logs, every stage's output) are copied into DIR
 #   (three files: the device tool brings back at most 8 from its $OUT, so OUT itself goes elsewhere).
@@ -164,6 +166,13 @@ export bin out ARCH LP_JOBS
 ok_build=1
 stage build 240 taskset -c "$LP_CPUS" bash -c build || ok_build=0
 
+# TESTS (a go test -run regex): a change's CUDA tests right after the build, while llama.cpp
+# builds beside them, so that one call on a fresh machine both checks and measures it (the
+# numbers after a failed test are kept, and the results file says the tests failed).
+if [ $ok_build = 1 ] && [ -n "${TESTS:-}" ]; then
+  stage tests 300 taskset -c "$LP_CPUS" bash -c 'eval "$(make -s cuda-env)" && go test -tags cuda -count=1 -timeout 280s -v -run "$1" ./cuda/' _ "$TESTS"
+  grep -E -- '^(--- FAIL|ok|FAIL)' "$out/logs/tests.txt" | head -20
+fi
 if [ $ok_build = 1 ]; then
   stage loraplex 200 taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/loraplex.json"
   stage prefixcache 60 taskset -c "$LP_CPUS" "$bin/prefixcache" -device cuda -shape 8b -runs 5 -prefix 2000 -suffix 40 -json "$out/prefixcache.json"
