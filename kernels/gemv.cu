@@ -645,10 +645,13 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
 // weights against u: 32 bytes of shared-memory reads per 16 bytes of weights for q/k/v, 32 per 32
 // for gate/up. The price: a block prologue (k floats each of x, delta and w_norm from L2, and
 // block_sum's two barriers) before the first product, which under PDL also waits before the
-// first weight load (the unstaged kernels issue D loads a lane first; PDL is off by default), and 1/rms from a 256-thread block sum instead of each warp's 32
-// lanes, so the products differ from the unstaged kernels' within TestNormGEMV's bound of the
-// unfused path (bitwise equal neither, as the unstaged ones are not); the residual is the same
-// single add (bitwise). Block 0 writes the residual (column 0 is in it whatever the parts).
+// first weight load (the unstaged kernels issue D loads a lane first; PDL is off by default).
+// The products are the unstaged kernels' term for term (u = w ⊙ v, then gemv_row_accumulate's
+// order, which is dot8's); only 1/rms differs, from a 256-thread block sum instead of each
+// warp's 32 lanes, so they stay within TestNormGEMV's bound of the unfused path and the
+// residual is the same single add (bitwise). Block 0 writes the residual (column 0 is in it
+// whatever the parts).
+//
 // The widest staged row: k floats of dynamic shared memory plus norm_gemv_stage's 32 static ones
 // within the 48 KB a launch gets without opting in to more, rounded down to the GEMVs' 8-wide
 // vectors.
