@@ -657,12 +657,19 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
 // vectors.
 #define GEMV_STAGE_MAX_K ((48 * 1024 / 4 - 32) / 8 * 8)
 
-// norm_gemv_stage writes u = w ⊙ (x + delta) of the launch's one row into su (and x + delta to
-// resid when store is set) and returns the row's 1/rms; every thread of the block must call it
-// (block_sum's barriers also make su visible to every warp); its loads are load_sum4's.
+// norm_gemv_stage is the staged kernels' prologue: after the wait on the previous kernel it
+// writes u = w ⊙ (x + delta) of the launch's one row into the block's dynamic shared memory (su
+// points there on return; block 0 also writes x + delta to resid) and returns the row's 1/rms.
+// Every thread of the block must call it (block_sum's barriers also make su visible to every
+// warp); its loads are load_sum4's.
 template <bool ADD>
-__device__ __forceinline__ float norm_gemv_stage(float* su, const norm_gemv_in& in, int k, bool store) {
+__device__ __forceinline__ float norm_gemv_stage(float*& su, const norm_gemv_in& in, int k) {
+    extern __shared__ float4 stage4[];
     __shared__ float red[32];
+    su = reinterpret_cast<float*>(stage4);
+    lp_pdl_launch_dependents();
+    lp_pdl_wait();
+    const bool store = blockIdx.x == 0;
     constexpr int V = 4;
     const int n4 = k >> 2, stride = blockDim.x;
     const float4* x4 = reinterpret_cast<const float4*>(in.x);
@@ -719,11 +726,8 @@ struct staged_pair_step {
 // memory of k floats): warp c computes column c - end[g-1] of part g.
 template <bool ADD, int D>
 __global__ void norm_gemv_parts_staged_kernel(lp_gemv_parts p, norm_gemv_in in, int k, int ld) {
-    extern __shared__ float4 stage4[];
-    float* su = reinterpret_cast<float*>(stage4);
-    lp_pdl_launch_dependents();
-    lp_pdl_wait();
-    const float inv = norm_gemv_stage<ADD>(su, in, k, blockIdx.x == 0);
+    float* su;
+    const float inv = norm_gemv_stage<ADD>(su, in, k);
     const int c = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (c >= p.end[p.parts - 1]) return;  // whole warps, after the block's barriers
     int g = 0;
@@ -739,11 +743,8 @@ __global__ void norm_gemv_parts_staged_kernel(lp_gemv_parts p, norm_gemv_in in, 
 template <bool ADD, int D>
 __global__ void norm_gemv_swiglu_staged_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
                                                int ld) {
-    extern __shared__ float4 stage4[];
-    float* su = reinterpret_cast<float*>(stage4);
-    lp_pdl_launch_dependents();
-    lp_pdl_wait();
-    const float inv = norm_gemv_stage<ADD>(su, in, k, blockIdx.x == 0);
+    float* su;
+    const float inv = norm_gemv_stage<ADD>(su, in, k);
     const int j = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (j >= m) return;  // whole warps, after the block's barriers
     float ga = 0.f, ua = 0.f;
