@@ -59,6 +59,8 @@ func main() {
 	prefillTokens := flag.String("prefill-tokens", "2048,8192,32768", "prefill stage: prompt lengths, each one step, on the tensor-core kernel")
 	prefillSIMT := flag.String("prefill-cuda-cores", "2048", "prefill stage: lengths also measured on the CUDA-core kernel (slow: 8,192 takes seconds a pass, 32,768 about a minute)")
 	flag.BoolVar(&hostLogits, "host-logits", false, "decode copies every logits row to the host (the CPU-sampling path) instead of sampling greedily on the device")
+	routerBatches := flag.String("router-batches", "1,64", "router stage: batch sizes")
+	routerSides := flag.String("router-sides", "base,single,routed", "router stage: which of base, single (one adapter) and routed to run (a profiler's view of one; the ratio needs single and routed)")
 	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2, the variants); prefill: the prefill stage alone")
 	flag.Parse()
 
@@ -83,8 +85,14 @@ func main() {
 	default:
 		exitOn(fmt.Errorf("-only %q: want decode1, breakdown, router or prefill", *only))
 	}
-	o := options{shape: *shape, out: *out, steps: *steps, ctx: *ctx}
+	o := options{shape: *shape, out: *out, steps: *steps, ctx: *ctx, routerSides: map[string]bool{}}
+	for _, side := range strings.Split(*routerSides, ",") {
+		o.routerSides[side] = true
+	}
 	if o.stages, err = parseStages(*stages); err == nil {
+		o.routerBatches, err = parseInts("-router-batches", *routerBatches, 1)
+	}
+	if err == nil {
 		if o.sweep, err = parseInts("-sweep", *sweep, 1); err == nil {
 			if o.contexts, err = parseInts("-contexts", *contexts, 2); err == nil {
 				if o.prefill, err = parseInts("-prefill-tokens", *prefillTokens, 2); err == nil {
@@ -112,6 +120,8 @@ type options struct {
 	stages               map[string]bool
 	sweep, contexts      []int
 	prefill, prefillSIMT []int
+	routerBatches        []int
+	routerSides          map[string]bool
 }
 
 func parseStages(s string) (map[string]bool, error) {
@@ -452,7 +462,8 @@ func (x *bench) adaptersQVStage() (err error) {
 // routed on the device, against the same batch on one rank-8 adapter, at batch 1 and 64.
 // bench/gpu -only router shows where the time goes (gates only, host top-k, 8 experts).
 func (x *bench) routerStage() error {
-	const experts, topK, maxBatch = 28, 2, 64
+	const experts, topK = 28, 2
+	maxBatch := slices.Max(x.o.routerBatches)
 	ads, err := randomAdapters(x.b, x.cfg, experts, 8, benchenv.AllProj())
 	if err != nil {
 		return err
@@ -471,17 +482,23 @@ func (x *bench) routerStage() error {
 		}
 		return []*model.Adapter{ad}
 	}
-	for _, batch := range []int{1, 64} {
+	for _, batch := range x.o.routerBatches {
 		p := gpuresults.RouterPoint{Experts: experts, TopK: topK, Batch: batch}
 		for _, m := range []struct {
-			dst *float64
-			ad  *model.Adapter
-		}{{&p.Base, nil}, {&p.Single, ads[0]}, {&p.Routed, routed}} {
+			side string
+			dst  *float64
+			ad   *model.Adapter
+		}{{"base", &p.Base, nil}, {"single", &p.Single, ads[0]}, {"routed", &p.Routed, routed}} {
+			if !x.o.routerSides[m.side] {
+				continue
+			}
 			if *m.dst, err = x.decode(r, batch, x.o.ctx, one(m.ad)); err != nil {
 				return err
 			}
 		}
-		p.Ratio = p.Routed / p.Single
+		if p.Single > 0 {
+			p.Ratio = p.Routed / p.Single
+		}
 		x.res.Router = append(x.res.Router, p)
 		fmt.Printf("router %d experts top-%d, batch %d: base %.1f tok/s, single rank-8 adapter %.1f, routed %.1f = %.2f of single\n",
 			experts, topK, batch, p.Base, p.Single, p.Routed, p.Ratio)
