@@ -56,6 +56,8 @@ type Backend struct {
 	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
 	normVec               bool          // RMSNorm launches may take the float4 kernel (fused.go: LORAPLEX_NORM_VEC, SetNormVec)
 	normStage             bool          // batch-1 norm-fused GEMVs stage their input (fused.go: LORAPLEX_NORM_STAGE, SetNormStage)
+	loraFold              bool          // batch-1 LoRA shrinks ride the base products' launch (lorafold.go: LORAPLEX_LORA_FOLD, SetLoRAFold)
+	folds                 int           // folded calls taken (lorafold.go, FoldCount)
 	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
 	pdl                   PDL           // how a decode step's kernels launch (fused.go: LORAPLEX_PDL, SetPDL); PDLOff below sm_90
 	gemvDeep              bool          // batch-1 GEMVs with deeper weight streams (fused.go: LORAPLEX_GEMV_DEEP, SetGEMVDeep)
@@ -146,6 +148,7 @@ func New(device int) (*Backend, error) {
 	b.normBF16 = envSwitch("LORAPLEX_NORM_BF16", normBF16Default)
 	b.normVec = envSwitch("LORAPLEX_NORM_VEC", normVecDefault)
 	b.normStage = envSwitch("LORAPLEX_NORM_STAGE", normStageDefault)
+	b.loraFold = envSwitch("LORAPLEX_LORA_FOLD", loraFoldDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())
 	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)

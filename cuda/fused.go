@@ -26,6 +26,7 @@ import (
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
 //	LORAPLEX_GEMV_STREAM=on|off    batch-1 GEMVs load weights without allocating them in L1 (kernels/gemv.cu)
 //	LORAPLEX_NORM_STAGE=on|off     batch-1 norm-fused GEMVs stage the normed input in shared memory (kernels/gemv.cu)
+//	LORAPLEX_LORA_FOLD=on|off      batch-1 LoRA shrinks ride the base products' GEMV launch, norm folded too (LoRAFolder, lorafold.go)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_DECODE_DEEP=on|off    decode attention may split a row 64 ways instead of 32 (attention.go)
 //	LORAPLEX_GQ_FILL_CHUNK=N       the grouped decode kernel's fill rule splits rows into chunks of at least N positions (attention.go)
@@ -75,7 +76,12 @@ const (
 	// normStageDefault: off until a GPU run has tested it (TestNormGEMV runs every case staged
 	// too) and measured it: written without a GPU from Nsight Compute's figures for the batch-1
 	// q/k/v launch (L1 78% busy at 1.46 TB/s of weights; kernels/gemv.cu says why staging helps).
-	normStageDefault  = false
+	normStageDefault = false
+	// loraFoldDefault: off until a GPU run has tested it (TestLoRAFold) and measured it: written
+	// without a GPU from bench/results/gpu-h100/goals-2026-12-07-s24b, where one rank-8 adapter at
+	// batch 1 costs 0.74 of the base's tokens a second (114.6 against 154.9): the norms that
+	// stop folding and eight latency-bound LoRA launches a layer, of which folding keeps four.
+	loraFoldDefault   = false
 	swigluBF16Default = true
 	// normBF16Default: on. Its GPU tests pass (TestNormBF16, the fixture suites with it on;
 	// goals-2026-12-07-final3/suite.txt) and two A/B runs on H100s measured prefill 2k 1.030x and
@@ -124,12 +130,14 @@ func (b *Backend) SetFusedDecode(on bool) {
 // (lp_gemv_parts_bf16, lp_gemm_invariant_parts_bf16), for the shim that fills lp_gemv_parts
 // (kept in the backend: a cgo call would move stack arrays to the heap every call).
 type gemvPartsArgs struct {
-	ws, ys, ends [gemvPartsMax]C.uintptr_t
+	ws, wsrcs, ys, ends [gemvPartsMax]C.uintptr_t // wsrcs: folded LoRA shrinks' A addresses (lorafold.go)
 }
 
-// set fills a with the products outs[i] = x · ws[i]ᵀ, part after part.
+// set fills a with the products outs[i] = x · ws[i]ᵀ, part after part, none read through a
+// segment table.
 func (a *gemvPartsArgs) set(outs, ws []model.Tensor) *gemvPartsArgs {
 	end := 0
+	a.wsrcs = [gemvPartsMax]C.uintptr_t{}
 	for i, w := range ws {
 		end += w.Rows
 		a.ws[i], a.ys[i], a.ends[i] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
@@ -187,7 +195,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		return true
 	}
 	a := b.gemvArgs.set(outs, ws)
-	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
+	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], nil, &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
 	return true
 }
 
@@ -457,7 +465,7 @@ func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws
 	}
 	a := b.gemvArgs.set(outs, ws)
 	b.ok("norm gemv parts", C.s_norm_gemv_parts(C.int(in.X.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight), C.float(in.Eps),
-		&a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
+		&a.ws[0], nil, &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
 	return true
 }
 

@@ -4,6 +4,7 @@
 // kernels/loraplex_kernels.h (the one C ABI header); nothing is declared here or in a preamble.
 #ifndef LORAPLEX_CUDA_SHIMS_H
 #define LORAPLEX_CUDA_SHIMS_H
+#include <stddef.h>
 #include <stdint.h>
 #include "loraplex_kernels.h"
 
@@ -71,24 +72,26 @@ static inline int s_rope_store_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr
 static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, uintptr_t wu, uintptr_t act, int opts, uintptr_t s) {
 	return lp_gemv_swiglu_bf16(n, m, k, P(const float*, x), P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), opts, P(lp_stream, s));
 }
-// s_parts fills lp_gemv_parts from Go arrays of LP_GEMV_PARTS entries (parts used): ws, ys and ends.
-static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts) {
+// s_parts fills lp_gemv_parts from Go arrays of LP_GEMV_PARTS entries (parts used): ws, wsrcs
+// (NULL: none), ys and ends.
+static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* wsrcs, const uintptr_t* ys, const uintptr_t* ends, int parts) {
 	lp_gemv_parts p = {0};
 	for (int g = 0; g < parts && g < LP_GEMV_PARTS; g++) {
 		p.w[g] = P(const uint16_t*, ws[g]);
+		if (wsrcs) p.wsrc[g] = P(const uint16_t* const*, wsrcs[g]);
 		p.y[g] = P(float*, ys[g]);
 		p.end[g] = (int)ends[g];
 	}
 	p.parts = parts;
 	return p;
 }
-static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
-	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, ys, ends, parts), opts, P(lp_stream, s));
+static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* wsrcs, const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
+	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, wsrcs, ys, ends, parts), opts, P(lp_stream, s));
 }
 static inline int s_norm_gemv_parts(int n, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, const uintptr_t* ws,
-                                    const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
+                                    const uintptr_t* wsrcs, const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
 	return lp_norm_gemv_parts_bf16(n, k, P(const float*, x), P(const float*, d), P(float*, resid), P(const float*, nw), eps,
-	                               s_parts(ws, ys, ends, parts), opts, P(lp_stream, s));
+	                               s_parts(ws, wsrcs, ys, ends, parts), opts, P(lp_stream, s));
 }
 static inline int s_norm_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, uintptr_t wg,
                                      uintptr_t wu, uintptr_t act, int opts, uintptr_t s) {
@@ -96,7 +99,7 @@ static inline int s_norm_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t
 	                                P(const uint16_t*, wg), P(const uint16_t*, wu), P(float*, act), opts, P(lp_stream, s));
 }
 static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, int variants, uintptr_t s) {
-	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, ys, ends, parts), variants, P(lp_stream, s));
+	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, NULL, ys, ends, parts), variants, P(lp_stream, s));
 }
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
                        int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int grouped, uintptr_t scratch, int pdl,
@@ -144,6 +147,12 @@ static inline int s_lora_group_wide(const uintptr_t* outs, const uintptr_t* dims
 	return lp_lora_group_wide(lora_outs(outs, dims, ends, groups), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank,
 	                          P(float*, scratch), in, splits, stride, P(lp_stream, s));
 }
+static inline int s_lora_group_expand(const uintptr_t* outs, const uintptr_t* dims, const uintptr_t* ends, int groups, uintptr_t segs, int nsegs,
+                                      int maxrows, uintptr_t scratch, uintptr_t s) {
+	return lp_lora_group_expand(lora_outs(outs, dims, ends, groups), P(const lp_lora_seg*, segs), nsegs, maxrows, P(float*, scratch), P(lp_stream, s));
+}
+// seg_a_addr is the device address of table[i].a (lp_gemv_parts' wsrc for a folded shrink).
+static inline uintptr_t seg_a_addr(uintptr_t table, int i) { return table + (uintptr_t)i * sizeof(lp_lora_seg) + offsetof(lp_lora_seg, a); }
 static inline void s_set_seg(void* base, int i, uintptr_t a, uintptr_t b, int start, int n, int rank, int toff, float scale) {
 	lp_lora_seg* sg = (lp_lora_seg*)base + i;
 	sg->a = P(const uint16_t*, a); sg->b = P(const uint16_t*, b);

@@ -204,6 +204,22 @@ __global__ void gemv_kernel(float* y, const float* x, const uint16_t* w, int m, 
 // its own lp_gemv_bf16 gives. One launch over q/k/v (6,144 columns in the Llama-3-8B shape)
 // instead of three: k and v alone (1,024 columns, 128 blocks) do not fill 132 SMs and streamed
 // at 1.4 TB/s in bench/results/gpu-h200.md; inside q's launch they ride its waves.
+// gemv_part_w is part g's weights: w[g], or the A factor a LoRA segment table holds at wsrc[g]
+// (the loraplex_kernels.h note on lp_gemv_parts says why).
+__device__ __forceinline__ const uint16_t* gemv_part_w(const lp_gemv_parts& p, int g) {
+    return p.wsrc[g] ? *p.wsrc[g] : p.w[g];
+}
+
+// gemv_parts_ok checks a parts launch's parts: each with its columns, and its weights at w (16-byte
+// aligned) or behind wsrc, not both.
+static bool gemv_parts_ok(const lp_gemv_parts& p) {
+    if (p.parts < 1 || p.parts > LP_GEMV_PARTS) return false;
+    for (int g = 0; g < p.parts; g++)
+        if (((uintptr_t)p.w[g] % 16) != 0 || (p.w[g] == nullptr) == (p.wsrc[g] == nullptr) || p.end[g] <= (g > 0 ? p.end[g - 1] : 0))
+            return false;
+    return true;
+}
+
 template <int N, int D>
 __device__ __forceinline__ void gemv_parts_body(const lp_gemv_parts& p, const float* x, int k, int ld) {
     lp_pdl_launch_dependents();
@@ -215,7 +231,7 @@ __device__ __forceinline__ void gemv_parts_body(const lp_gemv_parts& p, const fl
     int g = 0;
     while (c >= p.end[g]) g++;
     const int first = g > 0 ? p.end[g - 1] : 0;
-    gemv_column<N, D>(p.y[g], x, p.w[g], p.end[g] - first, k, 1.f, 0.f, c - first, ld);
+    gemv_column<N, D>(p.y[g], x, gemv_part_w(p, g), p.end[g] - first, k, 1.f, 0.f, c - first, ld);
 }
 
 template <int N, int D>
@@ -224,12 +240,8 @@ __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, int ld
 }
 
 extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s) {
-    if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || ((uintptr_t)x % 16) != 0 || parts.parts < 1 ||
-        parts.parts > LP_GEMV_PARTS)
+    if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || ((uintptr_t)x % 16) != 0 || !gemv_parts_ok(parts))
         return (int)cudaErrorInvalidValue;
-    for (int g = 0; g < parts.parts; g++)
-        if (((uintptr_t)parts.w[g] % 16) != 0 || parts.end[g] <= (g > 0 ? parts.end[g - 1] : 0))
-            return (int)cudaErrorInvalidValue;
     dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     cudaStream_t st = as_stream(s);
@@ -552,7 +564,7 @@ __device__ __forceinline__ void norm_gemv_parts_body(const lp_gemv_parts& p, con
     const int first = g > 0 ? p.end[g - 1] : 0;
     const int m = p.end[g] - first, j = c - first;
     const bool store = ADD && c == 0;
-    const uint4* wr = reinterpret_cast<const uint4*>(p.w[g] + (size_t)j * k);
+    const uint4* wr = reinterpret_cast<const uint4*>(gemv_part_w(p, g) + (size_t)j * k);
     float acc[N], ss[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = ss[r] = 0.f;
@@ -650,7 +662,9 @@ __global__ void norm_gemv_swiglu_kernel(float* act, norm_gemv_in in, const uint1
 // order, which is dot8's); only 1/rms differs, from a 256-thread block sum instead of each
 // warp's 32 lanes, so they stay within TestNormGEMV's bound of the unfused path and the
 // residual is the same single add (bitwise). Block 0 writes the residual (column 0 is in it
-// whatever the parts).
+// whatever the parts). Measured on an H100 (bench/results/gpu-h100/goals-2026-12-07-s25a):
+// batch-1 decode 1.039x at ctx 128, 1.041x at 4k, 1.030x at 32k against the unstaged kernels;
+// on by default since.
 //
 // The widest staged row: k floats of dynamic shared memory plus norm_gemv_stage's 32 static ones
 // within the 48 KB a launch gets without opting in to more, rounded down to the GEMVs' 8-wide
@@ -734,7 +748,7 @@ __global__ void norm_gemv_parts_staged_kernel(lp_gemv_parts p, norm_gemv_in in, 
     while (c >= p.end[g]) g++;
     const int j = c - (g > 0 ? p.end[g - 1] : 0);
     float acc = 0.f;
-    gemv_stream<D>(reinterpret_cast<const uint4*>(p.w[g] + (size_t)j * k), k / 8, ld, staged_step{acc, su});
+    gemv_stream<D>(reinterpret_cast<const uint4*>(gemv_part_w(p, g) + (size_t)j * k), k / 8, ld, staged_step{acc, su});
     const float s = warp_sum(acc);
     if ((threadIdx.x & 31) == 0) p.y[g][j] = s * inv;
 }
@@ -756,6 +770,8 @@ __global__ void norm_gemv_swiglu_staged_kernel(float* act, norm_gemv_in in, cons
 
 // gemv_staged says whether a norm-fused launch of n rows of width k takes the staged kernels.
 static bool gemv_staged(const gemv_opts& o, int n, int k) { return o.stage && n == 1 && k <= GEMV_STAGE_MAX_K; }
+
+extern "C" int lp_norm_gemv_staged(int n, int k, int opts) { return gemv_staged(gemv_opts(opts), n, k) ? 1 : 0; }
 
 // norm_gemv_in_ok checks the input side of a norm-fused launch: the GEMV's row and alignment
 // rules for x, delta, resid and w, delta and resid given together, resid overlapping neither x
@@ -800,10 +816,7 @@ static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st
 extern "C" int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w,
                                        float eps, lp_gemv_parts parts, int opts, lp_stream s) {
     const norm_gemv_in in = {x, delta, resid, norm_w, eps};
-    if (!norm_gemv_in_ok(n, k, in) || parts.parts < 1 || parts.parts > LP_GEMV_PARTS) return (int)cudaErrorInvalidValue;
-    for (int g = 0; g < parts.parts; g++)
-        if (((uintptr_t)parts.w[g] % 16) != 0 || parts.end[g] <= (g > 0 ? parts.end[g - 1] : 0))
-            return (int)cudaErrorInvalidValue;
+    if (!norm_gemv_in_ok(n, k, in) || !gemv_parts_ok(parts)) return (int)cudaErrorInvalidValue;
     dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     if (delta)

@@ -80,6 +80,19 @@
 // Tolerance: against the CPU within the LoRA sweep's 2e-3 of the largest output, against the
 // plain kernels within fp32 rounding (TestLoRAWideSweep: 1e-5).
 //
+// Folded shrinks (LORAPLEX_LORA_FOLD=on|off, cuda.FoldedProducts): at batch 1 a projection
+// group's one adapter costs two launches of its own beside the base products (shrink, expand),
+// each latency-bound (a rank-8 q/k/v shrink reads 192 KB), and the RMSNorm before them could
+// not fold into the products (the shrink read the normed state). Its A factors are matrices
+// like the weights, so the shrink rides the base products' GEMV launch as more parts (rank
+// columns each, 8 warps of a 6,144-column launch at q/k/v), on the normed input the GEMV forms
+// anyway; lp_lora_group_expand then adds the deltas, one launch per group. The A addresses
+// come from the segment table (lp_gemv_parts' wsrc), which a recorded step rewrites before each
+// replay: one recording serves every adapter of that rank, as the unfolded launches do.
+// Numerics: t = h · Aᵀ in the GEMV's order (a warp's lanes, then warp_sum) instead of the wide
+// shrink's, the same fp32 products within rounding (TestLoRAFold: 1e-5 of the largest output
+// against the unfolded launches); deterministic mode keeps the unfolded kernels.
+//
 // lp_lora_routed_wide (issue 15, item 3; LORAPLEX_ROUTED_WIDE=on|off, on by default since
 // goals-2026-12-07-ab4, Backend.SetRoutedWide) is lp_lora_routed on the
 // wide shrink. A routed decode row is k one-row segments: at batch 1, top-2 of rank 8, the
@@ -641,6 +654,26 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
     shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
     dim3 g2(max_rows, num_segs, chunks);
     lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, splits, t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// The grouped wide expand alone (LORAPLEX_LORA_FOLD; the design is at the top of the file): the
+// intermediates are in scratch already, one split, written by the base products' launch.
+extern "C" int lp_lora_group_expand(lp_lora_outs outs, const lp_lora_seg* segs_device, int num_segs, int max_rows, float* scratch,
+                                    lp_stream s) {
+    if (num_segs <= 0) return 0;
+    if (outs.groups < 1 || outs.groups > LP_LORA_GROUP || outs.end[outs.groups - 1] != num_segs || num_segs > 65535 ||
+        max_rows <= 0 || max_rows > 65535 || !scratch)
+        return (int)cudaErrorInvalidValue;
+    int chunks = 0;
+    for (int g = 0; g < outs.groups; g++) {
+        if (outs.out_dim[g] <= 0 || (g > 0 && outs.end[g] < outs.end[g - 1])) return (int)cudaErrorInvalidValue;
+        const int c = (outs.out_dim[g] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
+        if (c > chunks) chunks = c;
+    }
+    if (chunks > 65535) return (int)cudaErrorInvalidValue;
+    dim3 g2(max_rows, num_segs, chunks);
+    lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, 1, 0);
     LP_CHECK_LAUNCH();
 }
 

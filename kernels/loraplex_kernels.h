@@ -117,10 +117,16 @@ int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg,
 // The products of one x by up to LP_GEMV_PARTS matrices in one launch (q/k/v, and in routed
 // steps their routers' gates beside them: model.MaxSharedProducts): part g computes
 // y[g] [n, m_g] = x · w[g]ᵀ, its m_g = end[g] - end[g-1] (end[-1] = 0) columns being the
-// launch's columns [end[g-1], end[g]); the same alignment rules.
+// launch's columns [end[g-1], end[g]); the same alignment rules. Where wsrc[g] is set (and
+// w[g] is not), part g's weights are at the address stored at wsrc[g] in device memory, read by
+// the kernel: a LoRA segment's A factor (wsrc[g] = &table[i].a of an lp_lora_seg table), so a
+// batch-1 step's shrink rides its base products' launch and a recorded step, whose segment
+// tables are rewritten before each replay, serves whichever adapter the step has (the caller
+// guarantees the address is 16-byte aligned). Deterministic mode's parts take no wsrc.
 #define LP_GEMV_PARTS 6
 typedef struct {
     const uint16_t* w[LP_GEMV_PARTS];
+    const uint16_t* const* wsrc[LP_GEMV_PARTS];
     float* y[LP_GEMV_PARTS];
     int end[LP_GEMV_PARTS];
     int parts;
@@ -133,6 +139,9 @@ int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int op
 // written. The same row and alignment rules, also for delta, resid and norm_w.
 int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w, float eps,
                             lp_gemv_parts parts, int opts, lp_stream s);
+// Whether a norm-fused launch of n rows of width k under opts takes the staged kernels
+// (LP_GEMV_STAGE; gemv.cu's rule, for tests that must know which kernels they hold to account).
+int lp_norm_gemv_staged(int n, int k, int opts);
 int lp_norm_gemv_swiglu_bf16(int n, int m, int k, const float* x, const float* delta, float* resid, const float* norm_w,
                              float eps, const uint16_t* wg, const uint16_t* wu, float* act, int opts, lp_stream s);
 // The same product for any number of rows, batch-invariant (deterministic mode): tiles of
@@ -259,6 +268,11 @@ int lp_lora_wide(float* out, const float* x, const lp_lora_seg* segs_device, int
                  float* scratch, int in_dim, int out_dim, int splits, int t_stride, int phases, lp_stream s);
 int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
                        int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s);
+// lp_lora_group_wide's expand alone, for intermediates another launch wrote (one split): a
+// batch-1 step's shrinks ride its base products' GEMV launch (lp_gemv_parts' wsrc), which
+// writes each segment's t at scratch + t_off, and this adds the deltas.
+int lp_lora_group_expand(lp_lora_outs outs, const lp_lora_seg* segs_device, int num_segs, int max_rows, float* scratch,
+                         lp_stream s);
 
 // lora.cu, routed: rows row-major groups of k one-row segments (segs[i*k + p]: row i's p-th
 // choice, all k naming the same output row, N = 0 when absent, disjoint scratch offsets).

@@ -242,6 +242,20 @@ type NormFuser interface {
 	NormGateUpSiLU(act Tensor, in NormedInput, wGate, wUp Tensor) bool
 }
 
+// LoRAFolder is implemented by backends that fold LoRA shrinks into the base products' call
+// where one segment covers all of a projection's rows (cuda: batch-1 steps, i.e. one adapter;
+// each A factor streams beside the weights as more products, LORAPLEX_LORA_FOLD). For every i,
+// FoldedProducts computes outs[i] = x·ws[i]ᵀ, then adds biases[i] where it has rows, then
+// segs[i]'s LoRA delta (segs[i] empty, or one segment of every row): the additions and order
+// of MatMul, AddBias and LoRA, each output within rounding of them. NormFoldedProducts is the
+// same on in's normed rows under NormFuser's contract (the new residual in in.Next, h never
+// stored). Each does all of it and returns true, or nothing and returns false. The answer may
+// depend only on what the StepRecorder key fixes, so a recorded step replays the same calls.
+type LoRAFolder interface {
+	FoldedProducts(outs []Tensor, x Tensor, ws, biases []Tensor, segs [][]LoRASeg) bool
+	NormFoldedProducts(outs []Tensor, in NormedInput, ws, biases []Tensor, segs [][]LoRASeg) bool
+}
+
 // LoRAGrouper is implemented by backends that apply the LoRA segments of several projections
 // reading the same input (q/k/v, gate/up) in one go: LoRAGroup(outs, x, segs) is
 // LoRA(outs[i], x, segs[i]) for every i (segs[i] may be empty), or returns false having done

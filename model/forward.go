@@ -37,9 +37,11 @@ type Runner struct {
 	normer                                    NormFuser                 // nil: every RMSNorm is its own op
 	siluDown                                  SiLUMulMatMuler           // nil: SwiGLU, then the down projection's product
 	grouper                                   LoRAGrouper               // nil: one LoRA call per projection
+	folder                                    LoRAFolder                // nil: LoRA shrinks are launches of their own
 	groupOuts, groupWs                        [MaxSharedProducts]Tensor // outputs and weights of a projection group and its routers' gates (gatedProducts), kept here so steps allocate nothing
 	groupSegs                                 [3][]LoRASeg
-	windows                                   []int // per layer: the sliding window (Config.LayerWindow)
+	foldBiases                                [maxSharedGroup]Tensor // a folded group's biases (foldedProducts)
+	windows                                   []int                  // per layer: the sliding window (Config.LayerWindow)
 	keyBuf                                    []byte
 	id                                        uint64
 	eps                                       float32
@@ -62,6 +64,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r.normer, _ = b.(NormFuser)
 	r.siluDown, _ = b.(SiLUMulMatMuler)
 	r.grouper, _ = b.(LoRAGrouper)
+	r.folder, _ = b.(LoRAFolder)
 	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
 	qd, kvd := cfg.NumHeads*D, cfg.NumKVHeads*D
 	r.x, r.h, r.delta = b.Alloc(n, H), b.Alloc(n, H), b.Alloc(n, max(H, qd))
@@ -289,6 +292,8 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		if r.normFusable(l, qkvProjs) && r.normer.NormMatMulShared(r.groupOuts[:3], in, r.groupWeights(l, qkvProjs)) {
 			r.addBiases(l, qkvProjs, r.groupOuts[:3])
 			x, h = fusedResidual(in)
+		} else if r.normFolded(in, l, qkvProjs, r.groupOuts[:3]) {
+			x, h = fusedResidual(in)
 		} else {
 			if l == 0 {
 				b.RMSNorm(h, x, L.AttnNorm, r.eps)
@@ -324,6 +329,8 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 			if normed {
 				r.addBiases(l, gateUpProjs, r.groupOuts[:2])
 				x, h = fusedResidual(in)
+			} else if normed = r.normFolded(in, l, gateUpProjs, r.groupOuts[:2]); normed {
+				x, h = fusedResidual(in) // the folded call added the biases and the LoRA deltas too
 			} else {
 				b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
 			}
@@ -363,6 +370,10 @@ func (r *Runner) deltaFor(n, cols int) Tensor {
 
 func (r *Runner) proj(out, in Tensor, l int, p Proj) {
 	if r.routing.seqs == 0 {
+		r.groupOuts[0] = out
+		if r.folded(in, l, allProjs[p:p+1], r.groupOuts[:1]) {
+			return
+		}
 		r.B.MatMul(out, in, r.W.Layers[l].W[p])
 	} else {
 		ps := allProjs[p : p+1]
@@ -409,6 +420,9 @@ var (
 // the backend has one). Each output receives the same additions in the same order as proj gives
 // it. Routed steps add their deltas per projection (projAfter).
 func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
+	if r.folded(in, l, ps, outs) {
+		return
+	}
 	r.gatedProducts(in, l, ps, outs, r.groupWeights(l, ps))
 	if r.grouper == nil || r.routing.seqs > 0 {
 		for i, p := range ps {
@@ -449,6 +463,50 @@ func (r *Runner) addBiases(l int, ps []Proj, outs []Tensor) {
 			r.B.AddBias(outs[i], L.Bias[p])
 		}
 	}
+}
+
+// foldSegs returns the LoRA segments of the projections ps for a folded products call
+// (LoRAFolder), in r.groupSegs: each projection's segments are none or one covering all n rows
+// (a batch-1 step has one adapter), at least one projection is adapted and no sequence is
+// routed; ok is false otherwise. The answer depends only on the step key's segment layout.
+func (r *Runner) foldSegs(ps []Proj, n int) (segs [][]LoRASeg, ok bool) {
+	if r.folder == nil || r.routing.seqs > 0 {
+		return nil, false
+	}
+	segs = r.groupSegs[:len(ps)]
+	for i, p := range ps {
+		s := r.segs[p]
+		if len(s) > 1 || len(s) == 1 && (s[0].Start != 0 || s[0].N != n) {
+			return nil, false
+		}
+		segs[i] = s
+		ok = ok || len(s) > 0
+	}
+	return segs, ok
+}
+
+// foldBiasesOf returns layer l's biases of the projections ps (rows 0 where there is none).
+func (r *Runner) foldBiasesOf(l int, ps []Proj) []Tensor {
+	bs := r.foldBiases[:len(ps)]
+	for i, p := range ps {
+		bs[i] = r.W.Layers[l].Bias[p]
+	}
+	return bs
+}
+
+// folded computes the products outs of the projections ps of in with their biases and LoRA
+// deltas in one LoRAFolder call where the backend folds the shrinks into the products (proj and
+// projShared's work, the same additions in the same order), reporting whether it did.
+func (r *Runner) folded(in Tensor, l int, ps []Proj, outs []Tensor) bool {
+	segs, ok := r.foldSegs(ps, in.Rows)
+	return ok && r.folder.FoldedProducts(outs, in, r.groupWeights(l, ps), r.foldBiasesOf(l, ps), segs)
+}
+
+// normFolded is folded on in's normed rows, the RMSNorm folded into the same call (NormFuser's
+// contract: the caller moves the residual with fusedResidual).
+func (r *Runner) normFolded(in NormedInput, l int, ps []Proj, outs []Tensor) bool {
+	segs, ok := r.foldSegs(ps, in.X.Rows)
+	return ok && r.folder.NormFoldedProducts(outs, in, r.groupWeights(l, ps), r.foldBiasesOf(l, ps), segs)
 }
 
 // normFusable reports whether the RMSNorm before the projections ps of layer l may be folded

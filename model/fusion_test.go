@@ -18,6 +18,7 @@ type composingBackend struct {
 	declineNormSiLU                            bool // refuse NormGateUpSiLU only (CUDA's cuBLAS-sized steps)
 	normedGateUp                               int  // NormMatMulShared calls of gate/up (two products)
 	products, ropeKV, gateUp, groups, siluDown int
+	folded                                     [2]int // FoldedProducts, NormFoldedProducts calls
 	normed                                     [2]int // NormMatMulShared, NormGateUpSiLU calls
 }
 
@@ -114,6 +115,45 @@ func (c *composingBackend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 	return true
 }
 
+// foldedRest is the folded calls' work after the products: each bias, then each LoRA delta.
+func (c *composingBackend) foldedRest(outs []model.Tensor, h model.Tensor, biases []model.Tensor, segs [][]model.LoRASeg) {
+	for i, bias := range biases {
+		if bias.Rows > 0 {
+			c.AddBias(outs[i], bias)
+		}
+	}
+	for i := range outs {
+		if len(segs[i]) > 0 {
+			c.LoRA(outs[i], h, segs[i])
+		}
+	}
+}
+
+func (c *composingBackend) FoldedProducts(outs []model.Tensor, x model.Tensor, ws, biases []model.Tensor, segs [][]model.LoRASeg) bool {
+	if c.decline {
+		return false
+	}
+	c.folded[0]++
+	for i := range outs {
+		c.MatMul(outs[i], x, ws[i])
+	}
+	c.foldedRest(outs, x, biases, segs)
+	return true
+}
+
+func (c *composingBackend) NormFoldedProducts(outs []model.Tensor, in model.NormedInput, ws, biases []model.Tensor, segs [][]model.LoRASeg) bool {
+	if c.decline || c.declineNorms {
+		return false
+	}
+	c.folded[1]++
+	h := c.normedRows(in)
+	for i := range outs {
+		c.MatMul(outs[i], h, ws[i])
+	}
+	c.foldedRest(outs, h, biases, segs)
+	return true
+}
+
 func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.LoRASeg) bool {
 	if c.decline {
 		return false
@@ -136,7 +176,9 @@ func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [
 // reads the normed state (the residual then living in the other buffer from one layer to the
 // next), and, where the norms are not folded, gate/up + SiLU for steps with nothing to add to
 // gate and up, and SwiGLU with the down projection's product for the others; where the backend
-// folds the norm into the gate/up products but not into the activation, the norm goes there.
+// folds the norm into the gate/up products but not into the activation, the norm goes there;
+// projections whose one adapter covers the step's rows fold their LoRA into the products' call
+// (LoRAFolder), with the norm where the backend folds norms.
 func TestForwardUsesFusionCapabilities(t *testing.T) {
 	for _, name := range []string{"llama", "qwen2", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
@@ -178,9 +220,11 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 				}
 			}
 			if fusing.products == 0 || fusing.ropeKV == 0 || fusing.groups == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
-				fusing.siluDown == 0 || unsiluNormed.normedGateUp == 0 || unsiluNormed.normed[1] != 0 {
-				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation)",
-					fusing.products, fusing.ropeKV, fusing.groups, fusing.normed, unnormed.gateUp, fusing.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1])
+				fusing.siluDown == 0 || unsiluNormed.normedGateUp == 0 || unsiluNormed.normed[1] != 0 || fusing.folded[1] == 0 || unnormed.folded[0] == 0 ||
+				unnormed.folded[1] != 0 {
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
+					fusing.products, fusing.ropeKV, fusing.groups, fusing.normed, unnormed.gateUp, fusing.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
+					fusing.folded, unnormed.folded)
 			}
 		})
 	}

@@ -1,0 +1,249 @@
+//go:build cuda
+
+package cuda_test
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/loraplex/loraplex/cuda"
+	"github.com/loraplex/loraplex/internal/fixture"
+	"github.com/loraplex/loraplex/internal/fixtureadapters"
+	"github.com/loraplex/loraplex/model"
+)
+
+// A folded call (LORAPLEX_LORA_FOLD) gives what the products, the biases and the LoRA deltas
+// give as separate ops: against the CPU within the LoRA sweep's 2e-3 of the largest output,
+// against the unfused GPU ops within 1e-5 (the shrink sums in the GEMV's order); with the norm
+// folded too (with and without the residual add, staged and not), the new residual bitwise
+// the unfused x += delta. Cases: q/k/v-like triples with some projections unadapted, gate/up
+// pairs, the down projection's wide input, ranks off multiples of 8 (the expand's scalar path)
+// and a bias. It declines with the switch off, beyond the GEMV rows and in deterministic mode.
+func TestLoRAFoldSweep(t *testing.T) {
+	r := rand.New(rand.NewPCG(51, 52))
+	const eps = 1e-5
+	type shape struct {
+		k      int
+		widths []int
+		ranks  []int // 0: the projection has no adapter
+		bias   bool
+	}
+	for _, sh := range []shape{{4096, []int{4096, 1024, 1024}, []int{16, 8, 16}, false}, {4096, []int{4096, 1024, 1024}, []int{8, 0, 0}, true},
+		{4096, []int{14336, 14336}, []int{16, 16}, false}, {14336, []int{4096}, []int{8}, false}, {160, []int{96, 13, 7}, []int{20, 1, 0}, true},
+		{8, []int{5}, []int{3}, false}} {
+		for _, c := range []struct{ norm, add, stage bool }{{false, false, false}, {true, false, false}, {true, true, false}, {true, true, true}} {
+			t.Run(fmt.Sprintf("k%d_%v_ranks%v_bias%v_norm%v_add%v_stage%v", sh.k, sh.widths, sh.ranks, sh.bias, c.norm, c.add, c.stage), func(t *testing.T) {
+				tr := newTrio(t)
+				tr.fused.SetLoRAFold(true)
+				tr.fused.SetNormStage(c.stage)
+				tr.plain.SetLoRAFold(false)
+				x, delta := tr.tensors(t, 1, sh.k, randFloats(r, sh.k)), tr.tensors(t, 1, sh.k, randFloats(r, sh.k))
+				next, h := tr.tensors(t, 1, sh.k, nil), tr.tensors(t, 1, sh.k, nil)
+				nw := tr.uploads(t, normWeight(r, sh.k))
+				n := len(sh.widths)
+				ws, outs, biases := make([][3]model.Tensor, n), make([][3]model.Tensor, n), make([][3]model.Tensor, n)
+				segs := make([][3][]model.LoRASeg, n)
+				for i, m := range sh.widths {
+					ws[i] = tr.uploads(t, hostBF16(r, m, sh.k, 1/math.Sqrt(float64(sh.k))))
+					outs[i] = tr.tensors(t, 1, m, nil)
+					if sh.bias && i == 0 {
+						biases[i] = tr.tensors(t, 1, m, randFloats(r, m))
+					}
+					if rk := sh.ranks[i]; rk > 0 {
+						a := tr.uploads(t, hostBF16(r, rk, sh.k, 1/math.Sqrt(float64(sh.k))))
+						bb := tr.uploads(t, hostBF16(r, m, rk, 1/math.Sqrt(float64(rk))))
+						scale := float32(0.5 + r.Float64())
+						for bi := range segs[i] {
+							segs[i][bi] = []model.LoRASeg{{Start: 0, N: 1, A: a[bi], B: bb[bi], Scale: scale}}
+						}
+					}
+				}
+				pick := func(bi int) (o, w, bs []model.Tensor, sg [][]model.LoRASeg) {
+					for i := range ws {
+						o, w, bs, sg = append(o, outs[i][bi]), append(w, ws[i][bi]), append(bs, biases[i][bi]), append(sg, segs[i][bi])
+					}
+					return o, w, bs, sg
+				}
+				in := func(bi int) model.NormedInput {
+					ni := model.NormedInput{X: x[bi], Next: next[bi], Weight: nw[bi], Eps: eps}
+					if c.add {
+						ni.Delta = delta[bi]
+					}
+					return ni
+				}
+				folded := func(b *cuda.Backend, bi int) bool {
+					o, w, bs, sg := pick(bi)
+					if c.norm {
+						return b.NormFoldedProducts(o, in(bi), w, bs, sg)
+					}
+					return b.FoldedProducts(o, x[bi], w, bs, sg)
+				}
+				// The separate ops on the CPU and on the GPU with the switch off.
+				for bi, b := range []model.Backend{tr.c, tr.plain} {
+					src := x[bi]
+					if c.norm {
+						src = h[bi]
+						if c.add {
+							b.AddRMSNorm(x[bi], delta[bi], h[bi], nw[bi], eps)
+						} else {
+							b.RMSNorm(h[bi], x[bi], nw[bi], eps)
+						}
+					}
+					o, w, bs, sg := pick(bi)
+					for i := range o {
+						b.MatMul(o[i], src, w[i])
+						if bs[i].Rows > 0 {
+							b.AddBias(o[i], bs[i])
+						}
+						if len(sg[i]) > 0 {
+							b.LoRA(o[i], src, sg[i])
+						}
+					}
+				}
+				if folded(tr.plain, 1) {
+					t.Fatal("a folded call ran with the switch off")
+				}
+				if !folded(tr.fused, 2) {
+					t.Fatal("a folded call declined one row with the switch on")
+				}
+				for i := range outs {
+					same, all := tr.check(t, fmt.Sprintf("part %d", i), outs[i], 2e-3, 1e-5)
+					t.Logf("part %d: %d of %d elements bitwise equal to the separate ops", i, same, all)
+				}
+				if c.add {
+					if same, all := tr.check(t, "residual", [3]model.Tensor{x[0], x[1], next[2]}, 0, 0); same != all {
+						t.Fatalf("residual: %d of %d elements bitwise the unfused x += delta", same, all)
+					}
+				}
+				if tr.fused.FoldCount() == 0 {
+					t.Fatal("the fold counter did not move")
+				}
+				tr.fused.SetGEMVRows(0)
+				if folded(tr.fused, 2) {
+					t.Fatal("a folded call took one row with the GEMV limit at 0")
+				}
+				tr.fused.SetGEMVRows(1)
+				tr.fused.SetBatchInvariant(true)
+				if folded(tr.fused, 2) {
+					t.Fatal("a folded call ran in deterministic mode")
+				}
+				tr.fused.SetBatchInvariant(false)
+				if err := tr.fused.Err(); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
+
+// A step recorded with folded shrinks replays for another adapter of the same ranks: the A
+// factors are read through the segment table the replay rewrites, so the replay gives bitwise
+// what a direct step gives for that adapter (and not the recorded adapter's deltas).
+func TestLoRAFoldGraphReplay(t *testing.T) {
+	b := newGPU(t)
+	b.SetLoRAFold(true)
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 8, PageSize: 8, KVHeads: 1, HeadDim: 8}); err != nil {
+		t.Fatal(err)
+	}
+	_, dec := promptThenDecode([]int{0}, []int{3}, 8)
+	if err := b.Prepare(&dec); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(53, 54))
+	const k = 4096
+	widths, ranks := []int{4096, 1024, 1024}, []int{16, 8, 16}
+	upload := func(h model.HostTensor) model.Tensor {
+		x, err := b.Upload(h, h.Shape[0], h.Shape[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	var ws, outs, biases []model.Tensor
+	for _, m := range widths {
+		ws = append(ws, upload(hostBF16(r, m, k, 1/math.Sqrt(k))))
+		outs = append(outs, b.Alloc(1, m))
+		biases = append(biases, model.Tensor{})
+	}
+	adapter := func() [][]model.LoRASeg {
+		var segs [][]model.LoRASeg
+		for i, rk := range ranks {
+			segs = append(segs, []model.LoRASeg{{Start: 0, N: 1, A: upload(hostBF16(r, rk, k, 1/math.Sqrt(k))),
+				B: upload(hostBF16(r, widths[i], rk, 1/math.Sqrt(float64(rk)))), Scale: float32(0.5 + r.Float64())}})
+		}
+		return segs
+	}
+	recorded, replayed := adapter(), adapter()
+	x := b.Alloc(1, k)
+	if err := b.Write(x, randFloats(r, k)); err != nil {
+		t.Fatal(err)
+	}
+	key := []byte("lora fold replay")
+	run := func(segs [][]model.LoRASeg, key []byte, wantReplay bool) [][]float32 {
+		if replay := b.BeginStep(key); replay != wantReplay {
+			t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
+		}
+		if !b.FoldedProducts(outs, x, ws, biases, segs) {
+			t.Fatal("the folded call declined")
+		}
+		if err := b.EndStep(); err != nil {
+			t.Fatal(err)
+		}
+		var got [][]float32
+		for _, o := range outs {
+			got = append(got, read(t, b, o))
+		}
+		return got
+	}
+	direct := run(replayed, nil, false)
+	other := run(recorded, key, false)
+	if b.GraphCount() != 1 {
+		t.Fatalf("%d recordings, want 1", b.GraphCount())
+	}
+	got := run(replayed, key, true)
+	moved := 0
+	for i := range direct {
+		for j := range direct[i] {
+			if math.Float32bits(got[i][j]) != math.Float32bits(direct[i][j]) {
+				t.Fatalf("output %d element %d: %v replayed, %v direct", i, j, got[i][j], direct[i][j])
+			}
+			if got[i][j] != other[i][j] {
+				moved++
+			}
+		}
+	}
+	if moved == 0 {
+		t.Fatal("the replay gave the recorded adapter's outputs")
+	}
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With folded shrinks, staged norms or not, the engine-core fixture suite still matches the
+// transformers/peft reference within the bf16 bound (every family, base + four adapters in one
+// mixed batch, prefill whole and chunked, decode replayed from CUDA graphs), and its one-row
+// steps with one adapter take the folded calls.
+func TestLoRAFoldFixturesCUDA(t *testing.T) {
+	b := newGPU(t)
+	b.SetLoRAFold(true)
+	for _, name := range fixture.Models {
+		t.Run(name, func(t *testing.T) {
+			fx, cfg, h := fixture.Open(t, name, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
+			for _, stage := range []bool{false, true} {
+				b.SetNormStage(stage)
+				runChunkings(t, h, fx.Cases, adapters, fmt.Sprintf("%s stage %v", name, stage))
+				runChunkings(t, h, fx.Cases[len(fx.Cases)-1:], adapters, fmt.Sprintf("%s last case alone, stage %v", name, stage))
+			}
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if b.GraphCount() == 0 || b.FoldCount() == 0 {
+		t.Fatalf("%d recordings, %d folded calls", b.GraphCount(), b.FoldCount())
+	}
+}
