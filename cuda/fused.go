@@ -73,10 +73,12 @@ const (
 	// routed batch 1 1.077x; batch 64 (no batch-1 GEMVs) within noise. TestGEMVDeepBitwise holds
 	// it to bitwise the same products.
 	gemvStreamDefault = true
-	// normStageDefault: off until a GPU run has tested it (TestNormGEMV runs every case staged
-	// too) and measured it: written without a GPU from Nsight Compute's figures for the batch-1
-	// q/k/v launch (L1 78% busy at 1.46 TB/s of weights; kernels/gemv.cu says why staging helps).
-	normStageDefault = false
+	// normStageDefault: on. Written without a GPU from Nsight Compute's figures for the batch-1
+	// q/k/v launch (L1 78% busy at 1.46 TB/s of weights; kernels/gemv.cu says why staging helps);
+	// TestNormGEMV's staged cases passed on an H100, and one A/B run there measured batch-1
+	// decode 1.039x at ctx 128, 1.041x at 4k, 1.030x at 32k, every other row within noise
+	// (bench/results/gpu-h100/goals-2026-12-07-s25a).
+	normStageDefault = true
 	// loraFoldDefault: off until a GPU run has tested it (TestLoRAFold) and measured it: written
 	// without a GPU from bench/results/gpu-h100/goals-2026-12-07-s24b, where one rank-8 adapter at
 	// batch 1 costs 0.74 of the base's tokens a second (114.6 against 154.9): the norms that
@@ -523,6 +525,12 @@ func (b *Backend) SetNormBF16(on bool) {
 // graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetNormStage(on bool) {
 	setSwitch(b, &b.normStage, on)
+}
+
+// NormStaged reports whether a norm-fused GEMV of rows rows of width k takes the staged kernels
+// under the backend's switches now (kernels/gemv.cu's rule; for tests).
+func (b *Backend) NormStaged(rows, k int) bool {
+	return C.lp_norm_gemv_staged(C.int(rows), C.int(k), b.gemvOpts()) != 0
 }
 
 // SetNormVec lets the RMSNorm launches take the float4 kernel (LP_NORM_VEC, kernels/rmsnorm.cu)
