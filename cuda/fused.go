@@ -79,11 +79,16 @@ const (
 	// decode 1.039x at ctx 128, 1.041x at 4k, 1.030x at 32k, every other row within noise
 	// (bench/results/gpu-h100/goals-2026-12-07-s25a).
 	normStageDefault = true
-	// loraFoldDefault: off until a GPU run has tested it (TestLoRAFold) and measured it: written
-	// without a GPU from bench/results/gpu-h100/goals-2026-12-07-s24b, where one rank-8 adapter at
-	// batch 1 costs 0.74 of the base's tokens a second (114.6 against 154.9): the norms that
-	// stop folding and eight latency-bound LoRA launches a layer, of which folding keeps four.
-	loraFoldDefault   = false
+	// loraFoldDefault: on. Written without a GPU from goals-2026-12-07-s24b, where one rank-8
+	// adapter at batch 1 cost 0.74 of the base (the norms that stop folding, eight latency-bound
+	// LoRA launches a layer, of which folding keeps four). On an H100 TestLoRAFoldGraphReplay and
+	// the fixture suites passed with it (bench/results/gpu-h100/goals-2026-12-07-s25b), and the
+	// A/B there measured one rank-8 adapter at batch 1 1.074x, routed decode 1.02x at batch 1
+	// and 64, the rest within noise; TestLoRAFoldSweep passed in -s25c, whose A/B with it off
+	// agrees (one adapter at batch 1 0.933x off). Before the staged norm it lost (0.922x in
+	// -s25a): the unstaged norm-fused parts kernel is L1-bound at gate/up's width, the staged
+	// one is not.
+	loraFoldDefault   = true
 	swigluBF16Default = true
 	// normBF16Default: on. Its GPU tests pass (TestNormBF16, the fixture suites with it on;
 	// goals-2026-12-07-final3/suite.txt) and two A/B runs on H100s measured prefill 2k 1.030x and

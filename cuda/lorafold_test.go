@@ -41,7 +41,14 @@ func TestLoRAFoldSweep(t *testing.T) {
 				tr.plain.SetLoRAFold(false)
 				x, delta := tr.tensors(t, 1, sh.k, randFloats(r, sh.k)), tr.tensors(t, 1, sh.k, randFloats(r, sh.k))
 				next, h := tr.tensors(t, 1, sh.k, nil), tr.tensors(t, 1, sh.k, nil)
-				nw := tr.uploads(t, normWeight(r, sh.k))
+				var nw [3]model.Tensor
+				nwHost := normWeight(r, sh.k)
+				for i, b := range []model.Backend{tr.c, tr.plain, tr.fused} {
+					var err error
+					if nw[i], err = b.Upload(nwHost, 1, sh.k); err != nil {
+						t.Fatal(err)
+					}
+				}
 				n := len(sh.widths)
 				ws, outs, biases := make([][3]model.Tensor, n), make([][3]model.Tensor, n), make([][3]model.Tensor, n)
 				segs := make([][3][]model.LoRASeg, n)
