@@ -39,18 +39,21 @@ type Backend struct {
 	offLogit              int
 	offTiles, offRows     int // prefill tiles {first row, rows, sequence} and the decode row list
 	numTiles, numRows     int
-	tileRows              int           // rows per prefill tile of this step: prefillTile, or prefillMMATile (prefillWideTile) on the tensor-core path
-	simtPrefill           bool          // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
-	prefillSplit          bool          // split-K of the tensor-core prefill tiles (attention.go: LORAPLEX_PREFILL_SPLIT, SetPrefillSplit)
-	prefillWide           bool          // the tensor-core prefill's 128-row tiles (attention.go: LORAPLEX_PREFILL_WIDE, SetPrefillWide)
-	tileKeys              int           // keys the step's longest prefill tile attends to without a window (Prepare)
-	rowKeys               int           // keys the step's decode rows attend to, summed, without windows (Prepare; prefetchL2)
-	sms                   int           // the device's multiprocessors (the prefill split rule fills them)
-	fusedDecode           bool          // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
-	loraGroup             bool          // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
-	loraWide              bool          // LoRA and LoRAGroup take the wide kernels (fused.go: LORAPLEX_LORA_WIDE, SetLoRAWide)
-	routedWide            bool          // RouteLoRA takes the wide shrink (fused.go: LORAPLEX_ROUTED_WIDE, SetRoutedWide)
-	routedFused           bool          // the wide routed shrink routes its own rows (fused.go: LORAPLEX_ROUTED_FUSED, SetRoutedFused)
+	tileRows              int  // rows per prefill tile of this step: prefillTile, or prefillMMATile (prefillWideTile) on the tensor-core path
+	simtPrefill           bool // SetPrefillAttention(false): prefill attention on the CUDA-core kernel for every head dim
+	prefillSplit          bool // split-K of the tensor-core prefill tiles (attention.go: LORAPLEX_PREFILL_SPLIT, SetPrefillSplit)
+	prefillWide           bool // the tensor-core prefill's 128-row tiles (attention.go: LORAPLEX_PREFILL_WIDE, SetPrefillWide)
+	tileKeys              int  // keys the step's longest prefill tile attends to without a window (Prepare)
+	rowKeys               int  // keys the step's decode rows attend to, summed, without windows (Prepare; prefetchL2)
+	sms                   int  // the device's multiprocessors (the prefill split rule fills them)
+	fusedDecode           bool // DecodeFuser's kernels run (fused.go: LORAPLEX_FUSED_DECODE, SetFusedDecode)
+	loraGroup             bool // LoRAGrouper's launches run (fused.go: LORAPLEX_LORA_GROUP, SetLoRAGroup)
+	loraWide              bool // LoRA and LoRAGroup take the wide kernels (fused.go: LORAPLEX_LORA_WIDE, SetLoRAWide)
+	routedWide            bool // RouteLoRA takes the wide shrink (fused.go: LORAPLEX_ROUTED_WIDE, SetRoutedWide)
+	routedFused           bool // the wide routed shrink routes its own rows (fused.go: LORAPLEX_ROUTED_FUSED, SetRoutedFused)
+	routedGroup           bool // RouteLoRAGroup runs (route.go: LORAPLEX_ROUTED_GROUP, SetRoutedGroup)
+	routedGroups          int  // grouped routed calls taken (RoutedGroupCount)
+	routeGroupArgs        routeGroupArgs
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
 	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
@@ -141,6 +144,7 @@ func New(device int) (*Backend, error) {
 	b.loraWide = envSwitch("LORAPLEX_LORA_WIDE", loraWideDefault)
 	b.routedWide = envSwitch("LORAPLEX_ROUTED_WIDE", routedWideDefault)
 	b.routedFused = envSwitch("LORAPLEX_ROUTED_FUSED", routedFusedDefault)
+	b.routedGroup = envSwitch("LORAPLEX_ROUTED_GROUP", routedGroupDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)

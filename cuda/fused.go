@@ -21,6 +21,7 @@ import (
 //	LORAPLEX_LORA_WIDE=on|off      LoRA shrink over all rank indices of a k-slice per block, split-K (kernels/lora.cu)
 //	LORAPLEX_ROUTED_WIDE=on|off    routed (mixture-of-LoRA) shrink on the wide split-K kernel (kernels/lora.cu, route.go)
 //	LORAPLEX_ROUTED_FUSED=on|off   with it, the route kernel folded into that shrink: two launches a routed projection
+//	LORAPLEX_ROUTED_GROUP=on|off   with both, the routed projections of one input in one launch pair (DeviceGroupRouter, route.go)
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
@@ -65,6 +66,11 @@ const (
 	// (goals-2026-12-07-final3/suite.txt: TestRoutedWideSweep and the routed suites).
 	routedWideDefault  = true
 	routedFusedDefault = true
+	// routedGroupDefault: off until a GPU run has tested it (TestRoutedGroup) and measured it:
+	// written without a GPU from Nsight Compute's batch-1 routed step (goals-2026-12-07-s25c/
+	// prof-routed1.txt: 12-13 us a routing shrink and 7-8 us a routed expand, 7 of each a
+	// layer, latency that the members of q/k/v and of gate/up can share in one launch each).
+	routedGroupDefault = false
 	normGEMVDefault    = true
 	pdlDefault         = PDLOff
 	gemvDeepDefault    = false

@@ -98,25 +98,9 @@ func (b *Backend) routes() *routeCache {
 // expert table does not exist yet, whose buffers must grow, or whose gate exceeds the kernel's
 // limits is abandoned (EndStep answers ErrRerun and the runner repeats it directly).
 func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model.RoutedProj, trace model.Tensor, layer int) {
+	checkRouted(out, x, logits, start, n, rp, trace, layer)
 	rows := rp.Gate.Rows
 	real := rows - rp.Nulls
-	if logits.Rows != n || logits.Cols != rows || logits.DType != model.F32 || x.DType != model.F32 || out.DType != model.F32 ||
-		x.Cols != rp.Gate.Cols || start < 0 || n < 0 || start+n > x.Rows || start+n > out.Rows || n > maxRoutedRows {
-		panic(fmt.Sprintf("cuda: RouteLoRA rows [%d,+%d) of x %s out %s, logits %s %s, gate %s", start, n, x.Shape(), out.Shape(), logits.Shape(), logits.DType, rp.Gate.Shape()))
-	}
-	if rows < 1 || rp.TopK < 1 || rp.TopK > rows || !(rp.Temperature > 0) || rp.Nulls < 0 || real < 0 || len(rp.Experts) != real || len(rp.IDs) != real {
-		panic(fmt.Sprintf("cuda: RouteLoRA gate of %d rows, top_k %d, T %v, %d nulls, %d experts, %d ids",
-			rows, rp.TopK, rp.Temperature, rp.Nulls, len(rp.Experts), len(rp.IDs)))
-	}
-	if trace.Rows > 0 && (trace.DType != model.F32 || start+n > trace.Rows || layer < 0 || layer >= trace.Cols) {
-		panic(fmt.Sprintf("cuda: RouteLoRA trace %s %s for rows [%d,+%d) layer %d", trace.Shape(), trace.DType, start, n, layer))
-	}
-	for j, m := range rp.Experts {
-		if m != nil && (m.A.DType != model.BF16 || m.B.DType != model.BF16 || m.A.Cols != x.Cols || m.B.Rows != out.Cols ||
-			m.A.Rows != m.B.Cols || m.A.Rows < 1 || m.A.Rows > maxLoRARank) {
-			panic(fmt.Sprintf("cuda: RouteLoRA expert %d: A %s %s, B %s %s for x %s out %s", j, m.A.Shape(), m.A.DType, m.B.Shape(), m.B.DType, x.Shape(), out.Shape()))
-		}
-	}
 	if n == 0 || b.failed() {
 		return
 	}
@@ -195,6 +179,128 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	}
 	b.ok("lora (routed)", C.s_lora_routed(ptr(out), ptr(x), C.uintptr_t(segs), C.int(n), C.int(passes), C.int(tab.maxRank),
 		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))
+}
+
+var _ model.DeviceGroupRouter = (*Backend)(nil)
+
+// routeGroupArgs are lp_route_lora_group_wide's per-member arguments, for the shim that fills
+// lp_route_group (kept in the backend: a cgo call would move stack arrays to the heap).
+type routeGroupArgs struct {
+	logits, experts, traces, segs, scratch, outs [loraGroupMax]C.uintptr_t
+	rows, k, nulls, passes, stride, dims, ranks  [loraGroupMax]C.int
+	temps                                        [loraGroupMax]C.float
+}
+
+// SetRoutedGroup turns the grouped routed launches (LORAPLEX_ROUTED_GROUP) on or off for the
+// following steps (recorded graphs hold the other path's launches, so they are dropped).
+func (b *Backend) SetRoutedGroup(on bool) {
+	setSwitch(b, &b.routedGroup, on)
+}
+
+// RoutedGroupCount is the number of grouped routed calls the backend has taken (for tests).
+func (b *Backend) RoutedGroupCount() int { return b.routedGroups }
+
+// RouteLoRAGroup implements model.DeviceGroupRouter: the members' routing shrinks in one
+// launch and their expands in another (lp_route_lora_group_wide), where each member would take
+// RouteLoRA's routing wide kernels (LORAPLEX_ROUTED_WIDE and _FUSED) and its table adapts the
+// projection; otherwise it declines. The ring and the scratch are laid out member after member,
+// each as RouteLoRA lays out its own, so recordings and replays advance them alike.
+func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []model.Tensor, start, n int, rps []*model.RoutedProj,
+	trace model.Tensor, traced, layer int) bool {
+	members := len(outs)
+	if len(logits) != members || len(rps) != members {
+		panic(fmt.Sprintf("cuda: RouteLoRAGroup of %d outputs, %d logits, %d routings", members, len(logits), len(rps)))
+	}
+	for i := range outs {
+		tr := model.Tensor{}
+		if i == traced {
+			tr = trace
+		}
+		checkRouted(outs[i], x, logits[i], start, n, rps[i], tr, layer)
+	}
+	if !b.routedGroup || !b.routedWide || !b.routedFused || members < 2 || members > loraGroupMax || n == 0 {
+		return false
+	}
+	for _, rp := range rps {
+		if rp.Gate.Rows > maxRouteRows || rp.TopK > maxRouteK || rp.Gate.Rows-rp.Nulls < 1 {
+			return false
+		}
+	}
+	if b.failed() {
+		return true
+	}
+	var tabs [loraGroupMax]*routeTable
+	maxPasses, maxRank, segs := 0, 0, 0
+	for i, rp := range rps {
+		if tabs[i] = b.routeTable(rp, b.mode == modeDirect); tabs[i] == nil {
+			if b.mode != modeDirect {
+				b.broken = true // the rerun builds the table
+			}
+			return true
+		}
+		if tabs[i].maxRank == 0 {
+			return false // no expert adapts this member: RouteLoRA writes only its trace
+		}
+		passes := min(rp.TopK, rp.Gate.Rows-rp.Nulls)
+		maxPasses, maxRank, segs = max(maxPasses, passes), max(maxRank, tabs[i].maxRank), segs+passes*n
+	}
+	if need := b.segUsed + segs; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
+		return true
+	}
+	splits, stride := b.routedWideLayout(x.Cols, n, maxPasses, maxRank)
+	per := max(n*maxPasses*maxRank, splits*stride)
+	if !b.reserve(&b.loraTmp, &b.loraCap, members*per, 4) {
+		return true
+	}
+	a := &b.routeGroupArgs
+	for i, rp := range rps {
+		a.logits[i], a.experts[i], a.outs[i], a.dims[i] = ptr(logits[i]), C.uintptr_t(tabs[i].ptr), ptr(outs[i]), C.int(outs[i].Cols)
+		a.rows[i], a.k[i], a.nulls[i], a.temps[i] = C.int(rp.Gate.Rows), C.int(rp.TopK), C.int(rp.Nulls), C.float(rp.Temperature)
+		a.passes[i] = C.int(min(rp.TopK, rp.Gate.Rows-rp.Nulls))
+		a.stride[i], a.ranks[i] = C.int(tabs[i].maxRank), C.int(tabs[i].maxRank)
+		a.segs[i] = C.uintptr_t(b.segDev + uintptr(b.segUsed*b.segSize))
+		a.scratch[i] = C.uintptr_t(b.loraTmp + uintptr(4*i*per))
+		a.traces[i] = 0
+		if i == traced && trace.Rows > 0 {
+			a.traces[i] = ptr(trace)
+		}
+		b.segUsed += int(a.passes[i]) * n
+	}
+	b.routedGroups++
+	if b.mode == modeReplay {
+		c := b.routes()
+		c.mu.Lock()
+		c.replays++
+		c.mu.Unlock()
+		return true
+	}
+	b.ok("route + lora (routed group)", C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
+		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
+		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), b.stream))
+	return true
+}
+
+// checkRouted panics unless RouteLoRA's arguments fit together (a bug in the forward pass).
+func checkRouted(out, x, logits model.Tensor, start, n int, rp *model.RoutedProj, trace model.Tensor, layer int) {
+	rows := rp.Gate.Rows
+	real := rows - rp.Nulls
+	if logits.Rows != n || logits.Cols != rows || logits.DType != model.F32 || x.DType != model.F32 || out.DType != model.F32 ||
+		x.Cols != rp.Gate.Cols || start < 0 || n < 0 || start+n > x.Rows || start+n > out.Rows || n > maxRoutedRows {
+		panic(fmt.Sprintf("cuda: RouteLoRA rows [%d,+%d) of x %s out %s, logits %s %s, gate %s", start, n, x.Shape(), out.Shape(), logits.Shape(), logits.DType, rp.Gate.Shape()))
+	}
+	if rows < 1 || rp.TopK < 1 || rp.TopK > rows || !(rp.Temperature > 0) || rp.Nulls < 0 || real < 0 || len(rp.Experts) != real || len(rp.IDs) != real {
+		panic(fmt.Sprintf("cuda: RouteLoRA gate of %d rows, top_k %d, T %v, %d nulls, %d experts, %d ids",
+			rows, rp.TopK, rp.Temperature, rp.Nulls, len(rp.Experts), len(rp.IDs)))
+	}
+	if trace.Rows > 0 && (trace.DType != model.F32 || start+n > trace.Rows || layer < 0 || layer >= trace.Cols) {
+		panic(fmt.Sprintf("cuda: RouteLoRA trace %s %s for rows [%d,+%d) layer %d", trace.Shape(), trace.DType, start, n, layer))
+	}
+	for j, m := range rp.Experts {
+		if m != nil && (m.A.DType != model.BF16 || m.B.DType != model.BF16 || m.A.Cols != x.Cols || m.B.Rows != out.Cols ||
+			m.A.Rows != m.B.Cols || m.A.Rows < 1 || m.A.Rows > maxLoRARank) {
+			panic(fmt.Sprintf("cuda: RouteLoRA expert %d: A %s %s, B %s %s for x %s out %s", j, m.A.Shape(), m.A.DType, m.B.Shape(), m.B.DType, x.Shape(), out.Shape()))
+		}
+	}
 }
 
 // routeTable returns rp's device expert table, finding it by content or, when build is set,

@@ -570,10 +570,12 @@ func TestRouteTablesShared(t *testing.T) {
 // (plain, and wide: LORAPLEX_ROUTED_WIDE, also with LORAPLEX_ROUTED_FUSED).
 func TestDeviceRoutingMatchesHostCUDA(t *testing.T) {
 	b := newGPU(t)
-	routedSides(t, b, func(t *testing.T) { deviceRoutingMatchesHost(t, b) })
+	routedSides(t, b, func(t *testing.T) { deviceRoutingMatchesHost(t, b, false) })
 }
 
-func deviceRoutingMatchesHost(t *testing.T, b *cuda.Backend) {
+// deviceRoutingMatchesHost is TestDeviceRoutingMatchesHostCUDA's comparison on b's routed
+// kernels; oneRouter keeps only the routed cases of the first router (one routed group a step).
+func deviceRoutingMatchesHost(t *testing.T, b *cuda.Backend, oneRouter bool) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
@@ -583,7 +585,13 @@ func deviceRoutingMatchesHost(t *testing.T, b *cuda.Backend) {
 			}
 			adapters := fixtureadapters.Upload(t, name, cfg, b)
 			cases := append([]fixture.Case(nil), fx.Cases...)
+			if oneRouter {
+				cases = nil
+			}
 			for _, c := range rfx.Cases {
+				if oneRouter && c.Router != rfx.Cases[0].Router {
+					continue
+				}
 				if adapters[c.Adapter] == nil {
 					adapters[c.Adapter] = gpuRoutedAdapter(t, filepath.Join(fixture.RoutersRoot(), c.Router), c.Adapter, cfg, b, adapters)
 				}

@@ -6,6 +6,7 @@
 #define LORAPLEX_CUDA_SHIMS_H
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "loraplex_kernels.h"
 
 #define P(t, v) ((t)(uintptr_t)(v))
@@ -193,6 +194,32 @@ static inline int s_route_lora_wide(uintptr_t logits, int rows, int k, float t, 
 	ra.trace = P(float*, trace); ra.trace_cols = trace_cols; ra.layer = layer;
 	return lp_route_lora_wide(ra, P(float*, out), P(const float*, x), P(lp_lora_seg*, segs), n, maxrank, P(float*, scratch), in, outd,
 	                          splits, stride, P(lp_stream, s));
+}
+// s_route_lora_group_wide fills lp_route_group from Go arrays of LP_LORA_GROUP entries (members
+// used), the routings sharing start, the trace and the layer.
+static inline int s_route_lora_group_wide(const uintptr_t* logits, const int* rows, const int* k, const float* t, const int* nulls,
+                                          const int* passes, const int* seg_stride, const uintptr_t* experts, const uintptr_t* traces,
+                                          int trace_cols, int layer, const uintptr_t* segs, const uintptr_t* scratch, const uintptr_t* out,
+                                          const int* out_dim, const int* max_rank, int members, int n, int start, uintptr_t x, int in,
+                                          int splits, int stride, uintptr_t s) {
+	lp_route_group g;
+	memset(&g, 0, sizeof g);
+	for (int m = 0; m < members && m < LP_LORA_GROUP; m++) {
+		lp_route_args* ra = &g.ra[m];
+		ra->logits = P(const float*, logits[m]);
+		ra->rows = rows[m]; ra->k = k[m]; ra->nulls = nulls[m]; ra->passes = passes[m]; ra->start = start; ra->seg_stride = seg_stride[m];
+		ra->temperature = t[m];
+		ra->experts = P(const lp_route_expert*, experts[m]);
+		ra->trace = P(float*, traces[m]); ra->trace_cols = trace_cols; ra->layer = layer;
+		g.segs[m] = P(lp_lora_seg*, segs[m]);
+		g.scratch[m] = P(float*, scratch[m]);
+		g.out[m] = P(float*, out[m]);
+		g.out_dim[m] = out_dim[m];
+		g.max_rank[m] = max_rank[m];
+	}
+	g.members = members;
+	g.n = n;
+	return lp_route_lora_group_wide(g, P(const float*, x), in, splits, stride, P(lp_stream, s));
 }
 static inline int s_lora_routed_wide(uintptr_t out, uintptr_t x, uintptr_t segs, int rows, int k, int maxrank, uintptr_t scratch, int in, int outd,
                                      int splits, int stride, uintptr_t s) {

@@ -80,6 +80,17 @@
 // Tolerance: against the CPU within the LoRA sweep's 2e-3 of the largest output, against the
 // plain kernels within fp32 rounding (TestLoRAWideSweep: 1e-5).
 //
+// lp_route_lora_group_wide (LORAPLEX_ROUTED_GROUP=on|off, cuda.RouteLoRAGroup) is lp_route_lora_wide
+// for the routed projections of one input (q/k/v, gate/up) in one shrink and one expand launch,
+// member m in grid y (shrink) and z (expand): a routed decode layer makes 8 launches instead of
+// 14. Nsight Compute on a batch-1 routed step (bench/results/gpu-h100/goals-2026-12-07-s25c/
+// prof-routed1.txt) has each routing shrink at 12-13 us and each routed expand at 7-8 us for a
+// few KB of factors, latency the members' blocks now share. Each member keeps its own routing,
+// segment table and scratch; the split count and stride are the group's (its most choices a row
+// and largest rank: cuda.routedWideLayout), so a member's last bits may differ from its own
+// launch's, within the routed tests' bounds. Determinism and graph replay as
+// lp_route_lora_wide's (the launch shape is a function of the routings and the row count).
+//
 // Folded shrinks (LORAPLEX_LORA_FOLD=on|off, cuda.FoldedProducts): at batch 1 a projection
 // group's one adapter costs two launches of its own beside the base products (shrink, expand),
 // each latency-bound (a rank-8 q/k/v shrink reads 192 KB), and the RMSNorm before them could
@@ -428,9 +439,10 @@ __global__ void __launch_bounds__(WIDE_THREADS)
 // block shrinks its choice. Every block of a row computes the same routing from the same
 // logits with the same code, so they agree bit for bit; the row's (choice 0, split 0) block
 // alone writes the row's segments to the table the expand reads, and the trace.
+// route_shrink_block is that work for block (row x passes + choice, ., split) of one routing.
 template <bool VEC>
-__global__ void __launch_bounds__(WIDE_THREADS)
-    route_shrink_wide_kernel(lp_route_args ra, const float* x, lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
+__device__ __forceinline__ void route_shrink_block(const lp_route_args& ra, const float* x, lp_lora_seg* segs, float* scratch,
+                                                   int in_dim, int t_stride) {
     __shared__ lp_lora_seg row_segs[LP_ROUTE_MAX_K];
     const int i = (int)blockIdx.x / ra.passes, p = (int)blockIdx.x % ra.passes;
     const bool writer = p == 0 && blockIdx.z == 0;
@@ -441,6 +453,23 @@ __global__ void __launch_bounds__(WIDE_THREADS)
     if (writer && (int)threadIdx.x < ra.passes) segs[(size_t)i * ra.passes + threadIdx.x] = row_segs[threadIdx.x];
     const lp_lora_seg sg = row_segs[p];
     shrink_wide_block<VEC>(x, sg, 0, scratch, in_dim, t_stride);
+}
+
+template <bool VEC>
+__global__ void __launch_bounds__(WIDE_THREADS)
+    route_shrink_wide_kernel(lp_route_args ra, const float* x, lp_lora_seg* segs, float* scratch, int in_dim, int t_stride) {
+    route_shrink_block<VEC>(ra, x, segs, scratch, in_dim, t_stride);
+}
+
+// Grouped routing shrink (lp_route_lora_group_wide): route_shrink_wide_kernel for member
+// blockIdx.y of a group of routed projections that read one x; grid x covers the group's most
+// choices a row, so a member with fewer has blocks with nothing to do.
+template <bool VEC>
+__global__ void __launch_bounds__(WIDE_THREADS)
+    route_shrink_group_kernel(lp_route_group g, const float* x, int in_dim, int t_stride) {
+    const int m = blockIdx.y;
+    if ((int)blockIdx.x >= g.n * g.ra[m].passes) return;  // uniform over the block
+    route_shrink_block<VEC>(g.ra[m], x, g.segs[m], g.scratch[m], in_dim, t_stride);
 }
 
 // t8 is t[8 jb + o .. 8 jb + o + 3], half of the rank vector jb multiplies.
@@ -551,9 +580,9 @@ __global__ void __launch_bounds__(WIDE_THREADS)
 // hoisting the next column's loads above it; expand_wide_block says the same). Per column and
 // choice the sum over the rank runs as in expand_dot, and out + s0*d0 + s1*d1 + ... as in the
 // routed expand.
-__global__ void __launch_bounds__(WIDE_THREADS)
-    lora_expand_routed_wide_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim, int splits,
-                                   int t_stride) {
+// expand_routed_wide_block is that work for row blockIdx.x, wide chunk blockIdx.y of one routing.
+__device__ __forceinline__ void expand_routed_wide_block(float* out, const lp_lora_seg* segs, const float* scratch, int k,
+                                                         int out_dim, int splits, int t_stride) {
     __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
     __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
     if (!routed_row_load(segs, scratch, k, splits, t_stride, sg, t)) return;
@@ -602,6 +631,20 @@ __global__ void __launch_bounds__(WIDE_THREADS)
         const int c = c0 + i * WIDE_THREADS;
         if (c < out_dim) orow[c] = o[i];
     }
+}
+
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_expand_routed_wide_kernel(float* out, const lp_lora_seg* segs, const float* scratch, int k, int out_dim, int splits,
+                                   int t_stride) {
+    expand_routed_wide_block(out, segs, scratch, k, out_dim, splits, t_stride);
+}
+
+// Grouped routed expand (lp_route_lora_group_wide): member blockIdx.z's rows into its output;
+// chunks past the member's width exit at once.
+__global__ void __launch_bounds__(WIDE_THREADS) lora_expand_routed_group_kernel(lp_route_group g, int splits, int t_stride) {
+    const int m = blockIdx.z;
+    if ((int)blockIdx.y * WIDE_EXPAND_COLS >= g.out_dim[m]) return;  // uniform over the block
+    expand_routed_wide_block(g.out[m], g.segs[m], g.scratch[m], g.ra[m].passes, g.out_dim[m], splits, t_stride);
 }
 
 // shrink_wide launches the wide shrink over num_segs segments of at most max_rows rows, or,
@@ -712,5 +755,32 @@ extern "C" int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, 
     dim3 g2(n, (out_dim + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
     lora_expand_routed_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(out, segs_device, scratch, ra.passes, out_dim, splits,
                                                                           t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// Routing wide over a group (LORAPLEX_ROUTED_GROUP): lp_route_lora_wide for each member of g,
+// in one shrink and one expand launch for all of them.
+extern "C" int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, lp_stream s) {
+    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || g.n > LP_LORA_ROUTED_MAX_ROWS || !x) return (int)cudaErrorInvalidValue;
+    int passes = 0, chunks = 0;
+    for (int m = 0; m < g.members; m++) {
+        const lp_route_args& ra = g.ra[m];
+        if (!route_args_ok(g.n, ra.rows, ra.k, ra.temperature, ra.nulls, ra.passes, ra.start, ra.seg_stride, ra.trace, ra.trace_cols,
+                           ra.layer) ||
+            ra.passes < 1 || ra.seg_stride < g.max_rank[m] || !g.segs[m] || !g.scratch[m] || !g.out[m] || g.out_dim[m] <= 0 ||
+            !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride))
+            return (int)cudaErrorInvalidValue;
+        const int c = (g.out_dim[m] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
+        if (ra.passes > passes) passes = ra.passes;
+        if (c > chunks) chunks = c;
+    }
+    if (chunks > 65535) return (int)cudaErrorInvalidValue;
+    const dim3 g1(g.n * passes, g.members, splits);
+    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+        route_shrink_group_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+    else
+        route_shrink_group_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+    dim3 g2(g.n, chunks, g.members);
+    lora_expand_routed_group_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(g, splits, t_stride);
     LP_CHECK_LAUNCH();
 }

@@ -316,6 +316,21 @@ typedef struct {
 } lp_route_args;
 int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg* segs_device, int n, int max_rank,
                        float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s);
+// lora.cu, routing wide over a group (LORAPLEX_ROUTED_GROUP): lp_route_lora_wide for up to
+// LP_LORA_GROUP routed projections that read one x [.., in_dim] (q/k/v, gate/up), each with its
+// own routing ra[m] (over the same n rows), segment table segs[m] (n * ra[m].passes entries),
+// scratch[m] (splits * t_stride floats) and output out[m] [.., out_dim[m]], in one shrink and
+// one expand launch. The same segments and trace as one lp_route_lora_wide per member.
+typedef struct {
+    lp_route_args ra[LP_LORA_GROUP];
+    lp_lora_seg* segs[LP_LORA_GROUP];
+    float* scratch[LP_LORA_GROUP];
+    float* out[LP_LORA_GROUP];
+    int out_dim[LP_LORA_GROUP];
+    int max_rank[LP_LORA_GROUP];
+    int members, n;
+} lp_route_group;
+int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, lp_stream s);
 
 // sampling.cu: one block per logits row [rows, vocab] (overwritten) chooses the row's token
 // with params[row]; model.SampleReference (Go) defines the semantics. words holds every row's

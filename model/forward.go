@@ -389,6 +389,11 @@ func (r *Runner) projAfter(out, in Tensor, l int, p Proj) {
 	if L.Bias[p].Rows > 0 {
 		r.B.AddBias(out, L.Bias[p])
 	}
+	r.projLoRA(out, in, l, p)
+}
+
+// projLoRA adds projection p's LoRA deltas, plain and routed, to its product out.
+func (r *Runner) projLoRA(out, in Tensor, l int, p Proj) {
 	segs, extra := r.segs[p], [][]LoRASeg(nil)
 	if r.routing.seqs > 0 {
 		segs, extra = r.routeProj(l, p, in, out, segs)
@@ -424,6 +429,9 @@ func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
 		return
 	}
 	r.gatedProducts(in, l, ps, outs, r.groupWeights(l, ps))
+	if r.routing.seqs > 0 && r.routeShared(in, l, ps, outs) {
+		return
+	}
 	if r.grouper == nil || r.routing.seqs > 0 {
 		for i, p := range ps {
 			r.projAfter(outs[i], in, l, p)

@@ -66,6 +66,16 @@ type DeviceRouter interface {
 	ReleaseRouting(rt *Routing)
 }
 
+// DeviceGroupRouter is implemented by device routers that route the projections of one input
+// (q/k/v, gate/up) together: RouteLoRAGroup(outs, x, logits, start, n, rps, trace, traced,
+// layer) is RouteLoRA(outs[i], x, logits[i], start, n, rps[i], t_i, layer) for every i, where t_i
+// is trace for i == traced and none otherwise (cuda: one launch pair for the group instead of
+// one a projection, LORAPLEX_ROUTED_GROUP). It does all of it and returns true, or nothing
+// and returns false; the answer may depend only on what the StepRecorder key fixes.
+type DeviceGroupRouter interface {
+	RouteLoRAGroup(outs []Tensor, x Tensor, logits []Tensor, start, n int, rps []*RoutedProj, trace Tensor, traced, layer int) bool
+}
+
 // Check validates the routing against cfg: shapes of gates and expert lists, k and T in range.
 func (rt *Routing) Check(cfg *Config) error {
 	if len(rt.Layers) != cfg.NumLayers || len(rt.TraceProj) != cfg.NumLayers {

@@ -25,9 +25,13 @@ type routeState struct {
 	trace  []int32 // [MaxTokens*NumLayers]: each row's top-1 expert per layer, -1 for none
 	err    error
 
-	dev      DeviceRouter // the backend, when it routes on the device
-	devTrace Tensor       // [MaxTokens, NumLayers] F32 trace the device writes
-	traceF   []float32
+	dev      DeviceRouter      // the backend, when it routes on the device
+	groupDev DeviceGroupRouter // the same backend, when it also routes the projections of one input together
+	// groupRPs and groupLogits are a routeShared call's arguments, kept here so steps allocate nothing.
+	groupRPs    [maxSharedGroup]*RoutedProj
+	groupLogits [maxSharedGroup]Tensor
+	devTrace    Tensor // [MaxTokens, NumLayers] F32 trace the device writes
+	traceF      []float32
 }
 
 // beginRouting prepares a step's routed sequences: checks their routers against the model and
@@ -80,6 +84,7 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 		rs.trace = make([]int32, r.Opt.MaxTokens*r.Cfg.NumLayers)
 		if dr, ok := r.B.(DeviceRouter); ok && !r.Opt.HostRouting {
 			rs.dev = dr
+			rs.groupDev, _ = dr.(DeviceGroupRouter)
 			rs.devTrace = r.B.Alloc(r.Opt.MaxTokens, r.Cfg.NumLayers)
 			rs.traceF = make([]float32, r.Opt.MaxTokens*r.Cfg.NumLayers)
 		}
@@ -140,6 +145,74 @@ func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoR
 	}
 	r.segs[p] = segs // keep any capacity append grew
 	return segs, rs.passes[:npass]
+}
+
+// routeShared adds the biases and the routed deltas of the projections ps, which read in, in
+// one DeviceGroupRouter call where each of them is routed by exactly one group of rows, the same
+// rows for all, from logits the base products' call computed (gatedProducts), with no plain
+// adapter segment beside; it reports whether it did the projections' work after their products
+// (when the backend declines the group, projLoRA routes each projection after the biases).
+func (r *Runner) routeShared(in Tensor, l int, ps []Proj, outs []Tensor) bool {
+	rs := &r.routing
+	if rs.groupDev == nil || len(ps) < 2 || len(ps) > maxSharedGroup {
+		return false
+	}
+	rps, logits, traced := rs.groupRPs[:len(ps)], rs.groupLogits[:len(ps)], -1
+	var first routeGroup
+	for i, p := range ps {
+		g, ok := r.routeGroupOf(l, p)
+		if !ok || len(r.segs[p]) > 0 || rs.pre[p].Rows == 0 || i > 0 && (g.start != first.start || g.n != first.n) {
+			return false
+		}
+		if i == 0 {
+			first = g
+		}
+		if g.traced {
+			traced = i
+		}
+		rps[i], logits[i] = g.rp, rs.pre[p].Slice(g.start, g.n)
+	}
+	r.addBiases(l, ps, outs)
+	trace := Tensor{}
+	if traced >= 0 {
+		trace = rs.devTrace
+	}
+	if !rs.groupDev.RouteLoRAGroup(outs, in, logits, first.start, first.n, rps, trace, traced, l) {
+		for i, p := range ps {
+			r.projLoRA(outs[i], in, l, p)
+		}
+		return true
+	}
+	for _, p := range ps {
+		rs.pre[p] = Tensor{} // consumed, as routeProj consumes it
+	}
+	return true
+}
+
+// routeGroupOf returns the one group of rows routed through (layer l, projection p) in this
+// step, as routeProj groups them; false when there is none or more than one. The answer depends
+// only on the step's routings, which the step key holds.
+func (r *Runner) routeGroupOf(l int, p Proj) (g routeGroup, ok bool) {
+	rs := &r.routing
+	for i, a := range rs.adapters {
+		if a == nil || a.Routing == nil {
+			continue
+		}
+		rp, sq := a.Routing.Layers[l][p], rs.s.Seqs[i]
+		if rp == nil || sq.N == 0 {
+			continue
+		}
+		traced := a.Routing.TraceProj[l] == p
+		if g.rp != nil && g.start+g.n == sq.Start && g.traced == traced && sameRoute(g.rp, rp) {
+			g.n += sq.N
+			continue
+		}
+		if g.rp != nil {
+			return routeGroup{}, false
+		}
+		g = routeGroup{rp: rp, name: a.Routing.Name, traced: traced, start: sq.Start, n: sq.N}
+	}
+	return g, g.rp != nil
 }
 
 // routeGroup is a run of rows routed through one gate.
