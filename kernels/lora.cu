@@ -684,19 +684,26 @@ extern "C" int lp_lora_wide(float* out, const float* x, const lp_lora_seg* segs_
     LP_CHECK_LAUNCH();
 }
 
+// wide_group_chunks checks a grouped wide expand's outputs (widths, group ends in order) and
+// returns the wide column chunks of the widest, -1 when they do not fit a launch.
+static int wide_group_chunks(const lp_lora_outs& outs) {
+    int chunks = 0;
+    for (int g = 0; g < outs.groups; g++) {
+        if (outs.out_dim[g] <= 0 || (g > 0 && outs.end[g] < outs.end[g - 1])) return -1;
+        const int c = (outs.out_dim[g] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
+        if (c > chunks) chunks = c;
+    }
+    return chunks > 65535 ? -1 : chunks;
+}
+
 extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
                                   int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s) {
     if (num_segs <= 0) return 0;
     if (outs.groups < 1 || outs.groups > LP_LORA_GROUP || outs.end[outs.groups - 1] != num_segs ||
         num_segs > 65535 || !wide_args_ok(max_rows, max_rank, in_dim, splits, t_stride))
         return (int)cudaErrorInvalidValue;
-    int chunks = 0;
-    for (int g = 0; g < outs.groups; g++) {
-        if (outs.out_dim[g] <= 0 || (g > 0 && outs.end[g] < outs.end[g - 1])) return (int)cudaErrorInvalidValue;
-        const int c = (outs.out_dim[g] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
-        if (c > chunks) chunks = c;
-    }
-    if (chunks > 65535) return (int)cudaErrorInvalidValue;
+    const int chunks = wide_group_chunks(outs);
+    if (chunks < 0) return (int)cudaErrorInvalidValue;
     shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
     dim3 g2(max_rows, num_segs, chunks);
     lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, splits, t_stride);
@@ -711,13 +718,8 @@ extern "C" int lp_lora_group_expand(lp_lora_outs outs, const lp_lora_seg* segs_d
     if (outs.groups < 1 || outs.groups > LP_LORA_GROUP || outs.end[outs.groups - 1] != num_segs || num_segs > 65535 ||
         max_rows <= 0 || max_rows > 65535 || !scratch)
         return (int)cudaErrorInvalidValue;
-    int chunks = 0;
-    for (int g = 0; g < outs.groups; g++) {
-        if (outs.out_dim[g] <= 0 || (g > 0 && outs.end[g] < outs.end[g - 1])) return (int)cudaErrorInvalidValue;
-        const int c = (outs.out_dim[g] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
-        if (c > chunks) chunks = c;
-    }
-    if (chunks > 65535) return (int)cudaErrorInvalidValue;
+    const int chunks = wide_group_chunks(outs);
+    if (chunks < 0) return (int)cudaErrorInvalidValue;
     dim3 g2(max_rows, num_segs, chunks);
     lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, 1, 0);
     LP_CHECK_LAUNCH();

@@ -119,28 +119,8 @@ func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoR
 	npass := 0
 	pre := rs.pre[p]
 	rs.pre[p] = Tensor{} // this layer's logits only: a later layer's call computes its own
-	// Adjacent routed sequences through the same gate and experts (requests for one router)
-	// form one group: one gate GEMM and one routing call for all their rows.
-	var g routeGroup
-	for i, a := range rs.adapters {
-		if a == nil || a.Routing == nil {
-			continue
-		}
-		rp, sq := a.Routing.Layers[l][p], rs.s.Seqs[i]
-		if rp == nil || sq.N == 0 {
-			continue
-		}
-		traced := a.Routing.TraceProj[l] == p
-		if g.rp != nil && g.start+g.n == sq.Start && g.traced == traced && sameRoute(g.rp, rp) {
-			g.n += sq.N
-			continue
-		}
-		if g.rp != nil {
-			segs, npass = r.routeGroup(l, g, in, out, pre, segs, npass)
-		}
-		g = routeGroup{rp: rp, name: a.Routing.Name, traced: traced, start: sq.Start, n: sq.N}
-	}
-	if g.rp != nil {
+	// One gate GEMM and one routing call for each group of rows (nextRouteGroup).
+	for g, i := r.nextRouteGroup(l, p, 0); g.rp != nil; g, i = r.nextRouteGroup(l, p, i) {
 		segs, npass = r.routeGroup(l, g, in, out, pre, segs, npass)
 	}
 	r.segs[p] = segs // keep any capacity append grew
@@ -190,11 +170,24 @@ func (r *Runner) routeShared(in Tensor, l int, ps []Proj, outs []Tensor) bool {
 }
 
 // routeGroupOf returns the one group of rows routed through (layer l, projection p) in this
-// step, as routeProj groups them; false when there is none or more than one. The answer depends
-// only on the step's routings, which the step key holds.
-func (r *Runner) routeGroupOf(l int, p Proj) (g routeGroup, ok bool) {
+// step (nextRouteGroup's); false when there is none or more than one. The answer depends only
+// on the step's routings, which the step key holds.
+func (r *Runner) routeGroupOf(l int, p Proj) (routeGroup, bool) {
+	g, i := r.nextRouteGroup(l, p, 0)
+	if more, _ := r.nextRouteGroup(l, p, i); g.rp == nil || more.rp != nil {
+		return routeGroup{}, false
+	}
+	return g, true
+}
+
+// nextRouteGroup returns the first group of rows routed through (layer l, projection p) among
+// the step's sequences from index from on, and the index after it (g.rp nil: none left).
+// Adjacent routed sequences through the same gate and experts (requests for one router) form
+// one group.
+func (r *Runner) nextRouteGroup(l int, p Proj, from int) (g routeGroup, next int) {
 	rs := &r.routing
-	for i, a := range rs.adapters {
+	for i := from; i < len(rs.adapters); i++ {
+		a := rs.adapters[i]
 		if a == nil || a.Routing == nil {
 			continue
 		}
@@ -208,11 +201,11 @@ func (r *Runner) routeGroupOf(l int, p Proj) (g routeGroup, ok bool) {
 			continue
 		}
 		if g.rp != nil {
-			return routeGroup{}, false
+			return g, i
 		}
 		g = routeGroup{rp: rp, name: a.Routing.Name, traced: traced, start: sq.Start, n: sq.N}
 	}
-	return g, g.rp != nil
+	return g, len(rs.adapters)
 }
 
 // routeGroup is a run of rows routed through one gate.
