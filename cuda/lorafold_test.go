@@ -38,6 +38,9 @@ func TestLoRAFoldSweep(t *testing.T) {
 				tr := newTrio(t)
 				tr.fused.SetLoRAFold(true)
 				tr.fused.SetNormStage(c.stage)
+				if staged := tr.fused.NormStaged(1, sh.k); c.norm && staged != (c.stage && sh.k <= 12256) { // 12256: gemv.cu's GEMV_STAGE_MAX_K
+					t.Fatalf("staging %v at width %d: the staged kernels take it: %v", c.stage, sh.k, staged)
+				}
 				tr.plain.SetLoRAFold(false)
 				x, delta := tr.tensors(t, 1, sh.k, randFloats(r, sh.k)), tr.tensors(t, 1, sh.k, randFloats(r, sh.k))
 				next, h := tr.tensors(t, 1, sh.k, nil), tr.tensors(t, 1, sh.k, nil)

@@ -218,7 +218,8 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 		}
 		checkRouted(outs[i], x, logits[i], start, n, rps[i], tr, layer)
 	}
-	if !b.routedGroup || !b.routedWide || !b.routedFused || members < 2 || members > loraGroupMax || n == 0 {
+	// Deterministic mode keeps lp_lora_routed (routedWideLayout gives no split there).
+	if !b.routedGroup || !b.routedWide || !b.routedFused || b.batchInvariant || members < 2 || members > loraGroupMax || n == 0 {
 		return false
 	}
 	for _, rp := range rps {

@@ -17,7 +17,8 @@ import (
 // the largest output (the group's split count may be another than a member's own), bit for bit
 // from one call to the next; for q/k/v-like members of different widths, experts, ranks, k and
 // nulls, one and several rows. The group declines with the switch off, with a member no expert
-// adapts (RouteLoRA writes only its trace there) and with a gate past the route kernel's limits.
+// adapts (RouteLoRA writes only its trace there), with a gate past the route kernel's limits and
+// in deterministic mode, leaving the outputs as they were.
 func TestRoutedGroup(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
@@ -130,15 +131,34 @@ func TestRoutedGroup(t *testing.T) {
 			return &model.RoutedProj{Gate: p.g.Alloc(rows, in), TopK: rc.k, Temperature: rc.T, Nulls: rc.nulls, Experts: eg, IDs: ids}, lg, p.g.Alloc(1, out)
 		}
 		ok, okLg, okOut := mk(routeCase{experts: 4, k: 2, T: 1}, 64)
+		if err := p.g.Write(okOut, randFloats(r, 64)); err != nil {
+			t.Fatal(err)
+		}
+		was := read(t, p.g, okOut)
+		var rps []*model.RoutedProj
 		for _, bad := range []routeCase{
 			{experts: 3, nulls: 1, k: 2, T: 1, nilAt: []int{0, 1, 2}}, // no expert adapts it
 			{experts: 70, nulls: 2, k: 10, T: 1},                      // past the route kernel's limits
+			{experts: 4, k: 2, T: 1},                                  // fine, but in deterministic mode
 		} {
 			rp, lg, out := mk(bad, 32)
+			rps = append(rps, rp)
+			det := bad.experts == 4
+			p.g.SetBatchInvariant(det)
 			if p.g.RouteLoRAGroup([]model.Tensor{okOut, out}, x, []model.Tensor{okLg, lg}, 0, 1, []*model.RoutedProj{ok, rp}, model.Tensor{}, -1, layer) {
-				t.Fatalf("the grouped routed call took a member %+v", bad)
+				t.Fatalf("the grouped routed call took a member %+v (deterministic mode %v)", bad, det)
+			}
+			p.g.SetBatchInvariant(false)
+			for i, v := range read(t, p.g, okOut) {
+				if math.Float32bits(v) != math.Float32bits(was[i]) {
+					t.Fatalf("a declined grouped call changed an output: element %d %v, was %v", i, v, was[i])
+				}
 			}
 		}
+		var l0 [model.NumProj]*model.RoutedProj
+		l0[0] = ok
+		copy(l0[1:], rps)
+		p.g.ReleaseRouting(&model.Routing{Layers: [][model.NumProj]*model.RoutedProj{l0}})
 		if err := p.g.Err(); err != nil {
 			t.Fatal(err)
 		}

@@ -770,7 +770,8 @@ extern "C" int lp_route_lora_group_wide(lp_route_group g, const float* x, int in
         if (!route_args_ok(g.n, ra.rows, ra.k, ra.temperature, ra.nulls, ra.passes, ra.start, ra.seg_stride, ra.trace, ra.trace_cols,
                            ra.layer) ||
             ra.passes < 1 || ra.seg_stride < g.max_rank[m] || !g.segs[m] || !g.scratch[m] || !g.out[m] || g.out_dim[m] <= 0 ||
-            !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride))
+            !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride) ||
+            (splits > 1 && (long long)t_stride < (long long)g.n * ra.passes * ra.seg_stride))  // splits would overlap
             return (int)cudaErrorInvalidValue;
         const int c = (g.out_dim[m] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
         if (ra.passes > passes) passes = ra.passes;

@@ -17,7 +17,8 @@ import (
 // members' RouteLoRA calls.
 type groupingBackend struct {
 	*cpu.Backend
-	groups int
+	groups  int  // grouped calls taken (or, declining, offered)
+	decline bool // refuse every grouped call: the forward pass routes each projection itself
 }
 
 func (g *groupingBackend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
@@ -68,6 +69,9 @@ func (g *groupingBackend) ReleaseRouting(*model.Routing) {}
 func (g *groupingBackend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []model.Tensor, start, n int, rps []*model.RoutedProj,
 	trace model.Tensor, traced, layer int) bool {
 	g.groups++
+	if g.decline {
+		return false
+	}
 	for i := range outs {
 		tr := model.Tensor{}
 		if i == traced {
@@ -82,11 +86,21 @@ func (g *groupingBackend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, lo
 // where a device router takes it (model.DeviceGroupRouter) and every one of them is routed for
 // the same rows: a batch of one router's reference cases, prefill whole and chunked, decodes
 // the reference's greedy tokens with logits within 1e-3, as TestRouterFixturesCPU does on the
-// host path, and the grouped calls are used.
+// host path, and the grouped calls are used; a backend that declines every group gets the same
+// (each projection routed after the group's biases, which qwen2's q/k/v have).
 func TestRouterFixturesDeviceGroups(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		decline bool
+	}{{"grouped", false}, {"declined", true}} {
+		t.Run(c.name, func(t *testing.T) { routerFixturesDeviceGroups(t, c.decline) })
+	}
+}
+
+func routerFixturesDeviceGroups(t *testing.T, decline bool) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
-			be := &groupingBackend{Backend: cpu.New(2)}
+			be := &groupingBackend{Backend: cpu.New(2), decline: decline}
 			t.Cleanup(be.Close)
 			_, cfg, h := fixture.Open(t, name, be)
 			rfx, err := fixture.LoadRouters(name)
@@ -112,7 +126,7 @@ func TestRouterFixturesDeviceGroups(t *testing.T) {
 				t.Logf("chunk %d: %d routed cases of %s, %d steps, worst logit diff %.2e", chunk, len(cases), rfx.Cases[0].Router, res.Steps, res.WorstDiff)
 			}
 			if be.groups == 0 {
-				t.Fatal("no step routed a projection group in one call")
+				t.Fatal("no step offered a projection group to one call")
 			}
 		})
 	}
