@@ -59,6 +59,7 @@ type Backend struct {
 	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
 	normVec               bool          // RMSNorm launches may take the float4 kernel (fused.go: LORAPLEX_NORM_VEC, SetNormVec)
 	normStage             bool          // batch-1 norm-fused GEMVs stage their input (fused.go: LORAPLEX_NORM_STAGE, SetNormStage)
+	normStagePair         bool          // staged parts launches give a warp two columns (fused.go: LORAPLEX_NORM_STAGE_PAIR, SetNormStagePair)
 	loraFold              bool          // batch-1 LoRA shrinks ride the base products' launch (lorafold.go: LORAPLEX_LORA_FOLD, SetLoRAFold)
 	folds                 int           // folded calls taken (lorafold.go, FoldCount)
 	pdlCapable            bool          // the device runs programmatic dependent launch (sm_90+)
@@ -152,6 +153,7 @@ func New(device int) (*Backend, error) {
 	b.normBF16 = envSwitch("LORAPLEX_NORM_BF16", normBF16Default)
 	b.normVec = envSwitch("LORAPLEX_NORM_VEC", normVecDefault)
 	b.normStage = envSwitch("LORAPLEX_NORM_STAGE", normStageDefault)
+	b.normStagePair = envSwitch("LORAPLEX_NORM_STAGE_PAIR", normStagePairDefault)
 	b.loraFold = envSwitch("LORAPLEX_LORA_FOLD", loraFoldDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())

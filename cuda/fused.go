@@ -27,6 +27,7 @@ import (
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
 //	LORAPLEX_GEMV_STREAM=on|off    batch-1 GEMVs load weights without allocating them in L1 (kernels/gemv.cu)
 //	LORAPLEX_NORM_STAGE=on|off     batch-1 norm-fused GEMVs stage the normed input in shared memory (kernels/gemv.cu)
+//	LORAPLEX_NORM_STAGE_PAIR=on|off  with it, a staged parts launch gives each warp two adjacent columns (kernels/gemv.cu)
 //	LORAPLEX_LORA_FOLD=on|off      batch-1 LoRA shrinks ride the base products' GEMV launch, norm folded too (LoRAFolder, lorafold.go)
 //	LORAPLEX_DECODE_SPLIT=fill|context|off  decode attention's split rule (kernels/attention.cu)
 //	LORAPLEX_DECODE_DEEP=on|off    decode attention may split a row 64 ways instead of 32 (attention.go)
@@ -85,6 +86,11 @@ const (
 	// decode 1.039x at ctx 128, 1.041x at 4k, 1.030x at 32k, every other row within noise
 	// (bench/results/gpu-h100/goals-2026-12-07-s25a).
 	normStageDefault = true
+	// normStagePairDefault: off until a GPU run has tested it (TestGEMVDeepBitwise holds it to
+	// bitwise the unpaired staged products) and measured it: written without a GPU from Nsight
+	// Compute's staged q/k/v launch at 1.6 TB/s (goals-2026-12-07-s25b/prof-fold-on.txt), whose
+	// 768 blocks each read the whole normed row before their first product.
+	normStagePairDefault = false
 	// loraFoldDefault: on. Written without a GPU from goals-2026-12-07-s24b, where one rank-8
 	// adapter at batch 1 cost 0.74 of the base (the norms that stop folding, eight latency-bound
 	// LoRA launches a layer, of which folding keeps four). On an H100 TestLoRAFoldGraphReplay and
@@ -387,6 +393,9 @@ func (b *Backend) gemvOpts(ws ...model.Tensor) C.int {
 	if b.normStage {
 		opts |= C.LP_GEMV_STAGE
 	}
+	if b.normStagePair {
+		opts |= C.LP_GEMV_STAGE_PAIR
+	}
 	return opts
 }
 
@@ -536,6 +545,12 @@ func (b *Backend) SetNormBF16(on bool) {
 // graphs hold the other kernels, so they are dropped.
 func (b *Backend) SetNormStage(on bool) {
 	setSwitch(b, &b.normStage, on)
+}
+
+// SetNormStagePair turns the two-column warps of the staged parts launches
+// (LORAPLEX_NORM_STAGE_PAIR) on or off for the following steps.
+func (b *Backend) SetNormStagePair(on bool) {
+	setSwitch(b, &b.normStagePair, on)
 }
 
 // NormStaged reports whether a norm-fused GEMV of rows rows of width k takes the staged kernels

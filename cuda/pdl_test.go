@@ -142,7 +142,8 @@ func TestPDLBitwise(t *testing.T) {
 
 // The deep GEMV streams (SetGEMVDeep) change how many weight loads a lane has in flight, never
 // its sums, and neither do the L1-bypassing weight loads (SetGEMVStream), programmatic dependent
-// launch or the L2 prefetch, with the norm-fused launches staged (SetNormStage) or not: at one row, over
+// launch or the L2 prefetch, with the norm-fused launches staged (SetNormStage, with one or two
+// columns a warp: SetNormStagePair) or not: at one row, over
 // widths that end on and off the streams' chunks (k from 8 to 14,336), the plain, shared-input
 // (q/k/v-like parts straddling blocks), gate/up + SwiGLU and norm-fused products (with the
 // residual add, whose new residual is compared too) are bitwise those of the default streams
@@ -176,12 +177,15 @@ func TestGEMVDeepBitwise(t *testing.T) {
 			}
 			run := func() [][]float32 {
 				outs := []model.Tensor{b.Alloc(1, m), b.Alloc(1, m), b.Alloc(1, mk), b.Alloc(1, m), b.Alloc(1, m), b.Alloc(1, mk),
-					b.Alloc(1, k), b.Alloc(1, m), b.Alloc(1, k)}
+					b.Alloc(1, k), b.Alloc(1, m), b.Alloc(1, k), b.Alloc(1, mk), b.Alloc(1, m), b.Alloc(1, k)}
 				b.MatMul(outs[0], x, wq)
 				in1 := model.NormedInput{X: x, Delta: delta, Next: outs[6], Weight: nw, Eps: 1e-5}
 				in2 := model.NormedInput{X: x, Delta: delta, Next: outs[8], Weight: nw, Eps: 1e-5}
+				// The odd first part puts a two-column warp of the paired staged kernel across parts.
+				in3 := model.NormedInput{X: x, Delta: delta, Next: outs[11], Weight: nw, Eps: 1e-5}
 				if !b.MatMulShared(outs[1:3], x, []model.Tensor{wq, wk}) || !b.GateUpSiLU(outs[3], x, wg, wu) ||
-					!b.NormMatMulShared(outs[4:6], in1, []model.Tensor{wq, wk}) || !b.NormGateUpSiLU(outs[7], in2, wg, wu) {
+					!b.NormMatMulShared(outs[4:6], in1, []model.Tensor{wq, wk}) || !b.NormGateUpSiLU(outs[7], in2, wg, wu) ||
+					!b.NormMatMulShared(outs[9:11], in3, []model.Tensor{wk, wq}) {
 					t.Fatal("a batch-1 GEMV declined a one-row product")
 				}
 				got := make([][]float32, len(outs))
@@ -198,21 +202,24 @@ func TestGEMVDeepBitwise(t *testing.T) {
 				b.SetNormStage(stage)
 				want := run()
 				for _, c := range []struct {
-					deep, stream bool
-					pdl          cuda.PDL
-				}{{true, false, cuda.PDLOff}, {true, false, cuda.PDLOn}, {true, false, cuda.PDLPrefetch}, {false, false, cuda.PDLPrefetch},
-					{false, true, cuda.PDLOff}, {true, true, cuda.PDLOff}, {false, true, cuda.PDLPrefetch}, {false, true, cuda.PDLOn}} {
+					deep, stream, pair bool
+					pdl                cuda.PDL
+				}{{true, false, false, cuda.PDLOff}, {true, false, false, cuda.PDLOn}, {true, false, false, cuda.PDLPrefetch}, {false, false, false, cuda.PDLPrefetch},
+					{false, true, false, cuda.PDLOff}, {true, true, false, cuda.PDLOff}, {false, true, false, cuda.PDLPrefetch}, {false, true, false, cuda.PDLOn},
+					{false, false, true, cuda.PDLOff}, {true, true, true, cuda.PDLOn}} {
 					b.SetGEMVDeep(c.deep)
 					b.SetGEMVStream(c.stream)
 					b.SetPDL(c.pdl)
+					b.SetNormStagePair(c.pair)
 					for i, got := range run() {
 						for j, v := range want[i] {
 							if math.Float32bits(v) != math.Float32bits(got[j]) {
-								t.Fatalf("staged %v, deep %v, stream %v, pdl %v: output %d element %d is %v, %v with the default streams", stage, c.deep, c.stream, c.pdl, i, j, got[j], v)
+								t.Fatalf("staged %v (paired %v), deep %v, stream %v, pdl %v: output %d element %d is %v, %v with the default streams", stage, c.pair, c.deep, c.stream, c.pdl, i, j, got[j], v)
 							}
 						}
 					}
 				}
+				b.SetNormStagePair(false)
 				// The staged pass holds the staged kernels to account wherever they take the width
 				// (their 1/rms from a block sum can equal the unstaged one bit for bit at one row,
 				// so the outputs cannot tell; 12256 is gemv.cu's GEMV_STAGE_MAX_K).

@@ -40,16 +40,18 @@
 
 // gemv_opts reads a launcher's opts: the pdl argument of lp_launch, how the kernels load weights
 // (ld: GEMV_LD_L2, prefetch into L2, only under PDL; GEMV_LD_STREAM, gemv_load), whether one-row
-// launches take the deep variant, whether norm-fused one-row launches stage their input.
+// launches take the deep variant, whether norm-fused one-row launches stage their input (and
+// whether a staged parts launch gives a warp two columns).
 enum { GEMV_LD_L2 = 1, GEMV_LD_STREAM = 2 };
 struct gemv_opts {
     int pdl, ld;
-    bool deep, stage;
+    bool deep, stage, pair;
     explicit gemv_opts(int opts)
         : pdl(opts & LP_GEMV_PDL),
           ld(((opts & LP_GEMV_PDL) && (opts & LP_GEMV_PREFETCH) ? GEMV_LD_L2 : 0) | (opts & LP_GEMV_STREAM ? GEMV_LD_STREAM : 0)),
           deep(opts & LP_GEMV_DEEP),
-          stage(opts & LP_GEMV_STAGE) {}
+          stage(opts & LP_GEMV_STAGE),
+          pair(opts & LP_GEMV_STAGE_PAIR) {}
 };
 
 // gemv_load is one 16-byte weight load; ld & GEMV_LD_STREAM (LP_GEMV_STREAM) makes it a load that
@@ -753,6 +755,48 @@ __global__ void norm_gemv_parts_staged_kernel(lp_gemv_parts p, norm_gemv_in in, 
     if ((threadIdx.x & 31) == 0) p.y[g][j] = s * inv;
 }
 
+// norm_gemv_parts_staged_pair_kernel is norm_gemv_parts_staged_kernel with two adjacent columns
+// a warp (LP_GEMV_STAGE_PAIR): the staged row is read from shared memory once for two weight
+// vectors (staged_pair_step) and the launch has half the blocks, so half the prologues, each of
+// which reads the whole row of x, delta and the norm weight from L2 (at q/k/v's 768 blocks of
+// one-column warps in the Llama-3-8B shape, ~37 MB beside 50 MB of weights: Nsight Compute put
+// that launch at 1.6 TB/s, bench/results/gpu-h100/goals-2026-12-07-s25b/prof-fold-on.txt).
+// Each column's sum is staged_step's, vector for vector (dot8 is gemv_row_accumulate's order),
+// so the products are bitwise the unpaired kernel's. A pair whose second column opens the next
+// part (or is past the end) takes its columns one after the other.
+template <bool ADD, int D>
+__global__ void norm_gemv_parts_staged_pair_kernel(lp_gemv_parts p, norm_gemv_in in, int k, int ld) {
+    float* su;
+    const float inv = norm_gemv_stage<ADD>(su, in, k);
+    const int total = p.end[p.parts - 1];
+    const int c = 2 * (int)(blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5));
+    if (c >= total) return;  // whole warps, after the block's barriers
+    const bool lane0 = (threadIdx.x & 31) == 0;
+    int g = 0;
+    while (c >= p.end[g]) g++;
+    if (c + 1 < p.end[g]) {
+        const int j = c - (g > 0 ? p.end[g - 1] : 0);
+        const uint16_t* w = gemv_part_w(p, g) + (size_t)j * k;
+        float a0 = 0.f, a1 = 0.f;
+        gemv_stream_pair<D>(reinterpret_cast<const uint4*>(w), reinterpret_cast<const uint4*>(w + k), k / 8, ld,
+                            staged_pair_step{a0, a1, su});
+        const float s0 = warp_sum(a0), s1 = warp_sum(a1);
+        if (lane0) {
+            p.y[g][j] = s0 * inv;
+            p.y[g][j + 1] = s1 * inv;
+        }
+        return;
+    }
+    for (int cc = c; cc < c + 2 && cc < total; cc++) {
+        while (cc >= p.end[g]) g++;
+        const int j = cc - (g > 0 ? p.end[g - 1] : 0);
+        float acc = 0.f;
+        gemv_stream<2 * D>(reinterpret_cast<const uint4*>(gemv_part_w(p, g) + (size_t)j * k), k / 8, ld, staged_step{acc, su});
+        const float s = warp_sum(acc);
+        if (lane0) p.y[g][j] = s * inv;
+    }
+}
+
 // norm_gemv_swiglu_staged_kernel is norm_gemv_swiglu_kernel at one row on a staged u.
 template <bool ADD, int D>
 __global__ void norm_gemv_swiglu_staged_kernel(float* act, norm_gemv_in in, const uint16_t* wg, const uint16_t* wu, int m, int k,
@@ -790,6 +834,13 @@ static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st
                                    const norm_gemv_in& in, int k) {
     if (gemv_staged(o, n, k)) {
         const size_t smem = (size_t)k * sizeof(float);
+        if (o.pair) {
+            // Two columns a warp, 4 loads of each row in flight per lane, deep or not: as many
+            // loads in flight over the launch as the unpaired kernel's 4 a lane with twice the warps.
+            const dim3 pairs((p.end[p.parts - 1] + 2 * GEMV_WARPS - 1) / (2 * GEMV_WARPS));
+            lp_launch(norm_gemv_parts_staged_pair_kernel<ADD, 4>, pairs, block, smem, st, o.pdl, p, in, k, o.ld);
+            return;
+        }
         if (o.deep)
             lp_launch(norm_gemv_parts_staged_kernel<ADD, 8>, grid, block, smem, st, o.pdl, p, in, k, o.ld);
         else

@@ -101,13 +101,16 @@ int lp_cublas_set_workspace(void* handle, void* ws, size_t bytes);
 // fit there); LP_GEMV_DEEP keeps twice the weight loads in flight per lane at one row, bitwise
 // the same results; LP_GEMV_STREAM loads the weights without allocating them in L1, bitwise the
 // same results; LP_GEMV_STAGE has the norm-fused launchers' one-row launches compute the normed
-// input once a block into shared memory (gemv.cu: within TestNormGEMV's bound, not bitwise).
+// input once a block into shared memory (gemv.cu: within TestNormGEMV's bound, not bitwise);
+// LP_GEMV_STAGE_PAIR, with it, gives each warp of a staged parts launch two adjacent columns,
+// bitwise the same results.
 #define LP_GEMV_MAX_ROWS 8
 #define LP_GEMV_PDL 1
 #define LP_GEMV_PREFETCH 2
 #define LP_GEMV_DEEP 4
 #define LP_GEMV_STREAM 8
 #define LP_GEMV_STAGE 16
+#define LP_GEMV_STAGE_PAIR 32
 int lp_gemv_bf16(int n, int m, int k, const float* x, const uint16_t* w, float* y, float alpha, float beta, int opts,
                  lp_stream s);
 // The gate and up products and SwiGLU in one launch for the same rows: act[n, m] =
