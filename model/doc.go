@@ -18,6 +18,7 @@
 //	StepRecorder      records a step's launches once, replays them        -    yes
 //	FailureReporter   Err: the backend's sticky failure (health)          yes  yes
 //	DeviceRouter      routes router rows on the device (RouteLoRA)        -    yes
+//	DeviceGroupRouter routes q/k/v's (gate/up's) members in one call      -    yes
 //	AdapterUploader   uploads and frees a whole adapter at once (a slab)  -    yes
 //	EncodedUploader   decodes lorapack q4/q8 streams on the device        -    yes
 //	UploadAliaser     Upload may alias the adapter's host copy            yes  -
@@ -26,6 +27,7 @@
 //	LoRAGrouper       one LoRA launch pair for q/k/v, one for gate/up     -    yes
 //	SiLUMulMatMuler   SwiGLU writes the down projection's bf16 input      -    yes
 //	NormFuser         (add +) RMSNorm folded into q/k/v, gate/up GEMVs    -    yes
+//	LoRAFolder        one adapter's shrinks ride the base products' call  -    yes
 //	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes
 //	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  yes
 //	SampleReserver    sizes the sampler's buffers once (NewRunner)        -    yes
