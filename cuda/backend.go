@@ -52,7 +52,10 @@ type Backend struct {
 	routedWide            bool // RouteLoRA takes the wide shrink (fused.go: LORAPLEX_ROUTED_WIDE, SetRoutedWide)
 	routedFused           bool // the wide routed shrink routes its own rows (fused.go: LORAPLEX_ROUTED_FUSED, SetRoutedFused)
 	routedGroup           bool // RouteLoRAGroup runs (route.go: LORAPLEX_ROUTED_GROUP, SetRoutedGroup)
-	routedGroups          int  // grouped routed calls taken (RoutedGroupCount)
+	routedFold            bool // RoutedFoldedProducts runs (routefold.go: LORAPLEX_ROUTED_FOLD, SetRoutedFold)
+	routedFolds           int  // routed folds taken (RoutedFoldCount)
+	routeFoldArgs         routeFoldArgs
+	routedGroups          int // grouped routed calls taken (RoutedGroupCount)
 	routeGroupArgs        routeGroupArgs
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
@@ -146,6 +149,7 @@ func New(device int) (*Backend, error) {
 	b.routedWide = envSwitch("LORAPLEX_ROUTED_WIDE", routedWideDefault)
 	b.routedFused = envSwitch("LORAPLEX_ROUTED_FUSED", routedFusedDefault)
 	b.routedGroup = envSwitch("LORAPLEX_ROUTED_GROUP", routedGroupDefault)
+	b.routedFold = envSwitch("LORAPLEX_ROUTED_FOLD", routedFoldDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)

@@ -22,6 +22,7 @@ import (
 //	LORAPLEX_ROUTED_WIDE=on|off    routed (mixture-of-LoRA) shrink on the wide split-K kernel (kernels/lora.cu, route.go)
 //	LORAPLEX_ROUTED_FUSED=on|off   with it, the route kernel folded into that shrink: two launches a routed projection
 //	LORAPLEX_ROUTED_GROUP=on|off   with both, the routed projections of one input in one launch pair (DeviceGroupRouter, route.go)
+//	LORAPLEX_ROUTED_FOLD=on|off    batch-1 routed steps: every expert's shrink rides the base products' launch (RoutedFolder, routefold.go)
 //	LORAPLEX_NORM_GEMV=on|off      both (add +) RMSNorms of a layer folded into the GEMVs reading them (NormFuser)
 //	LORAPLEX_PDL=off|on|prefetch   programmatic dependent launch of a decode step's kernels (sm_90+; PDL, kernels/common.cuh)
 //	LORAPLEX_GEMV_DEEP=on|off      batch-1 GEMVs with twice the weight loads in flight per lane (kernels/gemv.cu)
@@ -72,9 +73,12 @@ const (
 	// prof-routed1.txt: 12-13 us a routing shrink and 7-8 us a routed expand, 7 of each a
 	// layer, latency that the members of q/k/v and of gate/up can share in one launch each).
 	routedGroupDefault = false
-	normGEMVDefault    = true
-	pdlDefault         = PDLOff
-	gemvDeepDefault    = false
+	// routedFoldDefault: off until a GPU run has tested it (TestRoutedFold) and measured it;
+	// written without a GPU from the same profile (no routing shrink launch remains at batch 1).
+	routedFoldDefault = false
+	normGEMVDefault   = true
+	pdlDefault        = PDLOff
+	gemvDeepDefault   = false
 	// gemvStreamDefault: on after one A/B run on an H100 (goals-2026-12-07-ab4): batch-1 decode
 	// 1.035x at ctx 128, 1.014x at 4k, 1.010x at 32k, one rank-8 adapter at batch 1 1.084x,
 	// routed batch 1 1.077x; batch 64 (no batch-1 GEMVs) within noise. TestGEMVDeepBitwise holds

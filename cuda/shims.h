@@ -76,7 +76,8 @@ static inline int s_gemv_swiglu(int n, int m, int k, uintptr_t x, uintptr_t wg, 
 // s_parts fills lp_gemv_parts from Go arrays of LP_GEMV_PARTS entries (parts used): ws, wsrcs
 // (NULL: none), ys and ends.
 static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* wsrcs, const uintptr_t* ys, const uintptr_t* ends, int parts) {
-	lp_gemv_parts p = {0};
+	lp_gemv_parts p;
+	memset(&p, 0, sizeof p);
 	for (int g = 0; g < parts && g < LP_GEMV_PARTS; g++) {
 		p.w[g] = P(const uint16_t*, ws[g]);
 		if (wsrcs) p.wsrc[g] = P(const uint16_t* const*, wsrcs[g]);
@@ -88,6 +89,17 @@ static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* wsrcs,
 }
 static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* wsrcs, const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
 	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, wsrcs, ys, ends, parts), opts, P(lp_stream, s));
+}
+// s_gemv_parts_tab is s_gemv_parts with router tables among the parts: wtabs[g] (0: none) and
+// their t_ranks[g] (lp_gemv_parts' wtab, t_rank).
+static inline int s_gemv_parts_tab(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* wtabs, const int* tranks,
+                                   const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
+	lp_gemv_parts p = s_parts(ws, NULL, ys, ends, parts);
+	for (int g = 0; g < parts && g < LP_GEMV_PARTS; g++) {
+		p.wtab[g] = P(const lp_route_expert*, wtabs[g]);
+		p.t_rank[g] = tranks[g];
+	}
+	return lp_gemv_parts_bf16(n, k, P(const float*, x), p, opts, P(lp_stream, s));
 }
 static inline int s_norm_gemv_parts(int n, int k, uintptr_t x, uintptr_t d, uintptr_t resid, uintptr_t nw, float eps, const uintptr_t* ws,
                                     const uintptr_t* wsrcs, const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
@@ -220,6 +232,29 @@ static inline int s_route_lora_group_wide(const uintptr_t* logits, const int* ro
 	g.members = members;
 	g.n = n;
 	return lp_route_lora_group_wide(g, P(const float*, x), in, splits, stride, P(lp_stream, s));
+}
+// s_route_fold_expand fills lp_route_fold from Go arrays of LP_LORA_GROUP entries (members used).
+static inline int s_route_fold_expand(const uintptr_t* logits, const int* rows, const int* k, const float* t, const int* nulls,
+                                      const int* passes, const uintptr_t* experts, const uintptr_t* traces, int trace_cols, int layer,
+                                      const uintptr_t* ts, const int* tranks, const uintptr_t* out, const int* out_dim, int members, int n,
+                                      uintptr_t s) {
+	lp_route_fold f;
+	memset(&f, 0, sizeof f);
+	for (int m = 0; m < members && m < LP_LORA_GROUP; m++) {
+		lp_route_args* ra = &f.ra[m];
+		ra->logits = P(const float*, logits[m]);
+		ra->rows = rows[m]; ra->k = k[m]; ra->nulls = nulls[m]; ra->passes = passes[m];
+		ra->temperature = t[m];
+		ra->experts = P(const lp_route_expert*, experts[m]);
+		ra->trace = P(float*, traces[m]); ra->trace_cols = trace_cols; ra->layer = layer;
+		f.t[m] = P(const float*, ts[m]);
+		f.t_rank[m] = tranks[m];
+		f.out[m] = P(float*, out[m]);
+		f.out_dim[m] = out_dim[m];
+	}
+	f.members = members;
+	f.n = n;
+	return lp_route_fold_expand(f, P(lp_stream, s));
 }
 static inline int s_lora_routed_wide(uintptr_t out, uintptr_t x, uintptr_t segs, int rows, int k, int maxrank, uintptr_t scratch, int in, int outd,
                                      int splits, int stride, uintptr_t s) {

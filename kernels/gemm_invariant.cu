@@ -444,7 +444,7 @@ static int launch_gemm_invariant(int n, int k, const X* x, const lp_gemv_parts& 
         return (int)cudaErrorInvalidValue;
     int strips = 0, small_strips = 0;
     for (int g = 0; g < p.parts; g++) {
-        if (!lp_gemm_invariant_ok(p.end[g] - (g > 0 ? p.end[g - 1] : 0), k) || !p.w[g] || p.wsrc[g] || !p.y[g] ||
+        if (!lp_gemm_invariant_ok(p.end[g] - (g > 0 ? p.end[g - 1] : 0), k) || !p.w[g] || p.wsrc[g] || p.wtab[g] || !p.y[g] ||
             (uintptr_t)p.w[g] % 16 != 0)
             return (int)cudaErrorInvalidValue;
         strips += gi_strips(p, g, GI_BN);

@@ -169,12 +169,12 @@ struct gemv_step {
     __device__ __forceinline__ void operator()(const uint4 v, int iv) const { gemv_accumulate<N>(acc, v, x, k, iv); }
 };
 
-// gemv_column is one warp's work: output column j of y [n, m] (row stride m).
+// gemv_column is one warp's work: output column j of y [n, m] (row stride m), weight row wrow.
 template <int N, int D>
-__device__ __forceinline__ void gemv_column(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta,
-                                            int j, int ld) {
+__device__ __forceinline__ void gemv_column_row(float* y, const float* x, const uint16_t* wrow, int m, int k, float alpha,
+                                                float beta, int j, int ld) {
     const int lane = threadIdx.x & 31;
-    const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)j * k);
+    const uint4* wr = reinterpret_cast<const uint4*>(wrow);
     float acc[N];
 #pragma unroll
     for (int r = 0; r < N; r++) acc[r] = 0.f;
@@ -187,6 +187,12 @@ __device__ __forceinline__ void gemv_column(float* y, const float* x, const uint
             *out = beta != 0.f ? alpha * s + beta * *out : alpha * s;
         }
     }
+}
+
+template <int N, int D>
+__device__ __forceinline__ void gemv_column(float* y, const float* x, const uint16_t* w, int m, int k, float alpha, float beta,
+                                            int j, int ld) {
+    gemv_column_row<N, D>(y, x, w + (size_t)j * k, m, k, alpha, beta, j, ld);
 }
 
 template <int N, int D>
@@ -214,11 +220,15 @@ __device__ __forceinline__ const uint16_t* gemv_part_w(const lp_gemv_parts& p, i
 
 // gemv_parts_ok checks a parts launch's parts: each with its columns, and its weights at w (16-byte
 // aligned) or behind wsrc, not both.
-static bool gemv_parts_ok(const lp_gemv_parts& p) {
+static bool gemv_parts_ok(const lp_gemv_parts& p, bool tables) {
     if (p.parts < 1 || p.parts > LP_GEMV_PARTS) return false;
-    for (int g = 0; g < p.parts; g++)
-        if (((uintptr_t)p.w[g] % 16) != 0 || (p.w[g] == nullptr) == (p.wsrc[g] == nullptr) || p.end[g] <= (g > 0 ? p.end[g - 1] : 0))
+    for (int g = 0; g < p.parts; g++) {
+        const int sources = (p.w[g] != nullptr) + (p.wsrc[g] != nullptr) + (p.wtab[g] != nullptr);
+        const int cols = p.end[g] - (g > 0 ? p.end[g - 1] : 0);
+        if (((uintptr_t)p.w[g] % 16) != 0 || sources != 1 || cols <= 0 ||
+            (p.wtab[g] && (!tables || p.t_rank[g] < 1 || cols % p.t_rank[g] != 0)))
             return false;
+    }
     return true;
 }
 
@@ -232,8 +242,22 @@ __device__ __forceinline__ void gemv_parts_body(const lp_gemv_parts& p, const fl
     }
     int g = 0;
     while (c >= p.end[g]) g++;
-    const int first = g > 0 ? p.end[g - 1] : 0;
-    gemv_column<N, D>(p.y[g], x, gemv_part_w(p, g), p.end[g] - first, k, 1.f, 0.f, c - first, ld);
+    const int first = g > 0 ? p.end[g - 1] : 0, m = p.end[g] - first, j = c - first;
+    if (p.wtab[g]) {
+        // A router's table: column j is row r of expert e's A; past the expert's rank it is 0
+        // (written after the wait, as every output: the previous kernel may still read y).
+        const lp_route_expert ex = p.wtab[g][j / p.t_rank[g]];
+        const int r = j % p.t_rank[g];
+        if (r >= ex.rank) {
+            lp_pdl_wait();
+            if ((threadIdx.x & 31) == 0)
+                for (int row = 0; row < N; row++) p.y[g][(size_t)row * m + j] = 0.f;
+            return;
+        }
+        gemv_column_row<N, D>(p.y[g], x, ex.a + (size_t)r * k, m, k, 1.f, 0.f, j, ld);
+        return;
+    }
+    gemv_column<N, D>(p.y[g], x, gemv_part_w(p, g), m, k, 1.f, 0.f, j, ld);
 }
 
 template <int N, int D>
@@ -242,7 +266,7 @@ __global__ void gemv_parts_kernel(lp_gemv_parts p, const float* x, int k, int ld
 }
 
 extern "C" int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s) {
-    if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || ((uintptr_t)x % 16) != 0 || !gemv_parts_ok(parts))
+    if (n < 1 || n > LP_GEMV_MAX_ROWS || k <= 0 || k % 8 != 0 || ((uintptr_t)x % 16) != 0 || !gemv_parts_ok(parts, true))
         return (int)cudaErrorInvalidValue;
     dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
@@ -867,7 +891,7 @@ static void launch_norm_gemv_parts(int n, dim3 grid, dim3 block, cudaStream_t st
 extern "C" int lp_norm_gemv_parts_bf16(int n, int k, const float* x, const float* delta, float* resid, const float* norm_w,
                                        float eps, lp_gemv_parts parts, int opts, lp_stream s) {
     const norm_gemv_in in = {x, delta, resid, norm_w, eps};
-    if (!norm_gemv_in_ok(n, k, in) || !gemv_parts_ok(parts)) return (int)cudaErrorInvalidValue;
+    if (!norm_gemv_in_ok(n, k, in) || !gemv_parts_ok(parts, false)) return (int)cudaErrorInvalidValue;
     dim3 grid((parts.end[parts.parts - 1] + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 block(32 * GEMV_WARPS);
     if (delta)

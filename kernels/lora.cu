@@ -91,6 +91,17 @@
 // launch's, within the routed tests' bounds. Determinism and graph replay as
 // lp_route_lora_wide's (the launch shape is a function of the routings and the row count).
 //
+// Routed fold (LORAPLEX_ROUTED_FOLD=on|off, cuda.RoutedFoldedProducts): at batch 1 every expert's
+// shrink rides the base products' GEMV launch beside the gate (lp_gemv_parts' wtab: 28 rank-8
+// experts are 224 more columns, ~0.5 MB of A factors a projection, ~17 MB a layer beside 436 MB
+// of weights), so no routing shrink launch remains; lp_route_fold_expand then routes each row
+// from the logits and adds its choices from the dense shrinks, one launch for the members of a
+// group. Nsight Compute put a routing shrink at 12-13 us, 7 a layer (goals-2026-12-07-s25c/
+// prof-routed1.txt). The arithmetic per choice is the routed expand's (expand_dot) on a shrink
+// summed in the GEMV's order instead of the wide shrink's: within rounding of RouteLoRA, the same
+// routing (the same logits reach route_row). No segment table: the launch shapes and every
+// address are fixed by the step key (the routing's tables are content-addressed, route.go).
+//
 // Folded shrinks (LORAPLEX_LORA_FOLD=on|off, cuda.FoldedProducts): at batch 1 a projection
 // group's one adapter costs two launches of its own beside the base products (shrink, expand),
 // each latency-bound (a rank-8 q/k/v shrink reads 192 KB), and the RMSNorm before them could
@@ -707,6 +718,69 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
     shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
     dim3 g2(max_rows, num_segs, chunks);
     lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, splits, t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// Routed fold expand (lp_route_fold_expand; the design is at the top of the file): grid (row,
+// wide column chunk, member). Thread 0 routes the block's row from the gate logits the products
+// launch wrote (route_row, which also names each pass's expert) and the block copies each real
+// choice's shrink out of the dense [experts * t_rank] row into shared memory; then, as the wide
+// routed expand, each thread takes WIDE_EXPAND_PER_THREAD columns a block width apart and adds
+// the choices in pass order, out + s0*d0 + s1*d1 + ..., each d with expand_dot's arithmetic.
+__global__ void __launch_bounds__(WIDE_THREADS) lora_route_fold_expand_kernel(lp_route_fold f) {
+    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
+    __shared__ int chosen[LP_ROUTE_MAX_K];
+    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+    const int m = blockIdx.z, i = blockIdx.x, out_dim = f.out_dim[m];
+    if ((int)blockIdx.y * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
+    const lp_route_args& ra = f.ra[m];
+    if (threadIdx.x == 0)
+        route_row(ra.logits + (size_t)i * ra.rows, i, ra.rows, ra.k, ra.temperature, ra.nulls, ra.experts, sg, ra.passes, ra.start,
+                  0, blockIdx.y == 0 ? ra.trace : nullptr, ra.trace_cols, ra.layer, chosen);
+    __syncthreads();
+    const float* trow = f.t[m] + (size_t)i * (ra.rows - ra.nulls) * f.t_rank[m];
+    for (int p = 0; p < ra.passes; p++)
+        if (sg[p].n > 0)
+            for (int j = threadIdx.x; j < sg[p].rank; j += blockDim.x) t[p][j] = trow[(size_t)chosen[p] * f.t_rank[m] + j];
+    __syncthreads();
+    float* orow = f.out[m] + (size_t)i * out_dim;
+    const int c0 = blockIdx.y * WIDE_EXPAND_COLS + threadIdx.x;
+    float o[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+    for (int q = 0; q < WIDE_EXPAND_PER_THREAD; q++) {
+        const int c = c0 + q * WIDE_THREADS;
+        o[q] = c < out_dim ? orow[c] : 0.f;
+    }
+    for (int p = 0; p < ra.passes; p++) {
+        if (sg[p].n == 0) continue;  // uniform over the block (shared)
+        const bool vec = expand_vec(sg[p]);
+#pragma unroll
+        for (int q = 0; q < WIDE_EXPAND_PER_THREAD; q++) {
+            const int c = c0 + q * WIDE_THREADS;
+            if (c < out_dim) o[q] += sg[p].scale * expand_dot(sg[p].b, sg[p].rank, vec, t[p], c);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < WIDE_EXPAND_PER_THREAD; q++) {
+        const int c = c0 + q * WIDE_THREADS;
+        if (c < out_dim) orow[c] = o[q];
+    }
+}
+
+extern "C" int lp_route_fold_expand(lp_route_fold f, lp_stream s) {
+    if (f.members < 1 || f.members > LP_LORA_GROUP || f.n < 1 || f.n > LP_LORA_ROUTED_MAX_ROWS) return (int)cudaErrorInvalidValue;
+    int chunks = 0;
+    for (int m = 0; m < f.members; m++) {
+        const lp_route_args& ra = f.ra[m];
+        if (!route_args_ok(f.n, ra.rows, ra.k, ra.temperature, ra.nulls, ra.passes, ra.start, 0, ra.trace, ra.trace_cols, ra.layer) ||
+            ra.passes < 1 || ra.rows - ra.nulls < 1 || !ra.experts || !ra.logits || !f.t[m] || f.t_rank[m] < 1 ||
+            f.t_rank[m] > LP_MAX_LORA_RANK || !f.out[m] || f.out_dim[m] <= 0)
+            return (int)cudaErrorInvalidValue;
+        const int c = (f.out_dim[m] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
+        if (c > chunks) chunks = c;
+    }
+    if (chunks > 65535) return (int)cudaErrorInvalidValue;
+    lora_route_fold_expand_kernel<<<dim3(f.n, chunks, f.members), WIDE_THREADS, 0, as_stream(s)>>>(f);
     LP_CHECK_LAUNCH();
 }
 

@@ -126,10 +126,24 @@ int lp_gemv_swiglu_bf16(int n, int m, int k, const float* x, const uint16_t* wg,
 // batch-1 step's shrink rides its base products' launch and a recorded step, whose segment
 // tables are rewritten before each replay, serves whichever adapter the step has (the caller
 // guarantees the address is 16-byte aligned). Deterministic mode's parts take no wsrc.
-#define LP_GEMV_PARTS 6
+// A router's expert table (route.cu, lora.cu; one entry per real gate row):
+typedef struct {
+    const uint16_t* a; // [rank, in] bf16
+    const uint16_t* b; // [out, rank] bf16
+    int rank;          // 0: this expert does not adapt the projection
+    int id;            // the expert's index in the router's expert list (for the trace)
+    float scale;       // the expert's PEFT scale; the gate weight multiplies it
+} lp_route_expert;
+// Where wtab[g] is set (w[g] and wsrc[g] not), part g is every expert's shrink of a router's
+// table, t_rank[g] columns an expert: column e * t_rank[g] + r is x · A_e[r], 0 where r is past
+// expert e's rank (a routed batch-1 step's shrinks ride its base products: lp_route_fold).
+// LP_GEMV_PARTS covers q/k/v, their three gates and three such tables.
+#define LP_GEMV_PARTS 9
 typedef struct {
     const uint16_t* w[LP_GEMV_PARTS];
     const uint16_t* const* wsrc[LP_GEMV_PARTS];
+    const lp_route_expert* wtab[LP_GEMV_PARTS];
+    int t_rank[LP_GEMV_PARTS];
     float* y[LP_GEMV_PARTS];
     int end[LP_GEMV_PARTS];
     int parts;
@@ -295,13 +309,7 @@ int lp_lora_routed_wide(float* out, const float* x, const lp_lora_seg* segs_devi
 // p < passes; one lp_lora_routed(k = passes) then adds the deltas. experts [rows - nulls] is
 // the projection's table (rank 0: no LoRA there). trace (may be NULL) gets the top-1 id at
 // [(start + i), layer].
-typedef struct {
-    const uint16_t* a; // [rank, in] bf16
-    const uint16_t* b; // [out, rank] bf16
-    int rank;          // 0: this expert does not adapt the projection
-    int id;            // the expert's index in the router's expert list (for the trace)
-    float scale;       // the expert's PEFT scale; the gate weight multiplies it
-} lp_route_expert;
+// (lp_route_expert: a projection's expert table, declared with the GEMV parts that read it.)
 int lp_route_segs(const float* logits, int n, int rows, int k, float temperature, int nulls,
                   const lp_route_expert* experts, lp_lora_seg* segs, int passes, int start, int t_stride,
                   float* trace, int trace_cols, int layer, lp_stream s);
@@ -334,6 +342,20 @@ typedef struct {
     int members, n;
 } lp_route_group;
 int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, lp_stream s);
+// lora.cu, routed fold (LORAPLEX_ROUTED_FOLD): the routed deltas of up to LP_LORA_GROUP
+// projections whose gate logits ([n, rows] at ra[m].logits) and every expert's shrink ([n,
+// experts * t_rank[m]] at t[m], lp_gemv_parts' wtab) the base products' launch computed: each
+// row routes as route_row does (ra[m]: passes = the real choices, seg_stride and start unused
+// but for the trace row start + i) and out[m] [n, out_dim[m]] gets Σ_p w_p s_p B_p t_p.
+typedef struct {
+    lp_route_args ra[LP_LORA_GROUP];
+    const float* t[LP_LORA_GROUP];
+    int t_rank[LP_LORA_GROUP];
+    float* out[LP_LORA_GROUP];
+    int out_dim[LP_LORA_GROUP];
+    int members, n;
+} lp_route_fold;
+int lp_route_fold_expand(lp_route_fold f, lp_stream s);
 
 // sampling.cu: one block per logits row [rows, vocab] (overwritten) chooses the row's token
 // with params[row]; model.SampleReference (Go) defines the semantics. words holds every row's

@@ -23,10 +23,11 @@ __device__ __forceinline__ bool route_better(float a, float b) {
 
 // route_row routes row i: l is its gate logits [rows], experts [rows - nulls], row_segs
 // [passes] the row's segments (segs + i * passes in the row-major table; a block's shared copy
-// in the routed shrink that routes its own row, lora.cu). trace may be NULL.
+// in the routed shrink that routes its own row, lora.cu). trace may be NULL; chosen (may be
+// NULL) gets each pass's expert index (lp_route_fold_expand finds its shrink by it).
 __device__ inline void route_row(const float* l, int i, int rows, int k, float temperature, int nulls,
                                           const lp_route_expert* experts, lp_lora_seg* row_segs, int passes, int start,
-                                          int t_stride, float* trace, int trace_cols, int layer) {
+                                          int t_stride, float* trace, int trace_cols, int layer, int* chosen = nullptr) {
     const int real = rows - nulls;
 
     // I = the k largest logits by repeated arg-max; rows <= 64, so a bit mask marks the taken.
@@ -83,6 +84,7 @@ __device__ inline void route_row(const float* l, int i, int rows, int k, float t
         sg.t_off = (i * passes + p) * t_stride;
         sg.scale = w * ex.scale;
         row_segs[p] = sg;
+        if (chosen) chosen[p] = idx[j];
         p++;
     }
     for (; p < passes; p++) {  // fewer real choices than passes: empty segments

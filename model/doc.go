@@ -19,6 +19,7 @@
 //	FailureReporter   Err: the backend's sticky failure (health)          yes  yes
 //	DeviceRouter      routes router rows on the device (RouteLoRA)        -    yes
 //	DeviceGroupRouter routes q/k/v's (gate/up's) members in one call      -    yes
+//	RoutedFolder      a batch-1 step's expert shrinks ride the products   -    yes
 //	AdapterUploader   uploads and frees a whole adapter at once (a slab)  -    yes
 //	EncodedUploader   decodes lorapack q4/q8 streams on the device        -    yes
 //	UploadAliaser     Upload may alias the adapter's host copy            yes  -

@@ -378,6 +378,9 @@ func (r *Runner) proj(out, in Tensor, l int, p Proj) {
 	} else {
 		ps := allProjs[p : p+1]
 		r.groupOuts[0] = out
+		if r.routedFolded(in, l, ps, r.groupOuts[:1]) {
+			return
+		}
 		r.gatedProducts(in, l, ps, r.groupOuts[:1], r.groupWeights(l, ps))
 	}
 	r.projAfter(out, in, l, p)
@@ -425,7 +428,7 @@ var (
 // the backend has one). Each output receives the same additions in the same order as proj gives
 // it. Routed steps add their deltas per projection (projAfter).
 func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
-	if r.folded(in, l, ps, outs) {
+	if r.folded(in, l, ps, outs) || r.routing.seqs > 0 && r.routedFolded(in, l, ps, outs) {
 		return
 	}
 	r.gatedProducts(in, l, ps, outs, r.groupWeights(l, ps))

@@ -76,6 +76,19 @@ type DeviceGroupRouter interface {
 	RouteLoRAGroup(outs []Tensor, x Tensor, logits []Tensor, start, n int, rps []*RoutedProj, trace Tensor, traced, layer int) bool
 }
 
+// RoutedFolder is implemented by device routers that fold a routed projection group's expert
+// shrinks into the base products' call where one routing covers every row of a few-row step
+// (cuda: batch 1; every expert's A factor streams beside the weights and the gate, then one
+// route-and-expand launch for the group, LORAPLEX_ROUTED_FOLD). For every i,
+// RoutedFoldedProducts computes outs[i] = x·ws[i]ᵀ, adds biases[i] where it has rows, then rps[i]'s
+// routed delta of every row of x (logits x·rps[i].Gateᵀ, routed per row as Route does,
+// RouteLoRA's semantics and trace: trace for i == traced, none otherwise), each output within
+// rounding of those ops. It does all of it and returns true, or nothing and returns false; the
+// answer may depend only on what the StepRecorder key fixes.
+type RoutedFolder interface {
+	RoutedFoldedProducts(outs []Tensor, x Tensor, ws, biases []Tensor, rps []*RoutedProj, trace Tensor, traced, layer int) bool
+}
+
 // Check validates the routing against cfg: shapes of gates and expert lists, k and T in range.
 func (rt *Routing) Check(cfg *Config) error {
 	if len(rt.Layers) != cfg.NumLayers || len(rt.TraceProj) != cfg.NumLayers {

@@ -27,6 +27,7 @@ type routeState struct {
 
 	dev      DeviceRouter      // the backend, when it routes on the device
 	groupDev DeviceGroupRouter // the same backend, when it also routes the projections of one input together
+	folder   RoutedFolder      // the same backend, when it folds a few-row step's expert shrinks into the products
 	// groupRPs and groupLogits are a routeShared call's arguments, kept here so steps allocate nothing.
 	groupRPs    [maxSharedGroup]*RoutedProj
 	groupLogits [maxSharedGroup]Tensor
@@ -85,6 +86,7 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 		if dr, ok := r.B.(DeviceRouter); ok && !r.Opt.HostRouting {
 			rs.dev = dr
 			rs.groupDev, _ = dr.(DeviceGroupRouter)
+			rs.folder, _ = dr.(RoutedFolder)
 			rs.devTrace = r.B.Alloc(r.Opt.MaxTokens, r.Cfg.NumLayers)
 			rs.traceF = make([]float32, r.Opt.MaxTokens*r.Cfg.NumLayers)
 		}
@@ -125,6 +127,33 @@ func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoR
 	}
 	r.segs[p] = segs // keep any capacity append grew
 	return segs, rs.passes[:npass]
+}
+
+// routedFolded computes the products outs of the projections ps of in with their biases and
+// routed deltas in one RoutedFolder call where one routing covers every row of the step for each
+// of them and no plain adapter segment does (a routed batch-1 step), reporting whether it did
+// (the base products, gatedProducts and the routing then do not run).
+func (r *Runner) routedFolded(in Tensor, l int, ps []Proj, outs []Tensor) bool {
+	rs := &r.routing
+	if rs.folder == nil || len(ps) > maxSharedGroup {
+		return false
+	}
+	rps, traced := rs.groupRPs[:len(ps)], -1
+	for i, p := range ps {
+		g, ok := r.routeGroupOf(l, p)
+		if !ok || g.start != 0 || g.n != in.Rows || len(r.segs[p]) > 0 {
+			return false
+		}
+		if g.traced {
+			traced = i
+		}
+		rps[i] = g.rp
+	}
+	trace := Tensor{}
+	if traced >= 0 {
+		trace = rs.devTrace
+	}
+	return rs.folder.RoutedFoldedProducts(outs, in, r.groupWeights(l, ps), r.foldBiasesOf(l, ps), rps, trace, traced, l)
 }
 
 // routeShared adds the biases and the routed deltas of the projections ps, which read in, in

@@ -19,6 +19,35 @@ type groupingBackend struct {
 	*cpu.Backend
 	groups  int  // grouped calls taken (or, declining, offered)
 	decline bool // refuse every grouped call: the forward pass routes each projection itself
+	fold    bool // take RoutedFoldedProducts calls (else decline them)
+	folds   int  // routed folds taken
+}
+
+// RoutedFoldedProducts composes what the forward pass would do instead: the products, the
+// biases, the gate logits (computed here), then RouteLoRA.
+func (g *groupingBackend) RoutedFoldedProducts(outs []model.Tensor, x model.Tensor, ws, biases []model.Tensor, rps []*model.RoutedProj,
+	trace model.Tensor, traced, layer int) bool {
+	if !g.fold {
+		return false
+	}
+	g.folds++
+	for i := range outs {
+		g.MatMul(outs[i], x, ws[i])
+		if biases[i].Rows > 0 {
+			g.AddBias(outs[i], biases[i])
+		}
+	}
+	for i, rp := range rps {
+		lg := g.Alloc(x.Rows, rp.Gate.Rows)
+		g.MatMul(lg, x, rp.Gate)
+		tr := model.Tensor{}
+		if i == traced {
+			tr = trace
+		}
+		g.RouteLoRA(outs[i], x, lg, 0, x.Rows, rp, tr, layer)
+		g.Free(lg)
+	}
+	return true
 }
 
 func (g *groupingBackend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.Tensor) bool {
@@ -87,20 +116,22 @@ func (g *groupingBackend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, lo
 // the same rows: a batch of one router's reference cases, prefill whole and chunked, decodes
 // the reference's greedy tokens with logits within 1e-3, as TestRouterFixturesCPU does on the
 // host path, and the grouped calls are used; a backend that declines every group gets the same
-// (each projection routed after the group's biases, which qwen2's q/k/v have).
+// (each projection routed after the group's biases, which qwen2's q/k/v have), and so does one
+// that folds the routed projections into the products' call (model.RoutedFolder), which the
+// steps of this one-router batch all take.
 func TestRouterFixturesDeviceGroups(t *testing.T) {
 	for _, c := range []struct {
-		name    string
-		decline bool
-	}{{"grouped", false}, {"declined", true}} {
-		t.Run(c.name, func(t *testing.T) { routerFixturesDeviceGroups(t, c.decline) })
+		name          string
+		decline, fold bool
+	}{{"grouped", false, false}, {"declined", true, false}, {"folded", false, true}} {
+		t.Run(c.name, func(t *testing.T) { routerFixturesDeviceGroups(t, c.decline, c.fold) })
 	}
 }
 
-func routerFixturesDeviceGroups(t *testing.T, decline bool) {
+func routerFixturesDeviceGroups(t *testing.T, decline, fold bool) {
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
-			be := &groupingBackend{Backend: cpu.New(2), decline: decline}
+			be := &groupingBackend{Backend: cpu.New(2), decline: decline, fold: fold}
 			t.Cleanup(be.Close)
 			_, cfg, h := fixture.Open(t, name, be)
 			rfx, err := fixture.LoadRouters(name)
@@ -125,7 +156,10 @@ func routerFixturesDeviceGroups(t *testing.T, decline bool) {
 				}
 				t.Logf("chunk %d: %d routed cases of %s, %d steps, worst logit diff %.2e", chunk, len(cases), rfx.Cases[0].Router, res.Steps, res.WorstDiff)
 			}
-			if be.groups == 0 {
+			if fold && be.folds == 0 {
+				t.Fatal("no step folded its routed projections into the products")
+			}
+			if !fold && be.groups == 0 {
 				t.Fatal("no step offered a projection group to one call")
 			}
 		})
