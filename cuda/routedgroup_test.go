@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/loraplex/loraplex/cpu"
+	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -183,7 +184,8 @@ func TestRoutedGroupMatchesHostCUDA(t *testing.T) {
 // A routed fold (LORAPLEX_ROUTED_FOLD) gives what the products, the biases, the gate GEMMs and
 // RouteLoRA give: the same trace and outputs within 1e-5 of the largest (the experts' shrinks
 // summed in the GEMV's order), for one to three members of different widths, experts, ranks
-// (some past a table's largest, whose columns are zero), k and nulls, with a bias. It declines
+// (some past a table's largest, whose columns are zero), k and nulls, with a bias, one row and
+// three (the GEMV's multi-row kernels, under programmatic dependent launch). It declines
 // with the switch off, beyond the GEMV rows, in deterministic mode and past the route kernel's
 // limits, leaving the outputs as they were.
 func TestRoutedFold(t *testing.T) {
@@ -200,98 +202,107 @@ func TestRoutedFold(t *testing.T) {
 		{{experts: 4, k: 2, T: 1}, {experts: 5, nulls: 1, k: 3, T: 2, nilAt: []int{2}}, {experts: 3, k: 1, T: 0.7}},
 		{{experts: 60, nulls: 4, k: 8, T: 0.9, nilAt: []int{0, 17}}, {experts: 2, nulls: 3, k: 2, T: 1.3}},
 	} {
-		t.Run(fmt.Sprintf("group%d", ci), func(t *testing.T) {
-			widths := []int{192, 64, 96}[:len(group)]
-			_, x := p.tensor(t, 1, in, randFloats(r, in))
-			var rps []*model.RoutedProj
-			var ws, biases, alone, folded []model.Tensor
-			var bases [][]float32
-			for m, rc := range group {
-				rows := rc.experts + rc.nulls
-				_, eg, ids := routeExperts(t, p, r, rc, ranks, in, widths[m], 2000*ci+100*m)
-				_, gate := p.upload(t, hostBF16(r, rows, in, 1/math.Sqrt(in)))
-				rps = append(rps, &model.RoutedProj{Gate: gate, TopK: rc.k, Temperature: rc.T, Nulls: rc.nulls, Experts: eg, IDs: ids})
-				_, w := p.upload(t, hostBF16(r, widths[m], in, 1/math.Sqrt(in)))
-				bias := model.Tensor{}
-				if m == 0 {
-					_, bias = p.tensor(t, 1, widths[m], randFloats(r, widths[m]))
+		for _, n := range []int{1, 3} {
+			t.Run(fmt.Sprintf("group%d_rows%d", ci, n), func(t *testing.T) {
+				// Three rows take the GEMV's multi-row kernels, under programmatic dependent launch.
+				g.SetGEMVRows(n)
+				if n > 1 {
+					g.SetPDL(cuda.PDLOn)
+					defer g.SetPDL(cuda.PDLOff)
 				}
-				base := randFloats(r, widths[m])
-				_, a := p.tensor(t, 1, widths[m], base)
-				_, f := p.tensor(t, 1, widths[m], base)
-				ws, biases, alone, folded, bases = append(ws, w), append(biases, bias), append(alone, a), append(folded, f), append(bases, base)
-			}
-			sentinel := make([]float32, layers)
-			for i := range sentinel {
-				sentinel[i] = 99
-			}
-			_, trA := p.tensor(t, 1, layers, sentinel)
-			_, trF := p.tensor(t, 1, layers, sentinel)
-			// The separate ops.
-			for m, rp := range rps {
-				g.MatMul(alone[m], x, ws[m])
-				if biases[m].Rows > 0 {
-					g.AddBias(alone[m], biases[m])
+				defer g.SetGEMVRows(1)
+				widths := []int{192, 64, 96}[:len(group)]
+				_, x := p.tensor(t, n, in, randFloats(r, n*in))
+				var rps []*model.RoutedProj
+				var ws, biases, alone, folded []model.Tensor
+				var bases [][]float32
+				for m, rc := range group {
+					rows := rc.experts + rc.nulls
+					_, eg, ids := routeExperts(t, p, r, rc, ranks, in, widths[m], 2000*ci+100*m)
+					_, gate := p.upload(t, hostBF16(r, rows, in, 1/math.Sqrt(in)))
+					rps = append(rps, &model.RoutedProj{Gate: gate, TopK: rc.k, Temperature: rc.T, Nulls: rc.nulls, Experts: eg, IDs: ids})
+					_, w := p.upload(t, hostBF16(r, widths[m], in, 1/math.Sqrt(in)))
+					bias := model.Tensor{}
+					if m == 0 {
+						_, bias = p.tensor(t, 1, widths[m], randFloats(r, widths[m]))
+					}
+					base := randFloats(r, n*widths[m])
+					_, a := p.tensor(t, n, widths[m], base)
+					_, f := p.tensor(t, n, widths[m], base)
+					ws, biases, alone, folded, bases = append(ws, w), append(biases, bias), append(alone, a), append(folded, f), append(bases, base)
 				}
-				lg := g.Alloc(1, rp.Gate.Rows)
-				g.MatMul(lg, x, rp.Gate)
-				tr := model.Tensor{}
-				if m == traced {
-					tr = trA
+				sentinel := make([]float32, n*layers)
+				for i := range sentinel {
+					sentinel[i] = 99
 				}
-				g.RouteLoRA(alone[m], x, lg, 0, 1, rp, tr, layer)
-			}
-			fold := func() bool { return g.RoutedFoldedProducts(folded, x, ws, biases, rps, trF, traced, layer) }
-			untouched := func(what string) {
-				for m := range folded {
-					for i, v := range read(t, g, folded[m]) {
-						if math.Float32bits(v) != math.Float32bits(bases[m][i]) {
-							t.Fatalf("%s: a declined fold changed member %d element %d", what, m, i)
+				_, trA := p.tensor(t, n, layers, sentinel)
+				_, trF := p.tensor(t, n, layers, sentinel)
+				// The separate ops.
+				for m, rp := range rps {
+					g.MatMul(alone[m], x, ws[m])
+					if biases[m].Rows > 0 {
+						g.AddBias(alone[m], biases[m])
+					}
+					lg := g.Alloc(n, rp.Gate.Rows)
+					g.MatMul(lg, x, rp.Gate)
+					tr := model.Tensor{}
+					if m == traced {
+						tr = trA
+					}
+					g.RouteLoRA(alone[m], x, lg, 0, n, rp, tr, layer)
+				}
+				fold := func() bool { return g.RoutedFoldedProducts(folded, x, ws, biases, rps, trF, traced, layer) }
+				untouched := func(what string) {
+					for m := range folded {
+						for i, v := range read(t, g, folded[m]) {
+							if math.Float32bits(v) != math.Float32bits(bases[m][i]) {
+								t.Fatalf("%s: a declined fold changed member %d element %d", what, m, i)
+							}
 						}
 					}
 				}
-			}
-			g.SetRoutedFold(false)
-			if fold() {
-				t.Fatal("a routed fold ran with its switch off")
-			}
-			g.SetRoutedFold(true)
-			g.SetBatchInvariant(true)
-			if fold() {
-				t.Fatal("a routed fold ran in deterministic mode")
-			}
-			g.SetBatchInvariant(false)
-			g.SetGEMVRows(0)
-			if fold() {
-				t.Fatal("a routed fold took a row beyond the GEMV rows")
-			}
-			g.SetGEMVRows(1)
-			untouched("declines")
-			before := g.RoutedFoldCount()
-			if !fold() || g.RoutedFoldCount() != before+1 {
-				t.Fatal("the routed fold declined (or did not count) members the route kernel takes")
-			}
-			for m := range group {
-				want, got := read(t, g, alone[m]), read(t, g, folded[m])
-				var scale, worst float64
-				for i := range want {
-					scale = max(scale, math.Abs(float64(want[i])))
-					worst = max(worst, math.Abs(float64(got[i]-want[i])))
+				g.SetRoutedFold(false)
+				if fold() {
+					t.Fatal("a routed fold ran with its switch off")
 				}
-				if !(worst <= 1e-5*scale) {
-					t.Fatalf("member %d: the fold differs from the separate ops by %.3g (max %.3g)", m, worst, scale)
+				g.SetRoutedFold(true)
+				g.SetBatchInvariant(true)
+				if fold() {
+					t.Fatal("a routed fold ran in deterministic mode")
 				}
-			}
-			if a, f := read(t, g, trA), read(t, g, trF); fmt.Sprint(a) != fmt.Sprint(f) || a[layer] == 99 {
-				t.Fatalf("trace: folded %v, separate %v", f, a)
-			}
-			if err := g.Err(); err != nil {
-				t.Fatal(err)
-			}
-			var l0 [model.NumProj]*model.RoutedProj
-			copy(l0[:], rps)
-			g.ReleaseRouting(&model.Routing{Layers: [][model.NumProj]*model.RoutedProj{l0}})
-		})
+				g.SetBatchInvariant(false)
+				g.SetGEMVRows(n - 1)
+				if fold() {
+					t.Fatal("a routed fold took rows beyond the GEMV rows")
+				}
+				g.SetGEMVRows(n)
+				untouched("declines")
+				before := g.RoutedFoldCount()
+				if !fold() || g.RoutedFoldCount() != before+1 {
+					t.Fatal("the routed fold declined (or did not count) members the route kernel takes")
+				}
+				for m := range group {
+					want, got := read(t, g, alone[m]), read(t, g, folded[m])
+					var scale, worst float64
+					for i := range want {
+						scale = max(scale, math.Abs(float64(want[i])))
+						worst = max(worst, math.Abs(float64(got[i]-want[i])))
+					}
+					if !(worst <= 1e-5*scale) {
+						t.Fatalf("member %d: the fold differs from the separate ops by %.3g (max %.3g)", m, worst, scale)
+					}
+				}
+				if a, f := read(t, g, trA), read(t, g, trF); fmt.Sprint(a) != fmt.Sprint(f) || a[layer] == 99 {
+					t.Fatalf("trace: folded %v, separate %v", f, a)
+				}
+				if err := g.Err(); err != nil {
+					t.Fatal(err)
+				}
+				var l0 [model.NumProj]*model.RoutedProj
+				copy(l0[:], rps)
+				g.ReleaseRouting(&model.Routing{Layers: [][model.NumProj]*model.RoutedProj{l0}})
+			})
+		}
 	}
 	t.Run("past the route kernel's limits", func(t *testing.T) {
 		g.SetRoutedFold(true)
