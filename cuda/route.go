@@ -148,10 +148,7 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	b.segUsed += passes * n
 	if b.mode == modeReplay {
 		// The graph holds the launches; the ring advanced exactly as when it was recorded.
-		c := b.routes()
-		c.mu.Lock()
-		c.replays++
-		c.mu.Unlock()
+		b.countReplay()
 		return
 	}
 	var tr C.uintptr_t
@@ -269,10 +266,7 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 	}
 	b.routedGroups++
 	if b.mode == modeReplay {
-		c := b.routes()
-		c.mu.Lock()
-		c.replays++
-		c.mu.Unlock()
+		b.countReplay()
 		return true
 	}
 	b.ok("route + lora (routed group)", C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
@@ -410,6 +404,14 @@ func (b *Backend) graphCheck(key []byte) (record bool) {
 		b.dropGraphs()
 	}
 	return record
+}
+
+// countReplay counts a routed call served by a replayed recording (RoutedReplays).
+func (b *Backend) countReplay() {
+	c := b.routes()
+	c.mu.Lock()
+	c.replays++
+	c.mu.Unlock()
 }
 
 // RoutedReplays is the number of RouteLoRA calls served by replayed recordings (for tests).

@@ -129,10 +129,7 @@ func (b *Backend) RoutedFoldedProducts(outs []model.Tensor, x model.Tensor, ws, 
 	b.routedFolds++
 	if b.mode == modeReplay {
 		// The recording holds the launches (RouteLoRA counts its replays the same way).
-		c := b.routes()
-		c.mu.Lock()
-		c.replays++
-		c.mu.Unlock()
+		b.countReplay()
 	}
 	if b.launch() {
 		b.ok("gemv parts (routed fold)", C.s_gemv_parts_tab(C.int(n), C.int(x.Cols), ptr(x), &a.ws[0], &a.wtabs[0], &a.tranks[0], &a.ys[0],
