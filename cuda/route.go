@@ -183,9 +183,29 @@ var _ model.DeviceGroupRouter = (*Backend)(nil)
 // routeGroupArgs are lp_route_lora_group_wide's per-member arguments, for the shim that fills
 // lp_route_group (kept in the backend: a cgo call would move stack arrays to the heap).
 type routeGroupArgs struct {
-	logits, experts, traces, segs, scratch, outs [loraGroupMax]C.uintptr_t
-	rows, k, nulls, passes, stride, dims, ranks  [loraGroupMax]C.int
-	temps                                        [loraGroupMax]C.float
+	routeMembers
+	segs, scratch [loraGroupMax]C.uintptr_t
+	stride, ranks [loraGroupMax]C.int
+}
+
+// routeMembers are the per-member arguments of the launches that route a group of projections
+// (lp_route_lora_group_wide, lp_route_fold_expand): each member's routing and output.
+type routeMembers struct {
+	logits, experts, traces, outs [loraGroupMax]C.uintptr_t
+	rows, k, nulls, passes, dims  [loraGroupMax]C.int
+	temps                         [loraGroupMax]C.float
+}
+
+// set fills member i: rp routed by its table tab from logits into out, writing trace when it
+// has rows (0: no trace), passes = its real choices a row.
+func (a *routeMembers) set(i int, rp *model.RoutedProj, tab *routeTable, logits C.uintptr_t, out, trace model.Tensor) {
+	a.logits[i], a.experts[i], a.outs[i], a.dims[i] = logits, C.uintptr_t(tab.ptr), ptr(out), C.int(out.Cols)
+	a.rows[i], a.k[i], a.nulls[i], a.temps[i] = C.int(rp.Gate.Rows), C.int(rp.TopK), C.int(rp.Nulls), C.float(rp.Temperature)
+	a.passes[i] = C.int(min(rp.TopK, rp.Gate.Rows-rp.Nulls))
+	a.traces[i] = 0
+	if trace.Rows > 0 {
+		a.traces[i] = ptr(trace)
+	}
 }
 
 // SetRoutedGroup turns the grouped routed launches (LORAPLEX_ROUTED_GROUP) on or off for the
@@ -252,16 +272,14 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 	}
 	a := &b.routeGroupArgs
 	for i, rp := range rps {
-		a.logits[i], a.experts[i], a.outs[i], a.dims[i] = ptr(logits[i]), C.uintptr_t(tabs[i].ptr), ptr(outs[i]), C.int(outs[i].Cols)
-		a.rows[i], a.k[i], a.nulls[i], a.temps[i] = C.int(rp.Gate.Rows), C.int(rp.TopK), C.int(rp.Nulls), C.float(rp.Temperature)
-		a.passes[i] = C.int(min(rp.TopK, rp.Gate.Rows-rp.Nulls))
+		tr := model.Tensor{}
+		if i == traced {
+			tr = trace
+		}
+		a.set(i, rp, tabs[i], ptr(logits[i]), outs[i], tr)
 		a.stride[i], a.ranks[i] = C.int(tabs[i].maxRank), C.int(tabs[i].maxRank)
 		a.segs[i] = C.uintptr_t(b.segDev + uintptr(b.segUsed*b.segSize))
 		a.scratch[i] = C.uintptr_t(b.loraTmp + uintptr(4*i*per))
-		a.traces[i] = 0
-		if i == traced && trace.Rows > 0 {
-			a.traces[i] = ptr(trace)
-		}
 		b.segUsed += int(a.passes[i]) * n
 	}
 	b.routedGroups++

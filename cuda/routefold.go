@@ -17,11 +17,11 @@ var _ model.RoutedFolder = (*Backend)(nil)
 // (s_gemv_parts_tab) and the route-and-expand members (s_route_fold_expand), kept in the backend
 // (a cgo call would move stack arrays to the heap every call).
 type routeFoldArgs struct {
-	ws, wtabs, ys, ends                  [gemvPartsMax]C.uintptr_t
-	tranks                               [gemvPartsMax]C.int
-	logits, experts, traces, ts, outs    [loraGroupMax]C.uintptr_t
-	rows, k, nulls, passes, mranks, dims [loraGroupMax]C.int
-	temps                                [loraGroupMax]C.float
+	routeMembers
+	ws, wtabs, ys, ends [gemvPartsMax]C.uintptr_t
+	tranks              [gemvPartsMax]C.int
+	ts                  [loraGroupMax]C.uintptr_t
+	mranks              [loraGroupMax]C.int
 }
 
 // routeFoldMaxCols bounds a router table part (experts x largest rank): beyond it the dense
@@ -117,14 +117,12 @@ func (b *Backend) RoutedFoldedProducts(outs []model.Tensor, x model.Tensor, ws, 
 		off += n * len(rp.Experts) * tabs[i].maxRank
 		addPart(ptr(rp.Gate), 0, 0, rp.Gate.Rows, lg)
 		addPart(0, C.uintptr_t(tabs[i].ptr), tabs[i].maxRank, len(rp.Experts)*tabs[i].maxRank, t)
-		a.logits[i], a.experts[i], a.ts[i], a.mranks[i] = lg, C.uintptr_t(tabs[i].ptr), t, C.int(tabs[i].maxRank)
-		a.rows[i], a.k[i], a.nulls[i], a.temps[i] = C.int(rp.Gate.Rows), C.int(rp.TopK), C.int(rp.Nulls), C.float(rp.Temperature)
-		a.passes[i] = C.int(min(rp.TopK, rp.Gate.Rows-rp.Nulls))
-		a.outs[i], a.dims[i] = ptr(outs[i]), C.int(outs[i].Cols)
-		a.traces[i] = 0
-		if i == traced && trace.Rows > 0 {
-			a.traces[i] = ptr(trace)
+		tr := model.Tensor{}
+		if i == traced {
+			tr = trace
 		}
+		a.set(i, rp, tabs[i], lg, outs[i], tr)
+		a.ts[i], a.mranks[i] = t, C.int(tabs[i].maxRank)
 	}
 	b.routedFolds++
 	if b.mode == modeReplay {

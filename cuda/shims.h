@@ -194,16 +194,23 @@ static inline int s_route_segs(uintptr_t logits, int n, int rows, int k, float t
 static inline int s_lora_routed(uintptr_t out, uintptr_t x, uintptr_t segs, int rows, int k, int maxrank, uintptr_t scratch, int in, int outd, uintptr_t s) {
 	return lp_lora_routed(P(float*, out), P(const float*, x), P(const lp_lora_seg*, segs), rows, k, maxrank, P(float*, scratch), in, outd, P(lp_stream, s));
 }
-// s_route_lora_wide fills lp_route_args from scalars (a Go struct would need a C layout).
-static inline int s_route_lora_wide(uintptr_t logits, int rows, int k, float t, int nulls, int passes, int start, int seg_stride, uintptr_t experts,
-                                    uintptr_t trace, int trace_cols, int layer, uintptr_t out, uintptr_t x, uintptr_t segs, int n, int maxrank,
-                                    uintptr_t scratch, int in, int outd, int splits, int stride, uintptr_t s) {
-	lp_route_args ra = {0};
+// s_route_args is one routing's lp_route_args, the same fields whichever launch takes it.
+static inline lp_route_args s_route_args(uintptr_t logits, int rows, int k, float t, int nulls, int passes, int start, int seg_stride,
+                                         uintptr_t experts, uintptr_t trace, int trace_cols, int layer) {
+	lp_route_args ra;
+	memset(&ra, 0, sizeof ra);
 	ra.logits = P(const float*, logits);
 	ra.rows = rows; ra.k = k; ra.nulls = nulls; ra.passes = passes; ra.start = start; ra.seg_stride = seg_stride;
 	ra.temperature = t;
 	ra.experts = P(const lp_route_expert*, experts);
 	ra.trace = P(float*, trace); ra.trace_cols = trace_cols; ra.layer = layer;
+	return ra;
+}
+// s_route_lora_wide fills lp_route_args from scalars (a Go struct would need a C layout).
+static inline int s_route_lora_wide(uintptr_t logits, int rows, int k, float t, int nulls, int passes, int start, int seg_stride, uintptr_t experts,
+                                    uintptr_t trace, int trace_cols, int layer, uintptr_t out, uintptr_t x, uintptr_t segs, int n, int maxrank,
+                                    uintptr_t scratch, int in, int outd, int splits, int stride, uintptr_t s) {
+	const lp_route_args ra = s_route_args(logits, rows, k, t, nulls, passes, start, seg_stride, experts, trace, trace_cols, layer);
 	return lp_route_lora_wide(ra, P(float*, out), P(const float*, x), P(lp_lora_seg*, segs), n, maxrank, P(float*, scratch), in, outd,
 	                          splits, stride, P(lp_stream, s));
 }
@@ -217,12 +224,7 @@ static inline int s_route_lora_group_wide(const uintptr_t* logits, const int* ro
 	lp_route_group g;
 	memset(&g, 0, sizeof g);
 	for (int m = 0; m < members && m < LP_LORA_GROUP; m++) {
-		lp_route_args* ra = &g.ra[m];
-		ra->logits = P(const float*, logits[m]);
-		ra->rows = rows[m]; ra->k = k[m]; ra->nulls = nulls[m]; ra->passes = passes[m]; ra->start = start; ra->seg_stride = seg_stride[m];
-		ra->temperature = t[m];
-		ra->experts = P(const lp_route_expert*, experts[m]);
-		ra->trace = P(float*, traces[m]); ra->trace_cols = trace_cols; ra->layer = layer;
+		g.ra[m] = s_route_args(logits[m], rows[m], k[m], t[m], nulls[m], passes[m], start, seg_stride[m], experts[m], traces[m], trace_cols, layer);
 		g.segs[m] = P(lp_lora_seg*, segs[m]);
 		g.scratch[m] = P(float*, scratch[m]);
 		g.out[m] = P(float*, out[m]);
@@ -241,12 +243,7 @@ static inline int s_route_fold_expand(const uintptr_t* logits, const int* rows, 
 	lp_route_fold f;
 	memset(&f, 0, sizeof f);
 	for (int m = 0; m < members && m < LP_LORA_GROUP; m++) {
-		lp_route_args* ra = &f.ra[m];
-		ra->logits = P(const float*, logits[m]);
-		ra->rows = rows[m]; ra->k = k[m]; ra->nulls = nulls[m]; ra->passes = passes[m];
-		ra->temperature = t[m];
-		ra->experts = P(const lp_route_expert*, experts[m]);
-		ra->trace = P(float*, traces[m]); ra->trace_cols = trace_cols; ra->layer = layer;
+		f.ra[m] = s_route_args(logits[m], rows[m], k[m], t[m], nulls[m], passes[m], 0, 0, experts[m], traces[m], trace_cols, layer);
 		f.t[m] = P(const float*, ts[m]);
 		f.t_rank[m] = tranks[m];
 		f.out[m] = P(float*, out[m]);

@@ -591,13 +591,11 @@ __global__ void __launch_bounds__(WIDE_THREADS)
 // hoisting the next column's loads above it; expand_wide_block says the same). Per column and
 // choice the sum over the rank runs as in expand_dot, and out + s0*d0 + s1*d1 + ... as in the
 // routed expand.
-// expand_routed_wide_block is that work for row blockIdx.x, wide chunk blockIdx.y of one routing.
-__device__ __forceinline__ void expand_routed_wide_block(float* out, const lp_lora_seg* segs, const float* scratch, int k,
-                                                         int out_dim, int splits, int t_stride) {
-    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
-    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
-    if (!routed_row_load(segs, scratch, k, splits, t_stride, sg, t)) return;
-    float* orow = out + (size_t)sg[0].start * out_dim;
+// routed_expand_columns adds a row's k routed choices (sg, their intermediates t, both in shared
+// memory) to its output row orow, columns of wide chunk blockIdx.y: the wide routed expand's
+// column work, shared with the routed fold's expand so both add a choice with one arithmetic.
+__device__ __forceinline__ void routed_expand_columns(float* orow, int out_dim, const lp_lora_seg* sg,
+                                                      const float (*t)[LP_MAX_LORA_RANK], int k) {
     const int c0 = blockIdx.y * WIDE_EXPAND_COLS + threadIdx.x;
     float o[WIDE_EXPAND_PER_THREAD];
 #pragma unroll
@@ -642,6 +640,15 @@ __device__ __forceinline__ void expand_routed_wide_block(float* out, const lp_lo
         const int c = c0 + i * WIDE_THREADS;
         if (c < out_dim) orow[c] = o[i];
     }
+}
+
+// expand_routed_wide_block is that work for row blockIdx.x, wide chunk blockIdx.y of one routing.
+__device__ __forceinline__ void expand_routed_wide_block(float* out, const lp_lora_seg* segs, const float* scratch, int k,
+                                                         int out_dim, int splits, int t_stride) {
+    __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
+    __shared__ float t[LP_ROUTE_MAX_K][LP_MAX_LORA_RANK];
+    if (!routed_row_load(segs, scratch, k, splits, t_stride, sg, t)) return;
+    routed_expand_columns(out + (size_t)sg[0].start * out_dim, out_dim, sg, t, k);
 }
 
 __global__ void __launch_bounds__(WIDE_THREADS)
@@ -724,9 +731,8 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
 // Routed fold expand (lp_route_fold_expand; the design is at the top of the file): grid (row,
 // wide column chunk, member). Thread 0 routes the block's row from the gate logits the products
 // launch wrote (route_row, which also names each pass's expert) and the block copies each real
-// choice's shrink out of the dense [experts * t_rank] row into shared memory; then, as the wide
-// routed expand, each thread takes WIDE_EXPAND_PER_THREAD columns a block width apart and adds
-// the choices in pass order, out + s0*d0 + s1*d1 + ..., each d with expand_dot's arithmetic.
+// choice's shrink out of the dense [experts * t_rank] row into shared memory; then the wide
+// routed expand's column work adds the choices in pass order (routed_expand_columns).
 __global__ void __launch_bounds__(WIDE_THREADS) lora_route_fold_expand_kernel(lp_route_fold f) {
     __shared__ lp_lora_seg sg[LP_ROUTE_MAX_K];
     __shared__ int chosen[LP_ROUTE_MAX_K];
@@ -743,28 +749,7 @@ __global__ void __launch_bounds__(WIDE_THREADS) lora_route_fold_expand_kernel(lp
         if (sg[p].n > 0)
             for (int j = threadIdx.x; j < sg[p].rank; j += blockDim.x) t[p][j] = trow[(size_t)chosen[p] * f.t_rank[m] + j];
     __syncthreads();
-    float* orow = f.out[m] + (size_t)i * out_dim;
-    const int c0 = blockIdx.y * WIDE_EXPAND_COLS + threadIdx.x;
-    float o[WIDE_EXPAND_PER_THREAD];
-#pragma unroll
-    for (int q = 0; q < WIDE_EXPAND_PER_THREAD; q++) {
-        const int c = c0 + q * WIDE_THREADS;
-        o[q] = c < out_dim ? orow[c] : 0.f;
-    }
-    for (int p = 0; p < ra.passes; p++) {
-        if (sg[p].n == 0) continue;  // uniform over the block (shared)
-        const bool vec = expand_vec(sg[p]);
-#pragma unroll
-        for (int q = 0; q < WIDE_EXPAND_PER_THREAD; q++) {
-            const int c = c0 + q * WIDE_THREADS;
-            if (c < out_dim) o[q] += sg[p].scale * expand_dot(sg[p].b, sg[p].rank, vec, t[p], c);
-        }
-    }
-#pragma unroll
-    for (int q = 0; q < WIDE_EXPAND_PER_THREAD; q++) {
-        const int c = c0 + q * WIDE_THREADS;
-        if (c < out_dim) orow[c] = o[q];
-    }
+    routed_expand_columns(f.out[m] + (size_t)i * out_dim, out_dim, sg, t, ra.passes);
 }
 
 extern "C" int lp_route_fold_expand(lp_route_fold f, lp_stream s) {

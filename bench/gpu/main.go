@@ -87,6 +87,9 @@ func main() {
 	}
 	o := options{shape: *shape, out: *out, steps: *steps, ctx: *ctx, routerSides: map[string]bool{}}
 	for _, side := range strings.Split(*routerSides, ",") {
+		if side != "base" && side != "single" && side != "routed" {
+			exitOn(fmt.Errorf("-router-sides: %q is not one of base, single, routed", side))
+		}
 		o.routerSides[side] = true
 	}
 	if o.stages, err = parseStages(*stages); err == nil {
