@@ -111,16 +111,21 @@ type Engine struct {
 	log     *slog.Logger
 	eos     map[int]bool
 
-	cache    *adaptercache.Cache
-	roots    *confine.Roots // nil: nothing confined (no AdapterRoots, no AdapterDirs)
-	names    *nameRegistry  // every served name: base, adapters, routers
-	submit   chan *sequence
-	queued   atomic.Int64
-	draining atomic.Bool
-	closed   chan struct{} // closed when the loop has stopped
-	stop     chan struct{}
-	stopOnce sync.Once
-	nextID   atomic.Uint64
+	cache  *adaptercache.Cache
+	roots  *confine.Roots // nil: nothing confined (no AdapterRoots, no AdapterDirs)
+	names  *nameRegistry  // every served name: base, adapters, routers
+	submit chan *sequence
+	queued atomic.Int64
+	// unfinished counts requests Generate accepted that finish has not ended yet. Drain waits
+	// on it alone: queued and stats.Running change at different moments of a step (a request
+	// leaves the queue before the step publishes it as running), so their sum can read 0 while
+	// a request is in flight.
+	unfinished atomic.Int64
+	draining   atomic.Bool
+	closed     chan struct{} // closed when the loop has stopped
+	stop       chan struct{}
+	stopOnce   sync.Once
+	nextID     atomic.Uint64
 
 	// Loop-owned state.
 	pages   *pageAllocator
@@ -462,9 +467,11 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if e.tok != nil {
 		sq.dec = e.tok.NewStreamDecoder(p.SkipSpecialTokens)
 	}
+	e.unfinished.Add(1)
 	select {
 	case e.submit <- sq:
 	default: // cannot happen while queued <= MaxQueued, but never block a caller
+		e.unfinished.Add(-1)
 		e.queued.Add(-1)
 		cancel()
 		release()
@@ -571,7 +578,7 @@ func (e *Engine) Drain(ctx context.Context) error {
 	e.draining.Store(true)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for e.stats.Running.Load()+e.queued.Load() > 0 {
+	for e.unfinished.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			e.Close()

@@ -27,8 +27,9 @@ type sequence struct {
 	adapterName string
 	tokens      []int // prompt, then generated tokens
 	promptLen   int
-	computed    int // tokens whose keys and values are in the cache
-	scored      int // prompt rows whose logprobs of the next prompt token are out (PromptLogprobs)
+	ended       bool // finish has run: the request is counted out of Engine.unfinished
+	computed    int  // tokens whose keys and values are in the cache
+	scored      int  // prompt rows whose logprobs of the next prompt token are out (PromptLogprobs)
 	pages       []int32
 	sampler     *sampler
 	matcher     *structured.Matcher // follows the constraint's grammar; nil when unconstrained
@@ -602,6 +603,11 @@ func indexFrom(s, sub string, from int) int {
 
 // finish ends a sequence (running or waiting) and frees everything it holds.
 func (e *Engine) finish(sq *sequence, reason string, stopReason any, err error) {
+	if sq.ended {
+		return
+	}
+	sq.ended = true
+	e.unfinished.Add(-1)
 	if i := slices.Index(e.running, sq); i >= 0 {
 		e.running = slices.Delete(e.running, i, i+1)
 	} else if i := slices.Index(e.waiting, sq); i >= 0 {
