@@ -294,10 +294,17 @@ func (b *Backend) reserveSegs(n, tmp int) bool {
 }
 
 // putSegs writes segs into the pinned ring from index at, their intermediates at scratch
-// offsets from toff on, and returns the offset after the last.
+// offsets from toff on, and returns the offset after the last. It writes the ring as Go values,
+// not through a cgo call per segment: a batch-64 step on 64 adapters puts 64 segments for each
+// of 7 projections in each of 32 layers, 14,336 calls at ~50 ns, and the runner builds a step
+// (replayed graphs included) only once the last one completed, so that time added to the step.
 func (b *Backend) putSegs(at int, segs []model.LoRASeg, toff int) int {
+	ring := unsafe.Slice((*C.lp_lora_seg)(b.segHost), b.segCap)[at : at+len(segs)]
 	for i, sg := range segs {
-		C.s_set_seg(b.segHost, C.int(at+i), ptr(sg.A), ptr(sg.B), C.int(sg.Start), C.int(sg.N), C.int(sg.A.Rows), C.int(toff), C.float(sg.Scale))
+		r := &ring[i]
+		// a and b are device addresses, not Go pointers: stored as the integers they are.
+		*(*C.uintptr_t)(unsafe.Pointer(&r.a)), *(*C.uintptr_t)(unsafe.Pointer(&r.b)) = ptr(sg.A), ptr(sg.B)
+		r.start, r.n, r.rank, r.t_off, r.scale = C.int(sg.Start), C.int(sg.N), C.int(sg.A.Rows), C.int(toff), C.float(sg.Scale)
 		toff += sg.N * sg.A.Rows
 	}
 	return toff

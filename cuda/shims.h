@@ -166,13 +166,7 @@ static inline int s_lora_group_expand(const uintptr_t* outs, const uintptr_t* di
 }
 // seg_a_addr is the device address of table[i].a (lp_gemv_parts' wsrc for a folded shrink).
 static inline uintptr_t seg_a_addr(uintptr_t table, int i) { return table + (uintptr_t)i * sizeof(lp_lora_seg) + offsetof(lp_lora_seg, a); }
-static inline void s_set_seg(void* base, int i, uintptr_t a, uintptr_t b, int start, int n, int rank, int toff, float scale) {
-	lp_lora_seg* sg = (lp_lora_seg*)base + i;
-	sg->a = P(const uint16_t*, a); sg->b = P(const uint16_t*, b);
-	sg->start = start; sg->n = n; sg->rank = rank; sg->t_off = toff; sg->scale = scale;
-}
 static inline int seg_size(void) { return (int)sizeof(lp_lora_seg); }
-static inline void s_put_i32(uintptr_t base, int i, int32_t v) { P(int32_t*, base)[i] = v; }
 static inline int s_sample(uintptr_t logits, int rows, int vocab, uintptr_t params, uintptr_t words, uintptr_t allowed, uintptr_t results, uintptr_t s) {
 	return lp_sample(P(float*, logits), rows, vocab, P(const lp_sample_row*, params), P(int32_t*, words), P(const uint32_t*, allowed),
 	                 P(lp_sample_result*, results), P(lp_stream, s));
