@@ -60,6 +60,8 @@ type Backend struct {
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
 	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
+	normKeep              bool          // with normBF16, NormFoldedProducts takes adapted ones (lorafold.go: LORAPLEX_NORM_KEEP, SetNormKeep)
+	normKept              int           // normKeptProducts calls taken (NormKeptCount)
 	normVec               bool          // RMSNorm launches may take the float4 kernel (fused.go: LORAPLEX_NORM_VEC, SetNormVec)
 	normStage             bool          // batch-1 norm-fused GEMVs stage their input (fused.go: LORAPLEX_NORM_STAGE, SetNormStage)
 	normStagePair         bool          // staged parts launches give a warp two columns (fused.go: LORAPLEX_NORM_STAGE_PAIR, SetNormStagePair)
@@ -86,6 +88,9 @@ type Backend struct {
 	// Grown on demand (in practice during the first steps), never per step.
 	xbf    uintptr // bf16 copy of a GEMM input
 	xbfCap int
+	// kept: the fp32 normed rows normKeptProducts' LoRA shrinks read (lorafold.go).
+	kept    uintptr
+	keptCap int
 	// padX and padOut: deterministic mode's padded cuBLAS products (deterministic.go paddedGEMM):
 	// one chunk of x in bf16 (padRows rows) and the chunk's fp32 products (capacities in elements).
 	padX, padOut       uintptr
@@ -155,6 +160,7 @@ func New(device int) (*Backend, error) {
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.swigluBF16 = envSwitch("LORAPLEX_SWIGLU_BF16", swigluBF16Default)
 	b.normBF16 = envSwitch("LORAPLEX_NORM_BF16", normBF16Default)
+	b.normKeep = envSwitch("LORAPLEX_NORM_KEEP", normKeepDefault)
 	b.normVec = envSwitch("LORAPLEX_NORM_VEC", normVecDefault)
 	b.normStage = envSwitch("LORAPLEX_NORM_STAGE", normStageDefault)
 	b.normStagePair = envSwitch("LORAPLEX_NORM_STAGE_PAIR", normStagePairDefault)

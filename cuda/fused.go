@@ -37,6 +37,7 @@ import (
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)
 //	LORAPLEX_NORM_BF16=on|off      RMSNorm writes the cuBLAS products' bf16 input itself (NormMatMulShared)
+//	LORAPLEX_NORM_KEEP=on|off      with it, adapted steps too: the norm also keeps its fp32 rows for the LoRA shrinks (lorafold.go)
 //	LORAPLEX_NORM_VEC=on|off       RMSNorm rows of a width divisible by 4 on the float4 kernel (kernels/rmsnorm.cu)
 //	LORAPLEX_PREFILL_WIDE=on|off   the tensor-core prefill in 128-row tiles, two m16 row tiles a warp (attention.go)
 //
@@ -111,6 +112,11 @@ const (
 	// 1.026x, 8k 1.012x and 1.028x, batch-64 decode 1.015x (goals-2026-12-07-ab4, -s24a; batch 1
 	// and steps with LoRA on the products do not take it).
 	normBF16Default = true
+	// normKeepDefault: off until a GPU run has tested it (TestNormKeptProducts holds it to
+	// bitwise the unfused path) and measured it. Written without a GPU: an adapted step of more
+	// than gemvRows rows declines NormMatMulShared (its LoRA shrinks read the normed rows), so
+	// each of its layers runs two conversion passes the base model's steps no longer make.
+	normKeepDefault = false
 	// normVecDefault: on. TestRMSNormSweep holds it to the CPU (H200: its first bound failed in
 	// goals-2026-12-07-s24c/suite.txt, the corrected one passed in call5-focus.txt there);
 	// two A/B runs on an H200 measured batch-64 decode 1.087x and 1.093x, 64 rank-16 adapters
@@ -530,7 +536,7 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 	if add {
 		delta, next = ptr(in.Delta), ptr(in.Next)
 	}
-	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream)) {
+	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), 0, ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream)) {
 		for i, w := range ws {
 			b.cublasGemm(outs[i], x, w, 1, 0)
 		}

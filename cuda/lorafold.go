@@ -48,6 +48,9 @@ func (b *Backend) foldedProducts(outs []model.Tensor, x model.Tensor, in *model.
 			panic(fmt.Sprintf("cuda: %s bias %s for %s", what, bias.Shape(), outs[i].Shape()))
 		}
 	}
+	if in != nil && b.normKeep && b.normToCublas(*in) {
+		return b.normKeptProducts(outs, *in, ws, biases, segs)
+	}
 	// Which calls fold is a function of the step key (row count, segment layout) and the
 	// switches; everything else that could refuse (A's alignment) is checked below.
 	n, adapted, tmp, maxRank := x.Rows, 0, 0, 0
@@ -125,6 +128,64 @@ func (b *Backend) foldedProducts(outs []model.Tensor, x model.Tensor, in *model.
 	}
 	return true
 }
+
+// normKeptProducts is NormFoldedProducts for the rows MatMul gives cuBLAS (normToCublas), any
+// segment layout: one lp_rmsnorm_bf16 launch writes the products' bf16 input (normCublas's) and
+// the normed rows in fp32 into b.kept, then come the cuBLAS products, the biases and the
+// segments' deltas read from b.kept (LoRAGroup, else LoRA per projection), projShared's order.
+// An adapted step declines NormMatMulShared, since its shrinks read the normed rows; without
+// this it ran AddRMSNorm, then MatMulShared's conversion pass (a launch reading the fp32 rows
+// again: one a group, two a layer of a batch-64 step; 32 MB read and 16 MB written a group at a
+// 2,048-row prefill). The norm is the same kernel for the same rows (rmsnorm.cu), so the fp32
+// rows are bitwise lp_add_rmsnorm's and the bf16 rows the conversion's: every output is bitwise
+// the unfused path's (TestNormKeptProducts). A function of the step key (rows, segment layout)
+// and the switches, as NormFuser asks.
+func (b *Backend) normKeptProducts(outs []model.Tensor, in model.NormedInput, ws, biases []model.Tensor, segs [][]model.LoRASeg) bool {
+	x := in.X
+	checkNorm("NormFoldedProducts", in)
+	n := x.Rows * x.Cols
+	// Replayed steps launch nothing but still put their segment tables (LoRAGroup below);
+	// recorded ones were sized before, so reserve grows nothing while recording or replaying.
+	if !b.reserve(&b.xbf, &b.xbfCap, n, 2) || !b.reserve(&b.kept, &b.keptCap, n, 4) {
+		return true
+	}
+	b.normKept++
+	kept := model.Tensor{Rows: x.Rows, Cols: x.Cols, DType: model.F32, Buf: dev{b.kept}}
+	if b.launch() {
+		var delta, next C.uintptr_t
+		if in.Delta.Rows > 0 {
+			delta, next = ptr(in.Delta), ptr(in.Next)
+		}
+		if b.ok("rmsnorm_bf16 (kept)", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), C.uintptr_t(b.kept), ptr(in.Weight),
+			C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream)) {
+			for i, w := range ws {
+				b.cublasGemm(outs[i], x, w, 1, 0)
+			}
+		}
+	}
+	for i, bias := range biases {
+		if bias.Rows > 0 {
+			b.AddBias(outs[i], bias)
+		}
+	}
+	if !b.LoRAGroup(outs, kept, segs) {
+		for i, sg := range segs {
+			if len(sg) > 0 {
+				b.LoRA(outs[i], kept, sg)
+			}
+		}
+	}
+	return true
+}
+
+// SetNormKeep turns normKeptProducts on or off for the following steps (recorded graphs hold
+// the other path's launches, so they are dropped).
+func (b *Backend) SetNormKeep(on bool) {
+	setSwitch(b, &b.normKeep, on)
+}
+
+// NormKeptCount is the number of normKeptProducts calls the backend has taken (for tests).
+func (b *Backend) NormKeptCount() int { return b.normKept }
 
 // FoldCount is the number of folded calls the backend has taken (direct, recorded or replayed;
 // for tests).

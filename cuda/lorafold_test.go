@@ -257,3 +257,192 @@ func TestLoRAFoldFixturesCUDA(t *testing.T) {
 		t.Fatalf("%d recordings, %d folded calls", b.GraphCount(), b.FoldCount())
 	}
 }
+
+// With the kept norm (LORAPLEX_NORM_KEEP), NormFoldedProducts on a step of more rows than the
+// GEMV takes gives bitwise what the unfused path gives: the (add +) RMSNorm, MatMulShared, the
+// biases, then the LoRA deltas from the fp32 normed rows, and the same residual in Next, x left
+// alone. Any segment layout: row runs of adapters of ranks 4, 8 and 16 with unadapted runs
+// between them and a projection without any, or one segment over every row; q/k/v- and
+// gate/up-shaped groups; a width the float4 norm and the vector shrink decline. It declines in
+// deterministic mode and with the switch off.
+func TestNormKeptProducts(t *testing.T) {
+	g := newGPU(t)
+	g.SetNormBF16(true)
+	g.SetNormKeep(true)
+	r := rand.New(rand.NewPCG(81, 82))
+	const eps = 1e-5
+	for _, sh := range []struct {
+		n, k     int
+		widths   []int
+		one      bool // one segment over every row (else runs of several adapters)
+		add, bia bool
+	}{{64, 4096, []int{4096, 1024, 1024}, false, true, false}, {64, 512, []int{1024, 1024}, true, true, true},
+		{300, 1024, []int{2048, 512, 512}, false, false, true}, {9, 258, []int{96, 13}, false, true, false}} {
+		t.Run(fmt.Sprintf("n%d_k%d_%v_one%v_add%v_bias%v", sh.n, sh.k, sh.widths, sh.one, sh.add, sh.bia), func(t *testing.T) {
+			var owned []model.Tensor
+			alloc := func(rows, cols int, vals []float32) model.Tensor {
+				x := g.Alloc(rows, cols)
+				owned = append(owned, x)
+				if vals == nil {
+					vals = nanFloats(rows * cols)
+				}
+				if err := g.Write(x, vals); err != nil {
+					t.Fatal(err)
+				}
+				return x
+			}
+			upload := func(h model.HostTensor) model.Tensor {
+				x, err := g.Upload(h, h.Shape[0], h.Shape[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				owned = append(owned, x)
+				return x
+			}
+			defer func() {
+				for _, x := range owned {
+					g.Free(x)
+				}
+			}()
+			xv := randFloats(r, sh.n*sh.k)
+			x1, x2 := alloc(sh.n, sh.k, xv), alloc(sh.n, sh.k, xv)
+			normW := alloc(1, sh.k, randFloats(r, sh.k))
+			var delta, next model.Tensor
+			if sh.add {
+				delta, next = alloc(sh.n, sh.k, randFloats(r, sh.n*sh.k)), alloc(sh.n, sh.k, nil)
+			}
+			h := alloc(sh.n, sh.k, nil)
+			m := len(sh.widths)
+			ws, biases := make([]model.Tensor, m), make([]model.Tensor, m)
+			want, got := make([]model.Tensor, m), make([]model.Tensor, m)
+			for i, w := range sh.widths {
+				ws[i] = upload(hostBF16(r, w, sh.k, 1/math.Sqrt(float64(sh.k))))
+				want[i], got[i] = alloc(sh.n, w, nil), alloc(sh.n, w, nil)
+				if sh.bia && i == 0 {
+					biases[i] = alloc(1, w, randFloats(r, w))
+				}
+			}
+			// Three adapters; each row run takes one of them or none, every projection but
+			// the second of a mixed layout adapted alike (a sequence's adapter covers its
+			// projections).
+			ranks := []int{8, 16, 4}
+			type factors struct {
+				a, b  model.Tensor
+				scale float32
+			}
+			ads := make([][]factors, len(ranks))
+			for a, rk := range ranks {
+				for _, w := range sh.widths {
+					ads[a] = append(ads[a], factors{upload(hostBF16(r, rk, sh.k, 1/math.Sqrt(float64(sh.k)))),
+						upload(hostBF16(r, w, rk, 1/math.Sqrt(float64(rk)))), float32(0.5 + r.Float64())})
+				}
+			}
+			segs := make([][]model.LoRASeg, m)
+			for start := 0; start < sh.n; {
+				run, a := 1+r.IntN(8), r.IntN(len(ranks)+1)
+				if sh.one {
+					run, a = sh.n, 0
+				}
+				run = min(run, sh.n-start)
+				for i := range segs {
+					if a < len(ranks) && (sh.one || i != 1) {
+						f := ads[a][i]
+						segs[i] = append(segs[i], model.LoRASeg{Start: start, N: run, A: f.a, B: f.b, Scale: f.scale})
+					}
+				}
+				start += run
+			}
+			// The unfused path, on x1 (the residual sum lands in x1 itself).
+			if sh.add {
+				g.AddRMSNorm(x1, delta, h, normW, eps)
+			} else {
+				g.RMSNorm(h, x1, normW, eps)
+			}
+			if !g.MatMulShared(want, h, ws) {
+				t.Fatal("MatMulShared declined rows for cuBLAS")
+			}
+			for i, b := range biases {
+				if b.Rows > 0 {
+					g.AddBias(want[i], b)
+				}
+			}
+			if !g.LoRAGroup(want, h, segs) {
+				t.Fatal("LoRAGroup declined")
+			}
+			in := model.NormedInput{X: x2, Delta: delta, Next: next, Weight: normW, Eps: eps}
+			before := g.NormKeptCount()
+			if !g.NormFoldedProducts(got, in, ws, biases, segs) || g.NormKeptCount() != before+1 {
+				t.Fatalf("declined %d rows for cuBLAS (kept calls %d, was %d)", sh.n, g.NormKeptCount(), before)
+			}
+			same := func(what string, a, b model.Tensor) {
+				av, bv := read(t, g, a), read(t, g, b)
+				for i := range av {
+					if math.Float32bits(av[i]) != math.Float32bits(bv[i]) || math.IsNaN(float64(bv[i])) {
+						t.Fatalf("%s: element %d is %v kept, %v unfused", what, i, bv[i], av[i])
+					}
+				}
+			}
+			for i := range ws {
+				same(fmt.Sprintf("product %d", i), want[i], got[i])
+			}
+			if sh.add {
+				same("residual in Next", x1, next)
+				for i, v := range read(t, g, x2) {
+					if math.Float32bits(v) != math.Float32bits(xv[i]) {
+						t.Fatalf("x changed at %d: %v, was %v", i, v, xv[i])
+					}
+				}
+			}
+			g.SetBatchInvariant(true)
+			if g.NormFoldedProducts(got, in, ws, biases, segs) {
+				t.Error("took a step in deterministic mode")
+			}
+			g.SetBatchInvariant(false)
+			g.SetNormKeep(false)
+			if g.NormFoldedProducts(got, in, ws, biases, segs) {
+				t.Error("took a step of more rows than the GEMV's with LORAPLEX_NORM_KEEP off")
+			}
+			g.SetNormKeep(true)
+			if err := g.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// With the kept norm the engine-core fixture suite gives what it gives without, to the bit
+// (the same worst difference from the transformers/peft reference in every run: every family,
+// base + four adapters in one mixed batch, prefill whole and chunked, decode replayed from CUDA
+// graphs), and its adapted steps of more than one row take the kept calls.
+func TestNormKeepFixturesCUDA(t *testing.T) {
+	b := newGPU(t)
+	b.SetNormBF16(true)
+	for _, name := range fixture.Models {
+		t.Run(name, func(t *testing.T) {
+			fx, cfg, h := fixture.Open(t, name, b)
+			adapters := fixtureadapters.Upload(t, name, cfg, b)
+			var results [2][]fixture.Result
+			for i, keep := range []bool{false, true} {
+				b.SetNormKeep(keep)
+				for _, chunk := range []int{1 << 20, 3} {
+					res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
+					if err != nil {
+						t.Fatalf("keep %v chunk %d: %v", keep, chunk, err)
+					}
+					results[i] = append(results[i], res)
+				}
+			}
+			for j := range results[0] {
+				if results[0][j] != results[1][j] {
+					t.Fatalf("run %d: kept norm %+v, without %+v", j, results[1][j], results[0][j])
+				}
+			}
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if b.NormKeptCount() == 0 || b.GraphCount() == 0 {
+		t.Fatalf("%d kept calls, %d recordings", b.NormKeptCount(), b.GraphCount())
+	}
+}

@@ -51,8 +51,10 @@ static inline int s_rmsnorm(uintptr_t out, uintptr_t x, uintptr_t w, int rows, i
 static inline int s_add_rmsnorm(uintptr_t x, uintptr_t d, uintptr_t out, uintptr_t w, int rows, int dim, float eps, int opts, uintptr_t s) {
 	return lp_add_rmsnorm(P(float*, x), P(const float*, d), P(float*, out), P(const float*, w), rows, dim, eps, opts, P(lp_stream, s));
 }
-static inline int s_rmsnorm_bf16(uintptr_t x, uintptr_t d, uintptr_t next, uintptr_t out, uintptr_t w, int rows, int dim, float eps, int opts, uintptr_t s) {
-	return lp_rmsnorm_bf16(P(const float*, x), P(const float*, d), P(float*, next), P(uint16_t*, out), P(const float*, w), rows, dim, eps, opts, P(lp_stream, s));
+static inline int s_rmsnorm_bf16(uintptr_t x, uintptr_t d, uintptr_t next, uintptr_t out, uintptr_t keep, uintptr_t w, int rows, int dim, float eps, int opts,
+                                 uintptr_t s) {
+	return lp_rmsnorm_bf16(P(const float*, x), P(const float*, d), P(float*, next), P(uint16_t*, out), P(float*, keep), P(const float*, w), rows, dim, eps, opts,
+	                       P(lp_stream, s));
 }
 static inline int s_add_bias(uintptr_t x, uintptr_t b, int rows, int dim, int pdl, uintptr_t s) { return lp_add_bias(P(float*, x), P(const float*, b), rows, dim, pdl, P(lp_stream, s)); }
 static inline int s_silu_mul(uintptr_t out, uintptr_t g, uintptr_t u, size_t n, uintptr_t s) { return lp_silu_mul(P(float*, out), P(const float*, g), P(const float*, u), n, P(lp_stream, s)); }

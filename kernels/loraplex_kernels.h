@@ -185,8 +185,9 @@ int lp_add_rmsnorm(float* x, const float* delta, float* out, const float* w, int
 // The norm of x (+ delta when delta is not NULL, the sum written to next, x left as it is) rounded
 // to bf16 into out [rows, dim]: bitwise lp_add_rmsnorm (lp_rmsnorm) then lp_f32_to_bf16 with the
 // same LP_NORM_VEC on 16-byte-aligned buffers, the input of the cuBLAS products that read it; delta and next are both NULL or
-// both not. It launches without PDL whatever opts says.
-int lp_rmsnorm_bf16(const float* x, const float* delta, float* next, uint16_t* out, const float* w, int rows, int dim,
+// both not. Where keep is not NULL the normed rows also go there in fp32, bitwise lp_add_rmsnorm's
+// out (the input of LoRA shrinks beside those products). It launches without PDL whatever opts says.
+int lp_rmsnorm_bf16(const float* x, const float* delta, float* next, uint16_t* out, float* keep, const float* w, int rows, int dim,
                     float eps, int opts, lp_stream s);
 // bias.cu: x[i, :] += b
 int lp_add_bias(float* x, const float* b, int rows, int dim, int pdl, lp_stream s);

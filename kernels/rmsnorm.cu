@@ -11,7 +11,10 @@
 // normed rows again (at a 2,048-row prefill step of the 8B shape, 32 MB read and 16 MB written,
 // twice a layer). It is the same kernel with another output type and another place for the sum,
 // so the bf16 values are bitwise what lp_add_rmsnorm followed by lp_f32_to_bf16 gives and next
-// is the x it leaves.
+// is the x it leaves. Where keep is not NULL it also stores the normed rows in fp32 there, the
+// values lp_add_rmsnorm would have written to out, for the LoRA shrinks of an adapted step that
+// read them (cuda/lorafold.go normKeptProducts): the products' conversion pass is saved there
+// too, and the shrinks see the bits of the unfused path.
 //
 // With LP_NORM_VEC (LORAPLEX_NORM_VEC, on by default), rows of a width divisible by 4 whose
 // buffers are 16-byte aligned (8 for bf16 out) take rmsnorm_vec_kernel: each thread issues
@@ -34,8 +37,10 @@ __device__ __forceinline__ void rmsnorm_store(uint16_t* out, float v) { *out = f
 
 // rmsnorm_kernel normalises row blockIdx.x of x (plus delta with ADD, the sum written to sum:
 // x itself for lp_add_rmsnorm, next for lp_rmsnorm_bf16) into out, in fp32 or bf16 (OUT).
+// keep (bf16 OUT only; NULL: not stored) also takes the normed rows in fp32.
 template <bool ADD, typename OUT>
-__global__ void rmsnorm_kernel(const float* x, const float* delta, float* sum, OUT* out, const float* w, int dim, float eps) {
+__global__ void rmsnorm_kernel(const float* x, const float* delta, float* sum, OUT* out, float* keep, const float* w, int dim,
+                               float eps) {
     __shared__ float red[32];
     lp_pdl_launch_dependents();
     lp_pdl_wait();
@@ -55,12 +60,24 @@ __global__ void rmsnorm_kernel(const float* x, const float* delta, float* sum, O
     float inv = rsqrtf(total / dim + eps);
     // With ADD each thread reads back only the sums it wrote itself.
     const float* src = ADD ? sr : xr;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) rmsnorm_store(orow + j, w[j] * (src[j] * inv));
+    float* krow = keep ? keep + (size_t)blockIdx.x * dim : nullptr;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        const float h = w[j] * (src[j] * inv);
+        rmsnorm_store(orow + j, h);
+        if (krow) krow[j] = h;
+    }
 }
 
 __device__ __forceinline__ void rmsnorm_store4(float* out, float4 v) { *reinterpret_cast<float4*>(out) = v; }
 __device__ __forceinline__ void rmsnorm_store4(uint16_t* out, float4 v) {
     *reinterpret_cast<uint2*>(out) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+}
+
+// rmsnorm_keep4 stores four normed values to out and, where krow is set, in fp32 to krow[at].
+template <typename OUT>
+__device__ __forceinline__ void rmsnorm_keep4(OUT* out, float* krow, int at, float4 v) {
+    rmsnorm_store4(out, v);
+    if (krow) *reinterpret_cast<float4*>(krow + at) = v;
 }
 
 __device__ __forceinline__ float4 rmsnorm_scale4(float4 g, float4 a, float inv) {
@@ -71,7 +88,8 @@ __device__ __forceinline__ float4 rmsnorm_scale4(float4 g, float4 a, float inv) 
 // most RMS_VEC float4s a thread (4,096 wide at 256 threads) stays in registers between the two
 // passes; wider rows are read back, each thread reading only what it wrote.
 template <bool ADD, typename OUT>
-__global__ void rmsnorm_vec_kernel(const float* x, const float* delta, float* sum, OUT* out, const float* w, int dim, float eps) {
+__global__ void rmsnorm_vec_kernel(const float* x, const float* delta, float* sum, OUT* out, float* keep, const float* w, int dim,
+                                   float eps) {
     __shared__ float red[32];
     lp_pdl_launch_dependents();
     lp_pdl_wait();
@@ -96,11 +114,12 @@ __global__ void rmsnorm_vec_kernel(const float* x, const float* delta, float* su
     }
     const float inv = rsqrtf(block_sum(ss, red) / dim + eps);
     OUT* orow = out + row;
+    float* krow = keep ? keep + row : nullptr;
     if (n4 <= RMS_VEC * stride) {
 #pragma unroll
         for (int u = 0; u < RMS_VEC; u++) {
             const int j = threadIdx.x + u * stride;
-            if (j < n4) rmsnorm_store4(orow + 4 * j, rmsnorm_scale4(w4[j], v[u], inv));
+            if (j < n4) rmsnorm_keep4(orow + 4 * j, krow, 4 * j, rmsnorm_scale4(w4[j], v[u], inv));
         }
         return;
     }
@@ -118,7 +137,7 @@ __global__ void rmsnorm_vec_kernel(const float* x, const float* delta, float* su
 #pragma unroll
         for (int u = 0; u < RMS_VEC; u++) {
             const int j = base + u * stride;
-            if (j < n4) rmsnorm_store4(orow + 4 * j, rmsnorm_scale4(g[u], v[u], inv));
+            if (j < n4) rmsnorm_keep4(orow + 4 * j, krow, 4 * j, rmsnorm_scale4(g[u], v[u], inv));
         }
     }
 }
@@ -134,11 +153,11 @@ extern "C" int lp_rmsnorm(float* out, const float* x, const float* w, int rows, 
     if (rows <= 0 || dim <= 0) return (int)cudaErrorInvalidValue;
     const int pdl = opts & LP_NORM_PDL;
     if ((opts & LP_NORM_VEC) && rmsnorm_vec_ok(dim, x, nullptr, nullptr, out, 16, w))
-        lp_launch(rmsnorm_vec_kernel<false, float>, rows, 256, 0, as_stream(s), pdl, x, (const float*)nullptr, (float*)nullptr, out, w,
-                  dim, eps);
+        lp_launch(rmsnorm_vec_kernel<false, float>, rows, 256, 0, as_stream(s), pdl, x, (const float*)nullptr, (float*)nullptr, out,
+                  (float*)nullptr, w, dim, eps);
     else
-        lp_launch(rmsnorm_kernel<false, float>, rows, 256, 0, as_stream(s), pdl, x, (const float*)nullptr, (float*)nullptr, out, w, dim,
-                  eps);
+        lp_launch(rmsnorm_kernel<false, float>, rows, 256, 0, as_stream(s), pdl, x, (const float*)nullptr, (float*)nullptr, out,
+                  (float*)nullptr, w, dim, eps);
     LP_CHECK_LAUNCH();
 }
 
@@ -147,25 +166,28 @@ extern "C" int lp_add_rmsnorm(float* x, const float* delta, float* out, const fl
     if (rows <= 0 || dim <= 0) return (int)cudaErrorInvalidValue;
     const int pdl = opts & LP_NORM_PDL;
     if ((opts & LP_NORM_VEC) && rmsnorm_vec_ok(dim, x, delta, x, out, 16, w))
-        lp_launch(rmsnorm_vec_kernel<true, float>, rows, 256, 0, as_stream(s), pdl, (const float*)x, delta, x, out, w, dim, eps);
+        lp_launch(rmsnorm_vec_kernel<true, float>, rows, 256, 0, as_stream(s), pdl, (const float*)x, delta, x, out, (float*)nullptr, w,
+                  dim, eps);
     else
-        lp_launch(rmsnorm_kernel<true, float>, rows, 256, 0, as_stream(s), pdl, (const float*)x, delta, x, out, w, dim, eps);
+        lp_launch(rmsnorm_kernel<true, float>, rows, 256, 0, as_stream(s), pdl, (const float*)x, delta, x, out, (float*)nullptr, w, dim,
+                  eps);
     LP_CHECK_LAUNCH();
 }
 
-extern "C" int lp_rmsnorm_bf16(const float* x, const float* delta, float* next, uint16_t* out, const float* w, int rows, int dim,
-                               float eps, int opts, lp_stream s) {
+extern "C" int lp_rmsnorm_bf16(const float* x, const float* delta, float* next, uint16_t* out, float* keep, const float* w, int rows,
+                               int dim, float eps, int opts, lp_stream s) {
     if (rows <= 0 || dim <= 0 || (delta != nullptr) != (next != nullptr)) return (int)cudaErrorInvalidValue;
-    // The vector path under lp_add_rmsnorm's conditions (out, half as wide, 8-byte aligned), so
-    // the two stay bitwise alike for the same rows.
-    const bool vec = (opts & LP_NORM_VEC) && rmsnorm_vec_ok(dim, x, delta, next, out, 8, w);
+    // The vector path under lp_add_rmsnorm's conditions (out, half as wide, 8-byte aligned; keep,
+    // which is where lp_add_rmsnorm's out would have been, 16), so the two stay bitwise alike for
+    // the same rows.
+    const bool vec = (opts & LP_NORM_VEC) && rmsnorm_vec_ok(dim, x, delta, next, out, 8, w) && ((uintptr_t)keep % 16) == 0;
     if (delta && vec)
-        rmsnorm_vec_kernel<true, uint16_t><<<rows, 256, 0, as_stream(s)>>>(x, delta, next, out, w, dim, eps);
+        rmsnorm_vec_kernel<true, uint16_t><<<rows, 256, 0, as_stream(s)>>>(x, delta, next, out, keep, w, dim, eps);
     else if (delta)
-        rmsnorm_kernel<true, uint16_t><<<rows, 256, 0, as_stream(s)>>>(x, delta, next, out, w, dim, eps);
+        rmsnorm_kernel<true, uint16_t><<<rows, 256, 0, as_stream(s)>>>(x, delta, next, out, keep, w, dim, eps);
     else if (vec)
-        rmsnorm_vec_kernel<false, uint16_t><<<rows, 256, 0, as_stream(s)>>>(x, nullptr, nullptr, out, w, dim, eps);
+        rmsnorm_vec_kernel<false, uint16_t><<<rows, 256, 0, as_stream(s)>>>(x, nullptr, nullptr, out, keep, w, dim, eps);
     else
-        rmsnorm_kernel<false, uint16_t><<<rows, 256, 0, as_stream(s)>>>(x, nullptr, nullptr, out, w, dim, eps);
+        rmsnorm_kernel<false, uint16_t><<<rows, 256, 0, as_stream(s)>>>(x, nullptr, nullptr, out, keep, w, dim, eps);
     LP_CHECK_LAUNCH();
 }

@@ -243,14 +243,17 @@ type NormFuser interface {
 }
 
 // LoRAFolder is implemented by backends that fold LoRA shrinks into the base products' call
-// where one segment covers all of a projection's rows (cuda: batch-1 steps, i.e. one adapter;
-// each A factor streams beside the weights as more products, LORAPLEX_LORA_FOLD). For every i,
+// (cuda: where one segment covers all of a projection's rows in a batch-1 step, i.e. one
+// adapter, each A factor streams beside the weights as more products, LORAPLEX_LORA_FOLD), or
+// the norm before them into one call with the products and the deltas (cuda: larger steps,
+// whose norm keeps its fp32 rows for the shrinks, LORAPLEX_NORM_KEEP). For every i,
 // FoldedProducts computes outs[i] = x·ws[i]ᵀ, then adds biases[i] where it has rows, then
-// segs[i]'s LoRA delta (segs[i] empty, or one segment of every row): the additions and order
-// of MatMul, AddBias and LoRA, each output within rounding of them. NormFoldedProducts is the
-// same on in's normed rows under NormFuser's contract (the new residual in in.Next, h never
-// stored). Each does all of it and returns true, or nothing and returns false. The answer may
-// depend only on what the StepRecorder key fixes, so a recorded step replays the same calls.
+// segs[i]'s LoRA delta (segs[i] any of projection i's segment lists, empty included): the
+// additions and order of MatMul, AddBias and LoRA, each output within rounding of them.
+// NormFoldedProducts is the same on in's normed rows under NormFuser's contract (the new
+// residual in in.Next, h never stored where the caller can read it). Each does all of it and
+// returns true, or nothing and returns false (a layout it does not fold). The answer may depend
+// only on what the StepRecorder key fixes, so a recorded step replays the same calls.
 type LoRAFolder interface {
 	FoldedProducts(outs []Tensor, x Tensor, ws, biases []Tensor, segs [][]LoRASeg) bool
 	NormFoldedProducts(outs []Tensor, in NormedInput, ws, biases []Tensor, segs [][]LoRASeg) bool

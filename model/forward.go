@@ -477,21 +477,17 @@ func (r *Runner) addBiases(l int, ps []Proj, outs []Tensor) {
 }
 
 // foldSegs returns the LoRA segments of the projections ps for a folded products call
-// (LoRAFolder), in r.groupSegs: each projection's segments are none or one covering all n rows
-// (a batch-1 step has one adapter), at least one projection is adapted and no sequence is
-// routed; ok is false otherwise. The answer depends only on the step key's segment layout.
-func (r *Runner) foldSegs(ps []Proj, n int) (segs [][]LoRASeg, ok bool) {
+// (LoRAFolder), in r.groupSegs: at least one projection is adapted and no sequence is routed;
+// ok is false otherwise. Which layouts fold is the backend's to say. The answer depends only on
+// the step key's segment layout.
+func (r *Runner) foldSegs(ps []Proj) (segs [][]LoRASeg, ok bool) {
 	if r.folder == nil || r.routing.seqs > 0 {
 		return nil, false
 	}
 	segs = r.groupSegs[:len(ps)]
 	for i, p := range ps {
-		s := r.segs[p]
-		if len(s) > 1 || len(s) == 1 && (s[0].Start != 0 || s[0].N != n) {
-			return nil, false
-		}
-		segs[i] = s
-		ok = ok || len(s) > 0
+		segs[i] = r.segs[p]
+		ok = ok || len(segs[i]) > 0
 	}
 	return segs, ok
 }
@@ -509,14 +505,14 @@ func (r *Runner) foldBiasesOf(l int, ps []Proj) []Tensor {
 // deltas in one LoRAFolder call where the backend folds the shrinks into the products (proj and
 // projShared's work, the same additions in the same order), reporting whether it did.
 func (r *Runner) folded(in Tensor, l int, ps []Proj, outs []Tensor) bool {
-	segs, ok := r.foldSegs(ps, in.Rows)
+	segs, ok := r.foldSegs(ps)
 	return ok && r.folder.FoldedProducts(outs, in, r.groupWeights(l, ps), r.foldBiasesOf(l, ps), segs)
 }
 
 // normFolded is folded on in's normed rows, the RMSNorm folded into the same call (NormFuser's
 // contract: the caller moves the residual with fusedResidual).
 func (r *Runner) normFolded(in NormedInput, l int, ps []Proj, outs []Tensor) bool {
-	segs, ok := r.foldSegs(ps, in.X.Rows)
+	segs, ok := r.foldSegs(ps)
 	return ok && r.folder.NormFoldedProducts(outs, in, r.groupWeights(l, ps), r.foldBiasesOf(l, ps), segs)
 }
 

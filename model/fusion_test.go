@@ -19,6 +19,7 @@ type composingBackend struct {
 	normedGateUp                               int  // NormMatMulShared calls of gate/up (two products)
 	products, ropeKV, gateUp, groups, siluDown int
 	folded                                     [2]int // FoldedProducts, NormFoldedProducts calls
+	foldedSegs                                 int    // NormFoldedProducts calls with a projection of several segments
 	normed                                     [2]int // NormMatMulShared, NormGateUpSiLU calls
 }
 
@@ -129,9 +130,16 @@ func (c *composingBackend) foldedRest(outs []model.Tensor, h model.Tensor, biase
 	}
 }
 
+// FoldedProducts takes what CUDA's folds take without the norm: projections whose one segment
+// covers the step's rows (one adapter); other layouts go to the group and LoRA calls.
 func (c *composingBackend) FoldedProducts(outs []model.Tensor, x model.Tensor, ws, biases []model.Tensor, segs [][]model.LoRASeg) bool {
 	if c.decline {
 		return false
+	}
+	for _, sg := range segs {
+		if len(sg) > 1 || len(sg) == 1 && (sg[0].Start != 0 || sg[0].N != x.Rows) {
+			return false
+		}
 	}
 	c.folded[0]++
 	for i := range outs {
@@ -146,6 +154,12 @@ func (c *composingBackend) NormFoldedProducts(outs []model.Tensor, in model.Norm
 		return false
 	}
 	c.folded[1]++
+	for _, sg := range segs {
+		if len(sg) > 1 {
+			c.foldedSegs++
+			break
+		}
+	}
 	h := c.normedRows(in)
 	for i := range outs {
 		c.MatMul(outs[i], h, ws[i])
@@ -178,7 +192,8 @@ func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [
 // gate and up, and SwiGLU with the down projection's product for the others; where the backend
 // folds the norm into the gate/up products but not into the activation, the norm goes there;
 // projections whose one adapter covers the step's rows fold their LoRA into the products' call
-// (LoRAFolder), with the norm where the backend folds norms.
+// (LoRAFolder), and where the backend folds norms, the norm goes into that call whatever the
+// step's adapters (several segments a projection included); the group call takes the rest.
 func TestForwardUsesFusionCapabilities(t *testing.T) {
 	for _, name := range []string{"llama", "qwen2", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
@@ -219,11 +234,11 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					}
 				}
 			}
-			if fusing.products == 0 || fusing.ropeKV == 0 || fusing.groups == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
+			if unnormed.products == 0 || fusing.ropeKV == 0 || unnormed.groups == 0 || fusing.foldedSegs == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
 				fusing.siluDown == 0 || unsiluNormed.normedGateUp == 0 || unsiluNormed.normed[1] != 0 || fusing.folded[1] == 0 || unnormed.folded[0] == 0 ||
 				unnormed.folded[1] != 0 {
-				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
-					fusing.products, fusing.ropeKV, fusing.groups, fusing.normed, unnormed.gateUp, fusing.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %d norm-folded calls of several segments, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
+					unnormed.products, fusing.ropeKV, unnormed.groups, fusing.foldedSegs, fusing.normed, unnormed.gateUp, fusing.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
 					fusing.folded, unnormed.folded)
 			}
 		})
