@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/loraplex/loraplex/model"
@@ -106,6 +107,12 @@ type Backend struct {
 	attnCap     int
 	loraCap     int
 	segSize     int
+
+	// Host time of replayed steps (graph.go, ReplayHostTime): from Prepare, once the stream is
+	// idle, to the graph's launch.
+	hostFrom    time.Time
+	hostReplays int
+	hostTotal   time.Duration
 
 	// CUDA graphs (graph.go).
 	mode      execMode
@@ -462,6 +469,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 	if !b.ok("sync", C.s_stream_sync(b.stream)) {
 		return b.Err()
 	}
+	b.hostFrom = time.Now()
 	// Prefill chunks (several consecutive positions of one sequence) go to the tiled attention
 	// kernel in tiles of prefillTileRows rows; single rows (decode) to the per-row kernel.
 	// In deterministic mode every row takes the per-row kernel (deterministic.go).

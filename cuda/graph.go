@@ -6,6 +6,7 @@ package cuda
 import "C"
 
 import (
+	"time"
 	"unsafe"
 
 	"github.com/loraplex/loraplex/model"
@@ -82,6 +83,8 @@ func (b *Backend) EndStep() error {
 			return model.ErrRerun
 		}
 		b.copySegs()
+		b.hostReplays++
+		b.hostTotal += time.Since(b.hostFrom)
 		b.ok("graph launch", C.lp_graph_launch(b.replaying.exec, C.P_stream(b.stream)))
 		return b.Err()
 	case modeCapture:
@@ -157,6 +160,15 @@ func (b *Backend) dropGraphs() {
 		C.lp_graph_destroy(g.exec)
 		delete(b.graphs, k)
 	}
+}
+
+// ReplayHostTime is how many steps replayed a recording and the host time they took from
+// Prepare to the graph's launch (the metadata, the forward pass's walk writing the segment
+// tables, their copy enqueued), summed. The device is idle for all of it: the runner builds a
+// step only once the last one completed (model.StepSynchronizer), so a benchmark reads here how
+// much of a replayed step is the host's.
+func (b *Backend) ReplayHostTime() (steps int, total time.Duration) {
+	return b.hostReplays, b.hostTotal
 }
 
 // GraphCount is the number of recorded step graphs (for tests and benchmarks).
