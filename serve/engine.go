@@ -122,6 +122,11 @@ type Engine struct {
 	// a request is in flight.
 	unfinished atomic.Int64
 	draining   atomic.Bool
+	// admitMu orders Generate's hand-over against Drain and Close: Generate counts and sends a
+	// request under the read lock, only while not draining; stopAdmitting sets draining under
+	// the write lock. So every request sent is counted before Drain reads the count, and is in
+	// the channel before the loop stops (abortAll finishes it): none is left unanswered.
+	admitMu sync.RWMutex
 	closed     chan struct{} // closed when the loop has stopped
 	stop       chan struct{}
 	stopOnce   sync.Once
@@ -467,6 +472,14 @@ func (e *Engine) Generate(ctx context.Context, req Request) (*Stream, error) {
 	if e.tok != nil {
 		sq.dec = e.tok.NewStreamDecoder(p.SkipSpecialTokens)
 	}
+	e.admitMu.RLock()
+	defer e.admitMu.RUnlock()
+	if e.draining.Load() { // Drain or Close began while the request was being built
+		e.queued.Add(-1)
+		cancel()
+		release()
+		return nil, errorf(KindUnavailable, "", "the server is shutting down")
+	}
 	e.unfinished.Add(1)
 	select {
 	case e.submit <- sq:
@@ -575,7 +588,7 @@ func (e *Engine) checkLogitBias(bias map[int]float64) error {
 // Drain stops admitting requests, lets running and queued ones finish until ctx ends, then
 // aborts what is left and stops the loop.
 func (e *Engine) Drain(ctx context.Context) error {
-	e.draining.Store(true)
+	e.stopAdmitting()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for e.unfinished.Load() > 0 {
@@ -590,9 +603,17 @@ func (e *Engine) Drain(ctx context.Context) error {
 	return nil
 }
 
+// stopAdmitting makes Generate refuse new requests; once it returns, every request Generate
+// accepted is counted in unfinished and already in the submit channel (admitMu).
+func (e *Engine) stopAdmitting() {
+	e.admitMu.Lock()
+	e.draining.Store(true)
+	e.admitMu.Unlock()
+}
+
 // Close aborts everything and stops the loop.
 func (e *Engine) Close() {
-	e.draining.Store(true)
+	e.stopAdmitting()
 	e.stopOnce.Do(func() { close(e.stop) })
 	<-e.closed
 	if e.kvPub != nil {

@@ -441,6 +441,46 @@ func TestDrainFinishesInFlight(t *testing.T) {
 	}
 }
 
+// Requests raced against Drain are each either refused as unavailable or answered to the end
+// (finished or aborted), never left without a final event, and Drain returns once they are.
+func TestDrainRacingGenerate(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		e := newTestEngine(t, "llama", nil, Options{})
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		for i := 0; i < 16; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s, err := e.Generate(context.Background(), Request{Prompt: []int{1, 2, 3}, Params: greedyParams(2)})
+				if err != nil {
+					if KindOf(err) != KindUnavailable {
+						errs <- fmt.Errorf("refused with %v", err)
+					}
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if ev, err := s.Collect(ctx); err != nil || ev.Finish == "" {
+					errs <- fmt.Errorf("accepted request ended with %v, finish %q", err, ev.Finish)
+				}
+			}()
+		}
+		time.Sleep(time.Duration(round*20) * time.Microsecond) // Drain lands at another point of the Generates each round
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := e.Drain(ctx)
+		cancel()
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if err != nil {
+			t.Fatalf("round %d: drain: %v", round, err)
+		}
+	}
+}
+
 // panicky is the CPU backend with a fuse: while armed, Embed panics (standing in for a bug).
 type panicky struct {
 	*cpu.Backend
