@@ -83,8 +83,11 @@ func (b *Backend) EndStep() error {
 			return model.ErrRerun
 		}
 		b.copySegs()
-		b.hostReplays++
-		b.hostTotal += time.Since(b.hostFrom)
+		if !b.hostFrom.IsZero() { // a step Prepare began (tests drive BeginStep alone)
+			b.hostReplays++
+			b.hostTotal += time.Since(b.hostFrom)
+			b.hostFrom = time.Time{}
+		}
 		b.ok("graph launch", C.lp_graph_launch(b.replaying.exec, C.P_stream(b.stream)))
 		return b.Err()
 	case modeCapture:

@@ -42,13 +42,19 @@ func (b *Backend) foldedProducts(outs []model.Tensor, x model.Tensor, in *model.
 	if len(biases) != len(ws) || len(segs) != len(ws) {
 		panic(fmt.Sprintf("cuda: %s of %d weights with %d biases and %d segment lists", what, len(ws), len(biases), len(segs)))
 	}
+	// The forward pass offers every adapted group of every step: decline what neither path
+	// takes before any other work (a batch-64 step offers about 190 calls).
+	keep := in != nil && b.normKeep && b.normToCublas(*in)
+	if !keep && (!b.loraFold || b.batchInvariant || x.Rows == 0 || x.Rows > b.gemvRows) {
+		return false
+	}
 	aligned := checkShared(what, outs, x, ws) && x.Cols%8 == 0 && uintptr(ptr(x))%16 == 0
 	for i, bias := range biases {
 		if bias.Rows > 0 && (bias.Cols != outs[i].Cols || bias.DType != model.F32) {
 			panic(fmt.Sprintf("cuda: %s bias %s for %s", what, bias.Shape(), outs[i].Shape()))
 		}
 	}
-	if in != nil && b.normKeep && b.normToCublas(*in) {
+	if keep {
 		return b.normKeptProducts(outs, *in, ws, biases, segs)
 	}
 	// Which calls fold is a function of the step key (row count, segment layout) and the
@@ -144,8 +150,9 @@ func (b *Backend) normKeptProducts(outs []model.Tensor, in model.NormedInput, ws
 	x := in.X
 	checkNorm("NormFoldedProducts", in)
 	n := x.Rows * x.Cols
-	// Replayed steps launch nothing but still put their segment tables (LoRAGroup below);
-	// recorded ones were sized before, so reserve grows nothing while recording or replaying.
+	// Replayed steps launch nothing but still put their segment tables (LoRAGroup below). A
+	// buffer too small grows only in a direct step: a recording that needs it is abandoned and
+	// rerun directly (canGrow), and a replay's sizes are its recording's.
 	if !b.reserve(&b.xbf, &b.xbfCap, n, 2) || !b.reserve(&b.kept, &b.keptCap, n, 4) {
 		return true
 	}

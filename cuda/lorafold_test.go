@@ -20,7 +20,8 @@ import (
 // folded too (with and without the residual add, staged and not), the new residual bitwise
 // the unfused x += delta. Cases: q/k/v-like triples with some projections unadapted, gate/up
 // pairs, the down projection's wide input, ranks off multiples of 8 (the expand's scalar path)
-// and a bias. It declines with the switch off, beyond the GEMV rows and in deterministic mode.
+// and a bias. It declines with the switch off, beyond the GEMV rows (the kept norm off: with it
+// on, NormFoldedProducts takes such steps, TestNormKeptProducts) and in deterministic mode.
 func TestLoRAFoldSweep(t *testing.T) {
 	r := rand.New(rand.NewPCG(51, 52))
 	const eps = 1e-5
@@ -37,6 +38,7 @@ func TestLoRAFoldSweep(t *testing.T) {
 			t.Run(fmt.Sprintf("k%d_%v_ranks%v_bias%v_norm%v_add%v_stage%v", sh.k, sh.widths, sh.ranks, sh.bias, c.norm, c.add, c.stage), func(t *testing.T) {
 				tr := newTrio(t)
 				tr.fused.SetLoRAFold(true)
+				tr.fused.SetNormKeep(false)
 				tr.fused.SetNormStage(c.stage)
 				if staged := tr.fused.NormStaged(1, sh.k); c.norm && staged != (c.stage && sh.k <= 12256) { // 12256: gemv.cu's GEMV_STAGE_MAX_K
 					t.Fatalf("staging %v at width %d: the staged kernels take it: %v", c.stage, sh.k, staged)
@@ -444,5 +446,115 @@ func TestNormKeepFixturesCUDA(t *testing.T) {
 	}
 	if b.NormKeptCount() == 0 || b.GraphCount() == 0 {
 		t.Fatalf("%d kept calls, %d recordings", b.NormKeptCount(), b.GraphCount())
+	}
+}
+
+// A step recorded with the kept norm replays for other adapters of the same ranks and layout:
+// the shrinks read the kept rows and the factors through the segment tables the replay
+// rewrites, so the replay gives bitwise what a direct step gives for those adapters (and not
+// the recorded ones' deltas); a row without an adapter between adapted ones keeps the base
+// product.
+func TestNormKeptGraphReplay(t *testing.T) {
+	b := newGPU(t)
+	b.SetNormBF16(true)
+	b.SetNormKeep(true)
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 16, PageSize: 8, KVHeads: 1, HeadDim: 8}); err != nil {
+		t.Fatal(err)
+	}
+	_, dec := promptThenDecode([]int{0, 1, 2, 3}, []int{3, 3, 3, 3}, 8)
+	if err := b.Prepare(&dec); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(83, 84))
+	const n, k, eps = 4, 1024, 1e-5
+	widths, ranks := []int{1024, 256, 256}, []int{16, 8}
+	upload := func(h model.HostTensor) model.Tensor {
+		x, err := b.Upload(h, h.Shape[0], h.Shape[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	alloc := func(rows, cols int, vals []float32) model.Tensor {
+		x := b.Alloc(rows, cols)
+		if vals != nil {
+			if err := b.Write(x, vals); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return x
+	}
+	var ws, outs, biases []model.Tensor
+	for _, m := range widths {
+		ws = append(ws, upload(hostBF16(r, m, k, 1/math.Sqrt(k))))
+		outs = append(outs, b.Alloc(n, m))
+		biases = append(biases, model.Tensor{})
+	}
+	// Rows 0 and 1 on a rank-16 adapter, row 2 on none, row 3 on a rank-8 one: one segment a
+	// sequence, as the forward pass lays them out.
+	layout := []int{0, 0, -1, 1}
+	adapters := func() [][]model.LoRASeg {
+		segs := make([][]model.LoRASeg, len(widths))
+		for i, m := range widths {
+			var as, bs []model.Tensor
+			for _, rk := range ranks {
+				as = append(as, upload(hostBF16(r, rk, k, 1/math.Sqrt(k))))
+				bs = append(bs, upload(hostBF16(r, m, rk, 1/math.Sqrt(float64(rk)))))
+			}
+			for row, a := range layout {
+				if a >= 0 {
+					segs[i] = append(segs[i], model.LoRASeg{Start: row, N: 1, A: as[a], B: bs[a], Scale: float32(0.5 + r.Float64())})
+				}
+			}
+		}
+		return segs
+	}
+	recorded, replayed := adapters(), adapters()
+	x, delta, next := alloc(n, k, randFloats(r, n*k)), alloc(n, k, randFloats(r, n*k)), alloc(n, k, nil)
+	in := model.NormedInput{X: x, Delta: delta, Next: next, Weight: alloc(1, k, randFloats(r, k)), Eps: eps}
+	key := []byte("norm kept replay")
+	run := func(segs [][]model.LoRASeg, key []byte, wantReplay bool) [][]float32 {
+		if replay := b.BeginStep(key); replay != wantReplay {
+			t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
+		}
+		kept := b.NormKeptCount()
+		if !b.NormFoldedProducts(outs, in, ws, biases, segs) || b.NormKeptCount() != kept+1 {
+			t.Fatal("the kept call declined")
+		}
+		if err := b.EndStep(); err != nil {
+			t.Fatal(err)
+		}
+		var got [][]float32
+		for _, o := range append(outs, next) {
+			got = append(got, read(t, b, o))
+		}
+		return got
+	}
+	direct := run(replayed, nil, false)
+	other := run(recorded, key, false)
+	if b.GraphCount() != 1 {
+		t.Fatalf("%d recordings, want 1", b.GraphCount())
+	}
+	got := run(replayed, key, true)
+	moved := 0
+	for i := range direct {
+		for j := range direct[i] {
+			if math.Float32bits(got[i][j]) != math.Float32bits(direct[i][j]) {
+				t.Fatalf("output %d element %d: %v replayed, %v direct", i, j, got[i][j], direct[i][j])
+			}
+			row := j / (len(direct[i]) / n)
+			if i < len(widths) && got[i][j] != other[i][j] {
+				if layout[row] < 0 {
+					t.Fatalf("output %d, row %d without an adapter: %v replayed, %v recorded", i, row, got[i][j], other[i][j])
+				}
+				moved++
+			}
+		}
+	}
+	if moved == 0 {
+		t.Fatal("the replay gave the recorded adapters' outputs")
+	}
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
 	}
 }

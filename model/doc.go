@@ -28,7 +28,7 @@
 //	LoRAGrouper       one LoRA launch pair for q/k/v, one for gate/up     -    yes
 //	SiLUMulMatMuler   SwiGLU writes the down projection's bf16 input      -    yes
 //	NormFuser         (add +) RMSNorm folded into q/k/v, gate/up GEMVs    -    yes
-//	LoRAFolder        one adapter's shrinks ride the base products' call  -    yes
+//	LoRAFolder        LoRA (and the norm) in the base products' call      -    yes
 //	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes
 //	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  yes
 //	SampleReserver    sizes the sampler's buffers once (NewRunner)        -    yes

@@ -354,8 +354,8 @@ func (x *bench) decode(r *model.Runner, batch, ctx int, adapters []*model.Adapte
 	// for: what a faster kernel cannot win back.
 	if replays, host := x.b.ReplayHostTime(); replays > replays0 {
 		per := (host - host0) / time.Duration(replays-replays0)
-		fmt.Printf("  decode batch %d, ctx %d, %d adapters: %.1f us of host work a replayed step (%d of %d steps replayed), %.3f of the step\n",
-			batch, ctx, len(adapters), float64(per.Nanoseconds())/1e3, replays-replays0, x.o.steps, per.Seconds()*float64(x.o.steps)/took.Seconds())
+		fmt.Printf("  decode batch %d, ctx %d, %d adapters: %.1f us of host work a replayed step (%d of %d steps replayed), %.3f of the timed steps' time\n",
+			batch, ctx, len(adapters), float64(per.Nanoseconds())/1e3, replays-replays0, x.o.steps, (host-host0).Seconds()/took.Seconds())
 	}
 	return float64(batch*x.o.steps) / took.Seconds(), nil
 }
