@@ -28,8 +28,12 @@ type Runner struct {
 	rope                                      Tensor
 	x, h, q, k, v, attn, delta, gate, up, act Tensor
 	sel, logits                               Tensor
-	scoreBuf                                  []float32 // host copies of logits rows being scored (score.go)
-	segs                                      [NumProj][]LoRASeg
+	scoreBuf                                  []float32            // host copies of logits rows being scored (score.go)
+	segs                                      [NumProj][]LoRASeg   // this layer's LoRA segments: a segCache entry, or routedSegs
+	segCache                                  [][NumProj][]LoRASeg // every layer's segs as the last step built them (loadSegs)
+	segFrom                                   []segSource          // what segCache was built from; nil: nothing
+	segKey                                    []byte               // the step key's part for segCache's layout (stepKey)
+	routedSegs                                [NumProj][]LoRASeg   // a routed step's segs, rebuilt each layer (routeProj appends)
 	routing                                   routeState
 	attnParams                                AttnParams
 	shared                                    SharedMatMuler            // nil: one MatMul per projection
@@ -106,8 +110,12 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 			return nil, fmt.Errorf("runner: reserving the sampler's buffers: %w", err)
 		}
 	}
-	for p := range r.segs {
-		r.segs[p] = make([]LoRASeg, 0, 64)
+	r.segCache = make([][NumProj][]LoRASeg, cfg.NumLayers)
+	for p := range r.routedSegs {
+		r.routedSegs[p] = make([]LoRASeg, 0, 64)
+		for l := range r.segCache {
+			r.segCache[l][p] = make([]LoRASeg, 0, 8)
+		}
 	}
 	return r, nil
 }
@@ -186,6 +194,7 @@ func (r *Runner) run(s *Step, adapters []*Adapter) error {
 	if err := r.B.Prepare(s); err != nil {
 		return err
 	}
+	r.loadSegs(s, adapters)
 	rec, _ := r.B.(StepRecorder)
 	if rec == nil {
 		r.layers(s, adapters)
@@ -252,24 +261,35 @@ func (r *Runner) stepKey(s *Step, adapters []*Adapter) []byte {
 			k = binary.AppendUvarint(k, uint64(s.Seqs[i].Start))
 		}
 	}
-	for l := range r.W.Layers {
-		for p := Proj(0); p < NumProj; p++ {
-			segs, rows, rank := 0, 0, 0
-			for i, a := range adapters {
-				if a == nil || a.Routing != nil || a.Modules[l][p] == nil {
-					continue
+	if rs.seqs == 0 {
+		k = append(k, r.segKey...) // loadSegs's, from the segments of every layer
+	} else {
+		for l := range r.W.Layers {
+			for p := Proj(0); p < NumProj; p++ {
+				segs, rows, rank := 0, 0, 0
+				for i, a := range adapters {
+					if a == nil || a.Routing != nil || a.Modules[l][p] == nil {
+						continue
+					}
+					segs++
+					rows, rank = max(rows, s.Seqs[i].N), max(rank, a.Modules[l][p].Rank)
 				}
-				segs++
-				rows, rank = max(rows, s.Seqs[i].N), max(rank, a.Modules[l][p].Rank)
-			}
-			k = binary.AppendUvarint(k, uint64(segs))
-			if segs > 0 {
-				k = binary.AppendUvarint(k, uint64(rows))
-				k = binary.AppendUvarint(k, uint64(rank))
+				k = appendSegLayout(k, segs, rows, rank)
 			}
 		}
 	}
 	r.keyBuf = k
+	return k
+}
+
+// appendSegLayout appends what the step key holds of a projection's LoRA segments in one
+// layer: their count, and when there are any their most rows and largest rank.
+func appendSegLayout(k []byte, segs, rows, rank int) []byte {
+	k = binary.AppendUvarint(k, uint64(segs))
+	if segs > 0 {
+		k = binary.AppendUvarint(k, uint64(rows))
+		k = binary.AppendUvarint(k, uint64(rank))
+	}
 	return k
 }
 
@@ -286,7 +306,7 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 	b.Embed(x, w.Embed)
 	for l := range w.Layers {
 		L := &w.Layers[l]
-		r.buildSegs(l, s, adapters)
+		r.layerSegs(l, s, adapters)
 		r.groupOuts[0], r.groupOuts[1], r.groupOuts[2] = q, k, v
 		in := NormedInput{X: x, Delta: delta, Next: h, Weight: L.AttnNorm, Eps: r.eps} // delta has no rows in layer 0
 		if r.normFusable(l, qkvProjs) && r.normer.NormMatMulShared(r.groupOuts[:3], in, r.groupWeights(l, qkvProjs)) {
@@ -565,19 +585,75 @@ func (r *Runner) gateUpFused(act, h Tensor, l int) bool {
 	return r.fuser.GateUpSiLU(act, h, L.W[ProjGate], L.W[ProjUp])
 }
 
-// buildSegs lists, per projection, the row runs of layer l that an adapter touches.
-func (r *Runner) buildSegs(l int, s *Step, adapters []*Adapter) {
-	for p := range r.segs {
-		r.segs[p] = r.segs[p][:0]
+// segSource is what a sequence gives a step's LoRA segments: its adapter and its rows.
+type segSource struct {
+	a        *Adapter
+	start, n int
+}
+
+// loadSegs makes segCache hold every layer's segments for the step: as they are when each
+// sequence has the adapter and rows it had when they were built (consecutive decode steps of
+// the same sequences), else built anew. Rebuilding is what a step cost before: at batch 64 on 64
+// adapters 14,336 segments, host time the device waits for (BenchmarkStepHostWalk). Steps with
+// routed sequences build theirs layer by layer (routeProj appends to them) and leave the cache
+// empty. Adapters do not change while a sequence holds them, and segFrom keeps each one it
+// names alive, so an adapter freed since cannot come back at the same address.
+func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
+	if r.routing.seqs > 0 {
+		r.segFrom = nil
+		return
+	}
+	same := r.segFrom != nil && len(r.segFrom) == len(adapters)
+	for i := 0; same && i < len(adapters); i++ {
+		f, sq := r.segFrom[i], s.Seqs[i]
+		same = f.a == adapters[i] && f.start == sq.Start && f.n == sq.N
+	}
+	if same {
+		return
+	}
+	r.segKey = r.segKey[:0]
+	for l := range r.segCache {
+		r.buildSegs(&r.segCache[l], l, s, adapters)
+		for _, segs := range r.segCache[l] {
+			rows, rank := 0, 0
+			for _, sg := range segs {
+				rows, rank = max(rows, sg.N), max(rank, sg.A.Rows)
+			}
+			r.segKey = appendSegLayout(r.segKey, len(segs), rows, rank)
+		}
+	}
+	r.segFrom = r.segFrom[:0]
+	for i, a := range adapters {
+		r.segFrom = append(r.segFrom, segSource{a, s.Seqs[i].Start, s.Seqs[i].N})
+	}
+}
+
+// layerSegs sets r.segs to layer l's segments: loadSegs's for the layer, or a routed step's
+// built now.
+func (r *Runner) layerSegs(l int, s *Step, adapters []*Adapter) {
+	if r.routing.seqs > 0 {
+		r.buildSegs(&r.routedSegs, l, s, adapters)
+		r.segs = r.routedSegs
+		return
+	}
+	r.segs = r.segCache[l]
+}
+
+// buildSegs lists into dst, per projection, the row runs of layer l that an adapter touches.
+func (r *Runner) buildSegs(dst *[NumProj][]LoRASeg, l int, s *Step, adapters []*Adapter) {
+	for p := range dst {
+		dst[p] = dst[p][:0]
 	}
 	for i, a := range adapters {
 		if a == nil || a.Routing != nil {
 			continue
 		}
-		sq := s.Seqs[i]
-		for p, lw := range a.Modules[l] {
-			if lw != nil {
-				r.segs[p] = append(r.segs[p], LoRASeg{Start: sq.Start, N: sq.N, A: lw.A, B: lw.B, Scale: lw.Scale})
+		// By index and pointer, not range copies: a batch-64 step on 64 adapters puts 14,336
+		// segments, all of it host time the device waits for (BenchmarkStepHostWalk).
+		start, n, mods := s.Seqs[i].Start, s.Seqs[i].N, &a.Modules[l]
+		for p := range mods {
+			if lw := mods[p]; lw != nil {
+				dst[p] = append(dst[p], LoRASeg{Start: start, N: n, A: lw.A, B: lw.B, Scale: lw.Scale})
 			}
 		}
 	}

@@ -125,7 +125,7 @@ func (r *Runner) routeProj(l int, p Proj, in, out Tensor, segs []LoRASeg) ([]LoR
 	for g, i := r.nextRouteGroup(l, p, 0); g.rp != nil; g, i = r.nextRouteGroup(l, p, i) {
 		segs, npass = r.routeGroup(l, g, in, out, pre, segs, npass)
 	}
-	r.segs[p] = segs // keep any capacity append grew
+	r.segs[p], r.routedSegs[p] = segs, segs // keep any capacity append grew
 	return segs, rs.passes[:npass]
 }
 
