@@ -877,6 +877,95 @@ func TestSiLUMulMatMul(t *testing.T) {
 	}
 }
 
+// normCase is one case of products fused with the (add +) RMSNorm before them, on the GPU: the
+// input twice (x1 for the unfused ops, which add the residual into it; x2 for the fused call,
+// which must leave it alone), delta and next with the residual add, the normed state h the
+// unfused ops write, the weights of products of the given widths and both sides' outputs, every
+// output poisoned with NaN first. Everything it allocates is freed when the test ends.
+type normCase struct {
+	g                             *cuda.Backend
+	n, k                          int
+	xv                            []float32
+	x1, x2, delta, next, h, normW model.Tensor
+	ws, want, got                 []model.Tensor
+}
+
+func newNormCase(t *testing.T, g *cuda.Backend, r *rand.Rand, n, k int, widths []int, add bool) *normCase {
+	c := &normCase{g: g, n: n, k: k, xv: randFloats(r, n*k)}
+	c.x1, c.x2 = c.alloc(t, n, k, c.xv), c.alloc(t, n, k, c.xv)
+	c.normW = c.alloc(t, 1, k, randFloats(r, k))
+	if add {
+		c.delta, c.next = c.alloc(t, n, k, randFloats(r, n*k)), c.alloc(t, n, k, nil)
+	}
+	c.h = c.alloc(t, n, k, nil)
+	for _, m := range widths {
+		c.ws = append(c.ws, c.upload(t, hostBF16(r, m, k, 1/math.Sqrt(float64(k)))))
+		c.want, c.got = append(c.want, c.alloc(t, n, m, nil)), append(c.got, c.alloc(t, n, m, nil))
+	}
+	return c
+}
+
+// alloc makes a tensor holding vals (NaN where vals is nil).
+func (c *normCase) alloc(t *testing.T, rows, cols int, vals []float32) model.Tensor {
+	x := c.g.Alloc(rows, cols)
+	t.Cleanup(func() { c.g.Free(x) })
+	if vals == nil {
+		vals = nanFloats(rows * cols)
+	}
+	if err := c.g.Write(x, vals); err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+func (c *normCase) upload(t *testing.T, h model.HostTensor) model.Tensor {
+	x, err := c.g.Upload(h, h.Shape[0], h.Shape[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.g.Free(x) })
+	return x
+}
+
+// norm runs the unfused norm into h (the residual sum landing in x1).
+func (c *normCase) norm(eps float32) {
+	if c.delta.Rows > 0 {
+		c.g.AddRMSNorm(c.x1, c.delta, c.h, c.normW, eps)
+	} else {
+		c.g.RMSNorm(c.h, c.x1, c.normW, eps)
+	}
+}
+
+// input is the fused call's NormedInput.
+func (c *normCase) input(eps float32) model.NormedInput {
+	return model.NormedInput{X: c.x2, Delta: c.delta, Next: c.next, Weight: c.normW, Eps: eps}
+}
+
+// checkBitwise fails unless every fused output (side names it) is bitwise the unfused one and
+// not NaN, the fused residual in next is bitwise the unfused x1, and x2 is as it was.
+func (c *normCase) checkBitwise(t *testing.T, side string) {
+	t.Helper()
+	same := func(what string, a, b model.Tensor) {
+		av, bv := read(t, c.g, a), read(t, c.g, b)
+		for i := range av {
+			if math.Float32bits(av[i]) != math.Float32bits(bv[i]) || math.IsNaN(float64(bv[i])) {
+				t.Fatalf("%s: element %d is %v %s, %v unfused", what, i, bv[i], side, av[i])
+			}
+		}
+	}
+	for i := range c.ws {
+		same(fmt.Sprintf("product %d", i), c.want[i], c.got[i])
+	}
+	if c.delta.Rows > 0 {
+		same("residual in Next", c.x1, c.next)
+		for i, v := range read(t, c.g, c.x2) {
+			if math.Float32bits(v) != math.Float32bits(c.xv[i]) {
+				t.Fatalf("x changed at %d: %v, was %v", i, v, c.xv[i])
+			}
+		}
+	}
+}
+
 // With LORAPLEX_NORM_BF16 the norm (and the residual add) folded into products that run on
 // cuBLAS gives bitwise the unfused AddRMSNorm (RMSNorm) then MatMulShared: each product, and the
 // residual sum in in.Next with in.X left as it was; for q/k/v-like triples and gate/up-like pairs,
@@ -893,76 +982,17 @@ func TestNormBF16(t *testing.T) {
 	}{{2, 4096, []int{4096, 1024, 1024}, true}, {64, 512, []int{384, 100, 100}, true}, {300, 1024, []int{2048, 2048}, true},
 		{9, 256, []int{96, 13, 7}, false}, {33, 4096, []int{14336, 14336}, false}} {
 		t.Run(fmt.Sprintf("n%d_k%d_%v_add%v", sh.n, sh.k, sh.widths, sh.add), func(t *testing.T) {
-			var owned []model.Tensor
-			alloc := func(rows, cols int, vals []float32) model.Tensor {
-				x := g.Alloc(rows, cols)
-				owned = append(owned, x)
-				if vals == nil {
-					vals = nanFloats(rows * cols)
-				}
-				if err := g.Write(x, vals); err != nil {
-					t.Fatal(err)
-				}
-				return x
-			}
-			defer func() {
-				for _, x := range owned {
-					g.Free(x)
-				}
-			}()
-			xv := randFloats(r, sh.n*sh.k)
-			x1, x2 := alloc(sh.n, sh.k, xv), alloc(sh.n, sh.k, xv)
-			nw := randFloats(r, sh.k)
-			normW := alloc(1, sh.k, nw)
-			var delta, next model.Tensor
-			if sh.add {
-				delta, next = alloc(sh.n, sh.k, randFloats(r, sh.n*sh.k)), alloc(sh.n, sh.k, nil)
-			}
-			h := alloc(sh.n, sh.k, nil)
-			ws := make([]model.Tensor, len(sh.widths))
-			want, got := make([]model.Tensor, len(sh.widths)), make([]model.Tensor, len(sh.widths))
-			for i, m := range sh.widths {
-				w, err := g.Upload(hostBF16(r, m, sh.k, 1/math.Sqrt(float64(sh.k))), m, sh.k)
-				if err != nil {
-					t.Fatal(err)
-				}
-				owned = append(owned, w)
-				ws[i], want[i], got[i] = w, alloc(sh.n, m, nil), alloc(sh.n, m, nil)
-			}
-			// The unfused ops on x1 (the residual sum lands in x1 itself).
-			if sh.add {
-				g.AddRMSNorm(x1, delta, h, normW, 1e-5)
-			} else {
-				g.RMSNorm(h, x1, normW, 1e-5)
-			}
-			if !g.MatMulShared(want, h, ws) {
-				for i := range ws {
-					g.MatMul(want[i], h, ws[i])
+			c := newNormCase(t, g, r, sh.n, sh.k, sh.widths, sh.add)
+			c.norm(1e-5)
+			if !g.MatMulShared(c.want, c.h, c.ws) {
+				for i := range c.ws {
+					g.MatMul(c.want[i], c.h, c.ws[i])
 				}
 			}
-			in := model.NormedInput{X: x2, Delta: delta, Next: next, Weight: normW, Eps: 1e-5}
-			if !g.NormMatMulShared(got, in, ws) {
+			if !g.NormMatMulShared(c.got, c.input(1e-5), c.ws) {
 				t.Fatalf("declined %d rows for cuBLAS", sh.n)
 			}
-			same := func(what string, a, b model.Tensor) {
-				av, bv := read(t, g, a), read(t, g, b)
-				for i := range av {
-					if math.Float32bits(av[i]) != math.Float32bits(bv[i]) || math.IsNaN(float64(bv[i])) {
-						t.Fatalf("%s: element %d is %v folded, %v unfused", what, i, bv[i], av[i])
-					}
-				}
-			}
-			for i := range ws {
-				same(fmt.Sprintf("product %d", i), want[i], got[i])
-			}
-			if sh.add {
-				same("residual in Next", x1, next)
-				for i, v := range read(t, g, x2) {
-					if math.Float32bits(v) != math.Float32bits(xv[i]) {
-						t.Fatalf("x changed at %d: %v, was %v", i, v, xv[i])
-					}
-				}
-			}
+			c.checkBitwise(t, "folded")
 		})
 	}
 	x, normW, out := g.Alloc(16, 64), g.Alloc(1, 64), g.Alloc(16, 32)

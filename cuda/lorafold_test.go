@@ -214,23 +214,33 @@ func TestLoRAFoldGraphReplay(t *testing.T) {
 	if b.GraphCount() != 1 {
 		t.Fatalf("%d recordings, want 1", b.GraphCount())
 	}
-	got := run(replayed, key, true)
+	checkReplayed(t, direct, other, run(replayed, key, true), func(int, int) bool { return false })
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkReplayed fails unless a replay's outputs are bitwise the direct step's for the same
+// adapters and differ somewhere from the recorded step's (which had other adapters); elements
+// fixed says carry no adapter's delta must equal the recorded step's.
+func checkReplayed(t *testing.T, direct, recorded, replayed [][]float32, fixed func(i, j int) bool) {
+	t.Helper()
 	moved := 0
 	for i := range direct {
 		for j := range direct[i] {
-			if math.Float32bits(got[i][j]) != math.Float32bits(direct[i][j]) {
-				t.Fatalf("output %d element %d: %v replayed, %v direct", i, j, got[i][j], direct[i][j])
+			if math.Float32bits(replayed[i][j]) != math.Float32bits(direct[i][j]) {
+				t.Fatalf("output %d element %d: %v replayed, %v direct", i, j, replayed[i][j], direct[i][j])
 			}
-			if got[i][j] != other[i][j] {
+			if replayed[i][j] != recorded[i][j] {
+				if fixed(i, j) {
+					t.Fatalf("output %d element %d carries no adapter's delta: %v replayed, %v recorded", i, j, replayed[i][j], recorded[i][j])
+				}
 				moved++
 			}
 		}
 	}
 	if moved == 0 {
-		t.Fatal("the replay gave the recorded adapter's outputs")
-	}
-	if err := b.Err(); err != nil {
-		t.Fatal(err)
+		t.Fatal("the replay gave the recorded adapters' outputs")
 	}
 }
 
@@ -281,48 +291,11 @@ func TestNormKeptProducts(t *testing.T) {
 	}{{64, 4096, []int{4096, 1024, 1024}, false, true, false}, {64, 512, []int{1024, 1024}, true, true, true},
 		{300, 1024, []int{2048, 512, 512}, false, false, true}, {9, 258, []int{96, 13}, false, true, false}} {
 		t.Run(fmt.Sprintf("n%d_k%d_%v_one%v_add%v_bias%v", sh.n, sh.k, sh.widths, sh.one, sh.add, sh.bia), func(t *testing.T) {
-			var owned []model.Tensor
-			alloc := func(rows, cols int, vals []float32) model.Tensor {
-				x := g.Alloc(rows, cols)
-				owned = append(owned, x)
-				if vals == nil {
-					vals = nanFloats(rows * cols)
-				}
-				if err := g.Write(x, vals); err != nil {
-					t.Fatal(err)
-				}
-				return x
-			}
-			upload := func(h model.HostTensor) model.Tensor {
-				x, err := g.Upload(h, h.Shape[0], h.Shape[1])
-				if err != nil {
-					t.Fatal(err)
-				}
-				owned = append(owned, x)
-				return x
-			}
-			defer func() {
-				for _, x := range owned {
-					g.Free(x)
-				}
-			}()
-			xv := randFloats(r, sh.n*sh.k)
-			x1, x2 := alloc(sh.n, sh.k, xv), alloc(sh.n, sh.k, xv)
-			normW := alloc(1, sh.k, randFloats(r, sh.k))
-			var delta, next model.Tensor
-			if sh.add {
-				delta, next = alloc(sh.n, sh.k, randFloats(r, sh.n*sh.k)), alloc(sh.n, sh.k, nil)
-			}
-			h := alloc(sh.n, sh.k, nil)
+			c := newNormCase(t, g, r, sh.n, sh.k, sh.widths, sh.add)
 			m := len(sh.widths)
-			ws, biases := make([]model.Tensor, m), make([]model.Tensor, m)
-			want, got := make([]model.Tensor, m), make([]model.Tensor, m)
-			for i, w := range sh.widths {
-				ws[i] = upload(hostBF16(r, w, sh.k, 1/math.Sqrt(float64(sh.k))))
-				want[i], got[i] = alloc(sh.n, w, nil), alloc(sh.n, w, nil)
-				if sh.bia && i == 0 {
-					biases[i] = alloc(1, w, randFloats(r, w))
-				}
+			biases := make([]model.Tensor, m)
+			if sh.bia {
+				biases[0] = c.alloc(t, 1, sh.widths[0], randFloats(r, sh.widths[0]))
 			}
 			// Three adapters; each row run takes one of them or none, every projection but
 			// the second of a mixed layout adapted alike (a sequence's adapter covers its
@@ -335,8 +308,8 @@ func TestNormKeptProducts(t *testing.T) {
 			ads := make([][]factors, len(ranks))
 			for a, rk := range ranks {
 				for _, w := range sh.widths {
-					ads[a] = append(ads[a], factors{upload(hostBF16(r, rk, sh.k, 1/math.Sqrt(float64(sh.k)))),
-						upload(hostBF16(r, w, rk, 1/math.Sqrt(float64(rk)))), float32(0.5 + r.Float64())})
+					ads[a] = append(ads[a], factors{c.upload(t, hostBF16(r, rk, sh.k, 1/math.Sqrt(float64(sh.k)))),
+						c.upload(t, hostBF16(r, w, rk, 1/math.Sqrt(float64(rk)))), float32(0.5 + r.Float64())})
 				}
 			}
 			segs := make([][]model.LoRASeg, m)
@@ -354,54 +327,32 @@ func TestNormKeptProducts(t *testing.T) {
 				}
 				start += run
 			}
-			// The unfused path, on x1 (the residual sum lands in x1 itself).
-			if sh.add {
-				g.AddRMSNorm(x1, delta, h, normW, eps)
-			} else {
-				g.RMSNorm(h, x1, normW, eps)
-			}
-			if !g.MatMulShared(want, h, ws) {
+			// The unfused path.
+			c.norm(eps)
+			if !g.MatMulShared(c.want, c.h, c.ws) {
 				t.Fatal("MatMulShared declined rows for cuBLAS")
 			}
 			for i, b := range biases {
 				if b.Rows > 0 {
-					g.AddBias(want[i], b)
+					g.AddBias(c.want[i], b)
 				}
 			}
-			if !g.LoRAGroup(want, h, segs) {
+			if !g.LoRAGroup(c.want, c.h, segs) {
 				t.Fatal("LoRAGroup declined")
 			}
-			in := model.NormedInput{X: x2, Delta: delta, Next: next, Weight: normW, Eps: eps}
+			in, got := c.input(eps), c.got
 			before := g.NormKeptCount()
-			if !g.NormFoldedProducts(got, in, ws, biases, segs) || g.NormKeptCount() != before+1 {
+			if !g.NormFoldedProducts(got, in, c.ws, biases, segs) || g.NormKeptCount() != before+1 {
 				t.Fatalf("declined %d rows for cuBLAS (kept calls %d, was %d)", sh.n, g.NormKeptCount(), before)
 			}
-			same := func(what string, a, b model.Tensor) {
-				av, bv := read(t, g, a), read(t, g, b)
-				for i := range av {
-					if math.Float32bits(av[i]) != math.Float32bits(bv[i]) || math.IsNaN(float64(bv[i])) {
-						t.Fatalf("%s: element %d is %v kept, %v unfused", what, i, bv[i], av[i])
-					}
-				}
-			}
-			for i := range ws {
-				same(fmt.Sprintf("product %d", i), want[i], got[i])
-			}
-			if sh.add {
-				same("residual in Next", x1, next)
-				for i, v := range read(t, g, x2) {
-					if math.Float32bits(v) != math.Float32bits(xv[i]) {
-						t.Fatalf("x changed at %d: %v, was %v", i, v, xv[i])
-					}
-				}
-			}
+			c.checkBitwise(t, "kept")
 			g.SetBatchInvariant(true)
-			if g.NormFoldedProducts(got, in, ws, biases, segs) {
+			if g.NormFoldedProducts(got, in, c.ws, biases, segs) {
 				t.Error("took a step in deterministic mode")
 			}
 			g.SetBatchInvariant(false)
 			g.SetNormKeep(false)
-			if g.NormFoldedProducts(got, in, ws, biases, segs) {
+			if g.NormFoldedProducts(got, in, c.ws, biases, segs) {
 				t.Error("took a step of more rows than the GEMV's with LORAPLEX_NORM_KEEP off")
 			}
 			g.SetNormKeep(true)
@@ -535,25 +486,10 @@ func TestNormKeptGraphReplay(t *testing.T) {
 	if b.GraphCount() != 1 {
 		t.Fatalf("%d recordings, want 1", b.GraphCount())
 	}
-	got := run(replayed, key, true)
-	moved := 0
-	for i := range direct {
-		for j := range direct[i] {
-			if math.Float32bits(got[i][j]) != math.Float32bits(direct[i][j]) {
-				t.Fatalf("output %d element %d: %v replayed, %v direct", i, j, got[i][j], direct[i][j])
-			}
-			row := j / (len(direct[i]) / n)
-			if i < len(widths) && got[i][j] != other[i][j] {
-				if layout[row] < 0 {
-					t.Fatalf("output %d, row %d without an adapter: %v replayed, %v recorded", i, row, got[i][j], other[i][j])
-				}
-				moved++
-			}
-		}
-	}
-	if moved == 0 {
-		t.Fatal("the replay gave the recorded adapters' outputs")
-	}
+	// The residual (the last output) and the row without an adapter carry no delta.
+	checkReplayed(t, direct, other, run(replayed, key, true), func(i, j int) bool {
+		return i == len(widths) || layout[j/(len(direct[i])/n)] < 0
+	})
 	if err := b.Err(); err != nil {
 		t.Fatal(err)
 	}
