@@ -126,11 +126,11 @@ type Engine struct {
 	// request under the read lock, only while not draining; stopAdmitting sets draining under
 	// the write lock. So every request sent is counted before Drain reads the count, and is in
 	// the channel before the loop stops (abortAll finishes it): none is left unanswered.
-	admitMu sync.RWMutex
-	closed     chan struct{} // closed when the loop has stopped
-	stop       chan struct{}
-	stopOnce   sync.Once
-	nextID     atomic.Uint64
+	admitMu  sync.RWMutex
+	closed   chan struct{} // closed when the loop has stopped
+	stop     chan struct{}
+	stopOnce sync.Once
+	nextID   atomic.Uint64
 
 	// Loop-owned state.
 	pages   *pageAllocator
