@@ -38,6 +38,7 @@ import (
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)
 //	LORAPLEX_NORM_BF16=on|off      RMSNorm writes the cuBLAS products' bf16 input itself (NormMatMulShared)
 //	LORAPLEX_NORM_KEEP=on|off      with it, adapted steps too: the norm also keeps its fp32 rows for the LoRA shrinks (lorafold.go)
+//	LORAPLEX_LORA_SWIGLU=on|off    with it and SwiGLU's bf16 copy, gate/up's LoRA deltas added inside SwiGLU (LoRASwiGLUer, loraswiglu.go)
 //	LORAPLEX_NORM_VEC=on|off       RMSNorm rows of a width divisible by 4 on the float4 kernel (kernels/rmsnorm.cu)
 //	LORAPLEX_PREFILL_WIDE=on|off   the tensor-core prefill in 128-row tiles, two m16 row tiles a warp (attention.go)
 //
@@ -117,6 +118,11 @@ const (
 	// than gemvRows rows declines NormMatMulShared (its LoRA shrinks read the normed rows), so
 	// each of its layers runs two conversion passes the base model's steps no longer make.
 	normKeepDefault = false
+	// loraSwiGLUDefault: off until a GPU run has tested it (TestLoRASwiGLU) and measured it.
+	// Written without a GPU from the s25c per-op breakdown: the gate/up expand's read-modify-write
+	// of both products' outputs (14.7 MB a layer at batch 64, 470 MB at a 2,048-row prefill) and
+	// its launch, before a SwiGLU that reads them again.
+	loraSwiGLUDefault = false
 	// normVecDefault: on. TestRMSNormSweep holds it to the CPU (H200: its first bound failed in
 	// goals-2026-12-07-s24c/suite.txt, the corrected one passed in call5-focus.txt there);
 	// two A/B runs on an H200 measured batch-64 decode 1.087x and 1.093x, 64 rank-16 adapters

@@ -158,16 +158,9 @@ func (b *Backend) normKeptProducts(outs []model.Tensor, in model.NormedInput, ws
 	}
 	b.normKept++
 	kept := model.Tensor{Rows: x.Rows, Cols: x.Cols, DType: model.F32, Buf: dev{b.kept}}
-	if b.launch() {
-		var delta, next C.uintptr_t
-		if in.Delta.Rows > 0 {
-			delta, next = ptr(in.Delta), ptr(in.Next)
-		}
-		if b.ok("rmsnorm_bf16 (kept)", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), C.uintptr_t(b.kept), ptr(in.Weight),
-			C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream)) {
-			for i, w := range ws {
-				b.cublasGemm(outs[i], x, w, 1, 0)
-			}
+	if b.launch() && b.keptNorm(in) {
+		for i, w := range ws {
+			b.cublasGemm(outs[i], x, w, 1, 0)
 		}
 	}
 	for i, bias := range biases {
@@ -183,6 +176,19 @@ func (b *Backend) normKeptProducts(outs []model.Tensor, in model.NormedInput, ws
 		}
 	}
 	return true
+}
+
+// keptNorm launches lp_rmsnorm_bf16 on in, the cuBLAS products' bf16 input into xbf and the
+// normed rows in fp32 into kept (both reserved by the caller for in.X's rows); false when the
+// launch failed (the backend has recorded why).
+func (b *Backend) keptNorm(in model.NormedInput) bool {
+	x := in.X
+	var delta, next C.uintptr_t
+	if in.Delta.Rows > 0 {
+		delta, next = ptr(in.Delta), ptr(in.Next)
+	}
+	return b.ok("rmsnorm_bf16 (kept)", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), C.uintptr_t(b.kept), ptr(in.Weight),
+		C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream))
 }
 
 // SetNormKeep turns normKeptProducts on or off for the following steps (recorded graphs hold

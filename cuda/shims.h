@@ -157,6 +157,11 @@ static inline int s_lora_group(const uintptr_t* outs, const uintptr_t* dims, con
 	return lp_lora_group(lora_outs(outs, dims, ends, groups), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank,
 	                     P(float*, scratch), in, P(lp_stream, s));
 }
+static inline int s_lora_swiglu(uintptr_t act, uintptr_t act_bf16, uintptr_t gate, uintptr_t up, int rows, int cols, uintptr_t x, uintptr_t segs,
+                                int gate_end, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int splits, int stride, uintptr_t s) {
+	return lp_lora_swiglu(P(float*, act), P(uint16_t*, act_bf16), P(const float*, gate), P(const float*, up), rows, cols, P(const float*, x),
+	                      P(const lp_lora_seg*, segs), gate_end, nsegs, maxrows, maxrank, P(float*, scratch), in, splits, stride, P(lp_stream, s));
+}
 static inline int s_lora_group_wide(const uintptr_t* outs, const uintptr_t* dims, const uintptr_t* ends, int groups, uintptr_t x, uintptr_t segs, int nsegs,
                                     int maxrows, int maxrank, uintptr_t scratch, int in, int splits, int stride, uintptr_t s) {
 	return lp_lora_group_wide(lora_outs(outs, dims, ends, groups), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank,

@@ -127,6 +127,10 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// SwiGLU of one element, silu(g) · u with silu(g) = g / (1 + e^-g): swiglu.cu's kernels and the
+// LoRA SwiGLU (lora.cu) compute every activation with it.
+__device__ __forceinline__ float silu_value(float g, float u) { return g / (1.f + __expf(-g)) * u; }
+
 // Two floats to a bf16 pair (round to nearest even), lo in the low half as mma expects.
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return (uint32_t)f32_to_bf16(lo) | ((uint32_t)f32_to_bf16(hi) << 16);

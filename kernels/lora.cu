@@ -118,6 +118,20 @@
 // one rank-8 adapter at batch 1 1.07x (155.8 tok/s against 145.3, the base 168.7); on by
 // default since.
 //
+// LoRA SwiGLU (LORAPLEX_LORA_SWIGLU=on|off, cuda.NormGateUpLoRASwiGLU): at more rows than the
+// GEMV takes, the gate and up deltas went through the grouped expand, which reads and writes
+// both products' outputs (at batch 64, 14.7 MB a layer of fp32 read-modify-write; at a 2,048-row
+// prefill, 470 MB), and then SwiGLU read them again. lp_lora_swiglu runs the wide shrink of both
+// groups, then one launch over (row, column chunk) that adds each row's deltas to the gate and
+// up values it loads anyway and writes only the activation (fp32 for the down projection's own
+// LoRA, bf16 for its GEMM): the expand's pass and its launch are gone. The block finds its row's
+// segments itself (a group's rows are disjoint), so a row without an adapter costs the plain
+// SwiGLU. Per element the arithmetic is the grouped wide expand's (swiglu_delta) and
+// lp_silu_mul_bf16's, so results are those of the separate launches (TestLoRASwiGLU; the
+// bounds allow the compiler another contraction of value + scale · delta into an FMA).
+// Determinism and graph replay: the wide shrink's (split count and stride from the step key's
+// segment layout), no atomics.
+//
 // lp_lora_routed_wide (issue 15, item 3; LORAPLEX_ROUTED_WIDE=on|off, on by default since
 // goals-2026-12-07-ab4, Backend.SetRoutedWide) is lp_lora_routed on the
 // wide shrink. A routed decode row is k one-row segments: at batch 1, top-2 of rank 8, the
@@ -725,6 +739,83 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
     shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
     dim3 g2(max_rows, num_segs, chunks);
     lora_expand_group_wide_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(outs, segs_device, scratch, splits, t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// LoRA SwiGLU (lp_lora_swiglu; the design is at the top of the file): grid (row, wide column
+// chunk). The block finds its row's segment in each group (its threads test the segments' row
+// ranges together: a group's rows are disjoint, so at most one thread writes each), sums that
+// segment's split partials for the row in split order, and each thread takes
+// WIDE_EXPAND_PER_THREAD columns a block width apart: gate and up loaded first, each plus its
+// delta with expand_wide_block's per-column arithmetic (swiglu_delta), then silu_value, and act
+// and its bf16 rounding stored.
+// swiglu_delta is t · B[c] of one segment, as expand_wide_block accumulates it: rank vectors of
+// 8 in order (dot8), or the scalar loop where the rank is not a multiple of 8 or B unaligned.
+__device__ __forceinline__ float swiglu_delta(const lp_lora_seg& sg, const float* t, int c) {
+    float acc = 0.f;
+    if (expand_vec(sg)) {
+        const uint4* bv = reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank);
+        for (int jb = 0; jb < sg.rank / 8; jb++) acc += dot8(bv[jb], t8(t, jb, 0), t8(t, jb, 4));
+    } else {
+        for (int j = 0; j < sg.rank; j++) acc += t[j] * bf16_to_f32(sg.b[(size_t)c * sg.rank + j]);
+    }
+    return acc;
+}
+
+__global__ void __launch_bounds__(WIDE_THREADS)
+    lora_swiglu_kernel(float* act, uint16_t* act_bf16, const float* gate, const float* up, int cols, const lp_lora_seg* segs,
+                       int gate_end, int num_segs, const float* scratch, int splits, int t_stride) {
+    __shared__ int found[2];
+    __shared__ lp_lora_seg sg[2];
+    __shared__ float t[2][LP_MAX_LORA_RANK];
+    const int row = blockIdx.x;
+    if (threadIdx.x < 2) found[threadIdx.x] = -1;
+    __syncthreads();
+    for (int i = threadIdx.x; i < num_segs; i += blockDim.x) {
+        const int start = segs[i].start;
+        if (row >= start && row < start + segs[i].n) found[i < gate_end ? 0 : 1] = i;
+    }
+    __syncthreads();
+    if (threadIdx.x < 2 && found[threadIdx.x] >= 0) sg[threadIdx.x] = segs[found[threadIdx.x]];
+    __syncthreads();
+    for (int g = 0; g < 2; g++) {
+        if (found[g] < 0) continue;  // uniform over the block
+        const float* part = scratch + sg[g].t_off + (size_t)(row - sg[g].start) * sg[g].rank;
+        for (int j = threadIdx.x; j < sg[g].rank; j += blockDim.x) t[g][j] = split_sum(part, j, splits, t_stride);
+    }
+    __syncthreads();
+    const size_t base = (size_t)row * cols;
+    const int c0 = blockIdx.y * WIDE_EXPAND_COLS + threadIdx.x;
+    float gv[WIDE_EXPAND_PER_THREAD], uv[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        gv[i] = c < cols ? gate[base + c] : 0.f;
+        uv[i] = c < cols ? up[base + c] : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+        const int c = c0 + i * WIDE_THREADS;
+        if (c >= cols) continue;
+        float g = gv[i], u = uv[i];
+        if (found[0] >= 0) g = g + sg[0].scale * swiglu_delta(sg[0], t[0], c);
+        if (found[1] >= 0) u = u + sg[1].scale * swiglu_delta(sg[1], t[1], c);
+        const float a = silu_value(g, u);
+        act[base + c] = a;
+        act_bf16[base + c] = f32_to_bf16(a);
+    }
+}
+
+extern "C" int lp_lora_swiglu(float* act, uint16_t* act_bf16, const float* gate, const float* up, int rows, int cols, const float* x,
+                              const lp_lora_seg* segs_device, int gate_end, int num_segs, int max_rows, int max_rank, float* scratch,
+                              int in_dim, int splits, int t_stride, lp_stream s) {
+    if (rows <= 0 || cols <= 0 || num_segs <= 0 || num_segs > 65535 || gate_end < 0 || gate_end > num_segs ||
+        (cols + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS > 65535 || !wide_args_ok(max_rows, max_rank, in_dim, splits, t_stride))
+        return (int)cudaErrorInvalidValue;
+    shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
+    dim3 g2(rows, (cols + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
+    lora_swiglu_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(act, act_bf16, gate, up, cols, segs_device, gate_end, num_segs,
+                                                                scratch, splits, t_stride);
     LP_CHECK_LAUNCH();
 }
 

@@ -284,6 +284,16 @@ int lp_lora_group(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_dev
 #define LP_LORA_WIDE_MAX_SPLITS 16
 int lp_lora_wide(float* out, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows, int max_rank,
                  float* scratch, int in_dim, int out_dim, int splits, int t_stride, int phases, lp_stream s);
+// The gate and up projections' deltas added inside the SwiGLU that reads them
+// (LORAPLEX_LORA_SWIGLU, cuda.NormGateUpLoRASwiGLU): the wide shrink of segs_device's
+// num_segs segments (gate's [0, gate_end), up's [gate_end, num_segs), each group's rows
+// disjoint) over x, then for every row of gate and up [rows, cols] act = silu(gate + Δgate) ·
+// (up + Δup), in fp32 and rounded to bf16 into act_bf16 (lp_silu_mul_bf16's outputs); gate
+// and up are not written. Per element the expand's arithmetic of lp_lora_group_wide, then
+// lp_silu_mul_bf16's.
+int lp_lora_swiglu(float* act, uint16_t* act_bf16, const float* gate, const float* up, int rows, int cols, const float* x,
+                   const lp_lora_seg* segs_device, int gate_end, int num_segs, int max_rows, int max_rank, float* scratch,
+                   int in_dim, int splits, int t_stride, lp_stream s);
 int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
                        int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s);
 // lp_lora_group_wide's expand alone, for intermediates another launch wrote (one split): a

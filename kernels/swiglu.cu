@@ -12,8 +12,6 @@
 // like any elementwise launch.
 #include "common.cuh"
 
-__device__ __forceinline__ float silu_value(float g, float u) { return g / (1.f + __expf(-g)) * u; }
-
 __global__ void silu_mul_kernel(float* out, const float* gate, const float* up, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = silu_value(gate[i], up[i]);

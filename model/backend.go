@@ -200,6 +200,20 @@ type SiLUMulMatMuler interface {
 	SiLUMulMatMul(out, act, gate, up, w Tensor) bool
 }
 
+// LoRASwiGLUer is implemented by backends that add the gate and up projections' LoRA deltas
+// inside the SwiGLU that reads those projections (CUDA: steps whose products go to cuBLAS,
+// LORAPLEX_LORA_SWIGLU), so no expand pass reads and writes the products' outputs before it.
+// NormGateUpLoRASwiGLU computes, on in's normed rows h under NormFuser's contract (the new
+// residual in in.Next, h not stored where the caller reads it): gate = h·wGateᵀ plus segs[0]'s
+// deltas, up = h·wUpᵀ plus segs[1]'s, act = silu(gate) * up and out = act·wDownᵀ, the additions
+// of the unfused ops in their order, each within rounding of them; act is left for the down
+// projection's own LoRA shrink, gate and up may hold the products without their deltas. It
+// does all of it and returns true, or nothing and returns false. The answer may depend only on
+// what the StepRecorder key fixes.
+type LoRASwiGLUer interface {
+	NormGateUpLoRASwiGLU(out, act, gate, up Tensor, in NormedInput, wGate, wUp, wDown Tensor, segs [2][]LoRASeg) bool
+}
+
 // DecodeFuser is implemented by backends with fused kernels for a decoder layer's small ops
 // (cuda: few-row decode steps, where each launch costs about as much as the work it does). Each
 // method does the whole of the unfused ops it names, with their result, and returns true, or does

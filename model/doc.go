@@ -27,6 +27,7 @@
 //	DecodeFuser       RoPE + KV store, gate/up + SiLU in one launch each  -    yes
 //	LoRAGrouper       one LoRA launch pair for q/k/v, one for gate/up     -    yes
 //	SiLUMulMatMuler   SwiGLU writes the down projection's bf16 input      -    yes
+//	LoRASwiGLUer      gate/up's LoRA deltas added inside SwiGLU           -    yes
 //	NormFuser         (add +) RMSNorm folded into q/k/v, gate/up GEMVs    -    yes
 //	LoRAFolder        LoRA (and the norm) in the base products' call      -    yes
 //	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes

@@ -40,6 +40,7 @@ type Runner struct {
 	fuser                                     DecodeFuser               // nil: the backend fuses nothing
 	normer                                    NormFuser                 // nil: every RMSNorm is its own op
 	siluDown                                  SiLUMulMatMuler           // nil: SwiGLU, then the down projection's product
+	loraSwiGLU                                LoRASwiGLUer              // nil: gate/up's LoRA deltas are added before SwiGLU
 	grouper                                   LoRAGrouper               // nil: one LoRA call per projection
 	folder                                    LoRAFolder                // nil: LoRA shrinks are launches of their own
 	groupOuts, groupWs                        [MaxSharedProducts]Tensor // outputs and weights of a projection group and its routers' gates (gatedProducts), kept here so steps allocate nothing
@@ -67,6 +68,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r.fuser, _ = b.(DecodeFuser)
 	r.normer, _ = b.(NormFuser)
 	r.siluDown, _ = b.(SiLUMulMatMuler)
+	r.loraSwiGLU, _ = b.(LoRASwiGLUer)
 	r.grouper, _ = b.(LoRAGrouper)
 	r.folder, _ = b.(LoRAFolder)
 	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
@@ -341,6 +343,8 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		down := false // the down projection's product made with the activation (SiLUMulMatMuler)
 		if r.gateUpNormFused(act, in, l) {
 			x, h = fusedResidual(in)
+		} else if down = r.gateUpLoRASwiGLU(o, act, gate, up, in, l); down {
+			x, h = fusedResidual(in)
 		} else {
 			r.groupOuts[0], r.groupOuts[1] = gate, up
 			// The norm folded into the gate/up products alone where the backend takes that but
@@ -571,6 +575,19 @@ func (r *Runner) gateUpNormFused(act Tensor, in NormedInput, l int) bool {
 		return false
 	}
 	return r.normer.NormGateUpSiLU(act, in, L.W[ProjGate], L.W[ProjUp])
+}
+
+// gateUpLoRASwiGLU computes x += delta; act = silu(gate(h)) * up(h) with gate and up's LoRA
+// deltas, and o = act·W_downᵀ, in one backend call (LoRASwiGLUer) where the step adapts gate or
+// up, routes nothing and neither has a bias (nothing else is added between the products and the
+// activation, and only the LoRA shrinks read h).
+func (r *Runner) gateUpLoRASwiGLU(o, act, gate, up Tensor, in NormedInput, l int) bool {
+	L := &r.W.Layers[l]
+	segs := [2][]LoRASeg{r.segs[ProjGate], r.segs[ProjUp]}
+	if r.loraSwiGLU == nil || r.routing.seqs > 0 || len(segs[0])+len(segs[1]) == 0 || L.Bias[ProjGate].Rows > 0 || L.Bias[ProjUp].Rows > 0 {
+		return false
+	}
+	return r.loraSwiGLU.NormGateUpLoRASwiGLU(o, act, gate, up, in, L.W[ProjGate], L.W[ProjUp], L.W[ProjDown], segs)
 }
 
 // gateUpFused computes act = silu(gate(h)) * up(h) in one backend call where that gives the

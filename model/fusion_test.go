@@ -20,6 +20,7 @@ type composingBackend struct {
 	products, ropeKV, gateUp, groups, siluDown int
 	folded                                     [2]int // FoldedProducts, NormFoldedProducts calls
 	foldedSegs                                 int    // NormFoldedProducts calls with a projection of several segments
+	loraSwiGLU                                 int    // NormGateUpLoRASwiGLU calls
 	normed                                     [2]int // NormMatMulShared, NormGateUpSiLU calls
 }
 
@@ -89,6 +90,26 @@ func (c *composingBackend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) boo
 	c.siluDown++
 	c.SiluMul(act, gate, up)
 	c.MatMul(out, act, w)
+	return true
+}
+
+// NormGateUpLoRASwiGLU is a norm fusion too: the backends that decline norms decline it.
+func (c *composingBackend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor, in model.NormedInput, wGate, wUp, wDown model.Tensor,
+	segs [2][]model.LoRASeg) bool {
+	if c.decline || c.declineNorms {
+		return false
+	}
+	c.loraSwiGLU++
+	h := c.normedRows(in) // reads in.Delta, which may be out, before out is written below
+	c.MatMul(gate, h, wGate)
+	c.MatMul(up, h, wUp)
+	for i, t := range []model.Tensor{gate, up} {
+		if len(segs[i]) > 0 {
+			c.LoRA(t, h, segs[i])
+		}
+	}
+	c.SiluMul(act, gate, up)
+	c.MatMul(out, act, wDown)
 	return true
 }
 
@@ -193,7 +214,8 @@ func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [
 // folds the norm into the gate/up products but not into the activation, the norm goes there;
 // projections whose one adapter covers the step's rows fold their LoRA into the products' call
 // (LoRAFolder), and where the backend folds norms, the norm goes into that call whatever the
-// step's adapters (several segments a projection included); the group call takes the rest.
+// step's adapters (several segments a projection included), and adapted gate/up go with their
+// norm, SwiGLU and the down product into one call (LoRASwiGLUer); the group call takes the rest.
 func TestForwardUsesFusionCapabilities(t *testing.T) {
 	for _, name := range []string{"llama", "qwen2", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
@@ -234,11 +256,11 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					}
 				}
 			}
-			if unnormed.products == 0 || fusing.ropeKV == 0 || unnormed.groups == 0 || fusing.foldedSegs == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
-				fusing.siluDown == 0 || unsiluNormed.normedGateUp == 0 || unsiluNormed.normed[1] != 0 || fusing.folded[1] == 0 || unnormed.folded[0] == 0 ||
+			if unnormed.products == 0 || fusing.ropeKV == 0 || unnormed.groups == 0 || fusing.foldedSegs == 0 || fusing.loraSwiGLU == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
+				unnormed.siluDown == 0 || unsiluNormed.normedGateUp == 0 || unsiluNormed.normed[1] != 0 || fusing.folded[1] == 0 || unnormed.folded[0] == 0 ||
 				unnormed.folded[1] != 0 {
-				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %d norm-folded calls of several segments, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
-					unnormed.products, fusing.ropeKV, unnormed.groups, fusing.foldedSegs, fusing.normed, unnormed.gateUp, fusing.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %d norm-folded calls of several segments, %d LoRA SwiGLU calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
+					unnormed.products, fusing.ropeKV, unnormed.groups, fusing.foldedSegs, fusing.loraSwiGLU, fusing.normed, unnormed.gateUp, unnormed.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
 					fusing.folded, unnormed.folded)
 			}
 		})

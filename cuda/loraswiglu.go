@@ -1,0 +1,78 @@
+//go:build cuda
+
+package cuda
+
+// #include "shims.h"
+import "C"
+
+import (
+	"fmt"
+
+	"github.com/loraplex/loraplex/model"
+)
+
+var _ model.LoRASwiGLUer = (*Backend)(nil)
+
+// SetLoRASwiGLU turns NormGateUpLoRASwiGLU on or off for the following steps (recorded graphs
+// hold the other path's launches, so they are dropped).
+func (b *Backend) SetLoRASwiGLU(on bool) {
+	setSwitch(b, &b.loraSwiGLU, on)
+}
+
+// LoRASwiGLUCount is the number of NormGateUpLoRASwiGLU calls the backend has taken (direct,
+// recorded or replayed; for tests).
+func (b *Backend) LoRASwiGLUCount() int { return b.loraSwiGLUs }
+
+// NormGateUpLoRASwiGLU implements model.LoRASwiGLUer for the rows MatMul gives cuBLAS
+// (normToCublas) with the wide LoRA kernels and SwiGLU's bf16 copy on: the kept norm
+// (keptNorm: the products' bf16 input and the fp32 rows the shrinks read), the gate and up
+// products on cuBLAS, lp_lora_swiglu (the wide shrink of both groups, then SwiGLU adding each
+// row's deltas to the products it reads, act in fp32 and as the down product's bf16 input), and
+// the down product. kernels/lora.cu ("LoRA SwiGLU") says why. The answer is a function of the
+// rows, the segment layout and the switches, as the step key needs.
+func (b *Backend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor, in model.NormedInput, wGate, wUp, wDown model.Tensor,
+	segs [2][]model.LoRASeg) bool {
+	x := in.X
+	n, hidden, inter := x.Rows, x.Cols, wGate.Rows
+	if wGate.Cols != hidden || wUp.Rows != inter || wUp.Cols != hidden || wDown.Cols != inter || out.Rows != n || out.Cols != wDown.Rows ||
+		wGate.DType != model.BF16 || wUp.DType != model.BF16 || wDown.DType != model.BF16 || out.DType != model.F32 {
+		panic(fmt.Sprintf("cuda: NormGateUpLoRASwiGLU of x %s with gate %s, up %s, down %s into %s", x.Shape(), wGate.Shape(), wUp.Shape(), wDown.Shape(), out.Shape()))
+	}
+	for _, t := range [3]model.Tensor{act, gate, up} {
+		if t.Rows != n || t.Cols != inter || t.DType != model.F32 {
+			panic(fmt.Sprintf("cuda: NormGateUpLoRASwiGLU of x %s: act, gate, up %s, %s, %s", x.Shape(), act.Shape(), gate.Shape(), up.Shape()))
+		}
+	}
+	total := len(segs[0]) + len(segs[1])
+	if !b.loraSwiGLU || !b.swigluBF16 || total == 0 || !b.normToCublas(in) {
+		return false
+	}
+	checkNorm("NormGateUpLoRASwiGLU", in)
+	r0, k0, t0 := checkSegs(gate, x, segs[0])
+	r1, k1, t1 := checkSegs(up, x, segs[1])
+	maxRows, maxRank := max(r0, r1), max(k0, k1)
+	splits, stride := b.loraWideLayout(hidden, total, maxRows, maxRank)
+	if splits == 0 {
+		return false // the wide kernels off: their split partials are what lp_lora_swiglu reads
+	}
+	// As normKeptProducts: replays put their segment tables and launch nothing; buffers grow
+	// only in a direct step. xbf holds the normed rows for gate and up, then the activation.
+	if !b.reserve(&b.xbf, &b.xbfCap, n*max(hidden, inter), 2) || !b.reserve(&b.kept, &b.keptCap, n*hidden, 4) ||
+		b.failed() || !b.reserveSegs(total, max(t0+t1, splits*stride)) {
+		return true
+	}
+	b.loraSwiGLUs++
+	at := b.segUsed
+	b.putSegs(at+len(segs[0]), segs[1], b.putSegs(at, segs[0], 0))
+	table, ok := b.commitSegs(total)
+	if !ok || !b.launch() || !b.keptNorm(in) {
+		return true
+	}
+	b.cublasGemm(gate, x, wGate, 1, 0)
+	b.cublasGemm(up, x, wUp, 1, 0)
+	if b.ok("lora swiglu", C.s_lora_swiglu(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.int(n), C.int(inter), C.uintptr_t(b.kept), table,
+		C.int(len(segs[0])), C.int(total), C.int(maxRows), C.int(maxRank), C.uintptr_t(b.loraTmp), C.int(hidden), C.int(splits), C.int(stride), b.stream)) {
+		b.cublasGemm(out, act, wDown, 1, 0)
+	}
+	return true
+}
