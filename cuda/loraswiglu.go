@@ -32,6 +32,10 @@ func (b *Backend) LoRASwiGLUCount() int { return b.loraSwiGLUs }
 // rows, the segment layout and the switches, as the step key needs.
 func (b *Backend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor, in model.NormedInput, wGate, wUp, wDown model.Tensor,
 	segs [2][]model.LoRASeg) bool {
+	total := len(segs[0]) + len(segs[1])
+	if !b.loraSwiGLU || !b.swigluBF16 || total == 0 || !b.normToCublas(in) {
+		return false // before any other work: the forward pass offers every adapted layer of every step
+	}
 	x := in.X
 	n, hidden, inter := x.Rows, x.Cols, wGate.Rows
 	if wGate.Cols != hidden || wUp.Rows != inter || wUp.Cols != hidden || wDown.Cols != inter || out.Rows != n || out.Cols != wDown.Rows ||
@@ -42,10 +46,6 @@ func (b *Backend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor, in model
 		if t.Rows != n || t.Cols != inter || t.DType != model.F32 {
 			panic(fmt.Sprintf("cuda: NormGateUpLoRASwiGLU of x %s: act, gate, up %s, %s, %s", x.Shape(), act.Shape(), gate.Shape(), up.Shape()))
 		}
-	}
-	total := len(segs[0]) + len(segs[1])
-	if !b.loraSwiGLU || !b.swigluBF16 || total == 0 || !b.normToCublas(in) {
-		return false
 	}
 	checkNorm("NormGateUpLoRASwiGLU", in)
 	r0, k0, t0 := checkSegs(gate, x, segs[0])

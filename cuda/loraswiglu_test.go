@@ -19,21 +19,26 @@ import (
 // values (the same arithmetic, unless the compiler contracts value + scale · delta into an FMA
 // in one kernel and not the other; the test logs how many are bitwise), the residual in Next
 // bitwise and x left alone. Layouts: row runs of adapters of ranks 8, 16 and 4 (the expand's
-// scalar path) with unadapted runs between them, an adapter on gate alone, one segment over
-// every row; the Llama-3-8B widths, a width off multiples of 4. It declines in deterministic
-// mode, with the switch off, with the wide LoRA kernels or SwiGLU's bf16 copy off, and for rows
-// the GEMV takes.
+// scalar path) with unadapted runs between them, adapters on gate alone and on up alone, one
+// segment over every row; the Llama-3-8B widths, and widths off multiples of 8 and 4 (the
+// shrink's and SwiGLU's scalar paths). It declines in deterministic mode, with the switch off,
+// with the wide LoRA kernels, SwiGLU's bf16 copy or the bf16 norm off, and for rows the GEMV
+// takes.
 func TestLoRASwiGLU(t *testing.T) {
 	g := newGPU(t)
 	g.SetNormBF16(true)
 	g.SetLoRASwiGLU(true)
+	g.SetLoRAWide(true) // what the unfused side's grouped launch and the fused shrink share
+	g.SetLoRAGroup(true)
+	g.SetSwiGLUBF16(true)
 	r := rand.New(rand.NewPCG(91, 92))
 	const eps = 1e-5
 	for _, sh := range []struct {
 		n, k, inter int
-		layout      string // "runs", "gate" (gate's segments only), "one" (one segment over every row)
+		layout      string // "runs", "gate" or "up" (that projection's segments only), "one" (one segment over every row)
 		add         bool
-	}{{64, 4096, 14336, "runs", true}, {3, 512, 1024, "gate", true}, {300, 1024, 2048, "one", false}, {9, 256, 344, "runs", true}} {
+	}{{64, 4096, 14336, "runs", true}, {3, 512, 1024, "gate", true}, {5, 512, 1024, "up", false}, {300, 1024, 2048, "one", false},
+		{9, 258, 345, "runs", true}} {
 		t.Run(fmt.Sprintf("n%d_k%d_i%d_%s_add%v", sh.n, sh.k, sh.inter, sh.layout, sh.add), func(t *testing.T) {
 			c := newNormCase(t, g, r, sh.n, sh.k, nil, sh.add)
 			wGate := c.upload(t, hostBF16(r, sh.inter, sh.k, 1/math.Sqrt(float64(sh.k))))
@@ -53,7 +58,7 @@ func TestLoRASwiGLU(t *testing.T) {
 				}
 				run = min(run, sh.n-start)
 				for p := range segs {
-					if a < len(ranks) && (p == 0 || sh.layout != "gate") {
+					if a < len(ranks) && !(p == 1 && sh.layout == "gate") && !(p == 0 && sh.layout == "up") {
 						rk := ranks[a]
 						segs[p] = append(segs[p], model.LoRASeg{Start: start, N: run, A: c.upload(t, hostBF16(r, rk, sh.k, 1/math.Sqrt(float64(sh.k)))),
 							B: c.upload(t, hostBF16(r, sh.inter, rk, 1/math.Sqrt(float64(rk)))), Scale: float32(0.5 + r.Float64())})
@@ -61,8 +66,12 @@ func TestLoRASwiGLU(t *testing.T) {
 				}
 				start += run
 			}
-			if len(segs[0]) == 0 { // every run drew "no adapter": give the first row one
-				segs[0] = append(segs[0], model.LoRASeg{Start: 0, N: 1, A: c.upload(t, hostBF16(r, 8, sh.k, 0.05)),
+			p := 0 // the adapted projection
+			if sh.layout == "up" {
+				p = 1
+			}
+			if len(segs[p]) == 0 { // every run drew "no adapter": give the first row one
+				segs[p] = append(segs[p], model.LoRASeg{Start: 0, N: 1, A: c.upload(t, hostBF16(r, 8, sh.k, 0.05)),
 					B: c.upload(t, hostBF16(r, sh.inter, 8, 0.3)), Scale: 1})
 			}
 			// The unfused path.
@@ -89,10 +98,10 @@ func TestLoRASwiGLU(t *testing.T) {
 				want, got := read(t, g, v.a), read(t, g, v.b)
 				top, worst, same := 0.0, 0.0, 0
 				for i := range want {
-					top = max(top, math.Abs(float64(want[i])))
-					if math.IsNaN(float64(got[i])) {
-						t.Fatalf("%s: element %d is NaN", v.what, i)
+					if math.IsNaN(float64(got[i])) || math.IsNaN(float64(want[i])) {
+						t.Fatalf("%s: element %d is %v fused, %v unfused", v.what, i, got[i], want[i])
 					}
+					top = max(top, math.Abs(float64(want[i])))
 					worst = max(worst, math.Abs(float64(got[i]-want[i])))
 					if math.Float32bits(got[i]) == math.Float32bits(want[i]) {
 						same++
@@ -112,6 +121,7 @@ func TestLoRASwiGLU(t *testing.T) {
 				{"the switch off", func() { g.SetLoRASwiGLU(false) }, func() { g.SetLoRASwiGLU(true) }},
 				{"the wide LoRA kernels off", func() { g.SetLoRAWide(false) }, func() { g.SetLoRAWide(true) }},
 				{"SwiGLU's bf16 copy off", func() { g.SetSwiGLUBF16(false) }, func() { g.SetSwiGLUBF16(true) }},
+				{"the bf16 norm off", func() { g.SetNormBF16(false) }, func() { g.SetNormBF16(true) }},
 				{"rows the GEMV takes", func() { g.SetGEMVRows(sh.n) }, func() { g.SetGEMVRows(1) }},
 			} {
 				if off.what == "rows the GEMV takes" && sh.n > 8 { // LP_GEMV_MAX_ROWS
@@ -149,5 +159,75 @@ func TestLoRASwiGLUFixturesCUDA(t *testing.T) {
 	}
 	if b.LoRASwiGLUCount() == 0 || b.GraphCount() == 0 {
 		t.Fatalf("%d LoRA SwiGLU calls, %d recordings", b.LoRASwiGLUCount(), b.GraphCount())
+	}
+}
+
+// A step recorded with the LoRA SwiGLU replays for other adapters of the same ranks and layout:
+// the replay gives bitwise what a direct step gives for those adapters (and not the recorded
+// ones' deltas); the row without an adapter and the residual are the same in both.
+func TestLoRASwiGLUGraphReplay(t *testing.T) {
+	b := newGPU(t)
+	b.SetNormBF16(true)
+	b.SetLoRASwiGLU(true)
+	b.SetLoRAWide(true)
+	b.SetSwiGLUBF16(true)
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 16, PageSize: 8, KVHeads: 1, HeadDim: 8}); err != nil {
+		t.Fatal(err)
+	}
+	_, dec := promptThenDecode([]int{0, 1, 2, 3}, []int{3, 3, 3, 3}, 8)
+	if err := b.Prepare(&dec); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(93, 94))
+	const n, k, inter, eps = 4, 512, 1024, 1e-5
+	c := newNormCase(t, b, r, n, k, nil, true)
+	wGate, wUp := c.upload(t, hostBF16(r, inter, k, 1/math.Sqrt(k))), c.upload(t, hostBF16(r, inter, k, 1/math.Sqrt(k)))
+	wDown := c.upload(t, hostBF16(r, k, inter, 1/math.Sqrt(inter)))
+	gate, up, act, out := c.alloc(t, n, inter, nil), c.alloc(t, n, inter, nil), c.alloc(t, n, inter, nil), c.alloc(t, n, k, nil)
+	// Rows 0 and 1 on a rank-16 adapter, row 2 on none, row 3 on a rank-8 one, on gate and up.
+	layout, ranks := []int{0, 0, -1, 1}, []int{16, 8}
+	adapters := func() [2][]model.LoRASeg {
+		var segs [2][]model.LoRASeg
+		for p := range segs {
+			var as, bs []model.Tensor
+			for _, rk := range ranks {
+				as = append(as, c.upload(t, hostBF16(r, rk, k, 1/math.Sqrt(k))))
+				bs = append(bs, c.upload(t, hostBF16(r, inter, rk, 1/math.Sqrt(float64(rk)))))
+			}
+			for row, a := range layout {
+				if a >= 0 {
+					segs[p] = append(segs[p], model.LoRASeg{Start: row, N: 1, A: as[a], B: bs[a], Scale: float32(0.5 + r.Float64())})
+				}
+			}
+		}
+		return segs
+	}
+	recorded, replayed := adapters(), adapters()
+	in := c.input(eps)
+	key := []byte("lora swiglu replay")
+	run := func(segs [2][]model.LoRASeg, key []byte, wantReplay bool) [][]float32 {
+		if replay := b.BeginStep(key); replay != wantReplay {
+			t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
+		}
+		calls := b.LoRASwiGLUCount()
+		if !b.NormGateUpLoRASwiGLU(out, act, gate, up, in, wGate, wUp, wDown, segs) || b.LoRASwiGLUCount() != calls+1 {
+			t.Fatal("the LoRA SwiGLU declined")
+		}
+		if err := b.EndStep(); err != nil {
+			t.Fatal(err)
+		}
+		return [][]float32{read(t, b, act), read(t, b, out), read(t, b, c.next)}
+	}
+	direct := run(replayed, nil, false)
+	other := run(recorded, key, false)
+	if b.GraphCount() != 1 {
+		t.Fatalf("%d recordings, want 1", b.GraphCount())
+	}
+	// The residual (output 2) and the row without an adapter carry no delta.
+	checkReplayed(t, direct, other, run(replayed, key, true), func(i, j int) bool {
+		return i == 2 || layout[j/(len(direct[i])/n)] < 0
+	})
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -126,9 +126,9 @@
 // up values it loads anyway and writes only the activation (fp32 for the down projection's own
 // LoRA, bf16 for its GEMM): the expand's pass and its launch are gone. The block finds its row's
 // segments itself (a group's rows are disjoint), so a row without an adapter costs the plain
-// SwiGLU. Per element the arithmetic is the grouped wide expand's (swiglu_delta) and
-// lp_silu_mul_bf16's, so results are those of the separate launches (TestLoRASwiGLU; the
-// bounds allow the compiler another contraction of value + scale · delta into an FMA).
+// SwiGLU. Per element the arithmetic is the grouped wide expand's (swiglu_deltas) and
+// lp_silu_mul_bf16's, so results are those of the grouped launches (TestLoRASwiGLU; the bounds
+// allow the compiler another contraction of value + scale · delta into an FMA).
 // Determinism and graph replay: the wide shrink's (split count and stride from the step key's
 // segment layout), no atomics.
 //
@@ -747,19 +747,35 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
 // ranges together: a group's rows are disjoint, so at most one thread writes each), sums that
 // segment's split partials for the row in split order, and each thread takes
 // WIDE_EXPAND_PER_THREAD columns a block width apart: gate and up loaded first, each plus its
-// delta with expand_wide_block's per-column arithmetic (swiglu_delta), then silu_value, and act
-// and its bf16 rounding stored.
-// swiglu_delta is t · B[c] of one segment, as expand_wide_block accumulates it: rank vectors of
-// 8 in order (dot8), or the scalar loop where the rank is not a multiple of 8 or B unaligned.
-__device__ __forceinline__ float swiglu_delta(const lp_lora_seg& sg, const float* t, int c) {
-    float acc = 0.f;
+// delta with expand_wide_block's per-column arithmetic (swiglu_deltas), then silu_value, and
+// act and its bf16 rounding stored.
+// swiglu_deltas adds t · B[c] of segment sg into acc[i] for the thread's columns c = c0 + i x
+// WIDE_THREADS below cols, as expand_wide_block accumulates it: rank vectors of 8 in order
+// (dot8), the columns' loads of a vector issued before any is used; or its scalar loop where
+// the rank is not a multiple of 8 or B is unaligned.
+__device__ __forceinline__ void swiglu_deltas(const lp_lora_seg& sg, const float* t, int c0, int cols,
+                                              float (&acc)[WIDE_EXPAND_PER_THREAD]) {
     if (expand_vec(sg)) {
-        const uint4* bv = reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank);
-        for (int jb = 0; jb < sg.rank / 8; jb++) acc += dot8(bv[jb], t8(t, jb, 0), t8(t, jb, 4));
+        for (int jb = 0; jb < sg.rank / 8; jb++) {
+            uint4 bv[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                const int c = c0 + i * WIDE_THREADS;
+                bv[i] = c < cols ? reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+            }
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], t8(t, jb, 0), t8(t, jb, 4));
+        }
     } else {
-        for (int j = 0; j < sg.rank; j++) acc += t[j] * bf16_to_f32(sg.b[(size_t)c * sg.rank + j]);
+        for (int j = 0; j < sg.rank; j++) {
+            const float tj = t[j];
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                const int c = c0 + i * WIDE_THREADS;
+                if (c < cols) acc[i] += tj * bf16_to_f32(sg.b[(size_t)c * sg.rank + j]);
+            }
+        }
     }
-    return acc;
 }
 
 __global__ void __launch_bounds__(WIDE_THREADS)
@@ -786,20 +802,23 @@ __global__ void __launch_bounds__(WIDE_THREADS)
     __syncthreads();
     const size_t base = (size_t)row * cols;
     const int c0 = blockIdx.y * WIDE_EXPAND_COLS + threadIdx.x;
-    float gv[WIDE_EXPAND_PER_THREAD], uv[WIDE_EXPAND_PER_THREAD];
+    float gv[WIDE_EXPAND_PER_THREAD], uv[WIDE_EXPAND_PER_THREAD], dg[WIDE_EXPAND_PER_THREAD], du[WIDE_EXPAND_PER_THREAD];
 #pragma unroll
     for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
         const int c = c0 + i * WIDE_THREADS;
         gv[i] = c < cols ? gate[base + c] : 0.f;
         uv[i] = c < cols ? up[base + c] : 0.f;
+        dg[i] = du[i] = 0.f;
     }
+    if (found[0] >= 0) swiglu_deltas(sg[0], t[0], c0, cols, dg);
+    if (found[1] >= 0) swiglu_deltas(sg[1], t[1], c0, cols, du);
 #pragma unroll
     for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
         const int c = c0 + i * WIDE_THREADS;
         if (c >= cols) continue;
         float g = gv[i], u = uv[i];
-        if (found[0] >= 0) g = g + sg[0].scale * swiglu_delta(sg[0], t[0], c);
-        if (found[1] >= 0) u = u + sg[1].scale * swiglu_delta(sg[1], t[1], c);
+        if (found[0] >= 0) g = g + sg[0].scale * dg[i];
+        if (found[1] >= 0) u = u + sg[1].scale * du[i];
         const float a = silu_value(g, u);
         act[base + c] = a;
         act_bf16[base + c] = f32_to_bf16(a);

@@ -207,9 +207,11 @@ type SiLUMulMatMuler interface {
 // residual in in.Next, h not stored where the caller reads it): gate = h·wGateᵀ plus segs[0]'s
 // deltas, up = h·wUpᵀ plus segs[1]'s, act = silu(gate) * up and out = act·wDownᵀ, the additions
 // of the unfused ops in their order, each within rounding of them; act is left for the down
-// projection's own LoRA shrink, gate and up may hold the products without their deltas. It
-// does all of it and returns true, or nothing and returns false. The answer may depend only on
-// what the StepRecorder key fixes.
+// projection's own LoRA shrink, gate and up may hold the products without their deltas. out may
+// be in.Delta (the forward pass passes the attention's output projection there and takes the
+// down product back in the same buffer): in.Delta is read before out is written. It does all
+// of it and returns true, or nothing and returns false. The answer may depend only on what the
+// StepRecorder key fixes.
 type LoRASwiGLUer interface {
 	NormGateUpLoRASwiGLU(out, act, gate, up Tensor, in NormedInput, wGate, wUp, wDown Tensor, segs [2][]LoRASeg) bool
 }

@@ -21,6 +21,7 @@ type composingBackend struct {
 	folded                                     [2]int // FoldedProducts, NormFoldedProducts calls
 	foldedSegs                                 int    // NormFoldedProducts calls with a projection of several segments
 	loraSwiGLU                                 int    // NormGateUpLoRASwiGLU calls
+	foldedGateUp                               int    // NormFoldedProducts calls of gate/up (two products)
 	normed                                     [2]int // NormMatMulShared, NormGateUpSiLU calls
 }
 
@@ -93,10 +94,11 @@ func (c *composingBackend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) boo
 	return true
 }
 
-// NormGateUpLoRASwiGLU is a norm fusion too: the backends that decline norms decline it.
+// NormGateUpLoRASwiGLU is a norm fusion too: the backends that decline norms decline it, and,
+// as CUDA does, it declines one-row steps (the GEMV's, where gate/up fold instead).
 func (c *composingBackend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor, in model.NormedInput, wGate, wUp, wDown model.Tensor,
 	segs [2][]model.LoRASeg) bool {
-	if c.decline || c.declineNorms {
+	if c.decline || c.declineNorms || in.X.Rows == 1 {
 		return false
 	}
 	c.loraSwiGLU++
@@ -175,6 +177,9 @@ func (c *composingBackend) NormFoldedProducts(outs []model.Tensor, in model.Norm
 		return false
 	}
 	c.folded[1]++
+	if len(ws) == 2 {
+		c.foldedGateUp++
+	}
 	for _, sg := range segs {
 		if len(sg) > 1 {
 			c.foldedSegs++
@@ -256,11 +261,11 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					}
 				}
 			}
-			if unnormed.products == 0 || fusing.ropeKV == 0 || unnormed.groups == 0 || fusing.foldedSegs == 0 || fusing.loraSwiGLU == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
+			if unnormed.products == 0 || fusing.ropeKV == 0 || unnormed.groups == 0 || fusing.foldedSegs == 0 || fusing.loraSwiGLU == 0 || fusing.foldedGateUp == 0 || fusing.siluDown == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
 				unnormed.siluDown == 0 || unsiluNormed.normedGateUp == 0 || unsiluNormed.normed[1] != 0 || fusing.folded[1] == 0 || unnormed.folded[0] == 0 ||
 				unnormed.folded[1] != 0 {
-				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %d norm-folded calls of several segments, %d LoRA SwiGLU calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
-					unnormed.products, fusing.ropeKV, unnormed.groups, fusing.foldedSegs, fusing.loraSwiGLU, fusing.normed, unnormed.gateUp, unnormed.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %d norm-folded calls of several segments, %d LoRA SwiGLU calls (%d folded gate/up, %d SwiGLU + down beside them), %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
+					unnormed.products, fusing.ropeKV, unnormed.groups, fusing.foldedSegs, fusing.loraSwiGLU, fusing.foldedGateUp, fusing.siluDown, fusing.normed, unnormed.gateUp, unnormed.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
 					fusing.folded, unnormed.folded)
 			}
 		})
