@@ -502,6 +502,21 @@ __device__ __forceinline__ float4 t8(const float* t, int jb, int o) {
     return make_float4(t[8 * jb + o], t[8 * jb + o + 1], t[8 * jb + o + 2], t[8 * jb + o + 3]);
 }
 
+// wide_scalar_acc adds t · B[c] of segment sg into acc[i] for the thread's columns c = c0 + i x
+// WIDE_THREADS below cols by the scalar loop (a rank off multiples of 8, or B unaligned): the
+// wide expand's and the LoRA SwiGLU's, so both add a column's delta alike.
+__device__ __forceinline__ void wide_scalar_acc(const lp_lora_seg& sg, const float* t, int c0, int cols,
+                                                float (&acc)[WIDE_EXPAND_PER_THREAD]) {
+    for (int j = 0; j < sg.rank; j++) {
+        const float tj = t[j];
+#pragma unroll
+        for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+            const int c = c0 + i * WIDE_THREADS;
+            if (c < cols) acc[i] += tj * bf16_to_f32(sg.b[(size_t)c * sg.rank + j]);
+        }
+    }
+}
+
 // expand_wide_block is one wide expand block's work: row blockIdx.x of segment sg, columns of
 // chunk blockIdx.z. The row's t is the sum of its splits' partials, added in split order; each
 // thread takes WIDE_EXPAND_PER_THREAD columns a block width apart, loads their outputs and
@@ -564,14 +579,7 @@ __device__ __forceinline__ void expand_wide_block(float* out, int out_dim, const
             for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(b0[i], t8(t, jb, 0), t8(t, jb, 4));
         }
     } else {
-        for (int j = 0; j < sg.rank; j++) {
-            const float tj = t[j];
-#pragma unroll
-            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
-                const int c = c0 + i * WIDE_THREADS;
-                if (c < out_dim) acc[i] += tj * bf16_to_f32(sg.b[(size_t)c * sg.rank + j]);
-            }
-        }
+        wide_scalar_acc(sg, t, c0, out_dim, acc);
     }
 #pragma unroll
     for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
@@ -637,14 +645,7 @@ __device__ __forceinline__ void routed_expand_columns(float* orow, int out_dim, 
                 for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], t8(tp, jb, 0), t8(tp, jb, 4));
             }
         } else {
-            for (int j = 0; j < rank; j++) {
-                const float tj = tp[j];
-#pragma unroll
-                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
-                    const int c = c0 + i * WIDE_THREADS;
-                    if (c < out_dim) acc[i] += tj * bf16_to_f32(b[(size_t)c * rank + j]);
-                }
-            }
+            wide_scalar_acc(sg[p], tp, c0, out_dim, acc);
         }
 #pragma unroll
         for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) o[i] += sg[p].scale * acc[i];
@@ -767,14 +768,7 @@ __device__ __forceinline__ void swiglu_deltas(const lp_lora_seg& sg, const float
             for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], t8(t, jb, 0), t8(t, jb, 4));
         }
     } else {
-        for (int j = 0; j < sg.rank; j++) {
-            const float tj = t[j];
-#pragma unroll
-            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
-                const int c = c0 + i * WIDE_THREADS;
-                if (c < cols) acc[i] += tj * bf16_to_f32(sg.b[(size_t)c * sg.rank + j]);
-            }
-        }
+        wide_scalar_acc(sg, t, c0, cols, acc);
     }
 }
 
