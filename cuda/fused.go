@@ -39,6 +39,7 @@ import (
 //	LORAPLEX_NORM_BF16=on|off      RMSNorm writes the cuBLAS products' bf16 input itself (NormMatMulShared)
 //	LORAPLEX_NORM_KEEP=on|off      with it, adapted steps too: the norm also keeps its fp32 rows for the LoRA shrinks (lorafold.go)
 //	LORAPLEX_LORA_SWIGLU=on|off    with it and SwiGLU's bf16 copy, gate/up's LoRA deltas added inside SwiGLU (LoRASwiGLUer, loraswiglu.go)
+//	LORAPLEX_LORA_ROPE=on|off      with it and the fused decode, q/k/v's LoRA deltas added inside RoPE + KV store (LoRARoPEer, loraswiglu.go)
 //	LORAPLEX_NORM_VEC=on|off       RMSNorm rows of a width divisible by 4 on the float4 kernel (kernels/rmsnorm.cu)
 //	LORAPLEX_PREFILL_WIDE=on|off   the tensor-core prefill in 128-row tiles, two m16 row tiles a warp (attention.go)
 //
@@ -123,6 +124,9 @@ const (
 	// of both products' outputs (14.7 MB a layer at batch 64, 470 MB at a 2,048-row prefill) and
 	// its launch, before a SwiGLU that reads them again.
 	loraSwiGLUDefault = false
+	// loraRoPEDefault: off until a GPU run has tested it (TestLoRARoPE) and measured it: the
+	// same idea for q/k/v (their expand's pass before RoPE + KV store reads the products again).
+	loraRoPEDefault = false
 	// normVecDefault: on. TestRMSNormSweep holds it to the CPU (H200: its first bound failed in
 	// goals-2026-12-07-s24c/suite.txt, the corrected one passed in call5-focus.txt there);
 	// two A/B runs on an H200 measured batch-64 decode 1.087x and 1.093x, 64 rank-16 adapters
@@ -240,25 +244,33 @@ func (b *Backend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads in
 	if !b.fusedDecode {
 		return false
 	}
+	b.checkRoPEStoreKV("RoPEStoreKV", layer, q, k, v, heads, kvHeads, table)
 	d := b.kv.HeadDim
-	n, width := len(b.step.Positions), b.kv.KVHeads*d
-	if kvHeads != b.kv.KVHeads || heads <= 0 || heads%kvHeads != 0 || q.Rows != n || q.Cols != heads*d || k.Rows != n ||
-		v.Rows != n || k.Cols != width || v.Cols != width || len(b.step.Slots) != n || table.Cols != d ||
-		layer < 0 || layer >= len(b.kcache) || q.DType != model.F32 || k.DType != model.F32 || v.DType != model.F32 {
-		panic(fmt.Sprintf("cuda: RoPEStoreKV layer %d q %s k %s v %s heads %d/%d dim %d table %s for %d rows",
-			layer, q.Shape(), k.Shape(), v.Shape(), heads, kvHeads, d, table.Shape(), n))
-	}
-	for _, p := range b.step.Positions {
-		if int(p) >= table.Rows {
-			panic(fmt.Sprintf("cuda: RoPEStoreKV position %d beyond the table's %d", p, table.Rows))
-		}
-	}
+	n := len(b.step.Positions)
 	if !b.launch() || n == 0 {
 		return true
 	}
 	b.ok("rope_store_kv", C.s_rope_store_kv(ptr(q), ptr(k), ptr(v), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
 		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.pdlLaunch(), b.stream))
 	return true
+}
+
+// checkRoPEStoreKV panics unless q, k and v are the step's rows of heads and kvHeads heads of the
+// cache's head dim, layer has a cache and the rotary table covers every position of the step.
+func (b *Backend) checkRoPEStoreKV(what string, layer int, q, k, v model.Tensor, heads, kvHeads int, table model.Tensor) {
+	d := b.kv.HeadDim
+	n, width := len(b.step.Positions), b.kv.KVHeads*d
+	if kvHeads != b.kv.KVHeads || heads <= 0 || heads%kvHeads != 0 || q.Rows != n || q.Cols != heads*d || k.Rows != n ||
+		v.Rows != n || k.Cols != width || v.Cols != width || len(b.step.Slots) != n || table.Cols != d ||
+		layer < 0 || layer >= len(b.kcache) || q.DType != model.F32 || k.DType != model.F32 || v.DType != model.F32 {
+		panic(fmt.Sprintf("cuda: %s layer %d q %s k %s v %s heads %d/%d dim %d table %s for %d rows",
+			what, layer, q.Shape(), k.Shape(), v.Shape(), heads, kvHeads, d, table.Shape(), n))
+	}
+	for _, p := range b.step.Positions {
+		if int(p) >= table.Rows {
+			panic(fmt.Sprintf("cuda: %s position %d beyond the table's %d", what, p, table.Rows))
+		}
+	}
 }
 
 // checkGateUp panics unless act = silu(x · wGateᵀ) * (x · wUpᵀ) has matching shapes and types.

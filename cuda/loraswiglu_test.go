@@ -231,3 +231,240 @@ func TestLoRASwiGLUGraphReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The LoRA RoPE (LORAPLEX_LORA_ROPE) gives what the unfused path gives: the (add +) RMSNorm, the
+// q, k and v products, their LoRA deltas (LoRAGroup), then RoPE + KV store (RoPEStoreKV): q, k
+// and v within 1e-5 of their largest values (bitwise but for the compiler's FMA contractions;
+// the test logs how many), attention over the stored cache within 1e-3, the residual bitwise.
+// Shapes: the Llama-3-8B heads at batch 64, head dims 64 and 80, a width off multiples of 8;
+// layouts as TestLoRASwiGLU's, with k alone adapted in one. It declines in deterministic mode,
+// with the switch, the fused decode, the wide LoRA kernels or the bf16 norm off, and for rows
+// the GEMV takes.
+func TestLoRARoPE(t *testing.T) {
+	r := rand.New(rand.NewPCG(95, 96))
+	const eps = 1e-5
+	for _, sh := range []struct {
+		n, hidden, heads, kv, dim int
+		layout                    string // "runs", "k" (k's segments only), "one" (one segment over every row)
+		add                       bool
+	}{{64, 4096, 32, 8, 128, "runs", true}, {3, 512, 8, 2, 64, "k", true}, {9, 258, 6, 3, 80, "runs", false}, {5, 256, 4, 4, 64, "one", true}} {
+		t.Run(fmt.Sprintf("n%d_h%d_heads%d_kv%d_d%d_%s_add%v", sh.n, sh.hidden, sh.heads, sh.kv, sh.dim, sh.layout, sh.add), func(t *testing.T) {
+			g := newGPU(t)
+			g.SetNormBF16(true)
+			g.SetLoRARoPE(true)
+			g.SetLoRAWide(true)
+			g.SetLoRAGroup(true)
+			g.SetFusedDecode(true)
+			const pageSize = 8
+			if err := g.AllocKV(model.KVSpec{Layers: 2, Pages: sh.n, PageSize: pageSize, KVHeads: sh.kv, HeadDim: sh.dim}); err != nil {
+				t.Fatal(err)
+			}
+			perm := make([]int, sh.n)
+			for i := range perm {
+				perm[i] = (i * 7) % sh.n // scrambled pages (n is not a multiple of 7)
+			}
+			_, dec := promptThenDecode(perm, make([]int, sh.n), pageSize) // one row a sequence at position 0
+			if err := g.Prepare(&dec); err != nil {
+				t.Fatal(err)
+			}
+			c := newNormCase(t, g, r, sh.n, sh.hidden, nil, sh.add)
+			widths := [3]int{sh.heads * sh.dim, sh.kv * sh.dim, sh.kv * sh.dim}
+			var ws [3]model.Tensor
+			var outs [2][3]model.Tensor // unfused, fused: q, k, v
+			for p, w := range widths {
+				ws[p] = c.upload(t, hostBF16(r, w, sh.hidden, 1/math.Sqrt(float64(sh.hidden))))
+				outs[0][p], outs[1][p] = c.alloc(t, sh.n, w, nil), c.alloc(t, sh.n, w, nil)
+			}
+			table := c.alloc(t, 16, sh.dim, randFloats(r, 16*sh.dim))
+			ranks := []int{8, 16, 4}
+			var segs [3][]model.LoRASeg
+			for start := 0; start < sh.n; {
+				run, a := 1+r.IntN(8), r.IntN(len(ranks)+1)
+				if sh.layout == "one" {
+					run, a = sh.n, 1
+				}
+				run = min(run, sh.n-start)
+				for p := range segs {
+					if a < len(ranks) && (sh.layout != "k" || p == 1) {
+						rk := ranks[a]
+						segs[p] = append(segs[p], model.LoRASeg{Start: start, N: run, A: c.upload(t, hostBF16(r, rk, sh.hidden, 1/math.Sqrt(float64(sh.hidden)))),
+							B: c.upload(t, hostBF16(r, widths[p], rk, 1/math.Sqrt(float64(rk)))), Scale: float32(0.5 + r.Float64())})
+					}
+				}
+				start += run
+			}
+			p := 0 // an adapted projection
+			if sh.layout == "k" {
+				p = 1
+			}
+			if len(segs[p]) == 0 { // every run drew "no adapter": give the first row one
+				segs[p] = append(segs[p], model.LoRASeg{Start: 0, N: 1, A: c.upload(t, hostBF16(r, 8, sh.hidden, 0.05)),
+					B: c.upload(t, hostBF16(r, widths[p], 8, 0.3)), Scale: 1})
+			}
+			// The unfused path into layer 0's cache, the fused one into layer 1's.
+			c.norm(eps)
+			if !g.MatMulShared(outs[0][:], c.h, ws[:]) {
+				t.Fatal("MatMulShared declined rows for cuBLAS")
+			}
+			if !g.LoRAGroup(outs[0][:], c.h, segs[:]) {
+				t.Fatal("LoRAGroup declined")
+			}
+			if !g.RoPEStoreKV(0, outs[0][0], outs[0][1], outs[0][2], sh.heads, sh.kv, table) {
+				t.Fatal("RoPEStoreKV declined")
+			}
+			in := c.input(eps)
+			before := g.LoRARoPECount()
+			if !g.NormQKVLoRARoPE(outs[1][0], outs[1][1], outs[1][2], in, ws, segs, 1, sh.heads, sh.kv, table) || g.LoRARoPECount() != before+1 {
+				t.Fatalf("declined %d rows (calls %d, was %d)", sh.n, g.LoRARoPECount(), before)
+			}
+			ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim)))}
+			att := [2]model.Tensor{c.alloc(t, sh.n, widths[0], nil), c.alloc(t, sh.n, widths[0], nil)}
+			for i := range att {
+				g.Attention(att[i], outs[i][0], i, ap)
+			}
+			for _, v := range []struct {
+				what  string
+				a, b  model.Tensor
+				bound float64
+			}{{"q", outs[0][0], outs[1][0], 1e-5}, {"k", outs[0][1], outs[1][1], 1e-5}, {"v", outs[0][2], outs[1][2], 1e-5},
+				{"attention over the cache", att[0], att[1], 1e-3}} {
+				want, got := read(t, g, v.a), read(t, g, v.b)
+				top, worst, same := 0.0, 0.0, 0
+				for i := range want {
+					if math.IsNaN(float64(got[i])) || math.IsNaN(float64(want[i])) {
+						t.Fatalf("%s: element %d is %v fused, %v unfused", v.what, i, got[i], want[i])
+					}
+					top = max(top, math.Abs(float64(want[i])))
+					worst = max(worst, math.Abs(float64(got[i]-want[i])))
+					if math.Float32bits(got[i]) == math.Float32bits(want[i]) {
+						same++
+					}
+				}
+				t.Logf("%s: %d of %d elements bitwise the unfused path's, worst difference %.3g of the largest %.3g", v.what, same, len(want), worst, top)
+				if worst > v.bound*top {
+					t.Fatalf("%s: worst difference %.3g beyond %.0e of the largest value %.3g", v.what, worst, v.bound, top)
+				}
+			}
+			c.checkBitwise(t, "fused") // the residual and x
+			for _, off := range []struct {
+				what     string
+				set, rst func()
+			}{
+				{"deterministic mode", func() { g.SetBatchInvariant(true) }, func() { g.SetBatchInvariant(false) }},
+				{"the switch off", func() { g.SetLoRARoPE(false) }, func() { g.SetLoRARoPE(true) }},
+				{"the fused decode off", func() { g.SetFusedDecode(false) }, func() { g.SetFusedDecode(true) }},
+				{"the wide LoRA kernels off", func() { g.SetLoRAWide(false) }, func() { g.SetLoRAWide(true) }},
+				{"the bf16 norm off", func() { g.SetNormBF16(false) }, func() { g.SetNormBF16(true) }},
+				{"rows the GEMV takes", func() { g.SetGEMVRows(sh.n) }, func() { g.SetGEMVRows(1) }},
+			} {
+				if off.what == "rows the GEMV takes" && sh.n > 8 { // LP_GEMV_MAX_ROWS
+					continue
+				}
+				off.set()
+				if g.NormQKVLoRARoPE(outs[1][0], outs[1][1], outs[1][2], in, ws, segs, 1, sh.heads, sh.kv, table) {
+					t.Errorf("took %d rows with %s", sh.n, off.what)
+				}
+				off.rst()
+			}
+			if err := g.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// With the LoRA RoPE (and the LoRA SwiGLU) the engine-core fixture suite still matches the
+// transformers/peft reference within the bf16 bound (every family: Llama's steps take it,
+// Qwen2's biases and Qwen3's Q/K norms keep the separate launches), and its adapted steps of
+// more than one row take it.
+func TestLoRARoPEFixturesCUDA(t *testing.T) {
+	b := newGPU(t)
+	b.SetNormBF16(true)
+	b.SetLoRARoPE(true)
+	b.SetLoRASwiGLU(true)
+	for _, name := range fixture.Models {
+		t.Run(name, func(t *testing.T) {
+			fx, cfg, h := fixture.Open(t, name, b)
+			runChunkings(t, h, fx.Cases, fixtureadapters.Upload(t, name, cfg, b), name)
+			if err := b.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if b.LoRARoPECount() == 0 || b.GraphCount() == 0 {
+		t.Fatalf("%d LoRA RoPE calls, %d recordings", b.LoRARoPECount(), b.GraphCount())
+	}
+}
+
+// A step recorded with the LoRA RoPE replays for other adapters of the same ranks and layout:
+// the replay gives bitwise what a direct step gives for those adapters (and not the recorded
+// ones' deltas); the row without an adapter and the residual are the same in both.
+func TestLoRARoPEGraphReplay(t *testing.T) {
+	b := newGPU(t)
+	b.SetNormBF16(true)
+	b.SetLoRARoPE(true)
+	b.SetLoRAWide(true)
+	b.SetFusedDecode(true)
+	const n, hidden, heads, kv, dim, eps = 4, 256, 4, 2, 64, 1e-5
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: n, PageSize: 8, KVHeads: kv, HeadDim: dim}); err != nil {
+		t.Fatal(err)
+	}
+	_, dec := promptThenDecode([]int{2, 0, 3, 1}, make([]int, n), 8)
+	if err := b.Prepare(&dec); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(97, 98))
+	c := newNormCase(t, b, r, n, hidden, nil, true)
+	widths := [3]int{heads * dim, kv * dim, kv * dim}
+	var ws, outs [3]model.Tensor
+	for p, w := range widths {
+		ws[p], outs[p] = c.upload(t, hostBF16(r, w, hidden, 1/math.Sqrt(hidden))), c.alloc(t, n, w, nil)
+	}
+	table := c.alloc(t, 8, dim, randFloats(r, 8*dim))
+	// Rows 0 and 1 on a rank-16 adapter, row 2 on none, row 3 on a rank-8 one, on q, k and v.
+	layout, ranks := []int{0, 0, -1, 1}, []int{16, 8}
+	adapters := func() [3][]model.LoRASeg {
+		var segs [3][]model.LoRASeg
+		for p := range segs {
+			var as, bs []model.Tensor
+			for _, rk := range ranks {
+				as = append(as, c.upload(t, hostBF16(r, rk, hidden, 1/math.Sqrt(hidden))))
+				bs = append(bs, c.upload(t, hostBF16(r, widths[p], rk, 1/math.Sqrt(float64(rk)))))
+			}
+			for row, a := range layout {
+				if a >= 0 {
+					segs[p] = append(segs[p], model.LoRASeg{Start: row, N: 1, A: as[a], B: bs[a], Scale: float32(0.5 + r.Float64())})
+				}
+			}
+		}
+		return segs
+	}
+	recorded, replayed := adapters(), adapters()
+	in := c.input(eps)
+	key := []byte("lora rope replay")
+	run := func(segs [3][]model.LoRASeg, key []byte, wantReplay bool) [][]float32 {
+		if replay := b.BeginStep(key); replay != wantReplay {
+			t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
+		}
+		calls := b.LoRARoPECount()
+		if !b.NormQKVLoRARoPE(outs[0], outs[1], outs[2], in, ws, segs, 0, heads, kv, table) || b.LoRARoPECount() != calls+1 {
+			t.Fatal("the LoRA RoPE declined")
+		}
+		if err := b.EndStep(); err != nil {
+			t.Fatal(err)
+		}
+		return [][]float32{read(t, b, outs[0]), read(t, b, outs[1]), read(t, b, outs[2]), read(t, b, c.next)}
+	}
+	direct := run(replayed, nil, false)
+	other := run(recorded, key, false)
+	if b.GraphCount() != 1 {
+		t.Fatalf("%d recordings, want 1", b.GraphCount())
+	}
+	// The residual (output 3) and the row without an adapter carry no delta.
+	checkReplayed(t, direct, other, run(replayed, key, true), func(i, j int) bool {
+		return i == 3 || layout[j/(len(direct[i])/n)] < 0
+	})
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
+	}
+}

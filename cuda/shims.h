@@ -157,6 +157,14 @@ static inline int s_lora_group(const uintptr_t* outs, const uintptr_t* dims, con
 	return lp_lora_group(lora_outs(outs, dims, ends, groups), P(const float*, x), P(const lp_lora_seg*, segs), nsegs, maxrows, maxrank,
 	                     P(float*, scratch), in, P(lp_stream, s));
 }
+static inline int s_lora_rope_store_kv(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t slots,
+                                       uintptr_t table, int n, int heads, int kvh, int dim, uintptr_t x, uintptr_t segs, int q_end, int k_end,
+                                       int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int splits, int stride, uintptr_t s) {
+	return lp_lora_rope_store_kv(P(float*, q), P(float*, k), P(float*, v), P(uint16_t*, kc), P(uint16_t*, vc), P(const int32_t*, pos),
+	                             P(const int32_t*, slots), P(const float*, table), n, heads, kvh, dim, P(const float*, x),
+	                             P(const lp_lora_seg*, segs), q_end, k_end, nsegs, maxrows, maxrank, P(float*, scratch), in, splits, stride,
+	                             P(lp_stream, s));
+}
 static inline int s_lora_swiglu(uintptr_t act, uintptr_t act_bf16, uintptr_t gate, uintptr_t up, int rows, int cols, uintptr_t x, uintptr_t segs,
                                 int gate_end, int nsegs, int maxrows, int maxrank, uintptr_t scratch, int in, int splits, int stride, uintptr_t s) {
 	return lp_lora_swiglu(P(float*, act), P(uint16_t*, act_bf16), P(const float*, gate), P(const float*, up), rows, cols, P(const float*, x),

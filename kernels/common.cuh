@@ -127,6 +127,13 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// Rotate-half RoPE of one pair (x[j], x[j + dim/2]) by the angle whose cosine and sine are c and
+// s: decode_fused.cu's RoPE + KV store and the LoRA RoPE (lora.cu) rotate with it.
+__device__ __forceinline__ void rope_rotate(float a, float b, float c, float s, float& ra, float& rb) {
+    ra = a * c - b * s;
+    rb = b * c + a * s;
+}
+
 // SwiGLU of one element, silu(g) · u with silu(g) = g / (1 + e^-g): swiglu.cu's kernels and the
 // LoRA SwiGLU (lora.cu) compute every activation with it.
 __device__ __forceinline__ float silu_value(float g, float u) { return g / (1.f + __expf(-g)) * u; }

@@ -46,10 +46,10 @@ __global__ void rope_store_kv_kernel(float* q, float* k, const float* v, uint16_
     if (h < heads) {
         float* x = q + ((size_t)row * heads + h) * dim;
         for (int j = threadIdx.x; j < half; j += blockDim.x) {
-            float c = t[j], s = t[half + j];
-            float a = x[j], b = x[j + half];
-            x[j] = a * c - b * s;
-            x[j + half] = b * c + a * s;
+            float ra, rb;
+            rope_rotate(x[j], x[j + half], t[j], t[half + j], ra, rb);
+            x[j] = ra;
+            x[j + half] = rb;
         }
         return;
     }
@@ -58,9 +58,8 @@ __global__ void rope_store_kv_kernel(float* q, float* k, const float* v, uint16_
     const size_t dst = (size_t)slots[row] * width + (size_t)(h - heads) * dim;
     float* x = k + src;
     for (int j = threadIdx.x; j < half; j += blockDim.x) {
-        float c = t[j], s = t[half + j];
-        float a = x[j], b = x[j + half];
-        float ra = a * c - b * s, rb = b * c + a * s;
+        float ra, rb;
+        rope_rotate(x[j], x[j + half], t[j], t[half + j], ra, rb);
         x[j] = ra;
         x[j + half] = rb;
         kc[dst + j] = f32_to_bf16(ra);

@@ -132,6 +132,15 @@
 // Determinism and graph replay: the wide shrink's (split count and stride from the step key's
 // segment layout), no atomics.
 //
+// LoRA RoPE (LORAPLEX_LORA_ROPE=on|off, cuda.NormQKVLoRARoPE): the same for q/k/v. Their
+// grouped expand read and wrote the three products' outputs, and RoPE + KV store
+// (decode_fused.cu) then read them again; lp_lora_rope_store_kv runs the wide shrink, then
+// that launch with each row's deltas added to the values it loads (v's written back too, so the
+// state it leaves is the unfused one's). A query head's block reads its 128 columns of B (4 KB
+// at rank 16), the grouped expand's bytes spread over the RoPE grid. Arithmetic, determinism and
+// graph replay as the LoRA SwiGLU's; Q/K norms (Qwen3) and q/k/v biases (Qwen2) come between
+// the products and RoPE, so those models keep the separate launches.
+//
 // lp_lora_routed_wide (issue 15, item 3; LORAPLEX_ROUTED_WIDE=on|off, on by default since
 // goals-2026-12-07-ab4, Backend.SetRoutedWide) is lp_lora_routed on the
 // wide shrink. A routed decode row is k one-row segments: at batch 1, top-2 of rank 8, the
@@ -829,6 +838,84 @@ extern "C" int lp_lora_swiglu(float* act, uint16_t* act_bf16, const float* gate,
     dim3 g2(rows, (cols + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS);
     lora_swiglu_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(act, act_bf16, gate, up, cols, segs_device, gate_end, num_segs,
                                                                 scratch, splits, t_stride);
+    LP_CHECK_LAUNCH();
+}
+
+// LoRA RoPE (lp_lora_rope_store_kv; the design is at the top of the file): lp_rope_store_kv's
+// grid (row, head slot), 64 threads. A query head's block finds its row's segment among q's, a
+// key head's among k's and v's (threads test the segments' row ranges together; a group's rows
+// are disjoint), sums the row's split partials, and adds each column's delta (expand_dot, the
+// expands' per-column arithmetic) to the values it loads before rotating and storing them as
+// decode_fused.cu does (rope_rotate); v is written back with its deltas as well as to the cache.
+__global__ void lora_rope_store_kv_kernel(float* q, float* k, float* v, uint16_t* kc, uint16_t* vc, const int32_t* positions,
+                                          const int32_t* slots, const float* table, int heads, int kv_heads, int dim,
+                                          const lp_lora_seg* segs, int q_end, int k_end, int num_segs, const float* scratch,
+                                          int splits, int t_stride) {
+    __shared__ int found[2];  // a query head's block: [0] q's segment; a key head's: [0] k's, [1] v's
+    __shared__ lp_lora_seg sg[2];
+    __shared__ float t[2][LP_MAX_LORA_RANK];
+    const int row = blockIdx.x, h = blockIdx.y, half = dim / 2;
+    const bool query = h < heads;
+    const int lo[2] = {query ? 0 : q_end, k_end}, hi[2] = {query ? q_end : k_end, query ? k_end : num_segs};
+    if (threadIdx.x < 2) found[threadIdx.x] = -1;
+    __syncthreads();
+    for (int g = 0; g < 2; g++)
+        for (int i = lo[g] + (int)threadIdx.x; i < hi[g]; i += blockDim.x)
+            if (row >= segs[i].start && row < segs[i].start + segs[i].n) found[g] = i;
+    __syncthreads();
+    if (threadIdx.x < 2 && found[threadIdx.x] >= 0) sg[threadIdx.x] = segs[found[threadIdx.x]];
+    __syncthreads();
+    for (int g = 0; g < 2; g++) {
+        if (found[g] < 0) continue;  // uniform over the block
+        const float* part = scratch + sg[g].t_off + (size_t)(row - sg[g].start) * sg[g].rank;
+        for (int j = threadIdx.x; j < sg[g].rank; j += blockDim.x) t[g][j] = split_sum(part, j, splits, t_stride);
+    }
+    __syncthreads();
+    const float* tb = table + (size_t)positions[row] * dim;
+    // plus adds group g's delta of column c to value x (x itself where the row has no segment).
+    auto plus = [&](int g, float x, int c) {
+        return found[g] >= 0 ? x + sg[g].scale * expand_dot(sg[g].b, sg[g].rank, expand_vec(sg[g]), t[g], c) : x;
+    };
+    if (query) {
+        float* x = q + ((size_t)row * heads + h) * dim;
+        const int col = h * dim;
+        for (int j = threadIdx.x; j < half; j += blockDim.x) {
+            float ra, rb;
+            rope_rotate(plus(0, x[j], col + j), plus(0, x[j + half], col + j + half), tb[j], tb[half + j], ra, rb);
+            x[j] = ra;
+            x[j + half] = rb;
+        }
+        return;
+    }
+    const int width = kv_heads * dim, col = (h - heads) * dim;
+    const size_t src = (size_t)row * width + col, dst = (size_t)slots[row] * width + col;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        float ra, rb;
+        rope_rotate(plus(0, k[src + j], col + j), plus(0, k[src + j + half], col + j + half), tb[j], tb[half + j], ra, rb);
+        const float va = plus(1, v[src + j], col + j), vb = plus(1, v[src + j + half], col + j + half);
+        k[src + j] = ra;
+        k[src + j + half] = rb;
+        v[src + j] = va;
+        v[src + j + half] = vb;
+        kc[dst + j] = f32_to_bf16(ra);
+        kc[dst + j + half] = f32_to_bf16(rb);
+        vc[dst + j] = f32_to_bf16(va);
+        vc[dst + j + half] = f32_to_bf16(vb);
+    }
+}
+
+extern "C" int lp_lora_rope_store_kv(float* q, float* k, float* v, uint16_t* kcache, uint16_t* vcache, const int32_t* positions,
+                                     const int32_t* slots, const float* table, int n, int heads, int kv_heads, int head_dim,
+                                     const float* x, const lp_lora_seg* segs_device, int q_end, int k_end, int num_segs, int max_rows,
+                                     int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s) {
+    if (n <= 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || heads + kv_heads > 65535 || !lp_head_dim_ok(head_dim) ||
+        num_segs <= 0 || num_segs > 65535 || q_end < 0 || q_end > k_end || k_end > num_segs ||
+        !wide_args_ok(max_rows, max_rank, in_dim, splits, t_stride))
+        return (int)cudaErrorInvalidValue;
+    shrink_wide(x, segs_device, num_segs, max_rows, scratch, in_dim, splits, t_stride, false, s);
+    lora_rope_store_kv_kernel<<<dim3(n, heads + kv_heads), 64, 0, as_stream(s)>>>(q, k, v, kcache, vcache, positions, slots, table,
+                                                                                  heads, kv_heads, head_dim, segs_device, q_end, k_end,
+                                                                                  num_segs, scratch, splits, t_stride);
     LP_CHECK_LAUNCH();
 }
 

@@ -294,6 +294,15 @@ int lp_lora_wide(float* out, const float* x, const lp_lora_seg* segs_device, int
 int lp_lora_swiglu(float* act, uint16_t* act_bf16, const float* gate, const float* up, int rows, int cols, const float* x,
                    const lp_lora_seg* segs_device, int gate_end, int num_segs, int max_rows, int max_rank, float* scratch,
                    int in_dim, int splits, int t_stride, lp_stream s);
+// The q, k and v projections' LoRA deltas added inside decode_fused.cu's RoPE + KV store
+// (LORAPLEX_LORA_ROPE, cuda.NormQKVLoRARoPE): the wide shrink of segs_device's num_segs segments
+// over x (q's [0, q_end), k's [q_end, k_end), v's [k_end, num_segs), each group's rows
+// disjoint), then lp_rope_store_kv's work on q + Δq, k + Δk and v + Δv, v written back with its
+// deltas. Per element the expand's arithmetic of lp_lora_group_wide, then lp_rope_store_kv's.
+int lp_lora_rope_store_kv(float* q, float* k, float* v, uint16_t* kcache, uint16_t* vcache, const int32_t* positions,
+                          const int32_t* slots, const float* table, int n, int heads, int kv_heads, int head_dim, const float* x,
+                          const lp_lora_seg* segs_device, int q_end, int k_end, int num_segs, int max_rows, int max_rank,
+                          float* scratch, int in_dim, int splits, int t_stride, lp_stream s);
 int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lora_seg* segs_device, int num_segs, int max_rows,
                        int max_rank, float* scratch, int in_dim, int splits, int t_stride, lp_stream s);
 // lp_lora_group_wide's expand alone, for intermediates another launch wrote (one split): a

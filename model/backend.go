@@ -200,6 +200,20 @@ type SiLUMulMatMuler interface {
 	SiLUMulMatMul(out, act, gate, up, w Tensor) bool
 }
 
+// LoRARoPEer is implemented by backends that add the q, k and v projections' LoRA deltas inside
+// the RoPE + KV store that reads those projections (CUDA: steps whose products go to cuBLAS,
+// LORAPLEX_LORA_ROPE), so no expand pass reads and writes the products' outputs before it.
+// NormQKVLoRARoPE computes, on in's normed rows h under NormFuser's contract: q = h·ws[0]ᵀ plus
+// segs[0]'s deltas, k and v likewise (ws[1], segs[1]; ws[2], segs[2]), then what
+// DecodeFuser.RoPEStoreKV(layer, q, k, v, heads, kvHeads, table) does with them, leaving q, k, v
+// and the cache as the unfused ops leave them, each within rounding of them. The forward pass
+// offers it only where nothing comes between the products and RoPE (no bias, no Q/K norm). It
+// does all of it and returns true, or nothing and returns false. The answer may depend only on
+// what the StepRecorder key fixes.
+type LoRARoPEer interface {
+	NormQKVLoRARoPE(q, k, v Tensor, in NormedInput, ws [3]Tensor, segs [3][]LoRASeg, layer, heads, kvHeads int, table Tensor) bool
+}
+
 // LoRASwiGLUer is implemented by backends that add the gate and up projections' LoRA deltas
 // inside the SwiGLU that reads those projections (CUDA: steps whose products go to cuBLAS,
 // LORAPLEX_LORA_SWIGLU), so no expand pass reads and writes the products' outputs before it.

@@ -28,6 +28,7 @@
 //	LoRAGrouper       one LoRA launch pair for q/k/v, one for gate/up     -    yes
 //	SiLUMulMatMuler   SwiGLU writes the down projection's bf16 input      -    yes
 //	LoRASwiGLUer      gate/up's LoRA deltas added inside SwiGLU           -    yes
+//	LoRARoPEer        q/k/v's LoRA deltas added inside RoPE + KV store    -    yes
 //	NormFuser         (add +) RMSNorm folded into q/k/v, gate/up GEMVs    -    yes
 //	LoRAFolder        LoRA (and the norm) in the base products' call      -    yes
 //	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes

@@ -41,6 +41,7 @@ type Runner struct {
 	normer                                    NormFuser                 // nil: every RMSNorm is its own op
 	siluDown                                  SiLUMulMatMuler           // nil: SwiGLU, then the down projection's product
 	loraSwiGLU                                LoRASwiGLUer              // nil: gate/up's LoRA deltas are added before SwiGLU
+	loraRoPE                                  LoRARoPEer                // nil: q/k/v's LoRA deltas are added before RoPE
 	grouper                                   LoRAGrouper               // nil: one LoRA call per projection
 	folder                                    LoRAFolder                // nil: LoRA shrinks are launches of their own
 	groupOuts, groupWs                        [MaxSharedProducts]Tensor // outputs and weights of a projection group and its routers' gates (gatedProducts), kept here so steps allocate nothing
@@ -69,6 +70,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r.normer, _ = b.(NormFuser)
 	r.siluDown, _ = b.(SiLUMulMatMuler)
 	r.loraSwiGLU, _ = b.(LoRASwiGLUer)
+	r.loraRoPE, _ = b.(LoRARoPEer)
 	r.grouper, _ = b.(LoRAGrouper)
 	r.folder, _ = b.(LoRAFolder)
 	n, H, D := opt.MaxTokens, cfg.HiddenSize, cfg.HeadDim
@@ -311,28 +313,32 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 		r.layerSegs(l, s, adapters)
 		r.groupOuts[0], r.groupOuts[1], r.groupOuts[2] = q, k, v
 		in := NormedInput{X: x, Delta: delta, Next: h, Weight: L.AttnNorm, Eps: r.eps} // delta has no rows in layer 0
-		if r.normFusable(l, qkvProjs) && r.normer.NormMatMulShared(r.groupOuts[:3], in, r.groupWeights(l, qkvProjs)) {
-			r.addBiases(l, qkvProjs, r.groupOuts[:3])
-			x, h = fusedResidual(in)
-		} else if r.normFolded(in, l, qkvProjs, r.groupOuts[:3]) {
+		if r.qkvLoRARoPE(q, k, v, in, l) {
 			x, h = fusedResidual(in)
 		} else {
-			if l == 0 {
-				b.RMSNorm(h, x, L.AttnNorm, r.eps)
+			if r.normFusable(l, qkvProjs) && r.normer.NormMatMulShared(r.groupOuts[:3], in, r.groupWeights(l, qkvProjs)) {
+				r.addBiases(l, qkvProjs, r.groupOuts[:3])
+				x, h = fusedResidual(in)
+			} else if r.normFolded(in, l, qkvProjs, r.groupOuts[:3]) {
+				x, h = fusedResidual(in)
 			} else {
-				b.AddRMSNorm(x, delta, h, L.AttnNorm, r.eps)
+				if l == 0 {
+					b.RMSNorm(h, x, L.AttnNorm, r.eps)
+				} else {
+					b.AddRMSNorm(x, delta, h, L.AttnNorm, r.eps)
+				}
+				r.projShared(h, l, qkvProjs, r.groupOuts[:3])
 			}
-			r.projShared(h, l, qkvProjs, r.groupOuts[:3])
-		}
-		qh, kh := q.Reshape(n*H, D), k.Reshape(n*KV, D)
-		if cfg.QKNorm {
-			b.RMSNorm(qh, qh, L.QNorm, r.eps)
-			b.RMSNorm(kh, kh, L.KNorm, r.eps)
-		}
-		if r.fuser == nil || !r.fuser.RoPEStoreKV(l, q, k, v, H, KV, r.rope) {
-			b.RoPE(qh, H, r.rope)
-			b.RoPE(kh, KV, r.rope)
-			b.StoreKV(l, k, v)
+			qh, kh := q.Reshape(n*H, D), k.Reshape(n*KV, D)
+			if cfg.QKNorm {
+				b.RMSNorm(qh, qh, L.QNorm, r.eps)
+				b.RMSNorm(kh, kh, L.KNorm, r.eps)
+			}
+			if r.fuser == nil || !r.fuser.RoPEStoreKV(l, q, k, v, H, KV, r.rope) {
+				b.RoPE(qh, H, r.rope)
+				b.RoPE(kh, KV, r.rope)
+				b.StoreKV(l, k, v)
+			}
 		}
 		ap := r.attnParams
 		ap.Window = r.windows[l]
@@ -575,6 +581,21 @@ func (r *Runner) gateUpNormFused(act Tensor, in NormedInput, l int) bool {
 		return false
 	}
 	return r.normer.NormGateUpSiLU(act, in, L.W[ProjGate], L.W[ProjUp])
+}
+
+// qkvLoRARoPE computes x += delta; h = RMSNorm(x); q, k, v = h's products with their LoRA
+// deltas, rotated and stored to layer l's cache, in one backend call (LoRARoPEer) where the step
+// adapts q, k or v, routes nothing and nothing comes between the products and RoPE (no bias,
+// no Q/K norm).
+func (r *Runner) qkvLoRARoPE(q, k, v Tensor, in NormedInput, l int) bool {
+	L := &r.W.Layers[l]
+	segs := [3][]LoRASeg{r.segs[ProjQ], r.segs[ProjK], r.segs[ProjV]}
+	if r.loraRoPE == nil || r.routing.seqs > 0 || r.Cfg.QKNorm || len(segs[0])+len(segs[1])+len(segs[2]) == 0 ||
+		L.Bias[ProjQ].Rows > 0 || L.Bias[ProjK].Rows > 0 || L.Bias[ProjV].Rows > 0 {
+		return false
+	}
+	ws := [3]Tensor{L.W[ProjQ], L.W[ProjK], L.W[ProjV]}
+	return r.loraRoPE.NormQKVLoRARoPE(q, k, v, in, ws, segs, l, r.Cfg.NumHeads, r.Cfg.NumKVHeads, r.rope)
 }
 
 // gateUpLoRASwiGLU computes x += delta; act = silu(gate(h)) * up(h) with gate and up's LoRA

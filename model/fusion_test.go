@@ -22,6 +22,7 @@ type composingBackend struct {
 	foldedSegs                                 int    // NormFoldedProducts calls with a projection of several segments
 	loraSwiGLU                                 int    // NormGateUpLoRASwiGLU calls
 	foldedGateUp                               int    // NormFoldedProducts calls of gate/up (two products)
+	loraRoPE                                   int    // NormQKVLoRARoPE calls
 	normed                                     [2]int // NormMatMulShared, NormGateUpSiLU calls
 }
 
@@ -112,6 +113,27 @@ func (c *composingBackend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor,
 	}
 	c.SiluMul(act, gate, up)
 	c.MatMul(out, act, wDown)
+	return true
+}
+
+// NormQKVLoRARoPE declines as NormGateUpLoRASwiGLU does.
+func (c *composingBackend) NormQKVLoRARoPE(q, k, v model.Tensor, in model.NormedInput, ws [3]model.Tensor, segs [3][]model.LoRASeg,
+	layer, heads, kvHeads int, table model.Tensor) bool {
+	if c.decline || c.declineNorms || in.X.Rows == 1 {
+		return false
+	}
+	c.loraRoPE++
+	h := c.normedRows(in)
+	for i, t := range [3]model.Tensor{q, k, v} {
+		c.MatMul(t, h, ws[i])
+		if len(segs[i]) > 0 {
+			c.LoRA(t, h, segs[i])
+		}
+	}
+	d := table.Cols
+	c.RoPE(q.Reshape(q.Rows*q.Cols/d, d), heads, table)
+	c.RoPE(k.Reshape(k.Rows*k.Cols/d, d), kvHeads, table)
+	c.StoreKV(layer, k, v)
 	return true
 }
 
@@ -219,8 +241,9 @@ func (c *composingBackend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [
 // folds the norm into the gate/up products but not into the activation, the norm goes there;
 // projections whose one adapter covers the step's rows fold their LoRA into the products' call
 // (LoRAFolder), and where the backend folds norms, the norm goes into that call whatever the
-// step's adapters (several segments a projection included), and adapted gate/up go with their
-// norm, SwiGLU and the down product into one call (LoRASwiGLUer); the group call takes the rest.
+// step's adapters (several segments a projection included), adapted gate/up go with their norm,
+// SwiGLU and the down product into one call (LoRASwiGLUer) and adapted q/k/v with their norm,
+// RoPE and the KV store (LoRARoPEer) where nothing comes between; the group call takes the rest.
 func TestForwardUsesFusionCapabilities(t *testing.T) {
 	for _, name := range []string{"llama", "qwen2", "qwen3"} {
 		t.Run(name, func(t *testing.T) {
@@ -261,11 +284,13 @@ func TestForwardUsesFusionCapabilities(t *testing.T) {
 					}
 				}
 			}
-			if unnormed.products == 0 || fusing.ropeKV == 0 || unnormed.groups == 0 || fusing.foldedSegs == 0 || fusing.loraSwiGLU == 0 || fusing.foldedGateUp == 0 || fusing.siluDown == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
+			if unnormed.products == 0 || fusing.ropeKV == 0 || unnormed.groups == 0 || fusing.loraSwiGLU == 0 || fusing.foldedGateUp == 0 ||
+				// Llama's q/k/v go with RoPE; Qwen2's (biases) and Qwen3's (Q/K norms) to the norm fold.
+				(name == "llama") != (fusing.loraRoPE > 0) || (name == "llama") == (fusing.foldedSegs > 0) || fusing.siluDown == 0 || fusing.normed[0] == 0 || fusing.normed[1] == 0 || unnormed.gateUp == 0 ||
 				unnormed.siluDown == 0 || unsiluNormed.normedGateUp == 0 || unsiluNormed.normed[1] != 0 || fusing.folded[1] == 0 || unnormed.folded[0] == 0 ||
 				unnormed.folded[1] != 0 {
-				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %d norm-folded calls of several segments, %d LoRA SwiGLU calls (%d folded gate/up, %d SwiGLU + down beside them), %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
-					unnormed.products, fusing.ropeKV, unnormed.groups, fusing.foldedSegs, fusing.loraSwiGLU, fusing.foldedGateUp, fusing.siluDown, fusing.normed, unnormed.gateUp, unnormed.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
+				t.Fatalf("fusion capabilities unused: %d shared-input products, %d RoPE + KV store, %d LoRA group calls, %d norm-folded calls of several segments, %d LoRA SwiGLU calls (%d folded gate/up, %d SwiGLU + down beside them), %d LoRA RoPE calls, %v norm-fused products, %d gate/up without them, %d SwiGLU + down, %d norm-fused gate/up products (%d with the activation), %v folded LoRA calls (%v without the norms)",
+					unnormed.products, fusing.ropeKV, unnormed.groups, fusing.foldedSegs, fusing.loraSwiGLU, fusing.foldedGateUp, fusing.siluDown, fusing.loraRoPE, fusing.normed, unnormed.gateUp, unnormed.siluDown, unsiluNormed.normedGateUp, unsiluNormed.normed[1],
 					fusing.folded, unnormed.folded)
 			}
 		})
