@@ -130,7 +130,7 @@ func (b *Backend) NormQKVLoRARoPE(q, k, v model.Tensor, in model.NormedInput, ws
 		at += len(segs[i])
 	}
 	seg, ok := b.commitSegs(total)
-	if !ok || !b.launch() || !b.keptNorm(in) || n == 0 {
+	if !ok || !b.launch() || !b.keptNorm(in) {
 		return true
 	}
 	for i, w := range ws {

@@ -236,54 +236,57 @@ func TestLoRASwiGLUGraphReplay(t *testing.T) {
 // q, k and v products, their LoRA deltas (LoRAGroup), then RoPE + KV store (RoPEStoreKV): q, k
 // and v within 1e-5 of their largest values (bitwise but for the compiler's FMA contractions;
 // the test logs how many), attention over the stored cache within 1e-3, the residual bitwise.
-// Shapes: the Llama-3-8B heads at batch 64, head dims 64 and 80, a width off multiples of 8;
-// layouts as TestLoRASwiGLU's, with k alone adapted in one. It declines in deterministic mode,
-// with the switch, the fused decode, the wide LoRA kernels or the bf16 norm off, and for rows
-// the GEMV takes.
+// Steps are prefill chunks (several rows a sequence at positions 0.., on scrambled pages), so
+// attention reads several stored keys and values and every row its own rotation. Shapes: the
+// Llama-3-8B heads over 64 rows, head dims 64 and 80, a width off multiples of 8; layouts as
+// TestLoRASwiGLU's (row runs that cross sequences), with k alone adapted in one. It declines in
+// deterministic mode, with the switch, the fused decode, the wide LoRA kernels or the bf16 norm
+// off, and for rows the GEMV takes.
 func TestLoRARoPE(t *testing.T) {
 	r := rand.New(rand.NewPCG(95, 96))
 	const eps = 1e-5
 	for _, sh := range []struct {
-		n, hidden, heads, kv, dim int
-		layout                    string // "runs", "k" (k's segments only), "one" (one segment over every row)
-		add                       bool
-	}{{64, 4096, 32, 8, 128, "runs", true}, {3, 512, 8, 2, 64, "k", true}, {9, 258, 6, 3, 80, "runs", false}, {5, 256, 4, 4, 64, "one", true}} {
-		t.Run(fmt.Sprintf("n%d_h%d_heads%d_kv%d_d%d_%s_add%v", sh.n, sh.hidden, sh.heads, sh.kv, sh.dim, sh.layout, sh.add), func(t *testing.T) {
+		lens                   []int // the step's sequences' rows
+		hidden, heads, kv, dim int
+		layout                 string // "runs", "k" (k's segments only), "one" (one segment over every row)
+		add                    bool
+	}{{[]int{20, 1, 30, 13}, 4096, 32, 8, 128, "runs", true}, {[]int{3}, 512, 8, 2, 64, "k", true}, {[]int{5, 4}, 258, 6, 3, 80, "runs", false},
+		{[]int{2, 3}, 256, 4, 4, 64, "one", true}} {
+		n := 0 // the step's rows
+		for _, l := range sh.lens {
+			n += l
+		}
+		t.Run(fmt.Sprintf("n%d_h%d_heads%d_kv%d_d%d_%s_add%v", n, sh.hidden, sh.heads, sh.kv, sh.dim, sh.layout, sh.add), func(t *testing.T) {
 			g := newGPU(t)
 			g.SetNormBF16(true)
 			g.SetLoRARoPE(true)
 			g.SetLoRAWide(true)
 			g.SetLoRAGroup(true)
 			g.SetFusedDecode(true)
-			const pageSize = 8
-			if err := g.AllocKV(model.KVSpec{Layers: 2, Pages: sh.n, PageSize: pageSize, KVHeads: sh.kv, HeadDim: sh.dim}); err != nil {
+			const pageSize, pages = 8, 32
+			if err := g.AllocKV(model.KVSpec{Layers: 2, Pages: pages, PageSize: pageSize, KVHeads: sh.kv, HeadDim: sh.dim}); err != nil {
 				t.Fatal(err)
 			}
-			perm := make([]int, sh.n)
-			for i := range perm {
-				perm[i] = (i * 7) % sh.n // scrambled pages (n is not a multiple of 7)
-			}
-			_, dec := promptThenDecode(perm, make([]int, sh.n), pageSize) // one row a sequence at position 0
-			if err := g.Prepare(&dec); err != nil {
+			if err := g.Prepare(prefillStep(r, sh.lens, pageSize, pages)); err != nil {
 				t.Fatal(err)
 			}
-			c := newNormCase(t, g, r, sh.n, sh.hidden, nil, sh.add)
+			c := newNormCase(t, g, r, n, sh.hidden, nil, sh.add)
 			widths := [3]int{sh.heads * sh.dim, sh.kv * sh.dim, sh.kv * sh.dim}
 			var ws [3]model.Tensor
 			var outs [2][3]model.Tensor // unfused, fused: q, k, v
 			for p, w := range widths {
 				ws[p] = c.upload(t, hostBF16(r, w, sh.hidden, 1/math.Sqrt(float64(sh.hidden))))
-				outs[0][p], outs[1][p] = c.alloc(t, sh.n, w, nil), c.alloc(t, sh.n, w, nil)
+				outs[0][p], outs[1][p] = c.alloc(t, n, w, nil), c.alloc(t, n, w, nil)
 			}
-			table := c.alloc(t, 16, sh.dim, randFloats(r, 16*sh.dim))
+			table := c.alloc(t, 32, sh.dim, randFloats(r, 32*sh.dim))
 			ranks := []int{8, 16, 4}
 			var segs [3][]model.LoRASeg
-			for start := 0; start < sh.n; {
+			for start := 0; start < n; {
 				run, a := 1+r.IntN(8), r.IntN(len(ranks)+1)
 				if sh.layout == "one" {
-					run, a = sh.n, 1
+					run, a = n, 1
 				}
-				run = min(run, sh.n-start)
+				run = min(run, n-start)
 				for p := range segs {
 					if a < len(ranks) && (sh.layout != "k" || p == 1) {
 						rk := ranks[a]
@@ -315,10 +318,10 @@ func TestLoRARoPE(t *testing.T) {
 			in := c.input(eps)
 			before := g.LoRARoPECount()
 			if !g.NormQKVLoRARoPE(outs[1][0], outs[1][1], outs[1][2], in, ws, segs, 1, sh.heads, sh.kv, table) || g.LoRARoPECount() != before+1 {
-				t.Fatalf("declined %d rows (calls %d, was %d)", sh.n, g.LoRARoPECount(), before)
+				t.Fatalf("declined %d rows (calls %d, was %d)", n, g.LoRARoPECount(), before)
 			}
 			ap := model.AttnParams{Heads: sh.heads, KVHeads: sh.kv, HeadDim: sh.dim, Scale: float32(1 / math.Sqrt(float64(sh.dim)))}
-			att := [2]model.Tensor{c.alloc(t, sh.n, widths[0], nil), c.alloc(t, sh.n, widths[0], nil)}
+			att := [2]model.Tensor{c.alloc(t, n, widths[0], nil), c.alloc(t, n, widths[0], nil)}
 			for i := range att {
 				g.Attention(att[i], outs[i][0], i, ap)
 			}
@@ -355,14 +358,14 @@ func TestLoRARoPE(t *testing.T) {
 				{"the fused decode off", func() { g.SetFusedDecode(false) }, func() { g.SetFusedDecode(true) }},
 				{"the wide LoRA kernels off", func() { g.SetLoRAWide(false) }, func() { g.SetLoRAWide(true) }},
 				{"the bf16 norm off", func() { g.SetNormBF16(false) }, func() { g.SetNormBF16(true) }},
-				{"rows the GEMV takes", func() { g.SetGEMVRows(sh.n) }, func() { g.SetGEMVRows(1) }},
+				{"rows the GEMV takes", func() { g.SetGEMVRows(n) }, func() { g.SetGEMVRows(1) }},
 			} {
-				if off.what == "rows the GEMV takes" && sh.n > 8 { // LP_GEMV_MAX_ROWS
+				if off.what == "rows the GEMV takes" && n > 8 { // LP_GEMV_MAX_ROWS
 					continue
 				}
 				off.set()
 				if g.NormQKVLoRARoPE(outs[1][0], outs[1][1], outs[1][2], in, ws, segs, 1, sh.heads, sh.kv, table) {
-					t.Errorf("took %d rows with %s", sh.n, off.what)
+					t.Errorf("took %d rows with %s", n, off.what)
 				}
 				off.rst()
 			}
@@ -382,6 +385,9 @@ func TestLoRARoPEFixturesCUDA(t *testing.T) {
 	b.SetNormBF16(true)
 	b.SetLoRARoPE(true)
 	b.SetLoRASwiGLU(true)
+	b.SetFusedDecode(true) // what the two take: set, whatever the environment says
+	b.SetLoRAWide(true)
+	b.SetSwiGLUBF16(true)
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
