@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
 	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
@@ -90,75 +91,23 @@ func TestLoRASwiGLU(t *testing.T) {
 			if !g.NormGateUpLoRASwiGLU(out[1], act[1], gate[1], up[1], in, wGate, wUp, wDown, segs) || g.LoRASwiGLUCount() != before+1 {
 				t.Fatalf("declined %d rows (calls %d, was %d)", sh.n, g.LoRASwiGLUCount(), before)
 			}
-			for _, v := range []struct {
-				what  string
-				a, b  model.Tensor
-				bound float64
-			}{{"activation", act[0], act[1], 1e-5}, {"down product", out[0], out[1], 1e-3}} {
-				want, got := read(t, g, v.a), read(t, g, v.b)
-				top, worst, same := 0.0, 0.0, 0
-				for i := range want {
-					if math.IsNaN(float64(got[i])) || math.IsNaN(float64(want[i])) {
-						t.Fatalf("%s: element %d is %v fused, %v unfused", v.what, i, got[i], want[i])
-					}
-					top = max(top, math.Abs(float64(want[i])))
-					worst = max(worst, math.Abs(float64(got[i]-want[i])))
-					if math.Float32bits(got[i]) == math.Float32bits(want[i]) {
-						same++
-					}
-				}
-				t.Logf("%s: %d of %d elements bitwise the unfused path's, worst difference %.3g of the largest %.3g", v.what, same, len(want), worst, top)
-				if worst > v.bound*top {
-					t.Fatalf("%s: worst difference %.3g beyond %.0e of the largest value %.3g", v.what, worst, v.bound, top)
-				}
-			}
+			closeTo(t, g, "activation", act[0], act[1], 1e-5)
+			closeTo(t, g, "down product", out[0], out[1], 1e-3)
 			c.checkBitwise(t, "fused") // the residual and x
-			for _, off := range []struct {
-				what     string
-				set, rst func()
-			}{
+			checkDeclines(t, sh.n, func() bool {
+				return g.NormGateUpLoRASwiGLU(out[1], act[1], gate[1], up[1], in, wGate, wUp, wDown, segs)
+			}, []decline{
 				{"deterministic mode", func() { g.SetBatchInvariant(true) }, func() { g.SetBatchInvariant(false) }},
 				{"the switch off", func() { g.SetLoRASwiGLU(false) }, func() { g.SetLoRASwiGLU(true) }},
 				{"the wide LoRA kernels off", func() { g.SetLoRAWide(false) }, func() { g.SetLoRAWide(true) }},
 				{"SwiGLU's bf16 copy off", func() { g.SetSwiGLUBF16(false) }, func() { g.SetSwiGLUBF16(true) }},
 				{"the bf16 norm off", func() { g.SetNormBF16(false) }, func() { g.SetNormBF16(true) }},
-				{"rows the GEMV takes", func() { g.SetGEMVRows(sh.n) }, func() { g.SetGEMVRows(1) }},
-			} {
-				if off.what == "rows the GEMV takes" && sh.n > 8 { // LP_GEMV_MAX_ROWS
-					continue
-				}
-				off.set()
-				if g.NormGateUpLoRASwiGLU(out[1], act[1], gate[1], up[1], in, wGate, wUp, wDown, segs) {
-					t.Errorf("took %d rows with %s", sh.n, off.what)
-				}
-				off.rst()
-			}
+				gemvRowsDecline(g, sh.n),
+			})
 			if err := g.Err(); err != nil {
 				t.Fatal(err)
 			}
 		})
-	}
-}
-
-// With the LoRA SwiGLU the engine-core fixture suite still matches the transformers/peft
-// reference within the bf16 bound (every family, base + four adapters in one mixed batch,
-// prefill whole and chunked, decode replayed from CUDA graphs), and its adapted steps of more
-// than one row take it.
-func TestLoRASwiGLUFixturesCUDA(t *testing.T) {
-	b := newGPU(t)
-	b.SetNormBF16(true)
-	b.SetLoRASwiGLU(true)
-	for _, name := range fixture.Models {
-		t.Run(name, func(t *testing.T) {
-			fx, cfg, h := fixture.Open(t, name, b)
-			runChunkings(t, h, fx.Cases, fixtureadapters.Upload(t, name, cfg, b), name)
-			if err := b.Err(); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
-	if b.LoRASwiGLUCount() == 0 || b.GraphCount() == 0 {
-		t.Fatalf("%d LoRA SwiGLU calls, %d recordings", b.LoRASwiGLUCount(), b.GraphCount())
 	}
 }
 
@@ -184,52 +133,12 @@ func TestLoRASwiGLUGraphReplay(t *testing.T) {
 	wGate, wUp := c.upload(t, hostBF16(r, inter, k, 1/math.Sqrt(k))), c.upload(t, hostBF16(r, inter, k, 1/math.Sqrt(k)))
 	wDown := c.upload(t, hostBF16(r, k, inter, 1/math.Sqrt(inter)))
 	gate, up, act, out := c.alloc(t, n, inter, nil), c.alloc(t, n, inter, nil), c.alloc(t, n, inter, nil), c.alloc(t, n, k, nil)
-	// Rows 0 and 1 on a rank-16 adapter, row 2 on none, row 3 on a rank-8 one, on gate and up.
-	layout, ranks := []int{0, 0, -1, 1}, []int{16, 8}
-	adapters := func() [2][]model.LoRASeg {
-		var segs [2][]model.LoRASeg
-		for p := range segs {
-			var as, bs []model.Tensor
-			for _, rk := range ranks {
-				as = append(as, c.upload(t, hostBF16(r, rk, k, 1/math.Sqrt(k))))
-				bs = append(bs, c.upload(t, hostBF16(r, inter, rk, 1/math.Sqrt(float64(rk)))))
-			}
-			for row, a := range layout {
-				if a >= 0 {
-					segs[p] = append(segs[p], model.LoRASeg{Start: row, N: 1, A: as[a], B: bs[a], Scale: float32(0.5 + r.Float64())})
-				}
-			}
-		}
-		return segs
-	}
-	recorded, replayed := adapters(), adapters()
 	in := c.input(eps)
-	key := []byte("lora swiglu replay")
-	run := func(segs [2][]model.LoRASeg, key []byte, wantReplay bool) [][]float32 {
-		if replay := b.BeginStep(key); replay != wantReplay {
-			t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
-		}
+	checkReplayForOtherAdapters(t, b, c, r, k, []int{inter, inter}, func(segs [][]model.LoRASeg) bool {
 		calls := b.LoRASwiGLUCount()
-		if !b.NormGateUpLoRASwiGLU(out, act, gate, up, in, wGate, wUp, wDown, segs) || b.LoRASwiGLUCount() != calls+1 {
-			t.Fatal("the LoRA SwiGLU declined")
-		}
-		if err := b.EndStep(); err != nil {
-			t.Fatal(err)
-		}
-		return [][]float32{read(t, b, act), read(t, b, out), read(t, b, c.next)}
-	}
-	direct := run(replayed, nil, false)
-	other := run(recorded, key, false)
-	if b.GraphCount() != 1 {
-		t.Fatalf("%d recordings, want 1", b.GraphCount())
-	}
-	// The residual (output 2) and the row without an adapter carry no delta.
-	checkReplayed(t, direct, other, run(replayed, key, true), func(i, j int) bool {
-		return i == 2 || layout[j/(len(direct[i])/n)] < 0
-	})
-	if err := b.Err(); err != nil {
-		t.Fatal(err)
-	}
+		return b.NormGateUpLoRASwiGLU(out, act, gate, up, in, wGate, wUp, wDown, [2][]model.LoRASeg{segs[0], segs[1]}) &&
+			b.LoRASwiGLUCount() == calls+1
+	}, func() [][]float32 { return [][]float32{read(t, b, act), read(t, b, out), read(t, b, c.next)} })
 }
 
 // The LoRA RoPE (LORAPLEX_LORA_ROPE) gives what the unfused path gives: the (add +) RMSNorm, the
@@ -325,50 +234,21 @@ func TestLoRARoPE(t *testing.T) {
 			for i := range att {
 				g.Attention(att[i], outs[i][0], i, ap)
 			}
-			for _, v := range []struct {
-				what  string
-				a, b  model.Tensor
-				bound float64
-			}{{"q", outs[0][0], outs[1][0], 1e-5}, {"k", outs[0][1], outs[1][1], 1e-5}, {"v", outs[0][2], outs[1][2], 1e-5},
-				{"attention over the cache", att[0], att[1], 1e-3}} {
-				want, got := read(t, g, v.a), read(t, g, v.b)
-				top, worst, same := 0.0, 0.0, 0
-				for i := range want {
-					if math.IsNaN(float64(got[i])) || math.IsNaN(float64(want[i])) {
-						t.Fatalf("%s: element %d is %v fused, %v unfused", v.what, i, got[i], want[i])
-					}
-					top = max(top, math.Abs(float64(want[i])))
-					worst = max(worst, math.Abs(float64(got[i]-want[i])))
-					if math.Float32bits(got[i]) == math.Float32bits(want[i]) {
-						same++
-					}
-				}
-				t.Logf("%s: %d of %d elements bitwise the unfused path's, worst difference %.3g of the largest %.3g", v.what, same, len(want), worst, top)
-				if worst > v.bound*top {
-					t.Fatalf("%s: worst difference %.3g beyond %.0e of the largest value %.3g", v.what, worst, v.bound, top)
-				}
+			for p, name := range []string{"q", "k", "v"} {
+				closeTo(t, g, name, outs[0][p], outs[1][p], 1e-5)
 			}
+			closeTo(t, g, "attention over the cache", att[0], att[1], 1e-3)
 			c.checkBitwise(t, "fused") // the residual and x
-			for _, off := range []struct {
-				what     string
-				set, rst func()
-			}{
+			checkDeclines(t, n, func() bool {
+				return g.NormQKVLoRARoPE(outs[1][0], outs[1][1], outs[1][2], in, ws, segs, 1, sh.heads, sh.kv, table)
+			}, []decline{
 				{"deterministic mode", func() { g.SetBatchInvariant(true) }, func() { g.SetBatchInvariant(false) }},
 				{"the switch off", func() { g.SetLoRARoPE(false) }, func() { g.SetLoRARoPE(true) }},
 				{"the fused decode off", func() { g.SetFusedDecode(false) }, func() { g.SetFusedDecode(true) }},
 				{"the wide LoRA kernels off", func() { g.SetLoRAWide(false) }, func() { g.SetLoRAWide(true) }},
 				{"the bf16 norm off", func() { g.SetNormBF16(false) }, func() { g.SetNormBF16(true) }},
-				{"rows the GEMV takes", func() { g.SetGEMVRows(n) }, func() { g.SetGEMVRows(1) }},
-			} {
-				if off.what == "rows the GEMV takes" && n > 8 { // LP_GEMV_MAX_ROWS
-					continue
-				}
-				off.set()
-				if g.NormQKVLoRARoPE(outs[1][0], outs[1][1], outs[1][2], in, ws, segs, 1, sh.heads, sh.kv, table) {
-					t.Errorf("took %d rows with %s", n, off.what)
-				}
-				off.rst()
-			}
+				gemvRowsDecline(g, n),
+			})
 			if err := g.Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -376,29 +256,35 @@ func TestLoRARoPE(t *testing.T) {
 	}
 }
 
-// With the LoRA RoPE (and the LoRA SwiGLU) the engine-core fixture suite still matches the
-// transformers/peft reference within the bf16 bound (every family: Llama's steps take it,
-// Qwen2's biases and Qwen3's Q/K norms keep the separate launches), and its adapted steps of
-// more than one row take it.
-func TestLoRARoPEFixturesCUDA(t *testing.T) {
+// With the LoRA SwiGLU and the LoRA RoPE on, the engine-core fixture suite still matches the
+// transformers/peft reference within the bf16 bound (every family, base + four adapters in one
+// mixed batch, prefill whole and chunked, decode replayed from CUDA graphs): its adapted steps
+// of more than one row take the SwiGLU one, and Llama's and Mistral's the RoPE one (Qwen2's q/k/v
+// biases and Qwen3's Q/K norms keep the separate launches).
+func TestLoRAExpandFusionsFixturesCUDA(t *testing.T) {
 	b := newGPU(t)
 	b.SetNormBF16(true)
-	b.SetLoRARoPE(true)
 	b.SetLoRASwiGLU(true)
+	b.SetLoRARoPE(true)
 	b.SetFusedDecode(true) // what the two take: set, whatever the environment says
 	b.SetLoRAWide(true)
 	b.SetSwiGLUBF16(true)
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
+			swiglu, rope := b.LoRASwiGLUCount(), b.LoRARoPECount()
 			fx, cfg, h := fixture.Open(t, name, b)
 			runChunkings(t, h, fx.Cases, fixtureadapters.Upload(t, name, cfg, b), name)
 			if err := b.Err(); err != nil {
 				t.Fatal(err)
 			}
+			// Gate/up biases keep SwiGLU apart, q/k/v biases and Q/K norms RoPE.
+			if !cfg.MLPBias != (b.LoRASwiGLUCount() > swiglu) || (!cfg.QKNorm && !cfg.QKVBias) != (b.LoRARoPECount() > rope) {
+				t.Fatalf("%d LoRA SwiGLU and %d LoRA RoPE calls", b.LoRASwiGLUCount()-swiglu, b.LoRARoPECount()-rope)
+			}
 		})
 	}
-	if b.LoRARoPECount() == 0 || b.GraphCount() == 0 {
-		t.Fatalf("%d LoRA RoPE calls, %d recordings", b.LoRARoPECount(), b.GraphCount())
+	if b.GraphCount() == 0 {
+		t.Fatal("no step was recorded")
 	}
 }
 
@@ -427,15 +313,34 @@ func TestLoRARoPEGraphReplay(t *testing.T) {
 		ws[p], outs[p] = c.upload(t, hostBF16(r, w, hidden, 1/math.Sqrt(hidden))), c.alloc(t, n, w, nil)
 	}
 	table := c.alloc(t, 8, dim, randFloats(r, 8*dim))
-	// Rows 0 and 1 on a rank-16 adapter, row 2 on none, row 3 on a rank-8 one, on q, k and v.
+	in := c.input(eps)
+	checkReplayForOtherAdapters(t, b, c, r, hidden, widths[:], func(segs [][]model.LoRASeg) bool {
+		calls := b.LoRARoPECount()
+		return b.NormQKVLoRARoPE(outs[0], outs[1], outs[2], in, ws, [3][]model.LoRASeg{segs[0], segs[1], segs[2]}, 0, heads, kv, table) &&
+			b.LoRARoPECount() == calls+1
+	}, func() [][]float32 {
+		return [][]float32{read(t, b, outs[0]), read(t, b, outs[1]), read(t, b, outs[2]), read(t, b, c.next)}
+	})
+}
+
+// checkReplayForOtherAdapters records a fused call of a 4-row step and replays it for other
+// adapters of the same ranks and layout: rows 0 and 1 on a rank-16 adapter, row 2 on none, row 3
+// on a rank-8 one, on each projection of the given widths over inputs of width k. call makes the
+// fused call (false: it declined, or did not count itself), outputs reads what it wrote, the
+// residual last. The replay must be bitwise a direct step for its adapters (checkReplayed), and
+// the residual and row 2 those of the recorded step.
+func checkReplayForOtherAdapters(t *testing.T, b *cuda.Backend, c *normCase, r *rand.Rand, k int, widths []int,
+	call func(segs [][]model.LoRASeg) bool, outputs func() [][]float32) {
+	t.Helper()
+	const n = 4
 	layout, ranks := []int{0, 0, -1, 1}, []int{16, 8}
-	adapters := func() [3][]model.LoRASeg {
-		var segs [3][]model.LoRASeg
-		for p := range segs {
+	adapters := func() [][]model.LoRASeg {
+		segs := make([][]model.LoRASeg, len(widths))
+		for p, w := range widths {
 			var as, bs []model.Tensor
 			for _, rk := range ranks {
-				as = append(as, c.upload(t, hostBF16(r, rk, hidden, 1/math.Sqrt(hidden))))
-				bs = append(bs, c.upload(t, hostBF16(r, widths[p], rk, 1/math.Sqrt(float64(rk)))))
+				as = append(as, c.upload(t, hostBF16(r, rk, k, 1/math.Sqrt(float64(k)))))
+				bs = append(bs, c.upload(t, hostBF16(r, w, rk, 1/math.Sqrt(float64(rk)))))
 			}
 			for row, a := range layout {
 				if a >= 0 {
@@ -446,31 +351,82 @@ func TestLoRARoPEGraphReplay(t *testing.T) {
 		return segs
 	}
 	recorded, replayed := adapters(), adapters()
-	in := c.input(eps)
-	key := []byte("lora rope replay")
-	run := func(segs [3][]model.LoRASeg, key []byte, wantReplay bool) [][]float32 {
+	key := []byte(t.Name())
+	run := func(segs [][]model.LoRASeg, key []byte, wantReplay bool) [][]float32 {
 		if replay := b.BeginStep(key); replay != wantReplay {
 			t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
 		}
-		calls := b.LoRARoPECount()
-		if !b.NormQKVLoRARoPE(outs[0], outs[1], outs[2], in, ws, segs, 0, heads, kv, table) || b.LoRARoPECount() != calls+1 {
-			t.Fatal("the LoRA RoPE declined")
+		if !call(segs) {
+			t.Fatal("the fused call declined")
 		}
 		if err := b.EndStep(); err != nil {
 			t.Fatal(err)
 		}
-		return [][]float32{read(t, b, outs[0]), read(t, b, outs[1]), read(t, b, outs[2]), read(t, b, c.next)}
+		return outputs()
 	}
 	direct := run(replayed, nil, false)
 	other := run(recorded, key, false)
 	if b.GraphCount() != 1 {
 		t.Fatalf("%d recordings, want 1", b.GraphCount())
 	}
-	// The residual (output 3) and the row without an adapter carry no delta.
 	checkReplayed(t, direct, other, run(replayed, key, true), func(i, j int) bool {
-		return i == 3 || layout[j/(len(direct[i])/n)] < 0
+		return i == len(direct)-1 || layout[j/(len(direct[i])/n)] < 0
 	})
 	if err := b.Err(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// closeTo fails unless got is within bound of want's largest magnitude everywhere and neither
+// holds a NaN (an unwritten element: outputs start as NaN), logging how many elements are
+// bitwise equal.
+func closeTo(t *testing.T, b model.Backend, what string, want, got model.Tensor, bound float64) {
+	t.Helper()
+	w, g := read(t, b, want), read(t, b, got)
+	top, worst, same := 0.0, 0.0, 0
+	for i := range w {
+		if math.IsNaN(float64(g[i])) || math.IsNaN(float64(w[i])) {
+			t.Fatalf("%s: element %d is %v fused, %v unfused", what, i, g[i], w[i])
+		}
+		top = max(top, math.Abs(float64(w[i])))
+		worst = max(worst, math.Abs(float64(g[i]-w[i])))
+		if math.Float32bits(g[i]) == math.Float32bits(w[i]) {
+			same++
+		}
+	}
+	t.Logf("%s: %d of %d elements bitwise the unfused path's, worst difference %.3g of the largest %.3g", what, same, len(w), worst, top)
+	if worst > bound*top {
+		t.Fatalf("%s: worst difference %.3g beyond %.0e of the largest value %.3g", what, worst, bound, top)
+	}
+}
+
+// decline is a setting under which a fused call must decline: set before the call, reset after.
+type decline struct {
+	what       string
+	set, reset func()
+}
+
+// checkDeclines fails for each case under which took (the fused call) takes the step of n rows.
+// A case without set applies to no step of this size.
+func checkDeclines(t *testing.T, n int, took func() bool, cases []decline) {
+	t.Helper()
+	for _, c := range cases {
+		if c.set == nil {
+			continue
+		}
+		c.set()
+		if took() {
+			t.Errorf("took %d rows with %s", n, c.what)
+		}
+		c.reset()
+	}
+}
+
+// gemvRowsDecline raises the GEMV's rows to n, which then declines cuBLAS-sized fusions; none for
+// steps beyond LP_GEMV_MAX_ROWS (8), which the GEMV never takes.
+func gemvRowsDecline(g *cuda.Backend, n int) decline {
+	if n > 8 {
+		return decline{what: "rows the GEMV takes"}
+	}
+	return decline{"rows the GEMV takes", func() { g.SetGEMVRows(n) }, func() { g.SetGEMVRows(1) }}
 }

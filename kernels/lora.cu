@@ -752,10 +752,39 @@ extern "C" int lp_lora_group_wide(lp_lora_outs outs, const float* x, const lp_lo
     LP_CHECK_LAUNCH();
 }
 
+// RowSegs is what a block of the LoRA SwiGLU or the LoRA RoPE needs of its row in up to two
+// segment groups: the row's segment in each (found -1 where it has none) and that segment's
+// intermediate for the row, its split partials summed in split order.
+struct RowSegs {
+    int found[2];
+    lp_lora_seg sg[2];
+    float t[2][LP_MAX_LORA_RANK];
+};
+
+// load_row_segs fills rs (shared) for row, group g being segs[lo[g], hi[g]): the block's threads
+// test the segments' row ranges together (a group's rows are disjoint, so at most one thread
+// writes each found), then copy the segments and sum their partials. Every thread calls it.
+__device__ __forceinline__ void load_row_segs(RowSegs& rs, const lp_lora_seg* segs, const int (&lo)[2], const int (&hi)[2], int row,
+                                              const float* scratch, int splits, int t_stride) {
+    if (threadIdx.x < 2) rs.found[threadIdx.x] = -1;
+    __syncthreads();
+    for (int g = 0; g < 2; g++)
+        for (int i = lo[g] + (int)threadIdx.x; i < hi[g]; i += blockDim.x)
+            if (row >= segs[i].start && row < segs[i].start + segs[i].n) rs.found[g] = i;
+    __syncthreads();
+    if (threadIdx.x < 2 && rs.found[threadIdx.x] >= 0) rs.sg[threadIdx.x] = segs[rs.found[threadIdx.x]];
+    __syncthreads();
+    for (int g = 0; g < 2; g++) {
+        if (rs.found[g] < 0) continue;  // uniform over the block
+        const float* part = scratch + rs.sg[g].t_off + (size_t)(row - rs.sg[g].start) * rs.sg[g].rank;
+        for (int j = threadIdx.x; j < rs.sg[g].rank; j += blockDim.x) rs.t[g][j] = split_sum(part, j, splits, t_stride);
+    }
+    __syncthreads();
+}
+
 // LoRA SwiGLU (lp_lora_swiglu; the design is at the top of the file): grid (row, wide column
-// chunk). The block finds its row's segment in each group (its threads test the segments' row
-// ranges together: a group's rows are disjoint, so at most one thread writes each), sums that
-// segment's split partials for the row in split order, and each thread takes
+// chunk). The block finds its row's segment in each group and its intermediate (load_row_segs),
+// and each thread takes
 // WIDE_EXPAND_PER_THREAD columns a block width apart: gate and up loaded first, each plus its
 // delta with expand_wide_block's per-column arithmetic (swiglu_deltas), then silu_value, and
 // act and its bf16 rounding stored.
@@ -784,25 +813,12 @@ __device__ __forceinline__ void swiglu_deltas(const lp_lora_seg& sg, const float
 __global__ void __launch_bounds__(WIDE_THREADS)
     lora_swiglu_kernel(float* act, uint16_t* act_bf16, const float* gate, const float* up, int cols, const lp_lora_seg* segs,
                        int gate_end, int num_segs, const float* scratch, int splits, int t_stride) {
-    __shared__ int found[2];
-    __shared__ lp_lora_seg sg[2];
-    __shared__ float t[2][LP_MAX_LORA_RANK];
+    __shared__ RowSegs rs;
     const int row = blockIdx.x;
-    if (threadIdx.x < 2) found[threadIdx.x] = -1;
-    __syncthreads();
-    for (int i = threadIdx.x; i < num_segs; i += blockDim.x) {
-        const int start = segs[i].start;
-        if (row >= start && row < start + segs[i].n) found[i < gate_end ? 0 : 1] = i;
-    }
-    __syncthreads();
-    if (threadIdx.x < 2 && found[threadIdx.x] >= 0) sg[threadIdx.x] = segs[found[threadIdx.x]];
-    __syncthreads();
-    for (int g = 0; g < 2; g++) {
-        if (found[g] < 0) continue;  // uniform over the block
-        const float* part = scratch + sg[g].t_off + (size_t)(row - sg[g].start) * sg[g].rank;
-        for (int j = threadIdx.x; j < sg[g].rank; j += blockDim.x) t[g][j] = split_sum(part, j, splits, t_stride);
-    }
-    __syncthreads();
+    const int lo[2] = {0, gate_end}, hi[2] = {gate_end, num_segs};
+    load_row_segs(rs, segs, lo, hi, row, scratch, splits, t_stride);
+    const int* found = rs.found;
+    const lp_lora_seg* sg = rs.sg;
     const size_t base = (size_t)row * cols;
     const int c0 = blockIdx.y * WIDE_EXPAND_COLS + threadIdx.x;
     float gv[WIDE_EXPAND_PER_THREAD], uv[WIDE_EXPAND_PER_THREAD], dg[WIDE_EXPAND_PER_THREAD], du[WIDE_EXPAND_PER_THREAD];
@@ -813,8 +829,8 @@ __global__ void __launch_bounds__(WIDE_THREADS)
         uv[i] = c < cols ? up[base + c] : 0.f;
         dg[i] = du[i] = 0.f;
     }
-    if (found[0] >= 0) swiglu_deltas(sg[0], t[0], c0, cols, dg);
-    if (found[1] >= 0) swiglu_deltas(sg[1], t[1], c0, cols, du);
+    if (found[0] >= 0) swiglu_deltas(sg[0], rs.t[0], c0, cols, dg);
+    if (found[1] >= 0) swiglu_deltas(sg[1], rs.t[1], c0, cols, du);
 #pragma unroll
     for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
         const int c = c0 + i * WIDE_THREADS;
@@ -843,38 +859,23 @@ extern "C" int lp_lora_swiglu(float* act, uint16_t* act_bf16, const float* gate,
 
 // LoRA RoPE (lp_lora_rope_store_kv; the design is at the top of the file): lp_rope_store_kv's
 // grid (row, head slot), 64 threads. A query head's block finds its row's segment among q's, a
-// key head's among k's and v's (threads test the segments' row ranges together; a group's rows
-// are disjoint), sums the row's split partials, and adds each column's delta (expand_dot, the
+// key head's among k's and v's, with its intermediate (load_row_segs), and adds each column's
+// delta (expand_dot, the
 // expands' per-column arithmetic) to the values it loads before rotating and storing them as
 // decode_fused.cu does (rope_rotate); v is written back with its deltas as well as to the cache.
 __global__ void lora_rope_store_kv_kernel(float* q, float* k, float* v, uint16_t* kc, uint16_t* vc, const int32_t* positions,
                                           const int32_t* slots, const float* table, int heads, int kv_heads, int dim,
                                           const lp_lora_seg* segs, int q_end, int k_end, int num_segs, const float* scratch,
                                           int splits, int t_stride) {
-    __shared__ int found[2];  // a query head's block: [0] q's segment; a key head's: [0] k's, [1] v's
-    __shared__ lp_lora_seg sg[2];
-    __shared__ float t[2][LP_MAX_LORA_RANK];
+    __shared__ RowSegs rs;  // a query head's block: group 0 q's segments; a key head's: 0 k's, 1 v's
     const int row = blockIdx.x, h = blockIdx.y, half = dim / 2;
     const bool query = h < heads;
     const int lo[2] = {query ? 0 : q_end, k_end}, hi[2] = {query ? q_end : k_end, query ? k_end : num_segs};
-    if (threadIdx.x < 2) found[threadIdx.x] = -1;
-    __syncthreads();
-    for (int g = 0; g < 2; g++)
-        for (int i = lo[g] + (int)threadIdx.x; i < hi[g]; i += blockDim.x)
-            if (row >= segs[i].start && row < segs[i].start + segs[i].n) found[g] = i;
-    __syncthreads();
-    if (threadIdx.x < 2 && found[threadIdx.x] >= 0) sg[threadIdx.x] = segs[found[threadIdx.x]];
-    __syncthreads();
-    for (int g = 0; g < 2; g++) {
-        if (found[g] < 0) continue;  // uniform over the block
-        const float* part = scratch + sg[g].t_off + (size_t)(row - sg[g].start) * sg[g].rank;
-        for (int j = threadIdx.x; j < sg[g].rank; j += blockDim.x) t[g][j] = split_sum(part, j, splits, t_stride);
-    }
-    __syncthreads();
+    load_row_segs(rs, segs, lo, hi, row, scratch, splits, t_stride);
     const float* tb = table + (size_t)positions[row] * dim;
     // plus adds group g's delta of column c to value x (x itself where the row has no segment).
     auto plus = [&](int g, float x, int c) {
-        return found[g] >= 0 ? x + sg[g].scale * expand_dot(sg[g].b, sg[g].rank, expand_vec(sg[g]), t[g], c) : x;
+        return rs.found[g] >= 0 ? x + rs.sg[g].scale * expand_dot(rs.sg[g].b, rs.sg[g].rank, expand_vec(rs.sg[g]), rs.t[g], c) : x;
     };
     if (query) {
         float* x = q + ((size_t)row * heads + h) * dim;
