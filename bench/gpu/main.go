@@ -611,10 +611,10 @@ func randomAdapters(b model.Backend, cfg *model.Config, n, rank int, targets []m
 // measurePrefill times one n-token prompt as one step (warm passes, then the mean of iters)
 // and returns seconds per prefill and the FLOPs it does: every projection over n rows, one
 // row of logits, and causal attention (QKᵀ and PV over n(n+1)/2 visible pairs per head).
-func measurePrefill(r *model.Runner, cfg *model.Config, n, pageSize, warm, iters int) (sec, flops float64, err error) {
+func measurePrefill(r *model.Runner, cfg *model.Config, n, pageSize, warm, iters int, ad *model.Adapter) (sec, flops float64, err error) {
 	s := prefillStep(n, pageSize)
 	logits := make([]float32, cfg.VocabSize)
-	ads := []*model.Adapter{nil}
+	ads := []*model.Adapter{ad}
 	for i := 0; i < warm; i++ {
 		if err := r.Forward(s, ads, logits); err != nil {
 			return 0, 0, err
@@ -635,6 +635,31 @@ func measurePrefill(r *model.Runner, cfg *model.Config, n, pageSize, warm, iters
 	matFlops += float64(2 * cfg.VocabSize * cfg.HiddenSize) // one row of logits
 	attnFlops := float64(cfg.NumLayers) * 4 * float64(cfg.NumHeads*cfg.HeadDim) * float64(n) * float64(n+1) / 2
 	return sec, matFlops + attnFlops, nil
+}
+
+// adapterPrefill is one adapter's cost at time to first token: an n-token prompt on one adapter of
+// rank on all seven projections against the same prompt on none, on the tensor-core attention,
+// one right after the other on runner r.
+func (x *bench) adapterPrefill(r *model.Runner, n, rank int) error {
+	x.b.SetPrefillAttention(true)
+	ads, err := randomAdapters(x.b, x.cfg, 1, rank, benchenv.AllProj())
+	if err != nil {
+		return err
+	}
+	defer ads[0].Free(x.b)
+	base, _, err := measurePrefill(r, x.cfg, n, x.pageSize, 2, 5, nil)
+	if err != nil {
+		return err
+	}
+	with, _, err := measurePrefill(r, x.cfg, n, x.pageSize, 2, 5, ads[0])
+	if err != nil {
+		return err
+	}
+	x.res.AdapterPrefill = &gpuresults.AdapterPrefill{Tokens: n, Rank: rank, Base: float64(n) / base, Adapter: float64(n) / with, Ratio: base / with}
+	fmt.Printf("prefill %d tokens on one rank-%d adapter (all seven projections): %.1f ms against %.1f ms on none = %.3f\n",
+		n, rank, with*1e3, base*1e3, base/with)
+	x.write()
+	return nil
 }
 
 // prefillStage measures prefill at each -prefill-tokens length on the tensor-core attention
@@ -688,7 +713,7 @@ func (x *bench) prefillStage() error {
 		case pt.n > 2048:
 			warm, iters = 1, 3
 		}
-		sec, flops, err := measurePrefill(r, cfg, pt.n, x.pageSize, warm, iters)
+		sec, flops, err := measurePrefill(r, cfg, pt.n, x.pageSize, warm, iters, nil)
 		if err != nil {
 			return fmt.Errorf("prefill %d: %w", pt.n, err)
 		}
@@ -726,6 +751,11 @@ func (x *bench) prefillStage() error {
 		fmt.Printf("prefill %d tokens, %s attention: %.1f ms, %.0f tok/s, %.0f TFLOP/s = %.3f of cuBLAS GEMM, attention %.3f ms/layer\n",
 			pt.n, kernel, sec*1e3, p.TokensPerS, p.FLOPs/1e12, p.RatioToGEMM, p.AttnLayerMS)
 		x.write()
+	}
+	if slices.Contains(x.o.prefill, 2048) {
+		if err := x.adapterPrefill(r, 2048, 16); err != nil {
+			return fmt.Errorf("prefill on an adapter: %w", err)
+		}
 	}
 	fmt.Printf("\n| prompt | attention kernel | prefill ms | tok/s | TFLOP/s | ÷ cuBLAS GEMM | attention ms/layer | attention TFLOP/s |\n|---|---|---|---|---|---|---|---|\n")
 	sorted := slices.Clone(x.res.Prefill)

@@ -16,7 +16,7 @@
 #                ~10 s on a warm machine's second call (make and the Go cache are incremental)
 #   loraplex     bench/gpu: ceilings, decode (ctx 128, 4k, 32k), adapters (rank 16 all, rank 8 q/v),
 #                routed top-2 of 28, deterministic mode ÷ default (same process), prefill 2k/8k/32k
-#                (tensor cores; 2k also CUDA cores): ~60 s. The weights are one shared 1 GB buffer of
+#                (tensor cores; 2k also CUDA cores, and on one rank-16 adapter): ~60 s. The weights are one shared 1 GB buffer of
 #                random bf16 (benchenv.RandomSource), not 16 GB generated: 16 GB uploaded in 3-5 s
 #                per process (2.7-4.5 s on the H200), as in every Go stage below
 #   prefixcache  bench/prefixcache on CUDA, 8B shape: TTFT with a 2,000-token cached prefix ÷

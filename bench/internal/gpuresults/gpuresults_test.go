@@ -379,6 +379,8 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 	ab.Adapters = nil
 	ab.Deterministic = &Deterministic{Available: true, On: map[int]float64{1: 140, 64: 5400}, Default: map[int]float64{1: 160, 64: 6000},
 		Ratio: map[int]float64{1: 140.0 / 160, 64: 0.9}}
+	lp.AdapterPrefill = &AdapterPrefill{Tokens: 2048, Rank: 16, Base: 30000, Adapter: 24000, Ratio: 0.8}
+	ab.AdapterPrefill = &AdapterPrefill{Tokens: 2048, Rank: 16, Base: 33000, Adapter: 30000, Ratio: 30000.0 / 33000}
 	writeJSON(t, filepath.Join(dir, "loraplex.json"), lp)
 	writeJSON(t, filepath.Join(dir, "ab-fused-decode-on.json"), ab)
 	writeJSON(t, filepath.Join(dir, "prefixcache.json"), prefixRun{Prefix: 2000, Suffix: 40, UncachedMS: 74.5, CachedMS: 12.2, Ratio: 12.2 / 74.5})
@@ -394,11 +396,15 @@ func TestABRowsAgainstTheDefault(t *testing.T) {
 		"ab_fused-decode-on_deterministic_vs_default_b64": 0.9, "ab_fused-decode-on_prefix_ttft_cached": 0.75,
 		"ab_fused-decode-on_prefix_ttft_cached_vs_uncached": 0.125, "ab_fused-decode-on_single_adapter_b1": 1.2,
 		"ab_fused-decode-on_routed_b1": 1.2, "ab_fused-decode-on_routed_b64": 1.05, "ab_fused-decode-on_prefill_2048": 1.1,
-		"ab_fused-decode-on_prefill_8192": 1.2, "ab_fused-decode-on_prefill_attention_2048": 1.7,
+		"ab_fused-decode-on_prefill_8192": 1.2, "ab_fused-decode-on_prefill_2048_one_adapter": 1.25,
+		"ab_fused-decode-on_prefill_attention_2048": 1.7,
 		"ab_fused-decode-on_prefill_attention_8192": 2.0, "ab_fused-decode-on_adapters8qv_b64_of_ceiling": 5500.0 / 6000 / 0.97} {
 		if r := rows[id]; r.Value == nil || !near(*r.Value, want) || r.Issue != ABRows || !strings.Contains(r.Measure, "LORAPLEX_FUSED_DECODE=on") {
 			t.Errorf("row %s: %+v, want %v", id, r, want)
 		}
+	}
+	if r := rows["prefill_2048_one_adapter_vs_base"]; r.Value == nil || !near(*r.Value, 0.8) || r.Issue != 15 || r.Goal != "" {
+		t.Errorf("the adapter prefill row: %+v", r)
 	}
 	if r := rows["ab_fused-decode-on_adapters16_b64"]; r.Value != nil {
 		t.Errorf("a row the A/B run lacks: %+v", r)

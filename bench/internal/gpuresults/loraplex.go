@@ -24,6 +24,9 @@ type Loraplex struct {
 	Router          []RouterPoint      `json:"router_28_experts_top2,omitempty"`
 	Deterministic   *Deterministic     `json:"deterministic,omitempty"`
 	Prefill         []PrefillPoint     `json:"prefill,omitempty"`
+	// AdapterPrefill: a 2,048-token prompt on one rank-16 adapter against the same prompt on
+	// none (the LoRA cost at time to first token; no goal of its own).
+	AdapterPrefill *AdapterPrefill `json:"prefill_2048_one_rank16_adapter,omitempty"`
 	// Env: the LORAPLEX_* variables the run saw (the switches A/B runs flip).
 	Env map[string]string `json:"env,omitempty"`
 	// StageSeconds: wall time of each stage, the weights' upload included as "weights".
@@ -75,6 +78,16 @@ type Deterministic struct {
 	Default   map[int]float64 `json:"default_tokens_per_s,omitempty"`
 	On        map[int]float64 `json:"deterministic_tokens_per_s,omitempty"`
 	Ratio     map[int]float64 `json:"ratio,omitempty"`
+}
+
+// AdapterPrefill is one prompt prefilled as one step on the tensor-core attention, on one adapter
+// of Rank on all seven projections (Adapter) and on none (Base), measured one after the other.
+type AdapterPrefill struct {
+	Tokens  int     `json:"tokens"`
+	Rank    int     `json:"rank"`
+	Base    float64 `json:"base_tokens_per_s"`
+	Adapter float64 `json:"adapter_tokens_per_s"`
+	Ratio   float64 `json:"ratio"`
 }
 
 // PrefillPoint is one prompt prefilled as one step on one attention kernel.

@@ -164,6 +164,16 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 			goal{}, p.Single/p.Base, ok && p.Base > 0, tps(p.Single), tps(p.Base), noteIf(!ok, lp.failed("router"))))
 	}
 
+	// What one adapter costs a prompt's prefill (no goal of its own): LoRA's share of time to
+	// first token, where the LoRA expands into SwiGLU and RoPE save the most.
+	if a := lp.AdapterPrefill; a != nil {
+		add(row(15, "prefill_2048_one_adapter_vs_base", "prefill 2,048 tokens, one rank-16 adapter on all 7 projections ÷ no adapter",
+			goal{}, a.Ratio, a.Base > 0, tps(a.Adapter), tps(a.Base), ""))
+	} else {
+		add(row(15, "prefill_2048_one_adapter_vs_base", "prefill 2,048 tokens, one rank-16 adapter on all 7 projections ÷ no adapter",
+			goal{}, 0, false, "", "", lp.failed("prefill")))
+	}
+
 	// Cold load.
 	var warm, load, digest, upload float64
 	okCL, beside := false, false
@@ -238,6 +248,7 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 			{"adapters8qv_b64", "64 distinct rank-8 q/v adapters", mixed(ab.AdaptersQV), mixed(lp.AdaptersQV)},
 			{"prefill_2048", "prefill 2,048 tokens", tokensPerS(ab, 2048), tokensPerS(*lp, 2048)},
 			{"prefill_8192", "prefill 8,192 tokens", tokensPerS(ab, 8192), tokensPerS(*lp, 8192)},
+			{"prefill_2048_one_adapter", "prefill 2,048 tokens on one rank-16 adapter", adapterPrefill(ab), adapterPrefill(*lp)},
 			{"deterministic_b1", "deterministic mode, batch-1 decode", deterministicTokens(ab, 1), deterministicTokens(*lp, 1)},
 			{"deterministic_b64", "deterministic mode, batch-64 decode", deterministicTokens(ab, 64), deterministicTokens(*lp, 64)},
 			{"single_adapter_b1", "one rank-8 adapter, batch-1 decode", routerTokens(ab, 1, false), routerTokens(*lp, 1, false)},
@@ -332,6 +343,14 @@ func deterministicTokens(r Loraplex, batch int) float64 {
 func tokensPerS(r Loraplex, n int) float64 {
 	p, _ := r.bestPrefill(n)
 	return p.TokensPerS
+}
+
+// adapterPrefill is the prefill throughput on one adapter (0 when not measured).
+func adapterPrefill(r Loraplex) float64 {
+	if r.AdapterPrefill == nil {
+		return 0
+	}
+	return r.AdapterPrefill.Adapter
 }
 
 // attnLayerMS is one layer's prefill attention time at n tokens on the fastest prefill's kernel
