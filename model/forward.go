@@ -31,7 +31,8 @@ type Runner struct {
 	scoreBuf                                  []float32            // host copies of logits rows being scored (score.go)
 	segs                                      [NumProj][]LoRASeg   // this layer's LoRA segments: a segCache entry, or routedSegs
 	segCache                                  [][NumProj][]LoRASeg // every layer's segs as the last step built them (loadSegs)
-	segFrom                                   []segSource          // what segCache was built from; nil: nothing
+	segFrom                                   []segSource          // what segCache was built from, when segValid
+	segValid                                  bool                 // segCache and segKey hold segFrom's segments
 	segKey                                    []byte               // the step key's part for segCache's layout (stepKey)
 	routedSegs                                [NumProj][]LoRASeg   // a routed step's segs, rebuilt each layer (routeProj appends)
 	routing                                   routeState
@@ -115,6 +116,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 		}
 	}
 	r.segCache = make([][NumProj][]LoRASeg, cfg.NumLayers)
+	r.segFrom = make([]segSource, 0, opt.MaxTokens) // a step has at most a sequence a row
 	for p := range r.routedSegs {
 		r.routedSegs[p] = make([]LoRASeg, 0, 64)
 		for l := range r.segCache {
@@ -635,13 +637,14 @@ type segSource struct {
 // adapters 14,336 segments, host time the device waits for (BenchmarkStepHostWalk). Steps with
 // routed sequences build theirs layer by layer (routeProj appends to them) and leave the cache
 // empty. Adapters do not change while a sequence holds them, and segFrom keeps each one it
-// names alive, so an adapter freed since cannot come back at the same address.
+// names alive, so an adapter freed since cannot come back at the same address. Steps allocate
+// nothing here once the lists have grown to the batch (segFrom is sized for MaxTokens).
 func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	if r.routing.seqs > 0 {
-		r.segFrom = nil
+		r.segValid = false
 		return
 	}
-	same := r.segFrom != nil && len(r.segFrom) == len(adapters)
+	same := r.segValid && len(r.segFrom) == len(adapters)
 	for i := 0; same && i < len(adapters); i++ {
 		f, sq := r.segFrom[i], s.Seqs[i]
 		same = f.a == adapters[i] && f.start == sq.Start && f.n == sq.N
@@ -649,6 +652,9 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	if same {
 		return
 	}
+	// Invalid until the whole rebuild is done: a step that panics in it (recovered by the
+	// engine) must not leave a half-rebuilt cache for a later step to take.
+	r.segValid = false
 	r.segKey = r.segKey[:0]
 	for l := range r.segCache {
 		r.buildSegs(&r.segCache[l], l, s, adapters)
@@ -664,6 +670,7 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	for i, a := range adapters {
 		r.segFrom = append(r.segFrom, segSource{a, s.Seqs[i].Start, s.Seqs[i].N})
 	}
+	r.segValid = true
 }
 
 // layerSegs sets r.segs to layer l's segments: loadSegs's for the layer, or a routed step's

@@ -50,6 +50,8 @@ func TestStepSegmentsFollowTheirSequences(t *testing.T) {
 		{[]int{2, 1, 1}, []*model.Adapter{b, a, nil}}, // more rows for the first
 		{[]int{2, 1, 1}, []*model.Adapter{b, nil, c}}, // one dropped, one added
 		{[]int{1, 1, 1}, []*model.Adapter{a, b, nil}}, // back to the first layout
+		{[]int{1, 1, 1}, []*model.Adapter{a, b, c}},
+		{[]int{1, 1, 2}, []*model.Adapter{a, b, c}}, // only the last adapted sequence's rows change
 	}
 	for k, st := range steps {
 		s := step(st.rows)
@@ -74,6 +76,44 @@ func TestStepSegmentsFollowTheirSequences(t *testing.T) {
 			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
 				t.Fatalf("%s", fmt.Sprintf("step %d (rows %v): logit %d is %v after the earlier steps, %v alone", k, st.rows, i, got[i], want[i]))
 			}
+		}
+	}
+}
+
+// A rebuild that panics (here an adapter one layer short; the engine recovers from a step's
+// panic and goes on with the same runner) leaves no half-built segments behind: the step before
+// it, run again, gives the same logits to the bit.
+func TestStepSegmentsAfterAPanickedRebuild(t *testing.T) {
+	const name = "llama"
+	b := cpu.New(1)
+	t.Cleanup(b.Close)
+	_, cfg, h := fixture.Open(t, name, b)
+	ads := fixtureadapters.Upload(t, name, cfg, b)
+	s := &model.Step{Tokens: []int32{3, 4}, Positions: []int32{0, 0}, Slots: []int32{0, int32(h.PageSize)},
+		Seqs:      []model.SeqRows{{Start: 0, N: 1, Len: 1, Pages: []int32{0}}, {Start: 1, N: 1, Len: 1, Pages: []int32{1}}},
+		LogitRows: []int32{0, 1}}
+	run := func(list []*model.Adapter) []float32 {
+		out := make([]float32, 2*cfg.VocabSize)
+		if err := h.R.Forward(s, list, out); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	first := run([]*model.Adapter{ads["a_qv"], nil})
+	short := *ads["b_all_rslora"] // every projection of every layer: its rows' segments are in each layer built before the panic
+	short.Modules = short.Modules[:len(short.Modules)-1]
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("a step on an adapter one layer short did not panic")
+			}
+		}()
+		run([]*model.Adapter{ads["a_qv"], &short})
+	}()
+	again := run([]*model.Adapter{ads["a_qv"], nil})
+	for i := range first {
+		if math.Float32bits(first[i]) != math.Float32bits(again[i]) {
+			t.Fatalf("logit %d is %v after the panicked step, %v before it", i, again[i], first[i])
 		}
 	}
 }
