@@ -50,19 +50,35 @@ func runChunkings(t *testing.T, h *fixture.Harness, cases []fixture.Case, adapte
 	}
 }
 
-// TestFixturesCUDA runs the engine-core fixture suite (every family, base + 4 adapters in one
-// mixed batch, prefill whole and chunked) on the GPU against the transformers/peft reference.
-func TestFixturesCUDA(t *testing.T) {
-	b := newGPU(t)
+// fixtureCase is one fixture model open on a backend, with its four adapters uploaded.
+type fixtureCase struct {
+	name     string
+	fx       *fixture.Fixture
+	cfg      *model.Config
+	h        *fixture.Harness
+	adapters map[string]*model.Adapter
+}
+
+// eachFixture runs fn as a subtest on every fixture model open on b, and fails the subtest when
+// b has failed by its end.
+func eachFixture(t *testing.T, b *cuda.Backend, fn func(t *testing.T, c fixtureCase)) {
+	t.Helper()
 	for _, name := range fixture.Models {
 		t.Run(name, func(t *testing.T) {
 			fx, cfg, h := fixture.Open(t, name, b)
-			runChunkings(t, h, fx.Cases, fixtureadapters.Upload(t, name, cfg, b), name)
+			fn(t, fixtureCase{name, fx, cfg, h, fixtureadapters.Upload(t, name, cfg, b)})
 			if err := b.Err(); err != nil {
 				t.Fatal(err)
 			}
 		})
 	}
+}
+
+// TestFixturesCUDA runs the engine-core fixture suite (every family, base + 4 adapters in one
+// mixed batch, prefill whole and chunked) on the GPU against the transformers/peft reference.
+func TestFixturesCUDA(t *testing.T) {
+	b := newGPU(t)
+	eachFixture(t, b, func(t *testing.T, c fixtureCase) { runChunkings(t, c.h, c.fx.Cases, c.adapters, c.name) })
 	// Decode steps of the same shape replayed recorded graphs (each model's first decode step
 	// recorded one; the rest of the suite above compared the replays against the reference).
 	if b.GraphCount() == 0 {

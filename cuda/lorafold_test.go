@@ -10,7 +10,6 @@ import (
 
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
-	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -251,20 +250,13 @@ func checkReplayed(t *testing.T, direct, recorded, replayed [][]float32, fixed f
 func TestLoRAFoldFixturesCUDA(t *testing.T) {
 	b := newGPU(t)
 	b.SetLoRAFold(true)
-	for _, name := range fixture.Models {
-		t.Run(name, func(t *testing.T) {
-			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := fixtureadapters.Upload(t, name, cfg, b)
-			for _, stage := range []bool{false, true} {
-				b.SetNormStage(stage)
-				runChunkings(t, h, fx.Cases, adapters, fmt.Sprintf("%s stage %v", name, stage))
-				runChunkings(t, h, fx.Cases[len(fx.Cases)-1:], adapters, fmt.Sprintf("%s last case alone, stage %v", name, stage))
-			}
-			if err := b.Err(); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	eachFixture(t, b, func(t *testing.T, c fixtureCase) {
+		for _, stage := range []bool{false, true} {
+			b.SetNormStage(stage)
+			runChunkings(t, c.h, c.fx.Cases, c.adapters, fmt.Sprintf("%s stage %v", c.name, stage))
+			runChunkings(t, c.h, c.fx.Cases[len(c.fx.Cases)-1:], c.adapters, fmt.Sprintf("%s last case alone, stage %v", c.name, stage))
+		}
+	})
 	if b.GraphCount() == 0 || b.FoldCount() == 0 {
 		t.Fatalf("%d recordings, %d folded calls", b.GraphCount(), b.FoldCount())
 	}
@@ -370,31 +362,24 @@ func TestNormKeptProducts(t *testing.T) {
 func TestNormKeepFixturesCUDA(t *testing.T) {
 	b := newGPU(t)
 	b.SetNormBF16(true)
-	for _, name := range fixture.Models {
-		t.Run(name, func(t *testing.T) {
-			fx, cfg, h := fixture.Open(t, name, b)
-			adapters := fixtureadapters.Upload(t, name, cfg, b)
-			var results [2][]fixture.Result
-			for i, keep := range []bool{false, true} {
-				b.SetNormKeep(keep)
-				for _, chunk := range []int{1 << 20, 3} {
-					res, err := h.Run(fx.Cases, adapters, chunk, bf16Tolerance)
-					if err != nil {
-						t.Fatalf("keep %v chunk %d: %v", keep, chunk, err)
-					}
-					results[i] = append(results[i], res)
+	eachFixture(t, b, func(t *testing.T, c fixtureCase) {
+		var results [2][]fixture.Result
+		for i, keep := range []bool{false, true} {
+			b.SetNormKeep(keep)
+			for _, chunk := range []int{1 << 20, 3} {
+				res, err := c.h.Run(c.fx.Cases, c.adapters, chunk, bf16Tolerance)
+				if err != nil {
+					t.Fatalf("keep %v chunk %d: %v", keep, chunk, err)
 				}
+				results[i] = append(results[i], res)
 			}
-			for j := range results[0] {
-				if results[0][j] != results[1][j] {
-					t.Fatalf("run %d: kept norm %+v, without %+v", j, results[1][j], results[0][j])
-				}
+		}
+		for j := range results[0] {
+			if results[0][j] != results[1][j] {
+				t.Fatalf("run %d: kept norm %+v, without %+v", j, results[1][j], results[0][j])
 			}
-			if err := b.Err(); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+		}
+	})
 	if b.NormKeptCount() == 0 || b.GraphCount() == 0 {
 		t.Fatalf("%d kept calls, %d recordings", b.NormKeptCount(), b.GraphCount())
 	}
@@ -418,79 +403,18 @@ func TestNormKeptGraphReplay(t *testing.T) {
 	}
 	r := rand.New(rand.NewPCG(83, 84))
 	const n, k, eps = 4, 1024, 1e-5
-	widths, ranks := []int{1024, 256, 256}, []int{16, 8}
-	upload := func(h model.HostTensor) model.Tensor {
-		x, err := b.Upload(h, h.Shape[0], h.Shape[1])
-		if err != nil {
-			t.Fatal(err)
-		}
-		return x
-	}
-	alloc := func(rows, cols int, vals []float32) model.Tensor {
-		x := b.Alloc(rows, cols)
-		if vals != nil {
-			if err := b.Write(x, vals); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return x
-	}
-	var ws, outs, biases []model.Tensor
-	for _, m := range widths {
-		ws = append(ws, upload(hostBF16(r, m, k, 1/math.Sqrt(k))))
-		outs = append(outs, b.Alloc(n, m))
-		biases = append(biases, model.Tensor{})
-	}
-	// Rows 0 and 1 on a rank-16 adapter, row 2 on none, row 3 on a rank-8 one: one segment a
-	// sequence, as the forward pass lays them out.
-	layout := []int{0, 0, -1, 1}
-	adapters := func() [][]model.LoRASeg {
-		segs := make([][]model.LoRASeg, len(widths))
-		for i, m := range widths {
-			var as, bs []model.Tensor
-			for _, rk := range ranks {
-				as = append(as, upload(hostBF16(r, rk, k, 1/math.Sqrt(k))))
-				bs = append(bs, upload(hostBF16(r, m, rk, 1/math.Sqrt(float64(rk)))))
-			}
-			for row, a := range layout {
-				if a >= 0 {
-					segs[i] = append(segs[i], model.LoRASeg{Start: row, N: 1, A: as[a], B: bs[a], Scale: float32(0.5 + r.Float64())})
-				}
-			}
-		}
-		return segs
-	}
-	recorded, replayed := adapters(), adapters()
-	x, delta, next := alloc(n, k, randFloats(r, n*k)), alloc(n, k, randFloats(r, n*k)), alloc(n, k, nil)
-	in := model.NormedInput{X: x, Delta: delta, Next: next, Weight: alloc(1, k, randFloats(r, k)), Eps: eps}
-	key := []byte("norm kept replay")
-	run := func(segs [][]model.LoRASeg, key []byte, wantReplay bool) [][]float32 {
-		if replay := b.BeginStep(key); replay != wantReplay {
-			t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
-		}
+	widths := []int{1024, 256, 256}
+	c := newNormCase(t, b, r, n, k, widths, true)
+	biases := make([]model.Tensor, len(widths))
+	in := c.input(eps)
+	checkReplayForOtherAdapters(t, b, c, r, k, widths, func(segs [][]model.LoRASeg) bool {
 		kept := b.NormKeptCount()
-		if !b.NormFoldedProducts(outs, in, ws, biases, segs) || b.NormKeptCount() != kept+1 {
-			t.Fatal("the kept call declined")
-		}
-		if err := b.EndStep(); err != nil {
-			t.Fatal(err)
-		}
+		return b.NormFoldedProducts(c.got, in, c.ws, biases, segs) && b.NormKeptCount() == kept+1
+	}, func() [][]float32 {
 		var got [][]float32
-		for _, o := range append(outs, next) {
+		for _, o := range append(c.got, c.next) {
 			got = append(got, read(t, b, o))
 		}
 		return got
-	}
-	direct := run(replayed, nil, false)
-	other := run(recorded, key, false)
-	if b.GraphCount() != 1 {
-		t.Fatalf("%d recordings, want 1", b.GraphCount())
-	}
-	// The residual (the last output) and the row without an adapter carry no delta.
-	checkReplayed(t, direct, other, run(replayed, key, true), func(i, j int) bool {
-		return i == len(widths) || layout[j/(len(direct[i])/n)] < 0
 	})
-	if err := b.Err(); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -9,8 +9,6 @@ import (
 	"testing"
 
 	"github.com/loraplex/loraplex/cuda"
-	"github.com/loraplex/loraplex/internal/fixture"
-	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
 )
 
@@ -269,20 +267,14 @@ func TestLoRAExpandFusionsFixturesCUDA(t *testing.T) {
 	b.SetFusedDecode(true) // what the two take: set, whatever the environment says
 	b.SetLoRAWide(true)
 	b.SetSwiGLUBF16(true)
-	for _, name := range fixture.Models {
-		t.Run(name, func(t *testing.T) {
-			swiglu, rope := b.LoRASwiGLUCount(), b.LoRARoPECount()
-			fx, cfg, h := fixture.Open(t, name, b)
-			runChunkings(t, h, fx.Cases, fixtureadapters.Upload(t, name, cfg, b), name)
-			if err := b.Err(); err != nil {
-				t.Fatal(err)
-			}
-			// Gate/up biases keep SwiGLU apart, q/k/v biases and Q/K norms RoPE.
-			if !cfg.MLPBias != (b.LoRASwiGLUCount() > swiglu) || (!cfg.QKNorm && !cfg.QKVBias) != (b.LoRARoPECount() > rope) {
-				t.Fatalf("%d LoRA SwiGLU and %d LoRA RoPE calls", b.LoRASwiGLUCount()-swiglu, b.LoRARoPECount()-rope)
-			}
-		})
-	}
+	eachFixture(t, b, func(t *testing.T, c fixtureCase) {
+		swiglu, rope := b.LoRASwiGLUCount(), b.LoRARoPECount()
+		runChunkings(t, c.h, c.fx.Cases, c.adapters, c.name)
+		// Gate/up biases keep SwiGLU apart, q/k/v biases and Q/K norms RoPE.
+		if !c.cfg.MLPBias != (b.LoRASwiGLUCount() > swiglu) || (!c.cfg.QKNorm && !c.cfg.QKVBias) != (b.LoRARoPECount() > rope) {
+			t.Fatalf("%d LoRA SwiGLU and %d LoRA RoPE calls", b.LoRASwiGLUCount()-swiglu, b.LoRARoPECount()-rope)
+		}
+	})
 	if b.GraphCount() == 0 {
 		t.Fatal("no step was recorded")
 	}
