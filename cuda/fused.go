@@ -71,17 +71,18 @@ const (
 	// (goals-2026-12-07-final3/suite.txt: TestRoutedWideSweep and the routed suites).
 	routedWideDefault  = true
 	routedFusedDefault = true
-	// routedGroupDefault: off until a GPU run has tested it (TestRoutedGroup) and measured it:
-	// written without a GPU from Nsight Compute's batch-1 routed step (goals-2026-12-07-s25c/
-	// prof-routed1.txt: 12-13 us a routing shrink and 7-8 us a routed expand, 7 of each a
-	// layer, latency that the members of q/k/v and of gate/up can share in one launch each).
-	routedGroupDefault = false
-	// routedFoldDefault: off until a GPU run has tested it (TestRoutedFold) and measured it;
-	// written without a GPU from the same profile (no routing shrink launch remains at batch 1).
-	routedFoldDefault = false
-	normGEMVDefault   = true
-	pdlDefault        = PDLOff
-	gemvDeepDefault   = false
+	// routedGroupDefault, routedFoldDefault: on. Written without a GPU from Nsight Compute's
+	// batch-1 routed step (goals-2026-12-07-s25c/prof-routed1.txt: 12-13 us a routing shrink and
+	// 7-8 us a routed expand, 7 of each a layer, latency that the members of q/k/v and of gate/up
+	// can share in one launch each; folded, no routing shrink launch remains at batch 1). Their
+	// tests passed on an H100 (TestRoutedGroup*, TestRoutedFold*), and one A/B run there measured
+	// both together at 1.261x on routed decode at batch 1 and 1.033x at 64, the rows without
+	// routers within noise (bench/results/gpu-h100/goals-2026-12-07-s26a).
+	routedGroupDefault = true
+	routedFoldDefault  = true
+	normGEMVDefault    = true
+	pdlDefault         = PDLOff
+	gemvDeepDefault    = false
 	// gemvStreamDefault: on after one A/B run on an H100 (goals-2026-12-07-ab4): batch-1 decode
 	// 1.035x at ctx 128, 1.014x at 4k, 1.010x at 32k, one rank-8 adapter at batch 1 1.084x,
 	// routed batch 1 1.077x; batch 64 (no batch-1 GEMVs) within noise. TestGEMVDeepBitwise holds
@@ -114,19 +115,20 @@ const (
 	// 1.026x, 8k 1.012x and 1.028x, batch-64 decode 1.015x (goals-2026-12-07-ab4, -s24a; batch 1
 	// and steps with LoRA on the products do not take it).
 	normBF16Default = true
-	// normKeepDefault: off until a GPU run has tested it (TestNormKeptProducts holds it to
-	// bitwise the unfused path) and measured it. Written without a GPU: an adapted step of more
-	// than gemvRows rows declines NormMatMulShared (its LoRA shrinks read the normed rows), so
-	// each of its layers runs two conversion passes the base model's steps no longer make.
-	normKeepDefault = false
-	// loraSwiGLUDefault: off until a GPU run has tested it (TestLoRASwiGLU) and measured it.
-	// Written without a GPU from the s25c per-op breakdown: the gate/up expand's read-modify-write
-	// of both products' outputs (14.7 MB a layer at batch 64, 470 MB at a 2,048-row prefill) and
-	// its launch, before a SwiGLU that reads them again.
-	loraSwiGLUDefault = false
-	// loraRoPEDefault: off until a GPU run has tested it (TestLoRARoPE) and measured it: the
-	// same idea for q/k/v (their expand's pass before RoPE + KV store reads the products again).
-	loraRoPEDefault = false
+	// normKeepDefault, loraSwiGLUDefault, loraRoPEDefault: on. Written without a GPU: an adapted
+	// step of more than gemvRows rows declined NormMatMulShared (its LoRA shrinks read the normed
+	// rows), so each of its layers ran two conversion passes the base model's steps no longer
+	// make; and gate/up's and q/k/v's expands read and wrote both products' outputs (14.7 MB a
+	// layer at batch 64 for gate/up, 470 MB at a 2,048-row prefill) right before SwiGLU or RoPE
+	// read them again. Their tests passed on an H100 (TestNormKeptProducts bitwise the unfused
+	// path, TestLoRASwiGLU, TestLoRARoPE, their replay and fixture tests), and one A/B run there
+	// measured the three together at 1.040x on 64 rank-16 adapters at batch 64 (0.924 of the
+	// byte-bound ceiling), 1.038x on 64 rank-8 q/v adapters and 1.129x on a 2,048-token prefill
+	// on one rank-16 adapter, every other row within noise; the kept norm alone within noise
+	// (bench/results/gpu-h100/goals-2026-12-07-s26a).
+	normKeepDefault   = true
+	loraSwiGLUDefault = true
+	loraRoPEDefault   = true
 	// normVecDefault: on. TestRMSNormSweep holds it to the CPU (H200: its first bound failed in
 	// goals-2026-12-07-s24c/suite.txt, the corrected one passed in call5-focus.txt there);
 	// two A/B runs on an H200 measured batch-64 decode 1.087x and 1.093x, 64 rank-16 adapters

@@ -24,6 +24,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strconv"
@@ -61,8 +62,15 @@ func main() {
 	flag.BoolVar(&hostLogits, "host-logits", false, "decode copies every logits row to the host (the CPU-sampling path) instead of sampling greedily on the device")
 	routerBatches := flag.String("router-batches", "1,64", "router stage: batch sizes")
 	routerSides := flag.String("router-sides", "base,single,routed", "router stage: which of base, single (one adapter) and routed to run (a profiler's view of one; the ratio needs single and routed)")
+	cpuProfile := flag.String("cpuprofile", "", "write a Go CPU profile of the whole run here (the host's part of replayed steps: go tool pprof)")
 	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2, the variants); prefill: the prefill stage alone")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		exitOn(err)
+		exitOn(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
 
 	var err error
 	switch *only {
