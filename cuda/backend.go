@@ -111,6 +111,14 @@ type Backend struct {
 	attnCap     int
 	loraCap     int
 	segSize     int
+	// The tables segDev holds as the last recorded or replayed step left them (SegmentKeeper,
+	// graph.go): the runner's version of their lists and the recording that reads them; zero
+	// once anything else may have written there.
+	devSegs, prevSegs segTable
+	segVersion        uint64 // this step's (StepSegments)
+	segsKept          bool   // this step replays devSegs as they are: no op runs, EndStep copies nothing
+	keptReplays       int    // replays that kept devSegs (KeptSegmentReplays)
+	segKeep           bool   // StepSegments may keep them (graph.go: LORAPLEX_SEGMENT_KEEP, SetSegmentKeep)
 
 	// Host time of replayed steps (graph.go, ReplayHostTime): from Prepare, once the stream is
 	// idle, to the graph's launch.
@@ -178,6 +186,7 @@ func New(device int) (*Backend, error) {
 	b.normStage = envSwitch("LORAPLEX_NORM_STAGE", normStageDefault)
 	b.normStagePair = envSwitch("LORAPLEX_NORM_STAGE_PAIR", normStagePairDefault)
 	b.loraFold = envSwitch("LORAPLEX_LORA_FOLD", loraFoldDefault)
+	b.segKeep = envSwitch("LORAPLEX_SEGMENT_KEEP", segKeepDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())
 	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)

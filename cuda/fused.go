@@ -42,6 +42,7 @@ import (
 //	LORAPLEX_LORA_ROPE=on|off      with it and the fused decode, q/k/v's LoRA deltas added inside RoPE + KV store (LoRARoPEer, loraswiglu.go)
 //	LORAPLEX_NORM_VEC=on|off       RMSNorm rows of a width divisible by 4 on the float4 kernel (kernels/rmsnorm.cu)
 //	LORAPLEX_PREFILL_WIDE=on|off   the tensor-core prefill in 128-row tiles, two m16 row tiles a warp (attention.go)
+//	LORAPLEX_SEGMENT_KEEP=on|off   a replay of the segment tables the device holds skips the forward pass's walk (SegmentKeeper, graph.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
 // compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,

@@ -37,9 +37,19 @@ type graphEntry struct {
 	lastUse uint64
 }
 
+// segTable names the LoRA segment tables on the device: a version of a runner's segment lists
+// (model.SegmentKeeper) as the recording g reads them.
+type segTable struct {
+	version uint64
+	g       *graphEntry
+}
+
 // BeginStep chooses how this step's ops run; see model.StepRecorder.
 func (b *Backend) BeginStep(key []byte) bool {
 	b.mode, b.broken, b.segUsed = modeDirect, false, 0
+	// Whatever this step does, the tables the last one left are only known valid until it
+	// writes: StepSegments compares with prevSegs, EndStep names the ones the step leaves.
+	b.prevSegs, b.devSegs, b.segVersion, b.segsKept = b.devSegs, segTable{}, 0, false
 	if key == nil || b.numTiles > 0 || len(b.step.Tokens) > maxGraphRows || b.failed() || b.noGraphs || !b.graphCheck(key) {
 		return false
 	}
@@ -82,7 +92,12 @@ func (b *Backend) EndStep() error {
 		if b.broken {
 			return model.ErrRerun
 		}
-		b.copySegs()
+		if b.segsKept {
+			b.keptReplays++
+		} else {
+			b.copySegs()
+		}
+		b.leaveSegs(b.replaying)
 		if !b.hostFrom.IsZero() { // a step Prepare began (tests drive BeginStep alone)
 			b.hostReplays++
 			b.hostTotal += time.Since(b.hostFrom)
@@ -114,6 +129,7 @@ func (b *Backend) EndStep() error {
 		g := &graphEntry{exec: exec, lastUse: b.useCount}
 		b.graphs[b.capKey] = g
 		b.copySegs()
+		b.leaveSegs(g)
 		b.ok("graph launch", C.lp_graph_launch(exec, C.P_stream(b.stream)))
 		return b.Err()
 	}
@@ -157,8 +173,43 @@ func setSwitch[T comparable](b *Backend, p *T, v T) {
 	*p = v
 }
 
+var _ model.SegmentKeeper = (*Backend)(nil)
+
+// StepSegments implements model.SegmentKeeper: a replay keeps the tables on the device when the
+// last recorded or replayed step left this version's for this same recording. A recording's
+// ring layout is the order of its LoRA calls, which its key fixes, and a version names the
+// segments' content, so the bytes there are the ones the step would copy. Steps that route on
+// the device write segments there themselves and have version 0.
+func (b *Backend) StepSegments(version uint64) bool {
+	b.segVersion = version
+	b.segsKept = b.segKeep && b.mode == modeReplay && version != 0 && b.prevSegs == segTable{version, b.replaying}
+	return b.segsKept
+}
+
+// segKeepDefault: on. Written without a GPU from goals-2026-12-07-s26a's host lines: ~600 us of
+// host work a replayed batch-64 step on adapters (0.05-0.06 of the step, one adapter or 64),
+// against 25-60 us without adapters; BenchmarkStepHostWalk puts the model's part of a kept step
+// at 3 us where the walk costs 163 (bench/results/host-walk-cpu.md).
+const segKeepDefault = true
+
+// SetSegmentKeep lets replays keep the segment tables on the device (StepSegments) or not, for
+// the following steps.
+func (b *Backend) SetSegmentKeep(on bool) { b.segKeep = on }
+
+// KeptSegmentReplays is the number of replayed steps that kept the segment tables on the device
+// and made no op call (StepSegments; for tests and benchmarks).
+func (b *Backend) KeptSegmentReplays() int { return b.keptReplays }
+
+// leaveSegs notes the tables a recorded or replayed step leaves on the device for g.
+func (b *Backend) leaveSegs(g *graphEntry) {
+	if b.segVersion != 0 {
+		b.devSegs = segTable{b.segVersion, g}
+	}
+}
+
 // dropGraphs forgets every recording; called when a buffer they reference moves.
 func (b *Backend) dropGraphs() {
+	b.devSegs, b.prevSegs = segTable{}, segTable{}
 	for k, g := range b.graphs {
 		C.lp_graph_destroy(g.exec)
 		delete(b.graphs, k)

@@ -319,6 +319,7 @@ func (b *Backend) commitSegs(n int) (C.uintptr_t, bool) {
 	if b.mode == modeReplay {
 		return 0, false
 	}
+	b.devSegs = segTable{} // this call writes segDev (ops run outside a step too, in tests)
 	// Direct steps copy each table before its launch; recorded steps copy the whole ring once
 	// in EndStep, before the graph runs, instead of carrying one copy node per call.
 	if b.mode == modeDirect && !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(n*b.segSize), b.stream)) {

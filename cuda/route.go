@@ -146,6 +146,7 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	}
 	segs := b.segDev + uintptr(b.segUsed*b.segSize)
 	b.segUsed += passes * n
+	b.devSegs = segTable{} // the routing kernels write their segments to segDev
 	if b.mode == modeReplay {
 		// The graph holds the launches; the ring advanced exactly as when it was recorded.
 		b.countReplay()
@@ -282,6 +283,7 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 		a.scratch[i] = C.uintptr_t(b.loraTmp + uintptr(4*i*per))
 		b.segUsed += int(a.passes[i]) * n
 	}
+	b.devSegs = segTable{} // the routing kernels write their segments to segDev
 	b.routedGroups++
 	if b.mode == modeReplay {
 		b.countReplay()

@@ -94,6 +94,22 @@ type StepRecorder interface {
 	EndStep() error
 }
 
+// SegmentKeeper is a StepRecorder whose replayed steps stage nothing but their LoRA segment
+// tables, so that a replay of the tables the device already holds needs no op calls at all. At
+// batch 64 on adapters the forward pass's walk writes 14,336 segments a step, host time the
+// device waits for (the runner builds a step only once the last one completed): consecutive
+// decode steps of the same sequences on the same adapters skip it.
+type SegmentKeeper interface {
+	StepRecorder
+	// StepSegments is called right after BeginStep in every recorded or replayed step, with the
+	// version of the segment lists the step's ops pass (unique to their content and never
+	// reused, across runners; 0 when the step builds them as it runs). True only when BeginStep
+	// returned true and the device holds this version's tables as the recording reads them: the
+	// caller then makes no op call before EndStep. The backend notes the version for the tables
+	// the step leaves.
+	StepSegments(version uint64) (kept bool)
+}
+
 // ErrRerun is returned by StepRecorder.EndStep when the step must be run again unrecorded.
 var ErrRerun = errors.New("model: run the step again without recording")
 

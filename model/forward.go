@@ -34,6 +34,7 @@ type Runner struct {
 	segFrom                                   []segSource          // what segCache was built from, when segValid
 	segValid                                  bool                 // segCache and segKey hold segFrom's segments
 	segKey                                    []byte               // the step key's part for segCache's layout (stepKey)
+	segVersion                                uint64               // segCache's version (SegmentKeeper), 0 when not segValid
 	routedSegs                                [NumProj][]LoRASeg   // a routed step's segs, rebuilt each layer (routeProj appends)
 	routing                                   routeState
 	attnParams                                AttnParams
@@ -55,6 +56,10 @@ type Runner struct {
 }
 
 var runnerIDs atomic.Uint64
+
+// segVersions numbers the segment lists loadSegs builds, across runners: a backend shared by
+// several runners tells their lists apart by version alone (SegmentKeeper).
+var segVersions atomic.Uint64
 
 // NewRunner allocates workspaces and the KV cache on w's backend.
 func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, error) {
@@ -210,8 +215,13 @@ func (r *Runner) run(s *Step, adapters []*Adapter) error {
 			if attempt > 0 {
 				key = nil
 			}
-			rec.BeginStep(key)
-			r.layers(s, adapters)
+			replay, kept := rec.BeginStep(key), false
+			if sk, ok := rec.(SegmentKeeper); ok && key != nil {
+				kept = sk.StepSegments(r.segVersion) && replay
+			}
+			if !kept { // a replay of segment tables the device holds needs none of the walk's op calls
+				r.layers(s, adapters)
+			}
 			err := rec.EndStep()
 			if err == ErrRerun && attempt == 0 {
 				continue
@@ -641,7 +651,7 @@ type segSource struct {
 // nothing here once the lists have grown to the batch (segFrom is sized for MaxTokens).
 func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	if r.routing.seqs > 0 {
-		r.segValid = false
+		r.segValid, r.segVersion = false, 0
 		return
 	}
 	same := r.segValid && len(r.segFrom) == len(adapters)
@@ -654,7 +664,7 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	}
 	// Invalid until the whole rebuild is done: a step that panics in it (recovered by the
 	// engine) must not leave a half-rebuilt cache for a later step to take.
-	r.segValid = false
+	r.segValid, r.segVersion = false, 0
 	r.segKey = r.segKey[:0]
 	for l := range r.segCache {
 		r.buildSegs(&r.segCache[l], l, s, adapters)
@@ -670,7 +680,7 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	for i, a := range adapters {
 		r.segFrom = append(r.segFrom, segSource{a, s.Seqs[i].Start, s.Seqs[i].N})
 	}
-	r.segValid = true
+	r.segValid, r.segVersion = true, segVersions.Add(1)
 }
 
 // layerSegs sets r.segs to layer l's segments: loadSegs's for the layer, or a routed step's

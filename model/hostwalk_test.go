@@ -15,6 +15,16 @@ import (
 type shapeBackend struct {
 	ring []shapeSeg
 	used int
+	keep bool   // replays keep the last step's segment tables (SegmentKeeper) as CUDA's do
+	last uint64 // the version the last step left
+}
+
+// StepSegments keeps the tables of the step before as the CUDA backend does (every step here
+// replays one recording).
+func (s *shapeBackend) StepSegments(version uint64) bool {
+	kept := s.keep && version != 0 && version == s.last
+	s.last = version
+	return kept
 }
 
 // shapeSeg is lp_lora_seg's content (kernels/loraplex_kernels.h).
@@ -70,12 +80,14 @@ func (s *shapeBackend) put(segs []model.LoRASeg) {
 	s.used += len(segs)
 }
 
-var _ model.StepRecorder = (*shapeBackend)(nil)
+var _ model.SegmentKeeper = (*shapeBackend)(nil)
 var _ model.LoRAGrouper = (*shapeBackend)(nil)
 
 // BenchmarkStepHostWalk is the host's part of a replayed decode step of the Llama-3-8B shape:
 // the step key, the segment lists of every layer and the forward pass's walk over the ops,
-// with rows on distinct adapters of rank 16 on all seven projections (and on none). On a GPU
+// with rows on distinct adapters of rank 16 on all seven projections (and on none), and with a
+// backend that keeps the last step's segment tables (model.SegmentKeeper: a replay of the same
+// sequences on the same adapters makes no op call, what is left is the step key). On a GPU
 // the device waits for all of it (the runner starts a step once the last one completed), so
 // it adds to the step: bench/gpu prints the whole of it as measured there
 // (cuda.Backend.ReplayHostTime), this the part that is the model's.
@@ -109,8 +121,14 @@ func BenchmarkStepHostWalk(b *testing.B) {
 	}
 	for _, c := range []struct {
 		batch, adapters int
-	}{{1, 0}, {1, 1}, {64, 0}, {64, 1}, {64, 64}} {
-		b.Run(fmt.Sprintf("batch%d_adapters%d", c.batch, c.adapters), func(b *testing.B) {
+		keep            bool
+	}{{1, 0, false}, {1, 1, false}, {64, 0, false}, {64, 1, false}, {64, 64, false}, {1, 1, true}, {64, 64, true}} {
+		name := fmt.Sprintf("batch%d_adapters%d", c.batch, c.adapters)
+		if c.keep {
+			name += "_kept" // consecutive steps of the same sequences: the replay skips the walk
+		}
+		b.Run(name, func(b *testing.B) {
+			be.keep, be.last = c.keep, 0
 			r, err := model.NewRunner(cfg, be, w, model.RunnerOptions{MaxTokens: c.batch, MaxLogitRows: c.batch, MaxContext: 4096,
 				KV: model.KVSpec{Pages: c.batch * 9, PageSize: 16}})
 			if err != nil {

@@ -117,3 +117,119 @@ func TestStepSegmentsAfterAPanickedRebuild(t *testing.T) {
 		}
 	}
 }
+
+// keepingBackend is the CPU backend behind the recording contract the CUDA backend keeps
+// (model.SegmentKeeper): a step of a key seen before replays, and a replay keeps the segment
+// tables when the last keyed step left this version for this key. It counts the forward pass's
+// walks (Embed is each walk's first op) and the versions it is given.
+type keepingBackend struct {
+	model.Backend
+	seen           map[string]bool
+	key            string
+	replay         bool
+	left, prev     keptTables
+	walks          int
+	versions, kept []uint64
+}
+
+type keptTables struct {
+	version uint64
+	key     string
+}
+
+func (k *keepingBackend) Embed(out, table model.Tensor) { k.walks++; k.Backend.Embed(out, table) }
+
+func (k *keepingBackend) BeginStep(key []byte) bool {
+	k.key, k.replay = string(key), key != nil && k.seen[string(key)]
+	k.prev, k.left = k.left, keptTables{}
+	return k.replay
+}
+
+func (k *keepingBackend) StepSegments(version uint64) bool {
+	k.versions = append(k.versions, version)
+	kept := k.replay && version != 0 && k.prev == keptTables{version, k.key}
+	if kept {
+		k.kept = append(k.kept, version)
+	}
+	if version != 0 {
+		k.left = keptTables{version, k.key}
+	}
+	return kept
+}
+
+func (k *keepingBackend) EndStep() error {
+	k.seen[k.key] = true
+	return nil
+}
+
+var _ model.SegmentKeeper = (*keepingBackend)(nil)
+
+// A replayed step skips the forward pass's walk exactly when its segment lists are the ones the
+// last keyed step left for the same recording: consecutive steps of the same sequences on the
+// same adapters and rows. Swapped adapters, more rows, a return to an earlier layout or another
+// runner get a version never given before, and walk.
+func TestReplayKeepsTheSegmentsOfTheLastStep(t *testing.T) {
+	const name = "llama"
+	kb := &keepingBackend{Backend: cpu.New(1), seen: map[string]bool{}}
+	t.Cleanup(kb.Backend.(*cpu.Backend).Close)
+	_, cfg, h := fixture.Open(t, name, kb)
+	ads := fixtureadapters.Upload(t, name, cfg, kb)
+	a, b := ads["a_qv"], ads["b_all_rslora"]
+	step := func(rows []int) *model.Step {
+		s := &model.Step{}
+		for i, n := range rows {
+			s.Seqs = append(s.Seqs, model.SeqRows{Start: len(s.Tokens), N: n, Len: n, Pages: []int32{int32(i)}})
+			for p := 0; p < n; p++ {
+				s.Tokens = append(s.Tokens, int32(3+7*i+p))
+				s.Positions = append(s.Positions, int32(p))
+				s.Slots = append(s.Slots, int32(i*h.PageSize+p))
+			}
+			s.LogitRows = append(s.LogitRows, int32(len(s.Tokens)-1))
+		}
+		return s
+	}
+	other, err := model.NewRunner(cfg, kb, h.R.W, h.R.Opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		r    *model.Runner
+		rows []int
+		ads  []*model.Adapter
+		walk bool // the forward pass walks the layers
+		same int  // the step whose version this one has, or -1 for a new one
+	}{
+		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, true, -1},   // recorded
+		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, false, 0},   // replayed, kept
+		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, false, 0},   // again
+		{h.R, []int{1, 1, 1}, []*model.Adapter{b, a, nil}, true, -1},   // adapters swapped
+		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, true, -1},   // back to the first layout: a replay, tables rewritten
+		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, false, 4},   // kept again
+		{h.R, []int{2, 1, 1}, []*model.Adapter{a, b, nil}, true, -1},   // more rows
+		{other, []int{2, 1, 1}, []*model.Adapter{a, b, nil}, true, -1}, // another runner, same step
+		{h.R, []int{1, 1, 1}, []*model.Adapter{nil, nil, nil}, true, -1},
+		{h.R, []int{1, 1, 1}, []*model.Adapter{nil, nil, nil}, false, 8}, // no adapters: kept too
+	}
+	seen := map[uint64]bool{}
+	for i, st := range steps {
+		walks := kb.walks
+		s := step(st.rows)
+		if err := st.r.Forward(s, st.ads, make([]float32, len(s.LogitRows)*cfg.VocabSize)); err != nil {
+			t.Fatal(err)
+		}
+		v := kb.versions[len(kb.versions)-1]
+		if len(kb.versions) != i+1 || v == 0 {
+			t.Fatalf("step %d: versions %v", i, kb.versions)
+		}
+		if walked := kb.walks > walks; walked != st.walk {
+			t.Errorf("step %d: walked %v, want %v", i, walked, st.walk)
+		}
+		switch {
+		case st.same >= 0 && v != kb.versions[st.same]:
+			t.Errorf("step %d: version %d, want step %d's %d", i, v, st.same, kb.versions[st.same])
+		case st.same < 0 && seen[v]:
+			t.Errorf("step %d: version %d was given before (%v)", i, v, kb.versions)
+		}
+		seen[v] = true
+	}
+}

@@ -351,6 +351,7 @@ func (x *bench) decode(r *model.Runner, batch, ctx int, adapters []*model.Adapte
 		}
 	}
 	replays0, host0 := x.b.ReplayHostTime()
+	kept0 := x.b.KeptSegmentReplays()
 	start := time.Now()
 	for i := 0; i < x.o.steps; i++ {
 		if err := step(); err != nil {
@@ -362,8 +363,8 @@ func (x *bench) decode(r *model.Runner, batch, ctx int, adapters []*model.Adapte
 	// for: what a faster kernel cannot win back.
 	if replays, host := x.b.ReplayHostTime(); replays > replays0 {
 		per := (host - host0) / time.Duration(replays-replays0)
-		fmt.Printf("  decode batch %d, ctx %d, %d adapters: %.1f us of host work a replayed step (%d of %d steps replayed), %.3f of the timed steps' time\n",
-			batch, ctx, len(adapters), float64(per.Nanoseconds())/1e3, replays-replays0, x.o.steps, (host-host0).Seconds()/took.Seconds())
+		fmt.Printf("  decode batch %d, ctx %d, %d adapters: %.1f us of host work a replayed step (%d of %d steps replayed, %d without the forward pass's walk), %.3f of the timed steps' time\n",
+			batch, ctx, len(adapters), float64(per.Nanoseconds())/1e3, replays-replays0, x.o.steps, x.b.KeptSegmentReplays()-kept0, (host-host0).Seconds()/took.Seconds())
 	}
 	return float64(batch*x.o.steps) / took.Seconds(), nil
 }
