@@ -11,54 +11,88 @@ import (
 	"github.com/loraplex/loraplex/model"
 )
 
-// A replay that keeps the segment tables on the device (model.SegmentKeeper: the same
-// sequences on the same adapters as the step before, no op call) gives the logits the step
-// gives unrecorded, to the bit; so does a replay of the same recording for other adapters
-// right after it, which must rewrite the tables, and a return to the first adapters.
+// A replay that keeps the segment tables on the device (model.SegmentKeeper: the same sequences
+// on the same adapters as the step before, no op call) gives each decode step the logits the
+// same steps give unrecorded, to the bit; so do the replays that must rewrite the tables: the
+// same recording for other adapters, a return to the first ones, the step after an unrecorded
+// step and the first after the recordings were dropped.
 func TestKeptSegmentReplays(t *testing.T) {
 	b := newGPU(t)
 	b.SetSegmentKeep(true)
 	_, cfg, h := fixture.Open(t, "llama", b)
 	ads := fixtureadapters.Upload(t, "llama", cfg, b)
 	a, c := ads["a_qv"], ads["b_all_rslora"]
-	s := &model.Step{}
-	for i := 0; i < 3; i++ {
-		s.Seqs = append(s.Seqs, model.SeqRows{Start: i, N: 1, Len: 1, Pages: []int32{int32(i)}})
-		s.Tokens = append(s.Tokens, int32(3+7*i))
-		s.Positions = append(s.Positions, 0)
-		s.Slots = append(s.Slots, int32(i*h.PageSize))
-		s.LogitRows = append(s.LogitRows, int32(i))
+	first, swapped := []*model.Adapter{a, c, nil}, []*model.Adapter{c, a, nil}
+	const steps = 11
+	per := (steps + h.PageSize - 1) / h.PageSize
+	// step k of a decode: three sequences, sequence i on pages base+i*per.., its token at
+	// position k.
+	step := func(k int, base int) *model.Step {
+		s := &model.Step{}
+		for i := 0; i < 3; i++ {
+			pages := make([]int32, per)
+			for j := range pages {
+				pages[j] = int32(base + i*per + j)
+			}
+			s.Seqs = append(s.Seqs, model.SeqRows{Start: i, N: 1, Len: k + 1, Pages: pages})
+			s.Tokens = append(s.Tokens, int32(3+7*i+5*k))
+			s.Positions = append(s.Positions, int32(k))
+			s.Slots = append(s.Slots, pages[k/h.PageSize]*int32(h.PageSize)+int32(k%h.PageSize))
+			s.LogitRows = append(s.LogitRows, int32(i))
+		}
+		return s
 	}
-	forward := func(list []*model.Adapter, graphs bool) []float32 {
-		b.SetGraphs(graphs)
+	schedule := []struct {
+		ads          []*model.Adapter
+		direct, drop bool // this step unrecorded; every recording dropped before it
+		kept         bool
+	}{
+		{first, false, false, false},   // recorded
+		{first, false, false, true},    // replayed, tables kept
+		{first, false, false, true},    //
+		{swapped, false, false, false}, // the same recording, other tables
+		{first, false, false, false},   // back to the first adapters: rewritten
+		{first, false, false, true},    //
+		{first, true, false, false},    // unrecorded
+		{first, false, false, false},   // after it: the tables are not known
+		{first, false, false, true},    //
+		{first, false, true, false},    // recordings dropped: recorded again
+		{first, false, false, true},    //
+	}
+	if len(schedule) != steps {
+		t.Fatalf("%d steps scheduled, pages for %d", len(schedule), steps)
+	}
+	forward := func(s *model.Step, list []*model.Adapter) []float32 {
 		out := make([]float32, len(s.LogitRows)*cfg.VocabSize)
 		if err := h.R.Forward(s, list, out); err != nil {
 			t.Fatal(err)
 		}
 		return out
 	}
-	first, swapped := []*model.Adapter{a, c, nil}, []*model.Adapter{c, a, nil}
-	want := map[bool][]float32{false: forward(first, false), true: forward(swapped, false)}
-	for i, st := range []struct {
-		swapped bool
-		kept    bool
-	}{{false, false}, {false, true}, {false, true}, {true, false}, {false, false}, {false, true}} {
-		list := first
-		if st.swapped {
-			list = swapped
+	b.SetGraphs(false)
+	want := make([][]float32, len(schedule))
+	for k, e := range schedule {
+		want[k] = forward(step(k, 3*per), e.ads)
+	}
+	for k, e := range schedule {
+		if e.drop {
+			b.SetLoRAWide(false) // a switch drops every recording when it changes
+			b.SetLoRAWide(true)
 		}
-		kept := b.KeptSegmentReplays()
-		got := forward(list, true)
-		if k := b.KeptSegmentReplays() > kept; k != st.kept {
-			t.Fatalf("step %d: kept the tables %v, want %v", i, k, st.kept)
+		b.SetGraphs(!e.direct)
+		kept, graphs := b.KeptSegmentReplays(), b.GraphCount()
+		got := forward(step(k, 0), e.ads)
+		if kk := b.KeptSegmentReplays() > kept; kk != e.kept {
+			t.Fatalf("step %d: kept the tables %v, want %v", k, kk, e.kept)
+		}
+		if e.drop && (graphs != 0 || b.GraphCount() != 1) {
+			t.Fatalf("step %d: %d recordings before, %d after, want 0 and 1", k, graphs, b.GraphCount())
 		}
 		for j := range got {
-			if math.Float32bits(got[j]) != math.Float32bits(want[st.swapped][j]) {
-				t.Fatalf("step %d (adapters swapped %v): logit %d is %v, %v unrecorded", i, st.swapped, j, got[j], want[st.swapped][j])
+			if math.Float32bits(got[j]) != math.Float32bits(want[k][j]) {
+				t.Fatalf("step %d: logit %d is %v, %v unrecorded", k, j, got[j], want[k][j])
 			}
 		}
 	}
-	if b.GraphCount() == 0 {
-		t.Fatal("no recording")
-	}
+	b.SetGraphs(true)
 }

@@ -101,7 +101,7 @@ type StepRecorder interface {
 // decode steps of the same sequences on the same adapters skip it.
 type SegmentKeeper interface {
 	StepRecorder
-	// StepSegments is called right after BeginStep in every recorded or replayed step, with the
+	// StepSegments is called right after BeginStep in every step with a key, with the
 	// version of the segment lists the step's ops pass (unique to their content and never
 	// reused, across runners; 0 when the step builds them as it runs). True only when BeginStep
 	// returned true and the device holds this version's tables as the recording reads them: the

@@ -199,6 +199,12 @@ func (r *Runner) run(s *Step, adapters []*Adapter) error {
 			return fmt.Errorf("runner: row %d at position %d is outside the context of %d", i, p, r.Opt.MaxContext)
 		}
 	}
+	// Here, not only in Embed: a replay that keeps its segment tables (SegmentKeeper) calls no op.
+	for i, t := range s.Tokens {
+		if t < 0 || int(t) >= r.Cfg.VocabSize {
+			return fmt.Errorf("runner: row %d has token %d, outside the vocabulary of %d", i, t, r.Cfg.VocabSize)
+		}
+	}
 	if err := r.beginRouting(s, adapters); err != nil {
 		return err
 	}

@@ -119,14 +119,16 @@ func TestStepSegmentsAfterAPanickedRebuild(t *testing.T) {
 }
 
 // keepingBackend is the CPU backend behind the recording contract the CUDA backend keeps
-// (model.SegmentKeeper): a step of a key seen before replays, and a replay keeps the segment
-// tables when the last keyed step left this version for this key. It counts the forward pass's
+// (model.SegmentKeeper): a step of a key recorded before replays; a replay keeps the segment
+// tables when the last step that ended well left this version for this key; a step whose
+// EndStep asks for a rerun records nothing and leaves no tables. It counts the forward pass's
 // walks (Embed is each walk's first op) and the versions it is given.
 type keepingBackend struct {
 	model.Backend
 	seen           map[string]bool
 	key            string
-	replay         bool
+	replay, rerun  bool
+	version        uint64
 	left, prev     keptTables
 	walks          int
 	versions, kept []uint64
@@ -140,25 +142,31 @@ type keptTables struct {
 func (k *keepingBackend) Embed(out, table model.Tensor) { k.walks++; k.Backend.Embed(out, table) }
 
 func (k *keepingBackend) BeginStep(key []byte) bool {
-	k.key, k.replay = string(key), key != nil && k.seen[string(key)]
+	k.key, k.replay, k.version = string(key), key != nil && k.seen[string(key)], 0
 	k.prev, k.left = k.left, keptTables{}
 	return k.replay
 }
 
 func (k *keepingBackend) StepSegments(version uint64) bool {
-	k.versions = append(k.versions, version)
+	k.versions, k.version = append(k.versions, version), version
 	kept := k.replay && version != 0 && k.prev == keptTables{version, k.key}
 	if kept {
 		k.kept = append(k.kept, version)
-	}
-	if version != 0 {
-		k.left = keptTables{version, k.key}
 	}
 	return kept
 }
 
 func (k *keepingBackend) EndStep() error {
-	k.seen[k.key] = true
+	if k.rerun {
+		k.rerun = false
+		return model.ErrRerun
+	}
+	if k.key != "" {
+		k.seen[k.key] = true
+	}
+	if k.version != 0 {
+		k.left = keptTables{k.version, k.key}
+	}
 	return nil
 }
 
@@ -166,8 +174,10 @@ var _ model.SegmentKeeper = (*keepingBackend)(nil)
 
 // A replayed step skips the forward pass's walk exactly when its segment lists are the ones the
 // last keyed step left for the same recording: consecutive steps of the same sequences on the
-// same adapters and rows. Swapped adapters, more rows, a return to an earlier layout or another
-// runner get a version never given before, and walk.
+// same adapters and rows. Swapped adapters, more rows, a return to an earlier layout, another
+// runner or a rebuild after a panicked one get a version never given before, and walk; so does
+// the step after one whose recording failed (rerun unrecorded). A token outside the vocabulary
+// is refused before any op, kept step or not.
 func TestReplayKeepsTheSegmentsOfTheLastStep(t *testing.T) {
 	const name = "llama"
 	kb := &keepingBackend{Backend: cpu.New(1), seen: map[string]bool{}}
@@ -175,6 +185,8 @@ func TestReplayKeepsTheSegmentsOfTheLastStep(t *testing.T) {
 	_, cfg, h := fixture.Open(t, name, kb)
 	ads := fixtureadapters.Upload(t, name, cfg, kb)
 	a, b := ads["a_qv"], ads["b_all_rslora"]
+	short := *b // every projection of every layer, one layer short: its rebuild panics
+	short.Modules = short.Modules[:len(short.Modules)-1]
 	step := func(rows []int) *model.Step {
 		s := &model.Step{}
 		for i, n := range rows {
@@ -192,44 +204,70 @@ func TestReplayKeepsTheSegmentsOfTheLastStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	first := []*model.Adapter{a, b, nil}
 	steps := []struct {
-		r    *model.Runner
-		rows []int
-		ads  []*model.Adapter
-		walk bool // the forward pass walks the layers
-		same int  // the step whose version this one has, or -1 for a new one
+		r      *model.Runner
+		rows   []int
+		ads    []*model.Adapter
+		rerun  bool // EndStep asks for a rerun once
+		walks  int  // the forward pass's walks
+		same   int  // the step whose version this one has, or -1 for a new one
+		panics bool
 	}{
-		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, true, -1},   // recorded
-		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, false, 0},   // replayed, kept
-		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, false, 0},   // again
-		{h.R, []int{1, 1, 1}, []*model.Adapter{b, a, nil}, true, -1},   // adapters swapped
-		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, true, -1},   // back to the first layout: a replay, tables rewritten
-		{h.R, []int{1, 1, 1}, []*model.Adapter{a, b, nil}, false, 4},   // kept again
-		{h.R, []int{2, 1, 1}, []*model.Adapter{a, b, nil}, true, -1},   // more rows
-		{other, []int{2, 1, 1}, []*model.Adapter{a, b, nil}, true, -1}, // another runner, same step
-		{h.R, []int{1, 1, 1}, []*model.Adapter{nil, nil, nil}, true, -1},
-		{h.R, []int{1, 1, 1}, []*model.Adapter{nil, nil, nil}, false, 8}, // no adapters: kept too
+		{h.R, []int{1, 1, 1}, first, false, 1, -1, false},                           // 0 recorded
+		{h.R, []int{1, 1, 1}, first, false, 0, 0, false},                            // 1 replayed, kept
+		{h.R, []int{1, 1, 1}, first, false, 0, 0, false},                            // 2 again
+		{h.R, []int{1, 1, 1}, []*model.Adapter{b, a, nil}, false, 1, -1, false},     // 3 adapters swapped
+		{h.R, []int{1, 1, 1}, first, false, 1, -1, false},                           // 4 back to the first layout: a replay, tables rewritten
+		{h.R, []int{1, 1, 1}, first, false, 0, 4, false},                            // 5 kept again
+		{h.R, []int{2, 1, 1}, first, true, 2, -1, false},                            // 6 more rows, its recording fails: walked twice
+		{h.R, []int{2, 1, 1}, first, false, 1, 6, false},                            // 7 the same version, but nothing was left: walks
+		{h.R, []int{2, 1, 1}, first, false, 0, 6, false},                            // 8 kept
+		{other, []int{2, 1, 1}, first, false, 1, -1, false},                         // 9 another runner, same step
+		{h.R, []int{2, 1, 1}, []*model.Adapter{a, &short, nil}, false, 0, -1, true}, // 10 a rebuild that panics
+		{h.R, []int{2, 1, 1}, first, false, 1, -1, false},                           // 11 the layout before it: rebuilt
+		{h.R, []int{2, 1, 1}, first, false, 0, 11, false},                           // 12 kept
+		{h.R, []int{1, 1, 1}, []*model.Adapter{nil, nil, nil}, false, 1, -1, false},
+		{h.R, []int{1, 1, 1}, []*model.Adapter{nil, nil, nil}, false, 0, 13, false}, // 14 no adapters: kept too
 	}
-	seen := map[uint64]bool{}
+	seen, stepVersion := map[uint64]bool{}, map[int]uint64{}
 	for i, st := range steps {
-		walks := kb.walks
+		walks, given := kb.walks, len(kb.versions)
 		s := step(st.rows)
-		if err := st.r.Forward(s, st.ads, make([]float32, len(s.LogitRows)*cfg.VocabSize)); err != nil {
-			t.Fatal(err)
+		kb.rerun = st.rerun
+		err := func() (err error) {
+			defer func() {
+				if p := recover(); p != nil {
+					err = fmt.Errorf("panic: %v", p)
+				}
+			}()
+			return st.r.Forward(s, st.ads, make([]float32, len(s.LogitRows)*cfg.VocabSize))
+		}()
+		if (err != nil) != st.panics {
+			t.Fatalf("step %d: %v", i, err)
 		}
-		v := kb.versions[len(kb.versions)-1]
-		if len(kb.versions) != i+1 || v == 0 {
-			t.Fatalf("step %d: versions %v", i, kb.versions)
+		if w := kb.walks - walks; w != st.walks {
+			t.Errorf("step %d: %d walks, want %d", i, w, st.walks)
 		}
-		if walked := kb.walks > walks; walked != st.walk {
-			t.Errorf("step %d: walked %v, want %v", i, walked, st.walk)
+		if st.panics {
+			continue // the rebuild panics before the step key, so before any version is given
 		}
+		if len(kb.versions) != given+1 || kb.versions[given] == 0 {
+			t.Fatalf("step %d: versions %v, %d before it", i, kb.versions, given)
+		}
+		v := kb.versions[given]
 		switch {
-		case st.same >= 0 && v != kb.versions[st.same]:
-			t.Errorf("step %d: version %d, want step %d's %d", i, v, st.same, kb.versions[st.same])
+		case st.same >= 0 && v != stepVersion[st.same]:
+			t.Errorf("step %d: version %d, want step %d's %d", i, v, st.same, stepVersion[st.same])
 		case st.same < 0 && seen[v]:
 			t.Errorf("step %d: version %d was given before (%v)", i, v, kb.versions)
 		}
-		seen[v] = true
+		seen[v], stepVersion[i] = true, v
+	}
+	// A token outside the vocabulary, in the step that was just kept: refused, nothing run.
+	s, walks := step([]int{1, 1, 1}), kb.walks
+	s.Tokens[1] = int32(cfg.VocabSize)
+	if err := h.R.Forward(s, []*model.Adapter{nil, nil, nil}, make([]float32, 3*cfg.VocabSize)); err == nil || kb.walks != walks {
+		t.Fatalf("token %d: error %v, %d walks", cfg.VocabSize, err, kb.walks-walks)
 	}
 }
