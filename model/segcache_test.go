@@ -24,21 +24,7 @@ func TestStepSegmentsFollowTheirSequences(t *testing.T) {
 		return h, fixtureadapters.Upload(t, name, cfg, b), cfg.VocabSize
 	}
 	h, ads, vocab := open()
-	// step lays out one sequence a row run: sequence i on page i, rows at positions 0..n-1, a
-	// logit row for each sequence's last row.
-	step := func(rows []int) *model.Step {
-		s := &model.Step{}
-		for i, n := range rows {
-			s.Seqs = append(s.Seqs, model.SeqRows{Start: len(s.Tokens), N: n, Len: n, Pages: []int32{int32(i)}})
-			for p := 0; p < n; p++ {
-				s.Tokens = append(s.Tokens, int32(3+7*i+p))
-				s.Positions = append(s.Positions, int32(p))
-				s.Slots = append(s.Slots, int32(i*h.PageSize+p))
-			}
-			s.LogitRows = append(s.LogitRows, int32(len(s.Tokens)-1))
-		}
-		return s
-	}
+	step := func(rows []int) *model.Step { return rowsStep(rows, h.PageSize) }
 	a, b, c := ads["a_qv"], ads["b_all_rslora"], ads["c_patterns"]
 	steps := []struct {
 		rows []int
@@ -78,6 +64,22 @@ func TestStepSegmentsFollowTheirSequences(t *testing.T) {
 			}
 		}
 	}
+}
+
+// rowsStep lays out one sequence a row run: sequence i on page i, rows at positions 0..n-1, a
+// logit row for each sequence's last row.
+func rowsStep(rows []int, pageSize int) *model.Step {
+	s := &model.Step{}
+	for i, n := range rows {
+		s.Seqs = append(s.Seqs, model.SeqRows{Start: len(s.Tokens), N: n, Len: n, Pages: []int32{int32(i)}})
+		for p := 0; p < n; p++ {
+			s.Tokens = append(s.Tokens, int32(3+7*i+p))
+			s.Positions = append(s.Positions, int32(p))
+			s.Slots = append(s.Slots, int32(i*pageSize+p))
+		}
+		s.LogitRows = append(s.LogitRows, int32(len(s.Tokens)-1))
+	}
+	return s
 }
 
 // A rebuild that panics (here an adapter one layer short; the engine recovers from a step's
@@ -187,19 +189,7 @@ func TestReplayKeepsTheSegmentsOfTheLastStep(t *testing.T) {
 	a, b := ads["a_qv"], ads["b_all_rslora"]
 	short := *b // every projection of every layer, one layer short: its rebuild panics
 	short.Modules = short.Modules[:len(short.Modules)-1]
-	step := func(rows []int) *model.Step {
-		s := &model.Step{}
-		for i, n := range rows {
-			s.Seqs = append(s.Seqs, model.SeqRows{Start: len(s.Tokens), N: n, Len: n, Pages: []int32{int32(i)}})
-			for p := 0; p < n; p++ {
-				s.Tokens = append(s.Tokens, int32(3+7*i+p))
-				s.Positions = append(s.Positions, int32(p))
-				s.Slots = append(s.Slots, int32(i*h.PageSize+p))
-			}
-			s.LogitRows = append(s.LogitRows, int32(len(s.Tokens)-1))
-		}
-		return s
-	}
+	step := func(rows []int) *model.Step { return rowsStep(rows, h.PageSize) }
 	other, err := model.NewRunner(cfg, kb, h.R.W, h.R.Opt)
 	if err != nil {
 		t.Fatal(err)
