@@ -186,11 +186,12 @@ func (b *Backend) StepSegments(version uint64) bool {
 	return b.segsKept
 }
 
-// segKeepDefault: on. Written without a GPU from goals-2026-12-07-s26a's host lines: ~600 us of
-// host work a replayed batch-64 step on adapters (0.05-0.06 of the step, one adapter or 64),
-// against 25-60 us without adapters; BenchmarkStepHostWalk puts the model's part of a kept step
-// at 3 us where the walk costs 163 (bench/results/host-walk-cpu.md).
-const segKeepDefault = true
+// segKeepDefault: off until a GPU run has tested it (TestKeptSegmentReplays, the fixture suites
+// with it on) and measured it. Written without a GPU from goals-2026-12-07-s26a's host lines:
+// ~600 us of host work a replayed batch-64 step on adapters (0.05-0.06 of the step, one adapter
+// or 64), against 25-60 us without adapters; BenchmarkStepHostWalk puts the model's part of a
+// kept step at 3 us where the walk costs 163 (bench/results/host-walk-cpu.md).
+const segKeepDefault = false
 
 // SetSegmentKeep lets replays keep the segment tables on the device (StepSegments) or not, for
 // the following steps.
