@@ -355,6 +355,30 @@ func TestNormKeptProducts(t *testing.T) {
 	}
 }
 
+// fixturesAlike runs the engine-core fixture suite (eachFixture: prefill whole and in chunks of
+// 3) with a switch off, then on, and fails unless both give the same results to the bit.
+func fixturesAlike(t *testing.T, b *cuda.Backend, what string, set func(on bool)) {
+	t.Helper()
+	eachFixture(t, b, func(t *testing.T, c fixtureCase) {
+		var results [2][]fixture.Result
+		for i, on := range []bool{false, true} {
+			set(on)
+			for _, chunk := range []int{1 << 20, 3} {
+				res, err := c.h.Run(c.fx.Cases, c.adapters, chunk, bf16Tolerance)
+				if err != nil {
+					t.Fatalf("%s %v, chunk %d: %v", what, on, chunk, err)
+				}
+				results[i] = append(results[i], res)
+			}
+		}
+		for j := range results[0] {
+			if results[0][j] != results[1][j] {
+				t.Fatalf("run %d: with %s %+v, without %+v", j, what, results[1][j], results[0][j])
+			}
+		}
+	})
+}
+
 // With the kept norm the engine-core fixture suite gives what it gives without, to the bit
 // (the same worst difference from the transformers/peft reference in every run: every family,
 // base + four adapters in one mixed batch, prefill whole and chunked, decode replayed from CUDA
@@ -362,24 +386,7 @@ func TestNormKeptProducts(t *testing.T) {
 func TestNormKeepFixturesCUDA(t *testing.T) {
 	b := newGPU(t)
 	b.SetNormBF16(true)
-	eachFixture(t, b, func(t *testing.T, c fixtureCase) {
-		var results [2][]fixture.Result
-		for i, keep := range []bool{false, true} {
-			b.SetNormKeep(keep)
-			for _, chunk := range []int{1 << 20, 3} {
-				res, err := c.h.Run(c.fx.Cases, c.adapters, chunk, bf16Tolerance)
-				if err != nil {
-					t.Fatalf("keep %v chunk %d: %v", keep, chunk, err)
-				}
-				results[i] = append(results[i], res)
-			}
-		}
-		for j := range results[0] {
-			if results[0][j] != results[1][j] {
-				t.Fatalf("run %d: kept norm %+v, without %+v", j, results[1][j], results[0][j])
-			}
-		}
-	})
+	fixturesAlike(t, b, "kept norm", b.SetNormKeep)
 	if b.NormKeptCount() == 0 || b.GraphCount() == 0 {
 		t.Fatalf("%d kept calls, %d recordings", b.NormKeptCount(), b.GraphCount())
 	}

@@ -103,24 +103,7 @@ func TestKeptSegmentReplays(t *testing.T) {
 // replayed from CUDA graphs), and its decode steps do keep tables.
 func TestSegmentKeepFixturesCUDA(t *testing.T) {
 	b := newGPU(t)
-	eachFixture(t, b, func(t *testing.T, c fixtureCase) {
-		var results [2][]fixture.Result
-		for i, keep := range []bool{false, true} {
-			b.SetSegmentKeep(keep)
-			for _, chunk := range []int{1 << 20, 3} {
-				res, err := c.h.Run(c.fx.Cases, c.adapters, chunk, bf16Tolerance)
-				if err != nil {
-					t.Fatalf("keep %v chunk %d: %v", keep, chunk, err)
-				}
-				results[i] = append(results[i], res)
-			}
-		}
-		for j := range results[0] {
-			if results[0][j] != results[1][j] {
-				t.Fatalf("run %d: tables kept %+v, without %+v", j, results[1][j], results[0][j])
-			}
-		}
-	})
+	fixturesAlike(t, b, "kept segment tables", b.SetSegmentKeep)
 	if b.KeptSegmentReplays() == 0 {
 		t.Fatal("no replay kept its segment tables")
 	}
