@@ -70,7 +70,7 @@ func (b *Backend) foldedProducts(outs []model.Tensor, x model.Tensor, in *model.
 		_, rank, t := checkSegs(outs[i], x, sg)
 		adapted, tmp, maxRank = adapted+1, tmp+t, max(maxRank, rank)
 	}
-	if !b.loraFold || b.batchInvariant || n == 0 || n > b.gemvRows || adapted == 0 || len(ws)+adapted > gemvPartsMax || !aligned {
+	if adapted == 0 || len(ws)+adapted > gemvPartsMax || !aligned { // the rows and switches were checked above
 		return false
 	}
 	var delta, next C.uintptr_t

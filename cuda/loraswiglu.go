@@ -5,11 +5,7 @@ package cuda
 // #include "shims.h"
 import "C"
 
-import (
-	"fmt"
-
-	"github.com/loraplex/loraplex/model"
-)
+import "github.com/loraplex/loraplex/model"
 
 // The LoRA expands folded into the kernels that read their outputs next (kernels/lora.cu, "LoRA
 // SwiGLU" and "LoRA RoPE"): gate/up's into SwiGLU, q/k/v's into RoPE + KV store.
@@ -41,16 +37,13 @@ func (b *Backend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor, in model
 	}
 	x := in.X
 	n, hidden, inter := x.Rows, x.Cols, wGate.Rows
-	if wGate.Cols != hidden || wUp.Rows != inter || wUp.Cols != hidden || wDown.Cols != inter || out.Rows != n || out.Cols != wDown.Rows ||
-		wGate.DType != model.BF16 || wUp.DType != model.BF16 || wDown.DType != model.BF16 || out.DType != model.F32 {
-		panic(fmt.Sprintf("cuda: NormGateUpLoRASwiGLU of x %s with gate %s, up %s, down %s into %s", x.Shape(), wGate.Shape(), wUp.Shape(), wDown.Shape(), out.Shape()))
-	}
-	for _, t := range [3]model.Tensor{act, gate, up} {
-		if t.Rows != n || t.Cols != inter || t.DType != model.F32 {
-			panic(fmt.Sprintf("cuda: NormGateUpLoRASwiGLU of x %s: act, gate, up %s, %s, %s", x.Shape(), act.Shape(), gate.Shape(), up.Shape()))
-		}
-	}
-	checkNorm("NormGateUpLoRASwiGLU", in)
+	const what = "NormGateUpLoRASwiGLU"
+	products, ws := [2]model.Tensor{gate, up}, [2]model.Tensor{wGate, wUp}
+	checkShared(what, products[:], x, ws[:])
+	checkGateUp(what, act, x, wGate, wUp)
+	downOut, down := [1]model.Tensor{out}, [1]model.Tensor{wDown}
+	checkShared(what, downOut[:], act, down[:])
+	checkNorm(what, in)
 	r0, k0, t0 := checkSegs(gate, x, segs[0])
 	r1, k1, t1 := checkSegs(up, x, segs[1])
 	maxRows, maxRank := max(r0, r1), max(k0, k1)

@@ -126,7 +126,7 @@
 // up values it loads anyway and writes only the activation (fp32 for the down projection's own
 // LoRA, bf16 for its GEMM): the expand's pass and its launch are gone. The block finds its row's
 // segments itself (a group's rows are disjoint), so a row without an adapter costs the plain
-// SwiGLU. Per element the arithmetic is the grouped wide expand's (swiglu_deltas) and
+// SwiGLU. Per element the arithmetic is the grouped wide expand's (wide_deltas) and
 // lp_silu_mul_bf16's, so results are those of the grouped launches (TestLoRASwiGLU; the bounds
 // allow the compiler another contraction of value + scale · delta into an FMA).
 // Determinism and graph replay: the wide shrink's (split count and stride from the step key's
@@ -526,6 +526,28 @@ __device__ __forceinline__ void wide_scalar_acc(const lp_lora_seg& sg, const flo
     }
 }
 
+// wide_deltas adds t · B[c] of segment sg into acc[i] for the thread's columns c = c0 + i x
+// WIDE_THREADS below cols, as expand_wide_block accumulates it: rank vectors of 8 in order
+// (dot8), the columns' loads of a vector issued before any is used; or wide_scalar_acc where the
+// rank is not a multiple of 8 or B is unaligned. The routed wide expand's and the LoRA SwiGLU's.
+__device__ __forceinline__ void wide_deltas(const lp_lora_seg& sg, const float* t, int c0, int cols,
+                                            float (&acc)[WIDE_EXPAND_PER_THREAD]) {
+    if (expand_vec(sg)) {
+        for (int jb = 0; jb < sg.rank / 8; jb++) {
+            uint4 bv[WIDE_EXPAND_PER_THREAD];
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
+                const int c = c0 + i * WIDE_THREADS;
+                bv[i] = c < cols ? reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
+            }
+#pragma unroll
+            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], t8(t, jb, 0), t8(t, jb, 4));
+        }
+    } else {
+        wide_scalar_acc(sg, t, c0, cols, acc);
+    }
+}
+
 // expand_wide_block is one wide expand block's work: row blockIdx.x of segment sg, columns of
 // chunk blockIdx.z. The row's t is the sum of its splits' partials, added in split order; each
 // thread takes WIDE_EXPAND_PER_THREAD columns a block width apart, loads their outputs and
@@ -636,26 +658,10 @@ __device__ __forceinline__ void routed_expand_columns(float* orow, int out_dim, 
     }
     for (int p = 0; p < k; p++) {
         if (sg[p].n == 0) continue;  // uniform over the block
-        const uint16_t* b = sg[p].b;
-        const int rank = sg[p].rank;
-        const float* tp = t[p];
         float acc[WIDE_EXPAND_PER_THREAD];
 #pragma unroll
         for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] = 0.f;
-        if (expand_vec(sg[p])) {
-            for (int jb = 0; jb < rank / 8; jb++) {
-                uint4 bv[WIDE_EXPAND_PER_THREAD];
-#pragma unroll
-                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
-                    const int c = c0 + i * WIDE_THREADS;
-                    bv[i] = c < out_dim ? reinterpret_cast<const uint4*>(b + (size_t)c * rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
-                }
-#pragma unroll
-                for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], t8(tp, jb, 0), t8(tp, jb, 4));
-            }
-        } else {
-            wide_scalar_acc(sg[p], tp, c0, out_dim, acc);
-        }
+        wide_deltas(sg[p], t[p], c0, out_dim, acc);
 #pragma unroll
         for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) o[i] += sg[p].scale * acc[i];
     }
@@ -784,32 +790,9 @@ __device__ __forceinline__ void load_row_segs(RowSegs& rs, const lp_lora_seg* se
 
 // LoRA SwiGLU (lp_lora_swiglu; the design is at the top of the file): grid (row, wide column
 // chunk). The block finds its row's segment in each group and its intermediate (load_row_segs),
-// and each thread takes
-// WIDE_EXPAND_PER_THREAD columns a block width apart: gate and up loaded first, each plus its
-// delta with expand_wide_block's per-column arithmetic (swiglu_deltas), then silu_value, and
-// act and its bf16 rounding stored.
-// swiglu_deltas adds t · B[c] of segment sg into acc[i] for the thread's columns c = c0 + i x
-// WIDE_THREADS below cols, as expand_wide_block accumulates it: rank vectors of 8 in order
-// (dot8), the columns' loads of a vector issued before any is used; or its scalar loop where
-// the rank is not a multiple of 8 or B is unaligned.
-__device__ __forceinline__ void swiglu_deltas(const lp_lora_seg& sg, const float* t, int c0, int cols,
-                                              float (&acc)[WIDE_EXPAND_PER_THREAD]) {
-    if (expand_vec(sg)) {
-        for (int jb = 0; jb < sg.rank / 8; jb++) {
-            uint4 bv[WIDE_EXPAND_PER_THREAD];
-#pragma unroll
-            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
-                const int c = c0 + i * WIDE_THREADS;
-                bv[i] = c < cols ? reinterpret_cast<const uint4*>(sg.b + (size_t)c * sg.rank)[jb] : make_uint4(0u, 0u, 0u, 0u);
-            }
-#pragma unroll
-            for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) acc[i] += dot8(bv[i], t8(t, jb, 0), t8(t, jb, 4));
-        }
-    } else {
-        wide_scalar_acc(sg, t, c0, cols, acc);
-    }
-}
-
+// and each thread takes WIDE_EXPAND_PER_THREAD columns a block width apart: gate and up loaded
+// first, each plus its delta with expand_wide_block's per-column arithmetic (wide_deltas), then
+// silu_value, and act and its bf16 rounding stored.
 __global__ void __launch_bounds__(WIDE_THREADS)
     lora_swiglu_kernel(float* act, uint16_t* act_bf16, const float* gate, const float* up, int cols, const lp_lora_seg* segs,
                        int gate_end, int num_segs, const float* scratch, int splits, int t_stride) {
@@ -829,8 +812,8 @@ __global__ void __launch_bounds__(WIDE_THREADS)
         uv[i] = c < cols ? up[base + c] : 0.f;
         dg[i] = du[i] = 0.f;
     }
-    if (found[0] >= 0) swiglu_deltas(sg[0], rs.t[0], c0, cols, dg);
-    if (found[1] >= 0) swiglu_deltas(sg[1], rs.t[1], c0, cols, du);
+    if (found[0] >= 0) wide_deltas(sg[0], rs.t[0], c0, cols, dg);
+    if (found[1] >= 0) wide_deltas(sg[1], rs.t[1], c0, cols, du);
 #pragma unroll
     for (int i = 0; i < WIDE_EXPAND_PER_THREAD; i++) {
         const int c = c0 + i * WIDE_THREADS;

@@ -31,10 +31,9 @@ type Runner struct {
 	scoreBuf                                  []float32            // host copies of logits rows being scored (score.go)
 	segs                                      [NumProj][]LoRASeg   // this layer's LoRA segments: a segCache entry, or routedSegs
 	segCache                                  [][NumProj][]LoRASeg // every layer's segs as the last step built them (loadSegs)
-	segFrom                                   []segSource          // what segCache was built from, when segValid
-	segValid                                  bool                 // segCache and segKey hold segFrom's segments
+	segFrom                                   []segSource          // what segCache was built from, when segVersion is set
 	segKey                                    []byte               // the step key's part for segCache's layout (stepKey)
-	segVersion                                uint64               // segCache's version (SegmentKeeper), 0 when not segValid
+	segVersion                                uint64               // segCache's version (SegmentKeeper); 0: segCache and segKey do not hold segFrom's segments
 	routedSegs                                [NumProj][]LoRASeg   // a routed step's segs, rebuilt each layer (routeProj appends)
 	routing                                   routeState
 	attnParams                                AttnParams
@@ -657,10 +656,10 @@ type segSource struct {
 // nothing here once the lists have grown to the batch (segFrom is sized for MaxTokens).
 func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	if r.routing.seqs > 0 {
-		r.segValid, r.segVersion = false, 0
+		r.segVersion = 0
 		return
 	}
-	same := r.segValid && len(r.segFrom) == len(adapters)
+	same := r.segVersion != 0 && len(r.segFrom) == len(adapters)
 	for i := 0; same && i < len(adapters); i++ {
 		f, sq := r.segFrom[i], s.Seqs[i]
 		same = f.a == adapters[i] && f.start == sq.Start && f.n == sq.N
@@ -670,7 +669,7 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	}
 	// Invalid until the whole rebuild is done: a step that panics in it (recovered by the
 	// engine) must not leave a half-rebuilt cache for a later step to take.
-	r.segValid, r.segVersion = false, 0
+	r.segVersion = 0
 	r.segKey = r.segKey[:0]
 	for l := range r.segCache {
 		r.buildSegs(&r.segCache[l], l, s, adapters)
@@ -686,7 +685,7 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	for i, a := range adapters {
 		r.segFrom = append(r.segFrom, segSource{a, s.Seqs[i].Start, s.Seqs[i].N})
 	}
-	r.segValid, r.segVersion = true, segVersions.Add(1)
+	r.segVersion = segVersions.Add(1)
 }
 
 // layerSegs sets r.segs to layer l's segments: loadSegs's for the layer, or a routed step's

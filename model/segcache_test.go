@@ -127,13 +127,13 @@ func TestStepSegmentsAfterAPanickedRebuild(t *testing.T) {
 // walks (Embed is each walk's first op) and the versions it is given.
 type keepingBackend struct {
 	model.Backend
-	seen           map[string]bool
-	key            string
-	replay, rerun  bool
-	version        uint64
-	left, prev     keptTables
-	walks          int
-	versions, kept []uint64
+	seen          map[string]bool
+	key           string
+	replay, rerun bool
+	version       uint64
+	left, prev    keptTables
+	walks         int
+	versions      []uint64
 }
 
 type keptTables struct {
@@ -151,11 +151,7 @@ func (k *keepingBackend) BeginStep(key []byte) bool {
 
 func (k *keepingBackend) StepSegments(version uint64) bool {
 	k.versions, k.version = append(k.versions, version), version
-	kept := k.replay && version != 0 && k.prev == keptTables{version, k.key}
-	if kept {
-		k.kept = append(k.kept, version)
-	}
-	return kept
+	return k.replay && version != 0 && k.prev == keptTables{version, k.key}
 }
 
 func (k *keepingBackend) EndStep() error {
