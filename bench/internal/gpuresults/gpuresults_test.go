@@ -31,7 +31,7 @@ var goalRows = []string{
 
 // A run whose every stage wrote its output gives every goal row a value and a verdict, each
 // computed from that run's files (the fastest prefill kernel, llama.cpp's flash-attention
-// pp2048, the deterministic mode from its A/B run).
+// pp2048, the deterministic mode from its A/B run, the routed rows' byte-bound ceiling).
 func TestEveryGoalRowFromOneRun(t *testing.T) {
 	f, err := Build("testdata/run", "2026-12-07T02:00:00Z", "bench/gpu/run.sh OUT")
 	if err != nil {
@@ -77,6 +77,13 @@ func TestEveryGoalRowFromOneRun(t *testing.T) {
 		if r := rows[n]; r.Issue != 14 || r.Value == nil || r.Unit != "ms" {
 			t.Errorf("issue 14 row %s: %+v", n, r)
 		}
+	}
+	// The routed rows state their byte-bound ceiling where the run wrote one (results before it did not).
+	if r := rows["router28_top2_b64"]; !strings.Contains(r.Baseline, "byte-bound ceiling 0.932: 18.43 GB a routed step beside 17.17 GB") {
+		t.Errorf("routed batch-64 baseline %q", r.Baseline)
+	}
+	if r := rows["router28_top2_b1"]; strings.Contains(r.Baseline, "ceiling") {
+		t.Errorf("routed batch-1 baseline %q states a ceiling the run did not write", r.Baseline)
 	}
 	if r := rows["ab_deterministic_decode_b64"]; r.Issue != ABRows || r.Value == nil || !near(*r.Value, 5000.0/5800) {
 		t.Errorf("A/B row: %+v", r)

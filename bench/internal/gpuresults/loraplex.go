@@ -69,6 +69,12 @@ type RouterPoint struct {
 	Single  float64 `json:"single_adapter_tokens_per_s"`
 	Routed  float64 `json:"routed_tokens_per_s"`
 	Ratio   float64 `json:"ratio_to_single"`
+	// Ceiling is the byte-bound ceiling of Ratio: the bytes a single-adapter step reads over
+	// those a routed step reads (the gates in f32 and the experts its rows are expected to
+	// pick, uniformly at random, each read once). 0 in results written before it was stated.
+	Ceiling     float64 `json:"byte_ceiling,omitempty"`
+	RoutedBytes float64 `json:"routed_step_bytes,omitempty"`
+	SingleBytes float64 `json:"single_step_bytes,omitempty"`
 }
 
 // Deterministic is the deterministic mode against the default, by batch size.

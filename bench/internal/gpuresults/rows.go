@@ -153,8 +153,12 @@ func rows(lp *Loraplex, hf hfRun, hasHF bool, cl coldloadRun, hasCL bool, pc pre
 		g     float64
 	}{{1, 0.85}, {64, 0.90}} {
 		p, ok := lp.router(c.batch)
+		single := tps(p.Single)
+		if p.Ceiling > 0 {
+			single += fmt.Sprintf(" (byte-bound ceiling %.3f: %.2f GB a routed step beside %.2f GB)", p.Ceiling, p.RoutedBytes/1e9, p.SingleBytes/1e9)
+		}
 		add(row(15, fmt.Sprintf("router28_top2_b%d", c.batch), fmt.Sprintf("routed top-2 of 28 experts ÷ single adapter, batch %d", c.batch),
-			goal{">=", c.g}, p.Ratio, ok, tps(p.Routed), tps(p.Single), noteIf(!ok, lp.failed("router"))))
+			goal{">=", c.g}, p.Ratio, ok, tps(p.Routed), single, noteIf(!ok, lp.failed("router"))))
 	}
 	// What one adapter costs (no goal of its own; the router stage's baselines): a batch of
 	// requests on one rank-8 adapter on all seven projections against the same batch without.
