@@ -167,6 +167,13 @@ func checkRows(op string, a, b model.Tensor) {
 // device copy is in use.
 func (b *Backend) AliasesUploads() bool { return true }
 
+var _ model.SegmentMerger = (*Backend)(nil)
+
+// MergesSegments implements model.SegmentMerger: a run of sequences on one adapter is one LoRA
+// call's segment, two gemm calls (each fanned out to every worker) where a sequence each made
+// two per sequence. Deterministic mode computes a row alike in any segment (SetBatchInvariant).
+func (b *Backend) MergesSegments() bool { return true }
+
 var _ model.BatchInvariant = (*Backend)(nil)
 
 // SetBatchInvariant implements model.BatchInvariant. Attention, norms, RoPE and sampling

@@ -119,6 +119,8 @@ type Backend struct {
 	segsKept          bool   // this step replays devSegs as they are: no op runs, EndStep copies nothing
 	keptReplays       int    // replays that kept devSegs (KeptSegmentReplays)
 	segKeep           bool   // StepSegments may keep them (graph.go: LORAPLEX_SEGMENT_KEEP, SetSegmentKeep)
+	segMerge          bool   // MergesSegments (graph.go: LORAPLEX_SEGMENT_MERGE, SetSegmentMerge)
+	segsPut           int    // segments written to the ring (SegmentsPut)
 
 	// Host time of replayed steps (graph.go, ReplayHostTime): from Prepare, once the stream is
 	// idle, to the graph's launch.
@@ -187,6 +189,7 @@ func New(device int) (*Backend, error) {
 	b.normStagePair = envSwitch("LORAPLEX_NORM_STAGE_PAIR", normStagePairDefault)
 	b.loraFold = envSwitch("LORAPLEX_LORA_FOLD", loraFoldDefault)
 	b.segKeep = envSwitch("LORAPLEX_SEGMENT_KEEP", segKeepDefault)
+	b.segMerge = envSwitch("LORAPLEX_SEGMENT_MERGE", segMergeDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())
 	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)

@@ -43,6 +43,7 @@ import (
 //	LORAPLEX_NORM_VEC=on|off       RMSNorm rows of a width divisible by 4 on the float4 kernel (kernels/rmsnorm.cu)
 //	LORAPLEX_PREFILL_WIDE=on|off   the tensor-core prefill in 128-row tiles, two m16 row tiles a warp (attention.go)
 //	LORAPLEX_SEGMENT_KEEP=on|off   a replay of the segment tables the device holds skips the forward pass's walk (SegmentKeeper, graph.go)
+//	LORAPLEX_SEGMENT_MERGE=on|off  adjacent sequences on one adapter share one LoRA segment (SegmentMerger, graph.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
 // compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,

@@ -197,6 +197,31 @@ const segKeepDefault = false
 // the following steps.
 func (b *Backend) SetSegmentKeep(on bool) { b.segKeep = on }
 
+var _ model.SegmentMerger = (*Backend)(nil)
+
+// MergesSegments implements model.SegmentMerger (LORAPLEX_SEGMENT_MERGE, SetSegmentMerge). A
+// merged run is one segment of many rows where it was many of one: the plain and wide LoRA
+// kernels give each (segment, row) its own blocks either way, so the launches' work is the same
+// and the host writes a table of 7 segments a layer for a batch on one adapter instead of one a
+// sequence. Deterministic mode keeps the plain kernels, whose shrink and expand reduce a row
+// alike in a segment of any length (a prompt prefilled in chunks relies on it too).
+func (b *Backend) MergesSegments() bool { return b.segMerge }
+
+// segMergeDefault: off until a GPU run has tested it (TestMergedSegmentsCUDA) and measured it.
+// Written without a GPU from goals-2026-12-07-s26a's host lines: a replayed batch-64 step on one
+// rank-8 adapter cost the host 745 us (0.074 of the step), as much as one on 64 adapters, because
+// it walked a segment per sequence.
+const segMergeDefault = false
+
+// SetSegmentMerge makes the following steps merge adjacent sequences on one adapter into one
+// segment or not (MergesSegments). The runner's step keys hold the segment layout, so recordings
+// of either side stay valid.
+func (b *Backend) SetSegmentMerge(on bool) { b.segMerge = on }
+
+// SegmentsPut is the number of LoRA segments the backend has written to its segment ring, in
+// every step and every call (for tests).
+func (b *Backend) SegmentsPut() int { return b.segsPut }
+
 // KeptSegmentReplays is the number of replayed steps that kept the segment tables on the device
 // and made no op call (StepSegments; for tests and benchmarks).
 func (b *Backend) KeptSegmentReplays() int { return b.keptReplays }

@@ -299,6 +299,7 @@ func (b *Backend) reserveSegs(n, tmp int) bool {
 // of 7 projections in each of 32 layers, 14,336 calls at ~50 ns, and the runner builds a step
 // (replayed graphs included) only once the last one completed, so that time added to the step.
 func (b *Backend) putSegs(at int, segs []model.LoRASeg, toff int) int {
+	b.segsPut += len(segs)
 	ring := unsafe.Slice((*C.lp_lora_seg)(b.segHost), b.segCap)[at : at+len(segs)]
 	for i, sg := range segs {
 		r := &ring[i]

@@ -25,23 +25,7 @@ func TestKeptSegmentReplays(t *testing.T) {
 	first, swapped := []*model.Adapter{a, c, nil}, []*model.Adapter{c, a, nil}
 	const steps = 11
 	per := (steps + h.PageSize - 1) / h.PageSize
-	// step k of a decode: three sequences, sequence i on pages base+i*per.., its token at
-	// position k.
-	step := func(k int, base int) *model.Step {
-		s := &model.Step{}
-		for i := 0; i < 3; i++ {
-			pages := make([]int32, per)
-			for j := range pages {
-				pages[j] = int32(base + i*per + j)
-			}
-			s.Seqs = append(s.Seqs, model.SeqRows{Start: i, N: 1, Len: k + 1, Pages: pages})
-			s.Tokens = append(s.Tokens, int32(3+7*i+5*k))
-			s.Positions = append(s.Positions, int32(k))
-			s.Slots = append(s.Slots, pages[k/h.PageSize]*int32(h.PageSize)+int32(k%h.PageSize))
-			s.LogitRows = append(s.LogitRows, int32(i))
-		}
-		return s
-	}
+	step := func(k int, base int) *model.Step { return decodeRows(k, base, 3, per, h.PageSize) }
 	schedule := []struct {
 		ads          []*model.Adapter
 		direct, drop bool // this step unrecorded; every recording dropped before it
@@ -106,5 +90,71 @@ func TestSegmentKeepFixturesCUDA(t *testing.T) {
 	fixturesAlike(t, b, "kept segment tables", b.SetSegmentKeep)
 	if b.KeptSegmentReplays() == 0 {
 		t.Fatal("no replay kept its segment tables")
+	}
+}
+
+// decodeRows is step k of a decode of n sequences: sequence i on pages base+i*per.. (per pages of
+// pageSize positions each), its token at position k, every row's logits read.
+func decodeRows(k, base, n, per, pageSize int) *model.Step {
+	s := &model.Step{}
+	for i := 0; i < n; i++ {
+		pages := make([]int32, per)
+		for j := range pages {
+			pages[j] = int32(base + i*per + j)
+		}
+		s.Seqs = append(s.Seqs, model.SeqRows{Start: i, N: 1, Len: k + 1, Pages: pages})
+		s.Tokens = append(s.Tokens, int32(3+7*i+5*k))
+		s.Positions = append(s.Positions, int32(k))
+		s.Slots = append(s.Slots, pages[k/pageSize]*int32(pageSize)+int32(k%pageSize))
+		s.LogitRows = append(s.LogitRows, int32(i))
+	}
+	return s
+}
+
+// Adjacent sequences on one adapter in one LoRA segment (model.SegmentMerger) give every row the
+// logits it gets in segments of its own: to the bit in deterministic mode, within the bf16 bound
+// in the default one, in recorded and replayed decode steps; the merged steps write fewer
+// segments (runs a,a | c | a,a: 3 a projection where 5 sequences made 5).
+func TestMergedSegmentsCUDA(t *testing.T) {
+	b := newGPU(t)
+	_, cfg, h := fixture.Open(t, "llama", b)
+	ads := fixtureadapters.Upload(t, "llama", cfg, b)
+	a, c := ads["b_all_rslora"], ads["a_qv"]
+	list := []*model.Adapter{a, a, c, a, a}
+	const steps, seqs = 6, 5
+	per := (steps + h.PageSize - 1) / h.PageSize
+	for _, deterministic := range []bool{false, true} {
+		b.SetBatchInvariant(deterministic)
+		var logits [2][][]float32
+		var put [2]int
+		for i, merge := range []bool{false, true} {
+			b.SetSegmentMerge(merge)
+			before := b.SegmentsPut()
+			for k := range steps {
+				out := make([]float32, seqs*cfg.VocabSize)
+				if err := h.R.Forward(decodeRows(k, 0, seqs, per, h.PageSize), list, out); err != nil {
+					t.Fatal(err)
+				}
+				logits[i] = append(logits[i], out)
+			}
+			put[i] = b.SegmentsPut() - before
+		}
+		if put[1]*5 != put[0]*3 {
+			t.Errorf("deterministic %v: %d segments merged, %d not: want 3 for every 5", deterministic, put[1], put[0])
+		}
+		for k := range steps {
+			d, scale := maxDiff(logits[0][k], logits[1][k])
+			if deterministic && d != 0 || d > 0.02+0.01*scale {
+				t.Errorf("deterministic %v, step %d: merged logits differ by %g (largest %g)", deterministic, k, d, scale)
+			}
+			if k == steps-1 {
+				t.Logf("deterministic %v: largest difference merged vs not %g", deterministic, d)
+			}
+		}
+	}
+	b.SetBatchInvariant(false)
+	b.SetSegmentMerge(false)
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -110,6 +110,17 @@ type SegmentKeeper interface {
 	StepSegments(version uint64) (kept bool)
 }
 
+// SegmentMerger is implemented by backends that take one LoRA segment for a run of adjacent
+// sequences on the same adapter (their rows are contiguous) instead of one a sequence: a batch
+// of 64 requests on one adapter then passes 7 segments a layer instead of 448, fewer for the
+// host to write and the backend to walk. The answer may change between steps (a switch). A
+// row's LoRA delta is the same sum either way; in deterministic mode (BatchInvariant) a backend
+// computes it bitwise alike in both layouts, as it already must for a prompt prefilled in any
+// chunks.
+type SegmentMerger interface {
+	MergesSegments() bool
+}
+
 // ErrRerun is returned by StepRecorder.EndStep when the step must be run again unrecorded.
 var ErrRerun = errors.New("model: run the step again without recording")
 

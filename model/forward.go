@@ -34,6 +34,8 @@ type Runner struct {
 	segFrom                                   []segSource          // what segCache was built from, when segVersion is set
 	segKey                                    []byte               // the step key's part for segCache's layout (stepKey)
 	segVersion                                uint64               // segCache's version (SegmentKeeper); 0: segCache and segKey do not hold segFrom's segments
+	segMerged                                 bool                 // segCache merges adjacent sequences on one adapter (SegmentMerger)
+	segRuns                                   []segSource          // the step's runs of rows on one plain adapter (loadRuns)
 	routedSegs                                [NumProj][]LoRASeg   // a routed step's segs, rebuilt each layer (routeProj appends)
 	routing                                   routeState
 	attnParams                                AttnParams
@@ -121,6 +123,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	}
 	r.segCache = make([][NumProj][]LoRASeg, cfg.NumLayers)
 	r.segFrom = make([]segSource, 0, opt.MaxTokens) // a step has at most a sequence a row
+	r.segRuns = make([]segSource, 0, opt.MaxTokens)
 	for p := range r.routedSegs {
 		r.routedSegs[p] = make([]LoRASeg, 0, 64)
 		for l := range r.segCache {
@@ -288,12 +291,11 @@ func (r *Runner) stepKey(s *Step, adapters []*Adapter) []byte {
 		for l := range r.W.Layers {
 			for p := Proj(0); p < NumProj; p++ {
 				segs, rows, rank := 0, 0, 0
-				for i, a := range adapters {
-					if a == nil || a.Routing != nil || a.Modules[l][p] == nil {
-						continue
+				for _, rn := range r.segRuns { // loadSegs's: the plain sequences' runs
+					if m := rn.a.Modules[l][p]; m != nil {
+						segs++
+						rows, rank = max(rows, rn.n), max(rank, m.Rank)
 					}
-					segs++
-					rows, rank = max(rows, s.Seqs[i].N), max(rank, a.Modules[l][p].Rank)
 				}
 				k = appendSegLayout(k, segs, rows, rank)
 			}
@@ -327,7 +329,7 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 	b.Embed(x, w.Embed)
 	for l := range w.Layers {
 		L := &w.Layers[l]
-		r.layerSegs(l, s, adapters)
+		r.layerSegs(l)
 		r.groupOuts[0], r.groupOuts[1], r.groupOuts[2] = q, k, v
 		in := NormedInput{X: x, Delta: delta, Next: h, Weight: L.AttnNorm, Eps: r.eps} // delta has no rows in layer 0
 		if r.qkvLoRARoPE(q, k, v, in, l) {
@@ -655,11 +657,13 @@ type segSource struct {
 // names alive, so an adapter freed since cannot come back at the same address. Steps allocate
 // nothing here once the lists have grown to the batch (segFrom is sized for MaxTokens).
 func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
+	merge := r.mergesSegs()
 	if r.routing.seqs > 0 {
 		r.segVersion = 0
+		r.loadRuns(s, adapters, merge) // layerSegs builds each layer's from them
 		return
 	}
-	same := r.segVersion != 0 && len(r.segFrom) == len(adapters)
+	same := r.segVersion != 0 && len(r.segFrom) == len(adapters) && r.segMerged == merge
 	for i := 0; same && i < len(adapters); i++ {
 		f, sq := r.segFrom[i], s.Seqs[i]
 		same = f.a == adapters[i] && f.start == sq.Start && f.n == sq.N
@@ -671,8 +675,10 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	// engine) must not leave a half-rebuilt cache for a later step to take.
 	r.segVersion = 0
 	r.segKey = r.segKey[:0]
+	r.segMerged = merge
+	r.loadRuns(s, adapters, merge)
 	for l := range r.segCache {
-		r.buildSegs(&r.segCache[l], l, s, adapters)
+		r.buildSegs(&r.segCache[l], l, r.segRuns)
 		for _, segs := range r.segCache[l] {
 			rows, rank := 0, 0
 			for _, sg := range segs {
@@ -689,31 +695,58 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 }
 
 // layerSegs sets r.segs to layer l's segments: loadSegs's for the layer, or a routed step's
-// built now.
-func (r *Runner) layerSegs(l int, s *Step, adapters []*Adapter) {
+// built now from its runs.
+func (r *Runner) layerSegs(l int) {
 	if r.routing.seqs > 0 {
-		r.buildSegs(&r.routedSegs, l, s, adapters)
+		r.buildSegs(&r.routedSegs, l, r.segRuns)
 		r.segs = r.routedSegs
 		return
 	}
 	r.segs = r.segCache[l]
 }
 
-// buildSegs lists into dst, per projection, the row runs of layer l that an adapter touches.
-func (r *Runner) buildSegs(dst *[NumProj][]LoRASeg, l int, s *Step, adapters []*Adapter) {
+// loadRuns sets r.segRuns to the step's runs of rows on one plain adapter, in step order: a
+// sequence each, or with merge (SegmentMerger) one for each run of adjacent sequences on the same
+// adapter whose rows follow each other. A run becomes one LoRA segment on every projection its
+// adapter adapts, in every layer: the runs fix the step's segment layout.
+func (r *Runner) loadRuns(s *Step, adapters []*Adapter, merge bool) {
+	runs := r.segRuns[:0]
+	var last *Adapter // the adapter of the sequence before, when its rows end where this one's start
+	for i, a := range adapters {
+		sq := s.Seqs[i]
+		switch {
+		case a == nil || a.Routing != nil:
+			last = nil
+		case merge && a == last && sq.Start == runs[len(runs)-1].start+runs[len(runs)-1].n:
+			runs[len(runs)-1].n += sq.N
+		default:
+			runs = append(runs, segSource{a, sq.Start, sq.N})
+			last = a
+		}
+	}
+	r.segRuns = runs
+}
+
+// mergesSegs reports whether the backend wants adjacent sequences on one adapter in one segment
+// (SegmentMerger).
+func (r *Runner) mergesSegs() bool {
+	m, ok := r.B.(SegmentMerger)
+	return ok && m.MergesSegments()
+}
+
+// buildSegs lists into dst, per projection, layer l's segment of each run (loadRuns).
+func (r *Runner) buildSegs(dst *[NumProj][]LoRASeg, l int, runs []segSource) {
 	for p := range dst {
 		dst[p] = dst[p][:0]
 	}
-	for i, a := range adapters {
-		if a == nil || a.Routing != nil {
-			continue
-		}
-		// By index and pointer, not range copies: a batch-64 step on 64 adapters puts 14,336
-		// segments, all of it host time the device waits for (BenchmarkStepHostWalk).
-		start, n, mods := s.Seqs[i].Start, s.Seqs[i].N, &a.Modules[l]
+	// By index and pointer, not range copies: a batch-64 step on 64 adapters puts 14,336
+	// segments, all of it host time the device waits for (BenchmarkStepHostWalk).
+	for i := range runs {
+		rn := &runs[i]
+		mods := &rn.a.Modules[l]
 		for p := range mods {
 			if lw := mods[p]; lw != nil {
-				dst[p] = append(dst[p], LoRASeg{Start: start, N: n, A: lw.A, B: lw.B, Scale: lw.Scale})
+				dst[p] = append(dst[p], LoRASeg{Start: rn.start, N: rn.n, A: lw.A, B: lw.B, Scale: lw.Scale})
 			}
 		}
 	}
