@@ -257,3 +257,85 @@ func TestReplayKeepsTheSegmentsOfTheLastStep(t *testing.T) {
 		t.Fatalf("token %d: error %v, %d walks", cfg.VocabSize, err, kb.walks-walks)
 	}
 }
+
+// mergingBackend is the CPU backend with segment merging switched (model.SegmentMerger) and
+// every LoRA call's segments counted.
+type mergingBackend struct {
+	*cpu.Backend
+	merge bool
+	segs  int
+}
+
+func (m *mergingBackend) MergesSegments() bool { return m.merge }
+
+func (m *mergingBackend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
+	m.segs += len(segs)
+	m.Backend.LoRA(out, x, segs)
+}
+
+// Adjacent sequences on one adapter whose rows follow each other share one LoRA segment where
+// the backend merges (model.SegmentMerger): a run ends at another adapter or a base row, and a
+// run of prefill rows merges like decode rows. In deterministic mode every row's logits are the
+// ones it gets with a segment a sequence, to the bit, including after the switch flips
+// between steps of the same layout.
+func TestMergedSegmentsGiveTheRowsTheirOwnLogits(t *testing.T) {
+	const name = "llama"
+	mb := &mergingBackend{Backend: cpu.New(1)}
+	t.Cleanup(mb.Close)
+	_, cfg, h := fixture.Open(t, name, mb)
+	if err := h.R.SetBatchInvariant(true); err != nil {
+		t.Fatal(err)
+	}
+	ads := fixtureadapters.Upload(t, name, cfg, mb)
+	a, b := ads["a_qv"], ads["b_all_rslora"]
+	// adapted is how many projections of all layers ad adapts: its segments a run.
+	adapted := func(ad *model.Adapter) (n int) {
+		for l := range ad.Modules {
+			for _, m := range ad.Modules[l] {
+				if m != nil {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	for _, c := range []struct {
+		rows   []int
+		ads    []*model.Adapter
+		merged int // segments a merged step puts
+	}{
+		{[]int{1, 1, 1, 1, 1}, []*model.Adapter{a, a, b, a, a}, 2*adapted(a) + adapted(b)},
+		{[]int{1, 1, 1}, []*model.Adapter{a, nil, a}, 2 * adapted(a)},
+		{[]int{1, 1, 1}, []*model.Adapter{b, a, b}, 2*adapted(b) + adapted(a)},
+		{[]int{3, 2, 1}, []*model.Adapter{b, b, b}, adapted(b)},
+	} {
+		// Unmerged, merged, and unmerged again after a merged step of the same layout.
+		var logits [3][]float32
+		var segs [3]int
+		for i, merge := range []bool{false, true, false} {
+			mb.merge, mb.segs = merge, 0
+			s := rowsStep(c.rows, h.PageSize)
+			logits[i] = make([]float32, len(s.LogitRows)*cfg.VocabSize)
+			if err := h.R.Forward(s, c.ads, logits[i]); err != nil {
+				t.Fatal(err)
+			}
+			segs[i] = mb.segs
+		}
+		unmerged := 0
+		for _, ad := range c.ads {
+			if ad != nil {
+				unmerged += adapted(ad)
+			}
+		}
+		if segs != [3]int{unmerged, c.merged, unmerged} {
+			t.Errorf("rows %v: %v segments unmerged, merged, unmerged; want %d, %d, %d", c.rows, segs, unmerged, c.merged, unmerged)
+		}
+		for i := 1; i < 3; i++ {
+			for j := range logits[0] {
+				if math.Float32bits(logits[0][j]) != math.Float32bits(logits[i][j]) {
+					t.Fatalf("rows %v, step %d: logit %d is %v, %v in the first", c.rows, i, j, logits[i][j], logits[0][j])
+				}
+			}
+		}
+	}
+}
