@@ -13,10 +13,11 @@ import (
 // segment into a table as the CUDA backend writes its pinned ring (cuda putSegs), so the walk
 // is the one a replayed GPU step makes before its graph launches, less the cgo calls.
 type shapeBackend struct {
-	ring []shapeSeg
-	used int
-	keep bool   // replays keep the last step's segment tables (SegmentKeeper) as CUDA's do
-	last uint64 // the version the last step left
+	ring  []shapeSeg
+	used  int
+	keep  bool   // replays keep the last step's segment tables (SegmentKeeper) as CUDA's do
+	merge bool   // adjacent sequences on one adapter share a segment (SegmentMerger)
+	last  uint64 // the version the last step left
 }
 
 // StepSegments keeps the tables of the step before as the CUDA backend does (every step here
@@ -26,6 +27,8 @@ func (s *shapeBackend) StepSegments(version uint64) bool {
 	s.last = version
 	return kept
 }
+
+func (s *shapeBackend) MergesSegments() bool { return s.merge }
 
 // shapeSeg is lp_lora_seg's content (kernels/loraplex_kernels.h).
 type shapeSeg struct {
@@ -81,13 +84,15 @@ func (s *shapeBackend) put(segs []model.LoRASeg) {
 }
 
 var _ model.SegmentKeeper = (*shapeBackend)(nil)
+var _ model.SegmentMerger = (*shapeBackend)(nil)
 var _ model.LoRAGrouper = (*shapeBackend)(nil)
 
 // BenchmarkStepHostWalk is the host's part of a replayed decode step of the Llama-3-8B shape:
 // the step key, the segment lists of every layer and the forward pass's walk over the ops,
 // with rows on distinct adapters of rank 16 on all seven projections (and on none), and with a
 // backend that keeps the last step's segment tables (model.SegmentKeeper: a replay of the same
-// sequences on the same adapters makes no op call, what is left is the step key). On a GPU
+// sequences on the same adapters makes no op call, what is left is the step key), and one that
+// merges the sequences on one adapter into one segment (model.SegmentMerger). On a GPU
 // the device waits for all of it (the runner starts a step once the last one completed), so
 // it adds to the step: bench/gpu prints the whole of it as measured there
 // (cuda.Backend.ReplayHostTime), this the part that is the model's.
@@ -121,14 +126,18 @@ func BenchmarkStepHostWalk(b *testing.B) {
 	}
 	for _, c := range []struct {
 		batch, adapters int
-		keep            bool
-	}{{1, 0, false}, {1, 1, false}, {64, 0, false}, {64, 1, false}, {64, 64, false}, {1, 1, true}, {64, 64, true}} {
+		keep, merge     bool
+	}{{1, 0, false, false}, {1, 1, false, false}, {64, 0, false, false}, {64, 1, false, false}, {64, 64, false, false},
+		{1, 1, true, false}, {64, 64, true, false}, {64, 1, false, true}, {64, 64, false, true}} {
 		name := fmt.Sprintf("batch%d_adapters%d", c.batch, c.adapters)
 		if c.keep {
 			name += "_kept" // consecutive steps of the same sequences: the replay skips the walk
 		}
+		if c.merge {
+			name += "_merged" // one segment for the whole batch on one adapter; 64 adapters: none to merge
+		}
 		b.Run(name, func(b *testing.B) {
-			be.keep, be.last = c.keep, 0
+			be.keep, be.merge, be.last = c.keep, c.merge, 0
 			r, err := model.NewRunner(cfg, be, w, model.RunnerOptions{MaxTokens: c.batch, MaxLogitRows: c.batch, MaxContext: 4096,
 				KV: model.KVSpec{Pages: c.batch * 9, PageSize: 16}})
 			if err != nil {
