@@ -25,6 +25,8 @@ type Backend struct {
 	multi   multiJob
 	panels  [][]float32 // per worker: gemm's packed weight panel
 	faults  *faultLatch
+	// segsApart: a LoRA segment a sequence even for adjacent ones on one adapter (SetSegmentMerge).
+	segsApart bool
 	// batchInvariant: deterministic mode (SetBatchInvariant).
 	batchInvariant bool
 }
@@ -172,7 +174,12 @@ var _ model.SegmentMerger = (*Backend)(nil)
 // MergesSegments implements model.SegmentMerger: a run of sequences on one adapter is one LoRA
 // call's segment, two gemm calls (each fanned out to every worker) where a sequence each made
 // two per sequence. Deterministic mode computes a row alike in any segment (SetBatchInvariant).
-func (b *Backend) MergesSegments() bool { return true }
+// On unless SetSegmentMerge turned it off.
+func (b *Backend) MergesSegments() bool { return !b.segsApart }
+
+// SetSegmentMerge turns MergesSegments on or off for the following steps (for benchmarks that
+// compare both layouts: BenchmarkDecodeOneAdapter).
+func (b *Backend) SetSegmentMerge(on bool) { b.segsApart = !on }
 
 var _ model.BatchInvariant = (*Backend)(nil)
 

@@ -418,3 +418,72 @@ func BenchmarkDot(b *testing.B) {
 		_ = sink
 	}
 }
+
+// BenchmarkDecodeOneAdapter is decode at batch 8 with every sequence on one rank-16 adapter on
+// all seven projections, with the sequences' LoRA segments merged into one (model.SegmentMerger,
+// the default) and apart (a segment a sequence: two gemm calls per sequence and projection,
+// each handed to every worker), and the same batch without the adapter. Each iteration runs a
+// step of each side in turn, so a shared machine's load falls on all three alike:
+// merged_vs_apart is the apart side's time ÷ the merged side's, *_vs_base the base's time ÷ the
+// side's (tokens/s against the batch without adapters).
+func BenchmarkDecodeOneAdapter(b *testing.B) {
+	const batch, rank = 8, 16
+	m := getBenchModel(b)
+	h := &model.HostAdapter{Name: "one", Modules: make([][model.NumProj]*model.HostLoRA, m.cfg.NumLayers)}
+	rng := uint32(12345)
+	bf16 := func(n int) []byte {
+		data := make([]byte, 2*n)
+		for i := 0; i < n; i++ {
+			rng = rng*1664525 + 1013904223
+			f := (float32(rng>>8)/(1<<24) - 0.5) * 0.04
+			binary.LittleEndian.PutUint16(data[2*i:], uint16(math.Float32bits(f)>>16))
+		}
+		return data
+	}
+	for l := range h.Modules {
+		for p := model.Proj(0); p < model.NumProj; p++ {
+			out, in := m.cfg.ProjShape(p)
+			h.Modules[l][p] = &model.HostLoRA{Rank: rank, Scale: 2,
+				A: model.HostTensor{Name: "A", DType: model.BF16, Shape: []int{rank, in}, Data: bf16(rank * in)},
+				B: model.HostTensor{Name: "B", DType: model.BF16, Shape: []int{out, rank}, Data: bf16(out * rank)}}
+		}
+	}
+	ad, err := model.UploadAdapter(m.b, m.cfg, h)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.b.SetSegmentMerge(true)
+	s := decodeStep(batch, benchCtx)
+	logits := make([]float32, batch*m.cfg.VocabSize)
+	none, one := make([]*model.Adapter, batch), make([]*model.Adapter, batch)
+	for i := range one {
+		one[i] = ad
+	}
+	sides := []struct {
+		ads   []*model.Adapter
+		merge bool
+	}{{none, true}, {one, false}, {one, true}} // base, apart, merged
+	var took [3]time.Duration
+	step := func(i int) {
+		m.b.SetSegmentMerge(sides[i].merge)
+		t0 := time.Now()
+		if err := m.r.Forward(s, sides[i].ads, logits); err != nil {
+			b.Fatal(err)
+		}
+		took[i] += time.Since(t0)
+	}
+	for i := range sides {
+		step(i) // warm up
+	}
+	took = [3]time.Duration{}
+	b.ResetTimer()
+	for range b.N {
+		for i := range sides {
+			step(i)
+		}
+	}
+	b.ReportMetric(float64(batch*b.N)/took[2].Seconds(), "merged_tokens/s")
+	b.ReportMetric(took[1].Seconds()/took[2].Seconds(), "merged_vs_apart")
+	b.ReportMetric(took[0].Seconds()/took[1].Seconds(), "apart_vs_base")
+	b.ReportMetric(took[0].Seconds()/took[2].Seconds(), "merged_vs_base")
+}
