@@ -17,6 +17,7 @@
 //	StepSynchronizer  Sync: the step's queued ops have completed          -    yes
 //	StepRecorder      records a step's launches once, replays them        -    yes
 //	SegmentKeeper     replays the segment tables it holds with no op call -    yes
+//	SegmentMerger     one LoRA segment for a run of one adapter's rows    yes  switch
 //	FailureReporter   Err: the backend's sticky failure (health)          yes  yes
 //	DeviceRouter      routes router rows on the device (RouteLoRA)        -    yes
 //	DeviceGroupRouter routes q/k/v's (gate/up's) members in one call      -    yes
