@@ -179,7 +179,9 @@ var _ model.SegmentKeeper = (*Backend)(nil)
 // last recorded or replayed step left this version's for this same recording. A recording's
 // ring layout is the order of its LoRA calls, which its key fixes, and a version names the
 // segments' content, so the bytes there are the ones the step would copy. Steps that route on
-// the device write segments there themselves and have version 0.
+// the device also write their routed rows' segments there, from inside the recording (the
+// routing kernels, into the regions the recording fixed), so every replay rewrites those: their
+// version names the plain sequences' tables staged beside them.
 func (b *Backend) StepSegments(version uint64) bool {
 	b.segVersion = version
 	b.segsKept = b.segKeep && b.mode == modeReplay && version != 0 && b.prevSegs == segTable{version, b.replaying}

@@ -4,6 +4,7 @@ package cuda_test
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/loraplex/loraplex/internal/fixture"
@@ -157,4 +158,46 @@ func TestMergedSegmentsCUDA(t *testing.T) {
 	if err := b.Err(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Routed decode steps keep their plain sequences' segment tables too (model.SegmentKeeper; the
+// routed rows' segments the recording's routing kernels write anew in every replay): a batch of
+// plain, base and device-routed sequences decodes with keeping to the bit as without it (logits
+// and route traces), its replays keep, and after an expert is re-uploaded mid-decode (new
+// routings, dropped recordings, a new recording) the steps walk again before they keep.
+func TestKeptRoutedReplaysCUDA(t *testing.T) {
+	b := newGPU(t)
+	defer b.SetSegmentKeep(false)
+	const steps, swapAt = 12, 5
+	rb := newRoutedBatch(t, b, "llama")
+	expert := ""
+	for _, bd := range rb.bundles {
+		expert = bd.Experts()[0]
+		break
+	}
+	var logits [2][][]float32
+	var traces [2][][]int32
+	var kept [2]int
+	for i, keep := range []bool{false, true} {
+		b.SetSegmentKeep(keep)
+		before := b.KeptSegmentReplays()
+		logits[i], traces[i] = rb.decode(t, b, steps, swapAt, func() { rb.reupload(t, b, expert) })
+		kept[i] = b.KeptSegmentReplays() - before
+	}
+	// Without keeping none; with it every decode step but the first and the one after the
+	// re-upload at most (each records), and some.
+	if kept[0] != 0 || kept[1] == 0 || kept[1] > steps-2 {
+		t.Fatalf("%d and %d kept replays over %d decode steps without and with keeping", kept[0], kept[1], steps)
+	}
+	for step := range logits[0] {
+		if !slices.Equal(traces[0][step], traces[1][step]) {
+			t.Fatalf("decode step %d: route traces differ with kept tables", step)
+		}
+		for j := range logits[0][step] {
+			if math.Float32bits(logits[0][step][j]) != math.Float32bits(logits[1][step][j]) {
+				t.Fatalf("decode step %d: logit %d is %v with kept tables, %v without", step, j, logits[1][step][j], logits[0][step][j])
+			}
+		}
+	}
+	t.Logf("%d of %d decode steps kept their tables", kept[1], steps)
 }

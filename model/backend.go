@@ -103,7 +103,9 @@ type SegmentKeeper interface {
 	StepRecorder
 	// StepSegments is called right after BeginStep in every step with a key, with the
 	// version of the segment lists the step's ops pass (unique to their content and never
-	// reused, across runners; 0 when the step builds them as it runs). True only when BeginStep
+	// reused, across runners). In a step with device-routed sequences it names the plain
+	// sequences' lists; the routed rows' segments are the backend's to write inside the
+	// recording (DeviceRouter), which a replay does again. True only when BeginStep
 	// returned true and the device holds this version's tables as the recording reads them: the
 	// caller then makes no op call before EndStep. The backend notes the version for the tables
 	// the step leaves.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"sync/atomic"
 )
 
@@ -36,6 +37,9 @@ type Runner struct {
 	segVersion                                uint64               // segCache's version (SegmentKeeper); 0: segCache and segKey do not hold segFrom's segments
 	segMerged                                 bool                 // segCache merges adjacent sequences on one adapter (SegmentMerger)
 	segRuns                                   []segSource          // the step's runs of rows on one plain adapter (loadRuns)
+	routedFrom                                []segSource          // the plain runs of the last routed step, when routedVersion is set
+	routedVersion                             uint64               // the version of routedFrom's segments (SegmentKeeper)
+	stepVersion                               uint64               // this step's segment lists' version: segVersion, or routedVersion in a routed step
 	routedSegs                                [NumProj][]LoRASeg   // a routed step's segs, rebuilt each layer (routeProj appends)
 	routing                                   routeState
 	attnParams                                AttnParams
@@ -124,6 +128,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r.segCache = make([][NumProj][]LoRASeg, cfg.NumLayers)
 	r.segFrom = make([]segSource, 0, opt.MaxTokens) // a step has at most a sequence a row
 	r.segRuns = make([]segSource, 0, opt.MaxTokens)
+	r.routedFrom = make([]segSource, 0, opt.MaxTokens)
 	for p := range r.routedSegs {
 		r.routedSegs[p] = make([]LoRASeg, 0, 64)
 		for l := range r.segCache {
@@ -225,7 +230,7 @@ func (r *Runner) run(s *Step, adapters []*Adapter) error {
 			}
 			replay, kept := rec.BeginStep(key), false
 			if sk, ok := rec.(SegmentKeeper); ok && key != nil {
-				kept = sk.StepSegments(r.segVersion) && replay
+				kept = sk.StepSegments(r.stepVersion) && replay
 			}
 			if !kept { // a replay of segment tables the device holds needs none of the walk's op calls
 				r.layers(s, adapters)
@@ -653,22 +658,34 @@ type segSource struct {
 // the same sequences), else built anew. Rebuilding is what a step cost before: at batch 64 on 64
 // adapters 14,336 segments, host time the device waits for (BenchmarkStepHostWalk). Steps with
 // routed sequences build theirs layer by layer (routeProj appends to them) and leave the cache
-// empty. Adapters do not change while a sequence holds them, and segFrom keeps each one it
-// names alive, so an adapter freed since cannot come back at the same address. Steps allocate
-// nothing here once the lists have grown to the batch (segFrom is sized for MaxTokens).
+// as it is. Either way stepVersion names the segments the step stages (SegmentKeeper): the
+// cache's version, or one for the routed step's plain runs, kept while the next routed step has
+// the same. Adapters do not change while a sequence holds them, and segFrom and routedFrom keep
+// each one they name alive, so an adapter freed since cannot come back at the same address.
+// Steps allocate nothing here once the lists have grown to the batch (sized for MaxTokens).
 func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 	merge := r.mergesSegs()
 	if r.routing.seqs > 0 {
-		r.segVersion = 0
-		r.loadRuns(s, adapters, merge) // layerSegs builds each layer's from them
+		// The plain sequences' runs, from which layerSegs builds each layer's segments as the
+		// walk goes (routeProj appends the routed rows' to them). Their version is what a
+		// SegmentKeeper keeps; the routed rows' segments the device routes inside the step.
+		r.loadRuns(s, adapters, merge)
+		if r.routedVersion == 0 || !slices.Equal(r.routedFrom, r.segRuns) {
+			r.routedVersion = 0 // until routedFrom holds these runs
+			r.routedFrom = append(r.routedFrom[:0], r.segRuns...)
+			r.routedVersion = segVersions.Add(1)
+		}
+		r.stepVersion = r.routedVersion
 		return
 	}
+	r.stepVersion = 0
 	same := r.segVersion != 0 && len(r.segFrom) == len(adapters) && r.segMerged == merge
 	for i := 0; same && i < len(adapters); i++ {
 		f, sq := r.segFrom[i], s.Seqs[i]
 		same = f.a == adapters[i] && f.start == sq.Start && f.n == sq.N
 	}
 	if same {
+		r.stepVersion = r.segVersion
 		return
 	}
 	// Invalid until the whole rebuild is done: a step that panics in it (recovered by the
@@ -692,6 +709,7 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 		r.segFrom = append(r.segFrom, segSource{a, s.Seqs[i].Start, s.Seqs[i].N})
 	}
 	r.segVersion = segVersions.Add(1)
+	r.stepVersion = r.segVersion
 }
 
 // layerSegs sets r.segs to layer l's segments: loadSegs's for the layer, or a routed step's
