@@ -121,6 +121,8 @@ type Backend struct {
 	segKeep           bool   // StepSegments may keep them (graph.go: LORAPLEX_SEGMENT_KEEP, SetSegmentKeep)
 	segMerge          bool   // MergesSegments (graph.go: LORAPLEX_SEGMENT_MERGE, SetSegmentMerge)
 	segsPut           int    // segments written to the ring (SegmentsPut)
+	gemmSkinny        bool   // products of few outputs on the skinny kernel (ops.go: LORAPLEX_GEMM_SKINNY, SetGemmSkinny)
+	skinnyProducts    int    // products it took (SkinnyProducts)
 
 	// Host time of replayed steps (graph.go, ReplayHostTime): from Prepare, once the stream is
 	// idle, to the graph's launch.
@@ -190,6 +192,7 @@ func New(device int) (*Backend, error) {
 	b.loraFold = envSwitch("LORAPLEX_LORA_FOLD", loraFoldDefault)
 	b.segKeep = envSwitch("LORAPLEX_SEGMENT_KEEP", segKeepDefault)
 	b.segMerge = envSwitch("LORAPLEX_SEGMENT_MERGE", segMergeDefault)
+	b.gemmSkinny = envSwitch("LORAPLEX_GEMM_SKINNY", gemmSkinnyDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())
 	b.gemvDeep = envSwitch("LORAPLEX_GEMV_DEEP", gemvDeepDefault)

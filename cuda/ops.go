@@ -56,10 +56,30 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	}
 }
 
-// cublasGemm runs out = alpha · x · wᵀ + beta · out on cuBLAS from x as xToBF16 left it in b.xbf.
+// cublasGemm runs out = alpha · x · wᵀ + beta · out from x as xToBF16 left it in b.xbf: on
+// cuBLAS, or a product of at most LP_SKINNY_MAX_COLS outputs (a router's gate) at a decode batch
+// on the skinny kernel (kernels/gemm_skinny.cu: one launch where cuBLAS takes a split-K kernel
+// and its reduce) when LORAPLEX_GEMM_SKINNY is on.
 func (b *Backend) cublasGemm(out, x, w model.Tensor, alpha, beta float32) {
+	if b.gemmSkinny && alpha == 1 && beta == 0 && w.Rows <= int(C.LP_SKINNY_MAX_COLS) && x.Rows <= int(C.LP_SKINNY_MAX_ROWS) &&
+		x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 {
+		b.skinnyProducts++
+		b.ok("gemm skinny", C.s_gemm_skinny(ptr(out), C.uintptr_t(b.xbf), ptr(w), C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), b.stream))
+		return
+	}
 	b.ok("gemm", C.s_gemm(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
 }
+
+// SetGemmSkinny turns the skinny kernel for products of few outputs (cublasGemm) on or off for
+// the following steps. Recorded graphs hold the other kernel, so they are dropped.
+func (b *Backend) SetGemmSkinny(on bool) { setSwitch(b, &b.gemmSkinny, on) }
+
+// SkinnyProducts is the number of products the skinny kernel has taken (for tests).
+func (b *Backend) SkinnyProducts() int { return b.skinnyProducts }
+
+// gemmSkinnyDefault: off until a GPU run has tested (TestGemmSkinny) and measured it. Written
+// without a GPU from goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step.
+const gemmSkinnyDefault = false
 
 // xToBF16 rounds x to bf16 into xbf (grown on demand), the tensor cores' input; false when
 // that failed (the backend has recorded why).
