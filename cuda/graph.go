@@ -188,12 +188,13 @@ func (b *Backend) StepSegments(version uint64) bool {
 	return b.segsKept
 }
 
-// segKeepDefault: off until a GPU run has tested it (TestKeptSegmentReplays, the fixture suites
-// with it on) and measured it. Written without a GPU from goals-2026-12-07-s26a's host lines:
-// ~600 us of host work a replayed batch-64 step on adapters (0.05-0.06 of the step, one adapter
-// or 64), against 25-60 us without adapters; BenchmarkStepHostWalk puts the model's part of a
-// kept step at 3 us where the walk costs 163 (bench/results/host-walk-cpu.md).
-const segKeepDefault = false
+// segKeepDefault: on since goals-2026-12-07-s27a (H100), where TestKeptSegmentReplays,
+// TestSegmentKeepFixturesCUDA and TestKeptRoutedReplaysCUDA passed and its A/B row read: 64
+// distinct rank-16 adapters at batch 64 1.067x (0.969 of the byte-bound ceiling), rank-8 q/v
+// 1.018x (0.989 of its ceiling), routed top-2 of 28 1.022x at batch 1 and 1.033x at 64, one
+// adapter at batch 1 1.016x, every other row within noise. A replayed step's host work went from
+// 44-522 us (~600 with 64 adapters) to 3-14 us (call 2's host lines).
+const segKeepDefault = true
 
 // SetSegmentKeep lets replays keep the segment tables on the device (StepSegments) or not, for
 // the following steps.
@@ -209,11 +210,14 @@ var _ model.SegmentMerger = (*Backend)(nil)
 // alike in a segment of any length (a prompt prefilled in chunks relies on it too).
 func (b *Backend) MergesSegments() bool { return b.segMerge }
 
-// segMergeDefault: off until a GPU run has tested it (TestMergedSegmentsCUDA) and measured it.
-// Written without a GPU from goals-2026-12-07-s26a's host lines: a replayed batch-64 step on one
-// rank-8 adapter cost the host 745 us (0.074 of the step), as much as one on 64 adapters, because
-// it walked a segment per sequence.
-const segMergeDefault = false
+// segMergeDefault: on since goals-2026-12-07-s27a (H100): TestMergedSegmentsCUDA found merged
+// logits bitwise those of a segment a sequence, in deterministic mode and in the default one
+// (its decode steps put 192 segments merged where they put 360); with the kept tables, one rank-8 adapter at batch 64 decoded 7,314 tok/s against
+// 6,907 (call 2), and its A/B row moved no other row. It matters most where the kept tables do
+// not reach: in serving every admission, finish or prefill chunk changes the batch's layout, and
+// a walk of a batch on one adapter is then 7 segments a layer instead of 7 a request (a replayed
+// batch-64 step on one adapter cost the host 745 us walking a segment a sequence in s26a).
+const segMergeDefault = true
 
 // SetSegmentMerge makes the following steps merge adjacent sequences on one adapter into one
 // segment or not (MergesSegments). The runner's step keys hold the segment layout, so recordings
