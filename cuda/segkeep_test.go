@@ -163,29 +163,28 @@ func TestMergedSegmentsCUDA(t *testing.T) {
 // Routed decode steps keep their plain sequences' segment tables too (model.SegmentKeeper; the
 // routed rows' segments the recording's routing kernels write anew in every replay): a batch of
 // plain, base and device-routed sequences decodes with keeping to the bit as without it (logits
-// and route traces), its replays keep, and after an expert is re-uploaded mid-decode (new
-// routings, dropped recordings, a new recording) the steps walk again before they keep.
+// and route traces), its replays keep, and when two plain sequences swap adapters mid-decode (the
+// same step key, so the same recording, with other tables) that step walks and copies its new
+// tables before the next ones keep them.
 func TestKeptRoutedReplaysCUDA(t *testing.T) {
 	b := newGPU(t)
-	defer b.SetSegmentKeep(false)
 	const steps, swapAt = 12, 5
 	rb := newRoutedBatch(t, b, "llama")
-	expert := ""
-	for _, bd := range rb.bundles {
-		expert = bd.Experts()[0]
-		break
-	}
+	x, y := fixture.Adapters[0], fixture.Adapters[1]
+	swap := func() { rb.adapters[x], rb.adapters[y] = rb.adapters[y], rb.adapters[x] }
 	var logits [2][][]float32
 	var traces [2][][]int32
 	var kept [2]int
 	for i, keep := range []bool{false, true} {
 		b.SetSegmentKeep(keep)
 		before := b.KeptSegmentReplays()
-		logits[i], traces[i] = rb.decode(t, b, steps, swapAt, func() { rb.reupload(t, b, expert) })
+		logits[i], traces[i] = rb.decode(t, b, steps, swapAt, swap)
 		kept[i] = b.KeptSegmentReplays() - before
+		swap() // back, for the next run and the cleanups
 	}
-	// Without keeping none; with it every decode step but the first and the one after the
-	// re-upload at most (each records), and some.
+	b.SetSegmentKeep(false)
+	// Without keeping none; with it every decode step but the first (recorded) and the swapped
+	// one at most, and some.
 	if kept[0] != 0 || kept[1] == 0 || kept[1] > steps-2 {
 		t.Fatalf("%d and %d kept replays over %d decode steps without and with keeping", kept[0], kept[1], steps)
 	}

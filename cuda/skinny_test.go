@@ -12,8 +12,8 @@ import (
 	"github.com/loraplex/loraplex/model"
 )
 
-// The skinny kernel (LORAPLEX_GEMM_SKINNY) computes a product of at most 64 outputs at 9-256
-// rows as cuBLAS does, from the same bf16 inputs: within a few ulp of a float64 product of
+// The skinny kernel (LORAPLEX_GEMM_SKINNY) computes a product of at most 64 outputs at up to 256
+// rows (those past the GEMV's) as cuBLAS does, from the same bf16 inputs: within a few ulp of a float64 product of
 // them (and of cuBLAS's result), every output written; a row's outputs are bitwise the same
 // whatever the other rows (the first rows of a batch alone); products of more outputs or rows
 // stay on cuBLAS.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -520,35 +519,4 @@ func TestStepPanicFailsOnlyItsRequests(t *testing.T) {
 		t.Fatalf("after the panic: tokens %v, want %v", ev.Tokens, c.Tokens())
 	}
 	waitIdle(t, e)
-}
-
-// A request joins the running list after the last request on its adapter, or through its
-// router, so the rows of each are adjacent in every step (one LoRA segment for the adapter's
-// run, model.SegmentMerger; one routing group for the router's); a base request and the first
-// request on an adapter or through a router go last.
-func TestAdmitKeepsAnAdaptersRequestsTogether(t *testing.T) {
-	a, b := &model.Adapter{Name: "a"}, &model.Adapter{Name: "b"}
-	r := &routerEntry{}
-	routed := &model.Adapter{Name: "routing"}
-	e := &Engine{}
-	admitted := []struct {
-		ad    *model.Adapter
-		route *routerEntry
-		name  string
-	}{{a, nil, "a1"}, {b, nil, "b1"}, {nil, nil, "base1"}, {routed, r, "r1"}, {a, nil, "a2"}, {b, nil, "b2"},
-		{routed, r, "r2"}, {a, nil, "a3"}, {nil, nil, "base2"}}
-	for _, x := range admitted {
-		sq := &sequence{adapterW: x.ad, adapterName: x.name}
-		if x.route != nil {
-			sq.route = &routerSeq{entry: x.route}
-		}
-		e.admit(sq)
-	}
-	var got []string
-	for _, sq := range e.running {
-		got = append(got, sq.adapterName)
-	}
-	if want := []string{"a1", "a2", "a3", "b1", "b2", "base1", "r1", "r2", "base2"}; !slices.Equal(got, want) {
-		t.Fatalf("running %v, want %v", got, want)
-	}
 }

@@ -325,17 +325,15 @@ func (e *Engine) schedule() bool {
 
 // admit adds sq to the running list. Requests for the same router are kept next to each other
 // so their rows are adjacent in every step, where the forward pass routes them as one group
-// (one gate GEMM and one routing launch per projection instead of one per request); so are
-// requests on the same adapter, whose rows the forward pass then adapts as one LoRA segment
-// (model.SegmentMerger: 7 segments a layer for a batch on one adapter, not 7 a request).
-// Preemption takes the last of the list, which is then not always the latest admitted.
+// (one gate GEMM and one routing launch per projection instead of one per request).
 func (e *Engine) admit(sq *sequence) {
 	at := len(e.running)
-	for j := len(e.running) - 1; j >= 0; j-- {
-		if o := e.running[j]; sq.route != nil && o.route != nil && o.route.entry == sq.route.entry ||
-			sq.route == nil && sq.adapterW != nil && o.route == nil && o.adapterW == sq.adapterW {
-			at = j + 1
-			break
+	if sq.route != nil {
+		for j := len(e.running) - 1; j >= 0; j-- {
+			if r := e.running[j].route; r != nil && r.entry == sq.route.entry {
+				at = j + 1
+				break
+			}
 		}
 	}
 	e.running = slices.Insert(e.running, at, sq)
