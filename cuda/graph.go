@@ -210,14 +210,16 @@ var _ model.SegmentMerger = (*Backend)(nil)
 // alike in a segment of any length (a prompt prefilled in chunks relies on it too).
 func (b *Backend) MergesSegments() bool { return b.segMerge }
 
-// segMergeDefault: on since goals-2026-12-07-s27a (H100): TestMergedSegmentsCUDA found merged
-// logits bitwise those of a segment a sequence, in deterministic mode and in the default one
-// (its decode steps put 192 segments merged where they put 360); with the kept tables, one rank-8 adapter at batch 64 decoded 7,314 tok/s against
-// 6,907 (call 2), and its A/B row moved no other row. It matters most where the kept tables do
-// not reach: in serving every admission, finish or prefill chunk changes the batch's layout, and
-// a walk of a batch on one adapter is then 7 segments a layer instead of 7 a request (a replayed
-// batch-64 step on one adapter cost the host 745 us walking a segment a sequence in s26a).
-const segMergeDefault = true
+// segMergeDefault: off until the fixture suites have run with it (TestSegmentMergeFixturesCUDA)
+// and its own gain is measured. In goals-2026-12-07-s27a (H100) TestMergedSegmentsCUDA found
+// merged logits bitwise those of a segment a sequence, in deterministic mode and in the default
+// one (its decode steps put 192 segments merged where they put 360); its A/B row moved no row of
+// the goals table, whose steps the kept tables already spare the walk (one rank-8 adapter at
+// batch 64 decoded 7,314 tok/s with both against 6,907 without, call 2, not apart). It matters
+// where the kept tables do not reach: in serving every admission, finish or prefill chunk
+// changes the batch's layout, and a walk of a batch on one adapter is then 7 segments a layer
+// instead of 7 a request (745 us of host time a replayed batch-64 step in s26a).
+const segMergeDefault = false
 
 // SetSegmentMerge makes the following steps merge adjacent sequences on one adapter into one
 // segment or not (MergesSegments). The runner's step keys hold the segment layout, so recordings

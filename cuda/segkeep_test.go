@@ -201,12 +201,11 @@ func TestKeptRoutedReplaysCUDA(t *testing.T) {
 	t.Logf("%d of %d decode steps kept their tables", kept[1], steps)
 }
 
-// With merged segments (the default) the engine-core fixture suite matches the transformers/peft
+// With merged segments the engine-core fixture suite matches the transformers/peft
 // reference within the bf16 bound, as without (every family, base + four adapters in one mixed
 // batch, prefill whole and chunked, decode replayed from CUDA graphs).
 func TestSegmentMergeFixturesCUDA(t *testing.T) {
 	b := newGPU(t)
-	defer b.SetSegmentMerge(true)
 	for _, merge := range []bool{false, true} {
 		b.SetSegmentMerge(merge)
 		eachFixture(t, b, func(t *testing.T, c fixtureCase) {
