@@ -158,6 +158,10 @@ type Engine struct {
 	// their rows go last, when the waiting requests have had their share.
 	longSeq  []*sequence
 	longRows []int
+	// The rows the scheduler chose for the step, a sequence and its row count each, in the
+	// order it chose them; emitRows adds them to the step grouped by adapter.
+	planned []plannedRows
+	emitted []bool
 	// constraints compiles structured-output grammars (constrained.go).
 	constraints constraints
 	keyBuf      []byte // a page key's hash input, reused

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -519,4 +520,80 @@ func TestStepPanicFailsOnlyItsRequests(t *testing.T) {
 		t.Fatalf("after the panic: tokens %v, want %v", ev.Tokens, c.Tokens())
 	}
 	waitIdle(t, e)
+}
+
+// segmentsBackend is the CPU backend recording, for each step, its sequences' row counts and the
+// most LoRA segments one call of the step passed.
+type segmentsBackend struct {
+	*cpu.Backend
+	mu    sync.Mutex
+	steps []stepSegments
+}
+
+type stepSegments struct {
+	rows    []int
+	maxSegs int
+}
+
+func (b *segmentsBackend) Prepare(s *model.Step) error {
+	st := stepSegments{}
+	for _, sq := range s.Seqs {
+		st.rows = append(st.rows, sq.N)
+	}
+	b.mu.Lock()
+	b.steps = append(b.steps, st)
+	b.mu.Unlock()
+	return b.Backend.Prepare(s)
+}
+
+func (b *segmentsBackend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
+	b.mu.Lock()
+	st := &b.steps[len(b.steps)-1]
+	st.maxSegs = max(st.maxSegs, len(segs))
+	b.mu.Unlock()
+	b.Backend.LoRA(out, x, segs)
+}
+
+// A step's rows are grouped by adapter whatever order the requests came in, so requests on one
+// adapter make one LoRA segment (model.SegmentMerger): four requests alternating between two
+// adapters decode in steps whose LoRA calls pass two segments, not four.
+func TestStepGroupsRowsByAdapter(t *testing.T) {
+	b := &segmentsBackend{Backend: cpu.New(2)}
+	t.Cleanup(b.Close)
+	x, y := "a_qv", "b_all_rslora" // both adapt q_proj
+	e := fixtureEngine(t, "llama", b, nil, Options{MaxNumSeqs: 8}, []string{x, y})
+	var streams []*Stream
+	for i, name := range []string{x, y, x, y} {
+		s, err := e.Generate(context.Background(), Request{Model: name, Prompt: []int{3 + i, 17, 5 + 2*i, 9}, Params: greedyParams(8)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	for _, s := range streams {
+		for {
+			ev, ok := s.Next(context.Background())
+			if !ok || ev.Err != nil {
+				t.Fatalf("stream ended without finishing: %v", ev.Err)
+			}
+			if ev.Finish != "" {
+				break
+			}
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	decodes := 0
+	for k, st := range b.steps {
+		if !slices.Equal(st.rows, []int{1, 1, 1, 1}) {
+			continue
+		}
+		decodes++
+		if st.maxSegs != 2 {
+			t.Errorf("step %d: four decode rows on two adapters made a LoRA call of %d segments, want 2", k, st.maxSegs)
+		}
+	}
+	if decodes == 0 {
+		t.Fatalf("no step decoded the four requests together: %+v", b.steps)
+	}
 }

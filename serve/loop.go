@@ -198,7 +198,7 @@ func (e *Engine) schedule() bool {
 	e.stepAd, e.stepSeq = e.stepAd[:0], e.stepSeq[:0]
 	e.scoreRows, e.scoreSeq, e.scorePos, e.scoreIdx, e.stepDone = e.scoreRows[:0], e.scoreSeq[:0], e.scorePos[:0], e.scoreIdx[:0], e.stepDone[:0]
 	e.scoreRoom = maxScoreRows(e.opt)
-	e.longSeq, e.longRows = e.longSeq[:0], e.longRows[:0]
+	e.longSeq, e.longRows, e.planned = e.longSeq[:0], e.longRows[:0], e.planned[:0]
 	budget, long := e.opt.MaxBatchedTokens, e.opt.LongPrefillTokenThreshold
 
 	// Running sequences first, in admission order: decodes take one row each, sequences still
@@ -217,7 +217,7 @@ func (e *Engine) schedule() bool {
 		if left > long {
 			e.holdLong(sq, n)
 		} else {
-			e.addRows(sq, n)
+			e.plan(sq, n)
 		}
 		budget -= n
 	}
@@ -298,7 +298,7 @@ func (e *Engine) schedule() bool {
 		if isLong {
 			e.holdLong(sq, n)
 		} else {
-			e.addRows(sq, n)
+			e.plan(sq, n)
 		}
 		budget -= n
 	}
@@ -312,9 +312,10 @@ func (e *Engine) schedule() bool {
 		if n == 0 {
 			continue
 		}
-		e.addRows(sq, n)
+		e.plan(sq, n)
 		budget -= n
 	}
+	e.emitRows()
 	// Scored rows follow the sampled ones (model.Runner.ForwardSampleScore).
 	s.LogitRows = append(s.LogitRows, e.scoreIdx...)
 	e.stats.Running.Store(int64(len(e.running)))
@@ -398,12 +399,72 @@ func (e *Engine) preempt(sq *sequence) {
 	e.queued.Add(1)
 }
 
-func (e *Engine) addRows(sq *sequence, n int) {
+// plannedRows are the rows [from, from+n) of sq the scheduler chose for the step.
+type plannedRows struct {
+	sq      *sequence
+	from, n int
+}
+
+// plan chooses sq's next n rows for the step (their pages reserved). Everything the scheduler's
+// later choices read happens now: they take their room for scored rows, sq counts them computed
+// and its pages they fill are indexed for the prefix cache (a request admitted later in the same
+// step may reuse them: every layer stores the step's keys and values before attention reads
+// them); emitRows then writes them into the step.
+func (e *Engine) plan(sq *sequence, n int) {
+	e.scoreRoom -= e.scoredRows(sq, n)
+	e.planned = append(e.planned, plannedRows{sq, sq.computed, n})
+	sq.computed += n
+	e.registerPages(sq)
+}
+
+// emitRows adds the planned rows to the step, each sequence's at the place of the first planned
+// sequence on its adapter (or through its router), so the rows of one adapter are adjacent: the
+// forward pass then adapts them as one LoRA segment (model.SegmentMerger) and routes a router's
+// as one group, whatever the order requests were admitted in. The order rows run in decides
+// nothing else: which rows the step holds, and which sequence preemption takes, was decided in
+// the scheduler's order; sequences on the base model keep their places.
+func (e *Engine) emitRows() {
+	if cap(e.emitted) < len(e.planned) {
+		e.emitted = make([]bool, len(e.planned), 2*len(e.planned))
+	}
+	e.emitted = e.emitted[:len(e.planned)]
+	clear(e.emitted)
+	for i := range e.planned {
+		if e.emitted[i] {
+			continue
+		}
+		e.addRows(e.planned[i])
+		key := groupKey(e.planned[i].sq)
+		for j := i + 1; key != nil && j < len(e.planned); j++ {
+			if !e.emitted[j] && groupKey(e.planned[j].sq) == key {
+				e.emitted[j] = true
+				e.addRows(e.planned[j])
+			}
+		}
+	}
+}
+
+// groupKey is what sq's rows are grouped by in a step: its router, else its adapter; nil on the
+// base model.
+func groupKey(sq *sequence) any {
+	switch {
+	case sq.route != nil:
+		return sq.route.entry
+	case sq.adapterW != nil:
+		return sq.adapterW
+	}
+	return nil
+}
+
+// addRows writes planned rows into the step: their tokens, positions and cache slots, the
+// sequence's rows, its scored rows and, where they end its known tokens, its logits row.
+func (e *Engine) addRows(pr plannedRows) {
+	sq, n := pr.sq, pr.n
 	s := &e.step
 	start := len(s.Tokens)
 	ps := int32(e.opt.PageSize)
 	for j := 0; j < n; j++ {
-		p := sq.computed + j
+		p := pr.from + j
 		s.Tokens = append(s.Tokens, int32(sq.tokens[p]))
 		s.Positions = append(s.Positions, int32(p))
 		s.Slots = append(s.Slots, sq.pages[p/e.opt.PageSize]*ps+int32(p)%ps)
@@ -411,12 +472,9 @@ func (e *Engine) addRows(sq *sequence, n int) {
 			e.scoreRows = append(e.scoreRows, model.ScoreRow{Token: int32(sq.tokens[p+1]), Logprobs: max(sq.params.PromptLogprobs, 0)})
 			e.scoreSeq, e.scorePos = append(e.scoreSeq, sq), append(e.scorePos, p)
 			e.scoreIdx = append(e.scoreIdx, int32(start+j))
-			e.scoreRoom--
 		}
 	}
-	sq.computed += n
-	e.registerPages(sq)
-	s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: sq.computed, Pages: sq.pages})
+	s.Seqs = append(s.Seqs, model.SeqRows{Start: start, N: n, Len: pr.from + n, Pages: sq.pages})
 	var ad *model.Adapter
 	if sq.adapterW != nil {
 		ad = sq.adapterW
