@@ -160,8 +160,9 @@ type Engine struct {
 	longRows []int
 	// The rows the scheduler chose for the step, a sequence and its row count each, in the
 	// order it chose them; emitRows adds them to the step grouped by adapter.
-	planned []plannedRows
-	emitted []bool
+	planned   []plannedRows
+	groupNext []int       // emitRows: each planned entry's next of its group
+	groupLast map[any]int // emitRows: each group's latest planned entry
 	// constraints compiles structured-output grammars (constrained.go).
 	constraints constraints
 	keyBuf      []byte // a page key's hash input, reused

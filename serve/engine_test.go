@@ -523,9 +523,10 @@ func TestStepPanicFailsOnlyItsRequests(t *testing.T) {
 }
 
 // segmentsBackend is the CPU backend recording, for each step, its sequences' row counts and the
-// most LoRA segments one call of the step passed.
+// most LoRA segments one call of the step passed. Its first step waits for hold to close.
 type segmentsBackend struct {
 	*cpu.Backend
+	hold  chan struct{}
 	mu    sync.Mutex
 	steps []stepSegments
 }
@@ -536,6 +537,10 @@ type stepSegments struct {
 }
 
 func (b *segmentsBackend) Prepare(s *model.Step) error {
+	if b.hold != nil {
+		<-b.hold
+		b.hold = nil // the engine's loop is the only caller
+	}
 	st := stepSegments{}
 	for _, sq := range s.Seqs {
 		st.rows = append(st.rows, sq.N)
@@ -556,9 +561,11 @@ func (b *segmentsBackend) LoRA(out, x model.Tensor, segs []model.LoRASeg) {
 
 // A step's rows are grouped by adapter whatever order the requests came in, so requests on one
 // adapter make one LoRA segment (model.SegmentMerger): four requests alternating between two
-// adapters decode in steps whose LoRA calls pass two segments, not four.
+// adapters decode in steps whose LoRA calls pass two segments, not four. (The first step waits
+// until all four are queued: the first request prefills alone, the others join it in the next
+// step, and the four decode together from the one after.)
 func TestStepGroupsRowsByAdapter(t *testing.T) {
-	b := &segmentsBackend{Backend: cpu.New(2)}
+	b := &segmentsBackend{Backend: cpu.New(2), hold: make(chan struct{})}
 	t.Cleanup(b.Close)
 	x, y := "a_qv", "b_all_rslora" // both adapt q_proj
 	e := fixtureEngine(t, "llama", b, nil, Options{MaxNumSeqs: 8}, []string{x, y})
@@ -570,6 +577,7 @@ func TestStepGroupsRowsByAdapter(t *testing.T) {
 		}
 		streams = append(streams, s)
 	}
+	close(b.hold)
 	for _, s := range streams {
 		for {
 			ev, ok := s.Next(context.Background())

@@ -203,7 +203,7 @@ func (e *Engine) schedule() bool {
 
 	// Running sequences first, in admission order: decodes take one row each, sequences still
 	// in prefill take a chunk of what budget is left, a long prefill at most the threshold for
-	// now (its rows are added last, with what the waiting requests leave).
+	// now (its rows are planned last, with what the waiting requests leave).
 	for i := 0; i < len(e.running) && budget > 0; i++ {
 		sq := e.running[i]
 		left := len(sq.tokens) - sq.computed
@@ -324,20 +324,11 @@ func (e *Engine) schedule() bool {
 	return len(s.Tokens) > 0
 }
 
-// admit adds sq to the running list. Requests for the same router are kept next to each other
-// so their rows are adjacent in every step, where the forward pass routes them as one group
-// (one gate GEMM and one routing launch per projection instead of one per request).
+// admit adds sq to the running list, in admission order: the order the scheduler gives rows,
+// budget and, from the end, preemption in. The step groups its rows by adapter and router
+// (emitRows) whatever that order.
 func (e *Engine) admit(sq *sequence) {
-	at := len(e.running)
-	if sq.route != nil {
-		for j := len(e.running) - 1; j >= 0; j-- {
-			if r := e.running[j].route; r != nil && r.entry == sq.route.entry {
-				at = j + 1
-				break
-			}
-		}
-	}
-	e.running = slices.Insert(e.running, at, sq)
+	e.running = append(e.running, sq)
 }
 
 // reservePages makes sq own enough pages for n tokens, preempting the most recently admitted
@@ -358,7 +349,7 @@ func (e *Engine) reservePages(sq *sequence, n int) bool {
 	return true
 }
 
-// holdLong holds n rows of the step for sq, a long prefill whose rows are added last: their
+// holdLong holds n rows of the step for sq, a long prefill whose rows are planned last: their
 // budget, and their room for scored rows, which the requests admitted meanwhile may not take.
 func (e *Engine) holdLong(sq *sequence, n int) {
 	e.longSeq, e.longRows = append(e.longSeq, sq), append(e.longRows, n)
@@ -424,22 +415,34 @@ func (e *Engine) plan(sq *sequence, n int) {
 // nothing else: which rows the step holds, and which sequence preemption takes, was decided in
 // the scheduler's order; sequences on the base model keep their places.
 func (e *Engine) emitRows() {
-	if cap(e.emitted) < len(e.planned) {
-		e.emitted = make([]bool, len(e.planned), 2*len(e.planned))
+	// One pass links each planned entry to the next of its group (groupLast: a group's latest
+	// entry so far, cleared every step; -1 ends a chain), a second emits each group's chain at
+	// its first entry's place: linear in the planned rows whatever the number of adapters.
+	n := len(e.planned)
+	if e.groupLast == nil {
+		e.groupLast = map[any]int{}
 	}
-	e.emitted = e.emitted[:len(e.planned)]
-	clear(e.emitted)
+	if cap(e.groupNext) < n {
+		e.groupNext = make([]int, n, 2*n)
+	}
+	next := e.groupNext[:n]
+	clear(e.groupLast)
 	for i := range e.planned {
-		if e.emitted[i] {
-			continue
-		}
-		e.addRows(e.planned[i])
-		key := groupKey(e.planned[i].sq)
-		for j := i + 1; key != nil && j < len(e.planned); j++ {
-			if !e.emitted[j] && groupKey(e.planned[j].sq) == key {
-				e.emitted[j] = true
-				e.addRows(e.planned[j])
+		next[i] = -1
+		if key := groupKey(e.planned[i].sq); key != nil {
+			if j, ok := e.groupLast[key]; ok {
+				next[j] = i
 			}
+			e.groupLast[key] = i
+		}
+	}
+	for i := range e.planned {
+		if next[i] == -2 {
+			continue // emitted with its group
+		}
+		for j := i; j >= 0; {
+			e.addRows(e.planned[j])
+			j, next[j] = next[j], -2
 		}
 	}
 }
@@ -481,7 +484,7 @@ func (e *Engine) addRows(pr plannedRows) {
 	}
 	e.stepAd = append(e.stepAd, ad)
 	switch {
-	case sq.computed < len(sq.tokens):
+	case pr.from+n < len(sq.tokens):
 	case sq.params.PromptOnly:
 		e.stepDone = append(e.stepDone, sq) // nothing to sample: it ends with this step
 	default:
