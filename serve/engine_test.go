@@ -578,17 +578,7 @@ func TestStepGroupsRowsByAdapter(t *testing.T) {
 		streams = append(streams, s)
 	}
 	close(b.hold)
-	for _, s := range streams {
-		for {
-			ev, ok := s.Next(context.Background())
-			if !ok || ev.Err != nil {
-				t.Fatalf("stream ended without finishing: %v", ev.Err)
-			}
-			if ev.Finish != "" {
-				break
-			}
-		}
-	}
+	finishAll(t, e, streams...)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	decodes := 0
