@@ -531,15 +531,15 @@ func (x *bench) routerStage() error {
 
 // routedStepBytes is what a decode step of batch rows at the bench's context reads on one
 // rank-rank adapter on all seven projections (single) and routed top-k of n such experts
-// (routed): the weights and KV cache, plus the adapter, or the f32 gates of every projection and
-// the experts the rows pick. Rows pick uniformly at random (the bench's gates are random), so
+// (routed): the weights and KV cache, plus the adapter, or the gates of every projection (bf16 on
+// the device, as every uploaded weight) and the experts the rows pick. Rows pick uniformly at random (the bench's gates are random), so
 // n·(1 - (1 - k/n)^batch) experts are expected per projection: 2 at batch 1, 27.8 of 28 at 64.
 func (x *bench) routedStepBytes(batch, n, k, rank int) (single, routed float64) {
 	var adapter, gates float64
 	for p := model.Proj(0); p < model.NumProj; p++ {
 		o, in := x.cfg.ProjShape(p)
 		adapter += float64(2 * rank * (o + in) * x.cfg.NumLayers)
-		gates += float64(4 * n * in * x.cfg.NumLayers)
+		gates += float64(2 * n * in * x.cfg.NumLayers)
 	}
 	base := x.weightBytes + float64(batch)*x.kvBytes(x.o.ctx)
 	picked := float64(n) * (1 - math.Pow(1-float64(k)/float64(n), float64(batch)))
