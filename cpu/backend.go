@@ -172,9 +172,9 @@ func (b *Backend) AliasesUploads() bool { return true }
 var _ model.SegmentMerger = (*Backend)(nil)
 
 // MergesSegments implements model.SegmentMerger: a run of sequences on one adapter is one LoRA
-// call's segment, two gemm calls (each fanned out to every worker) where a sequence each made
-// two per sequence. Deterministic mode computes a row alike in any segment (SetBatchInvariant).
-// On unless SetSegmentMerge turned it off.
+// segment, two gemm calls for the run (each fanned out to every worker) where a segment per
+// sequence made two per sequence. Deterministic mode computes a row alike in any segment
+// (SetBatchInvariant). On unless SetSegmentMerge turned it off.
 func (b *Backend) MergesSegments() bool { return !b.segsApart }
 
 // SetSegmentMerge turns MergesSegments on or off for the following steps (for benchmarks that

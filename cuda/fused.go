@@ -227,7 +227,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		// bitwise MatMul's.
 		if b.launch() && b.xToBF16(x) {
 			for i, w := range ws {
-				b.cublasGemm(outs[i], x, w, 1, 0)
+				b.productBF16(outs[i], x, w, 1, 0)
 			}
 		}
 		return true
@@ -460,7 +460,7 @@ func (b *Backend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
 		return true
 	}
 	if b.ok("silu_mul_bf16", C.s_silu_mul_bf16(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.size_t(n), b.stream)) {
-		b.cublasGemm(out, act, w, 1, 0)
+		b.productBF16(out, act, w, 1, 0)
 	}
 	return true
 }
@@ -561,7 +561,7 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 	}
 	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), 0, ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream)) {
 		for i, w := range ws {
-			b.cublasGemm(outs[i], x, w, 1, 0)
+			b.productBF16(outs[i], x, w, 1, 0)
 		}
 	}
 	return true

@@ -160,7 +160,7 @@ func (b *Backend) normKeptProducts(outs []model.Tensor, in model.NormedInput, ws
 	kept := model.Tensor{Rows: x.Rows, Cols: x.Cols, DType: model.F32, Buf: dev{b.kept}}
 	if b.launch() && b.keptNorm(in) {
 		for i, w := range ws {
-			b.cublasGemm(outs[i], x, w, 1, 0)
+			b.productBF16(outs[i], x, w, 1, 0)
 		}
 	}
 	for i, bias := range biases {

@@ -52,15 +52,15 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 		return
 	}
 	if b.xToBF16(x) {
-		b.cublasGemm(out, x, w, alpha, beta)
+		b.productBF16(out, x, w, alpha, beta)
 	}
 }
 
-// cublasGemm runs out = alpha · x · wᵀ + beta · out from x as xToBF16 left it in b.xbf: on
+// productBF16 runs out = alpha · x · wᵀ + beta · out from x as xToBF16 left it in b.xbf: on
 // cuBLAS, or a product of at most LP_SKINNY_MAX_COLS outputs (a router's gate) at a decode batch
 // on the skinny kernel (kernels/gemm_skinny.cu: one launch where cuBLAS takes a split-K kernel
 // and its reduce) when LORAPLEX_GEMM_SKINNY is on.
-func (b *Backend) cublasGemm(out, x, w model.Tensor, alpha, beta float32) {
+func (b *Backend) productBF16(out, x, w model.Tensor, alpha, beta float32) {
 	if b.gemmSkinny && alpha == 1 && beta == 0 && w.Rows <= int(C.LP_SKINNY_MAX_COLS) && x.Rows <= int(C.LP_SKINNY_MAX_ROWS) &&
 		x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 {
 		b.skinnyProducts++
@@ -70,7 +70,7 @@ func (b *Backend) cublasGemm(out, x, w model.Tensor, alpha, beta float32) {
 	b.ok("gemm", C.s_gemm(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
 }
 
-// SetGemmSkinny turns the skinny kernel for products of few outputs (cublasGemm) on or off for
+// SetGemmSkinny turns the skinny kernel for products of few outputs (productBF16) on or off for
 // the following steps. Recorded graphs hold the other kernel, so they are dropped.
 func (b *Backend) SetGemmSkinny(on bool) { setSwitch(b, &b.gemmSkinny, on) }
 

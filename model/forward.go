@@ -671,7 +671,6 @@ func (r *Runner) loadSegs(s *Step, adapters []*Adapter) {
 		// SegmentKeeper keeps; the routed rows' segments the device routes inside the step.
 		r.loadRuns(s, adapters, merge)
 		if r.routedVersion == 0 || !slices.Equal(r.routedFrom, r.segRuns) {
-			r.routedVersion = 0 // until routedFrom holds these runs
 			r.routedFrom = append(r.routedFrom[:0], r.segRuns...)
 			r.routedVersion = segVersions.Add(1)
 		}
