@@ -45,7 +45,7 @@
 #                build (logs/tests.txt; their compile ~60 s on a cold Go cache, then their run)
 # Without llama.cpp ~235 s (+~30 s per AB run, with its prefix-cache pass); with its benchmarks ~280 s, plus the wait for its build.
 # Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V,NAME=V" (one run per word, commas join switches;
-#   unset: none), TESTS='TestA|TestB' (unset: no tests stage), AB_PREFIX=1 (0: A/B runs leave bench/prefixcache out), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
+#   unset: none), TESTS='TestA|TestB' (unset: no tests stage), SWITCHES='A=on,B=on' (set after the tests pass), AB_PREFIX=1 (0: A/B runs leave bench/prefixcache out), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
 #   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10, EXPORT=DIR: after every stage the
 #   results file so far and gpu-run.tgz (OUT whole: logs, every stage's output) are copied into DIR
 #   (three files: the device tool brings back at most 8 from its $OUT, so OUT itself goes elsewhere).
@@ -172,6 +172,18 @@ stage build 240 taskset -c "$LP_CPUS" bash -c build || ok_build=0
 if [ $ok_build = 1 ] && [ -n "${TESTS:-}" ]; then
   stage tests 300 taskset -c "$LP_CPUS" bash -c 'eval "$(make -s cuda-env)" && go test -tags cuda -count=1 -timeout 280s -v -run "$1" ./cuda/' _ "$TESTS"
   grep -E -- '^(--- FAIL|ok|FAIL)' "$out/logs/tests.txt" | head -20
+fi
+# SWITCHES ("A=on,B=on"): switches every later loraplex stage runs with, when the tests stage ran
+# and passed: the defaults a change's tests must clear before one call measures it as the new
+# default (machine.txt says which were set, or why not; AB words still override them).
+if [ -n "${SWITCHES:-}" ]; then
+  if [ $ok_build = 1 ] && [ -n "${TESTS:-}" ] && grep -q '^tests.*[[:space:]]ok$' "$out/stages.tsv"; then
+    # shellcheck disable=SC2086 # commas join the assignments
+    export ${SWITCHES//,/ }
+    echo "switches set for every loraplex stage (the tests passed): $SWITCHES" | tee -a "$out/machine.txt"
+  else
+    echo "switches NOT set (the tests did not run or did not pass): $SWITCHES" | tee -a "$out/machine.txt"
+  fi
 fi
 if [ $ok_build = 1 ]; then
   stage loraplex 200 taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/loraplex.json"
