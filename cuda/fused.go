@@ -223,11 +223,25 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 	if x.Rows > b.gemvRows {
 		// The rows MatMul gives cuBLAS: x is converted to bf16 once for all the products
 		// instead of once per product (q/k/v: three conversions of the same activations,
-		// gate/up two), and each product is the cuBLAS call MatMul makes, so the outputs are
-		// bitwise MatMul's.
+		// gate/up two), and each product is the call MatMul makes, so the outputs are bitwise
+		// MatMul's. The products the skinny kernel takes (routers' gates riding beside q/k/v
+		// or gate/up: model.MaxSharedProducts) are one launch of it after cuBLAS's, as parts.
 		if b.launch() && b.xToBF16(x) {
+			a, skinny, end := &b.gemvArgs, 0, 0
+			a.wsrcs = [gemvPartsMax]C.uintptr_t{}
 			for i, w := range ws {
-				b.productBF16(outs[i], x, w, 1, 0)
+				if skinny == gemvPartsMax || !b.skinnyTakes(x, w) {
+					b.productBF16(outs[i], x, w, 1, 0)
+					continue
+				}
+				end += w.Rows
+				a.ws[skinny], a.ys[skinny], a.ends[skinny] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
+				skinny++
+			}
+			if skinny > 0 {
+				b.skinnyProducts += skinny
+				b.ok("gemm skinny parts", C.s_gemm_skinny_parts(C.int(x.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), &a.ws[0], &a.ys[0], &a.ends[0],
+					C.int(skinny), b.stream))
 			}
 		}
 		return true

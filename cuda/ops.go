@@ -61,13 +61,19 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 // on the skinny kernel (kernels/gemm_skinny.cu: one launch where cuBLAS takes a split-K kernel
 // and its reduce) when LORAPLEX_GEMM_SKINNY is on.
 func (b *Backend) productBF16(out, x, w model.Tensor, alpha, beta float32) {
-	if b.gemmSkinny && alpha == 1 && beta == 0 && w.Rows <= int(C.LP_SKINNY_MAX_COLS) && x.Rows <= int(C.LP_SKINNY_MAX_ROWS) &&
-		x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 {
+	if alpha == 1 && beta == 0 && b.skinnyTakes(x, w) {
 		b.skinnyProducts++
 		b.ok("gemm skinny", C.s_gemm_skinny(ptr(out), C.uintptr_t(b.xbf), ptr(w), C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), b.stream))
 		return
 	}
 	b.ok("gemm", C.s_gemm(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
+}
+
+// skinnyTakes reports whether the skinny kernel computes x · wᵀ (a plain product, alpha 1 and
+// beta 0): at most LP_SKINNY_MAX_COLS outputs at most LP_SKINNY_MAX_ROWS rows, aligned.
+func (b *Backend) skinnyTakes(x, w model.Tensor) bool {
+	return b.gemmSkinny && w.Rows <= int(C.LP_SKINNY_MAX_COLS) && x.Rows <= int(C.LP_SKINNY_MAX_ROWS) && x.Cols%8 == 0 &&
+		uintptr(ptr(w))%16 == 0
 }
 
 // SetGemmSkinny turns the skinny kernel for products of few outputs (productBF16) on or off for

@@ -95,6 +95,10 @@ static inline lp_gemv_parts s_parts(const uintptr_t* ws, const uintptr_t* wsrcs,
 static inline int s_gemv_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* wsrcs, const uintptr_t* ys, const uintptr_t* ends, int parts, int opts, uintptr_t s) {
 	return lp_gemv_parts_bf16(n, k, P(const float*, x), s_parts(ws, wsrcs, ys, ends, parts), opts, P(lp_stream, s));
 }
+// s_gemm_skinny_parts: the skinny products of parts ws/ys/ends (lp_gemm_skinny_parts_bf16) of x in bf16.
+static inline int s_gemm_skinny_parts(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* ys, const uintptr_t* ends, int parts, uintptr_t s) {
+	return lp_gemm_skinny_parts_bf16(P(const uint16_t*, x), s_parts(ws, NULL, ys, ends, parts), n, k, P(lp_stream, s));
+}
 // s_gemv_parts_tab is s_gemv_parts with router tables among the parts: wtabs[g] (0: none) and
 // their t_ranks[g] (lp_gemv_parts' wtab, t_rank).
 static inline int s_gemv_parts_tab(int n, int k, uintptr_t x, const uintptr_t* ws, const uintptr_t* wtabs, const int* tranks,

@@ -82,3 +82,59 @@ func TestGemmSkinny(t *testing.T) {
 		})
 	}
 }
+
+// Products that share an input (MatMulShared: a routed decode layer's q/k/v with their three
+// gates, gate/up with two) give the skinny kernel's products in one launch of parts, each to the
+// bit what the product alone gives (MatMul), and leave the wide products to cuBLAS as MatMul
+// does; a part of more than 64 outputs stays on cuBLAS too.
+func TestGemmSkinnyParts(t *testing.T) {
+	g := newGPU(t)
+	defer g.SetGemmSkinny(false)
+	g.SetGemmSkinny(true)
+	r := rand.New(rand.NewPCG(73, 74))
+	const n, k = 64, 1024
+	rows := []int{512, 28, 128, 28, 5, 64, 65}
+	var ws, shared, alone []model.Tensor
+	for _, m := range rows {
+		w, err := g.Upload(hostBF16(r, m, k, 1/math.Sqrt(k)), m, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws, shared, alone = append(ws, w), append(shared, g.Alloc(n, m)), append(alone, g.Alloc(n, m))
+	}
+	x := g.Alloc(n, k)
+	defer func() {
+		for _, v := range append(append(append(ws, shared...), alone...), x) {
+			g.Free(v)
+		}
+	}()
+	if err := g.Write(x, randFloats(r, n*k)); err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range shared {
+		if err := g.Write(o, nanFloats(o.Rows*o.Cols)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := g.SkinnyProducts()
+	if !g.MatMulShared(shared, x, ws) {
+		t.Fatal("MatMulShared declined 64 rows")
+	}
+	if got := g.SkinnyProducts() - took; got != 4 {
+		t.Fatalf("the skinny kernel took %d of the shared products, want 4 (28, 28, 5 and 64 outputs)", got)
+	}
+	for i := range ws {
+		g.MatMul(alone[i], x, ws[i])
+	}
+	for i, m := range rows {
+		got, want := read(t, g, shared[i]), read(t, g, alone[i])
+		for j := range got {
+			if math.Float32bits(got[j]) != math.Float32bits(want[j]) {
+				t.Fatalf("product %d (%d outputs): y[%d, %d] = %v shared, %v alone", i, m, j/m, j%m, got[j], want[j])
+			}
+		}
+	}
+	if err := g.Err(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -19,11 +19,24 @@
 
 constexpr int SKINNY_COLS = 4, SKINNY_ROWS = 8, SKINNY_SPLITS = 4;  // 16 warps
 
+// Parts (lp_gemm_skinny_parts_bf16): the gates of projections that share an input (q/k/v's three,
+// gate/up's two) are one launch whose columns are the parts' columns end to end, as
+// lp_gemv_parts lays them out. A warp finds its column's part by walking end[] (at most
+// LP_GEMV_PARTS compares); a block's four columns may span two parts, which changes nothing
+// since every column is its own warp's and every store looks its part up again. A column's sums
+// are the same whichever launch (one part or several) computes it.
+__device__ __forceinline__ int skinny_part(const lp_gemv_parts& p, int col) {
+    int g = 0;
+    while (g < p.parts - 1 && col >= p.end[g]) g++;
+    return g;
+}
+
 __global__ void __launch_bounds__(32 * SKINNY_COLS * SKINNY_SPLITS)
-    gemm_skinny_kernel(float* y, const uint16_t* x, const uint16_t* w, int n, int m, int k) {
+    gemm_skinny_kernel(const uint16_t* x, const lp_gemv_parts p, int n, int k) {
     __shared__ float part[SKINNY_SPLITS][SKINNY_COLS][SKINNY_ROWS];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int c = warp % SKINNY_COLS, q = warp / SKINNY_COLS;
+    const int total = p.end[p.parts - 1];
     const int col = blockIdx.x * SKINNY_COLS + c, row0 = blockIdx.y * SKINNY_ROWS;
     const int rows = min(SKINNY_ROWS, n - row0);  // the same for the whole block
     const int k8 = k / 8, per = (k8 + SKINNY_SPLITS - 1) / SKINNY_SPLITS;
@@ -31,8 +44,9 @@ __global__ void __launch_bounds__(32 * SKINNY_COLS * SKINNY_SPLITS)
     float acc[SKINNY_ROWS];
 #pragma unroll
     for (int r = 0; r < SKINNY_ROWS; r++) acc[r] = 0.f;
-    if (col < m) {
-        const uint4* w4 = reinterpret_cast<const uint4*>(w + (size_t)col * k);
+    if (col < total) {
+        const int g = skinny_part(p, col), first = g ? p.end[g - 1] : 0;
+        const uint4* w4 = reinterpret_cast<const uint4*>(p.w[g] + (size_t)(col - first) * k);
         const uint4* x4 = reinterpret_cast<const uint4*>(x + (size_t)row0 * k);
 #pragma unroll 2
         for (int v = v0 + lane; v < v1; v += 32) {
@@ -57,20 +71,33 @@ __global__ void __launch_bounds__(32 * SKINNY_COLS * SKINNY_SPLITS)
     if (threadIdx.x < SKINNY_COLS * SKINNY_ROWS) {
         const int cc = threadIdx.x / SKINNY_ROWS, r = threadIdx.x % SKINNY_ROWS;
         const int oc = blockIdx.x * SKINNY_COLS + cc;
-        if (oc < m && r < rows) {
+        if (oc < total && r < rows) {
             float s = part[0][cc][r];
 #pragma unroll
             for (int qq = 1; qq < SKINNY_SPLITS; qq++) s += part[qq][cc][r];
-            y[(size_t)(row0 + r) * m + oc] = s;
+            const int g = skinny_part(p, oc), first = g ? p.end[g - 1] : 0, m = p.end[g] - first;
+            p.y[g][(size_t)(row0 + r) * m + (oc - first)] = s;
         }
     }
 }
 
-extern "C" int lp_gemm_skinny_bf16(float* y, const uint16_t* x, const uint16_t* w, int n, int m, int k, lp_stream s) {
-    if (n <= 0 || m <= 0 || k <= 0 || k % 8 != 0 || m > LP_SKINNY_MAX_COLS || n > LP_SKINNY_MAX_ROWS ||
-        (reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w)) % 16 != 0)
+extern "C" int lp_gemm_skinny_parts_bf16(const uint16_t* x, lp_gemv_parts p, int n, int k, lp_stream s) {
+    if (n <= 0 || k <= 0 || k % 8 != 0 || n > LP_SKINNY_MAX_ROWS || p.parts < 1 || p.parts > LP_GEMV_PARTS ||
+        reinterpret_cast<uintptr_t>(x) % 16 != 0)
         return (int)cudaErrorInvalidValue;
-    const dim3 grid((m + SKINNY_COLS - 1) / SKINNY_COLS, (n + SKINNY_ROWS - 1) / SKINNY_ROWS);
-    gemm_skinny_kernel<<<grid, 32 * SKINNY_COLS * SKINNY_SPLITS, 0, as_stream(s)>>>(y, x, w, n, m, k);
+    for (int g = 0, prev = 0; g < p.parts; prev = p.end[g], g++) {
+        if (p.end[g] - prev < 1 || p.end[g] - prev > LP_SKINNY_MAX_COLS || p.w[g] == nullptr || p.y[g] == nullptr ||
+            p.wsrc[g] != nullptr || p.wtab[g] != nullptr || reinterpret_cast<uintptr_t>(p.w[g]) % 16 != 0)
+            return (int)cudaErrorInvalidValue;
+    }
+    const int total = p.end[p.parts - 1];
+    const dim3 grid((total + SKINNY_COLS - 1) / SKINNY_COLS, (n + SKINNY_ROWS - 1) / SKINNY_ROWS);
+    gemm_skinny_kernel<<<grid, 32 * SKINNY_COLS * SKINNY_SPLITS, 0, as_stream(s)>>>(x, p, n, k);
     LP_CHECK_LAUNCH();
+}
+
+extern "C" int lp_gemm_skinny_bf16(float* y, const uint16_t* x, const uint16_t* w, int n, int m, int k, lp_stream s) {
+    lp_gemv_parts p = {};
+    p.w[0] = w, p.y[0] = y, p.end[0] = m, p.parts = 1;
+    return lp_gemm_skinny_parts_bf16(x, p, n, k, s);
 }

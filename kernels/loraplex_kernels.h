@@ -76,9 +76,6 @@ int lp_dequant(const lp_dequant_desc* descs, int ntensors, unsigned int maxn, lp
 int lp_cublas_create(void** handle, lp_stream s);
 int lp_cublas_destroy(void* handle);
 int lp_gemm_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* c, float alpha, float beta);
-// gemm_skinny.cu: y[n, m] = X[n, k] · W[m, k]ᵀ, one launch, for m <= LP_SKINNY_MAX_COLS and
-// n <= LP_SKINNY_MAX_ROWS (a router gate at a decode batch), k % 8 == 0, X and W 16-byte aligned.
-int lp_gemm_skinny_bf16(float* y, const uint16_t* x, const uint16_t* w, int n, int m, int k, lp_stream s);
 // The batch-invariant product of deterministic mode on cuBLAS: y[n, m] = alpha · x · Wᵀ + beta ·
 // y for 1 <= n <= LP_GEMM_PAD_ROWS, as one cublasGemmEx of exactly LP_GEMM_PAD_ROWS rows into
 // scratch (LP_GEMM_PAD_ROWS · m floats) whose first n rows are then stored into y (straight
@@ -152,6 +149,12 @@ typedef struct {
     int parts;
 } lp_gemv_parts;
 int lp_gemv_parts_bf16(int n, int k, const float* x, lp_gemv_parts parts, int opts, lp_stream s);
+// gemm_skinny.cu: y[n, m] = X[n, k] · W[m, k]ᵀ, one launch, for m <= LP_SKINNY_MAX_COLS and
+// n <= LP_SKINNY_MAX_ROWS (a router gate at a decode batch), k % 8 == 0, X and W 16-byte aligned.
+int lp_gemm_skinny_bf16(float* y, const uint16_t* x, const uint16_t* w, int n, int m, int k, lp_stream s);
+// The same for the parts of p (w and y only, each of 1..LP_SKINNY_MAX_COLS columns) in one
+// launch over X in bf16: the gates of projections that share an input.
+int lp_gemm_skinny_parts_bf16(const uint16_t* x, lp_gemv_parts p, int n, int k, lp_stream s);
 // The same products of h = rmsnorm(x + delta) · norm_w (x alone when delta is NULL) without h
 // being stored: lp_add_rmsnorm (or lp_rmsnorm) followed by lp_gemv_parts_bf16 or
 // lp_gemv_swiglu_bf16 of h, up to rounding (gemv.cu bounds it). With delta, x + delta is written
