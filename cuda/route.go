@@ -160,7 +160,8 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 		// The routing shrink routes each row itself and writes its segments and trace.
 		b.ok("route + lora (routed wide)", C.s_route_lora_wide(ptr(logits), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
 			C.int(passes), C.int(start), C.int(tab.maxRank), C.uintptr_t(tab.ptr), tr, C.int(trace.Cols), C.int(layer), ptr(out), ptr(x),
-			C.uintptr_t(segs), C.int(n), C.int(tab.maxRank), C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), b.stream))
+			C.uintptr_t(segs), C.int(n), C.int(tab.maxRank), C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride),
+			cflag(b.routeStaged), b.stream))
 		return
 	}
 	if !b.ok("route", C.s_route_segs(ptr(logits), C.int(n), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
@@ -207,6 +208,27 @@ func (a *routeMembers) set(i int, rp *model.RoutedProj, tab *routeTable, logits 
 	if trace.Rows > 0 {
 		a.traces[i] = ptr(trace)
 	}
+}
+
+// SetRouteStaged turns the staged logits of the routing blocks (LORAPLEX_ROUTE_STAGED) on or off
+// for the following steps: the routing shrinks and the routed fold's expand copy their row's
+// gate logits into shared memory before thread 0 routes it (kernels/route_row.cuh route_logits).
+// The same routing to the bit either way; recorded graphs hold the other launches, so they are
+// dropped.
+func (b *Backend) SetRouteStaged(on bool) { setSwitch(b, &b.routeStaged, on) }
+
+// routeStagedDefault: off until a GPU run has tested and measured it. Written without a GPU:
+// goals-2026-12-07-s27a call 2's Nsight view has a routing shrink block at ~10 us (31 us for
+// 2.9 waves at batch 64, 12-13 us for one at batch 1) against 6-9 us for a plain shrink of the
+// same bytes, and thread 0's routing reads its 28 logits from L2 ~60 times one after another.
+const routeStagedDefault = false
+
+// cflag is a switch as the kernels' int flags take it.
+func cflag(on bool) C.int {
+	if on {
+		return 1
+	}
+	return 0
 }
 
 // SetRoutedGroup turns the grouped routed launches (LORAPLEX_ROUTED_GROUP) on or off for the
@@ -291,7 +313,7 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 	}
 	b.ok("route + lora (routed group)", C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
-		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), b.stream))
+		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), b.stream))
 	return true
 }
 

@@ -995,3 +995,15 @@ func routedReupload(t *testing.T, b *cuda.Backend) {
 	}
 	t.Logf("re-uploaded expert %q at decode step %d: %d routed projections replayed after it, %d graphs", expert, swapAt, after, b.GraphCount())
 }
+
+// Routing blocks that copy their row's logits into shared memory first (LORAPLEX_ROUTE_STAGED)
+// route as those that read them from global memory: the routed wide, group and fold suites, and
+// the routed fixture cases on the device against the host (identical traces), pass with it on.
+func TestRouteStaged(t *testing.T) {
+	t.Setenv("LORAPLEX_ROUTE_STAGED", "on")
+	t.Run("wide", TestRoutedWideSweep)
+	t.Run("group", TestRoutedGroup)
+	t.Run("fold", TestRoutedFold)
+	t.Run("group fixtures", TestRoutedGroupMatchesHostCUDA)
+	t.Run("fold fixtures", TestRoutedFoldMatchesHostCUDA)
+}

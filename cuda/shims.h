@@ -212,7 +212,7 @@ static inline int s_lora_routed(uintptr_t out, uintptr_t x, uintptr_t segs, int 
 }
 // s_route_args is one routing's lp_route_args, the same fields whichever launch takes it.
 static inline lp_route_args s_route_args(uintptr_t logits, int rows, int k, float t, int nulls, int passes, int start, int seg_stride,
-                                         uintptr_t experts, uintptr_t trace, int trace_cols, int layer) {
+                                         uintptr_t experts, uintptr_t trace, int trace_cols, int layer, int staged) {
 	lp_route_args ra;
 	memset(&ra, 0, sizeof ra);
 	ra.logits = P(const float*, logits);
@@ -220,13 +220,14 @@ static inline lp_route_args s_route_args(uintptr_t logits, int rows, int k, floa
 	ra.temperature = t;
 	ra.experts = P(const lp_route_expert*, experts);
 	ra.trace = P(float*, trace); ra.trace_cols = trace_cols; ra.layer = layer;
+	ra.staged = staged;
 	return ra;
 }
 // s_route_lora_wide fills lp_route_args from scalars (a Go struct would need a C layout).
 static inline int s_route_lora_wide(uintptr_t logits, int rows, int k, float t, int nulls, int passes, int start, int seg_stride, uintptr_t experts,
                                     uintptr_t trace, int trace_cols, int layer, uintptr_t out, uintptr_t x, uintptr_t segs, int n, int maxrank,
-                                    uintptr_t scratch, int in, int outd, int splits, int stride, uintptr_t s) {
-	const lp_route_args ra = s_route_args(logits, rows, k, t, nulls, passes, start, seg_stride, experts, trace, trace_cols, layer);
+                                    uintptr_t scratch, int in, int outd, int splits, int stride, int staged, uintptr_t s) {
+	const lp_route_args ra = s_route_args(logits, rows, k, t, nulls, passes, start, seg_stride, experts, trace, trace_cols, layer, staged);
 	return lp_route_lora_wide(ra, P(float*, out), P(const float*, x), P(lp_lora_seg*, segs), n, maxrank, P(float*, scratch), in, outd,
 	                          splits, stride, P(lp_stream, s));
 }
@@ -236,11 +237,11 @@ static inline int s_route_lora_group_wide(const uintptr_t* logits, const int* ro
                                           const int* passes, const int* seg_stride, const uintptr_t* experts, const uintptr_t* traces,
                                           int trace_cols, int layer, const uintptr_t* segs, const uintptr_t* scratch, const uintptr_t* out,
                                           const int* out_dim, const int* max_rank, int members, int n, int start, uintptr_t x, int in,
-                                          int splits, int stride, uintptr_t s) {
+                                          int splits, int stride, int staged, uintptr_t s) {
 	lp_route_group g;
 	memset(&g, 0, sizeof g);
 	for (int m = 0; m < members && m < LP_LORA_GROUP; m++) {
-		g.ra[m] = s_route_args(logits[m], rows[m], k[m], t[m], nulls[m], passes[m], start, seg_stride[m], experts[m], traces[m], trace_cols, layer);
+		g.ra[m] = s_route_args(logits[m], rows[m], k[m], t[m], nulls[m], passes[m], start, seg_stride[m], experts[m], traces[m], trace_cols, layer, staged);
 		g.segs[m] = P(lp_lora_seg*, segs[m]);
 		g.scratch[m] = P(float*, scratch[m]);
 		g.out[m] = P(float*, out[m]);
@@ -255,11 +256,11 @@ static inline int s_route_lora_group_wide(const uintptr_t* logits, const int* ro
 static inline int s_route_fold_expand(const uintptr_t* logits, const int* rows, const int* k, const float* t, const int* nulls,
                                       const int* passes, const uintptr_t* experts, const uintptr_t* traces, int trace_cols, int layer,
                                       const uintptr_t* ts, const int* tranks, const uintptr_t* out, const int* out_dim, int members, int n,
-                                      uintptr_t s) {
+                                      int staged, uintptr_t s) {
 	lp_route_fold f;
 	memset(&f, 0, sizeof f);
 	for (int m = 0; m < members && m < LP_LORA_GROUP; m++) {
-		f.ra[m] = s_route_args(logits[m], rows[m], k[m], t[m], nulls[m], passes[m], 0, 0, experts[m], traces[m], trace_cols, layer);
+		f.ra[m] = s_route_args(logits[m], rows[m], k[m], t[m], nulls[m], passes[m], 0, 0, experts[m], traces[m], trace_cols, layer, staged);
 		f.t[m] = P(const float*, ts[m]);
 		f.t_rank[m] = tranks[m];
 		f.out[m] = P(float*, out[m]);

@@ -350,6 +350,7 @@ typedef struct {
     const lp_route_expert* experts;
     float* trace;  // may be NULL
     int trace_cols, layer;
+    int staged;  // 1: a routing block copies its row's logits to shared memory first (LORAPLEX_ROUTE_STAGED)
 } lp_route_args;
 int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg* segs_device, int n, int max_rank,
                        float* scratch, int in_dim, int out_dim, int splits, int t_stride, lp_stream s);
