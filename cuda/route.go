@@ -212,7 +212,8 @@ func (a *routeMembers) set(i int, rp *model.RoutedProj, tab *routeTable, logits 
 
 // SetRouteStaged turns the staged logits of the routing blocks (LORAPLEX_ROUTE_STAGED) on or off
 // for the following steps: the routing shrinks and the routed fold's expand copy their row's
-// gate logits into shared memory before thread 0 routes it (kernels/route_row.cuh route_logits).
+// gate logits and the expert table into shared memory before thread 0 routes the row
+// (kernels/route_row.cuh route_staged).
 // The same routing to the bit either way; recorded graphs hold the other launches, so they are
 // dropped.
 func (b *Backend) SetRouteStaged(on bool) { setSwitch(b, &b.routeStaged, on) }
@@ -220,7 +221,8 @@ func (b *Backend) SetRouteStaged(on bool) { setSwitch(b, &b.routeStaged, on) }
 // routeStagedDefault: off until a GPU run has tested and measured it. Written without a GPU:
 // goals-2026-12-07-s27a call 2's Nsight view has a routing shrink block at ~10 us (31 us for
 // 2.9 waves at batch 64, 12-13 us for one at batch 1) against 6-9 us for a plain shrink of the
-// same bytes, and thread 0's routing reads its 28 logits from L2 ~60 times one after another.
+// same bytes, and thread 0's routing reads its 28 logits from L2 ~60 times one after another,
+// then each choice's expert.
 const routeStagedDefault = false
 
 // cflag is a switch as the kernels' int flags take it.

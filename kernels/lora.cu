@@ -478,12 +478,14 @@ template <bool VEC>
 __device__ __forceinline__ void route_shrink_block(const lp_route_args& ra, const float* x, lp_lora_seg* segs, float* scratch,
                                                    int in_dim, int t_stride) {
     __shared__ lp_lora_seg row_segs[LP_ROUTE_MAX_K];
-    __shared__ float lg[LP_ROUTE_MAX_ROWS];
+    __shared__ route_stage st;
     const int i = (int)blockIdx.x / ra.passes, p = (int)blockIdx.x % ra.passes;
     const bool writer = p == 0 && blockIdx.z == 0;
-    const float* l = route_logits(ra.logits + (size_t)i * ra.rows, ra.rows, ra.staged, lg);
+    const float* l = ra.logits + (size_t)i * ra.rows;
+    const lp_route_expert* experts = ra.experts;
+    route_staged(l, experts, ra.rows, ra.nulls, ra.staged, st);
     if (threadIdx.x == 0)
-        route_row(l, i, ra.rows, ra.k, ra.temperature, ra.nulls, ra.experts, row_segs, ra.passes,
+        route_row(l, i, ra.rows, ra.k, ra.temperature, ra.nulls, experts, row_segs, ra.passes,
                   ra.start, ra.seg_stride, writer ? ra.trace : nullptr, ra.trace_cols, ra.layer);
     __syncthreads();
     if (writer && (int)threadIdx.x < ra.passes) segs[(size_t)i * ra.passes + threadIdx.x] = row_segs[threadIdx.x];
@@ -917,10 +919,12 @@ __global__ void __launch_bounds__(WIDE_THREADS) lora_route_fold_expand_kernel(lp
     const int m = blockIdx.z, i = blockIdx.x, out_dim = f.out_dim[m];
     if ((int)blockIdx.y * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
     const lp_route_args& ra = f.ra[m];
-    __shared__ float lg[LP_ROUTE_MAX_ROWS];
-    const float* l = route_logits(ra.logits + (size_t)i * ra.rows, ra.rows, ra.staged, lg);
+    __shared__ route_stage st;
+    const float* l = ra.logits + (size_t)i * ra.rows;
+    const lp_route_expert* experts = ra.experts;
+    route_staged(l, experts, ra.rows, ra.nulls, ra.staged, st);
     if (threadIdx.x == 0)
-        route_row(l, i, ra.rows, ra.k, ra.temperature, ra.nulls, ra.experts, sg, ra.passes, ra.start,
+        route_row(l, i, ra.rows, ra.k, ra.temperature, ra.nulls, experts, sg, ra.passes, ra.start,
                   0, blockIdx.y == 0 ? ra.trace : nullptr, ra.trace_cols, ra.layer, chosen);
     __syncthreads();
     const float* trow = f.t[m] + (size_t)i * (ra.rows - ra.nulls) * f.t_rank[m];

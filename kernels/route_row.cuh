@@ -15,17 +15,27 @@ static inline bool route_args_ok(int n, int rows, int k, float temperature, int 
            (long long)n * passes * seg_stride <= 0x7fffffffLL && (!trace || (layer >= 0 && layer < trace_cols));
 }
 
-// route_logits is the logits route_row should read for row i of ra-like arguments (l: the row
-// in global memory): with staged, the row copied into the block's shared lg by every thread of
-// the block (which must all reach it), else l itself. route_row's scans read a logit up to k + 1
-// times, one after another (a top-2 of 28 makes ~60 dependent reads), and the rest of the block
-// waits on them: from L2 each is a round trip of hundreds of cycles, from shared memory a few.
-// The same values either way, so the same routing to the bit.
-__device__ __forceinline__ const float* route_logits(const float* l, int rows, bool staged, float* lg) {
-    if (!staged) return l;
-    for (int r = threadIdx.x; r < rows; r += blockDim.x) lg[r] = l[r];
+// route_stage: a routing block's shared copy of its row's gate logits and of the expert table.
+struct route_stage {
+    float l[LP_ROUTE_MAX_ROWS];
+    lp_route_expert experts[LP_ROUTE_MAX_ROWS];
+};
+
+// route_staged points l (a row's rows logits) and experts (rows - nulls entries) at the block's
+// shared copies in st when staged, which every thread of the block helps fill (all must reach
+// it); else it leaves them in global memory. route_row's scans read a logit up to k + 1 times,
+// one after another (a top-2 of 28 makes ~60 dependent reads), then each choice's expert, and
+// the rest of the block waits on them: from L2 each is a round trip of hundreds of cycles, from
+// shared memory a few. The same values either way, so the same routing to the bit.
+__device__ __forceinline__ void route_staged(const float*& l, const lp_route_expert*& experts, int rows, int nulls, bool staged,
+                                             route_stage& st) {
+    if (!staged) return;
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+        st.l[r] = l[r];
+        if (r < rows - nulls) st.experts[r] = experts[r];
+    }
     __syncthreads();
-    return lg;
+    l = st.l, experts = st.experts;
 }
 
 // better: does logit a rank above b? (the caller scans in index order, so ties keep the first).
