@@ -177,7 +177,8 @@ fi
 # and passed: the defaults a change's tests must clear before one call measures it as the new
 # default (machine.txt says which were set, or why not; AB words still override them).
 if [ -n "${SWITCHES:-}" ]; then
-  if [ $ok_build = 1 ] && [ -n "${TESTS:-}" ] && grep -q '^tests.*[[:space:]]ok$' "$out/stages.tsv"; then
+  if [ $ok_build = 1 ] && [ -n "${TESTS:-}" ] && grep -q '^tests.*[[:space:]]ok$' "$out/stages.tsv" &&
+    grep -q -- '^--- PASS' "$out/logs/tests.txt" && ! grep -q 'no tests to run' "$out/logs/tests.txt"; then
     # shellcheck disable=SC2086 # commas join the assignments
     export ${SWITCHES//,/ }
     echo "switches set for every loraplex stage (the tests passed): $SWITCHES" | tee -a "$out/machine.txt"
