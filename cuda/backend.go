@@ -57,6 +57,11 @@ type Backend struct {
 	routedFolds           int  // routed folds taken (RoutedFoldCount)
 	routeFoldArgs         routeFoldArgs
 	routedGroups          int // grouped routed calls taken (RoutedGroupCount)
+	routedEM              bool // expert-major routed launches (route.go: LORAPLEX_ROUTED_EXPERT_MAJOR, SetRoutedExpertMajor)
+	routedEMMin           int  // choices an expert the step must average to take them (expertMajor)
+	routedEMs             int  // expert-major routed calls taken (RoutedExpertMajorCount)
+	emOuts, emLogits      [1]model.Tensor      // RouteLoRA's one member for RouteLoRAGroup (no allocation per call)
+	emRPs                 [1]*model.RoutedProj // the same
 	routeGroupArgs        routeGroupArgs
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
@@ -178,6 +183,7 @@ func New(device int) (*Backend, error) {
 	b.routedWide = envSwitch("LORAPLEX_ROUTED_WIDE", routedWideDefault)
 	b.routedFused = envSwitch("LORAPLEX_ROUTED_FUSED", routedFusedDefault)
 	b.routedGroup = envSwitch("LORAPLEX_ROUTED_GROUP", routedGroupDefault)
+	b.routedEM, b.routedEMMin = envSwitch("LORAPLEX_ROUTED_EXPERT_MAJOR", routedEMDefault), routedEMMinDefault
 	b.routedFold = envSwitch("LORAPLEX_ROUTED_FOLD", routedFoldDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)

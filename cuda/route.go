@@ -21,6 +21,8 @@ const (
 	maxRouteK    = int(C.LP_ROUTE_MAX_K)
 	// Rows of one routed call (lp_lora_routed's limit, kernels/shapes.h).
 	maxRoutedRows = int(C.LP_LORA_ROUTED_MAX_ROWS)
+	// Choices (rows x passes) of one expert-major routed call (lp_route_lora_group_em).
+	maxEMChoices = int(C.LP_ROUTE_EM_MAX_CHOICES)
 )
 
 var _ model.DeviceRouter = (*Backend)(nil)
@@ -136,6 +138,17 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	// the name of the k launches this once took), n*passes in the ring as before, so recording
 	// and replay advance it identically. Each choice has its own scratch slice of maxRank floats.
 	passes := min(rp.TopK, real)
+	if b.routedWide && b.routedFused && tab.maxRank > 0 && b.expertMajor(n, passes, real) {
+		// One member of the expert-major group launches, which lay out the ring and the
+		// scratch as below.
+		b.emOuts[0], b.emLogits[0], b.emRPs[0] = out, logits, rp
+		traced := -1
+		if trace.Rows > 0 {
+			traced = 0
+		}
+		b.routeGroup(b.emOuts[:], x, b.emLogits[:], start, n, b.emRPs[:], trace, traced, layer)
+		return
+	}
 	if need := b.segUsed + passes*n; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return
 	}
@@ -264,10 +277,21 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 	if !b.routedGroup || !b.routedWide || !b.routedFused || b.batchInvariant || members < 2 || members > loraGroupMax || n == 0 {
 		return false
 	}
+	return b.routeGroup(outs, x, logits, start, n, rps, trace, traced, layer)
+}
+
+// routeGroup is RouteLoRAGroup's work once its switches allow it, for 1 to loraGroupMax members
+// (RouteLoRA sends one member here for the expert-major launches): it declines (false) gates past
+// the route kernel's limits and members no expert adapts.
+func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model.Tensor, start, n int, rps []*model.RoutedProj,
+	trace model.Tensor, traced, layer int) bool {
+	members := len(outs)
+	maxExperts := 0
 	for _, rp := range rps {
 		if rp.Gate.Rows > maxRouteRows || rp.TopK > maxRouteK || rp.Gate.Rows-rp.Nulls < 1 {
 			return false
 		}
+		maxExperts = max(maxExperts, rp.Gate.Rows-rp.Nulls)
 	}
 	if b.failed() {
 		return true
@@ -290,7 +314,11 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 	if need := b.segUsed + segs; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return true
 	}
+	em := b.expertMajor(n, maxPasses, maxExperts)
 	splits, stride := b.routedWideLayout(x.Cols, n, maxPasses, maxRank)
+	if em {
+		splits, stride = b.expertMajorLayout(x.Cols, n, maxPasses, maxRank)
+	}
 	per := max(n*maxPasses*maxRank, splits*stride)
 	if !b.reserve(&b.loraTmp, &b.loraCap, members*per, 4) {
 		return true
@@ -308,15 +336,65 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 		b.segUsed += int(a.passes[i]) * n
 	}
 	b.devSegs = segTable{} // the routing kernels write their segments to segDev
-	b.routedGroups++
+	if em {
+		b.routedEMs++
+	} else {
+		b.routedGroups++
+	}
 	if b.mode == modeReplay {
 		b.countReplay()
 		return true
 	}
 	b.ok("route + lora (routed group)", C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
-		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), b.stream))
+		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), cflag(em), b.stream))
 	return true
+}
+
+// SetRoutedExpertMajor turns the expert-major routed launches (LORAPLEX_ROUTED_EXPERT_MAJOR,
+// kernels/lora.cu lp_route_lora_group_em) on or off for the following steps, taken where the
+// step's choices average at least minPerExpert an expert (expertMajor; below 0 keeps the
+// default, 0 takes every call whose choices fit: the tests' small batches). Recorded graphs hold
+// the other launches, so they are dropped.
+func (b *Backend) SetRoutedExpertMajor(on bool, minPerExpert int) {
+	if minPerExpert < 0 {
+		minPerExpert = routedEMMinDefault
+	}
+	b.routedEMMin = minPerExpert
+	setSwitch(b, &b.routedEM, on)
+}
+
+// RoutedExpertMajorCount is the number of expert-major routed calls the backend has taken (for tests).
+func (b *Backend) RoutedExpertMajorCount() int { return b.routedEMs }
+
+// routedEMDefault: off until a GPU run has tested and measured it (written without a GPU from
+// goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step; lora.cu says why).
+// routedEMMinDefault: each expert's A and B are read once instead of once a choice, for 2 +
+// passes launches instead of 2, so it pays where an expert has choices to share them; at batch
+// 64, top-2 of 28, 4.6 an expert.
+const (
+	routedEMDefault    = false
+	routedEMMinDefault = 2
+)
+
+// expertMajor reports whether a routed call of n rows, passes choices a row, over at most
+// experts experts takes the expert-major launches: the switch is on, the mode is not
+// deterministic (whose routed kernel is lp_lora_routed), the choices fit a block's pick list and
+// average at least routedEMMin an expert. Fixed by the step key.
+func (b *Backend) expertMajor(n, passes, experts int) bool {
+	c := n * passes
+	return b.routedEM && !b.batchInvariant && c <= maxEMChoices && c >= b.routedEMMin*experts
+}
+
+// expertMajorLayout is the split rule of the expert-major shrink: as many loraWideSlice slices
+// of the input as the wide kernels take (its blocks number experts, not choices, so the rows do
+// not cap them as in wideLayout), each split's copy stride apart.
+func (b *Backend) expertMajorLayout(inDim, rows, passes, maxRank int) (splits, stride int) {
+	splits = min((inDim+loraWideSlice-1)/loraWideSlice, loraWideMaxSplits)
+	if splits <= 1 {
+		return 1, 0
+	}
+	return splits, rows * passes * maxRank
 }
 
 // checkRouted panics unless RouteLoRA's arguments fit together (a bug in the forward pass).

@@ -49,15 +49,21 @@ func TestRouteLoRAMatchesHost(t *testing.T) {
 // and leaves b on the plain ones.
 func routedSides(t *testing.T, b *cuda.Backend, f func(t *testing.T)) {
 	for _, side := range []struct {
-		name        string
-		wide, fused bool
-	}{{"plain", false, false}, {"wide", true, false}, {"fused", true, true}} {
+		name            string
+		wide, fused, em bool
+	}{{"plain", false, false, false}, {"wide", true, false, false}, {"fused", true, true, false}, {"expert-major", true, true, true}} {
 		t.Run(side.name, func(t *testing.T) {
 			b.SetRoutedWide(side.wide)
 			b.SetRoutedFused(side.fused)
+			b.SetRoutedExpertMajor(side.em, 0) // every call, however few its rows
+			before := b.RoutedExpertMajorCount()
 			defer b.SetRoutedWide(false)
 			defer b.SetRoutedFused(false)
+			defer b.SetRoutedExpertMajor(false, -1)
 			f(t)
+			if side.em && b.RoutedExpertMajorCount() == before {
+				t.Error("no routed call took the expert-major launches")
+			}
 		})
 	}
 }

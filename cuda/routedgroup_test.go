@@ -332,3 +332,106 @@ func TestRoutedFoldMatchesHostCUDA(t *testing.T) {
 		t.Fatal("no routed step folded")
 	}
 }
+
+// The expert-major routed launches (LORAPLEX_ROUTED_EXPERT_MAJOR) give what the row-major ones
+// give: the same trace and deltas within 1e-5 of the largest output (the shrink splits the input
+// its own way), bit for bit from one call to the next, for a group of three members (one listing
+// an expert twice, whose rows must get its delta once) and for one member alone (RouteLoRA). They
+// are taken where the step's choices average two an expert (64 rows, top-2 of 28), not at 8 rows.
+func TestRoutedExpertMajor(t *testing.T) {
+	p := pair{cpu.New(0), newGPU(t)}
+	defer p.c.Close()
+	g := p.g
+	g.SetRoutedWide(true)
+	g.SetRoutedFused(true)
+	g.SetRoutedGroup(true)
+	defer g.SetRoutedExpertMajor(false, -1)
+	r := rand.New(rand.NewPCG(65, 66))
+	const in, layers, layer, traced = 512, 4, 3, 1
+	ranks := []int{8, 16, 4, 8, 7}
+	group := []routeCase{{experts: 28, k: 2, T: 1}, {experts: 28, k: 2, T: 1}, {experts: 4, nulls: 1, k: 2, T: 0.8}}
+	widths := []int{640, 128, 96}
+	for _, n := range []int{64, 8} {
+		t.Run(fmt.Sprintf("rows%d", n), func(t *testing.T) {
+			_, x := p.tensor(t, n, in, randFloats(r, n*in))
+			var rps []*model.RoutedProj
+			var lgs []model.Tensor
+			var bases [][]float32
+			for m, rc := range group {
+				rows := rc.experts + rc.nulls
+				_, eg, ids := routeExperts(t, p, r, rc, ranks, in, widths[m], 3000*m)
+				if m == 1 {
+					eg[5] = eg[3] // one adapter listed twice
+				}
+				rps = append(rps, &model.RoutedProj{Gate: g.Alloc(rows, in), TopK: rc.k, Temperature: rc.T, Nulls: rc.nulls, Experts: eg, IDs: ids})
+				lg := g.Alloc(n, rows)
+				logits := routeLogits(r, n, rows, rc.nulls, rc.k)
+				if m == 1 {
+					for i := 0; i < n; i += 3 { // make rows choose the listed-twice adapter under both indices
+						logits[i*rows+3], logits[i*rows+5] = 50, 49
+					}
+				}
+				if err := g.Write(lg, logits); err != nil {
+					t.Fatal(err)
+				}
+				lgs, bases = append(lgs, lg), append(bases, randFloats(r, n*widths[m]))
+			}
+			sentinel := make([]float32, n*layers)
+			for i := range sentinel {
+				sentinel[i] = 99
+			}
+			// run makes the group's deltas (or member 0's alone, through RouteLoRA) on fresh outputs.
+			run := func(em, alone bool) ([][]float32, []float32) {
+				g.SetRoutedExpertMajor(em, -1)
+				var outs []model.Tensor
+				for m := range group {
+					_, o := p.tensor(t, n, widths[m], bases[m])
+					outs = append(outs, o)
+				}
+				_, tr := p.tensor(t, n, layers, sentinel)
+				if alone {
+					g.RouteLoRA(outs[0], x, lgs[0], 0, n, rps[0], tr, layer)
+				} else if !g.RouteLoRAGroup(outs, x, lgs, 0, n, rps, tr, traced, layer) {
+					t.Fatal("the routed group declined")
+				}
+				var got [][]float32
+				for m := range group {
+					got = append(got, read(t, g, outs[m]))
+				}
+				return got, read(t, g, tr)
+			}
+			for _, alone := range []bool{false, true} {
+				rowMajor, trR := run(false, alone)
+				before := g.RoutedExpertMajorCount()
+				em, trE := run(true, alone)
+				took := g.RoutedExpertMajorCount() - before
+				if want := map[bool]int{true: 1, false: 0}[n == 64]; took != want {
+					t.Fatalf("alone %v: the expert-major launches took %d calls, want %d", alone, took, want)
+				}
+				again, _ := run(true, alone)
+				for m := range group {
+					var scale, worst float64
+					for i := range rowMajor[m] {
+						scale = max(scale, math.Abs(float64(rowMajor[m][i])))
+						worst = max(worst, math.Abs(float64(em[m][i]-rowMajor[m][i])))
+						if math.Float32bits(em[m][i]) != math.Float32bits(again[m][i]) {
+							t.Fatalf("alone %v member %d element %d: %v, then %v", alone, m, i, em[m][i], again[m][i])
+						}
+					}
+					if !(worst <= 1e-5*scale) {
+						t.Fatalf("alone %v member %d: expert-major deltas differ from row-major by %.3g (max %.3g)", alone, m, worst, scale)
+					}
+				}
+				if fmt.Sprint(trR) != fmt.Sprint(trE) {
+					t.Fatalf("alone %v: trace expert-major %v, row-major %v", alone, trE, trR)
+				}
+			}
+			if err := g.Err(); err != nil {
+				t.Fatal(err)
+			}
+			var l0 [model.NumProj]*model.RoutedProj
+			copy(l0[:], rps)
+			g.ReleaseRouting(&model.Routing{Layers: [][model.NumProj]*model.RoutedProj{l0}})
+		})
+	}
+}

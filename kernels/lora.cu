@@ -177,6 +177,31 @@
 // each block about what the separate route kernel's thread spent, in place of a launch.
 // Determinism and graph replay as lp_lora_routed_wide's (the routing is the route kernel's,
 // inside the same graph); its sums are lp_lora_routed_wide's bit for bit (TestRoutedWideSweep).
+//
+// lp_route_lora_group_em (LORAPLEX_ROUTED_EXPERT_MAJOR, Backend.SetRoutedExpertMajor) is the
+// routed group at decode batches whose choices outnumber the experts: the row-major kernels
+// give every (row, choice) its own shrink block and its own expand block, so each reads its
+// expert's A and B again. At batch 64, top-2 of 28, rank 8, that is 128 reads of each gate/up
+// B (229 KB) where 28 would do: 58 MB through L2 for one expand, 22.7 us, and the routing
+// shrinks run 2-3 waves of blocks that each route their row again (goals-2026-12-07-s27a
+// call 2, Nsight: 22-31 us where one adapter's shrinks take 6-9 us).
+//   route:  grid (row, member), a warp a row: the row's logits and experts staged in shared
+//           memory (route_staged), lane 0 runs route_row into the member's segment table and
+//           the trace, as the routing shrink's writer block does.
+//   shrink: grid (expert, member, split): the block picks, in table order, the table's entries
+//           that chose its expert (em_pick: a ballot per warp, warps in order) and runs the
+//           wide shrink's block work (shrink_wide_block) on each, so its A slice comes from
+//           DRAM once and from L1 after.
+//   expand: one launch per pass p, grid (expert, wide column chunk, member): the block picks
+//           the rows whose choice p is its expert and adds each one's delta with the wide
+//           routed expand's column arithmetic (routed_expand_columns, one choice), reading its
+//           B chunk from DRAM once. Passes run in order, so a row gets out + s0*d0, stored,
+//           then + s1*d1: the row-major expand's sums, bit for bit for the same intermediates.
+// An expert listed twice in a table (the same A and B) is taken by its first index only, or
+// its rows would get its delta twice. Determinism: no atomics, the picks in table order, the
+// passes in order; graph replay: grids from the step's rows, the routing's k, its largest
+// expert count and the split rule (cuda.routedExpertLayout), all fixed by the step key.
+// Tolerance: the same as the routed group's, which splits the input its own way.
 #include "common.cuh"
 #include "route_row.cuh"
 
@@ -949,6 +974,122 @@ extern "C" int lp_route_fold_expand(lp_route_fold f, lp_stream s) {
     }
     if (chunks > 65535) return (int)cudaErrorInvalidValue;
     lora_route_fold_expand_kernel<<<dim3(f.n, chunks, f.members), WIDE_THREADS, 0, as_stream(s)>>>(f);
+    LP_CHECK_LAUNCH();
+}
+
+// Expert-major routed group (lp_route_lora_group_em; the design is at the top of the file).
+
+// Routing alone: grid (row, member), a warp a row.
+__global__ void __launch_bounds__(32) route_rows_em_kernel(lp_route_group g) {
+    __shared__ route_stage st;
+    const int i = blockIdx.x, m = blockIdx.y;
+    const lp_route_args& ra = g.ra[m];
+    const float* l = ra.logits + (size_t)i * ra.rows;
+    const lp_route_expert* experts = ra.experts;
+    route_staged(l, experts, ra.rows, ra.nulls, true, st);
+    if (threadIdx.x == 0)
+        route_row(l, i, ra.rows, ra.k, ra.temperature, ra.nulls, experts, g.segs[m] + (size_t)i * ra.passes, ra.passes, ra.start,
+                  ra.seg_stride, ra.trace, ra.trace_cols, ra.layer);
+}
+
+// em_expert is expert blockIdx.x of routing ra when the block should take it: a real expert
+// with a LoRA on the projection, listed first under its A (every thread must reach it).
+__device__ __forceinline__ bool em_expert(const lp_route_args& ra, lp_route_expert& ex) {
+    const int e = blockIdx.x;
+    if (e >= ra.rows - ra.nulls) return false;  // uniform over the block
+    ex = ra.experts[e];
+    if (ex.rank == 0) return false;
+    bool earlier = false;
+    for (int f = threadIdx.x; f < e; f += blockDim.x) earlier |= ra.experts[f].a == ex.a;
+    return !__syncthreads_or(earlier);
+}
+
+// em_pick writes to list, in order, the indices j = first + q * step (q < count) of the
+// segment table entries that are real (n > 0) and name A (by_b false) or B (by_b true) key, and
+// returns how many: a ballot per warp of WIDE_THREADS-thread blocks, the warps' hits in warp
+// order, so the list is in table order whatever the timing. Every thread must reach it.
+__device__ __forceinline__ int em_pick(const lp_lora_seg* segs, int first, int step, int count, const uint16_t* key, bool by_b,
+                                       int* list) {
+    __shared__ int hits[WIDE_THREADS / 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int total = 0;
+    for (int base = 0; base < count; base += WIDE_THREADS) {
+        const int q = base + (int)threadIdx.x, j = first + q * step;
+        bool hit = false;
+        if (q < count) hit = segs[j].n > 0 && (by_b ? segs[j].b : segs[j].a) == key;
+        const unsigned mask = __ballot_sync(0xffffffffu, hit);
+        if (lane == 0) hits[warp] = __popc(mask);
+        __syncthreads();
+        int off = total;
+        for (int w = 0; w < warp; w++) off += hits[w];
+        if (hit) list[off + __popc(mask & ((1u << lane) - 1u))] = j;
+        for (int w = 0; w < WIDE_THREADS / 32; w++) total += hits[w];
+        __syncthreads();  // hits is rewritten by the next round
+    }
+    return total;
+}
+
+// Expert-major shrink: grid (expert, member, split).
+template <bool VEC>
+__global__ void __launch_bounds__(WIDE_THREADS) route_shrink_em_kernel(lp_route_group g, const float* x, int in_dim, int t_stride) {
+    __shared__ int list[LP_ROUTE_EM_MAX_CHOICES];
+    const int m = blockIdx.y;
+    const lp_route_args& ra = g.ra[m];
+    lp_route_expert ex;
+    if (!em_expert(ra, ex)) return;  // uniform over the block
+    const int count = em_pick(g.segs[m], 0, 1, g.n * ra.passes, ex.a, false, list);
+    for (int q = 0; q < count; q++) {
+        const lp_lora_seg sg = g.segs[m][list[q]];
+        shrink_wide_block<VEC>(x, sg, 0, g.scratch[m], in_dim, t_stride);
+    }
+}
+
+// Expert-major expand of pass p: grid (expert, wide column chunk, member).
+__global__ void __launch_bounds__(WIDE_THREADS) lora_expand_em_kernel(lp_route_group g, int p, int splits, int t_stride) {
+    __shared__ int list[LP_ROUTE_EM_MAX_CHOICES];
+    __shared__ lp_lora_seg sg[1];
+    __shared__ float t[1][LP_MAX_LORA_RANK];
+    const int m = blockIdx.z, out_dim = g.out_dim[m];
+    const lp_route_args& ra = g.ra[m];
+    if (p >= ra.passes || (int)blockIdx.y * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
+    lp_route_expert ex;
+    if (!em_expert(ra, ex)) return;
+    const int count = em_pick(g.segs[m], p, ra.passes, g.n, ex.b, true, list);
+    for (int q = 0; q < count; q++) {
+        if (threadIdx.x == 0) sg[0] = g.segs[m][list[q]];
+        __syncthreads();
+        for (int j = threadIdx.x; j < sg[0].rank; j += blockDim.x) t[0][j] = split_sum(g.scratch[m] + sg[0].t_off, j, splits, t_stride);
+        __syncthreads();
+        routed_expand_columns(g.out[m] + (size_t)sg[0].start * out_dim, out_dim, sg, t, 1);
+        __syncthreads();  // sg and t are rewritten for the next row
+    }
+}
+
+extern "C" int lp_route_lora_group_em(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, lp_stream s) {
+    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || !x) return (int)cudaErrorInvalidValue;
+    int passes = 0, chunks = 0, experts = 0;
+    for (int m = 0; m < g.members; m++) {
+        const lp_route_args& ra = g.ra[m];
+        if (!route_args_ok(g.n, ra.rows, ra.k, ra.temperature, ra.nulls, ra.passes, ra.start, ra.seg_stride, ra.trace, ra.trace_cols,
+                           ra.layer) ||
+            ra.passes < 1 || (long long)g.n * ra.passes > LP_ROUTE_EM_MAX_CHOICES || ra.seg_stride < g.max_rank[m] || !ra.experts ||
+            !g.segs[m] || !g.scratch[m] || !g.out[m] || g.out_dim[m] <= 0 || !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride) ||
+            (splits > 1 && (long long)t_stride < (long long)g.n * ra.passes * ra.seg_stride))  // splits would overlap
+            return (int)cudaErrorInvalidValue;
+        const int c = (g.out_dim[m] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
+        if (ra.passes > passes) passes = ra.passes;
+        if (c > chunks) chunks = c;
+        if (ra.rows - ra.nulls > experts) experts = ra.rows - ra.nulls;
+    }
+    if (chunks > 65535 || g.n > 65535) return (int)cudaErrorInvalidValue;
+    route_rows_em_kernel<<<dim3(g.n, g.members), 32, 0, as_stream(s)>>>(g);
+    const dim3 g1(experts, g.members, splits);
+    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
+        route_shrink_em_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+    else
+        route_shrink_em_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+    for (int p = 0; p < passes; p++)
+        lora_expand_em_kernel<<<dim3(experts, chunks, g.members), WIDE_THREADS, 0, as_stream(s)>>>(g, p, splits, t_stride);
     LP_CHECK_LAUNCH();
 }
 
