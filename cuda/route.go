@@ -146,8 +146,11 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 		if trace.Rows > 0 {
 			traced = 0
 		}
-		b.routeGroup(b.emOuts[:], x, b.emLogits[:], start, n, b.emRPs[:], trace, traced, layer)
-		return
+		took := b.routeGroup(b.emOuts[:], x, b.emLogits[:], start, n, b.emRPs[:], trace, traced, layer)
+		b.emOuts[0], b.emLogits[0], b.emRPs[0] = model.Tensor{}, model.Tensor{}, nil
+		if took {
+			return
+		}
 	}
 	if need := b.segUsed + passes*n; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return
@@ -345,7 +348,11 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 		b.countReplay()
 		return true
 	}
-	b.ok("route + lora (routed group)", C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
+	what := "route + lora (routed group)"
+	if em {
+		what = "route + lora (expert-major)"
+	}
+	b.ok(what, C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
 		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), cflag(em), b.stream))
 	return true
@@ -360,7 +367,7 @@ func (b *Backend) SetRoutedExpertMajor(on bool, minPerExpert int) {
 	if minPerExpert < 0 {
 		minPerExpert = routedEMMinDefault
 	}
-	b.routedEMMin = minPerExpert
+	setSwitch(b, &b.routedEMMin, minPerExpert) // recordings hold the launches the old rule chose
 	setSwitch(b, &b.routedEM, on)
 }
 

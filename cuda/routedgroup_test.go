@@ -25,6 +25,7 @@ func TestRoutedGroup(t *testing.T) {
 	defer p.c.Close()
 	p.g.SetRoutedWide(true)
 	p.g.SetRoutedFused(true)
+	p.g.SetRoutedExpertMajor(false, -1) // its own test's (TestRoutedExpertMajor)
 	r := rand.New(rand.NewPCG(61, 62))
 	const in, layers, layer = 256, 4, 1
 	ranks := []int{4, 16, 8, 1, 32, 7}
@@ -174,6 +175,7 @@ func TestRoutedGroupMatchesHostCUDA(t *testing.T) {
 	b.SetRoutedWide(true)
 	b.SetRoutedFused(true)
 	b.SetRoutedGroup(true)
+	b.SetRoutedExpertMajor(false, -1)
 	before := b.RoutedGroupCount()
 	deviceRoutingMatchesHost(t, b, true)
 	if b.RoutedGroupCount() == before {
@@ -336,7 +338,8 @@ func TestRoutedFoldMatchesHostCUDA(t *testing.T) {
 // The expert-major routed launches (LORAPLEX_ROUTED_EXPERT_MAJOR) give what the row-major ones
 // give: the same trace and deltas within 1e-5 of the largest output (the shrink splits the input
 // its own way), bit for bit from one call to the next, for a group of three members (one listing
-// an expert twice, whose rows must get its delta once) and for one member alone (RouteLoRA). They
+// an expert twice, whose rows must get its delta once; one of three choices a row where the
+// others make two) and for one member alone (RouteLoRA). They
 // are taken where the step's choices average two an expert (64 rows, top-2 of 28), not at 8 rows.
 func TestRoutedExpertMajor(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
@@ -347,9 +350,10 @@ func TestRoutedExpertMajor(t *testing.T) {
 	g.SetRoutedGroup(true)
 	defer g.SetRoutedExpertMajor(false, -1)
 	r := rand.New(rand.NewPCG(65, 66))
-	const in, layers, layer, traced = 512, 4, 3, 1
+	// An input of 9,216 splits into 9 slices expert-major and 8 row-major at 64 rows.
+	const in, layers, layer, traced = 9216, 4, 3, 1
 	ranks := []int{8, 16, 4, 8, 7}
-	group := []routeCase{{experts: 28, k: 2, T: 1}, {experts: 28, k: 2, T: 1}, {experts: 4, nulls: 1, k: 2, T: 0.8}}
+	group := []routeCase{{experts: 28, k: 2, T: 1}, {experts: 28, k: 2, T: 1}, {experts: 4, nulls: 1, k: 3, T: 0.8}}
 	widths := []int{640, 128, 96}
 	for _, n := range []int{64, 8} {
 		t.Run(fmt.Sprintf("rows%d", n), func(t *testing.T) {

@@ -198,9 +198,10 @@
 //           B chunk from DRAM once. Passes run in order, so a row gets out + s0*d0, stored,
 //           then + s1*d1: the row-major expand's sums, bit for bit for the same intermediates.
 // An expert listed twice in a table (the same A and B) is taken by its first index only, or
-// its rows would get its delta twice. Determinism: no atomics, the picks in table order, the
+// its rows would get its delta twice: the shrink's blocks by A, the expand's by B, each picking
+// its entries by the same factor. Determinism: no atomics, the picks in table order, the
 // passes in order; graph replay: grids from the step's rows, the routing's k, its largest
-// expert count and the split rule (cuda.routedExpertLayout), all fixed by the step key.
+// expert count and the split rule (cuda.expertMajorLayout), all fixed by the step key.
 // Tolerance: the same as the routed group's, which splits the input its own way.
 #include "common.cuh"
 #include "route_row.cuh"
@@ -993,14 +994,17 @@ __global__ void __launch_bounds__(32) route_rows_em_kernel(lp_route_group g) {
 }
 
 // em_expert is expert blockIdx.x of routing ra when the block should take it: a real expert
-// with a LoRA on the projection, listed first under its A (every thread must reach it).
-__device__ __forceinline__ bool em_expert(const lp_route_args& ra, lp_route_expert& ex) {
+// with a LoRA on the projection, listed first under the factor the block picks its entries by
+// (A for the shrink, B for the expand, by_b), so that entries naming that factor are taken once
+// whatever index chose them (every thread must reach it).
+__device__ __forceinline__ bool em_expert(const lp_route_args& ra, bool by_b, lp_route_expert& ex) {
     const int e = blockIdx.x;
     if (e >= ra.rows - ra.nulls) return false;  // uniform over the block
     ex = ra.experts[e];
     if (ex.rank == 0) return false;
+    const uint16_t* key = by_b ? ex.b : ex.a;
     bool earlier = false;
-    for (int f = threadIdx.x; f < e; f += blockDim.x) earlier |= ra.experts[f].a == ex.a;
+    for (int f = threadIdx.x; f < e; f += blockDim.x) earlier |= ra.experts[f].rank > 0 && (by_b ? ra.experts[f].b : ra.experts[f].a) == key;
     return !__syncthreads_or(earlier);
 }
 
@@ -1036,7 +1040,7 @@ __global__ void __launch_bounds__(WIDE_THREADS) route_shrink_em_kernel(lp_route_
     const int m = blockIdx.y;
     const lp_route_args& ra = g.ra[m];
     lp_route_expert ex;
-    if (!em_expert(ra, ex)) return;  // uniform over the block
+    if (!em_expert(ra, false, ex)) return;  // uniform over the block
     const int count = em_pick(g.segs[m], 0, 1, g.n * ra.passes, ex.a, false, list);
     for (int q = 0; q < count; q++) {
         const lp_lora_seg sg = g.segs[m][list[q]];
@@ -1053,7 +1057,7 @@ __global__ void __launch_bounds__(WIDE_THREADS) lora_expand_em_kernel(lp_route_g
     const lp_route_args& ra = g.ra[m];
     if (p >= ra.passes || (int)blockIdx.y * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
     lp_route_expert ex;
-    if (!em_expert(ra, ex)) return;
+    if (!em_expert(ra, true, ex)) return;
     const int count = em_pick(g.segs[m], p, ra.passes, g.n, ex.b, true, list);
     for (int q = 0; q < count; q++) {
         if (threadIdx.x == 0) sg[0] = g.segs[m][list[q]];
@@ -1073,6 +1077,7 @@ extern "C" int lp_route_lora_group_em(lp_route_group g, const float* x, int in_d
         if (!route_args_ok(g.n, ra.rows, ra.k, ra.temperature, ra.nulls, ra.passes, ra.start, ra.seg_stride, ra.trace, ra.trace_cols,
                            ra.layer) ||
             ra.passes < 1 || (long long)g.n * ra.passes > LP_ROUTE_EM_MAX_CHOICES || ra.seg_stride < g.max_rank[m] || !ra.experts ||
+            !ra.logits || ra.rows - ra.nulls < 1 ||
             !g.segs[m] || !g.scratch[m] || !g.out[m] || g.out_dim[m] <= 0 || !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride) ||
             (splits > 1 && (long long)t_stride < (long long)g.n * ra.passes * ra.seg_stride))  // splits would overlap
             return (int)cudaErrorInvalidValue;
