@@ -210,8 +210,12 @@ var _ model.SegmentMerger = (*Backend)(nil)
 // alike in a segment of any length (a prompt prefilled in chunks relies on it too).
 func (b *Backend) MergesSegments() bool { return b.segMerge }
 
-// segMergeDefault: off until the fixture suites have run with it (TestSegmentMergeFixturesCUDA)
-// and its own gain is measured. In goals-2026-12-07-s27a (H100) TestMergedSegmentsCUDA found
+// segMergeDefault: on since goals-2026-12-08-s28a (H100), where the fixture suites passed with it
+// (TestSegmentMergeFixturesCUDA, TestMergedSegmentsCUDA) and its A/B run (merging off against
+// on) moved no row of the goals table beyond run-to-run noise: 64 rank-16 adapters 6,143 tok/s
+// off against 6,153 on, rank-8 q/v 8,185 against 8,193, routed batch 64 4,575 against 4,587,
+// batch 1 169.3 against 170.5. Its gain is the host walk below, which that table's steps (kept
+// tables) do not make. Before that, in goals-2026-12-07-s27a (H100) TestMergedSegmentsCUDA found
 // merged logits bitwise those of a segment a sequence, in deterministic mode and in the default
 // one (its decode steps put 192 segments merged where they put 360); its A/B row moved no row of
 // the goals table, whose steps the kept tables already spare the walk (one rank-8 adapter at
@@ -219,7 +223,7 @@ func (b *Backend) MergesSegments() bool { return b.segMerge }
 // where the kept tables do not reach: in serving every admission, finish or prefill chunk
 // changes the batch's layout, and a walk of a batch on one adapter is then 7 segments a layer
 // instead of 7 a request (745 us of host time a replayed batch-64 step in s26a).
-const segMergeDefault = false
+const segMergeDefault = true
 
 // SetSegmentMerge makes the following steps merge adjacent sequences on one adapter into one
 // segment or not (MergesSegments). The runner's step keys hold the segment layout, so recordings

@@ -83,7 +83,11 @@ func (b *Backend) SetGemmSkinny(on bool) { setSwitch(b, &b.gemmSkinny, on) }
 // SkinnyProducts is the number of products the skinny kernel has taken (for tests).
 func (b *Backend) SkinnyProducts() int { return b.skinnyProducts }
 
-// gemmSkinnyDefault: off until a GPU run has tested (TestGemmSkinny) and measured it. Written
+// gemmSkinnyDefault: off, measured slower. In goals-2026-12-08-s28a (H100) TestGemmSkinny and
+// TestGemmSkinnyParts passed, but routed top-2 of 28 at batch 64 decoded 4,587 tok/s with the
+// gates on it against 5,071 on cuBLAS (0.90x; batch 1 never reaches it): its 56 blocks of a
+// 64 x 28 gate (168 for q/k/v's three as parts) each walk a quarter of k with eight rows in
+// flight, fewer loads in flight than cuBLAS's split-K tiles and its reduce keep. Written
 // without a GPU from goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step.
 const gemmSkinnyDefault = false
 

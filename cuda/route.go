@@ -234,12 +234,14 @@ func (a *routeMembers) set(i int, rp *model.RoutedProj, tab *routeTable, logits 
 // dropped.
 func (b *Backend) SetRouteStaged(on bool) { setSwitch(b, &b.routeStaged, on) }
 
-// routeStagedDefault: off until a GPU run has tested and measured it. Written without a GPU:
-// goals-2026-12-07-s27a call 2's Nsight view has a routing shrink block at ~10 us (31 us for
-// 2.9 waves at batch 64, 12-13 us for one at batch 1) against 6-9 us for a plain shrink of the
-// same bytes, and thread 0's routing reads its 28 logits from L2 ~60 times one after another,
-// then each choice's expert.
-const routeStagedDefault = false
+// routeStagedDefault: on since goals-2026-12-08-s28a (H100): TestRouteStaged passed, and routed
+// top-2 of 28 at batch 1 decoded 133.3 tok/s staged against 128.2 not (0.850 of one adapter
+// against 0.819); at batch 64 no change (4,587 against 4,593), where the blocks' waves, not
+// their routing, set the time. Written without a GPU from goals-2026-12-07-s27a call 2's Nsight
+// view: a routing shrink block took ~10 us (31 us for 2.9 waves at batch 64, 12-13 us for one
+// at batch 1) against 6-9 us for a plain shrink of the same bytes, and thread 0's routing read
+// its 28 logits from L2 ~60 times one after another, then each choice's expert.
+const routeStagedDefault = true
 
 // cflag is a switch as the kernels' int flags take it.
 func cflag(on bool) C.int {
@@ -374,8 +376,12 @@ func (b *Backend) SetRoutedExpertMajor(on bool, minPerExpert int) {
 // RoutedExpertMajorCount is the number of expert-major routed calls the backend has taken (for tests).
 func (b *Backend) RoutedExpertMajorCount() int { return b.routedEMs }
 
-// routedEMDefault: off until a GPU run has tested and measured it (written without a GPU from
-// goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step; lora.cu says why).
+// routedEMDefault: off, measured slower. Written without a GPU from goals-2026-12-07-s27a call
+// 2's Nsight view of a routed batch-64 step (lora.cu says why); in goals-2026-12-08-s28a (H100)
+// TestRoutedExpertMajor and TestRouteLoRAMatchesHost (its expert-major side) passed, but routed
+// top-2 of 28 at batch 64 decoded 2,588 tok/s with it against 4,587 row-major (0.56x): not yet
+// profiled; a block walks its expert's choices one after another (4.6 shrinks, 2.3 expands a
+// pass on average, each ending on barriers), where the row-major grids run them side by side.
 // routedEMMinDefault: each expert's A and B are read once instead of once a choice, for 2 +
 // passes launches instead of 2, so it pays where an expert has choices to share them; at batch
 // 64, top-2 of 28, 4.6 an expert.
