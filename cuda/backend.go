@@ -56,10 +56,12 @@ type Backend struct {
 	routedFold            bool // RoutedFoldedProducts runs (routefold.go: LORAPLEX_ROUTED_FOLD, SetRoutedFold)
 	routedFolds           int  // routed folds taken (RoutedFoldCount)
 	routeFoldArgs         routeFoldArgs
-	routedGroups          int                  // grouped routed calls taken (RoutedGroupCount)
-	routedEM              bool                 // expert-major routed launches (route.go: LORAPLEX_ROUTED_EXPERT_MAJOR, SetRoutedExpertMajor)
-	routedEMMin           int                  // choices an expert the step must average to take them (expertMajor)
-	routedEMs             int                  // expert-major routed calls taken (RoutedExpertMajorCount)
+	routedGroups          int     // grouped routed calls taken (RoutedGroupCount)
+	routedEM              bool    // expert-major routed launches (route.go: LORAPLEX_ROUTED_EXPERT_MAJOR, SetRoutedExpertMajor)
+	routedEMMin           int     // choices an expert the step must average to take them (expertMajor)
+	routedEMs             int     // expert-major routed calls taken (RoutedExpertMajorCount)
+	emPlan                uintptr // the expert-major launches' plan (device ints, grown by reserve)
+	emPlanCap             int
 	emOuts, emLogits      [1]model.Tensor      // RouteLoRA's one member for RouteLoRAGroup (no allocation per call)
 	emRPs                 [1]*model.RoutedProj // the same
 	routeGroupArgs        routeGroupArgs

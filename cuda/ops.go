@@ -106,7 +106,7 @@ func (b *Backend) xToBF16(x model.Tensor) bool {
 // abandoned and rerun directly), after the stream drains, dropping every recording (they hold
 // the old address). False when it could not (the backend has recorded why, or the step reruns).
 // The one home of the device scratch buffers' growth: x in bf16, split-K partials, LoRA
-// intermediates, deterministic mode's padded products.
+// intermediates, deterministic mode's padded products, the expert-major routing's plan.
 func (b *Backend) reserve(buf *uintptr, capacity *int, n, elem int) bool {
 	if n <= *capacity {
 		return true

@@ -21,8 +21,10 @@ const (
 	maxRouteK    = int(C.LP_ROUTE_MAX_K)
 	// Rows of one routed call (lp_lora_routed's limit, kernels/shapes.h).
 	maxRoutedRows = int(C.LP_LORA_ROUTED_MAX_ROWS)
-	// Choices (rows x passes) of one expert-major routed call (lp_route_lora_group_em).
+	// Choices (rows x passes) and gate logits (rows x gate rows) of one expert-major routed call
+	// (lp_route_lora_group_em).
 	maxEMChoices = int(C.LP_ROUTE_EM_MAX_CHOICES)
+	maxEMLogits  = int(C.LP_ROUTE_EM_MAX_LOGITS)
 )
 
 var _ model.DeviceRouter = (*Backend)(nil)
@@ -138,7 +140,7 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	// the name of the k launches this once took), n*passes in the ring as before, so recording
 	// and replay advance it identically. Each choice has its own scratch slice of maxRank floats.
 	passes := min(rp.TopK, real)
-	if b.routedWide && b.routedFused && tab.maxRank > 0 && b.expertMajor(n, passes, real) {
+	if b.routedWide && b.routedFused && tab.maxRank > 0 && b.expertMajor(n, passes, real, rows) {
 		// One member of the expert-major group launches, which lay out the ring and the
 		// scratch as below.
 		b.emOuts[0], b.emLogits[0], b.emRPs[0] = out, logits, rp
@@ -291,12 +293,12 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model.Tensor, start, n int, rps []*model.RoutedProj,
 	trace model.Tensor, traced, layer int) bool {
 	members := len(outs)
-	maxExperts := 0
+	maxExperts, maxGateRows := 0, 0
 	for _, rp := range rps {
 		if rp.Gate.Rows > maxRouteRows || rp.TopK > maxRouteK || rp.Gate.Rows-rp.Nulls < 1 {
 			return false
 		}
-		maxExperts = max(maxExperts, rp.Gate.Rows-rp.Nulls)
+		maxExperts, maxGateRows = max(maxExperts, rp.Gate.Rows-rp.Nulls), max(maxGateRows, rp.Gate.Rows)
 	}
 	if b.failed() {
 		return true
@@ -319,10 +321,15 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 	if need := b.segUsed + segs; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return true
 	}
-	em := b.expertMajor(n, maxPasses, maxExperts)
+	em := b.expertMajor(n, maxPasses, maxExperts, maxGateRows)
 	splits, stride := b.routedWideLayout(x.Cols, n, maxPasses, maxRank)
+	planLen := 0
 	if em {
 		splits, stride = b.expertMajorLayout(x.Cols, n, maxPasses, maxRank)
+		planLen = int(C.lp_route_em_plan_ints(C.int(n), C.int(maxPasses), C.int(maxExperts)))
+		if !b.reserve(&b.emPlan, &b.emPlanCap, members*planLen, 4) {
+			return true
+		}
 	}
 	per := max(n*maxPasses*maxRank, splits*stride)
 	if !b.reserve(&b.loraTmp, &b.loraCap, members*per, 4) {
@@ -356,7 +363,7 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 	}
 	b.ok(what, C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
-		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), cflag(em), b.stream))
+		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), cflag(em), C.uintptr_t(b.emPlan), C.int(planLen), b.stream))
 	return true
 }
 
@@ -376,12 +383,12 @@ func (b *Backend) SetRoutedExpertMajor(on bool, minPerExpert int) {
 // RoutedExpertMajorCount is the number of expert-major routed calls the backend has taken (for tests).
 func (b *Backend) RoutedExpertMajorCount() int { return b.routedEMs }
 
-// routedEMDefault: off, measured slower. Written without a GPU from goals-2026-12-07-s27a call
-// 2's Nsight view of a routed batch-64 step (lora.cu says why); in goals-2026-12-08-s28a (H100)
-// TestRoutedExpertMajor and TestRouteLoRAMatchesHost (its expert-major side) passed, but routed
-// top-2 of 28 at batch 64 decoded 2,588 tok/s with it against 4,587 row-major (0.56x): not yet
-// profiled; a block walks its expert's choices one after another (4.6 shrinks, 2.3 expands a
-// pass on average, each ending on barriers), where the row-major grids run them side by side.
+// routedEMDefault: off. Written without a GPU from goals-2026-12-07-s27a call 2's Nsight view of
+// a routed batch-64 step (lora.cu says why). Its first version (one block an expert) passed
+// TestRoutedExpertMajor and TestRouteLoRAMatchesHost's expert-major side in
+// goals-2026-12-08-s28a (H100) but decoded routed top-2 of 28 at batch 64 at 2,588 tok/s
+// against 4,587 row-major (0.56x), unprofiled: an expert many rows chose walked them all in one
+// block. This version (chunks of at most LP_ROUTE_EM_ROWS choices, a plan kernel) has not run.
 // routedEMMinDefault: each expert's A and B are read once instead of once a choice, for 2 +
 // passes launches instead of 2, so it pays where an expert has choices to share them; at batch
 // 64, top-2 of 28, 4.6 an expert.
@@ -391,12 +398,13 @@ const (
 )
 
 // expertMajor reports whether a routed call of n rows, passes choices a row, over at most
-// experts experts takes the expert-major launches: the switch is on, the mode is not
-// deterministic (whose routed kernel is lp_lora_routed), the choices fit a block's pick list and
-// average at least routedEMMin an expert. Fixed by the step key.
-func (b *Backend) expertMajor(n, passes, experts int) bool {
+// experts experts of gates of at most gateRows rows takes the expert-major launches: the switch
+// is on, the mode is not deterministic (whose routed kernel is lp_lora_routed), the choices and
+// the logits fit the plan's shared memory and the choices average at least routedEMMin an
+// expert. Fixed by the step key.
+func (b *Backend) expertMajor(n, passes, experts, gateRows int) bool {
 	c := n * passes
-	return b.routedEM && !b.batchInvariant && c <= maxEMChoices && c >= b.routedEMMin*experts
+	return b.routedEM && !b.batchInvariant && c <= maxEMChoices && n*gateRows <= maxEMLogits && c >= b.routedEMMin*experts
 }
 
 // expertMajorLayout is the split rule of the expert-major shrink: as many loraWideSlice slices

@@ -185,23 +185,26 @@
 // B (229 KB) where 28 would do: 58 MB through L2 for one expand, 22.7 us, and the routing
 // shrinks run 2-3 waves of blocks that each route their row again (goals-2026-12-07-s27a
 // call 2, Nsight: 22-31 us where one adapter's shrinks take 6-9 us).
-//   route:  grid (row, member), a warp a row: the row's logits and experts staged in shared
-//           memory (route_staged), lane 0 runs route_row into the member's segment table and
-//           the trace, as the routing shrink's writer block does.
-//   shrink: grid (expert, member, split): the block picks, in table order, the table's entries
-//           that chose its expert (em_pick: a ballot per warp, warps in order) and runs the
-//           wide shrink's block work (shrink_wide_block) on each, so its A slice comes from
+// The first version gave each expert one block (goals-2026-12-08-s28a: 0.56x of row-major at
+// batch 64), so an expert many rows chose walked them all one after another; a random-weight
+// model, like a real router, may send most of a batch to a few experts. So work is cut into
+// chunks of at most LP_ROUTE_EM_ROWS choices of one expert, whatever the spread:
+//   plan:   grid (member): the step's logits staged in shared memory, a thread routes each row
+//           (route_row, into the member's segment table and the trace, as the routing shrinks
+//           do), then the real choices are sorted by expert (an adapter listed twice is one
+//           expert) in table order and cut into chunks, into a plan in device memory.
+//   shrink: grid (chunk, member, split): the block runs the wide shrink's block work
+//           (shrink_wide_block) on its chunk's choices in turn, one expert's A slice read from
 //           DRAM once and from L1 after.
-//   expand: one launch per pass p, grid (expert, wide column chunk, member): the block picks
-//           the rows whose choice p is its expert and adds each one's delta with the wide
-//           routed expand's column arithmetic (routed_expand_columns, one choice), reading its
-//           B chunk from DRAM once. Passes run in order, so a row gets out + s0*d0, stored,
-//           then + s1*d1: the row-major expand's sums, bit for bit for the same intermediates.
-// An expert listed twice in a table (the same A and B) is taken by its first index only, or
-// its rows would get its delta twice: the shrink's blocks by A, the expand's by B, each picking
-// its entries by the same factor. Determinism: no atomics, the picks in table order, the
-// passes in order; graph replay: grids from the step's rows, the routing's k, its largest
-// expert count and the split rule (cuda.expertMajorLayout), all fixed by the step key.
+//   expand: one launch per pass p, grid (chunk, wide column chunk, member): the block adds its
+//           chunk's pass-p choices (distinct rows) with the wide routed expand's column
+//           arithmetic (routed_expand_columns, one choice). Passes run in order, so a row gets
+//           out + s0*d0, stored, then + s1*d1: the row-major expand's sums, bit for bit for the
+//           same intermediates.
+// Determinism: no atomics; counts, lists and chunks in fixed orders; the passes in order. Graph
+// replay: grids from bounds of the step's rows, the routing's k, its largest expert count and
+// the split rule (cuda.expertMajorLayout), all fixed by the step key; the plan is rewritten
+// inside the graph, and chunks past its count exit at once.
 // Tolerance: the same as the routed group's, which splits the input its own way.
 #include "common.cuh"
 #include "route_row.cuh"
@@ -980,121 +983,148 @@ extern "C" int lp_route_fold_expand(lp_route_fold f, lp_stream s) {
 
 // Expert-major routed group (lp_route_lora_group_em; the design is at the top of the file).
 
-// Routing alone: grid (row, member), a warp a row.
-__global__ void __launch_bounds__(32) route_rows_em_kernel(lp_route_group g) {
-    __shared__ route_stage st;
-    const int i = blockIdx.x, m = blockIdx.y;
+// em_plan_len is one member's plan in ints: the chunk count, each chunk's [begin, end) in the
+// order, and the order (the table's real entries sorted by expert, table order within one).
+__host__ __device__ __forceinline__ int em_max_chunks(int choices, int experts) {
+    return (choices + LP_ROUTE_EM_ROWS - 1) / LP_ROUTE_EM_ROWS + experts;
+}
+__host__ __device__ __forceinline__ int em_plan_len(int choices, int experts) { return 1 + 2 * em_max_chunks(choices, experts) + choices; }
+
+extern "C" int lp_route_em_plan_ints(int n, int passes, int experts) { return em_plan_len(n * passes, experts); }
+
+// Plan: grid (member), EM_PLAN_THREADS threads. Every row's logits are staged in shared memory
+// (n x rows <= LP_ROUTE_EM_MAX_LOGITS), then thread i routes row i with route_row into the
+// member's segment table and the trace, as the routing shrinks do. Each real choice gets its
+// expert's canonical index (the first listed with the same A and B, so an adapter listed twice
+// is one expert); thread e lists expert e's choices in table order; thread 0 cuts each expert's
+// list into chunks of at most LP_ROUTE_EM_ROWS. Counting and listing in fixed orders, so the
+// plan is the same whatever the timing.
+constexpr int EM_PLAN_THREADS = 256;
+__global__ void __launch_bounds__(EM_PLAN_THREADS) route_em_plan_kernel(lp_route_group g, int* plan, int plan_len) {
+    __shared__ float lg[LP_ROUTE_EM_MAX_LOGITS];
+    __shared__ short expert_of[LP_ROUTE_EM_MAX_CHOICES];
+    __shared__ int canon[LP_ROUTE_MAX_ROWS], count[LP_ROUTE_MAX_ROWS], first[LP_ROUTE_MAX_ROWS + 1];
+    const int m = blockIdx.x, n = g.n;
     const lp_route_args& ra = g.ra[m];
-    const float* l = ra.logits + (size_t)i * ra.rows;
-    const lp_route_expert* experts = ra.experts;
-    route_staged(l, experts, ra.rows, ra.nulls, true, st);
-    if (threadIdx.x == 0)
-        route_row(l, i, ra.rows, ra.k, ra.temperature, ra.nulls, experts, g.segs[m] + (size_t)i * ra.passes, ra.passes, ra.start,
-                  ra.seg_stride, ra.trace, ra.trace_cols, ra.layer);
-}
-
-// em_expert is expert blockIdx.x of routing ra when the block should take it: a real expert
-// with a LoRA on the projection, listed first under the factor the block picks its entries by
-// (A for the shrink, B for the expand, by_b), so that entries naming that factor are taken once
-// whatever index chose them (every thread must reach it).
-__device__ __forceinline__ bool em_expert(const lp_route_args& ra, bool by_b, lp_route_expert& ex) {
-    const int e = blockIdx.x;
-    if (e >= ra.rows - ra.nulls) return false;  // uniform over the block
-    ex = ra.experts[e];
-    if (ex.rank == 0) return false;
-    const uint16_t* key = by_b ? ex.b : ex.a;
-    bool earlier = false;
-    for (int f = threadIdx.x; f < e; f += blockDim.x) earlier |= ra.experts[f].rank > 0 && (by_b ? ra.experts[f].b : ra.experts[f].a) == key;
-    return !__syncthreads_or(earlier);
-}
-
-// em_pick writes to list, in order, the indices j = first + q * step (q < count) of the
-// segment table entries that are real (n > 0) and name A (by_b false) or B (by_b true) key, and
-// returns how many: a ballot per warp of WIDE_THREADS-thread blocks, the warps' hits in warp
-// order, so the list is in table order whatever the timing. Every thread must reach it.
-__device__ __forceinline__ int em_pick(const lp_lora_seg* segs, int first, int step, int count, const uint16_t* key, bool by_b,
-                                       int* list) {
-    __shared__ int hits[WIDE_THREADS / 32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int total = 0;
-    for (int base = 0; base < count; base += WIDE_THREADS) {
-        const int q = base + (int)threadIdx.x, j = first + q * step;
-        bool hit = false;
-        if (q < count) hit = segs[j].n > 0 && (by_b ? segs[j].b : segs[j].a) == key;
-        const unsigned mask = __ballot_sync(0xffffffffu, hit);
-        if (lane == 0) hits[warp] = __popc(mask);
-        __syncthreads();
-        int off = total;
-        for (int w = 0; w < warp; w++) off += hits[w];
-        if (hit) list[off + __popc(mask & ((1u << lane) - 1u))] = j;
-        for (int w = 0; w < WIDE_THREADS / 32; w++) total += hits[w];
-        __syncthreads();  // hits is rewritten by the next round
+    const int real = ra.rows - ra.nulls, choices = n * ra.passes;
+    int* const p = plan + (size_t)m * plan_len;
+    for (int i = threadIdx.x; i < n * ra.rows; i += blockDim.x) lg[i] = ra.logits[i];
+    for (int e = threadIdx.x; e < real; e += blockDim.x) {
+        const lp_route_expert ex = ra.experts[e];
+        int c = e;
+        for (int f = 0; f < e && c == e; f++)
+            if (ra.experts[f].rank > 0 && ra.experts[f].a == ex.a && ra.experts[f].b == ex.b) c = f;
+        canon[e] = ex.rank > 0 ? c : -1;
+        count[e] = 0;
     }
-    return total;
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        int chosen[LP_ROUTE_MAX_K];
+        for (int q = 0; q < ra.passes; q++) chosen[q] = -1;
+        lp_lora_seg* row_segs = g.segs[m] + (size_t)i * ra.passes;
+        route_row(lg + (size_t)i * ra.rows, i, ra.rows, ra.k, ra.temperature, ra.nulls, ra.experts, row_segs, ra.passes, ra.start,
+                  ra.seg_stride, ra.trace, ra.trace_cols, ra.layer, chosen);
+        for (int q = 0; q < ra.passes; q++) {
+            const int e = chosen[q];
+            expert_of[i * ra.passes + q] = (short)(e >= 0 && row_segs[q].n > 0 ? canon[e] : -1);
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < real; e += blockDim.x) {  // counts, each by its own thread
+        int c = 0;
+        for (int j = 0; j < choices; j++) c += expert_of[j] == e;
+        count[e] = c;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int at = 0, chunks = 0;
+        for (int e = 0; e < real; e++) {
+            first[e] = at;
+            for (int b = 0; b < count[e]; b += LP_ROUTE_EM_ROWS, chunks++) {
+                p[1 + 2 * chunks] = at + b;
+                p[2 + 2 * chunks] = at + min(count[e], b + LP_ROUTE_EM_ROWS);
+            }
+            at += count[e];
+        }
+        first[real] = at;
+        p[0] = chunks;
+    }
+    __syncthreads();
+    int* const order = p + 1 + 2 * em_max_chunks(choices, real);
+    for (int e = threadIdx.x; e < real; e += blockDim.x) {
+        int at = first[e];
+        for (int j = 0; j < choices; j++)
+            if (expert_of[j] == e) order[at++] = j;
+    }
 }
 
-// Expert-major shrink: grid (expert, member, split).
+// Expert-major shrink: grid (chunk, member, split); the chunk's choices, one expert's, in turn.
 template <bool VEC>
-__global__ void __launch_bounds__(WIDE_THREADS) route_shrink_em_kernel(lp_route_group g, const float* x, int in_dim, int t_stride) {
-    __shared__ int list[LP_ROUTE_EM_MAX_CHOICES];
-    const int m = blockIdx.y;
-    const lp_route_args& ra = g.ra[m];
-    lp_route_expert ex;
-    if (!em_expert(ra, false, ex)) return;  // uniform over the block
-    const int count = em_pick(g.segs[m], 0, 1, g.n * ra.passes, ex.a, false, list);
-    for (int q = 0; q < count; q++) {
-        const lp_lora_seg sg = g.segs[m][list[q]];
+__global__ void __launch_bounds__(WIDE_THREADS)
+    route_shrink_em_kernel(lp_route_group g, const int* plan, int plan_len, const float* x, int in_dim, int t_stride) {
+    const int m = blockIdx.y, c = blockIdx.x;
+    const int* const p = plan + (size_t)m * plan_len;
+    if (c >= p[0]) return;  // uniform over the block
+    const int* const order = p + 1 + 2 * em_max_chunks(g.n * g.ra[m].passes, g.ra[m].rows - g.ra[m].nulls);
+    for (int q = p[1 + 2 * c]; q < p[2 + 2 * c]; q++) {
+        const lp_lora_seg sg = g.segs[m][order[q]];
         shrink_wide_block<VEC>(x, sg, 0, g.scratch[m], in_dim, t_stride);
     }
 }
 
-// Expert-major expand of pass p: grid (expert, wide column chunk, member).
-__global__ void __launch_bounds__(WIDE_THREADS) lora_expand_em_kernel(lp_route_group g, int p, int splits, int t_stride) {
-    __shared__ int list[LP_ROUTE_EM_MAX_CHOICES];
+// Expert-major expand of pass p: grid (chunk, wide column chunk, member); the chunk's choices of
+// pass p (distinct rows: a row has one choice a pass) in turn.
+__global__ void __launch_bounds__(WIDE_THREADS) lora_expand_em_kernel(lp_route_group g, const int* plan, int plan_len, int pass, int splits,
+                                                                      int t_stride) {
     __shared__ lp_lora_seg sg[1];
     __shared__ float t[1][LP_MAX_LORA_RANK];
-    const int m = blockIdx.z, out_dim = g.out_dim[m];
+    const int m = blockIdx.z, c = blockIdx.x, out_dim = g.out_dim[m];
     const lp_route_args& ra = g.ra[m];
-    if (p >= ra.passes || (int)blockIdx.y * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
-    lp_route_expert ex;
-    if (!em_expert(ra, true, ex)) return;
-    const int count = em_pick(g.segs[m], p, ra.passes, g.n, ex.b, true, list);
-    for (int q = 0; q < count; q++) {
-        if (threadIdx.x == 0) sg[0] = g.segs[m][list[q]];
+    const int* const p = plan + (size_t)m * plan_len;
+    if (pass >= ra.passes || c >= p[0] || (int)blockIdx.y * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
+    const int* const order = p + 1 + 2 * em_max_chunks(g.n * ra.passes, ra.rows - ra.nulls);
+    for (int q = p[1 + 2 * c]; q < p[2 + 2 * c]; q++) {
+        const int j = order[q];
+        if (j % ra.passes != pass) continue;  // uniform over the block
+        if (threadIdx.x == 0) sg[0] = g.segs[m][j];
         __syncthreads();
-        for (int j = threadIdx.x; j < sg[0].rank; j += blockDim.x) t[0][j] = split_sum(g.scratch[m] + sg[0].t_off, j, splits, t_stride);
+        for (int r = threadIdx.x; r < sg[0].rank; r += blockDim.x) t[0][r] = split_sum(g.scratch[m] + sg[0].t_off, r, splits, t_stride);
         __syncthreads();
         routed_expand_columns(g.out[m] + (size_t)sg[0].start * out_dim, out_dim, sg, t, 1);
-        __syncthreads();  // sg and t are rewritten for the next row
+        __syncthreads();  // sg and t are rewritten for the next choice
     }
 }
 
-extern "C" int lp_route_lora_group_em(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, lp_stream s) {
-    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || !x) return (int)cudaErrorInvalidValue;
-    int passes = 0, chunks = 0, experts = 0;
+extern "C" int lp_route_lora_group_em(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, int* plan, int plan_len,
+                                      lp_stream s) {
+    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || !x || !plan) return (int)cudaErrorInvalidValue;
+    int passes = 0, chunks = 0, max_chunks = 0;
     for (int m = 0; m < g.members; m++) {
         const lp_route_args& ra = g.ra[m];
+        const int real = ra.rows - ra.nulls;
         if (!route_args_ok(g.n, ra.rows, ra.k, ra.temperature, ra.nulls, ra.passes, ra.start, ra.seg_stride, ra.trace, ra.trace_cols,
                            ra.layer) ||
-            ra.passes < 1 || (long long)g.n * ra.passes > LP_ROUTE_EM_MAX_CHOICES || ra.seg_stride < g.max_rank[m] || !ra.experts ||
-            !ra.logits || ra.rows - ra.nulls < 1 ||
-            !g.segs[m] || !g.scratch[m] || !g.out[m] || g.out_dim[m] <= 0 || !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride) ||
+            ra.passes < 1 || real < 1 || !ra.logits || !ra.experts || (long long)g.n * ra.passes > LP_ROUTE_EM_MAX_CHOICES ||
+            (long long)g.n * ra.rows > LP_ROUTE_EM_MAX_LOGITS || plan_len < em_plan_len(g.n * ra.passes, real) ||
+            ra.seg_stride < g.max_rank[m] || !g.segs[m] || !g.scratch[m] || !g.out[m] || g.out_dim[m] <= 0 ||
+            !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride) ||
             (splits > 1 && (long long)t_stride < (long long)g.n * ra.passes * ra.seg_stride))  // splits would overlap
             return (int)cudaErrorInvalidValue;
         const int c = (g.out_dim[m] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
         if (ra.passes > passes) passes = ra.passes;
         if (c > chunks) chunks = c;
-        if (ra.rows - ra.nulls > experts) experts = ra.rows - ra.nulls;
+        const int mc = em_max_chunks(g.n * ra.passes, real);
+        if (mc > max_chunks) max_chunks = mc;
     }
-    if (chunks > 65535 || g.n > 65535) return (int)cudaErrorInvalidValue;
-    route_rows_em_kernel<<<dim3(g.n, g.members), 32, 0, as_stream(s)>>>(g);
-    const dim3 g1(experts, g.members, splits);
+    if (chunks > 65535 || max_chunks > 65535) return (int)cudaErrorInvalidValue;
+    route_em_plan_kernel<<<g.members, EM_PLAN_THREADS, 0, as_stream(s)>>>(g, plan, plan_len);
+    const dim3 g1(max_chunks, g.members, splits);
     if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
-        route_shrink_em_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+        route_shrink_em_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, x, in_dim, t_stride);
     else
-        route_shrink_em_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+        route_shrink_em_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, x, in_dim, t_stride);
     for (int p = 0; p < passes; p++)
-        lora_expand_em_kernel<<<dim3(experts, chunks, g.members), WIDE_THREADS, 0, as_stream(s)>>>(g, p, splits, t_stride);
+        lora_expand_em_kernel<<<dim3(max_chunks, chunks, g.members), WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, p, splits, t_stride);
     LP_CHECK_LAUNCH();
 }
 
