@@ -21,10 +21,8 @@ const (
 	maxRouteK    = int(C.LP_ROUTE_MAX_K)
 	// Rows of one routed call (lp_lora_routed's limit, kernels/shapes.h).
 	maxRoutedRows = int(C.LP_LORA_ROUTED_MAX_ROWS)
-	// Choices (rows x passes) and gate logits (rows x gate rows) of one expert-major routed call
-	// (lp_route_lora_group_em).
+	// Choices (rows x passes) of one expert-major routed call (lp_route_lora_group_em).
 	maxEMChoices = int(C.LP_ROUTE_EM_MAX_CHOICES)
-	maxEMLogits  = int(C.LP_ROUTE_EM_MAX_LOGITS)
 )
 
 var _ model.DeviceRouter = (*Backend)(nil)
@@ -140,7 +138,7 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	// the name of the k launches this once took), n*passes in the ring as before, so recording
 	// and replay advance it identically. Each choice has its own scratch slice of maxRank floats.
 	passes := min(rp.TopK, real)
-	if b.routedWide && b.routedFused && tab.maxRank > 0 && b.expertMajor(n, passes, real, rows) {
+	if b.routedWide && b.routedFused && tab.maxRank > 0 && b.expertMajor(n, passes, real) {
 		// One member of the expert-major group launches, which lay out the ring and the
 		// scratch as below.
 		b.emOuts[0], b.emLogits[0], b.emRPs[0] = out, logits, rp
@@ -293,12 +291,12 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model.Tensor, start, n int, rps []*model.RoutedProj,
 	trace model.Tensor, traced, layer int) bool {
 	members := len(outs)
-	maxExperts, maxGateRows := 0, 0
+	maxExperts := 0
 	for _, rp := range rps {
 		if rp.Gate.Rows > maxRouteRows || rp.TopK > maxRouteK || rp.Gate.Rows-rp.Nulls < 1 {
 			return false
 		}
-		maxExperts, maxGateRows = max(maxExperts, rp.Gate.Rows-rp.Nulls), max(maxGateRows, rp.Gate.Rows)
+		maxExperts = max(maxExperts, rp.Gate.Rows-rp.Nulls)
 	}
 	if b.failed() {
 		return true
@@ -321,7 +319,7 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 	if need := b.segUsed + segs; need > b.segCap && (!b.canGrow() || !b.growSegs(need)) {
 		return true
 	}
-	em := b.expertMajor(n, maxPasses, maxExperts, maxGateRows)
+	em := b.expertMajor(n, maxPasses, maxExperts)
 	splits, stride := b.routedWideLayout(x.Cols, n, maxPasses, maxRank)
 	planLen := 0
 	if em {
@@ -388,7 +386,8 @@ func (b *Backend) RoutedExpertMajorCount() int { return b.routedEMs }
 // TestRoutedExpertMajor and TestRouteLoRAMatchesHost's expert-major side in
 // goals-2026-12-08-s28a (H100) but decoded routed top-2 of 28 at batch 64 at 2,588 tok/s
 // against 4,587 row-major (0.56x), unprofiled: an expert many rows chose walked them all in one
-// block. This version (chunks of at most LP_ROUTE_EM_ROWS choices, a plan kernel) has not run.
+// block. This version (chunks of at most LP_ROUTE_EM_ROWS choices of one pass and expert,
+// planned by a kernel of its own) has not run.
 // routedEMMinDefault: each expert's A and B are read once instead of once a choice, for 2 +
 // passes launches instead of 2, so it pays where an expert has choices to share them; at batch
 // 64, top-2 of 28, 4.6 an expert.
@@ -398,18 +397,18 @@ const (
 )
 
 // expertMajor reports whether a routed call of n rows, passes choices a row, over at most
-// experts experts of gates of at most gateRows rows takes the expert-major launches: the switch
-// is on, the mode is not deterministic (whose routed kernel is lp_lora_routed), the choices and
-// the logits fit the plan's shared memory and the choices average at least routedEMMin an
-// expert. Fixed by the step key.
-func (b *Backend) expertMajor(n, passes, experts, gateRows int) bool {
+// experts experts takes the expert-major launches: the switch is on, the mode is not
+// deterministic (whose routed kernel is lp_lora_routed), the choices fit the plan's shared
+// memory and average at least routedEMMin an expert. Fixed by the step key.
+func (b *Backend) expertMajor(n, passes, experts int) bool {
 	c := n * passes
-	return b.routedEM && !b.batchInvariant && c <= maxEMChoices && n*gateRows <= maxEMLogits && c >= b.routedEMMin*experts
+	return b.routedEM && !b.batchInvariant && c <= maxEMChoices && c >= b.routedEMMin*experts
 }
 
 // expertMajorLayout is the split rule of the expert-major shrink: as many loraWideSlice slices
-// of the input as the wide kernels take (its blocks number experts, not choices, so the rows do
-// not cap them as in wideLayout), each split's copy stride apart.
+// of the input as the wide kernels take (its blocks number chunks of up to LP_ROUTE_EM_ROWS
+// choices, not choices, so the rows do not cap them as in wideLayout), each split's copy
+// stride apart.
 func (b *Backend) expertMajorLayout(inDim, rows, passes, maxRank int) (splits, stride int) {
 	splits = min((inDim+loraWideSlice-1)/loraWideSlice, loraWideMaxSplits)
 	if splits <= 1 {

@@ -188,16 +188,16 @@
 // The first version gave each expert one block (goals-2026-12-08-s28a: 0.56x of row-major at
 // batch 64), so an expert many rows chose walked them all one after another; a random-weight
 // model, like a real router, may send most of a batch to a few experts. So work is cut into
-// chunks of at most LP_ROUTE_EM_ROWS choices of one expert, whatever the spread:
+// chunks of at most LP_ROUTE_EM_ROWS choices of one pass and one expert, whatever the spread:
 //   plan:   grid (member): the step's logits staged in shared memory, a thread routes each row
 //           (route_row, into the member's segment table and the trace, as the routing shrinks
-//           do), then the real choices are sorted by expert (an adapter listed twice is one
-//           expert) in table order and cut into chunks, into a plan in device memory.
+//           do), then the real choices are sorted by pass and expert (an adapter listed twice
+//           is one expert) in row order and cut into chunks, into a plan in device memory.
 //   shrink: grid (chunk, member, split): the block runs the wide shrink's block work
 //           (shrink_wide_block) on its chunk's choices in turn, one expert's A slice read from
 //           DRAM once and from L1 after.
-//   expand: one launch per pass p, grid (chunk, wide column chunk, member): the block adds its
-//           chunk's pass-p choices (distinct rows) with the wide routed expand's column
+//   expand: one launch per pass p, grid (chunk of pass p, wide column chunk, member): the block
+//           adds its chunk's choices (distinct rows) with the wide routed expand's column
 //           arithmetic (routed_expand_columns, one choice). Passes run in order, so a row gets
 //           out + s0*d0, stored, then + s1*d1: the row-major expand's sums, bit for bit for the
 //           same intermediates.
@@ -983,78 +983,96 @@ extern "C" int lp_route_fold_expand(lp_route_fold f, lp_stream s) {
 
 // Expert-major routed group (lp_route_lora_group_em; the design is at the top of the file).
 
-// em_plan_len is one member's plan in ints: the chunk count, each chunk's [begin, end) in the
-// order, and the order (the table's real entries sorted by expert, table order within one).
-__host__ __device__ __forceinline__ int em_max_chunks(int choices, int experts) {
-    return (choices + LP_ROUTE_EM_ROWS - 1) / LP_ROUTE_EM_ROWS + experts;
+// A member's plan in ints: the chunk count; where each pass's chunks begin (passes + 1 entries
+// of LP_ROUTE_MAX_K + 1 kept); each chunk's [begin, end) in the order; the order (the table's
+// real entries sorted by pass, then by expert, in table order within one). A chunk is at most
+// LP_ROUTE_EM_ROWS choices of one (pass, expert): sum over the keys of ceil(count / rows) is at
+// most ceil(choices / rows) + experts x passes.
+__host__ __device__ __forceinline__ int em_max_chunks(int choices, int experts, int passes) {
+    return (choices + LP_ROUTE_EM_ROWS - 1) / LP_ROUTE_EM_ROWS + experts * passes;
 }
-__host__ __device__ __forceinline__ int em_plan_len(int choices, int experts) { return 1 + 2 * em_max_chunks(choices, experts) + choices; }
+constexpr int EM_CHUNKS_AT = 2 + LP_ROUTE_MAX_K;  // after the count and pass_first
+__host__ __device__ __forceinline__ int em_order_at(int choices, int experts, int passes) {
+    return EM_CHUNKS_AT + 2 * em_max_chunks(choices, experts, passes);
+}
+__host__ __device__ __forceinline__ int em_plan_len(int choices, int experts, int passes) {
+    return em_order_at(choices, experts, passes) + choices;
+}
 
-extern "C" int lp_route_em_plan_ints(int n, int passes, int experts) { return em_plan_len(n * passes, experts); }
+extern "C" int lp_route_em_plan_ints(int n, int passes, int experts) { return em_plan_len(n * passes, experts, passes); }
 
-// Plan: grid (member), EM_PLAN_THREADS threads. Every row's logits are staged in shared memory
-// (n x rows <= LP_ROUTE_EM_MAX_LOGITS), then thread i routes row i with route_row into the
-// member's segment table and the trace, as the routing shrinks do. Each real choice gets its
-// expert's canonical index (the first listed with the same A and B, so an adapter listed twice
-// is one expert); thread e lists expert e's choices in table order; thread 0 cuts each expert's
-// list into chunks of at most LP_ROUTE_EM_ROWS. Counting and listing in fixed orders, so the
-// plan is the same whatever the timing.
+// Plan: grid (member), EM_PLAN_THREADS threads. The rows' logits are staged in shared memory
+// where they fit (n x rows <= LP_ROUTE_EM_MAX_LOGITS; else route_row reads them where they
+// are), then thread i routes row i with route_row into the member's segment table and the
+// trace, as the routing shrinks do. Each real choice gets its expert's canonical index (the
+// first listed with the same A and B, so an adapter listed twice is one expert); the thread of
+// key (pass q, expert e) counts and then lists that key's choices in row order; thread 0 cuts
+// each key's list into chunks. Fixed orders throughout, so the plan is the same whatever the
+// timing.
 constexpr int EM_PLAN_THREADS = 256;
+constexpr int EM_KEYS = LP_ROUTE_MAX_ROWS * LP_ROUTE_MAX_K;
 __global__ void __launch_bounds__(EM_PLAN_THREADS) route_em_plan_kernel(lp_route_group g, int* plan, int plan_len) {
     __shared__ float lg[LP_ROUTE_EM_MAX_LOGITS];
     __shared__ short expert_of[LP_ROUTE_EM_MAX_CHOICES];
-    __shared__ int canon[LP_ROUTE_MAX_ROWS], count[LP_ROUTE_MAX_ROWS], first[LP_ROUTE_MAX_ROWS + 1];
+    __shared__ int canon[LP_ROUTE_MAX_ROWS];
+    __shared__ int count[EM_KEYS], first[EM_KEYS];
     const int m = blockIdx.x, n = g.n;
     const lp_route_args& ra = g.ra[m];
-    const int real = ra.rows - ra.nulls, choices = n * ra.passes;
+    const int real = ra.rows - ra.nulls, passes = ra.passes, choices = n * passes, keys = real * passes;
     int* const p = plan + (size_t)m * plan_len;
-    for (int i = threadIdx.x; i < n * ra.rows; i += blockDim.x) lg[i] = ra.logits[i];
+    const bool staged = n * ra.rows <= LP_ROUTE_EM_MAX_LOGITS;
+    if (staged)
+        for (int i = threadIdx.x; i < n * ra.rows; i += blockDim.x) lg[i] = ra.logits[i];
     for (int e = threadIdx.x; e < real; e += blockDim.x) {
         const lp_route_expert ex = ra.experts[e];
         int c = e;
         for (int f = 0; f < e && c == e; f++)
             if (ra.experts[f].rank > 0 && ra.experts[f].a == ex.a && ra.experts[f].b == ex.b) c = f;
         canon[e] = ex.rank > 0 ? c : -1;
-        count[e] = 0;
     }
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         int chosen[LP_ROUTE_MAX_K];
-        for (int q = 0; q < ra.passes; q++) chosen[q] = -1;
-        lp_lora_seg* row_segs = g.segs[m] + (size_t)i * ra.passes;
-        route_row(lg + (size_t)i * ra.rows, i, ra.rows, ra.k, ra.temperature, ra.nulls, ra.experts, row_segs, ra.passes, ra.start,
-                  ra.seg_stride, ra.trace, ra.trace_cols, ra.layer, chosen);
-        for (int q = 0; q < ra.passes; q++) {
+        for (int q = 0; q < passes; q++) chosen[q] = -1;
+        lp_lora_seg* row_segs = g.segs[m] + (size_t)i * passes;
+        route_row((staged ? lg : ra.logits) + (size_t)i * ra.rows, i, ra.rows, ra.k, ra.temperature, ra.nulls, ra.experts, row_segs,
+                  passes, ra.start, ra.seg_stride, ra.trace, ra.trace_cols, ra.layer, chosen);
+        for (int q = 0; q < passes; q++) {
             const int e = chosen[q];
-            expert_of[i * ra.passes + q] = (short)(e >= 0 && row_segs[q].n > 0 ? canon[e] : -1);
+            expert_of[i * passes + q] = (short)(e >= 0 && row_segs[q].n > 0 ? canon[e] : -1);
         }
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < real; e += blockDim.x) {  // counts, each by its own thread
+    for (int key = threadIdx.x; key < keys; key += blockDim.x) {  // key = q * real + e
+        const int q = key / real, e = key % real;
         int c = 0;
-        for (int j = 0; j < choices; j++) c += expert_of[j] == e;
-        count[e] = c;
+        for (int i = 0; i < n; i++) c += expert_of[i * passes + q] == e;
+        count[key] = c;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         int at = 0, chunks = 0;
-        for (int e = 0; e < real; e++) {
-            first[e] = at;
-            for (int b = 0; b < count[e]; b += LP_ROUTE_EM_ROWS, chunks++) {
-                p[1 + 2 * chunks] = at + b;
-                p[2 + 2 * chunks] = at + min(count[e], b + LP_ROUTE_EM_ROWS);
+        int* const pass_first = p + 1;
+        int* const ranges = p + EM_CHUNKS_AT;
+        for (int key = 0; key < keys; key++) {
+            if (key % real == 0) pass_first[key / real] = chunks;
+            first[key] = at;
+            for (int b = 0; b < count[key]; b += LP_ROUTE_EM_ROWS, chunks++) {
+                ranges[2 * chunks] = at + b;
+                ranges[2 * chunks + 1] = at + min(count[key], b + LP_ROUTE_EM_ROWS);
             }
-            at += count[e];
+            at += count[key];
         }
-        first[real] = at;
+        pass_first[passes] = chunks;
         p[0] = chunks;
     }
     __syncthreads();
-    int* const order = p + 1 + 2 * em_max_chunks(choices, real);
-    for (int e = threadIdx.x; e < real; e += blockDim.x) {
-        int at = first[e];
-        for (int j = 0; j < choices; j++)
-            if (expert_of[j] == e) order[at++] = j;
+    int* const order = p + em_order_at(choices, real, passes);
+    for (int key = threadIdx.x; key < keys; key += blockDim.x) {
+        const int q = key / real, e = key % real;
+        int at = first[key];
+        for (int i = 0; i < n; i++)
+            if (expert_of[i * passes + q] == e) order[at++] = i * passes + q;
     }
 }
 
@@ -1063,30 +1081,33 @@ template <bool VEC>
 __global__ void __launch_bounds__(WIDE_THREADS)
     route_shrink_em_kernel(lp_route_group g, const int* plan, int plan_len, const float* x, int in_dim, int t_stride) {
     const int m = blockIdx.y, c = blockIdx.x;
+    const lp_route_args& ra = g.ra[m];
     const int* const p = plan + (size_t)m * plan_len;
     if (c >= p[0]) return;  // uniform over the block
-    const int* const order = p + 1 + 2 * em_max_chunks(g.n * g.ra[m].passes, g.ra[m].rows - g.ra[m].nulls);
-    for (int q = p[1 + 2 * c]; q < p[2 + 2 * c]; q++) {
+    const int* const range = p + EM_CHUNKS_AT + 2 * c;
+    const int* const order = p + em_order_at(g.n * ra.passes, ra.rows - ra.nulls, ra.passes);
+    for (int q = range[0]; q < range[1]; q++) {
         const lp_lora_seg sg = g.segs[m][order[q]];
         shrink_wide_block<VEC>(x, sg, 0, g.scratch[m], in_dim, t_stride);
     }
 }
 
-// Expert-major expand of pass p: grid (chunk, wide column chunk, member); the chunk's choices of
-// pass p (distinct rows: a row has one choice a pass) in turn.
+// Expert-major expand of pass p: grid (chunk of the pass, wide column chunk, member); the
+// chunk's choices (distinct rows: a row has one choice a pass) in turn.
 __global__ void __launch_bounds__(WIDE_THREADS) lora_expand_em_kernel(lp_route_group g, const int* plan, int plan_len, int pass, int splits,
                                                                       int t_stride) {
     __shared__ lp_lora_seg sg[1];
     __shared__ float t[1][LP_MAX_LORA_RANK];
-    const int m = blockIdx.z, c = blockIdx.x, out_dim = g.out_dim[m];
+    const int m = blockIdx.z, out_dim = g.out_dim[m];
     const lp_route_args& ra = g.ra[m];
     const int* const p = plan + (size_t)m * plan_len;
-    if (pass >= ra.passes || c >= p[0] || (int)blockIdx.y * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
-    const int* const order = p + 1 + 2 * em_max_chunks(g.n * ra.passes, ra.rows - ra.nulls);
-    for (int q = p[1 + 2 * c]; q < p[2 + 2 * c]; q++) {
-        const int j = order[q];
-        if (j % ra.passes != pass) continue;  // uniform over the block
-        if (threadIdx.x == 0) sg[0] = g.segs[m][j];
+    if (pass >= ra.passes || (int)blockIdx.y * WIDE_EXPAND_COLS >= out_dim) return;  // uniform over the block
+    const int c = p[1 + pass] + (int)blockIdx.x;
+    if (c >= p[1 + pass + 1]) return;
+    const int* const range = p + EM_CHUNKS_AT + 2 * c;
+    const int* const order = p + em_order_at(g.n * ra.passes, ra.rows - ra.nulls, ra.passes);
+    for (int q = range[0]; q < range[1]; q++) {
+        if (threadIdx.x == 0) sg[0] = g.segs[m][order[q]];
         __syncthreads();
         for (int r = threadIdx.x; r < sg[0].rank; r += blockDim.x) t[0][r] = split_sum(g.scratch[m] + sg[0].t_off, r, splits, t_stride);
         __syncthreads();
@@ -1098,23 +1119,23 @@ __global__ void __launch_bounds__(WIDE_THREADS) lora_expand_em_kernel(lp_route_g
 extern "C" int lp_route_lora_group_em(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, int* plan, int plan_len,
                                       lp_stream s) {
     if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || !x || !plan) return (int)cudaErrorInvalidValue;
-    int passes = 0, chunks = 0, max_chunks = 0;
+    int passes = 0, chunks = 0, max_chunks = 0, pass_chunks = 0;
     for (int m = 0; m < g.members; m++) {
         const lp_route_args& ra = g.ra[m];
         const int real = ra.rows - ra.nulls;
         if (!route_args_ok(g.n, ra.rows, ra.k, ra.temperature, ra.nulls, ra.passes, ra.start, ra.seg_stride, ra.trace, ra.trace_cols,
                            ra.layer) ||
             ra.passes < 1 || real < 1 || !ra.logits || !ra.experts || (long long)g.n * ra.passes > LP_ROUTE_EM_MAX_CHOICES ||
-            (long long)g.n * ra.rows > LP_ROUTE_EM_MAX_LOGITS || plan_len < em_plan_len(g.n * ra.passes, real) ||
-            ra.seg_stride < g.max_rank[m] || !g.segs[m] || !g.scratch[m] || !g.out[m] || g.out_dim[m] <= 0 ||
-            !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride) ||
+            plan_len < em_plan_len(g.n * ra.passes, real, ra.passes) || ra.seg_stride < g.max_rank[m] || !g.segs[m] || !g.scratch[m] ||
+            !g.out[m] || g.out_dim[m] <= 0 || !wide_args_ok(1, g.max_rank[m], in_dim, splits, t_stride) ||
             (splits > 1 && (long long)t_stride < (long long)g.n * ra.passes * ra.seg_stride))  // splits would overlap
             return (int)cudaErrorInvalidValue;
         const int c = (g.out_dim[m] + WIDE_EXPAND_COLS - 1) / WIDE_EXPAND_COLS;
         if (ra.passes > passes) passes = ra.passes;
         if (c > chunks) chunks = c;
-        const int mc = em_max_chunks(g.n * ra.passes, real);
+        const int mc = em_max_chunks(g.n * ra.passes, real, ra.passes), pc = em_max_chunks(g.n, real, 1);
         if (mc > max_chunks) max_chunks = mc;
+        if (pc > pass_chunks) pass_chunks = pc;
     }
     if (chunks > 65535 || max_chunks > 65535) return (int)cudaErrorInvalidValue;
     route_em_plan_kernel<<<g.members, EM_PLAN_THREADS, 0, as_stream(s)>>>(g, plan, plan_len);
@@ -1124,7 +1145,8 @@ extern "C" int lp_route_lora_group_em(lp_route_group g, const float* x, int in_d
     else
         route_shrink_em_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, x, in_dim, t_stride);
     for (int p = 0; p < passes; p++)
-        lora_expand_em_kernel<<<dim3(max_chunks, chunks, g.members), WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, p, splits, t_stride);
+        lora_expand_em_kernel<<<dim3(pass_chunks, chunks, g.members), WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, p, splits,
+                                                                                                      t_stride);
     LP_CHECK_LAUNCH();
 }
 
