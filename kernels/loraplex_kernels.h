@@ -370,8 +370,9 @@ typedef struct {
 } lp_route_group;
 int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, lp_stream s);
 // The same routing and deltas expert-major (LORAPLEX_ROUTED_EXPERT_MAJOR: lora.cu says how),
-// for n x passes <= LP_ROUTE_EM_MAX_CHOICES, in 2 + passes launches: the members may number 1. plan holds members x plan_len ints of device
-// scratch, plan_len at least lp_route_em_plan_ints(n, passes, real experts) of every member.
+// for n x passes <= LP_ROUTE_EM_MAX_CHOICES, in 2 + passes launches: the members may number 1.
+// plan holds members x plan_len ints of device scratch, plan_len at least
+// lp_route_em_plan_ints(n, passes, real experts) of every member.
 // The same segments and trace; the deltas of the same intermediates bit for bit.
 int lp_route_lora_group_em(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, int* plan, int plan_len,
                            lp_stream s);

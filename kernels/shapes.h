@@ -19,7 +19,7 @@
                               // the routed expand keeps a row's k segments and intermediates in shared memory
 #define LP_SKINNY_MAX_COLS 64   // skinny product (gemm_skinny.cu): most outputs, a router gate's rows (LP_ROUTE_MAX_ROWS)
 #define LP_SKINNY_MAX_ROWS 256  // and most rows: a decode batch (cuBLAS keeps prefill chunks)
-#define LP_ROUTE_EM_ROWS 4            // choices of one expert a block of the expert-major launches takes at most
+#define LP_ROUTE_EM_ROWS 4            // choices of one (pass, expert) a block of the expert-major launches takes at most
 #define LP_ROUTE_EM_MAX_LOGITS 4096   // gate logits (rows x gate rows) the expert-major plan stages in shared memory (more: read in place)
 #define LP_ROUTE_EM_MAX_CHOICES 1024  // rows x passes of one expert-major routed call (lp_route_lora_group_em: its plan's choices in
                                       // shared memory; decode batches: a prefill chunk's choices would queue on few blocks)
