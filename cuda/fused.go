@@ -45,7 +45,7 @@ import (
 //	LORAPLEX_SEGMENT_KEEP=on|off   a replay of the segment tables the device holds skips the forward pass's walk (SegmentKeeper, graph.go)
 //	LORAPLEX_SEGMENT_MERGE=on|off  adjacent sequences on one adapter share one LoRA segment (SegmentMerger, graph.go)
 //	LORAPLEX_GEMM_SKINNY=on|off    products of at most 64 outputs (router gates) at 2-256 rows in one launch of our own (kernels/gemm_skinny.cu, ops.go)
-//	LORAPLEX_ROUTED_EXPERT_MAJOR=on|off  routed calls of >= 2 choices an expert: one shrink block an expert, one expand launch a pass (route.go)
+//	LORAPLEX_ROUTED_EXPERT_MAJOR=on|off  routed calls of >= 2 choices an expert: a plan, then blocks of <= 4 choices of one pass and expert (route.go)
 //	LORAPLEX_ROUTE_STAGED=on|off   routing blocks read their row's gate logits and experts from shared memory (kernels/route_row.cuh, route.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
