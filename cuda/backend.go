@@ -130,6 +130,8 @@ type Backend struct {
 	segsPut           int    // segments written to the ring (SegmentsPut)
 	gemmSkinny        bool   // products of few outputs on the skinny kernel (ops.go: LORAPLEX_GEMM_SKINNY, SetGemmSkinny)
 	skinnyProducts    int    // products it took (SkinnyProducts)
+	gatesBatched      bool   // MatMulShared batches gates laid out one after another (ops.go: LORAPLEX_GATES_BATCHED, SetGatesBatched)
+	batchedProducts   int    // products its batched calls took (BatchedProducts)
 	routeStaged       bool   // routing blocks read their row's logits from shared memory (route.go: LORAPLEX_ROUTE_STAGED)
 
 	// Host time of replayed steps (graph.go, ReplayHostTime): from Prepare, once the stream is
@@ -202,6 +204,7 @@ func New(device int) (*Backend, error) {
 	b.segKeep = envSwitch("LORAPLEX_SEGMENT_KEEP", segKeepDefault)
 	b.segMerge = envSwitch("LORAPLEX_SEGMENT_MERGE", segMergeDefault)
 	b.gemmSkinny = envSwitch("LORAPLEX_GEMM_SKINNY", gemmSkinnyDefault)
+	b.gatesBatched = envSwitch("LORAPLEX_GATES_BATCHED", gatesBatchedDefault)
 	b.routeStaged = envSwitch("LORAPLEX_ROUTE_STAGED", routeStagedDefault)
 	b.pdlCapable = info.Major >= 9
 	b.SetPDL(pdlFromEnv())

@@ -45,6 +45,7 @@ import (
 //	LORAPLEX_SEGMENT_KEEP=on|off   a replay of the segment tables the device holds skips the forward pass's walk (SegmentKeeper, graph.go)
 //	LORAPLEX_SEGMENT_MERGE=on|off  adjacent sequences on one adapter share one LoRA segment (SegmentMerger, graph.go)
 //	LORAPLEX_GEMM_SKINNY=on|off    products of at most 64 outputs (router gates) at 2-256 rows in one launch of our own (kernels/gemm_skinny.cu, ops.go)
+//	LORAPLEX_GATES_BATCHED=on|off  a routed layer's gates of one input (q/k/v's, gate/up's) in one strided-batched cuBLAS call (ops.go)
 //	LORAPLEX_ROUTED_EXPERT_MAJOR=on|off  routed calls of >= 2 choices an expert: a plan, then blocks of <= 4 choices of one pass and expert (route.go)
 //	LORAPLEX_ROUTE_STAGED=on|off   routing blocks read their row's gate logits and experts from shared memory (kernels/route_row.cuh, route.go)
 //
@@ -228,10 +229,20 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		// gate/up two), and each product is the call MatMul makes, so the outputs are bitwise
 		// MatMul's. The products the skinny kernel takes (routers' gates riding beside q/k/v
 		// or gate/up: model.MaxSharedProducts) are one launch of it after cuBLAS's, as parts.
+		// With LORAPLEX_GATES_BATCHED, gates that lie one after another (gateRun) are one
+		// strided-batched cuBLAS call first, within cuBLAS's rounding of MatMul's.
 		if b.launch() && b.xToBF16(x) {
 			a, skinny, end := &b.gemvArgs, 0, 0
 			a.wsrcs = [gemvPartsMax]C.uintptr_t{}
-			for i, w := range ws {
+			for i := 0; i < len(ws); i++ {
+				w := ws[i]
+				if run := b.gateRun(outs[i:], ws[i:]); run > 1 {
+					b.batchedProducts += run
+					b.ok("gemm batched", C.s_gemm_batched(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w),
+						C.longlong(w.Rows*w.Cols), ptr(outs[i]), C.longlong((uintptr(ptr(outs[i+1]))-uintptr(ptr(outs[i])))/4), C.int(run)))
+					i += run - 1
+					continue
+				}
 				if skinny == gemvPartsMax || !b.skinnyTakes(x, w) {
 					b.productBF16(outs[i], x, w, 1, 0)
 					continue

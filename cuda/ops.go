@@ -83,6 +83,45 @@ func (b *Backend) SetGemmSkinny(on bool) { setSwitch(b, &b.gemmSkinny, on) }
 // SkinnyProducts is the number of products the skinny kernel has taken (for tests).
 func (b *Backend) SkinnyProducts() int { return b.skinnyProducts }
 
+// gateRun returns how many of the products ws (into outs) from the first on one strided-batched
+// call takes when LORAPLEX_GATES_BATCHED is on: the longest run of products of one shape, at
+// most LP_SKINNY_MAX_COLS outputs at most LP_SKINNY_MAX_ROWS rows (gates at a decode batch, not
+// base products), each weight starting where the previous one ends (router.UploadGates lays a
+// layer's gates out so) and each output the same distance past the previous one (the runner's
+// gate logits are views of one buffer); 1 where nothing is batched. A function of the step's
+// rows and of addresses fixed while a router is loaded (recordings hold them anyway).
+func (b *Backend) gateRun(outs, ws []model.Tensor) int {
+	w0, o0 := ws[0], outs[0]
+	if !b.gatesBatched || w0.Rows > int(C.LP_SKINNY_MAX_COLS) || o0.Rows > int(C.LP_SKINNY_MAX_ROWS) {
+		return 1
+	}
+	run, wSize, step := 1, uintptr(2*w0.Rows*w0.Cols), uintptr(0)
+	for j := 1; j < len(ws); j++ {
+		w, o := ws[j], outs[j]
+		prev, at := uintptr(ptr(outs[j-1])), uintptr(ptr(o))
+		if w.Rows != w0.Rows || w.Cols != w0.Cols || o.Rows != o0.Rows || uintptr(ptr(w)) != uintptr(ptr(ws[j-1]))+wSize ||
+			at < prev+uintptr(4*o.Rows*o.Cols) || j > 1 && at-prev != step {
+			break
+		}
+		run, step = run+1, at-prev
+	}
+	return run
+}
+
+// SetGatesBatched turns gateRun's strided-batched gate products on or off for the following
+// steps; recorded graphs hold the other calls, so they are dropped.
+func (b *Backend) SetGatesBatched(on bool) { setSwitch(b, &b.gatesBatched, on) }
+
+// BatchedProducts is the number of products strided-batched calls have taken (for tests).
+func (b *Backend) BatchedProducts() int { return b.batchedProducts }
+
+// gatesBatchedDefault: off until a GPU run has tested and measured it. Written without a GPU from
+// goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step: each of a layer's seven
+// gate products was cuBLAS's split-K tile kernel (~5.4 us, 8 blocks) and its reduce (~5.2 us),
+// ~76 us a layer; batched, q/k/v's three and gate/up's two are one such pair each (four pairs a
+// layer instead of seven).
+const gatesBatchedDefault = false
+
 // gemmSkinnyDefault: off, measured slower. In goals-2026-12-08-s28a (H100) TestGemmSkinny and
 // TestGemmSkinnyParts passed, but routed top-2 of 28 at batch 64 decoded 4,587 tok/s with the
 // gates on it against 5,071 on cuBLAS (0.90x; batch 1 never reaches it): its 56 blocks of a

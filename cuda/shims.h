@@ -26,6 +26,9 @@ static inline int s_cublas_create(uintptr_t* h, uintptr_t s) { void* q = 0; int 
 static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t c, float alpha, float beta) {
 	return lp_gemm_bf16(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), P(float*, c), alpha, beta);
 }
+static inline int s_gemm_batched(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, long long w_stride, uintptr_t c, long long c_stride, int batch) {
+	return lp_gemm_bf16_batched(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), w_stride, P(float*, c), c_stride, batch);
+}
 static inline int s_gemm_skinny(uintptr_t y, uintptr_t x, uintptr_t w, int n, int m, int k, uintptr_t s) {
 	return lp_gemm_skinny_bf16(P(float*, y), P(const uint16_t*, x), P(const uint16_t*, w), n, m, k, P(lp_stream, s));
 }

@@ -68,6 +68,25 @@ int lp_gemm_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uin
     return st == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + (int)st;
 }
 
+// lp_gemm_bf16_batched: the products of one x by `batch` weights of one shape lying w_stride
+// elements apart (a router layer's gates, router.UploadGates), into outputs c_stride floats
+// apart, as one strided-batched cublasGemmEx (x's stride 0: every product reads the same rows).
+// At a decode batch a gate of 28 outputs is a latency-bound launch pair (cuBLAS's split-K tile
+// kernel and its reduce, ~5 us each in goals-2026-12-07-s27a call 2's Nsight view, seven a routed
+// layer); q/k/v's three gates then cost one pair, gate/up's two one. Each product is cuBLAS's for
+// its shape, so the logits agree with lp_gemm_bf16's within its fp32 accumulation order, not to
+// the bit (the batched heuristic may pick another tile or split).
+int lp_gemm_bf16_batched(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, long long w_stride, float* c,
+                         long long c_stride, int batch) {
+    if (n <= 0 || m <= 0 || k <= 0 || batch < 1 || w_stride < (long long)m * k || c_stride < (long long)m * n)
+        return (int)cudaErrorInvalidValue;
+    const float one = 1.f, zero = 0.f;
+    cublasStatus_t st = cublasGemmStridedBatchedEx((cublasHandle_t)handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, w, CUDA_R_16BF, k,
+                                                   w_stride, x, CUDA_R_16BF, k, 0, &zero, c, CUDA_R_32F, m, c_stride, batch,
+                                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    return st == CUBLAS_STATUS_SUCCESS ? 0 : 1000 + (int)st;
+}
+
 int lp_gemm_padded_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* y, float* scratch,
                         float alpha, float beta, lp_stream s) {
     if (n <= 0 || n > LP_GEMM_PAD_ROWS || m <= 0 || k <= 0) return (int)cudaErrorInvalidValue;

@@ -76,6 +76,11 @@ int lp_dequant(const lp_dequant_desc* descs, int ntensors, unsigned int maxn, lp
 int lp_cublas_create(void** handle, lp_stream s);
 int lp_cublas_destroy(void* handle);
 int lp_gemm_bf16(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, float* c, float alpha, float beta);
+// The products of one x by batch weights [m, k] w_stride elements apart into outputs [n, m]
+// c_stride floats apart (alpha 1, beta 0), one strided-batched cuBLAS call: a routed layer's
+// gates of one input (gemm.cu says why).
+int lp_gemm_bf16_batched(void* handle, int n, int m, int k, const uint16_t* x, const uint16_t* w, long long w_stride, float* c,
+                         long long c_stride, int batch);
 // The batch-invariant product of deterministic mode on cuBLAS: y[n, m] = alpha · x · Wᵀ + beta ·
 // y for 1 <= n <= LP_GEMM_PAD_ROWS, as one cublasGemmEx of exactly LP_GEMM_PAD_ROWS rows into
 // scratch (LP_GEMM_PAD_ROWS · m floats) whose first n rows are then stored into y (straight

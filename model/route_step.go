@@ -11,8 +11,12 @@ type routeState struct {
 
 	// gateOut holds gate logits on the backend, [MaxTokens, gateCols] each: one per projection of
 	// a shared-input group whose logits are computed beside the base products (gatedProducts;
-	// only the first without a SharedMatMuler, the others then stay unallocated).
+	// only the first without a SharedMatMuler, the others then stay unallocated). They are views
+	// of gateBuf, one allocation, so consecutive ones lie the same distance apart: with the
+	// gates laid out as router.UploadGates lays them, a backend can make a group's gate products
+	// in one strided-batched call.
 	gateOut  [maxSharedGroup]Tensor
+	gateBuf  Tensor
 	gateCols int
 	// pre[p] views the gate logits of projection p for every row of the step when the base
 	// product's call computed them (gatedProducts); Rows == 0 otherwise. routeProj consumes it.
@@ -56,20 +60,19 @@ func (r *Runner) beginRouting(s *Step, adapters []*Adapter) error {
 		return nil
 	}
 	if rows > rs.gateCols {
-		for i, g := range rs.gateOut {
-			if g.Rows > 0 {
-				r.B.Free(g)
-				rs.gateOut[i] = Tensor{}
-			}
+		if rs.gateBuf.Rows > 0 {
+			r.B.Free(rs.gateBuf)
 		}
+		rs.gateOut, rs.gateBuf = [maxSharedGroup]Tensor{}, Tensor{}
 		// One buffer for a group's own gate GEMM; one per projection of the largest group where
 		// the base products' call computes the logits (the groups are q/k/v, gate/up, o, down).
 		n := 1
 		if r.shared != nil {
 			n = len(rs.gateOut)
 		}
+		rs.gateBuf = r.B.Alloc(n*r.Opt.MaxTokens, rows)
 		for i := range n {
-			rs.gateOut[i] = r.B.Alloc(r.Opt.MaxTokens, rows)
+			rs.gateOut[i] = rs.gateBuf.Slice(i*r.Opt.MaxTokens, r.Opt.MaxTokens)
 		}
 		rs.gateCols = rows
 		if err := backendErr(r.B); err != nil {

@@ -11,11 +11,13 @@ package router
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -111,6 +113,7 @@ type Bundle struct {
 	Dir     string
 	experts []string
 	layers  []Layer
+	uploads []model.Tensor // what Upload put on the backend (the gates' T are views of them)
 }
 
 // Experts returns every expert adapter name of the bundle: the top-level list first, then names
@@ -145,31 +148,77 @@ func (b *Bundle) Gates() []*Gate {
 }
 
 // Upload puts every gate on backend be as a [Rows, Cols] weight (Gate.T), for the engine's gate
-// GEMM (be.MatMul(logits, x, g.T) gives logits [tokens, Rows]). On error nothing stays uploaded.
+// GEMM (be.MatMul(logits, x, g.T) gives logits [tokens, Rows]), each layer's as UploadGates lays
+// them out. On error nothing stays uploaded.
 func (b *Bundle) Upload(be model.Backend) error {
-	for _, g := range b.Gates() {
-		data := make([]byte, 4*len(g.W))
-		for i, v := range g.W {
-			u := math.Float32bits(v)
-			data[4*i], data[4*i+1], data[4*i+2], data[4*i+3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+	for l := range b.layers {
+		var gs []*Gate
+		for _, g := range b.layers[l].Gates {
+			if g != nil {
+				gs = append(gs, g)
+			}
 		}
-		t, err := be.Upload(model.HostTensor{Name: g.Name, DType: model.F32, Shape: []int{g.Rows, g.Cols}, Data: data}, g.Rows, g.Cols)
+		ts, err := UploadGates(be, gs)
+		b.uploads = append(b.uploads, ts...)
 		if err != nil {
 			b.Free(be)
-			return fmt.Errorf("router %s: gate %s: %w", b.Dir, g.Name, err)
+			return fmt.Errorf("router %s: %w", b.Dir, err)
 		}
-		g.T = t
 	}
 	return nil
 }
 
+// UploadGates uploads one layer's gates gs (in projection order) and sets each Gate.T: the gates
+// of one input width go up as one tensor, their rows end to end, and each T is a view of its
+// rows. The gates of projections that read one input (q/k/v, gate/up) then lie one gate's size
+// apart, so a backend can make their products in one strided-batched call (the CUDA backend's
+// MatMulShared). It returns the tensors to free (Free them, not the views); on error, the ones
+// uploaded so far, and no Gate.T is set.
+func UploadGates(be model.Backend, gs []*Gate) ([]model.Tensor, error) {
+	var widths [][]*Gate // gs by input width, in order of first appearance
+	for _, g := range gs {
+		i := slices.IndexFunc(widths, func(w []*Gate) bool { return w[0].Cols == g.Cols })
+		if i < 0 {
+			widths = append(widths, nil)
+			i = len(widths) - 1
+		}
+		widths[i] = append(widths[i], g)
+	}
+	ups := make([]model.Tensor, 0, len(widths))
+	for _, same := range widths {
+		rows, cols := 0, same[0].Cols
+		for _, g := range same {
+			rows += g.Rows
+		}
+		data := make([]byte, 0, 4*rows*cols)
+		for _, g := range same {
+			for _, v := range g.W {
+				data = binary.LittleEndian.AppendUint32(data, math.Float32bits(v))
+			}
+		}
+		t, err := be.Upload(model.HostTensor{Name: same[0].Name, DType: model.F32, Shape: []int{rows, cols}, Data: data}, rows, cols)
+		if err != nil {
+			return ups, fmt.Errorf("gate %s: %w", same[0].Name, err)
+		}
+		ups = append(ups, t)
+	}
+	for i, same := range widths {
+		at := 0
+		for _, g := range same {
+			g.T, at = ups[i].Slice(at, g.Rows), at+g.Rows
+		}
+	}
+	return ups, nil
+}
+
 // Free releases the gates uploaded by Upload.
 func (b *Bundle) Free(be model.Backend) {
+	for _, t := range b.uploads {
+		be.Free(t)
+	}
+	b.uploads = nil
 	for _, g := range b.Gates() {
-		if g.T.Rows != 0 {
-			be.Free(g.T)
-			g.T = model.Tensor{}
-		}
+		g.T = model.Tensor{}
 	}
 }
 

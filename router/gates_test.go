@@ -110,3 +110,63 @@ func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 		t.Fatalf("routers differing within steps: no gate GEMM of its own (%d shared)", mix.shared)
 	}
 }
+
+// A layer's gates of one input width go up as one tensor, their rows end to end in projection
+// order, and each Gate.T is a view of its own rows holding its weights: the layout that lets a
+// backend batch the products of q/k/v's gates (and gate/up's). Free releases what Upload put up
+// and leaves no gate uploaded.
+func TestUploadGatesLaysOneWidthEndToEnd(t *testing.T) {
+	be := cpu.New(1)
+	defer be.Close()
+	gate := func(p model.Proj, rows, cols int) *Gate {
+		w := make([]float32, rows*cols)
+		for i := range w {
+			w[i] = float32(int(p)*1000 + i)
+		}
+		return &Gate{Name: p.String(), Proj: p, Rows: rows, Cols: cols, W: w}
+	}
+	gs := []*Gate{gate(model.ProjQ, 3, 8), gate(model.ProjV, 3, 8), gate(model.ProjUp, 3, 8), gate(model.ProjDown, 3, 16)}
+	ups, err := UploadGates(be, gs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ups) != 2 || ups[0].Rows != 9 || ups[0].Cols != 8 || ups[1].Rows != 3 || ups[1].Cols != 16 {
+		t.Fatalf("uploaded %d tensors (%v), want 9x8 and 3x16", len(ups), ups)
+	}
+	for i, g := range gs {
+		parent, at := ups[0], 3*i
+		if g.Cols == 16 {
+			parent, at = ups[1], 0
+		}
+		if storageOf(g.T) != (storage{reflect.ValueOf(parent.Buf).Pointer(), parent.Off + at*g.Cols}) || g.T.Rows != g.Rows || g.T.Cols != g.Cols {
+			t.Fatalf("gate %s is %dx%d at offset %d of its tensor, want rows %d..", g.Name, g.T.Rows, g.T.Cols, g.T.Off, at)
+		}
+		got := make([]float32, g.Rows*g.Cols)
+		if err := be.Read(g.T, got); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, g.W) {
+			t.Fatalf("gate %s reads %v, want %v", g.Name, got[:4], g.W[:4])
+		}
+	}
+
+	b := &Bundle{layers: []Layer{{}}}
+	for _, g := range gs {
+		b.layers[0].Gates[g.Proj] = g
+	}
+	if err := b.Upload(be); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.uploads) != 2 {
+		t.Fatalf("Upload kept %d tensors to free, want 2", len(b.uploads))
+	}
+	b.Free(be)
+	for _, g := range gs {
+		if g.T.Rows != 0 {
+			t.Fatalf("gate %s is still uploaded after Free", g.Name)
+		}
+	}
+	if len(b.uploads) != 0 {
+		t.Fatal("Free left tensors to free")
+	}
+}

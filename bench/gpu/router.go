@@ -3,7 +3,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -12,6 +11,7 @@ import (
 	"github.com/loraplex/loraplex/bench/internal/benchenv"
 	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/router"
 )
 
 // routerBench measures routed decode (issue 6): a router over n experts, rank 8 on all seven
@@ -128,24 +128,29 @@ func benchRouting(b *cuda.Backend, cfg *model.Config, name string, experts []*mo
 	}
 	for l := range rt.Layers {
 		rt.TraceProj[l] = model.ProjQ
-		for p := model.Proj(0); p < model.NumProj; p++ {
-			_, in := cfg.ProjShape(p)
-			data := make([]byte, 4*len(experts)*in)
+		// The layer's gates go up as a served router's do (router.UploadGates: those of one
+		// input width as one tensor), so the benchmark meets the layout the backend batches.
+		gates := make([]*router.Gate, model.NumProj)
+		for p := range gates {
+			_, in := cfg.ProjShape(model.Proj(p))
+			w := make([]float32, len(experts)*in)
 			scale := 3 / math.Sqrt(float64(in))
-			for i := 0; i < len(data); i += 4 {
-				binary.LittleEndian.PutUint32(data[i:], math.Float32bits(float32(rng.NormFloat64()*scale)))
+			for i := range w {
+				w[i] = float32(rng.NormFloat64() * scale)
 			}
-			g, err := b.Upload(model.HostTensor{Name: "gate", DType: model.F32, Shape: []int{len(experts), in}, Data: data}, len(experts), in)
-			if err != nil {
-				return nil, err
-			}
+			gates[p] = &router.Gate{Name: "gate", Layer: l, Proj: model.Proj(p), Rows: len(experts), Cols: in, W: w}
+		}
+		if _, err := router.UploadGates(b, gates); err != nil {
+			return nil, err
+		}
+		for p := model.Proj(0); p < model.NumProj; p++ {
 			mods := make([]*model.LoRAWeights, len(experts))
 			if !noLoRA {
 				for j, e := range experts {
 					mods[j] = e.Modules[l][p]
 				}
 			}
-			rt.Layers[l][p] = &model.RoutedProj{Gate: g, TopK: k, Temperature: 1, Experts: mods, IDs: ids}
+			rt.Layers[l][p] = &model.RoutedProj{Gate: gates[p].T, TopK: k, Temperature: 1, Experts: mods, IDs: ids}
 		}
 	}
 	if err := rt.Check(cfg); err != nil {
