@@ -60,6 +60,9 @@ type Backend struct {
 	routedEM              bool    // expert-major routed launches (route.go: LORAPLEX_ROUTED_EXPERT_MAJOR, SetRoutedExpertMajor)
 	routedEMMin           int     // choices an expert the step must average to take them (expertMajor)
 	routedEMs             int     // expert-major routed calls taken (RoutedExpertMajorCount)
+	routedRows            bool    // the routing shrink by rows (route.go: LORAPLEX_ROUTED_ROWS, SetRoutedRows)
+	routedRowsMin         int     // (row, member) pairs a call must have to take it (routedRowsTakes)
+	routedRowCalls        int     // calls it took (RoutedRowsCount)
 	emPlan                uintptr // the expert-major launches' plan (device ints, grown by reserve)
 	emPlanCap             int
 	emOuts, emLogits      [1]model.Tensor      // RouteLoRA's one member for RouteLoRAGroup (no allocation per call)
@@ -188,6 +191,7 @@ func New(device int) (*Backend, error) {
 	b.routedFused = envSwitch("LORAPLEX_ROUTED_FUSED", routedFusedDefault)
 	b.routedGroup = envSwitch("LORAPLEX_ROUTED_GROUP", routedGroupDefault)
 	b.routedEM, b.routedEMMin = envSwitch("LORAPLEX_ROUTED_EXPERT_MAJOR", routedEMDefault), routedEMMinDefault
+	b.routedRows, b.routedRowsMin = envSwitch("LORAPLEX_ROUTED_ROWS", routedRowsDefault), b.routedRowsMinDefault()
 	b.routedFold = envSwitch("LORAPLEX_ROUTED_FOLD", routedFoldDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)

@@ -153,3 +153,20 @@ func TestGatesBatchedRouted(t *testing.T) {
 	t.Run("replays", TestRoutedDecodeReplaysCUDA)
 	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
 }
+
+// The routing shrink by rows (LORAPLEX_ROUTED_ROWS) routes the router fixtures as host routing
+// does (identical traces) with the grouped routed launches, every call taking it, and routed
+// decode steps still record and replay as CUDA graphs with it on at its default rule.
+func TestRoutedRowsFixtures(t *testing.T) {
+	t.Setenv("LORAPLEX_ROUTED_ROWS", "on")
+	b := newGPU(t)
+	b.SetRoutedRows(true, 0)
+	took := b.RoutedRowsCount()
+	b.SetRoutedExpertMajor(false, -1)
+	deviceRoutingMatchesHost(t, b, true)
+	if b.RoutedRowsCount() == took {
+		t.Fatal("no routed call of the fixtures took the routing shrink by rows")
+	}
+	t.Run("replays", TestRoutedDecodeReplaysCUDA)
+	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
+}

@@ -138,9 +138,9 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	// the name of the k launches this once took), n*passes in the ring as before, so recording
 	// and replay advance it identically. Each choice has its own scratch slice of maxRank floats.
 	passes := min(rp.TopK, real)
-	if b.routedWide && b.routedFused && tab.maxRank > 0 && b.expertMajor(n, passes, real) {
-		// One member of the expert-major group launches, which lay out the ring and the
-		// scratch as below.
+	if b.routedWide && b.routedFused && tab.maxRank > 0 && (b.expertMajor(n, passes, real) || b.routedRowsTakes(n, 1)) {
+		// One member of the expert-major or by-rows group launches, which lay out the ring and
+		// the scratch as below.
 		b.emOuts[0], b.emLogits[0], b.emRPs[0] = out, logits, rp
 		traced := -1
 		if trace.Rows > 0 {
@@ -286,8 +286,8 @@ func (b *Backend) RouteLoRAGroup(outs []model.Tensor, x model.Tensor, logits []m
 }
 
 // routeGroup is RouteLoRAGroup's work once its switches allow it, for 1 to loraGroupMax members
-// (RouteLoRA sends one member here for the expert-major launches): it declines (false) gates past
-// the route kernel's limits and members no expert adapts.
+// (RouteLoRA sends one member here for the expert-major launches and the routing shrink by
+// rows): it declines (false) gates past the route kernel's limits and members no expert adapts.
 func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model.Tensor, start, n int, rps []*model.RoutedProj,
 	trace model.Tensor, traced, layer int) bool {
 	members := len(outs)
@@ -320,7 +320,11 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 		return true
 	}
 	em := b.expertMajor(n, maxPasses, maxExperts)
+	rows := !em && b.routedRowsTakes(n, members)
 	splits, stride := b.routedWideLayout(x.Cols, n, maxPasses, maxRank)
+	if rows {
+		splits, stride = 1, 0 // a block shrinks its row's choices over the whole input
+	}
 	planLen := 0
 	if em {
 		splits, stride = b.expertMajorLayout(x.Cols, n, maxPasses, maxRank)
@@ -348,8 +352,11 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 	b.devSegs = segTable{} // the routing kernels write their segments to segDev
 	if em {
 		b.routedEMs++
-	} else {
+	} else if members > 1 {
 		b.routedGroups++
+	}
+	if rows {
+		b.routedRowCalls++
 	}
 	if b.mode == modeReplay {
 		b.countReplay()
@@ -361,7 +368,8 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 	}
 	b.ok(what, C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
-		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), cflag(em), C.uintptr_t(b.emPlan), C.int(planLen), b.stream))
+		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), cflag(em), C.uintptr_t(b.emPlan), C.int(planLen),
+		cflag(rows), b.stream))
 	return true
 }
 
@@ -395,6 +403,40 @@ const (
 	routedEMDefault    = false
 	routedEMMinDefault = 2
 )
+
+// SetRoutedRows turns the routing shrink by rows (LORAPLEX_ROUTED_ROWS, kernels/lora.cu: one
+// block a row and member, which routes the row once and shrinks its choices over the whole
+// input) on or off for the following steps, taken by routed calls of at least minBlocks (row,
+// member) pairs (below 0 keeps the default, half the SMs; 0 takes every call: the tests'
+// small batches). Recorded graphs hold the other launches, so they are dropped.
+func (b *Backend) SetRoutedRows(on bool, minBlocks int) {
+	if minBlocks < 0 {
+		minBlocks = b.routedRowsMinDefault()
+	}
+	setSwitch(b, &b.routedRowsMin, minBlocks)
+	setSwitch(b, &b.routedRows, on)
+}
+
+// RoutedRowsCount is the number of routed calls the routing shrink by rows has taken (for tests).
+func (b *Backend) RoutedRowsCount() int { return b.routedRowCalls }
+
+// routedRowsDefault: off until a GPU run has tested and measured it. Written without a GPU from
+// goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step, where the four routing
+// shrinks of a layer took ~90 us, mostly blocks routing their row again (kernels/lora.cu).
+const routedRowsDefault = false
+
+// routedRowsMinDefault: a call takes the rows launch from about half as many (row, member) pairs
+// as the GPU has SMs: q/k/v (3 x 64 blocks) and gate/up (2 x 64) at batch 64, where the split
+// launch runs 2-3 waves; o and down (64) keep the split launch, one wave of it, whose splits
+// then spread one row's shrink over several SMs.
+func (b *Backend) routedRowsMinDefault() int { return max(b.sms/2+1, 1) }
+
+// routedRowsTakes reports whether a routed call of n rows over members members takes the
+// routing shrink by rows: the switch is on, the mode is not deterministic (whose routed kernel is
+// lp_lora_routed) and the call has at least routedRowsMin (row, member) pairs. Fixed by the step key.
+func (b *Backend) routedRowsTakes(n, members int) bool {
+	return b.routedRows && !b.batchInvariant && n*members >= b.routedRowsMin
+}
 
 // expertMajor reports whether a routed call of n rows, passes choices a row, over at most
 // experts experts takes the expert-major launches: the switch is on, the mode is not

@@ -17,9 +17,10 @@ import (
 // gives: the same trace (the traced member's, the others' untouched) and deltas within 1e-5 of
 // the largest output (the group's split count may be another than a member's own), bit for bit
 // from one call to the next; for q/k/v-like members of different widths, experts, ranks, k and
-// nulls, one and several rows. The group declines with the switch off, with a member no expert
-// adapts (RouteLoRA writes only its trace there), with a gate past the route kernel's limits and
-// in deterministic mode, leaving the outputs as they were.
+// nulls, one and several rows; with the routing shrink by rows (LORAPLEX_ROUTED_ROWS) as with
+// the split one. The group declines with the switch off, with a member no expert adapts
+// (RouteLoRA writes only its trace there), with a gate past the route kernel's limits and in
+// deterministic mode, leaving the outputs as they were.
 func TestRoutedGroup(t *testing.T) {
 	p := pair{cpu.New(0), newGPU(t)}
 	defer p.c.Close()
@@ -29,97 +30,21 @@ func TestRoutedGroup(t *testing.T) {
 	r := rand.New(rand.NewPCG(61, 62))
 	const in, layers, layer = 256, 4, 1
 	ranks := []int{4, 16, 8, 1, 32, 7}
-	for ci, group := range [][]routeCase{
-		{{experts: 4, nulls: 0, k: 2, T: 1}, {experts: 5, nulls: 1, k: 3, T: 2, nilAt: []int{2}}, {experts: 3, nulls: 0, k: 1, T: 0.7}},
-		{{experts: 28, nulls: 0, k: 2, T: 1}, {experts: 28, nulls: 0, k: 2, T: 1}},
-		{{experts: 60, nulls: 4, k: 8, T: 0.9, nilAt: []int{0, 17}}, {experts: 2, nulls: 3, k: 2, T: 1.3}},
-	} {
-		for _, n := range []int{1, 5} {
-			t.Run(fmt.Sprintf("group%d_rows%d", ci, n), func(t *testing.T) {
-				const start, total = 2, 9
-				outs := []int{192, 64, 96}[:len(group)]
-				_, xg := p.tensor(t, total, in, randFloats(r, total*in))
-				var rps []*model.RoutedProj
-				var lgs, alone, grouped []model.Tensor
-				var bases [][]float32
-				for m, rc := range group {
-					rows := rc.experts + rc.nulls
-					_, eg, ids := routeExperts(t, p, r, rc, ranks, in, outs[m], 1000*ci+100*m)
-					rps = append(rps, &model.RoutedProj{Gate: p.g.Alloc(rows, in), TopK: rc.k, Temperature: rc.T, Nulls: rc.nulls, Experts: eg, IDs: ids})
-					lg := p.g.Alloc(n, rows)
-					if err := p.g.Write(lg, routeLogits(r, n, rows, rc.nulls, rc.k)); err != nil {
-						t.Fatal(err)
-					}
-					base := randFloats(r, total*outs[m])
-					_, a := p.tensor(t, total, outs[m], base)
-					_, g := p.tensor(t, total, outs[m], base)
-					lgs, alone, grouped, bases = append(lgs, lg), append(alone, a), append(grouped, g), append(bases, base)
-				}
-				sentinel := make([]float32, total*layers)
-				for i := range sentinel {
-					sentinel[i] = 99
-				}
-				_, trA := p.tensor(t, total, layers, sentinel)
-				_, trG := p.tensor(t, total, layers, sentinel)
-				const traced = 1
-				for m := range group {
-					tr := model.Tensor{}
-					if m == traced {
-						tr = trA
-					}
-					p.g.RouteLoRA(alone[m], xg, lgs[m], start, n, rps[m], tr, layer)
-				}
-				p.g.SetRoutedGroup(false)
-				if p.g.RouteLoRAGroup(grouped, xg, lgs, start, n, rps, trG, traced, layer) {
-					t.Fatal("the grouped routed call ran with its switch off")
-				}
-				p.g.SetRoutedGroup(true)
-				before := p.g.RoutedGroupCount()
-				if !p.g.RouteLoRAGroup(grouped, xg, lgs, start, n, rps, trG, traced, layer) {
-					t.Fatal("the grouped routed call declined members the routing wide kernels take")
-				}
-				if p.g.RoutedGroupCount() != before+1 {
-					t.Fatal("the grouped routed call did not count")
-				}
-				for m := range group {
-					want, got := read(t, p.g, alone[m]), read(t, p.g, grouped[m])
-					var scale, worst float64
-					for i := range want {
-						scale = max(scale, math.Abs(float64(want[i])))
-						worst = max(worst, math.Abs(float64(got[i]-want[i])))
-					}
-					if !(worst <= 1e-5*scale) {
-						t.Fatalf("member %d: grouped deltas differ from its own call by %.3g (max %.3g)", m, worst, scale)
-					}
-				}
-				if a, g := read(t, p.g, trA), read(t, p.g, trG); fmt.Sprint(a) != fmt.Sprint(g) {
-					t.Fatalf("trace: grouped %v, alone %v", g, a)
-				}
-				// Bit for bit again, from the same outputs.
-				first := make([][]float32, len(group))
-				for m := range group {
-					first[m] = read(t, p.g, grouped[m])
-					if err := p.g.Write(grouped[m], bases[m]); err != nil {
-						t.Fatal(err)
-					}
-				}
-				p.g.RouteLoRAGroup(grouped, xg, lgs, start, n, rps, trG, traced, layer)
-				for m := range group {
-					for i, v := range read(t, p.g, grouped[m]) {
-						if math.Float32bits(v) != math.Float32bits(first[m][i]) {
-							t.Fatalf("member %d element %d: %v, then %v", m, i, first[m][i], v)
-						}
-					}
-				}
-				if err := p.g.Err(); err != nil {
-					t.Fatal(err)
-				}
-				var l0 [model.NumProj]*model.RoutedProj
-				copy(l0[:], rps)
-				p.g.ReleaseRouting(&model.Routing{Layers: [][model.NumProj]*model.RoutedProj{l0}})
-			})
+	for _, byRows := range []bool{false, true} {
+		p.g.SetRoutedRows(byRows, 0) // every call, however few its rows
+		tookRows := p.g.RoutedRowsCount()
+		for ci, group := range [][]routeCase{
+			{{experts: 4, nulls: 0, k: 2, T: 1}, {experts: 5, nulls: 1, k: 3, T: 2, nilAt: []int{2}}, {experts: 3, nulls: 0, k: 1, T: 0.7}},
+			{{experts: 28, nulls: 0, k: 2, T: 1}, {experts: 28, nulls: 0, k: 2, T: 1}},
+			{{experts: 60, nulls: 4, k: 8, T: 0.9, nilAt: []int{0, 17}}, {experts: 2, nulls: 3, k: 2, T: 1.3}},
+		} {
+			groupCase(t, p, r, ranks, ci, group, in, layers, layer, byRows)
+		}
+		if byRows && p.g.RoutedRowsCount() == tookRows {
+			t.Fatal("no routed call took the routing shrink by rows")
 		}
 	}
+	p.g.SetRoutedRows(false, -1)
 	t.Run("declines", func(t *testing.T) {
 		p.g.SetRoutedGroup(true)
 		x := p.g.Alloc(1, in)
@@ -437,6 +362,95 @@ func TestRoutedExpertMajor(t *testing.T) {
 			var l0 [model.NumProj]*model.RoutedProj
 			copy(l0[:], rps)
 			g.ReleaseRouting(&model.Routing{Layers: [][model.NumProj]*model.RoutedProj{l0}})
+		})
+	}
+}
+
+// groupCase is one group of TestRoutedGroup at one and five rows.
+func groupCase(t *testing.T, p pair, r *rand.Rand, ranks []int, ci int, group []routeCase, in, layers, layer int, byRows bool) {
+	for _, n := range []int{1, 5} {
+		t.Run(fmt.Sprintf("group%d_rows%d_byrows%v", ci, n, byRows), func(t *testing.T) {
+			const start, total = 2, 9
+			outs := []int{192, 64, 96}[:len(group)]
+			_, xg := p.tensor(t, total, in, randFloats(r, total*in))
+			var rps []*model.RoutedProj
+			var lgs, alone, grouped []model.Tensor
+			var bases [][]float32
+			for m, rc := range group {
+				rows := rc.experts + rc.nulls
+				_, eg, ids := routeExperts(t, p, r, rc, ranks, in, outs[m], 1000*ci+100*m)
+				rps = append(rps, &model.RoutedProj{Gate: p.g.Alloc(rows, in), TopK: rc.k, Temperature: rc.T, Nulls: rc.nulls, Experts: eg, IDs: ids})
+				lg := p.g.Alloc(n, rows)
+				if err := p.g.Write(lg, routeLogits(r, n, rows, rc.nulls, rc.k)); err != nil {
+					t.Fatal(err)
+				}
+				base := randFloats(r, total*outs[m])
+				_, a := p.tensor(t, total, outs[m], base)
+				_, g := p.tensor(t, total, outs[m], base)
+				lgs, alone, grouped, bases = append(lgs, lg), append(alone, a), append(grouped, g), append(bases, base)
+			}
+			sentinel := make([]float32, total*layers)
+			for i := range sentinel {
+				sentinel[i] = 99
+			}
+			_, trA := p.tensor(t, total, layers, sentinel)
+			_, trG := p.tensor(t, total, layers, sentinel)
+			const traced = 1
+			for m := range group {
+				tr := model.Tensor{}
+				if m == traced {
+					tr = trA
+				}
+				p.g.RouteLoRA(alone[m], xg, lgs[m], start, n, rps[m], tr, layer)
+			}
+			p.g.SetRoutedGroup(false)
+			if p.g.RouteLoRAGroup(grouped, xg, lgs, start, n, rps, trG, traced, layer) {
+				t.Fatal("the grouped routed call ran with its switch off")
+			}
+			p.g.SetRoutedGroup(true)
+			before := p.g.RoutedGroupCount()
+			if !p.g.RouteLoRAGroup(grouped, xg, lgs, start, n, rps, trG, traced, layer) {
+				t.Fatal("the grouped routed call declined members the routing wide kernels take")
+			}
+			if p.g.RoutedGroupCount() != before+1 {
+				t.Fatal("the grouped routed call did not count")
+			}
+			for m := range group {
+				want, got := read(t, p.g, alone[m]), read(t, p.g, grouped[m])
+				var scale, worst float64
+				for i := range want {
+					scale = max(scale, math.Abs(float64(want[i])))
+					worst = max(worst, math.Abs(float64(got[i]-want[i])))
+				}
+				if !(worst <= 1e-5*scale) {
+					t.Fatalf("member %d: grouped deltas differ from its own call by %.3g (max %.3g)", m, worst, scale)
+				}
+			}
+			if a, g := read(t, p.g, trA), read(t, p.g, trG); fmt.Sprint(a) != fmt.Sprint(g) {
+				t.Fatalf("trace: grouped %v, alone %v", g, a)
+			}
+			// Bit for bit again, from the same outputs.
+			first := make([][]float32, len(group))
+			for m := range group {
+				first[m] = read(t, p.g, grouped[m])
+				if err := p.g.Write(grouped[m], bases[m]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			p.g.RouteLoRAGroup(grouped, xg, lgs, start, n, rps, trG, traced, layer)
+			for m := range group {
+				for i, v := range read(t, p.g, grouped[m]) {
+					if math.Float32bits(v) != math.Float32bits(first[m][i]) {
+						t.Fatalf("member %d element %d: %v, then %v", m, i, first[m][i], v)
+					}
+				}
+			}
+			if err := p.g.Err(); err != nil {
+				t.Fatal(err)
+			}
+			var l0 [model.NumProj]*model.RoutedProj
+			copy(l0[:], rps)
+			p.g.ReleaseRouting(&model.Routing{Layers: [][model.NumProj]*model.RoutedProj{l0}})
 		})
 	}
 }

@@ -91,6 +91,20 @@
 // launch's, within the routed tests' bounds. Determinism and graph replay as
 // lp_route_lora_wide's (the launch shape is a function of the routings and the row count).
 //
+// Routing shrink by rows (LORAPLEX_ROUTED_ROWS=on|off; lp_route_lora_group_wide's rows flag,
+// cuda.routedRowsTakes): the routing shrink gives each (row, choice, split) a block, and each of
+// them routes its row again (thread 0's serial top-k and softmax) before a short slice of the
+// shrink. At batch 64 q/k/v's launch is 64 x 2 x 3 x 4 = 1,536 such blocks, ~3 waves, and took
+// 31 us against 9 us for the plain shrink of 64 adapters (goals-2026-12-07-s27a call 2, Nsight);
+// gate/up's 22 us, four routing shrinks ~90 us of a routed layer. With rows on, where a call
+// has at least as many (row, member) pairs as the rule asks (about half the SMs), a block takes
+// one row of one member: it routes the row once and then shrinks each real choice over the
+// whole input (one split), n x members blocks in one wave, the routing done once a row instead
+// of passes x splits times. The expand is the group's, reading one split. The same routing,
+// segments and trace to the bit; the intermediates are the same sums over one slice instead of
+// several (within fp32 rounding of the split ones, the routed tests' bounds). Determinism and
+// graph replay as the split launch's: the grid is a function of the row and member counts.
+//
 // Routed fold (LORAPLEX_ROUTED_FOLD=on|off, cuda.RoutedFoldedProducts): at batch 1 every expert's
 // shrink rides the base products' GEMV launch beside the gate (lp_gemv_parts' wtab: 28 rank-8
 // experts are 224 more columns, ~0.5 MB of A factors a projection, ~17 MB a layer beside 436 MB
@@ -537,6 +551,27 @@ __global__ void __launch_bounds__(WIDE_THREADS)
     const int m = blockIdx.y;
     if ((int)blockIdx.x >= g.n * g.ra[m].passes) return;  // uniform over the block
     route_shrink_block<VEC>(g.ra[m], x, g.segs[m], g.scratch[m], in_dim, t_stride);
+}
+
+// Routing shrink by rows (the design is at the top of the file): grid (row, member), one split.
+template <bool VEC>
+__global__ void __launch_bounds__(WIDE_THREADS) route_shrink_rows_kernel(lp_route_group g, const float* x, int in_dim) {
+    __shared__ lp_lora_seg row_segs[LP_ROUTE_MAX_K];
+    __shared__ route_stage st;
+    const int i = blockIdx.x, m = blockIdx.y;
+    const lp_route_args& ra = g.ra[m];
+    const float* l = ra.logits + (size_t)i * ra.rows;
+    const lp_route_expert* experts = ra.experts;
+    route_staged(l, experts, ra.rows, ra.nulls, ra.staged, st);
+    if (threadIdx.x == 0)
+        route_row(l, i, ra.rows, ra.k, ra.temperature, ra.nulls, experts, row_segs, ra.passes, ra.start, ra.seg_stride, ra.trace,
+                  ra.trace_cols, ra.layer);
+    __syncthreads();
+    if ((int)threadIdx.x < ra.passes) g.segs[m][(size_t)i * ra.passes + threadIdx.x] = row_segs[threadIdx.x];
+    for (int p = 0; p < ra.passes; p++) {
+        const lp_lora_seg sg = row_segs[p];
+        shrink_wide_block<VEC>(x, sg, 0, g.scratch[m], in_dim, 0);  // a null choice (n 0) returns at once, block-wide
+    }
 }
 
 // t8 is t[8 jb + o .. 8 jb + o + 3], half of the rank vector jb multiplies.
@@ -1202,8 +1237,10 @@ extern "C" int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, 
 
 // Routing wide over a group (LORAPLEX_ROUTED_GROUP): lp_route_lora_wide for each member of g,
 // in one shrink and one expand launch for all of them.
-extern "C" int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, lp_stream s) {
-    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || g.n > LP_LORA_ROUTED_MAX_ROWS || !x) return (int)cudaErrorInvalidValue;
+extern "C" int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, int rows,
+                                        lp_stream s) {
+    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || g.n > LP_LORA_ROUTED_MAX_ROWS || !x || (rows && splits != 1))
+        return (int)cudaErrorInvalidValue;
     int passes = 0, chunks = 0;
     for (int m = 0; m < g.members; m++) {
         const lp_route_args& ra = g.ra[m];
@@ -1218,11 +1255,20 @@ extern "C" int lp_route_lora_group_wide(lp_route_group g, const float* x, int in
         if (c > chunks) chunks = c;
     }
     if (chunks > 65535) return (int)cudaErrorInvalidValue;
-    const dim3 g1(g.n * passes, g.members, splits);
-    if (in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0)
-        route_shrink_group_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
-    else
-        route_shrink_group_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+    const bool vec = in_dim % 8 == 0 && ((uintptr_t)x % 16) == 0;
+    if (rows) {
+        const dim3 g1(g.n, g.members);
+        if (vec)
+            route_shrink_rows_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim);
+        else
+            route_shrink_rows_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim);
+    } else {
+        const dim3 g1(g.n * passes, g.members, splits);
+        if (vec)
+            route_shrink_group_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+        else
+            route_shrink_group_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
+    }
     dim3 g2(g.n, chunks, g.members);
     lora_expand_routed_group_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(g, splits, t_stride);
     LP_CHECK_LAUNCH();

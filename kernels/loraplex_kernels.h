@@ -363,7 +363,9 @@ int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg
 // LP_LORA_GROUP routed projections that read one x [.., in_dim] (q/k/v, gate/up), each with its
 // own routing ra[m] (over the same n rows), segment table segs[m] (n * ra[m].passes entries),
 // scratch[m] (splits * t_stride floats) and output out[m] [.., out_dim[m]], in one shrink and
-// one expand launch. The same segments and trace as one lp_route_lora_wide per member.
+// one expand launch. The same segments and trace as one lp_route_lora_wide per member. rows
+// (LORAPLEX_ROUTED_ROWS; splits must be 1): one shrink block a row and member, which routes its
+// row once and shrinks every choice over the whole input (lora.cu says why).
 typedef struct {
     lp_route_args ra[LP_LORA_GROUP];
     lp_lora_seg* segs[LP_LORA_GROUP];
@@ -373,7 +375,7 @@ typedef struct {
     int max_rank[LP_LORA_GROUP];
     int members, n;
 } lp_route_group;
-int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, lp_stream s);
+int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, int rows, lp_stream s);
 // The same routing and deltas expert-major (LORAPLEX_ROUTED_EXPERT_MAJOR: lora.cu says how),
 // for n x passes <= LP_ROUTE_EM_MAX_CHOICES, in 2 + passes launches: the members may number 1.
 // plan holds members x plan_len ints of device scratch, plan_len at least
