@@ -70,6 +70,7 @@ type Backend struct {
 	routeGroupArgs        routeGroupArgs
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
+	routedBF16            bool          // routed steps take SiLUMulMatMul too (fused.go: LORAPLEX_ROUTED_BF16, SetRoutedBF16)
 	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
 	normKeep              bool          // with normBF16, NormFoldedProducts takes adapted ones (lorafold.go: LORAPLEX_NORM_KEEP, SetNormKeep)
 	normKept              int           // normKeptProducts calls taken (NormKeptCount)
@@ -197,6 +198,7 @@ func New(device int) (*Backend, error) {
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)
 	b.normGEMV = envSwitch("LORAPLEX_NORM_GEMV", normGEMVDefault)
 	b.swigluBF16 = envSwitch("LORAPLEX_SWIGLU_BF16", swigluBF16Default)
+	b.routedBF16 = envSwitch("LORAPLEX_ROUTED_BF16", routedBF16Default)
 	b.normBF16 = envSwitch("LORAPLEX_NORM_BF16", normBF16Default)
 	b.normKeep = envSwitch("LORAPLEX_NORM_KEEP", normKeepDefault)
 	b.loraSwiGLU = envSwitch("LORAPLEX_LORA_SWIGLU", loraSwiGLUDefault)

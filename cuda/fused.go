@@ -36,6 +36,7 @@ import (
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)
+//	LORAPLEX_ROUTED_BF16=on|off    with it, routed steps too: SwiGLU's bf16 input also feeds the down gate's product (SiLUMulMatMul)
 //	LORAPLEX_NORM_BF16=on|off      RMSNorm writes the cuBLAS products' bf16 input itself (NormMatMulShared)
 //	LORAPLEX_NORM_KEEP=on|off      with it, adapted steps too: the norm also keeps its fp32 rows for the LoRA shrinks (lorafold.go)
 //	LORAPLEX_LORA_SWIGLU=on|off    with it and SwiGLU's bf16 copy, gate/up's LoRA deltas added inside SwiGLU (LoRASwiGLUer, loraswiglu.go)
@@ -233,30 +234,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		// With LORAPLEX_GATES_BATCHED, gates that lie one after another (gateRun) are one
 		// strided-batched cuBLAS call first, within cuBLAS's rounding of MatMul's.
 		if b.launch() && b.xToBF16(x) {
-			a, skinny, end := &b.gemvArgs, 0, 0
-			a.wsrcs = [gemvPartsMax]C.uintptr_t{}
-			for i := 0; i < len(ws); i++ {
-				w := ws[i]
-				if run := b.gateRun(outs[i:], ws[i:]); run > 1 {
-					b.batchedProducts += run
-					b.ok("gemm batched", C.s_gemm_batched(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w),
-						C.longlong(w.Rows*w.Cols), ptr(outs[i]), C.longlong((uintptr(ptr(outs[i+1]))-uintptr(ptr(outs[i])))/4), C.int(run)))
-					i += run - 1
-					continue
-				}
-				if skinny == gemvPartsMax || !b.skinnyTakes(x, w) {
-					b.productBF16(outs[i], x, w, 1, 0)
-					continue
-				}
-				end += w.Rows
-				a.ws[skinny], a.ys[skinny], a.ends[skinny] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
-				skinny++
-			}
-			if skinny > 0 {
-				b.skinnyProducts += skinny
-				b.ok("gemm skinny parts", C.s_gemm_skinny_parts(C.int(x.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), &a.ws[0], &a.ys[0], &a.ends[0],
-					C.int(skinny), b.stream))
-			}
+			b.productsBF16(outs, x, ws)
 		}
 		return true
 	}
@@ -269,6 +247,37 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 	a := b.gemvArgs.set(outs, ws)
 	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], nil, &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
 	return true
+}
+
+// productsBF16 makes outs[i] = x · ws[i]ᵀ for every i from x as xToBF16 left it in xbf (or a
+// kernel that wrote it there): runs of gates laid out one after another as one strided-batched
+// call each (gateRun), the products the skinny kernel takes as one launch of parts after
+// cuBLAS's, the others as MatMul's cuBLAS call (productBF16).
+func (b *Backend) productsBF16(outs []model.Tensor, x model.Tensor, ws []model.Tensor) {
+	a, skinny, end := &b.gemvArgs, 0, 0
+	a.wsrcs = [gemvPartsMax]C.uintptr_t{}
+	for i := 0; i < len(ws); i++ {
+		w := ws[i]
+		if run := b.gateRun(outs[i:], ws[i:]); run > 1 {
+			b.batchedProducts += run
+			b.ok("gemm batched", C.s_gemm_batched(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w),
+				C.longlong(w.Rows*w.Cols), ptr(outs[i]), C.longlong((uintptr(ptr(outs[i+1]))-uintptr(ptr(outs[i])))/4), C.int(run)))
+			i += run - 1
+			continue
+		}
+		if skinny == gemvPartsMax || !b.skinnyTakes(x, w) {
+			b.productBF16(outs[i], x, w, 1, 0)
+			continue
+		}
+		end += w.Rows
+		a.ws[skinny], a.ys[skinny], a.ends[skinny] = ptr(w), ptr(outs[i]), C.uintptr_t(end)
+		skinny++
+	}
+	if skinny > 0 {
+		b.skinnyProducts += skinny
+		b.ok("gemm skinny parts", C.s_gemm_skinny_parts(C.int(x.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), &a.ws[0], &a.ys[0], &a.ends[0],
+			C.int(skinny), b.stream))
+	}
 }
 
 // RoPEStoreKV implements model.DecodeFuser: RoPE of q and k and the KV store in one launch, for
@@ -469,18 +478,18 @@ var _ model.SiLUMulMatMuler = (*Backend)(nil)
 // into xbf, where xToBF16 would have put it, and the down projection's GEMM reads it from there.
 // That saves the conversion pass over act (at a 2,048-row prefill step of the Llama-3-8B shape,
 // 117 MB read and 58 MB written a layer; at batch-64 decode, one launch a layer). The
-// activation and the rounding are the unfused kernels' arithmetic, so act and out are bitwise
-// SiluMul's and MatMul's (TestSiLUMulMatMul). Few-row steps keep the GEMV path (fp32 x, nothing
-// to convert) and deterministic mode its own products: false.
-func (b *Backend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
+// activation and the rounding are the unfused kernels' arithmetic, so act and the products are
+// bitwise SiluMul's and MatMulShared's (TestSiLUMulMatMul). A routed step's call, with the down
+// gate's product beside the projection's, is taken with LORAPLEX_ROUTED_BF16 (routedBF16Default).
+// Few-row steps keep the GEMV path (fp32 x, nothing to convert) and deterministic mode its own
+// products: false.
+func (b *Backend) SiLUMulMatMul(outs []model.Tensor, act, gate, up model.Tensor, ws []model.Tensor) bool {
 	if act.Rows != gate.Rows || act.Rows != up.Rows || act.Cols != gate.Cols || act.Cols != up.Cols || act.DType != model.F32 ||
 		gate.DType != model.F32 || up.DType != model.F32 {
 		panic(fmt.Sprintf("cuda: SiLUMulMatMul act %s gate %s up %s", act.Shape(), gate.Shape(), up.Shape()))
 	}
-	if act.Cols != w.Cols || out.Rows != act.Rows || out.Cols != w.Rows || w.DType != model.BF16 || out.DType != model.F32 {
-		panic(fmt.Sprintf("cuda: SiLUMulMatMul out %s = act %s · wᵀ %s (%s)", out.Shape(), act.Shape(), w.Shape(), w.DType))
-	}
-	if !b.swigluBF16 || b.batchInvariant || act.Rows <= b.gemvRows {
+	checkShared("SiLUMulMatMul", outs, act, ws)
+	if !b.swigluBF16 || b.batchInvariant || act.Rows <= b.gemvRows || len(ws) > 1 && !b.routedBF16 {
 		return false
 	}
 	n := act.Rows * act.Cols
@@ -488,7 +497,7 @@ func (b *Backend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
 		return true
 	}
 	if b.ok("silu_mul_bf16", C.s_silu_mul_bf16(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.size_t(n), b.stream)) {
-		b.productBF16(out, act, w, 1, 0)
+		b.productsBF16(outs, act, ws)
 	}
 	return true
 }
@@ -498,6 +507,16 @@ func (b *Backend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
 func (b *Backend) SetSwiGLUBF16(on bool) {
 	setSwitch(b, &b.swigluBF16, on)
 }
+
+// SetRoutedBF16 turns the routed steps' SiLUMulMatMul calls (the down gate's product beside the
+// down projection's) on or off for the following steps; recorded graphs are dropped.
+func (b *Backend) SetRoutedBF16(on bool) { setSwitch(b, &b.routedBF16, on) }
+
+// routedBF16Default: off until a GPU run has tested and measured it. Written without a GPU from
+// goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step: its SwiGLU was silu_mul
+// then a conversion pass for the down products (7.6 + 5.3 us a layer) where the other steps
+// write the bf16 input in SwiGLU's own launch.
+const routedBF16Default = false
 
 // SetNormGEMV turns the norm-fused GEMVs (NormFuser, kernels/gemv.cu) on or off for the
 // following steps, independently of SetFusedDecode; recorded graphs hold the other path's

@@ -833,7 +833,7 @@ func TestSiLUMulMatMul(t *testing.T) {
 			}
 			g.SiluMul(act1, gate, up)
 			g.MatMul(out1, act1, w)
-			if !g.SiLUMulMatMul(out2, act2, gate, up, w) {
+			if !g.SiLUMulMatMul([]model.Tensor{out2}, act2, gate, up, []model.Tensor{w}) {
 				t.Fatalf("declined %d rows (GEMV rows 1)", sh.n)
 			}
 			for _, pair := range [][2]model.Tensor{{act1, act2}, {out1, out2}} {
@@ -856,21 +856,82 @@ func TestSiLUMulMatMul(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.SetGEMVRows(8)
-	if g.SiLUMulMatMul(out.Slice(0, 8), act.Slice(0, 8), gate.Slice(0, 8), up.Slice(0, 8), w) {
+	ws := []model.Tensor{w}
+	if g.SiLUMulMatMul([]model.Tensor{out.Slice(0, 8)}, act.Slice(0, 8), gate.Slice(0, 8), up.Slice(0, 8), ws) {
 		t.Error("took 8 rows, which the GEMV kernel reads in fp32")
 	}
+	outs := []model.Tensor{out}
 	g.SetSwiGLUBF16(false)
-	if g.SiLUMulMatMul(out, act, gate, up, w) {
+	if g.SiLUMulMatMul(outs, act, gate, up, ws) {
 		t.Error("ran with LORAPLEX_SWIGLU_BF16 off")
 	}
 	g.SetSwiGLUBF16(true)
 	g.SetBatchInvariant(true)
-	if g.SiLUMulMatMul(out, act, gate, up, w) {
+	if g.SiLUMulMatMul(outs, act, gate, up, ws) {
 		t.Error("ran in deterministic mode")
 	}
 	g.SetBatchInvariant(false)
-	if !g.SiLUMulMatMul(out, act, gate, up, w) {
+	if !g.SiLUMulMatMul(outs, act, gate, up, ws) {
 		t.Error("declined 16 rows with the switch back on")
+	}
+	if err := g.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A routed step's SwiGLU call also makes the down gate's product (28 outputs) beside the down
+// projection's, bitwise what SiluMul then MatMulShared give, every output written; only with
+// LORAPLEX_ROUTED_BF16 on (one product is the plain steps' call either way).
+func TestSiLUMulMatMulRouted(t *testing.T) {
+	g := newGPU(t)
+	defer g.SetRoutedBF16(false)
+	r := rand.New(rand.NewPCG(63, 64))
+	const n, k, m, experts = 64, 1024, 256, 28
+	gate, up := g.Alloc(n, k), g.Alloc(n, k)
+	act1, act2 := g.Alloc(n, k), g.Alloc(n, k)
+	outs1, outs2 := []model.Tensor{g.Alloc(n, m), g.Alloc(n, experts)}, []model.Tensor{g.Alloc(n, m), g.Alloc(n, experts)}
+	var ws []model.Tensor
+	for _, rows := range []int{m, experts} {
+		w, err := g.Upload(hostBF16(r, rows, k, 1/math.Sqrt(k)), rows, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	defer func() {
+		for _, x := range append(append(append([]model.Tensor{gate, up, act1, act2}, outs1...), outs2...), ws...) {
+			g.Free(x)
+		}
+	}()
+	for _, x := range []model.Tensor{gate, up} {
+		if err := g.Write(x, randFloats(r, n*k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, x := range append(append([]model.Tensor{act1, act2}, outs1...), outs2...) {
+		if err := g.Write(x, nanFloats(x.Rows*x.Cols)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.SetRoutedBF16(false)
+	if g.SiLUMulMatMul(outs2, act2, gate, up, ws) {
+		t.Fatal("took a routed step's two products with LORAPLEX_ROUTED_BF16 off")
+	}
+	g.SetRoutedBF16(true)
+	if !g.SiLUMulMatMul(outs2, act2, gate, up, ws) {
+		t.Fatal("declined a routed step's two products at 64 rows")
+	}
+	g.SiluMul(act1, gate, up)
+	if !g.MatMulShared(outs1, act1, ws) {
+		t.Fatal("MatMulShared declined 64 rows")
+	}
+	for i, pair := range [][2]model.Tensor{{act1, act2}, {outs1[0], outs2[0]}, {outs1[1], outs2[1]}} {
+		want, got := read(t, g, pair[0]), read(t, g, pair[1])
+		for j := range want {
+			if math.Float32bits(want[j]) != math.Float32bits(got[j]) || math.IsNaN(float64(got[j])) {
+				t.Fatalf("output %d element %d: %v in one call, %v from SiluMul then MatMulShared", i, j, got[j], want[j])
+			}
+		}
 	}
 	if err := g.Err(); err != nil {
 		t.Fatal(err)

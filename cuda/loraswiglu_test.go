@@ -81,7 +81,7 @@ func TestLoRASwiGLU(t *testing.T) {
 			if !g.LoRAGroup([]model.Tensor{gate[0], up[0]}, c.h, segs[:]) {
 				t.Fatal("LoRAGroup declined")
 			}
-			if !g.SiLUMulMatMul(out[0], act[0], gate[0], up[0], wDown) {
+			if !g.SiLUMulMatMul(out[:1], act[0], gate[0], up[0], []model.Tensor{wDown}) {
 				t.Fatal("SiLUMulMatMul declined")
 			}
 			in := c.input(eps)

@@ -219,14 +219,16 @@ type SharedMatMuler interface {
 	MatMulShared(outs []Tensor, x Tensor, ws []Tensor) bool
 }
 
-// SiLUMulMatMuler is implemented by backends that compute the SwiGLU activation and the down
-// projection reading it in one call (CUDA: steps whose products go to cuBLAS, where the
-// activation kernel writes the GEMM's bf16 input itself instead of a conversion pass over it).
-// SiLUMulMatMul is SiluMul(act, gate, up) then MatMul(out, act, w), act left as SiluMul leaves
-// it (the down projection's LoRA shrink reads it), and returns true; or it does nothing and
-// returns false. The answer may depend only on what the StepRecorder key fixes.
+// SiLUMulMatMuler is implemented by backends that compute the SwiGLU activation and the products
+// reading it in one call (CUDA: steps whose products go to cuBLAS, where the activation kernel
+// writes the GEMMs' bf16 input itself instead of a conversion pass over it). SiLUMulMatMul is
+// SiluMul(act, gate, up) then MatMul(outs[i], act, ws[i]) for every i (the down projection's
+// product, and in routed steps its router gate's logits beside it: at most two products), act
+// left as SiluMul leaves it (the down projection's LoRA shrink reads it), and returns true; or
+// it does nothing and returns false. The answer may depend only on what the StepRecorder key
+// fixes.
 type SiLUMulMatMuler interface {
-	SiLUMulMatMul(out, act, gate, up, w Tensor) bool
+	SiLUMulMatMul(outs []Tensor, act, gate, up Tensor, ws []Tensor) bool
 }
 
 // LoRARoPEer is implemented by backends that add the q, k and v projections' LoRA deltas inside

@@ -392,8 +392,8 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 				if !normed {
 					r.projShared(h, l, gateUpProjs, r.groupOuts[:2])
 				}
-				// Routed steps make the product with the down projection's gate (gatedProducts).
-				down = r.siluDown != nil && r.routing.seqs == 0 && r.siluDown.SiLUMulMatMul(o, act, gate, up, L.W[ProjDown])
+				// Routed steps make the product with the down projection's gate (withGates).
+				down = r.siluDown != nil && r.siluDownProducts(o, act, gate, up, l)
 				if !down {
 					b.SiluMul(act, gate, up)
 				}

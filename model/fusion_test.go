@@ -85,13 +85,15 @@ func (c *composingBackend) MatMulShared(outs []model.Tensor, x model.Tensor, ws 
 	return true
 }
 
-func (c *composingBackend) SiLUMulMatMul(out, act, gate, up, w model.Tensor) bool {
+func (c *composingBackend) SiLUMulMatMul(outs []model.Tensor, act, gate, up model.Tensor, ws []model.Tensor) bool {
 	if c.decline {
 		return false
 	}
 	c.siluDown++
 	c.SiluMul(act, gate, up)
-	c.MatMul(out, act, w)
+	for i := range outs {
+		c.MatMul(outs[i], act, ws[i])
+	}
 	return true
 }
 

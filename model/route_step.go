@@ -298,6 +298,17 @@ func (r *Runner) sharedGate(l int, p Proj) *RoutedProj {
 // (capacity len + len(ps): r.groupOuts, r.groupWs). Without routing, or without a backend that
 // shares, it is the plain products.
 func (r *Runner) gatedProducts(in Tensor, l int, ps []Proj, outs, ws []Tensor) {
+	outs, ws = r.withGates(in, l, ps, outs, ws)
+	if r.shared == nil || !r.shared.MatMulShared(outs, in, ws) {
+		for i := range ws {
+			r.B.MatMul(outs[i], in, ws[i])
+		}
+	}
+}
+
+// withGates appends to the base products outs, ws of the projections ps (which read in) the gate
+// products that ride beside them (gatedProducts says which), noting each one's logits in rs.pre.
+func (r *Runner) withGates(in Tensor, l int, ps []Proj, outs, ws []Tensor) ([]Tensor, []Tensor) {
 	if rs := &r.routing; rs.seqs > 0 && r.shared != nil {
 		for i, p := range ps {
 			if rp := r.sharedGate(l, p); rp != nil {
@@ -308,11 +319,21 @@ func (r *Runner) gatedProducts(in Tensor, l int, ps []Proj, outs, ws []Tensor) {
 			}
 		}
 	}
-	if r.shared == nil || !r.shared.MatMulShared(outs, in, ws) {
-		for i := range ws {
-			r.B.MatMul(outs[i], in, ws[i])
-		}
+	return outs, ws
+}
+
+// siluDownProducts makes SwiGLU and the down projection's product in one SiLUMulMatMuler call,
+// in routed steps with the down gate's logits beside the product as gatedProducts puts them
+// (routeProj consumes them next): false, nothing done, where the backend declines.
+func (r *Runner) siluDownProducts(o, act, gate, up Tensor, l int) bool {
+	ps := allProjs[ProjDown : ProjDown+1]
+	r.groupOuts[0] = o
+	outs, ws := r.withGates(act, l, ps, r.groupOuts[:1], r.groupWeights(l, ps))
+	if r.siluDown.SiLUMulMatMul(outs, act, gate, up, ws) {
+		return true
 	}
+	r.routing.pre[ProjDown] = Tensor{} // proj makes the gate's product again
+	return false
 }
 
 // routeGroup routes a group's rows by their gate logits (pre's rows when the base product's call

@@ -12,13 +12,15 @@ import (
 )
 
 // gateCounter is the CPU backend counting the router-gate products (told apart by their
-// storage) it makes inside MatMulShared calls and alone through MatMul; with decline set it
-// refuses every MatMulShared call, so the runner makes each product alone.
+// storage) it makes inside MatMulShared calls, inside SiLUMulMatMul calls and alone through
+// MatMul; with decline set it refuses every MatMulShared call, so the runner makes each product
+// alone; with silu set it makes SwiGLU and the products reading it in one call (as CUDA's
+// SiLUMulMatMuler, from the CPU's ops), else it declines those.
 type gateCounter struct {
 	*cpu.Backend
-	decline       bool
-	gates         map[storage]bool
-	shared, alone int
+	decline, silu           bool
+	gates                   map[storage]bool
+	shared, alone, withSiLU int
 }
 
 type storage struct {
@@ -47,12 +49,28 @@ func (g *gateCounter) MatMulShared(outs []model.Tensor, x model.Tensor, ws []mod
 	return g.Backend.MatMulShared(outs, x, ws)
 }
 
+func (g *gateCounter) SiLUMulMatMul(outs []model.Tensor, act, gate, up model.Tensor, ws []model.Tensor) bool {
+	if !g.silu {
+		return false
+	}
+	g.SiluMul(act, gate, up)
+	for i, w := range ws {
+		if g.gates[storageOf(w)] {
+			g.withSiLU++
+		}
+		g.Backend.MatMul(outs[i], act, w)
+	}
+	return true
+}
+
 // A routed step computes each routed projection's gate logits in the call that makes the base
 // products of the projections sharing its input (q/k/v, gate/up, o, down: no gate GEMM of its
 // own) when one router serves every routed row of the step, and the run against the reference
 // is that of a backend that makes every product alone to the last bit of its worst
-// differences; when routers differ within a step, each group
-// of rows keeps its own gate GEMM. Both pass the PyTorch reference's router cases.
+// differences; where the backend makes SwiGLU and the down product in one call
+// (SiLUMulMatMuler), the down gate's logits ride that call, to the same last bit; when routers
+// differ within a step, each group of rows keeps its own gate GEMM. All pass the PyTorch
+// reference's router cases.
 func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 	const name = "llama"
 	rfx, err := fixture.LoadRouters(name)
@@ -70,8 +88,8 @@ func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 	if len(one) == len(mixed) {
 		t.Fatalf("all %d router cases use one router: the mixed run would test nothing", len(mixed))
 	}
-	run := func(cases []fixture.Case, decline bool) (fixture.Result, *gateCounter) {
-		g := &gateCounter{Backend: cpu.New(2), decline: decline, gates: map[storage]bool{}}
+	run := func(cases []fixture.Case, decline, silu bool) (fixture.Result, *gateCounter) {
+		g := &gateCounter{Backend: cpu.New(2), decline: decline, silu: silu, gates: map[storage]bool{}}
 		t.Cleanup(g.Close)
 		fx, cfg, h := fixture.Open(t, name, g)
 		adapters := fixtureadapters.Upload(t, name, cfg, g)
@@ -96,8 +114,8 @@ func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 		}
 		return res, g
 	}
-	got, sharing := run(one, false)
-	want, alone := run(one, true)
+	got, sharing := run(one, false, false)
+	want, alone := run(one, true, false)
 	if got != want {
 		t.Fatalf("gate logits beside the base products: %+v; each product alone: %+v", got, want)
 	}
@@ -105,7 +123,15 @@ func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 		t.Fatalf("one router: %d gate products in shared calls, %d alone (want all shared); declining backend: %d alone",
 			sharing.shared, sharing.alone, alone.alone)
 	}
-	_, mix := run(mixed, false)
+	withSwiGLU, silu := run(one, false, true)
+	if withSwiGLU != want {
+		t.Fatalf("down gates beside SwiGLU's products: %+v; each product alone: %+v", withSwiGLU, want)
+	}
+	if silu.alone != 0 || silu.withSiLU == 0 || silu.shared+silu.withSiLU != sharing.shared {
+		t.Fatalf("one router with SwiGLU's products: %d gate products in its calls, %d in shared calls, %d alone; %d without",
+			silu.withSiLU, silu.shared, silu.alone, sharing.shared)
+	}
+	_, mix := run(mixed, false, false)
 	if mix.alone == 0 {
 		t.Fatalf("routers differing within steps: no gate GEMM of its own (%d shared)", mix.shared)
 	}
