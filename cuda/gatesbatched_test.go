@@ -170,3 +170,16 @@ func TestRoutedRowsFixtures(t *testing.T) {
 	t.Run("replays", TestRoutedDecodeReplaysCUDA)
 	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
 }
+
+// With LORAPLEX_ROUTED_BF16 (the routed steps' norms kept beside their products, SwiGLU feeding
+// the down gate) and the gates batched, the router fixtures route on the device as on the host
+// (identical traces, logits within rounding), and routed decode steps record and replay.
+func TestRoutedBF16Fixtures(t *testing.T) {
+	t.Setenv("LORAPLEX_ROUTED_BF16", "on")
+	t.Setenv("LORAPLEX_GATES_BATCHED", "on")
+	b := newGPU(t)
+	b.SetRoutedExpertMajor(false, -1)
+	deviceRoutingMatchesHost(t, b, true)
+	t.Run("replays", TestRoutedDecodeReplaysCUDA)
+	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
+}

@@ -178,6 +178,31 @@ func (b *Backend) normKeptProducts(outs []model.Tensor, in model.NormedInput, ws
 	return true
 }
 
+var _ model.NormKeeper = (*Backend)(nil)
+
+// NormKeptMatMulShared implements model.NormKeeper for the rows MatMul gives cuBLAS
+// (normToCublas) with LORAPLEX_ROUTED_BF16: one lp_rmsnorm_bf16 launch writes the products' bf16
+// input and the normed rows in fp32 into b.kept (keptNorm), then come the products as
+// MatMulShared makes them (productsBF16), and b.kept is returned for the routing shrinks. A
+// routed step ran AddRMSNorm and then MatMulShared's conversion pass, a launch reading the fp32
+// rows again (two a layer: 3.6 us each at batch 64 in goals-2026-12-07-s27a call 2). The rows are
+// bitwise the unfused path's (normKeptProducts says why), so every product and delta is too.
+func (b *Backend) NormKeptMatMulShared(outs []model.Tensor, in model.NormedInput, ws []model.Tensor) (model.Tensor, bool) {
+	x := in.X
+	checkShared("NormKeptMatMulShared", outs, x, ws)
+	if !b.routedBF16 || !b.normToCublas(in) {
+		return model.Tensor{}, false
+	}
+	checkNorm("NormKeptMatMulShared", in)
+	n := x.Rows * x.Cols
+	// As normKeptProducts: a buffer too small grows only in a direct step (a recording that needs
+	// it is abandoned and rerun directly), and a replay launches nothing.
+	if b.reserve(&b.xbf, &b.xbfCap, n, 2) && b.reserve(&b.kept, &b.keptCap, n, 4) && b.launch() && b.keptNorm(in) {
+		b.productsBF16(outs, x, ws)
+	}
+	return model.Tensor{Rows: x.Rows, Cols: x.Cols, DType: model.F32, Buf: dev{b.kept}}, true
+}
+
 // keptNorm launches lp_rmsnorm_bf16 on in, the cuBLAS products' bf16 input into xbf and the
 // normed rows in fp32 into kept (both reserved by the caller for in.X's rows); false when the
 // launch failed (the backend has recorded why).

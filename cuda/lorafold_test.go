@@ -425,3 +425,68 @@ func TestNormKeptGraphReplay(t *testing.T) {
 		return got
 	})
 }
+
+// A routed step's norm folded into its products (NormKeptMatMulShared, LORAPLEX_ROUTED_BF16)
+// gives bitwise what the unfused path gives: the (add +) RMSNorm, then MatMulShared (gates of 28
+// outputs beside the base products), the same residual in Next with x left alone, and the
+// normed rows it returns bitwise the unfused h (the routing shrinks read them). It declines
+// GEMV-sized steps, deterministic mode and the switch off.
+func TestNormKeptMatMulShared(t *testing.T) {
+	g := newGPU(t)
+	defer g.SetRoutedBF16(false)
+	g.SetRoutedBF16(true)
+	r := rand.New(rand.NewPCG(83, 84))
+	const eps = 1e-5
+	for _, sh := range []struct {
+		n, k   int
+		widths []int
+		add    bool
+	}{{64, 4096, []int{4096, 1024, 1024, 28, 28, 28}, true}, {64, 1024, []int{2048, 2048, 28}, false}, {300, 512, []int{256, 28}, true},
+		{9, 258, []int{96, 13}, true}} {
+		t.Run(fmt.Sprintf("n%d_k%d_%v_add%v", sh.n, sh.k, sh.widths, sh.add), func(t *testing.T) {
+			c := newNormCase(t, g, r, sh.n, sh.k, sh.widths, sh.add)
+			c.norm(eps)
+			if !g.MatMulShared(c.want, c.h, c.ws) {
+				t.Fatal("MatMulShared declined rows for cuBLAS")
+			}
+			in := c.input(eps)
+			h, ok := g.NormKeptMatMulShared(c.got, in, c.ws)
+			if !ok {
+				t.Fatalf("declined %d rows for cuBLAS", sh.n)
+			}
+			c.checkBitwise(t, "kept")
+			want, got := read(t, g, c.h), read(t, g, h)
+			for i := range want {
+				if math.Float32bits(want[i]) != math.Float32bits(got[i]) {
+					t.Fatalf("normed row element %d: %v kept, %v unfused", i, got[i], want[i])
+				}
+			}
+			g.SetBatchInvariant(true)
+			if _, ok := g.NormKeptMatMulShared(c.got, in, c.ws); ok {
+				t.Error("took a step in deterministic mode")
+			}
+			g.SetBatchInvariant(false)
+			g.SetRoutedBF16(false)
+			if _, ok := g.NormKeptMatMulShared(c.got, in, c.ws); ok {
+				t.Error("took a step with LORAPLEX_ROUTED_BF16 off")
+			}
+			g.SetRoutedBF16(true)
+			g.SetGEMVRows(8)
+			few, outs := in, make([]model.Tensor, len(c.got))
+			few.X = in.X.Slice(0, 8)
+			if sh.add {
+				few.Delta, few.Next = in.Delta.Slice(0, 8), in.Next.Slice(0, 8)
+			}
+			for i, o := range c.got {
+				outs[i] = o.Slice(0, 8)
+			}
+			if _, ok := g.NormKeptMatMulShared(outs, few, c.ws); ok {
+				t.Error("took 8 rows, which the GEMV kernel reads")
+			}
+			g.SetGEMVRows(1)
+			if err := g.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -303,6 +303,18 @@ type NormFuser interface {
 	NormGateUpSiLU(act Tensor, in NormedInput, wGate, wUp Tensor) bool
 }
 
+// NormKeeper is implemented by backends that fold a decoder layer's RMSNorm (and the residual
+// add before it) into the products that read the normed state h while keeping h for what else
+// reads it: a routed step's router shrinks (CUDA: steps whose products go to cuBLAS, where one
+// norm kernel writes the products' bf16 input and h in fp32). NormKeptMatMulShared is
+// NormMatMulShared(outs, in, ws) under NormFuser's contract (the new residual in in.Next) that
+// also returns h, in's normed rows in fp32, in a buffer of the backend's that stays valid until
+// its next NormKeeper or LoRAFolder call, and true; or it does nothing and returns false. The
+// answer may depend only on what the StepRecorder key fixes.
+type NormKeeper interface {
+	NormKeptMatMulShared(outs []Tensor, in NormedInput, ws []Tensor) (h Tensor, ok bool)
+}
+
 // LoRAFolder is implemented by backends that fold LoRA shrinks into the base products' call
 // (cuda: where one segment covers all of a projection's rows in a batch-1 step, i.e. one
 // adapter, each A factor streams beside the weights as more products, LORAPLEX_LORA_FOLD), or

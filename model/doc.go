@@ -33,6 +33,7 @@
 //	LoRARoPEer        q/k/v's LoRA deltas added inside RoPE + KV store    -    yes
 //	NormFuser         (add +) RMSNorm folded into q/k/v, gate/up GEMVs    -    yes
 //	LoRAFolder        LoRA (and the norm) in the base products' call      -    yes
+//	NormKeeper        a routed step's norm folded into q/k/v, gate/up     -    yes
 //	LogitBiaser       applies SampleRow.Bias (logit_bias)                 yes  yes
 //	TokenMasker       honours SampleRow.Allowed (constrained decoding)    yes  yes
 //	SampleReserver    sizes the sampler's buffers once (NewRunner)        -    yes

@@ -46,6 +46,7 @@ type Runner struct {
 	shared                                    SharedMatMuler            // nil: one MatMul per projection
 	fuser                                     DecodeFuser               // nil: the backend fuses nothing
 	normer                                    NormFuser                 // nil: every RMSNorm is its own op
+	keeper                                    NormKeeper                // nil: a routed step's RMSNorm is its own op
 	siluDown                                  SiLUMulMatMuler           // nil: SwiGLU, then the down projection's product
 	loraSwiGLU                                LoRASwiGLUer              // nil: gate/up's LoRA deltas are added before SwiGLU
 	loraRoPE                                  LoRARoPEer                // nil: q/k/v's LoRA deltas are added before RoPE
@@ -79,6 +80,7 @@ func NewRunner(cfg *Config, b Backend, w *Weights, opt RunnerOptions) (*Runner, 
 	r.shared, _ = b.(SharedMatMuler)
 	r.fuser, _ = b.(DecodeFuser)
 	r.normer, _ = b.(NormFuser)
+	r.keeper, _ = b.(NormKeeper)
 	r.siluDown, _ = b.(SiLUMulMatMuler)
 	r.loraSwiGLU, _ = b.(LoRASwiGLUer)
 	r.loraRoPE, _ = b.(LoRARoPEer)
@@ -343,7 +345,7 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 			if r.normFusable(l, qkvProjs) && r.normer.NormMatMulShared(r.groupOuts[:3], in, r.groupWeights(l, qkvProjs)) {
 				r.addBiases(l, qkvProjs, r.groupOuts[:3])
 				x, h = fusedResidual(in)
-			} else if r.normFolded(in, l, qkvProjs, r.groupOuts[:3]) {
+			} else if r.normFolded(in, l, qkvProjs, r.groupOuts[:3]) || r.normKeptRouted(in, l, qkvProjs, r.groupOuts[:3]) {
 				x, h = fusedResidual(in)
 			} else {
 				if l == 0 {
@@ -383,8 +385,8 @@ func (r *Runner) layers(s *Step, adapters []*Adapter) {
 			if normed {
 				r.addBiases(l, gateUpProjs, r.groupOuts[:2])
 				x, h = fusedResidual(in)
-			} else if normed = r.normFolded(in, l, gateUpProjs, r.groupOuts[:2]); normed {
-				x, h = fusedResidual(in) // the folded call added the biases and the LoRA deltas too
+			} else if normed = r.normFolded(in, l, gateUpProjs, r.groupOuts[:2]) || r.normKeptRouted(in, l, gateUpProjs, r.groupOuts[:2]); normed {
+				x, h = fusedResidual(in) // the folded or routed call added the biases and the LoRA deltas too
 			} else {
 				b.AddRMSNorm(x, o, h, L.MLPNorm, r.eps)
 			}
@@ -486,10 +488,11 @@ func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
 		return
 	}
 	r.gatedProducts(in, l, ps, outs, r.groupWeights(l, ps))
-	if r.routing.seqs > 0 && r.routeShared(in, l, ps, outs) {
+	if r.routing.seqs > 0 {
+		r.routedAfter(in, l, ps, outs)
 		return
 	}
-	if r.grouper == nil || r.routing.seqs > 0 {
+	if r.grouper == nil {
 		for i, p := range ps {
 			r.projAfter(outs[i], in, l, p)
 		}
@@ -509,6 +512,39 @@ func (r *Runner) projShared(in Tensor, l int, ps []Proj, outs []Tensor) {
 			r.B.LoRA(outs[i], in, segs[i])
 		}
 	}
+}
+
+// routedAfter adds the biases and the LoRA deltas, plain and routed, of the projections ps
+// (which read in) to their products outs in a routed step: in one DeviceGroupRouter call where
+// routeShared takes them, else per projection.
+func (r *Runner) routedAfter(in Tensor, l int, ps []Proj, outs []Tensor) {
+	if r.routeShared(in, l, ps, outs) {
+		return
+	}
+	for i, p := range ps {
+		r.projAfter(outs[i], in, l, p)
+	}
+}
+
+// normKeptRouted is projShared of a routed step on in's normed rows with the RMSNorm folded
+// into the products' call (NormKeeper, under NormFuser's contract: the caller moves the residual
+// with fusedResidual): the base products with their gates beside them (withGates), then the
+// biases and the deltas read from the normed rows the backend kept. False, nothing done, where
+// the backend declines (CUDA: few-row steps, which routedFolded takes).
+func (r *Runner) normKeptRouted(in NormedInput, l int, ps []Proj, outs []Tensor) bool {
+	if r.keeper == nil || r.routing.seqs == 0 {
+		return false
+	}
+	all, ws := r.withGates(in.X, l, ps, outs, r.groupWeights(l, ps))
+	h, ok := r.keeper.NormKeptMatMulShared(all, in, ws)
+	if !ok {
+		for _, p := range ps {
+			r.routing.pre[p] = Tensor{} // projShared makes the gates' products again
+		}
+		return false
+	}
+	r.routedAfter(h, l, ps, outs)
+	return true
 }
 
 // groupWeights returns layer l's weights of the projections ps (in r.groupWs: steps allocate nothing).

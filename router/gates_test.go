@@ -15,12 +15,13 @@ import (
 // storage) it makes inside MatMulShared calls, inside SiLUMulMatMul calls and alone through
 // MatMul; with decline set it refuses every MatMulShared call, so the runner makes each product
 // alone; with silu set it makes SwiGLU and the products reading it in one call (as CUDA's
-// SiLUMulMatMuler, from the CPU's ops), else it declines those.
+// SiLUMulMatMuler, from the CPU's ops), and with keep the norm and the products reading it
+// (NormKeeper), else it declines those.
 type gateCounter struct {
 	*cpu.Backend
-	decline, silu           bool
-	gates                   map[storage]bool
-	shared, alone, withSiLU int
+	decline, silu, keep           bool
+	gates                         map[storage]bool
+	shared, alone, withSiLU, kept int
 }
 
 type storage struct {
@@ -63,14 +64,41 @@ func (g *gateCounter) SiLUMulMatMul(outs []model.Tensor, act, gate, up model.Ten
 	return true
 }
 
+func (g *gateCounter) NormKeptMatMulShared(outs []model.Tensor, in model.NormedInput, ws []model.Tensor) (model.Tensor, bool) {
+	if !g.keep {
+		return model.Tensor{}, false
+	}
+	h := g.Alloc(in.X.Rows, in.X.Cols)
+	if in.Delta.Rows == 0 {
+		g.RMSNorm(h, in.X, in.Weight, in.Eps)
+	} else {
+		x := make([]float32, in.X.Rows*in.X.Cols)
+		if err := g.Read(in.X, x); err != nil {
+			panic(err)
+		}
+		if err := g.Write(in.Next, x); err != nil {
+			panic(err)
+		}
+		g.AddRMSNorm(in.Next, in.Delta, h, in.Weight, in.Eps)
+	}
+	for i, w := range ws {
+		if g.gates[storageOf(w)] {
+			g.kept++
+		}
+		g.Backend.MatMul(outs[i], h, w)
+	}
+	return h, true
+}
+
 // A routed step computes each routed projection's gate logits in the call that makes the base
 // products of the projections sharing its input (q/k/v, gate/up, o, down: no gate GEMM of its
 // own) when one router serves every routed row of the step, and the run against the reference
 // is that of a backend that makes every product alone to the last bit of its worst
 // differences; where the backend makes SwiGLU and the down product in one call
-// (SiLUMulMatMuler), the down gate's logits ride that call, to the same last bit; when routers
-// differ within a step, each group of rows keeps its own gate GEMM. All pass the PyTorch
-// reference's router cases.
+// (SiLUMulMatMuler), the down gate's logits ride that call, and where it folds the norm into
+// the products and keeps the normed rows for the router shrinks (NormKeeper), q/k/v's and
+// gate/up's ride that one, each to the same last bit; when routers differ within a step, each
+// group of rows keeps its own gate GEMM. All pass the PyTorch reference's router cases.
 func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 	const name = "llama"
 	rfx, err := fixture.LoadRouters(name)
@@ -88,8 +116,8 @@ func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 	if len(one) == len(mixed) {
 		t.Fatalf("all %d router cases use one router: the mixed run would test nothing", len(mixed))
 	}
-	run := func(cases []fixture.Case, decline, silu bool) (fixture.Result, *gateCounter) {
-		g := &gateCounter{Backend: cpu.New(2), decline: decline, silu: silu, gates: map[storage]bool{}}
+	run := func(cases []fixture.Case, decline, silu, keep bool) (fixture.Result, *gateCounter) {
+		g := &gateCounter{Backend: cpu.New(2), decline: decline, silu: silu, keep: keep, gates: map[storage]bool{}}
 		t.Cleanup(g.Close)
 		fx, cfg, h := fixture.Open(t, name, g)
 		adapters := fixtureadapters.Upload(t, name, cfg, g)
@@ -114,8 +142,8 @@ func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 		}
 		return res, g
 	}
-	got, sharing := run(one, false, false)
-	want, alone := run(one, true, false)
+	got, sharing := run(one, false, false, false)
+	want, alone := run(one, true, false, false)
 	if got != want {
 		t.Fatalf("gate logits beside the base products: %+v; each product alone: %+v", got, want)
 	}
@@ -123,7 +151,7 @@ func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 		t.Fatalf("one router: %d gate products in shared calls, %d alone (want all shared); declining backend: %d alone",
 			sharing.shared, sharing.alone, alone.alone)
 	}
-	withSwiGLU, silu := run(one, false, true)
+	withSwiGLU, silu := run(one, false, true, false)
 	if withSwiGLU != want {
 		t.Fatalf("down gates beside SwiGLU's products: %+v; each product alone: %+v", withSwiGLU, want)
 	}
@@ -131,7 +159,15 @@ func TestRoutedGatesRideOnTheBaseProducts(t *testing.T) {
 		t.Fatalf("one router with SwiGLU's products: %d gate products in its calls, %d in shared calls, %d alone; %d without",
 			silu.withSiLU, silu.shared, silu.alone, sharing.shared)
 	}
-	_, mix := run(mixed, false, false)
+	withNorms, keeping := run(one, false, true, true)
+	if withNorms != want {
+		t.Fatalf("gates beside the kept norms' products: %+v; each product alone: %+v", withNorms, want)
+	}
+	if keeping.alone != 0 || keeping.kept == 0 || keeping.withSiLU == 0 || keeping.shared+keeping.kept+keeping.withSiLU != sharing.shared {
+		t.Fatalf("one router with the norms kept: %d gate products in their calls, %d in SwiGLU's, %d in shared calls, %d alone; %d without",
+			keeping.kept, keeping.withSiLU, keeping.shared, keeping.alone, sharing.shared)
+	}
+	_, mix := run(mixed, false, false, false)
 	if mix.alone == 0 {
 		t.Fatalf("routers differing within steps: no gate GEMM of its own (%d shared)", mix.shared)
 	}
