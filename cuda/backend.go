@@ -192,7 +192,7 @@ func New(device int) (*Backend, error) {
 	b.routedFused = envSwitch("LORAPLEX_ROUTED_FUSED", routedFusedDefault)
 	b.routedGroup = envSwitch("LORAPLEX_ROUTED_GROUP", routedGroupDefault)
 	b.routedEM, b.routedEMMin = envSwitch("LORAPLEX_ROUTED_EXPERT_MAJOR", routedEMDefault), routedEMMinDefault
-	b.routedRows, b.routedRowsMin = envSwitch("LORAPLEX_ROUTED_ROWS", routedRowsDefault), b.routedRowsMinDefault()
+	b.routedRows, b.routedRowsMin = routedRowsFromEnv(routedRowsDefault, b.routedRowsMinDefault())
 	b.routedFold = envSwitch("LORAPLEX_ROUTED_FOLD", routedFoldDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)

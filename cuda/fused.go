@@ -49,7 +49,7 @@ import (
 //	LORAPLEX_GATES_BATCHED=on|off  a routed layer's gates of one input (q/k/v's, gate/up's) in one strided-batched cuBLAS call (ops.go)
 //	LORAPLEX_ROUTED_EXPERT_MAJOR=on|off  routed calls of >= 2 choices an expert: a plan, then blocks of <= 4 choices of one pass and expert (route.go)
 //	LORAPLEX_ROUTE_STAGED=on|off   routing blocks read their row's gate logits and experts from shared memory (kernels/route_row.cuh, route.go)
-//	LORAPLEX_ROUTED_ROWS=on|off    routed calls of > SMs/2 (row, member) pairs: one routing shrink block a row and member, one split (kernels/lora.cu, route.go)
+//	LORAPLEX_ROUTED_ROWS=on|off|N  routed calls of > SMs/2 (or >= N) (row, member) pairs: one routing shrink block a row and member, one split (kernels/lora.cu, route.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
 // compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,

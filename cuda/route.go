@@ -8,7 +8,9 @@ import "C"
 import (
 	"cmp"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"unsafe"
 
@@ -430,6 +432,17 @@ const routedRowsDefault = false
 // launch runs 2-3 waves; o and down (64) keep the split launch, one wave of it, whose splits
 // then spread one row's shrink over several SMs.
 func (b *Backend) routedRowsMinDefault() int { return max(b.sms/2+1, 1) }
+
+// routedRowsFromEnv reads LORAPLEX_ROUTED_ROWS: on or off with the default rule, or a number N,
+// on for calls of at least N (row, member) pairs (1: every call, o's and down's at batch 64 too),
+// so one benchmark run can compare rules.
+func routedRowsFromEnv(def bool, min int) (bool, int) {
+	v := os.Getenv("LORAPLEX_ROUTED_ROWS")
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		return true, n
+	}
+	return envSwitch("LORAPLEX_ROUTED_ROWS", def), min
+}
 
 // routedRowsTakes reports whether a routed call of n rows over members members takes the
 // routing shrink by rows: the switch is on, the mode is not deterministic (whose routed kernel is
