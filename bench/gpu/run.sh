@@ -45,7 +45,8 @@
 #                build (logs/tests.txt; their compile ~60 s on a cold Go cache, then their run)
 # Without llama.cpp ~235 s (+~30 s per AB run, with its prefix-cache pass); with its benchmarks ~280 s, plus the wait for its build.
 # Knobs (env): BUDGET_S=530, SKIP="stage,stage", ARCH=90, AB="NAME=V NAME=V,NAME=V" (one run per word, commas join switches;
-#   unset: none), TESTS='TestA|TestB' (unset: no tests stage), SWITCHES='A=on,B=on' (set after the tests pass), AB_PREFIX=1 (0: A/B runs leave bench/prefixcache out), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
+#   unset: none), TESTS='TestA|TestB' (unset: no tests stage), SWITCHES='A=on,B=on' (set after the tests pass), AB_PREFIX=1 (0: A/B runs leave bench/prefixcache out),
+#   AB_STAGES=router (the bench/gpu stages each A/B run measures; unset: all of them), LP_CPUS / CONVERT_CPUS / BUILD_CPUS (taskset lists; default 0-3 / 4 / 5..N-1 on
 #   machines of 12+ cores), LLAMACPP_REPS=3, COLDLOAD_TRIALS=10, EXPORT=DIR: after every stage the
 #   results file so far and gpu-run.tgz (OUT whole: logs, every stage's output) are copied into DIR
 #   (three files: the device tool brings back at most 8 from its $OUT, so OUT itself goes elsewhere).
@@ -196,7 +197,7 @@ if [ $ok_build = 1 ]; then
     label=$(printf '%s' "$assign" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-9' '-' | sed 's/^loraplex-//')
     # shellcheck disable=SC2086 # a word may set several switches at once: A=on,B=context
     stage "ab-$label" 60 env ${assign//,/ } taskset -c "$LP_CPUS" "$bin/gpubench" -shape 8b -out "$out/ab-$label.json" \
-      -stages decode,longctx,adapters16,adapters8qv,router,deterministic,prefill -sweep 1,64 -contexts 4096,32768 -prefill-tokens 2048,8192 -prefill-cuda-cores ''
+      -stages "${AB_STAGES:-decode,longctx,adapters16,adapters8qv,router,deterministic,prefill}" -sweep 1,64 -contexts 4096,32768 -prefill-tokens 2048,8192 -prefill-cuda-cores ''
     # The report reads prefixcache-ab-LABEL.json beside ab-LABEL.json (not ab-*: that is bench/gpu's).
     # shellcheck disable=SC2086 # the same switches as above
     [ "${AB_PREFIX:-1}" = 0 ] ||
