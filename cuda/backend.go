@@ -63,6 +63,9 @@ type Backend struct {
 	routedRows            bool    // the routing shrink by rows (route.go: LORAPLEX_ROUTED_ROWS, SetRoutedRows)
 	routedRowsMin         int     // (row, member) pairs a call must have to take it (routedRowsTakes)
 	routedRowCalls        int     // calls it took (RoutedRowsCount)
+	routeFirst            bool    // RouteLoRA routes first, then the wide routed shrink (route.go: LORAPLEX_ROUTE_FIRST, SetRouteFirst)
+	routeFirstMin         int     // rows a call must have to take it
+	routeFirsts           int     // calls it took (RouteFirstCount)
 	emPlan                uintptr // the expert-major launches' plan (device ints, grown by reserve)
 	emPlanCap             int
 	emOuts, emLogits      [1]model.Tensor      // RouteLoRA's one member for RouteLoRAGroup (no allocation per call)
@@ -193,6 +196,7 @@ func New(device int) (*Backend, error) {
 	b.routedGroup = envSwitch("LORAPLEX_ROUTED_GROUP", routedGroupDefault)
 	b.routedEM, b.routedEMMin = envSwitch("LORAPLEX_ROUTED_EXPERT_MAJOR", routedEMDefault), routedEMMinDefault
 	b.routedRows, b.routedRowsMin = routedRowsFromEnv(routedRowsDefault, b.routedRowsMinDefault())
+	b.routeFirst, b.routeFirstMin = envSwitch("LORAPLEX_ROUTE_FIRST", routeFirstDefault), routeFirstMinDefault
 	b.routedFold = envSwitch("LORAPLEX_ROUTED_FOLD", routedFoldDefault)
 	b.prefillSplit = envSwitch("LORAPLEX_PREFILL_SPLIT", prefillSplitDefault)
 	b.prefillWide = envSwitch("LORAPLEX_PREFILL_WIDE", prefillWideDefault)

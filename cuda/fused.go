@@ -50,6 +50,7 @@ import (
 //	LORAPLEX_ROUTED_EXPERT_MAJOR=on|off  routed calls of >= 2 choices an expert: a plan, then blocks of <= 4 choices of one pass and expert (route.go)
 //	LORAPLEX_ROUTE_STAGED=on|off   routing blocks read their row's gate logits and experts from shared memory (kernels/route_row.cuh, route.go)
 //	LORAPLEX_ROUTED_ROWS=on|off|N  routed calls of > SMs/2 (or >= N) (row, member) pairs: one routing shrink block a row and member, one split (kernels/lora.cu, route.go)
+//	LORAPLEX_ROUTE_FIRST=on|off    one projection's routed calls of >= 64 rows: the route kernel, then the wide routed shrink (route.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
 // compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,

@@ -174,7 +174,7 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	if trace.Rows > 0 {
 		tr = ptr(trace)
 	}
-	if splits > 0 && b.routedFused && tab.maxRank > 0 {
+	if splits > 0 && b.routedFused && tab.maxRank > 0 && !b.routeFirstTakes(n) {
 		// The routing shrink routes each row itself and writes its segments and trace.
 		b.ok("route + lora (routed wide)", C.s_route_lora_wide(ptr(logits), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
 			C.int(passes), C.int(start), C.int(tab.maxRank), C.uintptr_t(tab.ptr), tr, C.int(trace.Cols), C.int(layer), ptr(out), ptr(x),
@@ -432,6 +432,42 @@ const routedRowsDefault = false
 // launch runs 2-3 waves; o and down (64) keep the split launch, one wave of it, whose splits
 // then spread one row's shrink over several SMs.
 func (b *Backend) routedRowsMinDefault() int { return max(b.sms/2+1, 1) }
+
+// SetRouteFirst turns LORAPLEX_ROUTE_FIRST on or off for the following steps: RouteLoRA's calls
+// of at least minRows rows (below 0: the default, 64) route their rows in the route kernel and
+// then run the wide routed shrink (lp_lora_routed_wide, the LORAPLEX_ROUTED_FUSED=off launches)
+// instead of the routing shrink, whose every (row, choice, split) block routes its row again
+// (kernels/lora.cu). Recorded graphs hold the other launches, so they are dropped.
+func (b *Backend) SetRouteFirst(on bool, minRows int) {
+	if minRows < 0 {
+		minRows = routeFirstMinDefault
+	}
+	setSwitch(b, &b.routeFirstMin, minRows)
+	setSwitch(b, &b.routeFirst, on)
+}
+
+// RouteFirstCount is the number of RouteLoRA calls LORAPLEX_ROUTE_FIRST has taken (for tests).
+func (b *Backend) RouteFirstCount() int { return b.routeFirsts }
+
+// routeFirstDefault: off until a GPU run has measured it; its launches are the wide routed
+// path's (TestRouteLoRAMatchesHost's "wide" side). Written without a GPU from
+// goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step, where o's and down's
+// routing shrinks (one member each, 512 and 1,792 blocks) took 12.9 and 25 us against 5.6 and
+// 9.9 us for the plain shrinks of 64 adapters. routeFirstMinDefault: a decode batch of 64.
+const (
+	routeFirstDefault    = false
+	routeFirstMinDefault = 64
+)
+
+// routeFirstTakes reports whether a RouteLoRA call of n rows routes first (SetRouteFirst), a
+// function of the row count and the switches as the step key needs.
+func (b *Backend) routeFirstTakes(n int) bool {
+	if b.routeFirst && n >= b.routeFirstMin {
+		b.routeFirsts++
+		return true
+	}
+	return false
+}
 
 // routedRowsFromEnv reads LORAPLEX_ROUTED_ROWS: on or off with the default rule, or a number N,
 // on for calls of at least N (row, member) pairs (1: every call, o's and down's at batch 64 too),

@@ -46,30 +46,37 @@ func TestRouteLoRAMatchesHost(t *testing.T) {
 
 // routedSides runs f on each of b's routed kernels: the plain ones, the wide ones
 // (LORAPLEX_ROUTED_WIDE), the wide ones that route in their shrink (LORAPLEX_ROUTED_FUSED), and
-// with those the expert-major launches and the routing shrink by rows (LORAPLEX_ROUTED_ROWS),
-// each taking every call; and leaves b on the plain ones.
+// with those the expert-major launches, the routing shrink by rows (LORAPLEX_ROUTED_ROWS) and
+// the route kernel before the wide shrink (LORAPLEX_ROUTE_FIRST), each taking every call it
+// may; and leaves b on the plain ones.
 func routedSides(t *testing.T, b *cuda.Backend, f func(t *testing.T)) {
 	for _, side := range []struct {
-		name                  string
-		wide, fused, em, rows bool
-	}{{"plain", false, false, false, false}, {"wide", true, false, false, false}, {"fused", true, true, false, false},
-		{"expert-major", true, true, true, false}, {"by rows", true, true, false, true}} {
+		name                         string
+		wide, fused, em, rows, first bool
+	}{{"plain", false, false, false, false, false}, {"wide", true, false, false, false, false}, {"fused", true, true, false, false, false},
+		{"expert-major", true, true, true, false, false}, {"by rows", true, true, false, true, false},
+		{"route first", true, true, false, false, true}} {
 		t.Run(side.name, func(t *testing.T) {
 			b.SetRoutedWide(side.wide)
 			b.SetRoutedFused(side.fused)
 			b.SetRoutedExpertMajor(side.em, 0) // every call, however few its rows
 			b.SetRoutedRows(side.rows, 0)
-			em, rows := b.RoutedExpertMajorCount(), b.RoutedRowsCount()
+			b.SetRouteFirst(side.first, 0)
+			em, rows, first := b.RoutedExpertMajorCount(), b.RoutedRowsCount(), b.RouteFirstCount()
 			defer b.SetRoutedWide(false)
 			defer b.SetRoutedFused(false)
 			defer b.SetRoutedExpertMajor(false, -1)
 			defer b.SetRoutedRows(false, -1)
+			defer b.SetRouteFirst(false, -1)
 			f(t)
 			if side.em && b.RoutedExpertMajorCount() == em {
 				t.Error("no routed call took the expert-major launches")
 			}
 			if side.rows && b.RoutedRowsCount() == rows {
 				t.Error("no routed call took the routing shrink by rows")
+			}
+			if side.first && b.RouteFirstCount() == first {
+				t.Error("no routed call routed first")
 			}
 		})
 	}
