@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/loraplex/loraplex/model"
@@ -89,6 +90,9 @@ func TestGatesBatched(t *testing.T) {
 					for i, gi := range c.gates {
 						outs, ws = append(outs, view(c.views[i])), append(ws, gates[gi].T)
 					}
+					if err := g.Write(baseOut, nanFloats(n*512)); err != nil {
+						t.Fatal(err)
+					}
 					took := g.BatchedProducts()
 					if !g.MatMulShared(outs, x, ws) {
 						t.Fatalf("%s: MatMulShared declined %d rows", c.name, n)
@@ -99,6 +103,23 @@ func TestGatesBatched(t *testing.T) {
 					}
 					if got := g.BatchedProducts() - took; got != want {
 						t.Fatalf("%s (switch %v): batched calls took %d products, want %d", c.name, on, got, want)
+					}
+					// The base product is MatMul's to the bit; views no product writes stay NaN.
+					baseAlone := g.Alloc(n, 512)
+					g.MatMul(baseAlone, x, base)
+					if a, bo := read(t, g, baseAlone), read(t, g, baseOut); !slices.EqualFunc(a, bo, func(p, q float32) bool { return math.Float32bits(p) == math.Float32bits(q) }) {
+						t.Fatalf("%s (switch %v): the base product differs from MatMul's", c.name, on)
+					}
+					g.Free(baseAlone)
+					for v := 0; v < 5; v++ {
+						if slices.Contains(c.views, v) {
+							continue
+						}
+						for j, e := range read(t, g, view(v)) {
+							if !math.IsNaN(float64(e)) {
+								t.Fatalf("%s (switch %v): view %d, which no product writes, holds %v at %d", c.name, on, v, e, j)
+							}
+						}
 					}
 					for i, gi := range c.gates {
 						alone := g.Alloc(n, experts)
@@ -155,10 +176,9 @@ func TestGatesBatchedRouted(t *testing.T) {
 }
 
 // The routing shrink by rows (LORAPLEX_ROUTED_ROWS) routes the router fixtures as host routing
-// does (identical traces) with the grouped routed launches, every call taking it, and routed
-// decode steps still record and replay as CUDA graphs with it on at its default rule.
+// does (identical traces) with the grouped routed launches, every call taking it.
+// (TestKeptRoutedReplaysCUDA records and replays routed decode steps with it.)
 func TestRoutedRowsFixtures(t *testing.T) {
-	t.Setenv("LORAPLEX_ROUTED_ROWS", "on")
 	b := newGPU(t)
 	b.SetRoutedRows(true, 0)
 	took := b.RoutedRowsCount()
@@ -167,8 +187,6 @@ func TestRoutedRowsFixtures(t *testing.T) {
 	if b.RoutedRowsCount() == took {
 		t.Fatal("no routed call of the fixtures took the routing shrink by rows")
 	}
-	t.Run("replays", TestRoutedDecodeReplaysCUDA)
-	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
 }
 
 // With LORAPLEX_ROUTED_BF16 (the routed steps' norms kept beside their products, SwiGLU feeding

@@ -85,11 +85,12 @@ func (b *Backend) SkinnyProducts() int { return b.skinnyProducts }
 
 // gateRun returns how many of the products ws (into outs) from the first on one strided-batched
 // call takes when LORAPLEX_GATES_BATCHED is on: the longest run of products of one shape, at
-// most LP_SKINNY_MAX_COLS outputs at most LP_SKINNY_MAX_ROWS rows (gates at a decode batch, not
-// base products), each weight starting where the previous one ends (router.UploadGates lays a
-// layer's gates out so) and each output the same distance past the previous one (the runner's
-// gate logits are views of one buffer); 1 where nothing is batched. A function of the step's
-// rows and of addresses fixed while a router is loaded (recordings hold them anyway).
+// most LP_SKINNY_MAX_COLS outputs at most LP_SKINNY_MAX_ROWS rows, whose weights are views of
+// one upload, each starting where the previous one ends (router.UploadGates lays a layer's
+// gates out so; base weights are uploads of their own, so they never form a run), and whose
+// outputs are views of one allocation, each the same distance past the previous one (the
+// runner's gate logits); 1 where nothing is batched. A function of the step's rows and of
+// addresses fixed while a router is loaded (recordings hold them anyway).
 func (b *Backend) gateRun(outs, ws []model.Tensor) int {
 	w0, o0 := ws[0], outs[0]
 	if !b.gatesBatched || w0.Rows > int(C.LP_SKINNY_MAX_COLS) || o0.Rows > int(C.LP_SKINNY_MAX_ROWS) {
@@ -99,7 +100,8 @@ func (b *Backend) gateRun(outs, ws []model.Tensor) int {
 	for j := 1; j < len(ws); j++ {
 		w, o := ws[j], outs[j]
 		prev, at := uintptr(ptr(outs[j-1])), uintptr(ptr(o))
-		if w.Rows != w0.Rows || w.Cols != w0.Cols || o.Rows != o0.Rows || uintptr(ptr(w)) != uintptr(ptr(ws[j-1]))+wSize ||
+		if w.Rows != w0.Rows || w.Cols != w0.Cols || o.Rows != o0.Rows || w.Buf != w0.Buf || o.Buf != o0.Buf ||
+			uintptr(ptr(w)) != uintptr(ptr(ws[j-1]))+wSize ||
 			at < prev+uintptr(4*o.Rows*o.Cols) || j > 1 && at-prev != step {
 			break
 		}

@@ -396,6 +396,8 @@ func groupCase(t *testing.T, p pair, r *rand.Rand, ranks []int, ci int, group []
 			_, trA := p.tensor(t, total, layers, sentinel)
 			_, trG := p.tensor(t, total, layers, sentinel)
 			const traced = 1
+			// Each member alone on the split launch, so the rows launch is held to another kernel.
+			p.g.SetRoutedRows(false, -1)
 			for m := range group {
 				tr := model.Tensor{}
 				if m == traced {
@@ -403,6 +405,7 @@ func groupCase(t *testing.T, p pair, r *rand.Rand, ranks []int, ci int, group []
 				}
 				p.g.RouteLoRA(alone[m], xg, lgs[m], start, n, rps[m], tr, layer)
 			}
+			p.g.SetRoutedRows(byRows, 0)
 			p.g.SetRoutedGroup(false)
 			if p.g.RouteLoRAGroup(grouped, xg, lgs, start, n, rps, trG, traced, layer) {
 				t.Fatal("the grouped routed call ran with its switch off")

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/loraplex/loraplex/cuda"
 	"github.com/loraplex/loraplex/internal/fixture"
 	"github.com/loraplex/loraplex/internal/fixtureadapters"
 	"github.com/loraplex/loraplex/model"
@@ -165,9 +166,24 @@ func TestMergedSegmentsCUDA(t *testing.T) {
 // plain, base and device-routed sequences decodes with keeping to the bit as without it (logits
 // and route traces), its replays keep, and when two plain sequences swap adapters mid-decode (the
 // same step key, so the same recording, with other tables) that step walks and copies its new
-// tables before the next ones keep them.
+// tables before the next ones keep them. The same with the routing shrink by rows
+// (LORAPLEX_ROUTED_ROWS) taking every routed call.
 func TestKeptRoutedReplaysCUDA(t *testing.T) {
 	b := newGPU(t)
+	for _, rows := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rows %v", rows), func(t *testing.T) {
+			b.SetRoutedRows(rows, 0)
+			defer b.SetRoutedRows(false, -1)
+			took := b.RoutedRowsCount()
+			keptRoutedReplays(t, b)
+			if rows && b.RoutedRowsCount() == took {
+				t.Fatal("no routed call took the routing shrink by rows")
+			}
+		})
+	}
+}
+
+func keptRoutedReplays(t *testing.T, b *cuda.Backend) {
 	const steps, swapAt = 12, 5
 	rb := newRoutedBatch(t, b, "llama")
 	x, y := fixture.Adapters[0], fixture.Adapters[1]

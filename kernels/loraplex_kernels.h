@@ -362,8 +362,9 @@ int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg
 // lora.cu, routing wide over a group (LORAPLEX_ROUTED_GROUP): lp_route_lora_wide for up to
 // LP_LORA_GROUP routed projections that read one x [.., in_dim] (q/k/v, gate/up), each with its
 // own routing ra[m] (over the same n rows), segment table segs[m] (n * ra[m].passes entries),
-// scratch[m] (splits * t_stride floats) and output out[m] [.., out_dim[m]], in one shrink and
-// one expand launch. The same segments and trace as one lp_route_lora_wide per member. rows
+// scratch[m] (splits * t_stride floats, at least n * passes * seg_stride) and output out[m]
+// [.., out_dim[m]], in one shrink and one expand launch. The same segments and trace as one
+// lp_route_lora_wide per member. rows
 // (LORAPLEX_ROUTED_ROWS; splits must be 1): one shrink block a row and member, which routes its
 // row once and shrinks every choice over the whole input (lora.cu says why).
 typedef struct {
