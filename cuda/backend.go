@@ -74,6 +74,7 @@ type Backend struct {
 	normGEMV              bool          // NormFuser's kernels run (fused.go: LORAPLEX_NORM_GEMV, SetNormGEMV)
 	swigluBF16            bool          // SiLUMulMatMul runs (fused.go: LORAPLEX_SWIGLU_BF16, SetSwiGLUBF16)
 	routedBF16            bool          // routed steps take SiLUMulMatMul too (fused.go: LORAPLEX_ROUTED_BF16, SetRoutedBF16)
+	routedBF16s           int           // its calls taken (RoutedBF16Count)
 	normBF16              bool          // NormMatMulShared takes cuBLAS-sized steps (fused.go: LORAPLEX_NORM_BF16, SetNormBF16)
 	normKeep              bool          // with normBF16, NormFoldedProducts takes adapted ones (lorafold.go: LORAPLEX_NORM_KEEP, SetNormKeep)
 	normKept              int           // normKeptProducts calls taken (NormKeptCount)

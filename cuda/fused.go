@@ -480,8 +480,9 @@ var _ model.SiLUMulMatMuler = (*Backend)(nil)
 // That saves the conversion pass over act (at a 2,048-row prefill step of the Llama-3-8B shape,
 // 117 MB read and 58 MB written a layer; at batch-64 decode, one launch a layer). The
 // activation and the rounding are the unfused kernels' arithmetic, so act and the products are
-// bitwise SiluMul's and MatMulShared's (TestSiLUMulMatMul). A routed step's call, with the down
-// gate's product beside the projection's, is taken with LORAPLEX_ROUTED_BF16 (routedBF16Default).
+// bitwise SiluMul's and MatMulShared's (TestSiLUMulMatMul). A routed step's call with the down
+// gate's product beside the projection's is taken with LORAPLEX_ROUTED_BF16 (routedBF16Default);
+// one whose down gate does not ride (routers differing within the step) is the plain call.
 // Few-row steps keep the GEMV path (fp32 x, nothing to convert) and deterministic mode its own
 // products: false.
 func (b *Backend) SiLUMulMatMul(outs []model.Tensor, act, gate, up model.Tensor, ws []model.Tensor) bool {
@@ -496,6 +497,9 @@ func (b *Backend) SiLUMulMatMul(outs []model.Tensor, act, gate, up model.Tensor,
 	n := act.Rows * act.Cols
 	if !b.launch() || !b.reserve(&b.xbf, &b.xbfCap, n, 2) {
 		return true
+	}
+	if len(ws) > 1 {
+		b.routedBF16s++
 	}
 	if b.ok("silu_mul_bf16", C.s_silu_mul_bf16(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.size_t(n), b.stream)) {
 		b.productsBF16(outs, act, ws)
@@ -512,6 +516,10 @@ func (b *Backend) SetSwiGLUBF16(on bool) {
 // SetRoutedBF16 turns the routed steps' SiLUMulMatMul calls (the down gate's product beside the
 // down projection's) on or off for the following steps; recorded graphs are dropped.
 func (b *Backend) SetRoutedBF16(on bool) { setSwitch(b, &b.routedBF16, on) }
+
+// RoutedBF16Count is the number of routed calls LORAPLEX_ROUTED_BF16 has taken: kept norms and
+// SwiGLU calls with the down gate beside (for tests).
+func (b *Backend) RoutedBF16Count() int { return b.routedBF16s }
 
 // routedBF16Default: off until a GPU run has tested and measured it. Written without a GPU from
 // goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step: its SwiGLU was silu_mul

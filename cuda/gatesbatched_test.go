@@ -197,7 +197,12 @@ func TestRoutedBF16Fixtures(t *testing.T) {
 	t.Setenv("LORAPLEX_GATES_BATCHED", "on")
 	b := newGPU(t)
 	b.SetRoutedExpertMajor(false, -1)
+	bf16, batched := b.RoutedBF16Count(), b.BatchedProducts()
 	deviceRoutingMatchesHost(t, b, true)
+	if b.RoutedBF16Count() == bf16 || b.BatchedProducts() == batched {
+		t.Fatalf("the routed fixtures took %d kept norms or SwiGLU calls with the down gate and batched %d gate products",
+			b.RoutedBF16Count()-bf16, b.BatchedProducts()-batched)
+	}
 	t.Run("replays", TestRoutedDecodeReplaysCUDA)
 	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
 }

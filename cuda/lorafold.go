@@ -195,6 +195,7 @@ func (b *Backend) NormKeptMatMulShared(outs []model.Tensor, in model.NormedInput
 	}
 	checkNorm("NormKeptMatMulShared", in)
 	n := x.Rows * x.Cols
+	b.routedBF16s++
 	// As normKeptProducts: a buffer too small grows only in a direct step (a recording that needs
 	// it is abandoned and rerun directly), and a replay launches nothing.
 	if b.reserve(&b.xbf, &b.xbfCap, n, 2) && b.reserve(&b.kept, &b.keptCap, n, 4) && b.launch() && b.keptNorm(in) {

@@ -365,8 +365,11 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 		return true
 	}
 	what := "route + lora (routed group)"
-	if em {
+	switch {
+	case em:
 		what = "route + lora (expert-major)"
+	case rows:
+		what = "route + lora (routed rows)"
 	}
 	b.ok(what, C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
@@ -454,6 +457,9 @@ func (b *Backend) RouteFirstCount() int { return b.routeFirsts }
 // goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step, where o's and down's
 // routing shrinks (one member each, 512 and 1,792 blocks) took 12.9 and 25 us against 5.6 and
 // 9.9 us for the plain shrinks of 64 adapters. routeFirstMinDefault: a decode batch of 64.
+// Precedence: a call the expert-major or the rows launches take (RouteLoRA sends it to
+// routeGroup) never reaches this rule; at the rows rule's default that leaves one projection's
+// calls of 64 to SMs/2 rows here.
 const (
 	routeFirstDefault    = false
 	routeFirstMinDefault = 64

@@ -309,8 +309,9 @@ type NormFuser interface {
 // norm kernel writes the products' bf16 input and h in fp32). NormKeptMatMulShared is
 // NormMatMulShared(outs, in, ws) under NormFuser's contract (the new residual in in.Next) that
 // also returns h, in's normed rows in fp32, in a buffer of the backend's that stays valid until
-// its next NormKeeper or LoRAFolder call, and true; or it does nothing and returns false. The
-// answer may depend only on what the StepRecorder key fixes.
+// its next call of a fusion that keeps normed rows (NormKeeper, LoRAFolder, LoRASwiGLUer,
+// LoRARoPEer), and true; or it does nothing and returns false. The answer may depend only on
+// what the StepRecorder key fixes.
 type NormKeeper interface {
 	NormKeptMatMulShared(outs []Tensor, in NormedInput, ws []Tensor) (h Tensor, ok bool)
 }

@@ -530,7 +530,8 @@ func (r *Runner) routedAfter(in Tensor, l int, ps []Proj, outs []Tensor) {
 // into the products' call (NormKeeper, under NormFuser's contract: the caller moves the residual
 // with fusedResidual): the base products with their gates beside them (withGates), then the
 // biases and the deltas read from the normed rows the backend kept. False, nothing done, where
-// the backend declines (CUDA: few-row steps, which routedFolded takes).
+// the backend declines. It is tried before projShared's routedFolded: a backend that offers both
+// must decline one of them for a step (CUDA: this takes cuBLAS-sized steps, the fold few-row ones).
 func (r *Runner) normKeptRouted(in NormedInput, l int, ps []Proj, outs []Tensor) bool {
 	if r.keeper == nil || r.routing.seqs == 0 {
 		return false

@@ -22,6 +22,7 @@ type gateCounter struct {
 	decline, silu, keep           bool
 	gates                         map[storage]bool
 	shared, alone, withSiLU, kept int
+	h                             model.Tensor // the normed rows NormKeptMatMulShared last kept
 }
 
 type storage struct {
@@ -68,7 +69,11 @@ func (g *gateCounter) NormKeptMatMulShared(outs []model.Tensor, in model.NormedI
 	if !g.keep {
 		return model.Tensor{}, false
 	}
+	if g.h.Rows > 0 {
+		g.Free(g.h) // valid until this next call, as NormKeeper says
+	}
 	h := g.Alloc(in.X.Rows, in.X.Cols)
+	g.h = h
 	if in.Delta.Rows == 0 {
 		g.RMSNorm(h, in.X, in.Weight, in.Eps)
 	} else {
