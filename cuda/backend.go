@@ -141,6 +141,10 @@ type Backend struct {
 	gatesBatched      bool   // MatMulShared batches gates laid out one after another (ops.go: LORAPLEX_GATES_BATCHED, SetGatesBatched)
 	batchedProducts   int    // products its batched calls took (BatchedProducts)
 	routeStaged       bool   // routing blocks read their row's logits from shared memory (route.go: LORAPLEX_ROUTE_STAGED)
+	forkRows          int    // products calls of at most this many rows fork onto the lanes; 0 off (fork.go: LORAPLEX_PRODUCTS_FORK, SetProductsFork)
+	lanes             []lane // the fork's side lanes, made when it is first turned on
+	forkEvent         C.uintptr_t
+	forked            int // products issued on the side lanes (ForkedProducts)
 
 	// Host time of replayed steps (graph.go, ReplayHostTime): from Prepare, once the stream is
 	// idle, to the graph's launch.
@@ -156,7 +160,6 @@ type Backend struct {
 	graphs    map[string]*graphEntry
 	replaying *graphEntry
 	useCount  uint64
-	workspace uintptr
 	// gemvRows: products with at most this many rows use the GEMV kernel (<= LP_GEMV_MAX_ROWS); see MatMul.
 	gemvRows int
 	// batchInvariant: deterministic mode (deterministic.go).
@@ -235,19 +238,12 @@ func New(device int) (*Backend, error) {
 	if err := cudaError("stream", C.s_stream_create(&b.stream)); err != nil {
 		return nil, err
 	}
-	if err := cudaError("cublas", C.s_cublas_create(&b.blas, b.stream)); err != nil {
+	if b.blas, err = b.newBlas(b.stream); err != nil {
 		return nil, err
 	}
-	// cuBLAS gets a fixed workspace so that GEMMs can be recorded into graphs.
-	const workspaceBytes = 32 << 20
-	ws, err := b.malloc(workspaceBytes)
-	if err != nil {
+	if err := b.SetProductsFork(forkFromEnv()); err != nil {
 		return nil, err
 	}
-	if err := cudaError("cublas workspace", C.lp_cublas_set_workspace(C.P_void(b.blas), C.P_void(C.uintptr_t(ws)), workspaceBytes)); err != nil {
-		return nil, err
-	}
-	b.workspace = ws
 	b.name = fmt.Sprintf("cuda:%d %s", device, info)
 	return b, nil
 }

@@ -51,6 +51,7 @@ import (
 //	LORAPLEX_ROUTE_STAGED=on|off   routing blocks read their row's gate logits and experts from shared memory (kernels/route_row.cuh, route.go)
 //	LORAPLEX_ROUTED_ROWS=on|off|N  routed calls of > SMs/2 (or >= N) (row, member) pairs: one routing shrink block a row and member, one split (kernels/lora.cu, route.go)
 //	LORAPLEX_ROUTE_FIRST=on|off    one projection's routed calls of >= 64 rows: the route kernel, then the wide routed shrink (route.go)
+//	LORAPLEX_PRODUCTS_FORK=on|off|N  products calls of <= 256 (or N) rows dealt to side streams, joined before the next op (fork.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
 // compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,
@@ -253,21 +254,24 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 // productsBF16 makes outs[i] = x · ws[i]ᵀ for every i from x as xToBF16 left it in xbf (or a
 // kernel that wrote it there): runs of gates laid out one after another as one strided-batched
 // call each (gateRun), the products the skinny kernel takes as one launch of parts after
-// cuBLAS's, the others as MatMul's cuBLAS call (productBF16).
+// cuBLAS's, the others as MatMul's cuBLAS call (productBF16). Every cuBLAS-sized step's products
+// of one input come here, so LORAPLEX_PRODUCTS_FORK deals them to its lanes in this one place
+// (fork.go); the skinny launch stays on the stream.
 func (b *Backend) productsBF16(outs []model.Tensor, x model.Tensor, ws []model.Tensor) {
 	a, skinny, end := &b.gemvArgs, 0, 0
 	a.wsrcs = [gemvPartsMax]C.uintptr_t{}
+	f := b.fork(x.Rows)
 	for i := 0; i < len(ws); i++ {
 		w := ws[i]
 		if run := b.gateRun(outs[i:], ws[i:]); run > 1 {
 			b.batchedProducts += run
-			b.ok("gemm batched", C.s_gemm_batched(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w),
+			b.ok("gemm batched", C.s_gemm_batched(f.next().blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w),
 				C.longlong(w.Rows*w.Cols), ptr(outs[i]), C.longlong((uintptr(ptr(outs[i+1]))-uintptr(ptr(outs[i])))/4), C.int(run)))
 			i += run - 1
 			continue
 		}
 		if skinny == gemvPartsMax || !b.skinnyTakes(x, w) {
-			b.productBF16(outs[i], x, w, 1, 0)
+			b.productOn(f.next(), outs[i], x, w, 1, 0)
 			continue
 		}
 		end += w.Rows
@@ -279,6 +283,7 @@ func (b *Backend) productsBF16(outs []model.Tensor, x model.Tensor, ws []model.T
 		b.ok("gemm skinny parts", C.s_gemm_skinny_parts(C.int(x.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), &a.ws[0], &a.ys[0], &a.ends[0],
 			C.int(skinny), b.stream))
 	}
+	f.join()
 }
 
 // RoPEStoreKV implements model.DecodeFuser: RoPE of q and k and the KV store in one launch, for
@@ -616,9 +621,7 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 		delta, next = ptr(in.Delta), ptr(in.Next)
 	}
 	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), 0, ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream)) {
-		for i, w := range ws {
-			b.productBF16(outs[i], x, w, 1, 0)
-		}
+		b.productsBF16(outs, x, ws)
 	}
 	return true
 }

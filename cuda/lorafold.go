@@ -159,9 +159,7 @@ func (b *Backend) normKeptProducts(outs []model.Tensor, in model.NormedInput, ws
 	b.normKept++
 	kept := model.Tensor{Rows: x.Rows, Cols: x.Cols, DType: model.F32, Buf: dev{b.kept}}
 	if b.launch() && b.keptNorm(in) {
-		for i, w := range ws {
-			b.productBF16(outs[i], x, w, 1, 0)
-		}
+		b.productsBF16(outs, x, ws)
 	}
 	for i, bias := range biases {
 		if bias.Rows > 0 {

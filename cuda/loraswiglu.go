@@ -64,8 +64,7 @@ func (b *Backend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor, in model
 	if !ok || !b.launch() || !b.keptNorm(in) {
 		return true
 	}
-	b.productBF16(gate, x, wGate, 1, 0)
-	b.productBF16(up, x, wUp, 1, 0)
+	b.productsBF16(products[:], x, ws[:])
 	if b.ok("lora swiglu", C.s_lora_swiglu(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.int(n), C.int(inter), C.uintptr_t(b.kept), table,
 		C.int(len(segs[0])), C.int(total), C.int(maxRows), C.int(maxRank), C.uintptr_t(b.loraTmp), C.int(hidden), C.int(splits), C.int(stride), b.stream)) {
 		b.productBF16(out, act, wDown, 1, 0)
@@ -126,9 +125,7 @@ func (b *Backend) NormQKVLoRARoPE(q, k, v model.Tensor, in model.NormedInput, ws
 	if !ok || !b.launch() || !b.keptNorm(in) {
 		return true
 	}
-	for i, w := range ws {
-		b.productBF16(outs[i], x, w, 1, 0)
-	}
+	b.productsBF16(outs[:], x, ws[:])
 	qEnd, kEnd := len(segs[0]), len(segs[0])+len(segs[1])
 	b.ok("lora rope_store_kv", C.s_lora_rope_store_kv(ptr(q), ptr(k), ptr(v), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
 		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(b.kv.HeadDim), C.uintptr_t(b.kept), seg,

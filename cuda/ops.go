@@ -61,12 +61,17 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 // on the skinny kernel (kernels/gemm_skinny.cu: one launch where cuBLAS takes a split-K kernel
 // and its reduce) when LORAPLEX_GEMM_SKINNY is on.
 func (b *Backend) productBF16(out, x, w model.Tensor, alpha, beta float32) {
+	b.productOn(b.mainQueue(), out, x, w, alpha, beta)
+}
+
+// productOn is productBF16 issued on queue q (a lane of the forked products, fork.go).
+func (b *Backend) productOn(q queue, out, x, w model.Tensor, alpha, beta float32) {
 	if alpha == 1 && beta == 0 && b.skinnyTakes(x, w) {
 		b.skinnyProducts++
-		b.ok("gemm skinny", C.s_gemm_skinny(ptr(out), C.uintptr_t(b.xbf), ptr(w), C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), b.stream))
+		b.ok("gemm skinny", C.s_gemm_skinny(ptr(out), C.uintptr_t(b.xbf), ptr(w), C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), q.stream))
 		return
 	}
-	b.ok("gemm", C.s_gemm(b.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
+	b.ok("gemm", C.s_gemm(q.blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w), ptr(out), C.float(alpha), C.float(beta)))
 }
 
 // skinnyTakes reports whether the skinny kernel computes x · wᵀ (a plain product, alpha 1 and

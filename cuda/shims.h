@@ -22,6 +22,9 @@ static inline int s_htod_pinned(uintptr_t dst, uintptr_t src, size_t n, uintptr_
 static inline int s_dtoh(void* dst, uintptr_t src, size_t n, uintptr_t s) { return lp_memcpy_dtoh(dst, P(const void*, src), n, P(lp_stream, s)); }
 static inline int s_stream_create(uintptr_t* s) { lp_stream q = 0; int e = lp_stream_create(&q); *s = (uintptr_t)q; return e; }
 static inline int s_stream_sync(uintptr_t s) { return lp_stream_sync(P(lp_stream, s)); }
+static inline int s_event_create(uintptr_t* e) { lp_event q = 0; int r = lp_event_create(&q); *e = (uintptr_t)q; return r; }
+static inline int s_event_record(uintptr_t e, uintptr_t s) { return lp_event_record(P(lp_event, e), P(lp_stream, s)); }
+static inline int s_stream_wait(uintptr_t s, uintptr_t e) { return lp_stream_wait(P(lp_stream, s), P(lp_event, e)); }
 static inline int s_cublas_create(uintptr_t* h, uintptr_t s) { void* q = 0; int e = lp_cublas_create(&q, P(lp_stream, s)); *h = (uintptr_t)q; return e; }
 static inline int s_gemm(uintptr_t h, int n, int m, int k, uintptr_t x, uintptr_t w, uintptr_t c, float alpha, float beta) {
 	return lp_gemm_bf16(P(void*, h), n, m, k, P(const uint16_t*, x), P(const uint16_t*, w), P(float*, c), alpha, beta);

@@ -47,6 +47,14 @@ int lp_memcpy_dtod(void* dst, const void* src, size_t bytes, lp_stream s);
 int lp_stream_create(lp_stream* s);
 int lp_stream_destroy(lp_stream s);
 int lp_stream_sync(lp_stream s);
+// Events order one stream's work after another's (the forked products' lanes, cuda/fork.go):
+// lp_event_record marks what s has queued so far; lp_stream_wait makes s wait for the work the
+// event's latest record marked. Inside a capture both become graph edges, so a recorded step
+// keeps the same fork and join. Events are made without timing (cudaEventDisableTiming).
+typedef void* lp_event;
+int lp_event_create(lp_event* e);
+int lp_event_record(lp_event e, lp_stream s);
+int lp_stream_wait(lp_stream s, lp_event e);
 int lp_last_error(void);
 const char* lp_error_string(int code);
 // What cudart reports about a device (cudaGetDeviceProperties): its name (NUL-terminated,

@@ -42,6 +42,14 @@ int lp_stream_create(lp_stream* s) {
 }
 int lp_stream_destroy(lp_stream s) { return (int)cudaStreamDestroy(as_stream(s)); }
 int lp_stream_sync(lp_stream s) { return (int)cudaStreamSynchronize(as_stream(s)); }
+int lp_event_create(lp_event* e) {
+    cudaEvent_t ev;
+    cudaError_t err = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+    *e = (lp_event)ev;
+    return (int)err;
+}
+int lp_event_record(lp_event e, lp_stream s) { return (int)cudaEventRecord((cudaEvent_t)e, as_stream(s)); }
+int lp_stream_wait(lp_stream s, lp_event e) { return (int)cudaStreamWaitEvent(as_stream(s), (cudaEvent_t)e, 0); }
 int lp_last_error(void) { return (int)cudaGetLastError(); }
 const char* lp_error_string(int code) { return cudaGetErrorString((cudaError_t)code); }
 

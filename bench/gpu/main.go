@@ -63,7 +63,7 @@ func main() {
 	routerBatches := flag.String("router-batches", "1,64", "router stage: batch sizes")
 	routerSides := flag.String("router-sides", "base,single,routed", "router stage: which of base, single (one adapter) and routed to run (a profiler's view of one; the ratio needs single and routed)")
 	cpuProfile := flag.String("cpuprofile", "", "write a Go CPU profile of the whole run here (the host's part of replayed steps: go tool pprof)")
-	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2, the variants); gates: a routed layer's gate products, each way; prefill: the prefill stage alone")
+	only := flag.String("only", "", "decode1: only batch-1 decode (for profilers); breakdown: per-op decode timings; router: routed decode (8 and 28 experts, top-2, the variants); gates: a routed layer's gate products, each way; products: a layer's products of one input, serial and forked; prefill: the prefill stage alone")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -74,7 +74,7 @@ func main() {
 
 	var err error
 	switch *only {
-	case "breakdown", "router", "gates":
+	case "breakdown", "router", "gates", "products":
 		cfg, _ := model.ParseConfig([]byte(shapes[*shape]))
 		b, err := cuda.New(0)
 		switch {
@@ -83,6 +83,8 @@ func main() {
 			err = routerBench(b, cfg, *steps, *ctx)
 		case *only == "gates":
 			err = gatesBreakdown(b, cfg)
+		case *only == "products":
+			err = productsBreakdown(b, cfg)
 		default:
 			err = breakdown(b, cfg)
 		}
@@ -95,7 +97,7 @@ func main() {
 		*stages = "prefill"
 	case "":
 	default:
-		exitOn(fmt.Errorf("-only %q: want decode1, breakdown, router, gates or prefill", *only))
+		exitOn(fmt.Errorf("-only %q: want decode1, breakdown, router, gates, products or prefill", *only))
 	}
 	o := options{shape: *shape, out: *out, steps: *steps, ctx: *ctx, routerSides: map[string]bool{}}
 	for _, side := range strings.Split(*routerSides, ",") {

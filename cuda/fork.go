@@ -1,0 +1,193 @@
+//go:build cuda
+
+package cuda
+
+// #include "shims.h"
+import "C"
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+)
+
+// Forked products (LORAPLEX_PRODUCTS_FORK=on|off|N, Backend.SetProductsFork).
+//
+// The products of one input are independent (q, k and v; gate and up; a routed layer's gates
+// beside them), yet they ran one after another on the backend's stream, and at a decode batch
+// several leave most of the GPU idle. In goals-2026-12-07-s27a call 2 (Nsight Compute, H100,
+// batch 64) k's and v's products were each cuBLAS's split-K kernel at 0.48 waves plus its
+// reduce, ~13 us each for 8 MB of weights (0.65 TB/s), and each of a routed layer's seven gate
+// products a 0.06-wave tile kernel plus a one-block reduce, ~10.6 us each and ~76 us a layer;
+// q's, o's, gate's, up's and down's products fill about one wave.
+//
+// With the fork on, a products call of at most N rows (default forkRowsDefault) deals its
+// products to lanes round robin in the call's order: the backend's stream first, then forkLanes
+// side streams, each with its own cuBLAS handle and workspace. A batched run of gates (gateRun)
+// counts as one product. Each side lane first waits on an event the stream records once the
+// call's bf16 input is written, and before the call returns the stream waits on each used lane's
+// event. So there is a fork and a join, and nothing after the call can see a product unfinished.
+// A capture records both as graph edges, so a replay runs the same branches. The small kernels
+// then run beside the large ones (v beside k, the gates beside q/k/v and beside o and down)
+// where they waited their turn before.
+//
+// Determinism: each product is the same cuBLAS call on the same inputs into its own output. Its
+// only scratch is its own handle's workspace, which no two lanes share. So the outputs are
+// bitwise the serial call's whatever order the lanes run in (TestProductsFork). Whether a call
+// forks depends on its rows and the switch only, as the step key needs. Deterministic mode's
+// products never come here (invariantShared), and forking stands aside in that mode anyway.
+//
+// Not yet run on a GPU: off until a GPU run has tested and measured it.
+const (
+	forkDefault = false
+	// forkRowsDefault: the most rows a forked call has with the switch on: decode batches. A
+	// prefill chunk's products fill the GPU on their own.
+	forkRowsDefault = 256
+	// forkLanes: the side streams. q/k/v with their gates batched is four products, so four
+	// lanes in all run them side by side.
+	forkLanes = 3
+)
+
+// queue is where a product is issued: a stream and the cuBLAS handle bound to it.
+type queue struct{ stream, blas C.uintptr_t }
+
+// lane is one side stream of the fork, its own cuBLAS handle and workspace, and the event it
+// records when its share of a call is queued (the join).
+type lane struct {
+	queue
+	done C.uintptr_t
+}
+
+// blasWorkspaceBytes: each cuBLAS handle's fixed workspace, given up front so that its GEMMs
+// can be recorded into graphs (cuBLAS must not allocate inside a capture).
+const blasWorkspaceBytes = 32 << 20
+
+// newBlas makes a cuBLAS handle on stream s with a workspace of its own.
+func (b *Backend) newBlas(s C.uintptr_t) (C.uintptr_t, error) {
+	var h C.uintptr_t
+	if err := cudaError("cublas", C.s_cublas_create(&h, s)); err != nil {
+		return 0, err
+	}
+	ws, err := b.malloc(blasWorkspaceBytes)
+	if err != nil {
+		return 0, err
+	}
+	if err := cudaError("cublas workspace", C.lp_cublas_set_workspace(C.P_void(h), C.P_void(C.uintptr_t(ws)), blasWorkspaceBytes)); err != nil {
+		return 0, err
+	}
+	return h, nil
+}
+
+// makeLanes creates the fork's event and side lanes, once.
+func (b *Backend) makeLanes() error {
+	if len(b.lanes) > 0 {
+		return nil
+	}
+	if err := cudaError("fork event", C.s_event_create(&b.forkEvent)); err != nil {
+		return err
+	}
+	lanes := make([]lane, forkLanes)
+	for i := range lanes {
+		l := &lanes[i]
+		if err := cudaError("fork stream", C.s_stream_create(&l.stream)); err != nil {
+			return err
+		}
+		h, err := b.newBlas(l.stream)
+		if err != nil {
+			return err
+		}
+		l.blas = h
+		if err := cudaError("fork event", C.s_event_create(&l.done)); err != nil {
+			return err
+		}
+	}
+	b.lanes = lanes
+	return nil
+}
+
+// forkFromEnv reads LORAPLEX_PRODUCTS_FORK: on (calls of at most forkRowsDefault rows), off,
+// or N (calls of at most N rows); the most rows a forked call has, 0 for off.
+func forkFromEnv() int {
+	v := os.Getenv("LORAPLEX_PRODUCTS_FORK")
+	if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+		return n
+	}
+	if envSwitch("LORAPLEX_PRODUCTS_FORK", forkDefault) {
+		return forkRowsDefault
+	}
+	return 0
+}
+
+// SetProductsFork makes products calls of at most rows rows (more than the GEMV kernel's) fork
+// onto the side lanes for the following steps; 0 turns the fork off. The lanes are created the
+// first time it is turned on; an error leaves it off. Recorded graphs hold the other launches,
+// so they are dropped.
+func (b *Backend) SetProductsFork(rows int) error {
+	if rows < 0 {
+		return fmt.Errorf("cuda: products fork of %d rows", rows)
+	}
+	if rows > 0 {
+		if err := b.makeLanes(); err != nil {
+			return err
+		}
+	}
+	setSwitch(b, &b.forkRows, rows)
+	return nil
+}
+
+// ForkedProducts is the number of products issued on the side lanes (direct or recorded; a
+// replay issues nothing; for tests).
+func (b *Backend) ForkedProducts() int { return b.forked }
+
+// mainQueue is the backend's stream and its cuBLAS handle.
+func (b *Backend) mainQueue() queue { return queue{b.stream, b.blas} }
+
+// forking deals one products call's products to the lanes (productsBF16); a value on the
+// caller's stack, so a call allocates nothing.
+type forking struct {
+	b     *Backend
+	lanes int // side lanes this call may use: 0 when it does not fork
+	dealt int // products dealt so far
+	used  int // side lanes that have joined the fork (they are used in order)
+}
+
+// fork starts dealing the products of a call of rows rows.
+func (b *Backend) fork(rows int) forking {
+	f := forking{b: b}
+	if rows <= b.forkRows && !b.batchInvariant && len(b.lanes) > 0 {
+		f.lanes = len(b.lanes)
+	}
+	return f
+}
+
+// next is the queue of the call's next product. A side lane's first product follows the
+// stream's work so far (the call's input): the stream records the fork event once a call and
+// the lane waits on it.
+func (f *forking) next() queue {
+	b := f.b
+	l := f.dealt % (f.lanes + 1)
+	f.dealt++
+	if l == 0 {
+		return b.mainQueue()
+	}
+	if l > f.used {
+		if f.used == 0 {
+			b.ok("fork", C.s_event_record(b.forkEvent, b.stream))
+		}
+		b.ok("fork wait", C.s_stream_wait(b.lanes[l-1].stream, b.forkEvent))
+		f.used = l
+	}
+	b.forked++
+	return b.lanes[l-1].queue
+}
+
+// join makes the stream wait for every lane the call used. It runs even after a failed launch:
+// a capture must end with its side streams joined back.
+func (f *forking) join() {
+	b := f.b
+	for _, l := range b.lanes[:f.used] {
+		b.ok("join", C.s_event_record(l.done, l.stream))
+		b.ok("join wait", C.s_stream_wait(b.stream, l.done))
+	}
+	f.used = 0
+}

@@ -1,0 +1,179 @@
+//go:build cuda
+
+package cuda_test
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/loraplex/loraplex/model"
+	"github.com/loraplex/loraplex/router"
+)
+
+// With LORAPLEX_PRODUCTS_FORK, a products call of at most N rows deals its products to the side
+// lanes, and every output is bitwise the serial call's: q/k/v-shaped products with a router's
+// three gates beside them (batched into one call or not), forked at 2 and 64 rows and on the
+// stream alone at 300 (above N); run directly, recorded, and replayed on new inputs. Outputs
+// are poisoned with NaN first, so a product a lane skipped or ran after the join would show.
+func TestProductsFork(t *testing.T) {
+	g := newGPU(t)
+	defer g.SetGatesBatched(false)
+	defer func() {
+		if err := g.SetProductsFork(0); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	r := rand.New(rand.NewPCG(91, 92))
+	const k, experts, forkRows = 1024, 28, 256
+	widths := []int{512, 128, 128}
+	var bases []model.Tensor
+	for _, w := range widths {
+		u, err := g.Upload(hostBF16(r, w, k, 1/math.Sqrt(k)), w, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bases = append(bases, u)
+	}
+	var gates []*router.Gate
+	for _, p := range []model.Proj{model.ProjQ, model.ProjK, model.ProjV} {
+		w := randFloats(r, experts*k)
+		for j := range w {
+			w[j] /= float32(math.Sqrt(k))
+		}
+		gates = append(gates, &router.Gate{Name: p.String(), Proj: p, Rows: experts, Cols: k, W: w})
+	}
+	ups, err := router.UploadGates(g, gates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, v := range append(ups, bases...) {
+			g.Free(v)
+		}
+	}()
+	ws := append([]model.Tensor{}, bases...)
+	for _, gt := range gates {
+		ws = append(ws, gt.T)
+	}
+	for _, n := range []int{2, 64, 300} {
+		t.Run(fmt.Sprintf("rows%d", n), func(t *testing.T) {
+			const spacing = 320 // rows between consecutive logits views, as the runner's MaxTokens
+			logits := g.Alloc(3*spacing, experts)
+			x := g.Alloc(n, k)
+			outs := []model.Tensor{}
+			for _, w := range widths {
+				outs = append(outs, g.Alloc(n, w))
+			}
+			for i := range gates {
+				outs = append(outs, logits.Slice(i*spacing, n))
+			}
+			defer func() {
+				for _, v := range append([]model.Tensor{logits, x}, outs[:len(widths)]...) {
+					g.Free(v)
+				}
+			}()
+			inputs := [][]float32{randFloats(r, n*k), randFloats(r, n*k)}
+			// run writes input in, poisons the outputs, makes the products inside step key (nil:
+			// directly) and reads them back.
+			run := func(input int, key []byte, wantReplay bool) [][]float32 {
+				t.Helper()
+				if err := g.Write(x, inputs[input]); err != nil {
+					t.Fatal(err)
+				}
+				for _, o := range outs {
+					if err := g.Write(o, nanFloats(o.Rows*o.Cols)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if replay := g.BeginStep(key); replay != wantReplay {
+					t.Fatalf("BeginStep replays %v, want %v", replay, wantReplay)
+				}
+				if !g.MatMulShared(outs, x, ws) {
+					t.Fatalf("MatMulShared declined %d rows", n)
+				}
+				if err := g.EndStep(); err != nil {
+					t.Fatal(err)
+				}
+				var got [][]float32
+				for _, o := range outs {
+					got = append(got, read(t, g, o))
+				}
+				return got
+			}
+			same := func(what string, got, want [][]float32) {
+				t.Helper()
+				for p := range want {
+					for j := range want[p] {
+						if math.Float32bits(got[p][j]) != math.Float32bits(want[p][j]) || math.IsNaN(float64(got[p][j])) {
+							t.Fatalf("%s: product %d element %d is %v, serially %v", what, p, j, got[p][j], want[p][j])
+						}
+					}
+				}
+			}
+			for _, batched := range []bool{false, true} {
+				g.SetGatesBatched(batched)
+				if err := g.SetProductsFork(0); err != nil {
+					t.Fatal(err)
+				}
+				serial := [][][]float32{run(0, nil, false), run(1, nil, false)}
+				if err := g.SetProductsFork(forkRows); err != nil {
+					t.Fatal(err)
+				}
+				forked := g.ForkedProducts()
+				same(fmt.Sprintf("batched gates %v, direct", batched), run(0, nil, false), serial[0])
+				// Products are dealt round robin over the stream and three lanes: of six, the
+				// second to fourth and the sixth go to the lanes; of four (the gates batched into
+				// one call, which 300 rows are too many for), the last three.
+				want := 0
+				if n <= forkRows {
+					want = 4
+					if batched {
+						want = 3
+					}
+				}
+				if got := g.ForkedProducts() - forked; got != want {
+					t.Fatalf("batched gates %v: %d products issued on the lanes, want %d", batched, got, want)
+				}
+				key := []byte(fmt.Sprintf("products fork %d %v", n, batched))
+				same(fmt.Sprintf("batched gates %v, recorded", batched), run(0, key, false), serial[0])
+				same(fmt.Sprintf("batched gates %v, replayed on new inputs", batched), run(1, key, true), serial[1])
+			}
+			if err := g.Err(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// With the products forked, the model fixtures still match the reference (prompts whole and in
+// chunks of 3 rows, decode steps recorded and replayed), and recorded steps replay exactly
+// what direct launches compute; products were forked.
+func TestProductsForkFixtures(t *testing.T) {
+	t.Setenv("LORAPLEX_PRODUCTS_FORK", "on")
+	b := newGPU(t)
+	forked := b.ForkedProducts()
+	eachFixture(t, b, func(t *testing.T, c fixtureCase) { runChunkings(t, c.h, c.fx.Cases, c.adapters, c.name) })
+	if b.ForkedProducts() == forked {
+		t.Fatal("no product of the fixtures was forked")
+	}
+	t.Run("graphs match direct", TestGraphsMatchDirect)
+}
+
+// Routed steps with the products forked (the gates beside q/k/v, gate/up, o and down, batched
+// too) route the router fixtures as host routing does (identical traces), and routed decode
+// steps record and replay.
+func TestProductsForkRouted(t *testing.T) {
+	t.Setenv("LORAPLEX_PRODUCTS_FORK", "on")
+	t.Setenv("LORAPLEX_GATES_BATCHED", "on")
+	b := newGPU(t)
+	b.SetRoutedExpertMajor(false, -1)
+	forked := b.ForkedProducts()
+	deviceRoutingMatchesHost(t, b, true)
+	if b.ForkedProducts() == forked {
+		t.Fatal("no product of the routed fixtures was forked")
+	}
+	t.Run("replays", TestRoutedDecodeReplaysCUDA)
+	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
+}
