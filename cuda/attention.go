@@ -63,6 +63,28 @@ func (b *Backend) grouped(heads, kvHeads, headDim int) bool {
 	return b.groupedDecode && C.lp_attention_grouped_ok(C.int(heads), C.int(kvHeads), C.int(headDim)) != 0
 }
 
+// gqPrefetchDefault: whether the grouped kernel asks L2 for each tile's values while it scores
+// the keys (LP_ATTN_PREFETCH_V, kernels/attention.cu says why) unless LORAPLEX_GQ_PREFETCH=on|off
+// or SetGQPrefetch says otherwise. Off until a GPU run has tested and measured it: written
+// without a GPU from the batch-1 breakdown's 13 us of attention a layer at 128 positions
+// (bench/results/gpu-h100/goals-2026-12-07-final3/breakdown.txt).
+const gqPrefetchDefault = false
+
+// SetGQPrefetch turns the grouped kernel's value prefetch on or off for the following steps;
+// recorded graphs hold the other launch, so they are dropped.
+func (b *Backend) SetGQPrefetch(on bool) { setSwitch(b, &b.gqPrefetch, on) }
+
+// attentionKernel is lp_attention's kernel argument for a decode launch on the grouped kernel or not.
+func (b *Backend) attentionKernel(grouped bool) C.int {
+	switch {
+	case !grouped:
+		return 0
+	case b.gqPrefetch:
+		return C.LP_ATTN_GROUPED | C.LP_ATTN_PREFETCH_V
+	}
+	return C.LP_ATTN_GROUPED
+}
+
 // decodeSplitFromEnv reads LORAPLEX_DECODE_SPLIT (fill, the default, when unset or unknown).
 func decodeSplitFromEnv() DecodeSplit {
 	for _, d := range []DecodeSplit{DecodeSplitFill, DecodeSplitContext, DecodeSplitOff} {

@@ -95,6 +95,7 @@ type Backend struct {
 	decodeDepth           int           // the context and grouped fill rules' most splits (attention.go: LORAPLEX_DECODE_DEEP, SetDecodeDeep)
 	gqFillChunk           int           // the grouped fill rule's fewest positions a split (attention.go: LORAPLEX_GQ_FILL_CHUNK, SetGroupedFillChunk)
 	groupedDecode         bool          // decode attention on the grouped kernel where it takes the shape (attention.go)
+	gqPrefetch            bool          // the grouped kernel prefetches each tile's values (attention.go: LORAPLEX_GQ_PREFETCH, SetGQPrefetch)
 	ctxSplits             int           // the context rule's grid depth for this step: its decode rows' largest split count
 	keyBuf                []byte        // the step key with what the backend adds to it (BeginStep)
 	groupArgs             loraGroupArgs // LoRAGroup's launch arguments (fused.go)
@@ -228,6 +229,7 @@ func New(device int) (*Backend, error) {
 	b.SetDecodeDeep(envSwitch("LORAPLEX_DECODE_DEEP", decodeDeepDefault))
 	b.SetGroupedFillChunk(envInt("LORAPLEX_GQ_FILL_CHUNK", int(C.LP_GQ_FILL_CHUNK), 1, 1<<20))
 	b.groupedDecode = envSwitch("LORAPLEX_GROUPED_DECODE", groupedDecodeDefault)
+	b.gqPrefetch = envSwitch("LORAPLEX_GQ_PREFETCH", gqPrefetchDefault)
 	b.detGEMM = deterministicGEMMFromEnv()
 	b.detSmall = envSwitch("LORAPLEX_DETERMINISTIC_SMALL", deterministicSmallDefault)
 	b.detWide = deterministicWideFromEnv()

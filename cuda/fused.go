@@ -34,6 +34,7 @@ import (
 //	LORAPLEX_DECODE_DEEP=on|off    decode attention may split a row 64 ways instead of 32 (attention.go)
 //	LORAPLEX_GQ_FILL_CHUNK=N       the grouped decode kernel's fill rule splits rows into chunks of at least N positions (attention.go)
 //	LORAPLEX_GROUPED_DECODE=on|off decode attention one block per GQA group (attention.go)
+//	LORAPLEX_GQ_PREFETCH=on|off    with it, each tile's values asked of L2 while its keys are scored (kernels/attention.cu)
 //	LORAPLEX_PREFILL_SPLIT=on|off  split-K of short prefill chunks over long cached prefixes (attention.go)
 //	LORAPLEX_SWIGLU_BF16=on|off    SwiGLU writes the down projection's bf16 input itself (SiLUMulMatMul)
 //	LORAPLEX_ROUTED_BF16=on|off    with it, routed steps too: SwiGLU's bf16 input also feeds the down gate's product (SiLUMulMatMul)

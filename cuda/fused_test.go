@@ -357,7 +357,8 @@ func TestLoRAGroupSweep(t *testing.T) {
 // contexts from 1 to 9,000 positions (unsplit rows, rows at the chunk and tile boundaries, rows
 // split 32 and 64 ways), with MHA/GQA/MQA, groups of 1 to 8 and
 // one the grouped kernel does not take (16: the per-head kernel runs it), head dims 48 to 256
-// and sliding windows, writing every output element; and under the context rule a row's output
+// and sliding windows, writing every output element; the grouped kernel with its values
+// prefetched (LORAPLEX_GQ_PREFETCH) bitwise as without; and under the context rule a row's output
 // is bitwise the same alone as inside the batch on either kernel: its split count and every
 // summation order depend on its own context only.
 func TestDecodeSplitRules(t *testing.T) {
@@ -425,6 +426,21 @@ func TestDecodeSplitRules(t *testing.T) {
 					p.g.Attention(og, qg, 0, ap)
 					rel := p.compare(t, fmt.Sprintf("decode attention, grouped %v, deep %v, floor %d, split rule %s", grouped, deep, gd.floor, rule), oc, og, 2e-2)
 					t.Logf("grouped %v, deep %v, floor %d, split rule %s: worst difference %.2e of the largest output", grouped, deep, gd.floor, rule, rel)
+					if grouped {
+						// The values' prefetch (LORAPLEX_GQ_PREFETCH) is a hint: bitwise the same.
+						plain := read(t, p.g, og)
+						p.g.SetGQPrefetch(true)
+						if err := p.g.Write(og, poison); err != nil {
+							t.Fatal(err)
+						}
+						p.g.Attention(og, qg, 0, ap)
+						p.g.SetGQPrefetch(false)
+						for j, v := range read(t, p.g, og) {
+							if math.Float32bits(v) != math.Float32bits(plain[j]) {
+								t.Fatalf("deep %v, floor %d, split rule %s: element %d is %v with the values prefetched, %v without", deep, gd.floor, rule, j, v, plain[j])
+							}
+						}
+					}
 				}
 
 				// The context rule, row by row alone: bitwise what the batch gave each row.

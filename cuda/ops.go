@@ -269,17 +269,13 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 	if b.numRows > 0 {
 		grouped := b.grouped(p.Heads, p.KVHeads, p.HeadDim)
 		splits, chunk := b.decodeSplits(b.numRows, p.Heads, p.KVHeads, grouped)
-		kernel := C.int(0) // lp_attention's grouped flag
-		if grouped {
-			kernel = 1
-		}
 		need := int(C.lp_attention_scratch_floats(C.int(b.numRows), C.int(p.Heads), C.int(p.HeadDim), C.int(splits)))
 		if !b.reserve(&b.attnScratch, &b.attnCap, need, 4) {
 			return
 		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
 			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale),
-			C.int(splits), C.int(chunk), kernel, C.uintptr_t(b.attnScratch), b.pdlLaunch(), b.stream))
+			C.int(splits), C.int(chunk), b.attentionKernel(grouped), C.uintptr_t(b.attnScratch), b.pdlLaunch(), b.stream))
 	}
 }
 

@@ -130,11 +130,11 @@ static inline int s_gemm_invariant_parts(int n, int k, uintptr_t x, int x_bf16, 
 	return lp_gemm_invariant_parts_bf16(n, k, P(const void*, x), x_bf16, s_parts(ws, NULL, ys, ends, parts), variants, P(lp_stream, s));
 }
 static inline int s_attention(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t rows, uintptr_t rowseq, uintptr_t seqpages, uintptr_t pt,
-                       int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int grouped, uintptr_t scratch, int pdl,
+                       int n, int heads, int kvh, int dim, int page, int window, float scale, int splits, int chunk, int kernel, uintptr_t scratch, int pdl,
                        uintptr_t s) {
 	return lp_attention(P(float*, out), P(const float*, q), P(const uint16_t*, kc), P(const uint16_t*, vc), P(const int32_t*, pos), P(const int32_t*, rows),
 	                    P(const int32_t*, rowseq), P(const int32_t*, seqpages), P(const int32_t*, pt), n, heads, kvh, dim, page, window, scale, splits, chunk,
-	                    grouped, P(float*, scratch), pdl, P(lp_stream, s));
+	                    kernel, P(float*, scratch), pdl, P(lp_stream, s));
 }
 static inline int s_attention_prefill(uintptr_t out, uintptr_t q, uintptr_t kc, uintptr_t vc, uintptr_t pos, uintptr_t tiles, int ntiles, uintptr_t seqpages, uintptr_t pt,
                        int heads, int kvh, int dim, int page, int window, float scale, uintptr_t s) {

@@ -163,7 +163,7 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
     }
 }
 
-// ---- Grouped decode attention (lp_attention with grouped = 1) ----
+// ---- Grouped decode attention (lp_attention with LP_ATTN_GROUPED) ----
 //
 // The per-head kernel above reads a row's keys and values once per query head: under GQA the
 // G = heads / kv_heads heads of a group read the same pages, and only L2 saves the second to
@@ -190,10 +190,27 @@ __global__ void attention_kernel(float* out, float* part_o, float* part_ml, cons
 // tolerance the sweep tests hold both to. Head dims that are multiples of 16 up to
 // LP_MAX_HEAD_DIM and groups of up to LP_GQ_MAX_GROUP (lp_attention_grouped_ok); anything else
 // takes the per-head kernel.
+// Values asked of L2 early (LP_ATTN_PREFETCH_V, LORAPLEX_GQ_PREFETCH): phase C reads a tile's
+// values only after A and B, and a key lane's values in rounds of GQ_VAL_UNROLL loads, each
+// round a page-table read and then a round trip to memory. At short contexts that latency is
+// what the kernel costs: at batch 1 and 128 positions one block per kv head streams 0.5 MB a
+// layer in ~13 us (bench/results/gpu-h100/goals-2026-12-07-final3/breakdown.txt: ~8% of a
+// batch-1 step's time). With the flag, phase A's thread also asks L2 for its key's value
+// row (prefetch.global.L2, a hint: no register, no wait, no fault), so the values travel while
+// the keys are scored and C finds them in L2. A hint changes no arithmetic: outputs are bitwise
+// those without it (TestDecodeSplitRules), and the flag is a backend switch, so a recording
+// holds one or the other launch.
 #define GQ_THREADS 128
 #define GQ_TILE GQ_THREADS  // phase A gives each thread one key of the tile
 #define GQ_KEY_LOADS 8      // 16-byte loads of one key in flight per thread (phase A)
 #define GQ_VAL_UNROLL 4     // values in flight per thread (phase C)
+
+// prefetch_l2 asks L2 for the lines of [p, p + bytes), bytes > 0 (prefetch.global.L2 hints).
+__device__ __forceinline__ void prefetch_l2(const void* p, int bytes) {
+    const char* c = static_cast<const char*>(p);
+    for (int o = 0; o < bytes; o += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(c + o));
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(c + bytes - 1));  // the last line, where p is not 128-byte aligned
+}
 
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -205,7 +222,7 @@ __global__ void __launch_bounds__(GQ_THREADS)
     attention_grouped_kernel(float* out, float* part_o, float* part_ml, const float* q, const uint16_t* kc,
                              const uint16_t* vc, const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                              const int32_t* seq_pages, const int32_t* page_table, int heads, int kv_heads, int D,
-                             int page_size, int window, float scale, int split_chunk) {
+                             int page_size, int window, float scale, int split_chunk, int prefetch_v) {
     lp_pdl_launch_dependents();
     lp_pdl_wait();
     const int row = rows[blockIdx.x], kvh = blockIdx.y, split = blockIdx.z;
@@ -249,6 +266,7 @@ __global__ void __launch_bounds__(GQ_THREADS)
         for (int g = 0; g < G; g++) s[g] = 0.f;
         if (t <= end) {
             const size_t base = ((size_t)pages[t / page_size] * page_size + t % page_size) * width + (size_t)kvh * D;
+            if (prefetch_v) prefetch_l2(vc + base, D * 2);  // phase C's value row for this key
             const uint4* kr = reinterpret_cast<const uint4*>(kc + base);
             for (int v0 = 0; v0 < DV; v0 += GQ_KEY_LOADS) {
                 uint4 kv[GQ_KEY_LOADS];
@@ -380,21 +398,23 @@ extern "C" int lp_attention(float* out, const float* q, const uint16_t* kcache, 
                             const int32_t* positions, const int32_t* rows, const int32_t* row_seq,
                             const int32_t* seq_pages, const int32_t* page_table, int n, int heads, int kv_heads,
                             int head_dim, int page_size, int window, float scale, int splits, int split_chunk,
-                            int grouped, float* scratch, int pdl, lp_stream s) {
+                            int kernel, float* scratch, int pdl, lp_stream s) {
     if (n == 0) return 0;
     if (n < 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads != 0 || !lp_head_dim_ok(head_dim) || page_size <= 0 ||
-        scratch == nullptr || splits < 1 || splits > LP_DECODE_MAX_SPLITS || split_chunk < 1)
+        scratch == nullptr || splits < 1 || splits > LP_DECODE_MAX_SPLITS || split_chunk < 1 ||
+        (kernel != 0 && kernel != LP_ATTN_GROUPED && kernel != (LP_ATTN_GROUPED | LP_ATTN_PREFETCH_V)))
         return (int)cudaErrorInvalidValue;
     // scratch: [n][heads][splits][head_dim] outputs, then [n][heads][splits][2] (max, sum).
     float* part_o = scratch;
     float* part_ml = scratch + (size_t)n * heads * splits * head_dim;
-    if (grouped) {
+    if (kernel & LP_ATTN_GROUPED) {
         if (!lp_attention_grouped_ok(heads, kv_heads, head_dim)) return (int)cudaErrorInvalidValue;
+        const int prefetch_v = (kernel & LP_ATTN_PREFETCH_V) ? 1 : 0;
         dim3 grid(n, kv_heads, splits);
 #define LP_GQ_LAUNCH(G)                                                                                            \
     lp_launch(attention_grouped_kernel<G>, grid, GQ_THREADS, 0, as_stream(s), pdl, out, part_o, part_ml, q, kcache, \
               vcache, positions, rows, row_seq, seq_pages, page_table, heads, kv_heads, head_dim, page_size, window,  \
-              scale, split_chunk)
+              scale, split_chunk, prefetch_v)
         switch (heads / kv_heads) {
             case 1: LP_GQ_LAUNCH(1); break;
             case 2: LP_GQ_LAUNCH(2); break;

@@ -226,13 +226,17 @@ int lp_rope_store_kv(float* q, float* k, const float* v, uint16_t* kcache, uint1
 // attention.cu: causal attention over the paged cache for the rows listed in rows[0..n) (decode
 // rows). Row r belongs to sequence row_seq[r]; that sequence's block table starts at
 // page_table[seq_pages[row_seq[r]]]. Split-K: a row attending to V positions splits them into
-// min(splits, ceil(V / split_chunk)) chunks (1 <= splits <= LP_DECODE_MAX_SPLITS). grouped = 1
-// takes the kernel that computes a GQA group's heads in one block (one read of K/V per row;
-// shapes that lp_attention_grouped_ok in shapes.h accepts), 0 the one-block-per-head kernel.
+// min(splits, ceil(V / split_chunk)) chunks (1 <= splits <= LP_DECODE_MAX_SPLITS). kernel is
+// LP_ATTN_GROUPED for the kernel that computes a GQA group's heads in one block (one read of K/V
+// per row; shapes that lp_attention_grouped_ok in shapes.h accepts), with LP_ATTN_PREFETCH_V
+// asking L2 for each tile's values while its keys are scored (attention.cu says why); 0 the
+// one-block-per-head kernel.
+#define LP_ATTN_GROUPED 1
+#define LP_ATTN_PREFETCH_V 2
 int lp_attention(float* out, const float* q, const uint16_t* kcache, const uint16_t* vcache,
                  const int32_t* positions, const int32_t* rows, const int32_t* row_seq, const int32_t* seq_pages,
                  const int32_t* page_table, int n, int heads, int kv_heads, int head_dim, int page_size, int window,
-                 float scale, int splits, int split_chunk, int grouped, float* scratch, int pdl, lp_stream s);
+                 float scale, int splits, int split_chunk, int kernel, float* scratch, int pdl, lp_stream s);
 // Scratch floats lp_attention needs for n rows split up to splits ways: partial outputs and
 // softmax states.
 size_t lp_attention_scratch_floats(int n, int heads, int head_dim, int splits);
