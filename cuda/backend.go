@@ -146,6 +146,7 @@ type Backend struct {
 	lanes             []lane // the fork's side lanes, made when it is first turned on
 	forkEvent         C.uintptr_t
 	forked            int // products issued on the side lanes (ForkedProducts)
+	pending           int // lanes a products call left for the stream's next use to join (fork.go: work)
 
 	// Host time of replayed steps (graph.go, ReplayHostTime): from Prepare, once the stream is
 	// idle, to the graph's launch.
@@ -376,7 +377,7 @@ func (b *Backend) Alloc(rows, cols int) model.Tensor {
 		b.ok("alloc", C.int(2)) // cudaErrorMemoryAllocation
 		return model.Tensor{Rows: rows, Cols: cols, DType: model.F32, Buf: dev{0}}
 	}
-	b.ok("memset", C.s_memset(C.uintptr_t(p), C.size_t(rows*cols*4), b.stream))
+	b.ok("memset", C.s_memset(C.uintptr_t(p), C.size_t(rows*cols*4), b.work()))
 	return model.Tensor{Rows: rows, Cols: cols, DType: model.F32, Buf: dev{p}}
 }
 
@@ -387,10 +388,10 @@ func (b *Backend) Write(t model.Tensor, src []float32) error {
 	if len(src) == 0 {
 		return nil
 	}
-	if err := cudaError("write", C.s_htod(ptr(t), unsafe.Pointer(&src[0]), C.size_t(4*len(src)), b.stream)); err != nil {
+	if err := cudaError("write", C.s_htod(ptr(t), unsafe.Pointer(&src[0]), C.size_t(4*len(src)), b.work())); err != nil {
 		return err
 	}
-	return cudaError("write sync", C.s_stream_sync(b.stream))
+	return cudaError("write sync", C.s_stream_sync(b.work()))
 }
 
 // KVElementBytes is 2: the KV cache holds 16-bit keys and values (model.KVElementSizer).
@@ -509,7 +510,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 		pages += len(sq.Pages)
 	}
 	// The previous step's copies out of the pinned buffers must be done before we overwrite them.
-	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+	if !b.ok("sync", C.s_stream_sync(b.work())) {
 		return b.Err()
 	}
 	b.hostFrom = time.Now()
@@ -578,7 +579,7 @@ func (b *Backend) Prepare(s *model.Step) error {
 			b.rowKeys += int(s.Positions[r]) + 1
 		}
 	}
-	if !b.ok("metadata copy", C.s_htod(C.uintptr_t(b.metaDev), b.metaHost, C.size_t(4*need), b.stream)) {
+	if !b.ok("metadata copy", C.s_htod(C.uintptr_t(b.metaDev), b.metaHost, C.size_t(4*need), b.work())) {
 		return b.Err()
 	}
 	b.step = s
@@ -614,9 +615,9 @@ func (b *Backend) Read(t model.Tensor, dst []float32) error {
 	if err := b.Err(); err != nil {
 		return err
 	}
-	if len(dst) > 0 && !b.ok("read", C.s_dtoh(unsafe.Pointer(&dst[0]), ptr(t), C.size_t(4*len(dst)), b.stream)) {
+	if len(dst) > 0 && !b.ok("read", C.s_dtoh(unsafe.Pointer(&dst[0]), ptr(t), C.size_t(4*len(dst)), b.work())) {
 		return b.Err()
 	}
-	b.ok("read sync", C.s_stream_sync(b.stream))
+	b.ok("read sync", C.s_stream_sync(b.work()))
 	return b.Err()
 }

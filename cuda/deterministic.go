@@ -256,11 +256,11 @@ func (b *Backend) invariantGEMM(out, x, w model.Tensor, alpha, beta float32) {
 		return
 	}
 	if b.detGEMM == DeterministicGEMMRows || !invariantMMAShape(x, w) {
-		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.stream))
+		b.ok("gemv rows", C.s_gemv_rows(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.work()))
 		return
 	}
 	if xp, bf, ok := b.invariantInput(x); ok {
-		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.detVariants(), b.stream))
+		b.ok("gemm invariant", C.s_gemm_invariant(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), xp, bf, ptr(w), ptr(out), C.float(alpha), C.float(beta), b.detVariants(), b.work()))
 	}
 }
 
@@ -326,7 +326,7 @@ func (b *Backend) invariantShared(outs []model.Tensor, x model.Tensor, ws []mode
 	}
 	if xp, bf, ok := b.invariantInput(x); ok {
 		a := b.gemvArgs.set(outs, ws)
-		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.detVariants(), b.stream))
+		b.ok("gemm invariant parts", C.s_gemm_invariant_parts(C.int(x.Rows), C.int(x.Cols), xp, bf, &a.ws[0], &a.ys[0], &a.ends[0], C.int(len(ws)), b.detVariants(), b.work()))
 	}
 	return true
 }
@@ -358,11 +358,12 @@ func (b *Backend) paddedGEMM(outs []model.Tensor, x model.Tensor, ws []model.Ten
 	}
 	for r := 0; r < x.Rows; r += padRows {
 		n := min(padRows, x.Rows-r)
-		if !b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.padX), ptr(x.Slice(r, n)), C.size_t(n*x.Cols), b.stream)) {
+		if !b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.padX), ptr(x.Slice(r, n)), C.size_t(n*x.Cols), b.work())) {
 			return
 		}
 		for i, w := range ws {
-			if !b.ok("gemm padded", C.s_gemm_padded(b.blas, C.int(n), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.padX), ptr(w), ptr(outs[i].Slice(r, n)), C.uintptr_t(b.padOut), C.float(alpha), C.float(beta), b.stream)) {
+			q := b.mainQueue()
+			if !b.ok("gemm padded", C.s_gemm_padded(q.blas, C.int(n), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.padX), ptr(w), ptr(outs[i].Slice(r, n)), C.uintptr_t(b.padOut), C.float(alpha), C.float(beta), q.stream)) {
 				return
 			}
 		}

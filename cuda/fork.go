@@ -22,13 +22,19 @@ import (
 // q's, o's, gate's, up's and down's products fill about one wave.
 //
 // With the fork on, a products call of at most N rows (default forkRowsDefault) deals its
-// products to lanes round robin in the call's order: the backend's stream first, then forkLanes
-// side streams, each with its own cuBLAS handle and workspace. A batched run of gates (gateRun)
-// counts as one product. Each side lane first waits on an event the stream records once the
-// call's bf16 input is written, and before the call returns the stream waits on each used lane's
-// event. So there is a fork and a join, and nothing after the call can see a product unfinished.
-// A capture records both as graph edges, so a replay runs the same branches. The small kernels
-// then run beside the large ones (v beside k, the gates beside q/k/v and beside o and down)
+// products out: a router's gates (products of at most LP_SKINNY_MAX_COLS outputs, a batched run
+// of them, gateRun, counting as one) to the backend's stream, every other product round robin to
+// forkLanes side streams, each with its own cuBLAS handle and workspace. Each side lane first
+// waits on an event the stream records once the call's bf16 input is written. The join comes
+// later: the call leaves its lanes pending, and the next use of the stream joins them first
+// (work(): the stream waits on each pending lane's event). Every op, copy, sync and capture end
+// reaches the stream through work() or mainQueue(), so nothing after the call sees a product
+// unfinished; TestStreamThroughWork holds the source to that. The one exception is a routed
+// group (lp_route_group's joins): its routing shrinks read only the normed rows and the gates'
+// logits, which the stream wrote, so they launch beside the lanes, and the stream joins them
+// just before the expands that add into the products. A capture records the fork and the joins
+// as graph edges, so a replay runs the same branches. The small kernels then run beside the
+// large ones (v beside k, the gates and the routing shrinks beside q/k/v, gate/up, o and down)
 // where they waited their turn before.
 //
 // Determinism: each product is the same cuBLAS call on the same inputs into its own output. Its
@@ -43,9 +49,9 @@ const (
 	// forkRowsDefault: the most rows a forked call has with the switch on: decode batches. A
 	// prefill chunk's products fill the GPU on their own.
 	forkRowsDefault = 256
-	// forkLanes: the side streams. q/k/v with their gates batched is four products, so four
-	// lanes in all run them side by side.
-	forkLanes = 3
+	// forkLanes: the side streams (LP_FORK_LANES): q, k and v each on its own, their gates on
+	// the stream beside them.
+	forkLanes = int(C.LP_FORK_LANES)
 )
 
 // queue is where a product is issued: a stream and the cuBLAS handle bound to it.
@@ -139,20 +145,52 @@ func (b *Backend) SetProductsFork(rows int) error {
 // replay issues nothing; for tests).
 func (b *Backend) ForkedProducts() int { return b.forked }
 
-// mainQueue is the backend's stream and its cuBLAS handle.
-func (b *Backend) mainQueue() queue { return queue{b.stream, b.blas} }
+// work is the backend's stream for the next op: the lanes a products call left pending join
+// it first. Everything but the fork itself and a routed group's routing shrinks reaches the
+// stream through here (or mainQueue).
+func (b *Backend) work() C.uintptr_t {
+	b.joinLanes()
+	return b.stream
+}
 
-// forking deals one products call's products to the lanes (productsBF16); a value on the
-// caller's stack, so a call allocates nothing.
+// mainQueue is the backend's stream and its cuBLAS handle, the pending lanes joined first (work).
+func (b *Backend) mainQueue() queue { return queue{b.work(), b.blas} }
+
+// joinLanes makes the stream wait for every pending lane.
+func (b *Backend) joinLanes() {
+	for _, l := range b.lanes[:b.pending] {
+		b.ok("join", C.s_event_record(l.done, l.stream))
+		b.ok("join wait", C.s_stream_wait(b.stream, l.done))
+	}
+	b.pending = 0
+}
+
+// laneJoins records each pending lane's event into joins for a launcher that starts beside the
+// lanes and makes the stream wait on them before it reads what they write (lp_route_group's
+// joins); the lanes count as joined. It returns how many it recorded.
+func (b *Backend) laneJoins(joins *[forkLanes]C.uintptr_t) C.int {
+	n := b.pending
+	for i, l := range b.lanes[:n] {
+		b.ok("join", C.s_event_record(l.done, l.stream))
+		joins[i] = l.done
+	}
+	b.pending = 0
+	return C.int(n)
+}
+
+// forking deals one products call's products to the stream and the lanes (productsBF16); a value
+// on the caller's stack, so a call allocates nothing.
 type forking struct {
 	b     *Backend
 	lanes int // side lanes this call may use: 0 when it does not fork
-	dealt int // products dealt so far
+	dealt int // products dealt to the lanes so far
 	used  int // side lanes that have joined the fork (they are used in order)
 }
 
-// fork starts dealing the products of a call of rows rows.
+// fork starts dealing the products of a call of rows rows. Lanes an earlier call left pending
+// join first: each call's fork follows everything before it.
 func (b *Backend) fork(rows int) forking {
+	b.joinLanes()
 	f := forking{b: b}
 	if rows <= b.forkRows && !b.batchInvariant && len(b.lanes) > 0 {
 		f.lanes = len(b.lanes)
@@ -160,16 +198,17 @@ func (b *Backend) fork(rows int) forking {
 	return f
 }
 
-// next is the queue of the call's next product. A side lane's first product follows the
-// stream's work so far (the call's input): the stream records the fork event once a call and
-// the lane waits on it.
-func (f *forking) next() queue {
+// next is the queue of the call's next product: the stream for a gate (or for everything when
+// the call does not fork), else the next lane. A side lane's first product follows the stream's
+// work so far (the call's input): the stream records the fork event once a call and the lane
+// waits on it.
+func (f *forking) next(gate bool) queue {
 	b := f.b
-	l := f.dealt % (f.lanes + 1)
-	f.dealt++
-	if l == 0 {
-		return b.mainQueue()
+	if gate || f.lanes == 0 {
+		return queue{b.stream, b.blas} // the pending lanes are this call's: nothing before it is pending
 	}
+	l := f.dealt%f.lanes + 1
+	f.dealt++
 	if l > f.used {
 		if f.used == 0 {
 			b.ok("fork", C.s_event_record(b.forkEvent, b.stream))
@@ -181,13 +220,5 @@ func (f *forking) next() queue {
 	return b.lanes[l-1].queue
 }
 
-// join makes the stream wait for every lane the call used. It runs even after a failed launch:
-// a capture must end with its side streams joined back.
-func (f *forking) join() {
-	b := f.b
-	for _, l := range b.lanes[:f.used] {
-		b.ok("join", C.s_event_record(l.done, l.stream))
-		b.ok("join wait", C.s_stream_wait(b.stream, l.done))
-	}
-	f.used = 0
-}
+// leave ends the call's dealing: its lanes stay pending until the stream's next use joins them.
+func (f *forking) leave() { f.b.pending = max(f.b.pending, f.used) }

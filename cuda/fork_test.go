@@ -16,7 +16,8 @@ import (
 // lanes, and every output is bitwise the serial call's: q/k/v-shaped products with a router's
 // three gates beside them (batched into one call or not), forked at 2 and 64 rows and on the
 // stream alone at 300 (above N); run directly, recorded, and replayed on new inputs. Outputs
-// are poisoned with NaN first, so a product a lane skipped or ran after the join would show.
+// are poisoned with NaN first and read right after the call, so a product a lane skipped, or
+// one the read did not wait for (the lanes stay pending until the stream's next use), would show.
 func TestProductsFork(t *testing.T) {
 	g := newGPU(t)
 	defer g.SetGatesBatched(false)
@@ -123,15 +124,11 @@ func TestProductsFork(t *testing.T) {
 				}
 				forked := g.ForkedProducts()
 				same(fmt.Sprintf("batched gates %v, direct", batched), run(0, nil, false), serial[0])
-				// Products are dealt round robin over the stream and three lanes: of six, the
-				// second to fourth and the sixth go to the lanes; of four (the gates batched into
-				// one call, which 300 rows are too many for), the last three.
+				// The gates (batched into one call or not) stay on the stream; q, k and v go to
+				// the three lanes. 300 rows are too many to fork.
 				want := 0
 				if n <= forkRows {
-					want = 4
-					if batched {
-						want = 3
-					}
+					want = 3
 				}
 				if got := g.ForkedProducts() - forked; got != want {
 					t.Fatalf("batched gates %v: %d products issued on the lanes, want %d", batched, got, want)
@@ -161,9 +158,10 @@ func TestProductsForkFixtures(t *testing.T) {
 	t.Run("graphs match direct", TestGraphsMatchDirect)
 }
 
-// Routed steps with the products forked (the gates beside q/k/v, gate/up, o and down, batched
-// too) route the router fixtures as host routing does (identical traces), and routed decode
-// steps record and replay.
+// Routed steps with the products forked (q/k/v, gate/up, o and down on the lanes, their gates,
+// batched, and the routing shrinks beside them on the stream, the expands waiting on the lanes)
+// route the router fixtures as host routing does (identical traces, logits within rounding),
+// and routed decode steps record and replay, with the routing shrink by rows too.
 func TestProductsForkRouted(t *testing.T) {
 	t.Setenv("LORAPLEX_PRODUCTS_FORK", "on")
 	t.Setenv("LORAPLEX_GATES_BATCHED", "on")
@@ -176,4 +174,5 @@ func TestProductsForkRouted(t *testing.T) {
 	}
 	t.Run("replays", TestRoutedDecodeReplaysCUDA)
 	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
+	t.Run("by rows", TestRoutedRowsFixtures) // o's and down's single members too
 }

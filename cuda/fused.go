@@ -248,7 +248,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 		return true
 	}
 	a := b.gemvArgs.set(outs, ws)
-	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], nil, &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
+	b.ok("gemv parts", C.s_gemv_parts(C.int(x.Rows), C.int(x.Cols), ptr(x), &a.ws[0], nil, &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.work()))
 	return true
 }
 
@@ -257,7 +257,7 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 // call each (gateRun), the products the skinny kernel takes as one launch of parts after
 // cuBLAS's, the others as MatMul's cuBLAS call (productBF16). Every cuBLAS-sized step's products
 // of one input come here, so LORAPLEX_PRODUCTS_FORK deals them to its lanes in this one place
-// (fork.go); the skinny launch stays on the stream.
+// (fork.go): the gates and the skinny launch on the stream, the rest on the lanes.
 func (b *Backend) productsBF16(outs []model.Tensor, x model.Tensor, ws []model.Tensor) {
 	a, skinny, end := &b.gemvArgs, 0, 0
 	a.wsrcs = [gemvPartsMax]C.uintptr_t{}
@@ -266,13 +266,13 @@ func (b *Backend) productsBF16(outs []model.Tensor, x model.Tensor, ws []model.T
 		w := ws[i]
 		if run := b.gateRun(outs[i:], ws[i:]); run > 1 {
 			b.batchedProducts += run
-			b.ok("gemm batched", C.s_gemm_batched(f.next().blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w),
+			b.ok("gemm batched", C.s_gemm_batched(f.next(true).blas, C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), ptr(w),
 				C.longlong(w.Rows*w.Cols), ptr(outs[i]), C.longlong((uintptr(ptr(outs[i+1]))-uintptr(ptr(outs[i])))/4), C.int(run)))
 			i += run - 1
 			continue
 		}
 		if skinny == gemvPartsMax || !b.skinnyTakes(x, w) {
-			b.productOn(f.next(), outs[i], x, w, 1, 0)
+			b.productOn(f.next(w.Rows <= int(C.LP_SKINNY_MAX_COLS)), outs[i], x, w, 1, 0)
 			continue
 		}
 		end += w.Rows
@@ -282,9 +282,9 @@ func (b *Backend) productsBF16(outs []model.Tensor, x model.Tensor, ws []model.T
 	if skinny > 0 {
 		b.skinnyProducts += skinny
 		b.ok("gemm skinny parts", C.s_gemm_skinny_parts(C.int(x.Rows), C.int(x.Cols), C.uintptr_t(b.xbf), &a.ws[0], &a.ys[0], &a.ends[0],
-			C.int(skinny), b.stream))
+			C.int(skinny), b.stream)) // beside the lanes: gates, which read only xbf
 	}
-	f.join()
+	f.leave()
 }
 
 // RoPEStoreKV implements model.DecodeFuser: RoPE of q and k and the KV store in one launch, for
@@ -300,7 +300,7 @@ func (b *Backend) RoPEStoreKV(layer int, q, k, v model.Tensor, heads, kvHeads in
 		return true
 	}
 	b.ok("rope_store_kv", C.s_rope_store_kv(ptr(q), ptr(k), ptr(v), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
-		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.pdlLaunch(), b.stream))
+		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(d), b.pdlLaunch(), b.work()))
 	return true
 }
 
@@ -342,7 +342,7 @@ func (b *Backend) GateUpSiLU(act, x, wGate, wUp model.Tensor) bool {
 	if !b.launch() {
 		return true
 	}
-	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.gemvOpts(wGate, wUp), b.stream))
+	b.ok("gemv_swiglu", C.s_gemv_swiglu(C.int(x.Rows), C.int(wGate.Rows), C.int(x.Cols), ptr(x), ptr(wGate), ptr(wUp), ptr(act), b.gemvOpts(wGate, wUp), b.work()))
 	return true
 }
 
@@ -507,7 +507,7 @@ func (b *Backend) SiLUMulMatMul(outs []model.Tensor, act, gate, up model.Tensor,
 	if len(ws) > 1 {
 		b.routedBF16s++
 	}
-	if b.ok("silu_mul_bf16", C.s_silu_mul_bf16(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.size_t(n), b.stream)) {
+	if b.ok("silu_mul_bf16", C.s_silu_mul_bf16(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.size_t(n), b.work())) {
 		b.productsBF16(outs, act, ws)
 	}
 	return true
@@ -582,7 +582,7 @@ func (b *Backend) NormMatMulShared(outs []model.Tensor, in model.NormedInput, ws
 	}
 	a := b.gemvArgs.set(outs, ws)
 	b.ok("norm gemv parts", C.s_norm_gemv_parts(C.int(in.X.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight), C.float(in.Eps),
-		&a.ws[0], nil, &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.stream))
+		&a.ws[0], nil, &a.ys[0], &a.ends[0], C.int(len(ws)), b.gemvOpts(ws...), b.work()))
 	return true
 }
 
@@ -621,7 +621,7 @@ func (b *Backend) normCublas(outs []model.Tensor, in model.NormedInput, ws []mod
 	if add {
 		delta, next = ptr(in.Delta), ptr(in.Next)
 	}
-	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), 0, ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream)) {
+	if b.ok("rmsnorm_bf16", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), 0, ptr(in.Weight), C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.work())) {
 		b.productsBF16(outs, x, ws)
 	}
 	return true
@@ -684,7 +684,7 @@ func (b *Backend) NormGateUpSiLU(act model.Tensor, in model.NormedInput, wGate, 
 		return true
 	}
 	b.ok("norm gemv swiglu", C.s_norm_gemv_swiglu(C.int(in.X.Rows), C.int(wGate.Rows), C.int(in.X.Cols), ptr(in.X), delta, next, ptr(in.Weight),
-		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.gemvOpts(wGate, wUp), b.stream))
+		C.float(in.Eps), ptr(wGate), ptr(wUp), ptr(act), b.gemvOpts(wGate, wUp), b.work()))
 	return true
 }
 
@@ -734,11 +734,11 @@ func (b *Backend) LoRAGroup(outs []model.Tensor, x model.Tensor, segs [][]model.
 	}
 	if splits > 0 {
 		b.ok("lora group wide", C.s_lora_group_wide(&a.outs[0], &a.dims[0], &a.ends[0], C.int(len(outs)), ptr(x), table, C.int(total), C.int(maxRows),
-			C.int(maxRank), C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(splits), C.int(stride), b.stream))
+			C.int(maxRank), C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(splits), C.int(stride), b.work()))
 		return true
 	}
 	b.ok("lora group", C.s_lora_group(&a.outs[0], &a.dims[0], &a.ends[0], C.int(len(outs)), ptr(x), table, C.int(total), C.int(maxRows), C.int(maxRank),
-		C.uintptr_t(b.loraTmp), C.int(x.Cols), b.stream))
+		C.uintptr_t(b.loraTmp), C.int(x.Cols), b.work()))
 	return true
 }
 

@@ -76,7 +76,7 @@ func (b *Backend) BeginStep(key []byte) bool {
 		b.mode = modeReplay
 		return true
 	}
-	if !b.ok("capture begin", C.lp_capture_begin(C.P_stream(b.stream))) {
+	if !b.ok("capture begin", C.lp_capture_begin(C.P_stream(b.work()))) {
 		return false
 	}
 	b.mode, b.capKey = modeCapture, string(key)
@@ -103,7 +103,7 @@ func (b *Backend) EndStep() error {
 			b.hostTotal += time.Since(b.hostFrom)
 			b.hostFrom = time.Time{}
 		}
-		b.ok("graph launch", C.lp_graph_launch(b.replaying.exec, C.P_stream(b.stream)))
+		b.ok("graph launch", C.lp_graph_launch(b.replaying.exec, C.P_stream(b.work())))
 		return b.Err()
 	case modeCapture:
 		var exec unsafe.Pointer
@@ -111,7 +111,7 @@ func (b *Backend) EndStep() error {
 		if b.broken {
 			keep = 0
 		}
-		code := C.lp_capture_end(C.P_stream(b.stream), keep, &exec)
+		code := C.lp_capture_end(C.P_stream(b.work()), keep, &exec)
 		if b.broken || code != 0 {
 			if code != 0 {
 				// A capture the driver refused: stop recording rather than fail every step.
@@ -130,7 +130,7 @@ func (b *Backend) EndStep() error {
 		b.graphs[b.capKey] = g
 		b.copySegs()
 		b.leaveSegs(g)
-		b.ok("graph launch", C.lp_graph_launch(exec, C.P_stream(b.stream)))
+		b.ok("graph launch", C.lp_graph_launch(exec, C.P_stream(b.work())))
 		return b.Err()
 	}
 	return b.Err()
@@ -273,6 +273,6 @@ func (b *Backend) SetGraphs(on bool) { b.noGraphs = !on }
 // transfer, ahead of the graph that reads them.
 func (b *Backend) copySegs() {
 	if b.segUsed > 0 {
-		b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev), b.segHost, C.size_t(b.segUsed*b.segSize), b.stream))
+		b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev), b.segHost, C.size_t(b.segUsed*b.segSize), b.work()))
 	}
 }

@@ -118,9 +118,9 @@ func (b *Backend) foldedProducts(outs []model.Tensor, x model.Tensor, in *model.
 		opts := b.gemvOpts(ws...)
 		if in != nil {
 			b.ok("norm gemv parts (lora fold)", C.s_norm_gemv_parts(C.int(n), C.int(x.Cols), ptr(x), delta, next, ptr(in.Weight), C.float(in.Eps),
-				&a.ws[0], &a.wsrcs[0], &a.ys[0], &a.ends[0], C.int(parts), opts, b.stream))
+				&a.ws[0], &a.wsrcs[0], &a.ys[0], &a.ends[0], C.int(parts), opts, b.work()))
 		} else {
-			b.ok("gemv parts (lora fold)", C.s_gemv_parts(C.int(n), C.int(x.Cols), ptr(x), &a.ws[0], &a.wsrcs[0], &a.ys[0], &a.ends[0], C.int(parts), opts, b.stream))
+			b.ok("gemv parts (lora fold)", C.s_gemv_parts(C.int(n), C.int(x.Cols), ptr(x), &a.ws[0], &a.wsrcs[0], &a.ys[0], &a.ends[0], C.int(parts), opts, b.work()))
 		}
 	}
 	for i, bias := range biases {
@@ -130,7 +130,7 @@ func (b *Backend) foldedProducts(outs []model.Tensor, x model.Tensor, in *model.
 	}
 	if b.launch() {
 		b.ok("lora expand (fold)", C.s_lora_group_expand(&ga.outs[0], &ga.dims[0], &ga.ends[0], C.int(adapted), table, C.int(adapted),
-			C.int(n), C.uintptr_t(b.loraTmp), b.stream))
+			C.int(n), C.uintptr_t(b.loraTmp), b.work()))
 	}
 	return true
 }
@@ -212,7 +212,7 @@ func (b *Backend) keptNorm(in model.NormedInput) bool {
 		delta, next = ptr(in.Delta), ptr(in.Next)
 	}
 	return b.ok("rmsnorm_bf16 (kept)", C.s_rmsnorm_bf16(ptr(x), delta, next, C.uintptr_t(b.xbf), C.uintptr_t(b.kept), ptr(in.Weight),
-		C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.stream))
+		C.int(x.Rows), C.int(x.Cols), C.float(in.Eps), b.normOpts(), b.work()))
 }
 
 // SetNormKeep turns normKeptProducts on or off for the following steps (recorded graphs hold

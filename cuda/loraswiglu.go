@@ -66,7 +66,7 @@ func (b *Backend) NormGateUpLoRASwiGLU(out, act, gate, up model.Tensor, in model
 	}
 	b.productsBF16(products[:], x, ws[:])
 	if b.ok("lora swiglu", C.s_lora_swiglu(ptr(act), C.uintptr_t(b.xbf), ptr(gate), ptr(up), C.int(n), C.int(inter), C.uintptr_t(b.kept), table,
-		C.int(len(segs[0])), C.int(total), C.int(maxRows), C.int(maxRank), C.uintptr_t(b.loraTmp), C.int(hidden), C.int(splits), C.int(stride), b.stream)) {
+		C.int(len(segs[0])), C.int(total), C.int(maxRows), C.int(maxRank), C.uintptr_t(b.loraTmp), C.int(hidden), C.int(splits), C.int(stride), b.work())) {
 		b.productBF16(out, act, wDown, 1, 0)
 	}
 	return true
@@ -130,6 +130,6 @@ func (b *Backend) NormQKVLoRARoPE(q, k, v model.Tensor, in model.NormedInput, ws
 	b.ok("lora rope_store_kv", C.s_lora_rope_store_kv(ptr(q), ptr(k), ptr(v), C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]),
 		b.meta(b.offPos), b.meta(b.offSlots), ptr(table), C.int(n), C.int(heads), C.int(kvHeads), C.int(b.kv.HeadDim), C.uintptr_t(b.kept), seg,
 		C.int(qEnd), C.int(kEnd), C.int(total), C.int(maxRows), C.int(maxRank), C.uintptr_t(b.loraTmp), C.int(hidden), C.int(splits),
-		C.int(stride), b.stream))
+		C.int(stride), b.work()))
 	return true
 }

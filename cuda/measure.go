@@ -21,7 +21,7 @@ func (b *Backend) Sync() error {
 	if b.failed() || b.mode != modeDirect {
 		return b.Err()
 	}
-	b.ok("sync", C.s_stream_sync(b.stream))
+	b.ok("sync", C.s_stream_sync(b.work()))
 	return b.Err()
 }
 
@@ -41,7 +41,7 @@ func (b *Backend) MeasureCopyBandwidth(bytes, iters int) (float64, error) {
 	}
 	defer C.s_free(C.uintptr_t(dst))
 	copyOnce := func() error {
-		return cudaError("copy", C.lp_memcpy_dtod(C.P_void(C.uintptr_t(dst)), C.P_void(C.uintptr_t(src)), C.size_t(bytes), C.P_stream(b.stream)))
+		return cudaError("copy", C.lp_memcpy_dtod(C.P_void(C.uintptr_t(dst)), C.P_void(C.uintptr_t(src)), C.size_t(bytes), C.P_stream(b.work())))
 	}
 	if err := copyOnce(); err != nil {
 		return 0, err
@@ -88,7 +88,7 @@ func (b *Backend) MeasureGEMM(n, m, k, iters int) (float64, error) {
 		return 0, err
 	}
 	run := func() error {
-		return cudaError("gemm", C.s_gemm(b.blas, C.int(n), C.int(m), C.int(k), C.uintptr_t(x), C.uintptr_t(w), C.uintptr_t(c), 1, 0))
+		return cudaError("gemm", C.s_gemm(b.mainQueue().blas, C.int(n), C.int(m), C.int(k), C.uintptr_t(x), C.uintptr_t(w), C.uintptr_t(c), 1, 0))
 	}
 	for i := 0; i < 3; i++ {
 		if err := run(); err != nil {
@@ -127,8 +127,8 @@ func (b *Backend) fillRandomBF16(p uintptr, bytes int) error {
 	if len(host) == 0 {
 		return nil
 	}
-	if err := cudaError("fill", C.s_htod(C.uintptr_t(p), unsafe.Pointer(&host[0]), C.size_t(len(host)), b.stream)); err != nil {
+	if err := cudaError("fill", C.s_htod(C.uintptr_t(p), unsafe.Pointer(&host[0]), C.size_t(len(host)), b.work())); err != nil {
 		return err
 	}
-	return cudaError("fill sync", C.s_stream_sync(b.stream))
+	return cudaError("fill sync", C.s_stream_sync(b.work()))
 }

@@ -28,7 +28,7 @@ func (b *Backend) Embed(out, table model.Tensor) {
 	if !b.launch() {
 		return
 	}
-	b.ok("embed", C.s_embed(ptr(out), ptr(table), b.meta(b.offTokens), C.int(len(ids)), C.int(table.Cols), C.int(table.Rows), b.stream))
+	b.ok("embed", C.s_embed(ptr(out), ptr(table), b.meta(b.offTokens), C.int(len(ids)), C.int(table.Cols), C.int(table.Rows), b.work()))
 }
 
 // MatMul converts x to bf16 (tensor-core input) and runs cuBLAS with fp32 output.
@@ -48,7 +48,7 @@ func (b *Backend) gemm(out, x, w model.Tensor, alpha, beta float32) {
 	// Single-row products (batch-1 decode, one logits row) stream the weights with the GEMV
 	// kernel (fp32 x, no conversion); from two rows up cuBLAS measured faster (bench/results).
 	if x.Rows <= b.gemvRows && x.Cols%8 == 0 && uintptr(ptr(w))%16 == 0 && uintptr(ptr(x))%16 == 0 {
-		b.ok("gemv", C.s_gemv(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.gemvOpts(w), b.stream))
+		b.ok("gemv", C.s_gemv(C.int(x.Rows), C.int(w.Rows), C.int(x.Cols), ptr(x), ptr(w), ptr(out), C.float(alpha), C.float(beta), b.gemvOpts(w), b.work()))
 		return
 	}
 	if b.xToBF16(x) {
@@ -64,7 +64,7 @@ func (b *Backend) productBF16(out, x, w model.Tensor, alpha, beta float32) {
 	b.productOn(b.mainQueue(), out, x, w, alpha, beta)
 }
 
-// productOn is productBF16 issued on queue q (a lane of the forked products, fork.go).
+// productOn is productBF16 issued on queue q (the stream or a lane of the forked products, fork.go).
 func (b *Backend) productOn(q queue, out, x, w model.Tensor, alpha, beta float32) {
 	if alpha == 1 && beta == 0 && b.skinnyTakes(x, w) {
 		b.skinnyProducts++
@@ -144,7 +144,7 @@ func (b *Backend) xToBF16(x model.Tensor) bool {
 	if !b.reserve(&b.xbf, &b.xbfCap, n, 2) {
 		return false
 	}
-	return b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.xbf), ptr(x), C.size_t(n), b.stream))
+	return b.ok("to bf16", C.s_f32_to_bf16(C.uintptr_t(b.xbf), ptr(x), C.size_t(n), b.work()))
 }
 
 // reserve makes *buf hold at least n elements of elem bytes (*capacity counts elements). A
@@ -161,7 +161,7 @@ func (b *Backend) reserve(buf *uintptr, capacity *int, n, elem int) bool {
 		return false
 	}
 	b.dropGraphs()
-	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+	if !b.ok("sync", C.s_stream_sync(b.work())) {
 		return false
 	}
 	if *buf != 0 {
@@ -184,7 +184,7 @@ func (b *Backend) AddBias(x, bias model.Tensor) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("bias", C.s_add_bias(ptr(x), ptr(bias), C.int(x.Rows), C.int(x.Cols), b.pdlLaunch(), b.stream))
+	b.ok("bias", C.s_add_bias(ptr(x), ptr(bias), C.int(x.Rows), C.int(x.Cols), b.pdlLaunch(), b.work()))
 }
 
 func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
@@ -194,7 +194,7 @@ func (b *Backend) RMSNorm(out, x, w model.Tensor, eps float32) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("rmsnorm", C.s_rmsnorm(ptr(out), ptr(x), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.normOpts(), b.stream))
+	b.ok("rmsnorm", C.s_rmsnorm(ptr(out), ptr(x), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.normOpts(), b.work()))
 }
 
 func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
@@ -204,7 +204,7 @@ func (b *Backend) AddRMSNorm(x, delta, out, w model.Tensor, eps float32) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("add_rmsnorm", C.s_add_rmsnorm(ptr(x), ptr(delta), ptr(out), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.normOpts(), b.stream))
+	b.ok("add_rmsnorm", C.s_add_rmsnorm(ptr(x), ptr(delta), ptr(out), ptr(w), C.int(x.Rows), C.int(x.Cols), C.float(eps), b.normOpts(), b.work()))
 }
 
 func (b *Backend) RoPE(x model.Tensor, heads int, table model.Tensor) {
@@ -219,7 +219,7 @@ func (b *Backend) RoPE(x model.Tensor, heads int, table model.Tensor) {
 	if !b.launch() || x.Rows == 0 {
 		return
 	}
-	b.ok("rope", C.s_rope(ptr(x), b.meta(b.offPos), ptr(table), C.int(x.Rows), C.int(heads), C.int(x.Cols), b.stream))
+	b.ok("rope", C.s_rope(ptr(x), b.meta(b.offPos), ptr(table), C.int(x.Rows), C.int(heads), C.int(x.Cols), b.work()))
 }
 
 func (b *Backend) StoreKV(layer int, k, v model.Tensor) {
@@ -231,7 +231,7 @@ func (b *Backend) StoreKV(layer int, k, v model.Tensor) {
 	if !b.launch() || n == 0 {
 		return
 	}
-	b.ok("store_kv", C.s_store_kv(C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]), ptr(k), ptr(v), b.meta(b.offSlots), C.int(n), C.int(width), b.stream))
+	b.ok("store_kv", C.s_store_kv(C.uintptr_t(b.kcache[layer]), C.uintptr_t(b.vcache[layer]), ptr(k), ptr(v), b.meta(b.offSlots), C.int(n), C.int(width), b.work()))
 }
 
 func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) {
@@ -258,9 +258,9 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 				}
 			}
 			code = C.s_attention_prefill_mma(ptr(out), ptr(q), kc, vc, pos, tiles, nt, C.int(b.tileRows), sp, pt, h, kvh, d, ps, w, sc,
-				C.int(splits), C.uintptr_t(b.attnScratch), b.stream)
+				C.int(splits), C.uintptr_t(b.attnScratch), b.work())
 		} else {
-			code = C.s_attention_prefill(ptr(out), ptr(q), kc, vc, pos, tiles, nt, sp, pt, h, kvh, d, ps, w, sc, b.stream)
+			code = C.s_attention_prefill(ptr(out), ptr(q), kc, vc, pos, tiles, nt, sp, pt, h, kvh, d, ps, w, sc, b.work())
 		}
 		if !b.ok("attention (prefill)", code) {
 			return
@@ -275,7 +275,7 @@ func (b *Backend) Attention(out, q model.Tensor, layer int, p model.AttnParams) 
 		}
 		b.ok("attention", C.s_attention(ptr(out), ptr(q), kc, vc, b.meta(b.offPos), b.meta(b.offRows), b.meta(b.offRowSeq), b.meta(b.offSeqPages), b.meta(b.offPages),
 			C.int(b.numRows), C.int(p.Heads), C.int(p.KVHeads), C.int(p.HeadDim), C.int(b.kv.PageSize), C.int(p.Window), C.float(p.Scale),
-			C.int(splits), C.int(chunk), b.attentionKernel(grouped), C.uintptr_t(b.attnScratch), b.pdlLaunch(), b.stream))
+			C.int(splits), C.int(chunk), b.attentionKernel(grouped), C.uintptr_t(b.attnScratch), b.pdlLaunch(), b.work()))
 	}
 }
 
@@ -286,7 +286,7 @@ func (b *Backend) SiluMul(out, gate, up model.Tensor) {
 	if !b.launch() || out.Rows == 0 {
 		return
 	}
-	b.ok("silu_mul", C.s_silu_mul(ptr(out), ptr(gate), ptr(up), C.size_t(out.Rows*out.Cols), b.stream))
+	b.ok("silu_mul", C.s_silu_mul(ptr(out), ptr(gate), ptr(up), C.size_t(out.Rows*out.Cols), b.work()))
 }
 
 func (b *Backend) GatherRows(out, x model.Tensor) {
@@ -297,7 +297,7 @@ func (b *Backend) GatherRows(out, x model.Tensor) {
 	if !b.launch() || len(rows) == 0 {
 		return
 	}
-	b.ok("gather", C.s_gather(ptr(out), ptr(x), b.meta(b.offLogit), C.int(len(rows)), C.int(x.Cols), b.pdlLaunch(), b.stream))
+	b.ok("gather", C.s_gather(ptr(out), ptr(x), b.meta(b.offLogit), C.int(len(rows)), C.int(x.Cols), b.pdlLaunch(), b.work()))
 }
 
 // LoRA writes the segment table into a pinned ring (reset every step; the stream is idle at
@@ -333,11 +333,11 @@ func (b *Backend) LoRAPhases(out, x model.Tensor, segs []model.LoRASeg, phases L
 	}
 	if splits > 0 {
 		b.ok("lora wide", C.s_lora_wide(ptr(out), ptr(x), table, C.int(len(segs)), C.int(maxRows), C.int(maxRank),
-			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), C.int(phases), b.stream))
+			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), C.int(phases), b.work()))
 		return
 	}
 	b.ok("lora", C.s_lora(ptr(out), ptr(x), table, C.int(len(segs)), C.int(maxRows), C.int(maxRank),
-		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(phases), b.stream))
+		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(phases), b.work()))
 }
 
 // checkSegs panics on a segment that does not fit x and out (a bug in the forward pass) and
@@ -395,7 +395,7 @@ func (b *Backend) commitSegs(n int) (C.uintptr_t, bool) {
 	b.devSegs = segTable{} // this call writes segDev (ops run outside a step too, in tests)
 	// Direct steps copy each table before its launch; recorded steps copy the whole ring once
 	// in EndStep, before the graph runs, instead of carrying one copy node per call.
-	if b.mode == modeDirect && !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(n*b.segSize), b.stream)) {
+	if b.mode == modeDirect && !b.ok("lora segments", C.s_htod(C.uintptr_t(b.segDev+byteOff), unsafe.Add(b.segHost, byteOff), C.size_t(n*b.segSize), b.work())) {
 		return 0, false
 	}
 	return C.uintptr_t(b.segDev + byteOff), true
@@ -403,7 +403,7 @@ func (b *Backend) commitSegs(n int) (C.uintptr_t, bool) {
 
 func (b *Backend) growSegs(need int) bool {
 	b.dropGraphs()
-	if !b.ok("sync", C.s_stream_sync(b.stream)) {
+	if !b.ok("sync", C.s_stream_sync(b.work())) {
 		return false
 	}
 	need = max(need*2, 1024)

@@ -179,11 +179,11 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 		b.ok("route + lora (routed wide)", C.s_route_lora_wide(ptr(logits), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
 			C.int(passes), C.int(start), C.int(tab.maxRank), C.uintptr_t(tab.ptr), tr, C.int(trace.Cols), C.int(layer), ptr(out), ptr(x),
 			C.uintptr_t(segs), C.int(n), C.int(tab.maxRank), C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride),
-			cflag(b.routeStaged), b.stream))
+			cflag(b.routeStaged), b.work()))
 		return
 	}
 	if !b.ok("route", C.s_route_segs(ptr(logits), C.int(n), C.int(rows), C.int(rp.TopK), C.float(rp.Temperature), C.int(rp.Nulls),
-		C.uintptr_t(tab.ptr), C.uintptr_t(segs), C.int(passes), C.int(start), C.int(tab.maxRank), tr, C.int(trace.Cols), C.int(layer), b.stream)) {
+		C.uintptr_t(tab.ptr), C.uintptr_t(segs), C.int(passes), C.int(start), C.int(tab.maxRank), tr, C.int(trace.Cols), C.int(layer), b.work())) {
 		return
 	}
 	if tab.maxRank == 0 {
@@ -191,11 +191,11 @@ func (b *Backend) RouteLoRA(out, x, logits model.Tensor, start, n int, rp *model
 	}
 	if splits > 0 {
 		b.ok("lora (routed wide)", C.s_lora_routed_wide(ptr(out), ptr(x), C.uintptr_t(segs), C.int(n), C.int(passes), C.int(tab.maxRank),
-			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), b.stream))
+			C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), C.int(splits), C.int(stride), b.work()))
 		return
 	}
 	b.ok("lora (routed)", C.s_lora_routed(ptr(out), ptr(x), C.uintptr_t(segs), C.int(n), C.int(passes), C.int(tab.maxRank),
-		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.stream))
+		C.uintptr_t(b.loraTmp), C.int(x.Cols), C.int(out.Cols), b.work()))
 }
 
 var _ model.DeviceGroupRouter = (*Backend)(nil)
@@ -206,6 +206,7 @@ type routeGroupArgs struct {
 	routeMembers
 	segs, scratch [loraGroupMax]C.uintptr_t
 	stride, ranks [loraGroupMax]C.int
+	joins         [forkLanes]C.uintptr_t // the lanes' events the expands wait on (fork.go)
 }
 
 // routeMembers are the per-member arguments of the launches that route a group of projections
@@ -371,10 +372,19 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 	case rows:
 		what = "route + lora (routed rows)"
 	}
-	b.ok(what, C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
+	// The routing shrinks read x and the logits, which the stream wrote: they run beside the
+	// lanes of the products call before (fork.go), and the expands wait on its joins.
+	joins := b.laneJoins(&a.joins)
+	ok := b.ok(what, C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
 		&a.ranks[0], C.int(members), C.int(n), C.int(start), ptr(x), C.int(x.Cols), C.int(splits), C.int(stride), cflag(b.routeStaged), cflag(em), C.uintptr_t(b.emPlan), C.int(planLen),
-		cflag(rows), b.stream))
+		cflag(rows), &a.joins[0], joins, b.stream)) // beside the lanes: the joins above
+	if !ok {
+		// A launcher that refused before its wait still leaves the stream joined (a capture must end so).
+		for _, e := range a.joins[:joins] {
+			b.ok("join wait", C.s_stream_wait(b.stream, e)) // beside the lanes: this is the join
+		}
+	}
 	return true
 }
 
@@ -708,8 +718,8 @@ func (b *Backend) routeOnHost(out, x, logits model.Tensor, start, n int, rp *mod
 			passes[j] = append(passes[j], model.LoRASeg{Start: start + i, N: 1, A: m.A, B: m.B, Scale: c.Weight * m.Scale})
 		}
 	}
-	if tr != nil && (!b.ok("route trace", C.s_htod(ptr(trace.Slice(start, n)), unsafe.Pointer(&tr[0]), C.size_t(4*len(tr)), b.stream)) ||
-		!b.ok("route trace sync", C.s_stream_sync(b.stream))) {
+	if tr != nil && (!b.ok("route trace", C.s_htod(ptr(trace.Slice(start, n)), unsafe.Pointer(&tr[0]), C.size_t(4*len(tr)), b.work())) ||
+		!b.ok("route trace sync", C.s_stream_sync(b.work()))) {
 		return
 	}
 	for _, pass := range passes {

@@ -131,7 +131,7 @@ func (b *Backend) RoutedFoldedProducts(outs []model.Tensor, x model.Tensor, ws, 
 	}
 	if b.launch() {
 		b.ok("gemv parts (routed fold)", C.s_gemv_parts_tab(C.int(n), C.int(x.Cols), ptr(x), &a.ws[0], &a.wtabs[0], &a.tranks[0], &a.ys[0],
-			&a.ends[0], C.int(part), b.gemvOpts(ws...), b.stream))
+			&a.ends[0], C.int(part), b.gemvOpts(ws...), b.work()))
 	}
 	for i, bias := range biases {
 		if bias.Rows > 0 {
@@ -141,7 +141,7 @@ func (b *Backend) RoutedFoldedProducts(outs []model.Tensor, x model.Tensor, ws, 
 	if b.launch() {
 		b.ok("route fold expand", C.s_route_fold_expand(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 			&a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.ts[0], &a.mranks[0], &a.outs[0], &a.dims[0],
-			C.int(members), C.int(n), cflag(b.routeStaged), b.stream))
+			C.int(members), C.int(n), cflag(b.routeStaged), b.work()))
 	}
 	return true
 }

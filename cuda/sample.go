@@ -146,20 +146,20 @@ func (b *Backend) Sample(logits model.Tensor, rows []model.SampleRow, out []mode
 	clear(sb.sent) // drop the references to the step's masks
 	sb.sent = sb.sent[:0]
 	dev := C.uintptr_t(sb.dev)
-	if !b.ok("sample params", C.s_htod(dev, sb.host, C.size_t(resOff), b.stream)) {
+	if !b.ok("sample params", C.s_htod(dev, sb.host, C.size_t(resOff), b.work())) {
 		return b.Err()
 	}
-	if sent > 0 && !b.ok("sample masks", C.s_htod(C.uintptr_t(sb.maskDev), sb.maskHost, C.size_t(8*sent*mw), b.stream)) {
+	if sent > 0 && !b.ok("sample masks", C.s_htod(C.uintptr_t(sb.maskDev), sb.maskHost, C.size_t(8*sent*mw), b.work())) {
 		return b.Err()
 	}
 	if !b.ok("sample", C.s_sample(ptr(logits), C.int(n), C.int(logits.Cols), dev, dev+C.uintptr_t(wordsOff), C.uintptr_t(sb.maskDev),
-		dev+C.uintptr_t(resOff), b.stream)) {
+		dev+C.uintptr_t(resOff), b.work())) {
 		return b.Err()
 	}
-	if !b.ok("sample results", C.s_dtoh(unsafe.Add(sb.host, resOff), dev+C.uintptr_t(resOff), C.size_t(n*sampleResultBytes), b.stream)) {
+	if !b.ok("sample results", C.s_dtoh(unsafe.Add(sb.host, resOff), dev+C.uintptr_t(resOff), C.size_t(n*sampleResultBytes), b.work())) {
 		return b.Err()
 	}
-	if !b.ok("sample sync", C.s_stream_sync(b.stream)) {
+	if !b.ok("sample sync", C.s_stream_sync(b.work())) {
 		return b.Err()
 	}
 	res := unsafe.Slice((*C.lp_sample_result)(unsafe.Add(sb.host, resOff)), n)

@@ -239,13 +239,14 @@ static inline int s_route_lora_wide(uintptr_t logits, int rows, int k, float t, 
 }
 // s_route_lora_group_wide fills lp_route_group from Go arrays of LP_LORA_GROUP entries (members
 // used), the routings sharing start, the trace and the layer; em: the expert-major launches,
-// with their plan (plan_len ints a member); rows: the routing shrink by rows.
+// with their plan (plan_len ints a member); rows: the routing shrink by rows; joins: the events
+// the expands wait on (njoins of them).
 static inline int s_route_lora_group_wide(const uintptr_t* logits, const int* rows, const int* k, const float* t, const int* nulls,
                                           const int* passes, const int* seg_stride, const uintptr_t* experts, const uintptr_t* traces,
                                           int trace_cols, int layer, const uintptr_t* segs, const uintptr_t* scratch, const uintptr_t* out,
                                           const int* out_dim, const int* max_rank, int members, int n, int start, uintptr_t x, int in,
                                           int splits, int stride, int staged, int em, uintptr_t plan, int plan_len, int rows_mode,
-                                          uintptr_t s) {
+                                          const uintptr_t* joins, int njoins, uintptr_t s) {
 	lp_route_group g;
 	memset(&g, 0, sizeof g);
 	for (int m = 0; m < members && m < LP_LORA_GROUP; m++) {
@@ -258,6 +259,8 @@ static inline int s_route_lora_group_wide(const uintptr_t* logits, const int* ro
 	}
 	g.members = members;
 	g.n = n;
+	for (int j = 0; j < njoins && j < LP_FORK_LANES; j++) g.joins[j] = P(lp_event, joins[j]);
+	g.njoins = njoins;
 	if (em) return lp_route_lora_group_em(g, P(const float*, x), in, splits, stride, P(int*, plan), plan_len, P(lp_stream, s));
 	return lp_route_lora_group_wide(g, P(const float*, x), in, splits, stride, rows_mode, P(lp_stream, s));
 }

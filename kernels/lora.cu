@@ -1151,9 +1151,19 @@ __global__ void __launch_bounds__(WIDE_THREADS) lora_expand_em_kernel(lp_route_g
     }
 }
 
+// route_group_join makes s wait on g's joins before the expands (lp_route_group says why).
+static int route_group_join(const lp_route_group& g, lp_stream s) {
+    for (int j = 0; j < g.njoins; j++) {
+        const cudaError_t e = cudaStreamWaitEvent(as_stream(s), (cudaEvent_t)g.joins[j], 0);
+        if (e != cudaSuccess) return (int)e;
+    }
+    return 0;
+}
+
 extern "C" int lp_route_lora_group_em(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, int* plan, int plan_len,
                                       lp_stream s) {
-    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || !x || !plan) return (int)cudaErrorInvalidValue;
+    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || !x || !plan || g.njoins < 0 || g.njoins > LP_FORK_LANES)
+        return (int)cudaErrorInvalidValue;
     int passes = 0, chunks = 0, max_chunks = 0, pass_chunks = 0;
     for (int m = 0; m < g.members; m++) {
         const lp_route_args& ra = g.ra[m];
@@ -1179,6 +1189,7 @@ extern "C" int lp_route_lora_group_em(lp_route_group g, const float* x, int in_d
         route_shrink_em_kernel<true><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, x, in_dim, t_stride);
     else
         route_shrink_em_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, x, in_dim, t_stride);
+    if (const int e = route_group_join(g, s)) return e;
     for (int p = 0; p < passes; p++)
         lora_expand_em_kernel<<<dim3(pass_chunks, chunks, g.members), WIDE_THREADS, 0, as_stream(s)>>>(g, plan, plan_len, p, splits,
                                                                                                       t_stride);
@@ -1239,7 +1250,8 @@ extern "C" int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, 
 // in one shrink and one expand launch for all of them.
 extern "C" int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, int rows,
                                         lp_stream s) {
-    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || g.n > LP_LORA_ROUTED_MAX_ROWS || !x || (rows && splits != 1))
+    if (g.members < 1 || g.members > LP_LORA_GROUP || g.n < 1 || g.n > LP_LORA_ROUTED_MAX_ROWS || !x || (rows && splits != 1) ||
+        g.njoins < 0 || g.njoins > LP_FORK_LANES)
         return (int)cudaErrorInvalidValue;
     int passes = 0, chunks = 0;
     for (int m = 0; m < g.members; m++) {
@@ -1269,6 +1281,7 @@ extern "C" int lp_route_lora_group_wide(lp_route_group g, const float* x, int in
         else
             route_shrink_group_kernel<false><<<g1, WIDE_THREADS, 0, as_stream(s)>>>(g, x, in_dim, t_stride);
     }
+    if (const int e = route_group_join(g, s)) return e;
     dim3 g2(g.n, chunks, g.members);
     lora_expand_routed_group_kernel<<<g2, WIDE_THREADS, 0, as_stream(s)>>>(g, splits, t_stride);
     LP_CHECK_LAUNCH();

@@ -52,6 +52,9 @@ int lp_stream_sync(lp_stream s);
 // event's latest record marked. Inside a capture both become graph edges, so a recorded step
 // keeps the same fork and join. Events are made without timing (cudaEventDisableTiming).
 typedef void* lp_event;
+// The forked products' side streams (cuda/fork.go), and so the most events a launcher that
+// waits on them takes (lp_route_group's joins).
+#define LP_FORK_LANES 3
 int lp_event_create(lp_event* e);
 int lp_event_record(lp_event e, lp_stream s);
 int lp_stream_wait(lp_stream s, lp_event e);
@@ -378,7 +381,10 @@ int lp_route_lora_wide(lp_route_args ra, float* out, const float* x, lp_lora_seg
 // [.., out_dim[m]], in one shrink and one expand launch. The same segments and trace as one
 // lp_route_lora_wide per member. rows
 // (LORAPLEX_ROUTED_ROWS; splits must be 1): one shrink block a row and member, which routes its
-// row once and shrinks every choice over the whole input (lora.cu says why).
+// row once and shrinks every choice over the whole input (lora.cu says why). The routing shrinks
+// read only x and the logits; the expands, which add into out[m], first make the stream wait on
+// joins[0..njoins): the events of the forked products still writing the outputs (cuda/fork.go),
+// so the shrinks run beside them.
 typedef struct {
     lp_route_args ra[LP_LORA_GROUP];
     lp_lora_seg* segs[LP_LORA_GROUP];
@@ -387,6 +393,8 @@ typedef struct {
     int out_dim[LP_LORA_GROUP];
     int max_rank[LP_LORA_GROUP];
     int members, n;
+    lp_event joins[LP_FORK_LANES];
+    int njoins;
 } lp_route_group;
 int lp_route_lora_group_wide(lp_route_group g, const float* x, int in_dim, int splits, int t_stride, int rows, lp_stream s);
 // The same routing and deltas expert-major (LORAPLEX_ROUTED_EXPERT_MAJOR: lora.cu says how),
