@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+
+	"github.com/loraplex/loraplex/model"
 )
 
 // Forked products (LORAPLEX_PRODUCTS_FORK=on|off|N, Backend.SetProductsFork).
@@ -181,17 +183,29 @@ func (b *Backend) laneJoins(joins *[forkLanes]C.uintptr_t) C.int {
 // forking deals one products call's products to the stream and the lanes (productsBF16); a value
 // on the caller's stack, so a call allocates nothing.
 type forking struct {
-	b     *Backend
-	lanes int // side lanes this call may use: 0 when it does not fork
-	dealt int // products dealt to the lanes so far
-	used  int // side lanes that have joined the fork (they are used in order)
+	b      *Backend
+	lanes  int  // side lanes this call may use: 0 when it does not fork
+	stream bool // the next product that is not a gate goes to the stream (a call without gates)
+	dealt  int  // products dealt to the lanes so far
+	used   int  // side lanes that have joined the fork (they are used in order)
 }
 
-// fork starts dealing the products of a call of rows rows. Lanes an earlier call left pending
-// join first: each call's fork follows everything before it.
-func (b *Backend) fork(rows int) forking {
+// A product of at most LP_SKINNY_MAX_COLS outputs counts as a gate and stays on the stream, where
+// a routed group's routing shrinks read its logits without waiting on the lanes (routeGroup):
+// every gate routeGroup takes (at most LP_ROUTE_MAX_ROWS rows) must count (a negative array
+// length otherwise).
+var _ [int(C.LP_SKINNY_MAX_COLS) - int(C.LP_ROUTE_MAX_ROWS)]struct{}
+
+// isGate reports whether the product with weights w counts as a router's gate (fork.go).
+func isGate(w model.Tensor) bool { return w.Rows <= int(C.LP_SKINNY_MAX_COLS) }
+
+// fork starts dealing the products of a call of rows rows, gates of them gates. Lanes an earlier
+// call left pending join first: each call's fork follows everything before it. A call without
+// gates keeps its first product on the stream (a lone product, SwiGLU's down projection, then
+// never forks), the rest going to the lanes.
+func (b *Backend) fork(rows, gates int) forking {
 	b.joinLanes()
-	f := forking{b: b}
+	f := forking{b: b, stream: gates == 0}
 	if rows <= b.forkRows && !b.batchInvariant && len(b.lanes) > 0 {
 		f.lanes = len(b.lanes)
 	}
@@ -201,21 +215,29 @@ func (b *Backend) fork(rows int) forking {
 // next is the queue of the call's next product: the stream for a gate (or for everything when
 // the call does not fork), else the next lane. A side lane's first product follows the stream's
 // work so far (the call's input): the stream records the fork event once a call and the lane
-// waits on it.
+// waits on it. A capture already abandoned (broken), or a fork the driver refused, keeps the
+// product on the stream: a lane outside the capture would run it for real, beside the rerun.
 func (f *forking) next(gate bool) queue {
 	b := f.b
-	if gate || f.lanes == 0 {
-		return queue{b.stream, b.blas} // the pending lanes are this call's: nothing before it is pending
+	main := queue{b.stream, b.blas} // the pending lanes are this call's: nothing before it is pending
+	if gate || f.lanes == 0 || b.mode == modeCapture && b.broken {
+		return main
+	}
+	if f.stream {
+		f.stream = false
+		return main
 	}
 	l := f.dealt%f.lanes + 1
-	f.dealt++
 	if l > f.used {
-		if f.used == 0 {
-			b.ok("fork", C.s_event_record(b.forkEvent, b.stream))
+		if f.used == 0 && !b.ok("fork", C.s_event_record(b.forkEvent, b.stream)) {
+			return main
 		}
-		b.ok("fork wait", C.s_stream_wait(b.lanes[l-1].stream, b.forkEvent))
+		if !b.ok("fork wait", C.s_stream_wait(b.lanes[l-1].stream, b.forkEvent)) {
+			return main
+		}
 		f.used = l
 	}
+	f.dealt++
 	b.forked++
 	return b.lanes[l-1].queue
 }

@@ -13,8 +13,8 @@ import (
 )
 
 // With LORAPLEX_PRODUCTS_FORK, a products call of at most N rows deals its products to the side
-// lanes, and every output is bitwise the serial call's: q/k/v-shaped products with a router's
-// three gates beside them (batched into one call or not), forked at 2 and 64 rows and on the
+// lanes, and every output is bitwise the serial call's: q/k/v-shaped products alone and with a
+// router's three gates beside them (batched into one call or not), forked at 2 and 64 rows and on the
 // stream alone at 300 (above N); run directly, recorded, and replayed on new inputs. Outputs
 // are poisoned with NaN first and read right after the call, so a product a lane skipped, or
 // one the read did not wait for (the lanes stay pending until the stream's next use), would show.
@@ -26,6 +26,13 @@ func TestProductsFork(t *testing.T) {
 			t.Fatal(err)
 		}
 	}()
+	if err := g.AllocKV(model.KVSpec{Layers: 1, Pages: 8, PageSize: 8, KVHeads: 1, HeadDim: 8}); err != nil {
+		t.Fatal(err)
+	}
+	_, dec := promptThenDecode([]int{0, 1, 2, 3, 4, 5, 6, 7}, []int{3}, 8)
+	if err := g.Prepare(&dec); err != nil { // BeginStep records steps Prepare has seen
+		t.Fatal(err)
+	}
 	r := rand.New(rand.NewPCG(91, 92))
 	const k, experts, forkRows = 1024, 28, 256
 	widths := []int{512, 128, 128}
@@ -54,28 +61,29 @@ func TestProductsFork(t *testing.T) {
 			g.Free(v)
 		}
 	}()
-	ws := append([]model.Tensor{}, bases...)
+	allWs := append([]model.Tensor{}, bases...)
 	for _, gt := range gates {
-		ws = append(ws, gt.T)
+		allWs = append(allWs, gt.T)
 	}
 	for _, n := range []int{2, 64, 300} {
 		t.Run(fmt.Sprintf("rows%d", n), func(t *testing.T) {
 			const spacing = 320 // rows between consecutive logits views, as the runner's MaxTokens
 			logits := g.Alloc(3*spacing, experts)
 			x := g.Alloc(n, k)
-			outs := []model.Tensor{}
+			allOuts := []model.Tensor{}
 			for _, w := range widths {
-				outs = append(outs, g.Alloc(n, w))
+				allOuts = append(allOuts, g.Alloc(n, w))
 			}
 			for i := range gates {
-				outs = append(outs, logits.Slice(i*spacing, n))
+				allOuts = append(allOuts, logits.Slice(i*spacing, n))
 			}
 			defer func() {
-				for _, v := range append([]model.Tensor{logits, x}, outs[:len(widths)]...) {
+				for _, v := range append([]model.Tensor{logits, x}, allOuts[:len(widths)]...) {
 					g.Free(v)
 				}
 			}()
 			inputs := [][]float32{randFloats(r, n*k), randFloats(r, n*k)}
+			var outs, ws []model.Tensor // the call's products: all, or the base ones alone
 			// run writes input in, poisons the outputs, makes the products inside step key (nil:
 			// directly) and reads them back.
 			run := func(input int, key []byte, wantReplay bool) [][]float32 {
@@ -113,7 +121,21 @@ func TestProductsFork(t *testing.T) {
 					}
 				}
 			}
-			for _, batched := range []bool{false, true} {
+			for _, c := range []struct {
+				name           string
+				gates, batched bool
+				forked         int // products on the lanes
+			}{
+				// Without gates q stays on the stream and k and v go to the lanes; with them
+				// (batched into one call or not) the gates stay on the stream and q, k and v go
+				// to the three lanes. 300 rows are too many to fork.
+				{"no gates", false, false, 2}, {"gates", true, false, 3}, {"gates batched", true, true, 3},
+			} {
+				batched := c.batched
+				outs, ws = allOuts[:len(widths)], allWs[:len(widths)]
+				if c.gates {
+					outs, ws = allOuts, allWs
+				}
 				g.SetGatesBatched(batched)
 				if err := g.SetProductsFork(0); err != nil {
 					t.Fatal(err)
@@ -123,19 +145,17 @@ func TestProductsFork(t *testing.T) {
 					t.Fatal(err)
 				}
 				forked := g.ForkedProducts()
-				same(fmt.Sprintf("batched gates %v, direct", batched), run(0, nil, false), serial[0])
-				// The gates (batched into one call or not) stay on the stream; q, k and v go to
-				// the three lanes. 300 rows are too many to fork.
+				same(c.name+", direct", run(0, nil, false), serial[0])
 				want := 0
 				if n <= forkRows {
-					want = 3
+					want = c.forked
 				}
 				if got := g.ForkedProducts() - forked; got != want {
-					t.Fatalf("batched gates %v: %d products issued on the lanes, want %d", batched, got, want)
+					t.Fatalf("%s: %d products issued on the lanes, want %d", c.name, got, want)
 				}
-				key := []byte(fmt.Sprintf("products fork %d %v", n, batched))
-				same(fmt.Sprintf("batched gates %v, recorded", batched), run(0, key, false), serial[0])
-				same(fmt.Sprintf("batched gates %v, replayed on new inputs", batched), run(1, key, true), serial[1])
+				key := []byte(fmt.Sprintf("products fork %d %s", n, c.name))
+				same(c.name+", recorded", run(0, key, false), serial[0])
+				same(c.name+", replayed on new inputs", run(1, key, true), serial[1])
 			}
 			if err := g.Err(); err != nil {
 				t.Fatal(err)
@@ -158,13 +178,16 @@ func TestProductsForkFixtures(t *testing.T) {
 	t.Run("graphs match direct", TestGraphsMatchDirect)
 }
 
-// Routed steps with the products forked (q/k/v, gate/up, o and down on the lanes, their gates,
-// batched, and the routing shrinks beside them on the stream, the expands waiting on the lanes)
-// route the router fixtures as host routing does (identical traces, logits within rounding),
-// and routed decode steps record and replay, with the routing shrink by rows too.
+// Routed steps with the products forked (the base products on the lanes, their gates, batched,
+// and the routing shrinks beside them on the stream, the expands waiting on the lanes) route the
+// router fixtures as host routing does (identical traces, logits within rounding), and routed
+// decode steps record and replay, with the routing shrink by rows too. (The fixtures' widths put
+// their gate/up products, and q where it has over 64 outputs, on the lanes: o, down, k and v are
+// no wider than a gate there and stay on the stream.)
 func TestProductsForkRouted(t *testing.T) {
 	t.Setenv("LORAPLEX_PRODUCTS_FORK", "on")
 	t.Setenv("LORAPLEX_GATES_BATCHED", "on")
+	t.Setenv("LORAPLEX_ROUTED_BF16", "on") // the kept norm's and SwiGLU's products forked too
 	b := newGPU(t)
 	b.SetRoutedExpertMajor(false, -1)
 	forked := b.ForkedProducts()
@@ -174,5 +197,5 @@ func TestProductsForkRouted(t *testing.T) {
 	}
 	t.Run("replays", TestRoutedDecodeReplaysCUDA)
 	t.Run("kept replays", TestKeptRoutedReplaysCUDA)
-	t.Run("by rows", TestRoutedRowsFixtures) // o's and down's single members too
+	t.Run("by rows", TestRoutedRowsFixtures)
 }

@@ -261,7 +261,13 @@ func (b *Backend) MatMulShared(outs []model.Tensor, x model.Tensor, ws []model.T
 func (b *Backend) productsBF16(outs []model.Tensor, x model.Tensor, ws []model.Tensor) {
 	a, skinny, end := &b.gemvArgs, 0, 0
 	a.wsrcs = [gemvPartsMax]C.uintptr_t{}
-	f := b.fork(x.Rows)
+	gates := 0
+	for _, w := range ws {
+		if isGate(w) {
+			gates++
+		}
+	}
+	f := b.fork(x.Rows, gates)
 	for i := 0; i < len(ws); i++ {
 		w := ws[i]
 		if run := b.gateRun(outs[i:], ws[i:]); run > 1 {
@@ -272,7 +278,7 @@ func (b *Backend) productsBF16(outs []model.Tensor, x model.Tensor, ws []model.T
 			continue
 		}
 		if skinny == gemvPartsMax || !b.skinnyTakes(x, w) {
-			b.productOn(f.next(w.Rows <= int(C.LP_SKINNY_MAX_COLS)), outs[i], x, w, 1, 0)
+			b.productOn(f.next(isGate(w)), outs[i], x, w, 1, 0)
 			continue
 		}
 		end += w.Rows

@@ -50,7 +50,7 @@ func (b *Backend) BeginStep(key []byte) bool {
 	// Whatever this step does, the tables the last one left are only known valid until it
 	// writes: StepSegments compares with prevSegs, EndStep names the ones the step leaves.
 	b.prevSegs, b.devSegs, b.segVersion, b.segsKept = b.devSegs, segTable{}, 0, false
-	if key == nil || b.numTiles > 0 || len(b.step.Tokens) > maxGraphRows || b.failed() || b.noGraphs || !b.graphCheck(key) {
+	if key == nil || b.step == nil || b.numTiles > 0 || len(b.step.Tokens) > maxGraphRows || b.failed() || b.noGraphs || !b.graphCheck(key) {
 		return false
 	}
 	if d := b.decodeDepthKey(); d > 0 && b.numRows > 0 {
@@ -85,6 +85,7 @@ func (b *Backend) BeginStep(key []byte) bool {
 
 // EndStep ends a capture (instantiating and launching it) or launches the replayed graph.
 func (b *Backend) EndStep() error {
+	b.joinLanes() // inside the capture, before it ends (a capture must end with its side streams joined)
 	mode := b.mode
 	b.mode = modeDirect
 	switch mode {

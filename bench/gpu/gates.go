@@ -42,6 +42,12 @@ func gatesBreakdown(b *cuda.Backend, cfg *model.Config) error {
 	}()
 	defer b.SetGatesBatched(false)
 	defer b.SetGemmSkinny(false)
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 64, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
+		return err
+	}
+	if err := b.Prepare(decodeStep(1, 128, 16)); err != nil { // BeginStep records steps Prepare has seen
+		return err
+	}
 	fmt.Printf("router gate products (%d experts, input %d) per call inside a CUDA graph, x's bf16 conversion included\n", experts, hidden)
 	for _, rows := range []int{16, 64, 128} {
 		const spacing = 256 // the runner's logits views lie MaxTokens rows apart
