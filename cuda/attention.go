@@ -65,9 +65,12 @@ func (b *Backend) grouped(heads, kvHeads, headDim int) bool {
 
 // gqPrefetchDefault: whether the grouped kernel asks L2 for each tile's values while it scores
 // the keys (LP_ATTN_PREFETCH_V, kernels/attention.cu says why) unless LORAPLEX_GQ_PREFETCH=on|off
-// or SetGQPrefetch says otherwise. Off until a GPU run has tested and measured it: written
-// without a GPU from the batch-1 breakdown's 13 us of attention a layer at 128 positions
-// (bench/results/gpu-h100/goals-2026-12-07-final3/breakdown.txt).
+// or SetGQPrefetch says otherwise. Off, measured: written without a GPU from the batch-1
+// breakdown's 13 us of attention a layer at 128 positions (goals-2026-12-07-final3/
+// breakdown.txt), it passed TestDecodeSplitRules' bitwise check on an H100, and one A/B run
+// there measured batch-1 decode 1.008x at ctx 128 and 1.002x at 4k but 0.960x at 32k and 0.979x
+// at batch 64, where the prefetches add to traffic the kernel already keeps in flight
+// (bench/results/gpu-h100/goals-2026-12-08-s30a).
 const gqPrefetchDefault = false
 
 // SetGQPrefetch turns the grouped kernel's value prefetch on or off for the following steps;

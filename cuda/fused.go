@@ -105,11 +105,14 @@ const (
 	// decode 1.039x at ctx 128, 1.041x at 4k, 1.030x at 32k, every other row within noise
 	// (bench/results/gpu-h100/goals-2026-12-07-s25a).
 	normStageDefault = true
-	// normStagePairDefault: off until a GPU run has tested it (TestGEMVDeepBitwise holds it to
-	// bitwise the unpaired staged products) and measured it: written without a GPU from Nsight
-	// Compute's staged q/k/v launch at 1.6 TB/s (goals-2026-12-07-s25b/prof-fold-on.txt), whose
-	// 768 blocks each read the whole normed row before their first product.
-	normStagePairDefault = false
+	// normStagePairDefault: on. Written without a GPU from Nsight Compute's staged q/k/v launch
+	// at 1.6 TB/s (goals-2026-12-07-s25b/prof-fold-on.txt), whose 768 blocks (1.17 waves) each
+	// read the whole normed row before their first product. On an H100 TestGEMVDeepBitwise
+	// (bitwise the unpaired staged products) and TestNormGEMV passed, and one A/B run measured
+	// batch-1 decode 1.029x at ctx 128 (174.4 against 169.4 tok/s: 0.866 of the roofline), 1.032x
+	// at 4k, 1.017x at 32k, one rank-8 adapter at batch 1 1.041x, the rest within noise
+	// (bench/results/gpu-h100/goals-2026-12-08-s30a).
+	normStagePairDefault = true
 	// loraFoldDefault: on. Written without a GPU from goals-2026-12-07-s24b, where one rank-8
 	// adapter at batch 1 cost 0.74 of the base (the norms that stop folding, eight latency-bound
 	// LoRA launches a layer, of which folding keeps four). On an H100 TestLoRAFoldGraphReplay and

@@ -122,11 +122,14 @@ func (b *Backend) SetGatesBatched(on bool) { setSwitch(b, &b.gatesBatched, on) }
 // BatchedProducts is the number of products strided-batched calls have taken (for tests).
 func (b *Backend) BatchedProducts() int { return b.batchedProducts }
 
-// gatesBatchedDefault: off until a GPU run has tested and measured it. Written without a GPU from
-// goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step: each of a layer's seven
-// gate products was cuBLAS's split-K tile kernel (~5.4 us, 8 blocks) and its reduce (~5.2 us),
-// ~76 us a layer; batched, q/k/v's three and gate/up's two are one such pair each (four pairs a
-// layer instead of seven).
+// gatesBatchedDefault: off, measured slower. Written without a GPU from goals-2026-12-07-s27a
+// call 2's Nsight view of a routed batch-64 step: each of a layer's seven gate products was
+// cuBLAS's split-K tile kernel (~5.4 us, 8 blocks) and its reduce (~5.2 us), ~76 us a layer;
+// batched, q/k/v's three and gate/up's two would be one such pair each. On an H100
+// (goals-2026-12-08-s30a) TestGatesBatched and TestGatesBatchedRouted passed, but inside CUDA
+// graphs (bench/gpu -only gates) cuBLAS's strided-batched call took 25 us for three gates at
+// batch 64 against 17.6 us one at a time (0.70x; two gates 0.49x), and q/k/v with their gates
+// 63.5 us against 54.4 (-only products).
 const gatesBatchedDefault = false
 
 // gemmSkinnyDefault: off, measured slower. In goals-2026-12-08-s28a (H100) TestGemmSkinny and
