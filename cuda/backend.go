@@ -145,8 +145,9 @@ type Backend struct {
 	forkRows          int    // products calls of at most this many rows fork onto the lanes; 0 off (fork.go: LORAPLEX_PRODUCTS_FORK, SetProductsFork)
 	lanes             []lane // the fork's side lanes, made when it is first turned on
 	forkEvent         C.uintptr_t
-	forked            int // products issued on the side lanes (ForkedProducts)
-	pending           int // lanes a products call left for the stream's next use to join (fork.go: work)
+	forked            int  // products issued on the side lanes (ForkedProducts)
+	pending           int  // lanes a products call left for the stream's next use to join (fork.go: work)
+	forkBeside        bool // a routed group's routing shrinks run beside the pending lanes (fork.go: LORAPLEX_FORK_BESIDE, SetForkBeside)
 
 	// Host time of replayed steps (graph.go, ReplayHostTime): from Prepare, once the stream is
 	// idle, to the graph's launch.
@@ -244,6 +245,7 @@ func New(device int) (*Backend, error) {
 	if b.blas, err = b.newBlas(b.stream); err != nil {
 		return nil, err
 	}
+	b.forkBeside = envSwitch("LORAPLEX_FORK_BESIDE", forkBesideDefault)
 	if err := b.SetProductsFork(forkFromEnv()); err != nil {
 		return nil, err
 	}

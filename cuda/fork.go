@@ -56,6 +56,16 @@ const (
 	forkLanes = int(C.LP_FORK_LANES)
 )
 
+// forkBesideDefault: whether a routed group's routing shrinks run beside the lanes the products
+// call before them left pending (LORAPLEX_FORK_BESIDE=on|off, SetForkBeside), or after the join
+// as without the fork: on, untested apart (an A/B of the two tells whether the shrinks gain more
+// from the overlap than they take from the products' SMs).
+const forkBesideDefault = true
+
+// SetForkBeside turns the routing shrinks beside the lanes on or off for the following steps;
+// recorded graphs hold the other order, so they are dropped.
+func (b *Backend) SetForkBeside(on bool) { setSwitch(b, &b.forkBeside, on) }
+
 // queue is where a product is issued: a stream and the cuBLAS handle bound to it.
 type queue struct{ stream, blas C.uintptr_t }
 

@@ -53,6 +53,7 @@ import (
 //	LORAPLEX_ROUTED_ROWS=on|off|N  routed calls of > SMs/2 (or >= N) (row, member) pairs: one routing shrink block a row and member, one split (kernels/lora.cu, route.go)
 //	LORAPLEX_ROUTE_FIRST=on|off    one projection's routed calls of >= 64 rows: the route kernel, then the wide routed shrink (route.go)
 //	LORAPLEX_PRODUCTS_FORK=on|off|N  products calls of <= 256 (or N) rows dealt to side streams, joined before the next op (fork.go)
+//	LORAPLEX_FORK_BESIDE=on|off    with it, a routed group's routing shrinks run beside the products' side streams (fork.go)
 //
 // Unset (or any other value) keeps the default. Each default follows a benchmark run that
 // compared both sides after the kernels' GPU tests had passed (TestFusedMatMulShared,

@@ -374,6 +374,9 @@ func (b *Backend) routeGroup(outs []model.Tensor, x model.Tensor, logits []model
 	}
 	// The routing shrinks read x and the logits, which the stream wrote: they run beside the
 	// lanes of the products call before (fork.go), and the expands wait on its joins.
+	if !b.forkBeside {
+		b.joinLanes() // the shrinks after the products, as without the fork
+	}
 	joins := b.laneJoins(&a.joins)
 	ok := b.ok(what, C.s_route_lora_group_wide(&a.logits[0], &a.rows[0], &a.k[0], &a.temps[0], &a.nulls[0], &a.passes[0],
 		&a.stride[0], &a.experts[0], &a.traces[0], C.int(trace.Cols), C.int(layer), &a.segs[0], &a.scratch[0], &a.outs[0], &a.dims[0],
