@@ -45,7 +45,15 @@ import (
 // forks depends on its rows and the switch only, as the step key needs. Deterministic mode's
 // products never come here (invariantShared), and forking stands aside in that mode anyway.
 //
-// Not yet run on a GPU: off until a GPU run has tested and measured it.
+// Off: on an H100 (bench/results/gpu-h100/goals-2026-12-08-s30a) its tests passed
+// (TestProductsFork, TestProductsForkFixtures, TestProductsForkRouted) and inside a CUDA graph a
+// layer's products with their gates ran faster forked (bench/gpu -only products, batch 64: q/k/v
+// and three gates 43.5 us against 54.4, gate/up and two gates 89.6 against 101.7, o and down with
+// a gate 1.04-1.07x; without gates 1.00-1.02x), but the whole step did not move: batch-64 decode
+// 0.981x, routed top-2 of 28 at batch 64 1.000x, the adapter rows 0.98-0.99x. Why the step keeps
+// none of the products' gain is open: LORAPLEX_FORK_BESIDE=off (the routing shrinks after the
+// join) tells whether the shrinks beside the products take it back, and a timeline (Nsight
+// Systems) would show what overlaps.
 const (
 	forkDefault = false
 	// forkRowsDefault: the most rows a forked call has with the switch on: decode batches. A
@@ -58,8 +66,8 @@ const (
 
 // forkBesideDefault: whether a routed group's routing shrinks run beside the lanes the products
 // call before them left pending (LORAPLEX_FORK_BESIDE=on|off, SetForkBeside), or after the join
-// as without the fork: on, untested apart (an A/B of the two tells whether the shrinks gain more
-// from the overlap than they take from the products' SMs).
+// as without the fork: on (as s30a measured the fork), not yet measured apart; an A/B of the two
+// tells whether the shrinks gain more from the overlap than they take from the products' SMs.
 const forkBesideDefault = true
 
 // SetForkBeside turns the routing shrinks beside the lanes on or off for the following steps;

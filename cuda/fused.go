@@ -537,10 +537,11 @@ func (b *Backend) SetRoutedBF16(on bool) { setSwitch(b, &b.routedBF16, on) }
 // SwiGLU calls with the down gate beside (for tests).
 func (b *Backend) RoutedBF16Count() int { return b.routedBF16s }
 
-// routedBF16Default: off until a GPU run has tested and measured it. Written without a GPU from
+// routedBF16Default: off until a GPU run has measured it. Written without a GPU from
 // goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step: its SwiGLU was silu_mul
 // then a conversion pass for the down products (7.6 + 5.3 us a layer) where the other steps
-// write the bf16 input in SwiGLU's own launch.
+// write the bf16 input in SwiGLU's own launch. Its tests passed on an H100 (TestNormKeptMatMulShared,
+// TestSiLUMulMatMulRouted, TestRoutedBF16Fixtures: bench/results/gpu-h100/goals-2026-12-08-s30a).
 const routedBF16Default = false
 
 // SetNormGEMV turns the norm-fused GEMVs (NormFuser, kernels/gemv.cu) on or off for the

@@ -438,9 +438,11 @@ func (b *Backend) SetRoutedRows(on bool, minBlocks int) {
 // RoutedRowsCount is the number of routed calls the routing shrink by rows has taken (for tests).
 func (b *Backend) RoutedRowsCount() int { return b.routedRowCalls }
 
-// routedRowsDefault: off until a GPU run has tested and measured it. Written without a GPU from
+// routedRowsDefault: off until a GPU run has measured it. Written without a GPU from
 // goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step, where the four routing
-// shrinks of a layer took ~90 us, mostly blocks routing their row again (kernels/lora.cu).
+// shrinks of a layer took ~90 us, mostly blocks routing their row again (kernels/lora.cu). Its
+// tests passed on an H100 (TestRoutedGroup, TestRoutedRowsFixtures, TestKeptRoutedReplaysCUDA:
+// bench/results/gpu-h100/goals-2026-12-08-s30a).
 const routedRowsDefault = false
 
 // routedRowsMinDefault: a call takes the rows launch from about half as many (row, member) pairs
@@ -466,7 +468,8 @@ func (b *Backend) SetRouteFirst(on bool, minRows int) {
 func (b *Backend) RouteFirstCount() int { return b.routeFirsts }
 
 // routeFirstDefault: off until a GPU run has measured it; its launches are the wide routed
-// path's (TestRouteLoRAMatchesHost's "wide" side). Written without a GPU from
+// path's (TestRouteLoRAMatchesHost's "wide" and "route first" sides, which passed on an H100 in
+// goals-2026-12-08-s30a). Written without a GPU from
 // goals-2026-12-07-s27a call 2's Nsight view of a routed batch-64 step, where o's and down's
 // routing shrinks (one member each, 512 and 1,792 blocks) took 12.9 and 25 us against 5.6 and
 // 9.9 us for the plain shrinks of 64 adapters. routeFirstMinDefault: a decode batch of 64.
