@@ -189,10 +189,7 @@ func loraBreakdown(b *cuda.Backend, cfg *model.Config, buf []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 64, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
-		return err
-	}
-	if err := b.Prepare(decodeStep(1, 128, 16)); err != nil { // BeginStep records steps Prepare has seen
+	if err := prepareDecodeRow(b, cfg); err != nil {
 		return err
 	}
 	var owned []model.Tensor
@@ -375,6 +372,16 @@ func inGraph(b *cuda.Backend, key string, f func()) (float64, error) {
 		return 0, err
 	}
 	return time.Since(start).Seconds() / (perGraph * replays) * 1e6, nil
+}
+
+// prepareDecodeRow gives b a one-row decode step over a one-layer KV cache: BeginStep records
+// only steps Prepare has seen, so the benches that time calls inside CUDA graphs (inGraph)
+// prepare one first.
+func prepareDecodeRow(b *cuda.Backend, cfg *model.Config) error {
+	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 64, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
+		return err
+	}
+	return b.Prepare(decodeStep(1, 128, 16))
 }
 
 // normGEMVBreakdown times a decode layer's two add+RMSNorms apart and folded into the GEMVs that

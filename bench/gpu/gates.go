@@ -42,10 +42,7 @@ func gatesBreakdown(b *cuda.Backend, cfg *model.Config) error {
 	}()
 	defer b.SetGatesBatched(false)
 	defer b.SetGemmSkinny(false)
-	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 64, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
-		return err
-	}
-	if err := b.Prepare(decodeStep(1, 128, 16)); err != nil { // BeginStep records steps Prepare has seen
+	if err := prepareDecodeRow(b, cfg); err != nil {
 		return err
 	}
 	fmt.Printf("router gate products (%d experts, input %d) per call inside a CUDA graph, x's bf16 conversion included\n", experts, hidden)

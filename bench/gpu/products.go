@@ -59,10 +59,7 @@ func productsBreakdown(b *cuda.Backend, cfg *model.Config) error {
 	}
 	defer b.SetGatesBatched(false)
 	defer b.SetProductsFork(0)
-	if err := b.AllocKV(model.KVSpec{Layers: 1, Pages: 64, PageSize: 16, KVHeads: cfg.NumKVHeads, HeadDim: cfg.HeadDim}); err != nil {
-		return err
-	}
-	if err := b.Prepare(decodeStep(1, 128, 16)); err != nil { // BeginStep records steps Prepare has seen
+	if err := prepareDecodeRow(b, cfg); err != nil {
 		return err
 	}
 	fmt.Printf("a layer's products of one input per call inside a CUDA graph, serial and forked (LORAPLEX_PRODUCTS_FORK); gates of %d experts\n", experts)
