@@ -104,17 +104,16 @@ func (b *Backend) newBlas(s C.uintptr_t) (C.uintptr_t, error) {
 	return h, nil
 }
 
-// makeLanes creates the fork's event and side lanes, once.
+// makeLanes creates the fork's event and side lanes, each once: a failure keeps the lanes made
+// before it (a later call makes the rest).
 func (b *Backend) makeLanes() error {
-	if len(b.lanes) > 0 {
-		return nil
+	if b.forkEvent == 0 {
+		if err := cudaError("fork event", C.s_event_create(&b.forkEvent)); err != nil {
+			return err
+		}
 	}
-	if err := cudaError("fork event", C.s_event_create(&b.forkEvent)); err != nil {
-		return err
-	}
-	lanes := make([]lane, forkLanes)
-	for i := range lanes {
-		l := &lanes[i]
+	for len(b.lanes) < forkLanes {
+		var l lane
 		if err := cudaError("fork stream", C.s_stream_create(&l.stream)); err != nil {
 			return err
 		}
@@ -126,8 +125,8 @@ func (b *Backend) makeLanes() error {
 		if err := cudaError("fork event", C.s_event_create(&l.done)); err != nil {
 			return err
 		}
+		b.lanes = append(b.lanes, l)
 	}
-	b.lanes = lanes
 	return nil
 }
 
