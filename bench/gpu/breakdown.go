@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"time"
 
 	"github.com/loraplex/loraplex/bench/internal/benchenv"
@@ -382,6 +383,17 @@ func prepareDecodeRow(b *cuda.Backend, cfg *model.Config) error {
 		return err
 	}
 	return b.Prepare(decodeStep(1, 128, 16))
+}
+
+// randomRows allocates rows x cols on b and fills it with standard normal values from r: the
+// input of the graph-timed product benches.
+func randomRows(b *cuda.Backend, r *rand.Rand, rows, cols int) (model.Tensor, error) {
+	x := b.Alloc(rows, cols)
+	xs := make([]float32, rows*cols)
+	for i := range xs {
+		xs[i] = float32(r.NormFloat64())
+	}
+	return x, b.Write(x, xs)
 }
 
 // normGEMVBreakdown times a decode layer's two add+RMSNorms apart and folded into the GEMVs that

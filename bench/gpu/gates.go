@@ -49,12 +49,8 @@ func gatesBreakdown(b *cuda.Backend, cfg *model.Config) error {
 	for _, rows := range []int{16, 64, 128} {
 		const spacing = 256 // the runner's logits views lie MaxTokens rows apart
 		logits := b.Alloc(3*spacing, experts)
-		x := b.Alloc(rows, hidden)
-		xs := make([]float32, rows*hidden)
-		for i := range xs {
-			xs[i] = float32(r.NormFloat64())
-		}
-		if err := b.Write(x, xs); err != nil {
+		x, err := randomRows(b, r, rows, hidden)
+		if err != nil {
 			return err
 		}
 		for _, n := range []int{3, 2, 1} {

@@ -87,12 +87,8 @@ func productsBreakdown(b *cuda.Backend, cfg *model.Config) error {
 		for _, rows := range []int{16, 64, 128} {
 			const spacing = 256 // the runner's logits views lie MaxTokens rows apart
 			logits := b.Alloc(len(group)*spacing, experts)
-			x := b.Alloc(rows, in)
-			xs := make([]float32, rows*in)
-			for j := range xs {
-				xs[j] = float32(r.NormFloat64())
-			}
-			if err := b.Write(x, xs); err != nil {
+			x, err := randomRows(b, r, rows, in)
+			if err != nil {
 				return err
 			}
 			var outs []model.Tensor
